@@ -1,0 +1,167 @@
+"""The backend plugin interface and the registry that finds backends by name.
+
+Lifecycle (as Triton's python backend): a ``Backend`` is created once per worker process with the
+framework settings, ``load`` turns a stored blob into a ``LoadedModel``, ``LoadedModel.run`` executes
+one (possibly batched) call, ``LoadedModel.close`` releases it. Capabilities are class attributes.
+
+Built-in backends are imported lazily on first use; third-party ones register through the
+``aiworker.backends`` entry-point group (``NAME = "package.module:BackendClass"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import numpy as np
+
+from aiworker.devices import Device
+from aiworker.errors import AIError, BackendUnavailable
+
+ENTRY_POINT_GROUP = "aiworker.backends"
+
+# name -> ("module:Class", pip extra). The extra is named in the error when the import fails.
+BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
+    "TORCH": ("aiworker.backends.torch:TorchBackend", "torch"),
+    "TF": ("aiworker.backends.tf:TFBackend", "tf"),
+    "TFLITE": ("aiworker.backends.tflite:TFLiteBackend", "tflite"),
+    "ONNX": ("aiworker.backends.onnx:ONNXBackend", "onnx"),
+    "STUB": ("aiworker.backends.stub:StubBackend", ""),
+}
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Framework settings shared by every backend (RedisAI's names)."""
+
+    inter_op_parallelism: int = 0  # 0: the framework's default
+    intra_op_parallelism: int = 0
+    model_execution_timeout_ms: int = 0  # 0: no limit
+    backend_memory_limit_mb: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a backend needs besides the blob to load a model."""
+
+    key: str
+    device: Device
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    batchsize: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LoadedModel(ABC):
+    """A model ready to run on its device."""
+
+    nbytes: int = 0  # approximate memory held, for the worker's cache bound
+
+    @abstractmethod
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run once; inputs and outputs are numpy arrays in the model's order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release framework resources (called when evicted from the cache)."""
+
+
+class Backend(ABC):
+    """A framework plugin. Subclasses set ``name`` and implement ``load``."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str] = ""
+    device_kinds: ClassVar[frozenset[str]] = frozenset({"CPU"})
+    requires_io_names: ClassVar[bool] = False  # TF graphs need INPUTS/OUTPUTS node names
+    thread_safe: ClassVar[bool] = True  # may LoadedModel.run be called from several threads
+    supports_scripts: ClassVar[bool] = False
+
+    def __init__(self, options: BackendOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def version(cls) -> str:
+        """The framework's version string."""
+        return ""
+
+    @abstractmethod
+    def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
+        """Turn a stored blob into a runnable model; raise ``AIError`` with a clear message."""
+
+    def check_device(self, device: Device) -> None:
+        if device.kind not in self.device_kinds:
+            raise AIError(f"{self.name} backend does not support device {device.name}")
+
+
+def _entry_point_targets() -> dict[str, str]:
+    return {ep.name.upper(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_backends() -> list[str]:
+    """Names of every backend that could be loaded: built-ins plus installed plugins."""
+    return sorted(set(BUILTIN_BACKENDS) | set(_entry_point_targets()))
+
+
+def io_name_backends() -> list[str]:
+    """Backends whose models are stored with INPUTS/OUTPUTS names (RedisAI: TF only)."""
+    names = ["TF"]
+    for name in _entry_point_targets():
+        cls = _resolve(name, quiet=True)
+        if cls is not None and cls.requires_io_names:
+            names.append(name)
+    return names
+
+
+def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
+    target, extra = BUILTIN_BACKENDS.get(name, ("", ""))
+    if not target:
+        target = _entry_point_targets().get(name, "")
+    if not target:
+        if quiet:
+            return None
+        raise AIError("unsupported backend")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if quiet:
+            return None
+        hint = f": pip install 'aiworker[{extra}]'" if extra else ""
+        raise BackendUnavailable(f"backend {name} is not available ({exc}){hint}") from exc
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendUnavailable(f"{target} is not an aiworker Backend")
+    return cls
+
+
+class Registry:
+    """Backend instances of one worker process, created on first use with shared options."""
+
+    def __init__(self, options: BackendOptions | None = None) -> None:
+        self.options = options or BackendOptions()
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Backend:
+        name = name.upper()
+        backend = self._backends.get(name)
+        if backend is not None:
+            return backend
+        with self._lock:
+            if name not in self._backends:
+                cls = _resolve(name)
+                assert cls is not None
+                self._backends[name] = cls(self.options)
+            return self._backends[name]
+
+    def preload(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.get(name)
+
+    def loaded(self) -> dict[str, str]:
+        """Loaded backend names -> framework versions."""
+        return {name: type(b).version() for name, b in sorted(self._backends.items())}

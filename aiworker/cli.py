@@ -1,0 +1,413 @@
+"""The ``aiworker`` command line (click). Every option also reads an ``AIWORKER_*`` variable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from aiworker.client import Client
+from aiworker.embedded import RedisServer
+from aiworker.errors import AIWorkerError
+from aiworker.keys import CONSUMER_GROUP
+from aiworker.settings import Settings
+from aiworker.worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def redis_options(func: F) -> F:
+    """--redis-url and --prefix, shared by every command that talks to Redis."""
+    func = click.option(
+        "--prefix", envvar="AIWORKER_PREFIX", default=None, help="Prefix of aiworker's own keys."
+    )(func)
+    func = click.option(
+        "--redis-url",
+        envvar="AIWORKER_REDIS_URL",
+        default=None,
+        help="Redis URL (redis://, rediss://, unix://). Default redis://127.0.0.1:6379/0.",
+    )(func)
+    func = click.option(
+        "--config",
+        "config_file",
+        envvar="AIWORKER_CONFIG",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="aiworker.toml with settings.",
+    )(func)
+    return func
+
+
+def make_settings(config_file: str | None, **overrides: Any) -> Settings:
+    try:
+        return Settings.load(config_file, **overrides)
+    except AIWorkerError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def make_client(config_file: str | None, redis_url: str | None, prefix: str | None) -> Client:
+    settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
+    return Client.from_settings(settings, reply_timeout=60.0)
+
+
+def fail(exc: Exception) -> None:
+    click.echo(f"(error) {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="aiworker")
+def main(verbose: int) -> None:
+    """aiworker: RedisAI's tensors, models and execution on stock Redis."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+# worker ------------------------------------------------------------------------------------
+
+
+@main.command()
+@redis_options
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    envvar="AIWORKER_DEVICES",
+    help="Device queue to serve (repeatable): CPU, GPU, GPU:1 ...",
+)
+@click.option("--threads-per-queue", type=int, envvar="AIWORKER_THREADS_PER_QUEUE", default=None)
+@click.option(
+    "--preload", multiple=True, envvar="AIWORKER_PRELOAD", help="Backend to import at start."
+)
+def worker(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    devices: tuple[str, ...],
+    threads_per_queue: int | None,
+    preload: tuple[str, ...],
+) -> None:
+    """Serve device queues until SIGTERM/SIGINT."""
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    flags = {
+        "redis_url": redis_url,
+        "prefix": prefix,
+        "devices": devices or None,
+        "threads_per_queue": threads_per_queue,
+        "preload": preload or None,
+    }
+    settings = make_settings(config_file, **flags)
+    stored = Client.from_settings(settings).hgetall(f"{settings.prefix}config")
+    base = {k.decode().lower(): v.decode() for k, v in stored.items()}
+    base = {k: v for k, v in base.items() if k in Settings.__dataclass_fields__}
+    settings = make_settings(config_file, base=base, **flags)
+    sys.exit(Worker(settings).run_forever())
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port for redis-server (default: a free one).")
+@click.option("--threads-per-queue", type=int, default=2)
+def up(port: int | None, threads_per_queue: int) -> None:
+    """Start a private redis-server and a CPU worker; Ctrl-C stops both."""
+    logging.getLogger().setLevel(logging.INFO)
+    with RedisServer(port=port) as server:
+        settings = Settings(redis_url=server.url, threads_per_queue=threads_per_queue)
+        click.echo(f"aiworker up: {server.url}  (export AIWORKER_REDIS_URL={server.url})")
+        Worker(settings).run_forever()
+
+
+# tensors -----------------------------------------------------------------------------------
+
+
+@main.group()
+def tensor() -> None:
+    """Set and get tensors."""
+
+
+@tensor.command("set")
+@redis_options
+@click.argument("key")
+@click.argument("dtype")
+@click.argument("shape")
+@click.argument("values", nargs=-1)
+def tensor_set(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    dtype: str,
+    shape: str,
+    values: tuple[str, ...],
+) -> None:
+    """Store KEY as a DTYPE tensor of SHAPE (e.g. 2,3) from VALUES (zeros when none)."""
+    client = make_client(config_file, redis_url, prefix)
+    dims = [int(d) for d in shape.split(",") if d] if shape else []
+    try:
+        click.echo(client.tensorset(key, list(values) if values else None, shape=dims, dtype=dtype))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@tensor.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--meta", is_flag=True, help="Only dtype and shape.")
+def tensor_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, meta: bool
+) -> None:
+    """Print a tensor as JSON (dtype, shape, values)."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(json.dumps(client.tensorget(key, as_numpy=False, meta_only=meta)))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+# models ------------------------------------------------------------------------------------
+
+
+@main.group()
+def model() -> None:
+    """Store, get, delete and list models."""
+
+
+@model.command("store")
+@redis_options
+@click.argument("key")
+@click.argument("backend")
+@click.argument("device")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tag", default=None)
+@click.option("--batch", type=int, default=None)
+@click.option("--minbatch", type=int, default=None)
+@click.option("--minbatchtimeout", type=int, default=None)
+@click.option("--inputs", default=None, help="Comma-separated input names (TF).")
+@click.option("--outputs", default=None, help="Comma-separated output names (TF).")
+def model_store(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    backend: str,
+    device: str,
+    path: str,
+    tag: str | None,
+    batch: int | None,
+    minbatch: int | None,
+    minbatchtimeout: int | None,
+    inputs: str | None,
+    outputs: str | None,
+) -> None:
+    """Store the model file PATH at KEY."""
+    client = make_client(config_file, redis_url, prefix)
+    size = Path(path).stat().st_size
+    blob = bytearray(size)
+    with open(path, "rb") as handle, click.progressbar(
+        length=size, label=f"reading {path}", show_pos=True, file=sys.stderr
+    ) as bar:
+        view = memoryview(blob)
+        done = 0
+        while done < size:
+            n = handle.readinto(view[done : done + (8 << 20)])
+            if not n:
+                break
+            done += n
+            bar.update(n)
+    click.echo(f"uploading {size:,} bytes...", err=True)
+    started = time.perf_counter()
+    try:
+        client.modelstore(
+            key,
+            backend,
+            device,
+            blob,
+            batch=batch,
+            minbatch=minbatch,
+            minbatchtimeout=minbatchtimeout,
+            tag=tag,
+            inputs=inputs.split(",") if inputs else None,
+            outputs=outputs.split(",") if outputs else None,
+        )
+    except AIWorkerError as exc:
+        fail(exc)
+    click.echo(f"OK ({time.perf_counter() - started:.2f}s)")
+
+
+@model.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the blob here.")
+def model_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, output: str | None
+) -> None:
+    """Print a model's metadata; with -o also save its blob."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        info = client.modelget(key, meta_only=output is None)
+    except AIWorkerError as exc:
+        fail(exc)
+    blob = info.pop("blob", None)
+    if output and blob is not None:
+        Path(output).write_bytes(blob)
+        info["blob"] = f"{len(blob)} bytes written to {output}"
+    click.echo(json.dumps(info, indent=2))
+
+
+@model.command("del")
+@redis_options
+@click.argument("key")
+def model_del(config_file: str | None, redis_url: str | None, prefix: str | None, key: str) -> None:
+    """Delete a model."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(client.modeldel(key))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@model.command("list")
+@redis_options
+def model_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """List stored models and their tags."""
+    client = make_client(config_file, redis_url, prefix)
+    for key, tag in client.modelscan():
+        click.echo(f"{key}\t{tag}")
+
+
+# running -----------------------------------------------------------------------------------
+
+
+@main.command()
+@redis_options
+@click.argument("key")
+@click.option("--inputs", "-i", required=True, help="Comma-separated input tensor keys.")
+@click.option("--outputs", "-o", required=True, help="Comma-separated output tensor keys.")
+@click.option("--timeout", type=int, default=None, help="RedisAI TIMEOUT in ms (from enqueue).")
+@click.option("--show/--no-show", default=True, help="Print the outputs.")
+def run(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    inputs: str,
+    outputs: str,
+    timeout: int | None,
+    show: bool,
+) -> None:
+    """Run model KEY through a worker (AI.MODELEXECUTE)."""
+    client = make_client(config_file, redis_url, prefix)
+    out_keys = outputs.split(",")
+    try:
+        click.echo(client.modelexecute(key, inputs.split(","), out_keys, timeout=timeout))
+        if show:
+            for out in out_keys:
+                value = client.tensorget(out, as_numpy=False)
+                click.echo(f"{out}: {json.dumps(value)}")
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@main.command()
+@redis_options
+@click.argument("key", required=False)
+@click.option("--reset", is_flag=True, help="Reset the statistics of KEY (RESETSTAT).")
+@click.option("--backends", is_flag=True, help="List the backends workers have loaded.")
+def info(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str | None,
+    reset: bool,
+    backends: bool,
+) -> None:
+    """Run statistics of a model or script (AI.INFO), or the backends workers loaded."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        if backends or key is None:
+            loaded: dict[str, str] = {}
+            for status in worker_statuses(client):
+                loaded.update(status.get("backends", {}))
+            click.echo(json.dumps(loaded, indent=2))
+            return
+        click.echo(client.inforeset(key) if reset else json.dumps(client.infoget(key), indent=2))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+def worker_statuses(client: Client, max_age: float = 10.0) -> list[dict[str, Any]]:
+    """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
+    names = client.zrangebyscore(client.keys.workers, time.time() - max_age, "+inf")
+    statuses = []
+    for raw in client.mget([client.keys.worker(n.decode()) for n in names]) if names else []:
+        if raw is not None:
+            statuses.append(json.loads(raw))
+    return statuses
+
+
+@main.command()
+@redis_options
+@click.option("--device", default="CPU", help="The device queue that must be served.")
+@click.option("--max-age", type=float, default=10.0, help="Heartbeat age limit in seconds.")
+def check(
+    config_file: str | None, redis_url: str | None, prefix: str | None, device: str, max_age: float
+) -> None:
+    """Exit 0 when Redis answers and a worker serving DEVICE sent a recent heartbeat, else 1."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        client.ping()
+    except Exception as exc:
+        click.echo(f"unhealthy: Redis unreachable: {exc}", err=True)
+        sys.exit(1)
+    serving = [s for s in worker_statuses(client, max_age) if device.upper() in s.get("devices", [])]
+    if not serving:
+        click.echo(f"unhealthy: no live worker serves {device.upper()}", err=True)
+        sys.exit(1)
+    click.echo(f"healthy: {len(serving)} worker(s) serve {device.upper()}")
+
+
+@main.command()
+@redis_options
+def status(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """Workers, queues, lag and pending jobs."""
+    client = make_client(config_file, redis_url, prefix)
+    for s in worker_statuses(client):
+        click.echo(
+            f"worker {s['name']}: devices={','.join(s['devices'])} "
+            f"threads={s['threads_per_queue']} jobs={s['jobs_done']} models={len(s['models'])}"
+        )
+    for queue in client.scan_iter(match=client.keys.queue("*"), _type="STREAM"):
+        name = queue.decode()
+        length = client.xlen(name)
+        groups = {g["name"].decode(): g for g in client.xinfo_groups(name)}
+        group = groups.get(CONSUMER_GROUP, {})
+        click.echo(
+            f"queue {name}: length={length} pending={group.get('pending', 0)} "
+            f"lag={group.get('lag', 0)} consumers={group.get('consumers', 0)}"
+        )
+
+
+@main.command()
+@redis_options
+@click.argument("name")
+@click.argument("value", required=False)
+def config(
+    config_file: str | None, redis_url: str | None, prefix: str | None, name: str, value: str | None
+) -> None:
+    """Read or set a shared setting (AI.CONFIG): MODEL_CHUNK_SIZE, THREADS_PER_QUEUE, ..."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(client.config(name, value))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

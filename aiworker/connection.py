@@ -1,0 +1,55 @@
+"""Redis connections tuned for tensors: big values are sent without an extra full copy.
+
+redis-py's hiredis packer copies every argument into one buffer (and turns memoryviews into bytes
+first), which for a 500 MB model means two extra copies. Its pure-Python packer instead hands large
+arguments to ``sendall`` as they are. ``HybridPacker`` uses hiredis for ordinary commands (faster for
+many small arguments) and the Python packer as soon as one argument is large.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.connection import HiredisRespSerializer, PythonRespSerializer
+
+try:
+    from redis._parsers import Encoder
+except ImportError:  # pragma: no cover - older redis-py
+    from redis.connection import Encoder  # type: ignore[attr-defined,no-redef]
+
+LARGE_ARGUMENT = 64 * 1024
+
+
+class HybridPacker:
+    """A redis-py command packer: hiredis for small commands, zero-copy for large arguments."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._small = HiredisRespSerializer()
+        self._large = PythonRespSerializer(6000, encoder.encode)
+
+    def pack(self, *args: Any) -> list[Any]:
+        for arg in args:
+            if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > LARGE_ARGUMENT:
+                return self._large.pack(*args)  # type: ignore[no-any-return]
+        try:
+            return self._small.pack(*args)
+        except Exception:  # hiredis refuses some argument types the Python packer encodes
+            return self._large.pack(*args)  # type: ignore[no-any-return]
+
+
+def install_packer(client: redis.Redis) -> redis.Redis:
+    """Make every connection of ``client``'s pool use ``HybridPacker``."""
+    kwargs = client.connection_pool.connection_kwargs
+    encoder = Encoder(
+        kwargs.get("encoding", "utf-8"),
+        kwargs.get("encoding_errors", "strict"),
+        kwargs.get("decode_responses", False),
+    )
+    kwargs["command_packer"] = HybridPacker(encoder)
+    return client
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A ``redis.Redis`` for ``url`` (redis://, rediss://, unix://) with the hybrid packer."""
+    return install_packer(redis.Redis.from_url(url, **kwargs))

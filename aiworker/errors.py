@@ -1,0 +1,56 @@
+"""aiworker's exceptions.
+
+Errors that RedisAI reported to its clients as server errors derive from
+``redis.exceptions.ResponseError`` so that code written against redisai-py keeps catching them::
+
+    AIWorkerError                          root of everything aiworker raises itself
+    ├── ConfigError                        bad settings or config file
+    ├── BackendUnavailable                 a backend's framework is not installed (names the extra)
+    └── AIError (+ redis ResponseError)    what a RedisAI client saw as ``-ERR ...``
+        ├── WrongTypeError                 key holds another kind of value (``WRONGTYPE ...``)
+        ├── JobFailed                      a worker ran the job and it failed (the worker's message)
+        └── JobTimedOut                    the job's TIMEOUT passed before it ran (RedisAI's TIMEDOUT)
+
+Messages are RedisAI's text as redis-py showed it: without the ``ERR`` prefix (``WRONGTYPE`` stays,
+as redis-py keeps it).
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ResponseError
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+class AIWorkerError(Exception):
+    """Root of every exception aiworker raises itself."""
+
+
+class ConfigError(AIWorkerError, ValueError):
+    """A setting or config file is invalid."""
+
+
+class BackendUnavailable(AIWorkerError):
+    """A backend's framework cannot be imported; the message names the extra to install."""
+
+
+class AIError(AIWorkerError, ResponseError):
+    """An error RedisAI reported to clients; the message matches RedisAI's where it had one."""
+
+
+class WrongTypeError(AIError):
+    """The key exists but holds something else than the command expects."""
+
+    def __init__(self, message: str = WRONGTYPE) -> None:
+        super().__init__(message)
+
+
+class JobFailed(AIError):
+    """A worker ran the job and it failed; the message is the worker's."""
+
+
+class JobTimedOut(AIError):
+    """The job's TIMEOUT passed before a worker could run it (RedisAI replied ``TIMEDOUT``)."""
+
+    def __init__(self, message: str = "TIMEDOUT") -> None:
+        super().__init__(message)

@@ -1,0 +1,148 @@
+"""Runs one decoded job: reads its inputs and model version, runs the backend, returns an Outcome.
+
+Nothing here writes to Redis: the worker applies the Outcome (outputs, stats, reply, ack) in one
+transaction, so a failure anywhere before that leaves no trace but the error reply.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from aiworker import messages
+from aiworker.backends.base import LoadedModel, ModelSpec, Registry
+from aiworker.devices import parse_device
+from aiworker.errors import AIError, AIWorkerError, WrongTypeError
+from aiworker.jobs import Job, ModelExecute
+from aiworker.keys import Keys
+from aiworker.model_cache import ModelCache
+from aiworker.storage import model as model_store
+from aiworker.storage import tensor as codec
+from aiworker.storage import tensor_io
+
+
+@dataclass
+class Outcome:
+    """What a job produced; applied to Redis by the worker in one transaction."""
+
+    status: str  # "ok" | "error" | "timedout" | "forward"
+    error: str = ""
+    writes: dict[str, np.ndarray] = field(default_factory=dict)
+    stats_key: str | None = None
+    duration_us: int = 0
+    samples: int = 0
+    forward_queue: str = ""
+
+    @classmethod
+    def failed(cls, error: str, stats_key: str | None = None) -> Outcome:
+        return cls("error", error=error, stats_key=stats_key)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+class Executor:
+    """Executes jobs for the queues of one worker process."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        registry: Registry,
+        cache: ModelCache,
+        max_tensor_bytes: int = 1 << 30,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.registry = registry
+        self.cache = cache
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def execute(self, job: Job, queue_device: str) -> Outcome:
+        request = job.request
+        if not isinstance(request, ModelExecute):
+            return Outcome.failed(f"{request.op} is not supported by this worker yet")
+        try:
+            return self._model_execute(request, queue_device)
+        except AIError as exc:
+            return Outcome.failed(_error_text(exc))
+        except AIWorkerError as exc:
+            return Outcome.failed(_error_text(exc))
+
+    def _read_job_state(self, request: ModelExecute) -> tuple[model_store.ModelMeta, list[Any]]:
+        """Model metadata and input tensors in one round trip, as one consistent snapshot."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hmget(request.key, list(model_store.META_FIELDS))
+        for name in request.inputs:
+            pipe.hgetall(name)
+        replies = pipe.execute(raise_on_error=False)
+        meta_reply = replies[0]
+        if isinstance(meta_reply, redis.ResponseError):
+            raise WrongTypeError()
+        if all(v is None for v in meta_reply):
+            raise AIError(messages.MODEL_EMPTY)
+        return model_store.meta_from_fields(meta_reply), replies[1:]
+
+    def _load(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
+        backend = self.registry.get(meta.backend)
+        stored_meta, blob = model_store.read_model(self.r, key)
+        spec = ModelSpec(
+            key=key,
+            device=parse_device(stored_meta.device),
+            inputs=stored_meta.inputs,
+            outputs=stored_meta.outputs,
+            batchsize=stored_meta.batchsize,
+        )
+        try:
+            return backend.load(blob, spec)
+        except AIError:
+            raise
+        except Exception as exc:  # a backend bug or a blob it chokes on: still just this job's error
+            raise AIError(f"{meta.backend}: failed to load model: {_error_text(exc)}") from exc
+
+    def model_for(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
+        def load() -> LoadedModel:
+            try:
+                return self._load(key, meta)
+            except AIWorkerError as exc:
+                if isinstance(exc, AIError):
+                    raise
+                raise AIError(_error_text(exc)) from exc
+
+        return self.cache.get(key, meta.digest, load)
+
+    def _model_execute(self, request: ModelExecute, queue_device: str) -> Outcome:
+        meta, input_replies = self._read_job_state(request)
+        device = parse_device(meta.device)
+        if device.queue != queue_device.upper():
+            return Outcome("forward", forward_queue=self.keys.queue(device.queue))
+        stats_key = request.key
+        if meta.inputs and len(request.inputs) != len(meta.inputs):
+            return Outcome.failed(messages.MODEL_INPUT_COUNT, stats_key)
+        if meta.outputs and len(request.outputs) != len(meta.outputs):
+            return Outcome.failed(messages.MODEL_OUTPUT_COUNT, stats_key)
+        inputs = [tensor_io.decode_reply(reply) for reply in input_replies]
+        model = self.model_for(request.key, meta)
+        started = time.perf_counter()
+        try:
+            outputs = model.run(inputs)
+        except AIError as exc:
+            return Outcome.failed(_error_text(exc), stats_key)
+        except Exception as exc:  # the framework raised something unexpected: report, keep serving
+            return Outcome.failed(f"{meta.backend}: {_error_text(exc)}", stats_key)
+        duration_us = int((time.perf_counter() - started) * 1_000_000)
+        if len(outputs) != len(request.outputs):
+            return Outcome.failed(messages.MODEL_OUTPUT_COUNT, stats_key)
+        writes = {}
+        for name, array in zip(request.outputs, outputs, strict=True):
+            array = np.asarray(array)
+            codec.dtype_of(array)  # refuse output types RedisAI cannot store
+            writes[name] = array
+        samples = int(outputs[0].shape[0]) if outputs and np.ndim(outputs[0]) else 1
+        return Outcome("ok", writes=writes, stats_key=stats_key, duration_us=duration_us, samples=samples)

@@ -1,0 +1,42 @@
+"""RedisAI's client-facing error messages, in one place (as redis-py showed them: no ``ERR``)."""
+
+from __future__ import annotations
+
+# Tensors
+INVALID_DTYPE = "invalid data type"
+INVALID_SHAPE = "invalid or negative value found in tensor shape"
+WRONG_VALUE_COUNT = "wrong number of values was given in 'AI.TENSORSET' command"
+BLOB_LENGTH = "data length does not match tensor shape and type"
+INVALID_VALUE = "invalid value"
+BOOL_BLOB = "BOOL tensor elements must be 0 or 1"
+TENSOR_EMPTY = "tensor key is empty or in a different shard"
+STRING_BLOB = "Number of string elements in data blob does not match tensor length"
+STRING_NUL = "C-string value contains null character"
+UNSUPPORTED_FORMAT = "unsupported data format"
+BLOB_AND_VALUES = "both BLOB and VALUES specified"
+
+# Models
+MODEL_EMPTY = "model key is empty"
+MODEL_UNSUPPORTED_BACKEND = "unsupported backend"
+MODEL_NO_BLOB = "Insufficient arguments, missing model BLOB"
+MODEL_BAD_BATCHSIZE = "Invalid argument for BATCHSIZE"
+MODEL_BAD_MINBATCHSIZE = "Invalid argument for MINBATCHSIZE"
+MODEL_BAD_MINBATCHTIMEOUT = "Invalid argument for MINBATCHTIMEOUT"
+MODEL_TF_INPUTS_REQUIRED = "INPUTS not specified for TF"
+MODEL_TF_OUTPUTS_REQUIRED = "OUTPUTS not specified for TF"
+MODEL_IO_NOT_TF = "INPUTS argument should not be specified for this backend"
+MODEL_MINBATCH_NEEDS_BATCH = "MINBATCHSIZE specified without BATCHSIZE"
+MODEL_MINBATCHTIMEOUT_NEEDS_MINBATCH = "MINBATCHTIMEOUT specified without MINBATCHSIZE"
+MODEL_BATCH_SIZE_MISMATCH = "Model did not generate the expected batch size"
+MODEL_OUTPUT_NUMBER = "Model did not generate the expected number of outputs"
+MODEL_INPUT_COUNT = "Number of keys given as INPUTS here does not match model definition"
+MODEL_OUTPUT_COUNT = "Number of keys given as OUTPUTS here does not match model definition"
+
+# Scripts
+SCRIPT_EMPTY = "script key is empty"
+
+# Stats
+INFO_EMPTY = "cannot find run info for key"
+
+# Devices
+INVALID_DEVICE = "Invalid DEVICE"

@@ -1,0 +1,131 @@
+"""One settings object, layered: defaults <- config file <- ``AIWORKER_*`` env <- explicit overrides.
+
+Names follow RedisAI's (THREADS_PER_QUEUE, MODEL_CHUNK_SIZE, ...) in lower case; the environment
+variable of a setting is ``AIWORKER_`` plus its upper-cased name. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiworker.errors import ConfigError
+from aiworker.keys import DEFAULT_PREFIX
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "AIWORKER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every aiworker setting. See ``config/aiworker.toml`` for what each one does."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = DEFAULT_PREFIX
+    devices: tuple[str, ...] = ("CPU",)
+    threads_per_queue: int = 1
+    model_chunk_size: int = 511 * 1024 * 1024
+    model_execution_timeout: int = 0
+    inter_op_parallelism: int = 0
+    intra_op_parallelism: int = 0
+    backend_memory_limit: int = 0
+    backends_path: str = ""
+    preload: tuple[str, ...] = ()
+    reply_ttl: int = 300
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5
+    model_cache_size: int = 32
+    max_tensor_bytes: int = 1 << 30
+    block_ms: int = 1000
+    metrics_port: int = 0
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["redis_url"] = hide_password(self.redis_url)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (values coerced like config-file values)."""
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        base: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults, ``base`` (e.g. settings stored in Redis), the TOML file, ``AIWORKER_*``
+        variables, then non-None overrides: each layer wins over the ones before it."""
+        values: dict[str, Any] = dict(base or {})
+        env = os.environ if env is None else env
+        path = config_file or env.get(ENV_PREFIX + "CONFIG")
+        if path:
+            values.update(read_config_file(path))
+        values.update(from_env(env))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**_coerce_all(values))
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELD_TYPES.get(name)
+    if kind is None:
+        raise ConfigError(f"unknown setting {name!r}")
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "tuple[str, ...]":
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}: invalid value {value!r}") from None
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name.lower(): _coerce(name.lower(), v) for name, v in values.items()}
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Settings named by ``AIWORKER_<NAME>`` variables."""
+    return {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in _FIELD_TYPES
+        if ENV_PREFIX + name.upper() in env
+    }
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file (top-level keys or an ``[aiworker]`` table)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    table = data.get("aiworker", data)
+    return {k.lower(): v for k, v in table.items()}
+
+
+def hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

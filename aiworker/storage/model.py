@@ -1,0 +1,252 @@
+"""Models in Redis hashes: metadata validation, chunking and atomic store/read.
+
+A model hash holds ``kind=model``, ``backend``, ``device``, ``tag``, ``batchsize``, ``minbatchsize``,
+``minbatchtimeout``, ``inputs``/``outputs`` (JSON lists), ``digest`` (SHA-1 of the blob), ``size``,
+``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of MODEL_CHUNK_SIZE bytes.
+
+Storing is one MULTI/EXEC (delete then write), so a reader never sees a torn or mixed model; readers
+fetch every chunk inside one MULTI too. Workers compare the small ``digest`` field, read alongside a
+job's inputs, with the one they loaded, and reload only when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from aiworker import messages
+from aiworker.devices import parse_device
+from aiworker.errors import AIError, WrongTypeError
+from aiworker.keys import Keys
+
+KIND_MODEL = "model"
+DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
+META_FIELDS = (
+    "kind",
+    "backend",
+    "device",
+    "tag",
+    "batchsize",
+    "minbatchsize",
+    "minbatchtimeout",
+    "inputs",
+    "outputs",
+    "digest",
+    "size",
+    "chunks",
+)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything stored about a model except its blob."""
+
+    backend: str
+    device: str
+    tag: str = ""
+    batchsize: int = 0
+    minbatchsize: int = 0
+    minbatchtimeout: int = 0
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    digest: str = ""
+    size: int = 0
+    chunks: int = 0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str | int]:
+        return {
+            "kind": KIND_MODEL,
+            "backend": self.backend,
+            "device": self.device,
+            "tag": self.tag,
+            "batchsize": self.batchsize,
+            "minbatchsize": self.minbatchsize,
+            "minbatchtimeout": self.minbatchtimeout,
+            "inputs": json.dumps(list(self.inputs)),
+            "outputs": json.dumps(list(self.outputs)),
+            "digest": self.digest,
+            "size": self.size,
+            "chunks": self.chunks,
+        }
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
+    """Decode META_FIELDS values (in order, as HMGET returns them); WRONGTYPE if not a model."""
+    values = dict(zip(META_FIELDS, (_text(v) for v in fields), strict=True))
+    if values["kind"] != KIND_MODEL:
+        raise WrongTypeError()
+    return ModelMeta(
+        backend=values["backend"],
+        device=values["device"],
+        tag=values["tag"],
+        batchsize=int(values["batchsize"] or 0),
+        minbatchsize=int(values["minbatchsize"] or 0),
+        minbatchtimeout=int(values["minbatchtimeout"] or 0),
+        inputs=tuple(json.loads(values["inputs"] or "[]")),
+        outputs=tuple(json.loads(values["outputs"] or "[]")),
+        digest=values["digest"],
+        size=int(values["size"] or 0),
+        chunks=int(values["chunks"] or 0),
+    )
+
+
+def validate_meta(
+    backend: str,
+    device: str,
+    *,
+    known_backends: Sequence[str],
+    io_backends: Sequence[str],
+    batchsize: int = 0,
+    minbatchsize: int = 0,
+    minbatchtimeout: int = 0,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+) -> tuple[str, str]:
+    """Check MODELSTORE arguments with RedisAI's rules; returns (backend, device) normalised.
+
+    ``io_backends`` are the backends that take INPUTS/OUTPUTS names (TF); the others refuse them.
+    """
+    name = backend.upper()
+    if name not in known_backends:
+        raise AIError(messages.MODEL_UNSUPPORTED_BACKEND)
+    parsed = parse_device(device)
+    for value, message in (
+        (batchsize, messages.MODEL_BAD_BATCHSIZE),
+        (minbatchsize, messages.MODEL_BAD_MINBATCHSIZE),
+        (minbatchtimeout, messages.MODEL_BAD_MINBATCHTIMEOUT),
+    ):
+        if not isinstance(value, int) or value < 0:
+            raise AIError(message)
+    if minbatchsize and not batchsize:
+        raise AIError(messages.MODEL_MINBATCH_NEEDS_BATCH)
+    if minbatchtimeout and not minbatchsize:
+        raise AIError(messages.MODEL_MINBATCHTIMEOUT_NEEDS_MINBATCH)
+    if name in io_backends:
+        if not inputs:
+            raise AIError(messages.MODEL_TF_INPUTS_REQUIRED)
+        if not outputs:
+            raise AIError(messages.MODEL_TF_OUTPUTS_REQUIRED)
+    elif inputs or outputs:
+        raise AIError(messages.MODEL_IO_NOT_TF)
+    return name, parsed.name
+
+
+def split_blob(blob: bytes | memoryview, chunk_size: int) -> list[memoryview]:
+    """Zero-copy chunk views of the blob (at least one, possibly empty)."""
+    if chunk_size <= 0:
+        raise AIError("MODEL_CHUNK_SIZE must be a positive number of bytes")
+    view = memoryview(blob).cast("B")
+    if not len(view):
+        return [view]
+    return [view[start : start + chunk_size] for start in range(0, len(view), chunk_size)]
+
+
+def digest_of(blob: bytes | memoryview) -> str:
+    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
+
+
+def store_model(
+    r: redis.Redis,
+    keys: Keys,
+    key: str,
+    meta: ModelMeta,
+    blob: bytes | memoryview,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ModelMeta:
+    """Replace the model at ``key`` atomically; returns the stored metadata (digest filled in)."""
+    chunks = split_blob(blob, chunk_size)
+    stored = ModelMeta(
+        backend=meta.backend,
+        device=meta.device,
+        tag=meta.tag,
+        batchsize=meta.batchsize,
+        minbatchsize=meta.minbatchsize,
+        minbatchtimeout=meta.minbatchtimeout,
+        inputs=meta.inputs,
+        outputs=meta.outputs,
+        digest=digest_of(blob),
+        size=len(memoryview(blob).cast("B")),
+        chunks=len(chunks),
+    )
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.hset(key, mapping=stored.to_fields())
+    for index, chunk in enumerate(chunks):
+        pipe.hset(key, f"chunk:{index}", chunk)  # type: ignore[arg-type]
+    pipe.sadd(keys.models, key)
+    pipe.execute()
+    return stored
+
+
+def read_meta(r: redis.Redis, key: str) -> ModelMeta:
+    """The model's metadata, or RedisAI's errors for a missing key or another kind of key."""
+    try:
+        values = r.hmget(key, list(META_FIELDS))
+    except redis.ResponseError as exc:
+        if str(exc).startswith("WRONGTYPE"):
+            raise WrongTypeError() from None
+        raise
+    if all(v is None for v in values):
+        raise AIError(messages.MODEL_EMPTY)
+    return meta_from_fields(values)
+
+
+def read_model(r: redis.Redis, key: str) -> tuple[ModelMeta, bytes]:
+    """Metadata and blob read in one transaction, so both belong to the same stored version."""
+    meta = read_meta(r, key)
+    for _ in range(5):
+        pipe = r.pipeline(transaction=True)
+        pipe.hmget(key, list(META_FIELDS))
+        pipe.hmget(key, [f"chunk:{i}" for i in range(meta.chunks)] or ["chunk:0"])
+        values, chunks = pipe.execute()
+        if all(v is None for v in values):
+            raise AIError(messages.MODEL_EMPTY)
+        current = meta_from_fields(values)
+        if current.chunks == meta.chunks or current.chunks == 0:
+            if any(c is None for c in chunks[: current.chunks]):
+                raise AIError("model blob is incomplete")
+            parts = chunks[: current.chunks]
+            return current, parts[0] if len(parts) == 1 else b"".join(parts)
+        meta = current  # replaced between the two reads with another chunk count: read again
+    raise AIError("model is being replaced too often to read")
+
+
+def delete_model(r: redis.Redis, keys: Keys, key: str) -> None:
+    read_meta(r, key)  # the errors for missing/other keys
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.srem(keys.models, key)
+    pipe.delete(keys.stats(key))
+    pipe.execute()
+
+
+def scan_models(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+    """(key, tag) of every stored model, dropping keys deleted behind aiworker's back."""
+    names = sorted(_text(k) for k in r.smembers(keys.models))  # type: ignore[union-attr]
+    if not names:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(name, ["kind", "tag"])
+    found = []
+    stale = []
+    for name, result in zip(names, pipe.execute(raise_on_error=False), strict=True):
+        if not isinstance(result, Exception) and _text(result[0]) == KIND_MODEL:
+            found.append((name, _text(result[1])))
+        else:
+            stale.append(name)
+    if stale:
+        r.srem(keys.models, *stale)
+    return found

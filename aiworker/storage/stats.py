@@ -1,0 +1,75 @@
+"""Per-model and per-script run statistics (RedisAI's AI.INFO), kept in Redis.
+
+Every worker process adds to one hash per object with HINCRBY inside its completion transaction, so
+the totals are exact across processes and hosts, and any client can read or reset them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from aiworker import messages
+from aiworker.errors import AIError
+from aiworker.keys import Keys
+
+COUNTERS = ("duration", "samples", "calls", "errors")
+
+
+def record(
+    pipe: redis.client.Pipeline,
+    keys: Keys,
+    key: str,
+    *,
+    duration_us: int = 0,
+    samples: int = 0,
+    calls: int = 0,
+    errors: int = 0,
+) -> None:
+    """Queue the counter increments on ``pipe`` (part of the job's completion transaction)."""
+    stats_key = keys.stats(key)
+    for name, amount in (
+        ("duration", duration_us),
+        ("samples", samples),
+        ("calls", calls),
+        ("errors", errors),
+    ):
+        if amount:
+            pipe.hincrby(stats_key, name, amount)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def info(r: redis.Redis, keys: Keys, key: str) -> dict[str, Any]:
+    """RedisAI's AI.INFO fields for a model or script, summed over every worker."""
+    pipe = r.pipeline(transaction=True)
+    pipe.hmget(key, ["kind", "backend", "device", "tag"])
+    pipe.hmget(keys.stats(key), list(COUNTERS))
+    (kind, backend, device, tag), counters = pipe.execute()
+    kind_text = _text(kind)
+    if kind_text not in ("model", "script"):
+        raise AIError(messages.INFO_EMPTY)
+    values = {name: int(v or 0) for name, v in zip(COUNTERS, counters, strict=True)}
+    is_script = kind_text == "script"
+    return {
+        "key": key,
+        "type": "SCRIPT" if is_script else "MODEL",
+        "backend": "TORCH" if is_script else _text(backend),
+        "device": _text(device),
+        "tag": _text(tag),
+        "duration": values["duration"],
+        "samples": -1 if is_script else values["samples"],
+        "calls": values["calls"],
+        "errors": values["errors"],
+    }
+
+
+def reset(r: redis.Redis, keys: Keys, key: str) -> None:
+    """RedisAI's AI.INFO key RESETSTAT."""
+    kind = _text(r.hget(key, "kind"))
+    if kind not in ("model", "script"):
+        raise AIError(messages.INFO_EMPTY)
+    r.delete(keys.stats(key))

@@ -1,0 +1,268 @@
+"""Tensor codec: numpy arrays <-> the fields of a tensor hash. Pure functions, no Redis I/O.
+
+A tensor hash holds ``kind=tensor``, ``dtype`` (RedisAI's type names), ``shape`` (``2,3``; empty for
+a 0-d tensor) and either ``blob`` (C-order little-endian bytes; STRING elements each terminated by
+``\\0`` as in RedisAI) or ``values`` (space-separated text, handy from redis-cli). With neither the
+tensor is zero-filled, as RedisAI's ``AI.TENSORSET key FLOAT 2 2`` without data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aiworker import messages
+from aiworker.errors import AIError, WrongTypeError
+
+KIND_FIELD = "kind"
+KIND_TENSOR = "tensor"
+
+# RedisAI type name -> numpy dtype (explicitly little-endian: the wire format is LE everywhere).
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "FLOAT": np.dtype("<f4"),
+    "DOUBLE": np.dtype("<f8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "BOOL": np.dtype("?"),
+    "STRING": np.dtype(object),
+}
+DTYPE_NAMES = tuple(NUMPY_DTYPES)
+_BY_KIND_SIZE = {(dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "STRING"}
+
+
+def parse_dtype(name: str | bytes) -> str:
+    """Normalise a RedisAI type name (case-insensitive) or raise RedisAI's error."""
+    text = name.decode() if isinstance(name, bytes) else str(name)
+    upper = text.upper()
+    if upper not in NUMPY_DTYPES:
+        raise AIError(messages.INVALID_DTYPE)
+    return upper
+
+
+def dtype_of(array: np.ndarray) -> str:
+    """The RedisAI type name of a numpy array, or RedisAI's error for unsupported types."""
+    dt = array.dtype
+    if dt.kind in "OUS":
+        return "STRING"
+    name = _BY_KIND_SIZE.get((dt.kind, dt.itemsize))
+    if name is None:
+        raise AIError(messages.INVALID_DTYPE)
+    return name
+
+
+def parse_shape(dims: Iterable[int | str | bytes]) -> tuple[int, ...]:
+    """Validate dimensions given as ints or text; negative or non-numeric ones are RedisAI errors."""
+    shape = []
+    for dim in dims:
+        try:
+            value = int(dim)
+        except (TypeError, ValueError):
+            raise AIError(messages.INVALID_SHAPE) from None
+        if value <= 0:  # RedisAI refuses empty dimensions too
+            raise AIError(messages.INVALID_SHAPE)
+        shape.append(value)
+    return tuple(shape)
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return ",".join(str(d) for d in shape)
+
+
+def _decode_shape_field(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    return parse_shape(text.replace(" ", ",").split(",")) if text else ()
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def zeros(dtype: str, shape: Sequence[int]) -> np.ndarray:
+    if dtype == "STRING":
+        return np.full(tuple(shape), b"", dtype=object)
+    return np.zeros(tuple(shape), dtype=NUMPY_DTYPES[dtype])
+
+
+def _parse_int(value: Any, dtype: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    elif isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise AIError(messages.INVALID_VALUE)
+        number = int(value)
+    else:
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        try:
+            number = int(text)
+        except ValueError:
+            raise AIError(messages.INVALID_VALUE) from None
+    if dtype == "BOOL":
+        if number not in (0, 1):
+            raise AIError(messages.INVALID_VALUE)
+        return number
+    info = np.iinfo(NUMPY_DTYPES[dtype])
+    if not info.min <= number <= info.max:
+        raise AIError(messages.INVALID_VALUE)
+    return number
+
+
+def _parse_float(value: Any, dtype: str) -> float:
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AIError(messages.INVALID_VALUE) from None
+    if dtype == "FLOAT" and np.isfinite(number) and abs(number) > float(np.finfo(np.float32).max):
+        raise AIError(messages.INVALID_VALUE)
+    return number
+
+
+def _to_bytes(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    if data.endswith(b"\0"):  # RedisAI accepts one trailing terminator on a STRING value
+        data = data[:-1]
+    if b"\0" in data:
+        raise AIError(messages.STRING_NUL)
+    return data
+
+
+def from_values(dtype: str, shape: Sequence[int], values: Sequence[Any]) -> np.ndarray:
+    """Build a tensor from individual values (RedisAI's VALUES), checking count, type and range."""
+    if len(values) != element_count(shape):
+        raise AIError(messages.WRONG_VALUE_COUNT)
+    if dtype == "STRING":
+        out = np.empty(len(values), dtype=object)
+        out[:] = [_to_bytes(v) for v in values]
+        return out.reshape(tuple(shape))
+    if dtype in ("FLOAT", "DOUBLE"):
+        parsed: list[Any] = [_parse_float(v, dtype) for v in values]
+    else:
+        parsed = [_parse_int(v, dtype) for v in values]
+    return np.array(parsed, dtype=NUMPY_DTYPES[dtype]).reshape(tuple(shape))
+
+
+def from_blob(dtype: str, shape: Sequence[int], blob: bytes | bytearray | memoryview) -> np.ndarray:
+    """Wrap raw bytes (RedisAI's BLOB) as a read-only array, checking the length against the shape."""
+    count = element_count(shape)
+    if dtype == "STRING":
+        data = bytes(blob)
+        if count == 0:
+            if data:
+                raise AIError(messages.STRING_BLOB)
+            return zeros(dtype, shape)
+        if not data.endswith(b"\0") or data.count(b"\0") != count:
+            raise AIError(messages.STRING_BLOB)
+        out = np.empty(count, dtype=object)
+        out[:] = data[:-1].split(b"\0")
+        out.flags.writeable = False
+        return out.reshape(tuple(shape))
+    np_dtype = NUMPY_DTYPES[dtype]
+    if len(blob) != count * np_dtype.itemsize:
+        raise AIError(messages.BLOB_LENGTH)
+    array = np.frombuffer(blob, dtype=np_dtype).reshape(tuple(shape))
+    if dtype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise AIError(messages.BOOL_BLOB)
+    return array
+
+
+def to_blob(array: np.ndarray) -> bytes | memoryview:
+    """Raw C-order little-endian bytes; a view (no copy) when the array already has that layout."""
+    dtype = dtype_of(array)
+    if dtype == "STRING":
+        return b"".join(_to_bytes(item) + b"\0" for item in array.reshape(-1).tolist())
+    target = NUMPY_DTYPES[dtype]
+    if array.dtype != target:
+        array = array.astype(target)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    if array.ndim == 0:
+        return array.tobytes()
+    return memoryview(array).cast("B")
+
+
+def to_values(array: np.ndarray) -> list[Any]:
+    """Flat Python values, as RedisAI's TENSORGET VALUES (STRING elements as str)."""
+    if dtype_of(array) == "STRING":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1).tolist()]
+    if array.dtype == np.bool_:
+        return [int(v) for v in array.reshape(-1).tolist()]
+    return list(array.reshape(-1).tolist())
+
+
+def as_array(data: Any, dtype: str | None = None, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Turn what a client passed to ``tensorset`` into a validated array.
+
+    A numpy array keeps its type (``dtype`` must agree if given) and may be reshaped by ``shape``;
+    a list/tuple/scalar is treated as RedisAI VALUES and needs ``dtype``; ``None`` means zeros.
+    """
+    if isinstance(data, np.ndarray):
+        name = dtype_of(data)
+        if dtype is not None and parse_dtype(dtype) != name:
+            data = from_values(parse_dtype(dtype), data.shape, data.reshape(-1).tolist())
+            name = parse_dtype(dtype)
+        if name == "STRING" and data.dtype.kind in "US":
+            data = from_values("STRING", data.shape, data.reshape(-1).tolist())
+        if shape is not None:
+            target = parse_shape(shape)
+            if element_count(target) != data.size:
+                raise AIError(messages.WRONG_VALUE_COUNT)
+            data = data.reshape(target)
+        return data
+    if dtype is None:
+        raise AIError(messages.INVALID_DTYPE)
+    name = parse_dtype(dtype)
+    if data is None:
+        return zeros(name, parse_shape(shape or ()))
+    values = list(data) if isinstance(data, (list, tuple)) else [data]
+    target = parse_shape(shape) if shape is not None else (len(values),)
+    return from_values(name, target, values)
+
+
+def encode_fields(array: np.ndarray) -> dict[str, Any]:
+    """The hash fields that store ``array`` (blob is a zero-copy view where possible)."""
+    return {
+        KIND_FIELD: KIND_TENSOR,
+        "dtype": dtype_of(array),
+        "shape": format_shape(array.shape),
+        "blob": to_blob(array),
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_meta(fields: Mapping[Any, Any]) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) of stored tensor fields; WRONGTYPE when the hash is not a tensor."""
+    kind = fields.get(b"kind", fields.get("kind"))
+    if kind is None or _text(kind) != KIND_TENSOR:
+        raise WrongTypeError()
+    dtype = fields.get(b"dtype", fields.get("dtype"))
+    shape = fields.get(b"shape", fields.get("shape"))
+    if dtype is None or shape is None:
+        raise AIError(messages.INVALID_SHAPE if dtype is not None else messages.INVALID_DTYPE)
+    return parse_dtype(_text(dtype)), _decode_shape_field(_text(shape))
+
+
+def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:
+    """The array stored in a tensor hash (read-only, no copy of the blob)."""
+    dtype, shape = decode_meta(fields)
+    blob = fields.get(b"blob", fields.get("blob"))
+    if blob is not None:
+        return from_blob(dtype, shape, blob)
+    values = fields.get(b"values", fields.get("values"))
+    if values is not None:
+        return from_values(dtype, shape, _text(values).split())
+    return zeros(dtype, shape)

@@ -1,0 +1,56 @@
+"""Tensor reads and writes against Redis (the codec itself lives in ``tensor.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import redis
+
+from aiworker import messages
+from aiworker.errors import AIError, WrongTypeError
+from aiworker.storage import tensor as codec
+
+
+def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
+    """Queue a replace of ``key`` with ``array`` (DEL first: a stale ``values`` field must go)."""
+    pipe.delete(key)
+    pipe.hset(key, mapping=codec.encode_fields(array))
+
+
+def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
+    pipe = r.pipeline(transaction=True)
+    queue_write(pipe, key, array)
+    pipe.execute()
+
+
+def decode_reply(reply: Any) -> np.ndarray:
+    """Decode an HGETALL reply (or the exception a pipeline returned for it)."""
+    if isinstance(reply, redis.ResponseError):
+        if str(reply).startswith("WRONGTYPE"):
+            raise WrongTypeError()
+        raise reply
+    if not reply:
+        raise AIError(messages.TENSOR_EMPTY)
+    return codec.decode_fields(reply)
+
+
+def read(r: redis.Redis, key: str) -> np.ndarray:
+    """The tensor at ``key`` (read-only array); RedisAI's errors for missing or other keys."""
+    try:
+        reply = r.hgetall(key)
+    except redis.ResponseError as exc:
+        reply = exc
+    return decode_reply(reply)
+
+
+def read_meta(r: redis.Redis, key: str) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) without transferring the blob."""
+    try:
+        kind, dtype, shape = r.hmget(key, ["kind", "dtype", "shape"])
+    except redis.ResponseError as exc:
+        decode_reply(exc)
+        raise
+    if kind is None and dtype is None and shape is None and not r.exists(key):
+        raise AIError(messages.TENSOR_EMPTY)
+    return codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})

@@ -1,0 +1,248 @@
+"""The worker process: THREADS_PER_QUEUE consumer threads per device stream, one consumer group.
+
+Each thread reads one entry at a time (XREADGROUP), decodes it, has the Executor run it, then applies
+the outcome in one MULTI/EXEC: outputs written, stats counted, the reply pushed (with a TTL), the entry
+acknowledged and deleted. A crash before EXEC leaves the entry pending for another worker; nothing is
+ever half applied. Consumer names are ``host:pid:device:n``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+import redis
+
+from aiworker.backends.base import BackendOptions, Registry
+from aiworker.connection import connect
+from aiworker.devices import parse_device
+from aiworker.errors import AIError
+from aiworker.executor import Executor, Outcome
+from aiworker.jobs import Job, decode_entry, entry_time_ms, reply_key_of
+from aiworker.keys import CONSUMER_GROUP, Keys
+from aiworker.model_cache import ModelCache
+from aiworker.settings import Settings
+from aiworker.storage import stats, tensor_io
+
+log = logging.getLogger("aiworker.worker")
+HEARTBEAT_SECONDS = 2.0
+
+
+def ensure_group(r: redis.Redis, queue: str) -> None:
+    """Create the consumer group (and stream) if missing; from id 0 so earlier jobs are served."""
+    try:
+        r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Worker:
+    """Serves the device queues named in ``settings.devices`` until ``stop`` is called."""
+
+    def __init__(self, settings: Settings, r: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.r = r if r is not None else connect(settings.redis_url)
+        self.devices = [parse_device(d).queue for d in settings.devices]
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.registry = Registry(
+            BackendOptions(
+                inter_op_parallelism=settings.inter_op_parallelism,
+                intra_op_parallelism=settings.intra_op_parallelism,
+                model_execution_timeout_ms=settings.model_execution_timeout,
+                backend_memory_limit_mb=settings.backend_memory_limit,
+            )
+        )
+        self.cache = ModelCache(settings.model_cache_size)
+        self.executor = Executor(
+            self.r, self.keys, self.registry, self.cache, settings.max_tensor_bytes
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._jobs_done = 0
+        self._counter_lock = threading.Lock()
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        self.registry.preload(self.settings.preload)
+        for device in self.devices:
+            ensure_group(self.r, self.keys.queue(device))
+            for n in range(self.settings.threads_per_queue):
+                consumer = f"{self.name}:{device}:{n}"
+                thread = threading.Thread(
+                    target=self._consume,
+                    args=(device, consumer),
+                    name=f"aiworker-{device}-{n}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="aiworker-heartbeat", daemon=True)
+        self._threads.append(heartbeat)
+        for thread in self._threads:
+            thread.start()
+        log.info("worker %s serving %s x%d", self.name, ",".join(self.devices), self.settings.threads_per_queue)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop reading, let threads finish the job in hand (up to ``timeout``), deregister."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(self.keys.workers, self.name)
+            pipe.delete(self.keys.worker(self.name))
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("could not deregister worker %s", self.name)
+        self.cache.clear()
+
+    def run_forever(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop gracefully; returns the exit code."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not self._stop.wait(0.5):
+            pass
+        self.stop()
+        return 0
+
+    @property
+    def jobs_done(self) -> int:
+        return self._jobs_done
+
+    # consuming -----------------------------------------------------------------------------
+
+    def _consume(self, device: str, consumer: str) -> None:
+        queue = self.keys.queue(device)
+        while not self._stop.is_set():
+            try:
+                response = self.r.xreadgroup(
+                    CONSUMER_GROUP, consumer, {queue: ">"}, count=1, block=self.settings.block_ms
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    ensure_group(self.r, queue)
+                    continue
+                log.exception("reading %s failed", queue)
+                time.sleep(0.5)
+                continue
+            except redis.ConnectionError:
+                log.warning("connection lost while reading %s; retrying", queue)
+                time.sleep(0.5)
+                continue
+            for _stream, entries in response or []:
+                for entry_id, fields in entries:
+                    self._handle(device, queue, _text(entry_id), fields)
+
+    def _handle(self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
+        started = time.time()
+        try:
+            job = decode_entry(entry_id, fields)
+        except AIError as exc:
+            self._finish(queue, entry_id, fields, reply_key_of(fields), Outcome.failed(str(exc)))
+            return
+        deadline = job.deadline_ms
+        if deadline is not None and started * 1000 > deadline:
+            outcome = Outcome("timedout")
+        else:
+            outcome = self.executor.execute(job, device)
+        self._finish(queue, entry_id, fields, job.reply, outcome, job, started)
+
+    def _finish(
+        self,
+        queue: str,
+        entry_id: str,
+        fields: Mapping[Any, Any],
+        reply_key: str | None,
+        outcome: Outcome,
+        job: Job | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Apply the outcome atomically: outputs, stats, reply, ack and delete."""
+        pipe = self.r.pipeline(transaction=True)
+        if outcome.status == "forward":
+            pipe.xadd(outcome.forward_queue, dict(fields))  # type: ignore[arg-type]
+        else:
+            for name, array in outcome.writes.items():
+                tensor_io.queue_write(pipe, name, array)
+            if outcome.stats_key:
+                stats.record(
+                    pipe,
+                    self.keys,
+                    outcome.stats_key,
+                    duration_us=outcome.duration_us,
+                    samples=outcome.samples if outcome.status == "ok" else 0,
+                    calls=1,
+                    errors=int(outcome.status == "error"),
+                )
+            if reply_key:
+                pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
+                pipe.expire(reply_key, self.settings.reply_ttl)
+        pipe.xack(queue, CONSUMER_GROUP, entry_id)
+        pipe.xdel(queue, entry_id)
+        pipe.execute()
+        with self._counter_lock:
+            self._jobs_done += 1
+        if outcome.status == "error":
+            log.info("job %s failed: %s", entry_id, outcome.error)
+
+    def _reply(self, entry_id: str, outcome: Outcome, started: float | None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"status": outcome.status, "id": entry_id, "worker": self.name}
+        if outcome.status == "error":
+            reply["error"] = outcome.error
+        if started is not None:
+            reply["queue_ms"] = max(0, int(started * 1000) - entry_time_ms(entry_id))
+        if outcome.duration_us:
+            reply["compute_ms"] = round(outcome.duration_us / 1000, 3)
+        return reply
+
+    # heartbeat ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "devices": self.devices,
+            "threads_per_queue": self.settings.threads_per_queue,
+            "models": self.cache.keys(),
+            "backends": self.registry.loaded(),
+            "jobs_done": self._jobs_done,
+            "time": time.time(),
+        }
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                pipe = self.r.pipeline(transaction=False)
+                pipe.set(
+                    self.keys.worker(self.name),
+                    json.dumps(self.status()),
+                    ex=int(HEARTBEAT_SECONDS * 5),
+                )
+                pipe.zadd(self.keys.workers, {self.name: now})
+                pipe.execute()
+            except redis.RedisError:
+                log.warning("heartbeat failed")
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                return
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,61 @@
+"""Fixtures: a private redis-server per session, a flushed client per test, in-process workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aiworker import Client, Settings, Worker
+from aiworker.embedded import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[Client]:
+    c = Client.from_url(redis_server.url, reply_timeout=30)
+    c.flushall()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url, threads_per_queue=2, block_ms=100)
+
+
+@pytest.fixture
+def worker(client: Client, settings: Settings) -> Iterator[Worker]:
+    """An in-process worker serving CPU with 2 threads."""
+    w = Worker(settings).start()
+    yield w
+    w.stop(timeout=10)
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """Environment for worker subprocesses: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m aiworker worker`` against ``url`` as a separate process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "worker", "--redis-url", url, *args],
+        env=worker_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
