@@ -56,6 +56,10 @@ def make_client(config_file: str | None, redis_url: str | None, prefix: str | No
     return Client.from_settings(settings, reply_timeout=60.0)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def fail(exc: Exception) -> None:
     click.echo(f"(error) {exc}", err=True)
     sys.exit(1)
@@ -106,7 +110,7 @@ def worker(
     }
     settings = make_settings(config_file, **flags)
     stored = Client.from_settings(settings).hgetall(f"{settings.prefix}config")
-    base = {k.decode().lower(): v.decode() for k, v in stored.items()}
+    base = {_text(k).lower(): _text(v) for k, v in stored.items()}
     base = {k: v for k, v in base.items() if k in Settings.__dataclass_fields__}
     settings = make_settings(config_file, base=base, **flags)
     sys.exit(Worker(settings).run_forever())
@@ -210,9 +214,12 @@ def model_store(
     client = make_client(config_file, redis_url, prefix)
     size = Path(path).stat().st_size
     blob = bytearray(size)
-    with open(path, "rb") as handle, click.progressbar(
-        length=size, label=f"reading {path}", show_pos=True, file=sys.stderr
-    ) as bar:
+    with (
+        open(path, "rb") as handle,
+        click.progressbar(
+            length=size, label=f"reading {path}", show_pos=True, file=sys.stderr
+        ) as bar,
+    ):
         view = memoryview(blob)
         done = 0
         while done < size:
@@ -344,9 +351,9 @@ def info(
 
 def worker_statuses(client: Client, max_age: float = 10.0) -> list[dict[str, Any]]:
     """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
-    names = client.zrangebyscore(client.keys.workers, time.time() - max_age, "+inf")
+    names = client.zrangebyscore(client.keyspace.workers, time.time() - max_age, "+inf")
     statuses = []
-    for raw in client.mget([client.keys.worker(n.decode()) for n in names]) if names else []:
+    for raw in client.mget([client.keyspace.worker(_text(n)) for n in names]) if names else []:
         if raw is not None:
             statuses.append(json.loads(raw))
     return statuses
@@ -366,7 +373,9 @@ def check(
     except Exception as exc:
         click.echo(f"unhealthy: Redis unreachable: {exc}", err=True)
         sys.exit(1)
-    serving = [s for s in worker_statuses(client, max_age) if device.upper() in s.get("devices", [])]
+    serving = [
+        s for s in worker_statuses(client, max_age) if device.upper() in s.get("devices", [])
+    ]
     if not serving:
         click.echo(f"unhealthy: no live worker serves {device.upper()}", err=True)
         sys.exit(1)
@@ -383,7 +392,7 @@ def status(config_file: str | None, redis_url: str | None, prefix: str | None) -
             f"worker {s['name']}: devices={','.join(s['devices'])} "
             f"threads={s['threads_per_queue']} jobs={s['jobs_done']} models={len(s['models'])}"
         )
-    for queue in client.scan_iter(match=client.keys.queue("*"), _type="STREAM"):
+    for queue in client.scan_iter(match=client.keyspace.queue("*"), _type="STREAM"):
         name = queue.decode()
         length = client.xlen(name)
         groups = {g["name"].decode(): g for g in client.xinfo_groups(name)}

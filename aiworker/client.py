@@ -27,9 +27,8 @@ from aiworker.keys import DEFAULT_PREFIX, Keys
 from aiworker.parser import parse_modelexecute
 from aiworker.settings import Settings
 from aiworker.storage import model as model_store
-from aiworker.storage import stats
+from aiworker.storage import stats, tensor_io
 from aiworker.storage import tensor as codec
-from aiworker.storage import tensor_io
 
 # AI.CONFIG names -> (Settings field, smallest allowed value; None for text).
 CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
@@ -41,6 +40,7 @@ CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
     "INTRA_OP_PARALLELISM": ("intra_op_parallelism", 0),
     "BACKEND_MEMORY_LIMIT": ("backend_memory_limit", 0),
 }
+
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
@@ -79,7 +79,7 @@ class Client(redis.Redis):
     ) -> None:
         super().__init__(*args, **kwargs)
         install_packer(self)
-        self.keys = Keys(prefix)
+        self.keyspace = Keys(prefix)
         self.reply_timeout = reply_timeout
         self._devices: dict[str, str] = {}
         self._devices_lock = threading.Lock()
@@ -185,7 +185,7 @@ class Client(redis.Redis):
             inputs=tuple(in_names),
             outputs=tuple(out_names),
         )
-        model_store.store_model(self, self.keys, key, meta, data, self.model_chunk_size())
+        model_store.store_model(self, self.keyspace, key, meta, data, self.model_chunk_size())
         with self._devices_lock:
             self._devices[key] = parse_device(device_name).queue
         return "OK"
@@ -212,14 +212,14 @@ class Client(redis.Redis):
         return result
 
     def modeldel(self, key: str) -> str:
-        model_store.delete_model(self, self.keys, key)
+        model_store.delete_model(self, self.keyspace, key)
         with self._devices_lock:
             self._devices.pop(key, None)
         return "OK"
 
     def modelscan(self) -> list[list[str]]:
         """``[key, tag]`` of every stored model (RedisAI's AI._MODELSCAN)."""
-        return [[key, tag] for key, tag in model_store.scan_models(self, self.keys)]
+        return [[key, tag] for key, tag in model_store.scan_models(self, self.keyspace)]
 
     def modelexecute(
         self,
@@ -251,9 +251,9 @@ class Client(redis.Redis):
 
     def submit(self, device: str, request: Request) -> str:
         """Enqueue ``request`` on a device queue and wait for its reply (one round trip)."""
-        reply_key = self.keys.reply(uuid.uuid4().hex)
+        reply_key = self.keyspace.reply(uuid.uuid4().hex)
         pipe = self.pipeline(transaction=False)
-        pipe.xadd(self.keys.queue(device), encode_entry(request, reply_key))  # type: ignore[arg-type]
+        pipe.xadd(self.keyspace.queue(device), encode_entry(request, reply_key))  # type: ignore[arg-type]
         pipe.blpop([reply_key], timeout=self.reply_timeout or 0)
         _, popped = pipe.execute()
         if popped is None:
@@ -264,10 +264,10 @@ class Client(redis.Redis):
 
     def infoget(self, key: str) -> dict[str, Any]:
         """RedisAI's AI.INFO fields, summed over every worker process."""
-        return stats.info(self, self.keys, key)
+        return stats.info(self, self.keyspace, key)
 
     def inforeset(self, key: str) -> str:
-        stats.reset(self, self.keys, key)
+        stats.reset(self, self.keyspace, key)
         return "OK"
 
     def config(self, name: str, value: str | int | None = None) -> str | int | None:
@@ -278,7 +278,7 @@ class Client(redis.Redis):
             raise AIError("unsupported subcommand")
         field_name, minimum = CONFIG_NAMES[upper]
         if value is None:
-            stored = self.hget(self.keys.config, upper)
+            stored = self.hget(self.keyspace.config, upper)
             if stored is None:
                 default = getattr(Settings(), field_name)
                 return None if default == "" else default  # type: ignore[no-any-return]
@@ -293,7 +293,7 @@ class Client(redis.Redis):
                 if upper == "MODEL_CHUNK_SIZE":
                     raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
                 raise AIError(f"{upper}: invalid value")
-        self.hset(self.keys.config, upper, value)
+        self.hset(self.keyspace.config, upper, value)
         return "OK"
 
     def model_chunk_size(self) -> int:

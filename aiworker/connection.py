@@ -8,7 +8,7 @@ many small arguments) and the Python packer as soon as one argument is large.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
@@ -31,17 +31,17 @@ class HybridPacker:
     def pack(self, *args: Any) -> list[Any]:
         for arg in args:
             if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > LARGE_ARGUMENT:
-                return self._large.pack(*args)  # type: ignore[no-any-return]
+                return cast("list[Any]", self._large.pack(*args))  # type: ignore[no-untyped-call]
         try:
-            return self._small.pack(*args)
+            return cast("list[Any]", self._small.pack(*args))  # type: ignore[no-untyped-call]
         except Exception:  # hiredis refuses some argument types the Python packer encodes
-            return self._large.pack(*args)  # type: ignore[no-any-return]
+            return cast("list[Any]", self._large.pack(*args))  # type: ignore[no-untyped-call]
 
 
 def install_packer(client: redis.Redis) -> redis.Redis:
     """Make every connection of ``client``'s pool use ``HybridPacker``."""
     kwargs = client.connection_pool.connection_kwargs
-    encoder = Encoder(
+    encoder = Encoder(  # type: ignore[no-untyped-call]
         kwargs.get("encoding", "utf-8"),
         kwargs.get("encoding_errors", "strict"),
         kwargs.get("decode_responses", False),

@@ -7,6 +7,7 @@ transaction, so a failure anywhere before that leaves no trace but the error rep
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,15 @@ from aiworker.model_cache import ModelCache
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
+
+
+@dataclass(frozen=True)
+class PreparedModelExecute:
+    """A MODELEXECUTE whose model version and inputs have been read."""
+
+    request: ModelExecute
+    meta: model_store.ModelMeta
+    inputs: list[np.ndarray]
 
 
 @dataclass
@@ -63,15 +73,18 @@ class Executor:
         self.registry = registry
         self.cache = cache
         self.max_tensor_bytes = max_tensor_bytes
+        # request op -> handler; each capability (scripts, DAGs) registers its own.
+        self.handlers: dict[str, Callable[[Job, str], Outcome]] = {
+            "MODELEXECUTE": self._model_execute_job,
+        }
 
     def execute(self, job: Job, queue_device: str) -> Outcome:
-        request = job.request
-        if not isinstance(request, ModelExecute):
-            return Outcome.failed(f"{request.op} is not supported by this worker yet")
+        """Run one job; every failure becomes an error Outcome, never an exception."""
+        handler = self.handlers.get(job.request.op)
+        if handler is None:
+            return Outcome.failed(f"{job.request.op} is not supported by this worker")
         try:
-            return self._model_execute(request, queue_device)
-        except AIError as exc:
-            return Outcome.failed(_error_text(exc))
+            return handler(job, queue_device)
         except AIWorkerError as exc:
             return Outcome.failed(_error_text(exc))
 
@@ -103,7 +116,9 @@ class Executor:
             return backend.load(blob, spec)
         except AIError:
             raise
-        except Exception as exc:  # a backend bug or a blob it chokes on: still just this job's error
+        except (
+            Exception
+        ) as exc:  # a backend bug or a blob it chokes on: still just this job's error
             raise AIError(f"{meta.backend}: failed to load model: {_error_text(exc)}") from exc
 
     def model_for(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
@@ -117,17 +132,33 @@ class Executor:
 
         return self.cache.get(key, meta.digest, load)
 
-    def _model_execute(self, request: ModelExecute, queue_device: str) -> Outcome:
+    def _model_execute_job(self, job: Job, queue_device: str) -> Outcome:
+        request = job.request
+        assert isinstance(request, ModelExecute)
+        prepared = self.prepare_model_execute(request, queue_device)
+        if isinstance(prepared, Outcome):
+            return prepared
+        return self.run_model_execute(prepared)
+
+    def prepare_model_execute(
+        self, request: ModelExecute, queue_device: str
+    ) -> PreparedModelExecute | Outcome:
+        """Read the model version and decode inputs; an Outcome when the job ends here."""
         meta, input_replies = self._read_job_state(request)
         device = parse_device(meta.device)
         if device.queue != queue_device.upper():
             return Outcome("forward", forward_queue=self.keys.queue(device.queue))
-        stats_key = request.key
         if meta.inputs and len(request.inputs) != len(meta.inputs):
-            return Outcome.failed(messages.MODEL_INPUT_COUNT, stats_key)
+            return Outcome.failed(messages.MODEL_INPUT_COUNT, request.key)
         if meta.outputs and len(request.outputs) != len(meta.outputs):
-            return Outcome.failed(messages.MODEL_OUTPUT_COUNT, stats_key)
+            return Outcome.failed(messages.MODEL_OUTPUT_COUNT, request.key)
         inputs = [tensor_io.decode_reply(reply) for reply in input_replies]
+        return PreparedModelExecute(request, meta, inputs)
+
+    def run_model_execute(self, prepared: PreparedModelExecute) -> Outcome:
+        """Run a prepared MODELEXECUTE and collect its outputs."""
+        request, meta, inputs = prepared.request, prepared.meta, prepared.inputs
+        stats_key = request.key
         model = self.model_for(request.key, meta)
         started = time.perf_counter()
         try:
@@ -145,4 +176,6 @@ class Executor:
             codec.dtype_of(array)  # refuse output types RedisAI cannot store
             writes[name] = array
         samples = int(outputs[0].shape[0]) if outputs and np.ndim(outputs[0]) else 1
-        return Outcome("ok", writes=writes, stats_key=stats_key, duration_us=duration_us, samples=samples)
+        return Outcome(
+            "ok", writes=writes, stats_key=stats_key, duration_us=duration_us, samples=samples
+        )

@@ -65,7 +65,9 @@ class Job:
 
 def request_to_map(request: Request) -> dict[str, Any]:
     data = asdict(request)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v not in (None, ())}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v not in (None, ())
+    }
 
 
 def request_from_map(data: Mapping[str, Any]) -> Request:

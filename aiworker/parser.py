@@ -147,7 +147,9 @@ def parse_scriptexecute(args: Sequence[str]) -> ScriptExecute:
     while i < len(args):
         word = args[i].upper()
         if word == "TIMEOUT":
-            timeout = _parse_timeout(args, i + 1, "No value provided for TIMEOUT in AI.SCRIPTEXECUTE")
+            timeout = _parse_timeout(
+                args, i + 1, "No value provided for TIMEOUT in AI.SCRIPTEXECUTE"
+            )
             if i + 2 < len(args):
                 raise AIError("Encountered problem parsing AI.SCRIPTEXECUTE")
             break

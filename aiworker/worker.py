@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -86,11 +86,18 @@ class Worker:
                     daemon=True,
                 )
                 self._threads.append(thread)
-        heartbeat = threading.Thread(target=self._heartbeat_loop, name="aiworker-heartbeat", daemon=True)
+        heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="aiworker-heartbeat", daemon=True
+        )
         self._threads.append(heartbeat)
         for thread in self._threads:
             thread.start()
-        log.info("worker %s serving %s x%d", self.name, ",".join(self.devices), self.settings.threads_per_queue)
+        log.info(
+            "worker %s serving %s x%d",
+            self.name,
+            ",".join(self.devices),
+            self.settings.threads_per_queue,
+        )
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -147,7 +154,7 @@ class Worker:
                 log.warning("connection lost while reading %s; retrying", queue)
                 time.sleep(0.5)
                 continue
-            for _stream, entries in response or []:
+            for _stream, entries in cast("list[Any]", response) or []:
                 for entry_id, fields in entries:
                     self._handle(device, queue, _text(entry_id), fields)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,38 @@ def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+# helpers shared by several test modules ----------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until it is truthy; fail the test when ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def stub_blob(op: str, **extra: object) -> bytes:
+    """A STUB backend model: a JSON program such as ``{"op": "add"}``."""
+    return json.dumps({"op": op, **extra}).encode()
+
+
+def torch_blob(op: str = "add") -> bytes:
+    """A serialized TorchScript module adding (or multiplying) its two inputs."""
+    torch = pytest.importorskip("torch")
+
+    class Add(torch.nn.Module):
+        def forward(self, a, b):  # unannotated arguments are Tensors in TorchScript
+            return a + b
+
+    class Mul(torch.nn.Module):
+        def forward(self, a, b):  # unannotated arguments are Tensors in TorchScript
+            return a * b
+
+    module = torch.jit.script({"add": Add, "mul": Mul}[op]())
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return buffer.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -56,7 +57,9 @@ class TorchModel(LoadedModel):
             with torch.inference_mode():
                 result = self.module(*tensors)
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise AIError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from exc
+            raise AIError(
+                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            ) from exc
         return to_numpy(result)
 
 
@@ -70,10 +73,9 @@ class TorchBackend(Backend):
         if options.intra_op_parallelism:
             torch.set_num_threads(options.intra_op_parallelism)
         if options.inter_op_parallelism:
-            try:
+            # torch allows this once, before any parallel work ran in this process
+            with contextlib.suppress(RuntimeError):
                 torch.set_num_interop_threads(options.inter_op_parallelism)
-            except RuntimeError:
-                pass  # torch allows it once, before any parallel work ran in this process
 
     @classmethod
     def version(cls) -> str:
@@ -82,7 +84,7 @@ class TorchBackend(Backend):
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         device = torch_device(spec.device)
         try:
-            module = torch.jit.load(io.BytesIO(blob), map_location=device)
+            module = torch.jit.load(io.BytesIO(blob), map_location=device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError or worse for corrupt archives
             raise AIError(f"Failed to load TorchScript model: {str(exc).splitlines()[0]}") from exc
         module.eval()

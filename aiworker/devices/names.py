@@ -44,4 +44,6 @@ def parse_device(text: str | bytes) -> Device:
     if match is None:
         raise AIError(messages.INVALID_DEVICE)
     index = match.group(2)
-    return Device(name=name.strip(), kind=match.group(1).upper(), index=int(index) if index else None)
+    return Device(
+        name=name.strip(), kind=match.group(1).upper(), index=int(index) if index else None
+    )

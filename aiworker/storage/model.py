@@ -143,7 +143,7 @@ def validate_meta(
     return name, parsed.name
 
 
-def split_blob(blob: bytes | memoryview, chunk_size: int) -> list[memoryview]:
+def split_blob(blob: bytes | bytearray | memoryview, chunk_size: int) -> list[memoryview]:
     """Zero-copy chunk views of the blob (at least one, possibly empty)."""
     if chunk_size <= 0:
         raise AIError("MODEL_CHUNK_SIZE must be a positive number of bytes")
@@ -153,7 +153,7 @@ def split_blob(blob: bytes | memoryview, chunk_size: int) -> list[memoryview]:
     return [view[start : start + chunk_size] for start in range(0, len(view), chunk_size)]
 
 
-def digest_of(blob: bytes | memoryview) -> str:
+def digest_of(blob: bytes | bytearray | memoryview) -> str:
     return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
 
 
@@ -162,7 +162,7 @@ def store_model(
     keys: Keys,
     key: str,
     meta: ModelMeta,
-    blob: bytes | memoryview,
+    blob: bytes | bytearray | memoryview,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ModelMeta:
     """Replace the model at ``key`` atomically; returns the stored metadata (digest filled in)."""
@@ -182,7 +182,7 @@ def store_model(
     )
     pipe = r.pipeline(transaction=True)
     pipe.delete(key)
-    pipe.hset(key, mapping=stored.to_fields())
+    pipe.hset(key, mapping=stored.to_fields())  # type: ignore[arg-type]
     for index, chunk in enumerate(chunks):
         pipe.hset(key, f"chunk:{index}", chunk)  # type: ignore[arg-type]
     pipe.sadd(keys.models, key)

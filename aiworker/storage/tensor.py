@@ -33,7 +33,9 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "STRING": np.dtype(object),
 }
 DTYPE_NAMES = tuple(NUMPY_DTYPES)
-_BY_KIND_SIZE = {(dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "STRING"}
+_BY_KIND_SIZE = {
+    (dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "STRING"
+}
 
 
 def parse_dtype(name: str | bytes) -> str:
@@ -93,9 +95,7 @@ def zeros(dtype: str, shape: Sequence[int]) -> np.ndarray:
 
 
 def _parse_int(value: Any, dtype: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        number = int(value)
-    elif isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
         number = int(value)
     elif isinstance(value, (float, np.floating)):
         if not float(value).is_integer():
@@ -189,7 +189,7 @@ def to_blob(array: np.ndarray) -> bytes | memoryview:
         array = np.ascontiguousarray(array)
     if array.ndim == 0:
         return array.tobytes()
-    return memoryview(array).cast("B")
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
 def to_values(array: np.ndarray) -> list[Any]:
@@ -219,7 +219,9 @@ def as_array(data: Any, dtype: str | None = None, shape: Sequence[int] | None = 
             if element_count(target) != data.size:
                 raise AIError(messages.WRONG_VALUE_COUNT)
             data = data.reshape(target)
-        return data
+        parse_shape(data.shape)  # RedisAI refuses empty dimensions
+        array: np.ndarray = data
+        return array
     if dtype is None:
         raise AIError(messages.INVALID_DTYPE)
     name = parse_dtype(dtype)

@@ -15,7 +15,7 @@ from aiworker.storage import tensor as codec
 def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
     """Queue a replace of ``key`` with ``array`` (DEL first: a stale ``values`` field must go)."""
     pipe.delete(key)
-    pipe.hset(key, mapping=codec.encode_fields(array))
+    pipe.hset(key, mapping=codec.encode_fields(array))  # type: ignore[arg-type]
 
 
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
@@ -37,6 +37,7 @@ def decode_reply(reply: Any) -> np.ndarray:
 
 def read(r: redis.Redis, key: str) -> np.ndarray:
     """The tensor at ``key`` (read-only array); RedisAI's errors for missing or other keys."""
+    reply: Any
     try:
         reply = r.hgetall(key)
     except redis.ResponseError as exc:
