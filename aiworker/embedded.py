@@ -30,6 +30,7 @@ class RedisServer:
         extra_args: list[str] | None = None,
         executable: str = "redis-server",
         directory: str | Path | None = None,
+        config_file: str | Path | None = None,
     ) -> None:
         self.executable = shutil.which(executable) or ""
         if not self.executable:
@@ -40,6 +41,7 @@ class RedisServer:
         self.extra_args = extra_args or []
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="aiworker-redis-"))
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,13 +49,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [
-            self.executable,
+        # A config file must come first; without one, keep nothing on disk (a scratch server).
+        args = [self.executable, str(self.config_file)] if self.config_file else [self.executable]
+        if not self.config_file:
+            args += ["--save", "", "--appendonly", "no"]
+        args += [
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "no",
             "--logfile", str(self.directory / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
