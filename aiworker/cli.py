@@ -12,18 +12,41 @@ from typing import Any, TypeVar
 
 import click
 
+from aiworker import health, logs
 from aiworker.client import Client
 from aiworker.embedded import RedisServer
 from aiworker.errors import AIWorkerError
-from aiworker.keys import CONSUMER_GROUP
 from aiworker.settings import Settings
 from aiworker.worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+TLS_OPTIONS = {
+    "tls_ca_cert": "CA certificate (PEM) that signed the Redis server's certificate.",
+    "tls_cert": "Client certificate (PEM) for Redis servers that require one.",
+    "tls_key": "Private key (PEM) of --tls-cert.",
+}
+
+
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Kept on the context rather than passed to every command: make_settings picks them up.
+    if value is not None and param.name:
+        ctx.meta.setdefault("aiworker.tls", {})[param.name] = value
+
+
 def redis_options(func: F) -> F:
-    """--redis-url and --prefix, shared by every command that talks to Redis."""
+    """--redis-url, --prefix and TLS files, shared by every command that talks to Redis."""
+    for name, help_text in TLS_OPTIONS.items():
+        func = click.option(
+            "--" + name.replace("_", "-"),
+            name,
+            envvar="AIWORKER_" + name.upper(),
+            default=None,
+            expose_value=False,
+            callback=_remember_tls,
+            help=help_text,
+        )(func)
     func = click.option(
         "--prefix", envvar="AIWORKER_PREFIX", default=None, help="Prefix of aiworker's own keys."
     )(func)
@@ -45,8 +68,10 @@ def redis_options(func: F) -> F:
 
 
 def make_settings(config_file: str | None, **overrides: Any) -> Settings:
+    ctx = click.get_current_context(silent=True)
+    tls = ctx.meta.get("aiworker.tls", {}) if ctx is not None else {}
     try:
-        return Settings.load(config_file, **overrides)
+        return Settings.load(config_file, **{**tls, **overrides})
     except AIWorkerError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -67,11 +92,17 @@ def fail(exc: Exception) -> None:
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    envvar="AIWORKER_LOG_FORMAT",
+    default="text",
+    help="text, or one JSON object per line (with job_id) for log collectors.",
+)
 @click.version_option(package_name="aiworker")
-def main(verbose: int) -> None:
+def main(verbose: int, log_format: str) -> None:
     """aiworker: RedisAI's tensors, models and execution on stock Redis."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(logging.WARNING - 10 * min(verbose, 2), log_format)
 
 
 # worker ------------------------------------------------------------------------------------
@@ -90,6 +121,20 @@ def main(verbose: int) -> None:
 @click.option(
     "--preload", multiple=True, envvar="AIWORKER_PRELOAD", help="Backend to import at start."
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    envvar="AIWORKER_METRICS_PORT",
+    default=None,
+    help="Serve Prometheus metrics on this port (0: off).",
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    envvar="AIWORKER_DRAIN_TIMEOUT",
+    default=None,
+    help="Seconds to finish jobs in hand after SIGTERM before handing them back.",
+)
 def worker(
     config_file: str | None,
     redis_url: str | None,
@@ -97,8 +142,10 @@ def worker(
     devices: tuple[str, ...],
     threads_per_queue: int | None,
     preload: tuple[str, ...],
+    metrics_port: int | None,
+    drain_timeout: float | None,
 ) -> None:
-    """Serve device queues until SIGTERM/SIGINT."""
+    """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     flags = {
@@ -107,6 +154,8 @@ def worker(
         "devices": devices or None,
         "threads_per_queue": threads_per_queue,
         "preload": preload or None,
+        "metrics_port": metrics_port,
+        "drain_timeout": drain_timeout,
     }
     settings = make_settings(config_file, **flags)
     stored = Client.from_settings(settings).hgetall(f"{settings.prefix}config")
@@ -351,56 +400,55 @@ def info(
 
 def worker_statuses(client: Client, max_age: float = 10.0) -> list[dict[str, Any]]:
     """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
-    names = client.zrangebyscore(client.keyspace.workers, time.time() - max_age, "+inf")
-    statuses = []
-    for raw in client.mget([client.keyspace.worker(_text(n)) for n in names]) if names else []:
-        if raw is not None:
-            statuses.append(json.loads(raw))
-    return statuses
+    return health.live_workers(client, client.keyspace, max_age)
 
 
 @main.command()
 @redis_options
 @click.option("--device", default="CPU", help="The device queue that must be served.")
 @click.option("--max-age", type=float, default=10.0, help="Heartbeat age limit in seconds.")
+@click.option("--worker", "worker_name", default=None, help="Check only this worker (host:pid).")
+@click.option(
+    "--this-host", is_flag=True, help="Check only workers on this host (container health checks)."
+)
 def check(
-    config_file: str | None, redis_url: str | None, prefix: str | None, device: str, max_age: float
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    device: str,
+    max_age: float,
+    worker_name: str | None,
+    this_host: bool,
 ) -> None:
-    """Exit 0 when Redis answers and a worker serving DEVICE sent a recent heartbeat, else 1."""
-    client = make_client(config_file, redis_url, prefix)
+    """Exit 0 when Redis answers and a healthy worker serving DEVICE sent a recent heartbeat;
+    exit 1 otherwise (Redis unreachable, no live worker, or its threads died)."""
     try:
-        client.ping()
-    except Exception as exc:
-        click.echo(f"unhealthy: Redis unreachable: {exc}", err=True)
+        client = make_client(config_file, redis_url, prefix)
+        ok, message = health.check(
+            client, client.keyspace, device, max_age, worker=worker_name, this_host=this_host
+        )
+    except Exception as exc:  # bad TLS files, refused AUTH, ...: unhealthy, not a traceback
+        ok, message = False, f"Redis unreachable: {exc}"
+    if not ok:
+        click.echo(f"unhealthy: {message}", err=True)
         sys.exit(1)
-    serving = [
-        s for s in worker_statuses(client, max_age) if device.upper() in s.get("devices", [])
-    ]
-    if not serving:
-        click.echo(f"unhealthy: no live worker serves {device.upper()}", err=True)
-        sys.exit(1)
-    click.echo(f"healthy: {len(serving)} worker(s) serve {device.upper()}")
+    click.echo(f"healthy: {message}")
 
 
 @main.command()
 @redis_options
-def status(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
-    """Workers, queues, lag and pending jobs."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(
+    config_file: str | None, redis_url: str | None, prefix: str | None, as_json: bool
+) -> None:
+    """Workers, queues, consumer-group lag, pending jobs and dead letters."""
     client = make_client(config_file, redis_url, prefix)
-    for s in worker_statuses(client):
-        click.echo(
-            f"worker {s['name']}: devices={','.join(s['devices'])} "
-            f"threads={s['threads_per_queue']} jobs={s['jobs_done']} models={len(s['models'])}"
-        )
-    for queue in client.scan_iter(match=client.keyspace.queue("*"), _type="STREAM"):
-        name = queue.decode()
-        length = client.xlen(name)
-        groups = {g["name"].decode(): g for g in client.xinfo_groups(name)}
-        group = groups.get(CONSUMER_GROUP, {})
-        click.echo(
-            f"queue {name}: length={length} pending={group.get('pending', 0)} "
-            f"lag={group.get('lag', 0)} consumers={group.get('consumers', 0)}"
-        )
+    found = health.gather(client, client.keyspace)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for line in health.format_status(found):
+        click.echo(line)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from aiworker.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.jobs import Request, encode_entry
 from aiworker.keys import DEFAULT_PREFIX, Keys
 from aiworker.parser import parse_modelexecute
+from aiworker.redis_options import client_kwargs
 from aiworker.settings import Settings
 from aiworker.storage import model as model_store
 from aiworker.storage import stats, tensor_io
@@ -94,6 +95,8 @@ class Client(redis.Redis):
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Client:
+        """A client for ``settings.redis_url`` with its prefix and TLS files."""
+        kwargs = {**client_kwargs(settings), **kwargs}
         return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
 
     # tensors ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Errors that RedisAI reported to its clients as server errors derive from
     └── AIError (+ redis ResponseError)    what a RedisAI client saw as ``-ERR ...``
         ├── WrongTypeError                 key holds another kind of value (``WRONGTYPE ...``)
         ├── JobFailed                      a worker ran the job and it failed (the worker's message)
-        └── JobTimedOut                    the job's TIMEOUT passed before it ran (RedisAI's TIMEDOUT)
+        ├── JobTimedOut                    the job's TIMEOUT passed before it ran (RedisAI's TIMEDOUT)
+        └── LimitExceeded                  a tensor or model is larger than the worker's limits
 
 Messages are RedisAI's text as redis-py showed it: without the ``ERR`` prefix (``WRONGTYPE`` stays,
 as redis-py keeps it).
@@ -54,3 +55,7 @@ class JobTimedOut(AIError):
 
     def __init__(self, message: str = "TIMEDOUT") -> None:
         super().__init__(message)
+
+
+class LimitExceeded(AIError):
+    """A tensor or model a job asked for is larger than ``max_tensor_bytes``/``max_model_bytes``."""

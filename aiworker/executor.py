@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from aiworker import messages
+from aiworker import limits, messages
 from aiworker.backends.base import LoadedModel, ModelSpec, Registry
 from aiworker.devices import parse_device
 from aiworker.errors import AIError, AIWorkerError, WrongTypeError
@@ -23,7 +23,6 @@ from aiworker.keys import Keys
 from aiworker.model_cache import ModelCache
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
-from aiworker.storage import tensor_io
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,14 @@ class Executor:
         registry: Registry,
         cache: ModelCache,
         max_tensor_bytes: int = 1 << 30,
+        max_model_bytes: int = 1 << 31,
     ) -> None:
         self.r = r
         self.keys = keys
         self.registry = registry
         self.cache = cache
         self.max_tensor_bytes = max_tensor_bytes
+        self.max_model_bytes = max_model_bytes
         # request op -> handler; each capability (scripts, DAGs) registers its own.
         self.handlers: dict[str, Callable[[Job, str], Outcome]] = {
             "MODELEXECUTE": self._model_execute_job,
@@ -104,7 +105,10 @@ class Executor:
 
     def _load(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
         backend = self.registry.get(meta.backend)
+        limits.check_model(key, meta, self.max_model_bytes)
         stored_meta, blob = model_store.read_model(self.r, key)
+        limits.check_model(key, stored_meta, self.max_model_bytes)
+        limits.check_blob(key, stored_meta, blob)
         spec = ModelSpec(
             key=key,
             device=parse_device(stored_meta.device),
@@ -113,7 +117,9 @@ class Executor:
             batchsize=stored_meta.batchsize,
         )
         try:
-            return backend.load(blob, spec)
+            loaded = backend.load(blob, spec)
+            loaded.nbytes = loaded.nbytes or len(blob)  # the cache's byte bound needs a size
+            return loaded
         except AIError:
             raise
         except (
@@ -152,7 +158,10 @@ class Executor:
             return Outcome.failed(messages.MODEL_INPUT_COUNT, request.key)
         if meta.outputs and len(request.outputs) != len(meta.outputs):
             return Outcome.failed(messages.MODEL_OUTPUT_COUNT, request.key)
-        inputs = [tensor_io.decode_reply(reply) for reply in input_replies]
+        inputs = [
+            limits.decode_input(name, reply, self.max_tensor_bytes)
+            for name, reply in zip(request.inputs, input_replies, strict=True)
+        ]
         return PreparedModelExecute(request, meta, inputs)
 
     def run_model_execute(self, prepared: PreparedModelExecute) -> Outcome:
@@ -174,6 +183,10 @@ class Executor:
         for name, array in zip(request.outputs, outputs, strict=True):
             array = np.asarray(array)
             codec.dtype_of(array)  # refuse output types RedisAI cannot store
+            try:
+                limits.check_output(name, array, self.max_tensor_bytes)
+            except AIError as exc:
+                return Outcome.failed(str(exc), stats_key)
             writes[name] = array
         samples = int(outputs[0].shape[0]) if outputs and np.ndim(outputs[0]) else 1
         return Outcome(

@@ -1,5 +1,8 @@
 """Per-process cache of loaded models, keyed by model key and content digest, LRU-bounded.
 
+The bound is a count (``model_cache_size``) and optionally bytes (``model_cache_bytes``, from each
+model's ``nbytes``); the least recently used models are closed first, the newest is always kept.
+
 A job names a model key; the worker reads the stored digest alongside the job's inputs and asks the
 cache for (key, digest). A new digest means the model was replaced: it is loaded once (other threads
 wanting it wait on a per-key lock) and the old version is closed. Load failures are cached per digest
@@ -25,8 +28,9 @@ class _Entry:
 
 
 class ModelCache:
-    def __init__(self, max_models: int = 32) -> None:
+    def __init__(self, max_models: int = 32, max_bytes: int = 0) -> None:
         self.max_models = max(1, max_models)
+        self.max_bytes = max(0, max_bytes)  # 0: no byte bound
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -67,13 +71,24 @@ class ModelCache:
             if old is not None:
                 evicted.append(old)
             self._entries[key] = entry
-            while len(self._entries) > self.max_models:
+            while len(self._entries) > self.max_models or (
+                len(self._entries) > 1 and self.max_bytes and self._nbytes() > self.max_bytes
+            ):
                 _, victim = self._entries.popitem(last=False)
                 evicted.append(victim)
         for victim in evicted:
             if victim.model is not None:
                 victim.model.close()
         return entry
+
+    def _nbytes(self) -> int:
+        return sum(e.model.nbytes for e in self._entries.values() if e.model is not None)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate bytes held by the cached models."""
+        with self._lock:
+            return self._nbytes()
 
     def invalidate(self, key: str) -> None:
         with self._lock:

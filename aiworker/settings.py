@@ -48,6 +48,17 @@ class Settings:
     max_tensor_bytes: int = 1 << 30
     block_ms: int = 1000
     metrics_port: int = 0
+    # hardening: recovery, limits, observability, security (see config/aiworker.toml)
+    dead_letter_maxlen: int = 10_000
+    drain_timeout: float = 30.0
+    model_cache_bytes: int = 0
+    max_model_bytes: int = 1 << 31
+    socket_timeout: float = 0.0
+    metrics_addr: str = "0.0.0.0"
+    log_format: str = "text"
+    tls_ca_cert: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

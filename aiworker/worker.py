@@ -4,6 +4,12 @@ Each thread reads one entry at a time (XREADGROUP), decodes it, has the Executor
 the outcome in one MULTI/EXEC: outputs written, stats counted, the reply pushed (with a TTL), the entry
 acknowledged and deleted. A crash before EXEC leaves the entry pending for another worker; nothing is
 ever half applied. Consumer names are ``host:pid:device:n``.
+
+Crash safety (``recovery.py``, ``completion.py``): entries in hand are registered in ``held`` and
+their leases renewed; each device queue also has a reclaim thread that takes over entries of dead
+workers and dead-letters those that keep failing; completion applies at most once per entry, so a
+redelivered job that two workers finish replies once. A failing job, a malformed entry or a Redis
+hiccup never ends a thread: the requester gets an error reply, or the entry stays pending.
 """
 
 from __future__ import annotations
@@ -21,19 +27,27 @@ from typing import Any, cast
 
 import redis
 
+from aiworker import limits, redis_options
 from aiworker.backends.base import BackendOptions, Registry
+from aiworker.completion import Completer, Completion
 from aiworker.connection import connect
 from aiworker.devices import parse_device
 from aiworker.errors import AIError
 from aiworker.executor import Executor, Outcome
 from aiworker.jobs import Job, decode_entry, entry_time_ms, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
+from aiworker.metrics import WorkerMetrics, failure_reason
 from aiworker.model_cache import ModelCache
+from aiworker.recovery import HeldEntries, Recovery
 from aiworker.settings import Settings
 from aiworker.storage import stats, tensor_io
 
 log = logging.getLogger("aiworker.worker")
 HEARTBEAT_SECONDS = 2.0
+# Heartbeats older than this are dropped from the workers zset (their JSON keys expire anyway).
+STALE_WORKER_S = 3600.0
+# Pause after a Redis error that redis-py's own retries with backoff did not cure.
+READ_ERROR_PAUSE_S = 1.0
 
 
 def ensure_group(r: redis.Redis, queue: str) -> None:
@@ -51,7 +65,12 @@ class Worker:
     def __init__(self, settings: Settings, r: redis.Redis | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.r = r if r is not None else connect(settings.redis_url)
+        self.r = (
+            r
+            if r is not None
+            else connect(settings.redis_url, **redis_options.worker_kwargs(settings))
+        )
+        self.block_ms = redis_options.block_ms_for(self.r, settings.block_ms)
         self.devices = [parse_device(d).queue for d in settings.devices]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = Registry(
@@ -62,14 +81,30 @@ class Worker:
                 backend_memory_limit_mb=settings.backend_memory_limit,
             )
         )
-        self.cache = ModelCache(settings.model_cache_size)
+        self.cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
         self.executor = Executor(
-            self.r, self.keys, self.registry, self.cache, settings.max_tensor_bytes
+            self.r,
+            self.keys,
+            self.registry,
+            self.cache,
+            settings.max_tensor_bytes,
+            settings.max_model_bytes,
         )
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # a second signal: cut the drain short
         self._threads: list[threading.Thread] = []
         self._jobs_done = 0
+        self._jobs_failed = 0
         self._counter_lock = threading.Lock()
+        self._started = time.time()
+        self.metrics = WorkerMetrics()
+        self.held = HeldEntries()
+        self.completer = Completer(self.r)
+        self.recovery = Recovery(
+            self.r, settings, self.held, self.completer, self.metrics, self.name, self._handle_entry
+        )
+        self._consumers: dict[str, list[str]] = {}
+        self._lease_thread: threading.Thread | None = None
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -77,8 +112,10 @@ class Worker:
         self.registry.preload(self.settings.preload)
         for device in self.devices:
             ensure_group(self.r, self.keys.queue(device))
+            consumers = self._consumers.setdefault(device, [])
             for n in range(self.settings.threads_per_queue):
                 consumer = f"{self.name}:{device}:{n}"
+                consumers.append(consumer)
                 thread = threading.Thread(
                     target=self._consume,
                     args=(device, consumer),
@@ -86,12 +123,28 @@ class Worker:
                     daemon=True,
                 )
                 self._threads.append(thread)
+            consumers.append(self.recovery.reclaim_consumer(device))
+            self._threads.append(
+                threading.Thread(
+                    target=self.recovery.reclaim_loop,
+                    args=(device, self._stop),
+                    name=f"aiworker-{device}-reclaim",
+                    daemon=True,
+                )
+            )
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="aiworker-heartbeat", daemon=True
         )
         self._threads.append(heartbeat)
+        # Leases are renewed while draining too, so this thread is stopped only after the drain.
+        self._lease_thread = threading.Thread(
+            target=self.recovery.lease_loop, name="aiworker-leases", daemon=True
+        )
+        self._lease_thread.start()
         for thread in self._threads:
             thread.start()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info(
             "worker %s serving %s x%d",
             self.name,
@@ -100,25 +153,35 @@ class Worker:
         )
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop reading, let threads finish the job in hand (up to ``timeout``), deregister."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop reading, finish the jobs in hand (up to ``timeout``, default ``drain_timeout``),
+        hand back what is left, deregister."""
         self._stop.set()
-        deadline = time.monotonic() + timeout
+        drain = self.settings.drain_timeout if timeout is None else timeout
+        deadline = time.monotonic() + drain
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
+                thread.join(0.1)
+        self.recovery.stop_leases()
+        if self._lease_thread is not None:
+            self._lease_thread.join(5.0)
         try:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.zrem(self.keys.workers, self.name)
-            pipe.delete(self.keys.worker(self.name))
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("could not deregister worker %s", self.name)
+            handed = self.recovery.hand_back()
+            self._deregister()
+            log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not deregister: %s", self.name, exc)
+        self.metrics.close()
         self.cache.clear()
 
     def run_forever(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop gracefully; returns the exit code."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                log.info("signal %d again: handing back unfinished jobs now", signum)
+                self._hurry.set()
+                return
             log.info("signal %d: stopping", signum)
             self._stop.set()
 
@@ -134,6 +197,14 @@ class Worker:
     def jobs_done(self) -> int:
         return self._jobs_done
 
+    def held_entries(self) -> list[tuple[str, str]]:
+        """(queue, entry id) of every entry this process holds; their leases are being renewed.
+
+        Code that keeps entries without completing them right away (a batcher) registers them with
+        ``self.held.add(queue, entry_id, consumer)`` and ``self.held.discard`` once completed.
+        """
+        return self.held.pairs()
+
     # consuming -----------------------------------------------------------------------------
 
     def _consume(self, device: str, consumer: str) -> None:
@@ -141,36 +212,85 @@ class Worker:
         while not self._stop.is_set():
             try:
                 response = self.r.xreadgroup(
-                    CONSUMER_GROUP, consumer, {queue: ">"}, count=1, block=self.settings.block_ms
+                    CONSUMER_GROUP, consumer, {queue: ">"}, count=1, block=self.block_ms
                 )
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    ensure_group(self.r, queue)
+                if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
+                    self._ensure_group(queue)
                     continue
                 log.exception("reading %s failed", queue)
-                time.sleep(0.5)
+                self._stop.wait(READ_ERROR_PAUSE_S)
                 continue
-            except redis.ConnectionError:
-                log.warning("connection lost while reading %s; retrying", queue)
-                time.sleep(0.5)
+            except redis.RedisError as exc:  # redis-py already retried with backoff
+                self.metrics.redis_errors.labels("read").inc()
+                log.warning("reading %s failed: %s; retrying", queue, exc)
+                self._stop.wait(READ_ERROR_PAUSE_S)
                 continue
-            for _stream, entries in cast("list[Any]", response) or []:
-                for entry_id, fields in entries:
-                    self._handle(device, queue, _text(entry_id), fields)
+            entries = [
+                (_text(entry_id), fields)
+                for _stream, stream_entries in cast("list[Any]", response) or []
+                for entry_id, fields in stream_entries
+            ]
+            for entry_id, _fields in entries:
+                self.held.add(queue, entry_id, consumer)
+            for entry_id, fields in entries:
+                self._handle_entry(device, queue, entry_id, fields)
+
+    def _ensure_group(self, queue: str) -> None:
+        try:
+            ensure_group(self.r, queue)
+        except redis.RedisError as exc:
+            log.warning("creating the group of %s failed: %s", queue, exc)
+            self._stop.wait(READ_ERROR_PAUSE_S)
+
+    def _handle_entry(
+        self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]
+    ) -> None:
+        """Run one held entry; never raises. If Redis fails, the entry stays pending (and is
+        reclaimed after the visibility timeout) instead of being lost or answered twice."""
+        self.metrics.in_flight.labels(device).inc()
+        try:
+            self._handle(device, queue, entry_id, fields)
+        except redis.RedisError as exc:
+            self.metrics.redis_errors.labels("job").inc()
+            log.warning(
+                "job %s: Redis failed (%s); left pending for a retry",
+                entry_id,
+                exc,
+                extra={"job_id": entry_id, "queue": queue},
+            )
+        except Exception:  # a bug; the job stays pending and ends in the dead letters if it recurs
+            log.exception("job %s: unexpected failure", entry_id, extra={"job_id": entry_id})
+        finally:
+            self.held.discard(queue, entry_id)
+            self.metrics.in_flight.labels(device).dec()
 
     def _handle(self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
         started = time.time()
         try:
+            limits.check_entry(fields)
             job = decode_entry(entry_id, fields)
-        except AIError as exc:
-            self._finish(queue, entry_id, fields, reply_key_of(fields), Outcome.failed(str(exc)))
+        except Exception as exc:  # any malformed entry: its requester is told, the worker goes on
+            error = str(exc) if isinstance(exc, AIError) else f"malformed job entry: {exc!r}"
+            self._finish(queue, entry_id, fields, reply_key_of(fields), Outcome.failed(error))
             return
         deadline = job.deadline_ms
         if deadline is not None and started * 1000 > deadline:
             outcome = Outcome("timedout")
         else:
-            outcome = self.executor.execute(job, device)
+            outcome = self._execute(job, device)
         self._finish(queue, entry_id, fields, job.reply, outcome, job, started)
+
+    def _execute(self, job: Job, device: str) -> Outcome:
+        try:
+            return self.executor.execute(job, device)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not the job's fault: it stays pending and runs again
+        except redis.ResponseError as exc:  # e.g. NOPERM reading a key outside the worker's ACL
+            return Outcome.failed(str(exc))
+        except Exception as exc:  # a bug in a handler: answer the job instead of crashing
+            log.exception("job %s: unexpected error", job.entry_id, extra={"job_id": job.entry_id})
+            return Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
 
     def _finish(
         self,
@@ -182,33 +302,88 @@ class Worker:
         job: Job | None = None,
         started: float | None = None,
     ) -> None:
-        """Apply the outcome atomically: outputs, stats, reply, ack and delete."""
-        pipe = self.r.pipeline(transaction=True)
+        """Apply the outcome at most once (``completion.py``): outputs, stats, reply, ack, delete."""
+        done = self._completion(entry_id, fields, reply_key, outcome, started)
+        result = self.completer.complete(queue, entry_id, done)
+        if result.rejected:
+            # A command would have failed inside the script (the worker's ACL, a reply key of
+            # another type) and nothing was applied: answer with the reason, else just dequeue.
+            log.warning("job %s: %s", entry_id, result.reason, extra={"job_id": entry_id})
+            outcome = Outcome.failed(result.reason, outcome.stats_key)
+            done = self._completion(entry_id, fields, reply_key, outcome, started)
+            result = self.completer.complete(queue, entry_id, done)
+            if result.rejected:
+                result = self.completer.complete(queue, entry_id, Completion())
+        self._record(queue, entry_id, outcome, job, started, result.applied, result.duplicate)
+
+    def _completion(
+        self,
+        entry_id: str,
+        fields: Mapping[Any, Any],
+        reply_key: str | None,
+        outcome: Outcome,
+        started: float | None,
+    ) -> Completion:
+        done = Completion()
         if outcome.status == "forward":
-            pipe.xadd(outcome.forward_queue, dict(fields))  # type: ignore[arg-type]
-        else:
-            for name, array in outcome.writes.items():
-                tensor_io.queue_write(pipe, name, array)
-            if outcome.stats_key:
-                stats.record(
-                    pipe,
-                    self.keys,
-                    outcome.stats_key,
-                    duration_us=outcome.duration_us,
-                    samples=outcome.samples if outcome.status == "ok" else 0,
-                    calls=1,
-                    errors=int(outcome.status == "error"),
-                )
-            if reply_key:
-                pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
-                pipe.expire(reply_key, self.settings.reply_ttl)
-        pipe.xack(queue, CONSUMER_GROUP, entry_id)
-        pipe.xdel(queue, entry_id)
-        pipe.execute()
+            done.xadd(outcome.forward_queue, dict(fields))
+            return done
+        pipe = cast(Any, done)  # offers the pipeline methods these storage helpers queue on
+        for name, array in outcome.writes.items():
+            tensor_io.queue_write(pipe, name, array)
+        if outcome.stats_key:
+            stats.record(
+                pipe,
+                self.keys,
+                outcome.stats_key,
+                duration_us=outcome.duration_us,
+                samples=outcome.samples if outcome.status == "ok" else 0,
+                calls=1,
+                errors=int(outcome.status == "error"),
+            )
+        if reply_key:
+            done.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
+            done.expire(reply_key, self.settings.reply_ttl)
+        return done
+
+    def _record(
+        self,
+        queue: str,
+        entry_id: str,
+        outcome: Outcome,
+        job: Job | None,
+        started: float | None,
+        applied: bool,
+        duplicate: bool,
+    ) -> None:
+        """Counters, metrics and logs of a finished entry."""
+        device = queue[len(self.keys.queue("")) :]
+        extra = {"job_id": entry_id, "queue": queue}
+        if duplicate:
+            self.metrics.duplicates.labels(device).inc()
+            log.info("job %s: completed by another delivery; result dropped", entry_id, extra=extra)
+            return
+        if not applied or outcome.status == "forward":
+            return
+        model = job.request.key if job is not None else ""
         with self._counter_lock:
             self._jobs_done += 1
-        if outcome.status == "error":
-            log.info("job %s failed: %s", entry_id, outcome.error)
+            self._jobs_failed += int(outcome.status != "ok")
+        if started is not None:
+            self.metrics.queued(model, device, started - entry_time_ms(entry_id) / 1000)
+        if outcome.status == "ok":
+            self.metrics.success(model, device, outcome.duration_us / 1_000_000)
+            log.debug("job %s done", entry_id, extra=extra)
+        else:
+            reason = failure_reason(outcome.status, outcome.error, malformed=job is None)
+            self.metrics.failure(model, device, reason)
+            log.info(
+                "job %s %s: %s",
+                entry_id,
+                outcome.status,
+                outcome.error,
+                extra={**extra, "reason": reason},
+            )
 
     def _reply(self, entry_id: str, outcome: Outcome, started: float | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"status": outcome.status, "id": entry_id, "worker": self.name}
@@ -220,16 +395,31 @@ class Worker:
             reply["compute_ms"] = round(outcome.duration_us / 1000, 3)
         return reply
 
-    # heartbeat ------------------------------------------------------------------------------
+    # heartbeat and deregistration ----------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why this worker is unhealthy (empty when healthy): threads that died."""
+        if self._stop.is_set():
+            return []
+        return [f"thread {t.name} died" for t in self._threads if t.ident and not t.is_alive()]
 
     def status(self) -> dict[str, Any]:
+        problems = self.problems()
         return {
             "name": self.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "devices": self.devices,
             "threads_per_queue": self.settings.threads_per_queue,
             "models": self.cache.keys(),
             "backends": self.registry.loaded(),
             "jobs_done": self._jobs_done,
+            "jobs_failed": self._jobs_failed,
+            "in_flight": len(self.held),
+            "started": self._started,
+            "metrics_port": self.metrics.port,
+            "healthy": not problems,
+            "problems": problems,
             "time": time.time(),
         }
 
@@ -244,11 +434,22 @@ class Worker:
                     ex=int(HEARTBEAT_SECONDS * 5),
                 )
                 pipe.zadd(self.keys.workers, {self.name: now})
+                pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
                 pipe.execute()
             except redis.RedisError:
+                self.metrics.redis_errors.labels("heartbeat").inc()
                 log.warning("heartbeat failed")
             if self._stop.wait(HEARTBEAT_SECONDS):
                 return
+
+    def _deregister(self) -> None:
+        """Drop the heartbeat and every consumer of this process that has nothing pending."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers, self.name)
+        pipe.delete(self.keys.worker(self.name))
+        pipe.execute()
+        for device, consumers in self._consumers.items():
+            self.recovery.prune(self.keys.queue(device), names=consumers)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,185 @@
+"""Completing a stream entry: outputs, statistics, reply, ack and delete, applied at most once.
+
+Delivery is at-least-once, so one entry can be in two workers' hands at the same time: a worker that
+stalled past the visibility timeout and the worker that reclaimed its entry. Both may finish. Their
+completions must not both apply, or the requester gets two replies, statistics count twice, and a
+late duplicate could overwrite an output the requester has already reused.
+
+Why a Lua script and not MULTI/EXEC: a transaction cannot make its writes conditional, and WATCH on
+the queue stream would abort on every XADD from any client. The script instead runs XACK first and
+applies nothing unless XACK acknowledged the entry (returned 1). XACK removes the entry from the
+group's pending list, so exactly one completion per entry can ever see 1 - whoever finishes first
+wins, whatever consumer currently owns it, and the other's results (the same values: a re-run of the
+same job) are dropped. Like a transaction, a script is atomic, so nothing is ever half applied.
+
+Redis does not roll a script back when a command fails halfway, so the script first checks, without
+writing anything, every command it is about to run: against the worker user's ACL
+(``redis.acl_check_cmd``, Redis >= 7) and against the type of keys that must be lists, hashes or
+streams. A command that would fail comes back as a rejection and the caller completes the entry
+differently (an error reply; or no reply when the reply key itself is unusable). Once XACK has
+written, Redis lets the script keep writing even under maxmemory (it only refuses a script's first
+write), so an out-of-memory Redis refuses the whole completion, never half of it.
+
+Redis Cluster: a script may only touch keys of one slot, and a job's queue, reply, statistics and
+output keys usually live in several. There, completion must be split: output tensors written first
+(idempotent: a re-run writes the same values), then this script in the queue's slot with the reply
+key hash-tagged like the queue (``aiworker:reply:{CPU}...``) doing XACK, XDEL and LPUSH, then the
+statistics, counted only when the script returned 1. See the README's operations section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from aiworker.keys import CONSUMER_GROUP
+
+COMPLETE_SCRIPT = """
+local group, id = ARGV[1], ARGV[2]
+local cmds, i = {}, 3
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  local cmd = {ARGV[i + 1], KEYS[tonumber(ARGV[i + 2])]}
+  for j = 1, argc do cmd[j + 2] = ARGV[i + 2 + j] end
+  cmds[#cmds + 1] = cmd
+  i = i + 3 + argc
+end
+-- keys these commands need to be of one type (or missing): they would fail mid-script
+local typed = {LPUSH = 'list', HINCRBY = 'hash', XADD = 'stream'}
+for _, cmd in ipairs(cmds) do
+  if redis.acl_check_cmd and not redis.acl_check_cmd(unpack(cmd)) then
+    return {'NOPERM', cmd[1], cmd[2]}
+  end
+  local want = typed[cmd[1]]
+  if want then
+    local t = redis.call('TYPE', cmd[2])['ok']
+    if t ~= 'none' and t ~= want then return {'WRONGTYPE', cmd[1], cmd[2]} end
+  end
+end
+if redis.call('XACK', KEYS[1], group, id) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], id)
+for _, cmd in ipairs(cmds) do redis.call(unpack(cmd)) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a completion attempt did."""
+
+    applied: bool  # this delivery completed the entry and its commands ran
+    duplicate: bool = False  # the entry was no longer pending: another delivery completed it
+    rejected: str = ""  # "NOPERM" or "WRONGTYPE" when a command could not run: nothing applied
+    command: str = ""
+    key: str = ""
+
+    @property
+    def reason(self) -> str:
+        return f"{self.rejected} this worker cannot {self.command} key '{self.key}'"
+
+
+def _arg(value: Any) -> Any:
+    return value if isinstance(value, (bytes, bytearray, memoryview, str)) else str(value)
+
+
+class Completion:
+    """Commands to run when, and only when, this delivery completes the entry.
+
+    It offers the subset of a redis-py pipeline that completions use (``delete``, ``hset``,
+    ``hincrby``, ``lpush``, ``expire``, ``xadd``), so code that queues writes on a pipeline
+    (``tensor_io.queue_write``, ``stats.record``) can queue them here instead.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, str, list[Any]]] = []
+
+    def _add(self, name: str, key: Any, *args: Any) -> Completion:
+        key_text = key.decode() if isinstance(key, bytes) else str(key)
+        self.commands.append((name, key_text, [_arg(a) for a in args]))
+        return self
+
+    def delete(self, *names: Any) -> Completion:
+        for name in names:
+            self._add("DEL", name)
+        return self
+
+    def hset(
+        self,
+        name: Any,
+        key: Any = None,
+        value: Any = None,
+        mapping: Mapping[Any, Any] | None = None,
+    ) -> Completion:
+        pairs: list[Any] = [] if key is None else [key, value]
+        for field, field_value in (mapping or {}).items():
+            pairs += [field, field_value]
+        return self._add("HSET", name, *pairs)
+
+    def hincrby(self, name: Any, key: Any, amount: int = 1) -> Completion:
+        return self._add("HINCRBY", name, key, amount)
+
+    def lpush(self, name: Any, *values: Any) -> Completion:
+        return self._add("LPUSH", name, *values)
+
+    def expire(self, name: Any, seconds: int) -> Completion:
+        return self._add("EXPIRE", name, seconds)
+
+    def xadd(
+        self,
+        name: Any,
+        fields: Mapping[Any, Any],
+        maxlen: int | None = None,
+        approximate: bool = True,
+    ) -> Completion:
+        args: list[Any] = []
+        if maxlen is not None:
+            args += ["MAXLEN", "~" if approximate else "=", maxlen]
+        args.append("*")
+        for field, value in fields.items():
+            args += [field, value]
+        return self._add("XADD", name, *args)
+
+    def script_args(self, queue: str, entry_id: str) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for ``COMPLETE_SCRIPT``: every key declared, commands refer to them."""
+        keys = [queue]
+        index: dict[str, int] = {queue: 1}
+        argv: list[Any] = [CONSUMER_GROUP, entry_id]
+        for name, key, args in self.commands:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            argv += [len(args), name, index[key], *args]
+        return keys, argv
+
+
+class Completer:
+    """Runs completions for one Redis connection pool (the script is loaded once, re-loaded by
+    redis-py after a Redis restart empties the script cache)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._script = r.register_script(COMPLETE_SCRIPT)
+
+    def complete(self, queue: str, entry_id: str, completion: Completion | None = None) -> Result:
+        """Apply ``completion`` and acknowledge + delete the entry, if it is still pending."""
+        keys, argv = (completion or Completion()).script_args(queue, entry_id)
+        reply = self._script(keys=keys, args=argv)
+        if reply == 1:
+            return Result(applied=True)
+        if reply == 0:
+            return Result(applied=False, duplicate=True)
+        kind, command, key = (_text(v) for v in _as_list(reply))
+        return Result(applied=False, rejected=kind, command=command, key=key)
+
+
+def _as_list(value: Any) -> Sequence[Any]:
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return value
+    raise redis.ResponseError(f"unexpected completion script reply {value!r}")
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

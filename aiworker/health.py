@@ -1,0 +1,129 @@
+"""What ``aiworker status`` shows and what ``aiworker check`` decides, read from Redis alone.
+
+Workers publish a JSON heartbeat (``Keys.worker(name)``, expiring) every couple of seconds, with a
+``healthy`` flag that turns false when one of their threads died. Queue figures come from the
+streams themselves: length, the group's pending count and lag, and the dead-letter stream's length.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import redis
+
+from aiworker.keys import CONSUMER_GROUP, Keys
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def live_workers(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
+    """Heartbeats of worker processes seen within ``max_age`` seconds."""
+    names = r.zrangebyscore(keys.workers, time.time() - max_age, "+inf")
+    if not names:
+        return []
+    statuses = []
+    for raw in r.mget([keys.worker(_text(n)) for n in names]):  # type: ignore[union-attr]
+        if raw is not None:
+            status = json.loads(raw)
+            status["age"] = round(time.time() - float(status.get("time", 0)), 1)
+            statuses.append(status)
+    return statuses
+
+
+def queue_status(r: redis.Redis, keys: Keys, device: str) -> dict[str, Any]:
+    """Length, pending, lag and consumers of a device queue, and its dead letters."""
+    queue = keys.queue(device)
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(queue)
+    pipe.xinfo_groups(queue)
+    pipe.xlen(keys.dead_letters(device))
+    length, groups, dead = pipe.execute(raise_on_error=False)
+    group: dict[str, Any] = {}
+    if isinstance(groups, list):
+        group = next((g for g in groups if _text(g.get("name")) == CONSUMER_GROUP), {})
+    return {
+        "device": device.upper(),
+        "queue": queue,
+        "length": length if isinstance(length, int) else 0,
+        "pending": int(group.get("pending", 0) or 0),
+        "lag": group.get("lag"),
+        "consumers": int(group.get("consumers", 0) or 0),
+        "dead_letters": dead if isinstance(dead, int) else 0,
+    }
+
+
+def devices_in_use(r: redis.Redis, keys: Keys, workers: list[dict[str, Any]]) -> list[str]:
+    """Devices with a queue stream or a live worker."""
+    prefix = keys.queue("")
+    found = {_text(q)[len(prefix) :] for q in r.scan_iter(match=prefix + "*", _type="STREAM")}
+    for status in workers:
+        found.update(status.get("devices", []))
+    return sorted(d for d in found if d)
+
+
+def gather(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> dict[str, Any]:
+    """Everything ``aiworker status`` prints."""
+    workers = live_workers(r, keys, max_age)
+    return {
+        "workers": workers,
+        "queues": [queue_status(r, keys, d) for d in devices_in_use(r, keys, workers)],
+    }
+
+
+def format_status(status: dict[str, Any]) -> list[str]:
+    lines = []
+    for w in status["workers"]:
+        health = "healthy" if w.get("healthy", True) else "UNHEALTHY " + ",".join(w["problems"])
+        lines.append(
+            f"worker {w['name']}: {health} devices={','.join(w['devices'])} "
+            f"threads={w['threads_per_queue']} jobs={w['jobs_done']} "
+            f"failed={w.get('jobs_failed', 0)} in_flight={w.get('in_flight', 0)} "
+            f"models={len(w['models'])} heartbeat={w['age']}s ago"
+        )
+    if not status["workers"]:
+        lines.append("no live workers")
+    for q in status["queues"]:
+        lines.append(
+            f"queue {q['queue']}: length={q['length']} pending={q['pending']} "
+            f"lag={q['lag']} consumers={q['consumers']} dead_letters={q['dead_letters']}"
+        )
+    return lines
+
+
+def check(
+    r: redis.Redis,
+    keys: Keys,
+    device: str = "CPU",
+    max_age: float = 10.0,
+    worker: str | None = None,
+    this_host: bool = False,
+) -> tuple[bool, str]:
+    """(healthy, explanation): Redis answers and a live, healthy worker serves ``device``.
+
+    ``worker`` narrows the check to one worker process (its ``host:pid`` name); ``this_host`` to
+    the workers of this host, as a container health check wants.
+    """
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        return False, f"Redis unreachable: {exc}"
+    device = device.upper()
+    candidates = [s for s in live_workers(r, keys, max_age) if device in s.get("devices", [])]
+    if worker:
+        candidates = [s for s in candidates if s.get("name") == worker]
+    if this_host:
+        host = socket.gethostname()
+        candidates = [s for s in candidates if str(s.get("name", "")).startswith(host + ":")]
+    if not candidates:
+        scope = f"worker {worker}" if worker else "worker on this host" if this_host else "worker"
+        return False, f"no live {scope} serves {device} (no heartbeat within {max_age:g}s)"
+    sick = [s for s in candidates if not s.get("healthy", True)]
+    if len(sick) == len(candidates):
+        problems = "; ".join(f"{s['name']}: {', '.join(s.get('problems', []))}" for s in sick)
+        return False, problems
+    return True, f"{len(candidates) - len(sick)} healthy worker(s) serve {device}"

@@ -1,0 +1,140 @@
+"""Prometheus metrics of one worker process, modelled on Triton's inference metrics.
+
+Each worker owns a ``CollectorRegistry`` (no global state, so several in-process workers in tests do
+not collide) served over HTTP on ``metrics_port`` (0: not served). Per model and device:
+
+=========================================  =========  ===========================================
+``aiworker_request_success_total``         counter    requests that completed with ``ok``
+``aiworker_request_failure_total``         counter    failed requests, by ``reason`` (below)
+``aiworker_queue_duration_seconds``        histogram  enqueue (stream entry id) to start of work
+``aiworker_compute_duration_seconds``      histogram  time in the backend's ``run``
+``aiworker_batch_size``                    histogram  requests served by one backend run
+``aiworker_inflight_requests``             gauge      entries being worked on (per device)
+``aiworker_reclaimed_total``               counter    entries taken over from dead/stalled workers
+``aiworker_duplicate_completions_total``   counter    results dropped: another delivery finished
+``aiworker_redis_errors_total``            counter    Redis errors the worker rode out, by operation
+=========================================  =========  ===========================================
+
+Failure reasons: ``error`` (the model, its inputs or its backend failed), ``timedout`` (TIMEOUT
+passed before the job started), ``malformed`` (the entry could not be decoded), ``too_large``
+(a size limit), ``denied`` (the worker's Redis user may not write a key), ``internal`` (a bug in the
+worker, reported instead of crashing), ``dead_letter`` (delivered more than max_deliveries times).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+REASONS = ("error", "timedout", "malformed", "too_large", "denied", "internal", "dead_letter")
+
+
+def failure_reason(status: str, error: str, malformed: bool = False) -> str:
+    """The ``reason`` label of a failed request."""
+    if malformed:
+        return "malformed"
+    if status == "timedout":
+        return "timedout"
+    if error.startswith("NOPERM"):
+        return "denied"
+    if "max_tensor_bytes" in error or "max_model_bytes" in error:
+        return "too_large"
+    if error.startswith("internal error"):
+        return "internal"
+    return "error"
+
+
+class WorkerMetrics:
+    """The metric families of one worker process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ["model", "device"]
+        reg = self.registry
+        self.successes = Counter(
+            "aiworker_request_success", "Requests completed ok.", labels, registry=reg
+        )
+        self.failures = Counter(
+            "aiworker_request_failure",
+            "Requests failed, by reason.",
+            [*labels, "reason"],
+            registry=reg,
+        )
+        self.queue_time = Histogram(
+            "aiworker_queue_duration_seconds",
+            "Time from enqueue to the start of work.",
+            labels,
+            buckets=SECONDS_BUCKETS,
+            registry=reg,
+        )
+        self.compute_time = Histogram(
+            "aiworker_compute_duration_seconds",
+            "Time spent in the backend running the model.",
+            labels,
+            buckets=SECONDS_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "aiworker_batch_size",
+            "Requests served by one backend run.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            "aiworker_inflight_requests", "Entries being worked on.", ["device"], registry=reg
+        )
+        self.reclaimed = Counter(
+            "aiworker_reclaimed",
+            "Entries taken over from dead or stalled workers.",
+            ["device"],
+            registry=reg,
+        )
+        self.duplicates = Counter(
+            "aiworker_duplicate_completions",
+            "Results dropped because another delivery of the entry completed first.",
+            ["device"],
+            registry=reg,
+        )
+        self.redis_errors = Counter(
+            "aiworker_redis_errors",
+            "Redis errors ridden out, by operation.",
+            ["operation"],
+            registry=reg,
+        )
+        self._server: Any = None
+        self.port = 0
+
+    def success(self, model: str, device: str, compute_s: float, batch: int = 1) -> None:
+        self.successes.labels(model, device).inc()
+        self.compute_time.labels(model, device).observe(compute_s)
+        self.batch_size.labels(model, device).observe(batch)
+
+    def failure(self, model: str, device: str, reason: str) -> None:
+        self.failures.labels(model, device, reason).inc()
+
+    def queued(self, model: str, device: str, queue_s: float) -> None:
+        self.queue_time.labels(model, device).observe(max(0.0, queue_s))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+        self.port = int(server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def render(self) -> bytes:
+        """The text exposition format, as a scrape would see it."""
+        return generate_latest(self.registry)

@@ -1,0 +1,74 @@
+"""redis-py connection options derived from Settings: TLS files, reconnect policy, socket timeouts.
+
+Workers reconnect with redis-py's own ``Retry`` + ``ExponentialBackoff`` (every command, pipelines
+and scripts included), so a Redis restart or a dropped connection costs a few retries, not a dead
+thread. Blocking stream reads must never trip the socket timeout: a worker connection gets a socket
+timeout comfortably above ``block_ms`` (a dead peer is still noticed, unlike with no timeout), and
+``block_ms_for`` shortens the block when the URL itself asks for a smaller socket timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from aiworker.errors import ConfigError
+from aiworker.settings import Settings
+
+# Backoff 50 ms, 100 ms, ... capped at 2 s; 10 retries ride out roughly a 15 s outage per command.
+# Longer outages surface as ConnectionError to the worker loops, which log and go round again.
+RECONNECT_BASE_S = 0.05
+RECONNECT_CAP_S = 2.0
+RECONNECT_RETRIES = 10
+# Seconds a worker socket may stay silent beyond the longest blocking read.
+SOCKET_TIMEOUT_MARGIN_S = 10.0
+
+
+def tls_kwargs(settings: Settings) -> dict[str, Any]:
+    """``ssl_*`` arguments for a ``rediss://`` URL; TLS files with a plain URL are a config error."""
+    files = {
+        "ssl_ca_certs": settings.tls_ca_cert,
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+    }
+    given = {name: path for name, path in files.items() if path}
+    if urlsplit(settings.redis_url).scheme != "rediss":
+        if given:
+            raise ConfigError("tls_ca_cert/tls_cert/tls_key need a rediss:// redis_url")
+        return {}
+    return given
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments for clients (CLI, ``Client.from_settings``): TLS only, redis-py defaults else."""
+    return tls_kwargs(settings)
+
+
+def reconnect_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=RECONNECT_CAP_S, base=RECONNECT_BASE_S), RECONNECT_RETRIES)
+
+
+def worker_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments for a worker's connection pool: TLS, reconnect with backoff, safe timeouts."""
+    kwargs = tls_kwargs(settings)
+    kwargs["retry"] = reconnect_retry()
+    kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
+    kwargs["socket_keepalive"] = True
+    kwargs["socket_timeout"] = settings.socket_timeout or (
+        settings.block_ms / 1000 + SOCKET_TIMEOUT_MARGIN_S
+    )
+    return kwargs
+
+
+def block_ms_for(r: redis.Redis, block_ms: int) -> int:
+    """``block_ms``, shortened to stay well below the pool's socket timeout if one is set."""
+    timeout = r.connection_pool.connection_kwargs.get("socket_timeout")
+    if not timeout:
+        return block_ms
+    limit_ms = int(float(timeout) * 1000)
+    margin_ms = max(100, limit_ms // 5)
+    return max(1, min(block_ms, limit_ms - margin_ms))
