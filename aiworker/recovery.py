@@ -55,13 +55,14 @@ RECLAIM_COUNT = 10
 DEAD_LETTER_FIELDS = 64
 
 RENEW_SCRIPT = """
--- KEYS[1] queue; ARGV: group, consumer, idle ms to set, entry ids. Returns the ids not ours.
+-- KEYS[1] queue; ARGV: group, consumer, idle ms to set, entry ids.
+-- Returns the ids another consumer owns now (ids no longer pending were just completed).
 local lost = {}
 for i = 4, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #p == 1 then
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-  else
+  elseif #p == 1 then
     lost[#lost + 1] = ARGV[i]
   end
 end
@@ -178,13 +179,12 @@ class Recovery:
         while not self._lease_stop.wait(self.interval):
             try:
                 for queue, entry_id in self.renew():
-                    if (queue, entry_id) in self.held:  # not just completed: someone took it over
-                        self.held.discard(queue, entry_id)
-                        log.warning(
-                            "job %s: lease lost, another worker reclaimed it",
-                            entry_id,
-                            extra={"job_id": entry_id, "queue": queue},
-                        )
+                    self.held.discard(queue, entry_id)  # stop renewing; completion decides
+                    log.warning(
+                        "job %s: lease lost, another worker reclaimed it",
+                        entry_id,
+                        extra={"job_id": entry_id, "queue": queue},
+                    )
             except redis.RedisError as exc:
                 self.metrics.redis_errors.labels("renew").inc()
                 log.warning("lease renewal failed: %s", exc)

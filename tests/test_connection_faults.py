@@ -1,0 +1,80 @@
+"""Dropped connections and socket timeouts: workers carry on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from conftest import wait_until
+from faults import enqueue, job_entry, reply_counts, stub_model, tensor
+
+from aiworker import Client, Settings, Worker
+from aiworker.embedded import RedisServer
+from aiworker.redis_options import block_ms_for
+
+
+def test_workers_survive_killed_connections(client: Client, settings: Settings) -> None:
+    n = 200
+    stub_model(client, "m", sleep_ms=1)
+    tensor(client, "a", [1])
+    tensor(client, "b", [2])
+    # A connection killed while a read's reply is in flight leaves that entry pending until the
+    # visibility timeout: keep it short so such entries come back quickly.
+    w = Worker(settings.replace(threads_per_queue=2, visibility_timeout=1.0)).start()
+    stop = threading.Event()
+    killed = []
+
+    def kill_connections() -> None:
+        killer = redis.Redis.from_url(settings.redis_url)
+        while not stop.wait(0.05):
+            killed.append(killer.client_kill_filter(_type="normal", skipme=True))
+        killer.close()
+
+    killer = threading.Thread(target=kill_connections, daemon=True)
+    keys = [f"r{i}" for i in range(n)]
+
+    def done() -> bool:
+        try:
+            return min(reply_counts(client, keys)) >= 1
+        except redis.ConnectionError:
+            return False
+
+    try:
+        killer.start()
+        for i in range(0, n, 20):
+            batch = [job_entry("m", ["a", "b"], [f"c{j}"], f"r{j}") for j in range(i, i + 20)]
+            for _attempt in range(20):
+                try:
+                    enqueue(client, batch)
+                    break
+                except redis.ConnectionError:
+                    continue
+        wait_until(done, timeout=30, interval=0.05)
+    finally:
+        stop.set()
+        killer.join(5)
+        w.stop(timeout=5)
+    assert sum(killed) > 0, "connections were killed under the worker"
+    assert reply_counts(client, keys) == [1] * n
+    assert not w.problems(), "every worker thread is alive"
+    assert w.metrics.in_flight.labels("CPU")._value.get() == 0
+
+
+def test_blocking_reads_stay_below_the_socket_timeout(redis_server: RedisServer) -> None:
+    url = redis_server.url + "?socket_timeout=0.5"
+    w = Worker(Settings(redis_url=url, block_ms=1000, threads_per_queue=1))
+    assert block_ms_for(w.r, 1000) == w.block_ms == 400
+    w.start()
+    try:
+        time.sleep(1.5)  # several idle blocking reads
+        assert w.metrics.redis_errors.labels("read")._value.get() == 0, "no read timed out"
+    finally:
+        w.stop(timeout=5)
+
+
+def test_worker_connections_get_a_socket_timeout_above_the_block(settings: Settings) -> None:
+    w = Worker(settings.replace(block_ms=1000))
+    timeout = w.r.connection_pool.connection_kwargs["socket_timeout"]
+    assert timeout > 1.0 and w.block_ms == 1000
+    assert w.r.connection_pool.connection_kwargs["retry"].get_retries() > 0
