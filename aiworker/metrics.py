@@ -1,7 +1,8 @@
 """Prometheus metrics of one worker process, modelled on Triton's inference metrics.
 
 Each worker owns a ``CollectorRegistry`` (no global state, so several in-process workers in tests do
-not collide) served over HTTP on ``metrics_port`` (0: not served). Per model and device:
+not collide) served over HTTP on ``metrics_port`` (0: not served). Per model and device (durations,
+as Triton's, of successful requests):
 
 =========================================  =========  ===========================================
 ``aiworker_request_success_total``         counter    requests that completed with ``ok``

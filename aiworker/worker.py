@@ -369,9 +369,9 @@ class Worker:
         with self._counter_lock:
             self._jobs_done += 1
             self._jobs_failed += int(outcome.status != "ok")
-        if started is not None:
-            self.metrics.queued(model, device, started - entry_time_ms(entry_id) / 1000)
         if outcome.status == "ok":
+            if started is not None:
+                self.metrics.queued(model, device, started - entry_time_ms(entry_id) / 1000)
             self.metrics.success(model, device, outcome.duration_us / 1_000_000)
             log.debug("job %s done", entry_id, extra=extra)
         else:
