@@ -47,17 +47,21 @@ while i <= #ARGV do
   cmds[#cmds + 1] = cmd
   i = i + 3 + argc
 end
--- keys these commands need to be of one type (or missing): they would fail mid-script
-local typed = {LPUSH = 'list', HINCRBY = 'hash', XADD = 'stream'}
+-- Keys these commands need to be of one type (or missing), else they would fail mid-script;
+-- the type a key will have when the command runs counts, after earlier commands here.
+local needs = {HSET = 'hash', HINCRBY = 'hash', LPUSH = 'list', XADD = 'stream'}
+local makes = {DEL = 'none', HSET = 'hash', HINCRBY = 'hash', LPUSH = 'list', XADD = 'stream'}
+local will = {}
 for _, cmd in ipairs(cmds) do
   if redis.acl_check_cmd and not redis.acl_check_cmd(unpack(cmd)) then
     return {'NOPERM', cmd[1], cmd[2]}
   end
-  local want = typed[cmd[1]]
+  local want = needs[cmd[1]]
   if want then
-    local t = redis.call('TYPE', cmd[2])['ok']
+    local t = will[cmd[2]] or redis.call('TYPE', cmd[2])['ok']
     if t ~= 'none' and t ~= want then return {'WRONGTYPE', cmd[1], cmd[2]} end
   end
+  if makes[cmd[1]] then will[cmd[2]] = makes[cmd[1]] end
 end
 if redis.call('XACK', KEYS[1], group, id) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], id)

@@ -167,6 +167,11 @@ def test_completion_applies_once_and_rejections_apply_nothing(client: Client) ->
     assert result.rejected == "WRONGTYPE" and result.command == "LPUSH" and result.key == "r"
     assert not client.exists("o") and client.xlen(QUEUE) == 1, "nothing applied, still pending"
 
+    # The type a key will have after the script's own earlier commands counts too.
+    clash = Completion().delete("r").hset("r", mapping={"kind": "tensor"}).lpush("r", "x")
+    assert completer.complete(QUEUE, entry_id, clash).rejected == "WRONGTYPE"
+    assert client.type("r") == b"string" and client.xlen(QUEUE) == 1
+
     client.delete("r")
     assert completer.complete(QUEUE, entry_id, done).applied
     again = completer.complete(QUEUE, entry_id, Completion().lpush("r", "second"))
