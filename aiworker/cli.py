@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from aiworker import health, logs
 from aiworker.client import Client
@@ -423,7 +425,11 @@ def check(
     """Exit 0 when Redis answers and a healthy worker serving DEVICE sent a recent heartbeat;
     exit 1 otherwise (Redis unreachable, no live worker, or its threads died)."""
     try:
-        client = make_client(config_file, redis_url, prefix)
+        settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
+        # Fail fast: a health check must answer well within its orchestrator's timeout.
+        client = Client.from_settings(
+            settings, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2, socket_timeout=2
+        )
         ok, message = health.check(
             client, client.keyspace, device, max_age, worker=worker_name, this_host=this_host
         )

@@ -25,6 +25,8 @@ output keys usually live in several. There, completion must be split: output ten
 (idempotent: a re-run writes the same values), then this script in the queue's slot with the reply
 key hash-tagged like the queue (``aiworker:reply:{CPU}...``) doing XACK, XDEL and LPUSH, then the
 statistics, counted only when the script returned 1. See the README's operations section.
+(Only to name a key the ACL denies does ``Completer`` re-run the script with undeclared keys,
+which Cluster would refuse; there the denial is reported without the key's name.)
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ from aiworker.keys import CONSUMER_GROUP
 
 COMPLETE_SCRIPT = """
 local group, id = ARGV[1], ARGV[2]
-local cmds, i = {}, 3
+-- Keys are declared in KEYS; only to name a key the ACL denies are they passed in ARGV instead.
+local K, i = KEYS, 4
+local undeclared = tonumber(ARGV[3])
+if undeclared > 0 then
+  K = {KEYS[1]}
+  for j = 1, undeclared do K[j + 1] = ARGV[3 + j] end
+  i = 4 + undeclared
+end
+local cmds = {}
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
-  local cmd = {ARGV[i + 1], KEYS[tonumber(ARGV[i + 2])]}
+  local cmd = {ARGV[i + 1], K[tonumber(ARGV[i + 2])]}
   for j = 1, argc do cmd[j + 2] = ARGV[i + 2 + j] end
   cmds[#cmds + 1] = cmd
   i = i + 3 + argc
@@ -146,17 +156,22 @@ class Completion:
             args += [field, value]
         return self._add("XADD", name, *args)
 
-    def script_args(self, queue: str, entry_id: str) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV for ``COMPLETE_SCRIPT``: every key declared, commands refer to them."""
+    def script_args(
+        self, queue: str, entry_id: str, declare: bool = True
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for ``COMPLETE_SCRIPT``: every key declared (or, with ``declare=False``,
+        only the queue, the others passed as arguments); commands refer to keys by index."""
         keys = [queue]
         index: dict[str, int] = {queue: 1}
-        argv: list[Any] = [CONSUMER_GROUP, entry_id]
+        body: list[Any] = []
         for name, key, args in self.commands:
             if key not in index:
                 keys.append(key)
                 index[key] = len(keys)
-            argv += [len(args), name, index[key], *args]
-        return keys, argv
+            body += [len(args), name, index[key], *args]
+        if declare:
+            return keys, [CONSUMER_GROUP, entry_id, 0, *body]
+        return [queue], [CONSUMER_GROUP, entry_id, len(keys) - 1, *keys[1:], *body]
 
 
 class Completer:
@@ -169,8 +184,16 @@ class Completer:
 
     def complete(self, queue: str, entry_id: str, completion: Completion | None = None) -> Result:
         """Apply ``completion`` and acknowledge + delete the entry, if it is still pending."""
-        keys, argv = (completion or Completion()).script_args(queue, entry_id)
-        reply = self._script(keys=keys, args=argv)
+        completion = completion or Completion()
+        keys, argv = completion.script_args(queue, entry_id)
+        try:
+            reply = self._script(keys=keys, args=argv)
+        except redis.exceptions.NoPermissionError:
+            # Redis refused the script as a whole because the ACL denies one of its declared
+            # keys; nothing ran. Run it once more with undeclared keys (standalone Redis allows
+            # that) so that its own ACL pre-flight names the command and key it may not write.
+            keys, argv = completion.script_args(queue, entry_id, declare=False)
+            reply = self._script(keys=keys, args=argv)
         if reply == 1:
             return Result(applied=True)
         if reply == 0:

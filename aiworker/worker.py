@@ -306,10 +306,14 @@ class Worker:
         done = self._completion(entry_id, fields, reply_key, outcome, started)
         result = self.completer.complete(queue, entry_id, done)
         if result.rejected:
-            # A command would have failed inside the script (the worker's ACL, a reply key of
-            # another type) and nothing was applied: answer with the reason, else just dequeue.
+            # A command would have failed inside the script (the worker's ACL, a key of another
+            # type) and nothing was applied. An unusable reply key: complete without a reply.
+            # Anything else: answer with the reason. Failing both, just take it off the queue.
             log.warning("job %s: %s", entry_id, result.reason, extra={"job_id": entry_id})
-            outcome = Outcome.failed(result.reason, outcome.stats_key)
+            if result.key == reply_key:
+                reply_key = None
+            else:
+                outcome = Outcome.failed(result.reason, outcome.stats_key)
             done = self._completion(entry_id, fields, reply_key, outcome, started)
             result = self.completer.complete(queue, entry_id, done)
             if result.rejected:

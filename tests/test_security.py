@@ -1,0 +1,373 @@
+"""AUTH, a least-privilege ACL worker user and TLS, each against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from conftest import ROOT, wait_until
+from faults import KEYS, WorkerProcess, pending_ids, stub_model, tensor, wait_for_workers
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from aiworker import Client, ConfigError, Settings, Worker
+from aiworker.cli import main
+from aiworker.embedded import free_port
+from aiworker.keys import CONSUMER_GROUP
+from aiworker.redis_options import tls_kwargs
+from aiworker.worker import ensure_group
+
+QUEUE = KEYS.queue("CPU")
+
+
+def _redis(tmp_path: Path, args: list[str], **client: Any) -> Iterator[redis.Redis]:
+    """redis-server with ``args``, ready when a client built with ``client`` answers PING."""
+    executable = shutil.which("redis-server")
+    assert executable is not None
+    proc = subprocess.Popen(
+        [executable, "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    admin = redis.Redis(host="127.0.0.1", socket_connect_timeout=1, **client)
+
+    def up() -> bool:
+        assert proc.poll() is None, "redis-server exited"
+        try:
+            return bool(admin.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, timeout=15, interval=0.05)
+        yield admin
+    finally:
+        admin.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+# AUTH ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, int]]:
+    port = free_port()
+    yield from (
+        (r, port)
+        for r in _redis(
+            tmp_path, ["--port", str(port), "--requirepass", "s3cret"], port=port, password="s3cret"
+        )
+    )
+
+
+def test_requirepass(password_redis: tuple[redis.Redis, int]) -> None:
+    admin, port = password_redis
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    stub_model(admin, "m")
+    tensor(admin, "a", [1])
+    tensor(admin, "b", [2])
+    settings = Settings(redis_url=url, block_ms=100)
+    assert "s3cret" not in repr(settings)
+    w = Worker(settings).start()
+    try:
+        client = Client.from_settings(settings, reply_timeout=10)
+        assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+        assert client.tensorget("c").tolist() == [3.0]
+        runner = CliRunner()
+        assert runner.invoke(main, ["check", "--redis-url", url]).exit_code == 0
+        bad = runner.invoke(main, ["check", "--redis-url", f"redis://127.0.0.1:{port}/0"])
+        assert bad.exit_code == 1 and "Redis unreachable" in bad.output
+        wrong = f"redis://:wrong@127.0.0.1:{port}/0"
+        assert runner.invoke(main, ["check", "--redis-url", wrong]).exit_code == 1
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, retry=Retry(NoBackoff(), 0)).get("c")
+    finally:
+        w.stop(timeout=5)
+    for key in admin.scan_iter(KEYS.worker("*")):
+        assert b"s3cret" not in (admin.get(key) or b"")
+
+
+# ACL ----------------------------------------------------------------------------------------
+
+
+def documented_worker_rule(password: str) -> str:
+    """The least-privilege rule exactly as docs/security.md gives it."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    match = re.search(r"<!-- acl:worker -->\s*```text\n(user aiworker .+)\n```", text)
+    assert match, "docs/security.md shows the worker's ACL rule"
+    return match.group(1).replace(">CHANGE-ME", f">{password}")
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, int]]:
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        "user default off\n"
+        "user admin on >adminpw ~* &* +@all\n" + documented_worker_rule("workerpw") + "\n"
+    )
+    args = ["--port", str(port), "--aclfile", str(acl)]
+    yield from (
+        (r, port) for r in _redis(tmp_path, args, port=port, username="admin", password="adminpw")
+    )
+
+
+def _run(admin: redis.Redis, cmd: str, reply: str, timeout: float = 10) -> dict[str, Any]:
+    admin.xadd(QUEUE, {"cmd": cmd, "reply": reply})
+    popped = admin.blpop([reply], timeout)
+    assert popped is not None, f"no reply to {cmd}"
+    return json.loads(popped[1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_the_worker_runs_as_a_least_privilege_acl_user(
+    acl_redis: tuple[redis.Redis, int], tmp_path: Path
+) -> None:
+    admin, port = acl_redis
+    url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
+    stub_model(admin, "ai:m")
+    tensor(admin, "ai:a", [1, 2])
+    tensor(admin, "ai:b", [10, 20])
+    tensor(admin, "secret:t", [7, 7])
+    admin.set("secret:plain", "do not read")
+    ensure_group(admin, QUEUE)
+    # An entry a vanished consumer took: the worker reclaims and dead-letters it (ACL-wise).
+    admin.xadd(
+        QUEUE,
+        {
+            "cmd": "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:x",
+            "reply": "aiworker:reply:dl",
+        },
+    )
+    admin.xreadgroup(CONSUMER_GROUP, "gone:1:CPU:0", {QUEUE: ">"}, count=1)
+
+    proc = WorkerProcess(url, tmp_path / "w.log", visibility_timeout=0.5, max_deliveries=1)
+    try:
+        wait_for_workers(admin, [proc])
+        dead = admin.blpop(["aiworker:reply:dl"], 10)
+        assert dead is not None and b"delivered 2 times" in dead[1]
+        assert admin.xlen(KEYS.dead_letters("CPU")) == 1
+
+        ok = _run(
+            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c", "aiworker:reply:1"
+        )
+        assert ok["status"] == "ok", ok
+        assert Client(port=port, username="admin", password="adminpw").tensorget(
+            "ai:c"
+        ).tolist() == [11.0, 22.0]
+
+        leak = _run(
+            admin, "AI.MODELEXECUTE ai:m INPUTS 2 secret:t ai:b OUTPUTS 1 ai:d", "aiworker:reply:2"
+        )
+        assert leak["status"] == "error" and "no permissions" in leak["error"], leak
+        assert "secret:t" in leak["error"] and "7" not in leak["error"]
+        assert not admin.exists("ai:d")
+
+        escape = _run(
+            admin,
+            "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 secret:out",
+            "aiworker:reply:3",
+        )
+        assert escape["error"] == "NOPERM this worker cannot DEL key 'secret:out'", escape
+        assert not admin.exists("secret:out"), "nothing half applied"
+
+        # A reply key outside the worker's patterns: the job still completes, unanswered.
+        admin.xadd(
+            QUEUE,
+            {"cmd": "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:e", "reply": "elsewhere"},
+        )
+        wait_until(lambda: admin.exists("ai:e"), timeout=10)
+        assert not admin.exists("elsewhere")
+
+        runner = CliRunner()
+        assert runner.invoke(main, ["check", "--redis-url", url]).exit_code == 0
+
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.stop()
+    assert not [
+        c
+        for c in admin.xinfo_consumers(QUEUE, CONSUMER_GROUP)
+        if proc.name_prefix in c["name"].decode()
+    ], "deregistered under the ACL too"
+    assert admin.xlen(QUEUE) == 0 and pending_ids(admin) == []
+    assert re.findall(r"WARNING .*(?:heartbeat|lease|reclaim|deregister).*", proc.log()) == []
+
+    # The least-privilege user cannot step outside its rule.
+    worker_user = redis.Redis(port=port, username="aiworker", password="workerpw")
+    assert worker_user.ping()
+    denied = [
+        lambda: worker_user.get("secret:plain"),
+        lambda: worker_user.hgetall("secret:t"),
+        lambda: worker_user.set("secret:plain", "x"),
+        lambda: worker_user.keys("*"),
+        lambda: worker_user.flushall(),
+        lambda: worker_user.config_get("*"),
+        lambda: worker_user.execute_command("ACL", "LIST"),
+        lambda: worker_user.execute_command("CLIENT", "LIST"),
+        lambda: worker_user.execute_command("SWAPDB", "0", "1"),
+        lambda: worker_user.eval("return 1", 0),
+        lambda: worker_user.execute_command("SCRIPT", "FLUSH"),
+        lambda: worker_user.publish("c", "m"),
+    ]
+    for attempt in denied:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    # Scripts it may load run with its own rights.
+    sha = worker_user.script_load("return redis.call('GET', KEYS[1])")
+    with pytest.raises(redis.exceptions.ResponseError, match=r"NOPERM|no permissions"):
+        worker_user.evalsha(sha, 1, "secret:plain")
+    assert admin.get("secret:plain") == b"do not read"
+
+
+# TLS ----------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=aiworker test CA",
+        cwd=d,
+    )
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-new",
+            *ec,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, certs: Path) -> Iterator[tuple[redis.Redis, int]]:
+    port = free_port()
+    args = [
+        "--port", "0", "--tls-port", str(port),
+        "--tls-cert-file", str(certs / "server.crt"), "--tls-key-file", str(certs / "server.key"),
+        "--tls-ca-cert-file", str(certs / "ca.crt"), "--tls-auth-clients", "yes",
+    ]  # fmt: skip
+    client = {
+        "port": port,
+        "ssl": True,
+        "ssl_ca_certs": str(certs / "ca.crt"),
+        "ssl_certfile": str(certs / "client.crt"),
+        "ssl_keyfile": str(certs / "client.key"),
+    }
+    try:
+        yield from ((r, port) for r in _redis(tmp_path, args, **client))
+    except AssertionError as exc:
+        if "redis-server exited" in str(exc):
+            pytest.skip("this redis-server was built without TLS (BUILD_TLS=yes)")
+        raise
+
+
+def test_tls_with_client_certificates(tls_redis: tuple[redis.Redis, int], certs: Path) -> None:
+    admin, port = tls_redis
+    stub_model(admin, "m")
+    tensor(admin, "a", [1])
+    tensor(admin, "b", [2])
+    url = f"rediss://127.0.0.1:{port}/0"
+    files = {
+        "tls_ca_cert": str(certs / "ca.crt"),
+        "tls_cert": str(certs / "client.crt"),
+        "tls_key": str(certs / "client.key"),
+    }
+    settings = Settings(redis_url=url, block_ms=100, **files)
+    w = Worker(settings).start()
+    try:
+        client = Client.from_settings(settings, reply_timeout=10)
+        assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+        assert client.tensorget("c").tolist() == [3.0]
+        runner = CliRunner()
+        flags = [
+            "--tls-ca-cert",
+            files["tls_ca_cert"],
+            "--tls-cert",
+            files["tls_cert"],
+            "--tls-key",
+            files["tls_key"],
+        ]
+        result = runner.invoke(main, ["check", "--redis-url", url, *flags])
+        assert result.exit_code == 0, result.output
+        env = {f"AIWORKER_{k.upper()}": v for k, v in files.items()}
+        assert runner.invoke(main, ["check", "--redis-url", url], env=env).exit_code == 0
+        no_cert = runner.invoke(
+            main, ["check", "--redis-url", url, "--tls-ca-cert", files["tls_ca_cert"]]
+        )
+        assert no_cert.exit_code == 1, "the server requires a client certificate"
+        plain = runner.invoke(main, ["check", "--redis-url", f"redis://127.0.0.1:{port}/0"])
+        assert plain.exit_code == 1
+    finally:
+        w.stop(timeout=5)
+
+
+def test_tls_files_need_a_rediss_url() -> None:
+    with pytest.raises(ConfigError, match="rediss://"):
+        tls_kwargs(Settings(redis_url="redis://h:1/0", tls_ca_cert="/ca.crt"))
+    assert tls_kwargs(Settings(redis_url="rediss://h:1/0", tls_ca_cert="/ca.crt")) == {
+        "ssl_ca_certs": "/ca.crt"
+    }
+    assert tls_kwargs(Settings()) == {}
+
+
+def test_settings_never_print_passwords() -> None:
+    settings = Settings(redis_url="redis://aiworker:hunter2@h:1/0")
+    assert "hunter2" not in repr(settings) and "***" in repr(settings)
