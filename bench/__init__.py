@@ -1,0 +1,1 @@
+"""Benchmarks and soak tests; run them as modules (``python -m bench.soak``)."""
