@@ -164,6 +164,8 @@ def worker(
     base = {_text(k).lower(): _text(v) for k, v in stored.items()}
     base = {k: v for k, v in base.items() if k in Settings.__dataclass_fields__}
     settings = make_settings(config_file, base=base, **flags)
+    if settings.log_format.lower() == "json":  # also from the config file, not only the flag
+        logs.setup(logging.getLogger().level, "json")
     sys.exit(Worker(settings).run_forever())
 
 

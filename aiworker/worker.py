@@ -1,9 +1,9 @@
 """The worker process: THREADS_PER_QUEUE consumer threads per device stream, one consumer group.
 
 Each thread reads one entry at a time (XREADGROUP), decodes it, has the Executor run it, then applies
-the outcome in one MULTI/EXEC: outputs written, stats counted, the reply pushed (with a TTL), the entry
-acknowledged and deleted. A crash before EXEC leaves the entry pending for another worker; nothing is
-ever half applied. Consumer names are ``host:pid:device:n``.
+the outcome in one atomic completion script: entry acknowledged, outputs written, stats counted, the
+reply pushed (with a TTL), entry deleted. A crash before it leaves the entry pending for another
+worker; nothing is ever half applied. Consumer names are ``host:pid:device:n``.
 
 Crash safety (``recovery.py``, ``completion.py``): entries in hand are registered in ``held`` and
 their leases renewed; each device queue also has a reclaim thread that takes over entries of dead
