@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -252,13 +253,27 @@ class Client(redis.Redis):
     def submit(self, device: str, request: Request) -> str:
         """Enqueue ``request`` on a device queue and wait for its reply (one round trip)."""
         reply_key = self.keyspace.reply(uuid.uuid4().hex)
+        deadline = time.monotonic() + self.reply_timeout if self.reply_timeout else None
         pipe = self.pipeline(transaction=False)
         pipe.xadd(self.keyspace.queue(device), encode_entry(request, reply_key))  # type: ignore[arg-type]
-        pipe.blpop([reply_key], timeout=self.reply_timeout or 0)
+        pipe.blpop([reply_key], timeout=self._blpop_wait(self.reply_timeout))
         _, popped = pipe.execute()
-        if popped is None:
-            raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
-        return raise_for_reply(json.loads(popped[1]))
+        while popped is None:  # waits are sliced: see _blpop_wait
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
+            popped = self.blpop([reply_key], timeout=self._blpop_wait(remaining))
+        return raise_for_reply(json.loads(popped[1]))  # type: ignore[index]
+
+    def _blpop_wait(self, wanted: float | None) -> float:
+        """One BLPOP's timeout: at most ``wanted`` and short enough for the socket read timeout
+        (redis-py 8 sets 5 s by default; a longer BLPOP would fail with TimeoutError,
+        drop the connection and abandon the reply). Half of it leaves room for Redis serving
+        blocking timeouts up to 1/hz (100 ms) late."""
+        socket_timeout = self.connection_pool.connection_kwargs.get("socket_timeout")
+        limit = 1.0 if not socket_timeout else min(1.0, socket_timeout / 2)
+        wait = limit if not wanted else min(wanted, limit)
+        return max(wait, 0.01)  # Redis reads a BLPOP timeout below 1 ms as 0: block forever
 
     # statistics and configuration ------------------------------------------------------------
 

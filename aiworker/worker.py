@@ -150,13 +150,17 @@ class Worker:
                 log.exception("reading %s failed", queue)
                 time.sleep(0.5)
                 continue
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 log.warning("connection lost while reading %s; retrying", queue)
                 time.sleep(0.5)
                 continue
             for _stream, entries in cast("list[Any]", response) or []:
                 for entry_id, fields in entries:
-                    self._handle(device, queue, _text(entry_id), fields)
+                    try:
+                        self._handle(device, queue, _text(entry_id), fields)
+                    except redis.RedisError:  # the entry stays pending; this thread keeps serving
+                        log.exception("job %s on %s could not be completed", entry_id, queue)
+                        time.sleep(0.5)
 
     def _handle(self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
         started = time.time()

@@ -77,8 +77,8 @@ def format_shape(shape: Sequence[int]) -> str:
 
 
 def _decode_shape_field(text: str) -> tuple[int, ...]:
-    text = text.strip()
-    return parse_shape(text.replace(" ", ",").split(",")) if text else ()
+    # "2,3", "2 3" and "2, 3" (as people type it in redis-cli) all mean (2, 3)
+    return parse_shape(text.replace(",", " ").split())
 
 
 def element_count(shape: Sequence[int]) -> int:
