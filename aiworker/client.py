@@ -108,7 +108,6 @@ class Client(redis.Redis):
     ) -> str:
         """Store a tensor from a numpy array, or from values with ``shape`` and ``dtype``."""
         array = codec.as_array(tensor, dtype=dtype, shape=shape)
-        self._check_writable(key, codec.KIND_TENSOR)
         tensor_io.write(self, key, array)
         return "OK"
 

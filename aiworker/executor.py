@@ -102,9 +102,10 @@ class Executor:
             raise AIError(messages.MODEL_EMPTY)
         return model_store.meta_from_fields(meta_reply), replies[1:]
 
-    def _load(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
-        backend = self.registry.get(meta.backend)
+    def _load(self, key: str, meta: model_store.ModelMeta) -> tuple[str, LoadedModel]:
+        """(digest, model) of the version stored now, which may be newer than ``meta``'s."""
         stored_meta, blob = model_store.read_model(self.r, key)
+        backend = self.registry.get(stored_meta.backend)
         spec = ModelSpec(
             key=key,
             device=parse_device(stored_meta.device),
@@ -113,16 +114,14 @@ class Executor:
             batchsize=stored_meta.batchsize,
         )
         try:
-            return backend.load(blob, spec)
+            return stored_meta.digest, backend.load(blob, spec)
         except AIError:
             raise
-        except (
-            Exception
-        ) as exc:  # a backend bug or a blob it chokes on: still just this job's error
+        except Exception as exc:  # a backend bug or a blob it chokes on: this job's error only
             raise AIError(f"{meta.backend}: failed to load model: {_error_text(exc)}") from exc
 
     def model_for(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
-        def load() -> LoadedModel:
+        def load() -> tuple[str, LoadedModel]:
             try:
                 return self._load(key, meta)
             except AIWorkerError as exc:

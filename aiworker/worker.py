@@ -26,7 +26,7 @@ from aiworker.connection import connect
 from aiworker.devices import parse_device
 from aiworker.errors import AIError
 from aiworker.executor import Executor, Outcome
-from aiworker.jobs import Job, decode_entry, entry_time_ms, reply_key_of
+from aiworker.jobs import ENQUEUED_FIELD, Job, decode_entry, entry_time_ms, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.model_cache import ModelCache
 from aiworker.settings import Settings
@@ -189,7 +189,10 @@ class Worker:
         """Apply the outcome atomically: outputs, stats, reply, ack and delete."""
         pipe = self.r.pipeline(transaction=True)
         if outcome.status == "forward":
-            pipe.xadd(outcome.forward_queue, dict(fields))  # type: ignore[arg-type]
+            forwarded = {_text(k): v for k, v in fields.items()}
+            if job is not None:
+                forwarded[ENQUEUED_FIELD] = str(job.enqueued_ms)
+            pipe.xadd(outcome.forward_queue, forwarded)  # type: ignore[arg-type]
         else:
             for name, array in outcome.writes.items():
                 tensor_io.queue_write(pipe, name, array)

@@ -58,10 +58,12 @@ def dtype_of(array: np.ndarray) -> str:
     return name
 
 
-def parse_shape(dims: Iterable[int | str | bytes]) -> tuple[int, ...]:
+def parse_shape(dims: Iterable[int | float | str | bytes]) -> tuple[int, ...]:
     """Validate dimensions given as ints or text; negative or non-numeric ones are RedisAI errors."""
     shape = []
     for dim in dims:
+        if isinstance(dim, (bool, np.bool_)) or (isinstance(dim, float) and not dim.is_integer()):
+            raise AIError(messages.INVALID_SHAPE)
         try:
             value = int(dim)
         except (TypeError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,34 @@ def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> Non
     pipe.hset(key, mapping=codec.encode_fields(array))  # type: ignore[arg-type]
 
 
+# Replace a tensor in one round trip, refusing (like RedisAI) keys that hold anything else.
+_WRITE_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' then
+  if kind ~= 'hash' or redis.call('HGET', KEYS[1], 'kind') ~= 'tensor' then
+    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+  end
+  redis.call('DEL', KEYS[1])
+end
+return redis.call('HSET', KEYS[1], unpack(ARGV))
+"""
+_WRITE_SHA = hashlib.sha1(_WRITE_SCRIPT.encode()).hexdigest()
+
+
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
-    pipe = r.pipeline(transaction=True)
-    queue_write(pipe, key, array)
-    pipe.execute()
+    """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor."""
+    args: list[Any] = []
+    for name, value in codec.encode_fields(array).items():
+        args += [name, value]
+    try:
+        try:
+            r.evalsha(_WRITE_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            r.script_load(_WRITE_SCRIPT)
+            r.evalsha(_WRITE_SHA, 1, key, *args)
+    except redis.ResponseError as exc:
+        decode_reply(exc)
+        raise
 
 
 def decode_reply(reply: Any) -> np.ndarray:

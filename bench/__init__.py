@@ -1,0 +1,1 @@
+"""Benchmarks that print tables of ratios against peers (run with ``make bench``)."""
