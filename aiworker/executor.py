@@ -24,6 +24,7 @@ from aiworker.model_cache import ModelCache
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
+from aiworker.storage.lua import LuaScript
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class Outcome:
     @classmethod
     def failed(cls, error: str, stats_key: str | None = None) -> Outcome:
         return cls("error", error=error, stats_key=stats_key)
+
+
+# The model's META_FIELDS (ARGV) and every input tensor's fields. Errors (WRONGTYPE) come back in
+# place of the reply they concern, so each one is reported for the right key.
+_READ_JOB_STATE = LuaScript("""
+local out = {redis.pcall('HMGET', KEYS[1], unpack(ARGV))}
+for i = 2, #KEYS do
+  out[i] = redis.pcall('HGETALL', KEYS[i])
+end
+return out
+""")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -89,12 +101,8 @@ class Executor:
             return Outcome.failed(_error_text(exc))
 
     def _read_job_state(self, request: ModelExecute) -> tuple[model_store.ModelMeta, list[Any]]:
-        """Model metadata and input tensors in one round trip, as one consistent snapshot."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hmget(request.key, list(model_store.META_FIELDS))
-        for name in request.inputs:
-            pipe.hgetall(name)
-        replies = pipe.execute(raise_on_error=False)
+        """Model metadata and input tensors in one command, as one consistent snapshot."""
+        replies = _READ_JOB_STATE(self.r, [request.key, *request.inputs], model_store.META_FIELDS)
         meta_reply = replies[0]
         if isinstance(meta_reply, redis.ResponseError):
             raise WrongTypeError()

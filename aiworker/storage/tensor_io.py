@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import redis
 from aiworker import messages
 from aiworker.errors import AIError, WrongTypeError
 from aiworker.storage import tensor as codec
+from aiworker.storage.lua import LuaScript
 
 
 def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
@@ -20,7 +20,7 @@ def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> Non
 
 
 # Replace a tensor in one round trip, refusing (like RedisAI) keys that hold anything else.
-_WRITE_SCRIPT = """
+_WRITE = LuaScript("""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' then
   if kind ~= 'hash' or redis.call('HGET', KEYS[1], 'kind') ~= 'tensor' then
@@ -29,8 +29,7 @@ if kind ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 return redis.call('HSET', KEYS[1], unpack(ARGV))
-"""
-_WRITE_SHA = hashlib.sha1(_WRITE_SCRIPT.encode()).hexdigest()
+""")
 
 
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
@@ -39,24 +38,23 @@ def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
     for name, value in codec.encode_fields(array).items():
         args += [name, value]
     try:
-        try:
-            r.evalsha(_WRITE_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            r.script_load(_WRITE_SCRIPT)
-            r.evalsha(_WRITE_SHA, 1, key, *args)
+        _WRITE(r, [key], args)
     except redis.ResponseError as exc:
         decode_reply(exc)
         raise
 
 
 def decode_reply(reply: Any) -> np.ndarray:
-    """Decode an HGETALL reply (or the exception a pipeline returned for it)."""
+    """Decode an HGETALL reply: a mapping, a flat field/value list (from Lua), or the exception
+    a pipeline or script returned in its place."""
     if isinstance(reply, redis.ResponseError):
         if str(reply).startswith("WRONGTYPE"):
             raise WrongTypeError()
         raise reply
     if not reply:
         raise AIError(messages.TENSOR_EMPTY)
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
     return codec.decode_fields(reply)
 
 
