@@ -75,7 +75,7 @@ def test_store_get_scan_del(stored: Client) -> None:
 
 def test_missing_and_wrong_type(client: Client) -> None:
     for call in (client.scriptget, client.scriptdel):
-        with pytest.raises(AIError, match="^script key is empty$"):
+        with pytest.raises(AIError, match=r"^script key is empty$"):
             call("nope")
     client.set("plain", "x")
     with pytest.raises(WrongTypeError):
@@ -159,7 +159,7 @@ def test_execute_errors(
 
 
 def test_execute_missing_script_and_wrong_types(client: Client, worker: Worker) -> None:
-    with pytest.raises(AIError, match="^script key is empty$"):
+    with pytest.raises(AIError, match=r"^script key is empty$"):
         client.scriptexecute("nope", "bar", inputs=["a"], outputs=["c"])
     client.set("plain", "x")
     with pytest.raises(WrongTypeError):
@@ -204,6 +204,6 @@ def test_worker_checks_scripts_stored_without_torch(stored: Client, worker: Work
     from aiworker.storage import script as script_store
 
     script_store.store_script(stored, stored.keyspace, "old", "CPU", OLD_SCRIPT, ["bar"])
-    with pytest.raises(JobFailed, match="^Wrong number of inputs in function bar"):
+    with pytest.raises(JobFailed, match=r"^Wrong number of inputs in function bar"):
         stored.scriptexecute("old", "bar", inputs=["a", "b"], outputs=["c"])
     assert stored.infoget("old")["errors"] == 1
