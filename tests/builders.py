@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import tempfile
+import warnings
 import zipfile
 from typing import Any
 
@@ -139,7 +140,9 @@ def tflite_model(quantized: bool = False) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return bytes(converter.convert())
+    with warnings.catch_warnings():  # the converter nags about input statistics it does not need
+        warnings.simplefilter("ignore", UserWarning)
+        return bytes(converter.convert())
 
 
 def _onnx() -> Any:
