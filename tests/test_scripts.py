@@ -207,3 +207,30 @@ def test_worker_checks_scripts_stored_without_torch(stored: Client, worker: Work
     with pytest.raises(JobFailed, match=r"^Wrong number of inputs in function bar"):
         stored.scriptexecute("old", "bar", inputs=["a", "b"], outputs=["c"])
     assert stored.infoget("old")["errors"] == 1
+
+
+def test_cli_script_group(client: Client, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from aiworker.cli import main
+
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT)
+    url = ["--redis-url", redis_server.url]
+    runner = CliRunner()
+    store = ["script", "store", "s", "CPU", str(path), "-e", "bar", "-e", "split", "--tag", "t1"]
+    result = runner.invoke(main, [*store, *url])
+    assert (result.exit_code, result.output) == (0, "OK\n")
+    result = runner.invoke(main, ["script", "get", "s", "--meta", *url])
+    assert json.loads(result.output) == {
+        "device": "CPU",
+        "tag": "t1",
+        "entry_points": ["bar", "split"],
+    }
+    assert runner.invoke(main, ["script", "list", *url]).output == "s\tt1\n"
+    bad = ["script", "store", "b", "CPU", str(path), "-e", "nope", *url]
+    result = runner.invoke(main, bad)
+    assert result.exit_code == 1
+    assert "Function nope does not exist in the given script." in result.output
+    assert runner.invoke(main, ["script", "del", "s", *url]).output == "OK\n"
+    assert client.scriptscan() == []
