@@ -199,3 +199,15 @@ def test_gpu_run(client: Client, settings: Settings) -> None:
         assert client.tensorget("c").tolist() == [4, 9]
     finally:
         w.stop(timeout=10)
+
+
+def test_non_tensor_output_conversions() -> None:
+    from aiworker.backends.onnx import ort_error_text, to_tensor
+
+    assert to_tensor({1: 0.25, 2: 0.75}, "map(int64,tensor(float))").tolist() == [0.25, 0.75]
+    stacked = to_tensor([np.ones(2), np.zeros(2)], "seq(tensor(double))")
+    assert stacked.shape == (2, 2) and stacked.dtype == np.float64
+    rows = to_tensor([{"a": 1.0, "b": 0.0}], "seq(map(string,tensor(float)))")
+    assert rows.dtype == np.float32 and rows.tolist() == [[1.0, 0.0]]
+    text = "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/x/bfc_arena.cc:360 void* f(size_t) Out"
+    assert ort_error_text(RuntimeError(text)) == "Out"

@@ -234,3 +234,23 @@ def test_cli_script_group(client: Client, redis_server, tmp_path) -> None:  # ty
     assert "Function nope does not exist in the given script." in result.output
     assert runner.invoke(main, ["script", "del", "s", *url]).output == "OK\n"
     assert client.scriptscan() == []
+
+
+def test_script_timeout_and_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Script runs are held to MODEL_EXECUTION_TIMEOUT; a GPU script on a GPU-less host fails."""
+    from aiworker.backends import util
+    from aiworker.backends.base import BackendOptions
+    from aiworker.backends.torch import TorchBackend
+    from aiworker.devices import gpu_count, parse_device
+
+    backend = TorchBackend(BackendOptions(model_execution_timeout_ms=5))
+    script = backend.load_script(SCRIPT, ["bar"], parse_device("CPU"))
+    ticks = iter(range(1000))  # each clock read is a second later: the run "takes" 1 s
+    monkeypatch.setattr(util, "_clock", lambda: float(next(ticks)))
+    ones = np.ones(2, np.float32)
+    with pytest.raises(AIError, match=r"more than MODEL_EXECUTION_TIMEOUT \(5 ms\)"):
+        script.call("bar", [ones, ones], [], [], 1)
+    if gpu_count("torch"):
+        return  # the refusal needs a host without a GPU
+    with pytest.raises(AIError, match=r"^device GPU:0 is not available on this worker host"):
+        backend.load_script(SCRIPT, ["bar"], parse_device("GPU:0"))
