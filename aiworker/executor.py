@@ -89,6 +89,9 @@ class Executor:
         self.handlers: dict[str, Callable[[Job, str], Outcome]] = {
             "MODELEXECUTE": self._model_execute_job,
         }
+        from aiworker.scripts import ScriptRunner  # here: scripts.py builds on this module
+
+        self.handlers["SCRIPTEXECUTE"] = ScriptRunner(self)
 
     def execute(self, job: Job, queue_device: str) -> Outcome:
         """Run one job; every failure becomes an error Outcome, never an exception."""
