@@ -89,11 +89,14 @@ class ScriptRunner:
     def script_for(self, key: str, meta: script_store.ScriptMeta) -> LoadedScript:
         """The compiled script of this stored version (compiled once per worker process)."""
 
-        def load() -> LoadedModel:
+        def load() -> tuple[str, LoadedModel]:
             stored, source = script_store.read_script(self.executor.r, key)
             backend = self.executor.registry.get(SCRIPT_BACKEND)
             try:
-                return backend.load_script(source, stored.entry_points, parse_device(stored.device))
+                device = parse_device(stored.device)
+                return "script:" + stored.digest, backend.load_script(
+                    source, stored.entry_points, device
+                )
             except AIError:
                 raise
             except AIWorkerError as exc:  # e.g. torch not installed: the cache keeps AIErrors
