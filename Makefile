@@ -26,8 +26,8 @@ test-quick: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check aiworker tests bench
+	$(VENV)/bin/ruff format --check aiworker tests bench
 	$(VENV)/bin/mypy aiworker
 
 bench: install

@@ -342,6 +342,85 @@ def model_list(config_file: str | None, redis_url: str | None, prefix: str | Non
         click.echo(f"{key}\t{tag}")
 
 
+# scripts -----------------------------------------------------------------------------------
+
+
+@main.group()
+def script() -> None:
+    """Store, get, delete and list TorchScript scripts."""
+
+
+@script.command("store")
+@redis_options
+@click.argument("key")
+@click.argument("device")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--entry-point",
+    "-e",
+    "entry_points",
+    multiple=True,
+    required=True,
+    help="Function that SCRIPTEXECUTE may call (repeatable).",
+)
+@click.option("--tag", default=None)
+def script_store(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    device: str,
+    path: str,
+    entry_points: tuple[str, ...],
+    tag: str | None,
+) -> None:
+    """Store the TorchScript source file PATH at KEY (AI.SCRIPTSTORE)."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        source = Path(path).read_text()
+        click.echo(client.scriptstore(key, device, source, list(entry_points), tag=tag))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--meta", is_flag=True, help="Without the source.")
+def script_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, meta: bool
+) -> None:
+    """Print a script's device, tag, entry points and source as JSON."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(json.dumps(client.scriptget(key, meta_only=meta), indent=2))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("del")
+@redis_options
+@click.argument("key")
+def script_del(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str
+) -> None:
+    """Delete a script."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(client.scriptdel(key))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("list")
+@redis_options
+def script_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """List stored scripts and their tags."""
+    client = make_client(config_file, redis_url, prefix)
+    for key, tag in client.scriptscan():
+        click.echo(f"{key}\t{tag}")
+
+
 # running -----------------------------------------------------------------------------------
 
 
@@ -388,7 +467,8 @@ def info(
     reset: bool,
     backends: bool,
 ) -> None:
-    """Run statistics of a model or script (AI.INFO), or the backends workers loaded."""
+    """Run statistics of a model or script (AI.INFO), or the backends live workers loaded
+    (name: framework version)."""
     client = make_client(config_file, redis_url, prefix)
     try:
         if backends or key is None:

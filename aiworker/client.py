@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -18,16 +19,18 @@ import numpy as np
 import redis
 
 from aiworker import messages
-from aiworker.backends.base import io_name_backends, known_backends
+from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
 from aiworker.connection import install_packer
 from aiworker.devices import parse_device
 from aiworker.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.jobs import Request, encode_entry
 from aiworker.keys import DEFAULT_PREFIX, Keys
-from aiworker.parser import parse_modelexecute
+from aiworker.parser import parse_modelexecute, parse_scriptexecute
 from aiworker.redis_options import client_kwargs
+from aiworker.scripts import check_source
 from aiworker.settings import Settings
 from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
 from aiworker.storage import stats, tensor_io
 from aiworker.storage import tensor as codec
 
@@ -110,7 +113,6 @@ class Client(redis.Redis):
     ) -> str:
         """Store a tensor from a numpy array, or from values with ``shape`` and ``dtype``."""
         array = codec.as_array(tensor, dtype=dtype, shape=shape)
-        self._check_writable(key, codec.KIND_TENSOR)
         tensor_io.write(self, key, array)
         return "OK"
 
@@ -166,11 +168,15 @@ class Client(redis.Redis):
         if data is None or (hasattr(data, "__len__") and len(data) == 0):
             raise AIError(messages.MODEL_NO_BLOB)
         in_names, out_names = _as_list(inputs), _as_list(outputs)
+        io_backends = io_name_backends()
+        if not in_names and not out_names and io_names_optional(backend, data):
+            # a zipped TF SavedModel names its inputs and outputs in its serving signature
+            io_backends = [b for b in io_backends if b != backend.upper()]
         name, device_name = model_store.validate_meta(
             backend,
             device,
             known_backends=known_backends(),
-            io_backends=io_name_backends(),
+            io_backends=io_backends,
             batchsize=batch or 0,
             minbatchsize=minbatch or 0,
             minbatchtimeout=minbatchtimeout or 0,
@@ -250,18 +256,111 @@ class Client(redis.Redis):
                 self._devices[key] = queue
         return queue
 
+    # scripts ---------------------------------------------------------------------------------
+
+    def scriptstore(
+        self,
+        key: str,
+        device: str,
+        script: str | bytes,
+        entry_points: str | Sequence[str],
+        tag: str | None = None,
+    ) -> str:
+        """Store a TorchScript script with its entry points (RedisAI's AI.SCRIPTSTORE).
+
+        Where torch is installed the source is compiled and its entry points checked first, with
+        RedisAI's messages; otherwise the worker reports the same errors at the first run.
+        """
+        device_name, source, names = script_store.validate(device, script, _as_list(entry_points))
+        check_source(source, names)
+        self._check_writable(key, script_store.KIND_SCRIPT)
+        script_store.store_script(self, self.keyspace, key, device_name, source, names, tag or "")
+        with self._devices_lock:
+            self._devices[key] = parse_device(device_name).queue
+        return "OK"
+
+    def scriptget(self, key: str, meta_only: bool = False) -> dict[str, Any]:
+        """``device``, ``tag``, ``entry_points`` and (unless ``meta_only``) ``source``."""
+        meta, source = script_store.read_script(self, key)
+        result: dict[str, Any] = {
+            "device": meta.device,
+            "tag": meta.tag,
+            "entry_points": list(meta.entry_points),
+        }
+        if not meta_only:
+            result["source"] = source
+        return result
+
+    def scriptdel(self, key: str) -> str:
+        script_store.delete_script(self, self.keyspace, key)
+        with self._devices_lock:
+            self._devices.pop(key, None)
+        return "OK"
+
+    def scriptscan(self) -> list[list[str]]:
+        """``[key, tag]`` of every stored script (RedisAI's AI._SCRIPTSCAN)."""
+        return [[key, tag] for key, tag in script_store.scan_scripts(self, self.keyspace)]
+
+    def scriptexecute(
+        self,
+        key: str,
+        function: str,
+        keys: str | Sequence[str] | None = None,
+        inputs: str | Sequence[str] | None = None,
+        args: str | Sequence[str] | None = None,
+        outputs: str | Sequence[str] | None = None,
+        timeout: int | None = None,
+    ) -> str:
+        """Run a script's entry point through a worker; ``"OK"`` once outputs are stored."""
+        tokens = [key, function]
+        for scope, values in (("KEYS", keys), ("INPUTS", inputs), ("ARGS", args)):
+            names = _as_list(values)
+            if names:
+                tokens += [scope, str(len(names)), *names]
+        out_names = _as_list(outputs)
+        if out_names:
+            tokens += ["OUTPUTS", str(len(out_names)), *out_names]
+        if timeout is not None:
+            tokens += ["TIMEOUT", str(timeout)]
+        request = parse_scriptexecute(tokens)
+        return self.submit(self._script_queue(key), request)
+
+    def _script_queue(self, key: str) -> str:
+        """The device queue of a script (cached, as for models)."""
+        with self._devices_lock:
+            queue = self._devices.get(key)
+        if queue is None:
+            queue = parse_device(script_store.read_meta(self, key).device).queue
+            with self._devices_lock:
+                self._devices[key] = queue
+        return queue
+
     # jobs ------------------------------------------------------------------------------------
 
     def submit(self, device: str, request: Request) -> str:
         """Enqueue ``request`` on a device queue and wait for its reply (one round trip)."""
         reply_key = self.keyspace.reply(uuid.uuid4().hex)
+        deadline = time.monotonic() + self.reply_timeout if self.reply_timeout else None
         pipe = self.pipeline(transaction=False)
         pipe.xadd(self.keyspace.queue(device), encode_entry(request, reply_key))  # type: ignore[arg-type]
-        pipe.blpop([reply_key], timeout=self.reply_timeout or 0)
+        pipe.blpop([reply_key], timeout=self._blpop_wait(self.reply_timeout))
         _, popped = pipe.execute()
-        if popped is None:
-            raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
-        return raise_for_reply(json.loads(popped[1]))
+        while popped is None:  # waits are sliced: see _blpop_wait
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
+            popped = self.blpop([reply_key], timeout=self._blpop_wait(remaining))
+        return raise_for_reply(json.loads(popped[1]))  # type: ignore[index]
+
+    def _blpop_wait(self, wanted: float | None) -> float:
+        """One BLPOP's timeout: at most ``wanted`` and short enough for the socket read timeout
+        (redis-py 8 sets 5 s by default; a longer BLPOP would fail with TimeoutError,
+        drop the connection and abandon the reply). Half of it leaves room for Redis serving
+        blocking timeouts up to 1/hz (100 ms) late."""
+        socket_timeout = self.connection_pool.connection_kwargs.get("socket_timeout")
+        limit = 1.0 if not socket_timeout else min(1.0, socket_timeout / 2)
+        wait = limit if not wanted else min(wanted, limit)
+        return max(wait, 0.01)  # Redis reads a BLPOP timeout below 1 ms as 0: block forever
 
     # statistics and configuration ------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from aiworker.keys import Keys
 from aiworker.model_cache import ModelCache
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
+from aiworker.storage.lua import LuaScript
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class Outcome:
     @classmethod
     def failed(cls, error: str, stats_key: str | None = None) -> Outcome:
         return cls("error", error=error, stats_key=stats_key)
+
+
+# The model's META_FIELDS (ARGV) and every input tensor's fields. Errors (WRONGTYPE) come back in
+# place of the reply they concern, so each one is reported for the right key.
+_READ_JOB_STATE = LuaScript("""
+local out = {redis.pcall('HMGET', KEYS[1], unpack(ARGV))}
+for i = 2, #KEYS do
+  out[i] = redis.pcall('HGETALL', KEYS[i])
+end
+return out
+""")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -78,6 +90,9 @@ class Executor:
         self.handlers: dict[str, Callable[[Job, str], Outcome]] = {
             "MODELEXECUTE": self._model_execute_job,
         }
+        from aiworker.scripts import ScriptRunner  # here: scripts.py builds on this module
+
+        self.handlers["SCRIPTEXECUTE"] = ScriptRunner(self)
 
     def execute(self, job: Job, queue_device: str) -> Outcome:
         """Run one job; every failure becomes an error Outcome, never an exception."""
@@ -90,12 +105,8 @@ class Executor:
             return Outcome.failed(_error_text(exc))
 
     def _read_job_state(self, request: ModelExecute) -> tuple[model_store.ModelMeta, list[Any]]:
-        """Model metadata and input tensors in one round trip, as one consistent snapshot."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hmget(request.key, list(model_store.META_FIELDS))
-        for name in request.inputs:
-            pipe.hgetall(name)
-        replies = pipe.execute(raise_on_error=False)
+        """Model metadata and input tensors in one command, as one consistent snapshot."""
+        replies = _READ_JOB_STATE(self.r, [request.key, *request.inputs], model_store.META_FIELDS)
         meta_reply = replies[0]
         if isinstance(meta_reply, redis.ResponseError):
             raise WrongTypeError()
@@ -103,12 +114,13 @@ class Executor:
             raise AIError(messages.MODEL_EMPTY)
         return model_store.meta_from_fields(meta_reply), replies[1:]
 
-    def _load(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
-        backend = self.registry.get(meta.backend)
+    def _load(self, key: str, meta: model_store.ModelMeta) -> tuple[str, LoadedModel]:
+        """(digest, model) of the version stored now, which may be newer than ``meta``'s."""
         limits.check_model(key, meta, self.max_model_bytes)
         stored_meta, blob = model_store.read_model(self.r, key)
         limits.check_model(key, stored_meta, self.max_model_bytes)
         limits.check_blob(key, stored_meta, blob)
+        backend = self.registry.get(stored_meta.backend)
         spec = ModelSpec(
             key=key,
             device=parse_device(stored_meta.device),
@@ -119,16 +131,14 @@ class Executor:
         try:
             loaded = backend.load(blob, spec)
             loaded.nbytes = loaded.nbytes or len(blob)  # the cache's byte bound needs a size
-            return loaded
+            return stored_meta.digest, loaded
         except AIError:
             raise
-        except (
-            Exception
-        ) as exc:  # a backend bug or a blob it chokes on: still just this job's error
+        except Exception as exc:  # a backend bug or a blob it chokes on: this job's error only
             raise AIError(f"{meta.backend}: failed to load model: {_error_text(exc)}") from exc
 
     def model_for(self, key: str, meta: model_store.ModelMeta) -> LoadedModel:
-        def load() -> LoadedModel:
+        def load() -> tuple[str, LoadedModel]:
             try:
                 return self._load(key, meta)
             except AIWorkerError as exc:

@@ -99,6 +99,9 @@ def encode_entry(request: Request, reply: str | None) -> dict[str, bytes | str]:
     return fields
 
 
+ENQUEUED_FIELD = "enqueued"
+
+
 def entry_time_ms(entry_id: str) -> int:
     try:
         return int(entry_id.split("-", 1)[0])
@@ -135,4 +138,12 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> Job:
         request = parse_command(_text(named["cmd"]))
     else:
         raise AIError("malformed job entry: expected a 'cmd' or 'job' field")
-    return Job(entry_id, request, reply_key_of(fields), entry_time_ms(entry_id))
+    enqueued = entry_time_ms(entry_id)
+    if (
+        ENQUEUED_FIELD in named
+    ):  # forwarded from another queue: TIMEOUT counts from the first enqueue
+        try:
+            enqueued = int(named[ENQUEUED_FIELD])
+        except ValueError:
+            raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
+    return Job(entry_id, request, reply_key_of(fields), enqueued)

@@ -50,7 +50,10 @@ def _field(fields: Mapping[Any, Any], name: str) -> Any:
 
 
 def decode_input(name: str, reply: Any, limit: int) -> np.ndarray:
-    """Decode an input tensor's HGETALL reply, refusing declared sizes beyond ``limit`` first."""
+    """Decode an input tensor's HGETALL reply (a mapping, or a flat list from Lua), refusing
+    declared sizes beyond ``limit`` first."""
+    if isinstance(reply, list) and reply and len(reply) % 2 == 0:
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
     if isinstance(reply, Mapping) and reply:
         dtype, shape = codec.decode_meta(reply)
         check_tensor_size(name, dtype, shape, limit)

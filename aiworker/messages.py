@@ -31,9 +31,25 @@ MODEL_BATCH_SIZE_MISMATCH = "Model did not generate the expected batch size"
 MODEL_OUTPUT_NUMBER = "Model did not generate the expected number of outputs"
 MODEL_INPUT_COUNT = "Number of keys given as INPUTS here does not match model definition"
 MODEL_OUTPUT_COUNT = "Number of keys given as OUTPUTS here does not match model definition"
+MODEL_TFLITE_NO_BATCHING = "Auto-batching not supported by the TFLITE backend"
 
 # Scripts
 SCRIPT_EMPTY = "script key is empty"
+SCRIPT_NO_ENTRY_POINTS = "Insufficient arguments, missing script entry points"
+SCRIPT_NO_SOURCE = "Insufficient arguments, missing script SOURCE"
+SCRIPT_BAD_DEVICE = "unsupported device"
+# Entry-point checks at store time ({name}: the function; RedisAI sent these without "ERR").
+SCRIPT_NO_FUNCTION = "Function {name} does not exist in the given script."
+SCRIPT_ARITY = "Wrong number of inputs in function {name}. Expected 3 but was {count}"
+SCRIPT_SIGNATURE = (
+    "Wrong inputs type in function {name}. Expected signature similar to: "
+    "def {name}(tensors: List[Tensor], keys: List[str], args: List[str])"
+)
+# Run time
+SCRIPT_FUNCTION_MISSING = "Function does not exist: {name}"
+SCRIPT_OUTPUT_COUNT = "Function returned unexpected number of outputs - {name}"
+# RedisAI glued the name on without a separator ("...valuesbar"); the separator is added here.
+SCRIPT_NON_TENSOR = "Function returned non-tensor values - {name}"
 
 # Stats
 INFO_EMPTY = "cannot find run info for key"

@@ -35,8 +35,14 @@ class ModelCache:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
-    def get(self, key: str, digest: str, load: Callable[[], LoadedModel]) -> LoadedModel:
-        """The loaded model for this version, loading it with ``load`` on a miss."""
+    def get(
+        self, key: str, digest: str, load: Callable[[], tuple[str, LoadedModel]]
+    ) -> LoadedModel:
+        """The loaded model for this version, loading it with ``load`` on a miss.
+
+        ``load`` returns the digest it actually loaded: when the model was replaced after the job
+        read ``digest``, the newer version is cached under its own digest, never the old one.
+        """
         entry = self._lookup(key, digest)
         if entry is None:
             with self._key_lock(key):
@@ -60,9 +66,10 @@ class ModelCache:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
 
-    def _load(self, key: str, digest: str, load: Callable[[], LoadedModel]) -> _Entry:
+    def _load(self, key: str, digest: str, load: Callable[[], tuple[str, LoadedModel]]) -> _Entry:
         try:
-            entry = _Entry(digest, load(), None)
+            loaded_digest, model = load()
+            entry = _Entry(loaded_digest, model, None)
         except AIError as exc:
             entry = _Entry(digest, None, exc)
         evicted = []

@@ -34,7 +34,7 @@ from aiworker.connection import connect
 from aiworker.devices import parse_device
 from aiworker.errors import AIError
 from aiworker.executor import Executor, Outcome
-from aiworker.jobs import Job, decode_entry, entry_time_ms, reply_key_of
+from aiworker.jobs import ENQUEUED_FIELD, Job, decode_entry, entry_time_ms, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.metrics import WorkerMetrics, failure_reason
 from aiworker.model_cache import ModelCache
@@ -223,7 +223,7 @@ class Worker:
                 continue
             except redis.RedisError as exc:  # redis-py already retried with backoff
                 self.metrics.redis_errors.labels("read").inc()
-                log.warning("reading %s failed: %s; retrying", queue, exc)
+                log.warning("connection lost while reading %s (%s); retrying", queue, exc)
                 self._stop.wait(READ_ERROR_PAUSE_S)
                 continue
             entries = [
@@ -303,7 +303,7 @@ class Worker:
         started: float | None = None,
     ) -> None:
         """Apply the outcome at most once (``completion.py``): outputs, stats, reply, ack, delete."""
-        done = self._completion(entry_id, fields, reply_key, outcome, started)
+        done = self._completion(entry_id, fields, reply_key, outcome, started, job)
         result = self.completer.complete(queue, entry_id, done)
         if result.rejected:
             # A command would have failed inside the script (the worker's ACL, a key of another
@@ -314,7 +314,7 @@ class Worker:
                 reply_key = None
             else:
                 outcome = Outcome.failed(result.reason, outcome.stats_key)
-            done = self._completion(entry_id, fields, reply_key, outcome, started)
+            done = self._completion(entry_id, fields, reply_key, outcome, started, job)
             result = self.completer.complete(queue, entry_id, done)
             if result.rejected:
                 result = self.completer.complete(queue, entry_id, Completion())
@@ -327,10 +327,14 @@ class Worker:
         reply_key: str | None,
         outcome: Outcome,
         started: float | None,
+        job: Job | None = None,
     ) -> Completion:
         done = Completion()
         if outcome.status == "forward":
-            done.xadd(outcome.forward_queue, dict(fields))
+            forwarded = {_text(k): v for k, v in fields.items()}
+            if job is not None:  # TIMEOUT keeps counting from the first enqueue
+                forwarded[ENQUEUED_FIELD] = str(job.enqueued_ms)
+            done.xadd(outcome.forward_queue, forwarded)
             return done
         pipe = cast(Any, done)  # offers the pipeline methods these storage helpers queue on
         for name, array in outcome.writes.items():

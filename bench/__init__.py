@@ -1,1 +1,1 @@
-"""Benchmarks and soak tests; run them as modules (``python -m bench.soak``)."""
+"""Benchmarks: tables of ratios against peers (``make bench``) and a soak (``python -m bench.soak``)."""

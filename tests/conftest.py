@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -83,6 +85,7 @@ def stub_blob(op: str, **extra: object) -> bytes:
     return json.dumps({"op": op, **extra}).encode()
 
 
+@functools.cache
 def torch_blob(op: str = "add") -> bytes:
     """A serialized TorchScript module adding (or multiplying) its two inputs."""
     torch = pytest.importorskip("torch")
@@ -95,7 +98,8 @@ def torch_blob(op: str = "add") -> bytes:
         def forward(self, a, b):  # unannotated arguments are Tensors in TorchScript
             return a * b
 
-    module = torch.jit.script({"add": Add, "mul": Mul}[op]())
     buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; RedisAI still runs it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script({"add": Add, "mul": Mul}[op]()), buffer)
     return buffer.getvalue()

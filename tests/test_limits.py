@@ -141,17 +141,17 @@ def test_the_model_cache_is_bounded_by_count_and_bytes() -> None:
     cache = ModelCache(max_models=3, max_bytes=250)
     models = {k: FakeModel(100) for k in "abcd"}
     for key in "ab":
-        cache.get(key, "v1", lambda k=key: models[k])
+        cache.get(key, "v1", lambda k=key: ("v1", models[k]))
     cache.get("a", "v1", lambda: pytest.fail("cached"))  # a is now the most recently used
-    cache.get("c", "v1", lambda: models["c"])  # 300 bytes > 250: b (least recent) goes
+    cache.get("c", "v1", lambda: ("v1", models["c"]))  # 300 bytes > 250: b (least recent) goes
     assert sorted(cache.keys()) == ["a", "c"] and models["b"].closed
     assert cache.nbytes == 200
     huge = FakeModel(1000)
-    cache.get("d", "v1", lambda: huge)  # larger than the bound alone: kept, all others go
+    cache.get("d", "v1", lambda: ("v1", huge))  # larger than the bound alone: kept, all others go
     assert cache.keys() == ["d"] and models["a"].closed and models["c"].closed
     counted = ModelCache(max_models=2)
     for key in "abc":
-        counted.get(key, "v1", lambda: FakeModel(0))
+        counted.get(key, "v1", lambda: ("v1", FakeModel(0)))
     assert counted.keys() == ["b", "c"]
 
 

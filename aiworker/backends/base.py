@@ -3,6 +3,8 @@
 Lifecycle (as Triton's python backend): a ``Backend`` is created once per worker process with the
 framework settings, ``load`` turns a stored blob into a ``LoadedModel``, ``LoadedModel.run`` executes
 one (possibly batched) call, ``LoadedModel.close`` releases it. Capabilities are class attributes.
+A backend that runs scripts (``supports_scripts``: TORCH) also implements ``load_script``, whose
+``LoadedScript`` calls an entry point by name.
 
 Built-in backends are imported lazily on first use; third-party ones register through the
 ``aiworker.backends`` entry-point group (``NAME = "package.module:BackendClass"``).
@@ -70,6 +72,31 @@ class LoadedModel(ABC):
         """Release framework resources (called when evicted from the cache)."""
 
 
+class LoadedScript(LoadedModel):
+    """A compiled script: entry points called by name with RedisAI's signature
+    ``fn(tensors: List[Tensor], keys: List[str], args: List[str])``.
+
+    A ``LoadedModel`` so that the worker's model cache keeps and evicts scripts like models.
+    """
+
+    entry_points: tuple[str, ...] = ()
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise AIError("a script is run by function name (SCRIPTEXECUTE)")
+
+    @abstractmethod
+    def call(
+        self,
+        function: str,
+        tensors: Sequence[np.ndarray],
+        keys: Sequence[str],
+        args: Sequence[str],
+        n_outputs: int,
+    ) -> list[np.ndarray]:
+        """Run entry point ``function``; ``n_outputs`` is how many outputs the caller stores
+        (0: any number, as RedisAI)."""
+
+
 class Backend(ABC):
     """A framework plugin. Subclasses set ``name`` and implement ``load``."""
 
@@ -92,7 +119,12 @@ class Backend(ABC):
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         """Turn a stored blob into a runnable model; raise ``AIError`` with a clear message."""
 
+    def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
+        """Compile a script, checking its entry points; only backends with ``supports_scripts``."""
+        raise AIError(f"{self.name} backend does not run scripts")
+
     def check_device(self, device: Device) -> None:
+        """Refuse device kinds this backend cannot run on."""
         if device.kind not in self.device_kinds:
             raise AIError(f"{self.name} backend does not support device {device.name}")
 
@@ -114,6 +146,24 @@ def io_name_backends() -> list[str]:
         if cls is not None and cls.requires_io_names:
             names.append(name)
     return names
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def is_zip(blob: bytes | bytearray | memoryview) -> bool:
+    """Whether a model blob is a zip archive (how a TF SavedModel directory is stored)."""
+    return bytes(memoryview(blob).cast("B")[: len(ZIP_MAGIC)]) == ZIP_MAGIC
+
+
+def io_names_optional(backend: str, blob: bytes | bytearray | memoryview) -> bool:
+    """Whether a model of an INPUTS/OUTPUTS backend may be stored without the names.
+
+    RedisAI's rule makes them mandatory for TF, where they name graph nodes. A zipped SavedModel
+    carries a serving signature that names its inputs and outputs, so there they are optional (and,
+    when given, pick and order the signature's inputs and outputs).
+    """
+    return backend.upper() == "TF" and is_zip(blob)
 
 
 def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
@@ -159,6 +209,7 @@ class Registry:
             return self._backends[name]
 
     def preload(self, names: Sequence[str]) -> None:
+        """Import and create the named backends now instead of on first use."""
         for name in names:
             self.get(name)
 

@@ -1,16 +1,20 @@
-"""TORCH backend: TorchScript modules loaded from bytes, run under ``torch.inference_mode``."""
+"""TORCH backend: TorchScript modules loaded from bytes, run under ``torch.inference_mode``, and
+TorchScript scripts (``torch_script.py``) with RedisAI's entry-point signature."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSpec
-from aiworker.devices import Device
+from aiworker import messages
+from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
+from aiworker.backends.util import check_run_time, clock, one_line
+from aiworker.devices import Device, placement
 from aiworker.errors import AIError
 
 try:
@@ -18,14 +22,25 @@ try:
 except ImportError as exc:  # the registry turns this into a hint naming the extra
     raise ImportError(f"PyTorch is not installed: {exc}") from exc
 
+_ERROR_CLASS = re.compile(r"^\w*(?:Error|Exception): ")
+
 
 def torch_device(device: Device) -> torch.device:
     """RedisAI device -> torch device; refuses GPUs this host lacks instead of falling back."""
-    if not device.is_gpu:
-        return torch.device("cpu")
-    if not torch.cuda.is_available() or device.ordinal >= torch.cuda.device_count():
-        raise AIError(f"device {device.name} is not available on this worker host")
-    return torch.device(f"cuda:{device.ordinal}")
+    if device.is_gpu:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        placement.require_gpu(device, "torch", count)
+    return torch.device(placement.torch_name(device))
+
+
+def torch_error_text(exc: BaseException) -> str:
+    """The error itself: a TorchScript failure's message is a traceback whose last line is it."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    if "Traceback of TorchScript" in text:
+        return _ERROR_CLASS.sub("", text.splitlines()[-1].strip())
+    return one_line(text)
 
 
 def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -45,21 +60,41 @@ def to_numpy(value: Any) -> list[np.ndarray]:
     raise AIError(f"model returned {type(value).__name__}, expected tensors")
 
 
+def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
+    """(required, total) inputs of ``forward`` from its schema; None when it cannot be read."""
+    try:
+        arguments = module.forward.schema.arguments[1:]  # type: ignore[attr-defined] # 0: self
+    except (AttributeError, RuntimeError):
+        return None
+    required = sum(1 for a in arguments if a.default_value is None and not a.kwarg_only)
+    return required, len(arguments)
+
+
 class TorchModel(LoadedModel):
-    def __init__(self, module: torch.jit.ScriptModule, device: torch.device, nbytes: int) -> None:
+    def __init__(
+        self,
+        module: torch.jit.ScriptModule,
+        device: torch.device,
+        nbytes: int,
+        limit_ms: int = 0,
+    ) -> None:
         self.module = module
         self.device = device
         self.nbytes = nbytes
+        self.limit_ms = limit_ms
+        self.input_range = _input_range(module)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
+            raise AIError(messages.MODEL_INPUT_COUNT)
         tensors = [to_torch(x, self.device) for x in inputs]
+        started = clock()
         try:
             with torch.inference_mode():
                 result = self.module(*tensors)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise AIError(
-                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            ) from exc
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise AIError(torch_error_text(exc)) from exc
+        check_run_time(started, self.limit_ms)
         return to_numpy(result)
 
 
@@ -67,6 +102,7 @@ class TorchBackend(Backend):
     name = "TORCH"
     extra = "torch"
     device_kinds = frozenset({"CPU", "GPU"})
+    supports_scripts = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -88,4 +124,12 @@ class TorchBackend(Backend):
         except Exception as exc:  # torch raises RuntimeError or worse for corrupt archives
             raise AIError(f"Failed to load TorchScript model: {str(exc).splitlines()[0]}") from exc
         module.eval()
-        return TorchModel(module, device, nbytes=len(blob))
+        return TorchModel(module, device, len(blob), self.options.model_execution_timeout_ms)
+
+    def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
+        # Imported here: torch_script builds on this module's helpers.
+        from aiworker.backends.torch_script import TorchScript
+
+        return TorchScript(
+            source, entry_points, torch_device(device), self.options.model_execution_timeout_ms
+        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiworker import messages
 from aiworker.errors import AIError
 
-_DEVICE = re.compile(r"^(CPU|GPU)(?::(\d+))?$", re.IGNORECASE)
+_DEVICE = re.compile(r"^(CPU|GPU)(?::(\d{1,5}))?$", re.IGNORECASE)  # RedisAI: up to 5 digits
 
 
 @dataclass(frozen=True)

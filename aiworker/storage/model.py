@@ -129,6 +129,8 @@ def validate_meta(
     ):
         if not isinstance(value, int) or value < 0:
             raise AIError(message)
+    if name == "TFLITE" and batchsize:  # TFLite models have fixed input shapes
+        raise AIError(messages.MODEL_TFLITE_NO_BATCHING)
     if minbatchsize and not batchsize:
         raise AIError(messages.MODEL_MINBATCH_NEEDS_BATCH)
     if minbatchtimeout and not minbatchsize:

@@ -58,10 +58,12 @@ def dtype_of(array: np.ndarray) -> str:
     return name
 
 
-def parse_shape(dims: Iterable[int | str | bytes]) -> tuple[int, ...]:
+def parse_shape(dims: Iterable[int | float | str | bytes]) -> tuple[int, ...]:
     """Validate dimensions given as ints or text; negative or non-numeric ones are RedisAI errors."""
     shape = []
     for dim in dims:
+        if isinstance(dim, (bool, np.bool_)) or (isinstance(dim, float) and not dim.is_integer()):
+            raise AIError(messages.INVALID_SHAPE)
         try:
             value = int(dim)
         except (TypeError, ValueError):
@@ -77,8 +79,8 @@ def format_shape(shape: Sequence[int]) -> str:
 
 
 def _decode_shape_field(text: str) -> tuple[int, ...]:
-    text = text.strip()
-    return parse_shape(text.replace(" ", ",").split(",")) if text else ()
+    # "2,3", "2 3" and "2, 3" (as people type it in redis-cli) all mean (2, 3)
+    return parse_shape(text.replace(",", " ").split())
 
 
 def element_count(shape: Sequence[int]) -> int:

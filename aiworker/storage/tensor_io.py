@@ -10,6 +10,7 @@ import redis
 from aiworker import messages
 from aiworker.errors import AIError, WrongTypeError
 from aiworker.storage import tensor as codec
+from aiworker.storage.lua import LuaScript
 
 
 def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
@@ -18,20 +19,42 @@ def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> Non
     pipe.hset(key, mapping=codec.encode_fields(array))  # type: ignore[arg-type]
 
 
+# Replace a tensor in one round trip, refusing (like RedisAI) keys that hold anything else.
+_WRITE = LuaScript("""
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' then
+  if kind ~= 'hash' or redis.call('HGET', KEYS[1], 'kind') ~= 'tensor' then
+    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+  end
+  redis.call('DEL', KEYS[1])
+end
+return redis.call('HSET', KEYS[1], unpack(ARGV))
+""")
+
+
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
-    pipe = r.pipeline(transaction=True)
-    queue_write(pipe, key, array)
-    pipe.execute()
+    """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor."""
+    args: list[Any] = []
+    for name, value in codec.encode_fields(array).items():
+        args += [name, value]
+    try:
+        _WRITE(r, [key], args)
+    except redis.ResponseError as exc:
+        decode_reply(exc)
+        raise
 
 
 def decode_reply(reply: Any) -> np.ndarray:
-    """Decode an HGETALL reply (or the exception a pipeline returned for it)."""
+    """Decode an HGETALL reply: a mapping, a flat field/value list (from Lua), or the exception
+    a pipeline or script returned in its place."""
     if isinstance(reply, redis.ResponseError):
         if str(reply).startswith("WRONGTYPE"):
             raise WrongTypeError()
         raise reply
     if not reply:
         raise AIError(messages.TENSOR_EMPTY)
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
     return codec.decode_fields(reply)
 
 

@@ -1,0 +1,93 @@
+"""TorchScript scripts with RedisAI's entry points: compiled from source, checked, called by name.
+
+An entry point has RedisAI's signature ``fn(tensors: List[Tensor], keys: List[str], args:
+List[str])`` and returns a tensor, or a list or tuple of tensors. The checks and their messages are
+RedisAI's (SCRIPTSTORE), and ``compile_script`` is usable without a worker: the client runs it
+before storing a script when torch is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch  # aiworker.backends.torch above fails first, naming the missing framework
+
+from aiworker import messages
+from aiworker.backends.base import LoadedScript
+from aiworker.backends.torch import to_torch, torch_error_text
+from aiworker.backends.util import check_run_time, clock, squeeze_spaces
+from aiworker.errors import AIError
+
+# RedisAI's entry-point signature: argument types, as TorchScript spells them.
+SIGNATURE = ("List[Tensor]", "List[str]", "List[str]")
+
+
+def compile_script(source: str, entry_points: Sequence[str]) -> torch.jit.CompilationUnit:
+    """Compile TorchScript source and check every entry point (RedisAI's messages and order)."""
+    try:
+        unit = torch.jit.CompilationUnit(source)
+    except RuntimeError as exc:  # the compiler's message, as RedisAI passed it on
+        raise AIError(squeeze_spaces(str(exc))) from None
+    for name in entry_points:
+        function = unit.find_function(name)
+        if function is None:
+            raise AIError(messages.SCRIPT_NO_FUNCTION.format(name=name))
+        arguments = function.schema.arguments
+        if len(arguments) != len(SIGNATURE):
+            raise AIError(messages.SCRIPT_ARITY.format(name=name, count=len(arguments)))
+        if tuple(str(a.type) for a in arguments) != SIGNATURE:
+            raise AIError(messages.SCRIPT_SIGNATURE.format(name=name))
+    return unit
+
+
+def _outputs(result: Any, function: str, n_outputs: int) -> list[torch.Tensor]:
+    """The tensors a call returned, flattened as RedisAI did (tensor, list, or tuple)."""
+    if n_outputs == 0:  # nothing is stored, so RedisAI did not look at the result
+        return []
+    if isinstance(result, torch.Tensor):
+        tensors = [result]
+    elif isinstance(result, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in result):
+        tensors = list(result)
+    else:
+        raise AIError(messages.SCRIPT_NON_TENSOR.format(name=function))
+    if len(tensors) != n_outputs:
+        raise AIError(messages.SCRIPT_OUTPUT_COUNT.format(name=function))
+    return tensors
+
+
+class TorchScript(LoadedScript):
+    """A compiled script on one device."""
+
+    def __init__(
+        self, source: str, entry_points: Sequence[str], device: torch.device, limit_ms: int = 0
+    ) -> None:
+        self.unit = compile_script(source, entry_points)
+        self.entry_points = tuple(entry_points)
+        self.device = device
+        self.limit_ms = limit_ms
+        self.nbytes = len(source)
+
+    def call(
+        self,
+        function: str,
+        tensors: Sequence[np.ndarray],
+        keys: Sequence[str],
+        args: Sequence[str],
+        n_outputs: int,
+    ) -> list[np.ndarray]:
+        compiled = self.unit.find_function(function)
+        if function not in self.entry_points or compiled is None:
+            raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
+        inputs = [to_torch(t, self.device) for t in tensors]
+        started = clock()
+        try:
+            with torch.inference_mode():
+                result = compiled(inputs, list(keys), list(args))
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise AIError(torch_error_text(exc)) from None
+        check_run_time(started, self.limit_ms)
+        return [
+            t.detach().contiguous().cpu().numpy() for t in _outputs(result, function, n_outputs)
+        ]

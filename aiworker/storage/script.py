@@ -1,0 +1,161 @@
+"""Scripts in Redis hashes: validation and atomic store/read (RedisAI's AI.SCRIPT* commands).
+
+A script hash holds ``kind=script``, ``device``, ``tag``, ``entry_points`` (a JSON list),
+``source`` (TorchScript text) and ``digest`` (SHA-1 of the source, so workers reload only a changed
+script). A store replaces the hash and resets the script's statistics in one MULTI/EXEC, as
+RedisAI's SCRIPTSTORE created a fresh AI.INFO entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from aiworker import messages
+from aiworker.devices import parse_device
+from aiworker.errors import AIError, WrongTypeError
+from aiworker.keys import Keys
+
+KIND_SCRIPT = "script"
+META_FIELDS = ("kind", "device", "tag", "entry_points", "digest")
+
+
+@dataclass(frozen=True)
+class ScriptMeta:
+    """Everything stored about a script except its source."""
+
+    device: str
+    tag: str = ""
+    entry_points: tuple[str, ...] = ()
+    digest: str = ""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
+    """Decode META_FIELDS values (HMGET order); WRONGTYPE when the hash is not a script."""
+    values = dict(zip(META_FIELDS, (_text(v) for v in fields), strict=True))
+    if values["kind"] != KIND_SCRIPT:
+        raise WrongTypeError()
+    return ScriptMeta(
+        device=values["device"],
+        tag=values["tag"],
+        entry_points=tuple(json.loads(values["entry_points"] or "[]")),
+        digest=values["digest"],
+    )
+
+
+def validate(
+    device: str, source: str | bytes | None, entry_points: Sequence[str]
+) -> tuple[str, str, tuple[str, ...]]:
+    """Check SCRIPTSTORE arguments; returns (device, source text, entry points)."""
+    if not entry_points or any(not name for name in entry_points):
+        raise AIError(messages.SCRIPT_NO_ENTRY_POINTS)
+    if source is None or len(source) == 0:
+        raise AIError(messages.SCRIPT_NO_SOURCE)
+    text = source.decode() if isinstance(source, bytes) else str(source)
+    try:
+        parsed = parse_device(device)
+    except AIError:
+        raise AIError(messages.SCRIPT_BAD_DEVICE) from None  # RedisAI's text for scripts
+    return parsed.name, text, tuple(entry_points)
+
+
+def digest_of(source: str) -> str:
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def store_script(
+    r: redis.Redis,
+    keys: Keys,
+    key: str,
+    device: str,
+    source: str,
+    entry_points: Sequence[str],
+    tag: str = "",
+) -> ScriptMeta:
+    """Replace the script at ``key`` atomically (and reset its statistics)."""
+    meta = ScriptMeta(device, tag, tuple(entry_points), digest_of(source))
+    fields = {
+        "kind": KIND_SCRIPT,
+        "device": meta.device,
+        "tag": meta.tag,
+        "entry_points": json.dumps(list(meta.entry_points)),
+        "digest": meta.digest,
+        "source": source,
+    }
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    pipe.sadd(keys.scripts, key)
+    pipe.delete(keys.stats(key))
+    pipe.execute()
+    return meta
+
+
+def check_reply(values: Any) -> ScriptMeta:
+    """Script metadata from an HMGET reply (or the error a pipeline returned for it)."""
+    if isinstance(values, redis.ResponseError):
+        if str(values).startswith("WRONGTYPE"):
+            raise WrongTypeError()
+        raise values
+    if all(v is None for v in values):
+        raise AIError(messages.SCRIPT_EMPTY)
+    return meta_from_fields(values)
+
+
+def read_meta(r: redis.Redis, key: str) -> ScriptMeta:
+    """The script's metadata; RedisAI's errors for a missing key or another kind of key."""
+    values: Any
+    try:
+        values = r.hmget(key, list(META_FIELDS))
+    except redis.ResponseError as exc:
+        values = exc
+    return check_reply(values)
+
+
+def read_script(r: redis.Redis, key: str) -> tuple[ScriptMeta, str]:
+    """Metadata and source of one stored version (one HMGET)."""
+    try:
+        values = r.hmget(key, [*META_FIELDS, "source"])
+    except redis.ResponseError as exc:
+        check_reply(exc)  # raises WRONGTYPE
+        raise
+    return check_reply(values[:-1]), _text(values[-1])
+
+
+def delete_script(r: redis.Redis, keys: Keys, key: str) -> None:
+    read_meta(r, key)  # the errors for missing/other keys
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.srem(keys.scripts, key)
+    pipe.delete(keys.stats(key))
+    pipe.execute()
+
+
+def scan_scripts(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+    """(key, tag) of every stored script, dropping keys deleted behind aiworker's back."""
+    names = sorted(_text(k) for k in r.smembers(keys.scripts))  # type: ignore[union-attr]
+    if not names:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(name, ["kind", "tag"])
+    found, stale = [], []
+    for name, result in zip(names, pipe.execute(raise_on_error=False), strict=True):
+        if not isinstance(result, Exception) and _text(result[0]) == KIND_SCRIPT:
+            found.append((name, _text(result[1])))
+        else:
+            stale.append(name)
+    if stale:
+        r.srem(keys.scripts, *stale)
+    return found

@@ -1,0 +1,209 @@
+"""The systems compared, each started against one private Redis and driven the same way.
+
+Every peer offers ``caller()``: a fresh callable (own connection) that sends one request adding two
+1x4 float tensors and returns the result, so latency and throughput scenarios treat them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from bench.common import aiworker_worker, process, torchscript_bytes, wait_until
+
+A = np.arange(4, dtype=np.float32).reshape(1, 4)
+B = np.full((1, 4), 10, dtype=np.float32)
+EXPECTED = A + B
+Call = Callable[[], np.ndarray]
+
+
+def add_model_bytes() -> bytes:
+    import torch
+
+    class Add(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    return torchscript_bytes(Add())
+
+
+class InProcess:
+    """The limit: the TorchScript model called in the client's own process."""
+
+    name = "in-process"
+
+    def __init__(self, blob: bytes) -> None:
+        import io
+
+        import torch
+
+        self.torch = torch
+        self.model = torch.jit.load(io.BytesIO(blob))
+
+    def caller(self) -> Call:
+        torch = self.torch
+
+        def call() -> np.ndarray:
+            with torch.inference_mode():
+                return self.model(torch.from_numpy(A.copy()), torch.from_numpy(B.copy())).numpy()  # type: ignore[no-any-return]
+
+        return call
+
+
+class Floor:
+    """Bare Redis: XADD + BLPOP (pipelined) against a consumer that XREADGROUPs and LPUSHes."""
+
+    name = "bare Redis floor"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def caller(self) -> Call:
+        r = redis.Redis.from_url(self.url)
+        reply = f"floor:reply:{uuid.uuid4().hex}"
+
+        def call() -> np.ndarray:
+            pipe = r.pipeline(transaction=False)
+            pipe.xadd("floor:queue", {"reply": reply, "job": b"x" * 32})
+            pipe.blpop([reply], timeout=30)
+            pipe.execute()
+            return EXPECTED
+
+        return call
+
+
+class DoItYourself:
+    """The loop a user would write with redis-py: SET inputs, LPUSH a job, BLPOP, GET the output."""
+
+    name = "DIY redis-py loop"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def caller(self) -> Call:
+        r = redis.Redis.from_url(self.url)
+        token = uuid.uuid4().hex
+        a, b, out, reply = (f"diy:{token}:{n}" for n in ("a", "b", "out", "reply"))
+        job = json.dumps({"inputs": [a, b], "output": out, "reply": reply, "shape": list(A.shape)})
+
+        def call() -> np.ndarray:
+            pipe = r.pipeline(transaction=False)
+            pipe.mset({a: A.tobytes(), b: B.tobytes()})
+            pipe.lpush("diy:jobs", job)
+            pipe.blpop([reply], timeout=30)
+            pipe.get(out)
+            result = pipe.execute()[-1]
+            return np.frombuffer(result, dtype=np.float32).reshape(A.shape)
+
+        return call
+
+
+class CeleryPeer:
+    """Celery with the Redis broker and result backend: ``add.delay(a, b).get()``."""
+
+    name = "Celery"
+
+    def caller(self) -> Call:
+        from bench.celery_app import add
+
+        def call() -> np.ndarray:
+            result = add.delay(A.reshape(-1).tolist(), B.reshape(-1).tolist(), list(A.shape))
+            return np.asarray(result.get(timeout=30), dtype=np.float32).reshape(A.shape)
+
+        return call
+
+
+class AIWorker:
+    """aiworker as a redisai-py user calls it: tensorset x2, modelexecute, tensorget."""
+
+    name = "aiworker"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def caller(self) -> Call:
+        from aiworker import Client
+
+        c = Client.from_url(self.url)
+        token = uuid.uuid4().hex
+        a, b, out = (f"ai:{token}:{n}" for n in ("a", "b", "out"))
+
+        def call() -> np.ndarray:
+            c.tensorset(a, A)
+            c.tensorset(b, B)
+            c.modelexecute("bench:add", [a, b], [out])
+            return c.tensorget(out)  # type: ignore[return-value]
+
+        return call
+
+
+@contextmanager
+def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
+    """Start every peer's worker processes (``threads`` threads each) and yield the peers."""
+    from aiworker import Client
+
+    blob = add_model_bytes()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        model_path = tmp / "add.pt"
+        model_path.write_bytes(blob)
+        r = redis.Redis.from_url(url)
+
+        stack.enter_context(
+            process([sys.executable, "-m", "bench.floor_worker", url, str(threads)])
+        )
+        stack.enter_context(
+            process([sys.executable, "-m", "bench.diy_worker", url, str(threads), str(model_path)])
+        )
+        stack.enter_context(
+            process(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.celery_app",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(threads),
+                    "-Q",
+                    "bench",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                BENCH_REDIS_URL=url,
+                BENCH_MODEL=str(model_path),
+            )
+        )
+        client = Client.from_url(url)
+        client.modelstore("bench:add", "TORCH", "CPU", blob)
+        stack.enter_context(process(aiworker_worker(url, threads, "--preload", "TORCH")))
+        wait_until(lambda: bool(r.zcard("aiworker:workers")), what="aiworker worker")
+        wait_until(lambda: r.exists("floor:queue") == 1, what="floor worker")
+        import os
+
+        os.environ["BENCH_REDIS_URL"] = url
+        peers: dict[str, object] = {
+            "inprocess": InProcess(blob),
+            "floor": Floor(url),
+            "diy": DoItYourself(url),
+            "celery": CeleryPeer(),
+            "aiworker": AIWorker(url),
+        }
+        for peer in peers.values():  # every peer must answer correctly before it is timed
+            result = peer.caller()()  # type: ignore[attr-defined]
+            assert np.array_equal(result, EXPECTED), (peer, result)
+        yield peers

@@ -1,0 +1,128 @@
+"""TORCH backend: TorchScript modules through a worker, errors, devices and settings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import torch_blob
+
+from aiworker import AIError, Client, JobFailed, Settings, Worker
+from aiworker.backends import util
+from aiworker.backends.base import BackendOptions, ModelSpec
+from aiworker.devices import gpu_count, parse_device
+
+torch = pytest.importorskip("torch")
+
+
+def set_ab(client: Client) -> None:
+    client.tensorset("a", np.array([[2, 3], [2, 3]], dtype=np.float32))
+    client.tensorset("b", np.array([[2, 3], [2, 3]], dtype=np.float32))
+
+
+def scripted_blob(module: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buffer)
+    return buffer.getvalue()
+
+
+def test_torchscript_add(client: Client, worker: Worker) -> None:
+    """RedisAI's pt-minimal test: [[2, 3], [2, 3]] + itself."""
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    set_ab(client)
+    assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [[4, 6], [4, 6]]
+    info = client.infoget("m")
+    assert (info["backend"], info["calls"], info["samples"], info["errors"]) == ("TORCH", 1, 2, 0)
+
+
+def test_input_count_from_schema(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    set_ab(client)
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a", "b", "a"], ["c"])
+    assert str(info.value) == "Number of keys given as INPUTS here does not match model definition"
+
+
+def test_runtime_error_is_the_error_line(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    client.tensorset("a", np.ones(2, dtype=np.float32))
+    client.tensorset("b", np.ones(3, dtype=np.float32))
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a", "b"], ["c"])
+    assert str(info.value) == (
+        "The size of tensor a (2) must match the size of tensor b (3) at non-singleton dimension 0"
+    )
+
+
+def test_tuple_outputs(client: Client, worker: Worker) -> None:
+    class Both(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return a + b, a * b
+
+    client.modelstore("m", "TORCH", "CPU", scripted_blob(Both()))
+    set_ab(client)
+    client.modelexecute("m", ["a", "b"], ["s", "p"])
+    assert client.tensorget("p").tolist() == [[4, 9], [4, 9]]
+
+
+def test_corrupt_blob_then_keeps_serving(client: Client, worker: Worker) -> None:
+    client.modelstore("bad", "TORCH", "CPU", b"PK\x03\x04 not a torchscript archive")
+    set_ab(client)
+    with pytest.raises(JobFailed, match=r"^Failed to load TorchScript model"):
+        client.modelexecute("bad", ["a", "b"], ["c"])
+    client.modelstore("good", "TORCH", "CPU", torch_blob("mul"))
+    assert client.modelexecute("good", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [[4, 9], [4, 9]]
+
+
+def test_gpu_refused_when_absent(client: Client, settings: Settings) -> None:
+    if gpu_count("torch"):
+        pytest.skip("a GPU is present: the refusal path needs a host without one")
+    w = Worker(settings.replace(devices=("gpu:0",))).start()
+    try:
+        client.modelstore("m", "TORCH", "gpu:0", torch_blob("add"))
+        set_ab(client)
+        with pytest.raises(JobFailed) as info:
+            client.modelexecute("m", ["a", "b"], ["c"])
+    finally:
+        w.stop(timeout=10)
+    assert (
+        str(info.value) == "device gpu:0 is not available on this worker host (torch found 0 GPUs)"
+    )
+
+
+def test_gpu_model_and_script(client: Client, settings: Settings) -> None:
+    if not gpu_count("torch"):
+        pytest.skip("no GPU present: torch sees no CUDA device on this host")
+    w = Worker(settings.replace(devices=("GPU",))).start()
+    try:
+        client.modelstore("m", "TORCH", "GPU", torch_blob("add"))
+        set_ab(client)
+        client.modelexecute("m", ["a", "b"], ["c"])
+        assert client.tensorget("c").tolist() == [[4, 6], [4, 6]]
+        source = "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        source += "    return tensors[0] * 2\n"
+        client.scriptstore("s", "GPU", source, ["f"])
+        client.scriptexecute("s", "f", inputs=["a"], outputs=["d"])
+        assert client.tensorget("d").tolist() == [[4, 6], [4, 6]]
+    finally:
+        w.stop(timeout=10)
+
+
+def test_threads_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiworker.backends.torch import TorchBackend
+
+    before = (torch.get_num_threads(), torch.get_num_interop_threads())
+    try:
+        TorchBackend(BackendOptions(intra_op_parallelism=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+    spec = ModelSpec("m", parse_device("CPU:3"))  # CPU:n names a queue; it runs on the CPU
+    model = TorchBackend(BackendOptions(model_execution_timeout_ms=5)).load(torch_blob(), spec)
+    ticks = iter(range(1000))  # each clock read is a second later: the run "takes" 1 s
+    monkeypatch.setattr(util, "_clock", lambda: float(next(ticks)))
+    with pytest.raises(AIError, match=r"more than MODEL_EXECUTION_TIMEOUT \(5 ms\)"):
+        model.run([np.ones(2, np.float32), np.ones(2, np.float32)])

@@ -1,0 +1,154 @@
+"""The ``aiworker`` command line, driven through click's runner against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
+
+from aiworker import Client, Worker
+from aiworker.cli import main
+from aiworker.embedded import RedisServer
+
+
+def invoke(url: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        main, list(args), env={"AIWORKER_REDIS_URL": url}, catch_exceptions=False
+    )
+    return result.exit_code, result.output
+
+
+def test_tensor_set_and_get(client: Client, redis_server: RedisServer) -> None:
+    code, out = invoke(redis_server.url, "tensor", "set", "t", "INT32", "2,2", "1", "2", "3", "4")
+    assert (code, out.strip()) == (0, "OK")
+    assert client.tensorget("t").tolist() == [[1, 2], [3, 4]]
+    code, out = invoke(redis_server.url, "tensor", "get", "t")
+    assert json.loads(out) == {"dtype": "INT32", "shape": [2, 2], "values": [1, 2, 3, 4]}
+    code, out = invoke(redis_server.url, "tensor", "get", "t", "--meta")
+    assert json.loads(out) == {"dtype": "INT32", "shape": [2, 2]}
+
+
+def test_tensor_errors_exit_non_zero_with_redisai_messages(
+    client: Client, redis_server: RedisServer
+) -> None:
+    code, out = invoke(redis_server.url, "tensor", "set", "t", "FLOAT16", "2", "1", "2")
+    assert code == 1 and "invalid data type" in out
+    code, out = invoke(redis_server.url, "tensor", "get", "missing")
+    assert code == 1 and "tensor key is empty or in a different shard" in out
+
+
+def test_model_store_get_list_del(
+    client: Client, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(torch_blob("add"))
+    code, out = invoke(
+        redis_server.url, "model", "store", "m", "TORCH", "CPU", str(path), "--tag", "v2"
+    )
+    assert code == 0 and "OK" in out
+    assert client.modelget("m")["blob"] == path.read_bytes()
+    code, out = invoke(redis_server.url, "model", "get", "m", "-o", str(tmp_path / "back.pt"))
+    meta = json.loads(out)
+    assert (meta["backend"], meta["device"], meta["tag"]) == ("TORCH", "CPU", "v2")
+    assert (tmp_path / "back.pt").read_bytes() == path.read_bytes()
+    code, out = invoke(redis_server.url, "model", "list")
+    assert out.strip() == "m\tv2"
+    code, out = invoke(redis_server.url, "model", "del", "m")
+    assert code == 0 and client.modelscan() == []
+    code, out = invoke(redis_server.url, "model", "del", "m")
+    assert code == 1 and "model key is empty" in out
+
+
+def test_run_info_status_and_check(
+    client: Client, redis_server: RedisServer, worker: Worker
+) -> None:
+    url = redis_server.url
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.array([1, 2], dtype=np.float32))
+    client.tensorset("b", np.array([3, 4], dtype=np.float32))
+    code, out = invoke(url, "run", "m", "-i", "a,b", "-o", "c")
+    assert code == 0
+    assert json.loads(out.splitlines()[1].split(": ", 1)[1])["values"] == [4.0, 6.0]
+    code, out = invoke(url, "info", "m")
+    assert json.loads(out)["calls"] == 1
+    assert invoke(url, "info", "m", "--reset")[1].strip() == "OK"
+    assert json.loads(invoke(url, "info", "m")[1])["calls"] == 0
+
+    wait_until(lambda: invoke(url, "check")[0] == 0)
+    code, out = invoke(url, "check", "--device", "GPU:3")
+    assert code == 1 and "no live worker serves GPU:3" in out
+    code, out = invoke(url, "status")
+    assert f"worker {worker.name}" in out
+    assert "queue aiworker:queue:CPU" in out and "pending=0" in out
+    # the next heartbeat (every 2 s) lists the backend the job loaded
+    wait_until(lambda: "STUB" in json.loads(invoke(url, "info", "--backends")[1]), timeout=10)
+
+
+def test_check_fails_when_redis_is_down() -> None:
+    code, out = invoke("redis://127.0.0.1:1/0", "check")
+    assert code == 1 and "Redis unreachable" in out
+
+
+def test_config_reads_and_sets_shared_settings(client: Client, redis_server: RedisServer) -> None:
+    assert invoke(redis_server.url, "config", "MODEL_CHUNK_SIZE")[1].strip() == "535822336"
+    assert invoke(redis_server.url, "config", "MODEL_CHUNK_SIZE", "1024")[1].strip() == "OK"
+    assert client.config("MODEL_CHUNK_SIZE") == 1024
+    code, out = invoke(redis_server.url, "config", "MODEL_CHUNK_SIZE", "0")
+    assert code == 1 and "MODEL_CHUNK_SIZE: invalid chunk size" in out
+
+
+def test_worker_command_reads_env_and_stored_config(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """`aiworker worker` takes AIWORKER_* variables, applies AI.CONFIG values, stops on SIGTERM."""
+    client.config("THREADS_PER_QUEUE", 3)
+    env = worker_env(AIWORKER_REDIS_URL=redis_server.url, AIWORKER_DEVICES="CPU GPU:7")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "worker"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: client.zcard(client.keyspace.workers) == 1, timeout=60)
+        (name,) = client.zrange(client.keyspace.workers, 0, -1)
+        status = json.loads(client.get(client.keyspace.worker(name.decode())))  # type: ignore[arg-type]
+        assert status["devices"] == ["CPU", "GPU:7"]
+        assert status["threads_per_queue"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert client.zcard(client.keyspace.workers) == 0, "a stopped worker deregisters"
+
+
+@pytest.mark.slow
+def test_up_starts_redis_and_a_worker() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "up"],
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("aiworker up: redis://127.0.0.1:")
+        url = line.split()[2]
+        client = Client.from_url(url, reply_timeout=30)
+        wait_until(lambda: client.zcard(client.keyspace.workers) == 1, timeout=60)
+        client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+        client.tensorset("a", [2, 3], dtype="FLOAT")
+        client.modelexecute("m", ["a", "a"], ["b"])
+        assert client.tensorget("b").tolist() == [4.0, 9.0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        if proc.stdout:
+            proc.stdout.close()
+    assert os.environ.get("AIWORKER_REDIS_URL") != url

@@ -1,0 +1,94 @@
+"""HybridPacker: large values go to the socket without a copy; small commands use hiredis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiworker import Client
+from aiworker.connection import LARGE_ARGUMENT, HybridPacker, connect
+from aiworker.embedded import RedisServer
+from aiworker.storage import tensor as codec
+
+MIB = 1024 * 1024
+
+
+def one_mib_view() -> memoryview:
+    data = np.random.default_rng(1).integers(0, 256, MIB, dtype=np.uint8)
+    return memoryview(data)
+
+
+def packer_of(r: object) -> HybridPacker:
+    packer = r.connection_pool.connection_kwargs["command_packer"]  # type: ignore[attr-defined]
+    assert isinstance(packer, HybridPacker)
+    return packer
+
+
+@pytest.mark.parametrize("how", ["connect", "client"])
+def test_one_mib_memoryview_arrives_intact(redis_server: RedisServer, how: str) -> None:
+    r = connect(redis_server.url) if how == "connect" else Client.from_url(redis_server.url)
+    try:
+        r.flushall()
+        view = one_mib_view()
+        assert r.hset("big", "blob", view) == 1  # type: ignore[arg-type]
+        assert r.hget("big", "blob") == view.tobytes()
+        assert r.hstrlen("big", "blob") == MIB
+        # the same connection still handles small commands (hiredis path)
+        assert r.set("small", "v")
+        assert r.get("small") == b"v"
+        assert r.hset("h", mapping={"a": 1, "b": 2.5, "c": b"x"}) == 3
+        assert r.hgetall("h") == {b"a": b"1", b"b": b"2.5", b"c": b"x"}
+    finally:
+        r.close()
+
+
+def test_large_arguments_are_not_copied(redis_server: RedisServer) -> None:
+    r = connect(redis_server.url)
+    try:
+        view = one_mib_view()
+        packed = packer_of(r).pack("HSET", "big", "blob", view)
+        assert any(part is view for part in packed)
+        assert sum(len(p) for p in packed if p is not view) < 1024  # only the framing is built
+    finally:
+        r.close()
+
+
+def test_tensor_blob_goes_out_zero_copy(redis_server: RedisServer) -> None:
+    array = np.arange(MIB // 4, dtype=np.float32)
+    blob = codec.encode_fields(array)["blob"]
+    client = Client.from_url(redis_server.url)
+    try:
+        packed = packer_of(client).pack("HSET", "t", "blob", blob)
+        assert any(part is blob for part in packed)
+        client.tensorset("t", array)
+        assert np.array_equal(client.tensorget("t"), array)
+    finally:
+        client.close()
+
+
+def test_small_commands_are_packed_into_one_buffer(redis_server: RedisServer) -> None:
+    r = connect(redis_server.url)
+    try:
+        packer = packer_of(r)
+        packed = packer.pack("SET", "k", b"v" * 100)
+        joined = b"".join(bytes(p) for p in packed)
+        assert joined == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\n" + b"v" * 100 + b"\r\n"
+        # just under the threshold: still one buffer, a copy of the value
+        small = memoryview(b"z" * LARGE_ARGUMENT)
+        packed = packer.pack("SET", "k", small)
+        assert all(part is not small for part in packed)
+    finally:
+        r.close()
+
+
+def test_python_packer_fallback_for_types_hiredis_refuses(redis_server: RedisServer) -> None:
+    r = connect(redis_server.url)
+    try:
+        r.flushall()
+        r.set("n", 3)
+        r.set("f", 1.25)
+        assert (r.get("n"), r.get("f")) == (b"3", b"1.25")
+        assert r.hset("h", "ba", bytearray(b"abc")) == 1  # type: ignore[arg-type]
+        assert r.hget("h", "ba") == b"abc"
+    finally:
+        r.close()

@@ -1,0 +1,449 @@
+"""Jobs end to end: client -> device stream -> in-process worker -> outputs, reply, stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from conftest import stub_blob, torch_blob, wait_until
+
+from aiworker import AIError, Client, JobFailed, JobTimedOut, Settings, Worker
+from aiworker.connection import connect
+from aiworker.embedded import RedisServer
+from aiworker.keys import CONSUMER_GROUP
+
+QUEUE = "aiworker:queue:CPU"
+
+
+def set_inputs(client: Client, a: list[float] | None = None, b: list[float] | None = None) -> None:
+    client.tensorset("a", np.array(a or [2, 3], dtype=np.float32))
+    client.tensorset("b", np.array(b or [4, 5], dtype=np.float32))
+
+
+def assert_queue_drained(client: Client, queue: str = QUEUE) -> None:
+    """Every entry acknowledged and deleted: nothing left in the stream or pending."""
+    wait_until(lambda: client.xlen(queue) == 0, timeout=5)
+    assert client.xpending(queue, CONSUMER_GROUP)["pending"] == 0
+
+
+def blpop_json(client: Client, key: str, timeout: float = 10) -> dict[str, Any]:
+    popped = client.blpop([key], timeout=timeout)
+    assert popped is not None, f"no reply on {key}"
+    return json.loads(popped[1])  # type: ignore[no-any-return]
+
+
+# successful runs -----------------------------------------------------------------------------
+
+
+def test_stub_add(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+    out = client.tensorget("c")
+    assert out.dtype == np.float32 and out.tolist() == [6.0, 8.0]
+    assert_queue_drained(client)
+    assert client.keys("aiworker:reply:*") == []
+
+
+def test_torch_add(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    client.tensorset("a", np.array([[1, 2], [3, 4]], dtype=np.float32))
+    client.tensorset("b", np.array([[10, 20], [30, 40]], dtype=np.float32))
+    assert client.modelexecute("m", inputs=["a", "b"], outputs=["c"]) == "OK"
+    out = client.tensorget("c")
+    assert out.dtype == np.float32 and out.tolist() == [[11, 22], [33, 44]]
+    info = client.infoget("m")
+    assert (info["backend"], info["calls"], info["errors"], info["samples"]) == ("TORCH", 1, 0, 2)
+
+
+def test_torch_int_tensors(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", torch_blob("mul"))
+    client.tensorset("a", np.array([2, -3], dtype=np.int64))
+    client.tensorset("b", np.array([5, 7], dtype=np.int64))
+    client.modelexecute("m", ["a", "b"], ["c"])
+    out = client.tensorget("c")
+    assert out.dtype == np.int64 and out.tolist() == [10, -21]
+
+
+def test_infoget_counts_calls_and_errors(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "cpu", stub_blob("add"), tag="v7")
+    client.tensorset("a", np.ones((3, 2), dtype=np.float32))
+    client.tensorset("b", np.ones((3, 2), dtype=np.float32))
+    info = client.infoget("m")
+    assert info == {"key": "m", "type": "MODEL", "backend": "STUB", "device": "cpu",
+                    "tag": "v7", "duration": 0, "samples": 0, "calls": 0, "errors": 0}  # fmt: skip
+    for _ in range(3):
+        client.modelexecute("m", ["a", "b"], ["c"])
+    client.tensorset("a", np.ones((3, 2), dtype=np.float32))
+    client.tensorset("b", np.ones((4, 2), dtype=np.float32))  # shapes do not broadcast
+    with pytest.raises(JobFailed):
+        client.modelexecute("m", ["a", "b"], ["c"])
+    info = client.infoget("m")
+    assert (info["calls"], info["errors"], info["samples"]) == (4, 1, 9)
+    assert info["duration"] >= 0
+    assert set(info) == {"key", "type", "backend", "device", "tag", "duration", "samples",
+                         "calls", "errors"}  # fmt: skip
+
+
+def test_inforeset(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.infoget("m")["calls"] == 1
+    assert client.inforeset("m") == "OK"
+    info = client.infoget("m")
+    assert (info["calls"], info["errors"], info["samples"], info["duration"]) == (0, 0, 0, 0)
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.infoget("m")["calls"] == 1
+
+
+def test_info_on_unknown_key(client: Client) -> None:
+    client.tensorset("t", [1], dtype="FLOAT")
+    for key in ("nope", "t"):
+        for call in (client.infoget, client.inforeset):
+            with pytest.raises(AIError) as info:
+                call(key)
+            assert str(info.value) == "cannot find run info for key"
+
+
+def test_modeldel_drops_stats(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.modelexecute("m", ["a", "b"], ["c"])
+    client.modeldel("m")
+    with pytest.raises(AIError, match=r"^cannot find run info for key$"):
+        client.infoget("m")
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    assert client.infoget("m")["calls"] == 0
+
+
+# error replies ----------------------------------------------------------------------------
+
+
+def test_missing_input_tensor(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", [1], dtype="FLOAT")
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a", "missing"], ["c"])
+    assert str(info.value) == "tensor key is empty or in a different shard"
+    assert not client.exists("c")
+    assert_queue_drained(client)
+
+
+def test_input_of_wrong_type(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", [1], dtype="FLOAT")
+    client.set("b", "plain")
+    with pytest.raises(AIError) as info:
+        client.modelexecute("m", ["a", "b"], ["c"])
+    assert str(info.value) == "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def test_missing_model_is_raised_before_enqueue(client: Client, worker: Worker) -> None:
+    with pytest.raises(AIError) as info:
+        client.modelexecute("nope", ["a"], ["c"])
+    assert str(info.value) == "model key is empty"
+    assert not isinstance(info.value, JobFailed)
+    assert client.xlen(QUEUE) == 0
+    assert client.xinfo_stream(QUEUE)["last-generated-id"] == b"0-0"  # never written to
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "timeout", "message"),
+    [
+        ([], ["c"], None, "wrong number of arguments for 'AI.MODELEXECUTE' command"),
+        (["a"], [], None, "wrong number of arguments for 'AI.MODELEXECUTE' command"),
+        (["a"], ["c"], 0, "Invalid value for TIMEOUT"),
+        (["a"], ["c"], -5, "Invalid value for TIMEOUT"),
+    ],
+)
+def test_modelexecute_argument_errors(
+    client: Client, inputs: list[str], outputs: list[str], timeout: int | None, message: str
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    with pytest.raises(AIError) as info:
+        client.modelexecute("m", inputs, outputs, timeout=timeout)
+    assert str(info.value) == message
+    assert client.xlen(QUEUE) == 0
+
+
+def test_stub_failure_and_worker_keeps_serving(client: Client, worker: Worker) -> None:
+    client.modelstore("bad", "STUB", "CPU", stub_blob("fail", message="boom"))
+    client.modelstore("good", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("bad", ["a", "b"], ["c"])
+    assert str(info.value) == "boom"
+    assert not client.exists("c")
+    info_bad = client.infoget("bad")
+    assert (info_bad["calls"], info_bad["errors"]) == (1, 1)
+    assert client.modelexecute("good", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [6, 8]
+    assert_queue_drained(client)
+
+
+def test_corrupt_torchscript_blob(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", b"this is not a torchscript archive")
+    set_inputs(client)
+    for _ in range(2):  # the load failure is remembered, and reported the same way again
+        with pytest.raises(JobFailed) as info:
+            client.modelexecute("m", ["a", "b"], ["c"])
+        assert str(info.value).startswith("Failed to load TorchScript model")
+    client.modelstore("ok", "TORCH", "CPU", torch_blob("add"))
+    assert client.modelexecute("ok", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [6, 8]
+    client.modelstore("m", "TORCH", "CPU", torch_blob("mul"))  # fixed in place
+    assert client.modelexecute("m", ["a", "b"], ["d"]) == "OK"
+    assert client.tensorget("d").tolist() == [8, 15]
+
+
+def test_corrupt_stub_blob(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", b"\xff not json")
+    set_inputs(client)
+    with pytest.raises(JobFailed, match=r"^STUB: model blob is not a JSON program$"):
+        client.modelexecute("m", ["a", "b"], ["c"])
+
+
+def test_timeout_counts_from_enqueue(
+    client: Client, settings: Settings, redis_server: RedisServer
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    requester = Client.from_url(redis_server.url, reply_timeout=20)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(requester.modelexecute, "m", ["a", "b"], ["c"], 50)
+        wait_until(lambda: client.xlen(QUEUE) == 1)
+        time.sleep(0.1)  # past the 50 ms TIMEOUT while no worker runs
+        w = Worker(settings).start()
+        try:
+            with pytest.raises(JobTimedOut) as info:
+                future.result(timeout=20)
+            assert str(info.value) == "TIMEDOUT"
+        finally:
+            w.stop(timeout=10)
+    requester.close()
+    assert not client.exists("c")
+    assert client.infoget("m")["calls"] == 0
+    assert_queue_drained(client)
+
+
+def test_timeout_not_reached_runs_the_job(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    assert client.modelexecute("m", ["a", "b"], ["c"], timeout=10_000) == "OK"
+    assert client.tensorget("c").tolist() == [6, 8]
+
+
+def test_no_worker_reply_timeout(client: Client, redis_server: RedisServer) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    impatient = Client.from_url(redis_server.url, reply_timeout=0.2)
+    try:
+        with pytest.raises(JobTimedOut, match="no reply from a worker"):
+            impatient.modelexecute("m", ["a", "b"], ["c"])
+    finally:
+        impatient.close()
+
+
+def test_reply_wait_longer_than_the_socket_timeout(
+    client: Client, worker: Worker, settings: Settings
+) -> None:
+    """redis-py 8 gives sockets a 5 s read timeout; waiting for a slow job must outlast it."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1200))
+    set_inputs(client)
+    patient = Client.from_url(settings.redis_url, socket_timeout=0.5, reply_timeout=None)
+    try:
+        assert patient.modelexecute("slow", ["a", "b"], ["c"]) == "OK"
+    finally:
+        patient.close()
+    assert client.tensorget("c").tolist() == [6, 8]
+
+
+def test_worker_survives_socket_read_timeouts(
+    client: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A socket timeout below block_ms: blocking reads are shortened to stay under it, and a read
+    that still times out (a loaded host) does not kill the consumer thread."""
+    caplog.set_level(logging.WARNING, logger="aiworker.worker")
+    r = connect(settings.redis_url, socket_timeout=0.2)
+    w = Worker(settings.replace(block_ms=500, threads_per_queue=1), r=r).start()
+    try:
+        assert w.block_ms < 200
+        time.sleep(0.5)  # a few idle blocking reads
+        client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+        set_inputs(client)
+        assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+        assert client.tensorget("c").tolist() == [6, 8]
+        assert not w.problems(), "the consumer thread is alive"
+    finally:
+        w.stop(timeout=10)
+
+
+def test_restored_model_is_picked_up(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.tensorget("c").tolist() == [6, 8]
+    client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.tensorget("c").tolist() == [8, 15]
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.tensorget("c").tolist() == [6, 8]
+
+
+def test_job_on_wrong_device_queue_is_forwarded(client: Client, redis_server: RedisServer) -> None:
+    client.modelstore("m", "STUB", "CPU:1", stub_blob("mul"))
+    set_inputs(client)
+    w = Worker(Settings(redis_url=redis_server.url, devices=("CPU", "CPU:1"), block_ms=100))
+    w.start()
+    try:
+        client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "r1"})
+        reply = blpop_json(client, "r1")
+        assert reply["status"] == "ok"
+        assert client.tensorget("c").tolist() == [8, 15]
+        assert client.llen("r1") == 0  # one reply only, not one per hop
+    finally:
+        w.stop(timeout=10)
+    assert_queue_drained(client, QUEUE)
+    assert_queue_drained(client, "aiworker:queue:CPU:1")
+
+
+def test_lowercase_device_shares_the_queue(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "cpu", stub_blob("add"))
+    set_inputs(client)
+    assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [6, 8]
+
+
+# raw stream entries ---------------------------------------------------------------------------
+
+
+def test_raw_cmd_entry(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "r1"})
+    reply = blpop_json(client, "r1")
+    assert reply["status"] == "ok"
+    assert reply["worker"] == worker.name
+    assert "error" not in reply
+    assert client.tensorget("c").tolist() == [6, 8]
+    assert not client.exists("r1")  # the only reply was popped
+    assert_queue_drained(client)
+
+
+def test_raw_entry_reply_is_given_a_ttl(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "r2"})
+    wait_until(lambda: client.exists("r2"))
+    assert 0 < client.ttl("r2") <= worker.settings.reply_ttl
+
+
+def test_raw_compact_job_entry(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+    set_inputs(client)
+    job = msgpack.packb({"op": "MODELEXECUTE", "key": "m", "inputs": ["a", "b"], "outputs": ["c"]})
+    client.xadd(QUEUE, {"job": job, "reply": "r1"})
+    assert blpop_json(client, "r1")["status"] == "ok"
+    assert client.tensorget("c").tolist() == [8, 15]
+
+
+def test_entry_without_reply_still_runs(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c"})
+    wait_until(lambda: client.exists("c"))
+    assert client.tensorget("c").tolist() == [6, 8]
+    assert_queue_drained(client)
+
+
+MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("no-cmd-or-job", {"foo": "bar"}, "malformed job entry: expected a 'cmd' or 'job' field"),
+    ("bad-syntax", {"cmd": "AI.MODELEXECUTE m INPUTS 2 a"},
+     "wrong number of arguments for 'AI.MODELEXECUTE' command"),
+    ("no-outputs", {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b c d"}, "OUTPUTS not specified"),
+    ("unbalanced-quotes", {"cmd": 'AI.MODELEXECUTE "m INPUTS 1 a OUTPUTS 1 c'},
+     "Invalid argument(s): unbalanced quotes"),
+    ("unknown-command", {"cmd": "AI.TENSORSET x FLOAT 1 VALUES 1"},
+     "unsupported command in a job: AI.TENSORSET"),
+    ("empty-cmd", {"cmd": ""}, "empty command"),
+    ("garbage-msgpack", {"job": b"\xc1\xc1\xc1"}, "malformed job entry: 'job' is not msgpack"),
+    ("msgpack-not-map", {"job": msgpack.packb([1, 2])}, "malformed job entry: 'job' is not a map"),
+    ("msgpack-unknown-op", {"job": msgpack.packb({"op": "DANCE"})}, "unknown job op 'DANCE'"),
+    ("missing-model", {"cmd": "AI.MODELEXECUTE nope INPUTS 2 a b OUTPUTS 1 c"},
+     "model key is empty"),
+    ("missing-input", {"cmd": "AI.MODELEXECUTE m INPUTS 2 a zz OUTPUTS 1 c"},
+     "tensor key is empty or in a different shard"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_entries_get_error_replies(
+    client: Client, worker: Worker, fields: dict[str, Any], message: str
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    client.xadd(QUEUE, {**fields, "reply": "bad"})
+    reply = blpop_json(client, "bad")
+    assert reply["status"] == "error"
+    assert reply["error"] == message
+    assert_queue_drained(client)
+    # the worker is still serving
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "good"})
+    assert blpop_json(client, "good")["status"] == "ok"
+    assert client.tensorget("c").tolist() == [6, 8]
+    assert_queue_drained(client)
+
+
+def test_malformed_entry_without_reply_is_dropped(client: Client, worker: Worker) -> None:
+    client.xadd(QUEUE, {"nonsense": "1"})
+    assert_queue_drained(client)
+
+
+def test_every_entry_is_acked_and_deleted(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.modelstore("f", "STUB", "CPU", stub_blob("fail"))
+    set_inputs(client)
+    for i in range(10):
+        client.modelexecute("m", ["a", "b"], [f"c{i}"])
+        with pytest.raises(JobFailed, match="stub failure"):
+            client.modelexecute("f", ["a", "b"], [f"d{i}"])
+        assert client.xlen(QUEUE) == 0
+        assert client.xpending(QUEUE, CONSUMER_GROUP)["pending"] == 0
+    assert worker.jobs_done == 20
+    assert client.keys("aiworker:reply:*") == []
+
+
+def test_concurrent_clients(client: Client, worker: Worker, redis_server: RedisServer) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        c = Client.from_url(redis_server.url, reply_timeout=30)
+        try:
+            for i in range(20):
+                c.tensorset(f"x{n}:{i}", np.array([n, i], dtype=np.int32))
+                c.modelexecute("m", [f"x{n}:{i}", f"x{n}:{i}"], [f"y{n}:{i}"])
+                assert c.tensorget(f"y{n}:{i}").tolist() == [2 * n, 2 * i]
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert client.infoget("m")["calls"] == 80
+    assert_queue_drained(client)

@@ -1,0 +1,82 @@
+"""The per-process model cache: versions by digest, LRU bound, cached load failures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from aiworker.backends.base import LoadedModel
+from aiworker.errors import AIError
+from aiworker.jobs import ModelExecute, decode_entry, encode_entry
+from aiworker.model_cache import ModelCache
+from aiworker.storage.tensor import parse_shape
+
+
+class Dummy(LoadedModel):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(inputs)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_newer_version_loaded_mid_job_is_cached_under_its_own_digest() -> None:
+    cache = ModelCache()
+    loads: list[str] = []
+
+    def load_v2() -> tuple[str, LoadedModel]:
+        loads.append("v2")
+        return "digest-2", Dummy("v2")
+
+    # The job read digest-1, but the model was replaced before the worker fetched the blob.
+    model = cache.get("m", "digest-1", load_v2)
+    assert model.name == "v2"  # type: ignore[attr-defined]
+    again = cache.get("m", "digest-2", lambda: pytest.fail("digest-2 is cached"))
+    assert again is model
+    assert loads == ["v2"]
+
+
+def test_replacing_a_version_closes_the_old_one_and_lru_evicts() -> None:
+    cache = ModelCache(max_models=2)
+    first = cache.get("a", "1", lambda: ("1", Dummy("a1")))
+    cache.get("a", "2", lambda: ("2", Dummy("a2")))
+    assert first.closed  # type: ignore[attr-defined]
+    cache.get("b", "1", lambda: ("1", Dummy("b")))
+    cache.get("c", "1", lambda: ("1", Dummy("c")))
+    assert cache.keys() == ["b", "c"]
+
+
+def test_load_failures_are_cached_per_digest() -> None:
+    cache = ModelCache()
+    calls = []
+
+    def broken() -> tuple[str, LoadedModel]:
+        calls.append(1)
+        raise AIError("corrupt blob")
+
+    for _ in range(3):
+        with pytest.raises(AIError, match="corrupt blob"):
+            cache.get("m", "bad", broken)
+    assert len(calls) == 1
+    assert cache.get("m", "good", lambda: ("good", Dummy("ok"))).name == "ok"  # type: ignore[attr-defined]
+
+
+def test_forwarded_entries_keep_their_first_enqueue_time() -> None:
+    fields = encode_entry(ModelExecute("m", ("a",), ("b",), timeout_ms=100), "r")
+    job = decode_entry("2000-0", {**fields, "enqueued": "1000"})
+    assert job.enqueued_ms == 1000
+    assert job.deadline_ms == 1100
+    with pytest.raises(AIError, match="enqueued"):
+        decode_entry("2000-0", {**fields, "enqueued": "soon"})
+
+
+@pytest.mark.parametrize("dims", [[True], [1.5], [2, 0], [-1]])
+def test_shapes_must_be_positive_integers(dims: list[object]) -> None:
+    with pytest.raises(AIError, match="invalid or negative value found in tensor shape"):
+        parse_shape(dims)  # type: ignore[arg-type]

@@ -1,0 +1,258 @@
+"""modelstore / modelget / modeldel / modelscan, chunking, atomic replace, AI.CONFIG."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import stub_blob, torch_blob
+from redis.exceptions import ResponseError
+
+from aiworker import AIError, Client, WrongTypeError
+from aiworker.errors import WRONGTYPE
+
+ADD = b'{"op":"add"}'
+
+
+def test_stub_store_get(client: Client) -> None:
+    assert client.modelstore("m", "stub", "cpu", ADD, tag="v1") == "OK"
+    assert client.modelget("m") == {
+        "backend": "STUB",
+        "device": "cpu",  # stored as given, as RedisAI does
+        "tag": "v1",
+        "batchsize": 0,
+        "minbatchsize": 0,
+        "inputs": [],
+        "outputs": [],
+        "minbatchtimeout": 0,
+        "blob": ADD,
+    }
+
+
+def test_store_with_batching_options(client: Client) -> None:
+    client.modelstore("m", "STUB", "GPU:1", ADD, batch=8, minbatch=2, minbatchtimeout=50)
+    meta = client.modelget("m", meta_only=True)
+    assert (meta["device"], meta["batchsize"], meta["minbatchsize"], meta["minbatchtimeout"]) == (
+        "GPU:1",
+        8,
+        2,
+        50,
+    )
+
+
+def test_torch_store_get(client: Client) -> None:
+    blob = torch_blob("add")
+    client.modelstore("tm", "TORCH", "CPU", blob, tag="torch")
+    got = client.modelget("tm")
+    assert got["backend"] == "TORCH"
+    assert got["tag"] == "torch"
+    assert got["blob"] == blob
+
+
+def test_memoryview_and_bytearray_blobs(client: Client) -> None:
+    blob = torch_blob("mul")
+    client.modelstore("a", "TORCH", "CPU", memoryview(blob))
+    client.modelstore("b", "TORCH", "CPU", bytearray(blob))
+    assert client.modelget("a")["blob"] == blob
+    assert client.modelget("b")["blob"] == blob
+
+
+def test_meta_only_has_no_blob(client: Client) -> None:
+    client.modelstore("m", "STUB", "CPU", ADD)
+    meta = client.modelget("m", meta_only=True)
+    assert "blob" not in meta
+    assert meta["backend"] == "STUB" and meta["device"] == "CPU"
+
+
+def test_small_chunk_size_splits_and_reassembles(client: Client) -> None:
+    assert client.config("MODEL_CHUNK_SIZE", 7) == "OK"
+    assert client.config("MODEL_CHUNK_SIZE") == 7
+    blob = torch_blob("add")
+    client.modelstore("m", "TORCH", "CPU", blob)
+    fields = client.hkeys("m")
+    chunk_fields = sorted(f for f in fields if f.startswith(b"chunk:"))
+    expected = -(-len(blob) // 7)
+    assert len(chunk_fields) == expected > 1
+    assert client.hget("m", "chunk:0") == blob[:7]
+    assert client.hget("m", f"chunk:{expected - 1}") == blob[(expected - 1) * 7 :]
+    assert client.modelget("m")["blob"] == blob
+
+
+def test_restore_with_fewer_chunks_leaves_no_stale_chunks(client: Client) -> None:
+    client.config("MODEL_CHUNK_SIZE", 4)
+    client.modelstore("m", "STUB", "CPU", stub_blob("add", pad="x" * 40))
+    client.modelstore("m", "STUB", "CPU", ADD)
+    assert len([f for f in client.hkeys("m") if f.startswith(b"chunk:")]) == 3
+    assert client.modelget("m")["blob"] == ADD
+
+
+def test_modeldel(client: Client) -> None:
+    client.modelstore("m", "STUB", "CPU", ADD)
+    assert client.modeldel("m") == "OK"
+    assert not client.exists("m")
+    with pytest.raises(AIError) as info:
+        client.modelget("m")
+    assert str(info.value) == "model key is empty"
+    assert client.modelscan() == []
+
+
+@pytest.mark.parametrize("call", ["modeldel", "modelget", "modelget_meta"])
+def test_missing_model(client: Client, call: str) -> None:
+    with pytest.raises(AIError) as info:
+        if call == "modeldel":
+            client.modeldel("nope")
+        else:
+            client.modelget("nope", meta_only=call == "modelget_meta")
+    assert str(info.value) == "model key is empty"
+    assert isinstance(info.value, ResponseError)
+
+
+def test_model_calls_on_other_keys_are_wrongtype(client: Client) -> None:
+    client.set("s", "x")
+    client.tensorset("t", [1.0], dtype="FLOAT")
+    for key in ("s", "t"):
+        for call in (lambda k: client.modelget(k), lambda k: client.modeldel(k),
+                     lambda k: client.modelstore(k, "STUB", "CPU", ADD)):  # fmt: skip
+            with pytest.raises(WrongTypeError) as info:
+                call(key)
+            assert str(info.value) == WRONGTYPE
+    assert client.get("s") == b"x"
+    assert client.tensorget("t").tolist() == [1.0]
+
+
+def test_modelscan(client: Client) -> None:
+    assert client.modelscan() == []
+    client.modelstore("m1", "STUB", "CPU", ADD)
+    client.modelstore("m2", "STUB", "CPU", ADD, tag="v2")
+    assert sorted(client.modelscan()) == [["m1", ""], ["m2", "v2"]]
+    client.delete("m1")  # deleted behind aiworker's back
+    assert client.modelscan() == [["m2", "v2"]]
+
+
+def test_restore_replaces_metadata(client: Client) -> None:
+    client.modelstore("m", "STUB", "CPU", ADD, tag="old", batch=4)
+    client.modelstore("m", "TORCH", "CPU:2", torch_blob("add"))
+    meta = client.modelget("m", meta_only=True)
+    assert (meta["backend"], meta["device"], meta["tag"], meta["batchsize"]) == (
+        "TORCH",
+        "CPU:2",
+        "",
+        0,
+    )
+
+
+STORE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
+    ("backend", {"backend": "CAFFE"}, "unsupported backend"),
+    ("backend-empty", {"backend": ""}, "unsupported backend"),
+    ("device-bad", {"device": "bad_device"}, "Invalid DEVICE"),
+    ("device-double-colon", {"device": "CPU::"}, "Invalid DEVICE"),
+    ("device-fraction", {"device": "CPU:1.8"}, "Invalid DEVICE"),
+    ("device-tpu", {"device": "TPU"}, "Invalid DEVICE"),
+    ("device-empty", {"device": ""}, "Invalid DEVICE"),
+    ("minbatch-without-batch", {"minbatch": 2}, "MINBATCHSIZE specified without BATCHSIZE"),
+    ("minbatchtimeout-without-minbatch", {"batch": 4, "minbatchtimeout": 10},
+     "MINBATCHTIMEOUT specified without MINBATCHSIZE"),
+    ("tf-no-inputs", {"backend": "TF", "outputs": ["y"]}, "INPUTS not specified for TF"),
+    ("tf-no-outputs", {"backend": "TF", "inputs": ["x"]}, "OUTPUTS not specified for TF"),
+    ("io-for-torch", {"backend": "TORCH", "inputs": ["x"], "outputs": ["y"]},
+     "INPUTS argument should not be specified for this backend"),
+    ("io-for-stub", {"outputs": "y"}, "INPUTS argument should not be specified for this backend"),
+    ("no-blob-empty", {"data": b""}, "Insufficient arguments, missing model BLOB"),
+    ("no-blob-none", {"data": None}, "Insufficient arguments, missing model BLOB"),
+    ("batchsize-negative", {"batch": -1}, "Invalid argument for BATCHSIZE"),
+    ("batchsize-text", {"batch": "four"}, "Invalid argument for BATCHSIZE"),
+    ("minbatchsize-negative", {"batch": 4, "minbatch": -1}, "Invalid argument for MINBATCHSIZE"),
+    ("minbatchtimeout-negative", {"batch": 4, "minbatch": 2, "minbatchtimeout": -5},
+     "Invalid argument for MINBATCHTIMEOUT"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [c[1:] for c in STORE_ERRORS], ids=[c[0] for c in STORE_ERRORS]
+)
+def test_modelstore_validation(client: Client, kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"backend": "STUB", "device": "CPU", "data": ADD, **kwargs}
+    with pytest.raises(AIError) as info:
+        client.modelstore("m", **args)
+    assert str(info.value) == message
+    assert isinstance(info.value, ResponseError)
+    assert not client.exists("m")
+    assert client.modelscan() == []
+
+
+@pytest.mark.parametrize("device", ["CPU", "gpu", "CPU:0", "gpu:12345", "Cpu:7"])
+def test_valid_devices(client: Client, device: str) -> None:
+    client.modelstore("m", "STUB", device, ADD)
+    assert client.modelget("m", meta_only=True)["device"] == device
+
+
+def test_atomic_replace_under_concurrent_reads(client: Client, redis_server: Any) -> None:
+    """A reader sees exactly one of the stored versions, never a torn or mixed blob."""
+    client.config("MODEL_CHUNK_SIZE", 5)
+    small = stub_blob("add")  # a few chunks
+    large = stub_blob("mul", pad="y" * 97)  # many more chunks
+    versions = (small, large)
+    client.modelstore("m", "STUB", "CPU", small)
+    stop = threading.Event()
+    writes = [0]
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        w = Client.from_url(redis_server.url)
+        try:
+            while not stop.is_set():
+                w.modelstore("m", "STUB", "CPU", versions[writes[0] % 2])
+                writes[0] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            w.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = {small: 0, large: 0}
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            blob = client.modelget("m")["blob"]
+            assert blob in seen, f"torn read: {blob!r}"
+            seen[blob] += 1
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not errors
+    assert writes[0] > 10
+    assert seen[small] > 0 and seen[large] > 0
+
+
+# AI.CONFIG -------------------------------------------------------------------------------
+
+
+def test_config_chunk_size_default_and_set(client: Client) -> None:
+    assert client.config("MODEL_CHUNK_SIZE") == 535822336
+    assert client.config("model_chunk_size", "1024") == "OK"
+    assert client.config("MODEL_CHUNK_SIZE") == 1024
+
+
+def test_config_backendspath(client: Client) -> None:
+    assert client.config("BACKENDSPATH") is None
+    assert client.config("BACKENDSPATH", "/opt/backends") == "OK"
+    assert client.config("BACKENDSPATH") == "/opt/backends"
+
+
+@pytest.mark.parametrize("value", [0, -1, "abc", "1.5"])
+def test_config_invalid_chunk_size(client: Client, value: Any) -> None:
+    with pytest.raises(AIError) as info:
+        client.config("MODEL_CHUNK_SIZE", value)
+    assert str(info.value) == "MODEL_CHUNK_SIZE: invalid chunk size"
+    assert client.config("MODEL_CHUNK_SIZE") == 535822336
+
+
+@pytest.mark.parametrize("name", ["NOPE", "LOADBACKEND2", ""])
+def test_config_unknown_name(client: Client, name: str) -> None:
+    for value in (None, "1"):
+        with pytest.raises(AIError) as info:
+            client.config(name, value)
+        assert str(info.value) == "unsupported subcommand"
