@@ -67,7 +67,9 @@ def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
 # helpers shared by several test modules ----------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     """Poll ``predicate`` until it is truthy; fail the test when ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while not predicate():
