@@ -20,6 +20,8 @@ import redis
 from aiworker import messages
 from aiworker.backends.base import io_name_backends, known_backends
 from aiworker.connection import install_packer
+from aiworker.dag_client import Dag
+from aiworker.deprecated import DeprecatedCommands
 from aiworker.devices import parse_device
 from aiworker.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.jobs import Request, encode_entry
@@ -63,7 +65,7 @@ def raise_for_reply(reply: dict[str, Any]) -> str:
     raise JobFailed(message)
 
 
-class Client(redis.Redis):
+class Client(DeprecatedCommands, redis.Redis):
     """Drop-in for ``redisai.Client``: every redis-py command plus the RedisAI methods.
 
     ``prefix`` names aiworker's own keys (must match the workers'); ``reply_timeout`` (seconds)
@@ -251,6 +253,10 @@ class Client(redis.Redis):
 
     def submit(self, device: str, request: Request) -> str:
         """Enqueue ``request`` on a device queue and wait for its reply (one round trip)."""
+        return raise_for_reply(self.submit_reply(device, request))
+
+    def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
+        """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
         reply_key = self.keyspace.reply(uuid.uuid4().hex)
         pipe = self.pipeline(transaction=False)
         pipe.xadd(self.keyspace.queue(device), encode_entry(request, reply_key))  # type: ignore[arg-type]
@@ -258,7 +264,20 @@ class Client(redis.Redis):
         _, popped = pipe.execute()
         if popped is None:
             raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
-        return raise_for_reply(json.loads(popped[1]))
+        reply: dict[str, Any] = json.loads(popped[1])
+        return reply
+
+    def dag(
+        self,
+        load: str | Sequence[str] | None = None,
+        persist: str | Sequence[str] | None = None,
+        routing: str | None = None,
+        timeout: int | None = None,
+        readonly: bool = False,
+    ) -> Dag:
+        """A DAG builder (AI.DAGEXECUTE): chain ``tensorset``, ``tensorget``, ``modelexecute``,
+        ``scriptexecute``, then ``execute()`` for the per-op results."""
+        return Dag(self, load, persist, routing, timeout, readonly)
 
     # statistics and configuration ------------------------------------------------------------
 
