@@ -171,8 +171,8 @@ class Batcher:
             return True
         if total >= meta.minbatchsize:
             return True
-        waited_ms = (now - chosen[0].arrived) * 1000
-        return bool(meta.minbatchtimeout) and waited_ms >= meta.minbatchtimeout
+        # the same expression as next_wakeup, so a thread woken at that time finds it ready
+        return bool(meta.minbatchtimeout) and now >= chosen[0].arrived + meta.minbatchtimeout / 1000
 
 
 def _error_text(exc: BaseException) -> str:

@@ -355,7 +355,7 @@ class QueueRuntime:
                     member.context.set_result(result)  # a DAG op: its DAG completes it
                     continue
                 entry: _Entry = member.context
-                outcome = _member_outcome(entry.job, member, result)
+                outcome = _member_outcome(entry.job, member, result, batch)
                 completions.append(
                     Completion(
                         entry.job.entry_id,
@@ -417,13 +417,17 @@ class QueueRuntime:
         return future.result()
 
 
-def _member_outcome(job: Job, member: Member, result: MemberResult) -> Outcome:
-    """The Outcome of a stream request that ran as part of a batch."""
+def _member_outcome(job: Job, member: Member, result: MemberResult, batch: Batch) -> Outcome:
+    """The Outcome of a stream request that ran as part of a batch (the reply tells the batch's
+    size and how many requests shared it)."""
     request = job.request
     assert isinstance(request, ModelExecute)
     stats_key = request.key if result.counted else None
+    shared = {"batch": {"size": batch.total, "requests": len(batch.members)}}
     if result.outputs is None:
-        return Outcome.failed(result.error, stats_key)
+        outcome = Outcome.failed(result.error, stats_key)
+        outcome.reply_fields = shared
+        return outcome
     if len(result.outputs) != len(request.outputs):
         return Outcome.failed(messages.MODEL_OUTPUT_COUNT, stats_key)
     writes = dict(zip(request.outputs, result.outputs, strict=True))
@@ -435,4 +439,5 @@ def _member_outcome(job: Job, member: Member, result: MemberResult) -> Outcome:
         stats_key=request.key,
         duration_us=result.duration_us,
         samples=samples,
+        reply_fields=shared,
     )
