@@ -10,6 +10,11 @@ MINBATCHTIMEOUT a lone request under MINBATCHSIZE waits for partners, as in Redi
 by each request's size; if an output's first dimension is not the batch total, every member gets
 RedisAI's "Model did not generate the expected batch size".
 
+While a batch of a model runs in this process, a partial batch of the same model waits for it to
+finish (a full one may start at once): the requests arriving meanwhile then run together, instead
+of competing for the same cores in small batches. Requests therefore never wait longer than one
+batch run for that reason.
+
 The ``Batcher`` is pure bookkeeping and not thread-safe: its owner (one device queue of a worker
 process, see ``aiworker.dispatch``) calls it under its own lock. Batching therefore happens within
 one worker process; requests that different processes took batch separately.
@@ -59,14 +64,11 @@ class Member:
     deadline: float | None = None  # monotonic time its own TIMEOUT expires
     arrived: float = field(default_factory=time.monotonic)
     signature: Signature = field(init=False)
+    size: int = field(init=False)  # this request's share of a batch: its inputs' first dimension
 
     def __post_init__(self) -> None:
         self.signature = signature_of(self.inputs)
-
-    @property
-    def size(self) -> int:
-        """This request's share of the batch: its inputs' first dimension."""
-        return int(self.inputs[0].shape[0]) if self.signature is not None else 1
+        self.size = int(self.inputs[0].shape[0]) if self.signature is not None else 1
 
 
 @dataclass
@@ -76,6 +78,11 @@ class Batch:
     @property
     def total(self) -> int:
         return sum(m.size for m in self.members)
+
+    @property
+    def model(self) -> tuple[str, str]:
+        """(model key, digest): the model version this batch runs."""
+        return self.members[0].model_key, self.members[0].meta.digest
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Batcher:
 
     def __init__(self) -> None:
         self._groups: dict[GroupKey, list[Member]] = {}
+        self._running: dict[tuple[str, str], int] = {}  # model version -> batches running
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups.values())
@@ -127,13 +135,30 @@ class Batcher:
         ready: list[tuple[float, GroupKey, list[Member]]] = []
         for key, group in self._groups.items():
             chosen = self._choose(group)
-            if force or self._is_ready(group[0].meta, chosen, now):
+            if force or (
+                self._is_ready(group[0].meta, chosen, now)
+                and (not self._running.get(key[:2]) or self._is_full(chosen))
+            ):
                 ready.append((group[0].arrived, key, chosen))
         if not ready:
             return None
         _, key, chosen = min(ready, key=lambda item: item[0])
         self._set(key, [m for m in self._groups[key] if m not in chosen])
-        return Batch(chosen)
+        batch = Batch(chosen)
+        self._running[batch.model] = self._running.get(batch.model, 0) + 1
+        return batch
+
+    def finished(self, batch: Batch) -> None:
+        """A batch ``take`` returned has run: its model may start another partial batch."""
+        count = self._running.get(batch.model, 0) - 1
+        if count > 0:
+            self._running[batch.model] = count
+        else:
+            self._running.pop(batch.model, None)
+
+    @staticmethod
+    def _is_full(chosen: list[Member]) -> bool:
+        return sum(m.size for m in chosen) >= chosen[0].meta.batchsize
 
     def next_wakeup(self) -> float | None:
         """When a waiting group's MINBATCHTIMEOUT or a member's TIMEOUT expires (monotonic)."""

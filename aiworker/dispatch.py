@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import redis
@@ -33,10 +33,11 @@ import redis
 from aiworker import messages
 from aiworker.batching import Batch, Batcher, Member, MemberResult, run_batch
 from aiworker.errors import AIError, AIWorkerError
-from aiworker.executor import Executor, Outcome, PreparedModelExecute, queue_job_reads
+from aiworker.executor import Executor, Outcome, PreparedModelExecute
 from aiworker.jobs import Job, ModelExecute, decode_entry, reply_key_of
 from aiworker.keys import Keys
 from aiworker.settings import Settings
+from aiworker.storage.model import META_FIELDS
 
 log = logging.getLogger("aiworker.dispatch")
 
@@ -262,20 +263,23 @@ class QueueRuntime:
     ) -> list[PreparedModelExecute | Outcome]:
         """Model versions and inputs of every MODELEXECUTE read, in one round trip."""
         executor = self.host.executor
+        requests = [cast(ModelExecute, job.request) for job, _ in model_jobs]
+        models = list(dict.fromkeys(r.key for r in requests))  # each model's metadata once
         pipe = self.host.r.pipeline(transaction=True)
-        counts = []
-        for job, _ in model_jobs:
-            assert isinstance(job.request, ModelExecute)
-            counts.append(queue_job_reads(pipe, job.request))
+        for key in models:
+            pipe.hmget(key, list(META_FIELDS))
+        for request in requests:
+            for name in request.inputs:
+                pipe.hgetall(name)
         replies = pipe.execute(raise_on_error=False)
+        metas = dict(zip(models, replies, strict=False))
+        offset = len(models)
         results: list[PreparedModelExecute | Outcome] = []
-        offset = 0
-        for (job, _), count in zip(model_jobs, counts, strict=True):
-            assert isinstance(job.request, ModelExecute)
-            mine = replies[offset : offset + count]
-            offset += count
+        for request in requests:
+            mine = [metas[request.key], *replies[offset : offset + len(request.inputs)]]
+            offset += len(request.inputs)
             try:
-                results.append(executor.prepare_model_execute(job.request, self.device, mine))
+                results.append(executor.prepare_model_execute(request, self.device, mine))
             except AIWorkerError as exc:
                 results.append(Outcome.failed(_error_text(exc)))
         return results
@@ -369,6 +373,8 @@ class QueueRuntime:
             if completions:
                 self.host.finish_many(self.queue, completions)
         finally:
+            with self._cond:
+                self._batcher.finished(batch)
             self._release(m.entry_id for m in batch.members if m.entry_id)
 
     # DAGs ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from aiworker.dag import DagRunner
 from aiworker.devices import parse_device
 from aiworker.dispatch import Completion, QueueRuntime
 from aiworker.errors import AIError
-from aiworker.executor import Executor, Outcome
+from aiworker.executor import Executor, Outcome, StatsRecord
 from aiworker.jobs import Job, decode_entry, entry_time_ms, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.model_cache import ModelCache
@@ -201,10 +201,25 @@ class Worker:
         self.finish_many(queue, [Completion(entry_id, fields, reply_key, outcome, job, started)])
 
     def finish_many(self, queue: str, items: Sequence[Completion]) -> None:
-        """Apply several outcomes (e.g. a batch's members) in one MULTI/EXEC."""
+        """Apply several outcomes (e.g. a batch's members) in one MULTI/EXEC. Statistics are
+        summed per model first and entries acknowledged together: fewer commands per request."""
         pipe = self.r.pipeline(transaction=True)
+        totals: dict[str, list[int]] = {}
         for item in items:
-            self._queue_finish(pipe, queue, item)
+            self._queue_finish(pipe, item, totals)
+        for key, (duration_us, samples, calls, errors) in totals.items():
+            stats.record(
+                pipe,
+                self.keys,
+                key,
+                duration_us=duration_us,
+                samples=samples,
+                calls=calls,
+                errors=errors,
+            )
+        entry_ids = [item.entry_id for item in items]
+        pipe.xack(queue, CONSUMER_GROUP, *entry_ids)
+        pipe.xdel(queue, *entry_ids)
         pipe.execute()
         with self._counter_lock:
             self._jobs_done += len(items)
@@ -212,41 +227,39 @@ class Worker:
             if item.outcome.status == "error":
                 log.info("job %s failed: %s", item.entry_id, item.outcome.error)
 
-    def _queue_finish(self, pipe: redis.client.Pipeline, queue: str, item: Completion) -> None:
+    def _queue_finish(
+        self, pipe: redis.client.Pipeline, item: Completion, totals: dict[str, list[int]]
+    ) -> None:
+        """Queue one outcome's writes and reply; add its statistics to ``totals``."""
         entry_id, fields, reply_key, outcome, _job, started = item
         if outcome.status == "forward":
             pipe.xadd(outcome.forward_queue, dict(fields))  # type: ignore[arg-type]
-        else:
-            for name, array in outcome.writes.items():
-                tensor_io.queue_write(pipe, name, array)
-            if outcome.stats_key:
-                stats.record(
-                    pipe,
-                    self.keys,
+            return
+        for name, array in outcome.writes.items():
+            tensor_io.queue_write(pipe, name, array)
+        records = list(outcome.more_stats)
+        if outcome.stats_key:
+            ok = outcome.status == "ok"
+            records.append(
+                StatsRecord(
                     outcome.stats_key,
                     duration_us=outcome.duration_us,
-                    samples=outcome.samples if outcome.status == "ok" else 0,
-                    calls=1,
+                    samples=outcome.samples if ok else 0,
                     errors=int(outcome.status == "error"),
                 )
-            for record in outcome.more_stats:
-                stats.record(
-                    pipe,
-                    self.keys,
-                    record.key,
-                    duration_us=record.duration_us,
-                    samples=record.samples,
-                    calls=record.calls,
-                    errors=record.errors,
-                )
-            if reply_key:
-                for name, array in outcome.temp_writes.items():
-                    tensor_io.queue_write(pipe, name, array)
-                    pipe.expire(name, self.settings.reply_ttl)
-                pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
-                pipe.expire(reply_key, self.settings.reply_ttl)
-        pipe.xack(queue, CONSUMER_GROUP, entry_id)
-        pipe.xdel(queue, entry_id)
+            )
+        for record in records:
+            total = totals.setdefault(record.key, [0, 0, 0, 0])
+            total[0] += record.duration_us
+            total[1] += record.samples
+            total[2] += record.calls
+            total[3] += record.errors
+        if reply_key:
+            for name, array in outcome.temp_writes.items():
+                tensor_io.queue_write(pipe, name, array)
+                pipe.expire(name, self.settings.reply_ttl)
+            pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
+            pipe.expire(reply_key, self.settings.reply_ttl)
 
     def _reply(self, entry_id: str, outcome: Outcome, started: float | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"status": outcome.status, "id": entry_id, "worker": self.name}

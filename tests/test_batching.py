@@ -53,7 +53,24 @@ def test_batchsize_caps_a_batch_and_the_rest_waits_its_turn() -> None:
     sizes = []
     while (batch := b.take(now=0)) is not None:
         sizes.append(batch.total)
+        b.finished(batch)
     assert sizes == [2, 2, 1]
+
+
+def test_partial_batch_waits_while_its_model_runs_but_a_full_one_starts() -> None:
+    b = Batcher()
+    b.add(member(meta(2)))
+    running = b.take(now=0)
+    assert running is not None
+    b.add(member(meta(2)))
+    assert b.take(now=0) is None  # partial: waits for the running batch
+    b.add(member(meta(2)))
+    full = b.take(now=0)
+    assert full is not None and full.total == 2  # full: runs alongside
+    b.add(member(meta(2)))
+    b.finished(running)
+    b.finished(full)
+    assert b.take(now=0) is not None
 
 
 def test_head_alone_may_exceed_batchsize() -> None:
