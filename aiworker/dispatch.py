@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +45,9 @@ log = logging.getLogger("aiworker.dispatch")
 READ_COUNT = 64
 # How often idle threads look at the stop flag (seconds).
 POLL_SECONDS = 0.5
+# Longest XREADGROUP block while the batcher holds requests: a batch that a DAG op (on its own
+# thread) made ready, or that a finished batch unblocked, must not wait for the next entry.
+BATCH_POLL_SECONDS = 0.05
 
 Task = Callable[[], None]
 
@@ -163,14 +166,16 @@ class QueueRuntime:
             return POLL_SECONDS
         return min(POLL_SECONDS, max(0.001, wakeup - time.monotonic()))
 
-    def _hold(self, entry_ids: Any) -> None:
+    def _hold(self, entry_ids: Iterable[str | None]) -> None:
         for entry_id in entry_ids:
             if entry_id:
                 self._running[entry_id] = self._running.get(entry_id, 0) + 1
 
-    def _release(self, entry_ids: Any) -> None:
+    def _release(self, entry_ids: Iterable[str | None]) -> None:
         with self._cond:
             for entry_id in entry_ids:
+                if not entry_id:
+                    continue
                 count = self._running.get(entry_id, 0) - 1
                 if count > 0:
                     self._running[entry_id] = count
@@ -194,7 +199,9 @@ class QueueRuntime:
         dags: list[tuple[Job, Mapping[Any, Any], float]] = []
         try:
             with self._cond:
-                block_s = self._wait_seconds() if len(self._batcher) else None
+                block_s = None
+                if len(self._batcher):
+                    block_s = min(BATCH_POLL_SECONDS, self._wait_seconds())
             block_ms = self.host.settings.block_ms
             if block_s is not None:
                 block_ms = max(1, min(block_ms, int(block_s * 1000)))
@@ -372,6 +379,13 @@ class QueueRuntime:
                 )
             if completions:
                 self.host.finish_many(self.queue, completions)
+        except Exception as exc:
+            # a waiting DAG must still hear back; stream entries stay pending for a retry
+            for member in batch.members:
+                if isinstance(member.context, Future) and not member.context.done():
+                    error = f"internal error: {type(exc).__name__}: {_error_text(exc)}"
+                    member.context.set_result(MemberResult(None, error, counted=False))
+            raise
         finally:
             with self._cond:
                 self._batcher.finished(batch)
