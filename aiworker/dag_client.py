@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from aiworker import dag_results
 from aiworker.devices import parse_device
@@ -174,19 +175,25 @@ class Dag:
     run = execute  # redisai-py's older name
 
     def _queue(self, request: DagExecute) -> str:
-        """The device queue of the first model or script op (CPU for tensor-only DAGs)."""
-        for op in request.ops:
-            try:
-                if isinstance(op, ModelExecute):
-                    return self._client._model_queue(op.key)
-                if isinstance(op, ScriptExecute):
-                    device = self._client.hget(op.key, "device")
-                    if device is not None:
-                        return parse_device(device).queue  # type: ignore[arg-type]
-            except AIError:
-                pass  # a missing or wrong key: the worker answers with RedisAI's error
-            return "CPU"
+        return queue_of(self._client, request)
+
+
+def queue_of(client: Client, request: ModelExecute | ScriptExecute | DagExecute) -> str:
+    """The device queue a request goes to: its model's or script's device; for a DAG, that of its
+    first model or script op (CPU for tensor-only DAGs). A missing or wrong key gives CPU: the
+    worker answers with RedisAI's error for it."""
+    try:
+        if isinstance(request, ModelExecute):
+            return client._model_queue(request.key)
+        if isinstance(request, ScriptExecute):
+            device = client.hget(request.key, "device")
+            return parse_device(device).queue if device is not None else "CPU"  # type: ignore[arg-type]
+    except (AIError, redis.ResponseError):
         return "CPU"
+    for op in request.ops:
+        if isinstance(op, (ModelExecute, ScriptExecute)):
+            return queue_of(client, op)
+    return "CPU"
 
 
 def partial_tensor(client: Client, as_numpy: bool, mutable: bool, meta_only: bool) -> Post:

@@ -15,7 +15,7 @@ import numpy as np
 
 from aiworker import dag_results
 from aiworker.client import Client
-from aiworker.devices import parse_device
+from aiworker.dag_client import queue_of
 from aiworker.errors import AIError, AIWorkerError
 from aiworker.jobs import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.parser import Command, parse
@@ -188,23 +188,8 @@ def _config_names() -> set[str]:
     return set(CONFIG_NAMES)
 
 
-def _queue_of(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> str:
-    if isinstance(cmd, ModelExecute):
-        return client._model_queue(cmd.key)
-    if isinstance(cmd, ScriptExecute):
-        device = client.hget(cmd.key, "device")
-        return parse_device(device).queue if device is not None else "CPU"  # type: ignore[arg-type]
-    for op in cmd.ops:
-        if isinstance(op, (ModelExecute, ScriptExecute)):
-            try:
-                return _queue_of(client, op)
-            except AIError:
-                return "CPU"  # the worker answers with RedisAI's error for the missing key
-    return "CPU"
-
-
 def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
-    reply = client.submit_reply(_queue_of(client, cmd), cmd)
+    reply = client.submit_reply(queue_of(client, cmd), cmd)
     status = reply.get("status")
     if status == "timedout":
         return Status("TIMEDOUT")

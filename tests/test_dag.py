@@ -286,3 +286,17 @@ def test_dag_sent_to_another_device_queue_is_forwarded(
     request = client.dag(load="a").modelexecute("m1", ["a"], ["b"]).tensorget("b").request()
     reply = client.submit_reply("CPU", request)
     assert reply["status"] == "ok" and reply["results"][0] == "OK"
+
+
+def test_dag_is_queued_on_its_first_model_or_script_device(client: Client) -> None:
+    from aiworker.dag_client import queue_of
+
+    client.modelstore("m1", "STUB", "cpu:1", stub_blob("identity"))
+    dag = client.dag(persist="b").tensorset("a", [1], dtype="float").modelexecute("m1", "a", "b")
+    assert queue_of(client, dag.request()) == "CPU:1"
+    tensors_only = client.dag(persist="a").tensorset("a", [1], dtype="float")
+    assert queue_of(client, tensors_only.request()) == "CPU"
+    missing = (
+        client.dag(persist="b").tensorset("a", [1], dtype="float").modelexecute("no", "a", "b")
+    )
+    assert queue_of(client, missing.request()) == "CPU"
