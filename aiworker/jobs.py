@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 
 from aiworker.errors import AIError
+from aiworker.storage import tensor as codec
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,6 @@ class TensorSet:
     op: str = field(default="TENSORSET", init=False)
 
     def array(self) -> np.ndarray:
-        from aiworker.storage import tensor as codec
-
         if self.blob is None:
             return codec.zeros(self.dtype, self.shape)
         return codec.from_blob(self.dtype, self.shape, self.blob)

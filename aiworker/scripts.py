@@ -82,6 +82,15 @@ def _compile(source: str) -> Any:
     return unit
 
 
+def _entry_points(text: str) -> list[str]:
+    """A JSON list, or (as some writers store it) names separated by commas or spaces."""
+    try:
+        names = json.loads(text or "[]")
+    except ValueError:
+        names = text.replace(",", " ").split()
+    return [str(n) for n in names] if isinstance(names, list) else [str(names)]
+
+
 def _takes_tensor_list(function: Any) -> bool:
     """True for RedisAI's ``(tensors: List[Tensor], keys: List[str], args: List[str])``."""
     arguments = function.schema.arguments
@@ -104,7 +113,7 @@ def run_script(
     from aiworker.devices import parse_device
 
     fields = read_script(executor.r, key)
-    entry_points = json.loads(fields["entry_points"] or "[]")
+    entry_points = _entry_points(fields["entry_points"])
     unit = _compile(fields["source"])
     if entry_points and function not in entry_points:
         raise AIError(f"Function does not exist: {function}")
