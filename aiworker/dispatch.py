@@ -194,9 +194,6 @@ class QueueRuntime:
     # reading -------------------------------------------------------------------------------
 
     def _read(self, consumer: str) -> None:
-        tasks: list[tuple[str, Task]] = []
-        members: list[Member] = []
-        dags: list[tuple[Job, Mapping[Any, Any], float]] = []
         try:
             with self._cond:
                 block_s = None
@@ -206,17 +203,28 @@ class QueueRuntime:
             if block_s is not None:
                 block_ms = max(1, min(block_ms, int(block_s * 1000)))
             entries = self.host.read_entries(self.queue, consumer, self.read_count, block_ms)
-            if entries:
-                self._classify(entries, tasks, members, dags)
         finally:
             with self._cond:
                 self._reading = False
+        if entries:
+            self.accept(entries)
+
+    def accept(self, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
+        """Take entries this process now owns (read, or claimed back from a dead consumer): decode
+        them, read their inputs, queue them here or in the batcher, start their DAGs."""
+        tasks: list[tuple[str, Task]] = []
+        members: list[Member] = []
+        dags: list[tuple[Job, Mapping[Any, Any], float]] = []
+        try:
+            self._classify(entries, tasks, members, dags)
+        finally:
+            with self._cond:
                 self._tasks.extend(tasks)
                 for member in members:
                     self._batcher.add(member)
                 self._cond.notify_all()
-        for job, fields, started in dags:
-            self._start_dag(job, fields, started)
+            for job, fields, started in dags:
+                self._start_dag(job, fields, started)
 
     def _classify(
         self,
