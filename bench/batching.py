@@ -60,12 +60,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start_worker(url: str, threads: int) -> subprocess.Popen[bytes]:
+def start_worker(url: str, threads: int, intra_op: int = 0) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "aiworker", "worker", "--redis-url", url]
     command += ["--device", "CPU", "--threads-per-queue", str(threads), "--preload", "TORCH"]
-    return subprocess.Popen(
-        command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    env = _env()
+    if intra_op:
+        env["AIWORKER_INTRA_OP_PARALLELISM"] = str(intra_op)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # the client side ---------------------------------------------------------------------------
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads-per-queue", type=int, default=1)
+    parser.add_argument(
+        "--intra-op-parallelism", type=int, default=0, help="0: the framework's default"
+    )
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         con.modelstore("mlp_off", "TORCH", "CPU", blob)
         con.modelstore("mlp_on", "TORCH", "CPU", blob, batch=args.batch)
         con.close()
-        worker = start_worker(server.url, args.threads_per_queue)
+        worker = start_worker(server.url, args.threads_per_queue, args.intra_op_parallelism)
         per_process = args.clients // args.client_processes
         clients = Clients(server.url, args.client_processes, per_process, args.width)
         try:
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"3-layer {args.width}-wide TorchScript MLP, {total} concurrent batch-1 clients "
         f"({args.client_processes} processes x {per_process} threads), worker THREADS_PER_QUEUE="
-        f"{args.threads_per_queue}, {os.cpu_count()} CPUs (load average {load:.1f} at start), "
+        f"{args.threads_per_queue} INTRA_OP_PARALLELISM={args.intra_op_parallelism}, "
+        f"{os.cpu_count()} CPUs (load average {load:.1f} at start), "
         f"{args.rounds} alternating rounds of {args.seconds:g} s per mode\n"
     )
     print("| batching | requests/s (mean) | per round | requests per model run | p50 ms | p99 ms |")
