@@ -1,9 +1,10 @@
 """The worker process: THREADS_PER_QUEUE consumer threads per device stream, one consumer group.
 
-Each thread reads one entry at a time (XREADGROUP), decodes it, has the Executor run it, then applies
-the outcome in one MULTI/EXEC: outputs written, stats counted, the reply pushed (with a TTL), the entry
-acknowledged and deleted. A crash before EXEC leaves the entry pending for another worker; nothing is
-ever half applied. Consumer names are ``host:pid:device:n``.
+The threads of a device queue share a reader, a local run queue and the autobatcher
+(``aiworker.dispatch``): entries are decoded, run by the Executor (batched when their model has
+BATCHSIZE > 0), then each outcome is applied in one MULTI/EXEC: outputs written, stats counted, the
+reply pushed (with a TTL), the entry acknowledged and deleted. A crash before EXEC leaves the entry
+pending for another worker; nothing is ever half applied. Consumer names are ``host:pid:device:n``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, cast
 
@@ -23,9 +24,11 @@ import redis
 
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.connection import connect
+from aiworker.dag import DagRunner
 from aiworker.devices import parse_device
+from aiworker.dispatch import Completion, QueueRuntime
 from aiworker.errors import AIError
-from aiworker.executor import Executor, Outcome
+from aiworker.executor import Executor, Outcome, StatsRecord
 from aiworker.jobs import ENQUEUED_FIELD, Job, decode_entry, entry_time_ms, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.model_cache import ModelCache
@@ -66,6 +69,8 @@ class Worker:
         self.executor = Executor(
             self.r, self.keys, self.registry, self.cache, settings.max_tensor_bytes
         )
+        self.runtimes = {device: QueueRuntime(self, device) for device in self.devices}
+        self.executor.handlers["DAGEXECUTE"] = DagRunner(self.executor, self.runtimes.get).run
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._jobs_done = 0
@@ -137,30 +142,36 @@ class Worker:
     # consuming -----------------------------------------------------------------------------
 
     def _consume(self, device: str, consumer: str) -> None:
-        queue = self.keys.queue(device)
-        while not self._stop.is_set():
-            try:
-                response = self.r.xreadgroup(
-                    CONSUMER_GROUP, consumer, {queue: ">"}, count=1, block=self.settings.block_ms
-                )
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    ensure_group(self.r, queue)
-                    continue
-                log.exception("reading %s failed", queue)
-                time.sleep(0.5)
-                continue
-            except (redis.ConnectionError, redis.TimeoutError):
-                log.warning("connection lost while reading %s; retrying", queue)
-                time.sleep(0.5)
-                continue
-            for _stream, entries in cast("list[Any]", response) or []:
-                for entry_id, fields in entries:
-                    try:
-                        self._handle(device, queue, _text(entry_id), fields)
-                    except redis.RedisError:  # the entry stays pending; this thread keeps serving
-                        log.exception("job %s on %s could not be completed", entry_id, queue)
-                        time.sleep(0.5)
+        self.runtimes[device].serve(consumer, self._stop)
+
+    def read_entries(
+        self, queue: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, Mapping[Any, Any]]]:
+        """New entries for ``consumer`` (up to ``count``, waiting up to ``block_ms``)."""
+        try:
+            response = self.r.xreadgroup(
+                CONSUMER_GROUP, consumer, {queue: ">"}, count=count, block=block_ms
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                ensure_group(self.r, queue)
+                return []
+            log.exception("reading %s failed", queue)
+            time.sleep(0.5)
+            return []
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("connection lost while reading %s; retrying", queue)
+            time.sleep(0.5)
+            return []
+        return [
+            (_text(entry_id), fields)
+            for _stream, entries in cast("list[Any]", response) or []
+            for entry_id, fields in entries
+        ]
+
+    def held_entry_ids(self) -> list[str]:
+        """Entries this process holds pending (queued locally, waiting for a batch, running)."""
+        return [eid for runtime in self.runtimes.values() for eid in runtime.held_entry_ids()]
 
     def _handle(self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
         started = time.time()
@@ -187,35 +198,71 @@ class Worker:
         started: float | None = None,
     ) -> None:
         """Apply the outcome atomically: outputs, stats, reply, ack and delete."""
+        self.finish_many(queue, [Completion(entry_id, fields, reply_key, outcome, job, started)])
+
+    def finish_many(self, queue: str, items: Sequence[Completion]) -> None:
+        """Apply several outcomes (e.g. a batch's members) in one MULTI/EXEC. Statistics are
+        summed per model first and entries acknowledged together: fewer commands per request."""
         pipe = self.r.pipeline(transaction=True)
-        if outcome.status == "forward":
-            forwarded = {_text(k): v for k, v in fields.items()}
-            if job is not None:
-                forwarded[ENQUEUED_FIELD] = str(job.enqueued_ms)
-            pipe.xadd(outcome.forward_queue, forwarded)  # type: ignore[arg-type]
-        else:
-            for name, array in outcome.writes.items():
-                tensor_io.queue_write(pipe, name, array)
-            if outcome.stats_key:
-                stats.record(
-                    pipe,
-                    self.keys,
-                    outcome.stats_key,
-                    duration_us=outcome.duration_us,
-                    samples=outcome.samples if outcome.status == "ok" else 0,
-                    calls=1,
-                    errors=int(outcome.status == "error"),
-                )
-            if reply_key:
-                pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
-                pipe.expire(reply_key, self.settings.reply_ttl)
-        pipe.xack(queue, CONSUMER_GROUP, entry_id)
-        pipe.xdel(queue, entry_id)
+        totals: dict[str, list[int]] = {}
+        for item in items:
+            self._queue_finish(pipe, item, totals)
+        for key, (duration_us, samples, calls, errors) in totals.items():
+            stats.record(
+                pipe,
+                self.keys,
+                key,
+                duration_us=duration_us,
+                samples=samples,
+                calls=calls,
+                errors=errors,
+            )
+        entry_ids = [item.entry_id for item in items]
+        pipe.xack(queue, CONSUMER_GROUP, *entry_ids)
+        pipe.xdel(queue, *entry_ids)
         pipe.execute()
         with self._counter_lock:
-            self._jobs_done += 1
-        if outcome.status == "error":
-            log.info("job %s failed: %s", entry_id, outcome.error)
+            self._jobs_done += len(items)
+        for item in items:
+            if item.outcome.status == "error":
+                log.info("job %s failed: %s", item.entry_id, item.outcome.error)
+
+    def _queue_finish(
+        self, pipe: redis.client.Pipeline, item: Completion, totals: dict[str, list[int]]
+    ) -> None:
+        """Queue one outcome's writes and reply; add its statistics to ``totals``."""
+        entry_id, fields, reply_key, outcome, job, started = item
+        if outcome.status == "forward":
+            forwarded = {_text(k): v for k, v in fields.items()}
+            if job is not None:  # TIMEOUT keeps counting from the first enqueue
+                forwarded[ENQUEUED_FIELD] = str(job.enqueued_ms)
+            pipe.xadd(outcome.forward_queue, forwarded)  # type: ignore[arg-type]
+            return
+        for name, array in outcome.writes.items():
+            tensor_io.queue_write(pipe, name, array)
+        records = list(outcome.more_stats)
+        if outcome.stats_key:
+            ok = outcome.status == "ok"
+            records.append(
+                StatsRecord(
+                    outcome.stats_key,
+                    duration_us=outcome.duration_us,
+                    samples=outcome.samples if ok else 0,
+                    errors=int(outcome.status == "error"),
+                )
+            )
+        for record in records:
+            total = totals.setdefault(record.key, [0, 0, 0, 0])
+            total[0] += record.duration_us
+            total[1] += record.samples
+            total[2] += record.calls
+            total[3] += record.errors
+        if reply_key:
+            for name, array in outcome.temp_writes.items():
+                tensor_io.queue_write(pipe, name, array)
+                pipe.expire(name, self.settings.reply_ttl)
+            pipe.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
+            pipe.expire(reply_key, self.settings.reply_ttl)
 
     def _reply(self, entry_id: str, outcome: Outcome, started: float | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"status": outcome.status, "id": entry_id, "worker": self.name}
@@ -225,6 +272,7 @@ class Worker:
             reply["queue_ms"] = max(0, int(started * 1000) - entry_time_ms(entry_id))
         if outcome.duration_us:
             reply["compute_ms"] = round(outcome.duration_us / 1000, 3)
+        reply.update(outcome.reply_fields)
         return reply
 
     # heartbeat ------------------------------------------------------------------------------
