@@ -454,6 +454,24 @@ def run(
         fail(exc)
 
 
+@main.command("exec")
+@redis_options
+@click.argument("command", nargs=-1, required=True)
+def exec_command(
+    config_file: str | None, redis_url: str | None, prefix: str | None, command: tuple[str, ...]
+) -> None:
+    """Run one AI.* command in RedisAI syntax and print the reply as redis-cli would, e.g.
+    aiworker exec "AI.TENSORSET a FLOAT 2 VALUES 2 3" (or its words as separate arguments)."""
+    from aiworker.rai_exec import execute
+    from aiworker.resp_format import ErrorReply, format_reply
+
+    client = make_client(config_file, redis_url, prefix)
+    reply = execute(client, command[0] if len(command) == 1 else list(command))
+    click.echo(format_reply(reply))
+    if isinstance(reply, ErrorReply):
+        sys.exit(1)
+
+
 @main.command()
 @redis_options
 @click.argument("key", required=False)

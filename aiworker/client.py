@@ -21,6 +21,8 @@ import redis
 from aiworker import messages
 from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
 from aiworker.connection import install_packer
+from aiworker.dag_client import Dag
+from aiworker.deprecated import DeprecatedCommands
 from aiworker.devices import parse_device
 from aiworker.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.jobs import Request, encode_entry
@@ -67,7 +69,7 @@ def raise_for_reply(reply: dict[str, Any]) -> str:
     raise JobFailed(message)
 
 
-class Client(redis.Redis):
+class Client(DeprecatedCommands, redis.Redis):
     """Drop-in for ``redisai.Client``: every redis-py command plus the RedisAI methods.
 
     ``prefix`` names aiworker's own keys (must match the workers'); ``reply_timeout`` (seconds)
@@ -271,7 +273,18 @@ class Client(redis.Redis):
         Where torch is installed the source is compiled and its entry points checked first, with
         RedisAI's messages; otherwise the worker reports the same errors at the first run.
         """
-        device_name, source, names = script_store.validate(device, script, _as_list(entry_points))
+        return self._scriptstore(key, device, script, _as_list(entry_points), tag)
+
+    def _scriptstore(
+        self,
+        key: str,
+        device: str,
+        script: str | bytes,
+        entry_points: list[str],
+        tag: str | None,
+        legacy: bool = False,
+    ) -> str:
+        device_name, source, names = script_store.validate(device, script, entry_points, legacy)
         check_source(source, names)
         self._check_writable(key, script_store.KIND_SCRIPT)
         script_store.store_script(self, self.keyspace, key, device_name, source, names, tag or "")
@@ -339,6 +352,10 @@ class Client(redis.Redis):
 
     def submit(self, device: str, request: Request) -> str:
         """Enqueue ``request`` on a device queue and wait for its reply (one round trip)."""
+        return raise_for_reply(self.submit_reply(device, request))
+
+    def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
+        """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
         reply_key = self.keyspace.reply(uuid.uuid4().hex)
         deadline = time.monotonic() + self.reply_timeout if self.reply_timeout else None
         pipe = self.pipeline(transaction=False)
@@ -350,7 +367,8 @@ class Client(redis.Redis):
             if remaining is not None and remaining <= 0:
                 raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
             popped = self.blpop([reply_key], timeout=self._blpop_wait(remaining))
-        return raise_for_reply(json.loads(popped[1]))  # type: ignore[index]
+        reply: dict[str, Any] = json.loads(popped[1])  # type: ignore[index]
+        return reply
 
     def _blpop_wait(self, wanted: float | None) -> float:
         """One BLPOP's timeout: at most ``wanted`` and short enough for the socket read timeout
@@ -361,6 +379,18 @@ class Client(redis.Redis):
         limit = 1.0 if not socket_timeout else min(1.0, socket_timeout / 2)
         wait = limit if not wanted else min(wanted, limit)
         return max(wait, 0.01)  # Redis reads a BLPOP timeout below 1 ms as 0: block forever
+
+    def dag(
+        self,
+        load: str | Sequence[str] | None = None,
+        persist: str | Sequence[str] | None = None,
+        routing: str | None = None,
+        timeout: int | None = None,
+        readonly: bool = False,
+    ) -> Dag:
+        """A DAG builder (AI.DAGEXECUTE): chain ``tensorset``, ``tensorget``, ``modelexecute``,
+        ``scriptexecute``, then ``execute()`` for the per-op results."""
+        return Dag(self, load, persist, routing, timeout, readonly)
 
     # statistics and configuration ------------------------------------------------------------
 

@@ -69,7 +69,10 @@ class RedisServer:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
                     raise AIWorkerError(f"redis-server exited at start: {err.strip()}")
                 try:
-                    client.ping()
+                    # another server may have taken the port since free_port() chose it
+                    if int(client.info("server")["process_id"]) != self.process.pid:
+                        self.stop()
+                        raise AIWorkerError(f"port {self.port} is taken by another redis-server")
                     return self
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:

@@ -23,7 +23,6 @@ from aiworker.keys import Keys
 from aiworker.model_cache import ModelCache
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
-from aiworker.storage.lua import LuaScript
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,17 @@ class PreparedModelExecute:
     request: ModelExecute
     meta: model_store.ModelMeta
     inputs: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class StatsRecord:
+    """One AI.INFO contribution: a model or script call."""
+
+    key: str
+    duration_us: int = 0
+    samples: int = 0
+    calls: int = 1
+    errors: int = 0
 
 
 @dataclass
@@ -46,21 +56,23 @@ class Outcome:
     duration_us: int = 0
     samples: int = 0
     forward_queue: str = ""
+    # DAGs: statistics of every model/script op, extra reply fields (per-op results) and
+    # reply-scoped tensors that expire with the reply.
+    more_stats: list[StatsRecord] = field(default_factory=list)
+    reply_fields: dict[str, Any] = field(default_factory=dict)
+    temp_writes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, error: str, stats_key: str | None = None) -> Outcome:
         return cls("error", error=error, stats_key=stats_key)
 
 
-# The model's META_FIELDS (ARGV) and every input tensor's fields. Errors (WRONGTYPE) come back in
-# place of the reply they concern, so each one is reported for the right key.
-_READ_JOB_STATE = LuaScript("""
-local out = {redis.pcall('HMGET', KEYS[1], unpack(ARGV))}
-for i = 2, #KEYS do
-  out[i] = redis.pcall('HGETALL', KEYS[i])
-end
-return out
-""")
+def queue_job_reads(pipe: redis.client.Pipeline, request: ModelExecute) -> int:
+    """Queue the reads ``prepare_model_execute`` needs on ``pipe``; returns how many replies."""
+    pipe.hmget(request.key, list(model_store.META_FIELDS))
+    for name in request.inputs:
+        pipe.hgetall(name)
+    return 1 + len(request.inputs)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -104,9 +116,15 @@ class Executor:
         except AIWorkerError as exc:
             return Outcome.failed(_error_text(exc))
 
-    def _read_job_state(self, request: ModelExecute) -> tuple[model_store.ModelMeta, list[Any]]:
-        """Model metadata and input tensors in one command, as one consistent snapshot."""
-        replies = _READ_JOB_STATE(self.r, [request.key, *request.inputs], model_store.META_FIELDS)
+    def _read_job_state(
+        self, request: ModelExecute, replies: list[Any] | None = None
+    ) -> tuple[model_store.ModelMeta, list[Any]]:
+        """Model metadata and input tensors in one round trip, as one consistent snapshot
+        (``replies``: what ``queue_job_reads`` queued, when the caller pipelined several jobs)."""
+        if replies is None:
+            pipe = self.r.pipeline(transaction=True)
+            queue_job_reads(pipe, request)
+            replies = pipe.execute(raise_on_error=False)
         meta_reply = replies[0]
         if isinstance(meta_reply, redis.ResponseError):
             raise WrongTypeError()
@@ -157,10 +175,10 @@ class Executor:
         return self.run_model_execute(prepared)
 
     def prepare_model_execute(
-        self, request: ModelExecute, queue_device: str
+        self, request: ModelExecute, queue_device: str, replies: list[Any] | None = None
     ) -> PreparedModelExecute | Outcome:
         """Read the model version and decode inputs; an Outcome when the job ends here."""
-        meta, input_replies = self._read_job_state(request)
+        meta, input_replies = self._read_job_state(request, replies)
         device = parse_device(meta.device)
         if device.queue != queue_device.upper():
             return Outcome("forward", forward_queue=self.keys.queue(device.queue))

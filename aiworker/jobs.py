@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from aiworker.errors import AIError
+from aiworker.storage import tensor as codec
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,63 @@ class ScriptExecute:
     args: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     timeout_ms: int | None = None
+    # Deprecated AI.SCRIPTRUN only: the index in ``inputs`` where its ``$`` list starts; those
+    # inputs reach the function as one List[Tensor] argument after the positional tensors.
+    variadic: int | None = None
     op: str = field(default="SCRIPTEXECUTE", init=False)
 
 
-Request = ModelExecute | ScriptExecute
-_REQUEST_TYPES: dict[str, type[ModelExecute] | type[ScriptExecute]] = {
+@dataclass(frozen=True)
+class TensorSet:
+    """AI.TENSORSET (a command, or an op of a DAG): ``blob`` in the stored layout, None for zeros."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...] = ()
+    blob: bytes | None = None
+    op: str = field(default="TENSORSET", init=False)
+
+    def array(self) -> np.ndarray:
+        if self.blob is None:
+            return codec.zeros(self.dtype, self.shape)
+        return codec.from_blob(self.dtype, self.shape, self.blob)
+
+
+@dataclass(frozen=True)
+class TensorGet:
+    """AI.TENSORGET: ``meta`` for dtype/shape, ``data`` "BLOB", "VALUES" or "" (none)."""
+
+    key: str
+    meta: bool = True
+    data: str = "BLOB"
+    op: str = field(default="TENSORGET", init=False)
+
+
+DagOp = TensorSet | TensorGet | ModelExecute | ScriptExecute
+
+
+@dataclass(frozen=True)
+class DagExecute:
+    """AI.DAGEXECUTE(_RO) (and the deprecated AI.DAGRUN): ops on DAG-local tensors."""
+
+    ops: tuple[DagOp, ...]
+    load: tuple[str, ...] = ()
+    persist: tuple[str, ...] = ()
+    routing: str | None = None
+    timeout_ms: int | None = None
+    readonly: bool = False
+    op: str = field(default="DAGEXECUTE", init=False)
+
+
+Request = ModelExecute | ScriptExecute | DagExecute
+_REQUEST_TYPES: dict[str, type[Request]] = {
+    "MODELEXECUTE": ModelExecute,
+    "SCRIPTEXECUTE": ScriptExecute,
+    "DAGEXECUTE": DagExecute,
+}
+_OP_TYPES: dict[str, type[DagOp]] = {
+    "TENSORSET": TensorSet,
+    "TENSORGET": TensorGet,
     "MODELEXECUTE": ModelExecute,
     "SCRIPTEXECUTE": ScriptExecute,
 }
@@ -70,25 +124,40 @@ def request_to_map(request: Request) -> dict[str, Any]:
     }
 
 
-def request_from_map(data: Mapping[str, Any]) -> Request:
+def _field_value(name: str, value: Any) -> Any:
+    """A msgpack-decoded field back in its dataclass type."""
+    if name == "ops":
+        return tuple(_from_map(op, _OP_TYPES) for op in value)
+    if name in ("timeout_ms", "variadic"):
+        return int(value) if value is not None else None
+    if name in ("readonly", "meta"):
+        return bool(value)
+    if name == "shape":
+        return tuple(int(v) for v in value)
+    if name == "blob":
+        return bytes(value) if value is not None else None
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return str(value)
+
+
+def _from_map(data: Any, types: Mapping[str, type[Any]]) -> Any:
+    if not isinstance(data, Mapping):
+        raise AIError("malformed job entry: an op is not a map")
     op = str(data.get("op", "")).upper()
-    cls = _REQUEST_TYPES.get(op)
+    cls = types.get(op)
     if cls is None:
         raise AIError(f"unknown job op {op!r}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        if name == "op":
-            continue
-        if name == "timeout_ms":
-            kwargs[name] = int(value) if value is not None else None
-        elif isinstance(value, (list, tuple)):
-            kwargs[name] = tuple(str(v) for v in value)
-        else:
-            kwargs[name] = str(value)
     try:
+        kwargs = {name: _field_value(name, v) for name, v in data.items() if name != "op"}
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise AIError(f"malformed {op} job: {exc}") from None
+
+
+def request_from_map(data: Mapping[str, Any]) -> Request:
+    request: Request = _from_map(data, _REQUEST_TYPES)
+    return request
 
 
 def encode_entry(request: Request, reply: str | None) -> dict[str, bytes | str]:
@@ -135,7 +204,11 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> Job:
             raise AIError("malformed job entry: 'job' is not a map")
         request = request_from_map(data)
     elif "cmd" in named:
-        request = parse_command(_text(named["cmd"]))
+        cmd = named["cmd"]
+        # surrogateescape keeps a raw BLOB's bytes intact through the text parser
+        request = parse_command(
+            cmd.decode("utf-8", "surrogateescape") if isinstance(cmd, bytes) else str(cmd)
+        )
     else:
         raise AIError("malformed job entry: expected a 'cmd' or 'job' field")
     enqueued = entry_time_ms(entry_id)

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import redis
 
-from aiworker.completion import Completer, Completion
+from aiworker.completion import Commands, Completer
 from aiworker.jobs import decode_entry, reply_key_of
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.metrics import WorkerMetrics
@@ -87,7 +87,10 @@ end
 return removed
 """
 
-Handler = Callable[[str, str, str, Mapping[Any, Any]], None]
+# Takes entries this process claimed back: (device, [(entry id, fields)]).
+Accept = Callable[[str, list[tuple[str, Mapping[Any, Any]]]], None]
+# The (queue, entry id) pairs the process' queue runtimes hold right now.
+StillHeld = Callable[[], set[tuple[str, str]]]
 
 
 def _text(value: Any) -> str:
@@ -103,11 +106,11 @@ class HeldEntries:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], str] = {}
+        self._entries: dict[tuple[str, str], tuple[str, float]] = {}  # -> (consumer, since)
 
     def add(self, queue: str, entry_id: str, consumer: str) -> None:
         with self._lock:
-            self._entries[(queue, entry_id)] = consumer
+            self._entries[(queue, entry_id)] = (consumer, time.monotonic())
 
     def discard(self, queue: str, entry_id: str) -> None:
         with self._lock:
@@ -121,9 +124,26 @@ class HeldEntries:
         """(queue, consumer) -> entry ids."""
         owners: dict[tuple[str, str], list[str]] = {}
         with self._lock:
-            for (queue, entry_id), consumer in self._entries.items():
+            for (queue, entry_id), (consumer, _since) in self._entries.items():
                 owners.setdefault((queue, consumer), []).append(entry_id)
         return owners
+
+    def prune(self, keep: set[tuple[str, str]], grace_s: float) -> list[tuple[str, str]]:
+        """Forget entries not in ``keep`` that were added more than ``grace_s`` ago: whoever held
+        them let go without completing them (e.g. Redis failed), so their lease must lapse and
+        another delivery run them. Returns the forgotten ones."""
+        horizon = time.monotonic() - grace_s
+        with self._lock:
+            gone = [
+                k for k, (_, since) in self._entries.items() if k not in keep and since < horizon
+            ]
+            for key in gone:
+                del self._entries[key]
+        return gone
+
+    def count(self, queue: str) -> int:
+        with self._lock:
+            return sum(1 for q, _ in self._entries if q == queue)
 
     def __contains__(self, item: object) -> bool:
         with self._lock:
@@ -145,7 +165,8 @@ class Recovery:
         completer: Completer,
         metrics: WorkerMetrics,
         worker_name: str,
-        handle: Handler,
+        accept: Accept,
+        still_held: StillHeld | None = None,
     ) -> None:
         self.r = r
         self.settings = settings
@@ -154,7 +175,8 @@ class Recovery:
         self.completer = completer
         self.metrics = metrics
         self.worker_name = worker_name
-        self.handle = handle
+        self.accept = accept
+        self.still_held = still_held
         self.visibility_ms = max(1, int(settings.visibility_timeout * 1000))
         self.interval = max(0.05, settings.visibility_timeout / 4)
         self._renew = r.register_script(RENEW_SCRIPT)
@@ -178,6 +200,13 @@ class Recovery:
         """Renew leases until ``stop_leases``; runs in its own thread, also while draining."""
         while not self._lease_stop.wait(self.interval):
             try:
+                if self.still_held is not None:
+                    for queue, entry_id in self.held.prune(self.still_held(), self.interval):
+                        log.info(
+                            "job %s: let go unfinished; its lease lapses",
+                            entry_id,
+                            extra={"job_id": entry_id, "queue": queue},
+                        )
                 for queue, entry_id in self.renew():
                     self.held.discard(queue, entry_id)  # stop renewing; completion decides
                     log.warning(
@@ -240,6 +269,7 @@ class Recovery:
             for entry_id, _ in claimed:
                 self.held.add(queue, entry_id, consumer)
             deliveries = self._deliveries(queue, [entry_id for entry_id, _ in claimed])
+            runnable: list[tuple[str, Mapping[Any, Any]]] = []
             for entry_id, fields in claimed:
                 if stop is not None and stop.is_set():
                     break  # still held: handed back by the graceful stop
@@ -258,7 +288,9 @@ class Recovery:
                         count,
                         extra={"job_id": entry_id, "queue": queue},
                     )
-                    self.handle(device, queue, entry_id, fields)
+                    runnable.append((entry_id, fields))
+            if runnable:
+                self.accept(device, runnable)
             if _text(cursor) == "0-0":
                 break
         return handled
@@ -296,10 +328,10 @@ class Recovery:
                 "dead_letter_time": int(time.time()),
             }
         )
-        done = Completion().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
+        done = Commands().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
         model = ""
         with contextlib.suppress(Exception):  # an undecodable entry has no model to count against
-            model = decode_entry(entry_id, fields).request.key
+            model = str(getattr(decode_entry(entry_id, fields).request, "key", ""))
             stats.record(cast(Any, done), self.keys, model, calls=1, errors=1)
         reply_key = reply_key_of(fields)
         if reply_key:
@@ -313,7 +345,7 @@ class Recovery:
         try:
             result = self.completer.complete(queue, entry_id, done)
             if result.rejected:  # e.g. a broken reply key: still get it out of the queue
-                bare = Completion().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
+                bare = Commands().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
                 result = self.completer.complete(queue, entry_id, bare)
         finally:
             self.held.discard(queue, entry_id)

@@ -79,7 +79,7 @@ class ScriptRunner:
         device = parse_device(meta.device)
         if device.queue != queue_device.upper():
             return Outcome("forward", forward_queue=self.executor.keys.queue(device.queue))
-        if request.function not in meta.entry_points:
+        if meta.entry_points and request.function not in meta.entry_points:
             return Outcome.failed(
                 messages.SCRIPT_FUNCTION_MISSING.format(name=request.function), request.key
             )
@@ -94,9 +94,8 @@ class ScriptRunner:
             backend = self.executor.registry.get(SCRIPT_BACKEND)
             try:
                 device = parse_device(stored.device)
-                return "script:" + stored.digest, backend.load_script(
-                    source, stored.entry_points, device
-                )
+                script = backend.load_script(source, stored.entry_points, device)
+                return "script:" + stored.digest, script
             except AIError:
                 raise
             except AIWorkerError as exc:  # e.g. torch not installed: the cache keeps AIErrors
@@ -119,10 +118,11 @@ class ScriptRunner:
         keys: Sequence[str],
         args: Sequence[str],
         n_outputs: int,
+        variadic: int | None = None,
     ) -> list[np.ndarray]:
         """Run one entry point on arrays; raises ``AIError`` with RedisAI's messages."""
         script = self.script_for(key, meta)
-        return script.call(function, tensors, keys, args, n_outputs)
+        return script.call(function, tensors, keys, args, n_outputs, variadic)
 
     def run(self, prepared: PreparedScriptExecute) -> Outcome:
         """Run a prepared SCRIPTEXECUTE and collect its outputs."""
@@ -139,6 +139,7 @@ class ScriptRunner:
                 request.keys,
                 request.args,
                 len(request.outputs),
+                request.variadic,
             )
         except AIError as exc:
             return Outcome.failed(str(exc) or type(exc).__name__, request.key)
@@ -152,3 +153,30 @@ class ScriptRunner:
             codec.dtype_of(array)  # refuse output types RedisAI cannot store
             writes[name] = array
         return Outcome("ok", writes=writes, stats_key=request.key, duration_us=duration_us)
+
+
+# The interface DAG ops use: the same metadata read, and a call on DAG-local arrays.
+META_FIELDS = script_store.META_FIELDS
+
+
+def script_fields(reply: Any) -> dict[str, str]:
+    """The metadata of an HMGET of META_FIELDS as a dict (RedisAI's errors for missing/other)."""
+    meta = script_store.check_reply(reply)
+    return {"device": meta.device, "tag": meta.tag, "digest": meta.digest}
+
+
+def run_script(
+    executor: Executor,
+    key: str,
+    function: str,
+    inputs: Sequence[np.ndarray],
+    keys: Sequence[str] = (),
+    args: Sequence[str] = (),
+    variadic: int | None = None,
+) -> list[np.ndarray]:
+    """Call ``function`` of the script at ``key`` on arrays; every tensor it returns."""
+    meta = script_store.read_meta(executor.r, key)
+    if meta.entry_points and function not in meta.entry_points:
+        raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
+    script = ScriptRunner(executor).script_for(key, meta)
+    return script.call(function, inputs, keys, args, -1, variadic)

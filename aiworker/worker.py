@@ -1,19 +1,23 @@
 """The worker process: THREADS_PER_QUEUE consumer threads per device stream, one consumer group.
 
-Each thread reads one entry at a time (XREADGROUP), decodes it, has the Executor run it, then applies
-the outcome in one atomic completion script: entry acknowledged, outputs written, stats counted, the
-reply pushed (with a TTL), entry deleted. A crash before it leaves the entry pending for another
-worker; nothing is ever half applied. Consumer names are ``host:pid:device:n``.
+The threads of a device queue share a reader, a local run queue and the autobatcher
+(``aiworker.dispatch``): entries are decoded, run by the Executor (batched when their model has
+BATCHSIZE > 0), then the outcomes are applied by one atomic completion script: each entry
+acknowledged, its outputs written, stats counted, the reply pushed (with a TTL), the entry deleted.
+A crash before it leaves the entry pending for another worker; nothing is ever half applied.
+Consumer names are ``host:pid:device:n``.
 
-Crash safety (``recovery.py``, ``completion.py``): entries in hand are registered in ``held`` and
-their leases renewed; each device queue also has a reclaim thread that takes over entries of dead
-workers and dead-letters those that keep failing; completion applies at most once per entry, so a
-redelivered job that two workers finish replies once. A failing job, a malformed entry or a Redis
-hiccup never ends a thread: the requester gets an error reply, or the entry stays pending.
+Crash safety (``recovery.py``, ``completion.py``): every entry the process takes is registered in
+``held`` with its consumer and its lease renewed while a queue runtime holds it; a reclaim thread
+per device queue takes over entries of dead workers (through ``QueueRuntime.accept``) and
+dead-letters those that keep failing; completion applies at most once per entry, so a redelivered
+job that two workers finish replies once. A failing job, a malformed entry or a Redis hiccup never
+ends a thread: the requester gets an error reply, or the entry stays pending for a retry.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,20 +25,21 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, cast
 
 import redis
 
-from aiworker import limits, redis_options
+from aiworker import redis_options
 from aiworker.backends.base import BackendOptions, Registry
-from aiworker.completion import Completer, Completion
+from aiworker.completion import Commands, Completer, Result
 from aiworker.connection import connect
+from aiworker.dag import DagRunner
 from aiworker.devices import parse_device
-from aiworker.errors import AIError
-from aiworker.executor import Executor, Outcome
-from aiworker.jobs import ENQUEUED_FIELD, Job, decode_entry, entry_time_ms, reply_key_of
+from aiworker.dispatch import Completion, QueueRuntime
+from aiworker.executor import Executor, Outcome, StatsRecord
+from aiworker.jobs import ENQUEUED_FIELD, Job, entry_time_ms
 from aiworker.keys import CONSUMER_GROUP, Keys
 from aiworker.metrics import WorkerMetrics, failure_reason
 from aiworker.model_cache import ModelCache
@@ -70,7 +75,10 @@ class Worker:
             if r is not None
             else connect(settings.redis_url, **redis_options.worker_kwargs(settings))
         )
-        self.block_ms = redis_options.block_ms_for(self.r, settings.block_ms)
+        # Blocking reads stay below the socket timeout (runtimes read settings.block_ms).
+        settings = settings.replace(block_ms=redis_options.block_ms_for(self.r, settings.block_ms))
+        self.settings = settings
+        self.block_ms = settings.block_ms
         self.devices = [parse_device(d).queue for d in settings.devices]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.registry = Registry(
@@ -90,6 +98,8 @@ class Worker:
             settings.max_tensor_bytes,
             settings.max_model_bytes,
         )
+        self.runtimes = {device: QueueRuntime(self, device) for device in self.devices}
+        self.executor.handlers["DAGEXECUTE"] = DagRunner(self.executor, self.runtimes.get).run
         self._stop = threading.Event()
         self._hurry = threading.Event()  # a second signal: cut the drain short
         self._threads: list[threading.Thread] = []
@@ -101,8 +111,19 @@ class Worker:
         self.held = HeldEntries()
         self.completer = Completer(self.r)
         self.recovery = Recovery(
-            self.r, settings, self.held, self.completer, self.metrics, self.name, self._handle_entry
+            self.r,
+            settings,
+            self.held,
+            self.completer,
+            self.metrics,
+            self.name,
+            accept=self._accept_reclaimed,
+            still_held=self._runtime_held,
         )
+        for device in self.devices:  # in flight: the entries held (queued, batching, running)
+            self.metrics.in_flight.labels(device).set_function(
+                functools.partial(self.held.count, self.keys.queue(device))
+            )
         self._consumers: dict[str, list[str]] = {}
         self._lease_thread: threading.Thread | None = None
 
@@ -197,100 +218,61 @@ class Worker:
     def jobs_done(self) -> int:
         return self._jobs_done
 
-    def held_entries(self) -> list[tuple[str, str]]:
-        """(queue, entry id) of every entry this process holds; their leases are being renewed.
-
-        Code that keeps entries without completing them right away (a batcher) registers them with
-        ``self.held.add(queue, entry_id, consumer)`` and ``self.held.discard`` once completed.
-        """
-        return self.held.pairs()
-
     # consuming -----------------------------------------------------------------------------
 
     def _consume(self, device: str, consumer: str) -> None:
-        queue = self.keys.queue(device)
-        while not self._stop.is_set():
-            try:
-                response = self.r.xreadgroup(
-                    CONSUMER_GROUP, consumer, {queue: ">"}, count=1, block=self.block_ms
-                )
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
-                    self._ensure_group(queue)
-                    continue
-                log.exception("reading %s failed", queue)
-                self._stop.wait(READ_ERROR_PAUSE_S)
-                continue
-            except redis.RedisError as exc:  # redis-py already retried with backoff
-                self.metrics.redis_errors.labels("read").inc()
-                log.warning("connection lost while reading %s (%s); retrying", queue, exc)
-                self._stop.wait(READ_ERROR_PAUSE_S)
-                continue
-            entries = [
-                (_text(entry_id), fields)
-                for _stream, stream_entries in cast("list[Any]", response) or []
-                for entry_id, fields in stream_entries
-            ]
-            for entry_id, _fields in entries:
-                self.held.add(queue, entry_id, consumer)
-            for entry_id, fields in entries:
-                self._handle_entry(device, queue, entry_id, fields)
+        self.runtimes[device].serve(consumer, self._stop)
 
-    def _ensure_group(self, queue: str) -> None:
+    def read_entries(
+        self, queue: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, Mapping[Any, Any]]]:
+        """New entries for ``consumer`` (up to ``count``, waiting up to ``block_ms``)."""
         try:
-            ensure_group(self.r, queue)
-        except redis.RedisError as exc:
-            log.warning("creating the group of %s failed: %s", queue, exc)
-            self._stop.wait(READ_ERROR_PAUSE_S)
-
-    def _handle_entry(
-        self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]
-    ) -> None:
-        """Run one held entry; never raises. If Redis fails, the entry stays pending (and is
-        reclaimed after the visibility timeout) instead of being lost or answered twice."""
-        self.metrics.in_flight.labels(device).inc()
-        try:
-            self._handle(device, queue, entry_id, fields)
-        except redis.RedisError as exc:
-            self.metrics.redis_errors.labels("job").inc()
-            log.warning(
-                "job %s: Redis failed (%s); left pending for a retry",
-                entry_id,
-                exc,
-                extra={"job_id": entry_id, "queue": queue},
+            response = self.r.xreadgroup(
+                CONSUMER_GROUP, consumer, {queue: ">"}, count=count, block=block_ms
             )
-        except Exception:  # a bug; the job stays pending and ends in the dead letters if it recurs
-            log.exception("job %s: unexpected failure", entry_id, extra={"job_id": entry_id})
-        finally:
-            self.held.discard(queue, entry_id)
-            self.metrics.in_flight.labels(device).dec()
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
+                try:
+                    ensure_group(self.r, queue)
+                except redis.RedisError:
+                    self._stop.wait(READ_ERROR_PAUSE_S)
+                return []
+            log.exception("reading %s failed", queue)
+            self._stop.wait(READ_ERROR_PAUSE_S)
+            return []
+        except redis.RedisError as exc:  # redis-py already retried with backoff
+            self.metrics.redis_errors.labels("read").inc()
+            log.warning("connection lost while reading %s (%s); retrying", queue, exc)
+            self._stop.wait(READ_ERROR_PAUSE_S)
+            return []
+        entries = [
+            (_text(entry_id), fields)
+            for _stream, stream_entries in cast("list[Any]", response) or []
+            for entry_id, fields in stream_entries
+        ]
+        for entry_id, _fields in entries:  # leased from now on, until completed or let go
+            self.held.add(queue, entry_id, consumer)
+        return entries
 
-    def _handle(self, device: str, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
-        started = time.time()
-        try:
-            limits.check_entry(fields)
-            job = decode_entry(entry_id, fields)
-        except Exception as exc:  # any malformed entry: its requester is told, the worker goes on
-            error = str(exc) if isinstance(exc, AIError) else f"malformed job entry: {exc!r}"
-            self._finish(queue, entry_id, fields, reply_key_of(fields), Outcome.failed(error))
-            return
-        deadline = job.deadline_ms
-        if deadline is not None and started * 1000 > deadline:
-            outcome = Outcome("timedout")
-        else:
-            outcome = self._execute(job, device)
-        self._finish(queue, entry_id, fields, job.reply, outcome, job, started)
+    def held_entry_ids(self) -> list[str]:
+        """Entries this process holds pending (queued locally, waiting for a batch, running)."""
+        return [eid for runtime in self.runtimes.values() for eid in runtime.held_entry_ids()]
 
-    def _execute(self, job: Job, device: str) -> Outcome:
-        try:
-            return self.executor.execute(job, device)
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise  # not the job's fault: it stays pending and runs again
-        except redis.ResponseError as exc:  # e.g. NOPERM reading a key outside the worker's ACL
-            return Outcome.failed(str(exc))
-        except Exception as exc:  # a bug in a handler: answer the job instead of crashing
-            log.exception("job %s: unexpected error", job.entry_id, extra={"job_id": job.entry_id})
-            return Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
+    def held_entries(self) -> list[tuple[str, str]]:
+        """(queue, entry id) of every entry whose lease this process renews."""
+        return self.held.pairs()
+
+    def _accept_reclaimed(self, device: str, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
+        """Entries claimed back from a dead consumer join this queue's runtime like read ones."""
+        self.runtimes[device].accept(entries)
+
+    def _runtime_held(self) -> set[tuple[str, str]]:
+        return {
+            (runtime.queue, entry_id)
+            for runtime in self.runtimes.values()
+            for entry_id in runtime.held_entry_ids()
+        }
 
     def _finish(
         self,
@@ -302,85 +284,103 @@ class Worker:
         job: Job | None = None,
         started: float | None = None,
     ) -> None:
-        """Apply the outcome at most once (``completion.py``): outputs, stats, reply, ack, delete."""
-        done = self._completion(entry_id, fields, reply_key, outcome, started, job)
-        result = self.completer.complete(queue, entry_id, done)
-        if result.rejected:
-            # A command would have failed inside the script (the worker's ACL, a key of another
-            # type) and nothing was applied. An unusable reply key: complete without a reply.
-            # Anything else: answer with the reason. Failing both, just take it off the queue.
-            log.warning("job %s: %s", entry_id, result.reason, extra={"job_id": entry_id})
-            if result.key == reply_key:
-                reply_key = None
-            else:
-                outcome = Outcome.failed(result.reason, outcome.stats_key)
-            done = self._completion(entry_id, fields, reply_key, outcome, started, job)
-            result = self.completer.complete(queue, entry_id, done)
-            if result.rejected:
-                result = self.completer.complete(queue, entry_id, Completion())
-        self._record(queue, entry_id, outcome, job, started, result.applied, result.duplicate)
+        """Apply one outcome at most once: outputs, stats, reply, ack and delete."""
+        self.finish_many(queue, [Completion(entry_id, fields, reply_key, outcome, job, started)])
 
-    def _completion(
-        self,
-        entry_id: str,
-        fields: Mapping[Any, Any],
-        reply_key: str | None,
-        outcome: Outcome,
-        started: float | None,
-        job: Job | None = None,
-    ) -> Completion:
-        done = Completion()
+    def finish_many(self, queue: str, items: Sequence[Completion]) -> None:
+        """Apply several outcomes (e.g. a batch's members) in one completion script; each entry's
+        writes apply only if this delivery is the one that completes it (``completion.py``)."""
+        try:
+            results = self.completer.complete_many(
+                queue, [(item.entry_id, self._commands(item)) for item in items]
+            )
+            if isinstance(results, Result):  # a command would fail: nothing applied; one by one
+                results = [self._finish_one(queue, item, results) for item in items]
+            for item, result in zip(items, results, strict=True):
+                self._record(queue, item, result)
+        finally:
+            for item in items:
+                self.held.discard(queue, item.entry_id)
+
+    def _finish_one(self, queue: str, item: Completion, rejected: Result) -> Result:
+        """Complete one entry after a rejection (the worker's ACL, a key of another type):
+        an unusable reply key completes without a reply; anything else is answered with the
+        reason; failing both, the entry is just taken off the queue."""
+        result = self.completer.complete(queue, item.entry_id, self._commands(item))
+        if not result.rejected:
+            return result
+        log.warning("job %s: %s", item.entry_id, result.reason, extra={"job_id": item.entry_id})
+        if result.key == item.reply_key:
+            item = item._replace(reply_key=None)
+        else:
+            outcome = Outcome.failed(result.reason, item.outcome.stats_key)
+            item = item._replace(outcome=outcome)
+        result = self.completer.complete(queue, item.entry_id, self._commands(item))
+        if result.rejected:
+            result = self.completer.complete(queue, item.entry_id, Commands())
+        return result
+
+    def _commands(self, item: Completion) -> Commands:
+        """The writes, statistics and reply of one finished entry."""
+        entry_id, fields, reply_key, outcome, job, started = item
+        done = Commands()
         if outcome.status == "forward":
             forwarded = {_text(k): v for k, v in fields.items()}
             if job is not None:  # TIMEOUT keeps counting from the first enqueue
                 forwarded[ENQUEUED_FIELD] = str(job.enqueued_ms)
-            done.xadd(outcome.forward_queue, forwarded)
-            return done
+            return done.xadd(outcome.forward_queue, forwarded)
         pipe = cast(Any, done)  # offers the pipeline methods these storage helpers queue on
         for name, array in outcome.writes.items():
             tensor_io.queue_write(pipe, name, array)
+        records = list(outcome.more_stats)
         if outcome.stats_key:
+            ok = outcome.status == "ok"
+            records.append(
+                StatsRecord(
+                    outcome.stats_key,
+                    duration_us=outcome.duration_us,
+                    samples=outcome.samples if ok else 0,
+                    errors=int(outcome.status == "error"),
+                )
+            )
+        for record in records:
             stats.record(
                 pipe,
                 self.keys,
-                outcome.stats_key,
-                duration_us=outcome.duration_us,
-                samples=outcome.samples if outcome.status == "ok" else 0,
-                calls=1,
-                errors=int(outcome.status == "error"),
+                record.key,
+                duration_us=record.duration_us,
+                samples=record.samples,
+                calls=record.calls,
+                errors=record.errors,
             )
         if reply_key:
+            for name, array in outcome.temp_writes.items():
+                tensor_io.queue_write(pipe, name, array)
+                done.expire(name, self.settings.reply_ttl)
             done.lpush(reply_key, json.dumps(self._reply(entry_id, outcome, started)))
             done.expire(reply_key, self.settings.reply_ttl)
         return done
 
-    def _record(
-        self,
-        queue: str,
-        entry_id: str,
-        outcome: Outcome,
-        job: Job | None,
-        started: float | None,
-        applied: bool,
-        duplicate: bool,
-    ) -> None:
+    def _record(self, queue: str, item: Completion, result: Result) -> None:
         """Counters, metrics and logs of a finished entry."""
+        entry_id, _fields, _reply_key, outcome, job, started = item
         device = queue[len(self.keys.queue("")) :]
         extra = {"job_id": entry_id, "queue": queue}
-        if duplicate:
+        if result.duplicate:
             self.metrics.duplicates.labels(device).inc()
             log.info("job %s: completed by another delivery; result dropped", entry_id, extra=extra)
             return
-        if not applied or outcome.status == "forward":
+        if not result.applied or outcome.status == "forward":
             return
-        model = job.request.key if job is not None else ""
+        model = str(getattr(job.request, "key", "")) if job is not None else ""
         with self._counter_lock:
             self._jobs_done += 1
             self._jobs_failed += int(outcome.status != "ok")
         if outcome.status == "ok":
             if started is not None:
                 self.metrics.queued(model, device, started - entry_time_ms(entry_id) / 1000)
-            self.metrics.success(model, device, outcome.duration_us / 1_000_000)
+            batch = outcome.reply_fields.get("batch", {}).get("requests", 1)
+            self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch)
             log.debug("job %s done", entry_id, extra=extra)
         else:
             reason = failure_reason(outcome.status, outcome.error, malformed=job is None)
@@ -401,6 +401,7 @@ class Worker:
             reply["queue_ms"] = max(0, int(started * 1000) - entry_time_ms(entry_id))
         if outcome.duration_us:
             reply["compute_ms"] = round(outcome.duration_us / 1000, 3)
+        reply.update(outcome.reply_fields)
         return reply
 
     # heartbeat and deregistration ----------------------------------------------------------

@@ -105,10 +105,21 @@ def wait_for_workers(r: redis.Redis, procs: Iterable[WorkerProcess], timeout: fl
     wait_until(ready, timeout=timeout, interval=0.05)
 
 
-def stub_model(r: redis.Redis, key: str = "m", **program: object) -> None:
+def stub_model(
+    r: redis.Redis, key: str = "m", batch: tuple[int, int, int] = (0, 0, 0), **program: object
+) -> None:
+    """A STUB model (``add`` unless ``op`` says otherwise); ``batch``: BATCHSIZE, MINBATCHSIZE,
+    MINBATCHTIMEOUT."""
     from aiworker.storage import model as model_store
 
-    meta = model_store.ModelMeta(backend="STUB", device="CPU")
+    batchsize, minbatchsize, minbatchtimeout = batch
+    meta = model_store.ModelMeta(
+        backend="STUB",
+        device="CPU",
+        batchsize=batchsize,
+        minbatchsize=minbatchsize,
+        minbatchtimeout=minbatchtimeout,
+    )
     model_store.store_model(r, KEYS, key, meta, json.dumps({"op": "add", **program}).encode())
 
 

@@ -33,11 +33,13 @@ from aiworker.storage import model as model_store
 from aiworker.storage.tensor import DTYPE_NAMES
 
 MODEL_KINDS = (
-    "good", "missing", "string", "list", "tensor", "stub_garbage", "stub_unknown_op",
+    "good", "batched", "missing", "string", "list", "tensor", "stub_garbage", "stub_unknown_op",
     "torch_garbage", "torch_truncated", "torch_flipped", "unknown_backend", "huge_chunks",
     "wrong_size", "missing_chunk",
 )  # fmt: skip
 # Mostly valid inputs, so that the model's own faults are reached too.
+# A few flipped bytes may leave a TorchScript archive loadable and correct: it may run.
+MAY_RUN = ("good", "batched", "torch_flipped")
 KEY_KINDS = ("good", "good", "good", "missing", "string", "list", "model", "hash")
 SHAPES = st.one_of(
     st.lists(st.integers(1, 4), max_size=3).map(lambda dims: ",".join(map(str, dims))),
@@ -116,7 +118,7 @@ def scenario(draw: st.DrawFn) -> Case:
     )  # reply key unusable
     if broken_reply:
         keys["reply"] = ("string", None)
-    return Case(entry, keys, may_succeed=model_kind == "good", reply=not broken_reply)
+    return Case(entry, keys, may_succeed=model_kind in MAY_RUN, reply=not broken_reply)
 
 
 def _pinned(model_kind: str, input_kind: str, **fields: Any) -> Case:
@@ -133,7 +135,7 @@ def _pinned(model_kind: str, input_kind: str, **fields: Any) -> Case:
         spec = (input_kind, None)
     keys = {"model": ("model", model_kind), "in0": spec, "out": ("missing", None)}
     cmd = "AI.MODELEXECUTE model INPUTS 1 in0 OUTPUTS 1 out"
-    return Case({"cmd": cmd}, keys, may_succeed=model_kind == "good" and input_kind == "good")
+    return Case({"cmd": cmd}, keys, may_succeed=model_kind in MAY_RUN and input_kind == "good")
 
 
 CASES = st.one_of(
@@ -163,6 +165,8 @@ def _model(r: Client, key: str, kind: str, rng: random.Random) -> None:
 
     if kind == "good":
         stub_model(r, key, op="identity")
+    elif kind == "batched":  # through the autobatcher
+        stub_model(r, key, batch=(4, 0, 0), op="identity")
     elif kind == "string":
         r.set(key, "x")
     elif kind == "list":
@@ -261,6 +265,8 @@ def test_malformed_entries_never_take_a_worker_down(
     )
     @given(case=CASES, seed=st.integers(0, 2**32))
     @example(case=_pinned("good", "huge"), seed=0)
+    @example(case=_pinned("batched", "huge"), seed=0)
+    @example(case=_pinned("batched", "good", dtype="INT8", shape="2,2", blob=b"\x01" * 3), seed=0)
     @example(case=_pinned("good", "good", dtype="FLOAT", shape="3", blob=b"\x00" * 5), seed=0)
     @example(case=_pinned("missing", "good"), seed=0)
     @example(case=_pinned("stub_garbage", "good"), seed=1)

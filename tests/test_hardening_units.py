@@ -7,7 +7,7 @@ import logging
 
 import redis
 
-from aiworker.completion import Completion
+from aiworker.completion import Commands, script_args
 from aiworker.keys import CONSUMER_GROUP
 from aiworker.logs import JsonFormatter
 from aiworker.metrics import WorkerMetrics, failure_reason
@@ -17,24 +17,28 @@ from aiworker.settings import Settings
 
 
 def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> None:
-    done = Completion().delete("o").hset("o", mapping={"kind": "tensor"}).lpush("r", "x")
+    done = Commands().delete("o").hset("o", mapping={"kind": "tensor"}).lpush("r", "x")
     done.expire("r", 5).hincrby("s", "calls", 1)
-    keys, argv = done.script_args("q", "1-0")
+    other = Commands().lpush("r", "y")
+    keys, argv = script_args("q", [("1-0", done), ("2-0", other)])
     assert keys == ["q", "o", "r", "s"]
     assert argv == [
-        CONSUMER_GROUP, "1-0", 0,
+        CONSUMER_GROUP, 0, 2,
+        "1-0", 5,
         0, "DEL", 2,
         2, "HSET", 2, "kind", "tensor",
         1, "LPUSH", 3, "x",
         1, "EXPIRE", 3, "5",
         2, "HINCRBY", 4, "calls", "1",
+        "2-0", 1,
+        1, "LPUSH", 3, "y",
     ]  # fmt: skip
-    keys, argv = done.script_args("q", "1-0", declare=False)
-    assert keys == ["q"] and argv[:6] == [CONSUMER_GROUP, "1-0", 3, "o", "r", "s"]
+    keys, argv = script_args("q", [("1-0", done)], declare=False)
+    assert keys == ["q"] and argv[:6] == [CONSUMER_GROUP, 3, "o", "r", "s", 1]
 
 
 def test_completion_xadd_with_cap() -> None:
-    done = Completion().xadd("dl", {"a": b"1"}, maxlen=10)
+    done = Commands().xadd("dl", {"a": b"1"}, maxlen=10)
     assert done.commands == [("XADD", "dl", ["MAXLEN", "~", "10", "*", "a", b"1"])]
 
 

@@ -14,7 +14,7 @@ from faults import QUEUE, enqueue, job_entry, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
 from aiworker.backends.base import LoadedModel
-from aiworker.completion import Completer, Completion
+from aiworker.completion import Commands, Completer, Result
 from aiworker.errors import AIError, LimitExceeded
 from aiworker.keys import CONSUMER_GROUP
 from aiworker.limits import check_entry, check_tensor_size, declared_nbytes
@@ -162,21 +162,40 @@ def test_completion_applies_once_and_rejections_apply_nothing(client: Client) ->
     completer = Completer(client)
 
     client.set("r", "not a list")
-    done = Completion().hset("o", mapping={"kind": "tensor"}).lpush("r", "first")
+    done = Commands().hset("o", mapping={"kind": "tensor"}).lpush("r", "first")
     result = completer.complete(QUEUE, entry_id, done)
     assert result.rejected == "WRONGTYPE" and result.command == "LPUSH" and result.key == "r"
     assert not client.exists("o") and client.xlen(QUEUE) == 1, "nothing applied, still pending"
 
     # The type a key will have after the script's own earlier commands counts too.
-    clash = Completion().delete("r").hset("r", mapping={"kind": "tensor"}).lpush("r", "x")
+    clash = Commands().delete("r").hset("r", mapping={"kind": "tensor"}).lpush("r", "x")
     assert completer.complete(QUEUE, entry_id, clash).rejected == "WRONGTYPE"
     assert client.type("r") == b"string" and client.xlen(QUEUE) == 1
 
     client.delete("r")
     assert completer.complete(QUEUE, entry_id, done).applied
-    again = completer.complete(QUEUE, entry_id, Completion().lpush("r", "second"))
+    again = completer.complete(QUEUE, entry_id, Commands().lpush("r", "second"))
     assert again.duplicate and not again.applied
     assert client.lrange("r", 0, -1) == [b"first"] and client.xlen(QUEUE) == 0
+
+
+def test_a_batch_completion_guards_each_entry(client: Client) -> None:
+    ensure_group(client, QUEUE)
+    ids = enqueue(client, [job_entry("m", ["a"], [f"o{i}"], f"r{i}") for i in range(3)])
+    client.xreadgroup(CONSUMER_GROUP, "c1", {QUEUE: ">"}, count=3)
+    completer = Completer(client)
+    assert completer.complete(QUEUE, ids[1], Commands().lpush("r1", "early")).applied
+    results = completer.complete_many(
+        QUEUE,
+        [
+            (i, Commands().lpush(f"r{n}", "batch").hincrby("s", "calls", 1))
+            for n, i in enumerate(ids)
+        ],
+    )
+    assert not isinstance(results, Result)
+    assert [r.applied for r in results] == [True, False, True]
+    assert client.lrange("r1", 0, -1) == [b"early"], "the entry completed earlier is untouched"
+    assert client.hget("s", "calls") == b"2" and client.xlen(QUEUE) == 0
 
 
 def test_nothing_is_ever_unpickled() -> None:

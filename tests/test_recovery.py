@@ -40,11 +40,12 @@ def _outputs(client: Client, keys: list[str]) -> list[list[float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("batch", [(0, 0, 0), (8, 2, 5)], ids=["unbatched", "autobatched"])
 def test_kill_9_one_of_two_workers_with_1000_jobs_in_flight(
-    client: Client, redis_server: RedisServer, tmp_path: Path
+    client: Client, redis_server: RedisServer, tmp_path: Path, batch: tuple[int, int, int]
 ) -> None:
     n, visibility = 1000, 2.0
-    stub_model(client, "m", sleep_ms=4)
+    stub_model(client, "m", batch=batch, sleep_ms=4)
     tensor(client, "b", [10, 20])
     pipe = client.pipeline(transaction=False)
     for i in range(n):
@@ -144,6 +145,28 @@ def test_a_long_job_keeps_its_lease(client: Client, settings: Settings) -> None:
         w.stop(timeout=5)
     assert w.metrics.reclaimed.labels("CPU")._value.get() == 0
     assert client.llen("r1") == 0
+
+
+def test_an_entry_waiting_in_the_batcher_keeps_its_lease(
+    client: Client, settings: Settings
+) -> None:
+    """A request waits 2.5 s (MINBATCHTIMEOUT) for batch partners: five visibility timeouts."""
+    stub_model(client, "m", batch=(8, 8, 2500), op="identity")
+    tensor(client, "a", [1])
+    w = Worker(settings.replace(visibility_timeout=0.5, threads_per_queue=2)).start()
+    try:
+        [entry_id] = enqueue(client, [job_entry("m", ["a"], ["c"], "r1")])
+        wait_until(lambda: entry_id in w.held_entry_ids(), timeout=5)
+        time.sleep(1.5)
+        assert entry_id in w.held_entry_ids(), "still waiting for partners"
+        [row] = client.xpending_range(QUEUE, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1)
+        assert row["times_delivered"] == 1 and row["time_since_delivered"] < 500
+        popped = client.blpop(["r1"], 10)
+        assert popped is not None and b'"ok"' in popped[1]
+    finally:
+        w.stop(timeout=5)
+    assert w.metrics.reclaimed.labels("CPU")._value.get() == 0
+    assert client.llen("r1") == 0 and w.held_entries() == []
 
 
 def test_an_abandoned_entry_is_reclaimed_and_run(client: Client, settings: Settings) -> None:

@@ -92,6 +92,7 @@ class LoadedScript(LoadedModel):
         keys: Sequence[str],
         args: Sequence[str],
         n_outputs: int,
+        variadic: int | None = None,
     ) -> list[np.ndarray]:
         """Run entry point ``function``; ``n_outputs`` is how many outputs the caller stores
         (0: any number, as RedisAI)."""

@@ -42,17 +42,22 @@ def compile_script(source: str, entry_points: Sequence[str]) -> torch.jit.Compil
     return unit
 
 
+def _takes_redisai_signature(function: Any) -> bool:
+    return tuple(str(a.type) for a in function.schema.arguments) == SIGNATURE
+
+
 def _outputs(result: Any, function: str, n_outputs: int) -> list[torch.Tensor]:
     """The tensors a call returned, flattened as RedisAI did (tensor, list, or tuple)."""
     if n_outputs == 0:  # nothing is stored, so RedisAI did not look at the result
         return []
+    # n_outputs < 0: whatever the call returned (a DAG op checks the count itself)
     if isinstance(result, torch.Tensor):
         tensors = [result]
     elif isinstance(result, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in result):
         tensors = list(result)
     else:
         raise AIError(messages.SCRIPT_NON_TENSOR.format(name=function))
-    if len(tensors) != n_outputs:
+    if n_outputs >= 0 and len(tensors) != n_outputs:
         raise AIError(messages.SCRIPT_OUTPUT_COUNT.format(name=function))
     return tensors
 
@@ -76,15 +81,25 @@ class TorchScript(LoadedScript):
         keys: Sequence[str],
         args: Sequence[str],
         n_outputs: int,
+        variadic: int | None = None,
     ) -> list[np.ndarray]:
+        """Call ``function``. A script stored without entry points (deprecated AI.SCRIPTSET) may
+        have any function called, with tensors given positionally as AI.SCRIPTRUN did; inputs from
+        ``variadic`` on (SCRIPTRUN's ``$``) then form one List[Tensor] argument."""
         compiled = self.unit.find_function(function)
-        if function not in self.entry_points or compiled is None:
+        legacy = not self.entry_points
+        if compiled is None or not (legacy or function in self.entry_points):
             raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
         inputs = [to_torch(t, self.device) for t in tensors]
         started = clock()
         try:
             with torch.inference_mode():
-                result = compiled(inputs, list(keys), list(args))
+                if variadic is not None:
+                    result = compiled(*inputs[:variadic], inputs[variadic:])
+                elif legacy and not _takes_redisai_signature(compiled):
+                    result = compiled(*inputs)
+                else:
+                    result = compiled(inputs, list(keys), list(args))
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise AIError(torch_error_text(exc)) from None
         check_run_time(started, self.limit_ms)

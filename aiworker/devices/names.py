@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from aiworker import messages
 from aiworker.errors import AIError
 
-_DEVICE = re.compile(r"^(CPU|GPU)(?::(\d{1,5}))?$", re.IGNORECASE)  # RedisAI: up to 5 digits
+# RedisAI: "<n> contains digits only, up to 5" (its tests refuse CPU:123456)
+_DEVICE = re.compile(r"^(CPU|GPU)(?::(\d{1,5}))?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,12 @@ def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
 
 
 def validate(
-    device: str, source: str | bytes | None, entry_points: Sequence[str]
+    device: str, source: str | bytes | None, entry_points: Sequence[str], legacy: bool = False
 ) -> tuple[str, str, tuple[str, ...]]:
-    """Check SCRIPTSTORE arguments; returns (device, source text, entry points)."""
-    if not entry_points or any(not name for name in entry_points):
+    """Check SCRIPTSTORE arguments; returns (device, source text, entry points).
+
+    ``legacy``: deprecated AI.SCRIPTSET, which stored no entry points (any function runs)."""
+    if (not entry_points and not legacy) or any(not name for name in entry_points):
         raise AIError(messages.SCRIPT_NO_ENTRY_POINTS)
     if source is None or len(source) == 0:
         raise AIError(messages.SCRIPT_NO_SOURCE)

@@ -1,0 +1,215 @@
+"""Run one AI.* command written in RedisAI syntax through a ``Client``; reply as RedisAI would.
+
+Used by ``aiworker exec``. The command is parsed by ``aiworker.parser``; queueable commands
+(MODELEXECUTE, SCRIPTEXECUTE, DAGs and their deprecated forms) go to a worker, the others are
+plain reads and writes by the client. The reply has RedisAI's shape (``resp_format`` types), so it
+prints exactly as redis-cli printed RedisAI's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from aiworker import dag_results
+from aiworker.client import Client
+from aiworker.dag_client import queue_of
+from aiworker.errors import AIError, AIWorkerError
+from aiworker.jobs import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.parser import Command, parse
+from aiworker.parser.commands import (
+    ConfigCommand,
+    InfoGet,
+    ModelDel,
+    ModelGet,
+    ModelScan,
+    ModelStore,
+    ScriptDel,
+    ScriptGet,
+    ScriptScan,
+    ScriptStore,
+)
+from aiworker.resp_format import ErrorReply, Status
+from aiworker.storage import tensor as codec
+from aiworker.storage import tensor_io
+
+OK = Status("OK")
+
+
+def execute(client: Client, command: str | Sequence[str | bytes]) -> Any:
+    """The RESP-shaped reply to ``command``; RedisAI's errors come back as ``ErrorReply``."""
+    try:
+        return _run(client, parse(command))
+    except AIWorkerError as exc:
+        return ErrorReply(str(exc))
+
+
+def tensor_reply(array: np.ndarray, meta: bool, data: str) -> Any:
+    """AI.TENSORGET's reply for a format (``meta``, ``data`` BLOB/VALUES/"")."""
+    payload: Any = None
+    if data == "BLOB":
+        payload = bytes(codec.to_blob(array))
+    elif data == "VALUES":
+        payload = _values(array)
+    if not meta:
+        return payload
+    head: list[Any] = [b"dtype", codec.dtype_of(array).encode(), b"shape", list(array.shape)]
+    if data:
+        head += [data.lower().encode(), payload]
+    return head
+
+
+def _values(array: np.ndarray) -> list[Any]:
+    """Floats as RedisAI's ``%.17g`` bulk strings, integers and bools as integers."""
+    flat = array.reshape(-1)
+    if codec.dtype_of(array) == "STRING":
+        return [v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist()]
+    if array.dtype.kind == "f":
+        return [(b"%.17g" % v) for v in flat.tolist()]
+    return [int(v) for v in flat.tolist()]
+
+
+def _run(client: Client, cmd: Command) -> Any:
+    if isinstance(cmd, (ModelExecute, ScriptExecute, DagExecute)):
+        return _queued(client, cmd)
+    if isinstance(cmd, TensorSet):
+        client.tensorset(cmd.key, cmd.array())
+        return OK
+    if isinstance(cmd, TensorGet):
+        return tensor_reply(tensor_io.read(client, cmd.key), cmd.meta, cmd.data)
+    if isinstance(cmd, (ModelStore, ModelGet, ModelDel, ModelScan)):
+        return _model(client, cmd)
+    if isinstance(cmd, (ScriptStore, ScriptGet, ScriptDel, ScriptScan)):
+        return _script(client, cmd)
+    if isinstance(cmd, InfoGet):
+        return _info(client, cmd)
+    return _config(client, cmd)
+
+
+def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Any:
+    if isinstance(cmd, ModelStore):
+        client.modelstore(
+            cmd.key,
+            cmd.backend,
+            cmd.device,
+            cmd.blob,
+            batch=cmd.batchsize,
+            minbatch=cmd.minbatchsize,
+            minbatchtimeout=cmd.minbatchtimeout,
+            tag=cmd.tag,
+            inputs=list(cmd.inputs) or None,
+            outputs=list(cmd.outputs) or None,
+        )
+        return OK
+    if isinstance(cmd, ModelDel):
+        client.modeldel(cmd.key)
+        return OK
+    if isinstance(cmd, ModelScan):
+        return [[key.encode(), tag.encode()] for key, tag in client.modelscan()]
+    info = client.modelget(cmd.key, meta_only=not cmd.blob)
+    if not cmd.meta:
+        return info["blob"]
+    reply: list[Any] = []
+    for name in ("backend", "device", "tag", "batchsize", "minbatchsize"):
+        reply += [name.encode(), _bulk(info[name])]
+    reply += [b"inputs", [n.encode() for n in info["inputs"]]]
+    reply += [b"outputs", [n.encode() for n in info["outputs"]]]
+    reply += [b"minbatchtimeout", info["minbatchtimeout"]]
+    if cmd.blob:
+        reply += [b"blob", info["blob"]]
+    return reply
+
+
+def _bulk(value: Any) -> Any:
+    return value if isinstance(value, int) else str(value).encode()
+
+
+def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan) -> Any:
+    """Scripts through the client's script methods (scriptstore, scriptget, ...)."""
+    name = {
+        ScriptStore: "scriptstore",
+        ScriptGet: "scriptget",
+        ScriptDel: "scriptdel",
+        ScriptScan: "scriptscan",
+    }[type(cmd)]
+    method = getattr(client, name, None)
+    if method is None:
+        raise AIError(f"{name} is not available in this build")
+    if isinstance(cmd, ScriptStore):
+        method(cmd.key, cmd.device, cmd.source, list(cmd.entry_points) or None, tag=cmd.tag)
+        return OK
+    if isinstance(cmd, ScriptDel):
+        method(cmd.key)
+        return OK
+    if isinstance(cmd, ScriptScan):
+        return [[str(key).encode(), str(tag).encode()] for key, tag in method()]
+    info = method(cmd.key, meta_only=not cmd.source)
+    if not cmd.meta:
+        return str(info["source"]).encode()
+    entry_points = info.get("entry_points", info.get("Entry Points", []))
+    reply: list[Any] = [b"device", _bulk(info["device"]), b"tag", _bulk(info.get("tag", ""))]
+    reply += [b"Entry Points", [str(e).encode() for e in entry_points]]
+    if cmd.source:
+        reply += [b"source", str(info["source"]).encode()]
+    return reply
+
+
+def _info(client: Client, cmd: InfoGet) -> Any:
+    if cmd.reset:
+        client.inforeset(cmd.key)
+        return OK
+    info = client.infoget(cmd.key)
+    reply: list[Any] = []
+    for name in ("key", "type", "backend", "device", "tag"):
+        reply += [name.encode(), str(info[name]).encode()]
+    for name in ("duration", "samples", "calls", "errors"):
+        reply += [name.encode(), int(info[name])]
+    return reply
+
+
+def _config(client: Client, cmd: ConfigCommand) -> Any:
+    if cmd.action == "LOADBACKEND":
+        # backends are Python plugins that workers import on first use: nothing to load here
+        return OK
+    if cmd.action == "GET":
+        if cmd.name not in _config_names():
+            return None
+        value = client.config(cmd.name)
+        return value if isinstance(value, int) or value is None else str(value).encode()
+    client.config(cmd.name, cmd.value)
+    return OK
+
+
+def _config_names() -> set[str]:
+    from aiworker.client import CONFIG_NAMES
+
+    return set(CONFIG_NAMES)
+
+
+def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
+    reply = client.submit_reply(queue_of(client, cmd), cmd)
+    status = reply.get("status")
+    if status == "timedout":
+        return Status("TIMEDOUT")
+    results = reply.get("results")
+    if results is None:
+        if status == "ok":
+            return OK
+        return ErrorReply(str(reply.get("error") or "job failed"))
+    assert isinstance(cmd, DagExecute)
+    return [_dag_entry(client, op, result) for op, result in zip(cmd.ops, results, strict=True)]
+
+
+def _dag_entry(client: Client, op: Any, result: Any) -> Any:
+    if isinstance(result, dict) and "error" in result:
+        return ErrorReply(str(result["error"]))
+    if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):
+        dtype, shape, array = dag_results.decode_tensor(
+            result, lambda key: tensor_io.read(client, key)
+        )
+        if array is None:
+            return [b"dtype", dtype.encode(), b"shape", list(shape)]
+        return tensor_reply(array, op.meta, op.data)
+    return Status(str(result))

@@ -1,0 +1,372 @@
+"""Autobatching: the batcher's rules (pure, with a fake clock), batch runs, and a real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
+
+from aiworker import Client, Worker
+from aiworker.backends.stub import StubModel
+from aiworker.batching import Batch, Batcher, Member, run_batch, signature_of
+from aiworker.keys import CONSUMER_GROUP
+from aiworker.parser import parse_command
+from aiworker.storage.model import ModelMeta
+
+# pure: the batcher --------------------------------------------------------------------------
+
+
+def meta(batch: int, minbatch: int = 0, timeout: int = 0, digest: str = "d1") -> ModelMeta:
+    return ModelMeta(
+        "STUB",
+        "CPU",
+        batchsize=batch,
+        minbatchsize=minbatch,
+        minbatchtimeout=timeout,
+        digest=digest,
+    )
+
+
+def member(m: ModelMeta, rows: int = 1, cols: int = 2, at: float = 0.0, **kw: Any) -> Member:
+    return Member("m", m, [np.zeros((rows, cols), np.float32)], arrived=at, **kw)
+
+
+def test_minbatchsize_zero_dispatches_whatever_is_queued() -> None:
+    b = Batcher()
+    b.add(member(meta(4), at=0))
+    b.add(member(meta(4), at=0))
+    batch = b.take(now=0)
+    assert batch is not None and batch.total == 2 and len(b) == 0
+
+
+def test_batchsize_caps_a_batch_and_the_rest_waits_its_turn() -> None:
+    b = Batcher()
+    for _ in range(5):
+        b.add(member(meta(2)))
+    sizes = []
+    while (batch := b.take(now=0)) is not None:
+        sizes.append(batch.total)
+        b.finished(batch)
+    assert sizes == [2, 2, 1]
+
+
+def test_partial_batch_waits_while_its_model_runs_but_a_full_one_starts() -> None:
+    b = Batcher()
+    b.add(member(meta(2)))
+    running = b.take(now=0)
+    assert running is not None
+    b.add(member(meta(2)))
+    assert b.take(now=0) is None  # partial: waits for the running batch
+    b.add(member(meta(2)))
+    full = b.take(now=0)
+    assert full is not None and full.total == 2  # full: runs alongside
+    b.add(member(meta(2)))
+    b.finished(running)
+    b.finished(full)
+    assert b.take(now=0) is not None
+
+
+def test_head_alone_may_exceed_batchsize() -> None:
+    b = Batcher()
+    b.add(member(meta(2, 2), rows=3))
+    b.add(member(meta(2, 2), rows=1))
+    first = b.take(now=0)
+    assert first is not None and first.total == 3 and len(first.members) == 1
+    assert b.take(now=0) is None  # the second waits for a partner (MINBATCHSIZE 2)
+
+
+def test_lone_request_waits_without_minbatchtimeout() -> None:
+    b = Batcher()
+    b.add(member(meta(4, 2), at=0, entry_id="1-0"))
+    assert b.take(now=1000) is None
+    assert b.next_wakeup() is None
+    assert b.held_entry_ids() == ["1-0"]
+    b.add(member(meta(4, 2), at=5))
+    batch = b.take(now=5)
+    assert batch is not None and batch.total == 2
+
+
+def test_minbatchtimeout_releases_a_short_batch() -> None:
+    b = Batcher()
+    b.add(member(meta(4, 3, timeout=100), at=10.0))
+    b.add(member(meta(4, 3, timeout=100), at=10.05))
+    assert b.take(now=10.05) is None
+    assert b.next_wakeup() == pytest.approx(10.1)
+    batch = b.take(now=10.1)
+    assert batch is not None and batch.total == 2
+
+
+def test_incompatible_shapes_dtypes_and_versions_do_not_batch() -> None:
+    b = Batcher()
+    b.add(member(meta(4, 2), cols=2))
+    b.add(member(meta(4, 2), cols=3))
+    b.add(member(meta(4, 2, digest="d2"), cols=2))
+    b.add(Member("m", meta(4, 2), [np.zeros((1, 2), np.int32)]))
+    assert b.take(now=0) is None
+    assert len(b) == 4
+    b.add(member(meta(4, 2), cols=3))
+    batch = b.take(now=0)
+    assert batch is not None and [m.inputs[0].shape for m in batch.members] == [(1, 3), (1, 3)]
+
+
+def test_zero_dim_inputs_run_alone() -> None:
+    assert signature_of([np.float32(1.0) * np.ones(())]) is None
+    b = Batcher()
+    b.add(Member("m", meta(4, 2), [np.ones((), np.float32)]))
+    batch = b.take(now=0)
+    assert batch is not None and len(batch.members) == 1
+
+
+def test_expired_members_leave_the_batcher() -> None:
+    b = Batcher()
+    b.add(member(meta(4, 2), deadline=1.0, entry_id="1-0"))
+    b.add(member(meta(4, 2), deadline=None))
+    assert b.next_wakeup() == 1.0
+    assert b.expired(now=0.5) == []
+    gone = b.expired(now=1.5)
+    assert [m.entry_id for m in gone] == ["1-0"] and len(b) == 1
+
+
+def test_force_dispatches_waiting_groups() -> None:
+    b = Batcher()
+    b.add(member(meta(4, 2)))
+    assert b.take(now=0) is None
+    assert b.take(now=0, force=True) is not None
+
+
+# pure: running a batch ----------------------------------------------------------------------
+
+
+class StubExecutor:
+    def __init__(self, op: str) -> None:
+        self.model = StubModel({"op": op})
+
+    def model_for(self, key: str, meta: ModelMeta) -> StubModel:
+        return self.model
+
+
+def test_run_batch_concatenates_and_splits_by_size() -> None:
+    members = [Member("m", meta(8), [np.full((n, 2), n, np.float32)]) for n in (1, 3, 2)]
+    results = run_batch(StubExecutor("identity"), Batch(members))
+    for m, r in zip(members, results, strict=True):
+        assert r.outputs is not None
+        np.testing.assert_array_equal(r.outputs[0], m.inputs[0])
+    assert len({r.duration_us for r in results}) == 1  # every member counts the batch duration
+
+
+def test_run_batch_string_tensors() -> None:
+    def strings(*values: bytes) -> np.ndarray:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+
+    members = [Member("m", meta(4), [strings(b"a")]), Member("m", meta(4), [strings(b"b", b"c")])]
+    results = run_batch(StubExecutor("identity"), Batch(members))
+    assert [list(r.outputs[0]) for r in results if r.outputs] == [[b"a"], [b"b", b"c"]]
+
+
+def test_run_batch_wrong_output_batch_size_fails_every_member() -> None:
+    members = [member(meta(4)), member(meta(4))]
+    results = run_batch(StubExecutor("first_row"), Batch(members))
+    assert [r.error for r in results] == ["Model did not generate the expected batch size"] * 2
+    # a lone request is not checked (RedisAI checked only real batches)
+    (alone,) = run_batch(StubExecutor("first_row"), Batch([member(meta(4), rows=2)]))
+    assert alone.outputs is not None and alone.outputs[0].shape == (1, 2)
+
+
+# with Redis and a worker --------------------------------------------------------------------
+
+
+def submit(client: Client, command: str) -> dict[str, Any]:
+    """Queue a RedisAI command and return the worker's whole reply."""
+    return client.submit_reply("CPU", parse_command(command))
+
+
+def store_batched(client: Client, op: str = "identity", **batching: int) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob(op), **batching)
+
+
+CLIENT_PROCESS = """
+import json, sys
+import numpy as np
+from aiworker import Client
+from aiworker.parser import parse_command
+c = Client.from_url(sys.argv[1], reply_timeout=30)
+c.tensorset(sys.argv[2], np.array([[float(sys.argv[3]), 1.0]], dtype=np.float32))
+cmd = f"AI.MODELEXECUTE m INPUTS 1 {sys.argv[2]} OUTPUTS 1 out_{sys.argv[2]}"
+print(json.dumps(c.submit_reply("CPU", parse_command(cmd))))
+"""
+
+
+def test_two_client_processes_are_served_in_one_batch(
+    client: Client, worker: Worker, redis_server: Any
+) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT_PROCESS, redis_server.url, name, value],
+            env=worker_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, value in (("a", "3"), ("b", "5"))
+    ]
+    replies = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        replies.append(json.loads(out))
+    assert [r["status"] for r in replies] == ["ok", "ok"]
+    assert [r["batch"] for r in replies] == [{"size": 2, "requests": 2}] * 2
+    np.testing.assert_array_equal(client.tensorget("out_a"), [[3, 1]])
+    np.testing.assert_array_equal(client.tensorget("out_b"), [[5, 1]])
+    info = client.infoget("m")
+    # one batch: both requests count the same run's duration; samples are their own rows
+    batch_us = round(replies[0]["compute_ms"] * 1000)
+    assert replies[0]["compute_ms"] == replies[1]["compute_ms"]
+    assert (info["calls"], info["samples"], info["errors"]) == (2, 2, 0)
+    assert abs(info["duration"] - 2 * batch_us) <= 2
+
+
+def test_lone_request_waits_for_a_partner(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x"))
+    )
+    thread.start()
+    wait_until(lambda: worker.held_entry_ids(), timeout=10)
+    queue = client.keyspace.queue("CPU")
+    assert client.xpending(queue, CONSUMER_GROUP)["pending"] == 1
+    time.sleep(0.3)
+    assert not result  # still waiting: no MINBATCHTIMEOUT
+    other = submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 y")
+    thread.join(10)
+    assert result["status"] == other["status"] == "ok"
+    assert result["batch"] == other["batch"] == {"size": 2, "requests": 2}
+    wait_until(lambda: worker.held_entry_ids() == [], timeout=10)  # released after the reply
+
+
+def test_minbatchtimeout_completes_a_lone_request(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=4, minbatch=2, minbatchtimeout=100)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    reply = submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x")
+    assert reply["status"] == "ok"
+    assert reply["batch"] == {"size": 1, "requests": 1}
+
+
+def test_waiting_request_times_out(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    reply = submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x TIMEOUT 150")
+    assert reply["status"] == "timedout"
+    assert not client.exists("x")
+
+
+def test_batch_size_mismatch_is_every_members_error(client: Client, worker: Worker) -> None:
+    store_batched(client, "first_row", batch=2, minbatch=2)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    replies: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(
+            target=lambda n=n: replies.append(
+                submit(client, f"AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x{n}")
+            )
+        )
+        for n in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r["error"] for r in replies] == ["Model did not generate the expected batch size"] * 2
+    info = client.infoget("m")
+    assert (info["calls"], info["errors"]) == (2, 2)
+
+
+def test_string_tensors_batch_through_the_worker(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    client.tensorset("s1", ["x"], shape=[1], dtype="STRING")
+    client.tensorset("s2", ["y"], shape=[1], dtype="STRING")
+    replies: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(
+            target=lambda k=k: replies.append(
+                submit(client, f"AI.MODELEXECUTE m INPUTS 1 {k} OUTPUTS 1 out_{k}")
+            )
+        )
+        for k in ("s1", "s2")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(r["batch"]["requests"] == 2 for r in replies)
+    assert client.tensorget("out_s1", as_numpy=False)["values"] == ["x"]
+    assert client.tensorget("out_s2", as_numpy=False)["values"] == ["y"]
+
+
+def test_torchscript_batched_numerics_match_unbatched(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "TORCH", "CPU", torch_blob("mul"), batch=4, minbatch=4)
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal((n, 3)).astype(np.float32) for n in (1, 2, 1)]
+    for i, a in enumerate(rows):
+        client.tensorset(f"a{i}", a)
+    replies: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: replies.append(
+                submit(client, f"AI.MODELEXECUTE m INPUTS 2 a{i} a{i} OUTPUTS 1 y{i}")
+            )
+        )
+        for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r["batch"] for r in replies] == [{"size": 4, "requests": 3}] * 3
+    for i, a in enumerate(rows):
+        np.testing.assert_allclose(client.tensorget(f"y{i}"), a * a, rtol=1e-6)
+    assert client.infoget("m")["samples"] == 4
+
+
+def test_dag_op_batches_with_a_stream_request(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    client.tensorset("a", np.array([[1, 2]], np.float32))
+    client.tensorset("b", np.array([[3, 4]], np.float32))
+    out: dict[str, Any] = {}
+    dag = client.dag(load=["a"]).modelexecute("m", ["a"], ["y"]).tensorget("y")
+    thread = threading.Thread(target=lambda: out.update(result=dag.execute()))
+    thread.start()
+    reply = submit(client, "AI.MODELEXECUTE m INPUTS 1 b OUTPUTS 1 z")
+    thread.join(30)
+    assert reply["batch"] == {"size": 2, "requests": 2}
+    assert out["result"][0] == "OK"
+    np.testing.assert_array_equal(out["result"][1], [[1, 2]])
+    np.testing.assert_array_equal(client.tensorget("z"), [[3, 4]])
+    assert client.infoget("m")["calls"] == 2
+
+
+def test_stop_runs_what_waits_in_the_batcher(client: Client, settings: Any) -> None:
+    store_batched(client, batch=2, minbatch=2)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    w = Worker(settings).start()
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x"))
+    )
+    thread.start()
+    wait_until(lambda: w.held_entry_ids(), timeout=10)
+    w.stop(timeout=10)
+    thread.join(10)
+    assert result["status"] == "ok"

@@ -1,0 +1,295 @@
+"""DAGs (AI.DAGEXECUTE): from the client's builder and from redis-cli, results and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import stub_blob, torch_blob
+
+from aiworker import Client, JobFailed, JobTimedOut, Settings, Worker, WrongTypeError
+from aiworker.dag_results import INLINE_LIMIT
+from aiworker.errors import AIError
+
+SCRIPT = """
+def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
+    x = tensors[0]
+    return x * 2, x + float(args[0])
+
+def legacy(a, b):
+    return a - b
+"""
+
+
+def store_script(client: Client, key: str = "s") -> None:
+    """The script through deprecated AI.SCRIPTSET: no entry points, so ``legacy`` (positional
+    tensors, as AI.SCRIPTRUN called it) is callable beside ``pre``."""
+    with pytest.deprecated_call():
+        client.scriptset(key, "CPU", SCRIPT)
+
+
+@pytest.fixture
+def pipeline(client: Client, worker: Worker) -> Client:
+    """x = [1, 2]; script ``s`` (pre, legacy); TorchScript model ``m`` adding its inputs."""
+    pytest.importorskip("torch")
+    client.tensorset("x", np.array([1, 2], dtype=np.float32))
+    store_script(client)
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    return client
+
+
+def test_load_script_model_persist_and_tensorget_from_the_client(pipeline: Client) -> None:
+    c = pipeline
+    results = (
+        c.dag(load=["x"], persist=["sum"])
+        .scriptexecute("s", "pre", inputs=["x"], args=["10"], outputs=["double", "shifted"])
+        .modelexecute("m", ["double", "shifted"], ["sum"])
+        .tensorget("shifted")
+        .tensorget("sum", as_numpy=False)
+        .execute()
+    )
+    assert results[:2] == ["OK", "OK"]
+    np.testing.assert_array_equal(results[2], [11, 12])
+    assert results[3] == {"dtype": "FLOAT", "shape": [2], "values": [13.0, 16.0]}
+    np.testing.assert_array_equal(c.tensorget("sum"), [13, 16])
+    assert not c.exists("double") and not c.exists("shifted")  # only PERSIST keys
+    assert c.infoget("m")["calls"] == 1 and c.infoget("s")["calls"] == 1
+
+
+def redis_cli(port: int, *args: str) -> str:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli not installed")
+    done = subprocess.run(
+        [cli, "-p", str(port), *args], capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_the_same_dag_from_redis_cli(pipeline: Client, redis_server: Any) -> None:
+    command = (
+        "AI.DAGEXECUTE LOAD 1 x PERSIST 1 sum "
+        "|> AI.SCRIPTEXECUTE s pre INPUTS 1 x ARGS 1 10 OUTPUTS 2 double shifted "
+        "|> AI.MODELEXECUTE m INPUTS 2 double shifted OUTPUTS 1 sum "
+        "|> AI.TENSORGET shifted VALUES"
+    )
+    port = redis_server.port
+    redis_cli(port, "XADD", "aiworker:queue:CPU", "*", "cmd", command, "reply", "r1")
+    popped = redis_cli(port, "--raw", "BLPOP", "r1", "20").splitlines()
+    reply = json.loads(popped[1])
+    assert reply["status"] == "ok"
+    assert reply["results"] == [
+        "OK",
+        "OK",
+        {"dtype": "FLOAT", "shape": [2], "format": ["VALUES"], "values": [11.0, 12.0]},
+    ]
+    assert redis_cli(port, "--raw", "HGET", "sum", "shape") == "2"
+    np.testing.assert_array_equal(pipeline.tensorget("sum"), [13, 16])
+
+
+def test_op_error_answers_the_rest_na_and_persists_nothing(pipeline: Client) -> None:
+    c = pipeline
+    c.modelstore("bad", "STUB", "CPU", stub_blob("fail", message="boom"))
+    results = (
+        c.dag(load=["x"], persist=["y"])
+        .tensorset("t", [1, 2], dtype="float")
+        .modelexecute("bad", ["x"], ["y"])
+        .tensorget("y")
+        .tensorset("u", [3], dtype="float")
+        .execute()
+    )
+    assert results[0] == "OK"
+    assert isinstance(results[1], JobFailed) and str(results[1]) == "boom"
+    assert results[2:] == ["NA", "NA"]
+    assert not c.exists("y")
+    assert c.infoget("bad")["errors"] == 1
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda c: c.dag(load=["nope"]).tensorget("nope"),
+            "tensor key is empty or in a different shard",
+        ),
+        (
+            lambda c: c.dag(load=["x"]).modelexecute("nomodel", ["x"], ["y"]),
+            "model key is empty",
+        ),
+        (
+            lambda c: c.dag(load=["x"]).scriptexecute(
+                "noscript", "pre", inputs=["x"], outputs=["y"]
+            ),
+            "script key is empty",
+        ),
+        (
+            lambda c: c.dag(load=["x"]).scriptexecute("s", "missing", inputs=["x"], outputs=["y"]),
+            "Function does not exist: missing",
+        ),
+    ],
+    ids=["load-missing", "model-missing", "script-missing", "function-missing"],
+)
+def test_dag_errors(pipeline: Client, build: Any, message: str) -> None:
+    with pytest.raises(AIError) as info:
+        results = build(pipeline).execute()
+        for result in results:  # per-op errors come back in the list
+            if isinstance(result, Exception):
+                raise result
+    assert str(info.value) == message
+
+
+def test_wrong_types(pipeline: Client) -> None:
+    pipeline.set("str", "v")
+    with pytest.raises(WrongTypeError):
+        pipeline.dag(load=["str"]).tensorget("str").execute()
+    with pytest.raises(WrongTypeError):  # PERSIST would overwrite a model
+        pipeline.dag(persist=["m"]).tensorset("m", [1], dtype="float").execute()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda c: c.dag().tensorset("a", [1], dtype="float"),
+            "AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of ROUTING, LOAD, PERSIST keywords",
+        ),
+        (lambda c: c.dag(load="x", persist="x"), "DAG is empty"),
+        (lambda c: c.dag(load="x").tensorget("y"), "INPUT key cannot be found in DAG"),
+        (
+            lambda c: c.dag(load="x", persist="z").tensorget("x"),
+            "PERSIST key cannot be found in DAG",
+        ),
+        (
+            lambda c: c.dag(persist="z", readonly=True).tensorset("z", [1], dtype="float"),
+            "PERSIST cannot be specified in a read-only DAG",
+        ),
+        (
+            lambda c: c.dag(load="x", readonly=True).scriptexecute(
+                "s", "pre", inputs="x", outputs="y"
+            ),
+            "AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG",
+        ),
+    ],
+    ids=["no-keywords", "empty", "input", "persist", "ro-persist", "ro-script"],
+)
+def test_builder_errors_are_raised_before_sending(client: Client, build: Any, message: str) -> None:
+    with pytest.raises(AIError) as info:
+        build(client).execute()
+    assert str(info.value) == message
+    assert not client.exists(client.keyspace.queue("CPU"))
+
+
+def test_readonly_dag_with_routing(pipeline: Client) -> None:
+    results = (
+        pipeline.dag(routing="x", readonly=True)
+        .tensorset("a", np.array([1, 1], np.float32))
+        .tensorset("b", np.array([2, 3], np.float32))
+        .modelexecute("m", ["a", "b"], ["c"])
+        .tensorget("c", meta_only=True)
+        .execute()
+    )
+    assert results == ["OK", "OK", "OK", {"dtype": "FLOAT", "shape": [2]}]
+    assert not pipeline.exists("c")
+
+
+def test_later_tensorset_does_not_disturb_earlier_reader(pipeline: Client) -> None:
+    results = (
+        pipeline.dag(load="x")
+        .tensorset("x", np.array([5, 5], np.float32))  # shadows the LOADed x from here on
+        .tensorget("x")
+        .execute()
+    )
+    np.testing.assert_array_equal(results[1], [5, 5])
+
+
+def test_legacy_script_and_deprecated_dagrun(pipeline: Client) -> None:
+    with pytest.deprecated_call():
+        dag = pipeline.dagrun(load=["x"])
+    results = (
+        dag.tensorset("one", np.array([1, 1], np.float32))
+        .scriptexecute("s", "legacy", inputs=["x", "one"], outputs=["d"])
+        .modelexecute("m", ["d", "d"], ["e"])
+        .tensorget("e")
+        .execute()
+    )
+    assert results[:3] == ["OK", "OK", "OK"]
+    np.testing.assert_array_equal(results[3], [0, 2])
+    assert dag.command()[0] == "AI.DAGRUN"
+
+
+def test_large_tensorget_result_travels_through_an_expiring_key(
+    client: Client, worker: Worker
+) -> None:
+    big = np.arange(INLINE_LIMIT // 4 + 10, dtype=np.float32)
+    client.tensorset("big", big)
+    results = client.dag(load="big").tensorget("big").execute()
+    np.testing.assert_array_equal(results[0], big)
+    spilled = list(client.scan_iter(match=client.keyspace.dag_output("*", 0)))
+    assert len(spilled) == 1 and 0 < client.ttl(spilled[0]) <= Settings().reply_ttl
+
+
+def test_dag_timeout(client: Client, worker: Worker) -> None:
+    client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=300))
+    client.tensorset("a", np.ones(2, np.float32))
+    dag = (
+        client.dag(load="a", timeout=100)
+        .modelexecute("slow", ["a"], ["b"])
+        .modelexecute("slow", ["b"], ["c"])
+    )
+    with pytest.raises(JobTimedOut):
+        dag.execute()
+
+
+@pytest.fixture
+def two_device_worker(client: Client, settings: Settings) -> Iterator[Worker]:
+    w = Worker(settings.replace(devices=("CPU", "CPU:1"), threads_per_queue=1)).start()
+    yield w
+    w.stop(timeout=10)
+
+
+def test_ops_on_different_devices_run_in_parallel(
+    client: Client, two_device_worker: Worker
+) -> None:
+    client.modelstore("m0", "STUB", "CPU", stub_blob("identity", sleep_ms=1000))
+    client.modelstore("m1", "STUB", "CPU:1", stub_blob("identity", sleep_ms=1000))
+    client.tensorset("a", np.ones(2, np.float32))
+    dag = (
+        client.dag(load="a", persist=["b", "c"])
+        .modelexecute("m0", ["a"], ["b"])
+        .modelexecute("m1", ["a"], ["c"])
+    )
+    started = time.monotonic()
+    assert dag.execute() == ["OK", "OK"]
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.8, f"the two 1 s ops did not overlap ({elapsed:.2f} s)"
+    assert client.exists("b", "c") == 2
+
+
+def test_dag_sent_to_another_device_queue_is_forwarded(
+    client: Client, two_device_worker: Worker
+) -> None:
+    client.modelstore("m1", "STUB", "CPU:1", stub_blob("identity"))
+    client.tensorset("a", np.ones(2, np.float32))
+    request = client.dag(load="a").modelexecute("m1", ["a"], ["b"]).tensorget("b").request()
+    reply = client.submit_reply("CPU", request)
+    assert reply["status"] == "ok" and reply["results"][0] == "OK"
+
+
+def test_dag_is_queued_on_its_first_model_or_script_device(client: Client) -> None:
+    from aiworker.dag_client import queue_of
+
+    client.modelstore("m1", "STUB", "cpu:1", stub_blob("identity"))
+    dag = client.dag(persist="b").tensorset("a", [1], dtype="float").modelexecute("m1", "a", "b")
+    assert queue_of(client, dag.request()) == "CPU:1"
+    tensors_only = client.dag(persist="a").tensorset("a", [1], dtype="float")
+    assert queue_of(client, tensors_only.request()) == "CPU"
+    missing = (
+        client.dag(persist="b").tensorset("a", [1], dtype="float").modelexecute("no", "a", "b")
+    )
+    assert queue_of(client, missing.request()) == "CPU"
