@@ -197,9 +197,12 @@ class DagRunner:
     # running -------------------------------------------------------------------------------
 
     def _execute(self, run: _Run) -> None:
+        # Local ops (TENSORSET/TENSORGET) join the first device's lane: a DAG on one device then
+        # runs on this thread alone, with no thread started for it.
+        default = next((op.lane for op in run.ops if op.lane), "")
         lanes: dict[str, list[_Op]] = {}
         for op in run.ops:
-            lanes.setdefault(op.lane, []).append(op)
+            lanes.setdefault(op.lane or default, []).append(op)
         first, *others = list(lanes)
         threads = [
             threading.Thread(target=self._run_lane, args=(run, lanes[lane]), daemon=True)

@@ -145,6 +145,28 @@ class AIWorker:
         return call
 
 
+class AIWorkerDag:
+    """aiworker in one request: a DAG that sets both inputs, runs the model and returns the
+    output (RedisAI's AI.DAGEXECUTE), so the client makes one round trip like the floor."""
+
+    name = "aiworker, one DAG request"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def caller(self) -> Call:
+        from aiworker import Client
+
+        c = Client.from_url(self.url)
+
+        def call() -> np.ndarray:
+            dag = c.dag(routing="bench:add").tensorset("a", A).tensorset("b", B)
+            results = dag.modelexecute("bench:add", ["a", "b"], ["out"]).tensorget("out").execute()
+            return results[-1]  # type: ignore[no-any-return]
+
+        return call
+
+
 @contextmanager
 def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
     """Start every peer's worker processes (``threads`` threads each) and yield the peers."""
@@ -202,6 +224,7 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
             "diy": DoItYourself(url),
             "celery": CeleryPeer(),
             "aiworker": AIWorker(url),
+            "aiworker_dag": AIWorkerDag(url),
         }
         for peer in peers.values():  # every peer must answer correctly before it is timed
             result = peer.caller()()  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import redis
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
+from bench import batching
 from bench import peers as peer_mod
 from bench.common import (
     aiworker_worker,
@@ -32,7 +32,7 @@ from bench.common import (
 )
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("inprocess", "floor", "diy", "celery", "aiworker")
+ORDER = ("inprocess", "floor", "diy", "celery", "aiworker", "aiworker_dag")
 
 
 def scenario_latency(peers: dict[str, object], n: int) -> tuple[str, dict[str, float]]:
@@ -69,27 +69,14 @@ def scenario_throughput(
     return markdown_table(headers, rows), rates
 
 
-def mlp_bytes(width: int) -> bytes:
-    import torch
-
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(width, width), torch.nn.ReLU(),
-        torch.nn.Linear(width, width), torch.nn.ReLU(),
-        torch.nn.Linear(width, width),
-    )  # fmt: skip
-    return torchscript_bytes(mlp.eval())
-
-
-def scenario_batching(
-    url: str, seconds: float, width: int = 1024, batch: int = 32
-) -> tuple[str, float]:
-    """Requests/s of 32 batch-1 clients through aiworker (BATCHSIZE 32) vs in-process batches."""
+def scenario_batching(url: str, seconds: float, width: int, batch: int = 32) -> tuple[str, float]:
+    """32 batch-1 clients (4 processes x 8 threads) on a 3-layer MLP with BATCHSIZE 32, against
+    the same model run in-process on full batches of 32."""
     import io
 
     import torch
 
-    blob = mlp_bytes(width)
+    blob = batching.mlp_blob(width)
     model = torch.jit.load(io.BytesIO(blob))
     x = torch.randn(batch, width)
 
@@ -97,34 +84,44 @@ def scenario_batching(
         with torch.inference_mode():
             model(x)
 
-    in_process_rate = batch / median_time(in_process, repeat=20)
+    in_process(), in_process()
+    in_process_rate = batch / median_time(in_process, repeat=30)
     client = Client.from_url(url)
     client.modelstore("bench:mlp:off", "TORCH", "CPU", blob)
     client.modelstore("bench:mlp:on", "TORCH", "CPU", blob, batch=batch)
-    sample = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
-
-    def caller(key: str) -> Callable[[], Callable[[], object]]:
-        def make() -> Callable[[], object]:
-            c = Client.from_url(url)
-            token = f"{key}:{id(c)}"
-            c.tensorset(f"{token}:x", sample)
-
-            def call() -> object:
-                return c.modelexecute(key, [f"{token}:x"], [f"{token}:y"])
-
-            return call
-
-        return make
-
-    off = throughput(caller("bench:mlp:off"), 32, seconds)
-    on = throughput(caller("bench:mlp:on"), 32, seconds)
+    worker = batching.start_worker(url, 1)
+    clients = batching.Clients(url, 4, 8, width)
+    try:
+        for key in ("bench:mlp:off", "bench:mlp:on"):
+            clients.run(key, 1.5)  # warm up: load the model
+        off = clients.run("bench:mlp:off", seconds)
+        on = clients.run("bench:mlp:on", seconds)
+    finally:
+        clients.close()
+        worker.terminate()
+        worker.wait(30)
     rows = [
-        ["in-process, batches of 32", in_process_rate, 1.0],
-        ["aiworker, batching off", off, off / in_process_rate],
-        ["aiworker, BATCHSIZE 32", on, on / in_process_rate],
+        [f"in-process, batches of {batch}", in_process_rate, "", 1.0],
+        [
+            "aiworker, batching off",
+            off["rps"],
+            f"{off['per_run']:.1f}",
+            off["rps"] / in_process_rate,
+        ],
+        [
+            f"aiworker, BATCHSIZE {batch}",
+            on["rps"],
+            f"{on['per_run']:.1f}",
+            on["rps"] / in_process_rate,
+        ],
     ]
-    table = markdown_table(["32 batch-1 clients, 3x1024 MLP", "samples/s", "x in-process"], rows)
-    return table, on / in_process_rate
+    headers = [
+        f"3x{width} MLP, 32 batch-1 clients",
+        "samples/s",
+        "requests per run",
+        "x in-process",
+    ]
+    return markdown_table(headers, rows), on["rps"] / in_process_rate
 
 
 def scenario_big_tensors(url: str, repeat: int) -> tuple[str, dict[str, float]]:
@@ -229,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="Fewer samples, 64 MB model.")
     parser.add_argument("--threads", type=int, default=2, help="Worker threads for every peer.")
+    parser.add_argument("--width", type=int, default=2048, help="MLP width for scenario (3).")
     args = parser.parse_args(argv)
     n = 300 if args.quick else 1000
     seconds = 3.0 if args.quick else 8.0
@@ -245,8 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             sections.append("## (2) Throughput, trivial model\n\n" + table2)
             print(sections[-1], "\n", flush=True)
         server_url = server.url
-        with process(aiworker_worker(server_url, args.threads, "--preload", "TORCH")):
-            table3, _ = scenario_batching(server_url, seconds)
+        table3, _ = scenario_batching(server_url, seconds, args.width)
         sections.append("## (3) Compute-bound model with batching\n\n" + table3)
         print(sections[-1], "\n", flush=True)
         table4, _ = scenario_big_tensors(server_url, 5)

@@ -189,3 +189,21 @@ def test_large_tensor_roundtrip(client: Client) -> None:
     array = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)  # 2 MiB
     client.tensorset("big", array)
     assert np.array_equal(client.tensorget("big"), array)
+
+
+def test_large_tensors_take_the_watched_path_with_the_same_type_rules(client: Client) -> None:
+    """Tensors above LARGE_TENSOR skip the Lua write (its argument copies) but keep its checks."""
+    from aiworker.storage.tensor_io import LARGE_TENSOR
+
+    big = np.arange(LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    client.hset("big", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"})
+    assert client.tensorset("big", big) == "OK"
+    assert client.hget("big", "values") is None  # replaced, not merged
+    np.testing.assert_array_equal(client.tensorget("big"), big)
+    client.set("text", "x")
+    client.hset("other", "field", "value")
+    for key in ("text", "other"):
+        with pytest.raises(WrongTypeError):
+            client.tensorset(key, big)
+    assert client.get("text") == b"x"
+    assert client.hgetall("other") == {b"field": b"value"}

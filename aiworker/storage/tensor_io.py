@@ -32,16 +32,45 @@ return redis.call('HSET', KEYS[1], unpack(ARGV))
 """)
 
 
+# Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.
+LARGE_TENSOR = 1 << 20
+
+
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
     """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor."""
+    fields = codec.encode_fields(array)
+    if len(fields["blob"]) > LARGE_TENSOR:
+        _write_large(r, key, fields)
+        return
     args: list[Any] = []
-    for name, value in codec.encode_fields(array).items():
+    for name, value in fields.items():
         args += [name, value]
     try:
         _WRITE(r, [key], args)
     except redis.ResponseError as exc:
         decode_reply(exc)
         raise
+
+
+def _write_large(r: redis.Redis, key: str, fields: dict[str, Any]) -> None:
+    """The same check and replace as ``_WRITE``, under WATCH so the blob is sent as a plain HSET
+    argument: the type check and the write are two round trips, retried if the key changed."""
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                kind = pipe.type(key)
+                if kind not in (b"none", "none"):
+                    tag = pipe.hget(key, "kind") if kind in (b"hash", "hash") else None
+                    if tag not in (b"tensor", "tensor"):
+                        raise WrongTypeError()
+                pipe.multi()
+                pipe.delete(key)
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def decode_reply(reply: Any) -> np.ndarray:
