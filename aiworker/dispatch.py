@@ -18,6 +18,7 @@ until their completion transaction acknowledges them; ``held_entry_ids`` lists t
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -99,6 +100,36 @@ def _monotonic_deadline(job: Job) -> float | None:
     return time.monotonic() + (deadline_ms - time.time() * 1000) / 1000
 
 
+class ReusedThreads:
+    """Daemon threads for DAGs, started on demand and then reused: a DAG may wait on a batch, so
+    it gets a thread of its own, but starting one per DAG cost more than a small DAG itself."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._work: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, work: Task) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # that idle thread takes this work
+        self._work.put(work)
+        if start:
+            threading.Thread(target=self._loop, name=self.name, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            work = self._work.get()
+            try:
+                work()
+            except Exception:  # the work logs its own failures; never lose the thread
+                log.exception("%s: work failed", self.name)
+            with self._lock:
+                self._idle += 1
+
+
 class QueueRuntime:
     """The threads of one device queue in one worker process (see the module docstring)."""
 
@@ -113,6 +144,7 @@ class QueueRuntime:
         self._reading = False
         self._running: dict[str, int] = {}  # entry id -> threads working on it
         self._stopping = threading.Event()
+        self._dag_threads = ReusedThreads(f"aiworker-{device}-dag")
 
     # the consumer threads ------------------------------------------------------------------
 
@@ -430,13 +462,7 @@ class QueueRuntime:
     def _start_dag(self, job: Job, fields: Mapping[Any, Any], started: float) -> None:
         with self._cond:
             self._hold([job.entry_id])
-        thread = threading.Thread(
-            target=self._run_dag,
-            args=(job, fields, started),
-            name=f"aiworker-{self.device}-dag",
-            daemon=True,
-        )
-        thread.start()
+        self._dag_threads.submit(partial(self._run_dag, job, fields, started))
 
     def _run_dag(self, job: Job, fields: Mapping[Any, Any], started: float) -> None:
         try:
