@@ -20,6 +20,6 @@ RUN python -m pip install -q --upgrade pip \
 
 USER aiworker
 ENV AIWORKER_REDIS_URL=redis://redis:6379/0
-HEALTHCHECK --interval=10s --timeout=5s --retries=3 CMD ["aiworker", "check"]
+HEALTHCHECK --interval=10s --timeout=5s --retries=3 CMD ["aiworker", "check", "--this-host"]
 ENTRYPOINT ["aiworker"]
 CMD ["worker"]
