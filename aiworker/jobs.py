@@ -12,7 +12,7 @@ so TIMEOUT counts from enqueue without trusting the client's clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -117,11 +117,20 @@ class Job:
         return self.enqueued_ms + timeout if timeout else None
 
 
-def request_to_map(request: Request) -> dict[str, Any]:
-    data = asdict(request)
-    return {
-        k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v not in (None, ())
-    }
+def request_to_map(request: Any) -> dict[str, Any]:
+    """The msgpack map of a request (DAG ops nested). Shallow on purpose: ``dataclasses.asdict``
+    deep-copies every value, which cost more than sending a small DAG."""
+    out: dict[str, Any] = {}
+    for spec in fields(request):
+        value = getattr(request, spec.name)
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        if spec.name == "ops":
+            value = [request_to_map(op) for op in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[spec.name] = value
+    return out
 
 
 def _field_value(name: str, value: Any) -> Any:
