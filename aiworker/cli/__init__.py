@@ -1,0 +1,49 @@
+"""The ``aiworker`` command line (click). Every option also reads an ``AIWORKER_*`` variable.
+
+The commands live in modules by concern: ``serve`` (worker, up), ``objects`` (tensor, model,
+script), ``execution`` (run, exec, info, config) and ``ops`` (status, check); ``common`` holds
+the shared options and helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from aiworker import logs
+from aiworker.cli import execution, objects, ops, serve
+from aiworker.cli.common import worker_statuses
+
+__all__ = ["main", "worker_statuses"]
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    envvar="AIWORKER_LOG_FORMAT",
+    default="text",
+    help="text, or one JSON object per line (with job_id) for log collectors.",
+)
+@click.version_option(package_name="aiworker")
+def main(verbose: int, log_format: str) -> None:
+    """aiworker: RedisAI's tensors, models and execution on stock Redis."""
+    logs.setup(logging.WARNING - 10 * min(verbose, 2), log_format)
+
+
+for command in (
+    serve.worker,
+    serve.up,
+    objects.tensor,
+    objects.model,
+    objects.script,
+    execution.run,
+    execution.exec_command,
+    execution.info,
+    execution.config,
+    ops.check,
+    ops.status,
+):
+    main.add_command(command)

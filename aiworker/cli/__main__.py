@@ -1,0 +1,3 @@
+from aiworker.cli import main
+
+main()

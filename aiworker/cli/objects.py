@@ -1,0 +1,252 @@
+"""Stored-object commands: the ``tensor``, ``model`` and ``script`` groups."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from aiworker.cli.common import fail, make_client, redis_options
+from aiworker.errors import AIWorkerError
+
+# tensors -----------------------------------------------------------------------------------
+
+
+@click.group()
+def tensor() -> None:
+    """Set and get tensors."""
+
+
+@tensor.command("set")
+@redis_options
+@click.argument("key")
+@click.argument("dtype")
+@click.argument("shape")
+@click.argument("values", nargs=-1)
+def tensor_set(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    dtype: str,
+    shape: str,
+    values: tuple[str, ...],
+) -> None:
+    """Store KEY as a DTYPE tensor of SHAPE (e.g. 2,3) from VALUES (zeros when none)."""
+    client = make_client(config_file, redis_url, prefix)
+    dims = [int(d) for d in shape.split(",") if d] if shape else []
+    try:
+        click.echo(client.tensorset(key, list(values) if values else None, shape=dims, dtype=dtype))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@tensor.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--meta", is_flag=True, help="Only dtype and shape.")
+def tensor_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, meta: bool
+) -> None:
+    """Print a tensor as JSON (dtype, shape, values)."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(json.dumps(client.tensorget(key, as_numpy=False, meta_only=meta)))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+# models ------------------------------------------------------------------------------------
+
+
+@click.group()
+def model() -> None:
+    """Store, get, delete and list models."""
+
+
+@model.command("store")
+@redis_options
+@click.argument("key")
+@click.argument("backend")
+@click.argument("device")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tag", default=None)
+@click.option("--batch", type=int, default=None)
+@click.option("--minbatch", type=int, default=None)
+@click.option("--minbatchtimeout", type=int, default=None)
+@click.option("--inputs", default=None, help="Comma-separated input names (TF).")
+@click.option("--outputs", default=None, help="Comma-separated output names (TF).")
+def model_store(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    backend: str,
+    device: str,
+    path: str,
+    tag: str | None,
+    batch: int | None,
+    minbatch: int | None,
+    minbatchtimeout: int | None,
+    inputs: str | None,
+    outputs: str | None,
+) -> None:
+    """Store the model file PATH at KEY."""
+    client = make_client(config_file, redis_url, prefix)
+    size = Path(path).stat().st_size
+    blob = bytearray(size)
+    with (
+        open(path, "rb") as handle,
+        click.progressbar(
+            length=size, label=f"reading {path}", show_pos=True, file=sys.stderr
+        ) as bar,
+    ):
+        view = memoryview(blob)
+        done = 0
+        while done < size:
+            n = handle.readinto(view[done : done + (8 << 20)])
+            if not n:
+                break
+            done += n
+            bar.update(n)
+    click.echo(f"uploading {size:,} bytes...", err=True)
+    started = time.perf_counter()
+    try:
+        client.modelstore(
+            key,
+            backend,
+            device,
+            blob,
+            batch=batch,
+            minbatch=minbatch,
+            minbatchtimeout=minbatchtimeout,
+            tag=tag,
+            inputs=inputs.split(",") if inputs else None,
+            outputs=outputs.split(",") if outputs else None,
+        )
+    except AIWorkerError as exc:
+        fail(exc)
+    click.echo(f"OK ({time.perf_counter() - started:.2f}s)")
+
+
+@model.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the blob here.")
+def model_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, output: str | None
+) -> None:
+    """Print a model's metadata; with -o also save its blob."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        info = client.modelget(key, meta_only=output is None)
+    except AIWorkerError as exc:
+        fail(exc)
+    blob = info.pop("blob", None)
+    if output and blob is not None:
+        Path(output).write_bytes(blob)
+        info["blob"] = f"{len(blob)} bytes written to {output}"
+    click.echo(json.dumps(info, indent=2))
+
+
+@model.command("del")
+@redis_options
+@click.argument("key")
+def model_del(config_file: str | None, redis_url: str | None, prefix: str | None, key: str) -> None:
+    """Delete a model."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(client.modeldel(key))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@model.command("list")
+@redis_options
+def model_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """List stored models and their tags."""
+    client = make_client(config_file, redis_url, prefix)
+    for key, tag in client.modelscan():
+        click.echo(f"{key}\t{tag}")
+
+
+# scripts -----------------------------------------------------------------------------------
+
+
+@click.group()
+def script() -> None:
+    """Store, get, delete and list TorchScript scripts."""
+
+
+@script.command("store")
+@redis_options
+@click.argument("key")
+@click.argument("device")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--entry-point",
+    "-e",
+    "entry_points",
+    multiple=True,
+    required=True,
+    help="Function that SCRIPTEXECUTE may call (repeatable).",
+)
+@click.option("--tag", default=None)
+def script_store(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    key: str,
+    device: str,
+    path: str,
+    entry_points: tuple[str, ...],
+    tag: str | None,
+) -> None:
+    """Store the TorchScript source file PATH at KEY (AI.SCRIPTSTORE)."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        source = Path(path).read_text()
+        click.echo(client.scriptstore(key, device, source, list(entry_points), tag=tag))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("get")
+@redis_options
+@click.argument("key")
+@click.option("--meta", is_flag=True, help="Without the source.")
+def script_get(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str, meta: bool
+) -> None:
+    """Print a script's device, tag, entry points and source as JSON."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(json.dumps(client.scriptget(key, meta_only=meta), indent=2))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("del")
+@redis_options
+@click.argument("key")
+def script_del(
+    config_file: str | None, redis_url: str | None, prefix: str | None, key: str
+) -> None:
+    """Delete a script."""
+    client = make_client(config_file, redis_url, prefix)
+    try:
+        click.echo(client.scriptdel(key))
+    except AIWorkerError as exc:
+        fail(exc)
+
+
+@script.command("list")
+@redis_options
+def script_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
+    """List stored scripts and their tags."""
+    client = make_client(config_file, redis_url, prefix)
+    for key, tag in client.scriptscan():
+        click.echo(f"{key}\t{tag}")

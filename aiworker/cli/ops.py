@@ -1,0 +1,66 @@
+"""Operations commands: ``check`` (health check exit code) and ``status`` (workers, queues)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from aiworker import health
+from aiworker.cli.common import make_client, make_settings, redis_options
+from aiworker.client import Client
+
+
+@click.command()
+@redis_options
+@click.option("--device", default="CPU", help="The device queue that must be served.")
+@click.option("--max-age", type=float, default=10.0, help="Heartbeat age limit in seconds.")
+@click.option("--worker", "worker_name", default=None, help="Check only this worker (host:pid).")
+@click.option(
+    "--this-host", is_flag=True, help="Check only workers on this host (container health checks)."
+)
+def check(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    device: str,
+    max_age: float,
+    worker_name: str | None,
+    this_host: bool,
+) -> None:
+    """Exit 0 when Redis answers and a healthy worker serving DEVICE sent a recent heartbeat;
+    exit 1 otherwise (Redis unreachable, no live worker, or its threads died)."""
+    try:
+        settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
+        # Fail fast: a health check must answer well within its orchestrator's timeout.
+        client = Client.from_settings(
+            settings, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2, socket_timeout=2
+        )
+        ok, message = health.check(
+            client, client.keyspace, device, max_age, worker=worker_name, this_host=this_host
+        )
+    except Exception as exc:  # bad TLS files, refused AUTH, ...: unhealthy, not a traceback
+        ok, message = False, f"Redis unreachable: {exc}"
+    if not ok:
+        click.echo(f"unhealthy: {message}", err=True)
+        sys.exit(1)
+    click.echo(f"healthy: {message}")
+
+
+@click.command()
+@redis_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(
+    config_file: str | None, redis_url: str | None, prefix: str | None, as_json: bool
+) -> None:
+    """Workers, queues, consumer-group lag, pending jobs and dead letters."""
+    client = make_client(config_file, redis_url, prefix)
+    found = health.gather(client, client.keyspace)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for line in health.format_status(found):
+        click.echo(line)

@@ -1,0 +1,86 @@
+"""Serving commands: ``worker`` (serve device queues) and ``up`` (private redis-server + worker)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from aiworker import logs
+from aiworker.cli.common import _text, make_settings, redis_options
+from aiworker.client import Client
+from aiworker.embedded import RedisServer
+from aiworker.settings import Settings
+from aiworker.worker import Worker
+
+
+@click.command()
+@redis_options
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    envvar="AIWORKER_DEVICES",
+    help="Device queue to serve (repeatable): CPU, GPU, GPU:1 ...",
+)
+@click.option("--threads-per-queue", type=int, envvar="AIWORKER_THREADS_PER_QUEUE", default=None)
+@click.option(
+    "--preload", multiple=True, envvar="AIWORKER_PRELOAD", help="Backend to import at start."
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    envvar="AIWORKER_METRICS_PORT",
+    default=None,
+    help="Serve Prometheus metrics on this port (0: off).",
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    envvar="AIWORKER_DRAIN_TIMEOUT",
+    default=None,
+    help="Seconds to finish jobs in hand after SIGTERM before handing them back.",
+)
+def worker(
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    devices: tuple[str, ...],
+    threads_per_queue: int | None,
+    preload: tuple[str, ...],
+    metrics_port: int | None,
+    drain_timeout: float | None,
+) -> None:
+    """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short)."""
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    flags = {
+        "redis_url": redis_url,
+        "prefix": prefix,
+        "devices": devices or None,
+        "threads_per_queue": threads_per_queue,
+        "preload": preload or None,
+        "metrics_port": metrics_port,
+        "drain_timeout": drain_timeout,
+    }
+    settings = make_settings(config_file, **flags)
+    stored = Client.from_settings(settings).hgetall(f"{settings.prefix}config")
+    base = {_text(k).lower(): _text(v) for k, v in stored.items()}
+    base = {k: v for k, v in base.items() if k in Settings.__dataclass_fields__}
+    settings = make_settings(config_file, base=base, **flags)
+    if settings.log_format.lower() == "json":  # also from the config file, not only the flag
+        logs.setup(logging.getLogger().level, "json")
+    sys.exit(Worker(settings).run_forever())
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Port for redis-server (default: a free one).")
+@click.option("--threads-per-queue", type=int, default=2)
+def up(port: int | None, threads_per_queue: int) -> None:
+    """Start a private redis-server and a CPU worker; Ctrl-C stops both."""
+    logging.getLogger().setLevel(logging.INFO)
+    with RedisServer(port=port) as server:
+        settings = Settings(redis_url=server.url, threads_per_queue=threads_per_queue)
+        click.echo(f"aiworker up: {server.url}  (export AIWORKER_REDIS_URL={server.url})")
+        Worker(settings).run_forever()
