@@ -12,7 +12,7 @@ STREAM, GROUP = "floor:queue", "floor"
 
 
 def serve(url: str, consumer: str) -> None:
-    r = redis.Redis.from_url(url)
+    r = redis.Redis.from_url(url, socket_timeout=None)
     while True:
         for _, entries in (
             r.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=1, block=1000, noack=True) or []

@@ -67,7 +67,7 @@ class Floor:
         self.url = url
 
     def caller(self) -> Call:
-        r = redis.Redis.from_url(self.url)
+        r = redis.Redis.from_url(self.url, socket_timeout=None)
         reply = f"floor:reply:{uuid.uuid4().hex}"
 
         def call() -> np.ndarray:
@@ -89,7 +89,7 @@ class DoItYourself:
         self.url = url
 
     def caller(self) -> Call:
-        r = redis.Redis.from_url(self.url)
+        r = redis.Redis.from_url(self.url, socket_timeout=None)
         token = uuid.uuid4().hex
         a, b, out, reply = (f"diy:{token}:{n}" for n in ("a", "b", "out", "reply"))
         job = json.dumps({"inputs": [a, b], "output": out, "reply": reply, "shape": list(A.shape)})
