@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -250,10 +250,13 @@ class Client(DeprecatedCommands, redis.Redis):
 
     def _model_queue(self, key: str) -> str:
         """The device queue of a model; cached, since workers forward jobs that reach the wrong one."""
+        return self._cached_queue(key, lambda: model_store.read_meta(self, key).device)
+
+    def _cached_queue(self, key: str, read_device: Callable[[], str]) -> str:
         with self._devices_lock:
             queue = self._devices.get(key)
         if queue is None:
-            queue = parse_device(model_store.read_meta(self, key).device).queue
+            queue = parse_device(read_device()).queue
             with self._devices_lock:
                 self._devices[key] = queue
         return queue
@@ -340,13 +343,7 @@ class Client(DeprecatedCommands, redis.Redis):
 
     def _script_queue(self, key: str) -> str:
         """The device queue of a script (cached, as for models)."""
-        with self._devices_lock:
-            queue = self._devices.get(key)
-        if queue is None:
-            queue = parse_device(script_store.read_meta(self, key).device).queue
-            with self._devices_lock:
-                self._devices[key] = queue
-        return queue
+        return self._cached_queue(key, lambda: script_store.read_meta(self, key).device)
 
     # jobs ------------------------------------------------------------------------------------
 

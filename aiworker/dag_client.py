@@ -17,7 +17,6 @@ import numpy as np
 import redis
 
 from aiworker import dag_results
-from aiworker.devices import parse_device
 from aiworker.errors import AIError, JobTimedOut
 from aiworker.jobs import DagExecute, DagOp, ModelExecute, ScriptExecute, TensorSet
 from aiworker.parser import parse_dag
@@ -186,8 +185,7 @@ def queue_of(client: Client, request: ModelExecute | ScriptExecute | DagExecute)
         if isinstance(request, ModelExecute):
             return client._model_queue(request.key)
         if isinstance(request, ScriptExecute):
-            device = client.hget(request.key, "device")
-            return parse_device(device).queue if device is not None else "CPU"  # type: ignore[arg-type]
+            return client._script_queue(request.key)
     except (AIError, redis.ResponseError):
         return "CPU"
     for op in request.ops:

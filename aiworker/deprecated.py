@@ -78,9 +78,7 @@ class DeprecatedCommands:
         client = cast("Client", self)
         command = ["AI.SCRIPTRUN", key, function, "INPUTS", *_names(inputs)]
         request = parse_command([*command, "OUTPUTS", *_names(outputs)])
-        device = client.hget(key, "device")
-        queue = device.decode().upper() if isinstance(device, bytes) else "CPU"
-        return client.submit(queue, request)
+        return client.submit(client._script_queue(key), request)
 
     def dagrun(
         self,
