@@ -1,7 +1,13 @@
-"""aiworker: RedisAI's tensors, models and execution on stock Redis, served by sidecar workers."""
+"""aiworker: RedisAI's tensors, models and execution on stock Redis, served by sidecar workers.
+
+``import aiworker`` loads the client side only; ``aiworker.Worker`` imports the worker side on
+first use, so a web app that only enqueues jobs never loads backends or metrics.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from aiworker.client import Client
-from aiworker.errors import (
+from aiworker.protocol.errors import (
     AIError,
     AIWorkerError,
     BackendUnavailable,
@@ -11,7 +17,9 @@ from aiworker.errors import (
     WrongTypeError,
 )
 from aiworker.settings import Settings
-from aiworker.worker import Worker
+
+if TYPE_CHECKING:
+    from aiworker.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -28,3 +36,11 @@ __all__ = [
     "WrongTypeError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Worker":
+        from aiworker.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'aiworker' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from types import TracebackType
 
 import redis
 
-from aiworker.errors import AIWorkerError
+from aiworker.protocol.errors import AIWorkerError
 
 
 def free_port() -> int:

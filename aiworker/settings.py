@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aiworker.errors import ConfigError
-from aiworker.keys import DEFAULT_PREFIX
+from aiworker.protocol.errors import ConfigError
+from aiworker.protocol.keys import DEFAULT_PREFIX
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from aiworker import Client
-from aiworker.client import raise_for_reply
 from aiworker.embedded import RedisServer
 from aiworker.parser import parse_command
+from aiworker.protocol.replies import raise_for_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 

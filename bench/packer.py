@@ -14,8 +14,8 @@ import redis
 from redis._parsers import Encoder
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 
-from aiworker.connection import HybridPacker
 from aiworker.embedded import RedisServer
+from aiworker.storage.connection import HybridPacker
 from bench.common import markdown_table, median_time
 
 SIZES = [100, 4 * 1024, 64 * 1024, 1 << 20, 16 << 20, 128 << 20]

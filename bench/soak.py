@@ -29,8 +29,8 @@ import redis
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
-from aiworker.keys import CONSUMER_GROUP, Keys
-from aiworker.worker import ensure_group
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.worker.process import ensure_group
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = Keys()

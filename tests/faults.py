@@ -17,8 +17,9 @@ import pytest
 import redis
 from conftest import wait_until, worker_env
 
-from aiworker.jobs import ModelExecute, encode_entry
-from aiworker.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.requests import ModelExecute
 
 KEYS = Keys()
 QUEUE = KEYS.queue("CPU")

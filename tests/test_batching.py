@@ -15,9 +15,9 @@ from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import Client, Worker
 from aiworker.backends.stub import StubModel
-from aiworker.batching import Batch, Batcher, Member, run_batch, signature_of
-from aiworker.keys import CONSUMER_GROUP
+from aiworker.execution.batching import Batch, Batcher, Member, run_batch, signature_of
 from aiworker.parser import parse_command
+from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.storage.model import ModelMeta
 
 # pure: the batcher --------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from aiworker import Client
-from aiworker.connection import LARGE_ARGUMENT, HybridPacker, connect
 from aiworker.embedded import RedisServer
 from aiworker.storage import tensor as codec
+from aiworker.storage.connection import LARGE_ARGUMENT, HybridPacker, connect
 
 MIB = 1024 * 1024
 

@@ -11,7 +11,7 @@ from faults import enqueue, job_entry, reply_counts, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
-from aiworker.redis_options import block_ms_for
+from aiworker.storage.redis_options import block_ms_for
 
 
 def test_workers_survive_killed_connections(client: Client, settings: Settings) -> None:

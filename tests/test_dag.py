@@ -14,8 +14,8 @@ import pytest
 from conftest import stub_blob, torch_blob
 
 from aiworker import Client, JobFailed, JobTimedOut, Settings, Worker, WrongTypeError
-from aiworker.dag_results import INLINE_LIMIT
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.replies import INLINE_LIMIT
 
 SCRIPT = """
 def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
@@ -282,7 +282,7 @@ def test_dag_sent_to_another_device_queue_is_forwarded(
 
 
 def test_dag_is_queued_on_its_first_model_or_script_device(client: Client) -> None:
-    from aiworker.dag_client import queue_of
+    from aiworker.client.dag import queue_of
 
     client.modelstore("m1", "STUB", "cpu:1", stub_blob("identity"))
     dag = client.dag(persist="b").tensorset("a", [1], dtype="float").modelexecute("m1", "a", "b")

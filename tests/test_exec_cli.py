@@ -13,7 +13,7 @@ from conftest import ROOT, worker_env
 
 from aiworker import Client, Worker
 from aiworker.cli import main
-from aiworker.resp_format import ErrorReply, Status, format_reply
+from aiworker.cli.resp_format import ErrorReply, Status, format_reply
 
 
 def redis_cli(port: int, *args: str) -> str:

@@ -15,9 +15,9 @@ import pytest
 from conftest import stub_blob, torch_blob, wait_until
 
 from aiworker import AIError, Client, JobFailed, JobTimedOut, Settings, Worker
-from aiworker.connection import connect
 from aiworker.embedded import RedisServer
-from aiworker.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.storage.connection import connect
 
 QUEUE = "aiworker:queue:CPU"
 
@@ -270,7 +270,7 @@ def test_worker_survives_socket_read_timeouts(
 ) -> None:
     """A socket timeout below block_ms: blocking reads are shortened to stay under it, and a read
     that still times out (a loaded host) does not kill the consumer thread."""
-    caplog.set_level(logging.WARNING, logger="aiworker.worker")
+    caplog.set_level(logging.WARNING, logger="aiworker.worker.process")
     r = connect(settings.redis_url, socket_timeout=0.2)
     w = Worker(settings.replace(block_ms=500, threads_per_queue=1), r=r).start()
     try:

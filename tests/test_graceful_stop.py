@@ -22,7 +22,7 @@ from faults import (
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
-from aiworker.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import CONSUMER_GROUP
 
 
 def _consumers(client: Client) -> list[str]:

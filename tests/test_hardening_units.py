@@ -7,13 +7,13 @@ import logging
 
 import redis
 
-from aiworker.completion import Commands, script_args
-from aiworker.keys import CONSUMER_GROUP
 from aiworker.logs import JsonFormatter
-from aiworker.metrics import WorkerMetrics, failure_reason
-from aiworker.recovery import HeldEntries
-from aiworker.redis_options import block_ms_for, worker_kwargs
+from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.settings import Settings
+from aiworker.storage.redis_options import block_ms_for, worker_kwargs
+from aiworker.worker.complete import Commands, script_args
+from aiworker.worker.metrics import WorkerMetrics, failure_reason
+from aiworker.worker.recovery import HeldEntries
 
 
 def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> None:
@@ -90,7 +90,7 @@ def test_block_ms_stays_below_socket_timeouts() -> None:
 
 def test_json_log_lines_carry_extras() -> None:
     record = logging.LogRecord(
-        "aiworker.worker", logging.WARNING, "", 0, "job %s x", ("1-0",), None
+        "aiworker.worker.process", logging.WARNING, "", 0, "job %s x", ("1-0",), None
     )
     record.job_id = "1-0"
     line = json.loads(JsonFormatter().format(record))

@@ -14,12 +14,12 @@ from faults import QUEUE, enqueue, job_entry, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
 from aiworker.backends.base import LoadedModel
-from aiworker.completion import Commands, Completer, Result
-from aiworker.errors import AIError, LimitExceeded
-from aiworker.keys import CONSUMER_GROUP
-from aiworker.limits import check_entry, check_tensor_size, declared_nbytes
-from aiworker.model_cache import ModelCache
-from aiworker.worker import ensure_group
+from aiworker.execution.limits import check_entry, check_tensor_size, declared_nbytes
+from aiworker.execution.model_cache import ModelCache
+from aiworker.protocol.errors import AIError, LimitExceeded
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.worker.complete import Commands, Completer, Result
+from aiworker.worker.process import ensure_group
 
 
 def run_raw(client: Client, fields: dict[str, object], reply: str = "r") -> dict[str, object]:

@@ -14,7 +14,7 @@ from conftest import spawn_worker, stub_blob, wait_until
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
-from aiworker.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import CONSUMER_GROUP
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from aiworker import Client, Settings, Worker
 from aiworker.cli import main
 from aiworker.embedded import free_port
-from aiworker.keys import CONSUMER_GROUP
 from aiworker.logs import JsonFormatter
-from aiworker.worker import ensure_group
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.worker.process import ensure_group
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -184,4 +184,4 @@ def test_failed_jobs_are_logged_with_their_job_id(
     [record] = [r for r in caplog.records if getattr(r, "job_id", "") == entry_id]
     line = json.loads(JsonFormatter().format(record))
     assert line["job_id"] == entry_id and line["reason"] == "error" and "boom" in line["message"]
-    assert line["level"] == "info" and line["logger"] == "aiworker.worker"
+    assert line["level"] == "info" and line["logger"] == "aiworker.worker.process"

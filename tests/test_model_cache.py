@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from aiworker.backends.base import LoadedModel
-from aiworker.errors import AIError
-from aiworker.jobs import ModelExecute, decode_entry, encode_entry
-from aiworker.model_cache import ModelCache
+from aiworker.execution.model_cache import ModelCache
+from aiworker.protocol.entries import decode_entry, encode_entry
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import ModelExecute
 from aiworker.storage.tensor import parse_shape
 
 

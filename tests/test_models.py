@@ -11,7 +11,7 @@ from conftest import stub_blob, torch_blob
 from redis.exceptions import ResponseError
 
 from aiworker import AIError, Client, WrongTypeError
-from aiworker.errors import WRONGTYPE
+from aiworker.protocol.errors import WRONGTYPE
 
 ADD = b'{"op":"add"}'
 

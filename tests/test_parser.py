@@ -5,16 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiworker.errors import AIError
-from aiworker.jobs import (
-    DagExecute,
-    ModelExecute,
-    ScriptExecute,
-    TensorGet,
-    TensorSet,
-    decode_entry,
-    encode_entry,
-)
 from aiworker.parser import parse, parse_command, tokenize
 from aiworker.parser.commands import (
     ConfigCommand,
@@ -28,6 +18,9 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
+from aiworker.protocol.entries import decode_entry, encode_entry
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 
 
 def f32(*values: float) -> bytes:

@@ -28,8 +28,8 @@ from faults import (
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer, free_port
-from aiworker.keys import CONSUMER_GROUP
-from aiworker.worker import ensure_group
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.worker.process import ensure_group
 
 
 def _outputs(client: Client, keys: list[str]) -> list[list[float]]:

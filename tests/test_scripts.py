@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from aiworker import AIError, Client, JobFailed, Settings, Worker, WrongTypeError
-from aiworker.jobs import encode_entry
 from aiworker.parser import parse_command
+from aiworker.protocol.entries import encode_entry
 
 torch = pytest.importorskip("torch")
 

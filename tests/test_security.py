@@ -22,9 +22,9 @@ from redis.retry import Retry
 from aiworker import Client, ConfigError, Settings, Worker
 from aiworker.cli import main
 from aiworker.embedded import free_port
-from aiworker.keys import CONSUMER_GROUP
-from aiworker.redis_options import tls_kwargs
-from aiworker.worker import ensure_group
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.storage.redis_options import tls_kwargs
+from aiworker.worker.process import ensure_group
 
 QUEUE = KEYS.queue("CPU")
 

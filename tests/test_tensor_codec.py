@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from redis.exceptions import ResponseError
 
-from aiworker import messages
-from aiworker.errors import WRONGTYPE, AIError, WrongTypeError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import WRONGTYPE, AIError, WrongTypeError
 from aiworker.storage import tensor as codec
 
 LE = {

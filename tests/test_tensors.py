@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from aiworker import AIError, Client, WrongTypeError
-from aiworker.errors import WRONGTYPE
+from aiworker.protocol.errors import WRONGTYPE
 
 SAMPLES: dict[str, np.ndarray] = {
     "FLOAT": np.array([[0.0, -0.0, np.nan], [np.inf, -np.inf, 3.4028235e38]], dtype="<f4"),

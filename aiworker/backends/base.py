@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aiworker.devices import Device
-from aiworker.errors import AIError, BackendUnavailable
+from aiworker.protocol.errors import AIError, BackendUnavailable
 
 ENTRY_POINT_GROUP = "aiworker.backends"
 
@@ -72,6 +72,19 @@ class LoadedModel(ABC):
         """Release framework resources (called when evicted from the cache)."""
 
 
+@dataclass(frozen=True)
+class ScriptContext:
+    """What a running script may reach besides its tensors (RedisAI 1.2's ``redis.*`` and
+    ``redisAI.*`` calls inside TorchScript): Redis commands on the keys the request declared in
+    KEYS, and stored models. Given by the worker for each SCRIPTEXECUTE."""
+
+    keys: tuple[str, ...] = ()
+    # Runs one Redis command (name and arguments) and returns its raw reply.
+    redis_call: Callable[..., Any] | None = None
+    # Runs the stored model at a key on tensors; returns its outputs.
+    run_model: Callable[[str, Sequence[np.ndarray]], list[np.ndarray]] | None = None
+
+
 class LoadedScript(LoadedModel):
     """A compiled script: entry points called by name with RedisAI's signature
     ``fn(tensors: List[Tensor], keys: List[str], args: List[str])``.
@@ -93,9 +106,10 @@ class LoadedScript(LoadedModel):
         args: Sequence[str],
         n_outputs: int,
         variadic: int | None = None,
+        context: ScriptContext | None = None,
     ) -> list[np.ndarray]:
         """Run entry point ``function``; ``n_outputs`` is how many outputs the caller stores
-        (0: any number, as RedisAI)."""
+        (0: any number, as RedisAI); ``context`` what the script may call besides its tensors."""
 
 
 class Backend(ABC):

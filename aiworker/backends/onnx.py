@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSpec
 from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
-from aiworker.errors import AIError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 try:
     import onnx

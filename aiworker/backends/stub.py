@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 _OPS: dict[str, Callable[[Sequence[np.ndarray]], list[np.ndarray]]] = {
     "add": lambda xs: [np.add(xs[0], xs[1])],

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec, is_zip
 from aiworker.backends.util import as_array, check_run_time, clock, one_line, timeout_error
 from aiworker.devices import Device, placement
-from aiworker.errors import AIError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 try:
     import tensorflow as tf

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
-from aiworker.errors import AIError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 from aiworker.storage.tensor import dtype_of
 
 try:

@@ -5,59 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+import torch
 
-from aiworker import messages
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
-from aiworker.backends.util import check_run_time, clock, one_line
-from aiworker.devices import Device, placement
-from aiworker.errors import AIError
-
-try:
-    import torch
-except ImportError as exc:  # the registry turns this into a hint naming the extra
-    raise ImportError(f"PyTorch is not installed: {exc}") from exc
-
-_ERROR_CLASS = re.compile(r"^\w*(?:Error|Exception): ")
-
-
-def torch_device(device: Device) -> torch.device:
-    """RedisAI device -> torch device; refuses GPUs this host lacks instead of falling back."""
-    if device.is_gpu:
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        placement.require_gpu(device, "torch", count)
-    return torch.device(placement.torch_name(device))
-
-
-def torch_error_text(exc: BaseException) -> str:
-    """The error itself: a TorchScript failure's message is a traceback whose last line is it."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    if "Traceback of TorchScript" in text:
-        return _ERROR_CLASS.sub("", text.splitlines()[-1].strip())
-    return one_line(text)
-
-
-def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    # A copy: TorchScript may write into its inputs, and stored blobs are read-only buffers.
-    return torch.from_numpy(np.array(array, copy=True)).to(device)
-
-
-def to_numpy(value: Any) -> list[np.ndarray]:
-    """Flatten a module's result (tensor, or tuple/list of them) to numpy arrays."""
-    if isinstance(value, torch.Tensor):
-        return [value.detach().cpu().numpy()]
-    if isinstance(value, (list, tuple)):
-        out: list[np.ndarray] = []
-        for item in value:
-            out.extend(to_numpy(item))
-        return out
-    raise AIError(f"model returned {type(value).__name__}, expected tensors")
+from aiworker.backends.torch_common import to_numpy, to_torch, torch_device, torch_error_text
+from aiworker.backends.torch_script import TorchScript
+from aiworker.backends.util import check_run_time, clock
+from aiworker.devices import Device
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 
 def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
@@ -127,9 +86,6 @@ class TorchBackend(Backend):
         return TorchModel(module, device, len(blob), self.options.model_execution_timeout_ms)
 
     def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
-        # Imported here: torch_script builds on this module's helpers.
-        from aiworker.backends.torch_script import TorchScript
-
         return TorchScript(
             source, entry_points, torch_device(device), self.options.model_execution_timeout_ms
         )

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch  # aiworker.backends.torch above fails first, naming the missing framework
+import torch
 
-from aiworker import messages
-from aiworker.backends.base import LoadedScript
-from aiworker.backends.torch import to_torch, torch_error_text
+from aiworker.backends.base import LoadedScript, ScriptContext
+from aiworker.backends.torch_common import to_torch, torch_error_text
 from aiworker.backends.util import check_run_time, clock, squeeze_spaces
-from aiworker.errors import AIError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 # RedisAI's entry-point signature: argument types, as TorchScript spells them.
 SIGNATURE = ("List[Tensor]", "List[str]", "List[str]")
@@ -82,6 +82,7 @@ class TorchScript(LoadedScript):
         args: Sequence[str],
         n_outputs: int,
         variadic: int | None = None,
+        context: ScriptContext | None = None,
     ) -> list[np.ndarray]:
         """Call ``function``. A script stored without entry points (deprecated AI.SCRIPTSET) may
         have any function called, with tensors given positionally as AI.SCRIPTRUN did; inputs from

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 # Swapped by tests for a fake clock: run-time limits are then checked without slow models.
 _clock = time.perf_counter

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 import click
 
-from aiworker import health
-from aiworker.client import Client
-from aiworker.errors import AIWorkerError
+from aiworker.client.sync import Client
+from aiworker.protocol.errors import AIWorkerError
 from aiworker.settings import Settings
+from aiworker.storage import health
 
 F = TypeVar("F", bound=Callable[..., Any])
 

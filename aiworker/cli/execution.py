@@ -8,7 +8,7 @@ import sys
 import click
 
 from aiworker.cli.common import fail, make_client, redis_options, worker_statuses
-from aiworker.errors import AIWorkerError
+from aiworker.protocol.errors import AIWorkerError
 
 
 @click.command()
@@ -49,8 +49,8 @@ def exec_command(
 ) -> None:
     """Run one AI.* command in RedisAI syntax and print the reply as redis-cli would, e.g.
     aiworker exec "AI.TENSORSET a FLOAT 2 VALUES 2 3" (or its words as separate arguments)."""
-    from aiworker.rai_exec import execute
-    from aiworker.resp_format import ErrorReply, format_reply
+    from aiworker.cli.rai_exec import execute
+    from aiworker.cli.resp_format import ErrorReply, format_reply
 
     client = make_client(config_file, redis_url, prefix)
     reply = execute(client, command[0] if len(command) == 1 else list(command))

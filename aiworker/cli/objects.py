@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from aiworker.cli.common import fail, make_client, redis_options
-from aiworker.errors import AIWorkerError
+from aiworker.protocol.errors import AIWorkerError
 
 # tensors -----------------------------------------------------------------------------------
 

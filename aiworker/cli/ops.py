@@ -9,9 +9,9 @@ import click
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aiworker import health
 from aiworker.cli.common import make_client, make_settings, redis_options
-from aiworker.client import Client
+from aiworker.client.sync import Client
+from aiworker.storage import health
 
 
 @click.command()

@@ -9,10 +9,10 @@ import click
 
 from aiworker import logs
 from aiworker.cli.common import _text, make_settings, redis_options
-from aiworker.client import Client
+from aiworker.client.sync import Client
 from aiworker.embedded import RedisServer
 from aiworker.settings import Settings
-from aiworker.worker import Worker
+from aiworker.worker.process import Worker
 
 
 @click.command()

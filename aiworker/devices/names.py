@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiworker import messages
-from aiworker.errors import AIError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 # RedisAI: "<n> contains digits only, up to 5" (its tests refuse CPU:123456)
 _DEVICE = re.compile(r"^(CPU|GPU)(?::(\d{1,5}))?$", re.IGNORECASE)

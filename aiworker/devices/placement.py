@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiworker.devices.names import Device
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 
 def unavailable(device: Device, framework: str, count: int) -> AIError:

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from aiworker.errors import AIError
-from aiworker.jobs import Request, TensorGet, TensorSet
 from aiworker.parser.admin import parse_config, parse_info
 from aiworker.parser.commands import DirectCommand
 from aiworker.parser.common import wrong_arity
@@ -40,6 +38,8 @@ from aiworker.parser.script import (
     parse_scriptstore,
 )
 from aiworker.parser.tensor import parse_tensorget, parse_tensorset
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import Request, TensorGet, TensorSet
 
 Command = Request | TensorSet | TensorGet | DirectCommand
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker import messages
 from aiworker.backends.base import known_backends
-from aiworker.errors import AIError
 from aiworker.parser.commands import ConfigCommand, InfoGet
 from aiworker.parser.common import is_word, parse_int, wrong_arity
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
 
 
 def parse_info(args: Sequence[str]) -> InfoGet:

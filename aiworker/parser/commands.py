@@ -1,7 +1,7 @@
 """Typed forms of the AI.* commands that are not queued as jobs (the client runs them directly).
 
 The queueable ones (ModelExecute, ScriptExecute, DagExecute) and the tensor commands, which are
-also DAG ops, live in ``aiworker.jobs``.
+also DAG ops, live in ``aiworker.protocol.requests``.
 """
 
 from __future__ import annotations

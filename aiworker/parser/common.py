@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _UNSIGNED = re.compile(r"^[0-9]+$")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from aiworker.errors import AIError
-from aiworker.jobs import DagExecute, DagOp, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.parser.common import CHAIN, parse_int, parse_timeout
 from aiworker.parser.execute import (
     parse_modelexecute,
@@ -19,6 +17,15 @@ from aiworker.parser.execute import (
     parse_scriptrun,
 )
 from aiworker.parser.tensor import parse_tensorget, parse_tensorset
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import (
+    DagExecute,
+    DagOp,
+    ModelExecute,
+    ScriptExecute,
+    TensorGet,
+    TensorSet,
+)
 
 DAG_COMMANDS = ("AI.DAGEXECUTE", "AI.DAGEXECUTE_RO", "AI.DAGRUN", "AI.DAGRUN_RO")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker.errors import AIError
-from aiworker.jobs import ModelExecute, ScriptExecute
 from aiworker.parser.common import is_word, parse_int, parse_timeout, wrong_arity
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import ModelExecute, ScriptExecute
 
 DAG_TIMEOUT = "TIMEOUT not allowed within a DAG command"
 

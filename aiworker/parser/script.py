@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker.errors import AIError
 from aiworker.parser.commands import ScriptDel, ScriptGet, ScriptScan, ScriptStore
 from aiworker.parser.common import is_word, parse_int, wrong_arity
+from aiworker.protocol.errors import AIError
 
 MISSING_ENTRY_POINTS = "Insufficient arguments, missing script entry points"
 MISSING_SOURCE = "Insufficient arguments, missing script SOURCE"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker import messages
-from aiworker.errors import AIError
-from aiworker.jobs import TensorGet, TensorSet
 from aiworker.parser.common import parse_int, wrong_arity
 from aiworker.parser.lexer import to_bytes
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import TensorGet, TensorSet
 from aiworker.storage import tensor as codec
 
 BLOB_ARGUMENT = (

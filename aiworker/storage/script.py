@@ -16,10 +16,10 @@ from typing import Any
 
 import redis
 
-from aiworker import messages
 from aiworker.devices import parse_device
-from aiworker.errors import AIError, WrongTypeError
-from aiworker.keys import Keys
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, WrongTypeError
+from aiworker.protocol.keys import Keys
 
 KIND_SCRIPT = "script"
 META_FIELDS = ("kind", "device", "tag", "entry_points", "digest")

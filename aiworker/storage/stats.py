@@ -10,9 +10,9 @@ from typing import Any
 
 import redis
 
-from aiworker import messages
-from aiworker.errors import AIError
-from aiworker.keys import Keys
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.keys import Keys
 
 COUNTERS = ("duration", "samples", "calls", "errors")
 

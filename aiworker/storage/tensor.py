@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
-from aiworker.errors import AIError, WrongTypeError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, WrongTypeError
 
 KIND_FIELD = "kind"
 KIND_TENSOR = "tensor"

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from aiworker import messages
-from aiworker.errors import AIError, WrongTypeError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.storage import tensor as codec
 from aiworker.storage.lua import LuaScript
 

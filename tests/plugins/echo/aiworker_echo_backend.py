@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 
 class EchoModel(LoadedModel):

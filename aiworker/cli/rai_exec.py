@@ -13,11 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import dag_results
-from aiworker.client import Client
-from aiworker.dag_client import queue_of
-from aiworker.errors import AIError, AIWorkerError
-from aiworker.jobs import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.cli.resp_format import ErrorReply, Status
+from aiworker.client.dag import queue_of
+from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
     ConfigCommand,
@@ -31,7 +29,9 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
-from aiworker.resp_format import ErrorReply, Status
+from aiworker.protocol import replies as dag_results
+from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
 
@@ -183,7 +183,7 @@ def _config(client: Client, cmd: ConfigCommand) -> Any:
 
 
 def _config_names() -> set[str]:
-    from aiworker.client import CONFIG_NAMES
+    from aiworker.client.sync import CONFIG_NAMES
 
     return set(CONFIG_NAMES)
 

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from aiworker.errors import ConfigError
+from aiworker.protocol.errors import ConfigError
 from aiworker.settings import Settings
 
 # Backoff 50 ms, 100 ms, ... capped at 2 s; 10 retries ride out roughly a 15 s outage per command.

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiworker.backends.base import LoadedModel
-from aiworker.errors import AIError
+from aiworker.protocol.errors import AIError
 
 
 @dataclass

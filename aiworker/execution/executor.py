@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import redis
 
-from aiworker import limits, messages
 from aiworker.backends.base import LoadedModel, ModelSpec, Registry
 from aiworker.devices import parse_device
-from aiworker.errors import AIError, AIWorkerError, WrongTypeError
-from aiworker.jobs import Job, ModelExecute
-from aiworker.keys import Keys
-from aiworker.model_cache import ModelCache
+from aiworker.execution import limits
+from aiworker.execution.model_cache import ModelCache
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import Job, ModelExecute
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
 
@@ -102,7 +103,9 @@ class Executor:
         self.handlers: dict[str, Callable[[Job, str], Outcome]] = {
             "MODELEXECUTE": self._model_execute_job,
         }
-        from aiworker.scripts import ScriptRunner  # here: scripts.py builds on this module
+        from aiworker.execution.scripts import (
+            ScriptRunner,  # here: scripts.py builds on this module
+        )
 
         self.handlers["SCRIPTEXECUTE"] = ScriptRunner(self)
 

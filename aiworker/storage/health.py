@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from aiworker.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 
 
 def _text(value: Any) -> str:

@@ -38,14 +38,14 @@ from typing import Any, cast
 
 import redis
 
-from aiworker.completion import Commands, Completer
-from aiworker.jobs import decode_entry, reply_key_of
-from aiworker.keys import CONSUMER_GROUP, Keys
-from aiworker.metrics import WorkerMetrics
+from aiworker.protocol.entries import decode_entry, reply_key_of
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.settings import Settings
 from aiworker.storage import stats
+from aiworker.worker.complete import Commands, Completer
+from aiworker.worker.metrics import WorkerMetrics
 
-log = logging.getLogger("aiworker.recovery")
+log = logging.getLogger("aiworker.worker.recovery")
 
 # Consumers with nothing pending and idle this long belong to workers that are gone.
 STALE_CONSUMER_S = 3600.0

@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import redis
 
-from aiworker import dag_results
-from aiworker.errors import AIError, JobTimedOut
-from aiworker.jobs import DagExecute, DagOp, ModelExecute, ScriptExecute, TensorSet
 from aiworker.parser import parse_dag
+from aiworker.protocol import replies as dag_results
+from aiworker.protocol.errors import AIError, JobTimedOut
+from aiworker.protocol.requests import DagExecute, DagOp, ModelExecute, ScriptExecute, TensorSet
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
 
-if TYPE_CHECKING:
-    from aiworker.client import Client
+
+class Client(Protocol):
+    """What the DAG builder needs from ``aiworker.Client`` (named here to keep imports one-way)."""
+
+    def submit_reply(self, device: str, request: Any) -> dict[str, Any]: ...
+    def _model_queue(self, key: str) -> str: ...
+    def _script_queue(self, key: str) -> str: ...
+    def hgetall(self, name: Any) -> Any: ...
+
 
 Post = Callable[[Any], Any]
 
@@ -201,7 +208,7 @@ def partial_tensor(client: Client, as_numpy: bool, mutable: bool, meta_only: boo
         if not isinstance(result, dict) or "dtype" not in result:
             return _common(result)
         dtype, shape, array = dag_results.decode_tensor(
-            result, lambda key: tensor_io.read(client, key)
+            result, lambda key: tensor_io.read(cast(redis.Redis, client), key)
         )
         if meta_only or array is None:
             return {"dtype": dtype, "shape": list(shape)}

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
-from aiworker.dag_client import Dag
+from aiworker.client.dag import Dag
 from aiworker.parser import parse_command
 
-if TYPE_CHECKING:
-    from aiworker.client import Client
+
+class Client(Protocol):
+    """The ``aiworker.Client`` methods these aliases call (named here to keep imports one-way)."""
+
+    def modelstore(self, key: str, backend: str, device: str, data: bytes, **kw: Any) -> str: ...
+    def modelexecute(self, key: str, inputs: Sequence[str], outputs: Sequence[str]) -> str: ...
+    def _scriptstore(self, *args: Any, **kwargs: Any) -> str: ...
+    def submit(self, device: str, request: Any) -> str: ...
+    def _script_queue(self, key: str) -> str: ...
+    def submit_reply(self, device: str, request: Any) -> dict[str, Any]: ...
+    def _model_queue(self, key: str) -> str: ...
+    def hgetall(self, name: Any) -> Any: ...
 
 
 def _warn(old: str, new: str) -> None:

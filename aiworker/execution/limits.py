@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
-from aiworker.errors import AIError, LimitExceeded
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, LimitExceeded
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io

@@ -31,16 +31,18 @@ from typing import Any, NamedTuple, Protocol, cast
 import numpy as np
 import redis
 
-from aiworker import limits, messages
-from aiworker.batching import Batch, Batcher, Member, MemberResult, run_batch
-from aiworker.errors import AIError, AIWorkerError
-from aiworker.executor import Executor, Outcome, PreparedModelExecute
-from aiworker.jobs import Job, ModelExecute, decode_entry, reply_key_of
-from aiworker.keys import Keys
+from aiworker.execution import limits
+from aiworker.execution.batching import Batch, Batcher, Member, MemberResult, run_batch
+from aiworker.execution.executor import Executor, Outcome, PreparedModelExecute
+from aiworker.protocol import messages
+from aiworker.protocol.entries import decode_entry, reply_key_of
+from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import Job, ModelExecute
 from aiworker.settings import Settings
 from aiworker.storage.model import META_FIELDS
 
-log = logging.getLogger("aiworker.dispatch")
+log = logging.getLogger("aiworker.worker.schedule")
 
 # Entries one XREADGROUP may take: enough to see a whole batch's worth of queued requests at once.
 READ_COUNT = 64

@@ -1,7 +1,7 @@
 """The worker process: THREADS_PER_QUEUE consumer threads per device stream, one consumer group.
 
 The threads of a device queue share a reader, a local run queue and the autobatcher
-(``aiworker.dispatch``): entries are decoded, run by the Executor (batched when their model has
+(``aiworker.worker.schedule``): entries are decoded, run by the Executor (batched when their model has
 BATCHSIZE > 0), then the outcomes are applied by one atomic completion script: each entry
 acknowledged, its outputs written, stats counted, the reply pushed (with a TTL), the entry deleted.
 A crash before it leaves the entry pending for another worker; nothing is ever half applied.
@@ -31,23 +31,23 @@ from typing import Any, cast
 
 import redis
 
-from aiworker import redis_options
 from aiworker.backends.base import BackendOptions, Registry
-from aiworker.completion import Commands, Completer, Result
-from aiworker.connection import connect
-from aiworker.dag import DagRunner
 from aiworker.devices import parse_device
-from aiworker.dispatch import Completion, QueueRuntime
-from aiworker.executor import Executor, Outcome, StatsRecord
-from aiworker.jobs import ENQUEUED_FIELD, Job, entry_time_ms
-from aiworker.keys import CONSUMER_GROUP, Keys
-from aiworker.metrics import WorkerMetrics, failure_reason
-from aiworker.model_cache import ModelCache
-from aiworker.recovery import HeldEntries, Recovery
+from aiworker.execution.dag import DagRunner
+from aiworker.execution.executor import Executor, Outcome, StatsRecord
+from aiworker.execution.model_cache import ModelCache
+from aiworker.protocol.entries import ENQUEUED_FIELD, entry_time_ms
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.requests import Job
 from aiworker.settings import Settings
-from aiworker.storage import stats, tensor_io
+from aiworker.storage import redis_options, stats, tensor_io
+from aiworker.storage.connection import connect
+from aiworker.worker.complete import Commands, Completer, Result
+from aiworker.worker.metrics import WorkerMetrics, failure_reason
+from aiworker.worker.recovery import HeldEntries, Recovery
+from aiworker.worker.schedule import Completion, QueueRuntime
 
-log = logging.getLogger("aiworker.worker")
+log = logging.getLogger("aiworker.worker.process")
 HEARTBEAT_SECONDS = 2.0
 # Heartbeats older than this are dropped from the workers zset (their JSON keys expire anyway).
 STALE_WORKER_S = 3600.0

@@ -16,7 +16,7 @@ of competing for the same cores in small batches. Requests therefore never wait 
 batch run for that reason.
 
 The ``Batcher`` is pure bookkeeping and not thread-safe: its owner (one device queue of a worker
-process, see ``aiworker.dispatch``) calls it under its own lock. Batching therefore happens within
+process, see ``aiworker.worker.schedule``) calls it under its own lock. Batching therefore happens within
 one worker process; requests that different processes took batch separately.
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from aiworker import messages
-from aiworker.errors import AIError, AIWorkerError
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.storage import tensor as codec
 from aiworker.storage.model import ModelMeta
 

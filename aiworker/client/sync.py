@@ -8,7 +8,6 @@ with RedisAI's messages.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -18,23 +17,25 @@ from typing import Any
 import numpy as np
 import redis
 
-from aiworker import messages
 from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
-from aiworker.connection import install_packer
-from aiworker.dag_client import Dag
-from aiworker.deprecated import DeprecatedCommands
+from aiworker.client.dag import Dag
+from aiworker.client.deprecated import DeprecatedCommands
+from aiworker.client.verify import check_script_source
 from aiworker.devices import parse_device
-from aiworker.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
-from aiworker.jobs import Request, encode_entry
-from aiworker.keys import DEFAULT_PREFIX, Keys
 from aiworker.parser import parse_modelexecute, parse_scriptexecute
-from aiworker.redis_options import client_kwargs
-from aiworker.scripts import check_source
+from aiworker.protocol import messages
+from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.errors import AIError, JobTimedOut, WrongTypeError
+from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
+from aiworker.protocol.replies import decode_reply, raise_for_reply
+from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage import stats, tensor_io
 from aiworker.storage import tensor as codec
+from aiworker.storage.connection import install_packer
+from aiworker.storage.redis_options import client_kwargs
 
 # AI.CONFIG names -> (Settings field, smallest allowed value; None for text).
 CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
@@ -54,19 +55,6 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if isinstance(value, (str, bytes)):
         return [value.decode() if isinstance(value, bytes) else value]
     return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
-
-
-def raise_for_reply(reply: dict[str, Any]) -> str:
-    """Turn a worker's JSON reply into ``"OK"`` or the matching exception."""
-    status = reply.get("status")
-    if status == "ok":
-        return "OK"
-    if status == "timedout":
-        raise JobTimedOut()
-    message = str(reply.get("error") or "job failed")
-    if message.startswith("WRONGTYPE"):
-        raise WrongTypeError(message)
-    raise JobFailed(message)
 
 
 class Client(DeprecatedCommands, redis.Redis):
@@ -288,7 +276,7 @@ class Client(DeprecatedCommands, redis.Redis):
         legacy: bool = False,
     ) -> str:
         device_name, source, names = script_store.validate(device, script, entry_points, legacy)
-        check_source(source, names)
+        check_script_source(source, names)
         self._check_writable(key, script_store.KIND_SCRIPT)
         script_store.store_script(self, self.keyspace, key, device_name, source, names, tag or "")
         with self._devices_lock:
@@ -364,8 +352,7 @@ class Client(DeprecatedCommands, redis.Redis):
             if remaining is not None and remaining <= 0:
                 raise JobTimedOut(f"no reply from a worker within {self.reply_timeout}s")
             popped = self.blpop([reply_key], timeout=self._blpop_wait(remaining))
-        reply: dict[str, Any] = json.loads(popped[1])  # type: ignore[index]
-        return reply
+        return decode_reply(popped[1])  # type: ignore[index]
 
     def _blpop_wait(self, wanted: float | None) -> float:
         """One BLPOP's timeout: at most ``wanted`` and short enough for the socket read timeout

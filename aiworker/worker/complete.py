@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from aiworker.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import CONSUMER_GROUP
 
 COMPLETE_SCRIPT = """
 -- KEYS[1] the queue, then every key the commands touch. ARGV: group, number of undeclared keys

@@ -16,31 +16,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from aiworker import messages
 from aiworker.backends.base import LoadedModel, LoadedScript
 from aiworker.devices import parse_device
-from aiworker.errors import AIError, AIWorkerError
-from aiworker.jobs import Job, ScriptExecute
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.requests import Job, ScriptExecute
 from aiworker.storage import script as script_store
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
 
 if TYPE_CHECKING:  # the executor imports this module when it builds its handler table
-    from aiworker.executor import Executor, Outcome
+    from aiworker.execution.executor import Executor, Outcome
 
 SCRIPT_BACKEND = "TORCH"  # RedisAI's scripts are TorchScript
-
-
-def check_source(source: str, entry_points: Sequence[str]) -> bool:
-    """Compile a script and check its entry points where torch is installed, as RedisAI did at
-    SCRIPTSTORE (raising ``AIError`` with its messages). False when torch is missing here: the
-    worker then reports the same errors when it first loads the script."""
-    try:
-        from aiworker.backends import torch_script
-    except ImportError:
-        return False
-    torch_script.compile_script(source, entry_points)
-    return True
 
 
 @dataclass(frozen=True)
@@ -68,7 +56,7 @@ class ScriptRunner:
 
     def prepare(self, request: ScriptExecute, queue_device: str) -> PreparedScriptExecute | Outcome:
         """Read the script version and decode inputs; an Outcome when the job ends here."""
-        from aiworker.executor import Outcome
+        from aiworker.execution.executor import Outcome
 
         pipe = self.executor.r.pipeline(transaction=True)
         pipe.hmget(request.key, list(script_store.META_FIELDS))
@@ -126,7 +114,7 @@ class ScriptRunner:
 
     def run(self, prepared: PreparedScriptExecute) -> Outcome:
         """Run a prepared SCRIPTEXECUTE and collect its outputs."""
-        from aiworker.executor import Outcome
+        from aiworker.execution.executor import Outcome
 
         request = prepared.request
         started = time.perf_counter()

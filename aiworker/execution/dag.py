@@ -9,7 +9,7 @@ on models with BATCHSIZE > 0 join the batcher of their device queue when this pr
 
 When an op fails, ops that have not started answer ``NA`` and nothing is persisted; otherwise the
 PERSIST keys are written with the DAG's completion transaction. Results travel in the reply as
-described in ``aiworker.dag_results``. A DAG runs on the devices of the host whose worker takes it:
+described in ``aiworker.protocol.replies``. A DAG runs on the devices of the host whose worker takes it:
 the client queues it on the device of its first model or script op.
 """
 
@@ -24,13 +24,21 @@ from typing import Any, Protocol
 import numpy as np
 import redis
 
-from aiworker import dag_results, messages
-from aiworker.batching import Batch, Member, MemberResult, run_batch
 from aiworker.devices import parse_device
-from aiworker.errors import AIError, AIWorkerError, WrongTypeError
-from aiworker.executor import Executor, Outcome, StatsRecord
-from aiworker.jobs import DagExecute, Job, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.execution.batching import Batch, Member, MemberResult, run_batch
+from aiworker.execution.executor import Executor, Outcome, StatsRecord
 from aiworker.parser.dag import op_inputs, op_outputs
+from aiworker.protocol import messages
+from aiworker.protocol import replies as dag_results
+from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
+from aiworker.protocol.requests import (
+    DagExecute,
+    Job,
+    ModelExecute,
+    ScriptExecute,
+    TensorGet,
+    TensorSet,
+)
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
@@ -130,7 +138,7 @@ class DagRunner:
         self, dag: DagExecute
     ) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, Any]]:
         """LOADed tensors and model/script metadata in one round trip (one snapshot)."""
-        from aiworker import scripts
+        from aiworker.execution import scripts
 
         pipe = self.executor.r.pipeline(transaction=True)
         for key in dag.load:
@@ -285,7 +293,7 @@ class DagRunner:
         self._store(run, op, result.outputs)
 
     def _script_op(self, run: _Run, op: _Op, request: ScriptExecute, inputs: list[Any]) -> None:
-        from aiworker.scripts import run_script
+        from aiworker.execution.scripts import run_script
 
         started = time.perf_counter()
         try:

@@ -1,0 +1,5 @@
+"""The client side: redisai-py's API on stock Redis."""
+
+from aiworker.client.sync import Client
+
+__all__ = ["Client"]
