@@ -9,8 +9,8 @@ import redis
 
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
+from aiworker.storage import scripts
 from aiworker.storage import tensor as codec
-from aiworker.storage.lua import LuaScript
 
 
 def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
@@ -19,17 +19,7 @@ def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> Non
     pipe.hset(key, mapping=codec.encode_fields(array))  # type: ignore[arg-type]
 
 
-# Replace a tensor in one round trip, refusing (like RedisAI) keys that hold anything else.
-_WRITE = LuaScript("""
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' then
-  if kind ~= 'hash' or redis.call('HGET', KEYS[1], 'kind') ~= 'tensor' then
-    return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
-  end
-  redis.call('DEL', KEYS[1])
-end
-return redis.call('HSET', KEYS[1], unpack(ARGV))
-""")
+_WRITE = scripts.load("tensor_write")
 
 
 # Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.

@@ -1,0 +1,40 @@
+"""Every server-side Lua script aiworker runs lives in ``storage/lua/<name>.lua``; this is the one
+loader. Each file starts with a header comment saying its KEYS and ARGV.
+
+Scripts are sent by SHA-1 (EVALSHA) and loaded on the first NOSCRIPT reply, e.g. after a Redis
+restart. Every key a script touches is passed in KEYS, so scripts also run on Redis Cluster as long
+as those keys share a slot.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+
+class LuaScript:
+    """One script: its source, its SHA-1, and a call that loads it when Redis lacks it."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, r: redis.Redis, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        try:
+            return r.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            r.script_load(self.source)
+            return r.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@functools.cache
+def load(name: str) -> LuaScript:
+    """The script in ``lua/<name>.lua``."""
+    source = resources.files("aiworker.storage").joinpath("lua", f"{name}.lua").read_text()
+    return LuaScript(name, source)
