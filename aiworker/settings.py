@@ -53,6 +53,8 @@ class Settings:
     drain_timeout: float = 30.0
     model_cache_bytes: int = 0
     max_model_bytes: int = 1 << 31
+    max_job_bytes: int = 1 << 31
+    hung_job_timeout: float = 0.0
     socket_timeout: float = 0.0
     metrics_addr: str = "0.0.0.0"
     log_format: str = "text"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -145,11 +147,14 @@ def test_force_dispatches_waiting_groups() -> None:
 
 
 class StubExecutor:
-    def __init__(self, op: str) -> None:
-        self.model = StubModel({"op": op})
+    """Stands in for ``Models``: hands out one stub model (the backend is the real STUB)."""
 
-    def model_for(self, key: str, meta: ModelMeta) -> StubModel:
-        return self.model
+    def __init__(self, op: str) -> None:
+        self.stub = StubModel({"op": op})
+
+    @contextlib.contextmanager
+    def model(self, key: str, meta: ModelMeta) -> Iterator[StubModel]:
+        yield self.stub
 
 
 def test_run_batch_concatenates_and_splits_by_size() -> None:

@@ -65,7 +65,7 @@ def test_workers_survive_killed_connections(client: Client, settings: Settings) 
 def test_blocking_reads_stay_below_the_socket_timeout(redis_server: RedisServer) -> None:
     url = redis_server.url + "?socket_timeout=0.5"
     w = Worker(Settings(redis_url=url, block_ms=1000, threads_per_queue=1))
-    assert block_ms_for(w.r, 1000) == w.block_ms == 400
+    assert block_ms_for(w.r, 1000) == w.settings.block_ms == 400
     w.start()
     try:
         time.sleep(1.5)  # several idle blocking reads
@@ -77,5 +77,5 @@ def test_blocking_reads_stay_below_the_socket_timeout(redis_server: RedisServer)
 def test_worker_connections_get_a_socket_timeout_above_the_block(settings: Settings) -> None:
     w = Worker(settings.replace(block_ms=1000))
     timeout = w.r.connection_pool.connection_kwargs["socket_timeout"]
-    assert timeout > 1.0 and w.block_ms == 1000
+    assert timeout > 1.0 and w.settings.block_ms == 1000
     assert w.r.connection_pool.connection_kwargs["retry"].get_retries() > 0

@@ -5,41 +5,51 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import redis
 
+from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.logs import JsonFormatter
-from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.replies import decode_reply
 from aiworker.settings import Settings
+from aiworker.storage import tensor as codec
 from aiworker.storage.redis_options import block_ms_for, worker_kwargs
-from aiworker.worker.complete import Commands, script_args
+from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics, failure_reason
-from aiworker.worker.recovery import HeldEntries
+
+
+def completer() -> Completer:
+    return Completer(Keys(), "w1", 60, WorkerMetrics(), HeldEntries())
 
 
 def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> None:
-    done = Commands().delete("o").hset("o", mapping={"kind": "tensor"}).lpush("r", "x")
-    done.expire("r", 5).hincrby("s", "calls", 1)
-    other = Commands().lpush("r", "y")
-    keys, argv = script_args("q", [("1-0", done), ("2-0", other)])
-    assert keys == ["q", "o", "r", "s"]
-    assert argv == [
-        CONSUMER_GROUP, 0, 2,
-        "1-0", 5,
-        0, "DEL", 2,
-        2, "HSET", 2, "kind", "tensor",
-        1, "LPUSH", 3, "x",
-        1, "EXPIRE", 3, "5",
-        2, "HINCRBY", 4, "calls", "1",
-        "2-0", 1,
-        1, "LPUSH", 3, "y",
-    ]  # fmt: skip
-    keys, argv = script_args("q", [("1-0", done)], declare=False)
-    assert keys == ["q"] and argv[:6] == [CONSUMER_GROUP, 3, "o", "r", "s", 1]
+    array = np.arange(2, dtype=np.float32)
+    ok = Outcome("ok", writes={"o": array}, stats=[StatsRecord("m", 5, 2)])
+    items = [
+        Finished("1-0", ok, reply="r", started=None),
+        Finished("2-0", Outcome.failed("boom", [StatsRecord("m", errors=1)]), reply="r"),
+    ]
+    keys, body = completer()._arguments("q", items)
+    stats = Keys().stats("m")
+    assert keys == ["q", "r", "o", stats]
+    fields = codec.encode_fields(array)
+    assert body[:7] == [2, "1-0", 2, body[3], 1, 1, 0]
+    assert decode_reply(body[3]) == {"status": "ok", "id": "1-0", "worker": "w1"}
+    assert body[7:10] == [3, 0, 8] and body[10:18] == [x for kv in fields.items() for x in kv]
+    assert body[18:23] == [4, 5, 2, 1, 0]
+    assert body[23:29] == ["2-0", 2, body[25], 0, 1, 0]
+    assert decode_reply(body[25])["error"] == "boom"
+    assert body[29:] == [4, 0, 0, 1, 1]
 
 
-def test_completion_xadd_with_cap() -> None:
-    done = Commands().xadd("dl", {"a": b"1"}, maxlen=10)
-    assert done.commands == [("XADD", "dl", ["MAXLEN", "~", "10", "*", "a", b"1"])]
+def test_a_forward_is_a_stream_record_and_no_reply() -> None:
+    fields = {b"cmd": b"AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b", b"reply": b"r"}
+    item = Finished("1-0", Outcome.forward("GPU"), reply="r", fields=fields)
+    keys, body = completer()._arguments("q", [item])
+    assert keys == ["q", "aiworker:queue:GPU"]
+    assert body == [1, "1-0", 0, b"", 0, 0, 1, 2, 0, 4, "cmd", fields[b"cmd"], "reply", b"r"]
 
 
 def test_failure_reasons() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from faults import QUEUE, enqueue, job_entry, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
 from aiworker.backends.base import LoadedModel
-from aiworker.execution.limits import check_entry, check_tensor_size, declared_nbytes
+from aiworker.execution.limits import (
+    check_entry,
+    check_tensor_size,
+    declared_nbytes,
+    decode_tensor_reply,
+)
 from aiworker.execution.model_cache import ModelCache
 from aiworker.protocol.errors import AIError, LimitExceeded
-from aiworker.protocol.keys import CONSUMER_GROUP
-from aiworker.worker.complete import Commands, Completer, Result
-from aiworker.worker.process import ensure_group
 
 
 def run_raw(client: Client, fields: dict[str, object], reply: str = "r") -> dict[str, object]:
@@ -104,7 +107,11 @@ def test_values_text_far_longer_than_the_shape_is_refused(client: Client, limite
         "v", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "2", "values": "1 " * 5000}
     )
     reply = run_raw(client, {"cmd": "AI.MODELEXECUTE m INPUTS 1 v OUTPUTS 1 o"})
-    assert reply["error"] == "wrong number of values was given in 'AI.TENSORSET' command"
+    assert "10,000 bytes of data" in str(reply["error"]), "stored size checked before fetching"
+    # Within the stored-size limit, a text far longer than the shape needs is not even split.
+    reply = ["ok", b"tensor", b"FLOAT", b"2", None, b"1 " * 5000]
+    with pytest.raises(AIError, match="wrong number of values"):
+        decode_tensor_reply("v", reply, 1 << 20)
 
 
 def test_oversized_entries_are_refused(client: Client, limited: Worker) -> None:
@@ -137,65 +144,27 @@ class FakeModel(LoadedModel):
         self.closed = True
 
 
+def get(cache: ModelCache, key: str, digest: str, load: Any) -> LoadedModel:
+    with cache.use(key, digest, load) as model:
+        return model
+
+
 def test_the_model_cache_is_bounded_by_count_and_bytes() -> None:
     cache = ModelCache(max_models=3, max_bytes=250)
     models = {k: FakeModel(100) for k in "abcd"}
     for key in "ab":
-        cache.get(key, "v1", lambda k=key: ("v1", models[k]))
-    cache.get("a", "v1", lambda: pytest.fail("cached"))  # a is now the most recently used
-    cache.get("c", "v1", lambda: ("v1", models["c"]))  # 300 bytes > 250: b (least recent) goes
+        get(cache, key, "v1", lambda k=key: ("v1", models[k]))
+    get(cache, "a", "v1", lambda: pytest.fail("cached"))  # a is now the most recently used
+    get(cache, "c", "v1", lambda: ("v1", models["c"]))  # 300 bytes > 250: b (least recent) goes
     assert sorted(cache.keys()) == ["a", "c"] and models["b"].closed
     assert cache.nbytes == 200
     huge = FakeModel(1000)
-    cache.get("d", "v1", lambda: ("v1", huge))  # larger than the bound alone: kept, all others go
+    get(cache, "d", "v1", lambda: ("v1", huge))  # larger than the bound alone: kept, all go
     assert cache.keys() == ["d"] and models["a"].closed and models["c"].closed
     counted = ModelCache(max_models=2)
     for key in "abc":
-        counted.get(key, "v1", lambda: ("v1", FakeModel(0)))
+        get(counted, key, "v1", lambda: ("v1", FakeModel(0)))
     assert counted.keys() == ["b", "c"]
-
-
-def test_completion_applies_once_and_rejections_apply_nothing(client: Client) -> None:
-    ensure_group(client, QUEUE)
-    [entry_id] = enqueue(client, [job_entry("m", ["a"], ["o"], "r")])
-    client.xreadgroup(CONSUMER_GROUP, "c1", {QUEUE: ">"}, count=1)
-    completer = Completer(client)
-
-    client.set("r", "not a list")
-    done = Commands().hset("o", mapping={"kind": "tensor"}).lpush("r", "first")
-    result = completer.complete(QUEUE, entry_id, done)
-    assert result.rejected == "WRONGTYPE" and result.command == "LPUSH" and result.key == "r"
-    assert not client.exists("o") and client.xlen(QUEUE) == 1, "nothing applied, still pending"
-
-    # The type a key will have after the script's own earlier commands counts too.
-    clash = Commands().delete("r").hset("r", mapping={"kind": "tensor"}).lpush("r", "x")
-    assert completer.complete(QUEUE, entry_id, clash).rejected == "WRONGTYPE"
-    assert client.type("r") == b"string" and client.xlen(QUEUE) == 1
-
-    client.delete("r")
-    assert completer.complete(QUEUE, entry_id, done).applied
-    again = completer.complete(QUEUE, entry_id, Commands().lpush("r", "second"))
-    assert again.duplicate and not again.applied
-    assert client.lrange("r", 0, -1) == [b"first"] and client.xlen(QUEUE) == 0
-
-
-def test_a_batch_completion_guards_each_entry(client: Client) -> None:
-    ensure_group(client, QUEUE)
-    ids = enqueue(client, [job_entry("m", ["a"], [f"o{i}"], f"r{i}") for i in range(3)])
-    client.xreadgroup(CONSUMER_GROUP, "c1", {QUEUE: ">"}, count=3)
-    completer = Completer(client)
-    assert completer.complete(QUEUE, ids[1], Commands().lpush("r1", "early")).applied
-    results = completer.complete_many(
-        QUEUE,
-        [
-            (i, Commands().lpush(f"r{n}", "batch").hincrby("s", "calls", 1))
-            for n, i in enumerate(ids)
-        ],
-    )
-    assert not isinstance(results, Result)
-    assert [r.applied for r in results] == [True, False, True]
-    assert client.lrange("r1", 0, -1) == [b"early"], "the entry completed earlier is untouched"
-    assert client.hget("s", "calls") == b"2" and client.xlen(QUEUE) == 0
 
 
 def test_nothing_is_ever_unpickled() -> None:

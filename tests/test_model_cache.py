@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,12 @@ from aiworker.protocol.entries import decode_entry, encode_entry
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import ModelExecute
 from aiworker.storage.tensor import parse_shape
+
+
+def get(cache: ModelCache, key: str, digest: str, load: Any) -> LoadedModel:
+    """A model from the cache, used and released at once."""
+    with cache.use(key, digest, load) as model:
+        return model
 
 
 class Dummy(LoadedModel):
@@ -36,20 +43,20 @@ def test_a_newer_version_loaded_mid_job_is_cached_under_its_own_digest() -> None
         return "digest-2", Dummy("v2")
 
     # The job read digest-1, but the model was replaced before the worker fetched the blob.
-    model = cache.get("m", "digest-1", load_v2)
+    model = get(cache, "m", "digest-1", load_v2)
     assert model.name == "v2"  # type: ignore[attr-defined]
-    again = cache.get("m", "digest-2", lambda: pytest.fail("digest-2 is cached"))
+    again = get(cache, "m", "digest-2", lambda: pytest.fail("digest-2 is cached"))
     assert again is model
     assert loads == ["v2"]
 
 
 def test_replacing_a_version_closes_the_old_one_and_lru_evicts() -> None:
     cache = ModelCache(max_models=2)
-    first = cache.get("a", "1", lambda: ("1", Dummy("a1")))
-    cache.get("a", "2", lambda: ("2", Dummy("a2")))
+    first = get(cache, "a", "1", lambda: ("1", Dummy("a1")))
+    get(cache, "a", "2", lambda: ("2", Dummy("a2")))
     assert first.closed  # type: ignore[attr-defined]
-    cache.get("b", "1", lambda: ("1", Dummy("b")))
-    cache.get("c", "1", lambda: ("1", Dummy("c")))
+    get(cache, "b", "1", lambda: ("1", Dummy("b")))
+    get(cache, "c", "1", lambda: ("1", Dummy("c")))
     assert cache.keys() == ["b", "c"]
 
 
@@ -63,9 +70,9 @@ def test_load_failures_are_cached_per_digest() -> None:
 
     for _ in range(3):
         with pytest.raises(AIError, match="corrupt blob"):
-            cache.get("m", "bad", broken)
+            get(cache, "m", "bad", broken)
     assert len(calls) == 1
-    assert cache.get("m", "good", lambda: ("good", Dummy("ok"))).name == "ok"  # type: ignore[attr-defined]
+    assert get(cache, "m", "good", lambda: ("good", Dummy("ok"))).name == "ok"  # type: ignore[attr-defined]
 
 
 def test_forwarded_entries_keep_their_first_enqueue_time() -> None:
@@ -75,6 +82,31 @@ def test_forwarded_entries_keep_their_first_enqueue_time() -> None:
     assert job.deadline_ms == 1100
     with pytest.raises(AIError, match="enqueued"):
         decode_entry("2000-0", {**fields, "enqueued": "soon"})
+
+
+def test_a_model_in_use_is_closed_only_when_its_last_job_ends() -> None:
+    """Eviction, a newer version and clear() never close a model under a running job."""
+    cache = ModelCache(max_models=1)
+    v1 = Dummy("v1")
+    with cache.use("m", "1", lambda: ("1", v1)) as running:
+        get(cache, "other", "1", lambda: ("1", Dummy("other")))  # evicts m while it runs
+        assert running is v1 and not v1.closed
+        get(cache, "m", "2", lambda: ("2", Dummy("v2")))  # a newer version replaces it
+        assert not v1.closed
+        cache.clear()  # the worker stops
+        assert not v1.closed
+    assert v1.closed, "closed once the job that used it ended"
+    with cache.use("m", "3", lambda: ("3", Dummy("v3"))) as idle:
+        pass
+    cache.clear()
+    assert idle.closed  # type: ignore[attr-defined]
+
+
+def test_the_per_key_load_locks_do_not_pile_up() -> None:
+    cache = ModelCache(max_models=2)
+    for n in range(100):
+        get(cache, f"k{n}", "1", lambda: ("1", Dummy("x")))
+    assert cache._loading == {}
 
 
 @pytest.mark.parametrize("dims", [[True], [1.5], [2, 0], [-1]])

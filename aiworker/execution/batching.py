@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.execution.models import Models, run_model
+from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, AIWorkerError
-from aiworker.storage import tensor as codec
 from aiworker.storage.model import ModelMeta
 
 # Per input: (dtype, every dimension but the first). None: a 0-d input, which cannot be batched.
@@ -111,6 +112,12 @@ class Batcher:
     def add(self, member: Member) -> None:
         key = (member.model_key, member.meta.digest, member.signature)
         self._groups.setdefault(key, []).append(member)
+
+    def waiting(self, model_key: str) -> int:
+        """Requests' total size waiting for batches of one model (its every version)."""
+        return sum(
+            m.size for key, group in self._groups.items() if key[0] == model_key for m in group
+        )
 
     def held_entry_ids(self) -> list[str]:
         """Stream entries held here (pending in the consumer group until their batch completes)."""
@@ -200,50 +207,36 @@ class Batcher:
         return bool(meta.minbatchtimeout) and now >= chosen[0].arrived + meta.minbatchtimeout / 1000
 
 
-def _error_text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def run_batch(executor: Any, batch: Batch) -> list[MemberResult]:
-    """Run a batch with the model ``executor.model_for`` gives; one result per member, in order.
+def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
+    """Run a batch once; one result per member, in order.
 
     Statistics follow RedisAI: every member counts the whole batch's duration.
     """
     members = batch.members
     head = members[0]
     try:
-        model = executor.model_for(head.model_key, head.meta)
-    except AIWorkerError as exc:
-        return [MemberResult(None, _error_text(exc), counted=False) for _ in members]
+        with models.model(head.model_key, head.meta) as model:
+            if len(members) == 1:
+                inputs = head.inputs
+            else:
+                count = len(head.inputs)
+                inputs = [np.concatenate([m.inputs[i] for m in members]) for i in range(count)]
+            try:
+                outputs, duration_us = run_model(model, inputs, head.meta.backend)
+            except AIError as exc:
+                return [MemberResult(None, error_text(exc)) for _ in members]
+    except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
+        return [MemberResult(None, error_text(exc), counted=False) for _ in members]
     if len(members) == 1:
-        inputs = head.inputs
-    else:
-        inputs = [np.concatenate([m.inputs[i] for m in members]) for i in range(len(head.inputs))]
-    started = time.perf_counter()
-    try:
-        outputs = [np.asarray(out) for out in model.run(inputs)]
-        for out in outputs:
-            codec.dtype_of(out)  # refuse output types RedisAI cannot store
-    except AIError as exc:
-        error = _error_text(exc)
-    except Exception as exc:  # the framework raised something unexpected: report, keep serving
-        error = f"{head.meta.backend}: {_error_text(exc)}"
-    else:
-        error = ""
-    duration_us = int((time.perf_counter() - started) * 1_000_000)
-    if not error and len(members) > 1:
-        total = batch.total
-        if any(np.ndim(out) == 0 or out.shape[0] != total for out in outputs):
-            error = messages.MODEL_BATCH_SIZE_MISMATCH
-    if error:
+        return [MemberResult(outputs, duration_us=duration_us)]
+    total = batch.total
+    if any(np.ndim(out) == 0 or out.shape[0] != total for out in outputs):
+        error = messages.MODEL_BATCH_SIZE_MISMATCH
         return [MemberResult(None, error, duration_us) for _ in members]
     results: list[MemberResult] = []
     offset = 0
     for member in members:
-        if len(members) == 1:
-            mine = outputs
-        else:
-            mine = [out[offset : offset + member.size] for out in outputs]
+        mine = [out[offset : offset + member.size] for out in outputs]
         results.append(MemberResult(mine, duration_us=duration_us))
         offset += member.size
     return results

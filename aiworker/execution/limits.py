@@ -1,32 +1,45 @@
 """Size limits on what one job may make a worker hold, checked before anything is allocated.
 
 A tensor hash declares its dtype and shape in two small fields; a zero-filled tensor (no ``blob``)
-of shape ``100000,100000,100000`` costs nothing in Redis but petabytes in the worker. So inputs are
-sized from their declared dtype and shape before decoding, outputs before they are written, and
-models from their stored size before their blob is fetched. Errors name the setting to raise.
+of shape ``100000,100000,100000`` costs nothing in Redis but petabytes in the worker. So every
+tensor a job brings in - model and script inputs, DAG LOADs, a DAG's own TENSORSETs - is sized
+from its declared dtype and shape before it is decoded, and every tensor it produces before it is
+written. Stored sizes are checked in Redis before data is fetched (``read_jobs.lua``), models from
+their chunks' real lengths. Errors name the setting to raise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, LimitExceeded
-from aiworker.storage import model as model_store
+from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.storage import tensor as codec
-from aiworker.storage import tensor_io
 
 # A stream entry carries a command or a msgpack request, never data: anything bigger is abuse.
 MAX_ENTRY_BYTES = 1 << 20
-# Chunk fields fetched for one model; with the default MODEL_CHUNK_SIZE a model needs a handful.
-MAX_MODEL_CHUNKS = 1 << 16
 # STRING elements are Python objects: at least a pointer each.
 STRING_ITEM_BYTES = 8
 # Longest text one VALUES element may take (digits, sign, exponent, separator).
 MAX_VALUE_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The operator's bounds for one worker (settings ``max_*_bytes``; 0 turns one off)."""
+
+    max_tensor_bytes: int = 1 << 30
+    max_job_bytes: int = 1 << 31
+    max_model_bytes: int = 1 << 31
+
+    def __post_init__(self) -> None:  # 0 means "no limit": the Lua read compares numbers
+        for name in ("max_tensor_bytes", "max_job_bytes", "max_model_bytes"):
+            if getattr(self, name) <= 0:
+                object.__setattr__(self, name, 1 << 62)
 
 
 def declared_nbytes(dtype: str, shape: Sequence[int]) -> int:
@@ -35,62 +48,50 @@ def declared_nbytes(dtype: str, shape: Sequence[int]) -> int:
     return codec.element_count(shape) * itemsize
 
 
+def nbytes(array: np.ndarray) -> int:
+    """Bytes an array takes (STRING elements counted as pointers)."""
+    return int(array.size) * STRING_ITEM_BYTES if array.dtype.kind == "O" else int(array.nbytes)
+
+
 def check_tensor_size(name: str, dtype: str, shape: Sequence[int], limit: int) -> None:
-    nbytes = declared_nbytes(dtype, shape)
-    if limit and nbytes > limit:
+    size = declared_nbytes(dtype, shape)
+    if limit and size > limit:
         raise LimitExceeded(
-            f"tensor '{name}' would take {nbytes:,} bytes ({dtype} "
+            f"tensor '{name}' would take {size:,} bytes ({dtype} "
             f"{codec.format_shape(shape) or 'scalar'}), more than this worker's "
             f"max_tensor_bytes ({limit:,})"
         )
 
 
-def _field(fields: Mapping[Any, Any], name: str) -> Any:
-    return fields.get(name.encode(), fields.get(name))
-
-
-def decode_input(name: str, reply: Any, limit: int) -> np.ndarray:
-    """Decode an input tensor's HGETALL reply (a mapping, or a flat list from Lua), refusing
-    declared sizes beyond ``limit`` first."""
-    if isinstance(reply, list) and reply and len(reply) % 2 == 0:
-        reply = dict(zip(reply[::2], reply[1::2], strict=True))
-    if isinstance(reply, Mapping) and reply:
-        dtype, shape = codec.decode_meta(reply)
-        check_tensor_size(name, dtype, shape, limit)
-        values = _field(reply, "values")
-        longest = MAX_VALUE_CHARS * (codec.element_count(shape) + 1)
+def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarray:
+    """Decode a tensor from a read script's reply (``ok``, kind, dtype, shape, blob, values;
+    ``none``; ``wrongtype``), refusing declared sizes beyond ``limit`` first."""
+    status = reply[0]
+    if status == "none":
+        raise AIError(messages.TENSOR_EMPTY)
+    if status != "ok":
+        raise WrongTypeError()
+    kind, dtype, shape, blob, values = reply[1:6]
+    fields = {"kind": kind, "dtype": dtype, "shape": shape}
+    dtype_name, dims = codec.decode_meta(fields)
+    check_tensor_size(name, dtype_name, dims, limit)
+    if blob is not None:
+        return codec.from_blob(dtype_name, dims, blob)
+    if values is not None:
         # Splitting a 500 MB VALUES text for a 2-element tensor would cost gigabytes.
-        if _field(reply, "blob") is None and values is not None and len(values) > longest:
+        if len(values) > MAX_VALUE_CHARS * (codec.element_count(dims) + 1):
             raise AIError(messages.WRONG_VALUE_COUNT)
-    return tensor_io.decode_reply(reply)
+        return codec.from_values(dtype_name, dims, values.decode().split())
+    return codec.zeros(dtype_name, dims)
 
 
 def check_output(name: str, array: np.ndarray, limit: int) -> None:
     """Refuse to write an output larger than ``limit``."""
-    nbytes = int(array.size) * STRING_ITEM_BYTES if array.dtype.kind == "O" else int(array.nbytes)
-    if limit and nbytes > limit:
+    size = nbytes(array)
+    if limit and size > limit:
         raise LimitExceeded(
-            f"output tensor '{name}' has {nbytes:,} bytes, more than this worker's "
+            f"output tensor '{name}' has {size:,} bytes, more than this worker's "
             f"max_tensor_bytes ({limit:,})"
-        )
-
-
-def check_model(key: str, meta: model_store.ModelMeta, limit: int) -> None:
-    """Refuse to fetch a model blob beyond ``limit`` or with an implausible chunk count."""
-    if limit and meta.size > limit:
-        raise LimitExceeded(
-            f"model '{key}' has {meta.size:,} bytes, more than this worker's "
-            f"max_model_bytes ({limit:,})"
-        )
-    if meta.chunks < 0 or meta.chunks > MAX_MODEL_CHUNKS or meta.chunks > max(1, meta.size):
-        raise AIError(f"model '{key}' is corrupt: {meta.chunks} chunks for {meta.size} bytes")
-
-
-def check_blob(key: str, meta: model_store.ModelMeta, blob: bytes) -> None:
-    """The fetched blob must be as long as the model says: anything else is corruption."""
-    if len(blob) != meta.size:
-        raise AIError(
-            f"model '{key}' is corrupt: blob has {len(blob):,} bytes, metadata says {meta.size:,}"
         )
 
 

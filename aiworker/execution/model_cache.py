@@ -1,23 +1,30 @@
-"""Per-process cache of loaded models, keyed by model key and content digest, LRU-bounded.
+"""Per-process cache of loaded models and scripts, keyed by key and content digest, LRU-bounded.
 
 The bound is a count (``model_cache_size``) and optionally bytes (``model_cache_bytes``, from each
-model's ``nbytes``); the least recently used models are closed first, the newest is always kept.
+model's ``nbytes``); the least recently used models leave first, the newest always stays.
 
-A job names a model key; the worker reads the stored digest alongside the job's inputs and asks the
-cache for (key, digest). A new digest means the model was replaced: it is loaded once (other threads
-wanting it wait on a per-key lock) and the old version is closed. Load failures are cached per digest
-too, so a corrupt blob is not fetched and parsed again for every job.
+A job names a model key; the worker reads the stored digest with the job's inputs and asks the cache
+for (key, digest). A new digest means the model was replaced: it is loaded once (other threads
+wanting it wait on a per-key lock) and the old version leaves the cache. Load failures are cached
+per digest too, so a corrupt blob is not fetched and parsed again for every job.
+
+A model is in use from ``use`` until its ``with`` block ends. A model that leaves the cache
+(eviction, a newer version, ``clear`` at stop) is closed only once no job uses it any more, so a
+framework session is never closed under a running job.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiworker.backends.base import LoadedModel
 from aiworker.protocol.errors import AIError
+
+Loader = Callable[[], tuple[str, LoadedModel]]
 
 
 @dataclass
@@ -25,6 +32,8 @@ class _Entry:
     digest: str
     model: LoadedModel | None
     error: AIError | None
+    users: int = 0
+    retired: bool = False  # out of the cache: close when the last user is done
 
 
 class ModelCache:
@@ -33,60 +42,92 @@ class ModelCache:
         self.max_bytes = max(0, max_bytes)  # 0: no byte bound
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._key_locks: dict[str, threading.Lock] = {}
+        self._loading: dict[str, tuple[threading.Lock, int]] = {}  # key -> (lock, waiters)
 
-    def get(
-        self, key: str, digest: str, load: Callable[[], tuple[str, LoadedModel]]
-    ) -> LoadedModel:
-        """The loaded model for this version, loading it with ``load`` on a miss.
+    @contextmanager
+    def use(self, key: str, digest: str, load: Loader) -> Iterator[LoadedModel]:
+        """The loaded model of this version, kept open until the block ends.
 
         ``load`` returns the digest it actually loaded: when the model was replaced after the job
         read ``digest``, the newer version is cached under its own digest, never the old one.
         """
-        entry = self._lookup(key, digest)
+        entry = self._acquire(key, digest)
         if entry is None:
-            with self._key_lock(key):
-                entry = self._lookup(key, digest)
+            with self._load_lock(key):
+                entry = self._acquire(key, digest)
                 if entry is None:
                     entry = self._load(key, digest, load)
-        if entry.error is not None:
-            raise entry.error
-        assert entry.model is not None
-        return entry.model
+        try:
+            if entry.error is not None:
+                raise entry.error
+            assert entry.model is not None
+            yield entry.model
+        finally:
+            self._release(entry)
 
-    def _lookup(self, key: str, digest: str) -> _Entry | None:
+    def _acquire(self, key: str, digest: str) -> _Entry | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.digest != digest:
                 return None
             self._entries.move_to_end(key)
+            entry.users += 1
             return entry
 
-    def _key_lock(self, key: str) -> threading.Lock:
+    def _release(self, entry: _Entry) -> None:
         with self._lock:
-            return self._key_locks.setdefault(key, threading.Lock())
+            entry.users -= 1
+            close = entry.retired and entry.users == 0
+        if close and entry.model is not None:
+            entry.model.close()
 
-    def _load(self, key: str, digest: str, load: Callable[[], tuple[str, LoadedModel]]) -> _Entry:
+    @contextmanager
+    def _load_lock(self, key: str) -> Iterator[None]:
+        """A lock per key being loaded; dropped when nobody waits, so the map stays small."""
+        with self._lock:
+            lock, waiters = self._loading.get(key, (threading.Lock(), 0))
+            self._loading[key] = (lock, waiters + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, waiters = self._loading[key]
+                if waiters == 1:
+                    del self._loading[key]
+                else:
+                    self._loading[key] = (lock, waiters - 1)
+
+    def _load(self, key: str, digest: str, load: Loader) -> _Entry:
         try:
             loaded_digest, model = load()
-            entry = _Entry(loaded_digest, model, None)
+            entry = _Entry(loaded_digest, model, None, users=1)
         except AIError as exc:
-            entry = _Entry(digest, None, exc)
-        evicted = []
+            entry = _Entry(digest, None, exc, users=1)
+        gone: list[_Entry] = []
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                evicted.append(old)
+                gone.append(old)
             self._entries[key] = entry
             while len(self._entries) > self.max_models or (
                 len(self._entries) > 1 and self.max_bytes and self._nbytes() > self.max_bytes
             ):
-                _, victim = self._entries.popitem(last=False)
-                evicted.append(victim)
-        for victim in evicted:
-            if victim.model is not None:
-                victim.model.close()
+                gone.append(self._entries.popitem(last=False)[1])
+            idle = self._retire(gone)
+        for victim in idle:
+            victim.close()
         return entry
+
+    @staticmethod
+    def _retire(entries: list[_Entry]) -> list[LoadedModel]:
+        """Mark entries out of the cache; the models nobody uses now, to close (lock held)."""
+        idle = []
+        for entry in entries:
+            entry.retired = True
+            if entry.users == 0 and entry.model is not None:
+                idle.append(entry.model)
+        return idle
 
     def _nbytes(self) -> int:
         return sum(e.model.nbytes for e in self._entries.values() if e.model is not None)
@@ -100,17 +141,19 @@ class ModelCache:
     def invalidate(self, key: str) -> None:
         with self._lock:
             entry = self._entries.pop(key, None)
-        if entry is not None and entry.model is not None:
-            entry.model.close()
+            idle = self._retire([entry]) if entry is not None else []
+        for model in idle:
+            model.close()
 
     def keys(self) -> list[str]:
         with self._lock:
             return [k for k, e in self._entries.items() if e.model is not None]
 
     def clear(self) -> None:
+        """Empty the cache; models still in use close when their jobs end."""
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
-        for entry in entries:
-            if entry.model is not None:
-                entry.model.close()
+            idle = self._retire(entries)
+        for model in idle:
+            model.close()

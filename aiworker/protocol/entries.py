@@ -4,32 +4,49 @@ An entry is plain string fields so redis-cli can write one::
 
     XADD aiworker:queue:CPU * cmd "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b" reply r1
 
-The Python client writes the compact form instead: ``job`` holds a msgpack map of the request. Both
-decode to the same ``Job``. The enqueue time is the stream entry id's millisecond part (Redis' clock),
-so TIMEOUT counts from enqueue without trusting the client's clock.
+The Python client writes the compact form instead: ``job`` holds a msgpack map of the request, and
+``fmt msgpack`` asks for a msgpack reply. Both forms decode to the same ``Job`` through the same
+checks (a structured request is validated by the parser too), and every key a request names is
+checked at first sight: valid UTF-8, and no output under aiworker's own prefix. The enqueue time is
+the stream entry id's millisecond part (Redis' clock), so TIMEOUT counts from enqueue without
+trusting the client's clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgpack
 
 from aiworker.parser import parse_command
+from aiworker.parser.unparse import validate
+from aiworker.protocol import replies
 from aiworker.protocol.errors import AIError
-from aiworker.protocol.requests import Job, Request, request_from_map, request_to_map
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import (
+    DagExecute,
+    Job,
+    ModelExecute,
+    Request,
+    ScriptExecute,
+    request_from_map,
+    request_to_map,
+)
+
+ENQUEUED_FIELD = "enqueued"
 
 
-def encode_entry(request: Request, reply: str | None) -> dict[str, bytes | str]:
+def encode_entry(
+    request: Request, reply: str | None, fmt: str | None = None
+) -> dict[str, bytes | str]:
     """Stream-entry fields of the compact (client) form."""
     fields: dict[str, bytes | str] = {"job": msgpack.packb(request_to_map(request))}
     if reply:
         fields["reply"] = reply
+    if fmt:
+        fields[replies.FORMAT_FIELD] = fmt
     return fields
-
-
-ENQUEUED_FIELD = "enqueued"
 
 
 def entry_time_ms(entry_id: str) -> int:
@@ -43,17 +60,82 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def reply_key_of(fields: Mapping[Any, Any]) -> str | None:
-    """The reply key of an entry, even when the rest of it is malformed."""
+def _strict_text(value: Any) -> str | None:
+    """``value`` as text if it is valid UTF-8, else None."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    text = str(value)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def reply_key_of(fields: Mapping[Any, Any], keys: Keys | None = None) -> str | None:
+    """The entry's reply key if it is one a reply may go to, even when the rest of the entry is
+    malformed: valid UTF-8, and none of aiworker's own keys but a reply list."""
     for name, value in fields.items():
         if _text(name) == "reply":
-            return _text(value) or None
+            key = _strict_text(value)
+            if not key or (keys is not None and keys.owns(key) and not keys.is_reply(key)):
+                return None
+            return key
     return None
 
 
-def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> Job:
-    """Decode either entry form; raises ``AIError`` (reply key still found by ``reply_key_of``)."""
-    named = {_text(k): v for k, v in fields.items()}
+def reply_format_of(fields: Mapping[Any, Any]) -> str:
+    for name, value in fields.items():
+        if _text(name) == replies.FORMAT_FIELD and _text(value) == replies.MSGPACK:
+            return replies.MSGPACK
+    return replies.JSON
+
+
+def key_names(request: Request) -> Iterator[str]:
+    """Every key and tensor name a request carries."""
+    if isinstance(request, DagExecute):
+        yield from request.load
+        yield from request.persist
+        for op in request.ops:
+            yield op.key
+            if isinstance(op, (ModelExecute, ScriptExecute)):
+                yield from op.inputs
+                yield from op.outputs
+            if isinstance(op, ScriptExecute):
+                yield from op.keys
+        return
+    yield request.key
+    yield from request.inputs
+    yield from request.outputs
+    if isinstance(request, ScriptExecute):
+        yield from request.keys
+
+
+def written_keys(request: Request) -> tuple[str, ...]:
+    """The Redis keys a request writes (outputs; a DAG's PERSIST keys)."""
+    if isinstance(request, DagExecute):
+        return request.persist
+    return request.outputs
+
+
+def check_names(request: Request, keys: Keys) -> None:
+    """Refuse names that are not valid UTF-8, and outputs under aiworker's own prefix."""
+    for name in key_names(request):
+        if _strict_text(name) is None:
+            shown = name.encode(errors="backslashreplace").decode()
+            raise AIError(f"key name '{shown}' is not valid UTF-8")
+    for name in written_keys(request):
+        if keys.owns(name):
+            raise AIError(
+                f"WRONGTYPE '{name}' is one of aiworker's own keys ({keys.prefix}*): "
+                "a job may not write it"
+            )
+
+
+def decode_request(named: Mapping[str, Any]) -> Request:
     if "job" in named:
         try:
             data = msgpack.unpackb(named["job"], raw=False)
@@ -62,20 +144,28 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> Job:
         if not isinstance(data, dict):
             raise AIError("malformed job entry: 'job' is not a map")
         request = request_from_map(data)
-    elif "cmd" in named:
+        validate(request)  # the same rules as a command typed in redis-cli
+        return request
+    if "cmd" in named:
         cmd = named["cmd"]
         # surrogateescape keeps a raw BLOB's bytes intact through the text parser
-        request = parse_command(
+        return parse_command(
             cmd.decode("utf-8", "surrogateescape") if isinstance(cmd, bytes) else str(cmd)
         )
-    else:
-        raise AIError("malformed job entry: expected a 'cmd' or 'job' field")
+    raise AIError("malformed job entry: expected a 'cmd' or 'job' field")
+
+
+def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = None) -> Job:
+    """Decode either entry form; raises ``AIError`` (the reply key is still found by
+    ``reply_key_of``)."""
+    keys = keys or Keys()
+    named = {_text(k): v for k, v in fields.items()}
+    request = decode_request(named)
+    check_names(request, keys)
     enqueued = entry_time_ms(entry_id)
-    if (
-        ENQUEUED_FIELD in named
-    ):  # forwarded from another queue: TIMEOUT counts from the first enqueue
+    if ENQUEUED_FIELD in named:  # forwarded from another queue: TIMEOUT counts from the first
         try:
             enqueued = int(named[ENQUEUED_FIELD])
         except ValueError:
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
-    return Job(entry_id, request, reply_key_of(fields), enqueued)
+    return Job(entry_id, request, reply_key_of(fields, keys), enqueued, reply_format_of(fields))

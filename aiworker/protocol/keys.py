@@ -1,8 +1,8 @@
 """Every Redis key aiworker writes for its own bookkeeping is built here, from one prefix.
 
 User keys (tensors, models, scripts) are used as given. Per-object bookkeeping keys embed the user's
-key inside a hash tag (``aiworker:stats:{mykey}``) so that, on Redis Cluster, they land in the same
-slot as the object itself whenever the user's key has no hash tag of its own.
+key so that each object has its own, and so that on Redis Cluster it lands in the object's slot
+(``aiworker:stats:{mykey}``, ``aiworker:stats:={user1}model``; see ``same_slot_suffix``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,29 @@ CONSUMER_GROUP = "aiworker"
 DEFAULT_PREFIX = "aiworker:"
 
 
-def _tagged(key: str) -> str:
-    """The part of ``key`` Redis Cluster hashes, wrapped in braces for reuse as a hash tag."""
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when the key has a hash tag (``{...}``), else None."""
     start = key.find("{")
     if start != -1:
         end = key.find("}", start + 1)
         if end > start + 1:
-            return key[start : end + 1]
-    return "{" + key + "}"
+            return key[start + 1 : end]
+    return None
+
+
+def same_slot_suffix(key: str) -> str:
+    """A suffix for an aiworker key that hashes to ``key``'s slot and names ``key`` uniquely.
+
+    Three disjoint forms, so no two user keys share a suffix: ``=<key>`` when the key has a hash
+    tag (the tag then decides the slot), ``{<key>}`` when it has none (the whole key becomes the
+    tag), and ``}<key>`` for untagged keys containing ``}``, which cannot be wrapped in a tag (those
+    land in a slot of their own; nothing in aiworker needs them beside their object).
+    """
+    if hash_tag(key) is not None:
+        return "=" + key
+    if key and "}" not in key:
+        return "{" + key + "}"
+    return "}" + key
 
 
 @dataclass(frozen=True)
@@ -38,10 +53,18 @@ class Keys:
 
     def stats(self, key: str) -> str:
         """Per-model/script run statistics (RedisAI's AI.INFO), shared by every worker process."""
-        return f"{self.prefix}stats:{_tagged(key)}"
+        return f"{self.prefix}stats:{same_slot_suffix(key)}"
 
     def reply(self, token: str) -> str:
         return f"{self.prefix}reply:{token}"
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is one of aiworker's own: no job may write it as an output."""
+        return key.startswith(self.prefix)
+
+    def is_reply(self, key: str) -> bool:
+        """Reply lists are the only own keys a request may name (as its ``reply``)."""
+        return key.startswith(self.prefix + "reply:")
 
     def dag_output(self, entry_id: str, index: int) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply."""

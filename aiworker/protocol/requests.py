@@ -102,6 +102,7 @@ class Job:
     request: Request
     reply: str | None
     enqueued_ms: int
+    fmt: str = "json"  # the reply's encoding (protocol.replies)
 
     @property
     def deadline_ms(self) -> int | None:
@@ -136,10 +137,19 @@ def _field_value(name: str, value: Any) -> Any:
     if name == "shape":
         return tuple(int(v) for v in value)
     if name == "blob":
-        return bytes(value) if value is not None else None
+        if value is not None and not isinstance(value, bytes):  # bytes(10**9) would allocate
+            raise TypeError("blob is not bytes")
+        return value
     if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return str(value)
+        return tuple(_name(v) for v in value)
+    return _name(value)
+
+
+def _name(value: Any) -> str:
+    """A key or tensor name: msgpack text (bytes would be a client bug)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
 
 
 def _from_map(data: Any, types: Mapping[str, type[Any]]) -> Any:

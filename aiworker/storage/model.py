@@ -21,7 +21,7 @@ import redis
 
 from aiworker.devices import parse_device
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, WrongTypeError
+from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
 
 KIND_MODEL = "model"
@@ -100,6 +100,17 @@ def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
         size=int(values["size"] or 0),
         chunks=int(values["chunks"] or 0),
     )
+
+
+def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:
+    """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
+    ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
+    status = _text(reply[0])
+    if status == "none":
+        raise AIError(messages.MODEL_EMPTY)
+    if status != "ok":
+        raise WrongTypeError()
+    return meta_from_fields(reply[1:])
 
 
 def validate_meta(
@@ -205,7 +216,7 @@ def read_meta(r: redis.Redis, key: str) -> ModelMeta:
     return meta_from_fields(values)
 
 
-def read_model(r: redis.Redis, key: str) -> tuple[ModelMeta, bytes]:
+def read_model(r: redis.Redis, key: str, max_bytes: int = 0) -> tuple[ModelMeta, bytes]:
     """Metadata and blob read in one transaction, so both belong to the same stored version."""
     meta = read_meta(r, key)
     for _ in range(5):
@@ -220,7 +231,13 @@ def read_model(r: redis.Redis, key: str) -> tuple[ModelMeta, bytes]:
             if any(c is None for c in chunks[: current.chunks]):
                 raise AIError("model blob is incomplete")
             parts = chunks[: current.chunks]
-            return current, parts[0] if len(parts) == 1 else b"".join(parts)
+            blob = parts[0] if len(parts) == 1 else b"".join(parts)
+            if max_bytes and len(blob) > max_bytes:
+                raise LimitExceeded(
+                    f"model '{key}' has {len(blob):,} bytes, more than this worker's "
+                    f"max_model_bytes ({max_bytes:,})"
+                )
+            return current, blob
         meta = current  # replaced between the two reads with another chunk count: read again
     raise AIError("model is being replaced too often to read")
 

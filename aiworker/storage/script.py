@@ -54,6 +54,17 @@ def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
     )
 
 
+def meta_from_reply(reply: Sequence[Any]) -> ScriptMeta:
+    """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
+    ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
+    status = _text(reply[0])
+    if status == "none":
+        raise AIError(messages.SCRIPT_EMPTY)
+    if status != "ok":
+        raise WrongTypeError()
+    return meta_from_fields(reply[1:])
+
+
 def validate(
     device: str, source: str | bytes | None, entry_points: Sequence[str], legacy: bool = False
 ) -> tuple[str, str, tuple[str, ...]]:

@@ -1,244 +1,292 @@
-"""Completing a stream entry: outputs, statistics, reply, ack and delete, applied at most once.
+"""Completing stream entries: the one step that writes a job's effects, applied at most once.
 
-Delivery is at-least-once, so one entry can be in two workers' hands at the same time: a worker that
-stalled past the visibility timeout and the worker that reclaimed its entry. Both may finish. Their
-completions must not both apply, or the requester gets two replies, statistics count twice, and a
-late duplicate could overwrite an output the requester has already reused.
+Delivery is at-least-once, so one entry can be in two workers' hands at the same time (one that
+stalled past the visibility timeout and the one that reclaimed it). Both may finish; only one may
+apply, or the requester gets two replies and statistics count twice. ``complete.lua`` therefore
+acknowledges each entry first (XACK is 1 for exactly one completion of an entry) and writes the
+entry's outputs, statistics, reply and stream records only then - all in one script, atomic.
 
-Why a Lua script and not MULTI/EXEC: a transaction cannot make its writes conditional, and WATCH on
-the queue stream would abort on every XADD from any client. The script instead runs XACK first and
-applies nothing unless XACK acknowledged the entry (returned 1). XACK removes the entry from the
-group's pending list, so exactly one completion per entry can ever see 1 - whoever finishes first
-wins, whatever consumer currently owns it, and the other's results (the same values: a re-run of the
-same job) are dropped. Like a transaction, a script is atomic, so nothing is ever half applied.
-
-Redis does not roll a script back when a command fails halfway, so the script first checks, without
-writing anything, every command it is about to run: against the worker user's ACL
-(``redis.acl_check_cmd``, Redis >= 7) and against the type of keys that must be lists, hashes or
-streams. A command that would fail comes back as a rejection and the caller completes the entry
-differently (an error reply; or no reply when the reply key itself is unusable). Once XACK has
-written, Redis lets the script keep writing even under maxmemory (it only refuses a script's first
-write), so an out-of-memory Redis refuses the whole completion, never half of it.
-
-Redis Cluster: a script may only touch keys of one slot, and a job's queue, reply, statistics and
-output keys usually live in several. There, completion must be split: output tensors written first
-(idempotent: a re-run writes the same values), then this script in the queue's slot with the reply
-key hash-tagged like the queue (``aiworker:reply:{CPU}...``) doing XACK, XDEL and LPUSH, then the
-statistics, counted only when the script returned 1. See the README's operations section.
-(Only to name a key the ACL denies does ``Completer`` re-run the script with undeclared keys,
-which Cluster would refuse; there the denial is reported without the key's name.)
+A script is not rolled back when a command fails halfway, so the script checks everything that can
+fail before its first write: the type of every key (an output may only create or replace a
+tensor, never another value or one of aiworker's own keys: RedisAI's WRONGTYPE rule), the worker
+user's ACL, and statistics hashes that would make HINCRBY fail. An entry whose outputs are refused
+is left pending and completed again here with the error as its reply. A reply key holding something
+else than a list gets nothing (counted and logged); an expiry is set only on a reply list the
+completion created.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import redis
 
-from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.protocol import replies
+from aiworker.protocol.entries import ENQUEUED_FIELD, entry_time_ms
+from aiworker.protocol.errors import WRONGTYPE
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.requests import Job
+from aiworker.storage import scripts
+from aiworker.storage import tensor as codec
+from aiworker.worker.leases import HeldEntries
+from aiworker.worker.metrics import WorkerMetrics, failure_reason
 
-COMPLETE_SCRIPT = """
--- KEYS[1] the queue, then every key the commands touch. ARGV: group, number of undeclared keys
--- (0, or keys passed here instead of KEYS, only to name a key the ACL denies), those keys,
--- number of entries, then per entry: its id, its number of commands, and per command: number of
--- arguments after the key, name, index of its key, arguments.
-local group = ARGV[1]
-local K, i = KEYS, 3
-local undeclared = tonumber(ARGV[2])
-if undeclared > 0 then
-  K = {KEYS[1]}
-  for j = 1, undeclared do K[j + 1] = ARGV[2 + j] end
-  i = 3 + undeclared
-end
-local entries = {}
-local count = tonumber(ARGV[i])
-i = i + 1
-for e = 1, count do
-  local id, ncmds = ARGV[i], tonumber(ARGV[i + 1])
-  i = i + 2
-  local cmds = {}
-  for c = 1, ncmds do
-    local argc = tonumber(ARGV[i])
-    local cmd = {ARGV[i + 1], K[tonumber(ARGV[i + 2])]}
-    for j = 1, argc do cmd[j + 2] = ARGV[i + 2 + j] end
-    cmds[c] = cmd
-    i = i + 3 + argc
-  end
-  entries[e] = {id, cmds}
-end
--- Keys these commands need to be of one type (or missing), else they would fail mid-script;
--- the type a key will have when the command runs counts, after earlier commands here.
-local needs = {HSET = 'hash', HINCRBY = 'hash', LPUSH = 'list', XADD = 'stream'}
-local makes = {DEL = 'none', HSET = 'hash', HINCRBY = 'hash', LPUSH = 'list', XADD = 'stream'}
-local will = {}
-for _, entry in ipairs(entries) do
-  for _, cmd in ipairs(entry[2]) do
-    if redis.acl_check_cmd and not redis.acl_check_cmd(unpack(cmd)) then
-      return {'NOPERM', cmd[1], cmd[2]}
-    end
-    local want = needs[cmd[1]]
-    if want then
-      local t = will[cmd[2]] or redis.call('TYPE', cmd[2])['ok']
-      if t ~= 'none' and t ~= want then return {'WRONGTYPE', cmd[1], cmd[2]} end
-    end
-    if makes[cmd[1]] then will[cmd[2]] = makes[cmd[1]] end
-  end
-end
--- XACK is 1 only for the first completion of an entry: the others apply nothing.
-local done = {}
-for e, entry in ipairs(entries) do
-  if redis.call('XACK', KEYS[1], group, entry[1]) == 1 then
-    redis.call('XDEL', KEYS[1], entry[1])
-    for _, cmd in ipairs(entry[2]) do redis.call(unpack(cmd)) end
-    done[e] = 1
-  else
-    done[e] = 0
-  end
-end
-return done
-"""
+log = logging.getLogger("aiworker.worker")
+COMPLETE = scripts.load("complete")
+
+
+class Connection(Protocol):
+    """What a completion runs on: a worker thread's ``Wire`` (or anything with ``evalsha``)."""
+
+    def evalsha(
+        self, script: scripts.LuaScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stream entry a completion appends (a forward to another queue, a dead letter)."""
+
+    stream: str
+    fields: Mapping[Any, Any]
+    maxlen: int = 0
+
+
+@dataclass
+class Finished:
+    """An entry ready to complete: what its job produced, and where the reply goes."""
+
+    entry_id: str
+    outcome: Outcome
+    job: Job | None = None  # None: the entry could not be decoded
+    reply: str | None = None
+    fmt: str = replies.JSON
+    started: float | None = None  # when this worker took the entry (time.time())
+    fields: Mapping[Any, Any] = field(default_factory=dict)  # the entry's own (for forwards)
+    records: list[Record] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Result:
-    """What a completion attempt did."""
+    """What completing one entry did."""
 
-    applied: bool  # this delivery completed the entry and its commands ran
-    duplicate: bool = False  # the entry was no longer pending: another delivery completed it
-    rejected: str = ""  # "NOPERM" or "WRONGTYPE" when a command could not run: nothing applied
-    command: str = ""
-    key: str = ""
-
-    @property
-    def reason(self) -> str:
-        return f"{self.rejected} this worker cannot {self.command} key '{self.key}'"
+    applied: bool  # this delivery completed the entry: its writes happened
+    duplicate: bool = False  # another delivery had completed it: nothing written
+    refused: str = ""  # "WRONGTYPE" | "NOPERM" | "PREFIX": nothing written, still pending
+    key: str = ""  # the key refused
+    reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)
+    stats: int = 0  # 1 counted, 0 none, -1 skipped (a corrupt statistics hash)
 
 
-def _arg(value: Any) -> Any:
-    return value if isinstance(value, (bytes, bytearray, memoryview, str)) else str(value)
-
-
-class Commands:
-    """Commands to run when, and only when, this delivery completes the entry.
-
-    It offers the subset of a redis-py pipeline that completions use (``delete``, ``hset``,
-    ``hincrby``, ``lpush``, ``expire``, ``xadd``), so code that queues writes on a pipeline
-    (``tensor_io.queue_write``, ``stats.record``) can queue them here instead. (Named apart from
-    ``dispatch.Completion``, the finished entry that these commands complete.)
-    """
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, str, list[Any]]] = []
-
-    def _add(self, name: str, key: Any, *args: Any) -> Commands:
-        key_text = key.decode() if isinstance(key, bytes) else str(key)
-        self.commands.append((name, key_text, [_arg(a) for a in args]))
-        return self
-
-    def delete(self, *names: Any) -> Commands:
-        for name in names:
-            self._add("DEL", name)
-        return self
-
-    def hset(
-        self,
-        name: Any,
-        key: Any = None,
-        value: Any = None,
-        mapping: Mapping[Any, Any] | None = None,
-    ) -> Commands:
-        pairs: list[Any] = [] if key is None else [key, value]
-        for field, field_value in (mapping or {}).items():
-            pairs += [field, field_value]
-        return self._add("HSET", name, *pairs)
-
-    def hincrby(self, name: Any, key: Any, amount: int = 1) -> Commands:
-        return self._add("HINCRBY", name, key, amount)
-
-    def lpush(self, name: Any, *values: Any) -> Commands:
-        return self._add("LPUSH", name, *values)
-
-    def expire(self, name: Any, seconds: int) -> Commands:
-        return self._add("EXPIRE", name, seconds)
-
-    def xadd(
-        self,
-        name: Any,
-        fields: Mapping[Any, Any],
-        maxlen: int | None = None,
-        approximate: bool = True,
-    ) -> Commands:
-        args: list[Any] = []
-        if maxlen is not None:
-            args += ["MAXLEN", "~" if approximate else "=", maxlen]
-        args.append("*")
-        for field, value in fields.items():
-            args += [field, value]
-        return self._add("XADD", name, *args)
-
-
-Entry = tuple[str, "Commands"]
-
-
-def script_args(
-    queue: str, entries: Sequence[Entry], declare: bool = True
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for ``COMPLETE_SCRIPT``: every key declared once (or, with ``declare=False``,
-    only the queue, the others passed as arguments); commands refer to keys by index."""
-    keys = [queue]
-    index: dict[str, int] = {queue: 1}
-    body: list[Any] = [len(entries)]
-    for entry_id, commands in entries:
-        body += [entry_id, len(commands.commands)]
-        for name, key, args in commands.commands:
-            if key not in index:
-                keys.append(key)
-                index[key] = len(keys)
-            body += [len(args), name, index[key], *args]
-    if declare:
-        return keys, [CONSUMER_GROUP, 0, *body]
-    return [queue], [CONSUMER_GROUP, len(keys) - 1, *keys[1:], *body]
+def refusal_message(reason: str, key: str) -> str:
+    if reason == "NOPERM":
+        return f"NOPERM this worker may not write key '{key}'"
+    if reason == "PREFIX":
+        return f"WRONGTYPE '{key}' is one of aiworker's own keys: a job may not write it"
+    return WRONGTYPE
 
 
 class Completer:
-    """Runs completions for one Redis connection pool (the script is loaded once, re-loaded by
-    redis-py after a Redis restart empties the script cache)."""
+    """Completes the entries of one worker process (and counts them)."""
 
-    def __init__(self, r: redis.Redis) -> None:
-        self.r = r
-        self._script = r.register_script(COMPLETE_SCRIPT)
+    def __init__(
+        self,
+        keys: Keys,
+        worker_name: str,
+        reply_ttl: int,
+        metrics: WorkerMetrics,
+        held: HeldEntries,
+    ) -> None:
+        self.keys = keys
+        self.worker_name = worker_name
+        self.reply_ttl = reply_ttl
+        self.metrics = metrics
+        self.held = held
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._lock = threading.Lock()
 
-    def complete(self, queue: str, entry_id: str, commands: Commands | None = None) -> Result:
-        """Apply ``commands`` and acknowledge + delete the entry, if it is still pending."""
-        results = self.complete_many(queue, [(entry_id, commands or Commands())])
-        return results if isinstance(results, Result) else results[0]
-
-    def complete_many(self, queue: str, entries: Sequence[Entry]) -> list[Result] | Result:
-        """Complete several entries in one script: each one's commands run only if that entry is
-        still pending. A rejection (a single ``Result``) means nothing at all was applied."""
-        keys, argv = script_args(queue, entries)
+    def complete(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
+        """Apply each entry's effects if this delivery is the one that completes it."""
         try:
-            reply = self._script(keys=keys, args=argv)
+            results = self._run(conn, queue, items)
+            done = list(items)
+            again = {n: self._refused(items[n], r) for n, r in enumerate(results) if r.refused}
+            if again:  # complete those again, answering the refusal instead
+                retried = self._run(conn, queue, list(again.values()))
+                for (n, item), result in zip(again.items(), retried, strict=True):
+                    if result.refused:  # cannot even answer: just take it off the queue
+                        bare = Finished(item.entry_id, item.outcome, item.job)
+                        result = self._run(conn, queue, [bare])[0]
+                    done[n], results[n] = item, result
+            for item, result in zip(done, results, strict=True):
+                self._record(queue, item, result)
+            return results
+        finally:
+            for item in items:
+                self.held.discard(queue, item.entry_id)
+
+    def _refused(self, item: Finished, result: Result) -> Finished:
+        log.warning(
+            "job %s: %s key '%s'; answered with an error",
+            item.entry_id,
+            result.refused,
+            result.key,
+            extra={"job_id": item.entry_id},
+        )
+        errors = [StatsRecord(r.key, errors=1) for r in item.outcome.stats]
+        outcome = Outcome.failed(refusal_message(result.refused, result.key), errors)
+        return Finished(item.entry_id, outcome, item.job, item.reply, item.fmt, item.started)
+
+    def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
+        keys, body = self._arguments(queue, items)
+        head = [CONSUMER_GROUP, self.keys.prefix, self.reply_ttl]
+        try:
+            reply = conn.evalsha(COMPLETE, keys, [*head, 0, *body])
         except redis.exceptions.NoPermissionError:
-            # Redis refused the script as a whole because the ACL denies one of its declared
-            # keys; nothing ran. Run it once more with undeclared keys (standalone Redis allows
-            # that) so that its own ACL pre-flight names the command and key it may not write.
-            keys, argv = script_args(queue, entries, declare=False)
-            reply = self._script(keys=keys, args=argv)
-        if isinstance(reply, list) and reply and isinstance(reply[0], (bytes, str)):
-            kind, command, key = (_text(v) for v in _as_list(reply))
-            return Result(applied=False, rejected=kind, command=command, key=key)
-        if not isinstance(reply, list) or len(reply) != len(entries):
-            raise redis.ResponseError(f"unexpected completion script reply {reply!r}")
-        return [Result(applied=flag == 1, duplicate=flag != 1) for flag in reply]
+            # The ACL denies a declared key, so Redis refused the whole script. Run it once more
+            # with the keys as arguments (standalone Redis allows that): its own ACL check then
+            # names the key, and the other entries complete.
+            reply = conn.evalsha(COMPLETE, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
+        return [_result(row) for row in reply]
+
+    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
+        keys = [queue]
+        index: dict[str, int] = {queue: 1}
+
+        def ref(key: str) -> int:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            return index[key]
+
+        body: list[Any] = [len(items)]
+        for item in items:
+            outcome = item.outcome
+            records = list(item.records)
+            outputs: list[tuple[str, int, dict[str, Any]]] = []
+            payload = b""
+            if outcome.status == "forward":
+                records.append(self._forward(item))
+            elif outcome.status != "dropped":
+                outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
+                if item.reply:
+                    outputs += [
+                        (k, self.reply_ttl, codec.encode_fields(a))
+                        for k, a in outcome.temp_writes.items()
+                    ]
+                    payload = replies.encode_reply(self._reply(item), item.fmt)
+            stats = [] if outcome.status == "forward" else outcome.stats
+            reply_ref = ref(item.reply) if item.reply and outcome.status != "forward" else 0
+            body += [item.entry_id, reply_ref, payload, len(outputs), len(stats), len(records)]
+            for key, ttl, fields in outputs:
+                body += [ref(key), ttl, 2 * len(fields)]
+                for name, value in fields.items():
+                    body += [name, value]
+            for record in stats:
+                body += [
+                    ref(self.keys.stats(record.key)),
+                    record.duration_us,
+                    record.samples,
+                    record.calls,
+                    record.errors,
+                ]
+            for stream in records:
+                body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
+                for name, value in stream.fields.items():
+                    body += [name, value]
+        return keys, body
+
+    def _forward(self, item: Finished) -> Record:
+        """The entry again, on the queue of the device its model lives on."""
+        fields = {_text(k): v for k, v in item.fields.items()}
+        if item.job is not None:  # TIMEOUT keeps counting from the first enqueue
+            fields[ENQUEUED_FIELD] = str(item.job.enqueued_ms)
+        return Record(self.keys.queue(item.outcome.forward_queue), fields)
+
+    def _reply(self, item: Finished) -> dict[str, Any]:
+        outcome = item.outcome
+        queue_ms = None
+        if item.started is not None:
+            queue_ms = max(0, int(item.started * 1000) - entry_time_ms(item.entry_id))
+        compute_ms = round(outcome.duration_us / 1000, 3) if outcome.duration_us else None
+        return replies.build_reply(
+            item.entry_id,
+            self.worker_name,
+            outcome.status,
+            outcome.error,
+            queue_ms,
+            compute_ms,
+            outcome.reply_fields,
+        )
+
+    def _record(self, queue: str, item: Finished, result: Result) -> None:
+        """Counters, metrics and logs of a completed entry."""
+        device = queue[len(self.keys.queue("")) :]
+        extra = {"job_id": item.entry_id, "queue": queue}
+        if result.duplicate:
+            self.metrics.duplicates.labels(device).inc()
+            log.info(
+                "job %s: completed by another delivery; result dropped", item.entry_id, extra=extra
+            )
+            return
+        outcome = item.outcome
+        if not result.applied or outcome.status in ("forward", "dropped"):
+            return
+        if result.reply < 0:
+            self.metrics.replies_dropped.labels(device).inc()
+            log.warning(
+                "job %s %s; its reply key '%s' is not a list this worker may push to: "
+                "no reply written",
+                item.entry_id,
+                outcome.status,
+                item.reply,
+                extra=extra,
+            )
+        if result.stats < 0:
+            log.warning(
+                "job %s: a statistics hash of %s is not a hash of integers; not counted",
+                item.entry_id,
+                [record.key for record in outcome.stats],
+                extra=extra,
+            )
+        model = str(getattr(item.job.request, "key", "")) if item.job is not None else ""
+        with self._lock:
+            self.jobs_done += 1
+            self.jobs_failed += int(outcome.status != "ok")
+        if outcome.status == "ok":
+            if item.started is not None:
+                waited = item.started - entry_time_ms(item.entry_id) / 1000
+                self.metrics.queued(model, device, waited)
+            batch = outcome.reply_fields.get("batch", {}).get("requests", 1)
+            self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch)
+            return
+        reason = failure_reason(outcome.status, outcome.error, malformed=item.job is None)
+        self.metrics.failure(model, device, reason)
+        log.info(
+            "job %s %s: %s",
+            item.entry_id,
+            outcome.status,
+            outcome.error,
+            extra={**extra, "reason": reason},
+        )
 
 
-def _as_list(value: Any) -> Sequence[Any]:
-    if isinstance(value, (list, tuple)) and len(value) == 3:
-        return value
-    raise redis.ResponseError(f"unexpected completion script reply {value!r}")
+def _result(row: Sequence[Any]) -> Result:
+    code, reply, stats, reason, key = row
+    return Result(
+        applied=code == 1,
+        duplicate=code == 0,
+        refused=_text(reason) if code == -1 else "",
+        key=_text(key),
+        reply=int(reply),
+        stats=int(stats),
+    )
 
 
 def _text(value: Any) -> str:

@@ -103,6 +103,12 @@ class WorkerMetrics:
             ["device"],
             registry=reg,
         )
+        self.replies_dropped = Counter(
+            "aiworker_replies_dropped",
+            "Replies not written because the reply key holds another type or is denied.",
+            ["device"],
+            registry=reg,
+        )
         self.redis_errors = Counter(
             "aiworker_redis_errors",
             "Redis errors ridden out, by operation.",

@@ -28,24 +28,25 @@ a completion (XACK, then XDEL).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import redis
 
-from aiworker.protocol.entries import decode_entry, reply_key_of
+from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.protocol.entries import decode_entry, reply_format_of, reply_key_of
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.settings import Settings
-from aiworker.storage import stats
-from aiworker.worker.complete import Commands, Completer
+from aiworker.storage import scripts
+from aiworker.storage.wire import Wires
+from aiworker.worker.complete import Completer, Finished, Record
+from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
 
-log = logging.getLogger("aiworker.worker.recovery")
+log = logging.getLogger("aiworker.recovery")
 
 # Consumers with nothing pending and idle this long belong to workers that are gone.
 STALE_CONSUMER_S = 3600.0
@@ -53,105 +54,15 @@ PRUNE_EVERY_S = 60.0
 RECLAIM_COUNT = 10
 # Fields of an entry copied into its dead letter; more would only be a way to bloat the stream.
 DEAD_LETTER_FIELDS = 64
-
-RENEW_SCRIPT = """
--- KEYS[1] queue; ARGV: group, consumer, idle ms to set, entry ids.
--- Returns the ids another consumer owns now (ids no longer pending were just completed).
-local lost = {}
-for i = 4, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-  elseif #p == 1 then
-    lost[#lost + 1] = ARGV[i]
-  end
-end
-return lost
-"""
-
-PRUNE_SCRIPT = """
--- KEYS[1] queue; ARGV: group, min idle ms, consumer names (none: any consumer).
--- Deletes consumers that have nothing pending; the check and the delete are one atomic step.
-local wanted, any = {}, #ARGV < 3
-for i = 3, #ARGV do wanted[ARGV[i]] = true end
-local removed = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local info = {}
-  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
-  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2])
-      and (any or wanted[info['name']]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
-    removed[#removed + 1] = info['name']
-  end
-end
-return removed
-"""
+RENEW = scripts.load("renew_leases")
+PRUNE = scripts.load("prune_consumers")
 
 # Takes entries this process claimed back: (device, [(entry id, fields)]).
 Accept = Callable[[str, list[tuple[str, Mapping[Any, Any]]]], None]
-# The (queue, entry id) pairs the process' queue runtimes hold right now.
-StillHeld = Callable[[], set[tuple[str, str]]]
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-class HeldEntries:
-    """Thread-safe registry of the entries this process holds: (queue, entry id) -> consumer.
-
-    Whatever keeps an entry without completing it yet (a consumer thread running it, a batcher
-    waiting for more requests) registers it here, so its lease is renewed while it waits.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[str, float]] = {}  # -> (consumer, since)
-
-    def add(self, queue: str, entry_id: str, consumer: str) -> None:
-        with self._lock:
-            self._entries[(queue, entry_id)] = (consumer, time.monotonic())
-
-    def discard(self, queue: str, entry_id: str) -> None:
-        with self._lock:
-            self._entries.pop((queue, entry_id), None)
-
-    def pairs(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return list(self._entries)
-
-    def by_owner(self) -> dict[tuple[str, str], list[str]]:
-        """(queue, consumer) -> entry ids."""
-        owners: dict[tuple[str, str], list[str]] = {}
-        with self._lock:
-            for (queue, entry_id), (consumer, _since) in self._entries.items():
-                owners.setdefault((queue, consumer), []).append(entry_id)
-        return owners
-
-    def prune(self, keep: set[tuple[str, str]], grace_s: float) -> list[tuple[str, str]]:
-        """Forget entries not in ``keep`` that were added more than ``grace_s`` ago: whoever held
-        them let go without completing them (e.g. Redis failed), so their lease must lapse and
-        another delivery run them. Returns the forgotten ones."""
-        horizon = time.monotonic() - grace_s
-        with self._lock:
-            gone = [
-                k for k, (_, since) in self._entries.items() if k not in keep and since < horizon
-            ]
-            for key in gone:
-                del self._entries[key]
-        return gone
-
-    def count(self, queue: str) -> int:
-        with self._lock:
-            return sum(1 for q, _ in self._entries if q == queue)
-
-    def __contains__(self, item: object) -> bool:
-        with self._lock:
-            return item in self._entries
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
 
 
 class Recovery:
@@ -160,15 +71,16 @@ class Recovery:
     def __init__(
         self,
         r: redis.Redis,
+        wires: Wires,
         settings: Settings,
         held: HeldEntries,
         completer: Completer,
         metrics: WorkerMetrics,
         worker_name: str,
         accept: Accept,
-        still_held: StillHeld | None = None,
     ) -> None:
         self.r = r
+        self.wires = wires
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.held = held
@@ -176,11 +88,8 @@ class Recovery:
         self.metrics = metrics
         self.worker_name = worker_name
         self.accept = accept
-        self.still_held = still_held
         self.visibility_ms = max(1, int(settings.visibility_timeout * 1000))
         self.interval = max(0.05, settings.visibility_timeout / 4)
-        self._renew = r.register_script(RENEW_SCRIPT)
-        self._prune = r.register_script(PRUNE_SCRIPT)
         self._lease_stop = threading.Event()
 
     def reclaim_consumer(self, device: str) -> str:
@@ -192,7 +101,7 @@ class Recovery:
         """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost."""
         lost: list[tuple[str, str]] = []
         for (queue, consumer), ids in self.held.by_owner().items():
-            gone = self._renew(keys=[queue], args=[CONSUMER_GROUP, consumer, idle_ms, *ids])
+            gone = RENEW(self.r, [queue], [CONSUMER_GROUP, consumer, idle_ms, *ids])
             lost += [(queue, _text(entry_id)) for entry_id in gone or []]
         return lost
 
@@ -200,13 +109,6 @@ class Recovery:
         """Renew leases until ``stop_leases``; runs in its own thread, also while draining."""
         while not self._lease_stop.wait(self.interval):
             try:
-                if self.still_held is not None:
-                    for queue, entry_id in self.held.prune(self.still_held(), self.interval):
-                        log.info(
-                            "job %s: let go unfinished; its lease lapses",
-                            entry_id,
-                            extra={"job_id": entry_id, "queue": queue},
-                        )
                 for queue, entry_id in self.renew():
                     self.held.discard(queue, entry_id)  # stop renewing; completion decides
                     log.warning(
@@ -217,6 +119,8 @@ class Recovery:
             except redis.RedisError as exc:
                 self.metrics.redis_errors.labels("renew").inc()
                 log.warning("lease renewal failed: %s", exc)
+            except Exception:  # never lose the thread: leases keep long jobs alive
+                log.exception("lease renewal failed")
 
     def stop_leases(self) -> None:
         self._lease_stop.set()
@@ -253,6 +157,8 @@ class Recovery:
             except redis.RedisError as exc:
                 self.metrics.redis_errors.labels("reclaim").inc()
                 log.warning("reclaiming from %s failed: %s", queue, exc)
+            except Exception:  # never lose the thread: abandoned entries would stay pending
+                log.exception("reclaiming from %s failed", queue)
             stop.wait(self.interval)
 
     def reclaim_once(self, device: str, stop: threading.Event | None = None) -> int:
@@ -276,19 +182,25 @@ class Recovery:
                 handled += 1
                 self.metrics.reclaimed.labels(device).inc()
                 count = deliveries.get(entry_id, 0)
-                if fields is None:  # deleted behind our back (Redis 6.2 reports it so)
+                try:
+                    if fields is None:  # deleted behind our back (Redis 6.2 reports it so)
+                        gone = Finished(entry_id, Outcome("dropped"))
+                        self.completer.complete(self.wires.get(), queue, [gone])
+                        continue
+                    if count > self.settings.max_deliveries:
+                        self.dead_letter(device, queue, entry_id, fields, count)
+                        continue
+                except Exception:  # this entry's trouble only: log it with its id, go on
                     self.held.discard(queue, entry_id)
-                    self.completer.complete(queue, entry_id)
-                elif count > self.settings.max_deliveries:
-                    self.dead_letter(device, queue, entry_id, fields, count)
-                else:
-                    log.info(
-                        "job %s: reclaimed (delivery %d)",
-                        entry_id,
-                        count,
-                        extra={"job_id": entry_id, "queue": queue},
-                    )
-                    runnable.append((entry_id, fields))
+                    log.exception("job %s: reclaiming failed", entry_id, extra={"job_id": entry_id})
+                    continue
+                log.info(
+                    "job %s: reclaimed (delivery %d)",
+                    entry_id,
+                    count,
+                    extra={"job_id": entry_id, "queue": queue},
+                )
+                runnable.append((entry_id, fields))
             if runnable:
                 self.accept(device, runnable)
             if _text(cursor) == "0-0":
@@ -328,27 +240,23 @@ class Recovery:
                 "dead_letter_time": int(time.time()),
             }
         )
-        done = Commands().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
-        model = ""
-        with contextlib.suppress(Exception):  # an undecodable entry has no model to count against
-            model = str(getattr(decode_entry(entry_id, fields).request, "key", ""))
-            stats.record(cast(Any, done), self.keys, model, calls=1, errors=1)
-        reply_key = reply_key_of(fields)
-        if reply_key:
-            payload = {
-                "status": "error",
-                "id": entry_id,
-                "worker": self.worker_name,
-                "error": error,
-            }
-            done.lpush(reply_key, json.dumps(payload)).expire(reply_key, self.settings.reply_ttl)
-        try:
-            result = self.completer.complete(queue, entry_id, done)
-            if result.rejected:  # e.g. a broken reply key: still get it out of the queue
-                bare = Commands().xadd(target, record, maxlen=self.settings.dead_letter_maxlen)
-                result = self.completer.complete(queue, entry_id, bare)
-        finally:
-            self.held.discard(queue, entry_id)
+        job = None
+        stats: list[StatsRecord] = []
+        try:  # an undecodable entry has no model to count against
+            job = decode_entry(entry_id, fields, self.keys)
+            model = str(getattr(job.request, "key", ""))
+            stats = [StatsRecord(model, errors=1)] if model else []
+        except Exception:
+            model = ""
+        letter = Finished(
+            entry_id,
+            Outcome.failed(error, stats),
+            job,
+            reply_key_of(fields, self.keys),
+            reply_format_of(fields),
+            records=[Record(target, record, self.settings.dead_letter_maxlen)],
+        )
+        [result] = self.completer.complete(self.wires.get(), queue, [letter])
         if result.applied:
             self.metrics.failure(model, device, "dead_letter")
             log.error("job %s: %s", entry_id, error, extra={"job_id": entry_id, "queue": queue})
@@ -363,8 +271,8 @@ class Recovery:
         if names is not None and not names:
             return []
         try:
-            removed = self._prune(
-                keys=[queue], args=[CONSUMER_GROUP, int(min_idle_s * 1000), *(names or [])]
+            removed = PRUNE(
+                self.r, [queue], [CONSUMER_GROUP, int(min_idle_s * 1000), *(names or [])]
             )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc) or "no such key" in str(exc):

@@ -1,0 +1,157 @@
+"""The one read of a job's state: model and script versions, input tensors, output key kinds.
+
+All jobs taken in one stream read are served by one Lua script call (``read_jobs.lua``): it checks
+key types and stored sizes before fetching tensor data, reads each key once however many jobs or
+arguments name it, and stops fetching when the read carries ``max_job_bytes`` (jobs left over are
+read again on their own when they run). A ``Snapshot`` then decodes what one job needs, on demand,
+with RedisAI's errors in the order RedisAI reported them, and declared sizes checked before any
+array is allocated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from aiworker.execution import limits
+from aiworker.execution.limits import Limits
+from aiworker.protocol.errors import LimitExceeded
+from aiworker.protocol.requests import (
+    DagExecute,
+    ModelExecute,
+    Request,
+    ScriptExecute,
+)
+from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
+from aiworker.storage import scripts
+
+READ_JOBS = scripts.load("read_jobs")
+MODEL, SCRIPT, TENSOR, KIND = "M", "S", "T", "K"
+
+
+class ScriptRunner(Protocol):
+    """What runs a Lua script: the worker thread's ``Wire``."""
+
+    def evalsha(
+        self, script: scripts.LuaScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any: ...
+
+
+def reads_of(request: Request) -> list[tuple[str, str]]:
+    """(what, key) pairs a request needs read, one per use: a tensor named twice is listed twice."""
+    if isinstance(request, ModelExecute):
+        return [(MODEL, request.key), *((TENSOR, name) for name in request.inputs)]
+    if isinstance(request, ScriptExecute):
+        return [(SCRIPT, request.key), *((TENSOR, name) for name in request.inputs)]
+    if isinstance(request, DagExecute):
+        pairs = [(TENSOR, key) for key in request.load]
+        for op in request.ops:
+            if isinstance(op, ModelExecute):
+                pairs.append((MODEL, op.key))
+            elif isinstance(op, ScriptExecute):
+                pairs.append((SCRIPT, op.key))
+        return pairs + [(KIND, key) for key in request.persist]
+    return []
+
+
+@dataclass
+class Snapshot:
+    """What a read brought for one job, decoded on first use (each key once)."""
+
+    replies: dict[tuple[str, str], Any]
+    limits: Limits
+    deferred: bool = False  # its tensors were left for a read of their own
+    _decoded: dict[str, np.ndarray] = field(default_factory=dict)
+    _declared: int = 0  # bytes of the tensors decoded so far, each use counted
+
+    def model(self, key: str) -> model_store.ModelMeta:
+        """The model's metadata; RedisAI's errors for a missing key or another kind of key."""
+        return model_store.meta_from_reply(self._reply(MODEL, key))
+
+    def script(self, key: str) -> script_store.ScriptMeta:
+        return script_store.meta_from_reply(self._reply(SCRIPT, key))
+
+    def kind(self, key: str) -> tuple[str, str | None]:
+        """(Redis type, aiworker kind) of a key a DAG persists to; ("none", None) if missing."""
+        reply = self._reply(KIND, key)
+        if reply[0] == "none":
+            return "none", None
+        return _text(reply[1]), _text(reply[2]) if reply[2] else None
+
+    def tensor(self, key: str) -> np.ndarray:
+        """An input tensor (read-only), sized from its declared shape before it is allocated."""
+        reply = self._reply(TENSOR, key)
+        status = reply[0]
+        if status == "toobig":
+            raise _too_big(key, _text(reply[1]), int(reply[2]), self.limits)
+        array = self._decoded.get(key)
+        if array is None:
+            array = limits.decode_tensor_reply(key, reply, self.limits.max_tensor_bytes)
+            self._decoded[key] = array
+        self._declared += limits.nbytes(array)
+        if self._declared > self.limits.max_job_bytes:
+            raise LimitExceeded(
+                f"the job's tensors would take {self._declared:,} bytes, more than this "
+                f"worker's max_job_bytes ({self.limits.max_job_bytes:,})"
+            )
+        return array
+
+    def tensors(self, keys: Iterable[str]) -> list[np.ndarray]:
+        return [self.tensor(key) for key in keys]
+
+    def _reply(self, what: str, key: str) -> Any:
+        reply = self.replies[(what, key)]
+        if what == TENSOR and reply[0] == "deferred":
+            raise RuntimeError("tensor was not read")  # callers check ``deferred`` first
+        return reply
+
+
+def _too_big(key: str, which: str, nbytes: int, bounds: Limits) -> LimitExceeded:
+    if which == "job":
+        return LimitExceeded(
+            f"the job's tensors take {nbytes:,} bytes in Redis, more than this worker's "
+            f"max_job_bytes ({bounds.max_job_bytes:,})"
+        )
+    return LimitExceeded(
+        f"tensor '{key}' has {nbytes:,} bytes of data, more than this worker's "
+        f"max_tensor_bytes ({bounds.max_tensor_bytes:,})"
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def read(conn: ScriptRunner, requests: Sequence[Request], bounds: Limits) -> list[Snapshot]:
+    """One round trip for the state of every request (in order); one ``Snapshot`` each."""
+    wanted = [reads_of(request) for request in requests]
+    index: dict[tuple[str, str], int] = {}
+    uses: list[Counter[int]] = []
+    for job, pairs in enumerate(wanted):
+        for pair in pairs:
+            if pair not in index:
+                index[pair] = len(index)
+                uses.append(Counter())
+            uses[index[pair]][job] += 1
+    if not index:
+        return [Snapshot({}, bounds) for _ in requests]
+    keys = [key for _what, key in index]
+    args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
+    for (what, _key), counts in zip(index, uses, strict=True):
+        args += [
+            what,
+            " ".join(f"{job}:{n}" for job, n in counts.items()) if what == TENSOR else "",
+        ]
+    replies = conn.evalsha(READ_JOBS, keys, args)
+    decoded = [[_text(reply[0]), *reply[1:]] for reply in replies]
+    snapshots = []
+    for pairs in wanted:
+        mine = {pair: decoded[index[pair]] for pair in pairs}
+        deferred = any(reply[0] == "deferred" for reply in mine.values())
+        snapshots.append(Snapshot(mine, bounds, deferred))
+    return snapshots

@@ -1,0 +1,166 @@
+-- Completes stream entries: per entry, acknowledge and delete it, write its outputs, count its
+-- statistics, push its reply, append its stream records (a forward to another device queue, a
+-- dead letter) - all of it, or none of it.
+-- KEYS[1] the queue; KEYS[2..] every other key written (commands below refer to them by index).
+-- ARGV[1] consumer group, ARGV[2] aiworker's key prefix, ARGV[3] reply TTL (seconds), ARGV[4]
+-- number of keys passed here instead of in KEYS (0; or, on a standalone Redis only, the keys
+-- themselves, so that when the ACL denies one, this script's own check names it), those keys,
+-- then the number of entries; then per entry:
+--   id, reply key index (0: none), reply payload, n outputs, n stats, n records,
+--   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
+--     field/value items, the items;
+--   per stats record: key index, duration, samples, calls, errors;
+--   per record: stream key index, MAXLEN (0: none), number of field/value items, the items.
+-- Returns per entry {code, reply, stats, reason, key}: code 1 applied, 0 already completed by
+-- another delivery (nothing written), -1 refused (nothing written, the entry stays pending:
+-- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`); reply 1 pushed, 0 none, -1
+-- dropped (the reply key holds another type or is denied); stats 1 counted, 0 none, -1 skipped
+-- (a statistics hash that is not a hash of integers is left alone).
+--
+-- Everything that could fail is checked before the first write: Redis does not roll a script back,
+-- so a command failing halfway would leave an entry acknowledged with its reply unwritten.
+local group, prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local K, i = KEYS, 5
+if tonumber(ARGV[4]) > 0 then
+  K = {KEYS[1]}
+  for j = 1, tonumber(ARGV[4]) do K[j + 1] = ARGV[4 + j] end
+  i = 5 + tonumber(ARGV[4])
+end
+local function take()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+local function list(n)
+  local out = {}
+  for j = 1, n do out[j] = take() end
+  return out
+end
+
+local entries = {}
+for e = 1, tonumber(take()) do
+  local entry = {id = take(), reply = tonumber(take()), payload = take()}
+  local n_out, n_stats, n_rec = tonumber(take()), tonumber(take()), tonumber(take())
+  entry.outputs, entry.stats, entry.records = {}, {}, {}
+  for o = 1, n_out do
+    local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
+    entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
+  end
+  for s = 1, n_stats do
+    entry.stats[s] = {key = K[tonumber(take())], values = list(4)}
+  end
+  for r = 1, n_rec do
+    local key, maxlen, n = K[tonumber(take())], tonumber(take()), tonumber(take())
+    entry.records[r] = {key = key, maxlen = maxlen, fields = list(n)}
+  end
+  entries[e] = entry
+end
+
+-- The type each key will have when this script reaches it (earlier entries' writes count).
+local will = {}
+local function type_of(key)
+  if will[key] == nil then
+    local t = redis.call('TYPE', key)['ok']
+    if t == 'hash' and redis.call('HGET', key, 'kind') == 'tensor' then t = 'tensor' end
+    will[key] = t
+  end
+  return will[key]
+end
+local function allowed(...)
+  return not redis.acl_check_cmd or redis.acl_check_cmd(...)
+end
+local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
+local function counters_ok(key)
+  local t = type_of(key)
+  if t == 'none' or t == 'stats' then return true end
+  if t ~= 'hash' then return false end
+  for _, v in ipairs(redis.call('HMGET', key, unpack(COUNTERS))) do
+    -- HINCRBY fails on anything but a 64-bit integer; stay far from its overflow too
+    if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then return false end
+  end
+  return true
+end
+
+if not allowed('XACK', KEYS[1], group, '0-1') or not allowed('XDEL', KEYS[1], '0-1') then
+  return redis.error_reply('NOPERM this worker may not XACK and XDEL ' .. KEYS[1])
+end
+local results = {}
+for e, entry in ipairs(entries) do
+  local refused, key = nil, nil
+  for _, out in ipairs(entry.outputs) do
+    if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
+      refused, key = 'PREFIX', out.key
+    elseif type_of(out.key) ~= 'none' and type_of(out.key) ~= 'tensor' then
+      refused, key = 'WRONGTYPE', out.key
+    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields)) then
+      refused, key = 'NOPERM', out.key
+    end
+    if refused then break end
+  end
+  for _, out in ipairs(entry.outputs) do
+    if refused then break end
+    if out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl) then
+      refused, key = 'NOPERM', out.key
+    end
+  end
+  for _, rec in ipairs(entry.records) do
+    if refused then break end
+    local t = type_of(rec.key)
+    if t ~= 'none' and t ~= 'stream' then
+      refused, key = 'WRONGTYPE', rec.key
+    elseif not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+      refused, key = 'NOPERM', rec.key
+    end
+  end
+  if refused then
+    results[e] = {-1, 0, 0, refused, key}
+  elseif redis.call('XACK', KEYS[1], group, entry.id) == 0 then
+    results[e] = {0, 0, 0, '', ''}  -- another delivery completed it
+  else
+    redis.call('XDEL', KEYS[1], entry.id)
+    for _, out in ipairs(entry.outputs) do
+      redis.call('DEL', out.key)
+      redis.call('HSET', out.key, unpack(out.fields))
+      if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
+      will[out.key] = 'tensor'
+    end
+    local stats = 0
+    for _, rec in ipairs(entry.stats) do
+      if counters_ok(rec.key) and allowed('HINCRBY', rec.key, 'calls', '1') then
+        for c, name in ipairs(COUNTERS) do
+          local amount = tonumber(rec.values[c])
+          if amount ~= 0 then redis.call('HINCRBY', rec.key, name, amount) end
+        end
+        will[rec.key] = 'stats'
+        stats = 1
+      else
+        stats = -1
+      end
+    end
+    for _, rec in ipairs(entry.records) do
+      if rec.maxlen > 0 then
+        redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
+      else
+        redis.call('XADD', rec.key, '*', unpack(rec.fields))
+      end
+      will[rec.key] = 'stream'
+    end
+    local reply = 0
+    if entry.reply > 0 then
+      local rkey = K[entry.reply]
+      local t = type_of(rkey)
+      if (t == 'none' or t == 'list') and allowed('LPUSH', rkey, entry.payload)
+          and (t ~= 'none' or ttl == 0 or allowed('EXPIRE', rkey, ttl)) then
+        redis.call('LPUSH', rkey, entry.payload)
+        -- an expiry only on a list this push created: never on somebody else's list
+        if t == 'none' and ttl > 0 then redis.call('EXPIRE', rkey, ttl) end
+        will[rkey] = 'list'
+        reply = 1
+      else
+        reply = -1
+      end
+    end
+    results[e] = {1, reply, stats, '', ''}
+  end
+end
+return results

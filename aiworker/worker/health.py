@@ -1,0 +1,116 @@
+"""A worker process's health: its heartbeat in Redis, and the watchdog for hung jobs.
+
+The heartbeat (``Keys.worker(name)``, a JSON status that expires, and the ``workers`` sorted set)
+is what ``aiworker status``/``check`` and clients read to know which queues have a live worker.
+The watchdog notices a job running past ``hung_job_timeout``: a job stuck in a framework cannot be
+interrupted from Python, so the worker says it is unhealthy and gives up its process (its other
+entries handed back first), and its supervisor starts a fresh one; the stuck entry counts as a
+delivery and is dead-lettered after ``max_deliveries``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from aiworker.protocol.keys import Keys
+from aiworker.worker.metrics import WorkerMetrics
+from aiworker.worker.schedule import QueueScheduler
+
+log = logging.getLogger("aiworker.worker")
+HEARTBEAT_SECONDS = 2.0
+# Heartbeats older than this are dropped from the workers zset (their JSON keys expire anyway).
+STALE_WORKER_S = 3600.0
+WATCH_EVERY_S = 0.25
+
+
+class Heartbeat:
+    """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        name: str,
+        status: Callable[[], dict[str, Any]],
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.name = name
+        self.status = status
+        self.metrics = metrics
+
+    def publish(self) -> None:
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(
+            self.keys.worker(self.name), json.dumps(self.status()), ex=int(HEARTBEAT_SECONDS * 5)
+        )
+        pipe.zadd(self.keys.workers, {self.name: now})
+        pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
+        pipe.execute()
+
+    def loop(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.publish()
+            except redis.RedisError:
+                self.metrics.redis_errors.labels("heartbeat").inc()
+                log.warning("heartbeat failed")
+            except Exception:  # never lose the thread: a silent worker looks dead
+                log.exception("heartbeat failed")
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    def withdraw(self) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers, self.name)
+        pipe.delete(self.keys.worker(self.name))
+        pipe.execute()
+
+
+class Watchdog:
+    """Calls ``on_hung(problem)`` once when a job has run longer than ``limit_s`` seconds."""
+
+    def __init__(
+        self,
+        schedulers: list[QueueScheduler],
+        limit_s: float,
+        on_hung: Callable[[str], None],
+    ) -> None:
+        self.schedulers = schedulers
+        self.limit_s = limit_s
+        self.on_hung = on_hung
+        self.problem = ""
+
+    def check(self) -> str:
+        """The first hung job's description, or ""."""
+        now = time.monotonic()
+        for scheduler in self.schedulers:
+            for entry_ids, since in scheduler.running_since():
+                if now - since > self.limit_s:
+                    return (
+                        f"job {','.join(entry_ids)} on {scheduler.device} has run "
+                        f"{now - since:.0f} s, past hung_job_timeout ({self.limit_s:g} s)"
+                    )
+        return ""
+
+    def loop(self, stop: threading.Event) -> None:
+        while not stop.wait(WATCH_EVERY_S):
+            try:
+                problem = self.check()
+            except Exception:  # never lose the thread
+                log.exception("watchdog check failed")
+                continue
+            if problem:
+                self.problem = problem
+                log.error("worker unhealthy: %s", problem)
+                self.on_hung(problem)
+                return
