@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from aiworker import messages
+from aiworker.backends import safety
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
 from aiworker.devices import Device, placement
@@ -119,10 +120,12 @@ class TorchBackend(Backend):
 
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         device = torch_device(spec.device)
+        safety.check_torch_archive(blob, self.options.allow_file_ops)  # loading runs __setstate__
         try:
             module = torch.jit.load(io.BytesIO(blob), map_location=device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError or worse for corrupt archives
             raise AIError(f"Failed to load TorchScript model: {str(exc).splitlines()[0]}") from exc
+        safety.check_torch_module(module, self.options.allow_file_ops)
         module.eval()
         return TorchModel(module, device, len(blob), self.options.model_execution_timeout_ms)
 
@@ -130,6 +133,8 @@ class TorchBackend(Backend):
         # Imported here: torch_script builds on this module's helpers.
         from aiworker.backends.torch_script import TorchScript
 
-        return TorchScript(
+        script = TorchScript(
             source, entry_points, torch_device(device), self.options.model_execution_timeout_ms
         )
+        safety.check_torch_script(script.unit, self.options.allow_file_ops)
+        return script
