@@ -193,18 +193,19 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
     values: dict[str, int] = {}
     warnings: list[str] = []
     for raw_name, raw_value in fields.items():
-        name = _text_of(raw_name).strip().upper()
-        shown = repr(_text_of(raw_value)[:40])
+        written = _text_of(raw_name)
+        name = written.strip().upper()
         if name == "BACKENDSPATH":
             warnings.append(
-                "ignoring BACKENDSPATH from the shared config hash: it names code to load, so "
+                f"ignoring {written!r} from the shared config hash: it names code to load, so "
                 "only the operator sets it (flag, AIWORKER_BACKENDS_PATH or the config file)"
             )
             continue
         if name not in REDIS_CONFIG:
             warnings.append(
-                f"ignoring {name!r} from the shared config hash: only AI.CONFIG settings are read "
-                "from Redis; the operator sets the others (flags, AIWORKER_* or the config file)"
+                f"ignoring {written!r} from the shared config hash: only AI.CONFIG settings are "
+                "read from Redis; the operator sets the others (flags, AIWORKER_* or the config "
+                "file)"
             )
             continue
         field_name, low, high = REDIS_CONFIG[name]
@@ -212,8 +213,8 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
         number = int(text) if _WHOLE_NUMBER.fullmatch(text) else None
         if number is None or not low <= number <= high:
             warnings.append(
-                f"ignoring {name} = {shown} from the shared config hash: not a whole number "
-                f"from {low} to {high}"
+                f"ignoring {written!r} = {text[:40]!r} from the shared config hash: not a whole "
+                f"number from {low} to {high}"
             )
             continue
         values[field_name] = number
