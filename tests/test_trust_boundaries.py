@@ -54,9 +54,7 @@ class MeddlingPipeline(redis.client.Pipeline):
         return result
 
 
-def meddling_client(
-    url: str, trigger: str, budget: int, meddle: Callable[[], None]
-) -> redis.Redis:
+def meddling_client(url: str, trigger: str, budget: int, meddle: Callable[[], None]) -> redis.Redis:
     class Pipe(MeddlingPipeline):
         pass
 

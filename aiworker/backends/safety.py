@@ -518,13 +518,13 @@ def check_tflite(blob: bytes, allow: bool) -> bool:
     except Exception:  # not a TFLite flatbuffer
         return False
     for name in codes:
-        if name in TF_FILE_OPS or name.removeprefix("Flex") in TF_FILE_OPS:
+        if name in TF_FILE_OPS:
             raise _refuse("TFLITE", f"custom op {name!r}")
     for name, op in uses:
         if not name.startswith("Flex"):
             continue
-        try:
-            named = _flex_ops(op.CustomOptionsAsNumpy().tobytes())
+        try:  # the op the Flex delegate would run comes from the options, not from the name
+            named = [name.removeprefix("Flex"), *_flex_ops(op.CustomOptionsAsNumpy().tobytes())]
         except Exception:
             raise _refuse(
                 "TFLITE", f"Flex op {name!r} (its TensorFlow op cannot be read)"
