@@ -52,7 +52,7 @@ MAX_CHUNKS = 1 << 16
 # learns the blob's real size in one round trip without transferring it; chunks is -1 when the
 # ``chunks`` field is not a whole number in [0, ARGV[1]].
 _CHUNK_BYTES = LuaScript("""
-local chunks = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
+local chunks = tonumber(redis.call('HMGET', KEYS[1], 'chunks')[1] or '0')
 if chunks == nil or chunks < 0 or chunks > tonumber(ARGV[1]) or chunks % 1 ~= 0 then
   return {-1, 0}
 end
