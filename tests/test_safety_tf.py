@@ -94,7 +94,8 @@ def writing_saved_model() -> bytes:
 
 def tf1_saved_model(restore_from: str = "") -> bytes:
     """A TF1 SavedModel (Saver, builder): its top-level RestoreV2 reads the fed variables path.
-    ``restore_from``: rewire that RestoreV2 to a constant path instead, as a crafted model would."""
+    ``restore_from``: rewire that RestoreV2's path to this tensor instead, as a crafted model
+    would (``elsewhere`` is a constant naming another checkpoint)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     graph = tf.Graph()
@@ -118,8 +119,8 @@ def tf1_saved_model(restore_from: str = "") -> bytes:
                 saved.ParseFromString(handle.read())
             graph_def = saved.meta_graphs[0].graph_def
             (restore,) = [n for n in graph_def.node if n.op == "RestoreV2"]
-            graph_def.node.add().CopyFrom(_string_const("elsewhere", restore_from))
-            restore.input[0] = "elsewhere"
+            graph_def.node.add().CopyFrom(_string_const("elsewhere", "/somewhere/else/variables"))
+            restore.input[0] = restore_from
             with open(path, "wb") as handle:
                 handle.write(saved.SerializeToString())
         return zipped(directory)
@@ -174,8 +175,9 @@ def test_ordinary_models_still_load() -> None:
     assert model.run([np.ones(2, np.float32)])[0].tolist() == [3.0, 3.0]
 
 
-def test_a_restore_step_reading_another_path_is_refused() -> None:
-    blob = tf1_saved_model(restore_from="/somewhere/else/variables")
+@pytest.mark.parametrize("restore_from", ["elsewhere", "save/Const:1"])
+def test_a_restore_step_reading_another_path_is_refused(restore_from: str) -> None:
+    blob = tf1_saved_model(restore_from)
     with pytest.raises(AIError, match=r"TF: operation 'RestoreV2' \(node 'save/RestoreV2'\)"):
         DEFAULT.load(blob, spec(["x"], ["y"]))
 

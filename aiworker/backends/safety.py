@@ -143,21 +143,24 @@ class _TFGraph:
     def fed_filename(
         self, ref: str, function: Any, filename: str, callers: list[tuple[Any, Any]], depth: int = 0
     ) -> bool:
-        """Whether ``ref`` (in ``function``, or the top-level graph when None) carries the file
-        name the loader feeds (``filename``), through Identity nodes and function calls."""
+        """Whether tensor ``ref`` (in ``function``, or the top-level graph when None) is the file
+        name tensor the loader feeds (``filename``), through Identity nodes and function calls.
+        Tensors are compared with their output index: the loader feeds one output only."""
         if depth > 16:
             return False
         body = self.nodes if function is None else {n.name: n for n in function.node_def}
-        name = _ref_name(ref)
+        name, output = _split_ref(ref)
         for _ in range(64):  # Identity chains
             node = body.get(name)
             if node is None or node.op != "Identity" or not node.input:
                 break
-            name = _ref_name(node.input[0])
+            if output not in ("", "0", "output:0"):
+                return False
+            name, output = _split_ref(node.input[0])
         if function is None:
-            return name == filename
+            return (name, output or "0") == _split_ref(filename)
         args = [arg.name for arg in function.signature.input_arg]
-        if name in body or name not in args:
+        if output or name in body or name not in args:
             return False
         index = args.index(name)
         sites = [
@@ -174,6 +177,13 @@ class _TFGraph:
             self.fed_filename(_data_input(node, index), caller, filename, callers, depth + 1)
             for node, caller in sites
         )
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """(node, output) of a data reference: ``node`` -> (node, ""), ``node:1`` -> (node, "1"),
+    ``node:out:0`` (inside a function) -> (node, "out:0")."""
+    name, _, output = ref.partition(":")
+    return name, output
 
 
 def _data_input(node: Any, index: int) -> str:
@@ -227,7 +237,8 @@ def check_tf_saved_model(meta_graph_def: Any, allow: bool) -> None:
     nodes, functions = graph.closure([saver.restore_op_name])
     nodes -= strict_nodes
     functions -= strict_functions
-    filename = _ref_name(saver.filename_tensor_name)
+    name, output = _split_ref(saver.filename_tensor_name)
+    filename = f"{name}:{output or '0'}"
     callers = [(graph.nodes[name], None) for name in nodes] + [
         (node, graph.functions[name])
         for name in functions
