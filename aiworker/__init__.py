@@ -6,7 +6,7 @@ first use, so a web app that only enqueues jobs never loads backends or metrics.
 
 from typing import TYPE_CHECKING, Any
 
-from aiworker.client import Client
+from aiworker.client.sync import Client
 from aiworker.protocol.errors import (
     AIError,
     AIWorkerError,
@@ -19,7 +19,7 @@ from aiworker.protocol.errors import (
 from aiworker.settings import Settings
 
 if TYPE_CHECKING:
-    from aiworker.worker import Worker
+    from aiworker.worker.process import Worker
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Worker":
-        from aiworker.worker import Worker
+        from aiworker.worker.process import Worker
 
         return Worker
     raise AttributeError(f"module 'aiworker' has no attribute {name!r}")

@@ -2,12 +2,17 @@
 
 Names follow RedisAI's (THREADS_PER_QUEUE, MODEL_CHUNK_SIZE, ...) in lower case; the environment
 variable of a setting is ``AIWORKER_`` plus its upper-cased name. Nothing is read at import time.
+
+Settings stored in Redis (AI.CONFIG) come from whoever may write one hash, so a worker reads only
+AI.CONFIG's own tuning names from it, each checked (``settings_from_redis_config``); limits,
+connection settings, the prefix, TLS and recovery timings come only from the operator.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -61,6 +66,9 @@ class Settings:
     tls_ca_cert: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # models and scripts are code: see docs/security.md
+    allow_file_ops: bool = False
+    max_model_extract_bytes: int = 4 << 30
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -99,6 +107,8 @@ def _coerce(name: str, value: Any) -> Any:
     if kind is None:
         raise ConfigError(f"unknown setting {name!r}")
     try:
+        if kind == "bool":
+            return _boolean(value)
         if kind == "int":
             return int(value)
         if kind == "float":
@@ -110,6 +120,19 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name}: invalid value {value!r}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(value)
 
 
 def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,3 +165,59 @@ def hide_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# AI.CONFIG names a worker reads from Redis -> (Settings field, smallest, largest accepted value).
+# The bounds keep a value someone wrote into the shared hash from starving or swamping a worker.
+REDIS_CONFIG: dict[str, tuple[str, int, int]] = {
+    "THREADS_PER_QUEUE": ("threads_per_queue", 1, 256),
+    "MODEL_CHUNK_SIZE": ("model_chunk_size", 1, 512 << 20),  # Redis' default proto-max-bulk-len
+    "MODEL_EXECUTION_TIMEOUT": ("model_execution_timeout", 0, 24 * 3600 * 1000),  # ms
+    "INTER_OP_PARALLELISM": ("inter_op_parallelism", 0, 1024),
+    "INTRA_OP_PARALLELISM": ("intra_op_parallelism", 0, 1024),
+    "BACKEND_MEMORY_LIMIT": ("backend_memory_limit", 0, 1 << 24),  # MB
+}
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,20}")
+
+
+def _text_of(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int], list[str]]:
+    """The settings a worker adopts from the shared config hash, and a warning per field ignored.
+
+    Only AI.CONFIG's tuning names are read, each a whole number within ``REDIS_CONFIG``'s bounds.
+    BACKENDSPATH names code to load, so it is never taken from Redis; neither is anything else
+    (limits, connection, prefix, TLS, recovery timings): those are the operator's, set with flags,
+    ``AIWORKER_*`` variables or the config file.
+    """
+    values: dict[str, int] = {}
+    warnings: list[str] = []
+    for raw_name, raw_value in fields.items():
+        written = _text_of(raw_name)
+        name = written.strip().upper()
+        if name == "BACKENDSPATH":
+            warnings.append(
+                f"ignoring {written!r} from the shared config hash: it names code to load, so "
+                "only the operator sets it (flag, AIWORKER_BACKENDS_PATH or the config file)"
+            )
+            continue
+        if name not in REDIS_CONFIG:
+            warnings.append(
+                f"ignoring {written!r} from the shared config hash: only AI.CONFIG settings are "
+                "read from Redis; the operator sets the others (flags, AIWORKER_* or the config "
+                "file)"
+            )
+            continue
+        field_name, low, high = REDIS_CONFIG[name]
+        text = _text_of(raw_value).strip()
+        number = int(text) if _WHOLE_NUMBER.fullmatch(text) else None
+        if number is None or not low <= number <= high:
+            warnings.append(
+                f"ignoring {written!r} = {text[:40]!r} from the shared config hash: not a whole "
+                f"number from {low} to {high}"
+            )
+            continue
+        values[field_name] = number
+    return values, warnings

@@ -182,3 +182,23 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     assert normalise(make_steps, make_vars) == normalise(docker_steps, docker_args)
     assert "dev" not in docker_args["EXTRAS"], "the image carries no test tools"
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M), "the image runs as a non-root user"
+
+
+WORKERS = [name for name in COMPOSE["services"] if name.startswith("worker-")]
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_compose_workers_are_confined(name: str) -> None:
+    """Models and scripts are code: a worker container runs as the image's non-root user with no
+    capabilities, cannot gain privileges, and writes only to a tmpfs that TMPDIR names."""
+    spec = service(name)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    uid = re.search(r"useradd .*--uid (\d+)", dockerfile)
+    assert uid is not None
+    assert str(spec["user"]).split(":")[0] == uid.group(1) != "0"
+    assert spec["read_only"] is True
+    assert spec["cap_drop"] == ["ALL"] and not spec.get("cap_add")
+    assert "no-new-privileges:true" in spec["security_opt"]
+    assert not spec.get("privileged")
+    mounts = [entry.split(":")[0] for entry in spec["tmpfs"]]
+    assert spec["environment"]["TMPDIR"] in mounts

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import ROOT, wait_until
-from faults import QUEUE, enqueue, job_entry, stub_model, tensor
+from faults import QUEUE, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
 from aiworker.backends.base import LoadedModel

@@ -234,6 +234,29 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
 # TLS ----------------------------------------------------------------------------------------
 
 
+def test_the_worker_user_may_size_models_and_write_large_tensors(
+    acl_redis: tuple[redis.Redis, int],
+) -> None:
+    """Sizing a model before fetching it (HSTRLEN in a script, under WATCH) and large tensor
+    writes (WATCH) work with the documented rule, refusals included (they UNWATCH)."""
+    import numpy as np
+
+    from aiworker.protocol.errors import LimitExceeded
+    from aiworker.storage import model as model_store
+    from aiworker.storage import tensor_io
+
+    admin, port = acl_redis
+    stub_model(admin, "ai:m", op="identity")
+    worker = redis.Redis(port=port, username="aiworker", password="workerpw")
+    meta, blob = model_store.read_model(worker, "ai:m", max_bytes=1 << 20)
+    assert json.loads(blob) == {"op": "identity"} and meta.backend == "STUB"
+    with pytest.raises(LimitExceeded):
+        model_store.read_model(worker, "ai:m", max_bytes=4)
+    big = np.arange(tensor_io.LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    tensor_io.write(worker, "ai:big", big)
+    assert np.array_equal(tensor_io.read(admin, "ai:big"), big)
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 

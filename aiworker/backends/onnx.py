@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.backends import safety
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSpec
 from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
@@ -71,19 +72,20 @@ def _graph_tensors(graph: Any) -> Iterator[Any]:
     yield from _node_tensors(graph.node)
 
 
-def check_self_contained(blob: bytes) -> None:
-    """Refuse models with external data; a blob that is not an ONNX model is left to onnxruntime,
-    whose message RedisAI passed on."""
+def check_self_contained(blob: bytes) -> Any:
+    """Refuse models with external data; returns the parsed model. A blob that is not an ONNX
+    model (None) is left to onnxruntime, whose message RedisAI passed on."""
     model = onnx.ModelProto()
     try:
         model.ParseFromString(blob)
     except Exception:  # protobuf's DecodeError: onnxruntime reports it in its own words
-        return
+        return None
     tensors = itertools.chain(
         _graph_tensors(model.graph), *(_node_tensors(f.node) for f in model.functions)
     )
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise AIError(EXTERNAL_DATA)
+    return model
 
 
 def _element_dtype(type_name: str) -> Any:
@@ -210,7 +212,9 @@ class ONNXBackend(Backend):
         device = spec.device
         if device.is_gpu:
             placement.require_gpu(device, "onnxruntime", discovery.gpu_count("onnx"))
-        check_self_contained(blob)
+        model = check_self_contained(blob)
+        if model is not None:  # no custom-op library is ever registered: refuse what needs one
+            safety.check_onnx(model, self.options.allow_file_ops)
         try:
             session = ort.InferenceSession(
                 blob, self.session_options(), providers=placement.onnx_providers(device)

@@ -7,9 +7,13 @@ run's deadline, so TensorFlow cancels a run that passes it.
 - A frozen GraphDef is stored with INPUTS/OUTPUTS naming graph operations (their output 0, as in
   RedisAI) or tensors (``name:1``).
 - A SavedModel directory stored as a zip archive (something RedisAI could not run) is extracted to
-  a temporary directory, loaded (variables restored, assets read) and the directory removed. Its
-  serving signature names the inputs and outputs: INPUTS/OUTPUTS, when given, choose and order
-  signature keys; otherwise the keys are used in sorted order.
+  a temporary directory (within max_model_extract_bytes, see ``archive.py``), loaded (variables
+  restored, assets read) and the directory removed. Its serving signature names the inputs and
+  outputs: INPUTS/OUTPUTS, when given, choose and order signature keys; otherwise the keys are used
+  in sorted order.
+
+Graphs that read or write files are refused before they are imported unless the operator allows
+them (``safety.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.backends import archive, safety
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec, is_zip
 from aiworker.backends.util import as_array, check_run_time, clock, one_line, timeout_error
 from aiworker.devices import Device, placement
@@ -125,20 +130,19 @@ def _saved_model_root(directory: Path) -> Path:
     return found[0].parent
 
 
-def _serving_tags(root: Path) -> list[str]:
-    """The tags of the meta graph to load: the serving one, else the first."""
+def _serving_meta_graph(root: Path) -> Any:
+    """The meta graph to load: the serving one, else the first."""
     saved = saved_model_pb2.SavedModel()
     try:
         saved.ParseFromString((root / "saved_model.pb").read_bytes())
     except Exception:  # protobuf raises DecodeError, or worse for garbage
         raise AIError("Invalid SavedModel: saved_model.pb cannot be parsed") from None
-    tag_sets = [list(m.meta_info_def.tags) for m in saved.meta_graphs]
-    if not tag_sets:
+    if not saved.meta_graphs:
         raise AIError("Invalid SavedModel: it holds no meta graph")
-    for tags in tag_sets:
-        if SERVING_TAG in tags:
-            return tags
-    return tag_sets[0]
+    for meta_graph in saved.meta_graphs:
+        if SERVING_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    return saved.meta_graphs[0]
 
 
 class TFBackend(Backend):
@@ -176,6 +180,7 @@ class TFBackend(Backend):
             graph_def.ParseFromString(blob)
         except Exception:  # protobuf's DecodeError (or RuntimeWarning-level garbage)
             raise AIError("Invalid GraphDef") from None
+        safety.check_tf_graph_def(graph_def, self.options.allow_file_ops)
         graph = tf.Graph()
         try:
             with graph.as_default(), tf.device(placement.tf_name(spec.device)):
@@ -198,12 +203,15 @@ class TFBackend(Backend):
         try:
             with tempfile.TemporaryDirectory(prefix="aiworker-savedmodel-") as tmp:
                 try:
-                    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-                        archive.extractall(tmp)  # extractall drops absolute and ".." paths
+                    with zipfile.ZipFile(io.BytesIO(blob)) as zipped:
+                        limit = self.options.max_model_extract_bytes
+                        archive.extract(zipped, Path(tmp), limit, "SavedModel")
                 except (zipfile.BadZipFile, OSError, EOFError) as exc:
                     raise AIError(f"Invalid SavedModel zip archive: {exc}") from None
                 root = _saved_model_root(Path(tmp))
-                tags = _serving_tags(root)
+                meta_graph_def = _serving_meta_graph(root)
+                safety.check_tf_saved_model(meta_graph_def, self.options.allow_file_ops)
+                tags = list(meta_graph_def.meta_info_def.tags)
                 with graph.as_default(), tf.device(placement.tf_name(spec.device)):
                     try:
                         meta_graph = tf.compat.v1.saved_model.loader.load(session, tags, str(root))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.backends import safety
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
 from aiworker.protocol import messages
@@ -144,5 +145,7 @@ class TFLiteBackend(Backend):
 
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         self.check_device(spec.device)
+        if not safety.check_tflite(blob, self.options.allow_file_ops):
+            raise AIError(LOAD_FAILED)
         threads = self.options.intra_op_parallelism or None
         return TFLiteModel(bytes(blob), threads, self.options.model_execution_timeout_ms)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from aiworker.backends import safety
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
 from aiworker.backends.torch_common import to_numpy, to_torch, torch_device, torch_error_text
 from aiworker.backends.torch_script import TorchScript
@@ -78,14 +79,18 @@ class TorchBackend(Backend):
 
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         device = torch_device(spec.device)
+        safety.check_torch_archive(blob, self.options.allow_file_ops)  # loading runs __setstate__
         try:
             module = torch.jit.load(io.BytesIO(blob), map_location=device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError or worse for corrupt archives
             raise AIError(f"Failed to load TorchScript model: {str(exc).splitlines()[0]}") from exc
+        safety.check_torch_module(module, self.options.allow_file_ops)
         module.eval()
         return TorchModel(module, device, len(blob), self.options.model_execution_timeout_ms)
 
     def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
-        return TorchScript(
+        script = TorchScript(
             source, entry_points, torch_device(device), self.options.model_execution_timeout_ms
         )
+        safety.check_torch_script(script.unit, self.options.allow_file_ops)
+        return script

@@ -6,13 +6,17 @@ import logging
 import sys
 
 import click
+import redis
 
 from aiworker import logs
-from aiworker.cli.common import _text, make_settings, redis_options
+from aiworker.cli.common import make_settings, redis_options
 from aiworker.client.sync import Client
 from aiworker.embedded import RedisServer
-from aiworker.settings import Settings
+from aiworker.protocol.keys import Keys
+from aiworker.settings import Settings, settings_from_redis_config
 from aiworker.worker.process import Worker
+
+log = logging.getLogger("aiworker.cli")
 
 
 @click.command()
@@ -65,13 +69,25 @@ def worker(
         "drain_timeout": drain_timeout,
     }
     settings = make_settings(config_file, **flags)
-    stored = Client.from_settings(settings).hgetall(f"{settings.prefix}config")
-    base = {_text(k).lower(): _text(v) for k, v in stored.items()}
-    base = {k: v for k, v in base.items() if k in Settings.__dataclass_fields__}
-    settings = make_settings(config_file, base=base, **flags)
+    settings = make_settings(config_file, base=_shared_settings(settings), **flags)
     if settings.log_format.lower() == "json":  # also from the config file, not only the flag
         logs.setup(logging.getLogger().level, "json")
     sys.exit(Worker(settings).run_forever())
+
+
+def _shared_settings(settings: Settings) -> dict[str, int]:
+    """AI.CONFIG values from the shared config hash, checked; anything else there is ignored
+    with a warning (whoever can write that hash is not the operator)."""
+    key = Keys(settings.prefix).config
+    try:
+        stored = Client.from_settings(settings).hgetall(key)
+    except redis.ResponseError as exc:  # e.g. WRONGTYPE: not a hash
+        log.warning("ignoring the shared config %s: %s", key, exc)
+        return {}
+    values, warnings = settings_from_redis_config(stored)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return values
 
 
 @click.command()

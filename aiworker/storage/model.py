@@ -23,6 +23,7 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
+from aiworker.storage import scripts
 
 KIND_MODEL = "model"
 DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
@@ -40,6 +41,13 @@ META_FIELDS = (
     "size",
     "chunks",
 )
+# Reads retried when the model is replaced under them; beyond this, someone rewrites it nonstop.
+READ_ATTEMPTS = 5
+# More chunk fields than any model needs (with the default MODEL_CHUNK_SIZE a model has a handful):
+# a hand-written ``chunks`` field must not make a reader ask for millions of fields.
+MAX_CHUNKS = 1 << 16
+
+_CHUNK_BYTES = scripts.load("model_size")
 
 
 @dataclass(frozen=True)
@@ -216,30 +224,78 @@ def read_meta(r: redis.Redis, key: str) -> ModelMeta:
     return meta_from_fields(values)
 
 
-def read_model(r: redis.Redis, key: str, max_bytes: int = 0) -> tuple[ModelMeta, bytes]:
-    """Metadata and blob read in one transaction, so both belong to the same stored version."""
+def read_model(r: redis.Redis, key: str, max_bytes: int | None = None) -> tuple[ModelMeta, bytes]:
+    """Metadata and blob of one stored version.
+
+    With ``max_bytes`` (a worker's max_model_bytes), the blob is sized from the chunks' real
+    lengths, never from the hash's own ``size`` field, and refused (LimitExceeded) before any of
+    it is fetched; WATCH makes sure the blob fetched is the one that was sized.
+    """
+    if max_bytes:
+        return _read_model_within(r, key, max_bytes)
     meta = read_meta(r, key)
-    for _ in range(5):
+    for _ in range(READ_ATTEMPTS):
+        _check_chunk_count(key, meta.chunks)
         pipe = r.pipeline(transaction=True)
         pipe.hmget(key, list(META_FIELDS))
-        pipe.hmget(key, [f"chunk:{i}" for i in range(meta.chunks)] or ["chunk:0"])
+        pipe.hmget(key, _chunk_fields(meta.chunks))
         values, chunks = pipe.execute()
-        if all(v is None for v in values):
-            raise AIError(messages.MODEL_EMPTY)
-        current = meta_from_fields(values)
+        current = _meta_or_empty(values)
         if current.chunks == meta.chunks or current.chunks == 0:
-            if any(c is None for c in chunks[: current.chunks]):
-                raise AIError("model blob is incomplete")
-            parts = chunks[: current.chunks]
-            blob = parts[0] if len(parts) == 1 else b"".join(parts)
-            if max_bytes and len(blob) > max_bytes:
-                raise LimitExceeded(
-                    f"model '{key}' has {len(blob):,} bytes, more than this worker's "
-                    f"max_model_bytes ({max_bytes:,})"
-                )
-            return current, blob
+            return current, _join(chunks, current.chunks)
         meta = current  # replaced between the two reads with another chunk count: read again
     raise AIError("model is being replaced too often to read")
+
+
+def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelMeta, bytes]:
+    read_meta(r, key)  # RedisAI's errors for a missing key or another kind of key
+    with r.pipeline(transaction=True) as pipe:
+        for _ in range(READ_ATTEMPTS):
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                chunks, total = _CHUNK_BYTES(pipe, [key], [MAX_CHUNKS])
+                _check_chunk_count(key, chunks)
+                if total > max_bytes:
+                    raise LimitExceeded(
+                        f"model '{key}' has {total:,} bytes, more than this worker's "
+                        f"max_model_bytes ({max_bytes:,})"
+                    )
+                pipe.multi()
+                pipe.hmget(key, list(META_FIELDS))
+                pipe.hmget(key, _chunk_fields(int(chunks)))
+                values, parts = pipe.execute()
+            except redis.WatchError:
+                continue  # replaced after it was sized: size the new version
+            current = _meta_or_empty(values)
+            if current.chunks != chunks:  # a hand-written hash whose count is not a number
+                raise AIError(f"model '{key}' is corrupt: chunk count {current.chunks}")
+            return current, _join(parts, current.chunks)
+    raise AIError("model is being replaced too often to read")
+
+
+def _chunk_fields(chunks: int) -> list[str]:
+    return [f"chunk:{i}" for i in range(chunks)] or ["chunk:0"]
+
+
+def _check_chunk_count(key: str, chunks: int) -> None:
+    if not 0 <= chunks <= MAX_CHUNKS:
+        raise AIError(
+            f"model '{key}' is corrupt: its chunk count is not a whole number from 0 to "
+            f"{MAX_CHUNKS:,}"
+        )
+
+
+def _meta_or_empty(values: Sequence[Any]) -> ModelMeta:
+    if all(v is None for v in values):
+        raise AIError(messages.MODEL_EMPTY)
+    return meta_from_fields(values)
+
+
+def _join(chunks: Sequence[Any], count: int) -> bytes:
+    parts = chunks[:count]
+    if any(c is None for c in parts):
+        raise AIError("model blob is incomplete")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def delete_model(r: redis.Redis, keys: Keys, key: str) -> None:

@@ -24,6 +24,9 @@ _WRITE = scripts.load("tensor_write")
 
 # Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.
 LARGE_TENSOR = 1 << 20
+# WATCH conflicts tolerated by one large write; a key rewritten this often by others is contended
+# beyond reason, and retrying forever would pin the worker thread.
+WATCH_ATTEMPTS = 50
 
 
 def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
@@ -44,9 +47,10 @@ def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
 
 def _write_large(r: redis.Redis, key: str, fields: dict[str, Any]) -> None:
     """The same check and replace as ``_WRITE``, under WATCH so the blob is sent as a plain HSET
-    argument: the type check and the write are two round trips, retried if the key changed."""
+    argument: the type check and the write are two round trips, retried (a bounded number of
+    times) if the key changed in between."""
     with r.pipeline(transaction=True) as pipe:
-        while True:
+        for _ in range(WATCH_ATTEMPTS):
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
                 kind = pipe.type(key)
@@ -61,6 +65,10 @@ def _write_large(r: redis.Redis, key: str, fields: dict[str, Any]) -> None:
                 return
             except redis.WatchError:
                 continue
+    raise AIError(
+        f"tensor '{key}' was changed by other clients during each of {WATCH_ATTEMPTS} attempts "
+        "to write it; nothing was written"
+    )
 
 
 def decode_reply(reply: Any) -> np.ndarray:

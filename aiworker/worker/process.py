@@ -70,6 +70,8 @@ class Worker:
                 intra_op_parallelism=settings.intra_op_parallelism,
                 model_execution_timeout_ms=settings.model_execution_timeout,
                 backend_memory_limit_mb=settings.backend_memory_limit,
+                allow_file_ops=settings.allow_file_ops,
+                max_model_extract_bytes=settings.max_model_extract_bytes,
             )
         )
         self.limits = Limits(

@@ -46,7 +46,7 @@ from aiworker.worker.complete import Completer, Finished, Record
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
 
-log = logging.getLogger("aiworker.recovery")
+log = logging.getLogger("aiworker.worker.recovery")
 
 # Consumers with nothing pending and idle this long belong to workers that are gone.
 STALE_CONSUMER_S = 3600.0

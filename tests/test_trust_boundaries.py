@@ -1,0 +1,266 @@
+"""Trust boundaries: what a model hash, a contended tensor key and the shared config hash may make
+a worker do. Fields written by whoever can write to Redis are sized, bounded and checked."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from conftest import stub_blob, wait_until
+from faults import WorkerProcess, stub_model, tensor, wait_for_workers
+
+from aiworker import Client, JobFailed, Settings, Worker
+from aiworker.protocol.errors import AIError, ConfigError, LimitExceeded
+from aiworker.protocol.keys import Keys
+from aiworker.settings import REDIS_CONFIG, settings_from_redis_config
+from aiworker.storage import model as model_store
+from aiworker.storage import tensor_io
+from aiworker.storage.tensor_io import LARGE_TENSOR, WATCH_ATTEMPTS
+
+BIG = 4 << 20  # a chunk far larger than the hash's own ``size`` field claims
+
+
+def output_bytes(r: redis.Redis) -> int:
+    """Bytes Redis has sent to all clients so far (what a read really transferred)."""
+    return int(r.info("stats")["total_net_output_bytes"])
+
+
+def lying_model(r: redis.Redis, key: str = "liar") -> None:
+    """A STUB model hash whose ``size`` says 2 bytes while its one chunk holds 4 MB."""
+    stub_model(r, key, op="identity")
+    r.hset(key, mapping={"size": "2", "chunk:0": b"x" * BIG})
+
+
+class MeddlingPipeline(redis.client.Pipeline):
+    """A real pipeline; after each immediate ``trigger`` command (sent while WATCHing, i.e.
+    between a check and its MULTI/EXEC) it runs ``meddle`` on another connection, as a
+    concurrent client would, while ``budget`` lasts."""
+
+    trigger = ""
+    budget = 0
+    meddle: Callable[[], None] = staticmethod(lambda: None)
+
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        result = super().immediate_execute_command(*args, **options)
+        if str(args[0]).upper() == self.trigger and type(self).budget > 0:
+            type(self).budget -= 1
+            type(self).meddle()
+        return result
+
+
+def meddling_client(url: str, trigger: str, budget: int, meddle: Callable[[], None]) -> redis.Redis:
+    class Pipe(MeddlingPipeline):
+        pass
+
+    Pipe.trigger, Pipe.budget, Pipe.meddle = trigger, budget, staticmethod(meddle)
+
+    class Meddled(redis.Redis):
+        def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+            return Pipe(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+    return Meddled.from_url(url)
+
+
+# --- model size from the chunks, not from the hash's own ``size`` field ------------------------
+
+
+def test_read_model_sizes_the_blob_from_its_chunks_before_fetching(client: Client) -> None:
+    lying_model(client)
+    before = output_bytes(client)
+    with pytest.raises(LimitExceeded) as info:
+        model_store.read_model(client, "liar", max_bytes=1000)
+    assert str(info.value) == (
+        f"model 'liar' has {BIG:,} bytes, more than this worker's max_model_bytes (1,000)"
+    )
+    assert output_bytes(client) - before < 64 << 10, "the 4 MB chunk was never sent"
+
+
+def test_read_model_within_the_limit_returns_one_version(client: Client) -> None:
+    blob = stub_blob("identity", pad="y" * 300)
+    model_store.store_model(
+        client, Keys(), "m", model_store.ModelMeta("STUB", "CPU"), blob, chunk_size=64
+    )
+    meta, got = model_store.read_model(client, "m", max_bytes=len(blob))
+    assert got == blob and meta.size == len(blob) and meta.chunks == -(-len(blob) // 64)
+    assert model_store.read_model(client, "m") == (meta, got), "callers without a limit too"
+    with pytest.raises(LimitExceeded, match=r"max_model_bytes \(100\)"):
+        model_store.read_model(client, "m", max_bytes=100)
+
+
+@pytest.mark.parametrize("chunks", ["1000000000", "-3"])
+def test_read_model_refuses_implausible_chunk_counts(client: Client, chunks: str) -> None:
+    stub_model(client, "m", op="identity")
+    client.hset("m", "chunks", chunks)
+    for limit in (None, 1 << 30):
+        with pytest.raises(AIError, match="'m' is corrupt: its chunk count is not a whole"):
+            model_store.read_model(client, "m", max_bytes=limit)
+
+
+def test_a_model_replaced_after_it_was_sized_is_sized_again(
+    client: Client, redis_server: Any
+) -> None:
+    """WATCH: the blob fetched is the one that was sized, even when a bigger one replaces it
+    between the two round trips."""
+    stub_model(client, "m", op="identity")
+
+    def swap() -> None:
+        client.hset("m", "chunk:0", b"z" * BIG)  # same chunk count, 4 MB
+
+    meddled = meddling_client(redis_server.url, "EVALSHA", 1, swap)
+    before = output_bytes(client)
+    with pytest.raises(LimitExceeded, match=f"has {BIG:,} bytes"):
+        model_store.read_model(meddled, "m", max_bytes=1000)
+    assert output_bytes(client) - before < 64 << 10
+
+
+def test_a_worker_never_fetches_a_blob_past_max_model_bytes(
+    client: Client, settings: Settings
+) -> None:
+    lying_model(client)
+    tensor(client, "a", [1, 2])
+    worker = Worker(settings.replace(max_model_bytes=1000)).start()
+    try:
+        before = output_bytes(client)
+        with pytest.raises(JobFailed, match=r"max_model_bytes \(1,000\)"):
+            client.modelexecute("liar", ["a"], ["o"])
+        assert output_bytes(client) - before < 64 << 10
+    finally:
+        worker.stop(timeout=10)
+
+
+# --- large tensor writes: bounded WATCH retries ------------------------------------------------
+
+
+def test_large_tensor_writes_give_up_after_bounded_watch_conflicts(
+    client: Client, redis_server: Any
+) -> None:
+    big = np.arange(LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    tensor_io.write(client, "t", np.zeros(2, np.float32))
+    touches = [0]
+
+    def touch() -> None:  # another client keeps rewriting the key between check and write
+        touches[0] += 1
+        client.hset("t", "touched", touches[0])
+
+    meddled = meddling_client(redis_server.url, "TYPE", 10**6, touch)
+    with pytest.raises(AIError) as info:
+        tensor_io.write(meddled, "t", big)
+    assert str(info.value) == (
+        f"tensor 't' was changed by other clients during each of {WATCH_ATTEMPTS} attempts to "
+        "write it; nothing was written"
+    )
+    assert touches[0] == WATCH_ATTEMPTS
+    assert tensor_io.read(client, "t").tolist() == [0.0, 0.0], "nothing was written"
+
+    meddled = meddling_client(redis_server.url, "TYPE", 3, touch)
+    tensor_io.write(meddled, "t", big)  # a few conflicts: retried, then written
+    assert np.array_equal(tensor_io.read(client, "t"), big)
+
+
+# --- the shared config hash --------------------------------------------------------------------
+
+HOSTILE = {
+    "max_tensor_bytes": "0",
+    "max_model_bytes": "0",
+    "max_deliveries": "1000000",
+    "reply_ttl": "1",
+    "visibility_timeout": "notanumber",
+    "redis_url": "redis://127.0.0.1:1/0",
+    "prefix": "evil:",
+    "allow_file_ops": "true",
+    "BACKENDSPATH": "/tmp/evil",
+    "INTRA_OP_PARALLELISM": "many",
+    "THREADS_PER_QUEUE": "3",
+}
+
+
+def test_only_checked_ai_config_names_are_read_from_redis() -> None:
+    values, warnings = settings_from_redis_config(
+        {k.encode(): v.encode() for k, v in HOSTILE.items()}
+    )
+    assert values == {"threads_per_queue": 3}
+    ignored = [name for name in HOSTILE if name != "THREADS_PER_QUEUE"]
+    assert [w.split(" ")[1] for w in warnings] == [repr(name) for name in ignored]
+    assert any("'BACKENDSPATH'" in w and "code to load" in w for w in warnings)
+    assert Settings.load(env={}, base=values).threads_per_queue == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "adopted"),
+    [
+        ("THREADS_PER_QUEUE", "0", None),
+        ("threads_per_queue", "8", 8),
+        ("THREADS_PER_QUEUE", "257", None),
+        ("THREADS_PER_QUEUE", "1e3", None),
+        ("MODEL_CHUNK_SIZE", "1024", 1024),
+        ("MODEL_CHUNK_SIZE", str(1 << 40), None),
+        ("MODEL_EXECUTION_TIMEOUT", "-1", None),
+        ("MODEL_EXECUTION_TIMEOUT", " 500 ", 500),
+        ("INTER_OP_PARALLELISM", "4", 4),
+        ("BACKEND_MEMORY_LIMIT", "4096", 4096),
+        ("BACKEND_MEMORY_LIMIT", "9" * 30, None),
+    ],
+)
+def test_redis_config_values_are_bounded(name: str, value: str, adopted: int | None) -> None:
+    values, warnings = settings_from_redis_config({name: value})
+    field = REDIS_CONFIG[name.upper()][0]
+    if adopted is None:
+        assert values == {} and len(warnings) == 1
+        assert warnings[0].startswith(f"ignoring {name!r} = {value.strip()!r}")
+    else:
+        assert values == {field: adopted} and warnings == []
+
+
+def test_allow_file_ops_is_a_boolean_setting() -> None:
+    assert Settings().allow_file_ops is False
+    assert Settings.load(env={"AIWORKER_ALLOW_FILE_OPS": "true"}).allow_file_ops is True
+    assert Settings.load(env={"AIWORKER_ALLOW_FILE_OPS": "0"}).allow_file_ops is False
+    with pytest.raises(ConfigError, match="allow_file_ops"):
+        Settings.load(env={"AIWORKER_ALLOW_FILE_OPS": "maybe"})
+    assert Settings().max_model_extract_bytes == 4 << 30
+
+
+def test_a_hostile_config_hash_changes_no_limit_or_connection_setting(
+    client: Client, redis_server: Any, tmp_path: Path
+) -> None:
+    client.hset(client.keyspace.config, mapping=HOSTILE)
+    stub_model(client, "m", op="identity")
+    tensor(client, "small", [1.0, 2.0])
+    tensor(client, "large", [0.0] * 100)  # 400 bytes, over the operator's 64
+    proc = WorkerProcess(redis_server.url, tmp_path / "worker.log", max_tensor_bytes=64)
+    try:
+        wait_for_workers(client, [proc])
+        (name,) = client.zrange(client.keyspace.workers, 0, -1)
+        status = json.loads(client.get(client.keyspace.worker(name.decode())))  # type: ignore[arg-type]
+        assert status["threads_per_queue"] == 3, "a valid AI.CONFIG value is still adopted"
+        with pytest.raises(JobFailed, match=r"max_tensor_bytes \(64\)"):
+            client.modelexecute("m", ["large"], ["out"], timeout=20_000)
+        assert client.modelexecute("m", ["small"], ["out"], timeout=20_000) == "OK"
+        assert client.tensorget("out").tolist() == [1.0, 2.0]
+        assert proc.proc.poll() is None, "the worker is still running"
+    finally:
+        proc.signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, proc.log()[-3000:]
+    log = proc.log()
+    for field in ("max_tensor_bytes", "visibility_timeout", "redis_url", "prefix", "BACKENDSPATH"):
+        assert f"ignoring {field!r} from the shared config hash" in log, field
+
+
+def test_a_config_key_of_another_type_does_not_stop_a_worker(
+    client: Client, redis_server: Any, tmp_path: Path
+) -> None:
+    client.set(client.keyspace.config, "not a hash")
+    proc = WorkerProcess(redis_server.url, tmp_path / "worker.log")
+    try:
+        wait_for_workers(client, [proc])
+        wait_until(lambda: "ignoring the shared config" in proc.log(), timeout=10)
+    finally:
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
