@@ -184,4 +184,4 @@ def test_failed_jobs_are_logged_with_their_job_id(
     [record] = [r for r in caplog.records if getattr(r, "job_id", "") == entry_id]
     line = json.loads(JsonFormatter().format(record))
     assert line["job_id"] == entry_id and line["reason"] == "error" and "boom" in line["message"]
-    assert line["level"] == "info" and line["logger"] == "aiworker.worker.process"
+    assert line["level"] == "info" and line["logger"] == "aiworker.worker"

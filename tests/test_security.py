@@ -178,7 +178,7 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
             "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 secret:out",
             "aiworker:reply:3",
         )
-        assert escape["error"] == "NOPERM this worker cannot DEL key 'secret:out'", escape
+        assert escape["error"] == "NOPERM this worker may not write key 'secret:out'", escape
         assert not admin.exists("secret:out"), "nothing half applied"
 
         # A reply key outside the worker's patterns: the job still completes, unanswered.

@@ -80,7 +80,7 @@ class Result:
     refused: str = ""  # "WRONGTYPE" | "NOPERM" | "PREFIX": nothing written, still pending
     key: str = ""  # the key refused
     reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)
-    stats: int = 0  # 1 counted, 0 none, -1 skipped (a corrupt statistics hash)
+    stats: int = 0  # 1 counted, 0 none, -1 counted after repairing its hash, -2 denied
 
 
 def refusal_message(reason: str, key: str) -> str:
@@ -250,9 +250,12 @@ class Completer:
             )
         if result.stats < 0:
             log.warning(
-                "job %s: a statistics hash of %s is not a hash of integers; not counted",
+                "job %s: statistics of %s %s",
                 item.entry_id,
                 [record.key for record in outcome.stats],
+                "were not a hash of integers: repaired"
+                if result.stats == -1
+                else "not counted: this worker may not write them",
                 extra=extra,
             )
         model = str(getattr(item.job.request, "key", "")) if item.job is not None else ""

@@ -14,8 +14,8 @@
 -- Returns per entry {code, reply, stats, reason, key}: code 1 applied, 0 already completed by
 -- another delivery (nothing written), -1 refused (nothing written, the entry stays pending:
 -- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`); reply 1 pushed, 0 none, -1
--- dropped (the reply key holds another type or is denied); stats 1 counted, 0 none, -1 skipped
--- (a statistics hash that is not a hash of integers is left alone).
+-- dropped (the reply key holds another type or is denied); stats 1 counted, 0 none, -1 counted
+-- after repairing a statistics key that was not a hash of integers, -2 not counted (denied).
 --
 -- Everything that could fail is checked before the first write: Redis does not roll a script back,
 -- so a command failing halfway would leave an entry acknowledged with its reply unwritten.
@@ -61,7 +61,7 @@ local will = {}
 local function type_of(key)
   if will[key] == nil then
     local t = redis.call('TYPE', key)['ok']
-    if t == 'hash' and redis.call('HGET', key, 'kind') == 'tensor' then t = 'tensor' end
+    if t == 'hash' and redis.call('HMGET', key, 'kind')[1] == 'tensor' then t = 'tensor' end
     will[key] = t
   end
   return will[key]
@@ -70,15 +70,44 @@ local function allowed(...)
   return not redis.acl_check_cmd or redis.acl_check_cmd(...)
 end
 local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
-local function counters_ok(key)
+-- What a statistics key needs before HINCRBY can count into it: nothing ('ok'), to be dropped
+-- ('reset': it holds another type), or its non-integer counters zeroed ('fix'). It is one of
+-- aiworker's own keys, so repairing it is this script's to do; failing would be worse.
+local function counters_state(key)
   local t = type_of(key)
-  if t == 'none' or t == 'stats' then return true end
-  if t ~= 'hash' then return false end
+  if t == 'none' or t == 'stats' then return 'ok' end
+  if t ~= 'hash' then return 'reset' end
   for _, v in ipairs(redis.call('HMGET', key, unpack(COUNTERS))) do
     -- HINCRBY fails on anything but a 64-bit integer; stay far from its overflow too
-    if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then return false end
+    if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then return 'fix' end
   end
-  return true
+  return 'ok'
+end
+local function count(rec)
+  if not allowed('HINCRBY', rec.key, 'calls', '1') or not allowed('HMGET', rec.key, 'calls') then
+    return -2
+  end
+  local state = counters_state(rec.key)
+  local may = true
+  if state == 'reset' then may = may and allowed('DEL', rec.key) end
+  if state == 'fix' then may = may and allowed('HSET', rec.key, 'calls', '0') end
+  if not may then return -2 end
+  if state == 'reset' then redis.call('DEL', rec.key) end
+  if state == 'fix' then
+    local values = redis.call('HMGET', rec.key, unpack(COUNTERS))
+    for c, name in ipairs(COUNTERS) do
+      local v = values[c]
+      if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then
+        redis.call('HSET', rec.key, name, '0')
+      end
+    end
+  end
+  for c, name in ipairs(COUNTERS) do
+    local amount = tonumber(rec.values[c])
+    if amount ~= 0 then redis.call('HINCRBY', rec.key, name, amount) end
+  end
+  will[rec.key] = 'stats'
+  return state == 'ok' and 1 or -1
 end
 
 if not allowed('XACK', KEYS[1], group, '0-1') or not allowed('XDEL', KEYS[1], '0-1') then
@@ -87,29 +116,24 @@ end
 local results = {}
 for e, entry in ipairs(entries) do
   local refused, key = nil, nil
+  -- ACL first: reading the type of a key the worker may not touch would fail the script
   for _, out in ipairs(entry.outputs) do
     if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
       refused, key = 'PREFIX', out.key
+    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
+        or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
+      refused, key = 'NOPERM', out.key
     elseif type_of(out.key) ~= 'none' and type_of(out.key) ~= 'tensor' then
       refused, key = 'WRONGTYPE', out.key
-    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields)) then
-      refused, key = 'NOPERM', out.key
     end
     if refused then break end
-  end
-  for _, out in ipairs(entry.outputs) do
-    if refused then break end
-    if out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl) then
-      refused, key = 'NOPERM', out.key
-    end
   end
   for _, rec in ipairs(entry.records) do
     if refused then break end
-    local t = type_of(rec.key)
-    if t ~= 'none' and t ~= 'stream' then
-      refused, key = 'WRONGTYPE', rec.key
-    elseif not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+    if not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
       refused, key = 'NOPERM', rec.key
+    elseif type_of(rec.key) ~= 'none' and type_of(rec.key) ~= 'stream' then
+      refused, key = 'WRONGTYPE', rec.key
     end
   end
   if refused then
@@ -126,16 +150,8 @@ for e, entry in ipairs(entries) do
     end
     local stats = 0
     for _, rec in ipairs(entry.stats) do
-      if counters_ok(rec.key) and allowed('HINCRBY', rec.key, 'calls', '1') then
-        for c, name in ipairs(COUNTERS) do
-          local amount = tonumber(rec.values[c])
-          if amount ~= 0 then redis.call('HINCRBY', rec.key, name, amount) end
-        end
-        will[rec.key] = 'stats'
-        stats = 1
-      else
-        stats = -1
-      end
+      local counted = count(rec)
+      if stats == 0 or counted < stats then stats = counted end
     end
     for _, rec in ipairs(entry.records) do
       if rec.maxlen > 0 then
@@ -148,9 +164,8 @@ for e, entry in ipairs(entries) do
     local reply = 0
     if entry.reply > 0 then
       local rkey = K[entry.reply]
-      local t = type_of(rkey)
-      if (t == 'none' or t == 'list') and allowed('LPUSH', rkey, entry.payload)
-          and (t ~= 'none' or ttl == 0 or allowed('EXPIRE', rkey, ttl)) then
+      local t = allowed('LPUSH', rkey, entry.payload) and type_of(rkey) or 'denied'
+      if (t == 'none' or t == 'list') and (t ~= 'none' or ttl == 0 or allowed('EXPIRE', rkey, ttl)) then
         redis.call('LPUSH', rkey, entry.payload)
         -- an expiry only on a list this push created: never on somebody else's list
         if t == 'none' and ttl > 0 then redis.call('EXPIRE', rkey, ttl) end

@@ -21,7 +21,7 @@ for i, key in ipairs(KEYS) do
   if kind == 'none' then
     replies[i] = {'none'}
   elseif what == 'K' then
-    replies[i] = {'ok', kind, kind == 'hash' and redis.call('HGET', key, 'kind') or false}
+    replies[i] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
   elseif kind ~= 'hash' then
     replies[i] = {'wrongtype'}
   elseif what == 'M' then
