@@ -38,8 +38,13 @@ MODEL_KINDS = (
     "wrong_size", "missing_chunk",
 )  # fmt: skip
 # Mostly valid inputs, so that the model's own faults are reached too.
-# A few flipped bytes may leave a TorchScript archive loadable and correct: it may run.
-MAY_RUN = ("good", "batched", "torch_flipped")
+# A few flipped bytes may leave a TorchScript archive loadable and correct: it may run. A model's
+# own ``size`` field is not trusted (its chunks' real lengths are), so a wrong one runs too.
+MAY_RUN = ("good", "batched", "torch_flipped", "wrong_size")
+# Output keys: missing or a tensor may be written; anything else never (RedisAI's WRONGTYPE rule),
+# nor aiworker's own keys - the job queue itself included - nor a name that is not UTF-8.
+OUT_KINDS = ("missing", "good", "string", "list", "model", "queue", "own", "non_utf8")
+WRITABLE_OUTPUTS = ("missing", "good")
 KEY_KINDS = ("good", "good", "good", "missing", "string", "list", "model", "hash")
 SHAPES = st.one_of(
     st.lists(st.integers(1, 4), max_size=3).map(lambda dims: ",".join(map(str, dims))),
@@ -98,9 +103,11 @@ def scenario(draw: st.DrawFn) -> Case:
     for n, kind in enumerate(input_kinds):
         inputs.append(f"in{n}")
         keys[f"in{n}"] = (kind, draw(TENSOR_FIELDS) if kind == "hash" else None)
-    out_kind = draw(st.sampled_from(["missing", "string", "list"]))
+    if draw(st.integers(0, 9)) == 0:  # one name many times: memory must not multiply
+        inputs = [inputs[0]] * draw(st.integers(2, 300))
+    out_kind = draw(st.sampled_from(OUT_KINDS))
     keys["out"] = (out_kind, None)
-    text = draw(st.booleans())
+    text = draw(st.booleans()) or out_kind == "non_utf8"  # msgpack text is UTF-8 by definition
     cmd = f"AI.MODELEXECUTE model INPUTS {len(inputs)} {' '.join(inputs)} OUTPUTS 1 out"
     if draw(st.booleans()):
         cmd += f" TIMEOUT {draw(st.integers(1, 100_000))}"
@@ -118,7 +125,8 @@ def scenario(draw: st.DrawFn) -> Case:
     )  # reply key unusable
     if broken_reply:
         keys["reply"] = ("string", None)
-    return Case(entry, keys, may_succeed=model_kind in MAY_RUN, reply=not broken_reply)
+    may_succeed = model_kind in MAY_RUN and out_kind in WRITABLE_OUTPUTS
+    return Case(entry, keys, may_succeed=may_succeed, reply=not broken_reply)
 
 
 def _pinned(model_kind: str, input_kind: str, **fields: Any) -> Case:
@@ -202,6 +210,8 @@ def _model(r: Client, key: str, kind: str, rng: random.Random) -> None:
 
 def _create(r: Client, key: str, spec: tuple[str, Any], rng: random.Random) -> None:
     kind, data = spec
+    if kind in ("queue", "own", "non_utf8", "missing"):
+        return  # the queue and the config hash exist already
     if kind == "model":
         _model(r, key, data or "good", rng)
     elif kind == "string":
@@ -214,13 +224,25 @@ def _create(r: Client, key: str, spec: tuple[str, Any], rng: random.Random) -> N
         tensor(r, key, [1.0, 2.0])
 
 
+def _out_name(case: Case, n: int) -> str:
+    kind = case.keys.get("out", ("missing", None))[0]
+    if kind == "queue":
+        return QUEUE
+    if kind == "own":
+        return KEYS.config
+    return f"f{n}:out"
+
+
 def _renamed(case: Case, n: int) -> tuple[dict[str, Any], dict[str, str]]:
     """The case with its keys made unique to this example (prefix ``f<n>:``)."""
     names = {k: f"f{n}:{k}" for k in ("model", "in0", "in1", "out", "reply")}
+    names["out"] = _out_name(case, n)
     entry = {}
     for name, value in case.entry.items():
         if name == "cmd":
             value = " ".join(names.get(t, t) for t in value.split(" "))
+            if case.keys.get("out", ("",))[0] == "non_utf8":
+                value = value.encode().replace(b"f%d:out" % n, b"f%d:\xffout" % n)
         elif name == "job" and case.keys:
             data = msgpack.unpackb(value)
             data = {
@@ -244,6 +266,7 @@ def live_worker(
         tmp_path / "worker.log",
         threads_per_queue=1,
         max_tensor_bytes=1 << 20,
+        max_job_bytes=4 << 20,
         visibility_timeout=5,
     )
     wait_for_workers(client, [proc])
@@ -288,17 +311,27 @@ def test_malformed_entries_never_take_a_worker_down(
         for key, spec in case.keys.items():
             _create(client, names[key], spec, rng)
         reply_key = names["reply"]
+        # What the job does not own must come out unchanged.
+        owned = {names[k] for k in case.keys if k != "reply"} - {QUEUE}
+        before = {key: client.dump(key) for key in owned | {KEYS.config}}
         client.xadd(QUEUE, {**entry, "reply": reply_key})
+        status = ""
         if case.reply:
             popped = client.blpop([reply_key], 20)
             assert popped is not None, f"no reply to {entry!r}"
             reply = json.loads(popped[1])
-            assert reply["status"] in ("ok", "error", "timedout"), reply
+            status = reply["status"]
+            assert status in ("ok", "error", "timedout"), reply
             if not case.may_succeed:
-                assert reply["status"] != "ok", (entry, reply)
+                assert status != "ok", (entry, reply)
             answered.append(reply.get("error", reply["status"]))
         else:
             wait_until(lambda: client.xlen(QUEUE) == 0, timeout=20)
+        for key, dumped in before.items():
+            if key == names["out"] and status == "ok":
+                continue  # the job's output: written as a tensor
+            assert client.dump(key) == dumped, f"{key} changed by {entry!r}"
+        assert client.type(QUEUE) == b"stream" and client.xinfo_groups(QUEUE), "queue intact"
         # ... and the next good job succeeds.
         client.xadd(
             QUEUE, {"cmd": f"AI.MODELEXECUTE good INPUTS 2 ga gb OUTPUTS 1 g{n}", "reply": f"gr{n}"}
@@ -306,6 +339,7 @@ def test_malformed_entries_never_take_a_worker_down(
         popped = client.blpop([f"gr{n}"], 20)
         assert popped is not None and json.loads(popped[1])["status"] == "ok", popped
         assert client.tensorget(f"g{n}").tolist() == [11.0, 22.0]
+        assert client.llen(reply_key) == 0, "answered once"
 
     run()
     assert live_worker.proc.poll() is None, live_worker.log()[-3000:]
@@ -315,3 +349,7 @@ def test_malformed_entries_never_take_a_worker_down(
     assert client.xlen(QUEUE) == 0 and pending_ids(client) == []
     assert len(answered) >= 200 and len(set(answered)) >= 20, sorted(set(answered))
     assert "Traceback" not in live_worker.log(), live_worker.log()[-3000:]
+    # 4 PB declared shapes and one tensor named 300 times never made the worker allocate them.
+    status = Path(f"/proc/{live_worker.proc.pid}/status").read_text()
+    peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    assert peak_kb < 1_500_000, f"worker peak RSS {peak_kb / 1024:.0f} MiB"
