@@ -1,10 +1,13 @@
-"""The do-it-yourself loop a redis-py user would write: BLPOP a job, GET the inputs,
-deserialize, run the TorchScript model, serialize, SET the output, LPUSH a reply."""
+"""The stream worker a redis-py user would write in an afternoon: XREADGROUP a job, read its
+inputs (one pipelined round trip), run the TorchScript model, then one MULTI with HSET output + LPUSH reply + XACK + XDEL.
+
+Same consumer-group delivery as aiworker (a crashed worker's job stays pending), none of the rest
+(no reclaim, limits, type checks, statistics, batching, exactly-once completion)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import sys
 import threading
 
@@ -12,40 +15,52 @@ import numpy as np
 import redis
 import torch
 
+STREAM, GROUP = "diy:queue", "diy"
 
-def serve(url: str, model: torch.jit.ScriptModule) -> None:
+
+def serve(url: str, consumer: str, model: torch.jit.ScriptModule) -> None:
     r = redis.Redis.from_url(url, socket_timeout=None)
     while True:
         try:
-            handle(r, model)
+            handle(r, consumer, model)
         except redis.RedisError as exc:  # keep serving, as a real worker loop would
             print(f"diy worker: {exc!r}", file=sys.stderr)
 
 
-def handle(r: redis.Redis, model: torch.jit.ScriptModule) -> None:
-    popped = r.blpop(["diy:jobs"], timeout=1)
-    if popped is None:
-        return
-    job = json.loads(popped[1])
-    blobs = r.mget(job["inputs"])
-    tensors = [
-        torch.from_numpy(np.frombuffer(b, dtype=np.float32).reshape(job["shape"]).copy())
-        for b in blobs
-    ]
-    with torch.inference_mode():
-        out = model(*tensors).numpy()
-    pipe = r.pipeline(transaction=False)
-    pipe.set(job["output"], out.tobytes())
-    pipe.lpush(job["reply"], b"ok")
-    pipe.execute()
+def handle(r: redis.Redis, consumer: str, model: torch.jit.ScriptModule) -> None:
+    read = r.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=1, block=1000)
+    for _stream, entries in read or []:
+        for entry_id, job in entries:
+            inputs = job[b"inputs"].split(b",")
+            shape = [int(d) for d in job[b"shape"].split(b",")]
+            pipe = r.pipeline(transaction=False)  # every input in one round trip
+            for key in inputs:
+                pipe.hget(key, "blob")
+            blobs = pipe.execute()
+            tensors = [
+                torch.from_numpy(np.frombuffer(b, dtype=np.float32).reshape(shape).copy())
+                for b in blobs
+            ]
+            with torch.inference_mode():
+                out = model(*tensors).numpy()
+            pipe = r.pipeline(transaction=True)
+            pipe.hset(job[b"output"], mapping={"shape": job[b"shape"], "blob": out.tobytes()})
+            pipe.lpush(job[b"reply"], b"ok")
+            pipe.xack(STREAM, GROUP, entry_id)
+            pipe.xdel(STREAM, entry_id)
+            pipe.execute()
 
 
 def main() -> None:
     url, threads, model_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with open(model_path, "rb") as stream:
         model = torch.jit.load(io.BytesIO(stream.read()))
+    r = redis.Redis.from_url(url)
+    with contextlib.suppress(redis.ResponseError):
+        r.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
     workers = [
-        threading.Thread(target=serve, args=(url, model), daemon=True) for _ in range(threads)
+        threading.Thread(target=serve, args=(url, f"c{i}", model), daemon=True)
+        for i in range(threads)
     ]
     for w in workers:
         w.start()

@@ -6,7 +6,6 @@ Every peer offers ``caller()``: a fresh callable (own connection) that sends one
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import uuid
@@ -81,9 +80,10 @@ class Floor:
 
 
 class DoItYourself:
-    """The loop a user would write with redis-py: SET inputs, LPUSH a job, BLPOP, GET the output."""
+    """A hand-written redis-py stream worker, driven like redisai-py drives RedisAI: set both
+    inputs, enqueue and wait (XADD + BLPOP pipelined), get the output - four round trips."""
 
-    name = "DIY redis-py loop"
+    name = "DIY redis-py stream worker"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -92,16 +92,17 @@ class DoItYourself:
         r = redis.Redis.from_url(self.url, socket_timeout=None)
         token = uuid.uuid4().hex
         a, b, out, reply = (f"diy:{token}:{n}" for n in ("a", "b", "out", "reply"))
-        job = json.dumps({"inputs": [a, b], "output": out, "reply": reply, "shape": list(A.shape)})
+        job = {"inputs": f"{a},{b}", "output": out, "reply": reply, "shape": "1,4"}
 
         def call() -> np.ndarray:
+            r.hset(a, mapping={"shape": "1,4", "blob": A.tobytes()})
+            r.hset(b, mapping={"shape": "1,4", "blob": B.tobytes()})
             pipe = r.pipeline(transaction=False)
-            pipe.mset({a: A.tobytes(), b: B.tobytes()})
-            pipe.lpush("diy:jobs", job)
+            pipe.xadd("diy:queue", job)
             pipe.blpop([reply], timeout=30)
-            pipe.get(out)
-            result = pipe.execute()[-1]
-            return np.frombuffer(result, dtype=np.float32).reshape(A.shape)
+            pipe.execute()
+            blob = r.hget(out, "blob")
+            return np.frombuffer(blob, dtype=np.float32).reshape(A.shape)  # type: ignore[arg-type]
 
         return call
 
@@ -179,10 +180,10 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
         model_path.write_bytes(blob)
         r = redis.Redis.from_url(url)
 
-        stack.enter_context(
+        floor_proc = stack.enter_context(
             process([sys.executable, "-m", "bench.floor_worker", url, str(threads)])
         )
-        stack.enter_context(
+        diy_proc = stack.enter_context(
             process([sys.executable, "-m", "bench.diy_worker", url, str(threads), str(model_path)])
         )
         stack.enter_context(
@@ -212,9 +213,12 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
         )
         client = Client.from_url(url)
         client.modelstore("bench:add", "TORCH", "CPU", blob)
-        stack.enter_context(process(aiworker_worker(url, threads, "--preload", "TORCH")))
+        ai_proc = stack.enter_context(
+            process(aiworker_worker(url, threads, "--preload", "TORCH"))
+        )
         wait_until(lambda: bool(r.zcard("aiworker:workers")), what="aiworker worker")
         wait_until(lambda: r.exists("floor:queue") == 1, what="floor worker")
+        wait_until(lambda: r.exists("diy:queue") == 1, what="DIY worker")
         import os
 
         os.environ["BENCH_REDIS_URL"] = url
@@ -226,6 +230,11 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
             "aiworker": AIWorker(url),
             "aiworker_dag": AIWorkerDag(url),
         }
+        # The worker process behind each peer, for CPU per job read from /proc.
+        peers["floor"].pid = floor_proc.pid  # type: ignore[attr-defined]
+        peers["diy"].pid = diy_proc.pid  # type: ignore[attr-defined]
+        peers["aiworker"].pid = ai_proc.pid  # type: ignore[attr-defined]
+        peers["aiworker_dag"].pid = ai_proc.pid  # type: ignore[attr-defined]
         for peer in peers.values():  # every peer must answer correctly before it is timed
             result = peer.caller()()  # type: ignore[attr-defined]
             assert np.array_equal(result, EXPECTED), (peer, result)

@@ -11,6 +11,7 @@ job's inputs, with the one they loaded, and reload only when it changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,12 @@ def _text(value: Any) -> str:
 
 def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
     """Decode META_FIELDS values (in order, as HMGET returns them); WRONGTYPE if not a model."""
+    return _meta(tuple(fields))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta(fields: tuple[Any, ...]) -> ModelMeta:
+    """Decoded once per stored version: every job of a model reads the same fields."""
     values = dict(zip(META_FIELDS, (_text(v) for v in fields), strict=True))
     if values["kind"] != KIND_MODEL:
         raise WrongTypeError()

@@ -8,6 +8,7 @@ tensor is zero-filled, as RedisAI's ``AI.TENSORSET key FLOAT 2 2`` without data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ _BY_KIND_SIZE = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def parse_dtype(name: str | bytes) -> str:
     """Normalise a RedisAI type name (case-insensitive) or raise RedisAI's error."""
     text = name.decode() if isinstance(name, bytes) else str(name)
@@ -78,6 +80,7 @@ def format_shape(shape: Sequence[int]) -> str:
     return ",".join(str(d) for d in shape)
 
 
+@functools.lru_cache(maxsize=1024)
 def _decode_shape_field(text: str) -> tuple[int, ...]:
     # "2,3", "2 3" and "2, 3" (as people type it in redis-cli) all mean (2, 3)
     return parse_shape(text.replace(",", " ").split())

@@ -29,7 +29,10 @@ from aiworker.storage.scripts import LuaScript
 
 # Arguments above this are sent as they are (no copy into the command buffer): outputs, blobs.
 LARGE_ARGUMENT = 64 * 1024
-RECV_BYTES = 256 * 1024
+# Commands above this are re-packed so that their large arguments are not copied again.
+LARGE_COMMAND = 1 << 20
+# Read buffer of a connection, reused: a fresh 256 KiB ``recv`` buffer per reply is an mmap.
+RECV_BYTES = 64 * 1024
 
 Command = Sequence[Any]
 
@@ -61,27 +64,15 @@ def _pack_large(command: Command) -> list[bytes | memoryview]:
     return pieces
 
 
-def _is_large(command: Command) -> bool:
-    return any(
-        isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > LARGE_ARGUMENT
-        for arg in command
-    )
-
-
 def pack(commands: Sequence[Command]) -> list[bytes | memoryview]:
-    """Buffers to send for ``commands``: small commands joined into one, large arguments apart."""
+    """Buffers to send for ``commands``: hiredis packs them (fast for many small arguments); a
+    command carrying megabytes is sent in pieces instead, its large arguments uncopied."""
+    packed = [hiredis.pack_command(tuple(command)) for command in commands]
+    if sum(len(buffer) for buffer in packed) <= LARGE_COMMAND:
+        return [b"".join(packed)] if len(packed) > 1 else packed
     out: list[bytes | memoryview] = []
-    small: list[bytes] = []
-    for command in commands:
-        if _is_large(command):
-            if small:
-                out.append(b"".join(small))
-                small = []
-            out.extend(_pack_large(command))
-        else:
-            small.append(hiredis.pack_command(tuple(command)))
-    if small:
-        out.append(b"".join(small))
+    for command, buffer in zip(commands, packed, strict=True):
+        out.extend(_pack_large(command) if len(buffer) > LARGE_COMMAND else [buffer])
     return out
 
 
@@ -101,6 +92,7 @@ class Wire:
         self._connection = pool.connection_class(**kwargs)
         self._retry = retry or Retry(NoBackoff(), 0)
         self._reader: hiredis.Reader | None = None
+        self._buffer = bytearray(RECV_BYTES)
 
     def close(self) -> None:
         self._connection.disconnect()
@@ -149,10 +141,10 @@ class Wire:
             while len(replies) < len(commands):
                 reply = reader.gets()
                 if reply is False:
-                    data = sock.recv(RECV_BYTES)
-                    if not data:
+                    received = sock.recv_into(self._buffer)
+                    if not received:
                         raise redis.ConnectionError("Connection closed by server.")
-                    reader.feed(data)
+                    reader.feed(self._buffer, 0, received)
                 else:
                     replies.append(reply)
         except TimeoutError as exc:  # socket.timeout

@@ -117,17 +117,35 @@ class WorkerMetrics:
         )
         self._server: Any = None
         self.port = 0
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._queued: dict[tuple[str, str], Any] = {}
 
     def success(self, model: str, device: str, compute_s: float, batch: int = 1) -> None:
-        self.successes.labels(model, device).inc()
-        self.compute_time.labels(model, device).observe(compute_s)
-        self.batch_size.labels(model, device).observe(batch)
+        successes, compute_time, batch_size = self._per_model(model, device)
+        successes.inc()
+        compute_time.observe(compute_s)
+        batch_size.observe(batch)
+
+    def _per_model(self, model: str, device: str) -> tuple[Any, Any, Any]:
+        """The labelled children of one model and device (``labels`` costs more than the update)."""
+        children = self._children.get((model, device))
+        if children is None:
+            children = (
+                self.successes.labels(model, device),
+                self.compute_time.labels(model, device),
+                self.batch_size.labels(model, device),
+            )
+            self._children[(model, device)] = children
+        return children
 
     def failure(self, model: str, device: str, reason: str) -> None:
         self.failures.labels(model, device, reason).inc()
 
     def queued(self, model: str, device: str, queue_s: float) -> None:
-        self.queue_time.labels(model, device).observe(max(0.0, queue_s))
+        child = self._queued.get((model, device))
+        if child is None:
+            child = self._queued[(model, device)] = self.queue_time.labels(model, device)
+        child.observe(max(0.0, queue_s))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the bound port."""
