@@ -109,7 +109,7 @@ def test_values_text_far_longer_than_the_shape_is_refused(client: Client, limite
     reply = run_raw(client, {"cmd": "AI.MODELEXECUTE m INPUTS 1 v OUTPUTS 1 o"})
     assert "10,000 bytes of data" in str(reply["error"]), "stored size checked before fetching"
     # Within the stored-size limit, a text far longer than the shape needs is not even split.
-    reply = ["ok", b"tensor", b"FLOAT", b"2", None, b"1 " * 5000]
+    reply = [b"ok", b"tensor", b"FLOAT", b"2", None, b"1 " * 5000]
     with pytest.raises(AIError, match="wrong number of values"):
         decode_tensor_reply("v", reply, 1 << 20)
 

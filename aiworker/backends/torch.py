@@ -50,8 +50,8 @@ class TorchModel(LoadedModel):
         tensors = [to_torch(x, self.device) for x in inputs]
         started = clock()
         try:
-            with torch.inference_mode():
-                result = self.module(*tensors)
+            with torch.inference_mode():  # forward: a loaded module has no Python hooks to run
+                result = self.module.forward(*tensors)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise AIError(torch_error_text(exc)) from exc
         check_run_time(started, self.limit_ms)

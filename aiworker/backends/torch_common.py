@@ -37,14 +37,20 @@ def torch_error_text(exc: BaseException) -> str:
     return one_line(text)
 
 
+CPU = torch.device("cpu")
+
+
 def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
     # A copy: TorchScript may write into its inputs, and stored blobs are read-only buffers.
-    return torch.from_numpy(np.array(array, copy=True)).to(device)
+    tensor = torch.from_numpy(array.copy())
+    return tensor if device == CPU else tensor.to(device)
 
 
 def to_numpy(value: Any) -> list[np.ndarray]:
     """Flatten a module's result (tensor, or tuple/list of them) to numpy arrays."""
     if isinstance(value, torch.Tensor):
+        if value.device == CPU and not value.requires_grad:
+            return [value.numpy()]
         return [value.detach().cpu().numpy()]
     if isinstance(value, (list, tuple)):
         out: list[np.ndarray] = []

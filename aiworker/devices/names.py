@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,7 +41,11 @@ class Device:
 
 def parse_device(text: str | bytes) -> Device:
     """Parse a device string or raise RedisAI's ``Invalid DEVICE`` error."""
-    name = text.decode() if isinstance(text, bytes) else str(text)
+    return _parse(text.decode() if isinstance(text, bytes) else str(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(name: str) -> Device:
     match = _DEVICE.match(name.strip())
     if match is None:
         raise AIError(messages.INVALID_DEVICE)

@@ -67,13 +67,14 @@ def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarr
     """Decode a tensor from a read script's reply (``ok``, kind, dtype, shape, blob, values;
     ``none``; ``wrongtype``), refusing declared sizes beyond ``limit`` first."""
     status = reply[0]
-    if status == "none":
+    if status == b"none":
         raise AIError(messages.TENSOR_EMPTY)
-    if status != "ok":
+    if status != b"ok":
         raise WrongTypeError()
     kind, dtype, shape, blob, values = reply[1:6]
-    fields = {"kind": kind, "dtype": dtype, "shape": shape}
-    dtype_name, dims = codec.decode_meta(fields)
+    if kind != b"tensor":
+        raise WrongTypeError()
+    dtype_name, dims = codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})
     check_tensor_size(name, dtype_name, dims, limit)
     if blob is not None:
         return codec.from_blob(dtype_name, dims, blob)

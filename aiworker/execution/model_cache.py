@@ -36,6 +36,30 @@ class _Entry:
     retired: bool = False  # out of the cache: close when the last user is done
 
 
+class _InUse:
+    """``with cache.use(...) as model``: the model, released when the block ends (a class, not a
+    generator: this runs once per job)."""
+
+    __slots__ = ("cache", "digest", "entry", "key", "load")
+
+    def __init__(self, cache: ModelCache, key: str, digest: str, load: Loader) -> None:
+        self.cache, self.key, self.digest, self.load = cache, key, digest, load
+        self.entry: _Entry | None = None
+
+    def __enter__(self) -> LoadedModel:
+        entry = self.entry = self.cache._enter(self.key, self.digest, self.load)
+        if entry.error is not None:
+            self.cache._release(entry)
+            self.entry = None
+            raise entry.error
+        assert entry.model is not None
+        return entry.model
+
+    def __exit__(self, *exc: object) -> None:
+        if self.entry is not None:
+            self.cache._release(self.entry)
+
+
 class ModelCache:
     def __init__(self, max_models: int = 32, max_bytes: int = 0) -> None:
         self.max_models = max(1, max_models)
@@ -44,26 +68,22 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[str, tuple[threading.Lock, int]] = {}  # key -> (lock, waiters)
 
-    @contextmanager
-    def use(self, key: str, digest: str, load: Loader) -> Iterator[LoadedModel]:
-        """The loaded model of this version, kept open until the block ends.
+    def use(self, key: str, digest: str, load: Loader) -> _InUse:
+        """The loaded model of this version, kept open until the ``with`` block ends.
 
         ``load`` returns the digest it actually loaded: when the model was replaced after the job
         read ``digest``, the newer version is cached under its own digest, never the old one.
         """
+        return _InUse(self, key, digest, load)
+
+    def _enter(self, key: str, digest: str, load: Loader) -> _Entry:
         entry = self._acquire(key, digest)
         if entry is None:
             with self._load_lock(key):
                 entry = self._acquire(key, digest)
                 if entry is None:
                     entry = self._load(key, digest, load)
-        try:
-            if entry.error is not None:
-                raise entry.error
-            assert entry.model is not None
-            yield entry.model
-        finally:
-            self._release(entry)
+        return entry
 
     def _acquire(self, key: str, digest: str) -> _Entry | None:
         with self._lock:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 
 import numpy as np
 import redis
@@ -40,11 +41,10 @@ class Models:
         self.cache = cache
         self.limits = bounds
 
-    @contextmanager
-    def model(self, key: str, meta: model_store.ModelMeta) -> Iterator[LoadedModel]:
-        """The model stored at ``key`` in the version ``meta`` names (or a newer one)."""
-        with self.cache.use(key, meta.digest, lambda: self._load_model(key)) as model:
-            yield model
+    def model(self, key: str, meta: model_store.ModelMeta) -> AbstractContextManager[LoadedModel]:
+        """The model stored at ``key`` in the version ``meta`` names (or a newer one), for the
+        duration of a ``with`` block."""
+        return self.cache.use(key, meta.digest, partial(self._load_model, key))
 
     @contextmanager
     def script(self, key: str, meta: script_store.ScriptMeta) -> Iterator[LoadedScript]:

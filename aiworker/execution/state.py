@@ -10,7 +10,6 @@ array is allocated.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,7 +78,7 @@ class Snapshot:
     def kind(self, key: str) -> tuple[str, str | None]:
         """(Redis type, aiworker kind) of a key a DAG persists to; ("none", None) if missing."""
         reply = self._reply(KIND, key)
-        if reply[0] == "none":
+        if reply[0] == b"none":
             return "none", None
         return _text(reply[1]), _text(reply[2]) if reply[2] else None
 
@@ -87,7 +86,7 @@ class Snapshot:
         """An input tensor (read-only), sized from its declared shape before it is allocated."""
         reply = self._reply(TENSOR, key)
         status = reply[0]
-        if status == "toobig":
+        if status == b"toobig":
             raise _too_big(key, _text(reply[1]), int(reply[2]), self.limits)
         array = self._decoded.get(key)
         if array is None:
@@ -106,7 +105,7 @@ class Snapshot:
 
     def _reply(self, what: str, key: str) -> Any:
         reply = self.replies[(what, key)]
-        if what == TENSOR and reply[0] == "deferred":
+        if what == TENSOR and reply[0] == b"deferred":
             raise RuntimeError("tensor was not read")  # callers check ``deferred`` first
         return reply
 
@@ -131,27 +130,24 @@ def read(conn: ScriptRunner, requests: Sequence[Request], bounds: Limits) -> lis
     """One round trip for the state of every request (in order); one ``Snapshot`` each."""
     wanted = [reads_of(request) for request in requests]
     index: dict[tuple[str, str], int] = {}
-    uses: list[Counter[int]] = []
+    uses: list[dict[int, int]] = []  # per key read: job -> how many times it names the key
     for job, pairs in enumerate(wanted):
         for pair in pairs:
-            if pair not in index:
-                index[pair] = len(index)
-                uses.append(Counter())
-            uses[index[pair]][job] += 1
+            n = index.get(pair)
+            if n is None:
+                n = index[pair] = len(uses)
+                uses.append({})
+            uses[n][job] = uses[n].get(job, 0) + 1
     if not index:
         return [Snapshot({}, bounds) for _ in requests]
-    keys = [key for _what, key in index]
     args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
     for (what, _key), counts in zip(index, uses, strict=True):
-        args += [
-            what,
-            " ".join(f"{job}:{n}" for job, n in counts.items()) if what == TENSOR else "",
-        ]
-    replies = conn.evalsha(READ_JOBS, keys, args)
-    decoded = [[_text(reply[0]), *reply[1:]] for reply in replies]
+        args.append(what)
+        args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
+    replies = conn.evalsha(READ_JOBS, [key for _what, key in index], args)
     snapshots = []
     for pairs in wanted:
-        mine = {pair: decoded[index[pair]] for pair in pairs}
-        deferred = any(reply[0] == "deferred" for reply in mine.values())
+        mine = {pair: replies[index[pair]] for pair in pairs}
+        deferred = any(reply[0] == b"deferred" for reply in mine.values())
         snapshots.append(Snapshot(mine, bounds, deferred))
     return snapshots

@@ -38,6 +38,7 @@ from aiworker.parser.script import (
     parse_scriptstore,
 )
 from aiworker.parser.tensor import parse_tensorget, parse_tensorset
+from aiworker.parser.validate import check
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import Request, TensorGet, TensorSet
 
@@ -102,7 +103,7 @@ def parse_command(command: str | Sequence[str | bytes | int | float]) -> Request
     parser = QUEUED.get(tokens[0].upper())
     if parser is None:
         raise AIError(f"unsupported command in a job: {tokens[0]}")
-    return parser(tokens[1:])
+    return check(parser(tokens[1:]))
 
 
 __all__ = [

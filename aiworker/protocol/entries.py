@@ -6,7 +6,7 @@ An entry is plain string fields so redis-cli can write one::
 
 The Python client writes the compact form instead: ``job`` holds a msgpack map of the request, and
 ``fmt msgpack`` asks for a msgpack reply. Both forms decode to the same ``Job`` through the same
-checks (a structured request is validated by the parser too), and every key a request names is
+checks (``parser.validate``), and every key a request names is
 checked at first sight: valid UTF-8, and no output under aiworker's own prefix. The enqueue time is
 the stream entry id's millisecond part (Redis' clock), so TIMEOUT counts from enqueue without
 trusting the client's clock.
@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from aiworker.parser import parse_command
-from aiworker.parser.unparse import validate
+from aiworker.parser.validate import check
 from aiworker.protocol import replies
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
@@ -80,14 +80,19 @@ def reply_key_of(fields: Mapping[Any, Any], keys: Keys | None = None) -> str | N
     malformed: valid UTF-8, and none of aiworker's own keys but a reply list."""
     for name, value in fields.items():
         if _text(name) == "reply":
-            key = _strict_text(value)
-            if not key or (keys is not None and keys.owns(key) and not keys.is_reply(key)):
-                return None
-            return key
+            return _reply_key(value, keys)
     return None
 
 
+def _reply_key(value: Any, keys: Keys | None) -> str | None:
+    key = _strict_text(value) if value is not None else None
+    if not key or (keys is not None and keys.owns(key) and not keys.is_reply(key)):
+        return None
+    return key
+
+
 def reply_format_of(fields: Mapping[Any, Any]) -> str:
+    """The encoding the requester reads its reply in (``fmt``; JSON unless it asks msgpack)."""
     for name, value in fields.items():
         if _text(name) == replies.FORMAT_FIELD and _text(value) == replies.MSGPACK:
             return replies.MSGPACK
@@ -121,9 +126,11 @@ def written_keys(request: Request) -> tuple[str, ...]:
     return request.outputs
 
 
-def check_names(request: Request, keys: Keys) -> None:
-    """Refuse names that are not valid UTF-8, and outputs under aiworker's own prefix."""
-    for name in key_names(request):
+def check_names(request: Request, keys: Keys, text: bool = True) -> None:
+    """Refuse names that are not valid UTF-8 (only a ``cmd`` can carry such: msgpack text is
+    UTF-8 by definition, so ``text=False`` skips that check), and outputs under aiworker's own
+    prefix."""
+    for name in key_names(request) if text else ():
         if _strict_text(name) is None:
             shown = name.encode(errors="backslashreplace").decode()
             raise AIError(f"key name '{shown}' is not valid UTF-8")
@@ -135,19 +142,17 @@ def check_names(request: Request, keys: Keys) -> None:
             )
 
 
-def decode_request(named: Mapping[str, Any]) -> Request:
-    if "job" in named:
+def decode_request(job: Any, cmd: Any) -> Request:
+    """The request of an entry's ``job`` (msgpack) or ``cmd`` (RedisAI command) field."""
+    if job is not None:
         try:
-            data = msgpack.unpackb(named["job"], raw=False)
+            data = msgpack.unpackb(job, raw=False)
         except Exception:
             raise AIError("malformed job entry: 'job' is not msgpack") from None
         if not isinstance(data, dict):
             raise AIError("malformed job entry: 'job' is not a map")
-        request = request_from_map(data)
-        validate(request)  # the same rules as a command typed in redis-cli
-        return request
-    if "cmd" in named:
-        cmd = named["cmd"]
+        return check(request_from_map(data))  # the rules a command typed in redis-cli meets
+    if cmd is not None:
         # surrogateescape keeps a raw BLOB's bytes intact through the text parser
         return parse_command(
             cmd.decode("utf-8", "surrogateescape") if isinstance(cmd, bytes) else str(cmd)
@@ -160,12 +165,14 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = N
     ``reply_key_of``)."""
     keys = keys or Keys()
     named = {_text(k): v for k, v in fields.items()}
-    request = decode_request(named)
-    check_names(request, keys)
+    request = decode_request(named.get("job"), named.get("cmd"))
+    check_names(request, keys, text="job" not in named)
     enqueued = entry_time_ms(entry_id)
     if ENQUEUED_FIELD in named:  # forwarded from another queue: TIMEOUT counts from the first
         try:
             enqueued = int(named[ENQUEUED_FIELD])
         except ValueError:
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
-    return Job(entry_id, request, reply_key_of(fields, keys), enqueued, reply_format_of(fields))
+    reply = _reply_key(named.get("reply"), keys)
+    fmt = reply_format_of(named)
+    return Job(entry_id, request, reply, enqueued, fmt)

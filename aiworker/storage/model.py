@@ -120,10 +120,10 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
 def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:
     """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
     ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
-    status = _text(reply[0])
-    if status == "none":
+    status = reply[0]
+    if status == b"none":
         raise AIError(messages.MODEL_EMPTY)
-    if status != "ok":
+    if status != b"ok":
         raise WrongTypeError()
     return meta_from_fields(reply[1:])
 

@@ -57,10 +57,10 @@ def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
 def meta_from_reply(reply: Sequence[Any]) -> ScriptMeta:
     """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
     ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
-    status = _text(reply[0])
-    if status == "none":
+    status = reply[0]
+    if status == b"none":
         raise AIError(messages.SCRIPT_EMPTY)
-    if status != "ok":
+    if status != b"ok":
         raise WrongTypeError()
     return meta_from_fields(reply[1:])
 

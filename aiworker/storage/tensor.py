@@ -80,7 +80,6 @@ def format_shape(shape: Sequence[int]) -> str:
     return ",".join(str(d) for d in shape)
 
 
-@functools.lru_cache(maxsize=1024)
 def _decode_shape_field(text: str) -> tuple[int, ...]:
     # "2,3", "2 3" and "2, 3" (as people type it in redis-cli) all mean (2, 3)
     return parse_shape(text.replace(",", " ").split())
@@ -260,7 +259,12 @@ def decode_meta(fields: Mapping[Any, Any]) -> tuple[str, tuple[int, ...]]:
     shape = fields.get(b"shape", fields.get("shape"))
     if dtype is None or shape is None:
         raise AIError(messages.INVALID_SHAPE if dtype is not None else messages.INVALID_DTYPE)
-    return parse_dtype(_text(dtype)), _decode_shape_field(_text(shape))
+    return parse_dtype(dtype), _decode_shape(shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_shape(shape: str | bytes) -> tuple[int, ...]:
+    return _decode_shape_field(_text(shape))
 
 
 def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:

@@ -144,7 +144,7 @@ class Wire:
                     received = sock.recv_into(self._buffer)
                     if not received:
                         raise redis.ConnectionError("Connection closed by server.")
-                    reader.feed(self._buffer, 0, received)
+                    reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
                 else:
                     replies.append(reply)
         except TimeoutError as exc:  # socket.timeout

@@ -263,11 +263,11 @@ class Completer:
             self.jobs_done += 1
             self.jobs_failed += int(outcome.status != "ok")
         if outcome.status == "ok":
+            waited = None
             if item.started is not None:
                 waited = item.started - entry_time_ms(item.entry_id) / 1000
-                self.metrics.queued(model, device, waited)
             batch = outcome.reply_fields.get("batch", {}).get("requests", 1)
-            self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch)
+            self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch, waited)
             return
         reason = failure_reason(outcome.status, outcome.error, malformed=item.job is None)
         self.metrics.failure(model, device, reason)

@@ -24,16 +24,106 @@ worker, reported instead of crashing), ``dead_letter`` (delivered more than max_
 
 from __future__ import annotations
 
+import bisect
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REASONS = ("error", "timedout", "malformed", "too_large", "denied", "internal", "dead_letter")
+
+
+@dataclass
+class _Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
+        return out
+
+
+@dataclass
+class _Model:
+    successes: int = 0
+    queue: _Histogram = field(default_factory=lambda: _Histogram(SECONDS_BUCKETS))
+    compute: _Histogram = field(default_factory=lambda: _Histogram(SECONDS_BUCKETS))
+    batch: _Histogram = field(default_factory=lambda: _Histogram(BATCH_BUCKETS))
+
+
+class JobStats(Collector):
+    """Successes and the three duration/size histograms per model and device, updated on every
+    job: one lock and a bisect (prometheus_client's Histogram takes a lock per value it touches),
+    exposed as the usual counter and histogram families when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], _Model] = {}
+        registry.register(self)
+
+    def observe(
+        self, model: str, device: str, compute_s: float, batch: int, queue_s: float | None
+    ) -> None:
+        with self._lock:
+            row = self._models.get((model, device))
+            if row is None:
+                row = self._models[(model, device)] = _Model()
+            row.successes += 1
+            row.compute.observe(compute_s)
+            row.batch.observe(batch)
+            if queue_s is not None:
+                row.queue.observe(max(0.0, queue_s))
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "device"]
+        success = CounterMetricFamily(
+            "aiworker_request_success", "Requests completed ok.", labels=labels
+        )
+        queue = HistogramMetricFamily(
+            "aiworker_queue_duration_seconds",
+            "Time from enqueue to the start of work.",
+            labels=labels,
+        )
+        compute = HistogramMetricFamily(
+            "aiworker_compute_duration_seconds",
+            "Time spent in the backend running the model.",
+            labels=labels,
+        )
+        batch = HistogramMetricFamily(
+            "aiworker_batch_size", "Requests served by one backend run.", labels=labels
+        )
+        with self._lock:
+            for (model, device), row in self._models.items():
+                values = [model, device]
+                success.add_metric(values, row.successes)
+                queue.add_metric(values, row.queue.buckets(), row.queue.total)
+                compute.add_metric(values, row.compute.buckets(), row.compute.total)
+                batch.add_metric(values, row.batch.buckets(), row.batch.total)
+        yield from (success, queue, compute, batch)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 def failure_reason(status: str, error: str, malformed: bool = False) -> str:
@@ -58,34 +148,11 @@ class WorkerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ["model", "device"]
         reg = self.registry
-        self.successes = Counter(
-            "aiworker_request_success", "Requests completed ok.", labels, registry=reg
-        )
+        self.jobs = JobStats(registry=reg)
         self.failures = Counter(
             "aiworker_request_failure",
             "Requests failed, by reason.",
             [*labels, "reason"],
-            registry=reg,
-        )
-        self.queue_time = Histogram(
-            "aiworker_queue_duration_seconds",
-            "Time from enqueue to the start of work.",
-            labels,
-            buckets=SECONDS_BUCKETS,
-            registry=reg,
-        )
-        self.compute_time = Histogram(
-            "aiworker_compute_duration_seconds",
-            "Time spent in the backend running the model.",
-            labels,
-            buckets=SECONDS_BUCKETS,
-            registry=reg,
-        )
-        self.batch_size = Histogram(
-            "aiworker_batch_size",
-            "Requests served by one backend run.",
-            labels,
-            buckets=BATCH_BUCKETS,
             registry=reg,
         )
         self.in_flight = Gauge(
@@ -117,35 +184,19 @@ class WorkerMetrics:
         )
         self._server: Any = None
         self.port = 0
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self._queued: dict[tuple[str, str], Any] = {}
 
-    def success(self, model: str, device: str, compute_s: float, batch: int = 1) -> None:
-        successes, compute_time, batch_size = self._per_model(model, device)
-        successes.inc()
-        compute_time.observe(compute_s)
-        batch_size.observe(batch)
-
-    def _per_model(self, model: str, device: str) -> tuple[Any, Any, Any]:
-        """The labelled children of one model and device (``labels`` costs more than the update)."""
-        children = self._children.get((model, device))
-        if children is None:
-            children = (
-                self.successes.labels(model, device),
-                self.compute_time.labels(model, device),
-                self.batch_size.labels(model, device),
-            )
-            self._children[(model, device)] = children
-        return children
+    def success(
+        self,
+        model: str,
+        device: str,
+        compute_s: float,
+        batch: int = 1,
+        queue_s: float | None = None,
+    ) -> None:
+        self.jobs.observe(model, device, compute_s, batch, queue_s)
 
     def failure(self, model: str, device: str, reason: str) -> None:
         self.failures.labels(model, device, reason).inc()
-
-    def queued(self, model: str, device: str, queue_s: float) -> None:
-        child = self._queued.get((model, device))
-        if child is None:
-            child = self._queued[(model, device)] = self.queue_time.labels(model, device)
-        child.observe(max(0.0, queue_s))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the bound port."""

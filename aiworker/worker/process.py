@@ -10,6 +10,7 @@ the heartbeat and watches for hung jobs. Consumer names are ``host:pid:device:n`
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -131,6 +132,10 @@ class Worker:
 
     def start(self) -> Worker:
         self.registry.preload(self.settings.preload)
+        # What is loaded now (frameworks, preloaded backends) lives as long as the process: keep
+        # it out of the garbage collector's scans, which every job's allocations trigger.
+        gc.collect()
+        gc.freeze()
         for device, scheduler in self.schedulers.items():
             ensure_group(self.r, scheduler.queue)
             names = self._consumers.setdefault(device, [])

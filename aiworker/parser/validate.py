@@ -1,0 +1,86 @@
+"""The rules a request must meet whatever form it arrived in. Pure code.
+
+The text parser meets most of RedisAI's rules while reading the tokens; what is left - the
+structure of a request - is checked here, for commands typed in redis-cli and for the Python
+client's structured (msgpack) entries alike, so that both forms get the same errors: a read-only DAG
+with PERSIST or a script op, an op reading a name nothing produced, a TIMEOUT inside a DAG, ...
+"""
+
+from __future__ import annotations
+
+from aiworker.parser.dag import check_names
+from aiworker.parser.execute import DAG_TIMEOUT
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import (
+    DagExecute,
+    DagOp,
+    ModelExecute,
+    Request,
+    ScriptExecute,
+    TensorGet,
+    TensorSet,
+)
+
+TIMEOUT_INVALID = "Invalid value for TIMEOUT"
+
+
+def _timeout(timeout_ms: int | None, in_dag: bool) -> None:
+    if timeout_ms is None:
+        return
+    if in_dag:
+        raise AIError(DAG_TIMEOUT)
+    if timeout_ms <= 0:
+        raise AIError(TIMEOUT_INVALID)
+
+
+def _model(op: ModelExecute, in_dag: bool) -> None:
+    if not op.inputs:
+        raise AIError("Input count must be a positive integer")
+    if not op.outputs:
+        raise AIError("Output count must be a positive integer")
+    _timeout(op.timeout_ms, in_dag)
+
+
+def _script(op: ScriptExecute, in_dag: bool, readonly: bool) -> None:
+    if readonly:
+        raise AIError("AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG")
+    if not op.function:
+        raise AIError("function name not specified")
+    if op.variadic is not None and not 0 <= op.variadic <= len(op.inputs):
+        raise AIError("Invalid argument for the variadic inputs")
+    _timeout(op.timeout_ms, in_dag)
+
+
+def _op(op: DagOp, readonly: bool) -> None:
+    if isinstance(op, ModelExecute):
+        _model(op, in_dag=True)
+    elif isinstance(op, ScriptExecute):
+        _script(op, in_dag=True, readonly=readonly)
+    elif not isinstance(op, (TensorSet, TensorGet)):
+        raise AIError("Unsupported command within DAG")
+
+
+def _dag(dag: DagExecute) -> None:
+    if dag.readonly and dag.persist:
+        raise AIError("PERSIST cannot be specified in a read-only DAG")
+    if len(set(dag.persist)) != len(dag.persist):
+        raise AIError("PERSIST keys must be unique")
+    _timeout(dag.timeout_ms, in_dag=False)
+    if not dag.ops:
+        raise AIError("DAG is empty")
+    for op in dag.ops:
+        _op(op, dag.readonly)
+    check_names(dag)
+
+
+def check(request: Request) -> Request:
+    """Raise RedisAI's error when ``request`` breaks a rule; return it otherwise."""
+    if isinstance(request, ModelExecute):
+        _model(request, in_dag=False)
+    elif isinstance(request, ScriptExecute):
+        _script(request, in_dag=False, readonly=False)
+    elif isinstance(request, DagExecute):
+        _dag(request)
+    else:
+        raise AIError(f"unsupported command in a job: {type(request).__name__}")
+    return request
