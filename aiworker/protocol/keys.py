@@ -43,6 +43,10 @@ class Keys:
     def reply(self, token: str) -> str:
         return f"{self.prefix}reply:{token}"
 
+    def temp(self, key: str, token: str) -> str:
+        """Where a large tensor is written before it is moved onto ``key`` (same hash slot)."""
+        return f"{self.prefix}tmp:{_tagged(key)}:{token}"
+
     def dag_output(self, entry_id: str, index: int) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply."""
         return f"{self.prefix}dagout:{entry_id}:{index}"
