@@ -146,6 +146,8 @@ def model_get(
     except AIWorkerError as exc:
         fail(exc)
     blob = info.pop("blob", None)
+    if isinstance(blob, list):  # split by MODEL_CHUNK_SIZE, as RedisAI replied
+        blob = b"".join(blob)
     if output and blob is not None:
         Path(output).write_bytes(blob)
         info["blob"] = f"{len(blob)} bytes written to {output}"
@@ -224,7 +226,11 @@ def script_get(
     """Print a script's device, tag, entry points and source as JSON."""
     client = make_client(config_file, redis_url, prefix)
     try:
-        click.echo(json.dumps(client.scriptget(key, meta_only=meta), indent=2))
+        info = client.scriptget(key, meta_only=meta)
+        # RedisAI's reply names them "Entry Points", as bytes; JSON wants text
+        points = [p.decode() if isinstance(p, bytes) else p for p in info.pop("entry points", [])]
+        info = {"device": info["device"], "tag": info["tag"], "entry_points": points, **info}
+        click.echo(json.dumps(info, indent=2))
     except AIWorkerError as exc:
         fail(exc)
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from aiworker.cli.resp_format import ErrorReply, Status
-from aiworker.client.dag import queue_of
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -85,7 +84,9 @@ def _run(client: Client, cmd: Command) -> Any:
         return _script(client, cmd)
     if isinstance(cmd, InfoGet):
         return _info(client, cmd)
-    return _config(client, cmd)
+    if isinstance(cmd, ConfigCommand):
+        return _config(client, cmd)
+    raise AIError(f"unsupported command {cmd.op}")
 
 
 def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Any:
@@ -148,9 +149,12 @@ def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptSca
     info = method(cmd.key, meta_only=not cmd.source)
     if not cmd.meta:
         return str(info["source"]).encode()
-    entry_points = info.get("entry_points", info.get("Entry Points", []))
+    entry_points = info.get("entry points", [])
     reply: list[Any] = [b"device", _bulk(info["device"]), b"tag", _bulk(info.get("tag", ""))]
-    reply += [b"Entry Points", [str(e).encode() for e in entry_points]]
+    reply += [
+        b"Entry Points",
+        [e if isinstance(e, bytes) else str(e).encode() for e in entry_points],
+    ]
     if cmd.source:
         reply += [b"source", str(info["source"]).encode()]
     return reply
@@ -183,13 +187,13 @@ def _config(client: Client, cmd: ConfigCommand) -> Any:
 
 
 def _config_names() -> set[str]:
-    from aiworker.client.sync import CONFIG_NAMES
+    from aiworker.client.ops import CONFIG_NAMES
 
     return set(CONFIG_NAMES)
 
 
 def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
-    reply = client.submit_reply(queue_of(client, cmd), cmd)
+    reply = client.submit_reply(client.queue_of(cmd), cmd)
     status = reply.get("status")
     if status == "timedout":
         return Status("TIMEDOUT")

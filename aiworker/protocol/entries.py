@@ -18,14 +18,20 @@ import msgpack
 
 from aiworker.parser import parse_command
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.replies import FORMAT_FIELD
 from aiworker.protocol.requests import Job, Request, request_from_map, request_to_map
 
 
-def encode_entry(request: Request, reply: str | None) -> dict[str, bytes | str]:
-    """Stream-entry fields of the compact (client) form."""
+def encode_entry(
+    request: Request, reply: str | None, fmt: str | None = None
+) -> dict[str, bytes | str]:
+    """Stream-entry fields of the compact (client) form. ``fmt`` (``replies.MSGPACK``) asks for a
+    msgpack reply with raw tensor blobs instead of JSON."""
     fields: dict[str, bytes | str] = {"job": msgpack.packb(request_to_map(request))}
     if reply:
         fields["reply"] = reply
+    if fmt:
+        fields[FORMAT_FIELD] = fmt
     return fields
 
 

@@ -80,11 +80,28 @@ class DagExecute:
     op: str = field(default="DAGEXECUTE", init=False)
 
 
-Request = ModelExecute | ScriptExecute | DagExecute
+@dataclass(frozen=True)
+class ModelVerify:
+    """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
+    stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply is
+    ``ok``, or ``error`` with the backend's message (RedisAI's, e.g. ``Invalid GraphDef``)."""
+
+    backend: str
+    device: str
+    blob: bytes
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    batchsize: int = 0
+    timeout_ms: int | None = None
+    op: str = field(default="MODELVERIFY", init=False)
+
+
+Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify
 _REQUEST_TYPES: dict[str, type[Request]] = {
     "MODELEXECUTE": ModelExecute,
     "SCRIPTEXECUTE": ScriptExecute,
     "DAGEXECUTE": DagExecute,
+    "MODELVERIFY": ModelVerify,
 }
 _OP_TYPES: dict[str, type[DagOp]] = {
     "TENSORSET": TensorSet,
@@ -131,6 +148,8 @@ def _field_value(name: str, value: Any) -> Any:
         return tuple(_from_map(op, _OP_TYPES) for op in value)
     if name in ("timeout_ms", "variadic"):
         return int(value) if value is not None else None
+    if name == "batchsize":
+        return int(value)
     if name in ("readonly", "meta"):
         return bool(value)
     if name == "shape":
