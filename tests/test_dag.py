@@ -174,7 +174,7 @@ def test_builder_errors_are_raised_before_sending(client: Client, build: Any, me
 def test_redisai_py_checks_raise_runtime_errors(client: Client) -> None:
     with pytest.raises(RuntimeError, match=r"^READONLY requests cannot write \(duh!\)"):
         client.dag(persist="z", readonly=True)
-    with pytest.raises(RuntimeError, match="^AI.SCRIPTEXECUTE cannot be used in readonly mode$"):
+    with pytest.raises(RuntimeError, match=r"^AI\.SCRIPTEXECUTE cannot be used in readonly mode$"):
         client.dag(load="x", readonly=True).scriptexecute("s", "pre", inputs="x", outputs="y")
     assert not client.exists(client.keyspace.queue("CPU"))
 

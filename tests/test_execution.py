@@ -198,7 +198,7 @@ def store_unchecked(client: Client, key: str, backend: str, blob: bytes) -> None
 
 
 def test_corrupt_torchscript_blob(client: Client, worker: Worker) -> None:
-    with pytest.raises(AIError, match="^Failed to load TorchScript model"):  # refused at store
+    with pytest.raises(AIError, match=r"^Failed to load TorchScript model"):  # refused at store
         client.modelstore("m", "TORCH", "CPU", b"this is not a torchscript archive")
     assert not client.exists("m")
     store_unchecked(client, "m", "TORCH", b"this is not a torchscript archive")
@@ -257,7 +257,7 @@ def test_no_worker_reply_timeout(client: Client, redis_server: RedisServer) -> N
     client.modelstore("m", "STUB", "CPU", stub_blob("add"))
     impatient = Client.from_url(redis_server.url, reply_timeout=0.2)
     try:
-        with pytest.raises(JobTimedOut, match="no reply from a worker within 0.2s"):
+        with pytest.raises(JobTimedOut, match=r"no reply from a worker within 0\.2s"):
             impatient.modelexecute("m", ["a", "b"], ["c"])
     finally:
         impatient.close()

@@ -164,7 +164,9 @@ def test_execute_missing_script_and_wrong_types(client: Client, worker: Worker) 
     client.set("plain", "x")
     with pytest.raises(WrongTypeError):
         client.scriptexecute("plain", "bar", inputs=["a"], outputs=["c"])
-    with pytest.raises(ValueError, match="^Missing required arguments for script execute command$"):
+    with pytest.raises(
+        ValueError, match=r"^Missing required arguments for script execute command$"
+    ):
         client.scriptexecute("nope", "bar", outputs=["c"])  # redisai-py's check, before sending
     with pytest.raises(AIError, match="KEYS or INPUTS scope must be provided first"):
         parse_command("AI.SCRIPTEXECUTE nope bar ARGS 1 x OUTPUTS 1 c")  # RedisAI's check
