@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from conftest import stub_blob, torch_blob, wait_until
+from conftest import store_unchecked, stub_blob, torch_blob, wait_until
 
 from aiworker import AIError, Client, JobFailed, JobTimedOut, Settings, Worker
 from aiworker.embedded import RedisServer
@@ -187,14 +187,6 @@ def test_stub_failure_and_worker_keeps_serving(client: Client, worker: Worker) -
     assert client.modelexecute("good", ["a", "b"], ["c"]) == "OK"
     assert client.tensorget("c").tolist() == [6, 8]
     assert_queue_drained(client)
-
-
-def store_unchecked(client: Client, key: str, backend: str, blob: bytes) -> None:
-    """Store a model the way a redis-cli user could, without the client's load check."""
-    from aiworker.storage import model as model_store
-
-    meta = model_store.ModelMeta(backend=backend, device="CPU")
-    model_store.store_model(client, client.keyspace, key, meta, blob)
 
 
 def test_corrupt_torchscript_blob(client: Client, worker: Worker) -> None:

@@ -11,6 +11,7 @@ import click
 
 from aiworker.cli.common import fail, make_client, redis_options
 from aiworker.protocol.errors import AIWorkerError
+from aiworker.storage import tensor as codec
 
 # tensors -----------------------------------------------------------------------------------
 
@@ -39,6 +40,7 @@ def tensor_set(
     client = make_client(config_file, redis_url, prefix)
     dims = [int(d) for d in shape.split(",") if d] if shape else []
     try:
+        dtype = codec.parse_dtype(dtype)  # RedisAI's type names, as AI.TENSORSET took them
         click.echo(client.tensorset(key, list(values) if values else None, shape=dims, dtype=dtype))
     except AIWorkerError as exc:
         fail(exc)
