@@ -141,7 +141,7 @@ def test_an_undeclared_key_is_refused(client: Client, script: TorchScript) -> No
     # a declared hash tag covers every key carrying it, and only those
     call(script, context(client, "{t}"), "touch", ["{t}"], ["SET", "a{t}", "1"])
     assert client.get("a{t}") == b"1"
-    with pytest.raises(AIError, match="key 'a{u}' is not declared"):
+    with pytest.raises(AIError, match=r"key 'a\{u\}' is not declared"):
         call(script, context(client, "{t}"), "touch", ["{t}"], ["SET", "a{u}", "1"])
     # a command outside the built-in table: its keys come from Redis (COMMAND GETKEYS)
     with pytest.raises(AIError, match="key 'other' is not declared"):
@@ -186,7 +186,7 @@ def test_model_execute_runs_a_stored_model(client: Client, script: TorchScript) 
     assert out[0].tolist() == [[4, 6], [4, 6]]
     with pytest.raises(AIError, match=r"key 'm\{1\}' is not declared"):
         call(script, context(client, "x"), "run_model", ["m{1}"], ["1"])
-    with pytest.raises(AIError, match="^model key is empty$"):
+    with pytest.raises(AIError, match=r"^model key is empty$"):
         call(script, context(client, "nope"), "run_model", ["nope"], ["1"])
     with pytest.raises(AIError, match="OUTPUTS here does not match model definition"):
         call(script, context(client, "m{1}"), "run_model", ["m{1}"], ["2"])
