@@ -3,7 +3,7 @@
 -- KEYS[1] the device queue (a stream). ARGV[1] the entry id, ARGV[2] the consumer group.
 -- Returns 1: removed (never delivered, it will not run); 0: a worker read it (delivered: pending,
 -- running or being completed); -1: it is not in the stream (completed and deleted already).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return -1
 end
 local function parse(id)
@@ -30,7 +30,5 @@ if last ~= nil then
     return 0
   end
 end
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
-  return 1
-end
-return -1
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
