@@ -22,7 +22,7 @@ from aiworker.settings import Settings
 from aiworker.storage.plans import Batch
 from aiworker.storage.redis_options import client_kwargs
 
-OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess")
+OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess", "max_concurrency")
 
 
 def _printing(execute: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,10 +46,14 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
         *args: Any,
         prefix: str = DEFAULT_PREFIX,
         reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT_S,
+        max_concurrency: int = 16,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.debug = bool(debug)
+        # however many coroutines call at once, at most this many connections carry their reads
+        # and writes (jobs add one writer and one reader)
+        self._batches = asyncio.Semaphore(max_concurrency)
         self._state = State(Keys(prefix), raw=not enable_postprocess)
         plain = redis.asyncio.Redis(connection_pool=self.connection_pool)
         self._jobs = AsyncJobs(plain, self._state.keyspace, reply_timeout)
@@ -85,7 +89,8 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
 
     async def _step(self, step: Any) -> Any:
         if isinstance(step, Batch):
-            return await execute_batch(self, step)
+            async with self._batches:
+                return await execute_batch(self, step)
         if isinstance(step, Submit):
             return await self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):

@@ -44,6 +44,8 @@ class AsyncJobs:
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._live: dict[str, tuple[float, bool]] = {}
+        self._reading: dict[str, asyncio.Future[bool]] = {}
+        self._withdrawing = asyncio.Semaphore(4)
 
     # submitting ------------------------------------------------------------------------------
 
@@ -140,18 +142,26 @@ class AsyncJobs:
         return None
 
     async def _serves(self, queue: str) -> bool:
-        """Whether a live worker serves ``queue``; one heartbeat read per queue per half second,
-        however many requests wait."""
+        """Whether a live worker serves ``queue``: one heartbeat read per queue at a time and per
+        half second, however many requests wait."""
         seen = self._live.get(queue)
         if seen is not None and time.monotonic() - seen[0] < waiting.CHECK_AFTER_S:
             return seen[1]
+        reading = self._reading.get(queue)
+        if reading is None or reading.done():
+            reading = asyncio.ensure_future(self._read_heartbeats(queue))
+            self._reading[queue] = reading
+        return await asyncio.shield(reading)
+
+    async def _read_heartbeats(self, queue: str) -> bool:
         plan = health.live_workers_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
         serving = waiting.serves(await run(self.r, plan), queue)
         self._live[queue] = (time.monotonic(), serving)
         return serving
 
     async def _withdraw(self, queue: str, entry_id: str) -> int:
-        return await run(self.r, queues.withdraw_plan(self.keyspace.queue(queue), entry_id))
+        async with self._withdrawing:  # many waits may end at once: a few connections serve them
+            return await run(self.r, queues.withdraw_plan(self.keyspace.queue(queue), entry_id))
 
     @staticmethod
     async def _last_chance(
