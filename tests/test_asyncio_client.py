@@ -68,7 +68,7 @@ def test_the_api_as_awaitables(client: Client, worker: Worker, redis_server: Red
         assert (await con.infoget("m"))["calls"] == 3
         assert await con.config("MODEL_CHUNK_SIZE", 1024) == "OK"
         assert await con.config("MODEL_CHUNK_SIZE") == 1024
-        with pytest.raises(ValueError, match="^Missing required arguments"):
+        with pytest.raises(ValueError, match=r"^Missing required arguments"):
             await con.modelexecute("m", None, None)
         assert await con.set("native", 1) is True  # redis.asyncio's own commands
 
