@@ -97,6 +97,16 @@ def store_unchecked(
     model_store.store_model(client, client.keyspace, key, meta, blob)
 
 
+def stalled_worker(
+    client: Client, name: str = "host:1", devices: tuple[str, ...] = ("CPU",)
+) -> None:
+    """Heartbeats of a worker that serves ``devices`` but reads nothing (stuck, or busy)."""
+    keys = client.keyspace
+    status = {"name": name, "devices": list(devices), "healthy": True, "time": time.time()}
+    client.set(keys.worker(name), json.dumps(status), ex=30)
+    client.zadd(keys.workers, {name: time.time() + 60})
+
+
 def stub_blob(op: str, **extra: object) -> bytes:
     """A STUB backend model: a JSON program such as ``{"op": "add"}``."""
     return json.dumps({"op": op, **extra}).encode()

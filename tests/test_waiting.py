@@ -7,7 +7,6 @@ read is taken back (it can never run later); one a worker read stays with the wo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import spawn_worker, stub_blob, wait_until
+from conftest import spawn_worker, stalled_worker, stub_blob, wait_until
 
 from aiworker import Client, NoLiveWorker, ReplyTimeout, Settings, Worker
 from aiworker.client import waiting
@@ -26,14 +25,6 @@ from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.storage import plans, queues
 
 QUEUE = "aiworker:queue:CPU"
-
-
-def stalled_worker(client: Client, name: str = "host:1") -> None:
-    """A worker whose heartbeats say it serves CPU but that reads nothing (stuck, or busy)."""
-    keys = client.keyspace
-    status = {"name": name, "devices": ["CPU"], "healthy": True, "time": time.time()}
-    client.set(keys.worker(name), json.dumps(status), ex=30)
-    client.zadd(keys.workers, {name: time.time() + 60})
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import torch
 from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
 from aiworker.backends.torch_common import to_torch, torch_error_text
-from aiworker.backends.util import check_run_time, clock, squeeze_spaces
+from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 
@@ -31,8 +31,8 @@ def compile_script(source: str, entry_points: Sequence[str]) -> torch.jit.Compil
         unit = torch.jit.CompilationUnit()
         # bare redis.* / redisAI.* name RedisAI's ops (torch_redis_ops), as RedisAI resolved them
         unit.define(source, rcb=torch_redis_ops.resolve)
-    except RuntimeError as exc:  # the compiler's message, as RedisAI passed it on
-        raise AIError(squeeze_spaces(str(exc))) from None
+    except RuntimeError as exc:  # the compiler's message on one line, as RedisAI passed it on
+        raise AIError(str(exc).replace("\n", " ")) from None
     for name in entry_points:
         function = unit.find_function(name)
         if function is None:
