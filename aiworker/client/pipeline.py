@@ -18,7 +18,7 @@ with ``execute(raise_on_error=False)``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
@@ -33,8 +33,20 @@ from aiworker.storage import script as script_store
 from aiworker.storage import scripts, tensor_io
 from aiworker.storage import tensor as codec
 
-if TYPE_CHECKING:
-    from aiworker.client.sync import Client
+
+class Client(Protocol):
+    """What the pipeline needs from ``aiworker.Client`` (named here to keep imports one-way)."""
+
+    connection_pool: Any
+    response_callbacks: Any
+    _state: Any
+    _jobs: Any
+
+    @property
+    def keyspace(self) -> Any: ...
+    def _run(self, op: Op) -> Any: ...
+    def model_chunk_size(self) -> int: ...
+
 
 _WRITE = scripts.load("tensor_write")
 Post = Callable[[Any], Any]
