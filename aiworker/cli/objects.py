@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aiworker.cli.common import fail, make_client, redis_options
+from aiworker.cli.common import fail, make_client, quiet, redis_options
 from aiworker.protocol.errors import AIWorkerError
 from aiworker.storage import tensor as codec
 
@@ -173,7 +173,7 @@ def model_del(config_file: str | None, redis_url: str | None, prefix: str | None
 def model_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
     """List stored models and their tags."""
     client = make_client(config_file, redis_url, prefix)
-    for key, tag in client.modelscan():
+    for key, tag in quiet(client.modelscan):
         click.echo(f"{key}\t{tag}")
 
 
@@ -256,5 +256,5 @@ def script_del(
 def script_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
     """List stored scripts and their tags."""
     client = make_client(config_file, redis_url, prefix)
-    for key, tag in client.scriptscan():
+    for key, tag in quiet(client.scriptscan):
         click.echo(f"{key}\t{tag}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.cli.common import quiet
 from aiworker.cli.resp_format import ErrorReply, Status
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
@@ -108,7 +109,7 @@ def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) ->
         client.modeldel(cmd.key)
         return OK
     if isinstance(cmd, ModelScan):
-        return [[key.encode(), tag.encode()] for key, tag in client.modelscan()]
+        return [[key.encode(), tag.encode()] for key, tag in quiet(client.modelscan)]
     info = client.modelget(cmd.key, meta_only=not cmd.blob)
     if not cmd.meta:
         return info["blob"]
@@ -145,7 +146,7 @@ def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptSca
         method(cmd.key)
         return OK
     if isinstance(cmd, ScriptScan):
-        return [[str(key).encode(), str(tag).encode()] for key, tag in method()]
+        return [[str(key).encode(), str(tag).encode()] for key, tag in quiet(method)]
     info = method(cmd.key, meta_only=not cmd.source)
     if not cmd.meta:
         return str(info["source"]).encode()

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from aiworker.client import job_ops, ops
+from aiworker.client import job_ops, model_ops, ops, script_ops
 from aiworker.client.dag import Dag
 from aiworker.client.deprecated import deprecated_call
 from aiworker.client.ops import Op, State
@@ -91,7 +91,7 @@ class AICommands:
         """Store a model (split into MODEL_CHUNK_SIZE fields) atomically, after checking that it
         loads (here, or on a live worker; see ``job_ops.verify_plan``)."""
         verify = partial(job_ops.verify_plan, self._state)
-        op = ops.modelstore(
+        op = model_ops.modelstore(
             self._state, key, backend, device, data, batch, minbatch, minbatchtimeout, tag,
             inputs, outputs, verify=verify,
         )  # fmt: skip
@@ -112,7 +112,7 @@ class AICommands:
         """AI.MODELSET; use ``modelstore``."""
         deprecated_call("modelset", "Use modelstore instead")
         verify = partial(job_ops.verify_plan, self._state)
-        op = ops.modelstore(
+        op = model_ops.modelstore(
             self._state, key, backend, device, data, batch, minbatch, None, tag, inputs,
             outputs, verify=verify, legacy=True,
         )  # fmt: skip
@@ -121,10 +121,10 @@ class AICommands:
     def modelget(self, key: Any, meta_only: bool = False) -> Any:
         """RedisAI's MODELGET fields as a dict, with ``blob`` (split by the current
         MODEL_CHUNK_SIZE when longer) unless ``meta_only``."""
-        return self._run(ops.modelget(self._state, key, meta_only))
+        return self._run(model_ops.modelget(self._state, key, meta_only))
 
     def modeldel(self, key: Any) -> Any:
-        return self._run(ops.modeldel(self._state, key))
+        return self._run(model_ops.modeldel(self._state, key))
 
     def modelexecute(self, key: Any, inputs: Any, outputs: Any, timeout: int | None = None) -> Any:
         """Run a model through a worker: ``"OK"`` once its outputs are stored, ``"TIMEDOUT"``
@@ -176,19 +176,21 @@ class AICommands:
     ) -> Any:
         """Store a TorchScript script with its entry points (compiled and checked first where
         torch is installed, with RedisAI's messages)."""
-        return self._run(ops.scriptstore(self._state, key, device, script, entry_points, tag))
+        return self._run(
+            script_ops.scriptstore(self._state, key, device, script, entry_points, tag)
+        )
 
     def scriptset(self, key: Any, device: str, script: Any, tag: Any = None) -> Any:
         """AI.SCRIPTSET (no entry points); use ``scriptstore``."""
         deprecated_call("scriptset", "Use scriptstore instead")
-        return self._run(ops.scriptstore(self._state, key, device, script, None, tag, True))
+        return self._run(script_ops.scriptstore(self._state, key, device, script, None, tag, True))
 
     def scriptget(self, key: Any, meta_only: bool = False) -> Any:
         """``device``, ``tag``, ``entry points`` and (unless ``meta_only``) ``source``."""
-        return self._run(ops.scriptget(self._state, key, meta_only))
+        return self._run(script_ops.scriptget(self._state, key, meta_only))
 
     def scriptdel(self, key: Any) -> Any:
-        return self._run(ops.scriptdel(self._state, key))
+        return self._run(script_ops.scriptdel(self._state, key))
 
     def scriptrun(self, key: Any, function: Any, inputs: Any, outputs: Any) -> Any:
         """AI.SCRIPTRUN; use ``scriptexecute``. The function gets its tensors positionally."""

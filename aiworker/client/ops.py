@@ -1,11 +1,13 @@
 """Every RedisAI method of the clients, written once: an ``Op`` holds the RedisAI command it stands
-for (redisai-py's checks already run) and the plan that carries it out over plain Redis.
+for (redisai-py's checks already run) and the plan that carries it out over plain Redis. This
+module has the shared types, configuration, tensors, scans and statistics; ``model_ops``,
+``script_ops`` and ``job_ops`` the rest.
 
 The blocking ``Client`` and ``aiworker.asyncio.Client`` drive the same ops; their drivers execute
-``storage.plans.Batch`` steps, plus the two instructions defined here: ``Submit`` (queue a job and
-wait for its reply) and ``VerifyHere`` (load a model blob in this process). A method returns
-redisai-py's post-processed result, or RedisAI's raw reply when the client was made with
-``enable_postprocess=False`` (``State.raw``).
+``storage.plans.Batch`` steps, plus the instructions defined here: ``Submit`` (queue a job and wait
+for its reply), ``VerifyHere`` (load a model blob in this process) and ``Print`` (``debug``). A
+method returns redisai-py's post-processed result, or RedisAI's raw reply when the client was made
+with ``enable_postprocess=False`` (``State.raw``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
+from aiworker.backends.base import known_backends
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
-from aiworker.client.verify import check_script_source
 from aiworker.devices import parse_device
-from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Request
@@ -210,7 +210,7 @@ def tensorget(
     return Op(tokens, plan())
 
 
-# models ------------------------------------------------------------------------------------
+# models and scripts ------------------------------------------------------------------------
 
 
 def writable_plan(key: str, kind: str) -> Plan[None]:
@@ -220,110 +220,6 @@ def writable_plan(key: str, kind: str) -> Plan[None]:
         raise WrongTypeError()
     if (current is not None and text(current) != kind) or (current is None and exists):
         raise WrongTypeError()
-
-
-def modelstore(
-    state: State,
-    key: Any,
-    backend: str,
-    device: str,
-    data: Any,
-    batch: int | None = None,
-    minbatch: int | None = None,
-    minbatchtimeout: int | None = None,
-    tag: Any = None,
-    inputs: Any = None,
-    outputs: Any = None,
-    *,
-    verify: Callable[..., Plan[None]] | None = None,
-    legacy: bool = False,
-) -> Op:
-    """AI.MODELSTORE (``legacy``: the deprecated AI.MODELSET's checks). As redisai-py, the current
-    MODEL_CHUNK_SIZE is read first and the blob sent in chunks of it. ``verify`` is the plan that
-    refuses a blob that does not load (``job_ops.verify_plan``)."""
-    io_backends = set(io_name_backends())
-    backends = set(known_backends())
-    tokens: list[Any] = []
-    if legacy:  # redisai-py's MODELSET checks came first and did not read the chunk size
-        tokens = commands.modelset(
-            key, backend, device, data, batch, minbatch, tag, inputs, outputs,
-            backends=backends, io_backends=io_backends,
-        )  # fmt: skip
-    in_names = [text(n) for n in commands.listify(inputs)] if inputs is not None else []
-    out_names = [text(n) for n in commands.listify(outputs)] if outputs is not None else []
-
-    def plan() -> Plan[Any]:
-        nonlocal tokens
-        if not legacy:
-            yield Print(commands.config("MODEL_CHUNK_SIZE"))
-        size = yield from chunk_size_plan(state)
-        if not legacy:
-            optional = data is not None and io_names_optional(backend, data)
-            tokens = commands.modelstore(
-                key, backend, device, data, batch, minbatch, minbatchtimeout, tag, inputs,
-                outputs, chunk_size=size, backends=backends, io_backends=io_backends,
-                io_optional=optional,
-            )  # fmt: skip
-        yield Print(tokens)
-        if not len(data):
-            raise AIError(messages.MODEL_NO_BLOB)
-        checked = io_backends
-        if not in_names and not out_names and io_names_optional(backend, data):
-            checked = {b for b in io_backends if b != backend.upper()}
-        name, device_name = model_store.validate_meta(
-            backend,
-            device,
-            known_backends=sorted(backends),
-            io_backends=sorted(checked),
-            batchsize=batch or 0,
-            minbatchsize=minbatch or 0,
-            minbatchtimeout=minbatchtimeout or 0,
-            inputs=in_names,
-            outputs=out_names,
-        )
-        yield from writable_plan(text(key), model_store.KIND_MODEL)
-        if verify is not None:
-            yield from verify(text(key), name, device_name, data, in_names, out_names, batch or 0)
-        meta = model_store.ModelMeta(
-            backend=name,
-            device=device_name,
-            tag=text(tag) if tag is not None else "",
-            batchsize=batch or 0,
-            minbatchsize=minbatch or 0,
-            minbatchtimeout=minbatchtimeout or 0,
-            inputs=tuple(in_names),
-            outputs=tuple(out_names),
-        )
-        yield from model_store.store_plan(state.keyspace, text(key), meta, data, size)
-        state.remember(text(key), device_name)
-        return state.ok()
-
-    return Op(None, plan())
-
-
-def modelget(state: State, key: Any, meta_only: bool = False) -> Op:
-    """AI.MODELGET: the blob comes back split by the *current* MODEL_CHUNK_SIZE, as RedisAI's."""
-
-    def plan() -> Plan[Any]:
-        if meta_only:
-            meta = yield from model_store.read_meta_plan(text(key))
-            reply = raw.model_reply(meta, None)
-        else:
-            meta, blob = yield from model_store.read_model_plan(text(key))
-            size = yield from chunk_size_plan(state)
-            reply = raw.model_reply(meta, raw.blob_reply(blob, size))
-        return reply if state.raw else raw.model_result(reply)
-
-    return Op(commands.modelget(key, meta_only), plan())
-
-
-def modeldel(state: State, key: Any) -> Op:
-    def plan() -> Plan[Any]:
-        yield from model_store.delete_plan(state.keyspace, text(key))
-        state.remember(text(key), None)
-        return state.ok()
-
-    return Op(["AI.MODELDEL", key], plan())
 
 
 def _scan(state: State, kind: str) -> Op:
@@ -342,60 +238,6 @@ def _scan(state: State, kind: str) -> Op:
 
 def modelscan(state: State) -> Op:
     return _scan(state, "model")
-
-
-# scripts -----------------------------------------------------------------------------------
-
-
-def scriptstore(
-    state: State,
-    key: Any,
-    device: str,
-    script: Any,
-    entry_points: Any,
-    tag: Any = None,
-    legacy: bool = False,
-) -> Op:
-    """AI.SCRIPTSTORE (``legacy``: the deprecated AI.SCRIPTSET, without entry points). Where
-    torch is installed the source is compiled and its entry points checked first, as RedisAI."""
-    if legacy:
-        tokens = commands.scriptset(key, device, script, tag)
-        names: list[str] = []
-    else:
-        tokens = commands.scriptstore(key, device, script, entry_points, tag)
-        names = [text(n) for n in commands.listify(entry_points)]
-
-    def plan() -> Plan[Any]:
-        device_name, source, points = script_store.validate(device, script, names, legacy)
-        check_script_source(source, points)
-        yield from writable_plan(text(key), script_store.KIND_SCRIPT)
-        yield from script_store.store_plan(
-            state.keyspace, text(key), device_name, source, points, text(tag) if tag else ""
-        )
-        state.remember(text(key), device_name)
-        return state.ok()
-
-    return Op(tokens, plan())
-
-
-def scriptget(state: State, key: Any, meta_only: bool = False) -> Op:
-    """AI.SCRIPTGET: ``device``, ``tag``, ``entry points`` (as RedisAI named it) and ``source``."""
-
-    def plan() -> Plan[Any]:
-        meta, source = yield from script_store.read_script_plan(text(key))
-        reply = raw.script_reply(meta, None if meta_only else source)
-        return reply if state.raw else raw.list2dict(reply)
-
-    return Op(commands.scriptget(key, meta_only), plan())
-
-
-def scriptdel(state: State, key: Any) -> Op:
-    def plan() -> Plan[Any]:
-        yield from script_store.delete_plan(state.keyspace, text(key))
-        state.remember(text(key), None)
-        return state.ok()
-
-    return Op(["AI.SCRIPTDEL", key], plan())
 
 
 def scriptscan(state: State) -> Op:
