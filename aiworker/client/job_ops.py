@@ -182,8 +182,8 @@ def verify_plan(
     batchsize: int,
 ) -> Plan[None]:
     """Refuse a blob that does not load, as RedisAI did at MODELSTORE: load it here when its
-    framework is importable; else ask a live worker serving the device (MODELVERIFY); else let
-    it be stored with an ``UnverifiedModelWarning``."""
+    framework is importable; else ask a live worker serving the device (MODELVERIFY: its reply
+    says ``loaded`` true or false); else let it be stored with an ``UnverifiedModelWarning``."""
     loaded = yield VerifyHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
     if loaded:
         return
@@ -204,11 +204,13 @@ def verify_plan(
             try:
                 reply = yield Submit(queue, request, limit=VERIFY_TIMEOUT_S)
             except (ReplyTimeout, NoLiveWorker):
-                reply = {"status": "error", "error": f"MODELVERIFY: no answer from queue {queue}"}
-            if reply.get("status") == "ok":
+                reply = {"status": "error", "error": f"no answer from queue {queue}"}
+            # a verdict carries "loaded"; any other answer (a worker without MODELVERIFY, an
+            # entry it refused) means the model could not be checked
+            if reply.get("loaded") is True:
                 return
             message = str(reply.get("error") or "")
-            if "MODELVERIFY" not in message:
+            if reply.get("loaded") is False:
                 raise replies.error_of(message or "model does not load")
             why += f" and the worker serving queue {queue} could not check it ({message})"
     warnings.warn(

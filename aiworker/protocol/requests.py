@@ -83,8 +83,10 @@ class DagExecute:
 @dataclass(frozen=True)
 class ModelVerify:
     """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
-    stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply is
-    ``ok``, or ``error`` with the backend's message (RedisAI's, e.g. ``Invalid GraphDef``)."""
+    stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply carries
+    the verdict in ``loaded``: ``{"status": "ok", "loaded": true}``, or ``{"status": "error",
+    "loaded": false, "error": <the backend's message, RedisAI's, e.g. "Invalid GraphDef">}``; a
+    reply without ``loaded`` means the worker could not check (the client then warns)."""
 
     backend: str
     device: str
