@@ -6,7 +6,8 @@ first use, so a web app that only enqueues jobs never loads backends or metrics.
 
 from typing import TYPE_CHECKING, Any
 
-from aiworker.client.sync import Client
+from aiworker.client import Client
+from aiworker.client.verify import UnverifiedModelWarning
 from aiworker.protocol.errors import (
     AIError,
     AIWorkerError,
@@ -14,6 +15,8 @@ from aiworker.protocol.errors import (
     ConfigError,
     JobFailed,
     JobTimedOut,
+    NoLiveWorker,
+    ReplyTimeout,
     WrongTypeError,
 )
 from aiworker.settings import Settings
@@ -31,7 +34,10 @@ __all__ = [
     "ConfigError",
     "JobFailed",
     "JobTimedOut",
+    "NoLiveWorker",
+    "ReplyTimeout",
     "Settings",
+    "UnverifiedModelWarning",
     "Worker",
     "WrongTypeError",
     "__version__",

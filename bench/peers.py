@@ -213,9 +213,7 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
         )
         client = Client.from_url(url)
         client.modelstore("bench:add", "TORCH", "CPU", blob)
-        ai_proc = stack.enter_context(
-            process(aiworker_worker(url, threads, "--preload", "TORCH"))
-        )
+        ai_proc = stack.enter_context(process(aiworker_worker(url, threads, "--preload", "TORCH")))
         wait_until(lambda: bool(r.zcard("aiworker:workers")), what="aiworker worker")
         wait_until(lambda: r.exists("floor:queue") == 1, what="floor worker")
         wait_until(lambda: r.exists("diy:queue") == 1, what="DIY worker")

@@ -80,6 +80,33 @@ def wait_until(
         time.sleep(interval)
 
 
+def store_unchecked(
+    client: Client,
+    key: str,
+    backend: str,
+    blob: bytes,
+    device: str = "CPU",
+    inputs: tuple[str, ...] | list[str] = (),
+    outputs: tuple[str, ...] | list[str] = (),
+) -> None:
+    """Store a model without the client's load check (as a redis-cli user could write one), so
+    that tests can see the worker refuse it too."""
+    from aiworker.storage import model as model_store
+
+    meta = model_store.ModelMeta(backend, device, inputs=tuple(inputs), outputs=tuple(outputs))
+    model_store.store_model(client, client.keyspace, key, meta, blob)
+
+
+def stalled_worker(
+    client: Client, name: str = "host:1", devices: tuple[str, ...] = ("CPU",)
+) -> None:
+    """Heartbeats of a worker that serves ``devices`` but reads nothing (stuck, or busy)."""
+    keys = client.keyspace
+    status = {"name": name, "devices": list(devices), "healthy": True, "time": time.time()}
+    client.set(keys.worker(name), json.dumps(status), ex=30)
+    client.zadd(keys.workers, {name: time.time() + 60})
+
+
 def stub_blob(op: str, **extra: object) -> bytes:
     """A STUB backend model: a JSON program such as ``{"op": "add"}``."""
     return json.dumps({"op": op, **extra}).encode()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from builders import IRIS_X, onnx_external_data, onnx_loop, onnx_mul, sklearn_classifier
+from conftest import store_unchecked
 
-from aiworker import Client, JobFailed, Settings, Worker
+from aiworker import AIError, Client, JobFailed, Settings, Worker
 from aiworker.backends.base import BackendOptions
 from aiworker.devices import gpu_count
 
@@ -85,7 +86,10 @@ LOAD_ERRORS = [
 def test_corrupt_blob_then_keeps_serving(
     client: Client, worker: Worker, blob: bytes, message: str
 ) -> None:
-    client.modelstore("bad", "ONNX", "CPU", blob)
+    with pytest.raises(AIError) as refused:  # RedisAI refused a model it could not load
+        client.modelstore("bad", "ONNX", "CPU", blob)
+    assert str(refused.value) == message
+    store_unchecked(client, "bad", "ONNX", blob)  # written by hand: the worker refuses it too
     set_ab(client)
     with pytest.raises(JobFailed) as info:
         client.modelexecute("bad", ["a", "b"], ["c"])
@@ -98,7 +102,9 @@ def test_external_data_refused(client: Client, worker: Worker, tmp_path, monkeyp
     # Even with the file present in the worker's working directory, it is never read.
     (tmp_path / "weights.bin").write_bytes(np.ones(3, np.float32).tobytes())
     monkeypatch.chdir(tmp_path)
-    client.modelstore("ext", "ONNX", "CPU", onnx_external_data())
+    with pytest.raises(AIError, match=r"^ONNX models with external data"):
+        client.modelstore("ext", "ONNX", "CPU", onnx_external_data())
+    store_unchecked(client, "ext", "ONNX", onnx_external_data())
     client.tensorset("a", np.ones(3, np.float32))
     with pytest.raises(JobFailed) as info:
         client.modelexecute("ext", ["a"], ["c"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from builders import tf_frozen_function, tf_mul_graph, tf_saved_model_zip, tf_slow_graph
+from conftest import store_unchecked
 
 from aiworker import AIError, Client, JobFailed, Settings, Worker
 from aiworker.backends.base import BackendOptions, ModelSpec
 from aiworker.devices import gpu_count, parse_device
+from aiworker.parser import parse
 
 tf = pytest.importorskip("tensorflow")
 
@@ -59,16 +61,20 @@ STORE_ERRORS = [
 
 @pytest.mark.parametrize(("kwargs", "message"), STORE_ERRORS)
 def test_store_needs_io_names(client: Client, kwargs: dict[str, object], message: str) -> None:
+    """redisai-py checks it first (ValueError); RedisAI's own message where its syntax is used."""
     args: dict[str, object] = {"inputs": ["a", "b"], "outputs": ["mul"], **kwargs}
-    with pytest.raises(AIError) as info:
+    with pytest.raises(ValueError, match=r"^Require keyword arguments inputs and outputs for TF"):
         client.modelstore("m", "TF", "CPU", tf_mul_graph(), **args)  # type: ignore[arg-type]
+    names = [w for k in ("inputs", "outputs") if args[k] for w in (k.upper(), "1", "a")]
+    with pytest.raises(AIError) as info:
+        parse(["AI.MODELSTORE", "m", "TF", "CPU", *names, "BLOB", "x"])
     assert str(info.value) == message
 
 
 def test_io_names_refused_for_other_backends(client: Client) -> None:
-    with pytest.raises(AIError) as info:
+    with pytest.raises(ValueError) as info:
         client.modelstore("m", "ONNX", "CPU", b"x", inputs=["a"], outputs=["b"])
-    assert str(info.value) == "INPUTS argument should not be specified for this backend"
+    assert str(info.value) == "Inputs and outputs keywords should not be specified for this backend"
 
 
 LOAD_ERRORS = [
@@ -84,7 +90,10 @@ def test_load_errors_then_keeps_serving(
 ) -> None:
     args: dict[str, object] = {"inputs": ["a", "b"], "outputs": ["mul"], **kwargs}
     blob = args.pop("blob", tf_mul_graph())
-    client.modelstore("bad", "TF", "CPU", blob, **args)  # type: ignore[arg-type]
+    with pytest.raises(AIError) as refused:  # RedisAI refused a model it could not load
+        client.modelstore("bad", "TF", "CPU", blob, **args)  # type: ignore[arg-type]
+    assert str(refused.value) == message
+    store_unchecked(client, "bad", "TF", blob, **args)  # type: ignore[arg-type]
     set_ab(client)
     with pytest.raises(JobFailed) as info:
         client.modelexecute("bad", ["a"] * len(args["inputs"]), ["c"])  # type: ignore[arg-type]
@@ -113,7 +122,9 @@ def test_saved_model_zip_with_names_and_top_folder(client: Client, worker: Worke
     client.tensorset("y", np.array([10, 20], dtype=np.float32))
     client.modelexecute("sm", ["y", "x"], ["s"])  # first key feeds signature input y
     assert client.tensorget("s").tolist() == [31, 62]
-    client.modelstore("bad", "TF", "CPU", blob, inputs=["z"], outputs=["sum"])
+    with pytest.raises(AIError, match=r'^Input "z" not found in the SavedModel signature'):
+        client.modelstore("bad", "TF", "CPU", blob, inputs=["z"], outputs=["sum"])
+    store_unchecked(client, "bad", "TF", blob, inputs=["z"], outputs=["sum"])
     with pytest.raises(JobFailed, match=r'^Input "z" not found in the SavedModel signature'):
         client.modelexecute("bad", ["x"], ["s"])
 
@@ -125,9 +136,11 @@ def test_zip_without_saved_model(client: Client, worker: Worker) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("model.pt", b"not a saved model")
-    client.modelstore("m", "TF", "CPU", buffer.getvalue())
+    with pytest.raises(AIError, match=r"^Invalid GraphDef$"):  # RedisAI's, for what is no GraphDef
+        client.modelstore("m", "TF", "CPU", buffer.getvalue())
+    store_unchecked(client, "m", "TF", buffer.getvalue())
     client.tensorset("x", [1], dtype="FLOAT")
-    with pytest.raises(JobFailed, match=r"holds no saved_model\.pb"):
+    with pytest.raises(JobFailed, match=r"^Invalid GraphDef$"):
         client.modelexecute("m", ["x"], ["y"])
 
 

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import torch_blob
+from conftest import store_unchecked, torch_blob
 
 from aiworker import AIError, Client, JobFailed, Settings, Worker
 from aiworker.backends import util
@@ -68,7 +68,10 @@ def test_tuple_outputs(client: Client, worker: Worker) -> None:
 
 
 def test_corrupt_blob_then_keeps_serving(client: Client, worker: Worker) -> None:
-    client.modelstore("bad", "TORCH", "CPU", b"PK\x03\x04 not a torchscript archive")
+    bad = b"PK\x03\x04 not a torchscript archive"
+    with pytest.raises(AIError, match=r"^Failed to load TorchScript model"):
+        client.modelstore("bad", "TORCH", "CPU", bad)  # refused at store, as RedisAI
+    store_unchecked(client, "bad", "TORCH", bad)
     set_ab(client)
     with pytest.raises(JobFailed, match=r"^Failed to load TorchScript model"):
         client.modelexecute("bad", ["a", "b"], ["c"])

@@ -10,11 +10,15 @@ from aiworker import Client, Worker
 
 
 def test_modelset_and_modelrun(client: Client, worker: Worker) -> None:
-    with pytest.deprecated_call(match="modelset is deprecated"):
+    with pytest.deprecated_call(
+        match=r"^Call to deprecated method modelset\. \(Use modelstore instead\) -- Deprecated since version 1\.2\.0\.$"
+    ):
         assert client.modelset("m", "STUB", "CPU", stub_blob("add"), batch=2, tag="t") == "OK"
     assert client.modelget("m", meta_only=True)["batchsize"] == 2
     client.tensorset("a", np.array([1, 2], np.float32))
-    with pytest.deprecated_call(match="modelrun is deprecated"):
+    with pytest.deprecated_call(
+        match=r"^Call to deprecated method modelrun\. \(Use modelexecute instead\) -- Deprecated since version 1\.2\.0\.$"
+    ):
         assert client.modelrun("m", ["a", "a"], "b") == "OK"
     np.testing.assert_array_equal(client.tensorget("b"), [2, 4])
 
@@ -37,12 +41,16 @@ def test_scriptset_and_scriptrun_call_functions_positionally(
     """AI.SCRIPTSET stored no entry points and AI.SCRIPTRUN passed tensors positionally, with the
     inputs after ``$`` as one List[Tensor] argument."""
     pytest.importorskip("torch")
-    with pytest.deprecated_call(match="scriptset is deprecated"):
+    with pytest.deprecated_call(
+        match=r"^Call to deprecated method scriptset\. \(Use scriptstore instead\) -- Deprecated since version 1\.2\.0\.$"
+    ):
         assert client.scriptset("s", "CPU", LEGACY, tag="t") == "OK"
-    assert client.scriptget("s", meta_only=True)["entry_points"] == []
+    assert client.scriptget("s", meta_only=True)["entry points"] == []
     client.tensorset("a", np.array([5, 7], np.float32))
     client.tensorset("b", np.array([1, 2], np.float32))
-    with pytest.deprecated_call(match="scriptrun is deprecated"):
+    with pytest.deprecated_call(
+        match=r"^Call to deprecated method scriptrun\. \(Use scriptexecute instead\) -- Deprecated since version 1\.2\.0\.$"
+    ):
         assert client.scriptrun("s", "sub", ["a", "b"], "c") == "OK"
     np.testing.assert_array_equal(client.tensorget("c"), [4, 5])
     assert client.execute_command("PING")  # the connection is still usable

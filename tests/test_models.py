@@ -77,7 +77,25 @@ def test_small_chunk_size_splits_and_reassembles(client: Client) -> None:
     assert len(chunk_fields) == expected > 1
     assert client.hget("m", "chunk:0") == blob[:7]
     assert client.hget("m", f"chunk:{expected - 1}") == blob[(expected - 1) * 7 :]
-    assert client.modelget("m")["blob"] == blob
+    # RedisAI replies with the blob split by the current MODEL_CHUNK_SIZE: len // 7 + 1 pieces
+    assert b"".join(client.modelget("m")["blob"]) == blob
+    assert len(client.modelget("m")["blob"]) == len(blob) // 7 + 1
+    client.config("MODEL_CHUNK_SIZE", len(blob) + 1)
+    assert client.modelget("m")["blob"] == blob  # one bulk string below the chunk size
+
+
+def test_modelget_chunks_follow_the_current_chunk_size(client: Client) -> None:
+    """RedisAI's MODELGET splits the blob by the chunk size configured when it is read: a
+    1,352-byte blob comes back in 4 chunks of 450 bytes (the last one 2 bytes)."""
+    blob = bytes(range(256)) * 5 + bytes(72)
+    assert len(blob) == 1352
+    client.modelstore("m", "STUB", "CPU", b'{"op": "add", "pad": "' + b"x" * 1328 + b'"}')
+    stored = client.modelget("m")["blob"]
+    assert isinstance(stored, bytes) and len(stored) == 1352
+    client.config("MODEL_CHUNK_SIZE", 1352 // 3)
+    chunks = client.modelget("m")["blob"]
+    assert [len(c) for c in chunks] == [450, 450, 450, 2]
+    assert b"".join(chunks) == stored
 
 
 def test_restore_with_fewer_chunks_leaves_no_stale_chunks(client: Client) -> None:
@@ -85,7 +103,7 @@ def test_restore_with_fewer_chunks_leaves_no_stale_chunks(client: Client) -> Non
     client.modelstore("m", "STUB", "CPU", stub_blob("add", pad="x" * 40))
     client.modelstore("m", "STUB", "CPU", ADD)
     assert len([f for f in client.hkeys("m") if f.startswith(b"chunk:")]) == 3
-    assert client.modelget("m")["blob"] == ADD
+    assert b"".join(client.modelget("m")["blob"]) == ADD
 
 
 def test_modeldel(client: Client) -> None:
@@ -143,24 +161,50 @@ def test_restore_replaces_metadata(client: Client) -> None:
     )
 
 
+# redisai-py's own checks, before anything is sent (its ValueError/TypeError and messages)
+CLIENT_ERRORS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("backend", {"backend": "CAFFE"}, ValueError, "Backend not allowed. Use any from "),
+    ("backend-empty", {"backend": ""}, ValueError, "Backend not allowed. Use any from "),
+    ("device-bad", {"device": "bad_device"}, ValueError, "Device not allowed. Use any from "),
+    ("device-tpu", {"device": "TPU"}, ValueError, "Device not allowed. Use any from "),
+    ("device-empty", {"device": ""}, ValueError, "Device not allowed. Use any from "),
+    ("minbatch-without-batch", {"minbatch": 2}, ValueError,
+     "Minbatch is not allowed without batch"),
+    ("minbatchtimeout-without-minbatch", {"batch": 4, "minbatchtimeout": 10}, ValueError,
+     "Minbatchtimeout is not allowed without minbatch"),
+    ("tf-no-inputs", {"backend": "TF", "outputs": ["y"]}, ValueError,
+     "Require keyword arguments inputs and outputs for TF models"),
+    ("tf-no-outputs", {"backend": "TF", "inputs": ["x"]}, ValueError,
+     "Require keyword arguments inputs and outputs for TF models"),
+    ("io-for-torch", {"backend": "TORCH", "inputs": ["x"], "outputs": ["y"]}, ValueError,
+     "Inputs and outputs keywords should not be specified for this backend"),
+    ("io-for-stub", {"outputs": "y"}, ValueError,
+     "Inputs and outputs keywords should not be specified for this backend"),
+    ("no-blob-none", {"data": None}, TypeError, "object of type 'NoneType' has no len()"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [c[1:] for c in CLIENT_ERRORS],
+    ids=[c[0] for c in CLIENT_ERRORS],
+)
+def test_modelstore_client_checks(
+    client: Client, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    args: dict[str, Any] = {"backend": "STUB", "device": "CPU", "data": ADD, **kwargs}
+    with pytest.raises(error) as info:
+        client.modelstore("m", **args)
+    assert str(info.value).startswith(message)
+    assert not isinstance(info.value, ResponseError)
+    assert not client.exists("m")
+
+
+# RedisAI's checks (what it answered to the command redisai-py sent)
 STORE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
-    ("backend", {"backend": "CAFFE"}, "unsupported backend"),
-    ("backend-empty", {"backend": ""}, "unsupported backend"),
-    ("device-bad", {"device": "bad_device"}, "Invalid DEVICE"),
     ("device-double-colon", {"device": "CPU::"}, "Invalid DEVICE"),
     ("device-fraction", {"device": "CPU:1.8"}, "Invalid DEVICE"),
-    ("device-tpu", {"device": "TPU"}, "Invalid DEVICE"),
-    ("device-empty", {"device": ""}, "Invalid DEVICE"),
-    ("minbatch-without-batch", {"minbatch": 2}, "MINBATCHSIZE specified without BATCHSIZE"),
-    ("minbatchtimeout-without-minbatch", {"batch": 4, "minbatchtimeout": 10},
-     "MINBATCHTIMEOUT specified without MINBATCHSIZE"),
-    ("tf-no-inputs", {"backend": "TF", "outputs": ["y"]}, "INPUTS not specified for TF"),
-    ("tf-no-outputs", {"backend": "TF", "inputs": ["x"]}, "OUTPUTS not specified for TF"),
-    ("io-for-torch", {"backend": "TORCH", "inputs": ["x"], "outputs": ["y"]},
-     "INPUTS argument should not be specified for this backend"),
-    ("io-for-stub", {"outputs": "y"}, "INPUTS argument should not be specified for this backend"),
     ("no-blob-empty", {"data": b""}, "Insufficient arguments, missing model BLOB"),
-    ("no-blob-none", {"data": None}, "Insufficient arguments, missing model BLOB"),
     ("batchsize-negative", {"batch": -1}, "Invalid argument for BATCHSIZE"),
     ("batchsize-text", {"batch": "four"}, "Invalid argument for BATCHSIZE"),
     ("minbatchsize-negative", {"batch": 4, "minbatch": -1}, "Invalid argument for MINBATCHSIZE"),
@@ -216,7 +260,7 @@ def test_atomic_replace_under_concurrent_reads(client: Client, redis_server: Any
     try:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            blob = client.modelget("m")["blob"]
+            blob = b"".join(client.modelget("m")["blob"])  # split by the 5-byte chunk size
             assert blob in seen, f"torn read: {blob!r}"
             seen[blob] += 1
     finally:

@@ -97,8 +97,10 @@ def test_plugin_in_a_worker_process(plugin_path: Path, client: Client, redis_ser
 
 
 def test_unknown_backend(client: Client) -> None:
-    with pytest.raises(AIError, match=r"^unsupported backend$"):
+    with pytest.raises(ValueError, match=r"^Backend not allowed\. Use any from \{"):  # redisai-py's
         client.modelstore("m", "CAFFE", "CPU", b"1")
+    with pytest.raises(AIError, match=r"^unsupported backend$"):  # RedisAI's
+        client.loadbackend("CAFFE", "/path/to/redisai_caffe.so")
     with pytest.raises(AIError, match=r"^unsupported backend$"):
         Registry().get("CAFFE")
 

@@ -55,7 +55,7 @@ def test_store_get_scan_del(stored: Client) -> None:
     assert stored.scriptget("s") == {
         "device": "CPU",
         "tag": "v1",
-        "entry_points": ENTRY_POINTS,
+        "entry points": [name.encode() for name in ENTRY_POINTS],  # RedisAI's field, as bytes
         "source": SCRIPT,
     }
     assert "source" not in stored.scriptget("s", meta_only=True)
@@ -97,7 +97,7 @@ STORE_ERRORS = [
         "Wrong inputs type in function bar. Expected signature similar to: "
         "def bar(tensors: List[Tensor], keys: List[str], args: List[str])",
     ),
-    ({"device": "TPU"}, "unsupported device"),
+    ({"device": "CPU::1"}, "unsupported device"),
 ]
 
 
@@ -164,8 +164,12 @@ def test_execute_missing_script_and_wrong_types(client: Client, worker: Worker) 
     client.set("plain", "x")
     with pytest.raises(WrongTypeError):
         client.scriptexecute("plain", "bar", inputs=["a"], outputs=["c"])
+    with pytest.raises(
+        ValueError, match=r"^Missing required arguments for script execute command$"
+    ):
+        client.scriptexecute("nope", "bar", outputs=["c"])  # redisai-py's check, before sending
     with pytest.raises(AIError, match="KEYS or INPUTS scope must be provided first"):
-        client.scriptexecute("nope", "bar", outputs=["c"])
+        parse_command("AI.SCRIPTEXECUTE nope bar ARGS 1 x OUTPUTS 1 c")  # RedisAI's check
 
 
 def test_cmd_syntax_from_redis_cli(stored: Client, worker: Worker) -> None:

@@ -207,6 +207,14 @@ def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
     return cls
 
 
+def resolve_backend(name: str) -> type[Backend]:
+    """The class of backend ``name``, imported now: ``BackendUnavailable`` (naming the extra to
+    install) when its framework is missing, RedisAI's ``unsupported backend`` for unknown names."""
+    cls = _resolve(name.upper())
+    assert cls is not None
+    return cls
+
+
 class Registry:
     """Backend instances of one worker process, created on first use with shared options."""
 

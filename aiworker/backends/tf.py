@@ -126,7 +126,9 @@ def _saved_model_root(directory: Path) -> Path:
     """The shallowest directory holding ``saved_model.pb`` (zips often wrap a top folder)."""
     found = sorted(directory.rglob("saved_model.pb"), key=lambda p: len(p.parts))
     if not found:
-        raise AIError("Invalid SavedModel: the zip archive holds no saved_model.pb")
+        # not a SavedModel, so a blob RedisAI would have read as a GraphDef (a TorchScript
+        # archive is a zip too): RedisAI's answer
+        raise AIError("Invalid GraphDef")
     return found[0].parent
 
 

@@ -33,7 +33,11 @@ def torch_error_text(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     if "Traceback of TorchScript" in text:
-        return _ERROR_CLASS.sub("", text.splitlines()[-1].strip())
+        # an op implemented in Python (torch_redis_ops) appends its Python frames after "At:"
+        last = text.split("\n\nAt:\n", 1)[0].strip().splitlines()[-1].strip()
+        while _ERROR_CLASS.match(last):
+            last = _ERROR_CLASS.sub("", last, count=1)
+        return last
     return one_line(text)
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
 from aiworker.backends.torch_common import to_torch, torch_error_text
-from aiworker.backends.util import check_run_time, clock, squeeze_spaces
+from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 
@@ -27,9 +28,11 @@ SIGNATURE = ("List[Tensor]", "List[str]", "List[str]")
 def compile_script(source: str, entry_points: Sequence[str]) -> torch.jit.CompilationUnit:
     """Compile TorchScript source and check every entry point (RedisAI's messages and order)."""
     try:
-        unit = torch.jit.CompilationUnit(source)
-    except RuntimeError as exc:  # the compiler's message, as RedisAI passed it on
-        raise AIError(squeeze_spaces(str(exc))) from None
+        unit = torch.jit.CompilationUnit()
+        # bare redis.* / redisAI.* name RedisAI's ops (torch_redis_ops), as RedisAI resolved them
+        unit.define(source, rcb=torch_redis_ops.resolve)
+    except RuntimeError as exc:  # the compiler's message on one line, as RedisAI passed it on
+        raise AIError(str(exc).replace("\n", " ")) from None
     for name in entry_points:
         function = unit.find_function(name)
         if function is None:
@@ -94,7 +97,7 @@ class TorchScript(LoadedScript):
         inputs = [to_torch(t, self.device) for t in tensors]
         started = clock()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_redis_ops.calling(context):
                 if variadic is not None:
                     result = compiled(*inputs[:variadic], inputs[variadic:])
                 elif legacy and not _takes_redisai_signature(compiled):

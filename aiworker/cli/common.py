@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -87,3 +88,11 @@ def fail(exc: Exception) -> None:
 def worker_statuses(client: Client, max_age: float = 10.0) -> list[dict[str, Any]]:
     """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
     return health.live_workers(client, client.keyspace, max_age)
+
+
+def quiet(scan: Callable[[], Any]) -> Any:
+    """A model/script listing without redisai-py's "Experimental" warning (the CLI's own
+    listing is not experimental)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return scan()

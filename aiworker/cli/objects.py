@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from aiworker.cli.common import fail, make_client, redis_options
+from aiworker.cli.common import fail, make_client, quiet, redis_options
 from aiworker.protocol.errors import AIWorkerError
+from aiworker.storage import tensor as codec
 
 # tensors -----------------------------------------------------------------------------------
 
@@ -39,6 +40,7 @@ def tensor_set(
     client = make_client(config_file, redis_url, prefix)
     dims = [int(d) for d in shape.split(",") if d] if shape else []
     try:
+        dtype = codec.parse_dtype(dtype)  # RedisAI's type names, as AI.TENSORSET took them
         click.echo(client.tensorset(key, list(values) if values else None, shape=dims, dtype=dtype))
     except AIWorkerError as exc:
         fail(exc)
@@ -146,6 +148,8 @@ def model_get(
     except AIWorkerError as exc:
         fail(exc)
     blob = info.pop("blob", None)
+    if isinstance(blob, list):  # split by MODEL_CHUNK_SIZE, as RedisAI replied
+        blob = b"".join(blob)
     if output and blob is not None:
         Path(output).write_bytes(blob)
         info["blob"] = f"{len(blob)} bytes written to {output}"
@@ -169,7 +173,7 @@ def model_del(config_file: str | None, redis_url: str | None, prefix: str | None
 def model_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
     """List stored models and their tags."""
     client = make_client(config_file, redis_url, prefix)
-    for key, tag in client.modelscan():
+    for key, tag in quiet(client.modelscan):
         click.echo(f"{key}\t{tag}")
 
 
@@ -224,7 +228,11 @@ def script_get(
     """Print a script's device, tag, entry points and source as JSON."""
     client = make_client(config_file, redis_url, prefix)
     try:
-        click.echo(json.dumps(client.scriptget(key, meta_only=meta), indent=2))
+        info = client.scriptget(key, meta_only=meta)
+        # RedisAI's reply names them "Entry Points", as bytes; JSON wants text
+        points = [p.decode() if isinstance(p, bytes) else p for p in info.pop("entry points", [])]
+        info = {"device": info["device"], "tag": info["tag"], "entry_points": points, **info}
+        click.echo(json.dumps(info, indent=2))
     except AIWorkerError as exc:
         fail(exc)
 
@@ -248,5 +256,5 @@ def script_del(
 def script_list(config_file: str | None, redis_url: str | None, prefix: str | None) -> None:
     """List stored scripts and their tags."""
     client = make_client(config_file, redis_url, prefix)
-    for key, tag in client.scriptscan():
+    for key, tag in quiet(client.scriptscan):
         click.echo(f"{key}\t{tag}")

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.cli.common import quiet
 from aiworker.cli.resp_format import ErrorReply, Status
-from aiworker.client.dag import queue_of
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -85,7 +85,9 @@ def _run(client: Client, cmd: Command) -> Any:
         return _script(client, cmd)
     if isinstance(cmd, InfoGet):
         return _info(client, cmd)
-    return _config(client, cmd)
+    if isinstance(cmd, ConfigCommand):
+        return _config(client, cmd)
+    raise AIError(f"unsupported command {cmd.op}")
 
 
 def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Any:
@@ -107,7 +109,7 @@ def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) ->
         client.modeldel(cmd.key)
         return OK
     if isinstance(cmd, ModelScan):
-        return [[key.encode(), tag.encode()] for key, tag in client.modelscan()]
+        return [[key.encode(), tag.encode()] for key, tag in quiet(client.modelscan)]
     info = client.modelget(cmd.key, meta_only=not cmd.blob)
     if not cmd.meta:
         return info["blob"]
@@ -144,13 +146,16 @@ def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptSca
         method(cmd.key)
         return OK
     if isinstance(cmd, ScriptScan):
-        return [[str(key).encode(), str(tag).encode()] for key, tag in method()]
+        return [[str(key).encode(), str(tag).encode()] for key, tag in quiet(method)]
     info = method(cmd.key, meta_only=not cmd.source)
     if not cmd.meta:
         return str(info["source"]).encode()
-    entry_points = info.get("entry_points", info.get("Entry Points", []))
+    entry_points = info.get("entry points", [])
     reply: list[Any] = [b"device", _bulk(info["device"]), b"tag", _bulk(info.get("tag", ""))]
-    reply += [b"Entry Points", [str(e).encode() for e in entry_points]]
+    reply += [
+        b"Entry Points",
+        [e if isinstance(e, bytes) else str(e).encode() for e in entry_points],
+    ]
     if cmd.source:
         reply += [b"source", str(info["source"]).encode()]
     return reply
@@ -183,13 +188,13 @@ def _config(client: Client, cmd: ConfigCommand) -> Any:
 
 
 def _config_names() -> set[str]:
-    from aiworker.client.sync import CONFIG_NAMES
+    from aiworker.client.ops import CONFIG_NAMES
 
     return set(CONFIG_NAMES)
 
 
 def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
-    reply = client.submit_reply(queue_of(client, cmd), cmd)
+    reply = client.submit_reply(client.queue_of(cmd), cmd)
     status = reply.get("status")
     if status == "timedout":
         return Status("TIMEDOUT")

@@ -1,221 +1,221 @@
 """The client's DAG builder: ``Client.dag(...)`` returns a ``Dag`` to chain ops on, then ``execute``.
 
-Ops are written as RedisAI command tokens and parsed by the same parser the worker uses, so a DAG
-built here fails with the same messages, before anything is sent. ``execute`` queues the DAG on the
-device of its first model or script op and returns one result per op: ``"OK"``, the tensor a
-``tensorget`` asked for (numpy by default), ``"NA"`` for ops that did not run after an earlier op
-failed, or the exception of a failed op (returned in the list, not raised, as redisai-py did).
+As redisai-py 1.3: a DAG made without LOAD, PERSIST or ROUTING is the deprecated flavour
+(AI.DAGRUN, with a ``DeprecationWarning``): it takes ``modelrun`` (and ``scriptrun``) and refuses
+``modelexecute``/``scriptexecute`` with redisai-py's ``RuntimeError``; a read-only DAG refuses
+PERSIST and ``scriptexecute``. Ops are written as RedisAI command tokens and parsed by the parser
+the worker uses, so a DAG fails with RedisAI's messages before anything is sent. ``execute``
+queues the DAG on the device of its first model or script op and returns one result per op:
+``"OK"``, the tensor a ``tensorget`` asked for, ``"NA"`` for ops that did not run after an earlier
+op failed, or the exception of a failed op (returned in the list, not raised).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from functools import partial
+from typing import Any
 
 import numpy as np
-import redis
 
+from aiworker.client import commands, raw
+from aiworker.client.commands import listify, text
+from aiworker.client.deprecated import deprecated_call
+from aiworker.client.job_ops import submit_plan
+from aiworker.client.ops import Op, State
 from aiworker.parser import parse_dag
-from aiworker.protocol import replies as dag_results
-from aiworker.protocol.errors import AIError, JobTimedOut
-from aiworker.protocol.requests import DagExecute, DagOp, ModelExecute, ScriptExecute, TensorSet
+from aiworker.protocol import replies
+from aiworker.protocol.errors import JobTimedOut
+from aiworker.protocol.requests import DagExecute, DagOp, TensorSet
 from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
+from aiworker.storage.plans import Plan
+
+Post = Callable[[Any], Plan[Any]]
+DEPRECATED_FLAVOUR = (
+    "Creating Dag without any of LOAD, PERSIST and ROUTING arguments"
+    "is allowed only in deprecated AI.DAGRUN or AI.DAGRUN_RO commands"
+)
+NO_EXECUTE = (
+    "You are using deprecated version of DAG, that does not supports {}."
+    "The new version requires giving at least one of LOAD, PERSIST and ROUTING"
+    "arguments when constructing the Dag"
+)
+READONLY_PERSIST = "READONLY requests cannot write (duh!) and should not have PERSISTing values"
 
 
-class Client(Protocol):
-    """What the DAG builder needs from ``aiworker.Client`` (named here to keep imports one-way)."""
-
-    def submit_reply(self, device: str, request: Any) -> dict[str, Any]: ...
-    def _model_queue(self, key: str) -> str: ...
-    def _script_queue(self, key: str) -> str: ...
-    def hgetall(self, name: Any) -> Any: ...
-
-
-Post = Callable[[Any], Any]
-
-
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)):
-        return [value.decode() if isinstance(value, bytes) else value]
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
-
-
-def _common(result: Any) -> Any:
+def _common(result: Any) -> Plan[Any]:
     """OK / NA pass through; a failed op becomes its exception."""
+    yield from ()
     if isinstance(result, dict) and "error" in result:
-        return dag_results.error_of(str(result["error"]))
+        return replies.error_of(str(result["error"]))
     return result
 
 
+def _tensor(data: str, as_numpy: bool, mutable: bool, meta_only: bool, result: Any) -> Plan[Any]:
+    """A TENSORGET op's result post-processed as redisai-py did (its ``meta_only`` keeps the
+    data field the op fetched, as redisai-py's DAG did)."""
+    if not isinstance(result, dict) or "dtype" not in result:
+        return (yield from _common(result))
+    array: np.ndarray | None
+    if "key" in result:  # a JSON reply spilled a large tensor to a key that expires with it
+        array = yield from tensor_io.read_plan(str(result["key"]))
+    else:
+        _, _, array = replies.decode_tensor(result, lambda key: np.zeros(0))
+    assert array is not None
+    if meta_only and not mutable:
+        return raw.list2dict(raw.tensor_reply(array, True, data))
+    return raw.tensor_result(array, as_numpy, mutable, False)
+
+
 class Dag:
-    """A chain of DAG ops (RedisAI's AI.DAGEXECUTE, or AI.DAGRUN when ``deprecated``)."""
+    """A chain of DAG ops (RedisAI's AI.DAGEXECUTE, or AI.DAGRUN in the deprecated flavour)."""
 
     def __init__(
         self,
-        client: Client,
-        load: str | Sequence[str] | None = None,
-        persist: str | Sequence[str] | None = None,
-        routing: str | None = None,
+        state: State,
+        runner: Callable[[Op], Any],
+        load: Any = None,
+        persist: Any = None,
+        routing: Any = None,
         timeout: int | None = None,
         readonly: bool = False,
-        deprecated: bool = False,
+        deprecated: bool | None = None,
     ) -> None:
-        self._client = client
-        self._load = _names(load)
-        self._persist = _names(persist)
-        self._routing = routing
-        self._timeout = timeout
+        self._state = state
+        self._runner = runner
+        self._deprecated = (
+            load is None and persist is None and routing is None
+            if deprecated is None
+            else deprecated
+        )
         self._readonly = readonly
-        self._deprecated = deprecated
-        self._ops: list[list[str]] = []
+        if readonly and persist:
+            raise RuntimeError(READONLY_PERSIST)
+        if self._deprecated and deprecated is None:
+            warnings.warn(DEPRECATED_FLAVOUR, DeprecationWarning, stacklevel=3)
+        self._head: list[Any] = [self.name]
+        if load is not None:
+            self._head += ["LOAD", len(listify(load)), *listify(load)]
+        if persist is not None:
+            self._head += ["PERSIST", len(listify(persist)), *listify(persist)]
+        if routing is not None:
+            self._head += ["ROUTING", routing]
+        if timeout is not None:
+            self._head += ["TIMEOUT", timeout]
+        self._ops: list[list[Any]] = []  # each op's tokens, TENSORSET data included
         self._tensors: dict[int, TensorSet] = {}  # op index -> its TENSORSET with data
         self._post: list[Post] = []
 
+    @property
+    def name(self) -> str:
+        name = "AI.DAGRUN" if self._deprecated else "AI.DAGEXECUTE"
+        return name + ("_RO" if self._readonly else "")
+
     # ops -----------------------------------------------------------------------------------
 
-    def tensorset(
-        self,
-        key: str,
-        tensor: np.ndarray | Sequence[Any] | int | float | None,
-        shape: Sequence[int] | None = None,
-        dtype: str | None = None,
-    ) -> Dag:
+    def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Dag:
         """Set a DAG-local tensor (from numpy, or values with ``shape`` and ``dtype``)."""
-        array = codec.as_array(tensor, dtype=dtype, shape=shape)
-        op = TensorSet(key, codec.dtype_of(array), array.shape, bytes(codec.to_blob(array)))
-        # the parser sees the op without its data (already validated); execute puts it back
-        self._tensors[len(self._ops)] = op
-        dims = [str(d) for d in op.shape] or ["VALUES", "0"]
-        return self._add(["AI.TENSORSET", key, op.dtype, *dims], _common)
+        tokens, array = commands.tensorset(key, tensor, shape, dtype)
+        blob = bytes(codec.to_blob(array))
+        self._tensors[len(self._ops)] = TensorSet(text(key), str(tokens[2]), array.shape, blob)
+        return self._add(tokens, _common)
 
     def tensorget(
-        self,
-        key: str,
-        as_numpy: bool = True,
-        as_numpy_mutable: bool = False,
+        self, key: Any, as_numpy: bool = True, as_numpy_mutable: bool = False,
         meta_only: bool = False,
-    ) -> Dag:
+    ) -> Dag:  # fmt: skip
         """Return a DAG-local tensor, post-processed like ``Client.tensorget``."""
-        fmt = [] if meta_only else ["BLOB"] if as_numpy or as_numpy_mutable else ["VALUES"]
-        post = partial_tensor(self._client, as_numpy, as_numpy_mutable, meta_only)
-        return self._add(["AI.TENSORGET", key, "META", *fmt], post)
+        # redisai-py passed as_numpy_mutable where meta_only belongs: META plus the data
+        tokens = commands.tensorget(key, as_numpy, as_numpy_mutable)
+        data = "BLOB" if as_numpy is True else "VALUES"
+        return self._add(tokens, partial(_tensor, data, as_numpy, as_numpy_mutable, meta_only))
 
-    def modelexecute(
-        self, key: str, inputs: str | Sequence[str], outputs: str | Sequence[str]
-    ) -> Dag:
-        ins, outs = _names(inputs), _names(outputs)
+    def modelexecute(self, key: Any, inputs: Any, outputs: Any) -> Dag:
         if self._deprecated:
-            return self._add(["AI.MODELRUN", key, "INPUTS", *ins, "OUTPUTS", *outs], _common)
-        tokens = ["AI.MODELEXECUTE", key, "INPUTS", str(len(ins)), *ins]
-        return self._add([*tokens, "OUTPUTS", str(len(outs)), *outs], _common)
+            raise RuntimeError(NO_EXECUTE.format("MODELEXECUTE"))
+        return self._add(commands.modelexecute(key, inputs, outputs, None), _common)
+
+    def modelrun(self, key: Any, inputs: Any, outputs: Any) -> Dag:
+        """Deprecated (as in redisai-py 1.2): AI.MODELRUN in the deprecated flavour, else
+        ``modelexecute``."""
+        deprecated_call("modelrun", "Use modelexecute instead")
+        if not self._deprecated:
+            return self.modelexecute(key, inputs, outputs)
+        return self._add(commands.modelrun(key, inputs, outputs), _common)
 
     def scriptexecute(
         self,
-        key: str,
-        function: str,
-        keys: str | Sequence[str] | None = None,
-        inputs: str | Sequence[str] | None = None,
-        args: str | Sequence[str] | None = None,
-        outputs: str | Sequence[str] | None = None,
+        key: Any,
+        function: Any,
+        keys: Any = None,
+        inputs: Any = None,
+        args: Any = None,
+        outputs: Any = None,
     ) -> Dag:
+        if self._readonly:
+            raise RuntimeError("AI.SCRIPTEXECUTE cannot be used in readonly mode")
         if self._deprecated:
-            ins, outs = _names(inputs), _names(outputs)
-            tokens = ["AI.SCRIPTRUN", key, function, "INPUTS", *ins, "OUTPUTS", *outs]
-            return self._add(tokens, _common)
-        tokens = ["AI.SCRIPTEXECUTE", key, function]
-        for word, values in (
-            ("KEYS", keys),
-            ("INPUTS", inputs),
-            ("ARGS", args),
-            ("OUTPUTS", outputs),
-        ):
-            names = _names(values)
-            if names:
-                tokens += [word, str(len(names)), *names]
+            raise RuntimeError(NO_EXECUTE.format("SCRIPTEXECUTE"))
+        tokens = commands.scriptexecute(key, function, keys, inputs, args, outputs, None)
         return self._add(tokens, _common)
 
-    def _add(self, tokens: list[str], post: Post) -> Dag:
-        self._ops.append(tokens)
+    def scriptrun(self, key: Any, function: Any, inputs: Any, outputs: Any) -> Dag:
+        """AI.SCRIPTRUN in the deprecated flavour (an aiworker addition: redisai-py's DAG had no
+        script op there); else ``scriptexecute``."""
+        deprecated_call("scriptrun", "Use scriptexecute instead")
+        if not self._deprecated:
+            return self.scriptexecute(key, function, inputs=inputs, outputs=outputs)
+        return self._add(commands.scriptrun(key, function, inputs, outputs), _common)
+
+    def _add(self, tokens: Sequence[Any], post: Post) -> Dag:
+        self._ops.append(list(tokens))
         self._post.append(post)
         return self
 
     # running -------------------------------------------------------------------------------
 
-    def command(self) -> list[str]:
-        """The RedisAI command this DAG stands for (TENSORSET data left out)."""
-        name = "AI.DAGRUN" if self._deprecated else "AI.DAGEXECUTE"
-        tokens = [name + ("_RO" if self._readonly else "")]
-        for word, keys in (("LOAD", self._load), ("PERSIST", self._persist)):
-            if keys:
-                tokens += [word, str(len(keys)), *keys]
-        if self._routing is not None:
-            tokens += ["ROUTING", self._routing]
-        if self._timeout is not None:
-            tokens += ["TIMEOUT", str(self._timeout)]
+    def command(self) -> list[Any]:
+        """The RedisAI command this DAG stands for, TENSORSET data included."""
+        tokens = list(self._head)
         for op in self._ops:
             tokens += ["|>", *op]
         return tokens
 
     def request(self) -> DagExecute:
         """The parsed request (RedisAI's errors raised here, before anything is sent)."""
-        tokens = self.command()
+        tokens = [text(t) for t in self._head]
+        for index, op in enumerate(self._ops):
+            if index in self._tensors:  # the parser sees the op without its data
+                tensor = self._tensors[index]
+                op = ["AI.TENSORSET", tensor.key, tensor.dtype, *map(str, tensor.shape)]
+                op = op if tensor.shape else [*op, "VALUES", "0"]
+            tokens += ["|>", *(text(t) for t in op)]
         parsed = parse_dag(tokens[1:], tokens[0])
         ops: tuple[DagOp, ...] = tuple(self._tensors.get(i, op) for i, op in enumerate(parsed.ops))
         return dataclasses.replace(parsed, ops=ops)
 
-    def execute(self) -> list[Any]:
-        """Run the DAG through a worker; one result per op (see the module docstring)."""
+    def execute(self) -> Any:
+        """Run the DAG through a worker; one result per op (see the module docstring). On the
+        asyncio client this returns an awaitable."""
         request = self.request()
-        reply = self._client.submit_reply(self._queue(request), request)
+        return self._runner(Op(self.command(), self._plan(request)))
+
+    def run(self) -> Any:
+        """Deprecated alias of ``execute`` (redisai-py 1.2)."""
+        deprecated_call("run", "Use execute instead")
+        return self.execute()
+
+    def _plan(self, request: DagExecute) -> Plan[list[Any]]:
+        reply = yield from submit_plan(self._state, request)
         if reply.get("status") == "timedout":
             raise JobTimedOut()
         results = reply.get("results")
         if results is None:
-            raise dag_results.error_of(str(reply.get("error") or "DAG failed"))
-        return [post(result) for post, result in zip(self._post, results, strict=True)]
-
-    run = execute  # redisai-py's older name
-
-    def _queue(self, request: DagExecute) -> str:
-        return queue_of(self._client, request)
-
-
-def queue_of(client: Client, request: ModelExecute | ScriptExecute | DagExecute) -> str:
-    """The device queue a request goes to: its model's or script's device; for a DAG, that of its
-    first model or script op (CPU for tensor-only DAGs). A missing or wrong key gives CPU: the
-    worker answers with RedisAI's error for it."""
-    try:
-        if isinstance(request, ModelExecute):
-            return client._model_queue(request.key)
-        if isinstance(request, ScriptExecute):
-            return client._script_queue(request.key)
-    except (AIError, redis.ResponseError):
-        return "CPU"
-    for op in request.ops:
-        if isinstance(op, (ModelExecute, ScriptExecute)):
-            return queue_of(client, op)
-    return "CPU"
-
-
-def partial_tensor(client: Client, as_numpy: bool, mutable: bool, meta_only: bool) -> Post:
-    """Post-processing of a TENSORGET op's result, like ``Client.tensorget``'s."""
-
-    def post(result: Any) -> Any:
-        if not isinstance(result, dict) or "dtype" not in result:
-            return _common(result)
-        dtype, shape, array = dag_results.decode_tensor(
-            result, lambda key: tensor_io.read(cast(redis.Redis, client), key)
-        )
-        if meta_only or array is None:
-            return {"dtype": dtype, "shape": list(shape)}
-        if mutable:
-            return np.array(array, copy=True)
-        if as_numpy:
-            return array
-        return {"dtype": dtype, "shape": list(shape), "values": codec.to_values(array)}
-
-    return post
+            raise replies.error_of(str(reply.get("error") or "DAG failed"))
+        out = []
+        for post, result in zip(self._post, results, strict=True):
+            out.append((yield from post(result)))
+        return out

@@ -1,8 +1,22 @@
-"""Checks the client runs before storing, where the framework is importable in its process."""
+"""Checks the client runs before storing, where the framework is importable in its process.
+
+RedisAI compiled scripts and loaded models when they were stored, and refused what did not compile
+or load, with the framework's message. The client does the same here when it can import the
+framework; otherwise ``ops.modelstore`` asks a live worker (MODELVERIFY) or stores the model with
+a warning. Frameworks are imported only here, on first use, never by ``import aiworker``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from aiworker.backends.base import BackendOptions, ModelSpec, resolve_backend
+from aiworker.devices import parse_device
+from aiworker.protocol.errors import AIError, BackendUnavailable
+
+
+class UnverifiedModelWarning(UserWarning):
+    """A model was stored without being loaded first: no framework here, no live worker."""
 
 
 def check_script_source(source: str, entry_points: Sequence[str]) -> bool:
@@ -14,4 +28,36 @@ def check_script_source(source: str, entry_points: Sequence[str]) -> bool:
     except ImportError:
         return False
     torch_script.compile_script(source, entry_points)
+    return True
+
+
+def verify_model(
+    backend: str,
+    blob: bytes | bytearray | memoryview,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    batchsize: int = 0,
+) -> bool:
+    """Load the blob with its backend in this process and drop it again: True when it loaded,
+    False when the backend's framework cannot be imported here; ``AIError`` with the backend's
+    (RedisAI's) message when it does not load. The load uses the CPU: a model stored for a GPU
+    is checked for being loadable, and the worker reports a missing GPU when it runs."""
+    try:
+        cls = resolve_backend(backend.upper())
+    except BackendUnavailable:
+        return False
+    spec = ModelSpec(
+        key="",
+        device=parse_device("CPU"),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        batchsize=batchsize,
+    )
+    try:
+        model = cls(BackendOptions()).load(bytes(memoryview(blob).cast("B")), spec)
+    except AIError:
+        raise
+    except Exception as exc:  # a framework error the backend did not translate
+        raise AIError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+    model.close()
     return True

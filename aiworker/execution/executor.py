@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from aiworker.backends.base import ScriptContext
+from aiworker.backends.base import ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.batching import Batch, Member, MemberResult
@@ -28,7 +28,7 @@ from aiworker.execution.state import Snapshot
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import DagExecute, Job, ModelExecute, ScriptExecute
+from aiworker.protocol.requests import DagExecute, Job, ModelExecute, ModelVerify, ScriptExecute
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 
@@ -52,13 +52,21 @@ class ScriptRun:
 
 
 @dataclass
+class VerifyRun:
+    """A MODELVERIFY: load a blob as this worker would, keep nothing."""
+
+    job: Job
+    request: ModelVerify
+
+
+@dataclass
 class DagRun:
     job: Job
     snapshot: Snapshot
     ops: list[Any]
 
 
-Ready = ModelRun | ScriptRun | DagRun
+Ready = ModelRun | ScriptRun | DagRun | VerifyRun
 
 
 class Executor:
@@ -82,6 +90,8 @@ class Executor:
             if isinstance(request, DagExecute):
                 ops = self.dags.plan(job, snapshot, queue_device)
                 return ops if isinstance(ops, Outcome) else DagRun(job, snapshot, ops)
+            if isinstance(request, ModelVerify):
+                return VerifyRun(job, request)
         except AIWorkerError as exc:
             return Outcome.failed(error_text(exc))
         return Outcome.failed(f"{request.op} is not supported by this worker")
@@ -125,6 +135,8 @@ class Executor:
                 return self._run_model(ready)
             if isinstance(ready, ScriptRun):
                 return self._run_script(ready, redis_call)
+            if isinstance(ready, VerifyRun):
+                return self._verify(ready.request)
             context = lambda request: self.script_context(request, redis_call)  # noqa: E731
             return self.dags.run(ready.job, ready.snapshot, ready.ops, fmt, batching, context)
         except (redis.ConnectionError, redis.TimeoutError):
@@ -170,6 +182,31 @@ class Executor:
         writes = dict(zip(request.outputs, outputs, strict=True))
         stats = [StatsRecord(request.key, duration_us)]
         return Outcome("ok", writes=writes, stats=stats, duration_us=duration_us)
+
+    def _verify(self, request: ModelVerify) -> Outcome:
+        """Load a blob as a MODELSTORE would have (on the CPU), report, close it."""
+        try:
+            backend = self.models.registry.get(request.backend)
+        except AIWorkerError as exc:  # the framework is not installed here: no verdict
+            return Outcome.failed(error_text(exc))
+        spec = ModelSpec(
+            key="",
+            device=parse_device("CPU"),
+            inputs=request.inputs,
+            outputs=request.outputs,
+            batchsize=request.batchsize,
+        )
+        try:
+            backend.load(request.blob, spec).close()
+        except AIError as exc:
+            outcome = Outcome.failed(error_text(exc))
+            outcome.reply_fields = {"loaded": False}
+            return outcome
+        except Exception as exc:  # a blob the framework chokes on
+            outcome = Outcome.failed(f"{request.backend}: {error_text(exc)}")
+            outcome.reply_fields = {"loaded": False}
+            return outcome
+        return Outcome("ok", reply_fields={"loaded": True})
 
     def script_context(self, request: ScriptExecute, redis_call: RedisCall | None) -> ScriptContext:
         """What a script may call: Redis on its declared KEYS, and stored models."""

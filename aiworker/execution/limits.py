@@ -96,13 +96,28 @@ def check_output(name: str, array: np.ndarray, limit: int) -> None:
         )
 
 
-def check_entry(fields: Mapping[Any, Any]) -> None:
-    """Refuse stream entries that are far larger than any job needs."""
+def check_entry(fields: Mapping[Any, Any], limit: int = 0) -> int:
+    """Refuse stream entries that are far larger than any job needs; returns the entry's size.
+
+    ``limit`` is larger only to let a MODELVERIFY carry its model blob (up to max_model_bytes);
+    every other job is held to MAX_ENTRY_BYTES once decoded (``check_entry_for``)."""
+    limit = max(limit, MAX_ENTRY_BYTES)
     size = 0
     for name, value in fields.items():
         size += len(name) + (len(value) if isinstance(value, (bytes, str)) else 0)
-    if size > MAX_ENTRY_BYTES:
-        raise AIError(
-            f"malformed job entry: {size:,} bytes, more than {MAX_ENTRY_BYTES:,}; "
-            "tensors belong in tensor keys, not in the job"
-        )
+    if size > limit:
+        raise _entry_too_big(size, limit)
+    return size
+
+
+def check_entry_for(op: str, size: int) -> None:
+    """Only a MODELVERIFY (a model blob to check) may exceed MAX_ENTRY_BYTES."""
+    if size > MAX_ENTRY_BYTES and op != "MODELVERIFY":
+        raise _entry_too_big(size, MAX_ENTRY_BYTES)
+
+
+def _entry_too_big(size: int, limit: int) -> AIError:
+    return AIError(
+        f"malformed job entry: {size:,} bytes, more than {limit:,}; "
+        "tensors belong in tensor keys, not in the job"
+    )

@@ -15,6 +15,7 @@ from aiworker.protocol.requests import (
     DagExecute,
     DagOp,
     ModelExecute,
+    ModelVerify,
     Request,
     ScriptExecute,
     TensorGet,
@@ -81,6 +82,9 @@ def check(request: Request) -> Request:
         _script(request, in_dag=False, readonly=False)
     elif isinstance(request, DagExecute):
         _dag(request)
+    elif isinstance(request, ModelVerify):
+        if not request.backend or not request.blob:
+            raise AIError("MODELVERIFY needs a backend and a blob")
     else:
         raise AIError(f"unsupported command in a job: {type(request).__name__}")
     return request

@@ -28,6 +28,7 @@ from aiworker.protocol.requests import (
     DagExecute,
     Job,
     ModelExecute,
+    ModelVerify,
     Request,
     ScriptExecute,
     request_from_map,
@@ -35,12 +36,15 @@ from aiworker.protocol.requests import (
 )
 
 ENQUEUED_FIELD = "enqueued"
+# A forwarded entry's id on the queue its requester wrote it to: the id its reply carries.
+ORIGIN_FIELD = "origin"
 
 
 def encode_entry(
     request: Request, reply: str | None, fmt: str | None = None
 ) -> dict[str, bytes | str]:
-    """Stream-entry fields of the compact (client) form."""
+    """Stream-entry fields of the compact (client) form. ``fmt`` (``replies.MSGPACK``) asks for a
+    msgpack reply with raw tensor blobs instead of JSON."""
     fields: dict[str, bytes | str] = {"job": msgpack.packb(request_to_map(request))}
     if reply:
         fields["reply"] = reply
@@ -101,6 +105,8 @@ def reply_format_of(fields: Mapping[Any, Any]) -> str:
 
 def key_names(request: Request) -> Iterator[str]:
     """Every key and tensor name a request carries."""
+    if isinstance(request, ModelVerify):
+        return
     if isinstance(request, DagExecute):
         yield from request.load
         yield from request.persist
@@ -120,9 +126,15 @@ def key_names(request: Request) -> Iterator[str]:
 
 
 def written_keys(request: Request) -> tuple[str, ...]:
-    """The Redis keys a request writes (outputs; a DAG's PERSIST keys)."""
+    """The Redis keys a request may write: outputs, a DAG's PERSIST keys, and the KEYS a script
+    may reach with ``redis.execute``."""
     if isinstance(request, DagExecute):
-        return request.persist
+        scripts = [op.keys for op in request.ops if isinstance(op, ScriptExecute)]
+        return request.persist + tuple(key for keys in scripts for key in keys)
+    if isinstance(request, ModelVerify):
+        return ()
+    if isinstance(request, ScriptExecute):
+        return request.outputs + request.keys
     return request.outputs
 
 
@@ -175,4 +187,5 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = N
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
     reply = _reply_key(named.get("reply"), keys)
     fmt = reply_format_of(named)
-    return Job(entry_id, request, reply, enqueued, fmt)
+    origin = _text(named[ORIGIN_FIELD]) if ORIGIN_FIELD in named else entry_id
+    return Job(entry_id, request, reply, enqueued, fmt, origin)

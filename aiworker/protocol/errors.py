@@ -10,6 +10,9 @@ Errors that RedisAI reported to its clients as server errors derive from
         ├── WrongTypeError                 key holds another kind of value (``WRONGTYPE ...``)
         ├── JobFailed                      a worker ran the job and it failed (the worker's message)
         ├── JobTimedOut                    the job's TIMEOUT passed before it ran (RedisAI's TIMEDOUT)
+        │   └── ReplyTimeout               the client stopped waiting for a reply (says what became
+        │                                  of the job: removed from its queue, or taken by a worker)
+        ├── NoLiveWorker                   no live worker serves the job's queue (heartbeats say so)
         └── LimitExceeded                  a tensor or model is larger than the worker's limits
 
 Messages are RedisAI's text as redis-py showed it: without the ``ERR`` prefix (``WRONGTYPE`` stays,
@@ -55,6 +58,23 @@ class JobTimedOut(AIError):
 
     def __init__(self, message: str = "TIMEDOUT") -> None:
         super().__init__(message)
+
+
+class ReplyTimeout(JobTimedOut):
+    """The client's wait for a reply ended (TIMEOUT plus a margin, or ``reply_timeout``).
+    ``removed``: the entry was taken back before any worker read it, so it will never run."""
+
+    def __init__(self, message: str, removed: bool = False) -> None:
+        super().__init__(message)
+        self.removed = removed
+
+
+class NoLiveWorker(AIError):
+    """No live worker serves the queue a job went to; ``removed`` as for ``ReplyTimeout``."""
+
+    def __init__(self, message: str, removed: bool = False) -> None:
+        super().__init__(message)
+        self.removed = removed
 
 
 class LimitExceeded(AIError):

@@ -66,6 +66,10 @@ class Keys:
         """Reply lists are the only own keys a request may name (as its ``reply``)."""
         return key.startswith(self.prefix + "reply:")
 
+    def temp(self, key: str, token: str) -> str:
+        """Where a large tensor is written before it is moved onto ``key`` (same hash slot)."""
+        return f"{self.prefix}tmp:{same_slot_suffix(key)}:{token}"
+
     def dag_output(self, entry_id: str, index: int) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply."""
         return f"{self.prefix}dagout:{entry_id}:{index}"

@@ -80,11 +80,30 @@ class DagExecute:
     op: str = field(default="DAGEXECUTE", init=False)
 
 
-Request = ModelExecute | ScriptExecute | DagExecute
+@dataclass(frozen=True)
+class ModelVerify:
+    """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
+    stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply carries
+    the verdict in ``loaded``: ``{"status": "ok", "loaded": true}``, or ``{"status": "error",
+    "loaded": false, "error": <the backend's message, RedisAI's, e.g. "Invalid GraphDef">}``; a
+    reply without ``loaded`` means the worker could not check (the client then warns)."""
+
+    backend: str
+    device: str
+    blob: bytes
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    batchsize: int = 0
+    timeout_ms: int | None = None
+    op: str = field(default="MODELVERIFY", init=False)
+
+
+Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify
 _REQUEST_TYPES: dict[str, type[Request]] = {
     "MODELEXECUTE": ModelExecute,
     "SCRIPTEXECUTE": ScriptExecute,
     "DAGEXECUTE": DagExecute,
+    "MODELVERIFY": ModelVerify,
 }
 _OP_TYPES: dict[str, type[DagOp]] = {
     "TENSORSET": TensorSet,
@@ -103,6 +122,7 @@ class Job:
     reply: str | None
     enqueued_ms: int
     fmt: str = "json"  # the reply's encoding (protocol.replies)
+    origin: str = ""  # the id the requester's XADD returned (differs once forwarded)
 
     @property
     def deadline_ms(self) -> int | None:
@@ -132,6 +152,8 @@ def _field_value(name: str, value: Any) -> Any:
         return tuple(_from_map(op, _OP_TYPES) for op in value)
     if name in ("timeout_ms", "variadic"):
         return int(value) if value is not None else None
+    if name == "batchsize":
+        return int(value)
     if name in ("readonly", "meta"):
         return bool(value)
     if name == "shape":

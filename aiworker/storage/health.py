@@ -15,24 +15,31 @@ from typing import Any
 import redis
 
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.storage import plans
+from aiworker.storage.plans import Plan
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def live_workers(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
+def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, Any]]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""
-    names = r.zrangebyscore(keys.workers, time.time() - max_age, "+inf")
+    names = yield from plans.call("ZRANGEBYSCORE", keys.workers, time.time() - max_age, "+inf")
     if not names:
         return []
     statuses = []
-    for raw in r.mget([keys.worker(_text(n)) for n in names]):  # type: ignore[union-attr]
+    for raw in (yield from plans.call("MGET", *[keys.worker(_text(n)) for n in names])):
         if raw is not None:
             status = json.loads(raw)
             status["age"] = round(time.time() - float(status.get("time", 0)), 1)
             statuses.append(status)
     return statuses
+
+
+def live_workers(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
+    """Heartbeats of worker processes seen within ``max_age`` seconds."""
+    return plans.run(r, live_workers_plan(keys, max_age))
 
 
 def queue_status(r: redis.Redis, keys: Keys, device: str) -> dict[str, Any]:

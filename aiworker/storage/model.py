@@ -11,6 +11,7 @@ job's inputs, with the one they loaded, and reload only when it changed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,7 +25,8 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.storage import scripts
+from aiworker.storage import plans, scripts
+from aiworker.storage.plans import Batch, Plan
 
 KIND_MODEL = "model"
 DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
@@ -185,6 +187,34 @@ def digest_of(blob: bytes | bytearray | memoryview) -> str:
     return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
 
 
+def store_plan(
+    keys: Keys,
+    key: str,
+    meta: ModelMeta,
+    blob: bytes | bytearray | memoryview,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Plan[ModelMeta]:
+    """Replace the model at ``key`` atomically; returns the stored metadata (digest filled in)."""
+    chunks = split_blob(blob, chunk_size)
+    stored = dataclasses.replace(
+        meta,
+        digest=digest_of(blob),
+        size=len(memoryview(blob).cast("B")),
+        chunks=len(chunks),
+    )
+    flat: list[Any] = []
+    for name, value in stored.to_fields().items():
+        flat += [name, value]
+    commands: list[tuple[Any, ...]] = [("DEL", key), ("HSET", key, *flat)]
+    commands += [("HSET", key, f"chunk:{i}", chunk) for i, chunk in enumerate(chunks)]
+    commands.append(("SADD", keys.models, key))
+    replies = yield Batch(commands, transaction=True)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return stored
+
+
 def store_model(
     r: redis.Redis,
     keys: Keys,
@@ -193,42 +223,46 @@ def store_model(
     blob: bytes | bytearray | memoryview,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ModelMeta:
-    """Replace the model at ``key`` atomically; returns the stored metadata (digest filled in)."""
-    chunks = split_blob(blob, chunk_size)
-    stored = ModelMeta(
-        backend=meta.backend,
-        device=meta.device,
-        tag=meta.tag,
-        batchsize=meta.batchsize,
-        minbatchsize=meta.minbatchsize,
-        minbatchtimeout=meta.minbatchtimeout,
-        inputs=meta.inputs,
-        outputs=meta.outputs,
-        digest=digest_of(blob),
-        size=len(memoryview(blob).cast("B")),
-        chunks=len(chunks),
-    )
-    pipe = r.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.hset(key, mapping=stored.to_fields())  # type: ignore[arg-type]
-    for index, chunk in enumerate(chunks):
-        pipe.hset(key, f"chunk:{index}", chunk)  # type: ignore[arg-type]
-    pipe.sadd(keys.models, key)
-    pipe.execute()
-    return stored
+    return plans.run(r, store_plan(keys, key, meta, blob, chunk_size))
 
 
-def read_meta(r: redis.Redis, key: str) -> ModelMeta:
-    """The model's metadata, or RedisAI's errors for a missing key or another kind of key."""
-    try:
-        values = r.hmget(key, list(META_FIELDS))
-    except redis.ResponseError as exc:
-        if str(exc).startswith("WRONGTYPE"):
-            raise WrongTypeError() from None
-        raise
+def check_meta_reply(values: Any) -> ModelMeta:
+    """Model metadata from an HMGET of META_FIELDS (or the error a batch returned for it)."""
+    if isinstance(values, redis.ResponseError):
+        if str(values).startswith("WRONGTYPE"):
+            raise WrongTypeError()
+        raise values
     if all(v is None for v in values):
         raise AIError(messages.MODEL_EMPTY)
     return meta_from_fields(values)
+
+
+def read_meta_plan(key: str) -> Plan[ModelMeta]:
+    """The model's metadata, or RedisAI's errors for a missing key or another kind of key."""
+    replies = yield Batch.one("HMGET", key, *META_FIELDS)
+    return check_meta_reply(replies[0])
+
+
+def read_meta(r: redis.Redis, key: str) -> ModelMeta:
+    return plans.run(r, read_meta_plan(key))
+
+
+def read_model_plan(key: str) -> Plan[tuple[ModelMeta, bytes]]:
+    """Metadata and blob read in one transaction, so both belong to the same stored version."""
+    meta = yield from read_meta_plan(key)
+    for _ in range(READ_ATTEMPTS):
+        _check_chunk_count(key, meta.chunks)
+        values, chunks = yield Batch(
+            [("HMGET", key, *META_FIELDS), ("HMGET", key, *_chunk_fields(meta.chunks))],
+            transaction=True,
+        )
+        current = check_meta_reply(values)
+        if isinstance(chunks, Exception):
+            raise chunks
+        if current.chunks == meta.chunks or current.chunks == 0:
+            return current, _join(chunks, current.chunks)
+        meta = current  # replaced between the two reads with another chunk count: read again
+    raise AIError("model is being replaced too often to read")
 
 
 def read_model(r: redis.Redis, key: str, max_bytes: int | None = None) -> tuple[ModelMeta, bytes]:
@@ -240,18 +274,7 @@ def read_model(r: redis.Redis, key: str, max_bytes: int | None = None) -> tuple[
     """
     if max_bytes:
         return _read_model_within(r, key, max_bytes)
-    meta = read_meta(r, key)
-    for _ in range(READ_ATTEMPTS):
-        _check_chunk_count(key, meta.chunks)
-        pipe = r.pipeline(transaction=True)
-        pipe.hmget(key, list(META_FIELDS))
-        pipe.hmget(key, _chunk_fields(meta.chunks))
-        values, chunks = pipe.execute()
-        current = _meta_or_empty(values)
-        if current.chunks == meta.chunks or current.chunks == 0:
-            return current, _join(chunks, current.chunks)
-        meta = current  # replaced between the two reads with another chunk count: read again
-    raise AIError("model is being replaced too often to read")
+    return plans.run(r, read_model_plan(key))
 
 
 def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelMeta, bytes]:
@@ -273,7 +296,7 @@ def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelM
                 values, parts = pipe.execute()
             except redis.WatchError:
                 continue  # replaced after it was sized: size the new version
-            current = _meta_or_empty(values)
+            current = check_meta_reply(values)
             if current.chunks != chunks:  # a hand-written hash whose count is not a number
                 raise AIError(f"model '{key}' is corrupt: chunk count {current.chunks}")
             return current, _join(parts, current.chunks)
@@ -292,12 +315,6 @@ def _check_chunk_count(key: str, chunks: int) -> None:
         )
 
 
-def _meta_or_empty(values: Sequence[Any]) -> ModelMeta:
-    if all(v is None for v in values):
-        raise AIError(messages.MODEL_EMPTY)
-    return meta_from_fields(values)
-
-
 def _join(chunks: Sequence[Any], count: int) -> bytes:
     parts = chunks[:count]
     if any(c is None for c in parts):
@@ -305,30 +322,37 @@ def _join(chunks: Sequence[Any], count: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def delete_plan(keys: Keys, key: str) -> Plan[None]:
+    yield from read_meta_plan(key)  # the errors for missing/other keys
+    yield Batch(
+        [("DEL", key), ("SREM", keys.models, key), ("DEL", keys.stats(key))], transaction=True
+    )
+
+
 def delete_model(r: redis.Redis, keys: Keys, key: str) -> None:
-    read_meta(r, key)  # the errors for missing/other keys
-    pipe = r.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.srem(keys.models, key)
-    pipe.delete(keys.stats(key))
-    pipe.execute()
+    plans.run(r, delete_plan(keys, key))
 
 
-def scan_models(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
-    """(key, tag) of every stored model, dropping keys deleted behind aiworker's back."""
-    names = sorted(_text(k) for k in r.smembers(keys.models))  # type: ignore[union-attr]
+def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:
+    """(key, tag) of every stored model (or script), dropping keys deleted behind aiworker's
+    back."""
+    index = keys.models if kind == KIND_MODEL else keys.scripts
+    members = yield from plans.call("SMEMBERS", index)
+    names = sorted(_text(k) for k in members)
     if not names:
         return []
-    pipe = r.pipeline(transaction=False)
-    for name in names:
-        pipe.hmget(name, ["kind", "tag"])
+    replies = yield Batch([("HMGET", name, "kind", "tag") for name in names])
     found = []
     stale = []
-    for name, result in zip(names, pipe.execute(raise_on_error=False), strict=True):
-        if not isinstance(result, Exception) and _text(result[0]) == KIND_MODEL:
+    for name, result in zip(names, replies, strict=True):
+        if not isinstance(result, Exception) and _text(result[0]) == kind:
             found.append((name, _text(result[1])))
         else:
             stale.append(name)
     if stale:
-        r.srem(keys.models, *stale)
+        yield Batch.one("SREM", index, *stale)
     return found
+
+
+def scan_models(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+    return plans.run(r, scan_plan(keys))

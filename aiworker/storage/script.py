@@ -20,6 +20,9 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
+from aiworker.storage import model as model_store
+from aiworker.storage import plans
+from aiworker.storage.plans import Batch, Plan
 
 KIND_SCRIPT = "script"
 META_FIELDS = ("kind", "device", "tag", "entry_points", "digest")
@@ -87,15 +90,14 @@ def digest_of(source: str) -> str:
     return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
-def store_script(
-    r: redis.Redis,
+def store_plan(
     keys: Keys,
     key: str,
     device: str,
     source: str,
     entry_points: Sequence[str],
     tag: str = "",
-) -> ScriptMeta:
+) -> Plan[ScriptMeta]:
     """Replace the script at ``key`` atomically (and reset its statistics)."""
     meta = ScriptMeta(device, tag, tuple(entry_points), digest_of(source))
     fields = {
@@ -106,13 +108,29 @@ def store_script(
         "digest": meta.digest,
         "source": source,
     }
-    pipe = r.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-    pipe.sadd(keys.scripts, key)
-    pipe.delete(keys.stats(key))
-    pipe.execute()
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat += [name, value]
+    replies = yield Batch(
+        [("DEL", key), ("HSET", key, *flat), ("SADD", keys.scripts, key), ("DEL", keys.stats(key))],
+        transaction=True,
+    )
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
     return meta
+
+
+def store_script(
+    r: redis.Redis,
+    keys: Keys,
+    key: str,
+    device: str,
+    source: str,
+    entry_points: Sequence[str],
+    tag: str = "",
+) -> ScriptMeta:
+    return plans.run(r, store_plan(keys, key, device, source, entry_points, tag))
 
 
 def check_reply(values: Any) -> ScriptMeta:
@@ -126,49 +144,45 @@ def check_reply(values: Any) -> ScriptMeta:
     return meta_from_fields(values)
 
 
-def read_meta(r: redis.Redis, key: str) -> ScriptMeta:
+def read_meta_plan(key: str) -> Plan[ScriptMeta]:
     """The script's metadata; RedisAI's errors for a missing key or another kind of key."""
-    values: Any
-    try:
-        values = r.hmget(key, list(META_FIELDS))
-    except redis.ResponseError as exc:
-        values = exc
-    return check_reply(values)
+    replies = yield Batch.one("HMGET", key, *META_FIELDS)
+    return check_reply(replies[0])
 
 
-def read_script(r: redis.Redis, key: str) -> tuple[ScriptMeta, str]:
+def read_meta(r: redis.Redis, key: str) -> ScriptMeta:
+    return plans.run(r, read_meta_plan(key))
+
+
+def read_script_plan(key: str) -> Plan[tuple[ScriptMeta, str]]:
     """Metadata and source of one stored version (one HMGET)."""
-    try:
-        values = r.hmget(key, [*META_FIELDS, "source"])
-    except redis.ResponseError as exc:
-        check_reply(exc)  # raises WRONGTYPE
-        raise
+    replies = yield Batch.one("HMGET", key, *META_FIELDS, "source")
+    values = replies[0]
+    if isinstance(values, Exception):
+        check_reply(values)  # raises WRONGTYPE
+        raise values
     return check_reply(values[:-1]), _text(values[-1])
 
 
+def read_script(r: redis.Redis, key: str) -> tuple[ScriptMeta, str]:
+    return plans.run(r, read_script_plan(key))
+
+
+def delete_plan(keys: Keys, key: str) -> Plan[None]:
+    yield from read_meta_plan(key)  # the errors for missing/other keys
+    yield Batch(
+        [("DEL", key), ("SREM", keys.scripts, key), ("DEL", keys.stats(key))], transaction=True
+    )
+
+
 def delete_script(r: redis.Redis, keys: Keys, key: str) -> None:
-    read_meta(r, key)  # the errors for missing/other keys
-    pipe = r.pipeline(transaction=True)
-    pipe.delete(key)
-    pipe.srem(keys.scripts, key)
-    pipe.delete(keys.stats(key))
-    pipe.execute()
+    plans.run(r, delete_plan(keys, key))
+
+
+def scan_plan(keys: Keys) -> Plan[list[tuple[str, str]]]:
+    """(key, tag) of every stored script, dropping keys deleted behind aiworker's back."""
+    return (yield from model_store.scan_plan(keys, KIND_SCRIPT))
 
 
 def scan_scripts(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
-    """(key, tag) of every stored script, dropping keys deleted behind aiworker's back."""
-    names = sorted(_text(k) for k in r.smembers(keys.scripts))  # type: ignore[union-attr]
-    if not names:
-        return []
-    pipe = r.pipeline(transaction=False)
-    for name in names:
-        pipe.hmget(name, ["kind", "tag"])
-    found, stale = [], []
-    for name, result in zip(names, pipe.execute(raise_on_error=False), strict=True):
-        if not isinstance(result, Exception) and _text(result[0]) == KIND_SCRIPT:
-            found.append((name, _text(result[1])))
-        else:
-            stale.append(name)
-    if stale:
-        r.srem(keys.scripts, *stale)
-    return found
+    return plans.run(r, scan_plan(keys))

@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 
+from aiworker.storage.plans import Batch, Plan
+
 
 class LuaScript:
     """One script: its source, its SHA-1, and a call that loads it when Redis lacks it."""
@@ -31,6 +33,14 @@ class LuaScript:
         except redis.exceptions.NoScriptError:
             r.script_load(self.source)
             return r.evalsha(self.sha, len(keys), *keys, *args)
+
+    def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
+        """The same call as a plan step (replies with the error in place, as batches do);
+        falls back to EVAL with the source when Redis lacks the script."""
+        replies = yield Batch.one("EVALSHA", self.sha, len(keys), *keys, *args)
+        if isinstance(replies[0], redis.exceptions.NoScriptError):
+            replies = yield Batch.one("EVAL", self.source, len(keys), *keys, *args)
+        return replies[0]
 
 
 @functools.cache

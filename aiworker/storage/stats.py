@@ -13,6 +13,8 @@ import redis
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
+from aiworker.storage import plans
+from aiworker.storage.plans import Batch, Plan
 
 COUNTERS = ("duration", "samples", "calls", "errors")
 
@@ -43,12 +45,18 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
-def info(r: redis.Redis, keys: Keys, key: str) -> dict[str, Any]:
+def info_plan(keys: Keys, key: str) -> Plan[dict[str, Any]]:
     """RedisAI's AI.INFO fields for a model or script, summed over every worker."""
-    pipe = r.pipeline(transaction=True)
-    pipe.hmget(key, ["kind", "backend", "device", "tag"])
-    pipe.hmget(keys.stats(key), list(COUNTERS))
-    (kind, backend, device, tag), counters = pipe.execute()
+    replies = yield Batch(
+        [("HMGET", key, "kind", "backend", "device", "tag"), ("HMGET", keys.stats(key), *COUNTERS)],
+        transaction=True,
+    )
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE"):
+            raise AIError(messages.INFO_EMPTY)
+        if isinstance(reply, Exception):
+            raise reply
+    (kind, backend, device, tag), counters = replies
     kind_text = _text(kind)
     if kind_text not in ("model", "script"):
         raise AIError(messages.INFO_EMPTY)
@@ -67,9 +75,18 @@ def info(r: redis.Redis, keys: Keys, key: str) -> dict[str, Any]:
     }
 
 
-def reset(r: redis.Redis, keys: Keys, key: str) -> None:
+def info(r: redis.Redis, keys: Keys, key: str) -> dict[str, Any]:
+    return plans.run(r, info_plan(keys, key))
+
+
+def reset_plan(keys: Keys, key: str) -> Plan[None]:
     """RedisAI's AI.INFO key RESETSTAT."""
-    kind = _text(r.hget(key, "kind"))
-    if kind not in ("model", "script"):
+    replies = yield Batch.one("HGET", key, "kind")
+    kind = replies[0]
+    if isinstance(kind, Exception) or _text(kind) not in ("model", "script"):
         raise AIError(messages.INFO_EMPTY)
-    r.delete(keys.stats(key))
+    yield Batch.one("DEL", keys.stats(key))
+
+
+def reset(r: redis.Redis, keys: Keys, key: str) -> None:
+    plans.run(r, reset_plan(keys, key))

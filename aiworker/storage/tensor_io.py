@@ -1,7 +1,12 @@
-"""Tensor reads and writes against Redis (the codec itself lives in ``tensor.py``)."""
+"""Tensor reads and writes against Redis (the codec itself lives in ``tensor.py``).
+
+Each operation is a plan (``storage.plans``) so that blocking and asyncio clients share it; the
+plain functions run it on a ``redis.Redis``.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -9,8 +14,10 @@ import redis
 
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
-from aiworker.storage import scripts
+from aiworker.protocol.keys import Keys
+from aiworker.storage import plans, scripts
 from aiworker.storage import tensor as codec
+from aiworker.storage.plans import Batch, Plan
 
 
 def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
@@ -20,55 +27,42 @@ def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> Non
 
 
 _WRITE = scripts.load("tensor_write")
-
+_MOVE = scripts.load("tensor_move")
 
 # Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.
 LARGE_TENSOR = 1 << 20
-# WATCH conflicts tolerated by one large write; a key rewritten this often by others is contended
-# beyond reason, and retrying forever would pin the worker thread.
-WATCH_ATTEMPTS = 50
+# A large tensor's temporary copy outlives a client that died between the two round trips
+# by at most this long.
+TEMP_TTL_MS = 60_000
 
 
-def write(r: redis.Redis, key: str, array: np.ndarray) -> None:
-    """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor."""
+def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Plan[None]:
+    """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor.
+
+    Small tensors go through one Lua call. A large blob is written to a temporary key in a plain
+    HSET (no Lua argument copies) and then renamed onto the key by a script that checks its type.
+    """
     fields = codec.encode_fields(array)
-    if len(fields["blob"]) > LARGE_TENSOR:
-        _write_large(r, key, fields)
-        return
-    args: list[Any] = []
+    flat: list[Any] = []
     for name, value in fields.items():
-        args += [name, value]
-    try:
-        _WRITE(r, [key], args)
-    except redis.ResponseError as exc:
-        decode_reply(exc)
-        raise
+        flat += [name, value]
+    if len(fields["blob"]) > LARGE_TENSOR:
+        temp = (keyspace or Keys()).temp(key, uuid.uuid4().hex)
+        yield Batch(
+            [("DEL", temp), ("HSET", temp, *flat), ("PEXPIRE", temp, TEMP_TTL_MS)],
+            transaction=True,
+        )
+        reply = yield from _MOVE.plan([key, temp])
+    else:
+        reply = yield from _WRITE.plan([key], flat)
+    if isinstance(reply, Exception):
+        decode_reply(reply)  # raises WRONGTYPE as ours
+        raise reply
 
 
-def _write_large(r: redis.Redis, key: str, fields: dict[str, Any]) -> None:
-    """The same check and replace as ``_WRITE``, under WATCH so the blob is sent as a plain HSET
-    argument: the type check and the write are two round trips, retried (a bounded number of
-    times) if the key changed in between."""
-    with r.pipeline(transaction=True) as pipe:
-        for _ in range(WATCH_ATTEMPTS):
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                kind = pipe.type(key)
-                if kind not in (b"none", "none"):
-                    tag = pipe.hget(key, "kind") if kind in (b"hash", "hash") else None
-                    if tag not in (b"tensor", "tensor"):
-                        raise WrongTypeError()
-                pipe.multi()
-                pipe.delete(key)
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                pipe.execute()
-                return
-            except redis.WatchError:
-                continue
-    raise AIError(
-        f"tensor '{key}' was changed by other clients during each of {WATCH_ATTEMPTS} attempts "
-        "to write it; nothing was written"
-    )
+def write(r: redis.Redis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
+    """Store ``array`` at ``key`` (see ``write_plan``)."""
+    plans.run(r, write_plan(key, array, keyspace))
 
 
 def decode_reply(reply: Any) -> np.ndarray:
@@ -85,23 +79,28 @@ def decode_reply(reply: Any) -> np.ndarray:
     return codec.decode_fields(reply)
 
 
-def read(r: redis.Redis, key: str) -> np.ndarray:
+def read_plan(key: str) -> Plan[np.ndarray]:
     """The tensor at ``key`` (read-only array); RedisAI's errors for missing or other keys."""
-    reply: Any
-    try:
-        reply = r.hgetall(key)
-    except redis.ResponseError as exc:
-        reply = exc
-    return decode_reply(reply)
+    replies = yield Batch.one("HGETALL", key)
+    return decode_reply(replies[0])
+
+
+def read(r: redis.Redis, key: str) -> np.ndarray:
+    return plans.run(r, read_plan(key))
+
+
+def read_meta_plan(key: str) -> Plan[tuple[str, tuple[int, ...]]]:
+    """(dtype, shape) without transferring the blob."""
+    replies = yield Batch([("HMGET", key, "kind", "dtype", "shape"), ("EXISTS", key)])
+    fields, exists = replies
+    if isinstance(fields, Exception):
+        decode_reply(fields)
+        raise fields
+    kind, dtype, shape = fields
+    if kind is None and dtype is None and shape is None and not exists:
+        raise AIError(messages.TENSOR_EMPTY)
+    return codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})
 
 
 def read_meta(r: redis.Redis, key: str) -> tuple[str, tuple[int, ...]]:
-    """(dtype, shape) without transferring the blob."""
-    try:
-        kind, dtype, shape = r.hmget(key, ["kind", "dtype", "shape"])
-    except redis.ResponseError as exc:
-        decode_reply(exc)
-        raise
-    if kind is None and dtype is None and shape is None and not r.exists(key):
-        raise AIError(messages.TENSOR_EMPTY)
-    return codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})
+    return plans.run(r, read_meta_plan(key))

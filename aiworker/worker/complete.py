@@ -27,7 +27,7 @@ import redis
 
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.protocol import replies
-from aiworker.protocol.entries import ENQUEUED_FIELD, entry_time_ms
+from aiworker.protocol.entries import ENQUEUED_FIELD, ORIGIN_FIELD, entry_time_ms
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import Job
@@ -207,16 +207,17 @@ class Completer:
         fields = {_text(k): v for k, v in item.fields.items()}
         if item.job is not None:  # TIMEOUT keeps counting from the first enqueue
             fields[ENQUEUED_FIELD] = str(item.job.enqueued_ms)
+            fields[ORIGIN_FIELD] = item.job.origin or item.entry_id  # the id its reply carries
         return Record(self.keys.queue(item.outcome.forward_queue), fields)
 
     def _reply(self, item: Finished) -> dict[str, Any]:
         outcome = item.outcome
         queue_ms = None
         if item.started is not None:
-            queue_ms = max(0, int(item.started * 1000) - entry_time_ms(item.entry_id))
+            queue_ms = max(0, int(item.started * 1000) - _enqueued_ms(item))
         compute_ms = round(outcome.duration_us / 1000, 3) if outcome.duration_us else None
         return replies.build_reply(
-            item.entry_id,
+            item.job.origin if item.job is not None and item.job.origin else item.entry_id,
             self.worker_name,
             outcome.status,
             outcome.error,
@@ -265,7 +266,7 @@ class Completer:
         if outcome.status == "ok":
             waited = None
             if item.started is not None:
-                waited = item.started - entry_time_ms(item.entry_id) / 1000
+                waited = item.started - _enqueued_ms(item) / 1000
             batch = outcome.reply_fields.get("batch", {}).get("requests", 1)
             self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch, waited)
             return
@@ -278,6 +279,11 @@ class Completer:
             outcome.error,
             extra={**extra, "reason": reason},
         )
+
+
+def _enqueued_ms(item: Finished) -> int:
+    """When the requester enqueued the job (before any forward to another device queue)."""
+    return item.job.enqueued_ms if item.job is not None else entry_time_ms(item.entry_id)
 
 
 def _result(row: Sequence[Any]) -> Result:

@@ -76,6 +76,7 @@ class QueueScheduler:
         self.wires = wires
         self.threads = threads
         self.held = completer.held
+        self._entry_limit = max(limits.MAX_ENTRY_BYTES, executor.limits.max_model_bytes)
         self.batching: Callable[[str], QueueScheduler | None] = lambda queue: None
         self.stopping = threading.Event()
         self._cond = threading.Condition()
@@ -152,8 +153,11 @@ class QueueScheduler:
         jobs: list[tuple[Job, Mapping[Any, Any]]] = []
         for entry_id, fields in entries:
             try:
-                limits.check_entry(fields)
+                # only a structured entry can be a MODELVERIFY with a model blob in it
+                structured = b"job" in fields or "job" in fields
+                size = limits.check_entry(fields, self._entry_limit if structured else 0)
                 job = decode_entry(entry_id, fields, self.keys)
+                limits.check_entry_for(job.request.op, size)
             except Exception as exc:  # any malformed entry: its requester is told, alone
                 error = str(exc) if isinstance(exc, AIError) else f"malformed job entry: {exc!r}"
                 reply = reply_key_of(fields, self.keys)

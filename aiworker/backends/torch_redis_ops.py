@@ -1,0 +1,272 @@
+"""RedisAI 1.2's Redis calls inside TorchScript scripts: ``redis.execute``, ``redis.asList`` and
+``redisAI.model_execute``, registered as custom TorchScript ops (``torch.library``).
+
+As in RedisAI, a script names them bare (``redis.execute("SET", key, value)``; the last argument
+may also be a list of strings) and ``compile_script`` resolves ``redis``/``redisAI`` to these op
+namespaces. A call runs one Redis command through the ``ScriptContext`` the worker gave the
+running SCRIPTEXECUTE (set around the call by ``calling``; a contextvar, as scripts run on
+several threads at once), and its reply becomes a TorchScript value: a string, an int, None or a
+list of them. A failure raises ``Redis command returned an error: <Redis' error>``, RedisAI's text.
+
+What a script may touch is what its request declared in KEYS (RedisAI's rule; it enforced it on a
+cluster): each key a command names (``command_keys``) must be a declared key or share the hash
+tag of a declared ``{tag}``; commands that reach beyond their keys (admin, blocking, pub/sub,
+scripting, transactions, connection state) are refused outright. ``redis.asString``,
+``redis.asInt`` and ``redis.asDouble`` are aiworker additions (RedisAI scripts wrote ``str(v)``,
+``int(str(v))``); the rest is RedisAI's API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from aiworker.backends.base import ScriptContext
+from aiworker.protocol import messages
+
+_CONTEXT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
+    "aiworker_script_context", default=None
+)
+ERROR_PREFIX = "Redis command returned an error: "
+
+# Where the keys of common commands are (COMMAND INFO's first key, last key, step); others
+# are asked of Redis (COMMAND GETKEYS). 0 keys: the command touches no key.
+KEY_SPECS: dict[str, tuple[int, int, int]] = {
+    **dict.fromkeys(("PING", "ECHO", "TIME"), (0, 0, 0)),
+    **dict.fromkeys(("DEL", "UNLINK", "EXISTS", "MGET", "TOUCH"), (1, -1, 1)),
+    **dict.fromkeys(("MSET", "MSETNX"), (1, -1, 2)),
+    **dict.fromkeys(
+        (
+            "GET", "SET", "SETNX", "SETEX", "PSETEX", "GETSET", "GETDEL", "GETEX", "APPEND",
+            "STRLEN", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "GETRANGE", "SETRANGE",
+            "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "TTL", "PTTL", "PERSIST", "TYPE",
+            "HSET", "HSETNX", "HMSET", "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN",
+            "HDEL", "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN",
+            "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LPOP", "RPOP", "LRANGE", "LLEN", "LINDEX",
+            "LSET", "LREM", "LTRIM", "LINSERT", "LPOS",
+            "SADD", "SREM", "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD", "SPOP",
+            "SRANDMEMBER",
+            "ZADD", "ZREM", "ZRANGE", "ZREVRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZMSCORE", "ZCARD",
+            "ZINCRBY", "ZRANK", "ZREVRANK", "ZCOUNT", "ZPOPMIN", "ZPOPMAX",
+            "XADD", "XLEN", "XRANGE", "XREVRANGE", "XDEL", "XTRIM",
+            "PFADD", "PFCOUNT", "GETBIT", "SETBIT", "BITCOUNT",
+        ),
+        (1, 1, 1),
+    ),
+}  # fmt: skip
+# ACL categories whose commands reach beyond the keys they name, or change the connection.
+REFUSED_CATEGORIES = frozenset(
+    ("@admin", "@dangerous", "@blocking", "@pubsub", "@connection", "@transaction", "@scripting")
+)
+
+
+def refused(message: str) -> RuntimeError:
+    return RuntimeError(ERROR_PREFIX + message)
+
+
+@contextlib.contextmanager
+def calling(context: ScriptContext | None) -> Iterator[None]:
+    """Make ``context`` what this thread's ``redis.*`` calls use while a script runs."""
+    token = _CONTEXT.set(context)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _context() -> ScriptContext:
+    context = _CONTEXT.get()
+    if context is None or context.redis_call is None:
+        raise refused("ERR Redis commands are not available to this script run")
+    return context
+
+
+def _hash_tag(key: str) -> str | None:
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return None
+
+
+def key_allowed(key: str, declared: Sequence[str]) -> bool:
+    """A key is declared itself, or shares the hash tag a declared ``{tag}`` names (RedisAI's
+    KEYS could name "a tag which all those keys share")."""
+    if key in declared:
+        return True
+    tag = _hash_tag(key)
+    return tag is not None and any(d == "{" + tag + "}" for d in declared)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _command_info(call: Callable[..., Any], name: str, args: Sequence[str]) -> list[Any]:
+    """COMMAND INFO of a command, or of its subcommand (``CONFIG|SET``) for container commands."""
+    info = call("COMMAND", "INFO", name)
+    entry = info[0] if isinstance(info, list) and info else None
+    if not entry:
+        raise refused(f"ERR unknown command '{name.lower()}'")
+    if len(entry) > 9 and entry[9] and args:  # Redis 7: a container's subcommands
+        info = call("COMMAND", "INFO", f"{name}|{args[0]}")
+        entry = info[0] if isinstance(info, list) and info else None
+        if not entry:
+            raise refused(f"ERR unknown subcommand '{args[0]}' for '{name.lower()}'")
+    return list(entry)
+
+
+def command_keys(call: Callable[..., Any], name: str, args: Sequence[str]) -> list[str]:
+    """The keys a command touches, refusing the commands no script may run: those that name no
+    key (but PING, ECHO, TIME) or that reach past their keys (``REFUSED_CATEGORIES``)."""
+    spec = KEY_SPECS.get(name)
+    if spec is not None:
+        first, last, step = spec
+        if not first:
+            return []
+        stop = len(args) if last < 0 else min(last, len(args))
+        return [args[i - 1] for i in range(first, stop + 1, step)]
+    entry = _command_info(call, name, args)
+    flags = {_text(f) for f in entry[2]} if len(entry) > 2 else set()
+    categories = {_text(c) for c in entry[6]} if len(entry) > 6 else set()
+    keyless = int(entry[3] or 0) == 0 and "movablekeys" not in flags
+    if "noscript" in flags or categories & REFUSED_CATEGORIES or keyless:
+        raise refused(f"ERR command '{name.lower()}' may not be called from a script")
+    try:
+        return [_text(k) for k in call("COMMAND", "GETKEYS", name, *args)]
+    except Exception as exc:  # e.g. wrong arity: Redis says so, as it would have to the command
+        raise _as_error(exc) from None
+
+
+def _as_error(exc: BaseException) -> RuntimeError:
+    message = str(exc)
+    head = message.split(" ", 1)[0]
+    if not (head.isupper() and head.isalpha()):  # redis-py strips the ERR prefix
+        message = "ERR " + message
+    return refused(message)
+
+
+def _reply(value: Any) -> Any:
+    """A Redis reply as a TorchScript value (RedisAI: strings, ints, None, nested lists)."""
+    if isinstance(value, BaseException):
+        raise _as_error(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _text(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple, set)):
+        return [_reply(item) for item in value]
+    if isinstance(value, dict):  # a client that parsed a flat reply into a mapping
+        return [_reply(item) for pair in value.items() for item in pair]
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def execute(fn_name: str, args: list[str]) -> Any:
+    """``redis.execute(command, *args)``: one Redis command on the declared keys."""
+    context = _context()
+    assert context.redis_call is not None
+    name = fn_name.upper()
+    for key in command_keys(context.redis_call, name, args):
+        if not key_allowed(key, context.keys):
+            raise refused(f"ERR key '{key}' is not declared in the script's KEYS")
+    try:
+        reply = context.redis_call(fn_name, *args)
+    except Exception as exc:
+        raise _as_error(exc) from None
+    return _reply(reply)
+
+
+def as_list(value: Any) -> list[Any]:
+    """``redis.asList(reply)``: an array reply as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def as_string(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def as_int(value: Any) -> int:
+    return int(str(value))
+
+
+def as_double(value: Any) -> float:
+    return float(str(value))
+
+
+def model_execute(model_key: str, inputs: list[torch.Tensor], num_outputs: int) -> list[Any]:
+    """``redisAI.model_execute(key, tensors, n)``: run a stored model (declared in KEYS) on
+    tensors and return its ``n`` outputs."""
+    context = _CONTEXT.get()
+    if context is None or context.run_model is None:
+        raise RuntimeError("RedisAI models cannot be run from this script run")
+    if not key_allowed(model_key, context.keys):
+        raise refused(f"ERR key '{model_key}' is not declared in the script's KEYS")
+    device = inputs[0].device if inputs else torch.device("cpu")
+    arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in inputs]
+    outputs = context.run_model(model_key, arrays)
+    if len(outputs) != num_outputs:
+        raise RuntimeError(messages.MODEL_OUTPUT_COUNT)
+    return [torch.from_numpy(np.array(out, copy=True)).to(device) for out in outputs]
+
+
+# registration ------------------------------------------------------------------------------
+
+_LIBRARIES: list[torch.library.Library] = []
+
+
+def _register() -> None:
+    """Define the ops once per process. CONSERVATIVE alias analysis marks them as having side
+    effects, so TorchScript never drops a call whose result is unused (``redis.execute("SET",
+    ...)``)."""
+    if _LIBRARIES:
+        return
+    redis_lib = torch.library.Library("redis", "DEF")  # type: ignore[no-untyped-call]
+    ops: list[tuple[torch.library.Library, str, Callable[..., Any]]] = [
+        (redis_lib, "execute(str fn_name, str[] args) -> Any", execute),
+        (redis_lib, "asList(Any v) -> Any[]", as_list),
+        (redis_lib, "asString(Any v) -> str", as_string),
+        (redis_lib, "asInt(Any v) -> int", as_int),
+        (redis_lib, "asDouble(Any v) -> float", as_double),
+    ]
+    redisai_lib = torch.library.Library("redisAI", "DEF")  # type: ignore[no-untyped-call]
+    ops.append(
+        (
+            redisai_lib,
+            "model_execute(str model_key, Tensor[] inputs, int num_outputs) -> Tensor[]",
+            model_execute,
+        )
+    )
+    for library, schema, function in ops:
+        library.define(schema, alias_analysis="CONSERVATIVE")  # type: ignore[no-untyped-call]
+        library.impl(schema.split("(", 1)[0], function, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+    _LIBRARIES.extend((redis_lib, redisai_lib))
+
+
+_register()
+
+# Names a script's source may use: TorchScript's own, plus RedisAI's two namespaces (matched
+# case-insensitively, as RedisAI's resolver did).
+_NAMES: dict[str, Any] = {
+    "torch": torch,
+    "math": math,
+    "redis": torch.ops.redis,
+    "redisai": torch.ops.redisAI,
+}
+
+
+def resolve(name: str) -> Any:
+    """Resolution callback for compiling script source."""
+    if name in ("torch", "math"):
+        return _NAMES[name]
+    if name.lower() in ("redis", "redisai"):
+        return _NAMES[name.lower()]
+    return None

@@ -1,0 +1,220 @@
+"""The client methods that become jobs (MODELEXECUTE, SCRIPTEXECUTE, their deprecated forms, the
+one-round-trip ``run``) and the model check at store time (MODELVERIFY), as ``ops.Op`` plans."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aiworker.client import commands, waiting
+from aiworker.client.commands import text
+from aiworker.client.ops import Op, State, Submit, VerifyHere
+from aiworker.client.verify import UnverifiedModelWarning
+from aiworker.devices import parse_device
+from aiworker.parser import parse_command
+from aiworker.protocol import replies
+from aiworker.protocol.errors import AIError, JobTimedOut, NoLiveWorker, ReplyTimeout
+from aiworker.protocol.requests import (
+    DagExecute,
+    ModelExecute,
+    ModelVerify,
+    Request,
+    ScriptExecute,
+    TensorGet,
+    TensorSet,
+)
+from aiworker.storage import health, tensor_io
+from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
+from aiworker.storage import tensor as codec
+from aiworker.storage.plans import Plan
+
+# How long a model check at store time may take a worker, and the largest blob sent for one.
+VERIFY_TIMEOUT_S = 15.0
+MAX_VERIFY_BYTES = 256 * 1024 * 1024
+
+
+def job_result(state: State, reply: Mapping[str, Any]) -> Any:
+    """RedisAI's reply to MODELEXECUTE/SCRIPTEXECUTE: ``OK``, ``TIMEDOUT`` (RedisAI answered a
+    request whose TIMEOUT passed with this simple string, not an error), or the error raised."""
+    status = reply.get("status")
+    if status == "ok":
+        return state.ok()
+    if status == "timedout":
+        return b"TIMEDOUT" if state.raw else "TIMEDOUT"
+    raise replies.error_of(str(reply.get("error") or "job failed"))
+
+
+def queue_plan(state: State, request: Request, strict: bool = False) -> Plan[str]:
+    """The device queue a request goes to: its model's or script's device; for a DAG, that of its
+    first model or script op (CPU for tensor-only DAGs). A missing or wrong key raises RedisAI's
+    error when ``strict`` (nothing is queued), else gives CPU: the worker answers with it."""
+    try:
+        if isinstance(request, ModelExecute):
+            return (yield from state.queue_plan(request.key, model_store.read_meta_plan))
+        if isinstance(request, ScriptExecute):
+            return (yield from state.queue_plan(request.key, script_store.read_meta_plan))
+    except AIError:
+        if strict:
+            raise
+        return "CPU"
+    if isinstance(request, DagExecute):
+        for op in request.ops:
+            if isinstance(op, (ModelExecute, ScriptExecute)):
+                return (yield from queue_plan(state, op))
+    return "CPU"
+
+
+def submit_plan(state: State, request: Request) -> Plan[dict[str, Any]]:
+    """Queue ``request`` on its device and wait for the reply; a single MODELEXECUTE or
+    SCRIPTEXECUTE on a missing or wrong key fails before anything is queued."""
+    queue = yield from queue_plan(state, request, strict=not isinstance(request, DagExecute))
+    reply: dict[str, Any] = yield Submit(queue, request)
+    return reply
+
+
+def _job(state: State, tokens: list[Any]) -> Op:
+    request = parse_command([text(t) for t in tokens])
+
+    def plan() -> Plan[Any]:
+        reply = yield from submit_plan(state, request)
+        return job_result(state, reply)
+
+    return Op(tokens, plan())
+
+
+def modelexecute(state: State, key: Any, inputs: Any, outputs: Any, timeout: Any = None) -> Op:
+    return _job(state, commands.modelexecute(key, inputs, outputs, timeout))
+
+
+def modelrun(state: State, key: Any, inputs: Any, outputs: Any) -> Op:
+    return _job(state, commands.modelrun(key, inputs, outputs))
+
+
+def scriptexecute(
+    state: State,
+    key: Any,
+    function: Any,
+    keys: Any = None,
+    inputs: Any = None,
+    args: Any = None,
+    outputs: Any = None,
+    timeout: Any = None,
+) -> Op:
+    return _job(state, commands.scriptexecute(key, function, keys, inputs, args, outputs, timeout))
+
+
+def scriptrun(state: State, key: Any, function: Any, inputs: Any, outputs: Any) -> Op:
+    return _job(state, commands.scriptrun(key, function, inputs, outputs))
+
+
+# the one-round-trip call -------------------------------------------------------------------
+
+
+def run(
+    state: State,
+    model_key: str,
+    inputs: Mapping[str, Any],
+    outputs: Sequence[str],
+    timeout: int | None = None,
+) -> Op:
+    """One DAG request: the inputs travel inside the job (TENSORSET ops), the model runs once and
+    the outputs come back in the reply (TENSORGET ops); no key but the model is touched."""
+    sets = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        commands.array_dtype(array)  # redisai-py's TypeError for unsupported types
+        array = codec.as_array(array)
+        sets.append(
+            TensorSet(name, codec.dtype_of(array), array.shape, bytes(codec.to_blob(array)))
+        )
+    outs = tuple(commands.listify(outputs))
+    ops: list[Any] = [*sets, ModelExecute(model_key, tuple(inputs), tuple(map(str, outs)))]
+    ops += [TensorGet(str(name), meta=True, data="BLOB") for name in outs]
+    request = DagExecute(ops=tuple(ops), timeout_ms=timeout, readonly=True)
+    tokens: list[Any] = ["AI.DAGEXECUTE_RO", "ROUTING", model_key]
+    if timeout is not None:
+        tokens += ["TIMEOUT", timeout]
+    for op in sets:
+        tokens += ["|>", "AI.TENSORSET", op.key, op.dtype, *op.shape, "BLOB", op.blob]
+    tokens += ["|>", "AI.MODELEXECUTE", model_key, "INPUTS", len(sets), *inputs]
+    tokens += ["OUTPUTS", len(outs), *outs]
+    for name in outs:
+        tokens += ["|>", "AI.TENSORGET", name, "META", "BLOB"]
+
+    def plan() -> Plan[dict[str, np.ndarray]]:
+        queue = yield from state.queue_plan(model_key, model_store.read_meta_plan)
+        reply = yield Submit(queue, request)
+        if reply.get("status") == "timedout":
+            raise JobTimedOut()
+        results = reply.get("results")
+        if results is None or reply.get("status") == "error":
+            failed = [r for r in results or [] if isinstance(r, dict) and "error" in r]
+            message = failed[0]["error"] if failed else reply.get("error") or "job failed"
+            raise replies.error_of(str(message))
+        found: dict[str, np.ndarray] = {}
+        for name, entry in zip(outs, results[len(sets) + 1 :], strict=True):
+            if "key" in entry:  # a JSON reply spilled a large tensor to a key
+                found[str(name)] = yield from tensor_io.read_plan(str(entry["key"]))
+                continue
+            _, _, array = replies.decode_tensor(entry, lambda key: np.zeros(0))
+            assert array is not None
+            found[str(name)] = array
+        return found
+
+    return Op(tokens, plan())
+
+
+# checking a model at store time ------------------------------------------------------------
+
+
+def verify_plan(
+    state: State,
+    key: str,
+    backend: str,
+    device: str,
+    blob: Any,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    batchsize: int,
+) -> Plan[None]:
+    """Refuse a blob that does not load, as RedisAI did at MODELSTORE: load it here when its
+    framework is importable; else ask a live worker serving the device (MODELVERIFY: its reply
+    says ``loaded`` true or false); else let it be stored with an ``UnverifiedModelWarning``."""
+    loaded = yield VerifyHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
+    if loaded:
+        return
+    queue = parse_device(device).queue
+    why = f"backend {backend} cannot be imported in this process"
+    size = len(memoryview(blob).cast("B"))
+    if size > MAX_VERIFY_BYTES:
+        why += f" and the blob is larger than {MAX_VERIFY_BYTES} bytes to send to a worker"
+    else:
+        statuses = yield from health.live_workers_plan(state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+        if not waiting.serves(statuses, queue):
+            why += f" and no live worker serves queue {queue}"
+        else:
+            request = ModelVerify(
+                backend, device, bytes(memoryview(blob).cast("B")), tuple(inputs), tuple(outputs),
+                batchsize,
+            )  # fmt: skip
+            try:
+                reply = yield Submit(queue, request, limit=VERIFY_TIMEOUT_S)
+            except (ReplyTimeout, NoLiveWorker):
+                reply = {"status": "error", "error": f"no answer from queue {queue}"}
+            # a verdict carries "loaded"; any other answer (a worker without MODELVERIFY, an
+            # entry it refused) means the model could not be checked
+            if reply.get("loaded") is True:
+                return
+            message = str(reply.get("error") or "")
+            if reply.get("loaded") is False:
+                raise replies.error_of(message or "model does not load")
+            why += f" and the worker serving queue {queue} could not check it ({message})"
+    warnings.warn(
+        f"model {key} was stored without being verified: {why}",
+        UnverifiedModelWarning,
+        stacklevel=2,
+    )

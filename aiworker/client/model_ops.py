@@ -1,0 +1,119 @@
+"""The model methods (MODELSTORE, MODELGET, MODELDEL) as ``ops.Op`` plans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
+from aiworker.client import commands, raw
+from aiworker.client.commands import text
+from aiworker.client.ops import Op, Print, State, chunk_size_plan, writable_plan
+from aiworker.protocol import messages
+from aiworker.protocol.errors import AIError
+from aiworker.storage import model as model_store
+from aiworker.storage.plans import Plan
+
+
+def modelstore(
+    state: State,
+    key: Any,
+    backend: str,
+    device: str,
+    data: Any,
+    batch: int | None = None,
+    minbatch: int | None = None,
+    minbatchtimeout: int | None = None,
+    tag: Any = None,
+    inputs: Any = None,
+    outputs: Any = None,
+    *,
+    verify: Callable[..., Plan[None]] | None = None,
+    legacy: bool = False,
+) -> Op:
+    """AI.MODELSTORE (``legacy``: the deprecated AI.MODELSET's checks). As redisai-py, the current
+    MODEL_CHUNK_SIZE is read first and the blob sent in chunks of it. ``verify`` is the plan that
+    refuses a blob that does not load (``job_ops.verify_plan``)."""
+    io_backends = set(io_name_backends())
+    backends = set(known_backends())
+    tokens: list[Any] = []
+    if legacy:  # redisai-py's MODELSET checks came first and did not read the chunk size
+        tokens = commands.modelset(
+            key, backend, device, data, batch, minbatch, tag, inputs, outputs,
+            backends=backends, io_backends=io_backends,
+        )  # fmt: skip
+    in_names = [text(n) for n in commands.listify(inputs)] if inputs is not None else []
+    out_names = [text(n) for n in commands.listify(outputs)] if outputs is not None else []
+
+    def plan() -> Plan[Any]:
+        nonlocal tokens
+        if not legacy:
+            yield Print(commands.config("MODEL_CHUNK_SIZE"))
+        size = yield from chunk_size_plan(state)
+        if not legacy:
+            optional = data is not None and io_names_optional(backend, data)
+            tokens = commands.modelstore(
+                key, backend, device, data, batch, minbatch, minbatchtimeout, tag, inputs,
+                outputs, chunk_size=size, backends=backends, io_backends=io_backends,
+                io_optional=optional,
+            )  # fmt: skip
+        yield Print(tokens)
+        if not len(data):
+            raise AIError(messages.MODEL_NO_BLOB)
+        checked = io_backends
+        if not in_names and not out_names and io_names_optional(backend, data):
+            checked = {b for b in io_backends if b != backend.upper()}
+        name, device_name = model_store.validate_meta(
+            backend,
+            device,
+            known_backends=sorted(backends),
+            io_backends=sorted(checked),
+            batchsize=batch or 0,
+            minbatchsize=minbatch or 0,
+            minbatchtimeout=minbatchtimeout or 0,
+            inputs=in_names,
+            outputs=out_names,
+        )
+        yield from writable_plan(text(key), model_store.KIND_MODEL)
+        if verify is not None:
+            yield from verify(text(key), name, device_name, data, in_names, out_names, batch or 0)
+        meta = model_store.ModelMeta(
+            backend=name,
+            device=device_name,
+            tag=text(tag) if tag is not None else "",
+            batchsize=batch or 0,
+            minbatchsize=minbatch or 0,
+            minbatchtimeout=minbatchtimeout or 0,
+            inputs=tuple(in_names),
+            outputs=tuple(out_names),
+        )
+        yield from model_store.store_plan(state.keyspace, text(key), meta, data, size)
+        state.remember(text(key), device_name)
+        return state.ok()
+
+    return Op(None, plan())
+
+
+def modelget(state: State, key: Any, meta_only: bool = False) -> Op:
+    """AI.MODELGET: the blob comes back split by the *current* MODEL_CHUNK_SIZE, as RedisAI's."""
+
+    def plan() -> Plan[Any]:
+        if meta_only:
+            meta = yield from model_store.read_meta_plan(text(key))
+            reply = raw.model_reply(meta, None)
+        else:
+            meta, blob = yield from model_store.read_model_plan(text(key))
+            size = yield from chunk_size_plan(state)
+            reply = raw.model_reply(meta, raw.blob_reply(blob, size))
+        return reply if state.raw else raw.model_result(reply)
+
+    return Op(commands.modelget(key, meta_only), plan())
+
+
+def modeldel(state: State, key: Any) -> Op:
+    def plan() -> Plan[Any]:
+        yield from model_store.delete_plan(state.keyspace, text(key))
+        state.remember(text(key), None)
+        return state.ok()
+
+    return Op(["AI.MODELDEL", key], plan())

@@ -1,0 +1,264 @@
+"""Every RedisAI method of the clients, written once: an ``Op`` holds the RedisAI command it stands
+for (redisai-py's checks already run) and the plan that carries it out over plain Redis. This
+module has the shared types, configuration, tensors, scans and statistics; ``model_ops``,
+``script_ops`` and ``job_ops`` the rest.
+
+The blocking ``Client`` and ``aiworker.asyncio.Client`` drive the same ops; their drivers execute
+``storage.plans.Batch`` steps, plus the instructions defined here: ``Submit`` (queue a job and wait
+for its reply), ``VerifyHere`` (load a model blob in this process) and ``Print`` (``debug``). A
+method returns redisai-py's post-processed result, or RedisAI's raw reply when the client was made
+with ``enable_postprocess=False`` (``State.raw``).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiworker.backends.base import known_backends
+from aiworker.client import commands, raw
+from aiworker.client.commands import text
+from aiworker.devices import parse_device
+from aiworker.protocol.errors import AIError, WrongTypeError
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import Request
+from aiworker.settings import Settings
+from aiworker.storage import model as model_store
+from aiworker.storage import plans, stats, tensor_io
+from aiworker.storage import script as script_store
+from aiworker.storage.plans import Batch, Plan
+
+# AI.CONFIG names -> (Settings field, smallest allowed value; None for text).
+CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
+    "MODEL_CHUNK_SIZE": ("model_chunk_size", 1),
+    "BACKENDSPATH": ("backends_path", None),
+    "THREADS_PER_QUEUE": ("threads_per_queue", 1),
+    "MODEL_EXECUTION_TIMEOUT": ("model_execution_timeout", 0),
+    "INTER_OP_PARALLELISM": ("inter_op_parallelism", 0),
+    "INTRA_OP_PARALLELISM": ("intra_op_parallelism", 0),
+    "BACKEND_MEMORY_LIMIT": ("backend_memory_limit", 0),
+}
+SCAN_WARNING = (
+    "Experimental: {} List API is experimental and might change in the future without any notice"
+)
+
+
+@dataclass
+class Submit:
+    """Driver instruction: queue ``request`` on device ``queue``, send back the worker's reply
+    map (``limit``: seconds to wait, None for the client's rule)."""
+
+    queue: str
+    request: Request
+    limit: float | None = None
+
+
+@dataclass
+class VerifyHere:
+    """Driver instruction: load a model blob in this process (``verify.verify_model``); sends
+    back True (loaded) or False (its framework is not importable here)."""
+
+    backend: str
+    blob: Any
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    batchsize: int = 0
+
+
+@dataclass
+class Print:
+    """Driver instruction: what ``debug=True`` prints (a RedisAI command) at this point."""
+
+    command: Sequence[Any] | str
+
+
+@dataclass
+class Op:
+    """A RedisAI method call: its command (printed first with ``debug``; None when the plan
+    yields ``Print`` itself) and the plan that carries it out."""
+
+    command: Sequence[Any] | str | None
+    plan: Plan[Any]
+
+
+@dataclass
+class State:
+    """What ops need from a client: its key names, reply shape and the device queue cache."""
+
+    keyspace: Keys
+    raw: bool = False
+    devices: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ok(self) -> Any:
+        return raw.OK if self.raw else "OK"
+
+    def remember(self, key: str, device: str | None) -> None:
+        with self.lock:
+            if device is None:
+                self.devices.pop(key, None)
+            else:
+                self.devices[key] = parse_device(device).queue
+
+    def queue_plan(self, key: str, read: Callable[[str], Plan[Any]]) -> Plan[str]:
+        """The device queue of a model or script (``read``: its metadata plan), cached: workers
+        forward a job that reaches the wrong queue."""
+        with self.lock:
+            queue = self.devices.get(key)
+        if queue is None:
+            meta = yield from read(key)
+            queue = parse_device(meta.device).queue
+            with self.lock:
+                self.devices[key] = queue
+        return queue
+
+
+# configuration -----------------------------------------------------------------------------
+
+
+def config_value_plan(state: State, name: str) -> Plan[Any]:
+    upper = name.upper()
+    if upper not in CONFIG_NAMES:
+        raise AIError("unsupported subcommand")
+    field_name, minimum = CONFIG_NAMES[upper]
+    stored = yield from plans.call("HGET", state.keyspace.config, upper)
+    if stored is None:
+        default = getattr(Settings(), field_name)
+        return None if default == "" else default
+    value = text(stored)
+    return value if minimum is None else int(value)
+
+
+def chunk_size_plan(state: State) -> Plan[int]:
+    value = yield from config_value_plan(state, "MODEL_CHUNK_SIZE")
+    return int(value)
+
+
+def config(state: State, name: str, value: Any = None) -> Op:
+    """AI.CONFIG: read a setting, or set it for every client (and workers started later)."""
+    return Op(commands.config(name, value), _config_plan(state, name, value))
+
+
+def _config_plan(state: State, name: str, value: Any) -> Plan[Any]:
+    if value is None:
+        current = yield from config_value_plan(state, name)
+        if state.raw and isinstance(current, str):
+            return current.encode()
+        return current
+    upper = name.upper()
+    if upper not in CONFIG_NAMES:
+        raise AIError("unsupported subcommand")
+    minimum = CONFIG_NAMES[upper][1]
+    if minimum is not None:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            value = minimum - 1
+        if value < minimum:
+            if upper == "MODEL_CHUNK_SIZE":
+                raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
+            raise AIError(f"{upper}: invalid value")
+    yield Batch.one("HSET", state.keyspace.config, upper, value)
+    return state.ok()
+
+
+def loadbackend(state: State, identifier: str, path: str) -> Op:
+    """AI.CONFIG LOADBACKEND: backends are plugins workers import on first use; only the name is
+    checked."""
+
+    def plan() -> Plan[Any]:
+        if identifier.upper() not in known_backends():
+            raise AIError("unsupported backend")
+        yield from ()
+        return state.ok()
+
+    return Op(commands.loadbackend(identifier, path), plan())
+
+
+# tensors -----------------------------------------------------------------------------------
+
+
+def tensorset(state: State, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Op:
+    tokens, array = commands.tensorset(key, tensor, shape, dtype)
+
+    def plan() -> Plan[Any]:
+        yield from tensor_io.write_plan(text(key), array, state.keyspace)
+        return state.ok()
+
+    return Op(tokens, plan())
+
+
+def tensorget(
+    state: State, key: Any, as_numpy: bool = True, mutable: bool = False, meta_only: bool = False
+) -> Op:
+    tokens = commands.tensorget(key, as_numpy, meta_only)
+
+    def plan() -> Plan[Any]:
+        if meta_only:
+            dtype, shape = yield from tensor_io.read_meta_plan(text(key))
+            if state.raw:
+                return [b"dtype", dtype.encode(), b"shape", list(shape)]
+            return {"dtype": dtype, "shape": list(shape)}
+        array = yield from tensor_io.read_plan(text(key))
+        if state.raw:
+            return raw.tensor_reply(array, True, str(tokens[-1]))
+        return raw.tensor_result(array, as_numpy, mutable, meta_only)
+
+    return Op(tokens, plan())
+
+
+# models and scripts ------------------------------------------------------------------------
+
+
+def writable_plan(key: str, kind: str) -> Plan[None]:
+    """RedisAI refuses to overwrite a key that holds another kind of value."""
+    current, exists = yield Batch([("HGET", key, "kind"), ("EXISTS", key)])
+    if isinstance(current, Exception):
+        raise WrongTypeError()
+    if (current is not None and text(current) != kind) or (current is None and exists):
+        raise WrongTypeError()
+
+
+def _scan(state: State, kind: str) -> Op:
+    warnings.warn(SCAN_WARNING.format(kind.capitalize()), UserWarning, stacklevel=4)
+
+    def plan() -> Plan[Any]:
+        if kind == "model":
+            found = yield from model_store.scan_plan(state.keyspace)
+        else:
+            found = yield from script_store.scan_plan(state.keyspace)
+        reply = [[k.encode(), tag.encode()] for k, tag in found]
+        return reply if state.raw else raw.decoded(reply)
+
+    return Op([f"AI._{kind.upper()}SCAN"], plan())
+
+
+def modelscan(state: State) -> Op:
+    return _scan(state, "model")
+
+
+def scriptscan(state: State) -> Op:
+    return _scan(state, "script")
+
+
+# statistics --------------------------------------------------------------------------------
+
+
+def infoget(state: State, key: Any) -> Op:
+    def plan() -> Plan[Any]:
+        info = yield from stats.info_plan(state.keyspace, text(key))
+        reply = raw.info_reply(info)
+        return reply if state.raw else raw.list2dict(reply)
+
+    return Op(["AI.INFO", key], plan())
+
+
+def inforeset(state: State, key: Any) -> Op:
+    def plan() -> Plan[Any]:
+        yield from stats.reset_plan(state.keyspace, text(key))
+        return state.ok()
+
+    return Op(["AI.INFO", key, "RESETSTAT"], plan())

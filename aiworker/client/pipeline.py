@@ -1,0 +1,213 @@
+"""``Client.pipeline()``: a redis-py pipeline that also takes RedisAI methods.
+
+Each RedisAI method queues exactly one Redis command (so it can sit in a MULTI/EXEC transaction
+next to native commands) and a post-processor for its reply:
+
+* ``tensorset``: the type-checking write script (EVAL) -> ``b"OK"`` (redisai-py's pipeline
+  returned RedisAI's raw reply here);
+* ``tensorget``: HGETALL -> redisai-py's ``tensorget`` result (array, or meta/values dict);
+* ``modelget``, ``scriptget``: one hash read -> redisai-py's dicts;
+* ``modelexecute``, ``scriptexecute``, ``modelrun``, ``scriptrun``: the job's XADD -> ``b"OK"``
+  (or ``b"TIMEDOUT"``) once ``execute`` has waited for the worker's reply.
+
+redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
+Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
+with ``execute(raise_on_error=False)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+
+from aiworker.client import commands, job_ops, raw
+from aiworker.client.commands import text
+from aiworker.client.ops import Op
+from aiworker.parser import parse_command
+from aiworker.protocol import replies
+from aiworker.protocol.errors import AIError
+from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
+from aiworker.storage import scripts, tensor_io
+from aiworker.storage import tensor as codec
+
+
+class Client(Protocol):
+    """What the pipeline needs from ``aiworker.Client`` (named here to keep imports one-way)."""
+
+    connection_pool: Any
+    response_callbacks: Any
+    _state: Any
+    _jobs: Any
+
+    @property
+    def keyspace(self) -> Any: ...
+    def _run(self, op: Op) -> Any: ...
+    def model_chunk_size(self) -> int: ...
+
+
+_WRITE = scripts.load("tensor_write")
+Post = Callable[[Any], Any]
+
+
+def _written(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        tensor_io.decode_reply(reply)  # WRONGTYPE as ours
+        raise reply
+    return raw.OK
+
+
+def _job_reply(reply: dict[str, Any]) -> Any:
+    status = reply.get("status")
+    if status == "ok":
+        return raw.OK
+    if status == "timedout":
+        return raw.TIMEDOUT
+    raise replies.error_of(str(reply.get("error") or "job failed"))
+
+
+def _model(meta_only: bool, chunk_size: Callable[[], int], fields: Any) -> Any:
+    if isinstance(fields, redis.ResponseError) or not fields:
+        model_store.check_meta_reply(fields if fields else [None] * len(model_store.META_FIELDS))
+    named = {text(k): v for k, v in fields.items()}
+    meta = model_store.check_meta_reply([named.get(f) for f in model_store.META_FIELDS])
+    blob: Any = None
+    if not meta_only:
+        whole = b"".join(named.get(f"chunk:{i}", b"") for i in range(meta.chunks))
+        blob = raw.blob_reply(whole, chunk_size())
+    return raw.model_result(raw.model_reply(meta, blob))
+
+
+def _script(meta_only: bool, values: Any) -> Any:
+    if isinstance(values, Exception):
+        script_store.check_reply(values)
+        raise values
+    meta = script_store.check_reply(values[:-1])
+    return raw.list2dict(raw.script_reply(meta, None if meta_only else text(values[-1])))
+
+
+class Pipeline(redis.client.Pipeline):
+    """redis-py's pipeline plus RedisAI methods (see the module docstring)."""
+
+    def __init__(self, client: Client, transaction: bool = True, shard_hint: Any = None) -> None:
+        super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
+        self._client = client
+        self._post: dict[int, Post] = {}
+        self._jobs: dict[int, tuple[str, str, Any]] = {}  # index -> queue, reply list, request
+        self._chunk: int | None = None
+
+    def _queue(self, post: Post, *command: Any) -> Pipeline:
+        self._post[len(self.command_stack)] = post
+        self.execute_command(*command)  # type: ignore[no-untyped-call]
+        return self
+
+    def reset(self) -> None:  # type: ignore[override]
+        super().reset()  # type: ignore[no-untyped-call]
+        self._post, self._jobs, self._chunk = {}, {}, None
+
+    # tensors -------------------------------------------------------------------------------
+
+    def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Pipeline:
+        _, array = commands.tensorset(key, tensor, shape, dtype)
+        flat: list[Any] = []
+        for name, value in codec.encode_fields(array).items():
+            flat += [name, value]
+        return self._queue(_written, "EVAL", _WRITE.source, 1, text(key), *flat)
+
+    def tensorget(
+        self,
+        key: Any,
+        as_numpy: bool = True,
+        as_numpy_mutable: bool = False,
+        meta_only: bool = False,
+    ) -> Pipeline:
+        def post(reply: Any) -> Any:
+            array = tensor_io.decode_reply(reply)
+            return raw.tensor_result(array, as_numpy, as_numpy_mutable, meta_only)
+
+        return self._queue(post, "HGETALL", text(key))
+
+    # models and scripts --------------------------------------------------------------------
+
+    def modelget(self, key: Any, meta_only: bool = False) -> Pipeline:
+        def post(fields: Any) -> Any:
+            return _model(meta_only, self._chunk_size, fields)
+
+        return self._queue(post, "HGETALL", text(key))
+
+    def scriptget(self, key: Any, meta_only: bool = False) -> Pipeline:
+        fields = (*script_store.META_FIELDS, "source")
+        return self._queue(lambda values: _script(meta_only, values), "HMGET", text(key), *fields)
+
+    def _chunk_size(self) -> int:
+        if self._chunk is None:
+            self._chunk = self._client.model_chunk_size()
+        return self._chunk
+
+    # jobs ----------------------------------------------------------------------------------
+
+    def _job(self, tokens: list[Any]) -> Pipeline:
+        request = parse_command([text(t) for t in tokens])
+        queue = str(
+            self._client._run(
+                Op(None, job_ops.queue_plan(self._client._state, request, strict=True))
+            )
+        )
+        reply_key, fields = self._client._jobs.private_entry(request)
+        index = len(self.command_stack)
+        self._jobs[index] = (queue, reply_key, request)
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        self.execute_command("XADD", self._client.keyspace.queue(queue), "*", *flat)  # type: ignore[no-untyped-call]
+        return self
+
+    def modelexecute(self, key: Any, inputs: Any, outputs: Any, timeout: Any = None) -> Pipeline:
+        return self._job(commands.modelexecute(key, inputs, outputs, timeout))
+
+    def modelrun(self, key: Any, inputs: Any, outputs: Any) -> Pipeline:
+        return self._job(commands.modelrun(key, inputs, outputs))
+
+    def scriptexecute(
+        self,
+        key: Any,
+        function: Any,
+        keys: Any = None,
+        inputs: Any = None,
+        args: Any = None,
+        outputs: Any = None,
+        timeout: Any = None,
+    ) -> Pipeline:
+        return self._job(
+            commands.scriptexecute(key, function, keys, inputs, args, outputs, timeout)
+        )
+
+    def scriptrun(self, key: Any, function: Any, inputs: Any, outputs: Any) -> Pipeline:
+        return self._job(commands.scriptrun(key, function, inputs, outputs))
+
+    # running -------------------------------------------------------------------------------
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        post, jobs = self._post, self._jobs
+        results = list(super().execute(raise_on_error=False))
+        for index, function in post.items():
+            try:
+                results[index] = function(results[index])
+            except (redis.RedisError, AIError) as exc:
+                results[index] = exc
+        for index, (queue, reply_key, request) in jobs.items():
+            entry_id = results[index]
+            if isinstance(entry_id, Exception):
+                continue
+            try:
+                reply = self._client._jobs.wait_private(queue, text(entry_id), reply_key, request)
+                results[index] = _job_reply(reply)
+            except (redis.RedisError, AIError) as exc:
+                results[index] = exc
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results

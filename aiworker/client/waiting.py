@@ -1,0 +1,165 @@
+"""How long a client waits for a job's reply and what it says when the wait ends; and the router
+that hands replies arriving on one shared reply list to their waiters. Pure code (plus a lock),
+shared by the blocking and the asyncio client.
+
+A wait always ends:
+
+* with TIMEOUT ``t`` ms: after ``t`` ms plus ``MARGIN_S``. If no worker has read the entry by
+  then it is taken back from the queue (``queue_withdraw.lua``) and the answer is RedisAI's
+  ``TIMEDOUT`` (RedisAI dropped a request that sat in its queue for ``t`` ms); if a worker read it,
+  ``ReplyTimeout`` says it may still complete.
+* without TIMEOUT: after the client's ``reply_timeout``, with ``ReplyTimeout`` saying whether
+  the entry was taken back (it will never run) or a worker has it.
+* early, with ``NoLiveWorker``, when heartbeats show no live worker serving the queue: checked
+  once a reply is ``CHECK_AFTER_S`` late and then every ``CHECK_EVERY_S``. An entry no worker read
+  is taken back; one a worker read and then died stays pending, and a worker started later takes
+  it over after its visibility timeout (its reply then goes nowhere).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiworker.protocol.errors import NoLiveWorker, ReplyTimeout
+
+MARGIN_S = 1.0
+CHECK_AFTER_S = 0.5
+CHECK_EVERY_S = 1.0
+# Workers heartbeat every 2 s; a worker silent for this long is taken for dead.
+HEARTBEAT_MAX_AGE_S = 5.0
+DEFAULT_REPLY_TIMEOUT_S = 60.0
+
+# queue_withdraw.lua's answers
+REMOVED, DELIVERED, GONE = 1, 0, -1
+
+
+def wait_limit(timeout_ms: int | None, reply_timeout: float | None) -> float | None:
+    """Seconds to wait for a reply (None: no limit)."""
+    if timeout_ms:
+        return timeout_ms / 1000 + MARGIN_S
+    return reply_timeout
+
+
+def serves(statuses: Iterable[Mapping[str, Any]], queue: str) -> bool:
+    """Whether any live worker heartbeat lists ``queue`` among its devices."""
+    wanted = queue.upper()
+    return any(wanted in (str(d).upper() for d in s.get("devices", ())) for s in statuses)
+
+
+def no_worker_error(queue: str, withdrawn: int) -> NoLiveWorker:
+    if withdrawn == DELIVERED:
+        fate = (
+            "; a worker took the job and stopped: it stays pending and runs when another worker "
+            "takes it over"
+        )
+    else:
+        fate = "; the job was removed from the queue and will not run"
+    return NoLiveWorker(
+        f"no live worker serves queue {queue}{fate}", removed=withdrawn != DELIVERED
+    )
+
+
+def timeout_error(queue: str, limit: float, timeout_ms: int | None, withdrawn: int) -> ReplyTimeout:
+    head = f"no reply from a worker within {limit:g}s"
+    if timeout_ms:
+        head += f" (TIMEOUT {timeout_ms} ms)"
+    if withdrawn == DELIVERED:
+        return ReplyTimeout(f"{head}: a worker took the job from queue {queue} and may still "
+                            "complete it")  # fmt: skip
+    return ReplyTimeout(
+        f"{head}: no worker took the job from queue {queue}; it was removed from the queue "
+        "and will not run",
+        removed=True,
+    )
+
+
+class Clock:
+    """A wait's deadline and its heartbeat checkpoints."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.started = time.monotonic()
+        self.deadline = None if limit is None else self.started + limit
+        self.next_check = self.started + CHECK_AFTER_S
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def check_due(self) -> bool:
+        """True (and schedules the next) when heartbeats should be looked at now."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + CHECK_EVERY_S
+        return True
+
+    def slice(self, longest: float) -> float:
+        """How long the next blocking wait may last: up to the next checkpoint or deadline."""
+        now = time.monotonic()
+        ends = [self.next_check, now + longest]
+        if self.deadline is not None:
+            ends.append(self.deadline)
+        return max(min(ends) - now, 0.01)
+
+
+class ReplyRouter:
+    """Replies on a client's shared reply list, handed to waiters by entry id.
+
+    The entry id is known only once XADD returns, so a reply may arrive before its waiter is
+    registered: between ``expect`` (before XADD) and ``register`` (after), unknown replies are
+    kept; once no submission is in that window, a reply nobody waits for (its waiter gave up)
+    is dropped.
+    """
+
+    def __init__(self, max_early: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, Any] = {}
+        self._early: dict[str, dict[str, Any]] = {}
+        self._unregistered = 0
+        self._max_early = max_early
+
+    def expect(self) -> None:
+        """A submission is about to XADD."""
+        with self._lock:
+            self._unregistered += 1
+
+    def cancel(self) -> None:
+        """The XADD failed: nothing to register."""
+        with self._lock:
+            self._unregistered -= 1
+            if not self._unregistered:
+                self._early.clear()
+
+    def register(self, entry_id: str, waiter: Any) -> dict[str, Any] | None:
+        """Wait for ``entry_id`` with ``waiter``; returns the reply if it came already."""
+        with self._lock:
+            self._unregistered -= 1
+            reply = self._early.pop(entry_id, None)
+            if reply is None:
+                self._waiters[entry_id] = waiter
+            if not self._unregistered:
+                self._early.clear()
+            return reply
+
+    def forget(self, entry_id: str) -> None:
+        """The waiter gave up; a late reply will be dropped."""
+        with self._lock:
+            self._waiters.pop(entry_id, None)
+
+    def route(self, reply: dict[str, Any]) -> Any:
+        """The waiter for ``reply`` (None: kept for a registration to come, or dropped)."""
+        entry_id = str(reply.get("id", ""))
+        with self._lock:
+            waiter = self._waiters.pop(entry_id, None)
+            if waiter is None and self._unregistered and len(self._early) < self._max_early:
+                self._early[entry_id] = reply
+            return waiter
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiters) + self._unregistered

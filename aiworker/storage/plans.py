@@ -1,0 +1,75 @@
+"""Redis I/O written once for blocking and asyncio callers.
+
+A *plan* is a generator that yields the commands it needs (a ``Batch``: one round trip, optionally
+a MULTI/EXEC transaction) and receives their replies, exceptions in place of failed commands. The
+logic of "read a model", "store a tensor", ... lives in one plan; ``run`` drives a plan on a
+``redis.Redis`` and the asyncio client drives the same plan on ``redis.asyncio`` (``run_async``
+in ``aiworker.asyncio``). Plans may also yield other instructions that only a client's driver
+understands (a job to submit, a model to verify); storage plans only yield ``Batch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+
+@dataclass
+class Batch:
+    """Commands sent in one round trip; ``transaction`` wraps them in MULTI/EXEC."""
+
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    transaction: bool = False
+
+    @classmethod
+    def one(cls, *command: Any) -> Batch:
+        return cls([command])
+
+
+Plan = Generator[Any, Any, T]
+
+
+def first(replies: Sequence[Any]) -> Any:
+    """The only reply of a one-command batch, raising the error it carries."""
+    reply = replies[0]
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def call(*command: Any) -> Plan[Any]:
+    """A plan running one command (``value = yield from call(...)``); errors raise."""
+    replies = yield Batch.one(*command)
+    return first(replies)
+
+
+def execute_batch(r: redis.Redis, batch: Batch) -> list[Any]:
+    """Send one batch on a blocking client; replies with exceptions in place."""
+    if len(batch.commands) == 1 and not batch.transaction:
+        try:
+            # the base method: a client's debug printing of user commands must not see these
+            return [redis.Redis.execute_command(r, *batch.commands[0])]  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            return [exc]
+    pipe = r.pipeline(transaction=batch.transaction)
+    for command in batch.commands:
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return list(pipe.execute(raise_on_error=False))
+
+
+def run(r: redis.Redis, plan: Plan[T]) -> T:
+    """Drive a storage plan (``Batch`` steps only) on a blocking client."""
+    try:
+        step = next(plan)
+        while True:
+            if not isinstance(step, Batch):
+                raise TypeError(f"a storage plan yielded {type(step).__name__}")
+            step = plan.send(execute_batch(r, step))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result

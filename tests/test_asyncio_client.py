@@ -1,0 +1,146 @@
+"""``aiworker.asyncio.Client``: the same API as awaitables, many concurrent requests on a few
+connections; and the blocking client's shared reply list (``shared_replies=True``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from conftest import stub_blob, torch_blob
+
+import aiworker.asyncio
+from aiworker import Client, NoLiveWorker, Worker
+from aiworker.embedded import RedisServer
+
+T = TypeVar("T")
+
+SCRIPT = """
+def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] + tensors[1]
+"""
+
+
+def arun(redis_server: RedisServer, body: Callable[[aiworker.asyncio.Client], Awaitable[T]]) -> T:
+    async def main() -> T:
+        con = aiworker.asyncio.Client.from_url(redis_server.url, reply_timeout=30)
+        try:
+            return await body(con)
+        finally:
+            await con.aclose()
+
+    return asyncio.run(main())
+
+
+def connections(con: Any) -> int:
+    pool = con.connection_pool
+    return len(pool._available_connections) + len(pool._in_use_connections)
+
+
+def test_the_api_as_awaitables(client: Client, worker: Worker, redis_server: RedisServer) -> None:
+    torch = pytest.importorskip("torch")
+    del torch
+
+    async def body(con: aiworker.asyncio.Client) -> None:
+        assert await con.tensorset("a", np.array([1, 2], np.float32)) == "OK"
+        assert await con.tensorset("b", [10, 20], dtype="float") == "OK"
+        assert (await con.tensorget("b")).tolist() == [10, 20]
+        assert await con.tensorget("b", as_numpy=False) == {
+            "dtype": "FLOAT",
+            "shape": [2],
+            "values": [10.0, 20.0],
+        }
+        assert await con.modelstore("m", "TORCH", "CPU", torch_blob("add"), tag="v1") == "OK"
+        assert (await con.modelget("m", meta_only=True))["tag"] == "v1"
+        assert await con.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+        assert (await con.tensorget("c")).tolist() == [11, 22]
+        assert await con.scriptstore("s", "CPU", SCRIPT, "bar") == "OK"
+        assert await con.scriptexecute("s", "bar", inputs=["a", "c"], outputs=["d"]) == "OK"
+        assert (await con.tensorget("d")).tolist() == [12, 24]
+        dag = con.dag(load=["a"]).tensorset("x", [1, 1], dtype="float")
+        results = await dag.modelexecute("m", ["a", "x"], ["y"]).tensorget("y").execute()
+        assert results[:2] == ["OK", "OK"] and results[2].tolist() == [2, 3]
+        out = await con.run("m", {"p": np.ones(2, np.float32), "q": np.ones(2, np.float32)}, ["r"])
+        assert out["r"].tolist() == [2, 2]
+        assert (await con.infoget("m"))["calls"] == 3
+        assert await con.config("MODEL_CHUNK_SIZE", 1024) == "OK"
+        assert await con.config("MODEL_CHUNK_SIZE") == 1024
+        with pytest.raises(ValueError, match=r"^Missing required arguments"):
+            await con.modelexecute("m", None, None)
+        assert await con.set("native", 1) is True  # redis.asyncio's own commands
+
+    arun(redis_server, body)
+
+
+def test_a_thousand_concurrent_requests_on_a_few_connections(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.arange(4, dtype=np.float32))
+
+    async def body(con: aiworker.asyncio.Client) -> tuple[list[Any], int]:
+        await con.modelexecute("m", ["a", "a"], ["c"])  # the model's queue, cached
+        results = await asyncio.gather(
+            *(con.modelexecute("m", ["a", "a"], [f"c{i}"]) for i in range(1000))
+        )
+        return results, connections(con)
+
+    results, used = arun(redis_server, body)
+    assert results == ["OK"] * 1000
+    assert client.tensorget("c999").tolist() == [0, 2, 4, 6]
+    assert used <= 4, f"{used} connections for 1,000 concurrent requests"
+
+
+def test_no_live_worker_in_asyncio(client: Client, redis_server: RedisServer) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(2, np.float32))
+
+    async def body(con: aiworker.asyncio.Client) -> Any:
+        return await asyncio.gather(
+            *(con.modelexecute("m", ["a", "a"], ["c"]) for _ in range(300)), return_exceptions=True
+        )
+
+    results = arun(redis_server, body)
+    assert all(isinstance(r, NoLiveWorker) and r.removed for r in results), {
+        repr(r) for r in results
+    }
+    assert client.xlen(client.keyspace.queue("CPU")) == 0
+
+
+def test_raw_replies_and_debug_in_asyncio(
+    client: Client, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        con = aiworker.asyncio.Client(True, False, port=redis_server.port)
+        try:
+            assert await con.tensorset("x", (2, 3, 4, 5), dtype="float") == b"OK"
+            assert await con.tensorget("x", meta_only=True) == [b"dtype", b"FLOAT", b"shape", [4]]
+        finally:
+            await con.aclose()
+
+    asyncio.run(main())
+    assert capsys.readouterr().out.splitlines()[0] == "AI.TENSORSET x FLOAT 4 VALUES 2 3 4 5"
+
+
+def test_blocking_client_with_a_shared_reply_list(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    shared = Client.from_url(redis_server.url, shared_replies=True, reply_timeout=30)
+    a = np.arange(3, dtype=np.float32)
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            outs = list(
+                pool.map(
+                    lambda i: shared.run("m", {"a": a, "b": np.full(3, i, np.float32)}, ["c"]),
+                    range(200),
+                )
+            )
+    finally:
+        shared.close()
+    assert [o["c"].tolist() for o in outs] == [[i, i + 1, i + 2] for i in range(200)]
+    # one reply list for the whole client, emptied as replies are taken
+    assert not client.keys("aiworker:reply:*")

@@ -1,0 +1,177 @@
+"""A client never waits forever for a job's reply (DESIGN 3, "Trust boundaries" 9).
+
+With TIMEOUT the wait ends by TIMEOUT plus a margin; without, after ``reply_timeout``; when
+heartbeats show no live worker serving the queue, within a couple of seconds. An entry no worker
+read is taken back (it can never run later); one a worker read stays with the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import spawn_worker, stalled_worker, stub_blob, wait_until
+
+from aiworker import Client, NoLiveWorker, ReplyTimeout, Settings, Worker
+from aiworker.client import waiting
+from aiworker.embedded import RedisServer
+from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.storage import plans, queues
+
+QUEUE = "aiworker:queue:CPU"
+
+
+@pytest.fixture
+def model(client: Client) -> Client:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.array([1, 2], np.float32))
+    return client
+
+
+@pytest.fixture
+def impatient(redis_server: RedisServer) -> Iterator[Client]:
+    c = Client.from_url(redis_server.url, reply_timeout=1.0)
+    yield c
+    c.close()
+
+
+def timed(call: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    try:
+        result = call()
+    except Exception as exc:  # returned for the test to look at
+        result = exc
+    return result, time.monotonic() - started
+
+
+def test_timeout_with_a_stalled_worker_answers_timedout_and_takes_the_entry_back(
+    model: Client, settings: Settings
+) -> None:
+    stalled_worker(model)
+    result, elapsed = timed(lambda: model.modelexecute("m", ["a", "a"], ["c"], timeout=300))
+    assert result == "TIMEDOUT"  # RedisAI dropped a request that sat in its queue t ms
+    assert 0.3 + waiting.MARGIN_S - 0.2 < elapsed < 0.3 + waiting.MARGIN_S + 1.0
+    assert model.xlen(QUEUE) == 0
+    w = Worker(settings).start()  # a worker that comes later never runs it
+    try:
+        time.sleep(0.5)
+        assert not model.exists("c")
+        assert model.infoget("m")["calls"] == 0
+    finally:
+        w.stop(timeout=10)
+
+
+def test_without_timeout_the_wait_ends_after_reply_timeout(
+    model: Client, impatient: Client
+) -> None:
+    stalled_worker(model)
+    result, elapsed = timed(lambda: impatient.modelexecute("m", ["a", "a"], ["c"]))
+    assert isinstance(result, ReplyTimeout) and result.removed
+    assert str(result) == (
+        "no reply from a worker within 1s: no worker took the job from queue CPU; "
+        "it was removed from the queue and will not run"
+    )
+    assert 0.9 < elapsed < 2.5
+    assert model.xlen(QUEUE) == 0
+
+
+@pytest.mark.parametrize("timeout", [None, 10_000])
+def test_no_live_worker_is_said_within_a_couple_of_seconds(
+    model: Client, timeout: int | None
+) -> None:
+    result, elapsed = timed(lambda: model.modelexecute("m", ["a", "a"], ["c"], timeout))
+    assert isinstance(result, NoLiveWorker) and result.removed
+    assert str(result) == (
+        "no live worker serves queue CPU; the job was removed from the queue and will not run"
+    )
+    assert elapsed < 2.5
+    assert model.xlen(QUEUE) == 0
+
+
+def test_a_worker_that_died_holding_the_job(model: Client, redis_server: RedisServer) -> None:
+    """The entry was read, so it stays pending for another worker to take over; the client says
+    so once the dead worker's heartbeats are old."""
+    model.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=20_000))
+    proc = spawn_worker(redis_server.url, "--threads-per-queue", "1")
+    try:
+        wait_until(lambda: model.zcard(model.keyspace.workers) > 0, timeout=30)
+
+        def kill() -> None:  # once the worker holds the job (pending in the group)
+            wait_until(lambda: _pending(model) == 1, timeout=20)
+            os.kill(proc.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill)
+        killer.start()
+        result, elapsed = timed(lambda: model.modelexecute("slow", ["a", "a"], ["c"]))
+        killer.join()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    assert isinstance(result, NoLiveWorker) and not result.removed
+    assert "a worker took the job and stopped" in str(result)
+    assert elapsed < waiting.HEARTBEAT_MAX_AGE_S + 8  # heartbeats age out, then it is said
+    assert model.xlen(QUEUE) == 1 and _pending(model) == 1  # left for a worker to take over
+
+
+def _pending(client: Client) -> int:
+    try:
+        return int(client.xpending(QUEUE, CONSUMER_GROUP)["pending"])
+    except Exception:
+        return 0
+
+
+def test_a_running_job_past_its_timeout_ends_the_wait(model: Client, worker: Worker) -> None:
+    """TIMEOUT counts until a worker starts the job; a job that started but runs long still ends
+    the client's wait by TIMEOUT plus the margin."""
+    model.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=4000))
+    result, elapsed = timed(lambda: model.modelexecute("slow", ["a", "a"], ["c"], timeout=200))
+    assert isinstance(result, ReplyTimeout) and not result.removed
+    assert "a worker took the job from queue CPU and may still complete it" in str(result)
+    assert elapsed < 0.2 + waiting.MARGIN_S + 1.0
+
+
+def test_withdraw_only_takes_back_unread_entries(client: Client) -> None:
+    """The Lua script decides atomically against XREADGROUP: delivered entries stay."""
+
+    def withdraw(entry_id: Any) -> int:
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return plans.run(client, queues.withdraw_plan(QUEUE, entry))
+
+    first = client.xadd(QUEUE, {"cmd": "x"})
+    assert withdraw(first) == waiting.REMOVED  # no consumer group yet: nobody read it
+    assert withdraw(first) == waiting.GONE
+    client.xgroup_create(QUEUE, CONSUMER_GROUP, id="0")
+    read, unread = client.xadd(QUEUE, {"cmd": "1"}), client.xadd(QUEUE, {"cmd": "2"})
+    client.xreadgroup(CONSUMER_GROUP, "c1", {QUEUE: ">"}, count=1)
+    assert withdraw(read) == waiting.DELIVERED
+    assert withdraw(unread) == waiting.REMOVED
+    client.xack(QUEUE, CONSUMER_GROUP, read)
+    assert withdraw(read) == waiting.DELIVERED  # acknowledged but not yet deleted: read
+    client.xdel(QUEUE, read)
+    assert withdraw(read) == waiting.GONE
+
+
+def test_router_keeps_early_replies_and_drops_abandoned_ones() -> None:
+    router = waiting.ReplyRouter()
+    router.expect()
+    assert router.route({"id": "1-0", "status": "ok"}) is None  # before its registration
+    assert router.register("1-0", object()) == {"id": "1-0", "status": "ok"}
+    waiter = object()
+    router.expect()
+    assert router.register("2-0", waiter) is None
+    assert router.route({"id": "2-0"}) is waiter
+    router.expect()
+    assert router.register("3-0", waiter) is None
+    router.forget("3-0")  # the waiter gave up
+    assert router.route({"id": "3-0"}) is None
+    assert router.waiting() == 0
+    router.expect()
+    router.cancel()  # its XADD failed
+    assert router.waiting() == 0
