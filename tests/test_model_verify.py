@@ -83,7 +83,6 @@ def test_a_good_model_is_stored_through_a_live_worker(
         assert "the worker serving queue CPU could not check it" in message
 
 
-@pytest.mark.xfail(strict=False, reason="needs the worker side of MODELVERIFY")
 def test_modelstore_asks_a_live_worker_to_verify(
     client: Client, worker: Worker, redis_server: RedisServer, tmp_path: Path
 ) -> None:

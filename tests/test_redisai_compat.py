@@ -343,7 +343,6 @@ def test_scripts(con: Client, worker: Worker) -> None:
     assert con.tensorget("c", as_numpy=False)["values"] == [4, 6, 4, 6]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the worker to pass a ScriptContext (worker side)")
 def test_scripts_calling_redis(con: Client, worker: Worker) -> None:
     """redisai-py's test_scripts_redis_commands, end to end."""
     script = """
