@@ -7,6 +7,7 @@ key so that each object has its own, and so that on Redis Cluster it lands in th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 CONSUMER_GROUP = "aiworker"
@@ -38,6 +39,41 @@ def same_slot_suffix(key: str) -> str:
     return "}" + key
 
 
+SLOTS = 16384
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of a key (CRC16 of its hash tag, or of the whole key)."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % SLOTS
+
+
+@functools.lru_cache(maxsize=64)
+def _partition_tags(base_slot: int, partitions: int) -> tuple[str, ...]:
+    """Hash tags for partitions 1..n-1 whose slots sit evenly apart from partition 0's, so that
+    on a cluster whose masters own equal slot ranges the partitions land on different masters."""
+    window = max(1, SLOTS // (4 * partitions))
+    tags = []
+    for index in range(1, partitions):
+        target = (base_slot + index * SLOTS // partitions) % SLOTS
+        n = 0
+        while (key_slot(f"p{index}.{n}") - target) % SLOTS >= window:
+            n += 1
+        tags.append(f"p{index}.{n}")
+    return tuple(tags)
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key names under one prefix (default ``aiworker:``)."""
@@ -47,6 +83,20 @@ class Keys:
     def queue(self, device: str) -> str:
         """The job stream of a device; ``cpu:1`` and ``CPU:1`` share one, as in RedisAI."""
         return f"{self.prefix}queue:{device.upper()}"
+
+    def queues(self, device: str, partitions: int = 1) -> list[str]:
+        """The streams of a device's queue split into ``partitions`` (``queue_partitions``): the
+        plain queue first (what redis-cli users XADD to), then ``<queue>:{tag}`` streams whose
+        hash tags spread them over the cluster's slots."""
+        first = self.queue(device)
+        if partitions <= 1:
+            return [first]
+        tags = _partition_tags(key_slot(first), partitions)
+        return [first, *(f"{first}:{{{tag}}}" for tag in tags)]
+
+    def device_of(self, queue: str) -> str:
+        """The device a queue stream (any partition) belongs to."""
+        return queue[len(self.prefix) + len("queue:") :].split(":{", 1)[0]
 
     def dead_letters(self, device: str) -> str:
         return f"{self.prefix}deadletter:{device.upper()}"
