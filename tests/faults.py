@@ -178,3 +178,19 @@ def elapsed_until(predicate: Any, timeout: float, interval: float = 0.02) -> flo
     started = time.monotonic()
     wait_until(predicate, timeout=timeout, interval=interval)
     return time.monotonic() - started
+
+
+def content(r: redis.Redis, key: str) -> tuple[Any, ...]:
+    """A key's type and value, comparable (DUMP is not: a hash table's order changes on access)."""
+    kind = r.type(key)
+    if kind == b"hash":
+        return kind, sorted(r.hgetall(key).items())
+    if kind == b"list":
+        return kind, r.lrange(key, 0, -1)
+    if kind == b"set":
+        return kind, sorted(r.smembers(key))
+    if kind == b"zset":
+        return kind, r.zrange(key, 0, -1, withscores=True)
+    if kind == b"stream":
+        return kind, r.xrange(key)
+    return kind, r.get(key) if kind == b"string" else None

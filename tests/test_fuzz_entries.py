@@ -18,6 +18,7 @@ from faults import (
     KEYS,
     QUEUE,
     WorkerProcess,
+    content,
     live_pids,
     pending_ids,
     stub_model,
@@ -313,7 +314,7 @@ def test_malformed_entries_never_take_a_worker_down(
         reply_key = names["reply"]
         # What the job does not own must come out unchanged.
         owned = {names[k] for k in case.keys if k != "reply"} - {QUEUE}
-        before = {key: client.dump(key) for key in owned | {KEYS.config}}
+        before = {key: content(client, key) for key in owned | {KEYS.config}}
         client.xadd(QUEUE, {**entry, "reply": reply_key})
         status = ""
         if case.reply:
@@ -330,10 +331,10 @@ def test_malformed_entries_never_take_a_worker_down(
         for key, dumped in before.items():
             unanswered = not case.reply and case.may_succeed  # it may have run, unheard
             if key == names["out"] and (status == "ok" or unanswered):
-                if client.dump(key) != dumped:  # the job's output: only ever a tensor
+                if content(client, key) != dumped:  # the job's output: only ever a tensor
                     assert client.hget(key, "kind") == b"tensor", key
                 continue
-            assert client.dump(key) == dumped, f"{key} changed by {entry!r}"
+            assert content(client, key) == dumped, f"{key} changed by {entry!r}"
         assert client.type(QUEUE) == b"stream" and client.xinfo_groups(QUEUE), "queue intact"
         # ... and the next good job succeeds.
         client.xadd(

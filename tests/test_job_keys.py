@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 from conftest import stub_blob, wait_until
-from faults import QUEUE, WorkerProcess, stub_model, tensor, wait_for_workers
+from faults import QUEUE, WorkerProcess, content, stub_model, tensor, wait_for_workers
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
@@ -60,10 +60,10 @@ def test_an_output_over_anything_but_a_tensor_is_wrongtype(ready: Client, kind: 
     else:
         pytest.importorskip("torch")
         client.scriptstore("target", "CPU", SCRIPT, "twice")
-    before = client.dump("target")
+    before = content(client, "target")
     reply = run(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 target")
     assert reply == {**reply, "status": "error", "error": WRONGTYPE}
-    assert client.dump("target") == before, "nothing written"
+    assert content(client, "target") == before, "nothing written"
     assert client.infoget("m")["errors"] == 1
     if kind == "model":  # still a model that runs
         assert run(client, "AI.MODELEXECUTE target INPUTS 1 a OUTPUTS 1 ok", "r2")["status"] == "ok"
@@ -153,11 +153,11 @@ def test_a_reply_key_that_is_no_list_gets_nothing(
         ready.hset(key, "f", "theirs")
     else:
         ready.sadd(key, "m")
-    before = ready.dump(key)
+    before = content(ready, key)
     ready.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 o", "reply": key})
     wait_until(lambda: ready.exists("o"), timeout=10)  # the job ran and completed
     wait_until(lambda: ready.xlen(QUEUE) == 0)
-    assert ready.dump(key) == before and ready.ttl(key) == -1
+    assert content(ready, key) == before and ready.ttl(key) == -1
     assert worker.completer.jobs_done == 1
     if kind != "own":  # an own key is not even taken as a reply key: no reply to drop
         text = worker.metrics.render().decode()
