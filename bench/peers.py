@@ -168,6 +168,26 @@ class AIWorkerDag:
         return call
 
 
+class AIWorkerRun:
+    """aiworker's one-round-trip call: ``Client.run`` sends the inputs inline and gets the
+    outputs back in the reply (msgpack, raw bytes), touching no key."""
+
+    name = "aiworker, Client.run"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def caller(self) -> Call:
+        from aiworker import Client
+
+        c = Client.from_url(self.url)
+
+        def call() -> np.ndarray:
+            return c.run("bench:add", {"a": A, "b": B}, ["out"])["out"]
+
+        return call
+
+
 @contextmanager
 def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
     """Start every peer's worker processes (``threads`` threads each) and yield the peers."""
@@ -227,12 +247,14 @@ def started_peers(url: str, threads: int) -> Iterator[dict[str, object]]:
             "celery": CeleryPeer(),
             "aiworker": AIWorker(url),
             "aiworker_dag": AIWorkerDag(url),
+            "aiworker_run": AIWorkerRun(url),
         }
         # The worker process behind each peer, for CPU per job read from /proc.
         peers["floor"].pid = floor_proc.pid  # type: ignore[attr-defined]
         peers["diy"].pid = diy_proc.pid  # type: ignore[attr-defined]
         peers["aiworker"].pid = ai_proc.pid  # type: ignore[attr-defined]
         peers["aiworker_dag"].pid = ai_proc.pid  # type: ignore[attr-defined]
+        peers["aiworker_run"].pid = ai_proc.pid  # type: ignore[attr-defined]
         for peer in peers.values():  # every peer must answer correctly before it is timed
             result = peer.caller()()  # type: ignore[attr-defined]
             assert np.array_equal(result, EXPECTED), (peer, result)

@@ -21,6 +21,7 @@ from bench import batching
 from bench import peers as peer_mod
 from bench.common import (
     aiworker_worker,
+    cpu_per_job,
     latencies,
     markdown_table,
     median_time,
@@ -32,7 +33,7 @@ from bench.common import (
 )
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("inprocess", "floor", "diy", "celery", "aiworker", "aiworker_dag")
+ORDER = ("inprocess", "floor", "diy", "celery", "aiworker", "aiworker_dag", "aiworker_run")
 
 
 def scenario_latency(peers: dict[str, object], n: int) -> tuple[str, dict[str, float]]:
@@ -48,6 +49,23 @@ def scenario_latency(peers: dict[str, object], n: int) -> tuple[str, dict[str, f
         row += [p50s[key] / floor, celery / p50s[key]]
     table = markdown_table(["peer", "p50 ms", "p99 ms", "p50 / floor", "Celery p50 / p50"], rows)
     return table, p50s
+
+
+def scenario_cpu(peers: dict[str, object], n: int) -> tuple[str, dict[str, float]]:
+    """CPU the worker process spends per job (``/proc/<pid>/stat``, every thread), one client
+    sending ``n`` requests one after another."""
+    per_job: dict[str, float] = {}
+    rows = []
+    for key in ("floor", "diy", "aiworker", "aiworker_run", "aiworker_dag"):
+        peer = peers[key]
+        per_job[key] = cpu_per_job(peer.pid, peer.caller(), n)  # type: ignore[attr-defined]
+        rows.append([peer.name, per_job[key] * 1e6])  # type: ignore[attr-defined]
+    for row, key in zip(
+        rows, ("floor", "diy", "aiworker", "aiworker_run", "aiworker_dag"), strict=True
+    ):
+        row.append(per_job[key] / per_job["diy"])
+    table = markdown_table(["worker of", "CPU us per job", "x DIY stream worker"], rows)
+    return table, per_job
 
 
 def scenario_throughput(
@@ -241,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
             print(sections[-1], "\n", flush=True)
             table2, rates = scenario_throughput(peers, seconds)
             sections.append("## (2) Throughput, trivial model\n\n" + table2)
+            print(sections[-1], "\n", flush=True)
+            table_cpu, _ = scenario_cpu(peers, n + 500)
+            sections.append("## Worker CPU per job, one client, trivial model\n\n" + table_cpu)
             print(sections[-1], "\n", flush=True)
         server_url = server.url
         table3, _ = scenario_batching(server_url, seconds, args.width)

@@ -35,13 +35,13 @@ def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> Non
     stats = Keys().stats("m")
     assert keys == ["q", "r", "o", stats]
     fields = codec.encode_fields(array)
-    assert body[:7] == [2, "1-0", 2, body[3], 1, 1, 0]
+    assert body[:8] == [2, "1-0", 2, body[3], 1, 1, 0, 0]
     assert decode_reply(body[3]) == {"status": "ok", "id": "1-0", "worker": "w1"}
-    assert body[7:10] == [3, 0, 8] and body[10:18] == [x for kv in fields.items() for x in kv]
-    assert body[18:23] == [4, 5, 2, 1, 0]
-    assert body[23:29] == ["2-0", 2, body[25], 0, 1, 0]
-    assert decode_reply(body[25])["error"] == "boom"
-    assert body[29:] == [4, 0, 0, 1, 1]
+    assert body[8:11] == [3, 0, 8] and body[11:19] == [x for kv in fields.items() for x in kv]
+    assert body[19:24] == [4, 5, 2, 1, 0]
+    assert body[24:31] == ["2-0", 2, body[26], 0, 1, 0, 0]
+    assert decode_reply(body[26])["error"] == "boom"
+    assert body[31:] == [4, 0, 0, 1, 1]
 
 
 def test_a_forward_is_a_stream_record_and_no_reply() -> None:
@@ -49,7 +49,7 @@ def test_a_forward_is_a_stream_record_and_no_reply() -> None:
     item = Finished("1-0", Outcome.forward("GPU"), reply="r", fields=fields)
     keys, body = completer()._arguments("q", [item])
     assert keys == ["q", "aiworker:queue:GPU"]
-    assert body == [1, "1-0", 0, b"", 0, 0, 1, 2, 0, 4, "cmd", fields[b"cmd"], "reply", b"r"]
+    assert body == [1, "1-0", 0, b"", 0, 0, 1, 0, 2, 0, 4, "cmd", fields[b"cmd"], "reply", b"r"]
 
 
 def test_failure_reasons() -> None:

@@ -269,3 +269,25 @@ def test_signals_stop_a_subprocess_worker_cleanly(
     wait_for_workers(client, [proc])
     proc.signal(signal.SIGTERM)
     assert proc.wait(15) == 0
+
+
+def test_a_job_run_from_cached_metadata_is_run_again_when_its_model_was_replaced(
+    client: Client, worker: Worker
+) -> None:
+    """A worker reuses a model's metadata it read before (one read less per job); the completion
+    then checks, atomically, that the model it ran is still the stored one. A model stored anew
+    while the job ran makes the job run again, with the new version; nothing of the old run is
+    written."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add", sleep_ms=400))
+    tensor(client, "a", [1, 2])
+    tensor(client, "b", [3, 4])
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 o", "reply": "r1"})
+    assert blpop_json(client, "r1")["status"] == "ok"  # the metadata is cached now
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 o2", "reply": "r2"})
+    wait_until(lambda: pending_ids(client) != [])
+    time.sleep(0.1)  # running the old version now
+    client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+    reply = blpop_json(client, "r2")
+    assert reply["status"] == "ok"
+    assert client.tensorget("o2").tolist() == [3.0, 8.0], "the new version's result"
+    assert client.blpop(["r2"], 0.3) is None, "one reply"

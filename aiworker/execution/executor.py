@@ -24,7 +24,7 @@ from aiworker.execution.dag import Batching, DagRunner, LanePool
 from aiworker.execution.models import Models, check_outputs, run_model, samples_of
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.scripts import call_script
-from aiworker.execution.state import Snapshot
+from aiworker.execution.state import MetaCache, Snapshot
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.protocol.keys import Keys
@@ -77,6 +77,7 @@ class Executor:
         self.keys = keys
         self.limits = bounds
         self.dags = DagRunner(models, bounds, keys.dag_output, lanes)
+        self.metas = MetaCache()
 
     def plan(self, job: Job, snapshot: Snapshot, queue_device: str) -> Ready | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another

@@ -58,6 +58,34 @@ def reads_of(request: Request) -> list[tuple[str, str]]:
     return []
 
 
+class MetaCache:
+    """The model and script metadata this process read last, by key: a job whose model is in it
+    skips that read, and its completion checks, atomically, that the stored version is still the
+    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._replies: dict[tuple[str, str], Any] = {}
+
+    def get(self, what: str, key: str) -> Any:
+        return self._replies.get((what, key))
+
+    def put(self, what: str, key: str, reply: Any) -> None:
+        if len(self._replies) >= self.size:
+            self._replies.clear()  # a worker serves a handful of models: start over
+        self._replies[(what, key)] = reply
+
+    def drop(self, key: str) -> None:
+        self._replies.pop((MODEL, key), None)
+        self._replies.pop((SCRIPT, key), None)
+
+
+def _digest(what: str, reply: Any) -> bytes:
+    """The stored digest in a metadata reply (``ok`` + META_FIELDS of a model or a script)."""
+    fields = model_store.META_FIELDS if what == MODEL else script_store.META_FIELDS
+    return bytes(reply[1 + fields.index("digest")] or b"")
+
+
 @dataclass
 class Snapshot:
     """What a read brought for one job, decoded on first use (each key once)."""
@@ -65,6 +93,8 @@ class Snapshot:
     replies: dict[tuple[str, str], Any]
     limits: Limits
     deferred: bool = False  # its tensors were left for a read of their own
+    # (key, digest) of metadata taken from the cache: the completion checks they still hold
+    expect: list[tuple[str, bytes]] = field(default_factory=list)
     _decoded: dict[str, np.ndarray] = field(default_factory=dict)
     _declared: int = 0  # bytes of the tensors decoded so far, each use counted
 
@@ -126,28 +156,45 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def read(conn: ScriptRunner, requests: Sequence[Request], bounds: Limits) -> list[Snapshot]:
-    """One round trip for the state of every request (in order); one ``Snapshot`` each."""
+def read(
+    conn: ScriptRunner,
+    requests: Sequence[Request],
+    bounds: Limits,
+    cache: MetaCache | None = None,
+) -> list[Snapshot]:
+    """One round trip for the state of every request (in order); one ``Snapshot`` each. Model
+    and script metadata found in ``cache`` is not read again; none at all: no round trip."""
     wanted = [reads_of(request) for request in requests]
     index: dict[tuple[str, str], int] = {}
+    cached: dict[tuple[str, str], Any] = {}
     uses: list[dict[int, int]] = []  # per key read: job -> how many times it names the key
     for job, pairs in enumerate(wanted):
         for pair in pairs:
+            if cache is not None and pair[0] in (MODEL, SCRIPT):
+                hit = cached.get(pair) or cache.get(*pair)
+                if hit is not None:
+                    cached[pair] = hit
+                    continue
             n = index.get(pair)
             if n is None:
                 n = index[pair] = len(uses)
                 uses.append({})
             uses[n][job] = uses[n].get(job, 0) + 1
-    if not index:
-        return [Snapshot({}, bounds) for _ in requests]
-    args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
-    for (what, _key), counts in zip(index, uses, strict=True):
-        args.append(what)
-        args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
-    replies = conn.evalsha(READ_JOBS, [key for _what, key in index], args)
+    replies: Any = []
+    if index:
+        args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
+        for (what, _key), counts in zip(index, uses, strict=True):
+            args.append(what)
+            args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
+        replies = conn.evalsha(READ_JOBS, [key for _what, key in index], args)
+        if cache is not None:
+            for (what, key), reply in zip(index, replies, strict=True):
+                if what in (MODEL, SCRIPT) and reply[0] == b"ok":
+                    cache.put(what, key, reply)
     snapshots = []
     for pairs in wanted:
-        mine = {pair: replies[index[pair]] for pair in pairs}
+        mine = {p: cached[p] if p in cached else replies[index[p]] for p in pairs}
         deferred = any(reply[0] == b"deferred" for reply in mine.values())
-        snapshots.append(Snapshot(mine, bounds, deferred))
+        expect = [(p[1], _digest(p[0], cached[p])) for p in dict.fromkeys(pairs) if p in cached]
+        snapshots.append(Snapshot(mine, bounds, deferred, expect))
     return snapshots

@@ -69,6 +69,8 @@ class Finished:
     started: float | None = None  # when this worker took the entry (time.time())
     fields: Mapping[Any, Any] = field(default_factory=dict)  # the entry's own (for forwards)
     records: list[Record] = field(default_factory=list)
+    # (key, digest) of models/scripts the job ran from cached metadata: checked at completion
+    expect: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Result:
 
     applied: bool  # this delivery completed the entry: its writes happened
     duplicate: bool = False  # another delivery had completed it: nothing written
-    refused: str = ""  # "WRONGTYPE" | "NOPERM" | "PREFIX": nothing written, still pending
+    # "WRONGTYPE" | "NOPERM" | "PREFIX" (answered with that error) | "STALE" (a model it ran was
+    # stored anew meanwhile: the caller runs it again): nothing written, still pending
+    refused: str = ""
     key: str = ""  # the key refused
     reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)
     stats: int = 0  # 1 counted, 0 none, -1 counted after repairing its hash, -2 denied
@@ -113,10 +117,15 @@ class Completer:
 
     def complete(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
         """Apply each entry's effects if this delivery is the one that completes it."""
+        results: list[Result] = []
         try:
             results = self._run(conn, queue, items)
             done = list(items)
-            again = {n: self._refused(items[n], r) for n, r in enumerate(results) if r.refused}
+            again = {
+                n: self._refused(items[n], r)
+                for n, r in enumerate(results)
+                if r.refused and r.refused != "STALE"
+            }
             if again:  # complete those again, answering the refusal instead
                 retried = self._run(conn, queue, list(again.values()))
                 for (n, item), result in zip(again.items(), retried, strict=True):
@@ -128,8 +137,12 @@ class Completer:
                 self._record(queue, item, result)
             return results
         finally:
+            rerun = {
+                i.entry_id for i, r in zip(items, results, strict=False) if r.refused == "STALE"
+            }
             for item in items:
-                self.held.discard(queue, item.entry_id)
+                if item.entry_id not in rerun:  # a stale entry runs again: still held
+                    self.held.discard(queue, item.entry_id)
 
     def _refused(self, item: Finished, result: Result) -> Finished:
         log.warning(
@@ -184,6 +197,7 @@ class Completer:
             stats = [] if outcome.status == "forward" else outcome.stats
             reply_ref = ref(item.reply) if item.reply and outcome.status != "forward" else 0
             body += [item.entry_id, reply_ref, payload, len(outputs), len(stats), len(records)]
+            body.append(len(item.expect))
             for key, ttl, fields in outputs:
                 body += [ref(key), ttl, 2 * len(fields)]
                 for name, value in fields.items():
@@ -200,6 +214,8 @@ class Completer:
                 body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
                 for name, value in stream.fields.items():
                     body += [name, value]
+            for key, digest in item.expect:
+                body += [ref(key), digest]
         return keys, body
 
     def _forward(self, item: Finished) -> Record:

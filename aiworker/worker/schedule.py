@@ -83,6 +83,8 @@ class QueueScheduler:
         self._tasks: deque[Task] = deque()
         self._batcher = Batcher()
         self._dag_waiters = 0
+        # entry id -> (key, digest) of metadata its plan took from the cache (see MetaCache)
+        self._expect: dict[str, list[tuple[str, bytes]]] = {}
         self._running: dict[int, tuple[list[str], float]] = {}  # thread -> (entry ids, since)
 
     # what a free thread does -------------------------------------------------------------------
@@ -145,6 +147,8 @@ class QueueScheduler:
             return self._run_entries(conn, entries, kept)
         except BaseException:
             self.held.discard_all(self.queue, [eid for eid, _ in entries if eid not in kept])
+            for entry_id, _fields in entries:
+                self._expect.pop(entry_id, None)
             raise
 
     def _run_entries(self, conn: Wire, entries: Sequence[Entry], kept: set[str]) -> int:
@@ -197,7 +201,7 @@ class QueueScheduler:
             return []
         requests = [job.request for job, _ in jobs]
         try:
-            snapshots = state.read(conn, requests, self.executor.limits)
+            snapshots = state.read(conn, requests, self.executor.limits, self.executor.metas)
         except (redis.ConnectionError, redis.TimeoutError):
             raise  # the entries stay pending and run again
         except Exception as exc:  # e.g. the worker's ACL denies one key: each job on its own
@@ -210,7 +214,9 @@ class QueueScheduler:
                 plans.append(None)
                 continue
             try:
-                plans.append(self.executor.plan(job, snapshot, self.device))
+                planned = self.executor.plan(job, snapshot, self.device)
+                self._expect[job.entry_id] = snapshot.expect
+                plans.append(planned)
             except Exception as exc:  # a bug: this job's error, not its neighbours'
                 log.exception("%s: planning %s failed", self.queue, job.entry_id)
                 plans.append(Outcome.failed(_failure_text(exc)))
@@ -227,15 +233,21 @@ class QueueScheduler:
     def _finished(
         self, job: Job, fields: Mapping[Any, Any], outcome: Outcome, started: float
     ) -> Finished:
-        return Finished(job.entry_id, outcome, job, job.reply, job.fmt, started, fields)
+        expect = self._expect.pop(job.entry_id, [])
+        return Finished(job.entry_id, outcome, job, job.reply, job.fmt, started, fields, [], expect)
 
     def _complete(self, conn: Wire, finished: Sequence[Finished]) -> None:
         try:
-            self.completer.complete(conn, self.queue, finished)
+            results = self.completer.complete(conn, self.queue, finished)
         except (redis.ConnectionError, redis.TimeoutError):
             raise  # not applied: the entries stay pending and run again
         except redis.RedisError:
             log.exception("%s: completing %s failed", self.queue, [f.entry_id for f in finished])
+            return
+        for item, result in zip(finished, results, strict=True):
+            if result.refused == "STALE":  # its model was stored anew while it ran: run again
+                self.executor.metas.drop(result.key)
+                self._later([(item.entry_id, item.fields)])
 
     def _run_ready(
         self, conn: Wire, job: Job, fields: Mapping[Any, Any], ready: Ready, started: float

@@ -6,14 +6,17 @@
 -- number of keys passed here instead of in KEYS (0; or, on a standalone Redis only, the keys
 -- themselves, so that when the ACL denies one, this script's own check names it), those keys,
 -- then the number of entries; then per entry:
---   id, reply key index (0: none), reply payload, n outputs, n stats, n records,
+--   id, reply key index (0: none), reply payload, n outputs, n stats, n records, n expects,
 --   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
 --     field/value items, the items;
 --   per stats record: key index, duration, samples, calls, errors;
---   per record: stream key index, MAXLEN (0: none), number of field/value items, the items.
+--   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
+--   per expect: key index, digest (a model or script the job ran from cached metadata: it must
+--     still be stored in that version, or the entry is refused as STALE and runs again).
 -- Returns per entry {code, reply, stats, reason, key}: code 1 applied, 0 already completed by
 -- another delivery (nothing written), -1 refused (nothing written, the entry stays pending:
--- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`); reply 1 pushed, 0 none, -1
+-- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`, or 'STALE' for a model or script
+-- stored anew since the job read its version); reply 1 pushed, 0 none, -1
 -- dropped (the reply key holds another type or is denied); stats 1 counted, 0 none, -1 counted
 -- after repairing a statistics key that was not a hash of integers, -2 not counted (denied).
 --
@@ -41,7 +44,8 @@ local entries = {}
 for e = 1, tonumber(take()) do
   local entry = {id = take(), reply = tonumber(take()), payload = take()}
   local n_out, n_stats, n_rec = tonumber(take()), tonumber(take()), tonumber(take())
-  entry.outputs, entry.stats, entry.records = {}, {}, {}
+  local n_exp = tonumber(take())
+  entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
   for o = 1, n_out do
     local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
     entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
@@ -52,6 +56,9 @@ for e = 1, tonumber(take()) do
   for r = 1, n_rec do
     local key, maxlen, n = K[tonumber(take())], tonumber(take()), tonumber(take())
     entry.records[r] = {key = key, maxlen = maxlen, fields = list(n)}
+  end
+  for x = 1, n_exp do
+    entry.expect[x] = {key = K[tonumber(take())], digest = take()}
   end
   entries[e] = entry
 end
@@ -116,8 +123,17 @@ end
 local results = {}
 for e, entry in ipairs(entries) do
   local refused, key = nil, nil
+  for _, exp in ipairs(entry.expect) do
+    local fields = type_of(exp.key) == 'hash' and redis.call('HMGET', exp.key, 'kind', 'digest')
+    if not (fields and (fields[1] == 'model' or fields[1] == 'script')
+            and fields[2] == exp.digest) then
+      refused, key = 'STALE', exp.key
+      break
+    end
+  end
   -- ACL first: reading the type of a key the worker may not touch would fail the script
   for _, out in ipairs(entry.outputs) do
+    if refused then break end
     if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
       refused, key = 'PREFIX', out.key
     elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
@@ -126,7 +142,6 @@ for e, entry in ipairs(entries) do
     elseif type_of(out.key) ~= 'none' and type_of(out.key) ~= 'tensor' then
       refused, key = 'WRONGTYPE', out.key
     end
-    if refused then break end
   end
   for _, rec in ipairs(entry.records) do
     if refused then break end
