@@ -30,6 +30,9 @@ from aiworker.storage.connection import install_packer
 from aiworker.storage.plans import Batch, execute_batch
 from aiworker.storage.redis_options import client_kwargs
 
+# Commands of the hot methods (tensorset, tensorget, model metadata) whose raw replies are the
+# ones redis-py returns (HGETALL is turned into its dict), sent without redis-py's machinery.
+FAST_COMMANDS = frozenset({"EVALSHA", "HMGET", "HGET", "HGETALL"})
 OWN_OPTIONS = ("prefix", "reply_timeout", "shared_replies", "debug", "enable_postprocess")
 
 
@@ -118,6 +121,10 @@ class Client(AICommands, redis.Redis):
 
     def _step(self, step: Any) -> Any:
         if isinstance(step, Batch):
+            if len(step.commands) == 1 and not step.transaction and not self.debug:
+                command = step.commands[0]
+                if str(command[0]).upper() in FAST_COMMANDS:
+                    return [self._fast(command)]
             return execute_batch(self, step)
         if isinstance(step, Submit):
             return self._jobs.submit(step.queue, step.request, step.limit)
@@ -127,6 +134,17 @@ class Client(AICommands, redis.Redis):
             self._print(step.command)
             return None
         raise TypeError(f"unknown plan step {type(step).__name__}")
+
+    def _fast(self, command: tuple[Any, ...]) -> Any:
+        """One command on this thread's own connection (see ``storage.wire``); the error it
+        returns in place of a reply, as ``execute_batch`` does."""
+        try:
+            reply = self._jobs.wires.get().execute(*command)
+        except redis.ResponseError as exc:
+            return exc
+        if str(command[0]).upper() == "HGETALL":  # redis-py's shape
+            return dict(zip(reply[::2], reply[1::2], strict=True))
+        return reply
 
     def _run(self, op: Op) -> Any:
         if op.command is not None:

@@ -14,6 +14,7 @@ One ``Wire`` belongs to one thread; it is not thread-safe.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -106,8 +107,10 @@ class Wire:
 
     def __init__(self, pool: redis.ConnectionPool, retry: Retry | None = None) -> None:
         # RESP2 whatever the pool speaks: the replies below are parsed as RESP2's arrays.
-        kwargs = {**pool.connection_kwargs, "protocol": 2}
-        self._connection = pool.connection_class(**kwargs)
+        self._kwargs = {**pool.connection_kwargs, "protocol": 2}
+        self._class = pool.connection_class
+        self._connection = self._class(**self._kwargs)
+        self._pid = os.getpid()
         self._retry = retry or Retry(NoBackoff(), 0)
         self._reader: hiredis.Reader | None = None
         self._buffer = bytearray(RECV_BYTES)
@@ -140,6 +143,9 @@ class Wire:
             return self.execute(*command)
 
     def _socket(self) -> socket.socket:
+        if self._pid != os.getpid():  # a forked child: the socket is the parent's, leave it be
+            self._connection = self._class(**self._kwargs)
+            self._reader, self._pid = None, os.getpid()
         if self._connection._sock is None or self._reader is None:
             self._connection.connect()
             self._reader = hiredis.Reader()
