@@ -207,6 +207,21 @@ class Batcher:
         return bool(meta.minbatchtimeout) and now >= chosen[0].arrived + meta.minbatchtimeout / 1000
 
 
+def run_once(
+    models: Models, key: str, meta: ModelMeta, inputs: Sequence[np.ndarray]
+) -> MemberResult:
+    """Run one request alone (no batch bookkeeping): its result as a batch member's."""
+    try:
+        with models.model(key, meta) as model:
+            try:
+                outputs, duration_us = run_model(model, inputs, meta.backend)
+            except AIError as exc:
+                return MemberResult(None, error_text(exc))
+    except AIWorkerError as exc:  # the model failed to load: it never ran, nothing counted
+        return MemberResult(None, error_text(exc), counted=False)
+    return MemberResult(outputs, duration_us=duration_us)
+
+
 def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
     """Run a batch once; one result per member, in order.
 

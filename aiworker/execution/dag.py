@@ -31,7 +31,7 @@ import numpy as np
 from aiworker.backends.base import ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
-from aiworker.execution.batching import Batch, Member, MemberResult, run_batch
+from aiworker.execution.batching import Member, MemberResult, run_once
 from aiworker.execution.models import Models, check_outputs, samples_of
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.scripts import call_script
@@ -101,7 +101,8 @@ class _Op:
     lane: str  # device queue of a model/script op, "" for tensor ops
     reads: list[tuple[str, int]]  # (name, producer index) of each input
     meta: Any = None  # ModelMeta or ScriptMeta
-    done: threading.Event = field(default_factory=threading.Event)
+    # set once the op ended; only when the DAG's lanes run on several threads
+    done: threading.Event | None = None
     result: Any = results.NA
     ok: bool = False
 
@@ -220,6 +221,8 @@ class DagRunner:
         if len(lanes) == 1 or not self.lanes.try_take(len(lanes) - 1):
             self._run_lane(run, run.ops)
             return
+        for op in run.ops:
+            op.done = threading.Event()
         first, *others = list(lanes)
         futures = [self.lanes.run(partial(self._run_lane, run, lanes[lane])) for lane in others]
         self._run_lane(run, lanes[first])
@@ -230,8 +233,9 @@ class DagRunner:
         for op in ops:
             try:
                 for _name, producer in op.reads:
-                    if producer != LOADED:
-                        run.ops[producer].done.wait()
+                    done = run.ops[producer].done if producer != LOADED else None
+                    if done is not None:
+                        done.wait()
                 if run.failed.is_set() or run.timed_out.is_set():
                     continue  # not run: answers NA
                 if run.deadline_ms is not None and time.time() * 1000 > run.deadline_ms:
@@ -247,7 +251,8 @@ class DagRunner:
             finally:
                 if isinstance(op.result, dict) and "error" in op.result:
                     run.failed.set()
-                op.done.set()
+                if op.done is not None:
+                    op.done.set()
 
     def _run_op(self, run: _Run, op: _Op) -> None:
         request = op.request
@@ -284,12 +289,12 @@ class DagRunner:
         inputs: list[Any],
     ) -> None:
         meta: model_store.ModelMeta = op.meta
-        member = Member(request.key, meta, list(inputs))
         batcher = run.batching(op.lane) if meta.batchsize > 0 else None
-        if batcher is not None:
+        member = Member(request.key, meta, list(inputs)) if batcher is not None else None
+        if batcher is not None and member is not None:
             result = batcher.run_member(member)
         else:
-            result = run_batch(self.models, Batch([member]))[0]
+            result = run_once(self.models, request.key, meta, inputs)
         if result.outputs is None:
             if result.counted:
                 self._record(run, StatsRecord(request.key, errors=1))
@@ -299,7 +304,7 @@ class DagRunner:
         except AIError:
             self._record(run, StatsRecord(request.key, errors=1))
             raise
-        samples = samples_of(result.outputs, member.size)
+        samples = samples_of(result.outputs, member.size if member is not None else 1)
         self._record(run, StatsRecord(request.key, result.duration_us, samples))
         self._store(run, op, result.outputs)
 

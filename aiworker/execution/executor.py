@@ -19,7 +19,7 @@ import redis
 from aiworker.backends.base import ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
-from aiworker.execution.batching import Batch, Member, MemberResult
+from aiworker.execution.batching import Batch, Member, MemberResult, run_once
 from aiworker.execution.dag import Batching, DagRunner, LanePool
 from aiworker.execution.models import Models, check_outputs, run_model, samples_of
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
@@ -148,15 +148,7 @@ class Executor:
     def _run_model(self, ready: ModelRun) -> Outcome:
         request = ready.job.request
         assert isinstance(request, ModelExecute)
-        try:
-            with self.models.model(request.key, ready.meta) as model:
-                try:
-                    outputs, duration_us = run_model(model, ready.inputs, ready.meta.backend)
-                    result = MemberResult(outputs, duration_us=duration_us)
-                except AIError as exc:
-                    result = MemberResult(None, error_text(exc))
-        except AIWorkerError as exc:  # the model failed to load: it never ran, nothing counted
-            result = MemberResult(None, error_text(exc), counted=False)
+        result = run_once(self.models, request.key, ready.meta, ready.inputs)
         return member_outcome(request, result, self.limits)
 
     def _run_script(self, ready: ScriptRun, redis_call: RedisCall | None) -> Outcome:

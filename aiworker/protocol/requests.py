@@ -146,25 +146,37 @@ def request_to_map(request: Any) -> dict[str, Any]:
     return out
 
 
-def _field_value(name: str, value: Any) -> Any:
-    """A msgpack-decoded field back in its dataclass type."""
-    if name == "ops":
-        return tuple(_from_map(op, _OP_TYPES) for op in value)
-    if name in ("timeout_ms", "variadic"):
-        return int(value) if value is not None else None
-    if name == "batchsize":
-        return int(value)
-    if name in ("readonly", "meta"):
-        return bool(value)
-    if name == "shape":
-        return tuple(int(v) for v in value)
-    if name == "blob":
-        if value is not None and not isinstance(value, bytes):  # bytes(10**9) would allocate
-            raise TypeError("blob is not bytes")
-        return value
+def _optional_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
+def _blob(value: Any) -> bytes | None:
+    if value is not None and not isinstance(value, bytes):  # bytes(10**9) would allocate
+        raise TypeError("blob is not bytes")
+    return value  # type: ignore[no-any-return]
+
+
+def _names(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_name(v) for v in value)
     return _name(value)
+
+
+# How a msgpack-decoded field becomes its dataclass type; every other field is text (or texts).
+_CONVERT: dict[str, Any] = {
+    "ops": lambda value: tuple(_from_map(op, _OP_TYPES) for op in value),
+    "timeout_ms": _optional_int,
+    "variadic": _optional_int,
+    "batchsize": int,
+    "readonly": bool,
+    "meta": bool,
+    "shape": _shape,
+    "blob": _blob,
+}
 
 
 def _name(value: Any) -> str:
@@ -182,7 +194,7 @@ def _from_map(data: Any, types: Mapping[str, type[Any]]) -> Any:
     if cls is None:
         raise AIError(f"unknown job op {op!r}")
     try:
-        kwargs = {name: _field_value(name, v) for name, v in data.items() if name != "op"}
+        kwargs = {n: _CONVERT.get(n, _names)(v) for n, v in data.items() if n != "op"}
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise AIError(f"malformed {op} job: {exc}") from None
