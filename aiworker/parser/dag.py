@@ -21,10 +21,6 @@ from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import (
     DagExecute,
     DagOp,
-    ModelExecute,
-    ScriptExecute,
-    TensorGet,
-    TensorSet,
 )
 
 DAG_COMMANDS = ("AI.DAGEXECUTE", "AI.DAGEXECUTE_RO", "AI.DAGRUN", "AI.DAGRUN_RO")
@@ -32,20 +28,12 @@ DAG_COMMANDS = ("AI.DAGEXECUTE", "AI.DAGEXECUTE_RO", "AI.DAGRUN", "AI.DAGRUN_RO"
 
 def op_inputs(op: DagOp) -> tuple[str, ...]:
     """The DAG-local tensor names an op reads."""
-    if isinstance(op, TensorGet):
-        return (op.key,)
-    if isinstance(op, (ModelExecute, ScriptExecute)):
-        return op.inputs
-    return ()
+    return op.reads()
 
 
 def op_outputs(op: DagOp) -> tuple[str, ...]:
     """The DAG-local tensor names an op writes."""
-    if isinstance(op, TensorSet):
-        return (op.key,)
-    if isinstance(op, (ModelExecute, ScriptExecute)):
-        return op.outputs
-    return ()
+    return op.writes()
 
 
 def _keys(args: Sequence[str], i: int, word: str) -> tuple[tuple[str, ...], int]:

@@ -22,6 +22,14 @@ class ModelExecute:
     timeout_ms: int | None = None
     op: str = field(default="MODELEXECUTE", init=False)
 
+    def reads(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op reads."""
+        return self.inputs
+
+    def writes(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op writes."""
+        return self.outputs
+
 
 @dataclass(frozen=True)
 class ScriptExecute:
@@ -37,6 +45,14 @@ class ScriptExecute:
     variadic: int | None = None
     op: str = field(default="SCRIPTEXECUTE", init=False)
 
+    def reads(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op reads."""
+        return self.inputs
+
+    def writes(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op writes."""
+        return self.outputs
+
 
 @dataclass(frozen=True)
 class TensorSet:
@@ -47,6 +63,14 @@ class TensorSet:
     shape: tuple[int, ...] = ()
     blob: bytes | None = None
     op: str = field(default="TENSORSET", init=False)
+
+    def reads(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op reads."""
+        return ()
+
+    def writes(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op writes."""
+        return (self.key,)
 
     def array(self) -> np.ndarray:
         if self.blob is None:
@@ -62,6 +86,14 @@ class TensorGet:
     meta: bool = True
     data: str = "BLOB"
     op: str = field(default="TENSORGET", init=False)
+
+    def reads(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op reads."""
+        return (self.key,)
+
+    def writes(self) -> tuple[str, ...]:
+        """The DAG-local tensor names this op writes."""
+        return ()
 
 
 DagOp = TensorSet | TensorGet | ModelExecute | ScriptExecute
