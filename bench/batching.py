@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
@@ -66,7 +67,15 @@ def start_worker(url: str, threads: int, intra_op: int = 0) -> subprocess.Popen[
     env = _env()
     if intra_op:
         env["AIWORKER_INTRA_OP_PARALLELISM"] = str(intra_op)
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # clients ask the heartbeats whether a worker serves the queue: wait until this one beats
+    r = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 120
+    while not any(f":{proc.pid}".encode() in name for name in r.zrange("aiworker:workers", 0, -1)):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("the benchmark's worker did not start")
+        time.sleep(0.05)
+    return proc
 
 
 # the client side ---------------------------------------------------------------------------
