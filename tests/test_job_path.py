@@ -35,9 +35,13 @@ KEYS = Keys()
 
 
 def blpop_json(client: Client, key: str, timeout: float = 10) -> dict[str, Any]:
-    popped = client.blpop([key], timeout)
-    assert popped is not None, f"no reply on {key}"
-    return json.loads(popped[1])  # type: ignore[no-any-return]
+    """The reply on ``key``, waited for in slices below the client's socket timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        popped = client.blpop([key], 2)
+        if popped is not None:
+            return json.loads(popped[1])  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no reply on {key}"
 
 
 # all or nothing -----------------------------------------------------------------------------

@@ -111,6 +111,9 @@ class Completer:
         self.reply_ttl = reply_ttl
         self.metrics = metrics
         self.held = held
+        # check each command against the worker user's ACL inside the script; off only while the
+        # user may run anything on any key (``unrestricted``, re-checked with every heartbeat)
+        self.check_acl = True
         self.jobs_done = 0
         self.jobs_failed = 0
         self._lock = threading.Lock()
@@ -158,7 +161,7 @@ class Completer:
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
         keys, body = self._arguments(queue, items)
-        head = [CONSUMER_GROUP, self.keys.prefix, self.reply_ttl]
+        head = [CONSUMER_GROUP, self.keys.prefix, self.reply_ttl, int(self.check_acl)]
         try:
             reply = conn.evalsha(COMPLETE, keys, [*head, 0, *body])
         except redis.exceptions.NoPermissionError:
@@ -300,6 +303,20 @@ class Completer:
 def _enqueued_ms(item: Finished) -> int:
     """When the requester enqueued the job (before any forward to another device queue)."""
     return item.job.enqueued_ms if item.job is not None else entry_time_ms(item.entry_id)
+
+
+def unrestricted(r: Any) -> bool:
+    """Whether this connection's Redis user may run every command on every key (then the
+    completion script skips its per-command ACL checks). False when that cannot be told."""
+    try:
+        user = r.acl_getuser(r.acl_whoami())
+    except Exception:  # ACL not permitted to this user (a least-privilege worker), or no ACL
+        return False
+    if not user or user.get("selectors") or "~*" not in user.get("keys", []):
+        return False
+    return "+@all" in user.get("categories", []) and not any(
+        str(c).startswith("-") for c in user.get("commands", [])
+    )
 
 
 def _result(row: Sequence[Any]) -> Result:

@@ -40,12 +40,14 @@ class Heartbeat:
         name: str,
         status: Callable[[], dict[str, Any]],
         metrics: WorkerMetrics,
+        on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.r = r
         self.keys = keys
         self.name = name
         self.status = status
         self.metrics = metrics
+        self.on_beat = on_beat  # periodic checks the process wants done at heartbeat pace
 
     def publish(self) -> None:
         now = time.time()
@@ -60,6 +62,7 @@ class Heartbeat:
     def loop(self, stop: threading.Event) -> None:
         while True:
             try:
+                self.on_beat()
                 self.publish()
             except redis.RedisError:
                 self.metrics.redis_errors.labels("heartbeat").inc()

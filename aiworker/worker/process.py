@@ -35,7 +35,7 @@ from aiworker.settings import Settings
 from aiworker.storage import redis_options
 from aiworker.storage.connection import connect
 from aiworker.storage.wire import Wires
-from aiworker.worker.complete import Completer
+from aiworker.worker.complete import Completer, unrestricted
 from aiworker.worker.consume import Consumer, ensure_group
 from aiworker.worker.health import Heartbeat, Watchdog
 from aiworker.worker.leases import HeldEntries
@@ -112,7 +112,9 @@ class Worker:
             self.name,
             accept=lambda device, entries: self.schedulers[device].accept(entries),
         )
-        self.heartbeat = Heartbeat(self.r, self.keys, self.name, self.status, self.metrics)
+        self.heartbeat = Heartbeat(
+            self.r, self.keys, self.name, self.status, self.metrics, self._check_acl
+        )
         self.watchdog = Watchdog(
             list(self.schedulers.values()), settings.hung_job_timeout, self._give_up
         )
@@ -132,6 +134,7 @@ class Worker:
 
     def start(self) -> Worker:
         self.registry.preload(self.settings.preload)
+        self._check_acl()
         # What is loaded now (frameworks, preloaded backends) lives as long as the process: keep
         # it out of the garbage collector's scans, which every job's allocations trigger.
         gc.collect()
@@ -175,6 +178,9 @@ class Worker:
             self.settings.threads_per_queue,
         )
         return self
+
+    def _check_acl(self) -> None:
+        self.completer.check_acl = not unrestricted(self.r)
 
     def _thread(self, target: Any, name: str) -> None:
         self._threads.append(threading.Thread(target=target, name=name, daemon=True))

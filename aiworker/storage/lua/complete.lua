@@ -3,6 +3,8 @@
 -- dead letter) - all of it, or none of it.
 -- KEYS[1] the queue; KEYS[2..] every other key written (commands below refer to them by index).
 -- ARGV[1] consumer group, ARGV[2] aiworker's key prefix, ARGV[3] reply TTL (seconds), ARGV[4]
+-- 1 to check every command against the worker user's ACL first (0: the user may run anything on
+-- any key, as the worker found out with ACL GETUSER), ARGV[5]
 -- number of keys passed here instead of in KEYS (0; or, on a standalone Redis only, the keys
 -- themselves, so that when the ACL denies one, this script's own check names it), those keys,
 -- then the number of entries; then per entry:
@@ -22,12 +24,12 @@
 --
 -- Everything that could fail is checked before the first write: Redis does not roll a script back,
 -- so a command failing halfway would leave an entry acknowledged with its reply unwritten.
-local group, prefix, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local K, i = KEYS, 5
-if tonumber(ARGV[4]) > 0 then
+local group, prefix, ttl, check_acl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local K, i = KEYS, 6
+if tonumber(ARGV[5]) > 0 then
   K = {KEYS[1]}
-  for j = 1, tonumber(ARGV[4]) do K[j + 1] = ARGV[4 + j] end
-  i = 5 + tonumber(ARGV[4])
+  for j = 1, tonumber(ARGV[5]) do K[j + 1] = ARGV[5 + j] end
+  i = 6 + tonumber(ARGV[5])
 end
 local function take()
   local v = ARGV[i]
@@ -74,47 +76,34 @@ local function type_of(key)
   return will[key]
 end
 local function allowed(...)
-  return not redis.acl_check_cmd or redis.acl_check_cmd(...)
+  return not check_acl or not redis.acl_check_cmd or redis.acl_check_cmd(...)
 end
 local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
--- What a statistics key needs before HINCRBY can count into it: nothing ('ok'), to be dropped
--- ('reset': it holds another type), or its non-integer counters zeroed ('fix'). It is one of
--- aiworker's own keys, so repairing it is this script's to do; failing would be worse.
-local function counters_state(key)
-  local t = type_of(key)
-  if t == 'none' or t == 'stats' then return 'ok' end
-  if t ~= 'hash' then return 'reset' end
-  for _, v in ipairs(redis.call('HMGET', key, unpack(COUNTERS))) do
-    -- HINCRBY fails on anything but a 64-bit integer; stay far from its overflow too
-    if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then return 'fix' end
-  end
-  return 'ok'
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
 end
+-- Count into a statistics hash. HINCRBY fails, writing nothing, on a key of another type or a
+-- field that is not an integer: it is one of aiworker's own keys, so the script repairs it (drops
+-- the key, or zeroes the field) and counts; failing would be worse. Returns 1 counted, -1 counted
+-- after a repair, -2 not counted (the worker's ACL denies it).
 local function count(rec)
-  if not allowed('HINCRBY', rec.key, 'calls', '1') or not allowed('HMGET', rec.key, 'calls') then
-    return -2
-  end
-  local state = counters_state(rec.key)
-  local may = true
-  if state == 'reset' then may = may and allowed('DEL', rec.key) end
-  if state == 'fix' then may = may and allowed('HSET', rec.key, 'calls', '0') end
-  if not may then return -2 end
-  if state == 'reset' then redis.call('DEL', rec.key) end
-  if state == 'fix' then
-    local values = redis.call('HMGET', rec.key, unpack(COUNTERS))
-    for c, name in ipairs(COUNTERS) do
-      local v = values[c]
-      if v and not (string.match(v, '^%-?%d+$') and string.len(v) < 16) then
-        redis.call('HSET', rec.key, name, '0')
-      end
-    end
-  end
+  if not allowed('HINCRBY', rec.key, 'calls', '1') then return -2 end
+  local result = 1
   for c, name in ipairs(COUNTERS) do
     local amount = tonumber(rec.values[c])
-    if amount ~= 0 then redis.call('HINCRBY', rec.key, name, amount) end
+    if amount ~= 0 and failed(redis.pcall('HINCRBY', rec.key, name, amount)) then
+      if not (allowed('DEL', rec.key) and allowed('HSET', rec.key, name, '0')) then return -2 end
+      if redis.call('TYPE', rec.key)['ok'] ~= 'hash' then
+        redis.call('DEL', rec.key)
+      else
+        redis.call('HSET', rec.key, name, '0')
+      end
+      redis.call('HINCRBY', rec.key, name, amount)
+      result = -1
+    end
   end
-  will[rec.key] = 'stats'
-  return state == 'ok' and 1 or -1
+  will[rec.key] = 'hash'
+  return result
 end
 
 if not allowed('XACK', KEYS[1], group, '0-1') or not allowed('XDEL', KEYS[1], '0-1') then
@@ -158,7 +147,7 @@ for e, entry in ipairs(entries) do
   else
     redis.call('XDEL', KEYS[1], entry.id)
     for _, out in ipairs(entry.outputs) do
-      redis.call('DEL', out.key)
+      if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
       redis.call('HSET', out.key, unpack(out.fields))
       if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
       will[out.key] = 'tensor'
@@ -179,11 +168,14 @@ for e, entry in ipairs(entries) do
     local reply = 0
     if entry.reply > 0 then
       local rkey = K[entry.reply]
-      local t = allowed('LPUSH', rkey, entry.payload) and type_of(rkey) or 'denied'
-      if (t == 'none' or t == 'list') and (t ~= 'none' or ttl == 0 or allowed('EXPIRE', rkey, ttl)) then
-        redis.call('LPUSH', rkey, entry.payload)
+      local pushed = false
+      if allowed('LPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
+        -- LPUSH fails, writing nothing, on a key of another type: no reply then
+        pushed = redis.pcall('LPUSH', rkey, entry.payload)
+      end
+      if pushed and not failed(pushed) then
         -- an expiry only on a list this push created: never on somebody else's list
-        if t == 'none' and ttl > 0 then redis.call('EXPIRE', rkey, ttl) end
+        if pushed == 1 and ttl > 0 then redis.call('EXPIRE', rkey, ttl) end
         will[rkey] = 'list'
         reply = 1
       else

@@ -14,30 +14,54 @@ local SCRIPT = {'kind', 'device', 'tag', 'entry_points', 'digest'}
 local max_tensor, max_job, max_read = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local replies, sizes, uses, job_bytes = {}, {}, {}, {}
--- First pass: types and stored sizes; nothing large is fetched yet.
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+local function all_nil(values)
+  for _, v in ipairs(values) do
+    if v then return false end
+  end
+  return true
+end
+-- A hash with none of the fields asked for: missing, or somebody else's hash.
+local function absent(key)
+  return redis.call('EXISTS', key) == 0 and {'none'} or {'wrongtype'}
+end
+-- First pass: types and stored sizes; nothing large is fetched yet. A command on a key of
+-- another type fails (pcall), which is how that type is told, in one call per key.
 for i, key in ipairs(KEYS) do
   local what = ARGV[2 + 2 * i]
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then
-    replies[i] = {'none'}
-  elseif what == 'K' then
-    replies[i] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
-  elseif kind ~= 'hash' then
-    replies[i] = {'wrongtype'}
-  elseif what == 'M' then
-    replies[i] = {'ok', unpack(redis.call('HMGET', key, unpack(MODEL)))}
-  elseif what == 'S' then
-    replies[i] = {'ok', unpack(redis.call('HMGET', key, unpack(SCRIPT)))}
-  else
-    local size = redis.call('HSTRLEN', key, 'blob') + redis.call('HSTRLEN', key, 'values')
-    if size > max_tensor then
-      replies[i] = {'toobig', 'tensor', size}
+  if what == 'K' then
+    local kind = redis.call('TYPE', key)['ok']
+    if kind == 'none' then
+      replies[i] = {'none'}
     else
-      sizes[i] = size
-      uses[i] = {}
-      for job, count in string.gmatch(ARGV[3 + 2 * i], '(%d+):(%d+)') do
-        uses[i][#uses[i] + 1] = job
-        job_bytes[job] = (job_bytes[job] or 0) + size * tonumber(count)
+      replies[i] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
+    end
+  elseif what == 'M' or what == 'S' then
+    local fields = redis.pcall('HMGET', key, unpack(what == 'M' and MODEL or SCRIPT))
+    if failed(fields) then
+      replies[i] = {'wrongtype'}
+    elseif all_nil(fields) then
+      replies[i] = absent(key)
+    else
+      replies[i] = {'ok', unpack(fields)}
+    end
+  else
+    local blob = redis.pcall('HSTRLEN', key, 'blob')
+    if failed(blob) then
+      replies[i] = {'wrongtype'}
+    else
+      local size = blob + redis.call('HSTRLEN', key, 'values')
+      if size > max_tensor then
+        replies[i] = {'toobig', 'tensor', size}
+      else
+        sizes[i] = size
+        uses[i] = {}
+        for job, count in string.gmatch(ARGV[3 + 2 * i], '(%d+):(%d+)') do
+          uses[i][#uses[i] + 1] = job
+          job_bytes[job] = (job_bytes[job] or 0) + size * tonumber(count)
+        end
       end
     end
   end
@@ -58,7 +82,8 @@ for i, key in ipairs(KEYS) do
       replies[i] = {'deferred'}
     else
       read_bytes = read_bytes + sizes[i]
-      replies[i] = {'ok', unpack(redis.call('HMGET', key, 'kind', 'dtype', 'shape', 'blob', 'values'))}
+      local fields = redis.call('HMGET', key, 'kind', 'dtype', 'shape', 'blob', 'values')
+      replies[i] = all_nil(fields) and absent(key) or {'ok', unpack(fields)}
     end
   end
 end
