@@ -68,6 +68,38 @@ def scenario_cpu(peers: dict[str, object], n: int) -> tuple[str, dict[str, float
     return table, per_job
 
 
+def scenario_redis_cpu(url: str, peers: dict[str, object], n: int) -> str:
+    """Redis's own CPU per job (``INFO cpu``) and the commands behind it (``INFO commandstats``),
+    one client sending ``n`` requests one after another: what a job costs the server."""
+    r = redis.Redis.from_url(url)
+
+    def cpu() -> float:
+        info = r.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    rows = []
+    for key in ("floor", "diy", "aiworker", "aiworker_run"):
+        peer = peers[key]
+        call = peer.caller()  # type: ignore[attr-defined]
+        for _ in range(50):
+            call()
+        r.config_resetstat()
+        started = cpu()
+        for _ in range(n):
+            call()
+        used = (cpu() - started) / n
+        stats = r.info("commandstats")
+        top = sorted(((v["usec"], k[len("cmdstat_") :], v["calls"]) for k, v in stats.items()),
+                     reverse=True)[:4]  # fmt: skip
+        detail = ", ".join(
+            f"{name} {usec / n:.0f} us x{calls / n:.0f}" for usec, name, calls in top
+        )
+        commands = sum(v["calls"] for k, v in stats.items() if "config" not in k) / n
+        rows.append([peer.name, used * 1e6, commands, detail])  # type: ignore[attr-defined]
+    headers = ["peer", "Redis CPU us per job", "commands per job", "where (per job)"]
+    return markdown_table(headers, rows)
+
+
 def scenario_throughput(
     peers: dict[str, object], seconds: float
 ) -> tuple[str, dict[tuple[str, int], float]]:
@@ -262,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
             print(sections[-1], "\n", flush=True)
             table_cpu, _ = scenario_cpu(peers, n + 500)
             sections.append("## Worker CPU per job, one client, trivial model\n\n" + table_cpu)
+            print(sections[-1], "\n", flush=True)
+            table_redis = scenario_redis_cpu(server.url, peers, n)
+            sections.append("## Redis CPU per job, one client, trivial model\n\n" + table_redis)
             print(sections[-1], "\n", flush=True)
         server_url = server.url
         table3, _ = scenario_batching(server_url, seconds, args.width)

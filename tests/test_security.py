@@ -181,6 +181,17 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
         assert escape["error"] == "NOPERM this worker may not write key 'secret:out'", escape
         assert not admin.exists("secret:out"), "nothing half applied"
 
+        # What a job may write holds for this user too: never over a model, nor the queue.
+        model_before = admin.hgetall("ai:m")
+        over = _run(
+            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:m", "aiworker:reply:4"
+        )
+        assert over["error"].startswith("WRONGTYPE") and admin.hgetall("ai:m") == model_before
+        queue = _run(
+            admin, f"AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 {QUEUE}", "aiworker:reply:5"
+        )
+        assert "aiworker's own keys" in queue["error"] and admin.type(QUEUE) == b"stream"
+
         # A reply key outside the worker's patterns: the job still completes, unanswered.
         admin.xadd(
             QUEUE,
