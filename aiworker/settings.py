@@ -69,6 +69,10 @@ class Settings:
     # models and scripts are code: see docs/security.md
     allow_file_ops: bool = False
     max_model_extract_bytes: int = 4 << 30
+    # Redis Cluster (README "Redis Cluster"): streams per device queue; WAIT after completions
+    queue_partitions: int = 1
+    wait_replicas: int = 0
+    wait_replicas_timeout: int = 1000
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -133,7 +133,7 @@ class DagRunner:
         self,
         models: Models,
         bounds: limits.Limits,
-        spill_key: Callable[[str, int], str],
+        spill_key: Callable[[str, int, str | None], str],
         lanes: LanePool,
     ) -> None:
         self.models = models
@@ -189,7 +189,7 @@ class DagRunner:
         dag = job.request
         assert isinstance(dag, DagExecute)
         values = {(key, LOADED): snapshot.tensor(key) for key in dict.fromkeys(dag.load)}
-        spill = lambda i: self.spill_key(job.entry_id, i)  # noqa: E731
+        spill = lambda i: self.spill_key(job.entry_id, i, job.reply)  # noqa: E731
         run = _Run(ops, values, job.deadline_ms, spill, fmt, batching, context)
         self._execute(run)
         if run.timed_out.is_set():

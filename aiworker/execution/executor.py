@@ -72,12 +72,25 @@ Ready = ModelRun | ScriptRun | DagRun | VerifyRun
 class Executor:
     """Plans and runs the jobs of one worker process."""
 
-    def __init__(self, models: Models, keys: Keys, bounds: limits.Limits, lanes: LanePool) -> None:
+    def __init__(
+        self,
+        models: Models,
+        keys: Keys,
+        bounds: limits.Limits,
+        lanes: LanePool,
+        cluster: bool = False,
+    ) -> None:
         self.models = models
         self.keys = keys
         self.limits = bounds
-        self.dags = DagRunner(models, bounds, keys.dag_output, lanes)
-        self.metas = MetaCache()
+        # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
+        spill_key = (
+            keys.dag_output if cluster else lambda entry_id, i, near: keys.dag_output(entry_id, i)
+        )
+        self.dags = DagRunner(models, bounds, spill_key, lanes)
+        # Metadata cached per worker is checked again by the completion script, which on Redis
+        # Cluster runs in the outputs' slot, not the model's: there every job reads it afresh.
+        self.metas: MetaCache | None = None if cluster else MetaCache()
 
     def plan(self, job: Job, snapshot: Snapshot, queue_device: str) -> Ready | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another

@@ -3,7 +3,9 @@
 All jobs taken in one stream read are served by one Lua script call (``read_jobs.lua``): it checks
 key types and stored sizes before fetching tensor data, reads each key once however many jobs or
 arguments name it, and stops fetching when the read carries ``max_job_bytes`` (jobs left over are
-read again on their own when they run). A ``Snapshot`` then decodes what one job needs, on demand,
+read again on their own when they run). On Redis Cluster a script reads one slot, so the keys are
+grouped by slot and each group read by its own call, all in one round trip per node; the byte
+budgets then hold per group, and ``Snapshot.tensor`` still bounds each job's decoded total. A ``Snapshot`` then decodes what one job needs, on demand,
 with RedisAI's errors in the order RedisAI reported them, and declared sizes checked before any
 array is allocated.
 """
@@ -28,6 +30,7 @@ from aiworker.protocol.requests import (
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage import scripts
+from aiworker.storage.cluster import ClusterWire
 
 READ_JOBS = scripts.load("read_jobs")
 MODEL, SCRIPT, TENSOR, KIND = "M", "S", "T", "K"
@@ -186,7 +189,11 @@ def read(
         for (what, _key), counts in zip(index, uses, strict=True):
             args.append(what)
             args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
-        replies = conn.evalsha(READ_JOBS, [key for _what, key in index], args)
+        keys = [key for _what, key in index]
+        if isinstance(conn, ClusterWire):
+            replies = _read_by_slot(conn, keys, args)
+        else:
+            replies = conn.evalsha(READ_JOBS, keys, args)
         if cache is not None:
             for (what, key), reply in zip(index, replies, strict=True):
                 if what in (MODEL, SCRIPT) and reply[0] == b"ok":
@@ -198,3 +205,26 @@ def read(
         expect = [(p[1], _digest(p[0], cached[p])) for p in dict.fromkeys(pairs) if p in cached]
         snapshots.append(Snapshot(mine, bounds, deferred, expect))
     return snapshots
+
+
+def _read_by_slot(conn: ClusterWire, keys: list[str], args: list[Any]) -> list[Any]:
+    """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
+    groups: dict[int, list[int]] = {}
+    for n, key in enumerate(keys):
+        groups.setdefault(conn.slot(key), []).append(n)
+    head = args[:3]
+    calls = [
+        (
+            READ_JOBS,
+            [keys[n] for n in group],
+            head + [a for n in group for a in args[3 + 2 * n : 5 + 2 * n]],
+        )
+        for group in groups.values()
+    ]
+    replies: list[Any] = [None] * len(keys)
+    for group, reply in zip(groups.values(), conn.evalsha_many(calls), strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        for n, one in zip(group, reply, strict=True):
+            replies[n] = one
+    return replies

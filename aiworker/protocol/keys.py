@@ -7,6 +7,7 @@ key so that each object has its own, and so that on Redis Cluster it lands in th
 
 from __future__ import annotations
 
+import binascii
 import functools
 from dataclasses import dataclass
 
@@ -50,13 +51,27 @@ def key_slot(key: str | bytes) -> int:
         end = data.find(b"}", start + 1)
         if end > start + 1:
             data = data[start + 1 : end]
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc % SLOTS
+    return binascii.crc_hqx(data, 0) % SLOTS  # CRC16-CCITT (XMODEM), Redis Cluster's CRC
+
+
+@functools.lru_cache(maxsize=4096)
+def tag_for_slot(slot: int) -> str:
+    """A short hash tag whose slot is ``slot`` (found by trying ``s0``, ``s1``, ...)."""
+    n = 0
+    while key_slot(f"s{n}") != slot:
+        n += 1
+    return f"s{n}"
+
+
+def slot_tag(key: str) -> str:
+    """A hash tag that puts an aiworker key in ``key``'s slot: ``key``'s own tag, else ``key``
+    itself when it can be wrapped in braces, else a tag found for its slot."""
+    tag = hash_tag(key)
+    if tag is not None:
+        return tag
+    if key and "}" not in key:
+        return key
+    return tag_for_slot(key_slot(key))
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,8 +120,17 @@ class Keys:
         """Per-model/script run statistics (RedisAI's AI.INFO), shared by every worker process."""
         return f"{self.prefix}stats:{same_slot_suffix(key)}"
 
-    def reply(self, token: str) -> str:
-        return f"{self.prefix}reply:{token}"
+    def reply(self, token: str, near: str | None = None) -> str:
+        """A reply list; ``near``: a key whose hash slot it must share (on Redis Cluster, the
+        request's outputs: a job's completion writes outputs and reply in one script)."""
+        if near is None:
+            return f"{self.prefix}reply:{token}"
+        return f"{self.prefix}reply:{{{slot_tag(near)}}}{token}"
+
+    def done(self, queue: str, entry_id: str, near: str) -> str:
+        """The marker of one completion step of a queue entry on Redis Cluster, in ``near``'s
+        hash slot: the step is applied by whichever delivery sets it first (``complete_once``)."""
+        return f"{self.prefix}done:{{{slot_tag(near)}}}{queue}:{entry_id}"
 
     def owns(self, key: str) -> bool:
         """Whether ``key`` is one of aiworker's own: no job may write it as an output."""
@@ -120,9 +144,12 @@ class Keys:
         """Where a large tensor is written before it is moved onto ``key`` (same hash slot)."""
         return f"{self.prefix}tmp:{same_slot_suffix(key)}:{token}"
 
-    def dag_output(self, entry_id: str, index: int) -> str:
-        """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply."""
-        return f"{self.prefix}dagout:{entry_id}:{index}"
+    def dag_output(self, entry_id: str, index: int, near: str | None = None) -> str:
+        """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply (``near``:
+        the reply key, whose hash slot it shares so that one completion writes both)."""
+        if near is None:
+            return f"{self.prefix}dagout:{entry_id}:{index}"
+        return f"{self.prefix}dagout:{{{slot_tag(near)}}}{entry_id}:{index}"
 
     @property
     def models(self) -> str:

@@ -56,3 +56,6 @@ INFO_EMPTY = "cannot find run info for key"
 
 # Devices
 INVALID_DEVICE = "Invalid DEVICE"
+
+# Redis Cluster (RedisAI's words when a request's keys live on different shards)
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"

@@ -13,6 +13,8 @@ from typing import Any, cast
 import redis
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 
+from aiworker.storage import cluster
+
 try:
     from redis._parsers import Encoder
 except ImportError:  # pragma: no cover - older redis-py
@@ -53,3 +55,14 @@ def install_packer(client: redis.Redis) -> redis.Redis:
 def connect(url: str, **kwargs: Any) -> redis.Redis:
     """A ``redis.Redis`` for ``url`` (redis://, rediss://, unix://) with the hybrid packer."""
     return install_packer(redis.Redis.from_url(url, **kwargs))
+
+
+def connect_any(url: str, **kwargs: Any) -> redis.Redis:
+    """``connect``, or a ``redis.cluster.RedisCluster`` when ``url`` names a Redis Cluster node
+    (asked once: ``INFO cluster``). The cluster client has the same command methods, so it is
+    typed as a ``redis.Redis`` here; ``storage.cluster`` has what differs."""
+    r = connect(url, **kwargs)
+    if not cluster.is_cluster(r):
+        return r
+    r.close()
+    return cast("redis.Redis", cluster.connect(url, **kwargs))

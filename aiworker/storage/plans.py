@@ -3,8 +3,8 @@
 A *plan* is a generator that yields the commands it needs (a ``Batch``: one round trip, optionally
 a MULTI/EXEC transaction) and receives their replies, exceptions in place of failed commands. The
 logic of "read a model", "store a tensor", ... lives in one plan; ``run`` drives a plan on a
-``redis.Redis`` and the asyncio client drives the same plan on ``redis.asyncio`` (``run_async``
-in ``aiworker.asyncio``). Plans may also yield other instructions that only a client's driver
+``redis.Redis`` (or a ``redis.cluster.RedisCluster``) and the asyncio client drives the same plan on
+``redis.asyncio`` (``run_async`` in ``aiworker.asyncio``). Plans may also yield other instructions that only a client's driver
 understands (a job to submit, a model to verify); storage plans only yield ``Batch``.
 """
 
@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
+
+from aiworker.protocol.keys import key_slot
 
 T = TypeVar("T")
 
@@ -48,8 +51,10 @@ def call(*command: Any) -> Plan[Any]:
     return first(replies)
 
 
-def execute_batch(r: redis.Redis, batch: Batch) -> list[Any]:
+def execute_batch(r: redis.Redis | RedisCluster, batch: Batch) -> list[Any]:
     """Send one batch on a blocking client; replies with exceptions in place."""
+    if isinstance(r, RedisCluster):
+        return execute_cluster_batch(r, batch)
     if len(batch.commands) == 1 and not batch.transaction:
         try:
             # the base method: a client's debug printing of user commands must not see these
@@ -62,7 +67,44 @@ def execute_batch(r: redis.Redis, batch: Batch) -> list[Any]:
     return list(pipe.execute(raise_on_error=False))
 
 
-def run(r: redis.Redis, plan: Plan[T]) -> T:
+def execute_cluster_batch(cluster: RedisCluster, batch: Batch) -> list[Any]:
+    """A batch on Redis Cluster. Commands go in one round trip per node; a transaction becomes one
+    MULTI/EXEC per hash slot, in the order the slots first appear (a MULTI cannot span slots):
+    what one key holds, e.g. a model hash, is still replaced atomically; an index set or
+    statistics elsewhere follow it."""
+    rc: Any = cluster  # redis-py's cluster client is untyped
+    commands = batch.commands
+    if len(commands) == 1 and not batch.transaction:
+        command = commands[0]
+        try:
+            if str(command[0]).upper() == "MGET":  # keys in many slots: one GET per key
+                return [rc.mget_nonatomic(list(command[1:]))]
+            return [rc.execute_command(*command)]
+        except redis.ResponseError as exc:
+            return [exc]
+    if not batch.transaction:
+        pipe = rc.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
+    groups: dict[int, list[int]] = {}
+    for n, command in enumerate(commands):
+        groups.setdefault(key_slot(command[1]), []).append(n)
+    replies: list[Any] = [None] * len(commands)
+    for members in groups.values():
+        pipe = rc.pipeline(transaction=True)
+        for n in members:
+            pipe.execute_command(*commands[n])
+        try:
+            results = list(pipe.execute(raise_on_error=False))
+        except redis.ResponseError as exc:
+            results = [exc] * len(members)
+        for n, result in zip(members, results, strict=True):
+            replies[n] = result
+    return replies
+
+
+def run(r: redis.Redis | RedisCluster, plan: Plan[T]) -> T:
     """Drive a storage plan (``Batch`` steps only) on a blocking client."""
     try:
         step = next(plan)

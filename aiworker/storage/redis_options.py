@@ -64,9 +64,17 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def connection_kwargs(r: redis.Redis) -> dict[str, Any]:
+    """The connection settings of a client (or of a cluster client's node connections)."""
+    pool = getattr(r, "connection_pool", None)
+    if pool is None:  # redis.cluster.RedisCluster
+        return dict(r.get_connection_kwargs())  # type: ignore[attr-defined]
+    return dict(pool.connection_kwargs)
+
+
 def block_ms_for(r: redis.Redis, block_ms: int) -> int:
     """``block_ms``, shortened to stay well below the pool's socket timeout if one is set."""
-    timeout = r.connection_pool.connection_kwargs.get("socket_timeout")
+    timeout = connection_kwargs(r).get("socket_timeout")
     if not timeout:
         return block_ms
     limit_ms = int(float(timeout) * 1000)

@@ -1,5 +1,7 @@
 """Every server-side Lua script aiworker runs lives in ``storage/lua/<name>.lua``; this is the one
-loader. Each file starts with a header comment saying its KEYS and ARGV.
+loader. Each file starts with a header comment saying its KEYS and ARGV. A line
+``-- @include <part>`` is replaced by ``lua/<part>.lua``: code that several scripts share (the
+completion's checks and writes) has one source.
 
 Scripts are sent by SHA-1 (EVALSHA) and loaded on the first NOSCRIPT reply, e.g. after a Redis
 restart. Every key a script touches is passed in KEYS, so scripts also run on Redis Cluster as long
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -28,11 +31,14 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     def __call__(self, r: redis.Redis, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Run on a client or on a pipeline in WATCH mode (a cluster's too: both take
+        ``execute_command``), loading the script on NOSCRIPT."""
+        call: Any = r.execute_command  # untyped in redis-py
         try:
-            return r.evalsha(self.sha, len(keys), *keys, *args)
+            return call("EVALSHA", self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            r.script_load(self.source)
-            return r.evalsha(self.sha, len(keys), *keys, *args)
+            call("SCRIPT", "LOAD", self.source)
+            return call("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
         """The same call as a plan step (replies with the error in place, as batches do);
@@ -43,8 +49,15 @@ class LuaScript:
         return replies[0]
 
 
+_INCLUDE = re.compile(r"^-- @include (\w+)$", re.M)
+
+
+def _source(name: str) -> str:
+    return resources.files("aiworker.storage").joinpath("lua", f"{name}.lua").read_text()
+
+
 @functools.cache
 def load(name: str) -> LuaScript:
-    """The script in ``lua/<name>.lua``."""
-    source = resources.files("aiworker.storage").joinpath("lua", f"{name}.lua").read_text()
+    """The script in ``lua/<name>.lua``, its ``-- @include`` lines replaced by the parts."""
+    source = _INCLUDE.sub(lambda match: _source(match.group(1)), _source(name))
     return LuaScript(name, source)

@@ -20,7 +20,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import redis
@@ -38,6 +38,27 @@ LARGE_COMMAND = 1 << 20
 RECV_BYTES = 64 * 1024
 
 Command = Sequence[Any]
+
+
+class JobConnection(Protocol):
+    """What a worker thread's job path talks to Redis through: a ``Wire`` on a single Redis, a
+    ``storage.cluster.ClusterWire`` on Redis Cluster."""
+
+    def execute(self, *command: Any) -> Any: ...
+
+    def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
+
+    def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+
+class JobConnections(Protocol):
+    """A worker's job-path connections: one per thread (``Wires``) or one shared by all."""
+
+    def get(self) -> JobConnection: ...
+
+    def execute(self, *command: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 def _as_bytes(value: Any) -> bytes | memoryview:

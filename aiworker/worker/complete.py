@@ -43,6 +43,8 @@ COMPLETE = scripts.load("complete")
 class Connection(Protocol):
     """What a completion runs on: a worker thread's ``Wire`` (or anything with ``evalsha``)."""
 
+    def execute(self, *command: Any) -> Any: ...
+
     def evalsha(
         self, script: scripts.LuaScript, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any: ...
@@ -71,6 +73,62 @@ class Finished:
     records: list[Record] = field(default_factory=list)
     # (key, digest) of models/scripts the job ran from cached metadata: checked at completion
     expect: list[tuple[str, bytes]] = field(default_factory=list)
+    queue: str = ""  # the stream it was read from ("": the device's plain queue)
+
+
+@dataclass
+class Writes:
+    """What completing one entry writes (``Completer.writes_of``), before it is encoded for the
+    completion scripts (``encode``)."""
+
+    entry_id: str
+    reply: str | None = None
+    payload: bytes = b""
+    outputs: list[tuple[str, int, Mapping[str, Any]]] = field(default_factory=list)
+    stats: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    expect: list[tuple[str, bytes]] = field(default_factory=list)
+    marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
+
+    def keys(self) -> list[str]:
+        """Every key written, the reply included (not the marker)."""
+        found = [key for key, _ttl, _fields in self.outputs]
+        found += [self.reply] if self.reply else []
+        found += [key for key, _values in self.stats]
+        return found + [record.stream for record in self.records]
+
+
+def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[Any]]:
+    """KEYS (``head`` first, then every key written, each once) and the entries' part of ARGV for
+    complete.lua / complete_once.lua (see complete_parts.lua)."""
+    keys = list(head)
+    index = {key: n + 1 for n, key in enumerate(keys)}
+
+    def ref(key: str) -> int:
+        if key not in index:
+            keys.append(key)
+            index[key] = len(keys)
+        return index[key]
+
+    body: list[Any] = [len(entries)]
+    for entry in entries:
+        entry_id: Any = ref(entry.marker) if entry.marker else entry.entry_id
+        reply_ref = ref(entry.reply) if entry.reply else 0
+        body += [entry_id, reply_ref, entry.payload]
+        body += [len(entry.outputs), len(entry.stats), len(entry.records), len(entry.expect)]
+        for key, ttl, fields in entry.outputs:
+            body += [ref(key), ttl, 2 * len(fields)]
+            for name, value in fields.items():
+                body += [name, value]
+        for key, values in entry.stats:
+            body += [ref(key), *values]
+        for stream in entry.records:
+            body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
+            for name, value in stream.fields.items():
+                body += [name, value]
+        for key, digest in entry.expect:
+            body += [ref(key), digest]
+    return keys, body
 
 
 @dataclass(frozen=True)
@@ -105,6 +163,8 @@ class Completer:
         reply_ttl: int,
         metrics: WorkerMetrics,
         held: HeldEntries,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.keys = keys
         self.worker_name = worker_name
@@ -114,6 +174,8 @@ class Completer:
         # check each command against the worker user's ACL inside the script; off only while the
         # user may run anything on any key (``unrestricted``, re-checked with every heartbeat)
         self.check_acl = True
+        # WAIT <replicas> <timeout> after each completion step (``wait_replicas``)
+        self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self.jobs_done = 0
         self.jobs_failed = 0
         self._lock = threading.Lock()
@@ -160,66 +222,54 @@ class Completer:
         return Finished(item.entry_id, outcome, item.job, item.reply, item.fmt, item.started)
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        keys, body = self._arguments(queue, items)
-        head = [CONSUMER_GROUP, self.keys.prefix, self.reply_ttl, int(self.check_acl)]
+        keys, body = encode([queue], [self.writes_of(item) for item in items])
+        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body)
+        if self.wait is not None:  # on this thread's connection: WAIT counts its writes
+            conn.execute("WAIT", *self.wait)
+        return [_result(row) for row in reply]
+
+    def _head(self) -> list[Any]:
+        """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
+        return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
+
+    @staticmethod
+    def _script(
+        conn: Connection,
+        script: scripts.LuaScript,
+        keys: list[str],
+        head: list[Any],
+        body: list[Any],
+    ) -> Any:
         try:
-            reply = conn.evalsha(COMPLETE, keys, [*head, 0, *body])
+            return conn.evalsha(script, keys, [*head, 0, *body])
         except redis.exceptions.NoPermissionError:
             # The ACL denies a declared key, so Redis refused the whole script. Run it once more
             # with the keys as arguments (standalone Redis allows that): its own ACL check then
             # names the key, and the other entries complete.
-            reply = conn.evalsha(COMPLETE, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
-        return [_result(row) for row in reply]
+            return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
 
-    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
-        keys = [queue]
-        index: dict[str, int] = {queue: 1}
-
-        def ref(key: str) -> int:
-            if key not in index:
-                keys.append(key)
-                index[key] = len(keys)
-            return index[key]
-
-        body: list[Any] = [len(items)]
-        for item in items:
-            outcome = item.outcome
-            records = list(item.records)
-            outputs: list[tuple[str, int, dict[str, Any]]] = []
-            payload = b""
-            if outcome.status == "forward":
-                records.append(self._forward(item))
-            elif outcome.status != "dropped":
-                outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
-                if item.reply:
-                    outputs += [
-                        (k, self.reply_ttl, codec.encode_fields(a))
-                        for k, a in outcome.temp_writes.items()
-                    ]
-                    payload = replies.encode_reply(self._reply(item), item.fmt)
-            stats = [] if outcome.status == "forward" else outcome.stats
-            reply_ref = ref(item.reply) if item.reply and outcome.status != "forward" else 0
-            body += [item.entry_id, reply_ref, payload, len(outputs), len(stats), len(records)]
-            body.append(len(item.expect))
-            for key, ttl, fields in outputs:
-                body += [ref(key), ttl, 2 * len(fields)]
-                for name, value in fields.items():
-                    body += [name, value]
-            for record in stats:
-                body += [
-                    ref(self.keys.stats(record.key)),
-                    record.duration_us,
-                    record.samples,
-                    record.calls,
-                    record.errors,
+    def writes_of(self, item: Finished) -> Writes:
+        """What completing ``item`` writes: outputs, reply, statistics, stream records, and the
+        model/script versions it ran (checked, not written)."""
+        outcome = item.outcome
+        writes = Writes(item.entry_id, records=list(item.records), expect=list(item.expect))
+        if outcome.status == "forward":
+            writes.records.append(self._forward(item))
+            return writes
+        if outcome.status != "dropped":
+            writes.outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
+            if item.reply:
+                writes.outputs += [
+                    (k, self.reply_ttl, codec.encode_fields(a))
+                    for k, a in outcome.temp_writes.items()
                 ]
-            for stream in records:
-                body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
-                for name, value in stream.fields.items():
-                    body += [name, value]
-            for key, digest in item.expect:
-                body += [ref(key), digest]
-        return keys, body
+                writes.payload = replies.encode_reply(self._reply(item), item.fmt)
+        writes.reply = item.reply
+        writes.stats = [
+            (self.keys.stats(r.key), (r.duration_us, r.samples, r.calls, r.errors))
+            for r in outcome.stats
+        ]
+        return writes
 
     def _forward(self, item: Finished) -> Record:
         """The entry again, on the queue of the device its model lives on."""
@@ -247,7 +297,7 @@ class Completer:
 
     def _record(self, queue: str, item: Finished, result: Result) -> None:
         """Counters, metrics and logs of a completed entry."""
-        device = queue[len(self.keys.queue("")) :]
+        device = self.keys.device_of(queue)
         extra = {"job_id": item.entry_id, "queue": queue}
         if result.duplicate:
             self.metrics.duplicates.labels(device).inc()

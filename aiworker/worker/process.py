@@ -5,6 +5,11 @@ thread reads its stream) -> ``schedule`` (run now, batch, or wait its turn) -> `
 (models, scripts, DAGs through the backends) -> ``complete`` (one atomic step writes its effects).
 Beside it, ``recovery`` reclaims entries of dead workers and renews leases, and ``health`` publishes
 the heartbeat and watches for hung jobs. Consumer names are ``host:pid:device:n``.
+
+On Redis Cluster (found once, at start: ``INFO cluster``) the same stages run through redis-py's
+cluster client: the job path on a ``ClusterWire``, completions split by hash slot
+(``complete_cluster``). A device queue may be several streams (``queue_partitions``); the
+consumer threads share them out, recovery covers them all, and the heartbeat lists them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.devices import parse_device
@@ -33,10 +39,12 @@ from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import redis_options
-from aiworker.storage.connection import connect
-from aiworker.storage.wire import Wires
+from aiworker.storage.cluster import ClusterWires
+from aiworker.storage.connection import connect_any
+from aiworker.storage.wire import JobConnections, Wires
 from aiworker.worker.complete import Completer, unrestricted
-from aiworker.worker.consume import Consumer, ensure_group
+from aiworker.worker.complete_cluster import ClusterCompleter
+from aiworker.worker.consume import Consumer, ensure_group, share_of
 from aiworker.worker.health import Heartbeat, Watchdog
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
@@ -58,8 +66,9 @@ class Worker:
         self.r = (
             r
             if r is not None
-            else connect(settings.redis_url, **redis_options.worker_kwargs(settings))
+            else connect_any(settings.redis_url, **redis_options.worker_kwargs(settings))
         )
+        self.cluster = isinstance(self.r, RedisCluster)
         # Blocking reads stay below the socket timeout.
         settings = settings.replace(block_ms=redis_options.block_ms_for(self.r, settings.block_ms))
         self.settings = settings
@@ -82,13 +91,21 @@ class Worker:
         self.models = Models(self.r, self.registry, self.cache, self.limits)
         # Threads for DAG lanes on a second device: as many as the process' consumer threads.
         self.lanes = LanePool(settings.threads_per_queue * len(self.devices))
-        self.executor = Executor(self.models, self.keys, self.limits, self.lanes)
+        self.executor = Executor(self.models, self.keys, self.limits, self.lanes, self.cluster)
         self.metrics = WorkerMetrics()
         self.held = HeldEntries()
-        self.wires = Wires(self.r.connection_pool, redis_options.reconnect_retry())
-        self.completer = Completer(
-            self.keys, self.name, settings.reply_ttl, self.metrics, self.held
-        )
+        self.wires: JobConnections
+        self.completer: Completer
+        completion = (self.keys, self.name, settings.reply_ttl, self.metrics, self.held)
+        waits = (settings.wait_replicas, settings.wait_replicas_timeout)
+        if self.cluster:
+            self.wires = ClusterWires(self.r)
+            # done markers outlive any redelivery of the entries they guard
+            marker_ttl = max(settings.reply_ttl, int(10 * settings.visibility_timeout), 60)
+            self.completer = ClusterCompleter(*completion, *waits, marker_ttl=marker_ttl)
+        else:
+            self.wires = Wires(self.r.connection_pool, redis_options.reconnect_retry())
+            self.completer = Completer(*completion, *waits)
         self.schedulers = {
             device: QueueScheduler(
                 device,
@@ -97,6 +114,8 @@ class Worker:
                 self.completer,
                 self.wires,
                 settings.threads_per_queue,
+                settings.queue_partitions,
+                self.cluster,
             )
             for device in self.devices
         }
@@ -110,7 +129,7 @@ class Worker:
             self.completer,
             self.metrics,
             self.name,
-            accept=lambda device, entries: self.schedulers[device].accept(entries),
+            accept=lambda device, entries, queue: self.schedulers[device].accept(entries, queue),
         )
         self.heartbeat = Heartbeat(
             self.r, self.keys, self.name, self.status, self.metrics, self._check_acl
@@ -118,9 +137,9 @@ class Worker:
         self.watchdog = Watchdog(
             list(self.schedulers.values()), settings.hung_job_timeout, self._give_up
         )
-        for device in self.devices:  # in flight: the entries held (batching, running)
+        for device, scheduler in self.schedulers.items():  # in flight: entries held
             self.metrics.in_flight.labels(device).set_function(
-                functools.partial(self.held.count, self.keys.queue(device))
+                functools.partial(self._held_count, scheduler.queues)
             )
         self._stop = threading.Event()
         self._hurry = threading.Event()  # a second signal, or a hung job: cut the drain short
@@ -140,9 +159,11 @@ class Worker:
         gc.collect()
         gc.freeze()
         for device, scheduler in self.schedulers.items():
-            ensure_group(self.r, scheduler.queue)
+            for queue in scheduler.queues:
+                ensure_group(self.r, queue)
             names = self._consumers.setdefault(device, [])
-            for n in range(self.settings.threads_per_queue):
+            threads = self.settings.threads_per_queue
+            for n in range(threads):
                 name = f"{self.name}:{device}:{n}"
                 names.append(name)
                 consumer = Consumer(
@@ -154,6 +175,7 @@ class Worker:
                     self.settings.block_ms,
                     self._stop,
                     self.r,
+                    share_of(scheduler.queues, threads, n),
                 )
                 self._thread(consumer.serve, f"aiworker-{device}-{n}")
             names.append(self.recovery.reclaim_consumer(device))
@@ -172,10 +194,14 @@ class Worker:
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info(
-            "worker %s serving %s x%d",
+            "worker %s serving %s x%d%s%s",
             self.name,
             ",".join(self.devices),
             self.settings.threads_per_queue,
+            f" over {self.settings.queue_partitions} partitions"
+            if self.settings.queue_partitions > 1
+            else "",
+            " on Redis Cluster" if self.cluster else "",
         )
         return self
 
@@ -201,7 +227,8 @@ class Worker:
             handed = self.recovery.hand_back()
             self.heartbeat.withdraw()
             for device, names in self._consumers.items():
-                self.recovery.prune(self.keys.queue(device), names=names)
+                for queue in self.schedulers[device].queues:
+                    self.recovery.prune(queue, names=names)
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
@@ -258,8 +285,13 @@ class Worker:
         """(queue, entry id) of every entry whose lease this process renews."""
         return self.held.pairs()
 
-    def accept(self, device: str, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
-        self.schedulers[device].accept(entries)
+    def accept(
+        self, device: str, entries: list[tuple[str, Mapping[Any, Any]]], queue: str | None = None
+    ) -> None:
+        self.schedulers[device].accept(entries, queue)
+
+    def _held_count(self, queues: list[str]) -> int:
+        return sum(self.held.count(queue) for queue in queues)
 
     def problems(self) -> list[str]:
         """Why this worker is unhealthy (empty when healthy): dead threads, a hung job."""
@@ -276,6 +308,8 @@ class Worker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "devices": self.devices,
+            # the streams served per device (queue partitions): clients spread jobs over these
+            "queues": {device: s.queues for device, s in self.schedulers.items()},
             "threads_per_queue": self.settings.threads_per_queue,
             "models": self.cache.keys(),
             "backends": self.registry.loaded(),

@@ -23,7 +23,7 @@ If the worker dies, the entry stays pending forever unless someone takes it over
   entries, so it only ever runs in a script that has just seen ``pending == 0``.
 
 Nothing here trims or deletes an entry that is still pending: entries leave the queue only through
-a completion (XACK, then XDEL).
+a completion (XACK, then XDEL). All of this covers every partition of a device's queue.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from aiworker.protocol.entries import decode_entry, reply_format_of, reply_key_o
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.settings import Settings
 from aiworker.storage import scripts
-from aiworker.storage.wire import Wires
+from aiworker.storage.wire import JobConnections
 from aiworker.worker.complete import Completer, Finished, Record
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
@@ -57,8 +57,8 @@ DEAD_LETTER_FIELDS = 64
 RENEW = scripts.load("renew_leases")
 PRUNE = scripts.load("prune_consumers")
 
-# Takes entries this process claimed back: (device, [(entry id, fields)]).
-Accept = Callable[[str, list[tuple[str, Mapping[Any, Any]]]], None]
+# Takes entries this process claimed back: (device, [(entry id, fields)], the stream they are on).
+Accept = Callable[[str, list[tuple[str, Mapping[Any, Any]]], str], None]
 
 
 def _text(value: Any) -> str:
@@ -71,7 +71,7 @@ class Recovery:
     def __init__(
         self,
         r: redis.Redis,
-        wires: Wires,
+        wires: JobConnections,
         settings: Settings,
         held: HeldEntries,
         completer: Completer,
@@ -94,6 +94,10 @@ class Recovery:
 
     def reclaim_consumer(self, device: str) -> str:
         return f"{self.worker_name}:{device}:reclaim"
+
+    def queues(self, device: str) -> list[str]:
+        """Every partition of ``device``'s queue."""
+        return self.keys.queues(device, self.settings.queue_partitions)
 
     # leases ---------------------------------------------------------------------------------
 
@@ -141,29 +145,35 @@ class Recovery:
     # reclaiming -----------------------------------------------------------------------------
 
     def reclaim_loop(self, device: str, stop: threading.Event) -> None:
-        """Scan ``device``'s queue for abandoned entries until ``stop``; first scan at once."""
-        queue = self.keys.queue(device)
+        """Scan ``device``'s queue partitions for abandoned entries until ``stop``; first scan at
+        once."""
         next_prune = time.monotonic()
         while not stop.is_set():
-            try:
-                self.reclaim_once(device, stop)
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_S
-                    stale_s = max(STALE_CONSUMER_S, 10 * self.settings.visibility_timeout)
-                    self.prune(queue, min_idle_s=stale_s)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):  # a lost group is re-created by the consumers
+            prune = time.monotonic() >= next_prune
+            if prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_S
+            for queue in self.queues(device):
+                try:
+                    self.reclaim_once(device, stop, queue)
+                    if prune:
+                        stale_s = max(STALE_CONSUMER_S, 10 * self.settings.visibility_timeout)
+                        self.prune(queue, min_idle_s=stale_s)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):  # a lost group is re-created by the consumers
+                        log.exception("reclaiming from %s failed", queue)
+                except redis.RedisError as exc:
+                    self.metrics.redis_errors.labels("reclaim").inc()
+                    log.warning("reclaiming from %s failed: %s", queue, exc)
+                except Exception:  # never lose the thread: abandoned entries would stay pending
                     log.exception("reclaiming from %s failed", queue)
-            except redis.RedisError as exc:
-                self.metrics.redis_errors.labels("reclaim").inc()
-                log.warning("reclaiming from %s failed: %s", queue, exc)
-            except Exception:  # never lose the thread: abandoned entries would stay pending
-                log.exception("reclaiming from %s failed", queue)
             stop.wait(self.interval)
 
-    def reclaim_once(self, device: str, stop: threading.Event | None = None) -> int:
-        """Claim and run (or dead-letter) entries idle past the visibility timeout."""
-        queue = self.keys.queue(device)
+    def reclaim_once(
+        self, device: str, stop: threading.Event | None = None, queue: str | None = None
+    ) -> int:
+        """Claim and run (or dead-letter) entries of ``queue`` (default: the plain queue of
+        ``device``) idle past the visibility timeout."""
+        queue = queue or self.keys.queue(device)
         consumer = self.reclaim_consumer(device)
         cursor: Any = "0-0"
         handled = 0
@@ -202,7 +212,7 @@ class Recovery:
                 )
                 runnable.append((entry_id, fields))
             if runnable:
-                self.accept(device, runnable)
+                self.accept(device, runnable, queue)
             if _text(cursor) == "0-0":
                 break
         return handled

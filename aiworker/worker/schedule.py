@@ -13,6 +13,11 @@ DAGs run on the thread that took them (see ``execution.dag``). A DAG op on a bat
 this batcher through ``run_member`` and waits; while it waits its thread runs ready batches itself.
 When every thread of the queue waits like that, nobody could read the partners a batch waits for,
 so waiting batches are run as they are.
+
+A device queue may be split into several streams (``queue_partitions``); one scheduler serves them
+all (requests from different partitions batch together), and each entry completes on the stream it
+came from. On Redis Cluster an entry written by hand that breaks the key rule (``protocol.slots``)
+is answered with RedisAI's CROSSSLOT error.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from aiworker.protocol.entries import decode_entry, reply_format_of, reply_key_o
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Job, ModelExecute
-from aiworker.storage.wire import Wire, Wires
+from aiworker.protocol.slots import check_slot
+from aiworker.storage.wire import JobConnection, JobConnections
 from aiworker.worker.complete import Completer, Finished
 
 log = logging.getLogger("aiworker.worker")
 
 Entry = tuple[str, Mapping[Any, Any]]
-Task = Callable[[Wire], None]
+Task = Callable[[JobConnection], None]
 # Longest a thread sleeps before looking again at a batcher that holds requests.
 BATCH_POLL_SECONDS = 0.05
 
@@ -54,6 +60,7 @@ class _Waiting:
     job: Job
     fields: Mapping[Any, Any]
     started: float
+    queue: str  # the stream it came from
 
 
 class QueueScheduler:
@@ -65,12 +72,16 @@ class QueueScheduler:
         keys: Keys,
         executor: Executor,
         completer: Completer,
-        wires: Wires,
+        wires: JobConnections,
         threads: int,
+        partitions: int = 1,
+        cluster: bool = False,
     ) -> None:
         self.device = device
         self.keys = keys
         self.queue = keys.queue(device)
+        self.queues = keys.queues(device, partitions)  # the plain queue first
+        self.cluster = cluster
         self.executor = executor
         self.completer = completer
         self.wires = wires
@@ -118,10 +129,10 @@ class QueueScheduler:
         with self._cond:
             return not self._tasks and not len(self._batcher) and not self._running
 
-    def accept(self, entries: Sequence[Entry]) -> None:
-        """Entries this process took outside the consumer threads (reclaimed from a dead
-        consumer): a free thread runs them."""
-        self._later(entries)
+    def accept(self, entries: Sequence[Entry], queue: str | None = None) -> None:
+        """Entries this process took from ``queue`` (default: the plain queue) outside the
+        consumer threads (reclaimed from a dead consumer): a free thread runs them."""
+        self._later(entries, queue or self.queue)
 
     def held_entry_ids(self) -> list[str]:
         with self._cond:
@@ -136,22 +147,28 @@ class QueueScheduler:
 
     # entries ---------------------------------------------------------------------------------
 
-    def run_entries(self, conn: Wire, entries: Sequence[Entry]) -> int:
-        """Decode, read, and run or batch the entries a thread took; returns how many more
-        entries a batch of theirs could take right now (the caller may read that many).
+    def run_entries(
+        self, conn: JobConnection, entries: Sequence[Entry], queue: str | None = None
+    ) -> int:
+        """Decode, read, and run or batch the entries a thread took from ``queue`` (default: the
+        plain queue); returns how many more entries a batch of theirs could take right now (the
+        caller may read that many).
 
         An entry this cannot finish (Redis lost) is let go: its lease lapses and it is reclaimed.
         """
+        queue = queue or self.queue
         kept: set[str] = set()  # waiting in the batcher or read again later: still held
         try:
-            return self._run_entries(conn, entries, kept)
+            return self._run_entries(conn, entries, kept, queue)
         except BaseException:
-            self.held.discard_all(self.queue, [eid for eid, _ in entries if eid not in kept])
+            self.held.discard_all(queue, [eid for eid, _ in entries if eid not in kept])
             for entry_id, _fields in entries:
                 self._expect.pop(entry_id, None)
             raise
 
-    def _run_entries(self, conn: Wire, entries: Sequence[Entry], kept: set[str]) -> int:
+    def _run_entries(
+        self, conn: JobConnection, entries: Sequence[Entry], kept: set[str], queue: str
+    ) -> int:
         started = time.time()
         finished: list[Finished] = []
         jobs: list[tuple[Job, Mapping[Any, Any]]] = []
@@ -162,39 +179,43 @@ class QueueScheduler:
                 size = limits.check_entry(fields, self._entry_limit if structured else 0)
                 job = decode_entry(entry_id, fields, self.keys)
                 limits.check_entry_for(job.request.op, size)
+                if self.cluster:
+                    check_slot(job.request, job.reply)
             except Exception as exc:  # any malformed entry: its requester is told, alone
                 error = str(exc) if isinstance(exc, AIError) else f"malformed job entry: {exc!r}"
                 reply = reply_key_of(fields, self.keys)
                 fmt = reply_format_of(fields)
                 finished.append(
-                    Finished(entry_id, Outcome.failed(error), None, reply, fmt, started)
+                    Finished(
+                        entry_id, Outcome.failed(error), None, reply, fmt, started, queue=queue
+                    )
                 )
                 continue
             if job.deadline_ms is not None and started * 1000 > job.deadline_ms:
-                finished.append(self._finished(job, fields, Outcome("timedout"), started))
+                finished.append(self._finished(job, fields, Outcome("timedout"), started, queue))
             else:
                 jobs.append((job, fields))
         ready: list[tuple[Job, Mapping[Any, Any], Ready]] = []
         room = 0
         for (job, fields), planned in zip(jobs, self._plan(conn, jobs), strict=True):
             if planned is None:  # its tensors did not fit this read: read them on their own
-                self._later([(job.entry_id, fields)])
+                self._later([(job.entry_id, fields)], queue)
                 kept.add(job.entry_id)
             elif isinstance(planned, Outcome):
-                finished.append(self._finished(job, fields, planned, started))
+                finished.append(self._finished(job, fields, planned, started, queue))
             elif isinstance(planned, ModelRun) and planned.meta.batchsize > 0:
-                room = max(room, self._wait_for_batch(job, fields, planned, started))
+                room = max(room, self._wait_for_batch(job, fields, planned, started, queue))
                 kept.add(job.entry_id)
             else:
                 ready.append((job, fields, planned))
         if finished:
             self._complete(conn, finished)
         for job, fields, planned in ready:
-            self._run_ready(conn, job, fields, planned, started)
+            self._run_ready(conn, job, fields, planned, started, queue)
         return room
 
     def _plan(
-        self, conn: Wire, jobs: Sequence[tuple[Job, Mapping[Any, Any]]]
+        self, conn: JobConnection, jobs: Sequence[tuple[Job, Mapping[Any, Any]]]
     ) -> list[Ready | Outcome | None]:
         """Read every job's state in one round trip and plan it (None: read it again alone)."""
         if not jobs:
@@ -222,35 +243,49 @@ class QueueScheduler:
                 plans.append(Outcome.failed(_failure_text(exc)))
         return plans
 
-    def _later(self, entries: Sequence[Entry]) -> None:
-        def task(conn: Wire) -> None:
-            self.run_entries(conn, entries)
+    def _later(self, entries: Sequence[Entry], queue: str) -> None:
+        def task(conn: JobConnection) -> None:
+            self.run_entries(conn, entries, queue)
 
         with self._cond:
             self._tasks.append(task)
             self._cond.notify_all()
 
     def _finished(
-        self, job: Job, fields: Mapping[Any, Any], outcome: Outcome, started: float
+        self, job: Job, fields: Mapping[Any, Any], outcome: Outcome, started: float, queue: str
     ) -> Finished:
         expect = self._expect.pop(job.entry_id, [])
-        return Finished(job.entry_id, outcome, job, job.reply, job.fmt, started, fields, [], expect)
+        return Finished(
+            job.entry_id, outcome, job, job.reply, job.fmt, started, fields, [], expect, queue
+        )
 
-    def _complete(self, conn: Wire, finished: Sequence[Finished]) -> None:
-        try:
-            results = self.completer.complete(conn, self.queue, finished)
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise  # not applied: the entries stay pending and run again
-        except redis.RedisError:
-            log.exception("%s: completing %s failed", self.queue, [f.entry_id for f in finished])
-            return
-        for item, result in zip(finished, results, strict=True):
-            if result.refused == "STALE":  # its model was stored anew while it ran: run again
-                self.executor.metas.drop(result.key)
-                self._later([(item.entry_id, item.fields)])
+    def _complete(self, conn: JobConnection, finished: Sequence[Finished]) -> None:
+        """Complete entries, each on the stream it came from."""
+        by_queue: dict[str, list[Finished]] = {}
+        for item in finished:
+            by_queue.setdefault(item.queue or self.queue, []).append(item)
+        for queue, items in by_queue.items():
+            try:
+                results = self.completer.complete(conn, queue, items)
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise  # not applied: the entries stay pending and run again
+            except redis.RedisError:
+                log.exception("%s: completing %s failed", queue, [f.entry_id for f in items])
+                continue
+            for item, result in zip(items, results, strict=True):
+                if result.refused == "STALE" and self.executor.metas is not None:
+                    # its model was stored anew while it ran: run it again
+                    self.executor.metas.drop(result.key)
+                    self._later([(item.entry_id, item.fields)], queue)
 
     def _run_ready(
-        self, conn: Wire, job: Job, fields: Mapping[Any, Any], ready: Ready, started: float
+        self,
+        conn: JobConnection,
+        job: Job,
+        fields: Mapping[Any, Any],
+        ready: Ready,
+        started: float,
+        queue: str,
     ) -> None:
         with self._track([job.entry_id]):
             try:
@@ -260,7 +295,7 @@ class QueueScheduler:
             except Exception as exc:  # a bug: the requester still gets an answer
                 log.exception("%s: %s %s failed", self.queue, job.request.op, job.entry_id)
                 outcome = Outcome.failed(_failure_text(exc))
-            self._complete(conn, [self._finished(job, fields, outcome, started)])
+            self._complete(conn, [self._finished(job, fields, outcome, started, queue)])
 
     def _batching_for(self, queue_device: str) -> QueueScheduler | None:
         return self.batching(queue_device)
@@ -268,7 +303,7 @@ class QueueScheduler:
     # batching --------------------------------------------------------------------------------
 
     def _wait_for_batch(
-        self, job: Job, fields: Mapping[Any, Any], ready: ModelRun, started: float
+        self, job: Job, fields: Mapping[Any, Any], ready: ModelRun, started: float, queue: str
     ) -> int:
         """Put a request in the batcher; returns how many more its batch could take now."""
         request = job.request
@@ -277,7 +312,7 @@ class QueueScheduler:
             request.key,
             ready.meta,
             ready.inputs,
-            context=_Waiting(job, fields, started),
+            context=_Waiting(job, fields, started, queue),
             entry_id=job.entry_id,
             deadline=_monotonic_deadline(job),
         )
@@ -286,7 +321,7 @@ class QueueScheduler:
             self._cond.notify_all()
             return max(0, ready.meta.batchsize - self._batcher.waiting(request.key))
 
-    def _finish_expired(self, conn: Wire, members: list[Member]) -> None:
+    def _finish_expired(self, conn: JobConnection, members: list[Member]) -> None:
         finished = []
         for member in members:
             if isinstance(member.context, Future):
@@ -294,15 +329,21 @@ class QueueScheduler:
             else:
                 waiting: _Waiting = member.context
                 outcome = Outcome("timedout")
-                finished.append(
-                    self._finished(waiting.job, waiting.fields, outcome, waiting.started)
-                )
+                finished.append(self._finished_waiting(waiting, outcome))
         if finished:
             self._complete(conn, finished)
 
-    def _run_batch(self, conn: Wire, batch: Batch) -> None:
+    def _finished_waiting(self, waiting: _Waiting, outcome: Outcome) -> Finished:
+        return self._finished(waiting.job, waiting.fields, outcome, waiting.started, waiting.queue)
+
+    def _run_batch(self, conn: JobConnection, batch: Batch) -> None:
         """Run one batch and complete its stream members together (one completion)."""
         ids = [m.entry_id for m in batch.members if m.entry_id]
+        streams = [
+            m.context.queue if isinstance(m.context, _Waiting) else self.queue
+            for m in batch.members
+            if m.entry_id
+        ]
         finished: list[Finished] = []
         try:
             with self._track(ids):
@@ -315,9 +356,7 @@ class QueueScheduler:
                     request = waiting.job.request
                     assert isinstance(request, ModelExecute)
                     outcome = member_outcome(request, result, self.executor.limits, batch, member)
-                    finished.append(
-                        self._finished(waiting.job, waiting.fields, outcome, waiting.started)
-                    )
+                    finished.append(self._finished_waiting(waiting, outcome))
                 if finished:
                     self._complete(conn, finished)
         except BaseException as exc:
@@ -326,7 +365,8 @@ class QueueScheduler:
             for member in batch.members:
                 if isinstance(member.context, Future) and not member.context.done():
                     member.context.set_result(MemberResult(None, error, counted=False))
-            self.held.discard_all(self.queue, ids)
+            for stream, entry_id in zip(streams, ids, strict=True):
+                self.held.discard(stream, entry_id)
             raise
         finally:
             with self._cond:

@@ -1,0 +1,173 @@
+-- The part of a completion that complete.lua and complete_once.lua share (storage/scripts.py puts
+-- it where their `-- @include complete_parts` line is): reading the entries from ARGV, the checks
+-- that must all pass before anything is written, and the writes.
+-- ARGV[2] aiworker's key prefix, ARGV[3] reply TTL (seconds), ARGV[4] 1 to check every command
+-- against the worker user's ACL first (0: the user may run anything on any key, as the worker
+-- found out with ACL GETUSER), ARGV[5] number of keys passed here instead of in KEYS (0; or the
+-- keys themselves, so that when the ACL denies one, the script's own check names it), those keys,
+-- then the number of entries; then per entry:
+--   id, reply key index (0: none), reply payload, n outputs, n stats, n records, n expects,
+--   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
+--     field/value items, the items;
+--   per stats record: key index, duration, samples, calls, errors;
+--   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
+--   per expect: key index, digest (a model or script the job ran from cached metadata: it must
+--     still be stored in that version, or the entry is refused as STALE and runs again).
+-- Defines `entries`, `K` (the keys, by index), `type_of`, `allowed`, `refusal(entry)` and
+-- `apply(entry)`.
+local prefix, ttl, check_acl = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local K, i = KEYS, 6
+if tonumber(ARGV[5]) > 0 then
+  K = {KEYS[1]}
+  for j = 1, tonumber(ARGV[5]) do K[j + 1] = ARGV[5 + j] end
+  i = 6 + tonumber(ARGV[5])
+end
+local function take()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+local function list(n)
+  local out = {}
+  for j = 1, n do out[j] = take() end
+  return out
+end
+
+local entries = {}
+for e = 1, tonumber(take()) do
+  local entry = {id = take(), reply = tonumber(take()), payload = take()}
+  local n_out, n_stats, n_rec = tonumber(take()), tonumber(take()), tonumber(take())
+  local n_exp = tonumber(take())
+  entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
+  for o = 1, n_out do
+    local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
+    entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
+  end
+  for s = 1, n_stats do
+    entry.stats[s] = {key = K[tonumber(take())], values = list(4)}
+  end
+  for r = 1, n_rec do
+    local key, maxlen, n = K[tonumber(take())], tonumber(take()), tonumber(take())
+    entry.records[r] = {key = key, maxlen = maxlen, fields = list(n)}
+  end
+  for x = 1, n_exp do
+    entry.expect[x] = {key = K[tonumber(take())], digest = take()}
+  end
+  entries[e] = entry
+end
+
+-- The type each key will have when this script reaches it (earlier entries' writes count).
+local will = {}
+local function type_of(key)
+  if will[key] == nil then
+    local t = redis.call('TYPE', key)['ok']
+    if t == 'hash' and redis.call('HMGET', key, 'kind')[1] == 'tensor' then t = 'tensor' end
+    will[key] = t
+  end
+  return will[key]
+end
+local function allowed(...)
+  return not check_acl or not redis.acl_check_cmd or redis.acl_check_cmd(...)
+end
+local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+-- Count into a statistics hash. HINCRBY fails, writing nothing, on a key of another type or a
+-- field that is not an integer: it is one of aiworker's own keys, so the script repairs it (drops
+-- the key, or zeroes the field) and counts; failing would be worse. Returns 1 counted, -1 counted
+-- after a repair, -2 not counted (the worker's ACL denies it).
+local function count(rec)
+  if not allowed('HINCRBY', rec.key, 'calls', '1') then return -2 end
+  local result = 1
+  for c, name in ipairs(COUNTERS) do
+    local amount = tonumber(rec.values[c])
+    if amount ~= 0 and failed(redis.pcall('HINCRBY', rec.key, name, amount)) then
+      if not (allowed('DEL', rec.key) and allowed('HSET', rec.key, name, '0')) then return -2 end
+      if redis.call('TYPE', rec.key)['ok'] ~= 'hash' then
+        redis.call('DEL', rec.key)
+      else
+        redis.call('HSET', rec.key, name, '0')
+      end
+      redis.call('HINCRBY', rec.key, name, amount)
+      result = -1
+    end
+  end
+  will[rec.key] = 'hash'
+  return result
+end
+
+-- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
+-- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
+-- output or a stream record.
+local function refusal(entry)
+  for _, exp in ipairs(entry.expect) do
+    local fields = type_of(exp.key) == 'hash' and redis.call('HMGET', exp.key, 'kind', 'digest')
+    if not (fields and (fields[1] == 'model' or fields[1] == 'script')
+            and fields[2] == exp.digest) then
+      return 'STALE', exp.key
+    end
+  end
+  -- ACL first: reading the type of a key the worker may not touch would fail the script
+  for _, out in ipairs(entry.outputs) do
+    if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
+      return 'PREFIX', out.key
+    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
+        or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
+      return 'NOPERM', out.key
+    elseif type_of(out.key) ~= 'none' and type_of(out.key) ~= 'tensor' then
+      return 'WRONGTYPE', out.key
+    end
+  end
+  for _, rec in ipairs(entry.records) do
+    if not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+      return 'NOPERM', rec.key
+    elseif type_of(rec.key) ~= 'none' and type_of(rec.key) ~= 'stream' then
+      return 'WRONGTYPE', rec.key
+    end
+  end
+  return nil, nil
+end
+
+-- An entry's writes: outputs, statistics, stream records, then its reply. Returns reply, stats:
+-- reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or is denied); stats 1
+-- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied).
+local function apply(entry)
+  for _, out in ipairs(entry.outputs) do
+    if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
+    redis.call('HSET', out.key, unpack(out.fields))
+    if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
+    will[out.key] = 'tensor'
+  end
+  local stats = 0
+  for _, rec in ipairs(entry.stats) do
+    local counted = count(rec)
+    if stats == 0 or counted < stats then stats = counted end
+  end
+  for _, rec in ipairs(entry.records) do
+    if rec.maxlen > 0 then
+      redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
+    else
+      redis.call('XADD', rec.key, '*', unpack(rec.fields))
+    end
+    will[rec.key] = 'stream'
+  end
+  local reply = 0
+  if entry.reply > 0 then
+    local rkey = K[entry.reply]
+    local pushed = false
+    if allowed('LPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
+      -- LPUSH fails, writing nothing, on a key of another type: no reply then
+      pushed = redis.pcall('LPUSH', rkey, entry.payload)
+    end
+    if pushed and not failed(pushed) then
+      -- an expiry only on a list this push created: never on somebody else's list
+      if pushed == 1 and ttl > 0 then redis.call('EXPIRE', rkey, ttl) end
+      will[rkey] = 'list'
+      reply = 1
+    else
+      reply = -1
+    end
+  end
+  return reply, stats
+end

@@ -1,0 +1,179 @@
+"""Completing entries on Redis Cluster: the one-script completion split by hash slot, with its
+guarantee kept.
+
+A Lua script touches one slot, and an entry's effects live in several: its outputs and reply (one
+slot, by the key rule, ``protocol.slots``), its model's statistics, a dead-letter or forward
+stream, and the queue itself. So each entry completes in steps, one per slot, each applied at most
+once however often the entry is delivered:
+
+1. the *primary* step, in the slot of the outputs and reply (else of its stream record):
+   ``complete_once.lua`` checks everything that could fail (key types, aiworker's prefix, the ACL),
+   then sets a done marker (``Keys.done``, expiring after ``marker_ttl``) and writes - or, when the
+   marker is already set, writes nothing: another delivery did this step. A refusal writes nothing
+   and leaves the entry pending, to be completed again with the error as its reply;
+2. the other steps (statistics in the model's slot, records), the same way, each with a marker in
+   its own slot;
+3. last, in the queue's slot, ``complete.lua`` acknowledges and deletes the entry (XACK, XDEL).
+
+A worker killed between two steps leaves the entry pending; it is reclaimed and run again, the
+steps already done find their markers, the rest are applied: one reply, one set of outputs,
+statistics counted once. Two deliveries finishing at once race for each marker (one SET inside a
+script, so one wins). An entry whose keys all live in the queue's slot completes in one
+``complete.lua`` call, as on a single Redis. Steps of many entries in one slot share one script
+call, and each round's calls go to their nodes in one round trip per node, so a completion costs
+at most three round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoPermissionError
+
+from aiworker.protocol.keys import CONSUMER_GROUP, key_slot
+from aiworker.storage import scripts
+from aiworker.storage.cluster import ClusterWire
+from aiworker.worker.complete import (
+    COMPLETE,
+    Completer,
+    Connection,
+    Finished,
+    Result,
+    Writes,
+    _result,
+    encode,
+)
+
+log = logging.getLogger("aiworker.worker")
+COMPLETE_ONCE = scripts.load("complete_once")
+
+Step = tuple[int, Writes]  # (index of the entry in the completion, what this step writes)
+
+
+class ClusterCompleter(Completer):
+    """A ``Completer`` whose completions are split by hash slot (see the module docstring)."""
+
+    def __init__(self, *args: Any, marker_ttl: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.marker_ttl = marker_ttl
+
+    def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
+        assert isinstance(conn, ClusterWire)
+        queue_slot = key_slot(queue)
+        at_queue: list[tuple[int, Writes]] = []  # what complete.lua runs in the queue's slot
+        steps: dict[int, list[Writes]] = {}
+        for n, item in enumerate(items):
+            writes = self.writes_of(item)
+            split = self._split(queue, queue_slot, writes)
+            if split is None:
+                at_queue.append((n, writes))
+            else:
+                steps[n] = split
+        rows: dict[int, list[Any]] = {}  # entry index -> its steps' result rows
+        for n, row in self._round(conn, [(n, split[0]) for n, split in steps.items()]):
+            rows[n] = [row]
+        refused = {n for n, found in rows.items() if found[0][0] == -1}
+        later = [(n, step) for n, split in steps.items() if n not in refused for step in split[1:]]
+        for n, row in self._round(conn, later):
+            rows[n].append(row)
+            if row[0] == -1:
+                log.warning(
+                    "job %s: %s key '%s': that part of its completion was not written",
+                    items[n].entry_id,
+                    _text(row[3]),
+                    _text(row[4]),
+                    extra={"job_id": items[n].entry_id, "queue": queue},
+                )
+        # last: acknowledge and delete (entries whose every key lives here complete here whole)
+        at_queue += [(n, Writes(items[n].entry_id)) for n in steps if n not in refused]
+        results: list[Result | None] = [None] * len(items)
+        if at_queue:
+            keys, body = encode([queue], [writes for _n, writes in at_queue])
+            head = [CONSUMER_GROUP, *self._head()]
+            [reply] = conn.evalsha_many([(COMPLETE, keys, [*head, 0, *body])], self.wait)
+            if isinstance(reply, Exception):
+                raise reply
+            for (n, _writes), row in zip(at_queue, reply, strict=True):
+                if n not in steps:
+                    results[n] = _result(row)
+        for n, found in rows.items():
+            results[n] = _combined(found)
+        assert all(result is not None for result in results)
+        return [result for result in results if result is not None]
+
+    def _split(self, queue: str, queue_slot: int, writes: Writes) -> list[Writes] | None:
+        """``writes`` as one step per hash slot, the primary step first, each with its done
+        marker; None when every key lives in the queue's slot (one complete.lua does it all)."""
+        groups: dict[int, Writes] = {}
+
+        def part(key: str) -> Writes:
+            return groups.setdefault(key_slot(key), Writes(writes.entry_id))
+
+        for output in writes.outputs:
+            part(output[0]).outputs.append(output)
+        if writes.reply:
+            step = part(writes.reply)
+            step.reply, step.payload = writes.reply, writes.payload
+        for record in writes.records:
+            part(record.stream).records.append(record)
+        for stats in writes.stats:
+            part(stats[0]).stats.append(stats)
+        if set(groups) <= {queue_slot}:
+            return None
+        split = list(groups.values())  # outputs/reply first, else a record, else statistics
+        for step in split:
+            step.marker = self.keys.done(queue, writes.entry_id, step.keys()[0])
+        return split
+
+    def _round(self, conn: ClusterWire, steps: Sequence[Step]) -> list[tuple[int, list[Any]]]:
+        """Run ``steps`` with complete_once.lua, one call per slot, in one round trip per node;
+        (entry index, result row) per step."""
+        by_slot: dict[int, list[Step]] = {}
+        for step in steps:
+            by_slot.setdefault(key_slot(step[1].keys()[0]), []).append(step)
+        head = [self.marker_ttl, *self._head()]
+        calls = []
+        for group in by_slot.values():
+            keys, body = encode([], [writes for _n, writes in group])
+            calls.append((COMPLETE_ONCE, keys, [*head, 0, *body]))
+        found: list[tuple[int, list[Any]]] = []
+        for group, call, reply in zip(
+            by_slot.values(), calls, conn.evalsha_many(calls, self.wait), strict=True
+        ):
+            if isinstance(reply, Exception):
+                reply = self._denied(conn, call, reply)
+            found += [(n, list(row)) for (n, _writes), row in zip(group, reply, strict=True)]
+        return found
+
+    def _denied(
+        self, conn: ClusterWire, call: tuple[scripts.LuaScript, list[str], list[Any]], error: Any
+    ) -> Any:
+        """The ACL denied a declared key, so Redis refused the whole script: run it once more
+        with the keys as arguments, so that its own check names the key and the other entries
+        complete (as ``Completer._script`` does)."""
+        if not isinstance(error, NoPermissionError):
+            raise error
+        script, keys, args = call
+        head, body = args[:4], args[5:]
+        return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
+
+
+def _combined(rows: list[list[Any]]) -> Result:
+    """An entry's result from its steps' rows, the primary step's first."""
+    first = _result(rows[0])
+    if first.refused:
+        return first
+    reply = next((int(row[1]) for row in rows if int(row[1]) != 0), 0)
+    counted = [int(row[2]) for row in rows if int(row[2]) != 0]
+    return Result(
+        applied=first.applied,
+        duplicate=first.duplicate,
+        reply=reply,
+        stats=min(counted) if counted else 0,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
