@@ -6,7 +6,7 @@ first use, so a web app that only enqueues jobs never loads backends or metrics.
 
 from typing import TYPE_CHECKING, Any
 
-from aiworker.client import Client
+from aiworker.client import Client, ClusterClient
 from aiworker.client.verify import UnverifiedModelWarning
 from aiworker.protocol.errors import (
     AIError,
@@ -31,6 +31,7 @@ __all__ = [
     "AIWorkerError",
     "BackendUnavailable",
     "Client",
+    "ClusterClient",
     "ConfigError",
     "JobFailed",
     "JobTimedOut",

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from aiworker import Client
+from aiworker import Client, ClusterClient
 from aiworker.cli import worker_statuses
 from aiworker.embedded import RedisServer
 
@@ -34,7 +34,7 @@ def build_model() -> bytes:
     return buffer.getvalue()
 
 
-def wait_for_worker(client: Client, timeout: float = 60.0) -> None:
+def wait_for_worker(client: Client | ClusterClient, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not worker_statuses(client):
         if time.monotonic() > deadline:

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,52 @@ def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+# Redis Cluster (tests/cluster.py): one 3 masters + 3 replicas cluster per session, started on
+# first use; tests that kill a master start their own.
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    from cluster import LocalCluster
+
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: Any) -> Iterator[Any]:
+    """A client of the session's cluster (a ``ClusterClient``, from ``Client.from_url``), every
+    master flushed."""
+    redis_cluster.wait_ok()
+    redis_cluster.flushall()
+    c = Client.from_url(redis_cluster.url, reply_timeout=30)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: Any) -> Settings:
+    return Settings(
+        redis_url=redis_cluster.url, threads_per_queue=3, block_ms=100, queue_partitions=3
+    )
+
+
+@pytest.fixture
+def cluster_worker(cluster_client: Any, cluster_settings: Settings) -> Iterator[Worker]:
+    """An in-process worker serving CPU on the cluster, its queue in 3 partitions; clients know
+    the partitions once its heartbeat is in."""
+    w = Worker(cluster_settings).start()
+    wait_until(
+        lambda: (
+            cluster_client.keyspace.workers
+            and cluster_client.zcard(cluster_client.keyspace.workers)
+        ),
+        timeout=10,
+    )
+    yield w
+    w.stop(timeout=10)
 
 
 # helpers shared by several test modules ----------------------------------------------------

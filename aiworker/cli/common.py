@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from aiworker.client.cluster import ClusterClient
 from aiworker.client.sync import Client
 from aiworker.protocol.errors import AIWorkerError
 from aiworker.settings import Settings
@@ -71,7 +72,10 @@ def make_settings(config_file: str | None, **overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def make_client(config_file: str | None, redis_url: str | None, prefix: str | None) -> Client:
+def make_client(
+    config_file: str | None, redis_url: str | None, prefix: str | None
+) -> Client | ClusterClient:
+    """A client for the settings; a ``ClusterClient`` when Redis is a cluster."""
     settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
     return Client.from_settings(settings, reply_timeout=60.0)
 
@@ -85,7 +89,7 @@ def fail(exc: Exception) -> None:
     sys.exit(1)
 
 
-def worker_statuses(client: Client, max_age: float = 10.0) -> list[dict[str, Any]]:
+def worker_statuses(client: Client | ClusterClient, max_age: float = 10.0) -> list[dict[str, Any]]:
     """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
     return health.live_workers(client, client.keyspace, max_age)
 

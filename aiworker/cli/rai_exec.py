@@ -15,6 +15,7 @@ import numpy as np
 
 from aiworker.cli.common import quiet
 from aiworker.cli.resp_format import ErrorReply, Status
+from aiworker.client.cluster import ClusterClient
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -38,7 +39,7 @@ from aiworker.storage import tensor_io
 OK = Status("OK")
 
 
-def execute(client: Client, command: str | Sequence[str | bytes]) -> Any:
+def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]) -> Any:
     """The RESP-shaped reply to ``command``; RedisAI's errors come back as ``ErrorReply``."""
     try:
         return _run(client, parse(command))
@@ -71,7 +72,7 @@ def _values(array: np.ndarray) -> list[Any]:
     return [int(v) for v in flat.tolist()]
 
 
-def _run(client: Client, cmd: Command) -> Any:
+def _run(client: Client | ClusterClient, cmd: Command) -> Any:
     if isinstance(cmd, (ModelExecute, ScriptExecute, DagExecute)):
         return _queued(client, cmd)
     if isinstance(cmd, TensorSet):
@@ -90,7 +91,9 @@ def _run(client: Client, cmd: Command) -> Any:
     raise AIError(f"unsupported command {cmd.op}")
 
 
-def _model(client: Client, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Any:
+def _model(
+    client: Client | ClusterClient, cmd: ModelStore | ModelGet | ModelDel | ModelScan
+) -> Any:
     if isinstance(cmd, ModelStore):
         client.modelstore(
             cmd.key,
@@ -128,7 +131,9 @@ def _bulk(value: Any) -> Any:
     return value if isinstance(value, int) else str(value).encode()
 
 
-def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan) -> Any:
+def _script(
+    client: Client | ClusterClient, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan
+) -> Any:
     """Scripts through the client's script methods (scriptstore, scriptget, ...)."""
     name = {
         ScriptStore: "scriptstore",
@@ -161,7 +166,7 @@ def _script(client: Client, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptSca
     return reply
 
 
-def _info(client: Client, cmd: InfoGet) -> Any:
+def _info(client: Client | ClusterClient, cmd: InfoGet) -> Any:
     if cmd.reset:
         client.inforeset(cmd.key)
         return OK
@@ -174,7 +179,7 @@ def _info(client: Client, cmd: InfoGet) -> Any:
     return reply
 
 
-def _config(client: Client, cmd: ConfigCommand) -> Any:
+def _config(client: Client | ClusterClient, cmd: ConfigCommand) -> Any:
     if cmd.action == "LOADBACKEND":
         # backends are Python plugins that workers import on first use: nothing to load here
         return OK
@@ -193,7 +198,7 @@ def _config_names() -> set[str]:
     return set(CONFIG_NAMES)
 
 
-def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
+def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
     reply = client.submit_reply(client.queue_of(cmd), cmd)
     status = reply.get("status")
     if status == "timedout":
@@ -207,7 +212,7 @@ def _queued(client: Client, cmd: ModelExecute | ScriptExecute | DagExecute) -> A
     return [_dag_entry(client, op, result) for op, result in zip(cmd.ops, results, strict=True)]
 
 
-def _dag_entry(client: Client, op: Any, result: Any) -> Any:
+def _dag_entry(client: Client | ClusterClient, op: Any, result: Any) -> Any:
     if isinstance(result, dict) and "error" in result:
         return ErrorReply(str(result["error"]))
     if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):

@@ -1,5 +1,6 @@
 """The client side: redisai-py's API on stock Redis."""
 
+from aiworker.client.cluster import ClusterClient
 from aiworker.client.sync import Client
 
-__all__ = ["Client"]
+__all__ = ["Client", "ClusterClient"]

@@ -8,7 +8,8 @@ Two ways to wait, chosen per client:
 * one reply list per client (``shared_replies=True``): a reader thread BLPOPs it and hands
   replies to the waiting threads by entry id, so any number of threads share two connections.
 
-``bench/replies.py`` measures both.
+``bench/replies.py`` measures both. On Redis Cluster (``client.cluster.ClusterJobs``) a private
+reply list shares its outputs' hash slot, and a job goes to one of its queue's partitions.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import MSGPACK, decode_reply
 from aiworker.protocol.requests import Request
+from aiworker.protocol.slots import anchor
 from aiworker.storage import health, plans, queues
-from aiworker.storage.wire import Wires
+from aiworker.storage.redis_options import connection_kwargs
+from aiworker.storage.wire import JobConnections, Wires
 
 # The longest single BLPOP: short enough for redis-py's socket read timeout (5 s by default in
 # redis-py 8; half of it leaves room for Redis serving blocking timeouts up to 100 ms late).
@@ -47,17 +50,21 @@ class _Waiter:
 class Jobs:
     """Submits requests for one client and waits for their replies."""
 
+    # Redis Cluster: a private reply list takes the hash tag of the request's outputs
+    cluster = False
+
     def __init__(
         self,
         r: redis.Redis,
         keyspace: Keys,
         reply_timeout: float | None,
         shared_replies: bool = False,
+        wires: JobConnections | None = None,
     ) -> None:
         self.r = r
         # no retries: an XADD whose reply was lost may have been queued (a retry would queue it
         # twice); the wait that follows finds out
-        self.wires = Wires(r.connection_pool)
+        self.wires = wires if wires is not None else Wires(r.connection_pool)
         self.keyspace = keyspace
         self.reply_timeout = reply_timeout
         self.shared = shared_replies
@@ -68,7 +75,7 @@ class Jobs:
         self._lock = threading.Lock()
 
     def _blpop_wait(self, wanted: float) -> float:
-        socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = connection_kwargs(self.r).get("socket_timeout")
         longest = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
         return max(min(wanted, longest), 0.01)  # below 1 ms Redis reads 0: block forever
 
@@ -84,24 +91,30 @@ class Jobs:
             return self._submit_shared(queue, request, clock)
         return self._submit_private(queue, request, clock)
 
+    def stream(self, queue: str) -> str:
+        """The stream a job for device ``queue`` goes to."""
+        return self.keyspace.queue(queue)
+
     def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
         """A private reply list for ``request`` and the stream entry that names it."""
-        reply_key = self.keyspace.reply(uuid.uuid4().hex)
+        near = anchor(request) if self.cluster else None
+        reply_key = self.keyspace.reply(uuid.uuid4().hex, near)
         return reply_key, encode_entry(request, reply_key, MSGPACK)
 
     def _submit_private(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
         reply_key, fields = self.private_entry(request)
         wait = self._blpop_wait(clock.slice(LONGEST_BLPOP_S))
+        stream = self.stream(queue)
         # the one round trip of a job: on this thread's own connection, without redis-py's
         # per-call machinery (about three quarters of a small job's client CPU)
         sent, popped = self.wires.get().pipeline(
-            [("XADD", self.keyspace.queue(queue), "*", *_flat(fields)), ("BLPOP", reply_key, wait)]
+            [("XADD", stream, "*", *_flat(fields)), ("BLPOP", reply_key, wait)]
         )
         if isinstance(sent, Exception):
             raise sent
         if isinstance(popped, Exception):
             raise popped
-        return self.wait_private(queue, _text(sent), reply_key, request, clock, popped)
+        return self.wait_private(queue, _text(sent), reply_key, request, clock, popped, stream)
 
     def wait_private(
         self,
@@ -111,22 +124,27 @@ class Jobs:
         request: Request,
         clock: waiting.Clock | None = None,
         popped: Any = None,
+        stream: str | None = None,
     ) -> dict[str, Any]:
-        """Wait for the reply to an entry queued with ``private_entry``."""
+        """Wait for the reply to an entry queued with ``private_entry`` (on ``stream``, by
+        default the device's plain queue)."""
         if clock is None:
             clock = waiting.Clock(waiting.wait_limit(request.timeout_ms, self.reply_timeout))
+        stream = stream or self.keyspace.queue(queue)
         while popped is None:
-            ended = self._check(queue, entry_id, request, clock, lambda s: self._pop(reply_key, s))
+            linger = lambda s: self._pop(reply_key, s)  # noqa: E731
+            ended = self._check(queue, entry_id, request, clock, linger, stream)
             if ended is not None:
                 return ended
-            popped = self.r.blpop(
-                [reply_key], timeout=self._blpop_wait(clock.slice(LONGEST_BLPOP_S))
-            )
-        return decode_reply(popped[1])  # type: ignore[index]
+            popped = self._blpop(reply_key, clock.slice(LONGEST_BLPOP_S))
+        return decode_reply(popped[1])
+
+    def _blpop(self, reply_key: str, seconds: float) -> Any:
+        return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
 
     def _pop(self, reply_key: str, seconds: float) -> dict[str, Any] | None:
-        popped = self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
-        return decode_reply(popped[1]) if popped else None  # type: ignore[index]
+        popped = self._blpop(reply_key, seconds)
+        return decode_reply(popped[1]) if popped else None
 
     def _submit_shared(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
         self._start_reader()
@@ -160,11 +178,18 @@ class Jobs:
     # ending a wait ---------------------------------------------------------------------------
 
     def _check(
-        self, queue: str, entry_id: str, request: Request, clock: waiting.Clock, linger: Any
+        self,
+        queue: str,
+        entry_id: str,
+        request: Request,
+        clock: waiting.Clock,
+        linger: Any,
+        stream: str | None = None,
     ) -> dict[str, Any] | None:
         """None to keep waiting; else the reply to return (or raise) now."""
+        stream = stream or self.keyspace.queue(queue)
         if clock.expired():
-            withdrawn = self._withdraw(queue, entry_id)
+            withdrawn = self._withdraw(stream, entry_id)
             late = self._last_chance(withdrawn, linger)
             if late is not None:
                 return late
@@ -178,15 +203,15 @@ class Jobs:
                 self.r, health.live_workers_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
             )
             if not waiting.serves(statuses, queue):
-                withdrawn = self._withdraw(queue, entry_id)
+                withdrawn = self._withdraw(stream, entry_id)
                 late = self._last_chance(withdrawn, linger)
                 if late is not None:
                     return late
                 raise waiting.no_worker_error(queue, withdrawn)
         return None
 
-    def _withdraw(self, queue: str, entry_id: str) -> int:
-        return plans.run(self.r, queues.withdraw_plan(self.keyspace.queue(queue), entry_id))
+    def _withdraw(self, stream: str, entry_id: str) -> int:
+        return plans.run(self.r, queues.withdraw_plan(stream, entry_id))
 
     @staticmethod
     def _last_chance(withdrawn: int, linger: Any) -> dict[str, Any] | None:

@@ -15,17 +15,16 @@ from typing import Any
 
 import redis
 
-from aiworker.client import job_ops
 from aiworker.client.api import AICommands
+from aiworker.client.cluster import ClusterClient
+from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
-from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan
+from aiworker.client.ops import State
 from aiworker.client.pipeline import Pipeline
-from aiworker.client.verify import verify_model
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
-from aiworker.protocol.replies import raise_for_reply
-from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
+from aiworker.storage.cluster import is_cluster
 from aiworker.storage.connection import install_packer
 from aiworker.storage.plans import Batch, execute_batch
 from aiworker.storage.redis_options import client_kwargs
@@ -46,7 +45,7 @@ def _printing(execute: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Client(AICommands, redis.Redis):
+class Client(Driver, AICommands, redis.Redis):
     """Drop-in for ``redisai.Client``: every redis-py command plus the RedisAI methods.
 
     ``debug`` prints each command as redisai-py did; ``enable_postprocess=False`` returns RedisAI's
@@ -76,34 +75,29 @@ class Client(AICommands, redis.Redis):
             self.execute_command = _printing(super().execute_command)  # type: ignore[method-assign]
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Client:  # type: ignore[override]
+    def from_url(cls, url: str, **kwargs: Any) -> Client | ClusterClient:  # type: ignore[override]
+        """A client for ``url``; a ``ClusterClient`` when the server is a Redis Cluster node
+        (asked once, on a connection the client keeps: ``INFO cluster``; a server that cannot be
+        reached now gives a ``Client``, which connects when first used)."""
         own = {k: kwargs.pop(k) for k in OWN_OPTIONS if k in kwargs}
         pool = redis.ConnectionPool.from_url(url, **kwargs)
         client = cls(connection_pool=pool, **own)
         client.auto_close_connection_pool = True
-        return client
+        try:
+            cluster = is_cluster(client)
+        except (redis.ConnectionError, redis.TimeoutError):
+            cluster = False
+        if not cluster:
+            return client
+        client.close()
+        own.pop("shared_replies", None)  # a cluster's reply lists live in the outputs' slots
+        return ClusterClient.from_url(url, **own, **kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Client:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Client | ClusterClient:
         """A client for ``settings.redis_url`` with its prefix and TLS files."""
         kwargs = {**client_kwargs(settings), **kwargs}
         return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
-
-    @property  # type: ignore[override]
-    def enable_postprocess(self) -> bool:
-        return not self._state.raw
-
-    @enable_postprocess.setter
-    def enable_postprocess(self, value: bool) -> None:
-        self._state.raw = not value
-
-    @property
-    def reply_timeout(self) -> float | None:
-        return self._jobs.reply_timeout
-
-    @reply_timeout.setter
-    def reply_timeout(self, value: float | None) -> None:
-        self._jobs.reply_timeout = value
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         """A redis-py pipeline that also takes the RedisAI methods (tensorset, tensorget,
@@ -112,28 +106,12 @@ class Client(AICommands, redis.Redis):
 
     # running ops -----------------------------------------------------------------------------
 
-    def _print(self, command: Any) -> None:
-        if self.debug:
-            if isinstance(command, str):
-                print(command)
-            else:
-                print(*command)
-
-    def _step(self, step: Any) -> Any:
-        if isinstance(step, Batch):
-            if len(step.commands) == 1 and not step.transaction and not self.debug:
-                command = step.commands[0]
-                if str(command[0]).upper() in FAST_COMMANDS:
-                    return [self._fast(command)]
-            return execute_batch(self, step)
-        if isinstance(step, Submit):
-            return self._jobs.submit(step.queue, step.request, step.limit)
-        if isinstance(step, VerifyHere):
-            return verify_model(step.backend, step.blob, step.inputs, step.outputs, step.batchsize)
-        if isinstance(step, Print):
-            self._print(step.command)
-            return None
-        raise TypeError(f"unknown plan step {type(step).__name__}")
+    def _batch(self, batch: Batch) -> list[Any]:
+        if len(batch.commands) == 1 and not batch.transaction and not self.debug:
+            command = batch.commands[0]
+            if str(command[0]).upper() in FAST_COMMANDS:
+                return [self._fast(command)]
+        return execute_batch(self, batch)
 
     def _fast(self, command: tuple[Any, ...]) -> Any:
         """One command on this thread's own connection (see ``storage.wire``); the error it
@@ -145,39 +123,6 @@ class Client(AICommands, redis.Redis):
         if str(command[0]).upper() == "HGETALL":  # redis-py's shape
             return dict(zip(reply[::2], reply[1::2], strict=True))
         return reply
-
-    def _run(self, op: Op) -> Any:
-        if op.command is not None:
-            self._print(op.command)
-        plan = op.plan
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = self._step(step)
-                except Exception as exc:
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
-
-    # jobs (aiworker's own calls) ---------------------------------------------------------------
-
-    def queue_of(self, request: Request) -> str:
-        """The device queue ``request`` goes to (its model's or script's device)."""
-        return str(self._run(Op(None, job_ops.queue_plan(self._state, request))))
-
-    def submit(self, device: str, request: Request) -> str:
-        """Enqueue ``request`` on a device queue and wait for its reply: ``"OK"`` or the error."""
-        return raise_for_reply(self.submit_reply(device, request))
-
-    def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
-        """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
-        return self._jobs.submit(device, request)
-
-    def model_chunk_size(self) -> int:
-        return int(self._run(Op(None, chunk_size_plan(self._state))))
 
     def close(self) -> None:
         self._jobs.close()

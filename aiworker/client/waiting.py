@@ -69,6 +69,13 @@ def timeout_error(queue: str, limit: float, timeout_ms: int | None, withdrawn: i
     if withdrawn == DELIVERED:
         return ReplyTimeout(f"{head}: a worker took the job from queue {queue} and may still "
                             "complete it")  # fmt: skip
+    if withdrawn == GONE:
+        return ReplyTimeout(
+            f"{head}: the job is no longer in queue {queue}: a worker completed it and its reply "
+            "was lost (a Redis failover can lose the last writes), or it was lost with a failed "
+            "Redis master; retry it",
+            removed=True,
+        )
     return ReplyTimeout(
         f"{head}: no worker took the job from queue {queue}; it was removed from the queue "
         "and will not run",

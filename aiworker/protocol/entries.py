@@ -38,6 +38,9 @@ from aiworker.protocol.requests import (
 ENQUEUED_FIELD = "enqueued"
 # A forwarded entry's id on the queue its requester wrote it to: the id its reply carries.
 ORIGIN_FIELD = "origin"
+# The Python client's request id on Redis Cluster: entries of one request on one queue (an XADD
+# that redis-py's cluster client sent again during a failover) complete once.
+REQUEST_ID_FIELD = "rid"
 
 
 def encode_entry(

@@ -16,7 +16,7 @@ import redis
 
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.storage import plans
-from aiworker.storage.plans import Plan
+from aiworker.storage.plans import AnyRedis, Plan
 
 
 def _text(value: Any) -> str:
@@ -37,14 +37,15 @@ def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, 
     return statuses
 
 
-def live_workers(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
+def live_workers(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""
     return plans.run(r, live_workers_plan(keys, max_age))
 
 
-def queue_status(r: redis.Redis, keys: Keys, device: str) -> dict[str, Any]:
-    """Length, pending, lag and consumers of a device queue, and its dead letters."""
-    queue = keys.queue(device)
+def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None) -> dict[str, Any]:
+    """Length, pending, lag and consumers of a device queue's stream (default: its plain queue,
+    partition 0), and the device's dead letters."""
+    queue = stream or keys.queue(device)
     pipe = r.pipeline(transaction=False)
     pipe.xlen(queue)
     pipe.xinfo_groups(queue)
@@ -64,21 +65,41 @@ def queue_status(r: redis.Redis, keys: Keys, device: str) -> dict[str, Any]:
     }
 
 
-def devices_in_use(r: redis.Redis, keys: Keys, workers: list[dict[str, Any]]) -> list[str]:
-    """Devices with a queue stream or a live worker."""
-    prefix = keys.queue("")
-    found = {_text(q)[len(prefix) :] for q in r.scan_iter(match=prefix + "*", _type="STREAM")}
+def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Device -> the streams of its queue (every partition) that exist or that a live worker
+    serves, the plain queue first."""
+    found: dict[str, set[str]] = {}
+    for stream in r.scan_iter(match=keys.queue("") + "*", _type="STREAM"):
+        name = _text(stream)
+        found.setdefault(keys.device_of(name), set()).add(name)
     for status in workers:
-        found.update(status.get("devices", []))
-    return sorted(d for d in found if d)
+        for device in status.get("devices", []):
+            found.setdefault(str(device), set()).add(keys.queue(str(device)))
+        for device, streams in (status.get("queues") or {}).items():
+            found.setdefault(str(device), set()).update(map(str, streams))
+    return {
+        device: sorted(streams, key=lambda s: (s != keys.queue(device), s))
+        for device, streams in sorted(found.items())
+        if device
+    }
 
 
-def gather(r: redis.Redis, keys: Keys, max_age: float = 10.0) -> dict[str, Any]:
-    """Everything ``aiworker status`` prints."""
+def devices_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> list[str]:
+    """Devices with a queue stream or a live worker."""
+    return list(streams_in_use(r, keys, workers))
+
+
+def gather(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> dict[str, Any]:
+    """Everything ``aiworker status`` prints: one queue entry per stream (partition)."""
     workers = live_workers(r, keys, max_age)
+    streams = streams_in_use(r, keys, workers)
     return {
         "workers": workers,
-        "queues": [queue_status(r, keys, d) for d in devices_in_use(r, keys, workers)],
+        "queues": [
+            queue_status(r, keys, device, stream)
+            for device, found in streams.items()
+            for stream in found
+        ],
     }
 
 
@@ -103,7 +124,7 @@ def format_status(status: dict[str, Any]) -> list[str]:
 
 
 def check(
-    r: redis.Redis,
+    r: AnyRedis,
     keys: Keys,
     device: str = "CPU",
     max_age: float = 10.0,

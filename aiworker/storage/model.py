@@ -243,7 +243,7 @@ def read_meta_plan(key: str) -> Plan[ModelMeta]:
     return check_meta_reply(replies[0])
 
 
-def read_meta(r: redis.Redis, key: str) -> ModelMeta:
+def read_meta(r: plans.AnyRedis, key: str) -> ModelMeta:
     return plans.run(r, read_meta_plan(key))
 
 
@@ -283,7 +283,9 @@ def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelM
         for _ in range(READ_ATTEMPTS):
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
-                chunks, total = _CHUNK_BYTES(pipe, [key], [MAX_CHUNKS])
+                # sized on the client's own connection (where a Redis Cluster client can load the
+                # script): any change after the WATCH above still fails the EXEC below
+                chunks, total = _CHUNK_BYTES(r, [key], [MAX_CHUNKS])
                 _check_chunk_count(key, chunks)
                 if total > max_bytes:
                     raise LimitExceeded(
@@ -329,7 +331,7 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
     )
 
 
-def delete_model(r: redis.Redis, keys: Keys, key: str) -> None:
+def delete_model(r: plans.AnyRedis, keys: Keys, key: str) -> None:
     plans.run(r, delete_plan(keys, key))
 
 
@@ -354,5 +356,5 @@ def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]
     return found
 
 
-def scan_models(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+def scan_models(r: plans.AnyRedis, keys: Keys) -> list[tuple[str, str]]:
     return plans.run(r, scan_plan(keys))

@@ -20,6 +20,8 @@ from redis.cluster import RedisCluster
 from aiworker.protocol.keys import key_slot
 
 T = TypeVar("T")
+# A blocking client of either kind: one Redis, or redis-py's cluster client.
+AnyRedis = redis.Redis | RedisCluster
 
 
 @dataclass
@@ -51,7 +53,7 @@ def call(*command: Any) -> Plan[Any]:
     return first(replies)
 
 
-def execute_batch(r: redis.Redis | RedisCluster, batch: Batch) -> list[Any]:
+def execute_batch(r: AnyRedis, batch: Batch) -> list[Any]:
     """Send one batch on a blocking client; replies with exceptions in place."""
     if isinstance(r, RedisCluster):
         return execute_cluster_batch(r, batch)
@@ -79,7 +81,8 @@ def execute_cluster_batch(cluster: RedisCluster, batch: Batch) -> list[Any]:
         try:
             if str(command[0]).upper() == "MGET":  # keys in many slots: one GET per key
                 return [rc.mget_nonatomic(list(command[1:]))]
-            return [rc.execute_command(*command)]
+            # the base method: a client's debug printing of user commands must not see these
+            return [RedisCluster.execute_command(rc, *command)]  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             return [exc]
     if not batch.transaction:
@@ -104,7 +107,7 @@ def execute_cluster_batch(cluster: RedisCluster, batch: Batch) -> list[Any]:
     return replies
 
 
-def run(r: redis.Redis | RedisCluster, plan: Plan[T]) -> T:
+def run(r: AnyRedis, plan: Plan[T]) -> T:
     """Drive a storage plan (``Batch`` steps only) on a blocking client."""
     try:
         step = next(plan)

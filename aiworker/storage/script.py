@@ -150,7 +150,7 @@ def read_meta_plan(key: str) -> Plan[ScriptMeta]:
     return check_reply(replies[0])
 
 
-def read_meta(r: redis.Redis, key: str) -> ScriptMeta:
+def read_meta(r: plans.AnyRedis, key: str) -> ScriptMeta:
     return plans.run(r, read_meta_plan(key))
 
 
@@ -164,7 +164,7 @@ def read_script_plan(key: str) -> Plan[tuple[ScriptMeta, str]]:
     return check_reply(values[:-1]), _text(values[-1])
 
 
-def read_script(r: redis.Redis, key: str) -> tuple[ScriptMeta, str]:
+def read_script(r: plans.AnyRedis, key: str) -> tuple[ScriptMeta, str]:
     return plans.run(r, read_script_plan(key))
 
 
@@ -175,7 +175,7 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
     )
 
 
-def delete_script(r: redis.Redis, keys: Keys, key: str) -> None:
+def delete_script(r: plans.AnyRedis, keys: Keys, key: str) -> None:
     plans.run(r, delete_plan(keys, key))
 
 
@@ -184,5 +184,5 @@ def scan_plan(keys: Keys) -> Plan[list[tuple[str, str]]]:
     return (yield from model_store.scan_plan(keys, KIND_SCRIPT))
 
 
-def scan_scripts(r: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+def scan_scripts(r: plans.AnyRedis, keys: Keys) -> list[tuple[str, str]]:
     return plans.run(r, scan_plan(keys))

@@ -75,7 +75,7 @@ def info_plan(keys: Keys, key: str) -> Plan[dict[str, Any]]:
     }
 
 
-def info(r: redis.Redis, keys: Keys, key: str) -> dict[str, Any]:
+def info(r: plans.AnyRedis, keys: Keys, key: str) -> dict[str, Any]:
     return plans.run(r, info_plan(keys, key))
 
 
@@ -88,5 +88,5 @@ def reset_plan(keys: Keys, key: str) -> Plan[None]:
     yield Batch.one("DEL", keys.stats(key))
 
 
-def reset(r: redis.Redis, keys: Keys, key: str) -> None:
+def reset(r: plans.AnyRedis, keys: Keys, key: str) -> None:
     plans.run(r, reset_plan(keys, key))

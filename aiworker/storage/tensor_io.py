@@ -60,7 +60,7 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
         raise reply
 
 
-def write(r: redis.Redis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
+def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
     """Store ``array`` at ``key`` (see ``write_plan``)."""
     plans.run(r, write_plan(key, array, keyspace))
 
@@ -85,7 +85,7 @@ def read_plan(key: str) -> Plan[np.ndarray]:
     return decode_reply(replies[0])
 
 
-def read(r: redis.Redis, key: str) -> np.ndarray:
+def read(r: plans.AnyRedis, key: str) -> np.ndarray:
     return plans.run(r, read_plan(key))
 
 
@@ -102,5 +102,5 @@ def read_meta_plan(key: str) -> Plan[tuple[str, tuple[int, ...]]]:
     return codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})
 
 
-def read_meta(r: redis.Redis, key: str) -> tuple[str, tuple[int, ...]]:
+def read_meta(r: plans.AnyRedis, key: str) -> tuple[str, tuple[int, ...]]:
     return plans.run(r, read_meta_plan(key))

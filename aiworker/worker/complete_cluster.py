@@ -6,14 +6,18 @@ slot, by the key rule, ``protocol.slots``), its model's statistics, a dead-lette
 stream, and the queue itself. So each entry completes in steps, one per slot, each applied at most
 once however often the entry is delivered:
 
-1. the *primary* step, in the slot of the outputs and reply (else of its stream record):
-   ``complete_once.lua`` checks everything that could fail (key types, aiworker's prefix, the ACL),
-   then sets a done marker (``Keys.done``, expiring after ``marker_ttl``) and writes - or, when the
-   marker is already set, writes nothing: another delivery did this step. A refusal writes nothing
-   and leaves the entry pending, to be completed again with the error as its reply;
-2. the other steps (statistics in the model's slot, records), the same way, each with a marker in
-   its own slot;
+1. the steps outside the outputs' slot - statistics in the model's slot, a dead letter or forward
+   in its stream's slot: ``complete_once.lua`` checks everything that could fail (key types,
+   aiworker's prefix, the ACL), then sets a done marker (``Keys.done``, in that slot, expiring
+   after ``marker_ttl``) and writes - or, when the marker is already set, writes nothing: another
+   delivery did this step;
+2. the step in the slot of the outputs and the reply, the same way: the requester hears back only
+   once the rest is written (AI.INFO counts a call its requester has heard about);
 3. last, in the queue's slot, ``complete.lua`` acknowledges and deletes the entry (XACK, XDEL).
+
+A refusal writes nothing more and leaves the entry pending, to be completed again with the error as
+its reply (as on a single Redis). The one difference: outputs refused in step 2 (WRONGTYPE, NOPERM)
+come after step 1 counted the run, so AI.INFO shows a call without its error.
 
 A worker killed between two steps leaves the entry pending; it is reclaimed and run again, the
 steps already done find their markers, the rest are applied: one reply, one set of outputs,
@@ -28,10 +32,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import NoPermissionError
 
+from aiworker.protocol.entries import REQUEST_ID_FIELD
 from aiworker.protocol.keys import CONSUMER_GROUP, key_slot
 from aiworker.storage import scripts
 from aiworker.storage.cluster import ClusterWire
@@ -60,32 +65,29 @@ class ClusterCompleter(Completer):
         self.marker_ttl = marker_ttl
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        assert isinstance(conn, ClusterWire)
+        return self._split_run(cast(ClusterWire, conn), queue, items)
+
+    def _split_run(self, conn: ClusterWire, queue: str, items: Sequence[Finished]) -> list[Result]:
         queue_slot = key_slot(queue)
         at_queue: list[tuple[int, Writes]] = []  # what complete.lua runs in the queue's slot
         steps: dict[int, list[Writes]] = {}
         for n, item in enumerate(items):
             writes = self.writes_of(item)
-            split = self._split(queue, queue_slot, writes)
+            split = self._split(queue, queue_slot, writes, _ident(item))
             if split is None:
                 at_queue.append((n, writes))
             else:
                 steps[n] = split
-        rows: dict[int, list[Any]] = {}  # entry index -> its steps' result rows
-        for n, row in self._round(conn, [(n, split[0]) for n, split in steps.items()]):
-            rows[n] = [row]
-        refused = {n for n, found in rows.items() if found[0][0] == -1}
-        later = [(n, step) for n, split in steps.items() if n not in refused for step in split[1:]]
-        for n, row in self._round(conn, later):
+        rows: dict[int, list[Any]] = {n: [] for n in steps}  # entry -> its steps' rows, in order
+        first = [(n, step) for n, split in steps.items() for step in split[:-1]]
+        for n, row in self._round(conn, first):
+            rows[n].append(row)
+        refused = {n for n, found in rows.items() if any(row[0] == -1 for row in found)}
+        last = [(n, split[-1]) for n, split in steps.items() if n not in refused]
+        for n, row in self._round(conn, last):
             rows[n].append(row)
             if row[0] == -1:
-                log.warning(
-                    "job %s: %s key '%s': that part of its completion was not written",
-                    items[n].entry_id,
-                    _text(row[3]),
-                    _text(row[4]),
-                    extra={"job_id": items[n].entry_id, "queue": queue},
-                )
+                refused.add(n)
         # last: acknowledge and delete (entries whose every key lives here complete here whole)
         at_queue += [(n, Writes(items[n].entry_id)) for n in steps if n not in refused]
         results: list[Result | None] = [None] * len(items)
@@ -103,9 +105,12 @@ class ClusterCompleter(Completer):
         assert all(result is not None for result in results)
         return [result for result in results if result is not None]
 
-    def _split(self, queue: str, queue_slot: int, writes: Writes) -> list[Writes] | None:
-        """``writes`` as one step per hash slot, the primary step first, each with its done
-        marker; None when every key lives in the queue's slot (one complete.lua does it all)."""
+    def _split(
+        self, queue: str, queue_slot: int, writes: Writes, ident: str
+    ) -> list[Writes] | None:
+        """``writes`` as one step per hash slot, each with its done marker (named by
+        ``ident``), the step with the outputs and reply last; None when every key lives in the
+        queue's slot (one complete.lua does it all)."""
         groups: dict[int, Writes] = {}
 
         def part(key: str) -> Writes:
@@ -122,9 +127,9 @@ class ClusterCompleter(Completer):
             part(stats[0]).stats.append(stats)
         if set(groups) <= {queue_slot}:
             return None
-        split = list(groups.values())  # outputs/reply first, else a record, else statistics
+        split = list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
         for step in split:
-            step.marker = self.keys.done(queue, writes.entry_id, step.keys()[0])
+            step.marker = self.keys.done(queue, ident, step.keys()[0])
         return split
 
     def _round(self, conn: ClusterWire, steps: Sequence[Step]) -> list[tuple[int, list[Any]]]:
@@ -160,16 +165,27 @@ class ClusterCompleter(Completer):
         return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
 
 
+def _ident(item: Finished) -> str:
+    """What names an entry's done markers: the Python client's request id (the same request
+    queued twice completes once), else the entry id."""
+    for name, value in item.fields.items():
+        if _text(name) == REQUEST_ID_FIELD and value:
+            return "rid:" + _text(value)
+    return item.entry_id
+
+
 def _combined(rows: list[list[Any]]) -> Result:
-    """An entry's result from its steps' rows, the primary step's first."""
-    first = _result(rows[0])
-    if first.refused:
-        return first
+    """An entry's result from its steps' rows, in order: refused if one was; else applied (or a
+    duplicate) as its last step - the one with the reply - was."""
+    refused = next((_result(row) for row in rows if row[0] == -1), None)
+    if refused is not None:
+        return refused
+    last = _result(rows[-1])
     reply = next((int(row[1]) for row in rows if int(row[1]) != 0), 0)
     counted = [int(row[2]) for row in rows if int(row[2]) != 0]
     return Result(
-        applied=first.applied,
-        duplicate=first.duplicate,
+        applied=last.applied,
+        duplicate=last.duplicate,
         reply=reply,
         stats=min(counted) if counted else 0,
     )

@@ -39,7 +39,7 @@ READ_ERROR_PAUSE_S = 1.0
 # How often a thread with nothing to do looks again while the worker drains.
 DRAIN_POLL_S = 0.02
 # Longest a thread serving several partitions blocks on one of them.
-SHARED_BLOCK_MS = 100
+SHARED_BLOCK_MS = 20
 
 Entry = tuple[str, Mapping[Any, Any]]
 

@@ -1,0 +1,184 @@
+"""``aiworker.ClusterClient``: the client's API on Redis Cluster, built on redis-py's cluster
+client (``redis.cluster.RedisCluster``), which routes each command to the master of its slot,
+follows MOVED/ASK and rides out failovers.
+
+The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis Cluster"):
+
+* a job's written keys (OUTPUTS, PERSIST) share one hash slot, or the request fails with RedisAI's
+  ``CROSSSLOT Keys in request don't hash to the same slot`` before it is queued; its private reply
+  list takes their hash tag (``protocol.slots``);
+* a job goes to one of its device queue's partitions, chosen at random among the streams live
+  workers announce (``Partitions``), the plain queue when none does;
+* a wait rides out a failover: a command that fails while a replica takes over is tried again
+  until the wait's own limit, which then ends it with an error saying the job may need a retry
+  (a reply the old master accepted but had not replicated is lost with it). An entry carries a
+  request id, so that one queued twice by a retried XADD is completed once.
+
+Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
+update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
+commands only); the asyncio client targets a single Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from aiworker.client import waiting
+from aiworker.client.api import AICommands
+from aiworker.client.driver import Driver
+from aiworker.client.jobs import Jobs
+from aiworker.client.ops import State
+from aiworker.protocol.entries import REQUEST_ID_FIELD
+from aiworker.protocol.errors import ReplyTimeout
+from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
+from aiworker.protocol.requests import Request
+from aiworker.protocol.slots import check_slot
+from aiworker.settings import Settings
+from aiworker.storage import health
+from aiworker.storage.cluster import LOST, ClusterWires
+from aiworker.storage.plans import Batch, execute_batch
+from aiworker.storage.redis_options import client_kwargs
+
+OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess")
+# How often a client looks again at which queue partitions live workers serve.
+PARTITIONS_REFRESH_S = 2.0
+# Pause before trying Redis again while a wait rides out a failover.
+FAILOVER_PAUSE_S = 0.2
+
+
+class Partitions:
+    """The streams of each device queue that live workers serve (their heartbeats' ``queues``),
+    looked at again every ``PARTITIONS_REFRESH_S``."""
+
+    def __init__(self, r: Any, keyspace: Keys) -> None:
+        self.r = r
+        self.keyspace = keyspace
+        self._streams: dict[str, list[str]] = {}
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def pick(self, device: str) -> str:
+        """A stream of ``device``'s queue, at random (the plain queue when no worker says)."""
+        if time.monotonic() >= self._next:
+            self.refresh()
+        streams = self._streams.get(device.upper())
+        return random.choice(streams) if streams else self.keyspace.queue(device)
+
+    def refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() < self._next:
+                return
+            self._next = time.monotonic() + PARTITIONS_REFRESH_S
+            try:
+                statuses = health.live_workers(self.r, self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            except (*LOST, redis.ResponseError):
+                return  # keep what was known
+            found: dict[str, set[str]] = {}
+            for status in statuses:
+                for device, streams in (status.get("queues") or {}).items():
+                    found.setdefault(str(device).upper(), set()).update(map(str, streams))
+            self._streams = {device: sorted(streams) for device, streams in found.items()}
+
+
+class ClusterJobs(Jobs):
+    """``Jobs`` on Redis Cluster (see the module docstring)."""
+
+    cluster = True
+
+    def __init__(self, rc: Any, keyspace: Keys, reply_timeout: float | None) -> None:
+        super().__init__(rc, keyspace, reply_timeout, wires=ClusterWires(rc))
+        self.partitions = Partitions(rc, keyspace)
+
+    def submit(self, queue: str, request: Request, limit: float | None = None) -> dict[str, Any]:
+        check_slot(request)  # before anything is queued, as RedisAI refused it
+        return super().submit(queue, request, limit)
+
+    def stream(self, queue: str) -> str:
+        return self.partitions.pick(queue)
+
+    def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
+        reply_key, fields = super().private_entry(request)
+        fields[REQUEST_ID_FIELD] = uuid.uuid4().hex
+        return reply_key, fields
+
+    def _blpop(self, reply_key: str, seconds: float) -> Any:
+        try:
+            return super()._blpop(reply_key, seconds)
+        except LOST:  # a failover in progress: the caller's clock decides when to give up
+            time.sleep(min(seconds, FAILOVER_PAUSE_S))
+            return None
+
+    def _check(
+        self,
+        queue: str,
+        entry_id: str,
+        request: Request,
+        clock: waiting.Clock,
+        linger: Any,
+        stream: str | None = None,
+    ) -> dict[str, Any] | None:
+        try:
+            return super()._check(queue, entry_id, request, clock, linger, stream)
+        except LOST as exc:
+            if not clock.expired():
+                return None
+            raise ReplyTimeout(
+                f"no reply from a worker in time, and Redis Cluster could not tell what became of "
+                f"the job in queue {queue} ({exc}): it may or may not have run; retry it"
+            ) from exc
+
+
+class ClusterClient(Driver, AICommands, RedisCluster):
+    """``aiworker.Client``'s methods on a Redis Cluster (see the module docstring).
+
+    ``ClusterClient(debug=False, enable_postprocess=True, *args, prefix=..., reply_timeout=...,
+    **kwargs)``, the rest going to ``redis.cluster.RedisCluster`` (``host``/``port`` of any node,
+    ``startup_nodes``, ...); ``ClusterClient.from_url("redis://node:6379")``. Slots of a failed
+    master need not all be served for the others to be used (``require_full_coverage=False``).
+    """
+
+    def __init__(
+        self,
+        debug: Any = False,
+        enable_postprocess: bool = True,
+        *args: Any,
+        prefix: str = DEFAULT_PREFIX,
+        reply_timeout: float | None = waiting.DEFAULT_REPLY_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("require_full_coverage", False)
+        self.debug = False  # RedisCluster's constructor already runs commands
+        super().__init__(*args, **kwargs)
+        self.debug = bool(debug)
+        self._state = State(Keys(prefix), raw=not enable_postprocess)
+        self._jobs = ClusterJobs(self, self._state.keyspace, reply_timeout)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:
+        own = {k: kwargs.pop(k) for k in OWN_OPTIONS if k in kwargs}
+        return cls(url=url, **own, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ClusterClient:
+        """A client for ``settings.redis_url`` (any node) with its prefix and TLS files."""
+        kwargs = {**client_kwargs(settings), **kwargs}
+        return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.debug:
+            print(*args)
+        return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _batch(self, batch: Batch) -> list[Any]:
+        return execute_batch(self, batch)
+
+    def close(self) -> None:
+        self._jobs.close()
+        super().close()

@@ -1,0 +1,95 @@
+"""How a blocking client runs the RedisAI methods' plans (``ops.Op``): shared by ``Client`` (one
+Redis) and ``ClusterClient`` (Redis Cluster), which differ only in how a ``Batch`` of Redis
+commands is sent (``_batch``) and in how jobs are queued and waited for (their ``jobs.Jobs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiworker.client import job_ops
+from aiworker.client.jobs import Jobs
+from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan
+from aiworker.client.verify import verify_model
+from aiworker.protocol.replies import raise_for_reply
+from aiworker.protocol.requests import Request
+from aiworker.storage.plans import Batch
+
+
+class Driver:
+    """Runs ops on a blocking client; the client supplies ``_state``, ``_jobs``, ``debug`` and
+    ``_batch``."""
+
+    _state: State
+    _jobs: Jobs
+    debug: bool
+
+    def _batch(self, batch: Batch) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def enable_postprocess(self) -> bool:
+        return not self._state.raw
+
+    @enable_postprocess.setter
+    def enable_postprocess(self, value: bool) -> None:
+        self._state.raw = not value
+
+    @property
+    def reply_timeout(self) -> float | None:
+        return self._jobs.reply_timeout
+
+    @reply_timeout.setter
+    def reply_timeout(self, value: float | None) -> None:
+        self._jobs.reply_timeout = value
+
+    def _print(self, command: Any) -> None:
+        if self.debug:
+            if isinstance(command, str):
+                print(command)
+            else:
+                print(*command)
+
+    def _step(self, step: Any) -> Any:
+        if isinstance(step, Batch):
+            return self._batch(step)
+        if isinstance(step, Submit):
+            return self._jobs.submit(step.queue, step.request, step.limit)
+        if isinstance(step, VerifyHere):
+            return verify_model(step.backend, step.blob, step.inputs, step.outputs, step.batchsize)
+        if isinstance(step, Print):
+            self._print(step.command)
+            return None
+        raise TypeError(f"unknown plan step {type(step).__name__}")
+
+    def _run(self, op: Op) -> Any:
+        if op.command is not None:
+            self._print(op.command)
+        plan = op.plan
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = self._step(step)
+                except Exception as exc:
+                    step = plan.throw(exc)
+                    continue
+                step = plan.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    # jobs (aiworker's own calls) ---------------------------------------------------------------
+
+    def queue_of(self, request: Request) -> str:
+        """The device queue ``request`` goes to (its model's or script's device)."""
+        return str(self._run(Op(None, job_ops.queue_plan(self._state, request))))
+
+    def submit(self, device: str, request: Request) -> str:
+        """Enqueue ``request`` on a device queue and wait for its reply: ``"OK"`` or the error."""
+        return raise_for_reply(self.submit_reply(device, request))
+
+    def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
+        """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
+        return self._jobs.submit(device, request)
+
+    def model_chunk_size(self) -> int:
+        return int(self._run(Op(None, chunk_size_plan(self._state))))

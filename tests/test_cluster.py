@@ -1,0 +1,309 @@
+"""Redis Cluster end to end: the core paths (tensors, chunked models, MODELEXECUTE, scripts, DAGs
+with LOAD/PERSIST, batching, the redis-cli path, AI.INFO/AI.CONFIG, the CLI) against a real
+3 masters + 3 replicas cluster, with an in-process worker whose queue is split in 3 partitions.
+Keys are spread over the masters on purpose: inputs, models and scripts live anywhere; only a
+request's written keys and its reply share a slot (the key rule, ``protocol.slots``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from conftest import stub_blob, torch_blob, wait_until, worker_env
+
+from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
+from aiworker.protocol import messages
+from aiworker.protocol.keys import key_slot
+from aiworker.storage import health
+
+REDIS_CLI = shutil.which("redis-cli")
+SCRIPT = """
+def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
+    x = tensors[0]
+    return x * 2, x + float(args[0])
+"""
+
+
+def masters_of(cluster: Any, *keys: str) -> set[int]:
+    return {cluster.master_of(key) for key in keys}
+
+
+def test_a_cluster_is_found_from_any_node(redis_cluster: Any, cluster_client: Any) -> None:
+    assert isinstance(cluster_client, ClusterClient)
+    other = Client.from_url(f"redis://127.0.0.1:{redis_cluster.ports[-1]}/0")
+    assert isinstance(other, ClusterClient)
+    other.close()
+
+
+def test_tensors_on_every_master(redis_cluster: Any, cluster_client: Any) -> None:
+    c = cluster_client
+    keys = ["t1", "t2", "t3", "t4", "t5", "t6"]
+    assert len(masters_of(redis_cluster, *keys)) == 3
+    for n, key in enumerate(keys):
+        c.tensorset(key, np.full((2, 3), n, dtype=np.float32))
+    for n, key in enumerate(keys):
+        np.testing.assert_array_equal(c.tensorget(key), np.full((2, 3), n))
+    big = np.arange(600_000, dtype=np.float32)  # a large blob: temporary key in the same slot
+    c.tensorset("big", big)
+    np.testing.assert_array_equal(c.tensorget("big"), big)
+    assert c.tensorget("t1", meta_only=True) == {"dtype": "FLOAT", "shape": [2, 3]}
+    c.set("plain", "x")
+    with pytest.raises(WrongTypeError):
+        c.tensorset("plain", np.zeros(1, np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:Experimental")
+def test_model_chunk_size_and_chunked_models(cluster_client: Any) -> None:
+    """RedisAI's MODEL_CHUNK_SIZE failed with MOVED on clusters: here it is a hash field like any
+    other, and a chunked model is stored and read back whole."""
+    c = cluster_client
+    assert c.config("MODEL_CHUNK_SIZE", 100) == "OK"
+    assert c.config("MODEL_CHUNK_SIZE") == 100
+    blob = torch_blob("add")
+    assert c.modelstore("m{models}", "TORCH", "CPU", blob, tag="v1") == "OK"
+    assert int(c.hget("m{models}", "chunks")) == -(-len(blob) // 100)
+    got = c.modelget("m{models}")
+    assert got["tag"] == "v1" and b"".join(got["blob"]) == blob
+    assert c.modelscan() == [["m{models}", "v1"]]
+    assert c.modeldel("m{models}") == "OK"
+    assert c.modelscan() == []
+
+
+def test_modelexecute_with_keys_on_three_masters(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    c = cluster_client
+    c.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    c.tensorset("a", np.array([1, 2], dtype=np.float32))
+    c.tensorset("b", np.array([10, 20], dtype=np.float32))
+    assert len(masters_of(redis_cluster, "m", "a", "b")) > 1
+    for n in range(6):  # outputs (and so the reply lists) on every master
+        assert c.modelexecute("m", ["a", "b"], [f"out{n}"]) == "OK"
+        np.testing.assert_array_equal(c.tensorget(f"out{n}"), [11, 22])
+    assert len(masters_of(redis_cluster, *(f"out{n}" for n in range(6)))) == 3
+    info = c.infoget("m")  # counted before each requester heard back
+    assert info["calls"] == 6 and info["errors"] == 0
+
+
+def test_the_key_rule(cluster_client: Any, cluster_worker: Worker) -> None:
+    """Outputs in two slots are refused before anything is queued, with RedisAI's error; inputs
+    and model anywhere are fine."""
+    c = cluster_client
+    c.modelstore("pair", "STUB", "CPU", stub_blob("identity"))
+    c.tensorset("in", np.array([1, 2], dtype=np.float32))
+    assert key_slot("x{u1}") != key_slot("y{u2}")
+    with pytest.raises(AIError, match=messages.CROSSSLOT):
+        c.modelexecute("pair", ["in", "in"], ["x{u1}", "y{u2}"])
+    assert c.xlen("aiworker:queue:CPU") == 0
+    assert c.modelexecute("pair", ["in", "in"], ["x{u1}", "y{u1}"]) == "OK"
+    assert c.tensorget("x{u1}").tolist() == [1.0, 2.0]
+
+
+def test_scripts_and_dags(cluster_client: Any, cluster_worker: Worker) -> None:
+    pytest.importorskip("torch")
+    c = cluster_client
+    c.tensorset("x", np.array([1, 2], dtype=np.float32))
+    c.scriptstore("s", "CPU", SCRIPT, ["pre"])
+    c.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    assert c.scriptexecute("s", "pre", inputs=["x"], args=["10"], outputs=["d{r}", "e{r}"]) == "OK"
+    np.testing.assert_array_equal(c.tensorget("e{r}"), [11, 12])
+    results = (
+        c.dag(load=["x"], persist=["sum"])
+        .scriptexecute("s", "pre", inputs=["x"], args=["10"], outputs=["double", "shifted"])
+        .modelexecute("m", ["double", "shifted"], ["sum"])
+        .tensorget("shifted")
+        .execute()
+    )
+    assert results[:2] == ["OK", "OK"]
+    np.testing.assert_array_equal(results[2], [11, 12])
+    np.testing.assert_array_equal(c.tensorget("sum"), [13, 16])
+    assert c.infoget("m")["calls"] == 1 and c.infoget("s")["calls"] == 2
+    with pytest.raises(AIError, match=messages.CROSSSLOT):
+        dag = c.dag(load=["x"], persist=["p{a}", "q{b}"]).tensorset("p{a}", [1], dtype="float")
+        dag.tensorset("q{b}", [2], dtype="float").execute()
+    out = c.run("m", {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}, ["c"])
+    np.testing.assert_array_equal(out["c"], [2, 2])
+
+
+def test_batching(cluster_client: Any, cluster_worker: Worker) -> None:
+    c = cluster_client
+    c.modelstore("bm", "STUB", "CPU", stub_blob("add"), batch=8, minbatch=4, minbatchtimeout=2000)
+    c.tensorset("b", np.array([[1.0]], dtype=np.float32))
+    for n in range(4):
+        c.tensorset(f"a{n}", np.array([[n]], dtype=np.float32))
+    errors: list[BaseException] = []
+
+    def one(n: int) -> None:
+        try:
+            c.modelexecute("bm", [f"a{n}", "b"], [f"c{n}"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert [c.tensorget(f"c{n}").tolist() for n in range(4)] == [[[n + 1.0]] for n in range(4)]
+    info = c.infoget("bm")
+    assert info["calls"] == 4 and info["samples"] == 4
+
+
+def cli(port: int, *args: str) -> str:
+    assert REDIS_CLI is not None
+    return subprocess.run(
+        [REDIS_CLI, "-c", "-p", str(port), *args],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is not installed")
+def test_redis_cli_path(redis_cluster: Any, cluster_client: Any, cluster_worker: Worker) -> None:
+    """XADD onto the plain queue, BLPOP the reply (redis-cli -c follows MOVED); an entry whose
+    output and reply keys are in different slots is answered with RedisAI's CROSSSLOT."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    port = redis_cluster.ports[0]
+    cli(port, "HSET", "x", "kind", "tensor", "dtype", "FLOAT", "shape", "2", "values", "2 3")
+    cli(port, "HSET", "y", "kind", "tensor", "dtype", "FLOAT", "shape", "2", "values", "10 20")
+    cmd = "AI.MODELEXECUTE m INPUTS 2 x y OUTPUTS 1 z{job1}"
+    entry_id = cli(port, "XADD", "aiworker:queue:CPU", "*", "cmd", cmd, "reply", "r{job1}")
+    reply = json.loads(cli(port, "--raw", "BLPOP", "r{job1}", "20").splitlines()[1])
+    assert reply["status"] == "ok" and reply["id"] == entry_id
+    assert cli(port, "--raw", "HGET", "z{job1}", "shape") == "2"
+    np.testing.assert_array_equal(c.tensorget("z{job1}"), [12, 23])
+    cli(port, "XADD", "aiworker:queue:CPU", "*", "cmd", cmd, "reply", "r{job2}")
+    reply = json.loads(cli(port, "--raw", "BLPOP", "r{job2}", "20").splitlines()[1])
+    assert reply == {**reply, "status": "error", "error": messages.CROSSSLOT}
+
+
+def test_info_config_and_status_from_the_cli(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """The CLI against a cluster node: tensor, model, run, exec (AI.INFO, AI.CONFIG), status with
+    every partition, check."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "aiworker", *args, "--redis-url", redis_cluster.url],
+            env=worker_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("tensor", "set", "a", "FLOAT", "2", "1", "2")
+    run("tensor", "set", "b", "FLOAT", "2", "3", "4")
+    assert "[4.0, 6.0]" in run("run", "m", "-i", "a,b", "-o", "c{1}")
+    assert "calls" in run("exec", "AI.INFO m") and c.infoget("m")["calls"] == 1
+    assert run("config", "MODEL_CHUNK_SIZE", "1000").strip() == "OK"
+    assert run("exec", "AI.CONFIG GET MODEL_CHUNK_SIZE").strip().endswith("1000")
+    status = json.loads(run("status", "--json"))
+    streams = [q["queue"] for q in status["queues"] if q["device"] == "CPU"]
+    assert streams == cluster_worker.schedulers["CPU"].queues and len(streams) == 3
+    assert len(masters_of(redis_cluster, *streams)) == 3, "partitions on different masters"
+    assert status["workers"][0]["queues"] == {"CPU": streams}
+    assert "healthy" in run("check", "--device", "CPU")
+
+
+def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Worker) -> None:
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    streams = cluster_worker.schedulers["CPU"].queues
+    wait_until(lambda: c._jobs.partitions.pick("CPU") != streams[0], timeout=10)
+    for n in range(30):
+        c.modelexecute("m", ["a", "a"], [f"o{n}"])
+    assert c.infoget("m")["calls"] == 30
+    added = [c.xinfo_stream(stream)["entries-added"] for stream in streams]
+    assert sum(added) == 30 and all(added), added  # every partition took some
+    status = health.gather(c, c.keyspace)
+    assert {q["queue"] for q in status["queues"]} == set(streams)
+    assert all(q["pending"] == 0 and q["length"] == 0 for q in status["queues"])
+
+
+# effect-once across slots --------------------------------------------------------------------
+
+
+class CutWire:
+    """A ``ClusterWire`` that loses the connection at its ``cut``-th round trip of scripts (a
+    worker killed there): nothing of that round, nor after it, reaches Redis."""
+
+    def __init__(self, wire: Any, cut: int) -> None:
+        self.wire, self.cut, self.calls = wire, cut, 0
+
+    def evalsha_many(self, calls: Any, wait: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == self.cut:
+            raise redis.ConnectionError("killed")
+        return self.wire.evalsha_many(calls, wait)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wire, name)
+
+
+def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, str, Any]:
+    """A worker (not started) and a job entry it holds pending, as if a thread had read it."""
+    from aiworker.protocol.entries import decode_entry
+    from aiworker.protocol.requests import ModelExecute
+    from aiworker.worker.consume import ensure_group
+
+    w = Worker(cluster_settings.replace(queue_partitions=1))
+    queue = w.keys.queue("CPU")
+    ensure_group(w.r, queue)
+    request = ModelExecute("m", ("a",), ("out{t}",))
+    reply_key, fields = cluster_client._jobs.private_entry(request)  # with a request id
+    entry_id = cluster_client.xadd(queue, fields).decode()
+    wire = w.wires.get()
+    [(_stream, [(read_id, flat)])] = wire.execute(
+        "XREADGROUP", "GROUP", "aiworker", "c1", "COUNT", 1, "STREAMS", queue, ">"
+    )
+    assert read_id.decode() == entry_id
+    entry = dict(zip(flat[::2], flat[1::2], strict=True))
+    return w, queue, (entry_id, entry, decode_entry(entry_id, entry), reply_key)
+
+
+def _finished(entry: Any) -> Any:
+    from aiworker.execution.outcome import Outcome, StatsRecord
+    from aiworker.worker.complete import Finished
+
+    entry_id, fields, job, reply_key = entry
+    outcome = Outcome(
+        "ok", writes={"out{t}": np.array([7.0], np.float32)}, stats=[StatsRecord("m", 5, 1)]
+    )
+    return Finished(entry_id, outcome, job, reply_key, job.fmt, None, fields)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3], ids=["before-stats", "before-reply", "before-ack"])
+def test_a_completion_cut_between_two_steps_completes_once(
+    cluster_client: Any, cluster_settings: Any, cut: int
+) -> None:
+    """kill -9 between any two steps of a split completion (statistics, outputs + reply,
+    acknowledgement): the redelivery's completion applies what is missing, nothing twice."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    w, queue, entry = _pending_job(c, cluster_settings)
+    reply_key = entry[3]
+    assert len({key_slot(k) for k in (queue, "out{t}", c.keyspace.stats("m"))}) == 3
+    with pytest.raises(Exception, match="killed"):
+        w.completer.complete(CutWire(w.wires.get(), cut), queue, [_finished(entry)])
+    assert c.llen(reply_key) == (1 if cut == 3 else 0)
+    [result] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # redelivered
+    assert result.applied == (cut < 3) and result.duplicate == (cut == 3)
+    [again] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # a late one
+    assert again.duplicate
+    assert c.llen(reply_key) == 1, "one reply"
+    assert c.tensorget("out{t}").tolist() == [7.0]
+    info = c.infoget("m")
+    assert info["calls"] == 1 and info["duration"] == 5, "statistics counted once"
+    assert c.xlen(queue) == 0 and c.xpending(queue, "aiworker")["pending"] == 0
+    w.wires.close()
