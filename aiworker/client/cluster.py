@@ -9,10 +9,10 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
   list takes their hash tag (``protocol.slots``);
 * a job goes to one of its device queue's partitions, chosen at random among the streams live
   workers announce (``Partitions``), the plain queue when none does;
-* a wait rides out a failover: a command that fails while a replica takes over is tried again
-  until the wait's own limit, which then ends it with an error saying the job may need a retry
-  (a reply the old master accepted but had not replicated is lost with it). An entry carries a
-  request id, so that one queued twice by a retried XADD is completed once.
+* a job rides out a failover: its XADD and the commands of its wait that fail while a replica
+  takes over are sent again until the wait's own limit, which then ends it with an error saying
+  to retry (a reply the old master accepted but had not replicated is lost with it). An entry
+  carries a request id, so that one queued twice by a resent XADD is completed once.
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
@@ -107,6 +107,22 @@ class ClusterJobs(Jobs):
         reply_key, fields = super().private_entry(request)
         fields[REQUEST_ID_FIELD] = uuid.uuid4().hex
         return reply_key, fields
+
+    def _enqueue(
+        self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
+    ) -> tuple[Any, Any]:
+        """Sent again, to the same stream, while a failover is under way: the request id makes a
+        second copy of the entry complete as one (``complete_cluster``)."""
+        while True:
+            try:
+                return super()._enqueue(stream, fields, reply_key, clock)
+            except LOST as exc:
+                if clock.expired():
+                    raise ReplyTimeout(
+                        f"Redis Cluster could not take the job for {stream} in time ({exc}); "
+                        "retry it"
+                    ) from exc
+                time.sleep(FAILOVER_PAUSE_S)
 
     def _blpop(self, reply_key: str, seconds: float) -> Any:
         try:

@@ -103,8 +103,15 @@ class Jobs:
 
     def _submit_private(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
         reply_key, fields = self.private_entry(request)
-        wait = self._blpop_wait(clock.slice(LONGEST_BLPOP_S))
         stream = self.stream(queue)
+        sent, popped = self._enqueue(stream, fields, reply_key, clock)
+        return self.wait_private(queue, _text(sent), reply_key, request, clock, popped, stream)
+
+    def _enqueue(
+        self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
+    ) -> tuple[Any, Any]:
+        """XADD the entry and a first BLPOP for its reply: (entry id, popped or None)."""
+        wait = self._blpop_wait(clock.slice(LONGEST_BLPOP_S))
         # the one round trip of a job: on this thread's own connection, without redis-py's
         # per-call machinery (about three quarters of a small job's client CPU)
         sent, popped = self.wires.get().pipeline(
@@ -114,7 +121,7 @@ class Jobs:
             raise sent
         if isinstance(popped, Exception):
             raise popped
-        return self.wait_private(queue, _text(sent), reply_key, request, clock, popped, stream)
+        return sent, popped
 
     def wait_private(
         self,

@@ -25,6 +25,8 @@ from aiworker.worker.schedule import QueueScheduler
 
 log = logging.getLogger("aiworker.worker")
 HEARTBEAT_SECONDS = 2.0
+# Next try after a heartbeat that failed.
+RETRY_SECONDS = 0.25
 # Heartbeats older than this are dropped from the workers zset (their JSON keys expire anyway).
 STALE_WORKER_S = 3600.0
 WATCH_EVERY_S = 0.25
@@ -61,15 +63,17 @@ class Heartbeat:
 
     def loop(self, stop: threading.Event) -> None:
         while True:
+            pause = HEARTBEAT_SECONDS
             try:
                 self.on_beat()
                 self.publish()
             except redis.RedisError:
                 self.metrics.redis_errors.labels("heartbeat").inc()
                 log.warning("heartbeat failed")
+                pause = RETRY_SECONDS  # e.g. a failover: be seen again as soon as it is over
             except Exception:  # never lose the thread: a silent worker looks dead
                 log.exception("heartbeat failed")
-            if stop.wait(HEARTBEAT_SECONDS):
+            if stop.wait(pause):
                 return
 
     def withdraw(self) -> None:

@@ -1,0 +1,194 @@
+"""Redis Cluster under faults, with real processes: a worker killed with -9 under 1,000 jobs spread
+over the three masters, and a master killed (SIGKILL) under load until its replica takes over."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from cluster import LocalCluster
+from conftest import wait_until
+from faults import WorkerProcess, elapsed_until, stub_model, workers
+
+from aiworker import AIError, Client
+from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.requests import ModelExecute
+
+KEYS = Keys()
+STREAMS = KEYS.queues("CPU", 3)
+
+
+def live_pids(r: Any) -> set[int]:
+    names = [n.decode() for n in r.zrange(KEYS.workers, 0, -1)]
+    found = r.mget_nonatomic([KEYS.worker(name) for name in names]) if names else []
+    return {int(json.loads(raw)["pid"]) for raw in found if raw is not None}
+
+
+def wait_for(r: Any, procs: list[WorkerProcess], timeout: float = 60) -> None:
+    def ready() -> bool:
+        for p in procs:
+            if p.proc.poll() is not None:
+                pytest.fail(f"worker exited with {p.proc.returncode}:\n{p.log()[-3000:]}")
+        return {p.proc.pid for p in procs} <= live_pids(r)
+
+    wait_until(ready, timeout=timeout, interval=0.1)
+
+
+def pending(r: Any, consumer_part: str = "") -> set[tuple[str, str]]:
+    found = set()
+    for stream in STREAMS:
+        try:
+            rows = r.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=100_000)
+        except redis.ResponseError:
+            continue
+        for row in rows:
+            if consumer_part in row["consumer"].decode():
+                found.add((stream, row["message_id"].decode()))
+    return found
+
+
+def reply_counts(r: Any, keys: list[str]) -> list[int]:
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.llen(key)
+    return [int(n) for n in pipe.execute()]
+
+
+@pytest.mark.slow
+def test_kill_9_one_of_two_workers_with_1000_jobs_over_three_masters(
+    redis_cluster: Any, cluster_client: Any, tmp_path: Path
+) -> None:
+    """Jobs on 3 queue partitions (one per master), outputs and replies over every master; one of
+    two worker processes is killed mid-run: every job completes, one reply each, statistics
+    count each job once."""
+    c, n, visibility = cluster_client, 1000, 2.0
+    stub_model(c, "m", sleep_ms=4)
+    c.hset("b", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "2", "values": "10 20"})
+    pipe = c.pipeline(transaction=False)
+    for i in range(n):
+        pipe.hset(
+            f"a{{{i}}}",
+            mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "2", "values": f"{i} {-i}"},
+        )
+    pipe.execute()
+    outputs, replies = [f"c{{{i}}}" for i in range(n)], [f"r{{{i}}}" for i in range(n)]
+    assert len({redis_cluster.master_of(key) for key in outputs[:50]}) == 3
+    assert len({redis_cluster.master_of(stream) for stream in STREAMS}) == 3
+    settings = {
+        "threads_per_queue": 2,
+        "queue_partitions": 3,
+        "visibility_timeout": visibility,
+        "block_ms": 200,
+    }
+    with workers(redis_cluster.url, tmp_path, 2, **settings) as procs:
+        wait_for(c, procs)
+        pipe = c.pipeline(transaction=False)
+        for i in range(n):
+            request = ModelExecute("m", (f"a{{{i}}}", "b"), (outputs[i],))
+            pipe.xadd(STREAMS[i % 3], encode_entry(request, replies[i]))  # type: ignore[arg-type]
+        pipe.execute()
+        wait_until(lambda: sum(reply_counts(c, replies)) >= n // 4, timeout=60)
+
+        victim = procs[0]
+        victim.proc.kill()
+        victim.wait(10)
+        held = pending(c, victim.name_prefix)
+        assert held, "the killed worker held entries when it died"
+        reclaim_s = elapsed_until(lambda: not held & pending(c, victim.name_prefix), timeout=60)
+        print(f"held={len(held)} reclaim_s={reclaim_s:.2f}")
+        wait_until(lambda: sum(reply_counts(c, replies)) >= n, timeout=120)
+        assert procs[1].proc.poll() is None, "the surviving worker kept running"
+
+    assert reply_counts(c, replies) == [1] * n, "exactly one reply per requester"
+    pipe = c.pipeline(transaction=False)
+    for key in replies:
+        pipe.lindex(key, 0)
+    assert all(json.loads(raw)["status"] == "ok" for raw in pipe.execute())
+    pipe = c.pipeline(transaction=False)
+    for key in outputs:
+        pipe.hget(key, "blob")
+    got = [np.frombuffer(blob, dtype="<f4").tolist() for blob in pipe.execute()]
+    assert got == [[i + 10, 20 - i] for i in range(n)]
+    assert c.infoget("m")["calls"] == n, "statistics count each job once"
+    assert sum(c.xlen(stream) for stream in STREAMS) == 0 and not pending(c)
+
+
+@pytest.mark.slow
+def test_a_master_killed_under_load(tmp_path: Path) -> None:
+    """SIGKILL a master (the one holding the plain queue) while requesters keep sending jobs: its
+    replica is promoted, no requester hangs (each call ends: done, or an error saying to retry),
+    no job is answered twice, and jobs sent after the failover complete."""
+    with LocalCluster() as cluster:
+        client = Client.from_url(cluster.url, reply_timeout=15)
+        stub_model(client, "m", sleep_ms=2)
+        client.hset("a", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"})
+        settings = {
+            "threads_per_queue": 3,
+            "queue_partitions": 3,
+            "visibility_timeout": 2.0,
+            "block_ms": 200,
+            "wait_replicas": 1,  # a step's writes reach the replica before the next step
+            "wait_replicas_timeout": 500,
+        }
+        proc = WorkerProcess(cluster.url, tmp_path / "worker.log", **settings)
+        try:
+            wait_for(client, [proc])
+            mine = threading.local()  # each requester's last reply key
+            private_entry = client._jobs.private_entry
+
+            def recording(request: Any) -> Any:
+                reply_key, fields = private_entry(request)
+                mine.key = reply_key
+                return reply_key, fields
+
+            client._jobs.private_entry = recording
+            results: list[tuple[str, str, float]] = []  # (reply key, outcome, seconds)
+            stop = threading.Event()
+
+            def requester(t: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        outcome = client.modelexecute("m", ["a", "a"], [f"o{t}.{n}"])
+                    except (AIError, redis.RedisError) as exc:
+                        outcome = f"{type(exc).__name__}: {exc}"
+                    took = time.monotonic() - started
+                    results.append((getattr(mine, "key", ""), outcome, took))
+                    n += 1
+
+            threads = [threading.Thread(target=requester, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: sum(1 for r in results if r[1] == "OK") >= 50, timeout=60)
+            victim = cluster.master_of(KEYS.queue("CPU"))
+            cluster.kill(victim)
+            promoted = cluster.wait_promoted(victim, timeout=60)
+            print(f"killed master {victim}, replica {promoted} promoted")
+            done_before = len(results)
+            wait_until(lambda: len(results) >= done_before + 50, timeout=60)
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+                assert not thread.is_alive(), "a requester hangs"
+        finally:
+            proc.stop()
+        errors = [r for r in results if r[1] != "OK"]
+        print(f"{len(results)} calls, {len(errors)} errors: {sorted({e[1][:60] for e in errors})}")
+        assert max(seconds for _key, _outcome, seconds in results) < 15 + 5
+        assert sum(1 for r in results[done_before:] if r[1] == "OK") >= 40, "service resumed"
+        for _key, outcome, _s in errors:
+            # "retry it", or NoLiveWorker's "removed from the queue and will not run" (the
+            # heartbeats lapsed while the failover lasted): both safe to send again
+            assert "retry it" in outcome or "will not run" in outcome, outcome
+        time.sleep(3)  # a redelivered job would answer within a visibility timeout or so
+        answered = [key for key, outcome, _s in results if outcome == "OK"]
+        assert reply_counts(client, answered) == [0] * len(answered), "no job answered twice"
+        client.close()
