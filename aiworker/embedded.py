@@ -1,4 +1,5 @@
-"""A private ``redis-server`` on a free port: for ``aiworker up``, the demo and the test fixtures."""
+"""A private ``redis-server`` on a free port (for ``aiworker up``, the demo and the test fixtures),
+and a private Redis Cluster of such servers (``LocalCluster``: tests and ``bench.cluster``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
 from aiworker.protocol.errors import AIWorkerError
+from aiworker.protocol.keys import key_slot
 
 
 def free_port() -> int:
@@ -97,6 +100,171 @@ class RedisServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# Short enough that a failover takes a few seconds, long enough that a busy 2-core machine does
+# not make a healthy node look dead.
+NODE_TIMEOUT_MS = 2000
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class LocalCluster:
+    """``masters`` masters with ``replicas`` replicas each, created with ``redis-cli --cluster``."""
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 1,
+        config_file: str | Path | None = None,
+        node_args: list[str] | None = None,
+    ) -> None:
+        """``config_file`` and ``node_args`` (cluster flags; a relative cluster config file lands
+        in each node's own directory) are what every node starts with; by default none and
+        ``NODE_TIMEOUT_MS`` failovers."""
+        self.directory = Path(tempfile.mkdtemp(prefix="aiworker-cluster-"))
+        self.servers: list[RedisServer] = []
+        self.masters = masters
+        self.replicas = replicas
+        self.config_file = config_file
+        self.node_args = node_args
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node: the cluster client discovers the others."""
+        return f"redis://127.0.0.1:{self.servers[0].port}/0"
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        for n in range(self.masters * (1 + self.replicas)):
+            node_dir = self.directory / f"node{n}"
+            node_dir.mkdir()
+            args = self.node_args or [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                # any replica may take over, however long its link was down
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
+            server = RedisServer(
+                port=cluster_port(),
+                directory=node_dir,
+                config_file=self.config_file,
+                extra_args=list(args),
+            )
+            self.servers.append(server.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise AIWorkerError("redis-cli not found on PATH: it creates the cluster")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        self.wait_ok(timeout)
+        return self
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node reports the cluster ok with all slots served and every
+        master has its replicas."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(self._ok(server.port) for server in self.live()):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise AIWorkerError("the cluster did not become ok in time")
+            time.sleep(0.1)
+
+    def _ok(self, port: int) -> bool:
+        info = self.node(port).cluster("INFO")
+        if info["cluster_state"] != "ok" or int(info["cluster_slots_ok"]) != 16384:
+            return False
+        return len(self.master_ports()) == self.masters
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    def _slots(self) -> list[Any]:
+        """CLUSTER SLOTS as a live node sees it: [start, end, [host, port, id], replicas...]."""
+        node: Any = self.node(self.live()[0].port)  # execute_command is untyped in redis-py
+        return list(node.execute_command("CLUSTER", "SLOTS"))
+
+    def master_ports(self) -> list[int]:
+        """Ports of the masters that serve slots, as a live node sees them."""
+        return sorted({int(row[2][1]) for row in self._slots()})
+
+    def master_of(self, key: str) -> int:
+        """Port of the master serving ``key``'s slot."""
+        slot = key_slot(key)
+        for row in self._slots():
+            if int(row[0]) <= slot <= int(row[1]):
+                return int(row[2][1])
+        raise LookupError(slot)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``."""
+        server = next(s for s in self.servers if s.port == port)
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait(10)
+
+    def wait_promoted(self, dead_port: int, timeout: float = 30.0) -> int:
+        """Wait until the slots of the dead master are served by another node; its port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                port = self.live()[0].port
+                info = self.node(port).cluster("INFO")
+                masters = self.master_ports()
+                if info["cluster_state"] == "ok" and dead_port not in masters:
+                    return next(p for p in masters if p != dead_port)
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise AIWorkerError("no replica was promoted in time")
+            time.sleep(0.1)
+
+    def flushall(self) -> None:
+        for port in self.master_ports():
+            self.node(port).flushall()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(

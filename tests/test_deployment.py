@@ -26,8 +26,10 @@ from conftest import ROOT, worker_env
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
+from aiworker.storage import health
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+CLUSTER_COMPOSE = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
 
 
 def service(name: str) -> dict[str, Any]:
@@ -184,14 +186,15 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M), "the image runs as a non-root user"
 
 
-WORKERS = [name for name in COMPOSE["services"] if name.startswith("worker-")]
+WORKERS = [(COMPOSE, name) for name in COMPOSE["services"] if name.startswith("worker-")]
+WORKERS += [(CLUSTER_COMPOSE, n) for n in CLUSTER_COMPOSE["services"] if n.startswith("worker-")]
 
 
-@pytest.mark.parametrize("name", WORKERS)
-def test_compose_workers_are_confined(name: str) -> None:
+@pytest.mark.parametrize(("compose", "name"), WORKERS, ids=[f"{c['name']}-{n}" for c, n in WORKERS])
+def test_compose_workers_are_confined(compose: dict[str, Any], name: str) -> None:
     """Models and scripts are code: a worker container runs as the image's non-root user with no
     capabilities, cannot gain privileges, and writes only to a tmpfs that TMPDIR names."""
-    spec = service(name)
+    spec = dict(compose["services"][name])
     dockerfile = (ROOT / "Dockerfile").read_text()
     uid = re.search(r"useradd .*--uid (\d+)", dockerfile)
     assert uid is not None
@@ -202,3 +205,62 @@ def test_compose_workers_are_confined(name: str) -> None:
     assert not spec.get("privileged")
     mounts = [entry.split(":")[0] for entry in spec["tmpfs"]]
     assert spec["environment"]["TMPDIR"] in mounts
+
+
+@pytest.mark.slow
+def test_cluster_compose_runs_as_local_processes(tmp_path: Path) -> None:
+    """docker-compose.cluster.yml without Docker: its six nodes' command (config/redis.conf plus
+    the cluster flags) as local redis-servers, the cluster created as ``cluster-init`` does, and
+    the worker service's command and environment pointed at the first node: it finds the
+    cluster, serves the CPU queue in partitions, passes its health check, and a job written with
+    redis-cli -c completes."""
+    from aiworker.embedded import LocalCluster
+
+    services = CLUSTER_COMPOSE["services"]
+    nodes = [services[f"redis-{n}"] for n in range(1, 7)]
+    command = nodes[0]["command"]
+    assert all(node["command"] == command for node in nodes)
+    assert command[:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert "--cluster-enabled" in command
+    init = " ".join(services["cluster-init"]["command"])
+    assert "--cluster create" in init and "--cluster-replicas 1 --cluster-yes" in init
+    spec = dict(services["worker-cpu"])
+    assert spec["depends_on"] == {"cluster-init": {"condition": "service_completed_successfully"}}
+    with LocalCluster(3, 1, ROOT / "config" / "redis.conf", command[2:]) as cluster:
+        url = cluster.url.rsplit("/", 1)[0]
+        env = {
+            k: str(v).replace("redis://redis-1:6379", url) for k, v in spec["environment"].items()
+        }
+        env = worker_env(**env)
+        worker = subprocess.Popen(
+            local_command(spec["command"]), env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert "healthy" in wait_healthy(list(spec["healthcheck"]["test"][1:]), env)
+            client = Client.from_url(cluster.url)
+            client.modelstore("m", "STUB", "CPU", json.dumps({"op": "add"}).encode())
+            cli = shutil.which("redis-cli")
+            assert cli is not None
+            base = [cli, "-c", "-p", str(cluster.ports[0])]
+            for key, values in (("x", "1 2"), ("y", "10 20")):
+                subprocess.run([*base, "HSET", key, "kind", "tensor", "dtype", "FLOAT",
+                                "shape", "2", "values", values], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [*base, "XADD", "aiworker:queue:CPU", "*", "cmd",
+                 "AI.MODELEXECUTE m INPUTS 2 x y OUTPUTS 1 z{job}", "reply", "r{job}"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            popped = subprocess.run(
+                [*base, "BLPOP", "r{job}", "30"], check=True, capture_output=True, text=True
+            )
+            reply = json.loads(popped.stdout.strip().splitlines()[-1])
+            assert reply["status"] == "ok", reply
+            assert client.tensorget("z{job}").tolist() == [11.0, 22.0]
+            status = health.gather(client, client.keyspace)
+            assert len([q for q in status["queues"] if q["device"] == "CPU"]) == 3
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=60) == 0, "the worker did not stop cleanly"
+            if worker.stderr:
+                worker.stderr.close()

@@ -46,6 +46,20 @@ log = logging.getLogger("aiworker.cli")
     default=None,
     help="Seconds to finish jobs in hand after SIGTERM before handing them back.",
 )
+@click.option(
+    "--queue-partitions",
+    type=click.IntRange(1, 1024),
+    envvar="AIWORKER_QUEUE_PARTITIONS",
+    default=None,
+    help="Streams per device queue, spread over a Redis Cluster's masters (default 1).",
+)
+@click.option(
+    "--wait-replicas",
+    type=click.IntRange(0),
+    envvar="AIWORKER_WAIT_REPLICAS",
+    default=None,
+    help="WAIT for this many replicas after each completion step (default 0: no WAIT).",
+)
 def worker(
     config_file: str | None,
     redis_url: str | None,
@@ -55,8 +69,11 @@ def worker(
     preload: tuple[str, ...],
     metrics_port: int | None,
     drain_timeout: float | None,
+    queue_partitions: int | None,
+    wait_replicas: int | None,
 ) -> None:
-    """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short)."""
+    """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
+    Cluster is found on its own (any node's URL will do)."""
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     flags = {
@@ -67,6 +84,8 @@ def worker(
         "preload": preload or None,
         "metrics_port": metrics_port,
         "drain_timeout": drain_timeout,
+        "queue_partitions": queue_partitions,
+        "wait_replicas": wait_replicas,
     }
     settings = make_settings(config_file, **flags)
     settings = make_settings(config_file, base=_shared_settings(settings), **flags)

@@ -283,9 +283,12 @@ def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelM
         for _ in range(READ_ATTEMPTS):
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
-                # sized on the client's own connection (where a Redis Cluster client can load the
-                # script): any change after the WATCH above still fails the EXEC below
-                chunks, total = _CHUNK_BYTES(r, [key], [MAX_CHUNKS])
+                try:
+                    chunks, total = _CHUNK_BYTES(pipe, [key], [MAX_CHUNKS])
+                except redis.exceptions.RedisClusterException:  # see LuaScript.load
+                    _CHUNK_BYTES.load(r)
+                    pipe.reset()  # type: ignore[no-untyped-call]
+                    continue
                 _check_chunk_count(key, chunks)
                 if total > max_bytes:
                     raise LimitExceeded(

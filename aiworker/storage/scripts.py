@@ -40,6 +40,11 @@ class LuaScript:
             call("SCRIPT", "LOAD", self.source)
             return call("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    def load(self, r: Any) -> None:
+        """Load the script where ``r`` sends commands: every master of a Redis Cluster. A cluster
+        pipeline in WATCH mode cannot send SCRIPT LOAD itself (no key to route it by)."""
+        r.execute_command("SCRIPT", "LOAD", self.source)
+
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
         """The same call as a plan step (replies with the error in place, as batches do);
         falls back to EVAL with the source when Redis lacks the script."""

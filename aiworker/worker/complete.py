@@ -222,11 +222,15 @@ class Completer:
         return Finished(item.entry_id, outcome, item.job, item.reply, item.fmt, item.started)
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        keys, body = encode([queue], [self.writes_of(item) for item in items])
+        keys, body = self._arguments(queue, items)
         reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body)
         if self.wait is not None:  # on this thread's connection: WAIT counts its writes
             conn.execute("WAIT", *self.wait)
         return [_result(row) for row in reply]
+
+    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue``."""
+        return encode([queue], [self.writes_of(item) for item in items])
 
     def _head(self) -> list[Any]:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
