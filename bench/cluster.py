@@ -5,15 +5,17 @@ Each row runs one worker process (THREADS_PER_QUEUE 3) and ``--clients`` client 
 MODELEXECUTE on a trivial STUB model, each client writing its own output key (so outputs and
 replies spread over every master). Redis's cost per job is read from every master's
 ``INFO commandstats`` (commands, those inside Lua scripts included, and the top-level calls that
-clients and workers sent) and ``INFO cpu`` deltas. On one machine with a couple of cores, every
-Redis node, the worker and the clients share those cores: the table shows the cluster's overhead
-per job more than its scale (see bench/README.md for where each setup saturates).
+clients and workers sent) and ``INFO cpu`` deltas; "Redis saturates at" is one core per master divided by the busiest master's
+CPU per job. On one machine with a couple of cores, every Redis node, the worker and the clients
+share those cores: the table shows the cluster's overhead per job more than its scale (see
+bench/README.md for where each setup saturates).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,22 +27,30 @@ import redis
 from aiworker import Client
 from aiworker.embedded import LocalCluster, RedisServer
 from aiworker.protocol.keys import Keys
-from bench.common import aiworker_worker, markdown_table, process, throughput, wait_until
+from bench.common import (
+    aiworker_worker,
+    cpu_seconds,
+    markdown_table,
+    process,
+    throughput,
+    wait_until,
+)
 
-# Commands clients and workers send themselves (the rest of commandstats runs inside scripts).
-TOP_LEVEL = {"xadd", "blpop", "xreadgroup", "evalsha", "eval", "hmget", "hgetall", "hget", "wait"}
+# Commands clients and workers send per job themselves (the rest of commandstats runs inside
+# scripts; the client's model metadata read is cached after its first job).
+TOP_LEVEL = {"xadd", "blpop", "xreadgroup", "evalsha", "eval", "wait"}
 
 
-def _stats(nodes: list[redis.Redis]) -> tuple[dict[str, int], float]:
-    """Calls per command summed over ``nodes``, and their CPU seconds (user + sys)."""
+def _stats(nodes: list[redis.Redis]) -> tuple[dict[str, int], list[float]]:
+    """Calls per command summed over ``nodes``, and each node's CPU seconds (user + sys)."""
     calls: dict[str, int] = {}
-    cpu = 0.0
+    cpu = []
     for node in nodes:
         for name, value in node.info("commandstats").items():
             command = name[len("cmdstat_") :]
             calls[command] = calls.get(command, 0) + int(value["calls"])
         info = node.info("cpu")
-        cpu += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        cpu.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
     return calls, cpu
 
 
@@ -52,7 +62,7 @@ def measure(
     client.modelstore("bench:m", "STUB", "CPU", json.dumps({"op": "add"}).encode())
     client.tensorset("bench:a", np.ones(4, dtype=np.float32))
     args = aiworker_worker(url, 3, "--queue-partitions", str(partitions))
-    with process(args):
+    with process(args) as worker:
         keys = Keys()
         wait_until(lambda: bool(client.zcard(keys.workers)), what="worker heartbeat")
         time.sleep(2.5)  # clients see the partitions the worker announces
@@ -69,17 +79,24 @@ def measure(
         before = _stats(nodes)
         done_before = client.infoget("bench:m")["calls"]
         made.clear()
+        worker_cpu, client_cpu = cpu_seconds(worker.pid), cpu_seconds(os.getpid())
         rate = throughput(make_call, clients, seconds)
+        worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+        client_cpu = cpu_seconds(os.getpid()) - client_cpu
         jobs = client.infoget("bench:m")["calls"] - done_before
         calls, cpu = _stats(nodes)
     client.close()
     used = {name: n - before[0].get(name, 0) for name, n in calls.items() if "config" not in name}
     used = {name: n for name, n in used.items() if n > 0}
+    per_node = [after - start for after, start in zip(cpu, before[1], strict=True)]
     return {
         "rate": rate,
         "all": sum(used.values()) / jobs,
         "top": sum(n for name, n in used.items() if name in TOP_LEVEL) / jobs,
-        "cpu_us": (cpu - before[1]) / jobs * 1e6,
+        "cpu_us": sum(per_node) / jobs * 1e6,
+        "busiest": max(per_node) / sum(per_node),
+        "worker_us": worker_cpu / jobs * 1e6,
+        "client_us": client_cpu / jobs * 1e6,
         "by_command": {name: round(n / jobs, 2) for name, n in sorted(used.items())},
     }
 
@@ -96,13 +113,30 @@ def run(clients: int, seconds: float) -> tuple[str, dict[str, dict[str, Any]]]:
             cluster.flushall()
             name = f"cluster, queue_partitions {partitions}"
             results[name] = measure(cluster.url, masters, partitions, clients, seconds)
-    rows = [[name, r["rate"], r["top"], r["all"], r["cpu_us"]] for name, r in results.items()]
+    rows = [
+        [
+            name,
+            r["rate"],
+            r["top"],
+            r["all"],
+            r["cpu_us"],
+            f"{r['busiest']:.0%}",
+            1e6 / (r["cpu_us"] * r["busiest"]),
+            r["worker_us"],
+            r["client_us"],
+        ]
+        for name, r in results.items()
+    ]
     headers = [
         f"setup ({clients} client threads, 1 worker x 3 threads)",
         "jobs/s",
         "calls sent per job",
         "Redis commands per job (Lua's too)",
         "Redis CPU us per job (all masters)",
+        "busiest master's share",
+        "Redis saturates at jobs/s",
+        "worker CPU us per job",
+        "client CPU us per job",
     ]
     return markdown_table(headers, rows), results
 

@@ -1,7 +1,8 @@
 """``make bench``: aiworker against its peers, all ratios measured in one run on one machine.
 
 Scenarios: (1) latency of one client on a trivial model, (2) throughput with 8 and 32 clients,
-(3) a compute-bound model with batching, (4) 16 MB tensors in and out, (5) a 500 MB model blob.
+(3) a compute-bound model with batching, (4) 16 MB tensors in and out, (5) a 500 MB model blob,
+(7) a local Redis Cluster with queue_partitions 1 and 3 next to a single Redis (``bench.cluster``).
 Prints markdown tables and writes them, with a plot, to ``bench/results.md`` / ``bench/results.png``.
 """
 
@@ -18,6 +19,7 @@ import redis
 from aiworker import Client
 from aiworker.embedded import RedisServer
 from bench import batching
+from bench import cluster as cluster_bench
 from bench import peers as peer_mod
 from bench.common import (
     aiworker_worker,
@@ -308,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         table5, _ = scenario_big_model(server_url, megabytes)
         sections.append(f"## (5) A {megabytes} MB model blob\n\n" + table5)
         print(sections[-1], "\n", flush=True)
+    table7, _ = cluster_bench.run(16, seconds)
+    sections.append("## (7) Redis Cluster: queue_partitions 1 vs 3\n\n" + table7)
+    print(sections[-1], "\n", flush=True)
     (HERE / "results.md").write_text("\n\n".join(sections) + "\n")
     plot(p50s, rates, HERE / "results.png")
     print(f"wrote {HERE / 'results.md'} and {HERE / 'results.png'}")

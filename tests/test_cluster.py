@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,3 +308,70 @@ def test_a_completion_cut_between_two_steps_completes_once(
     assert info["calls"] == 1 and info["duration"] == 5, "statistics counted once"
     assert c.xlen(queue) == 0 and c.xpending(queue, "aiworker")["pending"] == 0
     w.wires.close()
+
+
+def test_a_least_privilege_worker_on_the_cluster(redis_cluster: Any, cluster_client: Any) -> None:
+    """docs/security.md's worker rule plus its cluster line, on every node: the worker finds the
+    cluster, reads, runs and completes jobs over three masters, and may do nothing more."""
+    import re
+
+    from test_security import documented_worker_rule
+
+    from aiworker import Settings
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    extra = re.search(r"<!-- acl:worker-cluster -->\s*```text\n(.+)\n```", text)
+    assert extra, "docs/security.md shows what a cluster worker needs besides the rule"
+    rule = documented_worker_rule("workerpw").split()[2:] + extra.group(1).split()
+    nodes = [redis_cluster.node(port) for port in redis_cluster.ports]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", "aiworker", *rule)
+    c = cluster_client
+    try:
+        c.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+        c.tensorset("ai:a", np.array([1, 2], dtype=np.float32))
+        port = redis_cluster.ports[1]
+        settings = Settings(
+            redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
+            threads_per_queue=3,
+            queue_partitions=3,
+            block_ms=100,
+        )
+        w = Worker(settings).start()
+        try:
+            assert w.cluster
+            outputs = [f"ai:o{{{n}}}" for n in range(6)]
+            assert len(masters_of(redis_cluster, *outputs)) == 3
+            for key in outputs:
+                assert c.modelexecute("ai:m", ["ai:a", "ai:a"], [key]) == "OK"
+            with pytest.raises(AIError, match="NOPERM"):  # outside the worker's key patterns
+                c.modelexecute("ai:m", ["ai:a", "ai:a"], ["elsewhere"])
+        finally:
+            w.stop(timeout=10)
+        assert c.infoget("ai:m")["calls"] == 7
+        assert not c.exists("elsewhere")
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "aiworker")
+
+
+def test_a_job_run_from_cached_metadata_reruns_when_its_model_was_replaced(
+    cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """The version check of a model whose metadata the worker cached runs in the completion step
+    that counts its statistics (the model's slot): a model stored anew while the job ran makes
+    the job run again, with the new version, answered once."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add", sleep_ms=400))
+    c.tensorset("a", np.array([1, 2], dtype=np.float32))
+    c.tensorset("b", np.array([3, 4], dtype=np.float32))
+    assert c.modelexecute("m", ["a", "b"], ["o1"]) == "OK"  # the metadata is cached now
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(c.modelexecute("m", ["a", "b"], ["o2"])))
+    thread.start()
+    wait_until(lambda: cluster_worker.held_entry_ids(), timeout=5)
+    c.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+    thread.join(20)
+    assert done == ["OK"]
+    assert c.tensorget("o2").tolist() == [3.0, 8.0], "the new version's result"
+    assert c.infoget("m")["calls"] == 2, "o1, and o2 once (its first run is not counted)"

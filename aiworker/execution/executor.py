@@ -88,9 +88,9 @@ class Executor:
             keys.dag_output if cluster else lambda entry_id, i, near: keys.dag_output(entry_id, i)
         )
         self.dags = DagRunner(models, bounds, spill_key, lanes)
-        # Metadata cached per worker is checked again by the completion script, which on Redis
-        # Cluster runs in the outputs' slot, not the model's: there every job reads it afresh.
-        self.metas: MetaCache | None = None if cluster else MetaCache()
+        # Metadata cached per worker; the completion checks the version (on Redis Cluster, in
+        # the step that counts the model's statistics, which live in its slot).
+        self.metas = MetaCache()
 
     def plan(self, job: Job, snapshot: Snapshot, queue_device: str) -> Ready | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another

@@ -155,11 +155,15 @@ class ClusterWire:
         connection, so that its writes reach that many replicas (or the timeout passes)."""
         if not calls:
             return []
+        if len(calls) == 1 and wait is None:  # no pipeline machinery for a single script
+            return [self._evalsha_one(*calls[0])]
         pipe = self.rc.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            # named node: a cluster pipeline asks Redis for an EVALSHA's keys (COMMAND GETKEYS,
+            # a round trip each) unless told where it goes; MOVED still sends it on
+            node = self.node_of(_text(keys[0]))
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
             if wait is not None:
-                node = self.node_of(_text(keys[0]))
                 pipe.execute_command("WAIT", wait[0], wait[1], target_nodes=node)
         replies = _executed(pipe)
         if wait is not None:
@@ -179,6 +183,21 @@ class ClusterWire:
             for n, reply in zip(missing, again, strict=True):
                 replies[n] = reply
         return list(replies)
+
+    def _evalsha_one(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script in its keys' slot, the error in place of its reply."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        node = self.node_of(_text(keys[0]))
+        try:
+            try:
+                return self.rc.execute_command(*command, target_nodes=node)
+            except redis.exceptions.NoScriptError:
+                self.rc.execute_command("SCRIPT", "LOAD", script.source)
+                return self.rc.execute_command(*command, target_nodes=node)
+        except UNAVAILABLE as exc:
+            raise _lost(exc) from exc
+        except redis.ResponseError as exc:
+            return exc
 
     def close(self) -> None:
         """Nothing of its own to close: the connections belong to the cluster client."""

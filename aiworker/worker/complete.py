@@ -91,11 +91,12 @@ class Writes:
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
 
     def keys(self) -> list[str]:
-        """Every key written, the reply included (not the marker)."""
+        """Every key written or checked, the reply included (not the marker)."""
         found = [key for key, _ttl, _fields in self.outputs]
         found += [self.reply] if self.reply else []
         found += [key for key, _values in self.stats]
-        return found + [record.stream for record in self.records]
+        found += [record.stream for record in self.records]
+        return found + [key for key, _digest in self.expect]
 
 
 def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[Any]]:
@@ -195,7 +196,7 @@ class Completer:
                 retried = self._run(conn, queue, list(again.values()))
                 for (n, item), result in zip(again.items(), retried, strict=True):
                     if result.refused:  # cannot even answer: just take it off the queue
-                        bare = Finished(item.entry_id, item.outcome, item.job)
+                        bare = Finished(item.entry_id, item.outcome, item.job, fields=item.fields)
                         result = self._run(conn, queue, [bare])[0]
                     done[n], results[n] = item, result
             for item, result in zip(done, results, strict=True):
@@ -219,7 +220,9 @@ class Completer:
         )
         errors = [StatsRecord(r.key, errors=1) for r in item.outcome.stats]
         outcome = Outcome.failed(refusal_message(result.refused, result.key), errors)
-        return Finished(item.entry_id, outcome, item.job, item.reply, item.fmt, item.started)
+        return Finished(
+            item.entry_id, outcome, item.job, item.reply, item.fmt, item.started, item.fields
+        )
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
         keys, body = self._arguments(queue, items)

@@ -6,11 +6,12 @@ slot, by the key rule, ``protocol.slots``), its model's statistics, a dead-lette
 stream, and the queue itself. So each entry completes in steps, one per slot, each applied at most
 once however often the entry is delivered:
 
-1. the steps outside the outputs' slot - statistics in the model's slot, a dead letter or forward
-   in its stream's slot: ``complete_once.lua`` checks everything that could fail (key types,
-   aiworker's prefix, the ACL), then sets a done marker (``Keys.done``, in that slot, expiring
-   after ``marker_ttl``) and writes - or, when the marker is already set, writes nothing: another
-   delivery did this step;
+1. the steps outside the outputs' slot - statistics in the model's slot (with the check that the
+   model version the job ran from cached metadata is still the stored one), a dead letter or
+   forward in its stream's slot: ``complete_once.lua`` checks everything that could fail (key
+   types, aiworker's prefix, the ACL, the model version), then sets a done marker (``Keys.done``,
+   in that slot, expiring after ``marker_ttl``) and writes - or, when the marker is already set,
+   writes nothing: another delivery did this step;
 2. the step in the slot of the outputs and the reply, the same way: the requester hears back only
    once the rest is written (AI.INFO counts a call its requester has heard about);
 3. last, in the queue's slot, ``complete.lua`` acknowledges and deletes the entry (XACK, XDEL).
@@ -125,6 +126,8 @@ class ClusterCompleter(Completer):
             part(record.stream).records.append(record)
         for stats in writes.stats:
             part(stats[0]).stats.append(stats)
+        for expect in writes.expect:  # a cached model version: checked in the model's slot
+            part(expect[0]).expect.append(expect)
         if set(groups) <= {queue_slot}:
             return None
         split = list(groups.values())[::-1]  # outputs/reply were grouped first: they go last

@@ -273,7 +273,7 @@ class QueueScheduler:
                 log.exception("%s: completing %s failed", queue, [f.entry_id for f in items])
                 continue
             for item, result in zip(items, results, strict=True):
-                if result.refused == "STALE" and self.executor.metas is not None:
+                if result.refused == "STALE":
                     # its model was stored anew while it ran: run it again
                     self.executor.metas.drop(result.key)
                     self._later([(item.entry_id, item.fields)], queue)
