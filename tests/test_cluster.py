@@ -375,3 +375,40 @@ def test_a_job_run_from_cached_metadata_reruns_when_its_model_was_replaced(
     assert done == ["OK"]
     assert c.tensorget("o2").tolist() == [3.0, 8.0], "the new version's result"
     assert c.infoget("m")["calls"] == 2, "o1, and o2 once (its first run is not counted)"
+
+
+def test_dead_letters_and_forwards(
+    redis_cluster: Any, cluster_client: Any, cluster_settings: Any
+) -> None:
+    """An entry its workers keep dying on goes to the dead letters with an error reply; a job on
+    the wrong device queue is forwarded - each a completion step in another slot."""
+    from aiworker.protocol.keys import CONSUMER_GROUP
+    from aiworker.worker.consume import ensure_group
+
+    c = cluster_client
+    keys = c.keyspace
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    c.modelstore("m1", "STUB", "CPU:1", stub_blob("add"))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    queue = keys.queue("CPU")
+    ensure_group(c, queue)
+    cmd = "AI.MODELEXECUTE m INPUTS 2 a a OUTPUTS 1 o{d}"
+    dead_id = c.xadd(queue, {"cmd": cmd, "reply": "r{d}"}).decode()
+    c.xreadgroup(CONSUMER_GROUP, "gone:1:CPU:0", {queue: ">"}, count=1)  # never completed
+    assert len({key_slot(k) for k in (queue, keys.dead_letters("CPU"), "r{d}")}) == 3
+    settings = cluster_settings.replace(visibility_timeout=0.3, max_deliveries=1)
+    w = Worker(settings).start()
+    try:
+        popped = c.blpop(["r{d}"], 10)
+        assert popped is not None and b"delivered 2 times" in popped[1]
+        forward = "AI.MODELEXECUTE m1 INPUTS 2 a a OUTPUTS 1 o{f}"
+        c.xadd(queue, {"cmd": forward, "reply": "r{f}"})
+        wait_until(lambda: c.exists(keys.queue("CPU:1")) and c.xlen(keys.queue("CPU:1")), 10)
+    finally:
+        w.stop(timeout=10)
+    [(_id, letter)] = c.xrange(keys.dead_letters("CPU"))
+    assert letter[b"dead_letter_entry"].decode() == dead_id
+    assert not c.exists("o{d}") and c.infoget("m")["errors"] == 1
+    [(_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
+    assert forwarded[b"cmd"].decode() == forward and c.llen("r{f}") == 0
+    assert c.xlen(queue) == 0 and c.xpending(queue, CONSUMER_GROUP)["pending"] == 0

@@ -37,10 +37,10 @@ Command = Sequence[Any]
 
 def is_cluster(r: redis.Redis) -> bool:
     """Whether ``r``'s server is a Redis Cluster node (``INFO cluster``: ``cluster_enabled:1``).
-    A user whose ACL denies INFO is taken for a single Redis."""
+    A user whose ACL denies INFO is taken for a single Redis (a cluster user needs ``+info``)."""
     try:
         return bool(r.info("cluster").get("cluster_enabled"))
-    except redis.exceptions.NoPermissionError:
+    except redis.ResponseError:  # NOPERM, or INFO renamed away
         return False
 
 
