@@ -412,3 +412,31 @@ def test_dead_letters_and_forwards(
     [(_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
     assert forwarded[b"cmd"].decode() == forward and c.llen("r{f}") == 0
     assert c.xlen(queue) == 0 and c.xpending(queue, CONSUMER_GROUP)["pending"] == 0
+
+
+REDIS_SCRIPT = """
+def set_incr(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute("SET", keys[0], args[0])
+    redis.execute("INCR", keys[0])
+    redis.execute("PEXPIRE", keys[0], "60000")
+    redis.execute("HSET", keys[1], "f", args[0])
+    redis.execute("HSET", keys[1], "g", redis.asString(redis.execute("HRANDFIELD", keys[1])))
+    return torch.tensor(int(str(redis.execute("GET", keys[0]))))
+"""
+
+
+def test_a_script_calling_redis_on_keys_in_other_slots(
+    cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """A script's KEYS may live anywhere: each command it sends goes to its key's master (where an
+    uncommon command's keys are, HRANDFIELD's, is asked of a node, as on a single Redis)."""
+    pytest.importorskip("torch")
+    c = cluster_client
+    c.scriptstore("s", "CPU", REDIS_SCRIPT, ["set_incr"])
+    assert key_slot("k{1}") != key_slot("h{2}")
+    assert (
+        c.scriptexecute("s", "set_incr", keys=["k{1}", "h{2}"], args=["41"], outputs=["o"]) == "OK"
+    )
+    assert c.tensorget("o").tolist() == 42 and c.get("k{1}") == b"42"
+    assert c.hget("h{2}", "f") == b"41" and c.hget("h{2}", "g") == b"f"
+    assert 0 < c.pttl("k{1}") <= 60000

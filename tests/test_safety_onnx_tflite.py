@@ -174,7 +174,7 @@ def test_ordinary_tflite_models_still_load() -> None:
 
 def test_a_flex_ops_node_def_is_read_without_tensorflow() -> None:
     """The op a Flex delegate runs is its NodeDef's ``op`` (field 2), whatever the op is named."""
-    from aiworker.backends.safety import _proto_string
+    from aiworker.backends.safety.tflite_ops import _proto_string
 
     node_def = b"\x0a\x04name\x12\x0cStringLength\x12\x08ReadFile\x1a\x00"
     assert _proto_string(node_def, 2) == "ReadFile"  # the last value wins, as in protobuf

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from aiworker import AIError, Client
 from aiworker.backends.base import BackendOptions, ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.storage import model as model_store
-from aiworker.storage.raw_call import raw_call
+from aiworker.storage.wire import Wire
 
 torch = pytest.importorskip("torch")
 
@@ -98,7 +97,8 @@ def model_runner(client: Client) -> Any:
 
 
 def context(client: Client, *keys: str) -> ScriptContext:
-    return ScriptContext(keys, partial(raw_call, client), model_runner(client))
+    # what the worker passes: one command on its own connection, the raw reply
+    return ScriptContext(keys, Wire(client.connection_pool).execute, model_runner(client))
 
 
 def call(

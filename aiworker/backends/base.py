@@ -45,7 +45,7 @@ class BackendOptions:
     intra_op_parallelism: int = 0
     model_execution_timeout_ms: int = 0  # 0: no limit
     backend_memory_limit_mb: int = 0  # 0: no limit
-    # Models and scripts that touch files or run other code are refused unless True (safety.py).
+    # Models and scripts that touch files or run other code are refused unless True (safety/).
     allow_file_ops: bool = False
     # Bytes a zipped model (a TF SavedModel) may unpack to; 0: no limit.
     max_model_extract_bytes: int = 4 << 30

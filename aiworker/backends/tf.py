@@ -13,7 +13,7 @@ run's deadline, so TensorFlow cancels a run that passes it.
   in sorted order.
 
 Graphs that read or write files are refused before they are imported unless the operator allows
-them (``safety.py``).
+them (``safety``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ Nothing here imports a framework, so every backend module (and its tests) can us
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,11 +36,6 @@ _NUMPY_BY_ONNX_NAME: Mapping[str, Any] = {
 def one_line(text: str) -> str:
     """Error text as a Redis error reply carried it (RedisAI's clients saw line breaks as spaces)."""
     return text.strip().replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
-
-
-def squeeze_spaces(text: str) -> str:
-    """One line with runs of whitespace collapsed (compiler messages quote indented source)."""
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def clock() -> float:

@@ -28,8 +28,9 @@ from aiworker.protocol.errors import NoLiveWorker, ReplyTimeout
 MARGIN_S = 1.0
 CHECK_AFTER_S = 0.5
 CHECK_EVERY_S = 1.0
-# Workers heartbeat every 2 s; a worker silent for this long is taken for dead.
-HEARTBEAT_MAX_AGE_S = 5.0
+# Workers heartbeat every 2 s; a worker silent for this long is taken for dead. Generous: a
+# worker busy loading a large model (a framework holding the interpreter for seconds) is alive.
+HEARTBEAT_MAX_AGE_S = 12.0
 DEFAULT_REPLY_TIMEOUT_S = 60.0
 
 # queue_withdraw.lua's answers

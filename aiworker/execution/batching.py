@@ -109,6 +109,9 @@ class Batcher:
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups.values())
 
+    def __bool__(self) -> bool:
+        return bool(self._groups)
+
     def add(self, member: Member) -> None:
         key = (member.model_key, member.meta.digest, member.signature)
         self._groups.setdefault(key, []).append(member)

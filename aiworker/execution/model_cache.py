@@ -158,13 +158,6 @@ class ModelCache:
         with self._lock:
             return self._nbytes()
 
-    def invalidate(self, key: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(key, None)
-            idle = self._retire([entry]) if entry is not None else []
-        for model in idle:
-            model.close()
-
     def keys(self) -> list[str]:
         with self._lock:
             return [k for k, e in self._entries.items() if e.model is not None]

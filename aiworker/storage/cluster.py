@@ -20,7 +20,6 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.raw_call import raw_call
 from aiworker.storage.scripts import LuaScript
 
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
@@ -127,8 +126,22 @@ class ClusterWire:
             reply = self.rc.execute_command(*command, target_nodes=self.node_of(stream))
             return _stream_entries(reply)
         if name in KEYLESS:
-            return raw_call(self.rc.get_default_node().redis_connection, *command)
+            return self._raw(command)
         return _flat(self.rc.execute_command(*command))
+
+    def _raw(self, command: Command) -> Any:
+        """A command that names no key, on any node's connection, with its raw reply (the cluster
+        client would parse COMMAND INFO into a mapping)."""
+        pool = self.rc.get_default_node().redis_connection.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_command(*command)
+            return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Run commands in one round trip per node; error replies come back in place."""

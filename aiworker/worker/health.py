@@ -55,7 +55,7 @@ class Heartbeat:
         now = time.time()
         pipe = self.r.pipeline(transaction=False)
         pipe.set(
-            self.keys.worker(self.name), json.dumps(self.status()), ex=int(HEARTBEAT_SECONDS * 5)
+            self.keys.worker(self.name), json.dumps(self.status()), ex=int(HEARTBEAT_SECONDS * 15)
         )
         pipe.zadd(self.keys.workers, {self.name: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)

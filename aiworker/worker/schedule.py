@@ -102,6 +102,8 @@ class QueueScheduler:
 
     def take(self) -> Task | None:
         """Work ready in the process, without waiting: a batch, expired requests, a local task."""
+        if not self._tasks and not self._batcher:  # the common case, without taking the lock
+            return None
         with self._cond:
             now = time.monotonic()
             expired = self._batcher.expired(now)
@@ -117,6 +119,8 @@ class QueueScheduler:
     def read_block_ms(self, block_ms: int) -> int:
         """How long a read may block: shorter while the batcher holds requests, whose
         MINBATCHTIMEOUT or TIMEOUT must not wait for the next entry to arrive."""
+        if not self._batcher:
+            return block_ms
         with self._cond:
             if not len(self._batcher):
                 return block_ms
