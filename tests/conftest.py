@@ -102,13 +102,7 @@ def cluster_worker(cluster_client: Any, cluster_settings: Settings) -> Iterator[
     """An in-process worker serving CPU on the cluster, its queue in 3 partitions; clients know
     the partitions once its heartbeat is in."""
     w = Worker(cluster_settings).start()
-    wait_until(
-        lambda: (
-            cluster_client.keyspace.workers
-            and cluster_client.zcard(cluster_client.keyspace.workers)
-        ),
-        timeout=10,
-    )
+    wait_until(lambda: cluster_client.zcard(cluster_client.keyspace.workers) > 0, timeout=10)
     yield w
     w.stop(timeout=10)
 
