@@ -69,7 +69,7 @@ def test_kill_9_one_of_two_workers_with_1000_jobs_over_three_masters(
     two worker processes is killed mid-run: every job completes, one reply each, statistics
     count each job once."""
     c, n, visibility = cluster_client, 1000, 2.0
-    stub_model(c, "m", sleep_ms=4)
+    stub_model(c, "m", sleep_ms=10)
     c.hset("b", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "2", "values": "10 20"})
     pipe = c.pipeline(transaction=False)
     for i in range(n):
@@ -97,6 +97,7 @@ def test_kill_9_one_of_two_workers_with_1000_jobs_over_three_masters(
         wait_until(lambda: sum(reply_counts(c, replies)) >= n // 4, timeout=60)
 
         victim = procs[0]
+        wait_until(lambda: pending(c, victim.name_prefix), timeout=30, interval=0.001)
         victim.proc.kill()
         victim.wait(10)
         held = pending(c, victim.name_prefix)
