@@ -44,6 +44,7 @@ from aiworker.protocol.requests import Job, ModelExecute
 from aiworker.protocol.slots import check_slot
 from aiworker.storage.wire import JobConnection, JobConnections
 from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.running import RunningJobs
 
 log = logging.getLogger("aiworker.worker")
 
@@ -96,7 +97,7 @@ class QueueScheduler:
         self._dag_waiters = 0
         # entry id -> (key, digest) of metadata its plan took from the cache (see MetaCache)
         self._expect: dict[str, list[tuple[str, bytes]]] = {}
-        self._running: dict[int, tuple[list[str], float]] = {}  # thread -> (entry ids, since)
+        self.running = RunningJobs()
 
     # what a free thread does -------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class QueueScheduler:
     def idle(self) -> bool:
         """Nothing left in hand (used to end a graceful stop)."""
         with self._cond:
-            return not self._tasks and not len(self._batcher) and not self._running
+            return not self._tasks and not len(self._batcher) and not self.running
 
     def accept(self, entries: Sequence[Entry], queue: str | None = None) -> None:
         """Entries this process took from ``queue`` (default: the plain queue) outside the
@@ -141,13 +142,12 @@ class QueueScheduler:
     def held_entry_ids(self) -> list[str]:
         with self._cond:
             ids = self._batcher.held_entry_ids()
-            ids += [entry_id for ids_, _ in self._running.values() for entry_id in ids_]
+            ids += self.running.entry_ids()
         return list(dict.fromkeys(ids))
 
     def running_since(self) -> list[tuple[list[str], float]]:
         """(entry ids, monotonic start) of what each thread is running now (for the watchdog)."""
-        with self._cond:
-            return list(self._running.values())
+        return self.running.since()
 
     # entries ---------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class QueueScheduler:
         started: float,
         queue: str,
     ) -> None:
-        with self._track([job.entry_id]):
+        with self.running.track([job.entry_id]):
             try:
                 outcome = self.executor.run(ready, self.wires.execute, self._batching_for, job.fmt)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -350,7 +350,7 @@ class QueueScheduler:
         ]
         finished: list[Finished] = []
         try:
-            with self._track(ids):
+            with self.running.track(ids):
                 results = run_batch(self.executor.models, batch)
                 for member, result in zip(batch.members, results, strict=True):
                     if isinstance(member.context, Future):
@@ -402,34 +402,6 @@ class QueueScheduler:
             with self._cond:
                 self._dag_waiters -= 1
         return future.result()
-
-    # tracking --------------------------------------------------------------------------------
-
-    def _track(self, entry_ids: list[str]) -> _Tracked:
-        return _Tracked(self, entry_ids)
-
-
-class _Tracked:
-    """Registers what the current thread runs (held entries, the hung-job watchdog)."""
-
-    def __init__(self, scheduler: QueueScheduler, entry_ids: list[str]) -> None:
-        self.scheduler = scheduler
-        self.entry_ids = entry_ids
-        self.previous: tuple[list[str], float] | None = None
-
-    def __enter__(self) -> None:
-        ident = threading.get_ident()
-        with self.scheduler._cond:
-            self.previous = self.scheduler._running.get(ident)
-            self.scheduler._running[ident] = (self.entry_ids, time.monotonic())
-
-    def __exit__(self, *exc: object) -> None:
-        ident = threading.get_ident()
-        with self.scheduler._cond:
-            if self.previous is None:
-                self.scheduler._running.pop(ident, None)
-            else:  # a DAG thread ran a batch while its own job runs
-                self.scheduler._running[ident] = self.previous
 
 
 def _failure_text(exc: BaseException) -> str:
