@@ -29,6 +29,7 @@ import torch
 
 from aiworker.backends.base import ScriptContext
 from aiworker.protocol import messages
+from aiworker.protocol.keys import hash_tag
 
 _CONTEXT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
     "aiworker_script_context", default=None
@@ -87,21 +88,12 @@ def _context() -> ScriptContext:
     return context
 
 
-def _hash_tag(key: str) -> str | None:
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1 : end]
-    return None
-
-
 def key_allowed(key: str, declared: Sequence[str]) -> bool:
     """A key is declared itself, or shares the hash tag a declared ``{tag}`` names (RedisAI's
     KEYS could name "a tag which all those keys share")."""
     if key in declared:
         return True
-    tag = _hash_tag(key)
+    tag = hash_tag(key)
     return tag is not None and any(d == "{" + tag + "}" for d in declared)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from aiworker.cli.common import quiet
 from aiworker.cli.resp_format import ErrorReply, Status
 from aiworker.client.cluster import ClusterClient
+from aiworker.client.raw import tensor_reply
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -33,7 +32,6 @@ from aiworker.parser.commands import (
 from aiworker.protocol import replies as dag_results
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
-from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
 
 OK = Status("OK")
@@ -45,31 +43,6 @@ def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]
         return _run(client, parse(command))
     except AIWorkerError as exc:
         return ErrorReply(str(exc))
-
-
-def tensor_reply(array: np.ndarray, meta: bool, data: str) -> Any:
-    """AI.TENSORGET's reply for a format (``meta``, ``data`` BLOB/VALUES/"")."""
-    payload: Any = None
-    if data == "BLOB":
-        payload = bytes(codec.to_blob(array))
-    elif data == "VALUES":
-        payload = _values(array)
-    if not meta:
-        return payload
-    head: list[Any] = [b"dtype", codec.dtype_of(array).encode(), b"shape", list(array.shape)]
-    if data:
-        head += [data.lower().encode(), payload]
-    return head
-
-
-def _values(array: np.ndarray) -> list[Any]:
-    """Floats as RedisAI's ``%.17g`` bulk strings, integers and bools as integers."""
-    flat = array.reshape(-1)
-    if codec.dtype_of(array) == "STRING":
-        return [v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist()]
-    if array.dtype.kind == "f":
-        return [(b"%.17g" % v) for v in flat.tolist()]
-    return [int(v) for v in flat.tolist()]
 
 
 def _run(client: Client | ClusterClient, cmd: Command) -> Any:
