@@ -3,8 +3,8 @@
 Lifecycle (as Triton's python backend): a ``Backend`` is created once per worker process with the
 framework settings, ``load`` turns a stored blob into a ``LoadedModel``, ``LoadedModel.run`` executes
 one (possibly batched) call, ``LoadedModel.close`` releases it. Capabilities are class attributes.
-A backend that runs scripts (``supports_scripts``: TORCH) also implements ``load_script``, whose
-``LoadedScript`` calls an entry point by name.
+The backend that runs scripts (TORCH: ``execution.models`` sends every script there) also
+implements ``load_script``, whose ``LoadedScript`` calls an entry point by name.
 
 Built-in backends are imported lazily on first use; third-party ones register through the
 ``aiworker.backends`` entry-point group (``NAME = "package.module:BackendClass"``).
@@ -123,8 +123,6 @@ class Backend(ABC):
     extra: ClassVar[str] = ""
     device_kinds: ClassVar[frozenset[str]] = frozenset({"CPU"})
     requires_io_names: ClassVar[bool] = False  # TF graphs need INPUTS/OUTPUTS node names
-    thread_safe: ClassVar[bool] = True  # may LoadedModel.run be called from several threads
-    supports_scripts: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
@@ -139,7 +137,7 @@ class Backend(ABC):
         """Turn a stored blob into a runnable model; raise ``AIError`` with a clear message."""
 
     def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
-        """Compile a script, checking its entry points; only backends with ``supports_scripts``."""
+        """Compile a script, checking its entry points (only the script backend has scripts)."""
         raise AIError(f"{self.name} backend does not run scripts")
 
     def check_device(self, device: Device) -> None:

@@ -62,7 +62,6 @@ class TorchBackend(Backend):
     name = "TORCH"
     extra = "torch"
     device_kinds = frozenset({"CPU", "GPU"})
-    supports_scripts = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)

@@ -36,7 +36,6 @@ DTYPES: dict[str, str] = {
     "str": "STRING",
 }
 ALLOWED_DEVICES = {"CPU", "GPU"}
-REDISAI_BACKENDS = {"TF", "TFLITE", "TORCH", "ONNX"}
 REDISAI_CHUNK = 500 * 1024 * 1024  # redisai-py's fixed chunk size for the deprecated MODELSET
 
 

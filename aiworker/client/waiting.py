@@ -92,9 +92,6 @@ class Clock:
         self.deadline = None if limit is None else self.started + limit
         self.next_check = self.started + CHECK_AFTER_S
 
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 

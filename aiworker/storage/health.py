@@ -84,11 +84,6 @@ def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> di
     }
 
 
-def devices_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> list[str]:
-    """Devices with a queue stream or a live worker."""
-    return list(streams_in_use(r, keys, workers))
-
-
 def gather(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> dict[str, Any]:
     """Everything ``aiworker status`` prints: one queue entry per stream (partition)."""
     workers = live_workers(r, keys, max_age)

@@ -334,10 +334,6 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
     )
 
 
-def delete_model(r: plans.AnyRedis, keys: Keys, key: str) -> None:
-    plans.run(r, delete_plan(keys, key))
-
-
 def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:
     """(key, tag) of every stored model (or script), dropping keys deleted behind aiworker's
     back."""
@@ -357,7 +353,3 @@ def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]
     if stale:
         yield Batch.one("SREM", index, *stale)
     return found
-
-
-def scan_models(r: plans.AnyRedis, keys: Keys) -> list[tuple[str, str]]:
-    return plans.run(r, scan_plan(keys))

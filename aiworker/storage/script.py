@@ -175,14 +175,6 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
     )
 
 
-def delete_script(r: plans.AnyRedis, keys: Keys, key: str) -> None:
-    plans.run(r, delete_plan(keys, key))
-
-
 def scan_plan(keys: Keys) -> Plan[list[tuple[str, str]]]:
     """(key, tag) of every stored script, dropping keys deleted behind aiworker's back."""
     return (yield from model_store.scan_plan(keys, KIND_SCRIPT))
-
-
-def scan_scripts(r: plans.AnyRedis, keys: Keys) -> list[tuple[str, str]]:
-    return plans.run(r, scan_plan(keys))

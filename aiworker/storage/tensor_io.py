@@ -19,13 +19,6 @@ from aiworker.storage import plans, scripts
 from aiworker.storage import tensor as codec
 from aiworker.storage.plans import Batch, Plan
 
-
-def queue_write(pipe: redis.client.Pipeline, key: str, array: np.ndarray) -> None:
-    """Queue a replace of ``key`` with ``array`` (DEL first: a stale ``values`` field must go)."""
-    pipe.delete(key)
-    pipe.hset(key, mapping=codec.encode_fields(array))  # type: ignore[arg-type]
-
-
 _WRITE = scripts.load("tensor_write")
 _MOVE = scripts.load("tensor_move")
 

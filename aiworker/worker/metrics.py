@@ -39,7 +39,6 @@ SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-REASONS = ("error", "timedout", "malformed", "too_large", "denied", "internal", "dead_letter")
 
 
 @dataclass
