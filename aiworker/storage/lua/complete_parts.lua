@@ -56,13 +56,26 @@ for e = 1, tonumber(take()) do
   entries[e] = entry
 end
 
--- The type each key will have when this script reaches it (earlier entries' writes count).
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+-- The type each key will have when this script reaches it (earlier entries' writes count):
+-- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type. Every call from Lua
+-- costs microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is
+-- asked its kind first, which fails, writing nothing, on a key of another type.
 local will = {}
-local function type_of(key)
+local function type_of(key, likely_tensor)
   if will[key] == nil then
-    local t = redis.call('TYPE', key)['ok']
-    if t == 'hash' and redis.call('HMGET', key, 'kind')[1] == 'tensor' then t = 'tensor' end
-    will[key] = t
+    local kind = likely_tensor and redis.pcall('HGET', key, 'kind')
+    if kind and not failed(kind) then
+      will[key] = kind == 'tensor' and 'tensor' or 'hash'
+    else
+      local t = redis.call('TYPE', key)['ok']
+      if t == 'hash' and not likely_tensor and redis.call('HGET', key, 'kind') == 'tensor' then
+        t = 'tensor'
+      end
+      will[key] = t
+    end
   end
   return will[key]
 end
@@ -70,9 +83,6 @@ local function allowed(...)
   return not check_acl or not redis.acl_check_cmd or redis.acl_check_cmd(...)
 end
 local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
-local function failed(reply)
-  return type(reply) == 'table' and reply.err ~= nil
-end
 -- Count into a statistics hash. HINCRBY fails, writing nothing, on a key of another type or a
 -- field that is not an integer: it is one of aiworker's own keys, so the script repairs it (drops
 -- the key, or zeroes the field) and counts; failing would be worse. Returns 1 counted, -1 counted
@@ -101,10 +111,10 @@ end
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
 -- output or a stream record.
 local function refusal(entry)
-  for _, exp in ipairs(entry.expect) do
-    local fields = type_of(exp.key) == 'hash' and redis.call('HMGET', exp.key, 'kind', 'digest')
-    if not (fields and (fields[1] == 'model' or fields[1] == 'script')
-            and fields[2] == exp.digest) then
+  for _, exp in ipairs(entry.expect) do  -- (no script writes a model: the key's type is kept)
+    local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
+    if failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
+                              and fields[2] == exp.digest) then
       return 'STALE', exp.key
     end
   end
@@ -115,7 +125,7 @@ local function refusal(entry)
     elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
         or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
       return 'NOPERM', out.key
-    elseif type_of(out.key) ~= 'none' and type_of(out.key) ~= 'tensor' then
+    elseif type_of(out.key, true) ~= 'none' and type_of(out.key) ~= 'tensor' then
       return 'WRONGTYPE', out.key
     end
   end
