@@ -111,7 +111,7 @@ end
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
 -- output or a stream record.
 local function refusal(entry)
-  for _, exp in ipairs(entry.expect) do  -- (no script writes a model: the key's type is kept)
+  for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
     if failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
                               and fields[2] == exp.digest) then
