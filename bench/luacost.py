@@ -29,6 +29,8 @@ from bench.common import markdown_table
 
 ROUNDS, N = 5, 400
 FIELDS = ["kind", "tensor", "dtype", "FLOAT", "shape", "1,4", "blob", bytes(16)]
+TENSOR = dict(zip(FIELDS[::2], FIELDS[1::2], strict=True))
+DIY_TENSOR = {"shape": "1,4", "blob": bytes(16)}  # what the DIY worker's client writes
 PAYLOAD = b'{"status": "ok"}' + bytes(64)  # a reply's size
 
 
@@ -55,8 +57,8 @@ def main() -> None:
         complete = scripts.load("complete")
         for script in (write, read, complete):
             script.load(r)
-        r.hset("t2", mapping=dict(zip(FIELDS[::2], FIELDS[1::2], strict=True)))  # type: ignore[arg-type]
-        r.hset("t", mapping=dict(zip(FIELDS[::2], FIELDS[1::2], strict=True)))  # type: ignore[arg-type]
+        for key in ("t", "t2"):
+            r.hset(key, mapping=TENSOR)  # type: ignore[arg-type]
         r.hset("m", mapping={"kind": "model", "digest": "d1"})
         r.xgroup_create("q", "g", id="0", mkstream=True)
         empty = r.script_load("return 1")
@@ -81,7 +83,7 @@ def main() -> None:
         def diy_completion() -> None:
             entry_id = pending()
             pipe = r.pipeline(transaction=True)
-            pipe.hset("diy:out", mapping={"shape": "1,4", "blob": bytes(16)})
+            pipe.hset("diy:out", mapping=DIY_TENSOR)  # type: ignore[arg-type]
             pipe.lpush("reply", PAYLOAD)
             pipe.xack("q", "g", entry_id)
             pipe.xdel("q", entry_id)
@@ -100,7 +102,7 @@ def main() -> None:
             r.delete("reply")
 
         cases: list[tuple[str, Callable[[], object], set[bytes]]] = [
-            ("tensor write: HSET (DIY)", lambda: r.hset("t", *FIELDS[-2:]), {b"HSET"}),
+            ("tensor write: HSET (DIY)", lambda: r.hset("diy:t", mapping=DIY_TENSOR), {b"HSET"}),
             ("tensor write: tensor_write.lua", lambda: r.evalsha(write.sha, 1, "t", *FIELDS), {b"EVALSHA"}),
             ("input read: 2 x HGET (DIY)", diy_read, {b"HGET"}),
             ("input read: read_jobs.lua", aiworker_read, {b"EVALSHA"}),

@@ -15,7 +15,6 @@ import argparse
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from aiworker import Client
@@ -25,8 +24,8 @@ from aiworker.execution import executor, state
 from aiworker.settings import Settings
 from aiworker.storage import wire
 from aiworker.worker import complete, consume, process, schedule
+from bench import peers
 from bench.common import markdown_table
-from bench.peers import A, B, add_model_bytes
 
 cpu: Counter[str] = Counter()
 labels: list[str] = []  # in the order they were wrapped
@@ -70,19 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     instrument()
     with RedisServer() as server:
         client = Client.from_url(server.url)
-        client.modelstore("bench:add", "TORCH", "CPU", add_model_bytes())
+        client.modelstore("bench:add", "TORCH", "CPU", peers.add_model_bytes())
         worker = process.Worker(Settings(redis_url=server.url, threads_per_queue=2)).start()
-        call: Callable[[], object]
-        if args.run:
-            call = lambda: client.run("bench:add", {"a": A, "b": B}, ["out"])  # noqa: E731
-        else:
-
-            def call() -> object:
-                client.tensorset("stages:a", A)
-                client.tensorset("stages:b", B)
-                client.modelexecute("bench:add", ["stages:a", "stages:b"], ["stages:out"])
-                return client.tensorget("stages:out")
-
+        # the peers of ``make bench``, sending to the model stored above
+        peer = peers.AIWorkerRun(server.url) if args.run else peers.AIWorker(server.url)
+        call = peer.caller()
         try:
             for _ in range(300):  # warm up: the model loads, metadata is cached
                 call()
