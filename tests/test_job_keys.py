@@ -48,7 +48,7 @@ def ready(client: Client, worker: Worker) -> Client:
 # 1. outputs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["model", "list", "string", "script"])
+@pytest.mark.parametrize("kind", ["model", "list", "string", "script", "hash", "hash_with_kind"])
 def test_an_output_over_anything_but_a_tensor_is_wrongtype(ready: Client, kind: str) -> None:
     client = ready
     if kind == "model":
@@ -57,6 +57,10 @@ def test_an_output_over_anything_but_a_tensor_is_wrongtype(ready: Client, kind: 
         client.rpush("target", "someone else's")
     elif kind == "string":
         client.set("target", "someone else's")
+    elif kind == "hash":  # another application's hash: no kind field at all
+        client.hset("target", mapping={"name": "someone else's"})
+    elif kind == "hash_with_kind":  # one whose own 'kind' is not ours
+        client.hset("target", mapping={"kind": "customer", "name": "someone else's"})
     else:
         pytest.importorskip("torch")
         client.scriptstore("target", "CPU", SCRIPT, "twice")
