@@ -74,6 +74,8 @@ class Settings:
     queue_partitions: int = 1
     wait_replicas: int = 0
     wait_replicas_timeout: int = 1000
+    # overload: the most entries a device queue's stream may hold (0: no limit); README "Overload"
+    max_queue_length: int = 0
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -36,7 +36,6 @@ import redis
 from aiworker import Client
 from aiworker.embedded import RedisServer
 from aiworker.parser import parse_command
-from aiworker.protocol.replies import raise_for_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,9 +102,9 @@ def drive(
         while time.perf_counter() < stop_at[0]:
             began = time.perf_counter()
             reply = con.submit_reply("CPU", request)
-            raise_for_reply(reply)
+            reply.raise_for_status()
             latencies[n].append(time.perf_counter() - began)
-            shared[n].append(int(reply.get("batch", {}).get("requests", 1)))
+            shared[n].append(int(reply.extra.get("batch", {}).get("requests", 1)))
         con.close()
 
     threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(clients)]

@@ -269,7 +269,7 @@ def test_structured_dag_entries_meet_the_parsers_rules(ready: Client) -> None:
     popped = client.blpop(["d9"], 10)
     assert popped is not None and "malformed" in json.loads(popped[1])["error"]
     ok = DagExecute((TensorSet("t", "FLOAT", (2,), b"\0" * 8), TensorGet("t")), routing="m")
-    assert client.submit_reply("CPU", ok)["status"] == "ok"
+    assert client.submit_reply("CPU", ok).status == "ok"
 
 
 # leases ---------------------------------------------------------------------------------

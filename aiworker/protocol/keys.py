@@ -113,6 +113,11 @@ class Keys:
         """The device a queue stream (any partition) belongs to."""
         return queue[len(self.prefix) + len("queue:") :].split(":{", 1)[0]
 
+    def queue_limit(self, stream: str) -> str:
+        """The length limit (``max_queue_length``) its workers publish for a queue stream, in the
+        stream's hash slot: the enqueue script reads both."""
+        return f"{self.prefix}limit:{same_slot_suffix(stream)}"
+
     def dead_letters(self, device: str) -> str:
         return f"{self.prefix}deadletter:{device.upper()}"
 

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
 
 KIND_MODEL = "model"
+# Nanoseconds since the epoch when the model was stored (modelscan's order).
+STORED_FIELD = "stored"
 DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
 META_FIELDS = (
     "kind",
@@ -202,6 +205,8 @@ def store_plan(
         flat += [name, value]
     commands: list[tuple[Any, ...]] = [("DEL", key), ("HSET", key, *flat)]
     commands += [("HSET", key, f"chunk:{i}", chunk) for i, chunk in enumerate(chunks)]
+    # when it was stored, for modelscan's order (the index is a set)
+    commands.append(("HSET", key, STORED_FIELD, time.time_ns()))
     commands.append(("SADD", keys.models, key))
     replies = yield Commands(commands, transaction=True)
     for reply in replies:
@@ -331,20 +336,23 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
 
 def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:
     """(key, tag) of every stored model (or script), dropping keys deleted behind aiworker's
-    back."""
+    back. Models come most recently stored first, as RedisAI listed them in redisai-py's suite;
+    scripts (and models stored before aiworker recorded the time) by name."""
     index = keys.models if kind == KIND_MODEL else keys.scripts
     members = yield from plans.call("SMEMBERS", index)
     names = sorted(text(k) for k in members)
     if not names:
         return []
-    replies = yield Commands([("HMGET", name, "kind", "tag") for name in names])
-    found = []
+    replies = yield Commands([("HMGET", name, "kind", "tag", STORED_FIELD) for name in names])
+    found: list[tuple[int, str, str]] = []
     stale = []
     for name, result in zip(names, replies, strict=True):
         if not isinstance(result, Exception) and text(result[0]) == kind:
-            found.append((name, text(result[1])))
+            stored = text(result[2]) if result[2] is not None else ""
+            found.append((int(stored) if stored.isdigit() else 0, name, text(result[1])))
         else:
             stale.append(name)
     if stale:
         yield Commands.one("SREM", index, *stale)
-    return found
+    found.sort(key=lambda item: -item[0])  # stable: equal times keep the names' order
+    return [(name, tag) for _stored, name, tag in found]

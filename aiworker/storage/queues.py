@@ -1,12 +1,29 @@
-"""Job queues seen from a client: taking back an entry that no worker has read."""
+"""Job queues seen from a client: adding an entry within the queue's length limit, and taking back
+an entry that no worker has read.
+
+A device queue may be bounded (the workers' ``max_queue_length``): its workers publish the limit
+next to each stream they serve (``Keys.queue_limit``, with every heartbeat), and an entry is added
+by ``queue_enqueue.lua``, which refuses it (``QUEUEFULL``) when the stream is full, in the same
+atomic step as the XADD. A queue without a limit takes a plain XADD (a script costs Redis about
+three times an XADD): an ``Enqueuer`` reads the limit with every XADD it sends, in the same round
+trip, and uses the script for the next entry while a limit is in force.
+"""
 
 from __future__ import annotations
 
-from aiworker.protocol.keys import CONSUMER_GROUP
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.text import text
 from aiworker.storage import lua
 from aiworker.storage.plans import Plan
 
 _WITHDRAW = lua.load("queue_withdraw")
+_ENQUEUE = lua.load("queue_enqueue")
+FULL = "QUEUEFULL"
 
 
 def withdraw_plan(queue_key: str, entry_id: str) -> Plan[int]:
@@ -16,3 +33,60 @@ def withdraw_plan(queue_key: str, entry_id: str) -> Plan[int]:
     if isinstance(reply, Exception):
         raise reply
     return int(reply)
+
+
+def enqueue_command(keys: Keys, stream: str, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The command that adds an entry within the queue's limit (EVAL: no NOSCRIPT to handle, and
+    it can sit in a MULTI)."""
+    flat = [item for pair in fields.items() for item in pair]
+    return ("EVAL", _ENQUEUE.source, 2, stream, keys.queue_limit(stream), *flat)
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the enqueue script's refusal of a full queue."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(FULL)
+
+
+def full_counts(exc: BaseException) -> tuple[int, int]:
+    """(entries in the stream, limit) of a ``QUEUEFULL`` refusal."""
+    words = str(exc).split()
+    try:
+        return int(words[1]), int(words[2])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+class Enqueuer:
+    """Adds entries for one client: a plain XADD while the last read limit of the stream was 0,
+    else the checking script; each round trip reads the limit again (see the module docstring).
+    Thread-safe (one dict assignment per entry)."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self._limits: dict[str, int] = {}
+
+    def limited(self, stream: str) -> bool:
+        """Whether the next entry for ``stream`` goes through the checking script (its limit is
+        unknown yet, or in force)."""
+        return self._limits.get(stream, 1) > 0
+
+    def commands(self, stream: str, fields: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The two commands for one entry: its XADD (or the script), then a read of the limit."""
+        if self.limited(stream):
+            add = enqueue_command(self.keys, stream, fields)
+        else:
+            add = ("XADD", stream, "*", *[item for pair in fields.items() for item in pair])
+        return [add, ("GET", self.keys.queue_limit(stream))]
+
+    def entry_id(self, stream: str, replies: list[Any]) -> str:
+        """The id from the replies to ``commands`` (raising the XADD's error, a full queue's
+        ``QUEUEFULL`` among them), noting the limit for the next entry."""
+        added, limit = replies[0], replies[1]
+        if not isinstance(limit, Exception):
+            try:
+                self._limits[stream] = int(limit or 0)
+            except ValueError:
+                self._limits[stream] = 1  # not a number a worker wrote: let the script judge
+        if isinstance(added, Exception):
+            raise added
+        return text(added)

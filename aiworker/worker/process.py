@@ -132,7 +132,13 @@ class Worker:
             accept=lambda device, entries, queue: self.schedulers[device].accept(entries, queue),
         )
         self.heartbeat = Heartbeat(
-            self.r, self.keys, self.name, self.status, self.metrics, self._check_acl
+            self.r,
+            self.keys,
+            self.name,
+            self.status,
+            self.metrics,
+            self._check_acl,
+            settings.max_queue_length,
         )
         self.watchdog = Watchdog(
             list(self.schedulers.values()), settings.hung_job_timeout, self._give_up

@@ -6,7 +6,9 @@
 -- found out with ACL GETUSER), ARGV[5] number of keys passed here instead of in KEYS (0; or the
 -- keys themselves, so that when the ACL denies one, the script's own check names it), those keys,
 -- then the number of entries; then per entry:
---   id, reply key index (0: none), reply payload, n outputs, n stats, n records, n expects,
+--   id, reply key index (0: none), reply payload, splice (> 0: the payload is a forward notice,
+--     and the id the entry's last stream record gets is written after that many of its bytes),
+--     n outputs, n stats, n records, n expects,
 --   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
 --     field/value items, the items;
 --   per stats record: key index, duration, samples, calls, errors;
@@ -35,7 +37,7 @@ end
 
 local entries = {}
 for e = 1, tonumber(take()) do
-  local entry = {id = take(), reply = tonumber(take()), payload = take()}
+  local entry = {id = take(), reply = tonumber(take()), payload = take(), splice = tonumber(take())}
   local n_out, n_stats, n_rec = tonumber(take()), tonumber(take()), tonumber(take())
   local n_exp = tonumber(take())
   entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
@@ -139,9 +141,16 @@ local function refusal(entry)
   return nil, nil
 end
 
--- An entry's writes: outputs, statistics, stream records, then its reply. Returns reply, stats:
+-- A forward notice with the id of the entry it announces written in.
+local function spliced(entry, id)
+  return string.sub(entry.payload, 1, entry.splice) .. id .. string.sub(entry.payload, entry.splice + 1)
+end
+
+-- An entry's writes: outputs, statistics, stream records, then its reply (RPUSH: a requester's
+-- BLPOP reads a forward notice before the reply that follows it). Returns reply, stats, added:
 -- reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or is denied); stats 1
--- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied).
+-- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied); added
+-- the id the last stream record got ('' when none).
 local function apply(entry)
   for _, out in ipairs(entry.outputs) do
     if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
@@ -154,21 +163,25 @@ local function apply(entry)
     local counted = count(rec)
     if stats == 0 or counted < stats then stats = counted end
   end
+  local added = ''
   for _, rec in ipairs(entry.records) do
     if rec.maxlen > 0 then
-      redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
+      added = redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
     else
-      redis.call('XADD', rec.key, '*', unpack(rec.fields))
+      added = redis.call('XADD', rec.key, '*', unpack(rec.fields))
     end
     will[rec.key] = 'stream'
+  end
+  if entry.splice > 0 then
+    entry.payload = spliced(entry, added)
   end
   local reply = 0
   if entry.reply > 0 then
     local rkey = K[entry.reply]
     local pushed = false
-    if allowed('LPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
-      -- LPUSH fails, writing nothing, on a key of another type: no reply then
-      pushed = redis.pcall('LPUSH', rkey, entry.payload)
+    if allowed('RPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
+      -- RPUSH fails, writing nothing, on a key of another type: no reply then
+      pushed = redis.pcall('RPUSH', rkey, entry.payload)
     end
     if pushed and not failed(pushed) then
       -- an expiry only on a list this push created: never on somebody else's list
@@ -179,5 +192,5 @@ local function apply(entry)
       reply = -1
     end
   end
-  return reply, stats
+  return reply, stats, added
 end
