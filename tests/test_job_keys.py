@@ -136,8 +136,9 @@ def test_a_reply_onto_an_existing_list_sets_no_expiry(ready: Client) -> None:
     ready.rpush("inbox", "theirs")
     ready.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 o", "reply": "inbox"})
     wait_until(lambda: ready.llen("inbox") == 2)
-    assert json.loads(ready.lindex("inbox", 0))["status"] == "ok"  # type: ignore[arg-type]
-    assert ready.lindex("inbox", 1) == b"theirs" and ready.ttl("inbox") == -1
+    assert ready.lindex("inbox", 0) == b"theirs" and ready.ttl("inbox") == -1
+    # appended (RPUSH): BLPOP reads replies in the order they came
+    assert json.loads(ready.lindex("inbox", 1))["status"] == "ok"  # type: ignore[arg-type]
 
 
 def test_a_reply_list_the_completion_creates_expires(ready: Client, worker: Worker) -> None:
