@@ -11,6 +11,7 @@ Against a single Redis and the 3+3 cluster; the asyncio client (single Redis) to
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -143,11 +144,14 @@ def test_an_entry_with_thousands_of_fields_is_forwarded_and_answered(served: Cli
     served.modelstore("m1", "STUB", "CPU:1", stub_blob("add"))
     cmd = "AI.MODELEXECUTE m1 INPUTS 2 a a OUTPUTS 1 {t}o"
     junk = {f"x{n}": "y" for n in range(5000)}
-    entry_id = served.xadd(served.keyspace.queue("CPU"), {"cmd": cmd, "reply": "{t}r", **junk})
-    notice = served.blpop(["{t}r"], 15)
-    assert notice is not None and b'"forwarded"' in notice[1] and entry_id in notice[1]
-    reply = served.blpop(["{t}r"], 15)
-    assert reply is not None and b'"ok"' in reply[1]
+    stream = served.keyspace.queue("CPU")
+    entry_id = served.xadd(stream, {"cmd": cmd, "reply": "{t}r", **junk}).decode()
+    popped = [served.blpop(["{t}r"], 15) for _ in range(2)]
+    # on the cluster the forward and its notice are two steps: the reply may come first
+    by_status = {reply["status"]: reply for reply in (json.loads(p[1]) for p in popped if p)}
+    notice, reply = by_status["forwarded"], by_status["ok"]
+    assert (notice["queue"], notice["id"]) == (stream, entry_id)
+    assert (reply["queue"], reply["id"]) == (notice["to"]["queue"], notice["to"]["id"])
     assert served.tensorget("{t}o").tolist() == (X + X).tolist()
 
 

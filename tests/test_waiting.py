@@ -21,7 +21,7 @@ from conftest import spawn_worker, stalled_worker, stub_blob, wait_until
 from aiworker import Client, NoLiveWorker, ReplyTimeout, Settings, Worker
 from aiworker.client import routing, wait_plan, waiting
 from aiworker.embedded import RedisServer
-from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.replies import Reply, Status
 from aiworker.storage import plans, queues
 
@@ -218,3 +218,51 @@ def test_router_follows_a_forward_before_the_reply_that_follows_it() -> None:
     router.route(Reply(Status.FORWARDED, QUEUE, "2-0", to=("aiworker:queue:GPU", "6-0")))
     router.route(ok("6-0", "aiworker:queue:GPU"))
     assert [r.status for r in later.got] == ["forwarded", "ok"]
+
+
+# the wait plan on its own (sans-IO: the test is its driver) -------------------------------
+
+
+def _waiting_for(entry_id: str = "1-0") -> Any:
+    keys = Keys()
+    target = wait_plan.Target("CPU", keys.queue("CPU"), entry_id)
+    plan = wait_plan.wait_plan(keys, target, None, waiting.Clock(10.0))
+    assert isinstance(next(plan), wait_plan.Receive)
+    return plan
+
+
+def _answered(plan: Any, *items: Any) -> Any:
+    """Feed received items to the plan; the reply it returns (None: it is still waiting)."""
+    try:
+        for item in items:
+            step = plan.send(item)
+            assert isinstance(step, wait_plan.Receive)
+    except StopIteration as stop:
+        return stop.value
+    return None
+
+
+def test_the_plan_takes_only_the_reply_about_its_own_entry() -> None:
+    gpu = Keys().queue("GPU")
+    forged = [
+        Reply(Status.OK, gpu, "1-0").encode(),  # the same id on another stream
+        Reply(Status.OK, QUEUE, "1-1").encode(),  # another entry of the same stream
+        b"not a reply",
+        b'{"status": "ok", "id": "1-0"}',  # no stream: an old worker's, or a forgery
+    ]
+    plan = _waiting_for()
+    assert _answered(plan, *forged) is None
+    assert _answered(plan, Reply(Status.OK, QUEUE, "1-0").encode()) == Reply(
+        Status.OK, QUEUE, "1-0"
+    )
+
+
+def test_the_plan_follows_a_forward_even_when_its_reply_came_first() -> None:
+    """On Redis Cluster the forwarded entry can be answered before its notice is pushed."""
+    gpu = Keys().queue("GPU")
+    final = Reply(Status.OK, gpu, "9-0", extra={"worker": "w"})
+    notice = Reply(Status.FORWARDED, QUEUE, "1-0", to=(gpu, "9-0"))
+    assert _answered(_waiting_for(), notice.encode(), final.encode()) == final
+    assert _answered(_waiting_for(), final.encode(), notice.encode()) == final
+    elsewhere = Reply(Status.FORWARDED, QUEUE, "1-0", to=("someone:else", "9-0"))
+    assert _answered(_waiting_for(), final.encode(), elsewhere.encode()) is None  # not a queue

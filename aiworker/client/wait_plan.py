@@ -16,8 +16,9 @@ queued (a pipeline's). The steps a driver carries out:
 What the plan decides:
 
 * **which reply answers the job**: only one that names the stream and the id Redis gave this job's
-  XADD (``Reply.answers``). A forward notice for them moves the wait to the entry it announces;
-  anything else on the list is dropped, never returned;
+  XADD (``Reply.answers``). A forward notice for them moves the wait to the entry it announces
+  (whose reply may have come before the notice on Redis Cluster: the last ``ASIDE`` replies about
+  other entries are kept for that); anything else is dropped, never returned;
 * **when the wait ends**, by ``client.waiting``'s rules (TIMEOUT plus a margin, ``reply_timeout``,
   or no live worker serving the queue, checked from heartbeats). A Redis without any worker
   registry (fresh, or just flushed with everything in it) gets ``REGISTRY_GRACE_S`` for a worker
@@ -31,6 +32,7 @@ What the plan decides:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,9 @@ LOST_PAUSE_S = 0.2
 # No worker registry at all (a fresh or flushed Redis): how long workers get to beat once (every
 # 2 s) before the client says no live worker serves the queue.
 REGISTRY_GRACE_S = 2.5
+# Replies about other entries a wait keeps: on Redis Cluster a forward's notice and its entry are
+# written in two steps (two hash slots), so the forwarded entry's reply can come first.
+ASIDE = 32
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,17 @@ class _Wait:
         self.timeout_ms = timeout_ms
         self.clock = clock
         self.unregistered_since: float | None = None
+        # replies about other entries, kept in case a forward notice names one (see ASIDE)
+        self.aside: deque[Reply] = deque(maxlen=ASIDE)
 
     def accept(self, item: Any) -> Reply | bool:
         """The answer (a ``Reply``); True when ``item`` is the notice that the entry was
         forwarded (the wait moves on to the new entry); False when it is nothing of this job's."""
         reply = item if isinstance(item, Reply) else decode_reply(item)
-        if reply is None or not reply.answers(self.target.stream, self.target.entry_id):
+        if reply is None:
+            return False
+        if not reply.answers(self.target.stream, self.target.entry_id):
+            self.aside.append(reply)
             return False
         if reply.status is not Status.FORWARDED:
             return reply
@@ -125,6 +135,10 @@ class _Wait:
         if not stream.startswith(self.keys.queue("")) or not entry_id:
             return False  # only a worker's notice for this job gets here: a queue of ours
         self.target = Target(self.keys.device_of(stream), stream, entry_id)
+        for kept in list(self.aside):  # the forwarded entry's reply may have come first
+            if kept.answers(stream, entry_id):
+                self.aside.remove(kept)
+                return self.accept(kept)
         return True
 
     @property
