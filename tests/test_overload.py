@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import stub_blob, wait_until
+from conftest import stalled_worker, stub_blob, wait_until
 
 from aiworker import Client, QueueFull, Settings, Worker
 from aiworker import asyncio as aio
 from aiworker.cli import main
 from aiworker.embedded import RedisServer
+from aiworker.storage import queues
 
 QUEUE = "aiworker:queue:CPU"
 
@@ -42,11 +43,15 @@ def bounded(client: Client, settings: Settings) -> Iterator[Client]:
 def fill(client: Client, jobs: int) -> list[Any]:
     """Start ``jobs`` slow jobs in threads; returns their results list once all are queued."""
     results: list[Any] = []
+
+    def one(n: int) -> None:
+        try:
+            results.append(client.modelexecute("slow", ["a", "a"], [f"o{n}"]))
+        except Exception as exc:  # e.g. the worker stopped at the test's end
+            results.append(exc)
+
     for n in range(jobs):
-        threading.Thread(
-            target=lambda n=n: results.append(client.modelexecute("slow", ["a", "a"], [f"o{n}"])),
-            daemon=True,
-        ).start()
+        threading.Thread(target=one, args=(n,), daemon=True).start()
         wait_until(lambda n=n: client.xlen(QUEUE) == n + 1, timeout=5)
     return results
 
@@ -106,5 +111,36 @@ def test_without_a_limit_nothing_is_refused(client: Client, settings: Settings) 
             assert client.modelexecute("m", ["a", "a"], [f"o{n}"]) == "OK"
         assert client.get(client.keyspace.queue_limit(QUEUE)) is None
         assert not client._jobs.enqueuer.limited(QUEUE), "the client knows: XADD alone"
+    finally:
+        w.stop(timeout=10)
+
+
+def test_a_limit_set_later_applies_within_a_second(client: Client) -> None:
+    """A running client reads a queue's limit along with its XADDs at most once a second: a limit
+    an operator sets applies to it from the next read on. (No worker runs the jobs: a stalled
+    one's heartbeat, TIMEOUT 100 ms, so each wait ends TIMEDOUT with the entry taken back.)"""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    stalled_worker(client)
+    assert client.modelexecute("m", ["a", "a"], ["c"], timeout=100) == "TIMEDOUT"
+    assert not client._jobs.enqueuer.limited(QUEUE), "no limit: plain XADDs"
+    client.set(client.keyspace.queue_limit(QUEUE), 1)
+    client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a a OUTPUTS 1 d"})  # the queue is full
+    time.sleep(queues.LIMIT_READ_EVERY_S)
+    assert client.modelexecute("m", ["a", "a"], ["c"], timeout=100) == "TIMEDOUT"  # reads it
+    with pytest.raises(QueueFull, match="queue CPU is full: 1 jobs waiting, max_queue_length 1"):
+        client.modelexecute("m", ["a", "a"], ["c"], timeout=100)
+
+
+def test_a_flushed_worker_beats_again_at_once(client: Client, settings: Settings) -> None:
+    """``Heartbeat.beat_now``: what a consumer calls when it finds its queue flushed away, so that
+    clients see a live worker (and the queue's limit) again before the next regular beat."""
+    w = Worker(settings.replace(max_queue_length=3)).start()
+    try:
+        wait_until(lambda: client.exists(client.keyspace.workers), timeout=10)
+        client.flushall()
+        assert not client.exists(client.keyspace.workers)
+        assert w.heartbeat.beat_now()
+        assert client.zscore(client.keyspace.workers, w.name) is not None
+        assert client.get(client.keyspace.queue_limit(QUEUE)) == b"3"
     finally:
         w.stop(timeout=10)

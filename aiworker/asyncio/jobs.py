@@ -135,8 +135,11 @@ class AsyncJobs:
         while self._pending:
             batch, self._pending = self._pending, []
             pipe = self.r.pipeline(transaction=False)
+            sizes = []
             for stream, fields, _ in batch:
-                for command in self.enqueuer.commands(stream, fields):
+                commands = self.enqueuer.commands(stream, fields)
+                sizes.append(len(commands))
+                for command in commands:
                     pipe.execute_command(*command)
             try:
                 results = await pipe.execute(raise_on_error=False)
@@ -147,11 +150,13 @@ class AsyncJobs:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for n, (stream, _, future) in enumerate(batch):
+            start = 0
+            for (stream, _, future), size in zip(batch, sizes, strict=True):
+                replies, start = results[start : start + size], start + size
                 if future.done():
                     continue
                 try:
-                    future.set_result(self.enqueuer.entry_id(stream, results[2 * n : 2 * n + 2]))
+                    future.set_result(self.enqueuer.entry_id(stream, replies))
                 except Exception as exc:
                     future.set_exception(exc)
 

@@ -5,13 +5,15 @@ A device queue may be bounded (the workers' ``max_queue_length``): its workers p
 next to each stream they serve (``Keys.queue_limit``, with every heartbeat), and an entry is added
 by ``queue_enqueue.lua``, which refuses it (``QUEUEFULL``) when the stream is full, in the same
 atomic step as the XADD. A queue without a limit takes a plain XADD (a script costs Redis about
-three times an XADD): an ``Enqueuer`` reads the limit with every XADD it sends, in the same round
-trip, and uses the script for the next entry while a limit is in force.
+three times an XADD): an ``Enqueuer`` reads the limit along with an XADD, in the same round trip,
+at most once a second, and uses the script while a limit is in force. So a limit an operator sets
+applies to a running client within about a second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -21,6 +23,8 @@ from aiworker.protocol.text import text
 from aiworker.storage import lua
 from aiworker.storage.plans import Plan
 
+# How often a client reads a queue's limit again (with an XADD, in the same round trip).
+LIMIT_READ_EVERY_S = 1.0
 _WITHDRAW = lua.load("queue_withdraw")
 _ENQUEUE = lua.load("queue_enqueue")
 FULL = "QUEUEFULL"
@@ -57,36 +61,42 @@ def full_counts(exc: BaseException) -> tuple[int, int]:
 
 
 class Enqueuer:
-    """Adds entries for one client: a plain XADD while the last read limit of the stream was 0,
-    else the checking script; each round trip reads the limit again (see the module docstring).
-    Thread-safe (one dict assignment per entry)."""
+    """Adds entries for one client: a plain XADD while the stream's limit was 0 when last read,
+    else the checking script. The limit is read again with an entry's XADD, in the same round
+    trip, once ``LIMIT_READ_EVERY_S`` has passed (see the module docstring). Thread-safe enough:
+    a race only reads a limit twice."""
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys
-        self._limits: dict[str, int] = {}
+        self._limits: dict[str, tuple[int, float]] = {}  # stream -> (limit, when read)
 
     def limited(self, stream: str) -> bool:
         """Whether the next entry for ``stream`` goes through the checking script (its limit is
         unknown yet, or in force)."""
-        return self._limits.get(stream, 1) > 0
+        return self._limits.get(stream, (1, 0.0))[0] > 0
 
     def commands(self, stream: str, fields: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """The two commands for one entry: its XADD (or the script), then a read of the limit."""
+        """The commands for one entry: its XADD (or the script), and a read of the limit when it
+        is due."""
         if self.limited(stream):
             add = enqueue_command(self.keys, stream, fields)
         else:
             add = ("XADD", stream, "*", *[item for pair in fields.items() for item in pair])
+        _limit, read = self._limits.get(stream, (1, 0.0))
+        if time.monotonic() - read < LIMIT_READ_EVERY_S:
+            return [add]
         return [add, ("GET", self.keys.queue_limit(stream))]
 
-    def entry_id(self, stream: str, replies: list[Any]) -> str:
+    def entry_id(self, stream: str, replies: Sequence[Any]) -> str:
         """The id from the replies to ``commands`` (raising the XADD's error, a full queue's
-        ``QUEUEFULL`` among them), noting the limit for the next entry."""
-        added, limit = replies[0], replies[1]
-        if not isinstance(limit, Exception):
+        ``QUEUEFULL`` among them), noting the limit if it was read."""
+        added = replies[0]
+        if len(replies) > 1 and not isinstance(replies[1], Exception):
             try:
-                self._limits[stream] = int(limit or 0)
+                limit = int(replies[1] or 0)
             except ValueError:
-                self._limits[stream] = 1  # not a number a worker wrote: let the script judge
+                limit = 1  # not a number a worker wrote: let the script judge
+            self._limits[stream] = (limit, time.monotonic())
         if isinstance(added, Exception):
             raise added
         return text(added)
