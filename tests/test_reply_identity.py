@@ -214,3 +214,48 @@ def test_async_legit_forward_is_still_answered(
     assert first == second == "OK"
     assert async_served.tensorget("c").tolist() == (X * X).tolist()
     assert all(r["out"].tolist() == (X * X).tolist() for r in runs)
+
+
+# the other ways in: a shared reply list (sync), a pipeline, aiworker exec (single Redis) ------
+
+
+def _shared_run(c: Client, url: str) -> Any:
+    shared = Client.from_url(url, reply_timeout=30, shared_replies=True)
+    try:
+        return shared.run("slow", {"a": X, "b": X}, ["out"])["out"].tolist()
+    finally:
+        shared.close()
+
+
+def _pipelined(c: Client, url: str) -> Any:
+    pipe = c.pipeline(transaction=False)
+    pipe.modelexecute("slow", ["a", "a"], ["c"])
+    [result] = pipe.execute()
+    return [result, c.tensorget("c").tolist()]
+
+
+def _exec(c: Client, url: str) -> Any:
+    from aiworker.cli.rai_exec import execute
+
+    dag = "AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE slow INPUTS 2 a a OUTPUTS 1 o |> "
+    return execute(c, dag + "AI.TENSORGET o VALUES")
+
+
+@pytest.mark.parametrize(
+    ("call", "own"),
+    [
+        (_shared_run, (X + X).tolist()),
+        (_pipelined, [b"OK", (X + X).tolist()]),
+        (_exec, ["OK", [b"2", b"4", b"6"]]),
+    ],
+    ids=["sync-shared-list", "pipeline", "aiworker-exec"],
+)
+def test_every_way_in_believes_only_its_own_reply(
+    async_served: Client, redis_server: RedisServer, call: Any, own: Any
+) -> None:
+    thread, done = in_thread(lambda: call(async_served, redis_server.url))
+    stream, entry_id, fields = victim_entry(async_served)
+    forgery = forged(fields[b"reply"], outputs=1)
+    async_served.xadd(beside(async_served, stream), {**forgery, "origin": entry_id})
+    thread.join(30)
+    assert done == [own]
