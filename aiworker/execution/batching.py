@@ -161,6 +161,13 @@ class Batcher:
             for m in group
         )
 
+    def batchsize(self, model_key: str) -> int:
+        """BATCHSIZE of a model waiting here (0: none of its requests waits)."""
+        for key, group in self._groups.items():
+            if isinstance(key, tuple) and key[0] == model_key and group[0].meta is not None:
+                return group[0].meta.batchsize
+        return 0
+
     def held_entry_ids(self) -> list[str]:
         """Stream entries held here (pending in the consumer group until their batch completes)."""
         return [m.entry_id for g in self._groups.values() for m in g if m.entry_id]
@@ -186,6 +193,15 @@ class Batcher:
             (self.max_waiting and self._count > self.max_waiting)
             or (self.max_waiting_bytes and self._bytes > self.max_waiting_bytes)
         )
+
+    def room(self) -> int:
+        """How many more units may come in before the batcher is overfull (the bytes estimated
+        from the units waiting now); a large number when unbounded."""
+        room = self.max_waiting - self._count if self.max_waiting else 1 << 30
+        if self.max_waiting_bytes and self._count:
+            each = max(1, self._bytes // self._count)
+            room = min(room, (self.max_waiting_bytes - self._bytes) // each)
+        return max(0, room)
 
     def take(self, now: float, force: bool = False) -> Batch | None:
         """The next batch ready to run (oldest first), removed from the batcher; None if none is.

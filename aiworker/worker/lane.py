@@ -131,7 +131,7 @@ class Lane:
         self._batcher = Batcher(options.max_waiting, options.max_waiting_bytes)
         self._free = options.slots
         self._tasks: deque[Task] = deque()
-        self._readers = 0
+        self._reading: set[str] = set()  # streams a thread reads now (one reader each)
         self._inflight = 0  # jobs read by this lane and not completed yet
         self._threads: list[threading.Thread] = []
         self._idents: set[int] = set()
@@ -183,6 +183,11 @@ class Lane:
         dead consumer): a lane thread runs them."""
         self._later(entries, queue or self.queue)
 
+    def waiting_entry_ids(self) -> list[str]:
+        """Entries whose jobs were read and prepared, waiting for the device (or partners)."""
+        with self._cond:
+            return self._batcher.held_entry_ids()
+
     def held_entry_ids(self) -> list[str]:
         with self._cond:
             ids = self._batcher.held_entry_ids() + self.running.entry_ids()
@@ -229,17 +234,18 @@ class Lane:
                             return lambda conn: self._run(conn, batch)
                 if self._tasks:
                     return self._tasks.popleft()
-                if consumer is not None and self._may_read():
-                    self._readers += 1
+                if consumer is not None and self._may_read(consumer):
+                    self._reading.update(consumer.streams)
                     return lambda conn: self._read(conn, consumer)
                 if self.stop.is_set() and self._idle():
                     self._cond.notify_all()
                     return None
                 self._cond.wait(self._wait_s(now))
 
-    def _may_read(self) -> bool:
-        """Read only what can start soon: one unit ready per slot beyond those running."""
-        if self.stop.is_set() or self._readers >= max(1, len(self.queues)):
+    def _may_read(self, consumer: Consumer) -> bool:
+        """Read only what can start soon: one unit ready per slot beyond those running; and one
+        reader per stream at a time."""
+        if self.stop.is_set() or not self._reading.isdisjoint(consumer.streams):
             return False
         if self._batcher.overfull():
             return False
@@ -274,8 +280,8 @@ class Lane:
                 entries = consumer.read(conn, room, None, stream) if room > 0 else []
         finally:
             with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+                self._reading.difference_update(consumer.streams)
+                self._cond.notify()  # another thread reads on while this one runs what it read
 
     def _block_ms(self) -> int:
         """How long a read may block: shorter while the batcher holds requests, whose
@@ -286,17 +292,17 @@ class Lane:
             return max(1, min(self.options.block_ms, int(self._wait_s(time.monotonic()) * 1000)))
 
     def _batch_room(self, models: set[str]) -> int:
-        """Room left in the forming batches of the batching models just read (0: none)."""
+        """Room left in the forming batches of the batching models just read (0: none), within
+        what the batcher may hold."""
         if not models:
             return 0
         with self._cond:
             room = 0
-            for member in self._batcher.members():
-                if member.model_key in models and member.meta is not None:
-                    room = max(
-                        room, member.meta.batchsize - self._batcher.waiting(member.model_key)
-                    )
-            return room
+            for key in models:
+                batchsize = self._batcher.batchsize(key)
+                if batchsize:
+                    room = max(room, batchsize - self._batcher.waiting(key))
+            return min(room, self._batcher.room())
 
     def _share(self, conn: JobConnection, consumer: Consumer, stream: str, room: int) -> int:
         """At most this worker's share of what is queued, when other workers serve the queue."""
