@@ -206,7 +206,7 @@ def test_a_huge_batchsize_does_not_let_one_worker_take_the_whole_queue(
     tensor(client, "a", [1, 2])
     with workers(redis_server.url, tmp_path, 2) as procs:
         wait_for_workers(client, procs)
-        time.sleep(2.5)  # each has seen the other's heartbeat
+        time.sleep(4.5)  # each has seen the other's heartbeat (they beat every 2 s)
         enqueue(client, [job_entry("m", ["a"], [f"o{n}"], f"r{n}") for n in range(40)])
         served = [blpop_json(client, f"r{n}", 30)["worker"] for n in range(40)]
     counts = sorted(served.count(name) for name in set(served))
