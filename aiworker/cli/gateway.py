@@ -21,39 +21,100 @@ def _env(name: str) -> str:
 
 @click.command()
 @redis_options
-@click.option("--listen", envvar=_env("listen"), default=DEFAULTS.listen, show_default=True,
-              help="host:port to listen on ('' with --unix-socket: no TCP).")
+@click.option(
+    "--listen",
+    envvar=_env("listen"),
+    default=DEFAULTS.listen,
+    show_default=True,
+    help="host:port to listen on ('' with --unix-socket: no TCP).",
+)
 @click.option("--unix-socket", envvar=_env("unix_socket"), default="", help="Also listen here.")
-@click.option("--require-auth", is_flag=True, envvar=_env("require_auth"),
-              help="Refuse everything but AUTH/HELLO until the client authenticated to Redis.")
-@click.option("--emulate-cluster", is_flag=True, envvar=_env("emulate_cluster"),
-              help="Answer CLUSTER SLOTS/SHARDS/NODES/INFO as one shard at this address.")
-@click.option("--reuse-port", is_flag=True, envvar=_env("reuse_port"),
-              help="Share the port with other gateway processes (SO_REUSEPORT).")
-@click.option("--max-connections", type=click.IntRange(1), envvar=_env("max_connections"),
-              default=DEFAULTS.max_connections, show_default=True)
-@click.option("--max-bulk-len", type=click.IntRange(1), envvar=_env("max_bulk_len"),
-              default=DEFAULTS.max_bulk, show_default=True,
-              help="Longest argument in bytes (Redis' proto-max-bulk-len).")
-@click.option("--max-args", type=click.IntRange(1), envvar=_env("max_args"),
-              default=DEFAULTS.max_args, show_default=True, help="Most arguments in a command.")
-@click.option("--max-request", type=click.IntRange(1), envvar=_env("max_request"),
-              default=DEFAULTS.max_request, show_default=True,
-              help="Largest command in bytes (all its arguments).")
-@click.option("--request-timeout", type=click.FloatRange(0), envvar=_env("request_timeout"),
-              default=DEFAULTS.request_timeout, show_default=True,
-              help="Seconds a command may take to arrive once started (0: no limit).")
-@click.option("--reply-timeout", type=click.FloatRange(0.1), envvar=_env("reply_timeout"),
-              default=DEFAULTS.reply_timeout, show_default=True,
-              help="Seconds an AI.* job without TIMEOUT may wait for a worker.")
-@click.option("--tls-listen-cert", envvar=_env("tls_cert"), default="",
-              help="Certificate (PEM) to listen with TLS.")
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    envvar=_env("require_auth"),
+    help="Refuse everything but AUTH/HELLO until the client authenticated to Redis.",
+)
+@click.option(
+    "--emulate-cluster",
+    is_flag=True,
+    envvar=_env("emulate_cluster"),
+    help="Answer CLUSTER SLOTS/SHARDS/NODES/INFO as one shard at this address.",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar=_env("reuse_port"),
+    help="Share the port with other gateway processes (SO_REUSEPORT).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    envvar=_env("max_connections"),
+    default=DEFAULTS.max_connections,
+    show_default=True,
+)
+@click.option(
+    "--max-bulk-len",
+    type=click.IntRange(1),
+    envvar=_env("max_bulk_len"),
+    default=DEFAULTS.max_bulk,
+    show_default=True,
+    help="Longest argument in bytes (Redis' proto-max-bulk-len).",
+)
+@click.option(
+    "--max-args",
+    type=click.IntRange(1),
+    envvar=_env("max_args"),
+    default=DEFAULTS.max_args,
+    show_default=True,
+    help="Most arguments in a command.",
+)
+@click.option(
+    "--max-request",
+    type=click.IntRange(1),
+    envvar=_env("max_request"),
+    default=DEFAULTS.max_request,
+    show_default=True,
+    help="Largest command in bytes (all its arguments).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0),
+    envvar=_env("request_timeout"),
+    default=DEFAULTS.request_timeout,
+    show_default=True,
+    help="Seconds a command may take to arrive once started (0: no limit).",
+)
+@click.option(
+    "--reply-timeout",
+    type=click.FloatRange(0.1),
+    envvar=_env("reply_timeout"),
+    default=DEFAULTS.reply_timeout,
+    show_default=True,
+    help="Seconds an AI.* job without TIMEOUT may wait for a worker.",
+)
+@click.option(
+    "--tls-listen-cert",
+    envvar=_env("tls_cert"),
+    default="",
+    help="Certificate (PEM) to listen with TLS.",
+)
 @click.option("--tls-listen-key", envvar=_env("tls_key"), default="", help="Its private key.")
-@click.option("--tls-listen-ca-cert", envvar=_env("tls_ca_cert"), default="",
-              help="Require client certificates signed by this CA.")
-@click.option("--threads", type=click.IntRange(1), envvar=_env("threads"),
-              default=DEFAULTS.threads, show_default=True,
-              help="Threads for model/script stores (and every AI.* command on a cluster).")
+@click.option(
+    "--tls-listen-ca-cert",
+    envvar=_env("tls_ca_cert"),
+    default="",
+    help="Require client certificates signed by this CA.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    envvar=_env("threads"),
+    default=DEFAULTS.threads,
+    show_default=True,
+    help="Threads for model/script stores (and every AI.* command on a cluster).",
+)
 def gateway(
     config_file: str | None, redis_url: str | None, prefix: str | None, listen: str,
     unix_socket: str, require_auth: bool, emulate_cluster: bool, reuse_port: bool,

@@ -22,6 +22,7 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiworker.asyncio
 from aiworker.client.ops import VerifyHere
@@ -45,9 +46,23 @@ class Identity:
     username: str | None = None
     password: str | None = None
 
-    def kwargs(self) -> dict[str, Any]:
-        found = {"db": self.db, "username": self.username, "password": self.password}
-        return {name: value for name, value in found.items() if value is not None}
+    def url(self, url: str) -> str:
+        """``url`` with this identity's DB and credentials in place of its own (redis-py lets a
+        URL's own win over keyword arguments)."""
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if self.password is not None:
+            host = netloc.rpartition("@")[2]
+            user = quote(self.username or "", safe="")
+            netloc = f"{user}:{quote(self.password, safe='')}@{host}"
+        path, query = parts.path, parts.query
+        if self.db is not None:
+            if parts.scheme == "unix":
+                kept = [(k, v) for k, v in parse_qsl(query) if k != "db"]
+                query = urlencode([*kept, ("db", str(self.db))])
+            else:
+                path = f"/{self.db}"
+        return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
 
 
 class _Clients:
@@ -64,8 +79,8 @@ class _Clients:
     def asyncio_client(self) -> Any:
         if self._async is None:
             self._async = aiworker.asyncio.Client.from_settings(
-                self.settings, enable_postprocess=False, reply_timeout=self.reply_timeout,
-                max_concurrency=64, **self.identity.kwargs(),
+                self._settings(), enable_postprocess=False, reply_timeout=self.reply_timeout,
+                max_concurrency=64,
             )  # fmt: skip
         return self._async
 
@@ -74,10 +89,12 @@ class _Clients:
         the server what it is)."""
         if self._blocking is None:
             self._blocking = Client.from_settings(
-                self.settings, enable_postprocess=False, reply_timeout=self.reply_timeout,
-                **self.identity.kwargs(),
-            )  # fmt: skip
+                self._settings(), enable_postprocess=False, reply_timeout=self.reply_timeout
+            )
         return self._blocking
+
+    def _settings(self) -> Settings:
+        return self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
 
     async def close(self) -> None:
         if self._async is not None:

@@ -118,6 +118,8 @@ class Session(asyncio.Protocol):
             args = waiting[0]
             name = args[0].upper()
             if not self.authed and name not in BEFORE_AUTH:
+                if self.inflight:
+                    break  # an AUTH may be on its way
                 waiting.popleft()
                 self._reply_now(NOAUTH)
                 continue
