@@ -5,6 +5,7 @@ Node program on ioredis (``tests/gateway_node``, installed by ``npm ci`` there; 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -168,3 +169,38 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
             b"key9"
         )
+
+
+@pytest.mark.slow
+def test_up_starts_a_gateway() -> None:
+    gateway_port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "up", "--gateway-port", str(gateway_port)],
+        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("aiworker up: redis://127.0.0.1:")
+        assert f"-p {gateway_port}" in proc.stdout.readline()
+        con = None
+        deadline = time.monotonic() + 60
+        while con is None:
+            try:
+                con = redis.Redis(port=gateway_port, protocol=2)
+                con.ping()
+            except redis.ConnectionError:
+                con = None
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        con.execute_command("AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", b'{"op": "mul"}')
+        con.execute_command("AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 2, 3)
+        assert (
+            con.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b")
+            == b"OK"
+        )
+        assert con.execute_command("AI.TENSORGET", "b", "VALUES") == [b"4", b"9"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        if proc.stdout:
+            proc.stdout.close()
