@@ -254,7 +254,7 @@ class CutWire:
 
 def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, str, Any]:
     """A worker (not started) and a job entry it holds pending, as if a thread had read it."""
-    from aiworker.protocol.entries import decode_entry
+    from aiworker.parser.entry import decode_entry
     from aiworker.protocol.requests import ModelExecute
     from aiworker.worker.consume import ensure_group
 

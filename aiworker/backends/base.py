@@ -17,24 +17,13 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import numpy as np
 
 from aiworker.devices import Device
+from aiworker.protocol.backend_names import BUILTIN_BACKENDS, plugin_targets
 from aiworker.protocol.errors import AIError, BackendUnavailable
-
-ENTRY_POINT_GROUP = "aiworker.backends"
-
-# name -> ("module:Class", pip extra). The extra is named in the error when the import fails.
-BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
-    "TORCH": ("aiworker.backends.torch:TorchBackend", "torch"),
-    "TF": ("aiworker.backends.tf:TFBackend", "tf"),
-    "TFLITE": ("aiworker.backends.tflite:TFLiteBackend", "tflite"),
-    "ONNX": ("aiworker.backends.onnx:ONNXBackend", "onnx"),
-    "STUB": ("aiworker.backends.stub:StubBackend", ""),
-}
 
 
 @dataclass(frozen=True)
@@ -146,47 +135,10 @@ class Backend(ABC):
             raise AIError(f"{self.name} backend does not support device {device.name}")
 
 
-def _entry_point_targets() -> dict[str, str]:
-    return {ep.name.upper(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_backends() -> list[str]:
-    """Names of every backend that could be loaded: built-ins plus installed plugins."""
-    return sorted(set(BUILTIN_BACKENDS) | set(_entry_point_targets()))
-
-
-def io_name_backends() -> list[str]:
-    """Backends whose models are stored with INPUTS/OUTPUTS names (RedisAI: TF only)."""
-    names = ["TF"]
-    for name in _entry_point_targets():
-        cls = _resolve(name, quiet=True)
-        if cls is not None and cls.requires_io_names:
-            names.append(name)
-    return names
-
-
-ZIP_MAGIC = b"PK\x03\x04"
-
-
-def is_zip(blob: bytes | bytearray | memoryview) -> bool:
-    """Whether a model blob is a zip archive (how a TF SavedModel directory is stored)."""
-    return bytes(memoryview(blob).cast("B")[: len(ZIP_MAGIC)]) == ZIP_MAGIC
-
-
-def io_names_optional(backend: str, blob: bytes | bytearray | memoryview) -> bool:
-    """Whether a model of an INPUTS/OUTPUTS backend may be stored without the names.
-
-    RedisAI's rule makes them mandatory for TF, where they name graph nodes. A zipped SavedModel
-    carries a serving signature that names its inputs and outputs, so there they are optional (and,
-    when given, pick and order the signature's inputs and outputs).
-    """
-    return backend.upper() == "TF" and is_zip(blob)
-
-
 def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
     target, extra = BUILTIN_BACKENDS.get(name, ("", ""))
     if not target:
-        target = _entry_point_targets().get(name, "")
+        target = plugin_targets().get(name, "")
     if not target:
         if quiet:
             return None

@@ -36,9 +36,9 @@ from aiworker.execution.models import Models, check_outputs, samples_of
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.scripts import call_script
 from aiworker.execution.state import Snapshot
-from aiworker.parser.dag import op_inputs, op_outputs
 from aiworker.protocol import messages
 from aiworker.protocol import replies as results
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
 from aiworker.protocol.requests import (
     DagExecute,
@@ -50,7 +50,6 @@ from aiworker.protocol.requests import (
 )
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import tensor as codec
 
 LOADED = -1  # producer index of a LOADed tensor
 
@@ -148,7 +147,7 @@ class DagRunner:
         latest = dict.fromkeys(dag.load, LOADED)
         ops: list[_Op] = []
         for index, request in enumerate(dag.ops):
-            op = _Op(index, request, "", [(name, latest[name]) for name in op_inputs(request)])
+            op = _Op(index, request, "", [(name, latest[name]) for name in request.reads()])
             if isinstance(request, ModelExecute):
                 meta = snapshot.model(request.key)
                 if meta.inputs and len(request.inputs) != len(meta.inputs):
@@ -163,7 +162,7 @@ class DagRunner:
                 limits.check_tensor_size(
                     request.key, request.dtype, request.shape, self.limits.max_tensor_bytes
                 )
-            for name in op_outputs(request):
+            for name in request.writes():
                 latest[name] = index
             ops.append(op)
         for key in dag.persist:  # checked again, atomically, when the completion writes them
@@ -202,7 +201,7 @@ class DagRunner:
             return outcome
         latest = dict.fromkeys(dag.load, LOADED)
         for op in ops:
-            latest.update(dict.fromkeys(op_outputs(op.request), op.index))
+            latest.update(dict.fromkeys(op.request.writes(), op.index))
         writes = {key: values[(key, latest[key])] for key in dag.persist}
         for key, array in writes.items():
             limits.check_output(key, array, self.limits.max_tensor_bytes)
@@ -273,7 +272,7 @@ class DagRunner:
 
     def _store(self, run: _Run, op: _Op, outputs: list[np.ndarray]) -> None:
         with run.lock:
-            for name, array in zip(op_outputs(op.request), outputs, strict=True):
+            for name, array in zip(op.request.writes(), outputs, strict=True):
                 run.values[(name, op.index)] = array
         op.result, op.ok = results.OK, True
 

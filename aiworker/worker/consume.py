@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.protocol.text import text
 from aiworker.storage.wire import JobConnection, JobConnections
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
@@ -51,10 +52,6 @@ def ensure_group(r: redis.Redis, queue: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def share_of(streams: Sequence[str], threads: int, n: int) -> list[str]:
@@ -173,7 +170,7 @@ class Consumer:
         for _stream, stream_entries in reply or []:
             for entry_id, flat in stream_entries:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-                entries.append((_text(entry_id), fields))
+                entries.append((text(entry_id), fields))
         for entry_id, _fields in entries:  # leased from now on, until completed or let go
             self.held.add(stream, entry_id, self.name)
         return entries

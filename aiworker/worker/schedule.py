@@ -37,7 +37,8 @@ from aiworker.execution import limits, state
 from aiworker.execution.batching import Batch, Batcher, Member, MemberResult, run_batch
 from aiworker.execution.executor import Executor, ModelRun, Ready, member_outcome
 from aiworker.execution.outcome import Outcome, error_text
-from aiworker.protocol.entries import decode_entry, reply_format_of, reply_key_of
+from aiworker.parser.entry import decode_entry
+from aiworker.protocol.entries import reply_format_of, reply_key_of
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Job, ModelExecute
