@@ -19,11 +19,11 @@ from aiworker.parser import Command, parse
 from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
 from aiworker.parser.lexer import to_text
 from aiworker.parser.tensor import parse_tensorset
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import check_names
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
-from aiworker.storage import tensor as codec
 
 # Arguments at least this long are passed to the parser as stand-ins when they are blob chunks.
 LARGE_ARG = 4096
