@@ -68,6 +68,9 @@ Task = Callable[[JobConnection], None]
 BATCH_POLL_SECONDS = 0.05
 # How long a thread with nothing to do waits before looking again (a stop, a deadline).
 IDLE_POLL_SECONDS = 0.5
+# A run at least this long (its model's last run) has another thread read the next jobs meanwhile;
+# below it, waking a thread costs more than it saves (the interpreter lock changes hands twice).
+READ_MEANWHILE_S = 0.002
 
 
 @dataclass(eq=False)
@@ -135,6 +138,7 @@ class Lane:
         self._inflight = 0  # jobs read by this lane and not completed yet
         self._threads: list[threading.Thread] = []
         self._idents: set[int] = set()
+        self._run_s: dict[str, float] = {}  # model or script key -> its last run (seconds)
         self.consumers: list[str] = []
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -281,7 +285,8 @@ class Lane:
         finally:
             with self._cond:
                 self._reading.difference_update(consumer.streams)
-                self._cond.notify()  # another thread reads on while this one runs what it read
+                if self._free > 1 and len(self._batcher) > 1:
+                    self._cond.notify()  # more than this thread can start at once
 
     def _block_ms(self) -> int:
         """How long a read may block: shorter while the batcher holds requests, whose
@@ -438,10 +443,9 @@ class Lane:
     def put(self, member: Member) -> None:
         with self._cond:
             self._batcher.add(member)
-            # A lane thread that put it takes it itself when it is free to (after filling a
-            # batch with what else is queued); another thread is woken only when more than one
-            # unit could start, or when the unit came from elsewhere.
-            if self._free > 1 or threading.get_ident() not in self._idents:
+            # A lane thread that put it takes it itself once it is done reading (after filling
+            # a batch with what else is queued): a unit from elsewhere wakes a thread.
+            if threading.get_ident() not in self._idents:
                 self._cond.notify()
 
     def _run(self, conn: JobConnection, batch: Batch) -> None:
@@ -451,6 +455,8 @@ class Lane:
             ticket: Ticket | None = member.context[0].ticket
             if ticket is not None:
                 self.held.running(ticket.queue, member.context[0].entry_id)
+        self._reader_meanwhile(batch)
+        started = time.perf_counter()
         try:
             with self.running.track(ids):
                 results = run_batch(self.executor.models, batch)
@@ -460,6 +466,7 @@ class Lane:
                 self._release(batch)
                 self._abandon(batch)
                 raise
+        self._run_s[batch.members[0].model_key] = time.perf_counter() - started
         self._release(batch)
         follow: list[Member] = []
         done: list[Run] = []
@@ -471,6 +478,16 @@ class Lane:
         self._submit(follow)
         if done:
             self._complete_runs(conn, done)
+
+    def _reader_meanwhile(self, batch: Batch) -> None:
+        """Wake a thread to read the next jobs while this run takes the device, when nobody
+        reads now and the run is long enough for that to pay (its model's last run took
+        READ_MEANWHILE_S or more; a trivial job is read, run and completed by one thread)."""
+        if not self.queues or self._run_s.get(batch.members[0].model_key, 1.0) < READ_MEANWHILE_S:
+            return
+        with self._cond:
+            if not self._reading:
+                self._cond.notify()
 
     def _release(self, batch: Batch) -> None:
         with self._cond:
