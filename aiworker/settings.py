@@ -74,6 +74,9 @@ class Settings:
     queue_partitions: int = 1
     wait_replicas: int = 0
     wait_replicas_timeout: int = 1000
+    # autobatching: what may wait in a device's batcher before its oldest group runs as it is
+    max_batch_waiting: int = 4096
+    max_batch_waiting_bytes: int = 1 << 30
     # overload: the most entries a device queue's stream may hold (0: no limit); README "Overload"
     max_queue_length: int = 0
 
