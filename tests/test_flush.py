@@ -5,8 +5,10 @@ again, and a client must not say "no live worker" before a worker had the chance
 since the flush. Every test here must pass run after run, with no ``NoLiveWorker`` and no error
 in the workers' log.
 
-(The worker's side - groups recreated on NOGROUP/UNBLOCKED without an error logged, a heartbeat
-published at once after a flush: ``Heartbeat.beat_now`` - belongs to the consumer loop.)
+The worker's side: a consumer that finds its stream gone (NOGROUP, UNBLOCKED) recreates its group
+and the worker publishes its heartbeat at once (``Heartbeat.beat_now``); the client's: a Redis
+without any worker registry gets a heartbeat's time before "no live worker" is said
+(``client.wait_plan.REGISTRY_GRACE_S``).
 """
 
 from __future__ import annotations

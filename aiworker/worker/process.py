@@ -249,11 +249,9 @@ class Worker:
 
     def _vanished(self) -> None:
         """A stream vanished under a lane (FLUSHALL, FLUSHDB): the heartbeat went with it, so
-        publish it again at once - clients look for it to know a worker serves their queue."""
-        try:
-            self.heartbeat.publish()
-        except redis.RedisError as exc:
-            log.warning("could not publish the heartbeat again: %s", exc)
+        publish it again at once - clients look for it to know a worker serves their queue. (All
+        lanes see the flush at once: ``beat_now`` publishes once for them.)"""
+        self.heartbeat.beat_now()
 
     def _thread(self, target: Any, name: str) -> None:
         self._threads.append(threading.Thread(target=target, name=name, daemon=True))
