@@ -24,6 +24,7 @@ import numpy as np
 
 from aiworker.devices import Device
 from aiworker.protocol.errors import AIError, BackendUnavailable
+from aiworker.protocol.keys import Keys
 
 ENTRY_POINT_GROUP = "aiworker.backends"
 
@@ -87,6 +88,8 @@ class ScriptContext:
     redis_call: Callable[..., Any] | None = None
     # Runs the stored model at a key on tensors; returns its outputs.
     run_model: Callable[[str, Sequence[np.ndarray]], list[np.ndarray]] | None = None
+    # aiworker's own keys (the worker's prefix): no script may reach them, whatever it declared
+    keyspace: Keys = field(default_factory=Keys)
 
 
 class LoadedScript(LoadedModel):
