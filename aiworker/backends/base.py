@@ -73,6 +73,13 @@ class LoadedModel(ABC):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run once; inputs and outputs are numpy arrays in the model's order."""
 
+    def host_buffer(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """An uninitialized array for one input of a run, to be filled by the caller (a batch's
+        rows and padding) and given to ``run``: memory the model's device copies from fastest,
+        which ``run`` may use in place (so the caller gives it away). A fresh one per call: the
+        outputs of the run may share its memory."""
+        return np.empty(tuple(shape), np.dtype(dtype))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release framework resources (called when evicted from the cache)."""
 

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from aiworker.backends import safety
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
-from aiworker.backends.torch_common import to_numpy, to_torch, torch_device, torch_error_text
+from aiworker.backends.torch_common import (
+    flatten,
+    pinned_empty,
+    to_host,
+    to_torch,
+    torch_device,
+    torch_error_text,
+)
 from aiworker.backends.torch_script import TorchScript
 from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
@@ -30,6 +40,26 @@ def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
     return required, len(arguments)
 
 
+class _HandedOut:
+    """The host buffers a model handed out (``host_buffer``): a run may use them, and views of
+    them, in place. Arrays are remembered by identity until they are gone."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[int, weakref.ref[np.ndarray]] = {}
+
+    def add(self, array: np.ndarray) -> np.ndarray:
+        key = id(array)
+        self._arrays[key] = weakref.ref(array, lambda _: self._arrays.pop(key, None))
+        return array
+
+    def __contains__(self, array: np.ndarray) -> bool:
+        for candidate in (array, array.base):
+            ref = self._arrays.get(id(candidate))
+            if ref is not None and ref() is candidate:
+                return True
+        return False
+
+
 class TorchModel(LoadedModel):
     def __init__(
         self,
@@ -43,19 +73,45 @@ class TorchModel(LoadedModel):
         self.nbytes = nbytes
         self.limit_ms = limit_ms
         self.input_range = _input_range(module)
+        self._handed_out = _HandedOut()
+        self._streams = threading.local()
+
+    def host_buffer(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """On a GPU, page-locked memory (the copy to the device does not block and needs no
+        staging copy); on the CPU, memory a run uses in place. Either way a run given this
+        array (or a view of it) copies nothing on the host."""
+        dtype = np.dtype(dtype)
+        try:
+            if self.device.type == "cuda":
+                return self._handed_out.add(pinned_empty(shape, dtype))
+            return self._handed_out.add(np.empty(shape, dtype))
+        except TypeError:  # a dtype torch lacks: the run refuses it anyway
+            return super().host_buffer(shape, dtype)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
             raise AIError(messages.MODEL_INPUT_COUNT)
-        tensors = [to_torch(x, self.device) for x in inputs]
-        started = clock()
-        try:
-            with torch.inference_mode():  # forward: a loaded module has no Python hooks to run
-                result = self.module.forward(*tensors)
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-            raise AIError(torch_error_text(exc)) from exc
+        with self._on_stream():
+            tensors = [to_torch(x, self.device, x in self._handed_out) for x in inputs]
+            started = clock()
+            try:
+                with torch.inference_mode():  # forward: a loaded module has no Python hooks
+                    result = self.module.forward(*tensors)
+            except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+                raise AIError(torch_error_text(exc)) from exc
+            outputs = to_host(flatten(result))  # waits for the device
         check_run_time(started, self.limit_ms)
-        return to_numpy(result)
+        return outputs
+
+    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+        """On a GPU, this thread's own CUDA stream: runs in flight on several threads overlap
+        (one's copies with another's kernels), and each waits for its own work only."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        return torch.cuda.stream(stream)
 
 
 class TorchBackend(Backend):
@@ -85,6 +141,8 @@ class TorchBackend(Backend):
             raise AIError(f"Failed to load TorchScript model: {str(exc).splitlines()[0]}") from exc
         safety.check_torch_module(module, self.options.allow_file_ops)
         module.eval()
+        if device.type == "cuda":  # runs use streams of their own: the weights must be there
+            torch.cuda.synchronize(device)
         return TorchModel(module, device, len(blob), self.options.model_execution_timeout_ms)
 
     def load_script(self, source: str, entry_points: Sequence[str], device: Device) -> LoadedScript:
