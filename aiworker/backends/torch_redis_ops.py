@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from aiworker.protocol.keys import hash_tag
 _CONTEXT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
     "aiworker_script_context", default=None
 )
+# The text of the last exception an op raised in this script run: torch < 2.2 (2.1 tried) loses
+# it on its way through the TorchScript interpreter ("RuntimeError:" and nothing else).
+_RAISED: contextvars.ContextVar[str] = contextvars.ContextVar("aiworker_op_error", default="")
 ERROR_PREFIX = "Redis command returned an error: "
 
 # Keyless commands a script may run all the same (harmless, and RedisAI scripts used them).
@@ -82,10 +86,29 @@ def refused(message: str) -> RuntimeError:
 def calling(context: ScriptContext | None) -> Iterator[None]:
     """Make ``context`` what this thread's ``redis.*`` calls use while a script runs."""
     token = _CONTEXT.set(context)
+    raised = _RAISED.set("")
     try:
         yield
     finally:
+        _RAISED.reset(raised)
         _CONTEXT.reset(token)
+
+
+def raised_text() -> str:
+    """The text of the last exception one of these ops raised in the current script run."""
+    return _RAISED.get()
+
+
+def _keeping_text(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def op(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as exc:
+            _RAISED.set(str(exc))
+            raise
+
+    return op
 
 
 def _context() -> ScriptContext:
@@ -262,7 +285,7 @@ def _register() -> None:
     )
     for library, schema, function in ops:
         library.define(schema, alias_analysis="CONSERVATIVE")  # type: ignore[no-untyped-call]
-        library.impl(schema.split("(", 1)[0], function, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+        library.impl(schema.split("(", 1)[0], _keeping_text(function), "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
     _LIBRARIES.extend((redis_lib, redisai_lib))
 
 

@@ -105,7 +105,8 @@ class TorchScript(LoadedScript):
                 else:
                     result = compiled(inputs, list(keys), list(args))
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-            raise AIError(torch_error_text(exc)) from None
+            # an op's own text first: the script failed with it (TorchScript cannot catch)
+            raise AIError(torch_redis_ops.raised_text() or torch_error_text(exc)) from None
         check_run_time(started, self.limit_ms)
         return [
             t.detach().contiguous().cpu().numpy() for t in _outputs(result, function, n_outputs)
