@@ -376,3 +376,15 @@ def test_a_worker_refuses_a_script_writing_its_statistics(client: Client, worker
             "s{t}", "run", keys=["{t}"], args=["HSET", stats, "calls", "-999999"], outputs=["o{t}"]
         )
     assert client.infoget("s{t}")["calls"] >= 0
+
+
+def test_an_ops_error_text_is_kept_for_its_run(client: Client) -> None:
+    """torch 2.1 drops the text of an exception raised by a Python op on its way through the
+    interpreter ("RuntimeError:"): the run keeps it to report it."""
+    with torch_redis_ops.calling(context(client, "x")):
+        with pytest.raises(RuntimeError):
+            torch.ops.redis.execute("SET", ["other", "1"])
+        assert torch_redis_ops.raised_text() == (
+            "Redis command returned an error: ERR key 'other' is not declared in the script's KEYS"
+        )
+    assert torch_redis_ops.raised_text() == ""  # nothing leaks into the next run
