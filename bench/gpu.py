@@ -89,12 +89,14 @@ def in_process(
     import io
 
     target = torch_device(device)
-    module = torch.jit.load(io.BytesIO(blob), map_location=target).eval()
+    # one module per batch size, as aiworker holds one per stored model (the executor's state
+    # depends on the shapes a module has seen)
+    single, many = (torch.jit.load(io.BytesIO(blob), map_location=target).eval() for _ in "12")
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
 
     def one() -> np.ndarray:  # host array in, host array out: what a caller has
         with torch.inference_mode():
-            return module(torch.from_numpy(image).to(target)).cpu().numpy()  # type: ignore[no-any-return]
+            return single(torch.from_numpy(image).to(target)).cpu().numpy()  # type: ignore[no-any-return]
 
     pinned = target == "cuda"
     host_in = torch.from_numpy(np.repeat(image, batch, axis=0))
@@ -104,7 +106,7 @@ def in_process(
     def batched() -> None:
         nonlocal host_out
         with torch.inference_mode():
-            out = module(host_in.to(target, non_blocking=True))
+            out = many(host_in.to(target, non_blocking=True))
             if host_out is None:
                 host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=pinned)
             host_out.copy_(out, non_blocking=True)

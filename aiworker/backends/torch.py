@@ -1,5 +1,14 @@
 """TORCH backend: TorchScript modules loaded from bytes, run under ``torch.inference_mode``, and
-TorchScript scripts (``torch_script.py``) with RedisAI's entry-point signature."""
+TorchScript scripts (``torch_script.py``) with RedisAI's entry-point signature.
+
+Host memory and copies per run (``torch_common.to_torch``/``to_host``): on the CPU an input is
+copied once (a Redis reply is read-only, and TorchScript may write into its inputs), unless it is
+a buffer from ``host_buffer``, which the module uses in place; outputs are the module's own
+memory. On a GPU ``host_buffer`` is page-locked: a batch written there goes to the device with a
+non-blocking copy and no host copy, any other input is copied once into page-locked memory first,
+and outputs come back into page-locked memory with non-blocking copies and one wait on the run's
+stream (each thread runs on a CUDA stream of its own).
+"""
 
 from __future__ import annotations
 
