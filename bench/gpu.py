@@ -12,7 +12,8 @@ Each client stores its one input image once and then calls AI.MODELEXECUTE on it
 (a closed loop), from threads spread over --client-processes processes.
 
 Rows, all from one run: the module called in-process at batch 1 (host array in, host array out)
-and at batch --batch (page-locked host buffers, non-blocking copies); aiworker without and with
+and at batch --batch (page-locked host buffers, non-blocking copies), optimized as the TORCH
+backend runs it (the reference for the ratios) and as stored; aiworker without and with
 batching at each THREADS_PER_QUEUE; the DIY stream worker (``bench/diy_worker.py``) on the same
 device; the batch-1 p50 of ``tensorset + modelexecute + tensorget`` and of ``Client.run``. The
 worker's CPU per job comes from ``/proc/<pid>/stat``, Redis's from INFO; "requests per run" and
@@ -83,15 +84,21 @@ def torch_device(device: str) -> str:
 
 
 def in_process(
-    blob: bytes, shape: tuple[int, ...], device: str, batch: int, seconds: float
+    blob: bytes, shape: tuple[int, ...], device: str, batch: int, seconds: float, as_run: bool
 ) -> tuple[list[float], float, float]:
-    """(batch-1 latencies, batch-1 images/s, batched images/s) of the module in this process."""
+    """(batch-1 latencies, batch-1 images/s, batched images/s) of the module in this process:
+    optimized as the TORCH backend runs it (``as_run``), or as stored."""
     import io
 
+    from aiworker.backends.torch import optimized
+
     target = torch_device(device)
+    prepare = optimized if as_run else (lambda module: module)
     # one module per batch size, as aiworker holds one per stored model (the executor's state
     # depends on the shapes a module has seen)
-    single, many = (torch.jit.load(io.BytesIO(blob), map_location=target).eval() for _ in "12")
+    single, many = (
+        prepare(torch.jit.load(io.BytesIO(blob), map_location=target).eval()) for _ in "12"
+    )
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
 
     def one() -> np.ndarray:  # host array in, host array out: what a caller has
@@ -339,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     described, module, shape, device = build_model(args.small)
     blob = torchscript_bytes(module)
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
-    b1_latencies, b1_rate, batch_rate = in_process(blob, shape, device, args.batch, args.seconds)
+    stored = in_process(blob, shape, device, args.batch, args.seconds, as_run=False)
+    b1_latencies, b1_rate, batch_rate = in_process(
+        blob, shape, device, args.batch, args.seconds, as_run=True
+    )
     b1_p50 = 1000 * statistics.median(b1_latencies)
     per_process = max(1, args.clients // args.client_processes)
     total = per_process * args.client_processes
@@ -347,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         ["in-process, batch 1 (host in, host out)", b1_rate, "1.00x b1", b1_p50, "", "", "", "", ""],
         [f"in-process, batch {args.batch} (pinned)", batch_rate, f"{batch_rate / b1_rate:.2f}x b1",
          "", "", "", "", args.batch, args.batch],
+        ["in-process, batch 1, module as stored", stored[1], f"{stored[1] / b1_rate:.2f}x b1",
+         1000 * statistics.median(stored[0]), "", "", "", "", ""],
+        [f"in-process, batch {args.batch} (pinned), module as stored", stored[2],
+         f"{stored[2] / b1_rate:.2f}x b1", "", "", "", "", args.batch, args.batch],
     ]  # fmt: skip
     with RedisServer(executable=args.redis_server) as server, tempfile.TemporaryDirectory() as tmp:
         r = redis.Redis.from_url(server.url)
