@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiworker.protocol.errors import ConfigError
 from aiworker.protocol.keys import DEFAULT_PREFIX
+from aiworker.protocol.text import text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,6 +74,9 @@ class Settings:
     queue_partitions: int = 1
     wait_replicas: int = 0
     wait_replicas_timeout: int = 1000
+    # autobatching: what may wait in a device's batcher before its oldest group runs as it is
+    max_batch_waiting: int = 4096
+    max_batch_waiting_bytes: int = 1 << 30
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -184,10 +188,6 @@ REDIS_CONFIG: dict[str, tuple[str, int, int]] = {
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
-def _text_of(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int], list[str]]:
     """The settings a worker adopts from the shared config hash, and a warning per field ignored.
 
@@ -199,7 +199,7 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
     values: dict[str, int] = {}
     warnings: list[str] = []
     for raw_name, raw_value in fields.items():
-        written = _text_of(raw_name)
+        written = text(raw_name)
         name = written.strip().upper()
         if name == "BACKENDSPATH":
             warnings.append(
@@ -215,11 +215,11 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
             )
             continue
         field_name, low, high = REDIS_CONFIG[name]
-        text = _text_of(raw_value).strip()
-        number = int(text) if _WHOLE_NUMBER.fullmatch(text) else None
+        value_text = text(raw_value).strip()
+        number = int(value_text) if _WHOLE_NUMBER.fullmatch(value_text) else None
         if number is None or not low <= number <= high:
             warnings.append(
-                f"ignoring {written!r} = {text[:40]!r} from the shared config hash: not a whole "
+                f"ignoring {written!r} = {value_text[:40]!r} from the shared config hash: not a whole "
                 f"number from {low} to {high}"
             )
             continue

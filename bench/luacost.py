@@ -24,7 +24,7 @@ from collections.abc import Callable
 import redis
 
 from aiworker.embedded import RedisServer
-from aiworker.storage import scripts
+from aiworker.storage import lua
 from bench.common import markdown_table
 
 ROUNDS, N = 5, 400
@@ -53,8 +53,8 @@ def main() -> None:
     with RedisServer() as server:
         r = redis.Redis.from_url(server.url)
         r.config_set("slowlog-max-len", N * 8)
-        write, read = scripts.load("tensor_write"), scripts.load("read_jobs")
-        complete = scripts.load("complete")
+        write, read = lua.load("tensor_write"), lua.load("read_jobs")
+        complete = lua.load("complete")
         for script in (write, read, complete):
             script.load(r)
         for key in ("t", "t2"):

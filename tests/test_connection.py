@@ -7,7 +7,7 @@ import pytest
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
-from aiworker.storage import tensor as codec
+from aiworker.protocol import tensor as codec
 from aiworker.storage.connection import LARGE_ARGUMENT, HybridPacker, connect
 
 MIB = 1024 * 1024

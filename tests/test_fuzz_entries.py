@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
+from aiworker.protocol.tensor import DTYPE_NAMES
 from aiworker.storage import model as model_store
-from aiworker.storage.tensor import DTYPE_NAMES
 
 MODEL_KINDS = (
     "good", "batched", "missing", "string", "list", "tensor", "stub_garbage", "stub_unknown_op",

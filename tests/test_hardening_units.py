@@ -10,10 +10,10 @@ import redis
 
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.logs import JsonFormatter
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import decode_reply
 from aiworker.settings import Settings
-from aiworker.storage import tensor as codec
 from aiworker.storage.redis_options import block_ms_for, worker_kwargs
 from aiworker.worker.complete import Completer, Finished
 from aiworker.worker.leases import HeldEntries

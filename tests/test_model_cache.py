@@ -10,10 +10,11 @@ import pytest
 
 from aiworker.backends.base import LoadedModel
 from aiworker.execution.model_cache import ModelCache
-from aiworker.protocol.entries import decode_entry, encode_entry
+from aiworker.parser.entry import decode_entry
+from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import ModelExecute
-from aiworker.storage.tensor import parse_shape
+from aiworker.protocol.tensor import parse_shape
 
 
 def get(cache: ModelCache, key: str, digest: str, load: Any) -> LoadedModel:

@@ -18,7 +18,8 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
-from aiworker.protocol.entries import decode_entry, encode_entry
+from aiworker.parser.entry import decode_entry
+from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 

@@ -24,6 +24,7 @@ from aiworker import AIError, BackendUnavailable, Client, Settings, Worker
 from aiworker.backends import base
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.cli import main, worker_statuses
+from aiworker.protocol import backend_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,8 +61,8 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_plugin_is_known(plugin_path: Path) -> None:
-    assert "ECHO" in base.known_backends()
-    assert "ECHO" not in base.io_name_backends()
+    assert "ECHO" in backend_names.known_backends()
+    assert "ECHO" not in backend_names.io_name_backends()
 
 
 def test_plugin_model_through_worker(plugin_path: Path, client: Client, worker: Worker) -> None:

@@ -8,6 +8,7 @@ from conftest import stub_blob, torch_blob
 from redis.exceptions import ResponseError
 
 from aiworker import Client, JobFailed, Worker
+from aiworker.parser.entry import decode_entry
 from aiworker.protocol import entries, replies
 
 
@@ -41,5 +42,5 @@ def test_entries_ask_for_msgpack_replies(client: Client) -> None:
     fields = entries.encode_entry(ModelExecute("m", ("a",), ("b",)), "r", replies.MSGPACK)
     assert fields[replies.FORMAT_FIELD] == "msgpack" and fields["reply"] == "r"
     assert replies.FORMAT_FIELD not in entries.encode_entry(ModelExecute("m", (), ()), "r")
-    job = entries.decode_entry("1-0", fields)
+    job = decode_entry("1-0", fields)
     assert job.request == ModelExecute("m", ("a",), ("b",)) and job.reply == "r"

@@ -101,3 +101,44 @@ def test_client_import_loads_no_worker_side_module() -> None:
     ]
     assert backends == []
     assert "aiworker.client" in out  # the check looks at the right process
+
+
+# Layers (import-linter's "layers" contract, written out): what each package may not import.
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "aiworker.protocol": ("*",),  # the ground floor: nothing else of aiworker
+    "aiworker.parser": ("aiworker.backends", "aiworker.storage"),
+    "aiworker.storage": ("aiworker.execution", "aiworker.worker"),
+    "aiworker.execution": ("aiworker.worker",),
+}
+
+
+def package_of(module: str) -> str:
+    """``aiworker.<x>``: the package (or top-level module) a module belongs to."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        mine = package_of(name)
+        for target in imports_of(name, path, modules):
+            theirs = package_of(target)
+            if theirs != mine and theirs != "aiworker":
+                graph.setdefault(mine, set()).add(theirs)
+    return graph
+
+
+def test_layers() -> None:
+    graph = package_graph()
+    broken = []
+    for package, forbidden in FORBIDDEN.items():
+        for target in sorted(graph.get(package, ())):
+            if "*" in forbidden or target in forbidden:
+                broken.append(f"{package} -> {target}")
+    assert broken == []
+
+
+def test_no_package_cycles() -> None:
+    graph = package_graph()
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])

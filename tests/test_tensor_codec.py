@@ -1,4 +1,4 @@
-"""The tensor codec (aiworker.storage.tensor): pure encode/decode, no Redis."""
+"""The tensor codec (aiworker.protocol.tensor): pure encode/decode, no Redis."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import WRONGTYPE, AIError, WrongTypeError
-from aiworker.storage import tensor as codec
 
 LE = {
     "FLOAT": np.dtype("<f4"),

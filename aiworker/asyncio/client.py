@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio
 
 from aiworker.asyncio.jobs import AsyncJobs
-from aiworker.asyncio.plans import execute_batch
+from aiworker.asyncio.plans import execute_commands
 from aiworker.client import job_ops
 from aiworker.client.api import AICommands
 from aiworker.client.ops import Op, Print, State, Submit, VerifyHere
@@ -19,7 +19,7 @@ from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.protocol.replies import raise_for_reply
 from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
-from aiworker.storage.plans import Batch
+from aiworker.storage.plans import Commands
 from aiworker.storage.redis_options import client_kwargs
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess", "max_concurrency")
@@ -88,9 +88,9 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
             print(command) if isinstance(command, str) else print(*command)
 
     async def _step(self, step: Any) -> Any:
-        if isinstance(step, Batch):
+        if isinstance(step, Commands):
             async with self._batches:
-                return await execute_batch(self, step)
+                return await execute_commands(self, step)
         if isinstance(step, Submit):
             return await self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):

@@ -7,12 +7,12 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage.plans import Commands, Plan
 
 T = TypeVar("T")
 
 
-async def execute_batch(r: redis.asyncio.Redis, batch: Batch) -> list[Any]:
+async def execute_commands(r: redis.asyncio.Redis, batch: Commands) -> list[Any]:
     """Send one batch; replies with exceptions in place."""
     if len(batch.commands) == 1 and not batch.transaction:
         try:
@@ -27,13 +27,13 @@ async def execute_batch(r: redis.asyncio.Redis, batch: Batch) -> list[Any]:
 
 
 async def run(r: redis.asyncio.Redis, plan: Plan[T]) -> T:
-    """Drive a storage plan (``Batch`` steps only)."""
+    """Drive a storage plan (``Commands`` steps only)."""
     try:
         step = next(plan)
         while True:
-            if not isinstance(step, Batch):
+            if not isinstance(step, Commands):
                 raise TypeError(f"a storage plan yielded {type(step).__name__}")
-            step = plan.send(await execute_batch(r, step))
+            step = plan.send(await execute_commands(r, step))
     except StopIteration as stop:
         result: T = stop.value
         return result

@@ -17,25 +17,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import numpy as np
 
 from aiworker.devices import Device
+from aiworker.protocol.backend_names import BUILTIN_BACKENDS, plugin_targets
 from aiworker.protocol.errors import AIError, BackendUnavailable
 from aiworker.protocol.keys import Keys
-
-ENTRY_POINT_GROUP = "aiworker.backends"
-
-# name -> ("module:Class", pip extra). The extra is named in the error when the import fails.
-BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
-    "TORCH": ("aiworker.backends.torch:TorchBackend", "torch"),
-    "TF": ("aiworker.backends.tf:TFBackend", "tf"),
-    "TFLITE": ("aiworker.backends.tflite:TFLiteBackend", "tflite"),
-    "ONNX": ("aiworker.backends.onnx:ONNXBackend", "onnx"),
-    "STUB": ("aiworker.backends.stub:StubBackend", ""),
-}
 
 
 @dataclass(frozen=True)
@@ -82,6 +71,26 @@ class LoadedModel(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release framework resources (called when evicted from the cache)."""
+
+    def batch_sizes(self, batchsize: int) -> list[int] | None:
+        """The batch sizes (ascending) this model runs autobatched requests at: a batch is padded
+        with zero rows up to the first that holds it, and each is warmed up before the first
+        batch. None (the default): batches run at their exact size."""
+        return None
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A host array the batch of inputs is written into (a backend may give memory its
+        device copies from fast, e.g. pinned memory for a GPU)."""
+        return np.empty(shape, dtype)
+
+
+def powers_of_two(batchsize: int) -> list[int]:
+    """Batch sizes 1, 2, 4, ... below ``batchsize``, then ``batchsize``: a few shapes a framework
+    can keep specialised code for (``LoadedModel.batch_sizes``)."""
+    sizes = [1]
+    while sizes[-1] * 2 < batchsize:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, batchsize] if batchsize > 1 else sizes
 
 
 @dataclass(frozen=True)
@@ -156,47 +165,10 @@ class Backend(ABC):
             raise AIError(f"{self.name} backend does not support device {device.name}")
 
 
-def _entry_point_targets() -> dict[str, str]:
-    return {ep.name.upper(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_backends() -> list[str]:
-    """Names of every backend that could be loaded: built-ins plus installed plugins."""
-    return sorted(set(BUILTIN_BACKENDS) | set(_entry_point_targets()))
-
-
-def io_name_backends() -> list[str]:
-    """Backends whose models are stored with INPUTS/OUTPUTS names (RedisAI: TF only)."""
-    names = ["TF"]
-    for name in _entry_point_targets():
-        cls = _resolve(name, quiet=True)
-        if cls is not None and cls.requires_io_names:
-            names.append(name)
-    return names
-
-
-ZIP_MAGIC = b"PK\x03\x04"
-
-
-def is_zip(blob: bytes | bytearray | memoryview) -> bool:
-    """Whether a model blob is a zip archive (how a TF SavedModel directory is stored)."""
-    return bytes(memoryview(blob).cast("B")[: len(ZIP_MAGIC)]) == ZIP_MAGIC
-
-
-def io_names_optional(backend: str, blob: bytes | bytearray | memoryview) -> bool:
-    """Whether a model of an INPUTS/OUTPUTS backend may be stored without the names.
-
-    RedisAI's rule makes them mandatory for TF, where they name graph nodes. A zipped SavedModel
-    carries a serving signature that names its inputs and outputs, so there they are optional (and,
-    when given, pick and order the signature's inputs and outputs).
-    """
-    return backend.upper() == "TF" and is_zip(blob)
-
-
 def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
     target, extra = BUILTIN_BACKENDS.get(name, ("", ""))
     if not target:
-        target = _entry_point_targets().get(name, "")
+        target = plugin_targets().get(name, "")
     if not target:
         if quiet:
             return None

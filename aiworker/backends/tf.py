@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from aiworker.backends import archive, safety
-from aiworker.backends.base import Backend, LoadedModel, ModelSpec, is_zip
+from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import as_array, check_run_time, clock, one_line, timeout_error
 from aiworker.devices import Device, placement
 from aiworker.protocol import messages
+from aiworker.protocol.backend_names import is_zip
 from aiworker.protocol.errors import AIError
 
 try:

@@ -22,7 +22,7 @@ from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
-from aiworker.storage.tensor import dtype_of
+from aiworker.protocol.tensor import dtype_of
 
 try:
     from ai_edge_litert import interpreter as _litert

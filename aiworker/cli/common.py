@@ -80,10 +80,6 @@ def make_client(
     return Client.from_settings(settings, reply_timeout=60.0)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def fail(exc: Exception) -> None:
     click.echo(f"(error) {exc}", err=True)
     sys.exit(1)

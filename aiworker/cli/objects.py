@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from aiworker.cli.common import fail, make_client, quiet, redis_options
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIWorkerError
-from aiworker.storage import tensor as codec
 
 # tensors -----------------------------------------------------------------------------------
 

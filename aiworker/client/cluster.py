@@ -43,7 +43,7 @@ from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
 from aiworker.storage import health
 from aiworker.storage.cluster import LOST, ClusterWires
-from aiworker.storage.plans import Batch, execute_batch
+from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess")
@@ -192,8 +192,8 @@ class ClusterClient(Driver, AICommands, RedisCluster):
             print(*args)
         return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
-    def _batch(self, batch: Batch) -> list[Any]:
-        return execute_batch(self, batch)
+    def _send(self, commands: Commands) -> list[Any]:
+        return execute_commands(self, commands)
 
     def close(self) -> None:
         self._jobs.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aiworker.storage import tensor as codec
+from aiworker.protocol import tensor as codec
 
 # redisai-py's dtype spellings for list/tuple values (``dtype.lower()`` is looked up here).
 DTYPES: dict[str, str] = {

@@ -27,9 +27,9 @@ from aiworker.client.job_ops import submit_plan
 from aiworker.client.ops import Op, State
 from aiworker.parser import parse_dag
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import JobTimedOut
 from aiworker.protocol.requests import DagExecute, DagOp, TensorSet
-from aiworker.storage import tensor as codec
 from aiworker.storage import tensor_io
 from aiworker.storage.plans import Plan
 

@@ -1,6 +1,6 @@
 """How a blocking client runs the RedisAI methods' plans (``ops.Op``): shared by ``Client`` (one
-Redis) and ``ClusterClient`` (Redis Cluster), which differ only in how a ``Batch`` of Redis
-commands is sent (``_batch``) and in how jobs are queued and waited for (their ``jobs.Jobs``)."""
+Redis) and ``ClusterClient`` (Redis Cluster), which differ only in how a ``Commands`` of Redis
+commands is sent (``_send``) and in how jobs are queued and waited for (their ``jobs.Jobs``)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size
 from aiworker.client.verify import verify_model
 from aiworker.protocol.replies import raise_for_reply
 from aiworker.protocol.requests import Request
-from aiworker.storage.plans import Batch
+from aiworker.storage.plans import Commands
 
 
 class Driver:
     """Runs ops on a blocking client; the client supplies ``_state``, ``_jobs``, ``debug`` and
-    ``_batch``."""
+    ``_send``."""
 
     _state: State
     _jobs: Jobs
     debug: bool
 
-    def _batch(self, batch: Batch) -> list[Any]:
+    def _send(self, commands: Commands) -> list[Any]:
         raise NotImplementedError
 
     @property
@@ -50,8 +50,8 @@ class Driver:
                 print(*command)
 
     def _step(self, step: Any) -> Any:
-        if isinstance(step, Batch):
-            return self._batch(step)
+        if isinstance(step, Commands):
+            return self._send(step)
         if isinstance(step, Submit):
             return self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):

@@ -16,20 +16,20 @@ from aiworker.client.verify import UnverifiedModelWarning
 from aiworker.devices import parse_device
 from aiworker.parser import parse_command
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, JobTimedOut, NoLiveWorker, ReplyTimeout
 from aiworker.protocol.requests import (
+    MODEL,
     DagExecute,
     ModelExecute,
     ModelVerify,
     Request,
-    ScriptExecute,
     TensorGet,
     TensorSet,
 )
 from aiworker.storage import health, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import tensor as codec
 from aiworker.storage.plans import Plan
 
 # How long a model check at store time may take a worker, and the largest blob sent for one.
@@ -52,26 +52,23 @@ def queue_plan(state: State, request: Request, strict: bool = False) -> Plan[str
     """The device queue a request goes to: its model's or script's device; for a DAG, that of its
     first model or script op (CPU for tensor-only DAGs). A missing or wrong key raises RedisAI's
     error when ``strict`` (nothing is queued), else gives CPU: the worker answers with it."""
+    found = request.runs_on()
+    if found is None:
+        return "CPU"
+    what, key = found
+    reader = model_store.read_meta_plan if what == MODEL else script_store.read_meta_plan
     try:
-        if isinstance(request, ModelExecute):
-            return (yield from state.queue_plan(request.key, model_store.read_meta_plan))
-        if isinstance(request, ScriptExecute):
-            return (yield from state.queue_plan(request.key, script_store.read_meta_plan))
+        return (yield from state.queue_plan(key, reader))
     except AIError:
         if strict:
             raise
         return "CPU"
-    if isinstance(request, DagExecute):
-        for op in request.ops:
-            if isinstance(op, (ModelExecute, ScriptExecute)):
-                return (yield from queue_plan(state, op))
-    return "CPU"
 
 
 def submit_plan(state: State, request: Request) -> Plan[dict[str, Any]]:
     """Queue ``request`` on its device and wait for the reply; a single MODELEXECUTE or
     SCRIPTEXECUTE on a missing or wrong key fails before anything is queued."""
-    queue = yield from queue_plan(state, request, strict=not isinstance(request, DagExecute))
+    queue = yield from queue_plan(state, request, strict=request.op != "DAGEXECUTE")
     reply: dict[str, Any] = yield Submit(queue, request)
     return reply
 

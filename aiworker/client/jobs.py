@@ -26,6 +26,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import MSGPACK, decode_reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import anchor
+from aiworker.protocol.text import text
 from aiworker.storage import health, plans, queues
 from aiworker.storage.redis_options import connection_kwargs
 from aiworker.storage.wire import JobConnections, Wires
@@ -105,7 +106,7 @@ class Jobs:
         reply_key, fields = self.private_entry(request)
         stream = self.stream(queue)
         sent, popped = self._enqueue(stream, fields, reply_key, clock)
-        return self.wait_private(queue, _text(sent), reply_key, request, clock, popped, stream)
+        return self.wait_private(queue, text(sent), reply_key, request, clock, popped, stream)
 
     def _enqueue(
         self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
@@ -163,7 +164,7 @@ class Jobs:
         except BaseException:
             self.router.cancel()
             raise
-        entry_id = _text(raw_id)
+        entry_id = text(raw_id)
         early = self.router.register(entry_id, waiter)
         if early is not None:
             return early
@@ -272,7 +273,3 @@ class Jobs:
 
 def _flat(fields: dict[str, Any]) -> list[Any]:
     return [item for pair in fields.items() for item in pair]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

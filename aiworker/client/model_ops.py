@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiworker.backends.base import io_name_backends, io_names_optional, known_backends
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.ops import Op, Print, State, chunk_size_plan, writable_plan
 from aiworker.protocol import messages
+from aiworker.protocol.backend_names import io_name_backends, io_names_optional, known_backends
 from aiworker.protocol.errors import AIError
 from aiworker.storage import model as model_store
 from aiworker.storage.plans import Plan

@@ -4,7 +4,7 @@ module has the shared types, configuration, tensors, scans and statistics; ``mod
 ``script_ops`` and ``job_ops`` the rest.
 
 The blocking ``Client`` and ``aiworker.asyncio.Client`` drive the same ops; their drivers execute
-``storage.plans.Batch`` steps, plus the instructions defined here: ``Submit`` (queue a job and wait
+``storage.plans.Commands`` steps, plus the instructions defined here: ``Submit`` (queue a job and wait
 for its reply), ``VerifyHere`` (load a model blob in this process) and ``Print`` (``debug``). A
 method returns redisai-py's post-processed result, or RedisAI's raw reply when the client was made
 with ``enable_postprocess=False`` (``State.raw``).
@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiworker.backends.base import known_backends
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.devices import parse_device
+from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Request
@@ -29,7 +29,7 @@ from aiworker.settings import Settings
 from aiworker.storage import model as model_store
 from aiworker.storage import plans, stats, tensor_io
 from aiworker.storage import script as script_store
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage.plans import Commands, Plan
 
 # AI.CONFIG names -> (Settings field, smallest allowed value; None for text).
 CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
@@ -161,7 +161,7 @@ def _config_plan(state: State, name: str, value: Any) -> Plan[Any]:
             if upper == "MODEL_CHUNK_SIZE":
                 raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
             raise AIError(f"{upper}: invalid value")
-    yield Batch.one("HSET", state.keyspace.config, upper, value)
+    yield Commands.one("HSET", state.keyspace.config, upper, value)
     return state.ok()
 
 
@@ -215,7 +215,7 @@ def tensorget(
 
 def writable_plan(key: str, kind: str) -> Plan[None]:
     """RedisAI refuses to overwrite a key that holds another kind of value."""
-    current, exists = yield Batch([("HGET", key, "kind"), ("EXISTS", key)])
+    current, exists = yield Commands([("HGET", key, "kind"), ("EXISTS", key)])
     if isinstance(current, Exception):
         raise WrongTypeError()
     if (current is not None and text(current) != kind) or (current is None and exists):

@@ -27,11 +27,11 @@ from aiworker.client.commands import text
 from aiworker.client.ops import Op
 from aiworker.parser import parse_command
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
+from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import scripts, tensor_io
-from aiworker.storage import tensor as codec
 
 
 class Client(Protocol):
@@ -48,7 +48,7 @@ class Client(Protocol):
     def model_chunk_size(self) -> int: ...
 
 
-_WRITE = scripts.load("tensor_write")
+_WRITE = lua.load("tensor_write")
 Post = Callable[[Any], Any]
 
 

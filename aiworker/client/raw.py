@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aiworker.storage import tensor as codec
+from aiworker.protocol import tensor as codec
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
 

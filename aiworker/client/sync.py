@@ -26,7 +26,7 @@ from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
 from aiworker.storage.cluster import is_cluster
 from aiworker.storage.connection import install_packer
-from aiworker.storage.plans import Batch, execute_batch
+from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
 # Commands of the hot methods (tensorset, tensorget, model metadata) whose raw replies are the
@@ -106,16 +106,16 @@ class Client(Driver, AICommands, redis.Redis):
 
     # running ops -----------------------------------------------------------------------------
 
-    def _batch(self, batch: Batch) -> list[Any]:
-        if len(batch.commands) == 1 and not batch.transaction and not self.debug:
-            command = batch.commands[0]
+    def _send(self, commands: Commands) -> list[Any]:
+        if len(commands.commands) == 1 and not commands.transaction and not self.debug:
+            command = commands.commands[0]
             if str(command[0]).upper() in FAST_COMMANDS:
                 return [self._fast(command)]
-        return execute_batch(self, batch)
+        return execute_commands(self, commands)
 
     def _fast(self, command: tuple[Any, ...]) -> Any:
         """One command on this thread's own connection (see ``storage.wire``); the error it
-        returns in place of a reply, as ``execute_batch`` does."""
+        returns in place of a reply, as ``execute_commands`` does."""
         try:
             reply = self._jobs.wires.get().execute(*command)
         except redis.ResponseError as exc:

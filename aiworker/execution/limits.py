@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
-from aiworker.storage import tensor as codec
 
 # A stream entry carries a command or a msgpack request, never data: anything bigger is abuse.
 MAX_ENTRY_BYTES = 1 << 20

@@ -22,10 +22,10 @@ from aiworker.execution.limits import Limits
 from aiworker.execution.model_cache import ModelCache
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import tensor as codec
 
 SCRIPT_BACKEND = "TORCH"  # RedisAI's scripts are TorchScript
 

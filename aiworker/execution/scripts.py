@@ -12,9 +12,9 @@ from aiworker.backends.base import ScriptContext
 from aiworker.execution.models import SCRIPT_BACKEND, Models
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.storage import script as script_store
-from aiworker.storage import tensor as codec
 
 
 def call_script(

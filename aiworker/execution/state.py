@@ -21,44 +21,20 @@ import numpy as np
 from aiworker.execution import limits
 from aiworker.execution.limits import Limits
 from aiworker.protocol.errors import LimitExceeded
-from aiworker.protocol.requests import (
-    DagExecute,
-    ModelExecute,
-    Request,
-    ScriptExecute,
-)
+from aiworker.protocol.requests import KIND, MODEL, SCRIPT, TENSOR, Request
+from aiworker.protocol.text import text
+from aiworker.storage import lua
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import scripts
 from aiworker.storage.cluster import ClusterWire
 
-READ_JOBS = scripts.load("read_jobs")
-MODEL, SCRIPT, TENSOR, KIND = "M", "S", "T", "K"
+READ_JOBS = lua.load("read_jobs")
 
 
 class ScriptRunner(Protocol):
     """What runs a Lua script: the worker thread's ``Wire``."""
 
-    def evalsha(
-        self, script: scripts.LuaScript, keys: Sequence[Any], args: Sequence[Any]
-    ) -> Any: ...
-
-
-def reads_of(request: Request) -> list[tuple[str, str]]:
-    """(what, key) pairs a request needs read, one per use: a tensor named twice is listed twice."""
-    if isinstance(request, ModelExecute):
-        return [(MODEL, request.key), *((TENSOR, name) for name in request.inputs)]
-    if isinstance(request, ScriptExecute):
-        return [(SCRIPT, request.key), *((TENSOR, name) for name in request.inputs)]
-    if isinstance(request, DagExecute):
-        pairs = [(TENSOR, key) for key in request.load]
-        for op in request.ops:
-            if isinstance(op, ModelExecute):
-                pairs.append((MODEL, op.key))
-            elif isinstance(op, ScriptExecute):
-                pairs.append((SCRIPT, op.key))
-        return pairs + [(KIND, key) for key in request.persist]
-    return []
+    def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
 
 class MetaCache:
@@ -113,14 +89,14 @@ class Snapshot:
         reply = self._reply(KIND, key)
         if reply[0] == b"none":
             return "none", None
-        return _text(reply[1]), _text(reply[2]) if reply[2] else None
+        return text(reply[1]), text(reply[2]) if reply[2] else None
 
     def tensor(self, key: str) -> np.ndarray:
         """An input tensor (read-only), sized from its declared shape before it is allocated."""
         reply = self._reply(TENSOR, key)
         status = reply[0]
         if status == b"toobig":
-            raise _too_big(key, _text(reply[1]), int(reply[2]), self.limits)
+            raise _too_big(key, text(reply[1]), int(reply[2]), self.limits)
         array = self._decoded.get(key)
         if array is None:
             array = limits.decode_tensor_reply(key, reply, self.limits.max_tensor_bytes)
@@ -155,10 +131,6 @@ def _too_big(key: str, which: str, nbytes: int, bounds: Limits) -> LimitExceeded
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def read(
     conn: ScriptRunner,
     requests: Sequence[Request],
@@ -167,7 +139,7 @@ def read(
 ) -> list[Snapshot]:
     """One round trip for the state of every request (in order); one ``Snapshot`` each. Model
     and script metadata found in ``cache`` is not read again; none at all: no round trip."""
-    wanted = [reads_of(request) for request in requests]
+    wanted = [request.state_reads() for request in requests]
     index: dict[tuple[str, str], int] = {}
     cached: dict[tuple[str, str], Any] = {}
     uses: list[dict[int, int]] = []  # per key read: job -> how many times it names the key

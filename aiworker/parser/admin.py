@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker.backends.base import known_backends
 from aiworker.parser.commands import ConfigCommand, InfoGet
 from aiworker.parser.common import is_word, parse_int, wrong_arity
 from aiworker.protocol import messages
+from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError
 
 

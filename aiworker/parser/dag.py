@@ -26,16 +26,6 @@ from aiworker.protocol.requests import (
 DAG_COMMANDS = ("AI.DAGEXECUTE", "AI.DAGEXECUTE_RO", "AI.DAGRUN", "AI.DAGRUN_RO")
 
 
-def op_inputs(op: DagOp) -> tuple[str, ...]:
-    """The DAG-local tensor names an op reads."""
-    return op.reads()
-
-
-def op_outputs(op: DagOp) -> tuple[str, ...]:
-    """The DAG-local tensor names an op writes."""
-    return op.writes()
-
-
 def _keys(args: Sequence[str], i: int, word: str) -> tuple[tuple[str, ...], int]:
     """``LOAD|PERSIST n key...`` at ``args[i]``; returns the keys and the index after them."""
     what = "to LOAD" if word == "LOAD" else "to PERSIST"
@@ -101,9 +91,9 @@ def check_names(dag: DagExecute) -> None:
     """Every input must be LOADed or produced earlier; every PERSIST key must exist at the end."""
     available = set(dag.load)
     for op in dag.ops:
-        if any(name not in available for name in op_inputs(op)):
+        if any(name not in available for name in op.reads()):
             raise AIError("INPUT key cannot be found in DAG")
-        available.update(op_outputs(op))
+        available.update(op.writes())
     if any(key not in available for key in dag.persist):
         raise AIError("PERSIST key cannot be found in DAG")
 

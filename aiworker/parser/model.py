@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker.backends.base import io_name_backends, known_backends
 from aiworker.devices import parse_device
 from aiworker.parser.commands import ModelDel, ModelGet, ModelScan, ModelStore
 from aiworker.parser.common import is_word, parse_unsigned, wrong_arity
 from aiworker.parser.lexer import to_bytes
 from aiworker.protocol import messages
+from aiworker.protocol.backend_names import io_name_backends, known_backends
 from aiworker.protocol.errors import AIError
 
 # MODELSET refused these as device names (its arguments had no fixed positions).

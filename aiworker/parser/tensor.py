@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from aiworker.parser.common import parse_int, wrong_arity
 from aiworker.parser.lexer import to_bytes
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import TensorGet, TensorSet
-from aiworker.storage import tensor as codec
 
 BLOB_ARGUMENT = (
     "a single binary string should come after the BLOB argument in 'AI.TENSORSET' command"

@@ -30,9 +30,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.protocol.requests import TensorGet
-from aiworker.storage import tensor as codec
 
 FORMAT_FIELD = "fmt"
 JSON = "json"

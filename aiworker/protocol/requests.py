@@ -1,5 +1,16 @@
 """The request types a job carries (MODELEXECUTE, SCRIPTEXECUTE, DAGEXECUTE and DAG ops), and their
 msgpack map form. Pure code; ``entries.py`` puts them in stream entries.
+
+Each type answers for itself what callers would otherwise ask with ``isinstance``:
+
+* ``names()``: every key and tensor name it carries (checked at first sight: UTF-8, prefix);
+* ``written_keys()``: the Redis keys it may write (outputs, PERSIST keys, a script's KEYS);
+* ``written_together()``: the keys its completion writes in one step with its reply (on Redis
+  Cluster they share the reply's hash slot);
+* ``state_reads()``: what the worker reads before running it, as (``MODEL`` | ``SCRIPT`` |
+  ``TENSOR`` | ``KIND``, key) pairs, one per use (``read_jobs.lua``'s protocol);
+* ``runs_on()``: the stored object whose device decides its queue (``(MODEL, key)``,
+  ``(SCRIPT, key)``), None when the request names its device itself.
 """
 
 from __future__ import annotations
@@ -10,8 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
-from aiworker.storage import tensor as codec
+
+# What a worker reads for a request (``state_reads``): model or script metadata, a tensor, or only
+# the type and kind of a key a DAG persists to.
+MODEL, SCRIPT, TENSOR, KIND = "M", "S", "T", "K"
+Read = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,24 @@ class ModelExecute:
     def writes(self) -> tuple[str, ...]:
         """The DAG-local tensor names this op writes."""
         return self.outputs
+
+    def names(self) -> tuple[str, ...]:
+        return (self.key, *self.inputs, *self.outputs)
+
+    def written_keys(self) -> tuple[str, ...]:
+        return self.outputs
+
+    def reached_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def written_together(self) -> tuple[str, ...]:
+        return self.outputs
+
+    def state_reads(self) -> list[Read]:
+        return [(MODEL, self.key), *((TENSOR, name) for name in self.inputs)]
+
+    def runs_on(self) -> Read | None:
+        return (MODEL, self.key)
 
 
 @dataclass(frozen=True)
@@ -53,6 +87,25 @@ class ScriptExecute:
         """The DAG-local tensor names this op writes."""
         return self.outputs
 
+    def names(self) -> tuple[str, ...]:
+        return (self.key, *self.inputs, *self.outputs, *self.keys)
+
+    def written_keys(self) -> tuple[str, ...]:
+        return self.outputs + self.keys
+
+    def reached_keys(self) -> tuple[str, ...]:
+        """The Redis keys it may touch while it runs (``redis.execute`` on its KEYS)."""
+        return self.keys
+
+    def written_together(self) -> tuple[str, ...]:
+        return self.outputs
+
+    def state_reads(self) -> list[Read]:
+        return [(SCRIPT, self.key), *((TENSOR, name) for name in self.inputs)]
+
+    def runs_on(self) -> Read | None:
+        return (SCRIPT, self.key)
+
 
 @dataclass(frozen=True)
 class TensorSet:
@@ -71,6 +124,21 @@ class TensorSet:
     def writes(self) -> tuple[str, ...]:
         """The DAG-local tensor names this op writes."""
         return (self.key,)
+
+    def names(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def written_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def reached_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def state_reads(self) -> list[Read]:
+        return []
+
+    def runs_on(self) -> Read | None:
+        return None
 
     def array(self) -> np.ndarray:
         if self.blob is None:
@@ -95,6 +163,21 @@ class TensorGet:
         """The DAG-local tensor names this op writes."""
         return ()
 
+    def names(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def written_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def reached_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def state_reads(self) -> list[Read]:
+        return []
+
+    def runs_on(self) -> Read | None:
+        return None
+
 
 DagOp = TensorSet | TensorGet | ModelExecute | ScriptExecute
 
@@ -110,6 +193,25 @@ class DagExecute:
     timeout_ms: int | None = None
     readonly: bool = False
     op: str = field(default="DAGEXECUTE", init=False)
+
+    def names(self) -> tuple[str, ...]:
+        return (*self.load, *self.persist, *(name for op in self.ops for name in op.names()))
+
+    def written_keys(self) -> tuple[str, ...]:
+        return self.persist + tuple(key for op in self.ops for key in op.reached_keys())
+
+    def written_together(self) -> tuple[str, ...]:
+        return self.persist
+
+    def state_reads(self) -> list[Read]:
+        reads: list[Read] = [(TENSOR, key) for key in self.load]
+        for op in self.ops:
+            reads += [read for read in op.state_reads() if read[0] != TENSOR]
+        return reads + [(KIND, key) for key in self.persist]
+
+    def runs_on(self) -> Read | None:
+        """Its first model or script op's object (a DAG goes to that device's queue)."""
+        return next((found for op in self.ops if (found := op.runs_on()) is not None), None)
 
 
 @dataclass(frozen=True)
@@ -128,6 +230,21 @@ class ModelVerify:
     batchsize: int = 0
     timeout_ms: int | None = None
     op: str = field(default="MODELVERIFY", init=False)
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def written_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def written_together(self) -> tuple[str, ...]:
+        return ()
+
+    def state_reads(self) -> list[Read]:
+        return []
+
+    def runs_on(self) -> Read | None:
+        return None  # it names its device itself
 
 
 Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify

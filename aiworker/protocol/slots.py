@@ -17,27 +17,18 @@ from __future__ import annotations
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import key_slot
-from aiworker.protocol.requests import DagExecute, ModelExecute, Request, ScriptExecute
-
-
-def written_together(request: Request) -> tuple[str, ...]:
-    """The keys a request's completion writes: they, and its reply, share one slot."""
-    if isinstance(request, (ModelExecute, ScriptExecute)):
-        return request.outputs
-    if isinstance(request, DagExecute):
-        return request.persist
-    return ()
+from aiworker.protocol.requests import Request
 
 
 def anchor(request: Request) -> str | None:
     """A key whose slot the request's reply list must share (None: any slot will do)."""
-    keys = written_together(request)
+    keys = request.written_together()
     return keys[0] if keys else None
 
 
 def check_slot(request: Request, reply: str | None = None) -> None:
     """Raise RedisAI's CROSSSLOT error unless the written keys and the reply share a slot."""
-    keys = list(written_together(request))
+    keys = list(request.written_together())
     if reply:
         keys.append(reply)
     if len({key_slot(key) for key in keys}) > 1:

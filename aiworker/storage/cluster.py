@@ -20,7 +20,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.scripts import LuaScript
+from aiworker.protocol.text import text
+from aiworker.storage.lua import LuaScript
 
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
 # (a failover in progress, a node gone): the job path takes them for a lost connection, so the
@@ -49,10 +50,6 @@ def connect(url: str, **kwargs: Any) -> RedisCluster:
     kwargs.setdefault("require_full_coverage", False)
     kwargs.pop("retry_on_error", None)  # the cluster client retries lost nodes itself
     return RedisCluster.from_url(url, **kwargs)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _flat(value: Any) -> Any:
@@ -118,11 +115,11 @@ class ClusterWire:
             raise _lost(exc) from exc
 
     def _execute(self, command: Command) -> Any:
-        name = _text(command[0]).upper()
+        name = text(command[0]).upper()
         if name == "XREADGROUP":
             # named node: saves the COMMAND GETKEYS round trip redis-py makes for XREADGROUP
-            upper = [_text(arg).upper() for arg in command]
-            stream = _text(command[upper.index("STREAMS") + 1])
+            upper = [text(arg).upper() for arg in command]
+            stream = text(command[upper.index("STREAMS") + 1])
             reply = self.rc.execute_command(*command, target_nodes=self.node_of(stream))
             return _stream_entries(reply)
         if name in KEYLESS:
@@ -174,7 +171,7 @@ class ClusterWire:
         for script, keys, args in calls:
             # named node: a cluster pipeline asks Redis for an EVALSHA's keys (COMMAND GETKEYS,
             # a round trip each) unless told where it goes; MOVED still sends it on
-            node = self.node_of(_text(keys[0]))
+            node = self.node_of(text(keys[0]))
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
             if wait is not None:
                 pipe.execute_command("WAIT", wait[0], wait[1], target_nodes=node)
@@ -200,7 +197,7 @@ class ClusterWire:
     def _evalsha_one(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """One script in its keys' slot, the error in place of its reply."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        node = self.node_of(_text(keys[0]))
+        node = self.node_of(text(keys[0]))
         try:
             try:
                 return self.rc.execute_command(*command, target_nodes=node)

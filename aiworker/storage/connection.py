@@ -27,7 +27,7 @@ class HybridPacker:
     """A redis-py command packer: hiredis for small commands, zero-copy for large arguments."""
 
     def __init__(self, encoder: Any) -> None:
-        self._small = HiredisRespSerializer()
+        self._small = HiredisRespSerializer()  # type: ignore[no-untyped-call]
         self._large = PythonRespSerializer(6000, encoder.encode)
 
     def pack(self, *args: Any) -> list[Any]:

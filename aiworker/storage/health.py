@@ -15,12 +15,13 @@ from typing import Any
 import redis
 
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.text import text
 from aiworker.storage import plans
 from aiworker.storage.plans import AnyRedis, Plan
 
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+# A worker counts as alive until its heartbeat (sent every 2 s) is this old: generous, so that one
+# busy loading a large model (a framework holding the interpreter for seconds) is not taken for dead.
+LIVE_FOR_S = 12.0
 
 
 def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, Any]]]:
@@ -29,7 +30,7 @@ def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, 
     if not names:
         return []
     statuses = []
-    for raw in (yield from plans.call("MGET", *[keys.worker(_text(n)) for n in names])):
+    for raw in (yield from plans.call("MGET", *[keys.worker(text(n)) for n in names])):
         if raw is not None:
             status = json.loads(raw)
             status["age"] = round(time.time() - float(status.get("time", 0)), 1)
@@ -53,7 +54,7 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
     length, groups, dead = pipe.execute(raise_on_error=False)
     group: dict[str, Any] = {}
     if isinstance(groups, list):
-        group = next((g for g in groups if _text(g.get("name")) == CONSUMER_GROUP), {})
+        group = next((g for g in groups if text(g.get("name")) == CONSUMER_GROUP), {})
     return {
         "device": device.upper(),
         "queue": queue,
@@ -70,7 +71,7 @@ def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> di
     serves, the plain queue first."""
     found: dict[str, set[str]] = {}
     for stream in r.scan_iter(match=keys.queue("") + "*", _type="STREAM"):
-        name = _text(stream)
+        name = text(stream)
         found.setdefault(keys.device_of(name), set()).add(name)
     for status in workers:
         for device in status.get("devices", []):

@@ -25,8 +25,9 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.storage import plans, scripts
-from aiworker.storage.plans import Batch, Plan
+from aiworker.protocol.text import text
+from aiworker.storage import lua, plans
+from aiworker.storage.plans import Commands, Plan
 
 KIND_MODEL = "model"
 DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
@@ -50,7 +51,7 @@ READ_ATTEMPTS = 5
 # a hand-written ``chunks`` field must not make a reader ask for millions of fields.
 MAX_CHUNKS = 1 << 16
 
-_CHUNK_BYTES = scripts.load("model_size")
+_CHUNK_BYTES = lua.load("model_size")
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,6 @@ class ModelMeta:
         }
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
     """Decode META_FIELDS values (in order, as HMGET returns them); WRONGTYPE if not a model."""
     return _meta(tuple(fields))
@@ -101,7 +96,7 @@ def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
 @functools.lru_cache(maxsize=256)
 def _meta(fields: tuple[Any, ...]) -> ModelMeta:
     """Decoded once per stored version: every job of a model reads the same fields."""
-    values = dict(zip(META_FIELDS, (_text(v) for v in fields), strict=True))
+    values = dict(zip(META_FIELDS, (text(v) for v in fields), strict=True))
     if values["kind"] != KIND_MODEL:
         raise WrongTypeError()
     return ModelMeta(
@@ -208,7 +203,7 @@ def store_plan(
     commands: list[tuple[Any, ...]] = [("DEL", key), ("HSET", key, *flat)]
     commands += [("HSET", key, f"chunk:{i}", chunk) for i, chunk in enumerate(chunks)]
     commands.append(("SADD", keys.models, key))
-    replies = yield Batch(commands, transaction=True)
+    replies = yield Commands(commands, transaction=True)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
@@ -239,7 +234,7 @@ def check_meta_reply(values: Any) -> ModelMeta:
 
 def read_meta_plan(key: str) -> Plan[ModelMeta]:
     """The model's metadata, or RedisAI's errors for a missing key or another kind of key."""
-    replies = yield Batch.one("HMGET", key, *META_FIELDS)
+    replies = yield Commands.one("HMGET", key, *META_FIELDS)
     return check_meta_reply(replies[0])
 
 
@@ -252,7 +247,7 @@ def read_model_plan(key: str) -> Plan[tuple[ModelMeta, bytes]]:
     meta = yield from read_meta_plan(key)
     for _ in range(READ_ATTEMPTS):
         _check_chunk_count(key, meta.chunks)
-        values, chunks = yield Batch(
+        values, chunks = yield Commands(
             [("HMGET", key, *META_FIELDS), ("HMGET", key, *_chunk_fields(meta.chunks))],
             transaction=True,
         )
@@ -329,7 +324,7 @@ def _join(chunks: Sequence[Any], count: int) -> bytes:
 
 def delete_plan(keys: Keys, key: str) -> Plan[None]:
     yield from read_meta_plan(key)  # the errors for missing/other keys
-    yield Batch(
+    yield Commands(
         [("DEL", key), ("SREM", keys.models, key), ("DEL", keys.stats(key))], transaction=True
     )
 
@@ -339,17 +334,17 @@ def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]
     back."""
     index = keys.models if kind == KIND_MODEL else keys.scripts
     members = yield from plans.call("SMEMBERS", index)
-    names = sorted(_text(k) for k in members)
+    names = sorted(text(k) for k in members)
     if not names:
         return []
-    replies = yield Batch([("HMGET", name, "kind", "tag") for name in names])
+    replies = yield Commands([("HMGET", name, "kind", "tag") for name in names])
     found = []
     stale = []
     for name, result in zip(names, replies, strict=True):
-        if not isinstance(result, Exception) and _text(result[0]) == kind:
-            found.append((name, _text(result[1])))
+        if not isinstance(result, Exception) and text(result[0]) == kind:
+            found.append((name, text(result[1])))
         else:
             stale.append(name)
     if stale:
-        yield Batch.one("SREM", index, *stale)
+        yield Commands.one("SREM", index, *stale)
     return found

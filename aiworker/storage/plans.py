@@ -1,11 +1,11 @@
 """Redis I/O written once for blocking and asyncio callers.
 
-A *plan* is a generator that yields the commands it needs (a ``Batch``: one round trip, optionally
+A *plan* is a generator that yields the commands it needs (a ``Commands``: one round trip, optionally
 a MULTI/EXEC transaction) and receives their replies, exceptions in place of failed commands. The
 logic of "read a model", "store a tensor", ... lives in one plan; ``run`` drives a plan on a
 ``redis.Redis`` (or a ``redis.cluster.RedisCluster``) and the asyncio client drives the same plan on
 ``redis.asyncio`` (``run_async`` in ``aiworker.asyncio``). Plans may also yield other instructions that only a client's driver
-understands (a job to submit, a model to verify); storage plans only yield ``Batch``.
+understands (a job to submit, a model to verify); storage plans only yield ``Commands``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ AnyRedis = redis.Redis | RedisCluster
 
 
 @dataclass
-class Batch:
+class Commands:
     """Commands sent in one round trip; ``transaction`` wraps them in MULTI/EXEC."""
 
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     transaction: bool = False
 
     @classmethod
-    def one(cls, *command: Any) -> Batch:
+    def one(cls, *command: Any) -> Commands:
         return cls([command])
 
 
@@ -49,14 +49,14 @@ def first(replies: Sequence[Any]) -> Any:
 
 def call(*command: Any) -> Plan[Any]:
     """A plan running one command (``value = yield from call(...)``); errors raise."""
-    replies = yield Batch.one(*command)
+    replies = yield Commands.one(*command)
     return first(replies)
 
 
-def execute_batch(r: AnyRedis, batch: Batch) -> list[Any]:
+def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
     """Send one batch on a blocking client; replies with exceptions in place."""
     if isinstance(r, RedisCluster):
-        return execute_cluster_batch(r, batch)
+        return execute_cluster_commands(r, batch)
     if len(batch.commands) == 1 and not batch.transaction:
         try:
             # the base method: a client's debug printing of user commands must not see these
@@ -69,7 +69,7 @@ def execute_batch(r: AnyRedis, batch: Batch) -> list[Any]:
     return list(pipe.execute(raise_on_error=False))
 
 
-def execute_cluster_batch(cluster: RedisCluster, batch: Batch) -> list[Any]:
+def execute_cluster_commands(cluster: RedisCluster, batch: Commands) -> list[Any]:
     """A batch on Redis Cluster. Commands go in one round trip per node; a transaction becomes one
     MULTI/EXEC per hash slot, in the order the slots first appear (a MULTI cannot span slots):
     what one key holds, e.g. a model hash, is still replaced atomically; an index set or
@@ -108,13 +108,13 @@ def execute_cluster_batch(cluster: RedisCluster, batch: Batch) -> list[Any]:
 
 
 def run(r: AnyRedis, plan: Plan[T]) -> T:
-    """Drive a storage plan (``Batch`` steps only) on a blocking client."""
+    """Drive a storage plan (``Commands`` steps only) on a blocking client."""
     try:
         step = next(plan)
         while True:
-            if not isinstance(step, Batch):
+            if not isinstance(step, Commands):
                 raise TypeError(f"a storage plan yielded {type(step).__name__}")
-            step = plan.send(execute_batch(r, step))
+            step = plan.send(execute_commands(r, step))
     except StopIteration as stop:
         result: T = stop.value
         return result

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from aiworker.protocol.keys import CONSUMER_GROUP
-from aiworker.storage import scripts
+from aiworker.storage import lua
 from aiworker.storage.plans import Plan
 
-_WITHDRAW = scripts.load("queue_withdraw")
+_WITHDRAW = lua.load("queue_withdraw")
 
 
 def withdraw_plan(queue_key: str, entry_id: str) -> Plan[int]:

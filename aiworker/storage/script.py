@@ -20,9 +20,10 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
+from aiworker.protocol.text import text
 from aiworker.storage import model as model_store
 from aiworker.storage import plans
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage.plans import Commands, Plan
 
 KIND_SCRIPT = "script"
 META_FIELDS = ("kind", "device", "tag", "entry_points", "digest")
@@ -38,15 +39,9 @@ class ScriptMeta:
     digest: str = ""
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
     """Decode META_FIELDS values (HMGET order); WRONGTYPE when the hash is not a script."""
-    values = dict(zip(META_FIELDS, (_text(v) for v in fields), strict=True))
+    values = dict(zip(META_FIELDS, (text(v) for v in fields), strict=True))
     if values["kind"] != KIND_SCRIPT:
         raise WrongTypeError()
     return ScriptMeta(
@@ -78,12 +73,12 @@ def validate(
         raise AIError(messages.SCRIPT_NO_ENTRY_POINTS)
     if source is None or len(source) == 0:
         raise AIError(messages.SCRIPT_NO_SOURCE)
-    text = source.decode() if isinstance(source, bytes) else str(source)
+    source_text = text(source)
     try:
         parsed = parse_device(device)
     except AIError:
         raise AIError(messages.SCRIPT_BAD_DEVICE) from None  # RedisAI's text for scripts
-    return parsed.name, text, tuple(entry_points)
+    return parsed.name, source_text, tuple(entry_points)
 
 
 def digest_of(source: str) -> str:
@@ -111,7 +106,7 @@ def store_plan(
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, value]
-    replies = yield Batch(
+    replies = yield Commands(
         [("DEL", key), ("HSET", key, *flat), ("SADD", keys.scripts, key), ("DEL", keys.stats(key))],
         transaction=True,
     )
@@ -146,7 +141,7 @@ def check_reply(values: Any) -> ScriptMeta:
 
 def read_meta_plan(key: str) -> Plan[ScriptMeta]:
     """The script's metadata; RedisAI's errors for a missing key or another kind of key."""
-    replies = yield Batch.one("HMGET", key, *META_FIELDS)
+    replies = yield Commands.one("HMGET", key, *META_FIELDS)
     return check_reply(replies[0])
 
 
@@ -156,12 +151,12 @@ def read_meta(r: plans.AnyRedis, key: str) -> ScriptMeta:
 
 def read_script_plan(key: str) -> Plan[tuple[ScriptMeta, str]]:
     """Metadata and source of one stored version (one HMGET)."""
-    replies = yield Batch.one("HMGET", key, *META_FIELDS, "source")
+    replies = yield Commands.one("HMGET", key, *META_FIELDS, "source")
     values = replies[0]
     if isinstance(values, Exception):
         check_reply(values)  # raises WRONGTYPE
         raise values
-    return check_reply(values[:-1]), _text(values[-1])
+    return check_reply(values[:-1]), text(values[-1])
 
 
 def read_script(r: plans.AnyRedis, key: str) -> tuple[ScriptMeta, str]:
@@ -170,7 +165,7 @@ def read_script(r: plans.AnyRedis, key: str) -> tuple[ScriptMeta, str]:
 
 def delete_plan(keys: Keys, key: str) -> Plan[None]:
     yield from read_meta_plan(key)  # the errors for missing/other keys
-    yield Batch(
+    yield Commands(
         [("DEL", key), ("SREM", keys.scripts, key), ("DEL", keys.stats(key))], transaction=True
     )
 

@@ -13,8 +13,9 @@ import redis
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
+from aiworker.protocol.text import text
 from aiworker.storage import plans
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage.plans import Commands, Plan
 
 COUNTERS = ("duration", "samples", "calls", "errors")
 
@@ -41,13 +42,9 @@ def record(
             pipe.hincrby(stats_key, name, amount)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
 def info_plan(keys: Keys, key: str) -> Plan[dict[str, Any]]:
     """RedisAI's AI.INFO fields for a model or script, summed over every worker."""
-    replies = yield Batch(
+    replies = yield Commands(
         [("HMGET", key, "kind", "backend", "device", "tag"), ("HMGET", keys.stats(key), *COUNTERS)],
         transaction=True,
     )
@@ -57,7 +54,7 @@ def info_plan(keys: Keys, key: str) -> Plan[dict[str, Any]]:
         if isinstance(reply, Exception):
             raise reply
     (kind, backend, device, tag), counters = replies
-    kind_text = _text(kind)
+    kind_text = text(kind)
     if kind_text not in ("model", "script"):
         raise AIError(messages.INFO_EMPTY)
     values = {name: int(v or 0) for name, v in zip(COUNTERS, counters, strict=True)}
@@ -65,9 +62,9 @@ def info_plan(keys: Keys, key: str) -> Plan[dict[str, Any]]:
     return {
         "key": key,
         "type": "SCRIPT" if is_script else "MODEL",
-        "backend": "TORCH" if is_script else _text(backend),
-        "device": _text(device),
-        "tag": _text(tag),
+        "backend": "TORCH" if is_script else text(backend),
+        "device": text(device),
+        "tag": text(tag),
         "duration": values["duration"],
         "samples": -1 if is_script else values["samples"],
         "calls": values["calls"],
@@ -81,11 +78,11 @@ def info(r: plans.AnyRedis, keys: Keys, key: str) -> dict[str, Any]:
 
 def reset_plan(keys: Keys, key: str) -> Plan[None]:
     """RedisAI's AI.INFO key RESETSTAT."""
-    replies = yield Batch.one("HGET", key, "kind")
+    replies = yield Commands.one("HGET", key, "kind")
     kind = replies[0]
-    if isinstance(kind, Exception) or _text(kind) not in ("model", "script"):
+    if isinstance(kind, Exception) or text(kind) not in ("model", "script"):
         raise AIError(messages.INFO_EMPTY)
-    yield Batch.one("DEL", keys.stats(key))
+    yield Commands.one("DEL", keys.stats(key))
 
 
 def reset(r: plans.AnyRedis, keys: Keys, key: str) -> None:

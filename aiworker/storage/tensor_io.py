@@ -13,14 +13,14 @@ import numpy as np
 import redis
 
 from aiworker.protocol import messages
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.storage import plans, scripts
-from aiworker.storage import tensor as codec
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage import lua, plans
+from aiworker.storage.plans import Commands, Plan
 
-_WRITE = scripts.load("tensor_write")
-_MOVE = scripts.load("tensor_move")
+_WRITE = lua.load("tensor_write")
+_MOVE = lua.load("tensor_move")
 
 # Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.
 LARGE_TENSOR = 1 << 20
@@ -41,7 +41,7 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
         flat += [name, value]
     if len(fields["blob"]) > LARGE_TENSOR:
         temp = (keyspace or Keys()).temp(key, uuid.uuid4().hex)
-        yield Batch(
+        yield Commands(
             [("DEL", temp), ("HSET", temp, *flat), ("PEXPIRE", temp, TEMP_TTL_MS)],
             transaction=True,
         )
@@ -74,7 +74,7 @@ def decode_reply(reply: Any) -> np.ndarray:
 
 def read_plan(key: str) -> Plan[np.ndarray]:
     """The tensor at ``key`` (read-only array); RedisAI's errors for missing or other keys."""
-    replies = yield Batch.one("HGETALL", key)
+    replies = yield Commands.one("HGETALL", key)
     return decode_reply(replies[0])
 
 
@@ -84,7 +84,7 @@ def read(r: plans.AnyRedis, key: str) -> np.ndarray:
 
 def read_meta_plan(key: str) -> Plan[tuple[str, tuple[int, ...]]]:
     """(dtype, shape) without transferring the blob."""
-    replies = yield Batch([("HMGET", key, "kind", "dtype", "shape"), ("EXISTS", key)])
+    replies = yield Commands([("HMGET", key, "kind", "dtype", "shape"), ("EXISTS", key)])
     fields, exists = replies
     if isinstance(fields, Exception):
         decode_reply(fields)

@@ -28,7 +28,7 @@ from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aiworker.storage.scripts import LuaScript
+from aiworker.storage.lua import LuaScript
 
 # Arguments above this are sent as they are (no copy into the command buffer): outputs, blobs.
 LARGE_ARGUMENT = 64 * 1024

@@ -27,17 +27,18 @@ import redis
 
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import ENQUEUED_FIELD, ORIGIN_FIELD, entry_time_ms
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import Job
-from aiworker.storage import scripts
-from aiworker.storage import tensor as codec
+from aiworker.protocol.text import text
+from aiworker.storage import lua
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics, failure_reason
 
 log = logging.getLogger("aiworker.worker")
-COMPLETE = scripts.load("complete")
+COMPLETE = lua.load("complete")
 
 
 class Connection(Protocol):
@@ -45,9 +46,7 @@ class Connection(Protocol):
 
     def execute(self, *command: Any) -> Any: ...
 
-    def evalsha(
-        self, script: scripts.LuaScript, keys: Sequence[Any], args: Sequence[Any]
-    ) -> Any: ...
+    def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,7 @@ class Completer:
     @staticmethod
     def _script(
         conn: Connection,
-        script: scripts.LuaScript,
+        script: lua.LuaScript,
         keys: list[str],
         head: list[Any],
         body: list[Any],
@@ -280,7 +279,7 @@ class Completer:
 
     def _forward(self, item: Finished) -> Record:
         """The entry again, on the queue of the device its model lives on."""
-        fields = {_text(k): v for k, v in item.fields.items()}
+        fields = {text(k): v for k, v in item.fields.items()}
         if item.job is not None:  # TIMEOUT keeps counting from the first enqueue
             fields[ENQUEUED_FIELD] = str(item.job.enqueued_ms)
             fields[ORIGIN_FIELD] = item.job.origin or item.entry_id  # the id its reply carries
@@ -381,12 +380,8 @@ def _result(row: Sequence[Any]) -> Result:
     return Result(
         applied=code == 1,
         duplicate=code == 0,
-        refused=_text(reason) if code == -1 else "",
-        key=_text(key),
+        refused=text(reason) if code == -1 else "",
+        key=text(key),
         reply=int(reply),
         stats=int(stats),
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -39,7 +39,8 @@ from redis.exceptions import NoPermissionError
 
 from aiworker.protocol.entries import REQUEST_ID_FIELD
 from aiworker.protocol.keys import CONSUMER_GROUP, key_slot
-from aiworker.storage import scripts
+from aiworker.protocol.text import text
+from aiworker.storage import lua
 from aiworker.storage.cluster import ClusterWire
 from aiworker.worker.complete import (
     COMPLETE,
@@ -53,7 +54,7 @@ from aiworker.worker.complete import (
 )
 
 log = logging.getLogger("aiworker.worker")
-COMPLETE_ONCE = scripts.load("complete_once")
+COMPLETE_ONCE = lua.load("complete_once")
 
 Step = tuple[int, Writes]  # (index of the entry in the completion, what this step writes)
 
@@ -156,7 +157,7 @@ class ClusterCompleter(Completer):
         return found
 
     def _denied(
-        self, conn: ClusterWire, call: tuple[scripts.LuaScript, list[str], list[Any]], error: Any
+        self, conn: ClusterWire, call: tuple[lua.LuaScript, list[str], list[Any]], error: Any
     ) -> Any:
         """The ACL denied a declared key, so Redis refused the whole script: run it once more
         with the keys as arguments, so that its own check names the key and the other entries
@@ -172,8 +173,8 @@ def _ident(item: Finished) -> str:
     """What names an entry's done markers: the Python client's request id (the same request
     queued twice completes once), else the entry id."""
     for name, value in item.fields.items():
-        if _text(name) == REQUEST_ID_FIELD and value:
-            return "rid:" + _text(value)
+        if text(name) == REQUEST_ID_FIELD and value:
+            return "rid:" + text(value)
     return item.entry_id
 
 
@@ -192,7 +193,3 @@ def _combined(rows: list[list[Any]]) -> Result:
         reply=reply,
         stats=min(counted) if counted else 0,
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -37,10 +37,12 @@ from typing import Any
 import redis
 
 from aiworker.execution.outcome import Outcome, StatsRecord
-from aiworker.protocol.entries import decode_entry, reply_format_of, reply_key_of
+from aiworker.parser.entry import decode_entry
+from aiworker.protocol.entries import reply_format_of, reply_key_of
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.text import text
 from aiworker.settings import Settings
-from aiworker.storage import scripts
+from aiworker.storage import lua
 from aiworker.storage.wire import JobConnections
 from aiworker.worker.complete import Completer, Finished, Record
 from aiworker.worker.leases import HeldEntries
@@ -54,15 +56,11 @@ PRUNE_EVERY_S = 60.0
 RECLAIM_COUNT = 10
 # Fields of an entry copied into its dead letter; more would only be a way to bloat the stream.
 DEAD_LETTER_FIELDS = 64
-RENEW = scripts.load("renew_leases")
-PRUNE = scripts.load("prune_consumers")
+RENEW = lua.load("renew_leases")
+PRUNE = lua.load("prune_consumers")
 
 # Takes entries this process claimed back: (device, [(entry id, fields)], the stream they are on).
 Accept = Callable[[str, list[tuple[str, Mapping[Any, Any]]], str], None]
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class Recovery:
@@ -101,12 +99,20 @@ class Recovery:
 
     # leases ---------------------------------------------------------------------------------
 
-    def renew(self, idle_ms: int = 0) -> list[tuple[str, str]]:
-        """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost."""
+    def renew(self, idle_ms: int = 0, hand_back: bool = False) -> list[tuple[str, str]]:
+        """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost.
+        ``hand_back``: entries that never ran (read ahead) get their delivery counted off."""
         lost: list[tuple[str, str]] = []
         for (queue, consumer), ids in self.held.by_owner().items():
-            gone = RENEW(self.r, [queue], [CONSUMER_GROUP, consumer, idle_ms, *ids])
-            lost += [(queue, _text(entry_id)) for entry_id in gone or []]
+            groups = [(0, ids)]
+            if hand_back:
+                unrun = [entry_id for entry_id in ids if not self.held.ran(queue, entry_id)]
+                groups = [(0, [i for i in ids if i not in unrun]), (1, unrun)]
+            for uncount, group in groups:
+                if group:
+                    args = [CONSUMER_GROUP, consumer, idle_ms, uncount, *group]
+                    gone = RENEW(self.r, [queue], args)
+                    lost += [(queue, text(entry_id)) for entry_id in gone or []]
         return lost
 
     def lease_loop(self) -> None:
@@ -133,7 +139,7 @@ class Recovery:
         """Make every entry still held reclaimable right away (graceful stop, drain timed out)."""
         handed = self.held.pairs()
         if handed:
-            self.renew(idle_ms=self.visibility_ms)
+            self.renew(idle_ms=self.visibility_ms, hand_back=True)
             for queue, entry_id in handed:
                 log.warning(
                     "job %s: handed back unfinished",
@@ -181,7 +187,7 @@ class Recovery:
             reply = self.r.xautoclaim(
                 queue, CONSUMER_GROUP, consumer, self.visibility_ms, cursor, count=RECLAIM_COUNT
             )
-            cursor, claimed = reply[0], [(_text(i), f) for i, f in reply[1] if i is not None]
+            cursor, claimed = reply[0], [(text(i), f) for i, f in reply[1] if i is not None]
             for entry_id, _ in claimed:
                 self.held.add(queue, entry_id, consumer)
             deliveries = self._deliveries(queue, [entry_id for entry_id, _ in claimed])
@@ -213,7 +219,7 @@ class Recovery:
                 runnable.append((entry_id, fields))
             if runnable:
                 self.accept(device, runnable, queue)
-            if _text(cursor) == "0-0":
+            if text(cursor) == "0-0":
                 break
         return handled
 
@@ -227,7 +233,7 @@ class Recovery:
         counts: dict[str, int] = {}
         for rows in pipe.execute():
             for row in rows:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
+                counts[text(row["message_id"])] = int(row["times_delivered"])
         return counts
 
     def dead_letter(
@@ -289,4 +295,4 @@ class Recovery:
             if "NOGROUP" in str(exc) or "no such key" in str(exc):
                 return []
             raise
-        return [_text(name) for name in removed or []]
+        return [text(name) for name in removed or []]

@@ -1,4 +1,4 @@
--- The part of a completion that complete.lua and complete_once.lua share (storage/scripts.py puts
+-- The part of a completion that complete.lua and complete_once.lua share (storage/lua.py puts
 -- it where their `-- @include complete_parts` line is): reading the entries from ARGV, the checks
 -- that must all pass before anything is written, and the writes.
 -- ARGV[2] aiworker's key prefix, ARGV[3] reply TTL (seconds), ARGV[4] 1 to check every command

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from aiworker.storage.plans import Batch, Plan
+from aiworker.storage.plans import Commands, Plan
 
 
 class LuaScript:
@@ -48,9 +48,9 @@ class LuaScript:
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
         """The same call as a plan step (replies with the error in place, as batches do);
         falls back to EVAL with the source when Redis lacks the script."""
-        replies = yield Batch.one("EVALSHA", self.sha, len(keys), *keys, *args)
+        replies = yield Commands.one("EVALSHA", self.sha, len(keys), *keys, *args)
         if isinstance(replies[0], redis.exceptions.NoScriptError):
-            replies = yield Batch.one("EVAL", self.source, len(keys), *keys, *args)
+            replies = yield Commands.one("EVAL", self.source, len(keys), *keys, *args)
         return replies[0]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, WrongTypeError
+from aiworker.protocol.text import text
 
 KIND_FIELD = "kind"
 KIND_TENSOR = "tensor"
@@ -42,8 +43,7 @@ _BY_KIND_SIZE = {
 @functools.lru_cache(maxsize=64)
 def parse_dtype(name: str | bytes) -> str:
     """Normalise a RedisAI type name (case-insensitive) or raise RedisAI's error."""
-    text = name.decode() if isinstance(name, bytes) else str(name)
-    upper = text.upper()
+    upper = text(name).upper()
     if upper not in NUMPY_DTYPES:
         raise AIError(messages.INVALID_DTYPE)
     return upper
@@ -246,14 +246,10 @@ def encode_fields(array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def decode_meta(fields: Mapping[Any, Any]) -> tuple[str, tuple[int, ...]]:
     """(dtype, shape) of stored tensor fields; WRONGTYPE when the hash is not a tensor."""
     kind = fields.get(b"kind", fields.get("kind"))
-    if kind is None or _text(kind) != KIND_TENSOR:
+    if kind is None or text(kind) != KIND_TENSOR:
         raise WrongTypeError()
     dtype = fields.get(b"dtype", fields.get("dtype"))
     shape = fields.get(b"shape", fields.get("shape"))
@@ -264,7 +260,7 @@ def decode_meta(fields: Mapping[Any, Any]) -> tuple[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=1024)
 def _decode_shape(shape: str | bytes) -> tuple[int, ...]:
-    return _decode_shape_field(_text(shape))
+    return _decode_shape_field(text(shape))
 
 
 def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:
@@ -275,5 +271,5 @@ def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:
         return from_blob(dtype, shape, blob)
     values = fields.get(b"values", fields.get("values"))
     if values is not None:
-        return from_values(dtype, shape, _text(values).split())
+        return from_values(dtype, shape, text(values).split())
     return zeros(dtype, shape)
