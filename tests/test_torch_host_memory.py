@@ -100,6 +100,11 @@ def test_arrays_a_caller_keeps_are_never_written_by_the_module() -> None:
     assert model.run([given])[0].tolist() == [2, 3]  # in place: the caller gave it away
 
 
+def test_batches_run_at_their_exact_size_on_the_cpu() -> None:
+    """Padding pays on a GPU only (bench/README.md): on the CPU it would only add rows."""
+    assert load(Echo()).batch_sizes(32) is None
+
+
 def test_other_backends_hand_out_plain_arrays() -> None:
     model = StubBackend(BackendOptions()).load(
         b'{"op": "identity"}', ModelSpec("m", parse_device("CPU"))
@@ -113,6 +118,7 @@ def test_other_backends_hand_out_plain_arrays() -> None:
 @needs_gpu
 def test_gpu_host_buffers_are_page_locked_and_outputs_come_back_in_page_locked_memory() -> None:
     model = load(Echo(), "GPU")
+    assert model.batch_sizes(32) == [1, 2, 4, 8, 16, 32]
     a = model.host_buffer((2, 3), np.float32)
     assert torch.from_numpy(a).is_pinned()
     a[:] = 1.5

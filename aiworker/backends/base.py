@@ -78,11 +78,6 @@ class LoadedModel(ABC):
         batch. None (the default): batches run at their exact size."""
         return None
 
-    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        """A host array the batch of inputs is written into (a backend may give memory its
-        device copies from fast, e.g. pinned memory for a GPU)."""
-        return np.empty(shape, dtype)
-
 
 def powers_of_two(batchsize: int) -> list[int]:
     """Batch sizes 1, 2, 4, ... below ``batchsize``, then ``batchsize``: a few shapes a framework
