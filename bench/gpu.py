@@ -2,7 +2,7 @@
 
     python -m bench.gpu [--clients 32] [--client-processes 4] [--threads-per-queue 1,2]
                         [--batch 32] [--seconds 5] [--latency-calls 200]
-                        [--redis-server PATH] [--small]
+                        [--redis-server PATH] [--small] [--intra-op N]
 
 The model: a torchvision ResNet-50 (``weights=None``: nothing is downloaded) on ``GPU`` when torch
 sees a CUDA device and torchvision is importable, else (or with ``--small``) a small convolutional
@@ -246,12 +246,19 @@ def redis_cpu(r: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def intra_op_env(threads: int) -> dict[str, str]:
+    """The worker's and the DIY worker's torch threads: the framework's default when 0."""
+    if not threads:
+        return {}
+    return {"AIWORKER_INTRA_OP_PARALLELISM": str(threads), "OMP_NUM_THREADS": str(threads)}
+
+
 @contextmanager
-def aiworker_worker(url: str, device: str, threads: int) -> Iterator[int]:
+def aiworker_worker(url: str, device: str, threads: int, intra_op: int) -> Iterator[int]:
     command = [sys.executable, "-m", "aiworker", "worker", "--redis-url", url, "--device", device,
                "--threads-per-queue", str(threads), "--preload", "TORCH"]  # fmt: skip
     r = redis.Redis.from_url(url)
-    with process(command) as proc:
+    with process(command, **intra_op_env(intra_op)) as proc:
         wait_until(
             lambda: any(f":{proc.pid}".encode() in w for w in r.zrange("aiworker:workers", 0, -1)),
             timeout=300,
@@ -261,12 +268,14 @@ def aiworker_worker(url: str, device: str, threads: int) -> Iterator[int]:
 
 
 @contextmanager
-def diy_worker(url: str, device: str, threads: int, model_path: Path) -> Iterator[int]:
+def diy_worker(
+    url: str, device: str, threads: int, model_path: Path, intra_op: int
+) -> Iterator[int]:
     r = redis.Redis.from_url(url)
     r.delete("diy:queue")
     command = [sys.executable, "-m", "bench.diy_worker", url, str(threads), str(model_path),
                torch_device(device)]  # fmt: skip
-    with process(command) as proc:
+    with process(command, **intra_op_env(intra_op)) as proc:
         wait_until(lambda: r.exists("diy:queue") == 1, timeout=300, what="the DIY worker")
         yield proc.pid
 
@@ -333,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-calls", type=int, default=200)
     parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
     parser.add_argument("--small", action="store_true", help="the small conv net, on the CPU")
+    parser.add_argument(
+        "--intra-op", type=int, default=0, help="torch threads everywhere (0: torch's default)"
+    )
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -343,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates TorchScript
+    if args.intra_op:
+        torch.set_num_threads(args.intra_op)
     described, module, shape, device = build_model(args.small)
     blob = torchscript_bytes(module)
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         clients = Clients(server.url, args.client_processes, per_process, shape)
         try:
             for threads in (int(t) for t in args.threads_per_queue.split(",")):
-                with aiworker_worker(server.url, device, threads) as pid:
+                with aiworker_worker(server.url, device, threads, args.intra_op) as pid:
                     for model, label in ((OFF, "no batching"), (ON, f"BATCHSIZE {args.batch}")):
                         m = measure(clients, r, pid, "aiworker", model, device, args.seconds)
                         base = batch_rate if model == ON else b1_rate
@@ -385,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                         four, run = single_client_p50(server.url, OFF, image, args.latency_calls)
             model_path = Path(tmp) / "model.pt"
             model_path.write_bytes(blob)
-            with diy_worker(server.url, device, args.diy_threads, model_path) as pid:
+            with diy_worker(server.url, device, args.diy_threads, model_path, args.intra_op) as pid:
                 m = measure(clients, r, pid, "diy", "-", device, args.seconds)
                 rows.append([
                     f"DIY stream worker, {args.diy_threads} threads", m["rate"],
@@ -400,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         versions += f", {torch.cuda.get_device_name(0)}"
     print(f"{described} on {device} ({versions}); inputs {'x'.join(map(str, shape))} fp32; "
           f"{total} closed-loop clients ({args.client_processes} processes x {per_process} "
-          f"threads), {args.seconds:g} s per row after a warm-up; {os.cpu_count()} CPUs, load "
+          f"threads), {args.seconds:g} s per row after a warm-up; torch threads "
+          f"{torch.get_num_threads()}; {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip
     headers = ["peer", "images/s", "vs in-process", "p50 ms", "p99 ms", "worker CPU ms/job",
                "Redis CPU us/job", "requests per run", "largest batch"]  # fmt: skip
