@@ -16,7 +16,7 @@ import contextlib
 import io
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from aiworker.backends.base import (
 )
 from aiworker.backends.torch_common import (
     flatten,
-    pinned_empty,
+    pinned_tensor,
     to_host,
     to_torch,
     torch_device,
@@ -122,7 +122,7 @@ class TorchModel(LoadedModel):
         dtype = np.dtype(dtype)
         try:
             if self.device.type == "cuda":
-                return self._handed_out.add(pinned_empty(shape, dtype))
+                return self._handed_out.add(pinned_tensor(shape, dtype).numpy())
             return self._handed_out.add(np.empty(shape, dtype))
         except TypeError:  # a dtype torch lacks: the run refuses it anyway
             return super().host_buffer(shape, dtype)
@@ -142,15 +142,23 @@ class TorchModel(LoadedModel):
         check_run_time(started, self.limit_ms)
         return outputs
 
-    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
         """On a GPU, this thread's own CUDA stream: runs in flight on several threads overlap
-        (one's copies with another's kernels), and each waits for its own work only."""
+        (one's copies with another's kernels), and each waits for its own work only. It is
+        waited for on the way out, failed runs included: copies in flight read host buffers the
+        caller may free once the run returns."""
         if self.device.type != "cuda":
-            return contextlib.nullcontext()
+            yield
+            return
         stream = getattr(self._streams, "stream", None)
         if stream is None:
             stream = self._streams.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        return torch.cuda.stream(stream)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:
+            stream.synchronize()  # type: ignore[no-untyped-call]
 
 
 class TorchBackend(Backend):

@@ -45,12 +45,12 @@ def torch_error_text(exc: BaseException) -> str:
 CPU = torch.device("cpu")
 
 
-def pinned_empty(shape: Sequence[int], dtype: np.dtype[Any]) -> np.ndarray:
-    """An uninitialized host array in page-locked memory from torch's caching host allocator:
-    the GPU copies from and to it asynchronously (DMA), and its memory goes back to the cache
-    when the last array viewing it is gone."""
+def pinned_tensor(shape: Sequence[int], dtype: np.dtype[Any]) -> torch.Tensor:
+    """An uninitialized page-locked host tensor from torch's caching host allocator: the GPU
+    copies from and to it asynchronously (DMA). A non-blocking copy from or to it records an event
+    on its stream, so the allocator does not hand the memory out again before the copy is done."""
     like = torch.from_numpy(np.empty(0, dtype))  # TypeError for dtypes torch lacks
-    return torch.empty(tuple(shape), dtype=like.dtype, pin_memory=True).numpy()
+    return torch.empty(tuple(shape), dtype=like.dtype, pin_memory=True)
 
 
 def to_torch(array: np.ndarray, device: torch.device, owned: bool = False) -> torch.Tensor:
@@ -58,17 +58,16 @@ def to_torch(array: np.ndarray, device: torch.device, owned: bool = False) -> to
 
     On the CPU a copy, unless ``owned`` (a staging buffer the caller gives away): TorchScript may
     write into its inputs, and stored blobs are read-only buffers. On a GPU the device holds its
-    own copy, so a page-locked array goes as it is; any other is first copied into page-locked
-    memory, and the copy to the device does not block (it is ordered on the current stream, and
-    the caching host allocator keeps the staging memory until it is done).
+    own copy, so a page-locked array goes as it is (its owner keeps it until the run has waited
+    for its stream); any other is first copied into a page-locked tensor. The copy to the device
+    does not block: it is ordered on the current stream.
     """
     if device == CPU:
         return torch.from_numpy(array if owned else array.copy())
     source = torch.from_numpy(array) if array.flags.writeable else None
     if source is None or not source.is_pinned():
-        staging = pinned_empty(array.shape, array.dtype)
-        staging[...] = array
-        source = torch.from_numpy(staging)
+        source = pinned_tensor(array.shape, array.dtype)
+        source.numpy()[...] = array
     return source.to(device, non_blocking=True)
 
 
@@ -96,7 +95,7 @@ def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
             out.append(tensor.numpy())
             continue
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)
+        host.copy_(tensor, non_blocking=True)  # the allocator's tensor: the copy is tracked
         out.append(host.numpy())
         device = tensor.device
     if device is not None:
