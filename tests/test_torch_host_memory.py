@@ -127,6 +127,11 @@ def test_gpu_host_buffers_are_page_locked_and_outputs_come_back_in_page_locked_m
     assert outputs[0].tolist() == [[1.5] * 3] * 2 and outputs[1].tolist() == [[1, 2, 3], [4, 5, 6]]
     assert all(torch.from_numpy(y).is_pinned() for y in outputs)
     assert model.run([outputs[0], outputs[1]])[1].tolist() == [[1, 2, 3], [4, 5, 6]]
+    # two large replies staged one after the other: the first's staging memory must not be
+    # handed out for the second while its copy is in flight
+    first, second = (from_reply(np.full(1 << 22, v, np.float32)) for v in (1.0, 2.0))
+    out = model.run([first, second])
+    assert out[0].min() == out[0].max() == 1.0 and out[1].min() == out[1].max() == 2.0
 
 
 @needs_gpu
