@@ -180,9 +180,7 @@ def test_requests_that_never_reach_minbatchsize_cannot_pile_up(
     assert [blpop_json(client, f"r{n}")["status"] for n in (10, 11)] == ["ok", "ok"]
 
 
-def test_the_bytes_waiting_for_a_batch_are_bounded_too(
-    client: Client, settings: Settings
-) -> None:
+def test_the_bytes_waiting_for_a_batch_are_bounded_too(client: Client, settings: Settings) -> None:
     stub_model(client, "m", batch=(1000, 1000, 0), op="identity")
     client.tensorset("big", np.zeros((1, 64 * 1024), np.float32))  # 256 KiB
     w = Worker(settings.replace(max_batch_waiting_bytes=600 * 1024)).start()
