@@ -388,3 +388,28 @@ def test_an_ops_error_text_is_kept_for_its_run(client: Client) -> None:
             "Redis command returned an error: ERR key 'other' is not declared in the script's KEYS"
         )
     assert torch_redis_ops.raised_text() == ""  # nothing leaks into the next run
+
+
+def test_a_worker_with_its_own_prefix_refuses_its_own_keys(
+    redis_server: Any, settings: Any
+) -> None:
+    """The refusal follows the worker's key prefix, not the default one: a worker keeping its
+    keys under ``ns:`` refuses a script reaching ``ns:stats:{t}``."""
+    from aiworker import Client, Worker
+    from aiworker.protocol.keys import Keys
+
+    own = Keys("ns:")
+    client = Client.from_url(redis_server.url, prefix="ns:", reply_timeout=30)
+    client.flushall()
+    worker = Worker(settings.replace(prefix="ns:")).start()
+    try:
+        client.scriptstore("s{t}", "CPU", REACH, ["run"])
+        stats = own.stats("s{t}")
+        with pytest.raises(AIError, match="is one of aiworker's own"):
+            client.scriptexecute(
+                "s{t}", "run", keys=["{t}"], args=["HSET", stats, "calls", "-1"], outputs=["o{t}"]
+            )
+        assert client.hget(stats, "calls") != b"-1"
+    finally:
+        worker.stop(timeout=10)
+        client.close()

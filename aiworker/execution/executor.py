@@ -195,7 +195,10 @@ class Executor:
     def script_context(self, request: ScriptExecute) -> ScriptContext:
         """What a script may call: Redis on its declared KEYS, and stored models."""
         return ScriptContext(
-            keys=request.keys, redis_call=self.redis_call, run_model=self.run_stored
+            keys=request.keys,
+            redis_call=self.redis_call,
+            run_model=self.run_stored,
+            keyspace=self.keys,
         )
 
     def run_stored(self, key: str, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
