@@ -60,6 +60,7 @@ class Settings:
     model_cache_bytes: int = 0
     max_model_bytes: int = 1 << 31
     max_job_bytes: int = 1 << 31
+    max_job_keys: int = 1024
     hung_job_timeout: float = 0.0
     socket_timeout: float = 0.0
     metrics_addr: str = "0.0.0.0"

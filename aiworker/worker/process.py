@@ -38,7 +38,7 @@ from aiworker.execution.model_cache import ModelCache
 from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
-from aiworker.storage import redis_options
+from aiworker.storage import redis_options, tensor_io
 from aiworker.storage.cluster import ClusterWires
 from aiworker.storage.connection import connect_any
 from aiworker.storage.wire import JobConnections, Wires
@@ -85,8 +85,17 @@ class Worker:
             )
         )
         self.limits = Limits(
-            settings.max_tensor_bytes, settings.max_job_bytes, settings.max_model_bytes
+            settings.max_tensor_bytes,
+            settings.max_job_bytes,
+            settings.max_model_bytes,
+            settings.max_job_keys,
+            tensor_io.max_value_bytes(self.r),
         )
+        if 0 < self.limits.max_tensor_bytes < settings.max_tensor_bytes:
+            log.warning(
+                "max_tensor_bytes lowered to %d: Redis accepts no larger value (proto-max-bulk-len)",
+                self.limits.max_tensor_bytes,
+            )
         self.cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
         self.models = Models(self.r, self.registry, self.cache, self.limits)
         # Threads for DAG lanes on a second device: as many as the process' consumer threads.
