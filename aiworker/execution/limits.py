@@ -43,7 +43,7 @@ class Limits:
     its Redis accepts in one value (``max_value_bytes``, read from the server) caps
     max_tensor_bytes: an output beyond it could not be written."""
 
-    max_tensor_bytes: int = 1 << 30
+    max_tensor_bytes: int = 512 << 20
     max_job_bytes: int = 1 << 31
     max_model_bytes: int = 1 << 31
     max_job_keys: int = 1024
@@ -127,8 +127,8 @@ def check_output(name: str, array: np.ndarray, limit: int) -> None:
     if limit and size > limit:
         raise LimitExceeded(
             f"output tensor '{name}' has {size:,} bytes, more than this worker's "
-            f"max_tensor_bytes ({limit:,}; at most what Redis accepts in one value, its "
-            "proto-max-bulk-len)"
+            f"max_tensor_bytes ({limit:,}), which is at most what Redis accepts in one value "
+            "(proto-max-bulk-len)"
         )
 
 

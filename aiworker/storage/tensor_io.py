@@ -7,7 +7,8 @@ plain functions run it on a ``redis.Redis``.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -19,6 +20,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.text import text
 from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.wire import as_exception
 
 _WRITE = lua.load("tensor_write")
 _MOVE = lua.load("tensor_move")
@@ -57,6 +59,58 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
 def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
     """Store ``array`` at ``key`` (see ``write_plan``)."""
     plans.run(r, write_plan(key, array, keyspace))
+
+
+# Above this many bytes, an output's blob reaches Redis in a plain HSET of a stage key, not as an
+# argument of the completion script: a Lua string copy costs Redis more than the extra command
+# from here on (bench/luacost.py).
+STAGE_BYTES = 16 * 1024
+
+
+class Pipelined(Protocol):
+    """A connection that sends several commands in one round trip (a ``Wire``)."""
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
+
+
+def staged_call(
+    conn: Pipelined,
+    script: lua.LuaScript,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+    stages: Sequence[tuple[str, Mapping[str, Any]]],
+) -> Any:
+    """Run ``script`` in one MULTI after plain HSETs of ``stages`` (key, tensor fields), and
+    delete the stage keys after it: whatever the script did with them (it RENAMEs them into
+    place), none is left, and no one sees them. The script's reply, or its error raised (a NOPERM
+    found when the script was queued: nothing ran)."""
+    commands: list[tuple[Any, ...]] = [("MULTI",)]
+    for key, fields in stages:
+        commands.append(("HSET", key, *(item for pair in fields.items() for item in pair)))
+    commands += [
+        ("EVALSHA", script.sha, len(keys), *keys, *args),
+        ("DEL", *(key for key, _fields in stages)),
+        ("EXEC",),
+    ]
+    reply = _script_reply(conn.pipeline(commands), len(stages))
+    if isinstance(reply, redis.exceptions.NoScriptError):  # nothing written: load, send again
+        conn.pipeline([("SCRIPT", "LOAD", script.source)])
+        reply = _script_reply(conn.pipeline(commands), len(stages))
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _script_reply(replies: Sequence[Any], at: int) -> Any:
+    """The reply of the script at position ``at`` in an EXEC (its error in its place); an error
+    found while queueing (the transaction then ran nothing) is raised."""
+    for queued in replies[:-1]:
+        if isinstance(queued, Exception):
+            raise queued
+    done = replies[-1]
+    if isinstance(done, Exception):
+        raise done
+    return as_exception(done[at])
 
 
 # What Redis accepts in one value by default (proto-max-bulk-len).

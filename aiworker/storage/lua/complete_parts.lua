@@ -7,8 +7,11 @@
 -- keys themselves, so that when the ACL denies one, the script's own check names it), those keys,
 -- then the number of entries; then per entry:
 --   id, reply key index (0: none), reply payload, n outputs, n stats, n records, n expects,
---   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
---     field/value items, the items;
+--   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), stage
+--     key index (0: none), number of field/value items, the items; with a stage key, the output
+--     was written there whole by a plain HSET in the same MULTI as this script (a large value
+--     copied into Lua and out again costs Redis ten times the HSET), and is RENAMEd into place;
+--     the caller deletes the stage after this script, so none is left whatever happens here;
 --   per stats record: key index, duration, samples, calls, errors;
 --   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
 --   per expect: key index, digest (a model or script the job ran from cached metadata: it must
@@ -40,8 +43,9 @@ for e = 1, tonumber(take()) do
   local n_exp = tonumber(take())
   entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
   for o = 1, n_out do
-    local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
-    entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
+    local key, key_ttl, stage = K[tonumber(take())], tonumber(take()), tonumber(take())
+    local n = tonumber(take())
+    entry.outputs[o] = {key = key, ttl = key_ttl, stage = K[stage], fields = list(n)}
   end
   for s = 1, n_stats do
     entry.stats[s] = {key = K[tonumber(take())], values = list(4)}
@@ -109,7 +113,7 @@ end
 
 -- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
--- output or a stream record.
+-- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
@@ -122,11 +126,15 @@ local function refusal(entry)
   for _, out in ipairs(entry.outputs) do
     if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
       return 'PREFIX', out.key
-    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
+    elseif not allowed('DEL', out.key)
+        or (out.stage and not allowed('RENAME', out.stage, out.key))
+        or (not out.stage and not allowed('HSET', out.key, unpack(out.fields)))
         or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
       return 'NOPERM', out.key
     elseif type_of(out.key, true) ~= 'none' and type_of(out.key) ~= 'tensor' then
       return 'WRONGTYPE', out.key
+    elseif out.stage and type_of(out.stage, true) ~= 'tensor' then
+      return 'STAGE', out.key
     end
   end
   for _, rec in ipairs(entry.records) do
@@ -144,8 +152,13 @@ end
 -- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied).
 local function apply(entry)
   for _, out in ipairs(entry.outputs) do
-    if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
-    redis.call('HSET', out.key, unpack(out.fields))
+    if out.stage then  -- replaces the key whole: no stale 'values'
+      redis.call('RENAME', out.stage, out.key)
+      will[out.stage] = 'none'
+    else
+      if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
+      redis.call('HSET', out.key, unpack(out.fields))
+    end
     if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
     will[out.key] = 'tensor'
   end
