@@ -63,20 +63,31 @@ end
 local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
+-- A failed probe: a key of another type (WRONGTYPE), or one the worker's ACL denies.
+local function wrongtype(reply)
+  return string.sub(reply.err, 1, 9) == 'WRONGTYPE'
+end
 -- The type each key will have when this script reaches it (earlier entries' writes count):
--- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type. Every call from Lua
--- costs microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is
--- asked its kind first, which fails, writing nothing, on a key of another type.
+-- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type; 'denied' when the
+-- worker's ACL forbids asking (never taken for another type). Every call from Lua costs
+-- microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is asked
+-- its kind first, which fails, writing nothing, on a key of another type.
 local will = {}
 local function type_of(key, likely_tensor)
   if will[key] == nil then
     local kind = likely_tensor and redis.pcall('HGET', key, 'kind')
     if kind and not failed(kind) then
       will[key] = kind == 'tensor' and 'tensor' or 'hash'
+    elseif kind and not wrongtype(kind) then
+      return 'denied'
     else
-      local t = redis.call('TYPE', key)['ok']
-      if t == 'hash' and not likely_tensor and redis.call('HGET', key, 'kind') == 'tensor' then
-        t = 'tensor'
+      local t = redis.pcall('TYPE', key)
+      if failed(t) then return 'denied' end
+      t = t['ok']
+      if t == 'hash' and not likely_tensor then
+        kind = redis.pcall('HGET', key, 'kind')
+        if failed(kind) then return 'denied' end
+        if kind == 'tensor' then t = 'tensor' end
       end
       will[key] = t
     end
@@ -117,8 +128,10 @@ end
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
-    if failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
-                              and fields[2] == exp.digest) then
+    if failed(fields) and not wrongtype(fields) then
+      return 'NOPERM', exp.key
+    elseif failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
+                                  and fields[2] == exp.digest) then
       return 'STALE', exp.key
     end
   end
@@ -131,16 +144,21 @@ local function refusal(entry)
         or (not out.stage and not allowed('HSET', out.key, unpack(out.fields)))
         or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
       return 'NOPERM', out.key
-    elseif type_of(out.key, true) ~= 'none' and type_of(out.key) ~= 'tensor' then
+    end
+    local kind = type_of(out.key, true)
+    if kind == 'denied' then
+      return 'NOPERM', out.key
+    elseif kind ~= 'none' and kind ~= 'tensor' then
       return 'WRONGTYPE', out.key
     elseif out.stage and type_of(out.stage, true) ~= 'tensor' then
       return 'STAGE', out.key
     end
   end
   for _, rec in ipairs(entry.records) do
-    if not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+    local kind = allowed('XADD', rec.key, '*', unpack(rec.fields)) and type_of(rec.key)
+    if not kind or kind == 'denied' then
       return 'NOPERM', rec.key
-    elseif type_of(rec.key) ~= 'none' and type_of(rec.key) ~= 'stream' then
+    elseif kind ~= 'none' and kind ~= 'stream' then
       return 'WRONGTYPE', rec.key
     end
   end

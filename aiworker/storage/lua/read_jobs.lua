@@ -27,8 +27,12 @@ local first = caller_fetches and 2 or 1  -- KEYS[first] is the first key read
 
 local replies, sizes, uses, job_bytes = {}, {}, {}, {}
 local blocked = false  -- a tensor the caller must not fetch
-local function failed(reply)
-  return type(reply) == 'table' and reply.err ~= nil
+-- A command on a key of another type fails: that is how its type is told. Any other failure
+-- (the worker's ACL denies the command) is this script's error, never taken for a type.
+local function wrongtype(reply)
+  if type(reply) ~= 'table' or reply.err == nil then return false end
+  if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
+  return true
 end
 local function all_nil(values)
   for _, v in ipairs(values) do
@@ -40,8 +44,8 @@ end
 local function absent(key)
   return redis.call('EXISTS', key) == 0 and {'none'} or {'wrongtype'}
 end
--- First pass: types and stored sizes; nothing large is fetched yet. A command on a key of
--- another type fails (pcall), which is how that type is told, in one call per key.
+-- First pass: types and stored sizes; nothing large is fetched yet (one call per key tells its
+-- type: see wrongtype).
 for n = 1, #KEYS - first + 1 do
   local key, what = KEYS[first + n - 1], ARGV[4 + 2 * n]
   if what == 'K' then
@@ -53,7 +57,7 @@ for n = 1, #KEYS - first + 1 do
     end
   elseif what == 'M' or what == 'S' then
     local fields = redis.pcall('HMGET', key, unpack(what == 'M' and MODEL or SCRIPT))
-    if failed(fields) then
+    if wrongtype(fields) then
       replies[n] = {'wrongtype'}
     elseif all_nil(fields) then
       replies[n] = absent(key)
@@ -62,7 +66,7 @@ for n = 1, #KEYS - first + 1 do
     end
   else
     local blob = redis.pcall('HSTRLEN', key, 'blob')
-    if failed(blob) then
+    if wrongtype(blob) then
       replies[n] = {'wrongtype'}
     else
       local size, small, long = blob + redis.call('HSTRLEN', key, 'values'), 0, nil
