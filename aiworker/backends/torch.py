@@ -12,7 +12,7 @@ import torch
 
 from aiworker.backends import safety
 from aiworker.backends.base import Backend, BackendOptions, LoadedModel, LoadedScript, ModelSpec
-from aiworker.backends.torch_common import to_numpy, to_torch, torch_device, torch_error_text
+from aiworker.backends.torch_common import to_numpy, to_torch_all, torch_device, torch_error_text
 from aiworker.backends.torch_script import TorchScript
 from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
@@ -47,7 +47,7 @@ class TorchModel(LoadedModel):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
             raise AIError(messages.MODEL_INPUT_COUNT)
-        tensors = [to_torch(x, self.device) for x in inputs]
+        tensors = to_torch_all(inputs, self.device)
         started = clock()
         try:
             with torch.inference_mode():  # forward: a loaded module has no Python hooks to run

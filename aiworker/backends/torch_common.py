@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,17 @@ def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
     # A copy: TorchScript may write into its inputs, and stored blobs are read-only buffers.
     tensor = torch.from_numpy(array.copy())
     return tensor if device == CPU else tensor.to(device)
+
+
+def to_torch_all(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """``to_torch`` of each array, the same array (a key named twice) converted once: one tensor
+    for both, as RedisAI passed one key's tensor (and a job naming a key 200 times costs one
+    copy, not 200)."""
+    done: dict[int, torch.Tensor] = {}
+    for array in arrays:
+        if id(array) not in done:
+            done[id(array)] = to_torch(array, device)
+    return [done[id(array)] for array in arrays]
 
 
 def to_numpy(value: Any) -> list[np.ndarray]:
