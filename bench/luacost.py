@@ -17,7 +17,7 @@ the client's CPU (the calling thread's). Operations:
   model version it ran, all checked before anything is written): the DIY worker's MULTI (HSET
   output, LPUSH reply, XACK, XDEL) against ``complete.lua`` with the blob as a Lua argument and
   against the blob staged (a plain HSET of a stage key in the same MULTI as the script, which
-  renames it into place; what the worker does above ``tensor_io.STAGE_BYTES``);
+  renames it into place; what the worker does above ``tensor_io.LUA_VALUE_BYTES``);
 - what any script costs: an empty one with few and with many arguments, and one making ten calls.
 
 This is the profile behind the latency rows of ``make bench`` (see bench/README.md).
@@ -114,12 +114,12 @@ class Pending:
 @contextmanager
 def stage_above(nbytes: int) -> Iterator[None]:
     """The worker's staging threshold, for the cases that compare with and without staging."""
-    kept = tensor_io.STAGE_BYTES
-    tensor_io.STAGE_BYTES = nbytes
+    kept = tensor_io.LUA_VALUE_BYTES
+    tensor_io.LUA_VALUE_BYTES = nbytes
     try:
         yield
     finally:
-        tensor_io.STAGE_BYTES = kept
+        tensor_io.LUA_VALUE_BYTES = kept
 
 
 def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:

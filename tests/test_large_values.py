@@ -114,9 +114,32 @@ def wire(client: Client) -> Wire:
     return Wire(client.connection_pool)
 
 
-def read_one(wire: Wire, request: Any, bounds: limits.Limits | None = None) -> state.Snapshot:
-    [snapshot] = state.read(wire, [request], bounds or limits.Limits())
+def read_one(
+    wire: Wire,
+    request: Any,
+    bounds: limits.Limits | None = None,
+    cache: state.MetaCache | None = None,
+) -> state.Snapshot:
+    [snapshot] = state.read(wire, [request], bounds or limits.Limits(), cache)
     return snapshot
+
+
+def test_a_large_tensor_is_learnt_and_then_read_in_one_round_trip(
+    client: Client, wire: Wire
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    tensor_io.write(client, "x", BIG)
+    request = ModelExecute("m", ("x",), ("y",))
+    cache = state.MetaCache()
+    seen = monitored(client, lambda: read_one(wire, request, cache=cache))
+    assert len([c for c in seen if c["command"].startswith("EVALSHA")]) == 2, "found large"
+    seen = monitored(client, lambda: read_one(wire, request, cache=cache))
+    assert len([c for c in seen if c["command"].startswith("EVALSHA")]) == 1, "known large"
+    np.testing.assert_array_equal(read_one(wire, request, cache=cache).tensor("x"), BIG)
+    tensor_io.write(client, "x", np.arange(4, dtype=np.float32))  # small again: read inline
+    assert read_one(wire, request, cache=cache).tensor("x").tolist() == [0, 1, 2, 3]
+    seen = monitored(client, lambda: read_one(wire, request, cache=cache))
+    assert not [c for c in seen if c["command"].startswith("MULTI")]
 
 
 def test_sizes_are_checked_before_anything_is_fetched_even_without_the_script(
@@ -126,12 +149,12 @@ def test_sizes_are_checked_before_anything_is_fetched_even_without_the_script(
     is never sent before its size was checked."""
     client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
     tensor_io.write(client, "x", BIG)
-    bounds = limits.Limits(max_tensor_bytes=1000)
     request = ModelExecute("m", ("x",), ("y",))
-    read_one(wire, request, bounds)  # the script is loaded
+    cache = state.MetaCache()
+    read_one(wire, request, cache=cache)  # the script is loaded; x is known to be large
     client.script_flush()
     sent = output_bytes(client)
-    snapshot = read_one(wire, request, bounds)
+    snapshot = read_one(wire, request, limits.Limits(max_tensor_bytes=1000), cache)
     with pytest.raises(LimitExceeded, match="600,000 bytes of data"):
         snapshot.tensor("x")
     assert output_bytes(client) - sent < 10_000, "the tensor itself never left Redis"
@@ -155,10 +178,10 @@ class MeddlingWire(Wire):
 
 def test_a_tensor_replaced_after_its_check_is_not_fetched(client: Client) -> None:
     client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
-    tensor_io.write(client, "x", np.arange(4, dtype=np.float32))
+    tensor_io.write(client, "x", np.arange(5000, dtype=np.float32))  # 20 KB: fetched plainly
     wire = MeddlingWire(client.connection_pool)
     wire.meddle = lambda: tensor_io.write(client, "x", BIG)  # grows past the limit meanwhile
-    bounds = limits.Limits(max_tensor_bytes=1000)
+    bounds = limits.Limits(max_tensor_bytes=100_000)
     sent = output_bytes(client)
     snapshot = read_one(wire, ModelExecute("m", ("x",), ("y",)), bounds)
     with pytest.raises(LimitExceeded, match="600,000 bytes of data"):
@@ -216,11 +239,12 @@ def test_leftover_flags_and_stages_expire(client: Client, settings: Settings) ->
     """What a read or completion cut short leaves behind (a flag key, a guard) expires."""
     client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
     tensor_io.write(client, "x", BIG)
-    client.script_flush()  # the first read's script is missing: its flag becomes the guard
-    w = Worker(settings).start()
+    w = Worker(settings.replace(threads_per_queue=1)).start()
     try:
-        client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 1 x OUTPUTS 1 y", "reply": "r"})
-        assert client.blpop(["r"], 10) is not None
+        for reply in ("r1", "r2"):  # x is known large at the second
+            client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 1 x OUTPUTS 1 y", "reply": reply})
+            assert client.blpop([reply], 10) is not None
+            client.script_flush()  # the next read's script is missing: its flag is copied
     finally:
         w.stop(timeout=10)
     left = client.keys("aiworker:read:*")

@@ -1,21 +1,24 @@
 """The one read of a job's state: model and script versions, input tensors, output key kinds.
 
 All jobs taken in one stream read are served by one round trip. ``read_jobs.lua`` checks key
-types and stored sizes (a tensor's data, its dtype and shape fields) before anything large leaves
-Redis, and each key is read once however many jobs or arguments name it. The tensors' fields do
-not pass through Lua, whose string copies cost Redis ten times a plain HGET of a large value
-(bench/README.md): they come from plain HMGETs in a MULTI sent after the script in the same round
-trip. The tensor keys are WATCHed from before the script, so the fields fetched are the version the
-script checked; and the fetch runs only if the script cleared it: the read sets a flag key, the
-script deletes it when every tensor may be fetched, and the read then RENAMEs the flag onto a key
-it also WATCHes - which aborts the MULTI when the flag is still there (a tensor too large, a read
-over its budget, or a script that did not run at all). An aborted read is sent again without what
-was refused; one that lost its WATCH to a concurrent write, as it was.
+types and stored sizes (a tensor's data, its kind, dtype and shape fields) before any tensor data
+leaves Redis, and each key is read once however many jobs or arguments name it. Small tensors come
+back from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through
+Lua, whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they
+come from plain HMGETs in a MULTI sent after the script in the same round trip. Those keys are
+WATCHed from before the script, so the fields fetched are the version the script checked; and the
+fetch runs only if the script cleared it: the read sets a flag key, the script deletes it when
+every such tensor may be fetched, and the read then COPYs the flag, if it is still there, onto a
+key it also WATCHes - which aborts the MULTI when a tensor was refused (too large, or over the
+read's budget) and when the script did not run at all (NOSCRIPT). An aborted read is sent again
+without what was refused; one that lost its WATCH to a concurrent write, as it was. Which tensors
+are large the worker learns as it reads them (``MetaCache``): a tensor the script finds larger than
+it fetches costs one more round trip, the first time.
 
 A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
 when they run), and one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
 holds Redis for long. On Redis Cluster a script reads one slot, so the keys are grouped by slot and
-each group read by its own call, all in one round trip per node, the script fetching the fields
+each group read by its own call, all in one round trip per node, the script fetching every tensor
 itself; the byte budgets then hold per group, and ``Snapshot.tensor`` still bounds each job's
 decoded total. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
 the order RedisAI reported them, and declared sizes checked before any array is allocated.
@@ -38,7 +41,7 @@ from aiworker.protocol.errors import AIError, LimitExceeded
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import KIND, MODEL, SCRIPT, TENSOR, Read, Request
 from aiworker.protocol.text import text
-from aiworker.storage import lua
+from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.cluster import ClusterWire
@@ -46,15 +49,18 @@ from aiworker.storage.cluster import ClusterWire
 READ_JOBS = lua.load("read_jobs")
 # Keys one read_jobs.lua call checks at most (a few microseconds each); a job is never split.
 READ_KEYS_PER_CALL = 512
-# Rounds of one read: a refusal costs one more, each write racing the read one more.
+# Rounds of one read: a refusal or a tensor found large costs one more, a write racing it one more.
 READ_ATTEMPTS = 5
 TENSOR_FIELDS = ("kind", "dtype", "shape", "blob", "values")
-# read_jobs.lua's ARGV before the per-key pairs: three byte limits, the field limit, who fetches
-ARGV_HEAD = 5
+# read_jobs.lua's ARGV before the per-key pairs: three byte limits, the field limit, the most
+# tensor data the script fetches itself, whether KEYS[1] is the read's flag
+ARGV_HEAD = 6
 # A flag left behind by a read that never finished (a lost connection) expires after this.
 FLAG_TTL_MS = 60_000
 # Verdicts after which the MULTI was aborted: the key, or its jobs, are not read again.
 _REFUSED = (b"toobig", b"badfield")
+# What read_jobs.lua is told about a tensor: it fetches it itself ("T"), or the caller does ("B").
+_BY_SCRIPT, _BY_CALLER = "T", "B"
 
 
 class ScriptRunner(Protocol):
@@ -68,11 +74,24 @@ class ScriptRunner(Protocol):
 class MetaCache:
     """The model and script metadata this process read last, by key: a job whose model is in it
     skips that read, and its completion checks, atomically, that the stored version is still the
-    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again."""
+    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again. Also which
+    tensor keys held values too large for the read script to fetch, when last read."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._replies: dict[tuple[str, str], Any] = {}
+        self._large: set[str] = set()  # tensor keys that held large values when last read
+
+    def is_large(self, key: str) -> bool:
+        return key in self._large
+
+    def set_large(self, key: str, large: bool) -> None:
+        if not large:
+            self._large.discard(key)
+            return
+        if len(self._large) >= self.size:
+            self._large.clear()
+        self._large.add(key)
 
     def get(self, what: str, key: str) -> Any:
         return self._replies.get((what, key))
@@ -194,7 +213,7 @@ def read(
         if budget <= 0:  # an earlier call spent the read's budget
             deferred.update(jobs)
             continue
-        reader = _Reader(conn, bounds, budget, keyspace or Keys())
+        reader = _Reader(conn, bounds, budget, keyspace or Keys(), cache or MetaCache())
         replies, left = reader.read({job: reads[job] for job in jobs})
         found.update(replies)
         deferred |= left
@@ -235,11 +254,14 @@ def _calls(reads: Sequence[Sequence[Read]]) -> list[list[int]]:
 class _Reader:
     """One group of jobs' reads: each key checked, then fetched, once."""
 
-    def __init__(self, conn: ScriptRunner, bounds: Limits, budget: int, keyspace: Keys) -> None:
+    def __init__(
+        self, conn: ScriptRunner, bounds: Limits, budget: int, keyspace: Keys, sizes: MetaCache
+    ) -> None:
         self.conn = conn
         self.bounds = bounds
         self.budget = budget
         self.keyspace = keyspace
+        self.sizes = sizes
         self.fetched = 0  # bytes of tensor data fetched
         self.verdicts: list[Any] = []  # the script's, from the last round trip
 
@@ -247,31 +269,47 @@ class _Reader:
         """Every key the jobs read, with its reply; and the jobs whose tensors were left for a
         read of their own (the budget was spent)."""
         if isinstance(self.conn, ClusterWire):
-            pairs, args = self._arguments(jobs, caller_fetches=False)
+            pairs, args = self._arguments(jobs, inline=1 << 62)
             keys = [key for _what, key in pairs]
             return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set()
+        found: dict[Read, Any] = {}
         settled: dict[Read, Any] = {}  # refused keys: not read again
         deferred: set[int] = set()
+        todo = jobs
         for _ in range(READ_ATTEMPTS):
             active = {
                 job: [p for p in pairs if p not in settled]
-                for job, pairs in jobs.items()
+                for job, pairs in todo.items()
                 if job not in deferred
             }
-            pairs, replies = self._guarded(active)
-            if replies is not None:
-                return {**settled, **dict(zip(pairs, replies, strict=True))}, deferred
-            for pair, verdict in zip(pairs, self.verdicts, strict=True):
-                if verdict[0] in _REFUSED:
-                    settled[pair] = verdict
-                elif verdict[0] == b"deferred":
-                    deferred.update(job for job, mine in active.items() if pair in mine)
+            pairs, replies = self._round(active)
+            if replies is None:  # the fetch was aborted: read again without what was refused
+                for pair, verdict in zip(pairs, self.verdicts, strict=True):
+                    if verdict[0] in _REFUSED:
+                        settled[pair] = verdict
+                    elif verdict[0] == b"deferred":
+                        deferred.update(job for job, mine in active.items() if pair in mine)
+                continue
+            todo = {}
+            for (what, key), reply in zip(pairs, replies, strict=True):
+                if what == TENSOR and reply[0] in (b"ok", b"large"):  # remembered for next time
+                    large = _data_bytes([(what, key)], [reply]) > tensor_io.LUA_VALUE_BYTES
+                    self.sizes.set_large(key, large or reply[0] == b"large")
+                if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
+                    todo.update((job, jobs[job]) for job in active if (what, key) in active[job])
+                else:
+                    found[(what, key)] = reply
+            if not todo:
+                return {**found, **settled}, deferred
         raise AIError("the job's input tensors are being replaced too often to read")
 
     def _arguments(
-        self, jobs: dict[int, list[Read]], caller_fetches: bool
+        self, jobs: dict[int, list[Read]], inline: int | None = None
     ) -> tuple[list[Read], list[Any]]:
-        """The keys to read (each once) and read_jobs.lua's ARGV for them."""
+        """The keys to read (each once) and read_jobs.lua's ARGV for them, the script fetching
+        tensors of up to ``inline`` bytes (KEYS[1] not the flag: ``_round`` changes that)."""
+        if inline is None:
+            inline = tensor_io.LUA_VALUE_BYTES
         uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
         for job, pairs in jobs.items():
             for pair in pairs:
@@ -279,55 +317,67 @@ class _Reader:
                 counts[job] = counts.get(job, 0) + 1
         bounds = self.bounds
         args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, self.budget]
-        args += [limits.MAX_META_BYTES, int(caller_fetches)]
-        for (what, _key), counts in uses.items():
-            args.append(what)
-            args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
+        args += [limits.MAX_META_BYTES, inline, 0]
+        for (what, key), counts in uses.items():
+            if what == TENSOR:
+                args.append(_BY_CALLER if self.sizes.is_large(key) else _BY_SCRIPT)
+                args.append(" ".join(f"{j}:{c}" for j, c in counts.items()))
+            else:
+                args += [what, ""]
         return list(uses), args
 
-    def _guarded(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
-        """One round trip: the script's verdicts, and the tensors' fields fetched by plain HMGETs
-        if it cleared them (see the module docstring). The replies in ``pairs``' order, None
-        when the fetch was aborted (``self.verdicts`` says why)."""
-        caller_fetches = any(what == TENSOR for pairs in jobs.values() for what, _key in pairs)
-        pairs, args = self._arguments(jobs, caller_fetches)
+    def _round(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
+        """One round trip: the script's verdicts, with the small tensors it fetched and the
+        large ones fetched by plain HMGETs if it cleared them (see the module docstring). The
+        replies in ``pairs``' order; None when the fetch was aborted (``self.verdicts`` says
+        why)."""
+        pairs, args = self._arguments(jobs)
         keys = [key for _what, key in pairs]
-        if not caller_fetches:  # metadata only: the script alone
+        plain = [n for n in range(len(pairs)) if args[ARGV_HEAD + 2 * n] == _BY_CALLER]
+        if not plain:  # the script alone
             self.verdicts = list(self.conn.evalsha(READ_JOBS, keys, args))
+            self.fetched += _data_bytes(pairs, self.verdicts)
             return pairs, self.verdicts
-        tensors = [n for n, (what, _key) in enumerate(pairs) if what == TENSOR]
+        args[ARGV_HEAD - 1] = 1  # KEYS[1] is the flag
         flag, guard = self.keyspace.read_flags(_token())
-        script = ("EVALSHA", READ_JOBS.sha, len(keys) + 1, flag, *keys, *args)
         commands: list[tuple[Any, ...]] = [
             ("SET", flag, 1, "PX", FLAG_TTL_MS),
-            ("WATCH", guard, *(keys[n] for n in tensors)),
-            script,
-            ("RENAME", flag, guard),  # fails (no such key) when the script cleared the fetch
+            ("WATCH", guard, *(keys[n] for n in plain)),
+            ("EVALSHA", READ_JOBS.sha, len(keys) + 1, flag, *keys, *args),
+            ("COPY", flag, guard, "REPLACE"),  # 0, writing nothing, if the script cleared it
             ("MULTI",),
-            *(("HMGET", keys[n], *TENSOR_FIELDS) for n in tensors),
+            *(("HMGET", keys[n], *TENSOR_FIELDS) for n in plain),
             ("EXEC",),
         ]
         replies = self.conn.pipeline(commands)
-        verdicts = replies[2]
-        if isinstance(verdicts, redis.exceptions.NoScriptError):  # the fetch was aborted
+        if isinstance(replies[2], redis.exceptions.NoScriptError):  # nothing was fetched: load, send again
             self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)])
             replies = self.conn.pipeline(commands)
-            verdicts = replies[2]
         for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
             if isinstance(reply, Exception):
                 raise reply
-        self.verdicts = list(verdicts)
+        self.verdicts = list(replies[2])
         fetched = replies[-1]
         if fetched is None:
             return pairs, None
         if isinstance(fetched, Exception):
             raise fetched
         out = list(self.verdicts)
-        for n, fields in zip(tensors, fetched, strict=True):
+        for n, fields in zip(plain, fetched, strict=True):
             if out[n][0] == b"ok":  # fetched for keys the script cleared only (no error then)
                 out[n] = [b"ok", *fields]
-                self.fetched += sum(len(value) for value in fields[3:] if value is not None)
+        self.fetched += _data_bytes(pairs, out)
         return pairs, out
+
+
+def _data_bytes(pairs: Sequence[Read], replies: Sequence[Any]) -> int:
+    """Bytes of tensor data the replies carry (a tensor's ``ok``: kind, dtype, shape, blob,
+    values)."""
+    total = 0
+    for (what, _key), reply in zip(pairs, replies, strict=True):
+        if what == TENSOR and reply[0] == b"ok" and len(reply) == 6:
+            total += sum(len(value) for value in reply[4:] if value is not None)
+    return total
 
 
 _local = threading.local()

@@ -61,10 +61,10 @@ def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None 
     plans.run(r, write_plan(key, array, keyspace))
 
 
-# Above this many bytes, an output's blob reaches Redis in a plain HSET of a stage key, not as an
-# argument of the completion script: a Lua string copy costs Redis more than the extra command
-# from here on (bench/luacost.py).
-STAGE_BYTES = 16 * 1024
+# Tensor data above this many bytes does not pass through Lua, whose string copies of a large
+# value cost Redis ten times a plain HGET/HSET (bench/luacost.py): a job's read fetches it with a
+# plain HMGET, its completion writes it with a plain HSET of a stage key.
+LUA_VALUE_BYTES = 16 * 1024
 
 
 class Pipelined(Protocol):

@@ -252,7 +252,7 @@ class Completer:
         stages = []
         for entry in writes:
             for key, _ttl, fields in entry.outputs:
-                if len(memoryview(fields["blob"])) > tensor_io.STAGE_BYTES:
+                if len(memoryview(fields["blob"])) > tensor_io.LUA_VALUE_BYTES:
                     entry.stages[key] = self.keys.temp(key, entry.entry_id)
                     stages.append((entry.stages[key], fields))
         return stages

@@ -1,32 +1,35 @@
 -- What the jobs of one read need (model and script metadata, input tensors), with every stored
 -- size checked before any tensor data leaves Redis.
--- KEYS: the keys to read, each once; when ARGV[5] is '1', KEYS[1] is the read's flag key first.
+-- KEYS: the keys to read, each once; when ARGV[6] is '1', KEYS[1] is the read's flag key first.
 -- ARGV[1] max bytes of one tensor's data, ARGV[2] of one job's tensors, ARGV[3] of this whole
--- read; ARGV[4] max bytes of each of a tensor's kind, dtype and shape fields; ARGV[5] who fetches
--- the tensors' fields: '0' this script (returned with each verdict), '1' the caller, with plain
--- HMGETs in a MULTI after this script, the keys WATCHed since before it (a Lua string copy of a
--- large value costs Redis ten times a plain HGET). Then this script returns verdicts only, and
--- deletes the flag KEYS[1] (which the caller set) only when every tensor may be fetched: the
--- caller's RENAME of the flag onto a WATCHed key aborts the MULTI otherwise, and also when this
--- script did not run at all (NOSCRIPT).
--- Then per key read: what ('M' model metadata, 'S' script metadata, 'T' a tensor, 'K' its type
--- and kind only) and how many times each job uses it, as "job:count job:count" (tensors only; a
--- job naming one tensor 300 times counts it 300 times).
+-- read; ARGV[4] max bytes of each of a tensor's kind, dtype and shape fields; ARGV[5] the most
+-- tensor data this script fetches itself (a Lua string copy of a large value costs Redis ten
+-- times a plain HGET); ARGV[6] '1' when KEYS[1] is the flag. Then per key read: what ('M' model
+-- metadata, 'S' script metadata, 'K' a key's type and kind only, 'T' a tensor this script
+-- fetches if its data is at most ARGV[5] bytes, 'B' a tensor the caller fetches) and how many
+-- times each job uses it, as "job:count job:count" (tensors only; a job naming one tensor 300
+-- times counts it 300 times).
+-- The caller fetches 'B' tensors with plain HMGETs in a MULTI after this script, the keys WATCHed
+-- since before it; it set the flag, and this script deletes it only when every 'B' tensor may be
+-- fetched. The caller then copies the flag (if it is still there) onto a key it WATCHes, which
+-- aborts the MULTI: when a 'B' tensor was refused, and when this script did not run (NOSCRIPT).
 -- Returns one reply per key read: {'none'} missing; {'wrongtype'} not a hash; {'ok', fields...}
--- (a tensor's kind, dtype, shape, blob, values; only {'ok'} when the caller fetches them); for
--- tensors {'toobig', 'tensor'|'job', bytes} or {'badfield', 'kind'|'dtype'|'shape', bytes} (nothing
--- fetched), or {'deferred'} when this read already carries enough: the caller reads that job's
--- tensors again on their own.
+-- (a 'T' tensor's kind, dtype, shape, blob, values; only {'ok'} for a 'B' tensor); for tensors
+-- {'toobig', 'tensor'|'job', bytes} or {'badfield', 'kind'|'dtype'|'shape', bytes} (nothing
+-- fetched); {'large', bytes} for a 'T' tensor with more data than ARGV[5] (not fetched: the caller
+-- reads it as 'B'); {'deferred'} when this read already carries enough: the caller reads that
+-- job's tensors again on their own.
 local MODEL = {'kind', 'backend', 'device', 'tag', 'batchsize', 'minbatchsize',
                'minbatchtimeout', 'inputs', 'outputs', 'digest', 'size', 'chunks'}
 local SCRIPT = {'kind', 'device', 'tag', 'entry_points', 'digest'}
 local META = {'kind', 'dtype', 'shape'}  -- a tensor's small fields
 local max_tensor, max_job, max_read = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_field, caller_fetches = tonumber(ARGV[4]), ARGV[5] == '1'
-local first = caller_fetches and 2 or 1  -- KEYS[first] is the first key read
+local max_field, max_inline = tonumber(ARGV[4]), tonumber(ARGV[5])
+local flagged = ARGV[6] == '1'
+local first = flagged and 2 or 1  -- KEYS[first] is the first key read
 
 local replies, sizes, uses, job_bytes = {}, {}, {}, {}
-local blocked = false  -- a tensor the caller must not fetch
+local blocked = false  -- a 'B' tensor the caller must not fetch
 -- A command on a key of another type fails: that is how its type is told. Any other failure
 -- (the worker's ACL denies the command) is this script's error, never taken for a type.
 local function wrongtype(reply)
@@ -44,10 +47,13 @@ end
 local function absent(key)
   return redis.call('EXISTS', key) == 0 and {'none'} or {'wrongtype'}
 end
--- First pass: types and stored sizes; nothing large is fetched yet (one call per key tells its
--- type: see wrongtype).
+local function refuse(n, reply)
+  replies[n] = reply
+  if ARGV[5 + 2 * n] == 'B' then blocked = true end
+end
+-- First pass: types and stored sizes; nothing large is fetched yet.
 for n = 1, #KEYS - first + 1 do
-  local key, what = KEYS[first + n - 1], ARGV[4 + 2 * n]
+  local key, what = KEYS[first + n - 1], ARGV[5 + 2 * n]
   if what == 'K' then
     local kind = redis.call('TYPE', key)['ok']
     if kind == 'none' then
@@ -76,17 +82,15 @@ for n = 1, #KEYS - first + 1 do
         small = small + length
       end
       if long then
-        blocked = true
-        replies[n] = long
+        refuse(n, long)
       elseif size > max_tensor then
-        blocked = true
-        replies[n] = {'toobig', 'tensor', size}
+        refuse(n, {'toobig', 'tensor', size})
       elseif size + small == 0 and redis.call('EXISTS', key) == 0 then
         replies[n] = {'none'}
       else
         sizes[n] = size
         uses[n] = {}
-        for job, count in string.gmatch(ARGV[5 + 2 * n], '(%d+):(%d+)') do
+        for job, count in string.gmatch(ARGV[6 + 2 * n], '(%d+):(%d+)') do
           uses[n][#uses[n] + 1] = job
           job_bytes[job] = (job_bytes[job] or 0) + size * tonumber(count)
         end
@@ -104,24 +108,23 @@ for n = 1, #KEYS - first + 1 do
       if deferred[job] then later = true end
     end
     if over then
-      blocked = true
-      replies[n] = {'toobig', 'job', over}
+      refuse(n, {'toobig', 'job', over})
     elseif later or (read_bytes > 0 and read_bytes + sizes[n] > max_read) then
-      blocked = true
       for _, job in ipairs(uses[n]) do deferred[job] = true end
-      replies[n] = {'deferred'}
+      refuse(n, {'deferred'})
+    elseif ARGV[5 + 2 * n] == 'B' then
+      read_bytes = read_bytes + sizes[n]
+      replies[n] = {'ok'}
+    elseif sizes[n] > max_inline then
+      replies[n] = {'large', sizes[n]}
     else
       read_bytes = read_bytes + sizes[n]
-      if caller_fetches then
-        replies[n] = {'ok'}
-      else
-        local fields = redis.call('HMGET', key, 'kind', 'dtype', 'shape', 'blob', 'values')
-        replies[n] = all_nil(fields) and absent(key) or {'ok', unpack(fields)}
-      end
+      local fields = redis.call('HMGET', key, 'kind', 'dtype', 'shape', 'blob', 'values')
+      replies[n] = all_nil(fields) and absent(key) or {'ok', unpack(fields)}
     end
   end
 end
-if caller_fetches and not blocked then
+if flagged and not blocked then
   redis.call('DEL', KEYS[1])
 end
 return replies
