@@ -350,9 +350,8 @@ class _Reader:
             ("EXEC",),
         ]
         replies = self.conn.pipeline(commands)
-        if isinstance(
-            replies[2], redis.exceptions.NoScriptError
-        ):  # nothing was fetched: load, send again
+        if isinstance(replies[2], redis.exceptions.NoScriptError):
+            # the flag was copied, nothing fetched: load the script, send it all again
             self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)])
             replies = self.conn.pipeline(commands)
         for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
