@@ -10,9 +10,10 @@ the client's CPU (the calling thread's). Operations:
 - a tensor write: the DIY worker's plain HSET against ``tensor_write.lua`` (which refuses, like
   RedisAI, to overwrite a key that is not a tensor);
 - a job's input read, of two 16-byte tensors and of one 600 KB tensor: the DIY worker's plain
-  HGETs against ``read_jobs.lua`` fetching the fields itself (the read before issue 17; still
-  the Redis Cluster path) and against the read as the worker makes it (``state.read``: the
-  script checks sizes, the fields come from plain HMGETs in a MULTI it clears);
+  HGETs against ``read_jobs.lua`` fetching every tensor itself (the read before issue 17; still
+  the Redis Cluster path) and against the read as the worker makes it now (``state.read``: the
+  script fetches tensors up to ``tensor_io.LUA_VALUE_BYTES``; larger ones, known from an earlier
+  read, come from plain HMGETs in a MULTI the script clears);
 - a completion with one output of 16 bytes, 4 KB and 600 KB (plus statistics, the reply, the
   model version it ran, all checked before anything is written): the DIY worker's MULTI (HSET
   output, LPUSH reply, XACK, XDEL) against ``complete.lua`` with the blob as a Lua argument and
@@ -142,7 +143,13 @@ def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
 
         def inline(keys: list[str] = keys) -> object:
             head = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
-            args = [*head, limits.MAX_META_BYTES, 0, *(a for _ in keys for a in ("T", "0:1"))]
+            args = [
+                *head,
+                limits.MAX_META_BYTES,
+                1 << 62,
+                0,
+                *(a for _ in keys for a in ("T", "0:1")),
+            ]
             replies = wire.evalsha(script, keys, args)
             pairs = zip(keys, replies, strict=True)
             return [limits.decode_tensor_reply(k, r, 1 << 30) for k, r in pairs]
@@ -153,8 +160,8 @@ def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
 
         cases += [
             Case(f"input read, {label}: HGET (DIY)", diy),
-            Case(f"input read, {label}: read_jobs.lua fetching (before)", inline),
-            Case(f"input read, {label}: script checks, HMGET in MULTI", guarded),
+            Case(f"input read, {label}: read_jobs.lua fetching all (before)", inline),
+            Case(f"input read, {label}: state.read (now)", guarded),
         ]
     return cases
 

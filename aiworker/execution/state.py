@@ -61,6 +61,7 @@ FLAG_TTL_MS = 60_000
 _REFUSED = (b"toobig", b"badfield")
 # What read_jobs.lua is told about a tensor: it fetches it itself ("T"), or the caller does ("B").
 _BY_SCRIPT, _BY_CALLER = "T", "B"
+_KEYS = Keys()  # the default prefix's
 
 
 class ScriptRunner(Protocol):
@@ -209,15 +210,19 @@ def read(
     found: dict[Read, Any] = {}
     deferred: set[int] = set()  # jobs whose state is read again on its own
     budget = bounds.max_job_bytes
-    for jobs in _calls(reads):
+    groups = _calls(reads)
+    for jobs in groups:
         if budget <= 0:  # an earlier call spent the read's budget
             deferred.update(jobs)
             continue
-        reader = _Reader(conn, bounds, budget, keyspace or Keys(), cache or MetaCache())
+        reader = _Reader(conn, bounds, budget, keyspace or _KEYS, cache or MetaCache())
         replies, left = reader.read({job: reads[job] for job in jobs})
         found.update(replies)
         deferred |= left
-        budget -= reader.fetched
+        if len(groups) > 1:
+            budget -= sum(
+                _data_bytes(reply) for (what, _k), reply in replies.items() if what == TENSOR
+            )
     if cache is not None:
         for (what, key), reply in found.items():
             if what in (MODEL, SCRIPT) and reply[0] == b"ok":
@@ -237,6 +242,8 @@ def read(
 def _calls(reads: Sequence[Sequence[Read]]) -> list[list[int]]:
     """The jobs that read something, grouped (in order) so that each group reads at most
     READ_KEYS_PER_CALL distinct keys; a job reading more than that is a group of its own."""
+    if sum(len(pairs) for pairs in reads) <= READ_KEYS_PER_CALL:  # the usual read
+        return [[job for job, pairs in enumerate(reads) if pairs]] if any(reads) else []
     groups: list[list[int]] = []
     seen: set[Read] = set()
     for job, pairs in enumerate(reads):
@@ -262,26 +269,19 @@ class _Reader:
         self.budget = budget
         self.keyspace = keyspace
         self.sizes = sizes
-        self.fetched = 0  # bytes of tensor data fetched
         self.verdicts: list[Any] = []  # the script's, from the last round trip
 
     def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
         """Every key the jobs read, with its reply; and the jobs whose tensors were left for a
         read of their own (the budget was spent)."""
         if isinstance(self.conn, ClusterWire):
-            pairs, args = self._arguments(jobs, inline=1 << 62)
-            keys = [key for _what, key in pairs]
+            pairs, keys, args, _plain = self._arguments(jobs, inline=1 << 62)
             return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set()
         found: dict[Read, Any] = {}
         settled: dict[Read, Any] = {}  # refused keys: not read again
         deferred: set[int] = set()
-        todo = jobs
+        active = jobs
         for _ in range(READ_ATTEMPTS):
-            active = {
-                job: [p for p in pairs if p not in settled]
-                for job, pairs in todo.items()
-                if job not in deferred
-            }
             pairs, replies = self._round(active)
             if replies is None:  # the fetch was aborted: read again without what was refused
                 for pair, verdict in zip(pairs, self.verdicts, strict=True):
@@ -289,25 +289,31 @@ class _Reader:
                         settled[pair] = verdict
                     elif verdict[0] == b"deferred":
                         deferred.update(job for job, mine in active.items() if pair in mine)
-                continue
-            todo = {}
-            for (what, key), reply in zip(pairs, replies, strict=True):
-                if what == TENSOR and reply[0] in (b"ok", b"large"):  # remembered for next time
-                    large = _data_bytes([(what, key)], [reply]) > tensor_io.LUA_VALUE_BYTES
-                    self.sizes.set_large(key, large or reply[0] == b"large")
-                if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
-                    todo.update((job, jobs[job]) for job in active if (what, key) in active[job])
-                else:
-                    found[(what, key)] = reply
-            if not todo:
-                return {**found, **settled}, deferred
+                todo = active
+            else:
+                found.update(zip(pairs, replies, strict=True))
+                todo = {}
+                for (what, key), reply in zip(pairs, replies, strict=True):
+                    if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
+                        self.sizes.set_large(key, True)
+                        todo.update((j, jobs[j]) for j in active if (what, key) in active[j])
+                    elif what == TENSOR and reply[0] == b"ok" and self.sizes.is_large(key):
+                        self.sizes.set_large(key, _data_bytes(reply) > tensor_io.LUA_VALUE_BYTES)
+                if not todo:
+                    return {**found, **settled}, deferred
+            active = {
+                job: [p for p in pairs if p not in settled]
+                for job, pairs in todo.items()
+                if job not in deferred
+            }
         raise AIError("the job's input tensors are being replaced too often to read")
 
     def _arguments(
         self, jobs: dict[int, list[Read]], inline: int | None = None
-    ) -> tuple[list[Read], list[Any]]:
-        """The keys to read (each once) and read_jobs.lua's ARGV for them, the script fetching
-        tensors of up to ``inline`` bytes (KEYS[1] not the flag: ``_round`` changes that)."""
+    ) -> tuple[list[Read], list[str], list[Any], list[int]]:
+        """What to read (each once), its keys, read_jobs.lua's ARGV (the script fetching tensors
+        of up to ``inline`` bytes; KEYS[1] not the flag: ``_round`` changes that), and which of
+        them the caller fetches."""
         if inline is None:
             inline = tensor_io.LUA_VALUE_BYTES
         uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
@@ -318,25 +324,27 @@ class _Reader:
         bounds = self.bounds
         args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, self.budget]
         args += [limits.MAX_META_BYTES, inline, 0]
-        for (what, key), counts in uses.items():
-            if what == TENSOR:
-                args.append(_BY_CALLER if self.sizes.is_large(key) else _BY_SCRIPT)
-                args.append(" ".join(f"{j}:{c}" for j, c in counts.items()))
-            else:
+        keys: list[str] = []
+        plain: list[int] = []
+        for n, ((what, key), counts) in enumerate(uses.items()):
+            keys.append(key)
+            if what != TENSOR:
                 args += [what, ""]
-        return list(uses), args
+            elif self.sizes.is_large(key):
+                plain.append(n)
+                args += [_BY_CALLER, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+            else:
+                args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+        return list(uses), keys, args, plain
 
     def _round(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
         """One round trip: the script's verdicts, with the small tensors it fetched and the
         large ones fetched by plain HMGETs if it cleared them (see the module docstring). The
         replies in ``pairs``' order; None when the fetch was aborted (``self.verdicts`` says
         why)."""
-        pairs, args = self._arguments(jobs)
-        keys = [key for _what, key in pairs]
-        plain = [n for n in range(len(pairs)) if args[ARGV_HEAD + 2 * n] == _BY_CALLER]
+        pairs, keys, args, plain = self._arguments(jobs)
         if not plain:  # the script alone
-            self.verdicts = list(self.conn.evalsha(READ_JOBS, keys, args))
-            self.fetched += _data_bytes(pairs, self.verdicts)
+            self.verdicts = self.conn.evalsha(READ_JOBS, keys, args)
             return pairs, self.verdicts
         args[ARGV_HEAD - 1] = 1  # KEYS[1] is the flag
         flag, guard = self.keyspace.read_flags(_token())
@@ -367,18 +375,15 @@ class _Reader:
         for n, fields in zip(plain, fetched, strict=True):
             if out[n][0] == b"ok":  # fetched for keys the script cleared only (no error then)
                 out[n] = [b"ok", *fields]
-        self.fetched += _data_bytes(pairs, out)
         return pairs, out
 
 
-def _data_bytes(pairs: Sequence[Read], replies: Sequence[Any]) -> int:
-    """Bytes of tensor data the replies carry (a tensor's ``ok``: kind, dtype, shape, blob,
+def _data_bytes(reply: Any) -> int:
+    """Bytes of tensor data a tensor's read reply carries (``ok``: kind, dtype, shape, blob,
     values)."""
-    total = 0
-    for (what, _key), reply in zip(pairs, replies, strict=True):
-        if what == TENSOR and reply[0] == b"ok" and len(reply) == 6:
-            total += sum(len(value) for value in reply[4:] if value is not None)
-    return total
+    if reply[0] != b"ok" or len(reply) != 6:
+        return 0
+    return sum(len(value) for value in reply[4:] if value is not None)
 
 
 _local = threading.local()
