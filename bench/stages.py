@@ -5,9 +5,9 @@ Runs a worker in this process (2 threads, a private Redis) and a client sending 
 after another: the redisai-py pattern (tensorset x2, modelexecute, tensorget), with ``--run``
 ``Client.run``, with ``--large`` a 600 KB input stored once and MODELEXECUTE on it making a 4 KB
 output (the serving pattern of issue 17: what the job's read and completion cost when values are
-large). Each stage function of the job path is wrapped to add up the CPU time of the
-thread that runs it (``time.thread_time``); stages nest (``run_entries`` holds decode, plan,
-execute and complete), and ``Wire round trips`` counts the client's as well as the worker's.
+large). Each stage function of the job path is wrapped to add up the CPU time of the thread that
+runs it (``time.thread_time``); stages nest (``process entries`` holds decode, the state read and
+prepare), and ``Wire round trips`` counts the client's as well as the worker's.
 Compare a stage's figure here with the same code timed alone (``timeit``): on a machine whose
 cores the client, Redis and the worker share, code runs cache-cold and costs several times more.
 """
@@ -27,10 +27,10 @@ import torch
 from aiworker import Client
 from aiworker.backends import torch as torch_backend
 from aiworker.embedded import RedisServer
-from aiworker.execution import executor, state
+from aiworker.execution import batching, executor, state
 from aiworker.settings import Settings
 from aiworker.storage import wire
-from aiworker.worker import complete, consume, process, schedule
+from aiworker.worker import complete, consume, lane, process
 from bench import peers
 from bench.common import markdown_table, torchscript_bytes
 
@@ -59,13 +59,13 @@ def measure(owner: Any, name: str, label: str) -> None:
 def instrument() -> None:
     measure(wire.Wire, "_round_trip", "Wire round trips (client's too)")
     measure(consume.Consumer, "read", "read entries (XREADGROUP)")
-    measure(schedule.QueueScheduler, "run_entries", "run_entries (all below)")
-    measure(schedule, "decode_entry", "  decode the entry")
+    measure(lane.Lane, "process", "process entries (the next three)")
+    measure(lane, "decode_entry", "  decode the entry")
     measure(state, "read", "  read the job's state (state.read)")
-    measure(executor.Executor, "plan", "  plan")
-    measure(executor.Executor, "run", "  execute")
-    measure(torch_backend.TorchModel, "run", "    the model's forward (TorchModel.run)")
-    measure(complete.Completer, "complete", "  complete (Completer.complete)")
+    measure(executor.Executor, "prepare", "  prepare the job's run")
+    measure(batching, "run_batch", "run on the device")
+    measure(torch_backend.TorchModel, "run", "  the model's forward (TorchModel.run)")
+    measure(complete.Completer, "complete", "complete (Completer.complete)")
 
 
 class Slice(torch.nn.Module):

@@ -64,6 +64,26 @@ class LoadedModel(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release framework resources (called when evicted from the cache)."""
 
+    def batch_sizes(self, batchsize: int) -> list[int] | None:
+        """The batch sizes (ascending) this model runs autobatched requests at: a batch is padded
+        with zero rows up to the first that holds it, and each is warmed up before the first
+        batch. None (the default): batches run at their exact size."""
+        return None
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A host array the batch of inputs is written into (a backend may give memory its
+        device copies from fast, e.g. pinned memory for a GPU)."""
+        return np.empty(shape, dtype)
+
+
+def powers_of_two(batchsize: int) -> list[int]:
+    """Batch sizes 1, 2, 4, ... below ``batchsize``, then ``batchsize``: a few shapes a framework
+    can keep specialised code for (``LoadedModel.batch_sizes``)."""
+    sizes = [1]
+    while sizes[-1] * 2 < batchsize:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, batchsize] if batchsize > 1 else sizes
+
 
 @dataclass(frozen=True)
 class ScriptContext:
