@@ -51,7 +51,6 @@ READ_ATTEMPTS = 5
 # More chunk fields than any model needs (with the default MODEL_CHUNK_SIZE a model has a handful):
 # a hand-written ``chunks`` field must not make a reader ask for millions of fields.
 MAX_CHUNKS = 1 << 16
-CORRUPT_CHUNKS = f"its chunk count is not a whole number from 0 to {MAX_CHUNKS:,}"
 
 _CHUNK_BYTES = lua.load("model_size")
 
@@ -113,7 +112,8 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
         outputs=_names(values["outputs"], messages.MODEL_BAD_OUTPUT_COUNT),
         digest=values["digest"],
         size=_whole(values["size"], "model blob size is not a whole number"),
-        chunks=_whole(values["chunks"], f"model is corrupt: {CORRUPT_CHUNKS}"),
+        # not a count: refused, with the model's name, before any chunk is read
+        chunks=int(values["chunks"] or 0) if _DIGITS.fullmatch(values["chunks"] or "0") else -1,
     )
 
 
@@ -335,7 +335,10 @@ def _chunk_fields(chunks: int) -> list[str]:
 
 def _check_chunk_count(key: str, chunks: int) -> None:
     if not 0 <= chunks <= MAX_CHUNKS:
-        raise AIError(f"model '{key}' is corrupt: {CORRUPT_CHUNKS}")
+        raise AIError(
+            f"model '{key}' is corrupt: its chunk count is not a whole number from 0 to "
+            f"{MAX_CHUNKS:,}"
+        )
 
 
 def _join(chunks: Sequence[Any], count: int) -> bytes:
