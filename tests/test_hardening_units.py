@@ -37,11 +37,12 @@ def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> Non
     fields = codec.encode_fields(array)
     assert body[:8] == [2, "1-0", 2, body[3], 1, 1, 0, 0]
     assert decode_reply(body[3]) == {"status": "ok", "id": "1-0", "worker": "w1"}
-    assert body[8:11] == [3, 0, 8] and body[11:19] == [x for kv in fields.items() for x in kv]
-    assert body[19:24] == [4, 5, 2, 1, 0]
-    assert body[24:31] == ["2-0", 2, body[26], 0, 1, 0, 0]
-    assert decode_reply(body[26])["error"] == "boom"
-    assert body[31:] == [4, 0, 0, 1, 1]
+    # the output: key 3, no TTL, no stage key (its fields follow), 8 items
+    assert body[8:12] == [3, 0, 0, 8] and body[12:20] == [x for kv in fields.items() for x in kv]
+    assert body[20:25] == [4, 5, 2, 1, 0]
+    assert body[25:32] == ["2-0", 2, body[27], 0, 1, 0, 0]
+    assert decode_reply(body[27])["error"] == "boom"
+    assert body[32:] == [4, 0, 0, 1, 1]
 
 
 def test_a_forward_is_a_stream_record_and_no_reply() -> None:

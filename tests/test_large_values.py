@@ -249,3 +249,15 @@ def test_leftover_flags_and_stages_expire(client: Client, settings: Settings) ->
         w.stop(timeout=10)
     left = client.keys("aiworker:read:*")
     assert left and all(0 < client.pttl(key) <= state.FLAG_TTL_MS for key in left)
+
+
+def test_a_staged_output_is_declared_and_named_but_not_sent_to_the_script() -> None:
+    from aiworker.worker.complete import Writes, encode
+
+    fields = {"kind": "tensor", "dtype": "FLOAT", "shape": "150000", "blob": BIG.tobytes()}
+    writes = Writes("1-0", outputs=[("y", 0, fields)], stages={"y": "aiworker:tmp:{y}:1-0"})
+    keys, body = encode(["q"], [writes])
+    assert keys == ["q", "y", "aiworker:tmp:{y}:1-0"]
+    # one entry: id, no reply, empty payload, 1 output, no stats, records or versions; the
+    # output: key 2, no TTL, its stage key 3, no items
+    assert body == [1, "1-0", 0, b"", 1, 0, 0, 0, 2, 0, 3, 0]

@@ -246,6 +246,11 @@ class Completer:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
         return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
 
+    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
+        output's fields as arguments)."""
+        return encode([queue], [self.writes_of(item) for item in items])
+
     def _stage(self, writes: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:
         """Large outputs go to stage keys in plain HSETs (``tensor_io.staged_call``); the stage
         keys and their fields."""
