@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -21,25 +21,15 @@ from aiworker.backends.base import ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.batching import Batch, Member, MemberResult, run_once
-from aiworker.execution.job import LOADED, JobRun, Op, Runtime
+from aiworker.execution.job import LOADED, JobRun, Op, Runtime, make_op
 from aiworker.execution.models import Models, run_model
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.state import MetaCache, Snapshot
-from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import (
-    DagExecute,
-    DagOp,
-    Job,
-    ModelExecute,
-    ModelVerify,
-    ScriptExecute,
-    TensorSet,
-)
+from aiworker.protocol.requests import DagExecute, Job, ModelVerify, ScriptExecute
 from aiworker.storage import model as model_store
-from aiworker.storage.script import ScriptMeta
 
 RedisCall = Callable[..., Any]
 
@@ -49,8 +39,9 @@ class VerifyRun:
     """A MODELVERIFY: load a blob as this worker would, keep nothing. One unit of device work."""
 
     job: Job
+    verify: Callable[[ModelVerify], MemberResult]
     result: Outcome | None = None
-    running: int = 1
+    running: int = 0
     ticket: Any = None  # what the worker needs to complete it
     failed_early: str = ""
 
@@ -61,6 +52,12 @@ class VerifyRun:
     @property
     def finished(self) -> bool:
         return self.result is not None
+
+    def start(self) -> list[Member]:
+        self.running = 1
+        request = cast(ModelVerify, self.job.request)
+        run = lambda: self.verify(request)  # noqa: E731
+        return [Member("", None, [], context=(self, None), entry_id=self.entry_id, run=run)]
 
     def op_done(self, op: Any, result: MemberResult, member: Member, batch: Batch) -> list[Member]:
         self.running = 0
@@ -109,47 +106,28 @@ class Executor:
         device's job to forward)."""
         request = job.request
         try:
-            if isinstance(request, ModelVerify):
-                return VerifyRun(job)
-            if isinstance(request, DagExecute):
-                return self._dag(job, request, snapshot, queue_device)
+            if request.op == "MODELVERIFY":
+                return VerifyRun(job, self._verify)
+            if request.op == "DAGEXECUTE":
+                return self._dag(job, cast(DagExecute, request), snapshot, queue_device)
             return self._single(job, request, snapshot, queue_device)
         except AIWorkerError as exc:
             return Outcome.failed(error_text(exc))
 
     def _single(
-        self,
-        job: Job,
-        request: ModelExecute | ScriptExecute,
-        snapshot: Snapshot,
-        queue_device: str,
+        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str
     ) -> Run | Outcome:
         """A MODELEXECUTE or SCRIPTEXECUTE: a DAG of one op over its inputs and outputs."""
-        meta = (
-            snapshot.model(request.key)
-            if isinstance(request, ModelExecute)
-            else snapshot.script(request.key)
-        )
-        device = parse_device(meta.device).queue
-        if device != queue_device.upper():
-            return Outcome.forward(device)
-        errors = [StatsRecord(request.key, errors=1)]
-        if isinstance(request, ModelExecute):
-            assert isinstance(meta, model_store.ModelMeta)
-            if meta.inputs and len(request.inputs) != len(meta.inputs):
-                return Outcome.failed(messages.MODEL_INPUT_COUNT, errors)
-            if meta.outputs and len(request.outputs) != len(meta.outputs):
-                return Outcome.failed(messages.MODEL_OUTPUT_COUNT, errors)
-        elif (
-            isinstance(meta, ScriptMeta)
-            and meta.entry_points
-            and request.function not in meta.entry_points
-        ):
-            message = messages.SCRIPT_FUNCTION_MISSING.format(name=request.function)
-            return Outcome.failed(message, errors)
+        op = make_op(0, request, [(name, LOADED) for name in request.inputs])
+        op.prepare(snapshot, self.limits)
+        if op.device != queue_device.upper():
+            return Outcome.forward(op.device)
+        try:
+            op.check(single=True)
+        except AIError as exc:
+            return Outcome.failed(error_text(exc), [StatsRecord(op.stats_key(), errors=1)])
         arrays = snapshot.tensors(request.inputs)  # each use counts against max_job_bytes
         values = {(name, LOADED): array for name, array in zip(request.inputs, arrays, strict=True)}
-        op = Op(0, request, device, [(name, LOADED) for name in request.inputs], meta)
         return self._run(job, [op], values, request.outputs, single=True)
 
     def _dag(
@@ -160,8 +138,9 @@ class Executor:
         latest = dict.fromkeys(dag.load, LOADED)
         ops: list[Op] = []
         for index, request in enumerate(dag.ops):
-            op = Op(index, request, "", [(name, latest[name]) for name in request.reads()])
-            self._dag_op(op, request, snapshot)
+            op = make_op(index, request, [(name, latest[name]) for name in request.reads()])
+            op.prepare(snapshot, self.limits)
+            op.check(single=False)
             for name in request.writes():
                 latest[name] = index
             ops.append(op)
@@ -176,22 +155,6 @@ class Executor:
         values = {(key, LOADED): snapshot.tensor(key) for key in dict.fromkeys(dag.load)}
         return self._run(job, ops, values, dag.persist, single=False)
 
-    def _dag_op(self, op: Op, request: DagOp, snapshot: Snapshot) -> None:
-        if isinstance(request, ModelExecute):
-            meta = snapshot.model(request.key)
-            if meta.inputs and len(request.inputs) != len(meta.inputs):
-                raise AIError(messages.MODEL_INPUT_COUNT)
-            if meta.outputs and len(request.outputs) != len(meta.outputs):
-                raise AIError(messages.MODEL_OUTPUT_COUNT)
-            op.meta, op.device = meta, parse_device(meta.device).queue
-        elif isinstance(request, ScriptExecute):
-            op.meta = snapshot.script(request.key)
-            op.device = parse_device(op.meta.device or "CPU").queue
-        elif isinstance(request, TensorSet):
-            limits.check_tensor_size(
-                request.key, request.dtype, request.shape, self.limits.max_tensor_bytes
-            )
-
     def _run(
         self,
         job: Job,
@@ -204,15 +167,6 @@ class Executor:
         near = job.reply if self.cluster else None
         spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
         return JobRun(job, ops, values, persist, self.runtime, spill, single, _deadline(job))
-
-    # units that are not model calls ---------------------------------------------------------
-
-    def verify_member(self, run: VerifyRun) -> Member:
-        """The unit of device work a MODELVERIFY is."""
-        request = run.job.request
-        assert isinstance(request, ModelVerify)
-        return Member("", None, [], context=(run, None), entry_id=run.entry_id,
-                      run=lambda: self._verify(request))  # fmt: skip
 
     def _verify(self, request: ModelVerify) -> MemberResult:
         """Load a blob as a MODELSTORE would have (on the CPU), report, close it. ``counted``
@@ -241,7 +195,10 @@ class Executor:
     def script_context(self, request: ScriptExecute) -> ScriptContext:
         """What a script may call: Redis on its declared KEYS, and stored models."""
         return ScriptContext(
-            keys=request.keys, redis_call=self.redis_call, run_model=self.run_stored
+            keys=request.keys,
+            redis_call=self.redis_call,
+            run_model=self.run_stored,
+            keyspace=self.keys,
         )
 
     def run_stored(self, key: str, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -8,10 +8,13 @@ the lane of their device (``aiworker.worker.lane``). No thread waits for a job: 
 its batch partners holds nothing but its place in the batcher. When the last op ended, ``outcome``
 tells what the job produced; nothing here writes to Redis (the completion applies the Outcome).
 
-Ops read the exact tensor versions they were written against (a later TENSORSET of the same name
-does not disturb an earlier reader); independent ops may run at the same time. When an op fails,
-ops that have not started answer ``NA`` and nothing is persisted. A DAG's TIMEOUT is checked
-before each op starts: once it passed, the job answers ``timedout`` and nothing is persisted.
+Each kind of op is a class that knows its own part (``prepare`` against the job's read, ``begin``,
+``finish``): the job itself never asks which kind an op is. Ops read the exact tensor versions
+they were written against (a later TENSORSET of the same name does not disturb an earlier reader).
+Ops run in order per device, as RedisAI ran a DAG's ops in order; ops on different devices run at
+the same time. When an op fails, ops that have not started answer ``NA`` and nothing is persisted.
+A TIMEOUT is checked before each op starts: once it passed, the job answers ``timedout`` and
+nothing is persisted.
 """
 
 from __future__ import annotations
@@ -26,39 +29,20 @@ import numpy as np
 import redis
 
 from aiworker.backends.base import ScriptContext
+from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.batching import Batch, Member, MemberResult
 from aiworker.execution.models import Models, check_outputs, samples_of
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.scripts import call_script
-from aiworker.protocol import replies
+from aiworker.execution.state import Snapshot
+from aiworker.protocol import messages, replies
 from aiworker.protocol.errors import AIError, AIWorkerError
-from aiworker.protocol.requests import (
-    DagOp,
-    Job,
-    ModelExecute,
-    ScriptExecute,
-    TensorGet,
-    TensorSet,
-)
+from aiworker.protocol.requests import DagOp, Job, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
 
 LOADED = -1  # producer index of a LOADed tensor
-
-
-@dataclass(eq=False)
-class Op:
-    index: int
-    request: DagOp
-    device: str  # device queue of a model or script op, "" for tensor ops
-    reads: list[tuple[str, int]]  # (name, producer index) of each input
-    meta: ModelMeta | ScriptMeta | None = None
-    after: int = -1  # the op before it in its device's order (-1: none)
-    result: Any = replies.NA
-    started: bool = False
-    done: bool = False
-    ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +53,173 @@ class Runtime:
     bounds: limits.Limits
     # the ScriptContext of a script op (Redis on its declared KEYS, stored models)
     script_context: Callable[[ScriptExecute], ScriptContext | None]
+
+
+@dataclass(eq=False)
+class Op:
+    """One op of a job; subclasses per kind (``make_op``)."""
+
+    index: int
+    request: Any
+    reads: list[tuple[str, int]]  # (name, producer index) of each input
+    device: str = ""  # device queue of a model or script op, "" for tensor ops
+    after: int = -1  # the op before it in its device's order (-1: none)
+    result: Any = replies.NA
+    started: bool = False
+    done: bool = False
+    ok: bool = False
+
+    def prepare(self, snapshot: Snapshot, bounds: limits.Limits) -> None:
+        """Check the op against the job's read (its model's or script's metadata, sizes);
+        RedisAI's error raised when the job cannot start."""
+
+    def check(self, single: bool) -> None:
+        """What a single MODELEXECUTE or SCRIPTEXECUTE checks before it runs (an error counted
+        against its model or script)."""
+
+    def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
+        """Start the op: a tensor op runs now (None); a model or script op is a unit for its
+        device's lane."""
+        raise NotImplementedError
+
+    def finish(self, run: JobRun, result: MemberResult, member: Member, batch: Batch) -> None:
+        """Take a model or script op's result (its outputs, statistics); raises its error."""
+        raise NotImplementedError
+
+    def stats_key(self) -> str:
+        return ""
+
+
+class TensorSetOp(Op):
+    def prepare(self, snapshot: Snapshot, bounds: limits.Limits) -> None:
+        request: TensorSet = self.request
+        limits.check_tensor_size(request.key, request.dtype, request.shape, bounds.max_tensor_bytes)
+
+    def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
+        run.store(self, [self.request.array()])
+        return None
+
+
+class TensorGetOp(Op):
+    def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
+        request: TensorGet = self.request
+        key = run.spill_key(self.index)
+        self.result = replies.encode_tensor(inputs[0], request, key, run.job.fmt)
+        if "key" in self.result:
+            run.spilled[key] = inputs[0]
+        self.ok = True
+        return None
+
+
+class ModelOp(Op):
+    meta: ModelMeta
+
+    def stats_key(self) -> str:
+        return str(self.request.key)
+
+    def prepare(self, snapshot: Snapshot, bounds: limits.Limits) -> None:
+        self.meta = snapshot.model(self.request.key)
+        self.device = parse_device(self.meta.device).queue
+
+    def check(self, single: bool) -> None:
+        request: ModelExecute = self.request
+        if self.meta.inputs and len(request.inputs) != len(self.meta.inputs):
+            raise AIError(messages.MODEL_INPUT_COUNT)
+        if self.meta.outputs and len(request.outputs) != len(self.meta.outputs):
+            raise AIError(messages.MODEL_OUTPUT_COUNT)
+
+    def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
+        return Member(self.request.key, self.meta, inputs, (run, self), run.entry_id, run.deadline)
+
+    def finish(self, run: JobRun, result: MemberResult, member: Member, batch: Batch) -> None:
+        request: ModelExecute = self.request
+        if run.single and member.batching:
+            run.reply_fields["batch"] = {"size": batch.total, "requests": len(batch.members)}
+        if result.outputs is None:
+            if result.counted:
+                run.stats.append(StatsRecord(request.key, errors=1))
+            raise AIError(result.error)
+        try:
+            check_outputs(request.outputs, result.outputs, run.runtime.bounds.max_tensor_bytes)
+        except AIError:
+            run.stats.append(StatsRecord(request.key, errors=1))
+            raise
+        samples = samples_of(result.outputs, member.size)
+        run.stats.append(StatsRecord(request.key, result.duration_us, samples))
+        run.duration_us += result.duration_us
+        run.store(self, result.outputs)
+
+
+class ScriptOp(Op):
+    meta: ScriptMeta
+
+    def stats_key(self) -> str:
+        return str(self.request.key)
+
+    def prepare(self, snapshot: Snapshot, bounds: limits.Limits) -> None:
+        self.meta = snapshot.script(self.request.key)
+        self.device = parse_device(self.meta.device or "CPU").queue
+
+    def check(self, single: bool) -> None:
+        function = self.request.function
+        if single and self.meta.entry_points and function not in self.meta.entry_points:
+            raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
+
+    def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
+        call = lambda: self._call(run, inputs)  # noqa: E731
+        return Member(self.request.key, None, inputs, (run, self), run.entry_id, run.deadline,
+                      run=call)  # fmt: skip
+
+    def _call(self, run: JobRun, inputs: list[np.ndarray]) -> MemberResult:
+        """The script's run (on a lane thread): its outputs, or its error."""
+        request: ScriptExecute = self.request
+        try:
+            outputs, duration_us = call_script(
+                run.runtime.models,
+                request.key,
+                self.meta,
+                request.function,
+                inputs,
+                request.keys,
+                request.args,
+                len(request.outputs) if run.single else -1,
+                request.variadic,
+                run.runtime.script_context(request),
+            )
+        except (AIWorkerError, redis.ResponseError) as exc:  # NOPERM from a script's call ...
+            return MemberResult(None, error_text(exc))
+        return MemberResult(outputs, duration_us=duration_us)
+
+    def finish(self, run: JobRun, result: MemberResult, member: Member, batch: Batch) -> None:
+        request: ScriptExecute = self.request
+        try:
+            if result.outputs is None:
+                raise AIError(result.error)
+            if len(result.outputs) != len(request.outputs):
+                raise AIError(
+                    f"Script returned {len(result.outputs)} outputs, expected {len(request.outputs)}"
+                )
+            for name, array in zip(request.outputs, result.outputs, strict=True):
+                limits.check_output(name, array, run.runtime.bounds.max_tensor_bytes)
+        except AIWorkerError:
+            run.stats.append(StatsRecord(request.key, errors=1))
+            raise
+        run.stats.append(StatsRecord(request.key, result.duration_us))
+        run.duration_us += result.duration_us
+        run.store(self, result.outputs)
+
+
+OP_KINDS: dict[str, type[Op]] = {
+    "TENSORSET": TensorSetOp,
+    "TENSORGET": TensorGetOp,
+    "MODELEXECUTE": ModelOp,
+    "SCRIPTEXECUTE": ScriptOp,
+}
+
+
+def make_op(index: int, request: DagOp, reads: list[tuple[str, int]]) -> Op:
+    """The op of ``request``, the ``index``-th of its job."""
+    return OP_KINDS[request.op](index, request, reads)
 
 
 @dataclass(eq=False)
@@ -95,8 +246,7 @@ class JobRun:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        # Ops run in order per device (tensor ops with the first device's), as RedisAI ran a
-        # DAG's ops in order; ops on different devices run at the same time.
+        # Ops run in order per device (tensor ops with the first device's).
         default = next((op.device for op in self.ops if op.device), "")
         last: dict[str, int] = {}
         for op in self.ops:
@@ -124,17 +274,17 @@ class JobRun:
         ready."""
         with self._lock:
             self.running -= 1
-            try:
-                if isinstance(op.request, ModelExecute):
-                    self._model_done(op, op.request, result, member, batch)
-                else:
-                    self._script_done(op, result)
-            except AIWorkerError as exc:
-                op.result = {"error": error_text(exc)}
-            except Exception as exc:  # a bug in an op must still answer the job
-                op.result = {"error": f"{type(exc).__name__}: {error_text(exc)}"}
+            self._guarded(op, lambda: op.finish(self, result, member, batch))
             self._ended(op)
             return self._advance()
+
+    def op_expired(self, op: Op) -> None:
+        """The op's TIMEOUT passed while it waited for its batch: the job times out."""
+        with self._lock:
+            self.running -= 1
+            self.timed_out = True
+            op.done = True
+            self._advance()  # the ops left answer NA
 
     def _advance(self) -> list[Member]:
         ready: list[Member] = []
@@ -146,26 +296,8 @@ class JobRun:
                     continue
                 if any(not self.ops[p].done for _name, p in op.reads if p != LOADED):
                     continue  # a producer still runs
-                op.started = True
-                progress = True
-                if self.failed or self.timed_out:
-                    op.done = True  # not run: answers NA
-                    continue
-                if self.deadline is not None and time.monotonic() > self.deadline:
-                    self.timed_out = True
-                    op.done = True
-                    continue
-                if any(not self.ops[p].ok for _name, p in op.reads if p != LOADED):
-                    op.done = True  # its input was never made
-                    continue
-                try:
-                    member = self._begin(op)
-                except AIWorkerError as exc:
-                    op.result = {"error": error_text(exc)}
-                    member = None
-                except Exception as exc:  # a bug in an op must still answer the job
-                    op.result = {"error": f"{type(exc).__name__}: {error_text(exc)}"}
-                    member = None
+                op.started = progress = True
+                member = self._begin(op)
                 if member is None:
                     self._ended(op)
                 else:
@@ -173,113 +305,43 @@ class JobRun:
                     ready.append(member)
         return ready
 
+    def _begin(self, op: Op) -> Member | None:
+        if self.failed or self.timed_out:
+            return None  # not run: answers NA
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+            return None
+        if any(not self.ops[p].ok for _name, p in op.reads if p != LOADED):
+            return None  # its input was never made
+        inputs = [self.values[read] for read in op.reads]
+        member: Member | None = None
+
+        def begin() -> None:
+            nonlocal member
+            member = op.begin(self, inputs)
+
+        self._guarded(op, begin)
+        return member
+
+    @staticmethod
+    def _guarded(op: Op, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except AIWorkerError as exc:
+            op.result = {"error": error_text(exc)}
+        except Exception as exc:  # a bug in an op must still answer the job
+            op.result = {"error": f"{type(exc).__name__}: {error_text(exc)}"}
+
     def _ended(self, op: Op) -> None:
         op.done = True
-        if isinstance(op.result, dict) and "error" in op.result:
+        if _is_error(op.result):
             self.failed = True
 
-    def _begin(self, op: Op) -> Member | None:
-        """Run a tensor op now; a model or script op becomes a unit for its lane."""
-        request = op.request
-        inputs = [self.values[read] for read in op.reads]
-        if isinstance(request, TensorSet):
-            self._store(op, [request.array()])
-            return None
-        if isinstance(request, TensorGet):
-            key = self.spill_key(op.index)
-            op.result = replies.encode_tensor(inputs[0], request, key, self.job.fmt)
-            if "key" in op.result:
-                self.spilled[key] = inputs[0]
-            op.ok = True
-            return None
-        if isinstance(request, ModelExecute):
-            assert isinstance(op.meta, ModelMeta)
-            return Member(
-                request.key,
-                op.meta,
-                inputs,
-                context=(self, op),
-                entry_id=self.entry_id,
-                deadline=self.deadline,
-            )
-        assert isinstance(request, ScriptExecute) and isinstance(op.meta, ScriptMeta)
-        run = lambda: self._call_script(op, request, inputs)  # noqa: E731
-        return Member(request.key, None, inputs, (self, op), self.entry_id, self.deadline, run=run)
-
-    def _store(self, op: Op, outputs: Sequence[np.ndarray]) -> None:
+    def store(self, op: Op, outputs: Sequence[np.ndarray]) -> None:
+        """An op's outputs, as the versions of its output names it made."""
         for name, array in zip(op.request.writes(), outputs, strict=True):
             self.values[(name, op.index)] = array
         op.result, op.ok = replies.OK, True
-
-    # model and script ops -------------------------------------------------------------------------
-
-    def op_expired(self, op: Op) -> None:
-        """The op's TIMEOUT passed while it waited for its batch: the job times out."""
-        with self._lock:
-            self.running -= 1
-            self.timed_out = True
-            op.done = True
-            self._advance()  # the ops left answer NA
-
-    def _model_done(
-        self, op: Op, request: ModelExecute, result: MemberResult, member: Member, batch: Batch
-    ) -> None:
-        if self.single and member.batching:
-            self.reply_fields["batch"] = {"size": batch.total, "requests": len(batch.members)}
-        if result.outputs is None:
-            if result.counted:
-                self.stats.append(StatsRecord(request.key, errors=1))
-            raise AIError(result.error)
-        try:
-            check_outputs(request.outputs, result.outputs, self.runtime.bounds.max_tensor_bytes)
-        except AIError:
-            self.stats.append(StatsRecord(request.key, errors=1))
-            raise
-        samples = samples_of(result.outputs, member.size)
-        self.stats.append(StatsRecord(request.key, result.duration_us, samples))
-        self.duration_us += result.duration_us
-        self._store(op, result.outputs)
-
-    def _call_script(
-        self, op: Op, request: ScriptExecute, inputs: list[np.ndarray]
-    ) -> MemberResult:
-        """A script op's run (on a lane thread): its outputs, or its error."""
-        assert isinstance(op.meta, ScriptMeta)
-        try:
-            outputs, duration_us = call_script(
-                self.runtime.models,
-                request.key,
-                op.meta,
-                request.function,
-                inputs,
-                request.keys,
-                request.args,
-                len(request.outputs) if self.single else -1,
-                request.variadic,
-                self.runtime.script_context(request),
-            )
-        except (AIWorkerError, redis.ResponseError) as exc:  # NOPERM from a script's call ...
-            return MemberResult(None, error_text(exc))
-        return MemberResult(outputs, duration_us=duration_us)
-
-    def _script_done(self, op: Op, result: MemberResult) -> None:
-        request = op.request
-        assert isinstance(request, ScriptExecute)
-        try:
-            if result.outputs is None:
-                raise AIError(result.error)
-            if len(result.outputs) != len(request.outputs):
-                raise AIError(
-                    f"Script returned {len(result.outputs)} outputs, expected {len(request.outputs)}"
-                )
-            for name, array in zip(request.outputs, result.outputs, strict=True):
-                limits.check_output(name, array, self.runtime.bounds.max_tensor_bytes)
-        except AIWorkerError:
-            self.stats.append(StatsRecord(request.key, errors=1))
-            raise
-        self.stats.append(StatsRecord(request.key, result.duration_us))
-        self.duration_us += result.duration_us
-        self._store(op, result.outputs)
 
     # the result --------------------------------------------------------------------------------
 
@@ -287,19 +349,15 @@ class JobRun:
         """What the finished job produced (the completion writes it)."""
         if self.timed_out:
             return Outcome("timedout", stats=self.stats)
-        failed = next((op for op in self.ops if isinstance(op.result, dict) and "error" in op.result),
-                      None)  # fmt: skip
-        if self.single:
-            if failed is not None:
-                outcome = Outcome.failed(str(failed.result["error"]), self.stats)
-                outcome.reply_fields = self.reply_fields
-                return outcome
-        else:
+        failed = next((op for op in self.ops if _is_error(op.result)), None)
+        if not self.single:
             self.reply_fields["results"] = [op.result for op in self.ops]
-            if failed is not None:
-                outcome = Outcome.failed(str(failed.result["error"]), self.stats)
-                outcome.reply_fields, outcome.temp_writes = self.reply_fields, self.spilled
-                return outcome
+        if failed is not None:
+            outcome = Outcome.failed(str(failed.result["error"]), self.stats)
+            outcome.reply_fields = self.reply_fields
+            if not self.single:
+                outcome.temp_writes = self.spilled
+            return outcome
         latest = {name: producer for (name, producer) in self.values}
         for op in self.ops:  # the last version of each name (ops in order)
             latest.update(dict.fromkeys(op.request.writes(), op.index))
@@ -317,3 +375,7 @@ class JobRun:
             reply_fields=self.reply_fields,
             temp_writes=self.spilled,
         )
+
+
+def _is_error(result: Any) -> bool:
+    return isinstance(result, dict) and "error" in result

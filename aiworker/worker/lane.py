@@ -47,7 +47,7 @@ import redis
 
 from aiworker.execution import limits, state
 from aiworker.execution.batching import Batch, Batcher, Member, MemberResult, run_batch
-from aiworker.execution.executor import Executor, Run, VerifyRun
+from aiworker.execution.executor import Executor, Run
 from aiworker.execution.outcome import Outcome, error_text
 from aiworker.parser.entry import decode_entry
 from aiworker.protocol.entries import reply_format_of, reply_key_of
@@ -418,15 +418,12 @@ class Lane:
 
     def _start(self, conn: JobConnection, run: Run) -> list[Member]:
         """Start a job's run: its first units go to their lanes (or it ends at once)."""
-        if isinstance(run, VerifyRun):
-            members = [self.executor.verify_member(run)]
-        else:
-            try:
-                members = run.start()
-            except Exception as exc:  # a bug: this job's error
-                log.exception("%s: starting %s failed", self.queue, run.entry_id)
-                run.failed_early = failure_text(exc)
-                members = []
+        try:
+            members = run.start()
+        except Exception as exc:  # a bug: this job's error
+            log.exception("%s: starting %s failed", self.queue, run.entry_id)
+            run.failed_early = failure_text(exc)
+            members = []
         self._submit(members)
         if run.finished:
             self._complete_runs(conn, [run])
