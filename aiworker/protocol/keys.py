@@ -149,6 +149,13 @@ class Keys:
         """Where a large tensor is written before it is moved onto ``key`` (same hash slot)."""
         return f"{self.prefix}tmp:{same_slot_suffix(key)}:{token}"
 
+    def read_flags(self, token: str, near: str | None = None) -> tuple[str, str]:
+        """The two keys a worker's guarded read uses (``execution.state``): the flag it sets
+        before checking sizes, and the key it WATCHes, onto which the flag is renamed when the
+        check did not clear it; ``near``: a key whose hash slot they must share."""
+        base = f"{self.prefix}read:" + (f"{{{slot_tag(near)}}}" if near is not None else "")
+        return f"{base}{token}:flag", f"{base}{token}:guard"
+
     def dag_output(self, entry_id: str, index: int, near: str | None = None) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply (``near``:
         the reply key, whose hash slot it shares so that one completion writes both)."""

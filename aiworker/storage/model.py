@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
 
 @functools.lru_cache(maxsize=256)
 def _meta(fields: tuple[Any, ...]) -> ModelMeta:
-    """Decoded once per stored version: every job of a model reads the same fields."""
+    """Decoded once per stored version: every job of a model reads the same fields. Fields
+    written by hand that no MODELSTORE would store get RedisAI's message for that argument."""
     values = dict(zip(META_FIELDS, (text(v) for v in fields), strict=True))
     if values["kind"] != KIND_MODEL:
         raise WrongTypeError()
@@ -106,15 +108,39 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
         backend=values["backend"],
         device=values["device"],
         tag=values["tag"],
-        batchsize=int(values["batchsize"] or 0),
-        minbatchsize=int(values["minbatchsize"] or 0),
-        minbatchtimeout=int(values["minbatchtimeout"] or 0),
-        inputs=tuple(json.loads(values["inputs"] or "[]")),
-        outputs=tuple(json.loads(values["outputs"] or "[]")),
+        batchsize=_whole(values["batchsize"], messages.MODEL_BAD_BATCHSIZE),
+        minbatchsize=_whole(values["minbatchsize"], messages.MODEL_BAD_MINBATCHSIZE),
+        minbatchtimeout=_whole(values["minbatchtimeout"], messages.MODEL_BAD_MINBATCHTIMEOUT),
+        inputs=_names(values["inputs"], messages.MODEL_BAD_INPUT_COUNT),
+        outputs=_names(values["outputs"], messages.MODEL_BAD_OUTPUT_COUNT),
         digest=values["digest"],
-        size=int(values["size"] or 0),
-        chunks=int(values["chunks"] or 0),
+        size=_whole(values["size"], "model blob size is not a whole number"),
+        # not a count: refused, with the model's name, before any chunk is read
+        chunks=int(values["chunks"] or 0) if _DIGITS.fullmatch(values["chunks"] or "0") else -1,
     )
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _whole(value: str, message: str) -> int:
+    """A stored count (empty: 0), or RedisAI's error for it."""
+    if not value:
+        return 0
+    if not _DIGITS.fullmatch(value):
+        raise AIError(message)
+    return int(value)
+
+
+def _names(value: str, message: str) -> tuple[str, ...]:
+    """A stored JSON list of input or output names (empty: none), or RedisAI's error for it."""
+    try:
+        names = json.loads(value or "[]")
+    except ValueError:
+        raise AIError(message) from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise AIError(message)
+    return tuple(names)
 
 
 def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:

@@ -33,7 +33,7 @@ from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
-from aiworker.storage import lua
+from aiworker.storage import lua, tensor_io
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics, failure_reason
 
@@ -45,6 +45,8 @@ class Connection(Protocol):
     """What a completion runs on: a worker thread's ``Wire`` (or anything with ``evalsha``)."""
 
     def execute(self, *command: Any) -> Any: ...
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
 
     def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
@@ -91,6 +93,8 @@ class Writes:
     records: list[Record] = field(default_factory=list)
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
+    # output key -> the stage key its fields were written to in the completion's MULTI
+    stages: dict[str, str] = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         """Every key written or checked, the reply included (not the marker)."""
@@ -120,7 +124,11 @@ def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[
         body += [entry_id, reply_ref, entry.payload, entry.splice]
         body += [len(entry.outputs), len(entry.stats), len(entry.records), len(entry.expect)]
         for key, ttl, fields in entry.outputs:
-            body += [ref(key), ttl, 2 * len(fields)]
+            stage = entry.stages.get(key)
+            if stage is not None:  # written by a plain HSET: only renamed into place here
+                body += [ref(key), ttl, ref(stage), 0]
+                continue
+            body += [ref(key), ttl, 0, 2 * len(fields)]
             for name, value in fields.items():
                 body += [name, value]
         for key, values in entry.stats:
@@ -153,6 +161,8 @@ def refusal_message(reason: str, key: str) -> str:
         return f"NOPERM this worker may not write key '{key}'"
     if reason == "PREFIX":
         return f"WRONGTYPE '{key}' is one of aiworker's own keys: a job may not write it"
+    if reason == "STAGE":
+        return f"internal error: the data of output '{key}' was not staged"
     return WRONGTYPE
 
 
@@ -227,19 +237,33 @@ class Completer:
         )
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        keys, body = self._arguments(queue, items)
-        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body)
+        writes = [self.writes_of(item, queue) for item in items]
+        stages = self._stage(writes)
+        keys, body = encode([queue], writes)
+        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body, stages)
         if self.wait is not None:  # on this thread's connection: WAIT counts its writes
             conn.execute("WAIT", *self.wait)
         return [_result(row) for row in reply]
 
-    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue``."""
-        return encode([queue], [self.writes_of(item, queue) for item in items])
-
     def _head(self) -> list[Any]:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
         return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
+
+    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
+        output's fields as arguments)."""
+        return encode([queue], [self.writes_of(item, queue) for item in items])
+
+    def _stage(self, writes: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:
+        """Large outputs go to stage keys in plain HSETs (``tensor_io.staged_call``); the stage
+        keys and their fields."""
+        stages = []
+        for entry in writes:
+            for key, _ttl, fields in entry.outputs:
+                if len(memoryview(fields["blob"])) > tensor_io.LUA_VALUE_BYTES:
+                    entry.stages[key] = self.keys.temp(key, entry.entry_id)
+                    stages.append((entry.stages[key], fields))
+        return stages
 
     @staticmethod
     def _script(
@@ -248,14 +272,20 @@ class Completer:
         keys: list[str],
         head: list[Any],
         body: list[Any],
+        stages: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> Any:
+        def call(keys: list[str], args: list[Any]) -> Any:
+            if stages:
+                return tensor_io.staged_call(conn, script, keys, args, stages)
+            return conn.evalsha(script, keys, args)
+
         try:
-            return conn.evalsha(script, keys, [*head, 0, *body])
+            return call(keys, [*head, 0, *body])
         except redis.exceptions.NoPermissionError:
             # The ACL denies a declared key, so Redis refused the whole script. Run it once more
             # with the keys as arguments (standalone Redis allows that): its own ACL check then
             # names the key, and the other entries complete.
-            return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
+            return call(keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
 
     def writes_of(self, item: Finished, queue: str) -> Writes:
         """What completing ``item``, read from stream ``queue``, writes: outputs, reply, statistics,

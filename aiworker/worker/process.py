@@ -39,7 +39,7 @@ from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
-from aiworker.storage import plans, redis_options
+from aiworker.storage import plans, redis_options, tensor_io
 from aiworker.storage.cluster import ClusterWires
 from aiworker.storage.connection import connect_any
 from aiworker.storage.wire import JobConnections, Wires
@@ -86,8 +86,17 @@ class Worker:
             )
         )
         self.limits = Limits(
-            settings.max_tensor_bytes, settings.max_job_bytes, settings.max_model_bytes
+            settings.max_tensor_bytes,
+            settings.max_job_bytes,
+            settings.max_model_bytes,
+            settings.max_job_keys,
+            tensor_io.max_value_bytes(self.r),
         )
+        if 0 < self.limits.max_tensor_bytes < settings.max_tensor_bytes:
+            log.warning(
+                "max_tensor_bytes lowered to %d: Redis accepts no larger value (proto-max-bulk-len)",
+                self.limits.max_tensor_bytes,
+            )
         self.cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
         self.models = Models(self.r, self.registry, self.cache, self.limits)
         self.metrics = WorkerMetrics()

@@ -9,8 +9,11 @@
 --   id, reply key index (0: none), reply payload, splice (> 0: the payload is a forward notice,
 --     and the id the entry's last stream record gets is written after that many of its bytes),
 --     n outputs, n stats, n records, n expects,
---   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
---     field/value items, the items;
+--   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), stage
+--     key index (0: none), number of field/value items, the items; with a stage key, the output
+--     was written there whole by a plain HSET in the same MULTI as this script (a large value
+--     copied into Lua and out again costs Redis ten times the HSET), and is RENAMEd into place;
+--     the caller deletes the stage after this script, so none is left whatever happens here;
 --   per stats record: key index, duration, samples, calls, errors;
 --   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
 --   per expect: key index, digest (a model or script the job ran from cached metadata: it must
@@ -42,8 +45,9 @@ for e = 1, tonumber(take()) do
   local n_exp = tonumber(take())
   entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
   for o = 1, n_out do
-    local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
-    entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
+    local key, key_ttl, stage = K[tonumber(take())], tonumber(take()), tonumber(take())
+    local n = tonumber(take())
+    entry.outputs[o] = {key = key, ttl = key_ttl, stage = K[stage], fields = list(n)}
   end
   for s = 1, n_stats do
     entry.stats[s] = {key = K[tonumber(take())], values = list(4)}
@@ -61,20 +65,31 @@ end
 local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
+-- A failed probe: a key of another type (WRONGTYPE), or one the worker's ACL denies.
+local function wrongtype(reply)
+  return string.sub(reply.err, 1, 9) == 'WRONGTYPE'
+end
 -- The type each key will have when this script reaches it (earlier entries' writes count):
--- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type. Every call from Lua
--- costs microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is
--- asked its kind first, which fails, writing nothing, on a key of another type.
+-- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type; 'denied' when the
+-- worker's ACL forbids asking (never taken for another type). Every call from Lua costs
+-- microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is asked
+-- its kind first, which fails, writing nothing, on a key of another type.
 local will = {}
 local function type_of(key, likely_tensor)
   if will[key] == nil then
     local kind = likely_tensor and redis.pcall('HGET', key, 'kind')
     if kind and not failed(kind) then
       will[key] = kind == 'tensor' and 'tensor' or 'hash'
+    elseif kind and not wrongtype(kind) then
+      return 'denied'
     else
-      local t = redis.call('TYPE', key)['ok']
-      if t == 'hash' and not likely_tensor and redis.call('HGET', key, 'kind') == 'tensor' then
-        t = 'tensor'
+      local t = redis.pcall('TYPE', key)
+      if failed(t) then return 'denied' end
+      t = t['ok']
+      if t == 'hash' and not likely_tensor then
+        kind = redis.pcall('HGET', key, 'kind')
+        if failed(kind) then return 'denied' end
+        if kind == 'tensor' then t = 'tensor' end
       end
       will[key] = t
     end
@@ -111,12 +126,14 @@ end
 
 -- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
--- output or a stream record.
+-- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
-    if failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
-                              and fields[2] == exp.digest) then
+    if failed(fields) and not wrongtype(fields) then
+      return 'NOPERM', exp.key
+    elseif failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
+                                  and fields[2] == exp.digest) then
       return 'STALE', exp.key
     end
   end
@@ -124,17 +141,26 @@ local function refusal(entry)
   for _, out in ipairs(entry.outputs) do
     if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
       return 'PREFIX', out.key
-    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
+    elseif not allowed('DEL', out.key)
+        or (out.stage and not allowed('RENAME', out.stage, out.key))
+        or (not out.stage and not allowed('HSET', out.key, unpack(out.fields)))
         or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
       return 'NOPERM', out.key
-    elseif type_of(out.key, true) ~= 'none' and type_of(out.key) ~= 'tensor' then
+    end
+    local kind = type_of(out.key, true)
+    if kind == 'denied' then
+      return 'NOPERM', out.key
+    elseif kind ~= 'none' and kind ~= 'tensor' then
       return 'WRONGTYPE', out.key
+    elseif out.stage and type_of(out.stage, true) ~= 'tensor' then
+      return 'STAGE', out.key
     end
   end
   for _, rec in ipairs(entry.records) do
-    if not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+    local kind = allowed('XADD', rec.key, '*', unpack(rec.fields)) and type_of(rec.key)
+    if not kind or kind == 'denied' then
       return 'NOPERM', rec.key
-    elseif type_of(rec.key) ~= 'none' and type_of(rec.key) ~= 'stream' then
+    elseif kind ~= 'none' and kind ~= 'stream' then
       return 'WRONGTYPE', rec.key
     end
   end
@@ -153,8 +179,13 @@ end
 -- the id the last stream record got ('' when none).
 local function apply(entry)
   for _, out in ipairs(entry.outputs) do
-    if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
-    redis.call('HSET', out.key, unpack(out.fields))
+    if out.stage then  -- replaces the key whole: no stale 'values'
+      redis.call('RENAME', out.stage, out.key)
+      will[out.stage] = 'none'
+    else
+      if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
+      redis.call('HSET', out.key, unpack(out.fields))
+    end
     if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
     will[out.key] = 'tensor'
   end
