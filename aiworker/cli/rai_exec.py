@@ -171,12 +171,17 @@ def _config_names() -> set[str]:
     return set(CONFIG_NAMES)
 
 
-def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
+def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute) -> Any:
     reply = client.submit_reply(client.queue_of(cmd), cmd)
     if reply.raise_for_status(timedout_ok=True) is Status.TIMEDOUT:
         return SimpleString("TIMEDOUT")
-    if cmd.op != "DAGEXECUTE":
-        return OK
+    return OK
+
+
+def _dag(client: Client | ClusterClient, cmd: DagExecute) -> Any:
+    reply = client.submit_reply(client.queue_of(cmd), cmd)
+    if reply.raise_for_status(timedout_ok=True) is Status.TIMEDOUT:
+        return SimpleString("TIMEDOUT")
     read = lambda key: tensor_io.read(client, key)  # noqa: E731
     entries = zip(cmd.ops, reply.op_results(), reply.tensors(read), strict=True)
     return [_dag_entry(op, result, tensor) for op, result, tensor in entries]
@@ -196,7 +201,7 @@ def _dag_entry(op: Any, result: Any, tensor: DagTensor | None) -> Any:
 _HANDLERS: dict[type[Any], Callable[[Any, Any], Any]] = {
     ModelExecute: _queued,
     ScriptExecute: _queued,
-    DagExecute: _queued,
+    DagExecute: _dag,
     TensorSet: _tensorset,
     TensorGet: _tensorget,
     ModelStore: _modelstore,
