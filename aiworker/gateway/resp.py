@@ -61,10 +61,15 @@ def error(message: str) -> bytes:
     return b"-" + line.encode("utf-8", "backslashreplace") + b"\r\n"
 
 
-def _encode(reply: Any, out: list[bytes]) -> None:
-    if isinstance(reply, (bytes, bytearray, memoryview)):
+def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
+    if isinstance(reply, bytes):
         out.append(b"$%d\r\n" % len(reply))
-        out.append(reply if isinstance(reply, bytes) else bytes(reply))
+        out.append(reply)
+        out.append(b"\r\n")
+    elif isinstance(reply, (bytearray, memoryview)):
+        data = memoryview(reply).cast("B")
+        out.append(b"$%d\r\n" % data.nbytes)
+        out.append(data)  # joined without a copy of its own
         out.append(b"\r\n")
     elif reply is None:
         out.append(NIL)
@@ -75,9 +80,9 @@ def _encode(reply: Any, out: list[bytes]) -> None:
     elif isinstance(reply, (bool, int)):
         out.append(b":%d\r\n" % int(reply))
     elif isinstance(reply, str):
-        data = reply.encode("utf-8", "surrogateescape")
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
+        text = reply.encode("utf-8", "surrogateescape")
+        out.append(b"$%d\r\n" % len(text))
+        out.append(text)
         out.append(b"\r\n")
     elif isinstance(reply, (list, tuple)):
         out.append(b"*%d\r\n" % len(reply))
@@ -89,9 +94,10 @@ def _encode(reply: Any, out: list[bytes]) -> None:
 
 def encode(reply: Any) -> bytes:
     """The RESP2 bytes of a reply value (see the module docstring)."""
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     _encode(reply, out)
-    return out[0] if len(out) == 1 else b"".join(out)
+    first = out[0]
+    return first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
 
 
 def command(*args: bytes) -> bytes:

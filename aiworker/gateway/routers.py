@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .cluster import Node, SlotMap, command_keys, redirect_target
-from .upstream import Slot, Target, Upstream, hidden
+from .upstream import Slot, Target, Upstream, ignore
 
 if TYPE_CHECKING:
     from .session import Session
@@ -31,6 +31,10 @@ class SingleRouter:
         self.upstream: Upstream | None = None
 
     def route(self, args: list[bytes], slot: Slot) -> Upstream:
+        return self.own()
+
+    def own(self) -> Upstream:
+        """The connection (opened on first use)."""
         if self.upstream is None:
             self.upstream = Upstream(self.session, self.target, self.hello)
         return self.upstream
@@ -79,6 +83,10 @@ class ClusterRouter:
             self.connections[node] = upstream
         return upstream
 
+    def own(self) -> Upstream:
+        """The master a transaction is pinned to, else the default one."""
+        return self.pinned or self._upstream(self.slots.default())
+
     def _node(self, args: list[bytes]) -> Node:
         keys = command_keys(self.slots.keys, args)
         return self.slots.node_of(keys[0]) if keys else self.slots.default()
@@ -120,7 +128,7 @@ class ClusterRouter:
             self.slots.refresh_soon()
         target = self._upstream(node)
         if ask:
-            target.send([b"ASKING"], Slot(hook=hidden))
+            target.send([b"ASKING"], Slot(internal=ignore))
         target.send(slot.args, slot)
         target.flush()
         return True
@@ -131,7 +139,7 @@ class ClusterRouter:
         self.hello = [c for c in self.hello if c[0] != b"AUTH"] + [command]
         for upstream in self.connections.values():
             if not upstream.closed:
-                upstream.send(command, Slot(hook=hidden))
+                upstream.send(command, Slot(internal=ignore))
                 upstream.flush()
 
     def tunnel_upstream(self) -> Upstream:
