@@ -355,7 +355,10 @@ def test_multi_exec(gateway: Gateway, con: redis.Redis) -> None:
     refused = b"-ERR Cannot run RedisAI command within a transaction or a LUA script\r\n"
     assert read_until_closed(sock) == (
         b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n+OK\r\n"
-        + refused + b"$1\r\n1\r\n" + refused + b"+OK\r\n"
+        + refused
+        + b"$1\r\n1\r\n"
+        + refused
+        + b"+OK\r\n"
     )
     # DISCARD, and WATCH aborting a transaction
     cmd(con, "MULTI")
