@@ -9,7 +9,10 @@ stays a simple string and nothing is copied into Python objects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import hiredis
 
 
 class Status(str):
@@ -94,10 +97,31 @@ def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
 
 def encode(reply: Any) -> bytes:
     """The RESP2 bytes of a reply value (see the module docstring)."""
-    out: list[bytes | memoryview] = []
-    _encode(reply, out)
+    out = encode_parts(reply)
     first = out[0]
     return first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
+
+
+def encode_parts(reply: Any) -> list[bytes | memoryview]:
+    """``encode`` in pieces to write one after another: a blob is not copied into the rest."""
+    out: list[bytes | memoryview] = []
+    _encode(reply, out)
+    return out
+
+
+# Above this, a command's last argument is sent as it is rather than copied (``pack``).
+LARGE_ARGUMENT = 64 * 1024
+
+
+def pack(args: Sequence[Any]) -> list[bytes | memoryview]:
+    """A command as RESP2 (bytes, text, numbers, memoryviews), packed by hiredis; a long last
+    argument (a tensor's blob, a SET's value) follows its header uncopied."""
+    last = args[-1]
+    if len(args) > 1 and isinstance(last, (bytes, memoryview)) and len(last) > LARGE_ARGUMENT:
+        head = hiredis.pack_command(tuple(args[:-1]))
+        head = b"*%d%s$%d\r\n" % (len(args), head[head.index(b"\r\n") :], len(last))
+        return [head, last, b"\r\n"]
+    return [hiredis.pack_command(tuple(args))]
 
 
 def command(*args: bytes) -> bytes:

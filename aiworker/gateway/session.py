@@ -243,7 +243,9 @@ class Session(asyncio.Protocol):
         """An AI.* command's reply (an exception: its error) is in; the next commands may go."""
         self.ai_task = None
         try:
-            slot.data = resp.encode(error_reply(reply) if isinstance(reply, Exception) else reply)
+            slot.data = resp.encode_parts(
+                error_reply(reply) if isinstance(reply, Exception) else reply
+            )
         except Exception as exc:  # a reply that cannot be encoded is a bug: tell the client
             log.exception("AI command failed")
             slot.data = resp.encode(error_reply(exc))
@@ -327,16 +329,20 @@ class Session(asyncio.Protocol):
 
     def flush(self) -> None:
         replies = self.replies
-        out = []
+        out: list[bytes | memoryview] = []
         while replies and replies[0].data is not None:
             slot = replies.popleft()
             if not slot.silent:
-                out.append(slot.data)
+                data = slot.data
+                if type(data) is list:
+                    out += data  # an AI.* command's reply in pieces
+                else:
+                    out.append(data)  # type: ignore[arg-type]
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+            transport.writelines(out)
         if self.closing and not replies:
             transport.close()
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 
-from .resp import MalformedReply, reply_end
+from .resp import MalformedReply, pack, reply_end
 
 
 class Slot:
@@ -38,7 +38,7 @@ class Slot:
 
     def __init__(
         self,
-        data: bytes | None = None,
+        data: bytes | list[bytes | memoryview] | None = None,
         hook: Callable[[bytes], bytes | None] | None = None,
         silent: bool = False,
         args: list[bytes] | None = None,
@@ -88,7 +88,7 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tunnel = False
         self.closed = False
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
         self._internal = 0  # slots in ``waiting`` that are internal
         self._decoder = hiredis.Reader(replyError=BaseParser.parse_error)
@@ -107,7 +107,7 @@ class Upstream(asyncio.Protocol):
     def send(self, args: Sequence[Any], slot: Slot) -> None:
         """Queue a command (bytes, text, numbers or memoryviews); ``flush`` sends what is
         queued in one write."""
-        self._out.append(hiredis.pack_command(tuple(args)))
+        self._out += pack(args)
         self.waiting.append(slot)
         if slot.internal is not None:
             self._internal += 1
