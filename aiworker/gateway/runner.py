@@ -16,8 +16,9 @@ wait is waited for by the blocking client's own rules (``client.jobs``), in a th
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -110,31 +111,47 @@ class Runner:
             raise result
         return result
 
-    async def submit(self, step: Submit) -> Any:
-        """Queue a job and wait for its reply (see the module docstring)."""
+    def submit(self, step: Submit, then: Callable[[Any], None]) -> None:
+        """Queue a job; ``then`` gets the worker's reply, or the exception that ended the wait
+        (see the module docstring)."""
         request, keyspace = step.request, self.state.keyspace
         limit = step.limit
         if limit is None:
             limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
         clock = waiting.Clock(limit)
-        reply_key = keyspace.reply(uuid.uuid4().hex)
+        reply_key = keyspace.reply(os.urandom(16).hex())
         stream = keyspace.queue(step.queue)
         fields = encode_entry(request, reply_key, MSGPACK)
+
+        def sent(replies: list[Any]) -> None:
+            added, popped = replies
+            failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failed is not None:
+                then(failed)
+            elif popped is None:  # not within the first wait: the blocking client's rules
+                rest = self.wait(step.queue, text(added), reply_key, request, clock, stream)
+                asyncio.ensure_future(rest).add_done_callback(partial(self._waited, then))
+            else:
+                reply: Any
+                try:
+                    reply = decode_reply(popped[1])
+                except Exception as exc:
+                    reply = exc
+                then(reply)
+
         first_wait = max(clock.slice(LONGEST_BLPOP_S), 0.01)
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.send(
             [("XADD", stream, "*", *(item for pair in fields.items() for item in pair)),
              ("BLPOP", reply_key, f"{first_wait:.3f}")],
-            future.set_result,
+            sent,
         )  # fmt: skip
+
+    def _waited(self, then: Callable[[Any], None], task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        then(error if isinstance(error, Exception) else task.result())
         self.upstream().flush()
-        sent, popped = await future
-        for reply in (sent, popped):
-            if isinstance(reply, Exception):
-                raise reply
-        if popped is not None:
-            return decode_reply(popped[1])
-        return await self.wait(step.queue, text(sent), reply_key, request, clock, stream)
 
 
 class Drive:
@@ -183,8 +200,7 @@ class Drive:
 
     def carry_out(self, step: Commands | Submit) -> None:
         if isinstance(step, Submit):
-            task = asyncio.ensure_future(self.runner.submit(step))
-            task.add_done_callback(self._submitted)
+            self.runner.submit(step, self.resume)
         elif step.transaction:
             self.runner.send([("MULTI",), *step.commands, ("EXEC",)], self._committed)
         else:
@@ -195,13 +211,6 @@ class Drive:
         if done is None:
             done = redis.WatchError("the transaction was aborted")
         self.resume(done if isinstance(done, Exception) else list(done))
-
-    def _submitted(self, task: asyncio.Future[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        self.resume(error if isinstance(error, Exception) else task.result())
-        self.runner.upstream().flush()
 
     def _end(self, result: Any) -> None:
         self.stopped = True
