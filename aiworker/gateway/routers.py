@@ -4,8 +4,10 @@
 commands costs Redis no connection). ``ClusterRouter``: one connection per master of a real Redis
 Cluster, each command sent to the master of its first key's slot, keyless ones to one master; a
 MOVED or ASK reply sends the command again where the cluster says, so the client sees one node. A
-transaction stays on one master: MULTI goes where the first keyed command pipelined after it goes,
-WATCH where its key lives, and everything until EXEC or DISCARD follows.
+transaction stays on one master: WATCH goes where its key lives and MULTI follows it; a MULTI
+without WATCH goes to one master and moves, before anything is queued, to the master of the
+first command after it when that one has a key (DISCARD there, MULTI on the right one: a client
+that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class ClusterRouter:
         self.hello = list(hello)
         self.connections: dict[Node, Upstream] = {}
         self.pinned: Upstream | None = None
+        self.movable = False  # a MULTI without WATCH, nothing queued yet
         self.tunneled: Upstream | None = None
         self.redirects: dict[int, int] = {}
 
@@ -96,22 +99,30 @@ class ClusterRouter:
         slot.args = args
         if self.pinned is not None:
             upstream = self.pinned
-        elif name == b"MULTI":
-            keyed = next(
-                (a for a in self.session.waiting if command_keys(self.slots.keys, a)), None
-            )
-            upstream = self._upstream(self._node(keyed) if keyed else self.slots.default())
-            self.pinned = upstream
+            if self.movable and name not in _UNPIN and command_keys(self.slots.keys, args):
+                upstream = self._move_transaction(self._upstream(self._node(args)))
+            self.movable = False
         else:
             upstream = self._upstream(self._node(args))
-            if name == b"WATCH":
+            if name in (b"MULTI", b"WATCH"):
                 self.pinned = upstream
+                self.movable = name == b"MULTI"
         if name in _UNPIN:
             self.pinned = None
         if slot.tunnel:
             self.tunneled = upstream
         upstream.flush()
         return upstream
+
+    def _move_transaction(self, to: Upstream) -> Upstream:
+        """A MULTI nothing was queued in yet, moved to the master ``to``."""
+        pinned = self.pinned
+        if pinned is not None and to is not pinned:
+            pinned.send([b"DISCARD"], Slot(internal=ignore))
+            pinned.flush()
+            to.send([b"MULTI"], Slot(internal=ignore))
+            self.pinned = to
+        return to
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
         """Send a command again after MOVED/ASK (not inside a transaction; at most 5 times)."""
