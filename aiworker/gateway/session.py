@@ -233,6 +233,9 @@ class Session(asyncio.Protocol):
         except Exception as exc:
             transaction.answer(error_reply(exc))
             return
+        if isinstance(command, STORES):
+            transaction.after_exec(partial(self.gw.ai.run, self.identity, command))
+            return
         runner = self._runner()
         transaction.queue(reply_plan(runner.state, command), runner)
 

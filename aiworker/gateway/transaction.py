@@ -6,12 +6,14 @@ command within a transaction or a LUA script". Every other AI.* command ran in t
 any Redis command. The gateway does the same: such a command's first round trip of Redis calls is
 queued in the client's transaction, so it runs at EXEC, atomically and in order with the client's
 own commands; its plan then goes on with EXEC's replies to those calls. What needs another round
-trip (a tensor over 1 MB, a model or script store, a Lua script Redis had not loaded) is done right
-after EXEC, before the client's next command runs, and its reply takes its place in EXEC's reply.
+trip (a tensor over 1 MB, a Lua script Redis had not loaded) is done right after EXEC, before the
+client's next command runs, and its reply takes its place in EXEC's reply; so are model and script
+stores, whole (they hash and compile blobs in a thread: ``aiclients``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +41,19 @@ class Transaction:
     """What a client queued since MULTI: for each command, what its place in EXEC's reply holds."""
 
     def __init__(self) -> None:
-        # None: a Redis command (its reply is Redis'); bytes: a reply known already
-        self.items: list[bytes | _Queued | None] = []
+        # None: a Redis command (its reply is Redis'); bytes: a reply known already; a callable:
+        # a command run after EXEC
+        self.items: list[bytes | _Queued | Callable[[], Awaitable[Any]] | None] = []
 
     def redis_command(self) -> None:
         self.items.append(None)
 
     def answer(self, reply: Any) -> None:
         self.items.append(resp.encode(reply))
+
+    def after_exec(self, run: Callable[[], Awaitable[Any]]) -> None:
+        """A command run whole once EXEC ran (``run()``: its reply)."""
+        self.items.append(run)
 
     def queue(self, plan: Plan[Any], runner: Runner) -> None:
         """Start an AI.* command's plan; its first Redis calls join the transaction."""
@@ -84,7 +91,9 @@ class Transaction:
                 out.append(item)
             else:
                 try:
-                    if item.count:
+                    if not isinstance(item, _Queued):
+                        value = await item()
+                    elif item.count:
                         own = [decode(next(replies, resp.NIL)) for _ in range(item.count)]
                         value = await runner.run(item.plan, sent=own)
                     else:
