@@ -9,7 +9,8 @@ connection is then closed, as Redis closes it. Complete arrays are handed to hir
 builds the argument lists in C; inline commands are split like ``redis-cli`` splits a line.
 
 Most reads hold whole commands, smaller than every limit: those go to hiredis directly, and only
-when it finds a command unfinished or not made of bulk strings does the scanner read them again.
+when it finds a command unfinished or not made of bulk strings (or an empty array) does the
+scanner read them again.
 """
 
 from __future__ import annotations
@@ -135,19 +136,15 @@ class RequestReader:
         reader.feed(data)
         try:
             while (args := reader.gets()) is not False:
-                if args:  # *0 and *-1 are no commands, as in Redis
-                    if type(args) is not list or len(args) > self.max_args:
-                        break
-                    b"".join(args)  # TypeError unless every argument is a string
-                    # and a bulk string (hiredis reads +simple and =verbatim strings as bytes
-                    # too, which Redis refuses): the command is as long as its RESP form
-                    size += len(hiredis.pack_command(tuple(args)))
-                    commands.append(args)
+                if not args or type(args) is not list or len(args) > self.max_args:
+                    break
+                b"".join(args)  # TypeError unless every argument is a string
+                size += len(hiredis.pack_command(tuple(args)))
+                commands.append(args)
             else:
-                # hiredis says nothing of a command it has begun: an empty array fed now comes
-                # back whole only when none was
-                reader.feed(b"*0\r\n")
-                if reader.gets() == [] and size == len(data):
+                # their RESP form is the whole read: nothing is left unfinished, and every
+                # string is a bulk string (hiredis reads +simple and =verbatim ones as bytes too)
+                if size == len(data):
                     return commands
         except (hiredis.ProtocolError, TypeError):
             pass
