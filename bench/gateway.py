@@ -8,8 +8,10 @@ redis-py client:
 * AI.TENSORSET / AI.TENSORGET of a 1 KB and a 1 MB tensor vs a plain HSET / HGET of the same
   bytes sent to Redis directly;
 * AI.MODELEXECUTE through the gateway vs the Python client's ``modelexecute`` (a STUB model);
-* for scale, GET through a bare byte-forwarding proxy on the same event loop (the cost of any
-  extra hop through one Python process), and through ``socat`` when it is installed;
+* for scale, no target: AI.TENSORSET / AI.TENSORGET of 1 KB vs the Python client's ``tensorset``
+  / ``tensorget`` (the same Redis work: a Lua call, an HGETALL); GET and a 1 MB HGET through a
+  bare byte-forwarding proxy on the same event loop (what any extra hop through one Python
+  process costs), and GET through ``socat`` when it is installed;
 * the gateway's resident memory with 1,000 idle client connections, minus without them.
 
 The machine is shared and noisy, so the peers alternate request by request: within a round both
@@ -196,6 +198,18 @@ def rows(server: RedisServer, ports: dict[str, int], n: int) -> list[Row]:
         lambda: through.execute_command(
             "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b"),
     ))  # fmt: skip
+    array = np.ones(256, np.float32)
+    blob = array.tobytes()
+    out.append(row(
+        "AI.TENSORSET 1 KB", "`Client.tensorset`", None, n,
+        lambda: client.tensorset("t1024", array),
+        lambda: through.execute_command("AI.TENSORSET", "t1024", "FLOAT", 256, "BLOB", blob),
+    ))  # fmt: skip
+    out.append(row(
+        "AI.TENSORGET 1 KB", "`Client.tensorget`", None, n,
+        lambda: client.tensorget("t1024"),
+        lambda: through.execute_command("AI.TENSORGET", "t1024", "BLOB"),
+    ))  # fmt: skip
     for name in ("forwarder", "socat"):
         if name in ports:
             hop = connect(ports[name])
@@ -203,6 +217,12 @@ def rows(server: RedisServer, ports: dict[str, int], n: int) -> list[Row]:
                 f"GET, {name}", "GET to Redis", None, n, lambda: direct.get("k"),
                 lambda h=hop: h.get("k"),
             ))  # fmt: skip
+    hop = connect(ports["forwarder"])
+    out.append(row(
+        "HGET 1 MB, forwarder", "HGET to Redis", None, max(20, n // 10),
+        lambda: direct.hget(f"h{1 << 20}", "blob"),
+        lambda: hop.hget(f"h{1 << 20}", "blob"),
+    ))  # fmt: skip
     return out
 
 
@@ -229,7 +249,7 @@ def main() -> None:
         table = rows(server, ports, args.n)
         for _ in range(args.rounds):
             for row in table:
-                if row.name.startswith("GET, "):
+                if ", " in row.name:
                     one_round(row, pid)  # the gateway's CPU is not part of this row
                     row.cpu_s[-1] = float("nan")
                 else:

@@ -344,7 +344,9 @@ class Session(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if out:
+        if len(out) == 1:
+            transport.write(out[0])
+        elif out:
             transport.writelines(out)
         if self.closing and not replies:
             transport.close()

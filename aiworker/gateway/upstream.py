@@ -117,9 +117,13 @@ class Upstream(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        if self._out and self.transport is not None and not self.closed:
-            self.transport.writelines(self._out)
-            self._out.clear()
+        out = self._out
+        if out and self.transport is not None and not self.closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+            out.clear()
 
     def pause(self) -> None:
         if self.transport is not None and not self.closed:
