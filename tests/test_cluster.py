@@ -210,7 +210,7 @@ def test_info_config_and_status_from_the_cli(
     assert run("exec", "AI.CONFIG GET MODEL_CHUNK_SIZE").strip().endswith("1000")
     status = json.loads(run("status", "--json"))
     streams = [q["queue"] for q in status["queues"] if q["device"] == "CPU"]
-    assert streams == cluster_worker.schedulers["CPU"].queues and len(streams) == 3
+    assert streams == cluster_worker.lanes["CPU"].queues and len(streams) == 3
     assert len(masters_of(redis_cluster, *streams)) == 3, "partitions on different masters"
     assert status["workers"][0]["queues"] == {"CPU": streams}
     assert "healthy" in run("check", "--device", "CPU")
@@ -220,7 +220,7 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
     c = cluster_client
     c.modelstore("m", "STUB", "CPU", stub_blob("add"))
     c.tensorset("a", np.array([1], dtype=np.float32))
-    streams = cluster_worker.schedulers["CPU"].queues
+    streams = cluster_worker.lanes["CPU"].queues
     wait_until(lambda: c._jobs.partitions.pick("CPU") != streams[0], timeout=10)
     for n in range(30):
         c.modelexecute("m", ["a", "a"], [f"o{n}"])
@@ -409,8 +409,12 @@ def test_dead_letters_and_forwards(
     [(_id, letter)] = c.xrange(keys.dead_letters("CPU"))
     assert letter[b"dead_letter_entry"].decode() == dead_id
     assert not c.exists("o{d}") and c.infoget("m")["errors"] == 1
-    [(_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
-    assert forwarded[b"cmd"].decode() == forward and c.llen("r{f}") == 0
+    [(forwarded_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
+    assert forwarded[b"cmd"].decode() == forward
+    # its requester is told where it went (the new id, from the step in the new queue's slot)
+    [notice] = [json.loads(raw) for raw in c.lrange("r{f}", 0, -1)]
+    assert notice["status"] == "forwarded" and notice["queue"] == queue
+    assert notice["to"] == {"queue": keys.queue("CPU:1"), "id": forwarded_id.decode()}
     assert c.xlen(queue) == 0 and c.xpending(queue, CONSUMER_GROUP)["pending"] == 0
 
 

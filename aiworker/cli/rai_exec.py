@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiworker.cli.common import quiet
-from aiworker.cli.resp_format import ErrorReply, Status
+from aiworker.cli.resp_format import ErrorReply
+from aiworker.cli.resp_format import Status as SimpleString
 from aiworker.client.cluster import ClusterClient
-from aiworker.client.raw import tensor_reply
+from aiworker.client.raw import info_reply, tensor_reply
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -29,12 +30,12 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
-from aiworker.protocol import replies as dag_results
 from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.replies import DagTensor, Status
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage import tensor_io
 
-OK = Status("OK")
+OK = SimpleString("OK")
 
 
 def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]) -> Any:
@@ -143,13 +144,7 @@ def _info(client: Client | ClusterClient, cmd: InfoGet) -> Any:
     if cmd.reset:
         client.inforeset(cmd.key)
         return OK
-    info = client.infoget(cmd.key)
-    reply: list[Any] = []
-    for name in ("key", "type", "backend", "device", "tag"):
-        reply += [name.encode(), str(info[name]).encode()]
-    for name in ("duration", "samples", "calls", "errors"):
-        reply += [name.encode(), int(info[name])]
-    return reply
+    return info_reply(client.infoget(cmd.key))
 
 
 def _config(client: Client | ClusterClient, cmd: ConfigCommand) -> Any:
@@ -173,26 +168,20 @@ def _config_names() -> set[str]:
 
 def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
     reply = client.submit_reply(client.queue_of(cmd), cmd)
-    status = reply.get("status")
-    if status == "timedout":
-        return Status("TIMEDOUT")
-    results = reply.get("results")
-    if results is None:
-        if status == "ok":
-            return OK
-        return ErrorReply(str(reply.get("error") or "job failed"))
-    assert isinstance(cmd, DagExecute)
-    return [_dag_entry(client, op, result) for op, result in zip(cmd.ops, results, strict=True)]
+    if reply.raise_for_status(timedout_ok=True) is Status.TIMEDOUT:
+        return SimpleString("TIMEDOUT")
+    if not isinstance(cmd, DagExecute):
+        return OK
+    read = lambda key: tensor_io.read(client, key)  # noqa: E731
+    entries = zip(cmd.ops, reply.op_results(), reply.tensors(read), strict=True)
+    return [_dag_entry(op, result, tensor) for op, result, tensor in entries]
 
 
-def _dag_entry(client: Client | ClusterClient, op: Any, result: Any) -> Any:
-    if isinstance(result, dict) and "error" in result:
-        return ErrorReply(str(result["error"]))
-    if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):
-        dtype, shape, array = dag_results.decode_tensor(
-            result, lambda key: tensor_io.read(client, key)
-        )
-        if array is None:
-            return [b"dtype", dtype.encode(), b"shape", list(shape)]
-        return tensor_reply(array, op.meta, op.data)
-    return Status(str(result))
+def _dag_entry(op: Any, result: Any, tensor: DagTensor | None) -> Any:
+    if isinstance(result, Exception):
+        return ErrorReply(str(result))
+    if tensor is not None and isinstance(op, TensorGet):
+        if tensor.array is None:
+            return [b"dtype", tensor.dtype.encode(), b"shape", list(tensor.shape)]
+        return tensor_reply(tensor.array, op.meta, op.data)
+    return SimpleString(str(result))

@@ -64,6 +64,13 @@ log = logging.getLogger("aiworker.cli")
     default=None,
     help="WAIT for this many replicas after each completion step (default 0: no WAIT).",
 )
+@click.option(
+    "--max-queue-length",
+    type=click.IntRange(0),
+    envvar="AIWORKER_MAX_QUEUE_LENGTH",
+    default=None,
+    help="Most jobs a device queue may hold; clients' requests beyond it fail (0: no limit).",
+)
 def worker(
     config_file: str | None,
     redis_url: str | None,
@@ -75,6 +82,7 @@ def worker(
     drain_timeout: float | None,
     queue_partitions: int | None,
     wait_replicas: int | None,
+    max_queue_length: int | None,
 ) -> None:
     """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
     Cluster is found on its own (any node's URL will do)."""
@@ -90,6 +98,7 @@ def worker(
         "drain_timeout": drain_timeout,
         "queue_partitions": queue_partitions,
         "wait_replicas": wait_replicas,
+        "max_queue_length": max_queue_length,
     }
     settings = make_settings(config_file, **flags)
     settings = make_settings(config_file, base=_shared_settings(settings), **flags)

@@ -11,8 +11,9 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
   workers announce (``Partitions``), the plain queue when none does;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
-  to retry (a reply the old master accepted but had not replicated is lost with it). An entry
-  carries a request id, so that one queued twice by a resent XADD is completed once.
+  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD
+  sent again may queue the job twice (it then runs twice; only the reply to the entry this
+  client's XADD got is taken).
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
@@ -24,7 +25,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -35,9 +35,9 @@ from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import State
-from aiworker.protocol.entries import REQUEST_ID_FIELD
-from aiworker.protocol.errors import ReplyTimeout
+from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
+from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
@@ -96,59 +96,24 @@ class ClusterJobs(Jobs):
         super().__init__(rc, keyspace, reply_timeout, wires=ClusterWires(rc))
         self.partitions = Partitions(rc, keyspace)
 
-    def submit(self, queue: str, request: Request, limit: float | None = None) -> dict[str, Any]:
+    def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         check_slot(request)  # before anything is queued, as RedisAI refused it
         return super().submit(queue, request, limit)
 
     def stream(self, queue: str) -> str:
         return self.partitions.pick(queue)
 
-    def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
-        reply_key, fields = super().private_entry(request)
-        fields[REQUEST_ID_FIELD] = uuid.uuid4().hex
-        return reply_key, fields
-
-    def _enqueue(
-        self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
-    ) -> tuple[Any, Any]:
-        """Sent again, to the same stream, while a failover is under way: the request id makes a
-        second copy of the entry complete as one (``complete_cluster``)."""
+    def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
+        """Sent again, to the same stream, while a failover is under way (until the wait's own
+        limit): an entry whose XADD reached the old master before it failed may then be queued
+        twice, and runs twice (README "Failover")."""
         while True:
             try:
-                return super()._enqueue(stream, fields, reply_key, clock)
-            except LOST as exc:
-                if clock.expired():
-                    raise ReplyTimeout(
-                        f"Redis Cluster could not take the job for {stream} in time ({exc}); "
-                        "retry it"
-                    ) from exc
+                return super()._enqueue(step, reply_key)
+            except LOST:
+                if step.deadline is not None and time.monotonic() >= step.deadline:
+                    raise
                 time.sleep(FAILOVER_PAUSE_S)
-
-    def _blpop(self, reply_key: str, seconds: float) -> Any:
-        try:
-            return super()._blpop(reply_key, seconds)
-        except LOST:  # a failover in progress: the caller's clock decides when to give up
-            time.sleep(min(seconds, FAILOVER_PAUSE_S))
-            return None
-
-    def _check(
-        self,
-        queue: str,
-        entry_id: str,
-        request: Request,
-        clock: waiting.Clock,
-        linger: Any,
-        stream: str | None = None,
-    ) -> dict[str, Any] | None:
-        try:
-            return super()._check(queue, entry_id, request, clock, linger, stream)
-        except LOST as exc:
-            if not clock.expired():
-                return None
-            raise ReplyTimeout(
-                f"no reply from a worker in time, and Redis Cluster could not tell what became of "
-                f"the job in queue {queue} ({exc}): it may or may not have run; retry it"
-            ) from exc
 
 
 class ClusterClient(Driver, AICommands, RedisCluster):

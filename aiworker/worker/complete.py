@@ -25,15 +25,15 @@ from typing import Any, Protocol
 
 import redis
 
-from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.entries import ENQUEUED_FIELD, ORIGIN_FIELD, entry_time_ms
+from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
-from aiworker.storage import lua
+from aiworker.storage import lua, tensor_io
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics, failure_reason
 
@@ -45,6 +45,8 @@ class Connection(Protocol):
     """What a completion runs on: a worker thread's ``Wire`` (or anything with ``evalsha``)."""
 
     def execute(self, *command: Any) -> Any: ...
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
 
     def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
@@ -83,11 +85,16 @@ class Writes:
     entry_id: str
     reply: str | None = None
     payload: bytes = b""
+    # > 0: the payload is a forward notice; the id the entry's last stream record gets goes after
+    # this many of its bytes (replies.forward_notice)
+    splice: int = 0
     outputs: list[tuple[str, int, Mapping[str, Any]]] = field(default_factory=list)
     stats: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
+    # output key -> the stage key its fields were written to in the completion's MULTI
+    stages: dict[str, str] = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         """Every key written or checked, the reply included (not the marker)."""
@@ -114,10 +121,14 @@ def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[
     for entry in entries:
         entry_id: Any = ref(entry.marker) if entry.marker else entry.entry_id
         reply_ref = ref(entry.reply) if entry.reply else 0
-        body += [entry_id, reply_ref, entry.payload]
+        body += [entry_id, reply_ref, entry.payload, entry.splice]
         body += [len(entry.outputs), len(entry.stats), len(entry.records), len(entry.expect)]
         for key, ttl, fields in entry.outputs:
-            body += [ref(key), ttl, 2 * len(fields)]
+            stage = entry.stages.get(key)
+            if stage is not None:  # written by a plain HSET: only renamed into place here
+                body += [ref(key), ttl, ref(stage), 0]
+                continue
+            body += [ref(key), ttl, 0, 2 * len(fields)]
             for name, value in fields.items():
                 body += [name, value]
         for key, values in entry.stats:
@@ -150,6 +161,8 @@ def refusal_message(reason: str, key: str) -> str:
         return f"NOPERM this worker may not write key '{key}'"
     if reason == "PREFIX":
         return f"WRONGTYPE '{key}' is one of aiworker's own keys: a job may not write it"
+    if reason == "STAGE":
+        return f"internal error: the data of output '{key}' was not staged"
     return WRONGTYPE
 
 
@@ -224,19 +237,33 @@ class Completer:
         )
 
     def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        keys, body = self._arguments(queue, items)
-        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body)
+        writes = [self.writes_of(item, queue) for item in items]
+        stages = self._stage(writes)
+        keys, body = encode([queue], writes)
+        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body, stages)
         if self.wait is not None:  # on this thread's connection: WAIT counts its writes
             conn.execute("WAIT", *self.wait)
         return [_result(row) for row in reply]
 
-    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue``."""
-        return encode([queue], [self.writes_of(item) for item in items])
-
     def _head(self) -> list[Any]:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
         return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
+
+    def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
+        output's fields as arguments)."""
+        return encode([queue], [self.writes_of(item, queue) for item in items])
+
+    def _stage(self, writes: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:
+        """Large outputs go to stage keys in plain HSETs (``tensor_io.staged_call``); the stage
+        keys and their fields."""
+        stages = []
+        for entry in writes:
+            for key, _ttl, fields in entry.outputs:
+                if len(memoryview(fields["blob"])) > tensor_io.LUA_VALUE_BYTES:
+                    entry.stages[key] = self.keys.temp(key, entry.entry_id)
+                    stages.append((entry.stages[key], fields))
+        return stages
 
     @staticmethod
     def _script(
@@ -245,31 +272,43 @@ class Completer:
         keys: list[str],
         head: list[Any],
         body: list[Any],
+        stages: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> Any:
+        def call(keys: list[str], args: list[Any]) -> Any:
+            if stages:
+                return tensor_io.staged_call(conn, script, keys, args, stages)
+            return conn.evalsha(script, keys, args)
+
         try:
-            return conn.evalsha(script, keys, [*head, 0, *body])
+            return call(keys, [*head, 0, *body])
         except redis.exceptions.NoPermissionError:
             # The ACL denies a declared key, so Redis refused the whole script. Run it once more
             # with the keys as arguments (standalone Redis allows that): its own ACL check then
             # names the key, and the other entries complete.
-            return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
+            return call(keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
 
-    def writes_of(self, item: Finished) -> Writes:
-        """What completing ``item`` writes: outputs, reply, statistics, stream records, and the
-        model/script versions it ran (checked, not written)."""
+    def writes_of(self, item: Finished, queue: str) -> Writes:
+        """What completing ``item``, read from stream ``queue``, writes: outputs, reply, statistics,
+        stream records, and the model/script versions it ran (checked, not written)."""
         outcome = item.outcome
         writes = Writes(item.entry_id, records=list(item.records), expect=list(item.expect))
-        if outcome.status == "forward":
+        if outcome.status == FORWARD:
             writes.records.append(self._forward(item))
+            if item.reply:
+                to_queue = writes.records[-1].stream
+                writes.payload, writes.splice = replies.forward_notice(
+                    queue, item.entry_id, to_queue
+                )
+                writes.reply = item.reply
             return writes
-        if outcome.status != "dropped":
+        if outcome.status != DROPPED:
             writes.outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
             if item.reply:
                 writes.outputs += [
                     (k, self.reply_ttl, codec.encode_fields(a))
                     for k, a in outcome.temp_writes.items()
                 ]
-                writes.payload = replies.encode_reply(self._reply(item), item.fmt)
+                writes.payload = self._reply(item, queue).encode(item.fmt)
         writes.reply = item.reply
         writes.stats = [
             (self.keys.stats(r.key), (r.duration_us, r.samples, r.calls, r.errors))
@@ -278,21 +317,28 @@ class Completer:
         return writes
 
     def _forward(self, item: Finished) -> Record:
-        """The entry again, on the queue of the device its model lives on."""
-        fields = {text(k): v for k, v in item.fields.items()}
+        """The entry again, on the queue of the device its model lives on: its request, reply key
+        and format only (whatever else it carried stays behind, so a forward stays small)."""
+        fields = {
+            name: value
+            for name, value in ((text(k), v) for k, v in item.fields.items())
+            if name in FORWARDED_FIELDS
+        }
         if item.job is not None:  # TIMEOUT keeps counting from the first enqueue
             fields[ENQUEUED_FIELD] = str(item.job.enqueued_ms)
-            fields[ORIGIN_FIELD] = item.job.origin or item.entry_id  # the id its reply carries
         return Record(self.keys.queue(item.outcome.forward_queue), fields)
 
-    def _reply(self, item: Finished) -> dict[str, Any]:
+    def _reply(self, item: Finished, queue: str) -> replies.Reply:
+        """The reply about ``item``: it names the stream it was read from and the id Redis gave
+        it, never anything the entry says about itself."""
         outcome = item.outcome
         queue_ms = None
         if item.started is not None:
             queue_ms = max(0, int(item.started * 1000) - _enqueued_ms(item))
         compute_ms = round(outcome.duration_us / 1000, 3) if outcome.duration_us else None
         return replies.build_reply(
-            item.job.origin if item.job is not None and item.job.origin else item.entry_id,
+            queue,
+            item.entry_id,
             self.worker_name,
             outcome.status,
             outcome.error,
@@ -312,7 +358,7 @@ class Completer:
             )
             return
         outcome = item.outcome
-        if not result.applied or outcome.status in ("forward", "dropped"):
+        if not result.applied or outcome.status in (FORWARD, DROPPED):
             return
         if result.reply < 0:
             self.metrics.replies_dropped.labels(device).inc()
@@ -356,6 +402,11 @@ class Completer:
         )
 
 
+def spliced(payload: bytes, at: int, entry_id: str) -> bytes:
+    """A forward notice with the forwarded entry's id written in (as complete_parts.lua does)."""
+    return payload[:at] + entry_id.encode() + payload[at:]
+
+
 def _enqueued_ms(item: Finished) -> int:
     """When the requester enqueued the job (before any forward to another device queue)."""
     return item.job.enqueued_ms if item.job is not None else entry_time_ms(item.entry_id)
@@ -376,7 +427,7 @@ def unrestricted(r: Any) -> bool:
 
 
 def _result(row: Sequence[Any]) -> Result:
-    code, reply, stats, reason, key = row
+    code, reply, stats, reason, key = row[:5]  # row[5]: the id a stream record got (if any)
     return Result(
         applied=code == 1,
         duplicate=code == 0,

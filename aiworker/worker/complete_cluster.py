@@ -20,6 +20,10 @@ A refusal writes nothing more and leaves the entry pending, to be completed agai
 its reply (as on a single Redis). The one difference: outputs refused in step 2 (WRONGTYPE, NOPERM)
 come after step 1 counted the run, so AI.INFO shows a call without its error.
 
+A forward's notice names the id its forwarded entry got: when the forward is a step in another
+slot, that step's row (or, for a redelivery, its done marker) says the id, and it is written into
+the notice before the last step runs.
+
 A worker killed between two steps leaves the entry pending; it is reclaimed and run again, the
 steps already done find their markers, the rest are applied: one reply, one set of outputs,
 statistics counted once. Two deliveries finishing at once race for each marker (one SET inside a
@@ -37,7 +41,7 @@ from typing import Any, cast
 
 from redis.exceptions import NoPermissionError
 
-from aiworker.protocol.entries import REQUEST_ID_FIELD
+from aiworker.protocol import replies
 from aiworker.protocol.keys import CONSUMER_GROUP, key_slot
 from aiworker.protocol.text import text
 from aiworker.storage import lua
@@ -51,6 +55,7 @@ from aiworker.worker.complete import (
     Writes,
     _result,
     encode,
+    spliced,
 )
 
 log = logging.getLogger("aiworker.worker")
@@ -74,8 +79,8 @@ class ClusterCompleter(Completer):
         at_queue: list[tuple[int, Writes]] = []  # what complete.lua runs in the queue's slot
         steps: dict[int, list[Writes]] = {}
         for n, item in enumerate(items):
-            writes = self.writes_of(item)
-            split = self._split(queue, queue_slot, writes, _ident(item))
+            writes = self.writes_of(item, queue)
+            split = self._split(queue, queue_slot, writes, item.entry_id)
             if split is None:
                 at_queue.append((n, writes))
             else:
@@ -85,6 +90,9 @@ class ClusterCompleter(Completer):
         for n, row in self._round(conn, first):
             rows[n].append(row)
         refused = {n for n, found in rows.items() if any(row[0] == -1 for row in found)}
+        for n, split in steps.items():  # a forward notice in another slot than its record
+            if split[-1].splice and n not in refused:
+                _announce(split[-1], rows[n])
         last = [(n, split[-1]) for n, split in steps.items() if n not in refused]
         for n, row in self._round(conn, last):
             rows[n].append(row)
@@ -122,7 +130,7 @@ class ClusterCompleter(Completer):
             part(output[0]).outputs.append(output)
         if writes.reply:
             step = part(writes.reply)
-            step.reply, step.payload = writes.reply, writes.payload
+            step.reply, step.payload, step.splice = writes.reply, writes.payload, writes.splice
         for record in writes.records:
             part(record.stream).records.append(record)
         for stats in writes.stats:
@@ -169,13 +177,24 @@ class ClusterCompleter(Completer):
         return conn.evalsha(script, keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
 
 
-def _ident(item: Finished) -> str:
-    """What names an entry's done markers: the Python client's request id (the same request
-    queued twice completes once), else the entry id."""
-    for name, value in item.fields.items():
-        if text(name) == REQUEST_ID_FIELD and value:
-            return "rid:" + text(value)
-    return item.entry_id
+def _announce(step: Writes, rows: list[list[Any]]) -> None:
+    """Write into ``step``'s forward notice the id its entry's forward got in an earlier step
+    (the row of that step says it, or the done marker of a delivery that did it before)."""
+    if step.records:
+        return  # the forward is in this step's slot: the script writes the id itself
+    ids = [text(row[5]) for row in rows if len(row) > 5 and "-" in text(row[5])]
+    notice = replies.decode_reply(step.payload)
+    if ids or notice is None or notice.to is None:
+        step.payload, step.splice = spliced(step.payload, step.splice, ids[-1] if ids else ""), 0
+        return
+    # the marker that held the id was lost (a failover's window): say so instead of a notice
+    message = (
+        f"the job was forwarded to {notice.to[0]}, but the id of its forwarded entry was lost with "
+        "a Redis failover: it may still run there, and its reply cannot reach you"
+    )
+    log.warning("entry %s: %s", step.entry_id, message)
+    failed = replies.Reply(replies.Status.ERROR, notice.queue, notice.id, message)
+    step.payload, step.splice = failed.encode(), 0
 
 
 def _combined(rows: list[list[Any]]) -> Result:

@@ -14,14 +14,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis
 
 from aiworker.protocol.keys import Keys
 from aiworker.worker.metrics import WorkerMetrics
-from aiworker.worker.schedule import QueueScheduler
 
 log = logging.getLogger("aiworker.worker")
 HEARTBEAT_SECONDS = 2.0
@@ -33,7 +32,9 @@ WATCH_EVERY_S = 0.25
 
 
 class Heartbeat:
-    """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped."""
+    """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped, with the length limit of
+    each queue stream the worker serves (``max_queue_length``: clients' enqueue script reads it;
+    0 publishes none)."""
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class Heartbeat:
         status: Callable[[], dict[str, Any]],
         metrics: WorkerMetrics,
         on_beat: Callable[[], None] = lambda: None,
+        max_queue_length: int = 0,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -50,23 +52,47 @@ class Heartbeat:
         self.status = status
         self.metrics = metrics
         self.on_beat = on_beat  # periodic checks the process wants done at heartbeat pace
+        self.max_queue_length = max_queue_length
+        self._publishing = threading.Lock()
 
     def publish(self) -> None:
         now = time.time()
+        status = self.status()
+        expiry = int(HEARTBEAT_SECONDS * 15)
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(
-            self.keys.worker(self.name), json.dumps(self.status()), ex=int(HEARTBEAT_SECONDS * 15)
-        )
+        pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)
         pipe.zadd(self.keys.workers, {self.name: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
+        if self.max_queue_length > 0:
+            for streams in status.get("queues", {}).values():
+                for stream in streams:
+                    pipe.set(self.keys.queue_limit(stream), self.max_queue_length, ex=expiry)
         pipe.execute()
+
+    def beat_now(self) -> bool:
+        """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush
+        removed the heartbeat with everything else), so that clients see a live worker again
+        before the next beat. Calls made while one publishes are skipped; False when skipped or
+        Redis refused."""
+        if not self._publishing.acquire(blocking=False):
+            return False
+        try:
+            self.publish()
+            return True
+        except redis.RedisError:
+            self.metrics.redis_errors.labels("heartbeat").inc()
+            log.warning("heartbeat failed")
+            return False
+        finally:
+            self._publishing.release()
 
     def loop(self, stop: threading.Event) -> None:
         while True:
             pause = HEARTBEAT_SECONDS
             try:
                 self.on_beat()
-                self.publish()
+                with self._publishing:
+                    self.publish()
             except redis.RedisError:
                 self.metrics.redis_errors.labels("heartbeat").inc()
                 log.warning("heartbeat failed")
@@ -83,16 +109,24 @@ class Heartbeat:
         pipe.execute()
 
 
+class Watched(Protocol):
+    """A device lane, as the watchdog sees it: what runs on its device now, since when."""
+
+    device: str
+
+    def running_since(self) -> list[tuple[list[str], float]]: ...
+
+
 class Watchdog:
     """Calls ``on_hung(problem)`` once when a job has run longer than ``limit_s`` seconds."""
 
     def __init__(
         self,
-        schedulers: list[QueueScheduler],
+        lanes: Callable[[], Sequence[Watched]],
         limit_s: float,
         on_hung: Callable[[str], None],
     ) -> None:
-        self.schedulers = schedulers
+        self.lanes = lanes
         self.limit_s = limit_s
         self.on_hung = on_hung
         self.problem = ""
@@ -100,11 +134,11 @@ class Watchdog:
     def check(self) -> str:
         """The first hung job's description, or ""."""
         now = time.monotonic()
-        for scheduler in self.schedulers:
-            for entry_ids, since in scheduler.running_since():
+        for lane in self.lanes():
+            for entry_ids, since in lane.running_since():
                 if now - since > self.limit_s:
                     return (
-                        f"job {','.join(entry_ids)} on {scheduler.device} has run "
+                        f"job {','.join(entry_ids)} on {lane.device} has run "
                         f"{now - since:.0f} s, past hung_job_timeout ({self.limit_s:g} s)"
                     )
         return ""
