@@ -430,6 +430,9 @@ def test_ai_commands_cost_no_second_redis_connection(
     gateway: Gateway, worker: Worker, client: Client
 ) -> None:
     client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(2, np.float32))
+    for _ in range(4):  # the worker's threads have their connections
+        client.modelexecute("m", ["a", "a"], ["b"])
     before = len(client.client_list())
     con = connect(gateway)
     cmd(con, "SET", "k", "v")
@@ -437,6 +440,39 @@ def test_ai_commands_cost_no_second_redis_connection(
     assert cmd(con, "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b") == b"OK"
     assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"2", b"4"]
     assert len(client.client_list()) == before + 1
+
+
+def test_jobs_believe_only_their_own_reply(
+    gateway: Gateway, client: Client, settings: Settings
+) -> None:
+    """The Python client's wait plan, driven on the client's connection: a forged reply naming
+    the job's id does not end its wait, a worker's forward is followed (issue "reply identity")."""
+    from test_reply_identity import X, beside, forged, victim_entry
+
+    w = Worker(settings.replace(devices=("CPU", "CPU:1"))).start()
+    try:
+        wait_until(lambda: client.zcard(client.keyspace.workers) > 0, timeout=10)
+        client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+        client.tensorset("a", X)
+        con = connect(gateway)
+        replies: list[Any] = []
+        job = threading.Thread(target=lambda: replies.append(
+            cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c")))  # fmt: skip
+        job.start()
+        stream, entry_id, fields = victim_entry(client)
+        client.xadd(beside(client, stream), {**forged(fields[b"reply"]), "origin": entry_id})
+        job.join(30)
+        assert replies == [b"OK"]
+        assert client.tensorget("c").tolist() == (X + X).tolist(), "it returned once its job ran"
+        # the model moves to another device: the gateway's cached queue is stale, the worker
+        # forwards the job there and the gateway follows
+        client.modelstore("slow", "STUB", "CPU:1", stub_blob("mul"))
+        assert cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c") == (
+            b"OK"
+        )
+        assert client.tensorget("c").tolist() == (X * X).tolist()
+    finally:
+        w.stop(timeout=10)
 
 
 def test_a_job_longer_than_the_first_wait(gateway: Gateway, worker: Worker, client: Client) -> None:

@@ -2,12 +2,12 @@
 
 An identity is what a connection selected and authenticated: (DB, username, password). On a single
 Redis most AI.* commands run on the client's own connection (``runner``); this module holds, per
-identity, what that needs besides: the device queues of models and scripts (``State``, cached) and
-a blocking client for the work done in threads, with that identity's DB and credentials (so Redis'
-ACLs apply to it exactly as to the user's own commands): model and script stores (they hash and
-compile whole blobs), the rest of a wait for a job's reply that the first BLPOP did not bring, the
-commands of a connection that WATCHes keys (a plan's MULTI/EXEC would end the client's WATCH), and
-every AI.* command on Redis Cluster (on the ``ClusterClient``).
+identity, what that needs besides: the device queues of models and scripts (``State``, cached),
+the length limits of job queues (``Enqueuer``), and a blocking client for the work done in
+threads, with that identity's DB and credentials (so Redis' ACLs apply to it exactly as to the
+user's own commands): model and script stores (they hash and compile whole blobs), the commands of
+a connection that WATCHes keys (a plan's MULTI/EXEC would end the client's WATCH), and every AI.*
+command on Redis Cluster (on the ``ClusterClient``).
 
 The gateway never loads a framework itself: a model stored through it is checked by a live worker
 serving its device (MODELVERIFY), as a client without the framework installed would check it.
@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from aiworker.client import waiting
 from aiworker.client.ops import State, VerifyHere
 from aiworker.client.sync import Client
 from aiworker.parser import Command
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
+from aiworker.storage.queues import Enqueuer
 
 from .translate import error_reply, reply_plan
 
@@ -76,6 +75,7 @@ class _Clients:
         self.identity = identity
         self.reply_timeout = reply_timeout
         self.state = State(Keys(settings.prefix), raw=True)
+        self.enqueuer = Enqueuer(self.state.keyspace)
         self.in_use = 0
         self._blocking: Any = None
 
@@ -135,32 +135,15 @@ class AIClients:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    def state(self, identity: Identity) -> State:
-        """The device queues of models and scripts as ``identity`` last read them."""
-        return self._for(identity).state
+    def state(self, identity: Identity) -> tuple[State, Enqueuer]:
+        """What ``identity``'s AI.* commands keep between them: the device queues of models and
+        scripts, the length limits of job queues."""
+        clients = self._for(identity)
+        return clients.state, clients.enqueuer
 
     async def run(self, identity: Identity, cmd: Command) -> Any:
         """RedisAI's reply to ``cmd`` (an ``ErrorReply`` when it failed), in a thread."""
         return await self._in_thread(identity, self._run_blocking, cmd)
-
-    async def wait_reply(
-        self,
-        identity: Identity,
-        queue: str,
-        entry_id: str,
-        reply_key: str,
-        request: Request,
-        clock: waiting.Clock,
-        stream: str,
-    ) -> Any:
-        """The rest of the wait for the reply to an entry queued on ``stream``, by the blocking
-        client's rules (``Jobs.wait_private``), in a thread."""
-
-        def wait(clients: _Clients) -> Any:
-            jobs = clients.blocking_client()._jobs
-            return jobs.wait_private(queue, entry_id, reply_key, request, clock, None, stream)
-
-        return await self._in_thread(identity, wait)
 
     async def _in_thread(self, identity: Identity, call: Any, *args: Any) -> Any:
         clients = self._for(identity)

@@ -274,13 +274,8 @@ class Session(asyncio.Protocol):
         """The runner of AI.* commands as the connection's identity now."""
         identity = self.identity
         if self._runner_of is None or self._runner_of[0] is not identity:
-            ai = self.gw.ai
-            runner = Runner(
-                self.router.own,
-                ai.state(identity),
-                partial(ai.wait_reply, identity),
-                self.gw.config.reply_timeout,
-            )
+            state, enqueuer = self.gw.ai.state(identity)
+            runner = Runner(self.router.own, state, enqueuer, self.gw.config.reply_timeout)
             self._runner_of = (identity, runner)
         return self._runner_of[1]
 
@@ -320,6 +315,8 @@ class Session(asyncio.Protocol):
         """Redis went away: the commands it did not answer get an error, then the client is
         disconnected (its DB, user and transaction were Redis' and are gone)."""
         error = resp.error(f"gateway: {why}")
+        if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
+            self.ai_task.cancel(redis.ConnectionError(f"gateway: {why}"))
         while upstream.waiting:
             slot = upstream.waiting.popleft()
             if slot.internal is not None:  # an AI.* command's Redis call: the command fails
