@@ -123,8 +123,8 @@ def _env(name: str) -> str:
     envvar=_env("loop"),
     default="auto",
     show_default=True,
-    help="Event loop: uvloop (about a third less latency per command), asyncio, or uvloop "
-    "when it is installed.",
+    help="Event loop: uvloop (less latency per command: bench/README.md), asyncio, or auto "
+    "(uvloop when it is installed).",
 )
 def gateway(
     config_file: str | None, redis_url: str | None, prefix: str | None, listen: str,

@@ -35,6 +35,7 @@ from .aiclients import Identity
 from .cluster import EMULATED
 from .commands import is_job_command, parse_command
 from .frames import ProtocolError, RequestReader
+from .hooks import HOOKS
 from .resp import ErrorReply
 from .runner import Drive, Runner
 from .transaction import IN_TRANSACTION, Transaction
@@ -52,6 +53,8 @@ MAX_WAITING = 4096
 TUNNEL_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
 # What may pass before AUTH when the gateway requires it.
 BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
+# Commands that are more than passed on (the rest take ``Session._plain``'s short way).
+SPECIAL = {*HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
 
 
 class Session(asyncio.Protocol):
@@ -174,7 +177,7 @@ class Session(asyncio.Protocol):
             self._reply_now(local)
             return
         slot = Slot(tunnel=name in TUNNEL_COMMANDS)
-        hook = _HOOKS.get(name)
+        hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
         self._plain(args, slot)
@@ -257,7 +260,7 @@ class Session(asyncio.Protocol):
         self.flush()
         self.dispatch()
 
-    async def _exec_reply(self, transaction: Transaction, slot: Slot, data: bytes) -> None:
+    async def finish_exec(self, transaction: Transaction, slot: Slot, data: bytes) -> None:
         """EXEC's reply once the AI.* commands in the transaction are done (``transaction``);
         the client's next commands wait for it."""
         try:
@@ -386,104 +389,3 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-# What the gateway learns from the replies to some commands: hook(session, slot, args, reply)
-# returns the reply the client gets, or None when it fills the slot itself later.
-
-
-def _on_auth(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK and len(args) in (2, 3):
-        user = args[1].decode("utf-8", "replace") if len(args) == 3 else "default"
-        password = args[-1].decode("utf-8", "replace")
-        session.identity = Identity(session.identity.db, user, password)
-        session.authed = True
-        session.router.authenticated(args[1:])
-    return data
-
-
-def _on_hello(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data[:1] != b"*":
-        return data
-    words = [arg.upper() for arg in args]
-    if b"AUTH" in words:
-        at = words.index(b"AUTH")
-        if len(args) > at + 2:
-            user, password = args[at + 1], args[at + 2]
-            session.identity = Identity(
-                session.identity.db,
-                user.decode("utf-8", "replace"),
-                password.decode("utf-8", "replace"),
-            )
-            session.authed = True
-            session.router.authenticated([user, password])
-    return data
-
-
-def _on_select(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        identity = session.identity
-        session.identity = Identity(int(args[1]), identity.username, identity.password)
-    return data
-
-
-def _on_watch(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.watching = True
-    return data
-
-
-def _on_unwatch(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.watching = False
-    return data
-
-
-def _on_multi(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.transaction = Transaction()
-    return data
-
-
-def _on_exec(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
-    transaction, session.transaction = session.transaction, None
-    session.watching = False
-    if transaction is None or not transaction.holds_ai():
-        return data
-    session.ai_task = asyncio.ensure_future(session._exec_reply(transaction, slot, data))
-    return None
-
-
-def _on_discard(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        if session.transaction is not None:
-            session.transaction.discard()
-        session.transaction = None
-        session.watching = False
-    return data
-
-
-def _on_reset(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == b"+RESET\r\n":
-        session.identity = session.gw.identity
-        session.authed = not session.gw.config.require_auth
-        if session.transaction is not None:
-            session.transaction.discard()
-        session.transaction = None
-        session.watching = False
-    return data
-
-
-_HOOKS = {
-    b"AUTH": _on_auth,
-    b"HELLO": _on_hello,
-    b"SELECT": _on_select,
-    b"WATCH": _on_watch,
-    b"UNWATCH": _on_unwatch,
-    b"MULTI": _on_multi,
-    b"EXEC": _on_exec,
-    b"DISCARD": _on_discard,
-    b"RESET": _on_reset,
-}
-# Commands that are more than passed on (the rest take ``Session._plain``'s short way).
-SPECIAL = {*_HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
