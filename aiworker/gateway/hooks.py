@@ -1,7 +1,7 @@
-"""What the gateway learns from Redis' replies to some of a client's commands.
+"""What a session learns from Redis' replies to some of its client's commands.
 
-A hook ``hook(session, slot, args, reply)`` sees the reply first and returns the reply the client
-gets, or None when it fills the slot itself later (EXEC of a transaction holding AI.* commands):
+``HOOKS[name](session, slot, args, reply)`` sees the reply first and returns the reply the client
+gets, or None when the session fills the slot later (EXEC of a transaction holding AI.* commands).
 AUTH and HELLO change the identity AI.* commands run as off the connection, SELECT its DB; WATCH
 and UNWATCH whether AI.* commands may use the connection; MULTI, EXEC, DISCARD and RESET the
 transaction AI.* commands join (``transaction``).
@@ -10,107 +10,113 @@ transaction AI.* commands join (``transaction``).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import resp
 from .aiclients import Identity
+from .routers import ClusterRouter, SingleRouter
 from .transaction import Transaction
-
-if TYPE_CHECKING:
-    from .session import Session
-    from .upstream import Slot
+from .upstream import Slot
 
 
-def _on_auth(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK and len(args) in (2, 3):
-        user = args[1].decode("utf-8", "replace") if len(args) == 3 else "default"
-        password = args[-1].decode("utf-8", "replace")
-        session.identity = Identity(session.identity.db, user, password)
-        session.authed = True
-        session.router.authenticated(args[1:])
-    return data
+class ReplyHooks:
+    """The hooks, as methods of the session whose state they change (``session.Session``)."""
 
+    identity: Identity
+    authed: bool
+    watching: bool
+    transaction: Transaction | None
+    ai_task: Any
+    router: SingleRouter | ClusterRouter
 
-def _on_hello(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data[:1] != b"*":
+    def signed_out(self) -> None:
+        """Back to the identity and authentication a connection starts with."""
+        raise NotImplementedError
+
+    def finish_exec(
+        self, transaction: Transaction, slot: Slot, data: bytes
+    ) -> Coroutine[Any, Any, None]:
+        """Fill EXEC's slot once the transaction's AI.* commands are done."""
+        raise NotImplementedError
+
+    def _signed_in(self, username: bytes, password: bytes) -> None:
+        self.identity = Identity(
+            self.identity.db,
+            username.decode("utf-8", "replace"),
+            password.decode("utf-8", "replace"),
+        )
+        self.authed = True
+        self.router.authenticated([username, password])
+
+    def _no_transaction(self) -> None:
+        if self.transaction is not None:
+            self.transaction.discard()
+        self.transaction = None
+        self.watching = False
+
+    def on_auth(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK and len(args) in (2, 3):
+            self._signed_in(args[1] if len(args) == 3 else b"default", args[-1])
         return data
-    words = [arg.upper() for arg in args]
-    if b"AUTH" in words:
-        at = words.index(b"AUTH")
-        if len(args) > at + 2:
-            user, password = args[at + 1], args[at + 2]
-            session.identity = Identity(
-                session.identity.db,
-                user.decode("utf-8", "replace"),
-                password.decode("utf-8", "replace"),
-            )
-            session.authed = True
-            session.router.authenticated([user, password])
-    return data
 
-
-def _on_select(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        identity = session.identity
-        session.identity = Identity(int(args[1]), identity.username, identity.password)
-    return data
-
-
-def _on_watch(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.watching = True
-    return data
-
-
-def _on_unwatch(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.watching = False
-    return data
-
-
-def _on_multi(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.transaction = Transaction()
-    return data
-
-
-def _on_exec(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
-    transaction, session.transaction = session.transaction, None
-    session.watching = False
-    if transaction is None or not transaction.holds_ai():
+    def on_hello(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        words = [arg.upper() for arg in args]
+        if data[:1] == b"*" and b"AUTH" in words:
+            at = words.index(b"AUTH")
+            if len(args) > at + 2:
+                self._signed_in(args[at + 1], args[at + 2])
         return data
-    session.ai_task = asyncio.ensure_future(session.finish_exec(transaction, slot, data))
-    return None
+
+    def on_select(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            identity = self.identity
+            self.identity = Identity(int(args[1]), identity.username, identity.password)
+        return data
+
+    def on_watch(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.watching = True
+        return data
+
+    def on_unwatch(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.watching = False
+        return data
+
+    def on_multi(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.transaction = Transaction()
+        return data
+
+    def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
+        transaction, self.transaction = self.transaction, None
+        self.watching = False
+        if transaction is None or not transaction.holds_ai():
+            return data
+        self.ai_task = asyncio.ensure_future(self.finish_exec(transaction, slot, data))
+        return None
+
+    def on_discard(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self._no_transaction()
+        return data
+
+    def on_reset(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == b"+RESET\r\n":
+            self.signed_out()
+            self._no_transaction()
+        return data
 
 
-def _on_discard(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        if session.transaction is not None:
-            session.transaction.discard()
-        session.transaction = None
-        session.watching = False
-    return data
-
-
-def _on_reset(session: Session, slot: Slot, args: list[bytes], data: bytes) -> bytes:
-    if data == b"+RESET\r\n":
-        session.identity = session.gw.identity
-        session.authed = not session.gw.config.require_auth
-        if session.transaction is not None:
-            session.transaction.discard()
-        session.transaction = None
-        session.watching = False
-    return data
-
-
-HOOKS = {
-    b"AUTH": _on_auth,
-    b"HELLO": _on_hello,
-    b"SELECT": _on_select,
-    b"WATCH": _on_watch,
-    b"UNWATCH": _on_unwatch,
-    b"MULTI": _on_multi,
-    b"EXEC": _on_exec,
-    b"DISCARD": _on_discard,
-    b"RESET": _on_reset,
+HOOKS: dict[bytes, Callable[..., bytes | None]] = {
+    b"AUTH": ReplyHooks.on_auth,
+    b"HELLO": ReplyHooks.on_hello,
+    b"SELECT": ReplyHooks.on_select,
+    b"WATCH": ReplyHooks.on_watch,
+    b"UNWATCH": ReplyHooks.on_unwatch,
+    b"MULTI": ReplyHooks.on_multi,
+    b"EXEC": ReplyHooks.on_exec,
+    b"DISCARD": ReplyHooks.on_discard,
+    b"RESET": ReplyHooks.on_reset,
 }

@@ -12,13 +12,10 @@ that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cluster import Node, SlotMap, command_keys, redirect_target
 from .upstream import Slot, Target, Upstream, ignore
-
-if TYPE_CHECKING:
-    from .session import Session
 
 _UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
 
@@ -26,8 +23,8 @@ _UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
 class SingleRouter:
     """A client's one connection to a single Redis."""
 
-    def __init__(self, session: Session, target: Target, hello: list[list[bytes]]) -> None:
-        self.session = session
+    def __init__(self, session: Any, target: Target, hello: list[list[bytes]]) -> None:
+        self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.target = target
         self.hello = hello
         self.upstream: Upstream | None = None
@@ -66,10 +63,8 @@ class SingleRouter:
 class ClusterRouter:
     """A client's connections to the masters of a Redis Cluster (see the module docstring)."""
 
-    def __init__(
-        self, session: Session, slots: SlotMap, target: Any, hello: list[list[bytes]]
-    ) -> None:
-        self.session = session
+    def __init__(self, session: Any, slots: SlotMap, target: Any, hello: list[list[bytes]]) -> None:
+        self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.slots = slots
         self.target_for = target  # Node -> Target
         self.hello = list(hello)

@@ -24,26 +24,26 @@ import asyncio
 import logging
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import redis
 
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.keys import Keys
 
 from . import resp
-from .aiclients import Identity
+from .aiclients import AIClients, Identity
 from .cluster import EMULATED
 from .commands import is_job_command, parse_command
+from .config import GatewayConfig
 from .frames import ProtocolError, RequestReader
-from .hooks import HOOKS
+from .hooks import HOOKS, ReplyHooks
 from .resp import ErrorReply
+from .routers import ClusterRouter, SingleRouter
 from .runner import Drive, Runner
 from .transaction import IN_TRANSACTION, Transaction
 from .translate import STORES, error_reply, reply_plan
 from .upstream import Slot, Upstream
-
-if TYPE_CHECKING:
-    from .server import Gateway
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -57,18 +57,35 @@ BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
 SPECIAL = {*HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
 
 
-class Session(asyncio.Protocol):
+class Host(Protocol):
+    """What a session needs of the gateway that accepted it (``server.Gateway``)."""
+
+    config: GatewayConfig
+    keyspace: Keys
+    identity: Identity
+    ai: AIClients
+    cluster: bool
+
+    def admit(self, session: Session) -> bool: ...
+
+    def forget(self, session: Session) -> None: ...
+
+    def router_for(self, session: Session) -> SingleRouter | ClusterRouter: ...
+
+    def local_reply(self, session: Session, name: bytes, args: list[bytes]) -> bytes | None: ...
+
+
+class Session(ReplyHooks, asyncio.Protocol):
     """A gateway client's connection (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Host) -> None:
         self.gw = gateway
         config = gateway.config
         self.reader = RequestReader(config.max_bulk, config.max_args, config.max_request)
         self.transport: asyncio.Transport | None = None
         self.replies: deque[Slot] = deque()
         self.waiting: deque[list[bytes]] = deque()
-        self.identity: Identity = gateway.identity
-        self.authed = not config.require_auth
+        self.signed_out()
         self.transaction: Transaction | None = None  # since MULTI
         self.watching = False
         self.inflight = 0  # commands sent to Redis and not answered yet
@@ -281,6 +298,10 @@ class Session(asyncio.Protocol):
             runner = Runner(self.router.own, state, enqueuer, self.gw.config.reply_timeout)
             self._runner_of = (identity, runner)
         return self._runner_of[1]
+
+    def signed_out(self) -> None:
+        self.identity = self.gw.identity
+        self.authed = not self.gw.config.require_auth
 
     def _reply_now(self, data: bytes) -> None:
         slot = Slot(data)
