@@ -133,6 +133,27 @@ def test_gateway_processes_share_a_port(
     assert client.exists("t") == 1
 
 
+def test_event_loop_option() -> None:
+    """``--loop``: uvloop when installed (auto), asyncio on request; uvloop asked for and missing
+    is a usage error, not a silent fallback."""
+    import asyncio
+
+    import click
+
+    from aiworker.cli.gateway import _runner
+
+    assert _runner("asyncio") is asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        assert _runner("auto") is asyncio.run
+        with pytest.raises(click.UsageError, match="uvloop is not installed"):
+            _runner("uvloop")
+    else:
+        assert _runner("auto") is uvloop.run
+        assert _runner("uvloop") is uvloop.run
+
+
 def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker: Worker,
                                           cluster_settings: Settings) -> None:  # fmt: skip
     """Before a 3-master cluster the gateway is one node to its client: keys in every slot,

@@ -115,7 +115,8 @@ def _env(name: str) -> str:
     envvar=_env("threads"),
     default=DEFAULTS.threads,
     show_default=True,
-    help="Threads for model/script stores (and every AI.* command on a cluster).",
+    help="Threads for model/script stores, the AI.* commands of a connection that WATCHes, "
+    "and every AI.* command on a cluster.",
 )
 @click.option(
     "--loop",

@@ -340,11 +340,11 @@ class Session(ReplyHooks, asyncio.Protocol):
         disconnected (its DB, user and transaction were Redis' and are gone)."""
         error = resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
-            self.ai_task.cancel(redis.ConnectionError(f"gateway: {why}"))
+            self.ai_task.cancel(redis.ConnectionError(why))
         while upstream.waiting:
             slot = upstream.waiting.popleft()
             if slot.internal is not None:  # an AI.* command's Redis call: the command fails
-                slot.internal(redis.ConnectionError(f"gateway: {why}"))
+                slot.internal(redis.ConnectionError(why))
             else:
                 self.inflight -= 1
                 slot.data = error
