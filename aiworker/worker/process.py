@@ -55,6 +55,8 @@ from aiworker.worker.recovery import Recovery
 log = logging.getLogger("aiworker.worker")
 # Exit code of a worker that gave up its process because a job hung (EX_SOFTWARE).
 EXIT_HUNG = 70
+# Longest a stop waits, after the drain, for the lease thread and for deregistering each.
+DEREGISTER_S = 2.0
 
 __all__ = ["Worker", "ensure_group"]
 
@@ -279,7 +281,27 @@ class Worker:
                 thread.join(0.1)
         self.recovery.stop_leases()
         if self._lease_thread is not None:
-            self._lease_thread.join(5.0)
+            self._lease_thread.join(DEREGISTER_S)
+        # Handing back and deregistering is a courtesy (leases lapse, heartbeats expire): with
+        # Redis down, its retries must not hold the stop past a supervisor's grace period.
+        deregister = threading.Thread(target=self._deregister, name="aiworker-deregister")
+        deregister.daemon = True
+        deregister.start()
+        deregister.join(DEREGISTER_S)
+        if deregister.is_alive():
+            log.warning(
+                "worker %s: Redis did not answer within %g s: stopped without deregistering "
+                "(its entries are reclaimed after visibility_timeout)",
+                self.name,
+                DEREGISTER_S,
+            )
+        self.metrics.close()
+        self.models.close()
+        if not self._hurry.is_set():  # stuck threads may still hold their connections
+            self.wires.close()
+
+    def _deregister(self) -> None:
+        """Hand back what is still held, withdraw the heartbeat, delete this process' consumers."""
         try:
             handed = self.recovery.hand_back()
             self.heartbeat.withdraw()
@@ -291,10 +313,6 @@ class Worker:
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
-        self.metrics.close()
-        self.models.close()
-        if not self._hurry.is_set():  # stuck threads may still hold their connections
-            self.wires.close()
 
     def _give_up(self, problem: str) -> None:
         """A job hung: report unhealthy, hand back the other entries, and end the process'
