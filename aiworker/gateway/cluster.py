@@ -49,11 +49,15 @@ def _info(host: str, port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
+# The commands a one-shard cluster answers.
+EMULATED = (b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER")
+
+
 def emulated_reply(args: list[bytes], host: str, port: int) -> bytes | None:
     """The reply of a one-shard cluster at ``host:port``, or None for commands it leaves to
     Redis."""
     name = args[0].upper()
-    if name in (b"READONLY", b"READWRITE", b"ASKING"):
+    if name in EMULATED[:3]:
         return resp.OK
     if name != b"CLUSTER" or len(args) < 2:
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from aiworker.parser import Command, parse
+from aiworker.parser import QUEUED, Command, parse
 from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
 from aiworker.parser.lexer import to_text
 from aiworker.parser.tensor import parse_tensorset
@@ -33,6 +33,11 @@ _DATA_WORDS = (b"BLOB", b"VALUES")
 def is_ai_command(name: bytes) -> bool:
     """Whether a command name is one the gateway answers itself (``AI.`` in any case)."""
     return name[:3].upper() == b"AI."
+
+
+def is_job_command(name: bytes) -> bool:
+    """Whether an AI.* command is a job (MODELEXECUTE, SCRIPTEXECUTE, DAGs, deprecated forms)."""
+    return name.upper().decode("latin-1") in QUEUED
 
 
 def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:

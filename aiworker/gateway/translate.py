@@ -31,6 +31,7 @@ from aiworker.parser.commands import (
     ScriptStore,
 )
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
@@ -70,7 +71,12 @@ def _tensorget(cmd: TensorGet) -> Plan[Any]:
         dtype, shape = yield from tensor_io.read_meta_plan(cmd.key)
         return [b"dtype", dtype.encode(), b"shape", list(shape)]
     array = yield from tensor_io.read_plan(cmd.key)
-    return raw.tensor_reply(array, cmd.meta, cmd.data)
+    if cmd.data != "BLOB":
+        return raw.tensor_reply(array, cmd.meta, cmd.data)
+    blob = codec.to_blob(array)  # the stored bytes themselves (a view), checked by the codec
+    if not cmd.meta:
+        return blob
+    return [b"dtype", codec.dtype_of(array).encode(), b"shape", list(array.shape), b"blob", blob]
 
 
 def _model(state: State, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Plan[Any]:
