@@ -42,7 +42,7 @@ class StubModel(LoadedModel):
         return powers_of_two(batchsize) if self.pad else None
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        self.rows.append(int(inputs[0].shape[0]) if inputs and np.ndim(inputs[0]) else 0)
+        self.rows.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 0)
         if self.sleep_s or self.row_s:
             time.sleep(self.sleep_s + self.row_s * self.rows[-1])
         if self.op == "fail":

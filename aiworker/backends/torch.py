@@ -85,6 +85,8 @@ class _HandedOut:
         return array
 
     def __contains__(self, array: np.ndarray) -> bool:
+        if not self._arrays:  # nothing handed out (a model that is not batched)
+            return False
         for candidate in (array, array.base):
             ref = self._arrays.get(id(candidate))
             if ref is not None and ref() is candidate:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,12 +55,12 @@ Signature = tuple[tuple[str, tuple[int, ...]], ...] | None
 
 def signature_of(inputs: Sequence[np.ndarray]) -> Signature:
     """What must agree between requests batched together."""
-    if not inputs or any(np.ndim(x) == 0 for x in inputs):
+    if not inputs or any(x.ndim == 0 for x in inputs):
         return None
-    sizes = {int(x.shape[0]) for x in inputs}
-    if len(sizes) != 1:  # inputs disagree on dim 0: no way to split outputs back by size
+    rows = inputs[0].shape[0]
+    if any(x.shape[0] != rows for x in inputs):  # no way to split outputs back by size
         return None
-    return tuple((str(x.dtype) if x.dtype.kind != "O" else "O", tuple(x.shape[1:])) for x in inputs)
+    return tuple((x.dtype.str if x.dtype.kind != "O" else "O", x.shape[1:]) for x in inputs)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class MemberResult:
     counted: bool = True  # False when the model never ran (e.g. it failed to load): no stats
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     """One unit of device work waiting to run.
 
@@ -90,18 +91,18 @@ class Member:
     deadline: float | None = None  # monotonic time its own TIMEOUT expires
     arrived: float = field(default_factory=time.monotonic)
     run: Callable[[], MemberResult] | None = None  # a unit that is not a model call
+    batching: bool = field(init=False)  # a request of a BATCHSIZE model that may batch
     signature: Signature = field(init=False)
     size: int = field(init=False)  # this request's share of a batch: its inputs' first dimension
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.signature = signature_of(self.inputs) if self.run is None else None
-        self.size = int(self.inputs[0].shape[0]) if self.signature is not None else 1
-        self.nbytes = sum(int(getattr(x, "nbytes", 0)) for x in self.inputs)
-
-    @property
-    def batching(self) -> bool:
-        return self.meta is not None and self.meta.batchsize > 0 and self.signature is not None
+        # only a request that may batch is sized and signed (the common job is not)
+        batches = self.run is None and self.meta is not None and self.meta.batchsize > 0
+        self.signature = signature_of(self.inputs) if batches else None
+        self.batching = self.signature is not None
+        self.size = int(self.inputs[0].shape[0]) if self.batching else 1
+        self.nbytes = sum(x.nbytes for x in self.inputs)
 
 
 @dataclass
@@ -119,65 +120,66 @@ class Batch:
         return head.model_key, head.meta.digest if head.meta is not None else ""
 
 
-GroupKey = tuple[str, str, Signature] | int
-
-
-def _group_key(member: Member) -> GroupKey:
-    if not member.batching:
-        return id(member)  # a batch of one
-    assert member.meta is not None
-    return (member.model_key, member.meta.digest, member.signature)
+GroupKey = tuple[str, str, Signature]
 
 
 class Batcher:
     """Units waiting to run: batching models' requests grouped by model key, digest and input
-    signature; every other unit alone."""
+    signature; every other unit in one first-in first-out line of its own (a batch of one each,
+    ready at once: the common job costs the batcher no grouping)."""
 
     def __init__(self, max_waiting: int = 0, max_waiting_bytes: int = 0) -> None:
         self._groups: dict[GroupKey, list[Member]] = {}
+        self._singles: deque[Member] = deque()
         self._running: dict[tuple[str, str], int] = {}  # model version -> batches running
         self.max_waiting = max_waiting  # 0: no bound
         self.max_waiting_bytes = max_waiting_bytes
         self._count = 0
         self._bytes = 0
+        self._deadlines = 0  # members with a TIMEOUT of their own
 
     def __len__(self) -> int:
         return self._count
 
     def __bool__(self) -> bool:
-        return bool(self._groups)
+        return self._count > 0
 
     def add(self, member: Member) -> None:
-        self._groups.setdefault(_group_key(member), []).append(member)
+        if member.batching:
+            assert member.meta is not None
+            key = (member.model_key, member.meta.digest, member.signature)
+            self._groups.setdefault(key, []).append(member)
+        else:
+            self._singles.append(member)
         self._count += 1
         self._bytes += member.nbytes
+        self._deadlines += member.deadline is not None
 
     def waiting(self, model_key: str) -> int:
         """Requests' total size waiting for batches of one model (its every version)."""
-        return sum(
-            m.size
-            for key, group in self._groups.items()
-            if isinstance(key, tuple) and key[0] == model_key
-            for m in group
-        )
+        return sum(m.size for key, g in self._groups.items() if key[0] == model_key for m in g)
 
     def batchsize(self, model_key: str) -> int:
         """BATCHSIZE of a model waiting here (0: none of its requests waits)."""
         for key, group in self._groups.items():
-            if isinstance(key, tuple) and key[0] == model_key and group[0].meta is not None:
+            if key[0] == model_key and group[0].meta is not None:
                 return group[0].meta.batchsize
         return 0
 
     def held_entry_ids(self) -> list[str]:
         """Stream entries held here (pending in the consumer group until their batch completes)."""
-        return [m.entry_id for g in self._groups.values() for m in g if m.entry_id]
+        return [m.entry_id for m in self.members() if m.entry_id]
 
     def members(self) -> list[Member]:
-        return [m for g in self._groups.values() for m in g]
+        return [*self._singles, *(m for g in self._groups.values() for m in g)]
 
     def expired(self, now: float) -> list[Member]:
         """Remove and return members whose own TIMEOUT passed while they waited."""
-        gone: list[Member] = []
+        if not self._deadlines:
+            return []
+        gone = [m for m in self._singles if m.deadline is not None and m.deadline <= now]
+        if gone:
+            self._singles = deque(m for m in self._singles if m not in gone)
         for key in list(self._groups):
             group = self._groups[key]
             if all(m.deadline is None or m.deadline > now for m in group):
@@ -185,6 +187,8 @@ class Batcher:
             keep = [m for m in group if m.deadline is None or m.deadline > now]
             gone.extend(m for m in group if m not in keep)
             self._set(key, keep)
+        for member in gone:
+            self._forget(member)
         return gone
 
     def overfull(self) -> bool:
@@ -209,6 +213,7 @@ class Batcher:
         ``force`` dispatches waiting groups regardless of MINBATCHSIZE (a stop, or every thread
         waiting); an ``overfull`` batcher forces its oldest group.
         """
+        single = self._singles[0] if self._singles else None
         ready: tuple[float, GroupKey, list[Member]] | None = None
         oldest: tuple[float, GroupKey, list[Member]] | None = None
         for key, group in self._groups.items():
@@ -216,9 +221,6 @@ class Batcher:
             if oldest is None or head.arrived < oldest[0]:
                 oldest = (head.arrived, key, group)
             if ready is not None and head.arrived >= ready[0]:
-                continue
-            if not isinstance(key, tuple):
-                ready = (head.arrived, key, group)
                 continue
             chosen = self._choose(group)
             if force or (
@@ -228,13 +230,18 @@ class Batcher:
                 ready = (head.arrived, key, chosen)
         if ready is None and oldest is not None and self.overfull():
             ready = (oldest[0], oldest[1], self._choose(oldest[2]))
+        if single is not None and (ready is None or single.arrived <= ready[0]):
+            self._singles.popleft()
+            self._forget(single)
+            return Batch([single])
         if ready is None:
             return None
         _, key, chosen = ready
         self._set(key, [m for m in self._groups[key] if m not in chosen])
+        for member in chosen:
+            self._forget(member)
         batch = Batch(chosen)
-        if isinstance(key, tuple):
-            self._running[batch.model] = self._running.get(batch.model, 0) + 1
+        self._running[batch.model] = self._running.get(batch.model, 0) + 1
         return batch
 
     def finished(self, batch: Batch) -> None:
@@ -253,16 +260,17 @@ class Batcher:
             meta = group[0].meta
             if meta is not None and meta.minbatchsize and meta.minbatchtimeout:
                 times.append(group[0].arrived + meta.minbatchtimeout / 1000)
-            times.extend(m.deadline for m in group if m.deadline is not None)
+        if self._deadlines:
+            times.extend(m.deadline for m in self.members() if m.deadline is not None)
         return min(times) if times else None
 
+    def _forget(self, member: Member) -> None:
+        """A member left the batcher (taken, or expired)."""
+        self._count -= 1
+        self._bytes -= member.nbytes
+        self._deadlines -= member.deadline is not None
+
     def _set(self, key: GroupKey, members: list[Member]) -> None:
-        removed = self._groups.get(key, [])
-        kept = set(map(id, members))
-        for member in removed:
-            if id(member) not in kept:
-                self._count -= 1
-                self._bytes -= member.nbytes
         if members:
             self._groups[key] = members
         else:
@@ -379,13 +387,13 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
     if head.run is not None:  # not a model call
         return [head.run()]
     assert head.meta is not None
+    if not head.batching:  # the common job: its inputs as they are, no batch bookkeeping
+        return [_run_alone(models, head, head.meta)]
     total = batch.total
     try:
         with models.model(head.model_key, head.meta) as model:
-            rows = total
-            if head.batching:
-                warm_up(model, head)
-                rows = padded_size(total, model.batch_sizes(head.meta.batchsize))
+            warm_up(model, head)
+            rows = padded_size(total, model.batch_sizes(head.meta.batchsize))
             inputs = _assemble(model, members, rows)
             try:
                 outputs, duration_us = run_model(model, inputs, head.meta.backend)
@@ -405,3 +413,15 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
         results.append(MemberResult(mine, duration_us=duration_us))
         offset += member.size
     return results
+
+
+def _run_alone(models: Models, member: Member, meta: ModelMeta) -> MemberResult:
+    try:
+        with models.model(member.model_key, meta) as model:
+            try:
+                outputs, duration_us = run_model(model, member.inputs, meta.backend)
+            except AIError as exc:
+                return MemberResult(None, error_text(exc))
+    except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
+        return MemberResult(None, error_text(exc), counted=False)
+    return MemberResult(outputs, duration_us=duration_us)

@@ -55,7 +55,7 @@ class Runtime:
     script_context: Callable[[ScriptExecute], ScriptContext | None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Op:
     """One op of a job; subclasses per kind (``make_op``)."""
 
@@ -222,7 +222,7 @@ def make_op(index: int, request: DagOp, reads: list[tuple[str, int]]) -> Op:
     return OP_KINDS[request.op](index, request, reads)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class JobRun:
     """The state of one job's run (see the module docstring)."""
 
@@ -244,8 +244,10 @@ class JobRun:
     ticket: Any = None  # what the worker needs to complete it (where its entry came from)
     failed_early: str = ""  # the job could not start (a bug): its error
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _unstarted: int = 0  # ops not started yet
 
     def __post_init__(self) -> None:
+        self._unstarted = len(self.ops)
         # Ops run in order per device (tensor ops with the first device's).
         default = next((op.device for op in self.ops if op.device), "")
         last: dict[str, int] = {}
@@ -274,9 +276,12 @@ class JobRun:
         ready."""
         with self._lock:
             self.running -= 1
-            self._guarded(op, lambda: op.finish(self, result, member, batch))
+            try:
+                op.finish(self, result, member, batch)
+            except Exception as exc:
+                op.result = _error(exc)
             self._ended(op)
-            return self._advance()
+            return self._advance() if len(self.ops) > 1 else []
 
     def op_expired(self, op: Op) -> None:
         """The op's TIMEOUT passed while it waited for its batch: the job times out."""
@@ -289,14 +294,15 @@ class JobRun:
     def _advance(self) -> list[Member]:
         ready: list[Member] = []
         progress = True
-        while progress:
+        while progress and self._unstarted:
             progress = False
             for op in self.ops:
                 if op.started or (op.after >= 0 and not self.ops[op.after].done):
                     continue
-                if any(not self.ops[p].done for _name, p in op.reads if p != LOADED):
+                if not self._produced(op, "done"):
                     continue  # a producer still runs
                 op.started = progress = True
+                self._unstarted -= 1
                 member = self._begin(op)
                 if member is None:
                     self._ended(op)
@@ -311,26 +317,20 @@ class JobRun:
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.timed_out = True
             return None
-        if any(not self.ops[p].ok for _name, p in op.reads if p != LOADED):
+        if not self._produced(op, "ok"):
             return None  # its input was never made
-        inputs = [self.values[read] for read in op.reads]
-        member: Member | None = None
-
-        def begin() -> None:
-            nonlocal member
-            member = op.begin(self, inputs)
-
-        self._guarded(op, begin)
-        return member
-
-    @staticmethod
-    def _guarded(op: Op, step: Callable[[], None]) -> None:
         try:
-            step()
-        except AIWorkerError as exc:
-            op.result = {"error": error_text(exc)}
-        except Exception as exc:  # a bug in an op must still answer the job
-            op.result = {"error": f"{type(exc).__name__}: {error_text(exc)}"}
+            return op.begin(self, [self.values[read] for read in op.reads])
+        except Exception as exc:
+            op.result = _error(exc)
+            return None
+
+    def _produced(self, op: Op, state: str) -> bool:
+        """Whether every op producing an input of ``op`` is ``done`` (or went ``ok``)."""
+        for _name, producer in op.reads:
+            if producer != LOADED and not getattr(self.ops[producer], state):
+                return False
+        return True
 
     def _ended(self, op: Op) -> None:
         op.done = True
@@ -358,15 +358,13 @@ class JobRun:
             if not self.single:
                 outcome.temp_writes = self.spilled
             return outcome
-        latest = {name: producer for (name, producer) in self.values}
-        for op in self.ops:  # the last version of each name (ops in order)
-            latest.update(dict.fromkeys(op.request.writes(), op.index))
-        writes = {key: self.values[(key, latest[key])] for key in self.persist}
-        try:
-            for key, array in writes.items():
-                limits.check_output(key, array, self.runtime.bounds.max_tensor_bytes)
-        except AIWorkerError as exc:
-            return Outcome.failed(error_text(exc), self.stats)
+        if self.single:  # its op's outputs, checked when the op finished
+            writes = {name: self.values[(name, 0)] for name in self.persist}
+        else:
+            try:
+                writes = self._persisted()
+            except AIWorkerError as exc:
+                return Outcome.failed(error_text(exc), self.stats)
         return Outcome(
             "ok",
             writes=writes,
@@ -375,6 +373,25 @@ class JobRun:
             reply_fields=self.reply_fields,
             temp_writes=self.spilled,
         )
+
+
+    def _persisted(self) -> dict[str, np.ndarray]:
+        """The last version of each PERSIST key (ops in order), within the output limit."""
+        latest = {name: producer for (name, producer) in self.values}
+        for op in self.ops:
+            latest.update(dict.fromkeys(op.request.writes(), op.index))
+        writes = {key: self.values[(key, latest[key])] for key in self.persist}
+        for key, array in writes.items():
+            limits.check_output(key, array, self.runtime.bounds.max_tensor_bytes)
+        return writes
+
+
+def _error(exc: Exception) -> dict[str, str]:
+    """An op's result for its failure: RedisAI's message, or a bug's type too (a bug in an op
+    must still answer the job)."""
+    if isinstance(exc, AIWorkerError):
+        return {"error": error_text(exc)}
+    return {"error": f"{type(exc).__name__}: {error_text(exc)}"}
 
 
 def _is_error(result: Any) -> bool:

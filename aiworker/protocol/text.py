@@ -8,6 +8,11 @@ from typing import Any
 def text(value: Any) -> str:
     """``value`` as text: bytes decoded as UTF-8 (invalid sequences replaced, so that anything
     can be shown or compared), None as the empty string, anything else through ``str``."""
+    kind = type(value)
+    if kind is bytes:  # what Redis replies hold: the hot path first
+        return value.decode("utf-8", "replace")  # type: ignore[no-any-return]
+    if kind is str:
+        return value  # type: ignore[no-any-return]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return "" if value is None else str(value)

@@ -130,7 +130,7 @@ class Lane:
         self.peers: Callable[[], int] = lambda: 1  # live workers serving this queue
         self.on_lost: Callable[[], None] = lambda: None  # its stream vanished (a flush)
         self.running = RunningJobs()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._batcher = Batcher(options.max_waiting, options.max_waiting_bytes)
         self._free = options.slots
         self._tasks: deque[Task] = deque()
@@ -273,8 +273,8 @@ class Lane:
     def _read(self, conn: JobConnection, consumer: Consumer) -> None:
         try:
             with self._cond:
-                count = self._room()
-            stream, entries = consumer.next(conn, count, self._block_ms())
+                count, block_ms = self._room(), self._block_ms()
+            stream, entries = consumer.next(conn, count, block_ms)
             while entries:
                 batching = self.process(conn, entries, stream)
                 room = self._batch_room(batching)
@@ -289,12 +289,11 @@ class Lane:
                     self._cond.notify()  # more than this thread can start at once
 
     def _block_ms(self) -> int:
-        """How long a read may block: shorter while the batcher holds requests, whose
+        """How long a read may block (lock held): shorter while the batcher holds requests, whose
         MINBATCHTIMEOUT or TIMEOUT must not wait for the next entry to arrive."""
-        with self._cond:
-            if not self._batcher:
-                return self.options.block_ms
-            return max(1, min(self.options.block_ms, int(self._wait_s(time.monotonic()) * 1000)))
+        if not self._batcher:
+            return self.options.block_ms
+        return max(1, min(self.options.block_ms, int(self._wait_s(time.monotonic()) * 1000)))
 
     def _batch_room(self, models: set[str]) -> int:
         """Room left in the forming batches of the batching models just read (0: none), within
