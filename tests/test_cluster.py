@@ -242,18 +242,22 @@ class CutWire:
     def __init__(self, wire: Any, cut: int) -> None:
         self.wire, self.cut, self.calls = wire, cut, 0
 
-    def evalsha_many(self, calls: Any, wait: Any = None) -> Any:
-        self.calls += 1
-        if self.calls == self.cut:
-            raise redis.ConnectionError("killed")
-        return self.wire.evalsha_many(calls, wait)
+    def pipeline(self, commands: Any, routes: Any = None) -> Any:
+        if commands and commands[0][0] == "EVALSHA":
+            self.calls += 1
+            if self.calls == self.cut:
+                raise redis.ConnectionError("killed")
+        return self.wire.pipeline(commands, routes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wire, name)
 
 
-def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, str, Any]:
-    """A worker (not started) and a job entry it holds pending, as if a thread had read it."""
+def _pending_job(
+    cluster_client: Any, cluster_settings: Any, output: str = "out{t}"
+) -> tuple[Worker, str, Any]:
+    """A worker (not started) and a job entry one of its consumers holds, as if a thread had
+    read it."""
     from aiworker.parser.entry import decode_entry
     from aiworker.protocol.requests import ModelExecute
     from aiworker.worker.consume import ensure_group
@@ -261,14 +265,16 @@ def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, st
     w = Worker(cluster_settings.replace(queue_partitions=1))
     queue = w.keys.queue("CPU")
     ensure_group(w.r, queue)
-    request = ModelExecute("m", ("a",), ("out{t}",))
-    reply_key, fields = cluster_client._jobs.private_entry(request)  # with a request id
+    request = ModelExecute("m", ("a",), (output,))
+    reply_key, fields = cluster_client._jobs.private_entry(request)
     entry_id = cluster_client.xadd(queue, fields).decode()
     wire = w.wires.get()
+    consumer = f"{w.name}:CPU:0"
     [(_stream, [(read_id, flat)])] = wire.execute(
-        "XREADGROUP", "GROUP", "aiworker", "c1", "COUNT", 1, "STREAMS", queue, ">"
+        "XREADGROUP", "GROUP", "aiworker", consumer, "COUNT", 1, "STREAMS", queue, ">"
     )
     assert read_id.decode() == entry_id
+    w.held.add(queue, entry_id, consumer)
     entry = dict(zip(flat[::2], flat[1::2], strict=True))
     return w, queue, (entry_id, entry, decode_entry(entry_id, entry), reply_key)
 

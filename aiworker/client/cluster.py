@@ -9,10 +9,14 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
   list takes their hash tag (``protocol.slots``);
 * a job goes to one of its device queue's partitions, chosen at random among the streams live
   workers announce (``Partitions``), the plain queue when none does;
+* a job's round trip (XADD and the first BLPOP, on two masters at once) goes through a fast
+  connection per master (``storage.cluster.ClusterWire``), as a single Redis' goes through a
+  ``Wire``;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
-  to retry (a reply the old master accepted but had not replicated is lost with it). An entry
-  carries a request id, so that one queued twice by a resent XADD is completed once.
+  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD
+  whose reply was lost with its master may have queued the job: sent again, it runs twice (README
+  "Failover").
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
@@ -24,7 +28,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -35,7 +38,6 @@ from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import State
-from aiworker.protocol.entries import REQUEST_ID_FIELD
 from aiworker.protocol.errors import ReplyTimeout
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.protocol.requests import Request
@@ -103,16 +105,11 @@ class ClusterJobs(Jobs):
     def stream(self, queue: str) -> str:
         return self.partitions.pick(queue)
 
-    def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
-        reply_key, fields = super().private_entry(request)
-        fields[REQUEST_ID_FIELD] = uuid.uuid4().hex
-        return reply_key, fields
-
     def _enqueue(
         self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
     ) -> tuple[Any, Any]:
-        """Sent again, to the same stream, while a failover is under way: the request id makes a
-        second copy of the entry complete as one (``complete_cluster``)."""
+        """Sent again, to the same stream, while a failover is under way (see the module
+        docstring)."""
         while True:
             try:
                 return super()._enqueue(stream, fields, reply_key, clock)

@@ -3,9 +3,10 @@
 All jobs taken in one stream read are served by one Lua script call (``read_jobs.lua``): it checks
 key types and stored sizes before fetching tensor data, reads each key once however many jobs or
 arguments name it, and stops fetching when the read carries ``max_job_bytes`` (jobs left over are
-read again on their own when they run). On Redis Cluster a script reads one slot, so the keys are
-grouped by slot and each group read by its own call, all in one round trip per node; the byte
-budgets then hold per group, and ``Snapshot.tensor`` still bounds each job's decoded total. A ``Snapshot`` then decodes what one job needs, on demand,
+read again on their own when they run). A script reads one hash slot, so the keys are grouped by
+slot and each group read by its own call, all in one round trip per node (a single Redis is one
+slot: one call); on Redis Cluster the byte budgets then hold per group, and ``Snapshot.tensor``
+still bounds each job's decoded total. A ``Snapshot`` then decodes what one job needs, on demand,
 with RedisAI's errors in the order RedisAI reported them, and declared sizes checked before any
 array is allocated.
 """
@@ -26,15 +27,17 @@ from aiworker.protocol.text import text
 from aiworker.storage import lua
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage.cluster import ClusterWire
+from aiworker.storage.plans import by_slot
 
 READ_JOBS = lua.load("read_jobs")
 
 
 class ScriptRunner(Protocol):
-    """What runs a Lua script: the worker thread's ``Wire``."""
+    """What the read runs on: the worker thread's job connection (``storage.wire.JobConnection``)."""
 
-    def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]: ...
+
+    def slot(self, key: Any) -> int: ...
 
 
 class MetaCache:
@@ -162,10 +165,7 @@ def read(
             args.append(what)
             args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
         keys = [key for _what, key in index]
-        if isinstance(conn, ClusterWire):
-            replies = _read_by_slot(conn, keys, args)
-        else:
-            replies = conn.evalsha(READ_JOBS, keys, args)
+        replies = _read_by_slot(conn, keys, args)
         if cache is not None:
             for (what, key), reply in zip(index, replies, strict=True):
                 if what in (MODEL, SCRIPT) and reply[0] == b"ok":
@@ -179,22 +179,20 @@ def read(
     return snapshots
 
 
-def _read_by_slot(conn: ClusterWire, keys: list[str], args: list[Any]) -> list[Any]:
+def _read_by_slot(conn: ScriptRunner, keys: list[str], args: list[Any]) -> list[Any]:
     """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
-    groups: dict[int, list[int]] = {}
-    for n, key in enumerate(keys):
-        groups.setdefault(conn.slot(key), []).append(n)
+    groups = by_slot(keys, conn.slot)
     head = args[:3]
     calls = [
-        (
+        lua.Call(
             READ_JOBS,
             [keys[n] for n in group],
             head + [a for n in group for a in args[3 + 2 * n : 5 + 2 * n]],
         )
-        for group in groups.values()
+        for group in groups
     ]
     replies: list[Any] = [None] * len(keys)
-    for group, reply in zip(groups.values(), conn.evalsha_many(calls), strict=True):
+    for group, reply in zip(groups, lua.run(conn, calls), strict=True):
         if isinstance(reply, Exception):
             raise reply
         for n, one in zip(group, reply, strict=True):

@@ -1,11 +1,22 @@
 """Every server-side Lua script aiworker runs lives in ``storage/lua/<name>.lua``; this is the one
-loader. Each file starts with a header comment saying its KEYS and ARGV. A line
-``-- @include <part>`` is replaced by ``lua/<part>.lua``: code that several scripts share (the
-completion's checks and writes) has one source.
+loader and the one way to call them (redis-py's ``register_script`` is the model). Each file starts
+with a header comment saying its KEYS and ARGV. A line ``-- @include <part>`` is replaced by
+``lua/<part>.lua``: code that several scripts share (the completion's checks and writes) has one
+source.
 
-Scripts are sent by SHA-1 (EVALSHA) and loaded on the first NOSCRIPT reply, e.g. after a Redis
-restart. Every key a script touches is passed in KEYS, so scripts also run on Redis Cluster as long
-as those keys share a slot.
+A call (``Call``: a script, its KEYS, its ARGV) is made by ``calls_plan``, a storage plan driven
+on whatever sends commands (``run`` on a worker's job connection, ``LuaScript.plan`` inside other
+plans, ``LuaScript.__call__`` on a redis-py client):
+
+* by SHA-1 (EVALSHA); on NOSCRIPT (a restart, a promoted replica) the script is loaded where it
+  ran (SCRIPT LOAD, which the least-privilege worker user may send) and run again;
+* in its keys' hash slot: every key a script touches is passed in KEYS and the call goes to the
+  master of its first key's slot (``by_slot`` groups keys for callers that read or write in
+  several). A single Redis is the one-slot case, not a second path;
+* a script that declares ``-- @keys-in-argv N`` also takes its keys as arguments: when the worker
+  user's ACL denies a declared key, Redis refuses the whole script before it runs (NOPERM), so the
+  call is made once more with every key but the first at ARGV[N] (a count, then the keys), and the
+  script's own ACL check names the key it may not touch. Normal calls send a 0 there.
 """
 
 from __future__ import annotations
@@ -14,31 +25,39 @@ import functools
 import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
+from aiworker.storage import plans
 from aiworker.storage.plans import Commands, Plan
 
 
 class LuaScript:
-    """One script: its source, its SHA-1, and a call that loads it when Redis lacks it."""
+    """One script: its source, its SHA-1, and where it takes keys as arguments (if it does)."""
 
-    def __init__(self, name: str, source: str) -> None:
+    def __init__(self, name: str, source: str, keys_in_argv: int | None = None) -> None:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self.keys_in_argv = keys_in_argv  # ARGV index (1-based) of the count of keys given there
 
-    def __call__(self, r: redis.Redis, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
-        """Run on a client or on a pipeline in WATCH mode (a cluster's too: both take
-        ``execute_command``), loading the script on NOSCRIPT."""
-        call: Any = r.execute_command  # untyped in redis-py
-        try:
-            return call("EVALSHA", self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            call("SCRIPT", "LOAD", self.source)
-            return call("EVALSHA", self.sha, len(keys), *keys, *args)
+    def __call__(self, r: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """Run on a redis-py client, or on a pipeline in WATCH mode (a cluster's too: both take
+        ``execute_command``); an error reply raises."""
+
+        def one_by_one(batch: Commands) -> list[Any]:
+            replies: list[Any] = []
+            for command in batch.commands:
+                try:
+                    replies.append(r.execute_command(*command))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        return plans.first(plans.drive(calls_plan([Call(self, keys, args)]), one_by_one))
 
     def load(self, r: Any) -> None:
         """Load the script where ``r`` sends commands: every master of a Redis Cluster. A cluster
@@ -46,15 +65,90 @@ class LuaScript:
         r.execute_command("SCRIPT", "LOAD", self.source)
 
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
-        """The same call as a plan step (replies with the error in place, as batches do);
-        falls back to EVAL with the source when Redis lacks the script."""
-        replies = yield Commands.one("EVALSHA", self.sha, len(keys), *keys, *args)
-        if isinstance(replies[0], redis.exceptions.NoScriptError):
-            replies = yield Commands.one("EVAL", self.source, len(keys), *keys, *args)
+        """The same call as a plan step: its reply, or the error in its place."""
+        replies = yield from calls_plan([Call(self, keys, args)])
         return replies[0]
 
 
+@dataclass(frozen=True)
+class Call:
+    """One script call: KEYS, and ARGV without the keys-as-arguments slot (filled in here)."""
+
+    script: LuaScript
+    keys: Sequence[Any]
+    args: Sequence[Any] = ()
+
+    @property
+    def route(self) -> Any:
+        """The key whose hash slot the call runs in (None: any node)."""
+        return self.keys[0] if self.keys else None
+
+    def command(self) -> tuple[Any, ...]:
+        at = self.script.keys_in_argv
+        if at is None:
+            return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        head, tail = self.args[: at - 1], self.args[at - 1 :]
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *head, 0, *tail)
+
+    def keys_as_arguments(self) -> tuple[Any, ...]:
+        """The call with every key but the first passed in ARGV (see the module docstring)."""
+        at = self.script.keys_in_argv
+        assert at is not None
+        head, tail, rest = self.args[: at - 1], self.args[at - 1 :], self.keys[1:]
+        return ("EVALSHA", self.script.sha, 1, self.keys[0], *head, len(rest), *rest, *tail)
+
+
+def calls_plan(calls: Sequence[Call]) -> Plan[list[Any]]:
+    """Run ``calls`` in one round trip (per node): their replies in order, errors in place."""
+    routes = [call.route for call in calls]
+    replies = list((yield Commands([call.command() for call in calls], routes=routes)))
+    missing = [
+        n for n, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
+    ]
+    if missing:  # load where it ran, and run again
+        again: list[tuple[Any, ...]] = []
+        for n in missing:
+            again += [("SCRIPT", "LOAD", calls[n].script.source), calls[n].command()]
+        got = yield Commands(again, routes=[routes[n] for n in missing for _ in range(2)])
+        for n, reply in zip(missing, got[1::2], strict=True):
+            replies[n] = reply
+    denied = [
+        n
+        for n, reply in enumerate(replies)
+        if isinstance(reply, redis.exceptions.NoPermissionError)
+        and calls[n].script.keys_in_argv is not None
+        and len(calls[n].keys) > 1
+    ]
+    if denied:
+        got = yield Commands(
+            [calls[n].keys_as_arguments() for n in denied], routes=[routes[n] for n in denied]
+        )
+        for n, reply in zip(denied, got, strict=True):
+            replies[n] = reply
+    return replies
+
+
+class Sender(Protocol):
+    """What ``run`` sends on: a job connection (``storage.wire.JobConnection``)."""
+
+    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]: ...
+
+
+def run(conn: Sender, calls: Sequence[Call]) -> list[Any]:
+    """Run ``calls`` on a job connection, each in its keys' slot, one round trip per node;
+    replies in order, errors in place."""
+    if not calls:
+        return []
+    return plans.drive(calls_plan(calls), lambda batch: conn.pipeline(batch.commands, batch.routes))
+
+
+def run_one(conn: Sender, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """One call on a job connection; an error reply raises."""
+    return plans.first(run(conn, [Call(script, keys, args)]))
+
+
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.M)
+_KEYS_IN_ARGV = re.compile(r"^-- @keys-in-argv (\d+)$", re.M)
 
 
 def _source(name: str) -> str:
@@ -65,4 +159,5 @@ def _source(name: str) -> str:
 def load(name: str) -> LuaScript:
     """The script in ``lua/<name>.lua``, its ``-- @include`` lines replaced by the parts."""
     source = _INCLUDE.sub(lambda match: _source(match.group(1)), _source(name))
-    return LuaScript(name, source)
+    found = _KEYS_IN_ARGV.search(source)
+    return LuaScript(name, source, int(found.group(1)) if found else None)

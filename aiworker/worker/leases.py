@@ -35,6 +35,12 @@ class HeldEntries:
             for entry_id in entry_ids:
                 self._entries.pop((queue, entry_id), None)
 
+    def since(self, queue: str, entry_id: str) -> float | None:
+        """When (``time.monotonic``) the entry was taken, or None when it is not held."""
+        with self._lock:
+            found = self._entries.get((queue, entry_id))
+        return found[1] if found is not None else None
+
     def pairs(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._entries)

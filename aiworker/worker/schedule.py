@@ -293,6 +293,7 @@ class QueueScheduler:
         queue: str,
     ) -> None:
         with self.running.track([job.entry_id]):
+            self.completer.started(queue, job, started)
             try:
                 outcome = self.executor.run(ready, self.wires.execute, self._batching_for, job.fmt)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -352,6 +353,10 @@ class QueueScheduler:
         finished: list[Finished] = []
         try:
             with self.running.track(ids):
+                for member in batch.members:
+                    if isinstance(member.context, _Waiting):
+                        taken = member.context
+                        self.completer.started(taken.queue, taken.job, taken.started)
                 results = run_batch(self.executor.models, batch)
                 for member, result in zip(batch.members, results, strict=True):
                     if isinstance(member.context, Future):
