@@ -237,15 +237,18 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
 
 class CutWire:
     """A ``ClusterWire`` that loses the connection at its ``cut``-th round trip of scripts (a
-    worker killed there): nothing of that round, nor after it, reaches Redis."""
+    worker killed there): nothing of that round, nor after it, reaches Redis - or, with
+    ``last_lost``, all of that round but its last script (killed between two sends)."""
 
-    def __init__(self, wire: Any, cut: int) -> None:
-        self.wire, self.cut, self.calls = wire, cut, 0
+    def __init__(self, wire: Any, cut: int, last_lost: bool = False) -> None:
+        self.wire, self.cut, self.last_lost, self.calls = wire, cut, last_lost, 0
 
     def pipeline(self, commands: Any, routes: Any = None) -> Any:
         if commands and commands[0][0] == "EVALSHA":
             self.calls += 1
             if self.calls == self.cut:
+                if self.last_lost:
+                    self.wire.pipeline(commands[:-1], routes[:-1] if routes else None)
                 raise redis.ConnectionError("killed")
         return self.wire.pipeline(commands, routes)
 
@@ -290,9 +293,13 @@ def _finished(entry: Any) -> Any:
     return Finished(entry_id, outcome, job, reply_key, job.fmt, None, fields)
 
 
-@pytest.mark.parametrize("cut", [1, 2, 3], ids=["before-stats", "before-reply", "before-ack"])
+@pytest.mark.parametrize(
+    ("cut", "last_lost"),
+    [(1, False), (2, False), (2, True)],
+    ids=["before-stats", "before-reply", "before-ack"],
+)
 def test_a_completion_cut_between_two_steps_completes_once(
-    cluster_client: Any, cluster_settings: Any, cut: int
+    cluster_client: Any, cluster_settings: Any, cut: int, last_lost: bool
 ) -> None:
     """kill -9 between any two steps of a split completion (statistics, outputs + reply,
     acknowledgement): the redelivery's completion applies what is missing, nothing twice."""
@@ -302,10 +309,10 @@ def test_a_completion_cut_between_two_steps_completes_once(
     reply_key = entry[3]
     assert len({key_slot(k) for k in (queue, "out{t}", c.keyspace.stats("m"))}) == 3
     with pytest.raises(Exception, match="killed"):
-        w.completer.complete(CutWire(w.wires.get(), cut), queue, [_finished(entry)])
-    assert c.llen(reply_key) == (1 if cut == 3 else 0)
+        w.completer.complete(CutWire(w.wires.get(), cut, last_lost), queue, [_finished(entry)])
+    assert c.llen(reply_key) == (1 if last_lost else 0)
     [result] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # redelivered
-    assert result.applied == (cut < 3) and result.duplicate == (cut == 3)
+    assert result.applied == (not last_lost) and result.duplicate == last_lost
     [again] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # a late one
     assert again.duplicate
     assert c.llen(reply_key) == 1, "one reply"

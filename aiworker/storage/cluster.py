@@ -17,11 +17,13 @@ caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -83,18 +85,27 @@ def command_key(command: Command) -> Any:
     does not serve the key's slot answers MOVED, which is followed."""
     if len(command) < 2:
         return None
-    name = text(command[0]).upper()
+    name = command[0]
+    name = (name if isinstance(name, str) else text(name)).upper()
     if name in SCRIPT_CALLS:
         return command[3] if int(command[2]) > 0 else None
     if name in STREAM_READS:
-        upper = [text(arg).upper() if isinstance(arg, str | bytes) else "" for arg in command]
-        return command[upper.index("STREAMS") + 1] if "STREAMS" in upper else None
+        for n, arg in enumerate(command):
+            if isinstance(arg, str | bytes) and text(arg).upper() == "STREAMS":
+                return command[n + 1] if n + 1 < len(command) else None
+        return None
     return command[1]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _slot(key: str | bytes) -> int:
+    return key_slot(key)
+
+
 def slot_of(key: Any) -> int:
-    """A key's hash slot, whatever type it was given as."""
-    return key_slot(key if isinstance(key, str | bytes) else str(key))
+    """A key's hash slot, whatever type it was given as (remembered: the job path asks for the
+    same queues, models and inputs again and again)."""
+    return _slot(key if isinstance(key, str | bytes) else str(key))
 
 
 class SlotMap:
@@ -109,6 +120,10 @@ class SlotMap:
         self._masters: list[Address | None] = []
         self._refreshed = -REFRESH_MIN_S
         self._lock = threading.Lock()
+
+    @property
+    def known(self) -> bool:
+        return bool(self._masters)
 
     def address(self, slot: int) -> Address:
         """The master of ``slot``; ConnectionError when no node serves it."""
@@ -191,9 +206,11 @@ class ClusterWire:
         come back in place. A lost node or a cluster that cannot serve a slot raises
         ConnectionError once ``retry`` gives up; commands answered before are not sent again."""
         replies: list[Any] = [_PENDING] * len(commands)
-        if self._retry is None:
+        try:
             self._attempt(commands, routes, replies)
-        else:
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self._retry is None:
+                raise
             self._retry.call_with_retry(
                 lambda: self._attempt(commands, routes, replies), lambda error: None
             )
@@ -221,7 +238,7 @@ class ClusterWire:
 
     def _attempt(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> None:
         """Send what is not answered yet in ``replies``, following redirections."""
-        if not self._slots_known():
+        if not self._slots.known:
             self._slots.refresh(self._ask_slots, force=True)
         todo = [n for n, reply in enumerate(replies) if reply is _PENDING]
         asking: dict[int, Address] = {}
@@ -230,9 +247,9 @@ class ClusterWire:
             for n in todo:
                 address = asking.get(n) or self._address(commands[n], routes[n] if routes else None)
                 by_node.setdefault(address, []).append(n)
-            trouble = self._round(commands, by_node, asking, replies)
+            trouble, errors = self._round(commands, by_node, asking, replies)
             todo, moved = [], False
-            for n in [n for members in by_node.values() for n in members]:
+            for n in errors:
                 reply = replies[n]
                 if isinstance(reply, redis.exceptions.MovedError):  # (an AskError too)
                     self._slots.moved(reply.slot_id, (reply.host, reply.port))
@@ -242,11 +259,12 @@ class ClusterWire:
                     asking[n] = (reply.host, reply.port)
                 elif isinstance(reply, NOT_NOW):
                     trouble = trouble or reply
+                    replies[n] = _PENDING
+                    continue
                 else:
                     continue
                 replies[n] = _PENDING
-                if not isinstance(reply, NOT_NOW):
-                    todo.append(n)
+                todo.append(n)
             if trouble is not None:  # a node lost, a failover under way: learn the new map
                 self._refresh_quietly()
                 raise redis.ConnectionError(f"Redis Cluster unavailable: {trouble}")
@@ -255,13 +273,6 @@ class ClusterWire:
             if moved:  # a failover or a resharding moves many slots: learn them all at once
                 self._refresh_quietly()
         raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
-
-    def _slots_known(self) -> bool:
-        try:
-            self._slots.any()
-        except redis.ConnectionError:
-            return False
-        return True
 
     def _refresh_quietly(self) -> None:
         # no node answers now: the caller's error says the cluster is unavailable
@@ -274,35 +285,43 @@ class ClusterWire:
         by_node: dict[Address, list[int]],
         asking: dict[int, Address],
         replies: list[Any],
-    ) -> Exception | None:
+    ) -> tuple[Exception | None, list[int]]:
         """One round trip: send to every node, then read every node's replies into ``replies``
-        (by position). Returns the error of a node lost meanwhile (its commands stay pending)."""
+        (by position). Returns the error of a node lost meanwhile (its commands stay pending),
+        and the positions answered with an error."""
         lost: Exception | None = None
-        sent: list[tuple[Address, list[int], int]] = []
+        sent: list[tuple[Wire, list[int], int]] = []
         for address, members in by_node.items():
-            batch: list[Command] = []
-            for n in members:
-                if n in asking:  # ASK: this command only, on that node, after ASKING
-                    batch.append(("ASKING",))
-                batch.append(commands[n])
+            if asking:  # ASK: that command only, on that node, after ASKING
+                batch: list[Command] = []
+                for n in members:
+                    batch += [("ASKING",), commands[n]] if n in asking else [commands[n]]
+            else:
+                batch = [commands[n] for n in members]
+            wire = self._wire(address)
             try:
-                self._wire(address).send(batch)
+                wire.send(batch)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 lost = exc
                 continue
-            sent.append((address, members, len(batch)))
-        for address, members, count in sent:
+            sent.append((wire, members, len(batch)))
+        errors: list[int] = []
+        for wire, members, count in sent:
             try:
-                got = self._wire(address).receive(count)
+                got = wire.receive(count)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 lost = exc
                 continue
-            it = iter(got)
-            for n in members:
-                if n in asking:
-                    next(it)  # ASKING's OK
-                replies[n] = as_exception(next(it))
-        return lost
+            if count > len(members):  # drop ASKING's replies
+                it = iter(got)
+                got = [(next(it), next(it))[1] if n in asking else next(it) for n in members]
+            for n, reply in zip(members, got, strict=True):
+                if isinstance(reply, hiredis.ReplyError):
+                    replies[n] = as_exception(reply)
+                    errors.append(n)
+                else:
+                    replies[n] = reply
+        return lost, errors
 
 
 class ClusterWires(Wires):

@@ -77,10 +77,13 @@ class Call:
     script: LuaScript
     keys: Sequence[Any]
     args: Sequence[Any] = ()
+    near: Any = None  # a key in the same slot as ``keys`` (routed by: one seen before is cheaper)
 
     @property
     def route(self) -> Any:
         """The key whose hash slot the call runs in (None: any node)."""
+        if self.near is not None:
+            return self.near
         return self.keys[0] if self.keys else None
 
     def command(self) -> tuple[Any, ...]:
@@ -102,6 +105,8 @@ def calls_plan(calls: Sequence[Call]) -> Plan[list[Any]]:
     """Run ``calls`` in one round trip (per node): their replies in order, errors in place."""
     routes = [call.route for call in calls]
     replies = list((yield Commands([call.command() for call in calls], routes=routes)))
+    if not any(isinstance(reply, redis.ResponseError) for reply in replies):
+        return replies
     missing = [
         n for n, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
     ]

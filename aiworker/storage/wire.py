@@ -15,13 +15,12 @@ One ``Wire`` belongs to one thread; it is not thread-safe. On Redis Cluster a th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import ssl
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import hiredis
@@ -195,15 +194,20 @@ class Wire:
         connection sends to every node before it reads from any. Raises redis-py's
         ConnectionError/TimeoutError when the link is lost (closed then)."""
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
-        with self._lost_link():
+        try:
             sock = self._socket()
             for buffer in buffers:
                 sock.sendall(buffer)
+        except Exception as exc:
+            lost = self._lost(exc)
+            if lost is exc:
+                raise
+            raise lost from exc
 
     def receive(self, count: int) -> list[Any]:
         """The next ``count`` raw replies (hiredis' ReplyError for an error reply)."""
         replies: list[Any] = []
-        with self._lost_link():
+        try:
             sock = self._socket()
             reader = self._reader
             assert reader is not None
@@ -216,23 +220,27 @@ class Wire:
                     reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
                 else:
                     replies.append(reply)
+        except Exception as exc:
+            lost = self._lost(exc)
+            if lost is exc:
+                raise
+            raise lost from exc
         return replies
 
-    @contextlib.contextmanager
-    def _lost_link(self) -> Iterator[None]:
-        """Map socket failures to redis-py's errors, closing the connection (its replies are out
-        of step now)."""
-        try:
-            yield
-        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+    def _lost(self, exc: Exception) -> Exception:
+        """redis-py's error for a failure on the socket, the connection closed (its replies are
+        out of step now); other errors as they are."""
+        if isinstance(
+            exc, (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        ):
             self.close()  # the kernel's SO_RCVTIMEO/SO_SNDTIMEO expired (see _kernel_timeouts)
-            raise redis.TimeoutError(f"Timeout talking to Redis: {exc!r}") from exc
-        except (OSError, hiredis.ProtocolError) as exc:
+            return redis.TimeoutError(f"Timeout talking to Redis: {exc!r}")
+        if isinstance(exc, (OSError, hiredis.ProtocolError)):
             self.close()
-            raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
-        except redis.ConnectionError:
+            return redis.ConnectionError(f"Error talking to Redis: {exc}")
+        if isinstance(exc, redis.ConnectionError):
             self.close()
-            raise
+        return exc
 
 
 class Wires:

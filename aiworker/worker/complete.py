@@ -117,12 +117,13 @@ class Completer:
                 for n, r in enumerate(results)
                 if r.refused and r.refused != "STALE"
             }
-            if again:  # complete those again, answering the refusal instead
-                retried = self._run(conn, queue, list(again.values()))
+            if again:  # complete those again, answering the refusal instead (still ours:
+                # the first run found them held, and may have acknowledged them already)
+                retried = self._run(conn, queue, list(again.values()), held=True)
                 for (n, item), result in zip(again.items(), retried, strict=True):
                     if result.refused:  # cannot even answer: just take it off the queue
                         bare = Finished(item.entry_id, item.outcome, item.job, fields=item.fields)
-                        result = self._run(conn, queue, [bare])[0]
+                        result = self._run(conn, queue, [bare], held=True)[0]
                     done[n], results[n] = item, result
             for item, result in zip(done, results, strict=True):
                 self._report(queue, item, result)
@@ -149,10 +150,13 @@ class Completer:
             item.entry_id, outcome, item.job, item.reply, item.fmt, item.started, item.fields
         )
 
-    def _run(self, conn: JobConnection, queue: str, items: Sequence[Finished]) -> list[Result]:
+    def _run(
+        self, conn: JobConnection, queue: str, items: Sequence[Finished], held: bool = False
+    ) -> list[Result]:
         writes = [self.writes_of(item) for item in items]
         leased = [
-            lease_is_fresh(self.held.since(queue, item.entry_id), self.lease_s) for item in items
+            held or lease_is_fresh(self.held.since(queue, item.entry_id), self.lease_s)
+            for item in items
         ]
         return self.steps.run(conn, queue, writes, self._head(), leased)
 

@@ -23,14 +23,23 @@ per slot, each applied at most once however often the entry is delivered:
    nothing: another delivery did this step;
 2. the step in the slot of the outputs and the reply, the same way: the requester hears back only
    once the rest is written (AI.INFO counts a call its requester has heard about);
-3. last, in the queue's slot, ``complete.lua`` acknowledges and deletes the entry.
+3. in the queue's slot, ``complete.lua`` acknowledges and deletes the entry. It is sent in the
+   round trip of step 2, after it (the nodes of step 2 are sent to first): a worker killed while
+   it sends leaves the entry pending. With ``wait_replicas`` it is a round trip of its own, sent
+   once step 2's writes reached the replicas.
 
-A refusal writes nothing more and leaves the entry pending, to be completed again with the error as
-its reply. Outputs refused in step 2 (WRONGTYPE, NOPERM) come after step 1 counted the run, so
-AI.INFO shows a call without its error. A worker killed between two steps leaves the entry
-pending; it is reclaimed and run again, the steps already done find their markers, the rest are
-applied. Steps of many entries in one slot share one script call, and each round's calls go to
-their nodes in one round trip per node.
+A refusal in step 1 writes nothing more and leaves the entry pending, to be completed again with
+the error as its reply. A refusal in step 2 (outputs of another type, NOPERM) comes with the
+entry acknowledged already, and the completion answers the error at once (a worker killed right
+then leaves that requester without an answer; it is told to retry); outputs refused there come
+after step 1 counted the run, so AI.INFO shows a call without its error. So does a master lost
+during step 2's round trip: the entry may be acknowledged with its reply unwritten, as a master
+lost before it replicated a reply loses it (README "Failover"; ``wait_replicas`` closes both).
+A worker killed between two steps leaves the entry pending; it is reclaimed and run again, the
+steps already done find their markers, the rest are applied. Steps of many entries in one slot
+share one script call, and each round's calls go to their nodes in one round trip per node: a
+completion split over slots costs two round trips (three with the check of step 0), one on a
+single Redis.
 """
 
 from __future__ import annotations
@@ -74,7 +83,7 @@ class Writes:
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
 
-    def keys(self) -> list[str]:
+    def touched(self) -> list[str]:
         """Every key written or checked, the reply included (not the marker)."""
         found = [key for key, _ttl, _fields in self.outputs]
         found += [self.reply] if self.reply else []
@@ -187,29 +196,33 @@ class Steps:
                     del steps[n]
         rows: dict[int, list[Any]] = {n: [] for n in steps}  # entry -> its steps' rows, in order
         first = [(n, step) for n, split in steps.items() for step in split[:-1]]
-        for n, row in self._round(conn, first, head):
+        for n, row in self._round(conn, first, head)[0]:
             rows[n].append(row)
         refused = {n for n, found in rows.items() if any(row[0] == -1 for row in found)}
         last = [(n, split[-1]) for n, split in steps.items() if n not in refused]
-        for n, row in self._round(conn, last, head):
-            rows[n].append(row)
-            if row[0] == -1:
-                refused.add(n)
-        # last: acknowledge and delete (entries whose every key lives here complete here whole)
+        # the acknowledgement (entries whose every key lives in the queue's slot complete there
+        # whole), in the round of the last steps unless each step must reach replicas first
         at_queue = [
             (n, Writes(entry.entry_id) if n in steps else entry)
             for n, entry in enumerate(writes)
             if results[n] is None and n not in refused
         ]
+        ack = None
         if at_queue:
             keys, body = encode([queue], [entry for _n, entry in at_queue])
-            reply = lua.run_one(conn, COMPLETE, keys, [CONSUMER_GROUP, *head, *body])
-            self._wait_replicas(conn, [queue])
-            for (n, _entry), row in zip(at_queue, reply, strict=True):
-                if n not in steps:
-                    results[n] = row_result(row)
-        for n, found in rows.items():
-            results[n] = _combined(found)
+            ack = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body])
+        if self.wait is None:
+            found, acked = self._round(conn, last, head, ack)
+        else:
+            found, _none = self._round(conn, last, head)
+            acked = self._round(conn, [], head, ack)[1]
+        for n, row in found:
+            rows[n].append(row)
+        for (n, _entry), row in zip(at_queue, acked or [], strict=True):
+            if n not in steps:
+                results[n] = row_result(row)
+        for n, found_rows in rows.items():
+            results[n] = _combined(found_rows)
         return [result if result is not None else Result(applied=False) for result in results]
 
     def _split(
@@ -217,27 +230,34 @@ class Steps:
     ) -> list[Writes] | None:
         """``writes`` as one step per hash slot, each with its done marker, the step with the
         outputs and reply last; None when every key lives in the queue's slot."""
+        touched = writes.touched()  # outputs, reply, statistics, records, expects: in order
+        slots = [conn.slot(key) for key in touched]
+        if all(slot == queue_slot for slot in slots):
+            return None
         groups: dict[int, Writes] = {}
+        where = iter(slots)
 
-        def part(key: str) -> Writes:
-            return groups.setdefault(conn.slot(key), Writes(writes.entry_id))
+        def part() -> Writes:
+            slot = next(where)
+            found = groups.get(slot)
+            if found is None:
+                found = groups[slot] = Writes(writes.entry_id)
+            return found
 
         for output in writes.outputs:
-            part(output[0]).outputs.append(output)
+            part().outputs.append(output)
         if writes.reply:
-            step = part(writes.reply)
+            step = part()
             step.reply, step.payload = writes.reply, writes.payload
-        for record in writes.records:
-            part(record.stream).records.append(record)
         for stats in writes.stats:
-            part(stats[0]).stats.append(stats)
+            part().stats.append(stats)
+        for record in writes.records:
+            part().records.append(record)
         for expect in writes.expect:  # a cached model version: checked in the model's slot
-            part(expect[0]).expect.append(expect)
-        if set(groups) <= {queue_slot}:
-            return None
+            part().expect.append(expect)
         split = list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
         for step in split:
-            step.marker = self.keys.done(queue, writes.entry_id, step.keys()[0])
+            step.marker = self.keys.done(queue, writes.entry_id, step.touched()[0])
         return split
 
     def _still_held(self, conn: JobConnection, queue: str, entry_ids: list[str]) -> list[bool]:
@@ -245,25 +265,35 @@ class Steps:
         return [int(found) == 1 for found in reply]
 
     def _round(
-        self, conn: JobConnection, steps: Sequence[Step], head: list[Any]
-    ) -> list[tuple[int, list[Any]]]:
-        """Run ``steps`` with complete_once.lua, one call per slot, in one round trip per node;
-        (entry index, result row) per step."""
-        if not steps:
-            return []
-        groups = by_slot([entry.keys()[0] for _n, entry in steps], conn.slot)
+        self,
+        conn: JobConnection,
+        steps: Sequence[Step],
+        head: list[Any],
+        ack: lua.Call | None = None,
+    ) -> tuple[list[tuple[int, list[Any]]], Any]:
+        """Run ``steps`` with complete_once.lua, one call per slot, then ``ack`` (complete.lua in
+        the queue's slot), all in one round trip per node (each node gets its calls in that
+        order, and the nodes of the steps are sent to first); (entry index, result row) per step,
+        and the acknowledgement's rows."""
+        groups = by_slot([entry.touched()[0] for _n, entry in steps], conn.slot) if steps else []
         calls = []
         for group in groups:
             keys, body = encode([], [steps[i][1] for i in group])
-            calls.append(lua.Call(COMPLETE_ONCE, keys, [self.marker_ttl, *head, *body]))
+            near = steps[group[0]][1].touched()[0]
+            calls.append(lua.Call(COMPLETE_ONCE, keys, [self.marker_ttl, *head, *body], near))
+        if ack is not None:
+            calls.append(ack)
+        if not calls:
+            return [], None
         replies = lua.run(conn, calls)
         self._wait_replicas(conn, [call.route for call in calls])
-        found: list[tuple[int, list[Any]]] = []
-        for group, reply in zip(groups, replies, strict=True):
+        for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        found: list[tuple[int, list[Any]]] = []
+        for group, reply in zip(groups, replies, strict=False):
             found += [(steps[i][0], list(row)) for i, row in zip(group, reply, strict=True)]
-        return found
+        return found, replies[-1] if ack is not None else None
 
     def _wait_replicas(self, conn: JobConnection, keys: Sequence[Any]) -> None:
         """WAIT on the connection of each key's node, so that the step's writes reach
