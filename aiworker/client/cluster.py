@@ -44,7 +44,7 @@ from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
 from aiworker.storage import health
-from aiworker.storage.cluster import LOST, ClusterWires
+from aiworker.storage.cluster import LOST, ClusterWires, NodeLost
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
@@ -109,11 +109,14 @@ class ClusterJobs(Jobs):
         self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
     ) -> tuple[Any, Any]:
         """Sent again, to the same stream, while a failover is under way (see the module
-        docstring)."""
+        docstring); never once the XADD is known to have been taken."""
         while True:
             try:
                 return super()._enqueue(stream, fields, reply_key, clock)
             except LOST as exc:
+                taken = exc.replies[0] if isinstance(exc, NodeLost) else None
+                if taken is not None and not isinstance(taken, Exception):
+                    return taken, None  # queued; only the first BLPOP's master was lost
                 if clock.expired():
                     raise ReplyTimeout(
                         f"Redis Cluster could not take the job for {stream} in time ({exc}); "

@@ -180,6 +180,15 @@ def _masters_of(reply: Any, asked_host: str) -> list[Address | None]:
 _PENDING = object()  # a command not answered yet
 
 
+class NodeLost(redis.ConnectionError):
+    """A round trip that reached only some of the cluster: ``replies`` holds what the nodes that
+    answered said (a command they ran is not to be sent again), None for the others."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = [None if reply is _PENDING else reply for reply in replies]
+
+
 class ClusterWire:
     """One thread's job-path connection to a Redis Cluster: a ``Wire`` per master (see the module
     docstring). Not thread-safe, as a ``Wire``."""
@@ -204,7 +213,8 @@ class ClusterWire:
         """Run commands, each on the master of its key's slot (or of ``routes[n]``, a key, for
         commands that name none: SCRIPT LOAD, WAIT), one round trip per node; error replies
         come back in place. A lost node or a cluster that cannot serve a slot raises
-        ConnectionError once ``retry`` gives up; commands answered before are not sent again."""
+        ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
+        sent again."""
         replies: list[Any] = [_PENDING] * len(commands)
         try:
             self._attempt(commands, routes, replies)
@@ -267,7 +277,7 @@ class ClusterWire:
                 todo.append(n)
             if trouble is not None:  # a node lost, a failover under way: learn the new map
                 self._refresh_quietly()
-                raise redis.ConnectionError(f"Redis Cluster unavailable: {trouble}")
+                raise NodeLost(f"Redis Cluster unavailable: {trouble}", replies)
             if not todo:
                 return
             if moved:  # a failover or a resharding moves many slots: learn them all at once
