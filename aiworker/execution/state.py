@@ -182,6 +182,8 @@ def read(
 def _read_by_slot(conn: ScriptRunner, keys: list[str], args: list[Any]) -> list[Any]:
     """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
     groups = by_slot(keys, conn.slot)
+    if len(groups) == 1:  # every key in one slot: always so on a single Redis
+        return lua.run_one(conn, READ_JOBS, keys, args)  # type: ignore[no-any-return]
     head = args[:3]
     calls = [
         lua.Call(

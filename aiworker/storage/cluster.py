@@ -90,6 +90,8 @@ def command_key(command: Command) -> Any:
     if name in SCRIPT_CALLS:
         return command[3] if int(command[2]) > 0 else None
     if name in STREAM_READS:
+        if command[-3] == "STREAMS":  # one stream, as the job path reads: no scan
+            return command[-2]
         for n, arg in enumerate(command):
             if isinstance(arg, str | bytes) and text(arg).upper() == "STREAMS":
                 return command[n + 1] if n + 1 < len(command) else None

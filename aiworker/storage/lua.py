@@ -104,9 +104,16 @@ class Call:
 def calls_plan(calls: Sequence[Call]) -> Plan[list[Any]]:
     """Run ``calls`` in one round trip (per node): their replies in order, errors in place."""
     routes = [call.route for call in calls]
-    replies = list((yield Commands([call.command() for call in calls], routes=routes)))
+    replies = yield Commands([call.command() for call in calls], routes=routes)
+    return (yield from _again(calls, list(replies)))
+
+
+def _again(calls: Sequence[Call], replies: list[Any]) -> Plan[list[Any]]:
+    """The calls Redis refused with NOSCRIPT or (for a script that takes keys as arguments)
+    NOPERM, made again as the module docstring says; ``replies`` with their new replies."""
     if not any(isinstance(reply, redis.ResponseError) for reply in replies):
         return replies
+    routes = [call.route for call in calls]
     missing = [
         n for n, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
     ]
@@ -144,7 +151,15 @@ def run(conn: Sender, calls: Sequence[Call]) -> list[Any]:
     replies in order, errors in place."""
     if not calls:
         return []
-    return plans.drive(calls_plan(calls), lambda batch: conn.pipeline(batch.commands, batch.routes))
+    replies = conn.pipeline([call.command() for call in calls], [call.route for call in calls])
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            break
+    else:
+        return replies  # the common case, without the plan's machinery
+    return plans.drive(
+        _again(calls, list(replies)), lambda batch: conn.pipeline(batch.commands, batch.routes)
+    )
 
 
 def run_one(conn: Sender, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -21,15 +21,13 @@ import ssl
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from aiworker.storage.plans import one_slot
 
 # Arguments above this are sent as they are (no copy into the command buffer): outputs, blobs.
 LARGE_ARGUMENT = 64 * 1024
@@ -96,8 +94,11 @@ def pack(commands: Sequence[Command]) -> list[bytes | memoryview]:
     """Buffers to send for ``commands``: hiredis packs them (fast for many small arguments); a
     command carrying megabytes is sent in pieces instead, its large arguments uncopied."""
     packed = [hiredis.pack_command(tuple(command)) for command in commands]
-    if sum(len(buffer) for buffer in packed) <= LARGE_COMMAND:
-        return [b"".join(packed)] if len(packed) > 1 else packed
+    if len(packed) == 1:
+        if len(packed[0]) <= LARGE_COMMAND:
+            return packed
+    elif sum(len(buffer) for buffer in packed) <= LARGE_COMMAND:
+        return [b"".join(packed)]
     out: list[bytes | memoryview] = []
     for command, buffer in zip(commands, packed, strict=True):
         out.extend(_pack_large(command) if len(buffer) > LARGE_COMMAND else [buffer])
@@ -168,8 +169,8 @@ class Wire:
 
     @staticmethod
     def slot(key: Any) -> int:
-        """A single Redis is one hash slot: every key's is 0."""
-        return one_slot(key)
+        """A single Redis is one hash slot: every key's is 0 (``plans.one_slot``)."""
+        return 0
 
     def _socket(self) -> socket.socket:
         if self._pid != os.getpid():  # a forked child: the socket is the parent's, leave it be
@@ -186,61 +187,64 @@ class Wire:
         return current
 
     def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
-        self.send(commands)
-        return self.receive(len(commands))
-
-    def send(self, commands: Sequence[Command]) -> None:
-        """Send commands without waiting for their replies (``receive`` reads them): a cluster
-        connection sends to every node before it reads from any. Raises redis-py's
-        ConnectionError/TimeoutError when the link is lost (closed then)."""
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
         try:
             sock = self._socket()
             for buffer in buffers:
                 sock.sendall(buffer)
+            return self._read(sock, len(commands))
         except Exception as exc:
-            lost = self._lost(exc)
-            if lost is exc:
-                raise
-            raise lost from exc
+            self._raise_lost(exc)
+
+    def send(self, commands: Sequence[Command]) -> None:
+        """Send commands without waiting for their replies (``receive`` reads them): a cluster
+        connection sends to every node before it reads from any. Raises redis-py's
+        ConnectionError/TimeoutError when the link is lost (closed then)."""
+        buffers = pack(commands)
+        try:
+            sock = self._socket()
+            for buffer in buffers:
+                sock.sendall(buffer)
+        except Exception as exc:
+            self._raise_lost(exc)
 
     def receive(self, count: int) -> list[Any]:
         """The next ``count`` raw replies (hiredis' ReplyError for an error reply)."""
-        replies: list[Any] = []
         try:
-            sock = self._socket()
-            reader = self._reader
-            assert reader is not None
-            while len(replies) < count:
-                reply = reader.gets()
-                if reply is False:
-                    received = sock.recv_into(self._buffer)
-                    if not received:
-                        raise redis.ConnectionError("Connection closed by server.")
-                    reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
-                else:
-                    replies.append(reply)
+            return self._read(self._socket(), count)
         except Exception as exc:
-            lost = self._lost(exc)
-            if lost is exc:
-                raise
-            raise lost from exc
+            self._raise_lost(exc)
+
+    def _read(self, sock: socket.socket, count: int) -> list[Any]:
+        reader = self._reader
+        assert reader is not None
+        replies: list[Any] = []
+        while count:
+            reply = reader.gets()
+            if reply is False:
+                received = sock.recv_into(self._buffer)
+                if not received:
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
+            else:
+                replies.append(reply)
+                count -= 1
         return replies
 
-    def _lost(self, exc: Exception) -> Exception:
-        """redis-py's error for a failure on the socket, the connection closed (its replies are
-        out of step now); other errors as they are."""
+    def _raise_lost(self, exc: Exception) -> NoReturn:
+        """Raise redis-py's error for a failure on the socket, the connection closed (its
+        replies are out of step now); other errors as they are."""
         if isinstance(
             exc, (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         ):
             self.close()  # the kernel's SO_RCVTIMEO/SO_SNDTIMEO expired (see _kernel_timeouts)
-            return redis.TimeoutError(f"Timeout talking to Redis: {exc!r}")
+            raise redis.TimeoutError(f"Timeout talking to Redis: {exc!r}") from exc
         if isinstance(exc, (OSError, hiredis.ProtocolError)):
             self.close()
-            return redis.ConnectionError(f"Error talking to Redis: {exc}")
+            raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
         if isinstance(exc, redis.ConnectionError):
             self.close()
-        return exc
+        raise exc
 
 
 class Wires:

@@ -154,10 +154,10 @@ class Completer:
         self, conn: JobConnection, queue: str, items: Sequence[Finished], held: bool = False
     ) -> list[Result]:
         writes = [self.writes_of(item) for item in items]
-        leased = [
-            held or lease_is_fresh(self.held.since(queue, item.entry_id), self.lease_s)
-            for item in items
-        ]
+
+        def leased(entry_id: str) -> bool:
+            return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
+
         return self.steps.run(conn, queue, writes, self._head(), leased)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:

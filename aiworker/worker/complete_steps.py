@@ -45,7 +45,7 @@ single Redis.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,8 @@ class Writes:
     records: list[Record] = field(default_factory=list)
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
+    slot: int = 0  # a step's hash slot, and a key in it (routes its call)
+    anchor: str = ""
 
     def touched(self) -> list[str]:
         """Every key written or checked, the reply included (not the marker)."""
@@ -176,10 +178,11 @@ class Steps:
         queue: str,
         writes: Sequence[Writes],
         head: list[Any],
-        leased: Sequence[bool],
+        leased: Callable[[str], bool],
     ) -> list[Result]:
         """Apply ``writes`` (one per entry of ``queue``); ``head`` is ARGV[2..4] of the scripts
-        (complete_parts.lua); ``leased[n]``: the worker's clock says it still holds entry n."""
+        (complete_parts.lua); ``leased(entry_id)``: the worker's clock says it still holds the
+        entry (asked only of entries completed in steps)."""
         queue_slot = conn.slot(queue)
         results: list[Result | None] = [None] * len(writes)
         steps: dict[int, list[Writes]] = {}
@@ -187,7 +190,7 @@ class Steps:
             split = self._split(conn, queue, queue_slot, entry)
             if split is not None:
                 steps[n] = split
-        unsure = [n for n in steps if not leased[n]]
+        unsure = [n for n in steps if not leased(writes[n].entry_id)]
         if unsure:
             held = self._still_held(conn, queue, [writes[n].entry_id for n in unsure])
             for n, mine in zip(unsure, held, strict=True):
@@ -235,13 +238,14 @@ class Steps:
         if all(slot == queue_slot for slot in slots):
             return None
         groups: dict[int, Writes] = {}
-        where = iter(slots)
+        where = iter(zip(slots, touched, strict=True))
 
         def part() -> Writes:
-            slot = next(where)
+            slot, key = next(where)
             found = groups.get(slot)
             if found is None:
-                found = groups[slot] = Writes(writes.entry_id)
+                marker = self.keys.done(queue, writes.entry_id, key)
+                found = groups[slot] = Writes(writes.entry_id, marker=marker, slot=slot, anchor=key)
             return found
 
         for output in writes.outputs:
@@ -255,10 +259,7 @@ class Steps:
             part().records.append(record)
         for expect in writes.expect:  # a cached model version: checked in the model's slot
             part().expect.append(expect)
-        split = list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
-        for step in split:
-            step.marker = self.keys.done(queue, writes.entry_id, step.touched()[0])
-        return split
+        return list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
 
     def _still_held(self, conn: JobConnection, queue: str, entry_ids: list[str]) -> list[bool]:
         reply = lua.run_one(conn, HELD_BY, [queue], [CONSUMER_GROUP, self.owner, *entry_ids])
@@ -275,18 +276,19 @@ class Steps:
         the queue's slot), all in one round trip per node (each node gets its calls in that
         order, and the nodes of the steps are sent to first); (entry index, result row) per step,
         and the acknowledgement's rows."""
-        groups = by_slot([entry.touched()[0] for _n, entry in steps], conn.slot) if steps else []
+        groups = by_slot([step.slot for _n, step in steps], int) if steps else []  # slots known
         calls = []
         for group in groups:
             keys, body = encode([], [steps[i][1] for i in group])
-            near = steps[group[0]][1].touched()[0]
+            near = steps[group[0]][1].anchor
             calls.append(lua.Call(COMPLETE_ONCE, keys, [self.marker_ttl, *head, *body], near))
         if ack is not None:
             calls.append(ack)
         if not calls:
             return [], None
         replies = lua.run(conn, calls)
-        self._wait_replicas(conn, [call.route for call in calls])
+        if self.wait is not None:
+            self._wait_replicas(conn, [call.route for call in calls])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -298,8 +300,7 @@ class Steps:
     def _wait_replicas(self, conn: JobConnection, keys: Sequence[Any]) -> None:
         """WAIT on the connection of each key's node, so that the step's writes reach
         ``wait_replicas`` replicas (or the timeout passes) before the next step."""
-        if self.wait is None:
-            return
+        assert self.wait is not None
         routes = [keys[group[0]] for group in by_slot(keys, conn.slot)]
         conn.pipeline([("WAIT", *self.wait)] * len(routes), routes)
 

@@ -30,9 +30,10 @@ log = logging.getLogger("aiworker.worker")
 METHODS = ("job_started", "job_finished", "job_failed", "job_skipped")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobEvent:
-    """One job at one point of its life. Times are unix seconds."""
+    """One job at one point of its life (read it, don't change it: every hook sees the same
+    one). Times are unix seconds."""
 
     job_id: str  # the stream entry id
     queue: str  # the stream it was read from
