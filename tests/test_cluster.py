@@ -22,6 +22,7 @@ from conftest import stub_blob, torch_blob, wait_until, worker_env
 from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
 from aiworker.protocol import messages
 from aiworker.protocol.keys import key_slot
+from aiworker.protocol.requests import ModelExecute
 from aiworker.storage import health
 
 REDIS_CLI = shutil.which("redis-cli")
@@ -34,6 +35,11 @@ def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
 
 def masters_of(cluster: Any, *keys: str) -> set[int]:
     return {cluster.master_of(key) for key in keys}
+
+
+def cluster_masters(client: Any, key: str) -> str:
+    """The name of the master that serves ``key``, as the cluster client sees it."""
+    return str(client.get_node_from_key(key).name)
 
 
 def test_a_cluster_is_found_from_any_node(redis_cluster: Any, cluster_client: Any) -> None:
@@ -227,6 +233,10 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
     assert c.infoget("m")["calls"] == 30
     added = [c.xinfo_stream(stream)["entries-added"] for stream in streams]
     assert sum(added) == 30 and all(added), added  # every partition took some
+    for n in range(30):  # each on the partition of its reply's (its outputs') master
+        reply_key = c._jobs.private_entry(ModelExecute("m", ("a", "a"), (f"o{n}",)))[0]
+        stream = c._jobs.stream("CPU", reply_key)
+        assert cluster_masters(c, stream) == cluster_masters(c, f"o{n}")
     status = health.gather(c, c.keyspace)
     assert {q["queue"] for q in status["queues"]} == set(streams)
     assert all(q["pending"] == 0 and q["length"] == 0 for q in status["queues"])

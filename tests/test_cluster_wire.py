@@ -149,3 +149,33 @@ def test_a_job_connection_per_thread(wires: ClusterWires) -> None:
     thread.start()
     thread.join()
     assert theirs[0] is not mine
+
+
+def test_replies_read_before_a_lost_link_are_kept(
+    redis_cluster: Any, cluster_client: Any, wires: ClusterWires
+) -> None:
+    """A master lost while a BLPOP waits: the XADD it answered before counts as done
+    (``NodeLost.replies``), so a client does not queue its job twice."""
+    import threading
+    import time
+
+    from aiworker.storage.cluster import NodeLost
+
+    node = redis_cluster.node(master_port(redis_cluster, "s{1}"))
+
+    def kill_the_waiting_client() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for found in node.client_list():
+                if found.get("cmd") == "blpop":
+                    node.client_kill_filter(_id=found["id"])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_waiting_client)
+    killer.start()
+    with pytest.raises(NodeLost) as lost:
+        wires.get().pipeline([("XADD", "s{1}", "*", "f", "v"), ("BLPOP", "r{1}", 5)])
+    killer.join()
+    entry_id, popped = lost.value.replies
+    assert popped is None and cluster_client.xrange("s{1}")[0][0] == entry_id

@@ -7,8 +7,9 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 * a job's written keys (OUTPUTS, PERSIST) share one hash slot, or the request fails with RedisAI's
   ``CROSSSLOT Keys in request don't hash to the same slot`` before it is queued; its private reply
   list takes their hash tag (``protocol.slots``);
-* a job goes to one of its device queue's partitions, chosen at random among the streams live
-  workers announce (``Partitions``), the plain queue when none does;
+* a job goes to one of its device queue's partitions among the streams live workers announce
+  (``Partitions``; the plain queue when none does): one on its reply key's master if there is
+  one, else one at random;
 * a job's round trip (XADD and the first BLPOP, on two masters at once) goes through a fast
   connection per master (``storage.cluster.ClusterWire``), as a single Redis' goes through a
   ``Wire``;
@@ -44,7 +45,7 @@ from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
 from aiworker.storage import health
-from aiworker.storage.cluster import LOST, ClusterWires, NodeLost
+from aiworker.storage.cluster import LOST, ClusterWires, NodeLost, SlotMap, slot_of
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
@@ -59,19 +60,33 @@ class Partitions:
     """The streams of each device queue that live workers serve (their heartbeats' ``queues``),
     looked at again every ``PARTITIONS_REFRESH_S``."""
 
-    def __init__(self, r: Any, keyspace: Keys) -> None:
+    def __init__(self, r: Any, keyspace: Keys, slots: SlotMap | None = None) -> None:
         self.r = r
         self.keyspace = keyspace
+        self.slots = slots
         self._streams: dict[str, list[str]] = {}
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def pick(self, device: str) -> str:
-        """A stream of ``device``'s queue, at random (the plain queue when no worker says)."""
+    def pick(self, device: str, near: str | None = None) -> str:
+        """A stream of ``device``'s queue (the plain queue when no worker says which): one on
+        the master of ``near`` (the job's reply key) if there is one - the XADD and the BLPOP
+        then go to one node, and so do the worker's last completion step and its XACK - else
+        one at random."""
         if time.monotonic() >= self._next:
             self.refresh()
         streams = self._streams.get(device.upper())
-        return random.choice(streams) if streams else self.keyspace.queue(device)
+        if not streams:
+            return self.keyspace.queue(device)
+        if near is not None and self.slots is not None and self.slots.known:
+            try:
+                node = self.slots.address(slot_of(near))
+                local = [s for s in streams if self.slots.address(slot_of(s)) == node]
+            except redis.ConnectionError:  # a slot without a master: a failover under way
+                local = []
+            if local:
+                return random.choice(local)
+        return random.choice(streams)
 
     def refresh(self) -> None:
         with self._lock:
@@ -95,15 +110,16 @@ class ClusterJobs(Jobs):
     cluster = True
 
     def __init__(self, rc: Any, keyspace: Keys, reply_timeout: float | None) -> None:
-        super().__init__(rc, keyspace, reply_timeout, wires=ClusterWires(rc))
-        self.partitions = Partitions(rc, keyspace)
+        wires = ClusterWires(rc)
+        super().__init__(rc, keyspace, reply_timeout, wires=wires)
+        self.partitions = Partitions(rc, keyspace, wires.slots)
 
     def submit(self, queue: str, request: Request, limit: float | None = None) -> dict[str, Any]:
         check_slot(request)  # before anything is queued, as RedisAI refused it
         return super().submit(queue, request, limit)
 
-    def stream(self, queue: str) -> str:
-        return self.partitions.pick(queue)
+    def stream(self, queue: str, reply_key: str | None = None) -> str:
+        return self.partitions.pick(queue, reply_key)
 
     def _enqueue(
         self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock

@@ -92,8 +92,8 @@ class Jobs:
             return self._submit_shared(queue, request, clock)
         return self._submit_private(queue, request, clock)
 
-    def stream(self, queue: str) -> str:
-        """The stream a job for device ``queue`` goes to."""
+    def stream(self, queue: str, reply_key: str | None = None) -> str:
+        """The stream a job for device ``queue`` (answered on ``reply_key``) goes to."""
         return self.keyspace.queue(queue)
 
     def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
@@ -104,7 +104,7 @@ class Jobs:
 
     def _submit_private(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
         reply_key, fields = self.private_entry(request)
-        stream = self.stream(queue)
+        stream = self.stream(queue, reply_key)
         sent, popped = self._enqueue(stream, fields, reply_key, clock)
         return self.wait_private(queue, text(sent), reply_key, request, clock, popped, stream)
 

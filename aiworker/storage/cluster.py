@@ -20,7 +20,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -219,7 +219,8 @@ class ClusterWire:
         sent again."""
         replies: list[Any] = [_PENDING] * len(commands)
         try:
-            self._attempt(commands, routes, replies)
+            if not self._on_one_node(commands, routes, replies):
+                self._attempt(commands, routes, replies)
         except (redis.ConnectionError, redis.TimeoutError):
             if self._retry is None:
                 raise
@@ -247,6 +248,46 @@ class ClusterWire:
         if key is None:
             return self._slots.any()
         return self._slots.address(slot_of(key))
+
+    def _on_one_node(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> bool:
+        """The common case without the machinery of ``_attempt``: every command for one node,
+        none redirected. False when that is not the case: nothing was sent, or the commands
+        redirected (MOVED, ASK, a failover) are left pending in ``replies``."""
+        slots = self._slots
+        if not slots.known:
+            return False
+        address = None
+        for n, command in enumerate(commands):
+            key = routes[n] if routes and routes[n] is not None else command_key(command)
+            found = slots.any() if key is None else slots.address(slot_of(key))
+            if address is None:
+                address = found
+            elif found != address:
+                return False
+        assert address is not None
+        wire = self._wire(address)
+        got: list[Any] = []
+        try:
+            wire.send(commands)
+            wire.receive(len(commands), got)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _answered(replies, range(len(commands)), got)
+            self._refresh_quietly()
+            raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
+        done, moved = True, False
+        for n, reply in enumerate(got):
+            if isinstance(reply, hiredis.ReplyError):
+                reply = as_exception(reply)
+                if isinstance(reply, (redis.exceptions.AskError, *NOT_NOW)):
+                    if isinstance(reply, redis.exceptions.MovedError):
+                        slots.moved(reply.slot_id, (reply.host, reply.port))
+                        moved = True
+                    done = False
+                    continue
+            replies[n] = reply
+        if moved:  # a failover or a resharding moves many slots: learn them all at once
+            self._refresh_quietly()
+        return done
 
     def _attempt(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> None:
         """Send what is not answered yet in ``replies``, following redirections."""
@@ -319,10 +360,13 @@ class ClusterWire:
             sent.append((wire, members, len(batch)))
         errors: list[int] = []
         for wire, members, count in sent:
+            got: list[Any] = []
             try:
-                got = wire.receive(count)
+                wire.receive(count, got)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 lost = exc
+                if count == len(members):  # (with ASKING's replies among them: none kept)
+                    _answered(replies, members, got)
                 continue
             if count > len(members):  # drop ASKING's replies
                 it = iter(got)
@@ -334,6 +378,15 @@ class ClusterWire:
                 else:
                     replies[n] = reply
         return lost, errors
+
+
+def _answered(replies: list[Any], positions: Iterable[int], got: list[Any]) -> None:
+    """Keep the replies read before a link was lost (``got``, for the first ``positions``): a
+    command they answer is not sent again. Error replies are not kept: one may be a
+    redirection, which the command must still follow."""
+    for n, reply in zip(positions, got, strict=False):
+        if not isinstance(reply, hiredis.ReplyError):
+            replies[n] = reply
 
 
 class ClusterWires(Wires):

@@ -192,7 +192,7 @@ class Wire:
             sock = self._socket()
             for buffer in buffers:
                 sock.sendall(buffer)
-            return self._read(sock, len(commands))
+            return self._read(sock, len(commands), [])
         except Exception as exc:
             self._raise_lost(exc)
 
@@ -208,17 +208,19 @@ class Wire:
         except Exception as exc:
             self._raise_lost(exc)
 
-    def receive(self, count: int) -> list[Any]:
-        """The next ``count`` raw replies (hiredis' ReplyError for an error reply)."""
+    def receive(self, count: int, replies: list[Any] | None = None) -> list[Any]:
+        """The next ``count`` raw replies (hiredis' ReplyError for an error reply), appended to
+        ``replies``: when the link is lost halfway, those read before are there (a command
+        answered is not one to send again)."""
+        replies = [] if replies is None else replies
         try:
-            return self._read(self._socket(), count)
+            return self._read(self._socket(), count, replies)
         except Exception as exc:
             self._raise_lost(exc)
 
-    def _read(self, sock: socket.socket, count: int) -> list[Any]:
+    def _read(self, sock: socket.socket, count: int, replies: list[Any]) -> list[Any]:
         reader = self._reader
         assert reader is not None
-        replies: list[Any] = []
         while count:
             reply = reader.gets()
             if reply is False:
