@@ -74,6 +74,9 @@ class Settings:
     queue_partitions: int = 1
     wait_replicas: int = 0
     wait_replicas_timeout: int = 1000
+    # autobatching: what may wait in a device's batcher before its oldest group runs as it is
+    max_batch_waiting: int = 4096
+    max_batch_waiting_bytes: int = 1 << 30
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

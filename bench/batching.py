@@ -1,7 +1,10 @@
 """Autobatching throughput: 32 concurrent batch-1 clients against a compute-bound TorchScript MLP.
 
     python -m bench.batching [--width 2048] [--clients 32] [--client-processes 4] [--rounds 3]
-                             [--seconds 4] [--batch 32] [--threads-per-queue 1]
+                             [--seconds 4] [--batch 32] [--threads-per-queue 1] [--mixed]
+
+``--mixed``: instead of batching off vs on, requests of 8 rows against requests of 1 to 8 rows
+(each request picks its size at random), both batched: how much varying batch shapes cost.
 
 Starts a private redis-server and ``python -m aiworker worker`` as a subprocess, stores a 3-layer MLP
 twice (without batching, and with BATCHSIZE --batch), and drives each with the same closed loop of
@@ -81,31 +84,52 @@ def start_worker(url: str, threads: int, intra_op: int = 0) -> subprocess.Popen[
 # the client side ---------------------------------------------------------------------------
 
 
-def drive(
-    url: str, model: str, clients: int, seconds: float, width: int, first: int = 0
-) -> dict[str, Any]:
-    """Closed loop: ``clients`` threads run ``model`` back to back for ``seconds``.
+def row_counts(spec: str) -> list[int]:
+    """Request sizes: ``"8"`` (always 8 rows) or ``"1-8"`` (any of 1 to 8)."""
+    low, _, high = spec.partition("-")
+    return list(range(int(low), int(high or low) + 1))
 
-    Returns the latencies (s) and, per request, how many requests shared its model run.
+
+def drive(
+    url: str,
+    model: str,
+    clients: int,
+    seconds: float,
+    width: int,
+    first: int = 0,
+    rows: str = "1",
+) -> dict[str, Any]:
+    """Closed loop: ``clients`` threads run ``model`` back to back for ``seconds``, each request
+    of a size drawn from ``rows``.
+
+    Returns the latencies (s), per request how many requests shared its model run, and the rows.
     """
     latencies: list[list[float]] = [[] for _ in range(clients)]
     shared: list[list[int]] = [[] for _ in range(clients)]
+    samples = [0] * clients
     start = threading.Barrier(clients + 1)
     stop_at = [float("inf")]
+    sizes = row_counts(rows)
 
     def loop(n: int) -> None:
         con = Client.from_url(url, reply_timeout=120)
-        key = f"in:{first + n}"
-        con.tensorset(key, np.random.default_rng(first + n).standard_normal((1, width), np.float32))
-        # what Client.modelexecute sends, keeping the reply to learn the batch sizes
-        request = parse_command(f"AI.MODELEXECUTE {model} INPUTS 1 {key} OUTPUTS 1 out:{key}")
+        rng = np.random.default_rng(first + n)
+        requests = []
+        for size in sizes:
+            key = f"in:{first + n}:{size}"
+            con.tensorset(key, rng.standard_normal((size, width), np.float32))
+            # what Client.modelexecute sends, keeping the reply to learn the batch sizes
+            command = f"AI.MODELEXECUTE {model} INPUTS 1 {key} OUTPUTS 1 out:{key}"
+            requests.append((size, parse_command(command)))
         start.wait()
         while time.perf_counter() < stop_at[0]:
+            size, request = requests[int(rng.integers(len(requests)))]
             began = time.perf_counter()
             reply = con.submit_reply("CPU", request)
             raise_for_reply(reply)
             latencies[n].append(time.perf_counter() - began)
             shared[n].append(int(reply.get("batch", {}).get("requests", 1)))
+            samples[n] += size
         con.close()
 
     threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(clients)]
@@ -121,14 +145,16 @@ def drive(
         "elapsed": elapsed,
         "latencies": [x for per in latencies for x in per],
         "shared": [x for per in shared for x in per],
+        "samples": sum(samples),
     }
 
 
 def client_process(url: str, threads: int, width: int, first: int) -> None:
-    """Serve ``MODEL SECONDS`` lines from stdin with a ``drive`` each; one JSON line per run."""
+    """Serve ``MODEL SECONDS ROWS`` lines from stdin with a ``drive`` each; one JSON line per
+    run."""
     for line in sys.stdin:
-        model, seconds = line.split()
-        result = drive(url, model, threads, float(seconds), width, first)
+        model, seconds, rows = line.split()
+        result = drive(url, model, threads, float(seconds), width, first, rows)
         print(json.dumps(result), flush=True)
 
 
@@ -149,10 +175,10 @@ class Clients:
             for n in range(processes)
         ]
 
-    def run(self, model: str, seconds: float) -> dict[str, Any]:
+    def run(self, model: str, seconds: float, rows: str = "1") -> dict[str, Any]:
         for proc in self.procs:
             assert proc.stdin is not None
-            proc.stdin.write(f"{model} {seconds}\n")
+            proc.stdin.write(f"{model} {seconds} {rows}\n")
             proc.stdin.flush()
         parts = [json.loads(proc.stdout.readline()) for proc in self.procs if proc.stdout]
         latencies = sorted(x for p in parts for x in p["latencies"])
@@ -160,6 +186,7 @@ class Clients:
         elapsed = max(p["elapsed"] for p in parts)
         return {
             "rps": len(latencies) / elapsed,
+            "samples": sum(p["samples"] for p in parts) / elapsed,
             # a request whose run served k requests stands for 1/k of a run
             "per_run": len(shared) / sum(1 / k for k in shared) if shared else 0.0,
             "p50": 1000 * statistics.median(latencies),
@@ -188,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--intra-op-parallelism", type=int, default=0, help="0: the framework's default"
     )
+    parser.add_argument(
+        "--mixed", action="store_true", help="requests of 8 rows vs of 1-8 rows, both batched"
+    )
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -197,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()[0]
     blob = mlp_blob(args.width)
-    modes = {"off": "mlp_off", "on": "mlp_on"}
+    in_process = in_process_rate(blob, args.width, args.batch)
+    # mode -> (model, request rows)
+    if args.mixed:
+        modes = {"8 rows": ("mlp_on", "8"), "1-8 rows": ("mlp_on", "1-8")}
+    else:
+        modes = {"off": ("mlp_off", "1"), f"on, BATCHSIZE {args.batch}": ("mlp_on", "1")}
     rows: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     with RedisServer() as server:
         con = Client.from_url(server.url)
@@ -208,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         per_process = args.clients // args.client_processes
         clients = Clients(server.url, args.client_processes, per_process, args.width)
         try:
-            for model in modes.values():  # warm up: load the model, fill caches
-                clients.run(model, 1.5)
+            for model, sizes in modes.values():  # warm up: load the model, fill caches
+                clients.run(model, 1.5, sizes)
             for _ in range(args.rounds):
-                for mode, model in modes.items():
-                    rows[mode].append(clients.run(model, args.seconds))
+                for mode, (model, sizes) in modes.items():
+                    rows[mode].append(clients.run(model, args.seconds, sizes))
         finally:
             clients.close()
             worker.terminate()
@@ -220,27 +255,48 @@ def main(argv: list[str] | None = None) -> int:
 
     total = per_process * args.client_processes
     print(
-        f"3-layer {args.width}-wide TorchScript MLP, {total} concurrent batch-1 clients "
+        f"3-layer {args.width}-wide TorchScript MLP, {total} concurrent clients "
         f"({args.client_processes} processes x {per_process} threads), worker THREADS_PER_QUEUE="
         f"{args.threads_per_queue} INTRA_OP_PARALLELISM={args.intra_op_parallelism}, "
         f"{os.cpu_count()} CPUs (load average {load:.1f} at start), "
         f"{args.rounds} alternating rounds of {args.seconds:g} s per mode\n"
     )
-    print("| batching | requests/s (mean) | per round | requests per model run | p50 ms | p99 ms |")
-    print("|---|---:|---|---:|---:|---:|")
+    print(
+        "| mode | samples/s (mean) | per round | x in-process | requests per model run "
+        "| p50 ms | p99 ms |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|")
+    print(f"| in-process, batches of {args.batch} | {in_process:.0f} | | 1 | | | |")
     mean: dict[str, float] = {}
-    for mode, label in (("off", "off"), ("on", f"on, BATCHSIZE {args.batch}")):
-        runs = rows[mode]
-        mean[mode] = statistics.fmean(r["rps"] for r in runs)
-        rounds = " / ".join(f"{r['rps']:.0f}" for r in runs)
+    for mode, runs in rows.items():
+        mean[mode] = statistics.fmean(r["samples"] for r in runs)
+        rounds = " / ".join(f"{r['samples']:.0f}" for r in runs)
         print(
-            f"| {label} | {mean[mode]:.0f} | {rounds} | "
+            f"| {mode} | {mean[mode]:.0f} | {rounds} | {mean[mode] / in_process:.2f} | "
             f"{statistics.fmean(r['per_run'] for r in runs):.1f} | "
             f"{statistics.median(r['p50'] for r in runs):.1f} | "
             f"{statistics.median(r['p99'] for r in runs):.1f} |"
         )
-    print(f"\nratio on/off: **{mean['on'] / mean['off']:.1f}x**")
+    first, second = list(mean)
+    print(f"\nratio {second} / {first}: **{mean[second] / mean[first]:.2f}x**")
     return 0
+
+
+def in_process_rate(blob: bytes, width: int, batch: int, repeat: int = 30) -> float:
+    """Samples per second of the same model called in this process on full batches."""
+    import torch
+
+    model = torch.jit.load(io.BytesIO(blob))
+    x = torch.randn(batch, width)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - started)
+    return batch / statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,16 @@ import torch
 STREAM, GROUP = "diy:queue", "diy"
 
 
-def serve(url: str, consumer: str, model: torch.jit.ScriptModule) -> None:
+def serve(url: str, consumer: str, model: torch.jit.ScriptModule, device: str = "cpu") -> None:
     r = redis.Redis.from_url(url, socket_timeout=None)
     while True:
         try:
-            handle(r, consumer, model)
+            handle(r, consumer, model, device)
         except redis.RedisError as exc:  # keep serving, as a real worker loop would
             print(f"diy worker: {exc!r}", file=sys.stderr)
 
 
-def handle(r: redis.Redis, consumer: str, model: torch.jit.ScriptModule) -> None:
+def handle(r: redis.Redis, consumer: str, model: torch.jit.ScriptModule, device: str) -> None:
     read = r.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=1, block=1000)
     for _stream, entries in read or []:
         for entry_id, job in entries:
@@ -38,13 +38,16 @@ def handle(r: redis.Redis, consumer: str, model: torch.jit.ScriptModule) -> None
                 pipe.hget(key, "blob")
             blobs = pipe.execute()
             tensors = [
-                torch.from_numpy(np.frombuffer(b, dtype=np.float32).reshape(shape).copy())
+                torch.from_numpy(np.frombuffer(b, dtype=np.float32).reshape(shape).copy()).to(
+                    device
+                )
                 for b in blobs
             ]
             with torch.inference_mode():
-                out = model(*tensors).numpy()
+                out = model(*tensors).cpu().numpy()
             pipe = r.pipeline(transaction=True)
-            pipe.hset(job[b"output"], mapping={"shape": job[b"shape"], "blob": out.tobytes()})
+            out_shape = ",".join(map(str, out.shape))
+            pipe.hset(job[b"output"], mapping={"shape": out_shape, "blob": out.tobytes()})
             pipe.lpush(job[b"reply"], b"ok")
             pipe.xack(STREAM, GROUP, entry_id)
             pipe.xdel(STREAM, entry_id)
@@ -53,13 +56,14 @@ def handle(r: redis.Redis, consumer: str, model: torch.jit.ScriptModule) -> None
 
 def main() -> None:
     url, threads, model_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    device = sys.argv[4] if len(sys.argv) > 4 else "cpu"  # a torch device: cpu, cuda, cuda:1
     with open(model_path, "rb") as stream:
-        model = torch.jit.load(io.BytesIO(stream.read()))
+        model = torch.jit.load(io.BytesIO(stream.read()), map_location=device)
     r = redis.Redis.from_url(url)
     with contextlib.suppress(redis.ResponseError):
         r.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
     workers = [
-        threading.Thread(target=serve, args=(url, f"c{i}", model), daemon=True)
+        threading.Thread(target=serve, args=(url, f"c{i}", model, device), daemon=True)
         for i in range(threads)
     ]
     for w in workers:

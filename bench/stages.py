@@ -3,8 +3,8 @@
 Runs a worker in this process (2 threads, a private Redis) and a client sending trivial jobs one
 after another: the redisai-py pattern (tensorset x2, modelexecute, tensorget) or, with ``--run``,
 ``Client.run``. Each stage function of the job path is wrapped to add up the CPU time of the
-thread that runs it (``time.thread_time``); stages nest (``run_entries`` holds decode, plan,
-execute and complete), and ``Wire round trips`` counts the client's as well as the worker's.
+thread that runs it (``time.thread_time``); stages nest (``process entries`` holds decode, the
+state read and prepare), and ``Wire round trips`` counts the client's as well as the worker's.
 Compare a stage's figure here with the same code timed alone (``timeit``): on a machine whose
 cores the client, Redis and the worker share, code runs cache-cold and costs several times more.
 """
@@ -20,10 +20,10 @@ from typing import Any
 from aiworker import Client
 from aiworker.backends import torch as torch_backend
 from aiworker.embedded import RedisServer
-from aiworker.execution import executor, state
+from aiworker.execution import batching, executor, state
 from aiworker.settings import Settings
 from aiworker.storage import wire
-from aiworker.worker import complete, consume, process, schedule
+from aiworker.worker import complete, consume, lane, process
 from bench import peers
 from bench.common import markdown_table
 
@@ -52,13 +52,13 @@ def measure(owner: Any, name: str, label: str) -> None:
 def instrument() -> None:
     measure(wire.Wire, "_round_trip", "Wire round trips (client's too)")
     measure(consume.Consumer, "read", "read entries (XREADGROUP)")
-    measure(schedule.QueueScheduler, "run_entries", "run_entries (all below)")
-    measure(schedule, "decode_entry", "  decode the entry")
+    measure(lane.Lane, "process", "process entries (the next three)")
+    measure(lane, "decode_entry", "  decode the entry")
     measure(state, "read", "  read the job's state (read_jobs.lua)")
-    measure(executor.Executor, "plan", "  plan")
-    measure(executor.Executor, "run", "  execute")
-    measure(torch_backend.TorchModel, "run", "    the model's forward (TorchModel.run)")
-    measure(complete.Completer, "complete", "  complete (complete.lua)")
+    measure(executor.Executor, "prepare", "  prepare the job's run")
+    measure(batching, "run_batch", "run on the device")
+    measure(torch_backend.TorchModel, "run", "  the model's forward (TorchModel.run)")
+    measure(complete.Completer, "complete", "complete (complete.lua)")
 
 
 def main(argv: list[str] | None = None) -> None:

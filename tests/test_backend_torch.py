@@ -129,3 +129,36 @@ def test_threads_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(util, "_clock", lambda: float(next(ticks)))
     with pytest.raises(AIError, match=r"more than MODEL_EXECUTION_TIMEOUT \(5 ms\)"):
         model.run([np.ones(2, np.float32), np.ones(2, np.float32)])
+
+
+class ConvBN(torch.nn.Module):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.bn.running_mean.uniform_(-1, 1)  # something to fold
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_modules_are_optimized_for_inference_at_load() -> None:
+    """The mode bench.torch_modes measured best (torch.jit.optimize_for_inference): weights are
+    constants, batch norm is folded into the convolution, and every batch size gives what the
+    module as stored gives, padding rows changing nothing in the real ones."""
+    from aiworker.backends.torch import TorchBackend
+
+    blob = scripted_blob(ConvBN().eval())
+    model = TorchBackend(BackendOptions()).load(blob, ModelSpec("m", parse_device("CPU")))
+    kinds = {node.kind() for node in model.module.graph.nodes()}  # type: ignore[attr-defined]
+    assert "aten::batch_norm" not in kinds and "prim::GetAttr" not in kinds
+    stored = torch.jit.load(io.BytesIO(blob)).eval()
+    rows = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    padded = np.concatenate([rows, np.zeros((3, 3, 8, 8), np.float32)])
+    with torch.inference_mode():
+        expected = stored(torch.from_numpy(rows)).numpy()
+    for batch in (rows[:1], rows, padded):
+        out = model.run([batch])[0]
+        np.testing.assert_allclose(out[: min(len(batch), 5)], expected[: len(batch)], atol=1e-5)

@@ -216,7 +216,7 @@ def test_info_config_and_status_from_the_cli(
     assert run("exec", "AI.CONFIG GET MODEL_CHUNK_SIZE").strip().endswith("1000")
     status = json.loads(run("status", "--json"))
     streams = [q["queue"] for q in status["queues"] if q["device"] == "CPU"]
-    assert streams == cluster_worker.schedulers["CPU"].queues and len(streams) == 3
+    assert streams == cluster_worker.lanes["CPU"].queues and len(streams) == 3
     assert len(masters_of(redis_cluster, *streams)) == 3, "partitions on different masters"
     assert status["workers"][0]["queues"] == {"CPU": streams}
     assert "healthy" in run("check", "--device", "CPU")
@@ -226,7 +226,7 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
     c = cluster_client
     c.modelstore("m", "STUB", "CPU", stub_blob("add"))
     c.tensorset("a", np.array([1], dtype=np.float32))
-    streams = cluster_worker.schedulers["CPU"].queues
+    streams = cluster_worker.lanes["CPU"].queues
     wait_until(lambda: c._jobs.partitions.pick("CPU") != streams[0], timeout=10)
     for n in range(30):
         c.modelexecute("m", ["a", "a"], [f"o{n}"])

@@ -46,6 +46,20 @@ def test_commands_go_to_the_master_of_their_slot_in_one_round(
     assert wire.slot("t1") == key_slot("t1")
 
 
+def test_where_commands_name_their_key() -> None:
+    from aiworker.storage.cluster import command_key
+
+    assert command_key(("GET", "k")) == "k"
+    assert command_key(("EVALSHA", "sha", 2, "a", "b", "x")) == "a"
+    assert command_key(("EVALSHA", "sha", 0, "x")) is None
+    read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "BLOCK", 5, "STREAMS", "q", ">")
+    assert command_key(read) == "q"
+    assert command_key(("xreadgroup", "group", "g", "c", "streams", "q", ">")) == "q"
+    assert command_key(("XINFO", "GROUPS", "q")) == "q"
+    assert command_key(("XGROUP", "CREATE", "q", "g", "0")) == "q"
+    assert command_key(("PING",)) is None
+
+
 def test_a_stale_slot_map_is_corrected_by_moved(
     redis_cluster: Any, cluster_client: Any, wires: ClusterWires
 ) -> None:

@@ -286,11 +286,8 @@ def test_an_entry_is_leased_from_the_moment_it_is_read(client: Client, settings:
 
         ensure_group(client, QUEUE)
         entry_id = client.xadd(QUEUE, {"cmd": "x"}).decode()  # type: ignore[union-attr]
-        scheduler = w.schedulers["CPU"]
-        consumer = Consumer(
-            "c1", scheduler, w.wires, w.held, w.metrics, 100, threading.Event(), client
-        )
-        [(read_id, _fields)] = consumer.read(w.wires.get(), 1, None)
+        consumer = Consumer("c1", [QUEUE], w.held, w.metrics, threading.Event())
+        [(read_id, _fields)] = consumer.read(w.wires.get(), 1, None, QUEUE)
         assert read_id == entry_id and (QUEUE, entry_id) in w.held
     finally:
         w.wires.close()

@@ -251,17 +251,19 @@ def test_an_idle_worker_process_gets_work(
     assert elapsed < 0.75, f"{elapsed:.2f} s"
 
 
-def test_a_thread_reads_one_entry_unless_batching(client: Client, settings: Settings) -> None:
-    """A busy worker leaves queued entries in the stream (for other workers) instead of taking
-    them into its process."""
+def test_a_busy_worker_reads_one_job_ahead_per_run_unless_batching(
+    client: Client, settings: Settings
+) -> None:
+    """A busy worker takes the job it runs and, per run in flight, one more whose inputs it reads
+    meanwhile; it leaves the other queued entries in the stream for other workers."""
     stub_model(client, "m", op="identity", sleep_ms=300)
     tensor(client, "a", [1, 2])
     w = Worker(settings.replace(threads_per_queue=1)).start()
     try:
         enqueue(client, [job_entry("m", ["a"], [f"o{n}"], f"r{n}") for n in range(5)])
-        wait_until(lambda: len(pending_ids(client)) == 1, timeout=10)
+        wait_until(lambda: len(pending_ids(client)) == 2, timeout=10)
         time.sleep(0.1)
-        assert len(pending_ids(client)) == 1, "one entry taken, four left for others"
+        assert len(pending_ids(client)) == 2, "one running, one read ahead, three left for others"
     finally:
         w.stop(timeout=10)
 

@@ -159,9 +159,14 @@ def test_tflite_file_ops_are_refused(flex: bool, message: str) -> None:
     with pytest.raises(AIError) as info:
         default.load(blob, SPEC)
     assert str(info.value).startswith(message) and HINT in str(info.value)
-    with pytest.raises(AIError) as info:  # allowed: the interpreter cannot resolve the op
+    # allowed: the interpreter cannot resolve the op, unless it finds a Flex delegate for a Flex
+    # op (TensorFlow 2.15, imported in the same process, provides one)
+    try:
         allowing.load(blob, SPEC)
-    assert str(info.value) == "Failed to load model from buffer"
+    except AIError as exc:
+        assert str(exc) == "Failed to load model from buffer"
+    else:
+        assert flex, "a custom op no runtime implements was loaded"
 
 
 def test_ordinary_tflite_models_still_load() -> None:

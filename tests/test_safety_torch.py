@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import tracemalloc
 import warnings
 import zipfile
 from pathlib import Path
@@ -117,9 +118,9 @@ def test_modules_with_file_ops_are_refused(module: Any, op: str, where: str) -> 
 def test_the_loaded_graphs_are_checked_too(module: Any, op: str, where: str) -> None:
     """After loading, every method's graph (calls inlined, submodules included) is checked: the
     authoritative pass behind the code scan that has to run before loading."""
-    loaded = ALLOWING.load(archive(module), SPEC)
+    loaded = torch.jit.load(io.BytesIO(archive(module)))  # as the backend checks it
     with pytest.raises(AIError) as info:
-        safety.check_torch_module(loaded.module, allow=False)  # type: ignore[attr-defined]
+        safety.check_torch_module(loaded, allow=False)
     assert str(info.value).startswith(f"TORCH: {where} uses {op!r}, which")
 
 
@@ -135,6 +136,96 @@ def test_code_run_by_loading_is_refused_before_it_runs(spelling: bytes, tmp_path
     assert not target.exists(), "nothing ran"
     ALLOWING.load(blob, SPEC)
     assert target.exists(), "what the check stops: loading alone wrote a file"
+
+
+def test_the_archive_is_read_without_torchs_private_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch 2.11's private reader lacks ``get_record_size``: the code scan must not need it."""
+    monkeypatch.delattr(torch._C, "PyTorchFileReader")
+    with pytest.raises(AIError, match=r"^TORCH: the model's code \(code/.*\) uses 'aten::save'"):
+        safety.check_torch_archive(archive(Saves()), allow=False)
+
+
+def test_every_copy_of_a_code_record_is_checked() -> None:
+    """A zip may hold two members of one name; torch's reader and zipfile need not pick the same
+    one, so a file op in either is refused."""
+    blob = archive(Saves())
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(".py"):
+                dst.writestr(info.filename, data)  # the file op first...
+                data = data.replace(b"torch.save(", b"torch.add(")  # ...a harmless copy last
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+                dst.writestr(info.filename, data)
+    with pytest.raises(AIError, match="uses 'aten::save'"):
+        DEFAULT.load(out.getvalue(), SPEC)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda blob: b"\0" * 64 + blob, "has bytes before or after it"),
+        (lambda blob: blob + b"trailing", "has bytes before or after it"),
+        (lambda blob: b"not a zip archive at all", "not a TorchScript zip archive"),
+        (lambda blob: blob[: len(blob) // 2], "not a TorchScript zip archive"),
+    ],
+)
+def test_archives_zipfile_and_torch_could_read_differently_are_refused(
+    edit: Any, message: str
+) -> None:
+    """zipfile shifts member offsets by bytes found before an archive, torch's reader does not:
+    such an archive could show the check one code record and torch another."""
+    blob = edit(torch_blob("add"))
+    with pytest.raises(AIError) as info:
+        DEFAULT.load(blob, SPEC)
+    assert str(info.value).startswith("Failed to load TorchScript model: ")
+    assert message in str(info.value)
+
+
+def test_code_larger_than_the_limit_is_refused_before_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiworker.backends.safety import torch_ops
+
+    blob = archive(Outer())
+    with zipfile.ZipFile(io.BytesIO(blob)) as zipped:
+        code = sum(i.file_size for i in zipped.infolist() if i.filename.endswith(".py"))
+    monkeypatch.setattr(torch_ops, "_MAX_CODE_BYTES", code - 1)
+    with pytest.raises(AIError, match=f"code is larger than {code - 1:,} bytes"):
+        DEFAULT.load(blob, SPEC)
+    monkeypatch.setattr(torch_ops, "_MAX_CODE_BYTES", code)
+    with pytest.raises(AIError, match="uses 'aten::save'"):  # read now, and refused for its op
+        DEFAULT.load(blob, SPEC)
+
+
+def test_a_code_record_is_read_no_further_than_its_declared_size() -> None:
+    """A deflated record that declares 100 bytes but unpacks to 64 MB stops at 100 bytes (and
+    fails its checksum) instead of being unpacked whole."""
+    blob = torch_blob("add")
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename.endswith(".py"):
+                dst.writestr(info.filename, b"#" * (64 << 20), zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info, src.read(info))
+    bomb = bytearray(out.getvalue())
+    at = bomb.index(b"PK\x01\x02")  # the first central directory entry: a .py one is deflated
+    while bomb[at + 10 : at + 12] != b"\x08\x00":
+        at = bomb.index(b"PK\x01\x02", at + 4)
+    bomb[at + 24 : at + 28] = (100).to_bytes(4, "little")  # its declared (uncompressed) size
+    tracemalloc.start()
+    try:
+        with pytest.raises(AIError, match=r"not a TorchScript zip archive .*CRC"):
+            safety.check_torch_archive(bytes(bomb), allow=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes: the record was unpacked past its declared size"
 
 
 def test_ordinary_modules_still_load() -> None:

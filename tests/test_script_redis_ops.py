@@ -10,16 +10,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 from conftest import torch_blob
 
 from aiworker import AIError, Client
 from aiworker.backends.base import BackendOptions, ModelSpec, ScriptContext
 from aiworker.devices import parse_device
+from aiworker.protocol.keys import Keys, hash_tag
 from aiworker.storage import model as model_store
+from aiworker.storage.cluster import ClusterWire
 from aiworker.storage.wire import Wire
 
 torch = pytest.importorskip("torch")
 
+from aiworker.backends import torch_redis_ops  # noqa: E402
 from aiworker.backends.torch import TorchBackend  # noqa: E402
 from aiworker.backends.torch_script import TorchScript, compile_script  # noqa: E402
 
@@ -226,3 +230,186 @@ def test_concurrent_scripts_use_their_own_context(client: Client, script: TorchS
         thread.join()
     assert not errors
     assert [client.get(f"k{n}") for n in range(4)] == [b"0", b"1", b"2", b"3"]
+
+
+# What a script may reach, on a single Redis and on the 3+3 cluster -------------------------
+
+REACH = """
+def run(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute(args[0], args[1:])
+    return torch.zeros(1)
+"""
+OWN = Keys()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def target(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """(client, what the worker gives a script to call Redis with) on either deployment."""
+    if request.param == "single":
+        c = request.getfixturevalue("client")
+        return c, Wire(c.connection_pool).execute
+    c = request.getfixturevalue("cluster_client")
+    return c, ClusterWire(c).execute
+
+
+def reach(target: tuple[Any, Any], declared: Sequence[str], *command: str) -> None:
+    _, redis_call = target
+    script = TorchScript(REACH, ["run"], torch.device("cpu"))
+    script.call(
+        "run", [], declared, command, -1, context=ScriptContext(tuple(declared), redis_call)
+    )
+
+
+def tag_of(key: str) -> str:
+    tag = hash_tag(key)
+    assert tag is not None
+    return "{" + tag + "}"
+
+
+def test_a_declared_tag_does_not_reach_aiworkers_own_keys(target: tuple[Any, Any]) -> None:
+    """Stats hashes, queue partitions and reply lists carry a tag a script may declare: none of
+    them is the script's to write, whatever it declared."""
+    c, _ = target
+    stats = OWN.stats("s{t}")
+    partition = OWN.queues("CPU", 3)[1]
+    reply = OWN.reply("token", near="out{u}")
+    c.hset(stats, "calls", "1")
+    c.xadd(partition, {"cmd": "pending job"})
+    attempts = [
+        (stats, ["HSET", stats, "calls", "-999999"]),
+        (partition, ["DEL", partition]),
+        (reply, ["LPUSH", reply, "forged reply"]),
+    ]
+    for key, command in attempts:
+        for declared in ([tag_of(key)], [key]):  # the tag, or the key itself
+            with pytest.raises(AIError) as info:
+                reach(target, declared, *command)
+            assert str(info.value) == (
+                f"Redis command returned an error: ERR key '{key}' is one of aiworker's own: "
+                "no script may use it"
+            )
+    assert c.hget(stats, "calls") == b"1"
+    assert c.xlen(partition) == 1
+    assert not c.exists(reply)
+    reach(target, ["{t}"], "SET", "mine{t}", "1")  # the tag's other keys are the script's
+    assert c.get("mine{t}") == b"1"
+
+
+def test_every_key_of_a_command_is_where_redis_says(target: tuple[Any, Any]) -> None:
+    """PFCOUNT counts every key it names (it was read as one key); commands whose keys depend on
+    their arguments (ZUNIONSTORE's numkeys) are asked of Redis."""
+    c, _ = target
+    c.pfadd("mine{h}", "a")
+    c.pfadd("other{h}", "b", "c")  # the same slot: only the declaration tells them apart
+    with pytest.raises(AIError, match=r"key 'other\{h\}' is not declared"):
+        reach(target, ["mine{h}"], "PFCOUNT", "mine{h}", "other{h}")
+    reach(target, ["mine{h}"], "PFCOUNT", "mine{h}")
+    c.zadd("a{z}", {"m": 1})
+    c.zadd("b{z}", {"m": 2})
+    with pytest.raises(AIError, match=r"key 'b\{z\}' is not declared"):
+        reach(target, ["a{z}", "out{z}"], "ZUNIONSTORE", "out{z}", "2", "a{z}", "b{z}")
+    reach(target, ["a{z}", "b{z}", "out{z}"], "ZUNIONSTORE", "out{z}", "2", "a{z}", "b{z}")
+    assert c.zscore("out{z}", "m") == 3
+    with pytest.raises(AIError, match=r"key 'b\{z\}' is not declared"):
+        reach(target, ["a{z}"], "LMOVE", "a{z}", "b{z}", "LEFT", "RIGHT")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["COPY", "x{d}", "y{d}", "DB", "1"],
+        ["COPY", "x{d}", "y{d}", "REPLACE", "db", "1"],
+        ["MOVE", "x{d}", "1"],
+        ["SWAPDB", "0", "1"],
+        ["SELECT", "1"],
+    ],
+)
+def test_no_script_reaches_another_database(target: tuple[Any, Any], command: list[str]) -> None:
+    c, _ = target
+    c.set("x{d}", "1")
+    with pytest.raises(AIError) as info:
+        reach(target, ["x{d}", "y{d}"], *command)
+    name = command[0].lower()
+    assert str(info.value) == (
+        f"Redis command returned an error: ERR command '{name}' names another database: "
+        "scripts may not"
+    )
+    assert c.get("x{d}") == b"1" and not c.exists("y{d}")
+    if isinstance(c, Client):  # a single Redis has other databases: nothing reached them
+        other = redis.Redis(
+            connection_pool=redis.ConnectionPool(**{**c.connection_pool.connection_kwargs, "db": 1})
+        )
+        assert other.dbsize() == 0
+        other.close()
+    reach(target, ["x{d}", "y{d}"], "COPY", "x{d}", "y{d}")  # in its own database, it may
+    assert c.get("y{d}") == b"1"
+
+
+def test_where_keys_are_is_asked_of_redis_once_per_command(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command whose keys sit at fixed places costs one round trip per call once its
+    COMMAND INFO is known; one whose keys move costs a COMMAND GETKEYS each time."""
+    monkeypatch.setattr(torch_redis_ops, "_SPECS", {})
+    sent: list[str] = []
+    wire = Wire(client.connection_pool)
+
+    def counting(*command: Any) -> Any:
+        sent.append(" ".join(map(str, command[:2])).upper())
+        return wire.execute(*command)
+
+    for _ in range(3):
+        reach((client, counting), ["h"], "HSET", "h", "f", "1")
+    assert sent == ["COMMAND INFO", "HSET H", "HSET H", "HSET H"]
+    sent.clear()
+    for _ in range(2):
+        reach((client, counting), ["o", "a"], "ZUNIONSTORE", "o", "1", "a")
+    assert sent == ["COMMAND INFO", *["COMMAND GETKEYS", "ZUNIONSTORE O"] * 2]
+
+
+def test_a_worker_refuses_a_script_writing_its_statistics(client: Client, worker: Any) -> None:
+    """End to end: AI.INFO of the script cannot be poisoned through a declared tag."""
+    client.scriptstore("s{t}", "CPU", REACH, ["run"])
+    stats = OWN.stats("s{t}")
+    with pytest.raises(AIError, match="is one of aiworker's own"):
+        client.scriptexecute(
+            "s{t}", "run", keys=["{t}"], args=["HSET", stats, "calls", "-999999"], outputs=["o{t}"]
+        )
+    assert client.infoget("s{t}")["calls"] >= 0
+
+
+def test_an_ops_error_text_is_kept_for_its_run(client: Client) -> None:
+    """torch 2.1 drops the text of an exception raised by a Python op on its way through the
+    interpreter ("RuntimeError:"): the run keeps it to report it."""
+    with torch_redis_ops.calling(context(client, "x")):
+        with pytest.raises(RuntimeError):
+            torch.ops.redis.execute("SET", ["other", "1"])
+        assert torch_redis_ops.raised_text() == (
+            "Redis command returned an error: ERR key 'other' is not declared in the script's KEYS"
+        )
+    assert torch_redis_ops.raised_text() == ""  # nothing leaks into the next run
+
+
+def test_a_worker_with_its_own_prefix_refuses_its_own_keys(
+    redis_server: Any, settings: Any
+) -> None:
+    """The refusal follows the worker's key prefix, not the default one: a worker keeping its
+    keys under ``ns:`` refuses a script reaching ``ns:stats:{t}``."""
+    from aiworker import Client, Worker
+    from aiworker.protocol.keys import Keys
+
+    own = Keys("ns:")
+    client = Client.from_url(redis_server.url, prefix="ns:", reply_timeout=30)
+    client.flushall()
+    worker = Worker(settings.replace(prefix="ns:")).start()
+    try:
+        client.scriptstore("s{t}", "CPU", REACH, ["run"])
+        stats = own.stats("s{t}")
+        with pytest.raises(AIError, match="is one of aiworker's own"):
+            client.scriptexecute(
+                "s{t}", "run", keys=["{t}"], args=["HSET", stats, "calls", "-1"], outputs=["o{t}"]
+            )
+        assert client.hget(stats, "calls") != b"-1"
+    finally:
+        worker.stop(timeout=10)
+        client.close()

@@ -24,6 +24,7 @@ import numpy as np
 from aiworker.devices import Device
 from aiworker.protocol.backend_names import BUILTIN_BACKENDS, plugin_targets
 from aiworker.protocol.errors import AIError, BackendUnavailable
+from aiworker.protocol.keys import Keys
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,30 @@ class LoadedModel(ABC):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run once; inputs and outputs are numpy arrays in the model's order."""
 
+    def host_buffer(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """An uninitialized array for one input of a run, to be filled by the caller (a batch's
+        rows and padding) and given to ``run``: memory the model's device copies from fastest,
+        which ``run`` may use in place (so the caller gives it away). A fresh one per call: the
+        outputs of the run may share its memory."""
+        return np.empty(tuple(shape), np.dtype(dtype))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release framework resources (called when evicted from the cache)."""
+
+    def batch_sizes(self, batchsize: int) -> list[int] | None:
+        """The batch sizes (ascending) this model runs autobatched requests at: a batch is padded
+        with zero rows up to the first that holds it, and each is warmed up before the first
+        batch. None (the default): batches run at their exact size."""
+        return None
+
+
+def powers_of_two(batchsize: int) -> list[int]:
+    """Batch sizes 1, 2, 4, ... below ``batchsize``, then ``batchsize``: a few shapes a framework
+    can keep specialised code for (``LoadedModel.batch_sizes``)."""
+    sizes = [1]
+    while sizes[-1] * 2 < batchsize:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, batchsize] if batchsize > 1 else sizes
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,8 @@ class ScriptContext:
     redis_call: Callable[..., Any] | None = None
     # Runs the stored model at a key on tensors; returns its outputs.
     run_model: Callable[[str, Sequence[np.ndarray]], list[np.ndarray]] | None = None
+    # aiworker's own keys (the worker's prefix): no script may reach them, whatever it declared
+    keyspace: Keys = field(default_factory=Keys)
 
 
 class LoadedScript(LoadedModel):

@@ -9,6 +9,11 @@
 - INTER_OP/INTRA_OP_PARALLELISM set the session's thread pools, MODEL_EXECUTION_TIMEOUT terminates a
   run through ``RunOptions.terminate`` (RedisAI's kill switch), BACKEND_MEMORY_LIMIT caps the CPU
   arena every session of the worker allocates from.
+- Host memory: numeric inputs reach onnxruntime as the numpy arrays they are (no copy here). On
+  the CUDA provider ``session.run`` copies each input to the device and each output back itself,
+  from and to pageable memory; ``host_buffer`` is the plain default.
+  Binding page-locked buffers (IOBinding over ``cuda_pinned`` OrtValues) would save that staging;
+  it is not done, as it could not be tested without a GPU.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ run's deadline, so TensorFlow cancels a run that passes it.
   in sorted order.
 
 Graphs that read or write files are refused before they are imported unless the operator allows
-them (``safety``).
+them (``safety``). Inputs are fed through ``feed_dict``, which converts (and may copy) each array;
+on a GPU the session copies them to the device itself, so ``host_buffer`` is the plain default.
 """
 
 from __future__ import annotations

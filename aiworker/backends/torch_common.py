@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,21 +45,59 @@ def torch_error_text(exc: BaseException) -> str:
 CPU = torch.device("cpu")
 
 
-def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    # A copy: TorchScript may write into its inputs, and stored blobs are read-only buffers.
-    tensor = torch.from_numpy(array.copy())
-    return tensor if device == CPU else tensor.to(device)
+def pinned_tensor(shape: Sequence[int], dtype: np.dtype[Any]) -> torch.Tensor:
+    """An uninitialized page-locked host tensor from torch's caching host allocator: the GPU
+    copies from and to it asynchronously (DMA). A non-blocking copy from or to it records an event
+    on its stream, so the allocator does not hand the memory out again before the copy is done."""
+    like = torch.from_numpy(np.empty(0, dtype))  # TypeError for dtypes torch lacks
+    return torch.empty(tuple(shape), dtype=like.dtype, pin_memory=True)
 
 
-def to_numpy(value: Any) -> list[np.ndarray]:
-    """Flatten a module's result (tensor, or tuple/list of them) to numpy arrays."""
+def to_torch(array: np.ndarray, device: torch.device, owned: bool = False) -> torch.Tensor:
+    """``array`` as a tensor on ``device``, with one host copy at most.
+
+    On the CPU a copy, unless ``owned`` (a staging buffer the caller gives away): TorchScript may
+    write into its inputs, and stored blobs are read-only buffers. On a GPU the device holds its
+    own copy, so a page-locked array goes as it is (its owner keeps it until the run has waited
+    for its stream); any other is first copied into a page-locked tensor. The copy to the device
+    does not block: it is ordered on the current stream.
+    """
+    if device == CPU:
+        return torch.from_numpy(array if owned else array.copy())
+    source = torch.from_numpy(array) if array.flags.writeable else None
+    if source is None or not source.is_pinned():
+        source = pinned_tensor(array.shape, array.dtype)
+        source.numpy()[...] = array
+    return source.to(device, non_blocking=True)
+
+
+def flatten(value: Any) -> list[torch.Tensor]:
+    """A module's result (tensor, or tuple/list of them) as a list of tensors."""
     if isinstance(value, torch.Tensor):
-        if value.device == CPU and not value.requires_grad:
-            return [value.numpy()]
-        return [value.detach().cpu().numpy()]
+        return [value]
     if isinstance(value, (list, tuple)):
-        out: list[np.ndarray] = []
+        out: list[torch.Tensor] = []
         for item in value:
-            out.extend(to_numpy(item))
+            out.extend(flatten(item))
         return out
     raise AIError(f"model returned {type(value).__name__}, expected tensors")
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Tensors as numpy arrays, sharing the memory of CPU tensors. Device tensors are copied
+    into page-locked arrays without blocking on the current stream, which is then waited for
+    once (call it where the tensors were computed: inside their stream's context)."""
+    out: list[np.ndarray] = []
+    device: torch.device | None = None
+    for tensor in tensors:
+        tensor = tensor.detach()
+        if tensor.device == CPU:
+            out.append(tensor.numpy())
+            continue
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)  # the allocator's tensor: the copy is tracked
+        out.append(host.numpy())
+        device = tensor.device
+    if device is not None:
+        torch.cuda.current_stream(device).synchronize()
+    return out

@@ -9,9 +9,11 @@ several threads at once), and its reply becomes a TorchScript value: a string, a
 list of them. A failure raises ``Redis command returned an error: <Redis' error>``, RedisAI's text.
 
 What a script may touch is what its request declared in KEYS (RedisAI's rule; it enforced it on a
-cluster): each key a command names (``command_keys``) must be a declared key or share the hash
-tag of a declared ``{tag}``; commands that reach beyond their keys (admin, blocking, pub/sub,
-scripting, transactions, connection state) are refused outright. ``redis.asString``,
+cluster): each key a command names (where COMMAND INFO says they are, see ``command_keys``) must
+be a declared key or share the hash tag of a declared ``{tag}``, and never be one of aiworker's
+own keys (under its prefix: a declared tag may be shared by a stats hash, a queue partition or a
+reply list); commands that reach beyond their keys (admin, blocking, pub/sub, scripting,
+transactions, connection state) or into another database are refused outright. ``redis.asString``,
 ``redis.asInt`` and ``redis.asDouble`` are aiworker additions (RedisAI scripts wrote ``str(v)``,
 ``int(str(v))``); the rest is RedisAI's API.
 """
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,37 +38,44 @@ from aiworker.protocol.keys import hash_tag
 _CONTEXT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
     "aiworker_script_context", default=None
 )
+# The text of the last exception an op raised in this script run: torch < 2.2 (2.1 tried) loses
+# it on its way through the TorchScript interpreter ("RuntimeError:" and nothing else).
+_RAISED: contextvars.ContextVar[str] = contextvars.ContextVar("aiworker_op_error", default="")
 ERROR_PREFIX = "Redis command returned an error: "
 
-# Where the keys of common commands are (COMMAND INFO's first key, last key, step); others
-# are asked of Redis (COMMAND GETKEYS). 0 keys: the command touches no key.
-KEY_SPECS: dict[str, tuple[int, int, int]] = {
-    **dict.fromkeys(("PING", "ECHO", "TIME"), (0, 0, 0)),
-    **dict.fromkeys(("DEL", "UNLINK", "EXISTS", "MGET", "TOUCH"), (1, -1, 1)),
-    **dict.fromkeys(("MSET", "MSETNX"), (1, -1, 2)),
-    **dict.fromkeys(
-        (
-            "GET", "SET", "SETNX", "SETEX", "PSETEX", "GETSET", "GETDEL", "GETEX", "APPEND",
-            "STRLEN", "INCR", "DECR", "INCRBY", "DECRBY", "INCRBYFLOAT", "GETRANGE", "SETRANGE",
-            "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "TTL", "PTTL", "PERSIST", "TYPE",
-            "HSET", "HSETNX", "HMSET", "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN",
-            "HDEL", "HEXISTS", "HINCRBY", "HINCRBYFLOAT", "HSTRLEN",
-            "LPUSH", "RPUSH", "LPUSHX", "RPUSHX", "LPOP", "RPOP", "LRANGE", "LLEN", "LINDEX",
-            "LSET", "LREM", "LTRIM", "LINSERT", "LPOS",
-            "SADD", "SREM", "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD", "SPOP",
-            "SRANDMEMBER",
-            "ZADD", "ZREM", "ZRANGE", "ZREVRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZMSCORE", "ZCARD",
-            "ZINCRBY", "ZRANK", "ZREVRANK", "ZCOUNT", "ZPOPMIN", "ZPOPMAX",
-            "XADD", "XLEN", "XRANGE", "XREVRANGE", "XDEL", "XTRIM",
-            "PFADD", "PFCOUNT", "GETBIT", "SETBIT", "BITCOUNT",
-        ),
-        (1, 1, 1),
-    ),
-}  # fmt: skip
+# Keyless commands a script may run all the same (harmless, and RedisAI scripts used them).
+KEYLESS_ALLOWED = frozenset(("PING", "ECHO", "TIME"))
 # ACL categories whose commands reach beyond the keys they name, or change the connection.
 REFUSED_CATEGORIES = frozenset(
     ("@admin", "@dangerous", "@blocking", "@pubsub", "@connection", "@transaction", "@scripting")
 )
+# Commands that name another database: Redis flags none of them as such (SELECT, SWAPDB and
+# MIGRATE are refused by category as well; MOVE and COPY's DB option are not).
+OTHER_DATABASE = frozenset(("MOVE", "SELECT", "SWAPDB", "MIGRATE"))
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Where a command's keys are, as COMMAND INFO says: arguments ``first`` to ``last`` (from
+    the end when negative) every ``step``; ``movable``: they depend on the arguments' values
+    (``numkeys``, a STORE option...), so Redis is asked each time (COMMAND GETKEYS)."""
+
+    first: int
+    last: int
+    step: int
+    movable: bool
+
+    def keys(self, args: Sequence[str]) -> list[str]:
+        """The keys among ``args`` (the arguments after the command's name)."""
+        count = len(args) + 1  # Redis counts the name as argument 0
+        last = count + self.last if self.last < 0 else min(self.last, count - 1)
+        return [args[i - 1] for i in range(self.first, last + 1, self.step)]
+
+
+# COMMAND INFO, read once per command (or container|subcommand) name: the command table of the
+# Redis a worker serves does not change under it.
+_SPECS: dict[str, KeySpec] = {}
+_CONTAINERS: set[str] = set()  # commands with subcommands (Redis 7: CONFIG, OBJECT...)
 
 
 def refused(message: str) -> RuntimeError:
@@ -75,10 +86,29 @@ def refused(message: str) -> RuntimeError:
 def calling(context: ScriptContext | None) -> Iterator[None]:
     """Make ``context`` what this thread's ``redis.*`` calls use while a script runs."""
     token = _CONTEXT.set(context)
+    raised = _RAISED.set("")
     try:
         yield
     finally:
+        _RAISED.reset(raised)
         _CONTEXT.reset(token)
+
+
+def raised_text() -> str:
+    """The text of the last exception one of these ops raised in the current script run."""
+    return _RAISED.get()
+
+
+def _keeping_text(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def op(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as exc:
+            _RAISED.set(str(exc))
+            raise
+
+    return op
 
 
 def _context() -> ScriptContext:
@@ -101,36 +131,50 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-def _command_info(call: Callable[..., Any], name: str, args: Sequence[str]) -> list[Any]:
-    """COMMAND INFO of a command, or of its subcommand (``CONFIG|SET``) for container commands."""
+def _command_info(call: Callable[..., Any], name: str) -> list[Any] | None:
     info = call("COMMAND", "INFO", name)
     entry = info[0] if isinstance(info, list) and info else None
-    if not entry:
-        raise refused(f"ERR unknown command '{name.lower()}'")
-    if len(entry) > 9 and entry[9] and args:  # Redis 7: a container's subcommands
-        info = call("COMMAND", "INFO", f"{name}|{args[0]}")
-        entry = info[0] if isinstance(info, list) and info else None
-        if not entry:
-            raise refused(f"ERR unknown subcommand '{args[0]}' for '{name.lower()}'")
-    return list(entry)
+    return list(entry) if entry else None
+
+
+def _key_spec(call: Callable[..., Any], name: str, args: Sequence[str]) -> KeySpec:
+    """The KeySpec of a command, or of its subcommand (``OBJECT|ENCODING``) for a container,
+    from COMMAND INFO (cached); refuses the commands no script may run: those that name no
+    key, or that reach past their keys (``REFUSED_CATEGORIES``)."""
+    lookup = f"{name}|{args[0].upper()}" if name in _CONTAINERS and args else name
+    spec = _SPECS.get(lookup)
+    if spec is not None:
+        return spec
+    entry = _command_info(call, lookup)
+    if entry is None:
+        what = f"subcommand '{args[0]}' for" if lookup != name else "command"
+        raise refused(f"ERR unknown {what} '{name.lower()}'")
+    if lookup == name and len(entry) > 9 and entry[9] and args:  # Redis 7: a container
+        _CONTAINERS.add(name)
+        return _key_spec(call, name, args)
+    flags = {_text(f) for f in entry[2]} if len(entry) > 2 else set()
+    categories = {_text(c) for c in entry[6]} if len(entry) > 6 else set()
+    first, last, step = (int(v or 0) for v in entry[3:6])
+    movable = "movablekeys" in flags
+    if "noscript" in flags or categories & REFUSED_CATEGORIES or (first == 0 and not movable):
+        raise refused(f"ERR command '{name.lower()}' may not be called from a script")
+    spec = KeySpec(first, last, step or 1, movable)
+    _SPECS[lookup] = spec
+    return spec
 
 
 def command_keys(call: Callable[..., Any], name: str, args: Sequence[str]) -> list[str]:
-    """The keys a command touches, refusing the commands no script may run: those that name no
-    key (but PING, ECHO, TIME) or that reach past their keys (``REFUSED_CATEGORIES``)."""
-    spec = KEY_SPECS.get(name)
-    if spec is not None:
-        first, last, step = spec
-        if not first:
-            return []
-        stop = len(args) if last < 0 else min(last, len(args))
-        return [args[i - 1] for i in range(first, stop + 1, step)]
-    entry = _command_info(call, name, args)
-    flags = {_text(f) for f in entry[2]} if len(entry) > 2 else set()
-    categories = {_text(c) for c in entry[6]} if len(entry) > 6 else set()
-    keyless = int(entry[3] or 0) == 0 and "movablekeys" not in flags
-    if "noscript" in flags or categories & REFUSED_CATEGORIES or keyless:
-        raise refused(f"ERR command '{name.lower()}' may not be called from a script")
+    """The keys a command touches, where Redis itself says they are (COMMAND INFO's key range,
+    or COMMAND GETKEYS where they depend on the arguments), refusing the commands no script may
+    run: those that name no key (but ``KEYLESS_ALLOWED``), reach past their keys, or name
+    another database."""
+    if name in KEYLESS_ALLOWED:
+        return []
+    if name in OTHER_DATABASE or (name == "COPY" and any(a.upper() == "DB" for a in args[2:])):
+        raise refused(f"ERR command '{name.lower()}' names another database: scripts may not")
+    spec = _key_spec(call, name, args)
+    if not spec.movable:
+        return spec.keys(args)
     try:
         return [_text(k) for k in call("COMMAND", "GETKEYS", name, *args)]
     except Exception as exc:  # e.g. wrong arity: Redis says so, as it would have to the command
@@ -168,6 +212,8 @@ def execute(fn_name: str, args: list[str]) -> Any:
     assert context.redis_call is not None
     name = fn_name.upper()
     for key in command_keys(context.redis_call, name, args):
+        if context.keyspace.owns(key):  # a declared {tag} is shared by aiworker's own keys
+            raise refused(f"ERR key '{key}' is one of aiworker's own: no script may use it")
         if not key_allowed(key, context.keys):
             raise refused(f"ERR key '{key}' is not declared in the script's KEYS")
     try:
@@ -239,7 +285,7 @@ def _register() -> None:
     )
     for library, schema, function in ops:
         library.define(schema, alias_analysis="CONSERVATIVE")  # type: ignore[no-untyped-call]
-        library.impl(schema.split("(", 1)[0], function, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+        library.impl(schema.split("(", 1)[0], _keeping_text(function), "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
     _LIBRARIES.extend((redis_lib, redisai_lib))
 
 

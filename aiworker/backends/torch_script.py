@@ -96,16 +96,18 @@ class TorchScript(LoadedScript):
             raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
         inputs = [to_torch(t, self.device) for t in tensors]
         started = clock()
-        try:
-            with torch.inference_mode(), torch_redis_ops.calling(context):
-                if variadic is not None:
-                    result = compiled(*inputs[:variadic], inputs[variadic:])
-                elif legacy and not _takes_redisai_signature(compiled):
-                    result = compiled(*inputs)
-                else:
-                    result = compiled(inputs, list(keys), list(args))
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-            raise AIError(torch_error_text(exc)) from None
+        with torch_redis_ops.calling(context):
+            try:
+                with torch.inference_mode():
+                    if variadic is not None:
+                        result = compiled(*inputs[:variadic], inputs[variadic:])
+                    elif legacy and not _takes_redisai_signature(compiled):
+                        result = compiled(*inputs)
+                    else:
+                        result = compiled(inputs, list(keys), list(args))
+            except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+                # an op's own text first: the script failed with it (TorchScript cannot catch)
+                raise AIError(torch_redis_ops.raised_text() or torch_error_text(exc)) from None
         check_run_time(started, self.limit_ms)
         return [
             t.detach().contiguous().cpu().numpy() for t in _outputs(result, function, n_outputs)

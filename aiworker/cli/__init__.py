@@ -1,8 +1,8 @@
 """The ``aiworker`` command line (click). Every option also reads an ``AIWORKER_*`` variable.
 
 The commands live in modules by concern: ``serve`` (worker, up), ``objects`` (tensor, model,
-script), ``execution`` (run, exec, info, config) and ``ops`` (status, check); ``common`` holds
-the shared options and helpers.
+script), ``execution`` (run, exec, info, config), ``ops`` (status, check) and ``gateway``;
+``common`` holds the shared options and helpers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import click
 
 from aiworker import logs
-from aiworker.cli import execution, objects, ops, serve
+from aiworker.cli import execution, gateway, objects, ops, serve
 from aiworker.cli.common import worker_statuses
 
 __all__ = ["main", "worker_statuses"]
@@ -45,5 +45,6 @@ for command in (
     execution.config,
     ops.check,
     ops.status,
+    gateway.gateway,
 ):
     main.add_command(command)

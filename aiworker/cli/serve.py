@@ -1,9 +1,12 @@
-"""Serving commands: ``worker`` (serve device queues) and ``up`` (private redis-server + worker)."""
+"""Serving commands: ``worker`` (serve device queues) and ``up`` (private redis-server, a worker
+and a gateway)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
 
 import click
 import redis
@@ -12,6 +15,7 @@ from aiworker import logs
 from aiworker.cli.common import make_settings, redis_options
 from aiworker.client.sync import Client
 from aiworker.embedded import RedisServer
+from aiworker.gateway import GatewayConfig, serve
 from aiworker.protocol.errors import ConfigError
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings, settings_from_redis_config
@@ -126,10 +130,24 @@ def _shared_settings(settings: Settings) -> dict[str, int]:
 @click.command()
 @click.option("--port", type=int, default=None, help="Port for redis-server (default: a free one).")
 @click.option("--threads-per-queue", type=int, default=2)
-def up(port: int | None, threads_per_queue: int) -> None:
-    """Start a private redis-server and a CPU worker; Ctrl-C stops both."""
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(0),
+    envvar="AIWORKER_GATEWAY_PORT",
+    default=6380,
+    show_default=True,
+    help="Port of the gateway serving RedisAI's AI.* commands (0: no gateway).",
+)
+def up(port: int | None, threads_per_queue: int, gateway_port: int) -> None:
+    """Start a private redis-server, a CPU worker and a gateway; Ctrl-C stops them."""
     logging.getLogger().setLevel(logging.INFO)
     with RedisServer(port=port) as server:
         settings = Settings(redis_url=server.url, threads_per_queue=threads_per_queue)
         click.echo(f"aiworker up: {server.url}  (export AIWORKER_REDIS_URL={server.url})")
+        if gateway_port:
+            config = GatewayConfig(listen=f"127.0.0.1:{gateway_port}")
+            threading.Thread(
+                target=asyncio.run, args=(serve(settings, config),), name="gateway", daemon=True
+            ).start()
+            click.echo(f"RedisAI clients: redis-cli -p {gateway_port} AI.TENSORSET ...")
         Worker(settings).run_forever()

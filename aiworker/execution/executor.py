@@ -1,200 +1,180 @@
-"""Runs jobs whose state has been read: ``plan`` checks a job against what its read brought (and
-decides whether it runs here, or belongs to another device queue), ``run`` executes it.
+"""Turns a job whose state has been read into a run: ``prepare`` checks the job against what its
+read brought (and decides whether it runs here, or belongs to another device queue) and builds its
+``JobRun`` - a DAG, single MODELEXECUTE and SCRIPTEXECUTE included - or its ``VerifyRun``.
 
 Nothing here writes to Redis: the completion step applies the Outcome (outputs, statistics, reply,
-acknowledgement) in one atomic script, so a failure anywhere before that leaves no trace but the
+acknowledgement) in one atomic step, so a failure anywhere before that leaves no trace but the
 error reply. Every failure becomes an Outcome; only a lost connection is raised (the entry then
 stays pending and runs again).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import redis
 
 from aiworker.backends.base import ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.batching import Batch, Member, MemberResult, run_once
-from aiworker.execution.dag import Batching, DagRunner, LanePool
-from aiworker.execution.models import Models, check_outputs, run_model, samples_of
+from aiworker.execution.job import LOADED, JobRun, Op, Runtime, make_op
+from aiworker.execution.models import Models, run_model
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
-from aiworker.execution.scripts import call_script
 from aiworker.execution.state import MetaCache, Snapshot
-from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol import tensor as codec
+from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import DagExecute, Job, ModelExecute, ModelVerify, ScriptExecute
+from aiworker.protocol.requests import DagExecute, Job, ModelVerify, ScriptExecute
 from aiworker.storage import model as model_store
-from aiworker.storage import script as script_store
 
 RedisCall = Callable[..., Any]
 
 
-@dataclass
-class ModelRun:
-    """A MODELEXECUTE ready to run (alone, or as a member of a batch)."""
-
-    job: Job
-    meta: model_store.ModelMeta
-    inputs: list[np.ndarray]
-
-
-@dataclass
-class ScriptRun:
-    job: Job
-    meta: script_store.ScriptMeta
-    inputs: list[np.ndarray]
-
-
-@dataclass
+@dataclass(eq=False)
 class VerifyRun:
-    """A MODELVERIFY: load a blob as this worker would, keep nothing."""
+    """A MODELVERIFY: load a blob as this worker would, keep nothing. One unit of device work."""
 
     job: Job
-    request: ModelVerify
+    verify: Callable[[ModelVerify], MemberResult]
+    result: Outcome | None = None
+    running: int = 0
+    ticket: Any = None  # what the worker needs to complete it
+    failed_early: str = ""
+
+    @property
+    def entry_id(self) -> str:
+        return self.job.entry_id
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    def start(self) -> list[Member]:
+        self.running = 1
+        request = cast(ModelVerify, self.job.request)
+        run = lambda: self.verify(request)  # noqa: E731
+        return [Member("", None, [], context=(self, None), entry_id=self.entry_id, run=run)]
+
+    def op_done(self, op: Any, result: MemberResult, member: Member, batch: Batch) -> list[Member]:
+        self.running = 0
+        self.result = Outcome("ok", reply_fields={"loaded": True})
+        if result.outputs is None:
+            self.result = Outcome.failed(result.error)
+            if result.counted:  # the backend judged the blob: a verdict
+                self.result.reply_fields = {"loaded": False}
+        return []
+
+    def op_expired(self, op: Any) -> None:
+        self.running = 0
+        self.result = Outcome("timedout")
+
+    def outcome(self) -> Outcome:
+        assert self.result is not None
+        return self.result
 
 
-@dataclass
-class DagRun:
-    job: Job
-    snapshot: Snapshot
-    ops: list[Any]
-
-
-Ready = ModelRun | ScriptRun | DagRun | VerifyRun
+Run = JobRun | VerifyRun
 
 
 class Executor:
-    """Plans and runs the jobs of one worker process."""
+    """Prepares the jobs of one worker process; ``runtime`` is what their ops run with."""
 
     def __init__(
         self,
         models: Models,
         keys: Keys,
         bounds: limits.Limits,
-        lanes: LanePool,
+        redis_call: RedisCall | None = None,
         cluster: bool = False,
     ) -> None:
         self.models = models
         self.keys = keys
         self.limits = bounds
-        # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
-        spill_key = (
-            keys.dag_output if cluster else lambda entry_id, i, near: keys.dag_output(entry_id, i)
-        )
-        self.dags = DagRunner(models, bounds, spill_key, lanes)
+        self.redis_call = redis_call
+        self.cluster = cluster
+        self.runtime = Runtime(models, bounds, self.script_context)
         # Metadata cached per worker; the completion checks the version (on Redis Cluster, in
         # the step that counts the model's statistics, which live in its slot).
         self.metas = MetaCache()
 
-    def plan(self, job: Job, snapshot: Snapshot, queue_device: str) -> Ready | Outcome:
+    def prepare(self, job: Job, snapshot: Snapshot, queue_device: str) -> Run | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another
         device's job to forward)."""
         request = job.request
         try:
-            if isinstance(request, ModelExecute):
-                return self._plan_model(job, request, snapshot, queue_device)
-            if isinstance(request, ScriptExecute):
-                return self._plan_script(job, request, snapshot, queue_device)
-            if isinstance(request, DagExecute):
-                ops = self.dags.plan(job, snapshot, queue_device)
-                return ops if isinstance(ops, Outcome) else DagRun(job, snapshot, ops)
-            if isinstance(request, ModelVerify):
-                return VerifyRun(job, request)
+            if request.op == "MODELVERIFY":
+                return VerifyRun(job, self._verify)
+            if request.op == "DAGEXECUTE":
+                return self._dag(job, cast(DagExecute, request), snapshot, queue_device)
+            return self._single(job, request, snapshot, queue_device)
         except AIWorkerError as exc:
             return Outcome.failed(error_text(exc))
-        return Outcome.failed(f"{request.op} is not supported by this worker")
 
-    def _plan_model(
-        self, job: Job, request: ModelExecute, snapshot: Snapshot, queue_device: str
-    ) -> Ready | Outcome:
-        meta = snapshot.model(request.key)
-        device = parse_device(meta.device)
-        if device.queue != queue_device.upper():
-            return Outcome.forward(device.queue)
-        errors = [StatsRecord(request.key, errors=1)]
-        if meta.inputs and len(request.inputs) != len(meta.inputs):
-            return Outcome.failed(messages.MODEL_INPUT_COUNT, errors)
-        if meta.outputs and len(request.outputs) != len(meta.outputs):
-            return Outcome.failed(messages.MODEL_OUTPUT_COUNT, errors)
-        return ModelRun(job, meta, snapshot.tensors(request.inputs))
-
-    def _plan_script(
-        self, job: Job, request: ScriptExecute, snapshot: Snapshot, queue_device: str
-    ) -> Ready | Outcome:
-        meta = snapshot.script(request.key)
-        device = parse_device(meta.device)
-        if device.queue != queue_device.upper():
-            return Outcome.forward(device.queue)
-        if meta.entry_points and request.function not in meta.entry_points:
-            message = messages.SCRIPT_FUNCTION_MISSING.format(name=request.function)
-            return Outcome.failed(message, [StatsRecord(request.key, errors=1)])
-        return ScriptRun(job, meta, snapshot.tensors(request.inputs))
-
-    def run(
-        self,
-        ready: Ready,
-        redis_call: RedisCall | None = None,
-        batching: Callable[[str], Batching | None] = lambda queue: None,
-        fmt: str = "json",
-    ) -> Outcome:
-        """Run a planned job; ``redis_call`` is what scripts that call Redis use."""
+    def _single(
+        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str
+    ) -> Run | Outcome:
+        """A MODELEXECUTE or SCRIPTEXECUTE: a DAG of one op over its inputs and outputs."""
+        op = make_op(0, request, [(name, LOADED) for name in request.inputs])
+        op.prepare(snapshot, self.limits)
+        if op.device != queue_device.upper():
+            return Outcome.forward(op.device)
         try:
-            if isinstance(ready, ModelRun):
-                return self._run_model(ready)
-            if isinstance(ready, ScriptRun):
-                return self._run_script(ready, redis_call)
-            if isinstance(ready, VerifyRun):
-                return self._verify(ready.request)
-            context = lambda request: self.script_context(request, redis_call)  # noqa: E731
-            return self.dags.run(ready.job, ready.snapshot, ready.ops, fmt, batching, context)
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise  # not the job's fault: it stays pending and runs again
-        except (AIWorkerError, redis.ResponseError) as exc:  # NOPERM reading a key and the like
-            return Outcome.failed(error_text(exc))
-
-    def _run_model(self, ready: ModelRun) -> Outcome:
-        request = ready.job.request
-        assert isinstance(request, ModelExecute)
-        result = run_once(self.models, request.key, ready.meta, ready.inputs)
-        return member_outcome(request, result, self.limits)
-
-    def _run_script(self, ready: ScriptRun, redis_call: RedisCall | None) -> Outcome:
-        request = ready.job.request
-        assert isinstance(request, ScriptExecute)
-        errors = [StatsRecord(request.key, errors=1)]
-        try:
-            outputs, duration_us = call_script(
-                self.models,
-                request.key,
-                ready.meta,
-                request.function,
-                ready.inputs,
-                request.keys,
-                request.args,
-                len(request.outputs),
-                request.variadic,
-                self.script_context(request, redis_call),
-            )
-            for name, array in zip(request.outputs, outputs, strict=True):
-                limits.check_output(name, array, self.limits.max_tensor_bytes)
+            op.check(single=True)
         except AIError as exc:
-            return Outcome.failed(error_text(exc), errors)
-        writes = dict(zip(request.outputs, outputs, strict=True))
-        stats = [StatsRecord(request.key, duration_us)]
-        return Outcome("ok", writes=writes, stats=stats, duration_us=duration_us)
+            return Outcome.failed(error_text(exc), [StatsRecord(op.stats_key(), errors=1)])
+        arrays = snapshot.tensors(request.inputs)  # each use counts against max_job_bytes
+        values = {(name, LOADED): array for name, array in zip(request.inputs, arrays, strict=True)}
+        return self._run(job, [op], values, request.outputs, single=True)
 
-    def _verify(self, request: ModelVerify) -> Outcome:
-        """Load a blob as a MODELSTORE would have (on the CPU), report, close it."""
+    def _dag(
+        self, job: Job, dag: DagExecute, snapshot: Snapshot, queue_device: str
+    ) -> Run | Outcome:
+        """The DAG's ops with their metadata and devices; a missing key fails the whole DAG with
+        one error before any op runs, as RedisAI's parser did."""
+        latest = dict.fromkeys(dag.load, LOADED)
+        ops: list[Op] = []
+        for index, request in enumerate(dag.ops):
+            op = make_op(index, request, [(name, latest[name]) for name in request.reads()])
+            op.prepare(snapshot, self.limits)
+            op.check(single=False)
+            for name in request.writes():
+                latest[name] = index
+            ops.append(op)
+        for key in dag.persist:  # checked again, atomically, when the completion writes them
+            kind, tag = snapshot.kind(key)
+            if kind != "none" and tag != codec.KIND_TENSOR:
+                raise WrongTypeError()
+        devices = [op.device for op in ops if op.device]
+        if devices and queue_device.upper() not in devices:
+            # like a MODELEXECUTE on the wrong queue: hand it to a queue whose devices it uses
+            return Outcome.forward(devices[0])
+        values = {(key, LOADED): snapshot.tensor(key) for key in dict.fromkeys(dag.load)}
+        return self._run(job, ops, values, dag.persist, single=False)
+
+    def _run(
+        self,
+        job: Job,
+        ops: list[Op],
+        values: dict[tuple[str, int], np.ndarray],
+        persist: tuple[str, ...],
+        single: bool,
+    ) -> JobRun:
+        # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
+        near = job.reply if self.cluster else None
+        spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
+        return JobRun(job, ops, values, persist, self.runtime, spill, single, _deadline(job))
+
+    def _verify(self, request: ModelVerify) -> MemberResult:
+        """Load a blob as a MODELSTORE would have (on the CPU), report, close it. ``counted``
+        says whether the backend gave a verdict (False: the framework is not installed here)."""
         try:
             backend = self.models.registry.get(request.backend)
-        except AIWorkerError as exc:  # the framework is not installed here: no verdict
-            return Outcome.failed(error_text(exc))
+        except AIWorkerError as exc:
+            return MemberResult(None, error_text(exc), counted=False)
         spec = ModelSpec(
             key="",
             device=parse_device("CPU"),
@@ -205,18 +185,21 @@ class Executor:
         try:
             backend.load(request.blob, spec).close()
         except AIError as exc:
-            outcome = Outcome.failed(error_text(exc))
-            outcome.reply_fields = {"loaded": False}
-            return outcome
+            return MemberResult(None, error_text(exc))
         except Exception as exc:  # a blob the framework chokes on
-            outcome = Outcome.failed(f"{request.backend}: {error_text(exc)}")
-            outcome.reply_fields = {"loaded": False}
-            return outcome
-        return Outcome("ok", reply_fields={"loaded": True})
+            return MemberResult(None, f"{request.backend}: {error_text(exc)}")
+        return MemberResult([])
 
-    def script_context(self, request: ScriptExecute, redis_call: RedisCall | None) -> ScriptContext:
+    # what scripts may call ----------------------------------------------------------------------
+
+    def script_context(self, request: ScriptExecute) -> ScriptContext:
         """What a script may call: Redis on its declared KEYS, and stored models."""
-        return ScriptContext(keys=request.keys, redis_call=redis_call, run_model=self.run_stored)
+        return ScriptContext(
+            keys=request.keys,
+            redis_call=self.redis_call,
+            run_model=self.run_stored,
+            keyspace=self.keys,
+        )
 
     def run_stored(self, key: str, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the model stored at ``key`` (a script's ``redisAI.model_execute``)."""
@@ -226,29 +209,12 @@ class Executor:
         return outputs
 
 
-def member_outcome(
-    request: ModelExecute,
-    result: MemberResult,
-    bounds: limits.Limits,
-    batch: Batch | None = None,
-    member: Member | None = None,
-) -> Outcome:
-    """The Outcome of a MODELEXECUTE that ran alone or as one member of ``batch``."""
-    shared = {"batch": {"size": batch.total, "requests": len(batch.members)}} if batch else {}
-    errors = [StatsRecord(request.key, errors=1)] if result.counted else []
-    if result.outputs is None:
-        outcome = Outcome.failed(result.error, errors)
-        outcome.reply_fields = shared
-        return outcome
-    try:
-        check_outputs(request.outputs, result.outputs, bounds.max_tensor_bytes)
-    except AIError as exc:
-        return Outcome.failed(error_text(exc), errors)
-    samples = samples_of(result.outputs, member.size if member else 1)
-    return Outcome(
-        "ok",
-        writes=dict(zip(request.outputs, result.outputs, strict=True)),
-        stats=[StatsRecord(request.key, result.duration_us, samples)],
-        duration_us=result.duration_us,
-        reply_fields=shared,
-    )
+def _deadline(job: Job) -> float | None:
+    """The job's TIMEOUT deadline (Redis wall clock, ms) on this process' monotonic clock."""
+    deadline_ms = job.deadline_ms
+    if deadline_ms is None:
+        return None
+    return time.monotonic() + (deadline_ms - time.time() * 1000) / 1000
+
+
+__all__ = ["Executor", "JobRun", "Run", "VerifyRun", "run_once"]

@@ -8,12 +8,14 @@ with PERSIST or a script op, an op reading a name nothing produced, a TIMEOUT in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiworker.parser.dag import check_names
 from aiworker.parser.execute import DAG_TIMEOUT
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import (
     DagExecute,
-    DagOp,
     ModelExecute,
     ModelVerify,
     Request,
@@ -34,7 +36,7 @@ def _timeout(timeout_ms: int | None, in_dag: bool) -> None:
         raise AIError(TIMEOUT_INVALID)
 
 
-def _model(op: ModelExecute, in_dag: bool) -> None:
+def _model(op: ModelExecute, in_dag: bool, readonly: bool) -> None:
     if not op.inputs:
         raise AIError("Input count must be a positive integer")
     if not op.outputs:
@@ -52,16 +54,11 @@ def _script(op: ScriptExecute, in_dag: bool, readonly: bool) -> None:
     _timeout(op.timeout_ms, in_dag)
 
 
-def _op(op: DagOp, readonly: bool) -> None:
-    if isinstance(op, ModelExecute):
-        _model(op, in_dag=True)
-    elif isinstance(op, ScriptExecute):
-        _script(op, in_dag=True, readonly=readonly)
-    elif not isinstance(op, (TensorSet, TensorGet)):
-        raise AIError("Unsupported command within DAG")
+def _tensor(op: TensorSet | TensorGet, in_dag: bool, readonly: bool) -> None:
+    """Tensor ops carry no rule of their own here (the parser checked their arguments)."""
 
 
-def _dag(dag: DagExecute) -> None:
+def _dag(dag: DagExecute, in_dag: bool, readonly: bool) -> None:
     if dag.readonly and dag.persist:
         raise AIError("PERSIST cannot be specified in a read-only DAG")
     if len(set(dag.persist)) != len(dag.persist):
@@ -70,21 +67,37 @@ def _dag(dag: DagExecute) -> None:
     if not dag.ops:
         raise AIError("DAG is empty")
     for op in dag.ops:
-        _op(op, dag.readonly)
+        rule = _OP_RULES.get(op.op)
+        if rule is None:
+            raise AIError("Unsupported command within DAG")
+        rule(op, True, dag.readonly)
     check_names(dag)
+
+
+def _verify(request: ModelVerify, in_dag: bool, readonly: bool) -> None:
+    if not request.backend or not request.blob:
+        raise AIError("MODELVERIFY needs a backend and a blob")
+
+
+# op -> its rules (arguments: the request, inside a DAG, in a read-only DAG)
+_OP_RULES: dict[str, Callable[[Any, bool, bool], None]] = {
+    "MODELEXECUTE": _model,
+    "SCRIPTEXECUTE": _script,
+    "TENSORSET": _tensor,
+    "TENSORGET": _tensor,
+}
+_REQUEST_RULES: dict[str, Callable[[Any, bool, bool], None]] = {
+    "MODELEXECUTE": _model,
+    "SCRIPTEXECUTE": _script,
+    "DAGEXECUTE": _dag,
+    "MODELVERIFY": _verify,
+}
 
 
 def check(request: Request) -> Request:
     """Raise RedisAI's error when ``request`` breaks a rule; return it otherwise."""
-    if isinstance(request, ModelExecute):
-        _model(request, in_dag=False)
-    elif isinstance(request, ScriptExecute):
-        _script(request, in_dag=False, readonly=False)
-    elif isinstance(request, DagExecute):
-        _dag(request)
-    elif isinstance(request, ModelVerify):
-        if not request.backend or not request.blob:
-            raise AIError("MODELVERIFY needs a backend and a blob")
-    else:
+    rule = _REQUEST_RULES.get(request.op)
+    if rule is None:
         raise AIError(f"unsupported command in a job: {type(request).__name__}")
+    rule(request, False, False)
     return request

@@ -50,6 +50,7 @@ REFRESH_MIN_S = 0.05
 # Commands whose key is not their first argument.
 SCRIPT_CALLS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+KEY_AFTER_SUBCOMMAND = frozenset({"XINFO", "XGROUP", "OBJECT", "MEMORY"})
 
 Address = tuple[str, int]
 
@@ -96,6 +97,8 @@ def command_key(command: Command) -> Any:
             if isinstance(arg, str | bytes) and text(arg).upper() == "STREAMS":
                 return command[n + 1] if n + 1 < len(command) else None
         return None
+    if name in KEY_AFTER_SUBCOMMAND:  # XINFO GROUPS <key>, XGROUP CREATE <key> ...
+        return command[2] if len(command) > 2 else None
     return command[1]
 
 

@@ -19,6 +19,10 @@ from aiworker.protocol.text import text
 from aiworker.storage import plans
 from aiworker.storage.plans import AnyRedis, Plan
 
+# A worker counts as alive until its heartbeat (sent every 2 s) is this old: generous, so that one
+# busy loading a large model (a framework holding the interpreter for seconds) is not taken for dead.
+LIVE_FOR_S = 12.0
+
 
 def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, Any]]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""

@@ -1,4 +1,4 @@
-"""The worker side: consume -> schedule -> execute -> complete, and the process that runs it."""
+"""The worker side: per device a lane (consume -> execute -> complete, overlapping), and the process that runs it."""
 
 from aiworker.worker.process import Worker
 

@@ -1,11 +1,5 @@
-"""Consumer threads: each reads its device stream for itself and hands what it read downward.
-
-A thread reads only what it can serve: one entry at a time (XREADGROUP COUNT 1, blocking), so with
-several worker processes an idle thread anywhere gets the next job - Redis serves blocked readers
-in order. The exception is autobatching: when an entry is for a model with BATCHSIZE > 0, the
-thread at once takes (without blocking) up to the rest of a batch's worth of queued entries, which
-RedisAI would have batched together. Before reading, a thread runs what waits in the process
-(``QueueScheduler.take``). Each thread talks to Redis on its own connection (``Wire``).
+"""Reading a device's stream(s): each lane thread reads as its own consumer (``host:pid:device:n``)
+on its own connection, and hands what it read to the lane (``lane``).
 
 Entries are registered in ``HeldEntries`` the moment they are read, so their lease is renewed from
 then on, before their inputs are even read.
@@ -15,13 +9,16 @@ A device queue split into partitions (``queue_partitions``) is shared out among 
 ``n`` serves partition ``n % partitions``). A thread with one stream blocks on it; a thread with
 several takes from each in turn without blocking, and blocks briefly on the next one in turn only
 when all were empty, so no partition waits behind another.
+
+A stream or consumer group that vanished (FLUSHALL, FLUSHDB, a Redis restart without persistence)
+is recreated at once, and ``on_lost`` is told (the worker re-publishes its heartbeat, which the
+flush removed too), so that clients see a live worker again within a round trip.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,26 +26,28 @@ import redis
 
 from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.protocol.text import text
-from aiworker.storage.wire import JobConnection, JobConnections
+from aiworker.storage.wire import JobConnection
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
-from aiworker.worker.schedule import QueueScheduler
 
 log = logging.getLogger("aiworker.worker")
 # Pause after a Redis error that redis-py's retries with backoff did not cure.
 READ_ERROR_PAUSE_S = 1.0
-# How often a thread with nothing to do looks again while the worker drains.
-DRAIN_POLL_S = 0.02
 # Longest a thread serving several partitions blocks on one of them.
 SHARED_BLOCK_MS = 20
 
 Entry = tuple[str, Mapping[Any, Any]]
 
 
-def ensure_group(r: redis.Redis, queue: str) -> None:
-    """Create the consumer group (and stream) if missing; from id 0 so earlier jobs are served."""
+def ensure_group(r: Any, queue: str) -> None:
+    """Create the consumer group (and stream) if missing; from id 0 so earlier jobs are served.
+    ``r`` is a redis-py client or a worker thread's connection."""
+    command = ("XGROUP", "CREATE", queue, CONSUMER_GROUP, "0", "MKSTREAM")
     try:
-        r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+        if hasattr(r, "xgroup_create"):
+            r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+        else:
+            r.execute(*command)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -59,104 +58,62 @@ def share_of(streams: Sequence[str], threads: int, n: int) -> list[str]:
     return list(streams[n::threads]) or [streams[n % len(streams)]]
 
 
+def _vanished(exc: redis.ResponseError) -> bool:
+    """The stream or its group is gone: NOGROUP, or a blocked read UNBLOCKED by its deletion."""
+    message = str(exc)
+    return "NOGROUP" in message or "UNBLOCKED" in message
+
+
 class Consumer:
-    """One consumer thread of a device queue (consumer name ``host:pid:device:n``)."""
+    """One lane thread's reads of its partitions (consumer name ``host:pid:device:n``)."""
 
     def __init__(
         self,
         name: str,
-        scheduler: QueueScheduler,
-        wires: JobConnections,
+        streams: Sequence[str],
         held: HeldEntries,
         metrics: WorkerMetrics,
-        block_ms: int,
         stop: threading.Event,
-        r: redis.Redis,
-        streams: Sequence[str] = (),
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
-        self.scheduler = scheduler
-        self.queue = scheduler.queue
-        self.streams = list(streams) or [scheduler.queue]
-        self._turn = 0
-        self.wires = wires
+        self.streams = list(streams)
         self.held = held
         self.metrics = metrics
-        self.block_ms = block_ms
         self.stop = stop
-        self.r = r
+        self.on_lost = on_lost
+        self._turn = 0
 
-    def serve(self) -> None:
-        """The thread's body: work until stopped and nothing is left in hand."""
-        conn = self.wires.get()
-        while True:
-            task = self.scheduler.take()
-            if task is not None:
-                self._guarded(task, conn)
-                continue
-            if self.stop.is_set():
-                self.scheduler.stopping.set()
-                if self.scheduler.idle():
-                    return
-                time.sleep(DRAIN_POLL_S)  # another thread still finishes: wait for its batch
-                continue
-            stream, entries = self._next(conn)
-            while entries:
-                room = self._guarded(self.scheduler.run_entries, conn, entries, stream) or 0
-                if room <= 0 or self.stop.is_set():
-                    break
-                entries = self.read(conn, room, None, stream)  # the rest of a batch, if queued
-
-    def _next(self, conn: JobConnection) -> tuple[str, list[Entry]]:
-        """The next entry of this thread's partitions (see the module docstring)."""
-        block_ms = self.scheduler.read_block_ms(self.block_ms)
+    def next(self, conn: JobConnection, count: int, block_ms: int) -> tuple[str, list[Entry]]:
+        """Up to ``count`` new entries of this thread's partitions (see the module docstring)."""
         if len(self.streams) == 1:
-            return self.streams[0], self.read(conn, 1, block_ms, self.streams[0])
-        count = len(self.streams)
-        for k in range(count):
-            stream = self.streams[(self._turn + k) % count]
-            entries = self.read(conn, 1, None, stream)
+            return self.streams[0], self.read(conn, count, block_ms, self.streams[0])
+        n = len(self.streams)
+        for k in range(n):
+            stream = self.streams[(self._turn + k) % n]
+            entries = self.read(conn, count, None, stream)
             if entries:
-                self._turn = (self._turn + k + 1) % count
+                self._turn = (self._turn + k + 1) % n
                 return stream, entries
             if self.stop.is_set():
                 return stream, []
         stream = self.streams[self._turn]
-        self._turn = (self._turn + 1) % count
-        return stream, self.read(conn, 1, min(block_ms, SHARED_BLOCK_MS), stream)
-
-    def _guarded(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run work; a lost connection or a bug is logged and never ends the thread."""
-        try:
-            return work(*args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.metrics.redis_errors.labels("job").inc()
-            log.warning(
-                "%s: lost Redis while working (%s); entries will be reclaimed", self.queue, exc
-            )
-            self.stop.wait(READ_ERROR_PAUSE_S)
-        except Exception:
-            log.exception("%s: work failed", self.queue)
-            self.stop.wait(0.1)
-        return None
+        self._turn = (self._turn + 1) % n
+        return stream, self.read(conn, count, min(block_ms, SHARED_BLOCK_MS), stream)
 
     def read(
-        self, conn: JobConnection, count: int, block_ms: int | None, stream: str | None = None
+        self, conn: JobConnection, count: int, block_ms: int | None, stream: str
     ) -> list[Entry]:
-        """Up to ``count`` new entries of ``stream`` (default: the plain queue), waiting up to
-        ``block_ms`` (None: not at all)."""
-        stream = stream or self.queue
+        """Up to ``count`` new entries of ``stream``, waiting up to ``block_ms`` (None: not at
+        all)."""
         command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, self.name, "COUNT", count]
         if block_ms is not None:
             command += ["BLOCK", block_ms]
         try:
             reply = conn.execute(*command, "STREAMS", stream, ">")
         except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
-                try:
-                    ensure_group(self.r, stream)
-                except redis.RedisError:
-                    self.stop.wait(READ_ERROR_PAUSE_S)
+            if _vanished(exc):
+                self._recreate(conn, stream)
                 return []
             log.exception("reading %s failed", stream)
             self.stop.wait(READ_ERROR_PAUSE_S)
@@ -174,3 +131,28 @@ class Consumer:
         for entry_id, _fields in entries:  # leased from now on, until completed or let go
             self.held.add(stream, entry_id, self.name)
         return entries
+
+    def _recreate(self, conn: JobConnection, stream: str) -> None:
+        """The stream or group vanished (a flush, a restart): make it again, at once."""
+        try:
+            ensure_group(conn, stream)
+        except redis.RedisError as exc:
+            log.warning("could not recreate the consumer group of %s: %s", stream, exc)
+            self.stop.wait(READ_ERROR_PAUSE_S)
+            return
+        log.info("%s: its stream or consumer group had vanished; recreated", stream)
+        self.on_lost()
+
+    def lag(self, conn: JobConnection, stream: str) -> int | None:
+        """Entries of ``stream`` no consumer has read yet (XINFO GROUPS' ``lag``; None when
+        Redis cannot tell)."""
+        try:
+            groups = conn.execute("XINFO", "GROUPS", stream)
+        except redis.ResponseError:
+            return None
+        for group in groups or []:
+            info = dict(zip(group[::2], group[1::2], strict=False))
+            if text(info.get(b"name", info.get("name"))) == CONSUMER_GROUP:
+                lag = info.get(b"lag", info.get("lag"))
+                return int(lag) if lag is not None else None
+        return None

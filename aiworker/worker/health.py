@@ -14,14 +14,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis
 
 from aiworker.protocol.keys import Keys
 from aiworker.worker.metrics import WorkerMetrics
-from aiworker.worker.schedule import QueueScheduler
 
 log = logging.getLogger("aiworker.worker")
 HEARTBEAT_SECONDS = 2.0
@@ -83,16 +82,24 @@ class Heartbeat:
         pipe.execute()
 
 
+class Watched(Protocol):
+    """A device lane, as the watchdog sees it: what runs on its device now, since when."""
+
+    device: str
+
+    def running_since(self) -> list[tuple[list[str], float]]: ...
+
+
 class Watchdog:
     """Calls ``on_hung(problem)`` once when a job has run longer than ``limit_s`` seconds."""
 
     def __init__(
         self,
-        schedulers: list[QueueScheduler],
+        lanes: Callable[[], Sequence[Watched]],
         limit_s: float,
         on_hung: Callable[[str], None],
     ) -> None:
-        self.schedulers = schedulers
+        self.lanes = lanes
         self.limit_s = limit_s
         self.on_hung = on_hung
         self.problem = ""
@@ -100,11 +107,11 @@ class Watchdog:
     def check(self) -> str:
         """The first hung job's description, or ""."""
         now = time.monotonic()
-        for scheduler in self.schedulers:
-            for entry_ids, since in scheduler.running_since():
+        for lane in self.lanes():
+            for entry_ids, since in lane.running_since():
                 if now - since > self.limit_s:
                     return (
-                        f"job {','.join(entry_ids)} on {scheduler.device} has run "
+                        f"job {','.join(entry_ids)} on {lane.device} has run "
                         f"{now - since:.0f} s, past hung_job_timeout ({self.limit_s:g} s)"
                     )
         return ""

@@ -21,6 +21,7 @@ class HeldEntries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], tuple[str, float]] = {}  # -> (consumer, since)
+        self._ran: set[tuple[str, str]] = set()  # entries whose job started running
 
     def add(self, queue: str, entry_id: str, consumer: str) -> None:
         with self._lock:
@@ -29,11 +30,27 @@ class HeldEntries:
     def discard(self, queue: str, entry_id: str) -> None:
         with self._lock:
             self._entries.pop((queue, entry_id), None)
+            self._ran.discard((queue, entry_id))
 
     def discard_all(self, queue: str, entry_ids: list[str]) -> None:
         with self._lock:
             for entry_id in entry_ids:
                 self._entries.pop((queue, entry_id), None)
+                self._ran.discard((queue, entry_id))
+
+    def running(self, queue: str, entry_id: str) -> bool:
+        """The entry's job started running on a device (a hand-back counts it as a delivery);
+        True the first time (its first op)."""
+        key = (queue, entry_id)
+        with self._lock:
+            if key in self._entries and key not in self._ran:
+                self._ran.add(key)
+                return True
+            return False
+
+    def ran(self, queue: str, entry_id: str) -> bool:
+        with self._lock:
+            return (queue, entry_id) in self._ran
 
     def since(self, queue: str, entry_id: str) -> float | None:
         """When (``time.monotonic``) the entry was taken, or None when it is not held."""

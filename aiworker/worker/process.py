@@ -1,10 +1,11 @@
 """The worker process: its lifecycle (threads, signals, graceful stop), and nothing per job.
 
-A job's path runs top to bottom through the stages below this module: ``consume`` (a consumer
-thread reads its stream) -> ``schedule`` (run now, batch, or wait its turn) -> ``execution``
-(models, scripts, DAGs through the backends) -> ``complete`` (one atomic step writes its effects).
-Beside it, ``recovery`` reclaims entries of dead workers and renews leases, and ``health`` publishes
-the heartbeat and watches for hung jobs. Consumer names are ``host:pid:device:n``.
+A job's path runs top to bottom through the stages below this module, as a pipeline per device
+(``lane``): ``consume`` (a lane thread reads its stream) -> ``execution`` (the job's state read,
+its ops batched and run on the device) -> ``complete`` (one atomic step writes its effects), the
+stages overlapping for different jobs. Beside it, ``recovery`` reclaims entries of dead workers and
+renews leases, and ``health`` publishes the heartbeat and watches for hung jobs. Consumer names are
+``host:pid:device:n``.
 
 On Redis Cluster (found once, at start: ``INFO cluster``) the same stages run unchanged: the job
 path talks through a ``ClusterWire`` per thread instead of a ``Wire`` (``storage.cluster``), and
@@ -35,24 +36,24 @@ from redis.cluster import RedisCluster
 
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.devices import parse_device
-from aiworker.execution.dag import LanePool
 from aiworker.execution.executor import Executor
 from aiworker.execution.limits import Limits
 from aiworker.execution.model_cache import ModelCache
 from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
-from aiworker.storage import redis_options
+from aiworker.storage import health as health_store
+from aiworker.storage import plans, redis_options
 from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
-from aiworker.worker.consume import Consumer, ensure_group, share_of
+from aiworker.worker.consume import ensure_group
 from aiworker.worker.health import Heartbeat, Watchdog
 from aiworker.worker.hooks import Hooks, LoggingHook
+from aiworker.worker.lane import Lane, LaneOptions
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import MetricsHook, WorkerMetrics
 from aiworker.worker.recovery import Recovery
-from aiworker.worker.schedule import QueueScheduler
 
 log = logging.getLogger("aiworker.worker")
 # Exit code of a worker that gave up its process because a job hung (EX_SOFTWARE).
@@ -95,9 +96,6 @@ class Worker:
         )
         self.cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
         self.models = Models(self.r, self.registry, self.cache, self.limits)
-        # Threads for DAG lanes on a second device: as many as the process' consumer threads.
-        self.lanes = LanePool(settings.threads_per_queue * len(self.devices))
-        self.executor = Executor(self.models, self.keys, self.limits, self.lanes, self.cluster)
         self.metrics = WorkerMetrics()
         self.held = HeldEntries()
         self.wires = job_connections(self.r, redis_options.reconnect_retry())
@@ -114,21 +112,17 @@ class Worker:
             wait_replicas=settings.wait_replicas,
             wait_timeout_ms=settings.wait_replicas_timeout,
         )
-        self.schedulers = {
-            device: QueueScheduler(
-                device,
-                self.keys,
-                self.executor,
-                self.completer,
-                self.wires,
-                settings.threads_per_queue,
-                settings.queue_partitions,
-                self.cluster,
-            )
-            for device in self.devices
-        }
-        for scheduler in self.schedulers.values():  # DAG ops batch in the queue of their device
-            scheduler.batching = self.schedulers.get
+        # scripts calling Redis do so on the calling thread's own connection
+        self.executor = Executor(
+            self.models, self.keys, self.limits, self.wires.execute, self.cluster
+        )
+        self._stop = threading.Event()
+        self._running = False  # lanes made from now on start at once
+        self._lanes_lock = threading.Lock()
+        self.lanes: dict[str, Lane] = {}
+        for device in self.devices:
+            self._lane(device, keys_read=self.keys.queues(device, settings.queue_partitions))
+        self._peers: dict[str, int] = {}
         self.recovery = Recovery(
             self.r,
             self.wires,
@@ -137,25 +131,67 @@ class Worker:
             self.completer,
             self.metrics,
             self.name,
-            accept=lambda device, entries, queue: self.schedulers[device].accept(entries, queue),
+            accept=lambda device, entries, queue: self.lanes[device].accept(entries, queue),
         )
         self.heartbeat = Heartbeat(
-            self.r, self.keys, self.name, self.status, self.metrics, self._check_acl
+            self.r, self.keys, self.name, self.status, self.metrics, self._on_beat
         )
         self.watchdog = Watchdog(
-            list(self.schedulers.values()), settings.hung_job_timeout, self._give_up
+            lambda: list(self.lanes.values()), settings.hung_job_timeout, self._give_up
         )
-        for device, scheduler in self.schedulers.items():  # in flight: entries held
+        for device, lane in self.lanes.items():  # in flight: entries held
             self.metrics.in_flight.labels(device).set_function(
-                functools.partial(self._held_count, scheduler.queues)
+                functools.partial(self._held_count, lane.queues)
             )
-        self._stop = threading.Event()
         self._hurry = threading.Event()  # a second signal, or a hung job: cut the drain short
         self._threads: list[threading.Thread] = []
         self._lease_thread: threading.Thread | None = None
-        self._consumers: dict[str, list[str]] = {}
         self._started = time.time()
         self.exit_code = 0
+
+    def _lane(self, device: str, keys_read: list[str] | None = None) -> Lane:
+        """The lane of ``device`` (made on first use: a DAG op on a device this process does not
+        read gets a lane with run threads only)."""
+        lane = self.lanes.get(device)
+        if lane is not None:
+            return lane
+        with self._lanes_lock:
+            if device not in self.lanes:
+                settings = self.settings
+                slots = settings.threads_per_queue
+                options = LaneOptions(
+                    slots=slots,
+                    threads=slots + max(1, slots),
+                    block_ms=settings.block_ms,
+                    max_waiting=settings.max_batch_waiting,
+                    max_waiting_bytes=settings.max_batch_waiting_bytes,
+                )
+                lane = Lane(
+                    device,
+                    self.keys,
+                    self.executor,
+                    self.completer,
+                    self.wires,
+                    self.held,
+                    self.metrics,
+                    options,
+                    self._stop,
+                    keys_read or [],
+                    self.cluster,
+                    self.name,
+                )
+                lane.lanes = self._lane
+                lane.peers = lambda device=device: self._peers.get(device, 1)  # type: ignore[misc]
+                lane.on_lost = self._vanished
+                self.lanes[device] = lane
+                if self._running:
+                    lane.start()
+            return self.lanes[device]
+
+    @property
+    def schedulers(self) -> dict[str, Lane]:
+        """The lanes of the devices this process reads (older name)."""
+        return {device: self.lanes[device] for device in self.devices}
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -166,27 +202,9 @@ class Worker:
         # it out of the garbage collector's scans, which every job's allocations trigger.
         gc.collect()
         gc.freeze()
-        for device, scheduler in self.schedulers.items():
-            for queue in scheduler.queues:
+        for device in self.devices:
+            for queue in self.lanes[device].queues:
                 ensure_group(self.r, queue)
-            names = self._consumers.setdefault(device, [])
-            threads = self.settings.threads_per_queue
-            for n in range(threads):
-                name = f"{self.name}:{device}:{n}"
-                names.append(name)
-                consumer = Consumer(
-                    name,
-                    scheduler,
-                    self.wires,
-                    self.held,
-                    self.metrics,
-                    self.settings.block_ms,
-                    self._stop,
-                    self.r,
-                    share_of(scheduler.queues, threads, n),
-                )
-                self._thread(consumer.serve, f"aiworker-{device}-{n}")
-            names.append(self.recovery.reclaim_consumer(device))
             reclaim = functools.partial(self.recovery.reclaim_loop, device, self._stop)
             self._thread(reclaim, f"aiworker-{device}-reclaim")
         self._thread(functools.partial(self.heartbeat.loop, self._stop), "aiworker-heartbeat")
@@ -199,6 +217,10 @@ class Worker:
         self._lease_thread.start()
         for thread in self._threads:
             thread.start()
+        with self._lanes_lock:
+            self._running = True
+            for lane in self.lanes.values():
+                lane.start()
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info(
@@ -216,6 +238,25 @@ class Worker:
     def _check_acl(self) -> None:
         self.completer.check_acl = not unrestricted(self.r)
 
+    def _on_beat(self) -> None:
+        """At heartbeat pace: the ACL check, and how many live workers serve each device (a
+        lane reads ahead for batches no more than its share of the queue)."""
+        self._check_acl()
+        plan = health_store.live_workers_plan(self.keys, health_store.LIVE_FOR_S)
+        statuses = plans.run(self.r, plan)
+        self._peers = {
+            device: max(1, sum(1 for s in statuses if device in s.get("devices", ())))
+            for device in self.devices
+        }
+
+    def _vanished(self) -> None:
+        """A stream vanished under a lane (FLUSHALL, FLUSHDB): the heartbeat went with it, so
+        publish it again at once - clients look for it to know a worker serves their queue."""
+        try:
+            self.heartbeat.publish()
+        except redis.RedisError as exc:
+            log.warning("could not publish the heartbeat again: %s", exc)
+
     def _thread(self, target: Any, name: str) -> None:
         self._threads.append(threading.Thread(target=target, name=name, daemon=True))
 
@@ -223,9 +264,12 @@ class Worker:
         """Stop reading, finish the jobs in hand (up to ``timeout``, default ``drain_timeout``),
         hand back what is left, deregister."""
         self._stop.set()
+        for lane in list(self.lanes.values()):
+            lane.wake()
         drain = self.settings.drain_timeout if timeout is None else timeout
         deadline = time.monotonic() + drain
-        for thread in self._threads:
+        threads = self._threads + [t for lane in list(self.lanes.values()) for t in lane.threads]
+        for thread in threads:
             while thread.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
                 thread.join(0.1)
         self.recovery.stop_leases()
@@ -234,15 +278,16 @@ class Worker:
         try:
             handed = self.recovery.hand_back()
             self.heartbeat.withdraw()
-            for device, names in self._consumers.items():
-                for queue in self.schedulers[device].queues:
+            for device in self.devices:
+                lane = self.lanes[device]
+                names = [*lane.consumers, self.recovery.reclaim_consumer(device)]
+                for queue in lane.queues:
                     self.recovery.prune(queue, names=names)
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
         self.metrics.close()
         self.models.close()
-        self.lanes.close()
         if not self._hurry.is_set():  # stuck threads may still hold their connections
             self.wires.close()
 
@@ -296,7 +341,7 @@ class Worker:
     def accept(
         self, device: str, entries: list[tuple[str, Mapping[Any, Any]]], queue: str | None = None
     ) -> None:
-        self.schedulers[device].accept(entries, queue)
+        self.lanes[device].accept(entries, queue)
 
     def _held_count(self, queues: list[str]) -> int:
         return sum(self.held.count(queue) for queue in queues)
@@ -307,7 +352,8 @@ class Worker:
             return [self.watchdog.problem]
         if self._stop.is_set():
             return []
-        return [f"thread {t.name} died" for t in self._threads if t.ident and not t.is_alive()]
+        threads = self._threads + [t for lane in list(self.lanes.values()) for t in lane.threads]
+        return [f"thread {t.name} died" for t in threads if t.ident and not t.is_alive()]
 
     def status(self) -> dict[str, Any]:
         problems = self.problems()
@@ -317,7 +363,7 @@ class Worker:
             "pid": os.getpid(),
             "devices": self.devices,
             # the streams served per device (queue partitions): clients spread jobs over these
-            "queues": {device: s.queues for device, s in self.schedulers.items()},
+            "queues": {device: self.lanes[device].queues for device in self.devices},
             "threads_per_queue": self.settings.threads_per_queue,
             "models": self.cache.keys(),
             "backends": self.registry.loaded(),

@@ -99,12 +99,20 @@ class Recovery:
 
     # leases ---------------------------------------------------------------------------------
 
-    def renew(self, idle_ms: int = 0) -> list[tuple[str, str]]:
-        """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost."""
+    def renew(self, idle_ms: int = 0, hand_back: bool = False) -> list[tuple[str, str]]:
+        """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost.
+        ``hand_back``: entries that never ran (read ahead) get their delivery counted off."""
         lost: list[tuple[str, str]] = []
         for (queue, consumer), ids in self.held.by_owner().items():
-            gone = RENEW(self.r, [queue], [CONSUMER_GROUP, consumer, idle_ms, *ids])
-            lost += [(queue, text(entry_id)) for entry_id in gone or []]
+            groups = [(0, ids)]
+            if hand_back:
+                unrun = [entry_id for entry_id in ids if not self.held.ran(queue, entry_id)]
+                groups = [(0, [i for i in ids if i not in unrun]), (1, unrun)]
+            for uncount, group in groups:
+                if group:
+                    args = [CONSUMER_GROUP, consumer, idle_ms, uncount, *group]
+                    gone = RENEW(self.r, [queue], args)
+                    lost += [(queue, text(entry_id)) for entry_id in gone or []]
         return lost
 
     def lease_loop(self) -> None:
@@ -131,7 +139,7 @@ class Recovery:
         """Make every entry still held reclaimable right away (graceful stop, drain timed out)."""
         handed = self.held.pairs()
         if handed:
-            self.renew(idle_ms=self.visibility_ms)
+            self.renew(idle_ms=self.visibility_ms, hand_back=True)
             for queue, entry_id in handed:
                 log.warning(
                     "job %s: handed back unfinished",

@@ -6,9 +6,12 @@ import ast
 import contextlib
 import io
 import tokenize
+import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from aiworker.backends import archive
 from aiworker.backends.safety.refusal import _refuse
 from aiworker.protocol.errors import AIError
 
@@ -29,6 +32,7 @@ _TORCH_CODE_NAMES = {
     "PythonOp": "prim::PythonOp",
 }
 _MAX_CODE_BYTES = 256 << 20
+_LOAD_FAILED = "Failed to load TorchScript model"  # RedisAI's words for a blob it cannot load
 _SKIPPED_TOKENS = frozenset(
     {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT}
 )
@@ -75,32 +79,48 @@ def _code_names(text: str) -> Iterator[str]:
         yield "".join(strings)
 
 
+def _code_members(blob: bytes) -> Iterator[tuple[str, str]]:
+    """(record name, text) of each code record in a TorchScript archive, read with zipfile
+    within ``_MAX_CODE_BYTES``. Every member named ``*.py`` counts: duplicates included, as
+    torch's reader may pick any of them."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zipped:
+            if not archive.directory_where_recorded(blob):
+                raise AIError(f"{_LOAD_FAILED}: the zip archive has bytes before or after it")
+            code = [info for info in zipped.infolist() if info.filename.endswith(".py")]
+            if sum(info.file_size for info in code) > _MAX_CODE_BYTES:
+                raise AIError(f"TORCH: the model's code is larger than {_MAX_CODE_BYTES:,} bytes")
+            for info in code:
+                name = info.filename.split("/", 1)[-1]  # as torch names it: below the top folder
+                try:
+                    text = archive.read_member(zipped, info, "TorchScript").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise AIError(f"TORCH: the model's code ({name}) cannot be read") from None
+                yield name, text
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError) as exc:  # fmt: skip
+        # not a readable zip archive, or an encrypted one: nothing torch.jit.save wrote
+        raise AIError(f"{_LOAD_FAILED}: not a TorchScript zip archive ({exc})") from None
+
+
 def check_torch_archive(blob: bytes, allow: bool) -> None:
     """Refuse a TorchScript archive whose code names a file or process operation.
 
     This runs before ``torch.jit.load``, which already executes code: the ``__setstate__``
     methods of the archive's modules and classes. The graphs are checked again after loading
     (``check_torch_module``); this pass reads the code's tokens, so it also catches
-    ``getattr(torch, "save")``.
+    ``getattr(torch, "save")``. The archive is read with zipfile (torch's own reader is
+    private), so only archives both read alike pass (``archive.directory_where_recorded``), and
+    a blob that is no zip archive at all is refused: it is none that torch.jit.save writes.
     """
     if allow:
         return
-    import torch
-
-    try:
-        reader = torch._C.PyTorchFileReader(io.BytesIO(blob))  # torch.jit.load's own reader
-        records = [name for name in reader.get_all_records() if name.endswith(".py")]
-    except Exception:  # not an archive: torch.jit.load reports it in its own words
-        return
-    if sum(reader.get_record_size(name) for name in records) > _MAX_CODE_BYTES:
-        raise AIError(f"TORCH: the model's code is larger than {_MAX_CODE_BYTES:,} bytes")
-    for name in records:
+    for name, text in _code_members(blob):
         try:
-            text = bytes(reader.get_record(name)).decode("utf-8")
             found = [
                 word for word in _code_names(text) if word in _TORCH_CODE_NAMES or word == "save"
             ]
-        except (UnicodeDecodeError, tokenize.TokenError, SyntaxError):
+        except (tokenize.TokenError, SyntaxError):
             raise AIError(f"TORCH: the model's code ({name}) cannot be read") from None
         if found:
             op = _TORCH_CODE_NAMES.get(found[0], "aten::save")
@@ -108,6 +128,9 @@ def check_torch_archive(blob: bytes, allow: bool) -> None:
 
 
 def _methods(module: Any) -> Iterator[tuple[str, Any]]:
+    # torch has no public way to list a loaded module's methods and hooks (a ScriptModule finds
+    # them by name in ``__getattr__`` only), so these read its C++ module (``_c``); the code scan
+    # above needs no private API.
     for name in module._c._method_names():
         yield name, module._c._get_method(name)
     for hook in [*module._c._get_forward_pre_hooks(), *module._c._get_forward_hooks()]:

@@ -1,0 +1,149 @@
+"""``aiworker gateway``: serve RedisAI's AI.* commands (and pass every other command to Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import click
+
+from aiworker.cli.common import make_settings, redis_options
+from aiworker.gateway import GatewayConfig, serve
+
+DEFAULTS = GatewayConfig()
+
+
+def _env(name: str) -> str:
+    return "AIWORKER_GATEWAY_" + name.upper()
+
+
+@click.command()
+@redis_options
+@click.option(
+    "--listen",
+    envvar=_env("listen"),
+    default=DEFAULTS.listen,
+    show_default=True,
+    help="host:port to listen on ('' with --unix-socket: no TCP).",
+)
+@click.option("--unix-socket", envvar=_env("unix_socket"), default="", help="Also listen here.")
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    envvar=_env("require_auth"),
+    help="Refuse everything but AUTH/HELLO until the client authenticated to Redis.",
+)
+@click.option(
+    "--emulate-cluster",
+    is_flag=True,
+    envvar=_env("emulate_cluster"),
+    help="Answer CLUSTER SLOTS/SHARDS/NODES/INFO as one shard at this address.",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar=_env("reuse_port"),
+    help="Share the port with other gateway processes (SO_REUSEPORT).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    envvar=_env("max_connections"),
+    default=DEFAULTS.max_connections,
+    show_default=True,
+)
+@click.option(
+    "--max-bulk-len",
+    type=click.IntRange(1),
+    envvar=_env("max_bulk_len"),
+    default=DEFAULTS.max_bulk,
+    show_default=True,
+    help="Longest argument in bytes (Redis' proto-max-bulk-len).",
+)
+@click.option(
+    "--max-args",
+    type=click.IntRange(1),
+    envvar=_env("max_args"),
+    default=DEFAULTS.max_args,
+    show_default=True,
+    help="Most arguments in a command.",
+)
+@click.option(
+    "--max-request",
+    type=click.IntRange(1),
+    envvar=_env("max_request"),
+    default=DEFAULTS.max_request,
+    show_default=True,
+    help="Largest command in bytes (all its arguments).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0),
+    envvar=_env("request_timeout"),
+    default=DEFAULTS.request_timeout,
+    show_default=True,
+    help="Seconds a command may take to arrive once started (0: no limit).",
+)
+@click.option(
+    "--reply-timeout",
+    type=click.FloatRange(0.1),
+    envvar=_env("reply_timeout"),
+    default=DEFAULTS.reply_timeout,
+    show_default=True,
+    help="Seconds an AI.* job without TIMEOUT may wait for a worker.",
+)
+@click.option(
+    "--tls-listen-cert",
+    envvar=_env("tls_cert"),
+    default="",
+    help="Certificate (PEM) to listen with TLS.",
+)
+@click.option("--tls-listen-key", envvar=_env("tls_key"), default="", help="Its private key.")
+@click.option(
+    "--tls-listen-ca-cert",
+    envvar=_env("tls_ca_cert"),
+    default="",
+    help="Require client certificates signed by this CA.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    envvar=_env("threads"),
+    default=DEFAULTS.threads,
+    show_default=True,
+    help="Threads for model/script stores (and every AI.* command on a cluster).",
+)
+def gateway(
+    config_file: str | None, redis_url: str | None, prefix: str | None, listen: str,
+    unix_socket: str, require_auth: bool, emulate_cluster: bool, reuse_port: bool,
+    max_connections: int, max_bulk_len: int, max_args: int, max_request: int,
+    request_timeout: float, reply_timeout: float, tls_listen_cert: str, tls_listen_key: str,
+    tls_listen_ca_cert: str, threads: int,
+) -> None:  # fmt: skip
+    """Serve RedisAI's commands to any Redis client: connect it here instead of to Redis."""
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
+    config = GatewayConfig(
+        listen=listen, unix_socket=unix_socket, max_connections=max_connections,
+        max_bulk=max_bulk_len, max_args=max_args, max_request=max_request,
+        request_timeout=request_timeout, require_auth=require_auth, tls_cert=tls_listen_cert,
+        tls_key=tls_listen_key, tls_ca_cert=tls_listen_ca_cert, emulate_cluster=emulate_cluster,
+        reuse_port=reuse_port, reply_timeout=reply_timeout, threads=threads,
+    )  # fmt: skip
+    if not listen and not unix_socket:
+        raise click.UsageError("give --listen or --unix-socket")
+    asyncio.run(_run(settings, config))
+
+
+async def _run(settings: object, config: GatewayConfig) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    task = asyncio.ensure_future(serve(settings, config))  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

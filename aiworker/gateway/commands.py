@@ -1,0 +1,108 @@
+"""An AI.* command as a client sent it (a list of ``bytes``) -> its typed request, checked. Pure code.
+
+RedisAI's syntax and errors come from ``aiworker.parser``, which reads text tokens (bytes that are
+not UTF-8 ride along as surrogate escapes). Escaping a binary blob costs ~50 ms per MB, so the
+two commands that carry large blobs skip it: AI.TENSORSET's BLOB is checked against the
+declared type and shape by the codec, and AI.MODELSTORE/MODELSET chunks go through the parser as
+one-byte stand-ins and are put back afterwards.
+
+Then the checks the workers apply to a job's names, applied to every command: names must be valid
+UTF-8, and no command may write one of aiworker's own keys (``aiworker:*``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from aiworker.parser import Command, parse
+from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
+from aiworker.parser.lexer import to_text
+from aiworker.parser.tensor import parse_tensorset
+from aiworker.protocol import tensor as codec
+from aiworker.protocol.entries import check_names
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+
+# Arguments at least this long are passed to the parser as stand-ins when they are blob chunks.
+LARGE_ARG = 4096
+_DATA_WORDS = (b"BLOB", b"VALUES")
+
+
+def is_ai_command(name: bytes) -> bool:
+    """Whether a command name is one the gateway answers itself (``AI.`` in any case)."""
+    return name[:3].upper() == b"AI."
+
+
+def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:
+    """The checked request of an AI.* command; ``AIError`` with RedisAI's message else."""
+    name = bytes(args[0]).upper()
+    if name == b"AI.TENSORSET":
+        command = _tensorset(args)
+    elif name in (b"AI.MODELSTORE", b"AI.MODELSET"):
+        command = _modelstore(args)
+    else:
+        command = parse([to_text(arg) for arg in args])
+    check(command, keyspace)
+    return command
+
+
+def _tensorset(args: Sequence[bytes]) -> Command:
+    """AI.TENSORSET with a BLOB as its last argument, the blob kept as bytes; any other form
+    through the parser."""
+    if len(args) < 6 or args[-2].upper() != b"BLOB":
+        return parse([to_text(arg) for arg in args])
+    if any(arg.upper() in _DATA_WORDS for arg in args[3:-2]):
+        return parse([to_text(arg) for arg in args])  # BLOB is not the first data keyword
+    head = parse_tensorset([to_text(arg) for arg in args[1:-2]])  # key, type, dims: checked
+    blob = bytes(args[-1])
+    codec.from_blob(head.dtype, head.shape, blob)  # length, BOOL and STRING checks
+    return TensorSet(head.key, head.dtype, head.shape, blob)
+
+
+def _modelstore(args: Sequence[bytes]) -> Command:
+    """AI.MODELSTORE/MODELSET with long arguments after a BLOB word replaced by stand-ins; the
+    real chunks are put back when the parser took exactly those arguments as the blob."""
+    words = [arg.upper() == b"BLOB" for arg in args]
+    blob_at = words.index(True, 3) if True in words[3:] else len(args)
+    large = [n for n in range(blob_at + 1, len(args)) if len(args[n]) >= LARGE_ARG]
+    if not large:
+        return parse([to_text(arg) for arg in args])
+    tokens = [("\0" if n in large else to_text(arg)) for n, arg in enumerate(args)]
+    command = parse(tokens)
+    assert isinstance(command, ModelStore)
+    stand_in = "".join(tokens[blob_at + 1 :]).encode("utf-8", "surrogateescape")
+    if command.blob != stand_in:  # the parser found the blob elsewhere: parse it all as text
+        return parse([to_text(arg) for arg in args])
+    return dataclasses.replace(command, blob=b"".join(bytes(a) for a in args[blob_at + 1 :]))
+
+
+def _utf8(name: str) -> None:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        shown = name.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise AIError(f"key name '{shown}' is not valid UTF-8") from None
+
+
+def _not_own(name: str, keyspace: Keys) -> None:
+    if keyspace.owns(name):
+        raise AIError(
+            f"WRONGTYPE '{name}' is one of aiworker's own keys ({keyspace.prefix}*): "
+            "a command may not write it"
+        )
+
+
+def check(command: Command, keyspace: Keys) -> None:
+    """The workers' rules for names: valid UTF-8; nothing written under aiworker's prefix."""
+    if isinstance(command, (ModelExecute, ScriptExecute, DagExecute)):
+        check_names(command, keyspace)
+        return
+    key = getattr(command, "key", None)
+    if key is None:
+        return
+    _utf8(key)
+    reads = (TensorGet, ModelGet, ScriptGet)
+    if not isinstance(command, reads) and not (isinstance(command, InfoGet) and not command.reset):
+        _not_own(key, keyspace)

@@ -1,0 +1,142 @@
+"""Commands out of a client's byte stream, checked before anything is allocated for them.
+
+Clients send arrays of bulk strings (``*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\na\\r\\n``) or, typed in
+telnet, inline commands (``GET a\\r\\n``). Everything a client sends is hostile until checked, so a
+small scanner reads only the headers first, as Redis does: an array longer than ``max_args``, a
+bulk longer than ``max_bulk`` or a command larger than ``max_request`` is refused as soon as its
+header arrives (before its bytes are buffered), with Redis' own ``Protocol error`` messages; the
+connection is then closed, as Redis closes it. Complete arrays are handed to hiredis's reader, which
+builds the argument lists in C; inline commands are split like ``redis-cli`` splits a line.
+"""
+
+from __future__ import annotations
+
+import hiredis
+
+from aiworker.parser.lexer import to_bytes, tokenize
+from aiworker.protocol.errors import AIError
+
+# Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
+MAX_LINE = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol or a limit; the message is Redis' (``Protocol error: ...``)
+    and the connection is closed after it is sent."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Protocol error: {detail}")
+
+
+def _count(line: bytes | bytearray) -> int | None:
+    """A header's decimal number (Redis' string2ll: digits with an optional minus), else None."""
+    digits = line[1:] if line[:1] == b"-" else line
+    if not digits or not digits.isdigit() or len(digits) > 19:
+        return None
+    return int(line)
+
+
+class RequestReader:
+    """Incremental reader of one client's commands: ``feed`` bytes, get the complete commands
+    (each a list of ``bytes`` arguments) that they finish."""
+
+    def __init__(self, max_bulk: int, max_args: int, max_request: int) -> None:
+        self.max_bulk = max_bulk
+        self.max_args = max_args
+        self.max_request = max_request
+        self._buf = bytearray()
+        self._pos = 0  # next header to read
+        self._frame = 0  # start of the array being read
+        self._left = -1  # bulk strings still to come in that array; -1: between commands
+        self._reader = hiredis.Reader()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a command not complete yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        """The commands completed by ``data``; ``ProtocolError`` when the client broke a rule
+        (the commands before it were returned by earlier calls or are lost with the
+        connection)."""
+        buf = self._buf
+        buf += data
+        commands: list[list[bytes]] = []
+        run = self._frame  # start of complete arrays not yet given to hiredis
+        pos, left, size = self._pos, self._left, len(buf)
+        while pos < size:
+            if left < 0:  # a command starts here
+                if buf[pos] != 42:  # not '*': an inline command
+                    self._flush(buf, run, pos, commands)
+                    eol = buf.find(b"\n", pos)
+                    if eol < 0:
+                        if size - pos > MAX_LINE:
+                            raise ProtocolError("too big inline request")
+                        break
+                    line = bytes(buf[pos:eol]).rstrip(b"\r")
+                    pos = run = eol + 1
+                    self._frame = pos
+                    self._inline(line, commands)
+                    continue
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if size - pos > MAX_LINE:
+                        raise ProtocolError("too big mbulk count string")
+                    break
+                count = _count(buf[pos + 1 : eol])
+                if count is None or count > self.max_args:
+                    raise ProtocolError("invalid multibulk length")
+                self._frame = pos
+                pos = eol + 2
+                left = count if count > 0 else -1
+                continue
+            if buf[pos] != 36:  # not '$'
+                raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if size - pos > MAX_LINE:
+                    raise ProtocolError("too big bulk count string")
+                break
+            length = _count(buf[pos + 1 : eol])
+            if length is None or length < 0 or length > self.max_bulk:
+                raise ProtocolError("invalid bulk length")
+            end = eol + 4 + length
+            if end - self._frame > self.max_request:
+                raise ProtocolError("request larger than the gateway's max-request")
+            if end > size:
+                break
+            pos = end
+            left -= 1
+            if left == 0:
+                left = -1
+        if left < 0:
+            self._frame = pos
+        self._flush(buf, run, self._frame, commands)
+        keep = self._frame
+        if keep:
+            del buf[:keep]
+        self._pos, self._left, self._frame = pos - keep, left, 0
+        return commands
+
+    def _flush(self, buf: bytearray, start: int, end: int, commands: list[list[bytes]]) -> None:
+        """Hand complete arrays ``buf[start:end]`` to hiredis and collect the commands."""
+        if end <= start:
+            return
+        reader = self._reader
+        reader.feed(buf, start, end - start)  # type: ignore[arg-type]
+        try:
+            while (args := reader.gets()) is not False:
+                if args:
+                    commands.append(args)
+        except hiredis.ProtocolError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def _inline(self, line: bytes, commands: list[list[bytes]]) -> None:
+        try:
+            tokens = tokenize(line.decode("utf-8", "surrogateescape"))
+        except AIError:
+            raise ProtocolError("unbalanced quotes in request") from None
+        if len(tokens) > self.max_args:
+            raise ProtocolError("invalid multibulk length")
+        if tokens:
+            commands.append([to_bytes(token) for token in tokens])

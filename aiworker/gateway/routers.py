@@ -1,0 +1,150 @@
+"""Which Redis connection of a client's carries each of its plain commands.
+
+``SingleRouter``: one connection, opened on the first plain command (a client that only sends AI.*
+commands costs Redis no connection). ``ClusterRouter``: one connection per master of a real Redis
+Cluster, each command sent to the master of its first key's slot, keyless ones to one master; a
+MOVED or ASK reply sends the command again where the cluster says, so the client sees one node. A
+transaction stays on one master: MULTI goes where the first keyed command pipelined after it goes,
+WATCH where its key lives, and everything until EXEC or DISCARD follows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .cluster import Node, SlotMap, command_keys, redirect_target
+from .upstream import Slot, Target, Upstream, hidden
+
+if TYPE_CHECKING:
+    from .session import Session
+
+_UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
+
+
+class SingleRouter:
+    """A client's one connection to a single Redis."""
+
+    def __init__(self, session: Session, target: Target, hello: list[list[bytes]]) -> None:
+        self.session = session
+        self.target = target
+        self.hello = hello
+        self.upstream: Upstream | None = None
+
+    def route(self, args: list[bytes], slot: Slot) -> Upstream:
+        if self.upstream is None:
+            self.upstream = Upstream(self.session, self.target, self.hello)
+        return self.upstream
+
+    def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
+        return False
+
+    def authenticated(self, credentials: list[bytes]) -> None:
+        """AUTH went through the one connection: nothing else to tell."""
+
+    def tunnel_upstream(self) -> Upstream:
+        assert self.upstream is not None
+        return self.upstream
+
+    def upstreams(self) -> list[Upstream]:
+        return [self.upstream] if self.upstream is not None else []
+
+    def flush(self) -> None:
+        if self.upstream is not None:
+            self.upstream.flush()
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class ClusterRouter:
+    """A client's connections to the masters of a Redis Cluster (see the module docstring)."""
+
+    def __init__(
+        self, session: Session, slots: SlotMap, target: Any, hello: list[list[bytes]]
+    ) -> None:
+        self.session = session
+        self.slots = slots
+        self.target_for = target  # Node -> Target
+        self.hello = list(hello)
+        self.connections: dict[Node, Upstream] = {}
+        self.pinned: Upstream | None = None
+        self.tunneled: Upstream | None = None
+        self.redirects: dict[int, int] = {}
+
+    def _upstream(self, node: Node) -> Upstream:
+        upstream = self.connections.get(node)
+        if upstream is None or upstream.closed:
+            upstream = Upstream(self.session, self.target_for(node), self.hello)
+            self.connections[node] = upstream
+        return upstream
+
+    def _node(self, args: list[bytes]) -> Node:
+        keys = command_keys(self.slots.keys, args)
+        return self.slots.node_of(keys[0]) if keys else self.slots.default()
+
+    def route(self, args: list[bytes], slot: Slot) -> Upstream:
+        name = args[0].upper()
+        slot.args = args
+        if self.pinned is not None:
+            upstream = self.pinned
+        elif name == b"MULTI":
+            keyed = next(
+                (a for a in self.session.waiting if command_keys(self.slots.keys, a)), None
+            )
+            upstream = self._upstream(self._node(keyed) if keyed else self.slots.default())
+            self.pinned = upstream
+        else:
+            upstream = self._upstream(self._node(args))
+            if name == b"WATCH":
+                self.pinned = upstream
+        if name in _UNPIN:
+            self.pinned = None
+        if slot.tunnel:
+            self.tunneled = upstream
+        upstream.flush()
+        return upstream
+
+    def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
+        """Send a command again after MOVED/ASK (not inside a transaction; at most 5 times)."""
+        found = redirect_target(data)
+        if found is None or slot.args is None or self.pinned is not None:
+            return False
+        count = self.redirects.get(id(slot), 0)
+        if count >= 5:
+            self.redirects.pop(id(slot), None)
+            return False
+        self.redirects[id(slot)] = count + 1
+        ask, node = found
+        if not ask:
+            self.slots.refresh_soon()
+        target = self._upstream(node)
+        if ask:
+            target.send([b"ASKING"], Slot(hook=hidden))
+        target.send(slot.args, slot)
+        target.flush()
+        return True
+
+    def authenticated(self, credentials: list[bytes]) -> None:
+        """AUTH reached one master: the others (open now or later) get it too."""
+        command = [b"AUTH", *credentials]
+        self.hello = [c for c in self.hello if c[0] != b"AUTH"] + [command]
+        for upstream in self.connections.values():
+            if not upstream.closed:
+                upstream.send(command, Slot(hook=hidden))
+                upstream.flush()
+
+    def tunnel_upstream(self) -> Upstream:
+        assert self.tunneled is not None
+        return self.tunneled
+
+    def upstreams(self) -> list[Upstream]:
+        return list(self.connections.values())
+
+    def flush(self) -> None:
+        for upstream in self.connections.values():
+            upstream.flush()
+
+    def close(self) -> None:
+        for upstream in self.connections.values():
+            upstream.close()

@@ -1,0 +1,206 @@
+"""``Gateway``: listens for Redis clients (TCP, TLS, unix socket) and gives each a ``Session``.
+
+The gateway keeps nothing a restart would lose: every session's state is Redis' (its connection's
+DB, user and transaction) or the client's, so any number of gateways can serve the same Redis,
+share a port (``reuse_port``: each process accepts its share) or stand behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.connection import parse_url
+
+from aiworker.protocol.keys import Keys
+from aiworker.settings import Settings, hide_password
+
+from . import resp
+from .aiclients import AIClients, Identity
+from .cluster import Node, SlotMap, emulated_reply
+from .config import GatewayConfig
+from .routers import ClusterRouter, SingleRouter
+from .session import Session
+from .upstream import Target
+
+log = logging.getLogger("aiworker.gateway")
+
+
+def _client_tls(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.tls_ca_cert or None)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    return context
+
+
+def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key or None)
+    if config.tls_ca_cert:
+        context.load_verify_locations(config.tls_ca_cert)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class Gateway:
+    """The RedisAI wire on stock Redis (see ``aiworker.gateway``)."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.keyspace = Keys(settings.prefix)
+        self.identity = Identity()
+        self.sessions: set[Session] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.cluster = False
+        self.slots: SlotMap | None = None
+        url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
+        self._target = Target(
+            url.get("host", "127.0.0.1"), int(url.get("port", 6379)), url.get("path"), self._tls
+        )
+        self._hello: list[list[bytes]] = []
+        if url.get("password"):
+            self._hello.append(
+                [b"AUTH", *([url["username"].encode()] if url.get("username") else []),
+                 url["password"].encode()]
+            )  # fmt: skip
+        if int(url.get("db", 0) or 0):
+            self._hello.append([b"SELECT", str(url["db"]).encode()])
+        self.ai: AIClients
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Find out what Redis is (a cluster?), then listen."""
+        kwargs: dict[str, Any] = {}
+        if self._tls is not None:
+            kwargs = {"ssl_ca_certs": self.settings.tls_ca_cert or None}
+            if self.settings.tls_cert:
+                kwargs |= {"ssl_certfile": self.settings.tls_cert}
+                kwargs |= {"ssl_keyfile": self.settings.tls_key or None}
+        seed = redis.asyncio.Redis.from_url(self.settings.redis_url, **kwargs)
+        try:
+            info = await seed.info("cluster")
+            self.cluster = bool(info.get("cluster_enabled"))
+        except redis.ResponseError:  # NOPERM: taken for a single Redis
+            self.cluster = False
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("Redis not reachable yet (%s): taking it for a single Redis", exc)
+        if self.cluster:
+            self.slots = SlotMap(seed)
+            await self.slots.load()
+        else:
+            await seed.aclose()
+        self.ai = AIClients(
+            self.settings, self.cluster, self.config.reply_timeout, self.config.threads
+        )
+        loop = asyncio.get_running_loop()
+        tls = _server_tls(self.config)
+        if self.config.listen:
+            self.servers.append(
+                await loop.create_server(
+                    lambda: Session(self),
+                    self.config.host,
+                    self.config.port,
+                    ssl=tls,
+                    reuse_port=self.config.reuse_port or None,
+                    backlog=1024,
+                )
+            )
+        if self.config.unix_socket:
+            self.servers.append(
+                await loop.create_unix_server(lambda: Session(self), self.config.unix_socket)
+            )
+        log.info(
+            "gateway on %s%s -> %s%s",
+            self.address_text(),
+            f" and {self.config.unix_socket}" if self.config.unix_socket else "",
+            hide_password(self.settings.redis_url),
+            " (Redis Cluster)" if self.cluster else "",
+        )
+
+    def address(self) -> tuple[str, int]:
+        """The TCP address listened on (the port picked when 0 was asked)."""
+        for server in self.servers:
+            for sock in getattr(server, "sockets", ()):
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    name = sock.getsockname()
+                    return str(name[0]), int(name[1])
+        return self.config.host, self.config.port
+
+    def address_text(self) -> str:
+        host, port = self.address()
+        return f"{host}:{port}"
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(server.serve_forever() for server in self.servers))
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+        await self.ai.close()
+        if self.slots is not None:
+            await self.slots.seed.aclose()
+
+    # sessions --------------------------------------------------------------------------------
+
+    def admit(self, session: Session) -> bool:
+        if len(self.sessions) >= self.config.max_connections:
+            return False
+        self.sessions.add(session)
+        return True
+
+    def forget(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    def router_for(self, session: Session) -> SingleRouter | ClusterRouter:
+        if self.slots is not None:
+            return ClusterRouter(session, self.slots, self._node_target, self._hello)
+        return SingleRouter(session, self._target, self._hello)
+
+    def _node_target(self, node: Node) -> Target:
+        return Target(node[0], node[1], None, self._tls)
+
+    def local_reply(self, session: Session, name: bytes, args: list[bytes]) -> bytes | None:
+        """Replies the gateway gives itself: QUIT, HELLO 3 (RESP2 only), and the cluster's
+        shape (with ``emulate_cluster``, or always before a real cluster)."""
+        if name == b"QUIT":
+            session.closing = True
+            return resp.OK
+        if name == b"HELLO" and len(args) > 1 and args[1].isdigit() and args[1] != b"2":
+            return b"-NOPROTO unsupported protocol version\r\n"
+        if self.config.emulate_cluster or self.cluster:
+            host, port = self._seen_address(session)
+            return emulated_reply(args, host, port)
+        return None
+
+    def _seen_address(self, session: Session) -> tuple[str, int]:
+        """The address the client reached the gateway at (what a cluster client must use)."""
+        if session.transport is not None:
+            name = session.transport.get_extra_info("sockname")
+            if isinstance(name, tuple) and len(name) >= 2:
+                return str(name[0]), int(name[1])
+        return self.address()
+
+
+async def serve(settings: Settings, config: GatewayConfig) -> None:
+    """Run a gateway until cancelled."""
+    gateway = Gateway(settings, config)
+    await gateway.start()
+    try:
+        await gateway.serve_forever()
+    finally:
+        await gateway.close()

@@ -1,0 +1,187 @@
+"""Each AI.* command carried out over aiworker's hashes and streams, replying as RedisAI 1.2.7 did.
+
+``reply_plan`` is a plan (``storage.plans``) built from the client's own plans (``client.ops``,
+``model_ops``, ``script_ops``, ``job_ops``), so the blocking, cluster and asyncio clients all drive
+it: the gateway on asyncio (or in a thread on a cluster), ``aiworker exec`` on the blocking client.
+It returns the reply as ``resp`` values: bulk strings for every text field, integers for dims and
+counters, ``Status`` for RedisAI's simple strings (``OK``, ``NA``, ``TIMEDOUT``), ``ErrorReply`` for
+a failed DAG op; a failed command raises (``error_reply`` gives its reply).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import redis
+
+from aiworker.client import job_ops, model_ops, ops, raw, script_ops
+from aiworker.client.ops import CONFIG_NAMES, State
+from aiworker.parser import Command
+from aiworker.parser.commands import (
+    ConfigCommand,
+    InfoGet,
+    ModelDel,
+    ModelGet,
+    ModelScan,
+    ModelStore,
+    ScriptDel,
+    ScriptGet,
+    ScriptScan,
+    ScriptStore,
+)
+from aiworker.protocol import replies
+from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
+from aiworker.storage import stats, tensor_io
+from aiworker.storage.plans import Plan
+
+from .resp import ErrorReply, Status
+
+OK = Status("OK")
+STORES = (ModelStore, ScriptStore)
+
+
+def reply_plan(state: State, cmd: Command) -> Plan[Any]:
+    """Carry out ``cmd``; the plan returns RedisAI's reply (``state`` must be ``raw``)."""
+    if isinstance(cmd, (ModelExecute, ScriptExecute, DagExecute)):
+        return (yield from _job(state, cmd))
+    if isinstance(cmd, TensorSet):
+        yield from tensor_io.write_plan(cmd.key, cmd.array(), state.keyspace)
+        return OK
+    if isinstance(cmd, TensorGet):
+        return (yield from _tensorget(cmd))
+    if isinstance(cmd, (ModelStore, ModelGet, ModelDel, ModelScan)):
+        return (yield from _model(state, cmd))
+    if isinstance(cmd, (ScriptStore, ScriptGet, ScriptDel, ScriptScan)):
+        return (yield from _script(state, cmd))
+    if isinstance(cmd, InfoGet):
+        if cmd.reset:
+            yield from stats.reset_plan(state.keyspace, cmd.key)
+            return OK
+        return raw.info_reply((yield from stats.info_plan(state.keyspace, cmd.key)))
+    assert isinstance(cmd, ConfigCommand)
+    return (yield from _config(state, cmd))
+
+
+def _tensorget(cmd: TensorGet) -> Plan[Any]:
+    if not cmd.data:  # META alone: the blob is not read
+        dtype, shape = yield from tensor_io.read_meta_plan(cmd.key)
+        return [b"dtype", dtype.encode(), b"shape", list(shape)]
+    array = yield from tensor_io.read_plan(cmd.key)
+    return raw.tensor_reply(array, cmd.meta, cmd.data)
+
+
+def _model(state: State, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Plan[Any]:
+    if isinstance(cmd, ModelStore):
+        op = model_ops.modelstore(
+            state, cmd.key, cmd.backend, cmd.device, cmd.blob, batch=cmd.batchsize,
+            minbatch=cmd.minbatchsize, minbatchtimeout=cmd.minbatchtimeout, tag=cmd.tag,
+            inputs=list(cmd.inputs) or None, outputs=list(cmd.outputs) or None,
+            verify=partial(job_ops.verify_plan, state),
+        )  # fmt: skip
+        yield from op.plan
+        return OK
+    if isinstance(cmd, ModelDel):
+        yield from model_ops.modeldel(state, cmd.key).plan
+        return OK
+    if isinstance(cmd, ModelScan):
+        found = yield from model_store.scan_plan(state.keyspace)
+        return [[key.encode(), tag.encode()] for key, tag in found]
+    reply = yield from model_ops.modelget(state, cmd.key, meta_only=not cmd.blob).plan
+    return reply if cmd.meta else reply[-1]
+
+
+def _script(state: State, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan) -> Plan[Any]:
+    if isinstance(cmd, ScriptStore):
+        op = script_ops.scriptstore(
+            state, cmd.key, cmd.device, cmd.source, list(cmd.entry_points), cmd.tag or None,
+            legacy=cmd.deprecated,
+        )  # fmt: skip
+        yield from op.plan
+        return OK
+    if isinstance(cmd, ScriptDel):
+        yield from script_ops.scriptdel(state, cmd.key).plan
+        return OK
+    if isinstance(cmd, ScriptScan):
+        found = yield from script_store.scan_plan(state.keyspace)
+        return [[key.encode(), tag.encode()] for key, tag in found]
+    reply = yield from script_ops.scriptget(state, cmd.key, meta_only=not cmd.source).plan
+    return reply if cmd.meta else reply[-1]
+
+
+def _config(state: State, cmd: ConfigCommand) -> Plan[Any]:
+    if cmd.action == "LOADBACKEND":
+        yield from ops.loadbackend(state, cmd.name, cmd.value or "").plan
+        return OK
+    if cmd.action == "GET":
+        if cmd.name not in CONFIG_NAMES:
+            return None
+        value = yield from ops.config_value_plan(state, cmd.name)
+        return value if isinstance(value, int) or value is None else str(value).encode()
+    yield from ops.config(state, cmd.name, cmd.value).plan
+    return OK
+
+
+def _job(state: State, cmd: ModelExecute | ScriptExecute | DagExecute) -> Plan[Any]:
+    reply = yield from job_ops.submit_plan(state, cmd)
+    status = reply.get("status")
+    if status == "timedout":
+        return Status("TIMEDOUT")
+    results = reply.get("results")
+    if results is None:
+        if status == "ok":
+            return OK
+        raise replies.error_of(str(reply.get("error") or "job failed"))
+    assert isinstance(cmd, DagExecute)
+    out = []
+    for op, result in zip(cmd.ops, results, strict=True):
+        out.append((yield from _dag_entry(op, result)))
+    return out
+
+
+def _dag_entry(op: Any, result: Any) -> Plan[Any]:
+    """One op's part of a DAG's reply: OK/NA, the op's error, or a TENSORGET's tensor."""
+    if isinstance(result, dict) and "error" in result:
+        return ErrorReply(str(result["error"]))
+    if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):
+        if "key" in result:  # a JSON reply spilled a large tensor to a key
+            stored = yield from tensor_io.read_plan(str(result["key"]))
+            return raw.tensor_reply(stored, op.meta, op.data)
+        dtype, shape, array = replies.decode_tensor(result, _no_key)
+        if array is None:
+            return [b"dtype", dtype.encode(), b"shape", list(shape)]
+        return raw.tensor_reply(array, op.meta, op.data)
+    return Status(str(result))
+
+
+def _no_key(key: str) -> Any:
+    raise AssertionError(f"unexpected spilled tensor {key}")
+
+
+# errors --------------------------------------------------------------------------------------
+
+# redis-py strips these codes from the errors it raises; the client must see them again.
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+)
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    """The error reply for an exception raised while carrying out a command."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        if "required" in message:
+            return ErrorReply("NOAUTH " + message)
+        return ErrorReply("WRONGPASS " + message)
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return ErrorReply(f"{code} {message}")
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return ErrorReply(f"gateway: Redis unreachable ({message})")
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        return ErrorReply(f"gateway: Redis timed out ({message})")
+    return ErrorReply(message)

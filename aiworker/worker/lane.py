@@ -1,0 +1,581 @@
+"""A device lane: one device's work inside a worker process, as a pipeline whose stages overlap.
+
+    read entries + their inputs ──▶ batcher ──▶ run on the device ──▶ complete (outputs, reply)
+    (consume, execution.state)      (batching)   (THREADS_PER_QUEUE     (complete)
+                                                  runs in flight)
+
+THREADS_PER_QUEUE keeps RedisAI's meaning: how many runs a device has in flight at once (a
+*slot* each, like Triton's instance count). The lane has more threads than slots, and every
+thread does whatever is most urgent, in this order:
+
+1. a batch ready in the batcher while a slot is free: run it (a single job is a batch of one);
+2. local work (entries reclaimed from a dead worker, a job whose inputs did not fit its read);
+3. read: new entries and, in one more round trip, everything they need (``state.read``), while
+   the lane holds fewer units than ``2 x slots`` (one running and one ready per slot).
+
+A thread that finished a run gives its slot back *before* it completes the job, so another thread
+starts the next unit on the device while the first writes the outputs and the reply; and the next
+job's inputs are read while the current one runs. A worker with requests waiting is therefore never
+idle, and in the simple case (one request at a time) one thread reads, runs and completes a job
+with no hand-off at all.
+
+Every job is a ``JobRun`` (``execution.job``): its model and script ops are ``Member`` units in the
+lane of their device (lanes for devices this process does not read are made on first use, with run
+threads only). A unit that finishes hands its job the result, and the job's next ops go to their
+lanes; no thread waits for a job, so a DAG op waiting for its batch partners pins nothing and is
+not "running" for the hung-job watchdog.
+
+Reading ahead for a batching model is bounded by what this worker can start soon: up to the room
+left in the batch that is forming, and, when other live workers serve the same queue, no more than
+this worker's share of what is queued (XINFO GROUPS' lag divided by the live workers), so one
+worker never takes a whole queue. What may wait in the batcher is capped (``max_batch_waiting``,
+``max_batch_waiting_bytes``): beyond it, the oldest group runs as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from aiworker.execution import limits, state
+from aiworker.execution.batching import Batch, Batcher, Member, MemberResult, run_batch
+from aiworker.execution.executor import Executor, Run
+from aiworker.execution.outcome import Outcome, error_text
+from aiworker.parser.entry import decode_entry
+from aiworker.protocol.entries import reply_format_of, reply_key_of
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import Job
+from aiworker.protocol.slots import check_slot
+from aiworker.storage.wire import JobConnection, JobConnections
+from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.consume import Consumer, Entry, share_of
+from aiworker.worker.leases import HeldEntries
+from aiworker.worker.metrics import WorkerMetrics
+from aiworker.worker.running import RunningJobs
+
+log = logging.getLogger("aiworker.worker")
+Task = Callable[[JobConnection], None]
+# Longest a thread sleeps before looking again at a batcher that holds requests.
+BATCH_POLL_SECONDS = 0.05
+# How long a thread with nothing to do waits before looking again (a stop, a deadline).
+IDLE_POLL_SECONDS = 0.5
+# A run at least this long (its model's last run) has another thread read the next jobs meanwhile;
+# below it, waking a thread costs more than it saves (the interpreter lock changes hands twice).
+READ_MEANWHILE_S = 0.002
+
+
+@dataclass(eq=False)
+class Ticket:
+    """What completing a job needs besides its outcome: where its entry came from."""
+
+    lane: Lane  # the lane that read it (its in-flight count)
+    fields: Mapping[Any, Any]
+    started: float  # when this worker took it (time.time())
+    queue: str  # the stream it was read from
+    expect: list[tuple[str, bytes]] = field(default_factory=list)
+    abandoned: bool = False  # let go (Redis lost mid-run): never completed here
+
+
+@dataclass(frozen=True)
+class LaneOptions:
+    slots: int  # THREADS_PER_QUEUE: runs in flight
+    threads: int  # threads (slots plus those that read and complete meanwhile)
+    block_ms: int
+    max_waiting: int = 0
+    max_waiting_bytes: int = 0
+
+
+class Lane:
+    """The work of one device in one worker process (see the module docstring)."""
+
+    def __init__(
+        self,
+        device: str,
+        keys: Keys,
+        executor: Executor,
+        completer: Completer,
+        wires: JobConnections,
+        held: HeldEntries,
+        metrics: WorkerMetrics,
+        options: LaneOptions,
+        stop: threading.Event,
+        streams: Sequence[str] = (),
+        cluster: bool = False,
+        worker_name: str = "",
+    ) -> None:
+        self.device = device
+        self.keys = keys
+        self.queue = keys.queue(device)
+        self.queues = list(streams)  # read by this process (none: an execution-only lane)
+        self.executor = executor
+        self.completer = completer
+        self.wires = wires
+        self.held = held
+        self.metrics = metrics
+        self.options = options
+        self.stop = stop
+        self.cluster = cluster
+        self.worker_name = worker_name
+        self._entry_limit = max(limits.MAX_ENTRY_BYTES, executor.limits.max_model_bytes)
+        self.lanes: Callable[[str], Lane] = lambda device: self
+        self.peers: Callable[[], int] = lambda: 1  # live workers serving this queue
+        self.on_lost: Callable[[], None] = lambda: None  # its stream vanished (a flush)
+        self.running = RunningJobs()
+        self._cond = threading.Condition()
+        self._batcher = Batcher(options.max_waiting, options.max_waiting_bytes)
+        self._free = options.slots
+        self._tasks: deque[Task] = deque()
+        self._reading: set[str] = set()  # streams a thread reads now (one reader each)
+        self._inflight = 0  # jobs read by this lane and not completed yet
+        self._threads: list[threading.Thread] = []
+        self._idents: set[int] = set()
+        self._run_s: dict[str, float] = {}  # model or script key -> its last run (seconds)
+        self.consumers: list[str] = []
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        count = self.options.threads if self.queues else self.options.slots
+        for n in range(count):
+            name = f"{self.worker_name}:{self.device}:{n}"
+            consumer = None
+            if self.queues:
+                self.consumers.append(name)
+                streams = share_of(self.queues, count, n)
+                consumer = Consumer(name, streams, self.held, self.metrics, self.stop, self._lost)
+            thread = threading.Thread(
+                target=self._serve,
+                args=(consumer,),
+                name=f"aiworker-{self.device}-{n}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing left in hand (a graceful stop ends when every lane is idle)."""
+        with self._cond:
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return (
+            not self._tasks
+            and not self._batcher
+            and self._free == self.options.slots
+            and self._inflight == 0
+        )
+
+    def accept(self, entries: Sequence[Entry], queue: str | None = None) -> None:
+        """Entries this process took from ``queue`` outside the lane's reads (reclaimed from a
+        dead consumer): a lane thread runs them."""
+        self._later(entries, queue or self.queue)
+
+    def waiting_entry_ids(self) -> list[str]:
+        """Entries whose jobs were read and prepared, waiting for the device (or partners)."""
+        with self._cond:
+            return self._batcher.held_entry_ids()
+
+    def held_entry_ids(self) -> list[str]:
+        with self._cond:
+            ids = self._batcher.held_entry_ids() + self.running.entry_ids()
+        return list(dict.fromkeys(ids))
+
+    def running_since(self) -> list[tuple[list[str], float]]:
+        """(entry ids, monotonic start) of every run on the device now (for the watchdog)."""
+        return self.running.since()
+
+    # what a thread does ------------------------------------------------------------------------
+
+    def _serve(self, consumer: Consumer | None) -> None:
+        self._idents.add(threading.get_ident())
+        conn = self.wires.get()
+        while True:
+            work = self._next(consumer)
+            if work is None:
+                return
+            try:
+                work(conn)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.metrics.redis_errors.labels("job").inc()
+                log.warning("%s: lost Redis while working (%s); entries will be reclaimed",
+                            self.queue, exc)  # fmt: skip
+                self.stop.wait(1.0)
+            except Exception:
+                log.exception("%s: work failed", self.queue)
+                self.stop.wait(0.1)
+
+    def _next(self, consumer: Consumer | None) -> Task | None:
+        """The most urgent work (see the module docstring), waiting for some; None: stop."""
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._batcher:
+                    expired = self._batcher.expired(now)
+                    if expired:
+                        return lambda conn: self._expired(conn, expired)
+                    if self._free > 0:
+                        force = self.stop.is_set()
+                        batch = self._batcher.take(now, force=force)
+                        if batch is not None:
+                            self._free -= 1
+                            return lambda conn: self._run(conn, batch)
+                if self._tasks:
+                    return self._tasks.popleft()
+                if consumer is not None and self._may_read(consumer):
+                    self._reading.update(consumer.streams)
+                    return lambda conn: self._read(conn, consumer)
+                if self.stop.is_set() and self._idle():
+                    self._cond.notify_all()
+                    return None
+                self._cond.wait(self._wait_s(now))
+
+    def _may_read(self, consumer: Consumer) -> bool:
+        """Read only what can start soon: one unit ready per slot beyond those running; and one
+        reader per stream at a time."""
+        if self.stop.is_set() or not self._reading.isdisjoint(consumer.streams):
+            return False
+        if self._batcher.overfull():
+            return False
+        return self._free > 0 or len(self._batcher) < self.options.slots
+
+    def _wait_s(self, now: float) -> float:
+        if not self._batcher:
+            return IDLE_POLL_SECONDS
+        wakeup = self._batcher.next_wakeup()
+        wait = BATCH_POLL_SECONDS if wakeup is None else wakeup - now
+        return max(0.001, min(wait, BATCH_POLL_SECONDS))
+
+    def _room(self) -> int:
+        """How many units reading may add now (lock held)."""
+        return max(
+            1, 2 * self.options.slots - (self.options.slots - self._free) - len(self._batcher)
+        )
+
+    # reading -------------------------------------------------------------------------------
+
+    def _read(self, conn: JobConnection, consumer: Consumer) -> None:
+        try:
+            with self._cond:
+                count = self._room()
+            stream, entries = consumer.next(conn, count, self._block_ms())
+            while entries:
+                batching = self.process(conn, entries, stream)
+                room = self._batch_room(batching)
+                if room <= 0 or self.stop.is_set():
+                    break
+                room = self._share(conn, consumer, stream, room)
+                entries = consumer.read(conn, room, None, stream) if room > 0 else []
+        finally:
+            with self._cond:
+                self._reading.difference_update(consumer.streams)
+                if self._free > 1 and len(self._batcher) > 1:
+                    self._cond.notify()  # more than this thread can start at once
+
+    def _block_ms(self) -> int:
+        """How long a read may block: shorter while the batcher holds requests, whose
+        MINBATCHTIMEOUT or TIMEOUT must not wait for the next entry to arrive."""
+        with self._cond:
+            if not self._batcher:
+                return self.options.block_ms
+            return max(1, min(self.options.block_ms, int(self._wait_s(time.monotonic()) * 1000)))
+
+    def _batch_room(self, models: set[str]) -> int:
+        """Room left in the forming batches of the batching models just read (0: none), within
+        what the batcher may hold."""
+        if not models:
+            return 0
+        with self._cond:
+            room = 0
+            for key in models:
+                batchsize = self._batcher.batchsize(key)
+                if batchsize:
+                    room = max(room, batchsize - self._batcher.waiting(key))
+            return min(room, self._batcher.room())
+
+    def _share(self, conn: JobConnection, consumer: Consumer, stream: str, room: int) -> int:
+        """At most this worker's share of what is queued, when other workers serve the queue."""
+        peers = self.peers()
+        if peers <= 1:
+            return room
+        lag = consumer.lag(conn, stream)
+        if lag is None:
+            return min(room, 1)
+        return min(room, math.ceil(lag / peers))
+
+    def process(self, conn: JobConnection, entries: Sequence[Entry], queue: str) -> set[str]:
+        """Decode entries taken from ``queue``, read what their jobs need in one round trip, and
+        start them (or answer them: malformed, timed out, forwarded). Returns the keys of the
+        batching models they went to."""
+        kept: set[str] = set()
+        try:
+            return self._process(conn, entries, queue, kept)
+        except BaseException:
+            # not started: the entries are let go (their leases lapse and they are reclaimed)
+            self.held.discard_all(queue, [eid for eid, _ in entries if eid not in kept])
+            raise
+
+    def _process(
+        self, conn: JobConnection, entries: Sequence[Entry], queue: str, kept: set[str]
+    ) -> set[str]:
+        started = time.time()
+        answered: list[Finished] = []
+        jobs: list[tuple[Job, Ticket]] = []
+        for entry_id, fields in entries:
+            try:
+                structured = b"job" in fields or "job" in fields  # only these carry a model blob
+                size = limits.check_entry(fields, self._entry_limit if structured else 0)
+                job = decode_entry(entry_id, fields, self.keys)
+                limits.check_entry_for(job.request.op, size)
+                if self.cluster:
+                    check_slot(job.request, job.reply)
+            except Exception as exc:  # any malformed entry: its requester is told, alone
+                error = str(exc) if isinstance(exc, AIError) else f"malformed job entry: {exc!r}"
+                outcome = Outcome.failed(error)
+                reply, fmt = reply_key_of(fields, self.keys), reply_format_of(fields)
+                answered.append(Finished(entry_id, outcome, None, reply, fmt, started, queue=queue))
+                continue
+            ticket = Ticket(self, fields, started, queue)
+            if job.deadline_ms is not None and started * 1000 > job.deadline_ms:
+                answered.append(self._finished(job, ticket, Outcome("timedout")))
+            else:
+                jobs.append((job, ticket))
+        runs: list[Run] = []
+        for (job, ticket), prepared in zip(jobs, self._prepare(conn, jobs), strict=True):
+            if prepared is None:  # its tensors did not fit this read: read them on their own
+                self._later([(job.entry_id, ticket.fields)], queue)
+                kept.add(job.entry_id)
+            elif isinstance(prepared, Outcome):
+                answered.append(self._finished(job, ticket, prepared))
+            else:
+                prepared.ticket = ticket
+                runs.append(prepared)
+                kept.add(job.entry_id)
+        if answered:
+            self._complete(conn, answered)
+        with self._cond:
+            self._inflight += len(runs)
+        batching: set[str] = set()
+        for run in runs:
+            members = self._start(conn, run)
+            batching.update(m.model_key for m in members if m.batching)
+        return batching
+
+    def _prepare(
+        self, conn: JobConnection, jobs: Sequence[tuple[Job, Ticket]]
+    ) -> list[Run | Outcome | None]:
+        """Read every job's state in one round trip and prepare it (None: read it again alone)."""
+        if not jobs:
+            return []
+        requests = [job.request for job, _ in jobs]
+        executor = self.executor
+        try:
+            snapshots = state.read(conn, requests, executor.limits, executor.metas)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # the entries stay pending and run again
+        except Exception as exc:  # e.g. the worker's ACL denies one key: each job on its own
+            if len(jobs) > 1:
+                return [self._prepare(conn, [one])[0] for one in jobs]
+            return [Outcome.failed(failure_text(exc))]
+        prepared: list[Run | Outcome | None] = []
+        for (job, ticket), snapshot in zip(jobs, snapshots, strict=True):
+            if snapshot.deferred:  # alone, a job always fits its own read
+                prepared.append(None)
+                continue
+            try:
+                ticket.expect = snapshot.expect
+                prepared.append(executor.prepare(job, snapshot, self.device))
+            except Exception as exc:  # a bug: this job's error, not its neighbours'
+                log.exception("%s: preparing %s failed", self.queue, job.entry_id)
+                prepared.append(Outcome.failed(failure_text(exc)))
+        return prepared
+
+    def _later(self, entries: Sequence[Entry], queue: str) -> None:
+        def task(conn: JobConnection) -> None:
+            self.process(conn, entries, queue)
+
+        with self._cond:
+            self._tasks.append(task)
+            self._cond.notify()
+
+    # running -----------------------------------------------------------------------------------
+
+    def _start(self, conn: JobConnection, run: Run) -> list[Member]:
+        """Start a job's run: its first units go to their lanes (or it ends at once)."""
+        try:
+            members = run.start()
+        except Exception as exc:  # a bug: this job's error
+            log.exception("%s: starting %s failed", self.queue, run.entry_id)
+            run.failed_early = failure_text(exc)
+            members = []
+        self._submit(members)
+        if run.finished:
+            self._complete_runs(conn, [run])
+        return members
+
+    def _submit(self, members: Sequence[Member]) -> None:
+        """Units to their device's lane."""
+        for member in members:
+            _run, op = member.context
+            device = op.device if op is not None else self.device
+            lane = self if device == self.device else self.lanes(device)
+            lane.put(member)
+
+    def put(self, member: Member) -> None:
+        with self._cond:
+            self._batcher.add(member)
+            # A lane thread that put it takes it itself once it is done reading (after filling
+            # a batch with what else is queued): a unit from elsewhere wakes a thread.
+            if threading.get_ident() not in self._idents:
+                self._cond.notify()
+
+    def _run(self, conn: JobConnection, batch: Batch) -> None:
+        """Run one batch on the device, give the slot back, then finish its members' jobs."""
+        ids = [m.entry_id for m in batch.members if m.entry_id]
+        for member in batch.members:
+            ticket: Ticket | None = member.context[0].ticket
+            if ticket is not None and self.held.running(ticket.queue, member.context[0].entry_id):
+                self.completer.started(ticket.queue, member.context[0].job, ticket.started)
+        self._reader_meanwhile(batch)
+        started = time.perf_counter()
+        try:
+            with self.running.track(ids):
+                results = run_batch(self.executor.models, batch)
+        except BaseException as exc:
+            results = [MemberResult(None, failure_text(exc), counted=False)] * len(batch.members)
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                self._release(batch)
+                self._abandon(batch)
+                raise
+        self._run_s[batch.members[0].model_key] = time.perf_counter() - started
+        self._release(batch)
+        follow: list[Member] = []
+        done: list[Run] = []
+        for member, result in zip(batch.members, results, strict=True):
+            run, op = member.context
+            follow += run.op_done(op, result, member, batch)
+            if run.finished and run not in done:
+                done.append(run)
+        self._submit(follow)
+        if done:
+            self._complete_runs(conn, done)
+
+    def _reader_meanwhile(self, batch: Batch) -> None:
+        """Wake a thread to read the next jobs while this run takes the device, when nobody
+        reads now and the run is long enough for that to pay (its model's last run took
+        READ_MEANWHILE_S or more; a trivial job is read, run and completed by one thread)."""
+        if not self.queues or self._run_s.get(batch.members[0].model_key, 1.0) < READ_MEANWHILE_S:
+            return
+        with self._cond:
+            if not self._reading:
+                self._cond.notify()
+
+    def _release(self, batch: Batch) -> None:
+        with self._cond:
+            self._free += 1
+            self._batcher.finished(batch)
+            if self._batcher or self._tasks:
+                self._cond.notify()
+
+    def _abandon(self, batch: Batch) -> None:
+        """Redis was lost mid-run: the entries are let go, to be reclaimed and run again."""
+        for member in batch.members:
+            run, _op = member.context
+            ticket: Ticket | None = run.ticket
+            if ticket is not None and not ticket.abandoned:
+                ticket.abandoned = True
+                self.held.discard(ticket.queue, run.entry_id)
+                ticket.lane._done(1)
+
+    def _expired(self, conn: JobConnection, members: list[Member]) -> None:
+        done: list[Run] = []
+        for member in members:
+            run, op = member.context
+            run.op_expired(op)
+            if run.finished and run not in done:
+                done.append(run)
+        if done:
+            self._complete_runs(conn, done)
+
+    # completing ----------------------------------------------------------------------------
+
+    def _finished(self, job: Job, ticket: Ticket, outcome: Outcome) -> Finished:
+        return Finished(
+            job.entry_id,
+            outcome,
+            job,
+            job.reply,
+            job.fmt,
+            ticket.started,
+            ticket.fields,
+            [],
+            ticket.expect,
+            ticket.queue,
+        )
+
+    def _complete_runs(self, conn: JobConnection, runs: Sequence[Run]) -> None:
+        """Complete finished jobs (whichever lane read them), grouped by the lane that did."""
+        by_lane: dict[Lane, list[Finished]] = {}
+        for run in runs:
+            ticket: Ticket = run.ticket
+            if ticket.abandoned:
+                continue
+            early = getattr(run, "failed_early", "")
+            outcome = Outcome.failed(early) if early else run.outcome()
+            by_lane.setdefault(ticket.lane, []).append(self._finished(run.job, ticket, outcome))
+        for lane, finished in by_lane.items():
+            try:
+                lane._complete(conn, finished)
+            finally:
+                lane._done(len(finished))
+
+    def _done(self, count: int) -> None:
+        with self._cond:
+            self._inflight -= count
+            if self.stop.is_set():
+                self._cond.notify_all()
+
+    def _complete(self, conn: JobConnection, finished: Sequence[Finished]) -> None:
+        """Complete entries, each on the stream it came from."""
+        by_queue: dict[str, list[Finished]] = {}
+        for item in finished:
+            by_queue.setdefault(item.queue or self.queue, []).append(item)
+        for queue, items in by_queue.items():
+            try:
+                results = self.completer.complete(conn, queue, items)
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise  # not applied: the entries stay pending and run again
+            except redis.RedisError:
+                log.exception("%s: completing %s failed", queue, [f.entry_id for f in items])
+                continue
+            for item, result in zip(items, results, strict=True):
+                if result.refused == "STALE":
+                    # its model was stored anew while it ran: run it again
+                    self.executor.metas.drop(result.key)
+                    self._later([(item.entry_id, item.fields)], queue)
+
+    def _lost(self) -> None:
+        self.on_lost()
+
+
+def failure_text(exc: BaseException) -> str:
+    """A reply's text for an exception: RedisAI's message, or an internal error's type."""
+    if isinstance(exc, (AIError, redis.ResponseError)):
+        return error_text(exc)
+    return f"internal error: {type(exc).__name__}: {error_text(exc)}"

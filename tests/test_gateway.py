@@ -1,0 +1,497 @@
+"""``aiworker gateway`` driven by redis-py's ``execute_command``: every AI.* command with RedisAI's
+reply types and errors, pass-through, pipelines mixing both, MULTI/EXEC, BLPOP, SUBSCRIBE, AUTH
+and SELECT, a client leaving mid-pipeline. The gateway runs in this process on its own event loop
+(``running_gateway``), in front of the session's private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from conftest import stub_blob, wait_until
+
+from aiworker import Client, Settings, Worker
+from aiworker.gateway import Gateway, GatewayConfig
+
+# helpers shared by the other test_gateway* modules ---------------------------------------
+
+
+@contextmanager
+def running_gateway(settings: Settings, **config: Any) -> Iterator[Gateway]:
+    """A gateway on a free port, served by an event loop in a thread of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
+    thread.start()
+    gateway = Gateway(settings, GatewayConfig(listen="127.0.0.1:0", **config))
+    asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(30)
+    try:
+        yield gateway
+    finally:
+        asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def connect(gateway: Gateway, **kwargs: Any) -> redis.Redis:
+    host, port = gateway.address()
+    return redis.Redis(host=host, port=port, socket_timeout=30, protocol=2, **kwargs)
+
+
+def raw_socket(gateway: Gateway) -> socket.socket:
+    sock = socket.create_connection(gateway.address(), timeout=10)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+@pytest.fixture
+def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
+    with running_gateway(settings) as gw:
+        yield gw
+
+
+@pytest.fixture
+def con(gateway: Gateway) -> Iterator[redis.Redis]:
+    c = connect(gateway)
+    yield c
+    c.close()
+
+
+def cmd(con: redis.Redis, *args: Any) -> Any:
+    return con.execute_command(*args)
+
+
+def error_of(con: redis.Redis, *args: Any) -> str:
+    with pytest.raises(redis.ResponseError) as info:
+        con.execute_command(*args)
+    return str(info.value)
+
+
+# tensors ---------------------------------------------------------------------------------
+
+
+def test_tensorset_and_tensorget_reply_types(con: redis.Redis, client: Client) -> None:
+    assert cmd(con, "AI.TENSORSET", "t", "FLOAT", 2, 2, "VALUES", 1, 2, 3, 4) == b"OK"
+    assert cmd(con, "AI.TENSORGET", "t", "META") == [b"dtype", b"FLOAT", b"shape", [2, 2]]
+    blob = np.array([[1, 2], [3, 4]], np.float32).tobytes()
+    assert cmd(con, "AI.TENSORGET", "t", "BLOB") == blob
+    assert cmd(con, "AI.TENSORGET", "t") == [b"dtype", b"FLOAT", b"shape", [2, 2], b"blob", blob]
+    assert cmd(con, "AI.TENSORGET", "t", "META", "VALUES") == [
+        b"dtype", b"FLOAT", b"shape", [2, 2], b"values", [b"1", b"2", b"3", b"4"],
+    ]  # fmt: skip
+    assert cmd(con, "AI.TENSORGET", "t", "VALUES") == [b"1", b"2", b"3", b"4"]
+    # the tensor is the user's key: the Python client and plain commands see it
+    assert client.tensorget("t").tolist() == [[1, 2], [3, 4]]
+    assert cmd(con, "TYPE", "t") == b"hash"
+    assert cmd(con, "EXISTS", "t") == 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "expected"),
+    [
+        ("DOUBLE", ["0.5", "-1"], [b"0.5", b"-1"]),
+        ("INT8", ["-3", "4"], [-3, 4]),
+        ("INT16", ["300", "-2"], [300, -2]),
+        ("INT32", ["7", "8"], [7, 8]),
+        ("INT64", ["-9", "10"], [-9, 10]),
+        ("UINT8", ["255", "0"], [255, 0]),
+        ("UINT16", ["65535", "1"], [65535, 1]),
+        ("BOOL", ["1", "0"], [1, 0]),
+        ("STRING", ["ab", "c"], [b"ab", b"c"]),
+    ],
+)
+def test_every_dtype(
+    con: redis.Redis, client: Client, dtype: str, values: list[str], expected: list[Any]
+) -> None:
+    assert cmd(con, "AI.TENSORSET", "t", dtype, 2, "VALUES", *values) == b"OK"
+    assert cmd(con, "AI.TENSORGET", "t", "VALUES") == expected
+    blob = cmd(con, "AI.TENSORGET", "t", "BLOB")
+    assert cmd(con, "AI.TENSORSET", "u", dtype, 2, "BLOB", blob) == b"OK"
+    assert cmd(con, "AI.TENSORGET", "u", "META", "VALUES")[-1] == expected
+    assert client.tensorget("u").shape == (2,)
+
+
+def test_tensor_errors(con: redis.Redis, client: Client) -> None:
+    assert error_of(con, "AI.TENSORSET", "t", "BAD", 1) == "invalid data type"
+    assert error_of(con, "AI.TENSORSET", "t", "FLOAT", -1) == (
+        "invalid or negative value found in tensor shape"
+    )
+    assert error_of(con, "AI.TENSORSET", "t", "FLOAT", 2, "BLOB", b"\0" * 7) == (
+        "data length does not match tensor shape and type"
+    )
+    assert error_of(con, "AI.TENSORSET", "t", "FLOAT", 2, "VALUES", 1) == (
+        "wrong number of values was given in 'AI.TENSORSET' command"
+    )
+    assert error_of(con, "AI.TENSORGET", "nope") == "tensor key is empty or in a different shard"
+    assert error_of(con, "AI.TENSORGET", "t", "BLOB", "VALUES") == "both BLOB and VALUES specified"
+    client.set("s", "x")
+    assert error_of(con, "AI.TENSORGET", "s").startswith("WRONGTYPE")
+    assert error_of(con, "AI.TENSORSET", "s", "FLOAT", 1).startswith("WRONGTYPE")
+    assert error_of(con, "AI.TENSORSET") == "wrong number of arguments for 'AI.TENSORSET' command"
+    assert error_of(con, "AI.NOPE") == "unknown command 'AI.NOPE'"
+    assert client.get("s") == b"x"
+
+
+def test_pass_through_commands_act_on_tensors(con: redis.Redis) -> None:
+    cmd(con, "AI.TENSORSET", "t", "INT32", 1, "VALUES", 5)
+    assert cmd(con, "RENAME", "t", "t2") is True
+    assert cmd(con, "AI.TENSORGET", "t2", "VALUES") == [5]
+    assert cmd(con, "EXPIRE", "t2", 100) == 1
+    assert cmd(con, "UNLINK", "t2") == 1
+    assert error_of(con, "AI.TENSORGET", "t2") == "tensor key is empty or in a different shard"
+
+
+def test_large_tensor_round_trip(con: redis.Redis, client: Client) -> None:
+    array = np.random.default_rng(0).random((512, 1024), np.float32)  # 2 MB
+    assert cmd(con, "AI.TENSORSET", "big", "FLOAT", 512, 1024, "BLOB", array.tobytes()) == b"OK"
+    assert cmd(con, "AI.TENSORGET", "big", "BLOB") == array.tobytes()
+    assert np.array_equal(client.tensorget("big"), array)
+
+
+# models, scripts, execution --------------------------------------------------------------
+
+
+def test_models_and_execution(con: redis.Redis, worker: Worker, client: Client) -> None:
+    blob = stub_blob("add")
+    assert cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "TAG", "v1", "BLOB", blob) == b"OK"
+    meta = cmd(con, "AI.MODELGET", "m", "META")
+    assert meta == [
+        b"backend", b"STUB", b"device", b"CPU", b"tag", b"v1", b"batchsize", 0,
+        b"minbatchsize", 0, b"inputs", [], b"outputs", [], b"minbatchtimeout", 0,
+    ]  # fmt: skip
+    assert cmd(con, "AI.MODELGET", "m", "BLOB") == blob
+    assert cmd(con, "AI.MODELGET", "m")[-2:] == [b"blob", blob]
+    assert cmd(con, "AI._MODELSCAN") == [[b"m", b"v1"]]
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 2, 3)
+    assert cmd(con, "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b") == b"OK"
+    assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"4", b"6"]
+    assert cmd(con, "AI.MODELRUN", "m", "INPUTS", "a", "b", "OUTPUTS", "c") == b"OK"
+    assert cmd(con, "AI.TENSORGET", "c", "VALUES") == [b"6", b"9"]
+    info = cmd(con, "AI.INFO", "m")
+    assert info[:10] == [b"key", b"m", b"type", b"MODEL", b"backend", b"STUB", b"device", b"CPU",
+                         b"tag", b"v1"]  # fmt: skip
+    assert info[14:] == [b"calls", 2, b"errors", 0]
+    assert isinstance(info[11], int) and info[13] == 4  # duration, samples
+    assert cmd(con, "AI.INFO", "m", "RESETSTAT") == b"OK"
+    assert cmd(con, "AI.INFO", "m")[15] == 0
+    # the deprecated MODELSET, and a model in chunks of MODEL_CHUNK_SIZE both ways
+    assert cmd(con, "AI.CONFIG", "MODEL_CHUNK_SIZE", 4) == b"OK"
+    assert cmd(con, "AI.CONFIG", "GET", "MODEL_CHUNK_SIZE") == 4
+    assert cmd(con, "AI.MODELSET", "m2", "STUB", "CPU", "BLOB", blob[:5], blob[5:]) == b"OK"
+    chunks = cmd(con, "AI.MODELGET", "m2", "BLOB")
+    assert b"".join(chunks) == blob and all(len(c) <= 4 for c in chunks)
+    assert cmd(con, "AI.MODELDEL", "m") == b"OK"
+    assert error_of(con, "AI.MODELGET", "m") == "model key is empty"
+    assert error_of(con, "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "b") == (
+        "model key is empty"
+    )
+
+
+def test_model_errors_at_store_time(con: redis.Redis, worker: Worker) -> None:
+    assert error_of(con, "AI.MODELSTORE", "m", "NOPE", "CPU", "BLOB", b"x") == "unsupported backend"
+    assert error_of(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB") == (
+        "wrong number of arguments for 'AI.MODELSTORE' command"
+    )
+    assert error_of(con, "AI.MODELSTORE", "m", "TF", "CPU", "BLOB", b"x") == (
+        "INPUTS not specified for TF"
+    )
+    # a model that does not load is refused before anything is stored (a worker checked it)
+    message = error_of(con, "AI.MODELSTORE", "m", "ONNX", "CPU", "BLOB", b"not a model" * 500)
+    assert message
+    assert cmd(con, "EXISTS", "m") == 0
+    assert cmd(con, "AI.CONFIG", "GET", "BACKENDSPATH") is None
+    assert cmd(con, "AI.CONFIG", "LOADBACKEND", "TORCH", "libtorch.so") == b"OK"
+    assert error_of(con, "AI.CONFIG", "LOADBACKEND", "NOPE", "x.so") == "unsupported backend"
+    assert error_of(con, "AI.CONFIG", "MODEL_CHUNK_SIZE", "x") == (
+        "MODEL_CHUNK_SIZE: invalid chunk size"
+    )
+
+
+def test_scripts(con: redis.Redis, worker: Worker) -> None:
+    pytest.importorskip("torch")
+    source = (
+        "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    return tensors[0] + tensors[1]\n"
+    )
+    assert cmd(con, "AI.SCRIPTSTORE", "s", "CPU", "TAG", "t1", "ENTRY_POINTS", 1, "bar",
+               "SOURCE", source) == b"OK"  # fmt: skip
+    assert cmd(con, "AI.SCRIPTGET", "s", "META") == [
+        b"device", b"CPU", b"tag", b"t1", b"Entry Points", [b"bar"],
+    ]  # fmt: skip
+    assert cmd(con, "AI.SCRIPTGET", "s", "SOURCE") == source.encode()
+    assert cmd(con, "AI._SCRIPTSCAN") == [[b"s", b"t1"]]
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 1, 2)
+    assert cmd(con, "AI.SCRIPTEXECUTE", "s", "bar", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b") == (
+        b"OK"
+    )
+    assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"2", b"4"]
+    old = "def bar(a: Tensor, b: Tensor):\n    return a * b\n"
+    assert cmd(con, "AI.SCRIPTSET", "o", "CPU", "SOURCE", old) == b"OK"
+    assert cmd(con, "AI.SCRIPTRUN", "o", "bar", "INPUTS", "a", "b", "OUTPUTS", "c") == b"OK"
+    assert cmd(con, "AI.TENSORGET", "c", "VALUES") == [b"2", b"8"]
+    assert error_of(con, "AI.SCRIPTSTORE", "x", "CPU", "ENTRY_POINTS", 1, "nope",
+                    "SOURCE", source) == "Function nope does not exist in the given script."  # fmt: skip
+    assert cmd(con, "AI.SCRIPTDEL", "s") == b"OK"
+    assert error_of(con, "AI.SCRIPTGET", "s") == "script key is empty"
+
+
+def test_dags(con: redis.Redis, worker: Worker) -> None:
+    cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    cmd(con, "AI.MODELSTORE", "f", "STUB", "CPU", "BLOB", stub_blob("fail", message="boom"))
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 2, 3)
+    reply = cmd(
+        con, "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "c", "|>",
+        "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c", "|>",
+        "AI.TENSORGET", "c", "VALUES", "|>", "AI.TENSORGET", "c", "META",
+    )  # fmt: skip
+    assert reply == [b"OK", [b"4", b"6"], [b"dtype", b"FLOAT", b"shape", [2]]]
+    assert cmd(con, "AI.TENSORGET", "c", "VALUES") == [b"4", b"6"]
+    failed = cmd(con, "AI.DAGEXECUTE_RO", "LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "f",
+                 "INPUTS", 1, "a", "OUTPUTS", 1, "x", "|>", "AI.TENSORGET", "x")  # fmt: skip
+    assert isinstance(failed[0], redis.ResponseError) and str(failed[0]) == "boom"
+    assert failed[1] == b"NA"
+    assert cmd(con, "AI.DAGRUN", "|>", "AI.TENSORSET", "t", "INT32", 2, "VALUES", 1, 2,
+               "|>", "AI.TENSORGET", "t", "VALUES") == [b"OK", [1, 2]]  # fmt: skip
+    assert cmd(con, "AI.DAGRUN_RO", "|>", "AI.TENSORSET", "t", "INT8", 1, "VALUES", 1,
+               "|>", "AI.TENSORGET", "t", "META") == [b"OK", [b"dtype", b"INT8", b"shape", [1]]]  # fmt: skip
+    assert error_of(con, "AI.DAGEXECUTE", "LOAD", 1, "a", "|>", "AI.TENSORGET", "zz") == (
+        "INPUT key cannot be found in DAG"
+    )
+
+
+def test_timeout_is_a_simple_string(con: redis.Redis, client: Client) -> None:
+    """No worker here: a request whose TIMEOUT passes is answered TIMEDOUT, not an error."""
+    from conftest import stalled_worker
+
+    cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 1, "VALUES", 1)
+    stalled_worker(client)
+    reply = cmd(con, "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b",
+                "TIMEOUT", 50)  # fmt: skip
+    assert reply == b"TIMEDOUT"
+
+
+def test_names_are_checked(con: redis.Redis) -> None:
+    """The workers' rules: UTF-8 names, nothing written under aiworker's prefix."""
+    assert "not valid UTF-8" in error_of(con, "AI.TENSORSET", b"\xff\xfe", "FLOAT", 1)
+    assert error_of(con, "AI.TENSORSET", "aiworker:config", "FLOAT", 1).startswith("WRONGTYPE")
+    assert error_of(con, "AI.TENSORSET", "aiworker:x", "INT8", 1, "BLOB", b"\1").startswith(
+        "WRONGTYPE"
+    )
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 1, "VALUES", 1)
+    assert error_of(
+        con, "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "aiworker:queue:CPU"
+    ).startswith("WRONGTYPE")
+    assert cmd(con, "EXISTS", "aiworker:x") == 0
+
+
+# pass-through, ordering, transactions ----------------------------------------------------
+
+
+def test_pipeline_mixing_ai_and_plain_commands_keeps_order(
+    con: redis.Redis, worker: Worker
+) -> None:
+    cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    pipe = con.pipeline(transaction=False)
+    pipe.execute_command("SET", "k", "1")
+    pipe.execute_command("AI.TENSORSET", "a", "INT32", 2, "VALUES", 1, 2)
+    pipe.execute_command("EXISTS", "a")
+    pipe.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b")
+    pipe.execute_command("INCR", "k")
+    pipe.execute_command("AI.TENSORGET", "b", "VALUES")
+    pipe.execute_command("DEL", "a")
+    pipe.execute_command("AI.TENSORGET", "a")
+    pipe.execute_command("GET", "k")
+    out = pipe.execute(raise_on_error=False)
+    assert out[:7] == [True, b"OK", 1, b"OK", 2, [2, 4], 1]
+    assert isinstance(out[7], redis.ResponseError)
+    assert out[8] == b"2"
+
+
+def test_many_pipelined_commands(con: redis.Redis) -> None:
+    pipe = con.pipeline(transaction=False)
+    for n in range(2000):
+        if n % 3 == 0:
+            pipe.execute_command("AI.TENSORSET", f"t{n}", "INT32", 1, "VALUES", n)
+        else:
+            pipe.execute_command("SET", f"k{n}", n)
+        pipe.execute_command("EXISTS", f"t{n}" if n % 3 == 0 else f"k{n}")
+    out = pipe.execute()
+    assert out == [x for n in range(2000) for x in ((b"OK" if n % 3 == 0 else True), 1)]
+
+
+def test_multi_exec(gateway: Gateway, con: redis.Redis) -> None:
+    pipe = con.pipeline(transaction=True)
+    pipe.execute_command("SET", "x", "1")
+    pipe.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "b")
+    pipe.execute_command("INCR", "x")
+    with pytest.raises(redis.ResponseError) as info:
+        pipe.execute()
+    assert "Cannot run RedisAI command within a transaction or a LUA script" in str(info.value)
+    assert cmd(con, "GET", "x") == b"2"  # as with RedisAI, the rest of the transaction ran
+    # the reply shape, command by command
+    sock = raw_socket(gateway)
+    sock.sendall(b"MULTI\r\nSET y 1\r\nAI.TENSORSET t FLOAT 1\r\nGET y\r\nEXEC\r\nQUIT\r\n")
+    assert read_until_closed(sock) == (
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n-ERR Cannot run RedisAI command"
+        b" within a transaction or a LUA script\r\n$1\r\n1\r\n+OK\r\n"
+    )
+    assert cmd(con, "EXISTS", "t") == 0
+    # DISCARD, and WATCH aborting a transaction
+    cmd(con, "MULTI")
+    cmd(con, "AI.TENSORGET", "t")
+    assert cmd(con, "DISCARD") == b"OK"
+    assert cmd(con, "AI.TENSORSET", "t", "FLOAT", 1) == b"OK"  # runs again after DISCARD
+
+
+def test_blpop_and_subscribe_through_the_gateway(gateway: Gateway, client: Client) -> None:
+    waiter = connect(gateway)
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(waiter.blpop(["q"], timeout=10)))
+    thread.start()
+    time.sleep(0.2)
+    client.rpush("q", "hello")
+    thread.join(10)
+    assert result == [(b"q", b"hello")]
+    sub = connect(gateway).pubsub()
+    sub.subscribe("news")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    wait_until(lambda: client.publish("news", "hi") == 1)
+    message = sub.get_message(timeout=5)
+    assert message is not None and message["data"] == b"hi"
+    sub.close()
+
+
+def test_select_and_auth_decide_where_ai_commands_run(
+    gateway: Gateway, client: Client, redis_server: Any
+) -> None:
+    con = connect(gateway, db=3)
+    assert cmd(con, "AI.TENSORSET", "t3", "INT8", 1, "VALUES", 3) == b"OK"
+    assert client.exists("t3") == 0
+    db3 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=3)
+    assert db3.exists("t3") == 1
+    db3.flushdb()
+    # ACL users: AI.* commands run with the credentials the client authenticated with
+    client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+@read", "+auth", "+select", "+hello"])  # fmt: skip
+    try:
+        limited = connect(gateway, username="reader", password="pw")
+        cmd(con, "SELECT", 0)
+        cmd(con, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 1)
+        assert cmd(limited, "AI.TENSORGET", "r", "VALUES") == [1]
+        assert error_of(limited, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 2).startswith("NOPERM")
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
+            cmd(limited, "AUTH", "reader", "wrong")
+        assert cmd(limited, "AI.TENSORGET", "r", "VALUES") == [1]
+    finally:
+        client.acl_deluser("reader")
+
+
+def test_require_auth(client: Client, settings: Settings) -> None:
+    client.config_set("requirepass", "secret")
+    try:
+        with running_gateway(settings.replace(redis_url=_with_password(settings)),
+                             require_auth=True) as gw:  # fmt: skip
+            sock = raw_socket(gw)
+            sock.sendall(b"PING\r\nAI.TENSORGET t\r\nGET x\r\nAUTH wrong\r\nGET x\r\n"
+                         b"AUTH secret\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")  # fmt: skip
+            noauth = b"-NOAUTH Authentication required.\r\n"
+            assert read_until_closed(sock) == noauth * 3 + (
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+                + noauth
+                + b"+OK\r\n+OK\r\n+OK\r\n"
+            )
+            with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
+                cmd(connect(gw, password="wrong"), "PING")
+            authed = connect(gw, password="secret")
+            assert cmd(authed, "AI.TENSORGET", "t", "VALUES") == [1]
+    finally:
+        redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
+
+
+def _with_password(settings: Settings) -> str:
+    return settings.redis_url.replace("redis://", "redis://:secret@")
+
+
+def test_client_reply_off_and_skip(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(
+        b"CLIENT REPLY SKIP\r\nSET a 1\r\nGET a\r\nCLIENT REPLY OFF\r\nSET b 2\r\n"
+        b"AI.TENSORSET t INT8 1 VALUES 1\r\nCLIENT REPLY ON\r\nEXISTS t\r\nQUIT\r\n"
+    )
+    assert read_until_closed(sock) == b"$1\r\n1\r\n+OK\r\n:1\r\n+OK\r\n"
+
+
+def test_hello_3_is_refused_and_quit_closes(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nPING\r\nQUIT\r\nPING\r\n")
+    assert read_until_closed(sock) == (b"-NOPROTO unsupported protocol version\r\n+PONG\r\n+OK\r\n")
+
+
+def test_a_client_leaving_mid_pipeline_leaves_nothing_half_written(
+    gateway: Gateway, client: Client
+) -> None:
+    blob = np.ones(256 * 1024, np.float32).tobytes()  # 1 MB each
+    frame = b"".join(
+        b"*6\r\n$12\r\nAI.TENSORSET\r\n$%d\r\nt%d\r\n$5\r\nFLOAT\r\n$6\r\n262144\r\n"
+        b"$4\r\nBLOB\r\n$%d\r\n%s\r\n" % (len(b"t%d" % n), n, len(blob), blob)
+        for n in range(20)
+    )
+    sock = raw_socket(gateway)
+    sock.sendall(frame[: len(frame) // 2 + 12345])  # ends inside a blob
+    sock.close()
+    con = connect(gateway)
+    assert cmd(con, "PING") is True  # the gateway goes on
+    time.sleep(0.5)
+    for n in range(20):
+        if client.exists(f"t{n}"):
+            assert np.array_equal(client.tensorget(f"t{n}"), np.ones(262144, np.float32))
+    assert not client.exists("t19")
+
+
+def test_emulated_cluster(client: Client, settings: Settings) -> None:
+    with running_gateway(settings, emulate_cluster=True) as gw:
+        con = connect(gw)
+        host, port = gw.address()
+        slots = cmd(con, "CLUSTER", "SLOTS")
+        assert slots[0][:2] == [0, 16383] and slots[0][2][:2] == [host.encode(), port]
+        shards = cmd(con, "CLUSTER", "SHARDS")
+        assert shards[0][:2] == [b"slots", [0, 16383]]
+        assert b"myself,master" in cmd(con, "CLUSTER", "NODES")
+        assert b"cluster_state:ok" in cmd(con, "CLUSTER", "INFO")
+        assert cmd(con, "CLUSTER", "KEYSLOT", "foo") == 12182
+        assert cmd(con, "READONLY") is True
+        # redis-py's cluster client works through it, AI.* commands included
+        rc = redis.RedisCluster(host=host, port=port)
+        rc.set("a", "1")
+        assert rc.get("a") == b"1"
+        node = rc.get_random_node()  # redis-py does not know where AI.* keys are
+        assert rc.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 4, target_nodes=node)
+        assert client.tensorget("t").tolist() == [4]
+        rc.close()
+
+
+def test_many_idle_connections(gateway: Gateway) -> None:
+    socks = [raw_socket(gateway) for _ in range(300)]
+    con = connect(gateway)
+    assert cmd(con, "PING") is True
+    wait_until(lambda: len(gateway.sessions) >= 301)
+    for sock in socks:
+        sock.close()

@@ -1,0 +1,206 @@
+"""The gateway driven by clients that are not Python: redis-cli (typed commands and --pipe) and a
+Node program on ioredis (``tests/gateway_node``, installed by ``npm ci`` there; CI does it). Also
+``aiworker gateway`` itself as a process, two of them sharing a port."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import ROOT, worker_env
+from test_gateway import running_gateway
+
+from aiworker import Client, Settings, Worker
+from aiworker.gateway import Gateway
+from aiworker.protocol.keys import key_slot
+
+NODE_CLIENT = ROOT / "tests" / "gateway_node"
+
+
+@pytest.fixture
+def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
+    with running_gateway(settings) as gw:
+        yield gw
+
+
+def redis_cli(gateway: Gateway, *args: str, stdin: bytes | None = None, code: int = 0) -> str:
+    cli = shutil.which("redis-cli")
+    assert cli is not None, "redis-cli is installed with redis-server (see .ci/run)"
+    host, port = gateway.address()
+    done = subprocess.run(
+        [cli, "-h", host, "-p", str(port), *args], input=stdin, capture_output=True, timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    return done.stdout.decode()
+
+
+def test_redis_cli(gateway: Gateway, worker: Worker, client: Client) -> None:
+    assert redis_cli(
+        gateway, "--no-raw", "AI.TENSORSET", "a", "FLOAT", "2", "VALUES", "2", "3"
+    ) == ("OK\n")
+    assert redis_cli(gateway, "--no-raw", "AI.TENSORGET", "a", "META", "VALUES") == (
+        '1) "dtype"\n2) "FLOAT"\n3) "shape"\n4) 1) (integer) 2\n5) "values"\n6) 1) "2"\n   2) "3"\n'
+    )
+    assert redis_cli(gateway, "--no-raw", "AI.TENSORGET", "nope") == (
+        "(error) ERR tensor key is empty or in a different shard\n"
+    )
+    stored = redis_cli(gateway, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", '{"op": "add"}')
+    assert stored == "OK\n"
+    assert redis_cli(gateway, "AI.MODELEXECUTE", "m", "INPUTS", "2", "a", "a", "OUTPUTS", "1",
+                     "b") == "OK\n"  # fmt: skip
+    assert redis_cli(gateway, "--no-raw", "AI.TENSORGET", "b", "VALUES") == '1) "4"\n2) "6"\n'
+    assert redis_cli(gateway, "--no-raw", "AI.CONFIG", "GET", "MODEL_CHUNK_SIZE") == (
+        "(integer) 535822336\n"
+    )
+    assert client.tensorget("b").tolist() == [4, 6]
+
+
+def test_redis_cli_pipe_mode(gateway: Gateway, client: Client) -> None:
+    """``redis-cli --pipe`` (mass insertion): thousands of commands, AI.* ones among them."""
+    lines = []
+    for n in range(3000):
+        lines.append(f"AI.TENSORSET t{n} INT32 2 VALUES {n} {n + 1}")
+        lines.append(f"SET k{n} {n}")
+    lines.append("AI.TENSORGET nope")
+    out = redis_cli(gateway, "--pipe", stdin=("\r\n".join(lines) + "\r\n").encode(), code=1)
+    assert "errors: 1, replies: 6001" in out
+    assert client.tensorget("t2999").tolist() == [2999, 3000]
+    assert client.get("k2999") == b"2999"
+
+
+def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
+    node = shutil.which("node")
+    assert node is not None, "Node.js is needed (see .ci/run)"
+    assert (NODE_CLIENT / "node_modules" / "ioredis").is_dir(), (
+        f"run `npm ci --prefix {NODE_CLIENT}` first (.ci/run does)"
+    )
+    _, port = gateway.address()
+    done = subprocess.run(
+        [node, str(NODE_CLIENT / "client.js"), str(port)], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all RedisAI commands ok" in done.stdout
+
+
+def _spawn_gateway(url: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "gateway", "--redis-url", url,
+         "--listen", f"127.0.0.1:{port}", *args],
+        env=worker_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_gateway_processes_share_a_port(
+    client: Client, redis_server: object, tmp_path: Path
+) -> None:
+    port = _free_port()
+    url = redis_server.url  # type: ignore[attr-defined]
+    procs = [_spawn_gateway(url, port, "--reuse-port") for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                con = redis.Redis(port=port, protocol=2, socket_timeout=10)
+                assert con.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 1) == b"OK"
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, procs[0].stderr
+                time.sleep(0.2)
+        for n in range(20):  # connections land on either process; each answers the same
+            assert redis.Redis(port=port, protocol=2).execute_command(
+                "AI.TENSORGET", "t", "VALUES"
+            ) == [1], n
+        assert all(proc.poll() is None for proc in procs)  # both still listening
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    assert client.exists("t") == 1
+
+
+def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker: Worker,
+                                          cluster_settings: Settings) -> None:  # fmt: skip
+    """Before a 3-master cluster the gateway is one node to its client: keys in every slot,
+    MOVED followed for it, AI.* commands run by the cluster client, CLUSTER SLOTS its own."""
+    with running_gateway(cluster_settings) as gw:
+        con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+        keys = [f"key{n}" for n in range(60)]
+        assert len({key_slot(k) * 3 // 16384 for k in keys}) == 3  # all three masters
+        pipe = con.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, key)
+            pipe.get(key)
+        assert pipe.execute() == [x for k in keys for x in (True, k.encode())]
+        for key in keys:
+            assert cluster_client.get(key) == key.encode()
+        assert con.execute_command("CLUSTER", "SLOTS")[0][:2] == [0, 16383]
+        assert con.execute_command("AI.TENSORSET", "{a}x", "FLOAT", 2, "VALUES", 1, 2) == b"OK"
+        assert (
+            con.execute_command("AI.MODELSTORE", "{a}m", "STUB", "CPU", "BLOB", b'{"op": "add"}')
+            == b"OK"
+        )
+        assert (
+            con.execute_command(
+                "AI.MODELEXECUTE", "{a}m", "INPUTS", 2, "{a}x", "{a}x", "OUTPUTS", 1, "{b}y"
+            )
+            == b"OK"
+        )
+        assert con.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [b"2", b"4"]
+        assert cluster_client.tensorget("{b}y").tolist() == [2, 4]
+        # a transaction stays on its key's master
+        tx = con.pipeline(transaction=True)
+        tx.set("key7", "a").append("key7", "b").get("key7")
+        assert tx.execute() == [True, 2, b"ab"]
+        assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
+            b"key9"
+        )
+
+
+@pytest.mark.slow
+def test_up_starts_a_gateway() -> None:
+    gateway_port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "up", "--gateway-port", str(gateway_port)],
+        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("aiworker up: redis://127.0.0.1:")
+        assert f"-p {gateway_port}" in proc.stdout.readline()
+        con = None
+        deadline = time.monotonic() + 60
+        while con is None:
+            try:
+                con = redis.Redis(port=gateway_port, protocol=2)
+                con.ping()
+            except redis.ConnectionError:
+                con = None
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        con.execute_command("AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", b'{"op": "mul"}')
+        con.execute_command("AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 2, 3)
+        assert (
+            con.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b")
+            == b"OK"
+        )
+        assert con.execute_command("AI.TENSORGET", "b", "VALUES") == [b"4", b"9"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,180 @@
+"""Hostile input at the gateway: truncated frames, huge declared lengths, a million-argument array,
+non-UTF-8 names, slow-loris clients, too many connections. Each gets an error or a closed
+connection, and the gateway goes on serving everyone else. Also the pure readers on their own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from test_gateway import connect, raw_socket, read_until_closed, running_gateway
+
+from aiworker import Client, Settings
+from aiworker.gateway import Gateway
+from aiworker.gateway.frames import ProtocolError, RequestReader
+from aiworker.gateway.resp import array_items, encode, reply_end
+
+
+@pytest.fixture
+def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
+    with running_gateway(settings, request_timeout=1.0, max_connections=50) as gw:
+        yield gw
+
+
+def still_serving(gateway: Gateway) -> None:
+    con = connect(gateway)
+    assert con.execute_command("AI.TENSORSET", "ok", "INT8", 1, "VALUES", 1) == b"OK"
+    assert con.execute_command("PING") is True
+    con.close()
+
+
+def test_a_huge_bulk_length_is_refused_before_any_byte_of_it(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$2147483648\r\n")
+    assert read_until_closed(sock) == b"-ERR Protocol error: invalid bulk length\r\n"
+    still_serving(gateway)
+
+
+def test_a_million_argument_array(client: Client, settings: Settings) -> None:
+    with running_gateway(settings) as gateway:
+        _million(gateway)
+
+
+def _million(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(b"*2000000\r\n$4\r\nPING\r\n")
+    assert read_until_closed(sock) == b"-ERR Protocol error: invalid multibulk length\r\n"
+    # a million arguments within the limit are read and answered like any command
+    sock = raw_socket(gateway)
+    sock.sendall(b"*1000000\r\n$6\r\nAI.NOP\r\n" + b"$1\r\na\r\n" * 999_999 + b"PING\r\n")
+    sock.settimeout(30)
+    assert sock.recv(100).startswith(b"-ERR unknown command 'AI.NOP'")
+    sock.close()
+    still_serving(gateway)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"*2\r\n$3\r\nGET\r\n$10\r\nabc",  # truncated bulk
+        b"*3\r\n$3\r\nSET\r\n",  # truncated array
+        b"*1\r\n$3\r\nGE",
+        b"AI.TENSORSET t FLOAT 1 VALUES",  # an inline command without its end of line
+    ],
+)
+def test_truncated_frames_then_disconnect(gateway: Gateway, frame: bytes) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(frame)
+    sock.close()
+    still_serving(gateway)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"*1\r\n+PING\r\n", b"-ERR Protocol error: expected '$', got '+'\r\n"),
+        (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$-5\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b'GET "a\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+        (b"*1\r\n$" + b"9" * 70000, b"-ERR Protocol error: too big bulk count string\r\n"),
+        (b"x" * 70000, b"-ERR Protocol error: too big inline request\r\n"),
+    ],
+)
+def test_malformed_frames_get_redis_errors(gateway: Gateway, frame: bytes, error: bytes) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(frame)
+    assert read_until_closed(sock) == error
+    still_serving(gateway)
+
+
+def test_slow_loris_is_disconnected(gateway: Gateway) -> None:
+    """A command that does not finish arriving within request_timeout (1 s here) ends the
+    connection; an idle connection between commands is left alone."""
+    idle = raw_socket(gateway)
+    sock = raw_socket(gateway)
+    started = time.monotonic()
+    sock.sendall(b"*2\r\n$3\r\nGET\r\n")
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        for _ in range(50):
+            time.sleep(0.1)
+            sock.sendall(b"$")
+    assert time.monotonic() - started < 5
+    idle.sendall(b"PING\r\n")
+    assert idle.recv(100) == b"+PONG\r\n"
+    still_serving(gateway)
+
+
+def test_non_utf8_names(gateway: Gateway) -> None:
+    con = connect(gateway)
+    for command in (
+        ["AI.TENSORSET", b"k\xff", "INT8", 1, "VALUES", 1],
+        ["AI.TENSORGET", b"\xc3\x28"],
+        ["AI.MODELSTORE", b"m\x80", "STUB", "CPU", "BLOB", b"{}"],
+        ["AI.MODELEXECUTE", "m", "INPUTS", 1, b"\xff", "OUTPUTS", 1, "o"],
+        ["AI.DAGEXECUTE", "PERSIST", 1, b"\xfe", "|>", "AI.TENSORSET", b"\xfe", "INT8", 1],
+    ):
+        with pytest.raises(redis.ResponseError, match="is not valid UTF-8"):
+            con.execute_command(*command)
+    # a binary blob is not a name: it is taken as it is
+    blob = bytes(range(256))
+    assert con.execute_command("AI.TENSORSET", "b", "UINT8", 256, "BLOB", blob) == b"OK"
+    assert con.execute_command("AI.TENSORGET", "b", "BLOB") == blob
+
+
+def test_connection_limit(gateway: Gateway) -> None:
+    socks = []
+    for _ in range(50):
+        sock = raw_socket(gateway)
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(100) == b"+PONG\r\n"
+        socks.append(sock)
+    extra = raw_socket(gateway)
+    assert read_until_closed(extra) == b"-ERR max number of clients reached\r\n"
+    socks.pop().close()
+    time.sleep(0.2)
+    still_serving(gateway)
+    for sock in socks:
+        sock.close()
+
+
+def test_redis_going_away_ends_the_clients_connection(gateway: Gateway, client: Client) -> None:
+    """The client's DB, user and transaction lived on that connection: the gateway hangs up
+    rather than carry on with another."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"CLIENT SETNAME victim\r\n")
+    assert sock.recv(100) == b"+OK\r\n"
+    victim = next(c for c in client.client_list() if c["name"] == "victim")
+    client.client_kill_filter(_id=victim["id"])
+    assert read_until_closed(sock) == b""
+    still_serving(gateway)
+
+
+# the pure parts ------------------------------------------------------------------------------
+
+
+def test_request_reader_splits_and_limits() -> None:
+    reader = RequestReader(max_bulk=10, max_args=3, max_request=100)
+    data = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\nPING\r\n*1\r\n$4\r\nQU"
+    assert reader.feed(data[:7]) == []
+    assert reader.feed(data[7:]) == [[b"GET", b"a"], [b"PING"]]
+    assert reader.buffered == len(b"*1\r\n$4\r\nQU")
+    assert reader.feed(b"IT\r\n") == [[b"QUIT"]]
+    assert reader.buffered == 0
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        RequestReader(10, 3, 100).feed(b"*1\r\n$11\r\n")
+    with pytest.raises(ProtocolError, match="invalid multibulk length"):
+        RequestReader(10, 3, 100).feed(b"*4\r\n")
+    with pytest.raises(ProtocolError, match="max-request"):
+        RequestReader(10, 3, 20).feed(b"*3\r\n$10\r\n0123456789\r\n$10\r\n")
+
+
+def test_reply_framing() -> None:
+    reply = encode([b"a", [1, None, [b"x" * 100]], 7])
+    assert reply_end(reply, 0) == len(reply)
+    for cut in range(len(reply)):
+        assert reply_end(reply[:cut], 0) == -1
+    assert array_items(reply, 0, len(reply)) == [b"$1\r\na\r\n", encode([1, None, [b"x" * 100]]),
+                                                 b":7\r\n"]  # fmt: skip
+    assert array_items(b"*-1\r\n", 0, 5) is None

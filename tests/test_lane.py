@@ -1,0 +1,240 @@
+"""The device lane: stages that overlap, padded and warmed-up batches, and batching that cannot be
+turned against the worker (hoarding, a queue taken whole, DAG ops counted as hung)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import stub_blob, wait_until
+from faults import enqueue, job_entry, stub_model, tensor, wait_for_workers, workers
+
+from aiworker import Client, Settings, Worker
+from aiworker.backends.stub import StubBackend, StubModel
+from aiworker.parser import parse_command
+
+
+def submit(client: Client, command: str) -> dict[str, Any]:
+    return client.submit_reply("CPU", parse_command(command))
+
+
+def blpop_json(client: Client, key: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        popped = client.blpop([key], 2)
+        if popped is not None:
+            return json.loads(popped[1])  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no reply on {key}"
+
+
+def stub_in(worker: Worker, key: str) -> StubModel:
+    """The STUB model a worker holds for ``key`` (to see what it ran)."""
+    entry = worker.cache._entries[key]
+    assert isinstance(entry.model, StubModel)
+    return entry.model
+
+
+def concurrently(client: Client, commands: list[str]) -> list[dict[str, Any]]:
+    replies: list[dict[str, Any]] = [{} for _ in commands]
+
+    def one(n: int) -> None:
+        replies[n] = submit(client, commands[n])
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(commands))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return replies
+
+
+# padded, warmed-up batches ----------------------------------------------------------------------
+
+
+def test_padded_batches_return_what_unbatched_runs_return(client: Client, worker: Worker) -> None:
+    """Three requests of 1, 2 and 2 rows batch (MINBATCHSIZE 5) into 5 rows, run padded to 8:
+    each gets back exactly what it gets unbatched, the padding rows nobody's."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity", pad=True), batch=8, minbatch=5)
+    client.modelstore("plain", "STUB", "CPU", stub_blob("identity"))
+    rows = {"a": [[1.5, -2]], "b": [[3, 4], [5, 6]], "c": [[7.25, 8], [9, 10]]}
+    for key, values in rows.items():
+        client.tensorset(key, np.array(values, np.float32))
+    replies = concurrently(
+        client, [f"AI.MODELEXECUTE m INPUTS 1 {k} OUTPUTS 1 out_{k}" for k in rows]
+    )
+    assert [r["batch"] for r in replies] == [{"size": 5, "requests": 3}] * 3, replies
+    for key, values in rows.items():
+        submit(client, f"AI.MODELEXECUTE plain INPUTS 1 {key} OUTPUTS 1 ref_{key}")
+        batched, alone = client.tensorget(f"out_{key}"), client.tensorget(f"ref_{key}")
+        assert batched.shape == alone.shape == np.array(values).shape
+        np.testing.assert_allclose(batched, alone)
+    assert stub_in(worker, "m").rows == [1, 2, 4, 8, 8]  # warm-up, then 5 rows padded to 8
+
+
+def test_a_padded_batch_of_three_requests_runs_at_four_rows(
+    client: Client, settings: Settings
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity", pad=True), batch=8, minbatch=3)
+    for n in range(3):
+        client.tensorset(f"x{n}", np.full((1, 2), n, np.float32))
+    w = Worker(settings.replace(threads_per_queue=1)).start()
+    try:
+        replies = concurrently(
+            client, [f"AI.MODELEXECUTE m INPUTS 1 x{n} OUTPUTS 1 y{n}" for n in range(3)]
+        )
+        assert [r["batch"] for r in replies] == [{"size": 3, "requests": 3}] * 3
+        for n in range(3):
+            np.testing.assert_array_equal(client.tensorget(f"y{n}"), [[n, n]])
+        assert stub_in(w, "m").rows == [1, 2, 4, 8, 4]  # warm-up, then 3 rows padded to 4
+    finally:
+        w.stop(timeout=10)
+
+
+def test_warm_up_runs_before_the_first_job_and_counts_nowhere(
+    client: Client, worker: Worker
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity", pad=True), batch=16)
+    client.tensorset("a", np.ones((2, 3), np.float32))
+    assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
+    assert stub_in(worker, "m").rows == [1, 2, 4, 8, 16, 2]
+    info = client.infoget("m")
+    assert (info["calls"], info["samples"], info["errors"]) == (1, 2, 0)
+    assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
+    assert stub_in(worker, "m").rows[5:] == [2, 2]  # warmed once per input signature
+
+
+def test_a_model_that_is_not_batched_keeps_its_exact_shapes(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity", pad=True))
+    client.tensorset("a", np.ones((3, 2), np.float32))
+    assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
+    assert stub_in(worker, "m").rows == [3]
+
+
+# stages that overlap ----------------------------------------------------------------------------
+
+
+def test_the_next_jobs_inputs_are_read_while_the_current_job_runs(
+    client: Client, settings: Settings
+) -> None:
+    """One run in flight (THREADS_PER_QUEUE 1) on a slow model: while the first job runs, the
+    second is read and prepared (its inputs read), so it starts as soon as the device is free."""
+    stub_model(client, "slow", op="identity", sleep_ms=600)
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(threads_per_queue=1)).start()
+    try:
+        lane = w.lanes["CPU"]
+        first, second = enqueue(
+            client, [job_entry("slow", ["a"], [f"o{n}"], f"r{n}") for n in range(2)]
+        )
+        wait_until(lambda: first in lane.running.entry_ids(), timeout=10)
+        wait_until(lambda: second in lane.waiting_entry_ids(), timeout=0.5)
+        assert first in lane.running.entry_ids(), "read while the first still runs"
+        replies = [blpop_json(client, f"r{n}") for n in range(2)]
+    finally:
+        w.stop(timeout=10)
+    assert [r["status"] for r in replies] == ["ok", "ok"]
+    # the second was taken (its queue time ends) while the first ran, not after it
+    assert replies[1]["queue_ms"] < replies[0]["queue_ms"] + 300, replies
+
+
+def test_no_model_is_loaded_twice_by_concurrent_runs(client: Client, settings: Settings) -> None:
+    stub_model(client, "m", op="identity", load_ms=400)
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(threads_per_queue=4)).start()
+    try:
+        before = StubBackend.loads
+        enqueue(client, [job_entry("m", ["a"], [f"o{n}"], f"r{n}") for n in range(6)])
+        assert all(blpop_json(client, f"r{n}")["status"] == "ok" for n in range(6))
+        assert StubBackend.loads - before == 1
+    finally:
+        w.stop(timeout=10)
+
+
+# batching as a weapon ----------------------------------------------------------------------
+
+
+def test_requests_that_never_reach_minbatchsize_cannot_pile_up(
+    client: Client, settings: Settings
+) -> None:
+    """MINBATCHSIZE 1000 without MINBATCHTIMEOUT: in RedisAI every request would wait for ever.
+    Once more than ``max_batch_waiting`` wait, the oldest group runs as it is; the worker never
+    holds more than that plus what one read brings."""
+    stub_model(client, "m", batch=(1000, 1000, 0), op="identity")
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(max_batch_waiting=4)).start()
+    try:
+        enqueue(client, [job_entry("m", ["a"], [f"o{n}"], f"r{n}") for n in range(12)])
+        replies = [blpop_json(client, f"r{n}", 20) for n in range(10)]
+        assert all(r["status"] == "ok" for r in replies)
+        assert max(r["batch"]["requests"] for r in replies) <= 5
+        time.sleep(0.3)
+        assert len(w.lanes["CPU"].waiting_entry_ids()) == 2  # within the bound: they wait
+    finally:
+        w.stop(timeout=10)
+    # a graceful stop runs what waits as it is
+    assert [blpop_json(client, f"r{n}")["status"] for n in (10, 11)] == ["ok", "ok"]
+
+
+def test_the_bytes_waiting_for_a_batch_are_bounded_too(client: Client, settings: Settings) -> None:
+    stub_model(client, "m", batch=(1000, 1000, 0), op="identity")
+    client.tensorset("big", np.zeros((1, 64 * 1024), np.float32))  # 256 KiB
+    w = Worker(settings.replace(max_batch_waiting_bytes=600 * 1024)).start()
+    try:
+        enqueue(client, [job_entry("m", ["big"], [f"o{n}"], f"r{n}") for n in range(6)])
+        replies = [blpop_json(client, f"r{n}", 20) for n in range(4)]
+        assert all(r["status"] == "ok" for r in replies)
+        assert max(r["batch"]["requests"] for r in replies) <= 4  # 1 MiB: the bound + one read
+    finally:
+        w.stop(timeout=10)
+    assert [blpop_json(client, f"r{n}")["status"] for n in (4, 5)] == ["ok", "ok"]
+
+
+@pytest.mark.slow
+def test_a_huge_batchsize_does_not_let_one_worker_take_the_whole_queue(
+    client: Client, redis_server: Any, tmp_path: Path
+) -> None:
+    """BATCHSIZE 100000 on a model whose cost grows with its rows: two workers share 40 queued
+    requests instead of one taking them all."""
+    stub_model(client, "m", batch=(100000, 0, 0), op="identity", row_ms=25)
+    tensor(client, "a", [1, 2])
+    with workers(redis_server.url, tmp_path, 2) as procs:
+        wait_for_workers(client, procs)
+        time.sleep(4.5)  # each has seen the other's heartbeat (they beat every 2 s)
+        enqueue(client, [job_entry("m", ["a"], [f"o{n}"], f"r{n}") for n in range(40)])
+        served = [blpop_json(client, f"r{n}", 30)["worker"] for n in range(40)]
+    counts = sorted(served.count(name) for name in set(served))
+    assert len(counts) == 2 and counts[0] >= 10, counts
+
+
+def test_a_dag_op_waiting_for_its_batch_is_not_a_hung_job(
+    client: Client, settings: Settings
+) -> None:
+    """A DAG's MODELEXECUTE op waiting for MINBATCHSIZE partners: the worker stays healthy (the
+    op is waiting, not running) and its thread keeps serving other jobs."""
+    stub_model(client, "m", batch=(4, 4, 0), op="identity")
+    stub_model(client, "other", op="identity")
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(threads_per_queue=1, hung_job_timeout=1)).start()
+    try:
+        dag = parse_command("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")
+        result: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: result.update(client.submit_reply("CPU", dag)))
+        waiter.start()
+        wait_until(lambda: w.lanes["CPU"].waiting_entry_ids(), timeout=10)
+        for n in range(3):  # other jobs run meanwhile, on the lane's one slot
+            assert (
+                submit(client, f"AI.MODELEXECUTE other INPUTS 1 a OUTPUTS 1 o{n}")["status"] == "ok"
+            )
+        time.sleep(2.0)  # past hung_job_timeout
+        assert w.problems() == [] and w.exit_code == 0
+        for n in range(3):  # partners arrive: the DAG's batch runs
+            enqueue(client, [job_entry("m", ["a"], [f"p{n}"], f"rp{n}")])
+        waiter.join(20)
+        assert result["status"] == "ok", result
+    finally:
+        w.stop(timeout=10)
