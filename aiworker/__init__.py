@@ -16,6 +16,7 @@ from aiworker.protocol.errors import (
     JobFailed,
     JobTimedOut,
     NoLiveWorker,
+    QueueFull,
     ReplyTimeout,
     WrongTypeError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "JobFailed",
     "JobTimedOut",
     "NoLiveWorker",
+    "QueueFull",
     "ReplyTimeout",
     "Settings",
     "UnverifiedModelWarning",

@@ -51,7 +51,7 @@ class Settings:
     visibility_timeout: float = 30.0
     max_deliveries: int = 5
     model_cache_size: int = 32
-    max_tensor_bytes: int = 1 << 30
+    max_tensor_bytes: int = 512 << 20
     block_ms: int = 1000
     metrics_port: int = 0
     # hardening: recovery, limits, observability, security (see config/aiworker.toml)
@@ -60,6 +60,7 @@ class Settings:
     model_cache_bytes: int = 0
     max_model_bytes: int = 1 << 31
     max_job_bytes: int = 1 << 31
+    max_job_keys: int = 1024
     hung_job_timeout: float = 0.0
     socket_timeout: float = 0.0
     metrics_addr: str = "0.0.0.0"
@@ -77,6 +78,8 @@ class Settings:
     # autobatching: what may wait in a device's batcher before its oldest group runs as it is
     max_batch_waiting: int = 4096
     max_batch_waiting_bytes: int = 1 << 30
+    # overload: the most entries a device queue's stream may hold (0: no limit); README "Overload"
+    max_queue_length: int = 0
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

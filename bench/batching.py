@@ -39,7 +39,6 @@ import redis
 from aiworker import Client
 from aiworker.embedded import RedisServer
 from aiworker.parser import parse_command
-from aiworker.protocol.replies import raise_for_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,9 +125,9 @@ def drive(
             size, request = requests[int(rng.integers(len(requests)))]
             began = time.perf_counter()
             reply = con.submit_reply("CPU", request)
-            raise_for_reply(reply)
+            reply.raise_for_status()
             latencies[n].append(time.perf_counter() - began)
-            shared[n].append(int(reply.get("batch", {}).get("requests", 1)))
+            shared[n].append(int(reply.extra.get("batch", {}).get("requests", 1)))
             samples[n] += size
         con.close()
 

@@ -1,16 +1,24 @@
 """What aiworker's Lua scripts cost Redis against plain commands: ``python -m bench.luacost``.
 
-Redis's own time per operation (SLOWLOG with a threshold of 0: the server's clock around each
-command, a script's nested calls included), the median of interleaved rounds against a private
-Redis, for:
+Each operation is sent on a ``Wire`` (the worker's connection) to a private Redis and measured
+three ways, the median of interleaved rounds: Redis's time (SLOWLOG at a threshold of 0: the
+server's clock around each command, a script's nested calls included, a transaction's commands one
+by one, EXEC not at all; receiving arguments and sending replies are not in it), Redis's CPU
+(``INFO cpu``: everything, socket I/O included, which is most of what a large value costs), and
+the client's CPU (the calling thread's). Operations:
 
 - a tensor write: the DIY worker's plain HSET against ``tensor_write.lua`` (which refuses, like
   RedisAI, to overwrite a key that is not a tensor);
-- a job's input read: the DIY worker's two pipelined HGETs against ``read_jobs.lua`` (every
-  input's type and size checked before its data is fetched);
-- a completion: the DIY worker's MULTI (HSET output, LPUSH reply, XACK, XDEL) EXEC against
-  ``complete.lua`` for one entry with one output, statistics, the reply and the model version it
-  ran (all checked before anything is written);
+- a job's input read, of two 16-byte tensors and of one 600 KB tensor: the DIY worker's plain
+  HGETs against ``read_jobs.lua`` fetching every tensor itself (the read before issue 17; still
+  the Redis Cluster path) and against the read as the worker makes it now (``state.read``: the
+  script fetches tensors up to ``tensor_io.LUA_VALUE_BYTES``; larger ones, known from an earlier
+  read, come from plain HMGETs in a MULTI the script clears);
+- a completion with one output of 16 bytes, 4 KB and 600 KB (plus statistics, the reply, the
+  model version it ran, all checked before anything is written): the DIY worker's MULTI (HSET
+  output, LPUSH reply, XACK, XDEL) against ``complete.lua`` with the blob as a Lua argument and
+  against the blob staged (a plain HSET of a stage key in the same MULTI as the script, which
+  renames it into place; what the worker does above ``tensor_io.LUA_VALUE_BYTES``);
 - what any script costs: an empty one with few and with many arguments, and one making ten calls.
 
 This is the profile behind the latency rows of ``make bench`` (see bench/README.md).
@@ -18,107 +26,233 @@ This is the profile behind the latency rows of ``make bench`` (see bench/README.
 
 from __future__ import annotations
 
+import collections
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from aiworker.embedded import RedisServer
-from aiworker.storage import lua
+from aiworker.execution import limits, state
+from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.protocol import tensor as codec
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.requests import ModelExecute
+from aiworker.storage import lua, tensor_io
+from aiworker.storage import model as model_store
+from aiworker.storage.wire import Wire
+from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.leases import HeldEntries
 from bench.common import markdown_table
 
-ROUNDS, N = 5, 400
-FIELDS = ["kind", "tensor", "dtype", "FLOAT", "shape", "1,4", "blob", bytes(16)]
-TENSOR = dict(zip(FIELDS[::2], FIELDS[1::2], strict=True))
-DIY_TENSOR = {"shape": "1,4", "blob": bytes(16)}  # what the DIY worker's client writes
+ROUNDS, N = 5, 200
+QUEUE = Keys().queue("CPU")
+SMALL = np.arange(4, dtype=np.float32)
 PAYLOAD = b'{"status": "ok"}' + bytes(64)  # a reply's size
+SIZES = {"16 B": 4, "4 KB": 1024, "600 KB": 150_000}  # float32 elements
 
 
-def server_us(r: redis.Redis, call: Callable[[], object], names: set[bytes]) -> float:
-    """Redis's time (us) per call in the commands named ``names`` that ``call`` sends (a
-    transaction's commands are logged one by one, EXEC not at all)."""
-    for _ in range(50):
-        call()
-    r.config_set("slowlog-log-slower-than", 0)
-    r.slowlog_reset()
+@dataclass
+class Case:
+    name: str
+    call: Callable[[], object]
+    prepare: Callable[[int], None] = lambda n: None  # before each timed round of n calls
+
+
+@dataclass
+class Cost:
+    redis_us: float  # SLOWLOG
+    redis_cpu_us: float  # INFO cpu
+    client_cpu_us: float
+
+
+def redis_cpu(admin: redis.Redis) -> float:
+    info = admin.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def measure(admin: redis.Redis, case: Case) -> Cost:
+    """One round of N calls of ``case`` (after a few warm-up calls)."""
+    case.prepare(N + 10)
+    for _ in range(10):
+        case.call()
+    admin.config_set("slowlog-log-slower-than", 0)
+    admin.slowlog_reset()
+    cpu, client = redis_cpu(admin), time.thread_time()
     for _ in range(N):
-        call()
-    r.config_set("slowlog-log-slower-than", 10_000)
-    log = r.slowlog_get(N * 8)
-    total = sum(e["duration"] for e in log if e["command"].split(b" ", 1)[0].upper() in names)
-    return float(total) / N
+        case.call()
+    client, cpu = time.thread_time() - client, redis_cpu(admin) - cpu
+    admin.config_set("slowlog-log-slower-than", 10_000)
+    log = admin.slowlog_get(N * 40)
+    ours = [e for e in log if e["command"].split(b" ", 1)[0].upper() not in (b"CONFIG", b"INFO")]
+    total = sum(e["duration"] for e in ours)
+    return Cost(total / N, cpu / N * 1e6, client / N * 1e6)
+
+
+class Pending:
+    """Stream entries read by a consumer and not yet acknowledged, one per completion."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.ids: collections.deque[str] = collections.deque()
+
+    def prepare(self, n: int) -> None:
+        self.wire.pipeline([("XADD", QUEUE, "*", "job", "x") for _ in range(n)])
+        replies = self.wire.execute(
+            "XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "COUNT", n, "STREAMS", QUEUE, ">"
+        )
+        self.ids.extend(entry[0].decode() for entry in replies[0][1])
+
+    def take(self) -> str:
+        return self.ids.popleft()
+
+
+@contextmanager
+def stage_above(nbytes: int) -> Iterator[None]:
+    """The worker's staging threshold, for the cases that compare with and without staging."""
+    kept = tensor_io.LUA_VALUE_BYTES
+    tensor_io.LUA_VALUE_BYTES = nbytes
+    try:
+        yield
+    finally:
+        tensor_io.LUA_VALUE_BYTES = kept
+
+
+def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
+    script = lua.load("read_jobs")
+    bounds = limits.Limits()
+    model_store.store_model(admin, Keys(), "m", model_store.ModelMeta("STUB", "CPU"), b"{}")
+    cases = []
+    for label, keys, array in (
+        ("2 x 16 B", ["t1", "t2"], SMALL),
+        ("600 KB", ["big"], np.zeros(SIZES["600 KB"], dtype=np.float32)),
+    ):
+        for key in keys:
+            tensor_io.write(admin, key, array)
+        request = ModelExecute("m", tuple(keys), ("o",))
+        cache = state.MetaCache()
+        state.read(
+            wire, [request], bounds, cache, Keys()
+        )  # the model's metadata is cached, as it runs
+
+        def diy(keys: list[str] = keys) -> object:
+            return wire.pipeline([("HGET", key, "blob") for key in keys])
+
+        def inline(keys: list[str] = keys) -> object:
+            head = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
+            args = [
+                *head,
+                limits.MAX_META_BYTES,
+                1 << 62,
+                0,
+                *(a for _ in keys for a in ("T", "0:1")),
+            ]
+            replies = lua.run_one(wire, script, keys, args)
+            pairs = zip(keys, replies, strict=True)
+            return [limits.decode_tensor_reply(k, r, 1 << 30) for k, r in pairs]
+
+        def guarded(request: ModelExecute = request, cache: state.MetaCache = cache) -> object:
+            [snapshot] = state.read(wire, [request], bounds, cache, Keys())
+            return snapshot.tensors(request.inputs)
+
+        cases += [
+            Case(f"input read, {label}: HGET (DIY)", diy),
+            Case(f"input read, {label}: read_jobs.lua fetching all (before)", inline),
+            Case(f"input read, {label}: state.read (now)", guarded),
+        ]
+    return cases
+
+
+def write_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
+    pending = Pending(wire)
+    admin.xgroup_create(QUEUE, CONSUMER_GROUP, id="0", mkstream=True)
+    completer = Completer(Keys(), "bench", 300, HeldEntries())
+    completer.check_acl = False  # as for a worker whose user may run anything (unrestricted)
+    digest = bytes(admin.hget("m", "digest") or b"")  # the model version the job ran
+    cases = []
+    for label, count in SIZES.items():
+        array = np.zeros(count, dtype=np.float32)
+        diy_fields = ["shape", str(count), "blob", array.tobytes()]
+
+        def diy(diy_fields: list[object] = diy_fields) -> object:
+            entry_id = pending.take()
+            return wire.pipeline(
+                [
+                    ("MULTI",),
+                    ("HSET", "diy:out", *diy_fields),
+                    ("LPUSH", "diy:reply", PAYLOAD),
+                    ("XACK", QUEUE, CONSUMER_GROUP, entry_id),
+                    ("XDEL", QUEUE, entry_id),
+                    ("EXEC",),
+                ]
+            )
+
+        def complete(array: np.ndarray = array, stage: int = 1 << 62) -> object:
+            outcome = Outcome("ok", writes={"out": array}, stats=[StatsRecord("m", 77, 1)])
+            item = Finished(pending.take(), outcome, reply="reply", expect=[("m", digest)])
+            with stage_above(stage):
+                [result] = completer.complete(wire, QUEUE, [item])
+            assert result.applied, result
+            return result
+
+        cases += [
+            Case(f"{label} output: MULTI..EXEC (DIY)", diy, pending.prepare),
+            Case(
+                f"{label} output: complete.lua, blob as a Lua argument", complete, pending.prepare
+            ),
+            Case(
+                f"{label} output: complete.lua, blob staged by HSET",
+                lambda array=array: complete(array, stage=0),
+                pending.prepare,
+            ),
+        ]
+    return cases
 
 
 def main() -> None:
     with RedisServer() as server:
-        r = redis.Redis.from_url(server.url)
-        r.config_set("slowlog-max-len", N * 8)
-        write, read = lua.load("tensor_write"), lua.load("read_jobs")
-        complete = lua.load("complete")
-        for script in (write, read, complete):
-            script.load(r)
-        for key in ("t", "t2"):
-            r.hset(key, mapping=TENSOR)  # type: ignore[arg-type]
-        r.hset("m", mapping={"kind": "model", "digest": "d1"})
-        r.xgroup_create("q", "g", id="0", mkstream=True)
-        empty = r.script_load("return 1")
-        ten_calls = r.script_load("for i = 1, 10 do redis.call('HGET', KEYS[1], 'kind') end")
-
-        def pending() -> str:
-            entry_id = r.xadd("q", {"job": "x"})
-            r.xreadgroup("g", "c", {"q": ">"}, count=1)
-            return entry_id.decode()  # type: ignore[union-attr, no-any-return]
-
-        def diy_read() -> None:
-            pipe = r.pipeline(transaction=False)
-            pipe.hget("t", "blob")
-            pipe.hget("t2", "blob")
-            pipe.execute()
-
-        def aiworker_read() -> None:
-            # read_jobs.lua's ARGV: limits (tensor, job, read), then per key: a tensor, used once
-            # by job 1
-            r.evalsha(read.sha, 2, "t", "t2", 1 << 20, 1 << 20, 1 << 24, "T", "1:1", "T", "1:1")
-
-        def diy_completion() -> None:
-            entry_id = pending()
-            pipe = r.pipeline(transaction=True)
-            pipe.hset("diy:out", mapping=DIY_TENSOR)  # type: ignore[arg-type]
-            pipe.lpush("reply", PAYLOAD)
-            pipe.xack("q", "g", entry_id)
-            pipe.xdel("q", entry_id)
-            pipe.execute()
-            r.delete("reply")
-
-        def aiworker_completion() -> None:
-            # complete_parts.lua's ARGV: group, prefix, reply TTL, no ACL checks, no extra keys,
-            # one entry: id, reply key 2, payload, 1 output, 1 stats record, 0 records, 1 expect;
-            # the output (key 3, no TTL, its fields), the statistics (key 4), the model (key 5)
-            keys = ["q", "reply", "out", "stats", "m"]
-            argv = ["g", "aiworker:", 300, 0, 0, 1, pending(), 2, PAYLOAD, 1, 1, 0, 1,
-                    3, 0, len(FIELDS), *FIELDS, 4, 77, 1, 1, 0, 5, "d1"]  # fmt: skip
-            result = r.evalsha(complete.sha, len(keys), *keys, *argv)
-            assert result[0][0] == 1, result  # type: ignore[index]  # applied
-            r.delete("reply")
-
-        cases: list[tuple[str, Callable[[], object], set[bytes]]] = [
-            ("tensor write: HSET (DIY)", lambda: r.hset("diy:t", mapping=DIY_TENSOR), {b"HSET"}),
-            ("tensor write: tensor_write.lua", lambda: r.evalsha(write.sha, 1, "t", *FIELDS), {b"EVALSHA"}),
-            ("input read: 2 x HGET (DIY)", diy_read, {b"HGET"}),
-            ("input read: read_jobs.lua", aiworker_read, {b"EVALSHA"}),
-            ("completion: MULTI..EXEC (DIY)", diy_completion, {b"HSET", b"LPUSH", b"XACK", b"XDEL"}),
-            ("completion: complete.lua", aiworker_completion, {b"EVALSHA"}),
-            ("empty script, 0 arguments", lambda: r.evalsha(empty, 0), {b"EVALSHA"}),
-            ("empty script, 30 arguments", lambda: r.evalsha(empty, 1, *["x"] * 30), {b"EVALSHA"}),
-            ("script making 10 HGETs", lambda: r.evalsha(ten_calls, 1, "t"), {b"EVALSHA"}),
-        ]  # fmt: skip
-        samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("slowlog-max-len", N * 40)
+        wire = Wire(admin.connection_pool)
+        write = lua.load("tensor_write")
+        for script in (write, lua.load("read_jobs"), lua.load("complete")):
+            script.load(admin)
+        fields = codec.encode_fields(SMALL)
+        flat = [item for pair in fields.items() for item in pair]
+        empty = admin.script_load("return 1")
+        ten_calls = admin.script_load("for i = 1, 10 do redis.call('HGET', KEYS[1], 'kind') end")
+        cases = [
+            Case("tensor write: HSET (DIY)", lambda: wire.execute("HSET", "diy:t", *flat[4:])),
+            Case("tensor write: tensor_write.lua", lambda: lua.run_one(wire, write, ["t"], flat)),
+            *read_cases(wire, admin),
+            *write_cases(wire, admin),
+            Case("empty script, 0 arguments", lambda: wire.execute("EVALSHA", empty, 0)),
+            Case(
+                "empty script, 30 arguments",
+                lambda: wire.execute("EVALSHA", empty, 1, *["x"] * 30),
+            ),
+            Case("script making 10 HGETs", lambda: wire.execute("EVALSHA", ten_calls, 1, "t")),
+        ]
+        samples: dict[str, list[Cost]] = {case.name: [] for case in cases}
         for _ in range(ROUNDS):  # interleaved, so that a noisy moment hits every case
-            for name, call, commands in cases:
-                samples[name].append(server_us(r, call, commands))
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    rows = [[name, medians[name]] for name in samples]
-    print(markdown_table(["operation", "Redis us per call"], rows))
+            for case in cases:
+                samples[case.name].append(measure(admin, case))
+    rows = []
+    for name, costs in samples.items():
+        rows.append(
+            [
+                name,
+                statistics.median(c.redis_us for c in costs),
+                statistics.median(c.redis_cpu_us for c in costs),
+                statistics.median(c.client_cpu_us for c in costs),
+            ]
+        )
+    headers = ["operation", "Redis us (SLOWLOG)", "Redis CPU us", "client CPU us"]
+    print(markdown_table(headers, rows))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ at once:
   writer pipelines the XADDs, one reader takes all replies off the client's reply list;
 * ``sync, private lists``: one blocking ``Client`` shared by ``--threads`` threads, each request
   with its own reply list and BLPOP (the default);
-* ``sync, shared list``: the same with ``shared_replies=True`` (one reply list, a reader thread).
+* ``sync, shared list``: the same with ``shared_replies=True`` (one reply list, a reader thread);
+* then one request at a time from one client: requests/s, this process' CPU per job, and Redis's
+  time in commands per job (INFO commandstats, the worker's commands included).
 
 Latency is per request from the call to its result (so it includes waiting behind the others of
 the burst); connections are those the client's pool opened. Ratios come from one run on the same
@@ -88,6 +90,27 @@ def run_threads(url: str, requests: int, threads: int, shared: bool) -> list[obj
     return result
 
 
+def redis_usec(setup: Client) -> float:
+    """Microseconds Redis spent in commands so far (INFO commandstats)."""
+    stats = setup.info("commandstats")
+    return float(sum(v["usec"] for v in stats.values()))
+
+
+def run_sequential(url: str, setup: Client, requests: int) -> list[object]:
+    """One request at a time from one client: this process' CPU and Redis's time per job."""
+    con = Client.from_url(url)
+    for i in range(50):  # warm: the model's queue cached, the connection open
+        con.modelexecute("m", ["a", "a"], [f"c{i}"])
+    before, cpu, started = redis_usec(setup), time.process_time(), time.perf_counter()
+    for i in range(requests):
+        assert con.modelexecute("m", ["a", "a"], [f"c{i}"]) == "OK"
+    elapsed = time.perf_counter() - started
+    cpu_us = (time.process_time() - cpu) / requests * 1e6
+    redis_us = (redis_usec(setup) - before) / requests
+    con.close()
+    return ["sync, one at a time", requests / elapsed, cpu_us, redis_us]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -105,11 +128,15 @@ def main() -> None:
                 run_threads(server.url, args.requests, args.threads, shared=False),
                 run_threads(server.url, args.requests, args.threads, shared=True),
             ]
+            sequential = run_sequential(server.url, setup, args.requests)
         setup.close()
     print(f"{args.requests} concurrent MODELEXECUTE requests (STUB add), "
           f"worker with {args.worker_threads} threads\n")  # fmt: skip
     headers = ["client", "connections", "p50 ms", "p99 ms", "requests/s"]
     print(markdown_table(headers, rows))
+    print("\nOne request at a time (CPU of this process, Redis's time in commands, per job)\n")
+    headers = ["client", "requests/s", "client CPU us", "Redis us"]
+    print(markdown_table(headers, [sequential]))
 
 
 if __name__ == "__main__":

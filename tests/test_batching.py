@@ -191,7 +191,7 @@ def test_run_batch_wrong_output_batch_size_fails_every_member() -> None:
 
 def submit(client: Client, command: str) -> dict[str, Any]:
     """Queue a RedisAI command and return the worker's whole reply."""
-    return client.submit_reply("CPU", parse_command(command))
+    return client.submit_reply("CPU", parse_command(command)).to_map()
 
 
 def store_batched(client: Client, op: str = "identity", **batching: int) -> None:
@@ -206,7 +206,7 @@ from aiworker.parser import parse_command
 c = Client.from_url(sys.argv[1], reply_timeout=30)
 c.tensorset(sys.argv[2], np.array([[float(sys.argv[3]), 1.0]], dtype=np.float32))
 cmd = f"AI.MODELEXECUTE m INPUTS 1 {sys.argv[2]} OUTPUTS 1 out_{sys.argv[2]}"
-print(json.dumps(c.submit_reply("CPU", parse_command(cmd))))
+print(json.dumps(c.submit_reply("CPU", parse_command(cmd)).to_map()))
 """
 
 

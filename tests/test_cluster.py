@@ -432,8 +432,12 @@ def test_dead_letters_and_forwards(
     [(_id, letter)] = c.xrange(keys.dead_letters("CPU"))
     assert letter[b"dead_letter_entry"].decode() == dead_id
     assert not c.exists("o{d}") and c.infoget("m")["errors"] == 1
-    [(_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
-    assert forwarded[b"cmd"].decode() == forward and c.llen("r{f}") == 0
+    [(forwarded_id, forwarded)] = c.xrange(keys.queue("CPU:1"))
+    assert forwarded[b"cmd"].decode() == forward
+    # its requester is told where it went (the new id, from the step in the new queue's slot)
+    [notice] = [json.loads(raw) for raw in c.lrange("r{f}", 0, -1)]
+    assert notice["status"] == "forwarded" and notice["queue"] == queue
+    assert notice["to"] == {"queue": keys.queue("CPU:1"), "id": forwarded_id.decode()}
     assert c.xlen(queue) == 0 and c.xpending(queue, CONSUMER_GROUP)["pending"] == 0
 
 

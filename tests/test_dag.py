@@ -286,7 +286,7 @@ def test_dag_sent_to_another_device_queue_is_forwarded(
     client.tensorset("a", np.ones(2, np.float32))
     request = client.dag(load="a").modelexecute("m1", ["a"], ["b"]).tensorget("b").request()
     reply = client.submit_reply("CPU", request)
-    assert reply["status"] == "ok" and reply["results"][0] == "OK"
+    assert reply.status == "ok" and reply.results is not None and reply.results[0] == "OK"
 
 
 def test_dag_is_queued_on_its_first_model_or_script_device(client: Client) -> None:

@@ -309,11 +309,17 @@ def test_job_on_wrong_device_queue_is_forwarded(client: Client, redis_server: Re
     w = Worker(Settings(redis_url=redis_server.url, devices=("CPU", "CPU:1"), block_ms=100))
     w.start()
     try:
-        client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "r1"})
-        reply = blpop_json(client, "r1")
+        cmd = "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c"
+        entry_id = client.xadd(QUEUE, {"cmd": cmd, "reply": "r1"}).decode()
+        notice = blpop_json(client, "r1")  # first: where it went (the new id Redis gave it)
+        assert notice["status"] == "forwarded"
+        assert (notice["queue"], notice["id"]) == (QUEUE, entry_id)
+        assert notice["to"]["queue"] == "aiworker:queue:CPU:1"
+        reply = blpop_json(client, "r1")  # then the reply about the forwarded entry
         assert reply["status"] == "ok"
+        assert (reply["queue"], reply["id"]) == (notice["to"]["queue"], notice["to"]["id"])
         assert client.tensorget("c").tolist() == [8, 15]
-        assert client.llen("r1") == 0  # one reply only, not one per hop
+        assert client.llen("r1") == 0  # nothing else
     finally:
         w.stop(timeout=10)
     assert_queue_drained(client, QUEUE)

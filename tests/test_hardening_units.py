@@ -12,7 +12,7 @@ from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.logs import JsonFormatter
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.replies import decode_reply
+from aiworker.protocol.replies import Reply, Status, decode_reply
 from aiworker.settings import Settings
 from aiworker.storage.redis_options import block_ms_for, worker_kwargs
 from aiworker.worker.complete import Completer, Finished
@@ -35,21 +35,43 @@ def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> Non
     stats = Keys().stats("m")
     assert keys == ["q", "r", "o", stats]
     fields = codec.encode_fields(array)
-    assert body[:8] == [2, "1-0", 2, body[3], 1, 1, 0, 0]
-    assert decode_reply(body[3]) == {"status": "ok", "id": "1-0", "worker": "w1"}
-    assert body[8:11] == [3, 0, 8] and body[11:19] == [x for kv in fields.items() for x in kv]
-    assert body[19:24] == [4, 5, 2, 1, 0]
-    assert body[24:31] == ["2-0", 2, body[26], 0, 1, 0, 0]
-    assert decode_reply(body[26])["error"] == "boom"
-    assert body[31:] == [4, 0, 0, 1, 1]
+    assert body[:9] == [2, "1-0", 2, body[3], 0, 1, 1, 0, 0]
+    assert decode_reply(body[3]) == Reply(Status.OK, "q", "1-0", extra={"worker": "w1"})
+    # the output: key 3, no TTL, no stage key (its fields follow), 8 items
+    assert body[9:13] == [3, 0, 0, 8] and body[13:21] == [x for kv in fields.items() for x in kv]
+    assert body[21:26] == [4, 5, 2, 1, 0]
+    assert body[26:34] == ["2-0", 2, body[28], 0, 0, 1, 0, 0]
+    failed = decode_reply(body[28])
+    assert failed is not None and failed.error == "boom" and failed.answers("q", "2-0")
+    assert body[34:] == [4, 0, 0, 1, 1]
 
 
-def test_a_forward_is_a_stream_record_and_no_reply() -> None:
-    fields = {b"cmd": b"AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b", b"reply": b"r"}
+def test_a_forward_is_a_stream_record_of_the_request_and_a_notice() -> None:
+    """Only the request, its reply key and format travel on (an entry with thousands of other
+    fields is forwarded small); the requester is told where it went, the new id written in by
+    the completion script where the payload says."""
+    cmd = b"AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b"
+    fields = {b"cmd": cmd, b"reply": b"r", **{f"x{n}".encode(): b"junk" for n in range(5000)}}
     item = Finished("1-0", Outcome.forward("GPU"), reply="r", fields=fields)
     keys, body = completer()._arguments("q", [item])
-    assert keys == ["q", "aiworker:queue:GPU"]
-    assert body == [1, "1-0", 0, b"", 0, 0, 1, 0, 2, 0, 4, "cmd", fields[b"cmd"], "reply", b"r"]
+    assert keys == ["q", "r", "aiworker:queue:GPU"]
+    notice, splice = body[3], body[4]
+    assert body[:3] == [1, "1-0", 2] and body[5:] == [
+        0,
+        0,
+        1,
+        0,
+        3,
+        0,
+        4,
+        "cmd",
+        cmd,
+        "reply",
+        b"r",
+    ]
+    assert decode_reply(notice[:splice] + b"7-1" + notice[splice:]) == Reply(
+        Status.FORWARDED, "q", "1-0", to=("aiworker:queue:GPU", "7-1")
+    )
 
 
 def test_failure_reasons() -> None:

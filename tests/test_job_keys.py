@@ -136,8 +136,9 @@ def test_a_reply_onto_an_existing_list_sets_no_expiry(ready: Client) -> None:
     ready.rpush("inbox", "theirs")
     ready.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 o", "reply": "inbox"})
     wait_until(lambda: ready.llen("inbox") == 2)
-    assert json.loads(ready.lindex("inbox", 0))["status"] == "ok"  # type: ignore[arg-type]
-    assert ready.lindex("inbox", 1) == b"theirs" and ready.ttl("inbox") == -1
+    assert ready.lindex("inbox", 0) == b"theirs" and ready.ttl("inbox") == -1
+    # appended (RPUSH): BLPOP reads replies in the order they came
+    assert json.loads(ready.lindex("inbox", 1))["status"] == "ok"  # type: ignore[arg-type]
 
 
 def test_a_reply_list_the_completion_creates_expires(ready: Client, worker: Worker) -> None:
@@ -269,7 +270,7 @@ def test_structured_dag_entries_meet_the_parsers_rules(ready: Client) -> None:
     popped = client.blpop(["d9"], 10)
     assert popped is not None and "malformed" in json.loads(popped[1])["error"]
     ok = DagExecute((TensorSet("t", "FLOAT", (2,), b"\0" * 8), TensorGet("t")), routing="m")
-    assert client.submit_reply("CPU", ok)["status"] == "ok"
+    assert client.submit_reply("CPU", ok).status == "ok"
 
 
 # leases ---------------------------------------------------------------------------------

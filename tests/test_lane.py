@@ -20,7 +20,7 @@ from aiworker.parser import parse_command
 
 
 def submit(client: Client, command: str) -> dict[str, Any]:
-    return client.submit_reply("CPU", parse_command(command))
+    return client.submit_reply("CPU", parse_command(command)).to_map()
 
 
 def blpop_json(client: Client, key: str, timeout: float = 20) -> dict[str, Any]:
@@ -223,7 +223,9 @@ def test_a_dag_op_waiting_for_its_batch_is_not_a_hung_job(
     try:
         dag = parse_command("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")
         result: dict[str, Any] = {}
-        waiter = threading.Thread(target=lambda: result.update(client.submit_reply("CPU", dag)))
+        waiter = threading.Thread(
+            target=lambda: result.update(client.submit_reply("CPU", dag).to_map())
+        )
         waiter.start()
         wait_until(lambda: w.lanes["CPU"].waiting_entry_ids(), timeout=10)
         for n in range(3):  # other jobs run meanwhile, on the lane's one slot

@@ -89,7 +89,14 @@ def test_model_blobs_beyond_the_limit_are_not_fetched(client: Client, limited: W
         ({"chunks": "1000000000"}, "chunk count is not a whole number from 0 to 65,536"),
         ({"chunks": "2"}, "model blob is incomplete"),  # the size field is not trusted
         ({"chunk:0": b"\xff" * 18}, "STUB: model blob is not a JSON program"),
-        ({"batchsize": "many"}, "internal error: ValueError"),
+        # fields no MODELSTORE would store: RedisAI's message for that argument
+        ({"batchsize": "many"}, "Invalid argument for BATCHSIZE"),
+        ({"minbatchsize": "1_0"}, "Invalid argument for MINBATCHSIZE"),
+        ({"minbatchtimeout": "\u0661"}, "Invalid argument for MINBATCHTIMEOUT"),
+        ({"inputs": b"\xff\xfe"}, "Invalid argument for input_count"),
+        ({"outputs": '{"a": 1}'}, "Invalid argument for output_count"),
+        ({"chunks": "two"}, "chunk count is not a whole number"),
+        ({"backend": b"ST\xffUB"}, "unsupported backend"),
     ],
 )
 def test_corrupt_models_are_errors(
@@ -179,3 +186,121 @@ def test_nothing_is_ever_unpickled() -> None:
             if "ext_hook" in call or "object_hook" in call:
                 offenders.append(f"{path.relative_to(ROOT)}: msgpack hooks")
     assert offenders == []
+
+
+# Fields, key counts and values beyond what Redis or a worker should carry ---------------------
+
+
+def output_bytes(r: Client) -> int:
+    """Bytes Redis has sent to its clients so far."""
+    return int(r.info("stats")["total_net_output_bytes"])
+
+
+def test_an_oversized_shape_field_is_refused_before_it_is_fetched(
+    client: Client, limited: Worker
+) -> None:
+    """An 8 MB shape field raised a worker's RSS by 120 MB; it never leaves Redis now."""
+    client.hset("fat", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1," * (4 << 20)})
+    client.hset("odd", mapping={"kind": "tensor", "dtype": "FLOAT" * 1000, "shape": "2"})
+    sent = output_bytes(client)
+    reply = run_raw(client, {"cmd": "AI.MODELEXECUTE m INPUTS 1 fat OUTPUTS 1 o"})
+    assert reply["error"] == "invalid or negative value found in tensor shape", reply
+    assert output_bytes(client) - sent < 100_000, "the field itself never left Redis"
+    reply = run_raw(client, {"cmd": "AI.MODELEXECUTE m INPUTS 1 odd OUTPUTS 1 o"})
+    assert reply["error"] == "invalid data type", reply
+    assert_next_good_job_succeeds(client)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"dtype": b"FL\xffAT"}, "invalid data type"),
+        ({"shape": b"\xff"}, "invalid or negative value found in tensor shape"),
+        ({"shape": "1_0"}, "invalid or negative value found in tensor shape"),
+        ({"shape": "\u0661"}, "invalid or negative value found in tensor shape"),
+        ({"values": b"1 \xff"}, "invalid value"),
+    ],
+)
+def test_garbled_tensor_fields_get_redisai_errors(
+    client: Client, limited: Worker, fields: dict[str, object], message: str
+) -> None:
+    client.hset("g", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "2", **fields})  # type: ignore[arg-type]
+    reply = run_raw(client, {"cmd": "AI.MODELEXECUTE m INPUTS 1 g OUTPUTS 1 o"})
+    assert reply["error"] == message, reply
+
+
+def test_an_entry_naming_too_many_keys_is_refused(client: Client, limited: Worker) -> None:
+    inputs = " ".join(f"k{n}" for n in range(2000))
+    reply = run_raw(client, {"cmd": f"AI.MODELEXECUTE m INPUTS 2000 {inputs} OUTPUTS 1 o"})
+    assert reply["error"] == (
+        "the job names 2,002 keys, more than this worker's max_job_keys (1,024)"
+    ), reply
+    assert_next_good_job_succeeds(client)
+
+
+def test_reads_of_many_keys_are_split_so_no_script_runs_long(client: Client) -> None:
+    """Jobs taken in one stream read that name many keys are read by several script calls,
+    none checking more than READ_KEYS_PER_CALL keys (each costs Redis microseconds)."""
+    from aiworker.execution import limits as job_limits
+    from aiworker.execution import state
+    from aiworker.protocol.requests import ModelExecute
+    from aiworker.storage.wire import Wire
+
+    stub_model(client, "m", op="identity")
+    for n in range(900):
+        tensor(client, f"k{n}", [n])
+    jobs = [ModelExecute("m", tuple(f"k{n}" for n in range(j, 900, 3)), ("o",)) for j in range(3)]
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
+    try:
+        snapshots = state.read(Wire(client.connection_pool), jobs, job_limits.Limits())
+        log = client.slowlog_get(100_000)
+    finally:
+        client.config_set("slowlog-log-slower-than", 10_000)
+    assert [s.tensor("k5").tolist() for s in snapshots[2:]] == [[5.0]]
+    numkeys = [int(e["command"].split()[2]) for e in log if e["command"].startswith(b"EVALSHA")]
+    assert len(numkeys) == 3, "three jobs of 301 keys each: one call each"
+    assert max(numkeys) <= state.READ_KEYS_PER_CALL + 1, "its keys, and the read's flag"
+
+
+def test_outputs_larger_than_redis_accepts_are_refused_with_the_real_cause(
+    tmp_path: Path,
+) -> None:
+    """Redis takes no value above its proto-max-bulk-len: such an output was re-run until
+    dead-lettered as if its workers died. The worker reads the limit at start and says so."""
+    pytest.importorskip("torch")
+    from aiworker.embedded import RedisServer
+
+    source = (
+        "def grow(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    return torch.cat([tensors[0], tensors[0]])\n"
+    )
+    with RedisServer(extra_args=["--proto-max-bulk-len", "1mb"]) as server:
+        c = Client.from_url(server.url, reply_timeout=20)
+        c.scriptstore("s", "CPU", source, ["grow"])
+        c.hset("z", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "200000"})  # 800 KB
+        w = Worker(Settings(redis_url=server.url, block_ms=100)).start()
+        try:
+            assert w.limits.max_tensor_bytes == 1 << 20
+            with pytest.raises(AIError) as info:
+                c.scriptexecute("s", "grow", inputs=["z"], outputs=["o"])
+        finally:
+            w.stop(timeout=10)
+        assert "1,600,000 bytes" in str(info.value) and "proto-max-bulk-len" in str(info.value)
+        assert not c.exists("o") and c.xlen(c.keyspace.dead_letters("CPU")) == 0
+        c.close()
+
+
+def test_a_worker_that_may_not_read_config_assumes_redis_default(client: Client) -> None:
+    from aiworker.storage import tensor_io
+
+    assert tensor_io.max_value_bytes(client) == 512 << 20  # the test server's own setting
+    client.execute_command("ACL", "SETUSER", "noconfig", "on", ">pw", "~*", "+@all", "-config")
+    try:
+        port = client.connection_pool.connection_kwargs["port"]
+        user = Client(port=port, username="noconfig", password="pw")
+        assert tensor_io.max_value_bytes(user) == tensor_io.REDIS_MAX_VALUE_BYTES
+        user.close()
+    finally:
+        client.execute_command("ACL", "DELUSER", "noconfig")

@@ -113,3 +113,27 @@ def test_workers_reconnect_after_redis_restarts_under_load(tmp_path: Path) -> No
     finally:
         admin.close()
         server.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_while_redis_is_down_stops_within_the_drain_timeout(tmp_path: Path) -> None:
+    """Deregistering is a courtesy: with Redis gone, its retries must not hold the stop past a
+    supervisor's grace period (compose: 10 s)."""
+    server = RedisServer().start()
+    admin = _no_retry_client(server.port)
+    try:
+        with workers(server.url, tmp_path, 1, drain_timeout=5) as procs:
+            wait_for_workers(admin, procs)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait()
+            server.process = None
+            time.sleep(1.0)  # the worker notices: its reads fail and retry
+            started = time.monotonic()
+            procs[0].signal(signal.SIGTERM)
+            code = procs[0].wait(30)
+            took = time.monotonic() - started
+        assert code == 0, procs[0].log()[-2000:]
+        assert took < 9.0, f"stopped after {took:.1f} s"
+    finally:
+        server.stop()

@@ -7,14 +7,17 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import ROOT, wait_until
+from conftest import ROOT, stub_blob, wait_until
 from faults import KEYS, WorkerProcess, pending_ids, stub_model, tensor, wait_for_workers
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -240,6 +243,169 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
     with pytest.raises(redis.exceptions.ResponseError, match=r"NOPERM|no permissions"):
         worker_user.evalsha(sha, 1, "secret:plain")
     assert admin.get("secret:plain") == b"do not read"
+
+
+# Every path that writes, under the documented rule ------------------------------------------
+
+ADD_SCRIPT = """
+def add(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] + tensors[1]
+"""
+BIG = np.arange(150_000, dtype=np.float32)  # 600 KB: its output is staged, then renamed
+
+
+@dataclass
+class AclDeployment:
+    """A Redis (single or the 3+3 cluster) where ``aiworker`` has exactly the documented rule."""
+
+    admin: Any  # an aiworker client with every right
+    url: str  # the worker user's
+    cluster: bool
+
+
+def cluster_rule_extra() -> list[str]:
+    text = (ROOT / "docs" / "security.md").read_text()
+    extra = re.search(r"<!-- acl:worker-cluster -->\s*```text\n(.+)\n```", text)
+    assert extra, "docs/security.md shows what a cluster worker needs besides the rule"
+    return extra.group(1).split()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def acl_deployment(
+    request: pytest.FixtureRequest, acl_redis: tuple[redis.Redis, int]
+) -> Iterator[AclDeployment]:
+    if request.param == "single":
+        _admin, port = acl_redis
+        admin = Client(port=port, username="admin", password="adminpw", reply_timeout=20)
+        yield AclDeployment(admin, f"redis://aiworker:workerpw@127.0.0.1:{port}/0", False)
+        admin.close()
+        return
+    cluster = request.getfixturevalue("redis_cluster")
+    admin = request.getfixturevalue("cluster_client")
+    rule = documented_worker_rule("workerpw").split()[2:] + cluster_rule_extra()
+    nodes = [cluster.node(port) for port in cluster.ports]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", "aiworker", *rule)
+    try:
+        url = f"redis://aiworker:workerpw@127.0.0.1:{cluster.ports[1]}/0"
+        yield AclDeployment(admin, url, True)
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "aiworker")
+
+
+def _concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result(30) for future in [pool.submit(call) for call in calls]]
+
+
+def _raw_reply(admin: Any, queue: str, cmd: str, reply: str) -> dict[str, Any]:
+    """Queue a redis-cli style entry and wait for its final reply (a forward may come first)."""
+    admin.xadd(queue, {"cmd": cmd, "reply": reply})
+    while True:
+        popped = admin.blpop([reply], 20)
+        assert popped is not None, f"no reply to {cmd}"
+        answer: dict[str, Any] = json.loads(popped[1])
+        if answer["status"] != "forwarded":
+            return answer
+
+
+@pytest.mark.slow
+def test_every_path_that_writes_works_under_the_documented_acl(
+    acl_deployment: AclDeployment,
+) -> None:
+    """MODELEXECUTE twice onto the same outputs (serving loops reuse them), a large output, a
+    SCRIPTEXECUTE, DAG PERSIST, batched jobs, Client.run and a forward, each twice, then dead
+    letters: with the worker's documented least-privilege rule, on one Redis and on a cluster."""
+    pytest.importorskip("torch")
+    d = acl_deployment
+    c = d.admin
+    c.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+    c.modelstore("ai:b", "STUB", "CPU", stub_blob("add"), batch=4, minbatch=2, minbatchtimeout=2000)
+    c.modelstore("ai:m1", "STUB", "CPU:1", stub_blob("add"))
+    c.scriptstore("ai:s", "CPU", ADD_SCRIPT, ["add"])
+    c.tensorset("ai:a", np.array([1, 2], dtype=np.float32))
+    c.tensorset("ai:big", BIG)
+    c.tensorset("ai:row", np.array([[1, 2]], dtype=np.float32))
+    partitions = 3 if d.cluster else 1
+    settings = Settings(
+        redis_url=d.url,
+        devices=("CPU", "CPU:1"),
+        threads_per_queue=3,
+        block_ms=100,
+        queue_partitions=partitions,
+    )
+    queue = c.keyspace.queue("CPU")
+    io = "INPUTS 2 ai:a ai:a OUTPUTS 1 ai:o"
+    row = "INPUTS 2 ai:row ai:row OUTPUTS 1 ai:o"  # one row: two of them make a batch
+    w = Worker(settings).start()
+    try:
+        wait_until(lambda: c.zcard(c.keyspace.workers) > 0, timeout=10)
+        for run in range(2):  # the second run replaces every tensor the first one wrote
+            assert c.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:o{1}"]) == "OK", run
+            assert c.modelexecute("ai:m", ["ai:big", "ai:big"], ["ai:o{2}"]) == "OK"
+            assert c.scriptexecute("ai:s", "add", inputs=["ai:a", "ai:a"], outputs=["ai:o{3}"])
+            results = (
+                c.dag(load=["ai:a"], persist=["ai:o{4}"])
+                .modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:o{4}"])
+                .execute()
+            )
+            assert results == ["OK"]
+            batched = _concurrently(
+                *(
+                    lambda n=n: _raw_reply(
+                        c, queue, f"AI.MODELEXECUTE ai:b {row}{{{n}}}", f"ai:r{{{n}}}"
+                    )
+                    for n in (5, 6)
+                )
+            )
+            assert [answer["batch"]["requests"] for answer in batched] == [2, 2], batched
+            ran = c.run("ai:m", {"x": np.ones(2, np.float32), "y": np.ones(2, np.float32)}, ["z"])
+            assert ran["z"].tolist() == [2.0, 2.0]
+            answer = _raw_reply(c, queue, f"AI.MODELEXECUTE ai:m1 {io}{{7}}", "ai:r{7}")
+            assert answer["status"] == "ok", answer
+        for n in (1, 3, 4, 7):
+            assert c.tensorget(f"ai:o{{{n}}}").tolist() == [2.0, 4.0], n
+        for n in (5, 6):
+            assert c.tensorget(f"ai:o{{{n}}}").tolist() == [[2.0, 4.0]], n
+        np.testing.assert_array_equal(c.tensorget("ai:o{2}"), BIG * 2)
+    finally:
+        w.stop(timeout=10)
+    assert not list(c.scan_iter("aiworker:tmp:*")), "no stage key left"
+
+    # Dead letters: an entry a vanished consumer took is reclaimed and dead-lettered.
+    c.xadd(queue, {"cmd": f"AI.MODELEXECUTE ai:m {io}{{8}}", "reply": "ai:r{8}"})
+    c.xreadgroup(CONSUMER_GROUP, "gone:1:CPU:0", {queue: ">"}, count=1)
+    w = Worker(settings.replace(visibility_timeout=0.3, max_deliveries=1)).start()
+    try:
+        popped = c.blpop(["ai:r{8}"], 20)
+        assert popped is not None and b"delivered 2 times" in popped[1], popped
+    finally:
+        w.stop(timeout=10)
+    assert c.xlen(c.keyspace.dead_letters("CPU")) == 1 and not c.exists("ai:o{8}")
+
+
+def test_a_denied_probe_is_never_taken_for_another_type(tmp_path: Path) -> None:
+    """A rule without HGET cannot ask an output key whether it holds a tensor: the job is
+    refused with NOPERM, never WRONGTYPE, and the tensor is left as it was."""
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    rule = documented_worker_rule("workerpw").replace(" +hget ", " ")
+    acl.write_text("user default off\nuser admin on >adminpw ~* &* +@all\n" + rule + "\n")
+    args = ["--port", str(port), "--aclfile", str(acl)]
+    for admin in _redis(tmp_path, args, port=port, username="admin", password="adminpw"):
+        stub_model(admin, "ai:m")
+        tensor(admin, "ai:a", [1, 2])
+        tensor(admin, "ai:o", [7, 7])
+        before = admin.hgetall("ai:o")
+        url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
+        w = Worker(Settings(redis_url=url, block_ms=100)).start()
+        try:
+            reply = _run(admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:a OUTPUTS 1 ai:o", "ai:r")
+        finally:
+            w.stop(timeout=10)
+        assert reply["error"] == "NOPERM this worker may not write key 'ai:o'", reply
+        assert admin.hgetall("ai:o") == before
 
 
 # TLS ----------------------------------------------------------------------------------------

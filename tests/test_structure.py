@@ -108,7 +108,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "aiworker.protocol": ("*",),  # the ground floor: nothing else of aiworker
     "aiworker.parser": ("aiworker.backends", "aiworker.storage"),
     "aiworker.storage": ("aiworker.execution", "aiworker.worker"),
+    "aiworker.backends": ("aiworker.storage", "aiworker.execution", "aiworker.worker"),
     "aiworker.execution": ("aiworker.worker",),
+    # requesters: the worker side is never loaded by a client (see also the import test above)
+    "aiworker.client": ("aiworker.worker", "aiworker.execution"),
+    "aiworker.asyncio": ("aiworker.worker", "aiworker.execution"),
+    "aiworker.gateway": ("aiworker.worker", "aiworker.execution"),
 }
 
 

@@ -327,6 +327,16 @@ DECODE_ERRORS = [
     ("shape-zero-inner", tensor_fields(shape="3,0"), messages.INVALID_SHAPE),
     ("shape-text", tensor_fields(shape="two"), messages.INVALID_SHAPE),
     ("shape-float", tensor_fields(shape="1.5"), messages.INVALID_SHAPE),
+    # what Python's int() reads but RedisAI's strtoll does not; bytes that are not UTF-8
+    ("shape-underscore", tensor_fields(shape="1_0"), messages.INVALID_SHAPE),
+    ("shape-arabic-digits", tensor_fields(shape="\u0661\u0662"), messages.INVALID_SHAPE),
+    ("shape-fullwidth-digits", tensor_fields(shape="\uff12"), messages.INVALID_SHAPE),
+    ("shape-not-utf8", {**tensor_fields(), b"shape": b"\xff\xfe"}, messages.INVALID_SHAPE),
+    ("dtype-not-utf8", {**tensor_fields(), b"dtype": b"FL\xffOAT"}, messages.INVALID_DTYPE),
+    ("shape-65-dims", tensor_fields(shape=",".join(["1"] * 65)), messages.INVALID_SHAPE),
+    # fields far longer than any tensor's: refused before they are parsed (or cached)
+    ("shape-too-long", tensor_fields(shape="1," * 600 + "1"), messages.INVALID_SHAPE),
+    ("dtype-too-long", tensor_fields("FLOAT" * 300), messages.INVALID_DTYPE),
     # value counts
     ("values-too-few", tensor_fields(values=b"1"), messages.WRONG_VALUE_COUNT),
     ("values-too-many", tensor_fields(values=b"1 2 3"), messages.WRONG_VALUE_COUNT),
@@ -350,6 +360,15 @@ DECODE_ERRORS = [
     ("bool-2", tensor_fields("BOOL", values=b"1 2"), messages.INVALID_VALUE),
     ("bool-negative", tensor_fields("BOOL", values=b"0 -1"), messages.INVALID_VALUE),
     ("int8-overflow", tensor_fields("INT8", values=b"1 128"), messages.INVALID_VALUE),
+    ("int-underscore", tensor_fields("INT32", values=b"1 1_0"), messages.INVALID_VALUE),
+    (
+        "int-arabic-digits",
+        tensor_fields("INT32", values="1 \u0661".encode()),
+        messages.INVALID_VALUE,
+    ),
+    ("float-underscore", tensor_fields(values=b"1 1_0.5"), messages.INVALID_VALUE),
+    ("float-fullwidth", tensor_fields(values="1 \uff12".encode()), messages.INVALID_VALUE),
+    ("values-not-utf8", tensor_fields(values=b"1 \xff"), messages.INVALID_VALUE),
 ]
 
 

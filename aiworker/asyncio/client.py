@@ -16,7 +16,7 @@ from aiworker.client.ops import Op, Print, State, Submit, VerifyHere
 from aiworker.client.verify import verify_model
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
-from aiworker.protocol.replies import raise_for_reply
+from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
 from aiworker.storage.plans import Commands
@@ -127,9 +127,10 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
         return str(await self._drive(Op(None, job_ops.queue_plan(self._state, request))))
 
     async def submit(self, device: str, request: Request) -> str:
-        return raise_for_reply(await self.submit_reply(device, request))
+        (await self.submit_reply(device, request)).raise_for_status()
+        return "OK"
 
-    async def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
+    async def submit_reply(self, device: str, request: Request) -> Reply:
         return await self._jobs.submit(device, request)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:

@@ -1,11 +1,14 @@
-"""Jobs from the asyncio client: any number of concurrent requests on a handful of connections.
+"""Jobs from the asyncio client: the wait plan (``client.wait_plan``) driven on ``redis.asyncio``,
+any number of concurrent requests on a handful of connections.
 
 * Submitting: requests queue up in memory and one writer task sends all that are waiting in one
-  pipeline of XADDs, so a burst of 1,000 requests costs a few round trips on one connection.
+  pipeline (each entry's XADD, or the enqueue script where the queue has a length limit, and a read
+  of that limit: ``storage.queues.Enqueuer``), so a burst of 1,000 requests costs a few round trips
+  on one connection.
 * Waiting: every entry names the client's one reply list (``Keys.reply(token)``); one reader task
-  BLPOPs it and resolves the waiting future by the reply's entry id (``waiting.ReplyRouter``:
-  replies that beat their registration are kept, replies nobody waits for are dropped).
-* Ending a wait follows ``client.waiting``; heartbeat reads are shared by all waiters of a queue.
+  BLPOPs it and hands each reply to the waiting job it answers (``client.routing``).
+* Heartbeats are read once per half second however many jobs wait; taking entries back uses a few
+  connections at a time.
 """
 
 from __future__ import annotations
@@ -19,16 +22,29 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from aiworker.asyncio.plans import run
-from aiworker.client import waiting
+from aiworker.asyncio.plans import execute_commands, run
+from aiworker.client import routing, waiting
+from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.replies import MSGPACK, decode_reply
+from aiworker.protocol.replies import MSGPACK, Reply, decode_reply
 from aiworker.protocol.requests import Request
-from aiworker.storage import health, queues
+from aiworker.storage import health
+from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.queues import Enqueuer
 
 READ_BLOCK_S = 1.0
 DRAIN = 512
+
+
+class _Mailbox:
+    """Where the reader task puts a job's replies."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[Reply] = asyncio.Queue()
+
+    def put(self, reply: Reply) -> None:
+        self.inbox.put_nowait(reply)
 
 
 class AsyncJobs:
@@ -39,62 +55,92 @@ class AsyncJobs:
         self.keyspace = keyspace
         self.reply_timeout = reply_timeout
         self.reply_list = keyspace.reply(uuid.uuid4().hex)
-        self.router = waiting.ReplyRouter()
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[str]]] = []
+        self.router = routing.ReplyRouter()
+        self.enqueuer = Enqueuer(keyspace)
+        self._pending: list[tuple[str, Any, asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._live: dict[str, tuple[float, bool]] = {}
-        self._reading: dict[str, asyncio.Future[bool]] = {}
+        self._liveness: tuple[float, asyncio.Future[Any]] | None = None
         self._withdrawing = asyncio.Semaphore(4)
 
     # submitting ------------------------------------------------------------------------------
 
-    async def submit(
-        self, queue: str, request: Request, limit: float | None = None
-    ) -> dict[str, Any]:
+    async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         """The worker's reply to ``request`` sent to device ``queue`` (a ``timedout`` reply when
         its TIMEOUT passed before any worker read it)."""
         if limit is None:
             limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
-        clock = waiting.Clock(limit)
+        fields = encode_entry(request, self.reply_list, MSGPACK)
+        plan = job_plan(
+            self.keyspace, queue, self.keyspace.queue(queue), fields, request.timeout_ms, limit
+        )
+        mailbox = _Mailbox()
+        try:
+            return await self._drive(plan, mailbox)
+        finally:
+            self.router.forget(mailbox)
+
+    async def _drive(self, plan: Plan[Reply], mailbox: _Mailbox) -> Reply:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = await self._step(step, mailbox)
+                except Exception as exc:  # the plan decides what a lost Redis means
+                    step = plan.throw(exc)
+                    continue
+                step = plan.send(result)
+        except StopIteration as stop:
+            reply: Reply = stop.value
+            return reply
+
+    async def _step(self, step: Any, mailbox: _Mailbox) -> Any:
+        if isinstance(step, Receive):
+            try:
+                return await asyncio.wait_for(mailbox.inbox.get(), step.seconds)
+            except asyncio.TimeoutError:
+                return None
+        if isinstance(step, Enqueue):
+            return await self._enqueue(step, mailbox)
+        if isinstance(step, Commands):
+            async with self._withdrawing:  # many waits may end at once: a few connections
+                return await execute_commands(self.r, step)
+        if isinstance(step, Liveness):
+            return await self._read_liveness()
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+            return None
+        raise TypeError(f"unknown wait step {type(step).__name__}")
+
+    async def _enqueue(self, step: Enqueue, mailbox: _Mailbox) -> Enqueued:
         self._start_reader()
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.router.expect()
         try:
-            entry_id = await self._xadd(queue, encode_entry(request, self.reply_list, MSGPACK))
+            entry_id = await self._add(step.stream, step.fields)
         except BaseException:
             self.router.cancel()
             raise
-        early = self.router.register(entry_id, reply)
-        if early is not None:
-            return early
-        try:
-            while True:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(reply), clock.slice(READ_BLOCK_S))
-                except asyncio.TimeoutError:
-                    pass
-                ended = await self._check(queue, entry_id, request, clock, reply)
-                if ended is not None:
-                    return ended
-        finally:
-            self.router.forget(entry_id)
+        self.router.register((step.stream, entry_id), mailbox)
+        return Enqueued(entry_id)
 
-    async def _xadd(self, queue: str, fields: dict[str, Any]) -> str:
+    async def _add(self, stream: str, fields: Any) -> str:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((self.keyspace.queue(queue), fields, future))
+        self._pending.append((stream, fields, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())
         return await future
 
     async def _write(self) -> None:
-        """Send every queued XADD, a pipeline at a time, until none is left."""
+        """Send every queued entry, a pipeline at a time, until none is left."""
         while self._pending:
             batch, self._pending = self._pending, []
             pipe = self.r.pipeline(transaction=False)
-            for queue_key, fields, _ in batch:
-                pipe.xadd(queue_key, fields)  # type: ignore[arg-type]
+            sizes = []
+            for stream, fields, _ in batch:
+                commands = self.enqueuer.commands(stream, fields)
+                sizes.append(len(commands))
+                for command in commands:
+                    pipe.execute_command(*command)
             try:
                 results = await pipe.execute(raise_on_error=False)
             except BaseException as exc:
@@ -104,76 +150,24 @@ class AsyncJobs:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, _, future), result in zip(batch, results, strict=True):
+            start = 0
+            for (stream, _, future), size in zip(batch, sizes, strict=True):
+                replies, start = results[start : start + size], start + size
                 if future.done():
                     continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result.decode() if isinstance(result, bytes) else str(result))
+                try:
+                    future.set_result(self.enqueuer.entry_id(stream, replies))
+                except Exception as exc:
+                    future.set_exception(exc)
 
-    # ending a wait ---------------------------------------------------------------------------
-
-    async def _check(
-        self,
-        queue: str,
-        entry_id: str,
-        request: Request,
-        clock: waiting.Clock,
-        reply: asyncio.Future[dict[str, Any]],
-    ) -> dict[str, Any] | None:
-        if clock.expired():
-            withdrawn = await self._withdraw(queue, entry_id)
-            late = await self._last_chance(withdrawn, reply)
-            if late is not None:
-                return late
-            if request.timeout_ms and withdrawn == waiting.REMOVED:
-                return {"status": "timedout", "id": entry_id, "withdrawn": True}
-            assert clock.deadline is not None
-            raise waiting.timeout_error(
-                queue, clock.deadline - clock.started, request.timeout_ms, withdrawn
-            )
-        if clock.check_due() and not await self._serves(queue):
-            withdrawn = await self._withdraw(queue, entry_id)
-            late = await self._last_chance(withdrawn, reply)
-            if late is not None:
-                return late
-            raise waiting.no_worker_error(queue, withdrawn)
-        return None
-
-    async def _serves(self, queue: str) -> bool:
-        """Whether a live worker serves ``queue``: one heartbeat read per queue at a time and per
-        half second, however many requests wait."""
-        seen = self._live.get(queue)
-        if seen is not None and time.monotonic() - seen[0] < waiting.CHECK_AFTER_S:
-            return seen[1]
-        reading = self._reading.get(queue)
-        if reading is None or reading.done():
-            reading = asyncio.ensure_future(self._read_heartbeats(queue))
-            self._reading[queue] = reading
-        return await asyncio.shield(reading)
-
-    async def _read_heartbeats(self, queue: str) -> bool:
-        plan = health.live_workers_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
-        serving = waiting.serves(await run(self.r, plan), queue)
-        self._live[queue] = (time.monotonic(), serving)
-        return serving
-
-    async def _withdraw(self, queue: str, entry_id: str) -> int:
-        async with self._withdrawing:  # many waits may end at once: a few connections serve them
-            return await run(self.r, queues.withdraw_plan(self.keyspace.queue(queue), entry_id))
-
-    @staticmethod
-    async def _last_chance(
-        withdrawn: int, reply: asyncio.Future[dict[str, Any]]
-    ) -> dict[str, Any] | None:
-        if withdrawn == waiting.REMOVED:
-            return None
-        try:
-            seconds = 1.0 if withdrawn == waiting.GONE else 0.01
-            return await asyncio.wait_for(asyncio.shield(reply), seconds)
-        except asyncio.TimeoutError:
-            return None
+    async def _read_liveness(self) -> Any:
+        """The workers' heartbeats, read at most once per ``CHECK_AFTER_S`` however many jobs
+        wait (all of them share one read)."""
+        now = time.monotonic()
+        if self._liveness is None or now - self._liveness[0] >= waiting.CHECK_AFTER_S:
+            plan = health.liveness_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            self._liveness = (now, asyncio.ensure_future(run(self.r, plan)))
+        return await asyncio.shield(self._liveness[1])
 
     # the reply list's reader -----------------------------------------------------------------
 
@@ -195,13 +189,9 @@ class AsyncJobs:
                 await asyncio.sleep(0.1)
                 continue
             for raw in raws:
-                try:
-                    reply = decode_reply(raw)
-                except Exception:
-                    continue
-                future = self.router.route(reply)
-                if future is not None and not future.done():
-                    future.set_result(reply)
+                reply = decode_reply(raw)
+                if reply is not None:
+                    self.router.route(reply)
 
     async def close(self) -> None:
         for task in (self._reader, self._writer):

@@ -35,7 +35,7 @@ from aiworker.backends.torch_common import (
     flatten,
     pinned_tensor,
     to_host,
-    to_torch,
+    to_torch_all,
     torch_device,
     torch_error_text,
 )
@@ -131,7 +131,7 @@ class TorchModel(LoadedModel):
         if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
             raise AIError(messages.MODEL_INPUT_COUNT)
         with self._on_stream():
-            tensors = [to_torch(x, self.device, x in self._handed_out) for x in inputs]
+            tensors = to_torch_all(inputs, self.device, lambda x: x in self._handed_out)
             started = clock()
             try:
                 with torch.inference_mode():  # forward: a loaded module has no Python hooks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,21 @@ def to_torch(array: np.ndarray, device: torch.device, owned: bool = False) -> to
         source = pinned_tensor(array.shape, array.dtype)
         source.numpy()[...] = array
     return source.to(device, non_blocking=True)
+
+
+def to_torch_all(
+    arrays: Sequence[np.ndarray],
+    device: torch.device,
+    owned: Callable[[np.ndarray], bool] = lambda array: False,
+) -> list[torch.Tensor]:
+    """``to_torch`` of each array, the same array (a key named twice) converted once: one tensor
+    for both, as RedisAI passed one key's tensor (a job naming a key 200 times costs one copy,
+    not 200). ``owned``: the arrays ``to_torch`` may use in place."""
+    done: dict[int, torch.Tensor] = {}
+    for array in arrays:
+        if id(array) not in done:
+            done[id(array)] = to_torch(array, device, owned(array))
+    return [done[id(array)] for array in arrays]
 
 
 def flatten(value: Any) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ import torch
 from aiworker.backends.base import ScriptContext
 from aiworker.protocol import messages
 from aiworker.protocol.keys import hash_tag
+from aiworker.protocol.text import text
 
 _CONTEXT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
     "aiworker_script_context", default=None
@@ -127,10 +128,6 @@ def key_allowed(key: str, declared: Sequence[str]) -> bool:
     return tag is not None and any(d == "{" + tag + "}" for d in declared)
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
 def _command_info(call: Callable[..., Any], name: str) -> list[Any] | None:
     info = call("COMMAND", "INFO", name)
     entry = info[0] if isinstance(info, list) and info else None
@@ -152,8 +149,8 @@ def _key_spec(call: Callable[..., Any], name: str, args: Sequence[str]) -> KeySp
     if lookup == name and len(entry) > 9 and entry[9] and args:  # Redis 7: a container
         _CONTAINERS.add(name)
         return _key_spec(call, name, args)
-    flags = {_text(f) for f in entry[2]} if len(entry) > 2 else set()
-    categories = {_text(c) for c in entry[6]} if len(entry) > 6 else set()
+    flags = {text(f) for f in entry[2]} if len(entry) > 2 else set()
+    categories = {text(c) for c in entry[6]} if len(entry) > 6 else set()
     first, last, step = (int(v or 0) for v in entry[3:6])
     movable = "movablekeys" in flags
     if "noscript" in flags or categories & REFUSED_CATEGORIES or (first == 0 and not movable):
@@ -176,7 +173,7 @@ def command_keys(call: Callable[..., Any], name: str, args: Sequence[str]) -> li
     if not spec.movable:
         return spec.keys(args)
     try:
-        return [_text(k) for k in call("COMMAND", "GETKEYS", name, *args)]
+        return [text(k) for k in call("COMMAND", "GETKEYS", name, *args)]
     except Exception as exc:  # e.g. wrong arity: Redis says so, as it would have to the command
         raise _as_error(exc) from None
 
@@ -194,7 +191,7 @@ def _reply(value: Any) -> Any:
     if isinstance(value, BaseException):
         raise _as_error(value)
     if isinstance(value, (bytes, bytearray)):
-        return _text(value)
+        return text(value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (list, tuple, set)):

@@ -16,7 +16,7 @@ import torch
 
 from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
-from aiworker.backends.torch_common import to_torch, torch_error_text
+from aiworker.backends.torch_common import to_torch_all, torch_error_text
 from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
@@ -94,7 +94,7 @@ class TorchScript(LoadedScript):
         legacy = not self.entry_points
         if compiled is None or not (legacy or function in self.entry_points):
             raise AIError(messages.SCRIPT_FUNCTION_MISSING.format(name=function))
-        inputs = [to_torch(t, self.device) for t in tensors]
+        inputs = to_torch_all(tensors, self.device)
         started = clock()
         with torch_redis_ops.calling(context):
             try:

@@ -8,13 +8,14 @@ prints exactly as redis-cli printed RedisAI's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiworker.cli.common import quiet
-from aiworker.cli.resp_format import ErrorReply, Status
+from aiworker.cli.resp_format import ErrorReply
+from aiworker.cli.resp_format import Status as SimpleString
 from aiworker.client.cluster import ClusterClient
-from aiworker.client.raw import tensor_reply
+from aiworker.client.raw import info_reply, tensor_reply
 from aiworker.client.sync import Client
 from aiworker.parser import Command, parse
 from aiworker.parser.commands import (
@@ -29,12 +30,12 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
-from aiworker.protocol import replies as dag_results
 from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.replies import DagTensor, Status
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage import tensor_io
 
-OK = Status("OK")
+OK = SimpleString("OK")
 
 
 def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]) -> Any:
@@ -46,46 +47,47 @@ def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]
 
 
 def _run(client: Client | ClusterClient, cmd: Command) -> Any:
-    if isinstance(cmd, (ModelExecute, ScriptExecute, DagExecute)):
-        return _queued(client, cmd)
-    if isinstance(cmd, TensorSet):
-        client.tensorset(cmd.key, cmd.array())
-        return OK
-    if isinstance(cmd, TensorGet):
-        return tensor_reply(tensor_io.read(client, cmd.key), cmd.meta, cmd.data)
-    if isinstance(cmd, (ModelStore, ModelGet, ModelDel, ModelScan)):
-        return _model(client, cmd)
-    if isinstance(cmd, (ScriptStore, ScriptGet, ScriptDel, ScriptScan)):
-        return _script(client, cmd)
-    if isinstance(cmd, InfoGet):
-        return _info(client, cmd)
-    if isinstance(cmd, ConfigCommand):
-        return _config(client, cmd)
-    raise AIError(f"unsupported command {cmd.op}")
+    handler = _HANDLERS.get(type(cmd))
+    if handler is None:
+        raise AIError(f"unsupported command {type(cmd).__name__}")
+    return handler(client, cmd)
 
 
-def _model(
-    client: Client | ClusterClient, cmd: ModelStore | ModelGet | ModelDel | ModelScan
-) -> Any:
-    if isinstance(cmd, ModelStore):
-        client.modelstore(
-            cmd.key,
-            cmd.backend,
-            cmd.device,
-            cmd.blob,
-            batch=cmd.batchsize,
-            minbatch=cmd.minbatchsize,
-            minbatchtimeout=cmd.minbatchtimeout,
-            tag=cmd.tag,
-            inputs=list(cmd.inputs) or None,
-            outputs=list(cmd.outputs) or None,
-        )
-        return OK
-    if isinstance(cmd, ModelDel):
-        client.modeldel(cmd.key)
-        return OK
-    if isinstance(cmd, ModelScan):
-        return [[key.encode(), tag.encode()] for key, tag in quiet(client.modelscan)]
+def _tensorset(client: Client | ClusterClient, cmd: TensorSet) -> Any:
+    client.tensorset(cmd.key, cmd.array())
+    return OK
+
+
+def _tensorget(client: Client | ClusterClient, cmd: TensorGet) -> Any:
+    return tensor_reply(tensor_io.read(client, cmd.key), cmd.meta, cmd.data)
+
+
+def _modelstore(client: Client | ClusterClient, cmd: ModelStore) -> Any:
+    client.modelstore(
+        cmd.key,
+        cmd.backend,
+        cmd.device,
+        cmd.blob,
+        batch=cmd.batchsize,
+        minbatch=cmd.minbatchsize,
+        minbatchtimeout=cmd.minbatchtimeout,
+        tag=cmd.tag,
+        inputs=list(cmd.inputs) or None,
+        outputs=list(cmd.outputs) or None,
+    )
+    return OK
+
+
+def _modeldel(client: Client | ClusterClient, cmd: ModelDel) -> Any:
+    client.modeldel(cmd.key)
+    return OK
+
+
+def _modelscan(client: Client | ClusterClient, cmd: ModelScan) -> Any:
+    return [[key.encode(), tag.encode()] for key, tag in quiet(client.modelscan)]
+
+
+def _modelget(client: Client | ClusterClient, cmd: ModelGet) -> Any:
     info = client.modelget(cmd.key, meta_only=not cmd.blob)
     if not cmd.meta:
         return info["blob"]
@@ -104,28 +106,32 @@ def _bulk(value: Any) -> Any:
     return value if isinstance(value, int) else str(value).encode()
 
 
-def _script(
-    client: Client | ClusterClient, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan
-) -> Any:
-    """Scripts through the client's script methods (scriptstore, scriptget, ...)."""
-    name = {
-        ScriptStore: "scriptstore",
-        ScriptGet: "scriptget",
-        ScriptDel: "scriptdel",
-        ScriptScan: "scriptscan",
-    }[type(cmd)]
+def _script_method(client: Client | ClusterClient, name: str) -> Any:
+    """One of the client's script methods (scriptstore, scriptget, ...)."""
     method = getattr(client, name, None)
     if method is None:
         raise AIError(f"{name} is not available in this build")
-    if isinstance(cmd, ScriptStore):
-        method(cmd.key, cmd.device, cmd.source, list(cmd.entry_points) or None, tag=cmd.tag)
-        return OK
-    if isinstance(cmd, ScriptDel):
-        method(cmd.key)
-        return OK
-    if isinstance(cmd, ScriptScan):
-        return [[str(key).encode(), str(tag).encode()] for key, tag in quiet(method)]
-    info = method(cmd.key, meta_only=not cmd.source)
+    return method
+
+
+def _scriptstore(client: Client | ClusterClient, cmd: ScriptStore) -> Any:
+    store = _script_method(client, "scriptstore")
+    store(cmd.key, cmd.device, cmd.source, list(cmd.entry_points) or None, tag=cmd.tag)
+    return OK
+
+
+def _scriptdel(client: Client | ClusterClient, cmd: ScriptDel) -> Any:
+    _script_method(client, "scriptdel")(cmd.key)
+    return OK
+
+
+def _scriptscan(client: Client | ClusterClient, cmd: ScriptScan) -> Any:
+    scan = _script_method(client, "scriptscan")
+    return [[str(key).encode(), str(tag).encode()] for key, tag in quiet(scan)]
+
+
+def _scriptget(client: Client | ClusterClient, cmd: ScriptGet) -> Any:
+    info = _script_method(client, "scriptget")(cmd.key, meta_only=not cmd.source)
     if not cmd.meta:
         return str(info["source"]).encode()
     entry_points = info.get("entry points", [])
@@ -143,13 +149,7 @@ def _info(client: Client | ClusterClient, cmd: InfoGet) -> Any:
     if cmd.reset:
         client.inforeset(cmd.key)
         return OK
-    info = client.infoget(cmd.key)
-    reply: list[Any] = []
-    for name in ("key", "type", "backend", "device", "tag"):
-        reply += [name.encode(), str(info[name]).encode()]
-    for name in ("duration", "samples", "calls", "errors"):
-        reply += [name.encode(), int(info[name])]
-    return reply
+    return info_reply(client.infoget(cmd.key))
 
 
 def _config(client: Client | ClusterClient, cmd: ConfigCommand) -> Any:
@@ -171,28 +171,47 @@ def _config_names() -> set[str]:
     return set(CONFIG_NAMES)
 
 
-def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute | DagExecute) -> Any:
+def _queued(client: Client | ClusterClient, cmd: ModelExecute | ScriptExecute) -> Any:
     reply = client.submit_reply(client.queue_of(cmd), cmd)
-    status = reply.get("status")
-    if status == "timedout":
-        return Status("TIMEDOUT")
-    results = reply.get("results")
-    if results is None:
-        if status == "ok":
-            return OK
-        return ErrorReply(str(reply.get("error") or "job failed"))
-    assert isinstance(cmd, DagExecute)
-    return [_dag_entry(client, op, result) for op, result in zip(cmd.ops, results, strict=True)]
+    if reply.raise_for_status(timedout_ok=True) is Status.TIMEDOUT:
+        return SimpleString("TIMEDOUT")
+    return OK
 
 
-def _dag_entry(client: Client | ClusterClient, op: Any, result: Any) -> Any:
-    if isinstance(result, dict) and "error" in result:
-        return ErrorReply(str(result["error"]))
-    if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):
-        dtype, shape, array = dag_results.decode_tensor(
-            result, lambda key: tensor_io.read(client, key)
-        )
-        if array is None:
-            return [b"dtype", dtype.encode(), b"shape", list(shape)]
-        return tensor_reply(array, op.meta, op.data)
-    return Status(str(result))
+def _dag(client: Client | ClusterClient, cmd: DagExecute) -> Any:
+    reply = client.submit_reply(client.queue_of(cmd), cmd)
+    if reply.raise_for_status(timedout_ok=True) is Status.TIMEDOUT:
+        return SimpleString("TIMEDOUT")
+    read = lambda key: tensor_io.read(client, key)  # noqa: E731
+    entries = zip(cmd.ops, reply.op_results(), reply.tensors(read), strict=True)
+    return [_dag_entry(op, result, tensor) for op, result, tensor in entries]
+
+
+def _dag_entry(op: Any, result: Any, tensor: DagTensor | None) -> Any:
+    if isinstance(result, Exception):
+        return ErrorReply(str(result))
+    if tensor is not None and op.op == "TENSORGET":
+        if tensor.array is None:
+            return [b"dtype", tensor.dtype.encode(), b"shape", list(tensor.shape)]
+        return tensor_reply(tensor.array, op.meta, op.data)
+    return SimpleString(str(result))
+
+
+# what answers each command (by its parsed type)
+_HANDLERS: dict[type[Any], Callable[[Any, Any], Any]] = {
+    ModelExecute: _queued,
+    ScriptExecute: _queued,
+    DagExecute: _dag,
+    TensorSet: _tensorset,
+    TensorGet: _tensorget,
+    ModelStore: _modelstore,
+    ModelGet: _modelget,
+    ModelDel: _modeldel,
+    ModelScan: _modelscan,
+    ScriptStore: _scriptstore,
+    ScriptGet: _scriptget,
+    ScriptDel: _scriptdel,
+    ScriptScan: _scriptscan,
+    InfoGet: _info,
+    ConfigCommand: _config,
+}

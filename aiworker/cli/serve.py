@@ -67,6 +67,13 @@ log = logging.getLogger("aiworker.cli")
     help="WAIT for this many replicas after each completion step (default 0: no WAIT).",
 )
 @click.option(
+    "--max-queue-length",
+    type=click.IntRange(0),
+    envvar="AIWORKER_MAX_QUEUE_LENGTH",
+    default=None,
+    help="Most jobs a device queue may hold; clients' requests beyond it fail (0: no limit).",
+)
+@click.option(
     "--hook",
     "hooks",
     multiple=True,
@@ -84,6 +91,7 @@ def worker(
     drain_timeout: float | None,
     queue_partitions: int | None,
     wait_replicas: int | None,
+    max_queue_length: int | None,
     hooks: tuple[str, ...],
 ) -> None:
     """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
@@ -104,6 +112,7 @@ def worker(
         "drain_timeout": drain_timeout,
         "queue_partitions": queue_partitions,
         "wait_replicas": wait_replicas,
+        "max_queue_length": max_queue_length,
     }
     settings = make_settings(config_file, **flags)
     settings = make_settings(config_file, base=_shared_settings(settings), **flags)

@@ -10,14 +10,14 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 * a job goes to one of its device queue's partitions among the streams live workers announce
   (``Partitions``; the plain queue when none does): one on its reply key's master if there is
   one, else one at random;
-* a job's round trip (XADD and the first BLPOP, on two masters at once) goes through a fast
-  connection per master (``storage.cluster.ClusterWire``), as a single Redis' goes through a
-  ``Wire``;
+* a job's round trip (XADD and the first BLPOP) goes through a fast connection per master
+  (``storage.cluster.ClusterWire``), as a single Redis' goes through a ``Wire``;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
-  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD
-  whose reply was lost with its master may have queued the job: sent again, it runs twice (README
-  "Failover").
+  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD is
+  never sent again once the cluster answered it; one whose master died before answering may have
+  queued the job, which then runs twice (only the reply to the entry this client's XADD got is
+  taken).
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
@@ -39,8 +39,9 @@ from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import State
-from aiworker.protocol.errors import ReplyTimeout
+from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
+from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
@@ -114,57 +115,28 @@ class ClusterJobs(Jobs):
         super().__init__(rc, keyspace, reply_timeout, wires=wires)
         self.partitions = Partitions(rc, keyspace, wires.slots)
 
-    def submit(self, queue: str, request: Request, limit: float | None = None) -> dict[str, Any]:
+    def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         check_slot(request)  # before anything is queued, as RedisAI refused it
         return super().submit(queue, request, limit)
 
     def stream(self, queue: str, reply_key: str | None = None) -> str:
         return self.partitions.pick(queue, reply_key)
 
-    def _enqueue(
-        self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
-    ) -> tuple[Any, Any]:
-        """Sent again, to the same stream, while a failover is under way (see the module
-        docstring); never once the XADD is known to have been taken."""
+    def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
+        """Sent again, to the same stream, while a failover is under way (until the wait's own
+        limit), but never once the cluster answered the XADD (only the first BLPOP's master was
+        lost: the wait goes on). An XADD that reached the old master without an answer may be
+        queued twice, and runs twice (README "Failover")."""
         while True:
             try:
-                return super()._enqueue(stream, fields, reply_key, clock)
+                return super()._enqueue(step, reply_key)
             except LOST as exc:
-                taken = exc.replies[0] if isinstance(exc, NodeLost) else None
-                if taken is not None and not isinstance(taken, Exception):
-                    return taken, None  # queued; only the first BLPOP's master was lost
-                if clock.expired():
-                    raise ReplyTimeout(
-                        f"Redis Cluster could not take the job for {stream} in time ({exc}); "
-                        "retry it"
-                    ) from exc
+                taken = exc.replies[:1] if isinstance(exc, NodeLost) else [None]
+                if taken[0] is not None and not isinstance(taken[0], Exception):
+                    return Enqueued(self.enqueuer.entry_id(step.stream, taken), None)
+                if step.deadline is not None and time.monotonic() >= step.deadline:
+                    raise
                 time.sleep(FAILOVER_PAUSE_S)
-
-    def _blpop(self, reply_key: str, seconds: float) -> Any:
-        try:
-            return super()._blpop(reply_key, seconds)
-        except LOST:  # a failover in progress: the caller's clock decides when to give up
-            time.sleep(min(seconds, FAILOVER_PAUSE_S))
-            return None
-
-    def _check(
-        self,
-        queue: str,
-        entry_id: str,
-        request: Request,
-        clock: waiting.Clock,
-        linger: Any,
-        stream: str | None = None,
-    ) -> dict[str, Any] | None:
-        try:
-            return super()._check(queue, entry_id, request, clock, linger, stream)
-        except LOST as exc:
-            if not clock.expired():
-                return None
-            raise ReplyTimeout(
-                f"no reply from a worker in time, and Redis Cluster could not tell what became of "
-                f"the job in queue {queue} ({exc}): it may or may not have run; retry it"
-            ) from exc
 
 
 class ClusterClient(Driver, AICommands, RedisCluster):

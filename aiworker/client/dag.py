@@ -18,22 +18,18 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from aiworker.client import commands, raw
 from aiworker.client.commands import listify, text
 from aiworker.client.deprecated import deprecated_call
 from aiworker.client.job_ops import submit_plan
 from aiworker.client.ops import Op, State
 from aiworker.parser import parse_dag
-from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.errors import JobTimedOut
+from aiworker.protocol.replies import DagTensor
 from aiworker.protocol.requests import DagExecute, DagOp, TensorSet
-from aiworker.storage import tensor_io
 from aiworker.storage.plans import Plan
 
-Post = Callable[[Any], Plan[Any]]
+Post = Callable[[Any, DagTensor | None], Any]
 DEPRECATED_FLAVOUR = (
     "Creating Dag without any of LOAD, PERSIST and ROUTING arguments"
     "is allowed only in deprecated AI.DAGRUN or AI.DAGRUN_RO commands"
@@ -46,28 +42,21 @@ NO_EXECUTE = (
 READONLY_PERSIST = "READONLY requests cannot write (duh!) and should not have PERSISTing values"
 
 
-def _common(result: Any) -> Plan[Any]:
-    """OK / NA pass through; a failed op becomes its exception."""
-    yield from ()
-    if isinstance(result, dict) and "error" in result:
-        return replies.error_of(str(result["error"]))
+def _common(result: Any, tensor: DagTensor | None) -> Any:
+    """OK / NA pass through; a failed op's exception (``Reply.op_results``) is its result."""
     return result
 
 
-def _tensor(data: str, as_numpy: bool, mutable: bool, meta_only: bool, result: Any) -> Plan[Any]:
+def _tensor(
+    data: str, as_numpy: bool, mutable: bool, meta_only: bool, result: Any, tensor: DagTensor | None
+) -> Any:
     """A TENSORGET op's result post-processed as redisai-py did (its ``meta_only`` keeps the
     data field the op fetched, as redisai-py's DAG did)."""
-    if not isinstance(result, dict) or "dtype" not in result:
-        return (yield from _common(result))
-    array: np.ndarray | None
-    if "key" in result:  # a JSON reply spilled a large tensor to a key that expires with it
-        array = yield from tensor_io.read_plan(str(result["key"]))
-    else:
-        _, _, array = replies.decode_tensor(result, lambda key: np.zeros(0))
-    assert array is not None
+    if tensor is None or tensor.array is None:
+        return result
     if meta_only and not mutable:
-        return raw.list2dict(raw.tensor_reply(array, True, data))
-    return raw.tensor_result(array, as_numpy, mutable, False)
+        return raw.list2dict(raw.tensor_reply(tensor.array, True, data))
+    return raw.tensor_result(tensor.array, as_numpy, mutable, False)
 
 
 class Dag:
@@ -210,12 +199,6 @@ class Dag:
 
     def _plan(self, request: DagExecute) -> Plan[list[Any]]:
         reply = yield from submit_plan(self._state, request)
-        if reply.get("status") == "timedout":
-            raise JobTimedOut()
-        results = reply.get("results")
-        if results is None:
-            raise replies.error_of(str(reply.get("error") or "DAG failed"))
-        out = []
-        for post, result in zip(self._post, results, strict=True):
-            out.append((yield from post(result)))
-        return out
+        reply.raise_for_status()
+        results = zip(self._post, reply.op_results(), reply.tensors(), strict=True)
+        return [post(result, tensor) for post, result, tensor in results]

@@ -10,7 +10,7 @@ from aiworker.client import job_ops
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan
 from aiworker.client.verify import verify_model
-from aiworker.protocol.replies import raise_for_reply
+from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands
 
@@ -84,10 +84,12 @@ class Driver:
         return str(self._run(Op(None, job_ops.queue_plan(self._state, request))))
 
     def submit(self, device: str, request: Request) -> str:
-        """Enqueue ``request`` on a device queue and wait for its reply: ``"OK"`` or the error."""
-        return raise_for_reply(self.submit_reply(device, request))
+        """Enqueue ``request`` on a device queue and wait for its reply: ``"OK"`` or the error
+        (``JobTimedOut`` when its TIMEOUT passed before it ran)."""
+        self.submit_reply(device, request).raise_for_status()
+        return "OK"
 
-    def submit_reply(self, device: str, request: Request) -> dict[str, Any]:
+    def submit_reply(self, device: str, request: Request) -> Reply:
         """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
         return self._jobs.submit(device, request)
 

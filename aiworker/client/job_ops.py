@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from aiworker.client import commands, waiting
+from aiworker.client import commands, raw, waiting
 from aiworker.client.commands import text
 from aiworker.client.ops import Op, State, Submit, VerifyHere
 from aiworker.client.verify import UnverifiedModelWarning
@@ -17,7 +17,8 @@ from aiworker.devices import parse_device
 from aiworker.parser import parse_command
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.errors import AIError, JobTimedOut, NoLiveWorker, ReplyTimeout
+from aiworker.protocol.errors import AIError, JobFailed, NoLiveWorker, ReplyTimeout
+from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import (
     MODEL,
     DagExecute,
@@ -27,7 +28,7 @@ from aiworker.protocol.requests import (
     TensorGet,
     TensorSet,
 )
-from aiworker.storage import health, tensor_io
+from aiworker.storage import health
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Plan
@@ -37,15 +38,10 @@ VERIFY_TIMEOUT_S = 15.0
 MAX_VERIFY_BYTES = 256 * 1024 * 1024
 
 
-def job_result(state: State, reply: Mapping[str, Any]) -> Any:
+def job_result(state: State, reply: Reply) -> Any:
     """RedisAI's reply to MODELEXECUTE/SCRIPTEXECUTE: ``OK``, ``TIMEDOUT`` (RedisAI answered a
     request whose TIMEOUT passed with this simple string, not an error), or the error raised."""
-    status = reply.get("status")
-    if status == "ok":
-        return state.ok()
-    if status == "timedout":
-        return b"TIMEDOUT" if state.raw else "TIMEDOUT"
-    raise replies.error_of(str(reply.get("error") or "job failed"))
+    return raw.simple(reply.raise_for_status(timedout_ok=True), state.raw)
 
 
 def queue_plan(state: State, request: Request, strict: bool = False) -> Plan[str]:
@@ -65,11 +61,11 @@ def queue_plan(state: State, request: Request, strict: bool = False) -> Plan[str
         return "CPU"
 
 
-def submit_plan(state: State, request: Request) -> Plan[dict[str, Any]]:
+def submit_plan(state: State, request: Request) -> Plan[Reply]:
     """Queue ``request`` on its device and wait for the reply; a single MODELEXECUTE or
     SCRIPTEXECUTE on a missing or wrong key fails before anything is queued."""
     queue = yield from queue_plan(state, request, strict=request.op != "DAGEXECUTE")
-    reply: dict[str, Any] = yield Submit(queue, request)
+    reply: Reply = yield Submit(queue, request)
     return reply
 
 
@@ -144,22 +140,16 @@ def run(
 
     def plan() -> Plan[dict[str, np.ndarray]]:
         queue = yield from state.queue_plan(model_key, model_store.read_meta_plan)
-        reply = yield Submit(queue, request)
-        if reply.get("status") == "timedout":
-            raise JobTimedOut()
-        results = reply.get("results")
-        if results is None or reply.get("status") == "error":
-            failed = [r for r in results or [] if isinstance(r, dict) and "error" in r]
-            message = failed[0]["error"] if failed else reply.get("error") or "job failed"
-            raise replies.error_of(str(message))
+        reply: Reply = yield Submit(queue, request)
+        reply.raise_for_status()
+        for result in reply.op_results():  # the op that failed, if one did
+            if isinstance(result, Exception):
+                raise result
         found: dict[str, np.ndarray] = {}
-        for name, entry in zip(outs, results[len(sets) + 1 :], strict=True):
-            if "key" in entry:  # a JSON reply spilled a large tensor to a key
-                found[str(name)] = yield from tensor_io.read_plan(str(entry["key"]))
-                continue
-            _, _, array = replies.decode_tensor(entry, lambda key: np.zeros(0))
-            assert array is not None
-            found[str(name)] = array
+        for name, tensor in zip(outs, reply.tensors()[len(sets) + 1 :], strict=True):
+            if tensor is None or tensor.array is None:
+                raise JobFailed(f"the worker's reply has no tensor for output {name}")
+            found[str(name)] = tensor.array
         return found
 
     return Op(tokens, plan())
@@ -199,15 +189,15 @@ def verify_plan(
                 batchsize,
             )  # fmt: skip
             try:
-                reply = yield Submit(queue, request, limit=VERIFY_TIMEOUT_S)
+                reply: Reply = yield Submit(queue, request, limit=VERIFY_TIMEOUT_S)
+                loaded, message = reply.extra.get("loaded"), reply.error
             except (ReplyTimeout, NoLiveWorker):
-                reply = {"status": "error", "error": f"no answer from queue {queue}"}
+                loaded, message = None, f"no answer from queue {queue}"
             # a verdict carries "loaded"; any other answer (a worker without MODELVERIFY, an
             # entry it refused) means the model could not be checked
-            if reply.get("loaded") is True:
+            if loaded is True:
                 return
-            message = str(reply.get("error") or "")
-            if reply.get("loaded") is False:
+            if loaded is False:
                 raise replies.error_of(message or "model does not load")
             why += f" and the worker serving queue {queue} could not check it ({message})"
     warnings.warn(

@@ -1,12 +1,11 @@
-"""Jobs from the blocking client: XADD onto a device queue, wait for the reply, end the wait as
-``waiting`` says (TIMEOUT plus a margin, ``reply_timeout``, or no live worker).
+"""Jobs from the blocking client: the wait plan (``client.wait_plan``) driven on blocking
+connections, with one of two ways to receive replies, chosen per client:
 
-Two ways to wait, chosen per client:
-
-* a private reply list per request (default): XADD and the first BLPOP go in one round trip;
-  each waiting thread holds a connection in BLPOP;
-* one reply list per client (``shared_replies=True``): a reader thread BLPOPs it and hands
-  replies to the waiting threads by entry id, so any number of threads share two connections.
+* a private reply list per request (default): the XADD and the first BLPOP go in one round trip
+  on this thread's own connection; each waiting thread holds a connection in BLPOP;
+* one reply list per client (``shared_replies=True``): a reader thread BLPOPs it and hands the
+  replies to the waiting threads (``client.routing``), so any number of threads share two
+  connections.
 
 ``bench/replies.py`` measures both. On Redis Cluster (``client.cluster.ClusterJobs``) a private
 reply list shares its outputs' hash slot, and a job goes to one of its queue's partitions.
@@ -14,38 +13,95 @@ reply list shares its outputs' hash slot, and a job goes to one of its queue's p
 
 from __future__ import annotations
 
+import queue as queue_module
 import threading
+import time
 import uuid
 from typing import Any
 
 import redis
 
-from aiworker.client import waiting
+from aiworker.client import routing, waiting
+from aiworker.client.wait_plan import (
+    Enqueue,
+    Enqueued,
+    Liveness,
+    Pause,
+    Receive,
+    Target,
+    job_plan,
+    wait_plan,
+)
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.replies import MSGPACK, decode_reply
+from aiworker.protocol.replies import MSGPACK, Reply, decode_reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import anchor
-from aiworker.protocol.text import text
-from aiworker.storage import health, plans, queues
+from aiworker.storage import health, plans
+from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.queues import Enqueuer
 from aiworker.storage.redis_options import connection_kwargs
 from aiworker.storage.wire import JobConnections, Wires
 
 # The longest single BLPOP: short enough for redis-py's socket read timeout (5 s by default in
 # redis-py 8; half of it leaves room for Redis serving blocking timeouts up to 100 ms late).
 LONGEST_BLPOP_S = 1.0
+# The first BLPOP's wait where the queue has a length limit: an entry the limit refuses is said
+# so at once (a job that waits in a full queue needs more round trips anyway).
+FIRST_WAIT_LIMITED_S = 0.01
 
 
-class _Waiter:
-    __slots__ = ("event", "reply")
+class _Private:
+    """Receiving on a private reply list."""
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reply: dict[str, Any] | None = None
+    def __init__(self, jobs: Jobs, reply_key: str) -> None:
+        self.jobs = jobs
+        self.reply_key = reply_key
 
-    def set(self, reply: dict[str, Any]) -> None:
-        self.reply = reply
-        self.event.set()
+    def enqueue(self, step: Enqueue) -> Enqueued:
+        return self.jobs._enqueue(step, self.reply_key)
+
+    def receive(self, seconds: float) -> Any:
+        popped = self.jobs._blpop(self.reply_key, seconds)
+        return popped[1] if popped else None
+
+    def close(self) -> None:
+        pass
+
+
+class _Shared:
+    """Receiving from the client's shared reply list, through its router."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+        self.inbox: queue_module.SimpleQueue[Reply] = queue_module.SimpleQueue()
+
+    def put(self, reply: Reply) -> None:
+        self.inbox.put(reply)
+
+    def enqueue(self, step: Enqueue) -> Enqueued:
+        router = self.jobs.router
+        self.jobs._start_reader()
+        router.expect()
+        try:
+            entry_id = self.jobs._add(step.stream, step.fields)
+        except BaseException:
+            router.cancel()
+            raise
+        router.register((step.stream, entry_id), self)
+        return Enqueued(entry_id)
+
+    def receive(self, seconds: float) -> Reply | None:
+        try:
+            return self.inbox.get(timeout=seconds)
+        except queue_module.Empty:
+            return None
+
+    def close(self) -> None:
+        self.jobs.router.forget(self)
+
+
+Channel = _Private | _Shared
 
 
 class Jobs:
@@ -69,8 +125,9 @@ class Jobs:
         self.keyspace = keyspace
         self.reply_timeout = reply_timeout
         self.shared = shared_replies
+        self.enqueuer = Enqueuer(keyspace)
         self.reply_list = keyspace.reply(uuid.uuid4().hex)
-        self.router = waiting.ReplyRouter()
+        self.router = routing.ReplyRouter()
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -82,15 +139,22 @@ class Jobs:
 
     # submitting ------------------------------------------------------------------------------
 
-    def submit(self, queue: str, request: Request, limit: float | None = None) -> dict[str, Any]:
+    def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         """The worker's reply to ``request`` sent to device ``queue`` (a ``timedout`` reply when
         its TIMEOUT passed before any worker read it); ``limit`` overrides the wait limit."""
         if limit is None:
             limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
-        clock = waiting.Clock(limit)
+        channel: Channel
         if self.shared:
-            return self._submit_shared(queue, request, clock)
-        return self._submit_private(queue, request, clock)
+            reply_key = self.reply_list
+            fields = encode_entry(request, reply_key, MSGPACK)
+            channel = _Shared(self)
+        else:
+            reply_key, fields = self.private_entry(request)
+            channel = _Private(self, reply_key)
+        stream = self.stream(queue, reply_key)
+        plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit)
+        return self._drive(plan, channel)
 
     def stream(self, queue: str, reply_key: str | None = None) -> str:
         """The stream a job for device ``queue`` (answered on ``reply_key``) goes to."""
@@ -102,133 +166,72 @@ class Jobs:
         reply_key = self.keyspace.reply(uuid.uuid4().hex, near)
         return reply_key, encode_entry(request, reply_key, MSGPACK)
 
-    def _submit_private(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
-        reply_key, fields = self.private_entry(request)
-        stream = self.stream(queue, reply_key)
-        sent, popped = self._enqueue(stream, fields, reply_key, clock)
-        return self.wait_private(queue, text(sent), reply_key, request, clock, popped, stream)
+    def wait_private(
+        self, queue: str, stream: str, entry_id: str, reply_key: str, request: Request
+    ) -> Reply:
+        """Wait for the reply to an entry already queued on ``stream`` (a pipeline's), naming
+        the private list ``reply_key``."""
+        clock = waiting.Clock(waiting.wait_limit(request.timeout_ms, self.reply_timeout))
+        target = Target(queue, stream, entry_id)
+        plan = wait_plan(self.keyspace, target, request.timeout_ms, clock)
+        return self._drive(plan, _Private(self, reply_key))
 
-    def _enqueue(
-        self, stream: str, fields: dict[str, Any], reply_key: str, clock: waiting.Clock
-    ) -> tuple[Any, Any]:
-        """XADD the entry and a first BLPOP for its reply: (entry id, popped or None)."""
-        wait = self._blpop_wait(clock.slice(LONGEST_BLPOP_S))
+    # driving the plan ------------------------------------------------------------------------
+
+    def _drive(self, plan: Plan[Reply], channel: Channel) -> Reply:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = self._step(step, channel)
+                except Exception as exc:  # the plan decides what a lost Redis means
+                    step = plan.throw(exc)
+                    continue
+                step = plan.send(result)
+        except StopIteration as stop:
+            reply: Reply = stop.value
+            return reply
+        finally:
+            channel.close()
+
+    def _step(self, step: Any, channel: Channel) -> Any:
+        if isinstance(step, Receive):
+            return channel.receive(step.seconds)
+        if isinstance(step, Commands):
+            return plans.execute_commands(self.r, step)
+        if isinstance(step, Enqueue):
+            return channel.enqueue(step)
+        if isinstance(step, Liveness):
+            return plans.run(
+                self.r, health.liveness_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            )
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+            return None
+        raise TypeError(f"unknown wait step {type(step).__name__}")
+
+    def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
+        """The entry's XADD and a first BLPOP for its reply, in one round trip."""
+        wait = self._blpop_wait(step.wait)
+        if self.enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+            wait = min(wait, FIRST_WAIT_LIMITED_S)
         # the one round trip of a job: on this thread's own connection, without redis-py's
         # per-call machinery (about three quarters of a small job's client CPU)
-        sent, popped = self.wires.get().pipeline(
-            [("XADD", stream, "*", *_flat(fields)), ("BLPOP", reply_key, wait)]
-        )
-        if isinstance(sent, Exception):
-            raise sent
+        add = self.enqueuer.commands(step.stream, step.fields)
+        *sent, popped = self.wires.get().pipeline([*add, ("BLPOP", reply_key, wait)])
+        entry_id = self.enqueuer.entry_id(step.stream, sent)
         if isinstance(popped, Exception):
             raise popped
-        return sent, popped
+        return Enqueued(entry_id, popped[1] if popped else None)
 
-    def wait_private(
-        self,
-        queue: str,
-        entry_id: str,
-        reply_key: str,
-        request: Request,
-        clock: waiting.Clock | None = None,
-        popped: Any = None,
-        stream: str | None = None,
-    ) -> dict[str, Any]:
-        """Wait for the reply to an entry queued with ``private_entry`` (on ``stream``, by
-        default the device's plain queue)."""
-        if clock is None:
-            clock = waiting.Clock(waiting.wait_limit(request.timeout_ms, self.reply_timeout))
-        stream = stream or self.keyspace.queue(queue)
-        while popped is None:
-            linger = lambda s: self._pop(reply_key, s)  # noqa: E731
-            ended = self._check(queue, entry_id, request, clock, linger, stream)
-            if ended is not None:
-                return ended
-            popped = self._blpop(reply_key, clock.slice(LONGEST_BLPOP_S))
-        return decode_reply(popped[1])
+    def _add(self, stream: str, fields: Any) -> str:
+        """The entry's XADD alone (a shared reply list's)."""
+        return self.enqueuer.entry_id(
+            stream, plans.execute_commands(self.r, Commands(self.enqueuer.commands(stream, fields)))
+        )
 
     def _blpop(self, reply_key: str, seconds: float) -> Any:
         return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
-
-    def _pop(self, reply_key: str, seconds: float) -> dict[str, Any] | None:
-        popped = self._blpop(reply_key, seconds)
-        return decode_reply(popped[1]) if popped else None
-
-    def _submit_shared(self, queue: str, request: Request, clock: waiting.Clock) -> dict[str, Any]:
-        self._start_reader()
-        waiter = _Waiter()
-        self.router.expect()
-        try:
-            fields = encode_entry(request, self.reply_list, MSGPACK)
-            raw_id = self.r.xadd(self.keyspace.queue(queue), fields)  # type: ignore[arg-type]
-        except BaseException:
-            self.router.cancel()
-            raise
-        entry_id = text(raw_id)
-        early = self.router.register(entry_id, waiter)
-        if early is not None:
-            return early
-
-        def linger(seconds: float) -> dict[str, Any] | None:
-            waiter.event.wait(seconds)
-            return waiter.reply
-
-        try:
-            while not waiter.event.wait(clock.slice(LONGEST_BLPOP_S)):
-                ended = self._check(queue, entry_id, request, clock, linger)
-                if ended is not None:
-                    return ended
-        finally:
-            self.router.forget(entry_id)
-        assert waiter.reply is not None
-        return waiter.reply
-
-    # ending a wait ---------------------------------------------------------------------------
-
-    def _check(
-        self,
-        queue: str,
-        entry_id: str,
-        request: Request,
-        clock: waiting.Clock,
-        linger: Any,
-        stream: str | None = None,
-    ) -> dict[str, Any] | None:
-        """None to keep waiting; else the reply to return (or raise) now."""
-        stream = stream or self.keyspace.queue(queue)
-        if clock.expired():
-            withdrawn = self._withdraw(stream, entry_id)
-            late = self._last_chance(withdrawn, linger)
-            if late is not None:
-                return late
-            if request.timeout_ms and withdrawn == waiting.REMOVED:
-                return {"status": "timedout", "id": entry_id, "withdrawn": True}
-            assert clock.deadline is not None
-            limit = clock.deadline - clock.started
-            raise waiting.timeout_error(queue, limit, request.timeout_ms, withdrawn)
-        if clock.check_due():
-            statuses = plans.run(
-                self.r, health.live_workers_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
-            )
-            if not waiting.serves(statuses, queue):
-                withdrawn = self._withdraw(stream, entry_id)
-                late = self._last_chance(withdrawn, linger)
-                if late is not None:
-                    return late
-                raise waiting.no_worker_error(queue, withdrawn)
-        return None
-
-    def _withdraw(self, stream: str, entry_id: str) -> int:
-        return plans.run(self.r, queues.withdraw_plan(stream, entry_id))
-
-    @staticmethod
-    def _last_chance(withdrawn: int, linger: Any) -> dict[str, Any] | None:
-        """A reply that raced the decision: already there, or (the entry is gone: completed)
-        on its way."""
-        if withdrawn == waiting.REMOVED:
-            return None
-        reply: dict[str, Any] | None = linger(1.0 if withdrawn == waiting.GONE else 0.01)
-        return reply
 
     # the shared reply list's reader ----------------------------------------------------------
 
@@ -256,20 +259,12 @@ class Jobs:
                     return
                 continue
             for raw in raws:
-                try:
-                    reply = decode_reply(raw)
-                except Exception:
-                    continue
-                waiter = self.router.route(reply)
-                if waiter is not None:
-                    waiter.set(reply)
+                reply = decode_reply(raw)
+                if reply is not None:
+                    self.router.route(reply)
 
     def close(self) -> None:
         self._stop.set()
         if self._reader is not None:
             self._reader.join(timeout=2)
         self.wires.close()
-
-
-def _flat(fields: dict[str, Any]) -> list[Any]:
-    return [item for pair in fields.items() for item in pair]

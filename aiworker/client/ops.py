@@ -120,9 +120,11 @@ class State:
 
 
 def config_value_plan(state: State, name: str) -> Plan[Any]:
+    """A setting's current value; None for a name AI.CONFIG does not know (as redisai-py got
+    from RedisAI)."""
     upper = name.upper()
     if upper not in CONFIG_NAMES:
-        raise AIError("unsupported subcommand")
+        return None
     field_name, minimum = CONFIG_NAMES[upper]
     stored = yield from plans.call("HGET", state.keyspace.config, upper)
     if stored is None:

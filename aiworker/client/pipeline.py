@@ -7,8 +7,9 @@ next to native commands) and a post-processor for its reply:
   returned RedisAI's raw reply here);
 * ``tensorget``: HGETALL -> redisai-py's ``tensorget`` result (array, or meta/values dict);
 * ``modelget``, ``scriptget``: one hash read -> redisai-py's dicts;
-* ``modelexecute``, ``scriptexecute``, ``modelrun``, ``scriptrun``: the job's XADD -> ``b"OK"``
-  (or ``b"TIMEDOUT"``) once ``execute`` has waited for the worker's reply.
+* ``modelexecute``, ``scriptexecute``, ``modelrun``, ``scriptrun``: the job's XADD (the enqueue
+  script, within the queue's length limit) -> ``b"OK"`` (or ``b"TIMEDOUT"``) once ``execute`` has
+  waited for the worker's reply.
 
 redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
 Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
@@ -25,13 +26,14 @@ import redis
 from aiworker.client import commands, job_ops, raw
 from aiworker.client.commands import text
 from aiworker.client.ops import Op
+from aiworker.client.wait_plan import queue_full_error
 from aiworker.parser import parse_command
-from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
 from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
+from aiworker.storage.queues import enqueue_command, is_full
 
 
 class Client(Protocol):
@@ -57,15 +59,6 @@ def _written(reply: Any) -> Any:
         tensor_io.decode_reply(reply)  # WRONGTYPE as ours
         raise reply
     return raw.OK
-
-
-def _job_reply(reply: dict[str, Any]) -> Any:
-    status = reply.get("status")
-    if status == "ok":
-        return raw.OK
-    if status == "timedout":
-        return raw.TIMEDOUT
-    raise replies.error_of(str(reply.get("error") or "job failed"))
 
 
 def _model(meta_only: bool, chunk_size: Callable[[], int], fields: Any) -> Any:
@@ -95,7 +88,8 @@ class Pipeline(redis.client.Pipeline):
         super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
         self._client = client
         self._post: dict[int, Post] = {}
-        self._jobs: dict[int, tuple[str, str, Any]] = {}  # index -> queue, reply list, request
+        # index -> device queue, stream, reply list, request
+        self._jobs: dict[int, tuple[str, str, str, Any]] = {}
         self._chunk: int | None = None
 
     def _queue(self, post: Post, *command: Any) -> Pipeline:
@@ -156,12 +150,10 @@ class Pipeline(redis.client.Pipeline):
             )
         )
         reply_key, fields = self._client._jobs.private_entry(request)
-        index = len(self.command_stack)
-        self._jobs[index] = (queue, reply_key, request)
-        flat: list[Any] = []
-        for name, value in fields.items():
-            flat += [name, value]
-        self.execute_command("XADD", self._client.keyspace.queue(queue), "*", *flat)  # type: ignore[no-untyped-call]
+        stream = self._client._jobs.stream(queue)
+        self._jobs[len(self.command_stack)] = (queue, stream, reply_key, request)
+        # within the queue's length limit, like every job (queues.enqueue_command)
+        self.execute_command(*enqueue_command(self._client.keyspace, stream, fields))  # type: ignore[no-untyped-call]
         return self
 
     def modelexecute(self, key: Any, inputs: Any, outputs: Any, timeout: Any = None) -> Pipeline:
@@ -197,13 +189,16 @@ class Pipeline(redis.client.Pipeline):
                 results[index] = function(results[index])
             except (redis.RedisError, AIError) as exc:
                 results[index] = exc
-        for index, (queue, reply_key, request) in jobs.items():
+        waiting = self._client._jobs
+        for index, (queue, stream, reply_key, request) in jobs.items():
             entry_id = results[index]
             if isinstance(entry_id, Exception):
+                if is_full(entry_id):
+                    results[index] = queue_full_error(queue, entry_id)
                 continue
             try:
-                reply = self._client._jobs.wait_private(queue, text(entry_id), reply_key, request)
-                results[index] = _job_reply(reply)
+                reply = waiting.wait_private(queue, stream, text(entry_id), reply_key, request)
+                results[index] = raw.simple(reply.raise_for_status(timedout_ok=True), True)
             except (redis.RedisError, AIError) as exc:
                 results[index] = exc
         if raise_on_error:

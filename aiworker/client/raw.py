@@ -13,11 +13,18 @@ from typing import Any
 import numpy as np
 
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.replies import Status
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
 
 OK = b"OK"
 TIMEDOUT = b"TIMEDOUT"
+
+
+def simple(status: Status, raw: bool) -> str | bytes:
+    """RedisAI's simple-string answer to a job: ``OK``, or ``TIMEDOUT`` (its TIMEOUT passed)."""
+    word = OK if status is Status.OK else TIMEDOUT
+    return word if raw else word.decode()
 
 
 def _values(array: np.ndarray) -> list[Any]:

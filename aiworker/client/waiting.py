@@ -1,6 +1,5 @@
-"""How long a client waits for a job's reply and what it says when the wait ends; and the router
-that hands replies arriving on one shared reply list to their waiters. Pure code (plus a lock),
-shared by the blocking and the asyncio client.
+"""How long a client waits for a job's reply and what it says when the wait ends. Pure code, used
+by the wait plan (``client.wait_plan``) that the blocking and the asyncio client drive.
 
 A wait always ends:
 
@@ -13,12 +12,13 @@ A wait always ends:
 * early, with ``NoLiveWorker``, when heartbeats show no live worker serving the queue: checked
   once a reply is ``CHECK_AFTER_S`` late and then every ``CHECK_EVERY_S``. An entry no worker read
   is taken back; one a worker read and then died stays pending, and a worker started later takes
-  it over after its visibility timeout (its reply then goes nowhere).
+  it over after its visibility timeout (its reply then goes nowhere). When Redis holds no worker
+  registry at all (fresh, or flushed: heartbeats go with everything else), workers get a
+  heartbeat's time to show up first (``wait_plan.REGISTRY_GRACE_S``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -110,61 +110,3 @@ class Clock:
         if self.deadline is not None:
             ends.append(self.deadline)
         return max(min(ends) - now, 0.01)
-
-
-class ReplyRouter:
-    """Replies on a client's shared reply list, handed to waiters by entry id.
-
-    The entry id is known only once XADD returns, so a reply may arrive before its waiter is
-    registered: between ``expect`` (before XADD) and ``register`` (after), unknown replies are
-    kept; once no submission is in that window, a reply nobody waits for (its waiter gave up)
-    is dropped.
-    """
-
-    def __init__(self, max_early: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._waiters: dict[str, Any] = {}
-        self._early: dict[str, dict[str, Any]] = {}
-        self._unregistered = 0
-        self._max_early = max_early
-
-    def expect(self) -> None:
-        """A submission is about to XADD."""
-        with self._lock:
-            self._unregistered += 1
-
-    def cancel(self) -> None:
-        """The XADD failed: nothing to register."""
-        with self._lock:
-            self._unregistered -= 1
-            if not self._unregistered:
-                self._early.clear()
-
-    def register(self, entry_id: str, waiter: Any) -> dict[str, Any] | None:
-        """Wait for ``entry_id`` with ``waiter``; returns the reply if it came already."""
-        with self._lock:
-            self._unregistered -= 1
-            reply = self._early.pop(entry_id, None)
-            if reply is None:
-                self._waiters[entry_id] = waiter
-            if not self._unregistered:
-                self._early.clear()
-            return reply
-
-    def forget(self, entry_id: str) -> None:
-        """The waiter gave up; a late reply will be dropped."""
-        with self._lock:
-            self._waiters.pop(entry_id, None)
-
-    def route(self, reply: dict[str, Any]) -> Any:
-        """The waiter for ``reply`` (None: kept for a registration to come, or dropped)."""
-        entry_id = str(reply.get("id", ""))
-        with self._lock:
-            waiter = self._waiters.pop(entry_id, None)
-            if waiter is None and self._unregistered and len(self._early) < self._max_early:
-                self._early[entry_id] = reply
-            return waiter
-
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._waiters) + self._unregistered

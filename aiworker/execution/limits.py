@@ -4,8 +4,13 @@ A tensor hash declares its dtype and shape in two small fields; a zero-filled te
 of shape ``100000,100000,100000`` costs nothing in Redis but petabytes in the worker. So every
 tensor a job brings in - model and script inputs, DAG LOADs, a DAG's own TENSORSETs - is sized
 from its declared dtype and shape before it is decoded, and every tensor it produces before it is
-written. Stored sizes are checked in Redis before data is fetched (``read_jobs.lua``), models from
-their chunks' real lengths. Errors name the setting to raise.
+written. Stored sizes are checked in Redis before data is fetched (``read_jobs.lua``: a tensor's
+data, and its kind, dtype and shape fields, at most ``MAX_META_BYTES`` each), models from their
+chunks' real lengths. A job names at most ``max_job_keys`` keys, so that no read of one entry holds
+Redis for long. An output is written only if Redis accepts it in one value (its
+``proto-max-bulk-len``, read when the worker starts): beyond that, Redis would drop the connection
+and the job would run again until dead-lettered with a false cause. Errors name the setting to
+raise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
+from aiworker.protocol.text import text
+from aiworker.storage.tensor_io import REDIS_MAX_VALUE_BYTES
 
 # A stream entry carries a command or a msgpack request, never data: anything bigger is abuse.
 MAX_ENTRY_BYTES = 1 << 20
@@ -26,20 +33,30 @@ MAX_ENTRY_BYTES = 1 << 20
 STRING_ITEM_BYTES = 8
 # Longest text one VALUES element may take (digits, sign, exponent, separator).
 MAX_VALUE_CHARS = 64
+# Longest kind, dtype or shape field of a stored tensor (checked in Redis before it is fetched).
+MAX_META_BYTES = codec.MAX_FIELD_BYTES
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The operator's bounds for one worker (settings ``max_*_bytes``; 0 turns one off)."""
+    """The operator's bounds for one worker (settings ``max_*``; 0 turns one off). The most bytes
+    its Redis accepts in one value (``max_value_bytes``, read from the server) caps
+    max_tensor_bytes: an output beyond it could not be written."""
 
-    max_tensor_bytes: int = 1 << 30
+    max_tensor_bytes: int = 512 << 20
     max_job_bytes: int = 1 << 31
     max_model_bytes: int = 1 << 31
+    max_job_keys: int = 1024
+    max_value_bytes: int = REDIS_MAX_VALUE_BYTES
 
     def __post_init__(self) -> None:  # 0 means "no limit": the Lua read compares numbers
-        for name in ("max_tensor_bytes", "max_job_bytes", "max_model_bytes"):
+        for name in ("max_tensor_bytes", "max_job_bytes", "max_model_bytes", "max_job_keys"):
             if getattr(self, name) <= 0:
                 object.__setattr__(self, name, 1 << 62)
+        if self.max_value_bytes > 0:  # no tensor larger than Redis takes in or gives back
+            object.__setattr__(
+                self, "max_tensor_bytes", min(self.max_tensor_bytes, self.max_value_bytes)
+            )
 
 
 def declared_nbytes(dtype: str, shape: Sequence[int]) -> int:
@@ -63,12 +80,29 @@ def check_tensor_size(name: str, dtype: str, shape: Sequence[int], limit: int) -
         )
 
 
+def check_names(request: Any, limit: int) -> AIError | None:
+    """The error for a request naming more than ``limit`` keys and tensors (None if it does not):
+    reading that many keys at once would hold Redis for long (at some microseconds each)."""
+    count = len(request.names())
+    if count <= limit:
+        return None
+    return LimitExceeded(
+        f"the job names {count:,} keys, more than this worker's max_job_keys ({limit:,})"
+    )
+
+
+_BAD_FIELD = {b"dtype": messages.INVALID_DTYPE, b"shape": messages.INVALID_SHAPE}
+
+
 def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarray:
     """Decode a tensor from a read script's reply (``ok``, kind, dtype, shape, blob, values;
-    ``none``; ``wrongtype``), refusing declared sizes beyond ``limit`` first."""
+    ``none``; ``wrongtype``; ``badfield`` and the field), refusing declared sizes beyond
+    ``limit`` first."""
     status = reply[0]
     if status == b"none":
         raise AIError(messages.TENSOR_EMPTY)
+    if status == b"badfield" and reply[1] in _BAD_FIELD:  # a kind that long is no tensor's
+        raise AIError(_BAD_FIELD[reply[1]])
     if status != b"ok":
         raise WrongTypeError()
     kind, dtype, shape, blob, values = reply[1:6]
@@ -82,18 +116,27 @@ def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarr
         # Splitting a 500 MB VALUES text for a 2-element tensor would cost gigabytes.
         if len(values) > MAX_VALUE_CHARS * (codec.element_count(dims) + 1):
             raise AIError(messages.WRONG_VALUE_COUNT)
-        return codec.from_values(dtype_name, dims, values.decode().split())
+        return codec.from_values(dtype_name, dims, text(values).split())
     return codec.zeros(dtype_name, dims)
 
 
 def check_output(name: str, array: np.ndarray, limit: int) -> None:
-    """Refuse to write an output larger than ``limit``."""
-    size = nbytes(array)
+    """Refuse to write an output larger than ``limit`` (a worker's ``max_tensor_bytes``, which
+    ``Limits`` caps by what its Redis accepts in one value)."""
+    size = max(nbytes(array), stored_nbytes(array))
     if limit and size > limit:
         raise LimitExceeded(
             f"output tensor '{name}' has {size:,} bytes, more than this worker's "
-            f"max_tensor_bytes ({limit:,})"
+            f"max_tensor_bytes ({limit:,}), which is at most what Redis accepts in one value "
+            "(proto-max-bulk-len)"
         )
+
+
+def stored_nbytes(array: np.ndarray) -> int:
+    """Bytes of an array's blob as stored (STRING elements: their bytes and terminators)."""
+    if array.dtype.kind in "OUS":
+        return int(array.size) + sum(len(item) for item in array.reshape(-1).tolist())
+    return int(array.nbytes)
 
 
 def check_entry(fields: Mapping[Any, Any], limit: int = 0) -> int:

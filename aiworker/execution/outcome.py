@@ -7,6 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.protocol.replies import Status
+
+# Outcomes that are no reply status: the job goes on to another device's queue; the entry vanished
+# (it is only acknowledged).
+FORWARD = "forward"
+DROPPED = "dropped"
+
 
 @dataclass(frozen=True)
 class StatsRecord:
@@ -24,8 +31,7 @@ class Outcome:
     """A job's result: its status, the tensors to write, the statistics to count, and what the
     reply carries beyond the status."""
 
-    # "ok" | "error" | "timedout" | "forward" (to another device queue) | "dropped" (the entry
-    # vanished: only acknowledged)
+    # a reply's ``Status`` (ok, error, timedout), FORWARD or DROPPED
     status: str
     error: str = ""
     writes: dict[str, np.ndarray] = field(default_factory=dict)
@@ -38,11 +44,11 @@ class Outcome:
 
     @classmethod
     def failed(cls, error: str, stats: list[StatsRecord] | None = None) -> Outcome:
-        return cls("error", error=error, stats=stats or [])
+        return cls(Status.ERROR, error=error, stats=stats or [])
 
     @classmethod
     def forward(cls, queue: str) -> Outcome:
-        return cls("forward", forward_queue=queue)
+        return cls(FORWARD, forward_queue=queue)
 
 
 def error_text(exc: BaseException) -> str:

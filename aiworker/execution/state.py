@@ -1,39 +1,70 @@
 """The one read of a job's state: model and script versions, input tensors, output key kinds.
 
-All jobs taken in one stream read are served by one Lua script call (``read_jobs.lua``): it checks
-key types and stored sizes before fetching tensor data, reads each key once however many jobs or
-arguments name it, and stops fetching when the read carries ``max_job_bytes`` (jobs left over are
-read again on their own when they run). A script reads one hash slot, so the keys are grouped by
-slot and each group read by its own call, all in one round trip per node (a single Redis is one
-slot: one call); on Redis Cluster the byte budgets then hold per group, and ``Snapshot.tensor``
-still bounds each job's decoded total. A ``Snapshot`` then decodes what one job needs, on demand,
-with RedisAI's errors in the order RedisAI reported them, and declared sizes checked before any
-array is allocated.
+All jobs taken in one stream read are served by one round trip. ``read_jobs.lua`` checks key
+types and stored sizes (a tensor's data, its kind, dtype and shape fields) before any tensor data
+leaves Redis, and each key is read once however many jobs or arguments name it. Small tensors come
+back from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through
+Lua, whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they
+come from plain HMGETs in a MULTI sent after the script in the same round trip. Those keys are
+WATCHed from before the script, so the fields fetched are the version the script checked; and the
+fetch runs only if the script cleared it: the read sets a flag key, the script deletes it when
+every such tensor may be fetched, and the read then COPYs the flag, if it is still there, onto a
+key it also WATCHes - which aborts the MULTI when a tensor was refused (too large, or over the
+read's budget) and when the script did not run at all (NOSCRIPT). An aborted read is sent again
+without what was refused; one that lost its WATCH to a concurrent write, as it was. Which tensors
+are large the worker learns as it reads them (``MetaCache``): a tensor the script finds larger than
+it fetches costs one more round trip, the first time.
+
+A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
+when they run), and one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
+holds Redis for long. A script reads one hash slot: when a read's keys (and its flag keys) lie in
+several, as on Redis Cluster, they are grouped by slot and each group read by its own call, all in
+one round trip per node, the script fetching every tensor itself; the byte budgets then hold per
+group, and ``Snapshot.tensor`` still bounds each job's decoded total. A single Redis is one slot. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
+the order RedisAI reported them, and declared sizes checked before any array is allocated.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import redis
 
 from aiworker.execution import limits
 from aiworker.execution.limits import Limits
-from aiworker.protocol.errors import LimitExceeded
-from aiworker.protocol.requests import KIND, MODEL, SCRIPT, TENSOR, Request
+from aiworker.protocol.errors import AIError, LimitExceeded
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import KIND, MODEL, SCRIPT, TENSOR, Read, Request
 from aiworker.protocol.text import text
-from aiworker.storage import lua
+from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import by_slot
 
 READ_JOBS = lua.load("read_jobs")
+# Keys one read_jobs.lua call checks at most (a few microseconds each); a job is never split.
+READ_KEYS_PER_CALL = 512
+# Rounds of one read: a refusal or a tensor found large costs one more, a write racing it one more.
+READ_ATTEMPTS = 5
+TENSOR_FIELDS = ("kind", "dtype", "shape", "blob", "values")
+# read_jobs.lua's ARGV before the per-key pairs: three byte limits, the field limit, the most
+# tensor data the script fetches itself, whether KEYS[1] is the read's flag
+ARGV_HEAD = 6
+# A flag left behind by a read that never finished (a lost connection) expires after this.
+FLAG_TTL_MS = 60_000
+# Verdicts after which the MULTI was aborted: the key, or its jobs, are not read again.
+_REFUSED = (b"toobig", b"badfield")
+# What read_jobs.lua is told about a tensor: it fetches it itself ("T"), or the caller does ("B").
+_BY_SCRIPT, _BY_CALLER = "T", "B"
 
 
 class ScriptRunner(Protocol):
-    """What the read runs on: the worker thread's job connection (``storage.wire.JobConnection``)."""
+    """What a read runs on: the worker thread's job connection (``storage.wire.JobConnection``)."""
 
     def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]: ...
 
@@ -43,11 +74,24 @@ class ScriptRunner(Protocol):
 class MetaCache:
     """The model and script metadata this process read last, by key: a job whose model is in it
     skips that read, and its completion checks, atomically, that the stored version is still the
-    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again."""
+    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again. Also which
+    tensor keys held values too large for the read script to fetch, when last read."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._replies: dict[tuple[str, str], Any] = {}
+        self._large: set[str] = set()  # tensor keys that held large values when last read
+
+    def is_large(self, key: str) -> bool:
+        return key in self._large
+
+    def set_large(self, key: str, large: bool) -> None:
+        if not large:
+            self._large.discard(key)
+            return
+        if len(self._large) >= self.size:
+            self._large.clear()
+        self._large.add(key)
 
     def get(self, what: str, key: str) -> Any:
         return self._replies.get((what, key))
@@ -77,6 +121,7 @@ class Snapshot:
     deferred: bool = False  # its tensors were left for a read of their own
     # (key, digest) of metadata taken from the cache: the completion checks they still hold
     expect: list[tuple[str, bytes]] = field(default_factory=list)
+    refused: AIError | None = None  # the job was not read at all (it names too many keys)
     _decoded: dict[str, np.ndarray] = field(default_factory=dict)
     _declared: int = 0  # bytes of the tensors decoded so far, each use counted
 
@@ -95,7 +140,8 @@ class Snapshot:
         return text(reply[1]), text(reply[2]) if reply[2] else None
 
     def tensor(self, key: str) -> np.ndarray:
-        """An input tensor (read-only), sized from its declared shape before it is allocated."""
+        """An input tensor (read-only), sized from its declared shape before it is allocated;
+        the same array however many times the job names the key."""
         reply = self._reply(TENSOR, key)
         status = reply[0]
         if status == b"toobig":
@@ -116,6 +162,8 @@ class Snapshot:
         return [self.tensor(key) for key in keys]
 
     def _reply(self, what: str, key: str) -> Any:
+        if self.refused is not None:
+            raise self.refused
         reply = self.replies[(what, key)]
         if what == TENSOR and reply[0] == b"deferred":
             raise RuntimeError("tensor was not read")  # callers check ``deferred`` first
@@ -138,58 +186,236 @@ def read(
     conn: ScriptRunner,
     requests: Sequence[Request],
     bounds: Limits,
-    cache: MetaCache | None = None,
+    cache: MetaCache | None,
+    keyspace: Keys,
 ) -> list[Snapshot]:
     """One round trip for the state of every request (in order); one ``Snapshot`` each. Model
-    and script metadata found in ``cache`` is not read again; none at all: no round trip."""
+    and script metadata found in ``cache`` is not read again; none at all: no round trip.
+    ``keyspace``: where the read's flag keys go (the worker's prefix)."""
     wanted = [request.state_reads() for request in requests]
-    index: dict[tuple[str, str], int] = {}
-    cached: dict[tuple[str, str], Any] = {}
-    uses: list[dict[int, int]] = []  # per key read: job -> how many times it names the key
+    refused = [limits.check_names(request, bounds.max_job_keys) for request in requests]
+    cached: dict[Read, Any] = {}
+    reads: list[list[Read]] = []  # per job: what is read from Redis (not from the cache)
     for job, pairs in enumerate(wanted):
-        for pair in pairs:
+        mine: list[Read] = []
+        for pair in pairs if refused[job] is None else ():
             if cache is not None and pair[0] in (MODEL, SCRIPT):
                 hit = cached.get(pair) or cache.get(*pair)
                 if hit is not None:
                     cached[pair] = hit
                     continue
-            n = index.get(pair)
-            if n is None:
-                n = index[pair] = len(uses)
-                uses.append({})
-            uses[n][job] = uses[n].get(job, 0) + 1
-    replies: Any = []
-    if index:
-        args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
-        for (what, _key), counts in zip(index, uses, strict=True):
-            args.append(what)
-            args.append(" ".join(f"{j}:{c}" for j, c in counts.items()) if what == TENSOR else "")
-        keys = [key for _what, key in index]
-        replies = _read_by_slot(conn, keys, args)
-        if cache is not None:
-            for (what, key), reply in zip(index, replies, strict=True):
-                if what in (MODEL, SCRIPT) and reply[0] == b"ok":
-                    cache.put(what, key, reply)
+            mine.append(pair)
+        reads.append(mine)
+    found: dict[Read, Any] = {}
+    deferred: set[int] = set()  # jobs whose state is read again on its own
+    budget = bounds.max_job_bytes
+    groups = _calls(reads)
+    for jobs in groups:
+        if budget <= 0:  # an earlier call spent the read's budget
+            deferred.update(jobs)
+            continue
+        reader = _Reader(conn, bounds, budget, keyspace, cache or MetaCache())
+        replies, left = reader.read({job: reads[job] for job in jobs})
+        found.update(replies)
+        deferred |= left
+        if len(groups) > 1:
+            budget -= sum(
+                _data_bytes(reply) for (what, _k), reply in replies.items() if what == TENSOR
+            )
+    if cache is not None:
+        for (what, key), reply in found.items():
+            if what in (MODEL, SCRIPT) and reply[0] == b"ok":
+                cache.put(what, key, reply)
     snapshots = []
-    for pairs in wanted:
-        mine = {p: cached[p] if p in cached else replies[index[p]] for p in pairs}
-        deferred = any(reply[0] == b"deferred" for reply in mine.values())
+    for job, pairs in enumerate(wanted):
+        if refused[job] is not None or job in deferred:
+            snapshots.append(Snapshot({}, bounds, job in deferred, refused=refused[job]))
+            continue
+        got = {p: cached[p] if p in cached else found[p] for p in pairs}
+        late = any(reply[0] == b"deferred" for reply in got.values())
         expect = [(p[1], _digest(p[0], cached[p])) for p in dict.fromkeys(pairs) if p in cached]
-        snapshots.append(Snapshot(mine, bounds, deferred, expect))
+        snapshots.append(Snapshot(got, bounds, late, expect))
     return snapshots
+
+
+def _calls(reads: Sequence[Sequence[Read]]) -> list[list[int]]:
+    """The jobs that read something, grouped (in order) so that each group reads at most
+    READ_KEYS_PER_CALL distinct keys; a job reading more than that is a group of its own."""
+    if sum(len(pairs) for pairs in reads) <= READ_KEYS_PER_CALL:  # the usual read
+        return [[job for job, pairs in enumerate(reads) if pairs]] if any(reads) else []
+    groups: list[list[int]] = []
+    seen: set[Read] = set()
+    for job, pairs in enumerate(reads):
+        if not pairs:
+            continue
+        new = set(pairs) - seen
+        if not groups or len(seen) + len(new) > READ_KEYS_PER_CALL:
+            groups.append([])
+            seen, new = set(), set(pairs)
+        groups[-1].append(job)
+        seen |= new
+    return groups
+
+
+class _Reader:
+    """One group of jobs' reads: each key checked, then fetched, once."""
+
+    def __init__(
+        self, conn: ScriptRunner, bounds: Limits, budget: int, keyspace: Keys, sizes: MetaCache
+    ) -> None:
+        self.conn = conn
+        self.bounds = bounds
+        self.budget = budget
+        self.keyspace = keyspace
+        self.sizes = sizes
+        self.verdicts: list[Any] = []  # the script's, from the last round trip
+
+    def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
+        """Every key the jobs read, with its reply; and the jobs whose tensors were left for a
+        read of their own (the budget was spent)."""
+        if not self._one_slot(jobs):  # the script fetches every tensor, a call per slot
+            pairs, keys, args, _plain = self._arguments(jobs, inline=1 << 62)
+            return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set()
+        found: dict[Read, Any] = {}
+        settled: dict[Read, Any] = {}  # refused keys: not read again
+        deferred: set[int] = set()
+        active = jobs
+        for _ in range(READ_ATTEMPTS):
+            pairs, replies = self._round(active)
+            if replies is None:  # the fetch was aborted: read again without what was refused
+                for pair, verdict in zip(pairs, self.verdicts, strict=True):
+                    if verdict[0] in _REFUSED:
+                        settled[pair] = verdict
+                    elif verdict[0] == b"deferred":
+                        deferred.update(job for job, mine in active.items() if pair in mine)
+                todo = active
+            else:
+                found.update(zip(pairs, replies, strict=True))
+                todo = {}
+                for (what, key), reply in zip(pairs, replies, strict=True):
+                    if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
+                        self.sizes.set_large(key, True)
+                        todo.update((j, jobs[j]) for j in active if (what, key) in active[j])
+                    elif what == TENSOR and reply[0] == b"ok" and self.sizes.is_large(key):
+                        self.sizes.set_large(key, _data_bytes(reply) > tensor_io.LUA_VALUE_BYTES)
+                if not todo:
+                    return {**found, **settled}, deferred
+            active = {
+                job: [p for p in pairs if p not in settled]
+                for job, pairs in todo.items()
+                if job not in deferred
+            }
+        raise AIError("the job's input tensors are being replaced too often to read")
+
+    def _one_slot(self, jobs: dict[int, list[Read]]) -> bool:
+        """Whether every key the jobs read, and the read's flag keys, share one hash slot (as on
+        a single Redis, always): the guarded read's WATCH and MULTI cannot span slots."""
+        slot = self.conn.slot
+        first, *flags = [slot(key) for key in self.keyspace.read_flags(_token())]
+        return all(found == first for found in flags) and all(
+            slot(key) == first for pairs in jobs.values() for _what, key in pairs
+        )
+
+    def _arguments(
+        self, jobs: dict[int, list[Read]], inline: int | None = None
+    ) -> tuple[list[Read], list[str], list[Any], list[int]]:
+        """What to read (each once), its keys, read_jobs.lua's ARGV (the script fetching tensors
+        of up to ``inline`` bytes; KEYS[1] not the flag: ``_round`` changes that), and which of
+        them the caller fetches."""
+        if inline is None:
+            inline = tensor_io.LUA_VALUE_BYTES
+        uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
+        for job, pairs in jobs.items():
+            for pair in pairs:
+                counts = uses.setdefault(pair, {})
+                counts[job] = counts.get(job, 0) + 1
+        bounds = self.bounds
+        args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, self.budget]
+        args += [limits.MAX_META_BYTES, inline, 0]
+        keys: list[str] = []
+        plain: list[int] = []
+        for n, ((what, key), counts) in enumerate(uses.items()):
+            keys.append(key)
+            if what != TENSOR:
+                args += [what, ""]
+            elif self.sizes.is_large(key):
+                plain.append(n)
+                args += [_BY_CALLER, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+            else:
+                args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+        return list(uses), keys, args, plain
+
+    def _round(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
+        """One round trip: the script's verdicts, with the small tensors it fetched and the
+        large ones fetched by plain HMGETs if it cleared them (see the module docstring). The
+        replies in ``pairs``' order; None when the fetch was aborted (``self.verdicts`` says
+        why)."""
+        pairs, keys, args, plain = self._arguments(jobs)
+        if not plain:  # the script alone
+            self.verdicts = lua.run_one(self.conn, READ_JOBS, keys, args)
+            return pairs, self.verdicts
+        args[ARGV_HEAD - 1] = 1  # KEYS[1] is the flag
+        flag, guard = self.keyspace.read_flags(_token())
+        commands: list[tuple[Any, ...]] = [
+            ("SET", flag, 1, "PX", FLAG_TTL_MS),
+            ("WATCH", guard, *(keys[n] for n in plain)),
+            ("EVALSHA", READ_JOBS.sha, len(keys) + 1, flag, *keys, *args),
+            ("COPY", flag, guard, "REPLACE"),  # 0, writing nothing, if the script cleared it
+            ("MULTI",),
+            *(("HMGET", keys[n], *TENSOR_FIELDS) for n in plain),
+            ("EXEC",),
+        ]
+        routes = [keys[0]] * len(commands)  # one slot (``_one_slot``): its master runs them all
+        replies = self.conn.pipeline(commands, routes)
+        if isinstance(replies[2], redis.exceptions.NoScriptError):
+            # the flag was copied, nothing fetched: load the script, send it all again
+            self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)], routes[:1])
+            replies = self.conn.pipeline(commands, routes)
+        for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
+            if isinstance(reply, Exception):
+                raise reply
+        self.verdicts = list(replies[2])
+        fetched = replies[-1]
+        if fetched is None:
+            return pairs, None
+        if isinstance(fetched, Exception):
+            raise fetched
+        out = list(self.verdicts)
+        for n, fields in zip(plain, fetched, strict=True):
+            if out[n][0] == b"ok":  # fetched for keys the script cleared only (no error then)
+                out[n] = [b"ok", *fields]
+        return pairs, out
+
+
+def _data_bytes(reply: Any) -> int:
+    """Bytes of tensor data a tensor's read reply carries (``ok``: kind, dtype, shape, blob,
+    values)."""
+    if reply[0] != b"ok" or len(reply) != 6:
+        return 0
+    return sum(len(value) for value in reply[4:] if value is not None)
+
+
+_local = threading.local()
+
+
+def _token() -> str:
+    """This thread's name for its read flags: one read at a time per thread, and no two threads
+    of any worker share it."""
+    token: str | None = getattr(_local, "token", None)
+    if token is None:
+        token = _local.token = uuid.uuid4().hex
+    return token
 
 
 def _read_by_slot(conn: ScriptRunner, keys: list[str], args: list[Any]) -> list[Any]:
     """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
     groups = by_slot(keys, conn.slot)
-    if len(groups) == 1:  # every key in one slot: always so on a single Redis
-        return lua.run_one(conn, READ_JOBS, keys, args)  # type: ignore[no-any-return]
-    head = args[:3]
+    head = args[:ARGV_HEAD]
     calls = [
         lua.Call(
             READ_JOBS,
             [keys[n] for n in group],
-            head + [a for n in group for a in args[3 + 2 * n : 5 + 2 * n]],
+            head + [a for n in group for a in args[ARGV_HEAD + 2 * n : ARGV_HEAD + 2 + 2 * n]],
         )
         for group in groups
     ]

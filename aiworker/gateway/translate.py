@@ -126,38 +126,23 @@ def _config(state: State, cmd: ConfigCommand) -> Plan[Any]:
 
 def _job(state: State, cmd: ModelExecute | ScriptExecute | DagExecute) -> Plan[Any]:
     reply = yield from job_ops.submit_plan(state, cmd)
-    status = reply.get("status")
-    if status == "timedout":
+    if reply.raise_for_status(timedout_ok=True) is replies.Status.TIMEDOUT:
         return Status("TIMEDOUT")
-    results = reply.get("results")
-    if results is None:
-        if status == "ok":
-            return OK
-        raise replies.error_of(str(reply.get("error") or "job failed"))
-    assert isinstance(cmd, DagExecute)
-    out = []
-    for op, result in zip(cmd.ops, results, strict=True):
-        out.append((yield from _dag_entry(op, result)))
-    return out
+    if not isinstance(cmd, DagExecute):
+        return OK
+    entries = zip(cmd.ops, reply.op_results(), reply.tensors(), strict=True)
+    return [_dag_entry(op, result, tensor) for op, result, tensor in entries]
 
 
-def _dag_entry(op: Any, result: Any) -> Plan[Any]:
+def _dag_entry(op: Any, result: Any, tensor: replies.DagTensor | None) -> Any:
     """One op's part of a DAG's reply: OK/NA, the op's error, or a TENSORGET's tensor."""
-    if isinstance(result, dict) and "error" in result:
-        return ErrorReply(str(result["error"]))
-    if isinstance(result, dict) and "dtype" in result and isinstance(op, TensorGet):
-        if "key" in result:  # a JSON reply spilled a large tensor to a key
-            stored = yield from tensor_io.read_plan(str(result["key"]))
-            return raw.tensor_reply(stored, op.meta, op.data)
-        dtype, shape, array = replies.decode_tensor(result, _no_key)
-        if array is None:
-            return [b"dtype", dtype.encode(), b"shape", list(shape)]
-        return raw.tensor_reply(array, op.meta, op.data)
+    if isinstance(result, Exception):
+        return ErrorReply(str(result))
+    if tensor is not None and isinstance(op, TensorGet):
+        if tensor.array is None:
+            return [b"dtype", tensor.dtype.encode(), b"shape", list(tensor.shape)]
+        return raw.tensor_reply(tensor.array, op.meta, op.data)
     return Status(str(result))
-
-
-def _no_key(key: str) -> Any:
-    raise AssertionError(f"unexpected spilled tensor {key}")
 
 
 # errors --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from aiworker.parser import parse_command
 from aiworker.parser.validate import check
 from aiworker.protocol.entries import (
     ENQUEUED_FIELD,
-    ORIGIN_FIELD,
     check_names,
     entry_time_ms,
     reply_format_of,
@@ -58,5 +57,4 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = N
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
     reply = reply_key(named.get("reply"), keys)
     fmt = reply_format_of(named)
-    origin = text(named[ORIGIN_FIELD]) if ORIGIN_FIELD in named else entry_id
-    return Job(entry_id, request, reply, enqueued, fmt, origin)
+    return Job(entry_id, request, reply, enqueued, fmt)

@@ -9,7 +9,8 @@ The Python client writes the compact form instead: ``job`` holds a msgpack map o
 checks (``parser.validate``), and every key a request names is
 checked at first sight: valid UTF-8, and no output under aiworker's own prefix. The enqueue time is
 the stream entry id's millisecond part (Redis' clock), so TIMEOUT counts from enqueue without
-trusting the client's clock.
+trusting the client's clock. No field of an entry says who asked for it: a reply names the
+stream and the id Redis gave the entry (``protocol.replies``), never what the entry claims.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from aiworker.protocol.requests import (
 )
 from aiworker.protocol.text import strict_text, text
 
+# A forwarded entry's first enqueue time (ms): its TIMEOUT keeps counting from there.
 ENQUEUED_FIELD = "enqueued"
-# A forwarded entry's id on the queue its requester wrote it to: the id its reply carries.
-ORIGIN_FIELD = "origin"
-# The Python client's request id on Redis Cluster: entries of one request on one queue (an XADD
-# that redis-py's cluster client sent again during a failover) complete once.
-REQUEST_ID_FIELD = "rid"
+# What a forward copies of an entry (with ENQUEUED_FIELD): the request, where its reply goes and in
+# which encoding. Nothing else an entry carries travels on, so a forward stays small.
+FORWARDED_FIELDS = ("job", "cmd", "reply", "fmt")
 
 
 def encode_entry(

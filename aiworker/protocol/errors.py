@@ -13,6 +13,7 @@ Errors that RedisAI reported to its clients as server errors derive from
         │   └── ReplyTimeout               the client stopped waiting for a reply (says what became
         │                                  of the job: removed from its queue, or taken by a worker)
         ├── NoLiveWorker                   no live worker serves the job's queue (heartbeats say so)
+        ├── QueueFull                      the job's queue holds max_queue_length jobs: not queued
         └── LimitExceeded                  a tensor or model is larger than the worker's limits
 
 Messages are RedisAI's text as redis-py showed it: without the ``ERR`` prefix (``WRONGTYPE`` stays,
@@ -75,6 +76,11 @@ class NoLiveWorker(AIError):
     def __init__(self, message: str, removed: bool = False) -> None:
         super().__init__(message)
         self.removed = removed
+
+
+class QueueFull(AIError):
+    """The device queue already holds its workers' ``max_queue_length`` jobs: the request was not
+    queued (retry it later, or elsewhere)."""
 
 
 class LimitExceeded(AIError):

@@ -113,6 +113,11 @@ class Keys:
         """The device a queue stream (any partition) belongs to."""
         return queue[len(self.prefix) + len("queue:") :].split(":{", 1)[0]
 
+    def queue_limit(self, stream: str) -> str:
+        """The length limit (``max_queue_length``) its workers publish for a queue stream, in the
+        stream's hash slot: the enqueue script reads both."""
+        return f"{self.prefix}limit:{same_slot_suffix(stream)}"
+
     def dead_letters(self, device: str) -> str:
         return f"{self.prefix}deadletter:{device.upper()}"
 
@@ -143,6 +148,13 @@ class Keys:
     def temp(self, key: str, token: str) -> str:
         """Where a large tensor is written before it is moved onto ``key`` (same hash slot)."""
         return f"{self.prefix}tmp:{same_slot_suffix(key)}:{token}"
+
+    def read_flags(self, token: str, near: str | None = None) -> tuple[str, str]:
+        """The two keys a worker's guarded read uses (``execution.state``): the flag it sets
+        before checking sizes, and the key it WATCHes, onto which the flag is renamed when the
+        check did not clear it; ``near``: a key whose hash slot they must share."""
+        base = f"{self.prefix}read:" + (f"{{{slot_tag(near)}}}" if near is not None else "")
+        return f"{base}{token}:flag", f"{base}{token}:guard"
 
     def dag_output(self, entry_id: str, index: int, near: str | None = None) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply (``near``:

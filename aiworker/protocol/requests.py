@@ -271,7 +271,6 @@ class Job:
     reply: str | None
     enqueued_ms: int
     fmt: str = "json"  # the reply's encoding (protocol.replies)
-    origin: str = ""  # the id the requester's XADD returned (differs once forwarded)
 
     @property
     def deadline_ms(self) -> int | None:

@@ -9,6 +9,7 @@ tensor is zero-filled, as RedisAI's ``AI.TENSORSET key FLOAT 2 2`` without data.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,14 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "STRING": np.dtype(object),
 }
 DTYPE_NAMES = tuple(NUMPY_DTYPES)
+# The longest dtype or shape field a stored tensor may have: 64 dimensions (numpy's most) of
+# 15 digits and a separator each. Longer fields are refused before they are read or parsed.
+MAX_FIELD_BYTES = 1024
+MAX_DIMS = 64
+# A dimension or an integer value written as text: ASCII digits only (Python's int() also reads
+# "1_0" and "١٢").
+_DIGITS = re.compile(r"[0-9]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _BY_KIND_SIZE = {
     (dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "STRING"
 }
@@ -61,16 +70,22 @@ def dtype_of(array: np.ndarray) -> str:
 
 
 def parse_shape(dims: Iterable[int | float | str | bytes]) -> tuple[int, ...]:
-    """Validate dimensions given as ints or text; negative or non-numeric ones are RedisAI errors."""
-    shape = []
+    """Validate dimensions given as ints or text (ASCII digits); negative, empty or non-numeric
+    ones, and more than MAX_DIMS of them, are RedisAI's error."""
+    shape: list[int] = []
     for dim in dims:
         if isinstance(dim, (bool, np.bool_)) or (isinstance(dim, float) and not dim.is_integer()):
             raise AIError(messages.INVALID_SHAPE)
+        if isinstance(dim, (str, bytes)):
+            digits = text(dim).strip()
+            if not _DIGITS.fullmatch(digits):
+                raise AIError(messages.INVALID_SHAPE)
+            dim = digits
         try:
             value = int(dim)
         except (TypeError, ValueError):
             raise AIError(messages.INVALID_SHAPE) from None
-        if value <= 0:  # RedisAI refuses empty dimensions too
+        if value <= 0 or len(shape) == MAX_DIMS:  # RedisAI refuses empty dimensions too
             raise AIError(messages.INVALID_SHAPE)
         shape.append(value)
     return tuple(shape)
@@ -80,9 +95,9 @@ def format_shape(shape: Sequence[int]) -> str:
     return ",".join(str(d) for d in shape)
 
 
-def _decode_shape_field(text: str) -> tuple[int, ...]:
+def _decode_shape_field(written: str) -> tuple[int, ...]:
     # "2,3", "2 3" and "2, 3" (as people type it in redis-cli) all mean (2, 3)
-    return parse_shape(text.replace(",", " ").split())
+    return parse_shape(written.replace(",", " ").split())
 
 
 def element_count(shape: Sequence[int]) -> int:
@@ -106,11 +121,10 @@ def _parse_int(value: Any, dtype: str) -> int:
             raise AIError(messages.INVALID_VALUE)
         number = int(value)
     else:
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        try:
-            number = int(text)
-        except ValueError:
-            raise AIError(messages.INVALID_VALUE) from None
+        written = text(value).strip()
+        if not _INTEGER.fullmatch(written):
+            raise AIError(messages.INVALID_VALUE)
+        number = int(written)
     if dtype == "BOOL":
         if number not in (0, 1):
             raise AIError(messages.INVALID_VALUE)
@@ -122,8 +136,10 @@ def _parse_int(value: Any, dtype: str) -> int:
 
 
 def _parse_float(value: Any, dtype: str) -> float:
-    if isinstance(value, bytes):
-        value = value.decode()
+    if isinstance(value, (bytes, str)):
+        value = text(value).strip()
+        if not value.isascii() or "_" in value:  # float() reads "1_0" and "١٢" too
+            raise AIError(messages.INVALID_VALUE)
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -253,8 +269,10 @@ def decode_meta(fields: Mapping[Any, Any]) -> tuple[str, tuple[int, ...]]:
         raise WrongTypeError()
     dtype = fields.get(b"dtype", fields.get("dtype"))
     shape = fields.get(b"shape", fields.get("shape"))
-    if dtype is None or shape is None:
-        raise AIError(messages.INVALID_SHAPE if dtype is not None else messages.INVALID_DTYPE)
+    if dtype is None or len(dtype) > MAX_FIELD_BYTES:
+        raise AIError(messages.INVALID_DTYPE)
+    if shape is None or len(shape) > MAX_FIELD_BYTES:
+        raise AIError(messages.INVALID_SHAPE)
     return parse_dtype(dtype), _decode_shape(shape)
 
 

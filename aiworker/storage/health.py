@@ -17,7 +17,7 @@ import redis
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
 from aiworker.storage import plans
-from aiworker.storage.plans import AnyRedis, Plan
+from aiworker.storage.plans import AnyRedis, Commands, Plan
 
 # A worker counts as alive until its heartbeat (sent every 2 s) is this old: generous, so that one
 # busy loading a large model (a framework holding the interpreter for seconds) is not taken for dead.
@@ -27,8 +27,24 @@ LIVE_FOR_S = 12.0
 def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, Any]]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""
     names = yield from plans.call("ZRANGEBYSCORE", keys.workers, time.time() - max_age, "+inf")
-    if not names:
-        return []
+    return (yield from _statuses(keys, names)) if names else []
+
+
+def liveness_plan(keys: Keys, max_age: float) -> Plan[tuple[list[dict[str, Any]], bool]]:
+    """Heartbeats seen within ``max_age`` seconds, and whether the worker registry exists at all
+    (it is gone on a fresh Redis and right after a flush, until a worker beats again)."""
+    replies = yield Commands(
+        [("ZRANGEBYSCORE", keys.workers, time.time() - max_age, "+inf"), ("EXISTS", keys.workers)]
+    )
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    names, registered = replies
+    statuses = (yield from _statuses(keys, names)) if names else []
+    return statuses, bool(registered)
+
+
+def _statuses(keys: Keys, names: list[Any]) -> Plan[list[dict[str, Any]]]:
     statuses = []
     for raw in (yield from plans.call("MGET", *[keys.worker(text(n)) for n in names])):
         if raw is not None:
@@ -51,7 +67,8 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
     pipe.xlen(queue)
     pipe.xinfo_groups(queue)
     pipe.xlen(keys.dead_letters(device))
-    length, groups, dead = pipe.execute(raise_on_error=False)
+    pipe.get(keys.queue_limit(queue))
+    length, groups, dead, limit = pipe.execute(raise_on_error=False)
     group: dict[str, Any] = {}
     if isinstance(groups, list):
         group = next((g for g in groups if text(g.get("name")) == CONSUMER_GROUP), {})
@@ -63,6 +80,8 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
         "lag": group.get("lag"),
         "consumers": int(group.get("consumers", 0) or 0),
         "dead_letters": dead if isinstance(dead, int) else 0,
+        # max_queue_length as its workers publish it (0: none)
+        "limit": int(limit) if isinstance(limit, bytes | str) and text(limit).isdigit() else 0,
     }
 
 
@@ -112,8 +131,10 @@ def format_status(status: dict[str, Any]) -> list[str]:
     if not status["workers"]:
         lines.append("no live workers")
     for q in status["queues"]:
+        limit = q.get("limit", 0)
+        fill = f" limit={limit} ({100 * q['length'] // limit}% full)" if limit else ""
         lines.append(
-            f"queue {q['queue']}: length={q['length']} pending={q['pending']} "
+            f"queue {q['queue']}: length={q['length']}{fill} pending={q['pending']} "
             f"lag={q['lag']} consumers={q['consumers']} dead_letters={q['dead_letters']}"
         )
     return lines

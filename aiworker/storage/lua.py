@@ -16,7 +16,10 @@ plans, ``LuaScript.__call__`` on a redis-py client):
 * a script that declares ``-- @keys-in-argv N`` also takes its keys as arguments: when the worker
   user's ACL denies a declared key, Redis refuses the whole script before it runs (NOPERM), so the
   call is made once more with every key but the first at ARGV[N] (a count, then the keys), and the
-  script's own ACL check names the key it may not touch. Normal calls send a 0 there.
+  script's own ACL check names the key it may not touch. Normal calls send a 0 there;
+* a call with ``stages`` (key, tensor fields) writes them first with plain HSETs, runs the script
+  and deletes them, in one MULTI: a large value copied into Lua and out again costs Redis ten
+  times the HSET, so the script only RENAMEs a stage into place; none is left whatever it did.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -33,6 +36,7 @@ import redis
 
 from aiworker.storage import plans
 from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.wire import as_exception
 
 
 class LuaScript:
@@ -78,6 +82,7 @@ class Call:
     keys: Sequence[Any]
     args: Sequence[Any] = ()
     near: Any = None  # a key in the same slot as ``keys`` (routed by: one seen before is cheaper)
+    stages: Sequence[tuple[str, Mapping[str, Any]]] = ()  # (key, fields) written first
 
     @property
     def route(self) -> Any:
@@ -93,6 +98,26 @@ class Call:
         head, tail = self.args[: at - 1], self.args[at - 1 :]
         return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *head, 0, *tail)
 
+    def unit(self, evalsha: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The commands that make the call (``evalsha``: its EVALSHA): with stages, a MULTI of
+        their HSETs, the script, and their DEL."""
+        if not self.stages:
+            return [evalsha]
+        writes = [("HSET", key, *[x for pair in f.items() for x in pair]) for key, f in self.stages]
+        dels = ("DEL", *(key for key, _fields in self.stages))
+        return [("MULTI",), *writes, evalsha, dels, ("EXEC",)]
+
+    def reply_of(self, got: Sequence[Any]) -> Any:
+        """The script's reply among the replies to ``unit`` (an error refusing the MULTI when
+        it was queued, e.g. NOPERM: then nothing ran)."""
+        if not self.stages:
+            return got[0]
+        for queued in got[:-1]:
+            if isinstance(queued, Exception):
+                return queued
+        done = got[-1]
+        return done if isinstance(done, Exception) else as_exception(done[len(self.stages)])
+
     def keys_as_arguments(self) -> tuple[Any, ...]:
         """The call with every key but the first passed in ARGV (see the module docstring)."""
         at = self.script.keys_in_argv
@@ -103,9 +128,28 @@ class Call:
 
 def calls_plan(calls: Sequence[Call]) -> Plan[list[Any]]:
     """Run ``calls`` in one round trip (per node): their replies in order, errors in place."""
-    routes = [call.route for call in calls]
-    replies = yield Commands([call.command() for call in calls], routes=routes)
-    return (yield from _again(calls, list(replies)))
+    replies = yield from _units(calls, [call.command() for call in calls])
+    return (yield from _again(calls, replies))
+
+
+def _units(
+    calls: Sequence[Call], evalshas: Sequence[tuple[Any, ...]], loads: bool = False
+) -> Plan[list[Any]]:
+    """Send each call's unit with its EVALSHA from ``evalshas`` (after a SCRIPT LOAD of it with
+    ``loads``), each to its call's master, in one round trip; the script replies in order."""
+    commands: list[tuple[Any, ...]] = []
+    routes: list[Any] = []
+    spans: list[tuple[int, int]] = []
+    for call, evalsha in zip(calls, evalshas, strict=True):
+        unit = call.unit(evalsha)
+        if loads:
+            commands.append(("SCRIPT", "LOAD", call.script.source))
+            routes.append(call.route)
+        spans.append((len(commands), len(commands) + len(unit)))
+        commands += unit
+        routes += [call.route] * len(unit)
+    got = yield Commands(commands, routes=routes)
+    return [call.reply_of(got[a:b]) for call, (a, b) in zip(calls, spans, strict=True)]
 
 
 def _again(calls: Sequence[Call], replies: list[Any]) -> Plan[list[Any]]:
@@ -113,16 +157,13 @@ def _again(calls: Sequence[Call], replies: list[Any]) -> Plan[list[Any]]:
     NOPERM, made again as the module docstring says; ``replies`` with their new replies."""
     if not any(isinstance(reply, redis.ResponseError) for reply in replies):
         return replies
-    routes = [call.route for call in calls]
     missing = [
         n for n, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
     ]
     if missing:  # load where it ran, and run again
-        again: list[tuple[Any, ...]] = []
-        for n in missing:
-            again += [("SCRIPT", "LOAD", calls[n].script.source), calls[n].command()]
-        got = yield Commands(again, routes=[routes[n] for n in missing for _ in range(2)])
-        for n, reply in zip(missing, got[1::2], strict=True):
+        chosen = [calls[n] for n in missing]
+        got = yield from _units(chosen, [call.command() for call in chosen], loads=True)
+        for n, reply in zip(missing, got, strict=True):
             replies[n] = reply
     denied = [
         n
@@ -132,9 +173,8 @@ def _again(calls: Sequence[Call], replies: list[Any]) -> Plan[list[Any]]:
         and len(calls[n].keys) > 1
     ]
     if denied:
-        got = yield Commands(
-            [calls[n].keys_as_arguments() for n in denied], routes=[routes[n] for n in denied]
-        )
+        chosen = [calls[n] for n in denied]
+        got = yield from _units(chosen, [call.keys_as_arguments() for call in chosen])
         for n, reply in zip(denied, got, strict=True):
             replies[n] = reply
     return replies
@@ -151,15 +191,19 @@ def run(conn: Sender, calls: Sequence[Call]) -> list[Any]:
     replies in order, errors in place."""
     if not calls:
         return []
+
+    def send(batch: Commands) -> list[Any]:
+        return conn.pipeline(batch.commands, batch.routes)
+
+    if any(call.stages for call in calls):
+        return plans.drive(calls_plan(calls), send)
     replies = conn.pipeline([call.command() for call in calls], [call.route for call in calls])
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             break
     else:
         return replies  # the common case, without the plan's machinery
-    return plans.drive(
-        _again(calls, list(replies)), lambda batch: conn.pipeline(batch.commands, batch.routes)
-    )
+    return plans.drive(_again(calls, list(replies)), send)
 
 
 def run_one(conn: Sender, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

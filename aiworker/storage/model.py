@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
 
 KIND_MODEL = "model"
+# Nanoseconds since the epoch when the model was stored (modelscan's order).
+STORED_FIELD = "stored"
 DEFAULT_CHUNK_SIZE = 511 * 1024 * 1024
 META_FIELDS = (
     "kind",
@@ -95,7 +99,8 @@ def meta_from_fields(fields: Sequence[Any]) -> ModelMeta:
 
 @functools.lru_cache(maxsize=256)
 def _meta(fields: tuple[Any, ...]) -> ModelMeta:
-    """Decoded once per stored version: every job of a model reads the same fields."""
+    """Decoded once per stored version: every job of a model reads the same fields. Fields
+    written by hand that no MODELSTORE would store get RedisAI's message for that argument."""
     values = dict(zip(META_FIELDS, (text(v) for v in fields), strict=True))
     if values["kind"] != KIND_MODEL:
         raise WrongTypeError()
@@ -103,15 +108,39 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
         backend=values["backend"],
         device=values["device"],
         tag=values["tag"],
-        batchsize=int(values["batchsize"] or 0),
-        minbatchsize=int(values["minbatchsize"] or 0),
-        minbatchtimeout=int(values["minbatchtimeout"] or 0),
-        inputs=tuple(json.loads(values["inputs"] or "[]")),
-        outputs=tuple(json.loads(values["outputs"] or "[]")),
+        batchsize=_whole(values["batchsize"], messages.MODEL_BAD_BATCHSIZE),
+        minbatchsize=_whole(values["minbatchsize"], messages.MODEL_BAD_MINBATCHSIZE),
+        minbatchtimeout=_whole(values["minbatchtimeout"], messages.MODEL_BAD_MINBATCHTIMEOUT),
+        inputs=_names(values["inputs"], messages.MODEL_BAD_INPUT_COUNT),
+        outputs=_names(values["outputs"], messages.MODEL_BAD_OUTPUT_COUNT),
         digest=values["digest"],
-        size=int(values["size"] or 0),
-        chunks=int(values["chunks"] or 0),
+        size=_whole(values["size"], "model blob size is not a whole number"),
+        # not a count: refused, with the model's name, before any chunk is read
+        chunks=int(values["chunks"] or 0) if _DIGITS.fullmatch(values["chunks"] or "0") else -1,
     )
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _whole(value: str, message: str) -> int:
+    """A stored count (empty: 0), or RedisAI's error for it."""
+    if not value:
+        return 0
+    if not _DIGITS.fullmatch(value):
+        raise AIError(message)
+    return int(value)
+
+
+def _names(value: str, message: str) -> tuple[str, ...]:
+    """A stored JSON list of input or output names (empty: none), or RedisAI's error for it."""
+    try:
+        names = json.loads(value or "[]")
+    except ValueError:
+        raise AIError(message) from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise AIError(message)
+    return tuple(names)
 
 
 def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:
@@ -202,6 +231,8 @@ def store_plan(
         flat += [name, value]
     commands: list[tuple[Any, ...]] = [("DEL", key), ("HSET", key, *flat)]
     commands += [("HSET", key, f"chunk:{i}", chunk) for i, chunk in enumerate(chunks)]
+    # when it was stored, for modelscan's order (the index is a set)
+    commands.append(("HSET", key, STORED_FIELD, time.time_ns()))
     commands.append(("SADD", keys.models, key))
     replies = yield Commands(commands, transaction=True)
     for reply in replies:
@@ -331,20 +362,23 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
 
 def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:
     """(key, tag) of every stored model (or script), dropping keys deleted behind aiworker's
-    back."""
+    back. Models come most recently stored first, as RedisAI listed them in redisai-py's suite;
+    scripts (and models stored before aiworker recorded the time) by name."""
     index = keys.models if kind == KIND_MODEL else keys.scripts
     members = yield from plans.call("SMEMBERS", index)
     names = sorted(text(k) for k in members)
     if not names:
         return []
-    replies = yield Commands([("HMGET", name, "kind", "tag") for name in names])
-    found = []
+    replies = yield Commands([("HMGET", name, "kind", "tag", STORED_FIELD) for name in names])
+    found: list[tuple[int, str, str]] = []
     stale = []
     for name, result in zip(names, replies, strict=True):
         if not isinstance(result, Exception) and text(result[0]) == kind:
-            found.append((name, text(result[1])))
+            stored = text(result[2]) if result[2] is not None else ""
+            found.append((int(stored) if stored.isdigit() else 0, name, text(result[1])))
         else:
             stale.append(name)
     if stale:
         yield Commands.one("SREM", index, *stale)
-    return found
+    found.sort(key=lambda item: -item[0])  # stable: equal times keep the names' order
+    return [(name, tag) for _stored, name, tag in found]

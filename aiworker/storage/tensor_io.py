@@ -16,6 +16,7 @@ from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
+from aiworker.protocol.text import text
 from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
 
@@ -56,6 +57,36 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
 def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
     """Store ``array`` at ``key`` (see ``write_plan``)."""
     plans.run(r, write_plan(key, array, keyspace))
+
+
+# Tensor data above this many bytes does not pass through Lua, whose string copies of a large
+# value cost Redis ten times a plain HGET/HSET (bench/luacost.py): a job's read fetches it with a
+# plain HMGET, its completion writes it with a plain HSET of a stage key (``lua.Call.stages``).
+LUA_VALUE_BYTES = 16 * 1024
+
+
+# What Redis accepts in one value by default (proto-max-bulk-len).
+REDIS_MAX_VALUE_BYTES = 512 << 20
+
+
+def max_value_bytes(r: plans.AnyRedis) -> int:
+    """The most bytes Redis accepts in one value (its ``proto-max-bulk-len``; the smallest of a
+    cluster's nodes), or Redis's default when the user may not run CONFIG GET."""
+    try:
+        reply: Any = r.config_get("proto-max-bulk-len")
+    except redis.RedisError:
+        return REDIS_MAX_VALUE_BYTES
+    found: list[int] = []
+
+    def collect(value: Any) -> None:  # {name: value}, or per cluster node {node: {name: value}}
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif text(value).isdigit():
+            found.append(int(text(value)))
+
+    collect(reply)
+    return min(found) if found else REDIS_MAX_VALUE_BYTES
 
 
 def decode_reply(reply: Any) -> np.ndarray:

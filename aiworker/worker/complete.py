@@ -30,14 +30,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.entries import ENQUEUED_FIELD, ORIGIN_FIELD, entry_time_ms
+from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
+from aiworker.storage import tensor_io
 from aiworker.storage.wire import JobConnection
 from aiworker.worker.complete_steps import Record, Result, Steps, Writes, encode, lease_is_fresh
 from aiworker.worker.hooks import Hooks, JobEvent
@@ -71,6 +72,8 @@ def refusal_message(reason: str, key: str) -> str:
         return f"NOPERM this worker may not write key '{key}'"
     if reason == "PREFIX":
         return f"WRONGTYPE '{key}' is one of aiworker's own keys: a job may not write it"
+    if reason == "STAGE":
+        return f"internal error: the data of output '{key}' was not staged"
     return WRONGTYPE
 
 
@@ -153,7 +156,8 @@ class Completer:
     def _run(
         self, conn: JobConnection, queue: str, items: Sequence[Finished], held: bool = False
     ) -> list[Result]:
-        writes = [self.writes_of(item) for item in items]
+        writes = [self.writes_of(item, queue) for item in items]
+        self._stage(writes)
 
         def leased(entry_id: str) -> bool:
             return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
@@ -161,29 +165,44 @@ class Completer:
         return self.steps.run(conn, queue, writes, self._head(), leased)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue``."""
-        return encode([queue], [self.writes_of(item) for item in items])
+        """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
+        output's fields as arguments)."""
+        return encode([queue], [self.writes_of(item, queue) for item in items])
+
+    def _stage(self, writes: Sequence[Writes]) -> None:
+        """Large outputs go to stage keys in plain HSETs (``complete_steps``): their stage keys
+        (in each output's own hash slot)."""
+        for entry in writes:
+            for key, _ttl, fields in entry.outputs:
+                if len(memoryview(fields["blob"])) > tensor_io.LUA_VALUE_BYTES:
+                    entry.stages[key] = self.keys.temp(key, entry.entry_id)
 
     def _head(self) -> list[Any]:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
         return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
 
-    def writes_of(self, item: Finished) -> Writes:
-        """What completing ``item`` writes: outputs, reply, statistics, stream records, and the
-        model/script versions it ran (checked, not written)."""
+    def writes_of(self, item: Finished, queue: str) -> Writes:
+        """What completing ``item``, read from stream ``queue``, writes: outputs, reply, statistics,
+        stream records, and the model/script versions it ran (checked, not written)."""
         outcome = item.outcome
         writes = Writes(item.entry_id, records=list(item.records), expect=list(item.expect))
-        if outcome.status == "forward":
+        if outcome.status == FORWARD:
             writes.records.append(self._forward(item))
+            if item.reply:
+                to_queue = writes.records[-1].stream
+                writes.payload, writes.splice = replies.forward_notice(
+                    queue, item.entry_id, to_queue
+                )
+                writes.reply = item.reply
             return writes
-        if outcome.status != "dropped":
+        if outcome.status != DROPPED:
             writes.outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
             if item.reply:
                 writes.outputs += [
                     (k, self.reply_ttl, codec.encode_fields(a))
                     for k, a in outcome.temp_writes.items()
                 ]
-                writes.payload = replies.encode_reply(self._reply(item), item.fmt)
+                writes.payload = self._reply(item, queue).encode(item.fmt)
         writes.reply = item.reply
         writes.stats = [
             (self.keys.stats(r.key), (r.duration_us, r.samples, r.calls, r.errors))
@@ -192,21 +211,28 @@ class Completer:
         return writes
 
     def _forward(self, item: Finished) -> Record:
-        """The entry again, on the queue of the device its model lives on."""
-        fields = {text(k): v for k, v in item.fields.items()}
+        """The entry again, on the queue of the device its model lives on: its request, reply key
+        and format only (whatever else it carried stays behind, so a forward stays small)."""
+        fields = {
+            name: value
+            for name, value in ((text(k), v) for k, v in item.fields.items())
+            if name in FORWARDED_FIELDS
+        }
         if item.job is not None:  # TIMEOUT keeps counting from the first enqueue
             fields[ENQUEUED_FIELD] = str(item.job.enqueued_ms)
-            fields[ORIGIN_FIELD] = item.job.origin or item.entry_id  # the id its reply carries
         return Record(self.keys.queue(item.outcome.forward_queue), fields)
 
-    def _reply(self, item: Finished) -> dict[str, Any]:
+    def _reply(self, item: Finished, queue: str) -> replies.Reply:
+        """The reply about ``item``: it names the stream it was read from and the id Redis gave
+        it, never anything the entry says about itself."""
         outcome = item.outcome
         queue_ms = None
         if item.started is not None:
             queue_ms = max(0, int(item.started * 1000) - _enqueued_ms(item.job, item.entry_id))
         compute_ms = round(outcome.duration_us / 1000, 3) if outcome.duration_us else None
         return replies.build_reply(
-            item.job.origin if item.job is not None and item.job.origin else item.entry_id,
+            queue,
+            item.entry_id,
             self.worker_name,
             outcome.status,
             outcome.error,
@@ -229,7 +255,7 @@ class Completer:
                 event = self._event(queue, item.job, item.entry_id, item.started)
                 self.hooks.call("job_skipped", event)
             return
-        if not result.applied or outcome.status in ("forward", "dropped"):
+        if not result.applied or outcome.status in (FORWARD, DROPPED):
             return
         ok = outcome.status == "ok"
         with self._lock:

@@ -44,17 +44,20 @@ single Redis.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiworker.protocol import replies
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
 from aiworker.storage import lua
 from aiworker.storage.plans import by_slot
 from aiworker.storage.wire import JobConnection
 
+log = logging.getLogger("aiworker.worker")
 COMPLETE = lua.load("complete")
 COMPLETE_ONCE = lua.load("complete_once")
 HELD_BY = lua.load("held_by")
@@ -77,11 +80,16 @@ class Writes:
     entry_id: str
     reply: str | None = None
     payload: bytes = b""
+    # > 0: the payload is a forward notice; the id the entry's last stream record gets goes after
+    # this many of its bytes (replies.forward_notice)
+    splice: int = 0
     outputs: list[tuple[str, int, Mapping[str, Any]]] = field(default_factory=list)
     stats: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
+    # output key -> the stage key its fields are written to in the completion's MULTI
+    stages: dict[str, str] = field(default_factory=dict)
     slot: int = 0  # a step's hash slot, and a key in it (routes its call)
     anchor: str = ""
 
@@ -110,10 +118,14 @@ def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[
     for entry in entries:
         entry_id: Any = ref(entry.marker) if entry.marker else entry.entry_id
         reply_ref = ref(entry.reply) if entry.reply else 0
-        body += [entry_id, reply_ref, entry.payload]
+        body += [entry_id, reply_ref, entry.payload, entry.splice]
         body += [len(entry.outputs), len(entry.stats), len(entry.records), len(entry.expect)]
         for key, ttl, fields in entry.outputs:
-            body += [ref(key), ttl, 2 * len(fields)]
+            stage = entry.stages.get(key)
+            if stage is not None:  # written by a plain HSET: only renamed into place here
+                body += [ref(key), ttl, ref(stage), 0]
+                continue
+            body += [ref(key), ttl, 0, 2 * len(fields)]
             for name, value in fields.items():
                 body += [name, value]
         for key, values in entry.stats:
@@ -142,8 +154,9 @@ class Result:
 
 
 def row_result(row: Sequence[Any]) -> Result:
-    """A completion script's row for one entry: {code, reply, stats, reason, key}."""
-    code, reply, stats, reason, key = row
+    """A completion script's row for one entry: {code, reply, stats, reason, key, added} (added:
+    the id a stream record got, if any)."""
+    code, reply, stats, reason, key = row[:5]
     return Result(
         applied=code == 1,
         duplicate=code == 0,
@@ -202,6 +215,9 @@ class Steps:
         for n, row in self._round(conn, first, head)[0]:
             rows[n].append(row)
         refused = {n for n, found in rows.items() if any(row[0] == -1 for row in found)}
+        for n, split in steps.items():  # a forward notice in another slot than its record
+            if split[-1].splice and n not in refused:
+                _announce(split[-1], rows[n])
         last = [(n, split[-1]) for n, split in steps.items() if n not in refused]
         # the acknowledgement (entries whose every key lives in the queue's slot complete there
         # whole), in the round of the last steps unless each step must reach replicas first
@@ -212,8 +228,9 @@ class Steps:
         ]
         ack = None
         if at_queue:
-            keys, body = encode([queue], [entry for _n, entry in at_queue])
-            ack = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body])
+            entries = [entry for _n, entry in at_queue]
+            keys, body = encode([queue], entries)
+            ack = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body], stages=_stages(entries))
         if self.wait is None:
             found, acked = self._round(conn, last, head, ack)
         else:
@@ -249,10 +266,13 @@ class Steps:
             return found
 
         for output in writes.outputs:
-            part().outputs.append(output)
+            step = part()
+            step.outputs.append(output)
+            if output[0] in writes.stages:
+                step.stages[output[0]] = writes.stages[output[0]]
         if writes.reply:
             step = part()
-            step.reply, step.payload = writes.reply, writes.payload
+            step.reply, step.payload, step.splice = writes.reply, writes.payload, writes.splice
         for stats in writes.stats:
             part().stats.append(stats)
         for record in writes.records:
@@ -279,9 +299,10 @@ class Steps:
         groups = by_slot([step.slot for _n, step in steps], int) if steps else []  # slots known
         calls = []
         for group in groups:
-            keys, body = encode([], [steps[i][1] for i in group])
-            near = steps[group[0]][1].anchor
-            calls.append(lua.Call(COMPLETE_ONCE, keys, [self.marker_ttl, *head, *body], near))
+            entries = [steps[i][1] for i in group]
+            keys, body = encode([], entries)
+            args = [self.marker_ttl, *head, *body]
+            calls.append(lua.Call(COMPLETE_ONCE, keys, args, entries[0].anchor, _stages(entries)))
         if ack is not None:
             calls.append(ack)
         if not calls:
@@ -303,6 +324,41 @@ class Steps:
         assert self.wait is not None
         routes = [keys[group[0]] for group in by_slot(keys, conn.slot)]
         conn.pipeline([("WAIT", *self.wait)] * len(routes), routes)
+
+
+def _stages(entries: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(stage key, fields) of the outputs of ``entries`` written to stage keys."""
+    return [
+        (entry.stages[key], fields)
+        for entry in entries
+        for key, _ttl, fields in entry.outputs
+        if key in entry.stages
+    ]
+
+
+def _announce(step: Writes, rows: list[list[Any]]) -> None:
+    """Write into ``step``'s forward notice the id its entry's forward got in an earlier step
+    (the row of that step says it, or the done marker of a delivery that did it before)."""
+    if step.records:
+        return  # the forward is in this step's slot: the script writes the id itself
+    ids = [text(row[5]) for row in rows if len(row) > 5 and "-" in text(row[5])]
+    notice = replies.decode_reply(step.payload)
+    if ids or notice is None or notice.to is None:
+        step.payload, step.splice = spliced(step.payload, step.splice, ids[-1] if ids else ""), 0
+        return
+    # the marker that held the id was lost (a failover's window): say so instead of a notice
+    message = (
+        f"the job was forwarded to {notice.to[0]}, but the id of its forwarded entry was lost with "
+        "a Redis failover: it may still run there, and its reply cannot reach you"
+    )
+    log.warning("entry %s: %s", step.entry_id, message)
+    failed = replies.Reply(replies.Status.ERROR, notice.queue, notice.id, message)
+    step.payload, step.splice = failed.encode(), 0
+
+
+def spliced(payload: bytes, at: int, entry_id: str) -> bytes:
+    """A forward notice with the forwarded entry's id written in (as complete_parts.lua does)."""
+    return payload[:at] + entry_id.encode() + payload[at:]
 
 
 def lease_is_fresh(since: float | None, lease_s: float) -> bool:

@@ -32,7 +32,9 @@ WATCH_EVERY_S = 0.25
 
 
 class Heartbeat:
-    """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped."""
+    """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped, with the length limit of
+    each queue stream the worker serves (``max_queue_length``: clients' enqueue script reads it;
+    0 publishes none)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Heartbeat:
         status: Callable[[], dict[str, Any]],
         metrics: WorkerMetrics,
         on_beat: Callable[[], None] = lambda: None,
+        max_queue_length: int = 0,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -49,23 +52,47 @@ class Heartbeat:
         self.status = status
         self.metrics = metrics
         self.on_beat = on_beat  # periodic checks the process wants done at heartbeat pace
+        self.max_queue_length = max_queue_length
+        self._publishing = threading.Lock()
 
     def publish(self) -> None:
         now = time.time()
+        status = self.status()
+        expiry = int(HEARTBEAT_SECONDS * 15)
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(
-            self.keys.worker(self.name), json.dumps(self.status()), ex=int(HEARTBEAT_SECONDS * 15)
-        )
+        pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)
         pipe.zadd(self.keys.workers, {self.name: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
+        if self.max_queue_length > 0:
+            for streams in status.get("queues", {}).values():
+                for stream in streams:
+                    pipe.set(self.keys.queue_limit(stream), self.max_queue_length, ex=expiry)
         pipe.execute()
+
+    def beat_now(self) -> bool:
+        """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush
+        removed the heartbeat with everything else), so that clients see a live worker again
+        before the next beat. Calls made while one publishes are skipped; False when skipped or
+        Redis refused."""
+        if not self._publishing.acquire(blocking=False):
+            return False
+        try:
+            self.publish()
+            return True
+        except redis.RedisError:
+            self.metrics.redis_errors.labels("heartbeat").inc()
+            log.warning("heartbeat failed")
+            return False
+        finally:
+            self._publishing.release()
 
     def loop(self, stop: threading.Event) -> None:
         while True:
             pause = HEARTBEAT_SECONDS
             try:
                 self.on_beat()
-                self.publish()
+                with self._publishing:
+                    self.publish()
             except redis.RedisError:
                 self.metrics.redis_errors.labels("heartbeat").inc()
                 log.warning("heartbeat failed")

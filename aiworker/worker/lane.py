@@ -386,7 +386,7 @@ class Lane:
         requests = [job.request for job, _ in jobs]
         executor = self.executor
         try:
-            snapshots = state.read(conn, requests, executor.limits, executor.metas)
+            snapshots = state.read(conn, requests, executor.limits, executor.metas, executor.keys)
         except (redis.ConnectionError, redis.TimeoutError):
             raise  # the entries stay pending and run again
         except Exception as exc:  # e.g. the worker's ACL denies one key: each job on its own

@@ -43,7 +43,7 @@ from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
-from aiworker.storage import plans, redis_options
+from aiworker.storage import plans, redis_options, tensor_io
 from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
@@ -58,6 +58,8 @@ from aiworker.worker.recovery import Recovery
 log = logging.getLogger("aiworker.worker")
 # Exit code of a worker that gave up its process because a job hung (EX_SOFTWARE).
 EXIT_HUNG = 70
+# Longest a stop waits, after the drain, for the lease thread and for deregistering each.
+DEREGISTER_S = 2.0
 
 __all__ = ["Worker", "ensure_group"]
 
@@ -92,8 +94,17 @@ class Worker:
             )
         )
         self.limits = Limits(
-            settings.max_tensor_bytes, settings.max_job_bytes, settings.max_model_bytes
+            settings.max_tensor_bytes,
+            settings.max_job_bytes,
+            settings.max_model_bytes,
+            settings.max_job_keys,
+            tensor_io.max_value_bytes(self.r),
         )
+        if 0 < self.limits.max_tensor_bytes < settings.max_tensor_bytes:
+            log.warning(
+                "max_tensor_bytes lowered to %d: Redis accepts no larger value (proto-max-bulk-len)",
+                self.limits.max_tensor_bytes,
+            )
         self.cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
         self.models = Models(self.r, self.registry, self.cache, self.limits)
         self.metrics = WorkerMetrics()
@@ -134,7 +145,13 @@ class Worker:
             accept=lambda device, entries, queue: self.lanes[device].accept(entries, queue),
         )
         self.heartbeat = Heartbeat(
-            self.r, self.keys, self.name, self.status, self.metrics, self._on_beat
+            self.r,
+            self.keys,
+            self.name,
+            self.status,
+            self.metrics,
+            self._on_beat,
+            settings.max_queue_length,
         )
         self.watchdog = Watchdog(
             lambda: list(self.lanes.values()), settings.hung_job_timeout, self._give_up
@@ -251,11 +268,9 @@ class Worker:
 
     def _vanished(self) -> None:
         """A stream vanished under a lane (FLUSHALL, FLUSHDB): the heartbeat went with it, so
-        publish it again at once - clients look for it to know a worker serves their queue."""
-        try:
-            self.heartbeat.publish()
-        except redis.RedisError as exc:
-            log.warning("could not publish the heartbeat again: %s", exc)
+        publish it again at once - clients look for it to know a worker serves their queue. (All
+        lanes see the flush at once: ``beat_now`` publishes once for them.)"""
+        self.heartbeat.beat_now()
 
     def _thread(self, target: Any, name: str) -> None:
         self._threads.append(threading.Thread(target=target, name=name, daemon=True))
@@ -274,7 +289,27 @@ class Worker:
                 thread.join(0.1)
         self.recovery.stop_leases()
         if self._lease_thread is not None:
-            self._lease_thread.join(5.0)
+            self._lease_thread.join(DEREGISTER_S)
+        # Handing back and deregistering is a courtesy (leases lapse, heartbeats expire): with
+        # Redis down, its retries must not hold the stop past a supervisor's grace period.
+        deregister = threading.Thread(target=self._deregister, name="aiworker-deregister")
+        deregister.daemon = True
+        deregister.start()
+        deregister.join(DEREGISTER_S)
+        if deregister.is_alive():
+            log.warning(
+                "worker %s: Redis did not answer within %g s: stopped without deregistering "
+                "(its entries are reclaimed after visibility_timeout)",
+                self.name,
+                DEREGISTER_S,
+            )
+        self.metrics.close()
+        self.models.close()
+        if not self._hurry.is_set():  # stuck threads may still hold their connections
+            self.wires.close()
+
+    def _deregister(self) -> None:
+        """Hand back what is still held, withdraw the heartbeat, delete this process' consumers."""
         try:
             handed = self.recovery.hand_back()
             self.heartbeat.withdraw()
@@ -286,10 +321,6 @@ class Worker:
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
-        self.metrics.close()
-        self.models.close()
-        if not self._hurry.is_set():  # stuck threads may still hold their connections
-            self.wires.close()
 
     def _give_up(self, problem: str) -> None:
         """A job hung: report unhealthy, hand back the other entries, and end the process'

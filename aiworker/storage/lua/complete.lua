@@ -3,12 +3,13 @@
 -- dead letter) - all of it, or none of it.
 -- KEYS[1] the queue; KEYS[2..] every other key written (entries refer to keys by index).
 -- ARGV[1] consumer group; ARGV[2..] and the entries as complete_parts.lua says.
--- Returns per entry {code, reply, stats, reason, key}: code 1 applied, 0 already completed by
+-- Returns per entry {code, reply, stats, reason, key, added}: code 1 applied, 0 already completed by
 -- another delivery (nothing written), -1 refused (nothing written, the entry stays pending:
 -- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`, or 'STALE' for a model or script
 -- stored anew since the job read its version); reply 1 pushed, 0 none, -1 dropped (the reply key
 -- holds another type or is denied); stats 1 counted, 0 none, -1 counted after repairing a
--- statistics key that was not a hash of integers, -2 not counted (denied).
+-- statistics key that was not a hash of integers, -2 not counted (denied); added the id the
+-- entry's last stream record got.
 -- On Redis Cluster this runs in the queue's slot only: entries whose keys all live there, and
 -- bare entries (an id only) whose other steps complete_once.lua applied.
 --
@@ -28,8 +29,8 @@ for e, entry in ipairs(entries) do
     results[e] = {0, 0, 0, '', ''}  -- another delivery completed it
   else
     redis.call('XDEL', KEYS[1], entry.id)
-    local reply, stats = apply(entry)
-    results[e] = {1, reply, stats, '', ''}
+    local reply, stats, added = apply(entry)
+    results[e] = {1, reply, stats, '', '', added}
   end
 end
 return results

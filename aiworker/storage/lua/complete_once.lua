@@ -7,8 +7,9 @@
 -- KEYS: every key written here (entries refer to them by index), markers included.
 -- ARGV[1] the markers' TTL (seconds); ARGV[2..] and the entries as complete_parts.lua says, where
 -- an entry's id is the index of its marker key.
--- Returns per entry {code, reply, stats, reason, key} as complete.lua (code 0: the marker was set,
--- another delivery did this step).
+-- Returns per entry {code, reply, stats, reason, key, added} as complete.lua (code 0: the marker
+-- was set, another delivery did this step; added is then what the marker holds: the id that
+-- delivery's stream record got, which a forward notice in a later step needs).
 -- @include complete_parts
 local marker_ttl = ARGV[1]
 local results = {}
@@ -21,12 +22,13 @@ for e, entry in ipairs(entries) do
   if refused then
     results[e] = {-1, 0, 0, refused, key}
   elseif type_of(marker) ~= 'none' then
-    results[e] = {0, 0, 0, '', ''}  -- another delivery did this step
+    local held = redis.pcall('MGET', marker)  -- another delivery did this step
+    results[e] = {0, 0, 0, '', '', failed(held) and '' or held[1] or ''}
   else
-    redis.call('SET', marker, '1', 'EX', marker_ttl)
+    local reply, stats, added = apply(entry)
+    redis.call('SET', marker, added ~= '' and added or '1', 'EX', marker_ttl)
     will[marker] = 'string'
-    local reply, stats = apply(entry)
-    results[e] = {1, reply, stats, '', ''}
+    results[e] = {1, reply, stats, '', '', added}
   end
 end
 return results

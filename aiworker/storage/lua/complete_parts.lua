@@ -6,9 +6,14 @@
 -- found out with ACL GETUSER), ARGV[5] number of keys passed here instead of in KEYS (0; or the
 -- keys themselves, so that when the ACL denies one, the script's own check names it), those keys,
 -- then the number of entries; then per entry:
---   id, reply key index (0: none), reply payload, n outputs, n stats, n records, n expects,
---   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), number of
---     field/value items, the items;
+--   id, reply key index (0: none), reply payload, splice (> 0: the payload is a forward notice,
+--     and the id the entry's last stream record gets is written after that many of its bytes),
+--     n outputs, n stats, n records, n expects,
+--   per output: key index, TTL (0: a job's output; > 0: the worker's own expiring key), stage
+--     key index (0: none), number of field/value items, the items; with a stage key, the output
+--     was written there whole by a plain HSET in the same MULTI as this script (a large value
+--     copied into Lua and out again costs Redis ten times the HSET), and is RENAMEd into place;
+--     the caller deletes the stage after this script, so none is left whatever happens here;
 --   per stats record: key index, duration, samples, calls, errors;
 --   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
 --   per expect: key index, digest (a model or script the job ran from cached metadata: it must
@@ -36,13 +41,14 @@ end
 
 local entries = {}
 for e = 1, tonumber(take()) do
-  local entry = {id = take(), reply = tonumber(take()), payload = take()}
+  local entry = {id = take(), reply = tonumber(take()), payload = take(), splice = tonumber(take())}
   local n_out, n_stats, n_rec = tonumber(take()), tonumber(take()), tonumber(take())
   local n_exp = tonumber(take())
   entry.outputs, entry.stats, entry.records, entry.expect = {}, {}, {}, {}
   for o = 1, n_out do
-    local key, key_ttl, n = K[tonumber(take())], tonumber(take()), tonumber(take())
-    entry.outputs[o] = {key = key, ttl = key_ttl, fields = list(n)}
+    local key, key_ttl, stage = K[tonumber(take())], tonumber(take()), tonumber(take())
+    local n = tonumber(take())
+    entry.outputs[o] = {key = key, ttl = key_ttl, stage = K[stage], fields = list(n)}
   end
   for s = 1, n_stats do
     entry.stats[s] = {key = K[tonumber(take())], values = list(4)}
@@ -60,20 +66,31 @@ end
 local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
+-- A failed probe: a key of another type (WRONGTYPE), or one the worker's ACL denies.
+local function wrongtype(reply)
+  return string.sub(reply.err, 1, 9) == 'WRONGTYPE'
+end
 -- The type each key will have when this script reaches it (earlier entries' writes count):
--- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type. Every call from Lua
--- costs microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is
--- asked its kind first, which fails, writing nothing, on a key of another type.
+-- 'tensor', 'hash' (any other hash), 'none', or Redis's name of another type; 'denied' when the
+-- worker's ACL forbids asking (never taken for another type). Every call from Lua costs
+-- microseconds, so a key that is likely a tensor (an output: serving loops reuse theirs) is asked
+-- its kind first, which fails, writing nothing, on a key of another type.
 local will = {}
 local function type_of(key, likely_tensor)
   if will[key] == nil then
     local kind = likely_tensor and redis.pcall('HGET', key, 'kind')
     if kind and not failed(kind) then
       will[key] = kind == 'tensor' and 'tensor' or 'hash'
+    elseif kind and not wrongtype(kind) then
+      return 'denied'
     else
-      local t = redis.call('TYPE', key)['ok']
-      if t == 'hash' and not likely_tensor and redis.call('HGET', key, 'kind') == 'tensor' then
-        t = 'tensor'
+      local t = redis.pcall('TYPE', key)
+      if failed(t) then return 'denied' end
+      t = t['ok']
+      if t == 'hash' and not likely_tensor then
+        kind = redis.pcall('HGET', key, 'kind')
+        if failed(kind) then return 'denied' end
+        if kind == 'tensor' then t = 'tensor' end
       end
       will[key] = t
     end
@@ -110,12 +127,14 @@ end
 
 -- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
--- output or a stream record.
+-- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
-    if failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
-                              and fields[2] == exp.digest) then
+    if failed(fields) and not wrongtype(fields) then
+      return 'NOPERM', exp.key
+    elseif failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
+                                  and fields[2] == exp.digest) then
       return 'STALE', exp.key
     end
   end
@@ -123,30 +142,51 @@ local function refusal(entry)
   for _, out in ipairs(entry.outputs) do
     if out.ttl == 0 and string.sub(out.key, 1, string.len(prefix)) == prefix then
       return 'PREFIX', out.key
-    elseif not allowed('DEL', out.key) or not allowed('HSET', out.key, unpack(out.fields))
+    elseif not allowed('DEL', out.key)
+        or (out.stage and not allowed('RENAME', out.stage, out.key))
+        or (not out.stage and not allowed('HSET', out.key, unpack(out.fields)))
         or (out.ttl > 0 and not allowed('EXPIRE', out.key, out.ttl)) then
       return 'NOPERM', out.key
-    elseif type_of(out.key, true) ~= 'none' and type_of(out.key) ~= 'tensor' then
+    end
+    local kind = type_of(out.key, true)
+    if kind == 'denied' then
+      return 'NOPERM', out.key
+    elseif kind ~= 'none' and kind ~= 'tensor' then
       return 'WRONGTYPE', out.key
+    elseif out.stage and type_of(out.stage, true) ~= 'tensor' then
+      return 'STAGE', out.key
     end
   end
   for _, rec in ipairs(entry.records) do
-    if not allowed('XADD', rec.key, '*', unpack(rec.fields)) then
+    local kind = allowed('XADD', rec.key, '*', unpack(rec.fields)) and type_of(rec.key)
+    if not kind or kind == 'denied' then
       return 'NOPERM', rec.key
-    elseif type_of(rec.key) ~= 'none' and type_of(rec.key) ~= 'stream' then
+    elseif kind ~= 'none' and kind ~= 'stream' then
       return 'WRONGTYPE', rec.key
     end
   end
   return nil, nil
 end
 
--- An entry's writes: outputs, statistics, stream records, then its reply. Returns reply, stats:
+-- A forward notice with the id of the entry it announces written in.
+local function spliced(entry, id)
+  return string.sub(entry.payload, 1, entry.splice) .. id .. string.sub(entry.payload, entry.splice + 1)
+end
+
+-- An entry's writes: outputs, statistics, stream records, then its reply (RPUSH: a requester's
+-- BLPOP reads a forward notice before the reply that follows it). Returns reply, stats, added:
 -- reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or is denied); stats 1
--- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied).
+-- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied); added
+-- the id the last stream record got ('' when none).
 local function apply(entry)
   for _, out in ipairs(entry.outputs) do
-    if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
-    redis.call('HSET', out.key, unpack(out.fields))
+    if out.stage then  -- replaces the key whole: no stale 'values'
+      redis.call('RENAME', out.stage, out.key)
+      will[out.stage] = 'none'
+    else
+      if type_of(out.key) ~= 'none' then redis.call('DEL', out.key) end  -- no stale 'values'
+      redis.call('HSET', out.key, unpack(out.fields))
+    end
     if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
     will[out.key] = 'tensor'
   end
@@ -155,21 +195,25 @@ local function apply(entry)
     local counted = count(rec)
     if stats == 0 or counted < stats then stats = counted end
   end
+  local added = ''
   for _, rec in ipairs(entry.records) do
     if rec.maxlen > 0 then
-      redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
+      added = redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
     else
-      redis.call('XADD', rec.key, '*', unpack(rec.fields))
+      added = redis.call('XADD', rec.key, '*', unpack(rec.fields))
     end
     will[rec.key] = 'stream'
+  end
+  if entry.splice > 0 then
+    entry.payload = spliced(entry, added)
   end
   local reply = 0
   if entry.reply > 0 then
     local rkey = K[entry.reply]
     local pushed = false
-    if allowed('LPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
-      -- LPUSH fails, writing nothing, on a key of another type: no reply then
-      pushed = redis.pcall('LPUSH', rkey, entry.payload)
+    if allowed('RPUSH', rkey, entry.payload) and allowed('EXPIRE', rkey, ttl) then
+      -- RPUSH fails, writing nothing, on a key of another type: no reply then
+      pushed = redis.pcall('RPUSH', rkey, entry.payload)
     end
     if pushed and not failed(pushed) then
       -- an expiry only on a list this push created: never on somebody else's list
@@ -180,5 +224,5 @@ local function apply(entry)
       reply = -1
     end
   end
-  return reply, stats
+  return reply, stats, added
 end

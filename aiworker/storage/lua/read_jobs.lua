@@ -1,21 +1,41 @@
--- What the jobs of one read need (model and script metadata, input tensors), in one round trip,
--- with stored sizes checked before any tensor data is fetched.
--- KEYS: the keys to read, each once.
--- ARGV[1] max bytes of one tensor's data, ARGV[2] max bytes of one job's tensors, ARGV[3] max
--- bytes of this whole read; then per key in KEYS: what to read ('M' model metadata, 'S' script
--- metadata, 'T' a tensor, 'K' its type and kind only) and how many times each job uses it, as
--- "job:count job:count" (tensors only; a job naming one tensor 300 times counts it 300 times).
--- Returns one reply per key: {'none'} missing; {'wrongtype'} not a hash; {'ok', fields...};
--- for tensors {'toobig', 'tensor'|'job', bytes} (nothing fetched), or {'deferred'} when this
--- read already carries enough: the caller fetches that job's tensors again on their own.
+-- What the jobs of one read need (model and script metadata, input tensors), with every stored
+-- size checked before any tensor data leaves Redis.
+-- KEYS: the keys to read, each once; when ARGV[6] is '1', KEYS[1] is the read's flag key first.
+-- ARGV[1] max bytes of one tensor's data, ARGV[2] of one job's tensors, ARGV[3] of this whole
+-- read; ARGV[4] max bytes of each of a tensor's kind, dtype and shape fields; ARGV[5] the most
+-- tensor data this script fetches itself (a Lua string copy of a large value costs Redis ten
+-- times a plain HGET); ARGV[6] '1' when KEYS[1] is the flag. Then per key read: what ('M' model
+-- metadata, 'S' script metadata, 'K' a key's type and kind only, 'T' a tensor this script
+-- fetches if its data is at most ARGV[5] bytes, 'B' a tensor the caller fetches) and how many
+-- times each job uses it, as "job:count job:count" (tensors only; a job naming one tensor 300
+-- times counts it 300 times).
+-- The caller fetches 'B' tensors with plain HMGETs in a MULTI after this script, the keys WATCHed
+-- since before it; it set the flag, and this script deletes it only when every 'B' tensor may be
+-- fetched. The caller then copies the flag (if it is still there) onto a key it WATCHes, which
+-- aborts the MULTI: when a 'B' tensor was refused, and when this script did not run (NOSCRIPT).
+-- Returns one reply per key read: {'none'} missing; {'wrongtype'} not a hash; {'ok', fields...}
+-- (a 'T' tensor's kind, dtype, shape, blob, values; only {'ok'} for a 'B' tensor); for tensors
+-- {'toobig', 'tensor'|'job', bytes} or {'badfield', 'kind'|'dtype'|'shape', bytes} (nothing
+-- fetched); {'large', bytes} for a 'T' tensor with more data than ARGV[5] (not fetched: the caller
+-- reads it as 'B'); {'deferred'} when this read already carries enough: the caller reads that
+-- job's tensors again on their own.
 local MODEL = {'kind', 'backend', 'device', 'tag', 'batchsize', 'minbatchsize',
                'minbatchtimeout', 'inputs', 'outputs', 'digest', 'size', 'chunks'}
 local SCRIPT = {'kind', 'device', 'tag', 'entry_points', 'digest'}
+local META = {'kind', 'dtype', 'shape'}  -- a tensor's small fields
 local max_tensor, max_job, max_read = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_field, max_inline = tonumber(ARGV[4]), tonumber(ARGV[5])
+local flagged = ARGV[6] == '1'
+local first = flagged and 2 or 1  -- KEYS[first] is the first key read
 
 local replies, sizes, uses, job_bytes = {}, {}, {}, {}
-local function failed(reply)
-  return type(reply) == 'table' and reply.err ~= nil
+local blocked = false  -- a 'B' tensor the caller must not fetch
+-- A command on a key of another type fails: that is how its type is told. Any other failure
+-- (the worker's ACL denies the command) is this script's error, never taken for a type.
+local function wrongtype(reply)
+  if type(reply) ~= 'table' or reply.err == nil then return false end
+  if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
+  return true
 end
 local function all_nil(values)
   for _, v in ipairs(values) do
@@ -27,64 +47,84 @@ end
 local function absent(key)
   return redis.call('EXISTS', key) == 0 and {'none'} or {'wrongtype'}
 end
--- First pass: types and stored sizes; nothing large is fetched yet. A command on a key of
--- another type fails (pcall), which is how that type is told, in one call per key.
-for i, key in ipairs(KEYS) do
-  local what = ARGV[2 + 2 * i]
+local function refuse(n, reply)
+  replies[n] = reply
+  if ARGV[5 + 2 * n] == 'B' then blocked = true end
+end
+-- First pass: types and stored sizes; nothing large is fetched yet.
+for n = 1, #KEYS - first + 1 do
+  local key, what = KEYS[first + n - 1], ARGV[5 + 2 * n]
   if what == 'K' then
     local kind = redis.call('TYPE', key)['ok']
     if kind == 'none' then
-      replies[i] = {'none'}
+      replies[n] = {'none'}
     else
-      replies[i] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
+      replies[n] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
     end
   elseif what == 'M' or what == 'S' then
     local fields = redis.pcall('HMGET', key, unpack(what == 'M' and MODEL or SCRIPT))
-    if failed(fields) then
-      replies[i] = {'wrongtype'}
+    if wrongtype(fields) then
+      replies[n] = {'wrongtype'}
     elseif all_nil(fields) then
-      replies[i] = absent(key)
+      replies[n] = absent(key)
     else
-      replies[i] = {'ok', unpack(fields)}
+      replies[n] = {'ok', unpack(fields)}
     end
   else
     local blob = redis.pcall('HSTRLEN', key, 'blob')
-    if failed(blob) then
-      replies[i] = {'wrongtype'}
+    if wrongtype(blob) then
+      replies[n] = {'wrongtype'}
     else
-      local size = blob + redis.call('HSTRLEN', key, 'values')
-      if size > max_tensor then
-        replies[i] = {'toobig', 'tensor', size}
+      local size, small, long = blob + redis.call('HSTRLEN', key, 'values'), 0, nil
+      for _, name in ipairs(META) do
+        local length = redis.call('HSTRLEN', key, name)
+        if length > max_field then long = {'badfield', name, length} end
+        small = small + length
+      end
+      if long then
+        refuse(n, long)
+      elseif size > max_tensor then
+        refuse(n, {'toobig', 'tensor', size})
+      elseif size + small == 0 and redis.call('EXISTS', key) == 0 then
+        replies[n] = {'none'}
       else
-        sizes[i] = size
-        uses[i] = {}
-        for job, count in string.gmatch(ARGV[3 + 2 * i], '(%d+):(%d+)') do
-          uses[i][#uses[i] + 1] = job
+        sizes[n] = size
+        uses[n] = {}
+        for job, count in string.gmatch(ARGV[6 + 2 * n], '(%d+):(%d+)') do
+          uses[n][#uses[n] + 1] = job
           job_bytes[job] = (job_bytes[job] or 0) + size * tonumber(count)
         end
       end
     end
   end
 end
--- Second pass: fetch the tensors of jobs within their limits, until the read's budget is spent.
+-- Second pass: the tensors of jobs within their limits, until the read's budget is spent.
 local read_bytes, deferred = 0, {}
-for i, key in ipairs(KEYS) do
-  if sizes[i] then
-    local over, later = nil, false
-    for _, job in ipairs(uses[i]) do
+for n = 1, #KEYS - first + 1 do
+  if sizes[n] then
+    local key, over, later = KEYS[first + n - 1], nil, false
+    for _, job in ipairs(uses[n]) do
       if job_bytes[job] > max_job then over = job_bytes[job] end
       if deferred[job] then later = true end
     end
     if over then
-      replies[i] = {'toobig', 'job', over}
-    elseif later or (read_bytes > 0 and read_bytes + sizes[i] > max_read) then
-      for _, job in ipairs(uses[i]) do deferred[job] = true end
-      replies[i] = {'deferred'}
+      refuse(n, {'toobig', 'job', over})
+    elseif later or (read_bytes > 0 and read_bytes + sizes[n] > max_read) then
+      for _, job in ipairs(uses[n]) do deferred[job] = true end
+      refuse(n, {'deferred'})
+    elseif ARGV[5 + 2 * n] == 'B' then
+      read_bytes = read_bytes + sizes[n]
+      replies[n] = {'ok'}
+    elseif sizes[n] > max_inline then
+      replies[n] = {'large', sizes[n]}
     else
-      read_bytes = read_bytes + sizes[i]
+      read_bytes = read_bytes + sizes[n]
       local fields = redis.call('HMGET', key, 'kind', 'dtype', 'shape', 'blob', 'values')
-      replies[i] = all_nil(fields) and absent(key) or {'ok', unpack(fields)}
+      replies[n] = all_nil(fields) and absent(key) or {'ok', unpack(fields)}
     end
   end
+end
+if flagged and not blocked then
+  redis.call('DEL', KEYS[1])
 end
 return replies

@@ -1,0 +1,97 @@
+"""A Redis that stalls for longer than the clients' socket timeout (``CLIENT PAUSE``, as a slow
+disk, a long script or a failover would): a job's wait goes on through it, and ends as the README
+says - with the reply, or ``ReplyTimeout``/``NoLiveWorker`` - never with redis-py's raw
+``TimeoutError`` or ``ConnectionError``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from conftest import stub_blob
+
+from aiworker import Client, NoLiveWorker, ReplyTimeout, Settings, Worker
+from aiworker import asyncio as aio
+from aiworker.embedded import RedisServer
+
+X = np.array([1.0, 2.0], np.float32)
+
+
+def outcome(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # returned for the test to look at
+        return exc
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["private", "shared"])
+def test_jobs_ride_out_a_stall(
+    client: Client, settings: Settings, redis_server: RedisServer, shared: bool
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add", sleep_ms=50))
+    w = Worker(settings.replace(threads_per_queue=4)).start()
+    c = Client.from_url(
+        redis_server.url, reply_timeout=15, socket_timeout=0.5, shared_replies=shared
+    )
+    results: list[Any] = []
+    stop = threading.Event()
+
+    def requester() -> None:
+        while not stop.is_set():
+            results.append(outcome(lambda: c.run("m", {"a": X, "b": X}, ["y"])))
+
+    threads = [threading.Thread(target=requester) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        before = len(results)
+        client.execute_command("CLIENT", "PAUSE", 2000, "ALL")  # every other client waits 2 s
+        time.sleep(3.0)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        w.stop(timeout=10)
+        c.close()
+    raw = [
+        r for r in results if isinstance(r, redis.RedisError) and not isinstance(r, ReplyTimeout)
+    ]
+    assert not raw, raw
+    answered = [r for r in results if isinstance(r, dict)]
+    assert all(r["y"].tolist() == (X + X).tolist() for r in answered)
+    assert len(answered) > before, "jobs went on after the stall"
+    for r in results:
+        if isinstance(r, ReplyTimeout):  # only an XADD Redis never confirmed may end so
+            assert "did not confirm the job's XADD" in str(r), r
+        assert not isinstance(r, NoLiveWorker)
+
+
+def test_the_asyncio_client_rides_out_a_stall(
+    client: Client, settings: Settings, redis_server: RedisServer
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add", sleep_ms=50))
+    w = Worker(settings.replace(threads_per_queue=4)).start()
+
+    async def calls() -> list[Any]:
+        async with aio.Client.from_url(redis_server.url, socket_timeout=0.5) as acon:
+            await acon.run("m", {"a": X, "b": X}, ["y"])
+            tasks = [acon.run("m", {"a": X, "b": X}, ["y"]) for _ in range(20)]
+            pause = asyncio.to_thread(client.execute_command, "CLIENT", "PAUSE", 2000, "ALL")
+            return list(await asyncio.gather(pause, *tasks, return_exceptions=True))[1:]
+
+    try:
+        results = asyncio.run(calls())
+    finally:
+        w.stop(timeout=10)
+    raw = [
+        r for r in results if isinstance(r, redis.RedisError) and not isinstance(r, ReplyTimeout)
+    ]
+    assert not raw, raw
+    assert all(isinstance(r, dict) or "did not confirm" in str(r) for r in results), results
