@@ -135,3 +135,27 @@ def test_the_ownership_check_runs_only_when_the_lease_may_have_lapsed(
     assert c.tensorget("out{s}").tolist() == [5.0] and c.llen(finished.reply or "") == 1
     assert c.xpending(QUEUE, CONSUMER_GROUP)["pending"] == 0
     w.wires.close()
+
+
+def test_a_large_output_is_staged_in_its_own_slot(
+    cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """An output too large to pass through Lua is written to a stage key by a plain HSET and
+    renamed into place, in one MULTI with its completion step on the output's master; no stage
+    key is left."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    big = np.arange(50_000, dtype=np.float32)  # 200 KB
+    c.tensorset("big", big)
+    assert key_slot("copy{z}") != key_slot(QUEUE)
+    node = c.get_node_from_key("copy{z}")
+
+    def renames() -> int:
+        stats = c.info("commandstats", target_nodes=node)
+        return int(stats.get("cmdstat_rename", {}).get("calls", 0))
+
+    before = renames()
+    assert c.modelexecute("m", ["big"], ["copy{z}"]) == "OK"
+    np.testing.assert_array_equal(c.tensorget("copy{z}"), big)
+    assert renames() - before == 1, "renamed into place from its stage key"
+    assert not list(c.scan_iter(match=f"{KEYS.prefix}tmp:*"))
