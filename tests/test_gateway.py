@@ -348,17 +348,150 @@ def test_multi_exec(gateway: Gateway, con: redis.Redis) -> None:
     assert cmd(con, "GET", "x") == b"2"  # as with RedisAI, the rest of the transaction ran
     # the reply shape, command by command
     sock = raw_socket(gateway)
-    sock.sendall(b"MULTI\r\nSET y 1\r\nAI.TENSORSET t FLOAT 1\r\nGET y\r\nEXEC\r\nQUIT\r\n")
-    assert read_until_closed(sock) == (
-        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n-ERR Cannot run RedisAI command"
-        b" within a transaction or a LUA script\r\n$1\r\n1\r\n+OK\r\n"
+    sock.sendall(
+        b"MULTI\r\nSET y 1\r\nAI.SCRIPTEXECUTE s f\r\nGET y\r\nAI.DAGRUN |> AI.TENSORGET a\r\n"
+        b"EXEC\r\nQUIT\r\n"
     )
-    assert cmd(con, "EXISTS", "t") == 0
+    refused = b"-ERR Cannot run RedisAI command within a transaction or a LUA script\r\n"
+    assert read_until_closed(sock) == (
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n+OK\r\n"
+        + refused
+        + b"$1\r\n1\r\n"
+        + refused
+        + b"+OK\r\n"
+    )
     # DISCARD, and WATCH aborting a transaction
     cmd(con, "MULTI")
     cmd(con, "AI.TENSORGET", "t")
     assert cmd(con, "DISCARD") == b"OK"
     assert cmd(con, "AI.TENSORSET", "t", "FLOAT", 1) == b"OK"  # runs again after DISCARD
+
+
+def test_ai_commands_other_than_jobs_run_inside_the_transaction(
+    gateway: Gateway, con: redis.Redis, client: Client
+) -> None:
+    """As in RedisAI 1.2.7: at EXEC, atomically and in order with the client's own commands."""
+    sock = raw_socket(gateway)
+    sock.sendall(
+        b"MULTI\r\nAI.TENSORSET t INT8 2 VALUES 1 2\r\nEXISTS t\r\nAI.TENSORGET t VALUES\r\n"
+        b"AI.TENSORGET nope\r\nAI.TENSORSET t2 INT8 x\r\nDEL t\r\nEXEC\r\nQUIT\r\n"
+    )
+    assert read_until_closed(sock) == (
+        b"+OK\r\n" + b"+QUEUED\r\n" * 6 + b"*6\r\n+OK\r\n:1\r\n*2\r\n:1\r\n:2\r\n"
+        b"-ERR tensor key is empty or in a different shard\r\n-ERR invalid or negative value found in tensor shape\r\n"
+        b":1\r\n+OK\r\n"
+    )
+    # what takes more than one round trip finishes right after EXEC, before the next command:
+    # a tensor over 1 MB, a model store (run whole, off the event loop)
+    big = np.arange(300_000, dtype=np.float32)
+    pipe = con.pipeline(transaction=True)
+    pipe.execute_command("AI.TENSORSET", "big", "FLOAT", big.size, "BLOB", big.tobytes())
+    pipe.execute_command("AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    pipe.execute_command("SET", "x", "1")
+    assert pipe.execute() == [b"OK", b"OK", True]
+    assert cmd(con, "AI.TENSORGET", "big", "META") == [b"dtype", b"FLOAT", b"shape", [300_000]]
+    assert cmd(con, "AI.MODELGET", "m", "META")[:4] == [b"backend", b"STUB", b"device", b"CPU"]
+    assert np.array_equal(client.tensorget("big"), big)
+    # nothing runs when EXEC does not: EXECABORT, DISCARD
+    cmd(con, "MULTI")
+    cmd(con, "AI.TENSORSET", "t3", "INT8", 1, "VALUES", 1)
+    with pytest.raises(redis.ResponseError):
+        cmd(con, "NOSUCHCOMMAND")
+    assert "discarded because of previous errors" in error_of(con, "EXEC")  # EXECABORT
+    cmd(con, "MULTI")
+    cmd(con, "AI.TENSORSET", "t3", "INT8", 1, "VALUES", 1)
+    assert cmd(con, "DISCARD") == b"OK"
+    assert client.exists("t3") == 0
+
+
+def test_watch_survives_ai_commands(gateway: Gateway, client: Client) -> None:
+    """An AI.* command of a connection that WATCHes runs off its connection: a plan's own
+    MULTI/EXEC (here a tensor over 1 MB) would end the client's WATCH."""
+    con = connect(gateway)
+    big = np.zeros(300_000, dtype=np.float32)
+    cmd(con, "WATCH", "w")
+    assert cmd(con, "AI.TENSORSET", "big", "FLOAT", big.size, "BLOB", big.tobytes()) == b"OK"
+    client.set("w", "changed")
+    cmd(con, "MULTI")
+    cmd(con, "SET", "x", "1")
+    assert cmd(con, "EXEC") is None  # the WATCH held
+    # and, as with RedisAI, writing a watched key through AI.TENSORSET aborts the transaction
+    cmd(con, "WATCH", "t")
+    cmd(con, "AI.TENSORSET", "t", "INT8", 1, "VALUES", 1)
+    cmd(con, "MULTI")
+    cmd(con, "SET", "x", "2")
+    assert cmd(con, "EXEC") is None
+    assert client.get("x") is None
+    # without WATCH, AI.* commands run on the connection's own Redis connection again
+    assert cmd(con, "AI.TENSORGET", "t", "VALUES") == [1]
+
+
+def test_ai_commands_cost_no_second_redis_connection(
+    gateway: Gateway, worker: Worker, client: Client
+) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(2, np.float32))
+    for _ in range(4):  # the worker's threads have their connections
+        client.modelexecute("m", ["a", "a"], ["b"])
+    before = len(client.client_list())
+    con = connect(gateway)
+    cmd(con, "SET", "k", "v")
+    cmd(con, "AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 1, 2)
+    assert cmd(con, "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b") == b"OK"
+    assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"2", b"4"]
+    assert len(client.client_list()) == before + 1
+
+
+def test_jobs_believe_only_their_own_reply(
+    gateway: Gateway, client: Client, settings: Settings
+) -> None:
+    """The Python client's wait plan, driven on the client's connection: a forged reply naming
+    the job's id does not end its wait, a worker's forward is followed (issue "reply identity")."""
+    from test_reply_identity import X, beside, forged, victim_entry
+
+    w = Worker(settings.replace(devices=("CPU", "CPU:1"))).start()
+    try:
+        wait_until(lambda: client.zcard(client.keyspace.workers) > 0, timeout=10)
+        client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+        client.tensorset("a", X)
+        con = connect(gateway)
+        replies: list[Any] = []
+        job = threading.Thread(target=lambda: replies.append(
+            cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c")))  # fmt: skip
+        job.start()
+        stream, entry_id, fields = victim_entry(client)
+        client.xadd(beside(client, stream), {**forged(fields[b"reply"]), "origin": entry_id})
+        job.join(30)
+        assert replies == [b"OK"]
+        assert client.tensorget("c").tolist() == (X + X).tolist(), "it returned once its job ran"
+        # the model moves to another device: the gateway's cached queue is stale, the worker
+        # forwards the job there and the gateway follows
+        client.modelstore("slow", "STUB", "CPU:1", stub_blob("mul"))
+        assert cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c") == (
+            b"OK"
+        )
+        assert client.tensorget("c").tolist() == (X * X).tolist()
+    finally:
+        w.stop(timeout=10)
+
+
+def test_a_job_longer_than_the_first_wait(gateway: Gateway, worker: Worker, client: Client) -> None:
+    """A reply that does not come within the job's first BLPOP is waited for off the event
+    loop, which keeps serving the other clients."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+    client.tensorset("a", np.ones(2, np.float32))
+    con, other = connect(gateway), connect(gateway)
+    replies: list[Any] = []
+    job = threading.Thread(target=lambda: replies.append(
+        cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b")))  # fmt: skip
+    job.start()
+    time.sleep(0.8)
+    started = time.monotonic()
+    assert cmd(other, "AI.TENSORGET", "a", "VALUES") == [b"1", b"1"]
+    assert time.monotonic() - started < 0.5
+    job.join(30)
+    assert replies == [b"OK"]
+    assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"2", b"2"]
 
 
 def test_blpop_and_subscribe_through_the_gateway(gateway: Gateway, client: Client) -> None:

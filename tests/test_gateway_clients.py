@@ -133,6 +133,27 @@ def test_gateway_processes_share_a_port(
     assert client.exists("t") == 1
 
 
+def test_event_loop_option() -> None:
+    """``--loop``: uvloop when installed (auto), asyncio on request; uvloop asked for and missing
+    is a usage error, not a silent fallback."""
+    import asyncio
+
+    import click
+
+    from aiworker.cli.gateway import _runner
+
+    assert _runner("asyncio") is asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        assert _runner("auto") is asyncio.run
+        with pytest.raises(click.UsageError, match="uvloop is not installed"):
+            _runner("uvloop")
+    else:
+        assert _runner("auto") is uvloop.run
+        assert _runner("uvloop") is uvloop.run
+
+
 def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker: Worker,
                                           cluster_settings: Settings) -> None:  # fmt: skip
     """Before a 3-master cluster the gateway is one node to its client: keys in every slot,
@@ -162,10 +183,23 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         )
         assert con.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [b"2", b"4"]
         assert cluster_client.tensorget("{b}y").tolist() == [2, 4]
-        # a transaction stays on its key's master
+        # a transaction stays on its key's master, pipelined or typed a command at a time
         tx = con.pipeline(transaction=True)
         tx.set("key7", "a").append("key7", "b").get("key7")
         assert tx.execute() == [True, 2, b"ab"]
+        for key in ("{key1}x", "{key2}x", "{key3}x", "{key4}x"):  # on every master
+            assert con.execute_command("MULTI") == b"OK"
+            assert con.execute_command("APPEND", key, "1") == b"QUEUED"
+            assert con.execute_command("INCR", key) == b"QUEUED"
+            assert con.execute_command("EXEC") == [1, 2]
+        assert con.execute_command("MULTI") == b"OK"
+        assert con.execute_command("EXEC") == []
+        # AI.* commands run on the cluster client: inside MULTI they are refused
+        assert con.execute_command("MULTI") == b"OK"
+        assert con.execute_command("AI.TENSORGET", "{a}x", "META") == b"QUEUED"
+        assert con.execute_command("GET", "{a}k") == b"QUEUED"
+        done = con.execute_command("EXEC")
+        assert isinstance(done[0], redis.ResponseError) and done[1] is None
         assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
             b"key9"
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import redis
 from test_gateway import connect, raw_socket, read_until_closed, running_gateway
@@ -148,6 +149,29 @@ def test_redis_going_away_ends_the_clients_connection(gateway: Gateway, client: 
     victim = next(c for c in client.client_list() if c["name"] == "victim")
     client.client_kill_filter(_id=victim["id"])
     assert read_until_closed(sock) == b""
+    still_serving(gateway)
+
+
+def test_redis_going_away_mid_job(gateway: Gateway, client: Client) -> None:
+    """A job waiting on the client's connection when Redis drops it: an error at once, then the
+    connection ends (the job's wait would otherwise go on until its limit)."""
+    from conftest import stalled_worker, stub_blob
+
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(1, np.float32))
+    stalled_worker(client)  # the job waits: a worker is alive but reads nothing
+    sock = raw_socket(gateway)
+    sock.sendall(b"CLIENT SETNAME victim\r\n")
+    assert sock.recv(100) == b"+OK\r\n"
+    sock.sendall(b"AI.MODELEXECUTE m INPUTS 2 a a OUTPUTS 1 b\r\n")
+    time.sleep(0.8)  # past the first BLPOP
+    victim = next(c for c in client.client_list() if c["name"] == "victim")
+    client.client_kill_filter(_id=victim["id"])
+    started = time.monotonic()
+    assert (
+        read_until_closed(sock) == b"-ERR gateway: Redis unreachable (connection to Redis lost)\r\n"
+    )
+    assert time.monotonic() - started < 3
     still_serving(gateway)
 
 

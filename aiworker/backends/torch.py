@@ -130,17 +130,24 @@ class TorchModel(LoadedModel):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
             raise AIError(messages.MODEL_INPUT_COUNT)
-        with self._on_stream():
-            tensors = to_torch_all(inputs, self.device, lambda x: x in self._handed_out)
-            started = clock()
-            try:
-                with torch.inference_mode():  # forward: a loaded module has no Python hooks
-                    result = self.module.forward(*tensors)
-            except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-                raise AIError(torch_error_text(exc)) from exc
-            outputs = to_host(flatten(result))  # waits for the device
+        if self.device.type == "cuda":
+            with self._on_stream():
+                outputs, started = self._forward(inputs)
+        else:  # the common small job: no stream machinery
+            outputs, started = self._forward(inputs)
         check_run_time(started, self.limit_ms)
         return outputs
+
+    def _forward(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """(outputs on the host, when the forward started)."""
+        tensors = to_torch_all(inputs, self.device, self._handed_out.__contains__)
+        started = clock()
+        try:
+            with torch.inference_mode():  # forward: a loaded module has no Python hooks
+                result = self.module.forward(*tensors)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise AIError(torch_error_text(exc)) from exc
+        return to_host(flatten(result)), started  # waits for the device
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
@@ -148,9 +155,6 @@ class TorchModel(LoadedModel):
         (one's copies with another's kernels), and each waits for its own work only. It is
         waited for on the way out, failed runs included: copies in flight read host buffers the
         caller may free once the run returns."""
-        if self.device.type != "cuda":
-            yield
-            return
         stream = getattr(self._streams, "stream", None)
         if stream is None:
             stream = self._streams.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]

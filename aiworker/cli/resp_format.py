@@ -8,39 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiworker.protocol.resp import ErrorReply, Status, wire_error
 
-class Status(str):
-    """A simple-string reply such as ``OK``, ``NA`` or ``TIMEDOUT``."""
-
-    __slots__ = ()
-
-
-class ErrorReply(str):
-    """An error reply; the text is RedisAI's message as redis-py shows it (no ``ERR``)."""
-
-    __slots__ = ()
-
-
-# RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it).
-_NO_ERR_PREFIX = (
-    "WRONGTYPE",
-    "Number of keys given as",
-    "Unsupported command within DAG",
-    "Invalid argument: ",
-    "Function ",
-    "Wrong number of inputs in function",
-    "Wrong inputs type in function",
-    "Deprecated AI.",
-    "AI.MODELEXECUTE cannot be used",
-    "AI.SCRIPTEXECUTE cannot be used",
-)
-
-
-def wire_error(message: str) -> str:
-    """The error line as Redis sent it: RedisAI's ``ERR`` prefix where it had one."""
-    if message.startswith(_NO_ERR_PREFIX) or message.startswith("ERR "):
-        return message
-    return "ERR " + message
+__all__ = ["ErrorReply", "Status", "format_reply", "quote", "wire_error"]
 
 
 def quote(data: bytes | str) -> str:

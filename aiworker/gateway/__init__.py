@@ -7,11 +7,13 @@ client's own, replies in order (``session``). Modules, bottom up:
 
 * ``resp``: RESP2 replies written and Redis' replies framed; ``frames``: client commands read with
   limits (hiredis's reader); ``commands``: AI.* arguments -> checked requests;
-* ``translate``: each request as a plan returning RedisAI's reply; ``aiclients``: the clients that
-  drive those plans, per DB and user;
+* ``translate``: each request as a plan returning RedisAI's reply; ``runner``: plans driven on the
+  client's own Redis connection; ``transaction``: AI.* commands inside MULTI; ``aiclients``: per
+  DB and user, what those runs keep, and the blocking clients for the work done in threads;
 * ``upstream``: a client's connection to Redis; ``routers``: one Redis, or the masters of a
   cluster; ``cluster``: cluster-shaped replies and the slot map;
-* ``session``: one client connection; ``server``: listening (TCP, TLS, unix socket).
+* ``session``: one client connection, ``hooks``: what it learns from Redis' replies; ``server``:
+  listening (TCP, TLS, unix socket).
 """
 
 from aiworker.gateway.config import GatewayConfig

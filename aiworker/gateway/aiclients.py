@@ -1,12 +1,13 @@
-"""The clients that carry out AI.* commands, one set per identity a gateway client took.
+"""What AI.* commands run as, and the blocking clients for the work done off the event loop.
 
-An identity is what a connection selected and authenticated: (DB, username, password). Its
-AI.* commands run in that DB with those credentials, on clients the gateway pools for it, so
-Redis' ACLs apply to them exactly as to the user's own commands. On a single Redis the asyncio
-client carries the commands (its jobs share one pipelined writer and one reply reader); model and
-script stores, which compile and hash whole blobs, run on a blocking client in a thread so that the
-event loop keeps serving everyone else. On Redis Cluster every AI.* command runs on the blocking
-``ClusterClient`` in a thread (the asyncio client targets a single Redis).
+An identity is what a connection selected and authenticated: (DB, username, password). On a single
+Redis most AI.* commands run on the client's own connection (``runner``); this module holds, per
+identity, what that needs besides: the device queues of models and scripts (``State``, cached),
+the length limits of job queues (``Enqueuer``), and a blocking client for the work done in
+threads, with that identity's DB and credentials (so Redis' ACLs apply to it exactly as to the
+user's own commands): model and script stores (they hash and compile whole blobs), the commands of
+a connection that WATCHes keys (a plan's MULTI/EXEC would end the client's WATCH), and every AI.*
+command on Redis Cluster (on the ``ClusterClient``).
 
 The gateway never loads a framework itself: a model stored through it is checked by a live worker
 serving its device (MODELVERIFY), as a client without the framework installed would check it.
@@ -24,13 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import aiworker.asyncio
-from aiworker.client.ops import VerifyHere
+from aiworker.client.ops import State, VerifyHere
 from aiworker.client.sync import Client
 from aiworker.parser import Command
+from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
+from aiworker.storage.queues import Enqueuer
 
-from .translate import STORES, error_reply, reply_plan
+from .translate import error_reply, reply_plan
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -66,39 +68,28 @@ class Identity:
 
 
 class _Clients:
-    """One identity's clients, made on first use."""
+    """One identity's device cache and blocking client (made on first use)."""
 
     def __init__(self, settings: Settings, identity: Identity, reply_timeout: float) -> None:
         self.settings = settings
         self.identity = identity
         self.reply_timeout = reply_timeout
+        self.state = State(Keys(settings.prefix), raw=True)
+        self.enqueuer = Enqueuer(self.state.keyspace)
         self.in_use = 0
-        self._async: Any = None
         self._blocking: Any = None
-
-    def asyncio_client(self) -> Any:
-        if self._async is None:
-            self._async = aiworker.asyncio.Client.from_settings(
-                self._settings(), enable_postprocess=False, reply_timeout=self.reply_timeout,
-                max_concurrency=64,
-            )  # fmt: skip
-        return self._async
 
     def blocking_client(self) -> Any:
         """A ``Client``, or a ``ClusterClient`` on a cluster (made in a worker thread: it asks
         the server what it is)."""
         if self._blocking is None:
+            settings = self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
             self._blocking = Client.from_settings(
-                self._settings(), enable_postprocess=False, reply_timeout=self.reply_timeout
+                settings, enable_postprocess=False, reply_timeout=self.reply_timeout
             )
         return self._blocking
 
-    def _settings(self) -> Settings:
-        return self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
-
     async def close(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
         if self._blocking is not None:
             await asyncio.to_thread(self._blocking.close)
 
@@ -118,11 +109,10 @@ def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
 
 
 class AIClients:
-    """Carries out AI.* commands for every identity (see the module docstring)."""
+    """Per-identity state and blocking clients (see the module docstring)."""
 
-    def __init__(self, settings: Settings, cluster: bool, reply_timeout: float, threads: int):
+    def __init__(self, settings: Settings, reply_timeout: float, threads: int):
         self.settings = settings
-        self.cluster = cluster
         self.reply_timeout = reply_timeout
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gateway-ai")
         self._clients: OrderedDict[Identity, _Clients] = OrderedDict()
@@ -145,42 +135,33 @@ class AIClients:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def state(self, identity: Identity) -> tuple[State, Enqueuer]:
+        """What ``identity``'s AI.* commands keep between them: the device queues of models and
+        scripts, the length limits of job queues."""
+        clients = self._for(identity)
+        return clients.state, clients.enqueuer
+
     async def run(self, identity: Identity, cmd: Command) -> Any:
-        """RedisAI's reply to ``cmd`` (an ``ErrorReply`` when it failed)."""
+        """RedisAI's reply to ``cmd`` (an ``ErrorReply`` when it failed), in a thread."""
+        return await self._in_thread(identity, self._run_blocking, cmd)
+
+    async def _in_thread(self, identity: Identity, call: Any, *args: Any) -> Any:
         clients = self._for(identity)
         clients.in_use += 1
         try:
-            if self.cluster or isinstance(cmd, STORES):
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, self._run_blocking, clients, cmd)
-            client = clients.asyncio_client()
-            return await self._drive_async(client, reply_plan(client._state, cmd))
-        except Exception as exc:
-            return error_reply(exc)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, call, clients, *args)
         finally:
             clients.in_use -= 1
 
     @staticmethod
     def _run_blocking(clients: _Clients, cmd: Command) -> Any:
-        client = clients.blocking_client()
         try:
-            return _drive_blocking(client, reply_plan(client._state, cmd))
+            return _drive_blocking(clients.blocking_client(), reply_plan(clients.state, cmd))
         except StopIteration as stop:
             return stop.value
-
-    @staticmethod
-    async def _drive_async(client: Any, plan: Generator[Any, Any, Any]) -> Any:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = False if isinstance(step, VerifyHere) else await client._step(step)
-                except Exception as exc:
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
+        except Exception as exc:
+            return error_reply(exc)
 
     async def close(self) -> None:
         for clients in list(self._clients.values()):

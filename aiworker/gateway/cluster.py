@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio
 
 from aiworker.protocol.keys import SLOTS, key_slot
+from aiworker.protocol.text import text
 
 from . import resp
 
@@ -49,11 +50,15 @@ def _info(host: str, port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
+# The commands a one-shard cluster answers.
+EMULATED = (b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER")
+
+
 def emulated_reply(args: list[bytes], host: str, port: int) -> bytes | None:
     """The reply of a one-shard cluster at ``host:port``, or None for commands it leaves to
     Redis."""
     name = args[0].upper()
-    if name in (b"READONLY", b"READWRITE", b"ASKING"):
+    if name in EMULATED[:3]:
         return resp.OK
     if name != b"CLUSTER" or len(args) < 2:
         return None
@@ -166,15 +171,11 @@ def _slot_ranges(slots: Any) -> list[tuple[tuple[int, int], list[Any]]]:
     if isinstance(slots, dict):
         for (start, end), info in slots.items():
             primary = info["primary"]
-            out.append(((int(start), int(end)), [_text(primary[0]), primary[1]]))
+            out.append(((int(start), int(end)), [text(primary[0]), primary[1]]))
         return out
     for entry in slots:
-        out.append(((int(entry[0]), int(entry[1])), [_text(entry[2][0]), entry[2][1]]))
+        out.append(((int(entry[0]), int(entry[1])), [text(entry[2][0]), entry[2][1]]))
     return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def redirect_target(data: bytes) -> tuple[bool, Node] | None:

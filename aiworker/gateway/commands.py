@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import cast
 
-from aiworker.parser import Command, parse
+from aiworker.parser import QUEUED, Command, parse
 from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
 from aiworker.parser.lexer import to_text
 from aiworker.parser.tensor import parse_tensorset
@@ -23,7 +24,14 @@ from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import check_names
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.protocol.requests import (
+    DagExecute,
+    ModelExecute,
+    Request,
+    ScriptExecute,
+    TensorGet,
+    TensorSet,
+)
 
 # Arguments at least this long are passed to the parser as stand-ins when they are blob chunks.
 LARGE_ARG = 4096
@@ -33,6 +41,11 @@ _DATA_WORDS = (b"BLOB", b"VALUES")
 def is_ai_command(name: bytes) -> bool:
     """Whether a command name is one the gateway answers itself (``AI.`` in any case)."""
     return name[:3].upper() == b"AI."
+
+
+def is_job_command(name: bytes) -> bool:
+    """Whether an AI.* command is a job (MODELEXECUTE, SCRIPTEXECUTE, DAGs, deprecated forms)."""
+    return name.upper().decode("latin-1") in QUEUED
 
 
 def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:
@@ -70,8 +83,7 @@ def _modelstore(args: Sequence[bytes]) -> Command:
     if not large:
         return parse([to_text(arg) for arg in args])
     tokens = [("\0" if n in large else to_text(arg)) for n, arg in enumerate(args)]
-    command = parse(tokens)
-    assert isinstance(command, ModelStore)
+    command = cast(ModelStore, parse(tokens))  # a MODELSTORE/MODELSET parses as one
     stand_in = "".join(tokens[blob_at + 1 :]).encode("utf-8", "surrogateescape")
     if command.blob != stand_in:  # the parser found the blob elsewhere: parse it all as text
         return parse([to_text(arg) for arg in args])
@@ -94,15 +106,21 @@ def _not_own(name: str, keyspace: Keys) -> None:
         )
 
 
+# Jobs, whose names the workers' own check covers; commands that only read their key.
+_JOBS = frozenset({ModelExecute, ScriptExecute, DagExecute})
+_READS = frozenset({TensorGet, ModelGet, ScriptGet})
+
+
 def check(command: Command, keyspace: Keys) -> None:
     """The workers' rules for names: valid UTF-8; nothing written under aiworker's prefix."""
-    if isinstance(command, (ModelExecute, ScriptExecute, DagExecute)):
-        check_names(command, keyspace)
+    kind = type(command)
+    if kind in _JOBS:
+        check_names(cast(Request, command), keyspace)
         return
     key = getattr(command, "key", None)
     if key is None:
         return
     _utf8(key)
-    reads = (TensorGet, ModelGet, ScriptGet)
-    if not isinstance(command, reads) and not (isinstance(command, InfoGet) and not command.reset):
+    reads = kind in _READS or (kind is InfoGet and not cast(InfoGet, command).reset)
+    if not reads:
         _not_own(key, keyspace)

@@ -7,6 +7,10 @@ bulk longer than ``max_bulk`` or a command larger than ``max_request`` is refuse
 header arrives (before its bytes are buffered), with Redis' own ``Protocol error`` messages; the
 connection is then closed, as Redis closes it. Complete arrays are handed to hiredis's reader, which
 builds the argument lists in C; inline commands are split like ``redis-cli`` splits a line.
+
+Most reads hold whole commands, smaller than every limit: those go to hiredis directly, and only
+when it finds a command unfinished or not made of bulk strings (or an empty array) does the
+scanner read them again.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class RequestReader:
         self._frame = 0  # start of the array being read
         self._left = -1  # bulk strings still to come in that array; -1: between commands
         self._reader = hiredis.Reader()
+        self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
+        # the largest read that cannot break a limit, whatever it holds
+        self._small = min(self.max_bulk, self.max_request, 256 * 1024)
 
     @property
     def buffered(self) -> int:
@@ -59,6 +66,10 @@ class RequestReader:
         """The commands completed by ``data``; ``ProtocolError`` when the client broke a rule
         (the commands before it were returned by earlier calls or are lost with the
         connection)."""
+        if not self._buf and data[:1] == b"*" and len(data) <= self._small:
+            whole = self._whole_commands(data)
+            if whole is not None:
+                return whole
         buf = self._buf
         buf += data
         commands: list[list[bytes]] = []
@@ -117,6 +128,28 @@ class RequestReader:
             del buf[:keep]
         self._pos, self._left, self._frame = pos - keep, left, 0
         return commands
+
+    def _whole_commands(self, data: bytes) -> list[list[bytes]] | None:
+        """The commands ``data`` holds when it holds only whole commands of bulk strings, each
+        within ``max_args``; None when the scanner must read it (nothing is consumed then)."""
+        reader, commands, size = self._whole, [], 0
+        reader.feed(data)
+        try:
+            while (args := reader.gets()) is not False:
+                if not args or type(args) is not list or len(args) > self.max_args:
+                    break
+                b"".join(args)  # TypeError unless every argument is a string
+                size += len(hiredis.pack_command(tuple(args)))
+                commands.append(args)
+            else:
+                # their RESP form is the whole read: nothing is left unfinished, and every
+                # string is a bulk string (hiredis reads +simple and =verbatim ones as bytes too)
+                if size == len(data):
+                    return commands
+        except (hiredis.ProtocolError, TypeError):
+            pass
+        self._whole = hiredis.Reader()
+        return None
 
     def _flush(self, buf: bytearray, start: int, end: int, commands: list[list[bytes]]) -> None:
         """Hand complete arrays ``buf[start:end]`` to hiredis and collect the commands."""

@@ -9,46 +9,14 @@ stays a simple string and nothing is copied into Python objects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 
-class Status(str):
-    """A simple-string reply such as ``OK``, ``NA`` or ``TIMEDOUT``."""
+from aiworker.protocol.resp import ErrorReply, Status, wire_error
 
-    __slots__ = ()
-
-
-class ErrorReply(str):
-    """An error reply; the text is RedisAI's message as redis-py shows it (no ``ERR``)."""
-
-    __slots__ = ()
-
-
-# RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it).
-_NO_ERR_PREFIX = (
-    "WRONGTYPE",
-    "NOAUTH",
-    "NOPROTO",
-    "EXECABORT",
-    "Number of keys given as",
-    "Unsupported command within DAG",
-    "Invalid argument: ",
-    "Function ",
-    "Wrong number of inputs in function",
-    "Wrong inputs type in function",
-    "Deprecated AI.",
-    "AI.MODELEXECUTE cannot be used",
-    "AI.SCRIPTEXECUTE cannot be used",
-    "CROSSSLOT",
-)
-
-
-def wire_error(message: str) -> str:
-    """The error line as Redis sent it: RedisAI's ``ERR`` prefix where it had one."""
-    if message.startswith(_NO_ERR_PREFIX) or message.startswith("ERR "):
-        return message
-    return "ERR " + message
-
+__all__ = ["ErrorReply", "Status", "wire_error"]
 
 OK = b"+OK\r\n"
 QUEUED = b"+QUEUED\r\n"
@@ -61,10 +29,15 @@ def error(message: str) -> bytes:
     return b"-" + line.encode("utf-8", "backslashreplace") + b"\r\n"
 
 
-def _encode(reply: Any, out: list[bytes]) -> None:
-    if isinstance(reply, (bytes, bytearray, memoryview)):
+def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
+    if isinstance(reply, bytes):
         out.append(b"$%d\r\n" % len(reply))
-        out.append(reply if isinstance(reply, bytes) else bytes(reply))
+        out.append(reply)
+        out.append(b"\r\n")
+    elif isinstance(reply, (bytearray, memoryview)):
+        data = memoryview(reply).cast("B")
+        out.append(b"$%d\r\n" % data.nbytes)
+        out.append(data)  # joined without a copy of its own
         out.append(b"\r\n")
     elif reply is None:
         out.append(NIL)
@@ -75,9 +48,9 @@ def _encode(reply: Any, out: list[bytes]) -> None:
     elif isinstance(reply, (bool, int)):
         out.append(b":%d\r\n" % int(reply))
     elif isinstance(reply, str):
-        data = reply.encode("utf-8", "surrogateescape")
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
+        text = reply.encode("utf-8", "surrogateescape")
+        out.append(b"$%d\r\n" % len(text))
+        out.append(text)
         out.append(b"\r\n")
     elif isinstance(reply, (list, tuple)):
         out.append(b"*%d\r\n" % len(reply))
@@ -89,9 +62,31 @@ def _encode(reply: Any, out: list[bytes]) -> None:
 
 def encode(reply: Any) -> bytes:
     """The RESP2 bytes of a reply value (see the module docstring)."""
-    out: list[bytes] = []
+    out = encode_parts(reply)
+    first = out[0]
+    return first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
+
+
+def encode_parts(reply: Any) -> list[bytes | memoryview]:
+    """``encode`` in pieces to write one after another: a blob is not copied into the rest."""
+    out: list[bytes | memoryview] = []
     _encode(reply, out)
-    return out[0] if len(out) == 1 else b"".join(out)
+    return out
+
+
+# Above this, a command's last argument is sent as it is rather than copied (``pack``).
+LARGE_ARGUMENT = 64 * 1024
+
+
+def pack(args: Sequence[Any]) -> list[bytes | memoryview]:
+    """A command as RESP2 (bytes, text, numbers, memoryviews), packed by hiredis; a long last
+    argument (a tensor's blob, a SET's value) follows its header uncopied."""
+    last = args[-1]
+    if len(args) > 1 and isinstance(last, (bytes, memoryview)) and len(last) > LARGE_ARGUMENT:
+        head = hiredis.pack_command(tuple(args[:-1]))
+        head = b"*%d%s$%d\r\n" % (len(args), head[head.index(b"\r\n") :], len(last))
+        return [head, last, b"\r\n"]
+    return [hiredis.pack_command(tuple(args))]
 
 
 def command(*args: bytes) -> bytes:

@@ -4,19 +4,18 @@
 commands costs Redis no connection). ``ClusterRouter``: one connection per master of a real Redis
 Cluster, each command sent to the master of its first key's slot, keyless ones to one master; a
 MOVED or ASK reply sends the command again where the cluster says, so the client sees one node. A
-transaction stays on one master: MULTI goes where the first keyed command pipelined after it goes,
-WATCH where its key lives, and everything until EXEC or DISCARD follows.
+transaction stays on one master: WATCH goes where its key lives and MULTI follows it; a MULTI
+without WATCH goes to one master and moves, before anything is queued, to the master of the
+first command after it when that one has a key (DISCARD there, MULTI on the right one: a client
+that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cluster import Node, SlotMap, command_keys, redirect_target
-from .upstream import Slot, Target, Upstream, hidden
-
-if TYPE_CHECKING:
-    from .session import Session
+from .upstream import Slot, Target, Upstream, ignore
 
 _UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
 
@@ -24,13 +23,17 @@ _UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
 class SingleRouter:
     """A client's one connection to a single Redis."""
 
-    def __init__(self, session: Session, target: Target, hello: list[list[bytes]]) -> None:
-        self.session = session
+    def __init__(self, session: Any, target: Target, hello: list[list[bytes]]) -> None:
+        self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.target = target
         self.hello = hello
         self.upstream: Upstream | None = None
 
     def route(self, args: list[bytes], slot: Slot) -> Upstream:
+        return self.own()
+
+    def own(self) -> Upstream:
+        """The connection (opened on first use)."""
         if self.upstream is None:
             self.upstream = Upstream(self.session, self.target, self.hello)
         return self.upstream
@@ -60,15 +63,14 @@ class SingleRouter:
 class ClusterRouter:
     """A client's connections to the masters of a Redis Cluster (see the module docstring)."""
 
-    def __init__(
-        self, session: Session, slots: SlotMap, target: Any, hello: list[list[bytes]]
-    ) -> None:
-        self.session = session
+    def __init__(self, session: Any, slots: SlotMap, target: Any, hello: list[list[bytes]]) -> None:
+        self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.slots = slots
         self.target_for = target  # Node -> Target
         self.hello = list(hello)
         self.connections: dict[Node, Upstream] = {}
         self.pinned: Upstream | None = None
+        self.movable = False  # a MULTI without WATCH, nothing queued yet
         self.tunneled: Upstream | None = None
         self.redirects: dict[int, int] = {}
 
@@ -79,6 +81,10 @@ class ClusterRouter:
             self.connections[node] = upstream
         return upstream
 
+    def own(self) -> Upstream:
+        """The master a transaction is pinned to, else the default one."""
+        return self.pinned or self._upstream(self.slots.default())
+
     def _node(self, args: list[bytes]) -> Node:
         keys = command_keys(self.slots.keys, args)
         return self.slots.node_of(keys[0]) if keys else self.slots.default()
@@ -88,22 +94,30 @@ class ClusterRouter:
         slot.args = args
         if self.pinned is not None:
             upstream = self.pinned
-        elif name == b"MULTI":
-            keyed = next(
-                (a for a in self.session.waiting if command_keys(self.slots.keys, a)), None
-            )
-            upstream = self._upstream(self._node(keyed) if keyed else self.slots.default())
-            self.pinned = upstream
+            if self.movable and name not in _UNPIN and command_keys(self.slots.keys, args):
+                upstream = self._move_transaction(self._upstream(self._node(args)))
+            self.movable = False
         else:
             upstream = self._upstream(self._node(args))
-            if name == b"WATCH":
+            if name in (b"MULTI", b"WATCH"):
                 self.pinned = upstream
+                self.movable = name == b"MULTI"
         if name in _UNPIN:
             self.pinned = None
         if slot.tunnel:
             self.tunneled = upstream
         upstream.flush()
         return upstream
+
+    def _move_transaction(self, to: Upstream) -> Upstream:
+        """A MULTI nothing was queued in yet, moved to the master ``to``."""
+        pinned = self.pinned
+        if pinned is not None and to is not pinned:
+            pinned.send([b"DISCARD"], Slot(internal=ignore))
+            pinned.flush()
+            to.send([b"MULTI"], Slot(internal=ignore))
+            self.pinned = to
+        return to
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
         """Send a command again after MOVED/ASK (not inside a transaction; at most 5 times)."""
@@ -120,7 +134,7 @@ class ClusterRouter:
             self.slots.refresh_soon()
         target = self._upstream(node)
         if ask:
-            target.send([b"ASKING"], Slot(hook=hidden))
+            target.send([b"ASKING"], Slot(internal=ignore))
         target.send(slot.args, slot)
         target.flush()
         return True
@@ -131,7 +145,7 @@ class ClusterRouter:
         self.hello = [c for c in self.hello if c[0] != b"AUTH"] + [command]
         for upstream in self.connections.values():
             if not upstream.closed:
-                upstream.send(command, Slot(hook=hidden))
+                upstream.send(command, Slot(internal=ignore))
                 upstream.flush()
 
     def tunnel_upstream(self) -> Upstream:

@@ -99,9 +99,7 @@ class Gateway:
             await self.slots.load()
         else:
             await seed.aclose()
-        self.ai = AIClients(
-            self.settings, self.cluster, self.config.reply_timeout, self.config.threads
-        )
+        self.ai = AIClients(self.settings, self.config.reply_timeout, self.config.threads)
         loop = asyncio.get_running_loop()
         tls = _server_tls(self.config)
         if self.config.listen:

@@ -9,8 +9,13 @@ blocked the client the same way). So a pipeline ``AI.TENSORSET t ...``, ``EXISTS
 
 The connection's state lives in Redis (DB, user, transaction, subscriptions), reached by
 pass-through; the gateway only follows what the replies say: AUTH and SELECT change the identity
-AI.* commands run as (``aiclients.Identity``), MULTI/EXEC/DISCARD the transaction an AI.* command
-cannot join (it is answered QUEUED and its place in EXEC's reply holds RedisAI's error).
+AI.* commands run as off the connection (``aiclients.Identity``), WATCH keeps them off it (a plan's
+own MULTI/EXEC would end the client's WATCH), MULTI/EXEC/DISCARD the transaction AI.* commands
+join as RedisAI's did (``transaction``).
+
+On a single Redis an AI.* command runs on the client's own connection (``runner``); model and
+script stores, a connection that WATCHes, and every AI.* command on Redis Cluster run on the
+blocking clients of ``aiclients``, in threads.
 """
 
 from __future__ import annotations
@@ -18,46 +23,74 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any, Protocol, cast
+
+import redis
+
+from aiworker.protocol.errors import AIError
+from aiworker.protocol.keys import Keys
 
 from . import resp
-from .aiclients import Identity
-from .commands import is_ai_command, parse_command
+from .aiclients import AIClients, Identity
+from .cluster import EMULATED
+from .commands import is_job_command, parse_command
+from .config import GatewayConfig
 from .frames import ProtocolError, RequestReader
+from .hooks import HOOKS, ReplyHooks
 from .resp import ErrorReply
-from .translate import error_reply
-from .upstream import Slot, Upstream, hidden
-
-if TYPE_CHECKING:
-    from .server import Gateway
+from .routers import ClusterRouter, SingleRouter
+from .runner import Drive, Runner
+from .transaction import IN_TRANSACTION, Transaction
+from .translate import STORES, error_reply, reply_plan
+from .upstream import Slot, Upstream
 
 log = logging.getLogger("aiworker.gateway")
 
-IN_TRANSACTION = "Cannot run RedisAI command within a transaction or a LUA script"
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
 # Reading from the client pauses while this many commands wait to be dispatched.
 MAX_WAITING = 4096
 TUNNEL_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
 # What may pass before AUTH when the gateway requires it.
 BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
+# Commands that are more than passed on (the rest take ``Session._plain``'s short way).
+SPECIAL = {*HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
 
 
-class Session(asyncio.Protocol):
+class Host(Protocol):
+    """What a session needs of the gateway that accepted it (``server.Gateway``)."""
+
+    config: GatewayConfig
+    keyspace: Keys
+    identity: Identity
+    ai: AIClients
+    cluster: bool
+
+    def admit(self, session: Session) -> bool: ...
+
+    def forget(self, session: Session) -> None: ...
+
+    def router_for(self, session: Session) -> SingleRouter | ClusterRouter: ...
+
+    def local_reply(self, session: Session, name: bytes, args: list[bytes]) -> bytes | None: ...
+
+
+class Session(ReplyHooks, asyncio.Protocol):
     """A gateway client's connection (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Host) -> None:
         self.gw = gateway
         config = gateway.config
         self.reader = RequestReader(config.max_bulk, config.max_args, config.max_request)
         self.transport: asyncio.Transport | None = None
         self.replies: deque[Slot] = deque()
         self.waiting: deque[list[bytes]] = deque()
-        self.identity: Identity = gateway.identity
-        self.authed = not config.require_auth
-        self.in_multi = False
-        self.multi_items: list[ErrorReply | None] = []  # AI errors (None: a Redis command)
+        self.signed_out()
+        self.transaction: Transaction | None = None  # since MULTI
+        self.watching = False
         self.inflight = 0  # commands sent to Redis and not answered yet
-        self.ai_task: asyncio.Future[Any] | None = None
+        self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
+        self._runner_of: tuple[Identity, Runner] | None = None
         self.tunnel = False
         self.closing = False  # close once the replies before it are written
         self.skip_next = False  # CLIENT REPLY SKIP
@@ -70,16 +103,19 @@ class Session(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
         if not self.gw.admit(self):
-            transport.write(b"-ERR max number of clients reached\r\n")
-            transport.close()
+            self.transport.write(b"-ERR max number of clients reached\r\n")
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.waiting.clear()
         self._cancel_timer()
+        if self.ai_task is not None:
+            self.ai_task.cancel()
+        if self.transaction is not None:
+            self.transaction.discard()
         self.router.close()
         self.gw.forget(self)
 
@@ -99,7 +135,8 @@ class Session(asyncio.Protocol):
         if commands:
             self.waiting.extend(commands)
             self.dispatch()
-        self._watch_partial()
+        if self.reader.buffered or self._timer is not None:
+            self._watch_partial()
 
     def pause_writing(self) -> None:  # the client reads slower than replies come
         self.write_paused = True
@@ -122,37 +159,48 @@ class Session(asyncio.Protocol):
                     break  # an AUTH may be on its way
                 waiting.popleft()
                 self._reply_now(NOAUTH)
-                continue
-            if is_ai_command(name):
+            elif name[:3] == b"AI.":
                 if self.inflight:
                     break  # after every earlier command is answered
                 waiting.popleft()
                 self._ai(args)
-                continue
-            waiting.popleft()
-            if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
-                self._client_reply(args[2].upper())
-                continue
-            local = self.gw.local_reply(self, name, args)
-            if local is not None:
-                self._reply_now(local)
-                continue
-            self._plain(name, args)
+            elif name in SPECIAL:
+                waiting.popleft()
+                self._special(name, args)
+            else:
+                waiting.popleft()
+                self._plain(args)
         self.router.flush()
         self._update_reading()
 
-    def _plain(self, name: bytes, args: list[bytes]) -> None:
-        hook = _HOOKS.get(name)
-        slot = Slot(hook=hook and (lambda data, h=hook: h(self, args, data)))
-        self._silence(slot)
-        if name in TUNNEL_COMMANDS:
-            slot.tunnel = True
-            self.tunnel = True
+    def _plain(self, args: list[bytes], slot: Slot | None = None) -> None:
+        """Pass a command on to Redis."""
+        if slot is None:
+            slot = Slot()
+        if self.replies_off or self.skip_next:
+            self._silence(slot)
         upstream = self.router.route(args, slot)
         self.replies.append(slot)
         self.inflight += 1
         upstream.send(args, slot)
-        if self.tunnel:  # what the client pipelined after it goes to Redis as it is
+
+    def _special(self, name: bytes, args: list[bytes]) -> None:
+        """A command the gateway answers itself, or whose reply it learns from."""
+        if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
+            self._client_reply(args[2].upper())
+            return
+        local = self.gw.local_reply(self, name, args)
+        if local is not None:
+            self._reply_now(local)
+            return
+        slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+        hook = HOOKS.get(name)
+        if hook is not None:
+            slot.hook = partial(hook, self, slot, args)
+        self._plain(args, slot)
+        if slot.tunnel:  # what the client pipelined after it goes to Redis as it is
+            self.tunnel = True
+            upstream = self.router.tunnel_upstream()
             while self.waiting:
                 upstream.send_raw(resp.command(*self.waiting.popleft()))
 
@@ -177,8 +225,8 @@ class Session(asyncio.Protocol):
         slot = Slot()
         self._silence(slot)
         self.replies.append(slot)
-        if self.in_multi:  # RedisAI refused to run inside MULTI; EXEC's reply says so
-            self.multi_items.append(ErrorReply(IN_TRANSACTION))
+        if self.transaction is not None:
+            self._ai_in_transaction(self.transaction, args)
             slot.data = resp.QUEUED
             self.flush()
             return
@@ -188,19 +236,72 @@ class Session(asyncio.Protocol):
             slot.data = resp.encode(error_reply(exc))
             self.flush()
             return
-        self.ai_task = asyncio.ensure_future(self._run_ai(command, slot))
+        if self.gw.cluster or self.watching or isinstance(command, STORES):
+            self.ai_task = asyncio.ensure_future(self._run_in_thread(command, slot))
+        else:
+            runner = self._runner()
+            plan = reply_plan(runner.state, command)
+            self.ai_task = runner.start(plan, partial(self._ai_done, slot))
 
-    async def _run_ai(self, command: Any, slot: Slot) -> None:
+    def _ai_in_transaction(self, transaction: Transaction, args: list[bytes]) -> None:
+        """RedisAI refused jobs inside MULTI and ran the rest there (see ``transaction``)."""
+        if is_job_command(args[0]) or self.gw.cluster:
+            transaction.answer(ErrorReply(IN_TRANSACTION))
+            return
         try:
-            reply = await self.gw.ai.run(self.identity, command)
-            slot.data = resp.encode(reply)
+            command = parse_command(args, self.gw.keyspace)
+        except Exception as exc:
+            transaction.answer(error_reply(exc))
+            return
+        if isinstance(command, STORES):
+            transaction.after_exec(partial(self.gw.ai.run, self.identity, command))
+            return
+        runner = self._runner()
+        transaction.queue(reply_plan(runner.state, command), runner)
+
+    async def _run_in_thread(self, command: Any, slot: Slot) -> None:
+        self._ai_done(slot, await self.gw.ai.run(self.identity, command))
+
+    def _ai_done(self, slot: Slot, reply: Any) -> None:
+        """An AI.* command's reply (an exception: its error) is in; the next commands may go."""
+        self.ai_task = None
+        try:
+            slot.data = resp.encode_parts(
+                error_reply(reply) if isinstance(reply, Exception) else reply
+            )
         except Exception as exc:  # a reply that cannot be encoded is a bug: tell the client
             log.exception("AI command failed")
+            slot.data = resp.encode(error_reply(exc))
+        if isinstance(reply, Exception) and not isinstance(reply, (redis.RedisError, AIError)):
+            log.error("AI command failed: %r", reply)
+        self.flush()
+        self.dispatch()
+
+    async def finish_exec(self, transaction: Transaction, slot: Slot, data: bytes) -> None:
+        """EXEC's reply once the AI.* commands in the transaction are done (``transaction``);
+        the client's next commands wait for it."""
+        try:
+            slot.data = await transaction.exec_reply(data, self._runner())
+        except Exception as exc:  # a bug: tell the client
+            log.exception("EXEC failed")
             slot.data = resp.encode(error_reply(exc))
         finally:
             self.ai_task = None
         self.flush()
         self.dispatch()
+
+    def _runner(self) -> Runner:
+        """The runner of AI.* commands as the connection's identity now."""
+        identity = self.identity
+        if self._runner_of is None or self._runner_of[0] is not identity:
+            state, enqueuer = self.gw.ai.state(identity)
+            runner = Runner(self.router.own, state, enqueuer, self.gw.config.reply_timeout)
+            self._runner_of = (identity, runner)
+        return self._runner_of[1]
+
+    def signed_out(self) -> None:
+        self.identity = self.gw.identity
+        self.authed = not self.gw.config.require_auth
 
     def _reply_now(self, data: bytes) -> None:
         slot = Slot(data)
@@ -211,17 +312,19 @@ class Session(asyncio.Protocol):
     # replies ---------------------------------------------------------------------------------
 
     def on_reply(self, upstream: Upstream, slot: Slot, data: bytes) -> None:
-        """A reply from Redis for ``slot``."""
-        if slot.hook is hidden:
-            return
+        """A reply from Redis for ``slot`` (``replies_done`` sends it on)."""
         if data[:1] == b"-" and self.router.redirect(upstream, slot, data):
             return  # sent again where the cluster said
         self.inflight -= 1
         if slot.hook is not None:
-            data = slot.hook(data)
-        elif self.in_multi and data == resp.QUEUED:
-            self.multi_items.append(None)
+            slot.data = slot.hook(data)  # None: the hook fills the slot later
+            return
+        if self.transaction is not None and data == resp.QUEUED:
+            self.transaction.redis_command()
         slot.data = data
+
+    def replies_done(self) -> None:
+        """Every reply of one read from Redis is in: send them, go on with the commands."""
         self.flush()
         if not self.inflight and self.waiting:
             self.dispatch()
@@ -236,9 +339,13 @@ class Session(asyncio.Protocol):
         """Redis went away: the commands it did not answer get an error, then the client is
         disconnected (its DB, user and transaction were Redis' and are gone)."""
         error = resp.error(f"gateway: {why}")
+        if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
+            self.ai_task.cancel(redis.ConnectionError(why))
         while upstream.waiting:
             slot = upstream.waiting.popleft()
-            if slot.hook is not hidden:
+            if slot.internal is not None:  # an AI.* command's Redis call: the command fails
+                slot.internal(redis.ConnectionError(why))
+            else:
                 self.inflight -= 1
                 slot.data = error
         self.waiting.clear()
@@ -246,16 +353,22 @@ class Session(asyncio.Protocol):
 
     def flush(self) -> None:
         replies = self.replies
-        out = []
+        out: list[bytes | memoryview] = []
         while replies and replies[0].data is not None:
             slot = replies.popleft()
             if not slot.silent:
-                out.append(slot.data)
+                data = slot.data
+                if type(data) is list:
+                    out += data  # an AI.* command's reply in pieces
+                else:
+                    out.append(data)  # type: ignore[arg-type]
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+        if len(out) == 1:
+            transport.write(out[0])
+        elif out:
+            transport.writelines(out)
         if self.closing and not replies:
             transport.close()
 
@@ -297,90 +410,3 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-# What the gateway learns from the replies to some commands ---------------------------------
-
-
-def _on_auth(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK and len(args) in (2, 3):
-        user = args[1].decode("utf-8", "replace") if len(args) == 3 else "default"
-        password = args[-1].decode("utf-8", "replace")
-        session.identity = Identity(session.identity.db, user, password)
-        session.authed = True
-        session.router.authenticated(args[1:])
-    return data
-
-
-def _on_hello(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data[:1] != b"*":
-        return data
-    words = [arg.upper() for arg in args]
-    if b"AUTH" in words:
-        at = words.index(b"AUTH")
-        if len(args) > at + 2:
-            user, password = args[at + 1], args[at + 2]
-            session.identity = Identity(
-                session.identity.db,
-                user.decode("utf-8", "replace"),
-                password.decode("utf-8", "replace"),
-            )
-            session.authed = True
-            session.router.authenticated([user, password])
-    return data
-
-
-def _on_select(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        identity = session.identity
-        session.identity = Identity(int(args[1]), identity.username, identity.password)
-    return data
-
-
-def _on_multi(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.in_multi = True
-        session.multi_items = []
-    return data
-
-
-def _on_exec(session: Session, args: list[bytes], data: bytes) -> bytes:
-    items, session.multi_items = session.multi_items, []
-    was_in_multi, session.in_multi = session.in_multi, False
-    if not was_in_multi or not any(items):
-        return data
-    answers = resp.array_items(data, 0, len(data))
-    if answers is None:  # nil (WATCH), EXECABORT, ...: the transaction did not run
-        return data
-    replies = iter(answers)
-    out = [b"*%d\r\n" % len(items)]
-    for item in items:
-        out.append(next(replies, resp.NIL) if item is None else resp.encode(item))
-    return b"".join(out)
-
-
-def _on_discard(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data == resp.OK:
-        session.in_multi = False
-        session.multi_items = []
-    return data
-
-
-def _on_reset(session: Session, args: list[bytes], data: bytes) -> bytes:
-    if data == b"+RESET\r\n":
-        session.identity = session.gw.identity
-        session.authed = not session.gw.config.require_auth
-        session.in_multi = False
-        session.multi_items = []
-    return data
-
-
-_HOOKS = {
-    b"AUTH": _on_auth,
-    b"HELLO": _on_hello,
-    b"SELECT": _on_select,
-    b"MULTI": _on_multi,
-    b"EXEC": _on_exec,
-    b"DISCARD": _on_discard,
-    b"RESET": _on_reset,
-}

@@ -2,7 +2,7 @@
 
 ``reply_plan`` is a plan (``storage.plans``) built from the client's own plans (``client.ops``,
 ``model_ops``, ``script_ops``, ``job_ops``), so the blocking, cluster and asyncio clients all drive
-it: the gateway on asyncio (or in a thread on a cluster), ``aiworker exec`` on the blocking client.
+it: the gateway on its clients' connections, ``aiworker exec`` on the blocking client.
 It returns the reply as ``resp`` values: bulk strings for every text field, integers for dims and
 counters, ``Status`` for RedisAI's simple strings (``OK``, ``NA``, ``TIMEDOUT``), ``ErrorReply`` for
 a failed DAG op; a failed command raises (``error_reply`` gives its reply).
@@ -10,6 +10,7 @@ a failed DAG op; a failed command raises (``error_reply`` gives its reply).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -31,13 +32,13 @@ from aiworker.parser.commands import (
     ScriptStore,
 )
 from aiworker.protocol import replies
+from aiworker.protocol import tensor as codec
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
+from aiworker.protocol.resp import ErrorReply, Status
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage import stats, tensor_io
 from aiworker.storage.plans import Plan
-
-from .resp import ErrorReply, Status
 
 OK = Status("OK")
 STORES = (ModelStore, ScriptStore)
@@ -45,68 +46,80 @@ STORES = (ModelStore, ScriptStore)
 
 def reply_plan(state: State, cmd: Command) -> Plan[Any]:
     """Carry out ``cmd``; the plan returns RedisAI's reply (``state`` must be ``raw``)."""
-    if isinstance(cmd, (ModelExecute, ScriptExecute, DagExecute)):
-        return (yield from _job(state, cmd))
-    if isinstance(cmd, TensorSet):
-        yield from tensor_io.write_plan(cmd.key, cmd.array(), state.keyspace)
+    return (yield from _HANDLERS[type(cmd)](state, cmd))
+
+
+def _tensorset(state: State, cmd: TensorSet) -> Plan[Any]:
+    yield from tensor_io.write_plan(cmd.key, cmd.array(), state.keyspace)
+    return OK
+
+
+def _info(state: State, cmd: InfoGet) -> Plan[Any]:
+    if cmd.reset:
+        yield from stats.reset_plan(state.keyspace, cmd.key)
         return OK
-    if isinstance(cmd, TensorGet):
-        return (yield from _tensorget(cmd))
-    if isinstance(cmd, (ModelStore, ModelGet, ModelDel, ModelScan)):
-        return (yield from _model(state, cmd))
-    if isinstance(cmd, (ScriptStore, ScriptGet, ScriptDel, ScriptScan)):
-        return (yield from _script(state, cmd))
-    if isinstance(cmd, InfoGet):
-        if cmd.reset:
-            yield from stats.reset_plan(state.keyspace, cmd.key)
-            return OK
-        return raw.info_reply((yield from stats.info_plan(state.keyspace, cmd.key)))
-    assert isinstance(cmd, ConfigCommand)
-    return (yield from _config(state, cmd))
+    return raw.info_reply((yield from stats.info_plan(state.keyspace, cmd.key)))
 
 
-def _tensorget(cmd: TensorGet) -> Plan[Any]:
+def _tensorget(state: State, cmd: TensorGet) -> Plan[Any]:
     if not cmd.data:  # META alone: the blob is not read
         dtype, shape = yield from tensor_io.read_meta_plan(cmd.key)
         return [b"dtype", dtype.encode(), b"shape", list(shape)]
     array = yield from tensor_io.read_plan(cmd.key)
-    return raw.tensor_reply(array, cmd.meta, cmd.data)
+    if cmd.data != "BLOB":
+        return raw.tensor_reply(array, cmd.meta, cmd.data)
+    blob = codec.to_blob(array)  # the stored bytes themselves (a view), checked by the codec
+    if not cmd.meta:
+        return blob
+    return [b"dtype", codec.dtype_of(array).encode(), b"shape", list(array.shape), b"blob", blob]
 
 
-def _model(state: State, cmd: ModelStore | ModelGet | ModelDel | ModelScan) -> Plan[Any]:
-    if isinstance(cmd, ModelStore):
-        op = model_ops.modelstore(
-            state, cmd.key, cmd.backend, cmd.device, cmd.blob, batch=cmd.batchsize,
-            minbatch=cmd.minbatchsize, minbatchtimeout=cmd.minbatchtimeout, tag=cmd.tag,
-            inputs=list(cmd.inputs) or None, outputs=list(cmd.outputs) or None,
-            verify=partial(job_ops.verify_plan, state),
-        )  # fmt: skip
-        yield from op.plan
-        return OK
-    if isinstance(cmd, ModelDel):
-        yield from model_ops.modeldel(state, cmd.key).plan
-        return OK
-    if isinstance(cmd, ModelScan):
-        found = yield from model_store.scan_plan(state.keyspace)
-        return [[key.encode(), tag.encode()] for key, tag in found]
+def _modelstore(state: State, cmd: ModelStore) -> Plan[Any]:
+    op = model_ops.modelstore(
+        state, cmd.key, cmd.backend, cmd.device, cmd.blob, batch=cmd.batchsize,
+        minbatch=cmd.minbatchsize, minbatchtimeout=cmd.minbatchtimeout, tag=cmd.tag,
+        inputs=list(cmd.inputs) or None, outputs=list(cmd.outputs) or None,
+        verify=partial(job_ops.verify_plan, state),
+    )  # fmt: skip
+    yield from op.plan
+    return OK
+
+
+def _modeldel(state: State, cmd: ModelDel) -> Plan[Any]:
+    yield from model_ops.modeldel(state, cmd.key).plan
+    return OK
+
+
+def _modelscan(state: State, cmd: ModelScan) -> Plan[Any]:
+    found = yield from model_store.scan_plan(state.keyspace)
+    return [[key.encode(), tag.encode()] for key, tag in found]
+
+
+def _modelget(state: State, cmd: ModelGet) -> Plan[Any]:
     reply = yield from model_ops.modelget(state, cmd.key, meta_only=not cmd.blob).plan
     return reply if cmd.meta else reply[-1]
 
 
-def _script(state: State, cmd: ScriptStore | ScriptGet | ScriptDel | ScriptScan) -> Plan[Any]:
-    if isinstance(cmd, ScriptStore):
-        op = script_ops.scriptstore(
-            state, cmd.key, cmd.device, cmd.source, list(cmd.entry_points), cmd.tag or None,
-            legacy=cmd.deprecated,
-        )  # fmt: skip
-        yield from op.plan
-        return OK
-    if isinstance(cmd, ScriptDel):
-        yield from script_ops.scriptdel(state, cmd.key).plan
-        return OK
-    if isinstance(cmd, ScriptScan):
-        found = yield from script_store.scan_plan(state.keyspace)
-        return [[key.encode(), tag.encode()] for key, tag in found]
+def _scriptstore(state: State, cmd: ScriptStore) -> Plan[Any]:
+    op = script_ops.scriptstore(
+        state, cmd.key, cmd.device, cmd.source, list(cmd.entry_points), cmd.tag or None,
+        legacy=cmd.deprecated,
+    )  # fmt: skip
+    yield from op.plan
+    return OK
+
+
+def _scriptdel(state: State, cmd: ScriptDel) -> Plan[Any]:
+    yield from script_ops.scriptdel(state, cmd.key).plan
+    return OK
+
+
+def _scriptscan(state: State, cmd: ScriptScan) -> Plan[Any]:
+    found = yield from script_store.scan_plan(state.keyspace)
+    return [[key.encode(), tag.encode()] for key, tag in found]
+
+
+def _scriptget(state: State, cmd: ScriptGet) -> Plan[Any]:
     reply = yield from script_ops.scriptget(state, cmd.key, meta_only=not cmd.source).plan
     return reply if cmd.meta else reply[-1]
 
@@ -124,12 +137,17 @@ def _config(state: State, cmd: ConfigCommand) -> Plan[Any]:
     return OK
 
 
-def _job(state: State, cmd: ModelExecute | ScriptExecute | DagExecute) -> Plan[Any]:
+def _job(state: State, cmd: ModelExecute | ScriptExecute) -> Plan[Any]:
     reply = yield from job_ops.submit_plan(state, cmd)
     if reply.raise_for_status(timedout_ok=True) is replies.Status.TIMEDOUT:
         return Status("TIMEDOUT")
-    if not isinstance(cmd, DagExecute):
-        return OK
+    return OK
+
+
+def _dag(state: State, cmd: DagExecute) -> Plan[Any]:
+    reply = yield from job_ops.submit_plan(state, cmd)
+    if reply.raise_for_status(timedout_ok=True) is replies.Status.TIMEDOUT:
+        return Status("TIMEDOUT")
     entries = zip(cmd.ops, reply.op_results(), reply.tensors(), strict=True)
     return [_dag_entry(op, result, tensor) for op, result, tensor in entries]
 
@@ -138,11 +156,31 @@ def _dag_entry(op: Any, result: Any, tensor: replies.DagTensor | None) -> Any:
     """One op's part of a DAG's reply: OK/NA, the op's error, or a TENSORGET's tensor."""
     if isinstance(result, Exception):
         return ErrorReply(str(result))
-    if tensor is not None and isinstance(op, TensorGet):
+    if tensor is not None and op.op == "TENSORGET":
         if tensor.array is None:
             return [b"dtype", tensor.dtype.encode(), b"shape", list(tensor.shape)]
         return raw.tensor_reply(tensor.array, op.meta, op.data)
     return Status(str(result))
+
+
+# what carries out each command (by its parsed type)
+_HANDLERS: dict[type[Any], Callable[[State, Any], Plan[Any]]] = {
+    ModelExecute: _job,
+    ScriptExecute: _job,
+    DagExecute: _dag,
+    TensorSet: _tensorset,
+    TensorGet: _tensorget,
+    ModelStore: _modelstore,
+    ModelGet: _modelget,
+    ModelDel: _modeldel,
+    ModelScan: _modelscan,
+    ScriptStore: _scriptstore,
+    ScriptGet: _scriptget,
+    ScriptDel: _scriptdel,
+    ScriptScan: _scriptscan,
+    InfoGet: _info,
+    ConfigCommand: _config,
+}
 
 
 # errors --------------------------------------------------------------------------------------

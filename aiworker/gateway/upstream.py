@@ -1,10 +1,15 @@
 """A gateway client's own connection to a Redis server: commands go out in order, each reply comes
 back to the ``Slot`` that waits for it.
 
-Replies are not decoded: ``resp.reply_end`` finds where each ends and its bytes go to the session
-as they are (``Session.on_reply``). After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the
-connection becomes a pipe (``tunnel``): Redis pushes messages that answer no command, so from the
-slot of that command on, every byte goes to the client as it comes.
+The client's replies are not decoded: ``resp.reply_end`` finds where each ends and its bytes go to
+the session as they are (``Session.on_reply``); once a read's replies are all delivered,
+``Session.replies_done`` writes them to the client in one go. The replies to the commands the
+gateway sends itself (``Slot.internal``: an AI.* command's Redis calls, AUTH and SELECT on a new
+connection) are decoded by hiredis; while only those are awaited (an AI.* command runs), hiredis
+reads the connection's bytes directly.
+After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the connection becomes a pipe (``tunnel``):
+Redis pushes messages that answer no command, so from the slot of that command on, every byte
+goes to the client as it comes.
 """
 
 from __future__ import annotations
@@ -12,33 +17,40 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from .resp import MalformedReply, reply_end
+import hiredis
+from redis._parsers.base import BaseParser
+
+from .resp import MalformedReply, pack, reply_end
 
 
 class Slot:
     """A reply position in a client's reply stream; ``data`` is None until the reply is known.
-    ``hook`` sees a Redis reply first and may change it; ``silent`` replies are not sent (CLIENT
-    REPLY OFF/SKIP); ``args`` is kept on a cluster, to send the command again after MOVED/ASK;
-    ``tunnel`` marks the command after which the connection is a pipe."""
+    ``hook`` sees a Redis reply first and may change it (None: the reply comes later); ``silent``
+    replies are not sent (CLIENT REPLY OFF/SKIP); ``args`` is kept on a cluster, to send the
+    command again after MOVED/ASK; ``tunnel`` marks the command after which the connection is a
+    pipe. ``internal`` takes the decoded reply of a command the gateway sent itself (it has no
+    place in the client's reply stream; an error reply is redis-py's exception)."""
 
-    __slots__ = ("args", "data", "hook", "silent", "tunnel")
+    __slots__ = ("args", "data", "hook", "internal", "silent", "tunnel")
 
     def __init__(
         self,
-        data: bytes | None = None,
-        hook: Callable[[bytes], bytes] | None = None,
+        data: bytes | list[bytes | memoryview] | None = None,
+        hook: Callable[[bytes], bytes | None] | None = None,
         silent: bool = False,
         args: list[bytes] | None = None,
         tunnel: bool = False,
+        internal: Callable[[Any], None] | None = None,
     ) -> None:
         self.data = data
         self.hook = hook
         self.silent = silent
         self.args = args
         self.tunnel = tunnel
+        self.internal = internal
 
 
 class Target:
@@ -66,8 +78,8 @@ class Target:
 
 class Upstream(asyncio.Protocol):
     """One connection to Redis for one gateway client (see the module docstring). ``owner`` is
-    the session: it gets ``on_reply(upstream, slot, data)``, ``on_raw(data)`` in tunnel mode and
-    ``on_upstream_lost(upstream, why)``."""
+    the session: it gets ``on_reply(upstream, slot, data)``, ``replies_done()``, ``on_raw(data)``
+    in tunnel mode and ``on_upstream_lost(upstream, why)``."""
 
     def __init__(self, owner: Any, target: Target, hello: list[list[bytes]]) -> None:
         self.owner = owner
@@ -76,11 +88,14 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tunnel = False
         self.closed = False
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
+        self._internal = 0  # slots in ``waiting`` that are internal
+        self._decoder = hiredis.Reader(replyError=BaseParser.parse_error)
+        self._decoding = False  # the decoder holds the start of a reply
         # commands sent first on a new connection (AUTH, SELECT of the gateway's URL), unseen
         for command in hello:
-            self.send(command, Slot(silent=True, hook=hidden))
+            self.send(command, Slot(internal=ignore))
         self._connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
@@ -89,24 +104,26 @@ class Upstream(asyncio.Protocol):
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self._lost(f"cannot reach Redis ({exc})")
 
-    def send(self, args: list[bytes], slot: Slot) -> None:
-        """Queue a command; ``flush`` sends what is queued in one write."""
-        out = self._out
-        out.append(b"*%d\r\n" % len(args))
-        for arg in args:
-            out.append(b"$%d\r\n" % len(arg))
-            out.append(arg)
-            out.append(b"\r\n")
+    def send(self, args: Sequence[Any], slot: Slot) -> None:
+        """Queue a command (bytes, text, numbers or memoryviews); ``flush`` sends what is
+        queued in one write."""
+        self._out += pack(args)
         self.waiting.append(slot)
+        if slot.internal is not None:
+            self._internal += 1
 
     def send_raw(self, data: bytes) -> None:
         self._out.append(data)
         self.flush()
 
     def flush(self) -> None:
-        if self._out and self.transport is not None and not self.closed:
-            self.transport.write(b"".join(self._out))
-            self._out.clear()
+        out = self._out
+        if out and self.transport is not None and not self.closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+            out.clear()
 
     def pause(self) -> None:
         if self.transport is not None and not self.closed:
@@ -124,8 +141,7 @@ class Upstream(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
         if self.closed:
             transport.close()
             return
@@ -135,29 +151,76 @@ class Upstream(asyncio.Protocol):
         if self.tunnel:
             self.owner.on_raw(data)
             return
+        if self._decoding or (not self._buf and self._internal == len(self.waiting) > 0):
+            self._decode(data)
+        else:
+            try:
+                self._split(data)
+            except (MalformedReply, ValueError) as exc:
+                self._lost(f"unreadable reply from Redis ({exc})")
+                return
+        if not self.tunnel:
+            self.owner.replies_done()
+            self.flush()  # what the replies' callbacks sent (an AI.* command's next round trip)
+
+    def _decode(self, data: bytes) -> None:
+        """Only internal replies are awaited: hiredis reads them."""
+        decoder = self._decoder
+        decoder.feed(data)
+        for _ in range(len(self.waiting)):  # slots added by the callbacks wait for later reads
+            try:
+                reply = decoder.gets()
+            except hiredis.ProtocolError as exc:
+                self._lost(f"unreadable reply from Redis ({exc})")
+                return
+            if reply is False:
+                break
+            self._internal -= 1
+            self.waiting.popleft().internal(reply)  # type: ignore[misc]
+        self._decoding = decoder.has_data()
+
+    def _split(self, data: bytes) -> None:
+        """Replies found one by one (``reply_end``); the client's are passed on as bytes."""
         buf = self._buf
-        buf += data
-        pos = 0
-        try:
-            while self.waiting:
-                end = reply_end(buf, pos)
-                if end < 0:
-                    break
-                slot = self.waiting.popleft()
-                self.owner.on_reply(self, slot, bytes(buf[pos:end]))
-                pos = end
-                if slot.tunnel:
-                    self.tunnel = True
-                    rest = bytes(buf[pos:])
-                    buf.clear()
-                    if rest:
-                        self.owner.on_raw(rest)
-                    return
-        except (MalformedReply, ValueError) as exc:
-            self._lost(f"unreadable reply from Redis ({exc})")
-            return
-        if pos:
+        if buf:  # the start of a reply came earlier
+            buf += data
+        pos = self._deliver(buf if buf else data)
+        if self.tunnel:  # from here on Redis pushes: the rest goes to the client as it is
+            tail = bytes((buf if buf else data)[pos:])
+            buf.clear()
+            self.owner.replies_done()
+            if tail:
+                self.owner.on_raw(tail)
+        elif buf:
             del buf[:pos]
+        elif pos < len(data):
+            buf += memoryview(data)[pos:]
+
+    def _deliver(self, data: bytes | bytearray) -> int:
+        """Hand every complete reply in ``data`` to its slot (up to a tunnel's); where the
+        rest starts."""
+        pos, size, waiting = 0, len(data), self.waiting
+        while waiting:
+            end = reply_end(data, pos)
+            if end < 0:
+                break
+            slot = waiting.popleft()
+            if pos == 0 and end == size and type(data) is bytes:
+                reply = data  # the usual read: one whole reply
+            else:
+                with memoryview(data) as view:
+                    reply = bytes(view[pos:end])
+            if slot.internal is not None:
+                self._internal -= 1
+                self._decoder.feed(reply)
+                slot.internal(self._decoder.gets())
+            else:
+                self.owner.on_reply(self, slot, reply)
+            pos = end
+            if slot.tunnel:
+                self.tunnel = True
+                break
+        return pos
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost("connection to Redis lost")
@@ -170,7 +233,6 @@ class Upstream(asyncio.Protocol):
             self.owner.on_upstream_lost(self, why)
 
 
-def hidden(data: bytes) -> bytes:
-    """The hook of the commands a new connection sends first: their replies are not the
-    client's."""
-    return data
+def ignore(reply: Any) -> None:
+    """The ``internal`` of commands whose replies nobody reads (a new connection's AUTH and
+    SELECT, ASKING): a failed AUTH shows in the commands after it."""

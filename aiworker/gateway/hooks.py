@@ -1,0 +1,122 @@
+"""What a session learns from Redis' replies to some of its client's commands.
+
+``HOOKS[name](session, slot, args, reply)`` sees the reply first and returns the reply the client
+gets, or None when the session fills the slot later (EXEC of a transaction holding AI.* commands).
+AUTH and HELLO change the identity AI.* commands run as off the connection, SELECT its DB; WATCH
+and UNWATCH whether AI.* commands may use the connection; MULTI, EXEC, DISCARD and RESET the
+transaction AI.* commands join (``transaction``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from . import resp
+from .aiclients import Identity
+from .routers import ClusterRouter, SingleRouter
+from .transaction import Transaction
+from .upstream import Slot
+
+
+class ReplyHooks:
+    """The hooks, as methods of the session whose state they change (``session.Session``)."""
+
+    identity: Identity
+    authed: bool
+    watching: bool
+    transaction: Transaction | None
+    ai_task: Any
+    router: SingleRouter | ClusterRouter
+
+    def signed_out(self) -> None:
+        """Back to the identity and authentication a connection starts with."""
+        raise NotImplementedError
+
+    def finish_exec(
+        self, transaction: Transaction, slot: Slot, data: bytes
+    ) -> Coroutine[Any, Any, None]:
+        """Fill EXEC's slot once the transaction's AI.* commands are done."""
+        raise NotImplementedError
+
+    def _signed_in(self, username: bytes, password: bytes) -> None:
+        self.identity = Identity(
+            self.identity.db,
+            username.decode("utf-8", "replace"),
+            password.decode("utf-8", "replace"),
+        )
+        self.authed = True
+        self.router.authenticated([username, password])
+
+    def _no_transaction(self) -> None:
+        if self.transaction is not None:
+            self.transaction.discard()
+        self.transaction = None
+        self.watching = False
+
+    def on_auth(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK and len(args) in (2, 3):
+            self._signed_in(args[1] if len(args) == 3 else b"default", args[-1])
+        return data
+
+    def on_hello(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        words = [arg.upper() for arg in args]
+        if data[:1] == b"*" and b"AUTH" in words:
+            at = words.index(b"AUTH")
+            if len(args) > at + 2:
+                self._signed_in(args[at + 1], args[at + 2])
+        return data
+
+    def on_select(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            identity = self.identity
+            self.identity = Identity(int(args[1]), identity.username, identity.password)
+        return data
+
+    def on_watch(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.watching = True
+        return data
+
+    def on_unwatch(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.watching = False
+        return data
+
+    def on_multi(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self.transaction = Transaction()
+        return data
+
+    def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
+        transaction, self.transaction = self.transaction, None
+        self.watching = False
+        if transaction is None or not transaction.holds_ai():
+            return data
+        self.ai_task = asyncio.ensure_future(self.finish_exec(transaction, slot, data))
+        return None
+
+    def on_discard(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == resp.OK:
+            self._no_transaction()
+        return data
+
+    def on_reset(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data == b"+RESET\r\n":
+            self.signed_out()
+            self._no_transaction()
+        return data
+
+
+HOOKS: dict[bytes, Callable[..., bytes | None]] = {
+    b"AUTH": ReplyHooks.on_auth,
+    b"HELLO": ReplyHooks.on_hello,
+    b"SELECT": ReplyHooks.on_select,
+    b"WATCH": ReplyHooks.on_watch,
+    b"UNWATCH": ReplyHooks.on_unwatch,
+    b"MULTI": ReplyHooks.on_multi,
+    b"EXEC": ReplyHooks.on_exec,
+    b"DISCARD": ReplyHooks.on_discard,
+    b"RESET": ReplyHooks.on_reset,
+}

@@ -1,0 +1,260 @@
+"""AI.* commands carried out on the client's own Redis connection.
+
+A command's plan (``translate.reply_plan``) yields batches of Redis commands; ``Runner`` sends each
+batch on the session's connection to Redis, behind the client's own earlier commands, and resumes
+the plan with the replies, decoded by hiredis (errors as redis-py's exceptions, as the plans
+expect). So an AI.* command costs no second connection, no pool checkout and no redis-py machinery,
+and it runs in the DB and with the rights the connection has (SELECT, AUTH: Redis' ACLs apply as
+to the user's own commands). Plans are driven by the replies' callbacks, not by a task each: most
+commands take one round trip, and a task would cost more than the rest of the command.
+
+A job (MODELEXECUTE, SCRIPTEXECUTE, DAGs) is the Python client's wait plan (``client.wait_plan``)
+driven on the same connection: the entry's XADD (or the enqueue script of a bounded queue) and a
+first BLPOP of its private reply list in one round trip, then BLPOPs, heartbeat reads and pauses
+until the reply that names the job's own stream and entry id comes, or the wait ends by the
+client's rules. The connection is the client's, held by its AI.* command anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hiredis
+import redis
+from redis._parsers.base import BaseParser
+
+from aiworker.client import waiting
+from aiworker.client.jobs import FIRST_WAIT_LIMITED_S, LONGEST_BLPOP_S
+from aiworker.client.ops import Print, State, Submit, VerifyHere
+from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
+from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.replies import MSGPACK
+from aiworker.storage import health
+from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.queues import Enqueuer
+
+from .upstream import Slot, Upstream
+
+# A plan's end: its result, or the exception it raised.
+Done = Callable[[Any], None]
+
+_START: Any = object()
+# One reader decodes every reply: replies are complete when they reach it, and the loop is one
+# thread.
+_reader = hiredis.Reader(replyError=BaseParser.parse_error)
+
+
+def decode(data: bytes) -> Any:
+    """A reply as redis-py gives it (bytes, ints, lists; an error reply as its exception)."""
+    _reader.feed(data)
+    return _reader.gets()
+
+
+def local_result(step: Any) -> Any:
+    """What a plan gets for a step the gateway answers itself: nothing to print, and models are
+    never loaded here (``VerifyHere``: a live worker checks them)."""
+    if isinstance(step, VerifyHere):
+        return False
+    if isinstance(step, Print):
+        return None
+    raise TypeError(f"unknown plan step {type(step).__name__}")
+
+
+def _seconds(wait: float) -> str:
+    """A BLPOP timeout: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
+    ``LONGEST_BLPOP_S``."""
+    return f"{max(min(wait, LONGEST_BLPOP_S), 0.01):.3f}"
+
+
+class Runner:
+    """Runs AI.* plans on one connection (``upstream``: the session's, opened on first use), as
+    one identity: ``state`` holds its device queues, ``enqueuer`` its queues' length limits."""
+
+    def __init__(
+        self,
+        upstream: Callable[[], Upstream],
+        state: State,
+        enqueuer: Enqueuer,
+        reply_timeout: float,
+    ) -> None:
+        self.upstream = upstream
+        self.state = state
+        self.enqueuer = enqueuer
+        self.reply_timeout = reply_timeout
+
+    def send(self, commands: Sequence[Sequence[Any]], then: Callable[[list[Any]], None]) -> None:
+        """Queue ``commands`` on the connection (sent at its next flush); ``then`` gets their
+        replies."""
+        replies: list[Any] = []
+        count = len(commands)
+
+        def got(reply: Any) -> None:
+            replies.append(reply)
+            if len(replies) == count:
+                then(replies)
+
+        upstream = self.upstream()
+        for command in commands:
+            upstream.send(command, Slot(internal=got))
+
+    def start(self, plan: Plan[Any], done: Done, step: Any = None, sent: Any = _START) -> Drive:
+        """Drive ``plan`` to its end (``done`` gets it, never before this returns): from its
+        start, from a ``step`` it yielded, or by sending it ``sent`` (the result of the step it
+        yielded last)."""
+        drive = Drive(self, plan, done)
+        drive.starting = True
+        if step is not None:
+            drive.carry_out(step)
+        else:
+            drive.resume(sent)
+        drive.starting = False
+        self.upstream().flush()
+        return drive
+
+    async def run(self, plan: Plan[Any], step: Any = None, sent: Any = _START) -> Any:
+        """``start`` awaited: the plan's result (or the exception it raised, raised)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.start(plan, future.set_result, step, sent)
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def job(self, step: Submit) -> tuple[Plan[Any], str]:
+        """The wait plan of a job, and the private list its reply comes to."""
+        request, keyspace = step.request, self.state.keyspace
+        limit = step.limit
+        if limit is None:
+            limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
+        reply_key = keyspace.reply(os.urandom(16).hex())
+        fields = encode_entry(request, reply_key, MSGPACK)
+        stream = keyspace.queue(step.queue)
+        return job_plan(keyspace, step.queue, stream, fields, request.timeout_ms, limit), reply_key
+
+
+class Drive:
+    """One plan driven to its end: each step's result resumes it (see the module docstring).
+    A job's wait plan runs as a child drive, knowing its private reply list."""
+
+    __slots__ = ("child", "done", "plan", "reply_key", "runner", "starting", "stopped")
+
+    def __init__(self, runner: Runner, plan: Plan[Any], done: Done, reply_key: str = "") -> None:
+        self.runner = runner
+        self.plan = plan
+        self.done = done
+        self.reply_key = reply_key
+        self.child: Drive | None = None
+        self.starting = False
+        self.stopped = False
+
+    def cancel(self, error: Exception | None = None) -> None:
+        """Stop: the client or the connection went away (``done`` gets ``error`` if given);
+        what comes back later is dropped."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.child is not None:
+            self.child.cancel()
+        self.plan.close()
+        if error is not None:
+            self.done(error)
+
+    def resume(self, result: Any) -> None:
+        """Send the last step's result (an exception: thrown) and carry out the next step."""
+        if self.stopped:
+            return
+        plan = self.plan
+        try:
+            if result is _START:
+                step = next(plan)
+            elif isinstance(result, Exception):
+                step = plan.throw(result)
+            else:
+                step = plan.send(result)
+            while isinstance(step, (Print, VerifyHere)):
+                step = plan.send(local_result(step))
+        except StopIteration as stop:
+            self._end(stop.value)
+            return
+        except Exception as exc:
+            self._end(exc)
+            return
+        try:
+            self.carry_out(step)
+        except Exception as exc:  # a step it cannot take: its error goes back into the plan
+            self.resume(exc)
+
+    def carry_out(self, step: Any) -> None:
+        runner = self.runner
+        if isinstance(step, Commands):
+            if step.transaction:
+                runner.send([("MULTI",), *step.commands, ("EXEC",)], self._committed)
+            else:
+                runner.send(step.commands, self.resume)
+        elif isinstance(step, Submit):
+            plan, reply_key = runner.job(step)
+            self._run_child(plan, reply_key)
+        elif isinstance(step, Enqueue):
+            self._enqueue(step)
+        elif isinstance(step, Receive):
+            runner.send([("BLPOP", self.reply_key, _seconds(step.seconds))], self._received)
+        elif isinstance(step, Liveness):
+            plan = health.liveness_plan(runner.state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            self._run_child(plan)
+        elif isinstance(step, Pause):
+            asyncio.get_running_loop().call_later(step.seconds, self._paused)
+        else:
+            raise TypeError(f"unknown plan step {type(step).__name__}")
+
+    def _run_child(self, plan: Plan[Any], reply_key: str = "") -> None:
+        self.child = Drive(self.runner, plan, self._child_done, reply_key or self.reply_key)
+        self.child.resume(_START)
+
+    def _child_done(self, result: Any) -> None:
+        self.child = None
+        self.resume(result)
+
+    def _enqueue(self, step: Enqueue) -> None:
+        """The entry and a first wait for its reply, in one round trip."""
+        enqueuer = self.runner.enqueuer
+        wait = step.wait
+        if enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+            wait = min(wait, FIRST_WAIT_LIMITED_S)
+        add = enqueuer.commands(step.stream, step.fields)
+
+        def sent(replies: list[Any]) -> None:
+            *added, popped = replies
+            try:
+                entry_id = enqueuer.entry_id(step.stream, added)
+                if isinstance(popped, Exception):
+                    raise popped
+            except Exception as exc:
+                self.resume(exc)
+                return
+            self.resume(Enqueued(entry_id, popped[1] if popped else None))
+
+        self.runner.send([*add, ("BLPOP", self.reply_key, _seconds(wait))], sent)
+
+    def _received(self, replies: list[Any]) -> None:
+        (popped,) = replies
+        self.resume(popped if isinstance(popped, Exception) else popped and popped[1])
+
+    def _paused(self) -> None:
+        self.resume(None)
+        self.runner.upstream().flush()
+
+    def _committed(self, replies: list[Any]) -> None:
+        done = replies[-1]
+        if done is None:
+            done = redis.WatchError("the transaction was aborted")
+        self.resume(done if isinstance(done, Exception) else list(done))
+
+    def _end(self, result: Any) -> None:
+        self.stopped = True
+        if self.starting:  # a plan without I/O: its caller has not seen the drive yet
+            asyncio.get_running_loop().call_soon(self.done, result)
+        else:
+            self.done(result)

@@ -1,0 +1,114 @@
+"""AI.* commands inside a client's MULTI, as RedisAI 1.2.7 ran them.
+
+RedisAI refused to run a job inside MULTI (MODELEXECUTE, SCRIPTEXECUTE, the DAGs and their
+deprecated forms): the command was QUEUED and its place in EXEC's reply held "Cannot run RedisAI
+command within a transaction or a LUA script". Every other AI.* command ran in the transaction like
+any Redis command. The gateway does the same: such a command's first round trip of Redis calls is
+queued in the client's transaction, so it runs at EXEC, atomically and in order with the client's
+own commands; its plan then goes on with EXEC's replies to those calls. What needs another round
+trip (a tensor over 1 MB, a Lua script Redis had not loaded) is done right after EXEC, before the
+client's next command runs, and its reply takes its place in EXEC's reply; so are model and script
+stores, whole (they hash and compile blobs in a thread: ``aiclients``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiworker.client.ops import Submit
+from aiworker.storage.plans import Commands, Plan
+
+from . import resp
+from .runner import Runner, decode, local_result
+from .translate import error_reply
+
+IN_TRANSACTION = "Cannot run RedisAI command within a transaction or a LUA script"
+
+
+@dataclass
+class _Queued:
+    """An AI.* command in the transaction: its plan, stopped at ``step``, whose ``count`` Redis
+    commands are queued (0: the step is still to be carried out)."""
+
+    plan: Plan[Any]
+    step: Any
+    count: int
+
+
+class Transaction:
+    """What a client queued since MULTI: for each command, what its place in EXEC's reply holds."""
+
+    def __init__(self) -> None:
+        # None: a Redis command (its reply is Redis'); bytes: a reply known already; a callable:
+        # a command run after EXEC
+        self.items: list[bytes | _Queued | Callable[[], Awaitable[Any]] | None] = []
+
+    def redis_command(self) -> None:
+        self.items.append(None)
+
+    def answer(self, reply: Any) -> None:
+        self.items.append(resp.encode(reply))
+
+    def after_exec(self, run: Callable[[], Awaitable[Any]]) -> None:
+        """A command run whole once EXEC ran (``run()``: its reply)."""
+        self.items.append(run)
+
+    def queue(self, plan: Plan[Any], runner: Runner) -> None:
+        """Start an AI.* command's plan; its first Redis calls join the transaction."""
+        try:
+            step = next(plan)
+            while not isinstance(step, (Commands, Submit)):
+                step = plan.send(local_result(step))
+        except StopIteration as stop:
+            self.answer(stop.value)
+            return
+        except Exception as exc:
+            self.answer(error_reply(exc))
+            return
+        if isinstance(step, Commands):  # already inside MULTI: no MULTI/EXEC of its own
+            runner.send(step.commands, _queued)
+            self.items.append(_Queued(plan, step, len(step.commands)))
+        else:
+            self.items.append(_Queued(plan, step, 0))
+
+    def holds_ai(self) -> bool:
+        return any(item is not None for item in self.items)
+
+    async def exec_reply(self, data: bytes, runner: Runner) -> bytes:
+        """EXEC's reply with every AI.* command's reply in its place (``data``: Redis')."""
+        answers = resp.array_items(data, 0, len(data))
+        if answers is None:  # nil (WATCH), EXECABORT, ...: nothing ran
+            self.discard()
+            return data
+        replies = iter(answers)
+        out = [b"*%d\r\n" % len(self.items)]
+        for item in self.items:
+            if item is None:
+                out.append(next(replies, resp.NIL))
+            elif isinstance(item, bytes):
+                out.append(item)
+            else:
+                try:
+                    if not isinstance(item, _Queued):
+                        value = await item()
+                    elif item.count:
+                        own = [decode(next(replies, resp.NIL)) for _ in range(item.count)]
+                        value = await runner.run(item.plan, sent=own)
+                    else:
+                        value = await runner.run(item.plan, step=item.step)
+                except Exception as exc:
+                    value = error_reply(exc)
+                out.append(resp.encode(value))
+        return b"".join(out)
+
+    def discard(self) -> None:
+        for item in self.items:
+            if isinstance(item, _Queued):
+                item.plan.close()
+        self.items = []
+
+
+def _queued(replies: list[Any]) -> None:
+    """Redis answers QUEUED to a command in a transaction (an error makes EXEC fail)."""

@@ -1,0 +1,46 @@
+"""RedisAI's replies as values: what ``AI.*`` commands answer, before anyone writes them in RESP
+(the gateway) or prints them as redis-cli did (``aiworker exec``). Pure code.
+
+``Status`` is a simple string (``OK``), ``ErrorReply`` an error, ``bytes`` (or ``str``) a bulk
+string, ``int`` an integer, ``None`` nil and a ``list`` an array.
+"""
+
+from __future__ import annotations
+
+
+class Status(str):
+    """A simple-string reply such as ``OK``, ``NA`` or ``TIMEDOUT``."""
+
+    __slots__ = ()
+
+
+class ErrorReply(str):
+    """An error reply; the text is RedisAI's message as redis-py shows it (no ``ERR``)."""
+
+    __slots__ = ()
+
+
+# RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it).
+_NO_ERR_PREFIX = (
+    "WRONGTYPE",
+    "NOAUTH",
+    "NOPROTO",
+    "EXECABORT",
+    "Number of keys given as",
+    "Unsupported command within DAG",
+    "Invalid argument: ",
+    "Function ",
+    "Wrong number of inputs in function",
+    "Wrong inputs type in function",
+    "Deprecated AI.",
+    "AI.MODELEXECUTE cannot be used",
+    "AI.SCRIPTEXECUTE cannot be used",
+    "CROSSSLOT",
+)
+
+
+def wire_error(message: str) -> str:
+    """The error line as Redis sent it: RedisAI's ``ERR`` prefix where it had one."""
+    if message.startswith(_NO_ERR_PREFIX) or message.startswith("ERR "):
+        return message
+    return "ERR " + message
