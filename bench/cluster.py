@@ -1,5 +1,7 @@
 """Redis Cluster: jobs/s on a local cluster (3 masters + 3 replicas) with ``queue_partitions`` 1
-and 3, next to a single Redis, and what a job costs Redis there (``python -m bench.cluster``).
+and 3, next to a single Redis, and what a job costs Redis, the worker and the client there
+(``python -m bench.cluster``). The last two columns are each row's worker and client CPU per job
+over the single Redis's, from the same run.
 
 Each row runs one worker process (THREADS_PER_QUEUE 3) and ``--clients`` client threads sending
 MODELEXECUTE on a trivial STUB model, each client writing its own output key (so outputs and
@@ -113,6 +115,7 @@ def run(clients: int, seconds: float) -> tuple[str, dict[str, dict[str, Any]]]:
             cluster.flushall()
             name = f"cluster, queue_partitions {partitions}"
             results[name] = measure(cluster.url, masters, partitions, clients, seconds)
+    single = results["single Redis"]
     rows = [
         [
             name,
@@ -124,6 +127,8 @@ def run(clients: int, seconds: float) -> tuple[str, dict[str, dict[str, Any]]]:
             1e6 / (r["cpu_us"] * r["busiest"]),
             r["worker_us"],
             r["client_us"],
+            f"{r['worker_us'] / single['worker_us']:.2f}x",
+            f"{r['client_us'] / single['client_us']:.2f}x",
         ]
         for name, r in results.items()
     ]
@@ -137,6 +142,8 @@ def run(clients: int, seconds: float) -> tuple[str, dict[str, dict[str, Any]]]:
         "Redis saturates at jobs/s",
         "worker CPU us per job",
         "client CPU us per job",
+        "worker CPU vs single",
+        "client CPU vs single",
     ]
     return markdown_table(headers, rows), results
 

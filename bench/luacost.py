@@ -47,7 +47,6 @@ from aiworker.storage import model as model_store
 from aiworker.storage.wire import Wire
 from aiworker.worker.complete import Completer, Finished
 from aiworker.worker.leases import HeldEntries
-from aiworker.worker.metrics import WorkerMetrics
 from bench.common import markdown_table
 
 ROUNDS, N = 5, 200
@@ -152,7 +151,7 @@ def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
                 0,
                 *(a for _ in keys for a in ("T", "0:1")),
             ]
-            replies = wire.evalsha(script, keys, args)
+            replies = lua.run_one(wire, script, keys, args)
             pairs = zip(keys, replies, strict=True)
             return [limits.decode_tensor_reply(k, r, 1 << 30) for k, r in pairs]
 
@@ -171,7 +170,7 @@ def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
 def write_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
     pending = Pending(wire)
     admin.xgroup_create(QUEUE, CONSUMER_GROUP, id="0", mkstream=True)
-    completer = Completer(Keys(), "bench", 300, WorkerMetrics(), HeldEntries())
+    completer = Completer(Keys(), "bench", 300, HeldEntries())
     completer.check_acl = False  # as for a worker whose user may run anything (unrestricted)
     digest = bytes(admin.hget("m", "digest") or b"")  # the model version the job ran
     cases = []
@@ -228,7 +227,7 @@ def main() -> None:
         ten_calls = admin.script_load("for i = 1, 10 do redis.call('HGET', KEYS[1], 'kind') end")
         cases = [
             Case("tensor write: HSET (DIY)", lambda: wire.execute("HSET", "diy:t", *flat[4:])),
-            Case("tensor write: tensor_write.lua", lambda: wire.evalsha(write, ["t"], flat)),
+            Case("tensor write: tensor_write.lua", lambda: lua.run_one(wire, write, ["t"], flat)),
             *read_cases(wire, admin),
             *write_cases(wire, admin),
             Case("empty script, 0 arguments", lambda: wire.execute("EVALSHA", empty, 0)),

@@ -22,6 +22,7 @@ from conftest import stub_blob, torch_blob, wait_until, worker_env
 from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
 from aiworker.protocol import messages
 from aiworker.protocol.keys import key_slot
+from aiworker.protocol.requests import ModelExecute
 from aiworker.storage import health
 
 REDIS_CLI = shutil.which("redis-cli")
@@ -34,6 +35,11 @@ def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
 
 def masters_of(cluster: Any, *keys: str) -> set[int]:
     return {cluster.master_of(key) for key in keys}
+
+
+def cluster_masters(client: Any, key: str) -> str:
+    """The name of the master that serves ``key``, as the cluster client sees it."""
+    return str(client.get_node_from_key(key).name)
 
 
 def test_a_cluster_is_found_from_any_node(redis_cluster: Any, cluster_client: Any) -> None:
@@ -227,6 +233,10 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
     assert c.infoget("m")["calls"] == 30
     added = [c.xinfo_stream(stream)["entries-added"] for stream in streams]
     assert sum(added) == 30 and all(added), added  # every partition took some
+    for n in range(30):  # each on the partition of its reply's (its outputs') master
+        reply_key = c._jobs.private_entry(ModelExecute("m", ("a", "a"), (f"o{n}",)))[0]
+        stream = c._jobs.stream("CPU", reply_key)
+        assert cluster_masters(c, stream) == cluster_masters(c, f"o{n}")
     status = health.gather(c, c.keyspace)
     assert {q["queue"] for q in status["queues"]} == set(streams)
     assert all(q["pending"] == 0 and q["length"] == 0 for q in status["queues"])
@@ -237,23 +247,30 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
 
 class CutWire:
     """A ``ClusterWire`` that loses the connection at its ``cut``-th round trip of scripts (a
-    worker killed there): nothing of that round, nor after it, reaches Redis."""
+    worker killed there): nothing of that round, nor after it, reaches Redis - or, with
+    ``last_lost``, all of that round but its last script (killed between two sends)."""
 
-    def __init__(self, wire: Any, cut: int) -> None:
-        self.wire, self.cut, self.calls = wire, cut, 0
+    def __init__(self, wire: Any, cut: int, last_lost: bool = False) -> None:
+        self.wire, self.cut, self.last_lost, self.calls = wire, cut, last_lost, 0
 
-    def evalsha_many(self, calls: Any, wait: Any = None) -> Any:
-        self.calls += 1
-        if self.calls == self.cut:
-            raise redis.ConnectionError("killed")
-        return self.wire.evalsha_many(calls, wait)
+    def pipeline(self, commands: Any, routes: Any = None) -> Any:
+        if commands and commands[0][0] == "EVALSHA":
+            self.calls += 1
+            if self.calls == self.cut:
+                if self.last_lost:
+                    self.wire.pipeline(commands[:-1], routes[:-1] if routes else None)
+                raise redis.ConnectionError("killed")
+        return self.wire.pipeline(commands, routes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wire, name)
 
 
-def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, str, Any]:
-    """A worker (not started) and a job entry it holds pending, as if a thread had read it."""
+def _pending_job(
+    cluster_client: Any, cluster_settings: Any, output: str = "out{t}"
+) -> tuple[Worker, str, Any]:
+    """A worker (not started) and a job entry one of its consumers holds, as if a thread had
+    read it."""
     from aiworker.parser.entry import decode_entry
     from aiworker.protocol.requests import ModelExecute
     from aiworker.worker.consume import ensure_group
@@ -261,14 +278,16 @@ def _pending_job(cluster_client: Any, cluster_settings: Any) -> tuple[Worker, st
     w = Worker(cluster_settings.replace(queue_partitions=1))
     queue = w.keys.queue("CPU")
     ensure_group(w.r, queue)
-    request = ModelExecute("m", ("a",), ("out{t}",))
-    reply_key, fields = cluster_client._jobs.private_entry(request)  # with a request id
+    request = ModelExecute("m", ("a",), (output,))
+    reply_key, fields = cluster_client._jobs.private_entry(request)
     entry_id = cluster_client.xadd(queue, fields).decode()
     wire = w.wires.get()
+    consumer = f"{w.name}:CPU:0"
     [(_stream, [(read_id, flat)])] = wire.execute(
-        "XREADGROUP", "GROUP", "aiworker", "c1", "COUNT", 1, "STREAMS", queue, ">"
+        "XREADGROUP", "GROUP", "aiworker", consumer, "COUNT", 1, "STREAMS", queue, ">"
     )
     assert read_id.decode() == entry_id
+    w.held.add(queue, entry_id, consumer)
     entry = dict(zip(flat[::2], flat[1::2], strict=True))
     return w, queue, (entry_id, entry, decode_entry(entry_id, entry), reply_key)
 
@@ -284,9 +303,13 @@ def _finished(entry: Any) -> Any:
     return Finished(entry_id, outcome, job, reply_key, job.fmt, None, fields)
 
 
-@pytest.mark.parametrize("cut", [1, 2, 3], ids=["before-stats", "before-reply", "before-ack"])
+@pytest.mark.parametrize(
+    ("cut", "last_lost"),
+    [(1, False), (2, False), (2, True)],
+    ids=["before-stats", "before-reply", "before-ack"],
+)
 def test_a_completion_cut_between_two_steps_completes_once(
-    cluster_client: Any, cluster_settings: Any, cut: int
+    cluster_client: Any, cluster_settings: Any, cut: int, last_lost: bool
 ) -> None:
     """kill -9 between any two steps of a split completion (statistics, outputs + reply,
     acknowledgement): the redelivery's completion applies what is missing, nothing twice."""
@@ -296,10 +319,10 @@ def test_a_completion_cut_between_two_steps_completes_once(
     reply_key = entry[3]
     assert len({key_slot(k) for k in (queue, "out{t}", c.keyspace.stats("m"))}) == 3
     with pytest.raises(Exception, match="killed"):
-        w.completer.complete(CutWire(w.wires.get(), cut), queue, [_finished(entry)])
-    assert c.llen(reply_key) == (1 if cut == 3 else 0)
+        w.completer.complete(CutWire(w.wires.get(), cut, last_lost), queue, [_finished(entry)])
+    assert c.llen(reply_key) == (1 if last_lost else 0)
     [result] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # redelivered
-    assert result.applied == (cut < 3) and result.duplicate == (cut == 3)
+    assert result.applied == (not last_lost) and result.duplicate == last_lost
     [again] = w.completer.complete(w.wires.get(), queue, [_finished(entry)])  # a late one
     assert again.duplicate
     assert c.llen(reply_key) == 1, "one reply"

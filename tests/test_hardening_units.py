@@ -21,7 +21,7 @@ from aiworker.worker.metrics import WorkerMetrics, failure_reason
 
 
 def completer() -> Completer:
-    return Completer(Keys(), "w1", 60, WorkerMetrics(), HeldEntries())
+    return Completer(Keys(), "w1", 60, HeldEntries())
 
 
 def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> None:

@@ -167,10 +167,10 @@ class MeddlingWire(Wire):
 
     meddle: Callable[[], None] = staticmethod(lambda: None)
 
-    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]:
         split = next((n for n, c in enumerate(commands) if c[0] == "MULTI"), None)
         if split is None or self.meddle is None:
-            return super().pipeline(commands)
+            return super().pipeline(commands, routes)
         first = super().pipeline(commands[:split])
         meddle, self.meddle = self.meddle, None  # once
         meddle()

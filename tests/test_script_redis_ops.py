@@ -18,7 +18,7 @@ from aiworker.backends.base import BackendOptions, ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.protocol.keys import Keys, hash_tag
 from aiworker.storage import model as model_store
-from aiworker.storage.cluster import ClusterWire
+from aiworker.storage.cluster import ClusterWires
 from aiworker.storage.wire import Wire
 
 torch = pytest.importorskip("torch")
@@ -249,7 +249,7 @@ def target(request: pytest.FixtureRequest) -> tuple[Any, Any]:
         c = request.getfixturevalue("client")
         return c, Wire(c.connection_pool).execute
     c = request.getfixturevalue("cluster_client")
-    return c, ClusterWire(c).execute
+    return c, ClusterWires(c).execute
 
 
 def reach(target: tuple[Any, Any], declared: Sequence[str], *command: str) -> None:

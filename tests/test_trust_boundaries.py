@@ -142,6 +142,7 @@ def test_a_large_tensor_write_never_retries_however_contended(client: Client) ->
     checks the type: nothing to retry, so another client rewriting the key cannot make a writer
     spin. The move still refuses a key that became something else meanwhile."""
     big = np.arange(LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    tensor_io.write(client, "t", big)  # the move script is loaded now (its first call loads it)
     tensor_io.write(client, "t", np.zeros(2, np.float32))
     before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     tensor_io.write(client, "t", big)

@@ -16,8 +16,10 @@ from aiworker.cli.common import make_settings, redis_options
 from aiworker.client.sync import Client
 from aiworker.embedded import RedisServer
 from aiworker.gateway import GatewayConfig, serve
+from aiworker.protocol.errors import ConfigError
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings, settings_from_redis_config
+from aiworker.worker.hooks import load_hook
 from aiworker.worker.process import Worker
 
 log = logging.getLogger("aiworker.cli")
@@ -71,6 +73,13 @@ log = logging.getLogger("aiworker.cli")
     default=None,
     help="Most jobs a device queue may hold; clients' requests beyond it fail (0: no limit).",
 )
+@click.option(
+    "--hook",
+    "hooks",
+    multiple=True,
+    envvar="AIWORKER_HOOKS",
+    help="A worker hook, module:object (repeatable): called as jobs start, finish or fail.",
+)
 def worker(
     config_file: str | None,
     redis_url: str | None,
@@ -83,9 +92,14 @@ def worker(
     queue_partitions: int | None,
     wait_replicas: int | None,
     max_queue_length: int | None,
+    hooks: tuple[str, ...],
 ) -> None:
     """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
     Cluster is found on its own (any node's URL will do)."""
+    try:  # before anything else: a hook that cannot be loaded is a usage error
+        found = [load_hook(spec) for spec in hooks]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hook") from exc
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     flags = {
@@ -104,7 +118,7 @@ def worker(
     settings = make_settings(config_file, base=_shared_settings(settings), **flags)
     if settings.log_format.lower() == "json":  # also from the config file, not only the flag
         logs.setup(logging.getLogger().level, "json")
-    sys.exit(Worker(settings).run_forever())
+    sys.exit(Worker(settings, hooks=found).run_forever())
 
 
 def _shared_settings(settings: Settings) -> dict[str, int]:

@@ -7,13 +7,17 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 * a job's written keys (OUTPUTS, PERSIST) share one hash slot, or the request fails with RedisAI's
   ``CROSSSLOT Keys in request don't hash to the same slot`` before it is queued; its private reply
   list takes their hash tag (``protocol.slots``);
-* a job goes to one of its device queue's partitions, chosen at random among the streams live
-  workers announce (``Partitions``), the plain queue when none does;
+* a job goes to one of its device queue's partitions among the streams live workers announce
+  (``Partitions``; the plain queue when none does): one on its reply key's master if there is
+  one, else one at random;
+* a job's round trip (XADD and the first BLPOP) goes through a fast connection per master
+  (``storage.cluster.ClusterWire``), as a single Redis' goes through a ``Wire``;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
-  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD
-  sent again may queue the job twice (it then runs twice; only the reply to the entry this
-  client's XADD got is taken).
+  to retry (a reply the old master accepted but had not replicated is lost with it). An XADD is
+  never sent again once the cluster answered it; one whose master died before answering may have
+  queued the job, which then runs twice (only the reply to the entry this client's XADD got is
+  taken).
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
@@ -42,7 +46,7 @@ from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
 from aiworker.storage import health
-from aiworker.storage.cluster import LOST, ClusterWires
+from aiworker.storage.cluster import LOST, ClusterWires, NodeLost, SlotMap, slot_of
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
@@ -57,19 +61,33 @@ class Partitions:
     """The streams of each device queue that live workers serve (their heartbeats' ``queues``),
     looked at again every ``PARTITIONS_REFRESH_S``."""
 
-    def __init__(self, r: Any, keyspace: Keys) -> None:
+    def __init__(self, r: Any, keyspace: Keys, slots: SlotMap | None = None) -> None:
         self.r = r
         self.keyspace = keyspace
+        self.slots = slots
         self._streams: dict[str, list[str]] = {}
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def pick(self, device: str) -> str:
-        """A stream of ``device``'s queue, at random (the plain queue when no worker says)."""
+    def pick(self, device: str, near: str | None = None) -> str:
+        """A stream of ``device``'s queue (the plain queue when no worker says which): one on
+        the master of ``near`` (the job's reply key) if there is one - the XADD and the BLPOP
+        then go to one node, and so do the worker's last completion step and its XACK - else
+        one at random."""
         if time.monotonic() >= self._next:
             self.refresh()
         streams = self._streams.get(device.upper())
-        return random.choice(streams) if streams else self.keyspace.queue(device)
+        if not streams:
+            return self.keyspace.queue(device)
+        if near is not None and self.slots is not None and self.slots.known:
+            try:
+                node = self.slots.address(slot_of(near))
+                local = [s for s in streams if self.slots.address(slot_of(s)) == node]
+            except redis.ConnectionError:  # a slot without a master: a failover under way
+                local = []
+            if local:
+                return random.choice(local)
+        return random.choice(streams)
 
     def refresh(self) -> None:
         with self._lock:
@@ -93,24 +111,29 @@ class ClusterJobs(Jobs):
     cluster = True
 
     def __init__(self, rc: Any, keyspace: Keys, reply_timeout: float | None) -> None:
-        super().__init__(rc, keyspace, reply_timeout, wires=ClusterWires(rc))
-        self.partitions = Partitions(rc, keyspace)
+        wires = ClusterWires(rc)
+        super().__init__(rc, keyspace, reply_timeout, wires=wires)
+        self.partitions = Partitions(rc, keyspace, wires.slots)
 
     def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         check_slot(request)  # before anything is queued, as RedisAI refused it
         return super().submit(queue, request, limit)
 
-    def stream(self, queue: str) -> str:
-        return self.partitions.pick(queue)
+    def stream(self, queue: str, reply_key: str | None = None) -> str:
+        return self.partitions.pick(queue, reply_key)
 
     def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
         """Sent again, to the same stream, while a failover is under way (until the wait's own
-        limit): an entry whose XADD reached the old master before it failed may then be queued
-        twice, and runs twice (README "Failover")."""
+        limit), but never once the cluster answered the XADD (only the first BLPOP's master was
+        lost: the wait goes on). An XADD that reached the old master without an answer may be
+        queued twice, and runs twice (README "Failover")."""
         while True:
             try:
                 return super()._enqueue(step, reply_key)
-            except LOST:
+            except LOST as exc:
+                taken = exc.replies[:1] if isinstance(exc, NodeLost) else [None]
+                if taken[0] is not None and not isinstance(taken[0], Exception):
+                    return Enqueued(self.enqueuer.entry_id(step.stream, taken), None)
                 if step.deadline is not None and time.monotonic() >= step.deadline:
                     raise
                 time.sleep(FAILOVER_PAUSE_S)

@@ -146,17 +146,18 @@ class Jobs:
             limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
         channel: Channel
         if self.shared:
-            fields = encode_entry(request, self.reply_list, MSGPACK)
+            reply_key = self.reply_list
+            fields = encode_entry(request, reply_key, MSGPACK)
             channel = _Shared(self)
         else:
             reply_key, fields = self.private_entry(request)
             channel = _Private(self, reply_key)
-        stream = self.stream(queue)
+        stream = self.stream(queue, reply_key)
         plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit)
         return self._drive(plan, channel)
 
-    def stream(self, queue: str) -> str:
-        """The stream a job for device ``queue`` goes to."""
+    def stream(self, queue: str, reply_key: str | None = None) -> str:
+        """The stream a job for device ``queue`` (answered on ``reply_key``) goes to."""
         return self.keyspace.queue(queue)
 
     def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:

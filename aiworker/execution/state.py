@@ -17,10 +17,10 @@ it fetches costs one more round trip, the first time.
 
 A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
 when they run), and one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
-holds Redis for long. On Redis Cluster a script reads one slot, so the keys are grouped by slot and
-each group read by its own call, all in one round trip per node, the script fetching every tensor
-itself; the byte budgets then hold per group, and ``Snapshot.tensor`` still bounds each job's
-decoded total. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
+holds Redis for long. A script reads one hash slot: when a read's keys (and its flag keys) lie in
+several, as on Redis Cluster, they are grouped by slot and each group read by its own call, all in
+one round trip per node, the script fetching every tensor itself; the byte budgets then hold per
+group, and ``Snapshot.tensor`` still bounds each job's decoded total. A single Redis is one slot. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
 the order RedisAI reported them, and declared sizes checked before any array is allocated.
 """
 
@@ -44,7 +44,7 @@ from aiworker.protocol.text import text
 from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage.cluster import ClusterWire
+from aiworker.storage.plans import by_slot
 
 READ_JOBS = lua.load("read_jobs")
 # Keys one read_jobs.lua call checks at most (a few microseconds each); a job is never split.
@@ -64,11 +64,11 @@ _BY_SCRIPT, _BY_CALLER = "T", "B"
 
 
 class ScriptRunner(Protocol):
-    """What a read runs on: the worker thread's ``Wire`` (or a ``ClusterWire``)."""
+    """What a read runs on: the worker thread's job connection (``storage.wire.JobConnection``)."""
 
-    def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]: ...
 
-    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
+    def slot(self, key: Any) -> int: ...
 
 
 class MetaCache:
@@ -273,7 +273,7 @@ class _Reader:
     def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
         """Every key the jobs read, with its reply; and the jobs whose tensors were left for a
         read of their own (the budget was spent)."""
-        if isinstance(self.conn, ClusterWire):
+        if not self._one_slot(jobs):  # the script fetches every tensor, a call per slot
             pairs, keys, args, _plain = self._arguments(jobs, inline=1 << 62)
             return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set()
         found: dict[Read, Any] = {}
@@ -306,6 +306,15 @@ class _Reader:
                 if job not in deferred
             }
         raise AIError("the job's input tensors are being replaced too often to read")
+
+    def _one_slot(self, jobs: dict[int, list[Read]]) -> bool:
+        """Whether every key the jobs read, and the read's flag keys, share one hash slot (as on
+        a single Redis, always): the guarded read's WATCH and MULTI cannot span slots."""
+        slot = self.conn.slot
+        first, *flags = [slot(key) for key in self.keyspace.read_flags(_token())]
+        return all(found == first for found in flags) and all(
+            slot(key) == first for pairs in jobs.values() for _what, key in pairs
+        )
 
     def _arguments(
         self, jobs: dict[int, list[Read]], inline: int | None = None
@@ -343,7 +352,7 @@ class _Reader:
         why)."""
         pairs, keys, args, plain = self._arguments(jobs)
         if not plain:  # the script alone
-            self.verdicts = self.conn.evalsha(READ_JOBS, keys, args)
+            self.verdicts = lua.run_one(self.conn, READ_JOBS, keys, args)
             return pairs, self.verdicts
         args[ARGV_HEAD - 1] = 1  # KEYS[1] is the flag
         flag, guard = self.keyspace.read_flags(_token())
@@ -356,11 +365,12 @@ class _Reader:
             *(("HMGET", keys[n], *TENSOR_FIELDS) for n in plain),
             ("EXEC",),
         ]
-        replies = self.conn.pipeline(commands)
+        routes = [keys[0]] * len(commands)  # one slot (``_one_slot``): its master runs them all
+        replies = self.conn.pipeline(commands, routes)
         if isinstance(replies[2], redis.exceptions.NoScriptError):
             # the flag was copied, nothing fetched: load the script, send it all again
-            self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)])
-            replies = self.conn.pipeline(commands)
+            self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)], routes[:1])
+            replies = self.conn.pipeline(commands, routes)
         for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
             if isinstance(reply, Exception):
                 raise reply
@@ -397,22 +407,20 @@ def _token() -> str:
     return token
 
 
-def _read_by_slot(conn: ClusterWire, keys: list[str], args: list[Any]) -> list[Any]:
+def _read_by_slot(conn: ScriptRunner, keys: list[str], args: list[Any]) -> list[Any]:
     """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
-    groups: dict[int, list[int]] = {}
-    for n, key in enumerate(keys):
-        groups.setdefault(conn.slot(key), []).append(n)
+    groups = by_slot(keys, conn.slot)
     head = args[:ARGV_HEAD]
     calls = [
-        (
+        lua.Call(
             READ_JOBS,
             [keys[n] for n in group],
             head + [a for n in group for a in args[ARGV_HEAD + 2 * n : ARGV_HEAD + 2 + 2 * n]],
         )
-        for group in groups.values()
+        for group in groups
     ]
     replies: list[Any] = [None] * len(keys)
-    for group, reply in zip(groups.values(), conn.evalsha_many(calls), strict=True):
+    for group, reply in zip(groups, lua.run(conn, calls), strict=True):
         if isinstance(reply, Exception):
             raise reply
         for n, one in zip(group, reply, strict=True):

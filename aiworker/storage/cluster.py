@@ -1,38 +1,58 @@
-"""Redis Cluster through redis-py's cluster client (``redis.cluster.RedisCluster``): detecting a
-cluster, connecting to one, and ``ClusterWire``, what a worker thread's job path talks through
-there instead of a ``Wire``.
+"""Redis Cluster: detecting a cluster, connecting to one, and ``ClusterWire``, what a thread's job
+path (a worker's reads and completions, a client's job round trip) talks through there.
 
-redis-py's cluster client does the routing: it keeps the slot map, follows MOVED and ASK, and
-refreshes its map and retries when a node fails (a failover). ``ClusterWire`` offers what the job
-path uses of a ``Wire`` - ``execute``, ``pipeline``, ``evalsha`` with NOSCRIPT handling, plus
-``evalsha_many``, several scripts on several nodes in one round trip - and gives back the replies
-a ``Wire`` would (RESP2's shapes: XREADGROUP's entries as flat field lists). Whether Redis is a
-cluster is decided once, when a worker or client starts (``INFO cluster``); the single-Redis path
-is untouched.
+Off the job path, redis-py's cluster client (``redis.cluster.RedisCluster``) serves: models,
+recovery, heartbeats, the client's API. On it, redis-py's client costs about 175 us of CPU a
+command; a ``ClusterWire`` instead holds one hiredis ``Wire`` per master (per thread), routes each
+command to the master of its key's hash slot by a slot map the process' connections share
+(``SlotMap``, from CLUSTER SLOTS), sends to every node of a round trip before it reads from any,
+follows MOVED (the map is refreshed) and ASK, and on a lost node refreshes the map so that the
+next call reaches the promoted replica. Replies have RESP2's shapes, as a ``Wire``'s.
+
+Whether Redis is a cluster is decided once, when a worker or client starts (``INFO cluster``);
+``job_connections`` then gives the job path a ``Wire`` or a ``ClusterWire`` per thread, and no
+caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import hiredis
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
+from redis.retry import Retry
 
-from aiworker.protocol.keys import key_slot
+from aiworker.protocol.keys import SLOTS, key_slot
 from aiworker.protocol.text import text
-from aiworker.storage.lua import LuaScript
+from aiworker.storage.wire import Command, JobConnection, JobConnections, Wire, Wires, as_exception
 
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
 # (a failover in progress, a node gone): the job path takes them for a lost connection, so the
-# entry stays pending and runs again. ``ClusterWire`` raises them as ``redis.ConnectionError``.
+# entry stays pending and runs again. A ``ClusterWire`` raises ``redis.ConnectionError`` for them.
 UNAVAILABLE = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
 LOST = (redis.ConnectionError, redis.TimeoutError, *UNAVAILABLE)
-# Commands that name no key: sent to any node as they are (scripts' ``redis.execute`` asks for
-# COMMAND INFO/GETKEYS; PING, ECHO and TIME are allowed there too).
-KEYLESS = frozenset({"COMMAND", "PING", "ECHO", "TIME"})
+# Replies that say the cluster cannot serve the slot right now (a failover, a migration).
+NOT_NOW = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+# Redirections followed within one call before giving up (a slot moving back and forth).
+MAX_REDIRECTS = 5
+# A slot map refreshed this recently is not fetched again (another thread just did it).
+REFRESH_MIN_S = 0.05
+# Commands whose key is not their first argument.
+SCRIPT_CALLS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+KEY_AFTER_SUBCOMMAND = frozenset({"XINFO", "XGROUP", "OBJECT", "MEMORY"})
 
-Command = Sequence[Any]
+Address = tuple[str, int]
 
 
 def is_cluster(r: redis.Redis) -> bool:
@@ -52,179 +72,333 @@ def connect(url: str, **kwargs: Any) -> RedisCluster:
     return RedisCluster.from_url(url, **kwargs)
 
 
-def _flat(value: Any) -> Any:
-    """A reply redis-py parsed into a mapping, back as RESP2's flat list."""
-    if isinstance(value, dict):
-        return [item for pair in value.items() for item in pair]
-    return value
+def job_connections(r: Any, retry: Retry | None = None) -> JobConnections:
+    """The job path's connections for a client of either kind: a ``Wire`` per thread on a single
+    Redis, a ``ClusterWire`` per thread on a cluster. ``retry``: how a lost connection is ridden
+    out (None: not at all, the caller decides)."""
+    if isinstance(r, RedisCluster):
+        return ClusterWires(r, retry)
+    return Wires(r.connection_pool, retry)
 
 
-def _stream_entries(reply: Any) -> list[Any]:
-    """XREADGROUP's reply as RESP2 sent it: ``[[stream, [[id, [field, value, ...]], ...]]]``."""
-    if isinstance(reply, dict):  # RESP3 shape
-        reply = list(reply.items())
-    out = []
-    for stream, entries in reply or []:
-        out.append([stream, [[entry_id, _flat(fields)] for entry_id, fields in entries]])
-    return out
+def command_key(command: Command) -> Any:
+    """The key a command is routed by (None: it names none). A guess is harmless: the node that
+    does not serve the key's slot answers MOVED, which is followed."""
+    if len(command) < 2:
+        return None
+    name = command[0]
+    name = (name if isinstance(name, str) else text(name)).upper()
+    if name in SCRIPT_CALLS:
+        return command[3] if int(command[2]) > 0 else None
+    if name in STREAM_READS:
+        if command[-3] == "STREAMS":  # one stream, as the job path reads: no scan
+            return command[-2]
+        for n, arg in enumerate(command):
+            if isinstance(arg, str | bytes) and text(arg).upper() == "STREAMS":
+                return command[n + 1] if n + 1 < len(command) else None
+        return None
+    if name in KEY_AFTER_SUBCOMMAND:  # XINFO GROUPS <key>, XGROUP CREATE <key> ...
+        return command[2] if len(command) > 2 else None
+    return command[1]
 
 
-def _lost(exc: BaseException) -> redis.ConnectionError:
-    return redis.ConnectionError(f"Redis Cluster unavailable: {exc}")
+@functools.lru_cache(maxsize=1 << 16)
+def _slot(key: str | bytes) -> int:
+    return key_slot(key)
 
 
-def _executed(pipe: Any) -> list[Any]:
-    """A cluster pipeline's replies, errors in place; a node lost raises ConnectionError."""
-    try:
-        replies = list(pipe.execute(raise_on_error=False))
-    except UNAVAILABLE as exc:
-        raise _lost(exc) from exc
-    for reply in replies:
-        if isinstance(reply, LOST):
-            raise (
-                reply
-                if isinstance(reply, redis.ConnectionError | redis.TimeoutError)
-                else _lost(reply)
-            )
-    return replies
+def slot_of(key: Any) -> int:
+    """A key's hash slot, whatever type it was given as (remembered: the job path asks for the
+    same queues, models and inputs again and again)."""
+    return _slot(key if isinstance(key, str | bytes) else str(key))
+
+
+class SlotMap:
+    """Which master serves each hash slot, shared by a process' ``ClusterWire``s; refreshed from
+    CLUSTER SLOTS when a node is lost or a slot has moved."""
+
+    def __init__(self, rc: RedisCluster) -> None:
+        client: Any = rc  # redis-py's cluster client is untyped
+        # connection settings (AUTH, TLS, timeouts) for every node: the default node's
+        self.pool: redis.ConnectionPool = client.get_default_node().redis_connection.connection_pool
+        self._seeds: list[Address] = [(n.host, int(n.port)) for n in client.get_nodes()]
+        self._masters: list[Address | None] = []
+        self._refreshed = -REFRESH_MIN_S
+        self._lock = threading.Lock()
+
+    @property
+    def known(self) -> bool:
+        return bool(self._masters)
+
+    def address(self, slot: int) -> Address:
+        """The master of ``slot``; ConnectionError when no node serves it."""
+        masters = self._masters
+        found = masters[slot] if masters else None
+        if found is None:
+            raise redis.ConnectionError(f"Redis Cluster unavailable: no master serves slot {slot}")
+        return found
+
+    def any(self) -> Address:
+        """A master, for a command that names no key."""
+        masters = self._masters
+        found = next((a for a in masters if a is not None), None) if masters else None
+        if found is None:
+            raise redis.ConnectionError("Redis Cluster unavailable: no master known")
+        return found
+
+    def moved(self, slot: int, address: Address) -> None:
+        if self._masters:
+            self._masters[slot] = address
+
+    def refresh(self, ask: Callable[[Address], Any], force: bool = False) -> None:
+        """Fetch the map from the first node that answers (the known masters, then the nodes
+        known at start); skipped when another thread has just done it, unless ``force``."""
+        with self._lock:
+            if not force and time.monotonic() - self._refreshed < REFRESH_MIN_S:
+                return
+            known = list(dict.fromkeys([a for a in self._masters if a is not None] + self._seeds))
+            error: Exception | None = None
+            for address in known:
+                try:
+                    reply = ask(address)
+                except redis.RedisError as exc:
+                    error = exc
+                    continue
+                self._masters = _masters_of(reply, address[0])
+                self._seeds = list(dict.fromkeys(self._seeds + [a for a in self._masters if a]))
+                self._refreshed = time.monotonic()
+                return
+            raise redis.ConnectionError(f"Redis Cluster unavailable: no node answered ({error})")
+
+
+def _masters_of(reply: Any, asked_host: str) -> list[Address | None]:
+    """CLUSTER SLOTS as a list of 16384 masters (None: the slot is not served)."""
+    masters: list[Address | None] = [None] * SLOTS
+    for row in reply:
+        start, end, master = int(row[0]), int(row[1]), row[2]
+        host = text(master[0]) or asked_host  # an empty host: the node asked
+        for slot in range(start, end + 1):
+            masters[slot] = (host, int(master[1]))
+    return masters
+
+
+_PENDING = object()  # a command not answered yet
+
+
+class NodeLost(redis.ConnectionError):
+    """A round trip that reached only some of the cluster: ``replies`` holds what the nodes that
+    answered said (a command they ran is not to be sent again), None for the others."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = [None if reply is _PENDING else reply for reply in replies]
 
 
 class ClusterWire:
-    """A worker's job-path connection to a Redis Cluster (see the module docstring). Thread-safe:
-    the cluster client keeps a connection pool per node, so all threads share one."""
+    """One thread's job-path connection to a Redis Cluster: a ``Wire`` per master (see the module
+    docstring). Not thread-safe, as a ``Wire``."""
 
-    cluster = True
-
-    def __init__(self, rc: RedisCluster) -> None:
-        self.rc: Any = rc  # redis-py's cluster client is untyped
-
-    def node_of(self, key: str) -> ClusterNode:
-        """The master serving ``key``'s slot, from the cluster client's slot map."""
-        node: ClusterNode = self.rc.get_node_from_key(key)
-        return node
+    def __init__(self, slots: SlotMap, retry: Retry | None = None) -> None:
+        self._slots = slots
+        self._wires: dict[Address, Wire] = {}
+        self._retry = retry
 
     @staticmethod
-    def slot(key: str) -> int:
-        return key_slot(key)
+    def slot(key: Any) -> int:
+        return slot_of(key)
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
-        try:
-            return self._execute(command)
-        except UNAVAILABLE as exc:
-            raise _lost(exc) from exc
-
-    def _execute(self, command: Command) -> Any:
-        name = text(command[0]).upper()
-        if name == "XREADGROUP":
-            # named node: saves the COMMAND GETKEYS round trip redis-py makes for XREADGROUP
-            upper = [text(arg).upper() for arg in command]
-            stream = text(command[upper.index("STREAMS") + 1])
-            reply = self.rc.execute_command(*command, target_nodes=self.node_of(stream))
-            return _stream_entries(reply)
-        if name in KEYLESS:
-            return self._raw(command)
-        return _flat(self.rc.execute_command(*command))
-
-    def _raw(self, command: Command) -> Any:
-        """A command that names no key, on any node's connection, with its raw reply (the cluster
-        client would parse COMMAND INFO into a mapping)."""
-        pool = self.rc.get_default_node().redis_connection.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_command(*command)
-            return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
-
-    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Run commands in one round trip per node; error replies come back in place."""
-        pipe = self.rc.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        replies = _executed(pipe)
-        return [_flat(reply) for reply in replies]
-
-    def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run a Lua script by SHA-1 in its keys' slot, loading it where Redis lacks it."""
-        [reply] = self.evalsha_many([(script, keys, args)])
+        reply = self.pipeline([command])[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    def evalsha_many(
-        self,
-        calls: Sequence[tuple[LuaScript, Sequence[Any], Sequence[Any]]],
-        wait: tuple[int, int] | None = None,
-    ) -> list[Any]:
-        """Run scripts, each in its keys' slot, in one round trip per node; error replies in
-        place. ``wait`` = (replicas, timeout ms): after each script, WAIT on its node's same
-        connection, so that its writes reach that many replicas (or the timeout passes)."""
-        if not calls:
-            return []
-        if len(calls) == 1 and wait is None:  # no pipeline machinery for a single script
-            return [self._evalsha_one(*calls[0])]
-        pipe = self.rc.pipeline(transaction=False)
-        for script, keys, args in calls:
-            # named node: a cluster pipeline asks Redis for an EVALSHA's keys (COMMAND GETKEYS,
-            # a round trip each) unless told where it goes; MOVED still sends it on
-            node = self.node_of(text(keys[0]))
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
-            if wait is not None:
-                pipe.execute_command("WAIT", wait[0], wait[1], target_nodes=node)
-        replies = _executed(pipe)
-        if wait is not None:
-            replies = replies[::2]
-        missing = [
-            n
-            for n, reply in enumerate(replies)
-            if isinstance(reply, redis.exceptions.NoScriptError)
-        ]
-        if missing:  # e.g. a replica promoted, or a restart: load on every master, run again
-            for script in {calls[n][0].sha: calls[n][0] for n in missing}.values():
-                try:
-                    self.rc.execute_command("SCRIPT", "LOAD", script.source)
-                except UNAVAILABLE as exc:
-                    raise _lost(exc) from exc
-            again = self.evalsha_many([calls[n] for n in missing], wait)
-            for n, reply in zip(missing, again, strict=True):
-                replies[n] = reply
-        return list(replies)
-
-    def _evalsha_one(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """One script in its keys' slot, the error in place of its reply."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        node = self.node_of(text(keys[0]))
+    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]:
+        """Run commands, each on the master of its key's slot (or of ``routes[n]``, a key, for
+        commands that name none: SCRIPT LOAD, WAIT), one round trip per node; error replies
+        come back in place. A lost node or a cluster that cannot serve a slot raises
+        ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
+        sent again."""
+        replies: list[Any] = [_PENDING] * len(commands)
         try:
+            if not self._on_one_node(commands, routes, replies):
+                self._attempt(commands, routes, replies)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self._retry is None:
+                raise
+            self._retry.call_with_retry(
+                lambda: self._attempt(commands, routes, replies), lambda error: None
+            )
+        return replies
+
+    def close(self) -> None:
+        wires, self._wires = list(self._wires.values()), {}
+        for wire in wires:
+            wire.close()
+
+    def _wire(self, address: Address) -> Wire:
+        wire = self._wires.get(address)
+        if wire is None:
+            wire = self._wires[address] = Wire(self._slots.pool, address=address)
+        return wire
+
+    def _ask_slots(self, address: Address) -> Any:
+        return self._wire(address).execute("CLUSTER", "SLOTS")
+
+    def _address(self, command: Command, route: Any) -> Address:
+        key = route if route is not None else command_key(command)
+        if key is None:
+            return self._slots.any()
+        return self._slots.address(slot_of(key))
+
+    def _on_one_node(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> bool:
+        """The common case without the machinery of ``_attempt``: every command for one node,
+        none redirected. False when that is not the case: nothing was sent, or the commands
+        redirected (MOVED, ASK, a failover) are left pending in ``replies``."""
+        slots = self._slots
+        if not slots.known:
+            return False
+        address = None
+        for n, command in enumerate(commands):
+            key = routes[n] if routes and routes[n] is not None else command_key(command)
+            found = slots.any() if key is None else slots.address(slot_of(key))
+            if address is None:
+                address = found
+            elif found != address:
+                return False
+        assert address is not None
+        wire = self._wire(address)
+        got: list[Any] = []
+        try:
+            wire.send(commands)
+            wire.receive(len(commands), got)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _answered(replies, range(len(commands)), got)
+            self._refresh_quietly()
+            raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
+        done, moved = True, False
+        for n, reply in enumerate(got):
+            if isinstance(reply, hiredis.ReplyError):
+                reply = as_exception(reply)
+                if isinstance(reply, (redis.exceptions.AskError, *NOT_NOW)):
+                    if isinstance(reply, redis.exceptions.MovedError):
+                        slots.moved(reply.slot_id, (reply.host, reply.port))
+                        moved = True
+                    done = False
+                    continue
+            replies[n] = reply
+        if moved:  # a failover or a resharding moves many slots: learn them all at once
+            self._refresh_quietly()
+        return done
+
+    def _attempt(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> None:
+        """Send what is not answered yet in ``replies``, following redirections."""
+        if not self._slots.known:
+            self._slots.refresh(self._ask_slots, force=True)
+        todo = [n for n, reply in enumerate(replies) if reply is _PENDING]
+        asking: dict[int, Address] = {}
+        for _ in range(MAX_REDIRECTS + 1):
+            by_node: dict[Address, list[int]] = {}
+            for n in todo:
+                address = asking.get(n) or self._address(commands[n], routes[n] if routes else None)
+                by_node.setdefault(address, []).append(n)
+            trouble, errors = self._round(commands, by_node, asking, replies)
+            todo, moved = [], False
+            for n in errors:
+                reply = replies[n]
+                if isinstance(reply, redis.exceptions.MovedError):  # (an AskError too)
+                    self._slots.moved(reply.slot_id, (reply.host, reply.port))
+                    asking.pop(n, None)
+                    moved = True
+                elif isinstance(reply, redis.exceptions.AskError):
+                    asking[n] = (reply.host, reply.port)
+                elif isinstance(reply, NOT_NOW):
+                    trouble = trouble or reply
+                    replies[n] = _PENDING
+                    continue
+                else:
+                    continue
+                replies[n] = _PENDING
+                todo.append(n)
+            if trouble is not None:  # a node lost, a failover under way: learn the new map
+                self._refresh_quietly()
+                raise NodeLost(f"Redis Cluster unavailable: {trouble}", replies)
+            if not todo:
+                return
+            if moved:  # a failover or a resharding moves many slots: learn them all at once
+                self._refresh_quietly()
+        raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
+
+    def _refresh_quietly(self) -> None:
+        # no node answers now: the caller's error says the cluster is unavailable
+        with contextlib.suppress(redis.ConnectionError):
+            self._slots.refresh(self._ask_slots)
+
+    def _round(
+        self,
+        commands: Sequence[Command],
+        by_node: dict[Address, list[int]],
+        asking: dict[int, Address],
+        replies: list[Any],
+    ) -> tuple[Exception | None, list[int]]:
+        """One round trip: send to every node, then read every node's replies into ``replies``
+        (by position). Returns the error of a node lost meanwhile (its commands stay pending),
+        and the positions answered with an error."""
+        lost: Exception | None = None
+        sent: list[tuple[Wire, list[int], int]] = []
+        for address, members in by_node.items():
+            if asking:  # ASK: that command only, on that node, after ASKING
+                batch: list[Command] = []
+                for n in members:
+                    batch += [("ASKING",), commands[n]] if n in asking else [commands[n]]
+            else:
+                batch = [commands[n] for n in members]
+            wire = self._wire(address)
             try:
-                return self.rc.execute_command(*command, target_nodes=node)
-            except redis.exceptions.NoScriptError:
-                self.rc.execute_command("SCRIPT", "LOAD", script.source)
-                return self.rc.execute_command(*command, target_nodes=node)
-        except UNAVAILABLE as exc:
-            raise _lost(exc) from exc
-        except redis.ResponseError as exc:
-            return exc
+                wire.send(batch)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                lost = exc
+                continue
+            sent.append((wire, members, len(batch)))
+        errors: list[int] = []
+        for wire, members, count in sent:
+            got: list[Any] = []
+            try:
+                wire.receive(count, got)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                lost = exc
+                if count == len(members):  # (with ASKING's replies among them: none kept)
+                    _answered(replies, members, got)
+                continue
+            if count > len(members):  # drop ASKING's replies
+                it = iter(got)
+                got = [(next(it), next(it))[1] if n in asking else next(it) for n in members]
+            for n, reply in zip(members, got, strict=True):
+                if isinstance(reply, hiredis.ReplyError):
+                    replies[n] = as_exception(reply)
+                    errors.append(n)
+                else:
+                    replies[n] = reply
+        return lost, errors
 
-    def close(self) -> None:
-        """Nothing of its own to close: the connections belong to the cluster client."""
+
+def _answered(replies: list[Any], positions: Iterable[int], got: list[Any]) -> None:
+    """Keep the replies read before a link was lost (``got``, for the first ``positions``): a
+    command they answer is not sent again. Error replies are not kept: one may be a
+    redirection, which the command must still follow."""
+    for n, reply in zip(positions, got, strict=False):
+        if not isinstance(reply, hiredis.ReplyError):
+            replies[n] = reply
 
 
-class ClusterWires:
-    """``Wires`` for a cluster: every thread shares one ``ClusterWire``."""
+class ClusterWires(Wires):
+    """``Wires`` for a cluster: a ``ClusterWire`` per thread, all sharing one ``SlotMap``."""
 
-    def __init__(self, rc: RedisCluster | redis.Redis) -> None:
+    def __init__(self, rc: RedisCluster | redis.Redis, retry: Retry | None = None) -> None:
         assert isinstance(rc, RedisCluster)
-        self.wire = ClusterWire(rc)
+        self.slots = SlotMap(rc)
+        super().__init__(self.slots.pool, retry)
 
-    def get(self) -> ClusterWire:
-        return self.wire
-
-    def execute(self, *command: Any) -> Any:
-        return self.wire.execute(*command)
-
-    def close(self) -> None:
-        self.wire.close()
+    def _open(self) -> JobConnection:
+        return ClusterWire(self.slots, self._retry)

@@ -3,14 +3,20 @@
 A *plan* is a generator that yields the commands it needs (a ``Commands``: one round trip, optionally
 a MULTI/EXEC transaction) and receives their replies, exceptions in place of failed commands. The
 logic of "read a model", "store a tensor", ... lives in one plan; ``run`` drives a plan on a
-``redis.Redis`` (or a ``redis.cluster.RedisCluster``) and the asyncio client drives the same plan on
-``redis.asyncio`` (``run_async`` in ``aiworker.asyncio``). Plans may also yield other instructions that only a client's driver
-understands (a job to submit, a model to verify); storage plans only yield ``Commands``.
+``redis.Redis`` (or a ``redis.cluster.RedisCluster``), ``drive`` on anything that sends a
+``Commands`` (a worker's job connection), and the asyncio client drives the same plan on
+``redis.asyncio`` (``run_async`` in ``aiworker.asyncio``). Plans may also yield other instructions
+that only a client's driver understands (a job to submit, a model to verify); storage plans only
+yield ``Commands``.
+
+On Redis Cluster a command goes to the master of its key's hash slot; a command that names no key
+of its own (SCRIPT LOAD, WAIT) names in ``Commands.routes`` the key whose master must run it. A
+single Redis is the one-slot case: ``by_slot`` puts every key in one group there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,14 +28,19 @@ from aiworker.protocol.keys import key_slot
 T = TypeVar("T")
 # A blocking client of either kind: one Redis, or redis-py's cluster client.
 AnyRedis = redis.Redis | RedisCluster
+# A key's hash slot where it matters (Redis Cluster), or one slot for all (a single Redis).
+SlotOf = Callable[[Any], int]
 
 
 @dataclass
 class Commands:
-    """Commands sent in one round trip; ``transaction`` wraps them in MULTI/EXEC."""
+    """Commands sent in one round trip; ``transaction`` wraps them in MULTI/EXEC (one per hash
+    slot on Redis Cluster). ``routes``: per command, the key whose node runs it (None: the
+    command's own key)."""
 
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     transaction: bool = False
+    routes: list[Any] | None = None
 
     @classmethod
     def one(cls, *command: Any) -> Commands:
@@ -37,6 +48,20 @@ class Commands:
 
 
 Plan = Generator[Any, Any, T]
+
+
+def one_slot(key: Any) -> int:
+    """The slot of every key on a single Redis: there is only one."""
+    return 0
+
+
+def by_slot(keys: Sequence[Any], slot: SlotOf) -> list[list[int]]:
+    """The positions of ``keys`` grouped by hash slot, groups in the order their slots first
+    appear: what one Lua call or one MULTI may touch. One group on a single Redis."""
+    groups: dict[int, list[int]] = {}
+    for n, key in enumerate(keys):
+        groups.setdefault(slot(key), []).append(n)
+    return list(groups.values())
 
 
 def first(replies: Sequence[Any]) -> Any:
@@ -54,67 +79,62 @@ def call(*command: Any) -> Plan[Any]:
 
 
 def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
-    """Send one batch on a blocking client; replies with exceptions in place."""
-    if isinstance(r, RedisCluster):
-        return execute_cluster_commands(r, batch)
-    if len(batch.commands) == 1 and not batch.transaction:
-        try:
-            # the base method: a client's debug printing of user commands must not see these
-            return [redis.Redis.execute_command(r, *batch.commands[0])]  # type: ignore[no-untyped-call]
-        except redis.ResponseError as exc:
-            return [exc]
-    pipe = r.pipeline(transaction=batch.transaction)
-    for command in batch.commands:
-        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    return list(pipe.execute(raise_on_error=False))
-
-
-def execute_cluster_commands(cluster: RedisCluster, batch: Commands) -> list[Any]:
-    """A batch on Redis Cluster. Commands go in one round trip per node; a transaction becomes one
-    MULTI/EXEC per hash slot, in the order the slots first appear (a MULTI cannot span slots):
-    what one key holds, e.g. a model hash, is still replaced atomically; an index set or
-    statistics elsewhere follow it."""
-    rc: Any = cluster  # redis-py's cluster client is untyped
+    """Send one batch on a blocking client; replies with exceptions in place. Redis Cluster:
+    one round trip per node, a transaction as one MULTI/EXEC per hash slot (a MULTI cannot span
+    slots: what one key holds, e.g. a model hash, is still replaced atomically; an index set or
+    statistics elsewhere follow it)."""
+    rc: Any = r  # redis-py's cluster client is untyped
+    cluster = isinstance(r, RedisCluster)
+    # the base class' method: a client's debug printing of user commands must not see these
+    base: Any = RedisCluster if cluster else redis.Redis
     commands = batch.commands
+    routes = batch.routes or [None] * len(commands)
+
+    def where(n: int) -> dict[str, Any]:
+        route = routes[n]
+        return {"target_nodes": rc.get_node_from_key(route)} if cluster and route else {}
+
     if len(commands) == 1 and not batch.transaction:
         command = commands[0]
         try:
-            if str(command[0]).upper() == "MGET":  # keys in many slots: one GET per key
+            if cluster and str(command[0]).upper() == "MGET":  # keys in many slots: a GET each
                 return [rc.mget_nonatomic(list(command[1:]))]
-            # the base method: a client's debug printing of user commands must not see these
-            return [RedisCluster.execute_command(rc, *command)]  # type: ignore[no-untyped-call]
+            return [base.execute_command(r, *command, **where(0))]
         except redis.ResponseError as exc:
             return [exc]
-    if not batch.transaction:
-        pipe = rc.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(pipe.execute(raise_on_error=False))
-    groups: dict[int, list[int]] = {}
-    for n, command in enumerate(commands):
-        groups.setdefault(key_slot(command[1]), []).append(n)
+    members = range(len(commands))
+    groups = (
+        by_slot([command[1] for command in commands], key_slot if cluster else one_slot)
+        if batch.transaction
+        else [list(members)]
+    )
     replies: list[Any] = [None] * len(commands)
-    for members in groups.values():
-        pipe = rc.pipeline(transaction=True)
-        for n in members:
-            pipe.execute_command(*commands[n])
+    for group in groups:
+        pipe = rc.pipeline(transaction=batch.transaction)
+        for n in group:
+            pipe.execute_command(*commands[n], **where(n))
         try:
             results = list(pipe.execute(raise_on_error=False))
         except redis.ResponseError as exc:
-            results = [exc] * len(members)
-        for n, result in zip(members, results, strict=True):
+            results = [exc] * len(group)
+        for n, result in zip(group, results, strict=True):
             replies[n] = result
     return replies
 
 
-def run(r: AnyRedis, plan: Plan[T]) -> T:
-    """Drive a storage plan (``Commands`` steps only) on a blocking client."""
+def drive(plan: Plan[T], send: Callable[[Commands], list[Any]]) -> T:
+    """Drive a storage plan (``Commands`` steps only), each step sent by ``send``."""
     try:
         step = next(plan)
         while True:
             if not isinstance(step, Commands):
                 raise TypeError(f"a storage plan yielded {type(step).__name__}")
-            step = plan.send(execute_commands(r, step))
+            step = plan.send(send(step))
     except StopIteration as stop:
         result: T = stop.value
         return result
+
+
+def run(r: AnyRedis, plan: Plan[T]) -> T:
+    """Drive a storage plan on a blocking client."""
+    return drive(plan, lambda batch: execute_commands(r, batch))

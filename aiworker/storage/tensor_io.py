@@ -7,8 +7,7 @@ plain functions run it on a ``redis.Redis``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
@@ -20,7 +19,6 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.text import text
 from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
-from aiworker.storage.wire import as_exception
 
 _WRITE = lua.load("tensor_write")
 _MOVE = lua.load("tensor_move")
@@ -63,54 +61,8 @@ def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None 
 
 # Tensor data above this many bytes does not pass through Lua, whose string copies of a large
 # value cost Redis ten times a plain HGET/HSET (bench/luacost.py): a job's read fetches it with a
-# plain HMGET, its completion writes it with a plain HSET of a stage key.
+# plain HMGET, its completion writes it with a plain HSET of a stage key (``lua.Call.stages``).
 LUA_VALUE_BYTES = 16 * 1024
-
-
-class Pipelined(Protocol):
-    """A connection that sends several commands in one round trip (a ``Wire``)."""
-
-    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
-
-
-def staged_call(
-    conn: Pipelined,
-    script: lua.LuaScript,
-    keys: Sequence[Any],
-    args: Sequence[Any],
-    stages: Sequence[tuple[str, Mapping[str, Any]]],
-) -> Any:
-    """Run ``script`` in one MULTI after plain HSETs of ``stages`` (key, tensor fields), and
-    delete the stage keys after it: whatever the script did with them (it RENAMEs them into
-    place), none is left, and no one sees them. The script's reply, or its error raised (a NOPERM
-    found when the script was queued: nothing ran)."""
-    commands: list[tuple[Any, ...]] = [("MULTI",)]
-    for key, fields in stages:
-        commands.append(("HSET", key, *(item for pair in fields.items() for item in pair)))
-    commands += [
-        ("EVALSHA", script.sha, len(keys), *keys, *args),
-        ("DEL", *(key for key, _fields in stages)),
-        ("EXEC",),
-    ]
-    reply = _script_reply(conn.pipeline(commands), len(stages))
-    if isinstance(reply, redis.exceptions.NoScriptError):  # nothing written: load, send again
-        conn.pipeline([("SCRIPT", "LOAD", script.source)])
-        reply = _script_reply(conn.pipeline(commands), len(stages))
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
-
-
-def _script_reply(replies: Sequence[Any], at: int) -> Any:
-    """The reply of the script at position ``at`` in an EXEC (its error in its place); an error
-    found while queueing (the transaction then ran nothing) is raised."""
-    for queued in replies[:-1]:
-        if isinstance(queued, Exception):
-            raise queued
-    done = replies[-1]
-    if isinstance(done, Exception):
-        raise done
-    return as_exception(done[at])
 
 
 # What Redis accepts in one value by default (proto-max-bulk-len).

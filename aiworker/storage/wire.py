@@ -9,7 +9,8 @@ socket with hiredis. On a lost connection it reconnects and repeats the round tr
 pool's ``Retry`` policy: every command the hot path sends is safe to repeat (reads; an XREADGROUP
 whose reply was lost leaves its entries pending to be reclaimed; completions apply at most once).
 
-One ``Wire`` belongs to one thread; it is not thread-safe.
+One ``Wire`` belongs to one thread; it is not thread-safe. On Redis Cluster a thread holds one
+``Wire`` per master (``storage.cluster.ClusterWire``), which sends to several before it reads.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ import ssl
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from aiworker.storage.lua import LuaScript
 
 # Arguments above this are sent as they are (no copy into the command buffer): outputs, blobs.
 LARGE_ARGUMENT = 64 * 1024
@@ -41,18 +40,21 @@ Command = Sequence[Any]
 
 
 class JobConnection(Protocol):
-    """What a worker thread's job path talks to Redis through: a ``Wire`` on a single Redis, a
-    ``storage.cluster.ClusterWire`` on Redis Cluster."""
+    """What a worker thread's job path (and a client's job round trip) talks to Redis through:
+    a ``Wire`` on a single Redis, a ``storage.cluster.ClusterWire`` on Redis Cluster. Lua goes
+    through ``storage.lua.run`` on it."""
 
     def execute(self, *command: Any) -> Any: ...
 
-    def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
+    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]: ...
 
-    def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+    def slot(self, key: Any) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class JobConnections(Protocol):
-    """A worker's job-path connections: one per thread (``Wires``) or one shared by all."""
+    """A process's job-path connections, one per thread."""
 
     def get(self) -> JobConnection: ...
 
@@ -92,8 +94,11 @@ def pack(commands: Sequence[Command]) -> list[bytes | memoryview]:
     """Buffers to send for ``commands``: hiredis packs them (fast for many small arguments); a
     command carrying megabytes is sent in pieces instead, its large arguments uncopied."""
     packed = [hiredis.pack_command(tuple(command)) for command in commands]
-    if sum(len(buffer) for buffer in packed) <= LARGE_COMMAND:
-        return [b"".join(packed)] if len(packed) > 1 else packed
+    if len(packed) == 1:
+        if len(packed[0]) <= LARGE_COMMAND:
+            return packed
+    elif sum(len(buffer) for buffer in packed) <= LARGE_COMMAND:
+        return [b"".join(packed)]
     out: list[bytes | memoryview] = []
     for command, buffer in zip(commands, packed, strict=True):
         out.extend(_pack_large(command) if len(buffer) > LARGE_COMMAND else [buffer])
@@ -126,9 +131,16 @@ def _kernel_timeouts(sock: socket.socket) -> None:
 class Wire:
     """A private connection made from a redis-py pool's settings (URL, AUTH, TLS, timeouts)."""
 
-    def __init__(self, pool: redis.ConnectionPool, retry: Retry | None = None) -> None:
+    def __init__(
+        self,
+        pool: redis.ConnectionPool,
+        retry: Retry | None = None,
+        address: tuple[str, int] | None = None,
+    ) -> None:
         # RESP2 whatever the pool speaks: the replies below are parsed as RESP2's arrays.
         self._kwargs = {**pool.connection_kwargs, "protocol": 2}
+        if address is not None:  # another node of the same cluster, with the same settings
+            self._kwargs.update(host=address[0], port=address[1])
         self._class = pool.connection_class
         self._connection = self._class(**self._kwargs)
         self._pid = os.getpid()
@@ -147,21 +159,18 @@ class Wire:
             raise reply
         return reply
 
-    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Run commands in one round trip; error replies come back as exceptions in the list."""
+    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]:
+        """Run commands in one round trip; error replies come back as exceptions in the list.
+        ``routes`` (where each command runs on a cluster) means nothing here: one node."""
         replies = self._retry.call_with_retry(
             lambda: self._round_trip(commands), lambda error: self.close()
         )
         return [as_exception(reply) for reply in replies]
 
-    def evalsha(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run a Lua script by SHA-1, loading it first when Redis lacks it (e.g. after a restart)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return self.execute(*command)
-        except redis.exceptions.NoScriptError:
-            self.execute("SCRIPT", "LOAD", script.source)
-            return self.execute(*command)
+    @staticmethod
+    def slot(key: Any) -> int:
+        """A single Redis is one hash slot: every key's is 0 (``plans.one_slot``)."""
+        return 0
 
     def _socket(self) -> socket.socket:
         if self._pid != os.getpid():  # a forked child: the socket is the parent's, leave it be
@@ -179,48 +188,85 @@ class Wire:
 
     def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
-        sock = self._socket()
-        reader = self._reader
-        assert reader is not None
-        replies: list[Any] = []
         try:
+            sock = self._socket()
             for buffer in buffers:
                 sock.sendall(buffer)
-            while len(replies) < len(commands):
-                reply = reader.gets()
-                if reply is False:
-                    received = sock.recv_into(self._buffer)
-                    if not received:
-                        raise redis.ConnectionError("Connection closed by server.")
-                    reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
-                else:
-                    replies.append(reply)
-        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+            return self._read(sock, len(commands), [])
+        except Exception as exc:
+            self._raise_lost(exc)
+
+    def send(self, commands: Sequence[Command]) -> None:
+        """Send commands without waiting for their replies (``receive`` reads them): a cluster
+        connection sends to every node before it reads from any. Raises redis-py's
+        ConnectionError/TimeoutError when the link is lost (closed then)."""
+        buffers = pack(commands)
+        try:
+            sock = self._socket()
+            for buffer in buffers:
+                sock.sendall(buffer)
+        except Exception as exc:
+            self._raise_lost(exc)
+
+    def receive(self, count: int, replies: list[Any] | None = None) -> list[Any]:
+        """The next ``count`` raw replies (hiredis' ReplyError for an error reply), appended to
+        ``replies``: when the link is lost halfway, those read before are there (a command
+        answered is not one to send again)."""
+        replies = [] if replies is None else replies
+        try:
+            return self._read(self._socket(), count, replies)
+        except Exception as exc:
+            self._raise_lost(exc)
+
+    def _read(self, sock: socket.socket, count: int, replies: list[Any]) -> list[Any]:
+        reader = self._reader
+        assert reader is not None
+        while count:
+            reply = reader.gets()
+            if reply is False:
+                received = sock.recv_into(self._buffer)
+                if not received:
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
+            else:
+                replies.append(reply)
+                count -= 1
+        return replies
+
+    def _raise_lost(self, exc: Exception) -> NoReturn:
+        """Raise redis-py's error for a failure on the socket, the connection closed (its
+        replies are out of step now); other errors as they are."""
+        if isinstance(
+            exc, (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        ):
             self.close()  # the kernel's SO_RCVTIMEO/SO_SNDTIMEO expired (see _kernel_timeouts)
             raise redis.TimeoutError(f"Timeout talking to Redis: {exc!r}") from exc
-        except (OSError, hiredis.ProtocolError) as exc:
+        if isinstance(exc, (OSError, hiredis.ProtocolError)):
             self.close()
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
-        except redis.ConnectionError:
+        if isinstance(exc, redis.ConnectionError):
             self.close()
-            raise
-        return replies
+        raise exc
 
 
 class Wires:
-    """One ``Wire`` per thread, opened on the thread's first use (consumer threads, DAG lanes)."""
+    """One job connection per thread, opened on the thread's first use (consumer threads, DAG
+    lanes): a ``Wire`` each here, a ``storage.cluster.ClusterWire`` each on Redis Cluster."""
 
     def __init__(self, pool: redis.ConnectionPool, retry: Retry | None = None) -> None:
         self._pool = pool
         self._retry = retry
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[Wire] = []
+        self._all: list[JobConnection] = []
 
-    def get(self) -> Wire:
-        wire: Wire | None = getattr(self._local, "wire", None)
+    def _open(self) -> JobConnection:
+        return Wire(self._pool, self._retry)
+
+    def get(self) -> JobConnection:
+        wire: JobConnection | None = getattr(self._local, "wire", None)
         if wire is None:
-            wire = Wire(self._pool, self._retry)
+            wire = self._open()
             self._local.wire = wire
             with self._lock:
                 self._all.append(wire)

@@ -2,62 +2,52 @@
 
 Delivery is at-least-once, so one entry can be in two workers' hands at the same time (one that
 stalled past the visibility timeout and the one that reclaimed it). Both may finish; only one may
-apply, or the requester gets two replies and statistics count twice. ``complete.lua`` therefore
-acknowledges each entry first (XACK is 1 for exactly one completion of an entry) and writes the
-entry's outputs, statistics, reply and stream records only then - all in one script, atomic.
+apply, or the requester gets two replies and statistics count twice. On a single Redis,
+``complete.lua`` therefore acknowledges each entry first (XACK is 1 for exactly one completion of
+an entry) and writes the entry's outputs, statistics, reply and stream records only then - all in
+one script, atomic. Redis Cluster runs the same script in the queue's slot, with the writes that
+live in other slots as steps before it (``complete_steps``: one code path, a single Redis being
+its one-slot case).
 
 A script is not rolled back when a command fails halfway, so the script checks everything that can
 fail before its first write: the type of every key (an output may only create or replace a
 tensor, never another value or one of aiworker's own keys: RedisAI's WRONGTYPE rule), the worker
 user's ACL, and statistics hashes that would make HINCRBY fail. An entry whose outputs are refused
 is left pending and completed again here with the error as its reply. A reply key holding something
-else than a list gets nothing (counted and logged); an expiry is set only on a reply list the
+else than a list gets nothing (reported to the hooks); an expiry is set only on a reply list the
 completion created.
+
+What a completion did is reported to the worker's hooks (``worker.hooks``: metrics and logs among
+them); ``started`` reports a job the pipeline starts running.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import redis
+from typing import Any
 
 from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
 from aiworker.protocol.errors import WRONGTYPE
-from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
-from aiworker.storage import lua, tensor_io
+from aiworker.storage import tensor_io
+from aiworker.storage.wire import JobConnection
+from aiworker.worker.complete_steps import Record, Result, Steps, Writes, encode, lease_is_fresh
+from aiworker.worker.hooks import Hooks, JobEvent
 from aiworker.worker.leases import HeldEntries
-from aiworker.worker.metrics import WorkerMetrics, failure_reason
+from aiworker.worker.metrics import failure_reason
 
 log = logging.getLogger("aiworker.worker")
-COMPLETE = lua.load("complete")
 
-
-class Connection(Protocol):
-    """What a completion runs on: a worker thread's ``Wire`` (or anything with ``evalsha``)."""
-
-    def execute(self, *command: Any) -> Any: ...
-
-    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
-
-    def evalsha(self, script: lua.LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Record:
-    """A stream entry a completion appends (a forward to another queue, a dead letter)."""
-
-    stream: str
-    fields: Mapping[Any, Any]
-    maxlen: int = 0
+__all__ = ["Completer", "Finished", "Record", "Result", "Writes", "unrestricted"]
 
 
 @dataclass
@@ -75,85 +65,6 @@ class Finished:
     # (key, digest) of models/scripts the job ran from cached metadata: checked at completion
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     queue: str = ""  # the stream it was read from ("": the device's plain queue)
-
-
-@dataclass
-class Writes:
-    """What completing one entry writes (``Completer.writes_of``), before it is encoded for the
-    completion scripts (``encode``)."""
-
-    entry_id: str
-    reply: str | None = None
-    payload: bytes = b""
-    # > 0: the payload is a forward notice; the id the entry's last stream record gets goes after
-    # this many of its bytes (replies.forward_notice)
-    splice: int = 0
-    outputs: list[tuple[str, int, Mapping[str, Any]]] = field(default_factory=list)
-    stats: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-    expect: list[tuple[str, bytes]] = field(default_factory=list)
-    marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
-    # output key -> the stage key its fields were written to in the completion's MULTI
-    stages: dict[str, str] = field(default_factory=dict)
-
-    def keys(self) -> list[str]:
-        """Every key written or checked, the reply included (not the marker)."""
-        found = [key for key, _ttl, _fields in self.outputs]
-        found += [self.reply] if self.reply else []
-        found += [key for key, _values in self.stats]
-        found += [record.stream for record in self.records]
-        return found + [key for key, _digest in self.expect]
-
-
-def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[Any]]:
-    """KEYS (``head`` first, then every key written, each once) and the entries' part of ARGV for
-    complete.lua / complete_once.lua (see complete_parts.lua)."""
-    keys = list(head)
-    index = {key: n + 1 for n, key in enumerate(keys)}
-
-    def ref(key: str) -> int:
-        if key not in index:
-            keys.append(key)
-            index[key] = len(keys)
-        return index[key]
-
-    body: list[Any] = [len(entries)]
-    for entry in entries:
-        entry_id: Any = ref(entry.marker) if entry.marker else entry.entry_id
-        reply_ref = ref(entry.reply) if entry.reply else 0
-        body += [entry_id, reply_ref, entry.payload, entry.splice]
-        body += [len(entry.outputs), len(entry.stats), len(entry.records), len(entry.expect)]
-        for key, ttl, fields in entry.outputs:
-            stage = entry.stages.get(key)
-            if stage is not None:  # written by a plain HSET: only renamed into place here
-                body += [ref(key), ttl, ref(stage), 0]
-                continue
-            body += [ref(key), ttl, 0, 2 * len(fields)]
-            for name, value in fields.items():
-                body += [name, value]
-        for key, values in entry.stats:
-            body += [ref(key), *values]
-        for stream in entry.records:
-            body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
-            for name, value in stream.fields.items():
-                body += [name, value]
-        for key, digest in entry.expect:
-            body += [ref(key), digest]
-    return keys, body
-
-
-@dataclass(frozen=True)
-class Result:
-    """What completing one entry did."""
-
-    applied: bool  # this delivery completed the entry: its writes happened
-    duplicate: bool = False  # another delivery had completed it: nothing written
-    # "WRONGTYPE" | "NOPERM" | "PREFIX" (answered with that error) | "STALE" (a model it ran was
-    # stored anew meanwhile: the caller runs it again): nothing written, still pending
-    refused: str = ""
-    key: str = ""  # the key refused
-    reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)
-    stats: int = 0  # 1 counted, 0 none, -1 counted after repairing its hash, -2 denied
 
 
 def refusal_message(reason: str, key: str) -> str:
@@ -174,26 +85,31 @@ class Completer:
         keys: Keys,
         worker_name: str,
         reply_ttl: int,
-        metrics: WorkerMetrics,
         held: HeldEntries,
+        hooks: Hooks | None = None,
+        lease_s: float = 30.0,
+        marker_ttl: int = 300,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
     ) -> None:
         self.keys = keys
         self.worker_name = worker_name
         self.reply_ttl = reply_ttl
-        self.metrics = metrics
         self.held = held
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.lease_s = lease_s  # the visibility timeout: how long an entry taken stays ours
         # check each command against the worker user's ACL inside the script; off only while the
         # user may run anything on any key (``unrestricted``, re-checked with every heartbeat)
         self.check_acl = True
+        # done markers (Redis Cluster) outlive any redelivery of the entries they guard;
         # WAIT <replicas> <timeout> after each completion step (``wait_replicas``)
-        self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
+        wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
+        self.steps = Steps(keys, worker_name + ":", marker_ttl, wait)
         self.jobs_done = 0
         self.jobs_failed = 0
         self._lock = threading.Lock()
 
-    def complete(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
+    def complete(self, conn: JobConnection, queue: str, items: Sequence[Finished]) -> list[Result]:
         """Apply each entry's effects if this delivery is the one that completes it."""
         results: list[Result] = []
         try:
@@ -204,15 +120,16 @@ class Completer:
                 for n, r in enumerate(results)
                 if r.refused and r.refused != "STALE"
             }
-            if again:  # complete those again, answering the refusal instead
-                retried = self._run(conn, queue, list(again.values()))
+            if again:  # complete those again, answering the refusal instead (still ours:
+                # the first run found them held, and may have acknowledged them already)
+                retried = self._run(conn, queue, list(again.values()), held=True)
                 for (n, item), result in zip(again.items(), retried, strict=True):
                     if result.refused:  # cannot even answer: just take it off the queue
                         bare = Finished(item.entry_id, item.outcome, item.job, fields=item.fields)
-                        result = self._run(conn, queue, [bare])[0]
+                        result = self._run(conn, queue, [bare], held=True)[0]
                     done[n], results[n] = item, result
             for item, result in zip(done, results, strict=True):
-                self._record(queue, item, result)
+                self._report(queue, item, result)
             return results
         finally:
             rerun = {
@@ -236,56 +153,33 @@ class Completer:
             item.entry_id, outcome, item.job, item.reply, item.fmt, item.started, item.fields
         )
 
-    def _run(self, conn: Connection, queue: str, items: Sequence[Finished]) -> list[Result]:
+    def _run(
+        self, conn: JobConnection, queue: str, items: Sequence[Finished], held: bool = False
+    ) -> list[Result]:
         writes = [self.writes_of(item, queue) for item in items]
-        stages = self._stage(writes)
-        keys, body = encode([queue], writes)
-        reply = self._script(conn, COMPLETE, keys, [CONSUMER_GROUP, *self._head()], body, stages)
-        if self.wait is not None:  # on this thread's connection: WAIT counts its writes
-            conn.execute("WAIT", *self.wait)
-        return [_result(row) for row in reply]
+        self._stage(writes)
 
-    def _head(self) -> list[Any]:
-        """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
-        return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
+        def leased(entry_id: str) -> bool:
+            return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
+
+        return self.steps.run(conn, queue, writes, self._head(), leased)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
         output's fields as arguments)."""
         return encode([queue], [self.writes_of(item, queue) for item in items])
 
-    def _stage(self, writes: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:
-        """Large outputs go to stage keys in plain HSETs (``tensor_io.staged_call``); the stage
-        keys and their fields."""
-        stages = []
+    def _stage(self, writes: Sequence[Writes]) -> None:
+        """Large outputs go to stage keys in plain HSETs (``complete_steps``): their stage keys
+        (in each output's own hash slot)."""
         for entry in writes:
             for key, _ttl, fields in entry.outputs:
                 if len(memoryview(fields["blob"])) > tensor_io.LUA_VALUE_BYTES:
                     entry.stages[key] = self.keys.temp(key, entry.entry_id)
-                    stages.append((entry.stages[key], fields))
-        return stages
 
-    @staticmethod
-    def _script(
-        conn: Connection,
-        script: lua.LuaScript,
-        keys: list[str],
-        head: list[Any],
-        body: list[Any],
-        stages: Sequence[tuple[str, Mapping[str, Any]]] = (),
-    ) -> Any:
-        def call(keys: list[str], args: list[Any]) -> Any:
-            if stages:
-                return tensor_io.staged_call(conn, script, keys, args, stages)
-            return conn.evalsha(script, keys, args)
-
-        try:
-            return call(keys, [*head, 0, *body])
-        except redis.exceptions.NoPermissionError:
-            # The ACL denies a declared key, so Redis refused the whole script. Run it once more
-            # with the keys as arguments (standalone Redis allows that): its own ACL check then
-            # names the key, and the other entries complete.
-            return call(keys[:1], [*head, len(keys) - 1, *keys[1:], *body])
+    def _head(self) -> list[Any]:
+        """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
+        return [self.keys.prefix, self.reply_ttl, int(self.check_acl)]
 
     def writes_of(self, item: Finished, queue: str) -> Writes:
         """What completing ``item``, read from stream ``queue``, writes: outputs, reply, statistics,
@@ -334,7 +228,7 @@ class Completer:
         outcome = item.outcome
         queue_ms = None
         if item.started is not None:
-            queue_ms = max(0, int(item.started * 1000) - _enqueued_ms(item))
+            queue_ms = max(0, int(item.started * 1000) - _enqueued_ms(item.job, item.entry_id))
         compute_ms = round(outcome.duration_us / 1000, 3) if outcome.duration_us else None
         return replies.build_reply(
             queue,
@@ -347,69 +241,64 @@ class Completer:
             outcome.reply_fields,
         )
 
-    def _record(self, queue: str, item: Finished, result: Result) -> None:
-        """Counters, metrics and logs of a completed entry."""
-        device = self.keys.device_of(queue)
-        extra = {"job_id": item.entry_id, "queue": queue}
-        if result.duplicate:
-            self.metrics.duplicates.labels(device).inc()
-            log.info(
-                "job %s: completed by another delivery; result dropped", item.entry_id, extra=extra
-            )
-            return
+    def started(self, queue: str, job: Job, taken: float | None) -> None:
+        """Tell the hooks that this worker starts running ``job`` (taken from ``queue`` at
+        ``taken``, unix seconds)."""
+        if self.hooks.wants("job_started"):
+            self.hooks.call("job_started", self._event(queue, job, job.entry_id, taken))
+
+    def _report(self, queue: str, item: Finished, result: Result) -> None:
+        """Count a completed entry and tell the hooks what its completion did."""
         outcome = item.outcome
+        if result.duplicate:
+            if self.hooks.wants("job_skipped"):
+                event = self._event(queue, item.job, item.entry_id, item.started)
+                self.hooks.call("job_skipped", event)
+            return
         if not result.applied or outcome.status in (FORWARD, DROPPED):
             return
-        if result.reply < 0:
-            self.metrics.replies_dropped.labels(device).inc()
-            log.warning(
-                "job %s %s; its reply key '%s' is not a list this worker may push to: "
-                "no reply written",
-                item.entry_id,
-                outcome.status,
-                item.reply,
-                extra=extra,
-            )
-        if result.stats < 0:
-            log.warning(
-                "job %s: statistics of %s %s",
-                item.entry_id,
-                [record.key for record in outcome.stats],
-                "were not a hash of integers: repaired"
-                if result.stats == -1
-                else "not counted: this worker may not write them",
-                extra=extra,
-            )
-        model = str(getattr(item.job.request, "key", "")) if item.job is not None else ""
+        ok = outcome.status == "ok"
         with self._lock:
             self.jobs_done += 1
-            self.jobs_failed += int(outcome.status != "ok")
-        if outcome.status == "ok":
-            waited = None
-            if item.started is not None:
-                waited = item.started - _enqueued_ms(item) / 1000
-            batch = outcome.reply_fields.get("batch", {}).get("requests", 1)
-            self.metrics.success(model, device, outcome.duration_us / 1_000_000, batch, waited)
+            self.jobs_failed += int(not ok)
+        name = "job_finished" if ok else "job_failed"
+        if not self.hooks.wants(name):
             return
-        reason = failure_reason(outcome.status, outcome.error, malformed=item.job is None)
-        self.metrics.failure(model, device, reason)
-        log.info(
-            "job %s %s: %s",
+        event = self._event(
+            queue,
+            item.job,
             item.entry_id,
-            outcome.status,
-            outcome.error,
-            extra={**extra, "reason": reason},
+            item.started,
+            finished=time.time(),
+            status=outcome.status,
+            error=outcome.error,
+            reason="" if ok else failure_reason(outcome.status, outcome.error, item.job is None),
+            compute_s=outcome.duration_us / 1_000_000,
+            batch=outcome.reply_fields.get("batch", {}).get("requests", 1),
+            reply_key=item.reply,
+            reply_dropped=result.reply < 0,
+            stats=result.stats,
+        )
+        self.hooks.call(name, event)
+
+    def _event(
+        self, queue: str, job: Job | None, entry_id: str, started: float | None, **more: Any
+    ) -> JobEvent:
+        return JobEvent(
+            entry_id,
+            queue,
+            self.keys.device_of(queue),
+            str(getattr(job.request, "key", "")) if job is not None else "",
+            job.request.op if job is not None else "",
+            _enqueued_ms(job, entry_id) / 1000,
+            started,
+            **more,
         )
 
 
-def spliced(payload: bytes, at: int, entry_id: str) -> bytes:
-    """A forward notice with the forwarded entry's id written in (as complete_parts.lua does)."""
-    return payload[:at] + entry_id.encode() + payload[at:]
-
-
-def _enqueued_ms(item: Finished) -> int:
+def _enqueued_ms(job: Job | None, entry_id: str) -> int:
     """When the requester enqueued the job (before any forward to another device queue)."""
-    return item.job.enqueued_ms if item.job is not None else entry_time_ms(item.entry_id)
+    return job.enqueued_ms if job is not None else entry_time_ms(entry_id)
 
 
 def unrestricted(r: Any) -> bool:
@@ -423,16 +312,4 @@ def unrestricted(r: Any) -> bool:
         return False
     return "+@all" in user.get("categories", []) and not any(
         str(c).startswith("-") for c in user.get("commands", [])
-    )
-
-
-def _result(row: Sequence[Any]) -> Result:
-    code, reply, stats, reason, key = row[:5]  # row[5]: the id a stream record got (if any)
-    return Result(
-        applied=code == 1,
-        duplicate=code == 0,
-        refused=text(reason) if code == -1 else "",
-        key=text(key),
-        reply=int(reply),
-        stats=int(stats),
     )

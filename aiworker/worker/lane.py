@@ -449,8 +449,8 @@ class Lane:
         ids = [m.entry_id for m in batch.members if m.entry_id]
         for member in batch.members:
             ticket: Ticket | None = member.context[0].ticket
-            if ticket is not None:
-                self.held.running(ticket.queue, member.context[0].entry_id)
+            if ticket is not None and self.held.running(ticket.queue, member.context[0].entry_id):
+                self.completer.started(ticket.queue, member.context[0].job, ticket.started)
         self._reader_meanwhile(batch)
         started = time.perf_counter()
         try:

@@ -38,15 +38,25 @@ class HeldEntries:
                 self._entries.pop((queue, entry_id), None)
                 self._ran.discard((queue, entry_id))
 
-    def running(self, queue: str, entry_id: str) -> None:
-        """The entry's job started running on a device (a hand-back counts it as a delivery)."""
+    def running(self, queue: str, entry_id: str) -> bool:
+        """The entry's job started running on a device (a hand-back counts it as a delivery);
+        True the first time (its first op)."""
+        key = (queue, entry_id)
         with self._lock:
-            if (queue, entry_id) in self._entries:
-                self._ran.add((queue, entry_id))
+            if key in self._entries and key not in self._ran:
+                self._ran.add(key)
+                return True
+            return False
 
     def ran(self, queue: str, entry_id: str) -> bool:
         with self._lock:
             return (queue, entry_id) in self._ran
+
+    def since(self, queue: str, entry_id: str) -> float | None:
+        """When (``time.monotonic``) the entry was taken, or None when it is not held."""
+        with self._lock:
+            found = self._entries.get((queue, entry_id))
+        return found[1] if found is not None else None
 
     def pairs(self) -> list[tuple[str, str]]:
         with self._lock:

@@ -20,6 +20,9 @@ Failure reasons: ``error`` (the model, its inputs or its backend failed), ``time
 passed before the job started), ``malformed`` (the entry could not be decoded), ``too_large``
 (a size limit), ``denied`` (the worker's Redis user may not write a key), ``internal`` (a bug in the
 worker, reported instead of crashing), ``dead_letter`` (delivered more than max_deliveries times).
+
+The per-job families are fed by ``MetricsHook``, one of the worker's hooks (``worker.hooks``); the
+worker's loops count what they ride out (Redis errors, reclaimed entries) themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
+
+from aiworker.worker.hooks import JobEvent
 
 SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -213,3 +218,25 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The text exposition format, as a scrape would see it."""
         return generate_latest(self.registry)
+
+
+class MetricsHook:
+    """The per-job metrics, as a worker hook (``worker.hooks``)."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def job_finished(self, event: JobEvent) -> None:
+        self._dropped(event)
+        self.metrics.success(event.model, event.device, event.compute_s, event.batch, event.queue_s)
+
+    def job_failed(self, event: JobEvent) -> None:
+        self._dropped(event)
+        self.metrics.failure(event.model, event.device, event.reason)
+
+    def job_skipped(self, event: JobEvent) -> None:
+        self.metrics.duplicates.labels(event.device).inc()
+
+    def _dropped(self, event: JobEvent) -> None:
+        if event.reply_dropped:
+            self.metrics.replies_dropped.labels(event.device).inc()

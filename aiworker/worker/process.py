@@ -7,10 +7,14 @@ stages overlapping for different jobs. Beside it, ``recovery`` reclaims entries 
 renews leases, and ``health`` publishes the heartbeat and watches for hung jobs. Consumer names are
 ``host:pid:device:n``.
 
-On Redis Cluster (found once, at start: ``INFO cluster``) the same stages run through redis-py's
-cluster client: the job path on a ``ClusterWire``, completions split by hash slot
-(``complete_cluster``). A device queue may be several streams (``queue_partitions``); the
-consumer threads share them out, recovery covers them all, and the heartbeat lists them.
+On Redis Cluster (found once, at start: ``INFO cluster``) the same stages run unchanged: the job
+path talks through a ``ClusterWire`` per thread instead of a ``Wire`` (``storage.cluster``), and
+the completion applies each hash slot's writes in steps (``complete_steps``). A device queue may
+be several streams (``queue_partitions``); the consumer threads share them out, recovery covers
+them all, and the heartbeat lists them.
+
+Hooks (``worker.hooks``) observe every job: the worker's metrics and job logs are two of them,
+and ``Worker(settings, hooks=[...])`` adds a deployment's own.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -40,16 +44,15 @@ from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
 from aiworker.storage import plans, redis_options, tensor_io
-from aiworker.storage.cluster import ClusterWires
+from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
-from aiworker.storage.wire import JobConnections, Wires
 from aiworker.worker.complete import Completer, unrestricted
-from aiworker.worker.complete_cluster import ClusterCompleter
 from aiworker.worker.consume import ensure_group
 from aiworker.worker.health import Heartbeat, Watchdog
+from aiworker.worker.hooks import Hooks, LoggingHook
 from aiworker.worker.lane import Lane, LaneOptions
 from aiworker.worker.leases import HeldEntries
-from aiworker.worker.metrics import WorkerMetrics
+from aiworker.worker.metrics import MetricsHook, WorkerMetrics
 from aiworker.worker.recovery import Recovery
 
 log = logging.getLogger("aiworker.worker")
@@ -62,9 +65,12 @@ __all__ = ["Worker", "ensure_group"]
 
 
 class Worker:
-    """Serves the device queues named in ``settings.devices`` until ``stop`` is called."""
+    """Serves the device queues named in ``settings.devices`` until ``stop`` is called;
+    ``hooks`` observe its jobs (``worker.hooks``)."""
 
-    def __init__(self, settings: Settings, r: redis.Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, r: redis.Redis | None = None, hooks: Iterable[Any] = ()
+    ) -> None:
         self.keys = Keys(settings.prefix)
         self.r = (
             r
@@ -103,18 +109,20 @@ class Worker:
         self.models = Models(self.r, self.registry, self.cache, self.limits)
         self.metrics = WorkerMetrics()
         self.held = HeldEntries()
-        self.wires: JobConnections
-        self.completer: Completer
-        completion = (self.keys, self.name, settings.reply_ttl, self.metrics, self.held)
-        waits = (settings.wait_replicas, settings.wait_replicas_timeout)
-        if self.cluster:
-            self.wires = ClusterWires(self.r)
+        self.wires = job_connections(self.r, redis_options.reconnect_retry())
+        self.hooks = Hooks([LoggingHook(), MetricsHook(self.metrics), *hooks])
+        self.completer = Completer(
+            self.keys,
+            self.name,
+            settings.reply_ttl,
+            self.held,
+            self.hooks,
+            lease_s=settings.visibility_timeout,
             # done markers outlive any redelivery of the entries they guard
-            marker_ttl = max(settings.reply_ttl, int(10 * settings.visibility_timeout), 60)
-            self.completer = ClusterCompleter(*completion, *waits, marker_ttl=marker_ttl)
-        else:
-            self.wires = Wires(self.r.connection_pool, redis_options.reconnect_retry())
-            self.completer = Completer(*completion, *waits)
+            marker_ttl=max(settings.reply_ttl, int(10 * settings.visibility_timeout), 60),
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.wait_replicas_timeout,
+        )
         # scripts calling Redis do so on the calling thread's own connection
         self.executor = Executor(
             self.models, self.keys, self.limits, self.wires.execute, self.cluster

@@ -270,7 +270,7 @@ class Recovery:
             job,
             reply_key_of(fields, self.keys),
             reply_format_of(fields),
-            fields=fields,  # on Redis Cluster its request id names its completion's done markers
+            fields=fields,
             records=[Record(target, record, self.settings.dead_letter_maxlen)],
         )
         [result] = self.completer.complete(self.wires.get(), queue, [letter])

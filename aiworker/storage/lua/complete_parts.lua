@@ -20,6 +20,7 @@
 --     still be stored in that version, or the entry is refused as STALE and runs again).
 -- Defines `entries`, `K` (the keys, by index), `type_of`, `allowed`, `refusal(entry)` and
 -- `apply(entry)`.
+-- @keys-in-argv 5
 local prefix, ttl, check_acl = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local K, i = KEYS, 6
 if tonumber(ARGV[5]) > 0 then
