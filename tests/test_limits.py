@@ -254,7 +254,9 @@ def test_reads_of_many_keys_are_split_so_no_script_runs_long(client: Client) -> 
     client.config_set("slowlog-max-len", 100_000)
     client.slowlog_reset()
     try:
-        snapshots = state.read(Wire(client.connection_pool), jobs, job_limits.Limits())
+        snapshots = state.read(
+            Wire(client.connection_pool), jobs, job_limits.Limits(), None, client.keyspace
+        )
         log = client.slowlog_get(100_000)
     finally:
         client.config_set("slowlog-log-slower-than", 10_000)

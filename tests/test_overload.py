@@ -138,9 +138,9 @@ def test_a_flushed_worker_beats_again_at_once(client: Client, settings: Settings
     try:
         wait_until(lambda: client.exists(client.keyspace.workers), timeout=10)
         client.flushall()
-        assert not client.exists(client.keyspace.workers)
-        assert w.heartbeat.beat_now()
-        assert client.zscore(client.keyspace.workers, w.name) is not None
-        assert client.get(client.keyspace.queue_limit(QUEUE)) == b"3"
+        # the lane that found its stream gone may be publishing already: either way, it is back
+        w.heartbeat.beat_now()
+        wait_until(lambda: client.zscore(client.keyspace.workers, w.name) is not None, timeout=1)
+        wait_until(lambda: client.get(client.keyspace.queue_limit(QUEUE)) == b"3", timeout=1)
     finally:
         w.stop(timeout=10)

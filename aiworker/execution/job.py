@@ -374,7 +374,6 @@ class JobRun:
             temp_writes=self.spilled,
         )
 
-
     def _persisted(self) -> dict[str, np.ndarray]:
         """The last version of each PERSIST key (ops in order), within the output limit."""
         latest = {name: producer for (name, producer) in self.values}
