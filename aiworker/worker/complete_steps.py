@@ -197,12 +197,11 @@ class Steps:
         (complete_parts.lua); ``leased(entry_id)``: the worker's clock says it still holds the
         entry (asked only of entries completed in steps)."""
         queue_slot = conn.slot(queue)
+        splits = [self._split(conn, queue, queue_slot, entry) for entry in writes]
+        if not any(splits):  # every key in the queue's slot (always, on a single Redis)
+            return self._whole(conn, queue, writes, head)
         results: list[Result | None] = [None] * len(writes)
-        steps: dict[int, list[Writes]] = {}
-        for n, entry in enumerate(writes):
-            split = self._split(conn, queue, queue_slot, entry)
-            if split is not None:
-                steps[n] = split
+        steps = {n: split for n, split in enumerate(splits) if split is not None}
         unsure = [n for n in steps if not leased(writes[n].entry_id)]
         if unsure:
             held = self._still_held(conn, queue, [writes[n].entry_id for n in unsure])
@@ -244,6 +243,20 @@ class Steps:
         for n, found_rows in rows.items():
             results[n] = _combined(found_rows)
         return [result if result is not None else Result(applied=False) for result in results]
+
+    def _whole(
+        self, conn: JobConnection, queue: str, writes: Sequence[Writes], head: list[Any]
+    ) -> list[Result]:
+        """Entries whose keys all live in the queue's slot: one complete.lua call, which
+        acknowledges each entry first and writes all of it, atomically."""
+        keys, body = encode([queue], writes)
+        call = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body], stages=_stages(writes))
+        [reply] = lua.run(conn, [call])
+        if self.wait is not None:
+            self._wait_replicas(conn, [queue])
+        if isinstance(reply, Exception):
+            raise reply
+        return [row_result(row) for row in reply]
 
     def _split(
         self, conn: JobConnection, queue: str, queue_slot: int, writes: Writes
