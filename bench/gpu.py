@@ -44,7 +44,6 @@ import torch
 from aiworker import Client
 from aiworker.embedded import RedisServer
 from aiworker.parser import parse_command
-from aiworker.protocol.replies import raise_for_reply
 from bench.common import (
     ROOT,
     cpu_seconds,
@@ -164,8 +163,8 @@ def client_loop(url: str, kind: str, model: str, device: str, shape: tuple[int, 
 
         def call() -> None:  # Client.modelexecute, keeping the reply for its batch field
             reply = c.submit_reply(device, request)
-            raise_for_reply(reply)
-            batch = reply.get("batch") or {}
+            reply.raise_for_status()
+            batch = reply.extra.get("batch") or {}
             out["requests"].append(int(batch.get("requests", 1)))
             out["sizes"].append(int(batch.get("size", 1)))
 

@@ -147,3 +147,13 @@ def test_layers() -> None:
 def test_no_package_cycles() -> None:
     graph = package_graph()
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_every_benchmark_imports() -> None:
+    """The benchmarks reach into aiworker's modules: a refactoring that moves a name they use
+    must fail here, not on the next benchmark run."""
+    names = sorted(f"bench.{p.stem}" for p in (ROOT / "bench").glob("*.py"))
+    code = f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=worker_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
