@@ -2,7 +2,7 @@
 
     python -m bench.gpu [--clients 32] [--client-processes 4] [--threads-per-queue 1,2]
                         [--batch 32] [--seconds 5] [--latency-calls 200]
-                        [--redis-server PATH] [--small] [--intra-op N]
+                        [--redis-server PATH] [--unix-socket] [--small] [--intra-op N]
 
 The model: a torchvision ResNet-50 (``weights=None``: nothing is downloaded) on ``GPU`` when torch
 sees a CUDA device and torchvision is importable, else (or with ``--small``) a small convolutional
@@ -327,6 +327,47 @@ def single_client_p50(url: str, model: str, image: np.ndarray, calls: int) -> tu
     return out[0], out[1]
 
 
+def serve(args: argparse.Namespace, url: str, blob: bytes, shape: tuple[int, ...], device: str,
+          image: np.ndarray, tmp: str, b1_rate: float, batch_rate: float,
+          ) -> tuple[list[list[object]], tuple[float, float]]:  # fmt: skip
+    """The aiworker and DIY rows, and the single-client p50s (four calls, ``Client.run``)."""
+    rows: list[list[object]] = []
+    r = redis.Redis.from_url(url)
+    setup = Client.from_url(url)
+    setup.modelstore(OFF, "TORCH", device, blob)
+    setup.modelstore(ON, "TORCH", device, blob, batch=args.batch)
+    setup.close()
+    per_process = max(1, args.clients // args.client_processes)
+    clients = Clients(url, args.client_processes, per_process, shape)
+    try:
+        for threads in (int(t) for t in args.threads_per_queue.split(",")):
+            with aiworker_worker(url, device, threads, args.intra_op) as pid:
+                for model, label in ((OFF, "no batching"), (ON, f"BATCHSIZE {args.batch}")):
+                    m = measure(clients, r, pid, "aiworker", model, device, args.seconds)
+                    base = batch_rate if model == ON else b1_rate
+                    rows.append([
+                        f"aiworker, {label}, THREADS_PER_QUEUE {threads}", m["rate"],
+                        f"{m['rate'] / base:.2f}x {'b' + str(args.batch) if model == ON else 'b1'}",
+                        m["p50"], m["p99"], f"{m['worker_ms']:.2f} ({m['worker_cores']:.2f} cores)",
+                        m["redis_us"], f"{m['per_run']:.1f}", m["largest"],
+                    ])  # fmt: skip
+                if threads == int(args.threads_per_queue.split(",")[0]):
+                    latency = single_client_p50(url, OFF, image, args.latency_calls)
+        model_path = Path(tmp) / "model.pt"
+        model_path.write_bytes(blob)
+        with diy_worker(url, device, args.diy_threads, model_path, args.intra_op) as pid:
+            m = measure(clients, r, pid, "diy", "-", device, args.seconds)
+            rows.append([
+                f"DIY stream worker, {args.diy_threads} threads", m["rate"],
+                f"{m['rate'] / b1_rate:.2f}x b1", m["p50"], m["p99"],
+                f"{m['worker_ms']:.2f} ({m['worker_cores']:.2f} cores)", m["redis_us"], "1", 1,
+            ])  # fmt: skip
+    finally:
+        clients.close()
+        r.close()
+    return rows, latency
+
+
 # the benchmark ------------------------------------------------------------------------------
 
 
@@ -341,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-calls", type=int, default=200)
     parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
     parser.add_argument("--small", action="store_true", help="the small conv net, on the CPU")
+    parser.add_argument(
+        "--unix-socket",
+        action="store_true",
+        help="everyone reaches Redis through its Unix socket (a sidecar's way) instead of TCP",
+    )
     parser.add_argument(
         "--intra-op", type=int, default=0, help="torch threads everywhere (0: torch's default)"
     )
@@ -375,44 +421,24 @@ def main(argv: list[str] | None = None) -> int:
         [f"in-process, batch {args.batch} (pinned), module as stored", stored[2],
          f"{stored[2] / b1_rate:.2f}x b1", "", "", "", "", args.batch, args.batch],
     ]  # fmt: skip
-    with RedisServer(executable=args.redis_server) as server, tempfile.TemporaryDirectory() as tmp:
-        r = redis.Redis.from_url(server.url)
-        setup = Client.from_url(server.url)
-        setup.modelstore(OFF, "TORCH", device, blob)
-        setup.modelstore(ON, "TORCH", device, blob, batch=args.batch)
-        setup.close()
-        clients = Clients(server.url, args.client_processes, per_process, shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        socket = Path(tmp) / "redis.sock"
+        extra = ["--unixsocket", str(socket), "--unixsocketperm", "700"] if args.unix_socket else []
+        server = RedisServer(executable=args.redis_server, extra_args=extra).start()
+        url = f"unix://{socket}" if args.unix_socket else server.url
         try:
-            for threads in (int(t) for t in args.threads_per_queue.split(",")):
-                with aiworker_worker(server.url, device, threads, args.intra_op) as pid:
-                    for model, label in ((OFF, "no batching"), (ON, f"BATCHSIZE {args.batch}")):
-                        m = measure(clients, r, pid, "aiworker", model, device, args.seconds)
-                        base = batch_rate if model == ON else b1_rate
-                        rows.append([
-                            f"aiworker, {label}, THREADS_PER_QUEUE {threads}", m["rate"],
-                            f"{m['rate'] / base:.2f}x {'b' + str(args.batch) if model == ON else 'b1'}",
-                            m["p50"], m["p99"], f"{m['worker_ms']:.2f} ({m['worker_cores']:.2f} cores)",
-                            m["redis_us"], f"{m['per_run']:.1f}", m["largest"],
-                        ])  # fmt: skip
-                    if threads == int(args.threads_per_queue.split(",")[0]):
-                        four, run = single_client_p50(server.url, OFF, image, args.latency_calls)
-            model_path = Path(tmp) / "model.pt"
-            model_path.write_bytes(blob)
-            with diy_worker(server.url, device, args.diy_threads, model_path, args.intra_op) as pid:
-                m = measure(clients, r, pid, "diy", "-", device, args.seconds)
-                rows.append([
-                    f"DIY stream worker, {args.diy_threads} threads", m["rate"],
-                    f"{m['rate'] / b1_rate:.2f}x b1", m["p50"], m["p99"],
-                    f"{m['worker_ms']:.2f} ({m['worker_cores']:.2f} cores)", m["redis_us"], "1", 1,
-                ])  # fmt: skip
+            served, (four, run) = serve(
+                args, url, blob, shape, device, image, tmp, b1_rate, batch_rate
+            )
         finally:
-            clients.close()
+            server.stop()
+    rows += served
 
     versions = f"torch {torch.__version__}"
     if device == "GPU":
         versions += f", {torch.cuda.get_device_name(0)}"
     print(f"{described} on {device} ({versions}); inputs {'x'.join(map(str, shape))} fp32; "
-          f"{total} closed-loop clients ({args.client_processes} processes x {per_process} "
+          f"Redis over {'its Unix socket' if args.unix_socket else 'TCP'}; {total} closed-loop clients ({args.client_processes} processes x {per_process} "
           f"threads), {args.seconds:g} s per row after a warm-up; torch threads "
           f"{torch.get_num_threads()}; {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip

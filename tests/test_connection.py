@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import spawn_worker, stub_blob
 
 from aiworker import Client
 from aiworker.embedded import RedisServer
@@ -92,3 +95,23 @@ def test_python_packer_fallback_for_types_hiredis_refuses(redis_server: RedisSer
         assert r.hget("h", "ba") == b"abc"
     finally:
         r.close()
+
+
+def test_a_worker_and_a_client_reach_redis_over_its_unix_socket(tmp_path: Path) -> None:
+    """A sidecar next to Redis connects through the server's Unix socket (``unix://``): no TCP
+    option (keepalive) may be passed to that connection."""
+    socket = tmp_path / "redis.sock"
+    with RedisServer(extra_args=["--unixsocket", str(socket), "--unixsocketperm", "700"]):
+        url = f"unix://{socket}"
+        proc = spawn_worker(url, "--device", "CPU")
+        client = Client.from_url(url, reply_timeout=30)
+        try:
+            client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+            client.tensorset("a", np.array([2, 3], dtype=np.float32))
+            client.modelexecute("m", ["a", "a"], ["out"])
+            assert client.tensorget("out").tolist() == [4, 6]
+        finally:
+            client.close()
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()

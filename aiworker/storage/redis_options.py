@@ -57,7 +57,8 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs = tls_kwargs(settings)
     kwargs["retry"] = reconnect_retry()
     kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
-    kwargs["socket_keepalive"] = True
+    if urlsplit(settings.redis_url).scheme != "unix":  # TCP keepalive: no option of a Unix socket
+        kwargs["socket_keepalive"] = True
     kwargs["socket_timeout"] = settings.socket_timeout or (
         settings.block_ms / 1000 + SOCKET_TIMEOUT_MARGIN_S
     )
