@@ -35,6 +35,8 @@ LARGE_ARGUMENT = 64 * 1024
 LARGE_COMMAND = 1 << 20
 # Read buffer of a connection, reused: a fresh 256 KiB ``recv`` buffer per reply is an mmap.
 RECV_BYTES = 64 * 1024
+# The most of the reply parser's buffer kept between replies (hiredis frees it beyond 16 KiB).
+KEEP_READ_BUFFER = 4 * 1024 * 1024
 
 Command = Sequence[Any]
 
@@ -179,6 +181,9 @@ class Wire:
         if self._connection._sock is None or self._reader is None:
             self._connection.connect()
             self._reader = hiredis.Reader()
+            # keep a buffer that large replies grew (a fresh one each time is page faults); one
+            # grown past KEEP_READ_BUFFER by a huge reply is freed once that reply is read
+            self._reader.setmaxbuf(KEEP_READ_BUFFER)
             sock = self._connection._sock
             assert sock is not None
             _kernel_timeouts(sock)
