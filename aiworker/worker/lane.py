@@ -130,7 +130,11 @@ class Lane:
         self.peers: Callable[[], int] = lambda: 1  # live workers serving this queue
         self.on_lost: Callable[[], None] = lambda: None  # its stream vanished (a flush)
         self.running = RunningJobs()
-        self._cond = threading.Condition(threading.Lock())
+        # the lane's state is guarded by ``_lock``; ``_cond`` (on the same lock) is for waiting.
+        # ``with self._lock`` rather than ``with self._cond``: Condition's __enter__/__exit__ are
+        # Python calls, eight a job
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._batcher = Batcher(options.max_waiting, options.max_waiting_bytes)
         self._free = options.slots
         self._tasks: deque[Task] = deque()
@@ -166,12 +170,12 @@ class Lane:
         return list(self._threads)
 
     def wake(self) -> None:
-        with self._cond:
+        with self._lock:
             self._cond.notify_all()
 
     def idle(self) -> bool:
         """Nothing left in hand (a graceful stop ends when every lane is idle)."""
-        with self._cond:
+        with self._lock:
             return self._idle()
 
     def _idle(self) -> bool:
@@ -189,11 +193,11 @@ class Lane:
 
     def waiting_entry_ids(self) -> list[str]:
         """Entries whose jobs were read and prepared, waiting for the device (or partners)."""
-        with self._cond:
+        with self._lock:
             return self._batcher.held_entry_ids()
 
     def held_entry_ids(self) -> list[str]:
-        with self._cond:
+        with self._lock:
             ids = self._batcher.held_entry_ids() + self.running.entry_ids()
         return list(dict.fromkeys(ids))
 
@@ -223,7 +227,7 @@ class Lane:
 
     def _next(self, consumer: Consumer | None) -> Task | None:
         """The most urgent work (see the module docstring), waiting for some; None: stop."""
-        with self._cond:
+        with self._lock:
             while True:
                 now = time.monotonic()
                 if self._batcher:
@@ -272,7 +276,7 @@ class Lane:
 
     def _read(self, conn: JobConnection, consumer: Consumer) -> None:
         try:
-            with self._cond:
+            with self._lock:
                 count, block_ms = self._room(), self._block_ms()
             stream, entries = consumer.next(conn, count, block_ms)
             while entries:
@@ -283,7 +287,7 @@ class Lane:
                 room = self._share(conn, consumer, stream, room)
                 entries = consumer.read(conn, room, None, stream) if room > 0 else []
         finally:
-            with self._cond:
+            with self._lock:
                 self._reading.difference_update(consumer.streams)
                 if self._free > 1 and len(self._batcher) > 1:
                     self._cond.notify()  # more than this thread can start at once
@@ -300,7 +304,7 @@ class Lane:
         what the batcher may hold."""
         if not models:
             return 0
-        with self._cond:
+        with self._lock:
             room = 0
             for key in models:
                 batchsize = self._batcher.batchsize(key)
@@ -368,7 +372,7 @@ class Lane:
                 kept.add(job.entry_id)
         if answered:
             self._complete(conn, answered)
-        with self._cond:
+        with self._lock:
             self._inflight += len(runs)
         batching: set[str] = set()
         for run in runs:
@@ -409,7 +413,7 @@ class Lane:
         def task(conn: JobConnection) -> None:
             self.process(conn, entries, queue)
 
-        with self._cond:
+        with self._lock:
             self._tasks.append(task)
             self._cond.notify()
 
@@ -437,7 +441,7 @@ class Lane:
             lane.put(member)
 
     def put(self, member: Member) -> None:
-        with self._cond:
+        with self._lock:
             self._batcher.add(member)
             # A lane thread that put it takes it itself once it is done reading (after filling
             # a batch with what else is queued): a unit from elsewhere wakes a thread.
@@ -481,12 +485,12 @@ class Lane:
         READ_MEANWHILE_S or more; a trivial job is read, run and completed by one thread)."""
         if not self.queues or self._run_s.get(batch.members[0].model_key, 1.0) < READ_MEANWHILE_S:
             return
-        with self._cond:
+        with self._lock:
             if not self._reading:
                 self._cond.notify()
 
     def _release(self, batch: Batch) -> None:
-        with self._cond:
+        with self._lock:
             self._free += 1
             self._batcher.finished(batch)
             if self._batcher or self._tasks:
@@ -545,7 +549,7 @@ class Lane:
                 lane._done(len(finished))
 
     def _done(self, count: int) -> None:
-        with self._cond:
+        with self._lock:
             self._inflight -= count
             if self.stop.is_set():
                 self._cond.notify_all()
