@@ -437,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     versions = f"torch {torch.__version__}"
     if device == "GPU":
         versions += f", {torch.cuda.get_device_name(0)}"
+    transport = "its Unix socket" if args.unix_socket else "TCP"
     print(f"{described} on {device} ({versions}); inputs {'x'.join(map(str, shape))} fp32; "
-          f"Redis over {'its Unix socket' if args.unix_socket else 'TCP'}; {total} closed-loop clients ({args.client_processes} processes x {per_process} "
-          f"threads), {args.seconds:g} s per row after a warm-up; torch threads "
-          f"{torch.get_num_threads()}; {os.cpu_count()} CPUs, load "
-          f"average {os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip
+          f"Redis over {transport}; {total} closed-loop clients ({args.client_processes} "
+          f"processes x {per_process} threads), {args.seconds:g} s per row after a warm-up; "
+          f"torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end\n")  # fmt: skip
     headers = ["peer", "images/s", "vs in-process", "p50 ms", "p99 ms", "worker CPU ms/job",
                "Redis CPU us/job", "requests per run", "largest batch"]  # fmt: skip
     print(markdown_table(headers, rows))
