@@ -19,7 +19,7 @@ from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.settings import Settings
-from aiworker.storage.plans import Commands
+from aiworker.storage.plans import Commands, drive_steps_async
 from aiworker.storage.redis_options import client_kwargs
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess", "max_concurrency")
@@ -105,18 +105,7 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
     async def _drive(self, op: Op) -> Any:
         if op.command is not None:
             self._print(op.command)
-        plan = op.plan
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = await self._step(step)
-                except Exception as exc:
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
+        return await drive_steps_async(op.plan, self._step)
 
     def _run(self, op: Op) -> Any:
         return self._drive(op)

@@ -30,7 +30,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import MSGPACK, Reply, decode_reply
 from aiworker.protocol.requests import Request
 from aiworker.storage import health
-from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.plans import Commands, Plan, drive_steps_async
 from aiworker.storage.queues import Enqueuer
 
 READ_BLOCK_S = 1.0
@@ -81,18 +81,7 @@ class AsyncJobs:
             self.router.forget(mailbox)
 
     async def _drive(self, plan: Plan[Reply], mailbox: _Mailbox) -> Reply:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = await self._step(step, mailbox)
-                except Exception as exc:  # the plan decides what a lost Redis means
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            reply: Reply = stop.value
-            return reply
+        return await drive_steps_async(plan, lambda step: self._step(step, mailbox))
 
     async def _step(self, step: Any, mailbox: _Mailbox) -> Any:
         if isinstance(step, Receive):

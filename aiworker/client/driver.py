@@ -12,7 +12,7 @@ from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size
 from aiworker.client.verify import verify_model
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
-from aiworker.storage.plans import Commands
+from aiworker.storage.plans import Commands, drive_steps
 
 
 class Driver:
@@ -64,18 +64,7 @@ class Driver:
     def _run(self, op: Op) -> Any:
         if op.command is not None:
             self._print(op.command)
-        plan = op.plan
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = self._step(step)
-                except Exception as exc:
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
+        return drive_steps(op.plan, self._step)
 
     # jobs (aiworker's own calls) ---------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from aiworker.protocol.replies import MSGPACK, Reply, decode_reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import anchor
 from aiworker.storage import health, plans
-from aiworker.storage.plans import Commands, Plan
+from aiworker.storage.plans import Commands, Plan, drive_steps
 from aiworker.storage.queues import Enqueuer
 from aiworker.storage.redis_options import connection_kwargs
 from aiworker.storage.wire import JobConnections, Wires
@@ -180,17 +180,7 @@ class Jobs:
 
     def _drive(self, plan: Plan[Reply], channel: Channel) -> Reply:
         try:
-            step = next(plan)
-            while True:
-                try:
-                    result = self._step(step, channel)
-                except Exception as exc:  # the plan decides what a lost Redis means
-                    step = plan.throw(exc)
-                    continue
-                step = plan.send(result)
-        except StopIteration as stop:
-            reply: Reply = stop.value
-            return reply
+            return drive_steps(plan, lambda step: self._step(step, channel))
         finally:
             channel.close()
 

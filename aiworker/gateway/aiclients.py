@@ -30,6 +30,7 @@ from aiworker.client.sync import Client
 from aiworker.parser import Command
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
+from aiworker.storage.plans import drive_steps
 from aiworker.storage.queues import Enqueuer
 
 from .translate import error_reply, reply_plan
@@ -98,14 +99,9 @@ def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
     """A plan on a blocking client (in a worker thread), models never loaded here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unverified model's warning: no one to show it to
-        step = next(plan)
-        while True:
-            try:
-                result = False if isinstance(step, VerifyHere) else client._step(step)
-            except Exception as exc:
-                step = plan.throw(exc)
-                continue
-            step = plan.send(result)
+        return drive_steps(
+            plan, lambda step: False if isinstance(step, VerifyHere) else client._step(step)
+        )
 
 
 class AIClients:
@@ -158,8 +154,6 @@ class AIClients:
     def _run_blocking(clients: _Clients, cmd: Command) -> Any:
         try:
             return _drive_blocking(clients.blocking_client(), reply_plan(clients.state, cmd))
-        except StopIteration as stop:
-            return stop.value
         except Exception as exc:
             return error_reply(exc)
 

@@ -4,10 +4,10 @@ A *plan* is a generator that yields the commands it needs (a ``Commands``: one r
 a MULTI/EXEC transaction) and receives their replies, exceptions in place of failed commands. The
 logic of "read a model", "store a tensor", ... lives in one plan; ``run`` drives a plan on a
 ``redis.Redis`` (or a ``redis.cluster.RedisCluster``), ``drive`` on anything that sends a
-``Commands`` (a worker's job connection), and the asyncio client drives the same plan on
-``redis.asyncio`` (``run_async`` in ``aiworker.asyncio``). Plans may also yield other instructions
-that only a client's driver understands (a job to submit, a model to verify); storage plans only
-yield ``Commands``.
+``Commands`` (a worker's job connection). Plans may also yield other instructions that only a
+client's driver understands (a job to submit, a model to verify); storage plans only yield
+``Commands``. The clients' drivers (sync, asyncio, the gateway's) carry out their steps through
+``drive_steps`` and ``drive_steps_async``.
 
 On Redis Cluster a command goes to the master of its key's hash slot; a command that names no key
 of its own (SCRIPT LOAD, WAIT) names in ``Commands.routes`` the key whose master must run it. A
@@ -16,7 +16,7 @@ single Redis is the one-slot case: ``by_slot`` puts every key in one group there
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -133,6 +133,39 @@ def drive(plan: Plan[T], send: Callable[[Commands], list[Any]]) -> T:
     except StopIteration as stop:
         result: T = stop.value
         return result
+
+
+def drive_steps(plan: Plan[T], step: Callable[[Any], Any]) -> T:
+    """Drive a client's plan: ``step`` carries out each step it yields; an exception a step
+    raises goes back into the plan (it decides what, say, a lost Redis means)."""
+    try:
+        current = next(plan)
+        while True:
+            try:
+                result = step(current)
+            except Exception as exc:
+                current = plan.throw(exc)
+                continue
+            current = plan.send(result)
+    except StopIteration as stop:
+        out: T = stop.value
+        return out
+
+
+async def drive_steps_async(plan: Plan[T], step: Callable[[Any], Awaitable[Any]]) -> T:
+    """``drive_steps`` for an asyncio client: ``step`` is awaited."""
+    try:
+        current = next(plan)
+        while True:
+            try:
+                result = await step(current)
+            except Exception as exc:
+                current = plan.throw(exc)
+                continue
+            current = plan.send(result)
+    except StopIteration as stop:
+        out: T = stop.value
+        return out
 
 
 def run(r: AnyRedis, plan: Plan[T]) -> T:
