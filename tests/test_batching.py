@@ -75,6 +75,52 @@ def test_partial_batch_waits_while_its_model_runs_but_a_full_one_starts() -> Non
     assert b.take(now=0) is not None
 
 
+def test_after_a_batch_is_answered_a_partial_one_waits_for_its_requesters() -> None:
+    """For up to the hold, a partial batch of the model starts only once it holds the rows that
+    were waiting plus those just answered (closed-loop clients come back); then it starts as is."""
+    b = Batcher()
+    m = meta(8)
+    for _ in range(3):
+        b.add(member(m))
+    answered = b.take(now=0)
+    assert answered is not None and answered.total == 3
+    b.add(member(m, at=0.01))  # arrived while the batch ran
+    b.finished(answered, now=1.0, hold_s=0.5)
+    assert b.take(now=1.1) is None  # 1 row: the 3 answered are expected back
+    assert b.next_wakeup() == pytest.approx(1.5)
+    b.add(member(m, at=1.1))
+    b.add(member(m, at=1.1))
+    assert b.take(now=1.2) is None
+    b.add(member(m, at=1.2))
+    back = b.take(now=1.2)
+    assert back is not None and back.total == 4  # 1 waiting + the 3 answered
+    b.add(member(m, at=1.3))
+    b.finished(back, now=2.0, hold_s=0.5)
+    assert b.take(now=2.4) is None
+    late = b.take(now=2.5)  # the hold is over: whatever waits runs
+    assert late is not None and late.total == 1
+
+
+def test_a_batch_as_full_as_it_can_get_does_not_wait() -> None:
+    """Requests that no longer fit make the chosen ones a full batch: it starts while the model
+    runs, and does not wait for a hold."""
+    b = Batcher()
+    m = meta(4)
+    b.add(member(m))
+    running = b.take(now=0)
+    assert running is not None
+    b.add(member(m, rows=3))
+    b.add(member(m, rows=3))
+    first = b.take(now=0)
+    assert first is not None and first.total == 3  # the other 3 rows do not fit
+    b.finished(running, now=1.0, hold_s=0.5)
+    b.finished(first, now=1.0, hold_s=0.5)
+    assert b.take(now=1.1) is None  # 3 rows waiting, 3 + 1 + 3 expected (capped at 4)
+    b.add(member(m, rows=2))
+    second = b.take(now=1.1)
+    assert second is not None and second.total == 3  # 2 more rows would not fit beside it
+
+
 def test_head_alone_may_exceed_batchsize() -> None:
     b = Batcher()
     b.add(member(meta(2, 2), rows=3))

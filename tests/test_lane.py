@@ -240,3 +240,33 @@ def test_a_dag_op_waiting_for_its_batch_is_not_a_hung_job(
         assert result["status"] == "ok", result
     finally:
         w.stop(timeout=10)
+
+
+def test_closed_loop_clients_keep_full_batches(client: Client, settings: Settings) -> None:
+    """Eight clients that each send their next request once answered (two of them late), BATCHSIZE
+    8, one run in flight: the runs after the first rounds carry all eight. A partial batch started the moment the
+    device frees up (before the requests of the batch just answered were read) would split the
+    clients for good into a large batch and stragglers, each run paying the model's whole cost."""
+    stub_model(client, "m", batch=(8, 0, 0), op="identity", sleep_ms=40)
+    for n in range(8):
+        client.tensorset(f"in{n}", np.array([[n, n]], np.float32))  # one row each
+    w = Worker(settings.replace(threads_per_queue=1)).start()
+    sizes: list[list[int]] = [[] for _ in range(8)]
+
+    def loop(n: int) -> None:
+        if n >= 6:
+            time.sleep(0.015)  # two clients come late: they arrive while the first batch runs
+        for _ in range(6):
+            reply = submit(client, f"AI.MODELEXECUTE m INPUTS 1 in{n} OUTPUTS 1 out{n}")
+            sizes[n].append(reply["batch"]["requests"])
+
+    try:
+        threads = [threading.Thread(target=loop, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        w.stop(timeout=10)
+    later = [size for each in sizes for size in each[2:]]  # the first rounds line the clients up
+    assert len(later) == 32 and sum(size < 8 for size in later) <= 4, sizes

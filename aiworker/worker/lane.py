@@ -71,6 +71,8 @@ IDLE_POLL_SECONDS = 0.5
 # A run at least this long (its model's last run) has another thread read the next jobs meanwhile;
 # below it, waking a thread costs more than it saves (the interpreter lock changes hands twice).
 READ_MEANWHILE_S = 0.002
+# Longest a partial batch waits for the requests of a batch just answered (Lane._completed).
+MAX_HOLD_S = 0.05
 
 
 @dataclass(eq=False)
@@ -251,13 +253,13 @@ class Lane:
                 self._cond.wait(self._wait_s(now))
 
     def _may_read(self, consumer: Consumer) -> bool:
-        """Read only what can start soon: one unit ready per slot beyond those running; and one
-        reader per stream at a time."""
+        """Read only what can start soon: one unit ready per slot beyond those running (a batch
+        still forming takes more until it is full); and one reader per stream at a time."""
         if self.stop.is_set() or not self._reading.isdisjoint(consumer.streams):
             return False
         if self._batcher.overfull():
             return False
-        return self._free > 0 or len(self._batcher) < self.options.slots
+        return self._free > 0 or self._batcher.full_units() < self.options.slots
 
     def _wait_s(self, now: float) -> float:
         if not self._batcher:
@@ -464,20 +466,24 @@ class Lane:
             results = [MemberResult(None, failure_text(exc), counted=False)] * len(batch.members)
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._release(batch)
+                self._completed(batch)
                 self._abandon(batch)
                 raise
         self._run_s[batch.members[0].model_key] = time.perf_counter() - started
         self._release(batch)
-        follow: list[Member] = []
-        done: list[Run] = []
-        for member, result in zip(batch.members, results, strict=True):
-            run, op = member.context
-            follow += run.op_done(op, result, member, batch)
-            if run.finished and run not in done:
-                done.append(run)
-        self._submit(follow)
-        if done:
-            self._complete_runs(conn, done)
+        try:
+            follow: list[Member] = []
+            done: list[Run] = []
+            for member, result in zip(batch.members, results, strict=True):
+                run, op = member.context
+                follow += run.op_done(op, result, member, batch)
+                if run.finished and run not in done:
+                    done.append(run)
+            self._submit(follow)
+            if done:
+                self._complete_runs(conn, done)
+        finally:
+            self._completed(batch)
 
     def _reader_meanwhile(self, batch: Batch) -> None:
         """Wake a thread to read the next jobs while this run takes the device, when nobody
@@ -490,10 +496,22 @@ class Lane:
                 self._cond.notify()
 
     def _release(self, batch: Batch) -> None:
+        """The run is over: its slot is free (a full batch may start at once)."""
         with self._lock:
             self._free += 1
-            self._batcher.finished(batch)
             if self._batcher or self._tasks:
+                self._cond.notify()
+
+    def _completed(self, batch: Batch) -> None:
+        """The batch's jobs are answered: its model may start another *partial* batch, after
+        its requesters' next requests or its last run's time at most (``Batcher.finished``).
+        A full batch never waits."""
+        if not batch.members[0].batching:
+            return
+        hold_s = min(self._run_s.get(batch.model[0], 0.0), MAX_HOLD_S) if self.queues else 0.0
+        with self._lock:
+            self._batcher.finished(batch, time.monotonic(), hold_s)
+            if self._batcher:
                 self._cond.notify()
 
     def _abandon(self, batch: Batch) -> None:
