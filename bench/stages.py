@@ -27,7 +27,7 @@ import torch
 from aiworker import Client
 from aiworker.backends import torch as torch_backend
 from aiworker.embedded import RedisServer
-from aiworker.execution import batching, executor, state
+from aiworker.execution import executor, state
 from aiworker.settings import Settings
 from aiworker.storage import wire
 from aiworker.worker import complete, consume, lane, process
@@ -63,7 +63,7 @@ def instrument() -> None:
     measure(lane, "decode_entry", "  decode the entry")
     measure(state, "read", "  read the job's state (state.read)")
     measure(executor.Executor, "prepare", "  prepare the job's run")
-    measure(batching, "run_batch", "run on the device")
+    measure(lane, "run_batch", "run on the device")
     measure(torch_backend.TorchModel, "run", "  the model's forward (TorchModel.run)")
     measure(complete.Completer, "complete", "complete (Completer.complete)")
 

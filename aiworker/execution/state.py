@@ -70,6 +70,8 @@ class ScriptRunner(Protocol):
 
     def slot(self, key: Any) -> int: ...
 
+    one_slot: bool  # every key shares one slot (a single Redis)
+
 
 class MetaCache:
     """The model and script metadata this process read last, by key: a job whose model is in it
@@ -310,6 +312,8 @@ class _Reader:
     def _one_slot(self, jobs: dict[int, list[Read]]) -> bool:
         """Whether every key the jobs read, and the read's flag keys, share one hash slot (as on
         a single Redis, always): the guarded read's WATCH and MULTI cannot span slots."""
+        if self.conn.one_slot:
+            return True
         slot = self.conn.slot
         first, *flags = [slot(key) for key in self.keyspace.read_flags(_token())]
         return all(found == first for found in flags) and all(

@@ -203,6 +203,8 @@ class ClusterWire:
         self._wires: dict[Address, Wire] = {}
         self._retry = retry
 
+    one_slot = False
+
     @staticmethod
     def slot(key: Any) -> int:
         return slot_of(key)

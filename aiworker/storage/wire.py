@@ -52,6 +52,9 @@ class JobConnection(Protocol):
 
     def slot(self, key: Any) -> int: ...
 
+    # every key shares one hash slot (a single Redis): callers skip grouping keys by slot
+    one_slot: bool
+
     def close(self) -> None: ...
 
 
@@ -168,6 +171,8 @@ class Wire:
             lambda: self._round_trip(commands), lambda error: self.close()
         )
         return [as_exception(reply) for reply in replies]
+
+    one_slot = True
 
     @staticmethod
     def slot(key: Any) -> int:

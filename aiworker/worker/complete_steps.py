@@ -196,9 +196,11 @@ class Steps:
         """Apply ``writes`` (one per entry of ``queue``); ``head`` is ARGV[2..4] of the scripts
         (complete_parts.lua); ``leased(entry_id)``: the worker's clock says it still holds the
         entry (asked only of entries completed in steps)."""
+        if conn.one_slot:  # a single Redis
+            return self._whole(conn, queue, writes, head)
         queue_slot = conn.slot(queue)
         splits = [self._split(conn, queue, queue_slot, entry) for entry in writes]
-        if not any(splits):  # every key in the queue's slot (always, on a single Redis)
+        if not any(splits):  # every key in the queue's slot
             return self._whole(conn, queue, writes, head)
         results: list[Result | None] = [None] * len(writes)
         steps = {n: split for n, split in enumerate(splits) if split is not None}
