@@ -268,5 +268,6 @@ def test_closed_loop_clients_keep_full_batches(client: Client, settings: Setting
             thread.join(60)
     finally:
         w.stop(timeout=10)
-    later = [size for each in sizes for size in each[2:]]  # the first rounds line the clients up
-    assert len(later) == 32 and sum(size < 8 for size in later) <= 4, sizes
+    # the first rounds line the clients up; in the last, some have already sent all theirs
+    later = [size for each in sizes for size in each[2:-1]]
+    assert len(later) == 24 and sum(size < 8 for size in later) <= 3, sizes
