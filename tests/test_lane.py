@@ -271,3 +271,22 @@ def test_closed_loop_clients_keep_full_batches(client: Client, settings: Setting
     # the first rounds line the clients up; in the last, some have already sent all theirs
     later = [size for each in sizes for size in each[2:-1]]
     assert len(later) == 24 and sum(size < 8 for size in later) <= 3, sizes
+
+
+def test_a_lone_client_never_waits_for_a_hold(client: Client, settings: Settings) -> None:
+    """The hold after a batch is answered waits only for as many rows as were answered: one
+    client sending one request after another (BATCHSIZE 8, runs of 60 ms) starts each at once."""
+    stub_model(client, "m", batch=(8, 0, 0), op="identity", sleep_ms=60)
+    client.tensorset("in", np.array([[1, 2]], np.float32))
+    w = Worker(settings.replace(threads_per_queue=1)).start()
+    replies, took = [], []
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            replies.append(submit(client, "AI.MODELEXECUTE m INPUTS 1 in OUTPUTS 1 out"))
+            took.append(time.perf_counter() - started)
+    finally:
+        w.stop(timeout=10)
+    assert [r["status"] for r in replies] == ["ok"] * 5, replies
+    # a run is 60 ms; a request held as long again would take 120 ms or more
+    assert max(took[1:]) < 0.125, took
