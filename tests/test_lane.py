@@ -290,3 +290,30 @@ def test_a_lone_client_never_waits_for_a_hold(client: Client, settings: Settings
     assert [r["status"] for r in replies] == ["ok"] * 5, replies
     # a run is 60 ms; a request held as long again would take 120 ms or more
     assert max(took[1:]) < 0.125, took
+
+
+def test_short_runs_ready_together_complete_together(client: Client, settings: Settings) -> None:
+    """Jobs read together whose runs are short run one after another and complete in one call
+    (one round trip for their outputs and replies, not one each), each answered correctly."""
+    stub_model(client, "m")
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(threads_per_queue=1)).start()
+    sizes: list[int] = []
+    try:
+        lane = w.lanes["CPU"]
+        enqueue(client, [job_entry("m", ["a", "a"], ["warm"], "r_warm")])
+        assert blpop_json(client, "r_warm")["status"] == "ok"  # the model's run time is known
+        complete = lane.completer.complete
+
+        def counted(conn: Any, queue: str, items: Any) -> Any:
+            sizes.append(len(items))
+            return complete(conn, queue, items)
+
+        lane.completer.complete = counted  # type: ignore[method-assign]
+        enqueue(client, [job_entry("m", ["a", "a"], [f"o{n}"], f"r{n}") for n in range(6)])
+        replies = [blpop_json(client, f"r{n}") for n in range(6)]
+    finally:
+        w.stop(timeout=10)
+    assert [r["status"] for r in replies] == ["ok"] * 6, replies
+    assert [client.tensorget(f"o{n}").tolist() for n in range(6)] == [[2.0, 4.0]] * 6
+    assert sum(sizes) == 6 and max(sizes) > 1, sizes

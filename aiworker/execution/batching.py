@@ -259,6 +259,16 @@ class Batcher:
         self._held.pop(batch.model, None)
         return batch
 
+    def take_single(self, wanted: Callable[[str], bool]) -> Batch | None:
+        """The oldest unit that does not batch, as a batch of one, if ``wanted(its model or
+        script key)``, and unless a unit waiting has a TIMEOUT of its own (``expired`` must see
+        those first); None otherwise."""
+        if not self._singles or self._deadlines or not wanted(self._singles[0].model_key):
+            return None
+        single = self._singles.popleft()
+        self._forget(single)
+        return Batch([single])
+
     def finished(self, batch: Batch, now: float = 0.0, hold_s: float = 0.0) -> None:
         """A batch ``take`` returned has run and its requests are answered: its model may start
         another partial batch, though for up to ``hold_s`` after ``now`` only one that holds as

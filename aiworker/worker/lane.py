@@ -17,7 +17,9 @@ A thread that finished a run gives its slot back *before* it completes the job, 
 starts the next unit on the device while the first writes the outputs and the reply; and the next
 job's inputs are read while the current one runs. A worker with requests waiting is therefore never
 idle, and in the simple case (one request at a time) one thread reads, runs and completes a job
-with no hand-off at all.
+with no hand-off at all. Under load, a thread whose run was short (below CHAIN_RUN_S) runs the next
+short single units that are ready before completing (up to CHAIN_MAX), and completes all their jobs
+in one call: one round trip and one Lua call for several trivial jobs.
 
 Every job is a ``JobRun`` (``execution.job``): its model and script ops are ``Member`` units in the
 lane of their device (lanes for devices this process does not read are made on first use, with run
@@ -73,6 +75,9 @@ IDLE_POLL_SECONDS = 0.5
 READ_MEANWHILE_S = 0.002
 # Longest a partial batch waits for the requests of a batch just answered (Lane._completed).
 MAX_HOLD_S = 0.05
+# Runs shorter than this chain (Lane._chained): at most CHAIN_MAX of them, then one completion.
+CHAIN_RUN_S = 0.001
+CHAIN_MAX = 8
 
 
 @dataclass(eq=False)
@@ -451,7 +456,26 @@ class Lane:
                 self._cond.notify()
 
     def _run(self, conn: JobConnection, batch: Batch) -> None:
-        """Run one batch on the device, give the slot back, then finish its members' jobs."""
+        """Run one batch on the device, give the slot back, then complete its members' jobs.
+        After a short run, more short runs that are ready go first (``_chained``), and the jobs
+        of all of them complete together: one completion round trip instead of one each."""
+        ran: list[Batch] = []
+        done: list[Run] = []
+        try:
+            unit: Batch | None = batch
+            while unit is not None:
+                ran.append(unit)
+                done += self._run_one(unit, done)
+                unit = self._chained(unit, len(ran))
+            if done:
+                self._complete_runs(conn, done)
+        finally:
+            for each in ran:
+                self._completed(each)
+
+    def _run_one(self, batch: Batch, earlier: list[Run]) -> list[Run]:
+        """Run ``batch`` and hand each member's job its result; the jobs it finished (``earlier``:
+        those of the chained runs before it, let go with it when Redis is lost)."""
         ids = [m.entry_id for m in batch.members if m.entry_id]
         for member in batch.members:
             ticket: Ticket | None = member.context[0].ticket
@@ -466,24 +490,38 @@ class Lane:
             results = [MemberResult(None, failure_text(exc), counted=False)] * len(batch.members)
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._release(batch)
-                self._completed(batch)
-                self._abandon(batch)
+                self._let_go([member.context[0] for member in batch.members] + earlier)
                 raise
         self._run_s[batch.members[0].model_key] = time.perf_counter() - started
         self._release(batch)
-        try:
-            follow: list[Member] = []
-            done: list[Run] = []
-            for member, result in zip(batch.members, results, strict=True):
-                run, op = member.context
-                follow += run.op_done(op, result, member, batch)
-                if run.finished and run not in done:
-                    done.append(run)
-            self._submit(follow)
-            if done:
-                self._complete_runs(conn, done)
-        finally:
-            self._completed(batch)
+        follow: list[Member] = []
+        done: list[Run] = []
+        for member, result in zip(batch.members, results, strict=True):
+            run, op = member.context
+            follow += run.op_done(op, result, member, batch)
+            if run.finished and run not in done:
+                done.append(run)
+        self._submit(follow)
+        return done
+
+    def _chained(self, last: Batch, count: int) -> Batch | None:
+        """The next single unit to run before completing what ran (``_run``): only after a run
+        shorter than CHAIN_RUN_S, when the next unit's model ran that short too, a slot is free
+        and no unit waiting has a TIMEOUT of its own; CHAIN_MAX runs at most (a job's reply
+        waits for the runs chained after it)."""
+
+        def short(key: str) -> bool:
+            return self._run_s.get(key, 1.0) < CHAIN_RUN_S
+
+        if count >= CHAIN_MAX or not short(last.members[0].model_key):
+            return None
+        with self._lock:
+            if self._free <= 0 or self.stop.is_set():
+                return None
+            single = self._batcher.take_single(short)
+            if single is not None:
+                self._free -= 1
+            return single
 
     def _reader_meanwhile(self, batch: Batch) -> None:
         """Wake a thread to read the next jobs while this run takes the device, when nobody
@@ -514,10 +552,9 @@ class Lane:
             if self._batcher:
                 self._cond.notify()
 
-    def _abandon(self, batch: Batch) -> None:
+    def _let_go(self, runs: Sequence[Run]) -> None:
         """Redis was lost mid-run: the entries are let go, to be reclaimed and run again."""
-        for member in batch.members:
-            run, _op = member.context
+        for run in runs:
             ticket: Ticket | None = run.ticket
             if ticket is not None and not ticket.abandoned:
                 ticket.abandoned = True
