@@ -8,6 +8,9 @@ memory. On a GPU ``host_buffer`` is page-locked: a batch written there goes to t
 non-blocking copy and no host copy, any other input is copied once into page-locked memory first,
 and outputs come back into page-locked memory with non-blocking copies and one wait on the run's
 stream (each thread runs on a CUDA stream of its own).
+
+On the CPU a model is loaded, and forwards that took HAND_OFF_FORWARD_S or more run, on the
+forward threads (``forward_threads``: many threads owning OpenMP pools slow every forward down).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiworker.backends.base import (
     ModelSpec,
     powers_of_two,
 )
+from aiworker.backends.forward_threads import FORWARD_THREADS
 from aiworker.backends.torch_common import (
     flatten,
     pinned_tensor,
@@ -44,6 +48,11 @@ from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
+
+# A CPU forward that took at least this long last time runs on the forward threads
+# (``forward_threads``: OpenMP pools of many threads make every forward slower); shorter ones
+# run on the calling thread, where a hand-off would cost more than it saves.
+HAND_OFF_FORWARD_S = 0.0002
 
 
 def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
@@ -109,6 +118,7 @@ class TorchModel(LoadedModel):
         self.input_range = _input_range(module)
         self._handed_out = _HandedOut()
         self._streams = threading.local()
+        self._forward_s: float | None = None  # the last forward's time (None: none yet)
 
     def batch_sizes(self, batchsize: int) -> list[int] | None:
         """On a GPU, powers of two (warmed up at load): the profiling executor re-specialises on
@@ -135,8 +145,11 @@ class TorchModel(LoadedModel):
         if self.device.type == "cuda":
             with self._on_stream():
                 outputs, started = self._forward(inputs)
-        else:  # the common small job: no stream machinery
+        elif self._forward_s is None or self._forward_s >= HAND_OFF_FORWARD_S:
+            outputs, started = FORWARD_THREADS.run(self._forward, inputs)
+        else:  # the common small job: no hand-off, no stream machinery
             outputs, started = self._forward(inputs)
+        self._forward_s = clock() - started
         check_run_time(started, self.limit_ms)
         return outputs
 
@@ -188,6 +201,11 @@ class TorchBackend(Backend):
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         device = torch_device(spec.device)
         safety.check_torch_archive(blob, self.options.allow_file_ops)  # loading runs __setstate__
+        if device.type == "cpu":  # optimizing runs ops: on a forward thread, as the forwards
+            return FORWARD_THREADS.run(self._load, blob, device)  # type: ignore[no-any-return]
+        return self._load(blob, device)
+
+    def _load(self, blob: bytes, device: torch.device) -> TorchModel:
         try:
             module = torch.jit.load(io.BytesIO(blob), map_location=device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError or worse for corrupt archives

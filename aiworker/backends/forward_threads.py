@@ -1,0 +1,76 @@
+"""Threads that run CPU forwards for whichever lane thread runs a job.
+
+Why: torch's intra-op parallelism on the CPU is OpenMP (libgomp in the pip wheels), whose thread
+pool belongs to the thread that starts a parallel region. A device lane runs jobs on whichever of
+its threads is free, so before long several threads of the process have started one; libgomp then
+counts more threads than cores, stops spinning between parallel regions, and every region pays
+futex wake-ups. A small conv net (1x3x64x64): 0.24 ms a forward called alone, 0.7-1.0 ms once one
+other such thread is alive; in a worker with THREADS_PER_QUEUE 1 (two lane threads), 0.94-1.04 ms a
+run against 0.53-0.68 ms with one lane thread. Forwards handed to these threads keep the pools as
+few as the forwards in flight. A hand-off costs ~60 us of CPU here, so only forwards that take long
+enough come here (``TorchModel``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+Call = tuple[Callable[..., Any], tuple[Any, ...], list[tuple[bool, Any]], threading.Lock]
+
+
+class _Thread:
+    """One daemon thread running the calls put to it, one at a time."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[Call] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="aiworker-forward", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            function, args, box, done = self.calls.get()
+            try:
+                box.append((True, function(*args)))
+            except BaseException as exc:  # the caller raises it
+                box.append((False, exc))
+            done.release()
+
+    def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        box: list[tuple[bool, Any]] = []
+        done = threading.Lock()
+        done.acquire()
+        self.calls.put((function, args, box, done))
+        done.acquire()  # released once the call ran
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+
+class ForwardThreads:
+    """A thread per call in flight, reused: sequential calls all run on the same thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Thread] = []
+        self._pid = os.getpid()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on one of these threads; its result, or its exception raised."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's threads are not here
+                self._idle, self._pid = [], os.getpid()
+            thread = self._idle.pop() if self._idle else None
+        if thread is None:
+            thread = _Thread()
+        try:
+            return thread.call(function, args)
+        finally:
+            with self._lock:
+                self._idle.append(thread)
+
+
+FORWARD_THREADS = ForwardThreads()

@@ -1,0 +1,86 @@
+"""CPU forwards off the lane threads: the forward threads, and which TORCH runs go there."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import torch_blob
+
+from aiworker.backends import forward_threads
+from aiworker.backends.base import BackendOptions, ModelSpec
+from aiworker.backends.forward_threads import ForwardThreads
+from aiworker.devices import parse_device
+
+torch = pytest.importorskip("torch")
+
+
+def test_calls_one_after_another_share_one_thread_not_the_callers() -> None:
+    threads = ForwardThreads()
+    names = [threads.run(lambda: threading.current_thread()) for _ in range(5)]
+    assert len(set(names)) == 1 and names[0] is not threading.current_thread()
+    assert names[0].daemon
+
+
+def test_a_call_raises_its_own_exception_in_the_caller() -> None:
+    threads = ForwardThreads()
+
+    def fails(text: str) -> None:
+        raise KeyError(text)
+
+    with pytest.raises(KeyError, match="boom"):
+        threads.run(fails, "boom")
+    assert threads.run(lambda a, b: a + b, 2, 3) == 5  # the thread lives on
+
+
+def test_calls_in_flight_together_get_a_thread_each() -> None:
+    threads = ForwardThreads()
+    inside = threading.Barrier(3, timeout=10)
+    seen: list[threading.Thread] = []
+
+    def call() -> None:
+        def body() -> None:
+            seen.append(threading.current_thread())
+            inside.wait()  # both calls run at once, or this times out
+
+        threads.run(body)
+
+    callers = [threading.Thread(target=call) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    inside.wait()
+    for caller in callers:
+        caller.join(10)
+    assert len(set(seen)) == 2
+    assert len(threads._idle) == 2  # both kept for later calls
+
+
+def test_torch_cpu_loads_and_long_forwards_run_on_the_forward_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CPU model is loaded there, its first forward and any forward that took long run there;
+    a forward that was short runs on the caller's thread (a hand-off would cost more)."""
+    from aiworker.backends import torch as torch_backend
+
+    handed: list[str] = []
+    real = forward_threads.FORWARD_THREADS.run
+
+    def recorded(function: Any, *args: Any) -> Any:
+        handed.append(function.__name__)
+        return real(function, *args)
+
+    monkeypatch.setattr(torch_backend.FORWARD_THREADS, "run", recorded)
+    backend = torch_backend.TorchBackend(BackendOptions())
+    model = backend.load(torch_blob(), ModelSpec("m", parse_device("CPU")))
+    assert handed == ["_load"]
+    ones = [np.ones(2, np.float32), np.ones(2, np.float32)]
+    assert model.run(ones)[0].tolist() == [2.0, 2.0]
+    assert handed == ["_load", "_forward"]  # the first: its time is not known yet
+    monkeypatch.setattr(torch_backend, "HAND_OFF_FORWARD_S", 60.0)  # every forward is "short"
+    model.run(ones)
+    assert handed == ["_load", "_forward"]  # on the calling thread
+    model._forward_s = 61.0  # type: ignore[attr-defined] # as if the last forward took longer
+    assert model.run(ones)[0].tolist() == [2.0, 2.0]
+    assert handed == ["_load", "_forward", "_forward"]
