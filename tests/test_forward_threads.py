@@ -78,9 +78,43 @@ def test_torch_cpu_loads_and_long_forwards_run_on_the_forward_threads(
     ones = [np.ones(2, np.float32), np.ones(2, np.float32)]
     assert model.run(ones)[0].tolist() == [2.0, 2.0]
     assert handed == ["_load", "_forward"]  # the first: its time is not known yet
-    monkeypatch.setattr(torch_backend, "HAND_OFF_FORWARD_S", 60.0)  # every forward is "short"
+    monkeypatch.setattr(torch_backend, "HAND_OFF_S", 60.0)  # every forward is "short"
     model.run(ones)
     assert handed == ["_load", "_forward"]  # on the calling thread
     model._forward_s = 61.0  # type: ignore[attr-defined] # as if the last forward took longer
     assert model.run(ones)[0].tolist() == [2.0, 2.0]
     assert handed == ["_load", "_forward", "_forward"]
+
+
+def test_a_call_made_on_a_forward_thread_runs_right_there() -> None:
+    """A script's forward that runs a stored model: no second hand-off (no second pool, and no
+    thread waiting for itself)."""
+    threads = ForwardThreads()
+    outer, inner = threads.run(
+        lambda: (threading.current_thread(), threads.run(threading.current_thread))
+    )
+    assert outer is inner and outer is not threading.current_thread()
+
+
+def test_torch_cpu_script_calls_that_took_long_run_on_the_forward_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiworker.backends import torch_script
+    from aiworker.backends.torch import TorchBackend
+
+    handed: list[str] = []
+    real = forward_threads.FORWARD_THREADS.run
+
+    def recorded(function: Any, *args: Any) -> Any:
+        handed.append(function.__name__)
+        return real(function, *args)
+
+    monkeypatch.setattr(torch_script.FORWARD_THREADS, "run", recorded)
+    source = "def twice(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0] * 2\n"
+    script = TorchBackend(BackendOptions()).load_script(source, ["twice"], parse_device("CPU"))
+    ones = [np.ones(3, np.float32)]
+    assert script.call("twice", ones, [], [], 1)[0].tolist() == [2.0, 2.0, 2.0]  # type: ignore[attr-defined]
+    assert handed == ["_call"]  # the first: its time is not known yet
+    monkeypatch.setattr(torch_script, "HAND_OFF_S", 60.0)
+    script.call("twice", ones, [], [], 1)  # type: ignore[attr-defined]
+    assert handed == ["_call"]  # short: on the calling thread

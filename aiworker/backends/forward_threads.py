@@ -19,7 +19,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+# A CPU forward (or script call) that took at least this long last time is handed to these
+# threads; a shorter one runs on the calling thread, where a hand-off would cost more than it saves.
+HAND_OFF_S = 0.0002
+
 Call = tuple[Callable[..., Any], tuple[Any, ...], list[tuple[bool, Any]], threading.Lock]
+_here = threading.local()  # ``forward``: set on the forward threads themselves
 
 
 class _Thread:
@@ -30,6 +35,7 @@ class _Thread:
         threading.Thread(target=self._loop, name="aiworker-forward", daemon=True).start()
 
     def _loop(self) -> None:
+        _here.forward = True
         while True:
             function, args, box, done = self.calls.get()
             try:
@@ -59,7 +65,10 @@ class ForwardThreads:
         self._pid = os.getpid()
 
     def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` on one of these threads; its result, or its exception raised."""
+        """``function(*args)`` on one of these threads (the calling one when it is one: a
+        script's forward that runs a stored model); its result, or its exception raised."""
+        if getattr(_here, "forward", False):
+            return function(*args)
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's threads are not here
                 self._idle, self._pid = [], os.getpid()

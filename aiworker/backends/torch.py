@@ -9,7 +9,7 @@ non-blocking copy and no host copy, any other input is copied once into page-loc
 and outputs come back into page-locked memory with non-blocking copies and one wait on the run's
 stream (each thread runs on a CUDA stream of its own).
 
-On the CPU a model is loaded, and forwards that took HAND_OFF_FORWARD_S or more run, on the
+On the CPU a model is loaded, and forwards that took HAND_OFF_S or more run, on the
 forward threads (``forward_threads``: many threads owning OpenMP pools slow every forward down).
 """
 
@@ -34,7 +34,7 @@ from aiworker.backends.base import (
     ModelSpec,
     powers_of_two,
 )
-from aiworker.backends.forward_threads import FORWARD_THREADS
+from aiworker.backends.forward_threads import FORWARD_THREADS, HAND_OFF_S
 from aiworker.backends.torch_common import (
     flatten,
     pinned_tensor,
@@ -48,11 +48,6 @@ from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
-
-# A CPU forward that took at least this long last time runs on the forward threads
-# (``forward_threads``: OpenMP pools of many threads make every forward slower); shorter ones
-# run on the calling thread, where a hand-off would cost more than it saves.
-HAND_OFF_FORWARD_S = 0.0002
 
 
 def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
@@ -145,7 +140,7 @@ class TorchModel(LoadedModel):
         if self.device.type == "cuda":
             with self._on_stream():
                 outputs, started = self._forward(inputs)
-        elif self._forward_s is None or self._forward_s >= HAND_OFF_FORWARD_S:
+        elif self._forward_s is None or self._forward_s >= HAND_OFF_S:
             outputs, started = FORWARD_THREADS.run(self._forward, inputs)
         else:  # the common small job: no hand-off, no stream machinery
             outputs, started = self._forward(inputs)
