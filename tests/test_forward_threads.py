@@ -17,6 +17,19 @@ from aiworker.devices import parse_device
 torch = pytest.importorskip("torch")
 
 
+def hand_offs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions handed to the process's forward threads from now on."""
+    handed: list[str] = []
+    real = forward_threads.FORWARD_THREADS.run
+
+    def recorded(function: Any, *args: Any) -> Any:
+        handed.append(function.__name__)
+        return real(function, *args)
+
+    monkeypatch.setattr(forward_threads.FORWARD_THREADS, "run", recorded)
+    return handed
+
+
 def test_calls_one_after_another_share_one_thread_not_the_callers() -> None:
     threads = ForwardThreads()
     names = [threads.run(lambda: threading.current_thread()) for _ in range(5)]
@@ -64,14 +77,7 @@ def test_torch_cpu_loads_and_long_forwards_run_on_the_forward_threads(
     a forward that was short runs on the caller's thread (a hand-off would cost more)."""
     from aiworker.backends import torch as torch_backend
 
-    handed: list[str] = []
-    real = forward_threads.FORWARD_THREADS.run
-
-    def recorded(function: Any, *args: Any) -> Any:
-        handed.append(function.__name__)
-        return real(function, *args)
-
-    monkeypatch.setattr(torch_backend.FORWARD_THREADS, "run", recorded)
+    handed = hand_offs(monkeypatch)
     backend = torch_backend.TorchBackend(BackendOptions())
     model = backend.load(torch_blob(), ModelSpec("m", parse_device("CPU")))
     assert handed == ["_load"]
@@ -102,14 +108,7 @@ def test_torch_cpu_script_calls_that_took_long_run_on_the_forward_threads(
     from aiworker.backends import torch_script
     from aiworker.backends.torch import TorchBackend
 
-    handed: list[str] = []
-    real = forward_threads.FORWARD_THREADS.run
-
-    def recorded(function: Any, *args: Any) -> Any:
-        handed.append(function.__name__)
-        return real(function, *args)
-
-    monkeypatch.setattr(torch_script.FORWARD_THREADS, "run", recorded)
+    handed = hand_offs(monkeypatch)
     source = "def twice(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0] * 2\n"
     script = TorchBackend(BackendOptions()).load_script(source, ["twice"], parse_device("CPU"))
     ones = [np.ones(3, np.float32)]
