@@ -84,7 +84,7 @@ def test_torch_cpu_loads_and_long_forwards_run_on_the_forward_threads(
     ones = [np.ones(2, np.float32), np.ones(2, np.float32)]
     assert model.run(ones)[0].tolist() == [2.0, 2.0]
     assert handed == ["_load", "_forward"]  # the first: its time is not known yet
-    monkeypatch.setattr(torch_backend, "HAND_OFF_S", 60.0)  # every forward is "short"
+    monkeypatch.setattr(forward_threads, "HAND_OFF_S", 60.0)  # every forward is "short"
     model.run(ones)
     assert handed == ["_load", "_forward"]  # on the calling thread
     model._forward_s = 61.0  # type: ignore[attr-defined] # as if the last forward took longer
@@ -105,7 +105,6 @@ def test_a_call_made_on_a_forward_thread_runs_right_there() -> None:
 def test_torch_cpu_script_calls_that_took_long_run_on_the_forward_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from aiworker.backends import torch_script
     from aiworker.backends.torch import TorchBackend
 
     handed = hand_offs(monkeypatch)
@@ -114,6 +113,6 @@ def test_torch_cpu_script_calls_that_took_long_run_on_the_forward_threads(
     ones = [np.ones(3, np.float32)]
     assert script.call("twice", ones, [], [], 1)[0].tolist() == [2.0, 2.0, 2.0]  # type: ignore[attr-defined]
     assert handed == ["_call"]  # the first: its time is not known yet
-    monkeypatch.setattr(torch_script, "HAND_OFF_S", 60.0)
+    monkeypatch.setattr(forward_threads, "HAND_OFF_S", 60.0)
     script.call("twice", ones, [], [], 1)  # type: ignore[attr-defined]
     assert handed == ["_call"]  # short: on the calling thread

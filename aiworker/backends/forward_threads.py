@@ -7,8 +7,8 @@ counts more threads than cores, stops spinning between parallel regions, and eve
 futex wake-ups. A small conv net (1x3x64x64): 0.24 ms a forward called alone, 0.7-1.0 ms once one
 other such thread is alive; in a worker with THREADS_PER_QUEUE 1 (two lane threads), 0.94-1.04 ms a
 run against 0.53-0.68 ms with one lane thread. Forwards handed to these threads keep the pools as
-few as the forwards in flight. A hand-off costs ~60 us of CPU here, so only forwards that take long
-enough come here (``TorchModel``).
+few as the forwards in flight. A hand-off costs ~60 us of CPU here, so only calls that took long
+enough last time come here (``worth_handing_off``): TORCH forwards and script calls, and loads.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ from typing import Any
 # A CPU forward (or script call) that took at least this long last time is handed to these
 # threads; a shorter one runs on the calling thread, where a hand-off would cost more than it saves.
 HAND_OFF_S = 0.0002
+
+
+def worth_handing_off(last_s: float | None) -> bool:
+    """Whether a CPU call whose last run took ``last_s`` seconds (None: it never ran, so its cost
+    is unknown) goes to these threads."""
+    return last_s is None or last_s >= HAND_OFF_S
+
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], list[tuple[bool, Any]], threading.Lock]
 _here = threading.local()  # ``forward``: set on the forward threads themselves

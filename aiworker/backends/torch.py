@@ -9,7 +9,7 @@ non-blocking copy and no host copy, any other input is copied once into page-loc
 and outputs come back into page-locked memory with non-blocking copies and one wait on the run's
 stream (each thread runs on a CUDA stream of its own).
 
-On the CPU a model is loaded, and forwards that took HAND_OFF_S or more run, on the
+On the CPU a model is loaded, and forwards that took long enough last time run, on the
 forward threads (``forward_threads``: many threads owning OpenMP pools slow every forward down).
 """
 
@@ -34,7 +34,7 @@ from aiworker.backends.base import (
     ModelSpec,
     powers_of_two,
 )
-from aiworker.backends.forward_threads import FORWARD_THREADS, HAND_OFF_S
+from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
 from aiworker.backends.torch_common import (
     flatten,
     pinned_tensor,
@@ -140,7 +140,7 @@ class TorchModel(LoadedModel):
         if self.device.type == "cuda":
             with self._on_stream():
                 outputs, started = self._forward(inputs)
-        elif self._forward_s is None or self._forward_s >= HAND_OFF_S:
+        elif worth_handing_off(self._forward_s):
             outputs, started = FORWARD_THREADS.run(self._forward, inputs)
         else:  # the common small job: no hand-off, no stream machinery
             outputs, started = self._forward(inputs)

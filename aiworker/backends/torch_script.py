@@ -16,7 +16,7 @@ import torch
 
 from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
-from aiworker.backends.forward_threads import FORWARD_THREADS, HAND_OFF_S
+from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
 from aiworker.backends.torch_common import to_torch_all, torch_error_text
 from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
@@ -92,10 +92,10 @@ class TorchScript(LoadedScript):
         """Call ``function``. A script stored without entry points (deprecated AI.SCRIPTSET) may
         have any function called, with tensors given positionally as AI.SCRIPTRUN did; inputs from
         ``variadic`` on (SCRIPTRUN's ``$``) then form one List[Tensor] argument. On the CPU a
-        call that took HAND_OFF_S or more last time runs on the forward threads (as a TORCH
+        call that took long enough last time runs on the forward threads (as a TORCH
         model's forward: ``forward_threads``)."""
         call = (function, tensors, keys, args, n_outputs, variadic, context)
-        if self.device.type == "cpu" and (self._call_s is None or self._call_s >= HAND_OFF_S):
+        if self.device.type == "cpu" and worth_handing_off(self._call_s):
             outputs, took = FORWARD_THREADS.run(self._call, *call)
         else:
             outputs, took = self._call(*call)
