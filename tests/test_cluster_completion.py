@@ -51,20 +51,22 @@ def test_a_reused_request_id_does_not_skip_another_request(
     assert c.infoget("m")["calls"] == 2
 
 
-def _taken(c: Any, w: Worker, consumer: str, output: str) -> tuple[str, Finished]:
-    """An entry ``consumer`` read from the plain queue, and its finished job writing [5] to
-    ``output``."""
-    ensure_group(c, QUEUE)
+def _taken(
+    c: Any, w: Worker, consumer: str, output: str, queue: str = QUEUE
+) -> tuple[str, Finished]:
+    """An entry ``consumer`` read from ``queue`` (the plain queue), and its finished job writing
+    [5] to ``output``."""
+    ensure_group(c, queue)
     request = ModelExecute("m", ("a",), (output,))
     reply_key, fields = c._jobs.private_entry(request)
-    entry_id = c.xadd(QUEUE, fields).decode()
-    [(_stream, [(read_id, read)])] = c.xreadgroup(CONSUMER_GROUP, consumer, {QUEUE: ">"}, count=1)
+    entry_id = c.xadd(queue, fields).decode()
+    [(_stream, [(read_id, read)])] = c.xreadgroup(CONSUMER_GROUP, consumer, {queue: ">"}, count=1)
     assert read_id.decode() == entry_id
     job = decode_entry(entry_id, read)
     outcome = Outcome(
         "ok", writes={output: np.array([5.0], np.float32)}, stats=[StatsRecord("m", 5, 1)]
     )
-    return entry_id, Finished(entry_id, outcome, job, reply_key, job.fmt, None, read)
+    return entry_id, Finished(entry_id, outcome, job, reply_key, job.fmt, None, read, queue=queue)
 
 
 def _marker_keys(c: Any, entry_id: str = "") -> list[str]:
@@ -159,3 +161,50 @@ def test_a_large_output_is_staged_in_its_own_slot(
     np.testing.assert_array_equal(c.tensorget("copy{z}"), big)
     assert renames() - before == 1, "renamed into place from its stage key"
     assert not list(c.scan_iter(match=f"{KEYS.prefix}tmp:*"))
+
+
+class _ScriptRounds:
+    """A worker thread's connection that counts its round trips of scripts (not those that
+    load a script a node did not have and run it again)."""
+
+    def __init__(self, wire: Any) -> None:
+        self.wire, self.rounds = wire, 0
+
+    def pipeline(self, commands: Any, routes: Any = None) -> Any:
+        names = {command[0] for command in commands}
+        self.rounds += "EVALSHA" in names and "SCRIPT" not in names
+        return self.wire.pipeline(commands, routes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wire, name)
+
+
+def test_a_split_completion_of_several_streams_is_one_round_trip(
+    cluster_client: Any, cluster_settings: Any
+) -> None:
+    """Entries of two streams (queue partitions on different masters), each with its outputs,
+    reply and statistics in other slots than its stream, complete in one round trip of scripts:
+    statistics, outputs and replies, acknowledgements (the statistics step took a round trip of
+    its own, and each stream its own rounds)."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    w = Worker(cluster_settings.replace(queue_partitions=1))
+    other = KEYS.queue("CPU:1")
+    assert len(masters := {c.get_node_from_key(q).name for q in (QUEUE, other)}) == 2, masters
+    consumer = f"{w.name}:CPU:0"
+    items = []
+    for queue, output in ((QUEUE, "out{a}"), (other, "out{b}")):
+        entry_id, finished = _taken(c, w, consumer, output, queue)
+        assert len({key_slot(k) for k in (queue, output, KEYS.stats("m"))}) == 3
+        w.held.add(queue, entry_id, consumer)
+        items.append(finished)
+    wire = _ScriptRounds(w.wires.get())
+    results = w.completer.complete(wire, QUEUE, items)
+    assert [r.applied for r in results] == [True, True]
+    assert wire.rounds == 1
+    for queue, item in zip((QUEUE, other), items, strict=True):
+        assert c.llen(item.reply or "") == 1
+        assert c.xpending(queue, CONSUMER_GROUP)["pending"] == 0
+    assert c.tensorget("out{a}").tolist() == c.tensorget("out{b}").tolist() == [5.0]
+    assert c.infoget("m")["calls"] == 2
+    w.wires.close()

@@ -74,10 +74,13 @@ class ScriptRunner(Protocol):
 
 
 class MetaCache:
-    """The model and script metadata this process read last, by key: a job whose model is in it
-    skips that read, and its completion checks, atomically, that the stored version is still the
-    one it ran (``complete.lua``'s ``expect``); when it is not, the entry is run again. Also which
-    tensor keys held values too large for the read script to fetch, when last read."""
+    """The model and script metadata this process read last, by key: on a single Redis, a job
+    whose model is in it skips that read, and its completion checks, atomically, that the stored
+    version is still the one it ran (``complete.lua``'s ``expect``); when it is not, the entry is
+    run again. (On Redis Cluster the read fetches metadata every time, in the round trip that
+    reads the inputs: a completion split over slots could check a version only in a round trip
+    of its own before the reply, ``worker.complete_steps``.) Also which tensor keys held values
+    too large for the read script to fetch, when last read."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
@@ -192,7 +195,8 @@ def read(
     keyspace: Keys,
 ) -> list[Snapshot]:
     """One round trip for the state of every request (in order); one ``Snapshot`` each. Model
-    and script metadata found in ``cache`` is not read again; none at all: no round trip.
+    and script metadata found in ``cache`` is not read again on a single Redis (see ``MetaCache``);
+    nothing to read: no round trip.
     ``keyspace``: where the read's flag keys go (the worker's prefix)."""
     wanted = [request.state_reads() for request in requests]
     refused = [limits.check_names(request, bounds.max_job_keys) for request in requests]
@@ -201,7 +205,7 @@ def read(
     for job, pairs in enumerate(wanted):
         mine: list[Read] = []
         for pair in pairs if refused[job] is None else ():
-            if cache is not None and pair[0] in (MODEL, SCRIPT):
+            if cache is not None and pair[0] in (MODEL, SCRIPT) and conn.one_slot:
                 hit = cached.get(pair) or cache.get(*pair)
                 if hit is not None:
                     cached[pair] = hit

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
@@ -110,10 +110,13 @@ class Completer:
         self._lock = threading.Lock()
 
     def complete(self, conn: JobConnection, queue: str, items: Sequence[Finished]) -> list[Result]:
-        """Apply each entry's effects if this delivery is the one that completes it."""
+        """Apply each entry's effects if this delivery is the one that completes it. Each item
+        is of the stream it names (``Finished.queue``), or of ``queue``; entries of several
+        streams complete together, in one round trip per node."""
+        items = [item if item.queue else replace(item, queue=queue) for item in items]
         results: list[Result] = []
         try:
-            results = self._run(conn, queue, items)
+            results = self._run(conn, items)
             done = list(items)
             again = {
                 n: self._refused(items[n], r)
@@ -122,14 +125,17 @@ class Completer:
             }
             if again:  # complete those again, answering the refusal instead (still ours:
                 # the first run found them held, and may have acknowledged them already)
-                retried = self._run(conn, queue, list(again.values()), held=True)
+                retried = self._run(conn, list(again.values()), held=True)
                 for (n, item), result in zip(again.items(), retried, strict=True):
                     if result.refused:  # cannot even answer: just take it off the queue
-                        bare = Finished(item.entry_id, item.outcome, item.job, fields=item.fields)
-                        result = self._run(conn, queue, [bare], held=True)[0]
+                        bare = Finished(
+                            item.entry_id, item.outcome, item.job, fields=item.fields,
+                            queue=item.queue,
+                        )  # fmt: skip
+                        result = self._run(conn, [bare], held=True)[0]
                     done[n], results[n] = item, result
             for item, result in zip(done, results, strict=True):
-                self._report(queue, item, result)
+                self._report(item.queue, item, result)
             return results
         finally:
             rerun = {
@@ -137,7 +143,7 @@ class Completer:
             }
             for item in items:
                 if item.entry_id not in rerun:  # a stale entry runs again: still held
-                    self.held.discard(queue, item.entry_id)
+                    self.held.discard(item.queue, item.entry_id)
 
     def _refused(self, item: Finished, result: Result) -> Finished:
         log.warning(
@@ -149,20 +155,18 @@ class Completer:
         )
         errors = [StatsRecord(r.key, errors=1) for r in item.outcome.stats]
         outcome = Outcome.failed(refusal_message(result.refused, result.key), errors)
-        return Finished(
-            item.entry_id, outcome, item.job, item.reply, item.fmt, item.started, item.fields
-        )
+        return replace(item, outcome=outcome, records=[], expect=[])
 
     def _run(
-        self, conn: JobConnection, queue: str, items: Sequence[Finished], held: bool = False
+        self, conn: JobConnection, items: Sequence[Finished], held: bool = False
     ) -> list[Result]:
-        writes = [self.writes_of(item, queue) for item in items]
+        writes = [self.writes_of(item, item.queue) for item in items]
         self._stage(writes)
 
-        def leased(entry_id: str) -> bool:
+        def leased(queue: str, entry_id: str) -> bool:
             return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
 
-        return self.steps.run(conn, queue, writes, self._head(), leased)
+        return self.steps.run(conn, writes, self._head(), leased)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
@@ -185,7 +189,9 @@ class Completer:
         """What completing ``item``, read from stream ``queue``, writes: outputs, reply, statistics,
         stream records, and the model/script versions it ran (checked, not written)."""
         outcome = item.outcome
-        writes = Writes(item.entry_id, records=list(item.records), expect=list(item.expect))
+        writes = Writes(
+            item.entry_id, records=list(item.records), expect=list(item.expect), queue=queue
+        )
         if outcome.status == FORWARD:
             writes.records.append(self._forward(item))
             if item.reply:

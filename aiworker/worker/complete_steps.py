@@ -14,15 +14,18 @@ per slot, each applied at most once however often the entry is delivered:
    ``held_by.lua`` in the queue's slot checks that the entry is still pending for one of this
    worker's consumers and renews its lease; if not, nothing is written (a stalled worker must not
    write stale outputs over newer ones once the done markers below have expired);
-1. the steps outside the outputs' slot - statistics in the model's slot (with the check that the
-   model version the job ran from cached metadata is still the stored one), a dead letter or
+1. the steps that may refuse the entry, outside the outputs' slot - the check that a model version
+   the job ran from cached metadata is still the stored one (a single Redis caches metadata; a
+   cluster's read fetches it every time, so its jobs carry no such check), a dead letter or
    forward in its stream's slot: ``complete_once.lua`` checks everything that could fail (key
-   types, aiworker's prefix, the ACL, the model version), then sets a done marker (``Keys.done``,
-   in that slot, named by the queue and the id Redis gave the entry - nothing a requester chose -
-   and expiring after ``marker_ttl``) and writes; when the marker is already set, it writes
-   nothing: another delivery did this step;
-2. the step in the slot of the outputs and the reply, the same way: the requester hears back only
-   once the rest is written (AI.INFO counts a call its requester has heard about);
+   types, aiworker's prefix, the ACL, the model version), then sets a done marker
+   (``Keys.done``, in that slot, named by the queue and the id Redis gave the entry - nothing a
+   requester chose - and expiring after ``marker_ttl``) and writes; when the marker is already
+   set, it writes nothing: another delivery did this step;
+2. the statistics in the model's slot, and the step in the slot of the outputs and the reply, the
+   same way, in one round trip: the statistics are sent to their node first (on their way before
+   the reply is), and refuse nothing (a denied marker leaves the call uncounted, as a denied
+   HINCRBY does);
 3. in the queue's slot, ``complete.lua`` acknowledges and deletes the entry. It is sent in the
    round trip of step 2, after it (the nodes of step 2 are sent to first): a worker killed while
    it sends leaves the entry pending. With ``wait_replicas`` it is a round trip of its own, sent
@@ -32,14 +35,15 @@ A refusal in step 1 writes nothing more and leaves the entry pending, to be comp
 the error as its reply. A refusal in step 2 (outputs of another type, NOPERM) comes with the
 entry acknowledged already, and the completion answers the error at once (a worker killed right
 then leaves that requester without an answer; it is told to retry); outputs refused there come
-after step 1 counted the run, so AI.INFO shows a call without its error. So does a master lost
+with the run counted, so AI.INFO shows a call without its error. So does a master lost
 during step 2's round trip: the entry may be acknowledged with its reply unwritten, as a master
 lost before it replicated a reply loses it (README "Failover"; ``wait_replicas`` closes both).
 A worker killed between two steps leaves the entry pending; it is reclaimed and run again, the
 steps already done find their markers, the rest are applied. Steps of many entries in one slot
-share one script call, and each round's calls go to their nodes in one round trip per node: a
-completion split over slots costs two round trips (three with the check of step 0), one on a
-single Redis.
+share one script call, entries of several streams (queue partitions) complete together, and each
+round's calls go to their nodes in one round trip per node: a job completion split over slots
+costs one round trip (two with a forward or a dead letter, one more with the check of step 0),
+as on a single Redis.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class Writes:
     stages: dict[str, str] = field(default_factory=dict)
     slot: int = 0  # a step's hash slot, and a key in it (routes its call)
     anchor: str = ""
+    queue: str = ""  # the stream the entry was read from
 
     def touched(self) -> list[str]:
         """Every key written or checked, the reply included (not the marker)."""
@@ -188,83 +193,113 @@ class Steps:
     def run(
         self,
         conn: JobConnection,
-        queue: str,
         writes: Sequence[Writes],
         head: list[Any],
-        leased: Callable[[str], bool],
+        leased: Callable[[str, str], bool],
     ) -> list[Result]:
-        """Apply ``writes`` (one per entry of ``queue``); ``head`` is ARGV[2..4] of the scripts
-        (complete_parts.lua); ``leased(entry_id)``: the worker's clock says it still holds the
-        entry (asked only of entries completed in steps)."""
+        """Apply ``writes`` (one per entry, each of its own stream: ``Writes.queue``); ``head``
+        is ARGV[2..4] of the scripts (complete_parts.lua); ``leased(queue, entry_id)``: the
+        worker's clock says it still holds the entry (asked only of entries completed in
+        steps)."""
         if conn.one_slot:  # a single Redis
-            return self._whole(conn, queue, writes, head)
-        queue_slot = conn.slot(queue)
-        splits = [self._split(conn, queue, queue_slot, entry) for entry in writes]
-        if not any(splits):  # every key in the queue's slot
-            return self._whole(conn, queue, writes, head)
+            return self._whole(conn, writes, head)
+        splits = [self._split(conn, entry) for entry in writes]
+        if not any(splits):  # every key in its queue's slot
+            return self._whole(conn, writes, head)
         results: list[Result | None] = [None] * len(writes)
         steps = {n: split for n, split in enumerate(splits) if split is not None}
-        unsure = [n for n in steps if not leased(writes[n].entry_id)]
+        unsure = [n for n in steps if not leased(writes[n].queue, writes[n].entry_id)]
         if unsure:
-            held = self._still_held(conn, queue, [writes[n].entry_id for n in unsure])
+            held = self._still_held(conn, [writes[n] for n in unsure])
             for n, mine in zip(unsure, held, strict=True):
                 if not mine:  # completed, or reclaimed by another worker: not ours to write
                     results[n] = Result(applied=False, duplicate=True)
                     del steps[n]
         rows: dict[int, list[Any]] = {n: [] for n in steps}  # entry -> its steps' rows, in order
-        first = [(n, step) for n, split in steps.items() for step in split[:-1]]
-        for n, row in self._round(conn, first, head)[0]:
+        first = [
+            (n, step) for n, split in steps.items() for step in split[:-1] if _may_refuse(step)
+        ]
+        for (n, _step), row in zip(first, self._round(conn, first, head)[0], strict=True):
             rows[n].append(row)
         refused = {n for n, found in rows.items() if any(row[0] == -1 for row in found)}
         for n, split in steps.items():  # a forward notice in another slot than its record
             if split[-1].splice and n not in refused:
                 _announce(split[-1], rows[n])
-        last = [(n, split[-1]) for n, split in steps.items() if n not in refused]
-        # the acknowledgement (entries whose every key lives in the queue's slot complete there
-        # whole), in the round of the last steps unless each step must reach replicas first
+        # statistics alone cannot refuse an entry: counted in the round of the reply, sent first
+        counts = [
+            (n, step)
+            for n, split in steps.items()
+            if n not in refused
+            for step in split[:-1]
+            if not _may_refuse(step)
+        ]
+        last = counts + [(n, split[-1]) for n, split in steps.items() if n not in refused]
+        # the acknowledgements, one call per queue (entries whose every key lives in their
+        # queue's slot complete there whole), in the round of the last steps unless each step
+        # must reach replicas first
         at_queue = [
-            (n, Writes(entry.entry_id) if n in steps else entry)
+            (n, Writes(entry.entry_id, queue=entry.queue) if n in steps else entry)
             for n, entry in enumerate(writes)
             if results[n] is None and n not in refused
         ]
-        ack = None
-        if at_queue:
-            entries = [entry for _n, entry in at_queue]
-            keys, body = encode([queue], entries)
-            ack = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body], stages=_stages(entries))
+        groups, acks = self._acks([entry for _n, entry in at_queue], head)
         if self.wait is None:
-            found, acked = self._round(conn, last, head, ack)
+            found, acked = self._round(conn, last, head, acks)
         else:
             found, _none = self._round(conn, last, head)
-            acked = self._round(conn, [], head, ack)[1]
-        for n, row in found:
+            acked = self._round(conn, [], head, acks)[1]
+        for position, ((n, _step), row) in enumerate(zip(last, found, strict=True)):
+            if position < len(counts) and row[0] == -1:  # not counted (its marker was denied)
+                log.warning("entry %s: statistics not counted: %s", writes[n].entry_id, row[3])
+                row = [1, 0, -2, "", ""]
             rows[n].append(row)
-        for (n, _entry), row in zip(at_queue, acked or [], strict=True):
-            if n not in steps:
-                results[n] = row_result(row)
+        for group, reply in zip(groups, acked, strict=True):
+            for i, row in zip(group, reply, strict=True):
+                n = at_queue[i][0]
+                if n not in steps:
+                    results[n] = row_result(row)
         for n, found_rows in rows.items():
             results[n] = _combined(found_rows)
         return [result if result is not None else Result(applied=False) for result in results]
 
     def _whole(
-        self, conn: JobConnection, queue: str, writes: Sequence[Writes], head: list[Any]
+        self, conn: JobConnection, writes: Sequence[Writes], head: list[Any]
     ) -> list[Result]:
-        """Entries whose keys all live in the queue's slot: one complete.lua call, which
-        acknowledges each entry first and writes all of it, atomically."""
-        keys, body = encode([queue], writes)
-        call = lua.Call(COMPLETE, keys, [CONSUMER_GROUP, *head, *body], stages=_stages(writes))
-        [reply] = lua.run(conn, [call])
+        """Entries whose keys all live in their queue's slot: one complete.lua call per queue,
+        which acknowledges each entry first and writes all of it, atomically; every queue in
+        one round trip (per node)."""
+        groups, calls = self._acks(writes, head)
+        replies = lua.run(conn, calls)
         if self.wait is not None:
-            self._wait_replicas(conn, [queue])
-        if isinstance(reply, Exception):
-            raise reply
-        return [row_result(row) for row in reply]
+            self._wait_replicas(conn, [call.route for call in calls])
+        results: list[Result] = [Result(applied=False)] * len(writes)
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for n, row in zip(group, reply, strict=True):
+                results[n] = row_result(row)
+        return results
 
-    def _split(
-        self, conn: JobConnection, queue: str, queue_slot: int, writes: Writes
-    ) -> list[Writes] | None:
+    def _acks(
+        self, writes: Sequence[Writes], head: list[Any]
+    ) -> tuple[list[list[int]], list[lua.Call]]:
+        """complete.lua for ``writes``, one call per queue: the positions each call serves."""
+        groups: dict[str, list[int]] = {}
+        for n, entry in enumerate(writes):
+            groups.setdefault(entry.queue, []).append(n)
+        calls = []
+        for queue, group in groups.items():
+            entries = [writes[n] for n in group]
+            keys, body = encode([queue], entries)
+            args = [CONSUMER_GROUP, *head, *body]
+            calls.append(lua.Call(COMPLETE, keys, args, stages=_stages(entries)))
+        return list(groups.values()), calls
+
+    def _split(self, conn: JobConnection, writes: Writes) -> list[Writes] | None:
         """``writes`` as one step per hash slot, each with its done marker, the step with the
         outputs and reply last; None when every key lives in the queue's slot."""
+        queue = writes.queue
+        queue_slot = conn.slot(queue)
         touched = writes.touched()  # outputs, reply, statistics, records, expects: in order
         slots = [conn.slot(key) for key in touched]
         if all(slot == queue_slot for slot in slots):
@@ -277,7 +312,9 @@ class Steps:
             found = groups.get(slot)
             if found is None:
                 marker = self.keys.done(queue, writes.entry_id, key)
-                found = groups[slot] = Writes(writes.entry_id, marker=marker, slot=slot, anchor=key)
+                found = groups[slot] = Writes(
+                    writes.entry_id, marker=marker, slot=slot, anchor=key, queue=queue
+                )
             return found
 
         for output in writes.outputs:
@@ -296,21 +333,37 @@ class Steps:
             part().expect.append(expect)
         return list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
 
-    def _still_held(self, conn: JobConnection, queue: str, entry_ids: list[str]) -> list[bool]:
-        reply = lua.run_one(conn, HELD_BY, [queue], [CONSUMER_GROUP, self.owner, *entry_ids])
-        return [int(found) == 1 for found in reply]
+    def _still_held(self, conn: JobConnection, writes: Sequence[Writes]) -> list[bool]:
+        """Whether each entry is still pending for one of this worker's consumers (one
+        held_by.lua call per queue, one round trip)."""
+        groups: dict[str, list[int]] = {}
+        for n, entry in enumerate(writes):
+            groups.setdefault(entry.queue, []).append(n)
+        calls = [
+            lua.Call(
+                HELD_BY, [queue], [CONSUMER_GROUP, self.owner, *(writes[n].entry_id for n in group)]
+            )
+            for queue, group in groups.items()
+        ]
+        held = [False] * len(writes)
+        for group, reply in zip(groups.values(), lua.run(conn, calls), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for n, found in zip(group, reply, strict=True):
+                held[n] = int(found) == 1
+        return held
 
     def _round(
         self,
         conn: JobConnection,
         steps: Sequence[Step],
         head: list[Any],
-        ack: lua.Call | None = None,
-    ) -> tuple[list[tuple[int, list[Any]]], Any]:
-        """Run ``steps`` with complete_once.lua, one call per slot, then ``ack`` (complete.lua in
-        the queue's slot), all in one round trip per node (each node gets its calls in that
-        order, and the nodes of the steps are sent to first); (entry index, result row) per step,
-        and the acknowledgement's rows."""
+        acks: Sequence[lua.Call] = (),
+    ) -> tuple[list[list[Any]], list[Any]]:
+        """Run ``steps`` with complete_once.lua, one call per slot, then ``acks`` (complete.lua
+        in each queue's slot), all in one round trip per node (each node gets its calls in that
+        order, and the nodes of the steps are sent to first); the result row of each step, in
+        order, and the acknowledgements' replies."""
         groups = by_slot([step.slot for _n, step in steps], int) if steps else []  # slots known
         calls = []
         for group in groups:
@@ -318,20 +371,20 @@ class Steps:
             keys, body = encode([], entries)
             args = [self.marker_ttl, *head, *body]
             calls.append(lua.Call(COMPLETE_ONCE, keys, args, entries[0].anchor, _stages(entries)))
-        if ack is not None:
-            calls.append(ack)
+        calls += acks
         if not calls:
-            return [], None
+            return [], []
         replies = lua.run(conn, calls)
         if self.wait is not None:
             self._wait_replicas(conn, [call.route for call in calls])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        found: list[tuple[int, list[Any]]] = []
+        rows: list[list[Any]] = [[] for _step in steps]
         for group, reply in zip(groups, replies, strict=False):
-            found += [(steps[i][0], list(row)) for i, row in zip(group, reply, strict=True)]
-        return found, replies[-1] if ack is not None else None
+            for i, row in zip(group, reply, strict=True):
+                rows[i] = list(row)
+        return rows, replies[len(groups) :]
 
     def _wait_replicas(self, conn: JobConnection, keys: Sequence[Any]) -> None:
         """WAIT on the connection of each key's node, so that the step's writes reach
@@ -339,6 +392,12 @@ class Steps:
         assert self.wait is not None
         routes = [keys[group[0]] for group in by_slot(keys, conn.slot)]
         conn.pipeline([("WAIT", *self.wait)] * len(routes), routes)
+
+
+def _may_refuse(step: Writes) -> bool:
+    """Whether a step before the last may refuse its entry: it checks a model version, or
+    appends a stream record (another type of key, or denied); statistics are counted anyway."""
+    return bool(step.expect or step.records)
 
 
 def _stages(entries: Sequence[Writes]) -> list[tuple[str, Mapping[str, Any]]]:

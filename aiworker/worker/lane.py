@@ -610,23 +610,19 @@ class Lane:
                 self._cond.notify_all()
 
     def _complete(self, conn: JobConnection, finished: Sequence[Finished]) -> None:
-        """Complete entries, each on the stream it came from."""
-        by_queue: dict[str, list[Finished]] = {}
-        for item in finished:
-            by_queue.setdefault(item.queue or self.queue, []).append(item)
-        for queue, items in by_queue.items():
-            try:
-                results = self.completer.complete(conn, queue, items)
-            except (redis.ConnectionError, redis.TimeoutError):
-                raise  # not applied: the entries stay pending and run again
-            except redis.RedisError:
-                log.exception("%s: completing %s failed", queue, [f.entry_id for f in items])
-                continue
-            for item, result in zip(items, results, strict=True):
-                if result.refused == "STALE":
-                    # its model was stored anew while it ran: run it again
-                    self.executor.metas.drop(result.key)
-                    self._later([(item.entry_id, item.fields)], queue)
+        """Complete entries, each on the stream it came from (all in one round trip per node)."""
+        try:
+            results = self.completer.complete(conn, self.queue, finished)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not applied: the entries stay pending and run again
+        except redis.RedisError:
+            log.exception("%s: completing %s failed", self.queue, [f.entry_id for f in finished])
+            return
+        for item, result in zip(finished, results, strict=True):
+            if result.refused == "STALE":
+                # its model was stored anew while it ran: run it again
+                self.executor.metas.drop(result.key)
+                self._later([(item.entry_id, item.fields)], item.queue or self.queue)
 
     def _lost(self) -> None:
         self.on_lost()
