@@ -89,3 +89,37 @@ def test_an_unfinished_command_is_the_scanners() -> None:
     assert r.buffered == 0
     with pytest.raises(ProtocolError, match="invalid multibulk length"):
         reader().feed(b"*2000000\r\n$4\r\nPING\r\n")
+
+
+LARGE = bytes(range(256)) * 400  # past LARGE_BULK: cut into arguments by the scanner
+
+
+@pytest.mark.parametrize("size", [7, 1000, 65536, 256000, 1 << 20])
+def test_large_bulks_are_cut_by_the_scanner(size: int) -> None:
+    """Commands holding a large bulk, anywhere in the array, between small commands: the same
+    arguments whatever the reads' boundaries."""
+    commands = [
+        [b"SET", b"k", LARGE, b"EX", b"100"],
+        [b"GET", b"k"],
+        [b"MSET", b"a", LARGE, b"b", LARGE + b"x"],
+        [b"ECHO", LARGE],
+    ]
+    stream = b"".join(command(*args) for args in commands)
+    chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+    assert read_in(chunks) == commands
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"*2\r\n$4\r\nECHO\r\n$0%d\r\n%s\r\n" % (len(LARGE), LARGE),  # a leading zero
+        b"*02\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n" % (len(LARGE), LARGE),
+    ],
+)
+def test_large_commands_keep_the_header_rules(frame: bytes) -> None:
+    """A large bulk's array is refused for a header Redis would refuse, read whole or not."""
+    for size in (len(frame), 4096):
+        r = reader()
+        with pytest.raises(ProtocolError):
+            for i in range(0, len(frame), size):
+                r.feed(frame[i : i + size])
