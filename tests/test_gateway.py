@@ -628,3 +628,28 @@ def test_many_idle_connections(gateway: Gateway) -> None:
     wait_until(lambda: len(gateway.sessions) >= 301)
     for sock in socks:
         sock.close()
+
+
+def test_large_replies_between_pipelined_commands(con: redis.Redis) -> None:
+    """Large tensors read back in one pipeline with small AI.* and plain commands: each reply in
+    its place, whatever reads Redis' replies arrive in."""
+    arrays = [np.random.default_rng(n).random(size, np.float32) for n, size in enumerate(
+        (300_000, 16, 1 << 20, 70_000)
+    )]  # fmt: skip
+    pipe = con.pipeline(transaction=False)
+    for n, array in enumerate(arrays):
+        pipe.execute_command("AI.TENSORSET", f"t{n}", "FLOAT", array.size, "BLOB", array.tobytes())
+    pipe.execute_command("SET", "k", b"v" * 200_000)
+    for n in (0, 1, 2, 3, 2):
+        pipe.execute_command("AI.TENSORGET", f"t{n}", "BLOB")
+        pipe.execute_command("AI.TENSORGET", f"t{n}", "META", "BLOB")
+        pipe.execute_command("GET", "k")
+    pipe.execute_command("AI.TENSORGET", "missing", "BLOB")
+    out = pipe.execute(raise_on_error=False)
+    assert out[:5] == [b"OK"] * 4 + [True]
+    for m, n in enumerate((0, 1, 2, 3, 2)):
+        blob, meta, value = out[5 + 3 * m : 8 + 3 * m]
+        assert blob == arrays[n].tobytes()
+        assert meta == [b"dtype", b"FLOAT", b"shape", [arrays[n].size], b"blob", blob]
+        assert value == b"v" * 200_000
+    assert str(out[-1]) == "tensor key is empty or in a different shard"

@@ -147,3 +147,87 @@ def array_items(buf: bytes | bytearray, start: int, end: int) -> list[bytes] | N
         items.append(bytes(buf[pos:item_end]))
         pos = item_end
     return items
+
+
+# A read this long that starts an internal reply is gathered (``Gather``) rather than decoded by
+# hiredis; an array of more strings than ``GATHER_ITEMS`` goes to hiredis.
+LARGE_REPLY = 64 * 1024
+GATHER_ITEMS = 64
+
+
+class Gather:
+    """A large reply of bulk strings (a tensor's HGETALL, a job's BLPOP), read as it comes: each
+    string is one join of the reads that hold it, where hiredis would copy every read into its
+    buffer and the string out of it again. ``feed`` a read at a time; it returns None while the
+    reply is unfinished, else the bytes after it. ``reply`` is then the reply as hiredis gives it
+    (a list of bytes and None, bytes or None) if ``shaped``; a reply of another shape (an error,
+    an integer, a nested or a long array) is left to hiredis: ``chunks`` holds every read so
+    far."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.reply: list[bytes | None] | bytes | None = None
+        self.shaped = False
+        self._items: list[bytes | None] = []
+        self._array = False
+        self._left = 1  # strings still to come
+        self._body = -1  # bytes of the current string still to come; -1: at a header
+        self._skip = 0  # bytes of its CRLF still to come
+        self._parts: list[memoryview] = []
+        self._line = b""  # a header cut by the end of a read
+
+    def feed(self, data: bytes) -> bytes | None:
+        self.chunks.append(data)
+        if self._line:
+            data, self._line = self._line + data, b""
+        view, pos, size = memoryview(data), 0, len(data)
+        while True:
+            if self._skip:
+                skipped = min(self._skip, size - pos)
+                pos += skipped
+                self._skip -= skipped
+                if self._skip:
+                    return None
+                self._left -= 1
+                if not self._left:
+                    return self._done(bytes(view[pos:]))
+            if self._body < 0:  # a header
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._line = bytes(view[pos:])
+                    return None
+                kind, number = data[pos : pos + 1], data[pos + 1 : eol]
+                pos = eol + 2
+                if kind == b"*" and not self._array and not self._items and not self._parts:
+                    count = int(number)
+                    if not 0 < count <= GATHER_ITEMS:
+                        return self._done(b"", shaped=False)
+                    self._array, self._left = True, count
+                    continue
+                if kind != b"$":
+                    return self._done(b"", shaped=False)
+                length = int(number)
+                if length < 0:
+                    self._items.append(None)
+                    self._left -= 1
+                    if not self._left:
+                        return self._done(bytes(view[pos:]))
+                    continue
+                self._body = length
+            taken = min(self._body, size - pos)
+            if taken:
+                self._parts.append(view[pos : pos + taken])
+            pos += taken
+            self._body -= taken
+            if self._body:
+                return None
+            self._items.append(b"".join(self._parts))
+            self._parts.clear()
+            self._body, self._skip = -1, 2
+
+    def _done(self, rest: bytes, shaped: bool = True) -> bytes:
+        self.shaped = shaped
+        if shaped:
+            self.reply = self._items if self._array else self._items[0]
+        self._parts.clear()
+        return rest

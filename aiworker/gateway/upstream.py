@@ -6,7 +6,8 @@ the session as they are (``Session.on_reply``); once a read's replies are all de
 ``Session.replies_done`` writes them to the client in one go. The replies to the commands the
 gateway sends itself (``Slot.internal``: an AI.* command's Redis calls, AUTH and SELECT on a new
 connection) are decoded by hiredis; while only those are awaited (an AI.* command runs), hiredis
-reads the connection's bytes directly.
+reads the connection's bytes directly, but for a large reply of bulk strings (a tensor's blob):
+``resp.Gather`` joins each of its strings once from the reads that hold it.
 After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the connection becomes a pipe (``tunnel``):
 Redis pushes messages that answer no command, so from the slot of that command on, every byte
 goes to the client as it comes.
@@ -23,7 +24,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 
-from .resp import MalformedReply, pack, reply_end
+from .resp import LARGE_REPLY, Gather, MalformedReply, pack, reply_end
 
 
 class Slot:
@@ -93,6 +94,7 @@ class Upstream(asyncio.Protocol):
         self._internal = 0  # slots in ``waiting`` that are internal
         self._decoder = hiredis.Reader(replyError=BaseParser.parse_error)
         self._decoding = False  # the decoder holds the start of a reply
+        self._gather: Gather | None = None  # a large internal reply being read
         # commands sent first on a new connection (AUTH, SELECT of the gateway's URL), unseen
         for command in hello:
             self.send(command, Slot(internal=ignore))
@@ -151,7 +153,11 @@ class Upstream(asyncio.Protocol):
         if self.tunnel:
             self.owner.on_raw(data)
             return
-        if self._decoding or (not self._buf and self._internal == len(self.waiting) > 0):
+        if (
+            self._decoding
+            or self._gather is not None
+            or (not self._buf and self._internal == len(self.waiting) > 0)
+        ):
             self._decode(data)
         else:
             try:
@@ -164,8 +170,30 @@ class Upstream(asyncio.Protocol):
             self.flush()  # what the replies' callbacks sent (an AI.* command's next round trip)
 
     def _decode(self, data: bytes) -> None:
-        """Only internal replies are awaited: hiredis reads them."""
+        """Only internal replies are awaited: hiredis reads them (a large one: ``Gather``)."""
         decoder = self._decoder
+        gather = self._gather
+        if gather is None and not self._decoding and len(data) >= LARGE_REPLY:
+            gather = self._gather = Gather()  # the read starts a reply
+        if gather is not None:
+            try:
+                rest = gather.feed(data)
+            except ValueError as exc:
+                self._lost(f"unreadable reply from Redis ({exc})")
+                return
+            if rest is None:
+                return
+            self._gather = None
+            if gather.shaped:
+                self._internal -= 1
+                self.waiting.popleft().internal(gather.reply)  # type: ignore[misc]
+                if not rest:
+                    return
+                data = rest
+            else:  # hiredis reads it all
+                data = gather.chunks.pop()
+                for chunk in gather.chunks:
+                    decoder.feed(chunk)
         decoder.feed(data)
         for _ in range(len(self.waiting)):  # slots added by the callbacks wait for later reads
             try:
