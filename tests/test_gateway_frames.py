@@ -91,11 +91,11 @@ def test_an_unfinished_command_is_the_scanners() -> None:
         reader().feed(b"*2000000\r\n$4\r\nPING\r\n")
 
 
-LARGE = bytes(range(256)) * 400  # past LARGE_BULK: cut into arguments by the scanner
+LARGE = bytes(range(256)) * 400
 
 
 @pytest.mark.parametrize("size", [7, 1000, 65536, 256000, 1 << 20])
-def test_large_bulks_are_cut_by_the_scanner(size: int) -> None:
+def test_large_bulks_in_any_reads(size: int) -> None:
     """Commands holding a large bulk, anywhere in the array, between small commands: the same
     arguments whatever the reads' boundaries."""
     commands = [

@@ -10,9 +10,7 @@ builds the argument lists in C; inline commands are split like ``redis-cli`` spl
 
 Most reads hold whole commands, smaller than every limit: those go to hiredis directly, and only
 when it finds a command unfinished or not made of bulk strings (or an empty array) does the
-scanner read them again. A command holding a large bulk (a tensor's blob, a model's chunk) is cut
-into its arguments here, from the scanned headers, rather than copied into hiredis's buffer and
-out again; a header hiredis would refuse (``$04``) still goes to hiredis, for its error.
+scanner read them again.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from aiworker.protocol.errors import AIError
 
 # Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
 MAX_LINE = 64 * 1024
-# A command with a bulk this long is cut into arguments by the scanner (see the module docstring).
-LARGE_BULK = 64 * 1024
 
 
 class ProtocolError(Exception):
@@ -44,28 +40,6 @@ def _count(line: bytes | bytearray) -> int | None:
     return int(line)
 
 
-def _arguments(buf: bytearray, start: int, end: int) -> list[bytes] | None:
-    """The arguments of the array ``buf[start:end]``, whose headers the scanner checked; None
-    when a header is not written as Redis writes numbers (hiredis then gives its error)."""
-    args: list[bytes] = []
-    with memoryview(buf) as view:
-        eol = buf.find(b"\r\n", start)
-        count = bytes(view[start + 1 : eol])
-        if count != b"%d" % int(count):
-            return None
-        pos = eol + 2
-        while pos < end:
-            eol = buf.find(b"\r\n", pos)
-            header = bytes(view[pos + 1 : eol])
-            length = int(header)
-            if header != b"%d" % length:
-                return None
-            pos = eol + 2 + length
-            args.append(bytes(view[eol + 2 : pos]))
-            pos += 2
-    return args
-
-
 class RequestReader:
     """Incremental reader of one client's commands: ``feed`` bytes, get the complete commands
     (each a list of ``bytes`` arguments) that they finish."""
@@ -78,7 +52,6 @@ class RequestReader:
         self._pos = 0  # next header to read
         self._frame = 0  # start of the array being read
         self._left = -1  # bulk strings still to come in that array; -1: between commands
-        self._large = False  # that array holds a bulk of LARGE_BULK bytes or more
         self._reader = hiredis.Reader()
         self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
         # the largest read that cannot break a limit, whatever it holds
@@ -132,7 +105,6 @@ class RequestReader:
                 self._frame = pos
                 pos = eol + 2
                 left = count if count > 0 else -1
-                self._large = False
                 continue
             if buf[pos] != 36:  # not '$'
                 raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
@@ -148,21 +120,11 @@ class RequestReader:
             if end - self._frame > self.max_request:
                 raise ProtocolError("request larger than the gateway's max-request")
             if end > size:
-                self._large = self._large or length >= LARGE_BULK
                 break
             pos = end
             left -= 1
-            if length >= LARGE_BULK:
-                self._large = True
             if left == 0:
                 left = -1
-                if self._large:  # cut here, not by hiredis
-                    self._large = False
-                    args = _arguments(buf, self._frame, pos)
-                    if args is not None:
-                        self._flush(buf, run, self._frame, commands)
-                        commands.append(args)
-                        run = self._frame = pos
         if left < 0:
             self._frame = pos
         self._flush(buf, run, self._frame, commands)
