@@ -192,10 +192,10 @@ def test_large_tensor_roundtrip(client: Client) -> None:
 
 
 def test_large_tensors_take_the_watched_path_with_the_same_type_rules(client: Client) -> None:
-    """Tensors above LARGE_TENSOR skip the Lua write (its argument copies) but keep its checks."""
-    from aiworker.storage.tensor_io import LARGE_TENSOR
+    """Tensors above LUA_VALUE_BYTES skip the Lua write (its argument copies) but keep its checks."""
+    from aiworker.storage.tensor_io import LUA_VALUE_BYTES
 
-    big = np.arange(LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    big = np.arange(LUA_VALUE_BYTES // 4 + 10, dtype=np.float32)
     client.hset("big", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"})
     assert client.tensorset("big", big) == "OK"
     assert client.hget("big", "values") is None  # replaced, not merged

@@ -21,7 +21,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.settings import REDIS_CONFIG, settings_from_redis_config
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor_io
-from aiworker.storage.tensor_io import LARGE_TENSOR
+from aiworker.storage.tensor_io import LUA_VALUE_BYTES
 
 BIG = 4 << 20  # a chunk far larger than the hash's own ``size`` field claims
 
@@ -141,7 +141,7 @@ def test_a_large_tensor_write_never_retries_however_contended(client: Client) ->
     """A large tensor is written to a temporary key and moved onto its key by one script that
     checks the type: nothing to retry, so another client rewriting the key cannot make a writer
     spin. The move still refuses a key that became something else meanwhile."""
-    big = np.arange(LARGE_TENSOR // 4 + 10, dtype=np.float32)
+    big = np.arange(LUA_VALUE_BYTES // 4 + 10, dtype=np.float32)
     tensor_io.write(client, "t", big)  # the move script is loaded now (its first call loads it)
     tensor_io.write(client, "t", np.zeros(2, np.float32))
     before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
@@ -153,6 +153,29 @@ def test_a_large_tensor_write_never_retries_however_contended(client: Client) ->
     with pytest.raises(AIError, match="WRONGTYPE"):
         tensor_io.write(client, "t", big)
     assert client.lrange("t", 0, -1) == [b"someone else's"]
+    assert not list(client.scan_iter(Keys().prefix + "tmp:*")), "no temporary copy left"
+
+
+def test_a_large_tensor_write_is_one_round_trip_and_survives_a_script_flush(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large tensor is staged and moved in one MULTI (one round trip, the value never a Lua
+    argument); after SCRIPT FLUSH the staged copy is moved once the script is loaded again, and
+    no temporary key is left either way."""
+    big = np.arange(LUA_VALUE_BYTES // 4 + 10, dtype=np.float32)
+    client.tensorset("t", big)  # the move script is loaded now
+    sent: list[Any] = []
+    send = client._send
+    monkeypatch.setattr(client, "_send", lambda commands: sent.append(commands) or send(commands))
+    client.tensorset("t", big + 1)
+    assert len(sent) == 1 and sent[0].transaction
+    np.testing.assert_array_equal(client.tensorget("t"), big + 1)
+    client.script_flush()
+    sent.clear()
+    client.tensorset("t", big + 2)
+    assert len(sent) == 2, "the staged write, then the script loaded and run"
+    np.testing.assert_array_equal(client.tensorget("t"), big + 2)
+    assert client.ttl("t") == -1, "the staged copy's expiry does not follow it"
     assert not list(client.scan_iter(Keys().prefix + "tmp:*")), "no temporary copy left"
 
 

@@ -28,10 +28,14 @@ from aiworker.storage.cluster import is_cluster
 from aiworker.storage.connection import install_packer
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
+from aiworker.storage.wire import as_exception
 
 # Commands of the hot methods (tensorset, tensorget, model metadata) whose raw replies are the
 # ones redis-py returns (HGETALL is turned into its dict), sent without redis-py's machinery.
 FAST_COMMANDS = frozenset({"EVALSHA", "HMGET", "HGET", "HGETALL"})
+# A transaction of only these (a large tensor's staged write) goes on the thread's own connection
+# too: their raw replies serve the plans that send them as redis-py's do (PEXPIRE's 1, not True).
+FAST_IN_TRANSACTION = frozenset({"EVALSHA", "HMGET", "HGET", "HSET", "DEL", "PEXPIRE"})
 OWN_OPTIONS = ("prefix", "reply_timeout", "shared_replies", "debug", "enable_postprocess")
 
 
@@ -107,11 +111,25 @@ class Client(Driver, AICommands, redis.Redis):
     # running ops -----------------------------------------------------------------------------
 
     def _send(self, commands: Commands) -> list[Any]:
-        if len(commands.commands) == 1 and not commands.transaction and not self.debug:
-            command = commands.commands[0]
-            if str(command[0]).upper() in FAST_COMMANDS:
-                return [self._fast(command)]
+        if not self.debug:
+            if commands.transaction:
+                if all(str(c[0]).upper() in FAST_IN_TRANSACTION for c in commands.commands):
+                    return self._fast_transaction(commands.commands)
+            elif len(commands.commands) == 1:
+                command = commands.commands[0]
+                if str(command[0]).upper() in FAST_COMMANDS:
+                    return [self._fast(command)]
         return execute_commands(self, commands)
+
+    def _fast_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """A MULTI/EXEC on this thread's own connection; each command's reply, or its error in
+        place (every command's, when one was refused as it was queued), as ``execute_commands``
+        gives them."""
+        replies = self._jobs.wires.get().pipeline([("MULTI",), *commands, ("EXEC",)])
+        done = replies[-1]
+        if isinstance(done, Exception):  # EXECABORT: nothing ran
+            return [q if isinstance(q, Exception) else done for q in replies[1:-1]]
+        return [as_exception(reply) for reply in done]
 
     def _fast(self, command: tuple[Any, ...]) -> Any:
         """One command on this thread's own connection (see ``storage.wire``); the error it

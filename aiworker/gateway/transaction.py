@@ -6,9 +6,9 @@ command within a transaction or a LUA script". Every other AI.* command ran in t
 any Redis command. The gateway does the same: such a command's first round trip of Redis calls is
 queued in the client's transaction, so it runs at EXEC, atomically and in order with the client's
 own commands; its plan then goes on with EXEC's replies to those calls. What needs another round
-trip (a tensor over 1 MB, a Lua script Redis had not loaded) is done right after EXEC, before the
-client's next command runs, and its reply takes its place in EXEC's reply; so are model and script
-stores, whole (they hash and compile blobs in a thread: ``aiclients``).
+trip (a Lua script Redis had not loaded) is done right after EXEC, before the client's next command
+runs, and its reply takes its place in EXEC's reply; so are model and script stores, whole (they
+hash and compile blobs in a thread: ``aiclients``).
 """
 
 from __future__ import annotations

@@ -68,9 +68,10 @@ class LuaScript:
         pipeline in WATCH mode cannot send SCRIPT LOAD itself (no key to route it by)."""
         r.execute_command("SCRIPT", "LOAD", self.source)
 
-    def plan(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Plan[Any]:
-        """The same call as a plan step: its reply, or the error in its place."""
-        replies = yield from calls_plan([Call(self, keys, args)])
+    def plan(self, keys: Sequence[Any], args: Sequence[Any] = (), load: bool = False) -> Plan[Any]:
+        """The same call as a plan step: its reply, or the error in its place. ``load``: the
+        script is known to be missing where it runs (NOSCRIPT): load it in the same round trip."""
+        replies = yield from calls_plan([Call(self, keys, args)], load)
         return replies[0]
 
 
@@ -126,9 +127,10 @@ class Call:
         return ("EVALSHA", self.script.sha, 1, self.keys[0], *head, len(rest), *rest, *tail)
 
 
-def calls_plan(calls: Sequence[Call]) -> Plan[list[Any]]:
-    """Run ``calls`` in one round trip (per node): their replies in order, errors in place."""
-    replies = yield from _units(calls, [call.command() for call in calls])
+def calls_plan(calls: Sequence[Call], load: bool = False) -> Plan[list[Any]]:
+    """Run ``calls`` in one round trip (per node): their replies in order, errors in place
+    (``load``: each script loaded first, in that round trip)."""
+    replies = yield from _units(calls, [call.command() for call in calls], load)
     return (yield from _again(calls, replies))
 
 

@@ -64,6 +64,13 @@ def by_slot(keys: Sequence[Any], slot: SlotOf) -> list[list[int]]:
     return list(groups.values())
 
 
+def first_key(command: Sequence[Any]) -> Any:
+    """The key a command of a transaction is grouped by: its first (a script's first KEYS)."""
+    if str(command[0]).upper() in ("EVALSHA", "EVAL"):
+        return command[3]
+    return command[1]
+
+
 def first(replies: Sequence[Any]) -> Any:
     """The only reply of a one-command batch, raising the error it carries."""
     reply = replies[0]
@@ -104,7 +111,7 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
             return [exc]
     members = range(len(commands))
     groups = (
-        by_slot([command[1] for command in commands], key_slot if cluster else one_slot)
+        by_slot([first_key(command) for command in commands], key_slot if cluster else one_slot)
         if batch.transaction
         else [list(members)]
     )

@@ -23,10 +23,13 @@ from aiworker.storage.plans import Commands, Plan
 _WRITE = lua.load("tensor_write")
 _MOVE = lua.load("tensor_move")
 
-# Above this, a Lua argument's extra copies inside Redis cost more than a second round trip.
-LARGE_TENSOR = 1 << 20
-# A large tensor's temporary copy outlives a client that died between the two round trips
-# by at most this long.
+# Tensor data above this many bytes does not pass through Lua, whose string copies of a large
+# value cost Redis ten times a plain HGET/HSET (bench/luacost.py): a job's read fetches it with a
+# plain HMGET, its completion writes it with a plain HSET of a stage key (``lua.Call.stages``),
+# and a client's write stages it the same way (``write_plan``).
+LUA_VALUE_BYTES = 16 * 1024
+# A staged tensor whose move did not run (its script had to be loaded first, and the client died
+# meanwhile) is dropped after this long.
 TEMP_TTL_MS = 60_000
 
 
@@ -34,19 +37,24 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
     """Store ``array`` at ``key``; WRONGTYPE if the key holds something else than a tensor.
 
     Small tensors go through one Lua call. A large blob is written to a temporary key in a plain
-    HSET (no Lua argument copies) and then renamed onto the key by a script that checks its type.
+    HSET (no Lua argument copies) and renamed onto the key by a script that checks its type, in
+    one MULTI: one round trip, and no temporary key left whatever the script did.
     """
     fields = codec.encode_fields(array)
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, value]
-    if len(fields["blob"]) > LARGE_TENSOR:
+    if len(fields["blob"]) > LUA_VALUE_BYTES:
         temp = (keyspace or Keys()).temp(key, uuid.uuid4().hex)
-        yield Commands(
-            [("DEL", temp), ("HSET", temp, *flat), ("PEXPIRE", temp, TEMP_TTL_MS)],
-            transaction=True,
-        )
-        reply = yield from _MOVE.plan([key, temp])
+        staged = [
+            ("HSET", temp, *flat),
+            ("PEXPIRE", temp, TEMP_TTL_MS),
+            ("EVALSHA", _MOVE.sha, 2, key, temp),
+        ]
+        replies = yield Commands(staged, transaction=True)
+        reply = replies[-1]
+        if isinstance(reply, redis.exceptions.NoScriptError):  # staged: load it, then move
+            reply = yield from _MOVE.plan([key, temp], load=True)
     else:
         reply = yield from _WRITE.plan([key], flat)
     if isinstance(reply, Exception):
@@ -57,12 +65,6 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
 def write(r: plans.AnyRedis, key: str, array: np.ndarray, keyspace: Keys | None = None) -> None:
     """Store ``array`` at ``key`` (see ``write_plan``)."""
     plans.run(r, write_plan(key, array, keyspace))
-
-
-# Tensor data above this many bytes does not pass through Lua, whose string copies of a large
-# value cost Redis ten times a plain HGET/HSET (bench/luacost.py): a job's read fetches it with a
-# plain HMGET, its completion writes it with a plain HSET of a stage key (``lua.Call.stages``).
-LUA_VALUE_BYTES = 16 * 1024
 
 
 # What Redis accepts in one value by default (proto-max-bulk-len).
