@@ -317,3 +317,37 @@ def test_short_runs_ready_together_complete_together(client: Client, settings: S
     assert [r["status"] for r in replies] == ["ok"] * 6, replies
     assert [client.tensorget(f"o{n}").tolist() for n in range(6)] == [[2.0, 4.0]] * 6
     assert sum(sizes) == 6 and max(sizes) > 1, sizes
+
+
+def test_one_read_takes_the_jobs_of_several_partitions(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With queue partitions, a read sweeps every partition that no other thread of the lane
+    reads (an XREADGROUP each, without blocking, in one round trip), so one state read and one
+    completion serve jobs of several partitions: jobs waiting in three partitions are read by one
+    read, each answered from its own."""
+    from aiworker.protocol.keys import Keys
+    from aiworker.worker.lane import Lane
+
+    stub_model(client, "m")
+    tensor(client, "a", [1, 2])
+    queues = Keys().queues("CPU", 3)
+    for n, queue in enumerate(queues):
+        enqueue(client, [job_entry("m", ["a", "a"], [f"o{n}"], f"r{n}")], queue)
+    reads: list[list[str]] = []
+    process = Lane.process
+
+    def recorded(lane: Lane, conn: Any, found: Any) -> Any:
+        reads.append([stream for stream, _entries in found])
+        return process(lane, conn, found)
+
+    monkeypatch.setattr(Lane, "process", recorded)
+    w = Worker(settings.replace(threads_per_queue=1, queue_partitions=3)).start()
+    try:
+        replies = [blpop_json(client, f"r{n}") for n in range(3)]
+    finally:
+        w.stop(timeout=10)
+    assert [r["status"] for r in replies] == ["ok"] * 3, replies
+    assert [client.tensorget(f"o{n}").tolist() for n in range(3)] == [[2.0, 4.0]] * 3
+    assert sorted(reads[0]) == sorted(queues), reads
+    assert all(client.xpending(q, "aiworker")["pending"] == 0 for q in queues)

@@ -6,9 +6,13 @@ then on, before their inputs are even read.
 
 A device queue split into partitions (``queue_partitions``) is shared out among the threads: thread
 ``n`` serves the partitions ``n``, ``n + threads``, ... (with more threads than partitions, thread
-``n`` serves partition ``n % partitions``). A thread with one stream blocks on it; a thread with
-several takes from each in turn without blocking, and blocks briefly on the next one in turn only
-when all were empty, so no partition waits behind another.
+``n`` serves partition ``n % partitions``): it blocks on them when there is nothing to read. A thread
+with one stream blocks on it; a thread with several takes from each in turn without blocking, and
+blocks briefly on the next one in turn only when all were empty, so no partition waits behind
+another. Before it blocks, a thread sweeps every partition that no other thread of its lane reads
+at that moment (``sweep``: one XREADGROUP each, without blocking, in one round trip per node), so
+that under load one read serves the jobs of several partitions, as one read of a single stream
+would.
 
 A stream or consumer group that vanished (FLUSHALL, FLUSHDB, a Redis restart without persistence)
 is recreated at once, and ``on_lost`` is told (the worker re-publishes its heartbeat, which the
@@ -84,12 +88,15 @@ class Consumer:
         self.on_lost = on_lost
         self._turn = 0
 
-    def next(self, conn: JobConnection, count: int, block_ms: int) -> tuple[str, list[Entry]]:
-        """Up to ``count`` new entries of this thread's partitions (see the module docstring)."""
+    def next(
+        self, conn: JobConnection, count: int, block_ms: int, swept: bool = False
+    ) -> tuple[str, list[Entry]]:
+        """Up to ``count`` new entries of this thread's partitions (see the module docstring);
+        ``swept``: all were just found empty (``sweep``), block on the next one in turn."""
         if len(self.streams) == 1:
             return self.streams[0], self.read(conn, count, block_ms, self.streams[0])
         n = len(self.streams)
-        for k in range(n):
+        for k in range(0 if swept else n):
             stream = self.streams[(self._turn + k) % n]
             entries = self.read(conn, count, None, stream)
             if entries:
@@ -101,6 +108,29 @@ class Consumer:
         self._turn = (self._turn + 1) % n
         return stream, self.read(conn, count, min(block_ms, SHARED_BLOCK_MS), stream)
 
+    def sweep(
+        self, conn: JobConnection, count: int, streams: Sequence[str]
+    ) -> list[tuple[str, list[Entry]]]:
+        """New entries of several partitions (``count`` in all at most, shared out evenly),
+        without blocking, in one round trip per node: (stream, entries) for each that had some."""
+        each = max(1, -(-count // len(streams)))
+        commands = [
+            ("XREADGROUP", "GROUP", CONSUMER_GROUP, self.name, "COUNT", each, "STREAMS", s, ">")
+            for s in streams
+        ]
+        try:
+            replies = conn.pipeline(commands)
+        except redis.RedisError as exc:  # the retries with backoff did not cure it
+            self._unreadable(conn, streams[0], exc)
+            return []
+        found = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, Exception):
+                self._unreadable(conn, stream, reply)
+            elif reply:
+                found.append((stream, self._taken(stream, reply)))
+        return found
+
     def read(
         self, conn: JobConnection, count: int, block_ms: int | None, stream: str
     ) -> list[Entry]:
@@ -111,26 +141,34 @@ class Consumer:
             command += ["BLOCK", block_ms]
         try:
             reply = conn.execute(*command, "STREAMS", stream, ">")
-        except redis.ResponseError as exc:
-            if _vanished(exc):
-                self._recreate(conn, stream)
-                return []
-            log.exception("reading %s failed", stream)
-            self.stop.wait(READ_ERROR_PAUSE_S)
+        except redis.RedisError as exc:
+            self._unreadable(conn, stream, exc)
             return []
-        except redis.RedisError as exc:  # the retries with backoff did not cure it
-            self.metrics.redis_errors.labels("read").inc()
-            log.warning("connection lost while reading %s (%s); retrying", stream, exc)
-            self.stop.wait(READ_ERROR_PAUSE_S)
-            return []
+        return self._taken(stream, reply)
+
+    def _taken(self, stream: str, reply: Any) -> list[Entry]:
+        """The entries of an XREADGROUP reply, leased from now on (until completed or let go)."""
         entries: list[Entry] = []
         for _stream, stream_entries in reply or []:
             for entry_id, flat in stream_entries:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
                 entries.append((text(entry_id), fields))
-        for entry_id, _fields in entries:  # leased from now on, until completed or let go
+        for entry_id, _fields in entries:
             self.held.add(stream, entry_id, self.name)
         return entries
+
+    def _unreadable(self, conn: JobConnection, stream: str, exc: Exception) -> None:
+        """A read failed: a stream or group that vanished is made again; anything else pauses
+        this thread's reading a moment."""
+        if isinstance(exc, redis.ResponseError):
+            if _vanished(exc):
+                self._recreate(conn, stream)
+                return
+            log.error("reading %s failed: %s", stream, exc)
+        else:  # the retries with backoff did not cure it
+            self.metrics.redis_errors.labels("read").inc()
+            log.warning("connection lost while reading %s (%s); retrying", stream, exc)
+        self.stop.wait(READ_ERROR_PAUSE_S)
 
     def _recreate(self, conn: JobConnection, stream: str) -> None:
         """The stream or group vanished (a flush, a restart): make it again, at once."""

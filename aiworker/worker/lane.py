@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,7 @@ class Lane:
         self._free = options.slots
         self._tasks: deque[Task] = deque()
         self._reading: set[str] = set()  # streams a thread reads now (one reader each)
+        self._shut_out = 0  # threads waiting while their own streams are read by another
         self._inflight = 0  # jobs read by this lane and not completed yet
         self._threads: list[threading.Thread] = []
         self._idents: set[int] = set()
@@ -250,12 +251,21 @@ class Lane:
                 if self._tasks:
                     return self._tasks.popleft()
                 if consumer is not None and self._may_read(consumer):
-                    self._reading.update(consumer.streams)
-                    return lambda conn: self._read(conn, consumer)
+                    sweep = self._sweep(consumer)
+                    self._reading.update(sweep)
+                    return lambda conn: self._read(conn, consumer, sweep)
                 if self.stop.is_set() and self._idle():
                     self._cond.notify_all()
                     return None
+                # a thread whose partition another one sweeps is woken when the sweep is over
+                shut_out = (
+                    consumer is not None
+                    and len(self.queues) > 1
+                    and not self._reading.isdisjoint(consumer.streams)
+                )
+                self._shut_out += shut_out
                 self._cond.wait(self._wait_s(now))
+                self._shut_out -= shut_out
 
     def _may_read(self, consumer: Consumer) -> bool:
         """Read only what can start soon: one unit ready per slot beyond those running (a batch
@@ -281,23 +291,45 @@ class Lane:
 
     # reading -------------------------------------------------------------------------------
 
-    def _read(self, conn: JobConnection, consumer: Consumer) -> None:
+    def _sweep(self, consumer: Consumer) -> list[str]:
+        """The streams a read by ``consumer`` covers (lock held): its own, and with queue
+        partitions every other one that no thread reads now (``Consumer.sweep``)."""
+        if len(self.queues) == 1:
+            return consumer.streams
+        mine = set(consumer.streams)
+        return [s for s in self.queues if s in mine or s not in self._reading]
+
+    def _read(self, conn: JobConnection, consumer: Consumer, sweep: list[str]) -> None:
+        reading = sweep
         try:
             with self._lock:
                 count, block_ms = self._room(), self._block_ms()
-            stream, entries = consumer.next(conn, count, block_ms)
-            while entries:
-                batching = self.process(conn, entries, stream)
+            found = consumer.sweep(conn, count, sweep) if len(sweep) > 1 else []
+            if not found and not self.stop.is_set():
+                if len(sweep) > len(consumer.streams):  # others' streams: let them go first
+                    reading = consumer.streams
+                    self._stop_reading([s for s in sweep if s not in reading])
+                stream, entries = consumer.next(conn, count, block_ms, swept=len(sweep) > 1)
+                found = [(stream, entries)] if entries else []
+            while found:
+                batching = self.process(conn, found)
                 room = self._batch_room(batching)
                 if room <= 0 or self.stop.is_set():
                     break
+                stream = found[0][0]
                 room = self._share(conn, consumer, stream, room)
                 entries = consumer.read(conn, room, None, stream) if room > 0 else []
+                found = [(stream, entries)] if entries else []
         finally:
-            with self._lock:
-                self._reading.difference_update(consumer.streams)
-                if self._free > 1 and len(self._batcher) > 1:
-                    self._cond.notify()  # more than this thread can start at once
+            self._stop_reading(reading)
+
+    def _stop_reading(self, streams: Sequence[str]) -> None:
+        with self._lock:
+            self._reading.difference_update(streams)
+            if self._shut_out:
+                self._cond.notify_all()  # a thread waits to read one of them
+            elif self._free > 1 and len(self._batcher) > 1:
+                self._cond.notify()  # more than this thread can start at once
 
     def _block_ms(self) -> int:
         """How long a read may block (lock held): shorter while the batcher holds requests, whose
@@ -329,25 +361,32 @@ class Lane:
             return min(room, 1)
         return min(room, math.ceil(lag / peers))
 
-    def process(self, conn: JobConnection, entries: Sequence[Entry], queue: str) -> set[str]:
-        """Decode entries taken from ``queue``, read what their jobs need in one round trip, and
-        start them (or answer them: malformed, timed out, forwarded). Returns the keys of the
-        batching models they went to."""
-        kept: set[str] = set()
+    def process(
+        self, conn: JobConnection, found: Sequence[tuple[str, Sequence[Entry]]]
+    ) -> set[str]:
+        """Decode entries taken from their streams (``found``: (stream, entries)), read what
+        their jobs need in one round trip, and start them (or answer them: malformed, timed out,
+        forwarded). Returns the keys of the batching models they went to."""
+        kept: set[tuple[str, str]] = set()
         try:
-            return self._process(conn, entries, queue, kept)
+            return self._process(conn, found, kept)
         except BaseException:
             # not started: the entries are let go (their leases lapse and they are reclaimed)
-            self.held.discard_all(queue, [eid for eid, _ in entries if eid not in kept])
+            for queue, entries in found:
+                ids = [eid for eid, _ in entries if (queue, eid) not in kept]
+                self.held.discard_all(queue, ids)
             raise
 
     def _process(
-        self, conn: JobConnection, entries: Sequence[Entry], queue: str, kept: set[str]
+        self,
+        conn: JobConnection,
+        found: Sequence[tuple[str, Sequence[Entry]]],
+        kept: set[tuple[str, str]],
     ) -> set[str]:
         started = time.time()
         answered: list[Finished] = []
         jobs: list[tuple[Job, Ticket]] = []
-        for entry_id, fields in entries:
+        for queue, entry_id, fields in _each(found):
             try:
                 structured = b"job" in fields or "job" in fields  # only these carry a model blob
                 size = limits.check_entry(fields, self._entry_limit if structured else 0)
@@ -369,14 +408,14 @@ class Lane:
         runs: list[Run] = []
         for (job, ticket), prepared in zip(jobs, self._prepare(conn, jobs), strict=True):
             if prepared is None:  # its tensors did not fit this read: read them on their own
-                self._later([(job.entry_id, ticket.fields)], queue)
-                kept.add(job.entry_id)
+                self._later([(job.entry_id, ticket.fields)], ticket.queue)
+                kept.add((ticket.queue, job.entry_id))
             elif isinstance(prepared, Outcome):
                 answered.append(self._finished(job, ticket, prepared))
             else:
                 prepared.ticket = ticket
                 runs.append(prepared)
-                kept.add(job.entry_id)
+                kept.add((ticket.queue, job.entry_id))
         if answered:
             self._complete(conn, answered)
         with self._lock:
@@ -418,7 +457,7 @@ class Lane:
 
     def _later(self, entries: Sequence[Entry], queue: str) -> None:
         def task(conn: JobConnection) -> None:
-            self.process(conn, entries, queue)
+            self.process(conn, [(queue, entries)])
 
         with self._lock:
             self._tasks.append(task)
@@ -626,6 +665,13 @@ class Lane:
 
     def _lost(self) -> None:
         self.on_lost()
+
+
+def _each(found: Sequence[tuple[str, Sequence[Entry]]]) -> Iterator[tuple[str, str, Any]]:
+    """(stream, entry id, fields) of every entry read."""
+    for queue, entries in found:
+        for entry_id, fields in entries:
+            yield queue, entry_id, fields
 
 
 def failure_text(exc: BaseException) -> str:
