@@ -351,3 +351,36 @@ def test_one_read_takes_the_jobs_of_several_partitions(
     assert [client.tensorget(f"o{n}").tolist() for n in range(3)] == [[2.0, 4.0]] * 3
     assert sorted(reads[0]) == sorted(queues), reads
     assert all(client.xpending(q, "aiworker")["pending"] == 0 for q in queues)
+
+
+def test_a_lane_of_short_runs_reads_as_many_jobs_as_a_slot_chains(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a lane's models run shorter than CHAIN_RUN_S (and none batches), a read takes up to
+    CHAIN_MAX jobs a slot, not two: one read, one state read and one completion serve them all.
+    A lane whose model ran long reads two a slot, as before."""
+    from aiworker.worker.lane import CHAIN_MAX, Lane
+
+    tensor(client, "a", [1, 2])
+    reads: list[int] = []
+    process = Lane.process
+
+    def recorded(lane: Lane, conn: Any, found: Any) -> Any:
+        reads.append(sum(len(entries) for _stream, entries in found))
+        return process(lane, conn, found)
+
+    monkeypatch.setattr(Lane, "process", recorded)
+    for model, sleep_ms, many in (("fast", 0, True), ("slow", 20, False)):
+        client.modelstore(model, "STUB", "CPU", stub_blob("add", sleep_ms=sleep_ms))
+        w = Worker(settings.replace(threads_per_queue=1)).start()
+        try:
+            enqueue(client, [job_entry(model, ["a", "a"], ["warm"], "r_warm")])
+            assert blpop_json(client, "r_warm")["status"] == "ok"  # its run time is known
+            reads.clear()
+            jobs = [job_entry(model, ["a", "a"], [f"o{n}"], f"r{n}") for n in range(CHAIN_MAX)]
+            enqueue(client, jobs)
+            replies = [blpop_json(client, f"r{n}") for n in range(CHAIN_MAX)]
+        finally:
+            w.stop(timeout=10)
+        assert [r["status"] for r in replies] == ["ok"] * CHAIN_MAX, replies
+        assert (max(reads) > 2) == many and max(reads) <= CHAIN_MAX, (model, reads)

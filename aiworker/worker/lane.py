@@ -151,6 +151,7 @@ class Lane:
         self._threads: list[threading.Thread] = []
         self._idents: set[int] = set()
         self._run_s: dict[str, float] = {}  # model or script key -> its last run (seconds)
+        self._batching: set[str] = set()  # the models of those that batch
         self.consumers: list[str] = []
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -284,10 +285,15 @@ class Lane:
         return max(0.001, min(wait, BATCH_POLL_SECONDS))
 
     def _room(self) -> int:
-        """How many units reading may add now (lock held)."""
-        return max(
-            1, 2 * self.options.slots - (self.options.slots - self._free) - len(self._batcher)
-        )
+        """How many units reading may add now (lock held): one running and one ready per slot;
+        while every model of the lane runs shorter than CHAIN_RUN_S and none batches, as many as
+        a slot chains (``_chained``: one read and one completion then serve several trivial
+        jobs)."""
+        runs = self._run_s.values()
+        short = runs and max(runs) < CHAIN_RUN_S and not self._batching
+        ahead = CHAIN_MAX if short else 2
+        busy = self.options.slots - self._free
+        return max(1, ahead * self.options.slots - busy - len(self._batcher))
 
     # reading -------------------------------------------------------------------------------
 
@@ -532,6 +538,8 @@ class Lane:
                 self._let_go([member.context[0] for member in batch.members] + earlier)
                 raise
         self._run_s[batch.members[0].model_key] = time.perf_counter() - started
+        if batch.members[0].batching:
+            self._batching.add(batch.members[0].model_key)
         self._release(batch)
         follow: list[Member] = []
         done: list[Run] = []
