@@ -11,7 +11,8 @@ thread does whatever is most urgent, in this order:
 1. a batch ready in the batcher while a slot is free: run it (a single job is a batch of one);
 2. local work (entries reclaimed from a dead worker, a job whose inputs did not fit its read);
 3. read: new entries and, in one more round trip, everything they need (``state.read``), while
-   the lane holds fewer units than ``2 x slots`` (one running and one ready per slot).
+   the lane holds fewer units than ``2 x slots`` (one running and one ready per slot; while its
+   models all run short and none batches, ``CHAIN_MAX x slots``: what its threads chain).
 
 A thread that finished a run gives its slot back *before* it completes the job, so another thread
 starts the next unit on the device while the first writes the outputs and the reply; and the next
