@@ -144,3 +144,27 @@ def test_blocking_client_with_a_shared_reply_list(
     assert [o["c"].tolist() for o in outs] == [[i, i + 1, i + 2] for i in range(200)]
     # one reply list for the whole client, emptied as replies are taken
     assert not client.keys("aiworker:reply:*")
+
+
+def test_large_tensors_in_asyncio(client: Client, redis_server: RedisServer) -> None:
+    """A tensor over LUA_VALUE_BYTES goes through the staged write (an HSET of a temporary key
+    and the checked rename in one MULTI) on the asyncio client too: stored whole, WRONGTYPE on a
+    key of another type, and moved after a SCRIPT FLUSH; no temporary key left."""
+    from aiworker.protocol.errors import WrongTypeError
+    from aiworker.storage.tensor_io import LUA_VALUE_BYTES
+
+    big = np.arange(LUA_VALUE_BYTES // 4 + 10, dtype=np.float32)
+    client.rpush("list", "x")
+
+    async def body(con: aiworker.asyncio.Client) -> None:
+        assert await con.tensorset("t", big) == "OK"
+        np.testing.assert_array_equal(await con.tensorget("t"), big)
+        with pytest.raises(WrongTypeError):
+            await con.tensorset("list", big)
+        await con.script_flush()
+        assert await con.tensorset("t", big + 1) == "OK"
+        np.testing.assert_array_equal(await con.tensorget("t"), big + 1)
+
+    arun(redis_server, body)
+    assert client.lrange("list", 0, -1) == [b"x"]
+    assert not list(client.scan_iter("aiworker:tmp:*"))
