@@ -95,14 +95,19 @@ def _pack_large(command: Command) -> list[bytes | memoryview]:
     return pieces
 
 
-# Commands that may carry a value of megabytes (a tensor's blob, a model's chunk).
-_CARRIERS = frozenset({"HSET", "SET", "XADD"})
+# Commands that may carry a value of megabytes (a tensor's blob, a model's chunk), as callers
+# spell them (no str()/upper() per command: every round trip of the job path asks).
+_CARRIERS = frozenset(
+    spelled
+    for name in ("HSET", "SET", "XADD")
+    for spelled in (name, name.lower(), name.encode(), name.lower().encode())
+)
 
 
 def _huge(command: Command) -> bool:
     """Whether one argument alone is over LARGE_COMMAND: hiredis would copy it, slowly (26-30 ms
     for 16 MiB), only for ``pack`` to send it in pieces anyway."""
-    if str(command[0]).upper() not in _CARRIERS:
+    if command[0] not in _CARRIERS:
         return False
     for arg in command:
         kind = type(arg)
