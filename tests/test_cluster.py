@@ -266,6 +266,41 @@ class CutWire:
         return getattr(self.wire, name)
 
 
+def test_a_sweep_keeps_what_the_nodes_that_answered_delivered(
+    cluster_client: Any, cluster_settings: Any
+) -> None:
+    """A read of several partitions (``Consumer.sweep``) that loses one node keeps the entries
+    the other nodes delivered to its consumer: they are held (leased, run now) rather than left
+    pending until the visibility timeout has them reclaimed."""
+    from aiworker.storage.cluster import NodeLost
+    from aiworker.worker.consume import Consumer, ensure_group
+
+    c = cluster_client
+    w = Worker(cluster_settings)
+    streams = w.keys.queues("CPU", 3)
+    for stream in streams:
+        ensure_group(c, stream)
+        c.xadd(stream, {"x": "1"})
+
+    class LostAfter:
+        """Every command reaches Redis; then the node of ``streams[1]`` is reported lost."""
+
+        def __init__(self, wire: Any) -> None:
+            self.wire = wire
+
+        def pipeline(self, commands: Any, routes: Any = None) -> Any:
+            replies = self.wire.pipeline(commands, routes)
+            pairs = zip(commands, replies, strict=True)
+            gone = [None if command[-2] == streams[1] else reply for command, reply in pairs]
+            raise NodeLost("lost", gone)
+
+    consumer = Consumer(f"{w.name}:CPU:0", streams, w.held, w.metrics, threading.Event())
+    found = consumer.sweep(LostAfter(w.wires.get()), 6, streams)
+    assert sorted(stream for stream, _entries in found) == sorted([streams[0], streams[2]])
+    assert all(w.held.since(s, eid) for s, entries in found for eid, _ in entries)
+    w.wires.close()
+
+
 def _pending_job(
     cluster_client: Any, cluster_settings: Any, output: str = "out{t}"
 ) -> tuple[Worker, str, Any]:

@@ -121,8 +121,9 @@ class Consumer:
         try:
             replies = conn.pipeline(commands)
         except redis.RedisError as exc:  # the retries with backoff did not cure it
+            # a cluster node lost: what the others answered was delivered to this consumer
+            replies = getattr(exc, "replies", None) or [None] * len(streams)
             self._unreadable(conn, streams[0], exc)
-            return []
         found = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, Exception):
