@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from cluster import WireWrapper
 from conftest import stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
@@ -245,13 +246,14 @@ def test_jobs_spread_over_the_partitions(cluster_client: Any, cluster_worker: Wo
 # effect-once across slots --------------------------------------------------------------------
 
 
-class CutWire:
+class CutWire(WireWrapper):
     """A ``ClusterWire`` that loses the connection at its ``cut``-th round trip of scripts (a
     worker killed there): of that round, only its first ``reach`` commands reach Redis (killed
     between two sends), nothing after it."""
 
     def __init__(self, wire: Any, cut: int, reach: int = 0) -> None:
-        self.wire, self.cut, self.reach, self.calls = wire, cut, reach, 0
+        super().__init__(wire)
+        self.cut, self.reach, self.calls = cut, reach, 0
 
     def pipeline(self, commands: Any, routes: Any = None) -> Any:
         if commands and commands[0][0] == "EVALSHA":
@@ -261,9 +263,6 @@ class CutWire:
                     self.wire.pipeline(commands[: self.reach], routes[: self.reach])
                 raise redis.ConnectionError("killed")
         return self.wire.pipeline(commands, routes)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wire, name)
 
 
 def test_a_sweep_keeps_what_the_nodes_that_answered_delivered(
@@ -282,11 +281,8 @@ def test_a_sweep_keeps_what_the_nodes_that_answered_delivered(
         ensure_group(c, stream)
         c.xadd(stream, {"x": "1"})
 
-    class LostAfter:
+    class LostAfter(WireWrapper):
         """Every command reaches Redis; then the node of ``streams[1]`` is reported lost."""
-
-        def __init__(self, wire: Any) -> None:
-            self.wire = wire
 
         def pipeline(self, commands: Any, routes: Any = None) -> Any:
             replies = self.wire.pipeline(commands, routes)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cluster import WireWrapper
 from conftest import stub_blob, wait_until
 
 from aiworker import Worker
@@ -163,20 +164,16 @@ def test_a_large_output_is_staged_in_its_own_slot(
     assert not list(c.scan_iter(match=f"{KEYS.prefix}tmp:*"))
 
 
-class _ScriptRounds:
+class _ScriptRounds(WireWrapper):
     """A worker thread's connection that counts its round trips of scripts (not those that
     load a script a node did not have and run it again)."""
 
-    def __init__(self, wire: Any) -> None:
-        self.wire, self.rounds = wire, 0
+    rounds = 0
 
     def pipeline(self, commands: Any, routes: Any = None) -> Any:
         names = {command[0] for command in commands}
         self.rounds += "EVALSHA" in names and "SCRIPT" not in names
         return self.wire.pipeline(commands, routes)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wire, name)
 
 
 def test_a_split_completion_of_several_streams_is_one_round_trip(

@@ -24,6 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
+from aiworker.storage.cluster import command_key
 
 T = TypeVar("T")
 # A blocking client of either kind: one Redis, or redis-py's cluster client.
@@ -62,13 +63,6 @@ def by_slot(keys: Sequence[Any], slot: SlotOf) -> list[list[int]]:
     for n, key in enumerate(keys):
         groups.setdefault(slot(key), []).append(n)
     return list(groups.values())
-
-
-def first_key(command: Sequence[Any]) -> Any:
-    """The key a command of a transaction is grouped by: its first (a script's first KEYS)."""
-    if str(command[0]).upper() in ("EVALSHA", "EVAL"):
-        return command[3]
-    return command[1]
 
 
 def first(replies: Sequence[Any]) -> Any:
@@ -111,7 +105,7 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
             return [exc]
     members = range(len(commands))
     groups = (
-        by_slot([first_key(command) for command in commands], key_slot if cluster else one_slot)
+        by_slot([command_key(command) for command in commands], key_slot if cluster else one_slot)
         if batch.transaction
         else [list(members)]
     )

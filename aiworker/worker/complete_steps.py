@@ -284,9 +284,7 @@ class Steps:
         self, writes: Sequence[Writes], head: list[Any]
     ) -> tuple[list[list[int]], list[lua.Call]]:
         """complete.lua for ``writes``, one call per queue: the positions each call serves."""
-        groups: dict[str, list[int]] = {}
-        for n, entry in enumerate(writes):
-            groups.setdefault(entry.queue, []).append(n)
+        groups = _by_queue(writes)
         calls = []
         for queue, group in groups.items():
             entries = [writes[n] for n in group]
@@ -336,9 +334,7 @@ class Steps:
     def _still_held(self, conn: JobConnection, writes: Sequence[Writes]) -> list[bool]:
         """Whether each entry is still pending for one of this worker's consumers (one
         held_by.lua call per queue, one round trip)."""
-        groups: dict[str, list[int]] = {}
-        for n, entry in enumerate(writes):
-            groups.setdefault(entry.queue, []).append(n)
+        groups = _by_queue(writes)
         calls = [
             lua.Call(
                 HELD_BY, [queue], [CONSUMER_GROUP, self.owner, *(writes[n].entry_id for n in group)]
@@ -392,6 +388,14 @@ class Steps:
         assert self.wait is not None
         routes = [keys[group[0]] for group in by_slot(keys, conn.slot)]
         conn.pipeline([("WAIT", *self.wait)] * len(routes), routes)
+
+
+def _by_queue(writes: Sequence[Writes]) -> dict[str, list[int]]:
+    """The positions of ``writes`` by the stream of their entry, streams in order of appearance."""
+    groups: dict[str, list[int]] = {}
+    for n, entry in enumerate(writes):
+        groups.setdefault(entry.queue, []).append(n)
+    return groups
 
 
 def _may_refuse(step: Writes) -> bool:

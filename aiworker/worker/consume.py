@@ -114,10 +114,7 @@ class Consumer:
         """New entries of several partitions (``count`` in all at most, shared out evenly),
         without blocking, in one round trip per node: (stream, entries) for each that had some."""
         each = max(1, -(-count // len(streams)))
-        commands = [
-            ("XREADGROUP", "GROUP", CONSUMER_GROUP, self.name, "COUNT", each, "STREAMS", s, ">")
-            for s in streams
-        ]
+        commands = [self._xreadgroup(each, None, stream) for stream in streams]
         try:
             replies = conn.pipeline(commands)
         except redis.RedisError as exc:  # the retries with backoff did not cure it
@@ -137,15 +134,18 @@ class Consumer:
     ) -> list[Entry]:
         """Up to ``count`` new entries of ``stream``, waiting up to ``block_ms`` (None: not at
         all)."""
-        command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, self.name, "COUNT", count]
-        if block_ms is not None:
-            command += ["BLOCK", block_ms]
         try:
-            reply = conn.execute(*command, "STREAMS", stream, ">")
+            reply = conn.execute(*self._xreadgroup(count, block_ms, stream))
         except redis.RedisError as exc:
             self._unreadable(conn, stream, exc)
             return []
         return self._taken(stream, reply)
+
+    def _xreadgroup(self, count: int, block_ms: int | None, stream: str) -> tuple[Any, ...]:
+        """This consumer's XREADGROUP of ``stream`` (``block_ms`` None: without blocking)."""
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        group = ("GROUP", CONSUMER_GROUP, self.name)
+        return ("XREADGROUP", *group, "COUNT", count, *block, "STREAMS", stream, ">")
 
     def _taken(self, stream: str, reply: Any) -> list[Entry]:
         """The entries of an XREADGROUP reply, leased from now on (until completed or let go)."""
