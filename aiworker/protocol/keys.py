@@ -43,8 +43,16 @@ def same_slot_suffix(key: str) -> str:
 SLOTS = 16384
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def key_slot(key: str | bytes) -> int:
-    """The Redis Cluster hash slot of a key (CRC16 of its hash tag, or of the whole key)."""
+    """The Redis Cluster hash slot of a key (remembered: the job path asks for the same queues,
+    models, inputs and outputs again and again)."""
+    return _crc_slot(key)
+
+
+def _crc_slot(key: str | bytes) -> int:
+    """A key's slot: CRC16 of its hash tag, or of the whole key (searches for a tag use this
+    one, not to fill ``key_slot``'s memory with the keys they try)."""
     data = key.encode() if isinstance(key, str) else key
     start = data.find(b"{")
     if start != -1:
@@ -58,11 +66,12 @@ def key_slot(key: str | bytes) -> int:
 def tag_for_slot(slot: int) -> str:
     """A short hash tag whose slot is ``slot`` (found by trying ``s0``, ``s1``, ...)."""
     n = 0
-    while key_slot(f"s{n}") != slot:
+    while _crc_slot(f"s{n}") != slot:
         n += 1
     return f"s{n}"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def slot_tag(key: str) -> str:
     """A hash tag that puts an aiworker key in ``key``'s slot: ``key``'s own tag, else ``key``
     itself when it can be wrapped in braces, else a tag found for its slot."""
@@ -83,7 +92,7 @@ def _partition_tags(base_slot: int, partitions: int) -> tuple[str, ...]:
     for index in range(1, partitions):
         target = (base_slot + index * SLOTS // partitions) % SLOTS
         n = 0
-        while (key_slot(f"p{index}.{n}") - target) % SLOTS >= window:
+        while (_crc_slot(f"p{index}.{n}") - target) % SLOTS >= window:
             n += 1
         tags.append(f"p{index}.{n}")
     return tuple(tags)

@@ -17,7 +17,6 @@ caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -102,15 +101,9 @@ def command_key(command: Command) -> Any:
     return command[1]
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _slot(key: str | bytes) -> int:
-    return key_slot(key)
-
-
 def slot_of(key: Any) -> int:
-    """A key's hash slot, whatever type it was given as (remembered: the job path asks for the
-    same queues, models and inputs again and again)."""
-    return _slot(key if isinstance(key, str | bytes) else str(key))
+    """A key's hash slot, whatever type it was given as."""
+    return key_slot(key if isinstance(key, str | bytes) else str(key))
 
 
 class SlotMap:

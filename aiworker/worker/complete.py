@@ -113,7 +113,9 @@ class Completer:
         """Apply each entry's effects if this delivery is the one that completes it. Each item
         is of the stream it names (``Finished.queue``), or of ``queue``; entries of several
         streams complete together, in one round trip per node."""
-        items = [item if item.queue else replace(item, queue=queue) for item in items]
+        for item in items:
+            if not item.queue:
+                item.queue = queue
         results: list[Result] = []
         try:
             results = self._run(conn, items)

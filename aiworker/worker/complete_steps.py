@@ -98,14 +98,6 @@ class Writes:
     anchor: str = ""
     queue: str = ""  # the stream the entry was read from
 
-    def touched(self) -> list[str]:
-        """Every key written or checked, the reply included (not the marker)."""
-        found = [key for key, _ttl, _fields in self.outputs]
-        found += [self.reply] if self.reply else []
-        found += [key for key, _values in self.stats]
-        found += [record.stream for record in self.records]
-        return found + [key for key, _digest in self.expect]
-
 
 def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[Any]]:
     """KEYS (``head`` first, then every key written, each once) and the entries' part of ARGV for
@@ -296,39 +288,35 @@ class Steps:
     def _split(self, conn: JobConnection, writes: Writes) -> list[Writes] | None:
         """``writes`` as one step per hash slot, each with its done marker, the step with the
         outputs and reply last; None when every key lives in the queue's slot."""
-        queue = writes.queue
-        queue_slot = conn.slot(queue)
-        touched = writes.touched()  # outputs, reply, statistics, records, expects: in order
-        slots = [conn.slot(key) for key in touched]
-        if all(slot == queue_slot for slot in slots):
-            return None
+        queue, entry_id, slot = writes.queue, writes.entry_id, conn.slot
         groups: dict[int, Writes] = {}
-        where = iter(zip(slots, touched, strict=True))
 
-        def part() -> Writes:
-            slot, key = next(where)
-            found = groups.get(slot)
+        def part(key: str) -> Writes:
+            at = slot(key)
+            found = groups.get(at)
             if found is None:
-                marker = self.keys.done(queue, writes.entry_id, key)
-                found = groups[slot] = Writes(
-                    writes.entry_id, marker=marker, slot=slot, anchor=key, queue=queue
+                marker = self.keys.done(queue, entry_id, key)
+                found = groups[at] = Writes(
+                    entry_id, marker=marker, slot=at, anchor=key, queue=queue
                 )
             return found
 
         for output in writes.outputs:
-            step = part()
+            step = part(output[0])
             step.outputs.append(output)
             if output[0] in writes.stages:
                 step.stages[output[0]] = writes.stages[output[0]]
         if writes.reply:
-            step = part()
+            step = part(writes.reply)
             step.reply, step.payload, step.splice = writes.reply, writes.payload, writes.splice
         for stats in writes.stats:
-            part().stats.append(stats)
+            part(stats[0]).stats.append(stats)
         for record in writes.records:
-            part().records.append(record)
+            part(record.stream).records.append(record)
         for expect in writes.expect:  # a cached model version: checked in the model's slot
-            part().expect.append(expect)
+            part(expect[0]).expect.append(expect)
+        if not groups or (len(groups) == 1 and slot(queue) in groups):
+            return None  # every key in the queue's slot
         return list(groups.values())[::-1]  # outputs/reply were grouped first: they go last
 
     def _still_held(self, conn: JobConnection, writes: Sequence[Writes]) -> list[bool]:
