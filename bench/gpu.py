@@ -58,8 +58,9 @@ from bench.common import (
 OFF, ON = "bench:model", "bench:model:batched"
 
 
-def build_model(small: bool) -> tuple[str, Any, tuple[int, ...], str]:
-    """(description, module in eval mode, one input's shape, aiworker device)."""
+def build_model(small: bool, side: int = 64) -> tuple[str, Any, tuple[int, ...], str]:
+    """(description, module in eval mode, one input's shape, aiworker device); the small conv net
+    takes ``side`` x ``side`` images."""
     if not small and torch.cuda.is_available():
         try:
             import torchvision
@@ -72,7 +73,8 @@ def build_model(small: bool) -> tuple[str, Any, tuple[int, ...], str]:
     from bench.torch_modes import ConvNet
 
     torch.manual_seed(0)
-    return "small conv net (bench.torch_modes.ConvNet)", ConvNet().eval(), (1, 3, 64, 64), "CPU"
+    module = ConvNet().eval()
+    return "small conv net (bench.torch_modes.ConvNet)", module, (1, 3, side, side), "CPU"
 
 
 def torch_device(device: str) -> str:
@@ -383,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
     parser.add_argument("--small", action="store_true", help="the small conv net, on the CPU")
     parser.add_argument(
+        "--side", type=int, default=64, help="the small conv net's image side (224: ResNet's)"
+    )
+    parser.add_argument(
         "--unix-socket",
         action="store_true",
         help="everyone reaches Redis through its Unix socket (a sidecar's way) instead of TCP",
@@ -402,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates TorchScript
     if args.intra_op:
         torch.set_num_threads(args.intra_op)
-    described, module, shape, device = build_model(args.small)
+    described, module, shape, device = build_model(args.small, args.side)
     blob = torchscript_bytes(module)
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
     stored = in_process(blob, shape, device, args.batch, args.seconds, as_run=False)

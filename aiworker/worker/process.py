@@ -34,6 +34,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from aiworker import malloc
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.devices import parse_device
 from aiworker.execution.executor import Executor
@@ -346,6 +347,7 @@ class Worker:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        malloc.keep_freed_memory()  # the process is the worker's now
         self.start()
         while not self._stop.wait(0.5):
             pass
