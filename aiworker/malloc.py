@@ -5,10 +5,11 @@ unmaps it on free. Its threshold then rises to the size freed, and M_TRIM_THRESH
 that; but memory freed at the top of the heap beyond M_TRIM_THRESHOLD goes back to the kernel. A
 worker reads tensors of hundreds of KB over and over (a 224 x 224 image is 600 KB, a batch of 32
 of them 19 MB, freed together once the batch is answered), so without this every batch's inputs
-arrived in pages the kernel had to fault in and zero again: reading 32 such inputs into a batch took 146 page faults and
-407 us of CPU per input, against none and 190 us with the thresholds below, and a worker serving
-a batched model on them 2.02 ms of CPU per job against 1.02 (``bench.heap``, bench/README.md
-section 8). Page faults cost more still in a sandboxed or virtualized machine.
+arrived in pages the kernel had to fault in and zero again: reading 32 such inputs into a batch
+took 146 page faults and 407 us of CPU per input, against none and 190 us with the thresholds
+below, and a worker serving a batched model on them 2.02 ms of CPU per job against 1.02
+(``bench.heap``, bench/README.md section 8). Page faults cost more still in a sandboxed or
+virtualized machine.
 
 So a worker sets both thresholds once, at start (``Worker.run_forever``): allocations under
 32 MiB (glibc's largest mmap threshold) come from the heap and are reused, and up to 128 MiB freed

@@ -127,3 +127,23 @@ def test_json_log_lines_carry_extras() -> None:
     record.job_id = "1-0"
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "job 1-0 x" and line["job_id"] == "1-0" and line["level"] == "warning"
+
+
+def test_slots_of_long_keys_are_computed_not_remembered() -> None:
+    """A key a client or a job names is hostile: however many long ones come, the slot and tag
+    caches hold none of them (each could be megabytes), while short keys are remembered."""
+    from aiworker.protocol import keys as keyspace
+
+    long_key = "k" * (keyspace.REMEMBERED_KEY_LENGTH + 1)
+    slots, tags = keyspace._remembered_slot, keyspace._remembered_tag
+    before = slots.cache_info().currsize, tags.cache_info().currsize
+    for n in range(50):
+        key = f"{n}{long_key}"
+        assert keyspace.key_slot(key) == keyspace._crc_slot(key)
+        assert keyspace.slot_tag(key) == key
+    assert (slots.cache_info().currsize, tags.cache_info().currsize) == before
+    keyspace.key_slot("a-short-key-never-asked-before")
+    keyspace.slot_tag("a-short-key-never-asked-before")
+    assert slots.cache_info().currsize == before[0] + 1
+    assert tags.cache_info().currsize == before[1] + 1
+    assert keyspace.key_slot("{user1000}.following") == keyspace.key_slot("user1000")

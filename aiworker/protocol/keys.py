@@ -43,10 +43,22 @@ def same_slot_suffix(key: str) -> str:
 SLOTS = 16384
 
 
-@functools.lru_cache(maxsize=1 << 16)
+# Keys longer than this are not remembered (``key_slot``, ``slot_tag``): whoever names keys, a
+# client of the gateway or a job's entry, cannot make a process hold more than the caches' sizes
+# times this.
+REMEMBERED_KEY_LENGTH = 256
+
+
 def key_slot(key: str | bytes) -> int:
     """The Redis Cluster hash slot of a key (remembered: the job path asks for the same queues,
     models, inputs and outputs again and again)."""
+    if len(key) > REMEMBERED_KEY_LENGTH:
+        return _crc_slot(key)
+    return _remembered_slot(key)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _remembered_slot(key: str | bytes) -> int:
     return _crc_slot(key)
 
 
@@ -71,10 +83,21 @@ def tag_for_slot(slot: int) -> str:
     return f"s{n}"
 
 
-@functools.lru_cache(maxsize=1 << 14)
 def slot_tag(key: str) -> str:
     """A hash tag that puts an aiworker key in ``key``'s slot: ``key``'s own tag, else ``key``
-    itself when it can be wrapped in braces, else a tag found for its slot."""
+    itself when it can be wrapped in braces, else a tag found for its slot (remembered for keys
+    up to ``REMEMBERED_KEY_LENGTH``)."""
+    if len(key) > REMEMBERED_KEY_LENGTH:
+        return _slot_tag(key)
+    return _remembered_tag(key)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _remembered_tag(key: str) -> str:
+    return _slot_tag(key)
+
+
+def _slot_tag(key: str) -> str:
     tag = hash_tag(key)
     if tag is not None:
         return tag
