@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 
 log = logging.getLogger("aiworker")
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
@@ -37,7 +36,7 @@ def keep_freed_memory() -> bool:
     """Set the thresholds (see the module docstring); whether they were set."""
     if any(name in os.environ for name in ENVIRONMENT):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -49,3 +48,12 @@ def keep_freed_memory() -> bool:
     if not done:
         log.warning("could not set glibc's malloc thresholds; large tensors cost page faults")
     return done
+
+
+def _glibc() -> bool:
+    """Whether this process runs on glibc (musl, macOS and Windows have no such thresholds)."""
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):  # no confstr, or no such name here
+        return False
+    return version is not None and version.startswith("glibc")

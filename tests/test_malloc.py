@@ -4,13 +4,12 @@ for each one. Each case runs in a process of its own: the thresholds are process
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 from aiworker import malloc
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = malloc._glibc()
 
 # Allocates 32 values of 600 KB (a batch of image inputs, as a worker reads them), frees them, 20
 # times over, and prints whether the thresholds were set and the minor page faults per value.
