@@ -33,9 +33,12 @@ print(tuned, (faults() - before) / 640)
 
 
 def churn(mode: str, **env: str) -> tuple[bool, float]:
+    """(thresholds set, page faults per value) of CHURN in a fresh process, with glibc's own
+    variables only as ``env`` says."""
+    inherited = {k: v for k, v in os.environ.items() if k not in malloc.ENVIRONMENT}
     out = subprocess.run(
         [sys.executable, "-c", CHURN, mode],
-        env={**os.environ, **env},
+        env={**inherited, **env},
         check=True,
         capture_output=True,
         text=True,
