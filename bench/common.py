@@ -133,10 +133,20 @@ def torchscript_bytes(module: object) -> bytes:
     return buffer.getvalue()
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the process's name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used so far (``/proc/<pid>/stat``, all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults a process has taken so far (``/proc/<pid>/stat``)."""
+    return int(_stat(pid)[7])
 
 
 def cpu_per_job(pid: int, call: Callable[[], object], n: int, warmup: int = 50) -> float:

@@ -17,6 +17,7 @@ unset), the two alternating, against one private Redis; medians of the rounds:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from bench.common import (
     cpu_seconds,
     env_with_checkout,
     markdown_table,
+    minor_faults,
     process,
     wait_until,
 )
@@ -50,11 +52,6 @@ JOBS_PER_CLIENT = 20  # timed jobs per client and round, after a few untimed one
 def _statm_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
-
-
-def _minor_faults(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def measure(url: str, inputs: int, side: int, tuned: bool) -> tuple[float, float, float]:
@@ -76,10 +73,10 @@ def measure(url: str, inputs: int, side: int, tuned: bool) -> tuple[float, float
 
     for _ in range(5):
         read()
-    faults, cpu = _minor_faults(), time.thread_time()
+    faults, cpu = minor_faults(os.getpid()), time.thread_time()
     for _ in range(READS):
         read()
-    cpu, faults = time.thread_time() - cpu, _minor_faults() - faults
+    cpu, faults = time.thread_time() - cpu, minor_faults(os.getpid()) - faults
     per = READS * inputs
     return cpu / per * 1e6, faults / per, _statm_rss_mb()
 
@@ -107,10 +104,10 @@ def serve(url: str, clients: int, tuned: bool) -> tuple[float, float]:
                 thread.join()
 
         burst(5)
-        faults, cpu = _minor_faults(worker.pid), cpu_seconds(worker.pid)
+        faults, cpu = minor_faults(worker.pid), cpu_seconds(worker.pid)
         burst(JOBS_PER_CLIENT)
         jobs = clients * JOBS_PER_CLIENT
-        cpu, faults = cpu_seconds(worker.pid) - cpu, _minor_faults(worker.pid) - faults
+        cpu, faults = cpu_seconds(worker.pid) - cpu, minor_faults(worker.pid) - faults
     setup.close()
     return cpu / jobs * 1000, faults / jobs
 
