@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +49,22 @@ def worker(client: Client, settings: Settings) -> Iterator[Worker]:
     w.stop(timeout=10)
 
 
-def worker_env(**extra: str) -> dict[str, str]:
-    """Environment for worker subprocesses: this checkout first on the import path."""
-    env = dict(os.environ)
+def worker_env(unset: Sequence[str] = (), **extra: str) -> dict[str, str]:
+    """Environment for worker subprocesses: this checkout first on the import path, without the
+    variables named in ``unset``."""
+    env = {name: value for name, value in os.environ.items() if name not in unset}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
 
 
-def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    url: str, *args: str, unset: Sequence[str] = (), **env: str
+) -> subprocess.Popen[bytes]:
     """Start ``python -m aiworker worker`` against ``url`` as a separate process."""
     return subprocess.Popen(
         [sys.executable, "-m", "aiworker", "worker", "--redis-url", url, *args],
-        env=worker_env(**env),
+        env=worker_env(unset, **env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -3,14 +3,13 @@ for each one. Each case runs in a process of its own: the thresholds are process
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
-from conftest import wait_until, worker_env
+from conftest import spawn_worker, wait_until, worker_env
 
 from aiworker import Client, malloc
 from aiworker.embedded import RedisServer
@@ -42,10 +41,9 @@ print(tuned, (faults() - before) / 640)
 def churn(mode: str, **env: str) -> tuple[bool, float]:
     """(thresholds set, page faults per value) of CHURN in a fresh process, with glibc's own
     variables only as ``env`` says."""
-    inherited = {k: v for k, v in os.environ.items() if k not in malloc.ENVIRONMENT}
     out = subprocess.run(
         [sys.executable, "-c", CHURN, mode],
-        env={**inherited, **env},
+        env=worker_env(malloc.ENVIRONMENT, **env),
         check=True,
         capture_output=True,
         text=True,
@@ -75,27 +73,12 @@ def _faults_serving_large_inputs(url: str, **env: str) -> float:
     """Minor page faults per job of a worker process (``aiworker worker``) serving 8 clients a
     STUB model batched by 8 on 600 KB inputs (a 600 KB output each); glibc's malloc variables
     only as ``env`` says."""
-    variables = {k: v for k, v in worker_env(**env).items() if k not in malloc.ENVIRONMENT}
     setup = Client.from_url(url, reply_timeout=60)
     setup.flushall()
     setup.modelstore("m", "STUB", "CPU", b'{"op": "add"}', batch=8)
     for n in range(8):
         setup.tensorset(f"in{n}", np.ones((1, 3, 224, 224), np.float32))
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiworker",
-            "worker",
-            "--redis-url",
-            url,
-            "--threads-per-queue",
-            "1",
-        ],
-        env={**variables, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = spawn_worker(url, "--threads-per-queue", "1", unset=malloc.ENVIRONMENT, **env)
 
     def burst(jobs: int) -> None:
         def loop(n: int) -> None:
