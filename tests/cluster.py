@@ -16,8 +16,8 @@ class WireWrapper:
     def __init__(self, wire: Any) -> None:
         self.wire = wire
 
-    def pipeline(self, commands: Any, routes: Any = None) -> Any:
-        return self.wire.pipeline(commands, routes)
+    def pipeline(self, commands: Any, routes: Any = None, large: bool = False) -> Any:
+        return self.wire.pipeline(commands, routes, large)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wire, name)

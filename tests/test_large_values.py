@@ -167,14 +167,16 @@ class MeddlingWire(Wire):
 
     meddle: Callable[[], None] = staticmethod(lambda: None)
 
-    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]:
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], routes: Any = None, large: bool = False
+    ) -> list[Any]:
         split = next((n for n, c in enumerate(commands) if c[0] == "MULTI"), None)
         if split is None or self.meddle is None:
-            return super().pipeline(commands, routes)
+            return super().pipeline(commands, routes, large)
         first = super().pipeline(commands[:split])
         meddle, self.meddle = self.meddle, None  # once
         meddle()
-        return first + super().pipeline(commands[split:])
+        return first + super().pipeline(commands[split:], large=large)
 
 
 def test_a_tensor_replaced_after_its_check_is_not_fetched(client: Client) -> None:

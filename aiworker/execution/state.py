@@ -5,7 +5,8 @@ types and stored sizes (a tensor's data, its kind, dtype and shape fields) befor
 leaves Redis, and each key is read once however many jobs or arguments name it. Small tensors come
 back from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through
 Lua, whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they
-come from plain HMGETs in a MULTI sent after the script in the same round trip. Those keys are
+come from plain HMGETs in a MULTI sent after the script in the same round trip, and are received
+straight into buffers of their own (``storage.bulk_read``: no copies but the kernel's). Those keys are
 WATCHed from before the script, so the fields fetched are the version the script checked; and the
 fetch runs only if the script cleared it: the read sets a flag key, the script deletes it when
 every such tensor may be fetched, and the read then COPYs the flag, if it is still there, onto a
@@ -66,7 +67,9 @@ _BY_SCRIPT, _BY_CALLER = "T", "B"
 class ScriptRunner(Protocol):
     """What a read runs on: the worker thread's job connection (``storage.wire.JobConnection``)."""
 
-    def pipeline(self, commands: Sequence[Sequence[Any]], routes: Any = None) -> list[Any]: ...
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], routes: Any = None, large: bool = False
+    ) -> list[Any]: ...
 
     def slot(self, key: Any) -> int: ...
 
@@ -374,11 +377,11 @@ class _Reader:
             ("EXEC",),
         ]
         routes = [keys[0]] * len(commands)  # one slot (``_one_slot``): its master runs them all
-        replies = self.conn.pipeline(commands, routes)
+        replies = self.conn.pipeline(commands, routes, large=True)
         if isinstance(replies[2], redis.exceptions.NoScriptError):
             # the flag was copied, nothing fetched: load the script, send it all again
             self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)], routes[:1])
-            replies = self.conn.pipeline(commands, routes)
+            replies = self.conn.pipeline(commands, routes, large=True)
         for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
             if isinstance(reply, Exception):
                 raise reply

@@ -209,15 +209,18 @@ class ClusterWire:
             raise reply
         return reply
 
-    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]:
+    def pipeline(
+        self, commands: Sequence[Command], routes: Any = None, large: bool = False
+    ) -> list[Any]:
         """Run commands, each on the master of its key's slot (or of ``routes[n]``, a key, for
         commands that name none: SCRIPT LOAD, WAIT), one round trip per node; error replies
         come back in place. A lost node or a cluster that cannot serve a slot raises
         ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
-        sent again."""
+        sent again. ``large``: as for ``Wire.pipeline`` (on one node; redirected ones read
+        them as any reply)."""
         replies: list[Any] = [_PENDING] * len(commands)
         try:
-            if not self._on_one_node(commands, routes, replies):
+            if not self._on_one_node(commands, routes, replies, large):
                 self._attempt(commands, routes, replies)
         except (redis.ConnectionError, redis.TimeoutError):
             if self._retry is None:
@@ -247,7 +250,9 @@ class ClusterWire:
             return self._slots.any()
         return self._slots.address(slot_of(key))
 
-    def _on_one_node(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> bool:
+    def _on_one_node(
+        self, commands: Sequence[Command], routes: Any, replies: list[Any], large: bool = False
+    ) -> bool:
         """The common case without the machinery of ``_attempt``: every command for one node,
         none redirected. False when that is not the case: nothing was sent, or the commands
         redirected (MOVED, ASK, a failover) are left pending in ``replies``."""
@@ -267,7 +272,7 @@ class ClusterWire:
         got: list[Any] = []
         try:
             wire.send(commands)
-            wire.receive(len(commands), got)
+            wire.receive(len(commands), got, large)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             _answered(replies, range(len(commands)), got)
             self._refresh_quietly()

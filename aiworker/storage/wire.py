@@ -29,6 +29,8 @@ from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from aiworker.storage.bulk_read import BulkReader
+
 # Arguments above this are sent as they are (no copy into the command buffer): outputs, blobs.
 LARGE_ARGUMENT = 64 * 1024
 # Commands above this are re-packed so that their large arguments are not copied again.
@@ -48,7 +50,9 @@ class JobConnection(Protocol):
 
     def execute(self, *command: Any) -> Any: ...
 
-    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]: ...
+    def pipeline(
+        self, commands: Sequence[Command], routes: Any = None, large: bool = False
+    ) -> list[Any]: ...
 
     def slot(self, key: Any) -> int: ...
 
@@ -192,11 +196,14 @@ class Wire:
             raise reply
         return reply
 
-    def pipeline(self, commands: Sequence[Command], routes: Any = None) -> list[Any]:
+    def pipeline(
+        self, commands: Sequence[Command], routes: Any = None, large: bool = False
+    ) -> list[Any]:
         """Run commands in one round trip; error replies come back as exceptions in the list.
-        ``routes`` (where each command runs on a cluster) means nothing here: one node."""
+        ``routes`` (where each command runs on a cluster) means nothing here: one node.
+        ``large``: the replies carry large values, received in place (``bulk_read``)."""
         replies = self._retry.call_with_retry(
-            lambda: self._round_trip(commands), lambda error: self.close()
+            lambda: self._round_trip(commands, large), lambda error: self.close()
         )
         return [as_exception(reply) for reply in replies]
 
@@ -224,13 +231,13 @@ class Wire:
         assert current is not None
         return current
 
-    def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
+    def _round_trip(self, commands: Sequence[Command], large: bool = False) -> list[Any]:
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
         try:
             sock = self._socket()
             for buffer in buffers:
                 sock.sendall(buffer)
-            return self._read(sock, len(commands), [])
+            return self._read(sock, len(commands), [], large)
         except Exception as exc:
             self._raise_lost(exc)
 
@@ -246,19 +253,29 @@ class Wire:
         except Exception as exc:
             self._raise_lost(exc)
 
-    def receive(self, count: int, replies: list[Any] | None = None) -> list[Any]:
+    def receive(
+        self, count: int, replies: list[Any] | None = None, large: bool = False
+    ) -> list[Any]:
         """The next ``count`` raw replies (hiredis' ReplyError for an error reply), appended to
         ``replies``: when the link is lost halfway, those read before are there (a command
-        answered is not one to send again)."""
+        answered is not one to send again). ``large``: as for ``pipeline``."""
         replies = [] if replies is None else replies
         try:
-            return self._read(self._socket(), count, replies)
+            return self._read(self._socket(), count, replies, large)
         except Exception as exc:
             self._raise_lost(exc)
 
-    def _read(self, sock: socket.socket, count: int, replies: list[Any]) -> list[Any]:
+    def _read(
+        self, sock: socket.socket, count: int, replies: list[Any], large: bool = False
+    ) -> list[Any]:
         reader = self._reader
         assert reader is not None
+        if large and not reader.has_data():  # nothing of these replies went to hiredis yet
+            direct = BulkReader(sock, self._buffer)
+            direct.replies(count, replies)
+            if direct.buffered:  # Redis sent more than was asked: the link is out of step
+                raise hiredis.ProtocolError("unexpected data after the replies")
+            return replies
         while count:
             reply = reader.gets()
             if reply is False:
