@@ -155,7 +155,8 @@ def memory_of(array: np.ndarray) -> object:
 
 def test_the_read_of_a_large_input_receives_it_in_place(client: Client) -> None:
     """A job's large input comes from the guarded read's MULTI straight into its own buffer:
-    the decoded array is a view of it (hiredis would have made a bytes object of a copy)."""
+    the decoded array is a view of it (hiredis would have made a bytes object of a copy). Its
+    receiver was woken by large pieces of it (SO_RCVLOWAT), and by any byte afterwards."""
     client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
     big = np.random.default_rng(0).random((3, 224, 224), np.float32)
     tensor_io.write(client, "x", big)
@@ -168,6 +169,8 @@ def test_the_read_of_a_large_input_receives_it_in_place(client: Client) -> None:
     np.testing.assert_array_equal(array, big)
     assert not array.flags.writeable, "a stored tensor is read-only to the job"
     assert isinstance(memory_of(array), memoryview), type(memory_of(array))
+    sock = wire._socket()
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1, "woken by any byte again"
     assert wire.execute("PING") == b"PONG", "the connection is in step afterwards"
     wire.close()
 
