@@ -299,3 +299,57 @@ def test_a_worker_keeps_its_read_flags_under_its_own_prefix(
     touched = [command for command in seen if "aiworker:" in command]
     assert touched == [], touched[:3]
     assert any("ns:" in command and "EVALSHA" in command for command in seen)
+
+
+class RecordingWire(Wire):
+    """A real ``Wire`` that notes the tensor bytes each round trip's fetch brought."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        super().__init__(pool)
+        self.fetched: list[int] = []
+
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], routes: Any = None, large: bool = False
+    ) -> list[Any]:
+        replies = super().pipeline(commands, routes, large)
+        fetch = replies[-1] if commands[-1][0] == "EXEC" and isinstance(replies[-1], list) else []
+        self.fetched.append(sum(len(fields[3] or b"") for fields in fetch))
+        return replies
+
+
+def test_a_read_of_many_large_inputs_fetches_a_few_megabytes_a_round_trip(client: Client) -> None:
+    """12 inputs of 600 KB (7.2 MB): two round trips of six, not one reply of them all (a reply
+    of many megabytes costs Redis a third more per byte); every job is read, none deferred."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    inputs = [BIG + n for n in range(12)]
+    for n, array in enumerate(inputs):
+        tensor_io.write(client, f"in{n}", array)
+    requests = [ModelExecute("m", (f"in{n}",), (f"out{n}",)) for n in range(12)]
+    wire, cache = RecordingWire(client.connection_pool), state.MetaCache()
+    for _ in range(2):  # the first read learns which inputs are large, the second knows
+        wire.fetched.clear()
+        snapshots = state.read(wire, requests, limits.Limits(), cache, Keys())
+        assert not any(snapshot.deferred for snapshot in snapshots)
+        for snapshot, array, n in zip(snapshots, inputs, range(12), strict=True):
+            np.testing.assert_array_equal(snapshot.tensor(f"in{n}"), array)
+        fetches = [nbytes for nbytes in wire.fetched if nbytes]
+        assert fetches == [6 * BIG.nbytes, 6 * BIG.nbytes], wire.fetched
+        assert max(fetches) <= state.READ_ROUND_BYTES
+    assert len(wire.fetched) == 2, "known large: every round trip fetches"
+    wire.close()
+
+
+def test_a_round_trip_fetches_at_least_one_job_however_large(client: Client) -> None:
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    huge = np.zeros(state.READ_ROUND_BYTES // 4 + 10, dtype=np.float32)  # over the round's bytes
+    tensor_io.write(client, "a", huge)
+    tensor_io.write(client, "b", huge)
+    requests = [ModelExecute("m", (key,), ("y",)) for key in ("a", "b")]
+    wire, cache = RecordingWire(client.connection_pool), state.MetaCache()
+    state.read(wire, requests, limits.Limits(), cache, Keys())
+    wire.fetched.clear()
+    snapshots = state.read(wire, requests, limits.Limits(), cache, Keys())
+    assert wire.fetched == [huge.nbytes, huge.nbytes]
+    sizes = [snapshot.tensor(key).size for snapshot, key in zip(snapshots, "ab", strict=True)]
+    assert sizes == [huge.size] * 2
+    wire.close()

@@ -17,8 +17,9 @@ are large the worker learns as it reads them (``MetaCache``): a tensor the scrip
 it fetches costs one more round trip, the first time.
 
 A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
-when they run), and one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
-holds Redis for long. A script reads one hash slot: when a read's keys (and its flag keys) lie in
+when they run), one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
+holds Redis for long, and one round trip fetches at most ``READ_ROUND_BYTES`` of large tensors as
+last seen (the jobs after them are read by the next round trip of the same read). A script reads one hash slot: when a read's keys (and its flag keys) lie in
 several, as on Redis Cluster, they are grouped by slot and each group read by its own call, all in
 one round trip per node, the script fetching every tensor itself; the byte budgets then hold per
 group, and ``Snapshot.tensor`` still bounds each job's decoded total. A single Redis is one slot. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +54,12 @@ READ_JOBS = lua.load("read_jobs")
 READ_KEYS_PER_CALL = 512
 # Rounds of one read: a refusal or a tensor found large costs one more, a write racing it one more.
 READ_ATTEMPTS = 5
+# The most large tensor data one round trip of a read fetches: jobs beyond it are read by the
+# next round trip of the same read. One reply of many megabytes costs Redis and the worker a
+# third more CPU per byte than replies of a few (their buffers no longer stay in the CPU's
+# caches): 32 inputs of 600 KB in one reply cost Redis 168-182 us each, in replies of four 133-152
+# (``python -m bench.receive``).
+READ_ROUND_BYTES = 4 << 20
 TENSOR_FIELDS = ("kind", "dtype", "shape", "blob", "values")
 # read_jobs.lua's ARGV before the per-key pairs: three byte limits, the field limit, the most
 # tensor data the script fetches itself, whether KEYS[1] is the read's flag
@@ -83,23 +91,28 @@ class MetaCache:
     run again. (On Redis Cluster the read fetches metadata every time, in the round trip that
     reads the inputs: a completion split over slots could check a version only in a round trip
     of its own before the reply, ``worker.complete_steps``.) Also which tensor keys held values
-    too large for the read script to fetch, when last read."""
+    too large for the read script to fetch, and how large, when last read."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._replies: dict[tuple[str, str], Any] = {}
-        self._large: set[str] = set()  # tensor keys that held large values when last read
+        self._large: dict[str, int] = {}  # tensor key -> bytes of its large value when last read
 
     def is_large(self, key: str) -> bool:
         return key in self._large
 
-    def set_large(self, key: str, large: bool) -> None:
-        if not large:
-            self._large.discard(key)
+    def large_bytes(self, key: str) -> int:
+        """Bytes of the key's tensor data when last read, if it was large; else 0."""
+        return self._large.get(key, 0)
+
+    def set_large(self, key: str, nbytes: int) -> None:
+        """What a read found a tensor's data to take (large above ``LUA_VALUE_BYTES``)."""
+        if nbytes <= tensor_io.LUA_VALUE_BYTES:
+            self._large.pop(key, None)
             return
         if len(self._large) >= self.size:
             self._large.clear()
-        self._large.add(key)
+        self._large[key] = nbytes
 
     def get(self, what: str, key: str) -> Any:
         return self._replies.get((what, key))
@@ -218,16 +231,20 @@ def read(
     found: dict[Read, Any] = {}
     deferred: set[int] = set()  # jobs whose state is read again on its own
     budget = bounds.max_job_bytes
-    groups = _calls(reads)
-    for jobs in groups:
+    groups = deque(_calls(reads))
+    sizes = cache or MetaCache()
+    while groups:
+        jobs = groups.popleft()
         if budget <= 0:  # an earlier call spent the read's budget
             deferred.update(jobs)
             continue
-        reader = _Reader(conn, bounds, budget, keyspace, cache or MetaCache())
-        replies, left = reader.read({job: reads[job] for job in jobs})
+        reader = _Reader(conn, bounds, budget, keyspace, sizes)
+        replies, left, later = reader.read({job: reads[job] for job in jobs})
         found.update(replies)
         deferred |= left
-        if len(groups) > 1:
+        if later:  # over READ_ROUND_BYTES: the next round trip
+            groups.appendleft(later)
+        if groups:
             budget -= sum(
                 _data_bytes(reply) for (what, _k), reply in replies.items() if what == TENSOR
             )
@@ -279,17 +296,21 @@ class _Reader:
         self.sizes = sizes
         self.verdicts: list[Any] = []  # the script's, from the last round trip
 
-    def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
-        """Every key the jobs read, with its reply; and the jobs whose tensors were left for a
-        read of their own (the budget was spent)."""
+    def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int], list[int]]:
+        """Every key the jobs read, with its reply; the jobs whose tensors were left for a read
+        of their own (the budget was spent); and the jobs left for the next round trip (their
+        large tensors, as last seen, go over READ_ROUND_BYTES), in order."""
         if not self._one_slot(jobs):  # the script fetches every tensor, a call per slot
             pairs, keys, args, _plain = self._arguments(jobs, inline=1 << 62)
-            return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set()
+            return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set(), []
         found: dict[Read, Any] = {}
         settled: dict[Read, Any] = {}  # refused keys: not read again
         deferred: set[int] = set()
+        later: list[int] = []
         active = jobs
         for _ in range(READ_ATTEMPTS):
+            active, more = _within(active, self.sizes, READ_ROUND_BYTES)
+            later[:0] = more  # they come before those left by an earlier round
             pairs, replies = self._round(active)
             if replies is None:  # the fetch was aborted: read again without what was refused
                 for pair, verdict in zip(pairs, self.verdicts, strict=True):
@@ -303,12 +324,12 @@ class _Reader:
                 todo = {}
                 for (what, key), reply in zip(pairs, replies, strict=True):
                     if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
-                        self.sizes.set_large(key, True)
+                        self.sizes.set_large(key, int(reply[1]))
                         todo.update((j, jobs[j]) for j in active if (what, key) in active[j])
                     elif what == TENSOR and reply[0] == b"ok" and self.sizes.is_large(key):
-                        self.sizes.set_large(key, _data_bytes(reply) > tensor_io.LUA_VALUE_BYTES)
+                        self.sizes.set_large(key, _data_bytes(reply))
                 if not todo:
-                    return {**found, **settled}, deferred
+                    return {**found, **settled}, deferred, later
             active = {
                 job: [p for p in pairs if p not in settled]
                 for job, pairs in todo.items()
@@ -396,6 +417,24 @@ class _Reader:
             if out[n][0] == b"ok":  # fetched for keys the script cleared only (no error then)
                 out[n] = [b"ok", *fields]
         return pairs, out
+
+
+def _within(
+    jobs: dict[int, list[Read]], sizes: MetaCache, most: int
+) -> tuple[dict[int, list[Read]], list[int]]:
+    """The first jobs (at least one) whose large tensors, as last seen, take at most ``most``
+    bytes, each key counted once; and the jobs after them."""
+    now: dict[int, list[Read]] = {}
+    seen: set[str] = set()
+    total = 0
+    for job, pairs in jobs.items():
+        new = {key for what, key in pairs if what == TENSOR and sizes.is_large(key)} - seen
+        total += sum(sizes.large_bytes(key) for key in new)
+        if now and total > most:
+            return now, [j for j in jobs if j not in now]
+        now[job] = pairs
+        seen |= new
+    return now, []
 
 
 def _data_bytes(reply: Any) -> int:
