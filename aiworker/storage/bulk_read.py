@@ -8,10 +8,10 @@ string of at least ``LARGE_BULK`` bytes straight into a buffer of its own: one c
 Those come back as read-only memoryviews (``np.frombuffer`` wraps them as they are).
 
 What it costs Redis: a reader that is done sooner sleeps more, and the writes that wake it are
-Redis's. With Redis and the reader on cores of their own, a 600 KB input cost the reading thread
-123 us instead of 147 and Redis 144 instead of 138 (``python -m bench.receive``). Waking the
-reader less often (SO_RCVLOWAT at 256 KB) or reading in hiredis's 64 KB steps cost Redis as much
-or more, so the reader asks the kernel for all that is left of a bulk at once.
+Redis's. A read of 32 inputs of 600 KB cost the reading thread 158-174 us an input against
+175-185 through hiredis, and Redis 178-195 against 170-179 (``python -m bench.receive``, three
+runs). Waking the reader less often (SO_RCVLOWAT at 256 KB) or reading in hiredis's 64 KB steps
+cost Redis as much or more, so the reader asks the kernel for all that is left of a bulk at once.
 
 Parsing in Python costs about a microsecond an element against hiredis's tenth, so a ``Wire`` uses
 this reader only for round trips that fetch large tensors (``Wire.pipeline(..., large=True)``).
