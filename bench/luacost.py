@@ -4,8 +4,9 @@ Each operation is sent on a ``Wire`` (the worker's connection) to a private Redi
 three ways, the median of interleaved rounds: Redis's time (SLOWLOG at a threshold of 0: the
 server's clock around each command, a script's nested calls included, a transaction's commands one
 by one, EXEC not at all; receiving arguments and sending replies are not in it), Redis's CPU
-(``INFO cpu``: everything, socket I/O included, which is most of what a large value costs), and
-the client's CPU (the calling thread's). Operations:
+(``INFO cpu``: everything, socket I/O included, which is most of what a large value costs;
+counted in a pass of its own, without SLOWLOG recording), and the client's CPU (the calling
+thread's). Operations:
 
 - a tensor write: the DIY worker's plain HSET against ``tensor_write.lua`` (which refuses, like
   RedisAI, to overwrite a key that is not a tensor);
@@ -76,16 +77,21 @@ def redis_cpu(admin: redis.Redis) -> float:
 
 
 def measure(admin: redis.Redis, case: Case) -> Cost:
-    """One round of N calls of ``case`` (after a few warm-up calls)."""
+    """One round of N calls of ``case`` (after a few warm-up calls) for the CPU figures, and N
+    more for Redis's time (recording every command in SLOWLOG costs Redis CPU of its own, about a
+    microsecond a command, so it is not on while the CPU is counted)."""
     case.prepare(N + 10)
     for _ in range(10):
         case.call()
-    admin.config_set("slowlog-log-slower-than", 0)
-    admin.slowlog_reset()
     cpu, client = redis_cpu(admin), time.thread_time()
     for _ in range(N):
         case.call()
     client, cpu = time.thread_time() - client, redis_cpu(admin) - cpu
+    case.prepare(N)
+    admin.config_set("slowlog-log-slower-than", 0)
+    admin.slowlog_reset()
+    for _ in range(N):
+        case.call()
     admin.config_set("slowlog-log-slower-than", 10_000)
     log = admin.slowlog_get(N * 40)
     ours = [e for e in log if e["command"].split(b" ", 1)[0].upper() not in (b"CONFIG", b"INFO")]

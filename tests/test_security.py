@@ -86,6 +86,11 @@ def test_requirepass(password_redis: tuple[redis.Redis, int]) -> None:
         client = Client.from_settings(settings, reply_timeout=10)
         assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
         assert client.tensorget("c").tolist() == [3.0]
+        big = np.arange(150_000, dtype=np.float32)  # 600 KB: fetched plainly, received in place
+        client.tensorset("x", big)
+        for _ in range(2):  # the first read learns that x is large, the second knows
+            assert client.modelexecute("m", ["x", "x"], ["z"]) == "OK"
+            np.testing.assert_array_equal(client.tensorget("z"), big * 2)
         runner = CliRunner()
         assert runner.invoke(main, ["check", "--redis-url", url]).exit_code == 0
         bad = runner.invoke(main, ["check", "--redis-url", f"redis://127.0.0.1:{port}/0"])
@@ -528,6 +533,11 @@ def test_tls_with_client_certificates(tls_redis: tuple[redis.Redis, int], certs:
         client = Client.from_settings(settings, reply_timeout=10)
         assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
         assert client.tensorget("c").tolist() == [3.0]
+        big = np.arange(150_000, dtype=np.float32)  # 600 KB: fetched plainly, received in place
+        client.tensorset("x", big)
+        for _ in range(2):  # the first read learns that x is large, the second knows
+            assert client.modelexecute("m", ["x", "x"], ["z"]) == "OK"
+            np.testing.assert_array_equal(client.tensorget("z"), big * 2)
         runner = CliRunner()
         flags = [
             "--tls-ca-cert",
