@@ -182,3 +182,21 @@ def test_a_read_of_small_tensors_stays_on_hiredis(client: Client) -> None:
     array = snapshot.tensor("x")
     assert array.tolist() == [0, 1, 2, 3] and isinstance(memory_of(array), bytes)
     wire.close()
+
+
+def test_a_large_values_text_is_read_in_place_too(client: Client) -> None:
+    """A tensor stored as VALUES text (redis-cli's way) of over 64 KB comes as a memoryview too,
+    and decodes as it did from bytes."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    values = np.arange(30_000, dtype=np.int32)
+    text = " ".join(map(str, values.tolist()))
+    assert len(text) > bulk_read.LARGE_BULK
+    client.hset("v", mapping={"kind": "tensor", "dtype": "INT32", "shape": "30000", "values": text})
+    wire = Wire(client.connection_pool)
+    request = ModelExecute("m", ("v",), ("y",))
+    cache = state.MetaCache()
+    for _ in range(2):  # the first read learns that v is large
+        [snapshot] = state.read(wire, [request], limits.Limits(), cache, Keys())
+    assert cache.is_large("v")
+    np.testing.assert_array_equal(snapshot.tensor("v"), values)
+    wire.close()
