@@ -38,9 +38,8 @@ class BulkReader:
 
     def __init__(self, sock: socket.socket, buffer: bytearray) -> None:
         self.sock = sock
-        self.chunk = buffer
         self.view = memoryview(buffer)
-        self.data = bytearray()  # received and not parsed yet, from ``pos``
+        self.data = b""  # received and not parsed yet, from ``pos``
         self.pos = 0
 
     def replies(self, count: int, into: list[Any]) -> list[Any]:
@@ -55,44 +54,54 @@ class BulkReader:
         return len(self.data) - self.pos
 
     def _receive(self) -> None:
-        if self.pos:
-            del self.data[: self.pos]
-            self.pos = 0
-        received = self.sock.recv_into(self.chunk)
+        received = self.sock.recv_into(self.view)
         if not received:
             raise ConnectionError("Connection closed by server.")
-        self.data += self.view[:received]
+        self.data = self.data[self.pos :] + self.view[:received]
+        self.pos = 0
 
-    def _line(self) -> bytes:
-        start = self.pos
-        end = self.data.find(b"\r\n", start)
-        while end < 0:
-            if len(self.data) - self.pos > MAX_LINE:
-                raise hiredis.ProtocolError("a reply line too long")
+    def _line_end(self) -> int:
+        """Where the line at ``pos`` ends, once it has arrived (``data`` may be replaced)."""
+        while True:
             searched = len(self.data) - self.pos
+            if searched > MAX_LINE:
+                raise hiredis.ProtocolError("a reply line too long")
             self._receive()
             end = self.data.find(b"\r\n", max(0, searched - 1))
-            start = 0
-        self.pos = end + 2
-        return bytes(self.data[start:end])
+            if end >= 0:
+                return end
 
     def _reply(self) -> Any:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            return self._bulk(int(rest))
-        if kind == b"*":
-            size = int(rest)
+        # Every element's header is a line; most small replies arrived whole with it.
+        data, pos = self.data, self.pos
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            end = self._line_end()
+            data, pos = self.data, self.pos
+        kind = data[pos]
+        self.pos = end + 2
+        if kind == 36:  # $: a bulk string
+            size = int(data[pos + 1 : end])
+            stop = end + 2 + size
+            if 0 <= size < LARGE_BULK and stop + 2 <= len(data):
+                if data[stop : stop + 2] != b"\r\n":
+                    raise hiredis.ProtocolError("a bulk string without its terminator")
+                self.pos = stop + 2
+                return data[end + 2 : stop]
+            return self._bulk(size)
+        if kind == 42:  # *: an array
+            size = int(data[pos + 1 : end])
             return None if size < 0 else [self._reply() for _ in range(size)]
-        if kind == b":":
-            return int(rest)
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return hiredis.ReplyError(rest.decode("utf-8", "replace"))
-        raise hiredis.ProtocolError(f"Protocol error, got {kind!r} as reply type byte")
+        if kind == 58:  # :
+            return int(data[pos + 1 : end])
+        if kind == 43:  # +
+            return data[pos + 1 : end]
+        if kind == 45:  # -
+            return hiredis.ReplyError(data[pos + 1 : end].decode("utf-8", "replace"))
+        raise hiredis.ProtocolError(f"Protocol error, got {bytes([kind])!r} as reply type byte")
 
     def _bulk(self, size: int) -> bytes | memoryview | None:
+        """A bulk string of ``size`` bytes whose header was read: one not all here yet."""
         if size < 0:
             return None
         if size < LARGE_BULK:
@@ -102,7 +111,7 @@ class BulkReader:
             self.pos = start + size + 2
             if self.data[start + size : self.pos] != b"\r\n":
                 raise hiredis.ProtocolError("a bulk string without its terminator")
-            return bytes(self.data[start : start + size])
+            return self.data[start : start + size]
         target = np.empty(size, np.uint8).data  # uninitialised: every byte is received
         have = min(len(self.data) - self.pos, size)
         target[:have] = self.data[self.pos : self.pos + have]
