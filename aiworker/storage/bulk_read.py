@@ -8,10 +8,11 @@ string of at least ``LARGE_BULK`` bytes straight into a buffer of its own: one c
 Those come back as read-only memoryviews (``np.frombuffer`` wraps them as they are).
 
 What it costs Redis: a reader that is done sooner sleeps more, and the writes that wake it are
-Redis's. A read of 32 inputs of 600 KB cost the reading thread 158-174 us an input against
-175-185 through hiredis, and Redis 178-195 against 170-179 (``python -m bench.receive``, three
-runs). Waking the reader less often (SO_RCVLOWAT at 256 KB) or reading in hiredis's 64 KB steps
-cost Redis as much or more, so the reader asks the kernel for all that is left of a bulk at once.
+Redis's. A read of 32 inputs of 600 KB cost the reading thread 182-190 us an input against
+198-208 through hiredis, and Redis 146-161 against 147-149 (``python -m bench.receive``, two
+runs; bench/README.md section 9). Waking the reader less often (SO_RCVLOWAT at 256 KB) or reading
+in hiredis's 64 KB steps cost Redis as much or more, so the reader asks the kernel for all that
+is left of a bulk at once.
 
 Parsing in Python costs about a microsecond an element against hiredis's tenth, so a ``Wire`` uses
 this reader only for round trips that fetch large tensors (``Wire.pipeline(..., large=True)``).
