@@ -1,29 +1,31 @@
 """The one read of a job's state: model and script versions, input tensors, output key kinds.
 
-All jobs taken in one stream read are served by one round trip. ``read_jobs.lua`` checks key
-types and stored sizes (a tensor's data, its kind, dtype and shape fields) before any tensor data
-leaves Redis, and each key is read once however many jobs or arguments name it. Small tensors come
-back from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through
-Lua, whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they
-come from plain HMGETs in a MULTI sent after the script in the same round trip, and are received
-straight into buffers of their own (``storage.bulk_read``: no copies but the kernel's). Those keys are
+All jobs taken in one stream read are served by one round trip. ``read_jobs.lua`` checks key types
+and stored sizes (a tensor's data, its kind, dtype and shape fields) before any tensor data leaves
+Redis, and each key is read once however many jobs or arguments name it. Small tensors come back
+from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through Lua,
+whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they come
+from plain HMGETs in a MULTI sent after the script in the same round trip, and are received straight
+into buffers of their own (``storage.bulk_read``: no copies but the kernel's). Those keys are
 WATCHed from before the script, so the fields fetched are the version the script checked; and the
-fetch runs only if the script cleared it: the read sets a flag key, the script deletes it when
-every such tensor may be fetched, and the read then COPYs the flag, if it is still there, onto a
-key it also WATCHes - which aborts the MULTI when a tensor was refused (too large, or over the
-read's budget) and when the script did not run at all (NOSCRIPT). An aborted read is sent again
-without what was refused; one that lost its WATCH to a concurrent write, as it was. Which tensors
-are large the worker learns as it reads them (``MetaCache``): a tensor the script finds larger than
-it fetches costs one more round trip, the first time.
+fetch runs only if the script cleared it: the read sets a flag key, the script deletes it when every
+such tensor may be fetched, and the read then COPYs the flag, if it is still there, onto a key it
+also WATCHes - which aborts the MULTI when a tensor was refused (too large, or over the read's
+budget) and when the script did not run at all (NOSCRIPT). An aborted read is sent again without
+what was refused; one that lost its WATCH to a concurrent write, as it was. Which tensors are large
+the worker learns as it reads them (``MetaCache``): a tensor the script finds larger than it fetches
+costs one more round trip, the first time.
 
 A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
-when they run), one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call
-holds Redis for long, and one round trip fetches at most ``READ_ROUND_BYTES`` of large tensors as
-last seen (the jobs after them are read by the next round trip of the same read). A script reads one hash slot: when a read's keys (and its flag keys) lie in
-several, as on Redis Cluster, they are grouped by slot and each group read by its own call, all in
-one round trip per node, the script fetching every tensor itself; the byte budgets then hold per
-group, and ``Snapshot.tensor`` still bounds each job's decoded total. A single Redis is one slot. A ``Snapshot`` then decodes what one job needs, on demand, with RedisAI's errors in
-the order RedisAI reported them, and declared sizes checked before any array is allocated.
+when they run), one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call holds
+Redis for long, and one round trip fetches at most ``READ_ROUND_BYTES`` of large tensors as last
+seen (the jobs after them are read by the next round trip of the same read). A script reads one hash
+slot: when a read's keys (and its flag keys) lie in several, as on Redis Cluster, they are grouped
+by slot and each group read by its own call, all in one round trip per node, the script fetching
+every tensor itself; the byte budgets then hold per group, and ``Snapshot.tensor`` still bounds each
+job's decoded total. A single Redis is one slot. A ``Snapshot`` then decodes what one job needs, on
+demand, with RedisAI's errors in the order RedisAI reported them, and declared sizes checked before
+any array is allocated.
 """
 
 from __future__ import annotations
