@@ -200,3 +200,17 @@ def test_a_large_values_text_is_read_in_place_too(client: Client) -> None:
     assert cache.is_large("v")
     np.testing.assert_array_equal(snapshot.tensor("v"), values)
     wire.close()
+
+
+def test_the_client_receives_a_large_tensor_in_place(client: Client) -> None:
+    """``Client.tensorget`` of a large tensor: its blob straight into a buffer of its own; the
+    array is read-only as before, and a mutable one is a copy."""
+    big = np.random.default_rng(1).random((512, 512), np.float32)  # 1 MB
+    client.tensorset("big", big)
+    array = client.tensorget("big")
+    np.testing.assert_array_equal(array, big)
+    assert isinstance(memory_of(array), memoryview) and not array.flags.writeable
+    mutable = client.tensorget("big", as_numpy_mutable=True)
+    assert mutable.flags.writeable and not np.shares_memory(mutable, array)
+    client.tensorset("small", np.arange(3, dtype=np.int64))
+    assert isinstance(memory_of(client.tensorget("small")), bytes)

@@ -134,11 +134,13 @@ class Client(Driver, AICommands, redis.Redis):
     def _fast(self, command: tuple[Any, ...]) -> Any:
         """One command on this thread's own connection (see ``storage.wire``); the error it
         returns in place of a reply, as ``execute_commands`` does."""
-        try:
-            reply = self._jobs.wires.get().execute(*command)
-        except redis.ResponseError as exc:
-            return exc
-        if str(command[0]).upper() == "HGETALL":  # redis-py's shape
+        whole = str(command[0]).upper() == "HGETALL"  # a tensor: its blob received in place
+        reply = self._jobs.wires.get().pipeline([command], large=whole)[0]
+        if isinstance(reply, redis.ResponseError):
+            return reply
+        if isinstance(reply, Exception):
+            raise reply
+        if whole:  # redis-py's shape
             return dict(zip(reply[::2], reply[1::2], strict=True))
         return reply
 
