@@ -115,6 +115,8 @@ def test_a_large_bulk_lands_in_a_buffer_of_its_own(
     ("data", "problem"),
     [
         (b"?what\r\n", "reply type byte"),
+        (b"$abc\r\n", "invalid literal"),
+        (b"*2\r\n:1x\r\n", "invalid literal"),
         (b"$3\r\nabcXY", "terminator"),
         (b"$" + str(len(LARGE)).encode() + b"\r\n" + LARGE + b"XY", "terminator"),
         (b"+" + b"x" * (bulk_read.MAX_LINE + 10), "too long"),

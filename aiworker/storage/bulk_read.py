@@ -45,8 +45,11 @@ class BulkReader:
 
     def replies(self, count: int, into: list[Any]) -> list[Any]:
         """The next ``count`` replies, appended to ``into`` (those read before a failure stay)."""
-        for _ in range(count):
-            into.append(self._reply())
+        try:
+            for _ in range(count):
+                into.append(self._reply())
+        except ValueError as exc:  # a length or an integer that is none
+            raise hiredis.ProtocolError(f"Protocol error: {exc}") from exc
         return into
 
     @property
