@@ -17,7 +17,8 @@ is left of a bulk at once.
 Parsing in Python costs about half a microsecond an element, hiredis a tenth of that, so a ``Wire``
 uses this reader only for round trips that fetch large tensors (``Wire.pipeline(..., large=True)``).
 Replies look as hiredis gives them: status replies and small bulks as ``bytes``, integers as
-``int``, nil as None, arrays as lists, error replies as ``hiredis.ReplyError`` values."""
+``int``, nil as None, arrays as lists, error replies as ``hiredis.ReplyError`` values.
+"""
 
 from __future__ import annotations
 
