@@ -34,6 +34,7 @@ from bench.common import (
     cpu_seconds,
     markdown_table,
     process,
+    redis_cpu,
     throughput,
     wait_until,
 )
@@ -51,8 +52,7 @@ def _stats(nodes: list[redis.Redis]) -> tuple[dict[str, int], list[float]]:
         for name, value in node.info("commandstats").items():
             command = name[len("cmdstat_") :]
             calls[command] = calls.get(command, 0) + int(value["calls"])
-        info = node.info("cpu")
-        cpu.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+        cpu.append(redis_cpu(node))
     return calls, cpu
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +148,12 @@ def cpu_seconds(pid: int) -> float:
 def minor_faults(pid: int) -> int:
     """Minor page faults a process has taken so far (``/proc/<pid>/stat``)."""
     return int(_stat(pid)[7])
+
+
+def redis_cpu(r: Any) -> float:
+    """User + system CPU seconds a Redis server has used so far (``INFO cpu``)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def cpu_per_job(pid: int, call: Callable[[], object], n: int, warmup: int = 50) -> float:

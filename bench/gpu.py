@@ -51,6 +51,7 @@ from bench.common import (
     markdown_table,
     percentile,
     process,
+    redis_cpu,
     torchscript_bytes,
     wait_until,
 )
@@ -240,11 +241,6 @@ class Clients:
 
 
 # servers ------------------------------------------------------------------------------------
-
-
-def redis_cpu(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def intra_op_env(threads: int) -> dict[str, str]:

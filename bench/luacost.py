@@ -48,7 +48,7 @@ from aiworker.storage import model as model_store
 from aiworker.storage.wire import Wire
 from aiworker.worker.complete import Completer, Finished
 from aiworker.worker.leases import HeldEntries
-from bench.common import markdown_table
+from bench.common import markdown_table, redis_cpu
 
 ROUNDS, N = 5, 200
 QUEUE = Keys().queue("CPU")
@@ -69,11 +69,6 @@ class Cost:
     redis_us: float  # SLOWLOG
     redis_cpu_us: float  # INFO cpu
     client_cpu_us: float
-
-
-def redis_cpu(admin: redis.Redis) -> float:
-    info = admin.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def measure(admin: redis.Redis, case: Case) -> Cost:

@@ -40,7 +40,7 @@ from aiworker.protocol.requests import ModelExecute
 from aiworker.storage import model as model_store
 from aiworker.storage import tensor_io
 from aiworker.storage.wire import Command, Wire
-from bench.common import markdown_table
+from bench.common import markdown_table, redis_cpu
 
 READS = 50  # reads per block
 
@@ -52,11 +52,6 @@ class HiredisWire(Wire):
         self, commands: Sequence[Command], routes: Any = None, large: bool = False
     ) -> list[Any]:
         return super().pipeline(commands, routes, False)
-
-
-def redis_cpu(admin: redis.Redis) -> float:
-    info = admin.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ from bench.common import (
     median_time,
     percentile,
     process,
+    redis_cpu,
     throughput,
     torchscript_bytes,
     wait_until,
@@ -74,11 +75,6 @@ def scenario_redis_cpu(url: str, peers: dict[str, object], n: int) -> str:
     """Redis's own CPU per job (``INFO cpu``) and the commands behind it (``INFO commandstats``),
     one client sending ``n`` requests one after another: what a job costs the server."""
     r = redis.Redis.from_url(url)
-
-    def cpu() -> float:
-        info = r.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
     rows = []
     for key in ("floor", "diy", "aiworker", "aiworker_run"):
         peer = peers[key]
@@ -86,10 +82,10 @@ def scenario_redis_cpu(url: str, peers: dict[str, object], n: int) -> str:
         for _ in range(50):
             call()
         r.config_resetstat()
-        started = cpu()
+        started = redis_cpu(r)
         for _ in range(n):
             call()
-        used = (cpu() - started) / n
+        used = (redis_cpu(r) - started) / n
         stats = r.info("commandstats")
         top = sorted(((v["usec"], k[len("cmdstat_") :], v["calls"]) for k, v in stats.items()),
                      reverse=True)[:4]  # fmt: skip
