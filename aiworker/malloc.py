@@ -11,7 +11,8 @@ below, and a worker serving a batched model on them 2.02 ms of CPU per job again
 (``bench.heap``, bench/README.md section 8). Page faults cost more still in a sandboxed or
 virtualized machine.
 
-So a worker sets both thresholds once, at start (``Worker.run_forever``): allocations under
+So a worker sets both thresholds once, at start (``Worker.run_forever``), and so does the gateway
+(``aiworker gateway``: it receives and sends tensors in buffers of their own): allocations under
 32 MiB (glibc's largest mmap threshold) come from the heap and are reused, and up to 128 MiB freed
 at its top stays there. The process then keeps the memory of its busiest moment. Only on glibc,
 and only where the environment does not set glibc's own ``MALLOC_MMAP_THRESHOLD_`` or

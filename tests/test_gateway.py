@@ -20,14 +20,29 @@ from conftest import stub_blob, wait_until
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway, GatewayConfig
+from aiworker.gateway.inplace import InPlace
 
 # helpers shared by the other test_gateway* modules ---------------------------------------
 
 
+def event_loops() -> list[Any]:
+    """The event loops the gateway runs on: asyncio's, and uvloop's where it is installed (the
+    ``aiworker gateway`` default)."""
+    loops: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    return [*loops, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
 @contextmanager
-def running_gateway(settings: Settings, **config: Any) -> Iterator[Gateway]:
-    """A gateway on a free port, served by an event loop in a thread of its own."""
-    loop = asyncio.new_event_loop()
+def running_gateway(
+    settings: Settings, new_loop: Any = asyncio.new_event_loop, **config: Any
+) -> Iterator[Gateway]:
+    """A gateway on a free port, served by an event loop (``new_loop()``) in a thread of its
+    own."""
+    loop = new_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
     thread.start()
     gateway = Gateway(settings, GatewayConfig(listen="127.0.0.1:0", **config))
@@ -163,6 +178,49 @@ def test_large_tensor_round_trip(con: redis.Redis, client: Client) -> None:
     assert cmd(con, "AI.TENSORSET", "big", "FLOAT", 512, 1024, "BLOB", array.tobytes()) == b"OK"
     assert cmd(con, "AI.TENSORGET", "big", "BLOB") == array.tobytes()
     assert np.array_equal(client.tensorget("big"), array)
+
+
+def large_tensors_in_a_pipeline(con: redis.Redis, client: Client) -> None:
+    """Large tensors set and read back in one pipeline with small commands, through a gateway
+    that receives their blobs in place (a read ends inside most of them)."""
+    arrays = [np.random.default_rng(n).random(n * 100_000 + 20_000, np.float32) for n in range(4)]
+    pipe = con.pipeline(transaction=False)
+    for n, array in enumerate(arrays):
+        pipe.execute_command("AI.TENSORSET", f"t{n}", "FLOAT", array.size, "BLOB", array.tobytes())
+        pipe.execute_command("SET", f"k{n}", b"v" * 100_000)
+        pipe.execute_command("AI.TENSORGET", f"t{n}", "META", "BLOB")
+        pipe.execute_command("EXISTS", f"t{n}")
+    out = pipe.execute()
+    for n, array in enumerate(arrays):
+        assert out[4 * n : 4 * n + 4] == [
+            b"OK",
+            True,
+            [b"dtype", b"FLOAT", b"shape", [array.size], b"blob", array.tobytes()],
+            1,
+        ]
+        assert np.array_equal(client.tensorget(f"t{n}"), array)
+    assert cmd(con, "GET", "k3") == b"v" * 100_000
+
+
+@pytest.mark.parametrize("new_loop", event_loops())
+def test_large_tensors_on_either_event_loop(
+    client: Client, settings: Settings, new_loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs are received in place both ways: from the client (the AI.TENSORSETs) and from
+    Redis (the AI.TENSORGETs' reads), on asyncio's and uvloop's transports."""
+    owners: list[str] = []
+    start = InPlace.start.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[InPlace], owner: Any, *args: Any) -> None:
+        owners.append(type(owner).__name__)
+        start(cls, owner, *args)
+
+    monkeypatch.setattr(InPlace, "start", classmethod(counted))
+    with running_gateway(settings, new_loop) as gw:
+        con = connect(gw)
+        large_tensors_in_a_pipeline(con, client)
+        con.close()
+    assert owners.count("Session") >= 3 and owners.count("Upstream") >= 1, owners
 
 
 # models, scripts, execution --------------------------------------------------------------

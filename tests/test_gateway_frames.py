@@ -26,10 +26,23 @@ def reader() -> RequestReader:
 
 
 def read_in(chunks: list[bytes]) -> list[list[bytes]]:
+    """The commands read from ``chunks``, each a read of the connection: handed to ``feed``,
+    or received into the buffer the reader asks for while it receives an argument in place."""
     r, out = reader(), []
     for chunk in chunks:
-        out += r.feed(chunk)
-    assert r.buffered == 0
+        while chunk:
+            target = r.receiving
+            if target is None:
+                out += r.feed(chunk)
+                break
+            n = min(len(target), len(chunk))
+            target[:n] = chunk[:n]
+            chunk = chunk[n:]
+            if n == len(target):
+                r.received()
+            else:
+                r.receiving = target[n:]
+    assert r.buffered == 0 and r.receiving is None
     return out
 
 
@@ -123,3 +136,45 @@ def test_large_commands_keep_the_header_rules(frame: bytes) -> None:
         with pytest.raises(ProtocolError):
             for i in range(0, len(frame), size):
                 r.feed(frame[i : i + size])
+
+
+AI_LARGE = [
+    [b"AI.TENSORSET", b"t", b"UINT8", b"102400", b"BLOB", LARGE],
+    [b"GET", b"k"],
+    [b"ai.modelstore", b"m", b"TORCH", b"CPU", b"BLOB", LARGE, b"x" * 10, LARGE + b"y"],
+    [b"SET", b"k", LARGE],  # not an AI.* command: read as before
+    [b"AI.SCRIPTSTORE", b"s", b"CPU", b"ENTRY_POINTS", b"1", b"f", b"SOURCE", LARGE],
+    [b"PING"],
+]
+
+
+@pytest.mark.parametrize("size", [5, 1000, 65536, 100_000, 256000, 1 << 20])
+def test_ai_arguments_received_in_place(size: int) -> None:
+    """An AI.* command's large arguments whose rest is still to come are received in place
+    (read-only memoryviews); the commands are the same whatever the reads' boundaries."""
+    stream = b"".join(command(*args) for args in AI_LARGE)
+    got = read_in([stream[i : i + size] for i in range(0, len(stream), size)])
+    assert got == AI_LARGE
+    in_place = [arg for args in got for arg in args if isinstance(arg, memoryview)]
+    if size < len(LARGE):
+        assert len(in_place) == 4  # the AI.* commands' large arguments, never SET's
+        assert all(view.readonly for view in in_place)
+
+
+def test_an_argument_received_in_place_is_checked() -> None:
+    """Its CRLF must follow it; the limits hold for the whole command."""
+    r = reader()
+    r.feed(b"*2\r\n$7\r\nAI.ECHO\r\n$70000\r\nab")
+    assert r.receiving is not None and len(r.receiving) == 70000 - 2
+    r.receiving[:] = b"c" * len(r.receiving)
+    r.received()
+    with pytest.raises(ProtocolError, match="CRLF"):
+        r.feed(b"xx*1\r\n$4\r\nPING\r\n")
+    small = RequestReader(max_bulk=1 << 20, max_args=10, max_request=100_000)
+    small.feed(b"*3\r\n$7\r\nAI.ECHO\r\n$70000\r\nab")
+    small.receiving[:] = b"c" * len(small.receiving)  # type: ignore[index]
+    small.received()
+    with pytest.raises(ProtocolError, match="max-request"):
+        small.feed(b"\r\n$40000\r\n")
+    name = reader()  # a command's name is never received in place
+    assert name.feed(b"*1\r\n$70000\r\nAI.") == [] and name.receiving is None

@@ -107,6 +107,38 @@ def test_slow_loris_is_disconnected(gateway: Gateway) -> None:
     still_serving(gateway)
 
 
+LARGE_HEAD = (
+    b"*6\r\n$12\r\nAI.TENSORSET\r\n$1\r\nt\r\n$5\r\nFLOAT\r\n$6\r\n262144\r\n$4\r\nBLOB\r\n"
+)
+
+
+def test_slow_loris_inside_an_argument_received_in_place(gateway: Gateway, client: Client) -> None:
+    """A 1 MB blob received in place that stops coming ends the connection after
+    request_timeout, as any unfinished command does; nothing is written."""
+    sock = raw_socket(gateway)
+    started = time.monotonic()
+    sock.sendall(LARGE_HEAD + b"$1048576\r\n" + b"\0" * 100_000)
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        for _ in range(50):
+            time.sleep(0.1)
+            sock.sendall(b"\0")
+    assert time.monotonic() - started < 5
+    assert not client.exists("t")
+    still_serving(gateway)
+
+
+def test_an_argument_received_in_place_must_end_with_crlf(gateway: Gateway, client: Client) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(LARGE_HEAD + b"$1048576\r\n" + b"\0" * 100_000)
+    time.sleep(0.2)  # the rest goes into the blob's own buffer
+    sock.sendall(b"\0" * (1048576 - 100_000) + b"XY*1\r\n$4\r\nPING\r\n")
+    assert read_until_closed(sock) == (
+        b"-ERR Protocol error: expected CRLF after a bulk string\r\n"
+    )
+    assert not client.exists("t")
+    still_serving(gateway)
+
+
 def test_non_utf8_names(gateway: Gateway) -> None:
     con = connect(gateway)
     for command in (

@@ -33,16 +33,40 @@ def hiredis_replies(stream: bytes) -> list[str]:
     return out
 
 
-def gathered(chunks: list[bytes]) -> tuple[bool, list[str]]:
-    """The first reply gathered, the rest decoded by hiredis (as ``Upstream`` does)."""
-    gather, reader, out = Gather(), decoder(), []
+def as_bytes(reply: Any) -> Any:
+    """A reply with its memoryviews (strings received in place) as bytes."""
+    if isinstance(reply, list):
+        return [as_bytes(item) for item in reply]
+    return bytes(reply) if isinstance(reply, memoryview) else reply
+
+
+def gathered(chunks: list[bytes], in_place: bool = False) -> tuple[bool, list[str]]:
+    """The first reply gathered, the rest decoded by hiredis (as ``Upstream`` does); with
+    ``in_place``, a chunk goes into the buffer the gatherer asks for while it receives a string
+    in place, as the connection's reads then do."""
+    gather, reader, out = Gather(in_place), decoder(), []
+    chunks = list(chunks)
     n = 0
     rest = None
     while rest is None:
+        target = gather.receiving
+        if target is not None:
+            chunk = chunks[n]
+            taken = min(len(target), len(chunk))
+            target[:taken] = chunk[:taken]
+            if taken == len(target):
+                gather.received()
+            else:
+                gather.receiving = target[taken:]
+            if taken < len(chunk):
+                chunks[n] = chunk[taken:]
+                continue
+            n += 1
+            continue
         rest = gather.feed(chunks[n])
         n += 1
     if gather.shaped:
-        out.append(repr(gather.reply))
+        out.append(repr(as_bytes(gather.reply)))
         reader.feed(rest)
     else:
         for chunk in gather.chunks:
@@ -63,9 +87,11 @@ def gathered(chunks: list[bytes]) -> tuple[bool, list[str]]:
         (b"*2\r\n$1\r\na\r\n*1\r\n$%d\r\n%s\r\n" % (len(BIG), BIG), False),  # nested
         (b"-ERR no\r\n$%d\r\n%s\r\n" % (len(BIG), BIG), False),  # an error first
         (b"*100\r\n" + b"$1\r\na\r\n" * 99 + b"$%d\r\n%s\r\n" % (len(BIG), BIG), False),
+        (b"*2\r\n$%d\r\n%s\r\n:1\r\n" % (len(BIG), BIG), False),  # an integer after it
     ],
 )
-def test_any_read_boundaries(reply: bytes, shaped: bool) -> None:
+@pytest.mark.parametrize("in_place", [False, True])
+def test_any_read_boundaries(reply: bytes, shaped: bool, in_place: bool) -> None:
     stream = reply + TAIL
     expected = hiredis_replies(stream)
     rng = random.Random(3)
@@ -75,4 +101,23 @@ def test_any_read_boundaries(reply: bytes, shaped: bool) -> None:
     splits += [sorted(rng.sample(range(1, len(stream)), 5)) for _ in range(100)]
     for cuts in splits:
         chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-        assert gathered(chunks) == (shaped, expected), cuts[:8]
+        assert gathered(chunks, in_place) == (shaped, expected), cuts[:8]
+
+
+def test_large_strings_received_in_place() -> None:
+    """Asked to, the gatherer receives a large string whose rest is still to come straight into
+    a buffer of its own, and gives it as a read-only memoryview; small ones stay bytes."""
+    gather = Gather(in_place=True)
+    assert gather.feed(TENSOR[:70_000]) is None
+    target = gather.receiving
+    assert target is not None and len(target) == len(TENSOR) - 2 - 70_000
+    target[:] = TENSOR[70_000:-2]
+    gather.received()
+    assert gather.feed(b"\r\n") == b""
+    assert isinstance(gather.reply, list)
+    *fields, blob = gather.reply
+    assert all(type(f) is bytes for f in fields)
+    assert isinstance(blob, memoryview) and blob.readonly and blob == BIG
+    plain = Gather()  # not asked to: joined from the reads
+    plain.feed(TENSOR[:70_000])
+    assert plain.receiving is None

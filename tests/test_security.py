@@ -21,6 +21,7 @@ from conftest import ROOT, stub_blob, wait_until
 from faults import KEYS, WorkerProcess, pending_ids, stub_model, tensor, wait_for_workers
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from test_gateway import event_loops, large_tensors_in_a_pipeline, running_gateway
 
 from aiworker import Client, ConfigError, Settings, Worker
 from aiworker.cli import main
@@ -573,3 +574,28 @@ def test_tls_files_need_a_rediss_url() -> None:
 def test_settings_never_print_passwords() -> None:
     settings = Settings(redis_url="redis://aiworker:hunter2@h:1/0")
     assert "hunter2" not in repr(settings) and "***" in repr(settings)
+
+
+@pytest.mark.parametrize("new_loop", event_loops())
+def test_gateway_over_tls_both_ways(
+    tls_redis: tuple[redis.Redis, int], certs: Path, new_loop: Any
+) -> None:
+    """A gateway listening with TLS in front of a Redis reached over TLS: large tensors are
+    received in place through TLS transports too, on either event loop."""
+    _admin, port = tls_redis
+    settings = Settings(
+        redis_url=f"rediss://127.0.0.1:{port}/0",
+        tls_ca_cert=str(certs / "ca.crt"),
+        tls_cert=str(certs / "client.crt"),
+        tls_key=str(certs / "client.key"),
+    )
+    listen = {"tls_cert": str(certs / "server.crt"), "tls_key": str(certs / "server.key")}
+    with running_gateway(settings, new_loop, **listen) as gw:
+        host, gw_port = gw.address()
+        con = redis.Redis(
+            host=host, port=gw_port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"), protocol=2
+        )
+        client = Client.from_settings(settings, reply_timeout=10)
+        large_tensors_in_a_pipeline(con, client)
+        con.close()
+        client.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from aiworker import malloc
 from aiworker.cli.common import make_settings, redis_options
 from aiworker.gateway import GatewayConfig, serve
 
@@ -147,6 +148,7 @@ def gateway(
     )  # fmt: skip
     if not listen and not unix_socket:
         raise click.UsageError("give --listen or --unix-socket")
+    malloc.keep_freed_memory()  # tensors' buffers come and go, as in a worker
     _runner(loop)(_run(settings, config))
 
 

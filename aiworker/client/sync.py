@@ -118,7 +118,7 @@ class Client(Driver, AICommands, redis.Redis):
             elif len(commands.commands) == 1:
                 command = commands.commands[0]
                 if str(command[0]).upper() in FAST_COMMANDS:
-                    return [self._fast(command)]
+                    return [self._fast(command, commands.large)]
         return execute_commands(self, commands)
 
     def _fast_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -131,16 +131,16 @@ class Client(Driver, AICommands, redis.Redis):
             return [q if isinstance(q, Exception) else done for q in replies[1:-1]]
         return [as_exception(reply) for reply in done]
 
-    def _fast(self, command: tuple[Any, ...]) -> Any:
+    def _fast(self, command: tuple[Any, ...], large: bool = False) -> Any:
         """One command on this thread's own connection (see ``storage.wire``); the error it
-        returns in place of a reply, as ``execute_commands`` does."""
-        whole = str(command[0]).upper() == "HGETALL"  # a tensor: its blob received in place
-        reply = self._jobs.wires.get().pipeline([command], large=whole)[0]
+        returns in place of a reply, as ``execute_commands`` does. ``large``: a tensor's blob is
+        received in place."""
+        reply = self._jobs.wires.get().pipeline([command], large=large)[0]
         if isinstance(reply, redis.ResponseError):
             return reply
         if isinstance(reply, Exception):
             raise reply
-        if whole:  # redis-py's shape
+        if str(command[0]).upper() == "HGETALL":  # redis-py's shape
             return dict(zip(reply[::2], reply[1::2], strict=True))
         return reply
 

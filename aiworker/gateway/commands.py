@@ -6,6 +6,8 @@ two commands that carry large blobs skip it: AI.TENSORSET's BLOB is checked agai
 declared type and shape by the codec, and AI.MODELSTORE/MODELSET chunks go through the parser as
 one-byte stand-ins and are put back afterwards.
 
+Arguments received in place (``frames``) are read-only memoryviews: only their bytes are used.
+
 Then the checks the workers apply to a job's names, applied to every command: names must be valid
 UTF-8, and no command may write one of aiworker's own keys (``aiworker:*``).
 """
@@ -61,15 +63,20 @@ def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:
     return command
 
 
+def _word(arg: bytes | memoryview) -> bytes:
+    """An argument as a keyword to compare (upper case; a long one is no keyword)."""
+    return bytes(arg).upper() if len(arg) <= 16 else b""
+
+
 def _tensorset(args: Sequence[bytes]) -> Command:
-    """AI.TENSORSET with a BLOB as its last argument, the blob kept as bytes; any other form
-    through the parser."""
-    if len(args) < 6 or args[-2].upper() != b"BLOB":
+    """AI.TENSORSET with a BLOB as its last argument, the blob kept as it came (bytes, or the
+    buffer it was received in); any other form through the parser."""
+    if len(args) < 6 or _word(args[-2]) != b"BLOB":
         return parse([to_text(arg) for arg in args])
-    if any(arg.upper() in _DATA_WORDS for arg in args[3:-2]):
+    if any(_word(arg) in _DATA_WORDS for arg in args[3:-2]):
         return parse([to_text(arg) for arg in args])  # BLOB is not the first data keyword
     head = parse_tensorset([to_text(arg) for arg in args[1:-2]])  # key, type, dims: checked
-    blob = bytes(args[-1])
+    blob = args[-1]
     codec.from_blob(head.dtype, head.shape, blob)  # length, BOOL and STRING checks
     return TensorSet(head.key, head.dtype, head.shape, blob)
 
@@ -77,7 +84,7 @@ def _tensorset(args: Sequence[bytes]) -> Command:
 def _modelstore(args: Sequence[bytes]) -> Command:
     """AI.MODELSTORE/MODELSET with long arguments after a BLOB word replaced by stand-ins; the
     real chunks are put back when the parser took exactly those arguments as the blob."""
-    words = [arg.upper() == b"BLOB" for arg in args]
+    words = [_word(arg) == b"BLOB" for arg in args]
     blob_at = words.index(True, 3) if True in words[3:] else len(args)
     large = [n for n in range(blob_at + 1, len(args)) if len(args[n]) >= LARGE_ARG]
     if not large:
@@ -87,7 +94,7 @@ def _modelstore(args: Sequence[bytes]) -> Command:
     stand_in = "".join(tokens[blob_at + 1 :]).encode("utf-8", "surrogateescape")
     if command.blob != stand_in:  # the parser found the blob elsewhere: parse it all as text
         return parse([to_text(arg) for arg in args])
-    return dataclasses.replace(command, blob=b"".join(bytes(a) for a in args[blob_at + 1 :]))
+    return dataclasses.replace(command, blob=b"".join(args[blob_at + 1 :]))
 
 
 def _utf8(name: str) -> None:

@@ -11,6 +11,12 @@ builds the argument lists in C; inline commands are split like ``redis-cli`` spl
 Most reads hold whole commands, smaller than every limit: those go to hiredis directly, and only
 when it finds a command unfinished or not made of bulk strings (or an empty array) does the
 scanner read them again.
+
+An AI.* command's large argument (a tensor's blob, a model's chunk: ``IN_PLACE_BYTES`` or more,
+not the command's name) whose rest is still to come is received in place (``inplace``): ``feed``
+then leaves ``receiving`` set, the connection fills that buffer and calls ``received``, and the
+argument comes as a read-only memoryview of it. Such a command's other arguments are read by the
+scanner itself, not by hiredis.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import hiredis
 
 from aiworker.parser.lexer import to_bytes, tokenize
 from aiworker.protocol.errors import AIError
+
+from .inplace import IN_PLACE_BYTES, new_buffer
 
 # Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
 MAX_LINE = 64 * 1024
@@ -33,11 +41,21 @@ class ProtocolError(Exception):
 
 
 def _count(line: bytes | bytearray) -> int | None:
-    """A header's decimal number (Redis' string2ll: digits with an optional minus), else None."""
+    """A header's decimal number (Redis' string2ll: digits with an optional minus, no leading
+    zero), else None."""
     digits = line[1:] if line[:1] == b"-" else line
     if not digits or not digits.isdigit() or len(digits) > 19:
         return None
+    if digits[:1] == b"0" and len(digits) > 1:
+        return None
     return int(line)
+
+
+def _is_ai_command(buf: bytearray, frame: int) -> bool:
+    """Whether the array at ``buf[frame]`` (its first bulk string read) names an AI.* command."""
+    eol = buf.find(b"\r\n", frame)  # the array's header, then the name's
+    eol = buf.find(b"\r\n", eol + 2)
+    return bytes(buf[eol + 2 : eol + 5]).upper() == b"AI."
 
 
 class RequestReader:
@@ -56,11 +74,26 @@ class RequestReader:
         self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
         # the largest read that cannot break a limit, whatever it holds
         self._small = min(self.max_bulk, self.max_request, 256 * 1024)
+        # A command with an argument received in place: its arguments so far, its bytes that
+        # are no longer in ``_buf`` (for max_request), and whether the CRLF ending that
+        # argument is still to come.
+        self._args: list[bytes | memoryview] | None = None
+        self._before = 0
+        self._crlf = False
+        self._target: memoryview | None = None
+        self.receiving: memoryview | None = None  # what the connection fills, then ``received``
 
     @property
     def buffered(self) -> int:
-        """Bytes held for a command not complete yet."""
-        return len(self._buf)
+        """Bytes held for a command not complete yet (1 while it is received in place)."""
+        return len(self._buf) or int(self._args is not None)
+
+    def received(self) -> None:
+        """``receiving`` is full: the argument is complete but for its CRLF."""
+        assert self._args is not None and self._target is not None
+        self._args.append(self._target.toreadonly())
+        self._target = self.receiving = None
+        self._crlf = True
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """The commands completed by ``data``; ``ProtocolError`` when the client broke a rule
@@ -68,6 +101,7 @@ class RequestReader:
         connection)."""
         if (
             not self._buf
+            and self._args is None
             and data[:1] == b"*"
             and len(data) <= self._small
             and data[-2:] == b"\r\n"  # else a command is unfinished: hiredis need not copy it
@@ -81,6 +115,17 @@ class RequestReader:
         run = self._frame  # start of complete arrays not yet given to hiredis
         pos, left, size = self._pos, self._left, len(buf)
         while pos < size:
+            if self._crlf:  # after an argument received in place
+                if size - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise ProtocolError("expected CRLF after a bulk string")
+                self._crlf = False
+                pos += 2
+                if left == 0:
+                    pos = run = self._command_done(pos, commands)
+                    left = -1
+                continue
             if left < 0:  # a command starts here
                 if buf[pos] != 42:  # not '*': an inline command
                     self._flush(buf, run, pos, commands)
@@ -103,6 +148,7 @@ class RequestReader:
                 if count is None or count > self.max_args:
                     raise ProtocolError("invalid multibulk length")
                 self._frame = pos
+                self._before = 0
                 pos = eol + 2
                 left = count if count > 0 else -1
                 continue
@@ -117,13 +163,23 @@ class RequestReader:
             if length is None or length < 0 or length > self.max_bulk:
                 raise ProtocolError("invalid bulk length")
             end = eol + 4 + length
-            if end - self._frame > self.max_request:
+            if self._before + end - self._frame > self.max_request:
                 raise ProtocolError("request larger than the gateway's max-request")
             if end > size:
+                body = eol + 2 + length > size  # the string itself is not all here
+                if body and length >= IN_PLACE_BYTES and self._in_place(buf, pos):
+                    self._flush(buf, run, self._frame, commands)
+                    return self._received_so_far(buf, eol + 2, length, left - 1, commands)
                 break
+            if self._args is not None:
+                if buf[end - 2 : end] != b"\r\n":
+                    raise ProtocolError("expected CRLF after a bulk string")
+                self._args.append(bytes(buf[eol + 2 : end - 2]))
             pos = end
             left -= 1
             if left == 0:
+                if self._args is not None:
+                    pos = run = self._command_done(pos, commands)
                 left = -1
         if left < 0:
             self._frame = pos
@@ -133,6 +189,58 @@ class RequestReader:
             del buf[:keep]
         self._pos, self._left, self._frame = pos - keep, left, 0
         return commands
+
+    def _in_place(self, buf: bytearray, pos: int) -> bool:
+        """Whether the bulk string whose header is ``buf[pos:eol]`` is received in place: an
+        argument of an AI.* command other than its name."""
+        if self._args is not None:
+            return True
+        frame = self._frame
+        if pos == buf.find(b"\r\n", frame) + 2:  # the command's name
+            return False
+        if not _is_ai_command(buf, frame):
+            return False
+        self._args = self._arguments(buf, frame, pos)
+        return True
+
+    def _arguments(self, buf: bytearray, frame: int, end: int) -> list[bytes | memoryview]:
+        """The bulk strings of the array at ``buf[frame]`` up to ``end`` (read by the scanner:
+        complete and within the limits)."""
+        args: list[bytes | memoryview] = []
+        pos = buf.find(b"\r\n", frame) + 2
+        while pos < end:
+            eol = buf.find(b"\r\n", pos)
+            stop = eol + 2 + int(buf[pos + 1 : eol])
+            if buf[stop : stop + 2] != b"\r\n":
+                raise ProtocolError("expected CRLF after a bulk string")
+            args.append(bytes(buf[eol + 2 : stop]))
+            pos = stop + 2
+        return args
+
+    def _received_so_far(
+        self, buf: bytearray, start: int, length: int, left: int, commands: list[list[bytes]]
+    ) -> list[list[bytes]]:
+        """Start receiving the bulk of ``length`` bytes at ``buf[start:]`` in place: what came
+        of it is copied into its buffer, the connection is to fill the rest."""
+        target = new_buffer(length)
+        have = len(buf) - start
+        target[:have] = buf[start:]
+        self._before += len(buf) - self._frame + length - have
+        self._target = target
+        self.receiving = target[have:]
+        buf.clear()
+        self._pos, self._left, self._frame = 0, left, 0
+        return commands
+
+    def _command_done(self, pos: int, commands: list[list[bytes]]) -> int:
+        """The command read by the scanner ends at ``pos``: it is complete; the next one starts
+        there."""
+        assert self._args is not None
+        commands.append(self._args)  # type: ignore[arg-type]  # memoryviews among them
+        self._args = None
+        self._before = 0
+        self._frame = pos
+        return pos
 
     def _whole_commands(self, data: bytes) -> list[list[bytes]] | None:
         """The commands ``data`` holds when it holds only whole commands of bulk strings, each

@@ -16,6 +16,8 @@ import hiredis
 
 from aiworker.protocol.resp import ErrorReply, Status, wire_error
 
+from .inplace import IN_PLACE_BYTES, new_buffer
+
 __all__ = ["ErrorReply", "Status", "wire_error"]
 
 OK = b"+OK\r\n"
@@ -162,13 +164,21 @@ class Gather:
     reply is unfinished, else the bytes after it. ``reply`` is then the reply as hiredis gives it
     (a list of bytes and None, bytes or None) if ``shaped``; a reply of another shape (an error,
     an integer, a nested or a long array) is left to hiredis: ``chunks`` holds every read so
-    far."""
+    far.
 
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.reply: list[bytes | None] | bytes | None = None
+    ``in_place``: a string of ``IN_PLACE_BYTES`` or more whose rest is still to come is received
+    in place (``inplace``): ``feed`` leaves ``receiving`` set, the connection fills it and calls
+    ``received``, and the string comes as a read-only memoryview of its buffer."""
+
+    def __init__(self, in_place: bool = False) -> None:
+        self.in_place = in_place
+        self.receiving: memoryview | None = None
+        self._target: memoryview | None = None
+        self._had = 0  # bytes of the string in the read that started it
+        self.chunks: list[bytes | memoryview] = []
+        self.reply: list[bytes | memoryview | None] | bytes | memoryview | None = None
         self.shaped = False
-        self._items: list[bytes | None] = []
+        self._items: list[bytes | memoryview | None] = []
         self._array = False
         self._left = 1  # strings still to come
         self._body = -1  # bytes of the current string still to come; -1: at a header
@@ -215,6 +225,12 @@ class Gather:
                     continue
                 self._body = length
             taken = min(self._body, size - pos)
+            if taken < self._body and self.in_place and self._body >= IN_PLACE_BYTES:
+                target = self._target = new_buffer(self._body)
+                target[:taken] = view[pos : pos + taken]
+                self.receiving = target[taken:]
+                self._had = taken
+                return None
             if taken:
                 self._parts.append(view[pos : pos + taken])
             pos += taken
@@ -224,6 +240,15 @@ class Gather:
             self._items.append(b"".join(self._parts))
             self._parts.clear()
             self._body, self._skip = -1, 2
+
+    def received(self) -> None:
+        """``receiving`` is full: the string is complete but for its CRLF."""
+        assert self._target is not None and self.receiving is not None
+        target = self._target.toreadonly()
+        self.chunks.append(target[self._had :])  # the bytes as they came, for hiredis
+        self._items.append(target)
+        self._target = self.receiving = None
+        self._body, self._skip = -1, 2
 
     def _done(self, rest: bytes, shaped: bool = True) -> bytes:
         self.shaped = shaped

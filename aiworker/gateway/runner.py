@@ -36,7 +36,7 @@ from aiworker.storage import health
 from aiworker.storage.plans import Commands, Plan
 from aiworker.storage.queues import Enqueuer
 
-from .upstream import Slot, Upstream
+from .upstream import LargeSlot, Slot, Upstream
 
 # A plan's end: its result, or the exception it raised.
 Done = Callable[[Any], None]
@@ -85,9 +85,14 @@ class Runner:
         self.enqueuer = enqueuer
         self.reply_timeout = reply_timeout
 
-    def send(self, commands: Sequence[Sequence[Any]], then: Callable[[list[Any]], None]) -> None:
+    def send(
+        self,
+        commands: Sequence[Sequence[Any]],
+        then: Callable[[list[Any]], None],
+        large: bool = False,
+    ) -> None:
         """Queue ``commands`` on the connection (sent at its next flush); ``then`` gets their
-        replies."""
+        replies (``large``: their large strings received in place, as memoryviews)."""
         replies: list[Any] = []
         count = len(commands)
 
@@ -97,8 +102,9 @@ class Runner:
                 then(replies)
 
         upstream = self.upstream()
+        kind = LargeSlot if large else Slot
         for command in commands:
-            upstream.send(command, Slot(internal=got))
+            upstream.send(command, kind(internal=got))
 
     def start(self, plan: Plan[Any], done: Done, step: Any = None, sent: Any = _START) -> Drive:
         """Drive ``plan`` to its end (``done`` gets it, never before this returns): from its
@@ -193,7 +199,7 @@ class Drive:
             if step.transaction:
                 runner.send([("MULTI",), *step.commands, ("EXEC",)], self._committed)
             else:
-                runner.send(step.commands, self.resume)
+                runner.send(step.commands, self.resume, step.large)
         elif isinstance(step, Submit):
             plan, reply_key = runner.job(step)
             self._run_child(plan, reply_key)

@@ -38,6 +38,7 @@ from .commands import is_job_command, parse_command
 from .config import GatewayConfig
 from .frames import ProtocolError, RequestReader
 from .hooks import HOOKS, ReplyHooks
+from .inplace import InPlace
 from .resp import ErrorReply
 from .routers import ClusterRouter, SingleRouter
 from .runner import Drive, Runner
@@ -135,6 +136,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         if commands:
             self.waiting.extend(commands)
             self.dispatch()
+        receiving = self.reader.receiving
+        if receiving is not None and not self.closing and self.transport is not None:
+            InPlace.start(self, self.transport, receiving, self.reader.received)
         if self.reader.buffered or self._timer is not None:
             self._watch_partial()
 

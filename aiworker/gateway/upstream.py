@@ -7,7 +7,8 @@ the session as they are (``Session.on_reply``); once a read's replies are all de
 gateway sends itself (``Slot.internal``: an AI.* command's Redis calls, AUTH and SELECT on a new
 connection) are decoded by hiredis; while only those are awaited (an AI.* command runs), hiredis
 reads the connection's bytes directly, but for a large reply of bulk strings (a tensor's blob):
-``resp.Gather`` joins each of its strings once from the reads that hold it.
+``resp.Gather`` joins each of its strings once from the reads that hold it, or receives it in
+place (``inplace``) when the command asked for that (a ``LargeSlot``: a read that fetches tensors).
 After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the connection becomes a pipe (``tunnel``):
 Redis pushes messages that answer no command, so from the slot of that command on, every byte
 goes to the client as it comes.
@@ -24,6 +25,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers.base import BaseParser
 
+from .inplace import InPlace
 from .resp import LARGE_REPLY, Gather, MalformedReply, pack, reply_end
 
 
@@ -36,6 +38,7 @@ class Slot:
     place in the client's reply stream; an error reply is redis-py's exception)."""
 
     __slots__ = ("args", "data", "hook", "internal", "silent", "tunnel")
+    large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
 
     def __init__(
         self,
@@ -52,6 +55,13 @@ class Slot:
         self.args = args
         self.tunnel = tunnel
         self.internal = internal
+
+
+class LargeSlot(Slot):
+    """The slot of an internal command whose reply's large bulk strings are received in place."""
+
+    __slots__ = ()
+    large = True
 
 
 class Target:
@@ -173,8 +183,10 @@ class Upstream(asyncio.Protocol):
         """Only internal replies are awaited: hiredis reads them (a large one: ``Gather``)."""
         decoder = self._decoder
         gather = self._gather
-        if gather is None and not self._decoding and len(data) >= LARGE_REPLY:
-            gather = self._gather = Gather()  # the read starts a reply
+        if gather is None and not self._decoding:  # the read starts a reply
+            large = self.waiting[0].large
+            if len(data) >= LARGE_REPLY or (large and data[-2:] != b"\r\n"):  # not all here
+                gather = self._gather = Gather(large)
         if gather is not None:
             try:
                 rest = gather.feed(data)
@@ -182,6 +194,8 @@ class Upstream(asyncio.Protocol):
                 self._lost(f"unreadable reply from Redis ({exc})")
                 return
             if rest is None:
+                if gather.receiving is not None and self.transport is not None:
+                    InPlace.start(self, self.transport, gather.receiving, gather.received)
                 return
             self._gather = None
             if gather.shaped:
@@ -190,10 +204,9 @@ class Upstream(asyncio.Protocol):
                 if not rest:
                     return
                 data = rest
-            else:  # hiredis reads it all
-                data = gather.chunks.pop()
-                for chunk in gather.chunks:
-                    decoder.feed(chunk)
+            else:  # hiredis reads it all (the reads so far, then this one)
+                for chunk in gather.chunks[:-1]:
+                    decoder.feed(chunk)  # type: ignore[arg-type]  # any buffer
         decoder.feed(data)
         for _ in range(len(self.waiting)):  # slots added by the callbacks wait for later reads
             try:

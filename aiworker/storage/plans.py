@@ -37,11 +37,13 @@ SlotOf = Callable[[Any], int]
 class Commands:
     """Commands sent in one round trip; ``transaction`` wraps them in MULTI/EXEC (one per hash
     slot on Redis Cluster). ``routes``: per command, the key whose node runs it (None: the
-    command's own key)."""
+    command's own key). ``large``: the replies hold tensors, whose large bulk strings a driver may
+    receive in place and give as read-only memoryviews."""
 
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     transaction: bool = False
     routes: list[Any] | None = None
+    large: bool = False
 
     @classmethod
     def one(cls, *command: Any) -> Commands:

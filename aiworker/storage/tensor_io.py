@@ -107,7 +107,7 @@ def decode_reply(reply: Any) -> np.ndarray:
 
 def read_plan(key: str) -> Plan[np.ndarray]:
     """The tensor at ``key`` (read-only array); RedisAI's errors for missing or other keys."""
-    replies = yield Commands.one("HGETALL", key)
+    replies = yield Commands([("HGETALL", key)], large=True)
     return decode_reply(replies[0])
 
 
