@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import cast
 
-from aiworker.parser import QUEUED, Command, parse
+from aiworker.parser import QUEUED, Command, parse, parse_tokens
 from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
 from aiworker.parser.lexer import to_text
 from aiworker.parser.tensor import parse_tensorset
@@ -58,7 +58,7 @@ def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:
     elif name in (b"AI.MODELSTORE", b"AI.MODELSET"):
         command = _modelstore(args)
     else:
-        command = parse([to_text(arg) for arg in args])
+        command = parse_tokens([to_text(arg) for arg in args])
     check(command, keyspace)
     return command
 
@@ -72,9 +72,9 @@ def _tensorset(args: Sequence[bytes]) -> Command:
     """AI.TENSORSET with a BLOB as its last argument, the blob kept as it came (bytes, or the
     buffer it was received in); any other form through the parser."""
     if len(args) < 6 or _word(args[-2]) != b"BLOB":
-        return parse([to_text(arg) for arg in args])
+        return parse_tokens([to_text(arg) for arg in args])
     if any(_word(arg) in _DATA_WORDS for arg in args[3:-2]):
-        return parse([to_text(arg) for arg in args])  # BLOB is not the first data keyword
+        return parse_tokens([to_text(arg) for arg in args])  # BLOB is not the first data keyword
     head = parse_tensorset([to_text(arg) for arg in args[1:-2]])  # key, type, dims: checked
     blob = args[-1]
     codec.from_blob(head.dtype, head.shape, blob)  # length, BOOL and STRING checks
@@ -88,12 +88,12 @@ def _modelstore(args: Sequence[bytes]) -> Command:
     blob_at = words.index(True, 3) if True in words[3:] else len(args)
     large = [n for n in range(blob_at + 1, len(args)) if len(args[n]) >= LARGE_ARG]
     if not large:
-        return parse([to_text(arg) for arg in args])
+        return parse_tokens([to_text(arg) for arg in args])
     tokens = [("\0" if n in large else to_text(arg)) for n, arg in enumerate(args)]
     command = cast(ModelStore, parse(tokens))  # a MODELSTORE/MODELSET parses as one
     stand_in = "".join(tokens[blob_at + 1 :]).encode("utf-8", "surrogateescape")
     if command.blob != stand_in:  # the parser found the blob elsewhere: parse it all as text
-        return parse([to_text(arg) for arg in args])
+        return parse_tokens([to_text(arg) for arg in args])
     return dataclasses.replace(command, blob=b"".join(args[blob_at + 1 :]))
 
 

@@ -88,7 +88,11 @@ def split(command: str | Sequence[str | bytes | int | float]) -> list[str]:
 
 def parse(command: str | Sequence[str | bytes | int | float]) -> Command:
     """Parse any AI.* command into its typed request."""
-    tokens = split(command)
+    return parse_tokens(split(command))
+
+
+def parse_tokens(tokens: list[str]) -> Command:
+    """``parse`` of a command already split into text tokens (at least its name)."""
     name = tokens[0].upper()
     parser = QUEUED.get(name) or DIRECT.get(name)
     if parser is None:

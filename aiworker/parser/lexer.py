@@ -16,8 +16,11 @@ _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a", '"': '"', "\\
 
 def to_text(token: str | bytes) -> str:
     """A token as ``str``; undecodable bytes become surrogate escapes (see ``to_bytes``)."""
-    if isinstance(token, str):
-        return token
+    kind = type(token)
+    if kind is bytes:  # a client's argument: the hot path first
+        return token.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+    if kind is str or isinstance(token, str):
+        return token  # type: ignore[return-value]
     return bytes(token).decode("utf-8", "surrogateescape")
 
 

@@ -282,16 +282,27 @@ def request_to_map(request: Any) -> dict[str, Any]:
     """The msgpack map of a request (DAG ops nested). Shallow on purpose: ``dataclasses.asdict``
     deep-copies every value, which cost more than sending a small DAG."""
     out: dict[str, Any] = {}
-    for spec in fields(request):
-        value = getattr(request, spec.name)
+    for name in _field_names(type(request)):
+        value = getattr(request, name)
         if value is None or (isinstance(value, tuple) and not value):
             continue
-        if spec.name == "ops":
+        if name == "ops":
             value = [request_to_map(op) for op in value]
         elif isinstance(value, tuple):
             value = list(value)
-        out[spec.name] = value
+        out[name] = value
     return out
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    """A request class's fields, remembered (``dataclasses.fields`` builds them at every call)."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(spec.name for spec in fields(kind))
+    return names
 
 
 def _optional_int(value: Any) -> int | None:

@@ -20,6 +20,8 @@ def text(value: Any) -> str:
 
 def strict_text(value: Any) -> str | None:
     """``value`` as text if it is valid UTF-8 (a key name, a reply key), else None."""
+    if type(value) is str and value.isascii():  # most names: nothing to check
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             return bytes(value).decode("utf-8")

@@ -71,7 +71,15 @@ class LuaScript:
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = (), load: bool = False) -> Plan[Any]:
         """The same call as a plan step: its reply, or the error in its place. ``load``: the
         script is known to be missing where it runs (NOSCRIPT): load it in the same round trip."""
-        replies = yield from calls_plan([Call(self, keys, args)], load)
+        call = Call(self, keys, args)
+        if load:
+            replies = yield from calls_plan([call], load)
+            return replies[0]
+        # ``calls_plan`` for one call without stages, built directly (the hot path of a
+        # client's tensorset): NOSCRIPT and NOPERM are handled by the same ``_again``
+        replies = yield Commands([call.command()], routes=[call.route])
+        if isinstance(replies[0], redis.ResponseError):
+            replies = yield from _again([call], replies)
         return replies[0]
 
 
