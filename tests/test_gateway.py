@@ -21,6 +21,7 @@ from conftest import stub_blob, wait_until
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway, GatewayConfig
 from aiworker.gateway.inplace import InPlace
+from aiworker.gateway.resp import command, reply_end
 
 # helpers shared by the other test_gateway* modules ---------------------------------------
 
@@ -568,6 +569,68 @@ def test_blpop_and_subscribe_through_the_gateway(gateway: Gateway, client: Clien
     message = sub.get_message(timeout=5)
     assert message is not None and message["data"] == b"hi"
     sub.close()
+
+
+def read_replies(sock: socket.socket, count: int) -> bytes:
+    """What a socket receives until ``count`` RESP replies are complete."""
+    sock.settimeout(10)
+    data = b""
+    while True:
+        pos, found = 0, 0
+        while found < count and (end := reply_end(data, pos)) > 0:
+            pos, found = end, found + 1
+        if found == count:
+            return data[:pos]
+        data += sock.recv(65536)
+
+
+@pytest.mark.parametrize("size", [10, 200_000])
+def test_a_command_cut_when_subscribe_starts_the_pipe(
+    gateway: Gateway, redis_server: Any, size: int
+) -> None:
+    """SUBSCRIBE makes the connection a pipe to Redis; a command whose first part came in the
+    same read goes on to Redis whole (small, or an AI.* argument that was being received in
+    place), and Redis answers it as it answers a direct client."""
+    later = command(b"AI.TENSORSET", b"t", b"UINT8", b"%d" % size, b"BLOB", b"\1" * size)
+    later += command(b"PING")
+    cut = len(later) // 3
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(command(b"SUBSCRIBE", b"ch") + later[:cut])
+        time.sleep(0.2)
+        sock.sendall(later[cut:])
+        answers.append(read_replies(sock, 3))
+        sock.close()
+    direct, through = answers
+    assert through == direct and direct.count(b"\r\n-ERR") == 1
+
+
+def test_subscribe_after_a_job_while_an_argument_comes_in_place(
+    gateway: Gateway, worker: Worker, client: Client
+) -> None:
+    """A pipeline held behind a slow job: the large argument of a command after SUBSCRIBE
+    starts coming in place meanwhile; when SUBSCRIBE makes the connection a pipe, what came of
+    that command and what comes later go to Redis as they are."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=700))
+    client.tensorset("a", np.ones(2, np.float32))
+    later = command(b"AI.TENSORSET", b"t", b"UINT8", b"300000", b"BLOB", b"\1" * 300_000)
+    later += command(b"PING")
+    stream = command(
+        b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"2", b"a", b"a", b"OUTPUTS", b"1", b"b"
+    )
+    stream += command(b"SUBSCRIBE", b"ch") + later[:100_000]
+    sock = raw_socket(gateway)
+    sock.sendall(stream)
+    time.sleep(0.2)
+    sock.sendall(later[100_000:200_000])  # into the argument's own buffer, the job still runs
+    time.sleep(1.0)
+    sock.sendall(later[200_000:])
+    replies = read_replies(sock, 4)
+    assert replies.startswith(b"+OK\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n-ERR ")
+    assert b"AI.TENSORSET" in replies and replies.endswith(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+    assert not client.exists("t")
+    sock.close()
 
 
 def test_select_and_auth_decide_where_ai_commands_run(

@@ -38,10 +38,7 @@ def read_in(chunks: list[bytes]) -> list[list[bytes]]:
             n = min(len(target), len(chunk))
             target[:n] = chunk[:n]
             chunk = chunk[n:]
-            if n == len(target):
-                r.received()
-            else:
-                r.receiving = target[n:]
+            r.filled(n)
     assert r.buffered == 0 and r.receiving is None
     return out
 
@@ -167,14 +164,37 @@ def test_an_argument_received_in_place_is_checked() -> None:
     r.feed(b"*2\r\n$7\r\nAI.ECHO\r\n$70000\r\nab")
     assert r.receiving is not None and len(r.receiving) == 70000 - 2
     r.receiving[:] = b"c" * len(r.receiving)
-    r.received()
+    r.filled(len(r.receiving))
     with pytest.raises(ProtocolError, match="CRLF"):
         r.feed(b"xx*1\r\n$4\r\nPING\r\n")
     small = RequestReader(max_bulk=1 << 20, max_args=10, max_request=100_000)
     small.feed(b"*3\r\n$7\r\nAI.ECHO\r\n$70000\r\nab")
     small.receiving[:] = b"c" * len(small.receiving)  # type: ignore[index]
-    small.received()
+    small.filled(len(small.receiving))  # type: ignore[arg-type]
     with pytest.raises(ProtocolError, match="max-request"):
         small.feed(b"\r\n$40000\r\n")
     name = reader()  # a command's name is never received in place
     assert name.feed(b"*1\r\n$70000\r\nAI.") == [] and name.receiving is None
+
+
+def test_an_unfinished_command_is_given_back_as_it_came() -> None:
+    """``take_unfinished`` (a connection that becomes a pipe to Redis passes it on): the bytes
+    of the command not complete yet, wherever the reads stopped, in place or not."""
+    first = command(b"SUBSCRIBE", b"ch")
+    later = command(b"AI.MODELSTORE", b"m", b"TORCH", b"CPU", b"BLOB", LARGE, b"xy", LARGE)
+    stream = first + later
+    for cut in [*range(len(first) + 1, len(first) + 60), *range(len(first) + 60, len(stream), 997)]:
+        for size in (7, 4096, 70_000, len(stream)):
+            r, done, pos = reader(), [], 0
+            while pos < cut:
+                target = r.receiving
+                n = min(size, cut - pos, len(target) if target is not None else size)
+                if target is None:
+                    done += r.feed(stream[pos : pos + n])
+                else:
+                    target[:n] = stream[pos : pos + n]
+                    r.filled(n)
+                pos += n
+            assert done == [[b"SUBSCRIBE", b"ch"]]
+            assert r.take_unfinished() == stream[len(first) : cut], (cut, size)
+            assert r.buffered == 0 and r.receiving is None

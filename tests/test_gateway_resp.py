@@ -54,10 +54,7 @@ def gathered(chunks: list[bytes], in_place: bool = False) -> tuple[bool, list[st
             chunk = chunks[n]
             taken = min(len(target), len(chunk))
             target[:taken] = chunk[:taken]
-            if taken == len(target):
-                gather.received()
-            else:
-                gather.receiving = target[taken:]
+            gather.filled(taken)
             if taken < len(chunk):
                 chunks[n] = chunk[taken:]
                 continue
@@ -111,8 +108,12 @@ def test_large_strings_received_in_place() -> None:
     assert gather.feed(TENSOR[:70_000]) is None
     target = gather.receiving
     assert target is not None and len(target) == len(TENSOR) - 2 - 70_000
-    target[:] = TENSOR[70_000:-2]
-    gather.received()
+    target[:1000] = TENSOR[70_000:71_000]
+    gather.filled(1000)
+    assert gather.receiving is not None and len(gather.receiving) == len(target) - 1000
+    gather.receiving[:] = TENSOR[71_000:-2]
+    gather.filled(len(target) - 1000)
+    assert gather.receiving is None
     assert gather.feed(b"\r\n") == b""
     assert isinstance(gather.reply, list)
     *fields, blob = gather.reply

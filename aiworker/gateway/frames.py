@@ -14,8 +14,8 @@ scanner read them again.
 
 An AI.* command's large argument (a tensor's blob, a model's chunk: ``IN_PLACE_BYTES`` or more,
 not the command's name) whose rest is still to come is received in place (``inplace``): ``feed``
-then leaves ``receiving`` set, the connection fills that buffer and calls ``received``, and the
-argument comes as a read-only memoryview of it. Such a command's other arguments are read by the
+then leaves ``receiving`` set, the connection reads into it and calls ``filled``, and the argument
+comes as a read-only memoryview of its buffer. Such a command's other arguments are read by the
 scanner itself, not by hiredis.
 """
 
@@ -66,14 +66,18 @@ class RequestReader:
         self.max_bulk = max_bulk
         self.max_args = max_args
         self.max_request = max_request
+        # the largest read that cannot break a limit, whatever it holds
+        self._small = min(self.max_bulk, self.max_request, 256 * 1024)
+        self._start()
+
+    def _start(self) -> None:
+        """The state of a reader that has read nothing."""
         self._buf = bytearray()
         self._pos = 0  # next header to read
         self._frame = 0  # start of the array being read
         self._left = -1  # bulk strings still to come in that array; -1: between commands
         self._reader = hiredis.Reader()
         self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
-        # the largest read that cannot break a limit, whatever it holds
-        self._small = min(self.max_bulk, self.max_request, 256 * 1024)
         # A command with an argument received in place: its arguments so far, its bytes that
         # are no longer in ``_buf`` (for max_request), and whether the CRLF ending that
         # argument is still to come.
@@ -81,19 +85,55 @@ class RequestReader:
         self._before = 0
         self._crlf = False
         self._target: memoryview | None = None
-        self.receiving: memoryview | None = None  # what the connection fills, then ``received``
+        self.receiving: memoryview | None = None  # what the connection fills (``filled``)
+        # (for ``take_unfinished``) the command's size, and how many of ``_args`` are no longer
+        # in ``_buf``
+        self._count = 0
+        self._cleared = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held for a command not complete yet (1 while it is received in place)."""
         return len(self._buf) or int(self._args is not None)
 
-    def received(self) -> None:
-        """``receiving`` is full: the argument is complete but for its CRLF."""
+    def filled(self, nbytes: int) -> None:
+        """``nbytes`` of ``receiving`` came (``inplace.Sink``)."""
+        assert self.receiving is not None
+        rest = self.receiving[nbytes:]
+        if rest:
+            self.receiving = rest
+        else:
+            self._received()
+
+    def _received(self) -> None:
+        """The argument is complete but for its CRLF."""
         assert self._args is not None and self._target is not None
         self._args.append(self._target.toreadonly())
         self._target = self.receiving = None
         self._crlf = True
+        self._cleared = len(self._args)
+
+    def take_unfinished(self) -> bytes:
+        """The bytes of the command that is not complete yet, as the client sent them so far
+        (for a connection that becomes a pipe to Redis); the reader starts afresh."""
+        if self._args is None:
+            data = bytes(self._buf)
+        else:
+            out: list[bytes | bytearray | memoryview] = [b"*%d\r\n" % self._count]
+            tail: list[bytes | bytearray | memoryview]
+            if self._target is not None and self.receiving is not None:  # being received
+                whole = self._args
+                have = len(self._target) - len(self.receiving)
+                tail = [b"$%d\r\n" % len(self._target), self._target[:have]]
+            else:  # the last argument received in place, then what ``_buf`` holds
+                last = self._args[self._cleared - 1]
+                whole = self._args[: self._cleared - 1]
+                tail = [b"$%d\r\n" % len(last), last, self._buf]
+            for arg in whole:
+                out += [b"$%d\r\n" % len(arg), arg, b"\r\n"]
+            data = b"".join(out + tail)
+        self._start()
+        return data
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """The commands completed by ``data``; ``ProtocolError`` when the client broke a rule
@@ -201,6 +241,7 @@ class RequestReader:
         if not _is_ai_command(buf, frame):
             return False
         self._args = self._arguments(buf, frame, pos)
+        self._count = int(buf[frame + 1 : buf.find(b"\r\n", frame)])
         return True
 
     def _arguments(self, buf: bytearray, frame: int, end: int) -> list[bytes | memoryview]:

@@ -3,11 +3,11 @@
 An asyncio connection hands its protocol each read as a new ``bytes`` (the event loop's copy); a
 reader that waits for a whole 1 MB argument then joins those reads (a second copy) and hiredis
 copies them twice more. Once the header of a large bulk string is read and the rest of it is still
-to come, the connection's protocol is swapped for ``InPlace`` (a ``BufferedProtocol``): the event
-loop then reads the rest straight into the string's own buffer, and the owner gets the connection
-back when the buffer is full. The bytes after the string (its CRLF, the next command) come to the
-owner as usual. asyncio's and uvloop's transports, TLS ones too, read into the new protocol's
-buffer from the next read on (``transport.set_protocol``).
+to come, the reader (a ``Sink``) says where the rest goes, and the connection's protocol is swapped
+for ``InPlace`` (a ``BufferedProtocol``): the event loop then reads straight into that buffer, and
+the owner gets the connection back once the string is in. The bytes after it (its CRLF, the next
+command) come to the owner as usual. asyncio's and uvloop's transports, TLS ones too, read into the
+new protocol's buffer from the next read on (``transport.set_protocol``).
 
 Used for the arguments of AI.* commands (``frames.RequestReader``) and for the replies of reads
 that fetch tensors (``resp.Gather``).
@@ -16,8 +16,7 @@ that fetch tensors (``resp.Gather``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,35 +29,36 @@ def new_buffer(size: int) -> memoryview:
     return np.empty(size, np.uint8).data
 
 
-class InPlace(asyncio.BufferedProtocol):
-    """Fills ``view`` from ``transport``, then gives the connection back to ``owner`` and calls
-    ``done``; what happens to the connection meanwhile goes to ``owner`` as well."""
+class Sink(Protocol):
+    """A reader receiving a string in place: ``receiving`` is what is still to come of it (None
+    once it is all in); ``filled`` says how many bytes of it came."""
 
-    def __init__(
-        self,
-        owner: Any,
-        transport: Any,
-        view: memoryview,
-        done: Callable[[], None],
-    ) -> None:
+    receiving: memoryview | None
+
+    def filled(self, nbytes: int) -> None: ...
+
+
+class InPlace(asyncio.BufferedProtocol):
+    """Fills ``sink.receiving`` from ``transport``, then gives the connection back to ``owner``;
+    what happens to the connection meanwhile goes to ``owner`` as well."""
+
+    def __init__(self, owner: Any, transport: Any, sink: Sink) -> None:
         self.owner = owner
         self.transport = transport
-        self.view = view
-        self.done = done
-        self.filled = 0
+        self.sink = sink
 
     @classmethod
-    def start(cls, owner: Any, transport: Any, view: memoryview, done: Callable[[], None]) -> None:
-        transport.set_protocol(cls(owner, transport, view, done))
+    def start(cls, owner: Any, transport: Any, sink: Sink) -> None:
+        transport.set_protocol(cls(owner, transport, sink))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view[self.filled :]
+        assert self.sink.receiving is not None
+        return self.sink.receiving
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.filled += nbytes
-        if self.filled == len(self.view):
+        self.sink.filled(nbytes)
+        if self.sink.receiving is None:
             self.transport.set_protocol(self.owner)
-            self.done()
 
     def eof_received(self) -> bool | None:
         return self.owner.eof_received()  # type: ignore[no-any-return]

@@ -167,8 +167,8 @@ class Gather:
     far.
 
     ``in_place``: a string of ``IN_PLACE_BYTES`` or more whose rest is still to come is received
-    in place (``inplace``): ``feed`` leaves ``receiving`` set, the connection fills it and calls
-    ``received``, and the string comes as a read-only memoryview of its buffer."""
+    in place (``inplace``): ``feed`` leaves ``receiving`` set, the connection reads into it and
+    calls ``filled``, and the string comes as a read-only memoryview of its buffer."""
 
     def __init__(self, in_place: bool = False) -> None:
         self.in_place = in_place
@@ -241,9 +241,18 @@ class Gather:
             self._parts.clear()
             self._body, self._skip = -1, 2
 
-    def received(self) -> None:
-        """``receiving`` is full: the string is complete but for its CRLF."""
-        assert self._target is not None and self.receiving is not None
+    def filled(self, nbytes: int) -> None:
+        """``nbytes`` of ``receiving`` came (``inplace.Sink``)."""
+        assert self.receiving is not None
+        rest = self.receiving[nbytes:]
+        if rest:
+            self.receiving = rest
+        else:
+            self._received()
+
+    def _received(self) -> None:
+        """The string is complete but for its CRLF."""
+        assert self._target is not None
         target = self._target.toreadonly()
         self.chunks.append(target[self._had :])  # the bytes as they came, for hiredis
         self._items.append(target)

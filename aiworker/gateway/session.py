@@ -136,9 +136,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         if commands:
             self.waiting.extend(commands)
             self.dispatch()
-        receiving = self.reader.receiving
-        if receiving is not None and not self.closing and self.transport is not None:
-            InPlace.start(self, self.transport, receiving, self.reader.received)
+        if self.reader.receiving is not None and not (self.closing or self.tunnel):
+            InPlace.start(self, self.transport, self.reader)
         if self.reader.buffered or self._timer is not None:
             self._watch_partial()
 
@@ -207,6 +206,11 @@ class Session(ReplyHooks, asyncio.Protocol):
             upstream = self.router.tunnel_upstream()
             while self.waiting:
                 upstream.send_raw(resp.command(*self.waiting.popleft()))
+            if self.reader.receiving is not None:  # its rest comes to the pipe, not in place
+                cast(asyncio.Transport, self.transport).set_protocol(self)
+            unfinished = self.reader.take_unfinished()
+            if unfinished:
+                upstream.send_raw(unfinished)
 
     def _client_reply(self, mode: bytes) -> None:
         """CLIENT REPLY ON|OFF|SKIP, kept by the gateway: Redis still answers every command

@@ -195,7 +195,7 @@ class Upstream(asyncio.Protocol):
                 return
             if rest is None:
                 if gather.receiving is not None and self.transport is not None:
-                    InPlace.start(self, self.transport, gather.receiving, gather.received)
+                    InPlace.start(self, self.transport, gather)
                 return
             self._gather = None
             if gather.shaped:
