@@ -26,7 +26,7 @@ import hiredis
 from aiworker.parser.lexer import to_bytes, tokenize
 from aiworker.protocol.errors import AIError
 
-from .inplace import IN_PLACE_BYTES, new_buffer
+from .inplace import IN_PLACE_BYTES, Sink, new_buffer
 
 # Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
 MAX_LINE = 64 * 1024
@@ -58,7 +58,7 @@ def _is_ai_command(buf: bytearray, frame: int) -> bool:
     return bytes(buf[eol + 2 : eol + 5]).upper() == b"AI."
 
 
-class RequestReader:
+class RequestReader(Sink):
     """Incremental reader of one client's commands: ``feed`` bytes, get the complete commands
     (each a list of ``bytes`` arguments) that they finish."""
 
@@ -85,7 +85,7 @@ class RequestReader:
         self._before = 0
         self._crlf = False
         self._target: memoryview | None = None
-        self.receiving: memoryview | None = None  # what the connection fills (``filled``)
+        self.receiving = None  # what the connection fills (``Sink``)
         # (for ``take_unfinished``) the command's size, and how many of ``_args`` are no longer
         # in ``_buf``
         self._count = 0
@@ -96,20 +96,11 @@ class RequestReader:
         """Bytes held for a command not complete yet (1 while it is received in place)."""
         return len(self._buf) or int(self._args is not None)
 
-    def filled(self, nbytes: int) -> None:
-        """``nbytes`` of ``receiving`` came (``inplace.Sink``)."""
-        assert self.receiving is not None
-        rest = self.receiving[nbytes:]
-        if rest:
-            self.receiving = rest
-        else:
-            self._received()
-
     def _received(self) -> None:
         """The argument is complete but for its CRLF."""
         assert self._args is not None and self._target is not None
         self._args.append(self._target.toreadonly())
-        self._target = self.receiving = None
+        self._target = None
         self._crlf = True
         self._cleared = len(self._args)
 

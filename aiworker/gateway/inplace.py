@@ -16,7 +16,7 @@ that fetch tensors (``resp.Gather``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +29,25 @@ def new_buffer(size: int) -> memoryview:
     return np.empty(size, np.uint8).data
 
 
-class Sink(Protocol):
-    """A reader receiving a string in place: ``receiving`` is what is still to come of it (None
-    once it is all in); ``filled`` says how many bytes of it came."""
+class Sink:
+    """A reader that receives strings in place: ``receiving`` is what is still to come of the
+    one being received (None when none is); the connection reads into it and calls ``filled``,
+    which calls ``_received`` once the string is all in."""
 
-    receiving: memoryview | None
+    receiving: memoryview | None = None
 
-    def filled(self, nbytes: int) -> None: ...
+    def filled(self, nbytes: int) -> None:
+        """``nbytes`` more of the string came."""
+        assert self.receiving is not None
+        rest = self.receiving[nbytes:]
+        if rest:
+            self.receiving = rest
+        else:
+            self.receiving = None
+            self._received()
+
+    def _received(self) -> None:
+        raise NotImplementedError
 
 
 class InPlace(asyncio.BufferedProtocol):

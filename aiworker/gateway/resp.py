@@ -16,7 +16,7 @@ import hiredis
 
 from aiworker.protocol.resp import ErrorReply, Status, wire_error
 
-from .inplace import IN_PLACE_BYTES, new_buffer
+from .inplace import IN_PLACE_BYTES, Sink, new_buffer
 
 __all__ = ["ErrorReply", "Status", "wire_error"]
 
@@ -157,7 +157,7 @@ LARGE_REPLY = 64 * 1024
 GATHER_ITEMS = 64
 
 
-class Gather:
+class Gather(Sink):
     """A large reply of bulk strings (a tensor's HGETALL, a job's BLPOP), read as it comes: each
     string is one join of the reads that hold it, where hiredis would copy every read into its
     buffer and the string out of it again. ``feed`` a read at a time; it returns None while the
@@ -172,7 +172,7 @@ class Gather:
 
     def __init__(self, in_place: bool = False) -> None:
         self.in_place = in_place
-        self.receiving: memoryview | None = None
+        self.receiving = None
         self._target: memoryview | None = None
         self._had = 0  # bytes of the string in the read that started it
         self.chunks: list[bytes | memoryview] = []
@@ -241,22 +241,13 @@ class Gather:
             self._parts.clear()
             self._body, self._skip = -1, 2
 
-    def filled(self, nbytes: int) -> None:
-        """``nbytes`` of ``receiving`` came (``inplace.Sink``)."""
-        assert self.receiving is not None
-        rest = self.receiving[nbytes:]
-        if rest:
-            self.receiving = rest
-        else:
-            self._received()
-
     def _received(self) -> None:
         """The string is complete but for its CRLF."""
         assert self._target is not None
         target = self._target.toreadonly()
         self.chunks.append(target[self._had :])  # the bytes as they came, for hiredis
         self._items.append(target)
-        self._target = self.receiving = None
+        self._target = None
         self._body, self._skip = -1, 2
 
     def _done(self, rest: bytes, shaped: bool = True) -> bytes:
