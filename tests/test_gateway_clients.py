@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from conftest import ROOT, worker_env
@@ -183,6 +184,11 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         )
         assert con.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [b"2", b"4"]
         assert cluster_client.tensorget("{b}y").tolist() == [2, 4]
+        # a large blob, received in place, goes to the cluster client as it came
+        big = np.arange(300_000, dtype=np.float32)
+        assert con.execute_command("AI.TENSORSET", "{c}t", "FLOAT", big.size, "BLOB", big.tobytes())
+        assert con.execute_command("AI.TENSORGET", "{c}t", "BLOB") == big.tobytes()
+        assert np.array_equal(cluster_client.tensorget("{c}t"), big)
         # a transaction stays on its key's master, pipelined or typed a command at a time
         tx = con.pipeline(transaction=True)
         tx.set("key7", "a").append("key7", "b").get("key7")
