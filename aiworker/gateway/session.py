@@ -15,7 +15,8 @@ join as RedisAI's did (``transaction``).
 
 On a single Redis an AI.* command runs on the client's own connection (``runner``); model and
 script stores, a connection that WATCHes, and every AI.* command on Redis Cluster run on the
-blocking clients of ``aiclients``, in threads.
+blocking clients of ``aiclients``, in threads. An AI.* command's large argument is received in
+place (``frames``, ``inplace``): the connection reads it straight into its own buffer.
 """
 
 from __future__ import annotations
