@@ -16,7 +16,10 @@ An AI.* command's large argument (a tensor's blob, a model's chunk: ``IN_PLACE_B
 not the command's name) whose rest is still to come is received in place (``inplace``): ``feed``
 then leaves ``receiving`` set, the connection reads into it and calls ``filled``, and the argument
 comes as a read-only memoryview of its buffer. Such a command's other arguments are read by the
-scanner itself, not by hiredis.
+scanner itself, not by hiredis. The buffer has the declared length, allocated once the limits
+above passed (Redis too makes room for a large argument's declared length at once); its pages
+are only touched as the bytes arrive, and an argument that stops coming ends the connection
+after ``request_timeout`` like any unfinished command.
 """
 
 from __future__ import annotations
