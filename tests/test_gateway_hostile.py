@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis
-from test_gateway import connect, raw_socket, read_until_closed, running_gateway
+from test_gateway import connect, event_loops, raw_socket, read_until_closed, running_gateway
 
 from aiworker import Client, Settings
 from aiworker.gateway import Gateway
@@ -18,9 +18,12 @@ from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
 
 
-@pytest.fixture
-def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
-    with running_gateway(settings, request_timeout=1.0, max_connections=50) as gw:
+@pytest.fixture(params=event_loops())
+def gateway(
+    client: Client, settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    """A gateway on each event loop it runs on (uvloop is ``aiworker gateway``'s default)."""
+    with running_gateway(settings, request.param, request_timeout=1.0, max_connections=50) as gw:
         yield gw
 
 
