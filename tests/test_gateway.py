@@ -77,9 +77,12 @@ def read_until_closed(sock: socket.socket, timeout: float = 10) -> bytes:
         out += chunk
 
 
-@pytest.fixture
-def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
-    with running_gateway(settings) as gw:
+@pytest.fixture(params=event_loops())
+def gateway(
+    client: Client, settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    """A gateway on each event loop it runs on (uvloop is ``aiworker gateway``'s default)."""
+    with running_gateway(settings, request.param) as gw:
         yield gw
 
 
