@@ -12,7 +12,7 @@ Most reads hold whole commands, smaller than every limit: those go to hiredis di
 when it finds a command unfinished or not made of bulk strings (or an empty array) does the
 scanner read them again.
 
-An AI.* command's large argument (a tensor's blob, a model's chunk: ``IN_PLACE_BYTES`` or more,
+An AI.* command's large argument (a tensor's blob, a model's chunk: ``LARGE_BULK`` or more,
 not the command's name) whose rest is still to come is received in place (``inplace``): ``feed``
 then leaves ``receiving`` set, the connection reads into it and calls ``filled``, and the argument
 comes as a read-only memoryview of its buffer. Such a command's other arguments are read by the
@@ -28,8 +28,9 @@ import hiredis
 
 from aiworker.parser.lexer import to_bytes, tokenize
 from aiworker.protocol.errors import AIError
+from aiworker.storage.bulk_read import LARGE_BULK, new_buffer
 
-from .inplace import IN_PLACE_BYTES, Sink, new_buffer
+from .inplace import Sink
 
 # Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
 MAX_LINE = 64 * 1024
@@ -201,7 +202,7 @@ class RequestReader(Sink):
                 raise ProtocolError("request larger than the gateway's max-request")
             if end > size:
                 body = eol + 2 + length > size  # the string itself is not all here
-                if body and length >= IN_PLACE_BYTES and self._in_place(buf, pos):
+                if body and length >= LARGE_BULK and self._in_place(buf, pos):
                     self._flush(buf, run, self._frame, commands)
                     return self._received_so_far(buf, eol + 2, length, left - 1, commands)
                 break

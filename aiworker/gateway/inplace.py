@@ -10,23 +10,14 @@ command) come to the owner as usual. asyncio's and uvloop's transports, TLS ones
 new protocol's buffer from the next read on (``transport.set_protocol``).
 
 Used for the arguments of AI.* commands (``frames.RequestReader``) and for the replies of reads
-that fetch tensors (``resp.Gather``).
+that fetch tensors (``resp.Gather``), for strings of ``bulk_read.LARGE_BULK`` bytes or more (the
+size from which a worker's reads receive them in place too), in ``bulk_read.new_buffer``s.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-import numpy as np
-
-# Bulk strings from this size on are received in place when their rest is still to come.
-IN_PLACE_BYTES = 64 * 1024
-
-
-def new_buffer(size: int) -> memoryview:
-    """A writable buffer of ``size`` bytes, not zeroed: every byte of it is received."""
-    return np.empty(size, np.uint8).data
 
 
 class Sink:

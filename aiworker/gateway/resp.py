@@ -15,8 +15,9 @@ from typing import Any
 import hiredis
 
 from aiworker.protocol.resp import ErrorReply, Status, wire_error
+from aiworker.storage.bulk_read import LARGE_BULK, new_buffer
 
-from .inplace import IN_PLACE_BYTES, Sink, new_buffer
+from .inplace import Sink
 
 __all__ = ["ErrorReply", "Status", "wire_error"]
 
@@ -166,7 +167,7 @@ class Gather(Sink):
     an integer, a nested or a long array) is left to hiredis: ``chunks`` holds every read so
     far.
 
-    ``in_place``: a string of ``IN_PLACE_BYTES`` or more whose rest is still to come is received
+    ``in_place``: a string of ``LARGE_BULK`` or more whose rest is still to come is received
     in place (``inplace``): ``feed`` leaves ``receiving`` set, the connection reads into it and
     calls ``filled``, and the string comes as a read-only memoryview of its buffer."""
 
@@ -225,7 +226,7 @@ class Gather(Sink):
                     continue
                 self._body = length
             taken = min(self._body, size - pos)
-            if taken < self._body and self.in_place and self._body >= IN_PLACE_BYTES:
+            if taken < self._body and self.in_place and self._body >= LARGE_BULK:
                 target = self._target = new_buffer(self._body)
                 target[:taken] = view[pos : pos + taken]
                 self.receiving = target[taken:]

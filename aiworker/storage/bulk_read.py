@@ -28,10 +28,17 @@ from typing import Any
 import hiredis
 import numpy as np
 
-# Bulk strings from this size on are received into buffers of their own.
+# Bulk strings from this size on are received into buffers of their own (here, and by the
+# gateway: ``gateway.inplace``).
 LARGE_BULK = 64 * 1024
 # A line (a header or a status) longer than this is no reply from Redis.
 MAX_LINE = 64 * 1024
+
+
+def new_buffer(size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes for a bulk string, not zeroed: every byte of it is
+    received."""
+    return np.empty(size, np.uint8).data
 
 
 class BulkReader:
@@ -116,7 +123,7 @@ class BulkReader:
             if self.data[start + size : self.pos] != b"\r\n":
                 raise hiredis.ProtocolError("a bulk string without its terminator")
             return self.data[start : start + size]
-        target = np.empty(size, np.uint8).data  # uninitialised: every byte is received
+        target = new_buffer(size)
         have = min(len(self.data) - self.pos, size)
         target[:have] = self.data[self.pos : self.pos + have]
         self.pos += have
