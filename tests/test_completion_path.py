@@ -3,14 +3,22 @@ re-run), grouping by hash slot, and a single Redis as the one-slot case of the c
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import redis
 from conftest import stub_blob
 
 from aiworker import Client, Worker
-from aiworker.protocol.keys import key_slot
-from aiworker.storage import lua
+from aiworker.embedded import RedisServer
+from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys, key_slot
+from aiworker.storage import lua, tensor_io
+from aiworker.storage.model import ModelMeta, store_model
 from aiworker.storage.plans import by_slot, one_slot
 from aiworker.storage.wire import Wire
+from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.leases import HeldEntries
 
 
 def test_a_call_and_its_keys_as_arguments() -> None:
@@ -56,3 +64,56 @@ def test_a_single_redis_completes_in_one_script_call(client: Client, worker: Wor
     assert after["xpending"] == before["xpending"]
     assert not list(client.scan_iter(match=f"{client.keyspace.prefix}done:*"))
     assert client.infoget("m")["calls"] == 2
+
+
+def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: RedisServer) -> None:
+    """Entries completed in one complete.lua call that share a model count its statistics once
+    (their sums), check its version once and delete their entries in one XDEL: Redis's calls do
+    not grow with the batch but for the per-entry writes. A statistics key that needed repair
+    says so for every entry counted into it."""
+    r = redis.Redis.from_url(redis_server.url)
+    keys = Keys(prefix="batchstats:")
+    queue = keys.queue("CPU")
+    r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+    store_model(r, keys, "bm", ModelMeta("STUB", "CPU"), b"{}")
+    digest = bytes(r.hget("bm", "digest") or b"")
+    wire = Wire(r.connection_pool)
+    completer = Completer(keys, "w1", 60, HeldEntries())
+
+    def complete(n: int) -> list[Any]:
+        wire.pipeline([("XADD", queue, "*", "job", "x") for _ in range(n)])
+        read = wire.execute("XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "STREAMS", queue, ">")
+        stat = [StatsRecord("bm", duration_us=10, samples=2, calls=1)]
+        items = [
+            Finished(
+                entry[0].decode(),
+                Outcome("ok", writes={f"bo{i}": np.full(2, i, np.float32)}, stats=stat),
+                reply=f"br{i}",
+                expect=[("bm", digest)],
+            )
+            for i, entry in enumerate(read[0][1])
+        ]
+        return completer.complete(wire, queue, items)
+
+    def calls() -> dict[str, int]:
+        stats = r.info("commandstats")
+        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                for name in ("hincrby", "hmget", "xdel", "xack", "rpush")}  # fmt: skip
+
+    complete(1)  # loads the script
+    before = calls()
+    results = complete(8)
+    grew = {name: count - before[name] for name, count in calls().items()}
+    assert all(result.applied and result.stats == 1 for result in results)
+    assert grew == {"hincrby": 3, "hmget": 1, "xdel": 1, "xack": 8, "rpush": 8}
+    counters = r.hgetall(keys.stats("bm"))
+    assert {k.decode(): int(v) for k, v in counters.items()} == {
+        "duration": 90, "samples": 18, "calls": 9,
+    }  # fmt: skip
+    assert r.xlen(queue) == 0 and r.lrange("br7", 0, -1)
+    assert tensor_io.read(r, "bo7").tolist() == [7, 7]
+
+    r.hset(keys.stats("bm"), "calls", "not a number")
+    results = complete(3)
+    assert [result.stats for result in results] == [-1, -1, -1]
+    assert int(r.hget(keys.stats("bm"), "calls") or 0) == 3

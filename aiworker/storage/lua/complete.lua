@@ -20,7 +20,7 @@ local group = ARGV[1]
 if not allowed('XACK', KEYS[1], group, '0-1') or not allowed('XDEL', KEYS[1], '0-1') then
   return redis.error_reply('NOPERM this worker may not XACK and XDEL ' .. KEYS[1])
 end
-local results = {}
+local results, acked = {}, {}
 for e, entry in ipairs(entries) do
   local refused, key = refusal(entry)
   if refused then
@@ -28,9 +28,13 @@ for e, entry in ipairs(entries) do
   elseif redis.call('XACK', KEYS[1], group, entry.id) == 0 then
     results[e] = {0, 0, 0, '', ''}  -- another delivery completed it
   else
-    redis.call('XDEL', KEYS[1], entry.id)
-    local reply, stats, added = apply(entry)
-    results[e] = {1, reply, stats, '', '', added}
+    acked[#acked + 1] = entry.id
+    local reply, added = apply(e, entry)
+    results[e] = {1, reply, 0, '', '', added}
   end
+end
+count_tallies(results)
+for first = 1, #acked, 1000 do  -- acknowledged entries go in one XDEL (a thousand at most)
+  redis.call('XDEL', KEYS[1], unpack(acked, first, math.min(first + 999, #acked)))
 end
 return results

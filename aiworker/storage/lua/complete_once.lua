@@ -25,10 +25,11 @@ for e, entry in ipairs(entries) do
     local held = redis.pcall('MGET', marker)  -- another delivery did this step
     results[e] = {0, 0, 0, '', '', failed(held) and '' or held[1] or ''}
   else
-    local reply, stats, added = apply(entry)
+    local reply, added = apply(e, entry)
     redis.call('SET', marker, added ~= '' and added or '1', 'EX', marker_ttl)
     will[marker] = 'string'
-    results[e] = {1, reply, stats, '', '', added}
+    results[e] = {1, reply, 0, '', '', added}
   end
 end
+count_tallies(results)
 return results

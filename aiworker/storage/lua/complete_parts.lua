@@ -18,8 +18,8 @@
 --   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
 --   per expect: key index, digest (a model or script the job ran from cached metadata: it must
 --     still be stored in that version, or the entry is refused as STALE and runs again).
--- Defines `entries`, `K` (the keys, by index), `type_of`, `allowed`, `refusal(entry)` and
--- `apply(entry)`.
+-- Defines `entries`, `K` (the keys, by index), `type_of`, `allowed`, `refusal(entry)`,
+-- `apply(e, entry)` and `count_tallies(results)` (called once every entry is applied).
 -- @keys-in-argv 5
 local prefix, ttl, check_acl = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local K, i = KEYS, 6
@@ -101,36 +101,70 @@ local function allowed(...)
   return not check_acl or not redis.acl_check_cmd or redis.acl_check_cmd(...)
 end
 local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
--- Count into a statistics hash. HINCRBY fails, writing nothing, on a key of another type or a
+-- Count into a statistics hash (``values``: the four amounts). HINCRBY fails, writing nothing, on a key of another type or a
 -- field that is not an integer: it is one of aiworker's own keys, so the script repairs it (drops
 -- the key, or zeroes the field) and counts; failing would be worse. Returns 1 counted, -1 counted
 -- after a repair, -2 not counted (the worker's ACL denies it).
-local function count(rec)
-  if not allowed('HINCRBY', rec.key, 'calls', '1') then return -2 end
+local function count(key, values)
+  if not allowed('HINCRBY', key, 'calls', '1') then return -2 end
   local result = 1
   for c, name in ipairs(COUNTERS) do
-    local amount = tonumber(rec.values[c])
-    if amount ~= 0 and failed(redis.pcall('HINCRBY', rec.key, name, amount)) then
-      if not (allowed('DEL', rec.key) and allowed('HSET', rec.key, name, '0')) then return -2 end
-      if redis.call('TYPE', rec.key)['ok'] ~= 'hash' then
-        redis.call('DEL', rec.key)
+    local amount = values[c]
+    if amount ~= 0 and failed(redis.pcall('HINCRBY', key, name, amount)) then
+      if not (allowed('DEL', key) and allowed('HSET', key, name, '0')) then return -2 end
+      if redis.call('TYPE', key)['ok'] ~= 'hash' then
+        redis.call('DEL', key)
       else
-        redis.call('HSET', rec.key, name, '0')
+        redis.call('HSET', key, name, '0')
       end
-      redis.call('HINCRBY', rec.key, name, amount)
+      redis.call('HINCRBY', key, name, amount)
       result = -1
     end
   end
-  will[rec.key] = 'hash'
+  will[key] = 'hash'
   return result
+end
+
+-- Statistics are tallied per key as entries apply and counted once per key at the end
+-- (``count_tallies``): the entries of a batch share their model's key, and four HINCRBYs per
+-- entry would cost Redis more than the rest of a batched completion.
+local tallies, tallied = {}, {}  -- key -> {amounts, entries}; keys in order of first use
+local function tally(e, rec)
+  local t = tallies[rec.key]
+  if t == nil then
+    t = {amounts = {0, 0, 0, 0}, entries = {}}
+    tallies[rec.key] = t
+    tallied[#tallied + 1] = rec.key
+  end
+  for c = 1, 4 do t.amounts[c] = t.amounts[c] + tonumber(rec.values[c]) end
+  t.entries[#t.entries + 1] = e
+end
+-- Count every tally; each entry's row (results[e][3]) gets the worst of its keys' outcomes:
+-- 1 counted, -1 counted after repairing its hash, -2 not counted (denied).
+local function count_tallies(results)
+  for _, key in ipairs(tallied) do
+    local t = tallies[key]
+    local counted = count(key, t.amounts)
+    for _, e in ipairs(t.entries) do
+      local stats = results[e][3]
+      if stats == 0 or counted < stats then results[e][3] = counted end
+    end
+  end
 end
 
 -- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
 -- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
+-- A model's or script's stored version, read once per call: the entries of a batch ran the same
+-- model, and nothing this script writes is a model or a script (an output over one is refused).
+local versions = {}
+local function version_of(key)
+  if versions[key] == nil then versions[key] = redis.pcall('HMGET', key, 'kind', 'digest') end
+  return versions[key]
+end
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
-    local fields = redis.pcall('HMGET', exp.key, 'kind', 'digest')
+    local fields = version_of(exp.key)
     if failed(fields) and not wrongtype(fields) then
       return 'NOPERM', exp.key
     elseif failed(fields) or not ((fields[1] == 'model' or fields[1] == 'script')
@@ -173,12 +207,12 @@ local function spliced(entry, id)
   return string.sub(entry.payload, 1, entry.splice) .. id .. string.sub(entry.payload, entry.splice + 1)
 end
 
--- An entry's writes: outputs, statistics, stream records, then its reply (RPUSH: a requester's
--- BLPOP reads a forward notice before the reply that follows it). Returns reply, stats, added:
--- reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or is denied); stats 1
--- counted, 0 none, -1 counted after repairing a statistics key, -2 not counted (denied); added
--- the id the last stream record got ('' when none).
-local function apply(entry)
+-- Entry ``e``'s writes: outputs, stream records, then its reply (RPUSH: a requester's BLPOP reads
+-- a forward notice before the reply that follows it); its statistics are tallied, counted by
+-- ``count_tallies`` once every entry is applied (the script is atomic: nobody sees the order).
+-- Returns reply, added: reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or
+-- is denied); added the id the last stream record got ('' when none).
+local function apply(e, entry)
   for _, out in ipairs(entry.outputs) do
     if out.stage then  -- replaces the key whole: no stale 'values'
       redis.call('RENAME', out.stage, out.key)
@@ -190,11 +224,7 @@ local function apply(entry)
     if out.ttl > 0 then redis.call('EXPIRE', out.key, out.ttl) end
     will[out.key] = 'tensor'
   end
-  local stats = 0
-  for _, rec in ipairs(entry.stats) do
-    local counted = count(rec)
-    if stats == 0 or counted < stats then stats = counted end
-  end
+  for _, rec in ipairs(entry.stats) do tally(e, rec) end
   local added = ''
   for _, rec in ipairs(entry.records) do
     if rec.maxlen > 0 then
@@ -224,5 +254,5 @@ local function apply(entry)
       reply = -1
     end
   end
-  return reply, stats, added
+  return reply, added
 end
