@@ -46,7 +46,7 @@ from aiworker.protocol.errors import AIError, LimitExceeded
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import KIND, MODEL, SCRIPT, TENSOR, Read, Request
 from aiworker.protocol.text import text
-from aiworker.storage import lua, tensor_io
+from aiworker.storage import bulk_read, lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import by_slot
@@ -400,11 +400,13 @@ class _Reader:
             ("EXEC",),
         ]
         routes = [keys[0]] * len(commands)  # one slot (``_one_slot``): its master runs them all
-        replies = self.conn.pipeline(commands, routes, large=True)
+        # received in place only when a value is that large: hiredis parses the rest faster
+        large = any(self.sizes.large_bytes(keys[n]) >= bulk_read.LARGE_BULK for n in plain)
+        replies = self.conn.pipeline(commands, routes, large=large)
         if isinstance(replies[2], redis.exceptions.NoScriptError):
             # the flag was copied, nothing fetched: load the script, send it all again
             self.conn.pipeline([("SCRIPT", "LOAD", READ_JOBS.source)], routes[:1])
-            replies = self.conn.pipeline(commands, routes, large=True)
+            replies = self.conn.pipeline(commands, routes, large=large)
         for reply in replies[1:3]:  # e.g. the ACL denies a key: WATCH and the script say so
             if isinstance(reply, Exception):
                 raise reply
