@@ -20,6 +20,9 @@ thread's). Operations:
   output, LPUSH reply, XACK, XDEL) against ``complete.lua`` with the blob as a Lua argument and
   against the blob staged (a plain HSET of a stage key in the same MULTI as the script, which
   renames it into place; what the worker does above ``tensor_io.LUA_VALUE_BYTES``);
+- a batch of 32 jobs with 8 KB inputs and outputs, read and completed with the values through
+  Lua and kept out of it (plain HMGETs, staged HSETs: what the worker does above
+  ``tensor_io.LUA_VALUE_BYTES``);
 - what any script costs: an empty one with few and with many arguments, and one making ten calls.
 
 This is the profile behind the latency rows of ``make bench`` (see bench/README.md).
@@ -55,6 +58,7 @@ QUEUE = Keys().queue("CPU")
 SMALL = np.arange(4, dtype=np.float32)
 PAYLOAD = b'{"status": "ok"}' + bytes(64)  # a reply's size
 SIZES = {"16 B": 4, "4 KB": 1024, "600 KB": 150_000}  # float32 elements
+BATCH, BATCH_VALUE = 32, 8192  # the batch cases: jobs, bytes of each input and output
 
 
 @dataclass
@@ -88,7 +92,7 @@ def measure(admin: redis.Redis, case: Case) -> Cost:
     for _ in range(N):
         case.call()
     admin.config_set("slowlog-log-slower-than", 10_000)
-    log = admin.slowlog_get(N * 40)
+    log = admin.slowlog_get(N * 80)
     ours = [e for e in log if e["command"].split(b" ", 1)[0].upper() not in (b"CONFIG", b"INFO")]
     total = sum(e["duration"] for e in ours)
     return Cost(total / N, cpu / N * 1e6, client / N * 1e6)
@@ -214,10 +218,68 @@ def write_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
     return cases
 
 
+def batch_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
+    """A batch of BATCH jobs with 8 KB inputs and outputs (what a batching worker reads and
+    completes per run): through Lua, and with the values kept out of it (the worker now)."""
+    array = np.zeros(BATCH_VALUE // 4, dtype=np.float32)
+    requests = []
+    for n in range(BATCH):
+        tensor_io.write(admin, f"bin{n}", array)
+        requests.append(ModelExecute("m", (f"bin{n}",), (f"bout{n}",)))
+    bounds = limits.Limits()
+    digest = bytes(admin.hget("m", "digest") or b"")
+    pending = Pending(wire)
+    completer = Completer(Keys(), "bench", 300, HeldEntries())
+    completer.check_acl = False
+
+    def read(through_lua: bool) -> Callable[[], object]:
+        cache = state.MetaCache()
+        limit = 1 << 62 if through_lua else tensor_io.LUA_VALUE_BYTES
+        with stage_above(limit):
+            state.read(wire, requests, bounds, cache, Keys())  # sizes and metadata learnt
+
+        def call() -> object:
+            with stage_above(limit):
+                return state.read(wire, requests, bounds, cache, Keys())
+
+        return call
+
+    def complete(through_lua: bool) -> object:
+        items = [
+            Finished(
+                pending.take(),
+                Outcome("ok", writes={f"bout{n}": array}, stats=[StatsRecord("m", 77, 1)]),
+                reply=f"breply{n}",
+                expect=[("m", digest)],
+            )
+            for n in range(BATCH)
+        ]
+        with stage_above(1 << 62 if through_lua else tensor_io.LUA_VALUE_BYTES):
+            results = completer.complete(wire, QUEUE, items)
+        assert all(result.applied for result in results), results
+        return results
+
+    label = f"batch of {BATCH} x {BATCH_VALUE // 1024} KB"
+    return [
+        Case(f"{label}, input read: tensors through Lua", read(True)),
+        Case(f"{label}, input read: plain HMGETs (now)", read(False)),
+        Case(
+            f"{label}, completion: outputs through Lua",
+            lambda: complete(True),
+            lambda n: pending.prepare(n * BATCH),
+        ),
+        Case(
+            f"{label}, completion: outputs staged (now)",
+            lambda: complete(False),
+            lambda n: pending.prepare(n * BATCH),
+        ),
+    ]
+
+
 def main() -> None:
     with RedisServer() as server:
         admin = redis.Redis.from_url(server.url)
-        admin.config_set("slowlog-max-len", N * 40)
+        admin.config_set("slowlog-max-len", N * 80)
         wire = Wire(admin.connection_pool)
         write = lua.load("tensor_write")
         for script in (write, lua.load("read_jobs"), lua.load("complete")):
@@ -231,6 +293,7 @@ def main() -> None:
             Case("tensor write: tensor_write.lua", lambda: lua.run_one(wire, write, ["t"], flat)),
             *read_cases(wire, admin),
             *write_cases(wire, admin),
+            *batch_cases(wire, admin),
             Case("empty script, 0 arguments", lambda: wire.execute("EVALSHA", empty, 0)),
             Case(
                 "empty script, 30 arguments",
