@@ -80,14 +80,14 @@ def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: Redis
     wire = Wire(r.connection_pool)
     completer = Completer(keys, "w1", 60, HeldEntries())
 
-    def complete(n: int) -> list[Any]:
+    def complete(n: int, nbytes: int = 8) -> list[Any]:
         wire.pipeline([("XADD", queue, "*", "job", "x") for _ in range(n)])
         read = wire.execute("XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "STREAMS", queue, ">")
         stat = [StatsRecord("bm", duration_us=10, samples=2, calls=1)]
         items = [
             Finished(
                 entry[0].decode(),
-                Outcome("ok", writes={f"bo{i}": np.full(2, i, np.float32)}, stats=stat),
+                Outcome("ok", writes={f"bo{i}": np.full(nbytes // 4, i, np.float32)}, stats=stat),
                 reply=f"br{i}",
                 expect=[("bm", digest)],
             )
@@ -96,9 +96,7 @@ def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: Redis
         return completer.complete(wire, queue, items)
 
     def calls() -> dict[str, int]:
-        stats = r.info("commandstats")
-        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-                for name in ("hincrby", "hmget", "xdel", "xack", "rpush")}  # fmt: skip
+        return {name: calls_of(r, name) for name in ("hincrby", "hmget", "xdel", "xack", "rpush")}
 
     complete(1)  # loads the script
     before = calls()
@@ -117,3 +115,20 @@ def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: Redis
     results = complete(3)
     assert [result.stats for result in results] == [-1, -1, -1]
     assert int(r.hget(keys.stats("bm"), "calls") or 0) == 3
+
+    # outputs under LUA_VALUE_BYTES: LUA_CALL_BYTES of them through the script, the rest staged
+    size = tensor_io.LUA_VALUE_BYTES // 2
+    assert 2 * size <= tensor_io.LUA_CALL_BYTES < 3 * size
+    renamed = calls_of(r, "rename")
+    assert all(result.applied for result in complete(1, size))
+    assert calls_of(r, "rename") == renamed, "one job's output stays in the script"
+    assert all(result.applied for result in complete(6, size))
+    assert calls_of(r, "rename") - renamed == 4, "two in the script, four staged"
+    for i in range(6):
+        assert tensor_io.read(r, f"bo{i}").tolist() == [i] * (size // 4)
+    assert not list(r.scan_iter(match=f"{keys.prefix}tmp:*")), "no stage left"
+
+
+def calls_of(r: redis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` so far (scripts' calls included)."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))

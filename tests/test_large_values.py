@@ -107,6 +107,32 @@ def test_a_large_output_replaces_a_tensor_whole(client: Client, worker: Worker) 
     np.testing.assert_array_equal(client.tensorget("y"), BIG)
 
 
+def test_a_read_passes_at_most_lua_call_bytes_through_its_script(client: Client) -> None:
+    """Values under LUA_VALUE_BYTES stay in a single job's read script, but one read passes at
+    most LUA_CALL_BYTES of them through Lua (smallest first): Redis hashes every byte that enters
+    it. The rest of a batch's inputs come from plain HMGETs, with the same results. (The
+    completion's side: tests/test_completion_path.py.)"""
+    size = tensor_io.LUA_VALUE_BYTES // 2  # two fit the call's bytes
+    assert 2 * size <= tensor_io.LUA_CALL_BYTES < 3 * size
+    inputs = [np.full(size // 4, n, np.float32) for n in range(6)]
+    for n, array in enumerate(inputs):
+        tensor_io.write(client, f"bin{n}", array)
+    client.modelstore("bm", "STUB", "CPU", stub_blob("identity"))
+    requests = [ModelExecute("bm", (f"bin{n}",), (f"bout{n}",)) for n in range(6)]
+    wire, cache = Wire(client.connection_pool), state.MetaCache()
+    state.read(wire, requests, limits.Limits(), cache, Keys())  # the sizes are learnt
+    snapshots: list[state.Snapshot] = []
+    seen = monitored(
+        client, lambda: snapshots.extend(state.read(wire, requests, limits.Limits(), cache, Keys()))
+    )
+    fetched = [c["client_type"] for c in seen if c["command"].startswith("HMGET bin")]
+    assert sorted(fetched) == ["lua", "lua", "tcp", "tcp", "tcp", "tcp"], fetched
+    for snapshot, array, n in zip(snapshots, inputs, range(6), strict=True):
+        np.testing.assert_array_equal(snapshot.tensor(f"bin{n}"), array)
+    seen = monitored(client, lambda: state.read(wire, requests[:1], limits.Limits(), cache, Keys()))
+    assert not [c for c in seen if c["command"].startswith("MULTI")], "one job: in the script"
+
+
 # The read's guarantees, on the worker's own connection ----------------------------------------
 
 

@@ -3,8 +3,9 @@
 All jobs taken in one stream read are served by one round trip. ``read_jobs.lua`` checks key types
 and stored sizes (a tensor's data, its kind, dtype and shape fields) before any tensor data leaves
 Redis, and each key is read once however many jobs or arguments name it. Small tensors come back
-from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``) do not pass through Lua,
-whose string copies cost Redis ten times a plain HGET of a large value (bench/README.md): they come
+from the script itself. Large ones (over ``tensor_io.LUA_VALUE_BYTES``, and those beyond
+``LUA_CALL_BYTES`` in one read: a batch's) do not pass through Lua, where Redis hashes every byte
+(ten times a plain HGET's cost for a large value, bench/README.md): they come
 from plain HMGETs in a MULTI sent after the script in the same round trip, and are received straight
 into buffers of their own (``storage.bulk_read``: no copies but the kernel's). Those keys are
 WATCHed from before the script, so the fields fetched are the version the script checked; and the
@@ -92,29 +93,31 @@ class MetaCache:
     version is still the one it ran (``complete.lua``'s ``expect``); when it is not, the entry is
     run again. (On Redis Cluster the read fetches metadata every time, in the round trip that
     reads the inputs: a completion split over slots could check a version only in a round trip
-    of its own before the reply, ``worker.complete_steps``.) Also which tensor keys held values
-    too large for the read script to fetch, and how large, when last read."""
+    of its own before the reply, ``worker.complete_steps``.) Also how many bytes of data each
+    tensor key held when last read: which to fetch plainly (``Reads._arguments``)."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._replies: dict[tuple[str, str], Any] = {}
-        self._large: dict[str, int] = {}  # tensor key -> bytes of its large value when last read
+        self._bytes: dict[str, int] = {}  # tensor key -> bytes of its data when last read
+
+    def tensor_bytes(self, key: str) -> int | None:
+        """Bytes of the key's tensor data when last read (None: not read yet)."""
+        return self._bytes.get(key)
 
     def is_large(self, key: str) -> bool:
-        return key in self._large
+        """Whether the key's data was too large to pass through Lua when last read."""
+        return self._bytes.get(key, 0) > tensor_io.LUA_VALUE_BYTES
 
     def large_bytes(self, key: str) -> int:
         """Bytes of the key's tensor data when last read, if it was large; else 0."""
-        return self._large.get(key, 0)
+        return self._bytes.get(key, 0) if self.is_large(key) else 0
 
-    def set_large(self, key: str, nbytes: int) -> None:
-        """What a read found a tensor's data to take (large above ``LUA_VALUE_BYTES``)."""
-        if nbytes <= tensor_io.LUA_VALUE_BYTES:
-            self._large.pop(key, None)
-            return
-        if len(self._large) >= self.size:
-            self._large.clear()
-        self._large[key] = nbytes
+    def set_bytes(self, key: str, nbytes: int) -> None:
+        """What a read found a tensor's data to take."""
+        if len(self._bytes) >= self.size and key not in self._bytes:
+            self._bytes.clear()
+        self._bytes[key] = nbytes
 
     def get(self, what: str, key: str) -> Any:
         return self._replies.get((what, key))
@@ -303,7 +306,7 @@ class _Reader:
         of their own (the budget was spent); and the jobs left for the next round trip (their
         large tensors, as last seen, go over READ_ROUND_BYTES), in order."""
         if not self._one_slot(jobs):  # the script fetches every tensor, a call per slot
-            pairs, keys, args, _plain = self._arguments(jobs, inline=1 << 62)
+            pairs, keys, args, _plain = self._arguments(jobs, fetch_all=True)
             return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set(), []
         found: dict[Read, Any] = {}
         settled: dict[Read, Any] = {}  # refused keys: not read again
@@ -326,10 +329,10 @@ class _Reader:
                 todo = {}
                 for (what, key), reply in zip(pairs, replies, strict=True):
                     if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
-                        self.sizes.set_large(key, int(reply[1]))
+                        self.sizes.set_bytes(key, int(reply[1]))
                         todo.update((j, jobs[j]) for j in active if (what, key) in active[j])
-                    elif what == TENSOR and reply[0] == b"ok" and self.sizes.is_large(key):
-                        self.sizes.set_large(key, _data_bytes(reply))
+                    elif what == TENSOR and reply[0] == b"ok":
+                        self.sizes.set_bytes(key, _data_bytes(reply))
                 if not todo:
                     return {**found, **settled}, deferred, later
             active = {
@@ -351,18 +354,20 @@ class _Reader:
         )
 
     def _arguments(
-        self, jobs: dict[int, list[Read]], inline: int | None = None
+        self, jobs: dict[int, list[Read]], fetch_all: bool = False
     ) -> tuple[list[Read], list[str], list[Any], list[int]]:
-        """What to read (each once), its keys, read_jobs.lua's ARGV (the script fetching tensors
-        of up to ``inline`` bytes; KEYS[1] not the flag: ``_round`` changes that), and which of
-        them the caller fetches."""
-        if inline is None:
-            inline = tensor_io.LUA_VALUE_BYTES
+        """What to read (each once), its keys, read_jobs.lua's ARGV (KEYS[1] not the flag:
+        ``_round`` changes that), and which of them the caller fetches: tensors known to be
+        over ``tensor_io.LUA_VALUE_BYTES``, and those beyond ``LUA_CALL_BYTES`` (smallest first);
+        the script fetches the rest, one it does not know the size of up to LUA_VALUE_BYTES.
+        ``fetch_all``: the script fetches every tensor (a read spread over hash slots)."""
         uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
         for job, pairs in jobs.items():
             for pair in pairs:
                 counts = uses.setdefault(pair, {})
                 counts[job] = counts.get(job, 0) + 1
+        by_caller = set() if fetch_all else self._by_caller(uses)
+        inline = 1 << 62 if fetch_all else tensor_io.LUA_VALUE_BYTES
         bounds = self.bounds
         args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, self.budget]
         args += [limits.MAX_META_BYTES, inline, 0]
@@ -372,12 +377,30 @@ class _Reader:
             keys.append(key)
             if what != TENSOR:
                 args += [what, ""]
-            elif self.sizes.is_large(key):
+            elif key in by_caller:
                 plain.append(n)
                 args += [_BY_CALLER, " ".join([f"{j}:{c}" for j, c in counts.items()])]
             else:
                 args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
         return list(uses), keys, args, plain
+
+    def _by_caller(self, reads: Iterable[Read]) -> set[str]:
+        """The tensor keys the caller fetches: over LUA_VALUE_BYTES when last read, and those
+        beyond LUA_CALL_BYTES, smallest first (a batch's inputs through Lua would cost Redis
+        more than the plain fetch's commands do)."""
+        known = []
+        for what, key in reads:
+            nbytes = self.sizes.tensor_bytes(key) if what == TENSOR else None
+            if nbytes is not None:
+                known.append((nbytes, key))
+        left = tensor_io.LUA_CALL_BYTES
+        by_caller = set()
+        for nbytes, key in sorted(known):
+            if nbytes <= min(left, tensor_io.LUA_VALUE_BYTES):
+                left -= nbytes
+            else:
+                by_caller.add(key)
+        return by_caller
 
     def _round(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
         """One round trip: the script's verdicts, with the small tensors it fetched and the

@@ -25,12 +25,16 @@ _MOVE = lua.load("tensor_move")
 
 # Tensor data above this many bytes does not pass through Lua: Redis hashes every byte of every
 # string that enters its Lua interpreter (a byte-at-a-time loop, ~1.3 ns a byte; a plain HSET
-# keeps the value it received, and an HMGET copies it once), so a value through a script costs
-# Redis about as much as the script's other work by 4 KB (bench/luacost.py). A job's read fetches
-# a larger value with a plain HMGET, its completion writes it with a plain HSET of a stage key
-# (``lua.Call.stages``), and a client's write stages it the same way (``write_plan``). For a batch
-# of 32 jobs with 8 KB inputs and outputs that halves Redis's time in the read (bench/README.md).
-LUA_VALUE_BYTES = 4 * 1024
+# keeps the value it received, an HMGET copies it once), which for a large value costs Redis ten
+# times the plain command (bench/luacost.py). A job's read fetches a larger value with a plain
+# HMGET, its completion writes it with a plain HSET of a stage key (``lua.Call.stages``), and a
+# client's write stages it the same way (``write_plan``).
+LUA_VALUE_BYTES = 16 * 1024
+# The most tensor data one of a worker's read or completion calls passes through Lua (smallest
+# values first): the rest goes the plain way too. The plain way's extra commands cost Redis about
+# what hashing 4 KB does, and the worker more, so a single job's small values stay in the script;
+# a batch's do not (32 jobs with 8 KB inputs: Redis's time in the read 782 -> 358 us).
+LUA_CALL_BYTES = 16 * 1024
 # A staged tensor whose move did not run (its script had to be loaded first, and the client died
 # meanwhile) is dropped after this long.
 TEMP_TTL_MS = 60_000
