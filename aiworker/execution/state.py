@@ -96,8 +96,9 @@ class MetaCache:
     of its own before the reply, ``worker.complete_steps``.) Also how many bytes of data each
     tensor key held when last read: which to fetch plainly (``Reads._arguments``)."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 1024, tensors: int = 16384) -> None:
         self.size = size
+        self.tensors = tensors  # tensor sizes kept (an int each: a serving loop's inputs)
         self._replies: dict[tuple[str, str], Any] = {}
         self._bytes: dict[str, int] = {}  # tensor key -> bytes of its data when last read
 
@@ -115,7 +116,7 @@ class MetaCache:
 
     def set_bytes(self, key: str, nbytes: int) -> None:
         """What a read found a tensor's data to take."""
-        if len(self._bytes) >= self.size and key not in self._bytes:
+        if len(self._bytes) >= self.tensors and key not in self._bytes:
             self._bytes.clear()
         self._bytes[key] = nbytes
 
