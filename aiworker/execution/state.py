@@ -116,9 +116,12 @@ class MetaCache:
 
     def set_bytes(self, key: str, nbytes: int) -> None:
         """What a read found a tensor's data to take."""
-        if len(self._bytes) >= self.tensors and key not in self._bytes:
-            self._bytes.clear()
-        self._bytes[key] = nbytes
+        known = self._bytes
+        if known.get(key) == nbytes:  # a serving loop's input, as it was
+            return
+        if len(known) >= self.tensors and key not in known:
+            known.clear()
+        known[key] = nbytes
 
     def get(self, what: str, key: str) -> Any:
         return self._replies.get((what, key))
@@ -390,10 +393,15 @@ class _Reader:
         beyond LUA_CALL_BYTES, smallest first (a batch's inputs through Lua would cost Redis
         more than the plain fetch's commands do)."""
         known = []
+        total = 0
+        sizes = self.sizes
         for what, key in reads:
-            nbytes = self.sizes.tensor_bytes(key) if what == TENSOR else None
+            nbytes = sizes.tensor_bytes(key) if what == TENSOR else None
             if nbytes is not None:
                 known.append((nbytes, key))
+                total += nbytes
+        if total <= tensor_io.LUA_CALL_BYTES and total <= tensor_io.LUA_VALUE_BYTES:
+            return set()  # a single job's small inputs: all through the script
         left = tensor_io.LUA_CALL_BYTES
         by_caller = set()
         for nbytes, key in sorted(known):
@@ -470,7 +478,8 @@ def _data_bytes(reply: Any) -> int:
     values)."""
     if reply[0] != b"ok" or len(reply) != 6:
         return 0
-    return sum(len(value) for value in reply[4:] if value is not None)
+    blob, values = reply[4], reply[5]
+    return (0 if blob is None else len(blob)) + (0 if values is None else len(values))
 
 
 _local = threading.local()
