@@ -18,6 +18,7 @@ from aiworker.storage.model import ModelMeta, store_model
 from aiworker.storage.plans import by_slot, one_slot
 from aiworker.storage.wire import Wire
 from aiworker.worker.complete import Completer, Finished
+from aiworker.worker.complete_steps import Record
 from aiworker.worker.leases import HeldEntries
 
 
@@ -132,3 +133,29 @@ def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: Redis
 def calls_of(r: redis.Redis, command: str) -> int:
     """How many times Redis ran ``command`` so far (scripts' calls included)."""
     return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_record_of_many_fields_is_appended_whole(redis_server: RedisServer) -> None:
+    """The completion script reads short argument runs with one unpack and long ones (a dead
+    letter's fields) one by one: a record of 500 fields reaches its stream whole, in order."""
+    r = redis.Redis.from_url(redis_server.url)
+    keys = Keys(prefix="longrec:")
+    queue = keys.queue("CPU")
+    r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+    wire = Wire(r.connection_pool)
+    wire.execute("XADD", queue, "*", "job", "x")
+    [[_stream, [(entry_id, _fields)]]] = wire.execute(
+        "XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "STREAMS", queue, ">"
+    )
+    fields = {f"f{n}": f"v{n}" for n in range(500)}
+    item = Finished(
+        entry_id.decode(),
+        Outcome("ok", writes={"lr_out": np.arange(3, dtype=np.float32)}),
+        reply="lr_reply",
+        records=[Record("lr_stream", fields)],
+    )
+    [result] = Completer(keys, "w1", 60, HeldEntries()).complete(wire, queue, [item])
+    assert result.applied
+    [(_id, stored)] = r.xrange("lr_stream")
+    assert [(k.decode(), v.decode()) for k, v in stored.items()] == list(fields.items())
+    assert tensor_io.read(r, "lr_out").tolist() == [0, 1, 2] and r.llen("lr_reply") == 1
