@@ -51,7 +51,8 @@ class JobEvent:
     reply_key: str | None = None
     reply_dropped: bool = False  # the reply key was not a list the worker may push to
     # AI.INFO statistics: 1 counted, 0 none, -1 counted after repairing a statistics hash that
-    # was not one, -2 not counted (the worker user may not write them)
+    # was not one (said of every job of the completion counted into it), -2 not counted (the
+    # worker user may not write them)
     stats: int = 0
 
     @property
