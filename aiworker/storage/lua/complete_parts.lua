@@ -57,7 +57,8 @@ for e = 1, tonumber(take(1)) do
   end
   for r = 1, tonumber(n_rec) do
     local key, maxlen, n = take(3)
-    entry.records[r] = {key = K[tonumber(key)], maxlen = tonumber(maxlen), fields = list(tonumber(n))}
+    entry.records[r] = {key = K[tonumber(key)], maxlen = tonumber(maxlen),
+                        fields = list(tonumber(n))}
   end
   for x = 1, tonumber(n_exp) do
     local key, digest = take(2)
@@ -104,10 +105,11 @@ local function allowed(...)
   return not check_acl or not redis.acl_check_cmd or redis.acl_check_cmd(...)
 end
 local COUNTERS = {'duration', 'samples', 'calls', 'errors'}
--- Count into a statistics hash (``values``: the four amounts). HINCRBY fails, writing nothing, on a key of another type or a
--- field that is not an integer: it is one of aiworker's own keys, so the script repairs it (drops
--- the key, or zeroes the field) and counts; failing would be worse. Returns 1 counted, -1 counted
--- after a repair, -2 not counted (the worker's ACL denies it).
+-- Count into a statistics hash (``values``: the four amounts). HINCRBY fails, writing nothing,
+-- on a key of another type or a field that is not an integer: it is one of aiworker's own keys,
+-- so the script repairs it (drops the key, or zeroes the field) and counts; failing would be
+-- worse. Returns 1 counted, -1 counted after a repair, -2 not counted (the worker's ACL denies
+-- it).
 local function count(key, values)
   if not allowed('HINCRBY', key, 'calls', '1') then return -2 end
   local result = 1
@@ -155,9 +157,6 @@ local function count_tallies(results)
   end
 end
 
--- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
--- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
--- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
 -- A model's or script's stored version, read once per call: the entries of a batch ran the same
 -- model, and nothing this script writes is a model or a script (an output over one is refused).
 local versions = {}
@@ -165,6 +164,9 @@ local function version_of(key)
   if versions[key] == nil then versions[key] = redis.pcall('HMGET', key, 'kind', 'digest') end
   return versions[key]
 end
+-- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
+-- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
+-- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
 local function refusal(entry)
   for _, exp in ipairs(entry.expect) do  -- the key as it is now (HMGET fails on another type)
     local fields = version_of(exp.key)
