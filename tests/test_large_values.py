@@ -218,6 +218,32 @@ def test_a_tensor_replaced_after_its_check_is_not_fetched(client: Client) -> Non
     assert output_bytes(client) - sent < 10_000
 
 
+def test_small_inputs_rewritten_meanwhile_do_not_fail_a_batch_read(client: Client) -> None:
+    """A batch's small inputs beyond LUA_CALL_BYTES are fetched plainly, WATCHed; a client
+    rewriting one of them at every attempt aborts that fetch, and the read then takes every small
+    value from its script (atomic, nothing to abort): it succeeds, with the value as written."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity"))
+    size = tensor_io.LUA_VALUE_BYTES // 2
+    for n in range(6):
+        tensor_io.write(client, f"rw{n}", np.full(size // 4, n, np.float32))
+    requests = [ModelExecute("m", (f"rw{n}",), (f"rwo{n}",)) for n in range(6)]
+    wire, cache = MeddlingWire(client.connection_pool), state.MetaCache()
+    state.read(wire, requests, limits.Limits(), cache, Keys())  # sizes learnt: 4 fetched plainly
+    writes = [0]
+
+    def rewrite() -> None:  # every plain fetch, for as long as there are any
+        writes[0] += 1
+        tensor_io.write(client, "rw5", np.full(size // 4, 100 + writes[0], np.float32))
+        wire.meddle = rewrite
+
+    wire.meddle = rewrite
+    snapshots = state.read(wire, requests, limits.Limits(), cache, Keys())
+    assert writes[0] == 1, "one aborted fetch, then the script read them all"
+    assert snapshots[5].tensor("rw5").tolist() == [101] * (size // 4)
+    assert snapshots[0].tensor("rw0").tolist() == [0] * (size // 4)
+    wire.close()
+
+
 def test_refused_keys_leave_the_others_read(client: Client, wire: Wire) -> None:
     """A read refusing one tensor (too large) is sent again without it: the job's other inputs
     arrive, and its errors come in the order RedisAI reported them."""

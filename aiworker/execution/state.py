@@ -304,6 +304,10 @@ class _Reader:
         self.keyspace = keyspace
         self.sizes = sizes
         self.verdicts: list[Any] = []  # the script's, from the last round trip
+        # tensor data one script call fetches itself; once a plain fetch was aborted (a write
+        # raced it), every value up to LUA_VALUE_BYTES comes from the script: writes to small
+        # inputs cannot make a batch's read fail
+        self.call_bytes = tensor_io.LUA_CALL_BYTES
 
     def read(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int], list[int]]:
         """Every key the jobs read, with its reply; the jobs whose tensors were left for a read
@@ -322,6 +326,7 @@ class _Reader:
             later[:0] = more  # they come before those left by an earlier round
             pairs, replies = self._round(active)
             if replies is None:  # the fetch was aborted: read again without what was refused
+                self.call_bytes = 1 << 62
                 for pair, verdict in zip(pairs, self.verdicts, strict=True):
                     if verdict[0] in _REFUSED:
                         settled[pair] = verdict
@@ -390,7 +395,7 @@ class _Reader:
 
     def _by_caller(self, reads: Iterable[Read]) -> set[str]:
         """The tensor keys the caller fetches: over LUA_VALUE_BYTES when last read, and those
-        beyond LUA_CALL_BYTES, smallest first (a batch's inputs through Lua would cost Redis
+        beyond ``call_bytes``, smallest first (a batch's inputs through Lua would cost Redis
         more than the plain fetch's commands do)."""
         known = []
         total = 0
@@ -400,9 +405,9 @@ class _Reader:
             if nbytes is not None:
                 known.append((nbytes, key))
                 total += nbytes
-        if total <= tensor_io.LUA_CALL_BYTES and total <= tensor_io.LUA_VALUE_BYTES:
+        if total <= self.call_bytes and total <= tensor_io.LUA_VALUE_BYTES:
             return set()  # a single job's small inputs: all through the script
-        left = tensor_io.LUA_CALL_BYTES
+        left = self.call_bytes
         by_caller = set()
         for nbytes, key in sorted(known):
             if nbytes <= min(left, tensor_io.LUA_VALUE_BYTES):
