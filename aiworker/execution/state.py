@@ -94,7 +94,7 @@ class MetaCache:
     run again. (On Redis Cluster the read fetches metadata every time, in the round trip that
     reads the inputs: a completion split over slots could check a version only in a round trip
     of its own before the reply, ``worker.complete_steps``.) Also how many bytes of data each
-    tensor key held when last read: which to fetch plainly (``Reads._arguments``)."""
+    tensor key held when last read: which to fetch plainly (``_Reader._by_caller``)."""
 
     def __init__(self, size: int = 1024, tensors: int = 16384) -> None:
         self.size = size
