@@ -394,27 +394,16 @@ class _Reader:
         return list(uses), keys, args, plain
 
     def _by_caller(self, reads: Iterable[Read]) -> set[str]:
-        """The tensor keys the caller fetches: over LUA_VALUE_BYTES when last read, and those
-        beyond ``call_bytes``, smallest first (a batch's inputs through Lua would cost Redis
-        more than the plain fetch's commands do)."""
-        known = []
-        total = 0
+        """The tensor keys the caller fetches (``tensor_io.kept_out_of_lua`` of those whose size
+        is known, within ``call_bytes``): a batch's inputs through Lua would cost Redis more than
+        the plain fetch's commands do."""
         sizes = self.sizes
-        for what, key in reads:
-            nbytes = sizes.tensor_bytes(key) if what == TENSOR else None
-            if nbytes is not None:
-                known.append((nbytes, key))
-                total += nbytes
-        if total <= self.call_bytes and total <= tensor_io.LUA_VALUE_BYTES:
-            return set()  # a single job's small inputs: all through the script
-        left = self.call_bytes
-        by_caller = set()
-        for nbytes, key in sorted(known):
-            if nbytes <= min(left, tensor_io.LUA_VALUE_BYTES):
-                left -= nbytes
-            else:
-                by_caller.add(key)
-        return by_caller
+        known = [
+            (nbytes, key)
+            for what, key in reads
+            if what == TENSOR and (nbytes := sizes.tensor_bytes(key)) is not None
+        ]
+        return set(tensor_io.kept_out_of_lua(known, self.call_bytes))
 
     def _round(self, jobs: dict[int, list[Read]]) -> tuple[list[Read], list[Any] | None]:
         """One round trip: the script's verdicts, with the small tensors it fetched and the

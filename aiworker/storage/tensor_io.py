@@ -7,7 +7,8 @@ plain functions run it on a ``redis.Redis``.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -38,6 +39,26 @@ LUA_CALL_BYTES = 16 * 1024
 # A staged tensor whose move did not run (its script had to be loaded first, and the client died
 # meanwhile) is dropped after this long.
 TEMP_TTL_MS = 60_000
+
+T = TypeVar("T")
+
+
+def kept_out_of_lua(values: Iterable[tuple[int, T]], budget: int | None = None) -> list[T]:
+    """Of one script call's tensor values, given as (bytes, item), the items that go the plain
+    way: each over ``LUA_VALUE_BYTES``, and those beyond ``budget`` in all (``LUA_CALL_BYTES``
+    unless given; smallest first in)."""
+    budget = LUA_CALL_BYTES if budget is None else budget
+    values = list(values)
+    if sum(nbytes for nbytes, _item in values) <= min(budget, LUA_VALUE_BYTES):
+        return []  # a single job's small values: all through the script
+    left = budget
+    out = []
+    for nbytes, item in sorted(values, key=lambda value: value[0]):
+        if nbytes <= min(left, LUA_VALUE_BYTES):
+            left -= nbytes
+        else:
+            out.append(item)
+    return out
 
 
 def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Plan[None]:

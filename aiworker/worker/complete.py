@@ -176,20 +176,16 @@ class Completer:
         return encode([queue], [self.writes_of(item, queue) for item in items])
 
     def _stage(self, writes: Sequence[Writes]) -> None:
-        """Outputs that do not pass through Lua (over ``tensor_io.LUA_VALUE_BYTES``, or beyond
-        ``LUA_CALL_BYTES`` for the completion, smallest first) go to stage keys in plain HSETs
+        """Outputs kept out of Lua (``tensor_io.kept_out_of_lua``: over ``LUA_VALUE_BYTES``, or
+        beyond ``LUA_CALL_BYTES`` for the completion) go to stage keys in plain HSETs
         (``complete_steps``): their stage keys, in each output's own hash slot."""
         outputs = [
-            (len(memoryview(fields["blob"])), entry, key)
+            (len(memoryview(fields["blob"])), (entry, key))
             for entry in writes
             for key, _ttl, fields in entry.outputs
         ]
-        left = tensor_io.LUA_CALL_BYTES
-        for size, entry, key in sorted(outputs, key=lambda output: output[0]):
-            if size <= min(left, tensor_io.LUA_VALUE_BYTES):
-                left -= size
-            else:
-                entry.stages[key] = self.keys.temp(key, entry.entry_id)
+        for entry, key in tensor_io.kept_out_of_lua(outputs):
+            entry.stages[key] = self.keys.temp(key, entry.entry_id)
 
     def _head(self) -> list[Any]:
         """ARGV[2..4] of the completion scripts (complete_parts.lua)."""
