@@ -22,6 +22,11 @@ from aiworker.worker.complete_steps import Record
 from aiworker.worker.leases import HeldEntries
 
 
+def calls_of(r: redis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` so far (scripts' calls included)."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
 def test_a_call_and_its_keys_as_arguments() -> None:
     script = lua.LuaScript("s", "return 1", keys_in_argv=3)
     call = lua.Call(script, ["q", "b", "c"], ["x", "y", "e1", "e2"])
@@ -54,13 +59,9 @@ def test_a_single_redis_completes_in_one_script_call(client: Client, worker: Wor
     assert len({key_slot(k) for k in (queue, "o{x}", client.keyspace.stats("m"))}) == 3
     client.modelexecute("m", ["a", "a"], ["o{x}"])  # the model's metadata is cached now
 
-    def calls(name: str) -> int:
-        found = client.info("commandstats").get(f"cmdstat_{name}", {})
-        return int(found.get("calls", 0))
-
-    before = {name: calls(name) for name in ("evalsha", "xpending")}
+    before = {name: calls_of(client, name) for name in ("evalsha", "xpending")}
     assert client.modelexecute("m", ["a", "a"], ["o{x}"]) == "OK"
-    after = {name: calls(name) for name in before}
+    after = {name: calls_of(client, name) for name in before}
     assert after["evalsha"] - before["evalsha"] == 2, "one read, one completion"
     assert after["xpending"] == before["xpending"]
     assert not list(client.scan_iter(match=f"{client.keyspace.prefix}done:*"))
@@ -128,11 +129,6 @@ def test_a_batch_completes_with_one_count_per_statistics_key(redis_server: Redis
     for i in range(6):
         assert tensor_io.read(r, f"bo{i}").tolist() == [i] * (size // 4)
     assert not list(r.scan_iter(match=f"{keys.prefix}tmp:*")), "no stage left"
-
-
-def calls_of(r: redis.Redis, command: str) -> int:
-    """How many times Redis ran ``command`` so far (scripts' calls included)."""
-    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def test_a_record_of_many_fields_is_appended_whole(redis_server: RedisServer) -> None:
