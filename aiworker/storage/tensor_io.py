@@ -34,7 +34,7 @@ LUA_VALUE_BYTES = 16 * 1024
 # The most tensor data one of a worker's read or completion calls passes through Lua (smallest
 # values first): the rest goes the plain way too. The plain way's extra commands cost Redis about
 # what hashing 4 KB does, and the worker more, so a single job's small values stay in the script;
-# a batch's do not (32 jobs with 8 KB inputs: Redis's time in the read 782 -> 358 us).
+# a batch's do not (32 jobs with 8 KB inputs: Redis's time in the read 782 -> 383 us).
 LUA_CALL_BYTES = 16 * 1024
 # A staged tensor whose move did not run (its script had to be loaded first, and the client died
 # meanwhile) is dropped after this long.
