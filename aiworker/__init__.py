@@ -7,7 +7,7 @@ first use, so a web app that only enqueues jobs never loads backends or metrics.
 from typing import TYPE_CHECKING, Any
 
 from aiworker.client import Client, ClusterClient
-from aiworker.client.verify import UnverifiedModelWarning
+from aiworker.client.verify import UnverifiedModelWarning, UnverifiedScriptWarning
 from aiworker.protocol.errors import (
     AIError,
     AIWorkerError,
@@ -41,6 +41,7 @@ __all__ = [
     "ReplyTimeout",
     "Settings",
     "UnverifiedModelWarning",
+    "UnverifiedScriptWarning",
     "Worker",
     "WrongTypeError",
     "__version__",

@@ -98,6 +98,18 @@ def _spawn_gateway(url: str, port: int, *args: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _connect_when_up(port: int, proc: subprocess.Popen[bytes]) -> redis.Redis:
+    deadline = time.monotonic() + 60
+    while True:
+        con = redis.Redis(port=port, protocol=2, socket_timeout=10)
+        try:
+            con.ping()
+            return con
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.2)
+
+
 def _free_port() -> int:
     import socket
 
@@ -113,15 +125,8 @@ def test_gateway_processes_share_a_port(
     url = redis_server.url  # type: ignore[attr-defined]
     procs = [_spawn_gateway(url, port, "--reuse-port") for _ in range(2)]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                con = redis.Redis(port=port, protocol=2, socket_timeout=10)
-                assert con.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 1) == b"OK"
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, procs[0].stderr
-                time.sleep(0.2)
+        con = _connect_when_up(port, procs[0])
+        assert con.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 1) == b"OK"
         for n in range(20):  # connections land on either process; each answers the same
             assert redis.Redis(port=port, protocol=2).execute_command(
                 "AI.TENSORGET", "t", "VALUES"
@@ -132,6 +137,44 @@ def test_gateway_processes_share_a_port(
             proc.terminate()
             proc.wait(30)
     assert client.exists("t") == 1
+
+
+def test_the_gateway_process_loads_no_framework(
+    client: Client, worker: Worker, redis_server: object
+) -> None:
+    """Models and scripts stored through the gateway are checked by a live worker (MODELVERIFY,
+    SCRIPTVERIFY) with RedisAI's errors at store time; the gateway never maps libtorch (importing
+    it froze every connection for ~0.2 s and grew the process by ~200 MB)."""
+    pytest.importorskip("torch")
+    port = _free_port()
+    proc = _spawn_gateway(redis_server.url, port)  # type: ignore[attr-defined]
+    try:
+        con = _connect_when_up(port, proc)
+        source = "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n" + (
+            "    return tensors[0] * 2\n"
+        )
+        assert con.execute_command("AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "bar",
+                                   "SOURCE", source) == b"OK"  # fmt: skip
+        for entry_point, bad_source, message in [
+            ("nope", source, "Function nope does not exist in the given script."),
+            ("bar", "def bar(a: Tensor):\n    return a\n",
+             "Wrong number of inputs in function bar. Expected 3 but was 1"),
+            ("bar", "def bar(:\n", "expected"),
+        ]:  # fmt: skip
+            with pytest.raises(redis.ResponseError) as error:
+                con.execute_command("AI.SCRIPTSTORE", "x", "CPU", "ENTRY_POINTS", 1, entry_point,
+                                    "SOURCE", bad_source)  # fmt: skip
+            assert message in str(error.value)
+        assert client.exists("x") == 0
+        con.execute_command("AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 1, 2)
+        assert con.execute_command("AI.SCRIPTEXECUTE", "s", "bar", "INPUTS", 1, "a",
+                                   "OUTPUTS", 1, "b") == b"OK"  # fmt: skip
+        assert client.tensorget("b").tolist() == [2, 4]
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_event_loop_option() -> None:

@@ -1,9 +1,11 @@
-"""A model that cannot load is refused at store time, as RedisAI did.
+"""A model that cannot load, or a script that does not compile, is refused at store time, as
+RedisAI did.
 
 Where the backend's framework is importable the client loads the blob itself (the backend tests
 show RedisAI's messages: ``Invalid GraphDef``, ...). Here the framework is made unimportable in a
-client process (``sys.modules["onnxruntime"] = None``): the client then asks a live worker serving
-the device (MODELVERIFY), or stores the model with an ``UnverifiedModelWarning``.
+client process (``sys.modules["onnxruntime"] = None``, ``sys.modules["torch"] = None``): the
+client then asks a live worker serving the device (MODELVERIFY, SCRIPTVERIFY), or stores with an
+``UnverifiedModelWarning`` / ``UnverifiedScriptWarning``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from builders import onnx_mul
 from conftest import worker_env
@@ -89,3 +92,73 @@ def test_modelstore_asks_a_live_worker_to_verify(
     result = store_without_framework(redis_server.url, b"\xff\xfe garbage", tmp_path)
     assert result["result"] == ("JobFailed: Failed to load model because protobuf parsing failed.")
     assert not result["exists"] and not result["warnings"]
+
+
+SCRIPT_CLIENT = """
+import json, sys, warnings
+sys.modules["torch"] = None  # torch cannot be imported in this process
+from aiworker import Client, UnverifiedScriptWarning
+url, source, entry_point = sys.argv[1], sys.argv[2], sys.argv[3]
+client = Client.from_url(url)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        client.scriptstore("s", "CPU", source, entry_points=[entry_point])
+        result = "stored"
+    except Exception as exc:
+        result = f"{type(exc).__name__}: {exc}"
+print(json.dumps({
+    "result": result,
+    "warnings": [str(w.message) for w in caught if w.category is UnverifiedScriptWarning],
+    "exists": bool(client.exists("s")),
+    "torch": "torch" in sys.modules and sys.modules["torch"] is not None,
+}))
+"""
+SCRIPT = """
+def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] + tensors[0]
+"""
+
+
+def store_script_without_torch(url: str, source: str, entry_point: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT_CLIENT, url, source, entry_point],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["torch"]
+    return result
+
+
+def test_scriptstore_asks_a_live_worker_to_compile(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    pytest.importorskip("torch")
+    for source, entry_point, error in [
+        (SCRIPT, "nope", "Function nope does not exist in the given script."),
+        ("def bar(a: Tensor):\n    return a\n", "bar",
+         "Wrong number of inputs in function bar. Expected 3 but was 1"),
+    ]:  # fmt: skip
+        result = store_script_without_torch(redis_server.url, source, entry_point)
+        assert result["result"] == f"JobFailed: {error}"
+        assert not result["exists"] and not result["warnings"]
+    result = store_script_without_torch(redis_server.url, SCRIPT, "bar")
+    assert result == {"result": "stored", "warnings": [], "exists": True, "torch": False}
+    client.tensorset("a", np.array([1.0, 2.0], np.float32))
+    client.scriptexecute("s", "bar", inputs=["a"], outputs=["b"])
+    assert client.tensorget("b").tolist() == [2.0, 4.0]
+
+
+def test_no_torch_and_no_live_worker_stores_the_script_with_a_warning(
+    client: Client, redis_server: RedisServer
+) -> None:
+    result = store_script_without_torch(redis_server.url, "not a script", "bar")
+    assert result["result"] == "stored" and result["exists"]
+    assert result["warnings"] == [
+        "script s was stored without being verified: torch cannot be imported in this process "
+        "and no live worker serves queue CPU"
+    ]

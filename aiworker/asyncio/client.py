@@ -13,7 +13,6 @@ from aiworker.asyncio.plans import execute_commands
 from aiworker.client import job_ops
 from aiworker.client.api import AICommands
 from aiworker.client.ops import Op, Print, State, Submit, VerifyHere
-from aiworker.client.verify import verify_model
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.protocol.replies import Reply
@@ -94,9 +93,7 @@ class Client(AICommands, redis.asyncio.Redis):  # type: ignore[misc]
         if isinstance(step, Submit):
             return await self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):
-            return await asyncio.to_thread(
-                verify_model, step.backend, step.blob, step.inputs, step.outputs, step.batchsize
-            )
+            return await asyncio.to_thread(step.check)
         if isinstance(step, Print):
             self._print(step.command)
             return None

@@ -9,7 +9,6 @@ from typing import Any
 from aiworker.client import job_ops
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan
-from aiworker.client.verify import verify_model
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands, drive_steps
@@ -55,7 +54,7 @@ class Driver:
         if isinstance(step, Submit):
             return self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):
-            return verify_model(step.backend, step.blob, step.inputs, step.outputs, step.batchsize)
+            return step.check()
         if isinstance(step, Print):
             self._print(step.command)
             return None

@@ -1,18 +1,19 @@
 """The client methods that become jobs (MODELEXECUTE, SCRIPTEXECUTE, their deprecated forms, the
-one-round-trip ``run``) and the model check at store time (MODELVERIFY), as ``ops.Op`` plans."""
+one-round-trip ``run``) and the checks at store time (MODELVERIFY, SCRIPTVERIFY), as ``ops.Op``
+plans."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from aiworker.client import commands, raw, waiting
 from aiworker.client.commands import text
-from aiworker.client.ops import Op, State, Submit, VerifyHere
-from aiworker.client.verify import UnverifiedModelWarning
+from aiworker.client.ops import Op, State, Submit, VerifyHere, VerifyModelHere, VerifyScriptHere
+from aiworker.client.verify import UnverifiedModelWarning, UnverifiedScriptWarning
 from aiworker.devices import parse_device
 from aiworker.parser import parse_command
 from aiworker.protocol import replies
@@ -25,6 +26,7 @@ from aiworker.protocol.requests import (
     ModelExecute,
     ModelVerify,
     Request,
+    ScriptVerify,
     TensorGet,
     TensorSet,
 )
@@ -33,7 +35,7 @@ from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Plan
 
-# How long a model check at store time may take a worker, and the largest blob sent for one.
+# How long a check at store time may take a worker, and the largest blob or source sent for one.
 VERIFY_TIMEOUT_S = 15.0
 MAX_VERIFY_BYTES = 256 * 1024 * 1024
 
@@ -168,40 +170,65 @@ def verify_plan(
     outputs: Sequence[str],
     batchsize: int,
 ) -> Plan[None]:
-    """Refuse a blob that does not load, as RedisAI did at MODELSTORE: load it here when its
-    framework is importable; else ask a live worker serving the device (MODELVERIFY: its reply
-    says ``loaded`` true or false); else let it be stored with an ``UnverifiedModelWarning``."""
-    loaded = yield VerifyHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
-    if loaded:
+    """Refuse a blob that does not load, as RedisAI did at MODELSTORE (``_checked``)."""
+    data = memoryview(blob).cast("B")
+
+    def request() -> ModelVerify:
+        return ModelVerify(backend, device, bytes(data), tuple(inputs), tuple(outputs), batchsize)
+
+    here = VerifyModelHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
+    yield from _checked(
+        state, f"model {key}", device, here, request, len(data), f"backend {backend}",
+        UnverifiedModelWarning,
+    )  # fmt: skip
+
+
+def verify_script_plan(
+    state: State, key: str, device: str, source: str, entry_points: Sequence[str]
+) -> Plan[None]:
+    """Refuse a script that does not compile or lacks an entry point, as RedisAI did at
+    SCRIPTSTORE (``_checked``: SCRIPTVERIFY when a worker checks it)."""
+    points = tuple(entry_points)
+    yield from _checked(
+        state, f"script {key}", device, VerifyScriptHere(source, points),
+        lambda: ScriptVerify(device, source, points), len(source.encode()), "torch",
+        UnverifiedScriptWarning,
+    )  # fmt: skip
+
+
+def _checked(
+    state: State,
+    what: str,
+    device: str,
+    here: VerifyHere,
+    request: Callable[[], Request],
+    size: int,
+    framework: str,
+    warning: type[Warning],
+) -> Plan[None]:
+    """Check ``what`` here when its framework is importable; else ask a live worker serving the
+    device (the reply's ``loaded`` is its verdict); else let it be stored with ``warning``."""
+    if (yield here):
         return
     queue = parse_device(device).queue
-    why = f"backend {backend} cannot be imported in this process"
-    size = len(memoryview(blob).cast("B"))
+    why = f"{framework} cannot be imported in this process"
     if size > MAX_VERIFY_BYTES:
-        why += f" and the blob is larger than {MAX_VERIFY_BYTES} bytes to send to a worker"
+        why += f" and it is larger than {MAX_VERIFY_BYTES} bytes to send to a worker"
     else:
         statuses = yield from health.live_workers_plan(state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
         if not waiting.serves(statuses, queue):
             why += f" and no live worker serves queue {queue}"
         else:
-            request = ModelVerify(
-                backend, device, bytes(memoryview(blob).cast("B")), tuple(inputs), tuple(outputs),
-                batchsize,
-            )  # fmt: skip
             try:
-                reply: Reply = yield Submit(queue, request, limit=VERIFY_TIMEOUT_S)
+                reply: Reply = yield Submit(queue, request(), limit=VERIFY_TIMEOUT_S)
                 loaded, message = reply.extra.get("loaded"), reply.error
             except (ReplyTimeout, NoLiveWorker):
                 loaded, message = None, f"no answer from queue {queue}"
-            # a verdict carries "loaded"; any other answer (a worker without MODELVERIFY, an
-            # entry it refused) means the model could not be checked
+            # a verdict carries "loaded"; any other answer (a worker without this check, an
+            # entry it refused) means it could not be checked
             if loaded is True:
                 return
             if loaded is False:
-                raise replies.error_of(message or "model does not load")
+                raise replies.error_of(message or f"{what} does not load")
             why += f" and the worker serving queue {queue} could not check it ({message})"
-    warnings.warn(
-        f"model {key} was stored without being verified: {why}",
-        UnverifiedModelWarning,
-        stacklevel=2,
-    )
+    warnings.warn(f"{what} was stored without being verified: {why}", warning, stacklevel=2)

@@ -4,10 +4,10 @@ module has the shared types, configuration, tensors, scans and statistics; ``mod
 ``script_ops`` and ``job_ops`` the rest.
 
 The blocking ``Client`` and ``aiworker.asyncio.Client`` drive the same ops; their drivers execute
-``storage.plans.Commands`` steps, plus the instructions defined here: ``Submit`` (queue a job and wait
-for its reply), ``VerifyHere`` (load a model blob in this process) and ``Print`` (``debug``). A
-method returns redisai-py's post-processed result, or RedisAI's raw reply when the client was made
-with ``enable_postprocess=False`` (``State.raw``).
+``storage.plans.Commands`` steps, plus the instructions defined here: ``Submit`` (queue a job and
+wait for its reply), ``VerifyHere`` (check a model or script in this process) and ``Print``
+(``debug``). A method returns redisai-py's post-processed result, or RedisAI's raw reply when the
+client was made with ``enable_postprocess=False`` (``State.raw``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
+from aiworker.client.verify import check_script_source, verify_model
 from aiworker.devices import parse_device
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
@@ -56,16 +57,39 @@ class Submit:
     limit: float | None = None
 
 
-@dataclass
 class VerifyHere:
-    """Driver instruction: load a model blob in this process (``verify.verify_model``); sends
-    back True (loaded) or False (its framework is not importable here)."""
+    """Driver instruction: check in this process what is about to be stored (``check``); sends
+    back True (it loads or compiles; ``AIError`` with RedisAI's message when it does not) or
+    False (its framework is not importable here). The gateway sends back False without checking:
+    it never loads a framework, a live worker checks instead."""
+
+    def check(self) -> bool:
+        raise NotImplementedError
+
+
+@dataclass
+class VerifyModelHere(VerifyHere):
+    """Load a model blob (``verify.verify_model``)."""
 
     backend: str
     blob: Any
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     batchsize: int = 0
+
+    def check(self) -> bool:
+        return verify_model(self.backend, self.blob, self.inputs, self.outputs, self.batchsize)
+
+
+@dataclass
+class VerifyScriptHere(VerifyHere):
+    """Compile a script and check its entry points (``verify.check_script_source``)."""
+
+    source: str
+    entry_points: tuple[str, ...] = ()
+
+    def check(self) -> bool:
+        return check_script_source(self.source, self.entry_points)
 
 
 @dataclass

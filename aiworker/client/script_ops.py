@@ -6,8 +6,8 @@ from typing import Any
 
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
+from aiworker.client.job_ops import verify_script_plan
 from aiworker.client.ops import Op, State, writable_plan
-from aiworker.client.verify import check_script_source
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Plan
 
@@ -21,8 +21,9 @@ def scriptstore(
     tag: Any = None,
     legacy: bool = False,
 ) -> Op:
-    """AI.SCRIPTSTORE (``legacy``: the deprecated AI.SCRIPTSET, without entry points). Where
-    torch is installed the source is compiled and its entry points checked first, as RedisAI."""
+    """AI.SCRIPTSTORE (``legacy``: the deprecated AI.SCRIPTSET, without entry points). The
+    source is compiled and its entry points checked first, as RedisAI did: here where torch is
+    installed, else by a live worker serving the device (``job_ops.verify_script_plan``)."""
     if legacy:
         tokens = commands.scriptset(key, device, script, tag)
         names: list[str] = []
@@ -32,7 +33,7 @@ def scriptstore(
 
     def plan() -> Plan[Any]:
         device_name, source, points = script_store.validate(device, script, names, legacy)
-        check_script_source(source, points)
+        yield from verify_script_plan(state, text(key), device_name, source, points)
         yield from writable_plan(text(key), script_store.KIND_SCRIPT)
         yield from script_store.store_plan(
             state.keyspace, text(key), device_name, source, points, text(tag) if tag else ""

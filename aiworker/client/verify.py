@@ -2,8 +2,9 @@
 
 RedisAI compiled scripts and loaded models when they were stored, and refused what did not compile
 or load, with the framework's message. The client does the same here when it can import the
-framework; otherwise ``ops.modelstore`` asks a live worker (MODELVERIFY) or stores the model with
-a warning. Frameworks are imported only here, on first use, never by ``import aiworker``.
+framework; otherwise it asks a live worker (MODELVERIFY, SCRIPTVERIFY: ``job_ops._checked``) or
+stores with a warning. Frameworks are imported only here, on first use, never by
+``import aiworker``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from aiworker.protocol.errors import AIError, BackendUnavailable
 
 class UnverifiedModelWarning(UserWarning):
     """A model was stored without being loaded first: no framework here, no live worker."""
+
+
+class UnverifiedScriptWarning(UserWarning):
+    """A script was stored without being compiled first: no torch here, no live worker."""
 
 
 def check_script_source(source: str, entry_points: Sequence[str]) -> bool:

@@ -1,6 +1,7 @@
 """Turns a job whose state has been read into a run: ``prepare`` checks the job against what its
 read brought (and decides whether it runs here, or belongs to another device queue) and builds its
-``JobRun`` - a DAG, single MODELEXECUTE and SCRIPTEXECUTE included - or its ``VerifyRun``.
+``JobRun`` - a DAG, single MODELEXECUTE and SCRIPTEXECUTE included - or its ``VerifyRun`` (a
+MODELVERIFY or SCRIPTVERIFY).
 
 Nothing here writes to Redis: the completion step applies the Outcome (outputs, statistics, reply,
 acknowledgement) in one atomic step, so a failure anywhere before that leaves no trace but the
@@ -17,18 +18,25 @@ from typing import Any, cast
 
 import numpy as np
 
-from aiworker.backends.base import ModelSpec, ScriptContext
+from aiworker.backends.base import LoadedModel, ModelSpec, ScriptContext
 from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.batching import Batch, Member, MemberResult, run_once
 from aiworker.execution.job import LOADED, JobRun, Op, Runtime, make_op
-from aiworker.execution.models import Models, run_model
+from aiworker.execution.models import SCRIPT_BACKEND, Models, run_model
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.state import MetaCache, Snapshot
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import DagExecute, Job, ModelVerify, ScriptExecute
+from aiworker.protocol.requests import (
+    VERIFY_OPS,
+    DagExecute,
+    Job,
+    ModelVerify,
+    ScriptExecute,
+    ScriptVerify,
+)
 from aiworker.storage import model as model_store
 
 RedisCall = Callable[..., Any]
@@ -36,10 +44,11 @@ RedisCall = Callable[..., Any]
 
 @dataclass(eq=False)
 class VerifyRun:
-    """A MODELVERIFY: load a blob as this worker would, keep nothing. One unit of device work."""
+    """A MODELVERIFY or SCRIPTVERIFY: load a blob or compile a script as this worker would, keep
+    nothing. One unit of device work."""
 
     job: Job
-    verify: Callable[[ModelVerify], MemberResult]
+    verify: Callable[[ModelVerify | ScriptVerify], MemberResult]
     result: Outcome | None = None
     running: int = 0
     ticket: Any = None  # what the worker needs to complete it
@@ -55,7 +64,7 @@ class VerifyRun:
 
     def start(self) -> list[Member]:
         self.running = 1
-        request = cast(ModelVerify, self.job.request)
+        request = cast(ModelVerify | ScriptVerify, self.job.request)
         run = lambda: self.verify(request)  # noqa: E731
         return [Member("", None, [], context=(self, None), entry_id=self.entry_id, run=run)]
 
@@ -106,7 +115,7 @@ class Executor:
         device's job to forward)."""
         request = job.request
         try:
-            if request.op == "MODELVERIFY":
+            if request.op in VERIFY_OPS:
                 return VerifyRun(job, self._verify)
             if request.op == "DAGEXECUTE":
                 return self._dag(job, cast(DagExecute, request), snapshot, queue_device)
@@ -168,26 +177,34 @@ class Executor:
         spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
         return JobRun(job, ops, values, persist, self.runtime, spill, single, _deadline(job))
 
-    def _verify(self, request: ModelVerify) -> MemberResult:
-        """Load a blob as a MODELSTORE would have (on the CPU), report, close it. ``counted``
-        says whether the backend gave a verdict (False: the framework is not installed here)."""
+    def _verify(self, request: ModelVerify | ScriptVerify) -> MemberResult:
+        """Load a blob as a MODELSTORE would have, or compile a script as a SCRIPTSTORE would
+        have (both on the CPU: the device is not used), report, close it. ``counted`` says
+        whether the backend gave a verdict (False: the framework is not installed here)."""
+        name = SCRIPT_BACKEND if isinstance(request, ScriptVerify) else request.backend
         try:
-            backend = self.models.registry.get(request.backend)
+            backend = self.models.registry.get(name)
         except AIWorkerError as exc:
             return MemberResult(None, error_text(exc), counted=False)
-        spec = ModelSpec(
-            key="",
-            device=parse_device("CPU"),
-            inputs=request.inputs,
-            outputs=request.outputs,
-            batchsize=request.batchsize,
-        )
+        cpu = parse_device("CPU")
+        loaded: LoadedModel
         try:
-            backend.load(request.blob, spec).close()
+            if isinstance(request, ScriptVerify):
+                loaded = backend.load_script(request.source, request.entry_points, cpu)
+            else:
+                spec = ModelSpec(
+                    key="",
+                    device=cpu,
+                    inputs=request.inputs,
+                    outputs=request.outputs,
+                    batchsize=request.batchsize,
+                )
+                loaded = backend.load(request.blob, spec)
+            loaded.close()
         except AIError as exc:
             return MemberResult(None, error_text(exc))
-        except Exception as exc:  # a blob the framework chokes on
-            return MemberResult(None, f"{request.backend}: {error_text(exc)}")
+        except Exception as exc:  # a blob or source the framework chokes on
+            return MemberResult(None, f"{name}: {error_text(exc)}")
         return MemberResult([])
 
     # what scripts may call ----------------------------------------------------------------------

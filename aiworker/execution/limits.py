@@ -24,6 +24,7 @@ import numpy as np
 from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
+from aiworker.protocol.requests import VERIFY_OPS
 from aiworker.protocol.text import text
 from aiworker.storage.tensor_io import REDIS_MAX_VALUE_BYTES
 
@@ -142,8 +143,9 @@ def stored_nbytes(array: np.ndarray) -> int:
 def check_entry(fields: Mapping[Any, Any], limit: int = 0) -> int:
     """Refuse stream entries that are far larger than any job needs; returns the entry's size.
 
-    ``limit`` is larger only to let a MODELVERIFY carry its model blob (up to max_model_bytes);
-    every other job is held to MAX_ENTRY_BYTES once decoded (``check_entry_for``)."""
+    ``limit`` is larger only to let a MODELVERIFY carry its model blob (up to max_model_bytes)
+    and a SCRIPTVERIFY its source; every other job is held to MAX_ENTRY_BYTES once decoded
+    (``check_entry_for``)."""
     limit = max(limit, MAX_ENTRY_BYTES)
     size = 0
     for name, value in fields.items():
@@ -154,8 +156,9 @@ def check_entry(fields: Mapping[Any, Any], limit: int = 0) -> int:
 
 
 def check_entry_for(op: str, size: int) -> None:
-    """Only a MODELVERIFY (a model blob to check) may exceed MAX_ENTRY_BYTES."""
-    if size > MAX_ENTRY_BYTES and op != "MODELVERIFY":
+    """Only a MODELVERIFY or SCRIPTVERIFY (a model blob or a script to check) may exceed
+    MAX_ENTRY_BYTES."""
+    if size > MAX_ENTRY_BYTES and op not in VERIFY_OPS:
         raise _entry_too_big(size, MAX_ENTRY_BYTES)
 
 

@@ -54,8 +54,8 @@ def decode(data: bytes) -> Any:
 
 
 def local_result(step: Any) -> Any:
-    """What a plan gets for a step the gateway answers itself: nothing to print, and models are
-    never loaded here (``VerifyHere``: a live worker checks them)."""
+    """What a plan gets for a step the gateway answers itself: nothing to print, and models and
+    scripts are never checked here (``VerifyHere``: a live worker checks them)."""
     if isinstance(step, VerifyHere):
         return False
     if isinstance(step, Print):

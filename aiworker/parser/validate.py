@@ -13,6 +13,7 @@ from typing import Any
 
 from aiworker.parser.dag import check_names
 from aiworker.parser.execute import DAG_TIMEOUT
+from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import (
     DagExecute,
@@ -20,6 +21,7 @@ from aiworker.protocol.requests import (
     ModelVerify,
     Request,
     ScriptExecute,
+    ScriptVerify,
     TensorGet,
     TensorSet,
 )
@@ -79,6 +81,11 @@ def _verify(request: ModelVerify, in_dag: bool, readonly: bool) -> None:
         raise AIError("MODELVERIFY needs a backend and a blob")
 
 
+def _verify_script(request: ScriptVerify, in_dag: bool, readonly: bool) -> None:
+    if not request.source:
+        raise AIError(messages.SCRIPT_NO_SOURCE)
+
+
 # op -> its rules (arguments: the request, inside a DAG, in a read-only DAG)
 _OP_RULES: dict[str, Callable[[Any, bool, bool], None]] = {
     "MODELEXECUTE": _model,
@@ -91,6 +98,7 @@ _REQUEST_RULES: dict[str, Callable[[Any, bool, bool], None]] = {
     "SCRIPTEXECUTE": _script,
     "DAGEXECUTE": _dag,
     "MODELVERIFY": _verify,
+    "SCRIPTVERIFY": _verify_script,
 }
 
 

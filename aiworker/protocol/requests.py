@@ -247,13 +247,44 @@ class ModelVerify:
         return None  # it names its device itself
 
 
-Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify
+@dataclass(frozen=True)
+class ScriptVerify:
+    """SCRIPTVERIFY: compile a script's source as a worker would and check its entry points
+    (RedisAI's messages; RedisAI compiled scripts at SCRIPTSTORE), nothing stored or kept. The
+    reply's ``loaded`` says whether it compiled, as MODELVERIFY's does."""
+
+    device: str
+    source: str
+    entry_points: tuple[str, ...] = ()
+    timeout_ms: int | None = None
+    op: str = field(default="SCRIPTVERIFY", init=False)
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def written_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def written_together(self) -> tuple[str, ...]:
+        return ()
+
+    def state_reads(self) -> list[Read]:
+        return []
+
+    def runs_on(self) -> Read | None:
+        return None  # it names its device itself
+
+
+Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify | ScriptVerify
 _REQUEST_TYPES: dict[str, type[Request]] = {
     "MODELEXECUTE": ModelExecute,
     "SCRIPTEXECUTE": ScriptExecute,
     "DAGEXECUTE": DagExecute,
     "MODELVERIFY": ModelVerify,
+    "SCRIPTVERIFY": ScriptVerify,
 }
+# Requests that check something a client is about to store: they read and write no key.
+VERIFY_OPS = frozenset({"MODELVERIFY", "SCRIPTVERIFY"})
 _OP_TYPES: dict[str, type[DagOp]] = {
     "TENSORSET": TensorSet,
     "TENSORGET": TensorGet,
