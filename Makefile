@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; other torch builds work too (pip install 'aiworker[torch]').
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-quick lint bench clean
+# Python for SmartRedis' own environment (its wheels need 3.9-3.11)
+SMARTREDIS_PYTHON ?= $(PYTHON)
+SMARTREDIS_ENV := tests/gateway_smartredis/.venv
+
+.PHONY: install test-clients demo test test-quick lint bench clean
 
 install: $(VENV)/.installed
 
@@ -16,13 +20,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $@
 
+# The RedisAI clients the gateway's tests drive besides redis-py and redis-cli: a Node program on
+# ioredis and SmartRedis (SmartSim's client), each in an environment of its own.
+test-clients: tests/gateway_node/node_modules/.package-lock.json $(SMARTREDIS_ENV)/.installed
+
+tests/gateway_node/node_modules/.package-lock.json: tests/gateway_node/package-lock.json
+	npm ci --prefix tests/gateway_node --no-audit --no-fund
+
+$(SMARTREDIS_ENV)/.installed: tests/gateway_smartredis/requirements.txt
+	$(SMARTREDIS_PYTHON) -m venv $(SMARTREDIS_ENV)
+	$(SMARTREDIS_ENV)/bin/python -m pip install -q -r tests/gateway_smartredis/requirements.txt
+	touch $@
+
 demo: install
 	$(PY) -m aiworker.demo
 
-test: install
+test: install test-clients
 	$(PY) -m pytest -q
 
-test-quick: install
+test-quick: install test-clients
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
@@ -34,4 +50,4 @@ bench: install
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SMARTREDIS_ENV) tests/gateway_node/node_modules .pytest_cache .mypy_cache .ruff_cache

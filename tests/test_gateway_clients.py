@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import ROOT, worker_env
+from conftest import ROOT, torch_blob, worker_env
 from test_gateway import running_gateway
 
 from aiworker import Client, Settings, Worker
@@ -23,6 +23,7 @@ from aiworker.gateway import Gateway
 from aiworker.protocol.keys import key_slot
 
 NODE_CLIENT = ROOT / "tests" / "gateway_node"
+SMARTREDIS = ROOT / "tests" / "gateway_smartredis"
 
 
 @pytest.fixture
@@ -86,6 +87,29 @@ def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
     done = subprocess.run(
         [node, str(NODE_CLIENT / "client.js"), str(port)], capture_output=True, timeout=120
     )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all RedisAI commands ok" in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["cluster", "standalone"])
+def test_smartredis_client(
+    client: Client, settings: Settings, worker: Worker, tmp_path: Path, mode: str
+) -> None:
+    """SmartRedis (SmartSim's client; C++ underneath) in both of its modes: cluster mode (its
+    default) against ``--emulate-cluster``, and standalone."""
+    python = SMARTREDIS / ".venv" / "bin" / "python"
+    assert python.exists(), f"run `make test-clients` first (it installs {SMARTREDIS}/.venv)"
+    model = tmp_path / "add.pt"
+    model.write_bytes(torch_blob("add"))
+    # SmartRedis sends a command again when its reply takes over SR_SOCKET_TIMEOUT (250 ms by
+    # default): on a loaded test machine a list append would then be made twice
+    env = worker_env(SR_LOG_LEVEL="QUIET", SR_SOCKET_TIMEOUT="30000")
+    with running_gateway(settings, emulate_cluster=mode == "cluster") as gw:
+        host, port = gw.address()
+        done = subprocess.run(
+            [str(python), str(SMARTREDIS / "client.py"), f"{host}:{port}", mode, str(model)],
+            env=env, cwd=tmp_path, capture_output=True, timeout=300,
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
     assert b"all RedisAI commands ok" in done.stdout
 
