@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
 # Python for SmartRedis' own environment (its wheels need 3.9-3.11)
-SMARTREDIS_PYTHON ?= $(PYTHON)
+SMARTREDIS_PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || command -v python3.9 || echo $(PYTHON))
 SMARTREDIS_ENV := tests/gateway_smartredis/.venv
 
 .PHONY: install test-clients demo test test-quick lint bench clean
