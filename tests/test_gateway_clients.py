@@ -91,12 +91,13 @@ def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
     assert b"all RedisAI commands ok" in done.stdout
 
 
-@pytest.mark.parametrize("mode", ["cluster", "standalone"])
+@pytest.mark.parametrize("mode", ["cluster", "standalone", "unix"])
 def test_smartredis_client(
     client: Client, settings: Settings, worker: Worker, tmp_path: Path, mode: str
 ) -> None:
     """SmartRedis (SmartSim's client; C++ underneath) in both of its modes: cluster mode (its
-    default) against ``--emulate-cluster``, and standalone."""
+    default) against ``--emulate-cluster``, and standalone, over TCP and over the gateway's
+    Unix socket."""
     python = SMARTREDIS / ".venv" / "bin" / "python"
     assert python.exists(), f"run `make test-clients` first (it installs {SMARTREDIS}/.venv)"
     model = tmp_path / "add.pt"
@@ -104,10 +105,14 @@ def test_smartredis_client(
     # SmartRedis sends a command again when its reply takes over SR_SOCKET_TIMEOUT (250 ms by
     # default): on a loaded test machine a list append would then be made twice
     env = worker_env(SR_LOG_LEVEL="QUIET", SR_SOCKET_TIMEOUT="30000")
-    with running_gateway(settings, emulate_cluster=mode == "cluster") as gw:
+    path = tmp_path / "gateway.sock"
+    unix = str(path) if mode == "unix" else ""
+    with running_gateway(settings, emulate_cluster=mode == "cluster", unix_socket=unix) as gw:
         host, port = gw.address()
+        address = f"unix://{path}" if unix else f"{host}:{port}"
+        sr_mode = "cluster" if mode == "cluster" else "standalone"
         done = subprocess.run(
-            [str(python), str(SMARTREDIS / "client.py"), f"{host}:{port}", mode, str(model)],
+            [str(python), str(SMARTREDIS / "client.py"), address, sr_mode, str(model)],
             env=env, cwd=tmp_path, capture_output=True, timeout=300,
         )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()

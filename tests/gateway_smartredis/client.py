@@ -1,7 +1,7 @@
 """SmartRedis (SmartSim's RedisAI client: C++ on redis-plus-plus and hiredis, used here through
 its Python binding) against the gateway: what a SmartSim application does with RedisAI.
 
-    python client.py HOST:PORT cluster|standalone MODEL_PATH
+    python client.py HOST:PORT|unix://PATH cluster|standalone MODEL_PATH
 
 MODEL_PATH: a TorchScript module adding its two inputs.
 Runs in its own environment (SmartRedis 0.6.1 needs numpy < 2 and Python < 3.12; see
