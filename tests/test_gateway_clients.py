@@ -256,6 +256,19 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         )
         assert con.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [b"2", b"4"]
         assert cluster_client.tensorget("{b}y").tolist() == [2, 4]
+        # a script is compiled by the cluster's worker before it is stored (SCRIPTVERIFY)
+        source = "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n" + (
+            "    return tensors[0] * 2\n"
+        )
+        assert con.execute_command("AI.SCRIPTSTORE", "{a}s", "CPU", "ENTRY_POINTS", 1, "bar",
+                                   "SOURCE", source) == b"OK"  # fmt: skip
+        with pytest.raises(redis.ResponseError, match="Function nope does not exist"):
+            con.execute_command("AI.SCRIPTSTORE", "{a}s2", "CPU", "ENTRY_POINTS", 1, "nope",
+                                "SOURCE", source)  # fmt: skip
+        assert cluster_client.exists("{a}s2") == 0
+        assert con.execute_command("AI.SCRIPTEXECUTE", "{a}s", "bar", "INPUTS", 1, "{a}x",
+                                   "OUTPUTS", 1, "{a}z") == b"OK"  # fmt: skip
+        assert cluster_client.tensorget("{a}z").tolist() == [2, 4]
         # a large blob, received in place, goes to the cluster client as it came
         big = np.arange(300_000, dtype=np.float32)
         assert con.execute_command("AI.TENSORSET", "{c}t", "FLOAT", big.size, "BLOB", big.tobytes())
