@@ -2,11 +2,14 @@
 
     python -m bench.gpu [--clients 32] [--client-processes 4] [--threads-per-queue 1,2]
                         [--batch 32] [--seconds 5] [--latency-calls 200]
-                        [--redis-server PATH] [--unix-socket] [--small] [--intra-op N]
+                        [--redis-server PATH] [--unix-socket] [--small | --mean] [--side N]
+                        [--intra-op N]
 
 The model: a torchvision ResNet-50 (``weights=None``: nothing is downloaded) on ``GPU`` when torch
 sees a CUDA device and torchvision is importable, else (or with ``--small``) a small convolutional
-net built here (``bench.torch_modes.ConvNet`` on 3x64x64 images) on ``CPU``. It is scripted to
+net built here (``bench.torch_modes.ConvNet`` on 3x64x64 images) on ``CPU``; ``--mean``: a model
+that only averages its input (``--side 224``: ResNet's inputs), to measure what moving the
+inputs costs the worker and Redis. It is scripted to
 TorchScript in eval mode, fp32, and stored once without batching and once with BATCHSIZE --batch.
 Each client stores its one input image once and then calls AI.MODELEXECUTE on it, back to back
 (a closed loop), from threads spread over --client-processes processes.
@@ -59,9 +62,20 @@ from bench.common import (
 OFF, ON = "bench:model", "bench:model:batched"
 
 
-def build_model(small: bool, side: int = 64) -> tuple[str, Any, tuple[int, ...], str]:
+class Mean(torch.nn.Module):  # type: ignore[misc]
+    """Each image's per-channel mean: next to no compute, so a run measures moving the inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=[2, 3])
+
+
+def build_model(
+    small: bool, side: int = 64, mean: bool = False
+) -> tuple[str, Any, tuple[int, ...], str]:
     """(description, module in eval mode, one input's shape, aiworker device); the small conv net
-    takes ``side`` x ``side`` images."""
+    (or ``mean``) takes ``side`` x ``side`` images."""
+    if mean:
+        return "per-channel mean (bench.gpu.Mean)", Mean().eval(), (1, 3, side, side), "CPU"
     if not small and torch.cuda.is_available():
         try:
             import torchvision
@@ -381,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
     parser.add_argument("--small", action="store_true", help="the small conv net, on the CPU")
     parser.add_argument(
+        "--mean",
+        action="store_true",
+        help="a model that only averages its input, on the CPU: what moving the inputs costs",
+    )
+    parser.add_argument(
         "--side", type=int, default=64, help="the small conv net's image side (224: ResNet's)"
     )
     parser.add_argument(
@@ -403,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates TorchScript
     if args.intra_op:
         torch.set_num_threads(args.intra_op)
-    described, module, shape, device = build_model(args.small, args.side)
+    described, module, shape, device = build_model(args.small, args.side, args.mean)
     blob = torchscript_bytes(module)
     image = np.random.default_rng(0).standard_normal(shape, np.float32)
     stored = in_process(blob, shape, device, args.batch, args.seconds, as_run=False)

@@ -116,3 +116,43 @@ def test_torch_cpu_script_calls_that_took_long_run_on_the_forward_threads(
     monkeypatch.setattr(forward_threads, "HAND_OFF_S", 60.0)
     script.call("twice", ones, [], [], 1)  # type: ignore[attr-defined]
     assert handed == ["_call"]  # short: on the calling thread
+
+
+def test_openmp_spin_shortened_unless_the_environment_chose() -> None:
+    env: dict[str, str] = {}
+    assert forward_threads.shorten_openmp_spin(env)
+    assert env == {"GOMP_SPINCOUNT": forward_threads.WORKER_SPIN_COUNT}
+    for name, value in [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "300000"),
+                        ("KMP_BLOCKTIME", "200")]:  # fmt: skip
+        chosen = {name: value}
+        assert not forward_threads.shorten_openmp_spin(chosen) and chosen == {name: value}
+
+
+WORKER_PROCESS = """
+import os, signal, sys, threading
+from aiworker import Settings, Worker
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+Worker(Settings(redis_url=sys.argv[1])).run_forever()
+print(os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "10000"), ("300000", "300000")])
+def test_a_worker_process_shortens_the_spin_at_start(
+    redis_server: Any, given: str | None, seen: str
+) -> None:
+    """``Worker.run_forever`` (the process is the worker's) sets it before backends load."""
+    import subprocess
+    import sys
+
+    from conftest import worker_env
+
+    env = worker_env(unset=forward_threads.OPENMP_WAIT_SETTINGS)
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_PROCESS, redis_server.url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == seen

@@ -35,6 +35,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aiworker import malloc
+from aiworker.backends import forward_threads
 from aiworker.backends.base import BackendOptions, Registry
 from aiworker.devices import parse_device
 from aiworker.execution.executor import Executor
@@ -348,6 +349,7 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         malloc.keep_freed_memory()  # the process is the worker's now
+        forward_threads.shorten_openmp_spin()  # before a backend loads OpenMP
         self.start()
         while not self._stop.wait(0.5):
             pass
