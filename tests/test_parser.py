@@ -13,7 +13,6 @@ from aiworker.parser.commands import (
     ModelGet,
     ModelScan,
     ModelStore,
-    ModuleInfo,
     ScriptDel,
     ScriptGet,
     ScriptScan,
@@ -115,7 +114,6 @@ VALID: list[tuple[str, object]] = [
     ("AI.INFO m", InfoGet("m")),
     ("AI.INFO m RESETSTAT", InfoGet("m", reset=True)),
     ("AI.INFO m other", InfoGet("m")),
-    ("AI.INFO", ModuleInfo()),
     (
         "AI.CONFIG LOADBACKEND TORCH libtorch.so",
         ConfigCommand("LOADBACKEND", "TORCH", "libtorch.so"),
@@ -460,6 +458,7 @@ ERRORS: list[tuple[str, str]] = [
     ("AI.SCRIPTRUN s f a INPUTS b", "Unrecongnized parameter to SCRIPTRUN"),
     ("AI.SCRIPTRUN s f TIMEOUT x INPUTS a", "Invalid value for TIMEOUT"),
     # AI.INFO / AI.CONFIG
+    ("AI.INFO", "wrong number of arguments for 'AI.INFO' command"),
     ("AI.INFO m RESETSTAT x", "wrong number of arguments for 'AI.INFO' command"),
     ("AI.CONFIG", "wrong number of arguments for 'AI.CONFIG' command"),
     ("AI.CONFIG LOADBACKEND TORCH", "wrong number of arguments for 'AI.CONFIG' command"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from aiworker.client import job_ops, model_ops, ops, raw, script_ops, waiting
+from aiworker.client import job_ops, model_ops, ops, raw, script_ops
 from aiworker.client.ops import CONFIG_NAMES, State
 from aiworker.parser import Command
 from aiworker.parser.commands import (
@@ -26,7 +26,6 @@ from aiworker.parser.commands import (
     ModelGet,
     ModelScan,
     ModelStore,
-    ModuleInfo,
     ScriptDel,
     ScriptGet,
     ScriptScan,
@@ -36,22 +35,13 @@ from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.protocol.resp import ErrorReply, Status
-from aiworker.storage import health, stats, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
+from aiworker.storage import stats, tensor_io
 from aiworker.storage.plans import Plan
 
 OK = Status("OK")
 STORES = (ModelStore, ScriptStore)
-# What AI.INFO without a key names: the RedisAI whose replies the gateway gives, and RedisAI's
-# label for each backend, in its order.
-REDISAI_VERSION = b"1.2.7"
-BACKEND_LABELS = (
-    ("TF", "TensorFlow version"),
-    ("TORCH", "Torch version"),
-    ("TFLITE", "TFLite version"),
-    ("ONNX", "ONNX version"),
-)
 
 
 def reply_plan(state: State, cmd: Command) -> Plan[Any]:
@@ -69,23 +59,6 @@ def _info(state: State, cmd: InfoGet) -> Plan[Any]:
         yield from stats.reset_plan(state.keyspace, cmd.key)
         return OK
     return raw.info_reply((yield from stats.info_plan(state.keyspace, cmd.key)))
-
-
-def _module_info(state: State, cmd: ModuleInfo) -> Plan[Any]:
-    """RedisAI's version fields, then the version of each backend a live worker has loaded
-    (RedisAI listed the backends it had loaded; here the workers load them)."""
-    statuses = yield from health.live_workers_plan(state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
-    loaded: dict[str, str] = {}
-    for status in statuses:
-        backends = status.get("backends")
-        if isinstance(backends, dict):
-            loaded.update((k, v) for k, v in backends.items() if isinstance(v, str))
-    reply: list[Any] = [Status("Version"), REDISAI_VERSION, Status("Low Level API Version"), b"1"]
-    reply += [Status("RDB Encoding version"), b"1"]  # RedisAI 1.2.7 gave its API version here
-    for name, label in BACKEND_LABELS:
-        if name in loaded:  # one line: a simple string ends at its line's end
-            reply += [Status(label), Status(" ".join(loaded[name].split()))]
-    return reply
 
 
 def _tensorget(state: State, cmd: TensorGet) -> Plan[Any]:
@@ -206,7 +179,6 @@ _HANDLERS: dict[type[Any], Callable[[State, Any], Plan[Any]]] = {
     ScriptDel: _scriptdel,
     ScriptScan: _scriptscan,
     InfoGet: _info,
-    ModuleInfo: _module_info,
     ConfigCommand: _config,
 }
 

@@ -81,11 +81,6 @@ class InfoGet:
 
 
 @dataclass(frozen=True)
-class ModuleInfo:
-    """AI.INFO without a key (RedisAI 1.2.3 on): the module's version and its backends'."""
-
-
-@dataclass(frozen=True)
 class ConfigCommand:
     """AI.CONFIG: ``action`` is LOADBACKEND (name=backend, value=path), GET (name) or SET."""
 
@@ -104,6 +99,5 @@ DirectCommand = (
     | ScriptDel
     | ScriptScan
     | InfoGet
-    | ModuleInfo
     | ConfigCommand
 )
