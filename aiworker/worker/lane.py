@@ -30,9 +30,10 @@ not "running" for the hung-job watchdog.
 
 Reading ahead for a batching model is bounded by what this worker can start soon: up to the room
 left in the batch that is forming, and, when other live workers serve the same queue, no more than
-this worker's share of what is queued (XINFO GROUPS' lag divided by the live workers), so one
-worker never takes a whole queue. What may wait in the batcher is capped (``max_batch_waiting``,
-``max_batch_waiting_bytes``): beyond it, the oldest group runs as it is.
+this worker's share of what is queued at each read (XINFO GROUPS' lag divided by the live
+workers), so the others get their turn (one whose peers wait for a core can still take most of a
+queue, a share of the rest at a time). What may wait in the batcher is capped
+(``max_batch_waiting``, ``max_batch_waiting_bytes``): beyond it, the oldest group runs as it is.
 """
 
 from __future__ import annotations
