@@ -48,11 +48,10 @@ print(json.dumps({
 """
 
 
-def store_without_framework(url: str, blob: bytes, tmp_path: Path) -> dict[str, Any]:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(blob)
+def run_client(program: str, *args: str) -> dict[str, Any]:
+    """The JSON line a client program (run in a process of its own) printed last."""
     done = subprocess.run(
-        [sys.executable, "-c", CLIENT, url, str(path)],
+        [sys.executable, "-c", program, *args],
         env=worker_env(),
         capture_output=True,
         text=True,
@@ -60,6 +59,13 @@ def store_without_framework(url: str, blob: bytes, tmp_path: Path) -> dict[str, 
         check=True,
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def store_without_framework(url: str, blob: bytes, tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(blob)
+    result = run_client(CLIENT, url, str(path))
     assert not result["onnxruntime"]
     return result
 
@@ -121,15 +127,7 @@ def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
 
 
 def store_script_without_torch(url: str, source: str, entry_point: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT_CLIENT, url, source, entry_point],
-        env=worker_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_client(SCRIPT_CLIENT, url, source, entry_point)
     assert not result["torch"]
     return result
 

@@ -214,8 +214,27 @@ class DagExecute:
         return next((found for op in self.ops if (found := op.runs_on()) is not None), None)
 
 
+class _Check:
+    """What a check at store time (MODELVERIFY, SCRIPTVERIFY) names: no key, read or written."""
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def written_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def written_together(self) -> tuple[str, ...]:
+        return ()
+
+    def state_reads(self) -> list[Read]:
+        return []
+
+    def runs_on(self) -> Read | None:
+        return None  # it names its device itself
+
+
 @dataclass(frozen=True)
-class ModelVerify:
+class ModelVerify(_Check):
     """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
     stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply carries
     the verdict in ``loaded``: ``{"status": "ok", "loaded": true}``, or ``{"status": "error",
@@ -231,24 +250,9 @@ class ModelVerify:
     timeout_ms: int | None = None
     op: str = field(default="MODELVERIFY", init=False)
 
-    def names(self) -> tuple[str, ...]:
-        return ()
-
-    def written_keys(self) -> tuple[str, ...]:
-        return ()
-
-    def written_together(self) -> tuple[str, ...]:
-        return ()
-
-    def state_reads(self) -> list[Read]:
-        return []
-
-    def runs_on(self) -> Read | None:
-        return None  # it names its device itself
-
 
 @dataclass(frozen=True)
-class ScriptVerify:
+class ScriptVerify(_Check):
     """SCRIPTVERIFY: compile a script's source as a worker would and check its entry points
     (RedisAI's messages; RedisAI compiled scripts at SCRIPTSTORE), nothing stored or kept. The
     reply's ``loaded`` says whether it compiled, as MODELVERIFY's does."""
@@ -258,21 +262,6 @@ class ScriptVerify:
     entry_points: tuple[str, ...] = ()
     timeout_ms: int | None = None
     op: str = field(default="SCRIPTVERIFY", init=False)
-
-    def names(self) -> tuple[str, ...]:
-        return ()
-
-    def written_keys(self) -> tuple[str, ...]:
-        return ()
-
-    def written_together(self) -> tuple[str, ...]:
-        return ()
-
-    def state_reads(self) -> list[Read]:
-        return []
-
-    def runs_on(self) -> Read | None:
-        return None  # it names its device itself
 
 
 Request = ModelExecute | ScriptExecute | DagExecute | ModelVerify | ScriptVerify
