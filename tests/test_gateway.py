@@ -699,10 +699,10 @@ def test_client_reply_off_and_skip(gateway: Gateway) -> None:
     assert read_until_closed(sock) == b"$1\r\n1\r\n+OK\r\n:1\r\n+OK\r\n"
 
 
-def test_hello_3_is_refused_and_quit_closes(gateway: Gateway) -> None:
+def test_quit_closes(gateway: Gateway) -> None:
     sock = raw_socket(gateway)
-    sock.sendall(b"HELLO 3\r\nPING\r\nQUIT\r\nPING\r\n")
-    assert read_until_closed(sock) == (b"-NOPROTO unsupported protocol version\r\n+PONG\r\n+OK\r\n")
+    sock.sendall(b"PING\r\nQUIT\r\nPING\r\n")
+    assert read_until_closed(sock) == b"+PONG\r\n+OK\r\n"
 
 
 def test_a_client_leaving_mid_pipeline_leaves_nothing_half_written(

@@ -58,6 +58,11 @@ def test_redis_cli(gateway: Gateway, worker: Worker, client: Client) -> None:
     assert redis_cli(gateway, "AI.MODELEXECUTE", "m", "INPUTS", "2", "a", "a", "OUTPUTS", "1",
                      "b") == "OK\n"  # fmt: skip
     assert redis_cli(gateway, "--no-raw", "AI.TENSORGET", "b", "VALUES") == '1) "4"\n2) "6"\n'
+    # redis-cli -3 speaks RESP3 (HELLO 3): RedisAI's float values are doubles then
+    assert redis_cli(gateway, "-3", "--no-raw", "AI.TENSORGET", "a", "VALUES") == (
+        "1) (double) 2\n2) (double) 3\n"
+    )
+    assert redis_cli(gateway, "-3", "--no-raw", "HGETALL", "a").startswith("1# ")  # a map
     assert redis_cli(gateway, "--no-raw", "AI.CONFIG", "GET", "MODEL_CHUNK_SIZE") == (
         "(integer) 535822336\n"
     )
@@ -294,6 +299,23 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
             b"key9"
         )
+
+
+def test_resp3_on_a_real_cluster(cluster_client: Client, cluster_settings: Settings) -> None:
+    """HELLO 3 reaches every master the client's commands go to, those opened later too."""
+    with running_gateway(cluster_settings) as gw:
+        con = redis.Redis(*gw.address(), protocol=3, socket_timeout=30)
+        keys = [f"h{n}" for n in range(30)]
+        assert len({key_slot(k) * 3 // 16384 for k in keys}) == 3  # all three masters
+        for key in keys:
+            con.hset(key, "f", key)
+        pipe = con.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command("HGETALL", key)  # a map only if that master speaks RESP3
+        assert pipe.execute() == [{b"f": key.encode()} for key in keys]
+        assert con.execute_command("AI.TENSORSET", "{a}x", "FLOAT", 2, "VALUES", 1, 2) == b"OK"
+        assert con.execute_command("AI.TENSORGET", "{a}x", "VALUES") == [1.0, 2.0]
+        assert con.execute_command("CLUSTER", "SHARDS")[0][b"slots"] == [0, 16383]
 
 
 @pytest.mark.slow

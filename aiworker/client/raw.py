@@ -14,6 +14,7 @@ import numpy as np
 
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.replies import Status
+from aiworker.protocol.resp import Double
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
 
@@ -28,13 +29,13 @@ def simple(status: Status, raw: bool) -> str | bytes:
 
 
 def _values(array: np.ndarray) -> list[Any]:
-    """TENSORGET VALUES: floats as RedisAI's ``%.17g`` bulk strings, integers and bools as
-    integers, strings as bulk strings."""
+    """TENSORGET VALUES: floats as RedisAI's doubles (``%.17g`` bulk strings in RESP2), integers
+    and bools as integers, strings as bulk strings."""
     flat = array.reshape(-1)
     if codec.dtype_of(array) == "STRING":
         return [v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist()]
     if array.dtype.kind == "f":
-        return [(b"%.17g" % v) for v in flat.tolist()]
+        return [Double(b"%.17g" % v) for v in flat.tolist()]
     return [int(v) for v in flat.tolist()]
 
 

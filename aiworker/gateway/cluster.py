@@ -54,9 +54,9 @@ def _info(host: str, port: int) -> bytes:
 EMULATED = (b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER")
 
 
-def emulated_reply(args: list[bytes], host: str, port: int) -> bytes | None:
-    """The reply of a one-shard cluster at ``host:port``, or None for commands it leaves to
-    Redis."""
+def emulated_reply(args: list[bytes], host: str, port: int, resp3: bool = False) -> bytes | None:
+    """The reply of a one-shard cluster at ``host:port`` (in RESP3 if ``resp3``), or None for
+    commands it leaves to Redis."""
     name = args[0].upper()
     if name in EMULATED[:3]:
         return resp.OK
@@ -67,10 +67,10 @@ def emulated_reply(args: list[bytes], host: str, port: int) -> bytes | None:
     address = host.encode()
     if sub == b"SLOTS":
         return resp.encode([[0, SLOTS - 1, [address, port, ident.encode(), []]]])
-    if sub == b"SHARDS":
-        node = [b"id", ident.encode(), b"port", port, b"ip", address, b"endpoint", address]
-        node += [b"role", b"master", b"replication-offset", 0, b"health", b"online"]
-        return resp.encode([[b"slots", [0, SLOTS - 1], b"nodes", [node]]])
+    if sub == b"SHARDS":  # maps in RESP3, arrays of names and values in RESP2
+        node = {b"id": ident.encode(), b"port": port, b"ip": address, b"endpoint": address}
+        node |= {b"role": b"master", b"replication-offset": 0, b"health": b"online"}
+        return resp.encode([{b"slots": [0, SLOTS - 1], b"nodes": [node]}], resp3)
     if sub == b"NODES":
         line = (
             f"{ident} {host}:{port}@{port + 10000} myself,master - 0 0 1 connected 0-{SLOTS - 1}\n"

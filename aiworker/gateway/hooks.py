@@ -2,7 +2,8 @@
 
 ``HOOKS[name](session, slot, args, reply)`` sees the reply first and returns the reply the client
 gets, or None when the session fills the slot later (EXEC of a transaction holding AI.* commands).
-AUTH and HELLO change the identity AI.* commands run as off the connection, SELECT its DB; WATCH
+AUTH and HELLO change the identity AI.* commands run as off the connection, HELLO and RESET the
+protocol the client speaks (``resp3``), SELECT the DB; WATCH
 and UNWATCH whether AI.* commands may use the connection; MULTI, EXEC, DISCARD and RESET the
 transaction AI.* commands join (``transaction``).
 """
@@ -25,6 +26,7 @@ class ReplyHooks:
 
     identity: Identity
     authed: bool
+    resp3: bool
     watching: bool
     transaction: Transaction | None
     ai_task: Any
@@ -60,12 +62,20 @@ class ReplyHooks:
             self._signed_in(args[1] if len(args) == 3 else b"default", args[-1])
         return data
 
+    def _speak(self, resp3: bool) -> None:
+        self.resp3 = resp3
+        self.router.speak(resp3)
+
     def on_hello(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        if data[:1] not in (b"*", b"%"):  # refused (an error): nothing changed
+            return data
         words = [arg.upper() for arg in args]
-        if data[:1] == b"*" and b"AUTH" in words:
+        if b"AUTH" in words:
             at = words.index(b"AUTH")
             if len(args) > at + 2:
                 self._signed_in(args[at + 1], args[at + 2])
+        if len(args) > 1:  # Redis accepts only 2 and 3, spelt so
+            self._speak(args[1] == b"3")
         return data
 
     def on_select(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
@@ -86,7 +96,7 @@ class ReplyHooks:
 
     def on_multi(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
         if data == resp.OK:
-            self.transaction = Transaction()
+            self.transaction = Transaction(self.resp3)
         return data
 
     def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
@@ -106,6 +116,7 @@ class ReplyHooks:
         if data == b"+RESET\r\n":
             self.signed_out()
             self._no_transaction()
+            self._speak(False)
         return data
 
 

@@ -1,10 +1,13 @@
-"""RESP2, the Redis protocol, as the gateway writes and reads it. Pure code.
+"""The Redis protocol (RESP2, and RESP3 for clients that said HELLO 3) as the gateway writes and
+reads it. Pure code.
 
 Replies the gateway builds itself are Python values: ``Status`` a simple string (``+OK``),
-``ErrorReply`` an error, ``bytes`` (or ``str``) a bulk string, ``int`` an integer, ``None`` nil and
-a ``list`` an array; ``encode`` writes them. Replies that come from Redis are never decoded: the
-gateway only finds where each one ends (``reply_end``) and passes its bytes on, so a simple string
-stays a simple string and nothing is copied into Python objects.
+``ErrorReply`` an error, ``bytes`` (or ``str``) a bulk string, ``Double`` a double, ``int`` an
+integer, ``None`` nil, a ``list`` an array and a ``dict`` a map; ``encode`` writes them in either
+protocol (RESP2 has no doubles, maps or typed nil: a double goes as its text, a map as an array of
+its keys and values). Replies that come from Redis are never decoded: the gateway only finds where
+each one ends (``reply_end``) and passes its bytes on, so a simple string stays a simple string
+and nothing is copied into Python objects.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from typing import Any
 
 import hiredis
 
-from aiworker.protocol.resp import ErrorReply, Status, wire_error
+from aiworker.protocol.resp import Double, ErrorReply, Status, wire_error
 from aiworker.storage.bulk_read import LARGE_BULK, new_buffer
 
 from .inplace import Sink
 
-__all__ = ["ErrorReply", "Status", "wire_error"]
+__all__ = ["Double", "ErrorReply", "Status", "wire_error"]
 
 OK = b"+OK\r\n"
 QUEUED = b"+QUEUED\r\n"
 NIL = b"$-1\r\n"
+NULL = b"_\r\n"  # RESP3's nil
 
 
 def error(message: str) -> bytes:
@@ -32,8 +36,11 @@ def error(message: str) -> bytes:
     return b"-" + line.encode("utf-8", "backslashreplace") + b"\r\n"
 
 
-def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
+def _encode(reply: Any, out: list[bytes | memoryview], resp3: bool) -> None:
     if isinstance(reply, bytes):
+        if resp3 and isinstance(reply, Double):
+            out.append(b"," + reply + b"\r\n")
+            return
         out.append(b"$%d\r\n" % len(reply))
         out.append(reply)
         out.append(b"\r\n")
@@ -43,7 +50,7 @@ def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
         out.append(data)  # joined without a copy of its own
         out.append(b"\r\n")
     elif reply is None:
-        out.append(NIL)
+        out.append(NULL if resp3 else NIL)
     elif isinstance(reply, ErrorReply):
         out.append(error(str(reply)))
     elif isinstance(reply, Status):
@@ -58,22 +65,27 @@ def _encode(reply: Any, out: list[bytes | memoryview]) -> None:
     elif isinstance(reply, (list, tuple)):
         out.append(b"*%d\r\n" % len(reply))
         for item in reply:
-            _encode(item, out)
+            _encode(item, out, resp3)
+    elif isinstance(reply, dict):
+        out.append(b"%%%d\r\n" % len(reply) if resp3 else b"*%d\r\n" % (2 * len(reply)))
+        for key, value in reply.items():
+            _encode(key, out, resp3)
+            _encode(value, out, resp3)
     else:
         raise TypeError(f"cannot send a {type(reply).__name__} as a reply")
 
 
-def encode(reply: Any) -> bytes:
-    """The RESP2 bytes of a reply value (see the module docstring)."""
-    out = encode_parts(reply)
+def encode(reply: Any, resp3: bool = False) -> bytes:
+    """The bytes of a reply value (see the module docstring), in RESP3 if ``resp3``."""
+    out = encode_parts(reply, resp3)
     first = out[0]
     return first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
 
 
-def encode_parts(reply: Any) -> list[bytes | memoryview]:
+def encode_parts(reply: Any, resp3: bool = False) -> list[bytes | memoryview]:
     """``encode`` in pieces to write one after another: a blob is not copied into the rest."""
     out: list[bytes | memoryview] = []
-    _encode(reply, out)
+    _encode(reply, out, resp3)
     return out
 
 
@@ -101,7 +113,18 @@ def command(*args: bytes) -> bytes:
 
 
 class MalformedReply(Exception):
-    """Bytes from Redis that are not RESP2 (the connection to it is then dropped)."""
+    """Bytes from Redis that are not RESP (the connection to it is then dropped)."""
+
+
+# RESP type bytes: a length and that many bytes (bulk string, blob error, verbatim string); a
+# count and that many items (array, set, push); a count of pairs (map; an attribute's pairs come
+# before the reply they describe); one line (simple string, error, integer, null, double, boolean,
+# big number).
+_SIZED = frozenset(b"$!=")
+_COUNTED = frozenset(b"*~>")
+_PAIRS = frozenset(b"%|")
+_LINES = frozenset(b"+-:_,#(")
+PUSH = 62  # ">": RESP3's out-of-band data (pub/sub messages, client-side caching invalidations)
 
 
 def reply_end(buf: bytes | bytearray, pos: int) -> int:
@@ -116,18 +139,22 @@ def reply_end(buf: bytes | bytearray, pos: int) -> int:
         if eol < 0:
             return -1
         kind = buf[pos]
-        if kind == 36:  # $ bulk string
+        if kind == 36 or kind in _SIZED:  # $ first: the usual one
             length = int(buf[pos + 1 : eol])
             pos = eol + 2 if length < 0 else eol + 4 + length
             if pos > size:
                 return -1
-        elif kind == 42:  # * array
+        elif kind in _COUNTED:
             count = int(buf[pos + 1 : eol])
             pos = eol + 2
             if count > 0:
                 pending += count
-        elif kind in (43, 45, 58):  # + - :
+        elif kind in _LINES:
             pos = eol + 2
+        elif kind in _PAIRS:
+            count = int(buf[pos + 1 : eol])
+            pos = eol + 2
+            pending += 2 * count + (kind == 124)  # an attribute: its pairs, then the reply
         else:
             raise MalformedReply(f"unexpected reply type byte {bytes([kind])!r}")
         pending -= 1

@@ -44,6 +44,11 @@ class SingleRouter:
     def authenticated(self, credentials: list[bytes]) -> None:
         """AUTH went through the one connection: nothing else to tell."""
 
+    def speak(self, resp3: bool) -> None:
+        """HELLO went through the one connection: its replies come in that protocol now."""
+        if self.upstream is not None:
+            self.upstream.resp3 = resp3
+
     def tunnel_upstream(self) -> Upstream:
         assert self.upstream is not None
         return self.upstream
@@ -147,6 +152,16 @@ class ClusterRouter:
             if not upstream.closed:
                 upstream.send(command, Slot(internal=ignore))
                 upstream.flush()
+
+    def speak(self, resp3: bool) -> None:
+        """HELLO reached one master: the others (open now or later) speak the same protocol."""
+        command = [b"HELLO", b"3" if resp3 else b"2"]
+        self.hello = [c for c in self.hello if c[0] != b"HELLO"] + ([command] if resp3 else [])
+        for upstream in self.connections.values():
+            if not upstream.closed:
+                upstream.send(command, Slot(internal=ignore))
+                upstream.flush()
+                upstream.resp3 = resp3
 
     def tunnel_upstream(self) -> Upstream:
         assert self.tunneled is not None

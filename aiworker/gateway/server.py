@@ -173,16 +173,14 @@ class Gateway:
         return Target(node[0], node[1], None, self._tls)
 
     def local_reply(self, session: Session, name: bytes, args: list[bytes]) -> bytes | None:
-        """Replies the gateway gives itself: QUIT, HELLO 3 (RESP2 only), and the cluster's
-        shape (with ``emulate_cluster``, or always before a real cluster)."""
+        """Replies the gateway gives itself: QUIT, and the cluster's shape (with
+        ``emulate_cluster``, or always before a real cluster)."""
         if name == b"QUIT":
             session.closing = True
             return resp.OK
-        if name == b"HELLO" and len(args) > 1 and args[1].isdigit() and args[1] != b"2":
-            return b"-NOPROTO unsupported protocol version\r\n"
         if self.config.emulate_cluster or self.cluster:
             host, port = self._seen_address(session)
-            return emulated_reply(args, host, port)
+            return emulated_reply(args, host, port, session.resp3)
         return None
 
     def _seen_address(self, session: Session) -> tuple[str, int]:

@@ -17,6 +17,12 @@ On a single Redis an AI.* command runs on the client's own connection (``runner`
 script stores, a connection that WATCHes, and every AI.* command on Redis Cluster run on the
 blocking clients of ``aiclients``, in threads. An AI.* command's large argument is received in
 place (``frames``, ``inplace``): the connection reads it straight into its own buffer.
+
+RESP3: a client's HELLO 3 goes to Redis, and from its reply on, the client's connection to Redis
+speaks RESP3 (its replies and pushes pass through as they are) and the gateway's own replies are
+written in RESP3 (``resp3``: RedisAI's doubles as doubles, nil as null). AI.* plans read RESP2
+replies, so a RESP3 client's AI.* commands run on a second connection of its own, in RESP2 and
+with its identity (``_link``), and those inside MULTI run right after EXEC (``transaction``).
 """
 
 from __future__ import annotations
@@ -92,8 +98,10 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.watching = False
         self.inflight = 0  # commands sent to Redis and not answered yet
         self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
-        self._runner_of: tuple[Identity, Runner] | None = None
+        self._runner_of: tuple[tuple[Identity, bool], Runner] | None = None
         self.tunnel = False
+        self.resp3 = False  # the client said HELLO 3
+        self._link: tuple[Identity, Upstream] | None = None  # AI.* commands' RESP2 connection
         self.closing = False  # close once the replies before it are written
         self.skip_next = False  # CLIENT REPLY SKIP
         self.replies_off = False  # CLIENT REPLY OFF
@@ -119,6 +127,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.transaction is not None:
             self.transaction.discard()
         self.router.close()
+        if self._link is not None:
+            self._link[1].close()
         self.gw.forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -262,7 +272,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         except Exception as exc:
             transaction.answer(error_reply(exc))
             return
-        if isinstance(command, STORES):
+        if isinstance(command, STORES) or self.resp3:  # plans read RESP2: not in this MULTI
             transaction.after_exec(partial(self.gw.ai.run, self.identity, command))
             return
         runner = self._runner()
@@ -276,7 +286,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.ai_task = None
         try:
             slot.data = resp.encode_parts(
-                error_reply(reply) if isinstance(reply, Exception) else reply
+                error_reply(reply) if isinstance(reply, Exception) else reply, self.resp3
             )
         except Exception as exc:  # a reply that cannot be encoded is a bug: tell the client
             log.exception("AI command failed")
@@ -300,13 +310,34 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.dispatch()
 
     def _runner(self) -> Runner:
-        """The runner of AI.* commands as the connection's identity now."""
-        identity = self.identity
-        if self._runner_of is None or self._runner_of[0] is not identity:
-            state, enqueuer = self.gw.ai.state(identity)
-            runner = Runner(self.router.own, state, enqueuer, self.gw.config.reply_timeout)
-            self._runner_of = (identity, runner)
+        """The runner of AI.* commands as the connection's identity now, on the client's own
+        connection to Redis (a RESP3 client's: on ``_ai_link``)."""
+        key = (self.identity, self.resp3)
+        if self._runner_of is None or self._runner_of[0] != key:
+            state, enqueuer = self.gw.ai.state(self.identity)
+            upstream = self._ai_link if self.resp3 else self.router.own
+            runner = Runner(upstream, state, enqueuer, self.gw.config.reply_timeout)
+            self._runner_of = (key, runner)
         return self._runner_of[1]
+
+    def _ai_link(self) -> Upstream:
+        """A RESP3 client's second connection to Redis, for its AI.* commands: RESP2, in the
+        DB and as the user the client's own connection is (opened on first use)."""
+        identity = self.identity
+        if self._link is not None and self._link[0] == identity and not self._link[1].closed:
+            return self._link[1]
+        if self._link is not None:
+            self._link[1].close()
+        router = cast(SingleRouter, self.router)  # on a cluster AI.* commands run in threads
+        hello = list(router.hello)
+        if identity.password is not None:
+            user = (identity.username or "default").encode()
+            hello.append([b"AUTH", user, identity.password.encode("utf-8", "surrogateescape")])
+        if identity.db is not None:
+            hello.append([b"SELECT", b"%d" % identity.db])
+        link = Upstream(self, router.target, hello)
+        self._link = (identity, link)
+        return link
 
     def signed_out(self) -> None:
         self.identity = self.gw.identity
@@ -319,6 +350,13 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.flush()
 
     # replies ---------------------------------------------------------------------------------
+
+    def on_push(self, data: bytes) -> None:
+        """A RESP3 push from Redis (an invalidation, a pub/sub message): to the client now,
+        after the replies ready before it (it answers no command)."""
+        self.flush()
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
 
     def on_reply(self, upstream: Upstream, slot: Slot, data: bytes) -> None:
         """A reply from Redis for ``slot`` (``replies_done`` sends it on)."""

@@ -40,7 +40,8 @@ class _Queued:
 class Transaction:
     """What a client queued since MULTI: for each command, what its place in EXEC's reply holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, resp3: bool = False) -> None:
+        self.resp3 = resp3  # the client's protocol
         # None: a Redis command (its reply is Redis'); bytes: a reply known already; a callable:
         # a command run after EXEC
         self.items: list[bytes | _Queued | Callable[[], Awaitable[Any]] | None] = []
@@ -49,7 +50,7 @@ class Transaction:
         self.items.append(None)
 
     def answer(self, reply: Any) -> None:
-        self.items.append(resp.encode(reply))
+        self.items.append(resp.encode(reply, self.resp3))
 
     def after_exec(self, run: Callable[[], Awaitable[Any]]) -> None:
         """A command run whole once EXEC ran (``run()``: its reply)."""
@@ -100,7 +101,7 @@ class Transaction:
                         value = await runner.run(item.plan, step=item.step)
                 except Exception as exc:
                     value = error_reply(exc)
-                out.append(resp.encode(value))
+                out.append(resp.encode(value, self.resp3))
         return b"".join(out)
 
     def discard(self) -> None:

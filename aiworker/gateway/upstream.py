@@ -11,7 +11,10 @@ reads the connection's bytes directly, but for a large reply of bulk strings (a 
 place (``inplace``) when the command asked for that (a ``LargeSlot``: a read that fetches tensors).
 After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the connection becomes a pipe (``tunnel``):
 Redis pushes messages that answer no command, so from the slot of that command on, every byte
-goes to the client as it comes.
+goes to the client as it comes. A RESP3 connection (``resp3``: its client said HELLO 3) may also
+get push replies (``>``, client-side caching's invalidations) between any two replies: each goes
+to the client as it comes (``on_push``) and answers no slot; its replies are never read by
+hiredis directly (it would take a push for the reply awaited).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import hiredis
 from redis._parsers.base import BaseParser
 
 from .inplace import InPlace
-from .resp import LARGE_REPLY, Gather, MalformedReply, pack, reply_end
+from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, pack, reply_end
 
 
 class Slot:
@@ -90,7 +93,7 @@ class Target:
 class Upstream(asyncio.Protocol):
     """One connection to Redis for one gateway client (see the module docstring). ``owner`` is
     the session: it gets ``on_reply(upstream, slot, data)``, ``replies_done()``, ``on_raw(data)``
-    in tunnel mode and ``on_upstream_lost(upstream, why)``."""
+    in tunnel mode, ``on_push(data)`` and ``on_upstream_lost(upstream, why)``."""
 
     def __init__(self, owner: Any, target: Target, hello: list[list[bytes]]) -> None:
         self.owner = owner
@@ -99,6 +102,9 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tunnel = False
         self.closed = False
+        self.resp3 = any(
+            command[0].upper() == b"HELLO" and command[1:2] == [b"3"] for command in hello
+        )
         self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
         self._internal = 0  # slots in ``waiting`` that are internal
@@ -166,7 +172,7 @@ class Upstream(asyncio.Protocol):
         if (
             self._decoding
             or self._gather is not None
-            or (not self._buf and self._internal == len(self.waiting) > 0)
+            or (not self._buf and self._internal == len(self.waiting) > 0 and not self.resp3)
         ):
             self._decode(data)
         else:
@@ -241,9 +247,15 @@ class Upstream(asyncio.Protocol):
         """Hand every complete reply in ``data`` to its slot (up to a tunnel's); where the
         rest starts."""
         pos, size, waiting = 0, len(data), self.waiting
-        while waiting:
+        while pos < size:
             end = reply_end(data, pos)
             if end < 0:
+                break
+            if data[pos] == PUSH and not (waiting and waiting[0].tunnel):
+                self.owner.on_push(bytes(data[pos:end]))  # a SUBSCRIBE's own reply is a push
+                pos = end
+                continue
+            if not waiting:
                 break
             slot = waiting.popleft()
             if pos == 0 and end == size and type(data) is bytes:

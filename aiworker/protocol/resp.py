@@ -2,7 +2,8 @@
 (the gateway) or prints them as redis-cli did (``aiworker exec``). Pure code.
 
 ``Status`` is a simple string (``OK``), ``ErrorReply`` an error, ``bytes`` (or ``str``) a bulk
-string, ``int`` an integer, ``None`` nil and a ``list`` an array.
+string, ``Double`` a floating-point number, ``int`` an integer, ``None`` nil, a ``list`` an array
+and a ``dict`` a map.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from __future__ import annotations
 
 class Status(str):
     """A simple-string reply such as ``OK``, ``NA`` or ``TIMEDOUT``."""
+
+    __slots__ = ()
+
+
+class Double(bytes):
+    """A float as RedisAI's ``RedisModule_ReplyWithDouble`` sent it: its ``%.17g`` text, a bulk
+    string to a RESP2 client and a double (``,``) to a RESP3 one."""
 
     __slots__ = ()
 

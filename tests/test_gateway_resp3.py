@@ -1,0 +1,219 @@
+"""RESP3 through the gateway: a client that says HELLO 3 gets RedisAI's replies as RedisAI sent
+them to RESP3 clients (float values as doubles, nil as null), Redis' own replies and pushes in
+RESP3 as they come, and AI.* commands that run as before (on a RESP2 connection of the client's
+own, with its DB and user). redis-py 8 asks for RESP3 first: it must connect without a warning."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import stub_blob, wait_until
+from test_gateway import event_loops, raw_socket, read_replies, read_until_closed, running_gateway
+
+from aiworker import Client, Settings, Worker
+from aiworker.gateway import Gateway
+from aiworker.gateway.resp import Double, encode, reply_end
+
+
+@pytest.fixture(params=event_loops())
+def gateway(
+    client: Client, settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    with running_gateway(settings, request.param) as gw:
+        yield gw
+
+
+def connect3(gateway: Gateway, **kwargs: Any) -> redis.Redis:
+    host, port = gateway.address()
+    return redis.Redis(host=host, port=port, socket_timeout=30, protocol=3, **kwargs)
+
+
+def replies(data: bytes) -> list[bytes]:
+    """``data`` cut into its RESP replies."""
+    out, pos = [], 0
+    while pos < len(data):
+        end = reply_end(data, pos)
+        assert end > 0, data[pos:]
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def test_hello_3_makes_ai_replies_resp3(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(
+        b"HELLO 3\r\nAI.TENSORSET t FLOAT 2 VALUES 1.5 -2\r\nAI.TENSORGET t META VALUES\r\n"
+        b"AI.TENSORGET t VALUES\r\nAI.CONFIG GET NOPE\r\nAI.TENSORSET i INT8 1 VALUES 7\r\n"
+        b"AI.TENSORGET i VALUES\r\nHGETALL i\r\nAI.TENSORGET nope\r\n"
+        b"HELLO 2\r\nAI.TENSORGET t VALUES\r\nAI.CONFIG GET NOPE\r\nQUIT\r\n"
+    )
+    hello, *rest = replies(read_until_closed(sock))
+    assert hello.startswith(b"%7\r\n") and b"proto\r\n:3\r\n" in hello
+    assert rest[:7] == [
+        b"+OK\r\n",
+        b"*6\r\n$5\r\ndtype\r\n$5\r\nFLOAT\r\n$5\r\nshape\r\n*1\r\n:2\r\n"
+        b"$6\r\nvalues\r\n*2\r\n,1.5\r\n,-2\r\n",
+        b"*2\r\n,1.5\r\n,-2\r\n",
+        b"_\r\n",  # RedisModule_ReplyWithNull to a RESP3 client
+        b"+OK\r\n",
+        b"*1\r\n:7\r\n",  # integers stay integers
+        rest[6],
+    ]
+    assert rest[6].startswith(b"%4\r\n")  # Redis' own reply: a map
+    assert rest[7] == b"-ERR tensor key is empty or in a different shard\r\n"
+    assert rest[8].startswith(b"*14\r\n")  # HELLO 2: an array again
+    assert rest[9:] == [b"*2\r\n$3\r\n1.5\r\n$2\r\n-2\r\n", b"$-1\r\n", b"+OK\r\n"]
+
+
+def test_redis_py_resp3_client(gateway: Gateway, worker: Worker, client: Client) -> None:
+    """redis-py 8 with ``protocol=3`` (its default where the server agrees): no fallback
+    warning, every AI.* command, pipelines mixing AI.* and plain commands, a transaction."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a HELLO 3 refused makes redis-py 8 warn
+        con = connect3(gateway)
+        assert con.ping() is True
+    assert con.execute_command("AI.TENSORSET", "a", "FLOAT", 2, "VALUES", 2, 3) == b"OK"
+    assert con.execute_command("AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    assert con.execute_command(
+        "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b"
+    ) == b"OK"  # fmt: skip
+    assert con.execute_command("AI.TENSORGET", "b", "VALUES") == [4.0, 6.0]
+    assert client.tensorget("b").tolist() == [4, 6]
+    info = con.execute_command("AI.INFO", "m")
+    assert info[info.index(b"calls") + 1] == 1
+    assert con.hgetall("a")[b"dtype"] == b"FLOAT"  # a map, as redis-py 8 reads RESP3
+    pipe = con.pipeline(transaction=False)
+    pipe.set("k", 1).execute_command("AI.TENSORGET", "b", "META").get("k").zadd("z", {"x": 1.5})
+    pipe.zrange("z", 0, -1, withscores=True)
+    assert pipe.execute() == [
+        True, [b"dtype", b"FLOAT", b"shape", [2]], b"1", 1, [[b"x", 1.5]]
+    ]  # fmt: skip
+    tx = con.pipeline(transaction=True)
+    tx.set("k", 2).execute_command("AI.TENSORSET", "c", "INT8", 1, "VALUES", 5).get("k")
+    tx.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "b")
+    done = tx.execute(raise_on_error=False)
+    assert done[:3] == [True, b"OK", b"2"]
+    assert "Cannot run RedisAI command within a transaction" in str(done[3])
+    assert client.tensorget("c").tolist() == [5]
+    con.close()
+
+
+def test_a_resp3_client_runs_ai_commands_as_its_db_and_user(
+    gateway: Gateway, client: Client, redis_server: Any
+) -> None:
+    con = connect3(gateway, db=3)
+    assert con.execute_command("AI.TENSORSET", "t3", "INT8", 1, "VALUES", 3) == b"OK"
+    assert client.exists("t3") == 0
+    db3 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=3)
+    assert db3.exists("t3") == 1
+    db3.flushdb()
+    client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+@read", "+auth", "+select", "+hello"])  # fmt: skip
+    try:
+        client.tensorset("r", [1], dtype="INT8")
+        limited = connect3(gateway, username="reader", password="pw")  # HELLO 3 AUTH ...
+        assert limited.execute_command("AI.TENSORGET", "r", "VALUES") == [1]
+        with pytest.raises(redis.ResponseError, match="NOPERM"):
+            limited.execute_command("AI.TENSORSET", "r", "INT8", 1, "VALUES", 2)
+    finally:
+        client.acl_deluser("reader")
+
+
+def test_pushes_reach_a_resp3_client_between_replies(gateway: Gateway, client: Client) -> None:
+    """Client-side caching's invalidations come as pushes on the client's connection, between
+    any two replies: each reaches the client once, and every reply keeps its place."""
+    client.tensorset("t", [1], dtype="INT8")
+    client.set("k", "v")
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nCLIENT TRACKING ON\r\nGET k\r\n")
+    got = replies(read_replies(sock, 3))
+    assert got[1:] == [b"+OK\r\n", b"$1\r\nv\r\n"]
+    client.set("k", "w")  # invalidates k for the tracking connection
+    time.sleep(0.2)
+    sock.sendall(b"AI.TENSORGET t VALUES\r\nPING\r\nGET k\r\nQUIT\r\n")
+    got = replies(read_until_closed(sock))
+    push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+    assert got.count(push) == 1
+    got.remove(push)
+    assert got == [b"*1\r\n:1\r\n", b"+PONG\r\n", b"$1\r\nw\r\n", b"+OK\r\n"]
+
+
+def test_subscribe_in_resp3(gateway: Gateway, client: Client) -> None:
+    """A RESP3 SUBSCRIBE is answered by a push, and the connection still takes commands."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nSUBSCRIBE news\r\n")
+    got = replies(read_replies(sock, 2))
+    assert got[1] == b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    wait_until(lambda: client.publish("news", "hi") == 1)
+    assert read_replies(sock, 1) == b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    sock.sendall(b"SET k 1\r\nGET k\r\n")
+    assert replies(read_replies(sock, 2)) == [b"+OK\r\n", b"$1\r\n1\r\n"]
+
+
+def test_redis_py_resp3_pubsub_and_blocking(gateway: Gateway, client: Client) -> None:
+    waiter = connect3(gateway)
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(waiter.blpop(["q"], timeout=10)))
+    thread.start()
+    time.sleep(0.2)
+    client.rpush("q", "hello")
+    thread.join(10)
+    assert result == [[b"q", b"hello"]]
+    sub = connect3(gateway).pubsub()
+    sub.subscribe("news")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    wait_until(lambda: client.publish("news", "hi") == 1)
+    message = sub.get_message(timeout=5)
+    assert message is not None and message["data"] == b"hi"
+    sub.close()
+
+
+def test_emulated_cluster_shards_are_maps_in_resp3(client: Client, settings: Settings) -> None:
+    with running_gateway(settings, emulate_cluster=True) as gw:
+        con = connect3(gw)
+        shards = con.execute_command("CLUSTER", "SHARDS")
+        assert shards[0][b"slots"] == [0, 16383]
+        node = shards[0][b"nodes"][0]
+        assert node[b"port"] == gw.address()[1] and node[b"role"] == b"master"
+        con2 = redis.Redis(*gw.address(), protocol=2)
+        assert con2.execute_command("CLUSTER", "SHARDS")[0][:2] == [b"slots", [0, 16383]]
+
+
+def test_a_protocol_redis_does_not_speak_is_redis_error(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 4\r\nPING\r\nQUIT\r\n")
+    got = replies(read_until_closed(sock))
+    assert got[0].startswith(b"-NOPROTO") and got[1:] == [b"+PONG\r\n", b"+OK\r\n"]
+
+
+def test_reset_returns_to_resp2(gateway: Gateway) -> None:
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nAI.CONFIG GET NOPE\r\nRESET\r\nAI.CONFIG GET NOPE\r\nQUIT\r\n")
+    got = replies(read_until_closed(sock))
+    assert got[1:] == [b"_\r\n", b"+RESET\r\n", b"$-1\r\n", b"+OK\r\n"]
+
+
+def test_resp3_framing_and_encoding() -> None:
+    """Every RESP3 type is framed by its header alone, cut anywhere; the gateway's own values
+    are written in either protocol."""
+    reply = (
+        b"%2\r\n+a\r\n,1.5\r\n$1\r\nb\r\n~2\r\n#t\r\n_\r\n"  # a map holding a set
+        b"|1\r\n+ttl\r\n:3\r\n"  # an attribute, then the reply it describes:
+        b"*4\r\n=8\r\ntxt:a\r\nb\r\n(12345678901234567890\r\n!5\r\nERR x\r\n>1\r\n:1\r\n"
+    )
+    first = reply.index(b"|")
+    assert reply_end(reply, 0) == first
+    assert reply_end(reply, first) == len(reply)
+    for cut in range(first + 1, len(reply)):
+        assert reply_end(reply[:cut], first) == -1
+    value = [Double(b"2.5"), None, {b"k": [1, Double(b"-inf")]}]
+    assert encode(value, resp3=True) == b"*3\r\n,2.5\r\n_\r\n%1\r\n$1\r\nk\r\n*2\r\n:1\r\n,-inf\r\n"
+    assert encode(value) == (
+        b"*3\r\n$3\r\n2.5\r\n$-1\r\n*2\r\n$1\r\nk\r\n*2\r\n:1\r\n$4\r\n-inf\r\n"
+    )
