@@ -57,9 +57,9 @@ def running_gateway(
         loop.close()
 
 
-def connect(gateway: Gateway, **kwargs: Any) -> redis.Redis:
+def connect(gateway: Gateway, protocol: int = 2, **kwargs: Any) -> redis.Redis:
     host, port = gateway.address()
-    return redis.Redis(host=host, port=port, socket_timeout=30, protocol=2, **kwargs)
+    return redis.Redis(host=host, port=port, socket_timeout=30, protocol=protocol, **kwargs)
 
 
 def raw_socket(gateway: Gateway) -> socket.socket:
@@ -559,16 +559,19 @@ def test_a_job_longer_than_the_first_wait(gateway: Gateway, worker: Worker, clie
     assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"2", b"2"]
 
 
-def test_blpop_and_subscribe_through_the_gateway(gateway: Gateway, client: Client) -> None:
-    waiter = connect(gateway)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_blpop_and_subscribe_through_the_gateway(
+    gateway: Gateway, client: Client, protocol: int
+) -> None:
+    waiter = connect(gateway, protocol=protocol)
     result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(waiter.blpop(["q"], timeout=10)))
     thread.start()
     time.sleep(0.2)
     client.rpush("q", "hello")
     thread.join(10)
-    assert result == [(b"q", b"hello")]
-    sub = connect(gateway).pubsub()
+    assert [list(item) for item in result] == [[b"q", b"hello"]]  # a list in RESP3
+    sub = connect(gateway, protocol=protocol).pubsub()
     sub.subscribe("news")
     assert sub.get_message(timeout=5)["type"] == "subscribe"
     wait_until(lambda: client.publish("news", "hi") == 1)

@@ -5,7 +5,6 @@ own, with its DB and user). redis-py 8 asks for RESP3 first: it must connect wit
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,7 +13,14 @@ from typing import Any
 import pytest
 import redis
 from conftest import stub_blob, wait_until
-from test_gateway import event_loops, raw_socket, read_replies, read_until_closed, running_gateway
+from test_gateway import (
+    connect,
+    event_loops,
+    raw_socket,
+    read_replies,
+    read_until_closed,
+    running_gateway,
+)
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
@@ -30,8 +36,7 @@ def gateway(
 
 
 def connect3(gateway: Gateway, **kwargs: Any) -> redis.Redis:
-    host, port = gateway.address()
-    return redis.Redis(host=host, port=port, socket_timeout=30, protocol=3, **kwargs)
+    return connect(gateway, protocol=3, **kwargs)
 
 
 def replies(data: bytes) -> list[bytes]:
@@ -154,24 +159,6 @@ def test_subscribe_in_resp3(gateway: Gateway, client: Client) -> None:
     assert read_replies(sock, 1) == b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
     sock.sendall(b"SET k 1\r\nGET k\r\n")
     assert replies(read_replies(sock, 2)) == [b"+OK\r\n", b"$1\r\n1\r\n"]
-
-
-def test_redis_py_resp3_pubsub_and_blocking(gateway: Gateway, client: Client) -> None:
-    waiter = connect3(gateway)
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(waiter.blpop(["q"], timeout=10)))
-    thread.start()
-    time.sleep(0.2)
-    client.rpush("q", "hello")
-    thread.join(10)
-    assert result == [[b"q", b"hello"]]
-    sub = connect3(gateway).pubsub()
-    sub.subscribe("news")
-    assert sub.get_message(timeout=5)["type"] == "subscribe"
-    wait_until(lambda: client.publish("news", "hi") == 1)
-    message = sub.get_message(timeout=5)
-    assert message is not None and message["data"] == b"hi"
-    sub.close()
 
 
 def test_emulated_cluster_shards_are_maps_in_resp3(client: Client, settings: Settings) -> None:
