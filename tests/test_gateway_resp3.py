@@ -130,6 +130,28 @@ def test_a_resp3_client_runs_ai_commands_as_its_db_and_user(
         client.acl_deluser("reader")
 
 
+def test_ai_commands_run_inside_a_resp3_transaction(gateway: Gateway, client: Client) -> None:
+    """As for a RESP2 client: at EXEC, atomically and in order with the client's own commands
+    (EXISTS and DEL see the tensor set before them), their replies in RESP3."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nAI.TENSORSET warm INT8 1 VALUES 1\r\n")  # its script loaded
+    read_replies(sock, 2)
+    sock.sendall(
+        b"MULTI\r\nAI.TENSORSET t INT8 2 VALUES 1 2\r\nEXISTS t\r\n"
+        b"AI.TENSORSET f DOUBLE 1 VALUES 0.5\r\nAI.TENSORGET f META VALUES\r\n"
+        b"AI.TENSORGET nope\r\nAI.CONFIG GET NOPE\r\nDEL t\r\nEXEC\r\nQUIT\r\n"
+    )
+    got = replies(read_until_closed(sock))
+    assert got == [b"+OK\r\n"] + [b"+QUEUED\r\n"] * 7 + [
+        b"*7\r\n+OK\r\n:1\r\n+OK\r\n"
+        b"*6\r\n$5\r\ndtype\r\n$6\r\nDOUBLE\r\n$5\r\nshape\r\n*1\r\n:1\r\n"
+        b"$6\r\nvalues\r\n*1\r\n,0.5\r\n"
+        b"-ERR tensor key is empty or in a different shard\r\n_\r\n:1\r\n",
+        b"+OK\r\n",
+    ]
+    assert client.exists("t") == 0 and client.tensorget("f").tolist() == [0.5]
+
+
 def test_pushes_reach_a_resp3_client_between_replies(gateway: Gateway, client: Client) -> None:
     """Client-side caching's invalidations come as pushes on the client's connection, between
     any two replies: each reaches the client once, and every reply keeps its place."""

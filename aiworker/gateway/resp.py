@@ -112,6 +112,20 @@ def command(*args: bytes) -> bytes:
     return b"".join(out)
 
 
+def as_resp2(value: Any) -> Any:
+    """A RESP3 reply as hiredis decodes it, in the shape its RESP2 form decodes to: maps as
+    lists of keys and values, booleans as 1 and 0, doubles as their text."""
+    if isinstance(value, list):
+        return [as_resp2(item) for item in value]
+    if isinstance(value, dict):
+        return [as_resp2(x) for pair in value.items() for x in pair]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return b"%.17g" % value
+    return value
+
+
 class MalformedReply(Exception):
     """Bytes from Redis that are not RESP (the connection to it is then dropped)."""
 

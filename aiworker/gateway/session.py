@@ -22,7 +22,9 @@ RESP3: a client's HELLO 3 goes to Redis, and from its reply on, the client's con
 speaks RESP3 (its replies and pushes pass through as they are) and the gateway's own replies are
 written in RESP3 (``resp3``: RedisAI's doubles as doubles, nil as null). AI.* plans read RESP2
 replies, so a RESP3 client's AI.* commands run on a second connection of its own, in RESP2 and
-with its identity (``_link``), and those inside MULTI run right after EXEC (``transaction``).
+with its identity (``_ai_link``); inside MULTI their first Redis calls are queued in the client's
+own transaction as a RESP2 client's are, and EXEC's RESP3 replies to them are read in their RESP2
+shapes (``resp.as_resp2``).
 """
 
 from __future__ import annotations
@@ -272,10 +274,12 @@ class Session(ReplyHooks, asyncio.Protocol):
         except Exception as exc:
             transaction.answer(error_reply(exc))
             return
-        if isinstance(command, STORES) or self.resp3:  # plans read RESP2: not in this MULTI
+        if isinstance(command, STORES):
             transaction.after_exec(partial(self.gw.ai.run, self.identity, command))
             return
         runner = self._runner()
+        if self.resp3:  # its calls join the MULTI on the client's own connection, not the link
+            runner = Runner(self.router.own, runner.state, runner.enqueuer, runner.reply_timeout)
         transaction.queue(reply_plan(runner.state, command), runner)
 
     async def _run_in_thread(self, command: Any, slot: Slot) -> None:

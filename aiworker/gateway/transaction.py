@@ -95,7 +95,7 @@ class Transaction:
                     if not isinstance(item, _Queued):
                         value = await item()
                     elif item.count:
-                        own = [decode(next(replies, resp.NIL)) for _ in range(item.count)]
+                        own = [self._decode(next(replies, resp.NIL)) for _ in range(item.count)]
                         value = await runner.run(item.plan, sent=own)
                     else:
                         value = await runner.run(item.plan, step=item.step)
@@ -103,6 +103,10 @@ class Transaction:
                     value = error_reply(exc)
                 out.append(resp.encode(value, self.resp3))
         return b"".join(out)
+
+    def _decode(self, reply: bytes) -> Any:
+        """A reply to a plan's call queued in the transaction, as the plan reads it (RESP2)."""
+        return resp.as_resp2(decode(reply)) if self.resp3 else decode(reply)
 
     def discard(self) -> None:
         for item in self.items:
