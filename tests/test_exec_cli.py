@@ -101,6 +101,13 @@ def test_errors_print_like_redis_cli(run: Any, client: Client) -> None:
         "(error) WRONGTYPE Operation against a key holding the wrong kind of value"
     )
     assert run("AI.FOO", code=1) == "(error) ERR unknown command 'AI.FOO'"
+    # the key before the arguments after it, as RedisAI read them
+    assert run("AI.TENSORSET s INT32 2 x", code=1) == (
+        "(error) WRONGTYPE Operation against a key holding the wrong kind of value"
+    )
+    assert run("AI.TENSORGET nope x", code=1) == (
+        "(error) ERR tensor key is empty or in a different shard"
+    )
 
 
 def test_models_info_config_and_execution(run: Any, worker: Worker) -> None:

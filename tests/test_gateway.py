@@ -159,10 +159,28 @@ def test_tensor_errors(con: redis.Redis, client: Client) -> None:
         "wrong number of values was given in 'AI.TENSORSET' command"
     )
     assert error_of(con, "AI.TENSORGET", "nope") == "tensor key is empty or in a different shard"
+    client.tensorset("t", [1.0], dtype="FLOAT")
     assert error_of(con, "AI.TENSORGET", "t", "BLOB", "VALUES") == "both BLOB and VALUES specified"
+    assert error_of(con, "AI.TENSORGET", "t", "unsupported") == "unsupported data format"
     client.set("s", "x")
     assert error_of(con, "AI.TENSORGET", "s").startswith("WRONGTYPE")
     assert error_of(con, "AI.TENSORSET", "s", "FLOAT", 1).startswith("WRONGTYPE")
+    # RedisAI opened the key before it read the arguments after it (its own tests pin this):
+    # a key holding something else, or for TENSORGET no key, is the error a bad argument gets
+    client.hset("h", "f", "v")
+    wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert error_of(con, "AI.TENSORSET", "s", "INT32", 2, "unsupported", 2, 3) == wrongtype
+    assert error_of(con, "AI.TENSORSET", "h", "INT128", 2, "VALUES", 2, 3) == wrongtype
+    assert error_of(con, "AI.TENSORGET", "s", "unsupported") == wrongtype
+    assert error_of(con, "AI.TENSORGET", "nope", "unsupported") == (
+        "tensor key is empty or in a different shard"
+    )
+    assert error_of(con, "AI.TENSORSET", "nope", "INT32", 2, "unsupported", 2, 3) == (
+        "invalid or negative value found in tensor shape"
+    )
+    assert error_of(con, "AI.TENSORGET", "nope", "META", "BLOB", "VALUES", "X").startswith(
+        "wrong number of arguments"
+    )  # arity first, as RedisAI
     assert error_of(con, "AI.TENSORSET") == "wrong number of arguments for 'AI.TENSORSET' command"
     assert error_of(con, "AI.NOPE") == "unknown command 'AI.NOPE'"
     assert client.get("s") == b"x"

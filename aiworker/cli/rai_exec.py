@@ -16,9 +16,9 @@ from typing import Any
 from aiworker.client.cluster import ClusterClient
 from aiworker.client.ops import Op
 from aiworker.client.sync import Client
-from aiworker.gateway.translate import reply_plan
-from aiworker.parser import parse
-from aiworker.protocol.errors import AIWorkerError
+from aiworker.gateway.translate import KeyFirst, key_first, reply_plan
+from aiworker.parser import Command, parse_tokens, split
+from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.protocol.resp import ErrorReply
 
 
@@ -26,6 +26,19 @@ def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]
     """The RESP-shaped reply to ``command``; RedisAI's errors come back as ``ErrorReply``."""
     try:
         state = dataclasses.replace(client._state, raw=True)  # RedisAI's reply shapes
-        return client._run(Op(None, reply_plan(state, parse(command))))
+        return client._run(Op(None, reply_plan(state, _parse(command))))
     except AIWorkerError as exc:
         return ErrorReply(str(exc))
+
+
+def _parse(command: str | Sequence[str | bytes]) -> Command | KeyFirst:
+    """The command, or where RedisAI read its key before the arguments that are wrong, the
+    check of that key (``KeyFirst``)."""
+    tokens = split(command)
+    try:
+        return parse_tokens(tokens)
+    except AIError as exc:
+        first = key_first(tokens[0].encode(), len(tokens), tokens[1], exc) if tokens[1:] else None
+        if first is None:
+            raise
+        return first

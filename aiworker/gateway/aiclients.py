@@ -35,7 +35,7 @@ from aiworker.settings import Settings
 from aiworker.storage.plans import drive_steps
 from aiworker.storage.queues import Enqueuer
 
-from .translate import error_reply, reply_plan
+from .translate import KeyFirst, error_reply, reply_plan
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -139,7 +139,7 @@ class AIClients:
         clients = self._for(identity)
         return clients.state, clients.enqueuer
 
-    async def run(self, identity: Identity, cmd: Command) -> Any:
+    async def run(self, identity: Identity, cmd: Command | KeyFirst) -> Any:
         """RedisAI's reply to ``cmd`` (an ``ErrorReply`` when it failed), in a thread."""
         return await self._in_thread(identity, self._run_blocking, cmd)
 
@@ -153,7 +153,7 @@ class AIClients:
             clients.in_use -= 1
 
     @staticmethod
-    def _run_blocking(clients: _Clients, cmd: Command) -> Any:
+    def _run_blocking(clients: _Clients, cmd: Command | KeyFirst) -> Any:
         try:
             return _drive_blocking(clients.blocking_client(), reply_plan(clients.state, cmd))
         except Exception as exc:

@@ -35,6 +35,8 @@ from aiworker.protocol.requests import (
     TensorSet,
 )
 
+from .translate import KeyFirst, key_first
+
 # Arguments at least this long are passed to the parser as stand-ins when they are blob chunks.
 LARGE_ARG = 4096
 _DATA_WORDS = (b"BLOB", b"VALUES")
@@ -50,15 +52,26 @@ def is_job_command(name: bytes) -> bool:
     return name.upper().decode("latin-1") in QUEUED
 
 
-def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command:
-    """The checked request of an AI.* command; ``AIError`` with RedisAI's message else."""
+def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command | KeyFirst:
+    """The checked request of an AI.* command; ``AIError`` with RedisAI's message else, or
+    where RedisAI read the key before the arguments that are wrong, the check of the key that
+    raises one or the other (``translate.KeyFirst``)."""
     name = bytes(args[0]).upper()
-    if name == b"AI.TENSORSET":
-        command = _tensorset(args)
-    elif name in (b"AI.MODELSTORE", b"AI.MODELSET"):
-        command = _modelstore(args)
-    else:
-        command = parse_tokens([to_text(arg) for arg in args])
+    try:
+        if name == b"AI.TENSORSET":
+            command = _tensorset(args)
+        elif name in (b"AI.MODELSTORE", b"AI.MODELSET"):
+            command = _modelstore(args)
+        else:
+            command = parse_tokens([to_text(arg) for arg in args])
+    except AIError as exc:
+        first = key_first(name, len(args), to_text(args[1]), exc) if len(args) > 1 else None
+        if first is None:
+            raise
+        _utf8(first.key)
+        if not first.read:
+            _not_own(first.key, keyspace)
+        return first
     check(command, keyspace)
     return command
 

@@ -11,6 +11,7 @@ a failed DAG op; a failed command raises (``error_reply`` gives its reply).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,8 +32,9 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
-from aiworker.protocol import replies
+from aiworker.protocol import messages, replies
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.protocol.resp import ErrorReply, Status
 from aiworker.storage import model as model_store
@@ -44,7 +46,36 @@ OK = Status("OK")
 STORES = (ModelStore, ScriptStore)
 
 
-def reply_plan(state: State, cmd: Command) -> Plan[Any]:
+@dataclass(frozen=True)
+class KeyFirst:
+    """AI.TENSORSET or AI.TENSORGET whose arguments after the key are wrong. RedisAI opened the
+    key before it read them, so a key holding something else (for TENSORGET, also an empty
+    key) is the error it reported, else ``error``, the arguments' own."""
+
+    key: str
+    read: bool  # TENSORGET: the key must hold a tensor
+    error: AIError
+
+
+def key_first(name: bytes, argc: int, key: str, error: AIError) -> KeyFirst | None:
+    """What a failed parse of a command becomes where RedisAI checked the key first (the
+    command's arity right), else None."""
+    name = name.upper()
+    if (name == b"AI.TENSORSET" and argc >= 4) or (name == b"AI.TENSORGET" and 2 <= argc <= 4):
+        return KeyFirst(key, name == b"AI.TENSORGET", error)
+    return None
+
+
+def _key_first(state: State, cmd: KeyFirst) -> Plan[Any]:
+    try:
+        yield from tensor_io.read_meta_plan(cmd.key)
+    except AIError as exc:
+        if cmd.read or str(exc) != messages.TENSOR_EMPTY:
+            raise
+    raise cmd.error
+
+
+def reply_plan(state: State, cmd: Command | KeyFirst) -> Plan[Any]:
     """Carry out ``cmd``; the plan returns RedisAI's reply (``state`` must be ``raw``)."""
     return (yield from _HANDLERS[type(cmd)](state, cmd))
 
@@ -180,6 +211,7 @@ _HANDLERS: dict[type[Any], Callable[[State, Any], Plan[Any]]] = {
     ScriptScan: _scriptscan,
     InfoGet: _info,
     ConfigCommand: _config,
+    KeyFirst: _key_first,
 }
 
 
