@@ -205,3 +205,67 @@ def test_modelexecute_errors(con: redis.Redis, worker: Worker) -> None:
     for message, args in cases:
         assert error_of(con, *run, *args) == message, args
     assert error_of(con, "AI.MODELEXECUTE", "not_existing", *io) == "model key is empty"
+
+
+def test_dag_load_persist_and_timeout_errors(con: redis.Redis) -> None:
+    cases = [
+        ("missing arguments after LOAD keyword in DAG command", "PERSIST 2 x y LOAD 1"),
+        (
+            "invalid or negative value found in number of keys to LOAD",
+            "LOAD notnumber |> AI.TENSORGET x VALUES",
+        ),
+        (
+            "number of keys to LOAD into DAG does not match the number of given arguments",
+            "ROUTING a LOAD 2 a",
+        ),
+        # the LOADed tensor is read before the DAG is found empty
+        ("tensor key is empty or in a different shard", "ROUTING nothing LOAD 1 nothing"),
+        (WRONGTYPE, "ROUTING s LOAD 1 s"),
+        ("missing arguments after PERSIST keyword in DAG command", "ROUTING a LOAD 1 a PERSIST 1"),
+        (
+            "invalid or negative value found in number of keys to PERSIST",
+            "ROUTING a PERSIST not_number a",
+        ),
+        (
+            "number of keys to PERSIST after DAG execution does not match the number of given "
+            "arguments",
+            "ROUTING a PERSIST 2 a",
+        ),
+        ("No value provided for TIMEOUT", "ROUTING a PERSIST 1 a TIMEOUT"),
+        ("Invalid value for TIMEOUT", "ROUTING a PERSIST 1 a TIMEOUT not_number"),
+        ("Missing ROUTING value", "PERSIST 3 a b c ROUTING"),
+        ("Invalid DAG command. Unexpected argument:  BAD_ARG", "ROUTING a PERSIST 1 a BAD_ARG"),
+        (
+            "AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of "
+            "ROUTING, LOAD, PERSIST keywords",
+            "|> AI.TENSORSET a FLOAT 1 2 VALUES 5 10",
+        ),
+        ("Unsupported command within DAG", "ROUTING a |> AI.NOCOMMAND a FLOAT 1 2 VALUES 5 10"),
+        ("DAG is empty", "ROUTING a LOAD 1 a"),
+        (
+            "Deprecated AI.MODELRUN cannot be used in AI.DAGEXECUTE command",
+            "LOAD 1 a |> AI.MODELRUN m INPUTS a a OUTPUTS out",
+        ),
+        (
+            "wrong number of arguments for 'AI.TENSORGET' command",
+            "ROUTING a |> AI.TENSORSET a FLOAT 1 |> AI.TENSORGET a META BLOB extra",
+        ),
+        (
+            "wrong number of arguments for 'AI.TENSORSET' command",
+            "ROUTING a |> AI.TENSORSET a FLOAT 1 |> AI.TENSORSET",
+        ),
+    ]
+    con.execute_command("AI.TENSORSET", "a", "FLOAT", 2, 2, "VALUES", 2, 3, 2, 3)
+    con.execute_command("SET", "s", "value")
+    for message, rest in cases:
+        assert error_of(con, "AI.DAGEXECUTE", *rest.split()) == message, rest
+    assert error_of(con, "AI.DAGEXECUTE") == "missing arguments for 'AI.DAGEXECUTE' command"
+    read_only = "PERSIST 1 t |> AI.TENSORSET t FLOAT 1"
+    assert error_of(con, "AI.DAGEXECUTE_RO", *read_only.split(" ")) == (
+        "PERSIST cannot be specified in a read-only DAG"
+    )
+    # a LOAD after an argument RedisAI refused first is not read
+    persist_first = "PERSIST x t LOAD 1 nothing |> AI.TENSORGET t"
+    assert error_of(con, "AI.DAGEXECUTE", *persist_first.split(" ")) == (
+        "invalid or negative value found in number of keys to PERSIST"
+    )

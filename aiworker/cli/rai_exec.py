@@ -38,7 +38,7 @@ def _parse(command: str | Sequence[str | bytes]) -> Command | KeyFirst:
     try:
         return parse_tokens(tokens)
     except AIError as exc:
-        first = key_first(tokens[0].encode(), len(tokens), tokens[1], exc) if tokens[1:] else None
+        first = key_first(tokens, exc)
         if first is None:
             raise
         return first

@@ -40,6 +40,7 @@ from .translate import KeyFirst, key_first
 # Arguments at least this long are passed to the parser as stand-ins when they are blob chunks.
 LARGE_ARG = 4096
 _DATA_WORDS = (b"BLOB", b"VALUES")
+_LONG = "\0long argument"
 
 
 def is_ai_command(name: bytes) -> bool:
@@ -64,13 +65,14 @@ def parse_command(args: Sequence[bytes], keyspace: Keys) -> Command | KeyFirst:
             command = _modelstore(args)
         else:
             command = parse_tokens([to_text(arg) for arg in args])
-    except AIError as exc:
-        first = key_first(name, len(args), to_text(args[1]), exc) if len(args) > 1 else None
-        if first is None:
+    except AIError as exc:  # long arguments (blobs) stand in: no key is one
+        first = key_first([to_text(a) if len(a) < LARGE_ARG else _LONG for a in args], exc)
+        if first is None or _LONG in first.keys:
             raise
-        _utf8(first.key)
-        if not first.read:
-            _not_own(first.key, keyspace)
+        for key in first.keys:
+            _utf8(key)
+            if not first.read:
+                _not_own(key, keyspace)
         return first
     check(command, keyspace)
     return command

@@ -10,7 +10,7 @@ a failed DAG op; a failed command raises (``error_reply`` gives its reply).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,6 +32,7 @@ from aiworker.parser.commands import (
     ScriptScan,
     ScriptStore,
 )
+from aiworker.parser.dag import DAG_COMMANDS, loaded_first
 from aiworker.protocol import messages, replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
@@ -48,30 +49,37 @@ STORES = (ModelStore, ScriptStore)
 
 @dataclass(frozen=True)
 class KeyFirst:
-    """AI.TENSORSET or AI.TENSORGET whose arguments after the key are wrong. RedisAI opened the
-    key before it read them, so a key holding something else (for TENSORGET, also an empty
-    key) is the error it reported, else ``error``, the arguments' own."""
+    """A command whose arguments are wrong after keys RedisAI read before it met them: a key of
+    AI.TENSORSET or AI.TENSORGET (it opened the key first), the LOAD keys of a DAG (it loaded
+    them as it parsed). A key holding something else than a tensor, or an empty one where a
+    tensor is read, is the error it reported; else ``error``, the arguments' own."""
 
-    key: str
-    read: bool  # TENSORGET: the key must hold a tensor
+    keys: tuple[str, ...]
+    read: bool  # each key must hold a tensor (AI.TENSORSET: an empty key will do)
     error: AIError
 
 
-def key_first(name: bytes, argc: int, key: str, error: AIError) -> KeyFirst | None:
-    """What a failed parse of a command becomes where RedisAI checked the key first (the
-    command's arity right), else None."""
-    name = name.upper()
-    if (name == b"AI.TENSORSET" and argc >= 4) or (name == b"AI.TENSORGET" and 2 <= argc <= 4):
-        return KeyFirst(key, name == b"AI.TENSORGET", error)
+def key_first(tokens: Sequence[str], error: AIError) -> KeyFirst | None:
+    """What a failed parse of ``tokens`` (a command, its name first) becomes where RedisAI read
+    keys before the wrong arguments (and after its arity check), else None."""
+    name, argc = tokens[0].upper(), len(tokens)
+    if name == "AI.TENSORSET" and argc >= 4:
+        return KeyFirst((tokens[1],), False, error)
+    if name == "AI.TENSORGET" and 2 <= argc <= 4:
+        return KeyFirst((tokens[1],), True, error)
+    if name in DAG_COMMANDS:
+        loaded = loaded_first(tokens[1:], name)
+        return KeyFirst(loaded, True, error) if loaded else None
     return None
 
 
 def _key_first(state: State, cmd: KeyFirst) -> Plan[Any]:
-    try:
-        yield from tensor_io.read_meta_plan(cmd.key)
-    except AIError as exc:
-        if cmd.read or str(exc) != messages.TENSOR_EMPTY:
-            raise
+    for key in cmd.keys:
+        try:
+            yield from tensor_io.read_meta_plan(key)
+        except AIError as exc:
+            if cmd.read or str(exc) != messages.TENSOR_EMPTY:
+                raise
     raise cmd.error
 
 

@@ -8,6 +8,7 @@ produced by an earlier op, and every PERSIST key must exist in the DAG by its en
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from aiworker.parser.common import CHAIN, parse_int, parse_timeout
 from aiworker.parser.execute import (
@@ -98,54 +99,82 @@ def check_names(dag: DagExecute) -> None:
         raise AIError("PERSIST key cannot be found in DAG")
 
 
-def parse_dag(args: Sequence[str], command: str = "AI.DAGEXECUTE") -> DagExecute:
-    """Parse the arguments after ``command`` (one of ``DAG_COMMANDS``)."""
+@dataclass
+class _Header:
+    """A DAG's arguments before its first op; ``end``: where the ops start."""
+
+    load: tuple[str, ...] | None = None
+    persist: tuple[str, ...] | None = None
+    routing: str | None = None
+    timeout: int | None = None
+    end: int = 0
+
+
+def _header(args: Sequence[str], command: str, until_load: bool = False) -> _Header:
+    """Parse the arguments before the first op, in order (``until_load``: stop after LOAD)."""
     deprecated, readonly = command.startswith("AI.DAGRUN"), command.endswith("_RO")
     if deprecated and len(args) < 3:
         raise AIError(f"wrong number of arguments for '{command}' command")
     if not deprecated and len(args) < 5:
         raise AIError(f"missing arguments for '{command}' command")
-    load: tuple[str, ...] | None = None
-    persist: tuple[str, ...] | None = None
-    routing: str | None = None
-    timeout: int | None = None
+    head = _Header()
     i = 0
     while i < len(args):
         token, word = args[i], args[i].upper()
-        if word == "LOAD" and load is None:
-            load, i = _keys(args, i, "LOAD")
-        elif word == "PERSIST" and persist is None:
+        if word == "LOAD" and head.load is None:
+            head.load, i = _keys(args, i, "LOAD")
+            if until_load:
+                break
+        elif word == "PERSIST" and head.persist is None:
             if readonly:
                 raise AIError("PERSIST cannot be specified in a read-only DAG")
-            persist, i = _keys(args, i, "PERSIST")
-        elif word == "ROUTING" and routing is None:
+            head.persist, i = _keys(args, i, "PERSIST")
+        elif word == "ROUTING" and head.routing is None:
             if i + 1 >= len(args):
                 raise AIError("Missing ROUTING value")
-            routing, i = args[i + 1], i + 2
-        elif word == "TIMEOUT" and timeout is None:
-            timeout, i = parse_timeout(args, i + 1, "No value provided for TIMEOUT"), i + 2
+            head.routing, i = args[i + 1], i + 2
+        elif word == "TIMEOUT" and head.timeout is None:
+            head.timeout, i = parse_timeout(args, i + 1, "No value provided for TIMEOUT"), i + 2
         elif token == CHAIN and i < len(args) - 1:
             break
         else:
             raise AIError(f"Invalid DAG command. Unexpected argument:  {token}")
-    if not deprecated and load is None and persist is None and routing is None:
+    head.end = i
+    return head
+
+
+def loaded_first(args: Sequence[str], command: str) -> tuple[str, ...]:
+    """The keys RedisAI read from the keyspace before it met any error later in ``args``: it
+    loaded a LOAD section's tensors as it parsed it, so a missing or wrong one was the error
+    reported. Those of a well-formed LOAD after well-formed arguments, else none."""
+    try:
+        return _header(args, command, until_load=True).load or ()
+    except AIError:
+        return ()
+
+
+def parse_dag(args: Sequence[str], command: str = "AI.DAGEXECUTE") -> DagExecute:
+    """Parse the arguments after ``command`` (one of ``DAG_COMMANDS``)."""
+    deprecated, readonly = command.startswith("AI.DAGRUN"), command.endswith("_RO")
+    head = _header(args, command)
+    if not deprecated and head.load is None and head.persist is None and head.routing is None:
         raise AIError(
             "AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of "
             "ROUTING, LOAD, PERSIST keywords"
         )
-    if i >= len(args):
+    if head.end >= len(args):
         raise AIError("DAG is empty")
     ops: list[DagOp] = []
-    for tokens in _split_ops(args, i):
+    for tokens in _split_ops(args, head.end):
         if not tokens:
             raise AIError("Unsupported command within DAG")
         ops.append(_op_parser(tokens[0].upper(), command)(tokens[1:]))
     dag = DagExecute(
         tuple(ops),
-        load=load or (),
-        persist=persist or (),
-        routing=routing,
-        timeout_ms=timeout,
+        load=head.load or (),
+        persist=head.persist or (),
+        routing=head.routing,
+        timeout_ms=head.timeout,
         readonly=readonly,
     )
     check_names(dag)
