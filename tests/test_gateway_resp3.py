@@ -226,3 +226,21 @@ def test_resp3_framing_and_encoding() -> None:
     assert encode(value) == (
         b"*3\r\n$3\r\n2.5\r\n$-1\r\n*2\r\n$1\r\nk\r\n*2\r\n:1\r\n$4\r\n-inf\r\n"
     )
+
+
+def test_losing_the_ai_connection_keeps_the_client(
+    gateway: Gateway, client: Client, redis_server: Any
+) -> None:
+    """Redis may close a RESP3 client's AI.* connection (idle ``timeout``) while the client
+    works on its own one: the client stays connected, its next AI.* command opens another."""
+    con = connect3(gateway)
+    assert con.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 4) == b"OK"
+    own = con.client_id()
+    admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    others = [c["id"] for c in admin.client_list() if int(c["id"]) not in (own, admin.client_id())]
+    assert others  # the AI.* connection (and the test's own clients)
+    for ident in others:
+        admin.client_kill_filter(_id=ident)
+    assert con.ping() is True
+    assert con.execute_command("AI.TENSORGET", "t", "VALUES") == [4]
+    assert con.client_id() == own  # the same connection of its own

@@ -388,7 +388,10 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:
         """Redis went away: the commands it did not answer get an error, then the client is
-        disconnected (its DB, user and transaction were Redis' and are gone)."""
+        disconnected (its DB, user and transaction were Redis' and are gone). A RESP3 client's
+        AI.* connection (``_ai_link``) holds none of that: an AI.* command running on it fails,
+        and the next one opens another (Redis may close it for idling while the client is
+        busy on its own connection)."""
         error = resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
             self.ai_task.cancel(redis.ConnectionError(why))
@@ -399,6 +402,10 @@ class Session(ReplyHooks, asyncio.Protocol):
             else:
                 self.inflight -= 1
                 slot.data = error
+        if self._link is not None and self._link[1] is upstream:
+            self._link = None
+            self.flush()
+            return
         self.waiting.clear()
         self._close_after_replies()
 
