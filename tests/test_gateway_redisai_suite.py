@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from builders import tf_mul_graph
+from builders import onnx_mul, tf_mul_graph, tflite_model
 from conftest import torch_blob
 from test_gateway import connect, running_gateway
 
@@ -269,3 +269,23 @@ def test_dag_load_persist_and_timeout_errors(con: redis.Redis) -> None:
     assert error_of(con, "AI.DAGEXECUTE", *persist_first.split(" ")) == (
         "invalid or negative value found in number of keys to PERSIST"
     )
+
+
+def test_modelget_lists_the_names_the_framework_reports(con: redis.Redis, worker: Worker) -> None:
+    """``tests_deprecated_commands.py``/``tests_pytorch.py``: a TORCH model stored without
+    INPUTS/OUTPUTS lists forward's argument names and one unnamed output per returned tensor;
+    ONNX and TFLITE their graphs' names. The gateway never loads a framework: the worker that
+    checked the blob reported them."""
+    cases = [
+        ("TORCH", torch_blob(), [b"a", b"b"], [b""]),
+        ("ONNX", onnx_mul(), [b"a", b"b"], [b"c"]),
+        ("TFLITE", tflite_model(), [b"x"], [b"Identity"]),
+    ]
+    for backend, blob, inputs, outputs in cases:
+        assert con.execute_command("AI.MODELSET", "m", backend, "CPU", "BLOB", blob) == b"OK"
+        meta = con.execute_command("AI.MODELGET", "m", "META")
+        assert (meta[11], meta[13]) == (inputs, outputs), backend
+    tf = ("INPUTS", "a", "b", "OUTPUTS", "mul", "BLOB", tf_mul_graph())
+    assert con.execute_command("AI.MODELSET", "m", "TF", "CPU", *tf) == b"OK"
+    meta = con.execute_command("AI.MODELGET", "m", "META", "BLOB")
+    assert (meta[11], meta[13]) == ([b"a", b"b"], [b"mul"])  # the names the store gave

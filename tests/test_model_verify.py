@@ -22,6 +22,7 @@ from builders import onnx_mul
 from conftest import worker_env
 
 from aiworker import Client, Worker
+from aiworker.client.job_ops import MAX_LISTED_NAMES, MAX_NAME_CHARS, listed_names
 from aiworker.embedded import RedisServer
 
 pytest.importorskip("onnxruntime")
@@ -43,6 +44,10 @@ print(json.dumps({
     "result": result,
     "warnings": [str(w.message) for w in caught if w.category is UnverifiedModelWarning],
     "exists": bool(client.exists("m")),
+    "names": (
+        [client.modelget("m", meta_only=True)[f] for f in ("inputs", "outputs")]
+        if result == "stored" else None
+    ),
     "onnxruntime": "onnxruntime" in sys.modules and sys.modules["onnxruntime"] is not None,
 }))
 """
@@ -75,6 +80,7 @@ def test_no_framework_and_no_live_worker_stores_with_a_warning(
 ) -> None:
     result = store_without_framework(redis_server.url, b"\xff\xfe garbage", tmp_path)
     assert result["result"] == "stored" and result["exists"]
+    assert result["names"] == [[], []]  # nobody loaded it: no names to list
     assert result["warnings"] == [
         "model m was stored without being verified: backend ONNX cannot be imported in this "
         "process and no live worker serves queue CPU"
@@ -90,6 +96,21 @@ def test_a_good_model_is_stored_through_a_live_worker(
     assert result["result"] == "stored" and result["exists"]
     for message in result["warnings"]:
         assert "the worker serving queue CPU could not check it" in message
+    if not result["warnings"]:  # the worker loaded it and reported its graph's names
+        assert result["names"] == [["a", "b"], ["c"]]
+
+
+def test_only_names_a_check_could_report_are_kept() -> None:
+    """A MODELVERIFY reply's names end up in MODELGET META: lists of short strings only."""
+    assert listed_names({"loaded": True, "inputs": ["a"], "outputs": [""]}) == (("a",), ("",))
+    assert listed_names({"loaded": True}) is None  # an older worker: no names
+    for forged in (
+        {"inputs": "a", "outputs": []},
+        {"inputs": [1], "outputs": []},
+        {"inputs": ["x" * (MAX_NAME_CHARS + 1)], "outputs": []},
+        {"inputs": ["a"] * (MAX_LISTED_NAMES + 1), "outputs": []},
+    ):
+        assert listed_names(forged) is None, forged
 
 
 def test_modelstore_asks_a_live_worker_to_verify(

@@ -102,8 +102,8 @@ def test_raw_replies_without_postprocess(con: Client, worker: Worker) -> None:
     assert con.tensorget("x", meta_only=True) == [b"dtype", b"FLOAT", b"shape", [2]]
     assert con.modelget("pt_model", meta_only=True) == [
         b"backend", b"TORCH", b"device", b"cpu", b"tag", b"v7.0", b"batchsize", 0,
-        b"minbatchsize", 0, b"inputs", [], b"outputs", [], b"minbatchtimeout", 0,
-    ]  # fmt: skip
+        b"minbatchsize", 0, b"inputs", [b"a", b"b"], b"outputs", [b""], b"minbatchtimeout", 0,
+    ]  # fmt: skip  # forward's argument names, one unnamed output: as RedisAI listed them
     assert con.modelexecute("pt_model", ["x", "x"], ["y"]) == b"OK"
     assert con.scriptstore("s", "cpu", SCRIPT, "bar", "t") == b"OK"
     assert con.scriptget("s", meta_only=True) == [
@@ -271,7 +271,7 @@ def test_tensors(client: Client) -> None:
 def test_models(con: Client, worker: Worker) -> None:
     assert con.modelget("pt_model", meta_only=True) == {
         "backend": "TORCH", "device": "cpu", "tag": "v7.0", "batchsize": 0,
-        "minbatchsize": 0, "inputs": [], "outputs": [], "minbatchtimeout": 0,
+        "minbatchsize": 0, "inputs": ["a", "b"], "outputs": [""], "minbatchtimeout": 0,
     }  # fmt: skip
     blob = torch_blob("add")
     assert con.modelget("pt_model")["blob"] == blob

@@ -25,6 +25,7 @@ from aiworker.devices import Device
 from aiworker.protocol.backend_names import BUILTIN_BACKENDS, plugin_targets
 from aiworker.protocol.errors import AIError, BackendUnavailable
 from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import IONames
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class LoadedModel(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release framework resources (called when evicted from the cache)."""
+
+    def io_names(self) -> IONames:
+        """The input and output names the framework reports, as RedisAI listed them in AI.MODELGET
+        META for a model stored without INPUTS/OUTPUTS; empty when it reports none."""
+        return (), ()
 
     def batch_sizes(self, batchsize: int) -> list[int] | None:
         """The batch sizes (ascending) this model runs autobatched requests at: a batch is padded

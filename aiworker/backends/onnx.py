@@ -32,6 +32,7 @@ from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import IONames
 
 try:
     import onnx
@@ -138,7 +139,11 @@ class ONNXModel(LoadedModel):
         self.options = options
         self.nbytes = nbytes
         self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
         self.output_types = [o.type for o in session.get_outputs()]
+
+    def io_names(self) -> IONames:
+        return tuple(self.input_names), tuple(self.output_names)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):

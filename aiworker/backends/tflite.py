@@ -22,6 +22,7 @@ from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import IONames
 from aiworker.protocol.tensor import dtype_of
 
 try:
@@ -88,8 +89,14 @@ class TFLiteModel(LoadedModel):
         self.nbytes = len(blob)
         self._local = threading.local()
         first = self._interpreter()  # fails here, at load, for a corrupt blob
-        self.n_inputs = len(first.get_input_details())
-        self.n_outputs = len(first.get_output_details())
+        self.names = (
+            tuple(str(d["name"]) for d in first.get_input_details()),
+            tuple(str(d["name"]) for d in first.get_output_details()),
+        )
+        self.n_inputs, self.n_outputs = len(self.names[0]), len(self.names[1])
+
+    def io_names(self) -> IONames:
+        return self.names
 
     def _interpreter(self) -> Any:
         interpreter = getattr(self._local, "interpreter", None)

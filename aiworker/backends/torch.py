@@ -48,6 +48,7 @@ from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import IONames
 
 
 def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
@@ -114,6 +115,19 @@ class TorchModel(LoadedModel):
         self._handed_out = _HandedOut()
         self._streams = threading.local()
         self._forward_s: float | None = None  # the last forward's time (None: none yet)
+
+    def io_names(self) -> IONames:
+        """As RedisAI's TORCH backend: ``forward``'s argument names, and an empty name for each
+        output (TorchScript names none; a returned tuple counts its elements)."""
+        try:
+            schema = self.module.forward.schema  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):
+            return (), ()
+        returns = schema.returns
+        count = len(returns)
+        if count == 1 and isinstance(returns[0].type, torch.TupleType):
+            count = len(returns[0].type.elements())
+        return tuple(a.name for a in schema.arguments[1:]), ("",) * count
 
     def batch_sizes(self, batchsize: int) -> list[int] | None:
         """On a GPU, powers of two (warmed up at load): the profiling executor re-specialises on

@@ -23,6 +23,7 @@ from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import (
     MODEL,
     DagExecute,
+    IONames,
     ModelExecute,
     ModelVerify,
     Request,
@@ -169,18 +170,19 @@ def verify_plan(
     inputs: Sequence[str],
     outputs: Sequence[str],
     batchsize: int,
-) -> Plan[None]:
-    """Refuse a blob that does not load, as RedisAI did at MODELSTORE (``_checked``)."""
+) -> Plan[IONames | None]:
+    """Refuse a blob that does not load, as RedisAI did at MODELSTORE (``_checked``); the input
+    and output names its framework reports, when it was checked."""
     data = memoryview(blob).cast("B")
 
     def request() -> ModelVerify:
         return ModelVerify(backend, device, bytes(data), tuple(inputs), tuple(outputs), batchsize)
 
     here = VerifyModelHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
-    yield from _checked(
+    return (yield from _checked(
         state, f"model {key}", device, here, request, len(data), f"backend {backend}",
         UnverifiedModelWarning,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def verify_script_plan(
@@ -205,11 +207,13 @@ def _checked(
     size: int,
     framework: str,
     warning: type[Warning],
-) -> Plan[None]:
+) -> Plan[IONames | None]:
     """Check ``what`` here when its framework is importable; else ask a live worker serving the
-    device (the reply's ``loaded`` is its verdict); else let it be stored with ``warning``."""
-    if (yield here):
-        return
+    device (the reply's ``loaded`` is its verdict); else let it be stored with ``warning``. A
+    model's reported input and output names when it was checked."""
+    found = yield here
+    if found:
+        return found if isinstance(found, tuple) else None
     queue = parse_device(device).queue
     why = f"{framework} cannot be imported in this process"
     if size > MAX_VERIFY_BYTES:
@@ -227,8 +231,28 @@ def _checked(
             # a verdict carries "loaded"; any other answer (a worker without this check, an
             # entry it refused) means it could not be checked
             if loaded is True:
-                return
+                return listed_names(reply.extra)
             if loaded is False:
                 raise replies.error_of(message or f"{what} does not load")
             why += f" and the worker serving queue {queue} could not check it ({message})"
     warnings.warn(f"{what} was stored without being verified: {why}", warning, stacklevel=2)
+    return None
+
+
+# The most names a worker's check may report for a model (each at most MAX_NAME_CHARS long).
+MAX_LISTED_NAMES = 4096
+MAX_NAME_CHARS = 1024
+
+
+def listed_names(extra: Mapping[str, Any]) -> IONames | None:
+    """The input and output names a worker's MODELVERIFY reported (``inputs``, ``outputs``);
+    None when it reported none, or anything but lists of short strings."""
+    inputs, outputs = extra.get("inputs"), extra.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list):
+        return None
+    names = [*inputs, *outputs]
+    if len(names) > MAX_LISTED_NAMES:
+        return None
+    if not all(isinstance(n, str) and len(n) <= MAX_NAME_CHARS for n in names):
+        return None
+    return tuple(inputs), tuple(outputs)

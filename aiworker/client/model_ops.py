@@ -11,6 +11,7 @@ from aiworker.client.ops import Op, Print, State, chunk_size_plan, writable_plan
 from aiworker.protocol import messages
 from aiworker.protocol.backend_names import io_name_backends, io_names_optional, known_backends
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.requests import IONames
 from aiworker.storage import model as model_store
 from aiworker.storage.plans import Plan
 
@@ -28,12 +29,13 @@ def modelstore(
     inputs: Any = None,
     outputs: Any = None,
     *,
-    verify: Callable[..., Plan[None]] | None = None,
+    verify: Callable[..., Plan[IONames | None]] | None = None,
     legacy: bool = False,
 ) -> Op:
     """AI.MODELSTORE (``legacy``: the deprecated AI.MODELSET's checks). As redisai-py, the current
     MODEL_CHUNK_SIZE is read first and the blob sent in chunks of it. ``verify`` is the plan that
-    refuses a blob that does not load (``job_ops.verify_plan``)."""
+    refuses a blob that does not load (``job_ops.verify_plan``); the input and output names it
+    reports are kept for MODELGET META when the store names none (RedisAI listed them)."""
     io_backends = set(io_name_backends())
     backends = set(known_backends())
     tokens: list[Any] = []
@@ -75,8 +77,11 @@ def modelstore(
             outputs=out_names,
         )
         yield from writable_plan(text(key), model_store.KIND_MODEL)
+        listed = None
         if verify is not None:
-            yield from verify(text(key), name, device_name, data, in_names, out_names, batch or 0)
+            listed = yield from verify(
+                text(key), name, device_name, data, in_names, out_names, batch or 0
+            )
         meta = model_store.ModelMeta(
             backend=name,
             device=device_name,
@@ -86,6 +91,7 @@ def modelstore(
             minbatchtimeout=minbatchtimeout or 0,
             inputs=tuple(in_names),
             outputs=tuple(out_names),
+            extra=model_store.listed_fields(listed) if listed and not in_names + out_names else {},
         )
         yield from model_store.store_plan(state.keyspace, text(key), meta, data, size)
         state.remember(text(key), device_name)
@@ -99,10 +105,10 @@ def modelget(state: State, key: Any, meta_only: bool = False) -> Op:
 
     def plan() -> Plan[Any]:
         if meta_only:
-            meta = yield from model_store.read_meta_plan(text(key))
+            meta = yield from model_store.read_meta_plan(text(key), listed=True)
             reply = raw.model_reply(meta, None)
         else:
-            meta, blob = yield from model_store.read_model_plan(text(key))
+            meta, blob = yield from model_store.read_model_plan(text(key), listed=True)
             size = yield from chunk_size_plan(state)
             reply = raw.model_reply(meta, raw.blob_reply(blob, size))
         return reply if state.raw else raw.model_result(reply)

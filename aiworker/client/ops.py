@@ -25,7 +25,7 @@ from aiworker.devices import parse_device
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import Request
+from aiworker.protocol.requests import IONames, Request
 from aiworker.settings import Settings
 from aiworker.storage import model as model_store
 from aiworker.storage import plans, stats, tensor_io
@@ -59,11 +59,12 @@ class Submit:
 
 class VerifyHere:
     """Driver instruction: check in this process what is about to be stored (``check``); sends
-    back True (it loads or compiles; ``AIError`` with RedisAI's message when it does not) or
-    False (its framework is not importable here). The gateway sends back False without checking:
-    it never loads a framework, a live worker checks instead."""
+    back something true (it loads or compiles: a model's reported input and output names, or
+    True; ``AIError`` with RedisAI's message when it does not) or something false (its framework
+    is not importable here). The gateway sends back False without checking: it never loads a
+    framework, a live worker checks instead."""
 
-    def check(self) -> bool:
+    def check(self) -> Any:
         raise NotImplementedError
 
 
@@ -77,7 +78,7 @@ class VerifyModelHere(VerifyHere):
     outputs: tuple[str, ...] = ()
     batchsize: int = 0
 
-    def check(self) -> bool:
+    def check(self) -> IONames | None:
         return verify_model(self.backend, self.blob, self.inputs, self.outputs, self.batchsize)
 
 

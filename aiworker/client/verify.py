@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from aiworker.backends.base import BackendOptions, ModelSpec, resolve_backend
 from aiworker.devices import parse_device
 from aiworker.protocol.errors import AIError, BackendUnavailable
+from aiworker.protocol.requests import IONames
 
 
 class UnverifiedModelWarning(UserWarning):
@@ -42,15 +43,16 @@ def verify_model(
     inputs: Sequence[str] = (),
     outputs: Sequence[str] = (),
     batchsize: int = 0,
-) -> bool:
-    """Load the blob with its backend in this process and drop it again: True when it loaded,
-    False when the backend's framework cannot be imported here; ``AIError`` with the backend's
-    (RedisAI's) message when it does not load. The load uses the CPU: a model stored for a GPU
+) -> IONames | None:
+    """Load the blob with its backend in this process and drop it again: the input and output
+    names its framework reports when it loaded (``LoadedModel.io_names``), None when the
+    backend's framework cannot be imported here; ``AIError`` with the backend's (RedisAI's)
+    message when it does not load. The load uses the CPU: a model stored for a GPU
     is checked for being loadable, and the worker reports a missing GPU when it runs."""
     try:
         cls = resolve_backend(backend.upper())
     except BackendUnavailable:
-        return False
+        return None
     spec = ModelSpec(
         key="",
         device=parse_device("CPU"),
@@ -64,5 +66,6 @@ def verify_model(
         raise
     except Exception as exc:  # a framework error the backend did not translate
         raise AIError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+    names = model.io_names()
     model.close()
-    return True
+    return names

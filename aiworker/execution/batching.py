@@ -47,6 +47,7 @@ from aiworker.execution.models import Models, run_model
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.requests import IONames
 from aiworker.storage.model import ModelMeta
 
 # Per input: (dtype, every dimension but the first). None: a 0-d input, which cannot be batched.
@@ -71,6 +72,7 @@ class MemberResult:
     error: str = ""
     duration_us: int = 0
     counted: bool = True  # False when the model never ran (e.g. it failed to load): no stats
+    listed: IONames | None = None  # a model check's: the names its framework reports
 
 
 @dataclass(eq=False, slots=True)

@@ -32,6 +32,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import (
     VERIFY_OPS,
     DagExecute,
+    IONames,
     Job,
     ModelVerify,
     ScriptExecute,
@@ -70,7 +71,10 @@ class VerifyRun:
 
     def op_done(self, op: Any, result: MemberResult, member: Member, batch: Batch) -> list[Member]:
         self.running = 0
-        self.result = Outcome("ok", reply_fields={"loaded": True})
+        fields: dict[str, Any] = {"loaded": True}
+        if result.listed is not None:  # what MODELGET META lists for a model without INPUTS
+            fields["inputs"], fields["outputs"] = list(result.listed[0]), list(result.listed[1])
+        self.result = Outcome("ok", reply_fields=fields)
         if result.outputs is None:
             self.result = Outcome.failed(result.error)
             if result.counted:  # the backend judged the blob: a verdict
@@ -188,6 +192,7 @@ class Executor:
             return MemberResult(None, error_text(exc), counted=False)
         cpu = parse_device("CPU")
         loaded: LoadedModel
+        listed: IONames | None = None
         try:
             if isinstance(request, ScriptVerify):
                 loaded = backend.load_script(request.source, request.entry_points, cpu)
@@ -200,12 +205,13 @@ class Executor:
                     batchsize=request.batchsize,
                 )
                 loaded = backend.load(request.blob, spec)
+                listed = loaded.io_names()
             loaded.close()
         except AIError as exc:
             return MemberResult(None, error_text(exc))
         except Exception as exc:  # a blob or source the framework chokes on
             return MemberResult(None, f"{name}: {error_text(exc)}")
-        return MemberResult([])
+        return MemberResult([], listed=listed)
 
     # what scripts may call ----------------------------------------------------------------------
 

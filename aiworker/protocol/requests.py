@@ -233,13 +233,19 @@ class _Check:
         return None  # it names its device itself
 
 
+# A model's input and output names as its framework reports them (what a MODELVERIFY reply lists
+# besides its verdict; ``LoadedModel.io_names``).
+IONames = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class ModelVerify(_Check):
     """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
     stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply carries
-    the verdict in ``loaded``: ``{"status": "ok", "loaded": true}``, or ``{"status": "error",
-    "loaded": false, "error": <the backend's message, RedisAI's, e.g. "Invalid GraphDef">}``; a
-    reply without ``loaded`` means the worker could not check (the client then warns)."""
+    the verdict in ``loaded``: ``{"status": "ok", "loaded": true, "inputs": [...], "outputs":
+    [...]}`` (the names the framework reports, ``IONames``), or ``{"status": "error", "loaded":
+    false, "error": <the backend's message, RedisAI's, e.g. "Invalid GraphDef">}``; a reply
+    without ``loaded`` means the worker could not check (the client then warns)."""
 
     backend: str
     device: str

@@ -27,6 +27,7 @@ from aiworker.devices import parse_device
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
+from aiworker.protocol.requests import IONames
 from aiworker.protocol.text import text
 from aiworker.storage import lua, plans
 from aiworker.storage.plans import Commands, Plan
@@ -89,6 +90,7 @@ class ModelMeta:
             "digest": self.digest,
             "size": self.size,
             "chunks": self.chunks,
+            **self.extra,
         }
 
 
@@ -263,26 +265,63 @@ def check_meta_reply(values: Any) -> ModelMeta:
     return meta_from_fields(values)
 
 
-def read_meta_plan(key: str) -> Plan[ModelMeta]:
-    """The model's metadata, or RedisAI's errors for a missing key or another kind of key."""
-    replies = yield Commands.one("HMGET", key, *META_FIELDS)
-    return check_meta_reply(replies[0])
+# The input and output names a model's framework reported when it was checked at store time
+# (JSON lists), kept when the store named none: AI.MODELGET META lists them, as RedisAI did.
+LISTED_FIELDS = ("listed_inputs", "listed_outputs")
+
+
+def listed_fields(names: IONames) -> dict[str, str]:
+    """The hash fields that keep a model's reported names (``LISTED_FIELDS``)."""
+    return {field: json.dumps(list(part)) for field, part in zip(LISTED_FIELDS, names, strict=True)}
+
+
+def _with_listed(meta: ModelMeta, values: Sequence[Any]) -> ModelMeta:
+    """``meta`` showing the names its framework reported (``LISTED_FIELDS`` values) where it
+    declares none; unreadable ones are not shown."""
+    if meta.inputs or meta.outputs:
+        return meta
+    try:
+        inputs, outputs = (json.loads(text(v)) if v is not None else [] for v in values)
+    except ValueError:
+        return meta
+    if not all(
+        isinstance(x, list) and all(isinstance(n, str) for n in x) for x in (inputs, outputs)
+    ):
+        return meta
+    return dataclasses.replace(meta, inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def read_meta_plan(key: str, listed: bool = False) -> Plan[ModelMeta]:
+    """The model's metadata, or RedisAI's errors for a missing key or another kind of key
+    (``listed``: showing the names its framework reported, ``_with_listed``)."""
+    fields = (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
+    replies = yield Commands.one("HMGET", key, *fields)
+    return _checked_meta(replies[0], listed)
+
+
+def _checked_meta(values: Any, listed: bool) -> ModelMeta:
+    if not listed or isinstance(values, Exception):
+        return check_meta_reply(values)
+    count = len(META_FIELDS)
+    return _with_listed(check_meta_reply(values[:count]), values[count:])
 
 
 def read_meta(r: plans.AnyRedis, key: str) -> ModelMeta:
     return plans.run(r, read_meta_plan(key))
 
 
-def read_model_plan(key: str) -> Plan[tuple[ModelMeta, bytes]]:
-    """Metadata and blob read in one transaction, so both belong to the same stored version."""
-    meta = yield from read_meta_plan(key)
+def read_model_plan(key: str, listed: bool = False) -> Plan[tuple[ModelMeta, bytes]]:
+    """Metadata and blob read in one transaction, so both belong to the same stored version
+    (``listed``: as ``read_meta_plan``)."""
+    fields = (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
+    meta = yield from read_meta_plan(key, listed)
     for _ in range(READ_ATTEMPTS):
         _check_chunk_count(key, meta.chunks)
         values, chunks = yield Commands(
-            [("HMGET", key, *META_FIELDS), ("HMGET", key, *_chunk_fields(meta.chunks))],
+            [("HMGET", key, *fields), ("HMGET", key, *_chunk_fields(meta.chunks))],
             transaction=True,
         )
-        current = check_meta_reply(values)
+        current = _checked_meta(values, listed)
         if isinstance(chunks, Exception):
             raise chunks
         if current.chunks == meta.chunks or current.chunks == 0:
