@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; other torch builds work too (pip install 'aiworker[torch]').
 TORCH_SPEC ?= torch==2.13.0
 
-# Python for SmartRedis' own environment (its wheels need 3.9-3.11)
+# Python for the Python RedisAI clients' own environments (SmartRedis' wheels need 3.9-3.11;
+# redisai-py needs numpy < 2)
 SMARTREDIS_PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || command -v python3.9 || echo $(PYTHON))
 SMARTREDIS_ENV := tests/gateway_smartredis/.venv
+REDISAI_PY_ENV := tests/gateway_redisai_py/.venv
 
 .PHONY: install test-clients demo test test-quick lint bench clean
 
@@ -21,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The RedisAI clients the gateway's tests drive besides redis-py and redis-cli: a Node program on
-# ioredis and SmartRedis (SmartSim's client), each in an environment of its own.
-test-clients: tests/gateway_node/node_modules/.package-lock.json $(SMARTREDIS_ENV)/.installed
+# ioredis, SmartRedis (SmartSim's client) and redisai-py (RedisAI's own, on redis-py 4), each in
+# an environment of its own.
+test-clients: tests/gateway_node/node_modules/.package-lock.json $(SMARTREDIS_ENV)/.installed \
+	$(REDISAI_PY_ENV)/.installed
 
 tests/gateway_node/node_modules/.package-lock.json: tests/gateway_node/package-lock.json
 	npm ci --prefix tests/gateway_node --no-audit --no-fund
@@ -30,6 +34,11 @@ tests/gateway_node/node_modules/.package-lock.json: tests/gateway_node/package-l
 $(SMARTREDIS_ENV)/.installed: tests/gateway_smartredis/requirements.txt
 	$(SMARTREDIS_PYTHON) -m venv $(SMARTREDIS_ENV)
 	$(SMARTREDIS_ENV)/bin/python -m pip install -q -r tests/gateway_smartredis/requirements.txt
+	touch $@
+
+$(REDISAI_PY_ENV)/.installed: tests/gateway_redisai_py/requirements.txt
+	$(SMARTREDIS_PYTHON) -m venv $(REDISAI_PY_ENV)
+	$(REDISAI_PY_ENV)/bin/python -m pip install -q -r tests/gateway_redisai_py/requirements.txt
 	touch $@
 
 demo: install
@@ -50,4 +59,4 @@ bench: install
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(SMARTREDIS_ENV) tests/gateway_node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SMARTREDIS_ENV) $(REDISAI_PY_ENV) tests/gateway_node/node_modules .pytest_cache .mypy_cache .ruff_cache

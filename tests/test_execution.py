@@ -92,6 +92,26 @@ def test_infoget_counts_calls_and_errors(client: Client, worker: Worker) -> None
                          "calls", "errors"}  # fmt: skip
 
 
+def test_a_job_naming_the_wrong_number_of_tensors_counts_nowhere(
+    client: Client, worker: Worker
+) -> None:
+    """RedisAI refused it before it ran: AI.INFO counts neither a call nor an error, whether the
+    count is the stored model's (TF's INPUTS/OUTPUTS) or the framework's (TorchScript)."""
+    from builders import tf_mul_graph
+
+    client.modelstore("pt", "TORCH", "CPU", torch_blob("add"))
+    client.modelstore("tf", "TF", "CPU", tf_mul_graph(), inputs=["a", "b"], outputs=["mul"])
+    client.tensorset("a", np.ones(2, np.float32))
+    for key, inputs, outputs in [("pt", ["a"], ["c"]), ("tf", ["a"], ["c"]),
+                                 ("tf", ["a", "a"], ["c", "d"])]:  # fmt: skip
+        with pytest.raises(JobFailed, match="here does not match model definition"):
+            client.modelexecute(key, inputs, outputs)
+    assert client.modelexecute("pt", ["a", "a"], ["c"]) == "OK"
+    for key, calls in (("pt", 1), ("tf", 0)):
+        info = client.infoget(key)
+        assert (info["calls"], info["errors"]) == (calls, 0), (key, info)
+
+
 def test_inforeset(client: Client, worker: Worker) -> None:
     client.modelstore("m", "STUB", "CPU", stub_blob("add"))
     set_inputs(client)

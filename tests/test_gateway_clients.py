@@ -24,6 +24,7 @@ from aiworker.protocol.keys import key_slot
 
 NODE_CLIENT = ROOT / "tests" / "gateway_node"
 SMARTREDIS = ROOT / "tests" / "gateway_smartredis"
+REDISAI_PY = ROOT / "tests" / "gateway_redisai_py"
 
 
 @pytest.fixture
@@ -122,6 +123,26 @@ def test_smartredis_client(
         )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
     assert b"all RedisAI commands ok" in done.stdout
+
+
+def test_redisai_py_client(
+    client: Client, settings: Settings, worker: Worker, tmp_path: Path
+) -> None:
+    """redisai-py 1.3, RedisAI's own Python client (on redis-py 4), with only its address
+    changed: tensors, models and scripts (old and new commands), DAGs, a pipeline mixing AI.* and
+    plain commands, statistics, configuration and chunked model blobs."""
+    python = REDISAI_PY / ".venv" / "bin" / "python"
+    assert python.exists(), f"run `make test-clients` first (it installs {REDISAI_PY}/.venv)"
+    model = tmp_path / "add.pt"
+    model.write_bytes(torch_blob("add"))
+    with running_gateway(settings) as gw:
+        host, port = gw.address()
+        done = subprocess.run(
+            [str(python), str(REDISAI_PY / "client.py"), host, str(port), str(model)],
+            env=worker_env(), cwd=tmp_path, capture_output=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all redisai-py calls ok" in done.stdout
 
 
 def _spawn_gateway(url: str, port: int, *args: str) -> subprocess.Popen[bytes]:

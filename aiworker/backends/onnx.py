@@ -31,7 +31,7 @@ from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSp
 from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, CountMismatch
 from aiworker.protocol.requests import IONames
 
 try:
@@ -147,7 +147,7 @@ class ONNXModel(LoadedModel):
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
-            raise AIError(messages.MODEL_INPUT_COUNT)
+            raise CountMismatch(messages.MODEL_INPUT_COUNT)
         feed = {
             name: _feed(np.asarray(value))
             for name, value in zip(self.input_names, inputs, strict=True)

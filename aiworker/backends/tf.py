@@ -35,7 +35,7 @@ from aiworker.backends.util import as_array, check_run_time, clock, one_line, ti
 from aiworker.devices import Device, placement
 from aiworker.protocol import messages
 from aiworker.protocol.backend_names import is_zip
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, CountMismatch
 
 try:
     import tensorflow as tf
@@ -79,7 +79,7 @@ class TFModel(LoadedModel):
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
-            raise AIError(messages.MODEL_INPUT_COUNT)
+            raise CountMismatch(messages.MODEL_INPUT_COUNT)
         feed = {
             tensor: np.asarray(value) for tensor, value in zip(self.inputs, inputs, strict=True)
         }

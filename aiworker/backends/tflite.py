@@ -21,7 +21,7 @@ from aiworker.backends import safety
 from aiworker.backends.base import Backend, LoadedModel, ModelSpec
 from aiworker.backends.util import check_run_time, clock, one_line
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, CountMismatch
 from aiworker.protocol.requests import IONames
 from aiworker.protocol.tensor import dtype_of
 
@@ -112,7 +112,7 @@ class TFLiteModel(LoadedModel):
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != self.n_inputs:
-            raise AIError(messages.MODEL_INPUT_COUNT)
+            raise CountMismatch(messages.MODEL_INPUT_COUNT)
         interpreter = self._interpreter()
         details = interpreter.get_input_details()
         arrays = [

@@ -47,7 +47,7 @@ from aiworker.backends.torch_script import TorchScript
 from aiworker.backends.util import check_run_time, clock
 from aiworker.devices import Device
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, CountMismatch
 from aiworker.protocol.requests import IONames
 
 
@@ -150,7 +150,7 @@ class TorchModel(LoadedModel):
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.input_range and not self.input_range[0] <= len(inputs) <= self.input_range[1]:
-            raise AIError(messages.MODEL_INPUT_COUNT)
+            raise CountMismatch(messages.MODEL_INPUT_COUNT)
         if self.device.type == "cuda":
             with self._on_stream():
                 outputs, started = self._forward(inputs)

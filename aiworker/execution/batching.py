@@ -46,7 +46,7 @@ from aiworker.backends.base import LoadedModel
 from aiworker.execution.models import Models, run_model
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch
 from aiworker.protocol.requests import IONames
 from aiworker.storage.model import ModelMeta
 
@@ -456,7 +456,8 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
             try:
                 outputs, duration_us = run_model(model, inputs, head.meta.backend)
             except AIError as exc:
-                return [MemberResult(None, error_text(exc)) for _ in members]
+                counted = not isinstance(exc, CountMismatch)
+                return [MemberResult(None, error_text(exc), counted=counted) for _ in members]
     except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
         return [MemberResult(None, error_text(exc), counted=False) for _ in members]
     if len(members) == 1 and rows == total:
@@ -479,7 +480,9 @@ def _run_alone(models: Models, member: Member, meta: ModelMeta) -> MemberResult:
             try:
                 outputs, duration_us = run_model(model, member.inputs, meta.backend)
             except AIError as exc:
-                return MemberResult(None, error_text(exc))
+                return MemberResult(
+                    None, error_text(exc), counted=not isinstance(exc, CountMismatch)
+                )
     except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
         return MemberResult(None, error_text(exc), counted=False)
     return MemberResult(outputs, duration_us=duration_us)

@@ -27,7 +27,7 @@ from aiworker.execution.models import SCRIPT_BACKEND, Models, run_model
 from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.state import MetaCache, Snapshot
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.errors import AIError, AIWorkerError, WrongTypeError
+from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import (
     VERIFY_OPS,
@@ -137,6 +137,8 @@ class Executor:
             return Outcome.forward(op.device)
         try:
             op.check(single=True)
+        except CountMismatch as exc:  # refused before it ran, as RedisAI did: nothing counted
+            return Outcome.failed(error_text(exc))
         except AIError as exc:
             return Outcome.failed(error_text(exc), [StatsRecord(op.stats_key(), errors=1)])
         arrays = snapshot.tensors(request.inputs)  # each use counts against max_job_bytes

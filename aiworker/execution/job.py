@@ -37,7 +37,7 @@ from aiworker.execution.outcome import Outcome, StatsRecord, error_text
 from aiworker.execution.scripts import call_script
 from aiworker.execution.state import Snapshot
 from aiworker.protocol import messages, replies
-from aiworker.protocol.errors import AIError, AIWorkerError
+from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch
 from aiworker.protocol.requests import DagOp, Job, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
@@ -124,9 +124,9 @@ class ModelOp(Op):
     def check(self, single: bool) -> None:
         request: ModelExecute = self.request
         if self.meta.inputs and len(request.inputs) != len(self.meta.inputs):
-            raise AIError(messages.MODEL_INPUT_COUNT)
+            raise CountMismatch(messages.MODEL_INPUT_COUNT)
         if self.meta.outputs and len(request.outputs) != len(self.meta.outputs):
-            raise AIError(messages.MODEL_OUTPUT_COUNT)
+            raise CountMismatch(messages.MODEL_OUTPUT_COUNT)
 
     def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
         return Member(self.request.key, self.meta, inputs, (run, self), run.entry_id, run.deadline)

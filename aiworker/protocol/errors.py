@@ -43,6 +43,11 @@ class AIError(AIWorkerError, ResponseError):
     """An error RedisAI reported to clients; the message matches RedisAI's where it had one."""
 
 
+class CountMismatch(AIError):
+    """A job named more or fewer inputs or outputs than its model takes. RedisAI refused such a
+    job before it ran, so it counts in no model's statistics (AI.INFO)."""
+
+
 class WrongTypeError(AIError):
     """The key exists but holds something else than the command expects."""
 
