@@ -19,7 +19,8 @@ from redisai import Client
 
 host, port, model_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 con = Client(host=host, port=port)
-blob = open(model_path, "rb").read()
+with open(model_path, "rb") as file:
+    blob = file.read()
 warnings.simplefilter("ignore", DeprecationWarning)  # modelset, scriptset, modelrun, ...
 
 SCRIPT = """
