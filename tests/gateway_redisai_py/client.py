@@ -83,7 +83,14 @@ assert con.tensorget("z").tolist() == [[2, 4], [6, 8]]
 assert con.scriptset("s_old", "cpu", SCRIPT_OLD) == "OK"
 assert con.scriptrun("s_old", "bar", ["x", "x"], ["z2"]) == "OK"
 assert con.tensorget("z2").tolist() == [[2, 4], [6, 8]]
-fails(con.scriptexecute, "s", "nope", inputs=["x"], outputs=["z"], contains="Function does not exist: nope")
+fails(
+    con.scriptexecute,
+    "s",
+    "nope",
+    inputs=["x"],
+    outputs=["z"],
+    contains="Function does not exist: nope",
+)
 assert con.scriptdel("s_old") == "OK"
 
 # DAGs: the results come back in order, tensors as numpy arrays
