@@ -9,9 +9,10 @@ redis-py client:
   bytes sent to Redis directly;
 * AI.MODELEXECUTE through the gateway vs the Python client's ``modelexecute`` (a STUB model);
 * for scale, no target: AI.TENSORSET / AI.TENSORGET of 1 KB vs the Python client's ``tensorset``
-  / ``tensorget`` (the same Redis work: a Lua call, an HGETALL); GET and a 1 MB HGET through a
-  bare byte-forwarding proxy on the same event loop (what any extra hop through one Python
-  process costs), and GET through ``socat`` when it is installed;
+  / ``tensorget`` (the same Redis work: a Lua call, an HGETALL); GET and AI.TENSORGET 1 KB through
+  the gateway in RESP3 vs RESP2; GET and a 1 MB HGET through a bare byte-forwarding proxy on the
+  same event loop (what any extra hop through one Python process costs), and GET through
+  ``socat`` when it is installed;
 * the gateway's resident memory with 1,000 idle client connections, minus without them.
 
 The machine is shared and noisy, so the peers alternate request by request: within a round both
@@ -217,6 +218,16 @@ def rows(server: RedisServer, ports: dict[str, int], n: int) -> list[Row]:
                 f"GET, {name}", "GET to Redis", None, n, lambda: direct.get("k"),
                 lambda h=hop: h.get("k"),
             ))  # fmt: skip
+    resp3 = redis.Redis(port=ports["gateway"], protocol=3)  # HELLO 3: RESP3 through the gateway
+    out.append(row(
+        "GET, RESP3", "GET through the gateway, RESP2", None, n, lambda: through.get("k"),
+        lambda: resp3.get("k"),
+    ))  # fmt: skip
+    out.append(row(
+        "AI.TENSORGET 1 KB, RESP3", "the same in RESP2", None, n,
+        lambda: through.execute_command("AI.TENSORGET", "t1024", "BLOB"),
+        lambda: resp3.execute_command("AI.TENSORGET", "t1024", "BLOB"),
+    ))  # fmt: skip
     hop = connect(ports["forwarder"])
     out.append(row(
         "HGET 1 MB, forwarder", "HGET to Redis", None, max(20, n // 10),
