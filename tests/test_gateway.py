@@ -660,10 +660,12 @@ def test_subscribe_after_a_job_while_an_argument_comes_in_place(
     sock.close()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 def test_select_and_auth_decide_where_ai_commands_run(
-    gateway: Gateway, client: Client, redis_server: Any
+    gateway: Gateway, client: Client, redis_server: Any, protocol: int
 ) -> None:
-    con = connect(gateway, db=3)
+    """In RESP3 too (HELLO 3 AUTH ...), where AI.* commands run on a connection of their own."""
+    con = connect(gateway, protocol, db=3)
     assert cmd(con, "AI.TENSORSET", "t3", "INT8", 1, "VALUES", 3) == b"OK"
     assert client.exists("t3") == 0
     db3 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=3)
@@ -673,7 +675,7 @@ def test_select_and_auth_decide_where_ai_commands_run(
     client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
                        commands=["+@read", "+auth", "+select", "+hello"])  # fmt: skip
     try:
-        limited = connect(gateway, username="reader", password="pw")
+        limited = connect(gateway, protocol, username="reader", password="pw")
         cmd(con, "SELECT", 0)
         cmd(con, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 1)
         assert cmd(limited, "AI.TENSORGET", "r", "VALUES") == [1]

@@ -6,14 +6,13 @@ purpose, the case says so (README, "Moving from RedisAI")."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from builders import onnx_mul, tf_mul_graph, tflite_model
 from conftest import torch_blob
-from test_gateway import connect, running_gateway
+from test_gateway import connect, error_of, running_gateway
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
@@ -29,16 +28,8 @@ def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def con(gateway: Gateway) -> Iterator[redis.Redis]:
-    c = connect(gateway)
-    yield c
-    c.close()
-
-
-def error_of(con: redis.Redis, *args: Any) -> str:
-    with pytest.raises(redis.ResponseError) as info:
-        con.execute_command(*args)
-    return str(info.value)
+def con(gateway: Gateway) -> redis.Redis:
+    return connect(gateway)
 
 
 def test_common_tensorset_and_tensorget(con: redis.Redis) -> None:

@@ -109,27 +109,6 @@ def test_redis_py_resp3_client(gateway: Gateway, worker: Worker, client: Client)
     con.close()
 
 
-def test_a_resp3_client_runs_ai_commands_as_its_db_and_user(
-    gateway: Gateway, client: Client, redis_server: Any
-) -> None:
-    con = connect3(gateway, db=3)
-    assert con.execute_command("AI.TENSORSET", "t3", "INT8", 1, "VALUES", 3) == b"OK"
-    assert client.exists("t3") == 0
-    db3 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=3)
-    assert db3.exists("t3") == 1
-    db3.flushdb()
-    client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
-                       commands=["+@read", "+auth", "+select", "+hello"])  # fmt: skip
-    try:
-        client.tensorset("r", [1], dtype="INT8")
-        limited = connect3(gateway, username="reader", password="pw")  # HELLO 3 AUTH ...
-        assert limited.execute_command("AI.TENSORGET", "r", "VALUES") == [1]
-        with pytest.raises(redis.ResponseError, match="NOPERM"):
-            limited.execute_command("AI.TENSORSET", "r", "INT8", 1, "VALUES", 2)
-    finally:
-        client.acl_deluser("reader")
-
-
 def test_ai_commands_run_inside_a_resp3_transaction(gateway: Gateway, client: Client) -> None:
     """As for a RESP2 client: at EXEC, atomically and in order with the client's own commands
     (EXISTS and DEL see the tensor set before them), their replies in RESP3."""
