@@ -1,5 +1,6 @@
-"""The gateway driven by clients that are not Python: redis-cli (typed commands and --pipe) and a
-Node program on ioredis (``tests/gateway_node``, installed by ``npm ci`` there; CI does it). Also
+"""The gateway driven by clients other than redis-py: redis-cli (typed commands and --pipe), Node
+programs on ioredis and on node-redis in RESP3 (``tests/gateway_node``, installed by ``npm ci``
+there), SmartRedis and redisai-py in environments of their own (``make test-clients``). Also
 ``aiworker gateway`` itself as a process, two of them sharing a port."""
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
     )
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
     assert b"all RedisAI commands ok" in done.stdout
+
+
+def test_node_redis_resp3_client(gateway: Gateway, worker: Worker) -> None:
+    """node-redis 5 in RESP3 (HELLO 3) with its client-side cache on: Redis' invalidation pushes
+    reach it through the gateway between the replies to AI.* commands."""
+    node = shutil.which("node")
+    assert node is not None, "Node.js is needed (see .ci/run)"
+    assert (NODE_CLIENT / "node_modules" / "redis").is_dir(), (
+        f"run `npm ci --prefix {NODE_CLIENT}` first (`make test-clients` does)"
+    )
+    _, port = gateway.address()
+    done = subprocess.run(
+        [node, str(NODE_CLIENT / "client_resp3.js"), str(port)], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all RESP3 commands ok" in done.stdout
 
 
 @pytest.mark.parametrize("mode", ["cluster", "standalone", "unix"])
