@@ -705,6 +705,10 @@ def test_require_auth(client: Client, settings: Settings) -> None:
                 cmd(connect(gw, password="wrong"), "PING")
             authed = connect(gw, password="secret")
             assert cmd(authed, "AI.TENSORGET", "t", "VALUES") == [1]
+            resp3 = connect(gw, protocol=3, password="secret")  # HELLO 3 AUTH default secret
+            assert cmd(resp3, "AI.TENSORGET", "t", "VALUES") == [1]
+            with pytest.raises(redis.AuthenticationError):
+                cmd(connect(gw, protocol=3, password="wrong"), "PING")
     finally:
         redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
 
