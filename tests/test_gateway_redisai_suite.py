@@ -280,3 +280,59 @@ def test_modelget_lists_the_names_the_framework_reports(con: redis.Redis, worker
     assert con.execute_command("AI.MODELSET", "m", "TF", "CPU", *tf) == b"OK"
     meta = con.execute_command("AI.MODELGET", "m", "META", "BLOB")
     assert (meta[11], meta[13]) == ([b"a", b"b"], [b"mul"])  # the names the store gave
+
+
+SCRIPT = """
+def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] + tensors[1]
+
+def bar_variadic(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] + tensors[1:][0]
+"""
+
+
+def test_script_errors(con: redis.Redis, worker: Worker) -> None:
+    """``tests_pytorch.py``: SCRIPTGET and SCRIPTEXECUTE errors, variadic inputs included."""
+    stored = con.execute_command("AI.SCRIPTSTORE", "ket", "CPU", "ENTRY_POINTS", 2, "bar",
+                                 "bar_variadic", "SOURCE", SCRIPT)  # fmt: skip
+    assert stored == b"OK"
+    con.execute_command("AI.TENSORSET", "b", "FLOAT", 2, 2, "VALUES", 2, 3, 2, 3)
+    con.execute_command("SET", "NOT_SCRIPT", "BAR")
+    con.execute_command("SET", "NOT_TENSOR", "BAR")
+    assert error_of(con, "AI.SCRIPTGET", "EMPTY") == "script key is empty"
+    assert error_of(con, "AI.SCRIPTGET", "NOT_SCRIPT") == WRONGTYPE
+    empty = "tensor key is empty or in a different shard"
+    io = ("INPUTS", 2, "b", "b", "OUTPUTS", 1, "c")
+    cases = [
+        (
+            "script key is empty",
+            ("EMPTY", "bar", "KEYS", 1, "k", "INPUTS", 1, "b", "OUTPUTS", 1, "c"),
+        ),
+        (WRONGTYPE, ("NOT_SCRIPT", "bar", "KEYS", 1, "k", "INPUTS", 1, "b", "OUTPUTS", 1, "c")),
+        (empty, ("ket", "bar", "KEYS", 1, "k", "INPUTS", 2, "EMPTY", "b", "OUTPUTS", 1, "c")),
+        (
+            WRONGTYPE,
+            ("ket", "bar", "KEYS", 1, "k", "INPUTS", 2, "NOT_TENSOR", "b", "OUTPUTS", 1, "c"),
+        ),
+        (empty, ("ket", "bar_variadic", "INPUTS", 3, "b", "EMPTY", "b", "OUTPUTS", 1, "c")),
+        (
+            WRONGTYPE,
+            ("ket", "bar_variadic", "INPUTS", 3, "b", "NOT_TENSOR", "b", "OUTPUTS", 1, "c"),
+        ),
+        ("Invalid arguments provided to AI.SCRIPTEXECUTE", ("ket", "bar", "KEYS", 1, "k", "ARGS")),
+        (
+            "Invalid argument for inputs count in AI.SCRIPTEXECUTE",
+            ("ket", "bar", "INPUTS", "OUTPUTS"),
+        ),
+        ("Invalid value for TIMEOUT", ("ket", "bar", *io, "TIMEOUT", "TIMEOUT")),
+        ("No value provided for TIMEOUT in AI.SCRIPTEXECUTE", ("ket", "bar", *io, "TIMEOUT")),
+    ]
+    for message, args in cases:
+        assert error_of(con, "AI.SCRIPTEXECUTE", *args) == message, args
+    for args in [
+        ("ket", "bar", "INPUTS", 1, "b", "OUTPUTS", 1, "c"),  # bar takes two
+        ("ket", "INPUTS", 2, "b", "b", "OUTPUTS", 1, "c"),  # no function
+        ("ket", "bar", "INPUTS", 1, "b", "OUTPUTS"),
+    ]:
+        error_of(con, "AI.SCRIPTEXECUTE", *args)  # RedisAI's test asserts only that they fail
+    assert con.execute_command("AI.SCRIPTEXECUTE", "ket", "bar", *io) == b"OK"
