@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import ROOT, torch_blob, worker_env
+from conftest import ROOT, stub_blob, torch_blob, worker_env
+from redis.cluster import RedisCluster
 from test_gateway import running_gateway
 
 from aiworker import Client, Settings, Worker
@@ -339,8 +340,11 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         )
 
 
-def test_resp3_on_a_real_cluster(cluster_client: Client, cluster_settings: Settings) -> None:
-    """HELLO 3 reaches every master the client's commands go to, those opened later too."""
+def test_resp3_on_a_real_cluster(
+    cluster_client: Client, cluster_worker: Worker, cluster_settings: Settings
+) -> None:
+    """HELLO 3 reaches every master the client's commands go to, those opened later too; and
+    redis-py's cluster client sends AI.* commands (it finds them in the gateway's COMMAND)."""
     with running_gateway(cluster_settings) as gw:
         con = redis.Redis(*gw.address(), protocol=3, socket_timeout=30)
         keys = [f"h{n}" for n in range(30)]
@@ -354,6 +358,12 @@ def test_resp3_on_a_real_cluster(cluster_client: Client, cluster_settings: Setti
         assert con.execute_command("AI.TENSORSET", "{a}x", "FLOAT", 2, "VALUES", 1, 2) == b"OK"
         assert con.execute_command("AI.TENSORGET", "{a}x", "VALUES") == [1.0, 2.0]
         assert con.execute_command("CLUSTER", "SHARDS")[0][b"slots"] == [0, 16383]
+        rc = RedisCluster(*gw.address(), protocol=3)
+        job = ("AI.MODELEXECUTE", "{a}m", "INPUTS", 2, "{a}x", "{a}x", "OUTPUTS", 1, "{b}y")
+        assert rc.execute_command("AI.MODELSTORE", "{a}m", "STUB", "CPU", "BLOB", stub_blob("add"))
+        assert rc.execute_command(*job) == b"OK"
+        assert rc.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [2.0, 4.0]
+        rc.close()
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 ``HOOKS[name](session, slot, args, reply)`` sees the reply first and returns the reply the client
 gets, or None when the session fills the slot later (EXEC of a transaction holding AI.* commands).
 AUTH and HELLO change the identity AI.* commands run as off the connection, HELLO and RESET the
-protocol the client speaks (``resp3``), SELECT the DB; WATCH
+protocol the client speaks (``resp3``), SELECT the DB; COMMAND's replies get RedisAI's commands
+(``command_table``); WATCH
 and UNWATCH whether AI.* commands may use the connection; MULTI, EXEC, DISCARD and RESET the
 transaction AI.* commands join (``transaction``).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from . import resp
 from .aiclients import Identity
+from .command_table import with_ai_commands
 from .routers import ClusterRouter, SingleRouter
 from .transaction import Transaction
 from .upstream import Slot
@@ -78,6 +80,9 @@ class ReplyHooks:
             self._speak(args[1] == b"3")
         return data
 
+    def on_command(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
+        return with_ai_commands(args, data, self.resp3)  # RedisAI's entries in Redis' table
+
     def on_select(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
         if data == resp.OK:
             identity = self.identity
@@ -123,6 +128,7 @@ class ReplyHooks:
 HOOKS: dict[bytes, Callable[..., bytes | None]] = {
     b"AUTH": ReplyHooks.on_auth,
     b"HELLO": ReplyHooks.on_hello,
+    b"COMMAND": ReplyHooks.on_command,
     b"SELECT": ReplyHooks.on_select,
     b"WATCH": ReplyHooks.on_watch,
     b"UNWATCH": ReplyHooks.on_unwatch,

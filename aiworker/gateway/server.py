@@ -23,6 +23,8 @@ from aiworker.settings import Settings, hide_password
 from . import resp
 from .aiclients import AIClients, Identity
 from .cluster import Node, SlotMap, emulated_reply
+from .command_table import getkeys_reply
+from .commands import is_ai_command
 from .config import GatewayConfig
 from .routers import ClusterRouter, SingleRouter
 from .session import Session
@@ -173,11 +175,15 @@ class Gateway:
         return Target(node[0], node[1], None, self._tls)
 
     def local_reply(self, session: Session, name: bytes, args: list[bytes]) -> bytes | None:
-        """Replies the gateway gives itself: QUIT, and the cluster's shape (with
-        ``emulate_cluster``, or always before a real cluster)."""
+        """Replies the gateway gives itself: QUIT, COMMAND GETKEYS of an AI.* command, and the
+        cluster's shape (with ``emulate_cluster``, or always before a real cluster)."""
         if name == b"QUIT":
             session.closing = True
             return resp.OK
+        if name == b"COMMAND" and len(args) > 2 and is_ai_command(args[2]):
+            sub = args[1].upper()
+            if sub in (b"GETKEYS", b"GETKEYSANDFLAGS"):  # Redis does not know AI.* commands
+                return getkeys_reply(args, self.keyspace, session.resp3)
         if self.config.emulate_cluster or self.cluster:
             host, port = self._seen_address(session)
             return emulated_reply(args, host, port, session.resp3)
