@@ -3,10 +3,9 @@
 ``HOOKS[name](session, slot, args, reply)`` sees the reply first and returns the reply the client
 gets, or None when the session fills the slot later (EXEC of a transaction holding AI.* commands).
 AUTH and HELLO change the identity AI.* commands run as off the connection, HELLO and RESET the
-protocol the client speaks (``resp3``), SELECT the DB; COMMAND's replies get RedisAI's commands
-(``command_table``); WATCH
-and UNWATCH whether AI.* commands may use the connection; MULTI, EXEC, DISCARD and RESET the
-transaction AI.* commands join (``transaction``).
+protocol the client speaks (``resp3``), SELECT the DB; WATCH and UNWATCH whether AI.* commands
+may use the connection; MULTI, EXEC, DISCARD and RESET the transaction AI.* commands join
+(``transaction``). COMMAND's replies get RedisAI's commands added (``command_table``).
 """
 
 from __future__ import annotations
