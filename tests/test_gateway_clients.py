@@ -99,6 +99,19 @@ def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
     assert b"all RedisAI commands ok" in done.stdout
 
 
+def test_node_ioredis_cluster_client(client: Client, settings: Settings, worker: Worker) -> None:
+    """ioredis' cluster client against ``--emulate-cluster``: one node owning every slot."""
+    node = shutil.which("node")
+    assert node is not None, "Node.js is needed (see .ci/run)"
+    with running_gateway(settings, emulate_cluster=True) as gw:
+        _, port = gw.address()
+        done = subprocess.run(
+            [node, str(NODE_CLIENT / "cluster.js"), str(port)], capture_output=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all cluster commands ok" in done.stdout
+
+
 def test_node_redis_resp3_client(gateway: Gateway, worker: Worker) -> None:
     """node-redis 5 in RESP3 (HELLO 3) with its client-side cache on: Redis' invalidation pushes
     reach it through the gateway between the replies to AI.* commands."""
