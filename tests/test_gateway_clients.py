@@ -85,47 +85,35 @@ def test_redis_cli_pipe_mode(gateway: Gateway, client: Client) -> None:
     assert client.get("k2999") == b"2999"
 
 
-def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
+def run_node(program: str, module: str, port: int, done_line: bytes) -> None:
+    """Run a Node program of ``tests/gateway_node`` against the gateway at ``port``; it prints
+    ``done_line`` when every check held."""
     node = shutil.which("node")
     assert node is not None, "Node.js is needed (see .ci/run)"
-    assert (NODE_CLIENT / "node_modules" / "ioredis").is_dir(), (
-        f"run `npm ci --prefix {NODE_CLIENT}` first (.ci/run does)"
+    assert (NODE_CLIENT / "node_modules" / module).is_dir(), (
+        f"run `npm ci --prefix {NODE_CLIENT}` first (`make test-clients` does)"
     )
-    _, port = gateway.address()
     done = subprocess.run(
-        [node, str(NODE_CLIENT / "client.js"), str(port)], capture_output=True, timeout=120
+        [node, str(NODE_CLIENT / program), str(port)], capture_output=True, timeout=120
     )
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
-    assert b"all RedisAI commands ok" in done.stdout
+    assert done_line in done.stdout
+
+
+def test_node_ioredis_client(gateway: Gateway, worker: Worker) -> None:
+    run_node("client.js", "ioredis", gateway.address()[1], b"all RedisAI commands ok")
 
 
 def test_node_ioredis_cluster_client(client: Client, settings: Settings, worker: Worker) -> None:
     """ioredis' cluster client against ``--emulate-cluster``: one node owning every slot."""
-    node = shutil.which("node")
-    assert node is not None, "Node.js is needed (see .ci/run)"
     with running_gateway(settings, emulate_cluster=True) as gw:
-        _, port = gw.address()
-        done = subprocess.run(
-            [node, str(NODE_CLIENT / "cluster.js"), str(port)], capture_output=True, timeout=120
-        )
-    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
-    assert b"all cluster commands ok" in done.stdout
+        run_node("cluster.js", "ioredis", gw.address()[1], b"all cluster commands ok")
 
 
 def test_node_redis_resp3_client(gateway: Gateway, worker: Worker) -> None:
     """node-redis 5 in RESP3 (HELLO 3) with its client-side cache on: Redis' invalidation pushes
     reach it through the gateway between the replies to AI.* commands."""
-    node = shutil.which("node")
-    assert node is not None, "Node.js is needed (see .ci/run)"
-    assert (NODE_CLIENT / "node_modules" / "redis").is_dir(), (
-        f"run `npm ci --prefix {NODE_CLIENT}` first (`make test-clients` does)"
-    )
-    _, port = gateway.address()
-    done = subprocess.run(
-        [node, str(NODE_CLIENT / "client_resp3.js"), str(port)], capture_output=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
-    assert b"all RESP3 commands ok" in done.stdout
+    run_node("client_resp3.js", "redis", gateway.address()[1], b"all RESP3 commands ok")
 
 
 @pytest.mark.parametrize("mode", ["cluster", "standalone", "unix"])
