@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 SMARTREDIS_PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || command -v python3.9 || echo $(PYTHON))
 SMARTREDIS_ENV := tests/gateway_smartredis/.venv
 REDISAI_PY_ENV := tests/gateway_redisai_py/.venv
+# The Go client program builds on redigo from GOPATH (Debian: golang-github-gomodule-redigo-dev)
+GO_PATH ?= /usr/share/gocode
+GO_CLIENT := tests/gateway_go/client
 
 .PHONY: install test-clients demo test test-quick lint bench clean
 
@@ -22,11 +25,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $@
 
-# The RedisAI clients the gateway's tests drive besides redis-py and redis-cli: a Node program on
-# ioredis, SmartRedis (SmartSim's client) and redisai-py (RedisAI's own, on redis-py 4), each in
-# an environment of its own.
+# The RedisAI clients the gateway's tests drive besides redis-py and redis-cli: Node programs on
+# ioredis and node-redis, SmartRedis (SmartSim's client) and redisai-py (RedisAI's own, on
+# redis-py 4), each in an environment of its own, and a Go program on redigo (redisai-go's
+# library).
 test-clients: tests/gateway_node/node_modules/.package-lock.json $(SMARTREDIS_ENV)/.installed \
-	$(REDISAI_PY_ENV)/.installed
+	$(REDISAI_PY_ENV)/.installed $(GO_CLIENT)
 
 tests/gateway_node/node_modules/.package-lock.json: tests/gateway_node/package-lock.json
 	npm ci --prefix tests/gateway_node --no-audit --no-fund
@@ -40,6 +44,9 @@ $(REDISAI_PY_ENV)/.installed: tests/gateway_redisai_py/requirements.txt
 	$(SMARTREDIS_PYTHON) -m venv $(REDISAI_PY_ENV)
 	$(REDISAI_PY_ENV)/bin/python -m pip install -q -r tests/gateway_redisai_py/requirements.txt
 	touch $@
+
+$(GO_CLIENT): tests/gateway_go/client.go
+	GO111MODULE=off GOPATH=$(GO_PATH) GOCACHE=$(CURDIR)/tests/gateway_go/.cache go build -o $@ $<
 
 demo: install
 	$(PY) -m aiworker.demo
@@ -59,4 +66,5 @@ bench: install
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(SMARTREDIS_ENV) $(REDISAI_PY_ENV) tests/gateway_node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SMARTREDIS_ENV) $(REDISAI_PY_ENV) tests/gateway_node/node_modules .pytest_cache .mypy_cache .ruff_cache \
+		$(GO_CLIENT) tests/gateway_go/.cache

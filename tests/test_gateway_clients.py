@@ -1,7 +1,8 @@
 """The gateway driven by clients other than redis-py: redis-cli (typed commands and --pipe), Node
 programs on ioredis and on node-redis in RESP3 (``tests/gateway_node``, installed by ``npm ci``
-there), SmartRedis and redisai-py in environments of their own (``make test-clients``). Also
-``aiworker gateway`` itself as a process, two of them sharing a port."""
+there), SmartRedis and redisai-py in environments of their own, a Go program on redigo
+(``tests/gateway_go``; ``make test-clients`` builds and installs them all). Also ``aiworker
+gateway`` itself as a process, two of them sharing a port."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from builders import tf_mul_graph
 from conftest import ROOT, stub_blob, torch_blob, worker_env
 from redis.cluster import RedisCluster
 from test_gateway import running_gateway
@@ -27,6 +29,7 @@ from aiworker.protocol.keys import key_slot
 NODE_CLIENT = ROOT / "tests" / "gateway_node"
 SMARTREDIS = ROOT / "tests" / "gateway_smartredis"
 REDISAI_PY = ROOT / "tests" / "gateway_redisai_py"
+GO_CLIENT = ROOT / "tests" / "gateway_go" / "client"
 
 
 @pytest.fixture
@@ -114,6 +117,21 @@ def test_node_redis_resp3_client(gateway: Gateway, worker: Worker) -> None:
     """node-redis 5 in RESP3 (HELLO 3) with its client-side cache on: Redis' invalidation pushes
     reach it through the gateway between the replies to AI.* commands."""
     run_node("client_resp3.js", "redis", gateway.address()[1], b"all RESP3 commands ok")
+
+
+def test_go_redigo_client(gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+    """A Go program on redigo sending what redisai-go sends (a TF graph, TorchScript with Redis
+    calls, DAGs, AI.INFO, a pipeline of Send calls) and reading replies as redisai-go reads them:
+    an AI.INFO key as a status or an INT8 value as a bulk string would crash it."""
+    assert GO_CLIENT.is_file(), "run `make test-clients` first (it builds tests/gateway_go)"
+    graph = tmp_path / "graph.pb"
+    graph.write_bytes(tf_mul_graph())
+    host, port = gateway.address()
+    done = subprocess.run(
+        [str(GO_CLIENT), f"{host}:{port}", str(graph)], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    assert b"all RedisAI commands ok" in done.stdout
 
 
 @pytest.mark.parametrize("mode", ["cluster", "standalone", "unix"])

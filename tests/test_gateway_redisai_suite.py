@@ -336,3 +336,31 @@ def test_script_errors(con: redis.Redis, worker: Worker) -> None:
     ]:
         error_of(con, "AI.SCRIPTEXECUTE", *args)  # RedisAI's test asserts only that they fail
     assert con.execute_command("AI.SCRIPTEXECUTE", "ket", "bar", *io) == b"OK"
+
+
+def test_an_empty_blob_or_source_reaches_the_framework(con: redis.Redis, worker: Worker) -> None:
+    """RedisAI handed an empty BLOB argument to the backend and compiled an empty SOURCE: JRedisAI's
+    tests expect onnxruntime's own message for ``BLOB ""``, redisai-go's store an empty SCRIPTSET
+    and read it back. Nothing is stored for a blob that does not load."""
+    assert error_of(con, "AI.MODELSTORE", "m", "ONNX", "CPU", "BLOB", b"") == (
+        "No graph was found in the protobuf."
+    )
+    assert error_of(con, "AI.MODELSET", "m", "TORCH", "CPU", "BLOB", b"").startswith(
+        "Failed to load TorchScript model"
+    )
+    assert error_of(con, "AI.MODELSTORE", "m", "TORCH", "CPU", "TAG", "t", "BLOB") == (
+        "Insufficient arguments, missing model BLOB"  # no argument at all
+    )
+    assert con.exists("m") == 0
+    assert con.execute_command("AI.SCRIPTSET", "s", "CPU", "TAG", "t", "SOURCE", "") == b"OK"
+    assert con.execute_command("AI.SCRIPTGET", "s", "META", "SOURCE") == [
+        b"device", b"CPU", b"tag", b"t", b"Entry Points", [], b"source", b"",
+    ]  # fmt: skip
+    con.execute_command("AI.TENSORSET", "a", "FLOAT", 1, "VALUES", 1)
+    assert error_of(con, "AI.SCRIPTEXECUTE", "s", "bar", "INPUTS", 1, "a", "OUTPUTS", 1, "b") == (
+        "Function does not exist: bar"
+    )
+    assert error_of(con, "AI.SCRIPTSTORE", "s2", "CPU", "ENTRY_POINTS", 1, "bar", "SOURCE", "") == (
+        "Function bar does not exist in the given script."
+    )
+    assert con.exists("s2") == 0

@@ -159,6 +159,7 @@ def test_scriptstore_asks_a_live_worker_to_compile(
     pytest.importorskip("torch")
     for source, entry_point, error in [
         (SCRIPT, "nope", "Function nope does not exist in the given script."),
+        ("", "bar", "Function bar does not exist in the given script."),  # "" compiles
         ("def bar(a: Tensor):\n    return a\n", "bar",
          "Wrong number of inputs in function bar. Expected 3 but was 1"),
     ]:  # fmt: skip

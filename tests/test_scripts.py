@@ -89,7 +89,7 @@ def test_missing_and_wrong_type(client: Client) -> None:
 
 STORE_ERRORS = [
     ({"entry_points": []}, "Insufficient arguments, missing script entry points"),
-    ({"script": ""}, "Insufficient arguments, missing script SOURCE"),
+    ({"script": ""}, "Function bar does not exist in the given script."),  # "" compiles
     ({"entry_points": ["bar", "bar1"]}, "Function bar1 does not exist in the given script."),
     ({"script": OLD_SCRIPT}, "Wrong number of inputs in function bar. Expected 3 but was 2"),
     (

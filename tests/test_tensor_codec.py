@@ -219,6 +219,16 @@ def test_values_special_floats_are_bit_exact() -> None:
     assert np.signbit(out[3])
 
 
+@pytest.mark.parametrize("dtype", ["FLOAT", "DOUBLE"])
+def test_values_too_large_for_a_double_are_refused(dtype: str) -> None:
+    """As Redis' number parser, RedisAI's: "1e400" is no value ("inf" is)."""
+    with pytest.raises(AIError, match="invalid value"):
+        codec.from_values(dtype, (1,), ["1e400"])
+    with pytest.raises(AIError, match="invalid value"):
+        codec.from_values(dtype, (1,), [b"-1E+999"])
+    assert codec.from_values(dtype, (2,), ["-Infinity", "+inf"]).tolist() == [-np.inf, np.inf]
+
+
 def test_values_string_dtype_allows_one_trailing_nul() -> None:
     fields = {b"kind": b"tensor", b"dtype": b"STRING", b"shape": b"2", b"values": b"ab cd"}
     assert codec.decode_fields(fields).tolist() == [b"ab", b"cd"]

@@ -31,11 +31,14 @@ def modelstore(
     *,
     verify: Callable[..., Plan[IONames | None]] | None = None,
     legacy: bool = False,
+    blob_argument: bool = False,
 ) -> Op:
     """AI.MODELSTORE (``legacy``: the deprecated AI.MODELSET's checks). As redisai-py, the current
     MODEL_CHUNK_SIZE is read first and the blob sent in chunks of it. ``verify`` is the plan that
     refuses a blob that does not load (``job_ops.verify_plan``); the input and output names it
-    reports are kept for MODELGET META when the store names none (RedisAI listed them)."""
+    reports are kept for MODELGET META when the store names none (RedisAI listed them).
+    ``blob_argument``: the command held a BLOB argument even when it is empty (the gateway's
+    ``BLOB ""``, which RedisAI handed to the framework); redisai-py sent none for empty data."""
     io_backends = set(io_name_backends())
     backends = set(known_backends())
     tokens: list[Any] = []
@@ -60,7 +63,7 @@ def modelstore(
                 io_optional=optional,
             )  # fmt: skip
         yield Print(tokens)
-        if not len(data):
+        if not len(data) and not (blob_argument and verify is not None):
             raise AIError(messages.MODEL_NO_BLOB)
         checked = io_backends
         if not in_names and not out_names and io_names_optional(backend, data):
@@ -78,10 +81,12 @@ def modelstore(
         )
         yield from writable_plan(text(key), model_store.KIND_MODEL)
         listed = None
-        if verify is not None:
+        if verify is not None:  # an empty BLOB argument gets its framework's error
             listed = yield from verify(
                 text(key), name, device_name, data, in_names, out_names, batch or 0
             )
+        if not len(data):  # one that loads nothing (or was not checked) is still not stored
+            raise AIError(messages.MODEL_NO_BLOB)
         meta = model_store.ModelMeta(
             backend=name,
             device=device_name,

@@ -118,7 +118,7 @@ def _modelstore(state: State, cmd: ModelStore) -> Plan[Any]:
         state, cmd.key, cmd.backend, cmd.device, cmd.blob, batch=cmd.batchsize,
         minbatch=cmd.minbatchsize, minbatchtimeout=cmd.minbatchtimeout, tag=cmd.tag,
         inputs=list(cmd.inputs) or None, outputs=list(cmd.outputs) or None,
-        verify=partial(job_ops.verify_plan, state),
+        verify=partial(job_ops.verify_plan, state), blob_argument=True,
     )  # fmt: skip
     yield from op.plan
     return OK

@@ -144,6 +144,10 @@ def _parse_float(value: Any, dtype: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise AIError(messages.INVALID_VALUE) from None
+    # a number too large for a double is refused, as Redis' parser (RedisAI's) did; "inf" and
+    # "nan" are values (RedisAI refused nan: a difference kept, README)
+    if np.isinf(number) and "inf" not in str(value).lower():
+        raise AIError(messages.INVALID_VALUE)
     if dtype == "FLOAT" and np.isfinite(number) and abs(number) > float(np.finfo(np.float32).max):
         raise AIError(messages.INVALID_VALUE)
     return number

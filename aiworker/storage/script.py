@@ -71,7 +71,7 @@ def validate(
     ``legacy``: deprecated AI.SCRIPTSET, which stored no entry points (any function runs)."""
     if (not entry_points and not legacy) or any(not name for name in entry_points):
         raise AIError(messages.SCRIPT_NO_ENTRY_POINTS)
-    if source is None or len(source) == 0:
+    if source is None:  # an empty one compiles: RedisAI stored it (a SCRIPTSET's functions: none)
         raise AIError(messages.SCRIPT_NO_SOURCE)
     source_text = text(source)
     try:
