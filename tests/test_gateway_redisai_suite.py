@@ -12,10 +12,11 @@ import pytest
 import redis
 from builders import onnx_mul, tf_mul_graph, tflite_model
 from conftest import torch_blob
-from test_gateway import connect, error_of, running_gateway
+from test_gateway import connect, error_of, raw_socket, read_replies, running_gateway
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
+from aiworker.gateway.resp import pack
 
 TYPES = ["FLOAT", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "BOOL"]
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
@@ -364,3 +365,27 @@ def test_an_empty_blob_or_source_reaches_the_framework(con: redis.Redis, worker:
         "Function bar does not exist in the given script."
     )
     assert con.exists("s2") == 0
+
+
+def test_a_frameworks_message_comes_without_an_error_code(gateway: Gateway, worker: Worker) -> None:
+    """RedisAI passed onnxruntime's, TensorFlow's and torch's messages on bare (``-No graph was
+    found in the protobuf.``, not ``-ERR ...``): JRedisAI's tests compare such a line through
+    Jedis, which keeps the code. aiworker's own messages keep RedisAI's ``ERR``."""
+    sock = raw_socket(gateway)
+    model = onnx_mul()
+    run = [b"AI.MODELEXECUTE", b"m", b"INPUTS", b"2", b"d", b"d", b"OUTPUTS", b"1", b"c"]
+    commands = [
+        [b"AI.MODELSTORE", b"bad", b"ONNX", b"CPU", b"BLOB", tf_mul_graph()],
+        [b"AI.MODELSTORE", b"m", b"ONNX", b"CPU", b"BLOB", model],
+        [b"AI.TENSORSET", b"d", b"DOUBLE", b"1", b"VALUES", b"1"],
+        run,
+        [b"AI.DAGEXECUTE", b"LOAD", b"1", b"d", b"|>", *run],
+        [b"AI.MODELSTORE", b"x", b"ONNX", b"CPU::1", b"BLOB", model],
+    ]
+    sock.sendall(b"".join(b"".join(pack(command)) for command in commands))
+    replies = read_replies(sock, len(commands)).split(b"\r\n")
+    run_error = b"-Unexpected input data type. Actual: (tensor(double)) , expected: (tensor(float))"
+    assert replies[:4] == [b"-No graph was found in the protobuf.", b"+OK", b"+OK", run_error]
+    assert replies[4:6] == [b"*1", run_error]  # a DAG op's error, in its place
+    assert replies[6] == b"-ERR Invalid DEVICE"
+    sock.close()

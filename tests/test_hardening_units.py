@@ -11,8 +11,20 @@ import redis
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.logs import JsonFormatter
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.errors import AIError, BareMessage, message_of
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.replies import Reply, Status, decode_reply
+from aiworker.protocol.replies import (
+    JSON,
+    MSGPACK,
+    NA,
+    OK,
+    Reply,
+    Status,
+    build_reply,
+    decode_reply,
+    error_field,
+)
+from aiworker.protocol.resp import error_reply_of, wire_error
 from aiworker.settings import Settings
 from aiworker.storage.redis_options import block_ms_for, worker_kwargs
 from aiworker.worker.complete import Completer, Finished
@@ -147,3 +159,39 @@ def test_slots_of_long_keys_are_computed_not_remembered() -> None:
     assert slots.cache_info().currsize == before[0] + 1
     assert tags.cache_info().currsize == before[1] + 1
     assert keyspace.key_slot("{user1000}.following") == keyspace.key_slot("user1000")
+
+
+def test_a_frameworks_message_stays_bare_through_a_reply() -> None:
+    """RedisAI sent a framework's own message without an error code: the reply flags it
+    (``bare``), in both formats and for a DAG op, and every reader gets it back as one."""
+    framework = BareMessage("No graph was found in the protobuf.")
+    for fmt in (JSON, MSGPACK):
+        reply = decode_reply(build_reply("q", "1-0", "w", "error", framework).encode(fmt))
+        assert reply is not None and isinstance(reply.error, BareMessage)
+        assert message_of(reply_error(reply)) == framework
+        assert wire_error(message_of(reply_error(reply))) == framework  # no "ERR "
+        ours = decode_reply(build_reply("q", "1-0", "w", "error", "Invalid DEVICE").encode(fmt))
+        assert ours is not None and not isinstance(ours.error, BareMessage)
+        assert wire_error(message_of(reply_error(ours))) == "ERR Invalid DEVICE"
+        results = [OK, error_field(framework), NA]
+        dag = build_reply("q", "1-0", "w", "error", framework, extra={"results": results})
+        decoded = decode_reply(dag.encode(fmt))
+        assert decoded is not None
+        failed = decoded.op_results()[1]
+        assert isinstance(failed, AIError) and str(failed) == framework
+        assert error_reply_of(failed) == framework and wire_error(error_reply_of(failed)) == (
+            framework
+        )
+    # what a reader sees from JSON: the text, and a flag a redis-cli user may ignore
+    assert json.loads(build_reply("q", "1-0", "w", "error", framework).encode(JSON))["bare"] is True
+    # an exception keeps it; a message built on it is ours again
+    assert message_of(AIError(framework)) is framework
+    assert not isinstance(message_of(AIError(f"ONNX: {framework}")), BareMessage)
+
+
+def reply_error(reply: Reply) -> AIError:
+    try:
+        reply.raise_for_status()
+    except AIError as exc:
+        return exc
+    raise AssertionError("the reply did not fail")

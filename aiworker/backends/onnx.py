@@ -31,7 +31,7 @@ from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSp
 from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, CountMismatch
+from aiworker.protocol.errors import AIError, BareMessage, CountMismatch
 from aiworker.protocol.requests import IONames
 
 try:
@@ -52,9 +52,9 @@ _ELEMENT_TYPE = re.compile(r"tensor\((\w+)\)\)*$")
 
 def ort_error_text(exc: BaseException) -> str:
     """onnxruntime's message as RedisAI's clients saw it: no Python status prefix, no C++ source
-    location, one line."""
+    location, one line, no error code (a ``BareMessage``)."""
     text = _ORT_PREFIX.sub("", str(exc).strip())
-    return one_line(_SOURCE_LOCATION.sub("", text))
+    return BareMessage(one_line(_SOURCE_LOCATION.sub("", text)))
 
 
 def _node_tensors(nodes: Any) -> Iterator[Any]:

@@ -35,7 +35,7 @@ from aiworker.backends.util import as_array, check_run_time, clock, one_line, ti
 from aiworker.devices import Device, placement
 from aiworker.protocol import messages
 from aiworker.protocol.backend_names import is_zip
-from aiworker.protocol.errors import AIError, CountMismatch
+from aiworker.protocol.errors import AIError, BareMessage, CountMismatch
 
 try:
     import tensorflow as tf
@@ -56,7 +56,7 @@ def op_error_text(exc: tf.errors.OpError) -> str:
     """
     text = str(exc.message)
     match = _NODE_LINE.search(text)
-    return one_line(match.group(1) if match else text)
+    return BareMessage(one_line(match.group(1) if match else text))  # no error code, as RedisAI's
 
 
 class TFModel(LoadedModel):
@@ -183,7 +183,9 @@ class TFBackend(Backend):
         try:
             graph_def.ParseFromString(blob)
         except Exception:  # protobuf's DecodeError (or RuntimeWarning-level garbage)
-            raise AIError("Invalid GraphDef") from None
+            raise AIError(
+                BareMessage("Invalid GraphDef")
+            ) from None  # TF's text, as RedisAI sent it
         safety.check_tf_graph_def(graph_def, self.options.allow_file_ops)
         graph = tf.Graph()
         try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from aiworker.backends.util import one_line
 from aiworker.devices import Device, placement
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, BareMessage
 
 try:
     import torch
@@ -29,7 +29,8 @@ def torch_device(device: Device) -> torch.device:
 
 
 def torch_error_text(exc: BaseException) -> str:
-    """The error itself: a TorchScript failure's message is a traceback whose last line is it."""
+    """The error itself: a TorchScript failure's message is a traceback whose last line is it.
+    torch's own text, sent without an error code as RedisAI did (a ``BareMessage``)."""
     text = str(exc).strip()
     if not text:
         return type(exc).__name__
@@ -38,8 +39,8 @@ def torch_error_text(exc: BaseException) -> str:
         last = text.split("\n\nAt:\n", 1)[0].strip().splitlines()[-1].strip()
         while _ERROR_CLASS.match(last):
             last = _ERROR_CLASS.sub("", last, count=1)
-        return last
-    return one_line(text)
+        return BareMessage(last)
+    return BareMessage(one_line(text))
 
 
 CPU = torch.device("cpu")

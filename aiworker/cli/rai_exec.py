@@ -19,7 +19,7 @@ from aiworker.client.sync import Client
 from aiworker.gateway.translate import KeyFirst, key_first, reply_plan
 from aiworker.parser import Command, parse_tokens, split
 from aiworker.protocol.errors import AIError, AIWorkerError
-from aiworker.protocol.resp import ErrorReply
+from aiworker.protocol.resp import error_reply_of
 
 
 def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]) -> Any:
@@ -28,7 +28,7 @@ def execute(client: Client | ClusterClient, command: str | Sequence[str | bytes]
         state = dataclasses.replace(client._state, raw=True)  # RedisAI's reply shapes
         return client._run(Op(None, reply_plan(state, _parse(command))))
     except AIWorkerError as exc:
-        return ErrorReply(str(exc))
+        return error_reply_of(exc)
 
 
 def _parse(command: str | Sequence[str | bytes]) -> Command | KeyFirst:

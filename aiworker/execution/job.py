@@ -353,7 +353,7 @@ class JobRun:
         if not self.single:
             self.reply_fields["results"] = [op.result for op in self.ops]
         if failed is not None:
-            outcome = Outcome.failed(str(failed.result["error"]), self.stats)
+            outcome = Outcome.failed(failed.result["error"], self.stats)
             outcome.reply_fields = self.reply_fields
             if not self.single:
                 outcome.temp_writes = self.spilled
@@ -389,7 +389,7 @@ def _error(exc: Exception) -> dict[str, str]:
     """An op's result for its failure: RedisAI's message, or a bug's type too (a bug in an op
     must still answer the job)."""
     if isinstance(exc, AIWorkerError):
-        return {"error": error_text(exc)}
+        return replies.error_field(error_text(exc))
     return {"error": f"{type(exc).__name__}: {error_text(exc)}"}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.protocol.errors import message_of
 from aiworker.protocol.replies import Status
 
 # Outcomes that are no reply status: the job goes on to another device's queue; the entry vanished
@@ -52,5 +53,6 @@ class Outcome:
 
 
 def error_text(exc: BaseException) -> str:
-    """An exception's message for a reply: its text, or its type when it has none."""
-    return str(exc) or type(exc).__name__
+    """An exception's message for a reply: its text, or its type when it has none (a
+    framework's own message stays a ``BareMessage``, which the reply flags)."""
+    return message_of(exc)

@@ -52,7 +52,7 @@ def _encode(reply: Any, out: list[bytes | memoryview], resp3: bool) -> None:
     elif reply is None:
         out.append(NULL if resp3 else NIL)
     elif isinstance(reply, ErrorReply):
-        out.append(error(str(reply)))
+        out.append(error(reply))
     elif isinstance(reply, Status):
         out.append(b"+" + reply.encode() + b"\r\n")
     elif isinstance(reply, (bool, int)):

@@ -37,7 +37,7 @@ from aiworker.protocol import messages, replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
-from aiworker.protocol.resp import ErrorReply, Status
+from aiworker.protocol.resp import ErrorReply, Status, error_reply_of
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage import stats, tensor_io
@@ -194,7 +194,7 @@ def _dag(state: State, cmd: DagExecute) -> Plan[Any]:
 def _dag_entry(op: Any, result: Any, tensor: replies.DagTensor | None) -> Any:
     """One op's part of a DAG's reply: OK/NA, the op's error, or a TENSORGET's tensor."""
     if isinstance(result, Exception):
-        return ErrorReply(str(result))
+        return error_reply_of(result)
     if tensor is not None and op.op == "TENSORGET":
         if tensor.array is None:
             return [b"dtype", tensor.dtype.encode(), b"shape", list(tensor.shape)]
@@ -247,4 +247,4 @@ def error_reply(exc: BaseException) -> ErrorReply:
         return ErrorReply(f"gateway: Redis unreachable ({message})")
     if isinstance(exc, redis.exceptions.TimeoutError):
         return ErrorReply(f"gateway: Redis timed out ({message})")
-    return ErrorReply(message)
+    return error_reply_of(exc)

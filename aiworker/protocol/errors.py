@@ -17,7 +17,9 @@ Errors that RedisAI reported to its clients as server errors derive from
         └── LimitExceeded                  a tensor or model is larger than the worker's limits
 
 Messages are RedisAI's text as redis-py showed it: without the ``ERR`` prefix (``WRONGTYPE`` stays,
-as redis-py keeps it).
+as redis-py keeps it). A framework's own message (onnxruntime's, TensorFlow's, torch's) is a
+``BareMessage`` (``AIError(BareMessage(text))``): RedisAI sent those without any error code, and
+the gateway does too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from __future__ import annotations
 from redis.exceptions import ResponseError
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+class BareMessage(str):
+    """A message as a framework wrote it, which RedisAI sent without an error code
+    (``-No graph was found in the protobuf.``, not ``-ERR ...``); replies flag it
+    (``protocol.replies``), the gateway keeps it bare (``protocol.resp.wire_error``)."""
+
+    __slots__ = ()
+
+
+def message_of(exc: BaseException) -> str:
+    """An exception's message, or its type when it has none; a ``BareMessage`` stays one."""
+    first = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(first, BareMessage):
+        return first
+    return str(exc) or type(exc).__name__
 
 
 class AIWorkerError(Exception):

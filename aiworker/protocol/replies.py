@@ -9,11 +9,13 @@ A reply is a map pushed (RPUSH) onto the job's ``reply`` list:
   its own XADD (whoever can XADD may name any reply list, but a worker reports where it read the
   entry, never what the entry claims);
 * ``worker``: the worker process that answered; ``error``: the message when the status is
-  ``error``; ``queue_ms``/``compute_ms``: time waiting in the queue and running; ``batch``: ``size``
+  ``error``, with ``bare``: true when it is a framework's own message, which RedisAI sent without
+  an error code (``errors.BareMessage``); ``queue_ms``/``compute_ms``: time waiting in the queue and running; ``batch``: ``size``
   and ``requests`` when the request ran in a batch; ``loaded`` (MODELVERIFY's verdict);
 * ``results`` (DAGs), one entry per op, in order: ``"OK"`` for a TENSORSET, MODELEXECUTE or
   SCRIPTEXECUTE op that succeeded; ``"NA"`` for an op that did not run because an earlier op
-  failed (RedisAI's ``NA``); ``{"error": "<message>"}`` for the op that failed; for a TENSORGET
+  failed (RedisAI's ``NA``); ``{"error": "<message>"}`` for the op that failed (and ``"bare":
+  true`` when the message is a framework's own, as with ``error`` above); for a TENSORGET
   op ``{"dtype": "FLOAT", "shape": [2, 2], "format": [...]}`` (``format`` is what the op asked
   for: ``META``, ``BLOB``, ``VALUES``) plus its data, when it asked for data, as ``values``
   (numbers), ``blob`` (the stored layout) or ``key``: a tensor hash written with the reply that
@@ -43,7 +45,7 @@ import msgpack
 import numpy as np
 
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.errors import AIError, JobFailed, JobTimedOut, WrongTypeError
+from aiworker.protocol.errors import AIError, BareMessage, JobFailed, JobTimedOut, WrongTypeError
 from aiworker.protocol.requests import TensorGet
 
 FORMAT_FIELD = "fmt"
@@ -65,7 +67,7 @@ class Status(enum.StrEnum):
 
 
 _STATUSES = {status.value: status for status in Status}
-_FIELDS = frozenset({"status", "queue", "id", "error", "results", "to"})  # Reply's own
+_FIELDS = frozenset({"status", "queue", "id", "error", "bare", "results", "to"})  # Reply's own
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class Reply:
         reply: dict[str, Any] = {"status": str(self.status), "queue": self.queue, "id": self.id}
         if self.status is Status.ERROR:
             reply["error"] = self.error
+            if isinstance(self.error, BareMessage):
+                reply["bare"] = True
         if self.to is not None:
             reply["to"] = {"queue": self.to[0], "id": self.to[1]}
         reply.update(self.extra)
@@ -133,7 +137,9 @@ class Reply:
         if self.results is None:
             raise JobFailed("the worker's reply has no per-op results")
         return [
-            error_of(str(r["error"])) if isinstance(r, dict) and "error" in r else r
+            error_of(_message(r["error"], r.get("bare")))
+            if isinstance(r, dict) and "error" in r
+            else r
             for r in self.results
         ]
 
@@ -208,7 +214,19 @@ def decode_reply(raw: bytes | str) -> Reply | None:
             return None
         target = (to["queue"], to["id"])
     extra = {name: value for name, value in found.items() if name not in _FIELDS}
-    return Reply(status, queue, entry_id, str(found.get("error") or ""), results, target, extra)
+    error = _message(found.get("error") or "", found.get("bare"))
+    return Reply(status, queue, entry_id, error, results, target, extra)
+
+
+def _message(error: Any, bare: Any) -> str:
+    return BareMessage(error) if bare is True else str(error)
+
+
+def error_field(message: str) -> dict[str, Any]:
+    """A failed DAG op's result: its message, flagged when it is a framework's own."""
+    return (
+        {"error": message, "bare": True} if isinstance(message, BareMessage) else {"error": message}
+    )
 
 
 def error_of(message: str) -> AIError:

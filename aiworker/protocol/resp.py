@@ -8,6 +8,8 @@ and a ``dict`` a map.
 
 from __future__ import annotations
 
+from aiworker.protocol.errors import BareMessage, message_of
+
 
 class Status(str):
     """A simple-string reply such as ``OK``, ``NA`` or ``TIMEDOUT``."""
@@ -26,6 +28,18 @@ class ErrorReply(str):
     """An error reply; the text is RedisAI's message as redis-py shows it (no ``ERR``)."""
 
     __slots__ = ()
+
+
+class BareErrorReply(ErrorReply):
+    """An error reply that RedisAI sent without an error code: a framework's own message."""
+
+    __slots__ = ()
+
+
+def error_reply_of(exc: BaseException) -> ErrorReply:
+    """The error reply to an exception: its message, bare when it is a framework's own."""
+    message = message_of(exc)
+    return BareErrorReply(message) if isinstance(message, BareMessage) else ErrorReply(message)
 
 
 # RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it).
@@ -49,6 +63,8 @@ _NO_ERR_PREFIX = (
 
 def wire_error(message: str) -> str:
     """The error line as Redis sent it: RedisAI's ``ERR`` prefix where it had one."""
+    if isinstance(message, (BareErrorReply, BareMessage)):
+        return message
     if message.startswith(_NO_ERR_PREFIX) or message.startswith("ERR "):
         return message
     return "ERR " + message

@@ -199,6 +199,9 @@ func models(c redis.Conn, graph []byte) {
 	equal("RESETSTAT of nothing", errorOf(c, "AI.INFO", "notExits", "RESETSTAT"),
 		"ERR cannot find run info for key")
 
+	// a framework's own message comes without an error code, as RedisAI sent it
+	equal("not an ONNX model", errorOf(c, "AI.MODELSTORE", "o", "ONNX", "CPU", "BLOB", graph),
+		"No graph was found in the protobuf.")
 	equal("empty blob", errorOf(c, "AI.MODELSTORE", "e", "TF", "CPU", "INPUTS", 2, "a", "b",
 		"OUTPUTS", 1, "mul", "BLOB", []byte{}), `ERR Input node named "a" not found in TF graph.`)
 	equal("one input of two", errorOf(c, "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1,
