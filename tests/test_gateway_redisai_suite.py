@@ -6,6 +6,7 @@ purpose, the case says so (README, "Moving from RedisAI")."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -389,3 +390,54 @@ def test_a_frameworks_message_comes_without_an_error_code(gateway: Gateway, work
     assert replies[4:6] == [b"*1", run_error]  # a DAG op's error, in its place
     assert replies[6] == b"-ERR Invalid DEVICE"
     sock.close()
+
+
+def test_jredisai_command_forms(gateway: Gateway, con: redis.Redis, worker: Worker) -> None:
+    """What JRedisAI (Jedis) sends and the reply types it casts, replayed (no Java here): floats
+    as Java's ``String.valueOf(double)`` writes them, always VALUES; MODELSET with INPUTS and
+    OUTPUTS even when empty; MODELSTORE with all three batching values; AI.INFO's counters and
+    MODELGET's batching values are integers it casts to ``Long``, tags empty strings, never nil."""
+    java_floats = ["1.100000023841858", "9.999999747378752E-6", "1.0E7", "1.23456792E8", "-2.0"]
+    assert con.execute_command("AI.TENSORSET", "t", "FLOAT", 5, "VALUES", *java_floats) == b"OK"
+    _, dtype, _, shape, _, values = con.execute_command("AI.TENSORGET", "t", "META", "VALUES")
+    assert (dtype, shape) == (b"FLOAT", [5])
+    assert [np.float32(float(v)) for v in values] == [np.float32(float(v)) for v in java_floats]
+    assert error_of(con, "AI.TENSORSET", "t1", "FLOAT", 1, "VALUES", "1.0", "2.0") == (
+        "wrong number of values was given in 'AI.TENSORSET' command"
+    )
+    onnx = ("INPUTS", "OUTPUTS", "BLOB", onnx_mul())
+    assert con.execute_command("AI.MODELSET", "mnist.onnx", "ONNX", "CPU", *onnx) == b"OK"
+    stored = con.execute_command(
+        "AI.MODELSTORE", "m", "ONNX", "CPU", "TAG", "", "BATCHSIZE", 10, "MINBATCHSIZE", 5,
+        "MINBATCHTIMEOUT", 15, "BLOB", onnx_mul(),
+    )  # fmt: skip
+    assert stored == b"OK"
+    meta = pairs(con.execute_command("AI.MODELGET", "m", "META", "BLOB"))
+    assert meta[b"tag"] == b"" and meta[b"backend"] == b"ONNX" and meta[b"device"] == b"CPU"
+    assert [meta[b"batchsize"], meta[b"minbatchsize"], meta[b"minbatchtimeout"]] == [10, 5, 15]
+    assert meta[b"blob"] == onnx_mul()
+    info = pairs(con.execute_command("AI.INFO", "m"))
+    assert info[b"calls"] == 0 and info[b"key"] == b"m" and info[b"device"] == b"CPU"
+    # Jedis keeps the whole error line: RedisAI's code where it had one, none for onnxruntime's
+    sock = raw_socket(gateway)
+    commands = [
+        [b"AI.MODELSET", b"model", b"ONNX", b"CPU", b"INPUTS", b"OUTPUTS", b"BLOB", tf_mul_graph()],
+        [b"AI.MODELSTORE", b"model", b"ONNX", b"CPU", b"BLOB", b""],
+        [b"AI.MODELRUN", b"dont:exist", b"INPUTS", b"a", b"b", b"OUTPUTS", b"c"],
+        [b"AI.MODELDEL", b"model"],
+        [b"AI.SCRIPTRUN", b"dont:exist", b"bar", b"INPUTS", b"a", b"OUTPUTS", b"c"],
+    ]
+    sock.sendall(b"".join(b"".join(pack(command)) for command in commands))
+    assert read_replies(sock, len(commands)).split(b"\r\n")[:-1] == [
+        b"-No graph was found in the protobuf.",
+        b"-No graph was found in the protobuf.",
+        b"-ERR model key is empty",
+        b"-ERR model key is empty",
+        b"-ERR script key is empty",
+    ]
+    sock.close()
+
+
+def pairs(reply: list[Any]) -> dict[Any, Any]:
+    """A RedisAI ``[name, value, ...]`` reply as a dict."""
+    return dict(zip(reply[::2], reply[1::2], strict=True))
