@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+from builders import onnx_mul
 from click.testing import CliRunner
 from conftest import ROOT, worker_env
 
@@ -181,3 +182,20 @@ def test_exec_from_the_installed_entry_point(client: Client, redis_server: Any) 
     )  # fmt: skip
     assert (done.returncode, done.stdout.strip()) == (0, "OK"), done.stderr
     assert client.tensorget("z").tolist() == [7, 8]
+
+
+def test_a_frameworks_message_is_printed_without_an_error_code(
+    run: Any, client: Client, worker: Worker
+) -> None:
+    """RedisAI sent onnxruntime's messages bare, and redis-cli printed them so."""
+    client.modelstore("m", "ONNX", "CPU", onnx_mul())
+    assert run("AI.TENSORSET d DOUBLE 1 VALUES 1") == "OK"
+    assert run("AI.MODELEXECUTE m INPUTS 2 d d OUTPUTS 1 c", code=1) == (
+        "(error) Unexpected input data type. Actual: (tensor(double)) , expected: (tensor(float))"
+    )
+    assert run("AI.MODELEXECUTE m INPUTS 1 d OUTPUTS 1 c", code=1) == (
+        "(error) Number of keys given as INPUTS here does not match model definition"
+    )
+    assert run("AI.MODELEXECUTE nope INPUTS 1 d OUTPUTS 1 c", code=1) == (
+        "(error) ERR model key is empty"
+    )

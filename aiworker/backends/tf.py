@@ -182,10 +182,8 @@ class TFBackend(Backend):
         graph_def = tf.compat.v1.GraphDef()
         try:
             graph_def.ParseFromString(blob)
-        except Exception:  # protobuf's DecodeError (or RuntimeWarning-level garbage)
-            raise AIError(
-                BareMessage("Invalid GraphDef")
-            ) from None  # TF's text, as RedisAI sent it
+        except Exception:  # protobuf's DecodeError (or RuntimeWarning-level garbage): TF's text
+            raise AIError(BareMessage("Invalid GraphDef")) from None
         safety.check_tf_graph_def(graph_def, self.options.allow_file_ops)
         graph = tf.Graph()
         try:

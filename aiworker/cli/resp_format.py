@@ -35,7 +35,7 @@ def _format(reply: Any, prefix: str) -> str:
     if reply is None:
         return "(nil)\n"
     if isinstance(reply, ErrorReply):
-        return f"(error) {wire_error(str(reply))}\n"
+        return f"(error) {wire_error(reply)}\n"
     if isinstance(reply, Status):
         return f"{reply}\n"
     if isinstance(reply, bool):

@@ -10,8 +10,9 @@ A reply is a map pushed (RPUSH) onto the job's ``reply`` list:
   entry, never what the entry claims);
 * ``worker``: the worker process that answered; ``error``: the message when the status is
   ``error``, with ``bare``: true when it is a framework's own message, which RedisAI sent without
-  an error code (``errors.BareMessage``); ``queue_ms``/``compute_ms``: time waiting in the queue and running; ``batch``: ``size``
-  and ``requests`` when the request ran in a batch; ``loaded`` (MODELVERIFY's verdict);
+  an error code (``errors.BareMessage``); ``queue_ms``/``compute_ms``: time waiting in the queue
+  and running; ``batch``: ``size`` and ``requests`` when the request ran in a batch; ``loaded``
+  (MODELVERIFY's verdict);
 * ``results`` (DAGs), one entry per op, in order: ``"OK"`` for a TENSORSET, MODELEXECUTE or
   SCRIPTEXECUTE op that succeeded; ``"NA"`` for an op that did not run because an earlier op
   failed (RedisAI's ``NA``); ``{"error": "<message>"}`` for the op that failed (and ``"bare":
@@ -219,7 +220,8 @@ def decode_reply(raw: bytes | str) -> Reply | None:
 
 
 def _message(error: Any, bare: Any) -> str:
-    return BareMessage(error) if bare is True else str(error)
+    """A reply's error text, a ``BareMessage`` when the reply flags it so."""
+    return BareMessage(str(error)) if bare is True else str(error)
 
 
 def error_field(message: str) -> dict[str, Any]:
