@@ -121,8 +121,9 @@ def test_node_redis_resp3_client(gateway: Gateway, worker: Worker) -> None:
 
 def test_go_redigo_client(gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
     """A Go program on redigo sending what redisai-go sends (a TF graph, TorchScript with Redis
-    calls, DAGs, AI.INFO, a pipeline of Send calls) and reading replies as redisai-go reads them:
-    an AI.INFO key as a status or an INT8 value as a bulk string would crash it."""
+    calls, DAGs, AI.INFO, a pipeline of Send calls; MULTI/EXEC, BLPOP and SUBSCRIBE too) and
+    reading replies as redisai-go reads them: an AI.INFO key as a status or an INT8 value as a
+    bulk string would crash it."""
     assert GO_CLIENT.is_file(), "run `make test-clients` first (it builds tests/gateway_go)"
     graph = tmp_path / "graph.pb"
     graph.write_bytes(tf_mul_graph())

@@ -2,7 +2,7 @@
 // command forms redisai-go sends and reading the replies the way it reads them: float VALUES as
 // bulk strings parsed with ParseFloat, integer VALUES and dims as integers, AI.INFO keys as bulk
 // strings, DAG results as status "OK", arrays or bulks; a pooled connection, a pipeline of Send
-// calls flushed at once, and AUTH-free DialURL. Exits non-zero on the first mismatch.
+// calls flushed at once, MULTI/EXEC, BLPOP and SUBSCRIBE. Exits non-zero on the first mismatch.
 // Usage: client HOST:PORT GRAPH_PB (a TF graph: placeholders a, b; output mul = a * b)
 package main
 
@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -365,6 +366,75 @@ func pipeline(c redis.Conn) {
 	equal("GET", replies[5], []byte("v"))
 }
 
+// transaction: inside MULTI a job is queued and its place in EXEC's reply is RedisAI's error;
+// a tensor write runs in the transaction like any Redis command.
+func transaction(c redis.Conn) {
+	for _, cmd := range [][]interface{}{
+		{"MULTI"},
+		{"SET", "t", "1"},
+		{"AI.TENSORSET", "tx", "INT8", 1, "VALUES", 5},
+		{"AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "mul"},
+		{"INCR", "t"},
+	} {
+		if err := c.Send(cmd[0].(string), cmd[1:]...); err != nil {
+			fail("send: %v", err)
+		}
+	}
+	// Do reads the replies to what was sent first (OK, QUEUED...), then returns EXEC's
+	reply, err := redis.Values(c.Do("EXEC"))
+	if err != nil {
+		fail("EXEC: %v", err)
+	}
+	equal("SET in MULTI", reply[0], "OK")
+	equal("TENSORSET in MULTI", reply[1], "OK")
+	if e, ok := reply[2].(redis.Error); !ok || e.Error() != "ERR Cannot run RedisAI command within a transaction or a LUA script" {
+		fail("a job in MULTI: %#v", reply[2])
+	}
+	equal("INCR in MULTI", reply[3], int64(2))
+	_, _, values := tensor(c, "tx")
+	equal("the transaction's tensor", values, []int64{5})
+}
+
+// blocking: BLPOP waits on the client's own connection through the gateway while another
+// connection pushes; SUBSCRIBE turns the connection into a pub/sub one.
+func blocking(pool *redis.Pool) {
+	waiter, pusher := pool.Get(), pool.Get()
+	defer waiter.Close()
+	defer pusher.Close()
+	done := make(chan []string, 1)
+	go func() {
+		popped, err := redis.Strings(waiter.Do("BLPOP", "list", 10))
+		if err != nil {
+			fail("BLPOP: %v", err)
+		}
+		done <- popped
+	}()
+	for tries := 0; ; tries++ { // until Redis shows the BLPOP waiting
+		clients, _ := redis.String(pusher.Do("CLIENT", "LIST", "TYPE", "normal"))
+		if strings.Contains(clients, "cmd=blpop") {
+			break
+		}
+		if tries == 500 {
+			fail("BLPOP never reached Redis")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	must(pusher.Do("RPUSH", "list", "x"))
+	equal("BLPOP", <-done, []string{"list", "x"})
+
+	sub := redis.PubSubConn{Conn: pool.Get()}
+	defer sub.Close()
+	must(nil, sub.Subscribe("news"))
+	if confirm, ok := sub.Receive().(redis.Subscription); !ok || confirm.Kind != "subscribe" {
+		fail("SUBSCRIBE: %#v", confirm)
+	}
+	equal("PUBLISH", must(redis.Int(pusher.Do("PUBLISH", "news", "hello"))), 1)
+	message, ok := sub.Receive().(redis.Message)
+	if !ok || message.Channel != "news" || string(message.Data) != "hello" {
+		fail("message: %#v", message)
+	}
+}
+
 func main() {
 	if len(os.Args) != 3 {
 		fail("usage: client HOST:PORT GRAPH_PB")
@@ -385,6 +455,8 @@ func main() {
 	scripts(c)
 	dags(c)
 	pipeline(c)
+	transaction(c)
+	blocking(pool)
 	// Close drains with Do(""): nothing is written, pending replies are read
 	must(c.Do(""))
 	fmt.Println("all RedisAI commands ok")
