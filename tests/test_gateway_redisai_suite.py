@@ -6,7 +6,6 @@ purpose, the case says so (README, "Moving from RedisAI")."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from conftest import torch_blob
 from test_gateway import connect, error_of, raw_socket, read_replies, running_gateway
 
 from aiworker import Client, Settings, Worker
+from aiworker.client.raw import list2dict
 from aiworker.gateway import Gateway
 from aiworker.gateway.resp import pack
 
@@ -412,12 +412,13 @@ def test_jredisai_command_forms(gateway: Gateway, con: redis.Redis, worker: Work
         "MINBATCHTIMEOUT", 15, "BLOB", onnx_mul(),
     )  # fmt: skip
     assert stored == b"OK"
-    meta = pairs(con.execute_command("AI.MODELGET", "m", "META", "BLOB"))
-    assert meta[b"tag"] == b"" and meta[b"backend"] == b"ONNX" and meta[b"device"] == b"CPU"
-    assert [meta[b"batchsize"], meta[b"minbatchsize"], meta[b"minbatchtimeout"]] == [10, 5, 15]
-    assert meta[b"blob"] == onnx_mul()
-    info = pairs(con.execute_command("AI.INFO", "m"))
-    assert info[b"calls"] == 0 and info[b"key"] == b"m" and info[b"device"] == b"CPU"
+    # list2dict decodes bulk strings only: a nil or a number would not compare equal to text
+    meta = list2dict(con.execute_command("AI.MODELGET", "m", "META", "BLOB"))
+    assert meta["tag"] == "" and meta["backend"] == "ONNX" and meta["device"] == "CPU"
+    assert [meta["batchsize"], meta["minbatchsize"], meta["minbatchtimeout"]] == [10, 5, 15]
+    assert meta["blob"] == onnx_mul()
+    info = list2dict(con.execute_command("AI.INFO", "m"))
+    assert info["calls"] == 0 and info["key"] == "m" and info["device"] == "CPU"
     # Jedis keeps the whole error line: RedisAI's code where it had one, none for onnxruntime's
     sock = raw_socket(gateway)
     commands = [
@@ -436,8 +437,3 @@ def test_jredisai_command_forms(gateway: Gateway, con: redis.Redis, worker: Work
         b"-ERR script key is empty",
     ]
     sock.close()
-
-
-def pairs(reply: list[Any]) -> dict[Any, Any]:
-    """A RedisAI ``[name, value, ...]`` reply as a dict."""
-    return dict(zip(reply[::2], reply[1::2], strict=True))

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
+import test_gateway
 from conftest import stub_blob, wait_until
 from test_gateway import (
     connect,
-    event_loops,
     raw_socket,
     read_replies,
     read_until_closed,
@@ -26,13 +24,7 @@ from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
 from aiworker.gateway.resp import Double, encode, reply_end
 
-
-@pytest.fixture(params=event_loops())
-def gateway(
-    client: Client, settings: Settings, request: pytest.FixtureRequest
-) -> Iterator[Gateway]:
-    with running_gateway(settings, request.param) as gw:
-        yield gw
+gateway = test_gateway.gateway  # the fixture: a gateway on each event loop
 
 
 def connect3(gateway: Gateway, **kwargs: Any) -> redis.Redis:

@@ -3,19 +3,11 @@
 // non-zero on the first mismatch. Usage: node client.js PORT
 "use strict";
 const assert = require("node:assert/strict");
+const { error } = require("./expect");
 const Redis = require("ioredis");
 
 const port = Number(process.argv[2]);
 const redis = new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 0 });
-
-async function error(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err.message;
-  }
-  throw new Error("expected an error");
-}
 
 async function main() {
   const blob = Buffer.from(new Float32Array([1, 2, 3, 4]).buffer);

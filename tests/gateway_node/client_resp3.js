@@ -5,19 +5,11 @@
 // Usage: node client_resp3.js PORT
 "use strict";
 const assert = require("node:assert/strict");
+const { error } = require("./expect");
 const { createClient } = require("redis");
 
 const port = Number(process.argv[2]);
 const socket = { port, host: "127.0.0.1", reconnectStrategy: false };
-
-async function error(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err.message;
-  }
-  throw new Error("expected an error");
-}
 
 async function until(check, what) {
   for (let i = 0; i < 200; i++) {
