@@ -294,9 +294,12 @@ def _with_listed(meta: ModelMeta, values: Sequence[Any]) -> ModelMeta:
 def read_meta_plan(key: str, listed: bool = False) -> Plan[ModelMeta]:
     """The model's metadata, or RedisAI's errors for a missing key or another kind of key
     (``listed``: showing the names its framework reported, ``_with_listed``)."""
-    fields = (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
-    replies = yield Commands.one("HMGET", key, *fields)
+    replies = yield Commands.one("HMGET", key, *_meta_fields(listed))
     return _checked_meta(replies[0], listed)
+
+
+def _meta_fields(listed: bool) -> tuple[str, ...]:
+    return (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
 
 
 def _checked_meta(values: Any, listed: bool) -> ModelMeta:
@@ -313,7 +316,7 @@ def read_meta(r: plans.AnyRedis, key: str) -> ModelMeta:
 def read_model_plan(key: str, listed: bool = False) -> Plan[tuple[ModelMeta, bytes]]:
     """Metadata and blob read in one transaction, so both belong to the same stored version
     (``listed``: as ``read_meta_plan``)."""
-    fields = (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
+    fields = _meta_fields(listed)
     meta = yield from read_meta_plan(key, listed)
     for _ in range(READ_ATTEMPTS):
         _check_chunk_count(key, meta.chunks)
