@@ -437,3 +437,42 @@ def test_jredisai_command_forms(gateway: Gateway, con: redis.Redis, worker: Work
         b"-ERR script key is empty",
     ]
     sock.close()
+
+
+OLD_SCRIPT = """
+def pre(a):
+    return a * 2
+
+def post(a):
+    return a + 1
+"""
+
+
+def test_deprecated_script_forms(con: redis.Redis, client: Client, settings: Settings) -> None:
+    """The pre-1.2 ``tests_dag.py``: AI.SCRIPTSET on a numbered device (redisai-py refused
+    ``CPU:1`` client-side; RedisAI took it), and AI.SCRIPTRUN inside AI.DAGRUN_RO (RedisAI refused
+    only AI.SCRIPTEXECUTE there: a SCRIPTRUN declares no KEYS, so its script reaches no key)."""
+    worker = Worker(settings.replace(devices=("CPU", "CPU:1"))).start()
+    try:
+        assert con.execute_command("AI.SCRIPTSET", "old{1}", "CPU:1", "SOURCE", OLD_SCRIPT) == b"OK"
+        meta = list2dict(con.execute_command("AI.SCRIPTGET", "old{1}", "META"))
+        assert meta["device"] == "CPU:1"
+        con.execute_command("AI.TENSORSET", "x{1}", "FLOAT", 2, "VALUES", 1, 2)
+        reply = con.execute_command(
+            "AI.DAGRUN_RO", "LOAD", 1, "x{1}",
+            "|>", "AI.SCRIPTRUN", "old{1}", "pre", "INPUTS", "x{1}", "OUTPUTS", "y{1}",
+            "|>", "AI.SCRIPTRUN", "old{1}", "post", "INPUTS", "y{1}", "OUTPUTS", "z{1}",
+            "|>", "AI.TENSORGET", "z{1}", "VALUES",
+        )  # fmt: skip
+        assert reply == [b"OK", b"OK", [b"3", b"5"]]
+        assert con.execute_command("EXISTS", "y{1}", "z{1}") == 0, "a read-only DAG wrote"
+        assert error_of(
+            con, "AI.DAGEXECUTE_RO", "LOAD", 1, "x{1}",
+            "|>", "AI.SCRIPTEXECUTE", "old{1}", "pre", "INPUTS", 1, "x{1}", "OUTPUTS", 1, "y{1}",
+        ) == "AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG"  # fmt: skip
+    finally:
+        worker.stop(timeout=10)
+    with pytest.raises(ValueError, match="Device not allowed"):
+        client.scriptset(
+            "old{2}", "CPU:1", OLD_SCRIPT
+        )  # the Python client keeps redisai-py's check

@@ -19,7 +19,7 @@ from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.protocol.keys import Keys
-from aiworker.protocol.requests import DagExecute, ModelExecute, TensorGet, TensorSet
+from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 
 KEYS = Keys()
 SCRIPT = """
@@ -252,9 +252,15 @@ def test_structured_dag_entries_meet_the_parsers_rules(ready: Client) -> None:
     unknown_input = DagExecute(
         (ModelExecute("m", ("nowhere",), ("b",)), TensorGet("b")), load=("a",)
     )
+    readonly_script_keys = DagExecute(  # its script could write through the keys it declares
+        (ScriptExecute("s", "f", keys=("k",), inputs=("a",), outputs=("b",)),),
+        load=("a",),
+        readonly=True,
+    )
     cases = [
         (readonly_persist, "PERSIST cannot be specified in a read-only DAG"),
         (unknown_input, "INPUT key cannot be found in DAG"),
+        (readonly_script_keys, "AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG"),
     ]
     from aiworker.protocol.entries import encode_entry
 

@@ -253,8 +253,11 @@ def scriptstore(key: Any, device: str, script: Any, entry_points: Any, tag: Any)
     return [*args, "ENTRY_POINTS", len(points), *points, "SOURCE", script]
 
 
-def scriptset(key: Any, device: str, script: Any, tag: Any) -> list[Any]:
-    _check_device(device, split=False)
+def scriptset(key: Any, device: str, script: Any, tag: Any, check_device: bool = True) -> list[Any]:
+    """``check_device``: redisai-py's check, which took ``CPU`` or ``GPU`` only (RedisAI itself
+    took ``CPU:1`` too)."""
+    if check_device:
+        _check_device(device, split=False)
     return ["AI.SCRIPTSET", key, device, *(["TAG", tag] if tag else []), "SOURCE", script]
 
 

@@ -20,12 +20,15 @@ def scriptstore(
     entry_points: Any,
     tag: Any = None,
     legacy: bool = False,
+    client_checks: bool = True,
 ) -> Op:
     """AI.SCRIPTSTORE (``legacy``: the deprecated AI.SCRIPTSET, without entry points). The
     source is compiled and its entry points checked first, as RedisAI did: here where torch is
-    installed, else by a live worker serving the device (``job_ops.verify_script_plan``)."""
+    installed, else by a live worker serving the device (``job_ops.verify_script_plan``).
+    ``client_checks``: redisai-py's own checks of the arguments apply (not to a RedisAI command
+    as a client sent it, which the store's checks alone judge, as RedisAI did)."""
     if legacy:
-        tokens = commands.scriptset(key, device, script, tag)
+        tokens = commands.scriptset(key, device, script, tag, check_device=client_checks)
         names: list[str] = []
     else:
         tokens = commands.scriptstore(key, device, script, entry_points, tag)

@@ -142,7 +142,7 @@ def _modelget(state: State, cmd: ModelGet) -> Plan[Any]:
 def _scriptstore(state: State, cmd: ScriptStore) -> Plan[Any]:
     op = script_ops.scriptstore(
         state, cmd.key, cmd.device, cmd.source, list(cmd.entry_points), cmd.tag or None,
-        legacy=cmd.deprecated,
+        legacy=cmd.deprecated, client_checks=False,
     )  # fmt: skip
     yield from op.plan
     return OK

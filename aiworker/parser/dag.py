@@ -82,8 +82,8 @@ def _op_parser(name: str, command: str) -> Callable[[Sequence[str]], DagOp]:
             raise AIError(f"Deprecated {name} cannot be used in AI.DAGEXECUTE command")
         if name == "AI.MODELRUN":
             return lambda a: parse_modelrun(a, in_dag=True)
-        if readonly:
-            raise AIError("AI.SCRIPTRUN command cannot be specified in a read-only DAG")
+        # allowed in AI.DAGRUN_RO, as RedisAI did: a SCRIPTRUN declares no KEYS, so its script
+        # can reach nothing in Redis
         return lambda a: parse_scriptrun(a, in_dag=True)
     raise AIError("Unsupported command within DAG")
 

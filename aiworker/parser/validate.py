@@ -46,7 +46,7 @@ def _model(op: ModelExecute, in_dag: bool, readonly: bool) -> None:
 
 
 def _script(op: ScriptExecute, in_dag: bool, readonly: bool) -> None:
-    if readonly:
+    if readonly and op.keys:  # the script could write through them (a SCRIPTRUN has none)
         raise AIError("AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG")
     if not op.function:
         raise AIError("function name not specified")
