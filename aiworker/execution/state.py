@@ -93,7 +93,8 @@ class MetaCache:
     version is still the one it ran (``complete.lua``'s ``expect``); when it is not, the entry is
     run again. (On Redis Cluster the read fetches metadata every time, in the round trip that
     reads the inputs: a completion split over slots could check a version only in a round trip
-    of its own before the reply, ``worker.complete_steps``.) Also how many bytes of data each
+    of its own before the reply, ``worker.complete_steps``.) A batching model's metadata is read
+    with every job (``_cacheable``). Also how many bytes of data each
     tensor key held when last read: which to fetch plainly (``_Reader._by_caller``)."""
 
     def __init__(self, size: int = 1024, tensors: int = 16384) -> None:
@@ -134,6 +135,17 @@ class MetaCache:
     def drop(self, key: str) -> None:
         self._replies.pop((MODEL, key), None)
         self._replies.pop((SCRIPT, key), None)
+
+
+_BATCHSIZE = 1 + model_store.META_FIELDS.index("batchsize")  # in a metadata reply
+
+
+def _cacheable(what: str, reply: Any) -> bool:
+    """Whether metadata may be served from the cache: not a batching model's. A job waits in the
+    batcher on its model's batch settings (MINBATCHSIZE without a timeout: until partners come),
+    so they must be the stored ones; a completion's version check comes too late for a job that
+    never runs."""
+    return what == SCRIPT or reply[_BATCHSIZE] in (b"0", b"", None)
 
 
 def _digest(what: str, reply: Any) -> bytes:
@@ -259,7 +271,7 @@ def read(
             )
     if cache is not None:
         for (what, key), reply in found.items():
-            if what in (MODEL, SCRIPT) and reply[0] == b"ok":
+            if what in (MODEL, SCRIPT) and reply[0] == b"ok" and _cacheable(what, reply):
                 cache.put(what, key, reply)
     snapshots = []
     for job, pairs in enumerate(wanted):

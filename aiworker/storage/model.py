@@ -1,10 +1,10 @@
 """Models in Redis hashes: metadata validation, chunking and atomic store/read.
 
 A model hash holds ``kind=model``, ``backend``, ``device``, ``tag``, ``batchsize``, ``minbatchsize``,
-``minbatchtimeout``, ``inputs``/``outputs`` (JSON lists), ``digest`` (SHA-1 of the blob), ``size``,
-``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of MODEL_CHUNK_SIZE bytes.
+``minbatchtimeout``, ``inputs``/``outputs`` (JSON lists), ``digest`` (its version, ``digest_of``),
+``size``, ``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of MODEL_CHUNK_SIZE bytes.
 
-Storing is one MULTI/EXEC (delete then write), so a reader never sees a torn or mixed model; readers
+Storing is one MULTI/EXEC (delete then write, and the model's statistics reset), so a reader never sees a torn or mixed model; readers
 fetch every chunk inside one MULTI too. Workers compare the small ``digest`` field, read alongside a
 job's inputs, with the one they loaded, and reload only when it changed.
 """
@@ -209,8 +209,16 @@ def split_blob(blob: bytes | bytearray | memoryview, chunk_size: int) -> list[me
     return [view[start : start + chunk_size] for start in range(0, len(view), chunk_size)]
 
 
-def digest_of(blob: bytes | bytearray | memoryview) -> str:
-    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
+def digest_of(blob: bytes | bytearray | memoryview, meta: ModelMeta) -> str:
+    """The stored version: SHA-1 of the blob and of everything a worker loads, batches and reports
+    it with. Workers cache a model and its metadata by it, so a store that changes any of them (the
+    same blob with other batch settings or INPUTS, say) is a new version to every worker; storing
+    the same model again is not."""
+    definition = [meta.backend, meta.device, meta.tag, meta.batchsize, meta.minbatchsize,
+                  meta.minbatchtimeout, list(meta.inputs), list(meta.outputs)]  # fmt: skip
+    digest = hashlib.sha1(json.dumps(definition).encode(), usedforsecurity=False)
+    digest.update(blob)
+    return digest.hexdigest()
 
 
 def store_plan(
@@ -220,11 +228,12 @@ def store_plan(
     blob: bytes | bytearray | memoryview,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Plan[ModelMeta]:
-    """Replace the model at ``key`` atomically; returns the stored metadata (digest filled in)."""
+    """Replace the model at ``key`` atomically and reset its statistics (a new model, as in
+    RedisAI); returns the stored metadata (digest filled in)."""
     chunks = split_blob(blob, chunk_size)
     stored = dataclasses.replace(
         meta,
-        digest=digest_of(blob),
+        digest=digest_of(blob, meta),
         size=len(memoryview(blob).cast("B")),
         chunks=len(chunks),
     )
@@ -236,6 +245,7 @@ def store_plan(
     # when it was stored, for modelscan's order (the index is a set)
     commands.append(("HSET", key, STORED_FIELD, time.time_ns()))
     commands.append(("SADD", keys.models, key))
+    commands.append(("DEL", keys.stats(key)))
     replies = yield Commands(commands, transaction=True)
     for reply in replies:
         if isinstance(reply, Exception):

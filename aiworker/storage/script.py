@@ -1,8 +1,8 @@
 """Scripts in Redis hashes: validation and atomic store/read (RedisAI's AI.SCRIPT* commands).
 
 A script hash holds ``kind=script``, ``device``, ``tag``, ``entry_points`` (a JSON list),
-``source`` (TorchScript text) and ``digest`` (SHA-1 of the source, so workers reload only a changed
-script). A store replaces the hash and resets the script's statistics in one MULTI/EXEC, as
+``source`` (TorchScript text) and ``digest`` (its version, ``digest_of``: workers reload only a
+changed script). A store replaces the hash and resets the script's statistics in one MULTI/EXEC, as
 RedisAI's SCRIPTSTORE created a fresh AI.INFO entry.
 """
 
@@ -81,8 +81,11 @@ def validate(
     return parsed.name, source_text, tuple(entry_points)
 
 
-def digest_of(source: str) -> str:
-    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+def digest_of(source: str, device: str, entry_points: Sequence[str], tag: str) -> str:
+    """The stored version: SHA-1 of the source and of what a worker compiles and checks it with
+    (a store of the same source with other entry points is a new version to every worker)."""
+    definition = json.dumps([device, list(entry_points), tag, source])
+    return hashlib.sha1(definition.encode(), usedforsecurity=False).hexdigest()
 
 
 def store_plan(
@@ -94,7 +97,9 @@ def store_plan(
     tag: str = "",
 ) -> Plan[ScriptMeta]:
     """Replace the script at ``key`` atomically (and reset its statistics)."""
-    meta = ScriptMeta(device, tag, tuple(entry_points), digest_of(source))
+    meta = ScriptMeta(
+        device, tag, tuple(entry_points), digest_of(source, device, entry_points, tag)
+    )
     fields = {
         "kind": KIND_SCRIPT,
         "device": meta.device,
