@@ -476,3 +476,23 @@ def test_deprecated_script_forms(con: redis.Redis, client: Client, settings: Set
         client.scriptset(
             "old{2}", "CPU:1", OLD_SCRIPT
         )  # the Python client keeps redisai-py's check
+
+
+def test_module_info(gateway: Gateway, con: redis.Redis, worker: Worker) -> None:
+    """``tests_onnx.py::tests_onnx_info``: AI.INFO without a key lists RedisAI's versions, then
+    each backend's once one is loaded (here: by the worker that checked the store)."""
+    import onnxruntime
+
+    sock = raw_socket(gateway)
+    sock.sendall(b"".join(pack([b"AI.INFO"])))
+    assert read_replies(sock, 1).split(b"\r\n")[:-1] == [
+        b"*6", b"+Version", b"$5", b"1.2.7", b"+Low Level API Version", b"$1", b"1",
+        b"+RDB Encoding version", b"$1", b"1",
+    ]  # fmt: skip
+    sock.close()
+    assert con.execute_command("AI.MODELSTORE", "m", "ONNX", "CPU", "BLOB", onnx_mul()) == b"OK"
+    info = con.execute_command("AI.INFO")
+    assert len(info) == 8 and info[6:] == [b"ONNX version", onnxruntime.__version__.encode()]
+    assert error_of(con, "AI.INFO", "m", "RESETSTAT", "x") == (
+        "wrong number of arguments for 'AI.INFO' command"
+    )

@@ -13,6 +13,7 @@ from aiworker.parser.commands import (
     ModelGet,
     ModelScan,
     ModelStore,
+    ModuleInfo,
     ScriptDel,
     ScriptGet,
     ScriptScan,
@@ -111,6 +112,7 @@ VALID: list[tuple[str, object]] = [
         SE("s", "f", inputs=("a",), outputs=("d",), timeout_ms=4),
     ),
     # info and config
+    ("AI.INFO", ModuleInfo()),
     ("AI.INFO m", InfoGet("m")),
     ("AI.INFO m RESETSTAT", InfoGet("m", reset=True)),
     ("AI.INFO m other", InfoGet("m")),
@@ -458,7 +460,6 @@ ERRORS: list[tuple[str, str]] = [
     ("AI.SCRIPTRUN s f a INPUTS b", "Unrecongnized parameter to SCRIPTRUN"),
     ("AI.SCRIPTRUN s f TIMEOUT x INPUTS a", "Invalid value for TIMEOUT"),
     # AI.INFO / AI.CONFIG
-    ("AI.INFO", "wrong number of arguments for 'AI.INFO' command"),
     ("AI.INFO m RESETSTAT x", "wrong number of arguments for 'AI.INFO' command"),
     ("AI.CONFIG", "wrong number of arguments for 'AI.CONFIG' command"),
     ("AI.CONFIG LOADBACKEND TORCH", "wrong number of arguments for 'AI.CONFIG' command"),

@@ -203,6 +203,8 @@ class Registry:
         self.options = options or BackendOptions()
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
+        # called after a backend is created (the worker publishes its heartbeat, which lists them)
+        self.on_new: Callable[[], object] = lambda: None
 
     def get(self, name: str) -> Backend:
         name = name.upper()
@@ -210,11 +212,17 @@ class Registry:
         if backend is not None:
             return backend
         with self._lock:
-            if name not in self._backends:
+            backend = self._backends.get(name)
+            if backend is None:
                 cls = _resolve(name)
                 assert cls is not None
-                self._backends[name] = cls(self.options)
-            return self._backends[name]
+                backend = self._backends[name] = cls(self.options)
+                created = True
+            else:
+                created = False
+        if created:
+            self.on_new()
+        return backend
 
     def preload(self, names: Sequence[str]) -> None:
         """Import and create the named backends now instead of on first use."""

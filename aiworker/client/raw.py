@@ -15,6 +15,7 @@ import numpy as np
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.replies import Status
 from aiworker.protocol.resp import Double
+from aiworker.protocol.resp import Status as Simple
 from aiworker.storage.model import ModelMeta
 from aiworker.storage.script import ScriptMeta
 
@@ -146,6 +147,32 @@ def script_reply(meta: ScriptMeta, source: str | None) -> list[Any]:
     reply += [b"Entry Points", [name.encode() for name in meta.entry_points]]
     if source is not None:
         reply += [b"source", source.encode()]
+    return reply
+
+
+# The RedisAI release whose commands aiworker answers, and its low-level API and RDB encoding
+# versions as its AI.INFO reported them (it sent the API version for both).
+REDISAI_VERSION, REDISAI_LLAPI_VERSION = "1.2.7", "1"
+# AI.INFO's name for each backend's version, in RedisAI's order; a plugin's comes after them
+BACKEND_VERSION_NAMES = {
+    "TF": "TensorFlow version",
+    "TORCH": "Torch version",
+    "TFLITE": "TFLite version",
+    "ONNX": "ONNX version",
+}
+
+
+def module_info_reply(backends: Mapping[str, str]) -> list[Any]:
+    """AI.INFO without a key: RedisAI's versions, then each loaded backend's framework version
+    (``backends``: name -> version)."""
+    reply: list[Any] = [Simple("Version"), REDISAI_VERSION.encode()]
+    reply += [Simple("Low Level API Version"), REDISAI_LLAPI_VERSION.encode()]
+    reply += [Simple("RDB Encoding version"), REDISAI_LLAPI_VERSION.encode()]
+    names = [name for name in BACKEND_VERSION_NAMES if name in backends]
+    names += sorted(name for name in backends if name not in BACKEND_VERSION_NAMES)
+    for name in names:
+        label = BACKEND_VERSION_NAMES.get(name, f"{name} version")
+        reply += [Simple(label), Simple(str(backends[name]))]
     return reply
 
 

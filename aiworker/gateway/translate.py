@@ -27,6 +27,7 @@ from aiworker.parser.commands import (
     ModelGet,
     ModelScan,
     ModelStore,
+    ModuleInfo,
     ScriptDel,
     ScriptGet,
     ScriptScan,
@@ -38,9 +39,9 @@ from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.requests import DagExecute, ModelExecute, ScriptExecute, TensorGet, TensorSet
 from aiworker.protocol.resp import ErrorReply, Status, error_reply_of
+from aiworker.storage import health, stats, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage import stats, tensor_io
 from aiworker.storage.plans import Plan
 
 OK = Status("OK")
@@ -98,6 +99,15 @@ def _info(state: State, cmd: InfoGet) -> Plan[Any]:
         yield from stats.reset_plan(state.keyspace, cmd.key)
         return OK
     return raw.info_reply((yield from stats.info_plan(state.keyspace, cmd.key)))
+
+
+def _module_info(state: State, cmd: ModuleInfo) -> Plan[Any]:
+    """The backends are those the live workers have loaded (RedisAI loaded one on first use)."""
+    backends: dict[str, str] = {}
+    for status in (yield from health.live_workers_plan(state.keyspace)):
+        for name, version in (status.get("backends") or {}).items():
+            backends.setdefault(str(name), str(version))
+    return raw.module_info_reply(backends)
 
 
 def _tensorget(state: State, cmd: TensorGet) -> Plan[Any]:
@@ -218,6 +228,7 @@ _HANDLERS: dict[type[Any], Callable[[State, Any], Plan[Any]]] = {
     ScriptDel: _scriptdel,
     ScriptScan: _scriptscan,
     InfoGet: _info,
+    ModuleInfo: _module_info,
     ConfigCommand: _config,
     KeyFirst: _key_first,
 }

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aiworker.parser.commands import ConfigCommand, InfoGet
+from aiworker.parser.commands import ConfigCommand, InfoGet, ModuleInfo
 from aiworker.parser.common import is_word, parse_int, wrong_arity
 from aiworker.protocol import messages
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError
 
 
-def parse_info(args: Sequence[str]) -> InfoGet:
-    """``AI.INFO key [RESETSTAT]`` (any other third argument is ignored, as in RedisAI)."""
-    if not 1 <= len(args) <= 2:
+def parse_info(args: Sequence[str]) -> InfoGet | ModuleInfo:
+    """``AI.INFO key [RESETSTAT]`` (any other third argument is ignored, as in RedisAI), or
+    ``AI.INFO`` alone: the module's versions."""
+    if not args:
+        return ModuleInfo()
+    if len(args) > 2:
         raise wrong_arity("AI.INFO")
     return InfoGet(args[0], reset=len(args) == 2 and is_word(args[1], "RESETSTAT"))
 

@@ -81,6 +81,11 @@ class InfoGet:
 
 
 @dataclass(frozen=True)
+class ModuleInfo:
+    """AI.INFO without a key: the versions of the module and of its loaded backends."""
+
+
+@dataclass(frozen=True)
 class ConfigCommand:
     """AI.CONFIG: ``action`` is LOADBACKEND (name=backend, value=path), GET (name) or SET."""
 
@@ -99,5 +104,6 @@ DirectCommand = (
     | ScriptDel
     | ScriptScan
     | InfoGet
+    | ModuleInfo
     | ConfigCommand
 )

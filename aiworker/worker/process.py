@@ -216,6 +216,8 @@ class Worker:
 
     def start(self) -> Worker:
         self.registry.preload(self.settings.preload)
+        # a backend loaded later is published at once: AI.INFO lists those the workers loaded
+        self.registry.on_new = self.heartbeat.beat_now
         self._check_acl()
         # What is loaded now (frameworks, preloaded backends) lives as long as the process: keep
         # it out of the garbage collector's scans, which every job's allocations trigger.
