@@ -496,3 +496,34 @@ def test_module_info(gateway: Gateway, con: redis.Redis, worker: Worker) -> None
     assert error_of(con, "AI.INFO", "m", "RESETSTAT", "x") == (
         "wrong number of arguments for 'AI.INFO' command"
     )
+
+
+def test_counts_come_before_the_inputs(con: redis.Redis, worker: Worker) -> None:
+    """``tests_tflite.py::test_run_tflite_model_errors``: RedisAI had the model loaded and checked
+    the INPUTS and OUTPUTS counts first, before it looked up any input key. ONNX and TFLite
+    models stored without names are checked against the counts their framework reported at
+    store time."""
+    inputs = "Number of keys given as INPUTS here does not match model definition"
+    outputs = "Number of keys given as OUTPUTS here does not match model definition"
+    empty = "tensor key is empty or in a different shard"
+    con.execute_command("AI.MODELSTORE", "lite", "TFLITE", "CPU", "BLOB", tflite_model())
+    con.execute_command("AI.MODELSTORE", "mul", "ONNX", "CPU", "BLOB", onnx_mul())
+    con.execute_command("AI.TENSORSET", "x", "FLOAT", 1, 4, "VALUES", 1, 2, 3, 4)
+    cases = [
+        (inputs, ("lite", "INPUTS", 2, "x", "missing", "OUTPUTS", 1, "y")),
+        (inputs, ("lite", "INPUTS", 3, "x", "missing", "missing", "OUTPUTS", 1, "y")),
+        (outputs, ("lite", "INPUTS", 1, "missing", "OUTPUTS", 2, "y", "z")),
+        (empty, ("lite", "INPUTS", 1, "missing", "OUTPUTS", 1, "y")),
+        (inputs, ("mul", "INPUTS", 1, "missing", "OUTPUTS", 1, "y")),
+        (outputs, ("mul", "INPUTS", 2, "x", "missing", "OUTPUTS", 2, "y", "z")),
+    ]
+    for message, args in cases:
+        assert error_of(con, "AI.MODELEXECUTE", *args) == message, args
+    dag = ("AI.DAGEXECUTE", "LOAD", 1, "x", "|>", "AI.MODELEXECUTE", "mul", "INPUTS", 1, "x",
+           "OUTPUTS", 1, "y")  # fmt: skip
+    assert error_of(con, *dag) == inputs
+    assert con.execute_command("AI.MODELEXECUTE", "lite", "INPUTS", 1, "x", "OUTPUTS", 1, "y") == (
+        b"OK"
+    )
+    info = list2dict(con.execute_command("AI.INFO", "lite"))
+    assert (info["calls"], info["errors"]) == (1, 0), "a count refused before it ran counts nowhere"

@@ -75,6 +75,9 @@ class ModelMeta:
     size: int = 0
     chunks: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
+    # (inputs, outputs): how many its framework reported when the store checked it, where the
+    # store named none (a job's read brings them, ``JOB_FIELDS``); None when unknown
+    reported: tuple[int, int] | None = None
 
     def to_fields(self) -> dict[str, str | int]:
         return {
@@ -146,14 +149,28 @@ def _names(value: str, message: str) -> tuple[str, ...]:
 
 
 def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:
-    """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
+    """Metadata from a job read's reply (``ok`` and the JOB_FIELDS values, ``none`` or
     ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
     status = reply[0]
     if status == b"none":
         raise AIError(messages.MODEL_EMPTY)
     if status != b"ok":
         raise WrongTypeError()
-    return meta_from_fields(reply[1:])
+    return _job_meta(tuple(reply[1:]))
+
+
+@functools.lru_cache(maxsize=256)
+def _job_meta(fields: tuple[Any, ...]) -> ModelMeta:
+    """META_FIELDS then LISTED_FIELDS values: the metadata, with the counts its framework
+    reported (``ModelMeta.reported``) when the store named no inputs or outputs."""
+    count = len(META_FIELDS)
+    meta = _meta(fields[:count])
+    if meta.inputs or meta.outputs or len(fields) != len(JOB_FIELDS):
+        return meta
+    listed = _with_listed(meta, fields[count:])
+    if listed is meta:  # none reported, or unreadable
+        return meta
+    return dataclasses.replace(meta, reported=(len(listed.inputs), len(listed.outputs)))
 
 
 def validate_meta(
@@ -278,6 +295,8 @@ def check_meta_reply(values: Any) -> ModelMeta:
 # The input and output names a model's framework reported when it was checked at store time
 # (JSON lists), kept when the store named none: AI.MODELGET META lists them, as RedisAI did.
 LISTED_FIELDS = ("listed_inputs", "listed_outputs")
+# What a job's read fetches of a model (read_jobs.lua's MODEL, in this order)
+JOB_FIELDS = (*META_FIELDS, *LISTED_FIELDS)
 
 
 def listed_fields(names: IONames) -> dict[str, str]:

@@ -20,7 +20,8 @@
 -- reads it as 'B'); {'deferred'} when this read already carries enough: the caller reads that
 -- job's tensors again on their own.
 local MODEL = {'kind', 'backend', 'device', 'tag', 'batchsize', 'minbatchsize',
-               'minbatchtimeout', 'inputs', 'outputs', 'digest', 'size', 'chunks'}
+               'minbatchtimeout', 'inputs', 'outputs', 'digest', 'size', 'chunks',
+               'listed_inputs', 'listed_outputs'}  -- storage.model.JOB_FIELDS
 local SCRIPT = {'kind', 'device', 'tag', 'entry_points', 'digest'}
 local META = {'kind', 'dtype', 'shape'}  -- a tensor's small fields
 local max_tensor, max_job, max_read = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
