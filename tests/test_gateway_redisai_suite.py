@@ -516,6 +516,12 @@ def test_counts_come_before_the_inputs(con: redis.Redis, worker: Worker) -> None
         (empty, ("lite", "INPUTS", 1, "missing", "OUTPUTS", 1, "y")),
         (inputs, ("mul", "INPUTS", 1, "missing", "OUTPUTS", 1, "y")),
         (outputs, ("mul", "INPUTS", 2, "x", "missing", "OUTPUTS", 2, "y", "z")),
+        # wrong arguments after a count: RedisAI had compared the count with the model's first
+        (inputs, ("mul", "INPUTS", 3, "x", "x", "x", "OTUPUTS", "y")),  # tests_onnx.py's typo
+        (outputs, ("lite", "INPUTS", 1, "x", "OUTPUTS", 2, "y", "z", "bad_arg")),
+        ("OUTPUTS not specified", ("mul", "INPUTS", 2, "x", "x", "OTUPUTS", 1, "y")),
+        ("model key is empty", ("nothing", "NOT_INPUTS", 1, "x", "OUTPUTS", 1, "y")),
+        (WRONGTYPE, ("x", "INPUTS", 1, "x", "OUTPUTS", 1, "y", "bad_arg")),
     ]
     for message, args in cases:
         assert error_of(con, "AI.MODELEXECUTE", *args) == message, args

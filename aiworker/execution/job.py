@@ -111,10 +111,6 @@ class TensorGetOp(Op):
         return None
 
 
-# Backends whose reported input and output counts a request must match exactly
-EXACT_COUNTS = frozenset({"ONNX", "TFLITE"})
-
-
 class ModelOp(Op):
     meta: ModelMeta
 
@@ -126,13 +122,9 @@ class ModelOp(Op):
         self.device = parse_device(self.meta.device).queue
 
     def check(self, single: bool) -> None:
-        """RedisAI's count checks, before any input is read: against the names the store gave,
-        else the counts the framework reported at store time where they are exact (a
-        TorchScript ``forward`` may have defaults: checked when it runs)."""
-        request, meta = self.request, self.meta
-        inputs, outputs = len(meta.inputs), len(meta.outputs)
-        if not inputs and not outputs and meta.reported and meta.backend in EXACT_COUNTS:
-            inputs, outputs = meta.reported
+        """RedisAI's count checks, before any input is read (``ModelMeta.counts``)."""
+        request: ModelExecute = self.request
+        inputs, outputs = self.meta.counts()
         if inputs and len(request.inputs) != inputs:
             raise CountMismatch(messages.MODEL_INPUT_COUNT)
         if outputs and len(request.outputs) != outputs:

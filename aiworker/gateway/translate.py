@@ -58,6 +58,9 @@ class KeyFirst:
     keys: tuple[str, ...]
     read: bool  # each key must hold a tensor (AI.TENSORSET: an empty key will do)
     error: AIError
+    # AI.MODELEXECUTE: ``keys`` is its model, and these the INPUTS and OUTPUTS counts that parsed
+    # before the wrong argument (None: not reached), each compared with the model's as it came
+    counts: tuple[int | None, int | None] | None = None
 
 
 def key_first(tokens: Sequence[str], error: AIError) -> KeyFirst | None:
@@ -68,13 +71,37 @@ def key_first(tokens: Sequence[str], error: AIError) -> KeyFirst | None:
         return KeyFirst((tokens[1],), False, error)
     if name == "AI.TENSORGET" and 2 <= argc <= 4:
         return KeyFirst((tokens[1],), True, error)
+    if name == "AI.MODELEXECUTE" and argc >= 8:
+        return KeyFirst((tokens[1],), True, error, _counts_parsed(tokens[2:]))
     if name in DAG_COMMANDS:
         loaded = loaded_first(tokens[1:], name)
         return KeyFirst(loaded, True, error) if loaded else None
     return None
 
 
+def _counts_parsed(args: Sequence[str]) -> tuple[int | None, int | None]:
+    """MODELEXECUTE's INPUTS and OUTPUTS counts (``args`` after its key) where they parse."""
+
+    def count(word: str, at: int) -> int | None:
+        if at + 1 >= len(args) or args[at].upper() != word:
+            return None
+        value = args[at + 1]
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+    inputs = count("INPUTS", 0)
+    if inputs is None or 2 + inputs > len(args):
+        return inputs, None
+    return inputs, count("OUTPUTS", 2 + inputs)
+
+
 def _key_first(state: State, cmd: KeyFirst) -> Plan[Any]:
+    if cmd.counts is not None:  # the model was read first, then each count met
+        inputs, outputs = (yield from model_store.read_counted_meta_plan(cmd.keys[0])).counts()
+        if cmd.counts[0] is not None and inputs and cmd.counts[0] != inputs:
+            raise AIError(messages.MODEL_INPUT_COUNT)
+        if cmd.counts[1] is not None and outputs and cmd.counts[1] != outputs:
+            raise AIError(messages.MODEL_OUTPUT_COUNT)
+        raise cmd.error
     for key in cmd.keys:
         try:
             yield from tensor_io.read_meta_plan(key)

@@ -59,6 +59,10 @@ MAX_CHUNKS = 1 << 16
 _CHUNK_BYTES = lua.load("model_size")
 
 
+# Backends whose reported input and output counts a request must match exactly
+EXACT_COUNTS = frozenset({"ONNX", "TFLITE"})
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """Everything stored about a model except its blob."""
@@ -78,6 +82,14 @@ class ModelMeta:
     # (inputs, outputs): how many its framework reported when the store checked it, where the
     # store named none (a job's read brings them, ``JOB_FIELDS``); None when unknown
     reported: tuple[int, int] | None = None
+
+    def counts(self) -> tuple[int, int]:
+        """How many INPUTS and OUTPUTS a request must name (0: not known before it runs): those
+        the store named, else those its framework reported where they are exact (a TorchScript
+        ``forward`` may have arguments with defaults: checked when it runs)."""
+        if not self.inputs and not self.outputs and self.reported and self.backend in EXACT_COUNTS:
+            return self.reported
+        return len(self.inputs), len(self.outputs)
 
     def to_fields(self) -> dict[str, str | int]:
         return {
@@ -318,6 +330,14 @@ def _with_listed(meta: ModelMeta, values: Sequence[Any]) -> ModelMeta:
     ):
         return meta
     return dataclasses.replace(meta, inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def read_counted_meta_plan(key: str) -> Plan[ModelMeta]:
+    """The metadata as a job's read brings it: with the counts its framework reported."""
+    replies = yield Commands.one("HMGET", key, *JOB_FIELDS)
+    values = replies[0]
+    check_meta_reply(values if isinstance(values, Exception) else values[: len(META_FIELDS)])
+    return _job_meta(tuple(values))
 
 
 def read_meta_plan(key: str, listed: bool = False) -> Plan[ModelMeta]:
