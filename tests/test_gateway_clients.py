@@ -321,7 +321,7 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         assert con.execute_command("AI.TENSORGET", "{b}y", "VALUES") == [b"2", b"4"]
         assert cluster_client.tensorget("{b}y").tolist() == [2, 4]
         assert con.execute_command("AI.INFO")[:2] == [b"Version", b"1.2.7"]  # workers' heartbeats
-        with pytest.raises(redis.ResponseError, match="^model key is empty$"):  # read first
+        with pytest.raises(redis.ResponseError, match=r"^model key is empty$"):  # read first
             con.execute_command("AI.MODELEXECUTE", "{a}none", "INPUTS", 1, "{a}x", "OUTPUTS", 1,
                                 "{a}y", "stray")  # fmt: skip
         # a script is compiled by the cluster's worker before it is stored (SCRIPTVERIFY)
