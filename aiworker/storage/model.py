@@ -2,11 +2,13 @@
 
 A model hash holds ``kind=model``, ``backend``, ``device``, ``tag``, ``batchsize``, ``minbatchsize``,
 ``minbatchtimeout``, ``inputs``/``outputs`` (JSON lists), ``digest`` (its version, ``digest_of``),
-``size``, ``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of MODEL_CHUNK_SIZE bytes.
+``size``, ``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of
+MODEL_CHUNK_SIZE bytes.
 
-Storing is one MULTI/EXEC (delete then write, and the model's statistics reset), so a reader never sees a torn or mixed model; readers
-fetch every chunk inside one MULTI too. Workers compare the small ``digest`` field, read alongside a
-job's inputs, with the one they loaded, and reload only when it changed.
+Storing is one MULTI/EXEC (delete then write, and the model's statistics reset), so a reader never
+sees a torn or mixed model; readers fetch every chunk inside one MULTI too. Workers compare the
+small ``digest`` field, read alongside a job's inputs, with the one they loaded, and reload only
+when it changed.
 """
 
 from __future__ import annotations
