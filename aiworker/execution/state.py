@@ -249,11 +249,81 @@ def read(
                     continue
             mine.append(pair)
         reads.append(mine)
-    found: dict[Read, Any] = {}
+    sizes = cache or MetaCache()
     deferred: set[int] = set()  # jobs whose state is read again on its own
+    found = _one_call(conn, reads, bounds, sizes) if conn.one_slot else None
+    if found is None:
+        found, deferred = _in_groups(conn, reads, bounds, keyspace, sizes)
+    if cache is not None:
+        for (what, key), reply in found.items():
+            if what in (MODEL, SCRIPT) and reply[0] == b"ok" and _cacheable(what, reply):
+                cache.put(what, key, reply)
+    snapshots = []
+    for job, pairs in enumerate(wanted):
+        if refused[job] is not None or job in deferred:
+            snapshots.append(Snapshot({}, bounds, job in deferred, refused=refused[job]))
+            continue
+        got = {p: cached[p] if p in cached else found[p] for p in pairs}
+        late = any(reply[0] == b"deferred" for reply in got.values())
+        expect = [(p[1], _digest(p[0], cached[p])) for p in dict.fromkeys(pairs) if p in cached]
+        snapshots.append(Snapshot(got, bounds, late, expect))
+    return snapshots
+
+
+def _one_call(
+    conn: ScriptRunner, reads: Sequence[Sequence[Read]], bounds: Limits, sizes: MetaCache
+) -> dict[Read, Any] | None:
+    """The usual read, on a single Redis: one script call fetching every tensor itself, because
+    none is known to be too large for Lua (``tensor_io.kept_out_of_lua``). None when the read is
+    not that (``_in_groups`` does it), or when a tensor turned out large (learnt here: the general
+    read then fetches it plainly)."""
+    uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
+    known = 0  # bytes of the tensors whose size is known
+    for job, pairs in enumerate(reads):
+        for pair in pairs:
+            counts = uses.get(pair)
+            if counts is None:
+                counts = uses[pair] = {}
+                if pair[0] == TENSOR:
+                    known += sizes.tensor_bytes(pair[1]) or 0
+            counts[job] = counts.get(job, 0) + 1
+    if not uses or len(uses) > READ_KEYS_PER_CALL:
+        return None if uses else {}
+    if known > min(tensor_io.LUA_CALL_BYTES, tensor_io.LUA_VALUE_BYTES):
+        return None
+    args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
+    args += [limits.MAX_META_BYTES, tensor_io.LUA_VALUE_BYTES, 0]
+    for (what, _key), counts in uses.items():
+        if what == TENSOR:
+            args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+        else:
+            args += [what, ""]
+    replies = lua.run_one(conn, READ_JOBS, [key for _what, key in uses], args)
+    found = dict(zip(uses, replies, strict=True))
+    large = False
+    for (what, key), reply in found.items():
+        if what == TENSOR:
+            if reply[0] == b"ok":
+                sizes.set_bytes(key, _data_bytes(reply))
+            elif reply[0] == b"large":
+                sizes.set_bytes(key, int(reply[1]))
+                large = True
+    return None if large else found
+
+
+def _in_groups(
+    conn: ScriptRunner,
+    reads: list[list[Read]],
+    bounds: Limits,
+    keyspace: Keys,
+    sizes: MetaCache,
+) -> tuple[dict[Read, Any], set[int]]:
+    """The general read: groups of at most READ_KEYS_PER_CALL keys, large tensors fetched
+    plainly, the read's byte budgets; what it found, and the jobs left for a read of their own."""
+    found: dict[Read, Any] = {}
+    deferred: set[int] = set()
     budget = bounds.max_job_bytes
     groups = deque(_calls(reads))
-    sizes = cache or MetaCache()
     while groups:
         jobs = groups.popleft()
         if budget <= 0:  # an earlier call spent the read's budget
@@ -269,20 +339,7 @@ def read(
             budget -= sum(
                 _data_bytes(reply) for (what, _k), reply in replies.items() if what == TENSOR
             )
-    if cache is not None:
-        for (what, key), reply in found.items():
-            if what in (MODEL, SCRIPT) and reply[0] == b"ok" and _cacheable(what, reply):
-                cache.put(what, key, reply)
-    snapshots = []
-    for job, pairs in enumerate(wanted):
-        if refused[job] is not None or job in deferred:
-            snapshots.append(Snapshot({}, bounds, job in deferred, refused=refused[job]))
-            continue
-        got = {p: cached[p] if p in cached else found[p] for p in pairs}
-        late = any(reply[0] == b"deferred" for reply in got.values())
-        expect = [(p[1], _digest(p[0], cached[p])) for p in dict.fromkeys(pairs) if p in cached]
-        snapshots.append(Snapshot(got, bounds, late, expect))
-    return snapshots
+    return found, deferred
 
 
 def _calls(reads: Sequence[Sequence[Read]]) -> list[list[int]]:
