@@ -19,7 +19,9 @@ costs one more round trip, the first time.
 
 The usual read (a single Redis, no tensor known to be too large for Lua, one script call's worth
 of keys) is that one script call, built directly (``_one_call``); the rest below is the general
-read (``_in_groups``). A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
+read (``_in_groups``).
+
+A read stops fetching when it carries ``max_job_bytes`` (jobs left over are read again on their own
 when they run), one script call checks at most ``READ_KEYS_PER_CALL`` keys, so that no call holds
 Redis for long, and one round trip fetches at most ``READ_ROUND_BYTES`` of large tensors as last
 seen (the jobs after them are read by the next round trip of the same read). A script reads one hash
