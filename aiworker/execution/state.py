@@ -281,38 +281,63 @@ def _one_call(
     none is known to be too large for Lua (``tensor_io.kept_out_of_lua``). None when the read is
     not that (``_in_groups`` does it), or when a tensor turned out large (learnt here: the general
     read then fetches it plainly)."""
-    uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
-    known = 0  # bytes of the tensors whose size is known
-    for job, pairs in enumerate(reads):
-        for pair in pairs:
-            counts = uses.get(pair)
-            if counts is None:
-                counts = uses[pair] = {}
-                if pair[0] == TENSOR:
-                    known += sizes.tensor_bytes(pair[1]) or 0
-            counts[job] = counts.get(job, 0) + 1
+    uses = _uses(enumerate(reads))
     if not uses or len(uses) > READ_KEYS_PER_CALL:
         return None if uses else {}
+    known = sum(sizes.tensor_bytes(key) or 0 for what, key in uses if what == TENSOR)
     if known > min(tensor_io.LUA_CALL_BYTES, tensor_io.LUA_VALUE_BYTES):
         return None
-    args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
-    args += [limits.MAX_META_BYTES, tensor_io.LUA_VALUE_BYTES, 0]
-    for (what, _key), counts in uses.items():
-        if what == TENSOR:
-            args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
-        else:
+    keys, args, _plain = _script_arguments(
+        uses, bounds, bounds.max_job_bytes, tensor_io.LUA_VALUE_BYTES, set()
+    )
+    found = dict(zip(uses, lua.run_one(conn, READ_JOBS, keys, args), strict=True))
+    return None if _learn_sizes(sizes, found.items()) else found
+
+
+def _uses(jobs: Iterable[tuple[int, Sequence[Read]]]) -> dict[Read, dict[int, int]]:
+    """Each key the jobs read (once, in order), with how many times each job names it."""
+    uses: dict[Read, dict[int, int]] = {}
+    for job, pairs in jobs:
+        for pair in pairs:
+            counts = uses.setdefault(pair, {})
+            counts[job] = counts.get(job, 0) + 1
+    return uses
+
+
+def _script_arguments(
+    uses: dict[Read, dict[int, int]], bounds: Limits, budget: int, inline: int, by_caller: set[str]
+) -> tuple[list[str], list[Any], list[int]]:
+    """The keys of one read_jobs.lua call, its ARGV (KEYS[1] not the flag), and which of the keys
+    the caller fetches (the tensors in ``by_caller``); the script fetches the other tensors, up
+    to ``inline`` bytes each."""
+    args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, budget]
+    args += [limits.MAX_META_BYTES, inline, 0]
+    keys: list[str] = []
+    plain: list[int] = []
+    for n, ((what, key), counts) in enumerate(uses.items()):
+        keys.append(key)
+        if what != TENSOR:
             args += [what, ""]
-    replies = lua.run_one(conn, READ_JOBS, [key for _what, key in uses], args)
-    found = dict(zip(uses, replies, strict=True))
-    large = False
-    for (what, key), reply in found.items():
-        if what == TENSOR:
-            if reply[0] == b"ok":
-                sizes.set_bytes(key, _data_bytes(reply))
-            elif reply[0] == b"large":
-                sizes.set_bytes(key, int(reply[1]))
-                large = True
-    return None if large else found
+            continue
+        fetch = _BY_SCRIPT
+        if key in by_caller:
+            plain.append(n)
+            fetch = _BY_CALLER
+        args += [fetch, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+    return keys, args, plain
+
+
+def _learn_sizes(sizes: MetaCache, found: Iterable[tuple[Read, Any]]) -> list[Read]:
+    """Note the data size of each tensor a read found; the tensors it found too large to pass
+    through the script (to be fetched plainly)."""
+    large: list[Read] = []
+    for (what, key), reply in found:
+        if reply[0] == b"large":
+            sizes.set_bytes(key, int(reply[1]))
+            large.append((what, key))
+        elif what == TENSOR and reply[0] == b"ok":
+            sizes.set_bytes(key, _data_bytes(reply))
+    return large
 
 
 def _in_groups(
@@ -409,12 +434,9 @@ class _Reader:
             else:
                 found.update(zip(pairs, replies, strict=True))
                 todo = {}
-                for (what, key), reply in zip(pairs, replies, strict=True):
-                    if reply[0] == b"large":  # its whole job again, that tensor fetched plainly
-                        self.sizes.set_bytes(key, int(reply[1]))
-                        todo.update((j, jobs[j]) for j in active if (what, key) in active[j])
-                    elif what == TENSOR and reply[0] == b"ok":
-                        self.sizes.set_bytes(key, _data_bytes(reply))
+                for pair in _learn_sizes(self.sizes, zip(pairs, replies, strict=True)):
+                    # its whole job again, that tensor fetched plainly
+                    todo.update((j, jobs[j]) for j in active if pair in active[j])
                 if not todo:
                     return {**found, **settled}, deferred, later
             active = {
@@ -443,27 +465,10 @@ class _Reader:
         over ``tensor_io.LUA_VALUE_BYTES``, and those beyond ``LUA_CALL_BYTES`` (smallest first);
         the script fetches the rest, one it does not know the size of up to LUA_VALUE_BYTES.
         ``fetch_all``: the script fetches every tensor (a read spread over hash slots)."""
-        uses: dict[Read, dict[int, int]] = {}  # per key: job -> how many times it names it
-        for job, pairs in jobs.items():
-            for pair in pairs:
-                counts = uses.setdefault(pair, {})
-                counts[job] = counts.get(job, 0) + 1
+        uses = _uses(jobs.items())
         by_caller = set() if fetch_all else self._by_caller(uses)
         inline = 1 << 62 if fetch_all else tensor_io.LUA_VALUE_BYTES
-        bounds = self.bounds
-        args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, self.budget]
-        args += [limits.MAX_META_BYTES, inline, 0]
-        keys: list[str] = []
-        plain: list[int] = []
-        for n, ((what, key), counts) in enumerate(uses.items()):
-            keys.append(key)
-            if what != TENSOR:
-                args += [what, ""]
-            elif key in by_caller:
-                plain.append(n)
-                args += [_BY_CALLER, " ".join([f"{j}:{c}" for j, c in counts.items()])]
-            else:
-                args += [_BY_SCRIPT, " ".join([f"{j}:{c}" for j, c in counts.items()])]
+        keys, args, plain = _script_arguments(uses, self.bounds, self.budget, inline, by_caller)
         return list(uses), keys, args, plain
 
     def _by_caller(self, reads: Iterable[Read]) -> set[str]:
