@@ -8,16 +8,19 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,6 +125,22 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def at_once(calls: Sequence[Callable[[], T]], timeout: float = 30.0) -> list[T | None]:
+    """Each call in a thread of its own, all started before any is waited for; their results in
+    order (None for one still running after ``timeout``)."""
+    results: list[T | None] = [None] * len(calls)
+
+    def one(n: int) -> None:
+        results[n] = calls[n]()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results
 
 
 def store_unchecked(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import stub_blob, wait_until
+from conftest import at_once, stub_blob, wait_until
 from faults import enqueue, job_entry, stub_model, tensor, wait_for_workers, workers
 
 from aiworker import Client, Settings, Worker
@@ -40,17 +41,7 @@ def stub_in(worker: Worker, key: str) -> StubModel:
 
 
 def concurrently(client: Client, commands: list[str]) -> list[dict[str, Any]]:
-    replies: list[dict[str, Any]] = [{} for _ in commands]
-
-    def one(n: int) -> None:
-        replies[n] = submit(client, commands[n])
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(commands))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return replies
+    return [reply or {} for reply in at_once([partial(submit, client, c) for c in commands])]
 
 
 # padded, warmed-up batches ----------------------------------------------------------------------

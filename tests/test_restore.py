@@ -3,12 +3,12 @@ from its next job on, and AI.INFO starts over, as RedisAI's stores created a new
 
 from __future__ import annotations
 
-import threading
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
-from conftest import torch_blob
+from conftest import at_once, torch_blob
 
 from aiworker import Client, Worker
 from aiworker.storage import model as model_store
@@ -25,17 +25,9 @@ def g(tensors: List[Tensor], keys: List[str], args: List[str]):
 
 def both_at_once(client: Client, key: str) -> list[Any]:
     """Two MODELEXECUTEs sent together (batch partners), their results."""
-    results: list[Any] = [None, None]
-
-    def one(n: int) -> None:
-        results[n] = client.modelexecute(key, [f"a{n}", f"b{n}"], [f"c{n}"])
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results
+    return at_once(
+        [partial(client.modelexecute, key, [f"a{n}", f"b{n}"], [f"c{n}"]) for n in range(2)]
+    )
 
 
 def test_the_same_blob_stored_without_batching_runs_at_once(client: Client, worker: Worker) -> None:
