@@ -336,7 +336,7 @@ def _with_listed(meta: ModelMeta, values: Sequence[Any]) -> ModelMeta:
 
 def read_counted_meta_plan(key: str) -> Plan[ModelMeta]:
     """The metadata as a job's read brings it: with the counts its framework reported."""
-    replies = yield Commands.one("HMGET", key, *JOB_FIELDS)
+    replies = yield Commands.one("HMGET", key, *_meta_fields(listed=True))
     values = replies[0]
     check_meta_reply(values if isinstance(values, Exception) else values[: len(META_FIELDS)])
     return _job_meta(tuple(values))
@@ -350,7 +350,7 @@ def read_meta_plan(key: str, listed: bool = False) -> Plan[ModelMeta]:
 
 
 def _meta_fields(listed: bool) -> tuple[str, ...]:
-    return (*META_FIELDS, *LISTED_FIELDS) if listed else META_FIELDS
+    return JOB_FIELDS if listed else META_FIELDS
 
 
 def _checked_meta(values: Any, listed: bool) -> ModelMeta:
