@@ -134,6 +134,107 @@ def test_a_worker_never_fetches_a_blob_past_max_model_bytes(
         worker.stop(timeout=10)
 
 
+# --- model and script metadata: each field sized before it is fetched --------------------------
+
+HUGE = model_store.MAX_METADATA_FIELD_BYTES + 1
+SCRIPT = (
+    "def double(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+    "    return tensors[0] * 2\n"
+)
+
+
+@pytest.mark.parametrize("field", ["tag", "inputs", "listed_outputs", "digest"])
+def test_a_worker_never_fetches_an_oversized_model_field(
+    client: Client, worker: Worker, field: str
+) -> None:
+    """A model hash written by hand with a field of 1 MiB and more: the job fails naming it, and
+    the field never leaves Redis (neither in the job's read nor in the model's load)."""
+    stub_model(client, "m", op="identity")
+    tensor(client, "a", [1, 2])
+    client.modelexecute("m", ["a"], ["o"])  # read, loaded and cached once
+    client.hset("m", mapping={"digest": "a version of its own", field: "x" * HUGE})
+    for _ in range(2):
+        before = output_bytes(client)
+        with pytest.raises(JobFailed, match=f"model 'm' has a '{field}' field of {HUGE:,} bytes"):
+            client.modelexecute("m", ["a"], ["o"])
+        assert output_bytes(client) - before < 64 << 10
+    if field in model_store.META_FIELDS:  # what a load reads (not the reported names)
+        with pytest.raises(LimitExceeded, match=f"'{field}' field of {HUGE:,} bytes"):
+            model_store.read_model(client, "m", max_bytes=1 << 30)
+        assert output_bytes(client) - before < 64 << 10
+
+
+def test_the_model_a_worker_loads_is_the_one_whose_fields_it_sized(
+    client: Client, redis_server: Any
+) -> None:
+    """WATCH: a tag grown between the sizing and the fetch makes the read size it again."""
+    stub_model(client, "m", op="identity")
+
+    def grow() -> None:
+        client.hset("m", "tag", "x" * HUGE)
+
+    meddled = meddling_client(redis_server.url, "EVALSHA", 1, grow)
+    before = output_bytes(client)
+    with pytest.raises(LimitExceeded, match="'tag' field"):
+        model_store.read_model(meddled, "m", max_bytes=1 << 30)
+    assert output_bytes(client) - before < 64 << 10
+
+
+def test_a_worker_never_fetches_an_oversized_script_field_or_source(
+    client: Client, settings: Settings
+) -> None:
+    client.scriptstore("s", "CPU", SCRIPT, ["double"])
+    tensor(client, "a", [1, 2])
+    worker = Worker(settings.replace(max_model_bytes=4096)).start()
+    try:
+        client.scriptexecute("s", "double", inputs=["a"], outputs=["o"])
+        np.testing.assert_array_equal(client.tensorget("o"), [2, 4])
+        client.hset("s", mapping={"digest": "a version of its own", "tag": "x" * HUGE})
+        before = output_bytes(client)
+        with pytest.raises(JobFailed, match=f"script 's' has a 'tag' field of {HUGE:,} bytes"):
+            client.scriptexecute("s", "double", inputs=["a"], outputs=["o"])
+        # a new version (a worker loads its source again) with a source past max_model_bytes
+        client.hset("s", mapping={"digest": "v3", "tag": "", "source": SCRIPT + "#" * (1 << 20)})
+        with pytest.raises(JobFailed, match=r"'source' field of [0-9,]+ bytes, .* \(4,096\)"):
+            client.scriptexecute("s", "double", inputs=["a"], outputs=["o"])
+        assert output_bytes(client) - before < 64 << 10
+    finally:
+        worker.stop(timeout=10)
+
+
+def test_a_dag_never_fetches_an_oversized_kind_of_a_key_it_persists_to(
+    client: Client, worker: Worker
+) -> None:
+    tensor(client, "a", [1, 2])
+    client.hset("out", "kind", "x" * HUGE)
+    before = output_bytes(client)
+    dag = client.dag(load=["a"], persist=["out"])
+    dag.tensorget("a")
+    with pytest.raises(AIError, match="WRONGTYPE"):
+        dag.tensorset("out", [1.0], dtype="float").execute()
+    assert output_bytes(client) - before < 64 << 10
+    assert client.hstrlen("out", "kind") == HUGE, "left as it was"
+
+
+def test_a_store_refuses_metadata_a_worker_would_not_read(client: Client) -> None:
+    with pytest.raises(LimitExceeded, match="the model's tag take"):
+        client.modelstore("m", "STUB", "CPU", stub_blob("identity"), tag="x" * HUGE)
+    with pytest.raises(LimitExceeded, match="the script's tag take"):
+        client.scriptstore("s", "CPU", SCRIPT, ["double"], tag="x" * HUGE)
+    assert not client.exists("m", "s")
+
+
+@pytest.mark.parametrize("entry_points", ["not json", '{"a": 1}', "[1]"])
+def test_a_script_whose_entry_points_are_not_names_is_corrupt(
+    client: Client, worker: Worker, entry_points: str
+) -> None:
+    client.scriptstore("s", "CPU", SCRIPT, ["double"])
+    tensor(client, "a", [1, 2])
+    client.hset("s", "entry_points", entry_points)
+    with pytest.raises(JobFailed, match="script is corrupt"):
+        client.scriptexecute("s", "double", inputs=["a"], outputs=["o"])
+
+
 # --- large tensor writes: no retry loop at all ------------------------------------------------
 
 

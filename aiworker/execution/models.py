@@ -80,7 +80,7 @@ class Models:
 
     def _load_script(self, key: str) -> tuple[str, LoadedModel]:
         try:
-            meta, source = script_store.read_script(self.r, key)
+            meta, source = script_store.read_script_within(self.r, key, self.limits.max_model_bytes)
             backend = self.registry.get(SCRIPT_BACKEND)
             script = backend.load_script(source, meta.entry_points, parse_device(meta.device))
         except (AIError, redis.ConnectionError, redis.TimeoutError):

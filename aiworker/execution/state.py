@@ -68,9 +68,10 @@ READ_ATTEMPTS = 5
 # (``python -m bench.receive``).
 READ_ROUND_BYTES = 4 << 20
 TENSOR_FIELDS = ("kind", "dtype", "shape", "blob", "values")
-# read_jobs.lua's ARGV before the per-key pairs: three byte limits, the field limit, the most
-# tensor data the script fetches itself, whether KEYS[1] is the read's flag
-ARGV_HEAD = 6
+# read_jobs.lua's ARGV before the per-key pairs: three byte limits, the tensor field limit, the
+# most tensor data the script fetches itself, the metadata field limit, whether KEYS[1] is the
+# read's flag
+ARGV_HEAD = 7
 # A flag left behind by a read that never finished (a lost connection) expires after this.
 FLAG_TTL_MS = 60_000
 # Verdicts after which the MULTI was aborted: the key, or its jobs, are not read again.
@@ -173,10 +174,10 @@ class Snapshot:
 
     def model(self, key: str) -> model_store.ModelMeta:
         """The model's metadata; RedisAI's errors for a missing key or another kind of key."""
-        return model_store.meta_from_reply(self._reply(MODEL, key))
+        return model_store.meta_from_reply(self._reply(MODEL, key), key)
 
     def script(self, key: str) -> script_store.ScriptMeta:
-        return script_store.meta_from_reply(self._reply(SCRIPT, key))
+        return script_store.meta_from_reply(self._reply(SCRIPT, key), key)
 
     def kind(self, key: str) -> tuple[str, str | None]:
         """(Redis type, aiworker kind) of a key a DAG persists to; ("none", None) if missing."""
@@ -311,7 +312,7 @@ def _script_arguments(
     the caller fetches (the tensors in ``by_caller``); the script fetches the other tensors, up
     to ``inline`` bytes each."""
     args: list[Any] = [bounds.max_tensor_bytes, bounds.max_job_bytes, budget]
-    args += [limits.MAX_META_BYTES, inline, 0]
+    args += [limits.MAX_META_BYTES, inline, model_store.MAX_METADATA_FIELD_BYTES, 0]
     keys: list[str] = []
     plain: list[int] = []
     for n, ((what, key), counts) in enumerate(uses.items()):

@@ -58,7 +58,12 @@ READ_ATTEMPTS = 5
 # a hand-written ``chunks`` field must not make a reader ask for millions of fields.
 MAX_CHUNKS = 1 << 16
 
+# Longest metadata field (INPUTS names, tag, ...) of a model or script that a store writes and a
+# worker reads: a hash written by hand may hold anything, and a worker checks before it fetches.
+MAX_METADATA_FIELD_BYTES = 1 << 20
+
 _CHUNK_BYTES = lua.load("model_size")
+_BOUNDED_HMGET = lua.load("bounded_hmget")
 
 
 # Backends whose reported input and output counts a request must match exactly
@@ -162,12 +167,15 @@ def _names(value: str, message: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def meta_from_reply(reply: Sequence[Any]) -> ModelMeta:
-    """Metadata from a job read's reply (``ok`` and the JOB_FIELDS values, ``none`` or
-    ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
+def meta_from_reply(reply: Sequence[Any], key: str = "") -> ModelMeta:
+    """Metadata from a job read's reply (``ok`` and the JOB_FIELDS values, ``none``,
+    ``wrongtype`` or ``badfield``), with RedisAI's errors for a missing key or another kind of
+    key."""
     status = reply[0]
     if status == b"none":
         raise AIError(messages.MODEL_EMPTY)
+    if status == b"badfield":
+        raise field_too_long("model", key, text(reply[1]), int(reply[2]))
     if status != b"ok":
         raise WrongTypeError()
     return _job_meta(tuple(reply[1:]))
@@ -261,6 +269,7 @@ def store_plan(
 ) -> Plan[ModelMeta]:
     """Replace the model at ``key`` atomically and reset its statistics (a new model, as in
     RedisAI); returns the stored metadata (digest filled in)."""
+    check_field_lengths("model", meta.to_fields())
     chunks = split_blob(blob, chunk_size)
     stored = dataclasses.replace(
         meta,
@@ -314,8 +323,49 @@ JOB_FIELDS = (*META_FIELDS, *LISTED_FIELDS)
 
 
 def listed_fields(names: IONames) -> dict[str, str]:
-    """The hash fields that keep a model's reported names (``LISTED_FIELDS``)."""
-    return {field: json.dumps(list(part)) for field, part in zip(LISTED_FIELDS, names, strict=True)}
+    """The hash fields that keep a model's reported names (``LISTED_FIELDS``); none when they
+    would be longer than a worker reads (they only inform)."""
+    fields = {f: json.dumps(list(part)) for f, part in zip(LISTED_FIELDS, names, strict=True)}
+    if any(len(value.encode()) > MAX_METADATA_FIELD_BYTES for value in fields.values()):
+        return {}
+    return fields
+
+
+def check_field_lengths(what: str, fields: Mapping[str, Any]) -> None:
+    """Refuse to store a model's or script's metadata with a field longer than a worker reads
+    (``MAX_METADATA_FIELD_BYTES``): it could be stored but never run."""
+    for name, value in fields.items():
+        size = len(value.encode()) if isinstance(value, str) else 0
+        if size > MAX_METADATA_FIELD_BYTES:
+            raise LimitExceeded(
+                f"the {what}'s {name} take {size:,} bytes, more than a {what} may store "
+                f"({MAX_METADATA_FIELD_BYTES:,})"
+            )
+
+
+def field_too_long(what: str, key: str, name: str, size: int, limit: int = 0) -> LimitExceeded:
+    """The error of a job whose model or script has a stored field longer than a worker reads."""
+    limit = limit or MAX_METADATA_FIELD_BYTES
+    return LimitExceeded(
+        f"{what} '{key}' has a '{name}' field of {size:,} bytes, more than a worker reads "
+        f"({limit:,})"
+    )
+
+
+def read_bounded(
+    r: Any, what: str, key: str, fields: Sequence[str], limits: Sequence[int]
+) -> list[Any] | redis.ResponseError:
+    """HMGET of ``fields``, each fetched only if at most its limit (``bounded_hmget.lua``, on a
+    client or a pipeline in WATCH mode): the values, or the WRONGTYPE error in their place."""
+    args = [x for pair in zip(fields, limits, strict=True) for x in pair]
+    try:
+        reply = _BOUNDED_HMGET(r, [key], args)
+    except redis.ResponseError as exc:
+        return exc
+    if reply[0] == b"badfield":
+        name = text(reply[1])
+        raise field_too_long(what, key, name, int(reply[2]), limits[fields.index(name)])
+    return list(reply[1:])
 
 
 def _with_listed(meta: ModelMeta, values: Sequence[Any]) -> ModelMeta:
@@ -397,14 +447,19 @@ def read_model(r: redis.Redis, key: str, max_bytes: int | None = None) -> tuple[
 
 
 def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelMeta, bytes]:
-    read_meta(r, key)  # RedisAI's errors for a missing key or another kind of key
+    """The metadata's fields and the chunks are sized before they are fetched (a hash written
+    by hand may hold anything), under WATCH: what is fetched is what was sized."""
+    limits = [MAX_METADATA_FIELD_BYTES] * len(META_FIELDS)
     with r.pipeline(transaction=True) as pipe:
         for _ in range(READ_ATTEMPTS):
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
                 try:
+                    # RedisAI's errors for a missing key or another kind of key first
+                    meta = check_meta_reply(read_bounded(pipe, "model", key, META_FIELDS, limits))
                     chunks, total = _CHUNK_BYTES(pipe, [key], [MAX_CHUNKS])
                 except redis.exceptions.RedisClusterException:  # see LuaScript.load
+                    _BOUNDED_HMGET.load(r)
                     _CHUNK_BYTES.load(r)
                     pipe.reset()  # type: ignore[no-untyped-call]
                     continue
@@ -415,15 +470,13 @@ def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelM
                         f"max_model_bytes ({max_bytes:,})"
                     )
                 pipe.multi()
-                pipe.hmget(key, list(META_FIELDS))
                 pipe.hmget(key, _chunk_fields(int(chunks)))
-                values, parts = pipe.execute()
+                (parts,) = pipe.execute()
             except redis.WatchError:
                 continue  # replaced after it was sized: size the new version
-            current = check_meta_reply(values)
-            if current.chunks != chunks:  # a hand-written hash whose count is not a number
-                raise AIError(f"model '{key}' is corrupt: chunk count {current.chunks}")
-            return current, _join(parts, current.chunks)
+            if meta.chunks != chunks:  # a hand-written hash whose count is not a number
+                raise AIError(f"model '{key}' is corrupt: chunk count {meta.chunks}")
+            return meta, _join(parts, meta.chunks)
     raise AIError("model is being replaced too often to read")
 
 

@@ -27,6 +27,7 @@ from aiworker.storage.plans import Commands, Plan
 
 KIND_SCRIPT = "script"
 META_FIELDS = ("kind", "device", "tag", "entry_points", "digest")
+SCRIPT_CORRUPT = "script is corrupt: its entry points are not a list of names"
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,32 @@ def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
     return ScriptMeta(
         device=values["device"],
         tag=values["tag"],
-        entry_points=tuple(json.loads(values["entry_points"] or "[]")),
+        entry_points=_entry_points(values["entry_points"]),
         digest=values["digest"],
     )
 
 
-def meta_from_reply(reply: Sequence[Any]) -> ScriptMeta:
-    """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none`` or
-    ``wrongtype``), with RedisAI's errors for a missing key or another kind of key."""
+def _entry_points(value: str) -> tuple[str, ...]:
+    """A stored JSON list of entry points (empty: none); a hash written by hand with anything
+    else holds no script aiworker stored."""
+    try:
+        names = json.loads(value or "[]")
+    except ValueError:
+        raise AIError(SCRIPT_CORRUPT) from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise AIError(SCRIPT_CORRUPT)
+    return tuple(names)
+
+
+def meta_from_reply(reply: Sequence[Any], key: str = "") -> ScriptMeta:
+    """Metadata from a read script's reply (``ok`` and the META_FIELDS values, ``none``,
+    ``wrongtype`` or ``badfield``), with RedisAI's errors for a missing key or another kind of
+    key."""
     status = reply[0]
     if status == b"none":
         raise AIError(messages.SCRIPT_EMPTY)
+    if status == b"badfield":
+        raise model_store.field_too_long("script", key, text(reply[1]), int(reply[2]))
     if status != b"ok":
         raise WrongTypeError()
     return meta_from_fields(reply[1:])
@@ -106,8 +122,9 @@ def store_plan(
         "tag": meta.tag,
         "entry_points": json.dumps(list(meta.entry_points)),
         "digest": meta.digest,
-        "source": source,
     }
+    model_store.check_field_lengths("script", fields)
+    fields["source"] = source
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, value]
@@ -166,6 +183,19 @@ def read_script_plan(key: str) -> Plan[tuple[ScriptMeta, str]]:
 
 def read_script(r: plans.AnyRedis, key: str) -> tuple[ScriptMeta, str]:
     return plans.run(r, read_script_plan(key))
+
+
+def read_script_within(r: Any, key: str, max_source: int) -> tuple[ScriptMeta, str]:
+    """Metadata and source, as a worker reads them: each field's length checked before it is
+    fetched (metadata fields ``model.MAX_METADATA_FIELD_BYTES``, the source ``max_source``,
+    a worker's max_model_bytes)."""
+    fields = (*META_FIELDS, "source")
+    limits = [model_store.MAX_METADATA_FIELD_BYTES] * len(META_FIELDS) + [max_source]
+    values = model_store.read_bounded(r, "script", key, fields, limits)
+    if isinstance(values, Exception):
+        check_reply(values)  # raises WRONGTYPE
+        raise values
+    return check_reply(values[:-1]), text(values[-1])
 
 
 def delete_plan(keys: Keys, key: str) -> Plan[None]:

@@ -1,11 +1,12 @@
 -- What the jobs of one read need (model and script metadata, input tensors), with every stored
 -- size checked before any tensor data leaves Redis.
--- KEYS: the keys to read, each once; when ARGV[6] is '1', KEYS[1] is the read's flag key first.
+-- KEYS: the keys to read, each once; when ARGV[7] is '1', KEYS[1] is the read's flag key first.
 -- ARGV[1] max bytes of one tensor's data, ARGV[2] of one job's tensors, ARGV[3] of this whole
 -- read; ARGV[4] max bytes of each of a tensor's kind, dtype and shape fields; ARGV[5] the most
 -- tensor data this script fetches itself (a Lua string copy of a large value costs Redis ten
--- times a plain HGET); ARGV[6] '1' when KEYS[1] is the flag. Then per key read: what ('M' model
--- metadata, 'S' script metadata, 'K' a key's type and kind only, 'T' a tensor this script
+-- times a plain HGET); ARGV[6] max bytes of each model or script metadata field (a hand-written
+-- hash may hold anything); ARGV[7] '1' when KEYS[1] is the flag. Then per key read: what ('M'
+-- model metadata, 'S' script metadata, 'K' a key's type and kind only, 'T' a tensor this script
 -- fetches if its data is at most ARGV[5] bytes, 'B' a tensor the caller fetches) and how many
 -- times each job uses it, as "job:count job:count" (tensors only; a job naming one tensor 300
 -- times counts it 300 times).
@@ -14,19 +15,19 @@
 -- fetched. The caller then copies the flag (if it is still there) onto a key it WATCHes, which
 -- aborts the MULTI: when a 'B' tensor was refused, and when this script did not run (NOSCRIPT).
 -- Returns one reply per key read: {'none'} missing; {'wrongtype'} not a hash; {'ok', fields...}
--- (a 'T' tensor's kind, dtype, shape, blob, values; only {'ok'} for a 'B' tensor); for tensors
--- {'toobig', 'tensor'|'job', bytes} or {'badfield', 'kind'|'dtype'|'shape', bytes} (nothing
--- fetched); {'large', bytes} for a 'T' tensor with more data than ARGV[5] (not fetched: the caller
--- reads it as 'B'); {'deferred'} when this read already carries enough: the caller reads that
--- job's tensors again on their own.
+-- (a 'T' tensor's kind, dtype, shape, blob, values; only {'ok'} for a 'B' tensor);
+-- {'badfield', field, bytes} for a field longer than its limit and {'toobig', 'tensor'|'job',
+-- bytes} for a tensor's data (nothing fetched); {'large', bytes} for a 'T' tensor with more data
+-- than ARGV[5] (not fetched: the caller reads it as 'B'); {'deferred'} when this read already
+-- carries enough: the caller reads that job's tensors again on their own.
 local MODEL = {'kind', 'backend', 'device', 'tag', 'batchsize', 'minbatchsize',
                'minbatchtimeout', 'inputs', 'outputs', 'digest', 'size', 'chunks',
                'listed_inputs', 'listed_outputs'}  -- storage.model.JOB_FIELDS
 local SCRIPT = {'kind', 'device', 'tag', 'entry_points', 'digest'}
 local META = {'kind', 'dtype', 'shape'}  -- a tensor's small fields
 local max_tensor, max_job, max_read = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_field, max_inline = tonumber(ARGV[4]), tonumber(ARGV[5])
-local flagged = ARGV[6] == '1'
+local max_field, max_inline, max_meta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local flagged = ARGV[7] == '1'
 local first = flagged and 2 or 1  -- KEYS[first] is the first key read
 
 local replies, sizes, uses, job_bytes = {}, {}, {}, {}
@@ -48,28 +49,45 @@ end
 local function absent(key)
   return redis.call('EXISTS', key) == 0 and {'none'} or {'wrongtype'}
 end
+-- The first of ``fields`` longer than ``limit`` bytes, as a 'badfield' reply; nil when none is.
+local function too_long(key, fields, limit)
+  for _, name in ipairs(fields) do
+    local length = redis.call('HSTRLEN', key, name)
+    if length > limit then return {'badfield', name, length} end
+  end
+  return nil
+end
 local function refuse(n, reply)
   replies[n] = reply
-  if ARGV[5 + 2 * n] == 'B' then blocked = true end
+  if ARGV[6 + 2 * n] == 'B' then blocked = true end
 end
 -- First pass: types and stored sizes; nothing large is fetched yet.
 for n = 1, #KEYS - first + 1 do
-  local key, what = KEYS[first + n - 1], ARGV[5 + 2 * n]
+  local key, what = KEYS[first + n - 1], ARGV[6 + 2 * n]
   if what == 'K' then
     local kind = redis.call('TYPE', key)['ok']
     if kind == 'none' then
       replies[n] = {'none'}
-    else
-      replies[n] = {'ok', kind, kind == 'hash' and redis.call('HMGET', key, 'kind')[1] or false}
+    elseif kind ~= 'hash' then
+      replies[n] = {'ok', kind, false}
+    else  -- a kind longer than any of aiworker's is none of them
+      local long = too_long(key, {'kind'}, max_field)
+      replies[n] = {'ok', kind, long and '?' or redis.call('HMGET', key, 'kind')[1]}
     end
   elseif what == 'M' or what == 'S' then
-    local fields = redis.pcall('HMGET', key, unpack(what == 'M' and MODEL or SCRIPT))
-    if wrongtype(fields) then
+    local names = what == 'M' and MODEL or SCRIPT
+    if wrongtype(redis.pcall('HSTRLEN', key, 'kind')) then
       replies[n] = {'wrongtype'}
-    elseif all_nil(fields) then
-      replies[n] = absent(key)
     else
-      replies[n] = {'ok', unpack(fields)}
+      local long = too_long(key, names, max_meta)
+      local fields = not long and redis.call('HMGET', key, unpack(names))
+      if long then
+        replies[n] = long
+      elseif all_nil(fields) then
+        replies[n] = absent(key)
+      else
+        replies[n] = {'ok', unpack(fields)}
+      end
     end
   else
     local blob = redis.pcall('HSTRLEN', key, 'blob')
@@ -91,7 +109,7 @@ for n = 1, #KEYS - first + 1 do
       else
         sizes[n] = size
         uses[n] = {}
-        for job, count in string.gmatch(ARGV[6 + 2 * n], '(%d+):(%d+)') do
+        for job, count in string.gmatch(ARGV[7 + 2 * n], '(%d+):(%d+)') do
           uses[n][#uses[n] + 1] = job
           job_bytes[job] = (job_bytes[job] or 0) + size * tonumber(count)
         end
@@ -113,7 +131,7 @@ for n = 1, #KEYS - first + 1 do
     elseif later or (read_bytes > 0 and read_bytes + sizes[n] > max_read) then
       for _, job in ipairs(uses[n]) do deferred[job] = true end
       refuse(n, {'deferred'})
-    elseif ARGV[5 + 2 * n] == 'B' then
+    elseif ARGV[6 + 2 * n] == 'B' then
       read_bytes = read_bytes + sizes[n]
       replies[n] = {'ok'}
     elseif sizes[n] > max_inline then
