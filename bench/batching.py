@@ -39,6 +39,7 @@ import redis
 from aiworker import Client
 from aiworker.embedded import RedisServer
 from aiworker.parser import parse_command
+from bench.common import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,12 +175,21 @@ class Clients:
             for n in range(processes)
         ]
 
-    def run(self, model: str, seconds: float, rows: str = "1") -> dict[str, Any]:
+    def run(
+        self, model: str, seconds: float, rows: str = "1", busy: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """One closed-loop run; ``busy`` names the other processes (worker, Redis) whose CPU
+        to count, as the clients' is, in cores busy over the run."""
+        pids = {**(busy or {}), **{f"client{n}": proc.pid for n, proc in enumerate(self.procs)}}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        wall_before = time.perf_counter()
         for proc in self.procs:
             assert proc.stdin is not None
             proc.stdin.write(f"{model} {seconds} {rows}\n")
             proc.stdin.flush()
         parts = [json.loads(proc.stdout.readline()) for proc in self.procs if proc.stdout]
+        wall = time.perf_counter() - wall_before
+        cores = {name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()}
         latencies = sorted(x for p in parts for x in p["latencies"])
         shared = [x for p in parts for x in p["shared"]]
         elapsed = max(p["elapsed"] for p in parts)
@@ -190,6 +200,9 @@ class Clients:
             "per_run": len(shared) / sum(1 / k for k in shared) if shared else 0.0,
             "p50": 1000 * statistics.median(latencies),
             "p99": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "worker cores": cores.get("worker", 0.0),
+            "redis cores": cores.get("redis", 0.0),
+            "client cores": sum(v for name, v in cores.items() if name.startswith("client")),
         }
 
     def close(self) -> None:
@@ -226,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()[0]
     blob = mlp_blob(args.width)
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
     in_process = in_process_rate(blob, args.width, args.batch)
+    in_process_cores = (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
     # mode -> (model, request rows)
     if args.mixed:
         modes = {"8 rows": ("mlp_on", "8"), "1-8 rows": ("mlp_on", "1-8")}
@@ -244,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for model, sizes in modes.values():  # warm up: load the model, fill caches
                 clients.run(model, 1.5, sizes)
+            assert server.process is not None
+            busy = {"worker": worker.pid, "redis": server.process.pid}
             for _ in range(args.rounds):
                 for mode, (model, sizes) in modes.items():
-                    rows[mode].append(clients.run(model, args.seconds, sizes))
+                    rows[mode].append(clients.run(model, args.seconds, sizes, busy))
         finally:
             clients.close()
             worker.terminate()
@@ -262,19 +279,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| mode | samples/s (mean) | per round | x in-process | requests per model run "
-        "| p50 ms | p99 ms |"
+        "| p50 ms | p99 ms | cores busy: worker / clients / Redis |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|")
-    print(f"| in-process, batches of {args.batch} | {in_process:.0f} | | 1 | | | |")
+    print("|---|---:|---|---:|---:|---:|---:|---|")
+    print(
+        f"| in-process, batches of {args.batch} | {in_process:.0f} | | 1 | | | | "
+        f"{in_process_cores:.2f} (the model alone) |"
+    )
     mean: dict[str, float] = {}
     for mode, runs in rows.items():
         mean[mode] = statistics.fmean(r["samples"] for r in runs)
         rounds = " / ".join(f"{r['samples']:.0f}" for r in runs)
+        cores = " / ".join(
+            f"{statistics.fmean(r[f'{who} cores'] for r in runs):.2f}"
+            for who in ("worker", "client", "redis")
+        )
         print(
             f"| {mode} | {mean[mode]:.0f} | {rounds} | {mean[mode] / in_process:.2f} | "
             f"{statistics.fmean(r['per_run'] for r in runs):.1f} | "
             f"{statistics.median(r['p50'] for r in runs):.1f} | "
-            f"{statistics.median(r['p99'] for r in runs):.1f} |"
+            f"{statistics.median(r['p99'] for r in runs):.1f} | {cores} |"
         )
     first, second = list(mean)
     print(f"\nratio {second} / {first}: **{mean[second] / mean[first]:.2f}x**")

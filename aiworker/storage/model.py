@@ -135,8 +135,8 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
         batchsize=_whole(values["batchsize"], messages.MODEL_BAD_BATCHSIZE),
         minbatchsize=_whole(values["minbatchsize"], messages.MODEL_BAD_MINBATCHSIZE),
         minbatchtimeout=_whole(values["minbatchtimeout"], messages.MODEL_BAD_MINBATCHTIMEOUT),
-        inputs=_names(values["inputs"], messages.MODEL_BAD_INPUT_COUNT),
-        outputs=_names(values["outputs"], messages.MODEL_BAD_OUTPUT_COUNT),
+        inputs=stored_names(values["inputs"], messages.MODEL_BAD_INPUT_COUNT),
+        outputs=stored_names(values["outputs"], messages.MODEL_BAD_OUTPUT_COUNT),
         digest=values["digest"],
         size=_whole(values["size"], "model blob size is not a whole number"),
         # not a count: refused, with the model's name, before any chunk is read
@@ -156,7 +156,7 @@ def _whole(value: str, message: str) -> int:
     return int(value)
 
 
-def _names(value: str, message: str) -> tuple[str, ...]:
+def stored_names(value: str, message: str) -> tuple[str, ...]:
     """A stored JSON list of input or output names (empty: none), or RedisAI's error for it."""
     try:
         names = json.loads(value or "[]")

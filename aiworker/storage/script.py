@@ -48,21 +48,9 @@ def meta_from_fields(fields: Sequence[Any]) -> ScriptMeta:
     return ScriptMeta(
         device=values["device"],
         tag=values["tag"],
-        entry_points=_entry_points(values["entry_points"]),
+        entry_points=model_store.stored_names(values["entry_points"], SCRIPT_CORRUPT),
         digest=values["digest"],
     )
-
-
-def _entry_points(value: str) -> tuple[str, ...]:
-    """A stored JSON list of entry points (empty: none); a hash written by hand with anything
-    else holds no script aiworker stored."""
-    try:
-        names = json.loads(value or "[]")
-    except ValueError:
-        raise AIError(SCRIPT_CORRUPT) from None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise AIError(SCRIPT_CORRUPT)
-    return tuple(names)
 
 
 def meta_from_reply(reply: Sequence[Any], key: str = "") -> ScriptMeta:
