@@ -228,6 +228,22 @@ def test_a_code_record_is_read_no_further_than_its_declared_size() -> None:
     assert peak < 16 << 20, f"{peak:,} bytes: the record was unpacked past its declared size"
 
 
+class AddsOne(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+@pytest.mark.parametrize("options", [DEFAULT, ALLOWING], ids=["default", "allow_file_ops"])
+def test_code_too_deep_to_compile_is_refused_before_loading(options: TorchBackend) -> None:
+    """torch.jit.load compiles the archive's code: nested 5,000 deep it would overflow the
+    compiler's stack and kill the worker. Refused whatever allow_file_ops says."""
+    deep = b"torch.add(x, " + b"(" * 5000 + b"1" + b")" * 5000 + b")"
+    blob = rewrite_code(archive(AddsOne()), b"torch.add(x, 1)", deep)
+    assert b"(" * 5000 in blob, "the code was rewritten"
+    with pytest.raises(AIError, match=r"^TORCH: the model's code \(code/.*\) nests brackets past"):
+        options.load(blob, SPEC)
+
+
 def test_ordinary_modules_still_load() -> None:
     model = DEFAULT.load(torch_blob("add"), SPEC)
     out = model.run([np.ones(2, np.float32), np.ones(2, np.float32)])

@@ -17,6 +17,7 @@ import torch
 from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
 from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
+from aiworker.backends.safety.torch_ops import check_code_shape
 from aiworker.backends.torch_common import to_torch_all, torch_error_text
 from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
@@ -27,7 +28,9 @@ SIGNATURE = ("List[Tensor]", "List[str]", "List[str]")
 
 
 def compile_script(source: str, entry_points: Sequence[str]) -> torch.jit.CompilationUnit:
-    """Compile TorchScript source and check every entry point (RedisAI's messages and order)."""
+    """Compile TorchScript source and check every entry point (RedisAI's messages and order).
+    Source nested or chained past what the compiler's stack takes is refused first."""
+    check_code_shape(source, "the script")
     try:
         unit = torch.jit.CompilationUnit()
         # bare redis.* / redisAI.* name RedisAI's ops (torch_redis_ops), as RedisAI resolved them

@@ -57,12 +57,81 @@ def _check_torch_graph(graph: Any, what: str) -> None:
             raise _refuse("TORCH", f"{what} uses {kind!r}, which")
 
 
-def _code_names(text: str) -> Iterator[str]:
+# How far TorchScript's compiler may be made to recurse. Its parser and emitter recurse once per
+# nesting level, per operator of an expression chain (``a + a + ...``, ``x.f().f()...``) and per
+# ``elif`` of one ``if``; a few thousand of any overflow a 2 MiB thread stack and kill the
+# process (a segfault: the worker, then the next one that takes the entry). Code people or
+# torch.jit.save write stays far below these.
+MAX_NESTING = 100  # brackets open at once, or indented blocks
+MAX_CHAIN = 1000  # operators in one statement
+MAX_ELIFS = 200  # elif branches of one if
+_NOT_CHAINING = frozenset({",", ";", ":", ")", "]", "}", "="})
+_KEYWORD_OPERATORS = frozenset({"and", "or", "not", "in", "is", "if", "else", "lambda"})
+
+
+def check_code_shape(text: str, what: str) -> None:
+    """Refuse TorchScript code (a script's source, an archive's code) that nests, chains or
+    branches further than the compiler can take (see MAX_NESTING), before it is compiled."""
+    for _token in _shaped_tokens(text, what):
+        pass
+
+
+def _shaped_tokens(text: str, what: str) -> Iterator[tokenize.TokenInfo]:
+    """The code's tokens, refusing (AIError) code past MAX_NESTING, MAX_CHAIN or MAX_ELIFS, and
+    code that Python's tokenizer cannot read (the compiler's syntax is Python's)."""
+    brackets = indent = chain = 0
+    elifs: dict[int, int] = {}  # indentation -> elifs of the if at that indentation
+    line_start = True
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            kind, string = token.type, token.string
+            if kind == tokenize.INDENT:
+                indent += 1
+                _within(indent, MAX_NESTING, "nests blocks", what, token)
+            elif kind == tokenize.DEDENT:
+                indent -= 1
+            elif kind == tokenize.NEWLINE:
+                chain, line_start = 0, True
+            elif kind == tokenize.OP or (kind == tokenize.NAME and string in _KEYWORD_OPERATORS):
+                if string in "([{":
+                    brackets += 1
+                    _within(brackets, MAX_NESTING, "nests brackets", what, token)
+                elif string in ")]}":
+                    brackets -= 1
+                if string not in _NOT_CHAINING:
+                    chain += 1
+                    _within(chain, MAX_CHAIN, "chains operators in one statement", what, token)
+            if line_start and kind == tokenize.NAME:
+                if string == "if":
+                    elifs[indent] = 0
+                elif string == "elif":
+                    elifs[indent] = elifs.get(indent, 0) + 1
+                    _within(elifs[indent], MAX_ELIFS, "has elif branches", what, token)
+            if kind not in _LINE_PREFIX:
+                line_start = kind == tokenize.NEWLINE
+            yield token
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise AIError(f"TORCH: {what} cannot be read: {exc}") from None
+
+
+# Tokens that may come before a logical line's first word.
+_LINE_PREFIX = frozenset({tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.COMMENT})
+
+
+def _within(count: int, limit: int, does: str, what: str, token: tokenize.TokenInfo) -> None:
+    if count > limit:
+        raise AIError(
+            f"TORCH: {what} {does} past {limit:,} (line {token.start[0]}), deeper than aiworker "
+            "lets TorchScript's compiler go"
+        )
+
+
+def _code_names(text: str, what: str) -> Iterator[str]:
     """Names and string literals (adjacent ones joined, as the compiler joins them) in code;
     ``save`` only where it follows a dot (``torch.save``, ``ops.aten.save``)."""
     previous = ""
     strings: list[str] = []
-    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+    for token in _shaped_tokens(text, what):
         if token.type == tokenize.STRING:
             with contextlib.suppress(ValueError, SyntaxError):
                 strings.append(str(ast.literal_eval(token.string)))
@@ -112,16 +181,17 @@ def check_torch_archive(blob: bytes, allow: bool) -> None:
     ``getattr(torch, "save")``. The archive is read with zipfile (torch's own reader is
     private), so only archives both read alike pass (``archive.directory_where_recorded``), and
     a blob that is no zip archive at all is refused: it is none that torch.jit.save writes.
+    Whatever ``allow`` says, code that would overflow the compiler's stack is refused
+    (``check_code_shape``).
     """
-    if allow:
-        return
     for name, text in _code_members(blob):
-        try:
-            found = [
-                word for word in _code_names(text) if word in _TORCH_CODE_NAMES or word == "save"
-            ]
-        except (tokenize.TokenError, SyntaxError):
-            raise AIError(f"TORCH: the model's code ({name}) cannot be read") from None
+        what = f"the model's code ({name})"
+        if allow:
+            check_code_shape(text, what)
+            continue
+        found = [
+            word for word in _code_names(text, what) if word in _TORCH_CODE_NAMES or word == "save"
+        ]
         if found:
             op = _TORCH_CODE_NAMES.get(found[0], "aten::save")
             raise _refuse("TORCH", f"the model's code ({name}) uses {op!r}, which")
