@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+import tracemalloc
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from faults import QUEUE, stub_model, tensor
 from aiworker import Client, Settings, Worker
 from aiworker.backends.base import LoadedModel
 from aiworker.execution.limits import (
+    STRING_ITEM_BYTES,
     check_entry,
     check_tensor_size,
     declared_nbytes,
@@ -130,7 +132,7 @@ def test_oversized_entries_are_refused(client: Client, limited: Worker) -> None:
 
 def test_limit_helpers() -> None:
     assert declared_nbytes("FLOAT", (2, 3)) == 24
-    assert declared_nbytes("STRING", (4,)) == 32
+    assert declared_nbytes("STRING", (4,)) == 4 * STRING_ITEM_BYTES
     check_tensor_size("t", "INT8", (10,), 10)
     with pytest.raises(LimitExceeded, match="max_tensor_bytes"):
         check_tensor_size("t", "INT8", (11,), 10)
@@ -154,6 +156,24 @@ class FakeModel(LoadedModel):
 def get(cache: ModelCache, key: str, digest: str, load: Any) -> LoadedModel:
     with cache.use(key, digest, load) as model:
         return model
+
+
+@pytest.mark.parametrize("width", [2, 100])
+def test_a_string_tensor_counts_what_decoding_it_holds(width: int) -> None:
+    """A STRING element is a Python object: counted at 8 bytes, 8 million two-character
+    elements (24 MB in Redis) within a 64 MiB limit made a worker hold over 600 MiB."""
+    n = 50_000
+    blob = (b"x" * width + b"\0") * n
+    reply = [b"ok", b"tensor", b"STRING", str(n).encode(), blob, None]
+    counted = declared_nbytes("STRING", (n,)) + len(blob)
+    tracemalloc.start()
+    array = decode_tensor_reply("s", reply, counted)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert array.shape == (n,) and array[-1] == b"x" * width
+    assert peak <= counted, f"decoding held {peak:,} bytes, {counted:,} counted"
+    with pytest.raises(LimitExceeded, match=r"max_tensor_bytes"):
+        decode_tensor_reply("s", reply, counted - 1)
 
 
 def test_the_model_cache_is_bounded_by_count_and_bytes() -> None:
@@ -306,3 +326,83 @@ def test_a_worker_that_may_not_read_config_assumes_redis_default(client: Client)
         user.close()
     finally:
         client.execute_command("ACL", "DELUSER", "noconfig")
+
+
+@pytest.fixture
+def job_limited(client: Client, settings: Settings) -> Iterator[Worker]:
+    """A worker holding each job to 2 MiB of tensors, each tensor to 1 MiB."""
+    stub_model(client, "echo", op="identity")
+    w = Worker(settings.replace(max_tensor_bytes=1 << 20, max_job_bytes=2 << 20)).start()
+    yield w
+    w.stop(timeout=10)
+
+
+def test_a_dags_tensorsets_count_against_max_job_bytes(client: Client, job_limited: Worker) -> None:
+    """Zero-filled TENSORSETs cost a few bytes of entry each: 40 of 1 MiB, each within
+    max_tensor_bytes, are refused as a job of 40 MiB before any is made or written."""
+    ops = " |> ".join(
+        f"AI.TENSORSET t{i} UINT8 {1 << 20} |> AI.TENSORGET t{i} BLOB" for i in range(40)
+    )
+    names = " ".join(f"t{i}" for i in range(40))
+    reply = run_raw(client, {"cmd": f"AI.DAGEXECUTE PERSIST 40 {names} |> {ops}"})
+    assert reply["status"] == "error"
+    assert "would take 3,145,728 bytes, more than this worker's max_job_bytes (2,097,152)" in str(
+        reply["error"]
+    ), "refused at the third, before the run"
+    assert not client.exists(*names.split()) and not client.keys(
+        client.keyspace.prefix + "dagout:*"
+    )
+    ok = run_raw(client, {"cmd": f"AI.DAGEXECUTE PERSIST 1 t0 |> AI.TENSORSET t0 UINT8 {1 << 20}"})
+    assert ok["status"] == "ok" and client.hget("t0", "dtype") == b"UINT8"
+
+
+def test_what_a_dags_models_make_counts_against_max_job_bytes(
+    client: Client, job_limited: Worker
+) -> None:
+    """Each copy a model makes is within max_tensor_bytes; the job holding four is not."""
+    client.tensorset("big", np.zeros(150_000, np.float32))  # 600 KB
+    chain = " |> ".join(f"AI.MODELEXECUTE echo INPUTS 1 big OUTPUTS 1 c{i}" for i in range(3))
+    reply = run_raw(client, {"cmd": f"AI.DAGEXECUTE LOAD 1 big PERSIST 1 c2 |> {chain}"})
+    assert reply["status"] == "error" and "max_job_bytes (2,097,152)" in str(reply["error"])
+    assert not client.exists("c2")
+    chain = " |> ".join(f"AI.MODELEXECUTE echo INPUTS 1 big OUTPUTS 1 c{i}" for i in range(2))
+    reply = run_raw(client, {"cmd": f"AI.DAGEXECUTE LOAD 1 big PERSIST 1 c1 |> {chain}"})
+    assert reply["status"] == "ok" and client.exists("c1"), "three tensors of 600 KB fit"
+
+
+def test_a_reply_larger_than_redis_accepts_fails_at_once_with_the_real_cause() -> None:
+    """A msgpack reply carries its TENSORGETs inline: two tensors of 600 KB, each within the
+    limits, make a reply Redis would refuse (its proto-max-bulk-len 1 MB here). It was run again
+    until dead-lettered as if its workers had died; now it fails once, nothing written."""
+    from aiworker.embedded import RedisServer
+    from aiworker.protocol import replies
+
+    with RedisServer(extra_args=["--proto-max-bulk-len", "1mb"]) as server:
+        c = Client.from_url(server.url, reply_timeout=20)
+        w = Worker(Settings(redis_url=server.url, block_ms=100)).start()
+        try:
+            ops = " |> ".join(
+                f"AI.TENSORSET t{i} UINT8 600000 |> AI.TENSORGET t{i} BLOB" for i in (1, 2)
+            )
+            c.xadd(
+                QUEUE,
+                {"cmd": f"AI.DAGEXECUTE PERSIST 1 t1 |> {ops}", "reply": "r", "fmt": "msgpack"},
+            )
+            popped = c.blpop(["r"], 8)
+            assert popped is not None, "answered at once, not run again and again"
+            reply = replies.decode_reply(popped[1])
+            assert reply is not None and reply.status == "error"
+            assert (
+                "the reply would take 1,200," in reply.error and "proto-max-bulk-len" in reply.error
+            )
+            assert not c.exists("t1") and c.xlen(c.keyspace.dead_letters("CPU")) == 0
+            one = (
+                "AI.DAGEXECUTE PERSIST 1 t1 |> AI.TENSORSET t1 UINT8 600000 |> AI.TENSORGET t1 BLOB"
+            )
+            c.xadd(QUEUE, {"cmd": one, "reply": "r", "fmt": "msgpack"})
+            popped = c.blpop(["r"], 8)
+            assert popped is not None and replies.decode_reply(popped[1]).status == "ok"  # type: ignore[union-attr]
+            assert c.exists("t1"), "the same worker goes on"
+        finally:
+            w.stop(timeout=10)
+            c.close()

@@ -143,7 +143,7 @@ class Executor:
             return Outcome.failed(error_text(exc), [StatsRecord(op.stats_key(), errors=1)])
         arrays = snapshot.tensors(request.inputs)  # each use counts against max_job_bytes
         values = {(name, LOADED): array for name, array in zip(request.inputs, arrays, strict=True)}
-        return self._run(job, [op], values, request.outputs, single=True)
+        return self._run(job, [op], values, request.outputs, snapshot.held, single=True)
 
     def _dag(
         self, job: Job, dag: DagExecute, snapshot: Snapshot, queue_device: str
@@ -168,7 +168,7 @@ class Executor:
             # like a MODELEXECUTE on the wrong queue: hand it to a queue whose devices it uses
             return Outcome.forward(devices[0])
         values = {(key, LOADED): snapshot.tensor(key) for key in dict.fromkeys(dag.load)}
-        return self._run(job, ops, values, dag.persist, single=False)
+        return self._run(job, ops, values, dag.persist, snapshot.held, single=False)
 
     def _run(
         self,
@@ -176,12 +176,16 @@ class Executor:
         ops: list[Op],
         values: dict[tuple[str, int], np.ndarray],
         persist: tuple[str, ...],
+        held: int,
         single: bool,
     ) -> JobRun:
+        """``held``: bytes of the job's tensors counted so far (``Snapshot.held``)."""
         # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
         near = job.reply if self.cluster else None
         spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
-        return JobRun(job, ops, values, persist, self.runtime, spill, single, _deadline(job))
+        return JobRun(
+            job, ops, values, persist, self.runtime, spill, single, _deadline(job), held=held
+        )
 
     def _verify(self, request: ModelVerify | ScriptVerify) -> MemberResult:
         """Load a blob as a MODELSTORE would have, or compile a script as a SCRIPTSTORE would

@@ -94,6 +94,7 @@ class TensorSetOp(Op):
     def prepare(self, snapshot: Snapshot, bounds: limits.Limits) -> None:
         request: TensorSet = self.request
         limits.check_tensor_size(request.key, request.dtype, request.shape, bounds.max_tensor_bytes)
+        snapshot.hold(limits.declared_nbytes(request.dtype, request.shape))
 
     def begin(self, run: JobRun, inputs: list[np.ndarray]) -> Member | None:
         run.store(self, [self.request.array()])
@@ -245,6 +246,7 @@ class JobRun:
     running: int = 0  # ops handed out and not yet done
     ticket: Any = None  # what the worker needs to complete it (where its entry came from)
     failed_early: str = ""  # the job could not start (a bug): its error
+    held: int = 0  # bytes of its tensors counted against max_job_bytes (``store``)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _unstarted: int = 0  # ops not started yet
 
@@ -340,7 +342,12 @@ class JobRun:
             self.failed = True
 
     def store(self, op: Op, outputs: Sequence[np.ndarray]) -> None:
-        """An op's outputs, as the versions of its output names it made."""
+        """An op's outputs, as the versions of its output names it made. A model's or script's
+        count against max_job_bytes with the job's inputs (``held``); a TENSORSET's were counted
+        before the job started."""
+        if not isinstance(op, TensorSetOp):
+            self.held += sum(limits.nbytes(array) for array in outputs)
+            limits.check_job_bytes(self.held, self.runtime.bounds.max_job_bytes)
         for name, array in zip(op.request.writes(), outputs, strict=True):
             self.values[(name, op.index)] = array
         op.result, op.ok = replies.OK, True

@@ -30,8 +30,10 @@ from aiworker.storage.tensor_io import REDIS_MAX_VALUE_BYTES
 
 # A stream entry carries a command or a msgpack request, never data: anything bigger is abuse.
 MAX_ENTRY_BYTES = 1 << 20
-# STRING elements are Python objects: at least a pointer each.
-STRING_ITEM_BYTES = 8
+# What a decoded STRING element costs besides its characters: a pointer in the array, one in the
+# list the blob is split into, and a bytes object's header (33 bytes, rounded up by the allocator).
+# Its characters are counted with the blob (a STRING tensor's size is both).
+STRING_ITEM_BYTES = 56
 # Longest text one VALUES element may take (digits, sign, exponent, separator).
 MAX_VALUE_CHARS = 64
 # Longest kind, dtype or shape field of a stored tensor (checked in Redis before it is fetched).
@@ -71,13 +73,27 @@ def nbytes(array: np.ndarray) -> int:
     return int(array.size) * STRING_ITEM_BYTES if array.dtype.kind == "O" else int(array.nbytes)
 
 
-def check_tensor_size(name: str, dtype: str, shape: Sequence[int], limit: int) -> None:
-    size = declared_nbytes(dtype, shape)
+def check_tensor_size(
+    name: str, dtype: str, shape: Sequence[int], limit: int, characters: int = 0
+) -> None:
+    """Refuse a tensor whose dtype and shape would take more than ``limit`` bytes (a STRING
+    tensor's: with the ``characters`` of its blob)."""
+    size = declared_nbytes(dtype, shape) + characters
     if limit and size > limit:
         raise LimitExceeded(
             f"tensor '{name}' would take {size:,} bytes ({dtype} "
             f"{codec.format_shape(shape) or 'scalar'}), more than this worker's "
             f"max_tensor_bytes ({limit:,})"
+        )
+
+
+def check_job_bytes(held: int, limit: int) -> None:
+    """Refuse a job whose tensors (its inputs, its DAG's TENSORSETs, what its ops make) would
+    take more than ``limit`` (a worker's max_job_bytes)."""
+    if held > limit:
+        raise LimitExceeded(
+            f"the job's tensors would take {held:,} bytes, more than this worker's "
+            f"max_job_bytes ({limit:,})"
         )
 
 
@@ -112,6 +128,8 @@ def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarr
     dtype_name, dims = codec.decode_meta({"kind": kind, "dtype": dtype, "shape": shape})
     check_tensor_size(name, dtype_name, dims, limit)
     if blob is not None:
+        if dtype_name == "STRING":  # its elements' objects and their characters
+            check_tensor_size(name, dtype_name, dims, limit, len(blob))
         return codec.from_blob(dtype_name, dims, blob)
     if values is not None:
         # Splitting a 500 MB VALUES text for a 2-element tensor would cost gigabytes.

@@ -197,13 +197,19 @@ class Snapshot:
         if array is None:
             array = limits.decode_tensor_reply(key, reply, self.limits.max_tensor_bytes)
             self._decoded[key] = array
-        self._declared += limits.nbytes(array)
-        if self._declared > self.limits.max_job_bytes:
-            raise LimitExceeded(
-                f"the job's tensors would take {self._declared:,} bytes, more than this "
-                f"worker's max_job_bytes ({self.limits.max_job_bytes:,})"
-            )
+        self.hold(limits.nbytes(array))
         return array
+
+    def hold(self, nbytes: int) -> None:
+        """Count a tensor the job will hold (an input, a DAG's TENSORSET) against max_job_bytes;
+        the job's run counts what it makes (``JobRun.store``)."""
+        self._declared += nbytes
+        limits.check_job_bytes(self._declared, self.limits.max_job_bytes)
+
+    @property
+    def held(self) -> int:
+        """Bytes of the tensors counted so far (``hold``)."""
+        return self._declared
 
     def tensors(self, keys: Iterable[str]) -> list[np.ndarray]:
         return [self.tensor(key) for key in keys]

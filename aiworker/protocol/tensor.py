@@ -188,8 +188,10 @@ def from_blob(dtype: str, shape: Sequence[int], blob: bytes | bytearray | memory
             return zeros(dtype, shape)
         if not data.endswith(b"\0") or data.count(b"\0") != count:
             raise AIError(messages.STRING_BLOB)
+        items = data.split(b"\0")  # no copy of data first: the worker counts what this holds
+        items.pop()  # after the last terminator
         out = np.empty(count, dtype=object)
-        out[:] = data[:-1].split(b"\0")
+        out[:] = items
         out.flags.writeable = False
         return out.reshape(tuple(shape))
     np_dtype = NUMPY_DTYPES[dtype]

@@ -91,8 +91,10 @@ class Completer:
         marker_ttl: int = 300,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        max_reply_bytes: int = tensor_io.REDIS_MAX_VALUE_BYTES,
     ) -> None:
         self.keys = keys
+        self.max_reply_bytes = max_reply_bytes  # what Redis accepts in one value
         self.worker_name = worker_name
         self.reply_ttl = reply_ttl
         self.held = held
@@ -208,13 +210,21 @@ class Completer:
                 writes.reply = item.reply
             return writes
         if outcome.status != DROPPED:
+            payload = self._reply(item, queue).encode(item.fmt) if item.reply else b""
+            if len(payload) > self.max_reply_bytes:
+                # Redis would drop the connection, and the job would run again until it was
+                # dead-lettered with a false cause: it fails now, nothing written
+                item.outcome = outcome = Outcome.failed(
+                    _reply_too_big(len(payload), self), outcome.stats
+                )
+                payload = self._reply(item, queue).encode(item.fmt)
             writes.outputs = [(k, 0, codec.encode_fields(a)) for k, a in outcome.writes.items()]
             if item.reply:
                 writes.outputs += [
                     (k, self.reply_ttl, codec.encode_fields(a))
                     for k, a in outcome.temp_writes.items()
                 ]
-                writes.payload = self._reply(item, queue).encode(item.fmt)
+                writes.payload = payload
         writes.reply = item.reply
         writes.stats = [
             (self.keys.stats(r.key), (r.duration_us, r.samples, r.calls, r.errors))
@@ -324,4 +334,12 @@ def unrestricted(r: Any) -> bool:
         return False
     return "+@all" in user.get("categories", []) and not any(
         str(c).startswith("-") for c in user.get("commands", [])
+    )
+
+
+def _reply_too_big(size: int, completer: Completer) -> str:
+    return (
+        f"the reply would take {size:,} bytes, more than Redis accepts in one value "
+        f"({completer.max_reply_bytes:,}, its proto-max-bulk-len): get fewer or smaller tensors "
+        "in one request (a JSON reply leaves those over 64 KiB in keys)"
     )

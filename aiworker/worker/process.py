@@ -124,6 +124,7 @@ class Worker:
             marker_ttl=max(settings.reply_ttl, int(10 * settings.visibility_timeout), 60),
             wait_replicas=settings.wait_replicas,
             wait_timeout_ms=settings.wait_replicas_timeout,
+            max_reply_bytes=self.limits.max_value_bytes,
         )
         # scripts calling Redis do so on the calling thread's own connection
         self.executor = Executor(
