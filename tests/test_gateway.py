@@ -22,6 +22,7 @@ from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway, GatewayConfig
 from aiworker.gateway.inplace import InPlace
 from aiworker.gateway.resp import command, reply_end
+from aiworker.gateway.session import HELLO_NOAUTH
 
 # helpers shared by the other test_gateway* modules ---------------------------------------
 
@@ -709,6 +710,31 @@ def test_require_auth(client: Client, settings: Settings) -> None:
             assert cmd(resp3, "AI.TENSORGET", "t", "VALUES") == [1]
             with pytest.raises(redis.AuthenticationError):
                 cmd(connect(gw, protocol=3, password="wrong"), "PING")
+    finally:
+        redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
+
+
+def test_require_auth_reads_hello_as_redis_does(client: Client, settings: Settings) -> None:
+    """HELLO's options are read left to right, AUTH taking two values, SETNAME one: in
+    ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given (a client name ``AUTH``, then ``x``),
+    so nothing passes after it; a HELLO without AUTH before one gets Redis' own refusal."""
+    client.config_set("requirepass", "secret")
+    try:
+        with running_gateway(settings.replace(redis_url=_with_password(settings)),
+                             require_auth=True) as gw:  # fmt: skip
+            sock = raw_socket(gw)
+            sock.sendall(b"HELLO 2 SETNAME AUTH SETNAME x\r\nHELLO 2\r\nSET stolen yes\r\n"
+                         b"AI.TENSORSET t INT8 1 VALUES 1\r\nHELLO 2 SETNAME a AUTH default "
+                         b"secret\r\nGET stolen\r\nQUIT\r\n")  # fmt: skip
+            data, replies, pos = read_replies(sock, 7), [], 0
+            while pos < len(data):
+                end = reply_end(data, pos)
+                replies.append(data[pos:end])
+                pos = end
+            assert replies[:2] == [HELLO_NOAUTH] * 2
+            assert replies[2:4] == [b"-NOAUTH Authentication required.\r\n"] * 2
+            assert replies[4].startswith(b"*14\r\n") and replies[5:] == [b"$-1\r\n", b"+OK\r\n"]
+            assert not client.exists("stolen", "t")
     finally:
         redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
 

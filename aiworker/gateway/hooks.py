@@ -70,11 +70,9 @@ class ReplyHooks:
     def on_hello(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
         if data[:1] not in (b"*", b"%"):  # refused (an error): nothing changed
             return data
-        words = [arg.upper() for arg in args]
-        if b"AUTH" in words:
-            at = words.index(b"AUTH")
-            if len(args) > at + 2:
-                self._signed_in(args[at + 1], args[at + 2])
+        credentials = hello_credentials(args)
+        if credentials is not None:  # Redis checked them: its reply is no error
+            self._signed_in(*credentials)
         if len(args) > 1:  # Redis accepts only 2 and 3, spelt so
             self._speak(args[1] == b"3")
         return data
@@ -122,6 +120,24 @@ class ReplyHooks:
             self._no_transaction()
             self._speak(False)
         return data
+
+
+def hello_credentials(args: list[bytes]) -> tuple[bytes, bytes] | None:
+    """The (username, password) a HELLO authenticates with, read as Redis reads its options:
+    left to right after the protocol version, AUTH taking two values and SETNAME one (so in
+    ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given); the last AUTH counts. None: none."""
+    credentials = None
+    at = 2
+    while at < len(args):
+        option, left = args[at].upper(), len(args) - 1 - at
+        if option == b"AUTH" and left >= 2:
+            credentials = (args[at + 1], args[at + 2])
+            at += 3
+        elif option == b"SETNAME" and left >= 1:
+            at += 2
+        else:  # Redis refuses the whole HELLO: its reply is an error
+            return None
+    return credentials
 
 
 HOOKS: dict[bytes, Callable[..., bytes | None]] = {

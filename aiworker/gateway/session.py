@@ -46,7 +46,7 @@ from .cluster import EMULATED
 from .commands import is_job_command, parse_command
 from .config import GatewayConfig
 from .frames import ProtocolError, RequestReader
-from .hooks import HOOKS, ReplyHooks
+from .hooks import HOOKS, ReplyHooks, hello_credentials
 from .inplace import InPlace
 from .resp import ErrorReply
 from .routers import ClusterRouter, SingleRouter
@@ -58,6 +58,12 @@ from .upstream import Slot, Upstream
 log = logging.getLogger("aiworker.gateway")
 
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
+# Redis' answer to a HELLO without AUTH on a connection not authenticated yet
+HELLO_NOAUTH = (
+    b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+    b"HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select "
+    b"the RESP protocol version at the same time\r\n"
+)
 # Reading from the client pauses while this many commands wait to be dispatched.
 MAX_WAITING = 4096
 TUNNEL_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
@@ -170,11 +176,13 @@ class Session(ReplyHooks, asyncio.Protocol):
         while waiting and self.ai_task is None and not self.closing and not self.tunnel:
             args = waiting[0]
             name = args[0].upper()
-            if not self.authed and name not in BEFORE_AUTH:
+            if not self.authed and (
+                name not in BEFORE_AUTH or (name == b"HELLO" and hello_credentials(args) is None)
+            ):
                 if self.inflight:
                     break  # an AUTH may be on its way
                 waiting.popleft()
-                self._reply_now(NOAUTH)
+                self._reply_now(NOAUTH if name != b"HELLO" else HELLO_NOAUTH)
             elif name[:3] == b"AI.":
                 if self.inflight:
                     break  # after every earlier command is answered
