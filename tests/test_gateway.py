@@ -688,6 +688,25 @@ def test_select_and_auth_decide_where_ai_commands_run(
         client.acl_deluser("reader")
 
 
+def test_a_password_of_any_bytes_reaches_redis_exactly(gateway: Gateway, client: Client) -> None:
+    """Redis' passwords are any bytes: AI.* commands that run off the client's own connection
+    (a WATCHing client's, on a blocking client; a RESP3 client's, on a second connection) log in
+    with the very bytes the client sent (they were decoded with U+FFFD in their place)."""
+    password = b"p\xff\xfe"
+    client.execute_command("ACL", "SETUSER", "bin", "on", b">" + password, "~*", "&*", "+@all")
+    try:
+        sock = raw_socket(gateway)
+        sock.sendall(command(b"AUTH", b"bin", password) + b"AI.TENSORSET t INT8 1 VALUES 1\r\n"
+                     b"WATCH w\r\nAI.TENSORGET t VALUES\r\nUNWATCH\r\n"
+                     + command(b"HELLO", b"3", b"AUTH", b"bin", password)
+                     + b"AI.TENSORGET t VALUES\r\nQUIT\r\n")  # fmt: skip
+        replies = read_until_closed(sock)
+        assert replies.startswith(b"+OK\r\n+OK\r\n+OK\r\n*1\r\n:1\r\n+OK\r\n%")
+        assert replies.endswith(b"*1\r\n:1\r\n+OK\r\n"), replies[-200:]
+    finally:
+        client.acl_deluser("bin")
+
+
 def test_require_auth(client: Client, settings: Settings) -> None:
     client.config_set("requirepass", "secret")
     try:

@@ -25,7 +25,7 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiworker.client.ops import State, VerifyHere
 from aiworker.client.sync import Client
@@ -45,21 +45,32 @@ MAX_IDENTITIES = 64
 
 @dataclass(frozen=True)
 class Identity:
-    """What a connection selected and authenticated (None: the gateway's own URL's)."""
+    """What a connection selected and authenticated (None: the gateway's own URL's). Username
+    and password are the client's bytes decoded with ``surrogateescape`` (Redis' passwords are
+    any bytes): ``credentials`` gives them back exactly."""
 
     db: int | None = None
     username: str | None = None
     password: str | None = None
 
+    def credentials(self) -> dict[str, bytes]:
+        """redis-py's ``username`` and ``password`` arguments, as the client sent them (none
+        when it never authenticated: the gateway's URL's own apply)."""
+        if self.password is None:
+            return {}
+        return {
+            "username": _exact(self.username or "default"),
+            "password": _exact(self.password),
+        }
+
     def url(self, url: str) -> str:
-        """``url`` with this identity's DB and credentials in place of its own (redis-py lets a
-        URL's own win over keyword arguments)."""
+        """``url`` with this identity's DB in place of its own, and without credentials when it
+        has its own (``credentials``: redis-py lets a URL's own win over keyword arguments, and
+        unquotes a URL's as UTF-8)."""
         parts = urlsplit(url)
         netloc = parts.netloc
         if self.password is not None:
-            host = netloc.rpartition("@")[2]
-            user = quote(self.username or "", safe="")
-            netloc = f"{user}:{quote(self.password, safe='')}@{host}"
+            netloc = netloc.rpartition("@")[2]
         path, query = parts.path, parts.query
         if self.db is not None:
             if parts.scheme == "unix":
@@ -68,6 +79,11 @@ class Identity:
             else:
                 path = f"/{self.db}"
         return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
+
+
+def _exact(value: str) -> bytes:
+    """The bytes a client sent, from their ``surrogateescape`` text."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 class _Clients:
@@ -88,7 +104,10 @@ class _Clients:
         if self._blocking is None:
             settings = self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
             self._blocking = Client.from_settings(
-                settings, enable_postprocess=False, reply_timeout=self.reply_timeout
+                settings,
+                enable_postprocess=False,
+                reply_timeout=self.reply_timeout,
+                **self.identity.credentials(),
             )
         return self._blocking
 

@@ -44,10 +44,10 @@ class ReplyHooks:
         raise NotImplementedError
 
     def _signed_in(self, username: bytes, password: bytes) -> None:
-        self.identity = Identity(
+        self.identity = Identity(  # any bytes, kept exactly (Identity.credentials)
             self.identity.db,
-            username.decode("utf-8", "replace"),
-            password.decode("utf-8", "replace"),
+            username.decode("utf-8", "surrogateescape"),
+            password.decode("utf-8", "surrogateescape"),
         )
         self.authed = True
         self.router.authenticated([username, password])

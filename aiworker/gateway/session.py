@@ -342,9 +342,9 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._link[1].close()
         router = cast(SingleRouter, self.router)  # on a cluster AI.* commands run in threads
         hello = list(router.hello)
-        if identity.password is not None:
-            user = (identity.username or "default").encode()
-            hello.append([b"AUTH", user, identity.password.encode("utf-8", "surrogateescape")])
+        credentials = identity.credentials()
+        if credentials:
+            hello.append([b"AUTH", credentials["username"], credentials["password"]])
         if identity.db is not None:
             hello.append([b"SELECT", b"%d" % identity.db])
         link = Upstream(self, router.target, hello)
