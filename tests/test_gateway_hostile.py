@@ -4,13 +4,20 @@ connection, and the gateway goes on serving everyone else. Also the pure readers
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import redis
-from test_gateway import connect, event_loops, raw_socket, read_until_closed, running_gateway
+from test_gateway import (
+    connect,
+    event_loops,
+    raw_socket,
+    read_until_closed,
+    running_gateway,
+)
 
 from aiworker import Client, Settings
 from aiworker.gateway import Gateway
@@ -157,6 +164,35 @@ def test_non_utf8_names(gateway: Gateway) -> None:
     blob = bytes(range(256))
     assert con.execute_command("AI.TENSORSET", "b", "UINT8", 256, "BLOB", blob) == b"OK"
     assert con.execute_command("AI.TENSORGET", "b", "BLOB") == blob
+
+
+@pytest.mark.parametrize("prelude", [b"WATCH w\r\n", b"HELLO 3\r\n", b""])
+def test_a_client_that_never_reads_holds_little_of_the_gateway(
+    gateway: Gateway, client: Client, prelude: bytes
+) -> None:
+    """128 AI.TENSORGETs of a 256 KB tensor pipelined by a client that does not read: whichever
+    connection they run on (a WATCHing client's run in threads, a RESP3 client's on a second
+    connection: they went on running and their replies piled up in the gateway, 2.4 GB from 600
+    of 4 MB), no command starts while the client's replies wait to be written. When it reads,
+    every reply comes, in order."""
+    client.tensorset("big", np.zeros(1 << 16, np.float32))
+    sock = socket.create_connection(gateway.address(), timeout=10)
+    request = b"*3\r\n$12\r\nAI.TENSORGET\r\n$3\r\nbig\r\n$4\r\nBLOB\r\n"
+    sock.sendall(prelude + request * 128 + b"PING\r\n")  # 32 MB of replies
+    time.sleep(1.5)
+    (session,) = gateway.sessions
+    held = session.transport.get_write_buffer_size() if session.transport else 0
+    for slot in session.replies:  # replies ready, behind those the transport holds
+        parts = slot.data if isinstance(slot.data, list) else [slot.data or b""]
+        held += sum(len(part) for part in parts)
+    assert held < 4 << 20, f"{held:,} bytes held for a client that does not read"
+    received, pos, count = bytearray(), 0, 0
+    while count < 129 + bool(prelude):
+        received += sock.recv(1 << 20)
+        while (end := reply_end(received, pos)) > 0:
+            pos, count = end, count + 1
+    assert received.count(b"$262144\r\n") == 128 and received.endswith(b"+PONG\r\n")
+    sock.close()
 
 
 def test_connection_limit(gateway: Gateway) -> None:

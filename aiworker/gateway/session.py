@@ -167,13 +167,22 @@ class Session(ReplyHooks, asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._update_reading()
+        self.dispatch()  # what waited for the client to read
 
     # dispatching -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Start every waiting command that may start now (see the module docstring)."""
+        """Start every waiting command that may start now (see the module docstring): none
+        while the client does not read its replies (``write_paused``), so that what the gateway
+        holds for it stays bounded whichever connection a command runs on."""
         waiting = self.waiting
-        while waiting and self.ai_task is None and not self.closing and not self.tunnel:
+        while (
+            waiting
+            and self.ai_task is None
+            and not self.closing
+            and not self.tunnel
+            and not self.write_paused
+        ):
             args = waiting[0]
             name = args[0].upper()
             if not self.authed and (
