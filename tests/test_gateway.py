@@ -661,6 +661,22 @@ def test_subscribe_after_a_job_while_an_argument_comes_in_place(
     sock.close()
 
 
+def test_a_client_that_half_closes_gets_every_reply(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """A pipeline then shutdown(SHUT_WR) (``nc -N``): Redis runs what it received and answers,
+    then closes; so does the gateway, a job in the pipeline included (it dropped them all)."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=300))
+    client.tensorset("a", np.ones(2, np.float32))
+    sock = raw_socket(gateway)
+    sock.sendall(b"SET x 1\r\nAI.MODELEXECUTE slow INPUTS 1 a OUTPUTS 1 b\r\n"
+                 b"AI.TENSORSET t INT8 1 VALUES 7\r\nSET y 1\r\nAI.TENSORGET t VALUES\r\n")  # fmt: skip
+    sock.shutdown(socket.SHUT_WR)
+    assert read_until_closed(sock) == b"+OK\r\n+OK\r\n+OK\r\n+OK\r\n*1\r\n:7\r\n"
+    assert client.exists("x", "b", "t", "y") == 4
+    sock.close()
+
+
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_select_and_auth_decide_where_ai_commands_run(
     gateway: Gateway, client: Client, redis_server: Any, protocol: int

@@ -111,6 +111,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.resp3 = False  # the client said HELLO 3
         self._link: tuple[Identity, Upstream] | None = None  # AI.* commands' RESP2 connection
         self.closing = False  # close once the replies before it are written
+        self.input_ended = False  # the client shut its side: close once its commands are done
         self.skip_next = False  # CLIENT REPLY SKIP
         self.replies_off = False  # CLIENT REPLY OFF
         self.paused = False
@@ -159,6 +160,17 @@ class Session(ReplyHooks, asyncio.Protocol):
             InPlace.start(self, self.transport, self.reader)
         if self.reader.buffered or self._timer is not None:
             self._watch_partial()
+
+    def eof_received(self) -> bool:
+        """The client shut its side of the connection (a half-close, ``nc -N``): the commands it
+        sent still run and their replies are written, then the connection closes, as Redis
+        does. (A command cut short by the end is dropped.)"""
+        if self.closing or self.tunnel:
+            return False  # close now
+        self.input_ended = True
+        self._cancel_timer()
+        self.flush()
+        return True
 
     def pause_writing(self) -> None:  # the client reads slower than replies come
         self.write_paused = True
@@ -444,8 +456,12 @@ class Session(ReplyHooks, asyncio.Protocol):
             transport.write(out[0])
         elif out:
             transport.writelines(out)
-        if self.closing and not replies:
+        if not replies and (self.closing or (self.input_ended and self._all_done())):
             transport.close()
+
+    def _all_done(self) -> bool:
+        """Nothing left to run or answer of what the client sent."""
+        return not self.waiting and self.ai_task is None and not self.inflight
 
     def _close_after_replies(self) -> None:
         self.closing = True
