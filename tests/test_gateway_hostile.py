@@ -15,6 +15,7 @@ from test_gateway import (
     connect,
     event_loops,
     raw_socket,
+    read_replies,
     read_until_closed,
     running_gateway,
 )
@@ -115,6 +116,19 @@ def test_slow_loris_is_disconnected(gateway: Gateway) -> None:
     idle.sendall(b"PING\r\n")
     assert idle.recv(100) == b"+PONG\r\n"
     still_serving(gateway)
+
+
+def test_a_long_pipeline_of_commands_cut_anywhere_is_not_slow_loris(gateway: Gateway) -> None:
+    """request_timeout (1 s here) times each command, not the stream: a pipeline whose reads
+    always end inside a command, for longer than the timeout, loses nothing (``redis-cli
+    --pipe`` was cut after a million keys)."""
+    sock = raw_socket(gateway)
+    pipeline = b"".join(b"SET k%d %d\r\n" % (n, n) for n in range(12))
+    for start in range(0, len(pipeline), 13):  # never a whole command per read
+        sock.sendall(pipeline[start : start + 13])
+        time.sleep(0.25)
+    sock.sendall(b"GET k11\r\n")
+    assert read_replies(sock, 13) == b"+OK\r\n" * 12 + b"$2\r\n11\r\n"
 
 
 LARGE_HEAD = (

@@ -154,6 +154,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._close_after_replies()
             return
         if commands:
+            self._cancel_timer()  # progress: the next unfinished command has its own time
             self.waiting.extend(commands)
             self.dispatch()
         if self.reader.receiving is not None and not (self.closing or self.tunnel):
@@ -484,7 +485,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             upstream.pause() if self.write_paused else upstream.resume()
 
     def _watch_partial(self) -> None:
-        """A command that started arriving must finish within ``request_timeout`` (slow-loris)."""
+        """A command that started arriving must finish within ``request_timeout`` (slow-loris),
+        counted from the end of the command before it (a long pipeline makes progress)."""
         timeout = self.gw.config.request_timeout
         if not timeout or not self.reader.buffered:
             self._cancel_timer()
