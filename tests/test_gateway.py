@@ -510,6 +510,57 @@ def test_watch_survives_ai_commands(gateway: Gateway, client: Client) -> None:
     assert cmd(con, "AI.TENSORGET", "t", "VALUES") == [1]
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_select_queued_in_a_transaction_moves_ai_commands_after_exec(
+    gateway: Gateway, client: Client, redis_server: Any, protocol: int
+) -> None:
+    """SELECT inside MULTI changes the DB when EXEC runs it: AI.* commands after EXEC use it on
+    every connection they run on (a WATCHing client's in threads, a RESP3 client's on a second
+    connection); an AI.* command queued after it in the same transaction runs there too."""
+    con = connect(gateway, protocol)
+    pipe = con.pipeline(transaction=True)
+    pipe.execute_command("SELECT", 5)
+    pipe.execute_command("AI.TENSORSET", "inside", "INT8", 1, "VALUES", 1)
+    assert pipe.execute() == [True, b"OK"]
+    cmd(con, "AI.TENSORSET", "own", "INT8", 1, "VALUES", 1)
+    cmd(con, "WATCH", "w")
+    cmd(con, "AI.TENSORSET", "watched", "INT8", 1, "VALUES", 1)
+    db5 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=5)
+    try:
+        assert sorted(db5.keys()) == [b"inside", b"own", b"watched"]
+        assert client.exists("inside", "own", "watched") == 0
+    finally:
+        db5.flushdb()
+
+
+def test_exec_without_multi_keeps_the_watch(gateway: Gateway, client: Client) -> None:
+    """A stray EXEC is refused and changes nothing: the WATCH before it still aborts the
+    transaction after it (it was taken as ended, and AI.* commands ran as if unwatched)."""
+    con = connect(gateway)
+    cmd(con, "WATCH", "w")
+    assert "EXEC without MULTI" in error_of(con, "EXEC")
+    client.set("w", "changed")
+    big = np.zeros(300_000, np.float32)  # its write takes a MULTI of its own on the connection
+    assert cmd(con, "AI.TENSORSET", "big", "FLOAT", big.size, "BLOB", big.tobytes()) == b"OK"
+    cmd(con, "MULTI")
+    cmd(con, "SET", "x", "1")
+    assert cmd(con, "EXEC") is None and client.get("x") is None
+
+
+def test_replies_the_gateway_gives_itself_are_queued_in_a_transaction(
+    client: Client, settings: Settings
+) -> None:
+    """COMMAND GETKEYS of an AI.* command and the emulated CLUSTER KEYSLOT answer QUEUED inside
+    MULTI and take their place in EXEC's reply, as Redis' own commands do."""
+    with running_gateway(settings, emulate_cluster=True) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(b"MULTI\r\nCOMMAND GETKEYS AI.TENSORGET a\r\nCLUSTER KEYSLOT foo\r\n"
+                     b"SET k v\r\nEXEC\r\nQUIT\r\n")  # fmt: skip
+        assert read_until_closed(sock) == (
+            b"+OK\r\n" + b"+QUEUED\r\n" * 3 + b"*3\r\n*1\r\n$1\r\na\r\n:12182\r\n+OK\r\n+OK\r\n"
+        )
+
+
 def test_ai_commands_cost_no_second_redis_connection(
     gateway: Gateway, worker: Worker, client: Client
 ) -> None:

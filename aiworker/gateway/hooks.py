@@ -102,9 +102,11 @@ class ReplyHooks:
         return data
 
     def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
+        if data[:1] == b"-" and not data.startswith(b"-EXECABORT"):
+            return data  # no transaction ran (EXEC without MULTI): nothing changed, WATCH kept
         transaction, self.transaction = self.transaction, None
         self.watching = False
-        if transaction is None or not transaction.holds_ai():
+        if transaction is None or not transaction.shapes_exec():
             return data
         self.ai_task = asyncio.ensure_future(self.finish_exec(transaction, slot, data))
         return None

@@ -211,6 +211,8 @@ class Session(ReplyHooks, asyncio.Protocol):
                 waiting.popleft()
                 self._ai(args)
             elif name in SPECIAL:
+                if self.inflight and self._answered_here(name, args):
+                    break  # once the MULTI before it is answered: inside one, it is QUEUED
                 waiting.popleft()
                 self._special(name, args)
             else:
@@ -237,6 +239,9 @@ class Session(ReplyHooks, asyncio.Protocol):
             return
         local = self.gw.local_reply(self, name, args)
         if local is not None:
+            if self.transaction is not None and name != b"QUIT":  # its place: in EXEC's reply
+                self.transaction.answered(local)
+                local = resp.QUEUED
             self._reply_now(local)
             return
         slot = Slot(tunnel=name in TUNNEL_COMMANDS)
@@ -254,6 +259,11 @@ class Session(ReplyHooks, asyncio.Protocol):
             unfinished = self.reader.take_unfinished()
             if unfinished:
                 upstream.send_raw(unfinished)
+
+    def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
+        """Whether the gateway answers this command itself (``Host.local_reply``; QUIT aside,
+        which ends the connection whatever came before)."""
+        return name != b"QUIT" and self.gw.local_reply(self, name, args) is not None
 
     def _client_reply(self, mode: bytes) -> None:
         """CLIENT REPLY ON|OFF|SKIP, kept by the gateway: Redis still answers every command
@@ -397,11 +407,13 @@ class Session(ReplyHooks, asyncio.Protocol):
         if data[:1] == b"-" and self.router.redirect(upstream, slot, data):
             return  # sent again where the cluster said
         self.inflight -= 1
+        if self.transaction is not None and data == resp.QUEUED:
+            self.transaction.redis_command(slot.hook)  # its hook sees its reply in EXEC's
+            slot.data = data
+            return
         if slot.hook is not None:
             slot.data = slot.hook(data)  # None: the hook fills the slot later
             return
-        if self.transaction is not None and data == resp.QUEUED:
-            self.transaction.redis_command()
         slot.data = data
 
     def replies_done(self) -> None:

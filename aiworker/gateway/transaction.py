@@ -28,6 +28,14 @@ IN_TRANSACTION = "Cannot run RedisAI command within a transaction or a LUA scrip
 
 
 @dataclass
+class _Hooked:
+    """A Redis command whose reply a hook sees (``hooks``): SELECT's changes the DB AI.*
+    commands use once EXEC ran it, COMMAND's gets RedisAI's entries."""
+
+    hook: Callable[[bytes], bytes | None]
+
+
+@dataclass
 class _Queued:
     """An AI.* command in the transaction: its plan, stopped at ``step``, whose ``count`` Redis
     commands are queued (0: the step is still to be carried out)."""
@@ -44,13 +52,18 @@ class Transaction:
         self.resp3 = resp3  # the client's protocol
         # None: a Redis command (its reply is Redis'); bytes: a reply known already; a callable:
         # a command run after EXEC
-        self.items: list[bytes | _Queued | Callable[[], Awaitable[Any]] | None] = []
+        self.items: list[bytes | _Queued | _Hooked | Callable[[], Awaitable[Any]] | None] = []
 
-    def redis_command(self) -> None:
-        self.items.append(None)
+    def redis_command(self, hook: Callable[[bytes], bytes | None] | None = None) -> None:
+        """A Redis command was queued; ``hook`` sees its reply in EXEC's."""
+        self.items.append(None if hook is None else _Hooked(hook))
 
     def answer(self, reply: Any) -> None:
         self.items.append(resp.encode(reply, self.resp3))
+
+    def answered(self, data: bytes) -> None:
+        """A command the gateway answers itself, its reply encoded already."""
+        self.items.append(data)
 
     def after_exec(self, run: Callable[[], Awaitable[Any]]) -> None:
         """A command run whole once EXEC ran (``run()``: its reply)."""
@@ -74,7 +87,8 @@ class Transaction:
         else:
             self.items.append(_Queued(plan, step, 0))
 
-    def holds_ai(self) -> bool:
+    def shapes_exec(self) -> bool:
+        """Whether EXEC's reply needs the gateway: AI.* commands, replies it knows, hooks."""
         return any(item is not None for item in self.items)
 
     async def exec_reply(self, data: bytes, runner: Runner) -> bytes:
@@ -88,6 +102,9 @@ class Transaction:
         for item in self.items:
             if item is None:
                 out.append(next(replies, resp.NIL))
+            elif isinstance(item, _Hooked):
+                reply = next(replies, resp.NIL)
+                out.append(item.hook(reply) or reply)
             elif isinstance(item, bytes):
                 out.append(item)
             else:
