@@ -865,6 +865,25 @@ def test_a_client_leaving_mid_pipeline_leaves_nothing_half_written(
     assert not client.exists("t19")
 
 
+def test_a_client_leaving_after_exec_leaves_its_transaction_whole(
+    gateway: Gateway, client: Client
+) -> None:
+    """A transaction's AI.* command may need a round trip after EXEC (here Redis lost the script
+    that moves a staged tensor into place): the client closing right after EXEC no longer
+    leaves the transaction half applied (the SETs done, the tensor staged, never moved)."""
+    big = np.arange(500_000, dtype=np.float32)  # 2 MB: staged, then moved by a script
+    client.script_flush()
+    sock = raw_socket(gateway)
+    sock.sendall(b"MULTI\r\nSET before 1\r\n"
+                 + command(b"AI.TENSORSET", b"t", b"FLOAT", b"500000", b"BLOB", big.tobytes())
+                 + b"SET after 1\r\nEXEC\r\n")  # fmt: skip
+    sock.close()
+    wait_until(lambda: not gateway.sessions, timeout=10)
+    assert client.exists("before", "after") == 2
+    assert np.array_equal(client.tensorget("t"), big)
+    assert not client.keys(client.keyspace.prefix + "tmp:*")
+
+
 def test_emulated_cluster(client: Client, settings: Settings) -> None:
     with running_gateway(settings, emulate_cluster=True) as gw:
         con = connect(gw)

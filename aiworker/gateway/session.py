@@ -106,6 +106,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.watching = False
         self.inflight = 0  # commands sent to Redis and not answered yet
         self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
+        self.gone = False  # the client left (``connection_lost``)
+        self.released = False  # its connections to Redis are closed
         self._runner_of: tuple[tuple[Identity, bool], Runner] | None = None
         self.tunnel = False
         self.resp3 = False  # the client said HELLO 3
@@ -128,12 +130,19 @@ class Session(ReplyHooks, asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        """The client left. What it sent and the gateway did not start yet is dropped; what
+        was started finishes (Redis runs every command it received; a transaction's EXEC may
+        leave an AI.* command's calls to do after it), then the connections to Redis close."""
+        self.closing = self.gone = True
         self.waiting.clear()
         self._cancel_timer()
-        if self.ai_task is not None:
-            self.ai_task.cancel()
-        if self.transaction is not None:
+        self._let_go_when_done()
+
+    def _let_go_when_done(self) -> None:
+        if not self.gone or self.released or self.ai_task is not None or self.inflight:
+            return
+        self.released = True
+        if self.transaction is not None:  # never EXECuted: Redis drops it with the connection
             self.transaction.discard()
         self.router.close()
         if self._link is not None:
@@ -452,6 +461,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         self._close_after_replies()
 
     def flush(self) -> None:
+        if self.gone:
+            self._let_go_when_done()
+            return
         replies = self.replies
         out: list[bytes | memoryview] = []
         while replies and replies[0].data is not None:
