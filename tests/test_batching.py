@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
+from conftest import ROOT, at_once, stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import Client, Worker
 from aiworker.backends.stub import StubModel
@@ -232,6 +232,24 @@ def test_run_batch_wrong_output_batch_size_fails_every_member() -> None:
     assert alone.outputs is not None and alone.outputs[0].shape == (1, 2)
 
 
+def test_a_member_whose_input_fails_the_model_fails_alone() -> None:
+    """One requester's input makes the model fail (a negative value here, an index out of
+    range in an embedding): the batch is run again in halves, down to that member, and only it
+    gets the error. A model that fails whatever its input fails every member."""
+    rows = [1.0, -1.0, 2.0, 3.0, 4.0]
+    members = [Member("m", meta(8), [np.full((1, 2), v, np.float32)]) for v in rows]
+    stub = StubExecutor("nonnegative")
+    results = run_batch(stub, Batch(members))
+    assert [r.error for r in results] == ["", "STUB: negative input", "", "", ""]
+    for value, result in zip(rows, results, strict=True):
+        if result.outputs is not None:
+            np.testing.assert_array_equal(result.outputs[0], np.full((1, 2), value))
+    assert stub.stub.rows[0] == 5 and len(stub.stub.rows) < 2 * len(rows)
+    failing = run_batch(StubExecutor("fail"), Batch(members))
+    assert [r.error for r in failing] == ["stub failure"] * 5
+    assert all(r.counted for r in failing)
+
+
 # with Redis and a worker --------------------------------------------------------------------
 
 
@@ -389,6 +407,34 @@ def test_torchscript_batched_numerics_match_unbatched(client: Client, worker: Wo
     for i, a in enumerate(rows):
         np.testing.assert_allclose(client.tensorget(f"y{i}"), a * a, rtol=1e-6)
     assert client.infoget("m")["samples"] == 4
+
+
+def test_a_request_that_fails_a_batched_torch_model_fails_alone(
+    client: Client, worker: Worker
+) -> None:
+    """An embedding looked up at an index out of range fails the run; batched with a good
+    request (MINBATCHSIZE 2 makes them wait for each other), it failed that one too."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(10, 3).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(embedding), buffer)
+    client.modelstore("emb", "TORCH", "CPU", buffer.getvalue(), batch=4, minbatch=2)
+    client.tensorset("good", np.array([[1, 2]], np.int64))
+    client.tensorset("bad", np.array([[1, 99]], np.int64))
+
+    def run(key: str) -> dict[str, Any]:
+        return submit(client, f"AI.MODELEXECUTE emb INPUTS 1 {key} OUTPUTS 1 out_{key}")
+
+    good, bad = at_once([lambda: run("good"), lambda: run("bad")])
+    assert good is not None and bad is not None
+    assert good["status"] == "ok" and good["batch"]["requests"] == 2, good
+    assert bad["status"] == "error" and "index out of range" in bad["error"]
+    expected = embedding(torch.tensor([[1, 2]])).detach().numpy()
+    np.testing.assert_allclose(client.tensorget("out_good"), expected, rtol=1e-6)
+    assert not client.exists("out_bad")
 
 
 def test_dag_op_batches_with_a_stream_request(client: Client, worker: Worker) -> None:

@@ -31,7 +31,7 @@ from aiworker.backends.base import Backend, BackendOptions, LoadedModel, ModelSp
 from aiworker.backends.util import as_array, numpy_dtype, one_line
 from aiworker.devices import discovery, placement
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, BareMessage, CountMismatch
+from aiworker.protocol.errors import AIError, BareMessage, CountMismatch, RunTimedOut
 from aiworker.protocol.requests import IONames
 
 try:
@@ -163,7 +163,8 @@ class ONNXModel(LoadedModel):
         try:
             results = self.session.run(None, feed, run_options)
         except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidArgument, ...)
-            raise AIError(self._error(exc, limit_ms)) from None
+            text = self._error(exc, limit_ms)
+            raise (RunTimedOut if text.startswith(TERMINATED) else AIError)(text) from None
         finally:
             if timer is not None:
                 timer.cancel()

@@ -1,7 +1,9 @@
 """A dependency-free backend for tests and demos: the blob is a small JSON program.
 
 ``{"op": "add"}`` adds its two inputs, ``"mul"`` multiplies them, ``"identity"`` echoes its inputs,
-``"fail"`` raises ``message``, ``"first_row"`` returns only row 0 (a model that breaks batching);
+``"fail"`` raises ``message``, ``"nonnegative"`` echoes its inputs but fails on a negative value
+(a model one request's input can make fail), ``"first_row"`` returns only row 0 (a model that
+breaks batching);
 ``"sleep_ms"`` delays each run (to test timeouts, batching and crash recovery), ``"row_ms"`` each
 run by its rows (a model whose cost grows with the batch), ``"load_ms"`` each load; ``"pad": true`` asks for autobatched batches padded to powers of two (and warmed up).
 A loaded model records the rows of each run (``rows``) and the backend counts its loads, so that
@@ -24,6 +26,7 @@ _OPS: dict[str, Callable[[Sequence[np.ndarray]], list[np.ndarray]]] = {
     "mul": lambda xs: [np.multiply(xs[0], xs[1])],
     "identity": lambda xs: [np.array(x) for x in xs],
     "first_row": lambda xs: [np.array(xs[0][:1])],
+    "nonnegative": lambda xs: [np.array(x) for x in xs],
 }
 
 
@@ -47,6 +50,8 @@ class StubModel(LoadedModel):
             time.sleep(self.sleep_s + self.row_s * self.rows[-1])
         if self.op == "fail":
             raise AIError(self.message)
+        if self.op == "nonnegative" and any(bool((x < 0).any()) for x in inputs):
+            raise AIError("STUB: negative input")
         if self.op in ("add", "mul") and len(inputs) != 2:
             raise AIError(f"STUB {self.op} expects 2 inputs, got {len(inputs)}")
         return _OPS[self.op](inputs)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import RunTimedOut
 
 # Swapped by tests for a fake clock: run-time limits are then checked without slow models.
 _clock = time.perf_counter
@@ -43,9 +43,9 @@ def clock() -> float:
     return _clock()
 
 
-def timeout_error(limit_ms: int, took_ms: float) -> AIError:
+def timeout_error(limit_ms: int, took_ms: float) -> RunTimedOut:
     """The reply for a run that exceeded MODEL_EXECUTION_TIMEOUT."""
-    return AIError(
+    return RunTimedOut(
         f"Model execution timeout: the run took {took_ms:.0f} ms, more than "
         f"MODEL_EXECUTION_TIMEOUT ({limit_ms} ms)"
     )

@@ -46,7 +46,7 @@ from aiworker.backends.base import LoadedModel
 from aiworker.execution.models import Models, run_model
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
-from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch
+from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch, RunTimedOut
 from aiworker.protocol.requests import IONames
 from aiworker.storage.model import ModelMeta
 
@@ -66,7 +66,7 @@ def signature_of(inputs: Sequence[np.ndarray]) -> Signature:
 
 @dataclass
 class MemberResult:
-    """One member's share of a run: its outputs, or the error every member got."""
+    """One member's share of a run: its outputs, or its error."""
 
     outputs: list[np.ndarray] | None
     error: str = ""
@@ -447,19 +447,32 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
     assert head.meta is not None
     if not head.batching:  # the common job: its inputs as they are, no batch bookkeeping
         return [_run_alone(models, head, head.meta)]
-    total = batch.total
     try:
         with models.model(head.model_key, head.meta) as model:
             warm_up(model, head)
-            rows = padded_size(total, model.batch_sizes(head.meta.batchsize))
-            inputs = _assemble(model, members, rows)
-            try:
-                outputs, duration_us = run_model(model, inputs, head.meta.backend)
-            except AIError as exc:
-                counted = not isinstance(exc, CountMismatch)
-                return [MemberResult(None, error_text(exc), counted=counted) for _ in members]
+            return _run_members(model, members)
     except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
         return [MemberResult(None, error_text(exc), counted=False) for _ in members]
+
+
+def _run_members(model: LoadedModel, members: list[Member]) -> list[MemberResult]:
+    """Run ``members`` as one batch of ``model``. When the run fails, the two halves run on
+    their own, and so on down: one requester's input that makes the model fail (an index out of
+    range) fails that request alone, not every request it was batched with. A count mismatch
+    or a run past MODEL_EXECUTION_TIMEOUT fails them all: the model, not an input, is at fault."""
+    head = members[0]
+    assert head.meta is not None
+    total = sum(member.size for member in members)
+    rows = padded_size(total, model.batch_sizes(head.meta.batchsize))
+    inputs = _assemble(model, members, rows)
+    try:
+        outputs, duration_us = run_model(model, inputs, head.meta.backend)
+    except AIError as exc:
+        if len(members) > 1 and not isinstance(exc, (CountMismatch, RunTimedOut)):
+            half = len(members) // 2
+            return _run_members(model, members[:half]) + _run_members(model, members[half:])
+        counted = not isinstance(exc, CountMismatch)
+        return [MemberResult(None, error_text(exc), counted=counted) for _ in members]
     if len(members) == 1 and rows == total:
         return [MemberResult(outputs, duration_us=duration_us)]
     if any(np.ndim(out) == 0 or out.shape[0] != rows for out in outputs):

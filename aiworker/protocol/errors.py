@@ -106,5 +106,9 @@ class QueueFull(AIError):
     queued (retry it later, or elsewhere)."""
 
 
+class RunTimedOut(AIError):
+    """A model or script ran longer than MODEL_EXECUTION_TIMEOUT."""
+
+
 class LimitExceeded(AIError):
     """A tensor or model a job asked for is larger than ``max_tensor_bytes``/``max_model_bytes``."""
