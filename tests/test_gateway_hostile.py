@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,6 +208,45 @@ def test_a_client_that_never_reads_holds_little_of_the_gateway(
             pos, count = end, count + 1
     assert received.count(b"$262144\r\n") == 128 and received.endswith(b"+PONG\r\n")
     sock.close()
+
+
+INLINE_LINES = [
+    b"ECHO a\xc2\xa0b",  # a no-break space: part of its token
+    b"ECHO a\xe3\x80\x80b",  # an ideographic space, too
+    b"ECHO a\x0bb",  # a vertical tab inside a token
+    b"ECHO \x0b a",  # and between tokens
+    b'ECHO a"b c"',  # a quote mid-token starts a quoted part
+    b'ECHO "a\\x41\\n"',
+    b"ECHO 'it\\'s'",
+    b'ECHO "a"b',  # a closing quote must end its token
+    b"ECHO 'a'b",
+    b'ECHO a"b c"d',
+    b'ECHO "abc',
+]
+
+
+@pytest.mark.parametrize("line", INLINE_LINES)
+def test_inline_commands_split_as_redis_splits_them(
+    gateway: Gateway, redis_server: Any, line: bytes
+) -> None:
+    """Each inline command answered as Redis answers it (its ``sdssplitargs``)."""
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(line + b"\r\nPING\r\n")
+        received, pos, count = b"", 0, 0
+        while count < 2:  # the reply and PONG, or an error and the end of the connection
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            while (end := reply_end(received, pos)) > 0:
+                pos, count = end, count + 1
+        answers.append(received)
+        sock.close()
+    direct, through = answers
+    assert direct == through
+    assert direct.startswith((b"$", b"-ERR Protocol error: unbalanced quotes"))
 
 
 def test_connection_limit(gateway: Gateway) -> None:

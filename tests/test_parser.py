@@ -626,10 +626,23 @@ def test_tokens_may_be_bytes_and_numbers() -> None:
         ("a 'b \\' c'", ["a", "b ' c"]),
         ('"\\x41\\n"', ["A\n"]),
         ("  x  ", ["x"]),
+        # as redis-cli's and Redis' sdssplitargs: only ASCII blanks separate, a quote mid-token
+        # starts a quoted part, NUL ends the line
+        ("a\u00a0b c", ["a\u00a0b", "c"]),
+        ("\x0b a\x0bb", ["a\x0bb"]),
+        ('a"b c"', ["ab c"]),
+        ("a\0b c", ["a"]),
+        ('"\\x4"', ["x4"]),
     ],
 )
 def test_tokenize(line: str, tokens: list[str]) -> None:
     assert tokenize(line) == tokens
+
+
+@pytest.mark.parametrize("line", ['"a"b', "'a'b", 'a"b c"d', "'a", 'x "a\0"'])
+def test_a_closing_quote_must_end_its_token(line: str) -> None:
+    with pytest.raises(AIError, match="unbalanced quotes"):
+        tokenize(line)
 
 
 def test_tokenize_binary_escape_roundtrips_bytes() -> None:

@@ -1,4 +1,4 @@
-"""Split a command line the way redis-cli does. Pure code.
+"""Split a command line the way Redis and redis-cli do (``sdssplitargs``). Pure code.
 
 Bytes that are not UTF-8 (a ``\\xHH`` escape above 0x7f, or a raw byte in a stream entry) are carried
 in ``str`` tokens as surrogate escapes, so ``to_bytes`` gives back exactly the bytes that were meant:
@@ -43,46 +43,64 @@ def _hex_escape(line: str, i: int) -> str | None:
     return chr(value) if value < 0x80 else chr(0xDC00 + value)
 
 
+# sdssplitargs' characters: C's isspace() is skipped between tokens; an unquoted token ends at
+# one of _ENDS; NUL ends the line.
+_BLANKS = frozenset(" \t\n\v\f\r")
+_ENDS = frozenset(" \t\n\r\0")
+_UNBALANCED = "Invalid argument(s): unbalanced quotes"
+
+
 def tokenize(line: str) -> list[str]:
-    """Split like redis-cli: whitespace separates, quotes group, ``\\xHH`` and ``\\n`` escapes work."""
+    """Split as Redis' and redis-cli's ``sdssplitargs`` do: blanks separate, a quote starts a
+    quoted part (``"`` with ``\\xHH``, ``\\n``-style escapes; ``'`` with ``\\'`` only), and a
+    closing quote must end its token (``"a"b`` is unbalanced). Characters beyond ASCII never
+    separate (a no-break space is part of its token, as it is to Redis)."""
     tokens: list[str] = []
     i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i].isspace():
+    while True:
+        while i < n and line[i] in _BLANKS:
             i += 1
-        if i >= n:
-            break
+        if i >= n or line[i] == "\0":
+            return tokens
         current: list[str] = []
-        while i < n and not line[i].isspace():
+        while i < n and line[i] not in _ENDS:
             quote = line[i]
-            if quote not in "\"'":
-                current.append(line[i])
+            if quote != '"' and quote != "'":
+                current.append(quote)
                 i += 1
                 continue
-            i += 1
-            while True:
-                if i >= n:
-                    raise AIError("Invalid argument(s): unbalanced quotes")
-                ch = line[i]
-                if ch == quote:
-                    i += 1
-                    break
-                if quote == '"' and ch == "\\" and i + 1 < n:
-                    nxt = line[i + 1]
-                    if nxt == "x":
-                        escaped = _hex_escape(line, i)
-                        if escaped is not None:
-                            current.append(escaped)
-                            i += 4
-                            continue
-                    current.append(_ESCAPES.get(nxt, nxt))
-                    i += 2
-                    continue
-                if quote == "'" and ch == "\\" and i + 1 < n and line[i + 1] == "'":
+            i = _quoted(line, i + 1, quote, current)
+            if i < n and line[i] not in _BLANKS and line[i] != "\0":
+                raise AIError(_UNBALANCED)  # a closing quote must end the token
+            break
+        tokens.append("".join(current))
+
+
+def _quoted(line: str, i: int, quote: str, current: list[str]) -> int:
+    """Append the quoted part starting at ``line[i]`` (after its opening ``quote``) to
+    ``current``; where the rest of the line starts, after the closing quote."""
+    n = len(line)
+    while True:
+        if i >= n or line[i] == "\0":
+            raise AIError(_UNBALANCED)
+        ch = line[i]
+        if ch == quote:
+            return i + 1
+        if ch == "\\" and i + 1 < n and line[i + 1] != "\0":
+            nxt = line[i + 1]
+            if quote == "'":
+                if nxt == "'":
                     current.append("'")
                     i += 2
                     continue
-                current.append(ch)
-                i += 1
-        tokens.append("".join(current))
-    return tokens
+            else:
+                escaped = _hex_escape(line, i) if nxt == "x" else None
+                if escaped is not None:
+                    current.append(escaped)
+                    i += 4
+                    continue
+                current.append(_ESCAPES.get(nxt, nxt))
+                i += 2
+                continue
+        current.append(ch)
+        i += 1
