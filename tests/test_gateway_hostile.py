@@ -5,6 +5,7 @@ connection, and the gateway goes on serving everyone else. Also the pure readers
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -247,6 +248,36 @@ def test_inline_commands_split_as_redis_splits_them(
     direct, through = answers
     assert direct == through
     assert direct.startswith((b"$", b"-ERR Protocol error: unbalanced quotes"))
+
+
+def test_large_ai_commands_are_parsed_off_the_event_loop(
+    gateway: Gateway, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing a million VALUES held the event loop, and every other client, for seconds: an
+    AI.* command with many arguments, or much text before its last, is parsed and run in a
+    thread (the event loop runs in the thread called ``gateway`` here)."""
+    from aiworker.gateway import aiclients
+
+    threads: list[str] = []
+    parse = aiclients.parse_command
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(aiclients, "parse_command", recording)
+    con = connect(gateway)
+    values = list(range(5000))
+    assert con.execute_command("AI.TENSORSET", "t", "INT16", 5000, "VALUES", *values) == b"OK"
+    assert threads and threads[0].startswith("gateway-ai")
+    assert client.tensorget("t").tolist() == values
+    assert con.execute_command("AI.TENSORGET", "t", "META") == [
+        b"dtype",
+        b"INT16",
+        b"shape",
+        [5000],
+    ]
+    assert len(threads) == 1, "a small command is parsed where it arrives"
 
 
 def test_connection_limit(gateway: Gateway) -> None:

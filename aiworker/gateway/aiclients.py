@@ -35,6 +35,7 @@ from aiworker.settings import Settings
 from aiworker.storage.plans import drive_steps
 from aiworker.storage.queues import Enqueuer
 
+from .commands import parse_command
 from .translate import KeyFirst, error_reply, reply_plan
 
 log = logging.getLogger("aiworker.gateway")
@@ -161,6 +162,19 @@ class AIClients:
     async def run(self, identity: Identity, cmd: Command | KeyFirst) -> Any:
         """RedisAI's reply to ``cmd`` (an ``ErrorReply`` when it failed), in a thread."""
         return await self._in_thread(identity, self._run_blocking, cmd)
+
+    async def parse_and_run(self, identity: Identity, args: list[bytes], keyspace: Keys) -> Any:
+        """``run`` for a command still to be parsed: a large one, whose parsing (text, a
+        million VALUES) would hold the event loop and every other client with it."""
+        return await self._in_thread(identity, self._parse_and_run_blocking, args, keyspace)
+
+    @staticmethod
+    def _parse_and_run_blocking(clients: _Clients, args: list[bytes], keyspace: Keys) -> Any:
+        try:
+            cmd = parse_command(args, keyspace)
+        except Exception as exc:
+            return error_reply(exc)
+        return AIClients._run_blocking(clients, cmd)
 
     async def _in_thread(self, identity: Identity, call: Any, *args: Any) -> Any:
         clients = self._for(identity)

@@ -73,6 +73,20 @@ BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
 SPECIAL = {*HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
 
 
+# An AI.* command with more arguments than this, or more bytes before its last (a BLOB, which
+# is not parsed as text), is parsed and run in a thread: parsing a million VALUES, or decoding a
+# 100 MB script source, held the event loop for seconds. Model and script stores go there too.
+LARGE_ARGS = 1024
+LARGE_TEXT_BYTES = 1 << 20
+_STORE_NAMES = frozenset({b"AI.MODELSTORE", b"AI.MODELSET", b"AI.SCRIPTSTORE", b"AI.SCRIPTSET"})
+
+
+def _large(args: list[bytes]) -> bool:
+    if len(args) > LARGE_ARGS or args[0].upper() in _STORE_NAMES:
+        return True
+    return sum(len(arg) for arg in args[1:-1]) > LARGE_TEXT_BYTES
+
+
 class Host(Protocol):
     """What a session needs of the gateway that accepted it (``server.Gateway``)."""
 
@@ -300,6 +314,9 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.data = resp.QUEUED
             self.flush()
             return
+        if _large(args):  # parsed and run in a thread: the other clients go on meanwhile
+            self.ai_task = asyncio.ensure_future(self._parse_in_thread(args, slot))
+            return
         try:
             command = parse_command(args, self.gw.keyspace)
         except Exception as exc:
@@ -333,6 +350,9 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     async def _run_in_thread(self, command: Any, slot: Slot) -> None:
         self._ai_done(slot, await self.gw.ai.run(self.identity, command))
+
+    async def _parse_in_thread(self, args: list[bytes], slot: Slot) -> None:
+        self._ai_done(slot, await self.gw.ai.parse_and_run(self.identity, args, self.gw.keyspace))
 
     def _ai_done(self, slot: Slot, reply: Any) -> None:
         """An AI.* command's reply (an exception: its error) is in; the next commands may go."""
