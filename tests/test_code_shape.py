@@ -99,9 +99,25 @@ def test_code_at_every_limit_at_once_compiles_on_a_small_thread_stack() -> None:
     assert done.stdout.strip() == "compiled", done.stderr[-2000:]
 
 
-def test_unreadable_code_is_refused_not_guessed_at() -> None:
-    with pytest.raises(AIError, match=r"^TORCH: the script cannot be read"):
+def test_broken_code_gets_the_compilers_words_unless_it_is_too_deep() -> None:
+    """Code Python's tokenizer cannot read has broken syntax: the compiler says where, as
+    RedisAI passed it on. Measured on its characters instead of its tokens, it is refused all
+    the same when it nests or chains too deep before the break (an unclosed bracket at the end
+    must not let 5,000 nested ones through, nor a chain spread over many lines)."""
+    with pytest.raises(AIError, match="expected"):
+        compile_script("def bar(:\n", ["bar"])
+    with pytest.raises(AIError) as info:
         compile_script(HEAD + "    if True:\n        x = 1\n      y = 2\n", ["f"])
+    assert "past" not in str(info.value), "the compiler's own message"
+    deep = HEAD + "    x = " + "(" * 5000 + "1" + ")" * 5000 + "\n    y = (\n"
+    with pytest.raises(AIError, match=r"^TORCH: the script nests brackets past 100 "):
+        compile_script(deep, ["f"])
+    spread = HEAD + "    x = (1" + " +\n        1" * 2000 + ")\n    y = (\n"
+    with pytest.raises(AIError, match="chains operators in one statement past 1,000"):
+        compile_script(spread, ["f"])
+    broken_elifs = elifs(MAX_ELIFS + 1) + "    z = (\n"
+    with pytest.raises(AIError, match="has elif branches past 200"):
+        compile_script(broken_elifs, ["f"])
 
 
 def test_a_worker_answers_a_deeply_nested_scriptverify_and_lives(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -774,55 +775,58 @@ def test_a_password_of_any_bytes_reaches_redis_exactly(gateway: Gateway, client:
         client.acl_deluser("bin")
 
 
-def test_require_auth(client: Client, settings: Settings) -> None:
+@contextmanager
+def requiring_auth(client: Client, settings: Settings) -> Iterator[Gateway]:
+    """A gateway with ``--require-auth`` before a Redis whose password is ``secret`` (the
+    gateway's URL carries it)."""
     client.config_set("requirepass", "secret")
     try:
         with running_gateway(settings.replace(redis_url=_with_password(settings)),
                              require_auth=True) as gw:  # fmt: skip
-            sock = raw_socket(gw)
-            sock.sendall(b"PING\r\nAI.TENSORGET t\r\nGET x\r\nAUTH wrong\r\nGET x\r\n"
-                         b"AUTH secret\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")  # fmt: skip
-            noauth = b"-NOAUTH Authentication required.\r\n"
-            assert read_until_closed(sock) == noauth * 3 + (
-                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-                + noauth
-                + b"+OK\r\n+OK\r\n+OK\r\n"
-            )
-            with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
-                cmd(connect(gw, password="wrong"), "PING")
-            authed = connect(gw, password="secret")
-            assert cmd(authed, "AI.TENSORGET", "t", "VALUES") == [1]
-            resp3 = connect(gw, protocol=3, password="secret")  # HELLO 3 AUTH default secret
-            assert cmd(resp3, "AI.TENSORGET", "t", "VALUES") == [1]
-            with pytest.raises(redis.AuthenticationError):
-                cmd(connect(gw, protocol=3, password="wrong"), "PING")
+            yield gw
     finally:
         redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
+
+
+def test_require_auth(client: Client, settings: Settings) -> None:
+    with requiring_auth(client, settings) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(b"PING\r\nAI.TENSORGET t\r\nGET x\r\nAUTH wrong\r\nGET x\r\n"
+                     b"AUTH secret\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")  # fmt: skip
+        noauth = b"-NOAUTH Authentication required.\r\n"
+        assert read_until_closed(sock) == noauth * 3 + (
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+            + noauth
+            + b"+OK\r\n+OK\r\n+OK\r\n"
+        )
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
+            cmd(connect(gw, password="wrong"), "PING")
+        authed = connect(gw, password="secret")
+        assert cmd(authed, "AI.TENSORGET", "t", "VALUES") == [1]
+        resp3 = connect(gw, protocol=3, password="secret")  # HELLO 3 AUTH default secret
+        assert cmd(resp3, "AI.TENSORGET", "t", "VALUES") == [1]
+        with pytest.raises(redis.AuthenticationError):
+            cmd(connect(gw, protocol=3, password="wrong"), "PING")
 
 
 def test_require_auth_reads_hello_as_redis_does(client: Client, settings: Settings) -> None:
     """HELLO's options are read left to right, AUTH taking two values, SETNAME one: in
     ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given (a client name ``AUTH``, then ``x``),
     so nothing passes after it; a HELLO without AUTH before one gets Redis' own refusal."""
-    client.config_set("requirepass", "secret")
-    try:
-        with running_gateway(settings.replace(redis_url=_with_password(settings)),
-                             require_auth=True) as gw:  # fmt: skip
-            sock = raw_socket(gw)
-            sock.sendall(b"HELLO 2 SETNAME AUTH SETNAME x\r\nHELLO 2\r\nSET stolen yes\r\n"
-                         b"AI.TENSORSET t INT8 1 VALUES 1\r\nHELLO 2 SETNAME a AUTH default "
-                         b"secret\r\nGET stolen\r\nQUIT\r\n")  # fmt: skip
-            data, replies, pos = read_replies(sock, 7), [], 0
-            while pos < len(data):
-                end = reply_end(data, pos)
-                replies.append(data[pos:end])
-                pos = end
-            assert replies[:2] == [HELLO_NOAUTH] * 2
-            assert replies[2:4] == [b"-NOAUTH Authentication required.\r\n"] * 2
-            assert replies[4].startswith(b"*14\r\n") and replies[5:] == [b"$-1\r\n", b"+OK\r\n"]
-            assert not client.exists("stolen", "t")
-    finally:
-        redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
+    with requiring_auth(client, settings) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(b"HELLO 2 SETNAME AUTH SETNAME x\r\nHELLO 2\r\nSET stolen yes\r\n"
+                     b"AI.TENSORSET t INT8 1 VALUES 1\r\nHELLO 2 SETNAME a AUTH default "
+                     b"secret\r\nGET stolen\r\nQUIT\r\n")  # fmt: skip
+        data, replies, pos = read_replies(sock, 7), [], 0
+        while pos < len(data):
+            end = reply_end(data, pos)
+            replies.append(data[pos:end])
+            pos = end
+        assert replies[:2] == [HELLO_NOAUTH] * 2
+        assert replies[2:4] == [b"-NOAUTH Authentication required.\r\n"] * 2
+        assert replies[4].startswith(b"*14\r\n") and replies[5:] == [b"$-1\r\n", b"+OK\r\n"]
+        assert not client.exists("stolen", "t")
 
 
 def _with_password(settings: Settings) -> str:
@@ -869,15 +873,22 @@ def test_a_client_leaving_after_exec_leaves_its_transaction_whole(
     gateway: Gateway, client: Client
 ) -> None:
     """A transaction's AI.* command may need a round trip after EXEC (here Redis lost the script
-    that moves a staged tensor into place): the client closing right after EXEC no longer
-    leaves the transaction half applied (the SETs done, the tensor staged, never moved)."""
+    that moves a staged tensor into place): a client lost (a reset) after sending EXEC, before
+    its reply, no longer leaves the transaction half applied (the SETs done, the tensor staged,
+    never moved): what the gateway started finishes. (A client that only closes its side is
+    served to the end: ``test_a_client_that_half_closes_gets_every_reply``.)"""
     big = np.arange(500_000, dtype=np.float32)  # 2 MB: staged, then moved by a script
     client.script_flush()
     sock = raw_socket(gateway)
     sock.sendall(b"MULTI\r\nSET before 1\r\n"
                  + command(b"AI.TENSORSET", b"t", b"FLOAT", b"500000", b"BLOB", big.tobytes())
-                 + b"SET after 1\r\nEXEC\r\n")  # fmt: skip
-    sock.close()
+                 + b"SET after 1\r\n")  # fmt: skip
+    time.sleep(0.2)  # the gateway has queued them all (their QUEUED replies stay unread)
+    client.execute_command("CLIENT", "PAUSE", 500, "WRITE")  # EXEC's reply comes late
+    sock.sendall(b"EXEC\r\n")
+    time.sleep(0.2)  # EXEC reaches Redis, which holds it
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset: the gateway loses the client before EXEC's reply
     wait_until(lambda: not gateway.sessions, timeout=10)
     assert client.exists("before", "after") == 2
     assert np.array_equal(client.tensorget("t"), big)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import re
 import tokenize
 import zipfile
 import zlib
@@ -71,14 +72,24 @@ _KEYWORD_OPERATORS = frozenset({"and", "or", "not", "in", "is", "if", "else", "l
 
 def check_code_shape(text: str, what: str) -> None:
     """Refuse TorchScript code (a script's source, an archive's code) that nests, chains or
-    branches further than the compiler can take (see MAX_NESTING), before it is compiled."""
-    for _token in _shaped_tokens(text, what):
-        pass
+    branches further than the compiler can take (see MAX_NESTING), before it is compiled. Code
+    that Python's tokenizer cannot read has broken syntax, which the compiler reports in its
+    own words: it is measured on its characters instead (``_check_characters``)."""
+    try:
+        for _token in _shaped_tokens(text, what):
+            pass
+    except _Unreadable:
+        _check_characters(text, what)
+
+
+class _Unreadable(AIError):
+    """Python's tokenizer cannot read the code."""
 
 
 def _shaped_tokens(text: str, what: str) -> Iterator[tokenize.TokenInfo]:
     """The code's tokens, refusing (AIError) code past MAX_NESTING, MAX_CHAIN or MAX_ELIFS, and
-    code that Python's tokenizer cannot read (the compiler's syntax is Python's)."""
+    code that Python's tokenizer cannot read (``_Unreadable``; the compiler's syntax is
+    Python's)."""
     brackets = indent = chain = 0
     elifs: dict[int, int] = {}  # indentation -> elifs of the if at that indentation
     line_start = True
@@ -111,7 +122,45 @@ def _shaped_tokens(text: str, what: str) -> Iterator[tokenize.TokenInfo]:
                 line_start = kind == tokenize.NEWLINE
             yield token
     except (tokenize.TokenError, SyntaxError) as exc:
-        raise AIError(f"TORCH: {what} cannot be read: {exc}") from None
+        raise _Unreadable(f"TORCH: {what} cannot be read: {exc}") from None
+
+
+# What may chain in a statement, counted on characters: operator characters, opening brackets,
+# the operators that are words.
+_CHAINING = re.compile(r"[-+*/%@&|^~<>=!.(\[{]|\b(?:and|or|not|in|is|if|else|lambda)\b")
+
+
+def _check_characters(text: str, what: str) -> None:
+    """MAX_NESTING, MAX_CHAIN and MAX_ELIFS, counted on the characters of code that cannot be
+    tokenized, never more leniently than on its tokens: brackets and operators in strings and
+    comments count too, and a statement ends only at a line end outside every bracket."""
+    brackets = chain = elifs = 0
+    indents = [0]  # the indentation of the blocks open
+    for row, line in enumerate(text.split("\n"), start=1):
+        stripped = line.lstrip()
+        if stripped and brackets == 0:
+            width = len(line) - len(stripped)
+            while width < indents[-1]:
+                indents.pop()
+            if width > indents[-1]:
+                indents.append(width)
+            if len(indents) - 1 > MAX_NESTING:
+                raise _refused(what, "nests blocks", MAX_NESTING, row)
+            elifs = elifs + 1 if stripped.startswith("elif") else elifs
+            if elifs > MAX_ELIFS:
+                raise _refused(what, "has elif branches", MAX_ELIFS, row)
+        for char in line:
+            if char in "([{":
+                brackets += 1
+                if brackets > MAX_NESTING:
+                    raise _refused(what, "nests brackets", MAX_NESTING, row)
+            elif char in ")]}":
+                brackets = max(0, brackets - 1)
+        chain += len(_CHAINING.findall(line))
+        if chain > MAX_CHAIN:
+            raise _refused(what, "chains operators in one statement", MAX_CHAIN, row)
+        if brackets == 0 and not line.endswith("\\"):
+            chain = 0
 
 
 # Tokens that may come before a logical line's first word.
@@ -120,10 +169,14 @@ _LINE_PREFIX = frozenset({tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokeniz
 
 def _within(count: int, limit: int, does: str, what: str, token: tokenize.TokenInfo) -> None:
     if count > limit:
-        raise AIError(
-            f"TORCH: {what} {does} past {limit:,} (line {token.start[0]}), deeper than aiworker "
-            "lets TorchScript's compiler go"
-        )
+        raise _refused(what, does, limit, token.start[0])
+
+
+def _refused(what: str, does: str, limit: int, row: int) -> AIError:
+    return AIError(
+        f"TORCH: {what} {does} past {limit:,} (line {row}), deeper than aiworker lets "
+        "TorchScript's compiler go"
+    )
 
 
 def _code_names(text: str, what: str) -> Iterator[str]:
