@@ -17,6 +17,8 @@ from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
 from aiworker import Client, Worker
 from aiworker.cli import main
 from aiworker.embedded import RedisServer
+from aiworker.protocol.errors import NoLiveWorker
+from aiworker.storage import health
 
 
 def invoke(url: str, *args: str) -> tuple[int, str]:
@@ -90,6 +92,53 @@ def test_run_info_status_and_check(
     assert "queue aiworker:queue:CPU" in out and "pending=0" in out
     # the next heartbeat (every 2 s) lists the backend the job loaded
     wait_until(lambda: "STUB" in json.loads(invoke(url, "info", "--backends")[1]), timeout=10)
+
+
+FORGED_HEARTBEATS = [
+    "not json",
+    "[1, 2]",
+    '{"time": "x"}',
+    '{"name": "evil", "time": 1e300}',  # no devices, queues, ...
+    json.dumps(  # all there, but its queues name a key that is no queue
+        {
+            "name": "evil",
+            "devices": ["CPU"],
+            "queues": {"CPU": ["victim{u}"]},
+            "threads_per_queue": 1,
+            "models": [],
+            "backends": {},
+            "jobs_done": 0,
+            "healthy": True,
+            "problems": [],
+            "time": 1e300,
+        }
+    ),
+]
+
+
+@pytest.mark.parametrize("forged", FORGED_HEARTBEATS)
+def test_a_forged_heartbeat_is_ignored(
+    client: Client, redis_server: RedisServer, worker: Worker, forged: str
+) -> None:
+    """Whoever may write Redis may write a heartbeat: ``check`` said "Redis unreachable" for
+    every healthy worker, ``status`` crashed, a client's wait raised JSONDecodeError and left its
+    job queued, and on a cluster clients sent jobs to whatever key one named as a queue."""
+    keys = client.keyspace
+    client.zadd(keys.workers, {"evil": 1e12})
+    client.set(keys.worker("evil"), forged)
+    url = redis_server.url
+    wait_until(lambda: invoke(url, "check")[0] == 0)
+    code, out = invoke(url, "status")
+    assert code == 0 and f"worker {worker.name}" in out and "evil" not in out
+    assert [s["name"] for s in health.live_workers(client, keys)] == [worker.name]
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.array([1, 2], dtype=np.float32))
+    client.modelexecute("m", ["a", "a"], ["c"])
+    assert client.tensorget("c").tolist() == [2.0, 4.0]
+    client.modelstore("g", "STUB", "GPU:7", stub_blob("add"))
+    with pytest.raises(NoLiveWorker):
+        client.modelexecute("g", ["a", "a"], ["c"])
+    assert client.xlen(keys.queue("GPU:7")) == 0, "its job taken back"
 
 
 def test_check_fails_when_redis_is_down() -> None:

@@ -195,3 +195,19 @@ def reply_error(reply: Reply) -> AIError:
     except AIError as exc:
         return exc
     raise AssertionError("the reply did not fail")
+
+
+def test_a_heartbeats_queues_are_its_devices_own_streams() -> None:
+    """Clients on a cluster XADD jobs to the streams heartbeats list: only a device's own queue
+    streams (``Keys.queues``: the plain queue, its partitions) make a heartbeat valid."""
+    from aiworker.storage import health
+
+    keys = Keys()
+    beat = {"name": "h:1", "devices": ["CPU"], "queues": {"CPU": keys.queues("CPU", 3)},
+            "threads_per_queue": 1, "models": [], "backends": {}, "jobs_done": 0,
+            "healthy": True, "problems": [], "time": 1.0}  # fmt: skip
+    assert health.heartbeat(json.dumps(beat), keys) == beat
+    for streams in (["victim{u}"], [keys.queue("GPU:0")], [keys.queue("CPU") + ":{a}b}"]):
+        assert health.heartbeat(json.dumps({**beat, "queues": {"CPU": streams}}), keys) is None
+    assert health.heartbeat(json.dumps({**beat, "time": float("nan")}), keys) is None
+    assert health.heartbeat(b"\xff", keys) is None

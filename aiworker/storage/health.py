@@ -8,6 +8,7 @@ streams themselves: length, the group's pending count and lag, and the dead-lett
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from typing import Any
@@ -47,11 +48,65 @@ def liveness_plan(keys: Keys, max_age: float) -> Plan[tuple[list[dict[str, Any]]
 def _statuses(keys: Keys, names: list[Any]) -> Plan[list[dict[str, Any]]]:
     statuses = []
     for raw in (yield from plans.call("MGET", *[keys.worker(text(n)) for n in names])):
-        if raw is not None:
-            status = json.loads(raw)
-            status["age"] = round(time.time() - float(status.get("time", 0)), 1)
+        status = heartbeat(raw, keys)
+        if status is not None:
+            status["age"] = round(time.time() - status["time"], 1)
             statuses.append(status)
     return statuses
+
+
+# The fields every reader of a heartbeat relies on, and their JSON types.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "devices": list,
+    "queues": dict,
+    "threads_per_queue": int,
+    "models": list,
+    "backends": dict,
+    "jobs_done": int,
+    "healthy": bool,
+    "problems": list,
+    "time": (int, float),
+}
+
+
+def heartbeat(raw: Any, keys: Keys) -> dict[str, Any] | None:
+    """A heartbeat as workers write it, or None for anything else: whoever may write Redis may
+    write one, and clients choose the streams they XADD jobs to from it (only the device's own
+    queue streams count), ``check`` judges workers by it and ``status`` prints it."""
+    try:
+        status = json.loads(raw) if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(status, dict) or not all(
+        isinstance(status.get(name), kind) for name, kind in _FIELDS.items()
+    ):
+        return None
+    if not math.isfinite(status["time"]) or not all(
+        isinstance(item, str)
+        for field in ("devices", "models", "problems")
+        for item in status[field]
+    ):
+        return None
+    queues = status["queues"]
+    for device, streams in queues.items():
+        if not isinstance(streams, list) or not all(
+            isinstance(stream, str) and _is_queue_of(keys, device, stream) for stream in streams
+        ):
+            return None
+    return status
+
+
+def _is_queue_of(keys: Keys, device: str, stream: str) -> bool:
+    """Whether ``stream`` is one of ``device``'s queue streams (``Keys.queues``: the plain
+    queue, or a partition of it: ``<queue>:{tag}``)."""
+    first = keys.queue(device)
+    if stream == first:
+        return True
+    tag = stream[len(first) + 2 : -1]
+    return (
+        stream == f"{first}:{{{tag}}}" and 0 < len(tag) <= 32 and "{" not in tag and "}" not in tag
+    )
 
 
 def live_workers(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
