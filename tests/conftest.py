@@ -165,7 +165,18 @@ def stalled_worker(
 ) -> None:
     """Heartbeats of a worker that serves ``devices`` but reads nothing (stuck, or busy)."""
     keys = client.keyspace
-    status = {"name": name, "devices": list(devices), "healthy": True, "time": time.time()}
+    status = {
+        "name": name,
+        "devices": list(devices),
+        "queues": {device: [keys.queue(device)] for device in devices},
+        "threads_per_queue": 1,
+        "models": [],
+        "backends": {},
+        "jobs_done": 0,
+        "healthy": True,
+        "problems": [],
+        "time": time.time(),
+    }
     client.set(keys.worker(name), json.dumps(status), ex=30)
     client.zadd(keys.workers, {name: time.time() + 60})
 

@@ -207,3 +207,13 @@ def test_large_tensors_take_the_watched_path_with_the_same_type_rules(client: Cl
             client.tensorset(key, big)
     assert client.get("text") == b"x"
     assert client.hgetall("other") == {b"field": b"value"}
+
+
+def test_a_tensor_hash_declaring_more_zeros_than_any_data_is_refused(client: Client) -> None:
+    """A hash of a few bytes with no data declared a shape of 373 GiB, and ``tensorget`` tried
+    to allocate it (a worker refuses it against max_tensor_bytes already)."""
+    client.hset("k", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "100000,100000,10"})
+    with pytest.raises(AIError, match="declares 400,000,000,000 bytes"):
+        client.tensorget("k")
+    client.hset("k", "shape", "2,3")
+    assert client.tensorget("k").tolist() == [[0.0] * 3] * 2

@@ -39,6 +39,9 @@ DTYPE_NAMES = tuple(NUMPY_DTYPES)
 # The longest dtype or shape field a stored tensor may have: 64 dimensions (numpy's most) of
 # 15 digits and a separator each. Longer fields are refused before they are read or parsed.
 MAX_FIELD_BYTES = 1024
+# A tensor stored without data is zeros of its declared shape: at most what its data could take
+# (Redis' default proto-max-bulk-len, what workers allow at most too).
+MAX_ZERO_FILLED_BYTES = 512 << 20
 MAX_DIMS = 64
 # A dimension or an integer value written as text: ASCII digits only (Python's int() also reads
 # "1_0" and "١٢").
@@ -296,4 +299,10 @@ def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:
     values = fields.get(b"values", fields.get("values"))
     if values is not None:
         return from_values(dtype, shape, text(values).split())
+    size = element_count(shape) * (8 if dtype == "STRING" else NUMPY_DTYPES[dtype].itemsize)
+    if size > MAX_ZERO_FILLED_BYTES:  # a hash of a few bytes must not make a reader allocate it
+        raise AIError(
+            f"tensor with no data declares {size:,} bytes ({dtype} {format_shape(shape)}), "
+            f"more than any tensor's data may take ({MAX_ZERO_FILLED_BYTES:,})"
+        )
     return zeros(dtype, shape)
