@@ -895,6 +895,23 @@ def test_a_client_leaving_after_exec_leaves_its_transaction_whole(
     assert not client.keys(client.keyspace.prefix + "tmp:*")
 
 
+def test_a_client_leaving_during_a_blocking_command_is_let_go(
+    client: Client, settings: Settings
+) -> None:
+    """Clients that close while BLPOP k 0 waits: Redis frees them at once. Through the
+    gateway each kept its Redis connection blocked for good and its place among
+    --max-connections (3 here): three such clients locked everyone out."""
+    with running_gateway(settings, max_connections=3) as gw:
+        for n in range(4):
+            sock = raw_socket(gw)
+            sock.sendall(command(b"BLPOP", b"nothing%d" % n, b"0"))
+            wait_until(lambda: client.info("clients")["blocked_clients"] == 1)
+            sock.close()
+            wait_until(lambda: client.info("clients")["blocked_clients"] == 0)
+            wait_until(lambda: not gw.sessions)
+        assert cmd(connect(gw), "PING") is True
+
+
 def test_emulated_cluster(client: Client, settings: Settings) -> None:
     with running_gateway(settings, emulate_cluster=True) as gw:
         con = connect(gw)

@@ -31,6 +31,7 @@ class ReplyHooks:
     watching: bool
     transaction: Transaction | None
     ai_task: Any
+    exec_awaited: int
     router: SingleRouter | ClusterRouter
 
     def signed_out(self) -> None:
@@ -102,6 +103,7 @@ class ReplyHooks:
         return data
 
     def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
+        self.exec_awaited = max(0, self.exec_awaited - 1)
         if data[:1] == b"-" and not data.startswith(b"-EXECABORT"):
             return data  # no transaction ran (EXEC without MULTI): nothing changed, WATCH kept
         transaction, self.transaction = self.transaction, None

@@ -67,6 +67,9 @@ HELLO_NOAUTH = (
 # Reading from the client pauses while this many commands wait to be dispatched.
 MAX_WAITING = 4096
 TUNNEL_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
+# Commands that may wait in Redis for as long as they like (a client that leaves ends them).
+BLOCKING = frozenset({b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN",
+                      b"BZPOPMAX", b"BZMPOP", b"XREAD", b"XREADGROUP", b"WAIT", b"WAITAOF"})  # fmt: skip
 # What may pass before AUTH when the gateway requires it.
 BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
 # Commands that are more than passed on (the rest take ``Session._plain``'s short way).
@@ -121,6 +124,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.inflight = 0  # commands sent to Redis and not answered yet
         self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
         self.gone = False  # the client left (``connection_lost``)
+        self.exec_awaited = 0  # EXECs sent whose transactions' AI.* commands await their reply
+        self.blocking = 0  # blocking commands (BLOCKING) sent and not answered
         self.released = False  # its connections to Redis are closed
         self._runner_of: tuple[tuple[Identity, bool], Runner] | None = None
         self.tunnel = False
@@ -153,7 +158,11 @@ class Session(ReplyHooks, asyncio.Protocol):
         self._let_go_when_done()
 
     def _let_go_when_done(self) -> None:
-        if not self.gone or self.released or self.ai_task is not None or self.inflight:
+        """Once the client is gone: as soon as no AI.* command runs and no EXEC whose AI.*
+        commands have calls to make after it is unanswered, its connections to Redis close.
+        Redis runs what they carried (closing sends it all first) and frees them: a BLPOP
+        waiting forever ends there, as it does for a client of Redis' own."""
+        if not self.gone or self.released or self.ai_task is not None or self.exec_awaited:
             return
         self.released = True
         if self.transaction is not None:  # never EXECuted: Redis drops it with the connection
@@ -188,8 +197,9 @@ class Session(ReplyHooks, asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client shut its side of the connection (a half-close, ``nc -N``): the commands it
         sent still run and their replies are written, then the connection closes, as Redis
-        does. (A command cut short by the end is dropped.)"""
-        if self.closing or self.tunnel:
+        does. (A command cut short by the end is dropped.) With a blocking command waiting
+        (BLPOP k 0), Redis frees the client at once, ending the wait: so does the gateway."""
+        if self.closing or self.tunnel or self.blocking:
             return False  # close now
         self.input_ended = True
         self._cancel_timer()
@@ -253,6 +263,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         upstream = self.router.route(args, slot)
         self.replies.append(slot)
         self.inflight += 1
+        if args[0].upper() in BLOCKING:
+            slot.blocking = True
+            self.blocking += 1
         upstream.send(args, slot)
 
     def _special(self, name: bytes, args: list[bytes]) -> None:
@@ -268,6 +281,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._reply_now(local)
             return
         slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+        if name == b"EXEC" and self.transaction is not None and self.transaction.shapes_exec():
+            self.exec_awaited += 1  # ReplyHooks.on_exec counts it answered
         hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
@@ -436,6 +451,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         if data[:1] == b"-" and self.router.redirect(upstream, slot, data):
             return  # sent again where the cluster said
         self.inflight -= 1
+        if slot.blocking:
+            self.blocking -= 1
         if self.transaction is not None and data == resp.QUEUED:
             self.transaction.redis_command(slot.hook)  # its hook sees its reply in EXEC's
             slot.data = data
@@ -472,6 +489,7 @@ class Session(ReplyHooks, asyncio.Protocol):
                 slot.internal(redis.ConnectionError(why))
             else:
                 self.inflight -= 1
+                self.blocking -= slot.blocking
                 slot.data = error
         if self._link is not None and self._link[1] is upstream:
             self._link = None

@@ -40,7 +40,7 @@ class Slot:
     pipe. ``internal`` takes the decoded reply of a command the gateway sent itself (it has no
     place in the client's reply stream; an error reply is redis-py's exception)."""
 
-    __slots__ = ("args", "data", "hook", "internal", "silent", "tunnel")
+    __slots__ = ("args", "blocking", "data", "hook", "internal", "silent", "tunnel")
     large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
 
     def __init__(
@@ -58,6 +58,7 @@ class Slot:
         self.args = args
         self.tunnel = tunnel
         self.internal = internal
+        self.blocking = False  # a blocking command's (``session.BLOCKING``)
 
 
 class LargeSlot(Slot):
