@@ -250,6 +250,39 @@ def test_inline_commands_split_as_redis_splits_them(
     assert direct.startswith((b"$", b"-ERR Protocol error: unbalanced quotes"))
 
 
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"UNSUBSCRIBE\r\nPING\r\n",
+        b"UNSUBSCRIBE a bc\r\nGET x\r\nPING\r\n",
+        b"PUNSUBSCRIBE\r\nSUNSUBSCRIBE x\r\nPING\r\n",
+        b"HELLO 3\r\nUNSUBSCRIBE\r\nUNSUBSCRIBE a bc\r\nPING\r\n",
+    ],
+)
+def test_unsubscribing_while_subscribed_to_nothing_keeps_replies_in_step(
+    gateway: Gateway, client: Client, redis_server: Any, stream: bytes
+) -> None:
+    """Redis answers an UNSUBSCRIBE of a connection subscribed to nothing with one reply per
+    channel (RESP3: pushes): the gateway counted one and every reply after it went one place
+    off (an AI.* command read its neighbour's reply). The same bytes as Redis', then an AI.*
+    command answered as itself."""
+    client.tensorset("t", np.array([7], np.int8))
+    ai = b"AI.TENSORGET t VALUES\r\n"
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream + b"QUIT\r\n")
+        answers.append(read_until_closed(sock))
+    # after HELLO's reply, which names each connection's own id
+    skip = [reply_end(answer, 0) if stream.startswith(b"HELLO") else 0 for answer in answers]
+    direct, through = (answer[at:] for answer, at in zip(answers, skip, strict=True))
+    assert through == direct
+    sock = raw_socket(gateway)
+    sock.sendall(stream + ai + b"QUIT\r\n")
+    received = read_until_closed(sock)
+    assert received[skip[1] :] == direct[: -len(b"+OK\r\n")] + b"*1\r\n:7\r\n+OK\r\n"
+
+
 def test_large_ai_commands_are_parsed_off_the_event_loop(
     gateway: Gateway, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

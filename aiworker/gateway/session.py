@@ -73,7 +73,26 @@ BLOCKING = frozenset({b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b
 # What may pass before AUTH when the gateway requires it.
 BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
 # Commands that are more than passed on (the rest take ``Session._plain``'s short way).
-SPECIAL = {*HOOKS, *TUNNEL_COMMANDS, *EMULATED, b"CLIENT", b"QUIT", b"HELLO"}
+# Unsubscribing on a connection not subscribed: Redis answers one reply per channel (one for
+# none), or pushes in RESP3: the gateway answers them itself (one reply per command holds).
+UNSUBSCRIBE_COMMANDS = {b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"}
+SPECIAL = {
+    *HOOKS,
+    *TUNNEL_COMMANDS,
+    *UNSUBSCRIBE_COMMANDS,
+    *EMULATED,
+    b"CLIENT",
+    b"QUIT",
+    b"HELLO",
+}
+
+
+def unsubscribed(name: bytes, channels: list[bytes], resp3: bool) -> bytes:
+    """What Redis answers a connection subscribed to nothing that unsubscribes ``channels``."""
+    head = (b">3\r\n" if resp3 else b"*3\r\n") + b"$%d\r\n%s\r\n" % (len(name), name.lower())
+    if not channels:
+        return head + (resp.NULL if resp3 else resp.NIL) + b":0\r\n"
+    return b"".join(head + b"$%d\r\n%s\r\n:0\r\n" % (len(c), c) for c in channels)
 
 
 # An AI.* command with more arguments than this, or more bytes before its last (a BLOB, which
@@ -245,7 +264,7 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._ai(args)
             elif name in SPECIAL:
                 if self.inflight and self._answered_here(name, args):
-                    break  # once the MULTI before it is answered: inside one, it is QUEUED
+                    break  # once what came before is answered (a MULTI, a HELLO)
                 waiting.popleft()
                 self._special(name, args)
             else:
@@ -272,6 +291,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         """A command the gateway answers itself, or whose reply it learns from."""
         if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
             self._client_reply(args[2].upper())
+            return
+        if name in UNSUBSCRIBE_COMMANDS and self.transaction is None:  # not subscribed: no pipe
+            self._reply_now(unsubscribed(name, args[1:], self.resp3))
             return
         local = self.gw.local_reply(self, name, args)
         if local is not None:
@@ -301,6 +323,8 @@ class Session(ReplyHooks, asyncio.Protocol):
     def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
         """Whether the gateway answers this command itself (``Host.local_reply``; QUIT aside,
         which ends the connection whatever came before)."""
+        if name in UNSUBSCRIBE_COMMANDS:
+            return True  # in the protocol HELLO may be about to change
         return name != b"QUIT" and self.gw.local_reply(self, name, args) is not None
 
     def _client_reply(self, mode: bytes) -> None:
