@@ -19,6 +19,7 @@ import pytest
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
+from aiworker.protocol.keys import Keys
 
 T = TypeVar("T")
 
@@ -160,12 +161,11 @@ def store_unchecked(
     model_store.store_model(client, client.keyspace, key, meta, blob)
 
 
-def stalled_worker(
-    client: Client, name: str = "host:1", devices: tuple[str, ...] = ("CPU",)
-) -> None:
-    """Heartbeats of a worker that serves ``devices`` but reads nothing (stuck, or busy)."""
-    keys = client.keyspace
-    status = {
+def heartbeat_of(
+    keys: Keys, name: str, devices: Sequence[str] = ("CPU",), **changes: Any
+) -> dict[str, Any]:
+    """A heartbeat as a worker serving ``devices`` writes it, with ``changes``."""
+    return {
         "name": name,
         "devices": list(devices),
         "queues": {device: [keys.queue(device)] for device in devices},
@@ -176,7 +176,16 @@ def stalled_worker(
         "healthy": True,
         "problems": [],
         "time": time.time(),
+        **changes,
     }
+
+
+def stalled_worker(
+    client: Client, name: str = "host:1", devices: tuple[str, ...] = ("CPU",)
+) -> None:
+    """Heartbeats of a worker that serves ``devices`` but reads nothing (stuck, or busy)."""
+    keys = client.keyspace
+    status = heartbeat_of(keys, name, devices)
     client.set(keys.worker(name), json.dumps(status), ex=30)
     client.zadd(keys.workers, {name: time.time() + 60})
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
+from conftest import ROOT, heartbeat_of, stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import Client, Worker
 from aiworker.cli import main
 from aiworker.embedded import RedisServer
 from aiworker.protocol.errors import NoLiveWorker
+from aiworker.protocol.keys import Keys
 from aiworker.storage import health
 
 
@@ -100,18 +101,7 @@ FORGED_HEARTBEATS = [
     '{"time": "x"}',
     '{"name": "evil", "time": 1e300}',  # no devices, queues, ...
     json.dumps(  # all there, but its queues name a key that is no queue
-        {
-            "name": "evil",
-            "devices": ["CPU"],
-            "queues": {"CPU": ["victim{u}"]},
-            "threads_per_queue": 1,
-            "models": [],
-            "backends": {},
-            "jobs_done": 0,
-            "healthy": True,
-            "problems": [],
-            "time": 1e300,
-        }
+        heartbeat_of(Keys(), "evil", queues={"CPU": ["victim{u}"]}, time=1e300)
     ),
 ]
 

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import redis
+from conftest import heartbeat_of
 
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.logs import JsonFormatter
@@ -203,9 +204,7 @@ def test_a_heartbeats_queues_are_its_devices_own_streams() -> None:
     from aiworker.storage import health
 
     keys = Keys()
-    beat = {"name": "h:1", "devices": ["CPU"], "queues": {"CPU": keys.queues("CPU", 3)},
-            "threads_per_queue": 1, "models": [], "backends": {}, "jobs_done": 0,
-            "healthy": True, "problems": [], "time": 1.0}  # fmt: skip
+    beat = heartbeat_of(keys, "h:1", queues={"CPU": keys.queues("CPU", 3)}, time=1.0)
     assert health.heartbeat(json.dumps(beat), keys) == beat
     for streams in (["victim{u}"], [keys.queue("GPU:0")], [keys.queue("CPU") + ":{a}b}"]):
         assert health.heartbeat(json.dumps({**beat, "queues": {"CPU": streams}}), keys) is None
