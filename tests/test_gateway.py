@@ -842,6 +842,21 @@ def test_client_reply_off_and_skip(gateway: Gateway) -> None:
     assert read_until_closed(sock) == b"$1\r\n1\r\n+OK\r\n:1\r\n+OK\r\n"
 
 
+def test_client_reply_on_ends_a_pending_skip_as_redis_does(
+    gateway: Gateway, redis_server: Any
+) -> None:
+    """ON after SKIP is answered (the SKIP is over), and SKIP while OFF is ignored: the same
+    bytes as Redis'."""
+    stream = (b"CLIENT REPLY SKIP\r\nCLIENT REPLY ON\r\nPING\r\nCLIENT REPLY OFF\r\n"
+              b"CLIENT REPLY SKIP\r\nCLIENT REPLY ON\r\nPING\r\nQUIT\r\n")  # fmt: skip
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        answers.append(read_until_closed(sock))
+    assert answers[1] == answers[0] == b"+OK\r\n+PONG\r\n+OK\r\n+PONG\r\n+OK\r\n"
+
+
 def test_quit_closes(gateway: Gateway) -> None:
     sock = raw_socket(gateway)
     sock.sendall(b"PING\r\nQUIT\r\nPING\r\n")

@@ -330,12 +330,13 @@ class Session(ReplyHooks, asyncio.Protocol):
     def _client_reply(self, mode: bytes) -> None:
         """CLIENT REPLY ON|OFF|SKIP, kept by the gateway: Redis still answers every command
         (the gateway needs its replies in order) and the gateway drops the ones not wanted."""
-        if mode == b"ON":
-            self.replies_off = False
+        if mode == b"ON":  # as Redis: ends OFF and a SKIP still pending, and is answered
+            self.replies_off = self.skip_next = False
             self._reply_now(resp.OK)
-        elif mode in (b"OFF", b"SKIP"):
-            self.replies_off = self.replies_off or mode == b"OFF"
-            self.skip_next = mode == b"SKIP"
+        elif mode == b"OFF":
+            self.replies_off = True
+        elif mode == b"SKIP":
+            self.skip_next = not self.replies_off  # while OFF, Redis ignores it
         else:
             self._reply_now(resp.error("syntax error"))
 
