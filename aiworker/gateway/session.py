@@ -363,7 +363,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.data = resp.encode(error_reply(exc))
             self.flush()
             return
-        if self.gw.cluster or self.watching or isinstance(command, STORES):
+        if self.gw.cluster or self.watching:  # (stores went to a thread above: ``_large``)
             self.ai_task = asyncio.ensure_future(self._run_in_thread(command, slot))
         else:
             runner = self._runner()

@@ -50,8 +50,9 @@ class Transaction:
 
     def __init__(self, resp3: bool = False) -> None:
         self.resp3 = resp3  # the client's protocol
-        # None: a Redis command (its reply is Redis'); bytes: a reply known already; a callable:
-        # a command run after EXEC
+        # None: a Redis command (its reply is Redis'); _Hooked: one whose reply a hook sees;
+        # bytes: a reply known already; _Queued: an AI.* command's plan; a callable: a command
+        # run after EXEC
         self.items: list[bytes | _Queued | _Hooked | Callable[[], Awaitable[Any]] | None] = []
 
     def redis_command(self, hook: Callable[[bytes], bytes | None] | None = None) -> None:
