@@ -522,16 +522,74 @@ def test_a_select_queued_in_a_transaction_moves_ai_commands_after_exec(
     pipe = con.pipeline(transaction=True)
     pipe.execute_command("SELECT", 5)
     pipe.execute_command("AI.TENSORSET", "inside", "INT8", 1, "VALUES", 1)
-    assert pipe.execute() == [True, b"OK"]
+    pipe.execute_command("AI.MODELSTORE", "stored", "STUB", "CPU", "BLOB", stub_blob("add"))
+    assert pipe.execute() == [True, b"OK", b"OK"]
     cmd(con, "AI.TENSORSET", "own", "INT8", 1, "VALUES", 1)
     cmd(con, "WATCH", "w")
     cmd(con, "AI.TENSORSET", "watched", "INT8", 1, "VALUES", 1)
     db5 = redis.Redis(host="127.0.0.1", port=redis_server.port, db=5)
     try:
-        assert sorted(db5.keys()) == [b"inside", b"own", b"watched"]
-        assert client.exists("inside", "own", "watched") == 0
+        # a store runs whole after EXEC, yet in the DB the transaction selected before it
+        assert sorted(k for k in db5.scan_iter() if not k.startswith(b"aiworker:")) == [
+            b"inside",
+            b"own",
+            b"stored",
+            b"watched",
+        ]
+        assert client.exists("inside", "own", "stored", "watched") == 0
     finally:
         db5.flushdb()
+
+
+def test_a_subscribe_queued_in_a_transaction_subscribes_when_exec_runs(
+    gateway: Gateway, redis_server: Any, client: Client
+) -> None:
+    """As on Redis: SUBSCRIBE inside MULTI is QUEUED, EXEC's reply holds the subscription, and
+    from there the connection gets the channel's messages (the gateway made it a pipe at once,
+    so that a DISCARD left it one and AI.* commands went to Redis as unknown commands)."""
+    stream = b"MULTI\r\nSET x 1\r\nSUBSCRIBE ch\r\nEXEC\r\nPING\r\n"
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        received = read_replies(sock, 5)
+        wait_until(lambda: client.publish("ch", "hi") == 1)
+        answers.append(received + read_replies(sock, 1))
+        sock.close()
+        wait_until(lambda: client.publish("ch", "-") == 0)
+    direct, through = answers
+    assert through == direct
+    assert direct.endswith(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+    # a DISCARDed one, or one a WATCH aborts, subscribes nothing: AI.* commands still work
+    sock = raw_socket(gateway)
+    sock.sendall(b"MULTI\r\nSUBSCRIBE ch\r\nDISCARD\r\nAI.TENSORSET t INT8 1 VALUES 1\r\n")
+    assert read_replies(sock, 4) == b"+OK\r\n+QUEUED\r\n+OK\r\n+OK\r\n"
+    sock.sendall(b"WATCH w\r\n")
+    assert read_replies(sock, 1) == b"+OK\r\n"
+    client.set("w", "changed")
+    sock.sendall(b"MULTI\r\nPSUBSCRIBE c*\r\nEXEC\r\nAI.TENSORGET t VALUES\r\n")
+    assert read_replies(sock, 4) == b"+OK\r\n+QUEUED\r\n*-1\r\n*1\r\n:1\r\n"
+    sock.close()
+
+
+def test_a_transaction_either_subscribes_or_runs_ai_commands(
+    gateway: Gateway, client: Client
+) -> None:
+    """An AI.* command's plan may make Redis calls after EXEC, which a pipe would mistake for
+    pub/sub traffic: whichever of the two comes second gets an error in EXEC's reply."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"MULTI\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nSUBSCRIBE ch\r\nEXEC\r\nPING\r\n")
+    refused = b"-ERR gateway: a transaction cannot both subscribe and run RedisAI commands\r\n"
+    assert read_replies(sock, 5) == (
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n" + refused + b"+PONG\r\n"
+    )
+    sock.sendall(b"MULTI\r\nSUBSCRIBE ch\r\nAI.TENSORGET t VALUES\r\nEXEC\r\nPING\r\n")
+    assert read_replies(sock, 5) == (
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        + refused
+        + b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"  # subscribed: PING as Redis answers it then
+    )
+    sock.close()
 
 
 def test_exec_without_multi_keeps_the_watch(gateway: Gateway, client: Client) -> None:

@@ -313,6 +313,33 @@ def test_large_ai_commands_are_parsed_off_the_event_loop(
     assert len(threads) == 1, "a small command is parsed where it arrives"
 
 
+def test_large_ai_commands_in_a_transaction_are_parsed_off_the_event_loop(
+    gateway: Gateway, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside MULTI too: the command is parsed and its first Redis calls made ready in a
+    thread, then queued in the transaction in its place (the commands after it wait)."""
+    from aiworker.gateway import session
+
+    threads: list[str] = []
+    parse = session.parse_command
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(session, "parse_command", recording)
+    con = connect(gateway)
+    values = list(range(5000))
+    pipe = con.pipeline(transaction=True)
+    pipe.execute_command("SET", "before", "1")
+    pipe.execute_command("AI.TENSORSET", "t", "INT16", 5000, "VALUES", *values)
+    pipe.execute_command("EXISTS", "t")
+    pipe.execute_command("AI.TENSORGET", "t", "META")
+    assert pipe.execute() == [True, b"OK", 1, [b"dtype", b"INT16", b"shape", [5000]]]
+    assert threads[0].startswith("gateway-ai") and threads[1] == "gateway"  # the small one
+    assert client.tensorget("t").tolist() == values
+
+
 def test_connection_limit(gateway: Gateway) -> None:
     socks = []
     for _ in range(50):

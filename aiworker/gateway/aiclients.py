@@ -21,10 +21,10 @@ import asyncio
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiworker.client.ops import State, VerifyHere
@@ -37,6 +37,8 @@ from aiworker.storage.queues import Enqueuer
 
 from .commands import parse_command
 from .translate import KeyFirst, error_reply, reply_plan
+
+T = TypeVar("T")
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -175,6 +177,10 @@ class AIClients:
         except Exception as exc:
             return error_reply(exc)
         return AIClients._run_blocking(clients, cmd)
+
+    async def compute(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in a thread of the pool: computation that would hold the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
 
     async def _in_thread(self, identity: Identity, call: Any, *args: Any) -> Any:
         clients = self._for(identity)

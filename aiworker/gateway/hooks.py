@@ -32,10 +32,15 @@ class ReplyHooks:
     transaction: Transaction | None
     ai_task: Any
     exec_awaited: int
+    holding: bool
     router: SingleRouter | ClusterRouter
 
     def signed_out(self) -> None:
         """Back to the identity and authentication a connection starts with."""
+        raise NotImplementedError
+
+    def start_tunnel(self) -> None:
+        """From the command just answered on, the connection is a pipe to Redis."""
         raise NotImplementedError
 
     def finish_exec(
@@ -104,6 +109,11 @@ class ReplyHooks:
 
     def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
         self.exec_awaited = max(0, self.exec_awaited - 1)
+        if slot.tunnel:  # the transaction subscribes: a pipe from here if it ran
+            self.holding = False
+            slot.tunnel = data[:1] == b"*" and data[:3] != b"*-1"
+            if slot.tunnel:
+                self.start_tunnel()
         if data[:1] == b"-" and not data.startswith(b"-EXECABORT"):
             return data  # no transaction ran (EXEC without MULTI): nothing changed, WATCH kept
         transaction, self.transaction = self.transaction, None

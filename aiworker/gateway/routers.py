@@ -77,7 +77,6 @@ class ClusterRouter:
         self.pinned: Upstream | None = None
         self.movable = False  # a MULTI without WATCH, nothing queued yet
         self.tunneled: Upstream | None = None
-        self.redirects: dict[int, int] = {}
 
     def _upstream(self, node: Node) -> Upstream:
         upstream = self.connections.get(node)
@@ -129,11 +128,9 @@ class ClusterRouter:
         found = redirect_target(data)
         if found is None or slot.args is None or self.pinned is not None:
             return False
-        count = self.redirects.get(id(slot), 0)
-        if count >= 5:
-            self.redirects.pop(id(slot), None)
+        if slot.redirects >= 5:
             return False
-        self.redirects[id(slot)] = count + 1
+        slot.redirects += 1
         ask, node = found
         if not ask:
             self.slots.refresh_soon()

@@ -51,7 +51,7 @@ from .inplace import InPlace
 from .resp import ErrorReply
 from .routers import ClusterRouter, SingleRouter
 from .runner import Drive, Runner
-from .transaction import IN_TRANSACTION, Transaction
+from .transaction import IN_TRANSACTION, SUBSCRIBING, Done, Transaction, start
 from .translate import STORES, error_reply, reply_plan
 from .upstream import Slot, Upstream
 
@@ -66,7 +66,8 @@ HELLO_NOAUTH = (
 )
 # Reading from the client pauses while this many commands wait to be dispatched.
 MAX_WAITING = 4096
-TUNNEL_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"}
+SUBSCRIBE_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"}
+TUNNEL_COMMANDS = {*SUBSCRIBE_COMMANDS, b"MONITOR"}
 # Commands that may wait in Redis for as long as they like (a client that leaves ends them).
 BLOCKING = frozenset({b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN",
                       b"BZPOPMAX", b"BZMPOP", b"XREAD", b"XREADGROUP", b"WAIT", b"WAITAOF"})  # fmt: skip
@@ -109,6 +110,20 @@ def _large(args: list[bytes]) -> bool:
     return sum(len(arg) for arg in args[1:-1]) > LARGE_TEXT_BYTES
 
 
+def _started(args: list[bytes], keyspace: Keys, runner: Runner) -> Any:
+    """An AI.* command in a transaction, parsed: a store to run after EXEC, (plan, its first
+    step) to queue, or ``Done`` with the error of one that cannot be parsed (only computation:
+    a large command's runs in a thread)."""
+    try:
+        command = parse_command(args, keyspace)
+    except Exception as exc:
+        return Done(error_reply(exc))
+    if isinstance(command, STORES):
+        return command
+    plan = reply_plan(runner.state, command)
+    return plan, start(plan)
+
+
 class Host(Protocol):
     """What a session needs of the gateway that accepted it (``server.Gateway``)."""
 
@@ -148,6 +163,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.released = False  # its connections to Redis are closed
         self._runner_of: tuple[tuple[Identity, bool], Runner] | None = None
         self.tunnel = False
+        self.holding = False  # an EXEC that subscribes is not answered yet: nothing goes on
         self.resp3 = False  # the client said HELLO 3
         self._link: tuple[Identity, Upstream] | None = None  # AI.* commands' RESP2 connection
         self.closing = False  # close once the replies before it are written
@@ -247,6 +263,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             and not self.closing
             and not self.tunnel
             and not self.write_paused
+            and not self.holding
         ):
             args = waiting[0]
             name = args[0].upper()
@@ -295,36 +312,56 @@ class Session(ReplyHooks, asyncio.Protocol):
         if name in UNSUBSCRIBE_COMMANDS and self.transaction is None:  # not subscribed: no pipe
             self._reply_now(unsubscribed(name, args[1:], self.resp3))
             return
+        transaction = self.transaction
         local = self.gw.local_reply(self, name, args)
         if local is not None:
-            if self.transaction is not None and name != b"QUIT":  # its place: in EXEC's reply
-                self.transaction.answered(local)
+            if transaction is not None and name != b"QUIT":  # its place: in EXEC's reply
+                transaction.answered(local)
                 local = resp.QUEUED
             self._reply_now(local)
             return
-        slot = Slot(tunnel=name in TUNNEL_COMMANDS)
-        if name == b"EXEC" and self.transaction is not None and self.transaction.shapes_exec():
-            self.exec_awaited += 1  # ReplyHooks.on_exec counts it answered
+        if transaction is None:
+            slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+        else:  # a SUBSCRIBE subscribes when EXEC runs (MONITOR: Redis refuses it there)
+            if name in SUBSCRIBE_COMMANDS:
+                if transaction.has_plans():
+                    transaction.answer(ErrorReply(SUBSCRIBING))
+                    self._reply_now(resp.QUEUED)
+                    return
+                transaction.subscribes = True
+            slot = Slot(tunnel=name == b"EXEC" and transaction.subscribes)
+            if name == b"EXEC" and transaction.shapes_exec():
+                self.exec_awaited += 1  # ReplyHooks.on_exec counts it answered
         hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
         self._plain(args, slot)
-        if slot.tunnel:  # what the client pipelined after it goes to Redis as it is
-            self.tunnel = True
-            upstream = self.router.tunnel_upstream()
-            while self.waiting:
-                upstream.send_raw(resp.command(*self.waiting.popleft()))
-            if self.reader.receiving is not None:  # its rest comes to the pipe, not in place
-                cast(asyncio.Transport, self.transport).set_protocol(self)
-            unfinished = self.reader.take_unfinished()
-            if unfinished:
-                upstream.send_raw(unfinished)
+        if slot.tunnel:
+            if name == b"EXEC":  # a pipe if it runs: what comes after waits for its reply
+                self.holding = True
+            else:
+                self.start_tunnel()
+
+    def start_tunnel(self) -> None:
+        """The connection is a pipe to Redis from the command just answered or sent on: what the
+        client pipelined after it goes to Redis as it is."""
+        self.tunnel = True
+        upstream = self.router.tunnel_upstream()
+        while self.waiting:
+            upstream.send_raw(resp.command(*self.waiting.popleft()))
+        if self.reader.receiving is not None:  # its rest comes to the pipe, not in place
+            cast(asyncio.Transport, self.transport).set_protocol(self)
+        unfinished = self.reader.take_unfinished()
+        if unfinished:
+            upstream.send_raw(unfinished)
 
     def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
         """Whether the gateway answers this command itself (``Host.local_reply``; QUIT aside,
         which ends the connection whatever came before)."""
         if name in UNSUBSCRIBE_COMMANDS:
             return True  # in the protocol HELLO may be about to change
+        if name in TUNNEL_COMMANDS:
+            return True  # a pipe at once, or queued in a MULTI that may be about to start
         return name != b"QUIT" and self.gw.local_reply(self, name, args) is not None
 
     def _client_reply(self, mode: bytes) -> None:
@@ -350,9 +387,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self._silence(slot)
         self.replies.append(slot)
         if self.transaction is not None:
-            self._ai_in_transaction(self.transaction, args)
-            slot.data = resp.QUEUED
-            self.flush()
+            self._ai_in_transaction(self.transaction, args, slot)
             return
         if _large(args):  # parsed and run in a thread: the other clients go on meanwhile
             self.ai_task = asyncio.ensure_future(self._parse_in_thread(args, slot))
@@ -370,23 +405,50 @@ class Session(ReplyHooks, asyncio.Protocol):
             plan = reply_plan(runner.state, command)
             self.ai_task = runner.start(plan, partial(self._ai_done, slot))
 
-    def _ai_in_transaction(self, transaction: Transaction, args: list[bytes]) -> None:
-        """RedisAI refused jobs inside MULTI and ran the rest there (see ``transaction``)."""
+    def _ai_in_transaction(self, transaction: Transaction, args: list[bytes], slot: Slot) -> None:
+        """RedisAI refused jobs inside MULTI and ran the rest there (see ``transaction``); a
+        large command is parsed and started in a thread, the next commands waiting for it."""
         if is_job_command(args[0]) or self.gw.cluster:
             transaction.answer(ErrorReply(IN_TRANSACTION))
-            return
-        try:
-            command = parse_command(args, self.gw.keyspace)
-        except Exception as exc:
-            transaction.answer(error_reply(exc))
-            return
-        if isinstance(command, STORES):
-            transaction.after_exec(partial(self.gw.ai.run, self.identity, command))
-            return
-        runner = self._runner()
-        if self.resp3:  # its calls join the MULTI on the client's own connection, not the link
-            runner = Runner(self.router.own, runner.state, runner.enqueuer, runner.reply_timeout)
-        transaction.queue(reply_plan(runner.state, command), runner)
+        elif transaction.subscribes:
+            transaction.answer(ErrorReply(SUBSCRIBING))
+        else:
+            runner = self._runner()
+            if self.resp3:  # its calls join the MULTI on the client's own connection
+                runner = Runner(
+                    self.router.own, runner.state, runner.enqueuer, runner.reply_timeout
+                )
+            if _large(args):
+                self.ai_task = asyncio.ensure_future(
+                    self._queue_in_thread(transaction, args, runner, slot)
+                )
+                return
+            self._queue(transaction, _started(args, self.gw.keyspace, runner), runner)
+        slot.data = resp.QUEUED
+        self.flush()
+
+    async def _queue_in_thread(
+        self, transaction: Transaction, args: list[bytes], runner: Runner, slot: Slot
+    ) -> None:
+        started = await self.gw.ai.compute(_started, args, self.gw.keyspace, runner)
+        self.ai_task = None
+        self._queue(transaction, started, runner)
+        slot.data = resp.QUEUED
+        self.flush()
+        self.dispatch()
+
+    def _queue(self, transaction: Transaction, started: Any, runner: Runner) -> None:
+        """Queue what ``_started`` made of an AI.* command."""
+        if isinstance(started, tuple):
+            plan, step = started
+            transaction.queue_started(plan, step, runner)
+        elif isinstance(started, Done):
+            transaction.answer(started.reply)
+        else:  # a store: run at its place in EXEC's reply, as the DB and user in effect then
+            transaction.after_exec(partial(self._store, started))
+
+    async def _store(self, command: Any) -> Any:
+        return await self.gw.ai.run(self.identity, command)
 
     async def _run_in_thread(self, command: Any, slot: Slot) -> None:
         self._ai_done(slot, await self.gw.ai.run(self.identity, command))
@@ -494,9 +556,12 @@ class Session(ReplyHooks, asyncio.Protocol):
             self.dispatch()
 
     def on_raw(self, data: bytes) -> None:
-        """Tunnel mode: Redis' bytes go to the client as they come."""
+        """Tunnel mode: Redis' bytes go to the client as they come, after every reply before
+        them (an EXEC that subscribed may still be making its reply)."""
         self.flush()
-        if self.transport is not None and not self.closing:
+        if self.replies:
+            self.replies.append(Slot(data))
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
 
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:

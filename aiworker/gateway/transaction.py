@@ -8,7 +8,13 @@ queued in the client's transaction, so it runs at EXEC, atomically and in order 
 own commands; its plan then goes on with EXEC's replies to those calls. What needs another round
 trip (a Lua script Redis had not loaded) is done right after EXEC, before the client's next command
 runs, and its reply takes its place in EXEC's reply; so are model and script stores, whole (they
-hash and compile blobs in a thread: ``aiclients``).
+hash and compile blobs in a thread: ``aiclients``), as the DB and user that EXEC left in effect at
+their place (a SELECT queued before one counts).
+
+A SUBSCRIBE queued in the transaction subscribes when EXEC runs, and from EXEC's reply on the
+connection is a pipe (``session``). An AI.* command's plan may need Redis calls after EXEC, which a
+pipe would take for pub/sub traffic: a transaction holds one or the other, and the second gets
+an error in its place in EXEC's reply (``SUBSCRIBING``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .runner import Runner, decode, local_result
 from .translate import error_reply
 
 IN_TRANSACTION = "Cannot run RedisAI command within a transaction or a LUA script"
+SUBSCRIBING = "gateway: a transaction cannot both subscribe and run RedisAI commands"
 
 
 @dataclass
@@ -54,6 +61,11 @@ class Transaction:
         # bytes: a reply known already; _Queued: an AI.* command's plan; a callable: a command
         # run after EXEC
         self.items: list[bytes | _Queued | _Hooked | Callable[[], Awaitable[Any]] | None] = []
+        self.subscribes = False  # a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE was queued
+
+    def has_plans(self) -> bool:
+        """Whether an AI.* command's plan is queued (it may make Redis calls after EXEC)."""
+        return any(isinstance(item, _Queued) for item in self.items)
 
     def redis_command(self, hook: Callable[[bytes], bytes | None] | None = None) -> None:
         """A Redis command was queued; ``hook`` sees its reply in EXEC's."""
@@ -72,15 +84,12 @@ class Transaction:
 
     def queue(self, plan: Plan[Any], runner: Runner) -> None:
         """Start an AI.* command's plan; its first Redis calls join the transaction."""
-        try:
-            step = next(plan)
-            while not isinstance(step, (Commands, Submit)):
-                step = plan.send(local_result(step))
-        except StopIteration as stop:
-            self.answer(stop.value)
-            return
-        except Exception as exc:
-            self.answer(error_reply(exc))
+        self.queue_started(plan, start(plan), runner)
+
+    def queue_started(self, plan: Plan[Any], step: Any, runner: Runner) -> None:
+        """Queue a plan ``start`` carried out up to ``step``."""
+        if isinstance(step, Done):
+            self.answer(step.reply)
             return
         if isinstance(step, Commands):  # already inside MULTI: no MULTI/EXEC of its own
             runner.send(step.commands, _queued)
@@ -131,6 +140,27 @@ class Transaction:
             if isinstance(item, _Queued):
                 item.plan.close()
         self.items = []
+
+
+@dataclass
+class Done:
+    """A plan that ended before any Redis call: its reply (an error's, when it failed)."""
+
+    reply: Any
+
+
+def start(plan: Plan[Any]) -> Commands | Submit | Done:
+    """Carry out a plan up to its first Redis calls or job (only computation: a large command's
+    may run in a thread)."""
+    try:
+        step = next(plan)
+        while not isinstance(step, (Commands, Submit)):
+            step = plan.send(local_result(step))
+    except StopIteration as stop:
+        return Done(stop.value)
+    except Exception as exc:
+        return Done(error_reply(exc))
+    return step
 
 
 def _queued(replies: list[Any]) -> None:

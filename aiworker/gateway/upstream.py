@@ -10,8 +10,8 @@ reads the connection's bytes directly, but for a large reply of bulk strings (a 
 ``resp.Gather`` joins each of its strings once from the reads that hold it, or receives it in
 place (``inplace``) when the command asked for that (a ``LargeSlot``: a read that fetches tensors).
 After SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR the connection becomes a pipe (``tunnel``):
-Redis pushes messages that answer no command, so from the slot of that command on, every byte
-goes to the client as it comes. A RESP3 connection (``resp3``: its client said HELLO 3) may also
+Redis pushes messages that answer no command, so from the slot of that command on (a subscribing
+transaction's EXEC, when it ran), every byte goes to the client as it comes. A RESP3 connection (``resp3``: its client said HELLO 3) may also
 get push replies (``>``, client-side caching's invalidations) between any two replies: each goes
 to the client as it comes (``on_push``) and answers no slot; its replies are never read by
 hiredis directly (it would take a push for the reply awaited).
@@ -40,7 +40,7 @@ class Slot:
     pipe. ``internal`` takes the decoded reply of a command the gateway sent itself (it has no
     place in the client's reply stream; an error reply is redis-py's exception)."""
 
-    __slots__ = ("args", "blocking", "data", "hook", "internal", "silent", "tunnel")
+    __slots__ = ("args", "blocking", "data", "hook", "internal", "redirects", "silent", "tunnel")
     large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
 
     def __init__(
@@ -59,6 +59,7 @@ class Slot:
         self.tunnel = tunnel
         self.internal = internal
         self.blocking = False  # a blocking command's (``session.BLOCKING``)
+        self.redirects = 0  # MOVED/ASK followed (``routers.ClusterRouter``)
 
 
 class LargeSlot(Slot):
