@@ -101,3 +101,21 @@ def test_stop_in_process_hands_back_and_keeps_pending_entries(
     assert row["time_since_delivered"] >= 5000, "handed back: reclaimable at once"
     # The abandoned thread still finishes (nobody reclaimed the entry meanwhile): one reply.
     assert client.blpop(["r1"], 10) is not None
+
+
+def test_a_stop_with_redis_gone_does_not_wait_out_the_drain(tmp_path: Path) -> None:
+    """Nothing in hand, Redis gone: the lane threads only retry their connection, and the stop
+    ends within a blocking read and the deregistering's bound (it waited the whole drain_timeout,
+    past a supervisor's usual 30 s grace period)."""
+    server = RedisServer().start()
+    proc = WorkerProcess(server.url, tmp_path / "w.log", block_ms=200, drain_timeout=120)
+    try:
+        wait_for_workers(Client.from_url(server.url), [proc])
+        proc.signal(signal.SIGTERM)
+        server.stop()
+        began = time.monotonic()
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - began < 15
+    finally:
+        proc.kill()
+        server.stop()

@@ -62,6 +62,8 @@ log = logging.getLogger("aiworker.worker")
 EXIT_HUNG = 70
 # Longest a stop waits, after the drain, for the lease thread and for deregistering each.
 DEREGISTER_S = 2.0
+# How long after its blocking read a thread of a stopping worker with nothing in hand is waited for.
+IDLE_GRACE_S = 1.0
 
 __all__ = ["Worker", "ensure_group"]
 
@@ -289,8 +291,19 @@ class Worker:
         drain = self.settings.drain_timeout if timeout is None else timeout
         deadline = time.monotonic() + drain
         threads = self._threads + [t for lane in list(self.lanes.values()) for t in lane.threads]
+        # A thread that only reads ends within a blocking read; past that, with nothing in hand,
+        # it is stuck reconnecting to a Redis that went away: nothing is left to drain.
+        idle_grace = self.settings.block_ms / 1000 + IDLE_GRACE_S
+        idle_since: float | None = None
         for thread in threads:
             while thread.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
+                now = time.monotonic()
+                if not all(lane.idle() for lane in self.lanes.values()):
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since > idle_grace:
+                    break
                 thread.join(0.1)
         self.recovery.stop_leases()
         if self._lease_thread is not None:
