@@ -448,6 +448,27 @@ def test_pipeline(con: Client, worker: Worker, transaction: bool) -> None:
     assert con.tensorget("c").tolist() == [[4, 6], [4, 6]]
 
 
+@pytest.mark.parametrize("transaction", [False, True])
+def test_commands_after_a_job_in_a_pipeline_see_its_outputs(
+    con: Client, worker: Worker, transaction: bool
+) -> None:
+    """As RedisAI ran a pipeline: one command after another, a job blocking those behind it (the
+    tensorget was read before the job ran: a missing key, then the previous run's output)."""
+    for value in (1.0, 5.0):
+        pipe = con.pipeline(transaction=transaction)
+        pipe.tensorset("in", np.full(2, value, np.float32))
+        pipe.modelexecute("pt_model", ["in", "in"], ["out"]).tensorget("out")
+        pipe.modelexecute("pt_model", ["out", "out"], ["out2"]).tensorget("out2").get("nothing")
+        assert [r if isinstance(r, bytes | None) else r.tolist() for r in pipe.execute()] == [
+            b"OK",
+            b"OK",
+            [2 * value] * 2,
+            b"OK",
+            [4 * value] * 2,
+            None,
+        ]
+
+
 def test_pipeline_errors_follow_redis_py(con: Client) -> None:
     pipe = con.pipeline(transaction=False).tensorget("missing").set("k", "v")
     with pytest.raises(ResponseError, match=r"^tensor key is empty"):

@@ -11,6 +11,13 @@ next to native commands) and a post-processor for its reply:
   script, within the queue's length limit) -> ``b"OK"`` (or ``b"TIMEDOUT"``) once ``execute`` has
   waited for the worker's reply.
 
+The commands after a job run once its reply came, so they see what it wrote (RedisAI ran a
+pipeline's commands one after another, a job blocking the ones behind it): ``execute`` sends the
+pipeline in one round trip - one MULTI/EXEC with ``transaction=True`` - per job it holds, each
+ending with that job's XADD, plus one for the commands after the last job. A job cannot run
+inside a transaction (RedisAI refused it there), so a transaction holding jobs is atomic between
+them.
+
 redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
 Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
 with ``execute(raise_on_error=False)``.
@@ -182,27 +189,46 @@ class Pipeline(redis.client.Pipeline):
     # running -------------------------------------------------------------------------------
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        post, jobs = self._post, self._jobs
-        results = list(super().execute(raise_on_error=False))
-        for index, function in post.items():
-            try:
-                results[index] = function(results[index])
-            except (redis.RedisError, AIError) as exc:
-                results[index] = exc
-        waiting = self._client._jobs
-        for index, (queue, stream, reply_key, request) in jobs.items():
-            entry_id = results[index]
-            if isinstance(entry_id, Exception):
-                if is_full(entry_id):
-                    results[index] = queue_full_error(queue, entry_id)
-                continue
-            try:
-                reply = waiting.wait_private(queue, stream, text(entry_id), reply_key, request)
-                results[index] = raw.simple(reply.raise_for_status(timedout_ok=True), True)
-            except (redis.RedisError, AIError) as exc:
-                results[index] = exc
+        stack, post, jobs = self.command_stack, self._post, self._jobs
+        ends = [index + 1 for index in sorted(jobs)]  # each round trip ends with a job's XADD
+        if not ends or ends[-1] < len(stack):
+            ends.append(len(stack))
+        results: list[Any] = []
+        start = 0
+        try:
+            for end in ends:
+                self.command_stack = stack[start:end]
+                results += super().execute(raise_on_error=False)  # (it resets the pipeline)
+                for index in range(start, end):
+                    if index in post:
+                        results[index] = _applied(post[index], results[index])
+                    elif index in jobs:
+                        results[index] = self._wait(jobs[index], results[index])
+                start = end
+        finally:
+            self.reset()
         if raise_on_error:
             for result in results:
                 if isinstance(result, Exception):
                     raise result
         return results
+
+    def _wait(self, job: tuple[str, str, str, Any], entry_id: Any) -> Any:
+        """A job's result once its reply came (its XADD's reply: ``entry_id``)."""
+        queue, stream, reply_key, request = job
+        if isinstance(entry_id, Exception):
+            return queue_full_error(queue, entry_id) if is_full(entry_id) else entry_id
+        try:
+            reply = self._client._jobs.wait_private(
+                queue, stream, text(entry_id), reply_key, request
+            )
+            return raw.simple(reply.raise_for_status(timedout_ok=True), True)
+        except (redis.RedisError, AIError) as exc:
+            return exc
+
+
+def _applied(function: Post, reply: Any) -> Any:
+    try:
+        return function(reply)
+    except (redis.RedisError, AIError) as exc:
+        return exc
