@@ -430,7 +430,10 @@ class Session(ReplyHooks, asyncio.Protocol):
     async def _queue_in_thread(
         self, transaction: Transaction, args: list[bytes], runner: Runner, slot: Slot
     ) -> None:
-        started = await self.gw.ai.compute(_started, args, self.gw.keyspace, runner)
+        try:
+            started = await self.gw.ai.compute(_started, args, self.gw.keyspace, runner)
+        except Exception as exc:  # the pool is shut: the gateway is closing
+            started = Done(error_reply(exc))
         self.ai_task = None
         self._queue(transaction, started, runner)
         slot.data = resp.QUEUED
