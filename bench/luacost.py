@@ -45,7 +45,7 @@ from aiworker.execution import limits, state
 from aiworker.execution.outcome import Outcome, StatsRecord
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
-from aiworker.protocol.requests import ModelExecute
+from aiworker.protocol.requests import TENSOR, ModelExecute
 from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage.wire import Wire
@@ -159,14 +159,10 @@ def read_cases(wire: Wire, admin: redis.Redis) -> list[Case]:
             return wire.pipeline([("HGET", key, "blob") for key in keys])
 
         def inline(keys: list[str] = keys) -> object:
-            head = [bounds.max_tensor_bytes, bounds.max_job_bytes, bounds.max_job_bytes]
-            args = [
-                *head,
-                limits.MAX_META_BYTES,
-                1 << 62,
-                0,
-                *(a for _ in keys for a in ("T", "0:1")),
-            ]
+            # the worker's own arguments (they cannot drift from the script's), every tensor
+            # fetched by the script
+            uses = {(TENSOR, key): {0: 1} for key in keys}
+            _, args, _ = state._script_arguments(uses, bounds, bounds.max_job_bytes, 1 << 62, set())
             replies = lua.run_one(wire, script, keys, args)
             pairs = zip(keys, replies, strict=True)
             return [limits.decode_tensor_reply(k, r, 1 << 30) for k, r in pairs]
