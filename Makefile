@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch; other torch builds work too (pip install 'aiworker[torch]').
+# torch as pip is configured to find it: PyPI's Linux wheel is the CUDA build; for the CPU one
+# add PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu. Other torch builds work too.
 TORCH_SPEC ?= torch==2.13.0
 
 # Python for the Python RedisAI clients' own environments (SmartRedis' wheels need 3.9-3.11;

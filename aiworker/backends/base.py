@@ -180,7 +180,7 @@ def _resolve(name: str, quiet: bool = False) -> type[Backend] | None:
     except ImportError as exc:
         if quiet:
             return None
-        hint = f": pip install 'aiworker[{extra}]'" if extra else ""
+        hint = f": pip install 'aiworker[{extra}]' (in a checkout: '.[{extra}]')" if extra else ""
         raise BackendUnavailable(f"backend {name} is not available ({exc}){hint}") from exc
     cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
