@@ -81,7 +81,7 @@ def test_code_at_every_limit_at_once_compiles_on_a_small_thread_stack() -> None:
         body += pad + "x = 0\\n" + pad + "if x == 0:\\n" + pad + "    x = 1\\n"
         for i in range(1, MAX_ELIFS):
             body += pad + f"elif x == {{i}}:\\n" + pad + f"    x = {{i}}\\n"
-        nested = MAX_NESTING // 2
+        nested = MAX_NESTING - 1  # the worst case: every bracket open inside the chain
         expression = "[" * nested + "+".join(["1"] * (MAX_CHAIN - nested - 10)) + "]" * nested
         body += pad + "elif x == 5:\\n" + pad + "    y = " + expression + "\\n"
         source = {HEAD!r} + body + "    return tensors[0]\\n"
@@ -113,7 +113,7 @@ def test_broken_code_gets_the_compilers_words_unless_it_is_too_deep() -> None:
     with pytest.raises(AIError, match=r"^TORCH: the script nests brackets past 100 "):
         compile_script(deep, ["f"])
     spread = HEAD + "    x = (1" + " +\n        1" * 2000 + ")\n    y = (\n"
-    with pytest.raises(AIError, match="chains operators in one statement past 1,000"):
+    with pytest.raises(AIError, match=f"chains operators in one statement past {MAX_CHAIN:,}"):
         compile_script(spread, ["f"])
     broken_elifs = elifs(MAX_ELIFS + 1) + "    z = (\n"
     with pytest.raises(AIError, match="has elif branches past 200"):

@@ -62,9 +62,12 @@ def _check_torch_graph(graph: Any, what: str) -> None:
 # nesting level, per operator of an expression chain (``a + a + ...``, ``x.f().f()...``) and per
 # ``elif`` of one ``if``; a few thousand of any overflow a 2 MiB thread stack and kill the
 # process (a segfault: the worker, then the next one that takes the entry). Code people or
-# torch.jit.save write stays far below these.
+# torch.jit.save write stays far below these. All of them at once must fit a 2 MiB stack on
+# every torch release supported: a binary operator costs torch 2.1 about 1.4 KiB of stack (1,450
+# fill 2 MiB), torch 2.13 about 0.9 KiB (2,300), so MAX_CHAIN is sized for 2.1 (at 1,000 the
+# limits together overflowed 2 MiB there).
 MAX_NESTING = 100  # brackets open at once, or indented blocks
-MAX_CHAIN = 1000  # operators in one statement
+MAX_CHAIN = 700  # operators in one statement
 MAX_ELIFS = 200  # elif branches of one if
 _NOT_CHAINING = frozenset({",", ";", ":", ")", "]", "}", "="})
 _KEYWORD_OPERATORS = frozenset({"and", "or", "not", "in", "is", "if", "else", "lambda"})
