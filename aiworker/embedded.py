@@ -34,7 +34,10 @@ class RedisServer:
         executable: str = "redis-server",
         directory: str | Path | None = None,
         config_file: str | Path | None = None,
+        start_new_session: bool = False,
     ) -> None:
+        """``start_new_session``: run redis-server in a session (and process group) of its own, so
+        that a terminal's Ctrl-C reaches only its owner, which can stop what uses it first."""
         self.executable = shutil.which(executable) or ""
         if not self.executable:
             raise AIWorkerError(
@@ -45,6 +48,7 @@ class RedisServer:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="aiworker-redis-"))
         self.config_file = config_file
+        self.start_new_session = start_new_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +67,12 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=self.start_new_session,
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:

@@ -1,7 +1,8 @@
 """One settings object, layered: defaults <- config file <- ``AIWORKER_*`` env <- explicit overrides.
 
 Names follow RedisAI's (THREADS_PER_QUEUE, MODEL_CHUNK_SIZE, ...) in lower case; the environment
-variable of a setting is ``AIWORKER_`` plus its upper-cased name. Nothing is read at import time.
+variable of a setting is ``AIWORKER_`` plus its upper-cased name. List settings (devices, preload)
+are names separated by commas and/or whitespace (``split_list``). Nothing is read at import time.
 
 Settings stored in Redis (AI.CONFIG) come from whoever may write one hash, so a worker reads only
 AI.CONFIG's own tuning names from it, each checked (``settings_from_redis_config``); limits,
@@ -14,13 +15,14 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aiworker.protocol.errors import ConfigError
+from aiworker.devices.names import parse_device
+from aiworker.protocol.errors import AIError, ConfigError
 from aiworker.protocol.keys import DEFAULT_PREFIX
 from aiworker.protocol.text import text
 
@@ -125,12 +127,37 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "float":
             return float(value)
         if kind == "tuple[str, ...]":
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            return tuple(str(v) for v in value)
-        return str(value)
+            names = split_list(value)
+        else:
+            return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name}: invalid value {value!r}") from None
+    if name == "devices":
+        _check_devices(names)
+    return names
+
+
+_LIST_SEPARATOR = re.compile(r"[\s,]+")
+
+
+def split_list(value: str | Iterable[Any]) -> tuple[str, ...]:
+    """The names of a list setting, separated by commas and/or whitespace ("CPU,GPU:1",
+    "CPU GPU:1", "CPU, GPU:1"). Items of a list are split alike: the CLI, which gets a repeated
+    flag's values or an environment variable split on whitespace, and ``Settings`` read lists
+    the same way."""
+    items = [value] if isinstance(value, str) else value
+    return tuple(name for item in items for name in _LIST_SEPARATOR.split(str(item)) if name)
+
+
+def _check_devices(names: tuple[str, ...]) -> None:
+    # A worker would refuse them at start with RedisAI's bare "Invalid DEVICE": name the culprit.
+    for name in names:
+        try:
+            parse_device(name)
+        except AIError:
+            raise ConfigError(
+                f"setting devices: invalid device {name!r} (CPU, GPU, CPU:<n> or GPU:<n>)"
+            ) from None
 
 
 _TRUE = {"1", "true", "yes", "on"}

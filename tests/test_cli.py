@@ -168,7 +168,7 @@ def test_worker_command_reads_env_and_stored_config(
 @pytest.mark.slow
 def test_up_starts_redis_and_a_worker() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aiworker", "up"],
+        [sys.executable, "-m", "aiworker", "up", "--gateway-port", "0"],
         env=worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

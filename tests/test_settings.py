@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aiworker import ConfigError, Settings
-from aiworker.settings import hide_password
+from aiworker.settings import hide_password, split_list
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +91,28 @@ def test_env_values_are_coerced() -> None:
     assert s.visibility_timeout == 2.5
     assert s.preload == ("TORCH",)
     assert s.block_ms == 250
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["CPU,GPU:1", "CPU GPU:1", " CPU, GPU:1 ", "CPU,\tGPU:1,", ["CPU", "GPU:1"], ["CPU,GPU:1"]],
+)
+def test_lists_take_commas_and_or_whitespace(value: str | list[str]) -> None:
+    """One rule for every list (devices, preload; the CLI's hooks): the CLI split variables on
+    whitespace and ``Settings`` on commas, so "CPU,CPU:1" reached a worker as one device."""
+    assert split_list(value) == ("CPU", "GPU:1")
+    assert Settings.load(env={}, devices=value).devices == ("CPU", "GPU:1")
+    env = {"AIWORKER_PRELOAD": "TORCH ONNX,TF"}
+    assert Settings.load(env=env).preload == ("TORCH", "ONNX", "TF")
+
+
+@pytest.mark.parametrize(
+    ("devices", "bad"), [("FOO", "FOO"), ("CPU,GPU:x", "GPU:x"), ("CPU:123456", "CPU:123456")]
+)
+def test_an_invalid_device_is_named(devices: str, bad: str) -> None:
+    """A worker refused it only at start, with RedisAI's bare "Invalid DEVICE"."""
+    with pytest.raises(ConfigError, match=f"invalid device '{bad}'"):
+        Settings.load(env={"AIWORKER_DEVICES": devices})
 
 
 def test_documented_config_file_loads() -> None:

@@ -1,4 +1,5 @@
-"""The ``aiworker`` command line (click). Every option also reads an ``AIWORKER_*`` variable.
+"""The ``aiworker`` command line (click). Every option also reads an ``AIWORKER_*`` variable (the
+gateway's ``AIWORKER_GATEWAY_*``); expected errors print one ``(error) ...`` line and exit 1.
 
 The commands live in modules by concern: ``serve`` (worker, up), ``objects`` (tensor, model,
 script), ``execution`` (run, exec, info, config), ``ops`` (status, check) and ``gateway``;
@@ -8,17 +9,29 @@ script), ``execution`` (run, exec, info, config), ``ops`` (status, check) and ``
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
 from aiworker import logs
 from aiworker.cli import execution, gateway, objects, ops, serve
-from aiworker.cli.common import worker_statuses
+from aiworker.cli.common import EXPECTED_ERRORS, fail, worker_statuses
 
 __all__ = ["main", "worker_statuses"]
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group, turning an expected error of any command into one ``(error) ...``
+    line and exit 1, as ``redis-cli`` reports one."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            fail(exc)
+
+
+@click.group(cls=_Commands)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.option(
     "--log-format",

@@ -1,19 +1,24 @@
-"""Shared pieces of the CLI: the Redis/TLS options, settings and client from them, error exit."""
+"""Shared pieces of the CLI: the Redis/TLS options, settings and client from them, errors."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import click
+import redis
+from redis.exceptions import NoPermissionError, RedisClusterException
 
 from aiworker.client.cluster import ClusterClient
 from aiworker.client.sync import Client
-from aiworker.protocol.errors import AIWorkerError
-from aiworker.settings import Settings
+from aiworker.client.waiting import HEARTBEAT_MAX_AGE_S
+from aiworker.protocol.errors import AIWorkerError, ConfigError
+from aiworker.settings import ENV_PREFIX, Settings, split_list
 from aiworker.storage import health
+from aiworker.storage.redis_options import tls_kwargs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,45 +36,76 @@ def _remember_tls(ctx: click.Context, param: click.Parameter, value: str | None)
         ctx.meta.setdefault("aiworker.tls", {})[param.name] = value
 
 
-def redis_options(func: F) -> F:
-    """--redis-url, --prefix and TLS files, shared by every command that talks to Redis."""
-    for name, help_text in TLS_OPTIONS.items():
+def env_names(name: str, prefixes: Sequence[str]) -> list[str]:
+    """The variables an option ``name`` reads, first set wins: ``<prefix><NAME>`` per prefix."""
+    return [prefix + name.upper() for prefix in prefixes]
+
+
+def shared_options(*prefixes: str, tls_prefixes: Sequence[str] = ()) -> Callable[[F], F]:
+    """--config, --redis-url, --prefix and the Redis TLS files, shared by every command that talks
+    to Redis. Each reads ``<prefix><NAME>`` for the ``prefixes`` in order (the gateway: its own
+    ``AIWORKER_GATEWAY_*``, then the worker's ``AIWORKER_*``, so one environment serves both);
+    the TLS files those of ``tls_prefixes`` when given."""
+
+    def decorate(func: F) -> F:
+        for name, help_text in TLS_OPTIONS.items():
+            func = click.option(
+                "--" + name.replace("_", "-"),
+                name,
+                envvar=env_names(name, tls_prefixes or prefixes),
+                default=None,
+                expose_value=False,
+                callback=_remember_tls,
+                help=help_text,
+            )(func)
         func = click.option(
-            "--" + name.replace("_", "-"),
-            name,
-            envvar="AIWORKER_" + name.upper(),
+            "--prefix",
+            envvar=env_names("prefix", prefixes),
             default=None,
-            expose_value=False,
-            callback=_remember_tls,
-            help=help_text,
+            help="Prefix of aiworker's own keys.",
         )(func)
-    func = click.option(
-        "--prefix", envvar="AIWORKER_PREFIX", default=None, help="Prefix of aiworker's own keys."
-    )(func)
-    func = click.option(
-        "--redis-url",
-        envvar="AIWORKER_REDIS_URL",
-        default=None,
-        help="Redis URL (redis://, rediss://, unix://). Default redis://127.0.0.1:6379/0.",
-    )(func)
-    func = click.option(
-        "--config",
-        "config_file",
-        envvar="AIWORKER_CONFIG",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="aiworker.toml with settings.",
-    )(func)
-    return func
+        func = click.option(
+            "--redis-url",
+            envvar=env_names("redis_url", prefixes),
+            default=None,
+            help="Redis URL (redis://, rediss://, unix://). Default redis://127.0.0.1:6379/0.",
+        )(func)
+        func = click.option(
+            "--config",
+            "config_file",
+            envvar=env_names("config", prefixes),
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="aiworker.toml with settings.",
+        )(func)
+        return func
+
+    return decorate
+
+
+redis_options = shared_options(ENV_PREFIX)
+
+
+def split_values(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A repeatable option's values, each split on commas and whitespace as ``Settings`` splits
+    lists: ``--device CPU,GPU:1`` and ``AIWORKER_DEVICES="CPU, GPU:1"`` read alike."""
+    return split_list(value)
 
 
 def make_settings(config_file: str | None, **overrides: Any) -> Settings:
+    """Settings for a command (``ConfigError`` when invalid), its Redis TLS files checked now
+    rather than at the first connection."""
     ctx = click.get_current_context(silent=True)
     tls = ctx.meta.get("aiworker.tls", {}) if ctx is not None else {}
-    try:
-        return Settings.load(config_file, **{**tls, **overrides})
-    except AIWorkerError as exc:
-        raise click.UsageError(str(exc)) from exc
+    settings = Settings.load(config_file, **{**tls, **overrides})
+    tls_kwargs(settings)  # TLS files with a plain redis:// URL are an error, not ignored
+    for name in TLS_OPTIONS:
+        path = getattr(settings, name)
+        if path and not os.path.isfile(path):  # else a TLS error that names no file
+            raise ConfigError(f"{name}: no such file: {path}")
+    return settings
 
 
 def make_client(
@@ -80,13 +116,41 @@ def make_client(
     return Client.from_settings(settings, reply_timeout=60.0)
 
 
-def fail(exc: Exception) -> None:
-    click.echo(f"(error) {exc}", err=True)
+# What a setup can get wrong (settings, files, Redis unreachable or refusing): one "(error) ..."
+# line and exit 1. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    AIWorkerError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ResponseError,
+    RedisClusterException,
+    OSError,
+)
+
+
+def error_text(exc: BaseException) -> str:
+    """The one line an expected error prints after ``(error)``."""
+    if isinstance(exc, redis.AuthenticationError):
+        return f"Redis refused the credentials: {exc}"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return f"Redis unreachable: {exc}"
+    if isinstance(exc, NoPermissionError):
+        return f"NOPERM {exc}: the ACL user of the Redis URL needs that permission"
+    code = getattr(exc, "status_code", None) if isinstance(exc, redis.ResponseError) else None
+    return f"{code} {exc}" if code and not str(exc).startswith(code) else str(exc)
+
+
+def fail(error: BaseException | str) -> NoReturn:
+    text = error if isinstance(error, str) else error_text(error)
+    click.echo(f"(error) {text}", err=True)
     sys.exit(1)
 
 
-def worker_statuses(client: Client | ClusterClient, max_age: float = 10.0) -> list[dict[str, Any]]:
-    """Status of worker processes that sent a heartbeat within ``max_age`` seconds."""
+def worker_statuses(
+    client: Client | ClusterClient, max_age: float = HEARTBEAT_MAX_AGE_S
+) -> list[dict[str, Any]]:
+    """Status of worker processes that sent a heartbeat within ``max_age`` seconds (by default
+    as long as clients count a worker alive)."""
     return health.live_workers(client, client.keyspace, max_age)
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from aiworker.cli.common import fail, make_client, redis_options, worker_statuses
+from aiworker.client.ops import CONFIG_NAMES
 from aiworker.protocol.errors import AIWorkerError
 
 
@@ -95,6 +96,8 @@ def config(
     config_file: str | None, redis_url: str | None, prefix: str | None, name: str, value: str | None
 ) -> None:
     """Read or set a shared setting (AI.CONFIG): MODEL_CHUNK_SIZE, THREADS_PER_QUEUE, ..."""
+    if name.upper() not in CONFIG_NAMES:  # AI.CONFIG GET answers nil to any name: say so
+        fail(f"unknown setting {name!r} (known: {', '.join(CONFIG_NAMES)})")
     client = make_client(config_file, redis_url, prefix)
     try:
         click.echo(client.config(name, value))

@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
 
 from aiworker import malloc
-from aiworker.cli.common import make_settings, redis_options
-from aiworker.gateway import GatewayConfig, serve
+from aiworker.cli.common import env_names, make_settings, shared_options
+from aiworker.gateway import Gateway, GatewayConfig, serve
+from aiworker.protocol.errors import ConfigError
+from aiworker.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger("aiworker.gateway")
 
 DEFAULTS = GatewayConfig()
+# Each option reads AIWORKER_GATEWAY_<OPTION> (dashes as underscores); --config, --redis-url and
+# --prefix fall back to the worker's AIWORKER_<OPTION>. The Redis TLS files (--tls-ca-cert,
+# --tls-cert, --tls-key) read only the worker's AIWORKER_TLS_*: AIWORKER_GATEWAY_TLS_CERT, _KEY and
+# _CA_CERT once named the files the gateway listens with, and are refused rather than read as
+# another thing (a gateway meant to listen with TLS would have listened without).
+GATEWAY_ENV_PREFIX = ENV_PREFIX + "GATEWAY_"
+RETIRED_ENV = {
+    GATEWAY_ENV_PREFIX + name: GATEWAY_ENV_PREFIX + name.replace("TLS_", "TLS_LISTEN_")
+    for name in ("TLS_CERT", "TLS_KEY", "TLS_CA_CERT")
+}
 
 
-def _env(name: str) -> str:
-    return "AIWORKER_GATEWAY_" + name.upper()
+def _env(name: str) -> list[str]:
+    return env_names(name, [GATEWAY_ENV_PREFIX])
 
 
 @click.command()
-@redis_options
+@shared_options(GATEWAY_ENV_PREFIX, ENV_PREFIX, tls_prefixes=[ENV_PREFIX])
 @click.option(
     "--listen",
     envvar=_env("listen"),
@@ -99,14 +116,16 @@ def _env(name: str) -> str:
 )
 @click.option(
     "--tls-listen-cert",
-    envvar=_env("tls_cert"),
+    envvar=_env("tls_listen_cert"),
     default="",
     help="Certificate (PEM) to listen with TLS.",
 )
-@click.option("--tls-listen-key", envvar=_env("tls_key"), default="", help="Its private key.")
+@click.option(
+    "--tls-listen-key", envvar=_env("tls_listen_key"), default="", help="Its private key."
+)
 @click.option(
     "--tls-listen-ca-cert",
-    envvar=_env("tls_ca_cert"),
+    envvar=_env("tls_listen_ca_cert"),
     default="",
     help="Require client certificates signed by this CA.",
 )
@@ -136,6 +155,12 @@ def gateway(
     tls_listen_ca_cert: str, threads: int, loop: str,
 ) -> None:  # fmt: skip
     """Serve RedisAI's commands to any Redis client: connect it here instead of to Redis."""
+    retired = [f"{old} (now {new})" for old, new in RETIRED_ENV.items() if old in os.environ]
+    if retired:
+        raise ConfigError(
+            "retired variables for the files the gateway listens with: " + ", ".join(retired)
+            + "; TLS to Redis reads AIWORKER_TLS_CA_CERT, AIWORKER_TLS_CERT, AIWORKER_TLS_KEY"
+        )  # fmt: skip
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
@@ -174,3 +199,59 @@ async def _run(settings: object, config: GatewayConfig) -> None:
             loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class GatewayThread:
+    """A gateway on an event loop in a thread of its own (``aiworker up``). ``start`` returns
+    once it listens, or raises why it cannot (a port taken, a TLS file), so that nothing
+    advertises a port nobody serves; ``stop`` closes it."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+        self.gateway = Gateway(settings, config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
+        self._serving: concurrent.futures.Future[None] | None = None
+        self._stopping = False
+
+    def start(self) -> tuple[str, int]:
+        """The address listened on."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.gateway.start(), self._loop).result()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error to report is the first one
+                self.stop()
+            raise
+        self._serving = asyncio.run_coroutine_threadsafe(self.gateway.serve_forever(), self._loop)
+        self._serving.add_done_callback(self._report_end)
+        return self.gateway.address()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        if self._thread.is_alive():
+            closing = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            try:
+                closing.result(timeout)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def _close(self) -> None:
+        if hasattr(self.gateway, "ai"):  # else start failed before it had anything to close
+            await self.gateway.close()
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _report_end(self, serving: concurrent.futures.Future[None]) -> None:
+        # Only ``stop`` ends the gateway: anything else is worth an error in the log.
+        if self._stopping:
+            return
+        if serving.cancelled() or serving.exception() is None:
+            log.error("the gateway stopped serving")
+        else:
+            log.error("the gateway stopped serving: %r", serving.exception())

@@ -11,13 +11,23 @@ from redis.retry import Retry
 
 from aiworker.cli.common import make_client, make_settings, redis_options
 from aiworker.client.sync import Client
+from aiworker.client.waiting import HEARTBEAT_MAX_AGE_S
 from aiworker.storage import health
+
+# A worker counts as alive as long as clients count it alive (they send it jobs meanwhile).
+max_age_option = click.option(
+    "--max-age",
+    type=click.FloatRange(0, min_open=True),
+    default=HEARTBEAT_MAX_AGE_S,
+    show_default=True,
+    help="Heartbeat age limit in seconds.",
+)
 
 
 @click.command()
 @redis_options
 @click.option("--device", default="CPU", help="The device queue that must be served.")
-@click.option("--max-age", type=float, default=10.0, help="Heartbeat age limit in seconds.")
+@max_age_option
 @click.option("--worker", "worker_name", default=None, help="Check only this worker (host:pid).")
 @click.option(
     "--this-host", is_flag=True, help="Check only workers on this host (container health checks)."
@@ -53,12 +63,17 @@ def check(
 @click.command()
 @redis_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@max_age_option
 def status(
-    config_file: str | None, redis_url: str | None, prefix: str | None, as_json: bool
+    config_file: str | None,
+    redis_url: str | None,
+    prefix: str | None,
+    as_json: bool,
+    max_age: float,
 ) -> None:
     """Workers, queues, consumer-group lag, pending jobs and dead letters."""
     client = make_client(config_file, redis_url, prefix)
-    found = health.gather(client, client.keyspace)
+    found = health.gather(client, client.keyspace, max_age)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

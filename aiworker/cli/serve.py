@@ -3,19 +3,20 @@ and a gateway)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
+import signal
 import sys
-import threading
 
 import click
 import redis
 
 from aiworker import logs
-from aiworker.cli.common import make_settings, redis_options
+from aiworker.cli.common import fail, make_settings, redis_options, split_values
+from aiworker.cli.gateway import GatewayThread
 from aiworker.client.sync import Client
 from aiworker.embedded import RedisServer
-from aiworker.gateway import GatewayConfig, serve
+from aiworker.gateway import GatewayConfig
 from aiworker.protocol.errors import ConfigError
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings, settings_from_redis_config
@@ -32,11 +33,16 @@ log = logging.getLogger("aiworker.cli")
     "devices",
     multiple=True,
     envvar="AIWORKER_DEVICES",
-    help="Device queue to serve (repeatable): CPU, GPU, GPU:1 ...",
+    callback=split_values,
+    help="Device queue to serve (repeatable, or comma-separated): CPU, GPU, GPU:1 ...",
 )
 @click.option("--threads-per-queue", type=int, envvar="AIWORKER_THREADS_PER_QUEUE", default=None)
 @click.option(
-    "--preload", multiple=True, envvar="AIWORKER_PRELOAD", help="Backend to import at start."
+    "--preload",
+    multiple=True,
+    envvar="AIWORKER_PRELOAD",
+    callback=split_values,
+    help="Backend to import at start (repeatable, or comma-separated).",
 )
 @click.option(
     "--metrics-port",
@@ -78,7 +84,9 @@ log = logging.getLogger("aiworker.cli")
     "hooks",
     multiple=True,
     envvar="AIWORKER_HOOKS",
-    help="A worker hook, module:object (repeatable): called as jobs start, finish or fail.",
+    callback=split_values,
+    help="A worker hook, module:object (repeatable): called as jobs start, finish or fail. "
+    "Modules in the current directory are found, as with python -m.",
 )
 def worker(
     config_file: str | None,
@@ -96,6 +104,10 @@ def worker(
 ) -> None:
     """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
     Cluster is found on its own (any node's URL will do)."""
+    if hooks and not {"", os.getcwd()} & set(sys.path):
+        # A console script's sys.path starts with its own directory, not the current one: put
+        # that first, as ``python -m`` and uvicorn do, so a hook module next to the user is found.
+        sys.path.insert(0, os.getcwd())
     try:  # before anything else: a hook that cannot be loaded is a usage error
         found = [load_hook(spec) for spec in hooks]
     except ConfigError as exc:
@@ -136,9 +148,27 @@ def _shared_settings(settings: Settings) -> dict[str, int]:
     return values
 
 
+# What `up` serves unless the settings say otherwise (a demo: two runs in flight per queue).
+UP_DEFAULTS = {"threads_per_queue": 2}
+
+
 @click.command()
+@click.option(
+    "--config",
+    "config_file",
+    envvar="AIWORKER_CONFIG",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="aiworker.toml with settings for the worker.",
+)
 @click.option("--port", type=int, default=None, help="Port for redis-server (default: a free one).")
-@click.option("--threads-per-queue", type=int, default=2)
+@click.option(
+    "--threads-per-queue",
+    type=click.IntRange(1),
+    envvar="AIWORKER_THREADS_PER_QUEUE",
+    default=None,
+    help="Runs in flight per device queue (default 2).",
+)
 @click.option(
     "--gateway-port",
     type=click.IntRange(0),
@@ -147,16 +177,38 @@ def _shared_settings(settings: Settings) -> dict[str, int]:
     show_default=True,
     help="Port of the gateway serving RedisAI's AI.* commands (0: no gateway).",
 )
-def up(port: int | None, threads_per_queue: int, gateway_port: int) -> None:
-    """Start a private redis-server, a CPU worker and a gateway; Ctrl-C stops them."""
+def up(
+    config_file: str | None, port: int | None, threads_per_queue: int | None, gateway_port: int
+) -> None:
+    """Start a private redis-server, a worker (CPU unless the settings say otherwise) and a
+    gateway; Ctrl-C stops the worker and the gateway, then Redis. The worker's settings layer as
+    `worker`'s do (defaults, config file, AIWORKER_* variables, flags)."""
     logging.getLogger().setLevel(logging.INFO)
-    with RedisServer(port=port) as server:
-        settings = Settings(redis_url=server.url, threads_per_queue=threads_per_queue)
-        click.echo(f"aiworker up: {server.url}  (export AIWORKER_REDIS_URL={server.url})")
+    # The private redis-server speaks plain TCP on its own port: AIWORKER_REDIS_URL and the TLS
+    # settings are another Redis'. (It is new, so it holds no shared settings to read either.)
+    no_tls = {"tls_ca_cert": "", "tls_cert": "", "tls_key": ""}
+    settings = make_settings(
+        config_file, base=UP_DEFAULTS, threads_per_queue=threads_per_queue, **no_tls
+    )
+    if hasattr(signal, "SIGHUP"):  # a closed terminal stops everything as Ctrl-C does
+        signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
+    # Its own process group: a terminal's Ctrl-C must not stop Redis under the worker's drain.
+    with RedisServer(port=port, start_new_session=True) as server:
+        settings = settings.replace(redis_url=server.url)
+        gateway = None
         if gateway_port:
-            config = GatewayConfig(listen=f"127.0.0.1:{gateway_port}")
-            threading.Thread(
-                target=asyncio.run, args=(serve(settings, config),), name="gateway", daemon=True
-            ).start()
-            click.echo(f"RedisAI clients: redis-cli -p {gateway_port} AI.TENSORSET ...")
-        Worker(settings).run_forever()
+            gateway = GatewayThread(settings, GatewayConfig(listen=f"127.0.0.1:{gateway_port}"))
+            try:  # listen before saying where: never advertise a port nobody serves
+                gateway_port = gateway.start()[1]
+            except OSError as exc:
+                hint = "--gateway-port N for another port, 0 for no gateway"
+                fail(f"gateway port {gateway_port}: {exc.strerror or exc} ({hint})")
+        try:
+            click.echo(f"aiworker up: {server.url}  (export AIWORKER_REDIS_URL={server.url})")
+            if gateway is not None:
+                click.echo(f"RedisAI clients: redis-cli -p {gateway_port} AI.TENSORSET ...")
+            code = Worker(settings).run_forever()
+        finally:
+            if gateway is not None:
+                gateway.stop()
+    sys.exit(code)

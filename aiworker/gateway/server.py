@@ -8,17 +8,21 @@ share a port (``reuse_port``: each process accepts its share) or stand behind a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 import redis.asyncio
 from redis.connection import parse_url
 
+from aiworker.protocol.errors import ConfigError
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings, hide_password
+from aiworker.storage.redis_options import tls_kwargs
 
 from . import resp
 from .aiclients import AIClients, Identity
@@ -34,21 +38,35 @@ log = logging.getLogger("aiworker.gateway")
 
 
 def _client_tls(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.tls_ca_cert or None)
-    if settings.tls_cert:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    files = (settings.tls_ca_cert, settings.tls_cert, settings.tls_key)
+    with _naming("Redis TLS", files):
+        context = ssl.create_default_context(cafile=settings.tls_ca_cert or None)
+        if settings.tls_cert:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
     return context
 
 
 def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
     if not config.tls_cert:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key or None)
-    if config.tls_ca_cert:
-        context.load_verify_locations(config.tls_ca_cert)
-        context.verify_mode = ssl.CERT_REQUIRED
+    with _naming("listening TLS", (config.tls_cert, config.tls_key, config.tls_ca_cert)):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key or None)
+        if config.tls_ca_cert:
+            context.load_verify_locations(config.tls_ca_cert)
+            context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+@contextlib.contextmanager
+def _naming(what: str, files: tuple[str, ...]) -> Iterator[None]:
+    """ssl's errors name no file ("[Errno 2] No such file or directory", "PEM lib"): a
+    ``ConfigError`` that names them."""
+    try:
+        yield
+    except OSError as exc:  # ssl.SSLError included
+        named = ", ".join(f for f in files if f)
+        raise ConfigError(f"cannot load the gateway's {what} files ({named}): {exc}") from exc
 
 
 class Gateway:
@@ -64,6 +82,7 @@ class Gateway:
         self.cluster = False
         self.slots: SlotMap | None = None
         url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        tls_kwargs(settings)  # TLS files with a plain redis:// URL: refused, as a worker does
         self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
         self._target = Target(
             url.get("host", "127.0.0.1"), int(url.get("port", 6379)), url.get("path"), self._tls

@@ -1,0 +1,398 @@
+"""The command line's setup and its errors: settings layering, environment variables, `up`'s
+lifecycle, and one ``(error) ...`` line with exit 1 for whatever a setup can get wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import redis
+from click.testing import CliRunner
+from conftest import heartbeat_of, wait_until, worker_env
+
+from aiworker import Client, Settings
+from aiworker.cli import gateway as gateway_cli
+from aiworker.cli import main
+from aiworker.cli import ops as ops_cli
+from aiworker.cli import serve as serve_cli
+from aiworker.client import waiting
+from aiworker.embedded import RedisServer, free_port
+from aiworker.gateway import Gateway, GatewayConfig
+from aiworker.protocol.errors import ConfigError
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+
+def invoke(*args: str, **env: str) -> tuple[int, str]:
+    """Exit code and output (stderr included) of ``aiworker ARGS``; an exception the command
+    let through (a traceback for a user) fails the test."""
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def assert_clean_error(code: int, out: str, *expected: str) -> None:
+    assert code == 1, out
+    assert out.startswith("(error) ") and out.count("\n") == 1, out
+    for text in expected:
+        assert text in out
+
+
+class Recorder:
+    """Stands in for ``Worker`` in the CLI: records what it was started with."""
+
+    started: list[Recorder] = []
+
+    def __init__(self, settings: Settings, hooks: list[Any] | None = None) -> None:
+        self.settings = settings
+        self.hooks = hooks or []
+
+    def run_forever(self) -> int:
+        Recorder.started.append(self)
+        return 0
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorder]]:
+    monkeypatch.setattr(serve_cli, "Worker", Recorder)
+    Recorder.started = []
+    on_hangup = signal.getsignal(signal.SIGHUP)  # `up` takes SIGHUP for a stop
+    yield Recorder.started
+    signal.signal(signal.SIGHUP, on_hangup)
+
+
+# list-valued settings --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("devices", "preload"),
+    [("CPU,CPU:1", "TORCH,ONNX"), ("CPU CPU:1", "TORCH ONNX"), (" CPU, CPU:1 ", "TORCH, ONNX")],
+)
+def test_list_variables_take_commas_and_whitespace(
+    client: Client, redis_server: RedisServer, recorded: list[Recorder], devices: str, preload: str
+) -> None:
+    """The CLI split AIWORKER_DEVICES on whitespace, ``Settings`` on commas: "CPU,CPU:1" was one
+    invalid device and crashed the worker."""
+    env = {"AIWORKER_REDIS_URL": redis_server.url, "AIWORKER_DEVICES": devices}
+    code, out = invoke("worker", AIWORKER_PRELOAD=preload, **env)
+    assert code == 0, out
+    assert recorded[0].settings.devices == ("CPU", "CPU:1")
+    assert recorded[0].settings.preload == ("TORCH", "ONNX")
+    code, out = invoke("worker", "--device", "CPU,GPU:1", "--device", "GPU:2", **env)
+    assert recorded[1].settings.devices == ("CPU", "GPU:1", "GPU:2")
+
+
+def test_hooks_variable_takes_commas_and_whitespace(
+    redis_server: RedisServer, recorded: list[Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    monkeypatch.setenv("HOOKED_REDIS_URL", redis_server.url)
+    code, out = invoke(
+        "worker",
+        AIWORKER_REDIS_URL=redis_server.url,
+        AIWORKER_HOOKS="hooked:RedisLog,hooked:RedisLog hooked:RedisLog",
+    )
+    assert code == 0, out
+    assert len(recorded[0].hooks) == 3
+
+
+def test_a_hook_module_in_the_current_directory_is_found(
+    redis_server: RedisServer,
+    recorded: list[Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A console script's import path starts with its own directory: ``--hook mymod:Cls`` found
+    mymod.py in the current directory only with PYTHONPATH=. ."""
+    (tmp_path / "aiworker_cwd_hook.py").write_text(
+        "class Hook:\n    def job_finished(self, event):\n        pass\n"
+    )
+    here = os.getcwd()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", here)])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "aiworker_cwd_hook", raising=False)
+    try:
+        code, out = invoke(
+            "worker", "--hook", "aiworker_cwd_hook:Hook", AIWORKER_REDIS_URL=redis_server.url
+        )
+    finally:
+        sys.modules.pop("aiworker_cwd_hook", None)
+    assert code == 0, out
+    assert type(recorded[0].hooks[0]).__name__ == "Hook"
+
+
+# errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["status"], ["tensor", "get", "t"], ["model", "list"]])
+def test_unreachable_redis_is_one_error_line(args: list[str]) -> None:
+    code, out = invoke(*args, "--redis-url", UNREACHABLE)
+    assert_clean_error(code, out, "Redis unreachable", "127.0.0.1:1")
+
+
+def test_invalid_device_in_the_environment(redis_server: RedisServer) -> None:
+    code, out = invoke("worker", AIWORKER_REDIS_URL=redis_server.url, AIWORKER_DEVICES="CPU,FOO")
+    assert_clean_error(code, out, "invalid device 'FOO'")
+
+
+def test_status_as_a_user_denied_scan_names_the_permission(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """A least-privilege user whose ACL denies SCAN got a NoPermissionError traceback."""
+    client.acl_setuser(
+        "nosscan", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-scan"]
+    )
+    try:
+        url = f"redis://nosscan:pw@127.0.0.1:{redis_server.port}/0"
+        code, out = invoke("status", "--redis-url", url)
+    finally:
+        client.acl_deluser("nosscan")
+    assert_clean_error(code, out, "NOPERM", "'scan'")
+
+
+def test_wrong_password_is_one_error_line(redis_server: RedisServer) -> None:
+    url = f"redis://nobody:wrong@127.0.0.1:{redis_server.port}/0"
+    code, out = invoke("tensor", "get", "t", "--redis-url", url)
+    assert_clean_error(code, out, "credentials")
+
+
+@pytest.mark.parametrize(
+    "command", [["worker"], ["status"], ["gateway", "--listen", "127.0.0.1:0"]]
+)
+def test_redis_tls_files_need_a_rediss_url(
+    redis_server: RedisServer, tmp_path: Path, command: list[str]
+) -> None:
+    """docs/security.md: TLS files with a plain redis:// URL are a configuration error. The
+    gateway ignored them and served; worker and status refused with a traceback."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not used\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "aiworker", *command, "--redis-url", redis_server.url,
+         "--tls-ca-cert", str(ca)],
+        env=worker_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("(error) ") and "rediss://" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_gateway_refuses_redis_tls_files_with_a_plain_url() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", tls_ca_cert="/ca.crt")
+    with pytest.raises(ConfigError, match="rediss://"):
+        Gateway(settings, GatewayConfig())
+
+
+def test_missing_redis_tls_file_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothere.crt")
+    code, out = invoke("status", "--redis-url", "rediss://127.0.0.1:1/0", "--tls-ca-cert", missing)
+    assert_clean_error(code, out, "tls_ca_cert", missing)
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_bad_listening_tls_file_of_the_gateway(
+    redis_server: RedisServer, tmp_path: Path, content: str | None
+) -> None:
+    cert = tmp_path / "server.crt"
+    if content is not None:
+        cert.write_text(content)
+    code, out = invoke(
+        "gateway", "--redis-url", redis_server.url, "--listen", "127.0.0.1:0",
+        "--tls-listen-cert", str(cert),
+    )  # fmt: skip
+    assert_clean_error(code, out, str(cert))
+
+
+def test_gateway_port_in_use_is_one_error_line(redis_server: RedisServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = invoke(
+            "gateway", "--redis-url", redis_server.url, "--listen", f"127.0.0.1:{port}"
+        )
+    assert_clean_error(code, out, "address already in use")
+
+
+def test_config_of_an_unknown_setting_is_an_error(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """It printed an empty line and exited 0."""
+    code, out = invoke("config", "FOO", "--redis-url", redis_server.url)
+    assert_clean_error(code, out, "unknown setting 'FOO'", "MODEL_CHUNK_SIZE", "THREADS_PER_QUEUE")
+    code, out = invoke("config", "model_chunk_size", "--redis-url", redis_server.url)
+    assert (code, out.strip()) == (0, "535822336")
+
+
+# liveness ----------------------------------------------------------------------------------
+
+
+def test_status_and_check_count_workers_alive_as_clients_do(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """Clients send jobs to a worker whose heartbeat is up to 12 s old; ``status`` and ``check``
+    called it dead after 10 s."""
+    keys = client.keyspace
+    beat = time.time() - (waiting.HEARTBEAT_MAX_AGE_S - 1)
+    client.set(keys.worker("busy:1"), json.dumps(heartbeat_of(keys, "busy:1", time=beat)))
+    client.zadd(keys.workers, {"busy:1": beat})
+    code, out = invoke("check", "--redis-url", redis_server.url)
+    assert code == 0, out
+    code, out = invoke("status", "--redis-url", redis_server.url)
+    assert code == 0 and "worker busy:1: healthy" in out
+    for command in (ops_cli.check, ops_cli.status):
+        (max_age,) = [p for p in command.params if p.name == "max_age"]
+        assert max_age.default == waiting.HEARTBEAT_MAX_AGE_S
+
+
+# gateway environment variables -------------------------------------------------------------
+
+
+def test_every_gateway_option_reads_its_gateway_variable() -> None:
+    """AIWORKER_GATEWAY_<OPTION> for each option (dashes as underscores); --config,
+    --redis-url and --prefix fall back to the worker's AIWORKER_<OPTION>, and the Redis TLS
+    files read only the worker's (AIWORKER_GATEWAY_TLS_CERT once named the listening one)."""
+    shared = {"config", "redis_url", "prefix"}
+    redis_tls = {"tls_ca_cert", "tls_cert", "tls_key"}
+    for param in gateway_cli.gateway.params:
+        assert isinstance(param, click.Option)
+        name = param.opts[0].lstrip("-").replace("-", "_").upper()
+        expected = [f"AIWORKER_GATEWAY_{name}"]
+        if name.lower() in shared:
+            expected.append(f"AIWORKER_{name}")
+        if name.lower() in redis_tls:
+            expected = [f"AIWORKER_{name}"]
+        assert param.envvar == expected, param.opts
+
+
+@pytest.mark.parametrize("retired", ["TLS_CERT", "TLS_KEY", "TLS_CA_CERT"])
+def test_the_gateways_retired_tls_variables_are_refused(retired: str) -> None:
+    """They named the files the gateway listens with: read as Redis' TLS files instead, a
+    gateway meant to listen with TLS would have listened without it."""
+    code, out = invoke("gateway", **{f"AIWORKER_GATEWAY_{retired}": "server.pem"})
+    listen = retired.replace("TLS_", "TLS_LISTEN_")
+    assert code == 1 and f"AIWORKER_GATEWAY_{retired} (now AIWORKER_GATEWAY_{listen})" in out
+
+
+def test_gateway_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    started: dict[str, Any] = {}
+    monkeypatch.setattr(gateway_cli, "_run", lambda settings, config: started.update(
+        settings=settings, config=config))  # fmt: skip
+    monkeypatch.setattr(gateway_cli, "_runner", lambda loop: lambda run: None)
+    monkeypatch.setattr(gateway_cli.malloc, "keep_freed_memory", lambda: None)
+    env = {
+        "AIWORKER_REDIS_URL": "redis://worker-redis:6379/0",
+        "AIWORKER_GATEWAY_REDIS_URL": "redis://gateway-redis:6379/0",
+        "AIWORKER_PREFIX": "shared:",
+        "AIWORKER_GATEWAY_TLS_LISTEN_CERT": "server.crt",
+        "AIWORKER_GATEWAY_TLS_LISTEN_KEY": "server.key",
+        "AIWORKER_GATEWAY_REPLY_TIMEOUT": "5",
+    }
+    code, out = invoke("gateway", **env)
+    assert code == 0, out
+    settings, config = started["settings"], started["config"]
+    assert (settings.redis_url, settings.prefix) == ("redis://gateway-redis:6379/0", "shared:")
+    assert (config.tls_cert, config.tls_key, config.reply_timeout) == (
+        "server.crt", "server.key", 5.0
+    )  # fmt: skip
+    del env["AIWORKER_GATEWAY_REDIS_URL"]
+    invoke("gateway", **env)
+    assert started["settings"].redis_url == "redis://worker-redis:6379/0"
+
+
+# up ------------------------------------------------------------------------------------------
+
+
+def spawn_up(*args: str, **env: str) -> subprocess.Popen[str]:
+    """``aiworker up`` in a process group of its own, as a shell runs it in a terminal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "up", *args],
+        env=worker_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_up_refuses_a_gateway_port_in_use() -> None:
+    """The gateway thread died with a traceback while `up` ran on and advertised the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = spawn_up("--gateway-port", str(port))
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            stop_group(proc)
+    assert proc.returncode == 1, err
+    assert err.startswith("(error) gateway port") and "address already in use" in err
+    assert "Traceback" not in err and "RedisAI clients" not in out
+
+
+def test_up_serves_its_settings_and_stops_on_ctrl_c() -> None:
+    """`up` takes AIWORKER_* settings for its worker (it served x2 whatever they said), serves
+    the gateway port it names, and a terminal's Ctrl-C (SIGINT to the whole process group)
+    stops it at once: it reached the private redis-server too, and the worker's stop waited on
+    a Redis that was gone."""
+    gateway_port = free_port()
+    proc = spawn_up("--gateway-port", str(gateway_port), AIWORKER_THREADS_PER_QUEUE="3")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[2]
+        assert proc.stdout.readline().startswith(f"RedisAI clients: redis-cli -p {gateway_port} ")
+        client = Client.from_url(url)
+        wait_until(lambda: client.zcard(client.keyspace.workers) == 1, timeout=60)
+        (name,) = client.zrange(client.keyspace.workers, 0, -1)
+        status = json.loads(client.get(client.keyspace.worker(name.decode())))  # type: ignore[arg-type]
+        assert status["threads_per_queue"] == 3
+        assert redis.Redis(port=gateway_port).ping()
+        client.close()
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, err
+    assert took < 8, f"Ctrl-C took {took:.1f}s"
+    assert "could not deregister" not in err and "stopped (0 unfinished" in err
+    with pytest.raises(redis.ConnectionError):  # Redis stopped last, not left running
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_up_settings_layer_below_the_flag(recorded: list[Recorder], tmp_path: Path) -> None:
+    config = tmp_path / "aiworker.toml"
+    config.write_text("threads_per_queue = 4\nprefix = 'mine:'\n")
+    code, out = invoke("up", "--gateway-port", "0", "--config", str(config))
+    assert code == 0, out
+    assert (recorded[0].settings.threads_per_queue, recorded[0].settings.prefix) == (4, "mine:")
+    code, out = invoke("up", "--gateway-port", "0", AIWORKER_THREADS_PER_QUEUE="3")
+    assert recorded[1].settings.threads_per_queue == 3
+    code, out = invoke(
+        "up", "--gateway-port", "0", "--threads-per-queue", "1", AIWORKER_THREADS_PER_QUEUE="3"
+    )
+    assert recorded[2].settings.threads_per_queue == 1
+    code, out = invoke(
+        "up", "--gateway-port", "0",
+        AIWORKER_REDIS_URL="rediss://elsewhere:6380/0", AIWORKER_TLS_CA_CERT="/nothing",
+    )  # fmt: skip
+    assert code == 0, out
+    assert recorded[3].settings.threads_per_queue == 2  # up's own default
+    assert recorded[3].settings.redis_url.startswith("redis://127.0.0.1:")
+    assert recorded[3].settings.tls_ca_cert == ""
