@@ -25,7 +25,7 @@ from aiworker.storage.plans import AnyRedis, Commands, Plan
 LIVE_FOR_S = 12.0
 
 
-def live_workers_plan(keys: Keys, max_age: float = 10.0) -> Plan[list[dict[str, Any]]]:
+def live_workers_plan(keys: Keys, max_age: float = LIVE_FOR_S) -> Plan[list[dict[str, Any]]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""
     names = yield from plans.call("ZRANGEBYSCORE", keys.workers, time.time() - max_age, "+inf")
     return (yield from _statuses(keys, names)) if names else []
@@ -109,7 +109,7 @@ def _is_queue_of(keys: Keys, device: str, stream: str) -> bool:
     )
 
 
-def live_workers(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> list[dict[str, Any]]:
+def live_workers(r: AnyRedis, keys: Keys, max_age: float = LIVE_FOR_S) -> list[dict[str, Any]]:
     """Heartbeats of worker processes seen within ``max_age`` seconds."""
     return plans.run(r, live_workers_plan(keys, max_age))
 
@@ -159,7 +159,7 @@ def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> di
     }
 
 
-def gather(r: AnyRedis, keys: Keys, max_age: float = 10.0) -> dict[str, Any]:
+def gather(r: AnyRedis, keys: Keys, max_age: float = LIVE_FOR_S) -> dict[str, Any]:
     """Everything ``aiworker status`` prints: one queue entry per stream (partition)."""
     workers = live_workers(r, keys, max_age)
     streams = streams_in_use(r, keys, workers)
@@ -199,7 +199,7 @@ def check(
     r: AnyRedis,
     keys: Keys,
     device: str = "CPU",
-    max_age: float = 10.0,
+    max_age: float = LIVE_FOR_S,
     worker: str | None = None,
     this_host: bool = False,
 ) -> tuple[bool, str]:
