@@ -47,6 +47,8 @@ class Settings:
     inter_op_parallelism: int = 0
     intra_op_parallelism: int = 0
     backend_memory_limit: int = 0
+    # AI.CONFIG BACKENDSPATH, answered to RedisAI clients: backends here are Python packages
+    # (the ``aiworker.backends`` entry points), so no worker reads it
     backends_path: str = ""
     preload: tuple[str, ...] = ()
     reply_ttl: int = 300
@@ -233,8 +235,8 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
         name = written.strip().upper()
         if name == "BACKENDSPATH":
             warnings.append(
-                f"ignoring {written!r} from the shared config hash: it names code to load, so "
-                "only the operator sets it (flag, AIWORKER_BACKENDS_PATH or the config file)"
+                f"ignoring {written!r} from the shared config hash: backends are Python "
+                "packages (entry points of 'aiworker.backends'), no path is loaded"
             )
             continue
         if name not in REDIS_CONFIG:
