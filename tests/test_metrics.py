@@ -216,3 +216,17 @@ def test_failed_jobs_are_logged_with_their_job_id(
     line = json.loads(JsonFormatter().format(record))
     assert line["job_id"] == entry_id and line["reason"] == "error" and "boom" in line["message"]
     assert line["level"] == "info" and line["logger"] == "aiworker.worker"
+
+
+def test_status_lag_counts_only_entries_still_in_the_stream(
+    client: Client, settings: Settings
+) -> None:
+    """Redis 7.0's lag still counts entries deleted before any consumer read them (jobs taken
+    back with NoLiveWorker): status showed lag=2 on an empty queue."""
+    ensure_group(client, QUEUE)
+    first = client.xadd(QUEUE, {"f": "0"})
+    client.xreadgroup(CONSUMER_GROUP, "c", {QUEUE: ">"})
+    client.xack(QUEUE, CONSUMER_GROUP, first)
+    client.xdel(QUEUE, first, client.xadd(QUEUE, {"f": "1"}), client.xadd(QUEUE, {"f": "2"}))
+    result = CliRunner().invoke(main, ["status", "--redis-url", settings.redis_url])
+    assert "queue aiworker:queue:CPU: length=0 pending=0 lag=0" in result.output, result.output

@@ -127,12 +127,16 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
     group: dict[str, Any] = {}
     if isinstance(groups, list):
         group = next((g for g in groups if text(g.get("name")) == CONSUMER_GROUP), {})
+    length = length if isinstance(length, int) else 0
+    lag = group.get("lag")
     return {
         "device": device.upper(),
         "queue": queue,
-        "length": length if isinstance(length, int) else 0,
+        "length": length,
         "pending": int(group.get("pending", 0) or 0),
-        "lag": group.get("lag"),
+        # Redis 7.0 keeps counting entries deleted before they were read (a job taken back):
+        # what is not in the stream is not waiting
+        "lag": min(int(lag), length) if lag is not None else None,
         "consumers": int(group.get("consumers", 0) or 0),
         "dead_letters": dead if isinstance(dead, int) else 0,
         # max_queue_length as its workers publish it (0: none)
