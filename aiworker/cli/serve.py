@@ -105,9 +105,10 @@ def worker(
     """Serve device queues until SIGTERM/SIGINT (a second signal cuts the drain short). A Redis
     Cluster is found on its own (any node's URL will do)."""
     if hooks and not {"", os.getcwd()} & set(sys.path):
-        # A console script's sys.path starts with its own directory, not the current one: put
-        # that first, as ``python -m`` and uvicorn do, so a hook module next to the user is found.
-        sys.path.insert(0, os.getcwd())
+        # A console script's sys.path starts with its own directory, not the current one: add
+        # it, so a hook module next to the user is found. Last, not first as ``python -m`` does:
+        # a file in the worker's directory must not shadow a package it imports later (torch).
+        sys.path.append(os.getcwd())
     try:  # before anything else: a hook that cannot be loaded is a usage error
         found = [load_hook(spec) for spec in hooks]
     except ConfigError as exc:
