@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_until
@@ -23,6 +25,7 @@ from faults import (
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.worker.lane import Lane
 
 
 def _consumers(client: Client) -> list[str]:
@@ -119,3 +122,29 @@ def test_a_stop_with_redis_gone_does_not_wait_out_the_drain(tmp_path: Path) -> N
     finally:
         proc.kill()
         server.stop()
+
+
+def test_a_stop_waits_for_a_job_whose_inputs_are_still_being_read(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry read and still being prepared (its large inputs coming in) is in hand, as a
+    running job is: the stop drains it (it stopped waiting after a blocking read and a second of
+    lanes that looked idle, and handed the job back)."""
+    stub_model(client, "m")
+    tensor(client, "a", [1])
+    tensor(client, "b", [2])
+    preparing = threading.Event()
+    prepare = Lane._prepare
+
+    def slow_prepare(self: Lane, *args: Any) -> Any:
+        preparing.set()
+        time.sleep(3)  # a read of hundreds of megabytes
+        return prepare(self, *args)
+
+    monkeypatch.setattr(Lane, "_prepare", slow_prepare)
+    w = Worker(settings.replace(threads_per_queue=1, block_ms=200)).start()
+    enqueue(client, [job_entry("m", ["a", "b"], ["c"], "r1")])
+    assert preparing.wait(10)
+    w.stop(timeout=30)
+    assert b'"ok"' in client.lrange("r1", 0, -1)[0]
+    assert client.tensorget("c").tolist() == [3.0]

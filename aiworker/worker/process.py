@@ -291,14 +291,15 @@ class Worker:
         drain = self.settings.drain_timeout if timeout is None else timeout
         deadline = time.monotonic() + drain
         threads = self._threads + [t for lane in list(self.lanes.values()) for t in lane.threads]
-        # A thread that only reads ends within a blocking read; past that, with nothing in hand,
-        # it is stuck reconnecting to a Redis that went away: nothing is left to drain.
+        # A thread that only reads ends within a blocking read; past that, with nothing in hand
+        # (no entry held: one read and still being prepared counts, as one running does), it is
+        # stuck reconnecting to a Redis that went away: nothing is left to drain.
         idle_grace = self.settings.block_ms / 1000 + IDLE_GRACE_S
         idle_since: float | None = None
         for thread in threads:
             while thread.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
                 now = time.monotonic()
-                if not all(lane.idle() for lane in self.lanes.values()):
+                if self.held.pairs() or not all(lane.idle() for lane in self.lanes.values()):
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
