@@ -572,11 +572,38 @@ def test_a_subscribe_queued_in_a_transaction_subscribes_when_exec_runs(
     sock.close()
 
 
+def test_more_commands_than_the_gateway_holds_after_a_subscribing_exec(
+    gateway: Gateway, redis_server: Any
+) -> None:
+    """The commands pipelined behind an EXEC that subscribes wait for its reply; past 4,096 the
+    client's socket is not read, and the pipe the EXEC starts must read it again (it stopped
+    after ~9,000 of 10,000 PINGs, for good)."""
+    stream = b"MULTI\r\nSUBSCRIBE c\r\nEXEC\r\n" + b"PING\r\n" * 10_000
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        received = read_replies(sock, 3 + 10_000)
+        sock.sendall(b"PING x\r\n")
+        answers.append(received + read_replies(sock, 1))
+        sock.close()
+    assert answers[1] == answers[0]
+
+
 def test_a_transaction_either_subscribes_or_runs_ai_commands(
     gateway: Gateway, client: Client
 ) -> None:
     """An AI.* command's plan may make Redis calls after EXEC, which a pipe would mistake for
-    pub/sub traffic: whichever of the two comes second gets an error in EXEC's reply."""
+    pub/sub traffic: whichever of the two comes second gets an error in EXEC's reply. A store
+    runs on a connection of its own: it mixes with a SUBSCRIBE in either order."""
+    sock = raw_socket(gateway)
+    store = command(b"AI.MODELSTORE", b"m", b"STUB", b"CPU", b"BLOB", stub_blob("add"))
+    sock.sendall(b"MULTI\r\nSUBSCRIBE ch\r\n" + store + b"EXEC\r\n")
+    assert read_replies(sock, 4) == (
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n+OK\r\n"
+    )
+    assert client.exists("m")
+    sock.close()
     sock = raw_socket(gateway)
     sock.sendall(b"MULTI\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nSUBSCRIBE ch\r\nEXEC\r\nPING\r\n")
     refused = b"-ERR gateway: a transaction cannot both subscribe and run RedisAI commands\r\n"

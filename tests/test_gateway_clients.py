@@ -20,10 +20,11 @@ import redis
 from builders import tf_mul_graph
 from conftest import ROOT, stub_blob, torch_blob, worker_env
 from redis.cluster import RedisCluster
-from test_gateway import running_gateway
+from test_gateway import raw_socket, read_replies, running_gateway
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
+from aiworker.gateway.resp import command
 from aiworker.protocol.keys import key_slot
 
 NODE_CLIENT = ROOT / "tests" / "gateway_node"
@@ -362,6 +363,33 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
             b"key9"
         )
+
+
+def test_a_command_queued_for_another_master_aborts_the_transaction(
+    cluster_client: Client, cluster_settings: Settings
+) -> None:
+    """As on a cluster node: a transaction whose first keyed command comes after a PING stays
+    where it began, and a command there for another master's slot is refused (MOVED) and makes
+    EXEC fail. The gateway followed the MOVED once EXEC had unpinned the transaction, and the
+    command ran outside it."""
+    aborted = 0
+    with running_gateway(cluster_settings) as gw:
+        for n in range(12):
+            key = f"moved{n}"
+            sock = raw_socket(gw)
+            sock.sendall(b"MULTI\r\nPING\r\n" + command(b"SET", key.encode(), b"1") + b"EXEC\r\n")
+            replies = read_replies(sock, 4)
+            sock.close()
+            ran = replies.endswith(b"*2\r\n+PONG\r\n+OK\r\n")
+            aborted += not ran
+            assert ran or (
+                b"-MOVED " in replies
+                and replies.endswith(
+                    b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                )
+            )
+            assert cluster_client.exists(key) == ran, replies
+    assert aborted  # keys on every master: some were another master's
 
 
 def test_resp3_on_a_real_cluster(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from conftest import wait_until
 from test_gateway import (
     connect,
     event_loops,
@@ -23,6 +24,7 @@ from test_gateway import (
 )
 
 from aiworker import Client, Settings
+from aiworker.embedded import RedisServer
 from aiworker.gateway import Gateway
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
@@ -418,3 +420,32 @@ def test_reply_framing() -> None:
     assert array_items(reply, 0, len(reply)) == [b"$1\r\na\r\n", encode([1, None, [b"x" * 100]]),
                                                  b":7\r\n"]  # fmt: skip
     assert array_items(b"*-1\r\n", 0, 5) is None
+
+
+def test_a_client_gone_before_its_exec_and_redis_gone_after_frees_its_place(
+    settings: Settings,
+) -> None:
+    """A client leaves while its EXEC (holding an AI.* command) runs, then Redis dies: the
+    session let go once the EXEC's AI.* part had its answer, which never came; with
+    --max-connections 1 every later client was refused for good."""
+    server = RedisServer().start()
+    busy = "local t = redis.call('TIME')[1] + 2 while tonumber(redis.call('TIME')[1]) < t do end"
+    try:
+        with running_gateway(settings.replace(redis_url=server.url), max_connections=1) as gw:
+            sock = raw_socket(gw)
+            sock.sendall(b"MULTI\r\n")
+            assert read_replies(sock, 1) == b"+OK\r\n"
+            sock.sendall(
+                b"AI.TENSORSET t FLOAT 1 VALUES 1\r\n"
+                + encode([b"EVAL", busy.encode(), b"0"]) + b"EXEC\r\n"
+            )  # fmt: skip
+            time.sleep(0.5)
+            sock.close()  # while EXEC waits behind the script
+            time.sleep(0.3)
+            server.stop()  # Redis dies before EXEC's reply
+            wait_until(lambda: not gw.sessions, timeout=10)
+            late = raw_socket(gw)
+            late.sendall(b"PING\r\n")
+            assert b"max number of clients" not in read_until_closed(late)
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ own, with its DB and user). redis-py 8 asks for RESP3 first: it must connect wit
 
 from __future__ import annotations
 
+import socket
 import time
 import warnings
 from typing import Any
@@ -22,7 +23,7 @@ from test_gateway import (
 
 from aiworker import Client, Settings, Worker
 from aiworker.gateway import Gateway
-from aiworker.gateway.resp import Double, encode, reply_end
+from aiworker.gateway.resp import Double, command, encode, reply_end
 
 gateway = test_gateway.gateway  # the fixture: a gateway on each event loop
 
@@ -215,3 +216,39 @@ def test_losing_the_ai_connection_keeps_the_client(
     assert con.ping() is True
     assert con.execute_command("AI.TENSORGET", "t", "VALUES") == [4]
     assert con.client_id() == own  # the same connection of its own
+
+
+def test_a_push_before_a_subscribing_execs_reply_is_not_taken_for_it(
+    gateway: Gateway, redis_server: Any
+) -> None:
+    """RESP3 with client-side caching: an invalidation Redis pushes just before the reply of an
+    EXEC that subscribes goes to the client as a push; EXEC keeps its own reply (the push was
+    taken for it, and every later reply answered the command before its own)."""
+    busy = "local t = redis.call('TIME')[1] + 1 while tonumber(redis.call('TIME')[1]) < t do end"
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        writer = socket.create_connection(("127.0.0.1", redis_server.port), timeout=10)
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(
+            command(b"HELLO", b"3") + command(b"CLIENT", b"TRACKING", b"ON")
+            + command(b"SET", b"k", b"0") + command(b"GET", b"k") + command(b"MULTI")
+            + command(b"SUBSCRIBE", b"c")
+        )  # fmt: skip
+        head = read_replies(sock, 6)
+        blocker = socket.create_connection(("127.0.0.1", redis_server.port), timeout=10)
+        blocker.sendall(command(b"EVAL", busy.encode(), b"0"))  # Redis busy for a second
+        time.sleep(0.2)
+        writer.sendall(command(b"SET", b"k", b"1"))  # its invalidation goes out first
+        time.sleep(0.1)
+        sock.sendall(command(b"EXEC") + command(b"SET", b"a", b"1") + command(b"INCR", b"n"))
+        rest = read_replies(sock, 4)  # the push, EXEC's reply, +OK, :n
+        answers.append((head, rest))
+        for each in (writer, blocker, sock):
+            each.close()
+        cleaner = socket.create_connection(("127.0.0.1", redis_server.port), timeout=10)
+        cleaner.sendall(command(b"DEL", b"k", b"a", b"n"))
+        read_replies(cleaner, 1)
+        cleaner.close()
+    (_, direct), (_, through) = answers
+    assert replies(through)[0].startswith(b">2\r\n$10\r\ninvalidate\r\n")
+    assert replies(through)[1:] == replies(direct)[1:] and replies(through)[-1] == b":1\r\n"

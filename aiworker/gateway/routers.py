@@ -95,7 +95,8 @@ class ClusterRouter:
 
     def route(self, args: list[bytes], slot: Slot) -> Upstream:
         name = args[0].upper()
-        slot.args = args
+        if self.pinned is None:  # one of a transaction's is never sent elsewhere (``redirect``)
+            slot.args = args
         if self.pinned is not None:
             upstream = self.pinned
             if self.movable and name not in _UNPIN and command_keys(self.slots.keys, args):
@@ -124,7 +125,9 @@ class ClusterRouter:
         return to
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
-        """Send a command again after MOVED/ASK (not inside a transaction; at most 5 times)."""
+        """Send a command again after MOVED/ASK (at most 5 times; not one routed inside a
+        transaction, even when the transaction ended before its reply came: a queued command
+        sent elsewhere would run outside it)."""
         found = redirect_target(data)
         if found is None or slot.args is None or self.pinned is not None:
             return False

@@ -322,6 +322,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             return
         if transaction is None:
             slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+            slot.pushed = slot.tunnel  # in RESP3 its own reply is a push
         else:  # a SUBSCRIBE subscribes when EXEC runs (MONITOR: Redis refuses it there)
             if name in SUBSCRIBE_COMMANDS:
                 if transaction.has_plans():
@@ -354,6 +355,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         unfinished = self.reader.take_unfinished()
         if unfinished:
             upstream.send_raw(unfinished)
+        self._update_reading()  # reading may have paused while commands piled up behind it
 
     def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
         """Whether the gateway answers this command itself (``Host.local_reply``; QUIT aside,
@@ -410,8 +412,6 @@ class Session(ReplyHooks, asyncio.Protocol):
         large command is parsed and started in a thread, the next commands waiting for it."""
         if is_job_command(args[0]) or self.gw.cluster:
             transaction.answer(ErrorReply(IN_TRANSACTION))
-        elif transaction.subscribes:
-            transaction.answer(ErrorReply(SUBSCRIBING))
         else:
             runner = self._runner()
             if self.resp3:  # its calls join the MULTI on the client's own connection
@@ -444,7 +444,11 @@ class Session(ReplyHooks, asyncio.Protocol):
         """Queue what ``_started`` made of an AI.* command."""
         if isinstance(started, tuple):
             plan, step = started
-            transaction.queue_started(plan, step, runner)
+            if transaction.subscribes:  # its Redis calls after EXEC would meet the pipe
+                plan.close()
+                transaction.answer(ErrorReply(SUBSCRIBING))
+            else:
+                transaction.queue_started(plan, step, runner)
         elif isinstance(started, Done):
             transaction.answer(started.reply)
         else:  # a store: run at its place in EXEC's reply, as the DB and user in effect then
@@ -588,6 +592,9 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._link = None
             self.flush()
             return
+        # the EXECs failed above never reach their hook: nothing is left to wait for
+        self.exec_awaited = 0
+        self.holding = False
         self.waiting.clear()
         self._close_after_replies()
 

@@ -14,7 +14,8 @@ their place (a SELECT queued before one counts).
 A SUBSCRIBE queued in the transaction subscribes when EXEC runs, and from EXEC's reply on the
 connection is a pipe (``session``). An AI.* command's plan may need Redis calls after EXEC, which a
 pipe would take for pub/sub traffic: a transaction holds one or the other, and the second gets
-an error in its place in EXEC's reply (``SUBSCRIBING``).
+an error in its place in EXEC's reply (``SUBSCRIBING``). Stores run on connections of their own
+and mix with a SUBSCRIBE either way.
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ class Slot:
     pipe. ``internal`` takes the decoded reply of a command the gateway sent itself (it has no
     place in the client's reply stream; an error reply is redis-py's exception)."""
 
-    __slots__ = ("args", "blocking", "data", "hook", "internal", "redirects", "silent", "tunnel")
+    __slots__ = (
+        "args", "blocking", "data", "hook", "internal", "pushed", "redirects", "silent", "tunnel"
+    )  # fmt: skip
     large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
 
     def __init__(
@@ -60,6 +62,8 @@ class Slot:
         self.internal = internal
         self.blocking = False  # a blocking command's (``session.BLOCKING``)
         self.redirects = 0  # MOVED/ASK followed (``routers.ClusterRouter``)
+        # its own reply may be a RESP3 push (SUBSCRIBE's): no other push is taken for it
+        self.pushed = False
 
 
 class LargeSlot(Slot):
@@ -253,7 +257,7 @@ class Upstream(asyncio.Protocol):
             end = reply_end(data, pos)
             if end < 0:
                 break
-            if data[pos] == PUSH and not (waiting and waiting[0].tunnel):
+            if data[pos] == PUSH and not (waiting and waiting[0].pushed):
                 self.owner.on_push(bytes(data[pos:end]))  # a SUBSCRIBE's own reply is a push
                 pos = end
                 continue
