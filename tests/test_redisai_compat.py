@@ -469,6 +469,28 @@ def test_commands_after_a_job_in_a_pipeline_see_its_outputs(
         ]
 
 
+@pytest.mark.parametrize("explicit", [False, True])
+def test_a_transaction_holding_jobs_is_atomic_between_them(
+    con: Client, worker: Worker, explicit: bool
+) -> None:
+    """Each part of a transaction ends with a job: a part refused whole (an unknown command:
+    EXECABORT) has the error in its places and runs nothing, the part before it ran. With
+    multi() on a transaction=False pipeline too (the parts after the first ran outside MULTI;
+    an EXECABORT there raised and lost the results of the parts that had run)."""
+    pipe = con.pipeline(transaction=not explicit)
+    if explicit:
+        pipe.multi()
+    pipe.tensorset("in", np.ones(2, np.float32)).set("before", 1)
+    pipe.modelexecute("pt_model", ["in", "in"], ["out"])
+    pipe.set("after", 1).execute_command("NOSUCHCOMMAND")
+    results = pipe.execute(raise_on_error=False)
+    assert results[:3] == [b"OK", True, b"OK"] and con.tensorget("out").tolist() == [2, 2]
+    assert all(isinstance(r, ResponseError) for r in results[3:]) and not con.exists("after")
+    pipe = con.pipeline(transaction=True).set("x", 1).execute_command("NOSUCHCOMMAND")
+    with pytest.raises(ResponseError):
+        pipe.execute()
+
+
 def test_pipeline_errors_follow_redis_py(con: Client) -> None:
     pipe = con.pipeline(transaction=False).tensorget("missing").set("k", "v")
     with pytest.raises(ResponseError, match=r"^tensor key is empty"):

@@ -16,7 +16,8 @@ pipeline's commands one after another, a job blocking the ones behind it): ``exe
 pipeline in one round trip - one MULTI/EXEC with ``transaction=True`` - per job it holds, each
 ending with that job's XADD, plus one for the commands after the last job. A job cannot run
 inside a transaction (RedisAI refused it there), so a transaction holding jobs is atomic between
-them.
+them: a round trip refused whole (EXECABORT) has the error in each of its places and the others
+still run (a WATCH covers the first one only: a WatchError there stops the pipeline).
 
 redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
 Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
@@ -195,10 +196,17 @@ class Pipeline(redis.client.Pipeline):
             ends.append(len(stack))
         results: list[Any] = []
         start = 0
+        explicit = self.explicit_transaction  # multi() on a transaction=False pipeline
         try:
             for end in ends:
                 self.command_stack = stack[start:end]
-                results += super().execute(raise_on_error=False)  # (it resets the pipeline)
+                self.explicit_transaction = explicit  # (each execute resets the pipeline)
+                try:
+                    results += super().execute(raise_on_error=False)
+                except redis.WatchError:
+                    raise  # the first round trip, nothing of it applied: the caller retries
+                except redis.ResponseError as exc:  # EXECABORT: nothing of this one ran
+                    results += [exc] * (end - start)
                 for index in range(start, end):
                     if index in post:
                         results[index] = _applied(post[index], results[index])
