@@ -91,6 +91,9 @@ class RedisServer:
                         self.stop()
                         raise AIWorkerError("redis-server did not start in time") from None
                     time.sleep(0.05)
+        except BaseException:  # Ctrl-C while it starts: no server is left behind
+            self.stop()
+            raise
         finally:
             client.close()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from conftest import spawn_worker, stub_blob
 
 from aiworker import Client
@@ -144,3 +145,20 @@ def test_a_worker_and_a_client_reach_redis_over_its_unix_socket(tmp_path: Path) 
             proc.terminate()
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()
+
+
+def test_a_server_interrupted_while_it_starts_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while `aiworker up` waits for its Redis to answer: the server it started in a
+    session of its own (out of the terminal's reach) is stopped, not left running."""
+
+    server = RedisServer(start_new_session=True)
+    started = []
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        started.append(server.process)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(redis.Redis, "info", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert started[0] is not None and started[0].poll() is not None

@@ -191,6 +191,9 @@ def up(
     settings = make_settings(
         config_file, base=UP_DEFAULTS, threads_per_queue=threads_per_queue, **no_tls
     )
+    # Until the worker takes SIGTERM over (a graceful stop), it unwinds what started, so the
+    # private Redis is stopped, as Ctrl-C's KeyboardInterrupt does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if hasattr(signal, "SIGHUP"):  # a closed terminal stops everything as Ctrl-C does
         signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
     # Its own process group: a terminal's Ctrl-C must not stop Redis under the worker's drain.
