@@ -136,6 +136,10 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name}: invalid value {value!r}") from None
     if name == "devices":
         _check_devices(names)
+        first: dict[str, str] = {}
+        for each in names:  # "CPU,cpu": one queue, served by one lane
+            first.setdefault(each.upper(), each)
+        names = tuple(first.values())
     return names
 
 
@@ -153,6 +157,8 @@ def split_list(value: str | Iterable[Any]) -> tuple[str, ...]:
 
 def _check_devices(names: tuple[str, ...]) -> None:
     # A worker would refuse them at start with RedisAI's bare "Invalid DEVICE": name the culprit.
+    if not names:  # "," or "": a worker serving nothing
+        raise ConfigError("setting devices: no device named (CPU, GPU, CPU:<n> or GPU:<n>)")
     for name in names:
         try:
             parse_device(name)

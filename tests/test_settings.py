@@ -115,6 +115,14 @@ def test_an_invalid_device_is_named(devices: str, bad: str) -> None:
         Settings.load(env={"AIWORKER_DEVICES": devices})
 
 
+def test_a_device_list_names_each_device_once_and_at_least_one() -> None:
+    """ "," started a worker that served nothing, "CPU,,CPU" one with the CPU queue twice."""
+    for empty in (",", " ", ""):
+        with pytest.raises(ConfigError, match="no device named"):
+            Settings.load(env={"AIWORKER_DEVICES": empty})
+    assert Settings.load(env={"AIWORKER_DEVICES": "CPU,,cpu GPU:1 CPU"}).devices == ("CPU", "GPU:1")
+
+
 def test_documented_config_file_loads() -> None:
     path = ROOT / "config" / "aiworker.toml"
     if not path.exists():
