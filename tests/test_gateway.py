@@ -590,6 +590,25 @@ def test_more_commands_than_the_gateway_holds_after_a_subscribing_exec(
     assert answers[1] == answers[0]
 
 
+@pytest.mark.parametrize(
+    "stream", [b"SUBSCRIBE c\r\nPING\r\n", b"MULTI\r\nSUBSCRIBE c\r\nEXEC\r\nPING\r\n"]
+)
+def test_a_subscribed_client_that_half_closes_gets_its_replies(
+    gateway: Gateway, redis_server: Any, stream: bytes
+) -> None:
+    """A client shuts its side after subscribing and a PING: Redis answers both, then closes.
+    Through the pipe the end goes on to Redis after what came before it (the gateway closed at
+    once: nothing, or EXEC's reply without the PING's)."""
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        sock.shutdown(socket.SHUT_WR)
+        answers.append(read_until_closed(sock))
+        sock.close()
+    assert answers[1] == answers[0] and answers[0].endswith(b"$4\r\npong\r\n$0\r\n\r\n")
+
+
 def test_a_transaction_either_subscribes_or_runs_ai_commands(
     gateway: Gateway, client: Client
 ) -> None:

@@ -234,6 +234,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         sent still run and their replies are written, then the connection closes, as Redis
         does. (A command cut short by the end is dropped.) With a blocking command waiting
         (BLPOP k 0), Redis frees the client at once, ending the wait: so does the gateway."""
+        if self.tunnel and not self.closing:  # Redis answers what it got, then closes: then so
+            return self.router.tunnel_upstream().write_eof()  # does the gateway (upstream lost)
         if self.closing or self.tunnel or self.blocking:
             return False  # close now
         self.input_ended = True
@@ -356,6 +358,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         if unfinished:
             upstream.send_raw(unfinished)
         self._update_reading()  # reading may have paused while commands piled up behind it
+        if self.input_ended and not upstream.write_eof():  # the client shut its side meanwhile
+            self._close_after_replies()
 
     def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
         """Whether the gateway answers this command itself (``Host.local_reply``; QUIT aside,
@@ -619,7 +623,9 @@ class Session(ReplyHooks, asyncio.Protocol):
             transport.write(out[0])
         elif out:
             transport.writelines(out)
-        if not replies and (self.closing or (self.input_ended and self._all_done())):
+        if not replies and (
+            self.closing or (self.input_ended and not self.tunnel and self._all_done())
+        ):
             transport.close()
 
     def _all_done(self) -> bool:

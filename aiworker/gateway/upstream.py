@@ -107,6 +107,7 @@ class Upstream(asyncio.Protocol):
         self.waiting: deque[Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.tunnel = False
+        self._eof = False  # a half-close to pass on once connected (``write_eof``)
         self.closed = False
         self.resp3 = any(
             command[0].upper() == b"HELLO" and command[1:2] == [b"3"] for command in hello
@@ -162,6 +163,21 @@ class Upstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def write_eof(self) -> bool:
+        """End what is sent to Redis, after what was sent (a half-close; once connected, when
+        it is not yet); False: it cannot be (closed, or TLS)."""
+        transport = self.transport
+        if self.closed:
+            return False
+        if transport is None:
+            self._eof = True
+            return True
+        self.flush()
+        if not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
+
     # asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +186,8 @@ class Upstream(asyncio.Protocol):
             transport.close()
             return
         self.flush()
+        if self._eof and not self.write_eof():  # TLS: no half-close, the client's end is ours
+            self._lost("the client closed its connection")
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
