@@ -489,6 +489,23 @@ def test_ai_commands_other_than_jobs_run_inside_the_transaction(
     assert client.exists("t3") == 0
 
 
+def test_ai_commands_in_a_transaction_keep_their_order_on_a_fresh_redis(
+    gateway: Gateway, client: Client
+) -> None:
+    """Redis without aiworker's scripts loaded (a restart, SCRIPT FLUSH): an AI.* command queued
+    in MULTI still runs in its place (its script went by SHA, NOSCRIPT, and ran again only after
+    EXEC: the commands after it did not see the tensor)."""
+    client.script_flush()
+    sock = raw_socket(gateway)
+    sock.sendall(
+        b"MULTI\r\nAI.TENSORSET t INT8 1 VALUES 7\r\nAI.TENSORGET t VALUES\r\nEXISTS t\r\n"
+        b"EXEC\r\nQUIT\r\n"
+    )
+    assert read_until_closed(sock) == (
+        b"+OK\r\n" + b"+QUEUED\r\n" * 3 + b"*3\r\n+OK\r\n*1\r\n:7\r\n:1\r\n+OK\r\n"
+    )
+
+
 def test_watch_survives_ai_commands(gateway: Gateway, client: Client) -> None:
     """An AI.* command of a connection that WATCHes runs off its connection: a plan's own
     MULTI/EXEC (here a tensor over 1 MB) would end the client's WATCH."""

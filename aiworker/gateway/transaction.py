@@ -5,8 +5,9 @@ deprecated forms): the command was QUEUED and its place in EXEC's reply held "Ca
 command within a transaction or a LUA script". Every other AI.* command ran in the transaction like
 any Redis command. The gateway does the same: such a command's first round trip of Redis calls is
 queued in the client's transaction, so it runs at EXEC, atomically and in order with the client's
-own commands; its plan then goes on with EXEC's replies to those calls. What needs another round
-trip (a Lua script Redis had not loaded) is done right after EXEC, before the client's next command
+own commands; its plan then goes on with EXEC's replies to those calls (its scripts sent with
+their sources, EVAL: a script Redis had not loaded could not run again in its place). What needs
+another round trip (a tensor over 1 MB) is done right after EXEC, before the client's next command
 runs, and its reply takes its place in EXEC's reply; so are model and script stores, whole (they
 hash and compile blobs in a thread: ``aiclients``), as the DB and user that EXEC left in effect at
 their place (a SELECT queued before one counts).
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiworker.client.ops import Submit
+from aiworker.storage import lua
 from aiworker.storage.plans import Commands, Plan
 
 from . import resp
@@ -93,7 +95,8 @@ class Transaction:
             self.answer(step.reply)
             return
         if isinstance(step, Commands):  # already inside MULTI: no MULTI/EXEC of its own
-            runner.send(step.commands, _queued)
+            # with their scripts' sources: a NOSCRIPT could not be answered in its place
+            runner.send([lua.with_source(command) for command in step.commands], _queued)
             self.items.append(_Queued(plan, step, len(step.commands)))
         else:
             self.items.append(_Queued(plan, step, 0))

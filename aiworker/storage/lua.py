@@ -47,6 +47,7 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         self.keys_in_argv = keys_in_argv  # ARGV index (1-based) of the count of keys given there
+        _BY_SHA[self.sha] = self
 
     def __call__(self, r: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
         """Run on a redis-py client, or on a pipeline in WATCH mode (a cluster's too: both take
@@ -81,6 +82,18 @@ class LuaScript:
         if isinstance(replies[0], redis.ResponseError):
             replies = yield from _again([call], replies)
         return replies[0]
+
+
+_BY_SHA: dict[str, LuaScript] = {}
+
+
+def with_source(command: Sequence[Any]) -> tuple[Any, ...]:
+    """``command`` as an EVAL carrying the script's source when it is an EVALSHA of one of
+    aiworker's scripts: for a call queued in a client's MULTI, which cannot be sent again in
+    its place after a NOSCRIPT (the commands after it in the transaction would run before it)."""
+    if command[0] == "EVALSHA" and command[1] in _BY_SHA:
+        return ("EVAL", _BY_SHA[command[1]].source, *command[2:])
+    return tuple(command)
 
 
 @dataclass(frozen=True)
