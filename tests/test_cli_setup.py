@@ -396,3 +396,19 @@ def test_up_settings_layer_below_the_flag(recorded: list[Recorder], tmp_path: Pa
     assert recorded[3].settings.threads_per_queue == 2  # up's own default
     assert recorded[3].settings.redis_url.startswith("redis://127.0.0.1:")
     assert recorded[3].settings.tls_ca_cert == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://u:secret@h:notaport", "Port could not be cast"),
+        ("http://localhost:6379", "must specify one of the following schemes"),
+        ("redis://[::1", "Invalid IPv6 URL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "worker", "gateway"])
+def test_a_malformed_redis_url_is_one_error_line(command: str, url: str, said: str) -> None:
+    """redis-py refused it with a ValueError at the first connection: a traceback."""
+    code, out = invoke(command, "--redis-url", url)
+    assert_clean_error(code, out, "redis_url: ", said)
+    assert "secret" not in out

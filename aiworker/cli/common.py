@@ -100,12 +100,22 @@ def make_settings(config_file: str | None, **overrides: Any) -> Settings:
     ctx = click.get_current_context(silent=True)
     tls = ctx.meta.get("aiworker.tls", {}) if ctx is not None else {}
     settings = Settings.load(config_file, **{**tls, **overrides})
+    _check_url(settings.redis_url)
     tls_kwargs(settings)  # TLS files with a plain redis:// URL are an error, not ignored
     for name in TLS_OPTIONS:
         path = getattr(settings, name)
         if path and not os.path.isfile(path):  # else a TLS error that names no file
             raise ConfigError(f"{name}: no such file: {path}")
     return settings
+
+
+def _check_url(url: str) -> None:
+    """What redis-py would refuse at the first connection, as a setting's error (its ValueError
+    is no error the CLI expects: it printed a traceback)."""
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"redis_url: {exc}") from None
 
 
 def make_client(
