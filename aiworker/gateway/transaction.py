@@ -5,8 +5,8 @@ deprecated forms): the command was QUEUED and its place in EXEC's reply held "Ca
 command within a transaction or a LUA script". Every other AI.* command ran in the transaction like
 any Redis command. The gateway does the same: such a command's first round trip of Redis calls is
 queued in the client's transaction, so it runs at EXEC, atomically and in order with the client's
-own commands; its plan then goes on with EXEC's replies to those calls (its scripts sent with
-their sources, EVAL: a script Redis had not loaded could not run again in its place). What needs
+own commands; its plan then goes on with EXEC's replies to those calls (its scripts loaded just
+before them, SCRIPT LOAD: a script Redis had not loaded could not run again in its place). What needs
 another round trip (a tensor over 1 MB) is done right after EXEC, before the client's next command
 runs, and its reply takes its place in EXEC's reply; so are model and script stores, whole (they
 hash and compile blobs in a thread: ``aiclients``), as the DB and user that EXEC left in effect at
@@ -48,11 +48,12 @@ class _Hooked:
 @dataclass
 class _Queued:
     """An AI.* command in the transaction: its plan, stopped at ``step``, whose ``count`` Redis
-    commands are queued (0: the step is still to be carried out)."""
+    commands are queued (0: the step is still to be carried out) after ``loads`` SCRIPT LOADs."""
 
     plan: Plan[Any]
     step: Any
     count: int
+    loads: int = 0
 
 
 class Transaction:
@@ -95,9 +96,10 @@ class Transaction:
             self.answer(step.reply)
             return
         if isinstance(step, Commands):  # already inside MULTI: no MULTI/EXEC of its own
-            # with their scripts' sources: a NOSCRIPT could not be answered in its place
-            runner.send([lua.with_source(command) for command in step.commands], _queued)
-            self.items.append(_Queued(plan, step, len(step.commands)))
+            # its scripts loaded first: a NOSCRIPT could not be answered in its place
+            loads = lua.loads_for(step.commands)
+            runner.send([*loads, *step.commands], _queued)
+            self.items.append(_Queued(plan, step, len(step.commands), len(loads)))
         else:
             self.items.append(_Queued(plan, step, 0))
 
@@ -126,6 +128,8 @@ class Transaction:
                     if not isinstance(item, _Queued):
                         value = await item()
                     elif item.count:
+                        for _ in range(item.loads):  # the SCRIPT LOADs' SHAs
+                            next(replies, resp.NIL)
                         own = [self._decode(next(replies, resp.NIL)) for _ in range(item.count)]
                         value = await runner.run(item.plan, sent=own)
                     else:

@@ -87,13 +87,13 @@ class LuaScript:
 _BY_SHA: dict[str, LuaScript] = {}
 
 
-def with_source(command: Sequence[Any]) -> tuple[Any, ...]:
-    """``command`` as an EVAL carrying the script's source when it is an EVALSHA of one of
-    aiworker's scripts: for a call queued in a client's MULTI, which cannot be sent again in
-    its place after a NOSCRIPT (the commands after it in the transaction would run before it)."""
-    if command[0] == "EVALSHA" and command[1] in _BY_SHA:
-        return ("EVAL", _BY_SHA[command[1]].source, *command[2:])
-    return tuple(command)
+def loads_for(commands: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """A SCRIPT LOAD of each of aiworker's scripts the commands call by SHA: queued before them
+    in a client's MULTI, where a call cannot be sent again in its place after a NOSCRIPT (the
+    commands after it in the transaction would run before it). SCRIPT LOAD, not EVAL: a user
+    granted ``evalsha`` and ``script|load`` (docs/security.md) may send it."""
+    shas = dict.fromkeys(c[1] for c in commands if c[0] == "EVALSHA" and c[1] in _BY_SHA)
+    return [("SCRIPT", "LOAD", _BY_SHA[sha].source) for sha in shas]
 
 
 @dataclass(frozen=True)
