@@ -514,6 +514,13 @@ def test_ai_commands_in_a_transaction_keep_their_order_on_a_fresh_redis(
         )  # fmt: skip
     finally:
         client.acl_deluser("writer")
+    # a script is loaded once a transaction, however many commands call it
+    client.config_resetstat()
+    pipe = connect(gateway).pipeline(transaction=True)
+    for n in range(5):
+        pipe.execute_command("AI.TENSORSET", f"t{n}", "INT8", 1, "VALUES", n)
+    assert pipe.execute() == [b"OK"] * 5
+    assert client.info("commandstats")["cmdstat_script|load"]["calls"] == 1
 
 
 def test_watch_survives_ai_commands(gateway: Gateway, client: Client) -> None:

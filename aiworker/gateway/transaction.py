@@ -66,6 +66,7 @@ class Transaction:
         # run after EXEC
         self.items: list[bytes | _Queued | _Hooked | Callable[[], Awaitable[Any]] | None] = []
         self.subscribes = False  # a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE was queued
+        self.loaded: set[str] = set()  # SHAs of the scripts a SCRIPT LOAD queued loads
 
     def has_plans(self) -> bool:
         """Whether an AI.* command's plan is queued (it may make Redis calls after EXEC)."""
@@ -97,7 +98,7 @@ class Transaction:
             return
         if isinstance(step, Commands):  # already inside MULTI: no MULTI/EXEC of its own
             # its scripts loaded first: a NOSCRIPT could not be answered in its place
-            loads = lua.loads_for(step.commands)
+            loads = lua.loads_for(step.commands, self.loaded)  # once a transaction
             runner.send([*loads, *step.commands], _queued)
             self.items.append(_Queued(plan, step, len(step.commands), len(loads)))
         else:

@@ -87,12 +87,16 @@ class LuaScript:
 _BY_SHA: dict[str, LuaScript] = {}
 
 
-def loads_for(commands: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """A SCRIPT LOAD of each of aiworker's scripts the commands call by SHA: queued before them
-    in a client's MULTI, where a call cannot be sent again in its place after a NOSCRIPT (the
-    commands after it in the transaction would run before it). SCRIPT LOAD, not EVAL: a user
-    granted ``evalsha`` and ``script|load`` (docs/security.md) may send it."""
-    shas = dict.fromkeys(c[1] for c in commands if c[0] == "EVALSHA" and c[1] in _BY_SHA)
+def loads_for(commands: Sequence[Sequence[Any]], loaded: set[str]) -> list[tuple[Any, ...]]:
+    """A SCRIPT LOAD of each of aiworker's scripts the commands call by SHA and not in ``loaded``
+    (which gains them): queued before them in a client's MULTI, where a call cannot be sent again
+    in its place after a NOSCRIPT (the commands after it in the transaction would run before
+    it). SCRIPT LOAD, not EVAL: a user granted ``evalsha`` and ``script|load``
+    (docs/security.md) may send it."""
+    shas = dict.fromkeys(
+        c[1] for c in commands if c[0] == "EVALSHA" and c[1] in _BY_SHA and c[1] not in loaded
+    )
+    loaded.update(shas)
     return [("SCRIPT", "LOAD", _BY_SHA[sha].source) for sha in shas]
 
 
