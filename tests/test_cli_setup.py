@@ -25,10 +25,10 @@ from aiworker.cli import gateway as gateway_cli
 from aiworker.cli import main
 from aiworker.cli import ops as ops_cli
 from aiworker.cli import serve as serve_cli
-from aiworker.client import waiting
 from aiworker.embedded import RedisServer, free_port
 from aiworker.gateway import Gateway, GatewayConfig
 from aiworker.protocol.errors import ConfigError
+from aiworker.storage import health
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -241,7 +241,7 @@ def test_status_and_check_count_workers_alive_as_clients_do(
     """Clients send jobs to a worker whose heartbeat is up to 12 s old; ``status`` and ``check``
     called it dead after 10 s."""
     keys = client.keyspace
-    beat = time.time() - (waiting.HEARTBEAT_MAX_AGE_S - 1)
+    beat = time.time() - (health.LIVE_FOR_S - 1)
     client.set(keys.worker("busy:1"), json.dumps(heartbeat_of(keys, "busy:1", time=beat)))
     client.zadd(keys.workers, {"busy:1": beat})
     code, out = invoke("check", "--redis-url", redis_server.url)
@@ -250,7 +250,7 @@ def test_status_and_check_count_workers_alive_as_clients_do(
     assert code == 0 and "worker busy:1: healthy" in out
     for command in (ops_cli.check, ops_cli.status):
         (max_age,) = [p for p in command.params if p.name == "max_age"]
-        assert max_age.default == waiting.HEARTBEAT_MAX_AGE_S
+        assert max_age.default == health.LIVE_FOR_S
 
 
 # gateway environment variables -------------------------------------------------------------

@@ -23,7 +23,7 @@ from aiworker.client import routing, wait_plan, waiting
 from aiworker.embedded import RedisServer
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.replies import Reply, Status
-from aiworker.storage import plans, queues
+from aiworker.storage import health, plans, queues
 
 QUEUE = "aiworker:queue:CPU"
 
@@ -126,7 +126,7 @@ def test_a_worker_that_died_holding_the_job(model: Client, redis_server: RedisSe
         proc.wait(10)
     assert isinstance(result, NoLiveWorker) and not result.removed
     assert "a worker took the job and stopped" in str(result)
-    assert elapsed < waiting.HEARTBEAT_MAX_AGE_S + 8  # heartbeats age out, then it is said
+    assert elapsed < health.LIVE_FOR_S + 8  # heartbeats age out, then it is said
     assert model.xlen(QUEUE) == 1 and _pending(model) == 1  # left for a worker to take over
 
 

@@ -154,7 +154,7 @@ class AsyncJobs:
         wait (all of them share one read)."""
         now = time.monotonic()
         if self._liveness is None or now - self._liveness[0] >= waiting.CHECK_AFTER_S:
-            plan = health.liveness_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            plan = health.liveness_plan(self.keyspace, health.LIVE_FOR_S)
             self._liveness = (now, asyncio.ensure_future(run(self.r, plan)))
         return await asyncio.shield(self._liveness[1])
 

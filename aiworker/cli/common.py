@@ -14,7 +14,6 @@ from redis.exceptions import NoPermissionError, RedisClusterException
 
 from aiworker.client.cluster import ClusterClient
 from aiworker.client.sync import Client
-from aiworker.client.waiting import HEARTBEAT_MAX_AGE_S
 from aiworker.protocol.errors import AIWorkerError, ConfigError
 from aiworker.settings import ENV_PREFIX, Settings, split_list
 from aiworker.storage import health
@@ -157,7 +156,7 @@ def fail(error: BaseException | str) -> NoReturn:
 
 
 def worker_statuses(
-    client: Client | ClusterClient, max_age: float = HEARTBEAT_MAX_AGE_S
+    client: Client | ClusterClient, max_age: float = health.LIVE_FOR_S
 ) -> list[dict[str, Any]]:
     """Status of worker processes that sent a heartbeat within ``max_age`` seconds (by default
     as long as clients count a worker alive)."""

@@ -11,14 +11,13 @@ from redis.retry import Retry
 
 from aiworker.cli.common import make_client, make_settings, redis_options
 from aiworker.client.sync import Client
-from aiworker.client.waiting import HEARTBEAT_MAX_AGE_S
 from aiworker.storage import health
 
 # A worker counts as alive as long as clients count it alive (they send it jobs meanwhile).
 max_age_option = click.option(
     "--max-age",
     type=click.FloatRange(0, min_open=True),
-    default=HEARTBEAT_MAX_AGE_S,
+    default=health.LIVE_FOR_S,
     show_default=True,
     help="Heartbeat age limit in seconds.",
 )

@@ -95,7 +95,7 @@ class Partitions:
                 return
             self._next = time.monotonic() + PARTITIONS_REFRESH_S
             try:
-                statuses = health.live_workers(self.r, self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+                statuses = health.live_workers(self.r, self.keyspace, health.LIVE_FOR_S)
             except (*LOST, redis.ResponseError):
                 return  # keep what was known
             found: dict[str, set[str]] = {}

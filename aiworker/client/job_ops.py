@@ -219,7 +219,7 @@ def _checked(
     if size > MAX_VERIFY_BYTES:
         why += f" and it is larger than {MAX_VERIFY_BYTES} bytes to send to a worker"
     else:
-        statuses = yield from health.live_workers_plan(state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+        statuses = yield from health.live_workers_plan(state.keyspace, health.LIVE_FOR_S)
         if not waiting.serves(statuses, queue):
             why += f" and no live worker serves queue {queue}"
         else:

@@ -192,9 +192,7 @@ class Jobs:
         if isinstance(step, Enqueue):
             return channel.enqueue(step)
         if isinstance(step, Liveness):
-            return plans.run(
-                self.r, health.liveness_plan(self.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
-            )
+            return plans.run(self.r, health.liveness_plan(self.keyspace, health.LIVE_FOR_S))
         if isinstance(step, Pause):
             time.sleep(step.seconds)
             return None

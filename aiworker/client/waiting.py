@@ -24,13 +24,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiworker.protocol.errors import NoLiveWorker, ReplyTimeout
-from aiworker.storage.health import LIVE_FOR_S
 
 MARGIN_S = 1.0
 CHECK_AFTER_S = 0.5
 CHECK_EVERY_S = 1.0
-# A worker silent for this long is taken for dead (``health.LIVE_FOR_S``, the one window).
-HEARTBEAT_MAX_AGE_S = LIVE_FOR_S
 DEFAULT_REPLY_TIMEOUT_S = 60.0
 
 # queue_withdraw.lua's answers

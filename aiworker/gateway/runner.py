@@ -208,7 +208,7 @@ class Drive:
         elif isinstance(step, Receive):
             runner.send([("BLPOP", self.reply_key, _seconds(step.seconds))], self._received)
         elif isinstance(step, Liveness):
-            plan = health.liveness_plan(runner.state.keyspace, waiting.HEARTBEAT_MAX_AGE_S)
+            plan = health.liveness_plan(runner.state.keyspace, health.LIVE_FOR_S)
             self._run_child(plan)
         elif isinstance(step, Pause):
             asyncio.get_running_loop().call_later(step.seconds, self._paused)
