@@ -285,6 +285,19 @@ def test_unsubscribing_while_subscribed_to_nothing_keeps_replies_in_step(
     assert received[skip[1] :] == direct[: -len(b"+OK\r\n")] + b"*1\r\n:7\r\n+OK\r\n"
 
 
+def parsing_threads(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[str]:
+    """The names of the threads ``module.parse_command`` runs in from now on, as it runs."""
+    threads: list[str] = []
+    parse = module.parse_command
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(module, "parse_command", recording)
+    return threads
+
+
 def test_large_ai_commands_are_parsed_off_the_event_loop(
     gateway: Gateway, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,14 +306,7 @@ def test_large_ai_commands_are_parsed_off_the_event_loop(
     thread (the event loop runs in the thread called ``gateway`` here)."""
     from aiworker.gateway import aiclients
 
-    threads: list[str] = []
-    parse = aiclients.parse_command
-
-    def recording(*args: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return parse(*args)
-
-    monkeypatch.setattr(aiclients, "parse_command", recording)
+    threads = parsing_threads(monkeypatch, aiclients)
     con = connect(gateway)
     values = list(range(5000))
     assert con.execute_command("AI.TENSORSET", "t", "INT16", 5000, "VALUES", *values) == b"OK"
@@ -322,14 +328,7 @@ def test_large_ai_commands_in_a_transaction_are_parsed_off_the_event_loop(
     thread, then queued in the transaction in its place (the commands after it wait)."""
     from aiworker.gateway import session
 
-    threads: list[str] = []
-    parse = session.parse_command
-
-    def recording(*args: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return parse(*args)
-
-    monkeypatch.setattr(session, "parse_command", recording)
+    threads = parsing_threads(monkeypatch, session)
     con = connect(gateway)
     values = list(range(5000))
     pipe = con.pipeline(transaction=True)

@@ -20,43 +20,31 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import test_gateway
+import test_gateway_redisai_suite
+import test_redisai_compat
 from builders import tf_mul_graph
 from conftest import at_once, torch_blob, wait_until
-from test_gateway import connect, error_of, raw_socket, running_gateway
+from test_gateway import connect, error_of, raw_socket
+from test_gateway_redisai_suite import WRONGTYPE
 
 from aiworker import Client, Settings, Worker
 from aiworker.client.raw import list2dict
 from aiworker.gateway import Gateway
 from aiworker.gateway.resp import pack
 
-WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
-
-# RedisAI's test_data/script.txt
-SCRIPT = """
-def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
-    a = tensors[0]
-    b = tensors[1]
-    return a + b
-
-def bar_variadic(tensors: List[Tensor], keys: List[str], args: List[str]):
-    a = tensors[0]
-    l = tensors[1:]
-    return a + l[0]
-
+# RedisAI's test_data/script.txt: its bar and bar_variadic, then long_func
+SCRIPT = (
+    test_redisai_compat.SCRIPT
+    + """
 def long_func(tensors: List[Tensor], keys: List[str], args: List[str]):
     sum=0
     for i in range(10000000):
         sum+=1
 """
-
+)
 # test_data/old_script.txt (RedisAI 1.0's signatures)
-OLD_SCRIPT = """
-def bar(a, b):
-    return a + b
-
-def bar_variadic(a, args : List[Tensor]):
-    return args[0] + args[1]
-"""
+OLD_SCRIPT = test_redisai_compat.SCRIPT_OLD
 BAD_SCRIPT = """
 def bar(tensors: List[Tensor], keys: List[str], args: List[Tensor]):
     a = tensors[0]
@@ -248,17 +236,8 @@ def creditcard_data(count: int) -> tuple[np.ndarray, np.ndarray]:
             rng.random((count, 1, 256), dtype=np.float32))  # fmt: skip
 
 
-@pytest.fixture
-def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
-    with running_gateway(settings) as gw:
-        yield gw
-
-
-@pytest.fixture
-def con(gateway: Gateway) -> Iterator[redis.Redis]:
-    c = connect(gateway)
-    yield c
-    c.close()
+gateway = test_gateway_redisai_suite.gateway  # the fixtures: one gateway, a connection to it
+con = test_gateway.con
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis
+import test_gateway
 from builders import onnx_mul, tf_mul_graph, tflite_model
 from conftest import torch_blob
-from test_gateway import connect, error_of, raw_socket, read_replies, running_gateway
+from test_gateway import error_of, raw_socket, read_replies, running_gateway
 
 from aiworker import Client, Settings, Worker
 from aiworker.client.raw import list2dict
@@ -29,9 +30,7 @@ def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
         yield gw
 
 
-@pytest.fixture
-def con(gateway: Gateway) -> redis.Redis:
-    return connect(gateway)
+con = test_gateway.con  # the fixture: a connection to the gateway
 
 
 def test_common_tensorset_and_tensorget(con: redis.Redis) -> None:
