@@ -3,11 +3,16 @@ and a private Redis Cluster of such servers (``LocalCluster``: tests and ``bench
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,9 +40,12 @@ class RedisServer:
         directory: str | Path | None = None,
         config_file: str | Path | None = None,
         start_new_session: bool = False,
+        stop_with_owner: bool = False,
     ) -> None:
         """``start_new_session``: run redis-server in a session (and process group) of its own, so
-        that a terminal's Ctrl-C reaches only its owner, which can stop what uses it first."""
+        that a terminal's Ctrl-C reaches only its owner, which can stop what uses it first.
+        ``stop_with_owner``: on Linux, the server gets SIGTERM when the thread that started it
+        ends without stopping it (its process killed by SIGKILL), instead of running on."""
         self.executable = shutil.which(executable) or ""
         if not self.executable:
             raise AIWorkerError(
@@ -49,6 +57,7 @@ class RedisServer:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="aiworker-redis-"))
         self.config_file = config_file
         self.start_new_session = start_new_session
+        self.stop_with_owner = stop_with_owner
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +81,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=self.start_new_session,
+            preexec_fn=stop_with_parent() if self.stop_with_owner else None,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -121,6 +131,25 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send the child SIGTERM when the thread that forked it
+    ends; None elsewhere. Everything is looked up before the fork: the child only calls C."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the owner died before the request: nobody to stop it
+            os._exit(1)
+
+    return preexec
 
 
 # Short enough that a failover takes a few seconds, long enough that a busy 2-core machine does

@@ -376,6 +376,33 @@ def test_up_serves_its_settings_and_stops_on_ctrl_c() -> None:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
 
 
+def test_up_killed_outright_leaves_no_redis_behind() -> None:
+    """`up` killed by SIGKILL (no handler runs) left its private redis-server running on its
+    port, in a session of its own that no terminal would stop."""
+    proc = spawn_up("--gateway-port", "0")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[2]
+        server = redis.Redis.from_url(url, socket_connect_timeout=1)
+        redis_pid = int(server.info("server")["process_id"])
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not pid_alive(redis_pid), timeout=10)
+        with pytest.raises(redis.ConnectionError):
+            server.ping()
+    finally:
+        stop_group(proc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent that is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_up_settings_layer_below_the_flag(recorded: list[Recorder], tmp_path: Path) -> None:
     config = tmp_path / "aiworker.toml"
     config.write_text("threads_per_queue = 4\nprefix = 'mine:'\n")

@@ -196,8 +196,9 @@ def up(
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if hasattr(signal, "SIGHUP"):  # a closed terminal stops everything as Ctrl-C does
         signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
-    # Its own process group: a terminal's Ctrl-C must not stop Redis under the worker's drain.
-    with RedisServer(port=port, start_new_session=True) as server:
+    # Its own process group: a terminal's Ctrl-C must not stop Redis under the worker's drain;
+    # and stopped if `up` is killed outright (SIGKILL), not left running on its port.
+    with RedisServer(port=port, start_new_session=True, stop_with_owner=True) as server:
         settings = settings.replace(redis_url=server.url)
         gateway = None
         if gateway_port:
