@@ -423,6 +423,10 @@ def test_up_settings_layer_below_the_flag(recorded: list[Recorder], tmp_path: Pa
     assert recorded[3].settings.threads_per_queue == 2  # up's own default
     assert recorded[3].settings.redis_url.startswith("redis://127.0.0.1:")
     assert recorded[3].settings.tls_ca_cert == ""
+    # another Redis' URL, not read at all: a malformed one made `up` fail
+    code, out = invoke("up", "--gateway-port", "0", AIWORKER_REDIS_URL="redis://h:notaport")
+    assert code == 0, out
+    assert recorded[4].settings.redis_url.startswith("redis://127.0.0.1:")
 
 
 @pytest.mark.parametrize(

@@ -186,10 +186,11 @@ def up(
     `worker`'s do (defaults, config file, AIWORKER_* variables, flags)."""
     logging.getLogger().setLevel(logging.INFO)
     # The private redis-server speaks plain TCP on its own port: AIWORKER_REDIS_URL and the TLS
-    # settings are another Redis'. (It is new, so it holds no shared settings to read either.)
-    no_tls = {"tls_ca_cert": "", "tls_cert": "", "tls_key": ""}
+    # settings are another Redis' (not even read: a malformed one is no error of `up`'s). It is
+    # new, so it holds no shared settings to read either.
+    private = {"redis_url": "redis://127.0.0.1", "tls_ca_cert": "", "tls_cert": "", "tls_key": ""}
     settings = make_settings(
-        config_file, base=UP_DEFAULTS, threads_per_queue=threads_per_queue, **no_tls
+        config_file, base=UP_DEFAULTS, threads_per_queue=threads_per_queue, **private
     )
     # Until the worker takes SIGTERM over (a graceful stop), it unwinds what started, so the
     # private Redis is stopped, as Ctrl-C's KeyboardInterrupt does.
