@@ -193,3 +193,16 @@ def test_replies_read_before_a_lost_link_are_kept(
     killer.join()
     entry_id, popped = lost.value.replies
     assert popped is None and cluster_client.xrange("s{1}")[0][0] == entry_id
+
+
+def test_a_redis_py_too_old_for_the_cluster_is_named() -> None:
+    """On redis-py 6.2-7.0 a cluster worker's model reads failed ("range() arg 3 must not be
+    zero") and before 6.2 a cluster transaction was refused: a clear error says what to install."""
+    from aiworker.protocol.errors import AIWorkerError
+    from aiworker.storage.cluster import require_cluster_support
+
+    for old in ("5.0.8", "6.2.0", "7.0.1"):
+        with pytest.raises(AIWorkerError, match=r"needs redis-py 7\.1 or newer \(this is "):
+            require_cluster_support(old)
+    for new in ("7.1.0", "8.2.0", "10.0.0", "8.3.0b1"):
+        require_cluster_support(new)

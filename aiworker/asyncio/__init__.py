@@ -8,9 +8,12 @@
     outputs = await con.run("m", {"a": x, "b": y}, ["c"])
 
 Many concurrent requests share two connections: one writer pipelines their XADDs, one reader
-takes every reply off the client's reply list (see ``aiworker.asyncio.jobs``).
+takes every reply off the client's reply list (see ``aiworker.asyncio.jobs``). On Redis Cluster,
+``Client.from_url`` gives an ``aiworker.asyncio.ClusterClient`` (``aiworker.asyncio.cluster``):
+the same methods, each job with its reply list in its outputs' hash slot.
 """
 
 from aiworker.asyncio.client import Client
+from aiworker.asyncio.cluster import ClusterClient
 
-__all__ = ["Client"]
+__all__ = ["Client", "ClusterClient"]

@@ -8,7 +8,8 @@ any number of concurrent requests on a handful of connections.
 * Waiting: every entry names the client's one reply list (``Keys.reply(token)``); one reader task
   BLPOPs it and hands each reply to the waiting job it answers (``client.routing``).
 * Heartbeats are read once per half second however many jobs wait; taking entries back uses a few
-  connections at a time.
+  connections at a time (``WaitSteps``, which the Redis Cluster client's jobs share:
+  ``asyncio.cluster_jobs``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
 import redis.asyncio
 
-from aiworker.asyncio.plans import execute_commands, run
+from aiworker.asyncio.plans import drive, execute_commands
 from aiworker.client import routing, waiting
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
@@ -47,21 +49,56 @@ class _Mailbox:
         self.inbox.put_nowait(reply)
 
 
-class AsyncJobs:
+class WaitSteps:
+    """The steps of a wait that every asyncio jobs object carries out alike: taking an entry back
+    (``Commands``), the workers' heartbeats (``Liveness``: one read at a time, shared by every
+    job that waits) and ``Pause``. ``send`` runs a ``Commands`` on the client's Redis."""
+
+    def __init__(
+        self,
+        keyspace: Keys,
+        reply_timeout: float | None,
+        send: Callable[[Commands], Awaitable[list[Any]]],
+    ) -> None:
+        self.keyspace = keyspace
+        self.reply_timeout = reply_timeout
+        self.enqueuer = Enqueuer(keyspace)
+        self._send = send
+        self._liveness: tuple[float, asyncio.Future[Any]] | None = None
+        self._withdrawing = asyncio.Semaphore(4)
+
+    async def _wait_step(self, step: Any) -> Any:
+        if isinstance(step, Commands):
+            async with self._withdrawing:  # many waits may end at once: a few connections
+                return await self._send(step)
+        if isinstance(step, Liveness):
+            return await self._read_liveness()
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+            return None
+        raise TypeError(f"unknown wait step {type(step).__name__}")
+
+    async def _read_liveness(self) -> Any:
+        """The workers' heartbeats, read at most once per ``CHECK_AFTER_S`` however many jobs
+        wait (all of them share one read)."""
+        now = time.monotonic()
+        if self._liveness is None or now - self._liveness[0] >= waiting.CHECK_AFTER_S:
+            plan = health.liveness_plan(self.keyspace, health.LIVE_FOR_S)
+            self._liveness = (now, asyncio.ensure_future(drive(plan, self._send)))
+        return await asyncio.shield(self._liveness[1])
+
+
+class AsyncJobs(WaitSteps):
     """Submits requests for one asyncio client and waits for their replies."""
 
     def __init__(self, r: redis.asyncio.Redis, keyspace: Keys, reply_timeout: float | None) -> None:
+        super().__init__(keyspace, reply_timeout, lambda batch: execute_commands(r, batch))
         self.r = r
-        self.keyspace = keyspace
-        self.reply_timeout = reply_timeout
         self.reply_list = keyspace.reply(uuid.uuid4().hex)
         self.router = routing.ReplyRouter()
-        self.enqueuer = Enqueuer(keyspace)
         self._pending: list[tuple[str, Any, asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._liveness: tuple[float, asyncio.Future[Any]] | None = None
-        self._withdrawing = asyncio.Semaphore(4)
 
     # submitting ------------------------------------------------------------------------------
 
@@ -91,15 +128,7 @@ class AsyncJobs:
                 return None
         if isinstance(step, Enqueue):
             return await self._enqueue(step, mailbox)
-        if isinstance(step, Commands):
-            async with self._withdrawing:  # many waits may end at once: a few connections
-                return await execute_commands(self.r, step)
-        if isinstance(step, Liveness):
-            return await self._read_liveness()
-        if isinstance(step, Pause):
-            await asyncio.sleep(step.seconds)
-            return None
-        raise TypeError(f"unknown wait step {type(step).__name__}")
+        return await self._wait_step(step)
 
     async def _enqueue(self, step: Enqueue, mailbox: _Mailbox) -> Enqueued:
         self._start_reader()
@@ -148,15 +177,6 @@ class AsyncJobs:
                     future.set_result(self.enqueuer.entry_id(stream, replies))
                 except Exception as exc:
                     future.set_exception(exc)
-
-    async def _read_liveness(self) -> Any:
-        """The workers' heartbeats, read at most once per ``CHECK_AFTER_S`` however many jobs
-        wait (all of them share one read)."""
-        now = time.monotonic()
-        if self._liveness is None or now - self._liveness[0] >= waiting.CHECK_AFTER_S:
-            plan = health.liveness_plan(self.keyspace, health.LIVE_FOR_S)
-            self._liveness = (now, asyncio.ensure_future(run(self.r, plan)))
-        return await asyncio.shield(self._liveness[1])
 
     # the reply list's reader -----------------------------------------------------------------
 

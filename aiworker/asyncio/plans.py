@@ -1,19 +1,29 @@
-"""``storage.plans`` driven on ``redis.asyncio``: the same plans as the blocking client runs."""
+"""``storage.plans`` driven on ``redis.asyncio``: the same plans as the blocking client runs, on
+one Redis or on Redis Cluster (``redis.asyncio.cluster.RedisCluster``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 
-from aiworker.storage.plans import Commands, Plan
+from aiworker.protocol.keys import key_slot
+from aiworker.storage.cluster import command_key
+from aiworker.storage.plans import Commands, Plan, by_slot
 
 T = TypeVar("T")
+AnyAsyncRedis = redis.asyncio.Redis | RedisCluster
 
 
-async def execute_commands(r: redis.asyncio.Redis, batch: Commands) -> list[Any]:
-    """Send one batch; replies with exceptions in place."""
+async def execute_commands(r: AnyAsyncRedis, batch: Commands) -> list[Any]:
+    """Send one batch; replies with exceptions in place. Redis Cluster: as the blocking
+    ``storage.plans.execute_commands``, one round trip per node, a transaction as one MULTI/EXEC
+    per hash slot, a command that names no key on the master of its ``Commands.routes`` key."""
+    if isinstance(r, RedisCluster):
+        return await _execute_on_cluster(r, batch)
     if len(batch.commands) == 1 and not batch.transaction:
         try:
             # the base method: a client's debug printing of user commands must not see these
@@ -26,14 +36,56 @@ async def execute_commands(r: redis.asyncio.Redis, batch: Commands) -> list[Any]
     return list(await pipe.execute(raise_on_error=False))
 
 
-async def run(r: redis.asyncio.Redis, plan: Plan[T]) -> T:
-    """Drive a storage plan (``Commands`` steps only)."""
+async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
+    await rc.initialize()  # the slot cache ``routes`` need (at once once known)
+    commands = batch.commands
+    routes = batch.routes or [None] * len(commands)
+
+    def where(n: int) -> dict[str, Any]:
+        route = routes[n]
+        return {"target_nodes": rc.get_node_from_key(route)} if route else {}
+
+    if len(commands) == 1 and not batch.transaction:
+        command = commands[0]
+        try:
+            if str(command[0]).upper() == "MGET":  # keys in many slots: a GET each
+                return [await rc.mget_nonatomic(list(command[1:]))]
+            return [await RedisCluster.execute_command(rc, *command, **where(0))]
+        except redis.ResponseError as exc:
+            return [exc]
+    members = range(len(commands))
+    groups = (
+        by_slot([command_key(command) for command in commands], key_slot)
+        if batch.transaction
+        else [list(members)]
+    )
+    replies: list[Any] = [None] * len(commands)
+    for group in groups:
+        pipe = rc.pipeline(transaction=batch.transaction)
+        for n in group:
+            pipe.execute_command(*commands[n], **where(n))
+        try:
+            results = list(await pipe.execute(raise_on_error=False))
+        except redis.ResponseError as exc:
+            results = [exc] * len(group)
+        for n, result in zip(group, results, strict=True):
+            replies[n] = result
+    return replies
+
+
+async def drive(plan: Plan[T], send: Callable[[Commands], Awaitable[list[Any]]]) -> T:
+    """Drive a storage plan (``Commands`` steps only), each step sent by ``send``."""
     try:
         step = next(plan)
         while True:
             if not isinstance(step, Commands):
                 raise TypeError(f"a storage plan yielded {type(step).__name__}")
-            step = plan.send(await execute_commands(r, step))
+            step = plan.send(await send(step))
     except StopIteration as stop:
         result: T = stop.value
         return result
+
+
+async def run(r: AnyAsyncRedis, plan: Plan[T]) -> T:
+    """Drive a storage plan on an asyncio client of either kind."""
+    return await drive(plan, lambda batch: execute_commands(r, batch))

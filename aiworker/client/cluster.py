@@ -21,20 +21,20 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 
 Storing a model is a MULTI/EXEC on the model's key (its slot) followed by the model index's
 update: a reader never sees a torn model. Pipelines are redis-py's cluster pipelines (Redis
-commands only); the asyncio client targets a single Redis.
+commands only). Where a job goes and what its first round trip says are ``client.placement``'s
+rules, which ``aiworker.asyncio.ClusterClient`` drives the same way.
 """
 
 from __future__ import annotations
 
-import random
+import contextlib
 import threading
 import time
 from typing import Any
 
-import redis
 from redis.cluster import RedisCluster
 
-from aiworker.client import waiting
+from aiworker.client import placement, waiting
 from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
@@ -45,64 +45,32 @@ from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
-from aiworker.storage import health
-from aiworker.storage.cluster import LOST, ClusterWires, NodeLost, SlotMap, slot_of
+from aiworker.storage import plans
+from aiworker.storage.cluster import LOST, ClusterWires, SlotMap, require_cluster_support
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess")
-# How often a client looks again at which queue partitions live workers serve.
-PARTITIONS_REFRESH_S = 2.0
-# Pause before trying Redis again while a wait rides out a failover.
-FAILOVER_PAUSE_S = 0.2
 
 
-class Partitions:
-    """The streams of each device queue that live workers serve (their heartbeats' ``queues``),
-    looked at again every ``PARTITIONS_REFRESH_S``."""
+class Partitions(placement.Partitions):
+    """``placement.Partitions`` read on a blocking client, when a pick finds them due."""
 
     def __init__(self, r: Any, keyspace: Keys, slots: SlotMap | None = None) -> None:
+        super().__init__(keyspace, slots)
         self.r = r
-        self.keyspace = keyspace
-        self.slots = slots
-        self._streams: dict[str, list[str]] = {}
-        self._next = 0.0
         self._lock = threading.Lock()
 
     def pick(self, device: str, near: str | None = None) -> str:
-        """A stream of ``device``'s queue (the plain queue when no worker says which): one on
-        the master of ``near`` (the job's reply key) if there is one - the XADD and the BLPOP
-        then go to one node, and so do the worker's last completion step and its XACK - else
-        one at random."""
-        if time.monotonic() >= self._next:
-            self.refresh()
-        streams = self._streams.get(device.upper())
-        if not streams:
-            return self.keyspace.queue(device)
-        if near is not None and self.slots is not None and self.slots.known:
-            try:
-                node = self.slots.address(slot_of(near))
-                local = [s for s in streams if self.slots.address(slot_of(s)) == node]
-            except redis.ConnectionError:  # a slot without a master: a failover under way
-                local = []
-            if local:
-                return random.choice(local)
-        return random.choice(streams)
+        self.refresh()
+        return super().pick(device, near)
 
     def refresh(self) -> None:
         with self._lock:
-            if time.monotonic() < self._next:
+            if not self.due():
                 return
-            self._next = time.monotonic() + PARTITIONS_REFRESH_S
-            try:
-                statuses = health.live_workers(self.r, self.keyspace, health.LIVE_FOR_S)
-            except (*LOST, redis.ResponseError):
-                return  # keep what was known
-            found: dict[str, set[str]] = {}
-            for status in statuses:
-                for device, streams in (status.get("queues") or {}).items():
-                    found.setdefault(str(device).upper(), set()).update(map(str, streams))
-            self._streams = {device: sorted(streams) for device, streams in found.items()}
+        with contextlib.suppress(*LOST):  # keep what was known
+            plans.run(self.r, self.refresh_plan())
 
 
 class ClusterJobs(Jobs):
@@ -122,21 +90,21 @@ class ClusterJobs(Jobs):
     def stream(self, queue: str, reply_key: str | None = None) -> str:
         return self.partitions.pick(queue, reply_key)
 
+    def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
+        return placement.private_entry(self.keyspace, request)
+
     def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
-        """Sent again, to the same stream, while a failover is under way (until the wait's own
-        limit), but never once the cluster answered the XADD (only the first BLPOP's master was
-        lost: the wait goes on). An XADD that reached the old master without an answer may be
-        queued twice, and runs twice (README "Failover")."""
+        """The XADD and a first BLPOP in one round trip on this thread's own connections, sent
+        again while a failover is under way (``placement.after_lost``)."""
         while True:
+            commands = placement.first_round(self.enqueuer, step, reply_key, self._blpop_wait(1.0))
             try:
-                return super()._enqueue(step, reply_key)
+                return placement.enqueued(self.enqueuer, step, self.wires.get().pipeline(commands))
             except LOST as exc:
-                taken = exc.replies[:1] if isinstance(exc, NodeLost) else [None]
-                if taken[0] is not None and not isinstance(taken[0], Exception):
-                    return Enqueued(self.enqueuer.entry_id(step.stream, taken), None)
-                if step.deadline is not None and time.monotonic() >= step.deadline:
-                    raise
-                time.sleep(FAILOVER_PAUSE_S)
+                found = placement.after_lost(exc, step, self.enqueuer)
+                if found is not None:
+                    return found
+                time.sleep(placement.FAILOVER_PAUSE_S)
 
 
 class ClusterClient(Driver, AICommands, RedisCluster):
@@ -157,6 +125,7 @@ class ClusterClient(Driver, AICommands, RedisCluster):
         reply_timeout: float | None = waiting.DEFAULT_REPLY_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
+        require_cluster_support()
         kwargs.setdefault("require_full_coverage", False)
         self.debug = False  # RedisCluster's constructor already runs commands
         super().__init__(*args, **kwargs)

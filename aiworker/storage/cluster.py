@@ -27,6 +27,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from aiworker.protocol.errors import AIWorkerError
 from aiworker.protocol.keys import SLOTS, key_slot
 from aiworker.protocol.text import text
 from aiworker.storage.wire import Command, JobConnection, JobConnections, Wire, Wires, as_exception
@@ -63,9 +64,30 @@ def is_cluster(r: redis.Redis) -> bool:
         return False
 
 
+# The oldest redis-py whose cluster clients serve aiworker: a transaction in a cluster pipeline
+# needs 6.2, and on 6.2-7.0 a worker's model reads failed (the cluster tests pass on 7.1 and later;
+# a single Redis is served from redis-py 5.0 on).
+CLUSTER_REDIS_PY = (7, 1)
+
+
+def require_cluster_support(version: str = redis.__version__) -> None:
+    """An error naming the redis-py to install, on one too old for Redis Cluster."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:  # a development build: take it as new enough
+        return
+    if found < CLUSTER_REDIS_PY:
+        wanted = ".".join(map(str, CLUSTER_REDIS_PY))
+        raise AIWorkerError(
+            f"Redis Cluster needs redis-py {wanted} or newer (this is {version}): "
+            f"pip install 'redis>={wanted}'"
+        )
+
+
 def connect(url: str, **kwargs: Any) -> RedisCluster:
     """A cluster client for ``url`` (any node; the others are discovered). Slots of a failed
     master need not all be served for the others to be used (``require_full_coverage=False``)."""
+    require_cluster_support()
     kwargs.setdefault("require_full_coverage", False)
     kwargs.pop("retry_on_error", None)  # the cluster client retries lost nodes itself
     return RedisCluster.from_url(url, **kwargs)

@@ -1,0 +1,88 @@
+"""``aiworker.asyncio.ClusterClient``: the asyncio client's API on Redis Cluster, built on
+redis-py's asyncio cluster client (``redis.asyncio.cluster.RedisCluster``), as the blocking
+``aiworker.ClusterClient`` is on ``redis.cluster.RedisCluster``.
+
+The same methods as ``aiworker.asyncio.Client``, with the cluster's rules and costs, those of the
+blocking ``ClusterClient`` (README "Redis Cluster"; ``client.placement`` holds what both share):
+
+* a job's written keys (OUTPUTS, PERSIST) share one hash slot, or the request fails with RedisAI's
+  ``CROSSSLOT Keys in request don't hash to the same slot`` before it is queued; its private reply
+  list takes their hash tag;
+* a job goes to one of its device queue's partitions among the streams live workers announce, one
+  on its reply key's master if there is one;
+* a job's round trip (XADD and the first BLPOP) goes through the client's ``AsyncClusterWire``,
+  MOVED and ASK followed; it rides out a failover (its XADD is sent again, to the same stream,
+  until the wait's own limit, never once the cluster answered it);
+* Redis commands off the job path (tensors, models, scripts, statistics) go through redis-py's
+  cluster client, a transaction as one MULTI/EXEC per hash slot.
+
+``Client.from_url`` of ``aiworker.asyncio`` returns one when the server is a cluster node.
+Pipelines are redis-py's cluster pipelines (Redis commands only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from aiworker.asyncio.cluster_jobs import AsyncClusterJobs
+from aiworker.asyncio.driver import AsyncDriver, printing
+from aiworker.client.api import AICommands
+from aiworker.client.ops import State
+from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
+from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
+from aiworker.settings import Settings
+from aiworker.storage.cluster import require_cluster_support
+from aiworker.storage.redis_options import client_kwargs
+
+
+class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc]
+    """``aiworker.ClusterClient``'s methods as awaitables (see the module docstring).
+
+    ``ClusterClient(debug=False, enable_postprocess=True, *args, prefix=..., reply_timeout=...,
+    max_concurrency=16, **kwargs)``, the rest going to ``redis.asyncio.cluster.RedisCluster``
+    (``host``/``port`` of any node, ``startup_nodes``, ...);
+    ``ClusterClient.from_url("redis://node:6379")``. Slots of a failed master need not all be
+    served for the others to be used (``require_full_coverage=False``).
+    """
+
+    def __init__(
+        self,
+        debug: Any = False,
+        enable_postprocess: bool = True,
+        *args: Any,
+        prefix: str = DEFAULT_PREFIX,
+        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT_S,
+        max_concurrency: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        require_cluster_support()
+        kwargs.setdefault("require_full_coverage", False)
+        super().__init__(*args, **kwargs)
+        self.debug = bool(debug)
+        # however many coroutines call at once, at most this many carry Redis commands (jobs
+        # hold a connection each while they wait, as blocking threads do)
+        self._batches = asyncio.Semaphore(max_concurrency)
+        self._state = State(Keys(prefix), raw=not enable_postprocess)
+        self._jobs = AsyncClusterJobs(self, self._state.keyspace, reply_timeout)
+        if self.debug:
+            self.execute_command = printing(super().execute_command)  # type: ignore[method-assign]
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:
+        kwargs.pop("retry_on_error", None)  # the cluster client retries lost nodes itself
+        client = super().from_url(url, **kwargs)
+        assert isinstance(client, ClusterClient)
+        return client
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ClusterClient:
+        """A client for ``settings.redis_url`` (any node) with its prefix and TLS files."""
+        kwargs = {**client_kwargs(settings), **kwargs}
+        return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
+
+    async def aclose(self) -> None:
+        await self._jobs.close()
+        await super().aclose()

@@ -1,0 +1,90 @@
+"""Jobs from the asyncio client on Redis Cluster: the wait plan (``client.wait_plan``) driven on
+``AsyncClusterWire``, by the blocking cluster client's rules (``client.placement``).
+
+A job writes its results and its reply in one hash slot, so each job has a private reply list
+there (a client's one shared list, as ``asyncio.jobs`` uses on a single Redis, cannot be in every
+job's slot). A job costs what it costs the blocking ``ClusterClient``: one round trip for the
+XADD and a first BLPOP (to one master when a queue partition lives on the reply's master, else
+to two at once), then a BLPOP a second while the reply is late. Each waiting job holds one
+connection of the wire meanwhile; a burst of jobs opens as many, reused by the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from aiworker.asyncio.cluster_wire import AsyncClusterWire
+from aiworker.asyncio.jobs import WaitSteps
+from aiworker.asyncio.plans import execute_commands, run
+from aiworker.client import placement, waiting
+from aiworker.client.jobs import LONGEST_BLPOP_S
+from aiworker.client.wait_plan import Enqueue, Enqueued, Receive, job_plan
+from aiworker.protocol.keys import Keys
+from aiworker.protocol.replies import Reply
+from aiworker.protocol.requests import Request
+from aiworker.protocol.slots import check_slot
+from aiworker.storage.cluster import LOST
+from aiworker.storage.plans import drive_steps_async
+
+
+class AsyncClusterJobs(WaitSteps):
+    """Submits requests for one asyncio cluster client and waits for their replies."""
+
+    def __init__(self, rc: RedisCluster, keyspace: Keys, reply_timeout: float | None) -> None:
+        super().__init__(keyspace, reply_timeout, lambda batch: execute_commands(rc, batch))
+        self.rc = rc
+        self.wire = AsyncClusterWire(rc)
+        self.partitions = placement.Partitions(keyspace, self.wire.masters)
+        socket_timeout = rc.get_connection_kwargs().get("socket_timeout")
+        # the longest single BLPOP, within the connections' read timeout (as the blocking
+        # client's ``Jobs._blpop_wait``)
+        self.longest_blpop = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
+
+    async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
+        """The worker's reply to ``request`` sent to device ``queue`` (a ``timedout`` reply when
+        its TIMEOUT passed before any worker read it); ``limit`` overrides the wait limit."""
+        check_slot(request)  # before anything is queued, as RedisAI refused it
+        if limit is None:
+            limit = waiting.wait_limit(request.timeout_ms, self.reply_timeout)
+        reply_key, fields = placement.private_entry(self.keyspace, request)
+        stream = await self.stream(queue, reply_key)
+        plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit)
+        return await drive_steps_async(plan, lambda step: self._step(step, reply_key))
+
+    async def stream(self, queue: str, reply_key: str | None = None) -> str:
+        """The stream a job for device ``queue`` (answered on ``reply_key``) goes to."""
+        if self.partitions.due():
+            with contextlib.suppress(*LOST):  # keep what was known
+                await run(self.rc, self.partitions.refresh_plan())
+        return self.partitions.pick(queue, reply_key)
+
+    async def _step(self, step: Any, reply_key: str) -> Any:
+        if isinstance(step, Receive):
+            wait = max(min(step.seconds, self.longest_blpop), 0.01)
+            [popped] = await self.wire.pipeline([("BLPOP", reply_key, wait)])
+            if isinstance(popped, Exception):
+                raise popped
+            return popped[1] if popped else None
+        if isinstance(step, Enqueue):
+            return await self._enqueue(step, reply_key)
+        return await self._wait_step(step)
+
+    async def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
+        """The XADD and a first BLPOP in one round trip, sent again while a failover is under
+        way (``placement.after_lost``)."""
+        while True:
+            commands = placement.first_round(self.enqueuer, step, reply_key, self.longest_blpop)
+            try:
+                return placement.enqueued(self.enqueuer, step, await self.wire.pipeline(commands))
+            except LOST as exc:
+                found = placement.after_lost(exc, step, self.enqueuer)
+                if found is not None:
+                    return found
+                await asyncio.sleep(placement.FAILOVER_PAUSE_S)
+
+    async def close(self) -> None:
+        await self.wire.close()

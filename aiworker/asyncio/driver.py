@@ -1,0 +1,101 @@
+"""How an asyncio client runs the RedisAI methods' plans (``ops.Op``): shared by ``Client`` (one
+Redis) and ``ClusterClient`` (Redis Cluster), which differ only in how a ``Commands`` of Redis
+commands is sent and in how jobs are queued and waited for (their jobs object), as the blocking
+clients share ``client.driver``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from aiworker.asyncio.plans import AnyAsyncRedis, execute_commands
+from aiworker.client import job_ops
+from aiworker.client.ops import Op, Print, State, Submit, VerifyHere
+from aiworker.protocol.replies import Reply
+from aiworker.protocol.requests import Request
+from aiworker.storage.plans import Commands, drive_steps_async
+
+
+class AsyncJobsLike(Protocol):
+    reply_timeout: float | None
+
+    async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+def printing(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """redisai-py's debug mode: every command printed before it is sent."""
+
+    async def wrapper(*args: Any, **options: Any) -> Any:
+        print(*args)
+        return await execute(*args, **options)
+
+    return wrapper
+
+
+class AsyncDriver:
+    """Runs ops on an asyncio client; the client supplies ``_state``, ``_jobs``, ``_batches``
+    (a semaphore bounding the connections its Redis commands take at once) and ``debug``."""
+
+    _state: State
+    _jobs: AsyncJobsLike
+    _batches: asyncio.Semaphore
+    debug: bool
+
+    @property
+    def enable_postprocess(self) -> bool:
+        return not self._state.raw
+
+    @enable_postprocess.setter
+    def enable_postprocess(self, value: bool) -> None:
+        self._state.raw = not value
+
+    @property
+    def reply_timeout(self) -> float | None:
+        return self._jobs.reply_timeout
+
+    @reply_timeout.setter
+    def reply_timeout(self, value: float | None) -> None:
+        self._jobs.reply_timeout = value
+
+    def _print(self, command: Any) -> None:
+        if self.debug:
+            print(command) if isinstance(command, str) else print(*command)
+
+    async def _step(self, step: Any) -> Any:
+        if isinstance(step, Commands):
+            async with self._batches:
+                return await execute_commands(cast(AnyAsyncRedis, self), step)
+        if isinstance(step, Submit):
+            return await self._jobs.submit(step.queue, step.request, step.limit)
+        if isinstance(step, VerifyHere):
+            return await asyncio.to_thread(step.check)
+        if isinstance(step, Print):
+            self._print(step.command)
+            return None
+        raise TypeError(f"unknown plan step {type(step).__name__}")
+
+    async def _drive(self, op: Op) -> Any:
+        if op.command is not None:
+            self._print(op.command)
+        return await drive_steps_async(op.plan, self._step)
+
+    def _run(self, op: Op) -> Any:
+        return self._drive(op)
+
+    # jobs (aiworker's own calls) ---------------------------------------------------------------
+
+    async def queue_of(self, request: Request) -> str:
+        """The device queue ``request`` goes to (its model's or script's device)."""
+        return str(await self._drive(Op(None, job_ops.queue_plan(self._state, request))))
+
+    async def submit(self, device: str, request: Request) -> str:
+        """Enqueue ``request`` on a device queue and wait for its reply: ``"OK"`` or the error."""
+        (await self.submit_reply(device, request)).raise_for_status()
+        return "OK"
+
+    async def submit_reply(self, device: str, request: Request) -> Reply:
+        """Like ``submit``, but return the worker's whole reply (a DAG's per-op results)."""
+        return await self._jobs.submit(device, request)
