@@ -17,7 +17,9 @@ from conftest import store_unchecked, stub_blob, torch_blob, wait_until
 from aiworker import AIError, Client, JobFailed, JobTimedOut, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.protocol.requests import Job, ModelExecute
 from aiworker.storage.connection import connect
+from aiworker.worker.health import RedisClock
 
 QUEUE = "aiworker:queue:CPU"
 
@@ -263,6 +265,59 @@ def test_timeout_not_reached_runs_the_job(client: Client, worker: Worker) -> Non
     set_inputs(client)
     assert client.modelexecute("m", ["a", "b"], ["c"], timeout=10_000) == "OK"
     assert client.tensorget("c").tolist() == [6, 8]
+
+
+@pytest.mark.parametrize("skew_s", [5.0, -5.0])
+def test_timeout_counts_by_redis_clock_on_a_host_whose_clock_is_off(
+    client: Client,
+    settings: Settings,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    skew_s: float,
+) -> None:
+    """A job's TIMEOUT counts from its entry's id, which Redis's clock wrote; the worker compared
+    it with its own host's clock. A host 5 s ahead timed out every job with a TIMEOUT under 5 s,
+    one 5 s behind ran jobs that had waited 5 s too long."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    set_inputs(client)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)  # this process is the host
+    requester = Client.from_url(redis_server.url, reply_timeout=20)
+    with ThreadPoolExecutor(1) as pool:
+        late = pool.submit(requester.modelexecute, "m", ["a", "b"], ["late"], 100)
+        wait_until(lambda: client.xlen(QUEUE) == 1)
+        time.sleep(0.3)  # past its TIMEOUT while no worker runs
+        w = Worker(settings).start()
+        try:
+            assert late.result(timeout=20) == "TIMEDOUT"
+            assert client.modelexecute("m", ["a", "b"], ["c"], timeout=3_000) == "OK"
+            assert client.tensorget("c").tolist() == [6, 8]
+        finally:
+            w.stop(timeout=10)
+    requester.close()
+    assert not client.exists("late")
+
+
+def test_redis_clock_takes_the_quickest_round_trip() -> None:
+    """The offset to Redis's clock comes from the round trip that could be off least (half its
+    time): a slow one (a busy host) must not move it by half of its own."""
+    clock = RedisClock()
+    clock.observe(100.000, [103, 0], 100.002)  # Redis 3 s ahead, a 2 ms round trip
+    assert clock.offset_s == pytest.approx(2.999)
+    clock.observe(200.000, [203, 400_000], 200.800)  # 800 ms round trip, its midpoint 0.4 s in
+    assert clock.offset_s == pytest.approx(2.999)
+    clock.observe(300.000, [303, 500], 300.001)
+    assert clock.offset_s == pytest.approx(3.0000)
+    assert clock.time() - time.time() == pytest.approx(3.0, abs=0.01)
+
+
+def test_timeout_is_more_than_its_milliseconds() -> None:
+    """An entry's id holds the millisecond its XADD ran in: a job read in the next millisecond
+    may have waited only a moment. Late means it certainly waited more than TIMEOUT ms (RedisAI
+    timed out a job that had waited more than TIMEOUT whole milliseconds)."""
+    job = Job("1000-0", ModelExecute("m", ("a",), ("b",), timeout_ms=1), None, 1000)
+    assert job.deadline_ms == 1002
+    assert Job("1000-0", ModelExecute("m", ("a",), ("b",)), None, 1000).deadline_ms is None
 
 
 def test_no_worker_reply_timeout(client: Client, redis_server: RedisServer) -> None:

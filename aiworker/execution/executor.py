@@ -103,8 +103,12 @@ class Executor:
         bounds: limits.Limits,
         redis_call: RedisCall | None = None,
         cluster: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: Redis's wall clock on this host (``worker.health.RedisClock``), which a
+        job's TIMEOUT counts by."""
         self.models = models
+        self.clock = clock
         self.keys = keys
         self.limits = bounds
         self.redis_call = redis_call
@@ -184,8 +188,16 @@ class Executor:
         near = job.reply if self.cluster else None
         spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
         return JobRun(
-            job, ops, values, persist, self.runtime, spill, single, _deadline(job), held=held
+            job, ops, values, persist, self.runtime, spill, single, self._deadline(job), held=held
         )
+
+    def _deadline(self, job: Job) -> float | None:
+        """The job's TIMEOUT deadline (Redis's wall clock, ms) on this process' monotonic
+        clock."""
+        deadline_ms = job.deadline_ms
+        if deadline_ms is None:
+            return None
+        return time.monotonic() + (deadline_ms - self.clock() * 1000) / 1000
 
     def _verify(self, request: ModelVerify | ScriptVerify) -> MemberResult:
         """Load a blob as a MODELSTORE would have, or compile a script as a SCRIPTSTORE would
@@ -236,14 +248,6 @@ class Executor:
         with self.models.model(key, meta) as model:
             outputs, _ = run_model(model, tensors, meta.backend)
         return outputs
-
-
-def _deadline(job: Job) -> float | None:
-    """The job's TIMEOUT deadline (Redis wall clock, ms) on this process' monotonic clock."""
-    deadline_ms = job.deadline_ms
-    if deadline_ms is None:
-        return None
-    return time.monotonic() + (deadline_ms - time.time() * 1000) / 1000
 
 
 __all__ = ["Executor", "JobRun", "Run", "VerifyRun", "run_once"]

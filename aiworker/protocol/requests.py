@@ -300,8 +300,11 @@ class Job:
 
     @property
     def deadline_ms(self) -> int | None:
+        """Redis's time (ms) after which the job is late: it has then certainly waited more than
+        its TIMEOUT (RedisAI's rule). Its entry id holds the millisecond the XADD ran in, which
+        may have begun up to 1 ms before it."""
         timeout = self.request.timeout_ms
-        return self.enqueued_ms + timeout if timeout else None
+        return self.enqueued_ms + timeout + 1 if timeout else None
 
 
 def request_to_map(request: Any) -> dict[str, Any]:

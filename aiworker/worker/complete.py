@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,7 +59,7 @@ class Finished:
     job: Job | None = None  # None: the entry could not be decoded
     reply: str | None = None
     fmt: str = replies.JSON
-    started: float | None = None  # when this worker took the entry (time.time())
+    started: float | None = None  # when this worker took the entry (Redis's time)
     fields: Mapping[Any, Any] = field(default_factory=dict)  # the entry's own (for forwards)
     records: list[Record] = field(default_factory=list)
     # (key, digest) of models/scripts the job ran from cached metadata: checked at completion
@@ -92,8 +92,10 @@ class Completer:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         max_reply_bytes: int = tensor_io.REDIS_MAX_VALUE_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
+        self.clock = clock  # Redis's wall clock, as a job's ``started`` (``health.RedisClock``)
         self.max_reply_bytes = max_reply_bytes  # what Redis accepts in one value
         self.worker_name = worker_name
         self.reply_ttl = reply_ttl
@@ -291,7 +293,7 @@ class Completer:
             item.job,
             item.entry_id,
             item.started,
-            finished=time.time(),
+            finished=self.clock(),
             status=outcome.status,
             error=outcome.error,
             reason="" if ok else failure_reason(outcome.status, outcome.error, item.job is None),

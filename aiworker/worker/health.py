@@ -10,6 +10,7 @@ delivery and is dead-lettered after ``max_deliveries``.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -31,10 +32,40 @@ STALE_WORKER_S = 3600.0
 WATCH_EVERY_S = 0.25
 
 
+class RedisClock:
+    """Redis's wall clock, read on this host. A job's TIMEOUT and queue time count from its
+    entry's id, which Redis's clock wrote, and this host's clock may be off from it (seconds off:
+    every job with a TIMEOUT timed out, or none did). Each heartbeat sends TIME; the offset is
+    its answer less the midpoint of the round trip that brought it, taken from the quickest of
+    the last few round trips (off by at most half of that one)."""
+
+    def __init__(self, samples: int = 8) -> None:
+        self.offset_s = 0.0
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=samples)
+
+    def observe(self, sent: float, reply: Sequence[Any], received: float) -> None:
+        """A TIME ``reply`` (seconds, microseconds) asked at ``sent`` and read at ``received``
+        (this host's ``time.time()``)."""
+        redis_s = int(reply[0]) + int(reply[1]) / 1e6
+        self._samples.append((received - sent, redis_s - (sent + received) / 2))
+        self.offset_s = min(self._samples)[1]
+
+    def sync(self, r: Any, rounds: int = 3) -> None:
+        """A few TIME round trips now: before a worker reads its first job."""
+        for _ in range(rounds):
+            sent = time.time()
+            reply = r.execute_command("TIME")
+            self.observe(sent, reply, time.time())
+
+    def time(self) -> float:
+        """Now, in seconds since the epoch, by Redis's clock."""
+        return time.time() + self.offset_s
+
+
 class Heartbeat:
     """Publishes ``status()`` every HEARTBEAT_SECONDS until stopped, with the length limit of
     each queue stream the worker serves (``max_queue_length``: clients' enqueue script reads it;
-    0 publishes none)."""
+    0 publishes none), and keeps ``clock`` in step with Redis's."""
 
     def __init__(
         self,
@@ -45,6 +76,7 @@ class Heartbeat:
         metrics: WorkerMetrics,
         on_beat: Callable[[], None] = lambda: None,
         max_queue_length: int = 0,
+        clock: RedisClock | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -53,13 +85,15 @@ class Heartbeat:
         self.metrics = metrics
         self.on_beat = on_beat  # periodic checks the process wants done at heartbeat pace
         self.max_queue_length = max_queue_length
+        self.clock = clock or RedisClock()
         self._publishing = threading.Lock()
 
     def publish(self) -> None:
-        now = time.time()
+        now = self.clock.time()
         status = self.status()
         expiry = int(HEARTBEAT_SECONDS * 15)
         pipe = self.r.pipeline(transaction=False)
+        pipe.time()
         pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)
         pipe.zadd(self.keys.workers, {self.name: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
@@ -67,7 +101,9 @@ class Heartbeat:
             for streams in status.get("queues", {}).values():
                 for stream in streams:
                     pipe.set(self.keys.queue_limit(stream), self.max_queue_length, ex=expiry)
-        pipe.execute()
+        sent = time.time()
+        replies = pipe.execute()
+        self.clock.observe(sent, replies[0], time.time())
 
     def beat_now(self) -> bool:
         """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush

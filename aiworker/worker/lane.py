@@ -88,7 +88,7 @@ class Ticket:
 
     lane: Lane  # the lane that read it (its in-flight count)
     fields: Mapping[Any, Any]
-    started: float  # when this worker took it (time.time())
+    started: float  # when this worker took it (Redis's time: ``Executor.clock``)
     queue: str  # the stream it was read from
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     abandoned: bool = False  # let go (Redis lost mid-run): never completed here
@@ -391,7 +391,7 @@ class Lane:
         found: Sequence[tuple[str, Sequence[Entry]]],
         kept: set[tuple[str, str]],
     ) -> set[str]:
-        started = time.time()
+        started = self.executor.clock()  # Redis's time, as the entries' ids
         answered: list[Finished] = []
         jobs: list[tuple[Job, Ticket]] = []
         for queue, entry_id, fields in _each(found):

@@ -50,7 +50,7 @@ from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
 from aiworker.worker.consume import ensure_group
-from aiworker.worker.health import Heartbeat, Watchdog
+from aiworker.worker.health import Heartbeat, RedisClock, Watchdog
 from aiworker.worker.hooks import Hooks, LoggingHook
 from aiworker.worker.lane import Lane, LaneOptions
 from aiworker.worker.leases import HeldEntries
@@ -115,6 +115,7 @@ class Worker:
         self.held = HeldEntries()
         self.wires = job_connections(self.r, redis_options.reconnect_retry())
         self.hooks = Hooks([LoggingHook(), MetricsHook(self.metrics), *hooks])
+        self.clock = RedisClock()  # kept in step by the heartbeat
         self.completer = Completer(
             self.keys,
             self.name,
@@ -127,10 +128,11 @@ class Worker:
             wait_replicas=settings.wait_replicas,
             wait_timeout_ms=settings.wait_replicas_timeout,
             max_reply_bytes=self.limits.max_value_bytes,
+            clock=self.clock.time,
         )
         # scripts calling Redis do so on the calling thread's own connection
         self.executor = Executor(
-            self.models, self.keys, self.limits, self.wires.execute, self.cluster
+            self.models, self.keys, self.limits, self.wires.execute, self.cluster, self.clock.time
         )
         self._stop = threading.Event()
         self._running = False  # lanes made from now on start at once
@@ -157,6 +159,7 @@ class Worker:
             self.metrics,
             self._on_beat,
             settings.max_queue_length,
+            self.clock,
         )
         self.watchdog = Watchdog(
             lambda: list(self.lanes.values()), settings.hung_job_timeout, self._give_up
@@ -226,6 +229,7 @@ class Worker:
         # it out of the garbage collector's scans, which every job's allocations trigger.
         gc.collect()
         gc.freeze()
+        self.clock.sync(self.r)  # entries' ids are Redis's time: know it before reading one
         for device in self.devices:
             for queue in self.lanes[device].queues:
                 ensure_group(self.r, queue)
@@ -426,5 +430,5 @@ class Worker:
             "metrics_port": self.metrics.port,
             "healthy": not problems,
             "problems": problems,
-            "time": time.time(),
+            "time": self.clock.time(),
         }
