@@ -133,6 +133,11 @@ def _header(args: Sequence[str], command: str, until_load: bool = False) -> _Hea
             if i + 1 >= len(args):
                 raise AIError("Missing ROUTING value")
             head.routing, i = args[i + 1], i + 2
+        elif word == "KEYS" and head.routing is None and not deprecated:
+            # RedisAI 1.2.0-1.2.4's form of ROUTING (JRedisAI still sends it): the keys the
+            # DAG is about, the first of them routing it
+            keys, i = _routing_keys(args, i)
+            head.routing = keys[0]
         elif word == "TIMEOUT" and head.timeout is None:
             head.timeout, i = parse_timeout(args, i + 1, "No value provided for TIMEOUT"), i + 2
         elif token == CHAIN and i < len(args) - 1:
@@ -141,6 +146,15 @@ def _header(args: Sequence[str], command: str, until_load: bool = False) -> _Hea
             raise AIError(f"Invalid DAG command. Unexpected argument:  {token}")
     head.end = i
     return head
+
+
+def _routing_keys(args: Sequence[str], i: int) -> tuple[list[str], int]:
+    """``KEYS n key...`` at ``args[i]``; returns the keys and the index after them."""
+    count = parse_int(args[i + 1] if i + 1 < len(args) else "", "Invalid argument for KEYS")
+    end = i + 2 + count
+    if count <= 0 or end > len(args) or CHAIN in args[i + 2 : end]:
+        raise AIError("Invalid argument for KEYS")
+    return list(args[i + 2 : end]), end
 
 
 def loaded_first(args: Sequence[str], command: str) -> tuple[str, ...]:
