@@ -97,6 +97,20 @@ class TFModel(LoadedModel):
         self.session.close()
 
 
+def _relax_input_shapes(graph_def: Any, inputs: Sequence[str]) -> None:
+    """Import the placeholders named in INPUTS with their shape unknown. RedisAI fed values
+    through TensorFlow's C API, which does not hold a value to its placeholder's declared shape
+    (a 1x1x28x28 picture fed to an Nx28x28 placeholder that a Reshape follows ran); the Python
+    session refuses it before the graph sees it. So a value is judged by the graph's own ops, as
+    it was on RedisAI: they run it, or fail with TensorFlow's error."""
+    names = {name.split(":")[0] for name in inputs}
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in names and "shape" in node.attr:
+            shape = node.attr["shape"].shape
+            shape.Clear()
+            shape.unknown_rank = True
+
+
 def _graph_tensor(graph: tf.Graph, name: str, kind: str) -> tf.Tensor:
     """``op`` (its output 0, as RedisAI) or ``op:n``; RedisAI's messages when missing."""
     try:
@@ -185,6 +199,7 @@ class TFBackend(Backend):
         except Exception:  # protobuf's DecodeError (or RuntimeWarning-level garbage): TF's text
             raise AIError(BareMessage("Invalid GraphDef")) from None
         safety.check_tf_graph_def(graph_def, self.options.allow_file_ops)
+        _relax_input_shapes(graph_def, spec.inputs)
         graph = tf.Graph()
         try:
             with graph.as_default(), tf.device(placement.tf_name(spec.device)):
