@@ -414,6 +414,35 @@ def test_a_denied_probe_is_never_taken_for_another_type(tmp_path: Path) -> None:
         assert admin.hgetall("ai:o") == before
 
 
+def test_a_rule_without_time_keeps_the_worker_serving(
+    acl_redis: tuple[redis.Redis, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user made by the rule before TIME was in it: the worker counts TIMEOUTs by its own host's
+    clock and says so once; its heartbeat (it asked TIME with each beat) and jobs go on."""
+    from aiworker import Settings, Worker
+
+    admin, port = acl_redis
+    admin.execute_command("ACL", "SETUSER", "aiworker", "-time")
+    stub_model(admin, "ai:m")
+    tensor(admin, "ai:a", [1, 2])
+    tensor(admin, "ai:b", [10, 20])
+    url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
+    worker = Worker(Settings(redis_url=url)).start()
+    try:
+        reply = _run(
+            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c TIMEOUT 5000",
+            "aiworker:reply:t",
+        )  # fmt: skip
+        assert reply["status"] == "ok", reply
+        assert worker.clock.denied and worker.clock.offset_s == 0.0
+        worker.heartbeat.publish()  # no error: beats go on
+        assert admin.zcard(KEYS.workers) == 1
+    finally:
+        worker.stop(timeout=10)
+    refused = [r for r in caplog.records if "TIME refused" in r.getMessage()]
+    assert len(refused) == 1, "said once"
+
+
 # TLS ----------------------------------------------------------------------------------------
 
 

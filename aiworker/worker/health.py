@@ -37,10 +37,12 @@ class RedisClock:
     entry's id, which Redis's clock wrote, and this host's clock may be off from it (seconds off:
     every job with a TIMEOUT timed out, or none did). Each heartbeat sends TIME; the offset is
     its answer less the midpoint of the round trip that brought it, taken from the quickest of
-    the last few round trips (off by at most half of that one)."""
+    the last few round trips (off by at most half of that one). A user whose ACL denies TIME keeps
+    this host's clock (the worker says so once)."""
 
     def __init__(self, samples: int = 8) -> None:
         self.offset_s = 0.0
+        self.denied = False
         self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=samples)
 
     def observe(self, sent: float, reply: Sequence[Any], received: float) -> None:
@@ -51,10 +53,15 @@ class RedisClock:
         self.offset_s = min(self._samples)[1]
 
     def sync(self, r: Any, rounds: int = 3) -> None:
-        """A few TIME round trips now: before a worker reads its first job."""
-        for _ in range(rounds):
+        """A few TIME round trips now (e.g. before a worker reads its first job)."""
+        for _ in range(0 if self.denied else rounds):
             sent = time.time()
-            reply = r.execute_command("TIME")
+            try:
+                reply = r.execute_command("TIME")
+            except redis.ResponseError as exc:  # NOPERM: a rule from before TIME was asked
+                self.denied = True
+                log.warning("TIME refused (%s): TIMEOUTs count by this host's clock", exc)
+                return
             self.observe(sent, reply, time.time())
 
     def time(self) -> float:
@@ -89,11 +96,11 @@ class Heartbeat:
         self._publishing = threading.Lock()
 
     def publish(self) -> None:
+        self.clock.sync(self.r, rounds=1)  # a round trip of its own: a cluster pipeline has no TIME
         now = self.clock.time()
         status = self.status()
         expiry = int(HEARTBEAT_SECONDS * 15)
         pipe = self.r.pipeline(transaction=False)
-        pipe.time()
         pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)
         pipe.zadd(self.keys.workers, {self.name: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
@@ -101,9 +108,7 @@ class Heartbeat:
             for streams in status.get("queues", {}).values():
                 for stream in streams:
                     pipe.set(self.keys.queue_limit(stream), self.max_queue_length, ex=expiry)
-        sent = time.time()
-        replies = pipe.execute()
-        self.clock.observe(sent, replies[0], time.time())
+        pipe.execute()
 
     def beat_now(self) -> bool:
         """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush
