@@ -103,17 +103,19 @@ def test_ordinary_onnx_models_still_load() -> None:
 def test_the_worker_registers_no_native_op_library() -> None:
     """Custom-op libraries and op-library loaders are native code: nothing in the package may
     load one (onnxruntime, TensorFlow and torch only do so when told to). The one native library
-    the package opens itself is the C library, for its malloc settings (``aiworker.malloc``)."""
+    the package opens itself is the C library: for its malloc settings (``aiworker.malloc``) and
+    for ``aiworker up``'s parent-death signal (``aiworker.embedded``, the process's own symbols)."""
     pattern = re.compile(r"register_custom_ops_library|load_op_library|load_library|ctypes|cdll")
-    offenders = [
+    offenders = sorted(
         str(path.relative_to(ROOT))
         for path in (ROOT / "aiworker").rglob("*.py")
         if pattern.search(path.read_text())
-    ]
-    assert offenders == ["aiworker/malloc.py"]
-    source = (ROOT / "aiworker" / "malloc.py").read_text()
-    assert re.findall(r"CDLL\(([^)]*)\)", source) == ['"libc.so.6"']
-    assert not re.search(r"register_custom_ops_library|load_op_library|load_library", source)
+    )
+    assert offenders == ["aiworker/embedded.py", "aiworker/malloc.py"]
+    for name, library in (("malloc.py", '"libc.so.6"'), ("embedded.py", "None, use_errno=True")):
+        source = (ROOT / "aiworker" / name).read_text()
+        assert re.findall(r"CDLL\(([^)]*)\)", source) == [library]
+        assert not re.search(r"register_custom_ops_library|load_op_library|load_library", source)
 
 
 # --- TFLite ------------------------------------------------------------------------------------

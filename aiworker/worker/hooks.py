@@ -33,7 +33,8 @@ METHODS = ("job_started", "job_finished", "job_failed", "job_skipped")
 @dataclass(slots=True)
 class JobEvent:
     """One job at one point of its life (read it, don't change it: every hook sees the same
-    one). Times are unix seconds."""
+    one). Times are unix seconds by Redis's clock (``enqueued`` is its entry id's time; the
+    worker's own ones are corrected to it: ``health.RedisClock``)."""
 
     job_id: str  # the stream entry id
     queue: str  # the stream it was read from
