@@ -2,12 +2,14 @@
 3 masters + 3 replicas cluster fixture and an in-process worker whose queue is split in 3
 partitions. Every method of the blocking ``ClusterClient``, its key rule, concurrent requests
 from one event loop, a reply on another master than its job's stream, MOVED on the job path, a
-lost connection while a job waits, and the round trips one modelexecute costs (equal to the
-blocking cluster client's)."""
+lost connection while a job waits, ``aclose()`` while jobs wait (the single Redis client's too),
+connections Redis closed while idle, ``max_connections``, ``from_url`` of a server that never
+answers, and the round trips one modelexecute costs (equal to the blocking cluster client's)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,9 +21,13 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 from conftest import stub_blob, torch_blob, wait_until
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
 
 import aiworker.asyncio
 from aiworker import AIError, NoLiveWorker, Worker
+from aiworker.asyncio import ClientClosed
+from aiworker.asyncio.client import PROBE_TIMEOUT_S
 from aiworker.asyncio.cluster_wire import AsyncClusterWire
 from aiworker.client import placement
 from aiworker.protocol import messages
@@ -336,6 +342,188 @@ def test_no_live_worker_on_the_cluster(redis_cluster: Any, cluster_client: Any) 
     results = arun(redis_cluster, body)
     assert all(isinstance(r, NoLiveWorker) and r.removed for r in results), results
     assert c.xlen(c.keyspace.queue("CPU")) == 0
+
+
+def blpop_connections(cluster: Any) -> set[tuple[int, str]]:
+    """(master port, client id) of the connections whose last command was a BLPOP: a client's
+    job path (workers send none)."""
+    return {
+        (port, client["id"])
+        for port in cluster.master_ports()
+        for client in cluster.node(port).client_list()
+        if client["cmd"] == "blpop"
+    }
+
+
+def test_aclose_ends_the_waits_of_jobs_in_flight_and_leaves_no_connection(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """``aclose()`` while jobs wait for their replies: the waits end at once with an error that
+    says the job may or may not run, and no connection of the client stays open (the waits went
+    on, on connections opened again after the close that nothing closed). The client can still
+    be used afterwards, as redis-py's."""
+    c = cluster_client
+    c.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=2500))
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+
+    before = blpop_connections(redis_cluster)
+
+    def blpops() -> int:
+        return len(blpop_connections(redis_cluster) - before)
+
+    async def body(con: Any) -> list[Any]:
+        jobs = [
+            asyncio.ensure_future(con.modelexecute("slow", ["a", "a"], [f"s{{{n}}}"]))
+            for n in range(3)
+        ]
+        await asyncio.to_thread(wait_until, lambda: blpops() >= 3)
+        await con.aclose()
+        ended = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 2)
+        await asyncio.sleep(0.3)
+        left = [blpops(), len(con._jobs.wire._all)]
+        again = await con.modelexecute("m", ["a", "a"], ["again"])
+        return [ended, left, again]
+
+    ended, left, again = arun(redis_cluster, body)
+    assert all(isinstance(e, ClientClosed) for e in ended), ended
+    assert "may or may not" in str(ended[0])
+    assert left == [0, 0]
+    assert again == "OK"
+    assert c.tensorget("again").tolist() == [2.0]
+
+
+def test_aclose_ends_the_waits_of_a_single_redis_clients_jobs_too(
+    client: Any, worker: Worker, redis_server: Any
+) -> None:
+    """The single Redis client's ``aclose()`` while jobs wait ends them at once with the same
+    error (its reply reader was stopped: they waited out their whole limit, then said no reply
+    came from a worker that had answered); a job submitted as it closes does not hang."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+    client.tensorset("a", np.array([1], dtype=np.float32))
+
+    async def main() -> list[Any]:
+        con = aiworker.asyncio.Client.from_url(redis_server.url, reply_timeout=20)
+        assert type(con) is aiworker.asyncio.Client
+        jobs = [
+            asyncio.ensure_future(con.modelexecute("slow", ["a", "a"], [f"o{n}"])) for n in range(2)
+        ]
+        await asyncio.sleep(0.5)
+        queued = asyncio.ensure_future(con.modelexecute("slow", ["a", "a"], ["late"]))
+        await asyncio.sleep(0)  # its metadata read in flight, or its XADD about to be sent
+        started = time.monotonic()
+        await con.aclose()
+        ended = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 5)
+        took = time.monotonic() - started
+        late = await asyncio.wait_for(asyncio.gather(queued, return_exceptions=True), 25)
+        return [ended, took, late]
+
+    ended, took, late = asyncio.run(main())
+    assert all(isinstance(e, ClientClosed) for e in ended), ended
+    assert took < 2.0
+    assert late[0] == "OK" or isinstance(late[0], ClientClosed), late
+
+
+def test_connections_the_server_closed_while_idle_are_not_used(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis closes idle clients (``timeout``): the job path's free connections are dead by the
+    next job, which opens new ones instead of losing its round trip on one (a lost XADD round:
+    a slot map refresh and a failover pause, a second or so)."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    lost: list[Exception] = []
+    original = AsyncClusterWire._lost
+
+    async def counted(self: Any, error: Exception, replies: list[Any]) -> Any:
+        lost.append(error)
+        return await original(self, error, replies)
+
+    monkeypatch.setattr(AsyncClusterWire, "_lost", counted)
+
+    async def body(con: Any) -> list[Any]:
+        keys = [f"i{{{n}}}" for n in range(6)]
+        await asyncio.gather(*(con.modelexecute("m", ["a", "a"], [key]) for key in keys))
+        for port in redis_cluster.master_ports():
+            redis_cluster.node(port).config_set("timeout", 1)
+        try:
+            await asyncio.sleep(2.5)  # Redis closes them (it looks about once a second)
+            return [await con.modelexecute("m", ["a", "a"], [key]) for key in keys]
+        finally:
+            for port in redis_cluster.master_ports():
+                redis_cluster.node(port).config_set("timeout", 0)
+
+    assert arun(redis_cluster, body) == ["OK"] * 6
+    assert lost == []
+
+
+def test_max_connections_bounds_the_connections_jobs_hold(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """Each waiting job holds a connection: a burst of them opened one each to its reply's
+    master, whatever redis-py's ``max_connections`` said, up to Redis' ``maxclients`` (then
+    "max number of clients reached" for jobs and workers alike). Given, it bounds them per
+    node, the jobs beyond it waiting their turn, and every job is answered."""
+    c = cluster_client
+    c.modelstore("m", "STUB", "CPU", stub_blob("add", sleep_ms=100))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    outputs = [f"b{{{n}}}" for n in range(40)]
+    assert len(masters_of(redis_cluster, *outputs)) == 3
+
+    before = blpop_connections(redis_cluster)
+
+    def blpops() -> dict[int, int]:
+        held = blpop_connections(redis_cluster) - before
+        return {port: sum(at == port for at, _ in held) for port in redis_cluster.master_ports()}
+
+    async def body(con: Any) -> list[Any]:
+        results = await asyncio.gather(*(con.modelexecute("m", ["a", "a"], [k]) for k in outputs))
+        return [results, blpops()]
+
+    results, held = arun(redis_cluster, body, max_connections=4)
+    assert results == ["OK"] * len(outputs)
+    assert max(held.values()) <= 4, held
+    assert [c.tensorget(key).tolist() for key in outputs] == [[2.0]] * len(outputs)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that takes connections and never answers (a hung server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)  # the kernel completes connections: nobody accepts or answers
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "options"),
+    [
+        ("?socket_timeout=30&socket_connect_timeout=30", {}),
+        ("", {"socket_timeout": 30, "retry_on_timeout": True}),
+        ("", {"socket_timeout": 30, "retry": Retry(ConstantBackoff(0.1), 5)}),
+    ],
+)
+def test_from_url_of_a_server_that_never_answers_holds_the_loop_at_most_the_probe(
+    silent_port: int, query: str, options: dict[str, Any]
+) -> None:
+    """``from_url`` asks the server whether it is a cluster node on a blocking connection: it
+    holds the event loop ``PROBE_TIMEOUT_S`` at most, whatever the URL's own options say (a
+    ``socket_timeout`` in the URL held it that long) and without retries."""
+
+    async def main() -> tuple[type, float]:
+        started = time.monotonic()
+        con = aiworker.asyncio.Client.from_url(
+            f"redis://127.0.0.1:{silent_port}/0{query}", **options
+        )
+        took = time.monotonic() - started
+        await con.aclose()
+        return type(con), took
+
+    kind, took = asyncio.run(main())
+    assert kind is aiworker.asyncio.Client
+    assert took < PROBE_TIMEOUT_S + 1.0
 
 
 # round trips -------------------------------------------------------------------------------

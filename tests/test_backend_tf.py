@@ -52,6 +52,30 @@ def test_runtime_error_is_tensorflows_message(client: Client, worker: Worker) ->
         client.modelexecute("m", ["a"], ["c"])
 
 
+def test_a_placeholder_with_default_takes_any_shape_the_graph_runs(
+    client: Client, worker: Worker
+) -> None:
+    """An input that is a PlaceholderWithDefault (declared [2]) is fed as a Placeholder is: the
+    graph's own ops judge the value (RedisAI's C API held neither to its declared shape), so a
+    1x2 value runs, and one the ops cannot take fails with TensorFlow's error (it failed with
+    the Python session's "Cannot feed value of shape" for both)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.compat.v1.placeholder_with_default(tf.constant([1.0, 2.0]), shape=[2], name="a")
+        b = tf.compat.v1.placeholder(tf.float32, shape=[None, 2], name="b")
+        tf.multiply(a, b, name="mul")
+    blob = graph.as_graph_def().SerializeToString()
+    client.modelstore("m", "TF", "CPU", blob, inputs=["a:0", "b"], outputs=["mul"])
+    client.tensorset("a", np.array([[2, 3]], dtype=np.float32))
+    client.tensorset("b", np.ones((3, 2), dtype=np.float32))
+    assert client.modelexecute("m", ["a", "b"], ["c"]) == "OK"
+    assert client.tensorget("c").tolist() == [[2, 3]] * 3
+    client.tensorset("a", np.array([1, 2, 3], dtype=np.float32))
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a", "b"], ["c"])
+    assert str(info.value) == "Incompatible shapes: [3] vs. [3,2] \t [[{{node mul}}]]"
+
+
 STORE_ERRORS = [
     ({"inputs": None}, "INPUTS not specified for TF"),
     ({"outputs": None}, "OUTPUTS not specified for TF"),

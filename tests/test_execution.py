@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -12,12 +13,14 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import redis
 from conftest import store_unchecked, stub_blob, torch_blob, wait_until
 
 from aiworker import AIError, Client, JobFailed, JobTimedOut, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.protocol.requests import Job, ModelExecute
+from aiworker.storage import health as health_store
 from aiworker.storage.connection import connect
 from aiworker.worker.health import RedisClock
 
@@ -300,15 +303,133 @@ def test_timeout_counts_by_redis_clock_on_a_host_whose_clock_is_off(
 
 def test_redis_clock_takes_the_quickest_round_trip() -> None:
     """The offset to Redis's clock comes from the round trip that could be off least (half its
-    time): a slow one (a busy host) must not move it by half of its own."""
+    time): a slow one (a busy host) must not move it by half of its own. Round trips are timed
+    on the monotonic clock."""
     clock = RedisClock()
     clock.observe(100.000, [103, 0], 100.002)  # Redis 3 s ahead, a 2 ms round trip
-    assert clock.offset_s == pytest.approx(2.999)
+    assert clock.time() - time.monotonic() == pytest.approx(2.999, abs=0.0005)
     clock.observe(200.000, [203, 400_000], 200.800)  # 800 ms round trip, its midpoint 0.4 s in
-    assert clock.offset_s == pytest.approx(2.999)
+    assert clock.time() - time.monotonic() == pytest.approx(2.999, abs=0.0005)
     clock.observe(300.000, [303, 500], 300.001)
-    assert clock.offset_s == pytest.approx(3.0000)
-    assert clock.time() - time.time() == pytest.approx(3.0, abs=0.01)
+    assert clock.time() - time.monotonic() == pytest.approx(3.0, abs=0.0005)
+
+
+def redis_now(r: Any) -> float:
+    seconds, micros = r.execute_command("TIME")
+    return int(seconds) + int(micros) / 1e6
+
+
+def test_redis_clock_is_not_moved_by_a_step_of_this_hosts_clock(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host's wall clock steps (NTP, an operator) after the clock was synced: Redis's time
+    as the worker reads it stays Redis's (it was this host's clock plus the last offset, off by
+    the whole step until the samples aged out)."""
+    clock = RedisClock()
+    clock.sync(client)
+    assert abs(clock.time() - redis_now(client)) < 0.05
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 30.0)
+    assert abs(clock.time() - redis_now(client)) < 0.05
+    assert clock.offset_s == pytest.approx(-30.0, abs=0.05)
+    clock.sync(client, rounds=1)  # a round trip across the step is no better or worse
+    assert abs(clock.time() - redis_now(client)) < 0.05
+
+
+def test_a_busy_redis_does_not_turn_the_clock_off(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """TIME answered BUSY (a user's long script runs) is no ACL refusal: that round is skipped
+    and the next one syncs (it was taken for a denied TIME: this host's clock for good)."""
+    client.config_set("busy-reply-threshold", 100)
+    scripted = connect(redis_server.url)
+
+    def spin() -> None:
+        with contextlib.suppress(redis.ResponseError):  # killed
+            scripted.eval("while true do end", 0)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    clock = RedisClock()
+    other = connect(redis_server.url)
+    try:
+        time.sleep(0.3)  # past the threshold: Redis answers BUSY meanwhile
+
+        def busy() -> bool:
+            try:
+                other.ping()
+            except Exception as exc:
+                return "BUSY" in str(exc)
+            return False
+
+        wait_until(busy, timeout=5)
+        clock.sync(other, rounds=1)
+    finally:
+        other.script_kill()
+        spinner.join(timeout=10)
+        client.config_set("busy-reply-threshold", 5000)
+    assert not clock.denied
+    clock.sync(other, rounds=1)
+    assert abs(clock.time() - redis_now(other)) < 0.05
+
+
+@pytest.mark.parametrize("skew_s", [30.0, -30.0])
+def test_a_worker_on_a_host_far_off_redis_clock_is_seen_alive(
+    client: Client,
+    settings: Settings,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    skew_s: float,
+) -> None:
+    """A worker and a client on one host whose clock is 30 s off Redis's: the client judges the
+    worker's heartbeat by its own clock, so the heartbeat is stamped with it (stamped with
+    Redis's clock, a host ahead of Redis saw its own worker dead: NoLiveWorker for any job that
+    ran longer than a moment)."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+    set_inputs(client)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+    requester = Client.from_url(redis_server.url, reply_timeout=20)
+    w = Worker(settings).start()
+    try:
+        assert requester.modelexecute("slow", ["a", "b"], ["c"], timeout=10_000) == "OK"
+        live = health_store.live_workers(requester, requester.keyspace)
+        assert [status["name"] for status in live] == [w.name]
+        assert abs(live[0]["age"]) < 5  # (age: how old the reader finds it)
+    finally:
+        w.stop(timeout=10)
+        requester.close()
+    assert client.tensorget("c").tolist() == [6, 8]
+
+
+def test_the_worker_clock_is_each_cluster_masters_own(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """On Redis Cluster each master's clock wrote the ids of the streams it serves: the worker
+    asks every master its TIME (it asked one, and counted every stream's TIMEOUTs by that one's
+    clock), and the time of a key is that of its master. A job with a TIMEOUT runs."""
+    masters = redis_cluster.master_ports()
+
+    def time_calls() -> dict[int, int]:
+        stats = {port: redis_cluster.node(port).info("commandstats") for port in masters}
+        return {port: int(stats[port].get("cmdstat_time", {}).get("calls", 0)) for port in masters}
+
+    clock = cluster_worker.clock
+    before = time_calls()
+    clock.sync(cluster_worker.r, rounds=1)
+    after = time_calls()
+    assert all(after[port] > before[port] for port in masters), (before, after)
+    keys = [f"k{{{n}}}" for n in range(6)]
+    assert {redis_cluster.master_of(key) for key in keys} == set(masters)
+    for key in keys:
+        assert (
+            abs(clock.time(key) - redis_now(redis_cluster.node(redis_cluster.master_of(key))))
+            < 0.05
+        )
+    cluster_client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    cluster_client.tensorset("a", np.array([1, 2], dtype=np.float32))
+    assert cluster_client.modelexecute("m", ["a", "a"], ["c"], timeout=5_000) == "OK"
+    assert cluster_client.tensorget("c").tolist() == [2, 4]
 
 
 def test_timeout_is_more_than_its_milliseconds() -> None:

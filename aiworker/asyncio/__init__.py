@@ -15,5 +15,6 @@ the same methods, each job with its reply list in its outputs' hash slot.
 
 from aiworker.asyncio.client import Client
 from aiworker.asyncio.cluster import ClusterClient
+from aiworker.asyncio.jobs import ClientClosed
 
-__all__ = ["Client", "ClusterClient"]
+__all__ = ["Client", "ClientClosed", "ClusterClient"]

@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from aiworker.asyncio.cluster import ClusterClient
 from aiworker.asyncio.driver import AsyncDriver, printing
@@ -80,14 +82,16 @@ PROBE_TIMEOUT_S = 2.0
 
 def _is_cluster(url: str, kwargs: dict[str, Any]) -> bool:
     """Whether ``url`` names a Redis Cluster node (``storage.cluster.is_cluster``), asked within
-    ``PROBE_TIMEOUT_S`` (or the client's own shorter timeouts)."""
-    bounded = {
-        name: min(kwargs.get(name) or PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
-        for name in ("socket_connect_timeout", "socket_timeout")
-    }
+    ``PROBE_TIMEOUT_S`` (or the client's own shorter timeouts), once: the URL's own options
+    (``?socket_timeout=30``) are bounded too, and no retry (``retry_on_timeout``, ``retry``)
+    asks again."""
     probe = None
     try:
-        probe = redis.Redis.from_url(url, **{**kwargs, **bounded})
+        probe = redis.Redis.from_url(url, **kwargs)
+        options = probe.connection_pool.connection_kwargs
+        for name in ("socket_connect_timeout", "socket_timeout"):
+            options[name] = min(options.get(name) or PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+        options["retry"] = Retry(NoBackoff(), 0)
         return is_cluster(probe)
     except (redis.ConnectionError, redis.TimeoutError, TypeError):
         return False  # (TypeError: an option only redis.asyncio takes)

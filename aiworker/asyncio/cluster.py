@@ -29,12 +29,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from aiworker.asyncio.cluster_jobs import AsyncClusterJobs
 from aiworker.asyncio.driver import AsyncDriver, printing
+from aiworker.asyncio.plans import execute_commands
 from aiworker.client.api import AICommands
 from aiworker.client.ops import State
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
 from aiworker.storage.cluster import require_cluster_support
+from aiworker.storage.plans import Commands
 from aiworker.storage.redis_options import client_kwargs
 
 
@@ -43,7 +45,9 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
 
     ``ClusterClient(debug=False, enable_postprocess=True, *args, prefix=..., reply_timeout=...,
     max_concurrency=16, **kwargs)``, the rest going to ``redis.asyncio.cluster.RedisCluster``
-    (``host``/``port`` of any node, ``startup_nodes``, ...);
+    (``host``/``port`` of any node, ``startup_nodes``, ...). Jobs waiting for their replies hold
+    a connection each; ``max_connections`` given, no more than that many to one node (the jobs
+    beyond it wait their turn), else a burst of jobs opens as many (Redis' ``maxclients``);
     ``ClusterClient.from_url("redis://node:6379")``. Slots of a failed master need not all be
     served for the others to be used (``require_full_coverage=False``).
     """
@@ -60,15 +64,29 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
     ) -> None:
         require_cluster_support()
         kwargs.setdefault("require_full_coverage", False)
+        # given, redis-py's bound on each node's connections bounds the jobs' too
+        bound = kwargs.get("max_connections")
+        job_connections = max(1, int(bound)) if bound is not None else None
         super().__init__(*args, **kwargs)
         self.debug = bool(debug)
         # however many coroutines call at once, at most this many carry Redis commands (jobs
         # hold a connection each while they wait, as blocking threads do)
-        self._batches = asyncio.Semaphore(max_concurrency)
+        # hold a connection each while they wait, as blocking threads do); within
+        # ``max_connections``, which redis-py's node pools enforce by failing the command
+        bounded = max_concurrency if job_connections is None else job_connections
+        self._batches = asyncio.Semaphore(max(1, min(max_concurrency, bounded)))
         self._state = State(Keys(prefix), raw=not enable_postprocess)
-        self._jobs = AsyncClusterJobs(self, self._state.keyspace, reply_timeout)
+        self._jobs = AsyncClusterJobs(
+            self, self._state.keyspace, reply_timeout, job_connections, self._send_bounded
+        )
         if self.debug:
             self.execute_command = printing(super().execute_command)  # type: ignore[method-assign]
+
+    async def _send_bounded(self, batch: Commands) -> list[Any]:
+        """Redis commands a job's wait sends (heartbeats, taking an entry back), within the
+        bound of the client's own."""
+        async with self._batches:
+            return await execute_commands(self, batch)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import redis
@@ -64,9 +64,14 @@ class Masters:
 class AsyncClusterWire:
     """See the module docstring. Any number of tasks may use one at once."""
 
-    def __init__(self, rc: RedisCluster) -> None:
+    def __init__(self, rc: RedisCluster, max_connections: int | None = None) -> None:
+        """``max_connections``: at most that many connections to a node (a round trip beyond
+        them waits for one to be free); None: as many as round trips in flight."""
         self.rc = rc
         self.masters = Masters(rc)
+        self.max_connections = max_connections
+        self.closes = 0  # how many times ``close`` ran (the jobs waiting then end)
+        self._turns: dict[Address, asyncio.Semaphore] = {}
         self._free: dict[Address, list[Connection]] = {}
         self._all: set[Connection] = set()
         self._closing: set[asyncio.Task[Any]] = set()
@@ -154,10 +159,26 @@ class AsyncClusterWire:
         """One node's part of a round trip: its replies go into ``replies`` (by position).
         Returns the error of the link lost meanwhile; the commands it left unanswered, and those
         it answered with an error (a redirection may be among them), stay pending."""
+        if self.max_connections is None:
+            return await self._round_on(address, commands, members, asking, replies)
+        turn = self._turns.get(address)
+        if turn is None:
+            turn = self._turns[address] = asyncio.Semaphore(self.max_connections)
+        async with turn:
+            return await self._round_on(address, commands, members, asking, replies)
+
+    async def _round_on(
+        self,
+        address: Address,
+        commands: Sequence[Command],
+        members: list[int],
+        asking: dict[int, Address],
+        replies: list[Any],
+    ) -> Exception | None:
         batch: list[Command] = []
         for n in members:  # ASK: that command only, on that node, after ASKING
             batch += [("ASKING",), commands[n]] if n in asking else [commands[n]]
-        connection = self._take(address)
+        connection = await self._take(address)
         read: list[int] = []
         try:
             await connection.send_packed_command(connection.pack_commands(batch), False)
@@ -175,13 +196,28 @@ class AsyncClusterWire:
         except BaseException:  # cancelled mid-round: the link is out of step with its replies
             self._discard(connection)
             raise
-        self._free.setdefault(address, []).append(connection)
+        if connection in self._all:
+            self._free.setdefault(address, []).append(connection)
+        else:  # the wire was closed meanwhile: not to be used again
+            self._discard(connection)
         return None
 
-    def _take(self, address: Address) -> Connection:
+    async def _take(self, address: Address) -> Connection:
+        """A free connection to ``address`` that its server has not closed meanwhile (an idle
+        client ``timeout``, a CLIENT KILL: the round trip would be lost), else a new one."""
         free = self._free.get(address)
-        if free:
-            return free.pop()
+        while free:
+            kept = free.pop()
+            try:
+                closed = await _can_read(kept)  # EOF, or stray bytes
+            except _LINK_LOST:
+                closed = True
+            except BaseException:
+                self._discard(kept)
+                raise
+            if not closed:
+                return kept
+            self._discard(kept)
         node = self.rc.nodes_manager.get_node(host=address[0], port=address[1])
         node = node or self.rc.get_default_node()  # an ASK target not known yet: same options
         kwargs = {**node.connection_kwargs, "host": address[0], "port": address[1]}
@@ -198,12 +234,23 @@ class AsyncClusterWire:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        """Close every connection, those that jobs wait on too (see ``closes``)."""
+        self.closes += 1
         connections, self._all, self._free = list(self._all), set(), {}
         for connection in connections:
             with contextlib.suppress(Exception):
                 await connection.disconnect()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _can_read(connection: Connection) -> Awaitable[bool]:
+    """Whether a connection has anything to read (redis-py 8's ``can_read``; before it,
+    ``can_read_destructive``)."""
+    check: Callable[[], Awaitable[bool]] = getattr(
+        connection, "can_read", connection.can_read_destructive
+    )
+    return check()
 
 
 async def _read(connection: Connection) -> Any:

@@ -39,11 +39,22 @@ READ_BLOCK_S = 1.0
 DRAIN = 512
 
 
+class ClientClosed(redis.RedisError):
+    """The client was closed (``aclose``) while a job waited: the wait ends at once."""
+
+
+def closed_error() -> ClientClosed:
+    return ClientClosed(
+        "the client was closed while the job waited for its reply: it may or may not have been "
+        "queued or run"
+    )
+
+
 class _Mailbox:
-    """Where the reader task puts a job's replies."""
+    """Where the reader task puts a job's replies (None: the client was closed)."""
 
     def __init__(self) -> None:
-        self.inbox: asyncio.Queue[Reply] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Reply | None] = asyncio.Queue()
 
     def put(self, reply: Reply) -> None:
         self.inbox.put_nowait(reply)
@@ -99,6 +110,7 @@ class AsyncJobs(WaitSteps):
         self._pending: list[tuple[str, Any, asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._waiting: set[_Mailbox] = set()  # the jobs waiting now (``close`` ends them)
 
     # submitting ------------------------------------------------------------------------------
 
@@ -112,20 +124,27 @@ class AsyncJobs(WaitSteps):
             self.keyspace, queue, self.keyspace.queue(queue), fields, request.timeout_ms, limit
         )
         mailbox = _Mailbox()
+        self._waiting.add(mailbox)
         try:
             return await self._drive(plan, mailbox)
         finally:
+            self._waiting.discard(mailbox)
             self.router.forget(mailbox)
 
     async def _drive(self, plan: Plan[Reply], mailbox: _Mailbox) -> Reply:
         return await drive_steps_async(plan, lambda step: self._step(step, mailbox))
 
     async def _step(self, step: Any, mailbox: _Mailbox) -> Any:
+        if mailbox not in self._waiting:  # the client was closed
+            raise closed_error()
         if isinstance(step, Receive):
             try:
-                return await asyncio.wait_for(mailbox.inbox.get(), step.seconds)
+                reply = await asyncio.wait_for(mailbox.inbox.get(), step.seconds)
             except asyncio.TimeoutError:
                 return None
+            if reply is None:
+                raise closed_error()
+            return reply
         if isinstance(step, Enqueue):
             return await self._enqueue(step, mailbox)
         return await self._wait_step(step)
@@ -162,9 +181,11 @@ class AsyncJobs(WaitSteps):
             try:
                 results = await pipe.execute(raise_on_error=False)
             except BaseException as exc:
+                # cancelled: the client is closing (its XADDs may or may not have run)
+                error = exc if isinstance(exc, Exception) else closed_error()
                 for _, _, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(error)
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -203,6 +224,14 @@ class AsyncJobs(WaitSteps):
                     self.router.route(reply)
 
     async def close(self) -> None:
+        """Stop the reader and the writer; the jobs waiting end with ``ClientClosed``."""
+        waiting_now, self._waiting = self._waiting, set()
+        for mailbox in waiting_now:
+            mailbox.inbox.put_nowait(None)
+        unsent, self._pending = self._pending, []
+        for _, _, future in unsent:
+            if not future.done():
+                future.set_exception(closed_error())
         for task in (self._reader, self._writer):
             if task is not None and not task.done():
                 task.cancel()

@@ -97,6 +97,10 @@ class TFModel(LoadedModel):
         self.session.close()
 
 
+# Ops whose value a run feeds: a PlaceholderWithDefault fed is one too (its default unused).
+_PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault")
+
+
 def _relax_input_shapes(graph_def: Any, inputs: Sequence[str]) -> None:
     """Import the placeholders named in INPUTS with their shape unknown. RedisAI fed values
     through TensorFlow's C API, which does not hold a value to its placeholder's declared shape
@@ -105,7 +109,7 @@ def _relax_input_shapes(graph_def: Any, inputs: Sequence[str]) -> None:
     it was on RedisAI: they run it, or fail with TensorFlow's error."""
     names = {name.split(":")[0] for name in inputs}
     for node in graph_def.node:
-        if node.op == "Placeholder" and node.name in names and "shape" in node.attr:
+        if node.op in _PLACEHOLDERS and node.name in names and "shape" in node.attr:
             shape = node.attr["shape"].shape
             shape.Clear()
             shape.unknown_rank = True

@@ -103,10 +103,11 @@ class Executor:
         bounds: limits.Limits,
         redis_call: RedisCall | None = None,
         cluster: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[..., float] = lambda stream=None: time.time(),
     ) -> None:
-        """``clock``: Redis's wall clock on this host (``worker.health.RedisClock``), which a
-        job's TIMEOUT counts by."""
+        """``clock``: Redis's wall clock on this host (``worker.health.RedisClock.time``), which
+        a job's TIMEOUT counts by; ``clock(stream)`` is that of the node the job's stream is on
+        (Redis Cluster: each master's clock wrote its streams' entry ids)."""
         self.models = models
         self.clock = clock
         self.keys = keys
@@ -118,21 +119,24 @@ class Executor:
         # the step that counts the model's statistics, which live in its slot).
         self.metas = MetaCache()
 
-    def prepare(self, job: Job, snapshot: Snapshot, queue_device: str) -> Run | Outcome:
+    def prepare(
+        self, job: Job, snapshot: Snapshot, queue_device: str, stream: str | None = None
+    ) -> Run | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another
-        device's job to forward)."""
+        device's job to forward). ``stream``: the one it was read from (its TIMEOUT counts by
+        that node's clock)."""
         request = job.request
         try:
             if request.op in VERIFY_OPS:
                 return VerifyRun(job, self._verify)
             if request.op == "DAGEXECUTE":
-                return self._dag(job, cast(DagExecute, request), snapshot, queue_device)
-            return self._single(job, request, snapshot, queue_device)
+                return self._dag(job, cast(DagExecute, request), snapshot, queue_device, stream)
+            return self._single(job, request, snapshot, queue_device, stream)
         except AIWorkerError as exc:
             return Outcome.failed(error_text(exc))
 
     def _single(
-        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str
+        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str, stream: str | None
     ) -> Run | Outcome:
         """A MODELEXECUTE or SCRIPTEXECUTE: a DAG of one op over its inputs and outputs."""
         op = make_op(0, request, [(name, LOADED) for name in request.inputs])
@@ -147,10 +151,15 @@ class Executor:
             return Outcome.failed(error_text(exc), [StatsRecord(op.stats_key(), errors=1)])
         arrays = snapshot.tensors(request.inputs)  # each use counts against max_job_bytes
         values = {(name, LOADED): array for name, array in zip(request.inputs, arrays, strict=True)}
-        return self._run(job, [op], values, request.outputs, snapshot.held, single=True)
+        return self._run(job, [op], values, request.outputs, snapshot.held, True, stream)
 
     def _dag(
-        self, job: Job, dag: DagExecute, snapshot: Snapshot, queue_device: str
+        self,
+        job: Job,
+        dag: DagExecute,
+        snapshot: Snapshot,
+        queue_device: str,
+        stream: str | None,
     ) -> Run | Outcome:
         """The DAG's ops with their metadata and devices; a missing key fails the whole DAG with
         one error before any op runs, as RedisAI's parser did."""
@@ -172,7 +181,7 @@ class Executor:
             # like a MODELEXECUTE on the wrong queue: hand it to a queue whose devices it uses
             return Outcome.forward(devices[0])
         values = {(key, LOADED): snapshot.tensor(key) for key in dict.fromkeys(dag.load)}
-        return self._run(job, ops, values, dag.persist, snapshot.held, single=False)
+        return self._run(job, ops, values, dag.persist, snapshot.held, False, stream)
 
     def _run(
         self,
@@ -182,22 +191,32 @@ class Executor:
         persist: tuple[str, ...],
         held: int,
         single: bool,
+        stream: str | None = None,
     ) -> JobRun:
         """``held``: bytes of the job's tensors counted so far (``Snapshot.held``)."""
         # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
         near = job.reply if self.cluster else None
         spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
         return JobRun(
-            job, ops, values, persist, self.runtime, spill, single, self._deadline(job), held=held
+            job,
+            ops,
+            values,
+            persist,
+            self.runtime,
+            spill,
+            single,
+            self._deadline(job, stream),
+            held=held,
         )
 
-    def _deadline(self, job: Job) -> float | None:
-        """The job's TIMEOUT deadline (Redis's wall clock, ms) on this process' monotonic
-        clock."""
+    def _deadline(self, job: Job, stream: str | None = None) -> float | None:
+        """The job's TIMEOUT deadline (Redis's wall clock, ms: that of ``stream``'s node) on this
+        process' monotonic clock."""
         deadline_ms = job.deadline_ms
         if deadline_ms is None:
             return None
-        return time.monotonic() + (deadline_ms - self.clock() * 1000) / 1000
+        now = self.clock(stream) if stream is not None else self.clock()
+        return time.monotonic() + (deadline_ms - now * 1000) / 1000
 
     def _verify(self, request: ModelVerify | ScriptVerify) -> MemberResult:
         """Load a blob as a MODELSTORE would have, or compile a script as a SCRIPTSTORE would

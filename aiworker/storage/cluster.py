@@ -64,9 +64,9 @@ def is_cluster(r: redis.Redis) -> bool:
         return False
 
 
-# The oldest redis-py whose cluster clients serve aiworker: a transaction in a cluster pipeline
-# needs 6.2, and on 6.2-7.0 a worker's model reads failed (the cluster tests pass on 7.1 and later;
-# a single Redis is served from redis-py 5.0 on).
+# The oldest redis-py whose cluster clients serve aiworker (pyproject.toml's floor; an environment
+# may hold an older one against it): a transaction in a cluster pipeline needs 6.2, and on 6.2-7.0
+# a worker's model reads failed (the cluster tests pass on 7.1 and later).
 CLUSTER_REDIS_PY = (7, 1)
 
 

@@ -11,6 +11,7 @@ delivery and is dead-lettered after ``max_deliveries``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from aiworker.protocol.keys import Keys
 from aiworker.worker.metrics import WorkerMetrics
@@ -37,36 +39,84 @@ class RedisClock:
     entry's id, which Redis's clock wrote, and this host's clock may be off from it (seconds off:
     every job with a TIMEOUT timed out, or none did). Each heartbeat sends TIME; the offset is
     its answer less the midpoint of the round trip that brought it, taken from the quickest of
-    the last few round trips (off by at most half of that one). A user whose ACL denies TIME keeps
-    this host's clock (the worker says so once)."""
+    the last few round trips (off by at most half of that one). Round trips and the offset are
+    measured on this process's monotonic clock, so a step of this host's wall clock (NTP, an
+    operator) moves neither. On Redis Cluster each master's clock wrote the ids of the streams
+    it serves: TIME goes to every master, and ``time(key)`` is the clock of ``key``'s master.
+    A user whose ACL denies TIME keeps this host's clock (the worker says so once); any other
+    error (BUSY: a script runs) skips that round and keeps the offsets."""
 
     def __init__(self, samples: int = 8) -> None:
-        self.offset_s = 0.0
         self.denied = False
-        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=samples)
+        self._keep = samples
+        # by node name ("" on a single Redis): Redis's time less ``time.monotonic()``, and the
+        # (round trip, offset) samples it comes from
+        self._offsets: dict[str, float] = {}
+        self._samples: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._default: str | None = None  # the node whose clock ``time()`` is
+        self._cluster: Any = None  # the cluster client that maps a key to its master
 
-    def observe(self, sent: float, reply: Sequence[Any], received: float) -> None:
-        """A TIME ``reply`` (seconds, microseconds) asked at ``sent`` and read at ``received``
-        (this host's ``time.time()``)."""
+    def observe(self, sent: float, reply: Sequence[Any], received: float, node: str = "") -> None:
+        """A TIME ``reply`` (seconds, microseconds) from ``node`` asked at ``sent`` and read at
+        ``received`` (this process's ``time.monotonic()``)."""
         redis_s = int(reply[0]) + int(reply[1]) / 1e6
-        self._samples.append((received - sent, redis_s - (sent + received) / 2))
-        self.offset_s = min(self._samples)[1]
+        samples = self._samples.setdefault(node, collections.deque(maxlen=self._keep))
+        samples.append((received - sent, redis_s - (sent + received) / 2))
+        self._offsets[node] = min(samples)[1]
+        if self._default is None:
+            self._default = node
 
     def sync(self, r: Any, rounds: int = 3) -> None:
-        """A few TIME round trips now (e.g. before a worker reads its first job)."""
+        """A few TIME round trips now (e.g. before a worker reads its first job), to each
+        master of a cluster."""
+        primaries = getattr(r, "get_primaries", None)
+        nodes = [(node.name, node) for node in primaries()] if primaries else [("", None)]
         for _ in range(0 if self.denied else rounds):
-            sent = time.time()
-            try:
-                reply = r.execute_command("TIME")
-            except redis.ResponseError as exc:  # NOPERM: a rule from before TIME was asked
-                self.denied = True
-                log.warning("TIME refused (%s): TIMEOUTs count by this host's clock", exc)
-                return
-            self.observe(sent, reply, time.time())
+            for name, node in nodes:
+                sent = time.monotonic()
+                try:
+                    if node is None:
+                        reply = r.execute_command("TIME")
+                    else:
+                        reply = r.execute_command("TIME", target_nodes=node)
+                except redis.ResponseError as exc:
+                    if not _refused(exc):  # e.g. BUSY: ask again at the next beat
+                        log.debug("TIME failed (%s): the clock's offset is kept", exc)
+                        return
+                    self.denied = True  # NOPERM: a rule from before TIME was asked
+                    log.warning("TIME refused (%s): TIMEOUTs count by this host's clock", exc)
+                    return
+                except redis.RedisError:
+                    if node is None:
+                        raise
+                    continue  # a master lost (a failover): the others' beat goes on
+                self.observe(sent, reply, time.monotonic(), name)
+        if primaries:
+            self._cluster = r
 
-    def time(self) -> float:
-        """Now, in seconds since the epoch, by Redis's clock."""
-        return time.time() + self.offset_s
+    @property
+    def offset_s(self) -> float:
+        """Redis's clock less this host's wall clock, now (0.0 while TIME was never read)."""
+        if self._default is None:
+            return 0.0
+        return self._offsets[self._default] + time.monotonic() - time.time()
+
+    def time(self, key: str | None = None) -> float:
+        """Now, in seconds since the epoch, by Redis's clock (on Redis Cluster, that of the
+        master serving ``key``, e.g. a stream's, when known)."""
+        offset = self._offsets.get(self._default) if self._default is not None else None
+        if key is not None and self._cluster is not None:
+            # a slot without a master now (a failover): any master's clock
+            with contextlib.suppress(Exception):
+                offset = self._offsets.get(self._cluster.get_node_from_key(key).name, offset)
+        if offset is None:
+            return time.time()
+        return time.monotonic() + offset
+
+
+def _refused(exc: redis.ResponseError) -> bool:
+    """Whether TIME is refused for good: denied by the user's ACL, or renamed away."""
+    return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
 
 class Heartbeat:
@@ -97,8 +147,12 @@ class Heartbeat:
 
     def publish(self) -> None:
         self.clock.sync(self.r, rounds=1)  # a round trip of its own: a cluster pipeline has no TIME
-        now = self.clock.time()
+        # The registry is read by clients, ``status`` and ``check``, each comparing it with its own
+        # host's clock: it keeps this host's (a worker and a client on one host whose clock is
+        # ahead of Redis's would else see each other dead).
+        now = time.time()
         status = self.status()
+        status["time"] = now
         expiry = int(HEARTBEAT_SECONDS * 15)
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)

@@ -391,10 +391,12 @@ class Lane:
         found: Sequence[tuple[str, Sequence[Entry]]],
         kept: set[tuple[str, str]],
     ) -> set[str]:
-        started = self.executor.clock()  # Redis's time, as the entries' ids
+        # Redis's time, as the entries' ids: that of each stream's node (Redis Cluster)
+        taken = {queue: self.executor.clock(queue) for queue, _ in found}
         answered: list[Finished] = []
         jobs: list[tuple[Job, Ticket]] = []
         for queue, entry_id, fields in _each(found):
+            started = taken[queue]
             try:
                 structured = b"job" in fields or "job" in fields  # only these carry a model blob
                 size = limits.check_entry(fields, self._entry_limit if structured else 0)
@@ -457,7 +459,7 @@ class Lane:
                 continue
             try:
                 ticket.expect = snapshot.expect
-                prepared.append(executor.prepare(job, snapshot, self.device))
+                prepared.append(executor.prepare(job, snapshot, self.device, ticket.queue))
             except Exception as exc:  # a bug: this job's error, not its neighbours'
                 log.exception("%s: preparing %s failed", self.queue, job.entry_id)
                 prepared.append(Outcome.failed(failure_text(exc)))
