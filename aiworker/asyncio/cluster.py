@@ -70,7 +70,6 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
         super().__init__(*args, **kwargs)
         self.debug = bool(debug)
         # however many coroutines call at once, at most this many carry Redis commands (jobs
-        # hold a connection each while they wait, as blocking threads do)
         # hold a connection each while they wait, as blocking threads do); within
         # ``max_connections``, which redis-py's node pools enforce by failing the command
         bounded = max_concurrency if job_connections is None else job_connections
