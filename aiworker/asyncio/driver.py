@@ -11,7 +11,8 @@ from typing import Any, Protocol, cast
 
 from aiworker.asyncio.plans import AnyAsyncRedis, execute_commands
 from aiworker.client import job_ops
-from aiworker.client.ops import Op, Print, State, Submit, VerifyHere
+from aiworker.client.driver import ClientOptions
+from aiworker.client.ops import Op, Print, Submit, VerifyHere
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands, drive_steps_async
@@ -35,34 +36,12 @@ def printing(execute: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class AsyncDriver:
+class AsyncDriver(ClientOptions):
     """Runs ops on an asyncio client; the client supplies ``_state``, ``_jobs``, ``_batches``
     (a semaphore bounding the connections its Redis commands take at once) and ``debug``."""
 
-    _state: State
     _jobs: AsyncJobsLike
     _batches: asyncio.Semaphore
-    debug: bool
-
-    @property
-    def enable_postprocess(self) -> bool:
-        return not self._state.raw
-
-    @enable_postprocess.setter
-    def enable_postprocess(self, value: bool) -> None:
-        self._state.raw = not value
-
-    @property
-    def reply_timeout(self) -> float | None:
-        return self._jobs.reply_timeout
-
-    @reply_timeout.setter
-    def reply_timeout(self, value: float | None) -> None:
-        self._jobs.reply_timeout = value
-
-    def _print(self, command: Any) -> None:
-        if self.debug:
-            print(command) if isinstance(command, str) else print(*command)
 
     async def _step(self, step: Any) -> Any:
         if isinstance(step, Commands):

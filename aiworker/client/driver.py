@@ -4,7 +4,7 @@ commands is sent (``_send``) and in how jobs are queued and waited for (their ``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from aiworker.client import job_ops
 from aiworker.client.jobs import Jobs
@@ -14,16 +14,17 @@ from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands, drive_steps
 
 
-class Driver:
-    """Runs ops on a blocking client; the client supplies ``_state``, ``_jobs``, ``debug`` and
-    ``_send``."""
+class WaitsForReplies(Protocol):
+    reply_timeout: float | None
+
+
+class ClientOptions:
+    """redisai-py's client options every client (blocking or asyncio, one Redis or a cluster)
+    keeps the same way: ``enable_postprocess``, ``reply_timeout`` (its jobs') and ``debug``."""
 
     _state: State
-    _jobs: Jobs
+    _jobs: WaitsForReplies
     debug: bool
-
-    def _send(self, commands: Commands) -> list[Any]:
-        raise NotImplementedError
 
     @property
     def enable_postprocess(self) -> bool:
@@ -47,6 +48,16 @@ class Driver:
                 print(command)
             else:
                 print(*command)
+
+
+class Driver(ClientOptions):
+    """Runs ops on a blocking client; the client supplies ``_state``, ``_jobs``, ``debug`` and
+    ``_send``."""
+
+    _jobs: Jobs
+
+    def _send(self, commands: Commands) -> list[Any]:
+        raise NotImplementedError
 
     def _step(self, step: Any) -> Any:
         if isinstance(step, Commands):
