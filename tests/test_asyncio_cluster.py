@@ -393,6 +393,31 @@ def test_aclose_ends_the_waits_of_jobs_in_flight_and_leaves_no_connection(
     assert c.tensorget("again").tolist() == [2.0]
 
 
+def test_redis_pys_own_close_to_start_over_leaves_the_jobs_waiting(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """redis-py before 8 calls ``aclose()`` itself after a lost connection or a failover, to
+    connect again at its next command: the jobs in flight ended with ClientClosed then (an idle
+    client ``timeout`` was enough). Only a user's close ends them."""
+    c = cluster_client
+    c.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=800))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    # a function of a module of redis-py's, as its command path calls aclose()
+    scope: dict[str, Any] = {"__name__": "redis.asyncio.cluster"}
+    exec("async def start_over(client):\n    await client.aclose()\n", scope)
+
+    async def body(con: Any) -> list[Any]:
+        jobs = [
+            asyncio.ensure_future(con.modelexecute("slow", ["a", "a"], [f"w{{{n}}}"]))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0.3)
+        await scope["start_over"](con)
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    assert arun(redis_cluster, body) == ["OK"] * 3
+
+
 def test_aclose_ends_the_waits_of_a_single_redis_clients_jobs_too(
     client: Any, worker: Worker, redis_server: Any
 ) -> None:

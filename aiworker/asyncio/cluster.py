@@ -23,6 +23,7 @@ Pipelines are redis-py's cluster pipelines (Redis commands only).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -101,5 +102,20 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
         return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
 
     async def aclose(self) -> None:
-        await self._jobs.close()
+        """Close the client: the jobs waiting end with ``ClientClosed``. redis-py before 8 calls
+        this itself to start over after a lost node or a failover (its next command connects
+        again): then only its connections go, and the jobs wait on."""
+        if not _called_by_redis_py():
+            await self._jobs.close()
         await super().aclose()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._jobs.close()
+        await super().__aexit__(*exc_info)  # type: ignore[no-untyped-call]
+
+
+def _called_by_redis_py() -> bool:
+    """Whether the caller of the calling function is redis-py's own code."""
+    frame = inspect.currentframe()
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    return caller is not None and str(caller.f_globals.get("__name__", "")).startswith("redis.")

@@ -33,11 +33,16 @@ class HybridPacker:
     def pack(self, *args: Any) -> list[Any]:
         for arg in args:
             if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > LARGE_ARGUMENT:
-                return cast("list[Any]", self._large.pack(*args))  # type: ignore[no-untyped-call]
+                return self._pack_large(args)
         try:
             return cast("list[Any]", self._small.pack(*args))  # type: ignore[no-untyped-call]
         except Exception:  # hiredis refuses some argument types the Python packer encodes
-            return cast("list[Any]", self._large.pack(*args))  # type: ignore[no-untyped-call]
+            return self._pack_large(args)
+
+    def _pack_large(self, args: tuple[Any, ...]) -> list[Any]:
+        # a bytearray as a view of itself (no copy): redis-py's encoder took none before 8.x
+        viewed = [memoryview(arg) if isinstance(arg, bytearray) else arg for arg in args]
+        return cast("list[Any]", self._large.pack(*viewed))  # type: ignore[no-untyped-call]
 
 
 def install_packer(client: redis.Redis) -> redis.Redis:
