@@ -1159,8 +1159,11 @@ def test_ai_info_multiproc_multi_keys(con: redis.Redis, gateway: Gateway, worker
 
 
 def test_ai_info_multiproc_single_key(con: redis.Redis, gateway: Gateway, worker: Worker) -> None:
-    """test_ai_info_multiproc_single_key: clients deleting, storing and running one model; at
-    least one success a client, the last model run at most once a client."""
+    """test_ai_info_multiproc_single_key: clients deleting, storing and running one model, the
+    last model run at most once a client, every failure one of RedisAI's two messages. RedisAI
+    also wanted a success a client: there the clients' commands ran in Redis's one thread, where
+    a run nearly always followed its store; here another client's MODELDEL may land between any
+    two commands of every round (on a loaded machine all of them failed, once in four runs)."""
     set_ab(con, "a{1}", "b{1}")
     clients, rounds = 3, 3
     assert con.execute_command("AI.MODELSTORE", "m{1}", "TF", "CPU", "INPUTS", 2, "a", "b",
@@ -1168,7 +1171,7 @@ def test_ai_info_multiproc_single_key(con: redis.Redis, gateway: Gateway, worker
     calls = [functools.partial(store_run_and_count, gateway, "m{1}", rounds, False)] * clients
     successes = at_once(calls, timeout=120)
     assert all(isinstance(count, int) for count in successes)
-    assert clients <= sum(count for count in successes if count is not None) <= clients * rounds
+    assert sum(count for count in successes if count is not None) <= clients * rounds
     assert 0 <= info(con, "m{1}")["calls"] <= clients
 
 
