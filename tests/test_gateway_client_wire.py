@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_redisai_compat
 from builders import onnx_mul, tf_mul_graph
 from test_gateway import raw_socket, running_gateway
 
@@ -150,17 +151,7 @@ def chunks(blob: bytes, size: int) -> list[bytes]:
 
 OK = b"+OK\r\n"
 SCRIPT = "def bar(a, b):\n    return a + b\n"
-SCRIPT_V2 = """
-def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
-    a = tensors[0]
-    b = tensors[1]
-    return a + b
-
-def bar_variadic(tensors: List[Tensor], keys: List[str], args: List[str]):
-    a = tensors[0]
-    l = tensors[1:]
-    return a + l[0]
-"""
+SCRIPT_V2 = test_redisai_compat.SCRIPT  # RedisAI's test_data/script.txt
 
 
 # JRedisAI ------------------------------------------------------------------------------------

@@ -11,8 +11,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.cluster import command_key
-from aiworker.storage.plans import Commands, Plan, by_slot
+from aiworker.storage.plans import Commands, Plan, rounds
 
 T = TypeVar("T")
 AnyAsyncRedis = redis.asyncio.Redis | RedisCluster
@@ -53,14 +52,8 @@ async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
             return [await RedisCluster.execute_command(rc, *command, **where(0))]
         except redis.ResponseError as exc:
             return [exc]
-    members = range(len(commands))
-    groups = (
-        by_slot([command_key(command) for command in commands], key_slot)
-        if batch.transaction
-        else [list(members)]
-    )
     replies: list[Any] = [None] * len(commands)
-    for group in groups:
+    for group in rounds(batch, key_slot):
         pipe = rc.pipeline(transaction=batch.transaction)
         for n in group:
             pipe.execute_command(*commands[n], **where(n))

@@ -67,6 +67,14 @@ def by_slot(keys: Sequence[Any], slot: SlotOf) -> list[list[int]]:
     return list(groups.values())
 
 
+def rounds(batch: Commands, slot: SlotOf) -> list[list[int]]:
+    """The positions of a batch's commands by pipeline: a transaction's by hash slot (one
+    MULTI/EXEC each: one cannot span slots), any other's all in one."""
+    if not batch.transaction:
+        return [list(range(len(batch.commands)))]
+    return by_slot([command_key(command) for command in batch.commands], slot)
+
+
 def first(replies: Sequence[Any]) -> Any:
     """The only reply of a one-command batch, raising the error it carries."""
     reply = replies[0]
@@ -105,14 +113,8 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
             return [base.execute_command(r, *command, **where(0))]
         except redis.ResponseError as exc:
             return [exc]
-    members = range(len(commands))
-    groups = (
-        by_slot([command_key(command) for command in commands], key_slot if cluster else one_slot)
-        if batch.transaction
-        else [list(members)]
-    )
     replies: list[Any] = [None] * len(commands)
-    for group in groups:
+    for group in rounds(batch, key_slot if cluster else one_slot):
         pipe = rc.pipeline(transaction=batch.transaction)
         for n in group:
             pipe.execute_command(*commands[n], **where(n))
