@@ -215,8 +215,7 @@ class Executor:
         deadline_ms = job.deadline_ms
         if deadline_ms is None:
             return None
-        now = self.clock(stream) if stream is not None else self.clock()
-        return time.monotonic() + (deadline_ms - now * 1000) / 1000
+        return time.monotonic() + (deadline_ms - self.clock(stream) * 1000) / 1000
 
     def _verify(self, request: ModelVerify | ScriptVerify) -> MemberResult:
         """Load a blob as a MODELSTORE would have, or compile a script as a SCRIPTSTORE would

@@ -92,10 +92,12 @@ class Completer:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         max_reply_bytes: int = tensor_io.REDIS_MAX_VALUE_BYTES,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[..., float] = lambda stream=None: time.time(),
     ) -> None:
         self.keys = keys
-        self.clock = clock  # Redis's wall clock, as a job's ``started`` (``health.RedisClock``)
+        # Redis's wall clock as a job's ``started`` (``health.RedisClock.time``): ``clock(stream)``
+        # is that of the node the stream is on
+        self.clock = clock
         self.max_reply_bytes = max_reply_bytes  # what Redis accepts in one value
         self.worker_name = worker_name
         self.reply_ttl = reply_ttl
@@ -293,7 +295,7 @@ class Completer:
             item.job,
             item.entry_id,
             item.started,
-            finished=self.clock(),
+            finished=self.clock(queue),
             status=outcome.status,
             error=outcome.error,
             reason="" if ok else failure_reason(outcome.status, outcome.error, item.job is None),
