@@ -11,7 +11,7 @@ from redis.retry import Retry
 
 from aiworker.cli.common import make_client, make_settings, redis_options
 from aiworker.client.sync import Client
-from aiworker.storage import health
+from aiworker.storage import health, memory
 
 # A worker counts as alive as long as clients count it alive (they send it jobs meanwhile).
 max_age_option = click.option(
@@ -51,6 +51,9 @@ def check(
         ok, message = health.check(
             client, client.keyspace, device, max_age, worker=worker_name, this_host=this_host
         )
+        warning = memory.eviction_warning(client)
+        if warning:  # said, not failed: restarting a worker would not change the policy
+            click.echo(f"warning: {warning}", err=True)
     except Exception as exc:  # bad TLS files, refused AUTH, ...: unhealthy, not a traceback
         ok, message = False, f"Redis unreachable: {exc}"
     if not ok:

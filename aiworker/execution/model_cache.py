@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import redis
+
 from aiworker.backends.base import LoadedModel
 from aiworker.protocol.errors import AIError
 
@@ -123,6 +125,8 @@ class ModelCache:
             loaded_digest, model = load()
             entry = _Entry(loaded_digest, model, None, users=1)
         except AIError as exc:
+            if isinstance(exc.__cause__, redis.exceptions.OutOfMemoryError):
+                raise  # Redis was full (a read in MULTI refused): the next job tries again
             entry = _Entry(digest, None, exc, users=1)
         gone: list[_Entry] = []
         with self._lock:

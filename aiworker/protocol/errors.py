@@ -24,9 +24,13 @@ the gateway does too.
 
 from __future__ import annotations
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+# Redis's refusal of a write while it is full (maxmemory, noeviction), as RedisAI's deny-oom
+# commands answered it: the one text an OOM refusal becomes, whatever it came through (a
+# pipeline's annotation, a Lua script's location, a transaction's EXECABORT).
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 
 class BareMessage(str):
@@ -39,6 +43,8 @@ class BareMessage(str):
 
 def message_of(exc: BaseException) -> str:
     """An exception's message, or its type when it has none; a ``BareMessage`` stays one."""
+    if isinstance(exc, OutOfMemoryError):
+        return OOM
     first = exc.args[0] if len(exc.args) == 1 else None
     if isinstance(first, BareMessage):
         return first

@@ -48,6 +48,7 @@ _NO_ERR_PREFIX = (
     "NOAUTH",
     "NOPROTO",
     "EXECABORT",
+    "OOM ",
     "Number of keys given as",
     "Unsupported command within DAG",
     "Invalid argument: ",

@@ -9,6 +9,13 @@ command to the master of its key's hash slot by a slot map the process' connecti
 follows MOVED (the map is refreshed) and ASK, and on a lost node refreshes the map so that the
 next call reaches the promoted replica. Replies have RESP2's shapes, as a ``Wire``'s.
 
+While a slot is resharded (MIGRATING on its master, IMPORTING on the next) a script whose keys are
+split between the two, or new to both, is refused with TRYAGAIN: the commands so refused are sent
+again after a pause, with backoff, for up to ``TRYAGAIN_WAIT_S``; then ``SlotMigrating`` (a
+``NodeLost``: the job path leaves its entries pending, to run again later). A slot answered with
+ASK or TRYAGAIN is remembered for a while as migrating (``SlotMap.migrating``): a script loaded
+after NOSCRIPT is loaded on the node ASK named, where the call ran.
+
 Whether Redis is a cluster is decided once, when a worker or client starts (``INFO cluster``);
 ``job_connections`` then gives the job path a ``Wire`` or a ``ClusterWire`` per thread, and no
 caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 0).
@@ -45,6 +52,13 @@ NOT_NOW = (
 )
 # Redirections followed within one call before giving up (a slot moving back and forth).
 MAX_REDIRECTS = 5
+# TRYAGAIN (a resharding has split a multi-key command's keys): the pause before sending it again,
+# doubling up to the cap, and the longest a round trip waits for the slot's keys to be together.
+TRYAGAIN_FIRST_S = 0.02
+TRYAGAIN_CAP_S = 0.5
+TRYAGAIN_WAIT_S = 10.0
+# A slot answered with ASK or TRYAGAIN counts as migrating for this long after the last one.
+MIGRATING_MEMORY_S = 30.0
 # A slot map refreshed this recently is not fetched again (another thread just did it).
 REFRESH_MIN_S = 0.05
 # Commands whose key is not their first argument.
@@ -140,6 +154,8 @@ class SlotMap:
         self._masters: list[Address | None] = []
         self._refreshed = -REFRESH_MIN_S
         self._lock = threading.Lock()
+        # slot -> (the node ASK named, or None; when last seen): slots being resharded
+        self._migrating: dict[int, tuple[Address | None, float]] = {}
 
     @property
     def known(self) -> bool:
@@ -164,6 +180,24 @@ class SlotMap:
     def moved(self, slot: int, address: Address) -> None:
         if self._masters:
             self._masters[slot] = address
+        self._migrating.pop(slot, None)  # its migration is over
+
+    def migrating_to(self, slot: int, target: Address | None = None) -> None:
+        """``slot`` is being resharded (an ASK naming ``target``, or a TRYAGAIN)."""
+        known = self._migrating.get(slot)
+        if target is None and known is not None:
+            target = known[0]
+        self._migrating[slot] = (target, time.monotonic())
+
+    def migrating(self, slot: int) -> bool:
+        """Whether ``slot`` was answered with ASK or TRYAGAIN lately."""
+        found = self._migrating.get(slot)
+        return found is not None and time.monotonic() - found[1] < MIGRATING_MEMORY_S
+
+    def importing(self, slot: int) -> Address | None:
+        """The node a migrating ``slot``'s keys go to, as ASK named it."""
+        found = self._migrating.get(slot)
+        return found[0] if found is not None and self.migrating(slot) else None
 
     def refresh(self, ask: Callable[[Address], Any], force: bool = False) -> None:
         """Fetch the map from the first node that answers (the known masters, then the nodes
@@ -209,6 +243,11 @@ class NodeLost(redis.ConnectionError):
         self.replies = [None if reply is _PENDING else reply for reply in replies]
 
 
+class SlotMigrating(NodeLost):
+    """TRYAGAIN for longer than ``TRYAGAIN_WAIT_S``: a resharding left the keys of a command split
+    between two masters (the job path treats it as a lost node: nothing it refused was written)."""
+
+
 class ClusterWire:
     """One thread's job-path connection to a Redis Cluster: a ``Wire`` per master (see the module
     docstring). Not thread-safe, as a ``Wire``."""
@@ -223,6 +262,9 @@ class ClusterWire:
     @staticmethod
     def slot(key: Any) -> int:
         return slot_of(key)
+
+    def migrating(self, slot: int) -> bool:
+        return self._slots.migrating(slot)
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
@@ -241,14 +283,22 @@ class ClusterWire:
         sent again. ``large``: as for ``Wire.pipeline`` (on one node; redirected ones read
         them as any reply)."""
         replies: list[Any] = [_PENDING] * len(commands)
+        split: list[Exception] = []  # TRYAGAIN past TRYAGAIN_WAIT_S (not a lost link to retry)
         try:
             if not self._on_one_node(commands, routes, replies, large):
-                self._attempt(commands, routes, replies)
+                self._attempt(commands, routes, replies, split)
         except (redis.ConnectionError, redis.TimeoutError):
             if self._retry is None:
                 raise
             self._retry.call_with_retry(
-                lambda: self._attempt(commands, routes, replies), lambda error: None
+                lambda: self._attempt(commands, routes, replies, split), lambda error: None
+            )
+        if split:
+            raise SlotMigrating(
+                f"TRYAGAIN: a resharding keeps the keys of a command split between two masters "
+                f"(their hash slot is being migrated) after {TRYAGAIN_WAIT_S:g} s of retries "
+                f"({split[0]})",
+                replies,
             )
         return replies
 
@@ -270,7 +320,12 @@ class ClusterWire:
         key = route if route is not None else command_key(command)
         if key is None:
             return self._slots.any()
-        return self._slots.address(slot_of(key))
+        slot = slot_of(key)
+        if route is not None and _loads_script(command):  # where an ASK made the call run
+            target = self._slots.importing(slot)
+            if target is not None:
+                return target
+        return self._slots.address(slot)
 
     def _on_one_node(
         self, commands: Sequence[Command], routes: Any, replies: list[Any], large: bool = False
@@ -283,8 +338,7 @@ class ClusterWire:
             return False
         address = None
         for n, command in enumerate(commands):
-            key = routes[n] if routes and routes[n] is not None else command_key(command)
-            found = slots.any() if key is None else slots.address(slot_of(key))
+            found = self._address(command, routes[n] if routes else None)
             if address is None:
                 address = found
             elif found != address:
@@ -314,19 +368,24 @@ class ClusterWire:
             self._refresh_quietly()
         return done
 
-    def _attempt(self, commands: Sequence[Command], routes: Any, replies: list[Any]) -> None:
-        """Send what is not answered yet in ``replies``, following redirections."""
+    def _attempt(
+        self, commands: Sequence[Command], routes: Any, replies: list[Any], split: list[Exception]
+    ) -> None:
+        """Send what is not answered yet in ``replies``, following redirections; what TRYAGAIN
+        refuses is sent again after a pause, until ``TRYAGAIN_WAIT_S`` has passed (then its
+        error goes to ``split`` and it is left pending)."""
         if not self._slots.known:
             self._slots.refresh(self._ask_slots, force=True)
         todo = [n for n, reply in enumerate(replies) if reply is _PENDING]
         asking: dict[int, Address] = {}
-        for _ in range(MAX_REDIRECTS + 1):
+        redirects, pause, deadline = 0, TRYAGAIN_FIRST_S, time.monotonic() + TRYAGAIN_WAIT_S
+        while todo:
             by_node: dict[Address, list[int]] = {}
             for n in todo:
                 address = asking.get(n) or self._address(commands[n], routes[n] if routes else None)
                 by_node.setdefault(address, []).append(n)
             trouble, errors = self._round(commands, by_node, asking, replies)
-            todo, moved = [], False
+            todo, moved, refused = [], False, None
             for n in errors:
                 reply = replies[n]
                 if isinstance(reply, redis.exceptions.MovedError):  # (an AskError too)
@@ -335,6 +394,10 @@ class ClusterWire:
                     moved = True
                 elif isinstance(reply, redis.exceptions.AskError):
                     asking[n] = (reply.host, reply.port)
+                    self._slots.migrating_to(reply.slot_id, asking[n])
+                elif isinstance(reply, redis.exceptions.TryAgainError):
+                    refused = reply
+                    self._slots.migrating_to(self._slot_of(commands[n], routes, n))
                 elif isinstance(reply, NOT_NOW):
                     trouble = trouble or reply
                     replies[n] = _PENDING
@@ -346,11 +409,22 @@ class ClusterWire:
             if trouble is not None:  # a node lost, a failover under way: learn the new map
                 self._refresh_quietly()
                 raise NodeLost(f"Redis Cluster unavailable: {trouble}", replies)
-            if not todo:
-                return
             if moved:  # a failover or a resharding moves many slots: learn them all at once
                 self._refresh_quietly()
-        raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
+            if refused is not None:  # the migration moves the keys on meanwhile
+                if time.monotonic() + pause > deadline:
+                    split.append(refused)
+                    return
+                time.sleep(pause)
+                pause, redirects = min(pause * 2, TRYAGAIN_CAP_S), 0
+            else:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
+
+    def _slot_of(self, command: Command, routes: Any, n: int) -> int:
+        key = routes[n] if routes and routes[n] is not None else command_key(command)
+        return slot_of(key) if key is not None else -1
 
     def _refresh_quietly(self) -> None:
         # no node answers now: the caller's error says the cluster is unavailable
@@ -403,6 +477,11 @@ class ClusterWire:
                 else:
                     replies[n] = reply
         return lost, errors
+
+
+def _loads_script(command: Command) -> bool:
+    name = command[0]
+    return len(command) > 1 and (name if isinstance(name, str) else text(name)).upper() == "SCRIPT"
 
 
 def _answered(replies: list[Any], positions: Iterable[int], got: list[Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import redis
 from redis.cluster import RedisCluster
 
+from aiworker.protocol.errors import OOM
 from aiworker.protocol.keys import key_slot
 from aiworker.storage.cluster import command_key
 
@@ -103,7 +104,10 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
 
     def where(n: int) -> dict[str, Any]:
         route = routes[n]
-        return {"target_nodes": rc.get_node_from_key(route)} if cluster and route else {}
+        if not cluster or not route or commands[n][0] == "SCRIPT":
+            # SCRIPT LOAD goes to every master: a call an ASK sent on runs where it lands
+            return {}
+        return {"target_nodes": rc.get_node_from_key(route)}
 
     if len(commands) == 1 and not batch.transaction:
         command = commands[0]
@@ -119,12 +123,20 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
         for n in group:
             pipe.execute_command(*commands[n], **where(n))
         try:
-            results = list(pipe.execute(raise_on_error=False))
+            results = [_plain(result) for result in pipe.execute(raise_on_error=False)]
         except redis.ResponseError as exc:
-            results = [exc] * len(group)
+            results = [_plain(exc)] * len(group)
         for n, result in zip(group, results, strict=True):
             replies[n] = result
     return replies
+
+
+def _plain(reply: Any) -> Any:
+    """An OOM refusal in Redis's words, without redis-py's "Command # n (...) of pipeline
+    caused error" naming whichever command of a refused transaction came first."""
+    if isinstance(reply, redis.exceptions.OutOfMemoryError):
+        return redis.exceptions.OutOfMemoryError(OOM.removeprefix("OOM "))
+    return reply
 
 
 def drive(plan: Plan[T], send: Callable[[Commands], list[Any]]) -> T:

@@ -27,6 +27,7 @@ import hiredis
 import redis
 from redis._parsers.base import BaseParser
 from redis.backoff import NoBackoff
+from redis.exceptions import ExecAbortError
 from redis.retry import Retry
 
 from aiworker.storage.bulk_read import BulkReader
@@ -55,6 +56,10 @@ class JobConnection(Protocol):
     ) -> list[Any]: ...
 
     def slot(self, key: Any) -> int: ...
+
+    def migrating(self, slot: int) -> bool:
+        """Whether ``slot`` is being resharded, as far as replies lately told (Redis Cluster)."""
+        ...
 
     # every key shares one hash slot (a single Redis): callers skip grouping keys by slot
     one_slot: bool
@@ -149,6 +154,22 @@ def as_exception(reply: Any) -> Any:
     return reply
 
 
+def with_causes(commands: Sequence[Command], replies: list[Any]) -> list[Any]:
+    """Replies with each EXECABORT replaced by the error that aborted its transaction: the
+    refusal of a queued command (Redis out of memory refuses every command queued in MULTI, even
+    a read) says what went wrong, "Transaction discarded" does not."""
+    begun = -1
+    for n, command in enumerate(commands):
+        name = command[0] if command else b""
+        name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+        if name == "MULTI":
+            begun = n
+        elif name == "EXEC" and begun >= 0 and isinstance(replies[n], ExecAbortError):
+            causes = [r for r in replies[begun + 1 : n] if isinstance(r, redis.ResponseError)]
+            replies[n] = causes[0] if causes else replies[n]
+    return replies
+
+
 def _kernel_timeouts(sock: socket.socket) -> None:
     """Move the socket's timeout into the kernel (SO_RCVTIMEO/SO_SNDTIMEO) and make it blocking.
 
@@ -205,7 +226,7 @@ class Wire:
         replies = self._retry.call_with_retry(
             lambda: self._round_trip(commands, large), lambda error: self.close()
         )
-        return [as_exception(reply) for reply in replies]
+        return with_causes(commands, [as_exception(reply) for reply in replies])
 
     one_slot = True
 
@@ -213,6 +234,10 @@ class Wire:
     def slot(key: Any) -> int:
         """A single Redis is one hash slot: every key's is 0 (``plans.one_slot``)."""
         return 0
+
+    @staticmethod
+    def migrating(slot: int) -> bool:
+        return False  # no resharding on a single Redis
 
     def _socket(self) -> socket.socket:
         if self._pid != os.getpid():  # a forked child: the socket is the parent's, leave it be

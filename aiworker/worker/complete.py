@@ -30,11 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import redis
+
 from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
-from aiworker.protocol.errors import WRONGTYPE
+from aiworker.protocol.errors import OOM, WRONGTYPE
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
@@ -124,7 +126,16 @@ class Completer:
                 item.queue = queue
         results: list[Result] = []
         try:
-            results = self._run(conn, items)
+            try:
+                results = self._run(conn, items)
+            except redis.exceptions.OutOfMemoryError:
+                # Redis is full and refused the outputs' writes (nothing was written or
+                # acknowledged): answer Redis's refusal instead, as RedisAI's deny-oom commands
+                # did. The reply still goes through - the script acknowledges first, and Redis
+                # lets a script that has written go on - so the requester learns it now instead
+                # of after every redelivery, and the job does not run again and again meanwhile.
+                items = [self._unwritten(item) for item in items]
+                results = self._run(conn, items, held=True)
             done = list(items)
             again = {
                 n: self._refused(items[n], r)
@@ -152,6 +163,16 @@ class Completer:
             for item in items:
                 if item.entry_id not in rerun:  # a stale entry runs again: still held
                     self.held.discard(item.queue, item.entry_id)
+
+    def _unwritten(self, item: Finished) -> Finished:
+        """``item`` answered with Redis's out-of-memory refusal instead of its outputs."""
+        log.warning(
+            "job %s: Redis is out of memory (maxmemory); answered with its refusal",
+            item.entry_id,
+            extra={"job_id": item.entry_id},
+        )
+        errors = [StatsRecord(r.key, errors=1) for r in item.outcome.stats]
+        return replace(item, outcome=Outcome.failed(OOM, errors), records=[], expect=[])
 
     def _refused(self, item: Finished, result: Result) -> Finished:
         log.warning(

@@ -29,7 +29,8 @@ per slot, each applied at most once however often the entry is delivered:
 3. in the queue's slot, ``complete.lua`` acknowledges and deletes the entry. It is sent in the
    round trip of step 2, after it (the nodes of step 2 are sent to first): a worker killed while
    it sends leaves the entry pending. With ``wait_replicas`` it is a round trip of its own, sent
-   once step 2's writes reached the replicas.
+   once step 2's writes reached the replicas; so it is while a step's slot is being resharded
+   (a TRYAGAIN refusing the step must leave the entry pending, to run again).
 
 A refusal in step 1 writes nothing more and leaves the entry pending, to be completed again with
 the error as its reply. A refusal in step 2 (outputs of another type, NOPERM) comes with the
@@ -58,6 +59,7 @@ from aiworker.protocol import replies
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
 from aiworker.storage import lua
+from aiworker.storage.cluster import SlotMigrating
 from aiworker.storage.plans import by_slot
 from aiworker.storage.wire import JobConnection
 
@@ -65,6 +67,9 @@ log = logging.getLogger("aiworker.worker")
 COMPLETE = lua.load("complete")
 COMPLETE_ONCE = lua.load("complete_once")
 HELD_BY = lua.load("held_by")
+# Rounds tried (each waiting out TRYAGAIN for up to ``cluster.TRYAGAIN_WAIT_S``) for entries
+# acknowledged in the round trip whose steps a resharding refused.
+ACKED_RETRIES = 6
 
 
 @dataclass(frozen=True)
@@ -235,11 +240,7 @@ class Steps:
             if results[n] is None and n not in refused
         ]
         groups, acks = self._acks([entry for _n, entry in at_queue], head)
-        if self.wait is None:
-            found, acked = self._round(conn, last, head, acks)
-        else:
-            found, _none = self._round(conn, last, head)
-            acked = self._round(conn, [], head, acks)[1]
+        found, acked = self._last_round(conn, last, head, acks)
         for position, ((n, _step), row) in enumerate(zip(last, found, strict=True)):
             if position < len(counts) and row[0] == -1:  # not counted (its marker was denied)
                 log.warning("entry %s: statistics not counted: %s", writes[n].entry_id, row[3])
@@ -253,6 +254,28 @@ class Steps:
         for n, found_rows in rows.items():
             results[n] = _combined(found_rows)
         return [result if result is not None else Result(applied=False) for result in results]
+
+    def _last_round(
+        self, conn: JobConnection, last: Sequence[Step], head: list[Any], acks: Sequence[lua.Call]
+    ) -> tuple[list[list[Any]], list[Any]]:
+        """The last steps and the acknowledgements: in one round trip, or the acknowledgements
+        after the steps (``wait_replicas``; a step in a slot being resharded, whose TRYAGAIN
+        must leave its entry pending)."""
+        if self.wait is not None or any(conn.migrating(step.slot) for _n, step in last):
+            found, _none = self._round(conn, last, head)
+            return found, self._round(conn, [], head, acks)[1]
+        try:
+            return self._round(conn, last, head, acks)
+        except SlotMigrating:
+            # a resharding met first here, after the acknowledgements ran: those entries are
+            # this worker's alone to finish (done markers keep the steps once-only, and an
+            # entry acknowledged already is not acknowledged twice)
+            for _ in range(ACKED_RETRIES - 1):
+                try:
+                    return self._round(conn, last, head, acks)
+                except SlotMigrating as exc:
+                    log.warning("completing %d entries: %s", len(last), exc)
+            return self._round(conn, last, head, acks)
 
     def _whole(
         self, conn: JobConnection, writes: Sequence[Writes], head: list[Any]

@@ -52,9 +52,25 @@ def ensure_group(r: Any, queue: str) -> None:
             r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
         else:
             r.execute(*command)
+    except redis.exceptions.OutOfMemoryError:
+        # Redis refuses XGROUP CREATE while full even when the group exists (the check comes
+        # before the command looks): only a group that is really missing is an error
+        if not _group_exists(r, queue):
+            raise
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def _group_exists(r: Any, queue: str) -> bool:
+    """Whether ``queue`` has aiworker's consumer group (XINFO CONSUMERS, which the worker's ACL
+    rule grants, answers NOGROUP when it has not)."""
+    command = ("XINFO", "CONSUMERS", queue, CONSUMER_GROUP)
+    try:
+        r.execute_command(*command) if hasattr(r, "execute_command") else r.execute(*command)
+    except redis.ResponseError:
+        return False
+    return True
 
 
 def share_of(streams: Sequence[str], threads: int, n: int) -> list[str]:

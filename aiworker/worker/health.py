@@ -23,6 +23,7 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from aiworker.protocol.keys import Keys
+from aiworker.storage import lua, plans
 from aiworker.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("aiworker.worker")
@@ -32,6 +33,9 @@ RETRY_SECONDS = 0.25
 # Heartbeats older than this are dropped from the workers zset (their JSON keys expire anyway).
 STALE_WORKER_S = 3600.0
 WATCH_EVERY_S = 0.25
+# The heartbeat's writes, allowed on a full Redis (see the scripts)
+REGISTRY_SET = lua.load("registry_set")
+REGISTRY_JOIN = lua.load("registry_join")
 
 
 class RedisClock:
@@ -154,15 +158,20 @@ class Heartbeat:
         status = self.status()
         status["time"] = now
         expiry = int(HEARTBEAT_SECONDS * 15)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.keys.worker(self.name), json.dumps(status), ex=expiry)
-        pipe.zadd(self.keys.workers, {self.name: now})
-        pipe.zremrangebyscore(self.keys.workers, "-inf", now - STALE_WORKER_S)
+        calls = [
+            lua.Call(REGISTRY_SET, [self.keys.worker(self.name)], [json.dumps(status), expiry]),
+            lua.Call(REGISTRY_JOIN, [self.keys.workers], [self.name, now, now - STALE_WORKER_S]),
+        ]
         if self.max_queue_length > 0:
             for streams in status.get("queues", {}).values():
-                for stream in streams:
-                    pipe.set(self.keys.queue_limit(stream), self.max_queue_length, ex=expiry)
-        pipe.execute()
+                calls += [
+                    lua.Call(REGISTRY_SET, [self.keys.queue_limit(stream)],
+                             [self.max_queue_length, expiry])
+                    for stream in streams
+                ]  # fmt: skip
+        for reply in plans.run(self.r, lua.calls_plan(calls)):
+            if isinstance(reply, Exception):
+                raise reply
 
     def beat_now(self) -> bool:
         """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush

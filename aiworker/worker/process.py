@@ -45,7 +45,7 @@ from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
-from aiworker.storage import plans, redis_options, tensor_io
+from aiworker.storage import memory, plans, redis_options, tensor_io
 from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
@@ -230,9 +230,10 @@ class Worker:
         gc.collect()
         gc.freeze()
         self.clock.sync(self.r)  # entries' ids are Redis's time: know it before reading one
+        self._warn_of_eviction()
         for device in self.devices:
             for queue in self.lanes[device].queues:
-                ensure_group(self.r, queue)
+                self._ensure_group(queue)
             reclaim = functools.partial(self.recovery.reclaim_loop, device, self._stop)
             self._thread(reclaim, f"aiworker-{device}-reclaim")
         self._thread(functools.partial(self.heartbeat.loop, self._stop), "aiworker-heartbeat")
@@ -265,6 +266,25 @@ class Worker:
 
     def _check_acl(self) -> None:
         self.completer.check_acl = not unrestricted(self.r)
+
+    def _ensure_group(self, queue: str) -> None:
+        """The queue's consumer group, made now if Redis accepts the write; a Redis too full for
+        it does not stop the start: the reading threads make the group once Redis has room."""
+        try:
+            ensure_group(self.r, queue)
+        except redis.exceptions.OutOfMemoryError as exc:
+            log.warning(
+                "%s: consumer group not created, Redis is out of memory (%s); "
+                "it is created once Redis accepts writes again",
+                queue,
+                exc,
+            )
+
+    def _warn_of_eviction(self) -> None:
+        """Say once, at start, when Redis may evict aiworker's keys (``storage.memory``)."""
+        warning = memory.eviction_warning(self.r)
+        if warning:
+            log.warning("%s", warning)
 
     def _on_beat(self) -> None:
         """At heartbeat pace: the ACL check, and how many live workers serve each device (a

@@ -11,4 +11,5 @@ if limit > 0 then
     return redis.error_reply('QUEUEFULL ' .. length .. ' ' .. limit)
   end
 end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV))
+-- pcall: a refusal (OOM when Redis is full) is returned as Redis worded it
+return redis.pcall('XADD', KEYS[1], '*', unpack(ARGV))
