@@ -15,7 +15,7 @@ REDISAI_PY_ENV := tests/gateway_redisai_py/.venv
 GO_PATH ?= /usr/share/gocode
 GO_CLIENT := tests/gateway_go/client
 
-.PHONY: install test-clients demo test test-quick lint bench clean
+.PHONY: install test-clients demo test test-valkey test-quick lint bench clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,15 @@ demo: install
 
 test: install test-clients
 	$(PY) -m pytest -q
+
+# The tests most sensitive to the Redis server (the gateway's wire, Redis full, ACLs, the
+# cluster, redis-cli), run on Valkey (`valkey-server` on PATH; CI runs them after `make test`)
+VALKEY_TESTS := tests/test_gateway.py tests/test_gateway_hostile.py tests/test_gateway_resp3.py \
+	tests/test_gateway_client_wire.py tests/test_gateway_redisai_suite.py tests/test_redis_full.py \
+	tests/test_security.py tests/test_cluster.py tests/test_redis_cli.py tests/test_job_path.py
+
+test-valkey: install test-clients
+	AIWORKER_REDIS_SERVER=valkey-server AIWORKER_REDIS_CLI=valkey-cli $(PY) -m pytest -q $(VALKEY_TESTS)
 
 test-quick: install test-clients
 	$(PY) -m pytest -q -m "not slow"

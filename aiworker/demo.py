@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 
 from aiworker import Client, ClusterClient
 from aiworker.cli import worker_statuses
-from aiworker.embedded import RedisServer
+from aiworker.embedded import RedisServer, cli_program
 
 
 def build_model() -> bytes:
@@ -43,7 +42,7 @@ def wait_for_worker(client: Client | ClusterClient, timeout: float = 60.0) -> No
 
 
 def redis_cli(port: int, *args: str) -> str:
-    cli = shutil.which("redis-cli")
+    cli = cli_program()
     if cli is None:
         raise SystemExit("redis-cli not found on PATH")
     done = subprocess.run([cli, "-p", str(port), *args], check=True, capture_output=True, text=True)

@@ -1,5 +1,10 @@
 """A private ``redis-server`` on a free port (for ``aiworker up``, the demo and the test fixtures),
-and a private Redis Cluster of such servers (``LocalCluster``: tests and ``bench.cluster``)."""
+and a private Redis Cluster of such servers (``LocalCluster``: tests and ``bench.cluster``).
+
+The server is ``AIWORKER_REDIS_SERVER`` when set, else ``redis-server`` or, where a distribution
+ships Valkey instead, ``valkey-server`` from PATH (``server_program``); the command-line client
+likewise (``AIWORKER_REDIS_CLI``, ``redis-cli``, ``valkey-cli``: ``cli_program``).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,29 @@ from aiworker.protocol.errors import AIWorkerError
 from aiworker.protocol.keys import key_slot
 
 
+def _program(variable: str, names: tuple[str, ...]) -> str | None:
+    chosen = os.environ.get(variable)
+    if chosen:
+        return shutil.which(chosen)
+    return next((found for found in map(shutil.which, names) if found), None)
+
+
+def server_program() -> str:
+    """The Redis server executable (see the module docstring)."""
+    found = _program("AIWORKER_REDIS_SERVER", ("redis-server", "valkey-server"))
+    if found is None:
+        raise AIWorkerError(
+            "redis-server not found on PATH (Debian/Ubuntu: apt-get install -y redis-server; "
+            "or name one in AIWORKER_REDIS_SERVER)"
+        )
+    return found
+
+
+def cli_program() -> str | None:
+    """The command-line client executable, None if there is none (see the module docstring)."""
+    return _program("AIWORKER_REDIS_CLI", ("redis-cli", "valkey-cli"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -30,13 +58,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Start ``redis-server`` from PATH with a temporary directory; ``stop`` removes both."""
+    """Start a Redis server (``server_program``) with a temporary directory; ``stop`` removes
+    both."""
 
     def __init__(
         self,
         port: int | None = None,
         extra_args: list[str] | None = None,
-        executable: str = "redis-server",
+        executable: str | None = None,
         directory: str | Path | None = None,
         config_file: str | Path | None = None,
         start_new_session: bool = False,
@@ -45,12 +74,11 @@ class RedisServer:
         """``start_new_session``: run redis-server in a session (and process group) of its own, so
         that a terminal's Ctrl-C reaches only its owner, which can stop what uses it first.
         ``stop_with_owner``: on Linux, the server gets SIGTERM when the thread that started it
-        ends without stopping it (its process killed by SIGKILL), instead of running on."""
-        self.executable = shutil.which(executable) or ""
+        ends without stopping it (its process killed by SIGKILL), instead of running on.
+        ``executable``: the server to run (default: ``server_program()``)."""
+        self.executable = (shutil.which(executable) if executable else server_program()) or ""
         if not self.executable:
-            raise AIWorkerError(
-                "redis-server not found on PATH (Debian/Ubuntu: apt-get install -y redis-server)"
-            )
+            raise AIWorkerError(f"{executable} not found")
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self._own_dir = directory is None
@@ -218,7 +246,7 @@ class LocalCluster:
                 extra_args=list(args),
             )
             self.servers.append(server.start())
-        cli = shutil.which("redis-cli")
+        cli = cli_program()
         if cli is None:
             raise AIWorkerError("redis-cli not found on PATH: it creates the cluster")
         nodes = [f"127.0.0.1:{port}" for port in self.ports]

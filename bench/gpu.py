@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--latency-calls", type=int, default=200)
-    parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
+    parser.add_argument("--redis-server", help="Redis server executable (default: as aiworker up)")
     parser.add_argument("--small", action="store_true", help="the small conv net, on the CPU")
     parser.add_argument(
         "--mean",

@@ -7,7 +7,6 @@ request's written keys and its reply share a slot (the key rule, ``protocol.slot
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,12 +20,13 @@ from cluster import WireWrapper
 from conftest import stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
+from aiworker.embedded import cli_program
 from aiworker.protocol import messages
 from aiworker.protocol.keys import key_slot
 from aiworker.protocol.requests import ModelExecute
 from aiworker.storage import health
 
-REDIS_CLI = shutil.which("redis-cli")
+REDIS_CLI = cli_program()
 SCRIPT = """
 def pre(tensors: List[Tensor], keys: List[str], args: List[str]):
     x = tensors[0]

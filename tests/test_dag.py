@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 from conftest import stub_blob, torch_blob
 
 from aiworker import Client, JobFailed, JobTimedOut, Settings, Worker, WrongTypeError
+from aiworker.embedded import cli_program
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.replies import INLINE_LIMIT
 
@@ -63,7 +63,7 @@ def test_load_script_model_persist_and_tensorget_from_the_client(pipeline: Clien
 
 
 def redis_cli(port: int, *args: str) -> str:
-    cli = shutil.which("redis-cli")
+    cli = cli_program()
     if cli is None:
         pytest.skip("redis-cli not installed")
     done = subprocess.run(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from conftest import ROOT, worker_env
 
 from aiworker import Client
 from aiworker.devices import parse_device
-from aiworker.embedded import RedisServer, free_port
+from aiworker.embedded import RedisServer, cli_program, free_port
 from aiworker.storage import health
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -268,7 +267,7 @@ def test_compose_services_run_as_local_processes(compose_redis: RedisServer) -> 
         }
         assert {"CPU", "GPU", "GPU:0"} <= served, "models stored for GPU and GPU:0 have a worker"
         client.modelstore("m", "STUB", "CPU", json.dumps({"op": "add"}).encode())
-        cli = shutil.which("redis-cli")
+        cli = cli_program()
         assert cli is not None
         base = [cli, "-p", str(port)]
         for key, values in (("x", "1 2"), ("y", "10 20")):
@@ -543,7 +542,7 @@ def test_cluster_compose_runs_as_local_processes(tmp_path: Path) -> None:
             assert "healthy" in wait_healthy(check, env, worker)
             client = Client.from_url(cluster.url)
             client.modelstore("m", "STUB", "CPU", json.dumps({"op": "add"}).encode())
-            cli = shutil.which("redis-cli")
+            cli = cli_program()
             assert cli is not None
             base = [cli, "-c", "-p", str(cluster.ports[0])]
             for key, values in (("x", "1 2"), ("y", "10 20")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from typing import Any
@@ -15,10 +14,11 @@ from conftest import ROOT, worker_env
 from aiworker import Client, Worker
 from aiworker.cli import main
 from aiworker.cli.resp_format import ErrorReply, Status, format_reply
+from aiworker.embedded import cli_program
 
 
 def redis_cli(port: int, *args: str) -> str:
-    cli = shutil.which("redis-cli")
+    cli = cli_program()
     if cli is None:
         pytest.skip("redis-cli not installed")
     done = subprocess.run(

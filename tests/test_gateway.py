@@ -789,6 +789,18 @@ def test_blpop_and_subscribe_through_the_gateway(
     sub.close()
 
 
+def busy_script(seconds: int) -> bytes:
+    """A Lua script that keeps Redis busy for about ``seconds`` (every later command waits).
+    By CPU time where scripts have ``os.clock`` (Redis 7.2+, Valkey: there TIME is the script's
+    start time, and the loop would spin until Redis' busy reply), else by TIME (Redis 7.0)."""
+    return (
+        b"local ok, clock = pcall(function() return os.clock end) "
+        b"if ok then local t = clock() + %d while clock() < t do end "
+        b"else local t = redis.call('TIME')[1] + %d "
+        b"while tonumber(redis.call('TIME')[1]) < t do end end" % (seconds, seconds)
+    )
+
+
 def read_replies(sock: socket.socket, count: int) -> bytes:
     """What a socket receives until ``count`` RESP replies are complete."""
     sock.settimeout(10)

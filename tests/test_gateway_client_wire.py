@@ -630,14 +630,17 @@ def test_smartredis_flow(sock: socket.socket, gateway: Gateway) -> None:
     # config_get: pairs read with str(); config_set, save, flush_db: any non-error reply
     config = parse(one(sock, "CONFIG", "GET", "maxmemory-*"))
     assert config.kind == "*" and len(bulks(config)) % 2 == 0
-    assert exchange(
+    saved, flushed, size = exchange(
         sock,
         ("CONFIG", "SET", "maxmemory-samples", 5),
         ("DBSIZE",),
         ("SAVE",),
         ("FLUSHDB",),
         ("DBSIZE",),
-    )[2:] == [OK, OK, b":0\r\n"]
+    )[2:]
+    # an integer: the worker may have made its queue anew already (on Redis 7.2+ a flush wakes
+    # its blocked XREADGROUP at once)
+    assert (saved, flushed) == (OK, OK) and size.startswith(b":")
 
 
 def test_smartredis_standalone_addressing(gateway: Gateway, worker: Worker) -> None:

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 from test_gateway import raw_socket, read_replies, running_gateway
 
 from aiworker import Client, Settings, Worker
+from aiworker.embedded import cli_program
 from aiworker.gateway import Gateway
 from aiworker.gateway.resp import command
 from aiworker.protocol.keys import key_slot
@@ -40,7 +41,7 @@ def gateway(client: Client, settings: Settings) -> Iterator[Gateway]:
 
 
 def redis_cli(gateway: Gateway, *args: str, stdin: bytes | None = None, code: int = 0) -> str:
-    cli = shutil.which("redis-cli")
+    cli = cli_program()
     assert cli is not None, "redis-cli is installed with redis-server (see .ci/run)"
     host, port = gateway.address()
     done = subprocess.run(

@@ -15,6 +15,7 @@ import pytest
 import redis
 from conftest import wait_until
 from test_gateway import (
+    busy_script,
     connect,
     event_loops,
     raw_socket,
@@ -428,7 +429,7 @@ def test_a_client_gone_before_its_exec_and_redis_gone_after_frees_its_place(
     session let go once the EXEC's AI.* part had its answer, which never came; with
     --max-connections 1 every later client was refused for good."""
     server = RedisServer().start()
-    busy = "local t = redis.call('TIME')[1] + 2 while tonumber(redis.call('TIME')[1]) < t do end"
+    busy = busy_script(2)
     try:
         with running_gateway(settings.replace(redis_url=server.url), max_connections=1) as gw:
             sock = raw_socket(gw)
@@ -436,7 +437,7 @@ def test_a_client_gone_before_its_exec_and_redis_gone_after_frees_its_place(
             assert read_replies(sock, 1) == b"+OK\r\n"
             sock.sendall(
                 b"AI.TENSORSET t FLOAT 1 VALUES 1\r\n"
-                + encode([b"EVAL", busy.encode(), b"0"]) + b"EXEC\r\n"
+                + encode([b"EVAL", busy, b"0"]) + b"EXEC\r\n"
             )  # fmt: skip
             time.sleep(0.5)
             sock.close()  # while EXEC waits behind the script

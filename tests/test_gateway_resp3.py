@@ -14,6 +14,7 @@ import redis
 import test_gateway
 from conftest import stub_blob, wait_until
 from test_gateway import (
+    busy_script,
     connect,
     raw_socket,
     read_replies,
@@ -224,7 +225,7 @@ def test_a_push_before_a_subscribing_execs_reply_is_not_taken_for_it(
     """RESP3 with client-side caching: an invalidation Redis pushes just before the reply of an
     EXEC that subscribes goes to the client as a push; EXEC keeps its own reply (the push was
     taken for it, and every later reply answered the command before its own)."""
-    busy = "local t = redis.call('TIME')[1] + 1 while tonumber(redis.call('TIME')[1]) < t do end"
+    busy = busy_script(1)
     answers = []
     for address in (("127.0.0.1", redis_server.port), gateway.address()):
         writer = socket.create_connection(("127.0.0.1", redis_server.port), timeout=10)
@@ -236,7 +237,7 @@ def test_a_push_before_a_subscribing_execs_reply_is_not_taken_for_it(
         )  # fmt: skip
         head = read_replies(sock, 6)
         blocker = socket.create_connection(("127.0.0.1", redis_server.port), timeout=10)
-        blocker.sendall(command(b"EVAL", busy.encode(), b"0"))  # Redis busy for a second
+        blocker.sendall(command(b"EVAL", busy, b"0"))  # Redis busy for a second
         time.sleep(0.2)
         writer.sendall(command(b"SET", b"k", b"1"))  # its invalidation goes out first
         time.sleep(0.1)

@@ -28,6 +28,7 @@ from aiworker.protocol.replies import (
 from aiworker.protocol.resp import error_reply_of, wire_error
 from aiworker.settings import Settings
 from aiworker.storage.redis_options import block_ms_for, worker_kwargs
+from aiworker.storage.server import too_old
 from aiworker.worker.complete import Completer, Finished
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics, failure_reason
@@ -210,3 +211,18 @@ def test_a_heartbeats_queues_are_its_devices_own_streams() -> None:
         assert health.heartbeat(json.dumps({**beat, "queues": {"CPU": streams}}), keys) is None
     assert health.heartbeat(json.dumps({**beat, "time": float("nan")}), keys) is None
     assert health.heartbeat(b"\xff", keys) is None
+
+
+def test_a_server_older_than_redis_7_is_named() -> None:
+    """Workers refuse Redis < 7.0 (their scripts use script flags, recovery XAUTOCLAIM): checked
+    on INFO server as Redis 6.0, 7.0, Valkey (which says 7.2.4) and a cluster's nodes give it."""
+    assert too_old({"redis_version": "6.0.16"}) == "6.0.16"
+    assert too_old({"redis_version": "6.2.14", "redis_mode": "standalone"}) == "6.2.14"
+    assert too_old({"redis_version": "7.0.15"}) is None
+    assert too_old({"redis_version": "7.2.4", "server_name": "valkey"}) is None
+    assert too_old({"redis_version": "8.0.2"}) is None
+    nodes = {
+        "127.0.0.1:7000": {"redis_version": "7.0.0"},
+        "127.0.0.1:7001": {"redis_version": "6.2.0"},
+    }
+    assert too_old(nodes) == "6.2.0"

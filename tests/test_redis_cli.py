@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 from conftest import stub_blob
 
 from aiworker import Client, Worker
-from aiworker.embedded import RedisServer
+from aiworker.embedded import RedisServer, cli_program
 
-REDIS_CLI = shutil.which("redis-cli")
+REDIS_CLI = cli_program()
 pytestmark = pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is not installed")
 
 

@@ -30,6 +30,7 @@ from .cluster import Node, SlotMap, emulated_reply
 from .command_table import getkeys_reply
 from .commands import is_ai_command
 from .config import GatewayConfig
+from .probe import unsubscribe_error
 from .routers import ClusterRouter, SingleRouter
 from .session import Session
 from .upstream import Target
@@ -81,6 +82,7 @@ class Gateway:
         self.servers: list[asyncio.AbstractServer] = []
         self.cluster = False
         self.slots: SlotMap | None = None
+        self.nosub: bytes | None = None  # ``probe.unsubscribe_error``
         url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         tls_kwargs(settings)  # TLS files with a plain redis:// URL: refused, as a worker does
         self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
@@ -115,6 +117,7 @@ class Gateway:
             self.cluster = False
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("Redis not reachable yet (%s): taking it for a single Redis", exc)
+        self.nosub = await unsubscribe_error(self._target, self._hello)
         if self.cluster:
             self.slots = SlotMap(seed)
             await self.slots.load()

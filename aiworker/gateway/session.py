@@ -53,7 +53,7 @@ from .routers import ClusterRouter, SingleRouter
 from .runner import Drive, Runner
 from .transaction import IN_TRANSACTION, SUBSCRIBING, Done, Transaction, start
 from .translate import STORES, error_reply, reply_plan
-from .upstream import Slot, Upstream
+from .upstream import BarrierSlot, Slot, Upstream
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -75,7 +75,8 @@ BLOCKING = frozenset({b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b
 BEFORE_AUTH = {b"AUTH", b"HELLO", b"QUIT"}
 # Commands that are more than passed on (the rest take ``Session._plain``'s short way).
 # Unsubscribing on a connection not subscribed: Redis answers one reply per channel (one for
-# none), or pushes in RESP3: the gateway answers them itself (one reply per command holds).
+# none), or pushes in RESP3 (Valkey 8.0 a NOSUB error instead, ``Gateway.nosub``): the gateway
+# answers them itself (one reply per command holds).
 UNSUBSCRIBE_COMMANDS = {b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"}
 SPECIAL = {
     *HOOKS,
@@ -88,8 +89,16 @@ SPECIAL = {
 }
 
 
-def unsubscribed(name: bytes, channels: list[bytes], resp3: bool) -> bytes:
-    """What Redis answers a connection subscribed to nothing that unsubscribes ``channels``."""
+def _authenticates(name: bytes, args: list[bytes]) -> bool:
+    """An AUTH, or a HELLO with AUTH (``upstream.BarrierSlot``)."""
+    return name == b"AUTH" or (name == b"HELLO" and hello_credentials(args) is not None)
+
+
+def unsubscribed(name: bytes, channels: list[bytes], resp3: bool, nosub: bytes | None) -> bytes:
+    """What Redis answers a connection subscribed to nothing that unsubscribes ``channels``
+    (``nosub``: the server's error for it instead, with ``%s`` where the command's name goes)."""
+    if nosub is not None:
+        return nosub.replace(b"%s", name.lower())
     head = (b">3\r\n" if resp3 else b"*3\r\n") + b"$%d\r\n%s\r\n" % (len(name), name.lower())
     if not channels:
         return head + (resp.NULL if resp3 else resp.NIL) + b":0\r\n"
@@ -132,6 +141,7 @@ class Host(Protocol):
     identity: Identity
     ai: AIClients
     cluster: bool
+    nosub: bytes | None
 
     def admit(self, session: Session) -> bool: ...
 
@@ -312,7 +322,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._client_reply(args[2].upper())
             return
         if name in UNSUBSCRIBE_COMMANDS and self.transaction is None:  # not subscribed: no pipe
-            self._reply_now(unsubscribed(name, args[1:], self.resp3))
+            self._reply_now(unsubscribed(name, args[1:], self.resp3, self.gw.nosub))
             return
         transaction = self.transaction
         local = self.gw.local_reply(self, name, args)
@@ -323,7 +333,11 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._reply_now(local)
             return
         if transaction is None:
-            slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+            slot: Slot
+            if _authenticates(name, args):
+                slot = BarrierSlot()
+            else:
+                slot = Slot(tunnel=name in TUNNEL_COMMANDS)
             slot.pushed = slot.tunnel  # in RESP3 its own reply is a push
         else:  # a SUBSCRIBE subscribes when EXEC runs (MONITOR: Redis refuses it there)
             if name in SUBSCRIBE_COMMANDS:

@@ -44,6 +44,7 @@ class Slot:
         "args", "blocking", "data", "hook", "internal", "pushed", "redirects", "silent", "tunnel"
     )  # fmt: skip
     large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
+    barrier = False  # a ``BarrierSlot``: sent once every earlier reply came
 
     def __init__(
         self,
@@ -71,6 +72,16 @@ class LargeSlot(Slot):
 
     __slots__ = ()
     large = True
+
+
+class BarrierSlot(Slot):
+    """The slot of a command that authenticates (AUTH, HELLO ... AUTH): it goes to Redis only
+    once every earlier command on the connection was answered. Redis 7.2 and later (and Valkey)
+    drop a failed AUTH's error when replies are still pending before it (redis/redis#15640):
+    the reply stream would be one short, and every later reply taken for its predecessor's."""
+
+    __slots__ = ()
+    barrier = True
 
 
 class Target:
@@ -118,6 +129,8 @@ class Upstream(asyncio.Protocol):
         self._decoder = hiredis.Reader(replyError=BaseParser.parse_error)
         self._decoding = False  # the decoder holds the start of a reply
         self._gather: Gather | None = None  # a large internal reply being read
+        # commands held behind a ``BarrierSlot`` until the replies before it came, in order
+        self._held: deque[tuple[list[bytes | memoryview], Slot | None]] = deque()
         # commands sent first on a new connection (AUTH, SELECT of the gateway's URL), unseen
         for command in hello:
             self.send(command, Slot(internal=ignore))
@@ -132,12 +145,36 @@ class Upstream(asyncio.Protocol):
     def send(self, args: Sequence[Any], slot: Slot) -> None:
         """Queue a command (bytes, text, numbers or memoryviews); ``flush`` sends what is
         queued in one write."""
-        self._out += pack(args)
+        if self._held or (slot.barrier and self.waiting):
+            self._held.append((pack(args), slot))
+            return
+        self._queue(pack(args), slot)
+
+    def _queue(self, packed: list[bytes | memoryview], slot: Slot) -> None:
+        self._out += packed
         self.waiting.append(slot)
         if slot.internal is not None:
             self._internal += 1
 
+    def _release(self) -> None:
+        """Every reply came: the held commands go, up to the next barrier."""
+        held = self._held
+        while held:
+            packed, slot = held[0]
+            if slot is None:  # bytes for a pipe (``send_raw``)
+                self._out += packed
+            elif slot.barrier and self.waiting:
+                return
+            else:
+                self._queue(packed, slot)
+            held.popleft()
+        if self._eof and self.transport is not None and not self.write_eof():  # held back
+            self._lost("the client closed its connection")  # TLS: no half-close
+
     def send_raw(self, data: bytes) -> None:
+        if self._held:  # after the held commands
+            self._held.append(([data], None))
+            return
         self._out.append(data)
         self.flush()
 
@@ -169,7 +206,7 @@ class Upstream(asyncio.Protocol):
         transport = self.transport
         if self.closed:
             return False
-        if transport is None:
+        if transport is None or self._held:
             self._eof = True
             return True
         self.flush()
@@ -206,6 +243,8 @@ class Upstream(asyncio.Protocol):
                 self._lost(f"unreadable reply from Redis ({exc})")
                 return
         if not self.tunnel:
+            if self._held and not self.waiting:
+                self._release()
             self.owner.replies_done()
             self.flush()  # what the replies' callbacks sent (an AI.* command's next round trip)
 

@@ -45,7 +45,7 @@ from aiworker.execution.models import Models
 from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
-from aiworker.storage import memory, plans, redis_options, tensor_io
+from aiworker.storage import memory, plans, redis_options, server, tensor_io
 from aiworker.storage.cluster import job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
@@ -224,6 +224,7 @@ class Worker:
         self.registry.preload(self.settings.preload)
         # a backend loaded later is published at once: AI.INFO lists those the workers loaded
         self.registry.on_new = self.heartbeat.beat_now
+        server.require_supported(self.r)
         self._check_acl()
         # What is loaded now (frameworks, preloaded backends) lives as long as the process: keep
         # it out of the garbage collector's scans, which every job's allocations trigger.
