@@ -55,11 +55,14 @@ demo: install
 test: install test-clients
 	$(PY) -m pytest -q
 
-# The tests most sensitive to the Redis server (the gateway's wire, Redis full, ACLs, the
-# cluster, redis-cli), run on Valkey (`valkey-server` on PATH; CI runs them after `make test`)
+# The tests most sensitive to the Redis server (the gateway's wire and its clients, Redis full,
+# ACLs, the cluster and its resharding, flushes and restarts, redis-cli), run on Valkey
+# (`valkey-server` on PATH; CI runs them after `make test`)
 VALKEY_TESTS := tests/test_gateway.py tests/test_gateway_hostile.py tests/test_gateway_resp3.py \
-	tests/test_gateway_client_wire.py tests/test_gateway_redisai_suite.py tests/test_redis_full.py \
-	tests/test_security.py tests/test_cluster.py tests/test_redis_cli.py tests/test_job_path.py
+	tests/test_gateway_client_wire.py tests/test_gateway_redisai_suite.py \
+	tests/test_gateway_clients.py tests/test_redis_full.py tests/test_security.py \
+	tests/test_cluster.py tests/test_cluster_migration.py tests/test_flush.py \
+	tests/test_redis_restart.py tests/test_redis_cli.py tests/test_job_path.py
 
 test-valkey: install test-clients
 	AIWORKER_REDIS_SERVER=valkey-server AIWORKER_REDIS_CLI=valkey-cli $(PY) -m pytest -q $(VALKEY_TESTS)

@@ -959,6 +959,23 @@ def test_require_auth(client: Client, settings: Settings) -> None:
             cmd(connect(gw, protocol=3, password="wrong"), "PING")
 
 
+def test_a_failed_auth_pipelined_behind_other_commands_keeps_its_reply(
+    client: Client, settings: Settings
+) -> None:
+    """Redis 7.2+ and Valkey drop the error of a failed AUTH (or HELLO ... AUTH) that follows
+    commands not answered yet (redis/redis#15640): the gateway, which opens its connection with
+    its own AUTH, lost the client's first failed AUTH's reply and waited for it for good. It
+    sends an AUTH once what came before is answered: every reply comes, in order."""
+    with requiring_auth(client, settings) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(b"AUTH secret\r\nPING\r\nAUTH wrong\r\nPING\r\n"
+                     b"HELLO 2 AUTH default wrong\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")  # fmt: skip
+        wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        assert read_until_closed(sock) == (
+            b"+OK\r\n+PONG\r\n" + wrongpass + b"+PONG\r\n" + wrongpass + b"+OK\r\n+OK\r\n"
+        )
+
+
 def test_require_auth_reads_hello_as_redis_does(client: Client, settings: Settings) -> None:
     """HELLO's options are read left to right, AUTH taking two values, SETNAME one: in
     ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given (a client name ``AUTH``, then ``x``),
