@@ -38,6 +38,9 @@ def _program(variable: str, names: tuple[str, ...]) -> str | None:
 def server_program() -> str:
     """The Redis server executable (see the module docstring)."""
     found = _program("AIWORKER_REDIS_SERVER", ("redis-server", "valkey-server"))
+    chosen = os.environ.get("AIWORKER_REDIS_SERVER")
+    if found is None and chosen:
+        raise AIWorkerError(f"AIWORKER_REDIS_SERVER names {chosen!r}, which is not found")
     if found is None:
         raise AIWorkerError(
             "redis-server not found on PATH (Debian/Ubuntu: apt-get install -y redis-server; "

@@ -449,3 +449,19 @@ def test_a_client_gone_before_its_exec_and_redis_gone_after_frees_its_place(
             assert b"max number of clients" not in read_until_closed(late)
     finally:
         server.stop()
+
+
+def test_commands_held_behind_an_auth_are_answered_when_redis_goes(
+    gateway: Gateway, client: Client
+) -> None:
+    """An AUTH waits for the replies before it (Redis 7.2+ drops a failed AUTH's error pipelined
+    behind others), and what follows it waits too. Redis lost meanwhile: those held commands got
+    no reply, and the client waited for good instead of getting errors and a closed connection."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"CLIENT SETNAME held\r\nBLPOP nokey 0\r\nAUTH default whatever\r\nPING\r\n")
+    assert read_replies(sock, 1) == b"+OK\r\n"
+    wait_until(lambda: any(c.get("name") == "held" for c in client.client_list()), timeout=5)
+    (held,) = [c for c in client.client_list() if c.get("name") == "held"]
+    client.client_kill_filter(_id=held["id"])
+    lost = b"-ERR gateway: connection to Redis lost\r\n"
+    assert read_until_closed(sock, timeout=5) == lost * 3

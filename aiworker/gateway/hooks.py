@@ -19,7 +19,7 @@ from .aiclients import Identity
 from .command_table import with_ai_commands
 from .routers import ClusterRouter, SingleRouter
 from .transaction import Transaction
-from .upstream import Slot
+from .upstream import Slot, hello_credentials
 
 
 class ReplyHooks:
@@ -134,24 +134,6 @@ class ReplyHooks:
             self._no_transaction()
             self._speak(False)
         return data
-
-
-def hello_credentials(args: list[bytes]) -> tuple[bytes, bytes] | None:
-    """The (username, password) a HELLO authenticates with, read as Redis reads its options:
-    left to right after the protocol version, AUTH taking two values and SETNAME one (so in
-    ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given); the last AUTH counts. None: none."""
-    credentials = None
-    at = 2
-    while at < len(args):
-        option, left = args[at].upper(), len(args) - 1 - at
-        if option == b"AUTH" and left >= 2:
-            credentials = (args[at + 1], args[at + 2])
-            at += 3
-        elif option == b"SETNAME" and left >= 1:
-            at += 2
-        else:  # Redis refuses the whole HELLO: its reply is an error
-            return None
-    return credentials
 
 
 HOOKS: dict[bytes, Callable[..., bytes | None]] = {

@@ -46,14 +46,14 @@ from .cluster import EMULATED
 from .commands import is_job_command, parse_command
 from .config import GatewayConfig
 from .frames import ProtocolError, RequestReader
-from .hooks import HOOKS, ReplyHooks, hello_credentials
+from .hooks import HOOKS, ReplyHooks
 from .inplace import InPlace
 from .resp import ErrorReply
 from .routers import ClusterRouter, SingleRouter
 from .runner import Drive, Runner
 from .transaction import IN_TRANSACTION, SUBSCRIBING, Done, Transaction, start
 from .translate import STORES, error_reply, reply_plan
-from .upstream import BarrierSlot, Slot, Upstream
+from .upstream import Slot, Upstream, hello_credentials
 
 log = logging.getLogger("aiworker.gateway")
 
@@ -87,11 +87,6 @@ SPECIAL = {
     b"QUIT",
     b"HELLO",
 }
-
-
-def _authenticates(name: bytes, args: list[bytes]) -> bool:
-    """An AUTH, or a HELLO with AUTH (``upstream.BarrierSlot``)."""
-    return name == b"AUTH" or (name == b"HELLO" and hello_credentials(args) is not None)
 
 
 def unsubscribed(name: bytes, channels: list[bytes], resp3: bool, nosub: bytes | None) -> bytes:
@@ -333,11 +328,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._reply_now(local)
             return
         if transaction is None:
-            slot: Slot
-            if _authenticates(name, args):
-                slot = BarrierSlot()
-            else:
-                slot = Slot(tunnel=name in TUNNEL_COMMANDS)
+            slot = Slot(tunnel=name in TUNNEL_COMMANDS)
             slot.pushed = slot.tunnel  # in RESP3 its own reply is a push
         else:  # a SUBSCRIBE subscribes when EXEC runs (MONITOR: Redis refuses it there)
             if name in SUBSCRIBE_COMMANDS:

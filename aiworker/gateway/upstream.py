@@ -44,7 +44,6 @@ class Slot:
         "args", "blocking", "data", "hook", "internal", "pushed", "redirects", "silent", "tunnel"
     )  # fmt: skip
     large = False  # a ``LargeSlot``: its reply's large strings may come as read-only memoryviews
-    barrier = False  # a ``BarrierSlot``: sent once every earlier reply came
 
     def __init__(
         self,
@@ -74,14 +73,34 @@ class LargeSlot(Slot):
     large = True
 
 
-class BarrierSlot(Slot):
-    """The slot of a command that authenticates (AUTH, HELLO ... AUTH): it goes to Redis only
-    once every earlier command on the connection was answered. Redis 7.2 and later (and Valkey)
-    drop a failed AUTH's error when replies are still pending before it (redis/redis#15640):
-    the reply stream would be one short, and every later reply taken for its predecessor's."""
+def hello_credentials(args: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """The (username, password) a HELLO authenticates with, read as Redis reads its options:
+    left to right after the protocol version, AUTH taking two values and SETNAME one (so in
+    ``HELLO 2 SETNAME AUTH SETNAME x`` no AUTH is given); the last AUTH counts. None: none."""
+    credentials = None
+    at = 2
+    while at < len(args):
+        option, left = args[at].upper(), len(args) - 1 - at
+        if option == b"AUTH" and left >= 2:
+            credentials = (args[at + 1], args[at + 2])
+            at += 3
+        elif option == b"SETNAME" and left >= 1:
+            at += 2
+        else:  # Redis refuses the whole HELLO: its reply is an error
+            return None
+    return credentials
 
-    __slots__ = ()
-    barrier = True
+
+def authenticates(args: Sequence[Any]) -> bool:
+    """An AUTH, or a HELLO with AUTH: sent only once every earlier command on the connection
+    was answered (``Upstream.send``). Redis 7.2 and later drop a failed AUTH's error when replies
+    are still pending before it (redis/redis#15640; Valkey 8.0 too): the reply stream would be
+    one short, and every later reply taken for its predecessor's."""
+    name = args[0] if args else b""
+    if not isinstance(name, bytes) or len(name) not in (4, 5):  # the gateway's own: text
+        return False
+    name = name.upper()
+    return name == b"AUTH" or (name == b"HELLO" and hello_credentials(args) is not None)
 
 
 class Target:
@@ -129,8 +148,9 @@ class Upstream(asyncio.Protocol):
         self._decoder = hiredis.Reader(replyError=BaseParser.parse_error)
         self._decoding = False  # the decoder holds the start of a reply
         self._gather: Gather | None = None  # a large internal reply being read
-        # commands held behind a ``BarrierSlot`` until the replies before it came, in order
-        self._held: deque[tuple[list[bytes | memoryview], Slot | None]] = deque()
+        # commands held from an ``authenticates`` one on until the replies before it came (and
+        # whether each authenticates; None: bytes for a pipe), in order
+        self._held: deque[tuple[list[bytes | memoryview], Slot | None, bool]] = deque()
         # commands sent first on a new connection (AUTH, SELECT of the gateway's URL), unseen
         for command in hello:
             self.send(command, Slot(internal=ignore))
@@ -145,13 +165,17 @@ class Upstream(asyncio.Protocol):
     def send(self, args: Sequence[Any], slot: Slot) -> None:
         """Queue a command (bytes, text, numbers or memoryviews); ``flush`` sends what is
         queued in one write."""
-        if self._held or (slot.barrier and self.waiting):
-            self._held.append((pack(args), slot))
+        barrier = authenticates(args)
+        if self._held or (barrier and self.waiting):
+            self._held.append((pack(args), slot, barrier))
             return
         self._queue(pack(args), slot)
 
     def _queue(self, packed: list[bytes | memoryview], slot: Slot) -> None:
         self._out += packed
+        self._waiting_for(slot)
+
+    def _waiting_for(self, slot: Slot) -> None:
         self.waiting.append(slot)
         if slot.internal is not None:
             self._internal += 1
@@ -160,10 +184,10 @@ class Upstream(asyncio.Protocol):
         """Every reply came: the held commands go, up to the next barrier."""
         held = self._held
         while held:
-            packed, slot = held[0]
+            packed, slot, barrier = held[0]
             if slot is None:  # bytes for a pipe (``send_raw``)
                 self._out += packed
-            elif slot.barrier and self.waiting:
+            elif barrier and self.waiting:
                 return
             else:
                 self._queue(packed, slot)
@@ -173,7 +197,7 @@ class Upstream(asyncio.Protocol):
 
     def send_raw(self, data: bytes) -> None:
         if self._held:  # after the held commands
-            self._held.append(([data], None))
+            self._held.append(([data], None, False))
             return
         self._out.append(data)
         self.flush()
@@ -196,6 +220,13 @@ class Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        """Close once what was sent, held commands included, is written: Redis runs it all."""
+        for packed, slot, _barrier in self._held:
+            self._out += packed
+            if slot is not None:
+                self.waiting.append(slot)
+        self._held.clear()
+        self.flush()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -344,6 +375,10 @@ class Upstream(asyncio.Protocol):
     def _lost(self, why: str) -> None:
         if self.transport is not None:
             self.transport.close()
+        for _packed, slot, _barrier in self._held:  # never sent: answered as unanswered ones
+            if slot is not None:
+                self._waiting_for(slot)
+        self._held.clear()
         was_closed, self.closed = self.closed, True
         if not was_closed:
             self.owner.on_upstream_lost(self, why)

@@ -105,9 +105,24 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
     def where(n: int) -> dict[str, Any]:
         route = routes[n]
         if not cluster or not route or commands[n][0] == "SCRIPT":
-            # SCRIPT LOAD goes to every master: a call an ASK sent on runs where it lands
+            # SCRIPT LOAD goes to every master (redis-py's own routing of it): a call an ASK sent
+            # on runs where it lands
             return {}
         return {"target_nodes": rc.get_node_from_key(route)}
+
+    def load_first(group: list[int]) -> list[int]:
+        """A cluster's SCRIPT LOADs, sent on their own (a cluster pipeline cannot send one
+        command to every master before redis-py 8); the rest of ``group``."""
+        rest = []
+        for n in group:
+            if commands[n][0] != "SCRIPT":
+                rest.append(n)
+                continue
+            try:
+                replies[n] = base.execute_command(r, *commands[n])
+            except redis.ResponseError as exc:
+                replies[n] = exc
+        return rest
 
     if len(commands) == 1 and not batch.transaction:
         command = commands[0]
@@ -119,6 +134,10 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
             return [exc]
     replies: list[Any] = [None] * len(commands)
     for group in rounds(batch, key_slot if cluster else one_slot):
+        if cluster:
+            group = load_first(group)
+            if not group:
+                continue
         pipe = rc.pipeline(transaction=batch.transaction)
         for n in group:
             pipe.execute_command(*commands[n], **where(n))
