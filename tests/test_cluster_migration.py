@@ -8,6 +8,7 @@ again, until the migration moves on."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import redis.asyncio
 from cluster import LocalCluster, SlotMigration
 from conftest import stub_blob, wait_until
 
 from aiworker import Client, Worker
+from aiworker.asyncio.cluster_wire import AsyncClusterWire
 from aiworker.protocol.keys import CONSUMER_GROUP, key_slot
 from aiworker.settings import Settings
 from aiworker.storage import cluster as storage_cluster
@@ -165,3 +168,34 @@ def test_a_split_command_is_sent_again_until_the_migration_moves_on(
     finally:
         wires.close()
         rc.close()
+
+
+def test_the_asyncio_client_waits_out_a_split_command_too(
+    resharded: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio cluster client's connection: TRYAGAIN was taken for a lost node (NodeLost at
+    once, where the blocking client waits); now it is sent again with the same backoff."""
+    monkeypatch.setattr(storage_cluster, "TRYAGAIN_WAIT_S", 0.5)
+
+    async def scenario() -> None:
+        rc = redis.asyncio.RedisCluster.from_url(resharded.url)
+        wire = AsyncClusterWire(rc)
+        try:
+            await rc.set("p{a}", "1")
+            migration = SlotMigration(resharded, "p{a}").begin()
+            migration.move(["p{a}"])
+            started = time.monotonic()
+            with pytest.raises(SlotMigrating, match=r"TRYAGAIN.*migrat"):
+                await wire.pipeline([("MSET", "p{a}", "x", "r{a}", "y")])
+            assert 0.3 < time.monotonic() - started < 3
+            assert not _on_any_master(resharded, "r{a}"), "nothing written"
+            threading.Timer(0.3, migration.finish).start()
+            monkeypatch.setattr(storage_cluster, "TRYAGAIN_WAIT_S", 10.0)
+            (reply,) = await wire.pipeline([("MSET", "p{a}", "x", "r{a}", "y")])
+            assert reply in (b"OK", "OK", True)
+            assert await rc.mget_nonatomic(["p{a}", "r{a}"]) == [b"x", b"y"]
+        finally:
+            await wire.close()
+            await rc.aclose()
+
+    asyncio.run(scenario())

@@ -25,13 +25,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, SlotNotCoveredError
+from redis.exceptions import AskError, MovedError, SlotNotCoveredError, TryAgainError
 
+from aiworker.storage import cluster as cluster_rules
 from aiworker.storage.cluster import (
     MAX_REDIRECTS,
     NOT_NOW,
     REFRESH_MIN_S,
     NodeLost,
+    SlotMigrating,
     command_key,
     slot_of,
 )
@@ -85,7 +87,11 @@ class AsyncClusterWire:
         todo = list(range(len(commands)))
         asking: dict[int, Address] = {}
         moved_to: dict[int, Address] = {}  # sent again where MOVED said, until the map is new
-        for _ in range(MAX_REDIRECTS + 1):
+        # TRYAGAIN (a resharding split a command's keys): sent again after a pause, as the
+        # blocking job path does (``storage.cluster``), for up to TRYAGAIN_WAIT_S
+        redirects, pause = 0, cluster_rules.TRYAGAIN_FIRST_S
+        deadline = time.monotonic() + cluster_rules.TRYAGAIN_WAIT_S
+        while True:
             try:
                 by_node: dict[Address, list[int]] = {}
                 for n in todo:
@@ -98,7 +104,7 @@ class AsyncClusterWire:
             ]
             losses = [await rounds[0]] if len(rounds) == 1 else await asyncio.gather(*rounds)
             trouble: Exception | None = next((loss for loss in losses if loss is not None), None)
-            todo, moved = [], False
+            todo, moved, refused = [], False, None
             for members in by_node.values():
                 for n in members:
                     reply = replies[n]
@@ -108,6 +114,8 @@ class AsyncClusterWire:
                         moved = True
                     elif isinstance(reply, AskError):
                         asking[n] = self._remap(reply)
+                    elif isinstance(reply, TryAgainError):
+                        refused = reply
                     elif isinstance(reply, NOT_NOW):
                         trouble = trouble or reply
                     else:
@@ -120,7 +128,20 @@ class AsyncClusterWire:
                 return replies
             if moved:  # a failover or a resharding moves many slots: learn them all at once
                 await self._refresh()
-        raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
+            if refused is not None:
+                if time.monotonic() + pause > deadline:
+                    kept = [None if reply is _PENDING else reply for reply in replies]
+                    raise SlotMigrating(
+                        "TRYAGAIN: a resharding keeps the keys of a command split between two "
+                        f"masters (their hash slot is being migrated) ({refused})",
+                        kept,
+                    )
+                await asyncio.sleep(pause)
+                pause, redirects = min(pause * 2, cluster_rules.TRYAGAIN_CAP_S), 0
+            else:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
 
     def _address(self, command: Command) -> Address:
         key = command_key(command)
