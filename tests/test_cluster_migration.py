@@ -199,3 +199,25 @@ def test_the_asyncio_client_waits_out_a_split_command_too(
             await rc.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_transaction_meeting_a_migration_is_sent_again_whole(resharded: LocalCluster) -> None:
+    """A MULTI whose commands a migrating slot redirects (ASK, TRYAGAIN) at queue time: each
+    redirected command was sent again alone, outside the transaction (EXEC still said
+    EXECABORT). The block waits for the migration and is sent again whole."""
+    rc = redis.RedisCluster.from_url(resharded.url)
+    wires = ClusterWires(rc)
+    try:
+        wire = wires.get()
+        rc.set("p{m}", "1")
+        migration = SlotMigration(resharded, "p{m}").begin()
+        migration.move(["p{m}"])
+        threading.Timer(0.5, migration.finish).start()
+        block = [("MULTI",), ("SET", "p{m}", "x"), ("SET", "r{m}", "y"), ("EXEC",)]
+        replies = wire.pipeline(block, ["p{m}"] * len(block))
+        assert not any(isinstance(reply, Exception) for reply in replies), replies
+        assert [bool(done) for done in replies[-1]] == [True, True]
+        assert rc.mget_nonatomic(["p{m}", "r{m}"]) == [b"x", b"y"]
+    finally:
+        wires.close()
+        rc.close()

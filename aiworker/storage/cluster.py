@@ -376,7 +376,8 @@ class ClusterWire:
         error goes to ``split`` and it is left pending)."""
         if not self._slots.known:
             self._slots.refresh(self._ask_slots, force=True)
-        todo = [n for n, reply in enumerate(replies) if reply is _PENDING]
+        blocks = _transactions(commands)
+        todo = _whole(blocks, [n for n, reply in enumerate(replies) if reply is _PENDING], replies)
         asking: dict[int, Address] = {}
         redirects, pause, deadline = 0, TRYAGAIN_FIRST_S, time.monotonic() + TRYAGAIN_WAIT_S
         while todo:
@@ -385,7 +386,8 @@ class ClusterWire:
                 address = asking.get(n) or self._address(commands[n], routes[n] if routes else None)
                 by_node.setdefault(address, []).append(n)
             trouble, errors = self._round(commands, by_node, asking, replies)
-            todo, moved, refused = [], False, None
+            todo, moved = [], False
+            refused: Exception | None = None
             for n in errors:
                 reply = replies[n]
                 if isinstance(reply, redis.exceptions.MovedError):  # (an AskError too)
@@ -393,8 +395,12 @@ class ClusterWire:
                     asking.pop(n, None)
                     moved = True
                 elif isinstance(reply, redis.exceptions.AskError):
-                    asking[n] = (reply.host, reply.port)
-                    self._slots.migrating_to(reply.slot_id, asking[n])
+                    target = (reply.host, reply.port)
+                    self._slots.migrating_to(reply.slot_id, target)
+                    if _within(blocks, n):  # a transaction is sent whole, to the slot's owner,
+                        refused = reply  # once the migration moved on (ASKING is per command)
+                    else:
+                        asking[n] = target
                 elif isinstance(reply, redis.exceptions.TryAgainError):
                     refused = reply
                     self._slots.migrating_to(self._slot_of(commands[n], routes, n))
@@ -406,6 +412,7 @@ class ClusterWire:
                     continue
                 replies[n] = _PENDING
                 todo.append(n)
+            todo = _whole(blocks, todo, replies)  # a command of a MULTI never goes alone
             if trouble is not None:  # a node lost, a failover under way: learn the new map
                 self._refresh_quietly()
                 raise NodeLost(f"Redis Cluster unavailable: {trouble}", replies)
@@ -477,6 +484,37 @@ class ClusterWire:
                 else:
                     replies[n] = reply
         return lost, errors
+
+
+def _transactions(commands: Sequence[Command]) -> list[range]:
+    """The positions of each MULTI ... EXEC block in ``commands``."""
+    blocks, begun = [], -1
+    for n, command in enumerate(commands):
+        name = command[0] if command else ""
+        name = (name if isinstance(name, str) else text(name)).upper()
+        if name == "MULTI":
+            begun = n
+        elif name == "EXEC" and begun >= 0:
+            blocks.append(range(begun, n + 1))
+            begun = -1
+    return blocks
+
+
+def _within(blocks: list[range], n: int) -> bool:
+    return any(n in block for block in blocks)
+
+
+def _whole(blocks: list[range], positions: list[int], replies: list[Any]) -> list[int]:
+    """``positions``, with every transaction one of them is in sent again whole (its replies
+    reset): a command redirected out of its MULTI would run outside the transaction, while its
+    EXEC's EXECABORT stood for a block that never ran."""
+    chosen = set(positions)
+    for block in blocks:
+        if chosen.intersection(block):
+            chosen.update(block)
+            for n in block:
+                replies[n] = _PENDING
+    return sorted(chosen)
 
 
 def _loads_script(command: Command) -> bool:
