@@ -25,7 +25,7 @@ from test_gateway import (
 )
 
 from aiworker import Client, Settings
-from aiworker.embedded import RedisServer
+from aiworker.embedded import RedisServer, free_port
 from aiworker.gateway import Gateway
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
@@ -465,3 +465,23 @@ def test_commands_held_behind_an_auth_are_answered_when_redis_goes(
     client.client_kill_filter(_id=held["id"])
     lost = b"-ERR gateway: connection to Redis lost\r\n"
     assert read_until_closed(sock, timeout=5) == lost * 3
+
+
+def test_a_gateway_started_before_redis_learns_its_unsubscribe_answer_later(
+    settings: Settings,
+) -> None:
+    """What the server answers an UNSUBSCRIBE of a connection subscribed to nothing (Valkey
+    8.0: NOSUB) is asked at start; with Redis not up yet it was never asked, and the gateway
+    answered as Redis 7 for good. It is asked again when a client connects."""
+    port = free_port()
+    with running_gateway(settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")) as gw:
+        assert not gw.probed
+        with RedisServer(port=port) as server:
+            raw_socket(gw).close()  # a client: the question goes again
+            wait_until(lambda: gw.probed, timeout=10)
+            answers = []
+            for address in (("127.0.0.1", server.port), gw.address()):
+                sock = socket.create_connection(address, timeout=10)
+                sock.sendall(b"UNSUBSCRIBE a\r\nPING\r\nQUIT\r\n")
+                answers.append(read_until_closed(sock))
+            assert answers[1] == answers[0]

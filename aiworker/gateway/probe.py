@@ -44,14 +44,19 @@ async def ask(target: Target, hello: list[list[bytes]], command: list[bytes]) ->
         upstream.close()
 
 
+class Unanswered(Exception):
+    """The probe got no reply (Redis not reachable): ask again later."""
+
+
 async def unsubscribe_error(target: Target, hello: list[list[bytes]]) -> bytes | None:
     """Valkey 8.0 answers an UNSUBSCRIBE on a connection subscribed to nothing with a NOSUB
     error where Redis and Valkey 8.1+ answer a reply per channel: that error, with ``%s`` in the
-    command's place, or None (Redis' answer; also when the probe got none, or NOAUTH/NOPERM)."""
+    command's place, or None (Redis' answer; also on NOAUTH/NOPERM); ``Unanswered`` when no
+    reply came."""
     try:
         reply = await ask(target, hello, [b"UNSUBSCRIBE"])
-    except (ConnectionError, asyncio.TimeoutError):
-        return None
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        raise Unanswered(str(exc)) from exc
     if isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSUB"):
         return b"-%s\r\n" % str(reply).replace("'unsubscribe'", "'%s'").encode()
     return None

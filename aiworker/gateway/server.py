@@ -30,7 +30,7 @@ from .cluster import Node, SlotMap, emulated_reply
 from .command_table import getkeys_reply
 from .commands import is_ai_command
 from .config import GatewayConfig
-from .probe import unsubscribe_error
+from .probe import Unanswered, unsubscribe_error
 from .routers import ClusterRouter, SingleRouter
 from .session import Session
 from .upstream import Target
@@ -83,6 +83,8 @@ class Gateway:
         self.cluster = False
         self.slots: SlotMap | None = None
         self.nosub: bytes | None = None  # ``probe.unsubscribe_error``
+        self._probing: asyncio.Task[None] | None = None  # it, while not answered yet
+        self.probed = False  # the probe was answered
         url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         tls_kwargs(settings)  # TLS files with a plain redis:// URL: refused, as a worker does
         self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
@@ -117,7 +119,7 @@ class Gateway:
             self.cluster = False
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("Redis not reachable yet (%s): taking it for a single Redis", exc)
-        self.nosub = await unsubscribe_error(self._target, self._hello)
+        await self._probe()
         if self.cluster:
             self.slots = SlotMap(seed)
             await self.slots.load()
@@ -166,6 +168,8 @@ class Gateway:
         await asyncio.gather(*(server.serve_forever() for server in self.servers))
 
     async def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
         for server in self.servers:
             server.close()
         for session in list(self.sessions):
@@ -179,7 +183,20 @@ class Gateway:
 
     # sessions --------------------------------------------------------------------------------
 
+    async def _probe(self) -> None:
+        """What the server answers where the gateway answers for it (``probe``); Redis not
+        reachable: asked again when the next client connects."""
+        try:
+            self.nosub = await unsubscribe_error(self._target, self._hello)
+            self.probed = True
+        except Unanswered:
+            pass
+        finally:
+            self._probing = None
+
     def admit(self, session: Session) -> bool:
+        if not self.probed and self._probing is None:
+            self._probing = asyncio.ensure_future(self._probe())
         if len(self.sessions) >= self.config.max_connections:
             return False
         self.sessions.add(session)
