@@ -29,6 +29,7 @@ from faults import (
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.storage.health import live_workers
 from aiworker.worker.consume import ensure_group
 
 KEYS = Keys()
@@ -297,3 +298,16 @@ def test_a_job_run_from_cached_metadata_is_run_again_when_its_model_was_replaced
     assert reply["status"] == "ok"
     assert client.tensorget("o2").tolist() == [3.0, 8.0], "the new version's result"
     assert client.blpop(["r2"], 0.3) is None, "one reply"
+
+
+def test_a_started_worker_is_seen_live_when_start_returns(
+    client: Client, settings: Settings
+) -> None:
+    """``Worker.start`` publishes its first heartbeat itself: a store checked by a live worker
+    right after it (the gateway's MODELSTORE) found none while the heartbeat thread's first beat
+    was still on its way, and stored the model unchecked."""
+    w = Worker(settings).start()
+    try:
+        assert [status["name"] for status in live_workers(client, Keys())] == [w.name]
+    finally:
+        w.stop(timeout=10)

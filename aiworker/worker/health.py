@@ -173,12 +173,12 @@ class Heartbeat:
             if isinstance(reply, Exception):
                 raise reply
 
-    def beat_now(self) -> bool:
+    def beat_now(self, wait: bool = False) -> bool:
         """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush
         removed the heartbeat with everything else), so that clients see a live worker again
-        before the next beat. Calls made while one publishes are skipped; False when skipped or
-        Redis refused."""
-        if not self._publishing.acquire(blocking=False):
+        before the next beat. Calls made while one publishes are skipped (``wait``: published
+        after it); False when skipped or Redis refused."""
+        if not self._publishing.acquire(blocking=wait):
             return False
         try:
             self.publish()

@@ -251,6 +251,9 @@ class Worker:
             self._running = True
             for lane in self.lanes.values():
                 lane.start()
+        # seen live once ``start`` returns: clients (and a store's check by a live worker) must
+        # not find no worker while the heartbeat thread's first beat is still on its way
+        self.heartbeat.beat_now(wait=True)
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info(
