@@ -37,7 +37,15 @@ from redis.retry import Retry
 from aiworker.protocol.errors import AIWorkerError
 from aiworker.protocol.keys import SLOTS, key_slot
 from aiworker.protocol.text import text
-from aiworker.storage.wire import Command, JobConnection, JobConnections, Wire, Wires, as_exception
+from aiworker.storage.wire import (
+    Command,
+    JobConnection,
+    JobConnections,
+    Wire,
+    Wires,
+    as_exception,
+    transactions,
+)
 
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
 # (a failover in progress, a node gone): the job path takes them for a lost connection, so the
@@ -376,7 +384,7 @@ class ClusterWire:
         error goes to ``split`` and it is left pending)."""
         if not self._slots.known:
             self._slots.refresh(self._ask_slots, force=True)
-        blocks = _transactions(commands)
+        blocks = transactions(commands)
         todo = _whole(blocks, [n for n, reply in enumerate(replies) if reply is _PENDING], replies)
         asking: dict[int, Address] = {}
         redirects, pause, deadline = 0, TRYAGAIN_FIRST_S, time.monotonic() + TRYAGAIN_WAIT_S
@@ -484,20 +492,6 @@ class ClusterWire:
                 else:
                     replies[n] = reply
         return lost, errors
-
-
-def _transactions(commands: Sequence[Command]) -> list[range]:
-    """The positions of each MULTI ... EXEC block in ``commands``."""
-    blocks, begun = [], -1
-    for n, command in enumerate(commands):
-        name = command[0] if command else ""
-        name = (name if isinstance(name, str) else text(name)).upper()
-        if name == "MULTI":
-            begun = n
-        elif name == "EXEC" and begun >= 0:
-            blocks.append(range(begun, n + 1))
-            begun = -1
-    return blocks
 
 
 def _within(blocks: list[range], n: int) -> bool:

@@ -154,19 +154,32 @@ def as_exception(reply: Any) -> Any:
     return reply
 
 
-def with_causes(commands: Sequence[Command], replies: list[Any]) -> list[Any]:
-    """Replies with each EXECABORT replaced by the error that aborted its transaction: the
-    refusal of a queued command (Redis out of memory refuses every command queued in MULTI, even
-    a read) says what went wrong, "Transaction discarded" does not."""
-    begun = -1
+def transactions(commands: Sequence[Command]) -> list[range]:
+    """The positions of each MULTI ... EXEC block in ``commands``."""
+    blocks, begun = [], -1
     for n, command in enumerate(commands):
         name = command[0] if command else b""
         name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
         if name == "MULTI":
             begun = n
-        elif name == "EXEC" and begun >= 0 and isinstance(replies[n], ExecAbortError):
-            causes = [r for r in replies[begun + 1 : n] if isinstance(r, redis.ResponseError)]
-            replies[n] = causes[0] if causes else replies[n]
+        elif name == "EXEC" and begun >= 0:
+            blocks.append(range(begun, n + 1))
+            begun = -1
+    return blocks
+
+
+def with_causes(commands: Sequence[Command], replies: list[Any]) -> list[Any]:
+    """Replies with each EXECABORT replaced by the error that aborted its transaction: the
+    refusal of a queued command (Redis out of memory refuses every command queued in MULTI, even
+    a read) says what went wrong, "Transaction discarded" does not."""
+    if not any(isinstance(reply, ExecAbortError) for reply in replies):
+        return replies  # the usual case: no block to look for
+    for block in transactions(commands):
+        if isinstance(replies[block[-1]], ExecAbortError):
+            causes = [
+                r for r in replies[block[1] : block[-1]] if isinstance(r, redis.ResponseError)
+            ]
+            replies[block[-1]] = causes[0] if causes else replies[block[-1]]
     return replies
 
 
