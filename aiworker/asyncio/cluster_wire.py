@@ -27,14 +27,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError, SlotNotCoveredError, TryAgainError
 
-from aiworker.storage import cluster as cluster_rules
 from aiworker.storage.cluster import (
-    MAX_REDIRECTS,
     NOT_NOW,
     REFRESH_MIN_S,
     NodeLost,
-    SlotMigrating,
+    Redirections,
     command_key,
+    slot_migrating,
     slot_of,
 )
 
@@ -88,9 +87,8 @@ class AsyncClusterWire:
         asking: dict[int, Address] = {}
         moved_to: dict[int, Address] = {}  # sent again where MOVED said, until the map is new
         # TRYAGAIN (a resharding split a command's keys): sent again after a pause, as the
-        # blocking job path does (``storage.cluster``), for up to TRYAGAIN_WAIT_S
-        redirects, pause = 0, cluster_rules.TRYAGAIN_FIRST_S
-        deadline = time.monotonic() + cluster_rules.TRYAGAIN_WAIT_S
+        # blocking job path does
+        redirections = Redirections()
         while True:
             try:
                 by_node: dict[Address, list[int]] = {}
@@ -128,20 +126,13 @@ class AsyncClusterWire:
                 return replies
             if moved:  # a failover or a resharding moves many slots: learn them all at once
                 await self._refresh()
-            if refused is not None:
-                if time.monotonic() + pause > deadline:
-                    kept = [None if reply is _PENDING else reply for reply in replies]
-                    raise SlotMigrating(
-                        "TRYAGAIN: a resharding keeps the keys of a command split between two "
-                        f"masters (their hash slot is being migrated) ({refused})",
-                        kept,
-                    )
+            pause = redirections.pause_after(refused)
+            if pause is None:
+                assert refused is not None
+                kept = [None if reply is _PENDING else reply for reply in replies]
+                raise slot_migrating(refused, kept)
+            if pause:
                 await asyncio.sleep(pause)
-                pause, redirects = min(pause * 2, cluster_rules.TRYAGAIN_CAP_S), 0
-            else:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
 
     def _address(self, command: Command) -> Address:
         key = command_key(command)

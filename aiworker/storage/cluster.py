@@ -256,6 +256,39 @@ class SlotMigrating(NodeLost):
     between two masters (the job path treats it as a lost node: nothing it refused was written)."""
 
 
+def slot_migrating(refused: Exception, replies: list[Any]) -> SlotMigrating:
+    return SlotMigrating(
+        f"TRYAGAIN: a resharding keeps the keys of a command split between two masters (their "
+        f"hash slot is being migrated) after {TRYAGAIN_WAIT_S:g} s of retries ({refused})",
+        replies,
+    )
+
+
+class Redirections:
+    """How long one call goes on after redirections (the blocking and the asyncio job path's):
+    at most ``MAX_REDIRECTS`` rounds in a row, and while a resharding refuses it with TRYAGAIN,
+    pauses doubling from ``TRYAGAIN_FIRST_S`` to ``TRYAGAIN_CAP_S``, for ``TRYAGAIN_WAIT_S``."""
+
+    def __init__(self) -> None:
+        self.redirects = 0
+        self.pause = TRYAGAIN_FIRST_S
+        self.deadline = time.monotonic() + TRYAGAIN_WAIT_S
+
+    def pause_after(self, refused: Exception | None) -> float | None:
+        """The pause before the next round (0: none) after one that redirected, or that TRYAGAIN
+        ``refused``; None: TRYAGAIN past the deadline. Too many redirections in a row raise."""
+        if refused is None:
+            self.redirects += 1
+            if self.redirects > MAX_REDIRECTS:
+                raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
+            return 0.0
+        pause = self.pause
+        if time.monotonic() + pause > self.deadline:
+            return None
+        self.pause, self.redirects = min(pause * 2, TRYAGAIN_CAP_S), 0
+        return pause
+
+
 class ClusterWire:
     """One thread's job-path connection to a Redis Cluster: a ``Wire`` per master (see the module
     docstring). Not thread-safe, as a ``Wire``."""
@@ -302,12 +335,7 @@ class ClusterWire:
                 lambda: self._attempt(commands, routes, replies, split), lambda error: None
             )
         if split:
-            raise SlotMigrating(
-                f"TRYAGAIN: a resharding keeps the keys of a command split between two masters "
-                f"(their hash slot is being migrated) after {TRYAGAIN_WAIT_S:g} s of retries "
-                f"({split[0]})",
-                replies,
-            )
+            raise slot_migrating(split[0], replies)
         return replies
 
     def close(self) -> None:
@@ -387,7 +415,7 @@ class ClusterWire:
         blocks = transactions(commands)
         todo = _whole(blocks, [n for n, reply in enumerate(replies) if reply is _PENDING], replies)
         asking: dict[int, Address] = {}
-        redirects, pause, deadline = 0, TRYAGAIN_FIRST_S, time.monotonic() + TRYAGAIN_WAIT_S
+        redirections = Redirections()
         while todo:
             by_node: dict[Address, list[int]] = {}
             for n in todo:
@@ -426,16 +454,13 @@ class ClusterWire:
                 raise NodeLost(f"Redis Cluster unavailable: {trouble}", replies)
             if moved:  # a failover or a resharding moves many slots: learn them all at once
                 self._refresh_quietly()
-            if refused is not None:  # the migration moves the keys on meanwhile
-                if time.monotonic() + pause > deadline:
-                    split.append(refused)
-                    return
+            pause = redirections.pause_after(refused)  # TRYAGAIN: the migration moves on
+            if pause is None:
+                assert refused is not None
+                split.append(refused)
+                return
+            if pause:
                 time.sleep(pause)
-                pause, redirects = min(pause * 2, TRYAGAIN_CAP_S), 0
-            else:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise redis.ConnectionError("Redis Cluster unavailable: too many redirections")
 
     def _slot_of(self, command: Command, routes: Any, n: int) -> int:
         key = routes[n] if routes and routes[n] is not None else command_key(command)
