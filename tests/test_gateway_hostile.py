@@ -29,6 +29,8 @@ from aiworker.embedded import RedisServer, free_port
 from aiworker.gateway import Gateway
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
+from aiworker.gateway.session import MAX_WAITING
+from aiworker.gateway.upstream import MAX_HELD
 
 
 @pytest.fixture(params=event_loops())
@@ -485,3 +487,27 @@ def test_a_gateway_started_before_redis_learns_its_unsubscribe_answer_later(
                 sock.sendall(b"UNSUBSCRIBE a\r\nPING\r\nQUIT\r\n")
                 answers.append(read_until_closed(sock))
             assert answers[1] == answers[0]
+
+
+def test_commands_held_behind_an_auth_are_bounded(gateway: Gateway, client: Client) -> None:
+    """A BLPOP k 0, an AUTH, then a flood: the AUTH waits for BLPOP's reply and what follows waits
+    behind it in the gateway's memory, where Redis' query buffer limit no longer bounds it.
+    Past MAX_HELD commands no more are held and the gateway stops reading the client; all is
+    answered, in order, once BLPOP returns."""
+    flood = 4 * (MAX_HELD + MAX_WAITING)
+    sock = raw_socket(gateway)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+    sending = threading.Thread(
+        target=sock.sendall, args=(b"BLPOP k 0\r\nAUTH default x\r\n" + b"PING\r\n" * flood,)
+    )
+    sending.start()
+    wait_until(lambda: len(gateway.sessions) == 1, timeout=10)
+    (session,) = gateway.sessions
+    wait_until(lambda: session.paused, timeout=10)
+    upstream = session.router.tunnel_upstream()
+    assert len(upstream._held) == MAX_HELD  # the rest waits in the session, then in the socket
+    client.lpush("k", "v")
+    got = read_replies(sock, 2 + flood)
+    sending.join(10)
+    assert got == b"*2\r\n$1\r\nk\r\n$1\r\nv\r\n+OK\r\n" + b"+PONG\r\n" * flood
+    assert not session.paused and not upstream._held

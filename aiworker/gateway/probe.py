@@ -22,6 +22,9 @@ class _Owner:
     def replies_done(self) -> None:
         pass
 
+    def on_held(self, upstream: Upstream, over: bool) -> None:
+        pass
+
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:
         if not self.done.done():
             self.done.set_exception(ConnectionError(why))

@@ -176,6 +176,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.skip_next = False  # CLIENT REPLY SKIP
         self.replies_off = False  # CLIENT REPLY OFF
         self.paused = False
+        self.holding_back: set[Upstream] = set()  # upstreams holding MAX_HELD commands
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.router = gateway.router_for(self)
@@ -271,6 +272,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             and not self.tunnel
             and not self.write_paused
             and not self.holding
+            and not self.holding_back
         ):
             args = waiting[0]
             name = args[0].upper()
@@ -564,6 +566,17 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.data = slot.hook(data)  # None: the hook fills the slot later
             return
         slot.data = data
+
+    def on_held(self, upstream: Upstream, over: bool) -> None:
+        """``upstream`` holds ``MAX_HELD`` commands behind an AUTH (or no longer does): no more
+        go to Redis, and reading the client pauses once its own commands pile up, until it
+        sends them on."""
+        if over:
+            self.holding_back.add(upstream)
+            return
+        self.holding_back.discard(upstream)
+        if not upstream.closed:
+            self.dispatch()  # what waited meanwhile (it updates reading)
 
     def replies_done(self) -> None:
         """Every reply of one read from Redis is in: send them, go on with the commands."""

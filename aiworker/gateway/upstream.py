@@ -31,6 +31,11 @@ from redis._parsers.base import BaseParser
 from .inplace import InPlace
 from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, pack, reply_end
 
+# Commands held behind an AUTH (``Upstream.send``) past which the owner stops reading its client
+# (``on_held``): they wait in the gateway's memory, where Redis' query buffer limit cannot bound
+# them (a BLPOP k 0 before the AUTH holds them for good).
+MAX_HELD = 4096
+
 
 class Slot:
     """A reply position in a client's reply stream; ``data`` is None until the reply is known.
@@ -168,6 +173,8 @@ class Upstream(asyncio.Protocol):
         barrier = authenticates(args)
         if self._held or (barrier and self.waiting):
             self._held.append((pack(args), slot, barrier))
+            if len(self._held) == MAX_HELD:
+                self.owner.on_held(self, True)
             return
         self._queue(pack(args), slot)
 
@@ -183,21 +190,28 @@ class Upstream(asyncio.Protocol):
     def _release(self) -> None:
         """Every reply came: the held commands go, up to the next barrier."""
         held = self._held
+        over = len(held) >= MAX_HELD
         while held:
             packed, slot, barrier = held[0]
             if slot is None:  # bytes for a pipe (``send_raw``)
                 self._out += packed
             elif barrier and self.waiting:
-                return
+                break
             else:
                 self._queue(packed, slot)
             held.popleft()
+        if over and len(held) < MAX_HELD:
+            self.owner.on_held(self, False)
+        if held:
+            return
         if self._eof and self.transport is not None and not self.write_eof():  # held back
             self._lost("the client closed its connection")  # TLS: no half-close
 
     def send_raw(self, data: bytes) -> None:
         if self._held:  # after the held commands
             self._held.append(([data], None, False))
+            if len(self._held) == MAX_HELD:
+                self.owner.on_held(self, True)
             return
         self._out.append(data)
         self.flush()
@@ -378,8 +392,11 @@ class Upstream(asyncio.Protocol):
         for _packed, slot, _barrier in self._held:  # never sent: answered as unanswered ones
             if slot is not None:
                 self._waiting_for(slot)
+        over = len(self._held) >= MAX_HELD
         self._held.clear()
         was_closed, self.closed = self.closed, True
+        if over:
+            self.owner.on_held(self, False)
         if not was_closed:
             self.owner.on_upstream_lost(self, why)
 
