@@ -29,7 +29,7 @@ from aiworker.embedded import RedisServer, free_port
 from aiworker.gateway import Gateway
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
-from aiworker.gateway.session import MAX_WAITING
+from aiworker.gateway.session import MAX_WAITING, MAX_WAITING_BYTES
 from aiworker.gateway.upstream import MAX_HELD
 
 
@@ -511,3 +511,120 @@ def test_commands_held_behind_an_auth_are_bounded(gateway: Gateway, client: Clie
     sending.join(10)
     assert got == b"*2\r\n$1\r\nk\r\n$1\r\nv\r\n+OK\r\n" + b"+PONG\r\n" * flood
     assert not session.paused and not upstream._held
+
+
+def test_a_long_pipeline_sent_before_its_replies_are_read(gateway: Gateway) -> None:
+    """redis-py sends a whole pipeline before it reads a reply. The gateway stopped reading a
+    client that did not read its replies, so once the replies filled the sockets the client
+    could not finish sending and both waited for good (10,000 ECHOs of 1 KB; direct to Redis
+    it works: Redis keeps reading and holds the replies). Now the commands go on to Redis,
+    which holds the replies, and the gateway reads them once the client does."""
+    con = connect(gateway)
+    con.connection_pool.connection_kwargs["socket_timeout"] = 30
+    value = b"v" * 1024
+    pipe = con.pipeline(transaction=False)
+    for _ in range(20_000):
+        pipe.execute_command("ECHO", value)
+    pipe.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 7)
+    for _ in range(2_000):
+        pipe.execute_command("ECHO", value)
+    replies = pipe.execute()
+    assert replies[:20_000] == [value] * 20_000
+    assert replies[20_000] == b"OK"
+    assert replies[20_001:] == [value] * 2_000
+    still_serving(gateway)
+
+
+def test_commands_redis_does_not_read_are_bounded(
+    gateway: Gateway, client: Client, settings: Settings
+) -> None:
+    """While Redis runs a long script it reads nothing: the gateway kept taking the client's
+    commands and buffering them for Redis without bound (hundreds of MB from one client in a
+    second). Now it stops reading the client once its connection to Redis is backed up, and
+    everything is answered, in order, when the script ends."""
+    busy = threading.Thread(
+        target=redis.Redis.from_url(settings.redis_url).eval, args=(busy_script(3), 0)
+    )
+    busy.start()
+    time.sleep(0.3)  # the script runs
+    value = b"x" * (1 << 20)
+    count = 400
+    sock = raw_socket(gateway)
+    sending = threading.Thread(
+        target=sock.sendall, args=(encode([b"SET", b"big", value]) * count,), daemon=True
+    )
+    sending.start()
+    wait_until(lambda: len(gateway.sessions) == 1, timeout=10)
+    (session,) = gateway.sessions
+    wait_until(lambda: session.paused, timeout=10)
+    upstream = session.router.tunnel_upstream()
+    assert upstream.transport is not None
+    assert upstream.transport.get_write_buffer_size() < 4 << 20
+    got = read_replies(sock, count)
+    sending.join(30)
+    busy.join(30)
+    assert got == b"+OK\r\n" * count
+    assert not session.paused
+    still_serving(gateway)
+
+
+def test_a_subscribers_pings_redis_does_not_read_are_bounded(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """A subscribed connection is a pipe: its bytes went on to Redis as they came, and while
+    Redis read nothing they piled up in the gateway without bound. Reading the client pauses.
+    (Less than Redis' pubsub output limit of 32 MB: past it Redis drops the subscriber.)"""
+    sock = raw_socket(gateway)
+    sock.sendall(b"SUBSCRIBE news\r\n")
+    assert read_replies(sock, 1).startswith(b"*3\r\n$9\r\nsubscribe\r\n")
+    busy = threading.Thread(
+        target=redis.Redis.from_url(settings.redis_url).eval, args=(busy_script(3), 0)
+    )
+    busy.start()
+    time.sleep(0.3)
+    count = 20
+    ping = encode([b"PING", b"p" * (1 << 20)])
+    sending = threading.Thread(target=sock.sendall, args=(ping * count,), daemon=True)
+    sending.start()
+    (session,) = gateway.sessions
+    wait_until(lambda: session.paused, timeout=10)
+    upstream = session.router.tunnel_upstream()
+    assert upstream.transport is not None
+    assert upstream.transport.get_write_buffer_size() < 4 << 20
+    pong = encode([b"pong", b"p" * (1 << 20)])
+    got = bytearray()
+    sock.settimeout(30)
+    while len(got) < len(pong) * count:
+        got += sock.recv(1 << 20)
+    sending.join(30)
+    busy.join(30)
+    assert got == pong * count
+    still_serving(gateway)
+
+
+def test_commands_waiting_behind_an_ai_command_are_bounded_in_bytes(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """Commands after an AI.* command wait in the gateway until it is done; reading the client
+    paused only past MAX_WAITING commands, whatever their size (4,096 commands of 512 MB).
+    Now it pauses past MAX_WAITING_BYTES too."""
+    busy = threading.Thread(
+        target=redis.Redis.from_url(settings.redis_url).eval, args=(busy_script(3), 0)
+    )
+    busy.start()
+    time.sleep(0.3)  # the AI.* command's Redis call waits behind the script
+    count = 200
+    flood = b"AI.TENSORSET t INT8 1 VALUES 1\r\n" + encode([b"SET", b"k", b"y" * (1 << 20)]) * count
+    sock = raw_socket(gateway)
+    sending = threading.Thread(target=sock.sendall, args=(flood,), daemon=True)
+    sending.start()
+    wait_until(lambda: len(gateway.sessions) == 1, timeout=10)
+    (session,) = gateway.sessions
+    wait_until(lambda: session.paused, timeout=10)
+    assert len(session.waiting) < count
+    assert sum(len(arg) for args in list(session.waiting) for arg in args) < 2 * MAX_WAITING_BYTES
+    got = read_replies(sock, 1 + count)
+    sending.join(30)
+    busy.join(30)
+    assert got == b"+OK\r\n" * (1 + count)
+    still_serving(gateway)

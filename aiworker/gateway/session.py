@@ -64,8 +64,15 @@ HELLO_NOAUTH = (
     b"HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select "
     b"the RESP protocol version at the same time\r\n"
 )
-# Reading from the client pauses while this many commands wait to be dispatched.
+# Reading from the client pauses while this many commands, or this many bytes of them, wait to
+# be dispatched.
 MAX_WAITING = 4096
+MAX_WAITING_BYTES = 64 * 1024 * 1024
+# Commands sent to Redis and not answered past which no more are sent (their ``Slot``s are the
+# gateway's memory; their replies wait in Redis while the client does not read them).
+MAX_INFLIGHT = 256 * 1024
+# Replies the client has not read that the gateway keeps (``write_paused`` past it).
+MAX_UNREAD = 1024 * 1024
 SUBSCRIBE_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"}
 TUNNEL_COMMANDS = {*SUBSCRIBE_COMMANDS, b"MONITOR"}
 # Commands that may wait in Redis for as long as they like (a client that leaves ends them).
@@ -175,8 +182,10 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.input_ended = False  # the client shut its side: close once its commands are done
         self.skip_next = False  # CLIENT REPLY SKIP
         self.replies_off = False  # CLIENT REPLY OFF
-        self.paused = False
-        self.holding_back: set[Upstream] = set()  # upstreams holding MAX_HELD commands
+        self.paused = False  # not reading the client (``_update_reading``)
+        self.upstreams_paused = False  # not reading Redis: the client does not read its replies
+        self.backlog = 0  # bytes received since ``waiting`` was last empty (about)
+        self.holding_back: set[Upstream] = set()  # upstreams taking no more commands
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.router = gateway.router_for(self)
@@ -185,6 +194,7 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+        self.transport.set_write_buffer_limits(MAX_UNREAD, MAX_UNREAD // 4)
         if not self.gw.admit(self):
             self.transport.write(b"-ERR max number of clients reached\r\n")
             self.transport.close()
@@ -230,7 +240,13 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._cancel_timer()  # progress: the next unfinished command has its own time
             self.waiting.extend(commands)
             self.dispatch()
+        if self.waiting:
+            self.backlog += len(data)
+            self._update_reading()
         if self.reader.receiving is not None and not (self.closing or self.tunnel):
+            if self.waiting:
+                self.backlog += len(self.reader.receiving)
+                self._update_reading()
             InPlace.start(self, self.transport, self.reader)
         if self.reader.buffered or self._timer is not None:
             self._watch_partial()
@@ -261,16 +277,17 @@ class Session(ReplyHooks, asyncio.Protocol):
     # dispatching -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Start every waiting command that may start now (see the module docstring): none
-        while the client does not read its replies (``write_paused``), so that what the gateway
-        holds for it stays bounded whichever connection a command runs on."""
+        """Start every waiting command that may start now (see the module docstring). While the
+        client does not read its replies (``write_paused``), plain commands still go to Redis,
+        which keeps their replies as it would for the client itself (the gateway stops reading
+        them), but nothing the gateway answers starts: what it holds for the client stays
+        bounded, and a client that sends a long pipeline before reading does not hang."""
         waiting = self.waiting
         while (
             waiting
             and self.ai_task is None
             and not self.closing
             and not self.tunnel
-            and not self.write_paused
             and not self.holding
             and not self.holding_back
         ):
@@ -279,23 +296,27 @@ class Session(ReplyHooks, asyncio.Protocol):
             if not self.authed and (
                 name not in BEFORE_AUTH or (name == b"HELLO" and hello_credentials(args) is None)
             ):
-                if self.inflight:
+                if self.inflight or self.write_paused:
                     break  # an AUTH may be on its way
                 waiting.popleft()
                 self._reply_now(NOAUTH if name != b"HELLO" else HELLO_NOAUTH)
             elif name[:3] == b"AI.":
-                if self.inflight:
+                if self.inflight or self.write_paused:
                     break  # after every earlier command is answered
                 waiting.popleft()
                 self._ai(args)
             elif name in SPECIAL:
-                if self.inflight and self._answered_here(name, args):
+                if (self.inflight or self.write_paused) and self._answered_here(name, args):
                     break  # once what came before is answered (a MULTI, a HELLO)
                 waiting.popleft()
                 self._special(name, args)
+            elif self.inflight >= MAX_INFLIGHT:
+                break
             else:
                 waiting.popleft()
                 self._plain(args)
+        if not waiting:
+            self.backlog = 0
         self.router.flush()
         self._update_reading()
 
@@ -568,15 +589,18 @@ class Session(ReplyHooks, asyncio.Protocol):
         slot.data = data
 
     def on_held(self, upstream: Upstream, over: bool) -> None:
-        """``upstream`` holds ``MAX_HELD`` commands behind an AUTH (or no longer does): no more
-        go to Redis, and reading the client pauses once its own commands pile up, until it
-        sends them on."""
+        """``upstream`` takes no more commands (``MAX_HELD`` held behind an AUTH, or Redis not
+        reading what was sent), or takes them again: meanwhile no more go to Redis, and reading
+        the client pauses once its own commands pile up (at once in a pipe)."""
         if over:
             self.holding_back.add(upstream)
+            self._update_reading()
             return
         self.holding_back.discard(upstream)
         if not upstream.closed:
             self.dispatch()  # what waited meanwhile (it updates reading)
+        else:
+            self._update_reading()
 
     def replies_done(self) -> None:
         """Every reply of one read from Redis is in: send them, go on with the commands."""
@@ -658,17 +682,29 @@ class Session(ReplyHooks, asyncio.Protocol):
     # flow control ----------------------------------------------------------------------------
 
     def _update_reading(self) -> None:
-        """Stop reading the client while its commands or its unread replies pile up."""
-        pause = self.write_paused or len(self.waiting) > MAX_WAITING
-        if pause == self.paused or self.transport is None or self.transport.is_closing():
+        """Stop reading the client while its commands pile up in the gateway (or, in a pipe,
+        while Redis does not read them), and stop reading Redis while the client does not read
+        its replies: they wait in Redis, as they would for the client itself."""
+        if self.transport is None or self.transport.is_closing():
             return
-        self.paused = pause
-        if pause:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
-        for upstream in self.router.upstreams():
-            upstream.pause() if self.write_paused else upstream.resume()
+        waiting = self.waiting
+        pause = (
+            len(waiting) > MAX_WAITING
+            or (self.backlog > MAX_WAITING_BYTES and bool(waiting))
+            or (self.tunnel and bool(self.holding_back))
+        )
+        if pause != self.paused:
+            self.paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+        # an AI.* command that runs reads on: it holds only its own reply
+        pause_upstreams = self.write_paused and self.ai_task is None
+        if pause_upstreams != self.upstreams_paused:
+            self.upstreams_paused = pause_upstreams
+            for upstream in self.router.upstreams():
+                upstream.pause() if pause_upstreams else upstream.resume()
 
     def _watch_partial(self) -> None:
         """A command that started arriving must finish within ``request_timeout`` (slow-loris),
@@ -681,6 +717,9 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def _too_slow(self) -> None:
         self._timer = None
+        if self.paused:  # the gateway stopped reading, not the client
+            self._watch_partial()
+            return
         if self.reader.buffered and self.transport is not None:
             self._reply_now(resp.error("Protocol error: command not received in time"))
             self._close_after_replies()

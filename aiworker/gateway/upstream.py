@@ -31,10 +31,14 @@ from redis._parsers.base import BaseParser
 from .inplace import InPlace
 from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, pack, reply_end
 
-# Commands held behind an AUTH (``Upstream.send``) past which the owner stops reading its client
-# (``on_held``): they wait in the gateway's memory, where Redis' query buffer limit cannot bound
-# them (a BLPOP k 0 before the AUTH holds them for good).
+# Commands held behind an AUTH (``Upstream.send``) past which the owner sends no more and stops
+# reading its client (``on_held``): they wait in the gateway's memory, where Redis' query buffer
+# limit cannot bound them (a BLPOP k 0 before the AUTH holds them for good). The same happens
+# while Redis does not read what was sent (a busy script): the transport's buffer is full.
 MAX_HELD = 4096
+# Bytes of commands kept while the connection to Redis is being made, past which it takes no more
+# (asyncio's default high-water mark of a transport's buffer, which takes over once connected).
+MAX_CONNECTING = 64 * 1024
 
 
 class Slot:
@@ -156,6 +160,10 @@ class Upstream(asyncio.Protocol):
         # commands held from an ``authenticates`` one on until the replies before it came (and
         # whether each authenticates; None: bytes for a pipe), in order
         self._held: deque[tuple[list[bytes | memoryview], Slot | None, bool]] = deque()
+        self._unread = False  # Redis reads slower than commands come (``pause_writing``)
+        self._backed_up = False  # what the owner was told last (``_tell_backlog``)
+        self._unsent = 0  # bytes of the first ``_counted`` pieces of ``_out`` while connecting
+        self._counted = 0
         # commands sent first on a new connection (AUTH, SELECT of the gateway's URL), unseen
         for command in hello:
             self.send(command, Slot(internal=ignore))
@@ -174,13 +182,15 @@ class Upstream(asyncio.Protocol):
         if self._held or (barrier and self.waiting):
             self._held.append((pack(args), slot, barrier))
             if len(self._held) == MAX_HELD:
-                self.owner.on_held(self, True)
+                self._tell_backlog()
             return
         self._queue(pack(args), slot)
 
     def _queue(self, packed: list[bytes | memoryview], slot: Slot) -> None:
         self._out += packed
         self._waiting_for(slot)
+        if len(packed) > 1:  # a large argument: written now, so that flow control sees it
+            self.flush()  # (``pause_writing`` stops the owner's dispatch at the next command)
 
     def _waiting_for(self, slot: Slot) -> None:
         self.waiting.append(slot)
@@ -190,7 +200,6 @@ class Upstream(asyncio.Protocol):
     def _release(self) -> None:
         """Every reply came: the held commands go, up to the next barrier."""
         held = self._held
-        over = len(held) >= MAX_HELD
         while held:
             packed, slot, barrier = held[0]
             if slot is None:  # bytes for a pipe (``send_raw``)
@@ -200,8 +209,7 @@ class Upstream(asyncio.Protocol):
             else:
                 self._queue(packed, slot)
             held.popleft()
-        if over and len(held) < MAX_HELD:
-            self.owner.on_held(self, False)
+        self._tell_backlog()
         if held:
             return
         if self._eof and self.transport is not None and not self.write_eof():  # held back
@@ -211,7 +219,7 @@ class Upstream(asyncio.Protocol):
         if self._held:  # after the held commands
             self._held.append(([data], None, False))
             if len(self._held) == MAX_HELD:
-                self.owner.on_held(self, True)
+                self._tell_backlog()
             return
         self._out.append(data)
         self.flush()
@@ -224,6 +232,27 @@ class Upstream(asyncio.Protocol):
             else:
                 self.transport.writelines(out)
             out.clear()
+        elif out and self.transport is None and not self._unread:  # still connecting
+            self._unsent += sum(map(len, out[self._counted :]))
+            self._counted = len(out)
+            if self._unsent > MAX_CONNECTING:
+                self.pause_writing()
+
+    def _tell_backlog(self) -> None:
+        """Tell the owner when this connection starts or stops taking more commands: too many
+        are held behind an AUTH, or Redis does not read what was sent (busy, or slow)."""
+        backed_up = not self.closed and (self._unread or len(self._held) >= MAX_HELD)
+        if backed_up != self._backed_up:
+            self._backed_up = backed_up
+            self.owner.on_held(self, backed_up)
+
+    def pause_writing(self) -> None:
+        self._unread = True
+        self._tell_backlog()
+
+    def resume_writing(self) -> None:
+        self._unread = False
+        self._tell_backlog()
 
     def pause(self) -> None:
         if self.transport is not None and not self.closed:
@@ -267,7 +296,9 @@ class Upstream(asyncio.Protocol):
         if self.closed:
             transport.close()
             return
+        self._unread = False  # the transport tells from here on (``pause_writing``)
         self.flush()
+        self._tell_backlog()
         if self._eof and not self.write_eof():  # TLS: no half-close, the client's end is ours
             self._lost("the client closed its connection")
 
@@ -392,11 +423,9 @@ class Upstream(asyncio.Protocol):
         for _packed, slot, _barrier in self._held:  # never sent: answered as unanswered ones
             if slot is not None:
                 self._waiting_for(slot)
-        over = len(self._held) >= MAX_HELD
         self._held.clear()
         was_closed, self.closed = self.closed, True
-        if over:
-            self.owner.on_held(self, False)
+        self._tell_backlog()
         if not was_closed:
             self.owner.on_upstream_lost(self, why)
 
