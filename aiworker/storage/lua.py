@@ -247,8 +247,11 @@ def _source(name: str) -> str:
 
 
 @functools.cache
-def load(name: str) -> LuaScript:
-    """The script in ``lua/<name>.lua``, its ``-- @include`` lines replaced by the parts."""
+def load(name: str, flags: str = "") -> LuaScript:
+    """The script in ``lua/<name>.lua``, its ``-- @include`` lines replaced by the parts;
+    ``flags``: a variant declaring those script flags (``allow-oom``) in a shebang line."""
     source = _INCLUDE.sub(lambda match: _source(match.group(1)), _source(name))
+    if flags:
+        source = f"#!lua flags={flags}\n{source}"
     found = _KEYS_IN_ARGV.search(source)
     return LuaScript(name, source, int(found.group(1)) if found else None)

@@ -135,7 +135,7 @@ class Completer:
                 # lets a script that has written go on - so the requester learns it now instead
                 # of after every redelivery, and the job does not run again and again meanwhile.
                 items = [self._unwritten(item) for item in items]
-                results = self._run(conn, items, held=True)
+                results = self._run(conn, items, held=True, answering=True)
             done = list(items)
             again = {
                 n: self._refused(items[n], r)
@@ -187,7 +187,11 @@ class Completer:
         return replace(item, outcome=outcome, records=[], expect=[])
 
     def _run(
-        self, conn: JobConnection, items: Sequence[Finished], held: bool = False
+        self,
+        conn: JobConnection,
+        items: Sequence[Finished],
+        held: bool = False,
+        answering: bool = False,
     ) -> list[Result]:
         writes = [self.writes_of(item, item.queue) for item in items]
         self._stage(writes)
@@ -195,7 +199,7 @@ class Completer:
         def leased(queue: str, entry_id: str) -> bool:
             return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
 
-        return self.steps.run(conn, writes, self._head(), leased)
+        return self.steps.run(conn, writes, self._head(), leased, answering)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every

@@ -33,7 +33,8 @@ per slot, each applied at most once however often the entry is delivered:
    (a TRYAGAIN refusing the step must leave the entry pending, to run again).
 
 A refusal in step 1 writes nothing more and leaves the entry pending, to be completed again with
-the error as its reply. A refusal in step 2 (outputs of another type, NOPERM) comes with the
+the error as its reply. A refusal in step 2 (outputs of another type, NOPERM; Redis full, whose
+error answer goes by ``ANSWER_ONCE``, allowed past ``maxmemory``) comes with the
 entry acknowledged already, and the completion answers the error at once (a worker killed right
 then leaves that requester without an answer; it is told to retry); outputs refused there come
 with the run counted, so AI.INFO shows a call without its error. So does a master lost
@@ -66,6 +67,9 @@ from aiworker.storage.wire import JobConnection
 log = logging.getLogger("aiworker.worker")
 COMPLETE = lua.load("complete")
 COMPLETE_ONCE = lua.load("complete_once")
+# the same for steps that only answer an error (Redis full): allowed past ``maxmemory``, as the
+# heartbeat is, so that the requester is answered when the entry was acknowledged already
+ANSWER_ONCE = lua.load("complete_once", flags="allow-oom")
 HELD_BY = lua.load("held_by")
 # Rounds tried (each waiting out TRYAGAIN for up to ``cluster.TRYAGAIN_WAIT_S``) for entries
 # acknowledged in the round trip whose steps a resharding refused.
@@ -193,11 +197,13 @@ class Steps:
         writes: Sequence[Writes],
         head: list[Any],
         leased: Callable[[str, str], bool],
+        answering: bool = False,
     ) -> list[Result]:
         """Apply ``writes`` (one per entry, each of its own stream: ``Writes.queue``); ``head``
         is ARGV[2..4] of the scripts (complete_parts.lua); ``leased(queue, entry_id)``: the
         worker's clock says it still holds the entry (asked only of entries completed in
-        steps)."""
+        steps). ``answering``: the writes only answer an error (no outputs): their steps run
+        past ``maxmemory``."""
         if conn.one_slot:  # a single Redis
             return self._whole(conn, writes, head)
         splits = [self._split(conn, entry) for entry in writes]
@@ -240,7 +246,8 @@ class Steps:
             if results[n] is None and n not in refused
         ]
         groups, acks = self._acks([entry for _n, entry in at_queue], head)
-        found, acked = self._last_round(conn, last, head, acks)
+        step_script = ANSWER_ONCE if answering else COMPLETE_ONCE
+        found, acked = self._last_round(conn, last, head, acks, step_script)
         for position, ((n, _step), row) in enumerate(zip(last, found, strict=True)):
             if position < len(counts) and row[0] == -1:  # not counted (its marker was denied)
                 log.warning("entry %s: statistics not counted: %s", writes[n].entry_id, row[3])
@@ -256,26 +263,31 @@ class Steps:
         return [result if result is not None else Result(applied=False) for result in results]
 
     def _last_round(
-        self, conn: JobConnection, last: Sequence[Step], head: list[Any], acks: Sequence[lua.Call]
+        self,
+        conn: JobConnection,
+        last: Sequence[Step],
+        head: list[Any],
+        acks: Sequence[lua.Call],
+        script: lua.LuaScript,
     ) -> tuple[list[list[Any]], list[Any]]:
         """The last steps and the acknowledgements: in one round trip, or the acknowledgements
         after the steps (``wait_replicas``; a step in a slot being resharded, whose TRYAGAIN
         must leave its entry pending)."""
         if self.wait is not None or any(conn.migrating(step.slot) for _n, step in last):
-            found, _none = self._round(conn, last, head)
+            found, _none = self._round(conn, last, head, script=script)
             return found, self._round(conn, [], head, acks)[1]
         try:
-            return self._round(conn, last, head, acks)
+            return self._round(conn, last, head, acks, script)
         except SlotMigrating:
             # a resharding met first here, after the acknowledgements ran: those entries are
             # this worker's alone to finish (done markers keep the steps once-only, and an
             # entry acknowledged already is not acknowledged twice)
             for _ in range(ACKED_RETRIES - 1):
                 try:
-                    return self._round(conn, last, head, acks)
+                    return self._round(conn, last, head, acks, script)
                 except SlotMigrating as exc:
                     log.warning("completing %d entries: %s", len(last), exc)
-            return self._round(conn, last, head, acks)
+            return self._round(conn, last, head, acks, script)
 
     def _whole(
         self, conn: JobConnection, writes: Sequence[Writes], head: list[Any]
@@ -366,8 +378,9 @@ class Steps:
         steps: Sequence[Step],
         head: list[Any],
         acks: Sequence[lua.Call] = (),
+        script: lua.LuaScript = COMPLETE_ONCE,
     ) -> tuple[list[list[Any]], list[Any]]:
-        """Run ``steps`` with complete_once.lua, one call per slot, then ``acks`` (complete.lua
+        """Run ``steps`` with ``script`` (complete_once.lua), one call per slot, then ``acks`` (complete.lua
         in each queue's slot), all in one round trip per node (each node gets its calls in that
         order, and the nodes of the steps are sent to first); the result row of each step, in
         order, and the acknowledgements' replies."""
@@ -377,7 +390,7 @@ class Steps:
             entries = [steps[i][1] for i in group]
             keys, body = encode([], entries)
             args = [self.marker_ttl, *head, *body]
-            calls.append(lua.Call(COMPLETE_ONCE, keys, args, entries[0].anchor, _stages(entries)))
+            calls.append(lua.Call(script, keys, args, entries[0].anchor, _stages(entries)))
         calls += acks
         if not calls:
             return [], []
