@@ -303,3 +303,47 @@ def _check(url: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "aiworker", "check", "--redis-url", url, "--device", "CPU"],
         env=worker_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_entries_of_two_streams_completed_together_keep_their_own_outcomes(
+    full_server: RedisServer, r: redis.Redis
+) -> None:
+    """Entries of two streams complete in one round trip, a call per stream. On a full Redis one
+    stream's call was refused (large outputs: written in a transaction, refused whole) and the
+    other's went through (small ones: the script acknowledges first and may go on): the refusal
+    made the completion run every entry again with the OOM answer, so the one completed was
+    reported a duplicate (its statistics and hooks miscounted it). Now only the refused entry
+    is answered with the OOM error."""
+    from aiworker.execution.outcome import Outcome, StatsRecord
+    from aiworker.storage import tensor_io
+    from aiworker.storage.wire import Wire
+    from aiworker.worker.complete import Completer, Finished
+    from aiworker.worker.leases import HeldEntries
+
+    keys = Keys(prefix="twostreams:")
+    queues = [keys.queue("CPU"), keys.queue("CPU:1")]
+    for queue in queues:
+        r.xgroup_create(queue, "aiworker", id="0", mkstream=True)
+    wire = Wire(r.connection_pool)
+    completer = Completer(keys, "w1", 60, HeldEntries())
+    stats = [StatsRecord("m2", duration_us=10, samples=1, calls=1)]
+    big = np.ones(2 * tensor_io.LUA_VALUE_BYTES // 4, np.float32)
+    items = []
+    for queue, output in zip(queues, (big, np.ones(2, np.float32)), strict=True):
+        r.xadd(queue, {"job": "x"})
+        entry_id = r.xreadgroup("aiworker", "c", {queue: ">"})[0][1][0][0].decode()
+        reply = f"reply:{queue}"
+        outcome = Outcome("ok", writes={f"out:{queue}": output}, stats=stats)
+        items.append(Finished(entry_id, outcome, reply=reply, queue=queue))
+    wire.execute("PING")
+    fill(r)
+    try:
+        results = completer.complete(wire, queues[0], items)
+    finally:
+        free(r)
+    assert [(res.applied, res.duplicate) for res in results] == [(True, False), (True, False)]
+    refused, done = (json.loads(r.lpop(f"reply:{queue}") or b"{}") for queue in queues)
+    assert (refused["status"], refused.get("error")) == ("error", OOM), refused
+    assert done["status"] == "ok", done
+    assert not r.exists(f"out:{queues[0]}") and r.exists(f"out:{queues[1]}")
+    assert all(r.xpending(queue, "aiworker")["pending"] == 0 for queue in queues)

@@ -76,6 +76,8 @@ def refusal_message(reason: str, key: str) -> str:
         return f"WRONGTYPE '{key}' is one of aiworker's own keys: a job may not write it"
     if reason == "STAGE":
         return f"internal error: the data of output '{key}' was not staged"
+    if reason == "OOM":
+        return OOM
     return WRONGTYPE
 
 
@@ -125,17 +127,25 @@ class Completer:
             if not item.queue:
                 item.queue = queue
         results: list[Result] = []
+        items = list(items)
         try:
             try:
                 results = self._run(conn, items)
-            except redis.exceptions.OutOfMemoryError:
-                # Redis is full and refused the outputs' writes (nothing was written or
-                # acknowledged): answer Redis's refusal instead, as RedisAI's deny-oom commands
-                # did. The reply still goes through - the script acknowledges first, and Redis
-                # lets a script that has written go on - so the requester learns it now instead
-                # of after every redelivery, and the job does not run again and again meanwhile.
-                items = [self._unwritten(item) for item in items]
-                results = self._run(conn, items, held=True, answering=True)
+            except redis.exceptions.OutOfMemoryError:  # before any entry's writes (a lease)
+                results = [Result(applied=False, refused="OOM")] * len(items)
+            full = [n for n, result in enumerate(results) if result.refused == "OOM"]
+            if full:
+                # Redis is full and refused these entries' writes (nothing of them was written):
+                # answer Redis's refusal instead, as RedisAI's deny-oom commands did. The reply
+                # still goes through - the script acknowledges first, and Redis lets a script
+                # that has written go on (in steps, the answer's is flagged allow-oom) - so the
+                # requester learns it now instead of after every redelivery, and the job does
+                # not run again and again meanwhile.
+                for n in full:
+                    items[n] = self._unwritten(items[n])
+                answered = self._run(conn, [items[n] for n in full], held=True, answering=True)
+                for n, result in zip(full, answered, strict=True):
+                    results[n] = result
             done = list(items)
             again = {
                 n: self._refused(items[n], r)

@@ -56,6 +56,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from aiworker.protocol import replies
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
@@ -152,7 +154,8 @@ class Result:
     applied: bool  # this delivery completed the entry: its writes happened
     duplicate: bool = False  # another delivery had completed it (or holds it): nothing written
     # "WRONGTYPE" | "NOPERM" | "PREFIX" (answered with that error) | "STALE" (a model it ran was
-    # stored anew meanwhile: the caller runs it again): nothing written, still pending
+    # stored anew meanwhile: the caller runs it again) | "OOM" (Redis full: answered with its
+    # refusal): nothing written, still pending (acknowledged already, if completed in steps)
     refused: str = ""
     key: str = ""  # the key refused
     reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)
@@ -174,6 +177,13 @@ def row_result(row: Sequence[Any]) -> Result:
 
 
 Step = tuple[int, Writes]  # (index of the entry in the completion, what this step writes)
+# A call Redis refused for want of memory wrote nothing (a script is refused before its first
+# write, a transaction whole): the row of each entry it carried.
+OOM_ROW = (-1, 0, 0, "OOM", "")
+
+
+def _refused_for_oom(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.OutOfMemoryError)
 
 
 class Steps:
@@ -254,6 +264,8 @@ class Steps:
                 row = [1, 0, -2, "", ""]
             rows[n].append(row)
         for group, reply in zip(groups, acked, strict=True):
+            if _refused_for_oom(reply):  # whole entries: nothing written or acknowledged
+                reply = [OOM_ROW] * len(group)
             for i, row in zip(group, reply, strict=True):
                 n = at_queue[i][0]
                 if n not in steps:
@@ -301,7 +313,9 @@ class Steps:
             self._wait_replicas(conn, [call.route for call in calls])
         results: list[Result] = [Result(applied=False)] * len(writes)
         for group, reply in zip(groups, replies, strict=True):
-            if isinstance(reply, Exception):
+            if _refused_for_oom(reply):  # this queue's entries only: the others' went through
+                reply = [OOM_ROW] * len(group)
+            elif isinstance(reply, Exception):
                 raise reply
             for n, row in zip(group, reply, strict=True):
                 results[n] = row_result(row)
@@ -398,10 +412,12 @@ class Steps:
         if self.wait is not None:
             self._wait_replicas(conn, [call.route for call in calls])
         for reply in replies:
-            if isinstance(reply, Exception):
+            if isinstance(reply, Exception) and not _refused_for_oom(reply):
                 raise reply
         rows: list[list[Any]] = [[] for _step in steps]
         for group, reply in zip(groups, replies, strict=False):
+            if _refused_for_oom(reply):
+                reply = [OOM_ROW] * len(group)
             for i, row in zip(group, reply, strict=True):
                 rows[i] = list(row)
         return rows, replies[len(groups) :]
