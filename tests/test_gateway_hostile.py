@@ -628,3 +628,114 @@ def test_commands_waiting_behind_an_ai_command_are_bounded_in_bytes(
     busy.join(30)
     assert got == b"+OK\r\n" * (1 + count)
     still_serving(gateway)
+
+
+def _direct_and_through(settings: Settings, gateway: Gateway, data: bytes) -> tuple[bytes, bytes]:
+    """What Redis and what the gateway send back for ``data`` (then the connection closes)."""
+    url = redis.connection.parse_url(settings.redis_url)
+    answers = []
+    for address in ((url["host"], url["port"]), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(data)
+        answers.append(read_until_closed(sock))
+    return answers[0], answers[1]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"*1\r\n$x\r\n", b'ECHO "unbalanced\r\n', b"*2\r\n$4\r\nECHO\r\n+abc\r\n"],
+    ids=["bulk-length", "inline-quotes", "not-a-bulk"],
+)
+def test_commands_before_a_protocol_error_run_and_are_answered(
+    gateway: Gateway, settings: Settings, client: Client, broken: bytes
+) -> None:
+    """A read holding whole commands and then a broken one: Redis runs and answers those, then
+    sends the error and closes. The gateway dropped them (their replies, and their effects: the
+    INCR never ran) and sent only the error."""
+    client.delete("counter")
+    data = b"INCR counter\r\n" + encode([b"INCR", b"counter"]) + b"PING\r\n" + broken
+    direct, through = _direct_and_through(settings, gateway, data)
+    assert direct.startswith(b":1\r\n:2\r\n+PONG\r\n-ERR Protocol error")
+    assert through == direct.replace(b":1\r\n:2\r\n", b":3\r\n:4\r\n", 1)
+    assert client.get("counter") == b"4"
+    still_serving(gateway)
+
+
+def test_commands_before_a_protocol_error_wait_for_an_ai_command(
+    gateway: Gateway, client: Client
+) -> None:
+    """The error comes after the replies of every command before it, an AI.* one included."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"AI.TENSORSET t INT8 1 VALUES 5\r\nEXISTS t\r\n*1\r\n$x\r\n")
+    assert read_until_closed(sock) == (b"+OK\r\n:1\r\n-ERR Protocol error: invalid bulk length\r\n")
+    still_serving(gateway)
+
+
+def test_a_negative_array_count_is_skipped_as_redis_skips_it(
+    gateway: Gateway, settings: Settings
+) -> None:
+    data = b"*-5\r\n*0\r\n*-1\r\nSET a 1\r\nGET a\r\nQUIT\r\n"
+    direct, through = _direct_and_through(settings, gateway, data)
+    assert direct == b"+OK\r\n$1\r\n1\r\n+OK\r\n"
+    assert through == direct
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        b"SET a 1\r\nBLPOP emptylist 0\r\nGET a\r\n",
+        b"LPUSH l x\r\nBLPOP l 0\r\nGET a\r\n",  # served at once: every reply comes
+        b"SET a 1\r\nXREAD BLOCK 0 STREAMS s $\r\n",
+    ],
+    ids=["blocked", "served", "xread"],
+)
+def test_a_half_close_after_a_blocking_command_gets_what_redis_answers(
+    gateway: Gateway, settings: Settings, client: Client, pipeline: bytes
+) -> None:
+    """A pipeline holding a blocking command, then shutdown(SHUT_WR): Redis answers what it
+    ran before the end reached it, then frees the client (a waiting BLPOP ends unanswered).
+    The gateway closed at once, dropping every reply, those before the BLPOP included."""
+    url = redis.connection.parse_url(settings.redis_url)
+    answers = []
+    for address in ((url["host"], url["port"]), gateway.address()):
+        client.delete("l", "a", "emptylist")
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(pipeline)
+        sock.shutdown(socket.SHUT_WR)
+        answers.append(read_until_closed(sock))
+    assert answers[0].startswith((b"+OK\r\n", b":1\r\n"))
+    assert answers[1] == answers[0]
+    wait_until(lambda: len(gateway.sessions) == 0, timeout=10)
+    still_serving(gateway)
+
+
+def test_a_cluster_connection_opened_while_the_client_does_not_read_waits_too(
+    redis_cluster: Any, cluster_client: Any, cluster_settings: Settings
+) -> None:
+    """While a client does not read its replies, the gateway stops reading Redis and they wait
+    there. A connection to another master opened meanwhile (a command for its slot) was read in
+    full, its replies piling up in the gateway."""
+    tags = iter(f"t{n}" for n in range(1000))
+    first = next(tags)
+    second = next(t for t in tags if redis_cluster.master_of(t) != redis_cluster.master_of(first))
+    value = b"v" * (1 << 20)
+    for tag in (first, second):
+        cluster_client.set(f"{{{tag}}}big", value)
+    count = 24
+    with running_gateway(cluster_settings) as gw:
+        sock = raw_socket(gw)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.sendall(encode([b"GET", f"{{{first}}}big".encode()]) * count)
+        wait_until(lambda: len(gw.sessions) == 1, timeout=10)
+        (session,) = gw.sessions
+        wait_until(lambda: session.upstreams_paused, timeout=10)
+        sock.sendall(encode([b"GET", f"{{{second}}}big".encode()]) * count)
+        time.sleep(1.0)  # time for the second master's replies to come, were they read
+        assert session.transport is not None
+        held = sum(len(slot.data or b"") for slot in list(session.replies))
+        assert held + session.transport.get_write_buffer_size() < 8 << 20
+        reply = encode(value)
+        got = bytearray()
+        while len(got) < 2 * count * len(reply):
+            got += sock.recv(1 << 20)
+        assert got == reply * (2 * count)

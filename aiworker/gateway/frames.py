@@ -24,6 +24,8 @@ after ``request_timeout`` like any unfinished command.
 
 from __future__ import annotations
 
+import contextlib
+
 import hiredis
 
 from aiworker.parser.lexer import to_bytes, tokenize
@@ -38,10 +40,13 @@ MAX_LINE = 64 * 1024
 
 class ProtocolError(Exception):
     """The client broke the protocol or a limit; the message is Redis' (``Protocol error: ...``)
-    and the connection is closed after it is sent."""
+    and the connection is closed after it is sent. ``commands``: the whole commands before the
+    broken one (``RequestReader.feed``), which Redis runs and answers first."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"Protocol error: {detail}")
+        self.commands: list[list[bytes]] = []
+        self.collected = False  # ``commands`` holds every command before the broken one
 
 
 def _count(line: bytes | bytearray) -> int | None:
@@ -80,6 +85,7 @@ class RequestReader(Sink):
         self._pos = 0  # next header to read
         self._frame = 0  # start of the array being read
         self._left = -1  # bulk strings still to come in that array; -1: between commands
+        self._run = 0  # while scanning: the start of whole arrays not given to hiredis yet
         self._reader = hiredis.Reader()
         self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
         # A command with an argument received in place: its arguments so far, its bytes that
@@ -132,8 +138,7 @@ class RequestReader(Sink):
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """The commands completed by ``data``; ``ProtocolError`` when the client broke a rule
-        (the commands before it were returned by earlier calls or are lost with the
-        connection)."""
+        (with the whole commands of ``data`` before the broken one: ``commands``)."""
         if (
             not self._buf
             and self._args is None
@@ -149,7 +154,23 @@ class RequestReader(Sink):
         commands: list[list[bytes]] = []
         run = self._frame  # start of complete arrays not yet given to hiredis
         pos, left, size = self._pos, self._left, len(buf)
+        try:
+            return self._scan(buf, commands, run, pos, left, size)
+        except ProtocolError as exc:
+            exc.commands = commands
+            if not exc.collected:  # the arrays scanned whole before the broken one
+                end = self._pos if self._left < 0 else self._frame
+                with contextlib.suppress(ProtocolError):
+                    self._flush(buf, self._run, end, commands)
+            raise
+
+    def _scan(
+        self, buf: bytearray, commands: list[list[bytes]], run: int, pos: int, left: int, size: int
+    ) -> list[list[bytes]]:
+        """``feed``'s scanner: ``run``, ``pos`` and ``left`` are kept in ``_run``, ``_pos`` and
+        ``_left`` before anything may raise, for ``feed`` to collect what was whole."""
         while pos < size:
+            self._run, self._pos, self._left = run, pos, left
             if self._crlf:  # after an argument received in place
                 if size - pos < 2:
                     break
@@ -164,6 +185,7 @@ class RequestReader(Sink):
             if left < 0:  # a command starts here
                 if buf[pos] != 42:  # not '*': an inline command
                     self._flush(buf, run, pos, commands)
+                    run = self._run = pos
                     eol = buf.find(b"\n", pos)
                     if eol < 0:
                         if size - pos > MAX_LINE:
@@ -182,6 +204,10 @@ class RequestReader(Sink):
                 count = _count(buf[pos + 1 : eol])
                 if count is None or count > self.max_args:
                     raise ProtocolError("invalid multibulk length")
+                if count < -1:  # skipped, as Redis skips it (hiredis would refuse it)
+                    self._flush(buf, run, pos, commands)
+                    pos = run = self._frame = eol + 2
+                    continue
                 self._frame = pos
                 self._before = 0
                 pos = eol + 2
@@ -311,7 +337,9 @@ class RequestReader(Sink):
                 if args:
                     commands.append(args)
         except hiredis.ProtocolError as exc:
-            raise ProtocolError(str(exc)) from None
+            error = ProtocolError(str(exc))
+            error.collected = True  # ``commands`` has what came before it
+            raise error from None
 
     def _inline(self, line: bytes, commands: list[list[bytes]]) -> None:
         try:

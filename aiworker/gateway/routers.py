@@ -36,6 +36,8 @@ class SingleRouter:
         """The connection (opened on first use)."""
         if self.upstream is None:
             self.upstream = Upstream(self.session, self.target, self.hello)
+            if self.session.upstreams_paused:
+                self.upstream.pause()
         return self.upstream
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
@@ -82,6 +84,8 @@ class ClusterRouter:
         upstream = self.connections.get(node)
         if upstream is None or upstream.closed:
             upstream = Upstream(self.session, self.target_for(node), self.hello)
+            if self.session.upstreams_paused:  # its client does not read its replies
+                upstream.pause()
             self.connections[node] = upstream
         return upstream
 

@@ -180,11 +180,13 @@ class Session(ReplyHooks, asyncio.Protocol):
         self._link: tuple[Identity, Upstream] | None = None  # AI.* commands' RESP2 connection
         self.closing = False  # close once the replies before it are written
         self.input_ended = False  # the client shut its side: close once its commands are done
+        self.end_passed_on = False  # and that end went on to Redis (a blocking command waits)
         self.skip_next = False  # CLIENT REPLY SKIP
         self.replies_off = False  # CLIENT REPLY OFF
         self.paused = False  # not reading the client (``_update_reading``)
         self.upstreams_paused = False  # not reading Redis: the client does not read its replies
         self.backlog = 0  # bytes received since ``waiting`` was last empty (about)
+        self.refusal: bytes | None = None  # a protocol error, answered after what came before
         self.holding_back: set[Upstream] = set()  # upstreams taking no more commands
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -229,12 +231,17 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.tunnel:
             self.router.tunnel_upstream().send_raw(data)
             return
+        if self.refusal is not None:
+            return  # nothing after a protocol error is read
         try:
             commands = self.reader.feed(data)
         except ProtocolError as exc:
-            self.waiting.clear()
-            self._reply_now(resp.error(str(exc)))
-            self._close_after_replies()
+            # the commands before it run and are answered first, then the error, then the
+            # connection closes (as Redis does)
+            self._cancel_timer()
+            self.refusal = resp.error(str(exc))
+            self.waiting.extend(exc.commands)
+            self.dispatch()
             return
         if commands:
             self._cancel_timer()  # progress: the next unfinished command has its own time
@@ -254,12 +261,18 @@ class Session(ReplyHooks, asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client shut its side of the connection (a half-close, ``nc -N``): the commands it
         sent still run and their replies are written, then the connection closes, as Redis
-        does. (A command cut short by the end is dropped.) With a blocking command waiting
-        (BLPOP k 0), Redis frees the client at once, ending the wait: so does the gateway."""
+        does. (A command cut short by the end is dropped.) With a blocking command sent (BLPOP
+        k 0), Redis frees the client when the end reaches it, ending the wait (what it answered
+        before, a BLPOP served at once included, reached the client): so the end goes on to
+        Redis, and the connection closes when Redis closes (``on_upstream_lost``)."""
         if self.tunnel and not self.closing:  # Redis answers what it got, then closes: then so
             return self.router.tunnel_upstream().write_eof()  # does the gateway (upstream lost)
-        if self.closing or self.tunnel or self.blocking:
+        if self.closing or self.tunnel:
             return False  # close now
+        if self.blocking:
+            self.input_ended = self.end_passed_on = True
+            self._cancel_timer()
+            return all(upstream.write_eof() for upstream in self.router.upstreams())
         self.input_ended = True
         self._cancel_timer()
         self.flush()
@@ -317,6 +330,9 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._plain(args)
         if not waiting:
             self.backlog = 0
+            if self.refusal is not None and not self.closing:
+                self._reply_now(self.refusal)
+                self._close_after_replies()
         self.router.flush()
         self._update_reading()
 
@@ -623,7 +639,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         AI.* connection (``_ai_link``) holds none of that: an AI.* command running on it fails,
         and the next one opens another (Redis may close it for idling while the client is
         busy on its own connection)."""
-        error = resp.error(f"gateway: {why}")
+        # after the client's end went on to Redis, Redis freed it: nothing more is answered
+        error = b"" if self.end_passed_on else resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
             self.ai_task.cancel(redis.ConnectionError(why))
         while upstream.waiting:
@@ -720,9 +737,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.paused:  # the gateway stopped reading, not the client
             self._watch_partial()
             return
-        if self.reader.buffered and self.transport is not None:
-            self._reply_now(resp.error("Protocol error: command not received in time"))
-            self._close_after_replies()
+        if self.reader.buffered and self.transport is not None and self.refusal is None:
+            self.refusal = resp.error("Protocol error: command not received in time")
+            self.dispatch()  # after the commands before it
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -161,6 +161,7 @@ class Upstream(asyncio.Protocol):
         # whether each authenticates; None: bytes for a pipe), in order
         self._held: deque[tuple[list[bytes | memoryview], Slot | None, bool]] = deque()
         self._unread = False  # Redis reads slower than commands come (``pause_writing``)
+        self._paused = False  # not reading Redis (``pause``): its client does not read either
         self._backed_up = False  # what the owner was told last (``_tell_backlog``)
         self._unsent = 0  # bytes of the first ``_counted`` pieces of ``_out`` while connecting
         self._counted = 0
@@ -255,10 +256,13 @@ class Upstream(asyncio.Protocol):
         self._tell_backlog()
 
     def pause(self) -> None:
+        """Stop reading Redis (from the connection on, when it is still being made)."""
+        self._paused = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume(self) -> None:
+        self._paused = False
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -297,6 +301,8 @@ class Upstream(asyncio.Protocol):
             transport.close()
             return
         self._unread = False  # the transport tells from here on (``pause_writing``)
+        if self._paused:
+            self.transport.pause_reading()
         self.flush()
         self._tell_backlog()
         if self._eof and not self.write_eof():  # TLS: no half-close, the client's end is ours
