@@ -739,3 +739,12 @@ def test_a_cluster_connection_opened_while_the_client_does_not_read_waits_too(
         while len(got) < 2 * count * len(reply):
             got += sock.recv(1 << 20)
         assert got == reply * (2 * count)
+
+
+def test_client_reply_on_inside_multi_is_queued(gateway: Gateway, settings: Settings) -> None:
+    """Redis queues CLIENT REPLY ON in a transaction and answers it in EXEC's reply; the gateway
+    answered it at once (+OK, and an EXEC array one short)."""
+    data = b"MULTI\r\nCLIENT REPLY ON\r\nPING\r\nEXEC\r\nQUIT\r\n"
+    direct, through = _direct_and_through(settings, gateway, data)
+    assert direct == b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+PONG\r\n+OK\r\n"
+    assert through == direct

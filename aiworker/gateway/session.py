@@ -353,8 +353,13 @@ class Session(ReplyHooks, asyncio.Protocol):
     def _special(self, name: bytes, args: list[bytes]) -> None:
         """A command the gateway answers itself, or whose reply it learns from."""
         if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
-            self._client_reply(args[2].upper())
-            return
+            mode = args[2].upper()
+            # ON inside MULTI is queued by Redis (whose connection's replies stay on) and
+            # answered in EXEC's reply; OFF and SKIP there take effect at once (at EXEC Redis
+            # would leave its array short)
+            if self.transaction is None or mode != b"ON":
+                self._client_reply(mode)
+                return
         if name in UNSUBSCRIBE_COMMANDS and self.transaction is None:  # not subscribed: no pipe
             self._reply_now(unsubscribed(name, args[1:], self.resp3, self.gw.nosub))
             return
@@ -412,6 +417,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             return True  # in the protocol HELLO may be about to change
         if name in TUNNEL_COMMANDS:
             return True  # a pipe at once, or queued in a MULTI that may be about to start
+        if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
+            return True  # kept here, or queued in a MULTI that may be about to start
         return name != b"QUIT" and self.gw.local_reply(self, name, args) is not None
 
     def _client_reply(self, mode: bytes) -> None:
