@@ -811,7 +811,9 @@ def read_replies(sock: socket.socket, count: int) -> bytes:
             pos, found = end, found + 1
         if found == count:
             return data[:pos]
-        data += sock.recv(65536)
+        received = sock.recv(65536)
+        assert received, f"closed after {found} of {count} replies: {data[-300:]!r}"
+        data += received
 
 
 @pytest.mark.parametrize("size", [10, 200_000])

@@ -748,3 +748,14 @@ def test_client_reply_on_inside_multi_is_queued(gateway: Gateway, settings: Sett
     direct, through = _direct_and_through(settings, gateway, data)
     assert direct == b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+PONG\r\n+OK\r\n"
     assert through == direct
+
+
+def test_a_half_close_before_a_blocking_command_starts_ends_it_too(gateway: Gateway) -> None:
+    """The end came while a blocking command still waited behind an AI.* command: it was sent
+    to Redis later, blocked there for good, and the client (and its connections) with it."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"AI.TENSORSET t INT8 1 VALUES 5\r\nBLPOP emptylist 0\r\nPING\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    assert read_until_closed(sock) == b"+OK\r\n"
+    wait_until(lambda: len(gateway.sessions) == 0, timeout=10)
+    still_serving(gateway)

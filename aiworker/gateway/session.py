@@ -270,13 +270,19 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.closing or self.tunnel:
             return False  # close now
         if self.blocking:
-            self.input_ended = self.end_passed_on = True
+            self.input_ended = True
             self._cancel_timer()
-            return all(upstream.write_eof() for upstream in self.router.upstreams())
+            return self._pass_end_on()
         self.input_ended = True
         self._cancel_timer()
         self.flush()
         return True
+
+    def _pass_end_on(self) -> bool:
+        """Half-close the connections to Redis (after what was sent): False where one cannot
+        be (TLS)."""
+        self.end_passed_on = True
+        return all(upstream.write_eof() for upstream in self.router.upstreams())
 
     def pause_writing(self) -> None:  # the client reads slower than replies come
         self.write_paused = True
@@ -334,6 +340,15 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._reply_now(self.refusal)
                 self._close_after_replies()
         self.router.flush()
+        # a blocking command sent after the client's end: Redis frees it when that end reaches
+        # it, as it would a direct client
+        if (
+            self.input_ended
+            and self.blocking
+            and not self.end_passed_on
+            and not self._pass_end_on()
+        ):
+            self._close_after_replies()
         self._update_reading()
 
     def _plain(self, args: list[bytes], slot: Slot | None = None) -> None:
@@ -723,6 +738,8 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+                self._cancel_timer()  # a command cut by the pause has its whole time again
+                self._watch_partial()
         # an AI.* command that runs reads on: it holds only its own reply
         pause_upstreams = self.write_paused and self.ai_task is None
         if pause_upstreams != self.upstreams_paused:
