@@ -12,6 +12,7 @@ from faults import enqueue, job_entry, reply_counts, stub_model, tensor
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.storage.redis_options import block_ms_for
+from aiworker.storage.wire import IDLE_CHECK_S
 
 
 def test_workers_survive_killed_connections(client: Client, settings: Settings) -> None:
@@ -79,3 +80,35 @@ def test_worker_connections_get_a_socket_timeout_above_the_block(settings: Setti
     timeout = w.r.connection_pool.connection_kwargs["socket_timeout"]
     assert timeout > 1.0 and w.settings.block_ms == 1000
     assert w.r.connection_pool.connection_kwargs["retry"].get_retries() > 0
+
+
+def test_a_client_connection_redis_closed_while_idle_is_made_again() -> None:
+    """Redis' ``timeout`` (or a proxy's idle timeout, or CLIENT KILL) closes a connection left
+    idle. The client's next call went out on the closed socket and failed - a job's XADD
+    reported as "may or may not have been queued", though nothing was sent. Now a connection
+    idle for a while is checked first and made again."""
+    import numpy as np
+    from conftest import stub_blob
+
+    with RedisServer(extra_args=["--timeout", "1"]) as server:
+        c = Client.from_url(server.url, reply_timeout=30)
+        w = Worker(Settings(redis_url=server.url, threads_per_queue=1, block_ms=100)).start()
+        try:
+            c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+            c.tensorset("a", np.ones(2, np.float32))
+            assert c.modelexecute("m", ["a", "a"], ["b"]) == "OK"
+            for _ in range(2):
+                time.sleep(2.2)  # Redis closes the client's idle connections
+                c.tensorset("a", np.full(2, 2, np.float32))
+                assert c.tensorget("a").tolist() == [2, 2]
+                time.sleep(2.2)
+                assert c.modelexecute("m", ["a", "a"], ["b"]) == "OK"
+                assert c.tensorget("b").tolist() == [4, 4]
+            killer = redis.Redis.from_url(server.url)
+            killer.client_kill_filter(_type="normal", skipme=True)
+            time.sleep(IDLE_CHECK_S + 0.1)
+            assert c.modelexecute("m", ["a", "a"], ["b"]) == "OK"
+            killer.close()
+        finally:
+            w.stop(timeout=10)
+            c.close()

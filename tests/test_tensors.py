@@ -6,10 +6,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 from redis.exceptions import ResponseError
 
 from aiworker import AIError, Client, WrongTypeError
+from aiworker.gateway.translate import error_reply
 from aiworker.protocol.errors import WRONGTYPE
+from aiworker.storage import model as model_store
+from aiworker.storage import script as script_store
+from aiworker.storage import tensor_io
 
 SAMPLES: dict[str, np.ndarray] = {
     "FLOAT": np.array([[0.0, -0.0, np.nan], [np.inf, -np.inf, 3.4028235e38]], dtype="<f4"),
@@ -217,3 +222,19 @@ def test_a_tensor_hash_declaring_more_zeros_than_any_data_is_refused(client: Cli
         client.tensorget("k")
     client.hset("k", "shape", "2,3")
     assert client.tensorget("k").tolist() == [[0.0] * 3] * 2
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [tensor_io.decode_reply, model_store.check_meta_reply, script_store.check_reply],
+    ids=["tensor", "model", "script"],
+)
+def test_a_loading_redis_error_in_a_reply_is_raised_as_it_is(decode: Any) -> None:
+    """Redis answers LOADING while it loads its data; redis-py's BusyLoadingError is a
+    ConnectionError, not a ResponseError, so a reply holding one was decoded as the tensor's
+    (or model's) fields: the gateway answered `'BusyLoadingError' object has no attribute
+    'get'` instead of Redis's LOADING error."""
+    loading = redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory")
+    with pytest.raises(redis.exceptions.BusyLoadingError):
+        decode(loading)
+    assert error_reply(loading).startswith("LOADING")

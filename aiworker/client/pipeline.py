@@ -70,7 +70,7 @@ def _written(reply: Any) -> Any:
 
 
 def _model(meta_only: bool, chunk_size: Callable[[], int], fields: Any) -> Any:
-    if isinstance(fields, redis.ResponseError) or not fields:
+    if isinstance(fields, Exception) or not fields:
         model_store.check_meta_reply(fields if fields else [None] * len(model_store.META_FIELDS))
     named = {text(k): v for k, v in fields.items()}
     meta = model_store.check_meta_reply([named.get(f) for f in model_store.META_FIELDS])

@@ -306,7 +306,7 @@ def store_model(
 
 def check_meta_reply(values: Any) -> ModelMeta:
     """Model metadata from an HMGET of META_FIELDS (or the error a batch returned for it)."""
-    if isinstance(values, redis.ResponseError):
+    if isinstance(values, Exception):  # BusyLoadingError is a ConnectionError
         if str(values).startswith("WRONGTYPE"):
             raise WrongTypeError()
         raise values

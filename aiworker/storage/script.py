@@ -140,7 +140,7 @@ def store_script(
 
 def check_reply(values: Any) -> ScriptMeta:
     """Script metadata from an HMGET reply (or the error a pipeline returned for it)."""
-    if isinstance(values, redis.ResponseError):
+    if isinstance(values, Exception):  # BusyLoadingError is a ConnectionError
         if str(values).startswith("WRONGTYPE"):
             raise WrongTypeError()
         raise values

@@ -122,7 +122,7 @@ def max_value_bytes(r: plans.AnyRedis) -> int:
 def decode_reply(reply: Any) -> np.ndarray:
     """Decode an HGETALL reply: a mapping, a flat field/value list (from Lua), or the exception
     a pipeline or script returned in its place."""
-    if isinstance(reply, redis.ResponseError):
+    if isinstance(reply, Exception):  # redis-py's LOADING error is a ConnectionError
         if str(reply).startswith("WRONGTYPE"):
             raise WrongTypeError()
         raise reply

@@ -16,10 +16,12 @@ One ``Wire`` belongs to one thread; it is not thread-safe. On Redis Cluster a th
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
@@ -199,8 +201,26 @@ def _kernel_timeouts(sock: socket.socket) -> None:
     sock.settimeout(None)
 
 
+# A connection idle this long is checked before it is used: Redis (its ``timeout``, CLIENT
+# KILL) or a proxy may have closed it meanwhile.
+IDLE_CHECK_S = 0.5
+
+
+def _closed_while_idle(sock: socket.socket) -> bool:
+    """Whether an idle connection is readable: Redis closed it (or sent what nothing asked
+    for, out of step). Reading it then would fail a command that was never sent."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Wire:
-    """A private connection made from a redis-py pool's settings (URL, AUTH, TLS, timeouts)."""
+    """A private connection made from a redis-py pool's settings (URL, AUTH, TLS, timeouts).
+    Used after an idle spell, it is first checked (``IDLE_CHECK_S``) and made again when Redis
+    closed it: the command goes on a live connection instead of failing unsent (a job's XADD
+    would be reported as perhaps queued)."""
 
     def __init__(
         self,
@@ -218,6 +238,7 @@ class Wire:
         self._retry = retry or Retry(NoBackoff(), 0)
         self._reader: hiredis.Reader | None = None
         self._buffer = bytearray(RECV_BYTES)
+        self._used = 0.0  # monotonic time of the last round trip
 
     def close(self) -> None:
         self._connection.disconnect()
@@ -269,13 +290,26 @@ class Wire:
         assert current is not None
         return current
 
+    def _sending(self) -> socket.socket:
+        """The socket to send new commands on (nothing is awaited on it): made again when it
+        was idle and Redis closed it meanwhile."""
+        now = time.monotonic()
+        if now - self._used > IDLE_CHECK_S:
+            sock = self._connection._sock
+            if sock is not None and self._reader is not None and _closed_while_idle(sock):
+                self.close()
+        self._used = now
+        return self._socket()
+
     def _round_trip(self, commands: Sequence[Command], large: bool = False) -> list[Any]:
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
         try:
-            sock = self._socket()
+            sock = self._sending()
             for buffer in buffers:
                 sock.sendall(buffer)
-            return self._read(sock, len(commands), [], large)
+            replies = self._read(sock, len(commands), [], large)
+            self._used = time.monotonic()  # a reply may take long (a blocking read)
+            return replies
         except Exception as exc:
             self._raise_lost(exc)
 
@@ -285,7 +319,7 @@ class Wire:
         ConnectionError/TimeoutError when the link is lost (closed then)."""
         buffers = pack(commands)
         try:
-            sock = self._socket()
+            sock = self._sending()
             for buffer in buffers:
                 sock.sendall(buffer)
         except Exception as exc:
@@ -299,7 +333,9 @@ class Wire:
         answered is not one to send again). ``large``: as for ``pipeline``."""
         replies = [] if replies is None else replies
         try:
-            return self._read(self._socket(), count, replies, large)
+            self._read(self._socket(), count, replies, large)
+            self._used = time.monotonic()
+            return replies
         except Exception as exc:
             self._raise_lost(exc)
 
