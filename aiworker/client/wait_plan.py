@@ -45,7 +45,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import Reply, Status, decode_reply
 from aiworker.storage import queues
 from aiworker.storage.cluster import LOST
-from aiworker.storage.plans import Plan
+from aiworker.storage.plans import Commands, Plan
 
 # The longest single wait for a reply: short enough for redis-py's socket read timeout (drivers
 # shorten it further below the connection's own timeout).
@@ -202,9 +202,34 @@ def _check(wait: _Wait) -> Plan[Reply | None]:
     """None to keep waiting; else the reply to return (the wait's end raises)."""
     if wait.clock.expired():
         return (yield from _end(wait, expired=True))
-    if wait.clock.check_due() and (yield from _no_live_worker(wait)):
-        return (yield from _end(wait, expired=False))
+    if wait.clock.check_due():
+        if (yield from _no_live_worker(wait)):
+            return (yield from _end(wait, expired=False))
+        if wait.clock.entry_check_due() and (yield from _entry_gone(wait)):
+            return (yield from _lost(wait))
     return None
+
+
+def _entry_gone(wait: _Wait) -> Plan[bool]:
+    """Whether the entry is no longer in its stream (False: it is, or Redis cannot say)."""
+    target = wait.target
+    try:
+        replies = yield Commands.one("XRANGE", target.stream, target.entry_id, target.entry_id)
+    except LOST:
+        return False
+    found = replies[0]
+    return not isinstance(found, Exception) and not found  # an ACL without XRANGE: unknown
+
+
+def _lost(wait: _Wait) -> Plan[Reply | None]:
+    """The entry is gone: its reply, if it was on its way; else Redis lost the job or its reply
+    (a worker deletes an entry only once its reply is written)."""
+    late = yield from _linger(wait, 1.0)
+    if isinstance(late, Reply):
+        return late
+    if late:
+        return None  # forwarded: the wait moved on to the new entry
+    raise waiting.lost_error(wait.target.device)
 
 
 def _no_live_worker(wait: _Wait) -> Plan[bool]:

@@ -15,6 +15,11 @@ A wait always ends:
   it over after its visibility timeout (its reply then goes nowhere). When Redis holds no worker
   registry at all (fresh, or flushed: heartbeats go with everything else), workers get a
   heartbeat's time to show up first (``wait_plan.REGISTRY_GRACE_S``).
+* early, with ``ReplyTimeout``, when the entry is gone from its stream and no reply came: Redis
+  lost it or its reply (FLUSHALL, a restart without persistence, a failover). A worker deletes
+  an entry only once its reply is written, so this is looked at, once a reply is
+  ``ENTRY_CHECK_AFTER_S`` late and then every ``ENTRY_CHECK_EVERY_S`` (a wait without a limit
+  would never end otherwise).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ MARGIN_S = 1.0
 CHECK_AFTER_S = 0.5
 CHECK_EVERY_S = 1.0
 DEFAULT_REPLY_TIMEOUT_S = 60.0
+ENTRY_CHECK_AFTER_S = 5.0
+ENTRY_CHECK_EVERY_S = 5.0
 
 # queue_withdraw.lua's answers
 REMOVED, DELIVERED, GONE = 1, 0, -1
@@ -81,13 +88,23 @@ def timeout_error(queue: str, limit: float, timeout_ms: int | None, withdrawn: i
     )
 
 
+def lost_error(queue: str) -> ReplyTimeout:
+    return ReplyTimeout(
+        f"the job is no longer in queue {queue} and no reply came: Redis lost the job or its "
+        "reply (FLUSHALL or FLUSHDB, a restart without persistence, a failover that lost the "
+        "last writes); it may or may not have run; retry it",
+        removed=True,
+    )
+
+
 class Clock:
-    """A wait's deadline and its heartbeat checkpoints."""
+    """A wait's deadline and its heartbeat and entry checkpoints."""
 
     def __init__(self, limit: float | None) -> None:
         self.started = time.monotonic()
         self.deadline = None if limit is None else self.started + limit
         self.next_check = self.started + CHECK_AFTER_S
+        self.next_entry_check = self.started + ENTRY_CHECK_AFTER_S
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -98,6 +115,14 @@ class Clock:
         if now < self.next_check:
             return False
         self.next_check = now + CHECK_EVERY_S
+        return True
+
+    def entry_check_due(self) -> bool:
+        """True (and schedules the next) when the entry should be looked for now."""
+        now = time.monotonic()
+        if now < self.next_entry_check:
+            return False
+        self.next_entry_check = now + ENTRY_CHECK_EVERY_S
         return True
 
     def slice(self, longest: float) -> float:
