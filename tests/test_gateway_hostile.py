@@ -4,6 +4,7 @@ connection, and the gateway goes on serving everyone else. Also the pure readers
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from test_gateway import (
 from aiworker import Client, Settings
 from aiworker.embedded import RedisServer, free_port
 from aiworker.gateway import Gateway
+from aiworker.gateway import session as session_module
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
 from aiworker.gateway.session import MAX_WAITING, MAX_WAITING_BYTES
@@ -759,3 +761,65 @@ def test_a_half_close_before_a_blocking_command_starts_ends_it_too(gateway: Gate
     assert read_until_closed(sock) == b"+OK\r\n"
     wait_until(lambda: len(gateway.sessions) == 0, timeout=10)
     still_serving(gateway)
+
+
+def test_a_half_close_after_a_non_blocking_xread_runs_everything(gateway: Gateway) -> None:
+    """XREAD without BLOCK answers at once; it was counted as blocking, so the end went on to
+    Redis before the AI.* command behind it, which then failed writing to a half-closed
+    connection (RuntimeError in the gateway)."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"DEL s\r\nXREAD COUNT 1 STREAMS s 0\r\nAI.TENSORSET t INT8 1 VALUES 5\r\n"
+                 b"EXISTS t\r\n")  # fmt: skip
+    sock.shutdown(socket.SHUT_WR)
+    assert read_until_closed(sock).endswith(b"*-1\r\n+OK\r\n:1\r\n")
+    still_serving(gateway)
+
+
+def test_a_protocol_error_after_a_subscribe_reaches_redis_once(
+    gateway: Gateway, settings: Settings, client: Client
+) -> None:
+    """A SUBSCRIBE makes the connection a pipe; after a protocol error in the same read the
+    pipe sent the whole read to Redis again (the INCR ran twice) and the error never came."""
+    client.delete("counter")
+    data = b"INCR counter\r\nSUBSCRIBE ch\r\n*1\r\n$x\r\n"
+    direct, through = _direct_and_through(settings, gateway, data)
+    assert direct.startswith(b":1\r\n")
+    assert direct.endswith(b"-ERR Protocol error: invalid bulk length\r\n")
+    assert through == direct.replace(b":1\r\n", b":2\r\n", 1)
+    assert client.get("counter") == b"2"  # once each
+
+
+def test_a_client_that_never_reads_is_disconnected_past_max_inflight(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a client reads none of its replies, its commands go on to Redis, which keeps the
+    replies; past MAX_INFLIGHT unanswered ones the gateway would hold the rest for good, so it
+    disconnects the client (as Redis does past an output buffer limit). A client that reads
+    gets every reply of a pipeline longer than that."""
+    monkeypatch.setattr(session_module, "MAX_INFLIGHT", 2_000)
+    con = connect(gateway)
+    pipe = con.pipeline(transaction=False)
+    for n in range(10_000):
+        pipe.execute_command("ECHO", n)
+    assert pipe.execute() == [str(n).encode() for n in range(10_000)]
+    sock = raw_socket(gateway)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 12)
+    echo = encode([b"ECHO", b"e" * 4096])
+    sending = threading.Thread(target=_send_quietly, args=(sock, echo * 20_000), daemon=True)
+    sending.start()
+    sending.join(30)
+    assert not sending.is_alive()  # it got through, or the connection was dropped
+    sock.settimeout(10)
+    try:
+        while sock.recv(1 << 20):
+            pass  # closed by the gateway: reset, or the end of what it wrote
+    except TimeoutError:
+        pytest.fail("the client was kept waiting for good")
+    except ConnectionResetError:
+        pass
+    still_serving(gateway)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)

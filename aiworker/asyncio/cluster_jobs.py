@@ -65,7 +65,10 @@ class AsyncClusterJobs(WaitSteps):
         reply_key, fields = placement.private_entry(self.keyspace, request)
         opened = self.wire.closes
         stream = await self.stream(queue, reply_key)
-        plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit)
+        plan = job_plan(
+            self.keyspace, queue, stream, fields, request.timeout_ms, limit,
+            waiting.GONE_SETTLE_CLUSTER_S,
+        )  # fmt: skip
         return await drive_steps_async(plan, lambda step: self._step(step, reply_key, opened))
 
     async def stream(self, queue: str, reply_key: str | None = None) -> str:

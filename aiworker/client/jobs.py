@@ -153,7 +153,8 @@ class Jobs:
             reply_key, fields = self.private_entry(request)
             channel = _Private(self, reply_key)
         stream = self.stream(queue, reply_key)
-        plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit)
+        settle = waiting.GONE_SETTLE_CLUSTER_S if self.cluster else waiting.GONE_SETTLE_S
+        plan = job_plan(self.keyspace, queue, stream, fields, request.timeout_ms, limit, settle)
         return self._drive(plan, channel)
 
     def stream(self, queue: str, reply_key: str | None = None) -> str:
@@ -173,7 +174,8 @@ class Jobs:
         the private list ``reply_key``."""
         clock = waiting.Clock(waiting.wait_limit(request.timeout_ms, self.reply_timeout))
         target = Target(queue, stream, entry_id)
-        plan = wait_plan(self.keyspace, target, request.timeout_ms, clock)
+        settle = waiting.GONE_SETTLE_CLUSTER_S if self.cluster else waiting.GONE_SETTLE_S
+        plan = wait_plan(self.keyspace, target, request.timeout_ms, clock, None, settle)
         return self._drive(plan, _Private(self, reply_key))
 
     # driving the plan ------------------------------------------------------------------------

@@ -111,8 +111,16 @@ class Target:
 class _Wait:
     """One wait's state: the entry it is for (it moves with forwards), its clock, its checks."""
 
-    def __init__(self, keys: Keys, target: Target, timeout_ms: int | None, clock: waiting.Clock):
+    def __init__(
+        self,
+        keys: Keys,
+        target: Target,
+        timeout_ms: int | None,
+        clock: waiting.Clock,
+        settle_s: float = waiting.GONE_SETTLE_S,
+    ):
         self.keys = keys
+        self.settle_s = settle_s  # how long a reply may still come once its entry is gone
         self.target = target
         self.timeout_ms = timeout_ms
         self.clock = clock
@@ -154,8 +162,10 @@ def job_plan(
     fields: Mapping[str, Any],
     timeout_ms: int | None,
     limit: float | None,
+    settle_s: float = waiting.GONE_SETTLE_S,
 ) -> Plan[Reply]:
-    """Queue ``fields`` on ``stream`` (device queue ``device``) and wait for the reply."""
+    """Queue ``fields`` on ``stream`` (device queue ``device``) and wait for the reply
+    (``settle_s``: ``waiting.GONE_SETTLE_S``, or its Redis Cluster value)."""
     clock = waiting.Clock(limit)
     try:
         sent: Enqueued = yield Enqueue(stream, fields, clock.slice(LONGEST_WAIT_S), clock.deadline)
@@ -166,7 +176,7 @@ def job_plan(
             raise queue_full_error(device, exc) from None
         raise
     target = Target(device, stream, sent.entry_id)
-    return (yield from wait_plan(keys, target, timeout_ms, clock, sent.first))
+    return (yield from wait_plan(keys, target, timeout_ms, clock, sent.first, settle_s))
 
 
 def wait_plan(
@@ -175,9 +185,10 @@ def wait_plan(
     timeout_ms: int | None,
     clock: waiting.Clock,
     first: Any = None,
+    settle_s: float = waiting.GONE_SETTLE_S,
 ) -> Plan[Reply]:
     """Wait for the reply to ``target`` (``first``: a reply already received, if any)."""
-    wait = _Wait(keys, target, timeout_ms, clock)
+    wait = _Wait(keys, target, timeout_ms, clock, settle_s)
     item = first
     while True:
         if item is not None:
@@ -224,7 +235,7 @@ def _entry_gone(wait: _Wait) -> Plan[bool]:
 def _lost(wait: _Wait) -> Plan[Reply | None]:
     """The entry is gone: its reply, if it was on its way; else Redis lost the job or its reply
     (a worker deletes an entry only once its reply is written)."""
-    late = yield from _linger(wait, 1.0)
+    late = yield from _linger(wait, wait.settle_s)
     if isinstance(late, Reply):
         return late
     if late:

@@ -36,6 +36,11 @@ CHECK_EVERY_S = 1.0
 DEFAULT_REPLY_TIMEOUT_S = 60.0
 ENTRY_CHECK_AFTER_S = 5.0
 ENTRY_CHECK_EVERY_S = 5.0
+# How long a reply may still come once its entry is gone: a single Redis deletes the entry and
+# pushes the reply in one script; on Redis Cluster a completion that a resharding interrupts
+# retries its reply for up to a minute after the entry was deleted (``complete_steps``).
+GONE_SETTLE_S = 1.0
+GONE_SETTLE_CLUSTER_S = 70.0
 
 # queue_withdraw.lua's answers
 REMOVED, DELIVERED, GONE = 1, 0, -1

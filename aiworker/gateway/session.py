@@ -69,8 +69,10 @@ HELLO_NOAUTH = (
 MAX_WAITING = 4096
 MAX_WAITING_BYTES = 64 * 1024 * 1024
 # Commands sent to Redis and not answered past which no more are sent (their ``Slot``s are the
-# gateway's memory; their replies wait in Redis while the client does not read them).
-MAX_INFLIGHT = 256 * 1024
+# gateway's memory; their replies wait in Redis while the client does not read them). A client
+# that reads none of their replies by then is disconnected, as Redis disconnects one past its
+# output buffer limit (the gateway would hold its commands for good).
+MAX_INFLIGHT = 1024 * 1024
 # Replies the client has not read that the gateway keeps (``write_paused`` past it).
 MAX_UNREAD = 1024 * 1024
 SUBSCRIBE_COMMANDS = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"}
@@ -168,6 +170,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.transaction: Transaction | None = None  # since MULTI
         self.watching = False
         self.inflight = 0  # commands sent to Redis and not answered yet
+        self.throttled = False  # dispatch stopped at MAX_INFLIGHT
         self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
         self.gone = False  # the client left (``connection_lost``)
         self.exec_awaited = 0  # EXECs sent whose transactions' AI.* commands await their reply
@@ -238,8 +241,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         except ProtocolError as exc:
             # the commands before it run and are answered first, then the error, then the
             # connection closes (as Redis does)
-            self._cancel_timer()
-            self.refusal = resp.error(str(exc))
+            self._refuse(str(exc))
             self.waiting.extend(exc.commands)
             self.dispatch()
             return
@@ -269,9 +271,10 @@ class Session(ReplyHooks, asyncio.Protocol):
             return self.router.tunnel_upstream().write_eof()  # does the gateway (upstream lost)
         if self.closing or self.tunnel:
             return False  # close now
-        if self.blocking:
+        if self.blocking and self.ai_task is None:
             self.input_ended = True
             self._cancel_timer()
+            self.waiting.clear()  # behind the blocking command: Redis would not run them
             return self._pass_end_on()
         self.input_ended = True
         self._cancel_timer()
@@ -309,6 +312,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             and not self.tunnel
             and not self.holding
             and not self.holding_back
+            and not self.end_passed_on
         ):
             args = waiting[0]
             name = args[0].upper()
@@ -330,6 +334,12 @@ class Session(ReplyHooks, asyncio.Protocol):
                 waiting.popleft()
                 self._special(name, args)
             elif self.inflight >= MAX_INFLIGHT:
+                self.throttled = True
+                if self.write_paused:  # and Redis keeps their replies: it waits for good
+                    log.warning("client sent %d commands and read none of their replies: "
+                                "disconnected", self.inflight)  # fmt: skip
+                    self.waiting.clear()
+                    cast(asyncio.Transport, self.transport).abort()
                 break
             else:
                 waiting.popleft()
@@ -341,14 +351,11 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._close_after_replies()
         self.router.flush()
         # a blocking command sent after the client's end: Redis frees it when that end reaches
-        # it, as it would a direct client
-        if (
-            self.input_ended
-            and self.blocking
-            and not self.end_passed_on
-            and not self._pass_end_on()
-        ):
-            self._close_after_replies()
+        # it, as it would a direct client (and never runs what came after the command)
+        if self.input_ended and self.blocking and not self.end_passed_on and not self.ai_task:
+            waiting.clear()
+            if not self._pass_end_on():
+                self._close_after_replies()
         self._update_reading()
 
     def _plain(self, args: list[bytes], slot: Slot | None = None) -> None:
@@ -360,7 +367,10 @@ class Session(ReplyHooks, asyncio.Protocol):
         upstream = self.router.route(args, slot)
         self.replies.append(slot)
         self.inflight += 1
-        if args[0].upper() in BLOCKING:
+        name = args[0].upper()
+        if name in BLOCKING and (
+            name[:2] != b"XR" or any(arg.upper() == b"BLOCK" for arg in args[1:-1])
+        ):  # XREAD and XREADGROUP block only with BLOCK
             slot.blocking = True
             self.blocking += 1
         upstream.send(args, slot)
@@ -422,7 +432,10 @@ class Session(ReplyHooks, asyncio.Protocol):
         if unfinished:
             upstream.send_raw(unfinished)
         self._update_reading()  # reading may have paused while commands piled up behind it
-        if self.input_ended and not upstream.write_eof():  # the client shut its side meanwhile
+        if self.refusal is not None:  # Redis answers what came before the error, then closes
+            if not self._pass_end_on():
+                self._close_after_replies()
+        elif self.input_ended and not upstream.write_eof():  # the client shut its side meanwhile
             self._close_after_replies()
 
     def _answered_here(self, name: bytes, args: list[bytes]) -> bool:
@@ -643,7 +656,10 @@ class Session(ReplyHooks, asyncio.Protocol):
     def replies_done(self) -> None:
         """Every reply of one read from Redis is in: send them, go on with the commands."""
         self.flush()
-        if not self.inflight and self.waiting:
+        if self.waiting and (
+            not self.inflight or (self.throttled and self.inflight < MAX_INFLIGHT)
+        ):
+            self.throttled = False
             self.dispatch()
 
     def on_raw(self, data: bytes) -> None:
@@ -681,6 +697,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.exec_awaited = 0
         self.holding = False
         self.waiting.clear()
+        if self.refusal is not None and self.tunnel:  # its pipe ended after what came before
+            self._reply_now(self.refusal)
         self._close_after_replies()
 
     def flush(self) -> None:
@@ -762,8 +780,16 @@ class Session(ReplyHooks, asyncio.Protocol):
             self._watch_partial()
             return
         if self.reader.buffered and self.transport is not None and self.refusal is None:
-            self.refusal = resp.error("Protocol error: command not received in time")
+            self._refuse("Protocol error: command not received in time")
             self.dispatch()  # after the commands before it
+
+    def _refuse(self, message: str) -> None:
+        """A protocol error: answered once what came before it is (``dispatch``); nothing
+        after it is read, and what was read of it never reaches Redis (a pipe would send it)."""
+        self._cancel_timer()
+        self.refusal = resp.error(message)
+        config = self.gw.config
+        self.reader = RequestReader(config.max_bulk, config.max_args, config.max_request)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
