@@ -352,7 +352,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.router.flush()
         # a blocking command sent after the client's end: Redis frees it when that end reaches
         # it, as it would a direct client (and never runs what came after the command)
-        if self.input_ended and self.blocking and not self.end_passed_on and not self.ai_task:
+        if self.input_ended and self.blocking and not self.end_passed_on and self.ai_task is None:
             waiting.clear()
             if not self._pass_end_on():
                 self._close_after_replies()
