@@ -213,10 +213,10 @@ def _check(wait: _Wait) -> Plan[Reply | None]:
     """None to keep waiting; else the reply to return (the wait's end raises)."""
     if wait.clock.expired():
         return (yield from _end(wait, expired=True))
-    if wait.clock.check_due():
+    if wait.clock.heartbeats.due():
         if (yield from _no_live_worker(wait)):
             return (yield from _end(wait, expired=False))
-        if wait.clock.entry_check_due() and (yield from _entry_gone(wait)):
+        if wait.clock.entry.due() and (yield from _entry_gone(wait)):
             return (yield from _lost(wait))
     return None
 

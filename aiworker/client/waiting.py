@@ -102,38 +102,38 @@ def lost_error(queue: str) -> ReplyTimeout:
     )
 
 
+class Checkpoint:
+    """A moment that comes ``after`` seconds from now, then every ``every`` seconds."""
+
+    def __init__(self, start: float, after: float, every: float) -> None:
+        self.next = start + after
+        self.every = every
+
+    def due(self) -> bool:
+        """True (and schedules the next) when it has come."""
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + self.every
+        return True
+
+
 class Clock:
-    """A wait's deadline and its heartbeat and entry checkpoints."""
+    """A wait's deadline and its checkpoints: heartbeats, and the entry looked for."""
 
     def __init__(self, limit: float | None) -> None:
         self.started = time.monotonic()
         self.deadline = None if limit is None else self.started + limit
-        self.next_check = self.started + CHECK_AFTER_S
-        self.next_entry_check = self.started + ENTRY_CHECK_AFTER_S
+        self.heartbeats = Checkpoint(self.started, CHECK_AFTER_S, CHECK_EVERY_S)
+        self.entry = Checkpoint(self.started, ENTRY_CHECK_AFTER_S, ENTRY_CHECK_EVERY_S)
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def check_due(self) -> bool:
-        """True (and schedules the next) when heartbeats should be looked at now."""
-        now = time.monotonic()
-        if now < self.next_check:
-            return False
-        self.next_check = now + CHECK_EVERY_S
-        return True
-
-    def entry_check_due(self) -> bool:
-        """True (and schedules the next) when the entry should be looked for now."""
-        now = time.monotonic()
-        if now < self.next_entry_check:
-            return False
-        self.next_entry_check = now + ENTRY_CHECK_EVERY_S
-        return True
-
     def slice(self, longest: float) -> float:
         """How long the next blocking wait may last: up to the next checkpoint or deadline."""
         now = time.monotonic()
-        ends = [self.next_check, now + longest]
+        ends = [self.heartbeats.next, now + longest]
         if self.deadline is not None:
             ends.append(self.deadline)
         return max(min(ends) - now, 0.01)
