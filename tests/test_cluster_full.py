@@ -4,7 +4,6 @@ timeout with its entry acknowledged and no reply written."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,12 +13,11 @@ import pytest
 import redis
 from cluster import LocalCluster
 from conftest import stub_blob, wait_until
+from test_redis_full import fill
 
 from aiworker import Client, Settings, Worker
 from aiworker.protocol.errors import OOM
 from aiworker.protocol.keys import CONSUMER_GROUP
-
-_fillers = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +26,6 @@ def full_cluster() -> Iterator[LocalCluster]:
         for port in cluster.master_ports():
             cluster.node(port).config_set("maxmemory-policy", "noeviction")
         yield cluster
-
-
-def fill(node: redis.Redis, tag: str) -> None:
-    """Fill ``node`` (through keys of ``tag``'s slot, which it serves) until a new key is
-    refused, then set its limit a margin below what it uses."""
-    node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 2_000_000)
-    size = 10_000
-    while True:
-        try:
-            node.set(f"{{{tag}}}filler:{next(_fillers)}", b"x" * size)
-        except redis.exceptions.OutOfMemoryError:
-            if size == 10:
-                break
-            size = 10
-    node.config_set("maxmemory", int(node.info("memory")["used_memory"]) - 200_000)
 
 
 def test_outputs_refused_on_a_full_node_answer_oom(full_cluster: LocalCluster) -> None:
@@ -70,7 +53,7 @@ def test_outputs_refused_on_a_full_node_answer_oom(full_cluster: LocalCluster) -
     try:
         thread.start()
         wait_until(lambda: client.xpending(queue, CONSUMER_GROUP)["pending"] == 1, timeout=10)
-        fill(node, tag)  # before the job completes
+        fill(node, prefix=f"{{{tag}}}filler:")  # before the job completes
         thread.join(15)  # it waited out its 20 s timeout: no reply was written
         assert not thread.is_alive()
         assert isinstance(out.get("error"), redis.exceptions.ResponseError), out

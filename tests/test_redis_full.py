@@ -53,14 +53,15 @@ def full_client(full_server: RedisServer, r: redis.Redis) -> Iterator[Client]:
     c.close()
 
 
-def fill(r: redis.Redis, headroom: int = 2_000_000) -> None:
-    """Fill Redis until even a tiny new key is refused."""
+def fill(r: redis.Redis, headroom: int = 2_000_000, prefix: str = "filler:") -> None:
+    """Fill Redis until even a tiny new key is refused (keys named ``prefix``..., which on a
+    cluster node must name one of its slots)."""
     used = int(r.info("memory")["used_memory"])
     r.config_set("maxmemory", used + headroom)
     size = 10_000
     while True:
         try:
-            r.set(f"filler:{next(_fillers)}", b"x" * size)
+            r.set(f"{prefix}{next(_fillers)}", b"x" * size)
         except redis.exceptions.OutOfMemoryError:
             if size == 10:
                 break
