@@ -85,7 +85,6 @@ class RequestReader(Sink):
         self._pos = 0  # next header to read
         self._frame = 0  # start of the array being read
         self._left = -1  # bulk strings still to come in that array; -1: between commands
-        self._run = 0  # while scanning: the start of whole arrays not given to hiredis yet
         self._reader = hiredis.Reader()
         self._whole = hiredis.Reader()  # the fast path's (see the module docstring)
         # A command with an argument received in place: its arguments so far, its bytes that
@@ -155,101 +154,93 @@ class RequestReader(Sink):
         run = self._frame  # start of complete arrays not yet given to hiredis
         pos, left, size = self._pos, self._left, len(buf)
         try:
-            return self._scan(buf, commands, run, pos, left, size)
-        except ProtocolError as exc:
-            exc.commands = commands
-            if not exc.collected:  # the arrays scanned whole before the broken one
-                end = self._pos if self._left < 0 else self._frame
-                with contextlib.suppress(ProtocolError):
-                    self._flush(buf, self._run, end, commands)
-            raise
-
-    def _scan(
-        self, buf: bytearray, commands: list[list[bytes]], run: int, pos: int, left: int, size: int
-    ) -> list[list[bytes]]:
-        """``feed``'s scanner: ``run``, ``pos`` and ``left`` are kept in ``_run``, ``_pos`` and
-        ``_left`` before anything may raise, for ``feed`` to collect what was whole."""
-        while pos < size:
-            self._run, self._pos, self._left = run, pos, left
-            if self._crlf:  # after an argument received in place
-                if size - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ProtocolError("expected CRLF after a bulk string")
-                self._crlf = False
-                pos += 2
-                if left == 0:
-                    pos = run = self._command_done(pos, commands)
-                    left = -1
-                continue
-            if left < 0:  # a command starts here
-                if buf[pos] != 42:  # not '*': an inline command
-                    self._flush(buf, run, pos, commands)
-                    run = self._run = pos
-                    eol = buf.find(b"\n", pos)
+            while pos < size:
+                if self._crlf:  # after an argument received in place
+                    if size - pos < 2:
+                        break
+                    if buf[pos : pos + 2] != b"\r\n":
+                        raise ProtocolError("expected CRLF after a bulk string")
+                    self._crlf = False
+                    pos += 2
+                    if left == 0:
+                        pos = run = self._command_done(pos, commands)
+                        left = -1
+                    continue
+                if left < 0:  # a command starts here
+                    if buf[pos] != 42:  # not '*': an inline command
+                        self._flush(buf, run, pos, commands)
+                        run = pos
+                        eol = buf.find(b"\n", pos)
+                        if eol < 0:
+                            if size - pos > MAX_LINE:
+                                raise ProtocolError("too big inline request")
+                            break
+                        line = bytes(buf[pos:eol]).rstrip(b"\r")
+                        pos = run = eol + 1
+                        self._frame = pos
+                        self._inline(line, commands)
+                        continue
+                    eol = buf.find(b"\r\n", pos)
                     if eol < 0:
                         if size - pos > MAX_LINE:
-                            raise ProtocolError("too big inline request")
+                            raise ProtocolError("too big mbulk count string")
                         break
-                    line = bytes(buf[pos:eol]).rstrip(b"\r")
-                    pos = run = eol + 1
+                    count = _count(buf[pos + 1 : eol])
+                    if count is None or count > self.max_args:
+                        raise ProtocolError("invalid multibulk length")
+                    if count < -1:  # skipped, as Redis skips it (hiredis would refuse it)
+                        self._flush(buf, run, pos, commands)
+                        pos = run = self._frame = eol + 2
+                        continue
                     self._frame = pos
-                    self._inline(line, commands)
+                    self._before = 0
+                    pos = eol + 2
+                    left = count if count > 0 else -1
                     continue
+                if buf[pos] != 36:  # not '$'
+                    raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     if size - pos > MAX_LINE:
-                        raise ProtocolError("too big mbulk count string")
+                        raise ProtocolError("too big bulk count string")
                     break
-                count = _count(buf[pos + 1 : eol])
-                if count is None or count > self.max_args:
-                    raise ProtocolError("invalid multibulk length")
-                if count < -1:  # skipped, as Redis skips it (hiredis would refuse it)
-                    self._flush(buf, run, pos, commands)
-                    pos = run = self._frame = eol + 2
-                    continue
-                self._frame = pos
-                self._before = 0
-                pos = eol + 2
-                left = count if count > 0 else -1
-                continue
-            if buf[pos] != 36:  # not '$'
-                raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                if size - pos > MAX_LINE:
-                    raise ProtocolError("too big bulk count string")
-                break
-            length = _count(buf[pos + 1 : eol])
-            if length is None or length < 0 or length > self.max_bulk:
-                raise ProtocolError("invalid bulk length")
-            end = eol + 4 + length
-            if self._before + end - self._frame > self.max_request:
-                raise ProtocolError("request larger than the gateway's max-request")
-            if end > size:
-                body = eol + 2 + length > size  # the string itself is not all here
-                if body and length >= LARGE_BULK and self._in_place(buf, pos):
-                    self._flush(buf, run, self._frame, commands)
-                    return self._received_so_far(buf, eol + 2, length, left - 1, commands)
-                break
-            if self._args is not None:
-                if buf[end - 2 : end] != b"\r\n":
-                    raise ProtocolError("expected CRLF after a bulk string")
-                self._args.append(bytes(buf[eol + 2 : end - 2]))
-            pos = end
-            left -= 1
-            if left == 0:
+                length = _count(buf[pos + 1 : eol])
+                if length is None or length < 0 or length > self.max_bulk:
+                    raise ProtocolError("invalid bulk length")
+                end = eol + 4 + length
+                if self._before + end - self._frame > self.max_request:
+                    raise ProtocolError("request larger than the gateway's max-request")
+                if end > size:
+                    body = eol + 2 + length > size  # the string itself is not all here
+                    if body and length >= LARGE_BULK and self._in_place(buf, pos):
+                        self._flush(buf, run, self._frame, commands)
+                        return self._received_so_far(buf, eol + 2, length, left - 1, commands)
+                    break
                 if self._args is not None:
-                    pos = run = self._command_done(pos, commands)
-                left = -1
-        if left < 0:
-            self._frame = pos
-        self._flush(buf, run, self._frame, commands)
-        keep = self._frame
-        if keep:
-            del buf[:keep]
-        self._pos, self._left, self._frame = pos - keep, left, 0
-        return commands
+                    if buf[end - 2 : end] != b"\r\n":
+                        raise ProtocolError("expected CRLF after a bulk string")
+                    self._args.append(bytes(buf[eol + 2 : end - 2]))
+                pos = end
+                left -= 1
+                if left == 0:
+                    if self._args is not None:
+                        pos = run = self._command_done(pos, commands)
+                    left = -1
+            if left < 0:
+                self._frame = pos
+            self._flush(buf, run, self._frame, commands)
+            keep = self._frame
+            if keep:
+                del buf[:keep]
+            self._pos, self._left, self._frame = pos - keep, left, 0
+            return commands
+        except ProtocolError as exc:
+            exc.commands = commands
+            if not exc.collected:  # the arrays scanned whole before the broken one
+                end = pos if left < 0 else self._frame
+                with contextlib.suppress(ProtocolError):
+                    self._flush(buf, run, end, commands)
+            raise
 
     def _in_place(self, buf: bytearray, pos: int) -> bool:
         """Whether the bulk string whose header is ``buf[pos:eol]`` is received in place: an
