@@ -22,7 +22,7 @@ class _Owner:
     def replies_done(self) -> None:
         pass
 
-    def on_held(self, upstream: Upstream, over: bool) -> None:
+    def on_backed_up(self, upstream: Upstream, over: bool) -> None:
         pass
 
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:

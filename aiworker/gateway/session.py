@@ -639,7 +639,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             return
         slot.data = data
 
-    def on_held(self, upstream: Upstream, over: bool) -> None:
+    def on_backed_up(self, upstream: Upstream, over: bool) -> None:
         """``upstream`` takes no more commands (``MAX_HELD`` held behind an AUTH, or Redis not
         reading what was sent), or takes them again: meanwhile no more go to Redis, and reading
         the client pauses once its own commands pile up (at once in a pipe)."""

@@ -32,7 +32,7 @@ from .inplace import InPlace
 from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, pack, reply_end
 
 # Commands held behind an AUTH (``Upstream.send``) past which the owner sends no more and stops
-# reading its client (``on_held``): they wait in the gateway's memory, where Redis' query buffer
+# reading its client (``on_backed_up``): they wait in the gateway's memory, where Redis' query buffer
 # limit cannot bound them (a BLPOP k 0 before the AUTH holds them for good). The same happens
 # while Redis does not read what was sent (a busy script): the transport's buffer is full.
 MAX_HELD = 4096
@@ -138,7 +138,8 @@ class Target:
 class Upstream(asyncio.Protocol):
     """One connection to Redis for one gateway client (see the module docstring). ``owner`` is
     the session: it gets ``on_reply(upstream, slot, data)``, ``replies_done()``, ``on_raw(data)``
-    in tunnel mode, ``on_push(data)`` and ``on_upstream_lost(upstream, why)``."""
+    in tunnel mode, ``on_push(data)``, ``on_backed_up(upstream, over)`` (it takes no more
+    commands, or takes them again: ``_tell_backlog``) and ``on_upstream_lost(upstream, why)``."""
 
     def __init__(self, owner: Any, target: Target, hello: list[list[bytes]]) -> None:
         self.owner = owner
@@ -245,7 +246,7 @@ class Upstream(asyncio.Protocol):
         backed_up = not self.closed and (self._unread or len(self._held) >= MAX_HELD)
         if backed_up != self._backed_up:
             self._backed_up = backed_up
-            self.owner.on_held(self, backed_up)
+            self.owner.on_backed_up(self, backed_up)
 
     def pause_writing(self) -> None:
         self._unread = True
