@@ -19,7 +19,7 @@ import pytest
 import redis
 from conftest import stub_blob, wait_until
 
-from aiworker import Client, Settings, Worker
+from aiworker import Client, ConfigError, Settings, Worker
 from aiworker.gateway import Gateway, GatewayConfig
 from aiworker.gateway.inplace import InPlace
 from aiworker.gateway.resp import command, reply_end
@@ -48,12 +48,14 @@ def running_gateway(
     loop = new_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
     thread.start()
-    gateway = Gateway(settings, GatewayConfig(listen="127.0.0.1:0", **config))
-    asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(30)
+    gateway = Gateway(settings, GatewayConfig(**{"listen": "127.0.0.1:0", **config}))
     try:
-        yield gateway
+        asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(30)
+        try:
+            yield gateway
+        finally:
+            asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(30)
     finally:
-        asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
@@ -900,10 +902,79 @@ def test_select_and_auth_decide_where_ai_commands_run(
         cmd(con, "SELECT", 0)
         cmd(con, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 1)
         assert cmd(limited, "AI.TENSORGET", "r", "VALUES") == [1]
-        assert error_of(limited, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 2).startswith("NOPERM")
+        with pytest.raises(redis.exceptions.NoPermissionError):  # -NOPERM, as Redis sends it
+            cmd(limited, "AI.TENSORSET", "r", "INT8", 1, "VALUES", 2)
         with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
             cmd(limited, "AUTH", "reader", "wrong")
         assert cmd(limited, "AI.TENSORGET", "r", "VALUES") == [1]
+    finally:
+        client.acl_deluser("reader")
+
+
+@pytest.fixture
+def limited_user(client: Client) -> Iterator[tuple[str, str]]:
+    """ACL user ``lim``: keys ``pub:*`` and aiworker's own, ``ro:*`` read only, nothing else."""
+    client.execute_command("ACL", "SETUSER", "lim", "on", ">pw", "~pub:*", "~aiworker:*",
+                           "%R~ro:*", "+@all")  # fmt: skip
+    try:
+        yield "lim", "pw"
+    finally:
+        client.acl_deluser("lim")
+
+
+def test_jobs_read_and_write_only_keys_the_clients_acl_allows(
+    gateway: Gateway, settings: Settings, worker: Worker, limited_user: tuple[str, str]
+) -> None:
+    """A worker reads and writes a job's keys with its own credentials: the gateway checks
+    them against the client's ACL first, as Redis checked the keys RedisAI declared (a user
+    denied a key read it through ``AI.DAGEXECUTE_RO LOAD`` and overwrote it through OUTPUTS)."""
+    con = connect(gateway)
+    cmd(con, "AI.MODELSTORE", "pub:m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    for key, value in (("pub:a", 1), ("ro:a", 2), ("ro:b", 3), ("secret", 42)):
+        cmd(con, "AI.TENSORSET", key, "FLOAT", 1, "VALUES", value)
+    cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    username, password = limited_user
+    lim = connect(gateway, username=username, password=password)
+    denied = redis.Redis.from_url(settings.redis_url, username=username, password=password)
+    with pytest.raises(redis.exceptions.NoPermissionError) as direct:
+        denied.hget("secret", "dtype")
+    refused = [
+        ("AI.DAGEXECUTE_RO", "LOAD", 1, "secret", "|>", "AI.TENSORGET", "secret", "VALUES"),
+        ("AI.DAGEXECUTE", "PERSIST", 1, "secret", "|>",
+         "AI.TENSORSET", "secret", "FLOAT", 1, "VALUES", 7),
+        ("AI.MODELEXECUTE", "pub:m", "INPUTS", 2, "secret", "pub:a", "OUTPUTS", 1, "pub:o"),
+        ("AI.MODELEXECUTE", "pub:m", "INPUTS", 2, "pub:a", "pub:a", "OUTPUTS", 1, "secret"),
+        ("AI.MODELEXECUTE", "pub:m", "INPUTS", 2, "ro:a", "pub:a", "OUTPUTS", 1, "ro:b"),
+        ("AI.MODELEXECUTE", "m", "INPUTS", 2, "pub:a", "pub:a", "OUTPUTS", 1, "pub:o"),
+        ("AI.DAGEXECUTE", "LOAD", 1, "pub:a", "|>",
+         "AI.MODELEXECUTE", "m", "INPUTS", 2, "pub:a", "pub:a", "OUTPUTS", 1, "o"),
+    ]  # fmt: skip
+    for args in refused:
+        with pytest.raises(redis.exceptions.NoPermissionError) as info:
+            cmd(lim, *args)
+        assert str(info.value) == str(direct.value), args  # Redis' own refusal
+    assert cmd(lim, "AI.MODELEXECUTE", "pub:m", "INPUTS", 2, "ro:a", "pub:a",
+               "OUTPUTS", 1, "pub:b") == b"OK"  # fmt: skip
+    assert cmd(lim, "AI.TENSORGET", "pub:b", "VALUES") == [b"3"]
+    assert cmd(con, "AI.TENSORGET", "secret", "VALUES") == [b"42"]
+    assert cmd(con, "AI.TENSORGET", "ro:b", "VALUES") == [b"3"]
+    assert not denied.exists("pub:o")
+
+
+def test_writes_of_ai_commands_refused_by_redis_are_errors(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """AI.CONFIG and AI.INFO ... RESETSTAT answered OK although Redis refused their write."""
+    con = connect(gateway)
+    cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+@read", "+@connection"])  # fmt: skip
+    try:
+        reader = connect(gateway, username="reader", password="pw")
+        for args in (("AI.CONFIG", "MODEL_CHUNK_SIZE", 1000), ("AI.INFO", "m", "RESETSTAT")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                cmd(reader, *args)
+        assert cmd(reader, "AI.CONFIG", "GET", "MODEL_CHUNK_SIZE") != 1000
     finally:
         client.acl_deluser("reader")
 
@@ -959,6 +1030,26 @@ def test_require_auth(client: Client, settings: Settings) -> None:
         assert cmd(resp3, "AI.TENSORGET", "t", "VALUES") == [1]
         with pytest.raises(redis.AuthenticationError):
             cmd(connect(gw, protocol=3, password="wrong"), "PING")
+
+
+def test_a_redis_wanting_a_password_the_gateways_url_lacks(
+    client: Client, settings: Settings
+) -> None:
+    """Without --require-auth, before a Redis with a password the gateway's URL does not give:
+    an AI.* command before AUTH got Redis' internal errors ("Protocol error: unauthenticated
+    multibulk length", "connection to Redis lost") and the client was dropped. It gets NOAUTH,
+    as every other command does, and works once the client has authenticated."""
+    client.config_set("requirepass", "secret")
+    try:
+        with running_gateway(settings) as gw:
+            sock = raw_socket(gw)
+            sock.sendall(b"AI.TENSORSET t INT8 1 VALUES 1\r\nAI.DAGEXECUTE |> AI.TENSORGET t\r\n"
+                         b"AI.INFO t\r\nGET t\r\nAUTH secret\r\n"
+                         b"AI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")  # fmt: skip
+            noauth = b"-NOAUTH Authentication required.\r\n"
+            assert read_until_closed(sock) == noauth * 4 + b"+OK\r\n+OK\r\n+OK\r\n"
+    finally:
+        redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
 
 
 def test_a_failed_auth_pipelined_behind_other_commands_keeps_its_reply(
@@ -1094,6 +1185,37 @@ def test_a_client_leaving_during_a_blocking_command_is_let_go(
             wait_until(lambda: client.info("clients")["blocked_clients"] == 0)
             wait_until(lambda: not gw.sessions)
         assert cmd(connect(gw), "PING") is True
+
+
+def test_clients_gone_while_their_job_runs_leave_their_place_at_once(
+    client: Client, settings: Settings, worker: Worker
+) -> None:
+    """A client that sent a job and left kept its place among --max-connections until the job
+    ended (or ``reply_timeout``): three such clients locked everyone else out."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=3000))
+    client.tensorset("a", np.ones(1, np.float32))
+    with running_gateway(settings, max_connections=3) as gw:
+        for _ in range(3):
+            sock = raw_socket(gw)
+            sock.sendall(command(b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"1", b"a",
+                                 b"OUTPUTS", b"1", b"b"))  # fmt: skip
+            sock.close()
+        wait_until(lambda: len(gw.sessions) == 3 and not gw.connected)
+        assert cmd(connect(gw), "PING") is True
+        assert len(gw.sessions) >= 3  # still finishing their jobs
+
+
+def test_a_gateway_on_a_unix_socket_only(client: Client, settings: Settings, tmp_path: Any) -> None:
+    """``--listen '' --unix-socket PATH`` crashed at start; the socket's file was left behind
+    (Redis removes it on shutdown)."""
+    path = tmp_path / "gw.sock"
+    with running_gateway(settings, listen="", unix_socket=str(path)) as gw:
+        assert gw.address() == ("", 0)
+        assert redis.Redis(unix_socket_path=str(path)).ping() is True
+    assert not path.exists()
+    emulating = {"listen": "", "unix_socket": str(path), "emulate_cluster": True}
+    with pytest.raises(ConfigError, match="--listen"), running_gateway(settings, **emulating):
+        pass
 
 
 def test_emulated_cluster(client: Client, settings: Settings) -> None:

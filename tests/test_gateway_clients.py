@@ -6,8 +6,10 @@ gateway`` itself as a process, two of them sharing a port."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -452,3 +454,66 @@ def test_up_starts_a_gateway() -> None:
         assert proc.wait(timeout=30) == 0
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_a_huge_array_header_alone_does_not_stall_the_gateway(redis_server: object) -> None:
+    """A read holding only ``*2147483647`` went to hiredis's reader, which made room for the
+    array's elements and took seconds to free them, every client waiting meanwhile (a process
+    of its own: in this one the test would wait for the interpreter lock too)."""
+    port = _free_port()
+    proc = _spawn_gateway(redis_server.url, port)  # type: ignore[attr-defined]
+    try:
+        other = _connect_when_up(port, proc)
+        for header in (b"*2147483647\r\n", b"*1\r\n$4\r\nPING\r\n*2147483647\r\n"):
+            hostile = socket.create_connection(("127.0.0.1", port))
+            hostile.sendall(header)
+            time.sleep(0.2)
+            started = time.monotonic()
+            assert other.ping() is True
+            assert time.monotonic() - started < 1.5  # 4.1-4.4 s before
+            hostile.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_max_connections_fits_the_open_files_limit(redis_server: object) -> None:
+    """Under ``ulimit -n 100`` a gateway (2 files a client) served about 33 clients and closed
+    the rest without a word, or answered them "Too many open files": now it serves what fits
+    and answers the rest as Redis does past maxclients."""
+    import resource
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiworker", "gateway", "--redis-url",
+         redis_server.url, "--listen", f"127.0.0.1:{port}"],  # type: ignore[attr-defined]
+        env=worker_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=limit_files,
+    )  # fmt: skip
+    clients: list[socket.socket] = []
+    try:
+        _connect_when_up(port, proc).close()
+        refused = 0
+        for _ in range(60):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with contextlib.suppress(OSError):  # a refused client's PING may meet a closed end
+                sock.sendall(b"PING\r\n")
+            answer = sock.recv(100)
+            if answer == b"+PONG\r\n":
+                clients.append(sock)
+            else:
+                assert answer == b"-ERR max number of clients reached\r\n"
+                refused += 1
+        assert refused and len(clients) >= 10
+        for sock in clients:  # everyone admitted is served
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(100) == b"+PONG\r\n"
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert b"open files limit 100" in stderr

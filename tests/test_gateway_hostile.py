@@ -22,6 +22,7 @@ from test_gateway import (
     raw_socket,
     read_replies,
     read_until_closed,
+    requiring_auth,
     running_gateway,
 )
 
@@ -31,6 +32,7 @@ from aiworker.gateway import Gateway
 from aiworker.gateway import session as session_module
 from aiworker.gateway.frames import ProtocolError, RequestReader
 from aiworker.gateway.resp import array_items, encode, reply_end
+from aiworker.gateway.resp import command as resp_command
 from aiworker.gateway.session import MAX_WAITING, MAX_WAITING_BYTES
 from aiworker.gateway.upstream import MAX_HELD
 
@@ -823,3 +825,34 @@ def test_a_client_that_never_reads_is_disconnected_past_max_inflight(
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*11\r\n" + b"$4\r\nPING\r\n" * 11,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n",  # (Redis resets a connection it
+        b"AUTH wrong\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n",  # left bytes unread on)
+        b"AUTH secret\r\n"
+        + resp_command(b"SET", b"k", b"x" * 20_000)
+        + resp_command(b"MGET", *[b"k"] * 11)
+        + b"QUIT\r\n",
+        resp_command(b"HELLO", b"2", b"AUTH", b"default", b"secret")
+        + resp_command(b"MSET", *[b"k", b"v"] * 6)
+        + b"QUIT\r\n",
+    ],
+    ids=["long-array", "long-bulk", "after-a-failed-auth", "after-auth", "after-hello"],
+)
+def test_before_auth_redis_limits_apply_as_redis_applies_them(
+    client: Client, settings: Settings, data: bytes
+) -> None:
+    """With ``--require-auth`` a client not authenticated yet may send no array over 10 items
+    and no string over 16 KB (Redis' own limits: the gateway buffered 200 MB from such a
+    client); an AUTH pipelined before a longer command lifts them, as in Redis, which runs the
+    AUTH before it reads on."""
+    with requiring_auth(client, settings) as gw:
+        direct, through = _direct_and_through(settings, gw, data)
+    if data[4:15] == b"$5\r\nHELLO\r\n":  # its reply holds the connection's id
+        direct, through = direct[reply_end(direct, 0) :], through[reply_end(through, 0) :]
+    assert through == direct
+    assert direct.startswith((b"+OK", b"*", b"-ERR Protocol error: unauthenticated", b"-WRONGPASS"))

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from test_gateway import event_loops, large_tensors_in_a_pipeline, running_gateway
 
-from aiworker import Client, ConfigError, Settings, Worker
+from aiworker import Client, ConfigError, NoLiveWorker, Settings, Worker
 from aiworker.cli import main
 from aiworker.embedded import free_port, server_program
 from aiworker.protocol.keys import CONSUMER_GROUP
@@ -109,11 +109,11 @@ def test_requirepass(password_redis: tuple[redis.Redis, int]) -> None:
 # ACL ----------------------------------------------------------------------------------------
 
 
-def documented_worker_rule(password: str) -> str:
-    """The least-privilege rule exactly as docs/security.md gives it."""
+def documented_worker_rule(password: str, who: str = "worker") -> str:
+    """A least-privilege rule exactly as docs/security.md gives it (``who``: worker, requester)."""
     text = (ROOT / "docs" / "security.md").read_text()
-    match = re.search(r"<!-- acl:worker -->\s*```text\n(user aiworker .+)\n```", text)
-    assert match, "docs/security.md shows the worker's ACL rule"
+    match = re.search(rf"<!-- acl:{who} -->\s*```text\n(user \w+ .+)\n```", text)
+    assert match, f"docs/security.md shows the {who}'s ACL rule"
     return match.group(1).replace(">CHANGE-ME", f">{password}")
 
 
@@ -123,8 +123,10 @@ def acl_redis(tmp_path: Path) -> Iterator[tuple[redis.Redis, int]]:
     acl = tmp_path / "users.acl"
     acl.write_text(
         "user default off\n"
-        "user admin on >adminpw ~* &* +@all\n" + documented_worker_rule("workerpw") + "\n"
-    )
+        "user admin on >adminpw ~* &* +@all\n"
+        + documented_worker_rule("workerpw") + "\n"
+        + documented_worker_rule("requesterpw", "requester") + "\n"
+    )  # fmt: skip
     args = ["--port", str(port), "--aclfile", str(acl)]
     yield from (
         (r, port) for r in _redis(tmp_path, args, port=port, username="admin", password="adminpw")
@@ -251,6 +253,61 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
     with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)NOPERM|no permissions"):
         worker_user.evalsha(sha, 1, "secret:plain")
     assert admin.get("secret:plain") == b"do not read"
+
+
+@pytest.mark.slow
+def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]) -> None:
+    """Everything a requester does, as the least-privilege requester of docs/security.md, next
+    to a worker with the worker's rule: directly and through the gateway."""
+    admin_redis, port = acl_redis
+    admin = Client(port=port, username="admin", password="adminpw", reply_timeout=20)
+    admin.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+    admin.tensorset("ai:secret-of-admin", np.ones(2, np.float32))
+    worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
+                               threads_per_queue=1, block_ms=100)  # fmt: skip
+    url = f"redis://requester:requesterpw@127.0.0.1:{port}/0"
+    w = Worker(worker_settings).start()
+    try:
+        con = Client.from_url(url, reply_timeout=20)
+        small, large = np.arange(4, dtype=np.float32), np.arange(150_000, dtype=np.float32)
+        assert con.tensorset("ai:a", small) == "OK"
+        assert con.tensorset("ai:big", large) == "OK"
+        assert con.tensorget("ai:big").tolist() == large.tolist()
+        assert con.modelget("ai:m", meta_only=True)["backend"] == "STUB"
+        assert con.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+        assert con.tensorget("ai:b").tolist() == (small * 2).tolist()
+        dag = con.dag(load=["ai:a"], persist=["ai:c"])
+        dag.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:c"])
+        assert dag.execute() == ["OK"]
+        assert (
+            con.run("ai:m", {"a": small, "b": small}, ["out"])["out"].tolist()
+            == (small * 2).tolist()
+        )
+        assert con.infoget("ai:m")["calls"] >= 3
+        admin.modelstore("ai:gpu", "STUB", "GPU", stub_blob("add"))
+        with pytest.raises(NoLiveWorker):  # nobody serves GPU: taken back
+            con.modelexecute("ai:gpu", ["ai:a", "ai:a"], ["ai:d"])
+        con.close()
+        with running_gateway(worker_settings) as gw:
+            host, gw_port = gw.address()
+            through = redis.Redis(host=host, port=gw_port, username="requester",
+                                  password="requesterpw", protocol=2)  # fmt: skip
+            assert (
+                through.execute_command(
+                    "AI.MODELEXECUTE", "ai:m", "INPUTS", 2, "ai:a", "ai:a", "OUTPUTS", 1, "ai:e"
+                )
+                == b"OK"
+            )
+            assert through.execute_command("AI.TENSORGET", "ai:e", "VALUES") == [
+                b"0",
+                b"2",
+                b"4",
+                b"6",
+            ]
+    finally:
+        w.stop(timeout=10)
+        admin.close()
+    assert admin_redis.exists("ai:d") == 0
 
 
 # Every path that writes, under the documented rule ------------------------------------------
@@ -630,3 +687,14 @@ def test_gateway_over_tls_both_ways(
         large_tensors_in_a_pipeline(con, client)
         con.close()
         client.close()
+
+
+@pytest.mark.parametrize("given", [{"tls_key": "server.key"}, {"tls_ca_cert": "ca.crt"}])
+def test_listening_tls_files_without_a_certificate_are_refused(
+    settings: Settings, certs: Path, given: dict[str, str]
+) -> None:
+    """A key or a CA for the gateway's listening TLS without its certificate started a gateway
+    listening in plain text, asking no client for a certificate."""
+    files = {option: str(certs / name) for option, name in given.items()}
+    with pytest.raises(ConfigError, match="--tls-listen-cert"), running_gateway(settings, **files):
+        pass

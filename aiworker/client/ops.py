@@ -188,7 +188,7 @@ def _config_plan(state: State, name: str, value: Any) -> Plan[Any]:
             if upper == "MODEL_CHUNK_SIZE":
                 raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
             raise AIError(f"{upper}: invalid value")
-    yield Commands.one("HSET", state.keyspace.config, upper, value)
+    yield from plans.call("HSET", state.keyspace.config, upper, value)  # a refusal raises
     return state.ok()
 
 

@@ -25,6 +25,7 @@ after ``request_timeout`` like any unfinished command.
 from __future__ import annotations
 
 import contextlib
+import re
 
 import hiredis
 
@@ -36,6 +37,15 @@ from .inplace import Sink
 
 # Redis' PROTO_INLINE_MAX_SIZE: the longest header line or inline command.
 MAX_LINE = 64 * 1024
+# The fast path's reads are at most 256 KB: no array counted in six digits or more fits whole in
+# one. hiredis makes room for an array's elements when it reads the header (a ``*2147483647``
+# took seconds to free, the whole gateway waiting): such a header goes to the scanner instead,
+# which checks it against the limits first.
+_LONG_ARRAY = re.compile(rb"\*-?\d{6}")
+# Redis' limits for a client that has not authenticated yet (networking.c): a longer array or
+# bulk string from it is refused at its header, before anything is buffered for it.
+UNAUTHENTICATED_ARGS = 10
+UNAUTHENTICATED_BULK = 16 * 1024
 
 
 class ProtocolError(Exception):
@@ -47,6 +57,9 @@ class ProtocolError(Exception):
         super().__init__(f"Protocol error: {detail}")
         self.commands: list[list[bytes]] = []
         self.collected = False  # ``commands`` holds every command before the broken one
+        # an unauthenticated limit broken: the bytes read from the refused command on (an AUTH
+        # before it, not answered yet, may lift the limit: Redis reads on after running it)
+        self.rest: bytes | None = None
 
 
 def _count(line: bytes | bytearray) -> int | None:
@@ -58,6 +71,12 @@ def _count(line: bytes | bytearray) -> int | None:
     if digits[:1] == b"0" and len(digits) > 1:
         return None
     return int(line)
+
+
+def _unauthenticated(what: str, rest: bytearray) -> ProtocolError:
+    error = ProtocolError(f"unauthenticated {what} length")
+    error.rest = bytes(rest)
+    return error
 
 
 def _is_ai_command(buf: bytearray, frame: int) -> bool:
@@ -77,6 +96,7 @@ class RequestReader(Sink):
         self.max_request = max_request
         # the largest read that cannot break a limit, whatever it holds
         self._small = min(self.max_bulk, self.max_request, 256 * 1024)
+        self.unauthenticated = False  # Redis' lower limits apply (set by the connection)
         self._start()
 
     def _start(self) -> None:
@@ -144,6 +164,8 @@ class RequestReader(Sink):
             and data[:1] == b"*"
             and len(data) <= self._small
             and data[-2:] == b"\r\n"  # else a command is unfinished: hiredis need not copy it
+            and not _LONG_ARRAY.search(data)
+            and not self.unauthenticated
         ):
             whole = self._whole_commands(data)
             if whole is not None:
@@ -188,6 +210,8 @@ class RequestReader(Sink):
                     count = _count(buf[pos + 1 : eol])
                     if count is None or count > self.max_args:
                         raise ProtocolError("invalid multibulk length")
+                    if count > UNAUTHENTICATED_ARGS and self.unauthenticated:
+                        raise _unauthenticated("multibulk", buf[pos:])
                     if count < -1:  # skipped, as Redis skips it (hiredis would refuse it)
                         self._flush(buf, run, pos, commands)
                         pos = run = self._frame = eol + 2
@@ -207,6 +231,8 @@ class RequestReader(Sink):
                 length = _count(buf[pos + 1 : eol])
                 if length is None or length < 0 or length > self.max_bulk:
                     raise ProtocolError("invalid bulk length")
+                if length > UNAUTHENTICATED_BULK and self.unauthenticated:
+                    raise _unauthenticated("bulk", buf[self._frame :])
                 end = eol + 4 + length
                 if self._before + end - self._frame > self.max_request:
                     raise ProtocolError("request larger than the gateway's max-request")

@@ -17,6 +17,7 @@ from typing import Any
 from . import resp
 from .aiclients import Identity
 from .command_table import with_ai_commands
+from .frames import RequestReader
 from .routers import ClusterRouter, SingleRouter
 from .transaction import Transaction
 from .upstream import Slot, hello_credentials
@@ -27,6 +28,7 @@ class ReplyHooks:
 
     identity: Identity
     authed: bool
+    reader: RequestReader
     resp3: bool
     watching: bool
     transaction: Transaction | None
@@ -56,6 +58,7 @@ class ReplyHooks:
             password.decode("utf-8", "surrogateescape"),
         )
         self.authed = True
+        self.reader.unauthenticated = False
         self.router.authenticated([username, password])
 
     def _no_transaction(self) -> None:

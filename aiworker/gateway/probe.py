@@ -51,6 +51,17 @@ class Unanswered(Exception):
     """The probe got no reply (Redis not reachable): ask again later."""
 
 
+async def wants_auth(target: Target, hello: list[list[bytes]]) -> bool:
+    """Whether Redis refuses a connection logged in as the gateway's URL says until it
+    authenticates (a password, and none in that URL): its clients must then AUTH first, and
+    Redis' limits for clients not authenticated yet apply (``Session.authed``)."""
+    try:
+        reply = await ask(target, hello, [b"PING"])
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        raise Unanswered(str(exc)) from exc
+    return isinstance(reply, redis.AuthenticationError)
+
+
 async def unsubscribe_error(target: Target, hello: list[list[bytes]]) -> bytes | None:
     """Valkey 8.0 answers an UNSUBSCRIBE on a connection subscribed to nothing with a NOSUB
     error where Redis and Valkey 8.1+ answer a reply per channel: that error, with ``%s`` in the

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ from .cluster import Node, SlotMap, emulated_reply
 from .command_table import getkeys_reply
 from .commands import is_ai_command
 from .config import GatewayConfig
-from .probe import Unanswered, unsubscribe_error
+from .probe import Unanswered, unsubscribe_error, wants_auth
 from .routers import ClusterRouter, SingleRouter
 from .session import Session
 from .upstream import Target
@@ -49,6 +52,10 @@ def _client_tls(settings: Settings) -> ssl.SSLContext:
 
 def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
     if not config.tls_cert:
+        if config.tls_key or config.tls_ca_cert:  # not plain text: the user asked for TLS
+            raise ConfigError(
+                "the gateway's listening TLS needs its certificate (--tls-listen-cert)"
+            )
         return None
     with _naming("listening TLS", (config.tls_cert, config.tls_key, config.tls_ca_cert)):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -57,6 +64,32 @@ def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
             context.load_verify_locations(config.tls_ca_cert)
             context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+# Descriptors kept for what is not a client's (Redis' CONFIG_MIN_RESERVED_FDS), besides the
+# AI.* commands' threads, each with a connection of its own.
+RESERVED_FILES = 32
+
+
+def fit_open_files(config: GatewayConfig) -> GatewayConfig:
+    """``config`` with no more connections than the process may open files for, each client
+    taking two (its own, and its connection to Redis): the soft limit raised to the hard one
+    first, and where even that is too low, fewer connections, with a warning (as Redis lowers
+    ``maxclients``). A client past the limit then gets Redis' "max number of clients reached"
+    instead of a connection closed without a word, or accepted but never served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = RESERVED_FILES + config.threads + 2 * config.max_connections
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config
+    fits = max(1, (soft - RESERVED_FILES - config.threads) // 2)
+    log.warning("open files limit %d: the gateway serves %d connections, not %d (raise the "
+                "limit: ulimit -n)", soft, fits, config.max_connections)  # fmt: skip
+    return dataclasses.replace(config, max_connections=fits)
 
 
 @contextlib.contextmanager
@@ -75,16 +108,20 @@ class Gateway:
 
     def __init__(self, settings: Settings, config: GatewayConfig) -> None:
         self.settings = settings
-        self.config = config
+        self.config = fit_open_files(config)
         self.keyspace = Keys(settings.prefix)
         self.identity = Identity()
-        self.sessions: set[Session] = set()
+        self.sessions: set[Session] = set()  # until their work is done (``forget``)
+        self.connected: set[Session] = set()  # what max_connections counts
         self.servers: list[asyncio.AbstractServer] = []
+        self._socket_file: int | None = None  # the unix socket file's inode (``close``)
         self.cluster = False
         self.slots: SlotMap | None = None
         self.nosub: bytes | None = None  # ``probe.unsubscribe_error``
         self._probing: asyncio.Task[None] | None = None  # it, while not answered yet
         self.probed = False  # the probe was answered
+        # clients must AUTH before anything else: --require-auth, or Redis wants it (``probe``)
+        self.auth_required = config.require_auth
         url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         tls_kwargs(settings)  # TLS files with a plain redis:// URL: refused, as a worker does
         self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
@@ -128,6 +165,8 @@ class Gateway:
         self.ai = AIClients(self.settings, self.config.reply_timeout, self.config.threads)
         loop = asyncio.get_running_loop()
         tls = _server_tls(self.config)
+        if self.config.emulate_cluster and not self.config.listen:
+            raise ConfigError("--emulate-cluster describes a TCP address: give one (--listen)")
         if self.config.listen:
             self.servers.append(
                 await loop.create_server(
@@ -143,21 +182,25 @@ class Gateway:
             self.servers.append(
                 await loop.create_unix_server(lambda: Session(self), self.config.unix_socket)
             )
+            self._socket_file = os.stat(self.config.unix_socket).st_ino
+        places = [self.address_text()] if self.config.listen else []
         log.info(
-            "gateway on %s%s -> %s%s",
-            self.address_text(),
-            f" and {self.config.unix_socket}" if self.config.unix_socket else "",
+            "gateway on %s -> %s%s",
+            " and ".join(places + [self.config.unix_socket] * bool(self.config.unix_socket)),
             hide_password(self.settings.redis_url),
             " (Redis Cluster)" if self.cluster else "",
         )
 
     def address(self) -> tuple[str, int]:
-        """The TCP address listened on (the port picked when 0 was asked)."""
+        """The TCP address listened on (the port picked when 0 was asked); ("", 0) when the
+        gateway listens on a unix socket only."""
         for server in self.servers:
             for sock in getattr(server, "sockets", ()):
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     name = sock.getsockname()
                     return str(name[0]), int(name[1])
+        if not self.config.listen:
+            return "", 0
         return self.config.host, self.config.port
 
     def address_text(self) -> str:
@@ -177,9 +220,19 @@ class Gateway:
                 session.transport.close()
         for server in self.servers:
             await server.wait_closed()
+        self._remove_socket_file()
         await self.ai.close()
         if self.slots is not None:
             await self.slots.seed.aclose()
+
+    def _remove_socket_file(self) -> None:
+        """Remove the unix socket's file, as Redis does on shutdown: unless another process
+        listens there now (its file replaced this one's)."""
+        path = self.config.unix_socket
+        with contextlib.suppress(OSError):
+            if self._socket_file is not None and os.stat(path).st_ino == self._socket_file:
+                os.unlink(path)
+        self._socket_file = None
 
     # sessions --------------------------------------------------------------------------------
 
@@ -188,6 +241,9 @@ class Gateway:
         reachable: asked again when the next client connects."""
         try:
             self.nosub = await unsubscribe_error(self._target, self._hello)
+            self.auth_required = self.config.require_auth or await wants_auth(
+                self._target, self._hello
+            )
             self.probed = True
         except Unanswered:
             pass
@@ -197,10 +253,14 @@ class Gateway:
     def admit(self, session: Session) -> bool:
         if not self.probed and self._probing is None:
             self._probing = asyncio.ensure_future(self._probe())
-        if len(self.sessions) >= self.config.max_connections:
+        if len(self.connected) >= self.config.max_connections:
             return False
+        self.connected.add(session)
         self.sessions.add(session)
         return True
+
+    def left(self, session: Session) -> None:
+        self.connected.discard(session)
 
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)

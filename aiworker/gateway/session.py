@@ -146,8 +146,11 @@ class Host(Protocol):
     ai: AIClients
     cluster: bool
     nosub: bytes | None
+    auth_required: bool
 
     def admit(self, session: Session) -> bool: ...
+
+    def left(self, session: Session) -> None: ...
 
     def forget(self, session: Session) -> None: ...
 
@@ -163,6 +166,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.gw = gateway
         config = gateway.config
         self.reader = RequestReader(config.max_bulk, config.max_args, config.max_request)
+        self.held: bytes | None = None  # read past Redis' unauthenticated limits, behind an AUTH
         self.transport: asyncio.Transport | None = None
         self.replies: deque[Slot] = deque()
         self.waiting: deque[list[bytes]] = deque()
@@ -211,6 +215,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.closing = self.gone = True
         self.waiting.clear()
         self._cancel_timer()
+        self.gw.left(self)  # its place is free at once, as in Redis, though its work finishes
         self._let_go_when_done()
 
     def _let_go_when_done(self) -> None:
@@ -239,9 +244,14 @@ class Session(ReplyHooks, asyncio.Protocol):
         try:
             commands = self.reader.feed(data)
         except ProtocolError as exc:
-            # the commands before it run and are answered first, then the error, then the
-            # connection closes (as Redis does)
-            self._refuse(str(exc))
+            if exc.rest is not None and self._may_sign_in(exc.commands):
+                # Redis runs an AUTH before it reads on: what follows waits for its answer
+                self.held = exc.rest
+                self._reset_reader()
+            else:
+                # the commands before it run and are answered first, then the error, then the
+                # connection closes (as Redis does)
+                self._refuse(str(exc))
             self.waiting.extend(exc.commands)
             self.dispatch()
             return
@@ -266,7 +276,10 @@ class Session(ReplyHooks, asyncio.Protocol):
         does. (A command cut short by the end is dropped.) With a blocking command sent (BLPOP
         k 0), Redis frees the client when the end reaches it, ending the wait (what it answered
         before, a BLPOP served at once included, reached the client): so the end goes on to
-        Redis, and the connection closes when Redis closes (``on_upstream_lost``)."""
+        Redis, and the connection closes when Redis closes (``on_upstream_lost``). Its place
+        among ``max_connections`` is free at once: the client sends nothing more (one that
+        closed and left a job running would otherwise hold it until the job ended)."""
+        self.gw.left(self)
         if self.tunnel and not self.closing:  # Redis answers what it got, then closes: then so
             return self.router.tunnel_upstream().write_eof()  # does the gateway (upstream lost)
         if self.closing or self.tunnel:
@@ -350,6 +363,8 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._reply_now(self.refusal)
                 self._close_after_replies()
         self.router.flush()
+        if self._read_held():
+            return
         # a blocking command sent after the client's end: Redis frees it when that end reaches
         # it, as it would a direct client (and never runs what came after the command)
         if self.input_ended and self.blocking and not self.end_passed_on and self.ai_task is None:
@@ -606,7 +621,26 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def signed_out(self) -> None:
         self.identity = self.gw.identity
-        self.authed = not self.gw.config.require_auth
+        self.authed = not self.gw.auth_required
+        self.reader.unauthenticated = not self.authed
+
+    def _read_held(self) -> bool:
+        """Read what waited for an AUTH's answer, once it came (as Redis reads on after an
+        AUTH); whether it was read."""
+        if self.held is None or not (self.authed or not (self.inflight or self.waiting)):
+            return False
+        held, self.held = self.held, None
+        self.data_received(held)
+        return True
+
+    def _may_sign_in(self, commands: list[list[bytes]]) -> bool:
+        """Whether an AUTH (or HELLO with AUTH) is on its way to Redis or about to be: while a
+        connection is not authenticated, nothing else goes there."""
+        return bool(self.inflight) or any(
+            args[0].upper() == b"AUTH"
+            or (args[0].upper() == b"HELLO" and hello_credentials(args) is not None)
+            for args in (*self.waiting, *commands)
+        )
 
     def _reply_now(self, data: bytes) -> None:
         slot = Slot(data)
@@ -661,6 +695,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         ):
             self.throttled = False
             self.dispatch()
+        else:
+            self._read_held()
 
     def on_raw(self, data: bytes) -> None:
         """Tunnel mode: Redis' bytes go to the client as they come, after every reply before
@@ -746,7 +782,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             return
         waiting = self.waiting
         pause = (
-            len(waiting) > MAX_WAITING
+            self.held is not None
+            or len(waiting) > MAX_WAITING
             or (self.backlog > MAX_WAITING_BYTES and bool(waiting))
             or (self.tunnel and bool(self.holding_back))
         )
@@ -788,8 +825,12 @@ class Session(ReplyHooks, asyncio.Protocol):
         after it is read, and what was read of it never reaches Redis (a pipe would send it)."""
         self._cancel_timer()
         self.refusal = resp.error(message)
+        self._reset_reader()
+
+    def _reset_reader(self) -> None:
         config = self.gw.config
         self.reader = RequestReader(config.max_bulk, config.max_args, config.max_request)
+        self.reader.unauthenticated = not self.authed
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

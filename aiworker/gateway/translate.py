@@ -44,6 +44,8 @@ from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Plan
 
+from . import access
+
 OK = Status("OK")
 STORES = (ModelStore, ScriptStore)
 
@@ -214,6 +216,7 @@ def _config(state: State, cmd: ConfigCommand) -> Plan[Any]:
 
 
 def _job(state: State, cmd: ModelExecute | ScriptExecute) -> Plan[Any]:
+    yield from access.check_plan(cmd)
     reply = yield from job_ops.submit_plan(state, cmd)
     if reply.raise_for_status(timedout_ok=True) is replies.Status.TIMEDOUT:
         return Status("TIMEDOUT")
@@ -221,6 +224,7 @@ def _job(state: State, cmd: ModelExecute | ScriptExecute) -> Plan[Any]:
 
 
 def _dag(state: State, cmd: DagExecute) -> Plan[Any]:
+    yield from access.check_plan(cmd)
     reply = yield from job_ops.submit_plan(state, cmd)
     if reply.raise_for_status(timedout_ok=True) is replies.Status.TIMEDOUT:
         return Status("TIMEDOUT")

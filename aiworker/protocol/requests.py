@@ -5,6 +5,7 @@ Each type answers for itself what callers would otherwise ask with ``isinstance`
 
 * ``names()``: every key and tensor name it carries (checked at first sight: UTF-8, prefix);
 * ``written_keys()``: the Redis keys it may write (outputs, PERSIST keys, a script's KEYS);
+* ``reached_keys()``: the Redis keys a script may read and write while it runs (its KEYS);
 * ``written_together()``: the keys its completion writes in one step with its reply (on Redis
   Cluster they share the reply's hash slot);
 * ``state_reads()``: what the worker reads before running it, as (``MODEL`` | ``SCRIPT`` |
@@ -198,7 +199,10 @@ class DagExecute:
         return (*self.load, *self.persist, *(name for op in self.ops for name in op.names()))
 
     def written_keys(self) -> tuple[str, ...]:
-        return self.persist + tuple(key for op in self.ops for key in op.reached_keys())
+        return self.persist + self.reached_keys()
+
+    def reached_keys(self) -> tuple[str, ...]:
+        return tuple(key for op in self.ops for key in op.reached_keys())
 
     def written_together(self) -> tuple[str, ...]:
         return self.persist

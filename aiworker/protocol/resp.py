@@ -42,13 +42,25 @@ def error_reply_of(exc: BaseException) -> ErrorReply:
     return BareErrorReply(message) if isinstance(message, BareMessage) else ErrorReply(message)
 
 
-# RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it).
+# RedisAI messages sent without the "ERR " prefix (redis-py shows every message without it), and
+# Redis' own error codes, which reach a client as Redis sent them (redis-py's exception classes
+# depend on them: NoPermissionError, ReadOnlyError, ...).
 _NO_ERR_PREFIX = (
     "WRONGTYPE",
     "NOAUTH",
     "NOPROTO",
     "EXECABORT",
     "OOM ",
+    "NOPERM ",
+    "READONLY ",
+    "LOADING ",
+    "WRONGPASS ",
+    "BUSY ",
+    "MISCONF ",
+    "MASTERDOWN ",
+    "NOREPLICAS ",
+    "TRYAGAIN ",
+    "CLUSTERDOWN ",
     "Number of keys given as",
     "Unsupported command within DAG",
     "Invalid argument: ",

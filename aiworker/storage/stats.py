@@ -80,9 +80,11 @@ def reset_plan(keys: Keys, key: str) -> Plan[None]:
     """RedisAI's AI.INFO key RESETSTAT."""
     replies = yield Commands.one("HGET", key, "kind")
     kind = replies[0]
+    if isinstance(kind, Exception) and not str(kind).startswith("WRONGTYPE"):
+        raise kind  # a refusal (NOPERM), Redis gone
     if isinstance(kind, Exception) or text(kind) not in ("model", "script"):
         raise AIError(messages.INFO_EMPTY)
-    yield Commands.one("DEL", keys.stats(key))
+    yield from plans.call("DEL", keys.stats(key))  # a refusal (an ACL, a replica) raises
 
 
 def reset(r: plans.AnyRedis, keys: Keys, key: str) -> None:
