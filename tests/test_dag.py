@@ -229,7 +229,7 @@ def test_large_tensorget_result_travels_through_an_expiring_key(
     client.tensorset("big", big)
     results = client.dag(load="big").tensorget("big").execute()
     np.testing.assert_array_equal(results[0], big)
-    assert not list(client.scan_iter(match=client.keyspace.dag_output("*", 0)))
+    assert not list(client.scan_iter(match=client.keyspace.dag_output("*", "*", 0)))
     client.xadd(
         client.keyspace.queue("CPU"),
         {"cmd": "AI.DAGEXECUTE LOAD 1 big |> AI.TENSORGET big BLOB", "reply": "cli"},
@@ -237,9 +237,35 @@ def test_large_tensorget_result_travels_through_an_expiring_key(
     popped = client.blpop(["cli"], 10)
     assert popped is not None
     [entry] = json.loads(popped[1])["results"]
-    assert entry["key"] == client.keyspace.dag_output(entry["key"].split(":")[-2], 0)
+    stream = client.keyspace.queue("CPU")
+    assert entry["key"] == client.keyspace.dag_output(stream, entry["key"].split(":")[-2], 0)
     np.testing.assert_array_equal(client.tensorget(entry["key"]), big)
     assert 0 < client.ttl(entry["key"]) <= Settings().reply_ttl
+
+
+def test_a_large_result_is_not_overwritten_by_an_entry_of_the_same_id_elsewhere(
+    client: Client, settings: Settings
+) -> None:
+    """A large TENSORGET result's key was named by the entry id alone: anyone could XADD the
+    victim's id onto another queue the workers read and overwrite the result its genuine reply
+    points to."""
+    client.tensorset("mine", np.ones(INLINE_LIMIT // 4 + 10, np.float32))
+    client.tensorset("evil", np.full(INLINE_LIMIT // 4 + 10, 666, np.float32))
+    w = Worker(settings.replace(devices=("CPU", "CPU:1"))).start()
+    try:
+        cmd = "AI.DAGEXECUTE LOAD 1 {0} |> AI.TENSORGET {0} BLOB"
+        victim = client.xadd(
+            client.keyspace.queue("CPU"), {"cmd": cmd.format("mine"), "reply": "v"}
+        )
+        popped = client.blpop(["v"], 10)
+        assert popped is not None
+        key = json.loads(popped[1])["results"][0]["key"]
+        attack = {"cmd": cmd.format("evil"), "reply": "a"}
+        client.xadd(client.keyspace.queue("CPU:1"), attack, id=victim)
+        assert client.blpop(["a"], 10) is not None
+        assert client.tensorget(key).tolist()[:2] == [1.0, 1.0]
+    finally:
+        w.stop(timeout=10)
 
 
 def test_dag_timeout(client: Client, worker: Worker) -> None:

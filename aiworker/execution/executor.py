@@ -120,7 +120,7 @@ class Executor:
         self.metas = MetaCache()
 
     def prepare(
-        self, job: Job, snapshot: Snapshot, queue_device: str, stream: str | None = None
+        self, job: Job, snapshot: Snapshot, queue_device: str, stream: str
     ) -> Run | Outcome:
         """Check a job against its read; an Outcome when it ends here (an error, or another
         device's job to forward). ``stream``: the one it was read from (its TIMEOUT counts by
@@ -136,7 +136,7 @@ class Executor:
             return Outcome.failed(error_text(exc))
 
     def _single(
-        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str, stream: str | None
+        self, job: Job, request: Any, snapshot: Snapshot, queue_device: str, stream: str
     ) -> Run | Outcome:
         """A MODELEXECUTE or SCRIPTEXECUTE: a DAG of one op over its inputs and outputs."""
         op = make_op(0, request, [(name, LOADED) for name in request.inputs])
@@ -159,7 +159,7 @@ class Executor:
         dag: DagExecute,
         snapshot: Snapshot,
         queue_device: str,
-        stream: str | None,
+        stream: str,
     ) -> Run | Outcome:
         """The DAG's ops with their metadata and devices; a missing key fails the whole DAG with
         one error before any op runs, as RedisAI's parser did."""
@@ -191,12 +191,12 @@ class Executor:
         persist: tuple[str, ...],
         held: int,
         single: bool,
-        stream: str | None = None,
+        stream: str,
     ) -> JobRun:
         """``held``: bytes of the job's tensors counted so far (``Snapshot.held``)."""
         # On Redis Cluster a DAG's spilled results share its reply's slot (one completion step).
         near = job.reply if self.cluster else None
-        spill = lambda index: self.keys.dag_output(job.entry_id, index, near)  # noqa: E731
+        spill = lambda index: self.keys.dag_output(stream, job.entry_id, index, near)  # noqa: E731
         return JobRun(
             job,
             ops,

@@ -188,12 +188,14 @@ class Keys:
         base = f"{self.prefix}read:" + (f"{{{slot_tag(near)}}}" if near is not None else "")
         return f"{base}{token}:flag", f"{base}{token}:guard"
 
-    def dag_output(self, entry_id: str, index: int, near: str | None = None) -> str:
+    def dag_output(self, stream: str, entry_id: str, index: int, near: str | None = None) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply (``near``:
-        the reply key, whose hash slot it shares so that one completion writes both)."""
+        the reply key, whose hash slot it shares so that one completion writes both). Named by
+        the stream too: an entry id is unique within its stream only (anyone may XADD the same
+        id onto another queue, and overwrite the result a reply points to)."""
         if near is None:
-            return f"{self.prefix}dagout:{entry_id}:{index}"
-        return f"{self.prefix}dagout:{{{slot_tag(near)}}}{entry_id}:{index}"
+            return f"{self.prefix}dagout:{stream}:{entry_id}:{index}"
+        return f"{self.prefix}dagout:{{{slot_tag(near)}}}{stream}:{entry_id}:{index}"
 
     @property
     def models(self) -> str:
