@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from builders import onnx_mul
@@ -24,6 +25,8 @@ from conftest import worker_env
 from aiworker import Client, Worker
 from aiworker.client.job_ops import MAX_LISTED_NAMES, MAX_NAME_CHARS, listed_names
 from aiworker.embedded import RedisServer
+from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.requests import ModelVerify
 
 pytest.importorskip("onnxruntime")
 
@@ -182,3 +185,24 @@ def test_no_torch_and_no_live_worker_stores_the_script_with_a_warning(
         "script s was stored without being verified: torch cannot be imported in this process "
         "and no live worker serves queue CPU"
     ]
+
+
+def test_a_worker_loads_only_blobs_staged_for_a_check(client: Client, worker: Worker) -> None:
+    """A MODELVERIFY entry carried its blob (up to max_model_bytes) and a worker loaded it:
+    anyone who may XADD had the worker run a framework's parsers on a blob of its making (a
+    model owner's right). Now a blob is loaded only from a staging key, which a client writes
+    (only model owners may), and an entry stays within 1 MiB."""
+    client.hset("ai:mine", "blob", onnx_mul())  # a key a requester may write
+    queue = client.keyspace.queue("CPU")
+    for key in ("ai:mine", client.keyspace.verifying("gone")):
+        client.xadd(queue, encode_entry(ModelVerify("ONNX", "CPU", key), "r"))
+        popped = client.blpop(["r"], 10)
+        assert popped is not None
+        reply = json.loads(popped[1])
+        assert reply["status"] == "error" and "loaded" not in reply, reply  # no verdict
+        assert "MODELVERIFY" in reply["error"], reply
+    entry = {"op": "MODELVERIFY", "backend": "ONNX", "device": "CPU", "blob": b"x" * 2_000_000}
+    client.xadd(queue, {"job": msgpack.packb(entry), "reply": "r"})
+    popped = client.blpop(["r"], 10)
+    assert popped is not None and "more than 1,048,576" in json.loads(popped[1])["error"]
+    assert not list(client.scan_iter(match=client.keyspace.verifying("*")))

@@ -4,6 +4,7 @@ plans."""
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from aiworker.devices import parse_device
 from aiworker.parser import parse_command
 from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.entries import MAX_ENTRY_BYTES
 from aiworker.protocol.errors import AIError, JobFailed, NoLiveWorker, ReplyTimeout
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import (
@@ -34,11 +36,14 @@ from aiworker.protocol.requests import (
 from aiworker.storage import health
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
-from aiworker.storage.plans import Plan
+from aiworker.storage.plans import Commands, Plan
 
-# How long a check at store time may take a worker, and the largest blob or source sent for one.
+# How long a check at store time may take a worker; the largest blob staged for one (a model's
+# blob, in a key under aiworker:verify:, which only model owners may write), and the largest
+# script source sent in one (in its stream entry, as every job: at most 1 MiB).
 VERIFY_TIMEOUT_S = 15.0
 MAX_VERIFY_BYTES = 256 * 1024 * 1024
+MAX_VERIFY_SOURCE = MAX_ENTRY_BYTES - 64 * 1024
 
 
 def job_result(state: State, reply: Reply) -> Any:
@@ -175,12 +180,18 @@ def verify_plan(
     and output names its framework reports, when it was checked."""
     data = memoryview(blob).cast("B")
 
-    def request() -> ModelVerify:
-        return ModelVerify(backend, device, bytes(data), tuple(inputs), tuple(outputs), batchsize)
+    def request() -> Plan[ModelVerify]:
+        """The blob staged where the worker reads it (a worker loads only blobs there: one
+        that took them from a job entry let anyone who may XADD have it load anything)."""
+        staged = state.keyspace.verifying(secrets.token_hex(16))
+        expire_ms = int(VERIFY_TIMEOUT_S * 2000)  # gone even if this client is not there
+        yield Commands([("HSET", staged, "blob", data), ("PEXPIRE", staged, expire_ms)], True)
+        return ModelVerify(backend, device, staged, tuple(inputs), tuple(outputs), batchsize)
 
     here = VerifyModelHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)
     return (yield from _checked(
-        state, f"model {key}", device, here, request, len(data), f"backend {backend}",
+        state, f"model {key}", device, here, request, len(data) > MAX_VERIFY_BYTES,
+        f"larger than {MAX_VERIFY_BYTES} bytes to stage for a worker", f"backend {backend}",
         UnverifiedModelWarning,
     ))  # fmt: skip
 
@@ -191,9 +202,15 @@ def verify_script_plan(
     """Refuse a script that does not compile or lacks an entry point, as RedisAI did at
     SCRIPTSTORE (``_checked``: SCRIPTVERIFY when a worker checks it)."""
     points = tuple(entry_points)
+
+    def request() -> Plan[ScriptVerify]:
+        return ScriptVerify(device, source, points)
+        yield  # (nothing to stage: the source travels in the job's entry)
+
     yield from _checked(
-        state, f"script {key}", device, VerifyScriptHere(source, points),
-        lambda: ScriptVerify(device, source, points), len(source.encode()), "torch",
+        state, f"script {key}", device, VerifyScriptHere(source, points), request,
+        len(source.encode()) > MAX_VERIFY_SOURCE,
+        f"larger than {MAX_VERIFY_SOURCE} bytes to send to a worker", "torch",
         UnverifiedScriptWarning,
     )  # fmt: skip
 
@@ -203,31 +220,36 @@ def _checked(
     what: str,
     device: str,
     here: VerifyHere,
-    request: Callable[[], Request],
-    size: int,
+    request: Callable[[], Plan[ModelVerify | ScriptVerify]],
+    too_big: bool,
+    size_text: str,
     framework: str,
     warning: type[Warning],
 ) -> Plan[IONames | None]:
     """Check ``what`` here when its framework is importable; else ask a live worker serving the
     device (the reply's ``loaded`` is its verdict); else let it be stored with ``warning``. A
-    model's reported input and output names when it was checked."""
+    model's reported input and output names when it was checked. ``too_big``: it is
+    ``size_text`` (too big to ask a worker)."""
     found = yield here
     if found:
         return found if isinstance(found, tuple) else None
     queue = parse_device(device).queue
     why = f"{framework} cannot be imported in this process"
-    if size > MAX_VERIFY_BYTES:
-        why += f" and it is larger than {MAX_VERIFY_BYTES} bytes to send to a worker"
+    if too_big:
+        why += f" and it is {size_text}"
     else:
         statuses = yield from health.live_workers_plan(state.keyspace, health.LIVE_FOR_S)
         if not waiting.serves(statuses, queue):
             why += f" and no live worker serves queue {queue}"
         else:
+            check = yield from request()
             try:
-                reply: Reply = yield Submit(queue, request(), limit=VERIFY_TIMEOUT_S)
+                reply: Reply = yield Submit(queue, check, limit=VERIFY_TIMEOUT_S)
                 loaded, message = reply.extra.get("loaded"), reply.error
             except (ReplyTimeout, NoLiveWorker):
                 loaded, message = None, f"no answer from queue {queue}"
+            if isinstance(check, ModelVerify):
+                yield Commands.one("DEL", check.key)  # (its refusal is no concern: it expires)
             # a verdict carries "loaded"; any other answer (a worker without this check, an
             # entry it refused) means it could not be checked
             if loaded is True:

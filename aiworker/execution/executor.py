@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import redis
 
 from aiworker.backends.base import LoadedModel, ModelSpec, ScriptContext
 from aiworker.devices import parse_device
@@ -229,6 +230,11 @@ class Executor:
         cpu = parse_device("CPU")
         loaded: LoadedModel
         listed: IONames | None = None
+        if isinstance(request, ModelVerify):
+            try:
+                blob = self._staged_blob(request.key)
+            except (AIError, redis.RedisError) as exc:  # no verdict on the blob
+                return MemberResult(None, error_text(exc), counted=False)
         try:
             if isinstance(request, ScriptVerify):
                 loaded = backend.load_script(request.source, request.entry_points, cpu)
@@ -240,7 +246,7 @@ class Executor:
                     outputs=request.outputs,
                     batchsize=request.batchsize,
                 )
-                loaded = backend.load(request.blob, spec)
+                loaded = backend.load(blob, spec)
                 listed = loaded.io_names()
             loaded.close()
         except AIError as exc:
@@ -248,6 +254,23 @@ class Executor:
         except Exception as exc:  # a blob or source the framework chokes on
             return MemberResult(None, f"{name}: {error_text(exc)}")
         return MemberResult([], listed=listed)
+
+    def _staged_blob(self, key: str) -> bytes:
+        """A MODELVERIFY's blob: only from a staging key (which only model owners may write;
+        anyone who may XADD could have the worker load a blob sent in an entry), sized before
+        it is fetched."""
+        if not self.keys.is_verifying(key):
+            raise AIError(f"MODELVERIFY loads only blobs staged at {self.keys.verifying('*')}")
+        r = self.models.r
+        size = int(r.hstrlen(key, "blob"))
+        if not size:
+            raise AIError(f"MODELVERIFY: no blob staged at {key} (expired?)")
+        if size > self.limits.max_model_bytes:
+            raise AIError(
+                f"model blob of {size:,} bytes is larger than max_model_bytes "
+                f"({self.limits.max_model_bytes:,})"
+            )
+        return cast(bytes, r.hget(key, "blob") or b"")
 
     # what scripts may call ----------------------------------------------------------------------
 

@@ -23,13 +23,11 @@ import numpy as np
 
 from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.entries import MAX_ENTRY_BYTES
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
-from aiworker.protocol.requests import VERIFY_OPS
 from aiworker.protocol.text import text
 from aiworker.storage.tensor_io import REDIS_MAX_VALUE_BYTES
 
-# A stream entry carries a command or a msgpack request, never data: anything bigger is abuse.
-MAX_ENTRY_BYTES = 1 << 20
 # What a decoded STRING element costs besides its characters: a pointer in the array, one in the
 # list the blob is split into, and a bytes object's header (33 bytes, rounded up by the allocator).
 # Its characters are counted with the blob (a STRING tensor's size is both).
@@ -158,26 +156,15 @@ def stored_nbytes(array: np.ndarray) -> int:
     return int(array.nbytes)
 
 
-def check_entry(fields: Mapping[Any, Any], limit: int = 0) -> int:
-    """Refuse stream entries that are far larger than any job needs; returns the entry's size.
-
-    ``limit`` is larger only to let a MODELVERIFY carry its model blob (up to max_model_bytes)
-    and a SCRIPTVERIFY its source; every other job is held to MAX_ENTRY_BYTES once decoded
-    (``check_entry_for``)."""
-    limit = max(limit, MAX_ENTRY_BYTES)
+def check_entry(fields: Mapping[Any, Any]) -> int:
+    """Refuse stream entries that are far larger than any job needs (MAX_ENTRY_BYTES: a model
+    blob to check is staged in a key, not sent in the entry); returns the entry's size."""
     size = 0
     for name, value in fields.items():
         size += len(name) + (len(value) if isinstance(value, (bytes, str)) else 0)
-    if size > limit:
-        raise _entry_too_big(size, limit)
-    return size
-
-
-def check_entry_for(op: str, size: int) -> None:
-    """Only a MODELVERIFY or SCRIPTVERIFY (a model blob or a script to check) may exceed
-    MAX_ENTRY_BYTES."""
-    if size > MAX_ENTRY_BYTES and op not in VERIFY_OPS:
+    if size > MAX_ENTRY_BYTES:
         raise _entry_too_big(size, MAX_ENTRY_BYTES)
+    return size
 
 
 def _entry_too_big(size: int, limit: int) -> AIError:

@@ -30,6 +30,9 @@ from aiworker.protocol.requests import (
 from aiworker.protocol.text import strict_text, text
 
 # A forwarded entry's first enqueue time (ms): its TIMEOUT keeps counting from there.
+# An entry carries a command or a msgpack request, never data: anything bigger is abuse (a model
+# blob to check is staged in a key, ``ModelVerify``).
+MAX_ENTRY_BYTES = 1 << 20
 ENQUEUED_FIELD = "enqueued"
 # What a forward copies of an entry (with ENQUEUED_FIELD): the request, where its reply goes and in
 # which encoding. Nothing else an entry carries travels on, so a forward stays small.

@@ -188,6 +188,13 @@ class Keys:
         base = f"{self.prefix}read:" + (f"{{{slot_tag(near)}}}" if near is not None else "")
         return f"{base}{token}:flag", f"{base}{token}:guard"
 
+    def verifying(self, token: str) -> str:
+        """Where a client stages a model blob for a worker to check (MODELVERIFY); expiring."""
+        return f"{self.prefix}verify:{token}"
+
+    def is_verifying(self, key: str) -> bool:
+        return key.startswith(f"{self.prefix}verify:")
+
     def dag_output(self, stream: str, entry_id: str, index: int, near: str | None = None) -> str:
         """A large tensor a DAG's TENSORGET op returns; expires with the DAG's reply (``near``:
         the reply key, whose hash slot it shares so that one completion writes both). Named by

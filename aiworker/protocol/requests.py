@@ -245,7 +245,10 @@ IONames = tuple[tuple[str, ...], tuple[str, ...]]
 @dataclass(frozen=True)
 class ModelVerify(_Check):
     """MODELVERIFY: load a model blob as a worker would and report whether it loads, nothing
-    stored or kept (RedisAI refused a model it could not load at MODELSTORE). The reply carries
+    stored or kept (RedisAI refused a model it could not load at MODELSTORE). ``key``: where the
+    blob is staged, the ``blob`` field of a hash under ``Keys.verifying`` (a worker loads no blob
+    from anywhere else: a job entry is anyone's who may XADD, a staging key only a model
+    owner's). The reply carries
     the verdict in ``loaded``: ``{"status": "ok", "loaded": true, "inputs": [...], "outputs":
     [...]}`` (the names the framework reports, ``IONames``), or ``{"status": "error", "loaded":
     false, "error": <the backend's message, RedisAI's, e.g. "Invalid GraphDef">}``; a reply
@@ -253,7 +256,7 @@ class ModelVerify(_Check):
 
     backend: str
     device: str
-    blob: bytes
+    key: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     batchsize: int = 0

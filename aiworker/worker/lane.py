@@ -134,7 +134,6 @@ class Lane:
         self.stop = stop
         self.cluster = cluster
         self.worker_name = worker_name
-        self._entry_limit = max(limits.MAX_ENTRY_BYTES, executor.limits.max_model_bytes)
         self.lanes: Callable[[str], Lane] = lambda device: self
         self.peers: Callable[[], int] = lambda: 1  # live workers serving this queue
         self.on_lost: Callable[[], None] = lambda: None  # its stream vanished (a flush)
@@ -398,10 +397,8 @@ class Lane:
         for queue, entry_id, fields in _each(found):
             started = taken[queue]
             try:
-                structured = b"job" in fields or "job" in fields  # only these carry a model blob
-                size = limits.check_entry(fields, self._entry_limit if structured else 0)
+                limits.check_entry(fields)
                 job = decode_entry(entry_id, fields, self.keys)
-                limits.check_entry_for(job.request.op, size)
                 if self.cluster:
                     check_slot(job.request, job.reply)
             except Exception as exc:  # any malformed entry: its requester is told, alone
