@@ -244,6 +244,31 @@ def test_code_too_deep_to_compile_is_refused_before_loading(options: TorchBacken
         options.load(blob, SPEC)
 
 
+class Weighted(torch.nn.Module):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(16 << 20))  # 64 MB of zeros
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight[0]
+
+
+def test_an_archive_unpacking_past_max_model_extract_bytes_is_refused() -> None:
+    """torch inflates each record to its declared size: a 2 MB blob whose record declared
+    2 GiB took that much of a worker's memory. A TorchScript archive is held to
+    max_model_extract_bytes as a SavedModel's zip is."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive(Weighted()))) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), zipfile.ZIP_DEFLATED)
+    blob = out.getvalue()
+    assert len(blob) < 1 << 20  # zeros deflate: the blob is small, what it unpacks to is not
+    bounded = TorchBackend(BackendOptions(max_model_extract_bytes=32 << 20))
+    with pytest.raises(AIError, match=r"unpacks to [\d,]+ bytes, more than .*\(33,554,432\)"):
+        bounded.load(blob, SPEC)
+    assert TorchBackend(BackendOptions(max_model_extract_bytes=128 << 20)).load(blob, SPEC)
+
+
 def test_ordinary_modules_still_load() -> None:
     model = DEFAULT.load(torch_blob("add"), SPEC)
     out = model.run([np.ones(2, np.float32), np.ones(2, np.float32)])

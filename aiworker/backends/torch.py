@@ -209,7 +209,9 @@ class TorchBackend(Backend):
 
     def load(self, blob: bytes, spec: ModelSpec) -> LoadedModel:
         device = torch_device(spec.device)
-        safety.check_torch_archive(blob, self.options.allow_file_ops)  # loading runs __setstate__
+        # loading runs __setstate__, and inflates every record to its declared size
+        options = self.options
+        safety.check_torch_archive(blob, options.allow_file_ops, options.max_model_extract_bytes)
         if device.type == "cpu":  # optimizing runs ops: on a forward thread, as the forwards
             return FORWARD_THREADS.run(self._load, blob, device)  # type: ignore[no-any-return]
         return self._load(blob, device)

@@ -33,6 +33,8 @@ _TORCH_CODE_NAMES = {
     "PythonOp": "prim::PythonOp",
 }
 _MAX_CODE_BYTES = 256 << 20
+# A TorchScript archive holds a record per tensor and code file: far more than a SavedModel.
+_MAX_RECORDS = 1_000_000
 _LOAD_FAILED = "Failed to load TorchScript model"  # RedisAI's words for a blob it cannot load
 _SKIPPED_TOKENS = frozenset(
     {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT}
@@ -204,14 +206,17 @@ def _code_names(text: str, what: str) -> Iterator[str]:
         yield "".join(strings)
 
 
-def _code_members(blob: bytes) -> Iterator[tuple[str, str]]:
+def _code_members(blob: bytes, max_bytes: int) -> Iterator[tuple[str, str]]:
     """(record name, text) of each code record in a TorchScript archive, read with zipfile
-    within ``_MAX_CODE_BYTES``. Every member named ``*.py`` counts: duplicates included, as
-    torch's reader may pick any of them."""
+    within ``_MAX_CODE_BYTES``, once the whole archive's declared size passed ``max_bytes``
+    (torch inflates a record to its declared size: a 2 MB blob declaring 2 GiB took that much).
+    Every member named ``*.py`` counts: duplicates included, as torch's reader may pick any of
+    them."""
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zipped:
             if not archive.directory_where_recorded(blob):
                 raise AIError(f"{_LOAD_FAILED}: the zip archive has bytes before or after it")
+            archive.check_members(zipped, max_bytes, "TorchScript model", _MAX_RECORDS)
             code = [info for info in zipped.infolist() if info.filename.endswith(".py")]
             if sum(info.file_size for info in code) > _MAX_CODE_BYTES:
                 raise AIError(f"TORCH: the model's code is larger than {_MAX_CODE_BYTES:,} bytes")
@@ -228,7 +233,7 @@ def _code_members(blob: bytes) -> Iterator[tuple[str, str]]:
         raise AIError(f"{_LOAD_FAILED}: not a TorchScript zip archive ({exc})") from None
 
 
-def check_torch_archive(blob: bytes, allow: bool) -> None:
+def check_torch_archive(blob: bytes, allow: bool, max_bytes: int = 0) -> None:
     """Refuse a TorchScript archive whose code names a file or process operation.
 
     This runs before ``torch.jit.load``, which already executes code: the ``__setstate__``
@@ -238,9 +243,9 @@ def check_torch_archive(blob: bytes, allow: bool) -> None:
     private), so only archives both read alike pass (``archive.directory_where_recorded``), and
     a blob that is no zip archive at all is refused: it is none that torch.jit.save writes.
     Whatever ``allow`` says, code that would overflow the compiler's stack is refused
-    (``check_code_shape``).
+    (``check_code_shape``). ``max_bytes``: what the archive may unpack to (0: no bound).
     """
-    for name, text in _code_members(blob):
+    for name, text in _code_members(blob, max_bytes):
         what = f"the model's code ({name})"
         if allow:
             check_code_shape(text, what)
