@@ -4,6 +4,7 @@ connections; and the blocking client's shared reply list (``shared_replies=True`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ import pytest
 from conftest import stub_blob, torch_blob
 
 import aiworker.asyncio
-from aiworker import Client, NoLiveWorker, Worker
+from aiworker import Client, NoLiveWorker, ReplyTimeout, Worker
 from aiworker.embedded import RedisServer
 
 T = TypeVar("T")
@@ -36,8 +37,9 @@ def arun(redis_server: RedisServer, body: Callable[[aiworker.asyncio.Client], Aw
 
 
 def connections(con: Any) -> int:
-    pool = con.connection_pool
-    return len(pool._available_connections) + len(pool._in_use_connections)
+    """The connections the client holds: its user's and aiworker's own."""
+    pools = (con.connection_pool, con._plain.connection_pool)
+    return sum(len(p._available_connections) + len(p._in_use_connections) for p in pools)
 
 
 def test_the_api_as_awaitables(client: Client, worker: Worker, redis_server: RedisServer) -> None:
@@ -92,6 +94,93 @@ def test_a_thousand_concurrent_requests_on_a_few_connections(
     assert results == ["OK"] * 1000
     assert client.tensorget("c999").tolist() == [0, 2, 4, 6]
     assert used <= 4, f"{used} connections for 1,000 concurrent requests"
+
+
+@pytest.mark.parametrize("max_connections", [1, 4])
+def test_max_connections_makes_calls_wait_their_turn(
+    client: Client, worker: Worker, redis_server: RedisServer, max_connections: int
+) -> None:
+    """As on the blocking client, calls beyond ``max_connections`` wait for a connection (they
+    failed with ``MaxConnectionsError``, and at 1 every job with a ``ReplyTimeout``): aiworker's
+    commands hold at most that many, plus the jobs' writer and reader."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+
+    async def main() -> tuple[list[Any], int]:
+        con = aiworker.asyncio.Client(
+            port=redis_server.port, max_connections=max_connections, reply_timeout=30
+        )
+
+        async def one(n: int) -> Any:
+            await con.tensorset(f"a{n}", np.full(2, n, np.float32))
+            await con.modelexecute("m", [f"a{n}", f"a{n}"], [f"o{n}"])
+            return (await con.tensorget(f"o{n}")).tolist()
+
+        try:
+            results = await asyncio.gather(*(one(n) for n in range(20)))
+            assert await con.set("native", 1) is True
+            return results, connections(con)
+        finally:
+            await con.aclose()
+
+    results, used = asyncio.run(main())
+    assert results == [[2 * n, 2 * n] for n in range(20)]
+    assert used <= 2 * max_connections + 2
+
+
+@pytest.mark.parametrize("how", ["argument", "url"])
+def test_decode_responses_decodes_the_users_own_replies_only(
+    client: Client, worker: Worker, redis_server: RedisServer, how: str
+) -> None:
+    """``decode_responses=True`` decodes what the user's redis.asyncio calls return, not what
+    aiworker reads: blobs, STRING tensors, models and jobs' replies (its reader failed on the
+    first, and every job waited until it was said lost)."""
+    pytest.importorskip("torch")  # a model blob that is not UTF-8
+    client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    client.tensorset("x", np.array([1, 2], np.float32))
+    client.tensorset("s", ["ab", "c"], dtype="STRING")
+    url, options = (
+        (redis_server.url, {"decode_responses": True})
+        if how == "argument"
+        else (redis_server.url + "?decode_responses=true", {})
+    )
+
+    async def main() -> None:
+        con = aiworker.asyncio.Client.from_url(url, reply_timeout=30, **options)
+        try:
+            assert (await con.tensorget("x")).tolist() == [1, 2]
+            assert (await con.tensorget("s")).tolist() == ["ab", "c"]
+            assert (await con.modelget("m"))["blob"] == torch_blob("add")
+            assert await con.modelexecute("m", ["x", "x"], ["y"]) == "OK"
+            await con.set("native", "é")
+            assert await con.get("native") == "é"
+        finally:
+            await con.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_failing_reply_reader_ends_the_waits_at_once(
+    client: Client, worker: Worker, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error in the reader task (a bug, not a lost Redis) ends the jobs waiting
+    with it, as the reader could hand them no reply: they waited until the job was said lost."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(2, np.float32))
+
+    def garbled(raw: Any) -> Any:
+        raise ValueError("garbled")
+
+    monkeypatch.setattr("aiworker.asyncio.jobs.decode_reply", garbled)
+
+    async def body(con: aiworker.asyncio.Client) -> tuple[list[Any], float]:
+        started = time.monotonic()
+        jobs = (con.modelexecute("m", ["a", "a"], [f"c{n}"]) for n in range(5))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        return results, time.monotonic() - started
+
+    results, took = arun(redis_server, body)
+    assert all(isinstance(r, ReplyTimeout) and "garbled" in str(r) for r in results), results
+    assert took < 3.0
 
 
 def test_no_live_worker_in_asyncio(client: Client, redis_server: RedisServer) -> None:

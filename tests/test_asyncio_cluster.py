@@ -114,6 +114,26 @@ def test_tensors_models_and_scripts_on_every_master(
     assert not list(cluster_client.scan_iter("aiworker:tmp:*"))
 
 
+def test_decode_responses_of_a_cluster_client_decodes_the_users_own_replies_only(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """``decode_responses=True`` decodes what the user's redis.asyncio calls return, not what
+    aiworker reads: blobs, models and jobs' replies."""
+    pytest.importorskip("torch")  # a model blob that is not UTF-8
+    cluster_client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    cluster_client.tensorset("x", np.array([1, 2], np.float32))
+
+    async def body(con: Any) -> None:
+        assert type(con) is aiworker.asyncio.ClusterClient
+        assert (await con.tensorget("x")).tolist() == [1, 2]
+        assert (await con.modelget("m"))["blob"] == torch_blob("add")
+        assert await con.modelexecute("m", ["x", "x"], ["y"]) == "OK"
+        await con.set("native", "é")
+        assert await con.get("native") == "é"
+
+    arun(redis_cluster, body, decode_responses=True)
+
+
 def test_jobs_with_keys_on_three_masters(
     redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
 ) -> None:

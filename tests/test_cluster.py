@@ -67,6 +67,33 @@ def test_tensors_on_every_master(redis_cluster: Any, cluster_client: Any) -> Non
         c.tensorset("plain", np.zeros(1, np.float32))
 
 
+def test_decode_responses_of_a_cluster_client_decodes_the_users_own_replies_only(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker
+) -> None:
+    """``decode_responses=True`` (an argument, or the URL's option) decodes what the user's
+    redis-py calls return, not what aiworker reads: blobs, models, and the replies of jobs that
+    outlast the first wait for them."""
+    pytest.importorskip("torch")  # a model blob that is not UTF-8
+    c = cluster_client
+    c.modelstore("m", "TORCH", "CPU", torch_blob("add"))
+    c.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1200))
+    c.tensorset("x", np.array([1, 2], np.float32))
+    for url, options in [
+        (redis_cluster.url, {"decode_responses": True}),
+        (redis_cluster.url + "?decode_responses=true", {}),
+    ]:
+        decoding = Client.from_url(url, reply_timeout=30, **options)
+        try:
+            assert isinstance(decoding, ClusterClient)
+            assert decoding.tensorget("x").tolist() == [1, 2]
+            assert decoding.modelget("m")["blob"] == torch_blob("add")
+            assert decoding.modelexecute("slow", ["x", "x"], ["y"]) == "OK"
+            decoding.set("native", "é")
+            assert decoding.get("native") == "é"
+        finally:
+            decoding.close()
+
+
 @pytest.mark.filterwarnings("ignore:Experimental")
 def test_model_chunk_size_and_chunked_models(cluster_client: Any) -> None:
     """RedisAI's MODEL_CHUNK_SIZE failed with MOVED on clusters: here it is a hash field like any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import stub_blob, torch_blob
 
+import aiworker.asyncio
 from aiworker import Client, JobFailed, JobTimedOut, Settings, Worker, WrongTypeError
 from aiworker.embedded import cli_program
 from aiworker.protocol.errors import AIError
@@ -192,6 +194,46 @@ def test_readonly_dag_with_routing(pipeline: Client) -> None:
     # redisai-py's DAG fetched META BLOB for meta_only and kept the blob in the dict
     assert results == ["OK", "OK", "OK", {"dtype": "FLOAT", "shape": [2], "blob": c_blob}]
     assert not pipeline.exists("c")
+
+
+TENSORGET_OPTIONS: list[dict[str, bool]] = [
+    {},
+    {"as_numpy": False},
+    {"as_numpy_mutable": True},
+    {"as_numpy_mutable": True, "meta_only": True},
+]
+
+
+@pytest.mark.parametrize("on_asyncio", [False, True], ids=["blocking", "asyncio"])
+def test_tensorget_options_give_what_the_clients_give(
+    client: Client, worker: Worker, redis_server: Any, on_asyncio: bool
+) -> None:
+    """``as_numpy``, ``as_numpy_mutable`` (a writable array: redisai-py asked for META alone)
+    and ``meta_only`` with it as ``Client.tensorget`` (alone, it keeps the data: see
+    ``test_readonly_dag_with_routing``)."""
+    client.tensorset("x", np.array([1, 2], dtype=np.float32))
+
+    def build(c: Any) -> Any:
+        dag = c.dag(load="x")
+        for options in TENSORGET_OPTIONS:
+            dag = dag.tensorget("x", **options)
+        return dag
+
+    async def on_loop() -> list[Any]:
+        con = aiworker.asyncio.Client.from_url(redis_server.url, reply_timeout=30)
+        try:
+            return list(await build(con).execute())
+        finally:
+            await con.aclose()
+
+    results = asyncio.run(on_loop()) if on_asyncio else build(client).execute()
+    for options, result in zip(TENSORGET_OPTIONS, results, strict=True):
+        expected = client.tensorget("x", **options)
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(result, expected)
+            assert result.flags.writeable == expected.flags.writeable, options
+        else:
+            assert result == expected, options
 
 
 def test_later_tensorset_does_not_disturb_earlier_reader(pipeline: Client) -> None:

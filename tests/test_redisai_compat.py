@@ -92,6 +92,44 @@ def test_debug_prints_each_command(
     con.close()
 
 
+def test_from_url_in_debug_prints_no_command_of_its_own(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whether the server is a cluster is aiworker's own question (``INFO cluster``)."""
+    con = Client.from_url(redis_server.url, debug=True)
+    assert capsys.readouterr().out == ""
+    con.set("native", 1)
+    assert capsys.readouterr().out.splitlines() == ["SET native 1"]
+    con.close()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_decode_responses_decodes_the_users_own_replies_only(
+    con: Client, worker: Worker, redis_server: RedisServer, debug: bool
+) -> None:
+    """``decode_responses=True`` (an argument, or the URL's option) decodes what the user's
+    redis-py calls return, not what aiworker reads: blobs, STRING tensors, models, and the
+    replies of jobs that outlast the first wait for them (a private reply list's or the shared
+    one's)."""
+    con.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1200))
+    con.tensorset("x", np.array([1, 2], np.float32))
+    con.tensorset("s", ["ab", "c"], dtype="STRING")
+    for url, options in [
+        (redis_server.url, {"decode_responses": True}),
+        (redis_server.url + "?decode_responses=true", {"shared_replies": True}),
+    ]:
+        c = Client.from_url(url, debug=debug, reply_timeout=30, **options)
+        try:
+            assert c.tensorget("x").tolist() == [1, 2]
+            assert c.tensorget("s").tolist() == ["ab", "c"]
+            assert c.modelget("pt_model")["blob"] == torch_blob("add")
+            assert c.modelexecute("slow", ["x", "x"], ["y"]) == "OK"
+            c.set("native", "é")
+            assert c.get("native") == "é"
+        finally:
+            c.close()
+
+
 def test_raw_replies_without_postprocess(con: Client, worker: Worker) -> None:
     con.enable_postprocess = False
     assert con.tensorset("x", [1, 2], dtype="float") == b"OK"
@@ -489,6 +527,13 @@ def test_a_transaction_holding_jobs_is_atomic_between_them(
     pipe = con.pipeline(transaction=True).set("x", 1).execute_command("NOSUCHCOMMAND")
     with pytest.raises(ResponseError):
         pipe.execute()
+
+
+def test_pipeline_modelget_as_the_clients(con: Client) -> None:
+    """The names a TorchScript model reported (``listed_inputs``) included."""
+    result = con.pipeline().modelget("pt_model", meta_only=True).modelget("pt_model").execute()
+    assert result == [con.modelget("pt_model", meta_only=True), con.modelget("pt_model")]
+    assert (result[0]["inputs"], result[0]["outputs"]) == (["a", "b"], [""])
 
 
 def test_pipeline_errors_follow_redis_py(con: Client) -> None:

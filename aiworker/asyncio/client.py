@@ -19,7 +19,7 @@ from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
 from aiworker.storage.cluster import is_cluster
-from aiworker.storage.redis_options import client_kwargs
+from aiworker.storage.redis_options import client_kwargs, undecoded_pool
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess", "max_concurrency")
 
@@ -28,7 +28,9 @@ class Client(AsyncDriver, AICommands, redis.asyncio.Redis):  # type: ignore[misc
     """``aiworker.Client``'s API on ``redis.asyncio``: ``await con.tensorset(...)``,
     ``await con.modelexecute(...)``, ``await con.dag(...)...execute()``, plus every redis-py
     asyncio command. Same arguments as the blocking client (``debug``, ``enable_postprocess``,
-    ``prefix``, ``reply_timeout``); jobs always share the client's one reply list."""
+    ``prefix``, ``reply_timeout``); jobs always share the client's one reply list. The RedisAI
+    methods' Redis commands beyond ``max_connections`` (or ``max_concurrency``) at once wait
+    their turn."""
 
     def __init__(
         self,
@@ -43,11 +45,16 @@ class Client(AsyncDriver, AICommands, redis.asyncio.Redis):  # type: ignore[misc
         super().__init__(*args, **kwargs)
         self.debug = bool(debug)
         # however many coroutines call at once, at most this many connections carry their reads
-        # and writes (jobs add one writer and one reader)
-        self._batches = asyncio.Semaphore(max_concurrency)
+        # and writes (jobs add one writer and one reader), within ``max_connections``
+        pool = self.connection_pool
+        bound = max(1, min(max_concurrency, pool.max_connections))
+        self._batches = asyncio.Semaphore(bound)
+        # those connections are a pool of their own, which the user's commands never exhaust
+        # (MaxConnectionsError), undecoded whatever ``decode_responses`` says (blobs, msgpack)
+        self._plain = redis.asyncio.Redis(connection_pool=undecoded_pool(pool, bound + 2))
+        self._plain.auto_close_connection_pool = True
         self._state = State(Keys(prefix), raw=not enable_postprocess)
-        plain = redis.asyncio.Redis(connection_pool=self.connection_pool)
-        self._jobs = AsyncJobs(plain, self._state.keyspace, reply_timeout)
+        self._jobs = AsyncJobs(self._plain, self._state.keyspace, reply_timeout, self._send_bounded)
         if self.debug:
             self.execute_command = printing(super().execute_command)  # type: ignore[method-assign]
 
@@ -73,6 +80,7 @@ class Client(AsyncDriver, AICommands, redis.asyncio.Redis):  # type: ignore[misc
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await self._jobs.close()
+        await self._plain.aclose()
         await super().aclose(close_connection_pool)
 
 

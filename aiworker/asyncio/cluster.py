@@ -30,15 +30,13 @@ from redis.asyncio.cluster import RedisCluster
 
 from aiworker.asyncio.cluster_jobs import AsyncClusterJobs
 from aiworker.asyncio.driver import AsyncDriver, printing
-from aiworker.asyncio.plans import execute_commands
 from aiworker.client.api import AICommands
 from aiworker.client.ops import State
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
 from aiworker.storage.cluster import require_cluster_support
-from aiworker.storage.plans import Commands
-from aiworker.storage.redis_options import client_kwargs
+from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_options
 
 
 class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc]
@@ -76,17 +74,14 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
         bounded = max_concurrency if job_connections is None else job_connections
         self._batches = asyncio.Semaphore(max(1, min(max_concurrency, bounded)))
         self._state = State(Keys(prefix), raw=not enable_postprocess)
+        # aiworker's own commands: where the user's replies are decoded, on an undecoded twin
+        # (blobs and msgpack replies are bytes); the jobs' wire reads undecoded on any
+        self._plain = RedisCluster(*args, **undecoded_options(kwargs)) if decodes(self) else self
         self._jobs = AsyncClusterJobs(
             self, self._state.keyspace, reply_timeout, job_connections, self._send_bounded
         )
         if self.debug:
             self.execute_command = printing(super().execute_command)  # type: ignore[method-assign]
-
-    async def _send_bounded(self, batch: Commands) -> list[Any]:
-        """Redis commands a job's wait sends (heartbeats, taking an entry back), within the
-        bound of the client's own."""
-        async with self._batches:
-            return await execute_commands(self, batch)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:
@@ -106,12 +101,18 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
         this itself to start over after a lost node or a failover (its next command connects
         again): then only its connections go, and the jobs wait on."""
         if not _called_by_redis_py():
-            await self._jobs.close()
+            await self._close_own()
         await super().aclose()
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._jobs.close()
+        await self._close_own()
         await super().__aexit__(*exc_info)  # type: ignore[no-untyped-call]
+
+    async def _close_own(self) -> None:
+        """End the jobs' waits; close the undecoded twin, if any."""
+        await self._jobs.close()
+        if self._plain is not self:
+            await self._plain.aclose()
 
 
 def _called_by_redis_py() -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aiworker.asyncio.plans import AnyAsyncRedis, execute_commands
 from aiworker.client import job_ops
@@ -38,15 +38,22 @@ def printing(execute: Callable[..., Any]) -> Callable[..., Any]:
 
 class AsyncDriver(ClientOptions):
     """Runs ops on an asyncio client; the client supplies ``_state``, ``_jobs``, ``_batches``
-    (a semaphore bounding the connections its Redis commands take at once) and ``debug``."""
+    (a semaphore bounding the connections its Redis commands take at once), ``_plain`` (the
+    redis-py client they go through: undecoded, not printed) and ``debug``."""
 
     _jobs: AsyncJobsLike
     _batches: asyncio.Semaphore
+    _plain: AnyAsyncRedis
+
+    async def _send_bounded(self, batch: Commands) -> list[Any]:
+        """Redis commands (an op's, or a job's wait's: heartbeats, taking an entry back),
+        within the bound of ``_batches``."""
+        async with self._batches:
+            return await execute_commands(self._plain, batch)
 
     async def _step(self, step: Any) -> Any:
         if isinstance(step, Commands):
-            async with self._batches:
-                return await execute_commands(cast(AnyAsyncRedis, self), step)
+            return await self._send_bounded(step)
         if isinstance(step, Submit):
             return await self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):

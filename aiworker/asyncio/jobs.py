@@ -28,6 +28,7 @@ from aiworker.asyncio.plans import drive, execute_commands
 from aiworker.client import routing, waiting
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
+from aiworker.protocol.errors import ReplyTimeout
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import MSGPACK, Reply, decode_reply
 from aiworker.protocol.requests import Request
@@ -50,11 +51,21 @@ def closed_error() -> ClientClosed:
     )
 
 
+def reader_failed(exc: Exception) -> ReplyTimeout:
+    """The end of a wait whose replies the reader task can no longer hand over."""
+    error = ReplyTimeout(
+        f"the client's reader of replies failed ({exc!r}): the job may or may not have run; "
+        "retry it"
+    )
+    error.__cause__ = exc
+    return error
+
+
 class _Mailbox:
-    """Where the reader task puts a job's replies (None: the client was closed)."""
+    """Where the reader task puts a job's replies (an exception: the wait ends with it)."""
 
     def __init__(self) -> None:
-        self.inbox: asyncio.Queue[Reply | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Reply | Exception] = asyncio.Queue()
 
     def put(self, reply: Reply) -> None:
         self.inbox.put_nowait(reply)
@@ -102,8 +113,16 @@ class WaitSteps:
 class AsyncJobs(WaitSteps):
     """Submits requests for one asyncio client and waits for their replies."""
 
-    def __init__(self, r: redis.asyncio.Redis, keyspace: Keys, reply_timeout: float | None) -> None:
-        super().__init__(keyspace, reply_timeout, lambda batch: execute_commands(r, batch))
+    def __init__(
+        self,
+        r: redis.asyncio.Redis,
+        keyspace: Keys,
+        reply_timeout: float | None,
+        send: Callable[[Commands], Awaitable[list[Any]]] | None = None,
+    ) -> None:
+        """``send``: how Redis commands off the job path (heartbeats, taking an entry back) go
+        to ``r`` (by default at once); the reader and the writer take a connection each."""
+        super().__init__(keyspace, reply_timeout, send or (lambda b: execute_commands(r, b)))
         self.r = r
         self.reply_list = keyspace.reply(uuid.uuid4().hex)
         self.router = routing.ReplyRouter()
@@ -142,8 +161,8 @@ class AsyncJobs(WaitSteps):
                 reply = await asyncio.wait_for(mailbox.inbox.get(), step.seconds)
             except asyncio.TimeoutError:
                 return None
-            if reply is None:
-                raise closed_error()
+            if isinstance(reply, Exception):
+                raise reply
             return reply
         if isinstance(step, Enqueue):
             return await self._enqueue(step, mailbox)
@@ -206,6 +225,16 @@ class AsyncJobs(WaitSteps):
             self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
+        """Hand the replies to their jobs while any waits. An unexpected error (not a lost
+        Redis: a bug) ends the jobs waiting at once, which no reply could reach now; the next
+        submission starts a reader again."""
+        try:
+            await self._read_replies()
+        except Exception as exc:
+            for mailbox in self._waiting:
+                mailbox.inbox.put_nowait(reader_failed(exc))
+
+    async def _read_replies(self) -> None:
         while True:
             try:
                 popped = await self.r.blpop([self.reply_list], timeout=READ_BLOCK_S)
@@ -227,7 +256,7 @@ class AsyncJobs(WaitSteps):
         """Stop the reader and the writer; the jobs waiting end with ``ClientClosed``."""
         waiting_now, self._waiting = self._waiting, set()
         for mailbox in waiting_now:
-            mailbox.inbox.put_nowait(None)
+            mailbox.inbox.put_nowait(closed_error())
         unsent, self._pending = self._pending, []
         for _, _, future in unsent:
             if not future.done():

@@ -48,7 +48,7 @@ from aiworker.settings import Settings
 from aiworker.storage import plans
 from aiworker.storage.cluster import LOST, ClusterWires, SlotMap, require_cluster_support
 from aiworker.storage.plans import Commands, execute_commands
-from aiworker.storage.redis_options import client_kwargs
+from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_options
 
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess")
 
@@ -131,7 +131,10 @@ class ClusterClient(Driver, AICommands, RedisCluster):
         super().__init__(*args, **kwargs)
         self.debug = bool(debug)
         self._state = State(Keys(prefix), raw=not enable_postprocess)
-        self._jobs = ClusterJobs(self, self._state.keyspace, reply_timeout)
+        # aiworker's own commands: where the user's replies are decoded, on an undecoded twin
+        # (blobs and msgpack replies are bytes)
+        self._plain = RedisCluster(*args, **undecoded_options(kwargs)) if decodes(self) else self
+        self._jobs = ClusterJobs(self._plain, self._state.keyspace, reply_timeout)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:
@@ -150,8 +153,10 @@ class ClusterClient(Driver, AICommands, RedisCluster):
         return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def _send(self, commands: Commands) -> list[Any]:
-        return execute_commands(self, commands)
+        return execute_commands(self._plain, commands)
 
     def close(self) -> None:
         self._jobs.close()
+        if self._plain is not self:
+            self._plain.close()
         super().close()

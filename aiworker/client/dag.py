@@ -50,13 +50,13 @@ def _common(result: Any, tensor: DagTensor | None) -> Any:
 def _tensor(
     data: str, as_numpy: bool, mutable: bool, meta_only: bool, result: Any, tensor: DagTensor | None
 ) -> Any:
-    """A TENSORGET op's result post-processed as redisai-py did (its ``meta_only`` keeps the
-    data field the op fetched, as redisai-py's DAG did)."""
+    """A TENSORGET op's result post-processed as ``Client.tensorget``'s, except that
+    ``meta_only`` keeps the data field the op fetched, as redisai-py's DAG did."""
     if tensor is None or tensor.array is None:
         return result
     if meta_only and not mutable:
         return raw.list2dict(raw.tensor_reply(tensor.array, True, data))
-    return raw.tensor_result(tensor.array, as_numpy, mutable, False)
+    return raw.tensor_result(tensor.array, as_numpy, mutable, meta_only)
 
 
 class Dag:
@@ -117,9 +117,11 @@ class Dag:
         meta_only: bool = False,
     ) -> Dag:  # fmt: skip
         """Return a DAG-local tensor, post-processed like ``Client.tensorget``."""
-        # redisai-py passed as_numpy_mutable where meta_only belongs: META plus the data
-        tokens = commands.tensorget(key, as_numpy, as_numpy_mutable)
-        data = "BLOB" if as_numpy is True else "VALUES"
+        # redisai-py passed as_numpy_mutable where meta_only belongs: its mutable array came
+        # with META alone (and crashed); the op always fetches the data, a blob for an array
+        blob = as_numpy is True or bool(as_numpy_mutable)
+        tokens = commands.tensorget(key, blob)
+        data = "BLOB" if blob else "VALUES"
         return self._add(tokens, partial(_tensor, data, as_numpy, as_numpy_mutable, meta_only))
 
     def modelexecute(self, key: Any, inputs: Any, outputs: Any) -> Dag:

@@ -73,7 +73,7 @@ def _model(meta_only: bool, chunk_size: Callable[[], int], fields: Any) -> Any:
     if isinstance(fields, Exception) or not fields:
         model_store.check_meta_reply(fields if fields else [None] * len(model_store.META_FIELDS))
     named = {text(k): v for k, v in fields.items()}
-    meta = model_store.check_meta_reply([named.get(f) for f in model_store.META_FIELDS])
+    meta = model_store.checked_meta([named.get(f) for f in model_store.JOB_FIELDS], listed=True)
     blob: Any = None
     if not meta_only:
         whole = b"".join(named.get(f"chunk:{i}", b"") for i in range(meta.chunks))

@@ -27,7 +27,7 @@ from aiworker.settings import Settings
 from aiworker.storage.cluster import is_cluster
 from aiworker.storage.connection import install_packer
 from aiworker.storage.plans import Commands, execute_commands
-from aiworker.storage.redis_options import client_kwargs
+from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_pool
 from aiworker.storage.wire import as_exception
 
 # Commands of the hot methods (tensorset, tensorget, model metadata) whose raw replies are the
@@ -37,6 +37,18 @@ FAST_COMMANDS = frozenset({"EVALSHA", "HMGET", "HGET", "HGETALL"})
 # too: their raw replies serve the plans that send them as redis-py's do (PEXPIRE's 1, not True).
 FAST_IN_TRANSACTION = frozenset({"EVALSHA", "HMGET", "HGET", "HSET", "DEL", "PEXPIRE"})
 OWN_OPTIONS = ("prefix", "reply_timeout", "shared_replies", "debug", "enable_postprocess")
+
+
+def plain_client(r: redis.Redis) -> redis.Redis:
+    """The client aiworker's own commands go through on ``r``'s server, which debug printing does
+    not see: on ``r``'s pool, or where ``r`` decodes replies, on an undecoded copy of it (blobs
+    and msgpack replies are bytes), closed with it."""
+    pool = r.connection_pool
+    if not decodes(r):
+        return redis.Redis(connection_pool=pool)
+    plain = redis.Redis(connection_pool=undecoded_pool(pool, pool.max_connections))
+    plain.auto_close_connection_pool = True
+    return plain
 
 
 def _printing(execute: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,8 +85,8 @@ class Client(Driver, AICommands, redis.Redis):
         install_packer(self)
         self.debug = bool(debug)
         self._state = State(Keys(prefix), raw=not enable_postprocess)
-        plain = redis.Redis(connection_pool=self.connection_pool)
-        self._jobs = Jobs(plain, self._state.keyspace, reply_timeout, shared_replies)
+        self._plain = plain_client(self)
+        self._jobs = Jobs(self._plain, self._state.keyspace, reply_timeout, shared_replies)
         if self.debug:
             self.execute_command = _printing(super().execute_command)  # type: ignore[method-assign]
 
@@ -88,7 +100,7 @@ class Client(Driver, AICommands, redis.Redis):
         client = cls(connection_pool=pool, **own)
         client.auto_close_connection_pool = True
         try:
-            cluster = is_cluster(client)
+            cluster = is_cluster(client._plain)  # aiworker's own question: not printed
         except (redis.ConnectionError, redis.TimeoutError):
             cluster = False
         if not cluster:
@@ -119,7 +131,7 @@ class Client(Driver, AICommands, redis.Redis):
                 command = commands.commands[0]
                 if str(command[0]).upper() in FAST_COMMANDS:
                     return [self._fast(command, commands.large)]
-        return execute_commands(self, commands)
+        return execute_commands(self._plain, commands)
 
     def _fast_transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """A MULTI/EXEC on this thread's own connection; each command's reply, or its error in
@@ -146,4 +158,5 @@ class Client(Driver, AICommands, redis.Redis):
 
     def close(self) -> None:
         self._jobs.close()
+        self._plain.close()
         super().close()

@@ -396,14 +396,16 @@ def read_meta_plan(key: str, listed: bool = False) -> Plan[ModelMeta]:
     """The model's metadata, or RedisAI's errors for a missing key or another kind of key
     (``listed``: showing the names its framework reported, ``_with_listed``)."""
     replies = yield Commands.one("HMGET", key, *_meta_fields(listed))
-    return _checked_meta(replies[0], listed)
+    return checked_meta(replies[0], listed)
 
 
 def _meta_fields(listed: bool) -> tuple[str, ...]:
     return JOB_FIELDS if listed else META_FIELDS
 
 
-def _checked_meta(values: Any, listed: bool) -> ModelMeta:
+def checked_meta(values: Any, listed: bool) -> ModelMeta:
+    """Model metadata from an HMGET of ``META_FIELDS`` (``listed``: of ``JOB_FIELDS``, showing
+    the names its framework reported, as AI.MODELGET META lists them: ``_with_listed``)."""
     if not listed or isinstance(values, Exception):
         return check_meta_reply(values)
     count = len(META_FIELDS)
@@ -425,7 +427,7 @@ def read_model_plan(key: str, listed: bool = False) -> Plan[tuple[ModelMeta, byt
             [("HMGET", key, *fields), ("HMGET", key, *_chunk_fields(meta.chunks))],
             transaction=True,
         )
-        current = _checked_meta(values, listed)
+        current = checked_meta(values, listed)
         if isinstance(chunks, Exception):
             raise chunks
         if current.chunks == meta.chunks or current.chunks == 0:

@@ -10,7 +10,7 @@ timeout comfortably above ``block_ms`` (a dead peer is still noticed, unlike wit
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -81,3 +81,30 @@ def block_ms_for(r: redis.Redis, block_ms: int) -> int:
     limit_ms = int(float(timeout) * 1000)
     margin_ms = max(100, limit_ms // 5)
     return max(1, min(block_ms, limit_ms - margin_ms))
+
+
+def decodes(r: Any) -> bool:
+    """Whether a redis-py client of any kind decodes its replies (``decode_responses``)."""
+    return bool(r.get_encoder().decode_responses)
+
+
+def undecoded_pool(pool: Any, max_connections: int) -> Any:
+    """A new pool of ``pool``'s kind and connection settings (server, AUTH, TLS, timeouts) whose
+    replies are not decoded: aiworker's own commands read blobs and msgpack replies whatever
+    ``decode_responses`` the user's commands asked for."""
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    return type(pool)(
+        connection_class=pool.connection_class, max_connections=max_connections, **kwargs
+    )
+
+
+def undecoded_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A redis-py cluster client's arguments for a twin whose replies are not decoded (see
+    ``undecoded_pool``); a ``url``'s own ``decode_responses`` is dropped: it would win."""
+    options = {**kwargs, "decode_responses": False}
+    url = options.get("url")
+    if url:
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, True) if k != "decode_responses"]
+        options["url"] = parts._replace(query=urlencode(query)).geturl()
+    return options
