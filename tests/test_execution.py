@@ -522,6 +522,28 @@ def test_job_on_wrong_device_queue_is_forwarded(client: Client, redis_server: Re
     assert_queue_drained(client, "aiworker:queue:CPU:1")
 
 
+def test_a_forward_to_a_queue_that_takes_no_more_entries_is_answered(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """Anyone who may XADD can give a queue the largest id there is; after that every XADD to
+    it fails. A job forwarded there left the completion half done: acknowledged, its forward
+    refused, no reply, never deleted nor reclaimed. Now it is answered with why."""
+    client.modelstore("m", "STUB", "CPU:1", stub_blob("mul"))
+    set_inputs(client)
+    last = "18446744073709551615-18446744073709551615"
+    client.xadd("aiworker:queue:CPU:1", {"cmd": "x"}, id=last)
+    w = Worker(Settings(redis_url=redis_server.url, devices=("CPU", "CPU:1"), block_ms=100))
+    w.start()
+    try:
+        client.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", "reply": "r1"})
+        reply = blpop_json(client, "r1")
+        assert reply["status"] == "error", reply
+        assert reply["error"] == "the stream 'aiworker:queue:CPU:1' takes no more entries"
+    finally:
+        w.stop(timeout=10)
+    assert_queue_drained(client, QUEUE)
+
+
 def test_lowercase_device_shares_the_queue(client: Client, worker: Worker) -> None:
     client.modelstore("m", "STUB", "cpu", stub_blob("add"))
     set_inputs(client)

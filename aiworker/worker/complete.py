@@ -78,6 +78,8 @@ def refusal_message(reason: str, key: str) -> str:
         return f"internal error: the data of output '{key}' was not staged"
     if reason == "OOM":
         return OOM
+    if reason == "STREAM":  # its last id is the largest there is: an XADD with that id made it
+        return f"the stream '{key}' takes no more entries"
     return WRONGTYPE
 
 

@@ -153,9 +153,10 @@ class Result:
 
     applied: bool  # this delivery completed the entry: its writes happened
     duplicate: bool = False  # another delivery had completed it (or holds it): nothing written
-    # "WRONGTYPE" | "NOPERM" | "PREFIX" (answered with that error) | "STALE" (a model it ran was
-    # stored anew meanwhile: the caller runs it again) | "OOM" (Redis full: answered with its
-    # refusal): nothing written, still pending (acknowledged already, if completed in steps)
+    # "WRONGTYPE" | "NOPERM" | "PREFIX" | "STREAM" (answered with that error) | "STALE" (a model
+    # it ran was stored anew meanwhile: the caller runs it again) | "OOM" (Redis full: answered
+    # with its refusal): nothing written, still pending (acknowledged already, if completed in
+    # steps)
     refused: str = ""
     key: str = ""  # the key refused
     reply: int = 0  # 1 pushed, 0 none, -1 dropped (the reply key is not a list, or denied)

@@ -5,7 +5,8 @@
 -- ARGV[1] consumer group; ARGV[2..] and the entries as complete_parts.lua says.
 -- Returns per entry {code, reply, stats, reason, key, added}: code 1 applied, 0 already completed by
 -- another delivery (nothing written), -1 refused (nothing written, the entry stays pending:
--- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`, or 'STALE' for a model or script
+-- reason 'WRONGTYPE' | 'NOPERM' | 'PREFIX' for output key `key`, 'STREAM' for a stream record's
+-- stream that takes no more entries, or 'STALE' for a model or script
 -- stored anew since the job read its version); reply 1 pushed, 0 none, -1 dropped (the reply key
 -- holds another type or is denied); stats 1 counted, 0 none, -1 counted after repairing a
 -- statistics key that was not a hash of integers, -2 not counted (denied); added the id the
@@ -23,13 +24,25 @@ end
 local results, acked = {}, {}
 for e, entry in ipairs(entries) do
   local refused, key = refusal(entry)
-  if refused then
-    results[e] = {-1, 0, 0, refused, key}
-  elseif redis.call('XACK', KEYS[1], group, entry.id) == 0 then
+  local added = nil
+  if not refused and #entry.records > 0 then
+    -- its stream records first, while it is still pending: the one write that can fail after
+    -- every check ('STREAM': a stream that takes no more entries) then leaves it as it was
+    if #redis.call('XPENDING', KEYS[1], group, entry.id, entry.id, 1) == 0 then
+      refused = 'DONE'
+    else
+      added, key = add_records(entry)
+      if added == nil then refused = 'STREAM' end
+    end
+  end
+  if refused == 'DONE' or (not refused and redis.call('XACK', KEYS[1], group, entry.id) == 0) then
     results[e] = {0, 0, 0, '', ''}  -- another delivery completed it
+  elseif refused then
+    results[e] = {-1, 0, 0, refused, key}
   else
     acked[#acked + 1] = entry.id
-    local reply, added = apply(e, entry)
+    local reply
+    reply, added = apply(e, entry, added)
     results[e] = {1, reply, 0, '', '', added}
   end
 end

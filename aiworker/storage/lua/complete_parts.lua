@@ -212,12 +212,30 @@ local function spliced(entry, id)
   return string.sub(entry.payload, 1, entry.splice) .. id .. string.sub(entry.payload, entry.splice + 1)
 end
 
--- Entry ``e``'s writes: outputs, stream records, then its reply (RPUSH: a requester's BLPOP reads
--- a forward notice before the reply that follows it); its statistics are tallied, counted by
--- ``count_tallies`` once every entry is applied (the script is atomic: nobody sees the order).
--- Returns reply, added: reply 1 pushed, 0 none, -1 dropped (the reply key holds another type or
--- is denied); added the id the last stream record got ('' when none).
-local function apply(e, entry)
+-- Entry ``e``'s stream records (a forward, a dead letter), the one write every check above cannot
+-- clear: a stream whose last id is the largest there is (anyone who may XADD can make one) takes
+-- no more. Returns the id the last one got ('' when none), or nil and the stream that refused.
+local function add_records(entry)
+  local added = ''
+  for _, rec in ipairs(entry.records) do
+    if rec.maxlen > 0 then
+      added = redis.pcall('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
+    else
+      added = redis.pcall('XADD', rec.key, '*', unpack(rec.fields))
+    end
+    if failed(added) then return nil, rec.key end
+    will[rec.key] = 'stream'
+  end
+  return added
+end
+
+-- Entry ``e``'s writes: outputs, stream records (unless already ``added``: their id), then its
+-- reply (RPUSH: a requester's BLPOP reads a forward notice before the reply that follows it); its
+-- statistics are tallied, counted by ``count_tallies`` once every entry is applied (the script is
+-- atomic: nobody sees the order). Returns reply, added: reply 1 pushed, 0 none, -1 dropped (the
+-- reply key holds another type or is denied); added the id the last stream record got ('' when
+-- none).
+local function apply(e, entry, added)
   for _, out in ipairs(entry.outputs) do
     if out.stage then  -- replaces the key whole: no stale 'values'
       redis.call('RENAME', out.stage, out.key)
@@ -230,14 +248,12 @@ local function apply(e, entry)
     will[out.key] = 'tensor'
   end
   for _, rec in ipairs(entry.stats) do tally(e, rec) end
-  local added = ''
-  for _, rec in ipairs(entry.records) do
-    if rec.maxlen > 0 then
-      added = redis.call('XADD', rec.key, 'MAXLEN', '~', rec.maxlen, '*', unpack(rec.fields))
-    else
-      added = redis.call('XADD', rec.key, '*', unpack(rec.fields))
+  if added == nil then
+    local refused
+    added, refused = add_records(entry)
+    if added == nil then  -- (complete.lua added them first: Redis Cluster's steps fail here)
+      error(redis.error_reply('STREAM ' .. refused .. ' takes no more entries'))
     end
-    will[rec.key] = 'stream'
   end
   if entry.splice > 0 then
     entry.payload = spliced(entry, added)
