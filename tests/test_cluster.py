@@ -526,3 +526,39 @@ def test_a_script_calling_redis_on_keys_in_other_slots(
     assert c.tensorget("o").tolist() == 42 and c.get("k{1}") == b"42"
     assert c.hget("h{2}", "f") == b"41" and c.hget("h{2}", "g") == b"f"
     assert 0 < c.pttl("k{1}") <= 60000
+
+
+def _sent(cluster: Any) -> int:
+    """Bytes every master has sent its clients so far."""
+    return sum(
+        int(cluster.node(port).info("stats")["total_net_output_bytes"])
+        for port in cluster.master_ports()
+    )
+
+
+def test_max_job_bytes_holds_for_a_job_whose_inputs_span_slots(
+    redis_cluster: Any, cluster_client: Any, cluster_settings: Any
+) -> None:
+    """A read made a script call per hash slot, each checking its slot's tensors against the
+    whole max_job_bytes: six 400 KB inputs in six slots passed a 1 MB limit, all fetched (the
+    worker's memory) before the job was refused. They are sized first now; a job within the
+    limit across slots still runs, fetched with the limit shared out by known sizes."""
+    c = cluster_client
+    keys = [f"in{n}" for n in range(6)]
+    assert len({key_slot(key) for key in keys}) == 6
+    for key in keys:
+        c.tensorset(key, np.ones(100_000, np.float32))  # 400 KB each
+    w = Worker(cluster_settings.replace(max_job_bytes=1 << 20)).start()
+    try:
+        wait_until(lambda: c.zcard(c.keyspace.workers) > 0, timeout=10)
+        small = c.dag(load=keys[:2]).tensorget(keys[0], as_numpy=False, meta_only=True)
+        for _ in range(2):  # unknown sizes, then known ones
+            assert small.execute()[0]["shape"] == [100_000]
+        before = _sent(redis_cluster)
+        with pytest.raises(AIError, match=r"max_job_bytes \(1,048,576\)"):
+            c.dag(load=keys).tensorget(keys[0], as_numpy=False, meta_only=True).execute()
+        assert _sent(redis_cluster) - before < 400_000  # no input was fetched
+        c.tensorset(keys[1], np.ones(150_000, np.float32))  # past its share, not the limit
+        assert small.execute()[0]["shape"] == [100_000]
+    finally:
+        w.stop(timeout=10)

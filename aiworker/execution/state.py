@@ -419,8 +419,7 @@ class _Reader:
         of their own (the budget was spent); and the jobs left for the next round trip (their
         large tensors, as last seen, go over READ_ROUND_BYTES), in order."""
         if not self._one_slot(jobs):  # the script fetches every tensor, a call per slot
-            pairs, keys, args, _plain = self._arguments(jobs, fetch_all=True)
-            return dict(zip(pairs, _read_by_slot(self.conn, keys, args), strict=True)), set(), []
+            return (*self._across_slots(jobs), [])
         found: dict[Read, Any] = {}
         settled: dict[Read, Any] = {}  # refused keys: not read again
         deferred: set[int] = set()
@@ -452,6 +451,88 @@ class _Reader:
                 if job not in deferred
             }
         raise AIError("the job's input tensors are being replaced too often to read")
+
+    def _across_slots(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
+        """A read whose keys span hash slots: ``read_jobs.lua`` once per slot, fetching every
+        tensor; the jobs left for a read of their own. One call sees its own slot's tensors
+        only, and each had checked them against the whole max_job_bytes: a job with six 40 MB
+        inputs in six slots passed a 50 MB limit, 240 MB fetched before it was refused. So the
+        limit is shared out: for one job whose tensors' sizes are known (as last read), each
+        slot may take its known bytes plus an even share of the rest; a job over its share
+        there, a job of unknown sizes, or several jobs in the read, are sized first (a call per
+        slot fetching no tensor data) and only jobs within the limits are fetched."""
+        slot = self.conn.slot
+        tensor_slots = {
+            job: {slot(key) for what, key in pairs if what == TENSOR} for job, pairs in jobs.items()
+        }
+        if all(len(slots) <= 1 for slots in tensor_slots.values()):
+            return self._fetched(jobs), set()
+        if len(jobs) == 1:
+            [pairs] = jobs.values()
+            shares = self._shares(pairs)
+            if shares is not None:
+                found = self._fetched(jobs, shares)
+                if not any(found[pair][0] == b"toobig" for pair in pairs if pair[0] == TENSOR):
+                    return found, set()
+        return self._sized_first(jobs)
+
+    def _shares(self, pairs: list[Read]) -> dict[int, int] | None:
+        """Per slot, what one job's tensors there may take: their known bytes plus an even
+        share of what the job's limit leaves (the shares sum to max_job_bytes); None when a
+        size is not known yet."""
+        known: dict[int, int] = {}
+        for what, key in pairs:  # a pair per use
+            if what != TENSOR:
+                continue
+            nbytes = self.sizes.tensor_bytes(key)
+            if nbytes is None:
+                return None
+            known[self.conn.slot(key)] = known.get(self.conn.slot(key), 0) + nbytes
+        spare = max(0, self.bounds.max_job_bytes - sum(known.values())) // len(known)
+        return {slot: nbytes + spare for slot, nbytes in known.items()}
+
+    def _sized_first(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
+        """Every slot's tensors sized (nothing fetched), then only the jobs within max_job_bytes
+        and the read's budget fetched; the jobs left for a read of their own."""
+        uses = _uses(jobs.items())
+        keys, args, _plain = _script_arguments(uses, self.bounds, self.budget, 0, set())
+        sized = dict(zip(uses, _read_by_slot(self.conn, keys, args), strict=True))
+        data = {
+            pair: int(reply[1]) if reply[0] == b"large" else _data_bytes(reply)
+            for pair, reply in sized.items()
+            if pair[0] == TENSOR
+        }
+        found = {pair: reply for pair, reply in sized.items() if reply[0] != b"large"}
+        fetch: dict[int, list[Read]] = {}
+        deferred: set[int] = set()
+        counted: set[Read] = set()
+        spent = 0
+        for job, pairs in jobs.items():
+            total = sum(data.get(pair, 0) for pair in pairs)  # a pair per use
+            if total > self.bounds.max_job_bytes:
+                for pair in pairs:
+                    if pair in data and found.get(pair, [b""])[0] not in _REFUSED:
+                        found[pair] = [b"toobig", b"job", total]
+                continue
+            new = {pair for pair in pairs if pair in data} - counted
+            cost = sum(data[pair] for pair in new)
+            if fetch and spent + cost > self.budget:
+                deferred.add(job)
+                continue
+            fetch[job], spent, counted = pairs, spent + cost, counted | new
+        if fetch:
+            found.update(self._fetched(fetch))
+        return found, deferred
+
+    def _fetched(
+        self, jobs: dict[int, list[Read]], shares: dict[int, int] | None = None
+    ) -> dict[Read, Any]:
+        """``read_jobs.lua`` once per slot, every tensor fetched (``shares``: per slot, the
+        most a job's tensors there may take); the sizes found are remembered."""
+        pairs, keys, args, _plain = self._arguments(jobs, fetch_all=True)
+        found = dict(zip(pairs, _read_by_slot(self.conn, keys, args, shares), strict=True))
+        _learn_sizes(self.sizes, found.items())
+        return found
 
     def _one_slot(self, jobs: dict[int, list[Read]]) -> bool:
         """Whether every key the jobs read, and the read's flag keys, share one hash slot (as on
@@ -573,15 +654,24 @@ def _token() -> str:
     return token
 
 
-def _read_by_slot(conn: ScriptRunner, keys: list[str], args: list[Any]) -> list[Any]:
-    """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order."""
+def _read_by_slot(
+    conn: ScriptRunner, keys: list[str], args: list[Any], shares: dict[int, int] | None = None
+) -> list[Any]:
+    """``read_jobs.lua`` once per hash slot of ``keys``; the replies in ``keys``' order.
+    ``shares``: per slot, the job limit (ARGV[2]) of that slot's call."""
     groups = by_slot(keys, conn.slot)
     head = args[:ARGV_HEAD]
+
+    def head_of(group: list[int]) -> list[Any]:
+        share = None if shares is None else shares.get(conn.slot(keys[group[0]]))
+        return head if share is None else [head[0], share, *head[2:]]
+
     calls = [
         lua.Call(
             READ_JOBS,
             [keys[n] for n in group],
-            head + [a for n in group for a in args[ARGV_HEAD + 2 * n : ARGV_HEAD + 2 + 2 * n]],
+            head_of(group)
+            + [a for n in group for a in args[ARGV_HEAD + 2 * n : ARGV_HEAD + 2 + 2 * n]],
         )
         for group in groups
     ]
