@@ -47,8 +47,9 @@ class Settings:
     inter_op_parallelism: int = 0
     intra_op_parallelism: int = 0
     backend_memory_limit: int = 0
-    # AI.CONFIG BACKENDSPATH, answered to RedisAI clients: backends here are Python packages
-    # (the ``aiworker.backends`` entry points), so no worker reads it
+    # RedisAI's BACKENDSPATH, accepted for compatibility only: backends here are Python packages
+    # (the ``aiworker.backends`` entry points), so nothing reads it; its default ("": nil) is what
+    # AI.CONFIG GET BACKENDSPATH answers until a client stores one in Redis
     backends_path: str = ""
     preload: tuple[str, ...] = ()
     reply_ttl: int = 300
@@ -200,7 +201,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"cannot read config file {path}: {reason}") from exc
     table = data.get("aiworker", data)
     return {k.lower(): v for k, v in table.items()}
 

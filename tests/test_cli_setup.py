@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import click
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import heartbeat_of, wait_until, worker_env
+from conftest import ROOT, heartbeat_of, wait_until, worker_env
 
 from aiworker import Client, Settings
 from aiworker.cli import gateway as gateway_cli
@@ -230,6 +231,148 @@ def test_config_of_an_unknown_setting_is_an_error(
     assert_clean_error(code, out, "unknown setting 'FOO'", "MODEL_CHUNK_SIZE", "THREADS_PER_QUEUE")
     code, out = invoke("config", "model_chunk_size", "--redis-url", redis_server.url)
     assert (code, out.strip()) == (0, "535822336")
+
+
+# The arguments each command that takes --config needs to get as far as reading its settings.
+CONFIG_COMMANDS: dict[str, list[str]] = {
+    "worker": [], "up": [], "gateway": [], "check": [], "status": [],
+    "tensor set": ["t", "FLOAT", "1"], "tensor get": ["t"],
+    "model store": ["m", "TORCH", "CPU", "{file}"], "model get": ["m"], "model del": ["m"],
+    "model list": [],
+    "script store": ["s", "CPU", "{file}", "-e", "f"], "script get": ["s"], "script del": ["s"],
+    "script list": [],
+    "run": ["m", "-i", "a", "-o", "b"], "exec": ["AI.INFO m"], "info": [],
+    "config": ["MODEL_CHUNK_SIZE"],
+}  # fmt: skip
+
+
+def commands_taking_config(group: click.Group = main, path: str = "") -> Iterator[str]:
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands_taking_config(command, f"{path}{name} ")
+        elif any(param.name == "config_file" for param in command.params):
+            yield path + name
+
+
+def test_every_command_taking_config_is_checked_below() -> None:
+    assert set(commands_taking_config()) == set(CONFIG_COMMANDS)
+
+
+def all_commands(group: click.Group = main, path: str = "") -> Iterator[tuple[str, click.Command]]:
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, f"{path}{name} ")
+        else:
+            yield path + name, command
+
+
+def test_every_option_says_what_it_does() -> None:
+    """``worker --threads-per-queue``, ``model store --tag/--batch/...`` and ``gateway
+    --max-connections`` had no help text."""
+    bare = [
+        f"{name} {param.opts[0]}"
+        for name, command in all_commands()
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert bare == []
+
+
+def test_short_help_is_not_cut_at_an_abbreviation() -> None:
+    """``aiworker tensor --help`` listed ``set`` as "Store KEY as a DTYPE tensor of SHAPE (e.g."."""
+    for name, command in all_commands():
+        short = command.get_short_help_str(limit=200)
+        assert not short.endswith(("e.g.", "i.e.")), (name, short)
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+def test_a_missing_config_file_is_one_error_line(command: str, tmp_path: Path) -> None:
+    """README: missing or invalid files print one ``(error) ...`` line and exit 1. A missing
+    --config was click's usage error, exit 2."""
+    (tmp_path / "file").write_text("x\n")
+    args = [arg.replace("{file}", str(tmp_path / "file")) for arg in CONFIG_COMMANDS[command]]
+    missing = str(tmp_path / "nothere.toml")
+    code, out = invoke(*command.split(), *args, "--config", missing)
+    assert_clean_error(code, out, "config file", missing, "No such file")
+    code, out = invoke(*command.split(), *args, AIWORKER_CONFIG=missing)
+    assert_clean_error(code, out, "config file", missing)
+
+
+def test_an_invalid_config_file_is_one_error_line(tmp_path: Path) -> None:
+    broken = tmp_path / "aiworker.toml"
+    broken.write_text("threads_per_queue = = 4\n")
+    for config in (str(broken), str(tmp_path)):  # not TOML; a directory
+        code, out = invoke("worker", "--config", config)
+        assert_clean_error(code, out, f"cannot read config file {config}: ")
+
+
+def test_an_unknown_preloaded_backend_is_named(redis_server: RedisServer) -> None:
+    """It said "(error) unsupported backend" without naming which."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aiworker", "worker", "--redis-url", redis_server.url,
+         "--preload", "TORCH,NOPE"],
+        env=worker_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("(error) preload: unsupported backend 'NOPE' (known: ")
+    assert "TORCH" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_metrics_port_in_use_is_named_before_the_worker_registers(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """It said "(error) [Errno 98] Address already in use", after the worker had sent a
+    heartbeat that clients then believed for 12 s."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "aiworker", "worker", "--redis-url", redis_server.url,
+             "--metrics-port", str(port)],
+            env=worker_env(AIWORKER_METRICS_ADDR="127.0.0.1"), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"(error) metrics port {port} on 127.0.0.1: "), done.stderr
+    assert "in use" in done.stderr and done.stderr.count("\n") == 1
+    assert client.zcard(client.keyspace.workers) == 0
+
+
+def documented_rule(who: str, password: str) -> list[str]:
+    """A user's ACL rule as docs/security.md gives it, as ACL SETUSER arguments."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    match = re.search(rf"<!-- acl:{who} -->\s*```text\nuser \w+ (.+)\n```", text)
+    assert match, f"docs/security.md shows the {who}'s ACL rule"
+    return match.group(1).replace(">CHANGE-ME", f">{password}").split()
+
+
+def test_status_and_check_with_the_documented_monitor_user(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """The worker's own rule lacks what ``status`` reads (SCAN, XLEN, ...): docs/security.md
+    gives a read-only user for it. A denial in the per-queue reads showed zeros; now it is an
+    error naming the permission. A queue no worker made a group for showed ``lag=None``."""
+    keys = client.keyspace
+    client.set(keys.worker("busy:1"), json.dumps(heartbeat_of(keys, "busy:1")))
+    client.zadd(keys.workers, {"busy:1": time.time()})
+    client.xadd(keys.queue("GPU"), {"a": "1"})  # a queue without a consumer group
+    client.execute_command("ACL", "SETUSER", "monitor", "reset", *documented_rule("monitor", "pw"))
+    client.execute_command("ACL", "SETUSER", "worker", "reset", *documented_rule("worker", "pw"))
+    try:
+        url = f"redis://monitor:pw@127.0.0.1:{redis_server.port}/0"
+        code, out = invoke("status", "--redis-url", url)
+        assert code == 0, out
+        assert "worker busy:1: healthy" in out
+        assert f"queue {keys.queue('GPU')}: length=1 pending=0 lag=- consumers=0" in out
+        assert out.rstrip().endswith("(no consumer group)"), out
+        code, out = invoke("check", "--redis-url", url)
+        assert code == 0, out
+        client.execute_command("ACL", "SETUSER", "worker", "+scan")
+        code, out = invoke("status", "--redis-url", url.replace("monitor", "worker"))
+        assert_clean_error(code, out, "NOPERM", "'xlen'")
+    finally:
+        client.execute_command("ACL", "DELUSER", "monitor", "worker")
 
 
 # liveness ----------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aiworker.devices import Device
-from aiworker.protocol.backend_names import BUILTIN_BACKENDS, plugin_targets
-from aiworker.protocol.errors import AIError, BackendUnavailable
+from aiworker.protocol.backend_names import BUILTIN_BACKENDS, known_backends, plugin_targets
+from aiworker.protocol.errors import AIError, BackendUnavailable, ConfigError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import IONames
 
@@ -225,8 +225,14 @@ class Registry:
         return backend
 
     def preload(self, names: Sequence[str]) -> None:
-        """Import and create the named backends now instead of on first use."""
+        """Import and create the named backends now instead of on first use; an unknown name is
+        a ``ConfigError`` that names it (RedisAI's bare ``unsupported backend`` did not)."""
+        known = known_backends()
         for name in names:
+            if name.upper() not in known:
+                raise ConfigError(
+                    f"preload: unsupported backend {name!r} (known: {', '.join(known)})"
+                )
             self.get(name)
 
     def loaded(self) -> dict[str, str]:

@@ -73,7 +73,9 @@ def shared_options(*prefixes: str, tls_prefixes: Sequence[str] = ()) -> Callable
             "--config",
             "config_file",
             envvar=env_names("config", prefixes),
-            type=click.Path(exists=True, dir_okay=False),
+            # not click.Path(exists=True): a missing file is a setup error (one line, exit 1)
+            # like an invalid one, not a usage error
+            metavar="FILE",
             default=None,
             help="aiworker.toml with settings.",
         )(func)

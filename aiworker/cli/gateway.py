@@ -73,6 +73,7 @@ def _env(name: str) -> list[str]:
     envvar=_env("max_connections"),
     default=DEFAULTS.max_connections,
     show_default=True,
+    help="Most clients at once; the next gets Redis' 'max number of clients reached'.",
 )
 @click.option(
     "--max-bulk-len",

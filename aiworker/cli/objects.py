@@ -36,7 +36,8 @@ def tensor_set(
     shape: str,
     values: tuple[str, ...],
 ) -> None:
-    """Store KEY as a DTYPE tensor of SHAPE (e.g. 2,3) from VALUES (zeros when none)."""
+    """Store KEY as a DTYPE tensor of SHAPE from VALUES (zeros when none); SHAPE is its
+    dimensions separated by commas, like 2,3."""
     client = make_client(config_file, redis_url, prefix)
     dims = [int(d) for d in shape.split(",") if d] if shape else []
     try:
@@ -75,10 +76,15 @@ def model() -> None:
 @click.argument("backend")
 @click.argument("device")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--tag", default=None)
-@click.option("--batch", type=int, default=None)
-@click.option("--minbatch", type=int, default=None)
-@click.option("--minbatchtimeout", type=int, default=None)
+@click.option("--tag", default=None, help="A tag stored with the model (TAG).")
+@click.option("--batch", type=int, default=None, help="BATCHSIZE: most rows batched into one run.")
+@click.option("--minbatch", type=int, default=None, help="MINBATCHSIZE: rows a batch waits for.")
+@click.option(
+    "--minbatchtimeout",
+    type=int,
+    default=None,
+    help="MINBATCHTIMEOUT: ms after which a batch runs without MINBATCHSIZE rows.",
+)
 @click.option("--inputs", default=None, help="Comma-separated input names (TF).")
 @click.option("--outputs", default=None, help="Comma-separated output names (TF).")
 def model_store(
@@ -198,7 +204,7 @@ def script() -> None:
     required=True,
     help="Function that SCRIPTEXECUTE may call (repeatable).",
 )
-@click.option("--tag", default=None)
+@click.option("--tag", default=None, help="A tag stored with the script (TAG).")
 def script_store(
     config_file: str | None,
     redis_url: str | None,

@@ -42,8 +42,9 @@ def check(
 ) -> None:
     """Exit 0 when Redis answers and a healthy worker serving DEVICE sent a recent heartbeat;
     exit 1 otherwise (Redis unreachable, no live worker, or its threads died)."""
+    # invalid settings or files: one "(error) ..." line, as for every command
+    settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
     try:
-        settings = make_settings(config_file, redis_url=redis_url, prefix=prefix)
         # Fail fast: a health check must answer well within its orchestrator's timeout.
         client = Client.from_settings(
             settings, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2, socket_timeout=2

@@ -36,7 +36,13 @@ log = logging.getLogger("aiworker.cli")
     callback=split_values,
     help="Device queue to serve (repeatable, or comma-separated): CPU, GPU, GPU:1 ...",
 )
-@click.option("--threads-per-queue", type=int, envvar="AIWORKER_THREADS_PER_QUEUE", default=None)
+@click.option(
+    "--threads-per-queue",
+    type=int,
+    envvar="AIWORKER_THREADS_PER_QUEUE",
+    default=None,
+    help="Runs in flight per device queue (RedisAI's THREADS_PER_QUEUE, default 1).",
+)
 @click.option(
     "--preload",
     multiple=True,
@@ -158,7 +164,7 @@ UP_DEFAULTS = {"threads_per_queue": 2}
     "--config",
     "config_file",
     envvar="AIWORKER_CONFIG",
-    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
     default=None,
     help="aiworker.toml with settings for the worker.",
 )

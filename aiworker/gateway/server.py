@@ -71,12 +71,13 @@ def _server_tls(config: GatewayConfig) -> ssl.SSLContext | None:
 RESERVED_FILES = 32
 
 
-def fit_open_files(config: GatewayConfig) -> GatewayConfig:
+def fit_open_files(config: GatewayConfig) -> tuple[GatewayConfig, str]:
     """``config`` with no more connections than the process may open files for, each client
     taking two (its own, and its connection to Redis): the soft limit raised to the hard one
-    first, and where even that is too low, fewer connections, with a warning (as Redis lowers
-    ``maxclients``). A client past the limit then gets Redis' "max number of clients reached"
-    instead of a connection closed without a word, or accepted but never served."""
+    first, and where even that is too low, fewer connections, and a warning to log once the
+    gateway listens (as Redis lowers ``maxclients``). A client past the limit then gets Redis'
+    "max number of clients reached" instead of a connection closed without a word, or accepted
+    but never served."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = RESERVED_FILES + config.threads + 2 * config.max_connections
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -85,11 +86,13 @@ def fit_open_files(config: GatewayConfig) -> GatewayConfig:
             resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
             soft = raised
     if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return config
+        return config, ""
     fits = max(1, (soft - RESERVED_FILES - config.threads) // 2)
-    log.warning("open files limit %d: the gateway serves %d connections, not %d (raise the "
-                "limit: ulimit -n)", soft, fits, config.max_connections)  # fmt: skip
-    return dataclasses.replace(config, max_connections=fits)
+    warning = (
+        f"open files limit {soft}: the gateway serves {fits} connections, not "
+        f"{config.max_connections} (raise the limit: ulimit -n)"
+    )
+    return dataclasses.replace(config, max_connections=fits), warning
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, config: GatewayConfig) -> None:
         self.settings = settings
-        self.config = fit_open_files(config)
+        self.config, self._files_warning = fit_open_files(config)
         self.keyspace = Keys(settings.prefix)
         self.identity = Identity()
         self.sessions: set[Session] = set()  # until their work is done (``forget``)
@@ -183,6 +186,8 @@ class Gateway:
                 await loop.create_unix_server(lambda: Session(self), self.config.unix_socket)
             )
             self._socket_file = os.stat(self.config.unix_socket).st_ino
+        if self._files_warning:
+            log.warning("%s", self._files_warning)
         places = [self.address_text()] if self.config.listen else []
         log.info(
             "gateway on %s -> %s%s",

@@ -123,7 +123,11 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
     pipe.xinfo_groups(queue)
     pipe.xlen(keys.dead_letters(device))
     pipe.get(keys.queue_limit(queue))
-    length, groups, dead, limit = pipe.execute(raise_on_error=False)
+    replies = pipe.execute(raise_on_error=False)  # a stream that does not exist is no error
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.NoPermissionError):
+            raise reply  # a denied read is no zero: the error names the permission
+    length, groups, dead, limit = replies
     group: dict[str, Any] = {}
     if isinstance(groups, list):
         group = next((g for g in groups if text(g.get("name")) == CONSUMER_GROUP), {})
@@ -192,9 +196,11 @@ def format_status(status: dict[str, Any]) -> list[str]:
     for q in status["queues"]:
         limit = q.get("limit", 0)
         fill = f" limit={limit} ({100 * q['length'] // limit}% full)" if limit else ""
+        # no lag before a worker made the queue's consumer group (none has served it yet)
+        lag, no_group = (q["lag"], "") if q["lag"] is not None else ("-", " (no consumer group)")
         lines.append(
             f"queue {q['queue']}: length={q['length']}{fill} pending={q['pending']} "
-            f"lag={q['lag']} consumers={q['consumers']} dead_letters={q['dead_letters']}"
+            f"lag={lag} consumers={q['consumers']} dead_letters={q['dead_letters']}{no_group}"
         )
     return lines
 

@@ -44,6 +44,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from aiworker.protocol import messages
+from aiworker.protocol.errors import ConfigError
 from aiworker.worker.hooks import JobEvent
 
 SECONDS_BUCKETS = (
@@ -240,8 +241,12 @@ class WorkerMetrics:
             return model
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the bound port. A
+        port that cannot be bound (in use) is a ``ConfigError`` naming it."""
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics port {port} on {addr}: {exc.strerror or exc}") from exc
         self._server = server
         self.port = int(server.server_port)
         return self.port

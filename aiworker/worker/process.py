@@ -221,6 +221,8 @@ class Worker:
     # lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Worker:
+        if self.settings.metrics_port:  # first: a port in use fails before the worker registers
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         self.registry.preload(self.settings.preload)
         # a backend loaded later is published at once: AI.INFO lists those the workers loaded
         self.registry.on_new = self.heartbeat.beat_now
@@ -254,8 +256,6 @@ class Worker:
         # seen live once ``start`` returns: clients (and a store's check by a live worker) must
         # not find no worker while the heartbeat thread's first beat is still on its way
         self.heartbeat.beat_now(wait=True)
-        if self.settings.metrics_port:
-            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info(
             "worker %s serving %s x%d%s%s",
             self.name,
