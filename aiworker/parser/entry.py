@@ -42,6 +42,10 @@ def decode_request(job: Any, cmd: Any) -> Request:
     raise AIError("malformed job entry: expected a 'cmd' or 'job' field")
 
 
+# The longest a forwarded job may have waited in the queue it came from: older claims are forged.
+MAX_FORWARDED_AGE_MS = 24 * 3600 * 1000
+
+
 def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = None) -> Job:
     """Decode either entry form; raises ``AIError`` (the reply key is still found by
     ``reply_key_of``)."""
@@ -52,9 +56,13 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = N
     enqueued = entry_time_ms(entry_id)
     if ENQUEUED_FIELD in named:  # forwarded from another queue: TIMEOUT counts from the first
         try:
-            enqueued = int(named[ENQUEUED_FIELD])
+            first = int(named[ENQUEUED_FIELD])
         except ValueError:
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
+        # anyone may write the field: only a time before this entry's, and within a forward's
+        # reach, is believed (a forged one reached the queue-time metrics and hooks)
+        if enqueued - MAX_FORWARDED_AGE_MS <= first <= enqueued:
+            enqueued = first
     reply = reply_key(named.get("reply"), keys)
     fmt = reply_format_of(named)
     return Job(entry_id, request, reply, enqueued, fmt)
