@@ -554,6 +554,8 @@ def test_max_job_bytes_holds_for_a_job_whose_inputs_span_slots(
         small = c.dag(load=keys[:2]).tensorget(keys[0], as_numpy=False, meta_only=True)
         for _ in range(2):  # unknown sizes, then known ones
             assert small.execute()[0]["shape"] == [100_000]
+        for key in keys:  # every size known: together over the limit, each slot within it
+            assert c.dag(load=[key]).tensorget(key, meta_only=True).execute()
         before = _sent(redis_cluster)
         with pytest.raises(AIError, match=r"max_job_bytes \(1,048,576\)"):
             c.dag(load=keys).tensorget(keys[0], as_numpy=False, meta_only=True).execute()
@@ -562,3 +564,31 @@ def test_max_job_bytes_holds_for_a_job_whose_inputs_span_slots(
         assert small.execute()[0]["shape"] == [100_000]
     finally:
         w.stop(timeout=10)
+
+
+def test_a_forward_to_a_queue_that_takes_no_more_entries_is_answered(
+    cluster_client: Any, cluster_settings: Any
+) -> None:
+    """A queue given the largest stream id refuses every XADD: the forward's completion step
+    failed as a script error after the entry's outputs step, the whole batch's completion with
+    it, again at every delivery. The step is refused instead, and the job answered with why."""
+    from aiworker.protocol.keys import CONSUMER_GROUP
+
+    c = cluster_client
+    keys = c.keyspace
+    c.modelstore("m1", "STUB", "CPU:1", stub_blob("add"))
+    c.tensorset("a", np.array([1], dtype=np.float32))
+    c.xadd(keys.queue("CPU:1"), {"cmd": "x"}, id="18446744073709551615-18446744073709551615")
+    queue = keys.queue("CPU")
+    w = Worker(cluster_settings.replace(queue_partitions=1)).start()
+    try:
+        c.xadd(queue, {"cmd": "AI.MODELEXECUTE m1 INPUTS 2 a a OUTPUTS 1 o{f}", "reply": "r{f}"})
+        popped = c.blpop(["r{f}"], 10)
+        assert popped is not None
+        reply = json.loads(popped[1])
+        assert reply["status"] == "error", reply
+        assert reply["error"] == f"the stream '{keys.queue('CPU:1')}' takes no more entries"
+        wait_until(lambda: c.xpending(queue, CONSUMER_GROUP)["pending"] == 0)
+    finally:
+        w.stop(timeout=10)
+    assert c.xlen(queue) == 0

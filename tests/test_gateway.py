@@ -961,6 +961,51 @@ def test_jobs_read_and_write_only_keys_the_clients_acl_allows(
     assert not denied.exists("pub:o")
 
 
+REACH = """
+def run(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute(args[0], args[1:])
+    return torch.zeros(1)
+"""
+
+
+def test_through_the_gateway_a_script_reaches_its_declared_keys_only(
+    con: redis.Redis, client: Client, worker: Worker
+) -> None:
+    """A script's KEYS ``{t}`` reaches every key of the tag (RedisAI's rule): Redis was asked
+    about the client's rights to ``{t}`` only, so through the gateway the script reached keys
+    the client's ACL may deny. There it reaches what it declared; a direct client's, the tag."""
+    pytest.importorskip("torch")
+    cmd(con, "AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "run", "SOURCE", REACH)
+    through_tag = ("AI.SCRIPTEXECUTE", "s", "run", "KEYS", 1, "{t}", "ARGS", 3, "SET", "x{t}", 1,
+                   "OUTPUTS", 1, "o{t}")  # fmt: skip
+    assert "not declared" in error_of(con, *through_tag)
+    assert not client.exists("x{t}")
+    declared = ("AI.SCRIPTEXECUTE", "s", "run", "KEYS", 1, "x{t}", "ARGS", 3, "SET", "x{t}", 1,
+                "OUTPUTS", 1, "o{t}")  # fmt: skip
+    assert cmd(con, *declared) == b"OK" and client.get("x{t}") == b"1"
+    client.delete("x{t}")
+    assert client.scriptexecute("s", "run", keys=["{t}"], args=["SET", "x{t}", "2"],
+                                outputs=["o{t}"]) == "OK"  # fmt: skip
+    assert client.get("x{t}") == b"2"
+
+
+def test_a_model_store_whose_blob_cannot_be_staged_for_a_check_fails(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """A model owner who may not write aiworker:verify:* had its staging refused unnoticed: the
+    worker found nothing to check and the model was stored unverified, answered OK."""
+    client.execute_command("ACL", "SETUSER", "owner", "on", ">pw", "~pub:*", "~aiworker:queue:*",
+                           "~aiworker:reply:*", "~aiworker:models", "%R~aiworker:worker*",
+                           "%R~aiworker:config", "+@all")  # fmt: skip
+    try:
+        owner = connect(gateway, username="owner", password="pw")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            cmd(owner, "AI.MODELSTORE", "pub:m", "STUB", "CPU", "BLOB", stub_blob("add"))
+        assert not client.exists("pub:m")
+    finally:
+        client.acl_deluser("owner")
+
+
 def test_writes_of_ai_commands_refused_by_redis_are_errors(
     gateway: Gateway, client: Client, worker: Worker
 ) -> None:
@@ -1201,8 +1246,19 @@ def test_clients_gone_while_their_job_runs_leave_their_place_at_once(
                                  b"OUTPUTS", b"1", b"b"))  # fmt: skip
             sock.close()
         wait_until(lambda: len(gw.sessions) == 3 and not gw.connected)
-        assert cmd(connect(gw), "PING") is True
+        con = connect(gw)
+        assert cmd(con, "PING") is True
         assert len(gw.sessions) >= 3  # still finishing their jobs
+        con.close()
+        wait_until(lambda: len(gw.sessions) == 3)
+        # but no more than as many again: each holds its connection to Redis until then
+        for _ in range(3):
+            sock = raw_socket(gw)
+            sock.sendall(command(b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"1", b"a",
+                                 b"OUTPUTS", b"1", b"b"))  # fmt: skip
+            sock.close()
+        wait_until(lambda: len(gw.sessions) == 6 and not gw.connected)
+        assert read_until_closed(raw_socket(gw)) == b"-ERR max number of clients reached\r\n"
 
 
 def test_a_gateway_on_a_unix_socket_only(client: Client, settings: Settings, tmp_path: Any) -> None:

@@ -856,3 +856,19 @@ def test_before_auth_redis_limits_apply_as_redis_applies_them(
         direct, through = direct[reply_end(direct, 0) :], through[reply_end(through, 0) :]
     assert through == direct
     assert direct.startswith((b"+OK", b"*", b"-ERR Protocol error: unauthenticated", b"-WRONGPASS"))
+
+
+def test_a_command_held_behind_an_auth_may_arrive_in_pieces(
+    client: Client, settings: Settings
+) -> None:
+    """What waited for an AUTH's answer (past the unauthenticated limits) held only the start
+    of a 20 KB command: reading it started no command, and reading the client stayed paused for
+    good."""
+    value = b"x" * 20_000
+    whole = b"AUTH secret\r\n" + resp_command(b"SET", b"k", value) + b"GET k\r\nQUIT\r\n"
+    with requiring_auth(client, settings) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(whole[:10_000])
+        time.sleep(0.3)
+        sock.sendall(whole[10_000:])
+        assert read_until_closed(sock) == (b"+OK\r\n+OK\r\n$20000\r\n" + value + b"\r\n+OK\r\n")

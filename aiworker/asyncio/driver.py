@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiworker.asyncio.plans import AnyAsyncRedis, execute_commands
 from aiworker.client import job_ops
 from aiworker.client.driver import ClientOptions
-from aiworker.client.ops import Op, Print, Submit, VerifyHere
+from aiworker.client.ops import Op, Print, Submit, VerifyHere, refusal_in
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands, drive_steps_async
@@ -55,6 +55,10 @@ class AsyncDriver(ClientOptions):
         if isinstance(step, Commands):
             return await self._send_bounded(step)
         if isinstance(step, Submit):
+            if step.guard:
+                refused = refusal_in(await self._send_bounded(Commands(list(step.guard))))
+                if refused is not None:
+                    raise refused
             return await self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):
             return await asyncio.to_thread(step.check)

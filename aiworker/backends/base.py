@@ -107,6 +107,8 @@ class ScriptContext:
     run_model: Callable[[str, Sequence[np.ndarray]], list[np.ndarray]] | None = None
     # aiworker's own keys (the worker's prefix): no script may reach them, whatever it declared
     keyspace: Keys = field(default_factory=Keys)
+    # the declared keys only: a declared ``{tag}`` reaches no other key (``ScriptExecute``)
+    exact_keys: bool = False
 
 
 class LoadedScript(LoadedModel):

@@ -119,11 +119,13 @@ def _context() -> ScriptContext:
     return context
 
 
-def key_allowed(key: str, declared: Sequence[str]) -> bool:
+def key_allowed(key: str, declared: Sequence[str], exact: bool = False) -> bool:
     """A key is declared itself, or shares the hash tag a declared ``{tag}`` names (RedisAI's
-    KEYS could name "a tag which all those keys share")."""
+    KEYS could name "a tag which all those keys share"; not when ``exact``)."""
     if key in declared:
         return True
+    if exact:
+        return False
     tag = hash_tag(key)
     return tag is not None and any(d == "{" + tag + "}" for d in declared)
 
@@ -211,7 +213,7 @@ def execute(fn_name: str, args: list[str]) -> Any:
     for key in command_keys(context.redis_call, name, args):
         if context.keyspace.owns(key):  # a declared {tag} is shared by aiworker's own keys
             raise refused(f"ERR key '{key}' is one of aiworker's own: no script may use it")
-        if not key_allowed(key, context.keys):
+        if not key_allowed(key, context.keys, context.exact_keys):
             raise refused(f"ERR key '{key}' is not declared in the script's KEYS")
     try:
         reply = context.redis_call(fn_name, *args)
@@ -243,7 +245,7 @@ def model_execute(model_key: str, inputs: list[torch.Tensor], num_outputs: int) 
     context = _CONTEXT.get()
     if context is None or context.run_model is None:
         raise RuntimeError("RedisAI models cannot be run from this script run")
-    if not key_allowed(model_key, context.keys):
+    if not key_allowed(model_key, context.keys, context.exact_keys):
         raise refused(f"ERR key '{model_key}' is not declared in the script's KEYS")
     device = inputs[0].device if inputs else torch.device("cpu")
     arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in inputs]

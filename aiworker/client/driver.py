@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from aiworker.client import job_ops
 from aiworker.client.jobs import Jobs
-from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan
+from aiworker.client.ops import Op, Print, State, Submit, VerifyHere, chunk_size_plan, refusal_in
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
 from aiworker.storage.plans import Commands, drive_steps
@@ -63,6 +63,8 @@ class Driver(ClientOptions):
         if isinstance(step, Commands):
             return self._send(step)
         if isinstance(step, Submit):
+            if step.guard and (refused := refusal_in(self._send(Commands(list(step.guard))))):
+                raise refused
             return self._jobs.submit(step.queue, step.request, step.limit)
         if isinstance(step, VerifyHere):
             return step.check()

@@ -69,11 +69,14 @@ def queue_plan(state: State, request: Request, strict: bool = False) -> Plan[str
         return "CPU"
 
 
-def submit_plan(state: State, request: Request) -> Plan[Reply]:
+def submit_plan(
+    state: State, request: Request, guard: tuple[tuple[Any, ...], ...] = ()
+) -> Plan[Reply]:
     """Queue ``request`` on its device and wait for the reply; a single MODELEXECUTE or
-    SCRIPTEXECUTE on a missing or wrong key fails before anything is queued."""
+    SCRIPTEXECUTE on a missing or wrong key fails before anything is queued (``guard``:
+    ``Submit.guard``)."""
     queue = yield from queue_plan(state, request, strict=request.op != "DAGEXECUTE")
-    reply: Reply = yield Submit(queue, request)
+    reply: Reply = yield Submit(queue, request, guard=guard)
     return reply
 
 
@@ -185,7 +188,10 @@ def verify_plan(
         that took them from a job entry let anyone who may XADD have it load anything)."""
         staged = state.keyspace.verifying(secrets.token_hex(16))
         expire_ms = int(VERIFY_TIMEOUT_S * 2000)  # gone even if this client is not there
-        yield Commands([("HSET", staged, "blob", data), ("PEXPIRE", staged, expire_ms)], True)
+        staging = [("HSET", staged, "blob", data), ("PEXPIRE", staged, expire_ms)]
+        for reply in (yield Commands(staging, True)):
+            if isinstance(reply, Exception):  # NOPERM (not a model owner's), OOM, READONLY
+                raise reply
         return ModelVerify(backend, device, staged, tuple(inputs), tuple(outputs), batchsize)
 
     here = VerifyModelHere(backend, blob, tuple(inputs), tuple(outputs), batchsize)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.verify import check_script_source, verify_model
@@ -50,11 +52,25 @@ SCAN_WARNING = (
 @dataclass
 class Submit:
     """Driver instruction: queue ``request`` on device ``queue``, send back the worker's reply
-    map (``limit``: seconds to wait, None for the client's rule)."""
+    map (``limit``: seconds to wait, None for the client's rule). ``guard``: commands Redis must
+    accept for the request to be queued (the gateway's questions about the client's rights):
+    sent before its XADD, in its MULTI where a driver can (their refusal aborts it), and the
+    first refusal raised (``refusal_in``)."""
 
     queue: str
     request: Request
     limit: float | None = None
+    guard: tuple[tuple[Any, ...], ...] = ()
+
+
+# What a guard's reply may be that keeps a job from being queued.
+REFUSALS = (redis.exceptions.NoPermissionError, redis.exceptions.ReadOnlyError)
+
+
+def refusal_in(replies: Sequence[Any]) -> Exception | None:
+    """The first refusal among a guard's replies (``Submit.guard``), else None: any other reply
+    (a value, WRONGTYPE) means Redis let the command be run."""
+    return next((reply for reply in replies if isinstance(reply, REFUSALS)), None)
 
 
 class VerifyHere:

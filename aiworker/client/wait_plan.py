@@ -64,12 +64,14 @@ ASIDE = 32
 class Enqueue:
     """Driver step: add ``fields`` to ``stream``; where the job has a private reply list, wait up
     to ``wait`` seconds for the reply in the same round trip. A driver that retries a lost XADD
-    (Redis Cluster's failover) stops at ``deadline`` (``time.monotonic()``; None: no limit)."""
+    (Redis Cluster's failover) stops at ``deadline`` (``time.monotonic()``; None: no limit).
+    ``guard``: ``Submit.guard``, sent in one MULTI with the XADD (the gateway's driver)."""
 
     stream: str
     fields: Mapping[str, Any]
     wait: float
     deadline: float | None
+    guard: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,15 @@ def job_plan(
     timeout_ms: int | None,
     limit: float | None,
     settle_s: float = waiting.GONE_SETTLE_S,
+    guard: tuple[tuple[Any, ...], ...] = (),
 ) -> Plan[Reply]:
     """Queue ``fields`` on ``stream`` (device queue ``device``) and wait for the reply
-    (``settle_s``: ``waiting.GONE_SETTLE_S``, or its Redis Cluster value)."""
+    (``settle_s``: ``waiting.GONE_SETTLE_S``, or its Redis Cluster value; ``guard``:
+    ``Enqueue.guard``)."""
     clock = waiting.Clock(limit)
     try:
-        sent: Enqueued = yield Enqueue(stream, fields, clock.slice(LONGEST_WAIT_S), clock.deadline)
+        wait = clock.slice(LONGEST_WAIT_S)
+        sent: Enqueued = yield Enqueue(stream, fields, wait, clock.deadline, guard)
     except LOST as exc:
         raise unconfirmed_error(stream, exc) from exc
     except redis.ResponseError as exc:

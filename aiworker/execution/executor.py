@@ -281,6 +281,7 @@ class Executor:
             redis_call=self.redis_call,
             run_model=self.run_stored,
             keyspace=self.keys,
+            exact_keys=request.exact_keys,
         )
 
     def run_stored(self, key: str, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:

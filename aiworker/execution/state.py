@@ -479,7 +479,7 @@ class _Reader:
     def _shares(self, pairs: list[Read]) -> dict[int, int] | None:
         """Per slot, what one job's tensors there may take: their known bytes plus an even
         share of what the job's limit leaves (the shares sum to max_job_bytes); None when a
-        size is not known yet."""
+        size is not known yet, or the known ones are over the limit already."""
         known: dict[int, int] = {}
         for what, key in pairs:  # a pair per use
             if what != TENSOR:
@@ -488,8 +488,7 @@ class _Reader:
             if nbytes is None:
                 return None
             known[self.conn.slot(key)] = known.get(self.conn.slot(key), 0) + nbytes
-        spare = max(0, self.bounds.max_job_bytes - sum(known.values())) // len(known)
-        return {slot: nbytes + spare for slot, nbytes in known.items()}
+        return _shared_out(known, self.bounds.max_job_bytes)
 
     def _sized_first(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
         """Every slot's tensors sized (nothing fetched), then only the jobs within max_job_bytes
@@ -508,6 +507,11 @@ class _Reader:
         counted: set[Read] = set()
         spent = 0
         for job, pairs in jobs.items():
+            if any(sized[pair][0] == b"deferred" for pair in pairs):
+                deferred.add(job)  # the read's budget, in one of its slots
+                continue
+            if any(found.get(pair, [b""])[0] in _REFUSED for pair in pairs):
+                continue  # refused already: nothing of it is fetched
             total = sum(data.get(pair, 0) for pair in pairs)  # a pair per use
             if total > self.bounds.max_job_bytes:
                 for pair in pairs:
@@ -520,7 +524,15 @@ class _Reader:
                 deferred.add(job)
                 continue
             fetch[job], spent, counted = pairs, spent + cost, counted | new
-        if fetch:
+        if len(fetch) == 1:  # its limit shared out by what was just found
+            [pairs] = fetch.values()
+            by_slot: dict[int, int] = {}
+            for pair in pairs:
+                if pair in data:
+                    slot = self.conn.slot(pair[1])
+                    by_slot[slot] = by_slot.get(slot, 0) + data[pair]
+            found.update(self._fetched(fetch, _shared_out(by_slot, self.bounds.max_job_bytes)))
+        elif fetch:
             found.update(self._fetched(fetch))
         return found, deferred
 
@@ -652,6 +664,16 @@ def _token() -> str:
     if token is None:
         token = _local.token = uuid.uuid4().hex
     return token
+
+
+def _shared_out(known: dict[int, int], limit: int) -> dict[int, int] | None:
+    """Per slot, a job's known bytes there plus an even share of what ``limit`` leaves (the
+    shares sum to ``limit``); None when the known bytes are over it already or there are none."""
+    total = sum(known.values())
+    if not known or total > limit:
+        return None
+    spare = (limit - total) // len(known)
+    return {slot: nbytes + spare for slot, nbytes in known.items()}
 
 
 def _read_by_slot(

@@ -28,7 +28,7 @@ from redis._parsers.base import BaseParser
 
 from aiworker.client import waiting
 from aiworker.client.jobs import FIRST_WAIT_LIMITED_S, LONGEST_BLPOP_S
-from aiworker.client.ops import Print, State, Submit, VerifyHere
+from aiworker.client.ops import Print, State, Submit, VerifyHere, refusal_in
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.replies import MSGPACK
@@ -61,6 +61,20 @@ def local_result(step: Any) -> Any:
     if isinstance(step, Print):
         return None
     raise TypeError(f"unknown plan step {type(step).__name__}")
+
+
+def _committed_adds(replies: list[Any], guarded: int) -> list[Any]:
+    """The replies of an entry's commands from those of ``MULTI, guard, commands, EXEC``: a
+    guard's refusal (Redis' NOPERM as it was queued, which aborted the EXEC) raised first."""
+    refused = refusal_in(replies[1 : 1 + guarded])
+    if refused is not None:
+        raise refused
+    done = replies[-1]
+    if isinstance(done, Exception):
+        raise done
+    if done is None:
+        raise redis.WatchError("the transaction was aborted")
+    return list(done)[guarded:]
 
 
 def _seconds(wait: float) -> str:
@@ -138,7 +152,10 @@ class Runner:
         reply_key = keyspace.reply(os.urandom(16).hex())
         fields = encode_entry(request, reply_key, MSGPACK)
         stream = keyspace.queue(step.queue)
-        return job_plan(keyspace, step.queue, stream, fields, request.timeout_ms, limit), reply_key
+        plan = job_plan(
+            keyspace, step.queue, stream, fields, request.timeout_ms, limit, guard=step.guard
+        )
+        return plan, reply_key
 
 
 class Drive:
@@ -224,16 +241,23 @@ class Drive:
         self.resume(result)
 
     def _enqueue(self, step: Enqueue) -> None:
-        """The entry and a first wait for its reply, in one round trip."""
+        """The entry and a first wait for its reply, in one round trip; with a guard (the
+        client's rights to the job's keys) in one MULTI with the entry's XADD, which a refusal
+        aborts."""
         enqueuer = self.runner.enqueuer
         wait = step.wait
-        if enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+        guard = list(step.guard)
+        if guard or enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
             wait = min(wait, FIRST_WAIT_LIMITED_S)
         add = enqueuer.commands(step.stream, step.fields)
+        if guard:
+            add = [("MULTI",), *guard, *add, ("EXEC",)]
 
         def sent(replies: list[Any]) -> None:
             *added, popped = replies
             try:
+                if guard:
+                    added = _committed_adds(added, len(guard))
                 entry_id = enqueuer.entry_id(step.stream, added)
                 if isinstance(popped, Exception):
                     raise popped

@@ -258,7 +258,10 @@ class Gateway:
     def admit(self, session: Session) -> bool:
         if not self.probed and self._probing is None:
             self._probing = asyncio.ensure_future(self._probe())
-        if len(self.connected) >= self.config.max_connections:
+        most = self.config.max_connections
+        # clients gone while their work finishes: as many again at most (each holds its
+        # connection to Redis until then)
+        if len(self.connected) >= most or len(self.sessions) >= 2 * most:
             return False
         self.connected.add(session)
         self.sessions.add(session)

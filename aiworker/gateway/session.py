@@ -631,6 +631,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             return False
         held, self.held = self.held, None
         self.data_received(held)
+        self._update_reading()  # held bytes without a whole command in them dispatch nothing
         return True
 
     def _may_sign_in(self, commands: list[list[bytes]]) -> bool:

@@ -78,6 +78,9 @@ class ScriptExecute:
     # Deprecated AI.SCRIPTRUN only: the index in ``inputs`` where its ``$`` list starts; those
     # inputs reach the function as one List[Tensor] argument after the positional tensors.
     variadic: int | None = None
+    # Set by the gateway: the script reaches its declared keys only, a declared ``{tag}`` no
+    # other key of the tag (the client's rights were asked of Redis for the declared keys).
+    exact_keys: bool = False
     op: str = field(default="SCRIPTEXECUTE", init=False)
 
     def reads(self) -> tuple[str, ...]:
@@ -369,6 +372,7 @@ _CONVERT: dict[str, Any] = {
     "batchsize": int,
     "readonly": bool,
     "meta": bool,
+    "exact_keys": bool,
     "shape": _shape,
     "blob": _blob,
 }

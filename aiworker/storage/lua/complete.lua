@@ -24,7 +24,7 @@ end
 local results, acked = {}, {}
 for e, entry in ipairs(entries) do
   local refused, key = refusal(entry)
-  local added = nil
+  local added = ''
   if not refused and #entry.records > 0 then
     -- its stream records first, while it is still pending: the one write that can fail after
     -- every check ('STREAM': a stream that takes no more entries) then leaves it as it was

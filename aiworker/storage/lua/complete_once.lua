@@ -25,10 +25,16 @@ for e, entry in ipairs(entries) do
     local held = redis.pcall('MGET', marker)  -- another delivery did this step
     results[e] = {0, 0, 0, '', '', failed(held) and '' or held[1] or ''}
   else
-    local reply, added = apply(e, entry)
-    redis.call('SET', marker, added ~= '' and added or '1', 'EX', marker_ttl)
-    will[marker] = 'string'
-    results[e] = {1, reply, 0, '', '', added}
+    local added, stream = add_records(entry)  -- first: the one write that can fail (STREAM)
+    if added == nil then
+      results[e] = {-1, 0, 0, 'STREAM', stream}
+    else
+      local reply
+      reply, added = apply(e, entry, added)
+      redis.call('SET', marker, added ~= '' and added or '1', 'EX', marker_ttl)
+      will[marker] = 'string'
+      results[e] = {1, reply, 0, '', '', added}
+    end
   end
 end
 count_tallies(results)

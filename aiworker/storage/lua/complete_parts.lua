@@ -229,12 +229,11 @@ local function add_records(entry)
   return added
 end
 
--- Entry ``e``'s writes: outputs, stream records (unless already ``added``: their id), then its
--- reply (RPUSH: a requester's BLPOP reads a forward notice before the reply that follows it); its
--- statistics are tallied, counted by ``count_tallies`` once every entry is applied (the script is
--- atomic: nobody sees the order). Returns reply, added: reply 1 pushed, 0 none, -1 dropped (the
--- reply key holds another type or is denied); added the id the last stream record got ('' when
--- none).
+-- Entry ``e``'s other writes, once ``add_records`` added its stream records (``added``: the id the
+-- last one got): outputs, then its reply (RPUSH: a requester's BLPOP reads a forward notice before
+-- the reply that follows it); its statistics are tallied, counted by ``count_tallies`` once every
+-- entry is applied (the script is atomic: nobody sees the order). Returns reply, added: reply 1
+-- pushed, 0 none, -1 dropped (the reply key holds another type or is denied).
 local function apply(e, entry, added)
   for _, out in ipairs(entry.outputs) do
     if out.stage then  -- replaces the key whole: no stale 'values'
@@ -248,13 +247,6 @@ local function apply(e, entry, added)
     will[out.key] = 'tensor'
   end
   for _, rec in ipairs(entry.stats) do tally(e, rec) end
-  if added == nil then
-    local refused
-    added, refused = add_records(entry)
-    if added == nil then  -- (complete.lua added them first: Redis Cluster's steps fail here)
-      error(redis.error_reply('STREAM ' .. refused .. ' takes no more entries'))
-    end
-  end
   if entry.splice > 0 then
     entry.payload = spliced(entry, added)
   end
