@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import redis.asyncio
 from conftest import stub_blob, torch_blob
 
 import aiworker.asyncio
@@ -38,7 +39,7 @@ def arun(redis_server: RedisServer, body: Callable[[aiworker.asyncio.Client], Aw
 
 def connections(con: Any) -> int:
     """The connections the client holds: its user's and aiworker's own."""
-    pools = (con.connection_pool, con._plain.connection_pool)
+    pools = {id(p): p for p in (con.connection_pool, con._plain.connection_pool)}.values()
     return sum(len(p._available_connections) + len(p._in_use_connections) for p in pools)
 
 
@@ -125,6 +126,37 @@ def test_max_connections_makes_calls_wait_their_turn(
     results, used = asyncio.run(main())
     assert results == [[2 * n, 2 * n] for n in range(20)]
     assert used <= 2 * max_connections + 2
+
+
+class ServicePool(redis.asyncio.ConnectionPool):
+    """A pool of its own kind needing an argument of its own, as Sentinel's does."""
+
+    def __init__(self, service_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service_name = service_name
+
+
+def test_a_pool_of_its_own_kind_is_the_clients_own(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    """aiworker's commands made a copy of every pool (``type(pool)(**its arguments)``): a
+    Sentinel pool, which needs its service's name, failed to construct. An unbounded pool that
+    does not decode replies is shared as it is."""
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+
+    async def main() -> list[float]:
+        pool = ServicePool("svc", port=redis_server.port)
+        con = aiworker.asyncio.Client(connection_pool=pool, reply_timeout=30)
+        try:
+            assert con._plain.connection_pool is pool
+            await con.tensorset("a", np.ones(2, np.float32))
+            await con.modelexecute("m", ["a", "a"], ["o"])
+            return list((await con.tensorget("o")).tolist())
+        finally:
+            await con.aclose()
+            await pool.disconnect()
+
+    assert asyncio.run(main()) == [2.0, 2.0]
 
 
 @pytest.mark.parametrize("how", ["argument", "url"])

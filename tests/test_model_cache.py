@@ -86,8 +86,10 @@ def test_forwarded_entries_keep_their_first_enqueue_time() -> None:
     # anyone may write the field: a time after the entry's, or older than any forward, is not
     # believed (-1e20 reached the queue-time metrics and hooks)
     now = 1_800_000_000_000
-    for forged in ("-100000000000000000000", str(now + 1), str(now - 25 * 3600 * 1000)):
+    for forged in ("-100000000000000000000", str(now + 61_000), str(now - 25 * 3600 * 1000)):
         assert decode_entry(f"{now}-0", {**fields, "enqueued": forged}).enqueued_ms == now
+    skewed = decode_entry(f"{now}-0", {**fields, "enqueued": str(now + 500)})  # node clocks
+    assert skewed.enqueued_ms == now + 500
 
 
 def test_a_model_in_use_is_closed_only_when_its_last_job_ends() -> None:

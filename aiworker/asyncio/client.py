@@ -19,8 +19,10 @@ from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
 from aiworker.storage.cluster import is_cluster
-from aiworker.storage.redis_options import client_kwargs, undecoded_pool
+from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_pool
 
+# redis-py's pools hold this many connections unless told otherwise (2**31).
+UNBOUNDED = redis.asyncio.ConnectionPool().max_connections
 OWN_OPTIONS = ("prefix", "reply_timeout", "debug", "enable_postprocess", "max_concurrency")
 
 
@@ -49,10 +51,14 @@ class Client(AsyncDriver, AICommands, redis.asyncio.Redis):  # type: ignore[misc
         pool = self.connection_pool
         bound = max(1, min(max_concurrency, pool.max_connections))
         self._batches = asyncio.Semaphore(bound)
-        # those connections are a pool of their own, which the user's commands never exhaust
-        # (MaxConnectionsError), undecoded whatever ``decode_responses`` says (blobs, msgpack)
-        self._plain = redis.asyncio.Redis(connection_pool=undecoded_pool(pool, bound + 2))
-        self._plain.auto_close_connection_pool = True
+        # where the user's pool decodes replies (blobs and msgpack must not be) or is bounded
+        # (the user's commands could take every connection: MaxConnectionsError), those
+        # connections are a pool of their own; else the user's (any kind of pool: Sentinel's)
+        if decodes(self) or pool.max_connections < UNBOUNDED:
+            self._plain = redis.asyncio.Redis(connection_pool=undecoded_pool(pool, bound + 2))
+            self._plain.auto_close_connection_pool = True
+        else:
+            self._plain = redis.asyncio.Redis(connection_pool=pool)
         self._state = State(Keys(prefix), raw=not enable_postprocess)
         self._jobs = AsyncJobs(self._plain, self._state.keyspace, reply_timeout, self._send_bounded)
         if self.debug:

@@ -44,6 +44,8 @@ def decode_request(job: Any, cmd: Any) -> Request:
 
 # The longest a forwarded job may have waited in the queue it came from: older claims are forged.
 MAX_FORWARDED_AGE_MS = 24 * 3600 * 1000
+# How far a forwarded job's first queue's clock may run ahead of its new queue's (Redis Cluster).
+CLOCK_SKEW_MS = 60_000
 
 
 def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = None) -> Job:
@@ -59,9 +61,10 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any], keys: Keys | None = N
             first = int(named[ENQUEUED_FIELD])
         except ValueError:
             raise AIError(f"malformed job entry: {ENQUEUED_FIELD!r} is not a number") from None
-        # anyone may write the field: only a time before this entry's, and within a forward's
-        # reach, is believed (a forged one reached the queue-time metrics and hooks)
-        if enqueued - MAX_FORWARDED_AGE_MS <= first <= enqueued:
+        # anyone may write the field: only a time before this entry's (give or take the clocks of
+        # two cluster nodes), and within a forward's reach, is believed (a forged one reached
+        # the queue-time metrics and hooks)
+        if enqueued - MAX_FORWARDED_AGE_MS <= first <= enqueued + CLOCK_SKEW_MS:
             enqueued = first
     reply = reply_key(named.get("reply"), keys)
     fmt = reply_format_of(named)
