@@ -107,3 +107,21 @@ def test_threads_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AIError, match=r"more than MODEL_EXECUTION_TIMEOUT \(5 ms\)"):
         slow.run([X])
     assert model.run([X])[0].shape == (2, 3)  # no limit: no check
+
+
+def test_a_failed_run_does_not_grow_the_next_ones_error() -> None:
+    """An interpreter repeats every error it reported in the next one's text: the reply to each
+    failure on the same model grew by a copy (10 copies after 10 failures)."""
+    from aiworker.backends.tflite import TFLiteBackend
+
+    model = TFLiteBackend(BackendOptions()).load(
+        tflite_model(), ModelSpec("m", parse_device("CPU"))
+    )
+    wrong = np.ones((2, 5), np.float32)  # 10 values: no rows of 4
+    errors = []
+    for _ in range(3):
+        with pytest.raises(AIError) as info:
+            model.run([wrong])
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] == errors[2], errors
+    assert model.run([X])[0].shape == (2, 3)

@@ -136,6 +136,9 @@ class TFLiteModel(LoadedModel):
                 for d in interpreter.get_output_details()
             ]
         except (ValueError, RuntimeError) as exc:
+            # an interpreter keeps every error it reported, and repeats them all in the next
+            # one's text: this thread starts afresh (the reply to each failure grew with them)
+            self._local.interpreter = None
             raise AIError(f"TFLITE: {one_line(str(exc))}") from None
         check_run_time(started, self.limit_ms)
         return outputs
