@@ -65,13 +65,15 @@ def local_result(step: Any) -> Any:
 
 def _committed_adds(replies: list[Any], guarded: int) -> list[Any]:
     """The replies of an entry's commands from those of ``MULTI, guard, commands, EXEC``: a
-    guard's refusal (Redis' NOPERM as it was queued, which aborted the EXEC) raised first."""
+    guard's refusal (Redis' NOPERM as it was queued, which aborted the EXEC) raised first, then
+    an entry command's (Redis full: OOM), rather than EXEC's EXECABORT."""
     refused = refusal_in(replies[1 : 1 + guarded])
     if refused is not None:
         raise refused
     done = replies[-1]
     if isinstance(done, Exception):
-        raise done
+        queued = (reply for reply in replies[1 + guarded : -1] if isinstance(reply, Exception))
+        raise next(queued, done)
     if done is None:
         raise redis.WatchError("the transaction was aborted")
     return list(done)[guarded:]
