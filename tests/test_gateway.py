@@ -1232,6 +1232,15 @@ def test_a_client_leaving_during_a_blocking_command_is_let_go(
         assert cmd(connect(gw), "PING") is True
 
 
+def leave_jobs_running(gw: Gateway, clients: int) -> None:
+    """``clients`` clients that each send a job of the slow model and leave at once."""
+    for _ in range(clients):
+        sock = raw_socket(gw)
+        sock.sendall(command(b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"1", b"a",
+                             b"OUTPUTS", b"1", b"b"))  # fmt: skip
+        sock.close()
+
+
 def test_clients_gone_while_their_job_runs_leave_their_place_at_once(
     client: Client, settings: Settings, worker: Worker
 ) -> None:
@@ -1240,11 +1249,7 @@ def test_clients_gone_while_their_job_runs_leave_their_place_at_once(
     client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=3000))
     client.tensorset("a", np.ones(1, np.float32))
     with running_gateway(settings, max_connections=3) as gw:
-        for _ in range(3):
-            sock = raw_socket(gw)
-            sock.sendall(command(b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"1", b"a",
-                                 b"OUTPUTS", b"1", b"b"))  # fmt: skip
-            sock.close()
+        leave_jobs_running(gw, 3)
         wait_until(lambda: len(gw.sessions) == 3 and not gw.connected)
         con = connect(gw)
         assert cmd(con, "PING") is True
@@ -1252,11 +1257,7 @@ def test_clients_gone_while_their_job_runs_leave_their_place_at_once(
         con.close()
         wait_until(lambda: len(gw.sessions) == 3)
         # but no more than as many again: each holds its connection to Redis until then
-        for _ in range(3):
-            sock = raw_socket(gw)
-            sock.sendall(command(b"AI.MODELEXECUTE", b"slow", b"INPUTS", b"1", b"a",
-                                 b"OUTPUTS", b"1", b"b"))  # fmt: skip
-            sock.close()
+        leave_jobs_running(gw, 3)
         wait_until(lambda: len(gw.sessions) == 6 and not gw.connected)
         assert read_until_closed(raw_socket(gw)) == b"-ERR max number of clients reached\r\n"
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -480,15 +480,24 @@ class _Reader:
         """Per slot, what one job's tensors there may take: their known bytes plus an even
         share of what the job's limit leaves (the shares sum to max_job_bytes); None when a
         size is not known yet, or the known ones are over the limit already."""
-        known: dict[int, int] = {}
-        for what, key in pairs:  # a pair per use
-            if what != TENSOR:
+        known = self._bytes_by_slot(pairs, lambda pair: self.sizes.tensor_bytes(pair[1]))
+        return None if known is None else _shared_out(known, self.bounds.max_job_bytes)
+
+    def _bytes_by_slot(
+        self, pairs: list[Read], size_of: Callable[[Read], int | None]
+    ) -> dict[int, int] | None:
+        """Bytes of a job's tensors per hash slot, each use counted (``size_of`` a pair's);
+        None when a size is not known."""
+        by_slot: dict[int, int] = {}
+        for pair in pairs:  # a pair per use
+            if pair[0] != TENSOR:
                 continue
-            nbytes = self.sizes.tensor_bytes(key)
+            nbytes = size_of(pair)
             if nbytes is None:
                 return None
-            known[self.conn.slot(key)] = known.get(self.conn.slot(key), 0) + nbytes
-        return _shared_out(known, self.bounds.max_job_bytes)
+            slot = self.conn.slot(pair[1])
+            by_slot[slot] = by_slot.get(slot, 0) + nbytes
+        return by_slot
 
     def _sized_first(self, jobs: dict[int, list[Read]]) -> tuple[dict[Read, Any], set[int]]:
         """Every slot's tensors sized (nothing fetched), then only the jobs within max_job_bytes
@@ -526,11 +535,7 @@ class _Reader:
             fetch[job], spent, counted = pairs, spent + cost, counted | new
         if len(fetch) == 1:  # its limit shared out by what was just found
             [pairs] = fetch.values()
-            by_slot: dict[int, int] = {}
-            for pair in pairs:
-                if pair in data:
-                    slot = self.conn.slot(pair[1])
-                    by_slot[slot] = by_slot.get(slot, 0) + data[pair]
+            by_slot = self._bytes_by_slot(pairs, data.get) or {}
             found.update(self._fetched(fetch, _shared_out(by_slot, self.bounds.max_job_bytes)))
         elif fetch:
             found.update(self._fetched(fetch))

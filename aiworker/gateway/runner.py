@@ -70,13 +70,18 @@ def _committed_adds(replies: list[Any], guarded: int) -> list[Any]:
     refused = refusal_in(replies[1 : 1 + guarded])
     if refused is not None:
         raise refused
-    done = replies[-1]
+    done = _executed(replies[-1])
     if isinstance(done, Exception):
         queued = (reply for reply in replies[1 + guarded : -1] if isinstance(reply, Exception))
         raise next(queued, done)
+    return done[guarded:]
+
+
+def _executed(done: Any) -> list[Any] | Exception:
+    """EXEC's replies, or its error (an aborted transaction's, for a nil)."""
     if done is None:
-        raise redis.WatchError("the transaction was aborted")
-    return list(done)[guarded:]
+        return redis.WatchError("the transaction was aborted")
+    return done if isinstance(done, Exception) else list(done)
 
 
 def _seconds(wait: float) -> str:
@@ -279,10 +284,7 @@ class Drive:
         self.runner.upstream().flush()
 
     def _committed(self, replies: list[Any]) -> None:
-        done = replies[-1]
-        if done is None:
-            done = redis.WatchError("the transaction was aborted")
-        self.resume(done if isinstance(done, Exception) else list(done))
+        self.resume(_executed(replies[-1]))
 
     def _end(self, result: Any) -> None:
         self.stopped = True
