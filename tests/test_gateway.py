@@ -871,15 +871,21 @@ def test_a_client_that_half_closes_gets_every_reply(
     gateway: Gateway, client: Client, worker: Worker
 ) -> None:
     """A pipeline then shutdown(SHUT_WR) (``nc -N``): Redis runs what it received and answers,
-    then closes; so does the gateway, a job in the pipeline included (it dropped them all)."""
+    then closes; so does the gateway (it once dropped them all). Behind a job, for which RedisAI
+    blocked the client, nothing runs once the end came (Redis frees a blocked client at its
+    end): a client that gave up on its job and closed finds nothing it sent after it done
+    later (the job itself finishes and is answered)."""
     client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=300))
     client.tensorset("a", np.ones(2, np.float32))
     sock = raw_socket(gateway)
-    sock.sendall(b"SET x 1\r\nAI.MODELEXECUTE slow INPUTS 1 a OUTPUTS 1 b\r\n"
-                 b"AI.TENSORSET t INT8 1 VALUES 7\r\nSET y 1\r\nAI.TENSORGET t VALUES\r\n")  # fmt: skip
+    sock.sendall(b"SET x 1\r\nAI.TENSORSET t INT8 1 VALUES 7\r\nAI.TENSORGET t VALUES\r\n"
+                 b"AI.MODELEXECUTE slow INPUTS 1 a OUTPUTS 1 b\r\nSET y 1\r\n"
+                 b"AI.TENSORSET u INT8 1 VALUES 7\r\n")  # fmt: skip
     sock.shutdown(socket.SHUT_WR)
-    assert read_until_closed(sock) == b"+OK\r\n+OK\r\n+OK\r\n+OK\r\n*1\r\n:7\r\n"
-    assert client.exists("x", "b", "t", "y") == 4
+    assert read_until_closed(sock) == b"+OK\r\n+OK\r\n*1\r\n:7\r\n+OK\r\n"
+    assert client.exists("x", "t", "b") == 3
+    time.sleep(0.3)
+    assert client.exists("y", "u") == 0
     sock.close()
 
 
@@ -1162,6 +1168,55 @@ def test_client_reply_on_ends_a_pending_skip_as_redis_does(
     assert answers[1] == answers[0] == b"+OK\r\n+PONG\r\n+OK\r\n+PONG\r\n+OK\r\n"
 
 
+def test_reset_turns_replies_on_again_as_redis_does(gateway: Gateway, redis_server: Any) -> None:
+    """RESET ends CLIENT REPLY OFF and is answered (the gateway kept OFF for good: the client
+    got no reply again); a SKIP just before it skips its reply, as in Redis."""
+    stream = (b"CLIENT REPLY OFF\r\nSET x 1\r\nRESET\r\nPING\r\nCLIENT REPLY SKIP\r\n"
+              b"RESET\r\nGET x\r\nQUIT\r\n")  # fmt: skip
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        answers.append(read_until_closed(sock))
+    assert answers[1] == answers[0] == b"+RESET\r\n+PONG\r\n$1\r\n1\r\n+OK\r\n"
+
+
+def test_client_unblock_does_not_end_a_job(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """RedisAI's blocked clients could not be unblocked (CLIENT UNBLOCK answered 0): a job's
+    wait on the client's connection ended by CLIENT UNBLOCK ... ERROR goes on to its reply (it
+    gave the client an UNBLOCKED error while the job ran on and wrote its output)."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("identity", sleep_ms=1500))
+    client.tensorset("a", np.ones(2, np.float32))
+    con, other = connect(gateway), connect(gateway)
+    replies: list[Any] = []
+    job = threading.Thread(target=lambda: replies.append(
+        cmd(con, "AI.MODELEXECUTE", "slow", "INPUTS", 1, "a", "OUTPUTS", 1, "b")))  # fmt: skip
+    ident = con.client_id()
+    job.start()
+    time.sleep(0.3)
+    wait_until(lambda: other.client_unblock(ident, error=True), timeout=1)  # its wait's BLPOP
+    time.sleep(0.1)
+    wait_until(lambda: other.client_unblock(ident), timeout=1)  # the next one: a timeout
+    job.join(30)
+    assert replies == [b"OK"]
+    assert cmd(con, "AI.TENSORGET", "b", "VALUES") == [b"1", b"1"]
+
+
+def test_commands_after_exec_wait_for_its_ai_commands(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """A store in a transaction runs after EXEC (it is verified first): a command pipelined
+    after EXEC runs once it is done, as the transaction's own would have (it went to Redis
+    at once and did not see the model)."""
+    slow_load = stub_blob("add", load_ms=500)  # a worker loads it to verify it
+    sock = raw_socket(gateway)
+    sock.sendall(b"MULTI\r\n" + command(b"AI.MODELSTORE", b"m", b"STUB", b"CPU", b"BLOB", slow_load)
+                 + b"EXEC\r\nEXISTS m\r\nQUIT\r\n")  # fmt: skip
+    assert read_until_closed(sock) == b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n:1\r\n+OK\r\n"
+
+
 def test_quit_closes(gateway: Gateway) -> None:
     sock = raw_socket(gateway)
     sock.sendall(b"PING\r\nQUIT\r\nPING\r\n")
@@ -1196,7 +1251,7 @@ def test_a_client_leaving_after_exec_leaves_its_transaction_whole(
     that moves a staged tensor into place): a client lost (a reset) after sending EXEC, before
     its reply, no longer leaves the transaction half applied (the SETs done, the tensor staged,
     never moved): what the gateway started finishes. (A client that only closes its side is
-    served to the end: ``test_a_client_that_half_closes_gets_every_reply``.)"""
+    served as Redis serves it: ``test_a_client_that_half_closes_gets_every_reply``.)"""
     big = np.arange(500_000, dtype=np.float32)  # 2 MB: staged, then moved by a script
     client.script_flush()
     sock = raw_socket(gateway)

@@ -1,7 +1,7 @@
 """RESP3 through the gateway: a client that says HELLO 3 gets RedisAI's replies as RedisAI sent
 them to RESP3 clients (float values as doubles, nil as null), Redis' own replies and pushes in
-RESP3 as they come, and AI.* commands that run as before (on a RESP2 connection of the client's
-own, with its DB and user). redis-py 8 asks for RESP3 first: it must connect without a warning."""
+RESP3 as they come, and AI.* commands that run as before, on the client's own connection (its
+replies read in their RESP2 shapes). redis-py 8 asks for RESP3 first: it must connect without a warning."""
 
 from __future__ import annotations
 
@@ -201,22 +201,77 @@ def test_resp3_framing_and_encoding() -> None:
     )
 
 
-def test_losing_the_ai_connection_keeps_the_client(
+INVALIDATE_T = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nt\r\n"
+
+
+def test_a_resp3_clients_ai_reads_are_tracked(
     gateway: Gateway, client: Client, redis_server: Any
 ) -> None:
-    """Redis may close a RESP3 client's AI.* connection (idle ``timeout``) while the client
-    works on its own one: the client stays connected, its next AI.* command opens another."""
-    con = connect3(gateway)
-    assert con.execute_command("AI.TENSORSET", "t", "INT8", 1, "VALUES", 4) == b"OK"
-    own = con.client_id()
+    """A RESP3 client's AI.* commands run on its own connection to Redis (it once had a second
+    one, without the client's CLIENT TRACKING, NO-EVICT, ...): an AI.TENSORGET is tracked as
+    RedisAI's read of the key was, in the default mode and with OPTIN's CLIENT CACHING YES."""
+    client.tensorset("t", [1], dtype="INT8")
+    client.set("other", "x")
     admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
-    others = [c["id"] for c in admin.client_list() if int(c["id"]) not in (own, admin.client_id())]
-    assert others  # the AI.* connection (and the test's own clients)
-    for ident in others:
-        admin.client_kill_filter(_id=ident)
-    assert con.ping() is True
-    assert con.execute_command("AI.TENSORGET", "t", "VALUES") == [4]
-    assert con.client_id() == own  # the same connection of its own
+    before = len(admin.client_list())
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nCLIENT TRACKING ON\r\nAI.TENSORGET t VALUES\r\n")
+    assert replies(read_replies(sock, 3))[1:] == [b"+OK\r\n", b"*1\r\n:1\r\n"]
+    assert len(admin.client_list()) == before + 1  # one connection of its own
+    client.tensorset("t", [2], dtype="INT8")
+    assert read_replies(sock, 1) == INVALIDATE_T
+    # OPTIN: the read after CLIENT CACHING YES is the one tracked
+    sock.sendall(b"CLIENT TRACKING OFF\r\nCLIENT TRACKING ON OPTIN\r\nCLIENT CACHING YES\r\n"
+                 b"AI.TENSORGET t VALUES\r\nGET other\r\n")  # fmt: skip
+    assert replies(read_replies(sock, 5))[3:] == [b"*1\r\n:2\r\n", b"$1\r\nx\r\n"]
+    client.set("other", "y")
+    client.tensorset("t", [3], dtype="INT8")
+    assert read_replies(sock, 1) == INVALIDATE_T  # and none for ``other``
+    sock.sendall(b"PING\r\n")
+    assert read_replies(sock, 1) == b"+PONG\r\n"
+
+
+def test_an_invalidation_waits_for_the_exec_reply_it_follows(
+    gateway: Gateway, client: Client, worker: Worker
+) -> None:
+    """A transaction whose model store runs after EXEC: an invalidation of a key it read,
+    pushed by Redis after EXEC's reply, reaches the client after that reply (it came first: a
+    client-side cache would keep the stale value it holds)."""
+    client.set("ck", "old")
+    sock = raw_socket(gateway)
+    sock.sendall(b"HELLO 3\r\nCLIENT TRACKING ON\r\n")
+    read_replies(sock, 2)
+    slow_load = stub_blob("add", load_ms=1000)  # verified by a worker: it loads the model
+    sock.sendall(b"MULTI\r\nGET ck\r\n"
+                 + command(b"AI.MODELSTORE", b"m", b"STUB", b"CPU", b"BLOB", slow_load)
+                 + b"EXEC\r\n")  # fmt: skip
+    assert read_replies(sock, 3) == b"+OK\r\n+QUEUED\r\n+QUEUED\r\n"
+    time.sleep(0.4)  # EXEC ran, its store is being verified
+    client.set("ck", "new")
+    got = replies(read_replies(sock, 2))
+    assert got == [
+        b"*2\r\n$3\r\nold\r\n+OK\r\n",
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$2\r\nck\r\n",
+    ]
+
+
+def test_hello_queued_in_a_transaction_changes_the_replies_after_it(gateway: Gateway) -> None:
+    """EXEC's reply is written as Redis writes it: each item in the protocol in effect when its
+    command ran, AI.* commands' replies and the gateway's own included."""
+    sock = raw_socket(gateway)
+    sock.sendall(b"AI.TENSORSET a FLOAT 1 VALUES 1.5\r\nHELLO 3\r\n")
+    read_replies(sock, 2)
+    sock.sendall(b"MULTI\r\nAI.TENSORGET a VALUES\r\nHELLO 2\r\nAI.TENSORGET a VALUES\r\n"
+                 b"AI.CONFIG GET NOPE\r\nCOMMAND GETKEYS AI.TENSORGET a\r\nGET nokey\r\n"
+                 b"EXEC\r\nQUIT\r\n")  # fmt: skip
+    got = replies(read_until_closed(sock))
+    assert got[:7] == [b"+OK\r\n"] + [b"+QUEUED\r\n"] * 6
+    exec_reply = got[7]
+    first, hello, *after = replies(exec_reply[exec_reply.index(b"\r\n") + 2 :])
+    assert exec_reply.startswith(b"*6\r\n") and first == b"*1\r\n,1.5\r\n"
+    assert hello.startswith(b"*14\r\n")  # HELLO's own reply: in its new protocol, as Redis
+    assert after == [b"*1\r\n$3\r\n1.5\r\n", b"$-1\r\n", b"*1\r\n$1\r\na\r\n", b"$-1\r\n"]
+    assert got[8:] == [b"+OK\r\n"]
 
 
 def test_a_push_before_a_subscribing_execs_reply_is_not_taken_for_it(

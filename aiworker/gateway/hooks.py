@@ -34,6 +34,7 @@ class ReplyHooks:
     transaction: Transaction | None
     ai_task: Any
     exec_awaited: int
+    exec_finishing: bool
     holding: bool
     router: SingleRouter | ClusterRouter
 
@@ -107,13 +108,13 @@ class ReplyHooks:
 
     def on_multi(self, slot: Slot, args: list[bytes], data: bytes) -> bytes:
         if data == resp.OK:
-            self.transaction = Transaction(self.resp3)
+            self.transaction = Transaction(lambda: self.resp3)
         return data
 
     def on_exec(self, slot: Slot, args: list[bytes], data: bytes) -> bytes | None:
         self.exec_awaited = max(0, self.exec_awaited - 1)
+        self.holding = False  # what came after it may go (AI.* commands: once they are done)
         if slot.tunnel:  # the transaction subscribes: a pipe from here if it ran
-            self.holding = False
             slot.tunnel = data[:1] == b"*" and data[:3] != b"*-1"
             if slot.tunnel:
                 self.start_tunnel()
@@ -123,6 +124,7 @@ class ReplyHooks:
         self.watching = False
         if transaction is None or not transaction.shapes_exec():
             return data
+        self.exec_finishing = True
         self.ai_task = asyncio.ensure_future(self.finish_exec(transaction, slot, data))
         return None
 

@@ -20,11 +20,11 @@ place (``frames``, ``inplace``): the connection reads it straight into its own b
 
 RESP3: a client's HELLO 3 goes to Redis, and from its reply on, the client's connection to Redis
 speaks RESP3 (its replies and pushes pass through as they are) and the gateway's own replies are
-written in RESP3 (``resp3``: RedisAI's doubles as doubles, nil as null). AI.* plans read RESP2
-replies, so a RESP3 client's AI.* commands run on a second connection of its own, in RESP2 and
-with its identity (``_ai_link``); inside MULTI their first Redis calls are queued in the client's
-own transaction as a RESP2 client's are, and EXEC's RESP3 replies to them are read in their RESP2
-shapes (``resp.as_resp2``).
+written in RESP3 (``resp3``: RedisAI's doubles as doubles, nil as null). Its AI.* commands run on
+that connection too, their replies read in their RESP2 shapes (``resp.as_resp2``), which the plans
+read: so what the client set on its connection (CLIENT TRACKING, NO-EVICT, NO-TOUCH) holds for
+them as for a RESP2 client's. A push waits behind a reply Redis sent before it that the gateway
+is still completing (``on_push``).
 """
 
 from __future__ import annotations
@@ -176,15 +176,18 @@ class Session(ReplyHooks, asyncio.Protocol):
         self.inflight = 0  # commands sent to Redis and not answered yet
         self.throttled = False  # dispatch stopped at MAX_INFLIGHT
         self.ai_task: asyncio.Future[Any] | Drive | None = None  # the AI.* command running
+        self.ai_blocks = False  # and it is a job (RedisAI blocked the client for it)
         self.gone = False  # the client left (``connection_lost``)
         self.exec_awaited = 0  # EXECs sent whose transactions' AI.* commands await their reply
         self.blocking = 0  # blocking commands (BLOCKING) sent and not answered
         self.released = False  # its connections to Redis are closed
-        self._runner_of: tuple[tuple[Identity, bool], Runner] | None = None
+        self._runner_of: tuple[Identity, Runner] | None = None
         self.tunnel = False
-        self.holding = False  # an EXEC that subscribes is not answered yet: nothing goes on
+        # an EXEC that subscribes, or whose AI.* commands may call Redis after it, is not
+        # answered yet: nothing goes on
+        self.holding = False
+        self.exec_finishing = False  # EXEC's reply came; its AI.* commands finish it
         self.resp3 = False  # the client said HELLO 3
-        self._link: tuple[Identity, Upstream] | None = None  # AI.* commands' RESP2 connection
         self.closing = False  # close once the replies before it are written
         self.input_ended = False  # the client shut its side: close once its commands are done
         self.end_passed_on = False  # and that end went on to Redis (a blocking command waits)
@@ -229,8 +232,6 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.transaction is not None:  # never EXECuted: Redis drops it with the connection
             self.transaction.discard()
         self.router.close()
-        if self._link is not None:
-            self._link[1].close()
         self.gw.forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -276,7 +277,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         does. (A command cut short by the end is dropped.) With a blocking command sent (BLPOP
         k 0), Redis frees the client when the end reaches it, ending the wait (what it answered
         before, a BLPOP served at once included, reached the client): so the end goes on to
-        Redis, and the connection closes when Redis closes (``on_upstream_lost``). Its place
+        Redis, and the connection closes when Redis closes (``on_upstream_lost``); behind an
+        AI.* job (RedisAI blocked the client for it) the job finishes but nothing after it
+        runs. Its place
         among ``max_connections`` is free at once: the client sends nothing more (one that
         closed and left a job running would otherwise hold it until the job ended)."""
         self.gw.left(self)
@@ -291,6 +294,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             return self._pass_end_on()
         self.input_ended = True
         self._cancel_timer()
+        if self.ai_task is not None and self.ai_blocks:
+            self.waiting.clear()  # behind a job, which blocked the client: nor would these
         self.flush()
         return True
 
@@ -392,6 +397,8 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def _special(self, name: bytes, args: list[bytes]) -> None:
         """A command the gateway answers itself, or whose reply it learns from."""
+        if name == b"RESET":  # Redis ends OFF and answers it (a SKIP just before skips it)
+            self.replies_off = False
         if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
             mode = args[2].upper()
             # ON inside MULTI is queued by Redis (whose connection's replies stay on) and
@@ -407,7 +414,7 @@ class Session(ReplyHooks, asyncio.Protocol):
         local = self.gw.local_reply(self, name, args)
         if local is not None:
             if transaction is not None and name != b"QUIT":  # its place: in EXEC's reply
-                transaction.answered(local)
+                transaction.answered(partial(self._local_again, name, args, local))
                 local = resp.QUEUED
             self._reply_now(local)
             return
@@ -424,6 +431,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot = Slot(tunnel=name == b"EXEC" and transaction.subscribes)
             if name == b"EXEC" and transaction.shapes_exec():
                 self.exec_awaited += 1  # ReplyHooks.on_exec counts it answered
+                # its AI.* commands may call Redis after it, before the commands after it run
+                self.holding = self.holding or transaction.calls_after_exec()
         hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
@@ -433,6 +442,11 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self.holding = True
             else:
                 self.start_tunnel()
+
+    def _local_again(self, name: bytes, args: list[bytes], first: bytes) -> bytes:
+        """A reply the gateway gives itself, in the protocol in effect now (a transaction's
+        EXEC: a HELLO may have been queued before it)."""
+        return self.gw.local_reply(self, name, args) or first
 
     def start_tunnel(self) -> None:
         """The connection is a pipe to Redis from the command just answered or sent on: what the
@@ -489,6 +503,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         if self.transaction is not None:
             self._ai_in_transaction(self.transaction, args, slot)
             return
+        self.ai_blocks = is_job_command(args[0])
+        if self.ai_blocks and self.input_ended:
+            self.waiting.clear()  # the client's end came: Redis would free it blocked here
         if _large(args):  # parsed and run in a thread: the other clients go on meanwhile
             self.ai_task = asyncio.ensure_future(self._parse_in_thread(args, slot))
             return
@@ -512,10 +529,6 @@ class Session(ReplyHooks, asyncio.Protocol):
             transaction.answer(ErrorReply(IN_TRANSACTION))
         else:
             runner = self._runner()
-            if self.resp3:  # its calls join the MULTI on the client's own connection
-                runner = Runner(
-                    self.router.own, runner.state, runner.enqueuer, runner.reply_timeout
-                )
             if _large(args):
                 self.ai_task = asyncio.ensure_future(
                     self._queue_in_thread(transaction, args, runner, slot)
@@ -586,38 +599,18 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.data = resp.encode(error_reply(exc))
         finally:
             self.ai_task = None
+            self.exec_finishing = False
         self.flush()
         self.dispatch()
 
     def _runner(self) -> Runner:
         """The runner of AI.* commands as the connection's identity now, on the client's own
-        connection to Redis (a RESP3 client's: on ``_ai_link``)."""
-        key = (self.identity, self.resp3)
-        if self._runner_of is None or self._runner_of[0] != key:
+        connection to Redis."""
+        if self._runner_of is None or self._runner_of[0] != self.identity:
             state, enqueuer = self.gw.ai.state(self.identity)
-            upstream = self._ai_link if self.resp3 else self.router.own
-            runner = Runner(upstream, state, enqueuer, self.gw.config.reply_timeout)
-            self._runner_of = (key, runner)
+            runner = Runner(self.router.own, state, enqueuer, self.gw.config.reply_timeout)
+            self._runner_of = (self.identity, runner)
         return self._runner_of[1]
-
-    def _ai_link(self) -> Upstream:
-        """A RESP3 client's second connection to Redis, for its AI.* commands: RESP2, in the
-        DB and as the user the client's own connection is (opened on first use)."""
-        identity = self.identity
-        if self._link is not None and self._link[0] == identity and not self._link[1].closed:
-            return self._link[1]
-        if self._link is not None:
-            self._link[1].close()
-        router = cast(SingleRouter, self.router)  # on a cluster AI.* commands run in threads
-        hello = list(router.hello)
-        credentials = identity.credentials()
-        if credentials:
-            hello.append([b"AUTH", credentials["username"], credentials["password"]])
-        if identity.db is not None:
-            hello.append([b"SELECT", b"%d" % identity.db])
-        link = Upstream(self, router.target, hello)
-        self._link = (identity, link)
-        return link
 
     def signed_out(self) -> None:
         self.identity = self.gw.identity
@@ -653,9 +646,13 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def on_push(self, data: bytes) -> None:
         """A RESP3 push from Redis (an invalidation, a pub/sub message): to the client now,
-        after the replies ready before it (it answers no command)."""
+        after the replies ready before it (it answers no command), or after an EXEC whose reply
+        Redis sent before it and the gateway is still completing (nothing was sent after that
+        EXEC: ``holding``)."""
         self.flush()
-        if self.transport is not None and not self.closing:
+        if self.exec_finishing:
+            self.replies.append(Slot(data))
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
 
     def on_reply(self, upstream: Upstream, slot: Slot, data: bytes) -> None:
@@ -710,10 +707,7 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:
         """Redis went away: the commands it did not answer get an error, then the client is
-        disconnected (its DB, user and transaction were Redis' and are gone). A RESP3 client's
-        AI.* connection (``_ai_link``) holds none of that: an AI.* command running on it fails,
-        and the next one opens another (Redis may close it for idling while the client is
-        busy on its own connection)."""
+        disconnected (its DB, user and transaction were Redis' and are gone)."""
         # after the client's end went on to Redis, Redis freed it: nothing more is answered
         error = b"" if self.end_passed_on else resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
@@ -726,10 +720,6 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self.inflight -= 1
                 self.blocking -= slot.blocking
                 slot.data = error
-        if self._link is not None and self._link[1] is upstream:
-            self._link = None
-            self.flush()
-            return
         # the EXECs failed above never reach their hook: nothing is left to wait for
         self.exec_awaited = 0
         self.holding = False

@@ -40,9 +40,33 @@ SUBSCRIBING = "gateway: a transaction cannot both subscribe and run RedisAI comm
 @dataclass
 class _Hooked:
     """A Redis command whose reply a hook sees (``hooks``): SELECT's changes the DB AI.*
-    commands use once EXEC ran it, COMMAND's gets RedisAI's entries."""
+    commands use once EXEC ran it, HELLO's the protocol of the replies after it, COMMAND's gets
+    RedisAI's entries."""
 
     hook: Callable[[bytes], bytes | None]
+
+
+@dataclass
+class _Known:
+    """A reply known when its command was queued (an error), written in the protocol in effect
+    at its place (a HELLO queued before it counts)."""
+
+    value: Any
+
+
+@dataclass
+class _Local:
+    """A command the gateway answers itself (``session.Host.local_reply``), rendered at its
+    place."""
+
+    render: Callable[[], bytes]
+
+
+@dataclass
+class _After:
+    """A command run whole once EXEC ran (a model or script store)."""
+
+    run: Callable[[], Awaitable[Any]]
 
 
 @dataclass
@@ -57,14 +81,14 @@ class _Queued:
 
 
 class Transaction:
-    """What a client queued since MULTI: for each command, what its place in EXEC's reply holds."""
+    """What a client queued since MULTI: for each command, what its place in EXEC's reply holds.
+    ``speaks_resp3`` tells the client's protocol as EXEC's reply is made: Redis writes each
+    reply in the protocol in effect when its command runs, and a HELLO may be queued too."""
 
-    def __init__(self, resp3: bool = False) -> None:
-        self.resp3 = resp3  # the client's protocol
-        # None: a Redis command (its reply is Redis'); _Hooked: one whose reply a hook sees;
-        # bytes: a reply known already; _Queued: an AI.* command's plan; a callable: a command
-        # run after EXEC
-        self.items: list[bytes | _Queued | _Hooked | Callable[[], Awaitable[Any]] | None] = []
+    def __init__(self, speaks_resp3: Callable[[], bool]) -> None:
+        self.speaks_resp3 = speaks_resp3
+        # None: a Redis command (its reply is Redis'); the rest: see their classes
+        self.items: list[_Hooked | _Known | _Local | _After | _Queued | None] = []
         self.subscribes = False  # a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE was queued
         self.loaded: set[str] = set()  # SHAs of the scripts a SCRIPT LOAD queued loads
 
@@ -77,15 +101,15 @@ class Transaction:
         self.items.append(None if hook is None else _Hooked(hook))
 
     def answer(self, reply: Any) -> None:
-        self.items.append(resp.encode(reply, self.resp3))
+        self.items.append(_Known(reply))
 
-    def answered(self, data: bytes) -> None:
-        """A command the gateway answers itself, its reply encoded already."""
-        self.items.append(data)
+    def answered(self, render: Callable[[], bytes]) -> None:
+        """A command the gateway answers itself: ``render()`` gives its reply's bytes."""
+        self.items.append(_Local(render))
 
     def after_exec(self, run: Callable[[], Awaitable[Any]]) -> None:
         """A command run whole once EXEC ran (``run()``: its reply)."""
-        self.items.append(run)
+        self.items.append(_After(run))
 
     def queue(self, plan: Plan[Any], runner: Runner) -> None:
         """Start an AI.* command's plan; its first Redis calls join the transaction."""
@@ -103,6 +127,10 @@ class Transaction:
             self.items.append(_Queued(plan, step, len(step.commands), len(loads)))
         else:
             self.items.append(_Queued(plan, step, 0))
+
+    def calls_after_exec(self) -> bool:
+        """Whether an AI.* command in it may call Redis after EXEC (a plan, a store)."""
+        return any(isinstance(item, (_Queued, _After)) for item in self.items)
 
     def shapes_exec(self) -> bool:
         """Whether EXEC's reply needs the gateway: AI.* commands, replies it knows, hooks."""
@@ -122,12 +150,14 @@ class Transaction:
             elif isinstance(item, _Hooked):
                 reply = next(replies, resp.NIL)
                 out.append(item.hook(reply) or reply)
-            elif isinstance(item, bytes):
-                out.append(item)
+            elif isinstance(item, _Local):
+                out.append(item.render())
+            elif isinstance(item, _Known):
+                out.append(resp.encode(item.value, self.speaks_resp3()))
             else:
                 try:
-                    if not isinstance(item, _Queued):
-                        value = await item()
+                    if isinstance(item, _After):
+                        value = await item.run()
                     elif item.count:
                         for _ in range(item.loads):  # the SCRIPT LOADs' SHAs
                             next(replies, resp.NIL)
@@ -137,12 +167,13 @@ class Transaction:
                         value = await runner.run(item.plan, step=item.step)
                 except Exception as exc:
                     value = error_reply(exc)
-                out.append(resp.encode(value, self.resp3))
+                out.append(resp.encode(value, self.speaks_resp3()))
         return b"".join(out)
 
     def _decode(self, reply: bytes) -> Any:
         """A reply to a plan's call queued in the transaction, as the plan reads it (RESP2)."""
-        return resp.as_resp2(decode(reply)) if self.resp3 else decode(reply)
+        decoded = decode(reply)
+        return resp.as_resp2(decoded) if self.speaks_resp3() else decoded
 
     def discard(self) -> None:
         for item in self.items:

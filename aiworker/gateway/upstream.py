@@ -14,7 +14,8 @@ Redis pushes messages that answer no command, so from the slot of that command o
 transaction's EXEC, when it ran), every byte goes to the client as it comes. A RESP3 connection (``resp3``: its client said HELLO 3) may also
 get push replies (``>``, client-side caching's invalidations) between any two replies: each goes
 to the client as it comes (``on_push``) and answers no slot; its replies are never read by
-hiredis directly (it would take a push for the reply awaited).
+hiredis directly (it would take a push for the reply awaited), and the gateway's own commands get
+their replies in the shapes of RESP2 (``resp.as_resp2``), which AI.* plans read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hiredis
 from redis._parsers.base import BaseParser
 
 from .inplace import InPlace
-from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, pack, reply_end
+from .resp import LARGE_REPLY, PUSH, Gather, MalformedReply, as_resp2, pack, reply_end
 
 # Commands held behind an AUTH (``Upstream.send``) past which the owner sends no more and stops
 # reading its client (``on_backed_up``): they wait in the gateway's memory, where Redis' query buffer
@@ -412,7 +413,8 @@ class Upstream(asyncio.Protocol):
             if slot.internal is not None:
                 self._internal -= 1
                 self._decoder.feed(reply)
-                slot.internal(self._decoder.gets())
+                decoded = self._decoder.gets()
+                slot.internal(as_resp2(decoded) if self.resp3 else decoded)
             else:
                 self.owner.on_reply(self, slot, reply)
             pos = end
