@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -194,3 +196,67 @@ def content(r: redis.Redis, key: str) -> tuple[Any, ...]:
     if kind == b"stream":
         return kind, r.xrange(key)
     return kind, r.get(key) if kind == b"string" else None
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that, once ``armed``, forwards the next piece a client sends that
+    holds ``marker``, keeps its replies from the client, and then closes both sides: Redis ran
+    the commands, the client never learns it (a network reset at the worst moment). With
+    ``answer_first`` the first piece of their replies goes through before the link is lost (a
+    job's XADD answered, its BLPOP in the same round trip cut)."""
+
+    def __init__(
+        self, redis_port: int, marker: bytes = b"XADD", answer_first: bool = False
+    ) -> None:
+        self.redis_port = redis_port
+        self.marker = marker
+        self.answer_first = answer_first
+        self.armed = threading.Event()
+        self.dropped = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            mute = threading.Event()
+            for ends in ((client, server, mute, True), (server, client, mute, False)):
+                threading.Thread(target=self._pipe, args=ends, daemon=True).start()
+
+    def _pipe(self, source: Any, sink: Any, mute: threading.Event, upstream: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                hit = upstream and self.armed.is_set() and self.marker in data.upper()
+                if hit:
+                    mute.set()
+                    self.armed.clear()
+                if not upstream and mute.is_set():
+                    if not self.answer_first:
+                        continue  # the replies to what was marked are lost
+                    sink.sendall(data)
+                    self.dropped += 1
+                    break
+                sink.sendall(data)
+                if hit and not self.answer_first:
+                    time.sleep(0.2)  # Redis runs it, and answers nobody
+                    self.dropped += 1
+                    break
+        except OSError:
+            pass
+        finally:
+            for each in (source, sink):
+                with contextlib.suppress(OSError):
+                    each.shutdown(socket.SHUT_RDWR)
+                each.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
+import pytest
 import redis
-from conftest import wait_until
-from faults import enqueue, job_entry, reply_counts, stub_model, tensor
+from conftest import stub_blob, wait_until
+from faults import ReplyDropper, enqueue, job_entry, reply_counts, stub_model, tensor
 
-from aiworker import Client, Settings, Worker
+from aiworker import Client, ReplyTimeout, Settings, Worker
 from aiworker.embedded import RedisServer
 from aiworker.storage.redis_options import block_ms_for
 from aiworker.storage.wire import IDLE_CHECK_S
@@ -112,3 +114,87 @@ def test_a_client_connection_redis_closed_while_idle_is_made_again() -> None:
         finally:
             w.stop(timeout=10)
             c.close()
+
+
+def _entries_added(r: redis.Redis, stream: str) -> int:
+    return int(r.xinfo_stream(stream)["entries-added"])
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "shared_replies"])
+def test_a_job_whose_xadd_reply_was_lost_is_not_queued_twice(
+    client: Client, worker: Worker, redis_server: RedisServer, kind: str
+) -> None:
+    """The link drops after Redis ran a job's XADD, before its reply came: the job may or may
+    not have been queued (ReplyTimeout says so), and it is not sent again (redis-py's retry
+    sent the asyncio client's pipeline and a shared reply list's XADD again: one request, two
+    entries, two runs)."""
+    stub_model(client, "m")
+    tensor(client, "a", [1])
+    proxy = ReplyDropper(redis_server.port)
+    queue = client.keyspace.queue("CPU")
+    before = _entries_added(client, queue)
+    try:
+        if kind == "asyncio":
+            from aiworker.asyncio import Client as AsyncClient
+
+            async def run() -> None:
+                # (the constructor: its redis-py default is to retry)
+                ac = AsyncClient(host="127.0.0.1", port=proxy.port, reply_timeout=5)
+                try:
+                    await ac.tensorget("a")  # connected
+                    proxy.armed.set()
+                    with pytest.raises(ReplyTimeout, match="may or may not"):
+                        await ac.modelexecute("m", ["a", "a"], ["b"])
+                finally:
+                    await ac.aclose()
+
+            asyncio.run(run())
+        else:
+            c = Client(host="127.0.0.1", port=proxy.port, reply_timeout=5, shared_replies=True)
+            try:
+                c.tensorget("a")
+                proxy.armed.set()
+                with pytest.raises(ReplyTimeout, match="may or may not"):
+                    c.modelexecute("m", ["a", "a"], ["b"])
+            finally:
+                c.close()
+    finally:
+        proxy.close()
+    assert proxy.dropped == 1
+    assert _entries_added(client, queue) - before == 1
+
+
+def test_a_job_whose_first_wait_lost_its_link_waits_on(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    """Redis answered the job's XADD, then the link dropped during the BLPOP of the same round
+    trip: the job is queued, and its wait goes on on a new connection (it ended at once saying
+    Redis did not confirm the XADD, and a retry would have run the job twice)."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=500))
+    tensor(client, "a", [1])
+    proxy = ReplyDropper(redis_server.port, answer_first=True)
+    c = Client.from_url(proxy.url, reply_timeout=10)
+    try:
+        c.tensorget("a")
+        proxy.armed.set()
+        assert c.modelexecute("slow", ["a", "a"], ["b"]) == "OK"
+        assert proxy.dropped == 1
+        assert c.tensorget("b").tolist() == [2]
+    finally:
+        c.close()
+        proxy.close()
+
+
+def test_a_tensor_read_on_a_link_redis_just_closed_is_sent_again(
+    client: Client, settings: Settings
+) -> None:
+    """A read on the client's own connection that Redis closed moments after its last use (too
+    soon for the idle check): sent again on a new connection, as redis-py's retry does for
+    its commands (it raised ConnectionError)."""
+    tensor(client, "a", [1, 2])
+    killer = redis.Redis.from_url(settings.redis_url)
+    for _ in range(3):
+        assert client.tensorget("a").tolist() == [1, 2]
+        assert killer.client_kill_filter(_type="normal", skipme=True) >= 1
+        assert client.tensorget("a").tolist() == [1, 2]
+    killer.close()

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from aiworker.asyncio.plans import drive, execute_commands
+from aiworker.asyncio.plans import drive, execute_commands, send_once
 from aiworker.client import routing, waiting
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
@@ -190,17 +190,16 @@ class AsyncJobs(WaitSteps):
         """Send every queued entry, a pipeline at a time, until none is left."""
         while self._pending:
             batch, self._pending = self._pending, []
-            pipe = self.r.pipeline(transaction=False)
-            sizes = []
+            commands, sizes = [], []
             for stream, fields, _ in batch:
-                commands = self.enqueuer.commands(stream, fields)
-                sizes.append(len(commands))
-                for command in commands:
-                    pipe.execute_command(*command)
+                adds = self.enqueuer.commands(stream, fields)
+                sizes.append(len(adds))
+                commands += adds
             try:
-                results = await pipe.execute(raise_on_error=False)
+                results = await send_once(self.r, commands)
             except BaseException as exc:
-                # cancelled: the client is closing (its XADDs may or may not have run)
+                # a lost link, or cancelled (the client is closing): its XADDs may or may not
+                # have run, and none is sent again
                 error = exc if isinstance(exc, Exception) else closed_error()
                 for _, _, future in batch:
                     if not future.done():

@@ -35,6 +35,28 @@ async def execute_commands(r: AnyAsyncRedis, batch: Commands) -> list[Any]:
     return list(await pipe.execute(raise_on_error=False))
 
 
+async def send_once(r: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """One round trip on a connection of ``r``'s pool, never sent again: redis-py's retry
+    would send a pipeline again after a lost reply, and an XADD that ran would be queued twice.
+    Error replies come back in place; a lost link raises (the connection is dropped)."""
+    pool = r.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+
+
 async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
     await rc.initialize()  # the slot cache ``routes`` need (at once once known)
     commands = batch.commands

@@ -41,7 +41,7 @@ from aiworker.storage import health, plans
 from aiworker.storage.plans import Commands, Plan, drive_steps
 from aiworker.storage.queues import Enqueuer
 from aiworker.storage.redis_options import connection_kwargs
-from aiworker.storage.wire import JobConnections, Wires
+from aiworker.storage.wire import JobConnections, PartlyAnswered, Wires
 
 # The longest single BLPOP: short enough for redis-py's socket read timeout (5 s by default in
 # redis-py 8; half of it leaves room for Redis serving blocking timeouts up to 100 ms late).
@@ -208,17 +208,21 @@ class Jobs:
         # the one round trip of a job: on this thread's own connection, without redis-py's
         # per-call machinery (about three quarters of a small job's client CPU)
         add = self.enqueuer.commands(step.stream, step.fields)
-        *sent, popped = self.wires.get().pipeline([*add, ("BLPOP", reply_key, wait)])
+        try:
+            *sent, popped = self.wires.get().pipeline([*add, ("BLPOP", reply_key, wait)])
+        except PartlyAnswered as lost:  # the entry's commands were answered, the BLPOP lost:
+            if len(lost.replies) < len(add):  # the wait goes on (on a new connection)
+                raise
+            sent, popped = lost.replies[: len(add)], None
         entry_id = self.enqueuer.entry_id(step.stream, sent)
         if isinstance(popped, Exception):
             raise popped
         return Enqueued(entry_id, popped[1] if popped else None)
 
     def _add(self, stream: str, fields: Any) -> str:
-        """The entry's XADD alone (a shared reply list's)."""
-        return self.enqueuer.entry_id(
-            stream, plans.execute_commands(self.r, Commands(self.enqueuer.commands(stream, fields)))
-        )
+        """The entry's XADD alone (a shared reply list's), sent once (see ``__init__``)."""
+        commands = self.enqueuer.commands(stream, fields)
+        return self.enqueuer.entry_id(stream, self.wires.get().pipeline(commands))
 
     def _blpop(self, reply_key: str, seconds: float) -> Any:
         return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))

@@ -33,6 +33,7 @@ from aiworker.storage.wire import as_exception
 # Commands of the hot methods (tensorset, tensorget, model metadata) whose raw replies are the
 # ones redis-py returns (HGETALL is turned into its dict), sent without redis-py's machinery.
 FAST_COMMANDS = frozenset({"EVALSHA", "HMGET", "HGET", "HGETALL"})
+READS = frozenset({"HMGET", "HGET", "HGETALL"})  # of those, the ones sent again on a lost link
 # A transaction of only these (a large tensor's staged write) goes on the thread's own connection
 # too: their raw replies serve the plans that send them as redis-py's do (PEXPIRE's 1, not True).
 FAST_IN_TRANSACTION = frozenset({"EVALSHA", "HMGET", "HGET", "HSET", "DEL", "PEXPIRE"})
@@ -147,7 +148,15 @@ class Client(Driver, AICommands, redis.Redis):
         """One command on this thread's own connection (see ``storage.wire``); the error it
         returns in place of a reply, as ``execute_commands`` does. ``large``: a tensor's blob is
         received in place."""
-        reply = self._jobs.wires.get().pipeline([command], large=large)[0]
+        wire = self._jobs.wires.get()
+        try:
+            reply = wire.pipeline([command], large=large)[0]
+        except redis.ConnectionError:
+            if str(command[0]).upper() not in READS:
+                raise
+            # Redis closed the link since its last use (CLIENT KILL, a restart): a read is safe
+            # to send again, on a new connection (redis-py's retry does so for its commands)
+            reply = wire.pipeline([command], large=large)[0]
         if isinstance(reply, redis.ResponseError):
             return reply
         if isinstance(reply, Exception):

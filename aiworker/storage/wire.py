@@ -185,6 +185,16 @@ def with_causes(commands: Sequence[Command], replies: list[Any]) -> list[Any]:
     return replies
 
 
+class PartlyAnswered(redis.ConnectionError):
+    """The link was lost after Redis answered the first of a round trip's commands: ``replies``
+    holds their replies (error replies as exceptions). Those commands ran and are not to be sent
+    again (a job's XADD: the entry is queued, its reply is waited for on a new connection)."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
+
+
 def _kernel_timeouts(sock: socket.socket) -> None:
     """Move the socket's timeout into the kernel (SO_RCVTIMEO/SO_SNDTIMEO) and make it blocking.
 
@@ -303,15 +313,22 @@ class Wire:
 
     def _round_trip(self, commands: Sequence[Command], large: bool = False) -> list[Any]:
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
+        replies: list[Any] = []
         try:
             sock = self._sending()
             for buffer in buffers:
                 sock.sendall(buffer)
-            replies = self._read(sock, len(commands), [], large)
+            self._read(sock, len(commands), replies, large)
             self._used = time.monotonic()  # a reply may take long (a blocking read)
             return replies
         except Exception as exc:
-            self._raise_lost(exc)
+            if not replies:
+                self._raise_lost(exc)
+            try:
+                self._raise_lost(exc)
+            except (redis.ConnectionError, redis.TimeoutError) as lost:
+                answered = [as_exception(reply) for reply in replies]
+                raise PartlyAnswered(str(lost), answered) from exc
 
     def send(self, commands: Sequence[Command]) -> None:
         """Send commands without waiting for their replies (``receive`` reads them): a cluster
