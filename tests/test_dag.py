@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -320,6 +321,47 @@ def test_dag_timeout(client: Client, worker: Worker) -> None:
     )
     with pytest.raises(JobTimedOut):
         dag.execute()
+
+
+def test_a_dag_runs_one_version_of_each_model(client: Client, settings: Settings) -> None:
+    """A model stored again while a DAG runs, and loaded by another job meanwhile: the DAG's
+    later op of that model fails rather than run the new version (its first op ran the old
+    one), and nothing is persisted (a mixed result was: 2+3=5, then 5*3)."""
+    w = Worker(settings.replace(threads_per_queue=2)).start()
+    try:
+        client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+        client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+        client.tensorset("a", np.full(2, 2, np.float32))
+        client.tensorset("b", np.full(2, 3, np.float32))
+        dag = (
+            client.dag(load=["a", "b"], persist=["d"])
+            .modelexecute("m", ["a", "b"], ["c"])
+            .modelexecute("slow", ["c", "b"], ["e"])
+            .modelexecute("m", ["c", "b"], ["d"])
+        )
+        outcome: list[Any] = []
+        thread = threading.Thread(target=lambda: outcome.append(_result(dag.execute)))
+        thread.start()
+        time.sleep(0.6)  # the first op ran, the slow one runs
+        client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+        two = np.full(2, 2, np.float32)
+        client.tensorset("x", two)
+        client.modelexecute("m", ["x", "x"], ["y"])  # the new version, loaded now
+        thread.join(30)
+        (results,) = outcome  # redisai-py's shape: each op's reply, a failed op's error
+        assert results[:2] == ["OK", "OK"] and isinstance(results[2], JobFailed)
+        assert "'m' was stored again while the job ran" in str(results[2])
+        assert client.exists("d") == 0
+        assert client.tensorget("y").tolist() == [4, 4]
+    finally:
+        w.stop(timeout=10)
+
+
+def _result(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
 
 
 @pytest.fixture

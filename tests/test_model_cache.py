@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from aiworker import Client, JobFailed, Worker
 from aiworker.backends.base import LoadedModel
-from aiworker.execution.model_cache import ModelCache
+from aiworker.execution.model_cache import LoadFailed, ModelCache
 from aiworker.parser.entry import decode_entry
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.errors import AIError
@@ -67,13 +68,46 @@ def test_load_failures_are_cached_per_digest() -> None:
 
     def broken() -> tuple[str, LoadedModel]:
         calls.append(1)
-        raise AIError("corrupt blob")
+        raise LoadFailed("bad", AIError("corrupt blob"))
 
     for _ in range(3):
         with pytest.raises(AIError, match="corrupt blob"):
             get(cache, "m", "bad", broken)
     assert len(calls) == 1
     assert get(cache, "m", "good", lambda: ("good", Dummy("ok"))).name == "ok"  # type: ignore[attr-defined]
+
+
+def test_a_failure_to_read_a_version_is_not_cached() -> None:
+    """Redis busy (BUSY), refusing (NOPERM, READONLY) or a version replaced as it was read:
+    that job's error; the next job reads again (it was cached: the model failed on that worker
+    until it restarted)."""
+    cache = ModelCache()
+    outcomes: list[Any] = [AIError("BUSY Redis is busy running a script"), ("v1", Dummy("v1"))]
+
+    def load() -> tuple[str, LoadedModel]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    with pytest.raises(AIError, match="BUSY"):
+        get(cache, "m", "v1", load)
+    assert get(cache, "m", "v1", load).name == "v1"  # type: ignore[attr-defined]
+
+
+def test_a_load_failure_is_cached_under_the_version_that_failed() -> None:
+    """A job read v1, v2 was stored before the load and failed: the failure is v2's, and a
+    rollback to v1 loads v1 (it was cached under v1's digest: v1 failed for good)."""
+    cache = ModelCache()
+
+    def load_v2() -> tuple[str, LoadedModel]:
+        raise LoadFailed("v2", AIError("too large for this worker"))
+
+    with pytest.raises(AIError, match="too large"):
+        get(cache, "m", "v1", load_v2)
+    with pytest.raises(AIError, match="too large"):  # v2's failure, cached
+        get(cache, "m", "v2", lambda: pytest.fail("v2's failure is cached"))
+    assert get(cache, "m", "v1", lambda: ("v1", Dummy("v1"))).name == "v1"  # type: ignore[attr-defined]
 
 
 def test_forwarded_entries_keep_their_first_enqueue_time() -> None:
@@ -121,3 +155,20 @@ def test_the_per_key_load_locks_do_not_pile_up() -> None:
 def test_shapes_must_be_positive_integers(dims: list[object]) -> None:
     with pytest.raises(AIError, match="invalid or negative value found in tensor shape"):
         parse_shape(dims)  # type: ignore[arg-type]
+
+
+def test_a_model_that_could_not_be_read_runs_once_it_can(client: Client, worker: Worker) -> None:
+    """A worker that could not read a model (here a chunk missing; Redis busy or refusing
+    reads the same way) tries again for the next job: a failure to read is not the version's
+    (it was cached under the version's digest: the model failed on that worker for good)."""
+    from conftest import stub_blob
+
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.ones(2, np.float32))
+    chunk = client.hget("m", "chunk:0")
+    client.hdel("m", "chunk:0")
+    with pytest.raises(JobFailed, match="incomplete"):
+        client.modelexecute("m", ["a", "a"], ["b"])
+    client.hset("m", "chunk:0", chunk)  # the same version again
+    assert client.modelexecute("m", ["a", "a"], ["b"]) == "OK"
+    assert client.tensorget("b").tolist() == [2, 2]

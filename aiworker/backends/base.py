@@ -58,6 +58,7 @@ class LoadedModel(ABC):
     """A model ready to run on its device."""
 
     nbytes: int = 0  # approximate memory held, for the worker's cache bound
+    version: str = ""  # the stored version it was loaded from (its digest), set by the loader
 
     @abstractmethod
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

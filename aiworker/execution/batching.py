@@ -73,6 +73,7 @@ class MemberResult:
     duration_us: int = 0
     counted: bool = True  # False when the model never ran (e.g. it failed to load): no stats
     listed: IONames | None = None  # a model check's: the names its framework reports
+    version: str = ""  # the stored version that ran (``LoadedModel.version``)
 
 
 @dataclass(eq=False, slots=True)
@@ -450,7 +451,10 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
     try:
         with models.model(head.model_key, head.meta) as model:
             warm_up(model, head)
-            return _run_members(model, members)
+            results = _run_members(model, members)
+        for result in results:
+            result.version = model.version
+        return results
     except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
         return [MemberResult(None, error_text(exc), counted=False) for _ in members]
 
@@ -498,4 +502,4 @@ def _run_alone(models: Models, member: Member, meta: ModelMeta) -> MemberResult:
                 )
     except AIWorkerError as exc:  # the model failed to load: it never ran, nothing to count
         return MemberResult(None, error_text(exc), counted=False)
-    return MemberResult(outputs, duration_us=duration_us)
+    return MemberResult(outputs, duration_us=duration_us, version=model.version)

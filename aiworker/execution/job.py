@@ -143,6 +143,7 @@ class ModelOp(Op):
                 run.stats.append(StatsRecord(request.key, errors=1))
             raise AIError(result.error)
         try:
+            run.one_version(request.key, result.version)
             check_outputs(request.outputs, result.outputs, run.runtime.bounds.max_tensor_bytes)
         except AIError:
             run.stats.append(StatsRecord(request.key, errors=1))
@@ -177,7 +178,7 @@ class ScriptOp(Op):
         """The script's run (on a lane thread): its outputs, or its error."""
         request: ScriptExecute = self.request
         try:
-            outputs, duration_us = call_script(
+            outputs, duration_us, version = call_script(
                 run.runtime.models,
                 request.key,
                 self.meta,
@@ -191,13 +192,14 @@ class ScriptOp(Op):
             )
         except (AIWorkerError, redis.ResponseError) as exc:  # NOPERM from a script's call ...
             return MemberResult(None, error_text(exc))
-        return MemberResult(outputs, duration_us=duration_us)
+        return MemberResult(outputs, duration_us=duration_us, version=version)
 
     def finish(self, run: JobRun, result: MemberResult, member: Member, batch: Batch) -> None:
         request: ScriptExecute = self.request
         try:
             if result.outputs is None:
                 raise AIError(result.error)
+            run.one_version(request.key, result.version)
             if len(result.outputs) != len(request.outputs):
                 raise AIError(
                     f"Script returned {len(result.outputs)} outputs, expected {len(request.outputs)}"
@@ -247,6 +249,7 @@ class JobRun:
     ticket: Any = None  # what the worker needs to complete it (where its entry came from)
     failed_early: str = ""  # the job could not start (a bug): its error
     held: int = 0  # bytes of its tensors counted against max_job_bytes (``store``)
+    versions: dict[str, str] = field(default_factory=dict)  # the version each key ran in
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _unstarted: int = 0  # ops not started yet
 
@@ -340,6 +343,14 @@ class JobRun:
         op.done = True
         if _is_error(op.result):
             self.failed = True
+
+    def one_version(self, key: str, version: str) -> None:
+        """A job runs one version of each model and script: RedisAI's DAG held the ones it
+        parsed. A worker's cache hands out the version stored now (a job runs a newer one than
+        it read when the model was replaced meanwhile); where that changed between two ops of
+        one job, the later op fails rather than mix two versions' results."""
+        if version and self.versions.setdefault(key, version) != version:
+            raise AIError(messages.REPLACED_DURING_JOB.format(key=key))
 
     def store(self, op: Op, outputs: Sequence[np.ndarray]) -> None:
         """An op's outputs, as the versions of its output names it made. A model's or script's

@@ -5,8 +5,10 @@ model's ``nbytes``); the least recently used models leave first, the newest alwa
 
 A job names a model key; the worker reads the stored digest with the job's inputs and asks the cache
 for (key, digest). A new digest means the model was replaced: it is loaded once (other threads
-wanting it wait on a per-key lock) and the old version leaves the cache. Load failures are cached
-per digest too, so a corrupt blob is not fetched and parsed again for every job.
+wanting it wait on a per-key lock) and the old version leaves the cache. A version the framework
+cannot load (``LoadFailed``) is cached as such under the digest the loader read, so its blob is not
+fetched and parsed again for every job; a failure to read it (Redis busy, refusing, a version
+replaced as it was read) is the job's error only, and the next job reads again.
 
 A model is in use from ``use`` until its ``with`` block ends. A model that leaves the cache
 (eviction, a newer version, ``clear`` at stop) is closed only once no job uses it any more, so a
@@ -21,12 +23,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import redis
-
 from aiworker.backends.base import LoadedModel
 from aiworker.protocol.errors import AIError
 
 Loader = Callable[[], tuple[str, LoadedModel]]
+
+
+class LoadFailed(Exception):
+    """A loader's failure that is the stored version's own (its blob or backend): cached under
+    the ``digest`` the loader read, with the job's ``error``."""
+
+    def __init__(self, digest: str, error: AIError) -> None:
+        super().__init__(str(error))
+        self.digest = digest
+        self.error = error
 
 
 @dataclass
@@ -124,10 +134,8 @@ class ModelCache:
         try:
             loaded_digest, model = load()
             entry = _Entry(loaded_digest, model, None, users=1)
-        except AIError as exc:
-            if isinstance(exc.__cause__, redis.exceptions.OutOfMemoryError):
-                raise  # Redis was full (a read in MULTI refused): the next job tries again
-            entry = _Entry(digest, None, exc, users=1)
+        except LoadFailed as failed:
+            entry = _Entry(failed.digest, None, failed.error, users=1)
         gone: list[_Entry] = []
         with self._lock:
             old = self._entries.pop(key, None)

@@ -19,7 +19,7 @@ from aiworker.backends.base import LoadedModel, LoadedScript, ModelSpec, Registr
 from aiworker.devices import parse_device
 from aiworker.execution import limits
 from aiworker.execution.limits import Limits
-from aiworker.execution.model_cache import ModelCache
+from aiworker.execution.model_cache import LoadFailed, ModelCache
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
@@ -58,6 +58,11 @@ class Models:
     def _load_model(self, key: str) -> tuple[str, LoadedModel]:
         try:
             meta, blob = model_store.read_model(self.r, key, max_bytes=self.limits.max_model_bytes)
+        except (AIError, redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.ResponseError as exc:  # BUSY, NOPERM and the like: this job's error
+            raise AIError(error_text(exc)) from exc
+        try:
             backend = self.registry.get(meta.backend)
             spec = ModelSpec(
                 key=key,
@@ -67,29 +72,37 @@ class Models:
                 batchsize=meta.batchsize,
             )
             loaded = backend.load(blob, spec)
-        except (AIError, redis.ConnectionError, redis.TimeoutError):
-            raise
-        except AIWorkerError as exc:  # e.g. the framework is not installed: cached as AIError
-            raise AIError(error_text(exc)) from exc
-        except redis.ResponseError as exc:  # NOPERM and the like: this job's error
-            raise AIError(error_text(exc)) from exc
+        except AIError as exc:
+            raise LoadFailed(meta.digest, exc) from exc
+        except AIWorkerError as exc:  # e.g. the framework is not installed
+            raise LoadFailed(meta.digest, AIError(error_text(exc))) from exc
         except Exception as exc:  # a backend bug or a blob it chokes on: this job's error only
-            raise AIError(f"failed to load model '{key}': {error_text(exc)}") from exc
+            error = AIError(f"failed to load model '{key}': {error_text(exc)}")
+            raise LoadFailed(meta.digest, error) from exc
         loaded.nbytes = loaded.nbytes or len(blob)  # the cache's byte bound needs a size
+        loaded.version = meta.digest
         return meta.digest, loaded
 
     def _load_script(self, key: str) -> tuple[str, LoadedModel]:
         try:
             meta, source = script_store.read_script_within(self.r, key, self.limits.max_model_bytes)
-            backend = self.registry.get(SCRIPT_BACKEND)
-            script = backend.load_script(source, meta.entry_points, parse_device(meta.device))
         except (AIError, redis.ConnectionError, redis.TimeoutError):
             raise
-        except (AIWorkerError, redis.ResponseError) as exc:
+        except redis.ResponseError as exc:
             raise AIError(error_text(exc)) from exc
+        version = "script:" + meta.digest
+        try:
+            backend = self.registry.get(SCRIPT_BACKEND)
+            script = backend.load_script(source, meta.entry_points, parse_device(meta.device))
+        except AIError as exc:
+            raise LoadFailed(version, exc) from exc
+        except AIWorkerError as exc:
+            raise LoadFailed(version, AIError(error_text(exc))) from exc
         except Exception as exc:  # a framework failure: this job's error, not the worker's
-            raise AIError(f"{SCRIPT_BACKEND}: failed to load script: {exc}") from exc
-        return "script:" + meta.digest, script
+            error = AIError(f"{SCRIPT_BACKEND}: failed to load script: {exc}")
+            raise LoadFailed(version, error) from exc
+        script.version = version
+        return version, script
 
     def close(self) -> None:
         self.cache.clear()

@@ -28,8 +28,9 @@ def call_script(
     n_outputs: int = -1,
     variadic: int | None = None,
     context: ScriptContext | None = None,
-) -> tuple[list[np.ndarray], int]:
-    """Run entry point ``function``: (outputs, microseconds); RedisAI's errors as ``AIError``.
+) -> tuple[list[np.ndarray], int, str]:
+    """Run entry point ``function``: (outputs, microseconds, the stored version that ran);
+    RedisAI's errors as ``AIError``.
 
     ``n_outputs`` is how many outputs the caller stores (-1: whatever the function returns)."""
     if meta.entry_points and function not in meta.entry_points:
@@ -45,4 +46,4 @@ def call_script(
         duration_us = int((time.perf_counter() - started) * 1_000_000)
     for array in outputs:
         codec.dtype_of(array)  # refuse output types RedisAI cannot store
-    return outputs, duration_us
+    return outputs, duration_us, script.version

@@ -60,3 +60,6 @@ INVALID_DEVICE = "Invalid DEVICE"
 
 # Redis Cluster (RedisAI's words when a request's keys live on different shards)
 CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+# aiworker's own: a model or script stored again between two ops of one job (a DAG); RedisAI's
+# DAG held the versions it parsed, and no result mixes two of them
+REPLACED_DURING_JOB = "'{key}' was stored again while the job ran; run the job again"
