@@ -16,7 +16,7 @@ from cluster import LocalCluster
 from conftest import wait_until
 from faults import WorkerProcess, elapsed_until, stub_model, workers
 
-from aiworker import AIError, Client
+from aiworker import AIError, Client, Settings
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import ModelExecute
@@ -193,3 +193,38 @@ def test_a_master_killed_under_load(tmp_path: Path) -> None:
         answered = [key for key, outcome, _s in results if outcome == "OK"]
         assert reply_counts(client, answered) == [0] * len(answered), "no job answered twice"
         client.close()
+
+
+@pytest.mark.slow
+def test_the_gateway_follows_a_failover_of_its_seed_master() -> None:
+    """The master the gateway's URL names is killed and its replica promoted: the gateway reads
+    the slot map from the masters it knows and serves its clients again (it sent every command
+    for that master's slots, and every keyless one, to the dead node for good)."""
+    from test_gateway import running_gateway
+
+    with LocalCluster() as cluster:
+        seed = cluster.ports[0]
+        keys = [f"k{n}" for n in range(60)]
+        mine = [key for key in keys if cluster.master_of(key) == seed]
+        with running_gateway(Settings(redis_url=cluster.url)) as gw:
+            con = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
+            for key in keys:
+                con.set(key, key)
+            con.close()
+            assert redis.Redis(port=seed).wait(1, 10_000) == 1  # its replica has them
+            cluster.kill(seed)
+            cluster.wait_promoted(seed, timeout=60)
+
+            def served() -> bool:
+                fresh = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
+                try:
+                    return fresh.ping() and fresh.get(mine[0]) == mine[0].encode()
+                except redis.RedisError:
+                    return False  # (a lost master's first client finds it gone)
+                finally:
+                    fresh.close()
+
+            wait_until(served, timeout=30)
+            fresh = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
+            assert [fresh.get(key) for key in keys] == [key.encode() for key in keys]
+            fresh.close()

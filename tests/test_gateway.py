@@ -893,7 +893,7 @@ def test_a_client_that_half_closes_gets_every_reply(
 def test_select_and_auth_decide_where_ai_commands_run(
     gateway: Gateway, client: Client, redis_server: Any, protocol: int
 ) -> None:
-    """In RESP3 too (HELLO 3 AUTH ...), where AI.* commands run on a connection of their own."""
+    """In RESP3 too (HELLO 3 AUTH ...)."""
     con = connect(gateway, protocol, db=3)
     assert cmd(con, "AI.TENSORSET", "t3", "INT8", 1, "VALUES", 3) == b"OK"
     assert client.exists("t3") == 0
@@ -1179,6 +1179,26 @@ def test_reset_turns_replies_on_again_as_redis_does(gateway: Gateway, redis_serv
         sock.sendall(stream)
         answers.append(read_until_closed(sock))
     assert answers[1] == answers[0] == b"+RESET\r\n+PONG\r\n$1\r\n1\r\n+OK\r\n"
+
+
+def test_reset_makes_the_connection_as_a_new_one_is(
+    settings: Settings, limited_user: tuple[str, str]
+) -> None:
+    """A new connection through the gateway is the URL's user in the URL's DB; after RESET
+    (which leaves a Redis connection the default user in DB 0) it is that again, the user AI.*
+    commands then run as."""
+    user, password = limited_user
+    url = settings.redis_url.replace("redis://", f"redis://{user}:{password}@")
+    url = url.rsplit("/", 1)[0] + "/2"
+    with running_gateway(settings.replace(redis_url=url)) as gw:
+        con = connect(gw)
+        assert cmd(con, "ACL", "WHOAMI") == b"lim"
+        cmd(con, "AUTH", "default", "any")  # the tests' default user takes any password
+        cmd(con, "SELECT", 0)
+        assert cmd(con, "ACL", "WHOAMI") == b"default"
+        assert cmd(con, "RESET") == "RESET"  # (redis-py decodes it)
+        assert cmd(con, "ACL", "WHOAMI") == b"lim"
+        assert cmd(con, "CLIENT", "INFO").split(b" db=")[1].startswith(b"2 ")
 
 
 def test_client_unblock_does_not_end_a_job(

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -368,31 +369,69 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         )
 
 
-def test_a_command_queued_for_another_master_aborts_the_transaction(
-    cluster_client: Client, cluster_settings: Settings
+def test_a_transaction_moves_to_the_master_of_its_first_key(
+    cluster_client: Client, cluster_settings: Settings, redis_cluster: Any
 ) -> None:
-    """As on a cluster node: a transaction whose first keyed command comes after a PING stays
-    where it began, and a command there for another master's slot is refused (MOVED) and makes
-    EXEC fail. The gateway followed the MOVED once EXEC had unpinned the transaction, and the
-    command ran outside it."""
-    aborted = 0
+    """The client sees one node that owns every slot: a transaction whose first keyed command
+    comes after keyless ones (PING) runs on that key's master, the keyless ones with it (it got
+    MOVED, which the client cannot follow, and EXECABORT). A command for another master's slot
+    in the same transaction is refused as on a cluster node (MOVED) and makes EXEC fail; the
+    gateway does not follow it outside the transaction."""
     with running_gateway(cluster_settings) as gw:
         for n in range(12):
             key = f"moved{n}"
             sock = raw_socket(gw)
-            sock.sendall(b"MULTI\r\nPING\r\n" + command(b"SET", key.encode(), b"1") + b"EXEC\r\n")
-            replies = read_replies(sock, 4)
+            sock.sendall(b"MULTI\r\nPING\r\nTIME\r\n" + command(b"SET", key.encode(), b"1")
+                         + command(b"INCR", key.encode()) + b"EXEC\r\n")  # fmt: skip
+            replies = read_replies(sock, 6)
             sock.close()
-            ran = replies.endswith(b"*2\r\n+PONG\r\n+OK\r\n")
-            aborted += not ran
-            assert ran or (
-                b"-MOVED " in replies
-                and replies.endswith(
-                    b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-                )
-            )
-            assert cluster_client.exists(key) == ran, replies
-    assert aborted  # keys on every master: some were another master's
+            assert replies.startswith(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n")
+            assert replies.endswith(b"+OK\r\n:2\r\n"), replies
+            assert cluster_client.get(key) == b"2"
+        first = "moved0"
+        other = next(f"other{n}" for n in range(100)
+                     if redis_cluster.master_of(f"other{n}") != redis_cluster.master_of(first))  # fmt: skip
+        sock = raw_socket(gw)
+        sock.sendall(command(b"MULTI") + command(b"SET", first.encode(), b"x")
+                     + command(b"SET", other.encode(), b"y") + command(b"EXEC"))  # fmt: skip
+        replies = read_replies(sock, 4)
+        assert b"-MOVED " in replies and replies.endswith(
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+        )
+        assert cluster_client.get(first) == b"2" and cluster_client.exists(other) == 0
+
+
+def test_reset_signs_the_client_out_on_every_master(
+    cluster_client: Client, redis_cluster: Any
+) -> None:
+    """RESET went to one master; the client's connections to the others stayed signed in as
+    its user, which still read that user's keys there. Every connection is now as a new one:
+    the gateway URL's user (here bob, who may not read alice's keys)."""
+    users = {"alice": "~alice:*", "bob": "~bob:*"}
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    for node in nodes:
+        for user, keys in users.items():
+            node.acl_setuser(user, enabled=True, passwords=[f"+{user}pw"], keys=[keys],
+                             commands=["+@all"])  # fmt: skip
+    keys = [f"alice:{n}" for n in range(30)]
+    assert len({redis_cluster.master_of(key) for key in keys}) == 3  # on every master
+    for key in keys:
+        cluster_client.set(key, "secret")
+    url = redis_cluster.url.replace("redis://", "redis://bob:bobpw@")
+    try:
+        with running_gateway(Settings(redis_url=url)) as gw:
+            con = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
+            con.execute_command("AUTH", "alice", "alicepw")
+            assert [con.get(key) for key in keys] == [b"secret"] * len(keys)
+            assert con.execute_command("RESET") == "RESET"  # (redis-py decodes it)
+            assert con.execute_command("ACL", "WHOAMI") == b"bob"
+            for key in keys:
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    con.get(key)
+            assert con.set("bob:x", "1") and con.get("bob:x") == b"1"
+    finally:
+        for node in nodes:
+            node.acl_deluser(*users)
 
 
 def test_resp3_on_a_real_cluster(

@@ -15,6 +15,7 @@ import hashlib
 import logging
 from typing import Any
 
+import redis
 import redis.asyncio
 
 from aiworker.protocol.keys import SLOTS, key_slot
@@ -136,7 +137,31 @@ class SlotMap:
         await self.refresh()
 
     async def refresh(self) -> None:
-        slots: Any = await self.seed.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        """Read the map from the seed, or where it cannot answer (it failed over, it is gone)
+        from the masters last known, as a cluster client does."""
+        try:
+            slots: Any = await self.seed.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as lost:
+            slots = await self._ask_known_nodes(lost)
+        self._take(slots)
+
+    async def _ask_known_nodes(self, lost: Exception) -> Any:
+        seed = self.seed.connection_pool
+        for host, port in self.nodes:
+            pool = redis.asyncio.ConnectionPool(  # the seed's settings (TLS, user) at that node
+                connection_class=seed.connection_class,
+                **{**seed.connection_kwargs, "host": host, "port": port},
+            )
+            try:
+                node = redis.asyncio.Redis(connection_pool=pool)
+                return await node.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                continue
+            finally:
+                await pool.disconnect()
+        raise lost
+
+    def _take(self, slots: Any) -> None:
         table: list[Node | None] = [None] * SLOTS
         nodes: list[Node] = []
         for (start, end), info in _slot_ranges(slots):
@@ -148,7 +173,8 @@ class SlotMap:
         self.slots, self.nodes = table, nodes
 
     def refresh_soon(self) -> None:
-        """Read the map again (after a MOVED), once however many redirects ask."""
+        """Read the map again (after a MOVED, or a master that could not be reached), once
+        however many ask."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh_quietly())
 

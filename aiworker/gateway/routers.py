@@ -5,9 +5,9 @@ commands costs Redis no connection). ``ClusterRouter``: one connection per maste
 Cluster, each command sent to the master of its first key's slot, keyless ones to one master; a
 MOVED or ASK reply sends the command again where the cluster says, so the client sees one node. A
 transaction stays on one master: WATCH goes where its key lives and MULTI follows it; a MULTI
-without WATCH goes to one master and moves, before anything is queued, to the master of the
-first command after it when that one has a key (DISCARD there, MULTI on the right one: a client
-that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows.
+without WATCH goes to one master and moves to the master of the first command after it that
+has a key (DISCARD there, MULTI and the keyless commands queued before it on the right one: a
+client that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class SingleRouter:
     def __init__(self, session: Any, target: Target, hello: list[list[bytes]]) -> None:
         self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.target = target
-        self.hello = hello
+        self.hello = hello  # what a new connection sends first (the URL's user and DB)
         self.upstream: Upstream | None = None
 
     def route(self, args: list[bytes], slot: Slot) -> Upstream:
@@ -42,6 +42,15 @@ class SingleRouter:
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
         return False
+
+    def lost(self, upstream: Upstream) -> None:
+        """The connection to Redis was lost: nothing to learn on a single Redis."""
+
+    def reset(self, sent_on: Upstream) -> None:
+        """RESET went to Redis: the connection is then as a new one is (the gateway's URL's
+        user and DB, which ``Session.signed_out`` takes for the client's identity)."""
+        for command in self.hello:
+            sent_on.send(command, Slot(internal=ignore))
 
     def authenticated(self, credentials: list[bytes]) -> None:
         """AUTH went through the one connection: nothing else to tell."""
@@ -74,10 +83,12 @@ class ClusterRouter:
         self.session = session  # the owner of its connections (``upstream.Upstream``)
         self.slots = slots
         self.target_for = target  # Node -> Target
-        self.hello = list(hello)
+        self.base_hello = hello  # what a new connection sends first (the URL's user)
+        self.hello = list(hello)  # and what the client made of its connection since
         self.connections: dict[Node, Upstream] = {}
         self.pinned: Upstream | None = None
-        self.movable = False  # a MULTI without WATCH, nothing queued yet
+        self.movable = False  # a MULTI without WATCH, no command with a key queued yet
+        self.keyless: list[list[bytes]] = []  # and the commands queued in it so far
         self.tunneled: Upstream | None = None
 
     def _upstream(self, node: Node) -> Upstream:
@@ -103,14 +114,20 @@ class ClusterRouter:
             slot.args = args
         if self.pinned is not None:
             upstream = self.pinned
-            if self.movable and name not in _UNPIN and command_keys(self.slots.keys, args):
-                upstream = self._move_transaction(self._upstream(self._node(args)))
-            self.movable = False
+            if self.movable and name not in _UNPIN:
+                if command_keys(self.slots.keys, args):
+                    upstream = self._move_transaction(self._upstream(self._node(args)))
+                    self.movable = False
+                else:  # (PING, TIME ...): the transaction may still move, and take them along
+                    self.keyless.append(args)
+            else:
+                self.movable = False
         else:
             upstream = self._upstream(self._node(args))
             if name in (b"MULTI", b"WATCH"):
                 self.pinned = upstream
                 self.movable = name == b"MULTI"
+                self.keyless = []
         if name in _UNPIN:
             self.pinned = None
         if slot.tunnel:
@@ -119,13 +136,16 @@ class ClusterRouter:
         return upstream
 
     def _move_transaction(self, to: Upstream) -> Upstream:
-        """A MULTI nothing was queued in yet, moved to the master ``to``."""
+        """A MULTI no command with a key was queued in yet, moved to the master ``to``: the
+        keyless ones queued so far are queued there again (the client had their QUEUED)."""
         pinned = self.pinned
         if pinned is not None and to is not pinned:
             pinned.send([b"DISCARD"], Slot(internal=ignore))
             pinned.flush()
-            to.send([b"MULTI"], Slot(internal=ignore))
+            for command in ([b"MULTI"], *self.keyless):
+                to.send(command, Slot(internal=ignore))
             self.pinned = to
+        self.keyless = []
         return to
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
@@ -147,6 +167,24 @@ class ClusterRouter:
         target.send(slot.args, slot)
         target.flush()
         return True
+
+    def lost(self, upstream: Upstream) -> None:
+        """A master could not be reached or went away: it may have failed over, and the map
+        is read again (from any master that answers) for the connections made next."""
+        self.slots.refresh_soon()
+
+    def reset(self, sent_on: Upstream) -> None:
+        """RESET reached one master: every connection is then as a new one is (signed out of
+        the client's user on the others too, which still let it read its keys)."""
+        self.hello = list(self.base_hello)
+        for upstream in self.connections.values():
+            if upstream.closed:
+                continue
+            if upstream is not sent_on:
+                upstream.send([b"RESET"], Slot(internal=ignore))
+            for command in self.base_hello:
+                upstream.send(command, Slot(internal=ignore))
+            upstream.flush()
 
     def authenticated(self, credentials: list[bytes]) -> None:
         """AUTH reached one master: the others (open now or later) get it too."""

@@ -378,8 +378,8 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._close_after_replies()
         self._update_reading()
 
-    def _plain(self, args: list[bytes], slot: Slot | None = None) -> None:
-        """Pass a command on to Redis."""
+    def _plain(self, args: list[bytes], slot: Slot | None = None) -> Upstream:
+        """Pass a command on to Redis (on the connection returned)."""
         if slot is None:
             slot = Slot()
         if self.replies_off or self.skip_next:
@@ -394,6 +394,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.blocking = True
             self.blocking += 1
         upstream.send(args, slot)
+        return upstream
 
     def _special(self, name: bytes, args: list[bytes]) -> None:
         """A command the gateway answers itself, or whose reply it learns from."""
@@ -436,7 +437,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
-        self._plain(args, slot)
+        upstream = self._plain(args, slot)
+        if name == b"RESET":
+            self.router.reset(upstream)
         if slot.tunnel:
             if name == b"EXEC":  # a pipe if it runs: what comes after waits for its reply
                 self.holding = True
@@ -708,6 +711,7 @@ class Session(ReplyHooks, asyncio.Protocol):
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:
         """Redis went away: the commands it did not answer get an error, then the client is
         disconnected (its DB, user and transaction were Redis' and are gone)."""
+        self.router.lost(upstream)
         # after the client's end went on to Redis, Redis freed it: nothing more is answered
         error = b"" if self.end_passed_on else resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
