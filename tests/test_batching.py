@@ -17,6 +17,7 @@ from conftest import ROOT, at_once, stub_blob, torch_blob, wait_until, worker_en
 
 from aiworker import Client, Worker
 from aiworker.backends.stub import StubModel
+from aiworker.execution import batching
 from aiworker.execution.batching import Batch, Batcher, Member, run_batch, signature_of
 from aiworker.parser import parse_command
 from aiworker.protocol.keys import CONSUMER_GROUP
@@ -162,6 +163,35 @@ def test_incompatible_shapes_dtypes_and_versions_do_not_batch() -> None:
     b.add(member(meta(4, 2), cols=3))
     batch = b.take(now=0)
     assert batch is not None and [m.inputs[0].shape for m in batch.members] == [(1, 3), (1, 3)]
+
+
+def test_a_group_of_a_version_no_longer_stored_runs_at_once() -> None:
+    """No request can join a group once its model is stored anew or deleted. The batcher has the
+    stored version read when a request of another version comes, or when a group has waited
+    VERSION_CHECK_S (then as often while some wait); a group of another version runs as it is."""
+    b, check_s = Batcher(), batching.VERSION_CHECK_S
+    b.add(member(meta(8, 8), at=0, entry_id="1-0"))
+    b.add(member(meta(8, 8), at=0.5, entry_id="2-0"))
+    assert b.to_check(now=0.5) == []
+    b.add(member(meta(8, 8, digest="d2"), at=0.6))  # read after the model was stored anew
+    assert b.take(now=0.6) is None  # not known yet which version is stored
+    assert b.to_check(now=0.6) == ["m"]
+    b.stored("m", "d2")
+    old = b.take(now=0.6)
+    assert old is not None and [m.entry_id for m in old.members] == ["1-0", "2-0"]
+    assert b.take(now=0.6) is None  # the stored version's request waits for its partners
+    assert b.to_check(now=0.6 + check_s - 0.01) == []
+    assert b.to_check(now=0.6 + check_s) == ["m"]
+    b.stored("m", "")  # MODELDEL
+    gone = b.take(now=2)
+    assert gone is not None and gone.model == ("m", "d2") and not b
+    assert b.to_check(now=100) == []  # nothing waits: nothing to read
+
+    b.add(member(meta(8, 8, digest="d2"), at=200))
+    assert b.to_check(now=200 + check_s - 0.01) == []
+    assert b.to_check(now=200 + check_s) == ["m"]  # a lone request waited that long
+    b.stored("m", "d2")  # still stored: it waits on
+    assert b.take(now=300) is None
 
 
 def test_zero_dim_inputs_run_alone() -> None:
@@ -339,6 +369,45 @@ def test_waiting_request_times_out(client: Client, worker: Worker) -> None:
     reply = submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x TIMEOUT 150")
     assert reply["status"] == "timedout"
     assert not client.exists("x")
+
+
+@pytest.mark.parametrize("change", ["restore", "unbatched", "delete"])
+def test_requests_waiting_for_partners_are_answered_once_their_model_changes(
+    client: Client, worker: Worker, redis_server: Any, change: str
+) -> None:
+    """Requests waiting for partners that can no longer come (the model was stored anew, or
+    deleted) run as they are instead of waiting forever: on the stored version, or, the model
+    gone, failing as a request for a missing model does."""
+    store_batched(client, "add", batch=8, minbatch=8)
+    a = np.ones((1, 2), np.float32)
+    waiter = Client.from_url(redis_server.url, reply_timeout=10)
+    replies: list[Any] = []
+
+    def run() -> None:
+        try:
+            replies.append(waiter.run("m", {"a": a, "b": a}, ["o"])["o"].tolist())
+        except Exception as exc:
+            replies.append(str(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(worker.held_entry_ids()) == 2, timeout=10)
+    if change == "delete":
+        client.modeldel("m")
+    elif change == "restore":  # a new version that needs no partners
+        store_batched(client, "add", batch=8, minbatch=1)
+    else:  # one that does not batch: its requests never meet the waiting ones
+        store_batched(client, "add")
+    if change != "delete":
+        assert client.run("m", {"a": a, "b": a}, ["o"])["o"].tolist() == [[2, 2]]
+    for thread in threads:
+        thread.join(15)
+    waiter.close()
+    answer = "model key is empty" if change == "delete" else [[2, 2]]
+    assert replies == [answer] * 2
+    wait_until(lambda: worker.held_entry_ids() == [], timeout=10)
+    assert client.xpending(client.keyspace.queue("CPU"), CONSUMER_GROUP)["pending"] == 0
 
 
 def test_batch_size_mismatch_is_every_members_error(client: Client, worker: Worker) -> None:

@@ -18,6 +18,13 @@ While a batch of a model runs in this process, a partial batch of the same model
 finish (a full one may start at once): the requests arriving meanwhile then run together, instead
 of competing for the same device in small batches.
 
+A group waits for partners of its own model version only: once the model is stored anew or
+deleted, none can come. So the stored version of a model whose requests wait is read again
+(``to_check``, by the owner, which tells ``stored``) when a group has waited VERSION_CHECK_S, and
+every VERSION_CHECK_S after while some do, or at once when a request of another version comes. A
+group of a version no longer stored runs at once, as full as it gets: on that version if it is
+still loaded, else on the stored one (or failing as a request for a missing model does).
+
 ``run_batch`` writes the members' inputs into one buffer per input (the backend's host memory:
 pinned for a GPU), padded with zero rows up to one of a few sizes when the model asks for it
 (``LoadedModel.batch_sizes``: frameworks that specialise on shapes stay fast), runs the model once
@@ -49,6 +56,10 @@ from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, AIWorkerError, CountMismatch, RunTimedOut
 from aiworker.protocol.requests import IONames
 from aiworker.storage.model import ModelMeta
+
+# How long requests wait for batch partners before their model's stored version is read again
+# (then again as often while some wait): a new version or a MODELDEL gives them no partners.
+VERSION_CHECK_S = 1.0
 
 # Per input: (dtype, every dimension but the first). None: a 0-d input, which cannot be batched.
 Signature = tuple[tuple[str, tuple[int, ...]], ...] | None
@@ -126,6 +137,15 @@ class Batch:
 GroupKey = tuple[str, str, Signature]
 
 
+@dataclass(slots=True)
+class _Version:
+    """What the batcher knows of the version of a model whose requests wait."""
+
+    added: str  # the digest of its request added last
+    check_at: float  # when its stored version is to be read (monotonic)
+    stored: str | None = None  # the stored digest as last read ("": no model; None: not read)
+
+
 class Batcher:
     """Units waiting to run: batching models' requests grouped by model key, digest and input
     signature; every other unit in one first-in first-out line of its own (a batch of one each,
@@ -137,6 +157,7 @@ class Batcher:
         self._running: dict[tuple[str, str], int] = {}  # model version -> batches running
         # model version -> (until when a partial batch waits, for how many rows) (``finished``)
         self._held: dict[tuple[str, str], tuple[float, int]] = {}
+        self._versions: dict[str, _Version] = {}  # model key -> its version, while a group waits
         self.max_waiting = max_waiting  # 0: no bound
         self.max_waiting_bytes = max_waiting_bytes
         self._count = 0
@@ -152,8 +173,14 @@ class Batcher:
     def add(self, member: Member) -> None:
         if member.batching:
             assert member.meta is not None
-            key = (member.model_key, member.meta.digest, member.signature)
-            self._groups.setdefault(key, []).append(member)
+            model, digest = member.model_key, member.meta.digest
+            self._groups.setdefault((model, digest, member.signature), []).append(member)
+            version = self._versions.get(model)
+            if version is None:  # its version is read if it waits VERSION_CHECK_S
+                self._versions[model] = _Version(digest, member.arrived + VERSION_CHECK_S)
+            elif digest != version.added or version.stored not in (None, digest):
+                # a version other than the one seen or read last: which is stored? read it now
+                self._versions[model] = _Version(digest, member.arrived)
         else:
             self._singles.append(member)
         self._count += 1
@@ -226,7 +253,8 @@ class Batcher:
         """The next batch ready to run (oldest first), removed from the batcher; None if none is.
 
         ``force`` dispatches waiting groups regardless of MINBATCHSIZE (a stop, or every thread
-        waiting); an ``overfull`` batcher forces its oldest group.
+        waiting); an ``overfull`` batcher forces its oldest group. A group of a version no longer
+        stored (``stored``) starts at once: no partner can join it any more.
         """
         if self._held:  # holds that lapsed (``finished``)
             self._held = {k: v for k, v in self._held.items() if v[0] > now}
@@ -240,9 +268,13 @@ class Batcher:
             if ready is not None and head.arrived >= ready[0]:
                 continue
             chosen = self._choose(group)
-            if force or (
-                self._is_ready(chosen, now)
-                and (self._is_full(chosen, group) or not self._busy(key[:2], chosen))
+            if (
+                force
+                or self._superseded(key)
+                or (
+                    self._is_ready(chosen, now)
+                    and (self._is_full(chosen, group) or not self._busy(key[:2], chosen))
+                )
             ):
                 ready = (head.arrived, key, chosen)
         if ready is None and oldest is not None and self.overfull():
@@ -261,6 +293,26 @@ class Batcher:
         self._running[batch.model] = self._running.get(batch.model, 0) + 1
         self._held.pop(batch.model, None)
         return batch
+
+    def to_check(self, now: float) -> list[str]:
+        """Models whose stored version is to be read now (see the module docstring): the owner
+        reads it and tells ``stored``."""
+        keys = [key for key, version in self._versions.items() if version.check_at <= now]
+        for key in keys:
+            self._versions[key].check_at = now + VERSION_CHECK_S
+        return keys
+
+    def stored(self, model_key: str, digest: str) -> None:
+        """The digest stored at ``model_key`` ("": no model there): its groups of another
+        version run at once (``take``)."""
+        version = self._versions.get(model_key)
+        if version is not None:
+            version.stored = digest
+
+    def _superseded(self, key: GroupKey) -> bool:
+        """The group's model version is no longer the stored one: no partner can join it."""
+        stored = self._versions[key[0]].stored
+        return stored is not None and stored != key[1]
 
     def take_single(self, wanted: Callable[[str], bool]) -> Batch | None:
         """The oldest unit that does not batch, as a batch of one, if ``wanted(its model or
@@ -333,6 +385,8 @@ class Batcher:
             self._groups[key] = members
         else:
             del self._groups[key]
+            if not any(other[0] == key[0] for other in self._groups):
+                del self._versions[key[0]]  # none of the model's requests waits
 
     @staticmethod
     def _is_full(chosen: list[Member], group: list[Member]) -> bool:

@@ -9,6 +9,8 @@ THREADS_PER_QUEUE keeps RedisAI's meaning: how many runs a device has in flight 
 thread does whatever is most urgent, in this order:
 
 1. a batch ready in the batcher while a slot is free: run it (a single job is a batch of one);
+   or, for requests waiting for batch partners, a read of their model's stored version
+   (``Batcher.to_check``: a new version or a MODELDEL sends them no partners);
 2. local work (entries reclaimed from a dead worker, a job whose inputs did not fit its read);
 3. read: new entries and, in one more round trip, everything they need (``state.read``), while
    the lane holds fewer units than ``2 x slots`` (one running and one ready per slot; while its
@@ -250,6 +252,9 @@ class Lane:
                         if batch is not None:
                             self._free -= 1
                             return lambda conn: self._run(conn, batch)
+                    unknown = self._batcher.to_check(now)
+                    if unknown:
+                        return lambda conn: self._check_versions(conn, unknown)
                 if self._tasks:
                     return self._tasks.popleft()
                 if consumer is not None and self._may_read(consumer):
@@ -608,6 +613,19 @@ class Lane:
                 ticket.abandoned = True
                 self.held.discard(ticket.queue, run.entry_id)
                 ticket.lane._done(1)
+
+    def _check_versions(self, conn: JobConnection, keys: list[str]) -> None:
+        """Read the stored version of models whose requests wait for partners (``to_check``);
+        those of a replaced or deleted version then run."""
+        replies = conn.pipeline([("HGET", key, "digest") for key in keys])
+        with self._lock:
+            for key, digest in zip(keys, replies, strict=True):
+                if isinstance(digest, Exception) and not str(digest).startswith("WRONGTYPE"):
+                    continue  # BUSY, LOADING...: asked again later
+                # nil or WRONGTYPE: no model is stored there any more
+                stored = digest.decode() if isinstance(digest, bytes) else ""
+                self._batcher.stored(key, stored)
+            self._cond.notify()
 
     def _expired(self, conn: JobConnection, members: list[Member]) -> None:
         done: list[Run] = []
