@@ -20,7 +20,7 @@ from cluster import WireWrapper
 from conftest import stub_blob, torch_blob, wait_until, worker_env
 
 from aiworker import AIError, Client, ClusterClient, Worker, WrongTypeError
-from aiworker.embedded import cli_program
+from aiworker.embedded import cli_program, free_port
 from aiworker.protocol import messages
 from aiworker.protocol.keys import key_slot
 from aiworker.protocol.requests import ModelExecute
@@ -48,6 +48,20 @@ def test_a_cluster_is_found_from_any_node(redis_cluster: Any, cluster_client: An
     other = Client.from_url(f"redis://127.0.0.1:{redis_cluster.ports[-1]}/0")
     assert isinstance(other, ClusterClient)
     other.close()
+
+
+def test_a_caller_that_knows_whether_redis_is_a_cluster_says_so(redis_cluster: Any) -> None:
+    """``from_url(cluster=...)`` asks nothing: a cluster node that cannot be reached now is an
+    error, not a single Redis (whose client fails on most keys of a cluster: the gateway, which
+    knows it serves one, made its users' clients by asking, and kept such a client for good)."""
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    assert type(Client.from_url(unreachable)) is Client  # asked: taken for a single Redis
+    with pytest.raises(redis.exceptions.RedisClusterException, match="Connection refused"):
+        Client.from_url(unreachable, cluster=True)
+    for cluster, kind in ((True, ClusterClient), (False, Client)):
+        told = Client.from_url(redis_cluster.url, cluster=cluster)
+        assert type(told) is kind
+        told.close()
 
 
 def test_tensors_on_every_master(redis_cluster: Any, cluster_client: Any) -> None:

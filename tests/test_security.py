@@ -310,6 +310,58 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
     assert admin_redis.exists("ai:d") == 0
 
 
+@pytest.mark.slow
+def test_a_requester_with_the_documented_rule_on_a_cluster(
+    redis_cluster: Any, cluster_client: Any, cluster_worker: Worker, cluster_settings: Settings
+) -> None:
+    """The requester's rule and its cluster line, exactly as docs/security.md gives them,
+    through the gateway and (adding +info) with ``Client.from_url``. The gateway asked each user
+    whether Redis is a cluster (INFO, which this rule denies): such a user got a client of one
+    node, whose commands on the other masters' keys were answered "ERR <slot> <host:port>", and
+    kept it after it was granted INFO."""
+    nodes = [redis_cluster.node(port) for port in redis_cluster.ports]
+    rule = documented_worker_rule("requesterpw", "requester").split()[2:]
+    keys = [f"ai:t{n}" for n in range(12)]
+    assert len({redis_cluster.master_of(key) for key in keys}) == 3  # every master
+    big = np.arange(150_000, dtype=np.float32)
+    cluster_client.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+    try:
+        for node in nodes:
+            node.execute_command("ACL", "SETUSER", "requester", *rule)
+        with running_gateway(cluster_settings) as gw:
+            host, port = gw.address()
+            through = redis.Redis(host=host, port=port, username="requester",
+                                  password="requesterpw", protocol=2, socket_timeout=30)  # fmt: skip
+            ai = through.execute_command
+            # without the cluster line: Redis' refusal of what the cluster client needs
+            with pytest.raises(redis.exceptions.NoPermissionError, match=r"'cluster\|slots'"):
+                ai("AI.TENSORSET", keys[0], "FLOAT", 1, "VALUES", 1)
+            extra = cluster_rule_extra("requester")
+            for node in nodes:
+                node.execute_command("ACL", "SETUSER", "requester", *extra)
+            for n, key in enumerate(keys):  # the same gateway: the refused client was not kept
+                assert ai("AI.TENSORSET", key, "FLOAT", 1, "VALUES", n) == b"OK"
+                assert ai("AI.TENSORGET", key, "VALUES") == [str(n).encode()]
+            assert ai("AI.TENSORSET", "ai:big", "FLOAT", big.size, "BLOB", big.tobytes()) == b"OK"
+            assert ai("AI.TENSORGET", "ai:big", "BLOB") == big.tobytes()
+            assert ai("AI.MODELEXECUTE", "ai:m", "INPUTS", 2, keys[3], keys[3],
+                      "OUTPUTS", 1, "ai:o") == b"OK"  # fmt: skip
+            assert ai("AI.TENSORGET", "ai:o", "VALUES") == [b"6"]
+        for node in nodes:  # the Python clients ask whether Redis is a cluster
+            node.execute_command("ACL", "SETUSER", "requester", "+info")
+        url = f"redis://requester:requesterpw@127.0.0.1:{redis_cluster.ports[0]}/0"
+        con = Client.from_url(url, reply_timeout=20)
+        try:
+            assert [con.tensorget(key).tolist() for key in keys] == [[n] for n in range(12)]
+            assert con.tensorset("ai:big2", big) == "OK"
+            assert con.tensorget("ai:big2").tolist() == big.tolist()
+        finally:
+            con.close()
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "requester")
+
+
 # Every path that writes, under the documented rule ------------------------------------------
 
 ADD_SCRIPT = """
@@ -328,10 +380,11 @@ class AclDeployment:
     cluster: bool
 
 
-def cluster_rule_extra() -> list[str]:
+def cluster_rule_extra(who: str = "worker") -> list[str]:
+    """What docs/security.md says ``who`` (worker, requester) needs on a cluster besides its rule."""
     text = (ROOT / "docs" / "security.md").read_text()
-    extra = re.search(r"<!-- acl:worker-cluster -->\s*```text\n(.+)\n```", text)
-    assert extra, "docs/security.md shows what a cluster worker needs besides the rule"
+    extra = re.search(rf"<!-- acl:{who}-cluster -->\s*```text\n(.+)\n```", text)
+    assert extra, f"docs/security.md shows what a cluster {who} needs besides the rule"
     return extra.group(1).split()
 
 

@@ -62,6 +62,14 @@ def _printing(execute: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _answers_cluster(client: Client) -> bool:
+    """Whether ``client``'s server says it is a cluster node; one not reachable now is not."""
+    try:
+        return is_cluster(client._plain)  # aiworker's own question: not printed
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+
+
 class Client(Driver, AICommands, redis.Redis):
     """Drop-in for ``redisai.Client``: every redis-py command plus the RedisAI methods.
 
@@ -92,29 +100,32 @@ class Client(Driver, AICommands, redis.Redis):
             self.execute_command = _printing(super().execute_command)  # type: ignore[method-assign]
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Client | ClusterClient:  # type: ignore[override]
-        """A client for ``url``; a ``ClusterClient`` when the server is a Redis Cluster node
-        (asked once, on a connection the client keeps: ``INFO cluster``; a server that cannot be
-        reached now gives a ``Client``, which connects when first used)."""
+    def from_url(  # type: ignore[override]
+        cls, url: str, *, cluster: bool | None = None, **kwargs: Any
+    ) -> Client | ClusterClient:
+        """A client for ``url``; a ``ClusterClient`` when the server is a Redis Cluster node.
+        ``cluster``: whether it is, when the caller knows; None asks the server once, on a
+        connection the client keeps (``INFO cluster``: a user whose ACL denies INFO, or a
+        server that cannot be reached now, gives a ``Client``, which connects when first used)."""
         own = {k: kwargs.pop(k) for k in OWN_OPTIONS if k in kwargs}
-        pool = redis.ConnectionPool.from_url(url, **kwargs)
-        client = cls(connection_pool=pool, **own)
-        client.auto_close_connection_pool = True
-        try:
-            cluster = is_cluster(client._plain)  # aiworker's own question: not printed
-        except (redis.ConnectionError, redis.TimeoutError):
-            cluster = False
         if not cluster:
-            return client
-        client.close()
+            pool = redis.ConnectionPool.from_url(url, **kwargs)
+            client = cls(connection_pool=pool, **own)
+            client.auto_close_connection_pool = True
+            if cluster is False or not _answers_cluster(client):
+                return client
+            client.close()
         own.pop("shared_replies", None)  # a cluster's reply lists live in the outputs' slots
         return ClusterClient.from_url(url, **own, **kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Client | ClusterClient:
-        """A client for ``settings.redis_url`` with its prefix and TLS files."""
+    def from_settings(
+        cls, settings: Settings, *, cluster: bool | None = None, **kwargs: Any
+    ) -> Client | ClusterClient:
+        """A client for ``settings.redis_url`` with its prefix and TLS files (``cluster``: as
+        for ``from_url``)."""
         kwargs = {**client_kwargs(settings), **kwargs}
-        return cls.from_url(settings.redis_url, prefix=settings.prefix, **kwargs)
+        return cls.from_url(settings.redis_url, cluster=cluster, prefix=settings.prefix, **kwargs)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         """A redis-py pipeline that also takes the RedisAI methods (tensorset, tensorget,

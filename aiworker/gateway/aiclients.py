@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from aiworker.client.ops import State, VerifyHere
 from aiworker.client.sync import Client
 from aiworker.parser import Command
@@ -92,31 +95,53 @@ def _exact(value: str) -> bytes:
 class _Clients:
     """One identity's device cache and blocking client (made on first use)."""
 
-    def __init__(self, settings: Settings, identity: Identity, reply_timeout: float) -> None:
+    def __init__(
+        self, settings: Settings, identity: Identity, reply_timeout: float, cluster: bool
+    ) -> None:
         self.settings = settings
         self.identity = identity
         self.reply_timeout = reply_timeout
+        self.cluster = cluster
         self.state = State(Keys(settings.prefix), raw=True)
         self.enqueuer = Enqueuer(self.state.keyspace)
         self.in_use = 0
         self._blocking: Any = None
 
     def blocking_client(self) -> Any:
-        """A ``Client``, or a ``ClusterClient`` on a cluster (made in a worker thread: it asks
-        the server what it is)."""
+        """A ``Client``, or a ``ClusterClient`` when the gateway serves a cluster (made in a
+        worker thread: a cluster client learns the slot map). The gateway's own knowledge
+        decides which, never the identity's: a user whose ACL denies INFO, or a Redis not
+        reachable yet, would take a cluster for a single node. A client that could not be made
+        is not kept: the next command tries again."""
         if self._blocking is None:
             settings = self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
-            self._blocking = Client.from_settings(
-                settings,
-                enable_postprocess=False,
-                reply_timeout=self.reply_timeout,
-                **self.identity.credentials(),
-            )
+            try:
+                self._blocking = Client.from_settings(
+                    settings,
+                    cluster=self.cluster,
+                    enable_postprocess=False,
+                    reply_timeout=self.reply_timeout,
+                    **self.identity.credentials(),
+                )
+            except RedisClusterException as exc:
+                raise _cause(exc) from exc
         return self._blocking
 
     async def close(self) -> None:
         if self._blocking is not None:
             await asyncio.to_thread(self._blocking.close)
+
+
+def _cause(exc: RedisClusterException) -> BaseException:
+    """The Redis error that kept a cluster client from starting, from ``exc``'s chain: redis-py
+    words a node that refused CLUSTER SLOTS (NOPERM) as one not in cluster mode, and an
+    unreachable one as a cluster that cannot be connected."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.RedisError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
@@ -131,9 +156,10 @@ def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
 class AIClients:
     """Per-identity state and blocking clients (see the module docstring)."""
 
-    def __init__(self, settings: Settings, reply_timeout: float, threads: int):
+    def __init__(self, settings: Settings, reply_timeout: float, threads: int, cluster: bool):
         self.settings = settings
         self.reply_timeout = reply_timeout
+        self.cluster = cluster  # the gateway serves a Redis Cluster
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gateway-ai")
         self._clients: OrderedDict[Identity, _Clients] = OrderedDict()
         self._closing: set[asyncio.Future[None]] = set()
@@ -142,7 +168,7 @@ class AIClients:
         clients = self._clients.get(identity)
         if clients is None:
             clients = self._clients[identity] = _Clients(
-                self.settings, identity, self.reply_timeout
+                self.settings, identity, self.reply_timeout, self.cluster
             )
             self._evict()
         self._clients.move_to_end(identity)
