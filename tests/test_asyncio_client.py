@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import redis
 import redis.asyncio
 from conftest import stub_blob, torch_blob
 
@@ -229,6 +230,34 @@ def test_no_live_worker_in_asyncio(client: Client, redis_server: RedisServer) ->
         repr(r) for r in results
     }
     assert client.xlen(client.keyspace.queue("CPU")) == 0
+
+
+def test_refusals_in_redis_own_words_in_asyncio(client: Client, redis_server: RedisServer) -> None:
+    """Redis' NOPERM as Redis words it, not as redis-py's pipelines do ("Command # 3 (EVALSHA
+    <sha> 2 ro:t...) of pipeline caused error: ...", naming aiworker's own commands)."""
+    client.modelstore("ro:m", "STUB", "CPU", stub_blob("add"))
+    client.execute_command("ACL", "SETUSER", "lim", "on", ">pw", "~aiworker:*", "%R~ro:*", "+@all")
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError) as direct:
+            redis.Redis(port=redis_server.port, username="lim", password="pw").hset("ro:t", "a", 1)
+
+        async def main() -> list[BaseException | str]:
+            con = aiworker.asyncio.Client(port=redis_server.port, username="lim", password="pw")
+            try:
+                return await asyncio.gather(
+                    con.tensorset("ro:t", np.zeros(10_000, np.float32)),  # staged in a MULTI
+                    con.modelstore("ro:m2", "STUB", "CPU", stub_blob("add")),
+                    con.modeldel("ro:m"),
+                    return_exceptions=True,
+                )
+            finally:
+                await con.aclose()
+
+        for refused in asyncio.run(main()):
+            assert isinstance(refused, redis.exceptions.NoPermissionError), refused
+            assert str(refused) == str(direct.value)
+    finally:
+        client.acl_deluser("lim")
 
 
 def test_raw_replies_and_debug_in_asyncio(

@@ -917,11 +917,14 @@ def test_select_and_auth_decide_where_ai_commands_run(
         client.acl_deluser("reader")
 
 
+# ACL user ``lim``: keys ``pub:*`` and aiworker's own, ``ro:*`` read only, nothing else.
+LIMITED_RULE = ("lim", "on", ">pw", "~pub:*", "~aiworker:*", "%R~ro:*", "+@all")
+
+
 @pytest.fixture
 def limited_user(client: Client) -> Iterator[tuple[str, str]]:
-    """ACL user ``lim``: keys ``pub:*`` and aiworker's own, ``ro:*`` read only, nothing else."""
-    client.execute_command("ACL", "SETUSER", "lim", "on", ">pw", "~pub:*", "~aiworker:*",
-                           "%R~ro:*", "+@all")  # fmt: skip
+    """The ACL user of ``LIMITED_RULE``."""
+    client.execute_command("ACL", "SETUSER", *LIMITED_RULE)
     try:
         yield "lim", "pw"
     finally:
@@ -965,6 +968,42 @@ def test_jobs_read_and_write_only_keys_the_clients_acl_allows(
     assert cmd(con, "AI.TENSORGET", "secret", "VALUES") == [b"42"]
     assert cmd(con, "AI.TENSORGET", "ro:b", "VALUES") == [b"3"]
     assert not denied.exists("pub:o")
+
+
+def refused_by_redis() -> list[tuple[Any, ...]]:
+    """AI.* commands of the ``limited_user`` that Redis refuses, each its own way through the
+    gateway (``ro:*`` may be read only, ``secret:*`` not at all): a tensor set in one script
+    call, one staged under a temporary key in a MULTI, a model's metadata read, a model stored
+    by a blocking client."""
+    return [
+        ("AI.TENSORSET", "ro:t", "FLOAT", 1, "VALUES", 1),
+        ("AI.TENSORSET", "ro:t", "FLOAT", 10_000, "BLOB", bytes(40_000)),
+        ("AI.INFO", "secret:m"),
+        ("AI.MODELGET", "secret:m", "META"),
+        ("AI.MODELSTORE", "ro:m2", "STUB", "CPU", "BLOB", stub_blob("add")),
+    ]
+
+
+def test_refusals_are_answered_in_redis_own_words(
+    gateway: Gateway, settings: Settings, client: Client, limited_user: tuple[str, str]
+) -> None:
+    """Whatever path a refused AI.* command takes, its reply is Redis' NOPERM, as RedisAI's
+    was: a 40 KB TENSORSET, AI.INFO and MODELDEL (a MULTI on the client's connection) were
+    answered EXECABORT's "Transaction discarded because of previous errors.", a store redis-py's
+    "Command # 1 (DEL ro:m2) of pipeline caused error: ...", which names aiworker's commands."""
+    con = connect(gateway)
+    cmd(con, "AI.MODELSTORE", "secret:m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    cmd(con, "AI.MODELSTORE", "ro:m", "STUB", "CPU", "BLOB", stub_blob("add"))
+    username, password = limited_user
+    lim = connect(gateway, username=username, password=password)
+    denied = redis.Redis.from_url(settings.redis_url, username=username, password=password)
+    with pytest.raises(redis.exceptions.NoPermissionError) as direct:
+        denied.hget("secret:m", "backend")
+    for args in [*refused_by_redis(), ("AI.MODELDEL", "ro:m")]:
+        with pytest.raises(redis.exceptions.NoPermissionError) as info:
+            cmd(lim, *args)
+        assert str(info.value) == str(direct.value), args[:2]
+    assert client.exists("ro:m") and not client.exists("ro:t", "ro:m2")
 
 
 REACH = """

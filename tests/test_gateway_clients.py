@@ -23,7 +23,7 @@ import redis
 from builders import tf_mul_graph
 from conftest import ROOT, stub_blob, torch_blob, worker_env
 from redis.cluster import RedisCluster
-from test_gateway import raw_socket, read_replies, running_gateway
+from test_gateway import LIMITED_RULE, raw_socket, read_replies, refused_by_redis, running_gateway
 
 from aiworker import Client, Settings, Worker
 from aiworker.embedded import cli_program
@@ -432,6 +432,36 @@ def test_reset_signs_the_client_out_on_every_master(
     finally:
         for node in nodes:
             node.acl_deluser(*users)
+
+
+def test_refusals_on_a_real_cluster_are_answered_in_redis_own_words(
+    redis_cluster: Any, cluster_client: Client, cluster_settings: Settings
+) -> None:
+    """As on one Redis (``test_refusals_are_answered_in_redis_own_words``): the cluster client's
+    pipelines answered "Command # 3 (EVALSHA <sha> 2 ro:t...) of pipeline caused error: ..." for
+    a 40 KB TENSORSET, "Command # 1 (HMGET secret:m kind ...) ..." for AI.INFO."""
+    nodes = [redis_cluster.node(port) for port in redis_cluster.ports]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", *LIMITED_RULE)
+    try:
+        with running_gateway(cluster_settings) as gw:
+            con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+            blob = stub_blob("add")
+            assert con.execute_command("AI.MODELSTORE", "secret:m", "STUB", "CPU", "BLOB", blob)
+            lim = redis.Redis(*gw.address(), username="lim", password="pw", protocol=2,
+                              socket_timeout=30)  # fmt: skip
+            denied = redis.Redis(port=redis_cluster.master_of("secret:m"), username="lim",
+                                 password="pw")  # fmt: skip
+            with pytest.raises(redis.exceptions.NoPermissionError) as direct:
+                denied.hget("secret:m", "backend")
+            for args in refused_by_redis():
+                with pytest.raises(redis.exceptions.NoPermissionError) as info:
+                    lim.execute_command(*args)
+                assert str(info.value) == str(direct.value), args[:2]
+            assert not cluster_client.exists("ro:t") and not cluster_client.exists("ro:m2")
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "lim")
 
 
 def test_resp3_on_a_real_cluster(

@@ -11,7 +11,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.plans import Commands, Plan, rounds
+from aiworker.storage.plans import Commands, Plan, plain_error, rounds
 
 T = TypeVar("T")
 AnyAsyncRedis = redis.asyncio.Redis | RedisCluster
@@ -32,7 +32,11 @@ async def execute_commands(r: AnyAsyncRedis, batch: Commands) -> list[Any]:
     pipe = redis.asyncio.Redis.pipeline(r, transaction=batch.transaction)
     for command in batch.commands:
         pipe.execute_command(*command)
-    return list(await pipe.execute(raise_on_error=False))
+    try:
+        return [plain_error(reply) for reply in await pipe.execute(raise_on_error=False)]
+    except redis.ResponseError as exc:  # EXECABORT: the refusal of a queued command
+        plain_error(exc)  # in Redis' words
+        raise
 
 
 async def send_once(r: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -80,9 +84,9 @@ async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
         for n in group:
             pipe.execute_command(*commands[n], **where(n))
         try:
-            results = list(await pipe.execute(raise_on_error=False))
-        except redis.ResponseError as exc:
-            results = [exc] * len(group)
+            results = [plain_error(reply) for reply in await pipe.execute(raise_on_error=False)]
+        except redis.ResponseError as exc:  # EXECABORT: the refusal of a queued command
+            results = [plain_error(exc)] * len(group)
         for n, result in zip(group, results, strict=True):
             replies[n] = result
     return replies

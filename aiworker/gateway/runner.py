@@ -35,6 +35,7 @@ from aiworker.protocol.replies import MSGPACK
 from aiworker.storage import health
 from aiworker.storage.plans import Commands, Plan
 from aiworker.storage.queues import Enqueuer
+from aiworker.storage.wire import aborted_by
 
 from .upstream import LargeSlot, Slot, Upstream
 
@@ -294,7 +295,9 @@ class Drive:
         self.runner.upstream().flush()
 
     def _committed(self, replies: list[Any]) -> None:
-        self.resume(_executed(replies[-1]))
+        # an EXECABORT stands for the refusal that caused it (Redis' NOPERM as a command was
+        # queued): "Transaction discarded" says nothing of what went wrong
+        self.resume(_executed(aborted_by(replies[-1], replies[1:-1])))
 
     def _end(self, result: Any) -> None:
         self.stopped = True

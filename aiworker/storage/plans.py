@@ -16,6 +16,7 @@ single Redis is the one-slot case: ``by_slot`` puts every key in one group there
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 import redis
 from redis.cluster import RedisCluster
 
-from aiworker.protocol.errors import OOM
 from aiworker.protocol.keys import key_slot
 from aiworker.storage.cluster import command_key
 
@@ -142,19 +142,27 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
         for n in group:
             pipe.execute_command(*commands[n], **where(n))
         try:
-            results = [_plain(result) for result in pipe.execute(raise_on_error=False)]
-        except redis.ResponseError as exc:
-            results = [_plain(exc)] * len(group)
+            results = [plain_error(result) for result in pipe.execute(raise_on_error=False)]
+        except redis.ResponseError as exc:  # EXECABORT: the refusal of a queued command
+            results = [plain_error(exc)] * len(group)
         for n, result in zip(group, results, strict=True):
             replies[n] = result
     return replies
 
 
-def _plain(reply: Any) -> Any:
-    """An OOM refusal in Redis's words, without redis-py's "Command # n (...) of pipeline
-    caused error" naming whichever command of a refused transaction came first."""
-    if isinstance(reply, redis.exceptions.OutOfMemoryError):
-        return redis.exceptions.OutOfMemoryError(OOM.removeprefix("OOM "))
+# What redis-py puts before the error of a pipeline's command ("Command # 3 (EVALSHA <sha> 2
+# key...) of pipeline caused error: "): it shows aiworker's own commands (a blob as "<memory at
+# 0x...>") to clients, who are answered in Redis' own words, as RedisAI's were.
+_PIPELINE_NOTE = re.compile(r"Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+def plain_error(reply: Any) -> Any:
+    """``reply``; an error a redis-py pipeline reported, in Redis' words (the same exception,
+    its type kept, without redis-py's note naming the command)."""
+    if isinstance(reply, redis.ResponseError) and reply.args and isinstance(reply.args[0], str):
+        found = _PIPELINE_NOTE.match(reply.args[0])
+        if found is not None:
+            reply.args = (reply.args[0][found.end() :], *reply.args[1:])
     return reply
 
 

@@ -177,12 +177,16 @@ def with_causes(commands: Sequence[Command], replies: list[Any]) -> list[Any]:
     if not any(isinstance(reply, ExecAbortError) for reply in replies):
         return replies  # the usual case: no block to look for
     for block in transactions(commands):
-        if isinstance(replies[block[-1]], ExecAbortError):
-            causes = [
-                r for r in replies[block[1] : block[-1]] if isinstance(r, redis.ResponseError)
-            ]
-            replies[block[-1]] = causes[0] if causes else replies[block[-1]]
+        replies[block[-1]] = aborted_by(replies[block[-1]], replies[block[1] : block[-1]])
     return replies
+
+
+def aborted_by(done: Any, queued: Sequence[Any]) -> Any:
+    """EXEC's reply ``done``, or for EXECABORT the refusal of the first command of ``queued``
+    (the replies to the commands queued in its MULTI) that Redis refused as it was queued."""
+    if not isinstance(done, ExecAbortError):
+        return done
+    return next((reply for reply in queued if isinstance(reply, redis.ResponseError)), done)
 
 
 class PartlyAnswered(redis.ConnectionError):
