@@ -199,7 +199,8 @@ def test_a_master_killed_under_load(tmp_path: Path) -> None:
 def test_the_gateway_follows_a_failover_of_its_seed_master() -> None:
     """The master the gateway's URL names is killed and its replica promoted: the gateway reads
     the slot map from the masters it knows and serves its clients again (it sent every command
-    for that master's slots, and every keyless one, to the dead node for good)."""
+    for that master's slots, and every keyless one, to the dead node for good), AI.* commands
+    too (their client started from the URL's node alone)."""
     from test_gateway import running_gateway
 
     with LocalCluster() as cluster:
@@ -227,4 +228,7 @@ def test_the_gateway_follows_a_failover_of_its_seed_master() -> None:
             wait_until(served, timeout=30)
             fresh = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
             assert [fresh.get(key) for key in keys] == [key.encode() for key in keys]
+            # AI.* commands' first client starts from the masters the gateway knows
+            tensor = ("AI.TENSORSET", mine[0] + "t", "FLOAT", 1, "VALUES", 1)
+            assert fresh.execute_command(*tensor) == b"OK"
             fresh.close()

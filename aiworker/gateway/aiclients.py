@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import ClusterNode
 from redis.exceptions import RedisClusterException
 
 from aiworker.client.ops import State, VerifyHere
@@ -96,12 +97,16 @@ class _Clients:
     """One identity's device cache and blocking client (made on first use)."""
 
     def __init__(
-        self, settings: Settings, identity: Identity, reply_timeout: float, cluster: bool
+        self,
+        settings: Settings,
+        identity: Identity,
+        reply_timeout: float,
+        masters: Callable[[], list[tuple[str, int]]] | None,
     ) -> None:
         self.settings = settings
         self.identity = identity
         self.reply_timeout = reply_timeout
-        self.cluster = cluster
+        self.masters = masters  # on a cluster: the masters the gateway knows
         self.state = State(Keys(settings.prefix), raw=True)
         self.enqueuer = Enqueuer(self.state.keyspace)
         self.in_use = 0
@@ -115,13 +120,19 @@ class _Clients:
         is not kept: the next command tries again."""
         if self._blocking is None:
             settings = self.settings.replace(redis_url=self.identity.url(self.settings.redis_url))
+            # on a cluster it starts from any master the gateway knows, the URL's node being
+            # only one of them (it may have failed over)
+            nodes = {}
+            if self.masters is not None:
+                nodes["startup_nodes"] = [ClusterNode(*node) for node in self.masters()]  # type: ignore[no-untyped-call]
             try:
                 self._blocking = Client.from_settings(
                     settings,
-                    cluster=self.cluster,
+                    cluster=self.masters is not None,
                     enable_postprocess=False,
                     reply_timeout=self.reply_timeout,
                     **self.identity.credentials(),
+                    **nodes,
                 )
             except RedisClusterException as exc:
                 raise _cause(exc) from exc
@@ -156,10 +167,16 @@ def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
 class AIClients:
     """Per-identity state and blocking clients (see the module docstring)."""
 
-    def __init__(self, settings: Settings, reply_timeout: float, threads: int, cluster: bool):
+    def __init__(
+        self,
+        settings: Settings,
+        reply_timeout: float,
+        threads: int,
+        masters: Callable[[], list[tuple[str, int]]] | None = None,
+    ):
         self.settings = settings
         self.reply_timeout = reply_timeout
-        self.cluster = cluster  # the gateway serves a Redis Cluster
+        self.masters = masters  # the gateway serves a Redis Cluster: the masters it knows
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gateway-ai")
         self._clients: OrderedDict[Identity, _Clients] = OrderedDict()
         self._closing: set[asyncio.Future[None]] = set()
@@ -168,7 +185,7 @@ class AIClients:
         clients = self._clients.get(identity)
         if clients is None:
             clients = self._clients[identity] = _Clients(
-                self.settings, identity, self.reply_timeout, self.cluster
+                self.settings, identity, self.reply_timeout, self.masters
             )
             self._evict()
         self._clients.move_to_end(identity)

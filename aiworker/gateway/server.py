@@ -165,9 +165,9 @@ class Gateway:
             await self.slots.load()
         else:
             await seed.aclose()
-        self.ai = AIClients(
-            self.settings, self.config.reply_timeout, self.config.threads, self.cluster
-        )
+        slots = self.slots
+        masters = (lambda: list(slots.nodes)) if slots is not None else None
+        self.ai = AIClients(self.settings, self.config.reply_timeout, self.config.threads, masters)
         loop = asyncio.get_running_loop()
         tls = _server_tls(self.config)
         if self.config.emulate_cluster and not self.config.listen:
