@@ -16,7 +16,7 @@ import redis.asyncio
 from conftest import stub_blob, torch_blob
 
 import aiworker.asyncio
-from aiworker import Client, NoLiveWorker, ReplyTimeout, Worker
+from aiworker import AIError, Client, NoLiveWorker, ReplyTimeout, Worker
 from aiworker.embedded import RedisServer
 
 T = TypeVar("T")
@@ -258,6 +258,17 @@ def test_refusals_in_redis_own_words_in_asyncio(client: Client, redis_server: Re
             assert str(refused) == str(direct.value)
     finally:
         client.acl_deluser("lim")
+
+
+def test_batch_settings_no_reader_takes_back_are_refused_in_asyncio(
+    client: Client, redis_server: RedisServer
+) -> None:
+    async def body(con: aiworker.asyncio.Client) -> None:
+        with pytest.raises(AIError, match=r"^Invalid argument for BATCHSIZE$"):
+            await con.modelstore("m", "STUB", "CPU", stub_blob("add"), batch=10**18)
+
+    arun(redis_server, body)
+    assert not client.exists("m")
 
 
 def test_raw_replies_and_debug_in_asyncio(

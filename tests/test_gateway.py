@@ -299,6 +299,15 @@ def test_model_errors_at_store_time(con: redis.Redis, worker: Worker) -> None:
     assert error_of(con, "AI.MODELSTORE", "m", "TF", "CPU", "BLOB", b"x") == (
         "INPUTS not specified for TF"
     )
+    # batch settings larger than a model hash's readers take back, with RedisAI's messages
+    store = ("AI.MODELSTORE", "m", "STUB", "CPU", "BATCHSIZE")
+    blob = ("BLOB", stub_blob("add"))
+    assert error_of(con, *store, 10**30, *blob) == "Invalid argument for BATCHSIZE"
+    assert error_of(con, *store, 2**63 - 1, *blob) == "Invalid argument for BATCHSIZE"
+    assert error_of(con, *store, 2, "MINBATCHSIZE", 1, "MINBATCHTIMEOUT", 10**25, *blob) == (
+        "Invalid argument for MINBATCHTIMEOUT"
+    )
+    assert cmd(con, "EXISTS", "m") == 0
     # a model that does not load is refused before anything is stored (a worker checked it)
     message = error_of(con, "AI.MODELSTORE", "m", "ONNX", "CPU", "BLOB", b"not a model" * 500)
     assert message

@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from aiworker import AIError, Client, WrongTypeError
 from aiworker.protocol.errors import WRONGTYPE
+from aiworker.storage.model import MAX_BATCH_SETTING
 
 ADD = b'{"op":"add"}'
 
@@ -116,6 +117,29 @@ def test_modeldel(client: Client) -> None:
     assert client.modelscan() == []
 
 
+def test_the_largest_batch_settings_are_stored_and_read_back(client: Client) -> None:
+    largest = MAX_BATCH_SETTING
+    client.modelstore("m", "STUB", "CPU", ADD, batch=largest, minbatch=largest,
+                      minbatchtimeout=largest)  # fmt: skip
+    meta = client.modelget("m", meta_only=True)
+    assert (meta["batchsize"], meta["minbatchsize"], meta["minbatchtimeout"]) == (largest,) * 3
+    assert client.modeldel("m") == "OK"
+
+
+def test_modeldel_deletes_a_model_whose_metadata_cannot_be_read(client: Client) -> None:
+    """As RedisAI deleted any model key it was given; keys that hold no model stay."""
+    client.modelstore("m", "STUB", "CPU", ADD, batch=4)
+    client.hset("m", "batchsize", "1" * 19)  # written by hand (or by an older store)
+    with pytest.raises(AIError, match=r"^Invalid argument for BATCHSIZE$"):
+        client.modelget("m", meta_only=True)
+    assert client.modeldel("m") == "OK"
+    assert not client.exists("m") and client.modelscan() == []
+    client.hset("h", mapping={"device": "CPU", "batchsize": "x"})  # a hash, but no model's
+    with pytest.raises(WrongTypeError):
+        client.modeldel("h")
+    assert client.hget("h", "device") == b"CPU"
+
+
 @pytest.mark.parametrize("call", ["modeldel", "modelget", "modelget_meta"])
 def test_missing_model(client: Client, call: str) -> None:
     with pytest.raises(AIError) as info:
@@ -209,6 +233,13 @@ STORE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("batchsize-text", {"batch": "four"}, "Invalid argument for BATCHSIZE"),
     ("minbatchsize-negative", {"batch": 4, "minbatch": -1}, "Invalid argument for MINBATCHSIZE"),
     ("minbatchtimeout-negative", {"batch": 4, "minbatch": 2, "minbatchtimeout": -5},
+     "Invalid argument for MINBATCHTIMEOUT"),
+    # more than a model hash's readers take back (``MAX_BATCH_SETTING``)
+    ("batchsize-too-large", {"batch": 10**18}, "Invalid argument for BATCHSIZE"),
+    ("batchsize-int64", {"batch": 2**63 - 1}, "Invalid argument for BATCHSIZE"),
+    ("minbatchsize-too-large", {"batch": 4, "minbatch": 10**18},
+     "Invalid argument for MINBATCHSIZE"),
+    ("minbatchtimeout-too-large", {"batch": 4, "minbatch": 2, "minbatchtimeout": 10**18},
      "Invalid argument for MINBATCHTIMEOUT"),
 ]  # fmt: skip
 

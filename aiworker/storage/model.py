@@ -58,6 +58,11 @@ READ_ATTEMPTS = 5
 # a hand-written ``chunks`` field must not make a reader ask for millions of fields.
 MAX_CHUNKS = 1 << 16
 
+# The largest BATCHSIZE, MINBATCHSIZE or MINBATCHTIMEOUT a store takes: what every reader of a
+# model hash reads back (18 digits, below 2**63). RedisAI took up to 2**64 - 1; a larger value
+# stored here could never be run, read or deleted.
+MAX_BATCH_SETTING = 10**18 - 1
+
 # Longest metadata field (INPUTS names, tag, ...) of a model or script that a store writes and a
 # worker reads: a hash written by hand may hold anything, and a worker checks before it fetches.
 MAX_METADATA_FIELD_BYTES = 1 << 20
@@ -144,7 +149,7 @@ def _meta(fields: tuple[Any, ...]) -> ModelMeta:
     )
 
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(rf"[0-9]{{1,{len(str(MAX_BATCH_SETTING))}}}")
 
 
 def _whole(value: str, message: str) -> int:
@@ -220,7 +225,7 @@ def validate_meta(
         (minbatchsize, messages.MODEL_BAD_MINBATCHSIZE),
         (minbatchtimeout, messages.MODEL_BAD_MINBATCHTIMEOUT),
     ):
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, int) or not 0 <= value <= MAX_BATCH_SETTING:
             raise AIError(message)
     if name == "TFLITE" and batchsize:  # TFLite models have fixed input shapes
         raise AIError(messages.MODEL_TFLITE_NO_BATCHING)
@@ -502,7 +507,16 @@ def _join(chunks: Sequence[Any], count: int) -> bytes:
 
 
 def delete_plan(keys: Keys, key: str) -> Plan[None]:
-    yield from read_meta_plan(key)  # the errors for missing/other keys
+    """Delete the model at ``key``, with RedisAI's errors for a missing key or another kind of
+    key. Only its kind is looked at: a model hash whose other fields cannot be read (written by
+    hand, or by a store that took what no reader takes) is deleted too, as RedisAI deleted any
+    model key it was given."""
+    replies = yield Commands.one("HMGET", key, *META_FIELDS)
+    values = replies[0]
+    if isinstance(values, Exception) or all(value is None for value in values):
+        check_meta_reply(values)  # raises: another type of key, or no model there
+    if values[0] is None or text(values[0]) != KIND_MODEL:
+        raise WrongTypeError()
     yield Commands(
         [("DEL", key), ("SREM", keys.models, key), ("DEL", keys.stats(key))], transaction=True
     )
