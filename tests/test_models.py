@@ -11,6 +11,7 @@ from conftest import stub_blob, torch_blob
 from redis.exceptions import ResponseError
 
 from aiworker import AIError, Client, WrongTypeError
+from aiworker.client.ops import VerifyModelHere
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.storage.model import MAX_BATCH_SETTING
 
@@ -162,6 +163,43 @@ def test_model_calls_on_other_keys_are_wrongtype(client: Client) -> None:
             assert str(info.value) == WRONGTYPE
     assert client.get("s") == b"x"
     assert client.tensorget("t").tolist() == [1.0]
+
+
+@pytest.mark.parametrize("meanwhile", ["tensor", "script", "model"])
+def test_a_key_written_while_the_model_is_verified_is_not_overwritten(
+    client: Client, redis_server: Any, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """RedisAI refused a store onto a key holding another kind of value. The key is checked
+    before the model is verified (a load: seconds for a large one) and again, atomically, as
+    the model is written: what another client wrote meanwhile is refused, not overwritten."""
+    other = Client.from_url(redis_server.url)
+
+    def write(_check: Any) -> bool:  # another client, while the blob is loaded
+        if meanwhile == "tensor":
+            other.tensorset("m", [1.0, 2.0], dtype="FLOAT")
+        elif meanwhile == "script":
+            other.hset("m", mapping={"kind": "script", "source": "x"})
+            other.hset(other.keyspace.stats("m"), "calls", 7)
+        else:
+            other.hset("m", mapping={"kind": "model", "tag": "other"})
+        return True
+
+    monkeypatch.setattr(VerifyModelHere, "check", write)
+    try:
+        if meanwhile == "model":  # another store of the same kind: replaced, as RedisAI did
+            assert client.modelstore("m", "STUB", "CPU", ADD, tag="mine") == "OK"
+            assert client.modelget("m", meta_only=True)["tag"] == "mine"
+            return
+        with pytest.raises(WrongTypeError):
+            client.modelstore("m", "STUB", "CPU", ADD)
+    finally:
+        other.close()
+    assert client.hget("m", "kind") == meanwhile.encode()
+    if meanwhile == "tensor":
+        assert client.tensorget("m").tolist() == [1.0, 2.0]
+    else:
+        assert client.hget(client.keyspace.stats("m"), "calls") == b"7"  # not reset
+    assert client.modelscan() == [] and not client.keys("aiworker:tmp:*")
 
 
 def test_modelscan(client: Client) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 
 from aiworker import AIError, Client, JobFailed, Settings, Worker, WrongTypeError
+from aiworker.client import script_ops
 from aiworker.parser import parse_command
 from aiworker.protocol.entries import encode_entry
+from aiworker.storage.plans import Plan
 
 torch = pytest.importorskip("torch")
 
@@ -85,6 +88,28 @@ def test_missing_and_wrong_type(client: Client) -> None:
     client.tensorset("t", [1], dtype="FLOAT")
     with pytest.raises(WrongTypeError):
         client.scriptdel("t")
+
+
+def test_a_key_written_after_it_was_checked_is_not_overwritten(
+    client: Client, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is checked once the script compiled, and again, atomically, as it is written: a
+    tensor another client wrote in between is refused, not overwritten."""
+    other = Client.from_url(redis_server.url)
+    checked = script_ops.writable_plan
+
+    def then_written(key: str, kind: str) -> Plan[None]:
+        yield from checked(key, kind)
+        other.tensorset(key, [1.0], dtype="FLOAT")
+
+    monkeypatch.setattr(script_ops, "writable_plan", then_written)
+    try:
+        with pytest.raises(WrongTypeError):
+            client.scriptstore("s", "CPU", SCRIPT, ["bar"])
+    finally:
+        other.close()
+    assert client.tensorget("s").tolist() == [1.0]
+    assert client.scriptscan() == [] and not client.keys("aiworker:tmp:*")
 
 
 STORE_ERRORS = [

@@ -5,8 +5,10 @@ A model hash holds ``kind=model``, ``backend``, ``device``, ``tag``, ``batchsize
 ``size``, ``chunks`` and the blob itself split over ``chunk:0``, ``chunk:1``, ... of
 MODEL_CHUNK_SIZE bytes.
 
-Storing is one MULTI/EXEC (delete then write, and the model's statistics reset), so a reader never
-sees a torn or mixed model; readers fetch every chunk inside one MULTI too. Workers compare the
+Storing is one MULTI/EXEC (the hash written under a temporary key, then moved onto the model's
+key by a script that refuses a key holding anything but a model, and the model's statistics
+reset: ``staged``), so a reader never sees a torn or mixed model and a value written to the key
+meanwhile is never overwritten; readers fetch every chunk inside one MULTI too. Workers compare the
 small ``digest`` field, read alongside a job's inputs, with the one they loaded, and reload only
 when it changed.
 """
@@ -31,7 +33,7 @@ from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import IONames
 from aiworker.protocol.text import text
-from aiworker.storage import lua, plans
+from aiworker.storage import lua, plans, staged
 from aiworker.storage.plans import Commands, Plan
 
 KIND_MODEL = "model"
@@ -273,7 +275,8 @@ def store_plan(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Plan[ModelMeta]:
     """Replace the model at ``key`` atomically and reset its statistics (a new model, as in
-    RedisAI); returns the stored metadata (digest filled in)."""
+    RedisAI); returns the stored metadata (digest filled in). WRONGTYPE when the key holds
+    anything but a model by then (``staged``: checked in the same atomic step as the write)."""
     check_field_lengths("model", meta.to_fields())
     chunks = split_blob(blob, chunk_size)
     stored = dataclasses.replace(
@@ -285,16 +288,12 @@ def store_plan(
     flat: list[Any] = []
     for name, value in stored.to_fields().items():
         flat += [name, value]
-    commands: list[tuple[Any, ...]] = [("DEL", key), ("HSET", key, *flat)]
-    commands += [("HSET", key, f"chunk:{i}", chunk) for i, chunk in enumerate(chunks)]
+    parts = [flat, *([f"chunk:{i}", chunk] for i, chunk in enumerate(chunks))]
     # when it was stored, for modelscan's order (the index is a set)
-    commands.append(("HSET", key, STORED_FIELD, time.time_ns()))
-    commands.append(("SADD", keys.models, key))
-    commands.append(("DEL", keys.stats(key)))
-    replies = yield Commands(commands, transaction=True)
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+    parts.append([STORED_FIELD, time.time_ns()])
+    # (a refused move leaves the key in the index: scans drop what is no model)
+    index = [("SADD", keys.models, key)]
+    yield from staged.write_plan(keys, key, KIND_MODEL, parts, keys.stats(key), index)
     return stored
 
 

@@ -22,7 +22,7 @@ from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.text import text
 from aiworker.storage import model as model_store
-from aiworker.storage import plans
+from aiworker.storage import plans, staged
 from aiworker.storage.plans import Commands, Plan
 
 KIND_SCRIPT = "script"
@@ -100,7 +100,8 @@ def store_plan(
     entry_points: Sequence[str],
     tag: str = "",
 ) -> Plan[ScriptMeta]:
-    """Replace the script at ``key`` atomically (and reset its statistics)."""
+    """Replace the script at ``key`` atomically (and reset its statistics); WRONGTYPE when the
+    key holds anything but a script by then (``staged``: checked in the same atomic step)."""
     meta = ScriptMeta(
         device, tag, tuple(entry_points), digest_of(source, device, entry_points, tag)
     )
@@ -116,13 +117,8 @@ def store_plan(
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, value]
-    replies = yield Commands(
-        [("DEL", key), ("HSET", key, *flat), ("SADD", keys.scripts, key), ("DEL", keys.stats(key))],
-        transaction=True,
-    )
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+    index = [("SADD", keys.scripts, key)]  # (a refused move leaves it: scans drop it)
+    yield from staged.write_plan(keys, key, KIND_SCRIPT, [flat], keys.stats(key), index)
     return meta
 
 

@@ -6,7 +6,6 @@ plain functions run it on a ``redis.Redis``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -18,11 +17,10 @@ from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.text import text
-from aiworker.storage import lua, plans
+from aiworker.storage import lua, plans, staged
 from aiworker.storage.plans import Commands, Plan
 
 _WRITE = lua.load("tensor_write")
-_MOVE = lua.load("tensor_move")
 
 # Tensor data above this many bytes does not pass through Lua: Redis hashes every byte of every
 # string that enters its Lua interpreter (a byte-at-a-time loop, ~1.3 ns a byte; a plain HSET
@@ -36,9 +34,6 @@ LUA_VALUE_BYTES = 16 * 1024
 # what hashing 4 KB does, and the worker more, so a single job's small values stay in the script;
 # a batch's do not (32 jobs with 8 KB inputs: Redis's time in the read 782 -> 383 us).
 LUA_CALL_BYTES = 16 * 1024
-# A staged tensor whose move did not run (its script had to be loaded first, and the client died
-# meanwhile) is dropped after this long.
-TEMP_TTL_MS = 60_000
 
 T = TypeVar("T")
 
@@ -66,25 +61,17 @@ def write_plan(key: str, array: np.ndarray, keyspace: Keys | None = None) -> Pla
 
     Small tensors go through one Lua call. A large blob is written to a temporary key in a plain
     HSET (no Lua argument copies) and renamed onto the key by a script that checks its type, in
-    one MULTI: one round trip, and no temporary key left whatever the script did.
+    one MULTI (``staged.write_plan``): one round trip, and no temporary key left whatever the
+    script did.
     """
     fields = codec.encode_fields(array)
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, value]
     if len(fields["blob"]) > LUA_VALUE_BYTES:
-        temp = (keyspace or Keys()).temp(key, uuid.uuid4().hex)
-        staged = [
-            ("HSET", temp, *flat),
-            ("PEXPIRE", temp, TEMP_TTL_MS),
-            ("EVALSHA", _MOVE.sha, 2, key, temp),
-        ]
-        replies = yield Commands(staged, transaction=True)
-        reply = replies[-1]
-        if isinstance(reply, redis.exceptions.NoScriptError):  # staged: load it, then move
-            reply = yield from _MOVE.plan([key, temp], load=True)
-    else:
-        reply = yield from _WRITE.plan([key], flat)
+        yield from staged.write_plan(keyspace or Keys(), key, codec.KIND_TENSOR, [flat])
+        return
+    reply = yield from _WRITE.plan([key], flat)
     if isinstance(reply, Exception):
         decode_reply(reply)  # raises WRONGTYPE as ours
         raise reply
