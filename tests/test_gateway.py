@@ -760,6 +760,31 @@ def test_jobs_believe_only_their_own_reply(
         w.stop(timeout=10)
 
 
+def test_a_model_moved_off_a_retired_device_runs_on_every_connection(
+    gateway: Gateway, client: Client, settings: Settings
+) -> None:
+    """The gateway caches each model's device queue (per identity, for all its connections):
+    once no live worker serves the cached queue, the model's device is read again and the job,
+    taken back unread, goes where the model is now."""
+    job = ("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "a", "OUTPUTS", 1, "c")
+    x = np.array([2, 3], np.float32)
+    old = Worker(settings.replace(devices=("CPU:1",))).start()
+    new = Worker(settings).start()
+    try:
+        client.modelstore("m", "STUB", "CPU:1", stub_blob("add"))
+        client.tensorset("a", x)
+        assert cmd(connect(gateway), *job) == b"OK"
+        client.modelstore("m", "STUB", "CPU", stub_blob("mul"))
+        old.stop(timeout=10)
+        for _ in range(2):
+            assert cmd(connect(gateway), *job) == b"OK"
+            assert client.tensorget("c").tolist() == [4, 9]
+        assert client.infoget("m")["calls"] == 2
+    finally:
+        old.stop(timeout=10)
+        new.stop(timeout=10)
+
+
 def test_a_job_longer_than_the_first_wait(gateway: Gateway, worker: Worker, client: Client) -> None:
     """A reply that does not come within the job's first BLPOP is waited for off the event
     loop, which keeps serving the other clients."""

@@ -7,6 +7,7 @@ read is taken back (it can never run later); one a worker read stays with the wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import spawn_worker, stalled_worker, stub_blob, wait_until
 
+import aiworker.asyncio
 from aiworker import Client, NoLiveWorker, ReplyTimeout, Settings, Worker
 from aiworker.client import routing, wait_plan, waiting
 from aiworker.embedded import RedisServer
@@ -145,6 +147,55 @@ def test_a_running_job_past_its_timeout_ends_the_wait(model: Client, worker: Wor
     assert isinstance(result, ReplyTimeout) and not result.removed
     assert "a worker took the job from queue CPU and may still complete it" in str(result)
     assert elapsed < 0.2 + waiting.MARGIN_S + 1.0
+
+
+def test_a_model_stored_anew_on_another_device_is_followed(
+    client: Client, redis_server: RedisServer, settings: Settings
+) -> None:
+    """Clients cache each model's device queue, and another client may store the model anew on
+    another device: a job sent to the old queue is forwarded by its worker, and the next ones
+    go to the new queue directly; once the old queue's worker is gone, a job sent there is
+    taken back unread and sent once more where the model is now - sync and asyncio alike (a
+    pipeline's job, queued with the pipeline, fails, and the next one reads the device again)."""
+    x = np.array([2, 3], np.float32)
+    client.modelstore("m", "STUB", "CPU:1", stub_blob("add"))
+    client.tensorset("a", x)
+    old = Worker(settings.replace(devices=("CPU:1",))).start()
+    new = Worker(settings).start()
+    learner, sleeper, piper = (Client.from_url(redis_server.url, reply_timeout=10) for _ in "123")
+    loop = asyncio.new_event_loop()
+    con = aiworker.asyncio.Client.from_url(redis_server.url, reply_timeout=10)
+    old_queue = client.keyspace.queue("CPU:1")
+
+    def added() -> int:  # entries ever added to the old queue
+        return int(client.xinfo_stream(old_queue)["entries-added"])
+
+    try:
+        assert learner.modelexecute("m", ["a", "a"], ["c"]) == "OK"  # each caches CPU:1
+        assert sleeper.run("m", {"a": x, "b": x}, ["c"])["c"].tolist() == [4, 6]
+        assert piper.pipeline().modelexecute("m", ["a", "a"], ["c"]).execute() == [b"OK"]
+        assert loop.run_until_complete(con.modelexecute("m", ["a", "a"], ["c"])) == "OK"
+        client.modelstore("m", "STUB", "CPU", stub_blob("mul"))  # another client moves it
+        before = added()
+        for _ in range(3):
+            assert learner.modelexecute("m", ["a", "a"], ["c"]) == "OK"
+            assert client.tensorget("c").tolist() == [4, 9]
+        assert added() == before + 1  # forwarded once, then sent to CPU directly
+        old.stop(timeout=10)
+        assert sleeper.run("m", {"a": x, "b": x}, ["c"])["c"].tolist() == [4, 9]
+        assert loop.run_until_complete(con.modelexecute("m", ["a", "a"], ["e"])) == "OK"
+        assert client.tensorget("e").tolist() == [4, 9]
+        stale = piper.pipeline().modelexecute("m", ["a", "a"], ["c"]).execute(False)
+        assert isinstance(stale[0], NoLiveWorker) and stale[0].unread, stale
+        assert piper.pipeline().modelexecute("m", ["a", "a"], ["c"]).execute() == [b"OK"]
+        assert client.infoget("m")["calls"] == 6  # no job ran twice
+    finally:
+        loop.run_until_complete(con.aclose())
+        loop.close()
+        for c in (learner, sleeper, piper):
+            c.close()
+        old.stop(timeout=10)
+        new.stop(timeout=10)
 
 
 def test_withdraw_only_takes_back_unread_entries(client: Client) -> None:

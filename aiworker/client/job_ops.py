@@ -75,8 +75,38 @@ def submit_plan(
     """Queue ``request`` on its device and wait for the reply; a single MODELEXECUTE or
     SCRIPTEXECUTE on a missing or wrong key fails before anything is queued (``guard``:
     ``Submit.guard``)."""
-    queue = yield from queue_plan(state, request, strict=request.op != "DAGEXECUTE")
-    reply: Reply = yield Submit(queue, request, guard=guard)
+    return (yield from _sent_plan(state, request, request.op != "DAGEXECUTE", guard))
+
+
+def _sent_plan(
+    state: State, request: Request, strict: bool, guard: tuple[tuple[Any, ...], ...] = ()
+) -> Plan[Reply]:
+    """``submit_plan`` (``strict``: as for ``queue_plan``). The device comes from the state's
+    cache, which may be stale: another client stored the model or script anew on another
+    device. A worker's forward is learnt from the reply; where no live worker serves the cached
+    queue any more, the device is read again and a job the wait took back unread is sent once
+    more, to its queue now (never a job a worker may have run)."""
+    found = request.runs_on()
+    key = found[1] if found is not None else ""
+    cached = bool(key) and state.cached(key) is not None
+    queue = yield from queue_plan(state, request, strict)
+    try:
+        reply: Reply = yield Submit(queue, request, guard=guard)
+    except NoLiveWorker as exc:
+        if key:
+            state.forget(key, queue)
+        if not (cached and exc.unread):
+            raise
+        stale = exc
+    else:
+        if key:
+            state.followed(key, queue, reply.queue)
+        return reply
+    fresh = yield from queue_plan(state, request, strict)
+    if fresh == queue:
+        raise stale
+    reply = yield Submit(fresh, request, guard=guard)
+    state.followed(key, fresh, reply.queue)
     return reply
 
 
@@ -150,8 +180,7 @@ def run(
         tokens += ["|>", "AI.TENSORGET", name, "META", "BLOB"]
 
     def plan() -> Plan[dict[str, np.ndarray]]:
-        queue = yield from state.queue_plan(model_key, model_store.read_meta_plan)
-        reply: Reply = yield Submit(queue, request)
+        reply = yield from _sent_plan(state, request, strict=True)
         reply.raise_for_status()
         for result in reply.op_results():  # the op that failed, if one did
             if isinstance(result, Exception):

@@ -144,17 +144,38 @@ class State:
             else:
                 self.devices[key] = parse_device(device).queue
 
+    def cached(self, key: str) -> str | None:
+        with self.lock:
+            return self.devices.get(key)
+
     def queue_plan(self, key: str, read: Callable[[str], Plan[Any]]) -> Plan[str]:
         """The device queue of a model or script (``read``: its metadata plan), cached: workers
-        forward a job that reaches the wrong queue."""
-        with self.lock:
-            queue = self.devices.get(key)
+        forward a job that reaches the wrong queue (``followed`` learns where), and a queue no
+        live worker serves is read again (``forget``). Another client may store the key anew
+        on another device at any time."""
+        queue = self.cached(key)
         if queue is None:
             meta = yield from read(key)
             queue = parse_device(meta.device).queue
             with self.lock:
                 self.devices[key] = queue
         return queue
+
+    def forget(self, key: str, queue: str) -> None:
+        """No live worker serves ``queue``: the next job reads ``key``'s device again (unless a
+        job learnt another queue meanwhile)."""
+        with self.lock:
+            if self.devices.get(key) == queue:
+                del self.devices[key]
+
+    def followed(self, key: str, queue: str, stream: str) -> None:
+        """A job for ``key`` sent to ``queue`` was answered from ``stream``: another queue's
+        when a worker forwarded it to the device ``key`` is stored for now, which later jobs
+        go to directly."""
+        device = self.keyspace.device_of(stream)
+        if device != queue:
+            with self.lock:
+                self.devices[key] = device
 
 
 # configuration -----------------------------------------------------------------------------

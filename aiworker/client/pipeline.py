@@ -37,7 +37,7 @@ from aiworker.client.ops import Op
 from aiworker.client.wait_plan import queue_full_error
 from aiworker.parser import parse_command
 from aiworker.protocol import tensor as codec
-from aiworker.protocol.errors import AIError
+from aiworker.protocol.errors import AIError, NoLiveWorker
 from aiworker.storage import lua, tensor_io
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
@@ -226,10 +226,18 @@ class Pipeline(redis.client.Pipeline):
         queue, stream, reply_key, request = job
         if isinstance(entry_id, Exception):
             return queue_full_error(queue, entry_id) if is_full(entry_id) else entry_id
+        state, key = self._client._state, request.runs_on()[1]
         try:
             reply = self._client._jobs.wait_private(
                 queue, stream, text(entry_id), reply_key, request
             )
+        except NoLiveWorker as exc:  # the cached device may be stale: read it again next time
+            state.forget(key, queue)
+            return exc
+        except (redis.RedisError, AIError) as exc:
+            return exc
+        state.followed(key, queue, reply.queue)  # a worker's forward: go there next time
+        try:
             return raw.simple(reply.raise_for_status(timedout_ok=True), True)
         except (redis.RedisError, AIError) as exc:
             return exc

@@ -68,7 +68,9 @@ def no_worker_error(queue: str, withdrawn: int) -> NoLiveWorker:
     else:
         fate = "; the job was removed from the queue and will not run"
     return NoLiveWorker(
-        f"no live worker serves queue {queue}{fate}", removed=withdrawn != DELIVERED
+        f"no live worker serves queue {queue}{fate}",
+        removed=withdrawn != DELIVERED,
+        unread=withdrawn == REMOVED,
     )
 
 

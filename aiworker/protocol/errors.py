@@ -100,11 +100,15 @@ class ReplyTimeout(JobTimedOut):
 
 
 class NoLiveWorker(AIError):
-    """No live worker serves the queue a job went to; ``removed`` as for ``ReplyTimeout``."""
+    """No live worker serves the queue a job went to; ``removed`` as for ``ReplyTimeout``.
+    ``unread``: the wait itself took the entry back, unread by any worker (``removed`` also
+    covers an entry found gone, which a worker may have run), so sending it again cannot run
+    it twice."""
 
-    def __init__(self, message: str, removed: bool = False) -> None:
+    def __init__(self, message: str, removed: bool = False, unread: bool = False) -> None:
         super().__init__(message)
         self.removed = removed
+        self.unread = unread
 
 
 class QueueFull(AIError):
