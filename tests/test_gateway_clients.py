@@ -459,6 +459,12 @@ def test_refusals_on_a_real_cluster_are_answered_in_redis_own_words(
                     lim.execute_command(*args)
                 assert str(info.value) == str(direct.value), args[:2]
             assert not cluster_client.exists("ro:t") and not cluster_client.exists("ro:m2")
+            # a delete Redis refused (the model's slot) is no OK: it was, and the model stayed
+            assert con.execute_command("AI.MODELSTORE", "ro:m", "STUB", "CPU", "BLOB", blob)
+            with pytest.raises(redis.exceptions.NoPermissionError) as info:
+                lim.execute_command("AI.MODELDEL", "ro:m")
+            assert str(info.value) == str(direct.value)
+            assert cluster_client.exists("ro:m") == 1
     finally:
         for node in nodes:
             node.execute_command("ACL", "DELUSER", "lim")

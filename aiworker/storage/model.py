@@ -516,9 +516,10 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
         check_meta_reply(values)  # raises: another type of key, or no model there
     if values[0] is None or text(values[0]) != KIND_MODEL:
         raise WrongTypeError()
-    yield Commands(
+    replies = yield Commands(
         [("DEL", key), ("SREM", keys.models, key), ("DEL", keys.stats(key))], transaction=True
     )
+    plans.every(replies)  # a refusal (NOPERM) is the command's error, never an OK
 
 
 def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:

@@ -84,6 +84,15 @@ def first(replies: Sequence[Any]) -> Any:
     return reply
 
 
+def every(replies: Sequence[Any]) -> Sequence[Any]:
+    """The replies of a batch that must all succeed, raising the first error among them (on
+    Redis Cluster a transaction is one per slot: one may be refused while the others ran)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def call(*command: Any) -> Plan[Any]:
     """A plan running one command (``value = yield from call(...)``); errors raise."""
     replies = yield Commands.one(*command)
