@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import redis
 from builders import tf_mul_graph
-from conftest import ROOT, stub_blob, torch_blob, worker_env
+from conftest import ROOT, stub_blob, torch_blob, wait_until, worker_env
 from redis.cluster import RedisCluster
 from test_gateway import LIMITED_RULE, raw_socket, read_replies, refused_by_redis, running_gateway
 
@@ -367,6 +368,217 @@ def test_routes_by_slot_on_a_real_cluster(cluster_client: Client, cluster_worker
         assert con.execute_command("EVAL", "return redis.call('GET', KEYS[1])", 1, "key9") == (
             b"key9"
         )
+
+
+def _masters_but_default(gw: Gateway, redis_cluster: Any) -> list[int]:
+    """The masters other than the one the gateway sends keyless commands to."""
+    assert gw.slots is not None
+    default = gw.slots.default()[1]
+    return [port for port in redis_cluster.master_ports() if port != default]
+
+
+def _key_on(redis_cluster: Any, port: int, prefix: str = "k") -> str:
+    """A key on the master on ``port``."""
+    return next(
+        f"{prefix}{n}" for n in range(1000) if redis_cluster.master_of(f"{prefix}{n}") == port
+    )
+
+
+def test_keyspace_commands_cover_every_master(
+    cluster_client: Client, cluster_settings: Settings, redis_cluster: Any
+) -> None:
+    """The gateway owns every slot to its client, which so cannot reach the other masters: DBSIZE,
+    KEYS, SCAN, RANDOMKEY, FLUSHDB and FLUSHALL answer for every master (they saw, and flushed,
+    one master's keys), each reply in its place among the commands pipelined around it."""
+    keys = [f"key{n}" for n in range(60)]
+    assert len({redis_cluster.master_of(key) for key in keys}) == 3
+    nodes = [redis_cluster.node(port) for port in redis_cluster.master_ports()]
+    with running_gateway(cluster_settings) as gw:
+        con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+        assert con.dbsize() == 0 and con.keys() == [] and con.randomkey() is None
+        assert con.scan(0) == (1, []) and list(con.scan_iter()) == []  # the next master: 1
+        for key in keys:
+            con.set(key, key)
+        con.hset("hash1", "f", "v")
+        assert con.dbsize() == 61
+        assert sorted(con.keys("key*")) == sorted(key.encode() for key in keys)
+        seen: list[bytes] = []
+        cursor, steps = 0, 0
+        while cursor or not steps:  # master after master: the cursor ends at 0 after the last
+            cursor, found = con.scan(cursor, match="key*", count=7)
+            seen += found
+            steps += 1
+        assert sorted(seen) == sorted(key.encode() for key in keys) and steps >= 3
+        assert list(con.scan_iter(_type="hash", count=100)) == [b"hash1"]
+        assert con.randomkey() in {key.encode() for key in [*keys, "hash1"]}
+        rc = RedisCluster(*gw.address())  # it asks every node it knows: the gateway
+        assert rc.dbsize() == 61 and len(rc.keys()) == 61
+        assert len(set(rc.scan_iter(count=5))) == 61
+        rc.close()
+        # in a transaction, keyless commands stay on its master
+        tx = con.pipeline(transaction=True)
+        tx.set("key0", "a").dbsize()
+        assert tx.execute() == [True, redis_cluster.node(redis_cluster.master_of("key0")).dbsize()]
+        # pipelined: each reply in its place, in order with the writes around it on each master
+        sock = raw_socket(gw)
+        pipeline = [[b"SET", b"late", b"1"], [b"DBSIZE"], [b"FLUSHDB"], [b"GET", b"key7"],
+                    [b"DBSIZE"], [b"SET", b"key8", b"x"], [b"KEYS", b"*"], [b"RANDOMKEY"],
+                    [b"FLUSHALL"], [b"RANDOMKEY"], [b"HELLO", b"3"], [b"RANDOMKEY"],
+                    [b"DBSIZE"]]  # fmt: skip
+        sock.sendall(b"".join(command(*args) for args in pipeline))
+        replies = read_replies(sock, 13)
+        sock.close()
+        head = b"+OK\r\n:62\r\n+OK\r\n$-1\r\n:0\r\n+OK\r\n*1\r\n$4\r\nkey8\r\n$4\r\nkey8\r\n+OK\r\n"
+        assert replies.startswith(head + b"$-1\r\n%") and replies.endswith(b"_\r\n:0\r\n")
+        assert [node.dbsize() for node in nodes] == [0, 0, 0]
+        for key in keys:
+            con.set(key, key)
+        assert con.flushall() is True
+        assert [node.dbsize() for node in nodes] == [0, 0, 0]
+
+
+def test_flushall_refused_by_one_master_is_its_error(
+    cluster_client: Client, redis_cluster: Any
+) -> None:
+    """FLUSHALL answers OK once every master flushed, and a master's refusal (NOPERM) as that
+    master sent it: it never says OK while keys are left."""
+    masters = redis_cluster.master_ports()
+    for port in masters:
+        redis_cluster.node(port).acl_setuser("flusher", enabled=True, passwords=["+pw"],
+                                             keys=["*"], commands=["+@all"])  # fmt: skip
+    keys = [f"key{n}" for n in range(30)]
+    url = redis_cluster.url.replace("redis://", "redis://flusher:pw@")
+    try:
+        with running_gateway(Settings(redis_url=url)) as gw:
+            refusing = _masters_but_default(gw, redis_cluster)[0]
+            redis_cluster.node(refusing).acl_setuser(
+                "flusher", enabled=True, commands=["-flushall"]
+            )
+            con = redis.Redis(*gw.address(), protocol=2, socket_timeout=10)
+            for key in keys:
+                con.set(key, key)
+            direct = socket.create_connection(("127.0.0.1", refusing), timeout=10)
+            direct.sendall(command(b"AUTH", b"flusher", b"pw") + command(b"FLUSHALL"))
+            refused = read_replies(direct, 2).removeprefix(b"+OK\r\n")
+            direct.close()
+            assert refused.startswith(b"-NOPERM ")
+            sock = raw_socket(gw)
+            sock.sendall(command(b"FLUSHALL") + command(b"DBSIZE"))
+            left = sum(1 for key in keys if redis_cluster.master_of(key) == refusing)
+            assert read_replies(sock, 2) == refused + b":%d\r\n" % left
+            sock.close()
+            assert con.flushdb() is True
+            assert con.dbsize() == 0
+    finally:
+        for port in masters:
+            redis_cluster.node(port).acl_deluser("flusher")
+
+
+def test_scripts_and_functions_are_loaded_on_every_master(
+    cluster_client: Client, cluster_settings: Settings, redis_cluster: Any
+) -> None:
+    """SCRIPT LOAD and FUNCTION LOAD went to one master: EVALSHA and FCALL on a key of another
+    got NOSCRIPT or an unknown function. They load on every master now; SCRIPT EXISTS says 1 only
+    for a script every master has, and the flushes and deletes reach every master."""
+    masters = [redis_cluster.node(port) for port in redis_cluster.master_ports()]
+    keys = [f"s{n}" for n in range(30)]
+    assert len({redis_cluster.master_of(key) for key in keys}) == 3
+    library = ("#!lua name=gwlib\nredis.register_function('getit', "
+               "function(keys, args) return redis.call('GET', keys[1]) end)")  # fmt: skip
+    try:
+        with running_gateway(cluster_settings) as gw:
+            con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+            sha = con.script_load("return redis.call('GET', KEYS[1])")
+            for key in keys:
+                con.set(key, key)
+                assert con.evalsha(sha, 1, key) == key.encode()
+            one_only = masters[1].script_load("return 2")
+            assert con.script_exists(sha, one_only, "0" * 40) == [True, False, False]
+            incr = con.register_script("return redis.call('INCR', KEYS[1])")  # NOSCRIPT, LOAD
+            assert [incr(keys=[f"{{{key}}}n"]) for key in keys] == [1] * len(keys)
+            assert con.script_flush() is True
+            assert [node.script_exists(sha, one_only) for node in masters] == [[False] * 2] * 3
+            assert con.function_load(library) == b"gwlib"
+            assert [con.fcall("getit", 1, key) for key in keys] == [key.encode() for key in keys]
+            with pytest.raises(redis.ResponseError, match=r"^Library 'gwlib' already exists$"):
+                con.function_load(library)
+            assert con.function_load(library, replace=True) == b"gwlib"
+            assert con.function_delete("gwlib") is True
+            assert [node.function_list() for node in masters] == [[]] * 3
+    finally:
+        for node in masters:
+            node.script_flush()
+            node.function_flush()
+
+
+def test_script_kill_and_wait_reach_the_masters_concerned(
+    cluster_client: Client, cluster_settings: Settings, redis_cluster: Any
+) -> None:
+    """SCRIPT KILL went to one master, and a script busy on another was out of reach (NOTBUSY);
+    WAIT went there too and counted replicas that had none of the client's writes. SCRIPT KILL
+    goes to every master, WAIT to each the client wrote to (the least count)."""
+    with running_gateway(cluster_settings) as gw:
+        con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+        busy_port = _masters_but_default(gw, redis_cluster)[0]
+        busy = redis_cluster.node(busy_port)
+        busy.config_set("busy-reply-threshold", 50)
+        outcome: list[BaseException] = []
+
+        def loop_forever() -> None:
+            try:
+                redis.Redis(port=busy_port).eval("while true do end", 0)
+            except redis.ResponseError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=loop_forever)
+        thread.start()
+        try:
+            wait_until(lambda: _is_busy(busy), timeout=10)
+            assert con.script_kill() is True
+            thread.join(10)
+            assert "Script killed by user" in str(outcome[0])
+            with pytest.raises(redis.ResponseError, match=r"^NOTBUSY No scripts in execution"):
+                con.script_kill()
+        finally:
+            with contextlib.suppress(redis.ResponseError):  # a script the gateway left running
+                busy.script_kill()
+            thread.join(10)
+            busy.config_set("busy-reply-threshold", 5000)
+        # a replica stopped: the client's write on its master is not acknowledged
+        written = _masters_but_default(gw, redis_cluster)[1]
+        replica = _replica_of(redis_cluster, written)
+        process = next(s.process for s in redis_cluster.servers if s.port == replica)
+        wait_con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+        process.send_signal(signal.SIGSTOP)
+        try:
+            wait_con.set(_key_on(redis_cluster, written, "w"), "1")
+            assert wait_con.wait(1, 300) == 0
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert wait_con.wait(1, 10_000) == 1
+        for n in range(30):  # on every master now
+            wait_con.set(f"w{n}", n)
+        assert wait_con.wait(1, 10_000) == 1
+
+
+def _replica_of(redis_cluster: Any, port: int) -> int:
+    """The port of the replica of the master on ``port``, once it is in sync."""
+    info: dict[str, Any] = {}
+
+    def online() -> bool:
+        info.update(redis_cluster.node(port).info("replication"))
+        return info.get("slave0", {}).get("state") == "online"
+
+    wait_until(online, timeout=30)
+    return int(info["slave0"]["port"])
+
+
+def _is_busy(node: redis.Redis) -> bool:
+    try:
+        node.ping()
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
 
 
 def test_a_transaction_moves_to_the_master_of_its_first_key(

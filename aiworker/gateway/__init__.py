@@ -11,7 +11,8 @@ client's own, replies in order (``session``). Modules, bottom up:
   client's own Redis connection; ``transaction``: AI.* commands inside MULTI; ``aiclients``: per
   DB and user, what those runs keep, and the blocking clients for the work done in threads;
 * ``upstream``: a client's connection to Redis; ``routers``: one Redis, or the masters of a
-  cluster; ``cluster``: cluster-shaped replies and the slot map;
+  cluster; ``cluster``: cluster-shaped replies and the slot map; ``fanout``: the commands about
+  every key or node on every master;
 * ``session``: one client connection, ``hooks``: what it learns from Redis' replies; ``server``:
   listening (TCP, TLS, unix socket).
 """

@@ -2,12 +2,14 @@
 
 ``SingleRouter``: one connection, opened on the first plain command (a client that only sends AI.*
 commands costs Redis no connection). ``ClusterRouter``: one connection per master of a real Redis
-Cluster, each command sent to the master of its first key's slot, keyless ones to one master; a
+Cluster, each command sent to the master of its first key's slot, keyless ones to one master
+but those about every key or every node (DBSIZE, SCAN, FLUSHALL, SCRIPT LOAD ...: ``fanout``); a
 MOVED or ASK reply sends the command again where the cluster says, so the client sees one node. A
 transaction stays on one master: WATCH goes where its key lives and MULTI follows it; a MULTI
 without WATCH goes to one master and moves to the master of the first command after it that
 has a key (DISCARD there, MULTI and the keyless commands queued before it on the right one: a
-client that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows.
+client that typed MULTI alone waits for its OK); everything until EXEC or DISCARD follows,
+keyless commands too (a FLUSHALL queued there flushes that master only).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cluster import Node, SlotMap, command_keys, redirect_target
+from .fanout import FANNED_OUT, FanOut, plan
 from .upstream import Slot, Target, Upstream, ignore
 
 _UNPIN = {b"EXEC", b"DISCARD", b"UNWATCH", b"RESET"}
@@ -108,10 +111,14 @@ class ClusterRouter:
         keys = command_keys(self.slots.keys, args)
         return self.slots.node_of(keys[0]) if keys else self.slots.default()
 
-    def route(self, args: list[bytes], slot: Slot) -> Upstream:
+    def route(self, args: list[bytes], slot: Slot) -> Upstream | FanOut:
         name = args[0].upper()
         if self.pinned is None:  # one of a transaction's is never sent elsewhere (``redirect``)
             slot.args = args
+            if name in FANNED_OUT:
+                spread = self._fan_out(args)
+                if spread is not None:
+                    return spread
         if self.pinned is not None:
             upstream = self.pinned
             if self.movable and name not in _UNPIN:
@@ -134,6 +141,16 @@ class ClusterRouter:
             self.tunneled = upstream
         upstream.flush()
         return upstream
+
+    def _fan_out(self, args: list[bytes]) -> FanOut | None:
+        """A command for every master (or for those the client wrote to: WAIT), or None."""
+        used = [node for node, upstream in self.connections.items() if not upstream.closed]
+        found = plan(args, self.slots.nodes, used)
+        if found is None:
+            return None
+        parts, merge = found
+        sends = [(self._upstream(node), command) for node, command in parts]
+        return FanOut(sends, merge, self.session.on_reply)
 
     def _move_transaction(self, to: Upstream) -> Upstream:
         """A MULTI no command with a key was queued in yet, moved to the master ``to``: the

@@ -45,6 +45,7 @@ from .aiclients import AIClients, Identity
 from .cluster import EMULATED
 from .commands import is_job_command, parse_command
 from .config import GatewayConfig
+from .fanout import FanOut
 from .frames import ProtocolError, RequestReader
 from .hooks import HOOKS, ReplyHooks
 from .inplace import InPlace
@@ -378,8 +379,9 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self._close_after_replies()
         self._update_reading()
 
-    def _plain(self, args: list[bytes], slot: Slot | None = None) -> Upstream:
-        """Pass a command on to Redis (on the connection returned)."""
+    def _plain(self, args: list[bytes], slot: Slot | None = None) -> Upstream | FanOut:
+        """Pass a command on to Redis (on the connection returned, or on several masters of a
+        cluster: ``fanout``)."""
         if slot is None:
             slot = Slot()
         if self.replies_off or self.skip_next:
@@ -439,6 +441,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             slot.hook = partial(hook, self, slot, args)
         upstream = self._plain(args, slot)
         if name == b"RESET":
+            assert isinstance(upstream, Upstream)  # (never fanned out)
             self.router.reset(upstream)
         if slot.tunnel:
             if name == b"EXEC":  # a pipe if it runs: what comes after waits for its reply
