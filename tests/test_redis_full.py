@@ -168,7 +168,8 @@ def test_a_worker_keeps_its_heartbeat_on_a_full_redis(
 def test_outputs_refused_for_oom_answer_oom_and_write_nothing(
     full_server: RedisServer, r: redis.Redis
 ) -> None:
-    stub_model(r, "m", op="identity", sleep_ms=1500)
+    # the run outlasts filling Redis however loaded the machine (1.5 s did not always)
+    stub_model(r, "m", op="identity", sleep_ms=4000)
     w = served_worker(full_server.url)
     try:
         # 20 KB of outputs: written outside Lua in a MULTI, which a full Redis refuses whole
@@ -182,7 +183,7 @@ def test_outputs_refused_for_oom_answer_oom_and_write_nothing(
         wait_until(lambda: r.xpending(QUEUE, "aiworker")["pending"] == 1)  # read: running
         fill(r)  # before it completes
         # the entry was left pending and rerun until it was dead-lettered; now: answered at once
-        reply = reply_of(r, "reply", timeout=5)
+        reply = reply_of(r, "reply", timeout=10)
         assert (reply["status"], reply.get("error")) == ("error", OOM), reply
         assert not r.exists("big")
         assert r.xpending(QUEUE, "aiworker")["pending"] == 0
