@@ -310,6 +310,54 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
     assert admin_redis.exists("ai:d") == 0
 
 
+def documented_owner_extra() -> list[str]:
+    """What docs/security.md says a model or script owner adds to the requester's rule."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    extra = re.search(r"<!-- acl:owner -->\s*```text\n(.+)\n```", text)
+    assert extra, "docs/security.md shows what an owner adds to the requester's rule"
+    return extra.group(1).split()
+
+
+@pytest.mark.slow
+def test_an_owner_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]) -> None:
+    """Stores, lists and deletes models and scripts as the requester's rule plus the owner's
+    line: directly (checked here) and through the gateway (checked by a worker: the blob staged
+    under aiworker:verify:*). A store resets statistics that the requester may only read."""
+    admin_redis, port = acl_redis
+    rule = documented_worker_rule("ownerpw", "requester").split()[2:] + documented_owner_extra()
+    admin_redis.execute_command("ACL", "SETUSER", "owner", *rule)
+    worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
+                               threads_per_queue=1, block_ms=100)  # fmt: skip
+    source = (
+        "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0]\n"
+    )
+    w = Worker(worker_settings).start()
+    try:
+        owner = Client(port=port, username="owner", password="ownerpw", reply_timeout=20)
+        assert owner.modelstore("ai:m", "STUB", "CPU", stub_blob("add")) == "OK"
+        assert owner.modelstore("ai:m", "STUB", "CPU", stub_blob("mul")) == "OK"  # again
+        assert owner.scriptstore("ai:s", "CPU", source, "bar") == "OK"
+        assert owner.modelscan() == [["ai:m", ""]] and owner.scriptscan() == [["ai:s", ""]]
+        owner.tensorset("ai:a", np.ones(2, np.float32))
+        assert owner.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+        assert owner.modeldel("ai:m") == "OK" and owner.scriptdel("ai:s") == "OK"
+        assert owner.modelscan() == [] and owner.scriptscan() == []
+        owner.close()
+        with running_gateway(worker_settings) as gw:
+            host, gw_port = gw.address()
+            through = redis.Redis(host=host, port=gw_port, username="owner",
+                                  password="ownerpw", protocol=2)  # fmt: skip
+            store = ("AI.MODELSTORE", "ai:g", "STUB", "CPU", "BLOB", stub_blob("add"))
+            assert through.execute_command(*store) == b"OK"
+            assert through.execute_command("AI.SCRIPTSTORE", "ai:t", "CPU", "ENTRY_POINTS", 1,
+                                           "bar", "SOURCE", source) == b"OK"  # fmt: skip
+            assert through.execute_command("AI.MODELDEL", "ai:g") == b"OK"
+            assert through.execute_command("AI.SCRIPTDEL", "ai:t") == b"OK"
+    finally:
+        w.stop(timeout=10)
+    assert admin_redis.exists("ai:m", "ai:s", "ai:g", "ai:t") == 0
+
+
 @pytest.mark.slow
 def test_a_requester_with_the_documented_rule_on_a_cluster(
     redis_cluster: Any, cluster_client: Any, cluster_worker: Worker, cluster_settings: Settings
