@@ -280,9 +280,9 @@ class Session(ReplyHooks, asyncio.Protocol):
         before, a BLPOP served at once included, reached the client): so the end goes on to
         Redis, and the connection closes when Redis closes (``on_upstream_lost``); behind an
         AI.* job (RedisAI blocked the client for it) the job finishes but nothing after it
-        runs. Its place
-        among ``max_connections`` is free at once: the client sends nothing more (one that
-        closed and left a job running would otherwise hold it until the job ended)."""
+        runs. Its place among ``max_connections`` is free at once: the client sends nothing
+        more (one that closed and left a job running would otherwise hold it until the job
+        ended)."""
         self.gw.left(self)
         if self.tunnel and not self.closing:  # Redis answers what it got, then closes: then so
             return self.router.tunnel_upstream().write_eof()  # does the gateway (upstream lost)
