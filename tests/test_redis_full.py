@@ -56,7 +56,7 @@ def full_client(full_server: RedisServer, r: redis.Redis) -> Iterator[Client]:
 def fill(r: redis.Redis, headroom: int = 2_000_000, prefix: str = "filler:") -> None:
     """Fill Redis until even a tiny new key is refused (keys named ``prefix``..., which on a
     cluster node must name one of its slots)."""
-    used = int(r.info("memory")["used_memory"])
+    used = _settled_memory(r)
     r.config_set("maxmemory", used + headroom)
     size = 10_000
     while True:
@@ -66,8 +66,18 @@ def fill(r: redis.Redis, headroom: int = 2_000_000, prefix: str = "filler:") -> 
             if size == 10:
                 break
             size = 10  # a large value's query buffer alone can tip it over: fill the rest finely
-    # a margin below what is used: freed buffers must not bring it back under the limit
-    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 200_000)
+    # a margin below what is used: freed buffers must not bring it back under the limit (Valkey
+    # 8 gave back 240 KB of idle clients' buffers within seconds)
+    r.config_set("maxmemory", _settled_memory(r) - 1_000_000)
+
+
+def _settled_memory(r: redis.Redis) -> int:
+    """Memory used once what FLUSHALL and DEL free in the background is freed (Valkey frees
+    lazily by default: the memory it gave back after ``fill`` left Redis no longer full)."""
+    deadline = time.monotonic() + 10
+    while int(r.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(r.info("memory")["used_memory"])
 
 
 def free(r: redis.Redis) -> None:
