@@ -1226,6 +1226,17 @@ def test_client_reply_off_and_skip(gateway: Gateway) -> None:
     assert read_until_closed(sock) == b"$1\r\n1\r\n+OK\r\n:1\r\n+OK\r\n"
 
 
+def answered_both(stream: bytes, gateway: Gateway, redis_server: Any) -> tuple[bytes, bytes]:
+    """What Redis, then the gateway, answer ``stream`` (which ends the connection: QUIT)."""
+    answers = []
+    for address in (("127.0.0.1", redis_server.port), gateway.address()):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(stream)
+        answers.append(read_until_closed(sock))
+        sock.close()
+    return answers[0], answers[1]
+
+
 def test_client_reply_on_ends_a_pending_skip_as_redis_does(
     gateway: Gateway, redis_server: Any
 ) -> None:
@@ -1233,12 +1244,8 @@ def test_client_reply_on_ends_a_pending_skip_as_redis_does(
     bytes as Redis'."""
     stream = (b"CLIENT REPLY SKIP\r\nCLIENT REPLY ON\r\nPING\r\nCLIENT REPLY OFF\r\n"
               b"CLIENT REPLY SKIP\r\nCLIENT REPLY ON\r\nPING\r\nQUIT\r\n")  # fmt: skip
-    answers = []
-    for address in (("127.0.0.1", redis_server.port), gateway.address()):
-        sock = socket.create_connection(address, timeout=10)
-        sock.sendall(stream)
-        answers.append(read_until_closed(sock))
-    assert answers[1] == answers[0] == b"+OK\r\n+PONG\r\n+OK\r\n+PONG\r\n+OK\r\n"
+    direct, through = answered_both(stream, gateway, redis_server)
+    assert through == direct == b"+OK\r\n+PONG\r\n+OK\r\n+PONG\r\n+OK\r\n"
 
 
 def test_reset_turns_replies_on_again_as_redis_does(gateway: Gateway, redis_server: Any) -> None:
@@ -1246,12 +1253,8 @@ def test_reset_turns_replies_on_again_as_redis_does(gateway: Gateway, redis_serv
     got no reply again); a SKIP just before it skips its reply, as in Redis."""
     stream = (b"CLIENT REPLY OFF\r\nSET x 1\r\nRESET\r\nPING\r\nCLIENT REPLY SKIP\r\n"
               b"RESET\r\nGET x\r\nQUIT\r\n")  # fmt: skip
-    answers = []
-    for address in (("127.0.0.1", redis_server.port), gateway.address()):
-        sock = socket.create_connection(address, timeout=10)
-        sock.sendall(stream)
-        answers.append(read_until_closed(sock))
-    assert answers[1] == answers[0] == b"+RESET\r\n+PONG\r\n$1\r\n1\r\n+OK\r\n"
+    direct, through = answered_both(stream, gateway, redis_server)
+    assert through == direct == b"+RESET\r\n+PONG\r\n$1\r\n1\r\n+OK\r\n"
 
 
 def test_reset_makes_the_connection_as_a_new_one_is(

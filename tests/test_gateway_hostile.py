@@ -16,6 +16,7 @@ import pytest
 import redis
 from conftest import wait_until
 from test_gateway import (
+    answered_both,
     busy_script,
     connect,
     event_loops,
@@ -277,11 +278,7 @@ def test_unsubscribing_while_subscribed_to_nothing_keeps_replies_in_step(
     command answered as itself."""
     client.tensorset("t", np.array([7], np.int8))
     ai = b"AI.TENSORGET t VALUES\r\n"
-    answers = []
-    for address in (("127.0.0.1", redis_server.port), gateway.address()):
-        sock = socket.create_connection(address, timeout=10)
-        sock.sendall(stream + b"QUIT\r\n")
-        answers.append(read_until_closed(sock))
+    answers = answered_both(stream + b"QUIT\r\n", gateway, redis_server)
     # after HELLO's reply, which names each connection's own id
     skip = [reply_end(answer, 0) if stream.startswith(b"HELLO") else 0 for answer in answers]
     direct, through = (answer[at:] for answer, at in zip(answers, skip, strict=True))
