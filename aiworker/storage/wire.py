@@ -326,11 +326,11 @@ class Wire:
             self._used = time.monotonic()  # a reply may take long (a blocking read)
             return replies
         except Exception as exc:
-            if not replies:
-                self._raise_lost(exc)
             try:
                 self._raise_lost(exc)
             except (redis.ConnectionError, redis.TimeoutError) as lost:
+                if not replies:
+                    raise
                 answered = [as_exception(reply) for reply in replies]
                 raise PartlyAnswered(str(lost), answered) from exc
 
