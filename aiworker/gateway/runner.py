@@ -71,10 +71,9 @@ def _committed_adds(replies: list[Any], guarded: int) -> list[Any]:
     refused = refusal_in(replies[1 : 1 + guarded])
     if refused is not None:
         raise refused
-    done = _executed(replies[-1])
+    done = _executed(aborted_by(replies[-1], replies[1 + guarded : -1]))
     if isinstance(done, Exception):
-        queued = (reply for reply in replies[1 + guarded : -1] if isinstance(reply, Exception))
-        raise next(queued, done)
+        raise done
     return done[guarded:]
 
 
