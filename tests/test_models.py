@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -13,7 +14,11 @@ from redis.exceptions import ResponseError
 from aiworker import AIError, Client, WrongTypeError
 from aiworker.client.ops import VerifyModelHere
 from aiworker.protocol.errors import WRONGTYPE
+from aiworker.storage import model as model_store
+from aiworker.storage import plans
+from aiworker.storage import script as script_store
 from aiworker.storage.model import MAX_BATCH_SETTING
+from aiworker.storage.plans import Commands
 
 ADD = b'{"op":"add"}'
 
@@ -139,6 +144,33 @@ def test_modeldel_deletes_a_model_whose_metadata_cannot_be_read(client: Client) 
     with pytest.raises(WrongTypeError):
         client.modeldel("h")
     assert client.hget("h", "device") == b"CPU"
+
+
+@pytest.mark.parametrize("kind", ["model", "script"])
+def test_a_delete_never_takes_a_value_written_while_it_ran(client: Client, kind: str) -> None:
+    """AI.MODELDEL / AI.SCRIPTDEL check the key and delete it in one step: when another client
+    replaces the model with a tensor right after the delete's first round trip, the tensor stays
+    (the delete answers OK, or WRONGTYPE if it had not looked at the key yet)."""
+    if kind == "model":
+        client.modelstore("m", "STUB", "CPU", ADD)
+        plan = model_store.delete_plan(client.keyspace, "m")
+    else:
+        source = "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return 1\n"
+        client.scriptstore("m", "CPU", source, entry_points=["f"])
+        plan = script_store.delete_plan(client.keyspace, "m")
+    steps = []
+
+    def send_then_replace(batch: Commands) -> list[Any]:
+        replies = plans.execute_commands(client, batch)
+        if not steps:
+            client.delete("m")
+            client.tensorset("m", [7.0], dtype="FLOAT")
+        steps.append(batch)
+        return replies
+
+    with contextlib.suppress(WrongTypeError):
+        plans.drive(plan, send_then_replace)
+    assert client.tensorget("m").tolist() == [7.0]
 
 
 @pytest.mark.parametrize("call", ["modeldel", "modelget", "modelget_meta"])

@@ -71,6 +71,7 @@ MAX_METADATA_FIELD_BYTES = 1 << 20
 
 _CHUNK_BYTES = lua.load("model_size")
 _BOUNDED_HMGET = lua.load("bounded_hmget")
+_DELETE = lua.load("checked_delete")
 
 
 # Backends whose reported input and output counts a request must match exactly
@@ -510,16 +511,21 @@ def delete_plan(keys: Keys, key: str) -> Plan[None]:
     key. Only its kind is looked at: a model hash whose other fields cannot be read (written by
     hand, or by a store that took what no reader takes) is deleted too, as RedisAI deleted any
     model key it was given."""
-    replies = yield Commands.one("HMGET", key, *META_FIELDS)
-    values = replies[0]
-    if isinstance(values, Exception) or all(value is None for value in values):
-        check_meta_reply(values)  # raises: another type of key, or no model there
-    if values[0] is None or text(values[0]) != KIND_MODEL:
-        raise WrongTypeError()
-    replies = yield Commands(
-        [("DEL", key), ("SREM", keys.models, key), ("DEL", keys.stats(key))], transaction=True
-    )
-    plans.every(replies)  # a refusal (NOPERM) is the command's error, never an OK
+    yield from checked_delete_plan(keys, key, KIND_MODEL)
+
+
+def checked_delete_plan(keys: Keys, key: str, kind: str) -> Plan[None]:
+    """Delete a model or script (``kind``) and its statistics in one script that checks the key
+    as it deletes (``checked_delete.lua``), then take it out of its index."""
+    deleted = yield from _DELETE.plan([key, keys.stats(key)], [kind])
+    if isinstance(deleted, Exception):
+        if str(deleted).startswith("WRONGTYPE"):
+            raise WrongTypeError()
+        raise deleted
+    if not deleted:
+        raise AIError(messages.MODEL_EMPTY if kind == KIND_MODEL else messages.SCRIPT_EMPTY)
+    index = keys.models if kind == KIND_MODEL else keys.scripts
+    plans.every((yield Commands.one("SREM", index, key)))  # a refusal (NOPERM) is its error
 
 
 def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]:

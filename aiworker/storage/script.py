@@ -183,11 +183,7 @@ def read_script_within(r: Any, key: str, max_source: int) -> tuple[ScriptMeta, s
 
 
 def delete_plan(keys: Keys, key: str) -> Plan[None]:
-    yield from read_meta_plan(key)  # the errors for missing/other keys
-    replies = yield Commands(
-        [("DEL", key), ("SREM", keys.scripts, key), ("DEL", keys.stats(key))], transaction=True
-    )
-    plans.every(replies)  # a refusal (NOPERM) is the command's error, never an OK
+    yield from model_store.checked_delete_plan(keys, key, KIND_SCRIPT)
 
 
 def scan_plan(keys: Keys) -> Plan[list[tuple[str, str]]]:
