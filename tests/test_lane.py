@@ -17,7 +17,9 @@ from faults import enqueue, job_entry, stub_model, tensor, wait_for_workers, wor
 
 from aiworker import Client, Settings, Worker
 from aiworker.backends.stub import StubBackend, StubModel
+from aiworker.execution import batching
 from aiworker.parser import parse_command
+from aiworker.storage.model import MAX_BATCH_SETTING
 
 
 def submit(client: Client, command: str) -> dict[str, Any]:
@@ -97,6 +99,23 @@ def test_warm_up_runs_before_the_first_job_and_counts_nowhere(
     assert (info["calls"], info["samples"], info["errors"]) == (1, 2, 0)
     assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
     assert stub_in(worker, "m").rows[5:] == [2, 2]  # warmed once per input signature
+
+
+def test_warm_up_allocates_no_more_than_a_batch_needs_beyond_its_budget(
+    client: Client, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCHSIZE 10**18-1 pads to powers of two up to it: only the sizes whose zeros fit the
+    warm-up budget (here 1 KiB, 12-byte rows: up to 64) are warmed before the first batch, and a
+    larger one when a batch first pads to it."""
+    monkeypatch.setattr(batching, "WARM_UP_MAX_BYTES", 1024)
+    client.modelstore("m", "STUB", "CPU", stub_blob("identity", pad=True), batch=MAX_BATCH_SETTING)
+    client.tensorset("a", np.ones((2, 3), np.float32))
+    assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
+    np.testing.assert_array_equal(client.tensorget("b"), np.ones((2, 3), np.float32))
+    assert stub_in(worker, "m").rows == [1, 2, 4, 8, 16, 32, 64, 2]
+    client.tensorset("a", np.ones((100, 3), np.float32))
+    assert submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b")["status"] == "ok"
+    assert stub_in(worker, "m").rows[8:] == [128, 128]  # 128 warmed as the first batch needs it
 
 
 def test_a_model_that_is_not_batched_keeps_its_exact_shapes(client: Client, worker: Worker) -> None:

@@ -433,25 +433,35 @@ def padded_size(total: int, sizes: Sequence[int] | None) -> int:
     return total
 
 
-# Which (input signature) each loaded model has been warmed up for; forgotten with the model.
-_warmed: weakref.WeakKeyDictionary[LoadedModel, set[Signature]] = weakref.WeakKeyDictionary()
+# The batch sizes each loaded model has been warmed up at, by input signature; forgotten with the
+# model.
+_warmed: weakref.WeakKeyDictionary[LoadedModel, dict[Signature, set[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Sizes whose zeros take more than this (all inputs together) are warmed up only when a batch
+# first pads to them: a BATCHSIZE of millions must not allocate millions of rows up front.
+WARM_UP_MAX_BYTES = 256 << 20
 
 
-def warm_up(model: LoadedModel, member: Member) -> None:
-    """Run each batch size the model pads to once on zeros before its first batch of this input
-    signature (not a job: nothing is counted, a failure is left for the real run to report)."""
+def warm_up(model: LoadedModel, member: Member, rows: int) -> None:
+    """Before the first batch of this input signature, run once on zeros each batch size the
+    model pads to (not a job: nothing is counted, a failure is left for the real run to report);
+    a size whose inputs would exceed WARM_UP_MAX_BYTES waits for the first batch of ``rows``
+    that needs it."""
     meta = member.meta
     assert meta is not None
     sizes = model.batch_sizes(meta.batchsize)
-    seen = _warmed.setdefault(model, set())
-    if not sizes or member.signature in seen:
+    if not sizes:
         return
-    seen.add(member.signature)
+    warmed = _warmed.setdefault(model, {}).setdefault(member.signature, set())
+    row_bytes = sum(x.nbytes for x in member.inputs) // max(member.size, 1)
     for size in sizes:
-        inputs = [_zeros(model, x, size) for x in member.inputs]
+        if size in warmed or (size > rows and size * row_bytes > WARM_UP_MAX_BYTES):
+            continue
+        warmed.add(size)
         try:
-            model.run(inputs)
-        except Exception:  # the real run reports what is wrong with the model
+            model.run([_zeros(model, x, size) for x in member.inputs])
+        except Exception:  # the real run reports what is wrong with the model (or its memory)
             return
 
 
@@ -504,7 +514,6 @@ def run_batch(models: Models, batch: Batch) -> list[MemberResult]:
         return [_run_alone(models, head, head.meta)]
     try:
         with models.model(head.model_key, head.meta) as model:
-            warm_up(model, head)
             results = _run_members(model, members)
         for result in results:
             result.version = model.version
@@ -522,6 +531,7 @@ def _run_members(model: LoadedModel, members: list[Member]) -> list[MemberResult
     assert head.meta is not None
     total = sum(member.size for member in members)
     rows = padded_size(total, model.batch_sizes(head.meta.batchsize))
+    warm_up(model, head, rows)
     inputs = _assemble(model, members, rows)
     try:
         outputs, duration_us = run_model(model, inputs, head.meta.backend)
