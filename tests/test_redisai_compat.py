@@ -334,6 +334,29 @@ def test_models(con: Client, worker: Worker) -> None:
     assert con.loadbackend("TORCH", "/usr/lib/redis/modules/backends/redisai_torch") == "OK"
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MODEL_CHUNK_SIZE", 1.5, "MODEL_CHUNK_SIZE: invalid chunk size"),
+        ("MODEL_CHUNK_SIZE", True, "MODEL_CHUNK_SIZE: invalid chunk size"),
+        ("MODEL_CHUNK_SIZE", "1_000", "MODEL_CHUNK_SIZE: invalid chunk size"),
+        ("THREADS_PER_QUEUE", 2.5, "THREADS_PER_QUEUE: invalid value"),
+    ],
+)
+def test_config_reads_the_word_redisai_got(
+    client: Client, name: str, value: Any, message: str
+) -> None:
+    """redisai-py sent ``str(value)``, which RedisAI read as an integer or refused: a float is
+    not cut down to one (a 1-byte MODEL_CHUNK_SIZE would split every later model into a hash
+    field per byte)."""
+    before = client.config(name)
+    with pytest.raises(ResponseError) as info:
+        client.config(name, value)
+    assert str(info.value) == message
+    assert client.config(name) == before
+    assert client.config(name, "4") == "OK" and client.config(name) == 4
+
+
 def test_modelexecute_timedout_is_a_reply_not_an_error(con: Client) -> None:
     """RedisAI answered a request whose TIMEOUT passed in its queue with the string TIMEDOUT."""
     stalled_worker(con)

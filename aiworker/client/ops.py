@@ -24,6 +24,7 @@ from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.verify import check_script_source, verify_model
 from aiworker.devices import parse_device
+from aiworker.parser.common import parse_int
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
@@ -217,14 +218,11 @@ def _config_plan(state: State, name: str, value: Any) -> Plan[Any]:
         raise AIError("unsupported subcommand")
     minimum = CONFIG_NAMES[upper][1]
     if minimum is not None:
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            value = minimum - 1
+        bad = "invalid chunk size" if upper == "MODEL_CHUNK_SIZE" else "invalid value"
+        # the word redis-py sends, read as RedisAI read it: 1.5 or True is no integer
+        value = parse_int(text(value), f"{upper}: {bad}")
         if value < minimum:
-            if upper == "MODEL_CHUNK_SIZE":
-                raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
-            raise AIError(f"{upper}: invalid value")
+            raise AIError(f"{upper}: {bad}")
     yield from plans.call("HSET", state.keyspace.config, upper, value)  # a refusal raises
     return state.ok()
 
