@@ -334,6 +334,26 @@ def test_models(con: Client, worker: Worker) -> None:
     assert con.loadbackend("TORCH", "/usr/lib/redis/modules/backends/redisai_torch") == "OK"
 
 
+def test_batch_settings_given_as_text(con: Client) -> None:
+    """redisai-py sent the words, which RedisAI read as numbers: a batch size read from a file or
+    the environment is stored as one; text that is no number gets RedisAI's error."""
+    blob = torch_blob("add")
+    assert con.modelstore("m", "torch", "cpu", blob, batch="4", minbatch=b"2", minbatchtimeout="10")
+    meta = con.modelget("m", meta_only=True)
+    assert (meta["batchsize"], meta["minbatchsize"], meta["minbatchtimeout"]) == (4, 2, 10)
+    for settings, message in [
+        ({"batch": "four"}, "Invalid argument for BATCHSIZE"),
+        ({"batch": "4", "minbatch": "-1"}, "Invalid argument for MINBATCHSIZE"),
+        (
+            {"batch": "4", "minbatch": "2", "minbatchtimeout": "1.5"},
+            "Invalid argument for MINBATCHTIMEOUT",
+        ),
+    ]:
+        with pytest.raises(ResponseError, match=f"^{message}$"):
+            con.modelstore("m", "torch", "cpu", blob, **settings)
+    assert con.modelget("m", meta_only=True) == meta
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [

@@ -8,6 +8,7 @@ from typing import Any
 from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.ops import Op, Print, State, chunk_size_plan, writable_plan
+from aiworker.parser.common import parse_unsigned
 from aiworker.protocol import messages
 from aiworker.protocol.backend_names import io_name_backends, io_names_optional, known_backends
 from aiworker.protocol.errors import AIError
@@ -68,14 +69,17 @@ def modelstore(
         checked = io_backends
         if not in_names and not out_names and io_names_optional(backend, data):
             checked = {b for b in io_backends if b != backend.upper()}
+        batchsize = _setting(batch, messages.MODEL_BAD_BATCHSIZE)
+        minbatchsize = _setting(minbatch, messages.MODEL_BAD_MINBATCHSIZE)
+        mintimeout = _setting(minbatchtimeout, messages.MODEL_BAD_MINBATCHTIMEOUT)
         name, device_name = model_store.validate_meta(
             backend,
             device,
             known_backends=sorted(backends),
             io_backends=sorted(checked),
-            batchsize=batch or 0,
-            minbatchsize=minbatch or 0,
-            minbatchtimeout=minbatchtimeout or 0,
+            batchsize=batchsize,
+            minbatchsize=minbatchsize,
+            minbatchtimeout=mintimeout,
             inputs=in_names,
             outputs=out_names,
         )
@@ -83,7 +87,7 @@ def modelstore(
         listed = None
         if verify is not None:  # an empty BLOB argument gets its framework's error
             listed = yield from verify(
-                text(key), name, device_name, data, in_names, out_names, batch or 0
+                text(key), name, device_name, data, in_names, out_names, batchsize
             )
         if not len(data):  # one that loads nothing (or was not checked) is still not stored
             raise AIError(messages.MODEL_NO_BLOB)
@@ -91,9 +95,9 @@ def modelstore(
             backend=name,
             device=device_name,
             tag=text(tag) if tag is not None else "",
-            batchsize=batch or 0,
-            minbatchsize=minbatch or 0,
-            minbatchtimeout=minbatchtimeout or 0,
+            batchsize=batchsize,
+            minbatchsize=minbatchsize,
+            minbatchtimeout=mintimeout,
             inputs=tuple(in_names),
             outputs=tuple(out_names),
             extra=model_store.listed_fields(listed) if listed and not in_names + out_names else {},
@@ -103,6 +107,15 @@ def modelstore(
         return state.ok()
 
     return Op(None, plan())
+
+
+def _setting(value: Any, message: str) -> Any:
+    """A batch setting as RedisAI read the word redis-py sent: text is parsed as an unsigned
+    integer (a size read from a file or the environment), None is 0, anything else is checked
+    as it is (``validate_meta``)."""
+    if isinstance(value, (str, bytes)):
+        return parse_unsigned(text(value), message)
+    return value or 0
 
 
 def modelget(state: State, key: Any, meta_only: bool = False) -> Op:
