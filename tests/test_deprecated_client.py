@@ -23,6 +23,16 @@ def test_modelset_and_modelrun(client: Client, worker: Worker) -> None:
     np.testing.assert_array_equal(client.tensorget("b"), [2, 4])
 
 
+def test_modelset_leaves_out_inputs_and_outputs_but_for_tf(client: Client) -> None:
+    """redisai-py's modelset sent INPUTS and OUTPUTS for TF models only: given for another
+    backend they were left out, and the model stored."""
+    with pytest.deprecated_call():
+        stored = client.modelset("m", "STUB", "CPU", stub_blob("add"), inputs="a", outputs=["b"])
+    assert stored == "OK"
+    meta = client.modelget("m", meta_only=True)
+    assert (meta["inputs"], meta["outputs"]) == ([], [])
+
+
 LEGACY = """
 def sub(a, b):
     return a - b

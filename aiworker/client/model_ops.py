@@ -48,6 +48,8 @@ def modelstore(
             key, backend, device, data, batch, minbatch, tag, inputs, outputs,
             backends=backends, io_backends=io_backends,
         )  # fmt: skip
+        if backend.upper() not in io_backends:  # it sent INPUTS and OUTPUTS for TF alone
+            inputs = outputs = None
     in_names = [text(n) for n in commands.listify(inputs)] if inputs is not None else []
     out_names = [text(n) for n in commands.listify(outputs)] if outputs is not None else []
 
