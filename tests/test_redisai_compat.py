@@ -588,6 +588,31 @@ def test_pipeline_errors_follow_redis_py(con: Client) -> None:
     assert isinstance(first, ResponseError) and second is True
 
 
+@pytest.mark.parametrize("transaction", [False, True])
+def test_pipeline_redisai_errors_come_from_execute(con: Client, transaction: bool) -> None:
+    """RedisAI refused a TENSORSET's values (or a job's missing model) when the pipeline ran:
+    the error is that command's result, and the commands around it run."""
+    pipe = con.pipeline(transaction=transaction).set("before", 1)
+    pipe.tensorset("x", ["x"], dtype="float").tensorset("y", [1, 2, 3], shape=(2,), dtype="float")
+    pipe.tensorset("z", [1], dtype="uint32").modelexecute("missing", ["x"], ["out"])
+    results = pipe.set("after", 1).execute(raise_on_error=False)
+    assert [str(r) if isinstance(r, ResponseError) else r for r in results] == [
+        True,
+        "invalid value",
+        "wrong number of values was given in 'AI.TENSORSET' command",
+        "invalid data type",
+        "model key is empty",
+        True,
+    ]
+    assert con.get("before") == con.get("after") == b"1" and not con.exists("x", "y", "z")
+    pipe = con.pipeline(transaction=transaction).tensorset("x", ["x"], dtype="float").set("k", 1)
+    with pytest.raises(ResponseError, match=r"^invalid value$"):
+        pipe.execute()
+    assert con.get("k") == b"1"
+    with pytest.raises(TypeError):  # redisai-py's own check, as the method is called
+        con.pipeline().tensorset("x", [1], dtype="float16")
+
+
 # a redisai-py program, unchanged but for its import ----------------------------------------
 
 

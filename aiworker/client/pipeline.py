@@ -21,12 +21,14 @@ still run (a WATCH covers the first one only: a WatchError there stops the pipel
 
 redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
 Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
-with ``execute(raise_on_error=False)``.
+with ``execute(raise_on_error=False)``; RedisAI's errors too, those about a command's values or
+its model included (redisai-py's own checks raise as the method is called, as there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import redis
@@ -109,10 +111,19 @@ class Pipeline(redis.client.Pipeline):
         super().reset()  # type: ignore[no-untyped-call]
         self._post, self._jobs, self._chunk = {}, {}, None
 
+    def _refused(self, error: redis.ResponseError) -> Pipeline:
+        """RedisAI's error for a command it would have refused (its values, a missing model):
+        the command's result in ``execute``, as RedisAI answered it there. A PING holds its
+        place in the round trip."""
+        return self._queue(partial(_raise, error), "PING")
+
     # tensors -------------------------------------------------------------------------------
 
     def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Pipeline:
-        _, array = commands.tensorset(key, tensor, shape, dtype)
+        try:
+            _, array = commands.tensorset(key, tensor, shape, dtype)
+        except redis.ResponseError as exc:  # (redisai-py's own checks raise here, as there)
+            return self._refused(exc)
         flat: list[Any] = []
         for name, value in codec.encode_fields(array).items():
             flat += [name, value]
@@ -151,12 +162,15 @@ class Pipeline(redis.client.Pipeline):
     # jobs ----------------------------------------------------------------------------------
 
     def _job(self, tokens: list[Any]) -> Pipeline:
-        request = parse_command([text(t) for t in tokens])
-        queue = str(
-            self._client._run(
-                Op(None, job_ops.queue_plan(self._client._state, request, strict=True))
+        try:
+            request = parse_command([text(t) for t in tokens])
+            queue = str(
+                self._client._run(
+                    Op(None, job_ops.queue_plan(self._client._state, request, strict=True))
+                )
             )
-        )
+        except redis.ResponseError as exc:
+            return self._refused(exc)
         reply_key, fields = self._client._jobs.private_entry(request)
         stream = self._client._jobs.stream(queue)
         self._jobs[len(self.command_stack)] = (queue, stream, reply_key, request)
@@ -241,6 +255,10 @@ class Pipeline(redis.client.Pipeline):
             return raw.simple(reply.raise_for_status(timedout_ok=True), True)
         except (redis.RedisError, AIError) as exc:
             return exc
+
+
+def _raise(error: Exception, reply: Any) -> Any:
+    raise error
 
 
 def _applied(function: Post, reply: Any) -> Any:
