@@ -32,6 +32,13 @@ def test_run_errors(client: Client, worker: Worker) -> None:
         client.run("m", {"a": np.ones(2, np.float32)}, ["c"])  # add needs two inputs
     with pytest.raises(TypeError, match=r"^RedisAI doesn't support tensors of type float16$"):
         client.run("m", {"a": np.ones(2, np.float16)}, ["c"])
+    queued = client.xlen("aiworker:queue:CPU")
+    # no inputs or no outputs: RedisAI's MODELEXECUTE errors, and nothing queued
+    with pytest.raises(ResponseError, match=r"^wrong number of arguments for 'AI.MODELEXECUTE'"):
+        client.run("m", {}, ["c"])
+    with pytest.raises(ResponseError, match=r"^Output count must be a positive integer$"):
+        client.run("m", {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}, [])
+    assert client.xlen("aiworker:queue:CPU") == queued
 
 
 def test_entries_ask_for_msgpack_replies(client: Client) -> None:

@@ -166,6 +166,8 @@ def run(
             TensorSet(name, codec.dtype_of(array), array.shape, bytes(codec.to_blob(array)))
         )
     outs = tuple(commands.listify(outputs))
+    # RedisAI's errors for the MODELEXECUTE op (no inputs or outputs), before anything is sent
+    parse_command([text(t) for t in commands.modelexecute(model_key, tuple(inputs), outs, None)])
     ops: list[Any] = [*sets, ModelExecute(model_key, tuple(inputs), tuple(map(str, outs)))]
     ops += [TensorGet(str(name), meta=True, data="BLOB") for name in outs]
     request = DagExecute(ops=tuple(ops), timeout_ms=timeout, readonly=True)
