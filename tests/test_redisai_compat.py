@@ -392,6 +392,15 @@ def test_a_model_that_does_not_load_is_refused(con: Client) -> None:
     assert not con.exists("m")
 
 
+def test_a_model_blob_given_as_text(con: Client) -> None:
+    """redis-py sent text as UTF-8, which RedisAI took as the blob (loaded, or refused with the
+    framework's message)."""
+    assert con.modelstore("s", "STUB", "CPU", '{"op": "add"}') == "OK"
+    assert con.modelget("s")["blob"] == b'{"op": "add"}'
+    with pytest.raises(ResponseError, match=r"^Failed to load TorchScript model"):
+        con.modelstore("t", "TORCH", "CPU", "not a model")
+
+
 def test_scripts(con: Client, worker: Worker) -> None:
     with pytest.raises(ResponseError) as info:
         con.scriptstore("test", "cpu", "return 1", "f")

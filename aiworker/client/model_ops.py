@@ -40,6 +40,8 @@ def modelstore(
     reports are kept for MODELGET META when the store names none (RedisAI listed them).
     ``blob_argument``: the command held a BLOB argument even when it is empty (the gateway's
     ``BLOB ""``, which RedisAI handed to the framework); redisai-py sent none for empty data."""
+    if isinstance(data, str):  # redis-py sent text as UTF-8, and RedisAI took it as the blob
+        data = data.encode()
     io_backends = set(io_name_backends())
     backends = set(known_backends())
     tokens: list[Any] = []
