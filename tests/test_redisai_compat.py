@@ -516,6 +516,20 @@ def test_dagexecute(con: Client, worker: Worker) -> None:
     assert set(meta) == {"dtype", "shape", "blob"}
 
 
+def test_dag_values_redisai_refuses_fail_its_execute(con: Client) -> None:
+    """RedisAI refused a DAG's TENSORSET values when the DAG was sent: building it goes on, and
+    ``execute`` raises (an earlier op's error first, as RedisAI read the ops in order)."""
+    dag = con.dag(load="a").tensorset("x", ["x"], dtype="float").tensorget("x")
+    with pytest.raises(ResponseError, match=r"^invalid value$"):
+        dag.execute()
+    dag = con.dag(load="a").tensorget("a").tensorset("x", [1, 2, 3], shape=(2,), dtype="float")
+    with pytest.raises(ResponseError, match=r"^wrong number of values was given"):
+        dag.tensorset("y", [1], dtype="uint32").execute()
+    dag = con.dag(load="a").modelexecute("m", ["a", "a"], []).tensorset("x", ["x"], dtype="float")
+    with pytest.raises(ResponseError, match=r"^Output count must be a positive integer$"):
+        dag.execute()
+
+
 # pipelines ---------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import redis
+
 from aiworker.client import commands, raw
 from aiworker.client.commands import listify, text
 from aiworker.client.deprecated import deprecated_call
@@ -97,6 +99,7 @@ class Dag:
         self._ops: list[list[Any]] = []  # each op's tokens, TENSORSET data included
         self._tensors: dict[int, TensorSet] = {}  # op index -> its TENSORSET with data
         self._post: list[Post] = []
+        self._refused: tuple[int, Exception] | None = None  # the first op RedisAI would refuse
 
     @property
     def name(self) -> str:
@@ -107,7 +110,12 @@ class Dag:
 
     def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Dag:
         """Set a DAG-local tensor (from numpy, or values with ``shape`` and ``dtype``)."""
-        tokens, array = commands.tensorset(key, tensor, shape, dtype)
+        try:
+            tokens, array = commands.tensorset(key, tensor, shape, dtype)
+        except redis.ResponseError as exc:  # RedisAI's refusal of its values: from execute
+            if self._refused is None:
+                self._refused = (len(self._ops), exc)
+            return self._add(["AI.TENSORSET", key], _common)
         blob = bytes(codec.to_blob(array))
         self._tensors[len(self._ops)] = TensorSet(text(key), str(tokens[2]), array.shape, blob)
         return self._add(tokens, _common)
@@ -176,9 +184,19 @@ class Dag:
         return tokens
 
     def request(self) -> DagExecute:
-        """The parsed request (RedisAI's errors raised here, before anything is sent)."""
+        """The parsed request (RedisAI's errors raised here, before anything is sent: those of
+        the ops before an op whose values it refused, then that one's)."""
+        if self._refused is None:
+            return self._parsed(len(self._ops))
+        index, error = self._refused
+        if index:
+            self._parsed(index)
+        raise error
+
+    def _parsed(self, count: int) -> DagExecute:
+        """The request of the first ``count`` ops."""
         tokens = [text(t) for t in self._head]
-        for index, op in enumerate(self._ops):
+        for index, op in enumerate(self._ops[:count]):
             if index in self._tensors:  # the parser sees the op without its data
                 tensor = self._tensors[index]
                 op = ["AI.TENSORSET", tensor.key, tensor.dtype, *map(str, tensor.shape)]
