@@ -636,6 +636,35 @@ def test_pipeline_redisai_errors_come_from_execute(con: Client, transaction: boo
         con.pipeline().tensorset("x", [1], dtype="float16")
 
 
+def test_pipeline_methods_while_watching_return_their_results(con: Client, worker: Worker) -> None:
+    """After ``watch`` and before ``multi`` redis-py runs a pipeline's commands at once (a
+    transaction reads what it will write): the RedisAI methods return their results too, and
+    leave nothing behind for the commands queued after ``multi``."""
+    con.tensorset("a", np.array([1, 2], np.float32))
+    with con.pipeline() as pipe:
+        pipe.watch("a")
+        assert pipe.tensorget("a").tolist() == [1, 2]
+        assert pipe.tensorget("a", meta_only=True) == {"dtype": "FLOAT", "shape": [2]}
+        assert pipe.modelget("pt_model", meta_only=True)["backend"] == "TORCH"
+        assert pipe.modelexecute("pt_model", ["a", "a"], ["b"]) == b"OK"
+        with pytest.raises(ResponseError, match=r"^tensor key is empty"):
+            pipe.tensorget("missing")
+        with pytest.raises(ResponseError, match=r"^invalid value$"):
+            pipe.tensorset("x", ["x"], dtype="float")
+        pipe.multi()
+        pipe.set("k", "v").tensorset("a", np.array([3, 4], np.float32)).tensorget("b")
+        results = pipe.execute()
+    assert results[:2] == [True, b"OK"] and results[2].tolist() == [2, 4]
+
+    def double(pipe: Any) -> None:
+        current = pipe.tensorget("a")
+        pipe.multi()
+        pipe.tensorset("a", current * 2)
+
+    assert con.transaction(double, "a") == [b"OK"]
+    assert con.tensorget("a").tolist() == [6, 8]
+
+
 # a redisai-py program, unchanged but for its import ----------------------------------------
 
 

@@ -20,9 +20,11 @@ them: a round trip refused whole (EXECABORT) has the error in each of its places
 still run (a WATCH covers the first one only: a WatchError there stops the pipeline).
 
 redisai-py's own pipeline offered only ``tensorset`` and ``tensorget``; the rest is aiworker's.
-Errors follow redis-py: raised after the whole pipeline ran (the first one), or left in place
-with ``execute(raise_on_error=False)``; RedisAI's errors too, those about a command's values or
-its model included (redisai-py's own checks raise as the method is called, as there).
+After ``watch`` and before ``multi`` redis-py runs commands at once, and so do these methods,
+returning their results (a job's once its reply came). Errors follow redis-py: raised after the
+whole pipeline ran (the first one), or left in place with ``execute(raise_on_error=False)``;
+RedisAI's errors too, those about a command's values or its model included (redisai-py's own
+checks raise as the method is called, as there).
 """
 
 from __future__ import annotations
@@ -102,7 +104,18 @@ class Pipeline(redis.client.Pipeline):
         self._jobs: dict[int, tuple[str, str, str, Any]] = {}
         self._chunk: int | None = None
 
-    def _queue(self, post: Post, *command: Any) -> Pipeline:
+    def _immediate(self) -> bool:
+        """Whether redis-py runs commands at once: after ``watch`` and before ``multi`` (where a
+        transaction reads what it will write), a method returns its result, not the pipeline."""
+        return bool(self.watching) and not self.explicit_transaction
+
+    def _queue(self, post: Post, *command: Any) -> Any:
+        if self._immediate():
+            try:
+                reply = self.immediate_execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis.ResponseError as exc:
+                reply = exc
+            return post(reply)  # (which raises an error reply)
         self._post[len(self.command_stack)] = post
         self.execute_command(*command)  # type: ignore[no-untyped-call]
         return self
@@ -111,7 +124,7 @@ class Pipeline(redis.client.Pipeline):
         super().reset()  # type: ignore[no-untyped-call]
         self._post, self._jobs, self._chunk = {}, {}, None
 
-    def _refused(self, error: redis.ResponseError) -> Pipeline:
+    def _refused(self, error: redis.ResponseError) -> Any:
         """RedisAI's error for a command it would have refused (its values, a missing model):
         the command's result in ``execute``, as RedisAI answered it there. A PING holds its
         place in the round trip."""
@@ -119,7 +132,7 @@ class Pipeline(redis.client.Pipeline):
 
     # tensors -------------------------------------------------------------------------------
 
-    def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Pipeline:
+    def tensorset(self, key: Any, tensor: Any, shape: Any = None, dtype: Any = None) -> Any:
         try:
             _, array = commands.tensorset(key, tensor, shape, dtype)
         except redis.ResponseError as exc:  # (redisai-py's own checks raise here, as there)
@@ -135,7 +148,7 @@ class Pipeline(redis.client.Pipeline):
         as_numpy: bool = True,
         as_numpy_mutable: bool = False,
         meta_only: bool = False,
-    ) -> Pipeline:
+    ) -> Any:
         def post(reply: Any) -> Any:
             array = tensor_io.decode_reply(reply)
             return raw.tensor_result(array, as_numpy, as_numpy_mutable, meta_only)
@@ -144,13 +157,13 @@ class Pipeline(redis.client.Pipeline):
 
     # models and scripts --------------------------------------------------------------------
 
-    def modelget(self, key: Any, meta_only: bool = False) -> Pipeline:
+    def modelget(self, key: Any, meta_only: bool = False) -> Any:
         def post(fields: Any) -> Any:
             return _model(meta_only, self._chunk_size, fields)
 
         return self._queue(post, "HGETALL", text(key))
 
-    def scriptget(self, key: Any, meta_only: bool = False) -> Pipeline:
+    def scriptget(self, key: Any, meta_only: bool = False) -> Any:
         fields = (*script_store.META_FIELDS, "source")
         return self._queue(lambda values: _script(meta_only, values), "HMGET", text(key), *fields)
 
@@ -161,7 +174,7 @@ class Pipeline(redis.client.Pipeline):
 
     # jobs ----------------------------------------------------------------------------------
 
-    def _job(self, tokens: list[Any]) -> Pipeline:
+    def _job(self, tokens: list[Any]) -> Any:
         try:
             request = parse_command([text(t) for t in tokens])
             queue = str(
@@ -173,15 +186,23 @@ class Pipeline(redis.client.Pipeline):
             return self._refused(exc)
         reply_key, fields = self._client._jobs.private_entry(request)
         stream = self._client._jobs.stream(queue)
-        self._jobs[len(self.command_stack)] = (queue, stream, reply_key, request)
+        job = (queue, stream, reply_key, request)
         # within the queue's length limit, like every job (queues.enqueue_command)
-        self.execute_command(*enqueue_command(self._client.keyspace, stream, fields))  # type: ignore[no-untyped-call]
+        enqueue = enqueue_command(self._client.keyspace, stream, fields)
+        if self._immediate():
+            try:
+                entry_id = self.immediate_execute_command(*enqueue)  # type: ignore[no-untyped-call]
+            except redis.ResponseError as exc:
+                entry_id = exc
+            return _now(self._wait(job, entry_id))
+        self._jobs[len(self.command_stack)] = job
+        self.execute_command(*enqueue)  # type: ignore[no-untyped-call]
         return self
 
-    def modelexecute(self, key: Any, inputs: Any, outputs: Any, timeout: Any = None) -> Pipeline:
+    def modelexecute(self, key: Any, inputs: Any, outputs: Any, timeout: Any = None) -> Any:
         return self._job(commands.modelexecute(key, inputs, outputs, timeout))
 
-    def modelrun(self, key: Any, inputs: Any, outputs: Any) -> Pipeline:
+    def modelrun(self, key: Any, inputs: Any, outputs: Any) -> Any:
         return self._job(commands.modelrun(key, inputs, outputs))
 
     def scriptexecute(
@@ -193,12 +214,12 @@ class Pipeline(redis.client.Pipeline):
         args: Any = None,
         outputs: Any = None,
         timeout: Any = None,
-    ) -> Pipeline:
+    ) -> Any:
         return self._job(
             commands.scriptexecute(key, function, keys, inputs, args, outputs, timeout)
         )
 
-    def scriptrun(self, key: Any, function: Any, inputs: Any, outputs: Any) -> Pipeline:
+    def scriptrun(self, key: Any, function: Any, inputs: Any, outputs: Any) -> Any:
         return self._job(commands.scriptrun(key, function, inputs, outputs))
 
     # running -------------------------------------------------------------------------------
@@ -259,6 +280,13 @@ class Pipeline(redis.client.Pipeline):
 
 def _raise(error: Exception, reply: Any) -> Any:
     raise error
+
+
+def _now(result: Any) -> Any:
+    """The result of a job run at once (``Pipeline._immediate``): an error is raised."""
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _applied(function: Post, reply: Any) -> Any:
