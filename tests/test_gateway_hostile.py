@@ -61,6 +61,21 @@ def test_a_huge_bulk_length_is_refused_before_any_byte_of_it(gateway: Gateway) -
     still_serving(gateway)
 
 
+def test_a_tensorset_declaring_gigabytes_of_zeros_is_refused_before_allocating(
+    gateway: Gateway,
+) -> None:
+    """AI.TENSORSET without data declares its zeros: 74.5 GiB answered numpy's own message, and
+    4 GB were allocated in the gateway before Redis refused the value and closed its link."""
+    con = connect(gateway)
+    for dtype, dims, size in (("DOUBLE", (100000, 100000), "80,000,000,000"),
+                              ("FLOAT", (100000, 10000), "4,000,000,000")):  # fmt: skip
+        with pytest.raises(redis.ResponseError, match=f"^tensor with no data declares {size} "):
+            con.execute_command("AI.TENSORSET", "big", dtype, *dims)
+    assert con.exists("big") == 0
+    con.close()
+    still_serving(gateway)
+
+
 def test_a_million_argument_array(client: Client, settings: Settings) -> None:
     with running_gateway(settings) as gateway:
         _million(gateway)

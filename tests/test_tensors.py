@@ -224,6 +224,18 @@ def test_a_tensor_hash_declaring_more_zeros_than_any_data_is_refused(client: Cli
     assert client.tensorget("k").tolist() == [[0.0] * 3] * 2
 
 
+def test_a_tensorset_of_more_zeros_than_any_data_is_refused_before_allocating(
+    client: Client,
+) -> None:
+    """RedisAI's TENSORSET without data of a 4 GB shape: refused before the zeros are made (the
+    client allocated 4 GB and Redis then closed the connection on a value over 512 MiB)."""
+    with pytest.raises(AIError, match=r"declares 4,000,000,000 bytes \(FLOAT 100000,10000\)"):
+        client.tensorset("big", None, shape=(100000, 10000), dtype="FLOAT")
+    assert not client.exists("big")
+    client.tensorset("big", None, shape=(2, 3), dtype="FLOAT")
+    assert client.tensorget("big").tolist() == [[0.0] * 3] * 2
+
+
 @pytest.mark.parametrize(
     "decode",
     [tensor_io.decode_reply, model_store.check_meta_reply, script_store.check_reply],

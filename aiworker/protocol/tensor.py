@@ -111,6 +111,15 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def zeros(dtype: str, shape: Sequence[int]) -> np.ndarray:
+    """A zero-filled tensor (RedisAI's TENSORSET without data), refused before it is allocated
+    when it would be larger than any tensor's data may be: a command or a hash of a few bytes
+    must not make a client, the gateway or a reader allocate gigabytes."""
+    size = element_count(shape) * (8 if dtype == "STRING" else NUMPY_DTYPES[dtype].itemsize)
+    if size > MAX_ZERO_FILLED_BYTES:
+        raise AIError(
+            f"tensor with no data declares {size:,} bytes ({dtype} {format_shape(shape)}), "
+            f"more than any tensor's data may take ({MAX_ZERO_FILLED_BYTES:,})"
+        )
     if dtype == "STRING":
         return np.full(tuple(shape), b"", dtype=object)
     return np.zeros(tuple(shape), dtype=NUMPY_DTYPES[dtype])
@@ -299,10 +308,4 @@ def decode_fields(fields: Mapping[Any, Any]) -> np.ndarray:
     values = fields.get(b"values", fields.get("values"))
     if values is not None:
         return from_values(dtype, shape, text(values).split())
-    size = element_count(shape) * (8 if dtype == "STRING" else NUMPY_DTYPES[dtype].itemsize)
-    if size > MAX_ZERO_FILLED_BYTES:  # a hash of a few bytes must not make a reader allocate it
-        raise AIError(
-            f"tensor with no data declares {size:,} bytes ({dtype} {format_shape(shape)}), "
-            f"more than any tensor's data may take ({MAX_ZERO_FILLED_BYTES:,})"
-        )
     return zeros(dtype, shape)
