@@ -86,6 +86,13 @@ class Settings:
     # overload: the most entries a device queue's stream may hold (0: no limit); README "Overload"
     max_queue_length: int = 0
 
+    def __post_init__(self) -> None:
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                within = f"from {low} to {high}" if high is not None else f"{low} or more"
+                raise ConfigError(f"setting {name}: {value!r} is out of range ({within})")
+
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["redis_url"] = hide_password(self.redis_url)
@@ -116,6 +123,17 @@ class Settings:
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+# Settings whose values outside a range are no configuration at all -> (smallest, largest or
+# None). A worker with threads_per_queue 0 registered as live and never read a job; a port
+# beyond 65535 failed deep inside the socket layer.
+_RANGES: dict[str, tuple[int, int | None]] = {
+    "threads_per_queue": (1, None),
+    "queue_partitions": (1, 1024),
+    "metrics_port": (0, 65535),
+    "wait_replicas": (0, None),
+    "max_queue_length": (0, None),
+}
 
 
 def _coerce(name: str, value: Any) -> Any:

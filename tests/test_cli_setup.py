@@ -223,6 +223,20 @@ def test_gateway_port_in_use_is_one_error_line(redis_server: RedisServer) -> Non
     assert_clean_error(code, out, "address already in use")
 
 
+def test_a_worker_without_runs_in_flight_refuses_to_start(
+    client: Client, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """threads_per_queue 0 registered a live worker ("serving CPU x0") that never read a job,
+    so clients waited out their reply_timeout instead of hearing that nobody serves the queue."""
+    code, out = invoke("worker", "--redis-url", redis_server.url, "--threads-per-queue", "0")
+    assert code == 2 and "is not in the range x>=1" in out, out
+    config = tmp_path / "aiworker.toml"
+    config.write_text("threads_per_queue = 0\n")
+    code, out = invoke("worker", "--redis-url", redis_server.url, "--config", str(config))
+    assert_clean_error(code, out, "setting threads_per_queue: 0 is out of range (1 or more)")
+    assert client.zcard(client.keyspace.workers) == 0
+
+
 def test_config_of_an_unknown_setting_is_an_error(
     client: Client, redis_server: RedisServer
 ) -> None:

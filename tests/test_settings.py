@@ -172,6 +172,29 @@ def test_invalid_value_raises(env: dict[str, str], name: str) -> None:
         Settings.load(env=env)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("threads_per_queue", 0),
+        ("threads_per_queue", -3),
+        ("queue_partitions", 0),
+        ("queue_partitions", 1025),
+        ("metrics_port", 65536),
+        ("metrics_port", -1),
+        ("wait_replicas", -1),
+        ("max_queue_length", -1),
+    ],
+)
+def test_a_value_out_of_range_raises(tmp_path: Path, name: str, value: int) -> None:
+    """A worker with threads_per_queue 0 registered as live and never ran a job; a metrics port
+    beyond 65535 was a traceback. Every layer is held to the range: file, environment, flags."""
+    config = write_toml(tmp_path, f"{name} = {value}\n")
+    for kwargs in ({"config_file": config}, {"env": {f"AIWORKER_{name.upper()}": str(value)}},
+                   {name: value}):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"setting {name}: {value} is out of range"):
+            Settings.load(**{"env": {}, **kwargs})  # type: ignore[arg-type]
+
+
 def test_unreadable_config_file_raises(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         Settings.load(tmp_path / "missing.toml", env={})

@@ -38,7 +38,7 @@ log = logging.getLogger("aiworker.cli")
 )
 @click.option(
     "--threads-per-queue",
-    type=int,
+    type=click.IntRange(1),
     envvar="AIWORKER_THREADS_PER_QUEUE",
     default=None,
     help="Runs in flight per device queue (RedisAI's THREADS_PER_QUEUE, default 1).",
