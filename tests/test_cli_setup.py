@@ -223,6 +223,30 @@ def test_gateway_port_in_use_is_one_error_line(redis_server: RedisServer) -> Non
     assert_clean_error(code, out, "address already in use")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--metrics-port", "99999"],
+        ["up", "--gateway-port", "70000"],
+        ["up", "--port", "70000", "--gateway-port", "0"],
+    ],
+)
+def test_a_port_beyond_65535_is_a_usage_error(args: list[str]) -> None:
+    """It was a traceback from the socket layer (OverflowError, ValueError)."""
+    code, out = invoke(*args)
+    assert code == 2 and "is not in the range 0<=x<=65535" in out, out
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1:abc", "foo", "127.0.0.1:\u00b2"])
+def test_the_gateway_refuses_a_listen_address_without_a_port(
+    redis_server: RedisServer, listen: str
+) -> None:
+    """A port that is no number was a traceback, and one beyond 65535 was served modulo 65536
+    on uvloop (127.0.0.1:99999 listened on 34463)."""
+    code, out = invoke("gateway", "--redis-url", redis_server.url, "--listen", listen)
+    assert_clean_error(code, out, f"--listen {listen!r}: expected host:port")
+
+
 def test_a_worker_without_runs_in_flight_refuses_to_start(
     client: Client, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -25,6 +25,9 @@ from aiworker.worker.process import Worker
 
 log = logging.getLogger("aiworker.cli")
 
+# A TCP port (0: a free one), refused as a usage error beyond 65535 rather than by the socket layer.
+PORT = click.IntRange(0, 65535)
+
 
 @click.command()
 @redis_options
@@ -52,7 +55,7 @@ log = logging.getLogger("aiworker.cli")
 )
 @click.option(
     "--metrics-port",
-    type=int,
+    type=PORT,
     envvar="AIWORKER_METRICS_PORT",
     default=None,
     help="Serve Prometheus metrics on this port (0: off).",
@@ -168,7 +171,9 @@ UP_DEFAULTS = {"threads_per_queue": 2}
     default=None,
     help="aiworker.toml with settings for the worker.",
 )
-@click.option("--port", type=int, default=None, help="Port for redis-server (default: a free one).")
+@click.option(
+    "--port", type=PORT, default=None, help="Port for redis-server (default: a free one)."
+)
 @click.option(
     "--threads-per-queue",
     type=click.IntRange(1),
@@ -178,7 +183,7 @@ UP_DEFAULTS = {"threads_per_queue": 2}
 )
 @click.option(
     "--gateway-port",
-    type=click.IntRange(0),
+    type=PORT,
     envvar="AIWORKER_GATEWAY_PORT",
     default=6380,
     show_default=True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiworker.protocol.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -35,6 +37,16 @@ class GatewayConfig:
     reuse_port: bool = False
     reply_timeout: float = 60.0
     threads: int = 32
+
+    def __post_init__(self) -> None:
+        # asyncio refused a port beyond 65535 with a traceback and uvloop bound it modulo 65536
+        # (--listen 127.0.0.1:99999 served on 34463): refuse what is not a port
+        if self.listen:
+            port = self.listen.rpartition(":")[2]
+            if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+                raise ConfigError(
+                    f"--listen {self.listen!r}: expected host:port with a port from 0 to 65535"
+                )
 
     @property
     def host(self) -> str:
