@@ -246,6 +246,15 @@ REDIS_CONFIG: dict[str, tuple[str, int, int]] = {
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
+def whole_number(value: str, low: int, high: int | None = None) -> int | None:
+    """``value`` as a whole number from ``low`` to ``high`` (None: no largest), else None."""
+    value = value.strip()
+    if not _WHOLE_NUMBER.fullmatch(value):
+        return None
+    number = int(value)
+    return number if low <= number and (high is None or number <= high) else None
+
+
 def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int], list[str]]:
     """The settings a worker adopts from the shared config hash, and a warning per field ignored.
 
@@ -274,8 +283,8 @@ def settings_from_redis_config(fields: Mapping[Any, Any]) -> tuple[dict[str, int
             continue
         field_name, low, high = REDIS_CONFIG[name]
         value_text = text(raw_value).strip()
-        number = int(value_text) if _WHOLE_NUMBER.fullmatch(value_text) else None
-        if number is None or not low <= number <= high:
+        number = whole_number(value_text, low, high)
+        if number is None:
             warnings.append(
                 f"ignoring {written!r} = {value_text[:40]!r} from the shared config hash: not a whole "
                 f"number from {low} to {high}"

@@ -395,6 +395,41 @@ def test_config_invalid_chunk_size(client: Client, value: Any) -> None:
     assert client.config("MODEL_CHUNK_SIZE") == 535822336
 
 
+@pytest.mark.parametrize(
+    ("name", "largest"),
+    [
+        ("THREADS_PER_QUEUE", 256),
+        ("MODEL_EXECUTION_TIMEOUT", 86_400_000),
+        ("INTER_OP_PARALLELISM", 1024),
+        ("INTRA_OP_PARALLELISM", 1024),
+        ("BACKEND_MEMORY_LIMIT", 1 << 24),
+    ],
+)
+def test_config_refuses_what_workers_would_ignore(client: Client, name: str, largest: int) -> None:
+    """A worker reads these from the shared hash within bounds: THREADS_PER_QUEUE 300 was
+    answered OK and stored, and every worker then ignored it with a warning."""
+    with pytest.raises(AIError) as info:
+        client.config(name, largest + 1)
+    assert str(info.value) == f"{name}: invalid value"
+    assert client.config(name, largest) == "OK"
+    assert client.config(name) == largest
+
+
+@pytest.mark.parametrize("stored", ["abc", "0", "1.5", "-4"])
+def test_a_stored_value_no_config_wrote_reads_as_the_default(client: Client, stored: str) -> None:
+    """Whoever may write the shared hash may HSET anything there; workers ignore what AI.CONFIG
+    would not have written. Clients failed on it with Python's own errors instead: every model
+    store (it reads MODEL_CHUNK_SIZE) with "invalid literal for int()" or "range() arg 3 must
+    not be zero", and AI.CONFIG GET alike."""
+    client.hset(
+        client.keyspace.config, mapping={"MODEL_CHUNK_SIZE": stored, "THREADS_PER_QUEUE": stored}
+    )
+    assert client.config("MODEL_CHUNK_SIZE") == 535822336
+    assert client.config("THREADS_PER_QUEUE") == 1
+    assert client.modelstore("m", "STUB", "CPU", stub_blob("add")) == "OK"
+    assert client.modelget("m")["blob"] == stub_blob("add")
+
+
 @pytest.mark.parametrize("name", ["NOPE", "LOADBACKEND2", ""])
 def test_config_unknown_name(client: Client, name: str) -> None:
     assert client.config(name) is None  # as redisai-py got from RedisAI

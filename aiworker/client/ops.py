@@ -24,26 +24,28 @@ from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.verify import check_script_source, verify_model
 from aiworker.devices import parse_device
-from aiworker.parser.common import parse_int
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import IONames, Request
-from aiworker.settings import Settings
+from aiworker.settings import REDIS_CONFIG, Settings, whole_number
 from aiworker.storage import model as model_store
 from aiworker.storage import plans, stats, tensor_io
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Commands, Plan
 
-# AI.CONFIG names -> (Settings field, smallest allowed value; None for text).
-CONFIG_NAMES: dict[str, tuple[str, int | None]] = {
-    "MODEL_CHUNK_SIZE": ("model_chunk_size", 1),
+# AI.CONFIG names -> (Settings field, smallest and largest value; None for text). A worker
+# setting takes the values a worker reads from the shared hash (``REDIS_CONFIG``): one beyond
+# them was stored and answered, and every worker ignored it. MODEL_CHUNK_SIZE takes any positive
+# size, as RedisAI did.
+CONFIG_NAMES: dict[str, tuple[str, tuple[int, int | None] | None]] = {
+    "MODEL_CHUNK_SIZE": ("model_chunk_size", (1, None)),
     "BACKENDSPATH": ("backends_path", None),
-    "THREADS_PER_QUEUE": ("threads_per_queue", 1),
-    "MODEL_EXECUTION_TIMEOUT": ("model_execution_timeout", 0),
-    "INTER_OP_PARALLELISM": ("inter_op_parallelism", 0),
-    "INTRA_OP_PARALLELISM": ("intra_op_parallelism", 0),
-    "BACKEND_MEMORY_LIMIT": ("backend_memory_limit", 0),
+    **{
+        name: (field_name, (low, high))
+        for name, (field_name, low, high) in REDIS_CONFIG.items()
+        if name != "MODEL_CHUNK_SIZE"
+    },
 }
 SCAN_WARNING = (
     "Experimental: {} List API is experimental and might change in the future without any notice"
@@ -188,13 +190,20 @@ def config_value_plan(state: State, name: str) -> Plan[Any]:
     upper = name.upper()
     if upper not in CONFIG_NAMES:
         return None
-    field_name, minimum = CONFIG_NAMES[upper]
+    field_name, bounds = CONFIG_NAMES[upper]
     stored = yield from plans.call("HGET", state.keyspace.config, upper)
-    if stored is None:
+    if stored is not None and bounds is None:
+        return text(stored)
+    number = None if stored is None else _whole_number(text(stored), bounds)
+    if number is None:  # unset, or what no AI.CONFIG wrote (an HSET): workers ignore it too
         default = getattr(Settings(), field_name)
         return None if default == "" else default
-    value = text(stored)
-    return value if minimum is None else int(value)
+    return number
+
+
+def _whole_number(value: str, bounds: tuple[int, int | None] | None) -> int | None:
+    """``value`` as a whole number within ``bounds`` (a setting that is no text), else None."""
+    return None if bounds is None else whole_number(value, *bounds)
 
 
 def chunk_size_plan(state: State) -> Plan[int]:
@@ -216,13 +225,13 @@ def _config_plan(state: State, name: str, value: Any) -> Plan[Any]:
     upper = name.upper()
     if upper not in CONFIG_NAMES:
         raise AIError("unsupported subcommand")
-    minimum = CONFIG_NAMES[upper][1]
-    if minimum is not None:
-        bad = "invalid chunk size" if upper == "MODEL_CHUNK_SIZE" else "invalid value"
-        # the word redis-py sends, read as RedisAI read it: 1.5 or True is no integer
-        value = parse_int(text(value), f"{upper}: {bad}")
-        if value < minimum:
-            raise AIError(f"{upper}: {bad}")
+    bounds = CONFIG_NAMES[upper][1]
+    if bounds is not None:
+        value = _whole_number(text(value), bounds)
+        if value is None:
+            if upper == "MODEL_CHUNK_SIZE":
+                raise AIError("MODEL_CHUNK_SIZE: invalid chunk size")
+            raise AIError(f"{upper}: invalid value")
     yield from plans.call("HSET", state.keyspace.config, upper, value)  # a refusal raises
     return state.ok()
 
