@@ -48,6 +48,29 @@ def test_tensor_errors_exit_non_zero_with_redisai_messages(
     assert code == 1 and "tensor key is empty or in a different shard" in out
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["model", "store", "m", "NOPE", "CPU", "{blob}"], "Backend not allowed"),
+        (["model", "store", "m", "STUB", "TPU", "{blob}"], "Device not allowed"),
+        (["model", "store", "m", "TF", "CPU", "{blob}"], "Require keyword arguments inputs"),
+        (["model", "store", "m", "STUB", "CPU", "{blob}", "--inputs", "a"], "should not be"),
+        (["script", "store", "s", "TPU", "{blob}", "-e", "bar"], "Device not allowed"),
+        (["tensor", "set", "t", "FLOAT", "a,b", "1"], "dimensions separated by commas"),
+    ],
+)
+def test_a_bad_argument_is_a_usage_error(
+    client: Client, redis_server: RedisServer, tmp_path: Path, args: list[str], said: str
+) -> None:
+    """README: a bad argument is click's usage error, exit 2. redisai-py's argument checks
+    (ValueError) printed a Python traceback and exited 1."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(stub_blob("add"))
+    code, out = invoke(redis_server.url, *(arg.replace("{blob}", str(blob)) for arg in args))
+    assert code == 2 and said in out, out
+    assert client.keys("*") == []
+
+
 def test_model_store_get_list_del(
     client: Client, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -149,6 +150,19 @@ def error_text(exc: BaseException) -> str:
         return f"NOPERM {exc}: the ACL user of the Redis URL needs that permission"
     code = getattr(exc, "status_code", None) if isinstance(exc, redis.ResponseError) else None
     return f"{code} {exc}" if code and not str(exc).startswith(code) else str(exc)
+
+
+@contextlib.contextmanager
+def argument_checks() -> Iterator[None]:
+    """redisai-py's checks of a method's arguments (its ``ValueError``/``TypeError``, raised
+    before anything is sent: an unknown backend or device, TF without INPUTS) as click's usage
+    error, exit 2: a bad argument is no bug to print a traceback for."""
+    try:
+        yield
+    except AIWorkerError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def fail(error: BaseException | str) -> NoReturn:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aiworker.cli.common import fail, make_client, quiet, redis_options
+from aiworker.cli.common import argument_checks, fail, make_client, quiet, redis_options
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIWorkerError
 
@@ -39,10 +39,16 @@ def tensor_set(
     """Store KEY as a DTYPE tensor of SHAPE from VALUES (zeros when none); SHAPE is its
     dimensions separated by commas, like 2,3."""
     client = make_client(config_file, redis_url, prefix)
-    dims = [int(d) for d in shape.split(",") if d] if shape else []
+    try:
+        dims = [int(d) for d in shape.split(",") if d] if shape else []
+    except ValueError:
+        hint = "dimensions separated by commas, like 2,3"
+        raise click.BadParameter(f"{shape!r}: {hint}", param_hint="SHAPE") from None
     try:
         dtype = codec.parse_dtype(dtype)  # RedisAI's type names, as AI.TENSORSET took them
-        click.echo(client.tensorset(key, list(values) if values else None, shape=dims, dtype=dtype))
+        with argument_checks():
+            array = list(values) if values else None
+            click.echo(client.tensorset(key, array, shape=dims, dtype=dtype))
     except AIWorkerError as exc:
         fail(exc)
 
@@ -123,18 +129,19 @@ def model_store(
     click.echo(f"uploading {size:,} bytes...", err=True)
     started = time.perf_counter()
     try:
-        client.modelstore(
-            key,
-            backend,
-            device,
-            blob,
-            batch=batch,
-            minbatch=minbatch,
-            minbatchtimeout=minbatchtimeout,
-            tag=tag,
-            inputs=inputs.split(",") if inputs else None,
-            outputs=outputs.split(",") if outputs else None,
-        )
+        with argument_checks():
+            client.modelstore(
+                key,
+                backend,
+                device,
+                blob,
+                batch=batch,
+                minbatch=minbatch,
+                minbatchtimeout=minbatchtimeout,
+                tag=tag,
+                inputs=inputs.split(",") if inputs else None,
+                outputs=outputs.split(",") if outputs else None,
+            )
     except AIWorkerError as exc:
         fail(exc)
     click.echo(f"OK ({time.perf_counter() - started:.2f}s)")
@@ -219,7 +226,8 @@ def script_store(
     client = make_client(config_file, redis_url, prefix)
     try:
         source = Path(path).read_text()
-        click.echo(client.scriptstore(key, device, source, list(entry_points), tag=tag))
+        with argument_checks():
+            click.echo(client.scriptstore(key, device, source, list(entry_points), tag=tag))
     except AIWorkerError as exc:
         fail(exc)
 
