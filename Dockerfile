@@ -1,4 +1,5 @@
-# aiworker worker image. Pick the backends with --build-arg EXTRAS=torch,onnx (default: all).
+# aiworker worker image. torch is always installed (TORCH_SPEC below); pick the other backends'
+# frameworks with --build-arg EXTRAS=onnx, tf, tflite or several, comma-separated (default: all).
 FROM python:3.11-slim
 
 ARG EXTRAS=all
