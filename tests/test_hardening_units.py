@@ -48,17 +48,18 @@ def test_completion_declares_every_key_once_and_refers_to_them_by_index() -> Non
     ]
     keys, body = completer()._arguments("q", items)
     stats = Keys().stats("m")
-    assert keys == ["q", "r", "o", stats]
+    assert keys == ["q", "r", "o", stats, "m"]
     fields = codec.encode_fields(array)
     assert body[:9] == [2, "1-0", 2, body[3], 0, 1, 1, 0, 0]
     assert decode_reply(body[3]) == Reply(Status.OK, "q", "1-0", extra={"worker": "w1"})
     # the output: key 3, no TTL, no stage key (its fields follow), 8 items
     assert body[9:13] == [3, 0, 0, 8] and body[13:21] == [x for kv in fields.items() for x in kv]
-    assert body[21:26] == [4, 5, 2, 1, 0]
-    assert body[26:34] == ["2-0", 2, body[28], 0, 0, 1, 0, 0]
-    failed = decode_reply(body[28])
+    # the statistics: key 4, counted for the model (key 5) while it is stored
+    assert body[21:27] == [4, 5, 5, 2, 1, 0]
+    assert body[27:35] == ["2-0", 2, body[29], 0, 0, 1, 0, 0]
+    failed = decode_reply(body[29])
     assert failed is not None and failed.error == "boom" and failed.answers("q", "2-0")
-    assert body[34:] == [4, 0, 0, 1, 1]
+    assert body[35:] == [4, 5, 0, 0, 1, 1]
 
 
 def test_a_forward_is_a_stream_record_of_the_request_and_a_notice() -> None:

@@ -182,6 +182,29 @@ def test_every_model_has_statistics_of_its_own(ready: Client) -> None:
     assert len({KEYS.stats(k) for k in ("x", "{x}y", "{x}z", "{x}")}) == 4
 
 
+@pytest.mark.parametrize("gone", ["deleted", "replaced"])
+def test_a_model_gone_while_its_job_runs_leaves_no_statistics(ready: Client, gone: str) -> None:
+    """MODELDEL deletes a model's statistics; a job that was running it still completes, but
+    counting it would make the statistics hash again, for a model nobody will delete."""
+    stub_model(ready, "slow", op="identity", sleep_ms=500)
+    answered: list[dict[str, Any]] = []
+    job = threading.Thread(
+        target=lambda: answered.append(run(ready, "AI.MODELEXECUTE slow INPUTS 1 a OUTPUTS 1 o"))
+    )
+    job.start()
+    wait_until(lambda: ready.xpending(QUEUE, "aiworker")["pending"] == 1)
+    time.sleep(0.25)  # read, and running its 500 ms
+    if gone == "deleted":
+        assert ready.modeldel("slow") == "OK"
+    else:  # the key holds a tensor now
+        ready.delete("slow")
+        tensor(ready, "slow", [1])
+    job.join(15)
+    assert answered and answered[0]["status"] == "ok"
+    assert not ready.exists(KEYS.stats("slow"))
+    assert ready.tensorget("o").tolist() == [1, 2]
+
+
 # 4. limits on every path -----------------------------------------------------------------
 
 

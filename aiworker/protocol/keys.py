@@ -40,6 +40,12 @@ def same_slot_suffix(key: str) -> str:
     return "}" + key
 
 
+def shares_slot(key: str) -> bool:
+    """Whether aiworker's keys named after ``key`` (``same_slot_suffix``) live in its hash slot:
+    all but those of untagged keys containing ``}``."""
+    return not same_slot_suffix(key).startswith("}")
+
+
 SLOTS = 16384
 
 

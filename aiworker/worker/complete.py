@@ -37,7 +37,7 @@ from aiworker.protocol import replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
 from aiworker.protocol.errors import OOM, WRONGTYPE
-from aiworker.protocol.keys import Keys
+from aiworker.protocol.keys import Keys, shares_slot
 from aiworker.protocol.requests import Job
 from aiworker.protocol.text import text
 from aiworker.storage import tensor_io
@@ -267,8 +267,14 @@ class Completer:
                 ]
                 writes.payload = payload
         writes.reply = item.reply
+        # with the model or script they count for, where a script may read it beside them: a
+        # job that ran while its model was deleted must not leave a hash nothing deletes
         writes.stats = [
-            (self.keys.stats(r.key), (r.duration_us, r.samples, r.calls, r.errors))
+            (
+                self.keys.stats(r.key),
+                r.key if shares_slot(r.key) else "",
+                (r.duration_us, r.samples, r.calls, r.errors),
+            )
             for r in outcome.stats
         ]
         return writes

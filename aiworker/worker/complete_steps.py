@@ -99,7 +99,8 @@ class Writes:
     # this many of its bytes (replies.forward_notice)
     splice: int = 0
     outputs: list[tuple[str, int, Mapping[str, Any]]] = field(default_factory=list)
-    stats: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
+    # (statistics key, the model or script it counts for or "", amounts)
+    stats: list[tuple[str, str, tuple[int, int, int, int]]] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     expect: list[tuple[str, bytes]] = field(default_factory=list)
     marker: str | None = None  # complete_once.lua: the step's done marker, sent as the entry id
@@ -136,8 +137,8 @@ def encode(head: list[str], entries: Sequence[Writes]) -> tuple[list[str], list[
             body += [ref(key), ttl, 0, 2 * len(fields)]
             for name, value in fields.items():
                 body += [name, value]
-        for key, values in entry.stats:
-            body += [ref(key), *values]
+        for key, owner, values in entry.stats:
+            body += [ref(key), ref(owner) if owner else 0, *values]
         for stream in entry.records:
             body += [ref(stream.stream), stream.maxlen, 2 * len(stream.fields)]
             for name, value in stream.fields.items():

@@ -14,7 +14,8 @@
 --     was written there whole by a plain HSET in the same MULTI as this script (a large value
 --     copied into Lua and out again costs Redis ten times the HSET), and is RENAMEd into place;
 --     the caller deletes the stage after this script, so none is left whatever happens here;
---   per stats record: key index, duration, samples, calls, errors;
+--   per stats record: key index, the index of the model or script it counts for (0: none
+--     given), duration, samples, calls, errors;
 --   per record: stream key index, MAXLEN (0: none), number of field/value items, the items;
 --   per expect: key index, digest (a model or script the job ran from cached metadata: it must
 --     still be stored in that version, or the entry is refused as STALE and runs again).
@@ -53,7 +54,8 @@ for e = 1, tonumber(take(1)) do
                         fields = list(tonumber(n))}
   end
   for s = 1, tonumber(n_stats) do
-    entry.stats[s] = {key = K[tonumber(take(1))], values = list(4)}
+    local key, owner = take(2)
+    entry.stats[s] = {key = K[tonumber(key)], owner = K[tonumber(owner)], values = list(4)}
   end
   for r = 1, tonumber(n_rec) do
     local key, maxlen, n = take(3)
@@ -130,33 +132,6 @@ local function count(key, values)
   return result
 end
 
--- Statistics are tallied per key as entries apply and counted once per key at the end
--- (``count_tallies``): the entries of a batch share their model's key, and four HINCRBYs per
--- entry would cost Redis more than the rest of a batched completion.
-local tallies, tallied = {}, {}  -- key -> {amounts, entries}; keys in order of first use
-local function tally(e, rec)
-  local t = tallies[rec.key]
-  if t == nil then
-    t = {amounts = {0, 0, 0, 0}, entries = {}}
-    tallies[rec.key] = t
-    tallied[#tallied + 1] = rec.key
-  end
-  for c = 1, 4 do t.amounts[c] = t.amounts[c] + tonumber(rec.values[c]) end
-  t.entries[#t.entries + 1] = e
-end
--- Count every tally; each entry's row (results[e][3]) gets the worst of its keys' outcomes:
--- 1 counted, -1 counted after repairing its hash, -2 not counted (denied).
-local function count_tallies(results)
-  for _, key in ipairs(tallied) do
-    local t = tallies[key]
-    local counted = count(key, t.amounts)
-    for _, e in ipairs(t.entries) do
-      local stats = results[e][3]
-      if stats == 0 or counted < stats then results[e][3] = counted end
-    end
-  end
-end
-
 -- A model's or script's stored version, read once per call: the entries of a batch ran the same
 -- model, and nothing this script writes is a model or a script (an output over one is refused).
 local versions = {}
@@ -164,6 +139,45 @@ local function version_of(key)
   if versions[key] == nil then versions[key] = redis.pcall('HMGET', key, 'kind', 'digest') end
   return versions[key]
 end
+-- Whether the model or script a statistics hash counts for is gone (deleted, or its key given
+-- another value, while the job ran): counting would make a hash that nothing deletes. A key the
+-- worker may not read is counted for, as before.
+local function owner_gone(key)
+  local fields = version_of(key)
+  if failed(fields) then return wrongtype(fields) end
+  return fields[1] ~= 'model' and fields[1] ~= 'script'
+end
+
+-- Statistics are tallied per key as entries apply and counted once per key at the end
+-- (``count_tallies``): the entries of a batch share their model's key, and four HINCRBYs per
+-- entry would cost Redis more than the rest of a batched completion.
+local tallies, tallied = {}, {}  -- key -> {amounts, entries, owner}; keys in order of first use
+local function tally(e, rec)
+  local t = tallies[rec.key]
+  if t == nil then
+    t = {amounts = {0, 0, 0, 0}, entries = {}, owner = rec.owner}
+    tallies[rec.key] = t
+    tallied[#tallied + 1] = rec.key
+  end
+  for c = 1, 4 do t.amounts[c] = t.amounts[c] + tonumber(rec.values[c]) end
+  t.entries[#t.entries + 1] = e
+end
+-- Count every tally; each entry's row (results[e][3]) gets the worst of its keys' outcomes:
+-- 1 counted, -1 counted after repairing its hash, -2 not counted (denied); a key whose model or
+-- script is gone is not counted (0: none).
+local function count_tallies(results)
+  for _, key in ipairs(tallied) do
+    local t = tallies[key]
+    if not (t.owner and owner_gone(t.owner)) then
+      local counted = count(key, t.amounts)
+      for _, e in ipairs(t.entries) do
+        local stats = results[e][3]
+        if stats == 0 or counted < stats then results[e][3] = counted end
+      end
+    end
+  end
+end
+
 -- Why an entry's writes may not happen (nil when they may), and the key: 'STALE' (a model or
 -- script stored anew since the job read its version), 'PREFIX' | 'NOPERM' | 'WRONGTYPE' for an
 -- output or a stream record, 'STAGE' for an output whose stage key holds no tensor.
