@@ -198,6 +198,32 @@ def test_a_model_stored_anew_on_another_device_is_followed(
         new.stop(timeout=10)
 
 
+def test_the_device_cache_is_bounded(
+    client: Client, worker: Worker, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models stored, run and deleted under new names by another client (the gateway serves
+    many): the client remembers the queues of the most recently used only, and never a key
+    longer than the caches' limit, so a long-running client does not grow without bound."""
+    from aiworker.client import ops
+    from aiworker.protocol.keys import REMEMBERED_KEY_LENGTH
+
+    monkeypatch.setattr(ops, "MAX_REMEMBERED_DEVICES", 3, raising=False)
+    runner = Client.from_url(redis_server.url, reply_timeout=10)
+    client.tensorset("a", np.array([1, 2], np.float32))
+    names = [f"m{n}" for n in range(6)] + ["m" * (REMEMBERED_KEY_LENGTH + 1)]
+    try:
+        for name in names:
+            client.modelstore(name, "STUB", "CPU", stub_blob("add"))
+            assert runner.modelexecute(name, ["a", "a"], ["c"]) == "OK"
+            client.modeldel(name)
+        assert list(runner._state.devices) == ["m3", "m4", "m5"]
+        client.modelstore("m3", "STUB", "CPU", stub_blob("mul"))
+        assert runner.modelexecute("m3", ["a", "a"], ["c"]) == "OK"  # remembered, still right
+        assert client.tensorget("c").tolist() == [1, 4]
+    finally:
+        runner.close()
+
+
 def test_withdraw_only_takes_back_unread_entries(client: Client) -> None:
     """The Lua script decides atomically against XREADGROUP: delivered entries stay."""
 

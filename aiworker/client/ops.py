@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from aiworker.client.verify import check_script_source, verify_model
 from aiworker.devices import parse_device
 from aiworker.protocol.backend_names import known_backends
 from aiworker.protocol.errors import AIError, WrongTypeError
-from aiworker.protocol.keys import Keys
+from aiworker.protocol.keys import REMEMBERED_KEY_LENGTH, Keys
 from aiworker.protocol.requests import IONames, Request
 from aiworker.settings import REDIS_CONFIG, Settings, whole_number
 from aiworker.storage import model as model_store
@@ -128,13 +129,20 @@ class Op:
     plan: Plan[Any]
 
 
+# Device queues a client (the gateway's too) remembers, at most: the least recently used go first,
+# and keys longer than REMEMBERED_KEY_LENGTH are read every time. Models and scripts stored and
+# deleted under new names (by another client, or by DEL) cannot make a long-running process hold
+# more than this.
+MAX_REMEMBERED_DEVICES = 10_000
+
+
 @dataclass
 class State:
     """What ops need from a client: its key names, reply shape and the device queue cache."""
 
     keyspace: Keys
     raw: bool = False
-    devices: dict[str, str] = field(default_factory=dict)
+    devices: OrderedDict[str, str] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ok(self) -> Any:
@@ -145,11 +153,23 @@ class State:
             if device is None:
                 self.devices.pop(key, None)
             else:
-                self.devices[key] = parse_device(device).queue
+                self._keep(key, parse_device(device).queue)
 
     def cached(self, key: str) -> str | None:
         with self.lock:
-            return self.devices.get(key)
+            queue = self.devices.get(key)
+            if queue is not None:
+                self.devices.move_to_end(key)
+            return queue
+
+    def _keep(self, key: str, queue: str) -> None:
+        """Remember ``key``'s queue (``MAX_REMEMBERED_DEVICES``); with the lock held."""
+        if len(key) > REMEMBERED_KEY_LENGTH:
+            return
+        self.devices[key] = queue
+        self.devices.move_to_end(key)
+        if len(self.devices) > MAX_REMEMBERED_DEVICES:
+            self.devices.popitem(last=False)
 
     def queue_plan(self, key: str, read: Callable[[str], Plan[Any]]) -> Plan[str]:
         """The device queue of a model or script (``read``: its metadata plan), cached: workers
@@ -161,7 +181,7 @@ class State:
             meta = yield from read(key)
             queue = parse_device(meta.device).queue
             with self.lock:
-                self.devices[key] = queue
+                self._keep(key, queue)
         return queue
 
     def forget(self, key: str, queue: str) -> None:
@@ -178,7 +198,7 @@ class State:
         device = self.keyspace.device_of(stream)
         if device != queue:
             with self.lock:
-                self.devices[key] = device
+                self._keep(key, device)
 
 
 # configuration -----------------------------------------------------------------------------
