@@ -166,6 +166,32 @@ def onnx_mul() -> bytes:
 
 
 @functools.cache
+def onnx_unstorable_outputs() -> bytes:
+    """Outputs no tensor hash holds: ``idx`` = NonZero(``x``) (shape 1 x 0 when ``x`` is all
+    zeros, as a detector finding nothing) and ``s``, a constant STRING with a NUL inside."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    strings = helper.make_tensor("v", TensorProto.STRING, [2], [b"a\x00b", b"ok"])
+    graph = helper.make_graph(
+        [
+            helper.make_node("NonZero", ["x"], ["idx"]),
+            helper.make_node("Constant", [], ["s"], value=strings),
+        ],
+        "unstorable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [
+            helper.make_tensor_value_info("idx", TensorProto.INT64, [1, None]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, [2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@functools.cache
 def onnx_loop() -> bytes:
     """A Loop that runs ``n`` times adding 1 to ``v`` (RedisAI's kill-switch test model)."""
     _onnx()

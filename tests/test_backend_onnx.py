@@ -3,14 +3,24 @@ the execution-timeout kill switch and the memory limit."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from builders import IRIS_X, onnx_external_data, onnx_loop, onnx_mul, sklearn_classifier
+from builders import (
+    IRIS_X,
+    onnx_external_data,
+    onnx_loop,
+    onnx_mul,
+    onnx_unstorable_outputs,
+    sklearn_classifier,
+)
 from conftest import store_unchecked
 
 from aiworker import AIError, Client, JobFailed, Settings, Worker
 from aiworker.backends.base import BackendOptions
 from aiworker.devices import gpu_count
+from aiworker.protocol import messages
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -80,6 +90,25 @@ LOAD_ERRORS = [
     (b"\n\x10\n\x01a\x12\x0bPlaceholder", "No graph was found in the protobuf."),
     (b"\xff\xfe garbage", "Failed to load model because protobuf parsing failed."),
 ]
+
+
+def test_unstorable_outputs_fail_the_job(client: Client, worker: Worker) -> None:
+    """An output with an empty dimension or a STRING element holding a NUL fails its job with
+    an error naming it, on every path, instead of leaving the job unanswered (the completion
+    could not encode it) or writing a tensor no reader takes."""
+    client.modelstore("m", "ONNX", "CPU", onnx_unstorable_outputs())
+    client.tensorset("zeros", np.zeros(3, np.float32))
+    client.tensorset("ones", np.ones(3, np.float32))
+    empty = "output tensor 'idx' of shape [1, 0] cannot be stored: " + messages.INVALID_SHAPE
+    nul = "output tensor 's' of shape [2] cannot be stored: " + messages.STRING_NUL
+    with pytest.raises(JobFailed, match=re.escape(empty)):
+        client.modelexecute("m", ["zeros"], ["idx", "s"], timeout=5000)
+    with pytest.raises(JobFailed, match=re.escape(nul)):
+        client.modelexecute("m", ["ones"], ["idx", "s"], timeout=5000)
+    with pytest.raises(JobFailed, match=re.escape(empty.replace("'idx'", "'i'"))):
+        client.run("m", {"x": np.zeros(3, np.float32)}, ["i", "t"], timeout=5000)
+    assert not client.exists("idx", "s")
+    assert client.infoget("m")["errors"] == 3
 
 
 @pytest.mark.parametrize(("blob", "message"), LOAD_ERRORS)

@@ -230,6 +230,16 @@ def to_blob(array: np.ndarray) -> bytes | memoryview:
     return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
+def check_storable(array: np.ndarray) -> None:
+    """RedisAI's error for an array no tensor hash can hold: one with an empty dimension (a
+    stored shape has none, as TENSORSET takes none) or a STRING element with a NUL inside (the
+    blob's terminator). A model's output can be either (ONNX's NonZero finding nothing)."""
+    parse_shape(array.shape)
+    if dtype_of(array) == "STRING":
+        for item in array.reshape(-1).tolist():
+            _to_bytes(item)
+
+
 def to_values(array: np.ndarray) -> list[Any]:
     """Flat Python values, as RedisAI's TENSORGET VALUES (STRING elements as str)."""
     if dtype_of(array) == "STRING":
