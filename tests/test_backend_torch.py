@@ -56,6 +56,32 @@ def test_runtime_error_is_the_error_line(client: Client, worker: Worker) -> None
     )
 
 
+def test_raise_and_assert_are_the_error_line(client: Client, worker: Worker) -> None:
+    """A ``raise`` or ``assert`` in TorchScript (torch.jit.Error, no RuntimeError) answers with
+    its message, as an op's failure does, in a model and in a script."""
+
+    class Refuses(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, a: torch.Tensor) -> torch.Tensor:
+            if bool(a.sum() > 0):
+                raise ValueError("input must not be positive")
+            return a
+
+    client.modelstore("m", "TORCH", "CPU", scripted_blob(Refuses()))
+    source = (
+        "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    assert bool(tensors[0].sum() < 0), 'input must not be positive'\n"
+        "    return tensors[0]\n"
+    )
+    client.scriptstore("s", "CPU", source, entry_points=["f"])
+    client.tensorset("a", np.ones(2, dtype=np.float32))
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a"], ["c"])
+    assert str(info.value) == "input must not be positive"
+    with pytest.raises(JobFailed) as info:
+        client.scriptexecute("s", "f", inputs=["a"], outputs=["c"])
+    assert str(info.value) == "input must not be positive"
+
+
 def test_tuple_outputs(client: Client, worker: Worker) -> None:
     class Both(torch.nn.Module):  # type: ignore[misc]
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

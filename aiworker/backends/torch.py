@@ -36,6 +36,7 @@ from aiworker.backends.base import (
 )
 from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
 from aiworker.backends.torch_common import (
+    TORCH_ERRORS,
     flatten,
     pinned_tensor,
     to_host,
@@ -169,7 +170,7 @@ class TorchModel(LoadedModel):
         try:
             with torch.inference_mode():  # forward: a loaded module has no Python hooks
                 result = self.module.forward(*tensors)
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        except TORCH_ERRORS as exc:
             raise AIError(torch_error_text(exc)) from exc
         return to_host(flatten(result)), started  # waits for the device
 

@@ -17,7 +17,11 @@ try:
 except ImportError as exc:  # the registry turns this into a hint naming the extra
     raise ImportError(f"PyTorch is not installed: {exc}") from exc
 
-_ERROR_CLASS = re.compile(r"^\w*(?:Error|Exception): ")
+# "RuntimeError: ", and "builtins.ValueError: " as a TorchScript ``raise`` names its class
+_ERROR_CLASS = re.compile(r"^[\w.]*(?:Error|Exception): ")
+# What TorchScript code raises: ``raise``/``assert`` in TorchScript surface as torch.jit.Error,
+# which is no RuntimeError; the rest are ops failing (shapes, indices, types).
+TORCH_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, torch.jit.Error)
 
 
 def torch_device(device: Device) -> torch.device:

@@ -18,7 +18,7 @@ from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
 from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
 from aiworker.backends.safety.torch_ops import check_code_shape
-from aiworker.backends.torch_common import to_torch_all, torch_error_text
+from aiworker.backends.torch_common import TORCH_ERRORS, to_torch_all, torch_error_text
 from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
@@ -131,7 +131,7 @@ class TorchScript(LoadedScript):
                         result = compiled(*inputs)
                     else:
                         result = compiled(inputs, list(keys), list(args))
-            except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            except TORCH_ERRORS as exc:
                 # an op's own text first: the script failed with it (TorchScript cannot catch)
                 raise AIError(torch_redis_ops.raised_text() or torch_error_text(exc)) from None
         check_run_time(started, self.limit_ms)
