@@ -45,6 +45,24 @@ def test_input_count_from_schema(client: Client, worker: Worker) -> None:
     assert str(info.value) == "Number of keys given as INPUTS here does not match model definition"
 
 
+def test_input_defaulting_to_none_may_be_left_out(client: Client, worker: Worker) -> None:
+    """An ``Optional[Tensor] = None`` argument has a default like any other: a job may give
+    fewer inputs, down to the arguments without one."""
+
+    class Bias(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+            return a * 10 if b is None else a + b
+
+    client.modelstore("m", "TORCH", "CPU", scripted_blob(Bias()))
+    set_ab(client)
+    client.modelexecute("m", ["a"], ["c"])
+    assert client.tensorget("c").tolist() == [[20, 30], [20, 30]]
+    client.modelexecute("m", ["a", "b"], ["c"])
+    assert client.tensorget("c").tolist() == [[4, 6], [4, 6]]
+    with pytest.raises(JobFailed, match="Number of keys given as INPUTS"):
+        client.modelexecute("m", ["a", "b", "a"], ["c"])
+
+
 def test_runtime_error_is_the_error_line(client: Client, worker: Worker) -> None:
     client.modelstore("m", "TORCH", "CPU", torch_blob("add"))
     client.tensorset("a", np.ones(2, dtype=np.float32))

@@ -58,7 +58,8 @@ def _input_range(module: torch.jit.ScriptModule) -> tuple[int, int] | None:
         arguments = module.forward.schema.arguments[1:]  # type: ignore[attr-defined] # 0: self
     except (AttributeError, RuntimeError):
         return None
-    required = sum(1 for a in arguments if a.default_value is None and not a.kwarg_only)
+    # has_default_value: an argument defaulting to None has None as its default_value too
+    required = sum(1 for a in arguments if not a.has_default_value() and not a.kwarg_only)
     return required, len(arguments)
 
 
