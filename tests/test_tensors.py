@@ -84,6 +84,9 @@ def test_tensorget_mutable_is_a_writable_copy(client: Client) -> None:
         (np.array([-1, 7], dtype=np.int64), {"dtype": "INT64", "shape": [2], "values": [-1, 7]}),
         (np.array([b"a", b"bc"], dtype=object),
          {"dtype": "STRING", "shape": [2], "values": ["a", "bc"]}),
+        # an element that is not UTF-8 stays bytes, as in a numpy result (redisai-py raised)
+        (np.array([b"\xff\xfe", b"ok"], dtype=object),
+         {"dtype": "STRING", "shape": [2], "values": [b"\xff\xfe", "ok"]}),
     ],
 )  # fmt: skip
 def test_tensorget_values_dict(client: Client, array: np.ndarray, expected: dict[str, Any]) -> None:

@@ -240,10 +240,20 @@ def check_storable(array: np.ndarray) -> None:
             _to_bytes(item)
 
 
+def _text_or_bytes(value: Any) -> str | bytes:
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
 def to_values(array: np.ndarray) -> list[Any]:
-    """Flat Python values, as RedisAI's TENSORGET VALUES (STRING elements as str)."""
+    """Flat Python values, as RedisAI's TENSORGET VALUES (STRING elements as str; bytes where
+    one is not UTF-8, as the client's numpy arrays keep them)."""
     if dtype_of(array) == "STRING":
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1).tolist()]
+        return [_text_or_bytes(v) for v in array.reshape(-1).tolist()]
     if array.dtype == np.bool_:
         return [int(v) for v in array.reshape(-1).tolist()]
     return list(array.reshape(-1).tolist())
