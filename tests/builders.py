@@ -192,6 +192,31 @@ def onnx_unstorable_outputs() -> bytes:
 
 
 @functools.cache
+def onnx_empty_optional() -> bytes:
+    """Outputs ``o``, an optional tensor holding nothing, and ``y`` = ``x``."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, [2])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Optional", [], ["o"], type=element),
+            helper.make_node("Identity", ["x"], ["y"]),
+        ],
+        "empty_optional",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [
+            helper.make_value_info("o", helper.make_optional_type_proto(element)),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@functools.cache
 def onnx_loop() -> bytes:
     """A Loop that runs ``n`` times adding 1 to ``v`` (RedisAI's kill-switch test model)."""
     _onnx()

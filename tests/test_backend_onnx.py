@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from builders import (
     IRIS_X,
+    onnx_empty_optional,
     onnx_external_data,
     onnx_loop,
     onnx_mul,
@@ -109,6 +110,14 @@ def test_unstorable_outputs_fail_the_job(client: Client, worker: Worker) -> None
         client.run("m", {"x": np.zeros(3, np.float32)}, ["i", "t"], timeout=5000)
     assert not client.exists("idx", "s")
     assert client.infoget("m")["errors"] == 3
+
+
+def test_an_empty_optional_output_fails_the_job(client: Client, worker: Worker) -> None:
+    client.modelstore("m", "ONNX", "CPU", onnx_empty_optional())
+    client.tensorset("x", np.ones(2, np.float32))
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["x"], ["o", "y"])
+    assert str(info.value) == "ONNX: output of type optional(tensor(float)) holds no value"
 
 
 @pytest.mark.parametrize(("blob", "message"), LOAD_ERRORS)

@@ -103,6 +103,8 @@ def to_tensor(value: Any, type_name: str) -> np.ndarray:
     """An onnxruntime output as a tensor; ONNX-ML maps and sequences are converted, not dropped."""
     if isinstance(value, np.ndarray):
         return value
+    if value is None:  # an optional output holding nothing: there is no tensor to store
+        raise AIError(f"ONNX: output of type {type_name} holds no value")
     dtype = _element_dtype(type_name)
     if isinstance(value, dict):
         return np.asarray(list(value.values()), dtype=dtype)
