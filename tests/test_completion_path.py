@@ -3,6 +3,7 @@ re-run), grouping by hash slot, and a single Redis as the one-slot case of the c
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from conftest import stub_blob
 from aiworker import Client, Worker
 from aiworker.embedded import RedisServer
 from aiworker.execution.outcome import Outcome, StatsRecord
+from aiworker.protocol import messages
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys, key_slot
 from aiworker.storage import lua, tensor_io
 from aiworker.storage.model import ModelMeta, store_model
@@ -155,3 +157,32 @@ def test_a_record_of_many_fields_is_appended_whole(redis_server: RedisServer) ->
     [(_id, stored)] = r.xrange("lr_stream")
     assert [(k.decode(), v.decode()) for k, v in stored.items()] == list(fields.items())
     assert tensor_io.read(r, "lr_out").tolist() == [0, 1, 2] and r.llen("lr_reply") == 1
+
+
+def test_a_result_that_cannot_be_encoded_fails_its_job_alone(redis_server: RedisServer) -> None:
+    """An output no check foresaw the encoder refusing (here an empty dimension, made by hand:
+    the runs refuse one before the completion) fails its own job with that said; the job
+    completed with it is answered as usual, and neither is left pending."""
+    r = redis.Redis.from_url(redis_server.url)
+    keys = Keys(prefix="unencodable:")
+    queue = keys.queue("CPU")
+    r.xgroup_create(queue, CONSUMER_GROUP, id="0", mkstream=True)
+    wire = Wire(r.connection_pool)
+    wire.pipeline([("XADD", queue, "*", "job", "x") for _ in range(2)])
+    read = wire.execute("XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "STREAMS", queue, ">")
+    stat = [StatsRecord("um", duration_us=10, samples=1, calls=1)]
+    outputs = [np.zeros((1, 0), np.float32), np.arange(2, dtype=np.float32)]
+    items = [
+        Finished(
+            entry[0].decode(), Outcome("ok", writes={f"uo{i}": out}, stats=stat), reply=f"ur{i}"
+        )
+        for i, (entry, out) in enumerate(zip(read[0][1], outputs, strict=True))
+    ]
+    results = Completer(keys, "w1", 60, HeldEntries()).complete(wire, queue, items)
+    assert all(result.applied for result in results)
+    failed, answered = (json.loads(r.lpop(f"ur{i}") or b"{}") for i in range(2))
+    assert failed["status"] == "error", failed
+    assert failed["error"].startswith(messages.RESULTS_UNWRITABLE), failed
+    assert answered["status"] == "ok" and not r.exists("uo0")
+    assert tensor_io.read(r, "uo1").tolist() == [0, 1]
+    assert r.xpending(queue, CONSUMER_GROUP)["pending"] == 0

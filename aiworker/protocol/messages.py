@@ -63,3 +63,5 @@ CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 # aiworker's own: a model or script stored again between two ops of one job (a DAG); RedisAI's
 # DAG held the versions it parsed, and no result mixes two of them
 REPLACED_DURING_JOB = "'{key}' was stored again while the job ran; run the job again"
+# aiworker's own: a result no check before the completion foresaw could not be encoded
+RESULTS_UNWRITABLE = "internal error: the job's results could not be written"

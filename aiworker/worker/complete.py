@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from aiworker.execution.outcome import DROPPED, FORWARD, Outcome, StatsRecord
-from aiworker.protocol import replies
+from aiworker.protocol import messages, replies
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import ENQUEUED_FIELD, FORWARDED_FIELDS, entry_time_ms
 from aiworker.protocol.errors import OOM, WRONGTYPE
@@ -205,13 +205,30 @@ class Completer:
         held: bool = False,
         answering: bool = False,
     ) -> list[Result]:
-        writes = [self.writes_of(item, item.queue) for item in items]
+        writes = [self._writes_or_failure(item) for item in items]
         self._stage(writes)
 
         def leased(queue: str, entry_id: str) -> bool:
             return held or lease_is_fresh(self.held.since(queue, entry_id), self.lease_s)
 
         return self.steps.run(conn, writes, self._head(), leased, answering)
+
+    def _writes_or_failure(self, item: Finished) -> Writes:
+        """``writes_of`` the item, or, when its results cannot be encoded (an output or reply
+        no check foresaw), of the item failed with that said: it is answered alone instead of
+        leaving every entry completed with it unanswered until redelivered."""
+        try:
+            return self.writes_of(item, item.queue)
+        except Exception as exc:  # nothing is sent yet: only this item's encoding failed
+            log.exception(
+                "job %s: its results could not be written", item.entry_id,
+                extra={"job_id": item.entry_id},
+            )  # fmt: skip
+            errors = [StatsRecord(r.key, errors=1) for r in item.outcome.stats]
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            item.outcome = Outcome.failed(f"{messages.RESULTS_UNWRITABLE}: {reason}", errors)
+            item.records, item.expect = [], []
+            return self.writes_of(item, item.queue)
 
     def _arguments(self, queue: str, items: Sequence[Finished]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV (past the head) of complete.lua for ``items`` of ``queue`` (every
