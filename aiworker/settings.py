@@ -144,6 +144,8 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "bool":
             return _boolean(value)
         if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # int() would make 1.7 or true a 1
             return int(value)
         if kind == "float":
             return float(value)

@@ -172,6 +172,16 @@ def test_invalid_value_raises(env: dict[str, str], name: str) -> None:
         Settings.load(env=env)
 
 
+@pytest.mark.parametrize("written", ["1.7", "true"])
+def test_a_whole_number_setting_in_a_file_is_not_rounded(tmp_path: Path, written: str) -> None:
+    """TOML's 1.7 (or true) for threads_per_queue was read as 1; 2.0 is 2."""
+    config = write_toml(tmp_path, f"threads_per_queue = {written}\n")
+    with pytest.raises(ConfigError, match="setting threads_per_queue: invalid value"):
+        Settings.load(config, env={})
+    config = write_toml(tmp_path, "threads_per_queue = 2.0\n")
+    assert Settings.load(config, env={}).threads_per_queue == 2
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
