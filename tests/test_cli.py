@@ -159,6 +159,12 @@ def test_check_fails_when_redis_is_down() -> None:
     assert code == 1 and "Redis unreachable" in out
 
 
+def test_check_of_a_device_no_worker_takes_is_a_usage_error(redis_server: RedisServer) -> None:
+    """``check --device TPU`` said "unhealthy: no live worker serves TPU", as if one could."""
+    code, out = invoke(redis_server.url, "check", "--device", "TPU")
+    assert code == 2 and "invalid device 'TPU'" in out
+
+
 def test_config_reads_and_sets_shared_settings(client: Client, redis_server: RedisServer) -> None:
     assert invoke(redis_server.url, "config", "MODEL_CHUNK_SIZE")[1].strip() == "535822336"
     assert invoke(redis_server.url, "config", "MODEL_CHUNK_SIZE", "1024")[1].strip() == "OK"

@@ -11,6 +11,8 @@ from redis.retry import Retry
 
 from aiworker.cli.common import make_client, make_settings, redis_options
 from aiworker.client.sync import Client
+from aiworker.devices import parse_device
+from aiworker.protocol.errors import AIError
 from aiworker.storage import health, memory
 
 # A worker counts as alive as long as clients count it alive (they send it jobs meanwhile).
@@ -23,9 +25,25 @@ max_age_option = click.option(
 )
 
 
+def _device(name: str) -> str:
+    """A device name as workers take it (``--device TPU`` is a usage error, not "unhealthy")."""
+    try:
+        parse_device(name)
+    except AIError:
+        raise click.BadParameter(
+            f"invalid device {name!r} (CPU, GPU, CPU:<n> or GPU:<n>)"
+        ) from None
+    return name
+
+
 @click.command()
 @redis_options
-@click.option("--device", default="CPU", help="The device queue that must be served.")
+@click.option(
+    "--device",
+    default="CPU",
+    callback=lambda _ctx, _param, value: _device(value),
+    help="The device queue that must be served.",
+)
 @max_age_option
 @click.option("--worker", "worker_name", default=None, help="Check only this worker (host:pid).")
 @click.option(
