@@ -131,6 +131,20 @@ def test_head_alone_may_exceed_batchsize() -> None:
     assert b.take(now=0) is None  # the second waits for a partner (MINBATCHSIZE 2)
 
 
+def test_a_request_that_does_not_fit_beside_a_waiting_one_is_not_held_by_it() -> None:
+    """A lone request waiting for partners (MINBATCHSIZE, no MINBATCHTIMEOUT) must not hold a
+    request behind it that is a full batch on its own: the group holds more than one batch
+    takes, so its oldest batch runs as it is, then the next."""
+    b = Batcher()
+    b.add(member(meta(4, 4), rows=1))
+    b.add(member(meta(4, 4), rows=4))
+    first = b.take(now=0)
+    assert first is not None and first.total == 1
+    b.finished(first)
+    second = b.take(now=0)
+    assert second is not None and second.total == 4
+
+
 def test_lone_request_waits_without_minbatchtimeout() -> None:
     b = Batcher()
     b.add(member(meta(4, 2), at=0, entry_id="1-0"))
@@ -361,6 +375,23 @@ def test_minbatchtimeout_completes_a_lone_request(client: Client, worker: Worker
     reply = submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x")
     assert reply["status"] == "ok"
     assert reply["batch"] == {"size": 1, "requests": 1}
+
+
+def test_a_full_request_is_not_held_behind_a_lone_one(client: Client, worker: Worker) -> None:
+    store_batched(client, batch=4, minbatch=4)
+    client.tensorset("a", np.ones((1, 2), np.float32))
+    client.tensorset("b", np.ones((4, 2), np.float32))
+    lone: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: lone.update(submit(client, "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 x"))
+    )
+    thread.start()
+    wait_until(lambda: worker.held_entry_ids(), timeout=10)
+    full = submit(client, "AI.MODELEXECUTE m INPUTS 1 b OUTPUTS 1 y TIMEOUT 5000")
+    thread.join(10)
+    assert full["status"] == lone["status"] == "ok"
+    assert full["batch"] == {"size": 4, "requests": 1}
+    np.testing.assert_array_equal(client.tensorget("y"), np.ones((4, 2)))
 
 
 def test_waiting_request_times_out(client: Client, worker: Worker) -> None:

@@ -8,8 +8,9 @@ their batch; every other member is a batch of one, ready at once. So single jobs
 members are one thing to the lane: it takes the oldest ready ``Batch`` whenever it may start a run.
 
 A model's group is dispatched when its requests add up to BATCHSIZE (the oldest request alone may
-exceed it), when they reach MINBATCHSIZE, when the oldest has waited MINBATCHTIMEOUT ms, or at once
-when MINBATCHSIZE is 0 (then it takes whatever is queued). Without MINBATCHTIMEOUT a lone request
+exceed it), when more wait than one batch takes (a request that does not fit beside the oldest
+must not wait for the oldest's partners), when they reach MINBATCHSIZE, when the oldest has waited
+MINBATCHTIMEOUT ms, or at once when MINBATCHSIZE is 0 (then it takes whatever is queued). Without MINBATCHTIMEOUT a lone request
 under MINBATCHSIZE waits for partners, as in RedisAI - but never without bound: beyond
 ``max_waiting`` requests or ``max_waiting_bytes`` of inputs waiting in one lane, the oldest group
 runs as it is (``overfull``), so nobody can park unbounded memory in a worker.
@@ -268,13 +269,12 @@ class Batcher:
             if ready is not None and head.arrived >= ready[0]:
                 continue
             chosen = self._choose(group)
+            full = self._is_full(chosen, group)
             if (
                 force
                 or self._superseded(key)
-                or (
-                    self._is_ready(chosen, now)
-                    and (self._is_full(chosen, group) or not self._busy(key[:2], chosen))
-                )
+                or full
+                or (self._is_ready(chosen, now) and not self._busy(key[:2], chosen))
             ):
                 ready = (head.arrived, key, chosen)
         if ready is None and oldest is not None and self.overfull():
@@ -390,7 +390,9 @@ class Batcher:
 
     @staticmethod
     def _is_full(chosen: list[Member], group: list[Member]) -> bool:
-        """As full as it gets: BATCHSIZE rows, or requests waiting that no longer fit."""
+        """As full as it gets: BATCHSIZE rows, or requests waiting that no longer fit. Either
+        way it runs, short of MINBATCHSIZE or not: what waits behind it can run only after it
+        (RedisAI ran such a request with the oldest, beyond BATCHSIZE)."""
         meta = chosen[0].meta
         assert meta is not None
         return len(chosen) < len(group) or Batcher._rows(chosen) >= meta.batchsize
