@@ -216,6 +216,34 @@ def test_zero_dim_inputs_run_alone() -> None:
     assert batch is not None and len(batch.members) == 1
 
 
+def test_inputs_without_rows_run_alone() -> None:
+    """RedisAI ran a request whose batch dimension is 0 alone: it waits for no partners."""
+    assert signature_of([np.zeros((0, 2), np.float32)]) is None
+    b = Batcher()
+    b.add(Member("m", meta(4, 4), [np.zeros((0, 2), np.float32)]))
+    batch = b.take(now=0)
+    assert batch is not None and len(batch.members) == 1 and not batch.members[0].batching
+
+
+def test_a_dag_op_without_rows_does_not_wait_for_partners(client: Client, worker: Worker) -> None:
+    """A script in a DAG can hand a batching model a tensor of 0 rows (TENSORSET cannot)."""
+    pytest.importorskip("torch")
+    torch_script = (
+        "def empty(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    return tensors[0][:0]\n"
+    )
+    store_batched(client, batch=4, minbatch=4)
+    client.scriptstore("s", "CPU", torch_script, entry_points=["empty"])
+    client.tensorset("a", np.ones((3, 2), np.float32))
+    reply = submit(
+        client,
+        "AI.DAGEXECUTE LOAD 1 a TIMEOUT 5000 |> AI.SCRIPTEXECUTE s empty INPUTS 1 a OUTPUTS 1 e"
+        " |> AI.MODELEXECUTE m INPUTS 1 e OUTPUTS 1 x |> AI.TENSORGET x META",
+    )
+    assert reply["status"] == "ok"
+    assert reply["results"][2]["shape"] == [0, 2]
+
+
 def test_expired_members_leave_the_batcher() -> None:
     b = Batcher()
     b.add(member(meta(4, 2), deadline=1.0, entry_id="1-0"))

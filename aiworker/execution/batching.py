@@ -62,16 +62,19 @@ from aiworker.storage.model import ModelMeta
 # (then again as often while some wait): a new version or a MODELDEL gives them no partners.
 VERSION_CHECK_S = 1.0
 
-# Per input: (dtype, every dimension but the first). None: a 0-d input, which cannot be batched.
+# Per input: (dtype, every dimension but the first). None: inputs that cannot be batched.
 Signature = tuple[tuple[str, tuple[int, ...]], ...] | None
 
 
 def signature_of(inputs: Sequence[np.ndarray]) -> Signature:
-    """What must agree between requests batched together."""
+    """What must agree between requests batched together; None for a request that runs alone:
+    a 0-d input, inputs of different first dimensions (no way to split outputs back by size),
+    or no rows at all (RedisAI ran a batch dimension of 0 alone: such a request adds nothing
+    to a batch, and waiting for MINBATCHSIZE partners would hold it for nothing)."""
     if not inputs or any(x.ndim == 0 for x in inputs):
         return None
     rows = inputs[0].shape[0]
-    if any(x.shape[0] != rows for x in inputs):  # no way to split outputs back by size
+    if rows == 0 or any(x.shape[0] != rows for x in inputs):
         return None
     return tuple((x.dtype.str if x.dtype.kind != "O" else "O", x.shape[1:]) for x in inputs)
 
