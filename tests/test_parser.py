@@ -77,6 +77,10 @@ VALID: list[tuple[str, object]] = [
     ("AI._MODELSCAN", ModelScan()),
     ("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c", ME("m", ("a", "b"), ("c",))),
     ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 c TIMEOUT 5", ME("m", ("a",), ("c",), 5)),
+    (
+        "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 c TIMEOUT 9223372036854775807",
+        ME("m", ("a",), ("c",), 9223372036854775807),
+    ),
     ("AI.MODELRUN m INPUTS a b OUTPUTS c", ME("m", ("a", "b"), ("c",))),
     ("AI.MODELRUN m TIMEOUT 9 INPUTS a OUTPUTS c d", ME("m", ("a",), ("c", "d"), 9)),
     # scripts
@@ -326,6 +330,18 @@ ERRORS: list[tuple[str, str]] = [
     ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT", "No value provided for TIMEOUT"),
     ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT x", "Invalid value for TIMEOUT"),
     ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 0", "Invalid value for TIMEOUT"),
+    # RedisAI read integers with Redis' string2ll: a signed 64-bit integer, no "+", no leading 0
+    (
+        "AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 9223372036854775808",
+        "Invalid value for TIMEOUT",
+    ),
+    (
+        "AI.DAGEXECUTE LOAD 1 a TIMEOUT 100000000000000000000000000000 |> AI.TENSORGET a META",
+        "Invalid value for TIMEOUT",
+    ),
+    ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT +5", "Invalid value for TIMEOUT"),
+    ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 05", "Invalid value for TIMEOUT"),
+    ("AI.TENSORSET t FLOAT -0 VALUES 1", "invalid or negative value found in tensor shape"),
     ("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 5 x", "Invalid argument: x"),
     # AI.MODELRUN (deprecated)
     ("AI.MODELRUN m INPUTS a OUTPUTS", "wrong number of arguments for 'AI.MODELRUN' command"),

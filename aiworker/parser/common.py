@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from aiworker.protocol.errors import AIError
 
-_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+# Redis' string2ll: no sign but "-", no leading zero, no "-0", within a signed 64-bit integer.
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
+_INT64 = range(-(1 << 63), 1 << 63)
 _UNSIGNED = re.compile(r"^[0-9]+$")
 
 # Separates the ops of a DAG command.
@@ -26,7 +28,7 @@ def is_word(token: str, word: str) -> bool:
 
 def parse_int(token: str, message: str) -> int:
     """A signed decimal integer the way Redis' string2ll reads it, or ``AIError(message)``."""
-    if not _INTEGER.match(token):
+    if not _INTEGER.fullmatch(token) or int(token) not in _INT64:
         raise AIError(message)
     return int(token)
 
