@@ -317,6 +317,8 @@ def test_a_member_whose_input_fails_the_model_fails_alone() -> None:
         if result.outputs is not None:
             np.testing.assert_array_equal(result.outputs[0], np.full((1, 2), value))
     assert stub.stub.rows[0] == 5 and len(stub.stub.rows) < 2 * len(rows)
+    # each says the run it got its result from: [1, -1] failed, then ran apart; [2, 3, 4] passed
+    assert [r.ran_in for r in results] == [(1, 1), (1, 1), (3, 3), (3, 3), (3, 3)]
     failing = run_batch(StubExecutor("fail"), Batch(members))
     assert [r.error for r in failing] == ["stub failure"] * 5
     assert all(r.counted for r in failing)
@@ -558,8 +560,11 @@ def test_a_request_that_fails_a_batched_torch_model_fails_alone(
 
     good, bad = at_once([lambda: run("good"), lambda: run("bad")])
     assert good is not None and bad is not None
-    assert good["status"] == "ok" and good["batch"]["requests"] == 2, good
+    # the batch of both failed; each reply says the run it got its result from: its own
+    assert good["status"] == "ok" and good["batch"] == {"size": 1, "requests": 1}, good
     assert bad["status"] == "error" and "index out of range" in bad["error"]
+    assert bad["batch"] == {"size": 1, "requests": 1}
+    assert client.infoget("emb")["calls"] == 2
     expected = embedding(torch.tensor([[1, 2]])).detach().numpy()
     np.testing.assert_allclose(client.tensorget("out_good"), expected, rtol=1e-6)
     assert not client.exists("out_bad")

@@ -89,6 +89,9 @@ class MemberResult:
     counted: bool = True  # False when the model never ran (e.g. it failed to load): no stats
     listed: IONames | None = None  # a model check's: the names its framework reports
     version: str = ""  # the stored version that ran (``LoadedModel.version``)
+    # (rows, requests) of the batch run that gave this result: after a failed run, a part of the
+    # batch taken (``_run_members``)
+    ran_in: tuple[int, int] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -545,17 +548,21 @@ def _run_members(model: LoadedModel, members: list[Member]) -> list[MemberResult
             half = len(members) // 2
             return _run_members(model, members[:half]) + _run_members(model, members[half:])
         counted = not isinstance(exc, CountMismatch)
-        return [MemberResult(None, error_text(exc), counted=counted) for _ in members]
+        ran_in = (total, len(members))
+        return [
+            MemberResult(None, error_text(exc), counted=counted, ran_in=ran_in) for _ in members
+        ]
+    ran_in = (total, len(members))
     if len(members) == 1 and rows == total:
-        return [MemberResult(outputs, duration_us=duration_us)]
+        return [MemberResult(outputs, duration_us=duration_us, ran_in=ran_in)]
     if any(np.ndim(out) == 0 or out.shape[0] != rows for out in outputs):
         error = messages.MODEL_BATCH_SIZE_MISMATCH
-        return [MemberResult(None, error, duration_us) for _ in members]
+        return [MemberResult(None, error, duration_us, ran_in=ran_in) for _ in members]
     results: list[MemberResult] = []
     offset = 0
     for member in members:
         mine = [out[offset : offset + member.size] for out in outputs]
-        results.append(MemberResult(mine, duration_us=duration_us))
+        results.append(MemberResult(mine, duration_us=duration_us, ran_in=ran_in))
         offset += member.size
     return results
 

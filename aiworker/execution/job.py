@@ -136,8 +136,9 @@ class ModelOp(Op):
 
     def finish(self, run: JobRun, result: MemberResult, member: Member, batch: Batch) -> None:
         request: ModelExecute = self.request
-        if run.single and member.batching:
-            run.reply_fields["batch"] = {"size": batch.total, "requests": len(batch.members)}
+        if run.single and member.batching:  # the run it got its result from
+            size, requests = result.ran_in or (batch.total, len(batch.members))
+            run.reply_fields["batch"] = {"size": size, "requests": requests}
         if result.outputs is None:
             if result.counted:
                 run.stats.append(StatsRecord(request.key, errors=1))
