@@ -10,10 +10,11 @@ members are one thing to the lane: it takes the oldest ready ``Batch`` whenever 
 A model's group is dispatched when its requests add up to BATCHSIZE (the oldest request alone may
 exceed it), when more wait than one batch takes (a request that does not fit beside the oldest
 must not wait for the oldest's partners), when they reach MINBATCHSIZE, when the oldest has waited
-MINBATCHTIMEOUT ms, or at once when MINBATCHSIZE is 0 (then it takes whatever is queued). Without MINBATCHTIMEOUT a lone request
-under MINBATCHSIZE waits for partners, as in RedisAI - but never without bound: beyond
-``max_waiting`` requests or ``max_waiting_bytes`` of inputs waiting in one lane, the oldest group
-runs as it is (``overfull``), so nobody can park unbounded memory in a worker.
+MINBATCHTIMEOUT ms, or at once when MINBATCHSIZE is 0 (then it takes whatever is queued). Without
+MINBATCHTIMEOUT a lone request under MINBATCHSIZE waits for partners, as in RedisAI - but never
+without bound: beyond ``max_waiting`` requests or ``max_waiting_bytes`` of inputs waiting in one
+lane, the oldest group runs as it is (``overfull``), so nobody can park unbounded memory in a
+worker.
 
 While a batch of a model runs in this process, a partial batch of the same model waits for it to
 finish (a full one may start at once): the requests arriving meanwhile then run together, instead
