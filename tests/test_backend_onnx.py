@@ -94,8 +94,8 @@ LOAD_ERRORS = [
 
 
 def test_unstorable_outputs_fail_the_job(client: Client, worker: Worker) -> None:
-    """An output with an empty dimension or a STRING element holding a NUL fails its job with
-    an error naming it, on every path, instead of leaving the job unanswered (the completion
+    """An output with an empty dimension written to a key, or a STRING element holding a NUL,
+    fails its job with an error naming it, instead of leaving the job unanswered (the completion
     could not encode it) or writing a tensor no reader takes."""
     client.modelstore("m", "ONNX", "CPU", onnx_unstorable_outputs())
     client.tensorset("zeros", np.zeros(3, np.float32))
@@ -106,7 +106,8 @@ def test_unstorable_outputs_fail_the_job(client: Client, worker: Worker) -> None
         client.modelexecute("m", ["zeros"], ["idx", "s"], timeout=5000)
     with pytest.raises(JobFailed, match=re.escape(nul)):
         client.modelexecute("m", ["ones"], ["idx", "s"], timeout=5000)
-    with pytest.raises(JobFailed, match=re.escape(empty.replace("'idx'", "'i'"))):
+    # a DAG's own tensors may have no rows (RedisAI ran models on them), never a NUL inside
+    with pytest.raises(JobFailed, match=re.escape(nul.replace("'s'", "'t'"))):
         client.run("m", {"x": np.zeros(3, np.float32)}, ["i", "t"], timeout=5000)
     assert not client.exists("idx", "s")
     assert client.infoget("m")["errors"] == 3

@@ -145,7 +145,8 @@ class ModelOp(Op):
             raise AIError(result.error)
         try:
             run.one_version(request.key, result.version)
-            check_outputs(request.outputs, result.outputs, run.runtime.bounds.max_tensor_bytes)
+            limit = run.runtime.bounds.max_tensor_bytes
+            check_outputs(request.outputs, result.outputs, limit, stored=run.single)
         except AIError:
             run.stats.append(StatsRecord(request.key, errors=1))
             raise
@@ -206,7 +207,9 @@ class ScriptOp(Op):
                     f"Script returned {len(result.outputs)} outputs, expected {len(request.outputs)}"
                 )
             for name, array in zip(request.outputs, result.outputs, strict=True):
-                limits.check_output(name, array, run.runtime.bounds.max_tensor_bytes)
+                limits.check_output(
+                    name, array, run.runtime.bounds.max_tensor_bytes, stored=run.single
+                )
         except AIWorkerError:
             run.stats.append(StatsRecord(request.key, errors=1))
             raise

@@ -137,12 +137,13 @@ def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarr
     return codec.zeros(dtype_name, dims)
 
 
-def check_output(name: str, array: np.ndarray, limit: int) -> None:
-    """Refuse to write an output larger than ``limit`` (a worker's ``max_tensor_bytes``, which
-    ``Limits`` caps by what its Redis accepts in one value), or one no tensor hash can hold: the
-    completion could not encode it, and the job would go unanswered."""
+def check_output(name: str, array: np.ndarray, limit: int, stored: bool = True) -> None:
+    """Refuse an output larger than ``limit`` (a worker's ``max_tensor_bytes``, which ``Limits``
+    caps by what its Redis accepts in one value), or one no tensor hash can hold (``stored``: it
+    is written to a key; ``codec.check_storable``): the completion could not encode it, and the
+    job would go unanswered."""
     try:
-        codec.check_storable(array)
+        codec.check_storable(array, stored)
     except AIError as exc:
         shape = list(array.shape)
         raise AIError(f"output tensor '{name}' of shape {shape} cannot be stored: {exc}") from None

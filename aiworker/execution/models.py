@@ -133,9 +133,12 @@ def samples_of(outputs: Sequence[np.ndarray], requests: int = 1) -> int:
     return int(first.shape[0])
 
 
-def check_outputs(names: Sequence[str], outputs: Sequence[np.ndarray], limit: int) -> None:
-    """A model must return one tensor per output key, each within ``max_tensor_bytes``."""
+def check_outputs(
+    names: Sequence[str], outputs: Sequence[np.ndarray], limit: int, stored: bool = True
+) -> None:
+    """A model must return one tensor per output key, each within ``max_tensor_bytes`` (and
+    storable when ``stored``: ``limits.check_output``)."""
     if len(outputs) != len(names):
         raise AIError(messages.MODEL_OUTPUT_COUNT)
     for name, array in zip(names, outputs, strict=True):
-        limits.check_output(name, array, limit)
+        limits.check_output(name, array, limit, stored)

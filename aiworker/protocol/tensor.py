@@ -225,16 +225,19 @@ def to_blob(array: np.ndarray) -> bytes | memoryview:
         array = array.astype(target)
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    if array.ndim == 0:
+    if array.ndim == 0 or array.size == 0:  # (a memoryview of no elements cannot be cast)
         return array.tobytes()
     return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
-def check_storable(array: np.ndarray) -> None:
+def check_storable(array: np.ndarray, stored: bool = True) -> None:
     """RedisAI's error for an array no tensor hash can hold: one with an empty dimension (a
     stored shape has none, as TENSORSET takes none) or a STRING element with a NUL inside (the
-    blob's terminator). A model's output can be either (ONNX's NonZero finding nothing)."""
-    parse_shape(array.shape)
+    blob's terminator). A model's output can be either (ONNX's NonZero finding nothing).
+    ``stored``: written to a key; a DAG's own tensor may have an empty dimension (RedisAI ran a
+    model on 0 rows, and a reply carries one), not a NUL inside an element."""
+    if stored:
+        parse_shape(array.shape)
     if dtype_of(array) == "STRING":
         for item in array.reshape(-1).tolist():
             _to_bytes(item)
