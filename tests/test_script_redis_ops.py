@@ -194,6 +194,10 @@ def test_model_execute_runs_a_stored_model(client: Client, script: TorchScript) 
         call(script, context(client, "nope"), "run_model", ["nope"], ["1"])
     with pytest.raises(AIError, match="OUTPUTS here does not match model definition"):
         call(script, context(client, "m{1}"), "run_model", ["m{1}"], ["2"])
+    # a declared tag is shared by aiworker's own keys, where requesters may write a hash
+    client.hset("aiworker:tmp:{1}m", mapping=client.hgetall("m{1}"))
+    with pytest.raises(AIError, match=r"key 'aiworker:tmp:\{1\}m' is one of aiworker's own"):
+        call(script, context(client, "{1}"), "run_model", ["aiworker:tmp:{1}m"], ["1"])
 
 
 def test_names_resolve_as_redisai_did(client: Client, script: TorchScript) -> None:

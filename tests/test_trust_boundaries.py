@@ -216,6 +216,28 @@ def test_a_dag_never_fetches_an_oversized_kind_of_a_key_it_persists_to(
     assert client.hstrlen("out", "kind") == HUGE, "left as it was"
 
 
+def test_no_job_runs_a_model_or_script_under_aiworkers_prefix(
+    client: Client, worker: Worker
+) -> None:
+    """No store puts a model or script under the prefix, and requesters may write hashes there
+    (``aiworker:tmp:``, ``aiworker:reply:``): a hash found there is no owner's code."""
+    stub_model(client, "m", op="mul")
+    client.scriptstore("s", "CPU", SCRIPT, ["double"])
+    tensor(client, "a", [1, 2])
+    for kind, key in (("model", "m"), ("script", "s")):
+        client.hset(f"aiworker:tmp:{kind}", mapping=client.hgetall(key))
+    refused = "one of aiworker's own keys .*no model or script is stored there"
+    with pytest.raises(AIError, match=refused):
+        client.modelexecute("aiworker:tmp:model", ["a", "a"], ["o"])
+    with pytest.raises(AIError, match=refused):
+        client.scriptexecute("aiworker:tmp:script", "double", inputs=["a"], outputs=["o"])
+    dag = client.dag(load=["a"])
+    dag.modelexecute("aiworker:reply:x", ["a", "a"], ["o"])
+    with pytest.raises(AIError, match=refused):
+        dag.tensorget("o").execute()
+    assert not client.exists("o")
+
+
 def test_a_store_refuses_metadata_a_worker_would_not_read(client: Client) -> None:
     with pytest.raises(LimitExceeded, match="the model's tag take"):
         client.modelstore("m", "STUB", "CPU", stub_blob("identity"), tag="x" * HUGE)

@@ -245,6 +245,8 @@ def model_execute(model_key: str, inputs: list[torch.Tensor], num_outputs: int) 
     context = _CONTEXT.get()
     if context is None or context.run_model is None:
         raise RuntimeError("RedisAI models cannot be run from this script run")
+    if context.keyspace.owns(model_key):  # a declared {tag} is shared by aiworker's own keys
+        raise refused(f"ERR key '{model_key}' is one of aiworker's own: no model is stored there")
     if not key_allowed(model_key, context.keys, context.exact_keys):
         raise refused(f"ERR key '{model_key}' is not declared in the script's KEYS")
     device = inputs[0].device if inputs else torch.device("cpu")

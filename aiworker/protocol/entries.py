@@ -24,6 +24,8 @@ from aiworker.protocol import replies
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import (
+    MODEL,
+    SCRIPT,
     Request,
     request_to_map,
 )
@@ -85,8 +87,9 @@ def reply_format_of(fields: Mapping[Any, Any]) -> str:
 
 def check_names(request: Request, keys: Keys, utf8: bool = True) -> None:
     """Refuse names that are not valid UTF-8 (only a ``cmd`` can carry such: msgpack text is
-    UTF-8 by definition, so ``utf8=False`` skips that check), and outputs under aiworker's own
-    prefix."""
+    UTF-8 by definition, so ``utf8=False`` skips that check), outputs under aiworker's own
+    prefix, and models or scripts there: no store puts one there, and requesters may write some
+    of those keys (``tmp:``, ``reply:``), so a hash there is no model an owner stored."""
     for name in request.names() if utf8 else ():
         if strict_text(name) is None:
             shown = name.encode(errors="backslashreplace").decode()
@@ -96,4 +99,10 @@ def check_names(request: Request, keys: Keys, utf8: bool = True) -> None:
             raise AIError(
                 f"WRONGTYPE '{name}' is one of aiworker's own keys ({keys.prefix}*): "
                 "a job may not write it"
+            )
+    for kind, name in request.state_reads():
+        if kind in (MODEL, SCRIPT) and keys.owns(name):
+            raise AIError(
+                f"WRONGTYPE '{name}' is one of aiworker's own keys ({keys.prefix}*): "
+                "no model or script is stored there"
             )
