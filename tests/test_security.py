@@ -109,6 +109,11 @@ def test_requirepass(password_redis: tuple[redis.Redis, int]) -> None:
 # ACL ----------------------------------------------------------------------------------------
 
 
+def acl_words(rule: str) -> list[str]:
+    """A rule's ACL SETUSER arguments: each selector (``(...)``) is one."""
+    return re.findall(r"\([^)]*\)|\S+", rule)
+
+
 def documented_worker_rule(password: str, who: str = "worker") -> str:
     """A least-privilege rule exactly as docs/security.md gives it (``who``: worker, requester)."""
     text = (ROOT / "docs" / "security.md").read_text()
@@ -255,6 +260,28 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
     assert admin.get("secret:plain") == b"do not read"
 
 
+def test_a_requester_cannot_start_a_queue_anew(acl_redis: tuple[redis.Redis, int]) -> None:
+    """A stream deleted and XADDed again takes ids it gave before: a requester that could
+    delete a queue could re-add another client's unread entry id naming that client's reply
+    list, and the reply would be believed. The documented rule queues and reads queues only."""
+    admin, port = acl_redis
+    requester = redis.Redis(port=port, username="requester", password="requesterpw")
+    entry = requester.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE ai:m INPUTS 1 ai:a OUTPUTS 1 ai:b"})
+    limit = KEYS.queue_limit(QUEUE)
+    admin.set(limit, "100")
+    meddling = [("DEL", QUEUE), ("PEXPIRE", QUEUE, 1), ("RENAME", QUEUE, "ai:q"),
+                ("EVAL", "return redis.call('DEL', KEYS[1])", 1, QUEUE),
+                ("EVAL", f"return redis.call('DEL', '{QUEUE}')", 0), ("DEL", limit),
+                ("HSET", limit, "f", "v"), ("XADD", limit, "*", "f", "v"),
+                ("EVAL", "return redis.call('XADD', KEYS[2], '*', 'f', 'v')", 2, QUEUE, limit)]  # fmt: skip
+    for command in meddling:
+        with pytest.raises(redis.ResponseError, match=r"permissions|can't access"):
+            requester.execute_command(*command)
+    assert [found for found, _ in admin.xrange(QUEUE)] == [entry] and admin.get(limit) == b"100"
+    assert requester.xrange(QUEUE) and requester.xadd(QUEUE, {"cmd": "x"})
+    assert requester.get(limit) == b"100" and requester.xlen(QUEUE) == 2
+
+
 @pytest.mark.slow
 def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]) -> None:
     """Everything a requester does, as the least-privilege requester of docs/security.md, next
@@ -324,7 +351,7 @@ def test_an_owner_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]) -
     line: directly (checked here) and through the gateway (checked by a worker: the blob staged
     under aiworker:verify:*). A store resets statistics that the requester may only read."""
     admin_redis, port = acl_redis
-    rule = documented_worker_rule("ownerpw", "requester").split()[2:] + documented_owner_extra()
+    rule = acl_words(documented_worker_rule("ownerpw", "requester"))[2:] + documented_owner_extra()
     admin_redis.execute_command("ACL", "SETUSER", "owner", *rule)
     worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
                                threads_per_queue=1, block_ms=100)  # fmt: skip
@@ -368,7 +395,7 @@ def test_a_requester_with_the_documented_rule_on_a_cluster(
     node, whose commands on the other masters' keys were answered "ERR <slot> <host:port>", and
     kept it after it was granted INFO."""
     nodes = [redis_cluster.node(port) for port in redis_cluster.ports]
-    rule = documented_worker_rule("requesterpw", "requester").split()[2:]
+    rule = acl_words(documented_worker_rule("requesterpw", "requester"))[2:]
     keys = [f"ai:t{n}" for n in range(12)]
     assert len({redis_cluster.master_of(key) for key in keys}) == 3  # every master
     big = np.arange(150_000, dtype=np.float32)
