@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from aiworker.devices.names import parse_device
 from aiworker.protocol.errors import AIError, ConfigError
@@ -228,11 +228,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its password shown as ``***``, where redis-py reads one: in the user part
+    and in the query (``?password=``, the usual place in a ``unix://`` URL)."""
+    password = urlsplit(url).password
+    head, mark, query = url.partition("?")
+    if password is not None:
+        head = head.replace(":" + password + "@", ":***@", 1)
+    if query:
+        query = "&".join(_hide_value(pair) for pair in query.split("&"))
+    return head + mark + query
+
+
+def _hide_value(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    return name + equals + "***" if unquote(name) == "password" and value else pair
 
 
 # AI.CONFIG names a worker reads from Redis -> (Settings field, smallest, largest accepted value).
