@@ -1176,6 +1176,32 @@ def test_a_redis_wanting_a_password_the_gateways_url_lacks(
         redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
 
 
+@pytest.mark.parametrize("login", ["", ":wrong@"])
+def test_a_client_that_signs_in_uses_the_urls_db(
+    client: Client, settings: Settings, login: str
+) -> None:
+    """A gateway whose URL names DB 3 but no password (or a wrong one), before a Redis that
+    wants one: Redis refuses the URL's SELECT until the client signs in, so the client's keys
+    went to DB 0 while the model stores the gateway runs for it went to DB 3 (its job then found
+    no model). After each AUTH (or HELLO with AUTH, a RESET's too) until one passes, the URL's
+    DB is selected."""
+    client.config_set("requirepass", "secret")
+    base = _with_password(settings).rpartition("/")[0]
+    url = base.replace(":secret@", login) + "/3"
+    try:
+        with running_gateway(settings.replace(redis_url=url), require_auth=True) as gw:
+            sock = raw_socket(gw)
+            sock.sendall(b"AUTH wrong\r\nAUTH secret\r\nSET a 1\r\n"
+                         b"AI.TENSORSET t INT8 1 VALUES 1\r\nRESET\r\n"
+                         b"HELLO 2 AUTH default secret\r\nSET b 1\r\nSELECT 4\r\nSET c 1\r\n"
+                         b"QUIT\r\n")  # fmt: skip
+            assert read_until_closed(sock).endswith(b"+OK\r\n+OK\r\n+OK\r\n+OK\r\n")
+        keys = {db: sorted(redis.Redis.from_url(f"{base}/{db}").keys()) for db in (0, 3, 4)}
+        assert keys == {0: [], 3: [b"a", b"b", b"t"], 4: [b"c"]}
+    finally:
+        redis.Redis.from_url(base).config_set("requirepass", "")
+
+
 def test_a_failed_auth_pipelined_behind_other_commands_keeps_its_reply(
     client: Client, settings: Settings
 ) -> None:

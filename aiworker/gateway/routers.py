@@ -31,6 +31,9 @@ class SingleRouter:
         self.target = target
         self.hello = hello  # what a new connection sends first (the URL's user and DB)
         self.upstream: Upstream | None = None
+        # the URL's SELECT was sent on a connection Redis has not signed in yet (its URL has
+        # no password, or a wrong one): refused, it goes again after each AUTH until one passes
+        self.unselected = False
 
     def route(self, args: list[bytes], slot: Slot) -> Upstream:
         return self.own()
@@ -41,6 +44,7 @@ class SingleRouter:
             self.upstream = Upstream(self.session, self.target, self.hello)
             if self.session.upstreams_paused:
                 self.upstream.pause()
+            self.unselected = True
         return self.upstream
 
     def redirect(self, upstream: Upstream, slot: Slot, data: bytes) -> bool:
@@ -54,9 +58,19 @@ class SingleRouter:
         user and DB, which ``Session.signed_out`` takes for the client's identity)."""
         for command in self.hello:
             sent_on.send(command, Slot(internal=ignore))
+        self.unselected = True
+
+    def signing_in(self) -> None:
+        """An AUTH (or HELLO with AUTH) went to Redis: after it, the URL's SELECT that Redis
+        refused before it, so that a client that signs in uses the URL's DB."""
+        if self.unselected and self.session.gw.url_refused:
+            for command in self.hello:
+                if command[0] == b"SELECT":
+                    self.own().send(command, Slot(internal=ignore))
 
     def authenticated(self, credentials: list[bytes]) -> None:
-        """AUTH went through the one connection: nothing else to tell."""
+        """AUTH went through the one connection: its DB is selected now."""
+        self.unselected = False
 
     def speak(self, resp3: bool) -> None:
         """HELLO went through the one connection: its replies come in that protocol now."""
@@ -202,6 +216,9 @@ class ClusterRouter:
             for command in self.base_hello:
                 upstream.send(command, Slot(internal=ignore))
             upstream.flush()
+
+    def signing_in(self) -> None:
+        """An AUTH went to a master: nothing to select (a cluster has DB 0 only)."""
 
     def authenticated(self, credentials: list[bytes]) -> None:
         """AUTH reached one master: the others (open now or later) get it too."""

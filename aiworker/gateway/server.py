@@ -125,6 +125,8 @@ class Gateway:
         self.probed = False  # the probe was answered
         # clients must AUTH before anything else: --require-auth, or Redis wants it (``probe``)
         self.auth_required = config.require_auth
+        # Redis refuses the URL's login (no password, or a wrong one): the URL's SELECT too
+        self.url_refused = False
         url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         tls_kwargs(settings)  # TLS files with a plain redis:// URL: refused, as a worker does
         self._tls = _client_tls(settings) if settings.redis_url.startswith("rediss") else None
@@ -248,9 +250,8 @@ class Gateway:
         reachable: asked again when the next client connects."""
         try:
             self.nosub = await unsubscribe_error(self._target, self._hello)
-            self.auth_required = self.config.require_auth or await wants_auth(
-                self._target, self._hello
-            )
+            self.url_refused = await wants_auth(self._target, self._hello)
+            self.auth_required = self.config.require_auth or self.url_refused
             self.probed = True
         except Unanswered:
             pass

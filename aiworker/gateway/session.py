@@ -148,6 +148,7 @@ class Host(Protocol):
     cluster: bool
     nosub: bytes | None
     auth_required: bool
+    url_refused: bool
 
     def admit(self, session: Session) -> bool: ...
 
@@ -440,6 +441,8 @@ class Session(ReplyHooks, asyncio.Protocol):
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)
         upstream = self._plain(args, slot)
+        if name == b"AUTH" or (name == b"HELLO" and hello_credentials(args) is not None):
+            self.router.signing_in()
         if name == b"RESET":
             assert isinstance(upstream, Upstream)  # (never fanned out)
             self.router.reset(upstream)
