@@ -1176,6 +1176,33 @@ def test_a_redis_wanting_a_password_the_gateways_url_lacks(
         redis.Redis.from_url(_with_password(settings)).config_set("requirepass", "")
 
 
+@pytest.mark.parametrize(
+    ("login", "logged"),
+    [
+        ("", "Redis wants a password the gateway's URL does not give"),
+        (":wrong@", "Redis refused the credentials of the gateway's URL (invalid username"),
+    ],
+)
+def test_a_refused_url_login_is_logged_as_such(
+    client: Client, settings: Settings, caplog: pytest.LogCaptureFixture, login: str, logged: str
+) -> None:
+    """Redis answered and refused the gateway's URL's login: the gateway logged "Redis not
+    reachable yet", with a text about a HELLO it never sent."""
+    client.config_set("requirepass", "secret")
+    base = _with_password(settings).rpartition("/")[0]
+    try:
+        url = base.replace(":secret@", login)
+        with (
+            caplog.at_level("WARNING", "aiworker.gateway"),
+            running_gateway(settings.replace(redis_url=url)),
+        ):
+            pass
+        assert logged in caplog.text
+        assert "not reachable" not in caplog.text
+    finally:
+        redis.Redis.from_url(base).config_set("requirepass", "")
+
+
 @pytest.mark.parametrize("login", ["", ":wrong@"])
 def test_a_client_that_signs_in_uses_the_urls_db(
     client: Client, settings: Settings, login: str

@@ -159,6 +159,8 @@ class Gateway:
             self.cluster = bool(info.get("cluster_enabled"))
         except redis.ResponseError:  # NOPERM: taken for a single Redis
             self.cluster = False
+        except redis.AuthenticationError as exc:  # reachable: its clients sign in (``probe``)
+            log.warning("%s: clients must AUTH; taking it for a single Redis", self._refusal(exc))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("Redis not reachable yet (%s): taking it for a single Redis", exc)
         await self._probe()
@@ -199,6 +201,13 @@ class Gateway:
             hide_password(self.settings.redis_url),
             " (Redis Cluster)" if self.cluster else "",
         )
+
+    def _refusal(self, exc: Exception) -> str:
+        """What Redis' refusal of the URL's login means (without a password in the URL, its
+        NOAUTH to redis-py's HELLO, whose text would send an operator looking for a HELLO)."""
+        if any(command[0] == b"AUTH" for command in self._hello):
+            return f"Redis refused the credentials of the gateway's URL ({exc})"
+        return "Redis wants a password the gateway's URL does not give"
 
     def address(self) -> tuple[str, int]:
         """The TCP address listened on (the port picked when 0 was asked); ("", 0) when the
