@@ -1122,6 +1122,23 @@ def test_a_password_of_any_bytes_reaches_redis_exactly(gateway: Gateway, client:
         client.acl_deluser("bin")
 
 
+def test_a_password_in_the_urls_query_leaves_a_client_its_own(
+    client: Client, settings: Settings
+) -> None:
+    """The gateway's URL may give its password as ``?password=`` (redis-py reads it there too):
+    the AI.* commands run off a signed-in client's connection (a WATCHing client's, model and
+    script stores) logged in with that password and the client's user name: WRONGPASS."""
+    client.execute_command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "&*", "+@all")
+    try:  # the default user has no password: it takes any
+        with running_gateway(settings.replace(redis_url=settings.redis_url + "?password=x")) as gw:
+            sock = raw_socket(gw)
+            sock.sendall(b"AUTH alice alicepw\r\nWATCH w\r\nAI.TENSORSET t INT8 1 VALUES 1\r\n"
+                         b"AI.TENSORGET t VALUES\r\nQUIT\r\n")  # fmt: skip
+            assert read_until_closed(sock) == b"+OK\r\n+OK\r\n+OK\r\n*1\r\n:1\r\n+OK\r\n"
+    finally:
+        client.acl_deluser("alice")
+
+
 @contextmanager
 def requiring_auth(client: Client, settings: Settings) -> Iterator[Gateway]:
     """A gateway with ``--require-auth`` before a Redis whose password is ``secret`` (the

@@ -72,20 +72,24 @@ class Identity:
 
     def url(self, url: str) -> str:
         """``url`` with this identity's DB in place of its own, and without credentials when it
-        has its own (``credentials``: redis-py lets a URL's own win over keyword arguments, and
-        unquotes a URL's as UTF-8)."""
+        has its own (``credentials``: redis-py lets a URL's own, in its user part or its query,
+        win over keyword arguments, and unquotes a URL's as UTF-8)."""
         parts = urlsplit(url)
-        netloc = parts.netloc
+        netloc, path, query = parts.netloc, parts.path, parts.query
         if self.password is not None:
             netloc = netloc.rpartition("@")[2]
-        path, query = parts.path, parts.query
+            query = _without(query, {"username", "password"})
         if self.db is not None:
             if parts.scheme == "unix":
-                kept = [(k, v) for k, v in parse_qsl(query) if k != "db"]
-                query = urlencode([*kept, ("db", str(self.db))])
+                query = urlencode([*parse_qsl(_without(query, {"db"})), ("db", str(self.db))])
             else:
                 path = f"/{self.db}"
         return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
+
+
+def _without(query: str, names: set[str]) -> str:
+    """A URL's ``query`` without the values of ``names``."""
+    return urlencode([(k, v) for k, v in parse_qsl(query, True) if k not in names])
 
 
 def _exact(value: str) -> bytes:
