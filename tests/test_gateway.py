@@ -20,6 +20,7 @@ import redis
 from conftest import stub_blob, wait_until
 
 from aiworker import Client, ConfigError, Settings, Worker
+from aiworker.embedded import RedisServer
 from aiworker.gateway import Gateway, GatewayConfig
 from aiworker.gateway.inplace import InPlace
 from aiworker.gateway.resp import command, reply_end
@@ -1137,6 +1138,35 @@ def test_a_password_in_the_urls_query_leaves_a_client_its_own(
             assert read_until_closed(sock) == b"+OK\r\n+OK\r\n+OK\r\n*1\r\n:1\r\n+OK\r\n"
     finally:
         client.acl_deluser("alice")
+
+
+def test_a_selecting_client_watches_through_a_unix_socket_url(tmp_path: Any) -> None:
+    """Before a Redis reached over its unix socket, the pooled client a WATCHing (or storing)
+    client's AI.* commands run on was made from ``unix:/path``, which redis-py refuses: a
+    client that had SELECTed a DB got "Redis URL must specify one of the following schemes"."""
+    path = tmp_path / "redis.sock"
+    with RedisServer(extra_args=["--unixsocket", str(path), "--unixsocketperm", "700"]):
+        settings = Settings(redis_url=f"unix://{path}")
+        with running_gateway(settings) as gw:
+            sock = raw_socket(gw)
+            sock.sendall(b"SELECT 5\r\nWATCH w\r\nAI.TENSORSET t INT8 1 VALUES 1\r\nQUIT\r\n")
+            assert read_until_closed(sock) == b"+OK\r\n" * 4
+        assert redis.Redis(unix_socket_path=str(path), db=5).exists("t") == 1
+
+
+def test_a_selecting_client_keeps_its_db_before_a_urls_query_db(
+    client: Client, settings: Settings
+) -> None:
+    """A URL may name its DB in the query (``?db=3``, which redis-py reads before the path's):
+    a client that SELECTed DB 4 and WATCHes had its AI.* commands run in DB 3."""
+    with running_gateway(settings.replace(redis_url=settings.redis_url + "?db=3")) as gw:
+        sock = raw_socket(gw)
+        sock.sendall(b"SET u 1\r\nSELECT 4\r\nWATCH w\r\nAI.TENSORSET t INT8 1 VALUES 1\r\n"
+                     b"QUIT\r\n")  # fmt: skip
+        assert read_until_closed(sock) == b"+OK\r\n" * 5
+    base = settings.redis_url.rpartition("/")[0]
+    keys = {db: sorted(redis.Redis.from_url(f"{base}/{db}").keys()) for db in (0, 3, 4)}
+    assert keys == {0: [], 3: [b"u"], 4: [b"t"]}
 
 
 @contextmanager

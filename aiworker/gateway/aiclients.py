@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.cluster import ClusterNode
@@ -73,18 +73,17 @@ class Identity:
     def url(self, url: str) -> str:
         """``url`` with this identity's DB in place of its own, and without credentials when it
         has its own (``credentials``: redis-py lets a URL's own, in its user part or its query,
-        win over keyword arguments, and unquotes a URL's as UTF-8)."""
+        win over keyword arguments, and unquotes a URL's as UTF-8). The DB goes in the query,
+        where redis-py reads it first (before a path's)."""
         parts = urlsplit(url)
-        netloc, path, query = parts.netloc, parts.path, parts.query
+        netloc, query = parts.netloc, parts.query
         if self.password is not None:
             netloc = netloc.rpartition("@")[2]
             query = _without(query, {"username", "password"})
         if self.db is not None:
-            if parts.scheme == "unix":
-                query = urlencode([*parse_qsl(_without(query, {"db"})), ("db", str(self.db))])
-            else:
-                path = f"/{self.db}"
-        return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
+            query = urlencode([*parse_qsl(_without(query, {"db"}), True), ("db", str(self.db))])
+        # not urlunsplit: it writes unix:///path as unix:/path, which redis-py refuses
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _without(query: str, names: set[str]) -> str:
