@@ -616,6 +616,7 @@ def test_up_settings_layer_below_the_flag(recorded: list[Recorder], tmp_path: Pa
         ("redis://u:secret@h:notaport", "Port could not be cast"),
         ("http://localhost:6379", "must specify one of the following schemes"),
         ("redis://[::1", "Invalid IPv6 URL"),
+        ("redis://localhost:6379/abc", "the database number 'abc' is no number"),  # was DB 0
     ],
 )
 @pytest.mark.parametrize("command", ["status", "worker", "gateway"])

@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -118,6 +119,10 @@ def _check_url(url: str) -> None:
         redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ConfigError(f"redis_url: {exc}") from None
+    parts = urlsplit(url)
+    db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    if db and not db.isdigit():  # redis-py would take /abc for DB 0 without a word
+        raise ConfigError(f"redis_url: the database number {db!r} is no number")
 
 
 def make_client(
