@@ -307,6 +307,9 @@ def tensorget(
 def writable_plan(key: str, kind: str) -> Plan[None]:
     """RedisAI refuses to overwrite a key that holds another kind of value."""
     current, exists = yield Commands([("HGET", key, "kind"), ("EXISTS", key)])
+    for reply in (current, exists):  # a refusal (NOPERM) is no answer about the key's type
+        if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+            raise reply
     if isinstance(current, Exception):
         raise WrongTypeError()
     if (current is not None and text(current) != kind) or (current is None and exists):
