@@ -422,7 +422,7 @@ def test_a_least_privilege_worker_on_the_cluster(redis_cluster: Any, cluster_cli
         node.execute_command("ACL", "SETUSER", "aiworker", *rule)
     c = cluster_client
     try:
-        c.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+        c.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
         c.tensorset("ai:a", np.array([1, 2], dtype=np.float32))
         port = redis_cluster.ports[1]
         settings = Settings(
@@ -437,12 +437,12 @@ def test_a_least_privilege_worker_on_the_cluster(redis_cluster: Any, cluster_cli
             outputs = [f"ai:o{{{n}}}" for n in range(6)]
             assert len(masters_of(redis_cluster, *outputs)) == 3
             for key in outputs:
-                assert c.modelexecute("ai:m", ["ai:a", "ai:a"], [key]) == "OK"
+                assert c.modelexecute("model:m", ["ai:a", "ai:a"], [key]) == "OK"
             with pytest.raises(AIError, match="NOPERM"):  # outside the worker's key patterns
-                c.modelexecute("ai:m", ["ai:a", "ai:a"], ["elsewhere"])
+                c.modelexecute("model:m", ["ai:a", "ai:a"], ["elsewhere"])
         finally:
             w.stop(timeout=10)
-        assert c.infoget("ai:m")["calls"] == 7
+        assert c.infoget("model:m")["calls"] == 7
         assert not c.exists("elsewhere")
     finally:
         for node in nodes:

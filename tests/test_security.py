@@ -151,7 +151,7 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
 ) -> None:
     admin, port = acl_redis
     url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
-    stub_model(admin, "ai:m")
+    stub_model(admin, "model:m")
     tensor(admin, "ai:a", [1, 2])
     tensor(admin, "ai:b", [10, 20])
     tensor(admin, "secret:t", [7, 7])
@@ -161,7 +161,7 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
     admin.xadd(
         QUEUE,
         {
-            "cmd": "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:x",
+            "cmd": "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:x",
             "reply": "aiworker:reply:dl",
         },
     )
@@ -175,7 +175,7 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
         assert admin.xlen(KEYS.dead_letters("CPU")) == 1
 
         ok = _run(
-            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c", "aiworker:reply:1"
+            admin, "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c", "aiworker:reply:1"
         )
         assert ok["status"] == "ok", ok
         assert Client(port=port, username="admin", password="adminpw").tensorget(
@@ -183,7 +183,9 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
         ).tolist() == [11.0, 22.0]
 
         leak = _run(
-            admin, "AI.MODELEXECUTE ai:m INPUTS 2 secret:t ai:b OUTPUTS 1 ai:d", "aiworker:reply:2"
+            admin,
+            "AI.MODELEXECUTE model:m INPUTS 2 secret:t ai:b OUTPUTS 1 ai:d",
+            "aiworker:reply:2",
         )
         # Redis 7.0: "...has no permissions to access one of the keys..."; 7.2+, Valkey: "No
         # permissions to access a key"
@@ -193,27 +195,34 @@ def test_the_worker_runs_as_a_least_privilege_acl_user(
 
         escape = _run(
             admin,
-            "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 secret:out",
+            "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 secret:out",
             "aiworker:reply:3",
         )
         assert escape["error"] == "NOPERM this worker may not write key 'secret:out'", escape
         assert not admin.exists("secret:out"), "nothing half applied"
 
         # What a job may write holds for this user too: never over a model, nor the queue.
-        model_before = admin.hgetall("ai:m")
+        model_before = admin.hgetall("model:m")
         over = _run(
-            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:m", "aiworker:reply:4"
+            admin,
+            "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 model:m",
+            "aiworker:reply:4",
         )
-        assert over["error"].startswith("WRONGTYPE") and admin.hgetall("ai:m") == model_before
+        assert over["error"].startswith("WRONGTYPE") and admin.hgetall("model:m") == model_before
         queue = _run(
-            admin, f"AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 {QUEUE}", "aiworker:reply:5"
+            admin,
+            f"AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 {QUEUE}",
+            "aiworker:reply:5",
         )
         assert "aiworker's own keys" in queue["error"] and admin.type(QUEUE) == b"stream"
 
         # A reply key outside the worker's patterns: the job still completes, unanswered.
         admin.xadd(
             QUEUE,
-            {"cmd": "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:e", "reply": "elsewhere"},
+            {
+                "cmd": "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:e",
+                "reply": "elsewhere",
+            },
         )
         wait_until(lambda: admin.exists("ai:e"), timeout=10)
         assert not admin.exists("elsewhere")
@@ -266,7 +275,7 @@ def test_a_requester_cannot_start_a_queue_anew(acl_redis: tuple[redis.Redis, int
     list, and the reply would be believed. The documented rule queues and reads queues only."""
     admin, port = acl_redis
     requester = redis.Redis(port=port, username="requester", password="requesterpw")
-    entry = requester.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE ai:m INPUTS 1 ai:a OUTPUTS 1 ai:b"})
+    entry = requester.xadd(QUEUE, {"cmd": "AI.MODELEXECUTE model:m INPUTS 1 ai:a OUTPUTS 1 ai:b"})
     limit = KEYS.queue_limit(QUEUE)
     admin.set(limit, "100")
     meddling = [("DEL", QUEUE), ("PEXPIRE", QUEUE, 1), ("RENAME", QUEUE, "ai:q"),
@@ -288,7 +297,7 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
     to a worker with the worker's rule: directly and through the gateway."""
     admin_redis, port = acl_redis
     admin = Client(port=port, username="admin", password="adminpw", reply_timeout=20)
-    admin.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+    admin.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
     admin.tensorset("ai:secret-of-admin", np.ones(2, np.float32))
     worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
                                threads_per_queue=1, block_ms=100)  # fmt: skip
@@ -300,20 +309,20 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
         assert con.tensorset("ai:a", small) == "OK"
         assert con.tensorset("ai:big", large) == "OK"
         assert con.tensorget("ai:big").tolist() == large.tolist()
-        assert con.modelget("ai:m", meta_only=True)["backend"] == "STUB"
-        assert con.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+        assert con.modelget("model:m", meta_only=True)["backend"] == "STUB"
+        assert con.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
         assert con.tensorget("ai:b").tolist() == (small * 2).tolist()
         dag = con.dag(load=["ai:a"], persist=["ai:c"])
-        dag.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:c"])
+        dag.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:c"])
         assert dag.execute() == ["OK"]
         assert (
-            con.run("ai:m", {"a": small, "b": small}, ["out"])["out"].tolist()
+            con.run("model:m", {"a": small, "b": small}, ["out"])["out"].tolist()
             == (small * 2).tolist()
         )
-        assert con.infoget("ai:m")["calls"] >= 3
-        admin.modelstore("ai:gpu", "STUB", "GPU", stub_blob("add"))
+        assert con.infoget("model:m")["calls"] >= 3
+        admin.modelstore("model:gpu", "STUB", "GPU", stub_blob("add"))
         with pytest.raises(NoLiveWorker):  # nobody serves GPU: taken back
-            con.modelexecute("ai:gpu", ["ai:a", "ai:a"], ["ai:d"])
+            con.modelexecute("model:gpu", ["ai:a", "ai:a"], ["ai:d"])
         con.close()
         with running_gateway(worker_settings) as gw:
             host, gw_port = gw.address()
@@ -321,7 +330,7 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
                                   password="requesterpw", protocol=2)  # fmt: skip
             assert (
                 through.execute_command(
-                    "AI.MODELEXECUTE", "ai:m", "INPUTS", 2, "ai:a", "ai:a", "OUTPUTS", 1, "ai:e"
+                    "AI.MODELEXECUTE", "model:m", "INPUTS", 2, "ai:a", "ai:a", "OUTPUTS", 1, "ai:e"
                 )
                 == b"OK"
             )
@@ -361,28 +370,108 @@ def test_an_owner_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]) -
     w = Worker(worker_settings).start()
     try:
         owner = Client(port=port, username="owner", password="ownerpw", reply_timeout=20)
-        assert owner.modelstore("ai:m", "STUB", "CPU", stub_blob("add")) == "OK"
-        assert owner.modelstore("ai:m", "STUB", "CPU", stub_blob("mul")) == "OK"  # again
-        assert owner.scriptstore("ai:s", "CPU", source, "bar") == "OK"
-        assert owner.modelscan() == [["ai:m", ""]] and owner.scriptscan() == [["ai:s", ""]]
+        assert owner.modelstore("model:m", "STUB", "CPU", stub_blob("add")) == "OK"
+        assert owner.modelstore("model:m", "STUB", "CPU", stub_blob("mul")) == "OK"  # again
+        assert owner.scriptstore("model:s", "CPU", source, "bar") == "OK"
+        assert owner.modelscan() == [["model:m", ""]] and owner.scriptscan() == [["model:s", ""]]
         owner.tensorset("ai:a", np.ones(2, np.float32))
-        assert owner.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
-        assert owner.modeldel("ai:m") == "OK" and owner.scriptdel("ai:s") == "OK"
+        assert owner.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+        assert owner.modeldel("model:m") == "OK" and owner.scriptdel("model:s") == "OK"
         assert owner.modelscan() == [] and owner.scriptscan() == []
         owner.close()
         with running_gateway(worker_settings) as gw:
             host, gw_port = gw.address()
             through = redis.Redis(host=host, port=gw_port, username="owner",
                                   password="ownerpw", protocol=2)  # fmt: skip
-            store = ("AI.MODELSTORE", "ai:g", "STUB", "CPU", "BLOB", stub_blob("add"))
+            store = ("AI.MODELSTORE", "model:g", "STUB", "CPU", "BLOB", stub_blob("add"))
             assert through.execute_command(*store) == b"OK"
-            assert through.execute_command("AI.SCRIPTSTORE", "ai:t", "CPU", "ENTRY_POINTS", 1,
+            assert through.execute_command("AI.SCRIPTSTORE", "model:t", "CPU", "ENTRY_POINTS", 1,
                                            "bar", "SOURCE", source) == b"OK"  # fmt: skip
-            assert through.execute_command("AI.MODELDEL", "ai:g") == b"OK"
-            assert through.execute_command("AI.SCRIPTDEL", "ai:t") == b"OK"
+            assert through.execute_command("AI.MODELDEL", "model:g") == b"OK"
+            assert through.execute_command("AI.SCRIPTDEL", "model:t") == b"OK"
     finally:
         w.stop(timeout=10)
-    assert admin_redis.exists("ai:m", "ai:s", "ai:g", "ai:t") == 0
+    assert admin_redis.exists("model:m", "model:s", "model:g", "model:t") == 0
+
+
+@pytest.mark.slow
+def test_a_requester_runs_models_and_scripts_but_cannot_change_them(
+    acl_redis: tuple[redis.Redis, int],
+) -> None:
+    """Models and scripts are code: the documented requester runs the stored ones, directly and
+    through the gateway, but may not overwrite or delete one, neither with hash commands (a
+    model's chunks written with HSET would be a store), nor in a script of its own, nor with
+    AI.* stores and deletes. Its rule once granted HSET, DEL and RENAME on the models' keys."""
+    pytest.importorskip("torch")
+    admin_redis, port = acl_redis
+    admin = Client(port=port, username="admin", password="adminpw", reply_timeout=20)
+    admin.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
+    admin.scriptstore("model:s", "CPU", ADD_SCRIPT, ["add"])
+    stored = {key: admin_redis.hgetall(key) for key in ("model:m", "model:s")}
+    worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
+                               threads_per_queue=1, block_ms=100)  # fmt: skip
+    requester = redis.Redis(port=port, username="requester", password="requesterpw")
+    denied = r"(?i)NOPERM|no permissions|can.t access"
+    requester.hset("ai:x", mapping={"kind": "model", "chunk:0": "x"})
+    for key in stored:
+        meddling = [("HSET", key, "chunk:0", "code"), ("HSET", key, "size", 4),
+                    ("HSET", key, "digest", "0" * 64), ("HSET", key, "source", "code"),
+                    ("HDEL", key, "chunk:0"), ("DEL", key), ("PEXPIRE", key, 1),
+                    ("RENAME", key, "ai:y"), ("RENAME", "ai:x", key),
+                    ("EVAL", "return redis.call('HSET', KEYS[1], 'chunk:0', 'code')", 1, key),
+                    ("EVAL", f"return redis.call('DEL', '{key}')", 0)]  # fmt: skip
+        for command in meddling:
+            with pytest.raises(redis.ResponseError, match=denied):
+                requester.execute_command(*command)
+    url = f"redis://requester:requesterpw@127.0.0.1:{port}/0"
+    w = Worker(worker_settings).start()
+    try:
+        con = Client.from_url(url, reply_timeout=20)
+        refused: list[Callable[[], Any]] = [
+            lambda: con.modelstore("model:m", "STUB", "CPU", stub_blob("mul")),
+            lambda: con.modeldel("model:m"),
+            lambda: con.scriptstore("model:s", "CPU", ADD_SCRIPT, ["add"]),
+            lambda: con.scriptdel("model:s"),
+            # a key it may not read: refused, not taken for one holding another kind of value
+            lambda: con.modelstore("secret:m", "STUB", "CPU", stub_blob("mul")),
+            lambda: con.scriptstore("secret:s", "CPU", ADD_SCRIPT, ["add"]),
+        ]
+        for attempt in refused:
+            with pytest.raises(redis.ResponseError, match=denied):
+                attempt()
+        con.tensorset("ai:a", np.arange(3, dtype=np.float32))
+        assert con.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+        assert con.scriptexecute("model:s", "add", inputs=["ai:a", "ai:b"], outputs=["ai:c"])
+        assert con.tensorget("ai:c").tolist() == [0.0, 3.0, 6.0]
+        con.close()
+        with running_gateway(worker_settings) as gw:
+            host, gw_port = gw.address()
+            through = redis.Redis(host=host, port=gw_port, username="requester",
+                                  password="requesterpw", protocol=2)  # fmt: skip
+            ai = through.execute_command
+            refused_through = [
+                ("AI.MODELSTORE", "model:m", "STUB", "CPU", "BLOB", stub_blob("mul")),
+                ("AI.MODELDEL", "model:m"),
+                ("AI.SCRIPTSTORE", "model:s", "CPU", "ENTRY_POINTS", 1, "add",
+                 "SOURCE", ADD_SCRIPT),
+                ("AI.SCRIPTDEL", "model:s"),
+                ("AI.TENSORSET", "model:m", "FLOAT", 1, "VALUES", 1),
+                ("HSET", "model:m", "chunk:0", "code"),
+                ("DEL", "model:s"),
+            ]  # fmt: skip
+            for command in refused_through:
+                with pytest.raises(redis.ResponseError, match=denied):
+                    ai(*command)
+            run = ("AI.MODELEXECUTE", "model:m", "INPUTS", 2, "ai:a", "ai:a", "OUTPUTS", 1, "ai:d")
+            assert ai(*run) == b"OK"
+            assert ai("AI.SCRIPTEXECUTE", "model:s", "add", "INPUTS", 2, "ai:a", "ai:d",
+                      "OUTPUTS", 1, "ai:e") == b"OK"  # fmt: skip
+            assert ai("AI.TENSORGET", "ai:e", "VALUES") == [b"0", b"3", b"6"]
+    finally:
+        w.stop(timeout=10)
+        admin.close()
+    assert {key: admin_redis.hgetall(key) for key in stored} == stored
+    assert not list(admin_redis.scan_iter("aiworker:verify:*"))
 
 
 @pytest.mark.slow
@@ -399,7 +488,7 @@ def test_a_requester_with_the_documented_rule_on_a_cluster(
     keys = [f"ai:t{n}" for n in range(12)]
     assert len({redis_cluster.master_of(key) for key in keys}) == 3  # every master
     big = np.arange(150_000, dtype=np.float32)
-    cluster_client.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
+    cluster_client.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
     try:
         for node in nodes:
             node.execute_command("ACL", "SETUSER", "requester", *rule)
@@ -419,7 +508,7 @@ def test_a_requester_with_the_documented_rule_on_a_cluster(
                 assert ai("AI.TENSORGET", key, "VALUES") == [str(n).encode()]
             assert ai("AI.TENSORSET", "ai:big", "FLOAT", big.size, "BLOB", big.tobytes()) == b"OK"
             assert ai("AI.TENSORGET", "ai:big", "BLOB") == big.tobytes()
-            assert ai("AI.MODELEXECUTE", "ai:m", "INPUTS", 2, keys[3], keys[3],
+            assert ai("AI.MODELEXECUTE", "model:m", "INPUTS", 2, keys[3], keys[3],
                       "OUTPUTS", 1, "ai:o") == b"OK"  # fmt: skip
             assert ai("AI.TENSORGET", "ai:o", "VALUES") == [b"6"]
         for node in nodes:  # the Python clients ask whether Redis is a cluster
@@ -513,10 +602,12 @@ def test_every_path_that_writes_works_under_the_documented_acl(
     pytest.importorskip("torch")
     d = acl_deployment
     c = d.admin
-    c.modelstore("ai:m", "STUB", "CPU", stub_blob("add"))
-    c.modelstore("ai:b", "STUB", "CPU", stub_blob("add"), batch=4, minbatch=2, minbatchtimeout=2000)
-    c.modelstore("ai:m1", "STUB", "CPU:1", stub_blob("add"))
-    c.scriptstore("ai:s", "CPU", ADD_SCRIPT, ["add"])
+    c.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
+    c.modelstore(
+        "model:b", "STUB", "CPU", stub_blob("add"), batch=4, minbatch=2, minbatchtimeout=2000
+    )
+    c.modelstore("model:m1", "STUB", "CPU:1", stub_blob("add"))
+    c.scriptstore("model:s", "CPU", ADD_SCRIPT, ["add"])
     c.tensorset("ai:a", np.array([1, 2], dtype=np.float32))
     c.tensorset("ai:big", BIG)
     c.tensorset("ai:row", np.array([[1, 2]], dtype=np.float32))
@@ -535,27 +626,29 @@ def test_every_path_that_writes_works_under_the_documented_acl(
     try:
         wait_until(lambda: c.zcard(c.keyspace.workers) > 0, timeout=10)
         for run in range(2):  # the second run replaces every tensor the first one wrote
-            assert c.modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:o{1}"]) == "OK", run
-            assert c.modelexecute("ai:m", ["ai:big", "ai:big"], ["ai:o{2}"]) == "OK"
-            assert c.scriptexecute("ai:s", "add", inputs=["ai:a", "ai:a"], outputs=["ai:o{3}"])
+            assert c.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:o{1}"]) == "OK", run
+            assert c.modelexecute("model:m", ["ai:big", "ai:big"], ["ai:o{2}"]) == "OK"
+            assert c.scriptexecute("model:s", "add", inputs=["ai:a", "ai:a"], outputs=["ai:o{3}"])
             results = (
                 c.dag(load=["ai:a"], persist=["ai:o{4}"])
-                .modelexecute("ai:m", ["ai:a", "ai:a"], ["ai:o{4}"])
+                .modelexecute("model:m", ["ai:a", "ai:a"], ["ai:o{4}"])
                 .execute()
             )
             assert results == ["OK"]
             batched = _concurrently(
                 *(
                     lambda n=n: _raw_reply(
-                        c, queue, f"AI.MODELEXECUTE ai:b {row}{{{n}}}", f"ai:r{{{n}}}"
+                        c, queue, f"AI.MODELEXECUTE model:b {row}{{{n}}}", f"ai:r{{{n}}}"
                     )
                     for n in (5, 6)
                 )
             )
             assert [answer["batch"]["requests"] for answer in batched] == [2, 2], batched
-            ran = c.run("ai:m", {"x": np.ones(2, np.float32), "y": np.ones(2, np.float32)}, ["z"])
+            ran = c.run(
+                "model:m", {"x": np.ones(2, np.float32), "y": np.ones(2, np.float32)}, ["z"]
+            )
             assert ran["z"].tolist() == [2.0, 2.0]
-            answer = _raw_reply(c, queue, f"AI.MODELEXECUTE ai:m1 {io}{{7}}", "ai:r{7}")
+            answer = _raw_reply(c, queue, f"AI.MODELEXECUTE model:m1 {io}{{7}}", "ai:r{7}")
             assert answer["status"] == "ok", answer
         for n in (1, 3, 4, 7):
             assert c.tensorget(f"ai:o{{{n}}}").tolist() == [2.0, 4.0], n
@@ -567,7 +660,7 @@ def test_every_path_that_writes_works_under_the_documented_acl(
     assert not list(c.scan_iter("aiworker:tmp:*")), "no stage key left"
 
     # Dead letters: an entry a vanished consumer took is reclaimed and dead-lettered.
-    c.xadd(queue, {"cmd": f"AI.MODELEXECUTE ai:m {io}{{8}}", "reply": "ai:r{8}"})
+    c.xadd(queue, {"cmd": f"AI.MODELEXECUTE model:m {io}{{8}}", "reply": "ai:r{8}"})
     c.xreadgroup(CONSUMER_GROUP, "gone:1:CPU:0", {queue: ">"}, count=1)
     w = Worker(settings.replace(visibility_timeout=0.3, max_deliveries=1)).start()
     try:
@@ -587,14 +680,14 @@ def test_a_denied_probe_is_never_taken_for_another_type(tmp_path: Path) -> None:
     acl.write_text("user default off\nuser admin on >adminpw ~* &* +@all\n" + rule + "\n")
     args = ["--port", str(port), "--aclfile", str(acl)]
     for admin in _redis(tmp_path, args, port=port, username="admin", password="adminpw"):
-        stub_model(admin, "ai:m")
+        stub_model(admin, "model:m")
         tensor(admin, "ai:a", [1, 2])
         tensor(admin, "ai:o", [7, 7])
         before = admin.hgetall("ai:o")
         url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
         w = Worker(Settings(redis_url=url, block_ms=100)).start()
         try:
-            reply = _run(admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:a OUTPUTS 1 ai:o", "ai:r")
+            reply = _run(admin, "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:a OUTPUTS 1 ai:o", "ai:r")
         finally:
             w.stop(timeout=10)
         assert reply["error"] == "NOPERM this worker may not write key 'ai:o'", reply
@@ -610,14 +703,14 @@ def test_a_rule_without_time_keeps_the_worker_serving(
 
     admin, port = acl_redis
     admin.execute_command("ACL", "SETUSER", "aiworker", "-time")
-    stub_model(admin, "ai:m")
+    stub_model(admin, "model:m")
     tensor(admin, "ai:a", [1, 2])
     tensor(admin, "ai:b", [10, 20])
     url = f"redis://aiworker:workerpw@127.0.0.1:{port}/0"
     worker = Worker(Settings(redis_url=url)).start()
     try:
         reply = _run(
-            admin, "AI.MODELEXECUTE ai:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c TIMEOUT 5000",
+            admin, "AI.MODELEXECUTE model:m INPUTS 2 ai:a ai:b OUTPUTS 1 ai:c TIMEOUT 5000",
             "aiworker:reply:t",
         )  # fmt: skip
         assert reply["status"] == "ok", reply
@@ -640,12 +733,12 @@ def test_the_worker_user_may_size_models(acl_redis: tuple[redis.Redis, int]) -> 
     from aiworker.storage import model as model_store
 
     admin, port = acl_redis
-    stub_model(admin, "ai:m", op="identity")
+    stub_model(admin, "model:m", op="identity")
     worker = redis.Redis(port=port, username="aiworker", password="workerpw")
-    meta, blob = model_store.read_model(worker, "ai:m", max_bytes=1 << 20)
+    meta, blob = model_store.read_model(worker, "model:m", max_bytes=1 << 20)
     assert json.loads(blob) == {"op": "identity"} and meta.backend == "STUB"
     with pytest.raises(LimitExceeded):
-        model_store.read_model(worker, "ai:m", max_bytes=4)
+        model_store.read_model(worker, "model:m", max_bytes=4)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
