@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import stub_blob, torch_blob
 from redis.exceptions import ResponseError
 
-from aiworker import AIError, Client, WrongTypeError
+from aiworker import AIError, Client, Worker, WrongTypeError
 from aiworker.client.ops import VerifyModelHere
 from aiworker.protocol.errors import WRONGTYPE
 from aiworker.storage import model as model_store
@@ -103,6 +105,32 @@ def test_modelget_chunks_follow_the_current_chunk_size(client: Client) -> None:
     chunks = client.modelget("m")["blob"]
     assert [len(c) for c in chunks] == [450, 450, 450, 2]
     assert b"".join(chunks) == stored
+
+
+def test_a_model_stored_under_a_tiny_chunk_size_is_read_and_run(
+    client: Client, worker: Worker
+) -> None:
+    """AI.CONFIG takes any chunk size, as RedisAI did: a model stored under one too small for
+    the chunks a reader fetches is stored in larger chunks, and MODELGET still follows it."""
+    client.config("MODEL_CHUNK_SIZE", 1)
+    blob = stub_blob("add", pad="x" * (model_store.MAX_CHUNKS + 100))
+    client.modelstore("m", "STUB", "CPU", blob)
+    assert 1 < int(client.hget("m", "chunks")) <= model_store.MAX_CHUNKS
+    client.config("MODEL_CHUNK_SIZE", len(blob) // 2)
+    assert b"".join(client.modelget("m")["blob"]) == blob
+    client.tensorset("a", np.ones(2, np.float32))
+    client.modelexecute("m", ["a", "a"], ["c"])
+    assert client.tensorget("c").tolist() == [2, 2]
+
+
+def test_no_stored_chunk_is_larger_than_redis_takes_in_one_argument() -> None:
+    """A MODEL_CHUNK_SIZE above Redis' proto-max-bulk-len (512 MB) would make a large model's
+    store one argument Redis refuses (closing the connection)."""
+    with mmap.mmap(-1, 600 << 20) as blob:  # untouched pages: no memory used
+        chunks = model_store.split_blob(blob, 1 << 30)
+        assert [len(c) for c in chunks] == [model_store.MAX_STORED_CHUNK, (600 - 511) << 20]
+        for chunk in chunks:
+            chunk.release()
 
 
 def test_restore_with_fewer_chunks_leaves_no_stale_chunks(client: Client) -> None:

@@ -59,6 +59,8 @@ READ_ATTEMPTS = 5
 # More chunk fields than any model needs (with the default MODEL_CHUNK_SIZE a model has a handful):
 # a hand-written ``chunks`` field must not make a reader ask for millions of fields.
 MAX_CHUNKS = 1 << 16
+# The largest chunk a store writes: one HSET argument, below Redis' proto-max-bulk-len (512 MB).
+MAX_STORED_CHUNK = DEFAULT_CHUNK_SIZE
 
 # The largest BATCHSIZE, MINBATCHSIZE or MINBATCHTIMEOUT a store takes: what every reader of a
 # model hash reads back (18 digits, below 2**63). RedisAI took up to 2**64 - 1; a larger value
@@ -251,9 +253,18 @@ def split_blob(blob: bytes | bytearray | memoryview, chunk_size: int) -> list[me
     if chunk_size <= 0:
         raise AIError("MODEL_CHUNK_SIZE must be a positive number of bytes")
     view = memoryview(blob).cast("B")
+    chunk_size = stored_chunk_size(len(view), chunk_size)
     if not len(view):
         return [view]
     return [view[start : start + chunk_size] for start in range(0, len(view), chunk_size)]
+
+
+def stored_chunk_size(size: int, chunk_size: int) -> int:
+    """The chunk size a blob of ``size`` bytes is stored with: MODEL_CHUNK_SIZE, within what
+    Redis takes as one argument (``MAX_STORED_CHUNK``) and what a reader fetches
+    (``MAX_CHUNKS``). AI.CONFIG takes any size, as RedisAI did, whose setting only split
+    MODELGET's reply (which follows the setting whatever the stored chunks are)."""
+    return min(max(chunk_size, -(-size // MAX_CHUNKS)), MAX_STORED_CHUNK)
 
 
 def digest_of(blob: bytes | bytearray | memoryview, meta: ModelMeta) -> str:
