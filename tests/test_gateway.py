@@ -292,6 +292,30 @@ def test_models_and_execution(con: redis.Redis, worker: Worker, client: Client) 
     )
 
 
+def test_stored_text_that_is_not_utf8_is_refused_with_its_name(con: redis.Redis) -> None:
+    """A model's or script's tag, names and source are kept as text: bytes that are not UTF-8
+    are refused, saying which argument (not Python's codec error), and nothing is stored."""
+    source = (
+        "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0]\n"
+    )
+    blob = ("BLOB", stub_blob("add"))
+    assert error_of(con, "AI.MODELSTORE", "m", "STUB", "CPU", "TAG", b"v\xff", *blob) == (
+        "TAG is not valid UTF-8"
+    )
+    assert error_of(con, "AI.MODELSTORE", "m", "TF", "CPU", "INPUTS", 1, b"a\xff", "OUTPUTS", 1,
+                    "b", *blob) == "INPUTS name is not valid UTF-8"  # fmt: skip
+    script = ("AI.SCRIPTSTORE", "s", "CPU")
+    assert error_of(con, *script, "TAG", b"\xff", "ENTRY_POINTS", 1, "bar", "SOURCE", source) == (
+        "TAG is not valid UTF-8"
+    )
+    assert error_of(con, *script, "ENTRY_POINTS", 1, b"b\xff", "SOURCE", source) == (
+        "ENTRY_POINTS name is not valid UTF-8"
+    )
+    assert error_of(con, *script, "ENTRY_POINTS", 1, "bar", "SOURCE",
+                    source.encode() + b"# caf\xe9\n") == "SOURCE is not valid UTF-8"  # fmt: skip
+    assert cmd(con, "EXISTS", "m", "s") == 0
+
+
 def test_model_errors_at_store_time(con: redis.Redis, worker: Worker) -> None:
     assert error_of(con, "AI.MODELSTORE", "m", "NOPE", "CPU", "BLOB", b"x") == "unsupported backend"
     assert error_of(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB") == (

@@ -141,6 +141,24 @@ def test_restore_with_fewer_chunks_leaves_no_stale_chunks(client: Client) -> Non
     assert b"".join(client.modelget("m")["blob"]) == ADD
 
 
+def test_a_tag_or_name_that_is_not_utf8_is_refused_with_its_name(client: Client) -> None:
+    """Tags and names are stored as text: bytes that are not UTF-8 get an error naming them."""
+    source = (
+        "def bar(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0]\n"
+    )
+    with pytest.raises(AIError, match=r"^TAG is not valid UTF-8$"):
+        client.modelstore("m", "STUB", "CPU", ADD, tag=b"v\xff")
+    with pytest.raises(AIError, match=r"^OUTPUTS name is not valid UTF-8$"):
+        client.modelstore("m", "TF", "CPU", ADD, inputs=["a"], outputs=[b"\xff"])
+    with pytest.raises(AIError, match=r"^TAG is not valid UTF-8$"):
+        client.scriptstore("s", "CPU", source, entry_points=["bar"], tag=b"v\xff")
+    with pytest.raises(AIError, match=r"^SOURCE is not valid UTF-8$"):
+        client.scriptstore("s", "CPU", source.encode() + b"# caf\xe9\n", entry_points=["bar"])
+    assert client.exists("m", "s") == 0
+    client.modelstore("m", "STUB", "CPU", ADD, tag="caf\u00e9".encode())
+    assert client.modelget("m", meta_only=True)["tag"] == "caf\u00e9"
+
+
 def test_modeldel(client: Client) -> None:
     client.modelstore("m", "STUB", "CPU", ADD)
     assert client.modeldel("m") == "OK"

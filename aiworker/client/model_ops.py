@@ -52,8 +52,6 @@ def modelstore(
         )  # fmt: skip
         if backend.upper() not in io_backends:  # it sent INPUTS and OUTPUTS for TF alone
             inputs = outputs = None
-    in_names = [text(n) for n in commands.listify(inputs)] if inputs is not None else []
-    out_names = [text(n) for n in commands.listify(outputs)] if outputs is not None else []
 
     def plan() -> Plan[Any]:
         nonlocal tokens
@@ -70,6 +68,9 @@ def modelstore(
         yield Print(tokens)
         if not len(data) and not (blob_argument and verify is not None):
             raise AIError(messages.MODEL_NO_BLOB)
+        in_names = _names("INPUTS", inputs)
+        out_names = _names("OUTPUTS", outputs)
+        tag_text = model_store.stored_text("TAG", tag) if tag is not None else ""
         checked = io_backends
         if not in_names and not out_names and io_names_optional(backend, data):
             checked = {b for b in io_backends if b != backend.upper()}
@@ -98,7 +99,7 @@ def modelstore(
         meta = model_store.ModelMeta(
             backend=name,
             device=device_name,
-            tag=text(tag) if tag is not None else "",
+            tag=tag_text,
             batchsize=batchsize,
             minbatchsize=minbatchsize,
             minbatchtimeout=mintimeout,
@@ -111,6 +112,13 @@ def modelstore(
         return state.ok()
 
     return Op(None, plan())
+
+
+def _names(what: str, names: Any) -> list[str]:
+    """INPUTS or OUTPUTS names as stored (``model_store.stored_text``)."""
+    if names is None:
+        return []
+    return [model_store.stored_text(f"{what} name", n) for n in commands.listify(names)]
 
 
 def _setting(value: Any, message: str) -> Any:

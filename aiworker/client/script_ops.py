@@ -8,6 +8,7 @@ from aiworker.client import commands, raw
 from aiworker.client.commands import text
 from aiworker.client.job_ops import verify_script_plan
 from aiworker.client.ops import Op, State, writable_plan
+from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
 from aiworker.storage.plans import Plan
 
@@ -29,17 +30,17 @@ def scriptstore(
     as a client sent it, which the store's checks alone judge, as RedisAI did)."""
     if legacy:
         tokens = commands.scriptset(key, device, script, tag, check_device=client_checks)
-        names: list[str] = []
     else:
         tokens = commands.scriptstore(key, device, script, entry_points, tag)
-        names = [text(n) for n in commands.listify(entry_points)]
 
     def plan() -> Plan[Any]:
+        names = [] if legacy else commands.listify(entry_points)
         device_name, source, points = script_store.validate(device, script, names, legacy)
+        tag_text = model_store.stored_text("TAG", tag) if tag else ""
         yield from verify_script_plan(state, text(key), device_name, source, points)
         yield from writable_plan(text(key), script_store.KIND_SCRIPT)
         yield from script_store.store_plan(
-            state.keyspace, text(key), device_name, source, points, text(tag) if tag else ""
+            state.keyspace, text(key), device_name, source, points, tag_text
         )
         state.remember(text(key), device_name)
         return state.ok()

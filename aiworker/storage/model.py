@@ -32,7 +32,7 @@ from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, LimitExceeded, WrongTypeError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import IONames
-from aiworker.protocol.text import text
+from aiworker.protocol.text import strict_text, text
 from aiworker.storage import lua, plans, staged
 from aiworker.storage.plans import Commands, Plan
 
@@ -246,6 +246,16 @@ def validate_meta(
     elif inputs or outputs:
         raise AIError(messages.MODEL_IO_NOT_TF)
     return name, parsed.name
+
+
+def stored_text(what: str, value: Any) -> str:
+    """A tag, an input or output name, an entry point or a script's source as stored: text, as
+    every reader takes it back; ``AIError`` naming ``what`` when it is not UTF-8 (RedisAI kept
+    any bytes, which aiworker could only give back altered)."""
+    found = strict_text(value)
+    if found is None:
+        raise AIError(f"{what} is not valid UTF-8")
+    return found
 
 
 def split_blob(blob: bytes | bytearray | memoryview, chunk_size: int) -> list[memoryview]:

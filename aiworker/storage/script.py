@@ -68,7 +68,7 @@ def meta_from_reply(reply: Sequence[Any], key: str = "") -> ScriptMeta:
 
 
 def validate(
-    device: str, source: str | bytes | None, entry_points: Sequence[str], legacy: bool = False
+    device: str, source: str | bytes | None, entry_points: Sequence[Any], legacy: bool = False
 ) -> tuple[str, str, tuple[str, ...]]:
     """Check SCRIPTSTORE arguments; returns (device, source text, entry points).
 
@@ -77,12 +77,13 @@ def validate(
         raise AIError(messages.SCRIPT_NO_ENTRY_POINTS)
     if source is None:  # an empty one compiles: RedisAI stored it (a SCRIPTSET's functions: none)
         raise AIError(messages.SCRIPT_NO_SOURCE)
-    source_text = text(source)
+    names = tuple(model_store.stored_text("ENTRY_POINTS name", name) for name in entry_points)
+    source_text = model_store.stored_text("SOURCE", source)
     try:
         parsed = parse_device(device)
     except AIError:
         raise AIError(messages.SCRIPT_BAD_DEVICE) from None  # RedisAI's text for scripts
-    return parsed.name, source_text, tuple(entry_points)
+    return parsed.name, source_text, names
 
 
 def digest_of(source: str, device: str, entry_points: Sequence[str], tag: str) -> str:
