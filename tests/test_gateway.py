@@ -6,6 +6,7 @@ and SELECT, a client leaving mid-pipeline. The gateway runs in this process on i
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import threading
@@ -314,6 +315,20 @@ def test_stored_text_that_is_not_utf8_is_refused_with_its_name(con: redis.Redis)
     assert error_of(con, *script, "ENTRY_POINTS", 1, "bar", "SOURCE",
                     source.encode() + b"# caf\xe9\n") == "SOURCE is not valid UTF-8"  # fmt: skip
     assert cmd(con, "EXISTS", "m", "s") == 0
+
+
+def test_a_store_no_worker_could_check_is_logged(
+    con: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No live worker serves the device: the store is accepted unchecked, as the client's is
+    with a warning, and the gateway says so in its log (its client can only be told OK)."""
+    with caplog.at_level(logging.WARNING, logger="aiworker.gateway"):
+        assert cmd(con, "AI.MODELSTORE", "m", "STUB", "CPU", "BLOB", b"not a model") == b"OK"
+    assert any(
+        "model m was stored without being verified" in r.getMessage()
+        and "no live worker serves queue CPU" in r.getMessage()
+        for r in caplog.records
+    ), caplog.records
 
 
 def test_model_errors_at_store_time(con: redis.Redis, worker: Worker) -> None:

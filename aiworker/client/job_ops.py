@@ -294,7 +294,11 @@ def _checked(
             if loaded is False:
                 raise replies.error_of(message or f"{what} does not load")
             why += f" and the worker serving queue {queue} could not check it ({message})"
-    warnings.warn(f"{what} was stored without being verified: {why}", warning, stacklevel=2)
+    message = f"{what} was stored without being verified: {why}"
+    if state.unverified is not None:
+        state.unverified(message)
+    else:
+        warnings.warn(message, warning, stacklevel=2)
     return None
 
 

@@ -144,6 +144,9 @@ class State:
     raw: bool = False
     devices: OrderedDict[str, str] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # told why a model or script is stored unchecked, in place of its warning (the gateway's
+    # clients cannot be shown one: it logs it)
+    unverified: Callable[[str], None] | None = None
 
     def ok(self) -> Any:
         return raw.OK if self.raw else "OK"

@@ -110,7 +110,7 @@ class _Clients:
         self.identity = identity
         self.reply_timeout = reply_timeout
         self.masters = masters  # on a cluster: the masters the gateway knows
-        self.state = State(Keys(settings.prefix), raw=True)
+        self.state = State(Keys(settings.prefix), raw=True, unverified=_log_unverified)
         self.enqueuer = Enqueuer(self.state.keyspace)
         self.in_use = 0
         self._blocking: Any = None
@@ -158,10 +158,16 @@ def _cause(exc: RedisClusterException) -> BaseException:
     return exc
 
 
+def _log_unverified(message: str) -> None:
+    """A store accepted unchecked (no live worker serves its device, or the model is too large
+    to stage for one): its client gets OK, as RedisAI's would have for a model that loads."""
+    log.warning("%s", message)
+
+
 def _drive_blocking(client: Any, plan: Generator[Any, Any, Any]) -> Any:
     """A plan on a blocking client (in a worker thread), models and scripts never checked here."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an unverified store's warning: no one to show it to
+        warnings.simplefilter("ignore")  # (scans' Experimental warning: no one to show it to)
         return drive_steps(
             plan, lambda step: False if isinstance(step, VerifyHere) else client._step(step)
         )
