@@ -160,9 +160,9 @@ def test_a_record_of_many_fields_is_appended_whole(redis_server: RedisServer) ->
 
 
 def test_a_result_that_cannot_be_encoded_fails_its_job_alone(redis_server: RedisServer) -> None:
-    """An output no check foresaw the encoder refusing (here an empty dimension, made by hand:
-    the runs refuse one before the completion) fails its own job with that said; the job
-    completed with it is answered as usual, and neither is left pending."""
+    """An output no check foresaw the encoder refusing (here a STRING element with a NUL inside,
+    made by hand: the runs refuse one before the completion) fails its own job with that said;
+    the job completed with it is answered as usual, and neither is left pending."""
     r = redis.Redis.from_url(redis_server.url)
     keys = Keys(prefix="unencodable:")
     queue = keys.queue("CPU")
@@ -171,7 +171,7 @@ def test_a_result_that_cannot_be_encoded_fails_its_job_alone(redis_server: Redis
     wire.pipeline([("XADD", queue, "*", "job", "x") for _ in range(2)])
     read = wire.execute("XREADGROUP", "GROUP", CONSUMER_GROUP, "c", "STREAMS", queue, ">")
     stat = [StatsRecord("um", duration_us=10, samples=1, calls=1)]
-    outputs = [np.zeros((1, 0), np.float32), np.arange(2, dtype=np.float32)]
+    outputs = [np.array([b"a\0b"], dtype=object), np.arange(2, dtype=np.float32)]
     items = [
         Finished(
             entry[0].decode(), Outcome("ok", writes={f"uo{i}": out}, stats=stat), reply=f"ur{i}"
