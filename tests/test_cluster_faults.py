@@ -16,7 +16,7 @@ from cluster import LocalCluster
 from conftest import wait_until
 from faults import WorkerProcess, elapsed_until, stub_model, workers
 
-from aiworker import AIError, Client, Settings
+from aiworker import AIError, Client, Settings, Worker
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.requests import ModelExecute
@@ -232,3 +232,75 @@ def test_the_gateway_follows_a_failover_of_its_seed_master() -> None:
             tensor = ("AI.TENSORSET", mine[0] + "t", "FLOAT", 1, "VALUES", 1)
             assert fresh.execute_command(*tensor) == b"OK"
             fresh.close()
+
+
+def replica_of(cluster: LocalCluster, port: int) -> int | None:
+    """The port of a replica of the master on ``port``, as that master sees them."""
+    nodes = cluster.node(port).cluster("NODES")  # {"host:port": {...}}, as redis-py parses it
+    master = next(node["node_id"] for at, node in nodes.items() if at.endswith(f":{port}"))
+    found = [at for at, node in nodes.items() if node["master_id"] == master]
+    return int(found[0].rsplit(":", 1)[1]) if found else None
+
+
+def fail_over_while_blocked(cluster: LocalCluster, key: str) -> None:
+    """Once a client waits in BLPOP on ``key``'s master, promote that master's replica with
+    CLUSTER FAILOVER (the old master becomes a replica and unblocks the BLPOP)."""
+    master = cluster.master_of(key)
+    node = cluster.node(master)
+    wait_until(lambda: replica_of(cluster, master), timeout=20)  # after an earlier failover
+    wait_until(lambda: any(c["cmd"] == "blpop" for c in node.client_list()), timeout=10)
+    replica = replica_of(cluster, master)
+    cluster.node(replica).execute_command("CLUSTER", "FAILOVER")
+    wait_until(lambda: cluster.master_of(key) == replica, timeout=20, interval=0.05)
+
+
+@pytest.mark.slow
+def test_a_wait_unblocked_by_a_failover_of_its_reply_master_goes_on() -> None:
+    """CLUSTER FAILOVER ends a BLPOP on the old master with UNBLOCKED while the job runs on: the
+    blocking and asyncio clients and the gateway wait on where the reply now lives, and return
+    the result."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_gateway import running_gateway
+
+    import aiworker.asyncio
+
+    with LocalCluster() as cluster:
+        client = Client.from_url(cluster.url, reply_timeout=30)
+        client.modelstore("m", "STUB", "CPU", json.dumps({"op": "add", "sleep_ms": 2500}))
+        client.tensorset("b", np.array([1, 1], dtype=np.float32))
+        for tag in ("s", "a", "g"):
+            client.tensorset(f"x{{{tag}}}", np.array([1, 2], dtype=np.float32))
+        worker = Worker(Settings(redis_url=cluster.url)).start()
+        pool = ThreadPoolExecutor(1)
+        try:
+            failover = pool.submit(fail_over_while_blocked, cluster, "y{s}")
+            client.modelexecute("m", ["x{s}", "b"], ["y{s}"])
+            failover.result()
+            assert client.tensorget("y{s}").tolist() == [2, 3]
+
+            async def run_async() -> None:
+                acon = aiworker.asyncio.Client.from_url(cluster.url, reply_timeout=30)
+                try:
+                    await acon.modelexecute("m", ["x{a}", "b"], ["y{a}"])
+                finally:
+                    await acon.aclose()
+
+            failover = pool.submit(fail_over_while_blocked, cluster, "y{a}")
+            asyncio.run(run_async())
+            failover.result()
+            assert client.tensorget("y{a}").tolist() == [2, 3]
+
+            with running_gateway(Settings(redis_url=cluster.url)) as gw:
+                con = redis.Redis(*gw.address(), socket_timeout=30)
+                failover = pool.submit(fail_over_while_blocked, cluster, "y{g}")
+                job = ("AI.MODELEXECUTE", "m", "INPUTS", 2, "x{g}", "b", "OUTPUTS", 1, "y{g}")
+                assert con.execute_command(*job) == b"OK"
+                failover.result()
+                con.close()
+            assert client.tensorget("y{g}").tolist() == [2, 3]
+        finally:
+            pool.shutdown()
+            worker.stop(timeout=10)
+            client.close()

@@ -89,6 +89,7 @@ class AsyncClusterJobs(WaitSteps):
         if isinstance(step, Receive):
             wait = max(min(step.seconds, self.longest_blpop), 0.01)
             [popped] = await self.wire.pipeline([("BLPOP", reply_key, wait)])
+            popped = waiting.popped(popped)
             if isinstance(popped, Exception):
                 raise popped
             return popped[1] if popped else None

@@ -215,6 +215,7 @@ class Jobs:
                 raise
             sent, popped = lost.replies[: len(add)], None
         entry_id = self.enqueuer.entry_id(step.stream, sent)
+        popped = waiting.popped(popped)
         if isinstance(popped, Exception):
             raise popped
         return Enqueued(entry_id, popped[1] if popped else None)
@@ -225,7 +226,12 @@ class Jobs:
         return self.enqueuer.entry_id(stream, self.wires.get().pipeline(commands))
 
     def _blpop(self, reply_key: str, seconds: float) -> Any:
-        return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
+        try:
+            return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
+        except redis.ResponseError as exc:
+            if waiting.popped(exc) is None:
+                return None
+            raise
 
     # the shared reply list's reader ----------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
+from aiworker.client import waiting
 from aiworker.client.jobs import FIRST_WAIT_LIMITED_S
 from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.entries import encode_entry
@@ -131,6 +132,7 @@ def enqueued(enqueuer: Enqueuer, step: Enqueue, replies: Sequence[Any]) -> Enque
     """``first_round``'s replies as the plan takes them (the XADD's error raises)."""
     *sent, popped = replies
     entry_id = enqueuer.entry_id(step.stream, sent)
+    popped = waiting.popped(popped)
     if isinstance(popped, Exception):
         raise popped
     return Enqueued(entry_id, popped[1] if popped else None)

@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import redis
+
 from aiworker.protocol.errors import NoLiveWorker, ReplyTimeout
 
 MARGIN_S = 1.0
@@ -51,6 +53,16 @@ def wait_limit(timeout_ms: int | None, reply_timeout: float | None) -> float | N
     if timeout_ms:
         return timeout_ms / 1000 + MARGIN_S
     return reply_timeout
+
+
+def popped(reply: Any) -> Any:
+    """A BLPOP's reply as a job's wait reads it. UNBLOCKED ends a BLPOP without a reply while the
+    job runs on: a CLIENT UNBLOCK of the connection (RedisAI's blocked clients could not be
+    unblocked), or its master made a replica (a failover on Redis Cluster: the reply is written
+    to the promoted one). The wait goes on as after a BLPOP that timed out."""
+    if isinstance(reply, redis.ResponseError) and str(reply).startswith("UNBLOCKED"):
+        return None
+    return reply
 
 
 def serves(statuses: Iterable[Mapping[str, Any]], queue: str) -> bool:

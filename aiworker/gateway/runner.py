@@ -84,15 +84,6 @@ def _executed(done: Any) -> list[Any] | Exception:
     return done if isinstance(done, Exception) else list(done)
 
 
-def _popped(reply: Any) -> Any:
-    """A BLPOP's reply as the wait plan reads it. A CLIENT UNBLOCK of the client's connection
-    ends the BLPOP with an error; RedisAI's blocked clients could not be unblocked (no timeout
-    callback), so the wait goes on as after a BLPOP that timed out."""
-    if isinstance(reply, redis.ResponseError) and str(reply).startswith("UNBLOCKED"):
-        return None
-    return reply
-
-
 def _seconds(wait: float) -> str:
     """A BLPOP timeout: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
     ``LONGEST_BLPOP_S``."""
@@ -271,7 +262,7 @@ class Drive:
 
         def sent(replies: list[Any]) -> None:
             *added, popped = replies
-            popped = _popped(popped)
+            popped = waiting.popped(popped)
             try:
                 if guard:
                     added = _committed_adds(added, len(guard))
@@ -286,7 +277,7 @@ class Drive:
         self.runner.send([*add, ("BLPOP", self.reply_key, _seconds(wait))], sent)
 
     def _received(self, replies: list[Any]) -> None:
-        popped = _popped(replies[0])
+        popped = waiting.popped(replies[0])
         self.resume(popped if isinstance(popped, Exception) else popped and popped[1])
 
     def _paused(self) -> None:
