@@ -18,7 +18,7 @@ from faults import WorkerProcess, elapsed_until, stub_model, workers
 
 from aiworker import AIError, Client, Settings, Worker
 from aiworker.protocol.entries import encode_entry
-from aiworker.protocol.keys import CONSUMER_GROUP, Keys
+from aiworker.protocol.keys import CONSUMER_GROUP, Keys, key_slot
 from aiworker.protocol.requests import ModelExecute
 
 KEYS = Keys()
@@ -304,3 +304,29 @@ def test_a_wait_unblocked_by_a_failover_of_its_reply_master_goes_on() -> None:
             pool.shutdown()
             worker.stop(timeout=10)
             client.close()
+
+
+def test_the_gateway_answers_ai_commands_on_an_unserved_slot_as_redis_does() -> None:
+    """A hash slot no master serves (CLUSTER DELSLOTS, a node removed with slots): AI.* commands
+    on its keys get a node's `CLUSTERDOWN Hash slot not served`, as a plain command does, not
+    redis-py's words or the message without its code (which cluster clients retry on)."""
+    from test_gateway import running_gateway
+
+    with (
+        LocalCluster(replicas=0) as cluster,
+        running_gateway(Settings(redis_url=cluster.url)) as gw,
+    ):
+        con = redis.Redis(*gw.address(), socket_timeout=30)
+        assert con.execute_command("AI.TENSORSET", "t{a}", "FLOAT", 1, "VALUES", 1) == b"OK"
+        for port in cluster.ports:
+            cluster.node(port).execute_command("CLUSTER", "DELSLOTS", key_slot("t{a}"))
+        commands = [
+            ("GET", "t{a}"),
+            ("AI.TENSORGET", "t{a}", "VALUES"),
+            ("AI.TENSORSET", "u{a}", "FLOAT", 1, "VALUES", 1),
+            ("AI.TENSORGET", "t{a}", "META"),
+        ]
+        for command in commands:
+            with pytest.raises(redis.exceptions.ClusterDownError, match=r"^Hash slot not served$"):
+                con.execute_command(*command)  # -CLUSTERDOWN Hash slot not served
+        con.close()

@@ -265,16 +265,23 @@ _HANDLERS: dict[type[Any], Callable[[State, Any], Plan[Any]]] = {
 
 # errors --------------------------------------------------------------------------------------
 
-# redis-py strips these codes from the errors it raises; the client must see them again.
+# redis-py strips these codes from the errors it raises; the client must see them again (a
+# cluster client retries on CLUSTERDOWN and TRYAGAIN). MASTERDOWN's class is CLUSTERDOWN's too.
 _CODES: tuple[tuple[type[Exception], str], ...] = (
     (redis.exceptions.NoPermissionError, "NOPERM"),
     (redis.exceptions.ReadOnlyError, "READONLY"),
     (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
 )
 
 
 def error_reply(exc: BaseException) -> ErrorReply:
     """The error reply for an exception raised while carrying out a command."""
+    if isinstance(exc, redis.exceptions.SlotNotCoveredError):
+        # redis-py's slot map has no master for the key's slot: what a node answers then
+        return ErrorReply("CLUSTERDOWN Hash slot not served")
     message = str(exc) or type(exc).__name__
     if isinstance(exc, redis.exceptions.AuthenticationError):
         if "required" in message:
