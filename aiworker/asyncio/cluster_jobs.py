@@ -4,8 +4,9 @@
 A job writes its results and its reply in one hash slot, so each job has a private reply list
 there (a client's one shared list, as ``asyncio.jobs`` uses on a single Redis, cannot be in every
 job's slot). A job costs what it costs the blocking ``ClusterClient``: one round trip for the
-XADD and a first BLPOP (to one master when a queue partition lives on the reply's master, else
-to two at once), then a BLPOP a second while the reply is late. Each waiting job holds one
+XADD and a first look at the reply list (to one master when a queue partition lives on the reply's
+master, else to two at once; ``client.reply_lists``), then a look a second while the reply is
+late, and the list's removal off the job's path. Each waiting job holds one
 connection of the wire meanwhile; a burst of jobs opens as many, reused by the next ones.
 """
 
@@ -21,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from aiworker.asyncio.cluster_wire import AsyncClusterWire
 from aiworker.asyncio.jobs import WaitSteps, closed_error
 from aiworker.asyncio.plans import drive, execute_commands
-from aiworker.client import placement, waiting
+from aiworker.client import placement, reply_lists, waiting
 from aiworker.client.jobs import LONGEST_BLPOP_S
 from aiworker.client.wait_plan import Enqueue, Enqueued, Receive, job_plan
 from aiworker.protocol.keys import Keys
@@ -55,6 +56,8 @@ class AsyncClusterJobs(WaitSteps):
         # the longest single BLPOP, within the connections' read timeout (as the blocking
         # client's ``Jobs._blpop_wait``)
         self.longest_blpop = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
+        self._removals: list[tuple[Any, ...]] = []  # lists whose waits are over (``_remove``)
+        self._removing: asyncio.Future[None] | None = None
 
     async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         """The worker's reply to ``request`` sent to device ``queue`` (a ``timedout`` reply when
@@ -69,7 +72,12 @@ class AsyncClusterJobs(WaitSteps):
             self.keyspace, queue, stream, fields, request.timeout_ms, limit,
             waiting.GONE_SETTLE_CLUSTER_S,
         )  # fmt: skip
-        return await drive_steps_async(plan, lambda step: self._step(step, reply_key, opened))
+        reply_list = reply_lists.PrivateList(reply_key)
+        try:
+            return await drive_steps_async(plan, lambda step: self._step(step, reply_list, opened))
+        finally:
+            if self.wire.closes == opened:  # no connection is opened again after ``close``
+                self._remove(reply_list)
 
     async def stream(self, queue: str, reply_key: str | None = None) -> str:
         """The stream a job for device ``queue`` (answered on ``reply_key``) goes to."""
@@ -84,27 +92,43 @@ class AsyncClusterJobs(WaitSteps):
         if self.wire.closes != opened:
             raise closed_error()
 
-    async def _step(self, step: Any, reply_key: str, opened: int) -> Any:
+    async def _step(self, step: Any, reply_list: reply_lists.PrivateList, opened: int) -> Any:
         self._check_open(opened)
         if isinstance(step, Receive):
             wait = max(min(step.seconds, self.longest_blpop), 0.01)
-            [popped] = await self.wire.pipeline([("BLPOP", reply_key, wait)])
-            popped = waiting.popped(popped)
-            if isinstance(popped, Exception):
-                raise popped
-            return popped[1] if popped else None
+            return reply_list.looked(await self.wire.pipeline(reply_list.look(wait)))
         if isinstance(step, Enqueue):
-            return await self._enqueue(step, reply_key, opened)
+            return await self._enqueue(step, reply_list, opened)
         return await self._wait_step(step)
 
-    async def _enqueue(self, step: Enqueue, reply_key: str, opened: int) -> Enqueued:
-        """The XADD and a first BLPOP in one round trip, sent again while a failover is under
-        way (``placement.after_lost``)."""
+    def _remove(self, reply_list: reply_lists.PrivateList) -> None:
+        """Remove a private list once its wait is over, off the job's path (a lost removal:
+        the list expires after ``reply_ttl``)."""
+        if self._removing is not None and not self._removing.done():
+            self._removals.append(reply_list.done())  # sent by the task under way
+            return
+        self._removals.append(reply_list.done())
+        self._removing = asyncio.ensure_future(self._send_removals())
+
+    async def _send_removals(self) -> None:
+        while self._removals:
+            batch, self._removals = self._removals[:512], self._removals[512:]
+            with contextlib.suppress(Exception):
+                await self.wire.pipeline(batch)
+
+    async def _enqueue(
+        self, step: Enqueue, reply_list: reply_lists.PrivateList, opened: int
+    ) -> Enqueued:
+        """The XADD and a first look at the reply list in one round trip, sent again while a
+        failover is under way (``placement.after_lost``)."""
         while True:
             self._check_open(opened)
-            commands = placement.first_round(self.enqueuer, step, reply_key, self.longest_blpop)
+            commands, added = placement.first_round(
+                self.enqueuer, step, reply_list.key, self.longest_blpop
+            )
             try:
-                return placement.enqueued(self.enqueuer, step, await self.wire.pipeline(commands))
+                replies = await self.wire.pipeline(commands)
+                return placement.enqueued(self.enqueuer, step, reply_list, replies, added)
             except LOST as exc:
                 found = placement.after_lost(exc, step, self.enqueuer)
                 if found is not None:
@@ -112,4 +136,9 @@ class AsyncClusterJobs(WaitSteps):
                 await asyncio.sleep(placement.FAILOVER_PAUSE_S)
 
     async def close(self) -> None:
+        if self._removing is not None and not self._removing.done():
+            self._removing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._removing
+        self._removals = []
         await self.wire.close()

@@ -6,7 +6,8 @@ any number of concurrent requests on a handful of connections.
   of that limit: ``storage.queues.Enqueuer``), so a burst of 1,000 requests costs a few round trips
   on one connection.
 * Waiting: every entry names the client's one reply list (``Keys.reply(token)``); one reader task
-  BLPOPs it and hands each reply to the waiting job it answers (``client.routing``).
+  reads it (``client.reply_lists``: nothing is taken off before it was read) and hands each reply
+  to the waiting job it answers (``client.routing``).
 * Heartbeats are read once per half second however many jobs wait; taking entries back uses a few
   connections at a time (``WaitSteps``, which the Redis Cluster client's jobs share:
   ``asyncio.cluster_jobs``).
@@ -25,7 +26,7 @@ import redis
 import redis.asyncio
 
 from aiworker.asyncio.plans import drive, execute_commands, send_once
-from aiworker.client import routing, waiting
+from aiworker.client import reply_lists, routing, waiting
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.errors import ReplyTimeout
@@ -130,6 +131,7 @@ class AsyncJobs(WaitSteps):
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: set[_Mailbox] = set()  # the jobs waiting now (``close`` ends them)
+        self._list_reader = reply_lists.SharedListReader(self.reply_list, DRAIN)
 
     # submitting ------------------------------------------------------------------------------
 
@@ -234,18 +236,18 @@ class AsyncJobs(WaitSteps):
                 mailbox.inbox.put_nowait(reader_failed(exc))
 
     async def _read_replies(self) -> None:
+        reader = self._list_reader  # kept between reader tasks: what it read is trimmed next
+        socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
+        # the longest wait, within the connection's read timeout (as ``Jobs._blpop_wait``)
+        wait = READ_BLOCK_S if not socket_timeout else min(READ_BLOCK_S, socket_timeout / 2)
         while True:
             try:
-                popped = await self.r.blpop([self.reply_list], timeout=READ_BLOCK_S)
-                if popped is None:
-                    if not self.router.waiting():
-                        return  # restarted by the next submission
-                    continue
-                raws = [popped[1]]
-                raws += await self.r.lpop(self.reply_list, DRAIN) or []  # type: ignore[arg-type]
+                raws = reader.read(await send_once(self.r, reader.round(wait)))
             except redis.RedisError:
                 await asyncio.sleep(0.1)
                 continue
+            if not raws and not self.router.waiting():
+                return  # restarted by the next submission
             for raw in raws:
                 reply = decode_reply(raw)
                 if reply is not None:

@@ -39,6 +39,7 @@ from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
 from aiworker.client.ops import State
+from aiworker.client.reply_lists import PrivateList
 from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.protocol.replies import Reply
@@ -93,13 +94,16 @@ class ClusterJobs(Jobs):
     def private_entry(self, request: Request) -> tuple[str, dict[str, bytes | str]]:
         return placement.private_entry(self.keyspace, request)
 
-    def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
-        """The XADD and a first BLPOP in one round trip on this thread's own connections, sent
-        again while a failover is under way (``placement.after_lost``)."""
+    def _enqueue(self, step: Enqueue, reply_list: PrivateList) -> Enqueued:
+        """The XADD and a first look at the reply list in one round trip on this thread's own
+        connections, sent again while a failover is under way (``placement.after_lost``)."""
         while True:
-            commands = placement.first_round(self.enqueuer, step, reply_key, self._blpop_wait(1.0))
+            commands, added = placement.first_round(
+                self.enqueuer, step, reply_list.key, self._blpop_wait(1.0)
+            )
             try:
-                return placement.enqueued(self.enqueuer, step, self.wires.get().pipeline(commands))
+                replies = self.wires.get().pipeline(commands)
+                return placement.enqueued(self.enqueuer, step, reply_list, replies, added)
             except LOST as exc:
                 found = placement.after_lost(exc, step, self.enqueuer)
                 if found is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from aiworker.client import routing, waiting
+from aiworker.client import reply_lists, routing, waiting
 from aiworker.client.wait_plan import (
     Enqueue,
     Enqueued,
@@ -52,21 +52,20 @@ FIRST_WAIT_LIMITED_S = 0.01
 
 
 class _Private:
-    """Receiving on a private reply list."""
+    """Receiving on a private reply list (``reply_lists.PrivateList``)."""
 
     def __init__(self, jobs: Jobs, reply_key: str) -> None:
         self.jobs = jobs
-        self.reply_key = reply_key
+        self.reply_list = reply_lists.PrivateList(reply_key)
 
     def enqueue(self, step: Enqueue) -> Enqueued:
-        return self.jobs._enqueue(step, self.reply_key)
+        return self.jobs._enqueue(step, self.reply_list)
 
     def receive(self, seconds: float) -> Any:
-        popped = self.jobs._blpop(self.reply_key, seconds)
-        return popped[1] if popped else None
+        return self.jobs._look(self.reply_list, seconds)
 
     def close(self) -> None:
-        pass
+        self.jobs._remove(self.reply_list)
 
 
 class _Shared:
@@ -200,38 +199,39 @@ class Jobs:
             return None
         raise TypeError(f"unknown wait step {type(step).__name__}")
 
-    def _enqueue(self, step: Enqueue, reply_key: str) -> Enqueued:
-        """The entry's XADD and a first BLPOP for its reply, in one round trip."""
+    def _enqueue(self, step: Enqueue, reply_list: reply_lists.PrivateList) -> Enqueued:
+        """The entry's XADD and a first look for its reply, in one round trip."""
         wait = self._blpop_wait(step.wait)
-        if self.enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+        if self.enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
             wait = min(wait, FIRST_WAIT_LIMITED_S)
         # the one round trip of a job: on this thread's own connection, without redis-py's
         # per-call machinery (about three quarters of a small job's client CPU)
         add = self.enqueuer.commands(step.stream, step.fields)
+        look = reply_list.look(wait)
         try:
-            *sent, popped = self.wires.get().pipeline([*add, ("BLPOP", reply_key, wait)])
-        except PartlyAnswered as lost:  # the entry's commands were answered, the BLPOP lost:
+            replies = self.wires.get().pipeline([*add, *look])
+        except PartlyAnswered as lost:  # the entry's commands were answered, the look lost:
             if len(lost.replies) < len(add):  # the wait goes on (on a new connection)
                 raise
-            sent, popped = lost.replies[: len(add)], None
-        entry_id = self.enqueuer.entry_id(step.stream, sent)
-        popped = waiting.popped(popped)
-        if isinstance(popped, Exception):
-            raise popped
-        return Enqueued(entry_id, popped[1] if popped else None)
+            replies = lost.replies[: len(add)]
+        entry_id = self.enqueuer.entry_id(step.stream, replies[: len(add)])
+        looked = replies[len(add) : len(add) + len(look)]
+        return Enqueued(entry_id, reply_list.looked(looked) if looked else None)
 
     def _add(self, stream: str, fields: Any) -> str:
         """The entry's XADD alone (a shared reply list's), sent once (see ``__init__``)."""
         commands = self.enqueuer.commands(stream, fields)
         return self.enqueuer.entry_id(stream, self.wires.get().pipeline(commands))
 
-    def _blpop(self, reply_key: str, seconds: float) -> Any:
-        try:
-            return self.r.blpop([reply_key], timeout=self._blpop_wait(seconds))
-        except redis.ResponseError as exc:
-            if waiting.popped(exc) is None:
-                return None
-            raise
+    def _look(self, reply_list: reply_lists.PrivateList, seconds: float) -> Any:
+        """The next item of a private reply list (None: none came within ``seconds``)."""
+        look = reply_list.look(self._blpop_wait(seconds))
+        return reply_list.looked(self.wires.get().pipeline(look))
+
+    def _remove(self, reply_list: reply_lists.PrivateList) -> None:
+        """Remove a private list once its wait is over, without waiting for Redis' answer
+        (``Wire.post``; a lost one leaves it to expire after ``reply_ttl``)."""
+        self.wires.get().post([reply_list.done()])
 
     # the shared reply list's reader ----------------------------------------------------------
 
@@ -245,15 +245,12 @@ class Jobs:
                 self._reader.start()
 
     def _read_replies(self) -> None:
+        reader = reply_lists.SharedListReader(self.reply_list)
         while not self._stop.is_set():
             try:
-                popped = self.r.blpop([self.reply_list], timeout=self._blpop_wait(1.0))
-                if popped is None:
-                    continue
-                raws = [popped[1]]  # type: ignore[index]
-                # drain what else queued up, so the list empties (and its TTL starts afresh)
-                more = self.r.lpop(self.reply_list, 512)
-                raws += more or []  # type: ignore[arg-type]
+                # on the reader's own connection (no other thread uses it)
+                commands = reader.round(self._blpop_wait(1.0))
+                raws = reader.read(self.wires.get().pipeline(commands))
             except redis.RedisError:
                 if self._stop.wait(0.1):
                     return

@@ -6,9 +6,9 @@ them on its own connections. Pure code (plus a clock).
   request whose written keys span slots is refused before anything is queued (``check_slot``);
 * a job goes to one of its device queue's partitions among the streams live workers announce
   (``Partitions``; the plain queue when none does): one on its reply key's master if there is one,
-  so that its XADD and BLPOP go to one node, else one at random;
+  so that its XADD and its reply's first look go to one node, else one at random;
 * its first round trip is the XADD (or the enqueue script, and a read of the queue's limit) and a
-  first BLPOP of the reply (``first_round``, ``enqueued``);
+  first look at the reply list (``first_round``, ``enqueued``);
 * a round trip that lost a node (a failover) is sent again until the wait's own limit, unless
   the cluster answered the XADD (``after_lost``).
 """
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
-from aiworker.client import waiting
+from aiworker.client import reply_lists
 from aiworker.client.jobs import FIRST_WAIT_LIMITED_S
 from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.entries import encode_entry
@@ -100,8 +100,8 @@ class Partitions:
 
     def pick(self, device: str, near: str | None = None) -> str:
         """A stream of ``device``'s queue (the plain queue when no worker says which): one on
-        the master of ``near`` (the job's reply key) if there is one - the XADD and the BLPOP
-        then go to one node, and so do the worker's last completion step and its XACK - else
+        the master of ``near`` (the job's reply key) if there is one - the XADD and the first
+        look at the reply then go to one node, and so do the worker's last completion step and its XACK - else
         one at random."""
         streams = self._streams.get(device.upper())
         if not streams:
@@ -118,29 +118,36 @@ class Partitions:
 
 
 def first_round(
-    enqueuer: Enqueuer, step: Enqueue, reply_key: str, longest: float
-) -> list[tuple[Any, ...]]:
+    enqueuer: Enqueuer,
+    step: Enqueue,
+    reply_key: str,
+    longest: float,
+) -> tuple[list[tuple[Any, ...]], int]:
     """A job's first round trip: its XADD (or the enqueue script, and a read of the queue's
-    limit when due) and a first BLPOP of its reply, waiting up to ``longest`` seconds."""
+    limit when due) and a first look at its reply list (``reply_lists``) waiting up to
+    ``longest`` seconds; and how many of the commands add the entry."""
     wait = max(min(step.wait, longest), 0.01)  # below 1 ms Redis reads 0: block forever
-    if enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+    if enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
         wait = min(wait, FIRST_WAIT_LIMITED_S)
-    return [*enqueuer.commands(step.stream, step.fields), ("BLPOP", reply_key, wait)]
+    add = enqueuer.commands(step.stream, step.fields)
+    return [*add, reply_lists.peek(reply_key, wait)], len(add)
 
 
-def enqueued(enqueuer: Enqueuer, step: Enqueue, replies: Sequence[Any]) -> Enqueued:
+def enqueued(
+    enqueuer: Enqueuer,
+    step: Enqueue,
+    reply_list: reply_lists.PrivateList,
+    replies: Sequence[Any],
+    added: int,
+) -> Enqueued:
     """``first_round``'s replies as the plan takes them (the XADD's error raises)."""
-    *sent, popped = replies
-    entry_id = enqueuer.entry_id(step.stream, sent)
-    popped = waiting.popped(popped)
-    if isinstance(popped, Exception):
-        raise popped
-    return Enqueued(entry_id, popped[1] if popped else None)
+    entry_id = enqueuer.entry_id(step.stream, replies[:added])
+    return Enqueued(entry_id, reply_list.looked(replies[added : added + 1]))
 
 
 def after_lost(exc: BaseException, step: Enqueue, enqueuer: Enqueuer) -> Enqueued | None:
     """A first round trip that lost a node: ``Enqueued`` when the cluster answered its XADD (only
-    the first BLPOP's master was lost: the wait goes on), None to send it again (to the same
+    the reply list's master was lost: the wait goes on), None to send it again (to the same
     stream, after ``FAILOVER_PAUSE_S``). Past the wait's deadline ``exc`` is raised: the plan
     says the job may or may not have been queued. An XADD that reached the old master without
     an answer may be queued twice, and runs twice (README "Failover")."""

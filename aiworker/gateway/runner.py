@@ -10,9 +10,9 @@ commands take one round trip, and a task would cost more than the rest of the co
 
 A job (MODELEXECUTE, SCRIPTEXECUTE, DAGs) is the Python client's wait plan (``client.wait_plan``)
 driven on the same connection: the entry's XADD (or the enqueue script of a bounded queue) and a
-first BLPOP of its private reply list in one round trip, then BLPOPs, heartbeat reads and pauses
-until the reply that names the job's own stream and entry id comes, or the wait ends by the
-client's rules. The connection is the client's, held by its AI.* command anyway.
+first look at its private reply list in one round trip, then looks (``client.reply_lists``),
+heartbeat reads and pauses until the reply that names the job's own stream and entry id comes, or
+the wait ends by the client's rules; then the list is removed. The connection is the client's, held by its AI.* command anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import hiredis
 import redis
 from redis._parsers.base import BaseParser
 
-from aiworker.client import waiting
+from aiworker.client import reply_lists, waiting
 from aiworker.client.jobs import FIRST_WAIT_LIMITED_S, LONGEST_BLPOP_S
 from aiworker.client.ops import Print, State, Submit, VerifyHere, refusal_in
 from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
@@ -84,8 +84,12 @@ def _executed(done: Any) -> list[Any] | Exception:
     return done if isinstance(done, Exception) else list(done)
 
 
+def _ignored(replies: list[Any]) -> None:
+    """A removal's reply: a lost one leaves the list to expire."""
+
+
 def _seconds(wait: float) -> str:
-    """A BLPOP timeout: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
+    """A reply list's wait: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
     ``LONGEST_BLPOP_S``."""
     return f"{max(min(wait, LONGEST_BLPOP_S), 0.01):.3f}"
 
@@ -167,15 +171,16 @@ class Runner:
 
 class Drive:
     """One plan driven to its end: each step's result resumes it (see the module docstring).
-    A job's wait plan runs as a child drive, knowing its private reply list."""
+    A job's wait plan runs as a child drive, knowing its private reply list (removed when the
+    wait is over)."""
 
-    __slots__ = ("child", "done", "plan", "reply_key", "runner", "starting", "stopped")
+    __slots__ = ("child", "done", "plan", "reply_list", "runner", "starting", "stopped")
 
     def __init__(self, runner: Runner, plan: Plan[Any], done: Done, reply_key: str = "") -> None:
         self.runner = runner
         self.plan = plan
         self.done = done
-        self.reply_key = reply_key
+        self.reply_list = reply_lists.PrivateList(reply_key) if reply_key else None
         self.child: Drive | None = None
         self.starting = False
         self.stopped = False
@@ -230,7 +235,7 @@ class Drive:
         elif isinstance(step, Enqueue):
             self._enqueue(step)
         elif isinstance(step, Receive):
-            runner.send([("BLPOP", self.reply_key, _seconds(step.seconds))], self._received)
+            runner.send(self._reply_list().look(_seconds(step.seconds)), self._received)
         elif isinstance(step, Liveness):
             plan = health.liveness_plan(runner.state.keyspace, health.LIVE_FOR_S)
             self._run_child(plan)
@@ -239,8 +244,13 @@ class Drive:
         else:
             raise TypeError(f"unknown plan step {type(step).__name__}")
 
+    def _reply_list(self) -> reply_lists.PrivateList:
+        if self.reply_list is None:
+            raise TypeError("a plan without a reply list waited for a reply")
+        return self.reply_list
+
     def _run_child(self, plan: Plan[Any], reply_key: str = "") -> None:
-        self.child = Drive(self.runner, plan, self._child_done, reply_key or self.reply_key)
+        self.child = Drive(self.runner, plan, self._child_done, reply_key)
         self.child.resume(_START)
 
     def _child_done(self, result: Any) -> None:
@@ -254,31 +264,34 @@ class Drive:
         enqueuer = self.runner.enqueuer
         wait = step.wait
         guard = list(step.guard)
-        if guard or enqueuer.limited(step.stream):  # a refused entry must not wait for its BLPOP
+        if guard or enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
             wait = min(wait, FIRST_WAIT_LIMITED_S)
         add = enqueuer.commands(step.stream, step.fields)
         if guard:
             add = [("MULTI",), *guard, *add, ("EXEC",)]
+        reply_list = self._reply_list()
+        look = reply_list.look(_seconds(wait))
 
         def sent(replies: list[Any]) -> None:
-            *added, popped = replies
-            popped = waiting.popped(popped)
+            added = replies[: len(add)]
             try:
                 if guard:
                     added = _committed_adds(added, len(guard))
                 entry_id = enqueuer.entry_id(step.stream, added)
-                if isinstance(popped, Exception):
-                    raise popped
+                first = reply_list.looked(replies[len(add) :])
             except Exception as exc:
                 self.resume(exc)
                 return
-            self.resume(Enqueued(entry_id, popped[1] if popped else None))
+            self.resume(Enqueued(entry_id, first))
 
-        self.runner.send([*add, ("BLPOP", self.reply_key, _seconds(wait))], sent)
+        self.runner.send([*add, *look], sent)
 
     def _received(self, replies: list[Any]) -> None:
-        popped = waiting.popped(replies[0])
-        self.resume(popped if isinstance(popped, Exception) else popped and popped[1])
+        try:
+            item = self._reply_list().looked(replies)
+        except Exception as exc:
+            item = exc
+        self.resume(item)
 
     def _paused(self) -> None:
         self.resume(None)
@@ -291,6 +304,9 @@ class Drive:
 
     def _end(self, result: Any) -> None:
         self.stopped = True
+        if self.reply_list is not None:  # a job's wait is over: its list goes (``reply_lists``)
+            self.runner.send([self.reply_list.done()], _ignored)
+            self.runner.upstream().flush()
         if self.starting:  # a plan without I/O: its caller has not seen the drive yet
             asyncio.get_running_loop().call_soon(self.done, result)
         else:

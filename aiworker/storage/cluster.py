@@ -338,6 +338,15 @@ class ClusterWire:
             raise slot_migrating(split[0], replies)
         return replies
 
+    def post(self, commands: Sequence[Command]) -> None:
+        """``Wire.post``, each command to the master of its key's slot (a redirection or a lost
+        node drops it: best effort)."""
+        for command in commands:
+            try:
+                self._wire(self._address(command, None)).post([command])
+            except redis.RedisError:
+                continue
+
     def close(self) -> None:
         wires, self._wires = list(self._wires.values()), {}
         for wire in wires:

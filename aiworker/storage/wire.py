@@ -59,6 +59,10 @@ class JobConnection(Protocol):
 
     def slot(self, key: Any) -> int: ...
 
+    def post(self, commands: Sequence[Command]) -> None:
+        """Send commands whose replies nobody needs, without waiting for them (best effort)."""
+        ...
+
     def migrating(self, slot: int) -> bool:
         """Whether ``slot`` is being resharded, as far as replies lately told (Redis Cluster)."""
         ...
@@ -215,6 +219,8 @@ def _kernel_timeouts(sock: socket.socket) -> None:
     sock.settimeout(None)
 
 
+# ``Wire.post``'s commands kept for the next round trip when the link was lost.
+MAX_UNPOSTED = 64
 # A connection idle this long is checked before it is used: Redis (its ``timeout``, CLIENT
 # KILL) or a proxy may have closed it meanwhile.
 IDLE_CHECK_S = 0.5
@@ -253,10 +259,30 @@ class Wire:
         self._reader: hiredis.Reader | None = None
         self._buffer = bytearray(RECV_BYTES)
         self._used = 0.0  # monotonic time of the last round trip
+        self._owed = 0  # replies to ``post``'s commands, not read yet
+        self._unposted: list[Command] = []  # ``post``'s commands a lost link kept from Redis
 
     def close(self) -> None:
         self._connection.disconnect()
         self._reader = None
+        self._owed = 0
+
+    def post(self, commands: Sequence[Command]) -> None:
+        """Send commands whose replies nobody needs (a reply list's removal) without waiting:
+        their replies are read and dropped before the next round trip's. On a lost link they
+        go with the next round trip (up to ``MAX_UNPOSTED``; best effort)."""
+        self._unposted = [*self._unposted, *commands][-MAX_UNPOSTED:]
+        try:
+            self._post_unposted(self._sending())
+        except Exception:
+            self.close()
+
+    def _post_unposted(self, sock: socket.socket) -> None:
+        if self._unposted:
+            commands, self._unposted = self._unposted, []
+            for buffer in pack(commands):
+                sock.sendall(buffer)
+            self._owed += len(commands)
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
@@ -310,8 +336,14 @@ class Wire:
         now = time.monotonic()
         if now - self._used > IDLE_CHECK_S:
             sock = self._connection._sock
-            if sock is not None and self._reader is not None and _closed_while_idle(sock):
-                self.close()
+            if sock is not None and self._reader is not None:
+                if self._owed:  # their replies came long ago: read them, or find it closed
+                    try:
+                        self._read(sock, 0, [])
+                    except Exception:
+                        self.close()
+                if _closed_while_idle(sock):
+                    self.close()
         self._used = now
         return self._socket()
 
@@ -320,6 +352,7 @@ class Wire:
         replies: list[Any] = []
         try:
             sock = self._sending()
+            self._post_unposted(sock)
             for buffer in buffers:
                 sock.sendall(buffer)
             self._read(sock, len(commands), replies, large)
@@ -341,6 +374,7 @@ class Wire:
         buffers = pack(commands)
         try:
             sock = self._sending()
+            self._post_unposted(sock)
             for buffer in buffers:
                 sock.sendall(buffer)
         except Exception as exc:
@@ -365,6 +399,14 @@ class Wire:
     ) -> list[Any]:
         reader = self._reader
         assert reader is not None
+        while self._owed:  # ``post``'s replies come first
+            if reader.gets() is False:
+                received = sock.recv_into(self._buffer)
+                if not received:
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(self._buffer, 0, received)  # type: ignore[arg-type]
+            else:
+                self._owed -= 1
         if large and not reader.has_data():  # nothing of these replies went to hiredis yet
             direct = BulkReader(sock, self._buffer)
             direct.replies(count, replies)

@@ -1,0 +1,103 @@
+"""How a client reads its reply lists so that no reply is lost when Redis stalls: a reply leaves
+its list only after the client has read it. Pure code (commands to send, and what their replies
+say), driven by every client's jobs (blocking, asyncio, Redis Cluster).
+
+A BLPOP takes its reply off the list as Redis runs it. When Redis runs it late (a stall longer
+than the client's socket timeout: a slow disk, a long script, ``CLIENT PAUSE``) the client has
+given up on the connection by then, and the reply Redis pops goes to a closed socket: the job ran,
+its entry is gone, and its answer is lost. So instead:
+
+* a wait looks at the head of its list without taking it: ``BLMOVE key key LEFT LEFT`` moves the
+  head to where it was (a no-op), blocking until there is one;
+* a private list (one job's) is acknowledged an item at a time: each item read is removed by the
+  next look (``LREM key 1 item``, which removes nothing when run twice), and the list itself is
+  removed (``UNLINK``) once the wait is over, sent with the next job's round trip on the same
+  connection where there is one (else it expires after ``reply_ttl``, as every reply list does);
+* a shared list (one reader for many jobs) is read in one round trip per batch - trim what was
+  read last time, wait for a head, read up to ``SharedListReader.batch`` items - and an answer
+  lost on the way means the same items are read again: a reply read twice is dropped by the
+  router (no job waits for it any more, or its job has it already).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from aiworker.client import waiting
+
+Command = tuple[Any, ...]
+
+
+def peek(key: str, seconds: float | str) -> Command:
+    """Wait up to ``seconds`` for the head of list ``key`` and read it, leaving it there."""
+    return ("BLMOVE", key, key, "LEFT", "LEFT", seconds)
+
+
+def peeked(reply: Any) -> Any:
+    """A ``peek``'s reply: the head (bytes), or None when none came; errors raise (an UNBLOCKED
+    wait is one that timed out, see ``waiting.popped``)."""
+    reply = waiting.popped(reply)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+class PrivateList:
+    """A private reply list as one wait reads it (see the module docstring)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._read: Any = None  # the item read last, to remove with the next look
+
+    def look(self, seconds: float | str) -> list[Command]:
+        """The commands of the next look at the list: the last item read removed, the head read."""
+        commands: list[Command] = [peek(self.key, seconds)]
+        if self._read is not None:
+            commands.insert(0, ("LREM", self.key, 1, self._read))
+        return commands
+
+    def looked(self, replies: Sequence[Any]) -> Any:
+        """The item ``look``'s commands read (None: none came within the wait)."""
+        if len(replies) > 1:  # the LREM: an error raises, the item stays to be removed again
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            self._read = None
+        head = peeked(replies[-1])
+        self._read = head
+        return head
+
+    def done(self) -> Command:
+        """The command that removes the list once the wait is over."""
+        return ("UNLINK", self.key)
+
+
+class SharedListReader:
+    """The one reader of a shared reply list (see the module docstring)."""
+
+    def __init__(self, key: str, batch: int = 512) -> None:
+        self.key = key
+        self.batch = batch
+        self._trim = 0  # items read last time, not yet trimmed
+
+    def round(self, seconds: float) -> list[Command]:
+        """One round trip: trim what was read, wait for a head up to ``seconds``, read a batch.
+        (Redis runs a pipeline's commands after a blocking one once it is answered.)"""
+        commands: list[Command] = []
+        if self._trim:
+            commands.append(("LTRIM", self.key, self._trim, -1))
+            self._trim = 0  # sent once: trimmed again, it would drop items nobody read
+        return [*commands, peek(self.key, seconds), ("LRANGE", self.key, 0, self.batch - 1)]
+
+    def read(self, replies: Sequence[Any]) -> list[bytes]:
+        """The items ``round``'s commands read (an error reply raises)."""
+        for reply in replies:
+            if isinstance(reply, Exception) and waiting.popped(reply) is not None:
+                raise reply
+        items = replies[-1]
+        if not isinstance(items, list):
+            raise redis.ResponseError(f"unexpected LRANGE reply {items!r}")
+        self._trim = len(items)
+        return items
