@@ -8,8 +8,8 @@
 
 Starts a private redis-server and ``python -m aiworker worker`` as a subprocess, stores a 3-layer MLP
 twice (without batching, and with BATCHSIZE --batch), and drives each with the same closed loop of
-concurrent clients: each sends one 1 x width request through ``Client`` (XADD + BLPOP), waits for
-the reply and sends the next. The clients run as threads spread over a few processes, so that one
+concurrent clients: each sends one 1 x width request through ``Client`` (XADD and a wait for the
+reply), waits for the reply and sends the next. The clients run as threads spread over a few processes, so that one
 interpreter lock does not throttle them. Batching off and on are measured in alternating rounds, so
 that noise from other work on the machine hits both alike. Prints a markdown table.
 

@@ -41,7 +41,9 @@ from bench.common import (
 
 # Commands clients and workers send per job themselves (the rest of commandstats runs inside
 # scripts; the client's model metadata read is cached after its first job).
-TOP_LEVEL = {"xadd", "blpop", "xreadgroup", "evalsha", "eval", "wait"}
+TOP_LEVEL = {
+    "xadd", "blmove", "lrem", "lrange", "ltrim", "unlink", "xreadgroup", "evalsha", "eval", "wait"
+}  # fmt: skip
 
 
 def _stats(nodes: list[redis.Redis]) -> tuple[dict[str, int], list[float]]:

@@ -7,9 +7,9 @@ compute: what is measured is the way in and out) and sends ``--requests`` MODELE
 at once:
 
 * ``asyncio``: one ``aiworker.asyncio.Client``, every request a task (``asyncio.gather``): one
-  writer pipelines the XADDs, one reader takes all replies off the client's reply list;
+  writer pipelines the XADDs, one reader reads all replies off the client's reply list;
 * ``sync, private lists``: one blocking ``Client`` shared by ``--threads`` threads, each request
-  with its own reply list and BLPOP (the default);
+  with its own reply list (the default);
 * ``sync, shared list``: the same with ``shared_replies=True`` (one reply list, a reader thread);
 * then one request at a time from one client: requests/s, this process' CPU per job, and Redis's
   time in commands per job (INFO commandstats, the worker's commands included).
