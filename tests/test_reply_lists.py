@@ -96,7 +96,7 @@ def test_a_post_the_link_lost_goes_with_the_next_round_trip(client: Client) -> N
     def refuse() -> None:
         raise OSError("no route")
 
-    wire._sending = refuse  # type: ignore[method-assign]
+    wire._sending = refuse  # type: ignore[method-assign,assignment]
     wire.post([("UNLINK", "r")])  # lost on the way: kept
     assert client.exists("r")
     del wire._sending
