@@ -203,7 +203,7 @@ class ReplyDropper:
     holds ``marker``, keeps its replies from the client, and then closes both sides: Redis ran
     the commands, the client never learns it (a network reset at the worst moment). With
     ``answer_first`` the first piece of their replies goes through before the link is lost (a
-    job's XADD answered, its BLPOP in the same round trip cut)."""
+    job's XADD answered, the first wait for its reply in the same round trip cut)."""
 
     def __init__(
         self, redis_port: int, marker: bytes = b"XADD", answer_first: bool = False

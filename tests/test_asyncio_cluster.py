@@ -327,7 +327,7 @@ def test_a_wait_rides_out_a_lost_connection(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not killed:
             for client in node.client_list():
-                if client["cmd"] == "blpop":
+                if client["cmd"] == "blmove":  # the wait for the reply
                     node.client_kill_filter(_id=client["id"])
                     killed.append(int(client["id"]))
             time.sleep(0.01)
@@ -364,14 +364,14 @@ def test_no_live_worker_on_the_cluster(redis_cluster: Any, cluster_client: Any) 
     assert c.xlen(c.keyspace.queue("CPU")) == 0
 
 
-def blpop_connections(cluster: Any) -> set[tuple[int, str]]:
-    """(master port, client id) of the connections whose last command was a BLPOP: a client's
-    job path (workers send none)."""
+def waiting_connections(cluster: Any) -> set[tuple[int, str]]:
+    """(master port, client id) of the connections whose last command was a BLMOVE (a wait for
+    a reply): a client's job path (workers send none)."""
     return {
         (port, client["id"])
         for port in cluster.master_ports()
         for client in cluster.node(port).client_list()
-        if client["cmd"] == "blpop"
+        if client["cmd"] == "blmove"
     }
 
 
@@ -387,21 +387,21 @@ def test_aclose_ends_the_waits_of_jobs_in_flight_and_leaves_no_connection(
     c.modelstore("m", "STUB", "CPU", stub_blob("add"))
     c.tensorset("a", np.array([1], dtype=np.float32))
 
-    before = blpop_connections(redis_cluster)
+    before = waiting_connections(redis_cluster)
 
-    def blpops() -> int:
-        return len(blpop_connections(redis_cluster) - before)
+    def waits() -> int:
+        return len(waiting_connections(redis_cluster) - before)
 
     async def body(con: Any) -> list[Any]:
         jobs = [
             asyncio.ensure_future(con.modelexecute("slow", ["a", "a"], [f"s{{{n}}}"]))
             for n in range(3)
         ]
-        await asyncio.to_thread(wait_until, lambda: blpops() >= 3)
+        await asyncio.to_thread(wait_until, lambda: waits() >= 3)
         await con.aclose()
         ended = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 2)
         await asyncio.sleep(0.3)
-        left = [blpops(), len(con._jobs.wire._all)]
+        left = [waits(), len(con._jobs.wire._all)]
         again = await con.modelexecute("m", ["a", "a"], ["again"])
         return [ended, left, again]
 
@@ -516,15 +516,15 @@ def test_max_connections_bounds_the_connections_jobs_hold(
     outputs = [f"b{{{n}}}" for n in range(40)]
     assert len(masters_of(redis_cluster, *outputs)) == 3
 
-    before = blpop_connections(redis_cluster)
+    before = waiting_connections(redis_cluster)
 
-    def blpops() -> dict[int, int]:
-        held = blpop_connections(redis_cluster) - before
+    def waits() -> dict[int, int]:
+        held = waiting_connections(redis_cluster) - before
         return {port: sum(at == port for at, _ in held) for port in redis_cluster.master_ports()}
 
     async def body(con: Any) -> list[Any]:
         results = await asyncio.gather(*(con.modelexecute("m", ["a", "a"], [k]) for k in outputs))
-        return [results, blpops()]
+        return [results, waits()]
 
     results, held = arun(redis_cluster, body, max_connections=4)
     assert results == ["OK"] * len(outputs)

@@ -243,12 +243,14 @@ def replica_of(cluster: LocalCluster, port: int) -> int | None:
 
 
 def fail_over_while_blocked(cluster: LocalCluster, key: str) -> None:
-    """Once a client waits in BLPOP on ``key``'s master, promote that master's replica with
-    CLUSTER FAILOVER (the old master becomes a replica and unblocks the BLPOP)."""
+    """Once a client waits for a reply (BLMOVE, or redis-cli's BLPOP) on ``key``'s master,
+    promote that master's replica with CLUSTER FAILOVER (the old master becomes a replica and
+    unblocks the wait)."""
     master = cluster.master_of(key)
     node = cluster.node(master)
     wait_until(lambda: replica_of(cluster, master), timeout=20)  # after an earlier failover
-    wait_until(lambda: any(c["cmd"] == "blpop" for c in node.client_list()), timeout=10)
+    waits = ("blmove", "blpop")
+    wait_until(lambda: any(c["cmd"] in waits for c in node.client_list()), timeout=10)
     replica = replica_of(cluster, master)
     # a manual failover gives up after 5 s when the master does not answer its handshake in time
     # (a loaded machine): asked again, then forced

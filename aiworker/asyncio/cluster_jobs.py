@@ -32,6 +32,11 @@ from aiworker.protocol.slots import check_slot
 from aiworker.storage.cluster import LOST
 from aiworker.storage.plans import Commands, drive_steps_async
 
+# A private list whose wait is over goes with the next job's first round trip if one starts this
+# soon, else in a round trip of its own; at most this many in one round trip.
+REMOVE_AFTER_S = 0.05
+MAX_REMOVALS = 512
+
 
 class AsyncClusterJobs(WaitSteps):
     """Submits requests for one asyncio cluster client and waits for their replies."""
@@ -57,7 +62,8 @@ class AsyncClusterJobs(WaitSteps):
         # client's ``Jobs._blpop_wait``)
         self.longest_blpop = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
         self._removals: list[tuple[Any, ...]] = []  # lists whose waits are over (``_remove``)
-        self._removing: asyncio.Future[None] | None = None
+        self._removing: asyncio.TimerHandle | None = None
+        self._posting: set[asyncio.Future[None]] = set()
 
     async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
         """The worker's reply to ``request`` sent to device ``queue`` (a ``timedout`` reply when
@@ -102,19 +108,34 @@ class AsyncClusterJobs(WaitSteps):
         return await self._wait_step(step)
 
     def _remove(self, reply_list: reply_lists.PrivateList) -> None:
-        """Remove a private list once its wait is over, off the job's path (a lost removal:
-        the list expires after ``reply_ttl``)."""
-        if self._removing is not None and not self._removing.done():
-            self._removals.append(reply_list.done())  # sent by the task under way
-            return
+        """Remove a private list once its wait is over, off the job's path: with the next job's
+        first round trip if one starts within ``REMOVE_AFTER_S``, else in a round trip of its
+        own (a lost removal: the list expires after ``reply_ttl``)."""
         self._removals.append(reply_list.done())
-        self._removing = asyncio.ensure_future(self._send_removals())
+        if self._removing is None:
+            loop = asyncio.get_running_loop()
+            self._removing = loop.call_later(REMOVE_AFTER_S, self._send_removals)
 
-    async def _send_removals(self) -> None:
-        while self._removals:
-            batch, self._removals = self._removals[:512], self._removals[512:]
-            with contextlib.suppress(Exception):
-                await self.wire.pipeline(batch)
+    def _take_removals(self) -> list[tuple[Any, ...]]:
+        removals, self._removals = self._removals[:MAX_REMOVALS], self._removals[MAX_REMOVALS:]
+        return removals
+
+    def _send_removals(self) -> None:
+        self._removing = None
+        if self._removals:
+            task = asyncio.ensure_future(self._post(self._take_removals()))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
+            if self._removals:  # more than one round trip's worth
+                self._remove_again()
+
+    def _remove_again(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._removing = loop.call_later(0, self._send_removals)
+
+    async def _post(self, removals: list[tuple[Any, ...]]) -> None:
+        with contextlib.suppress(Exception):
+            await self.wire.pipeline(removals)
 
     async def _enqueue(
         self, step: Enqueue, reply_list: reply_lists.PrivateList, opened: int
@@ -126,6 +147,7 @@ class AsyncClusterJobs(WaitSteps):
             commands, added = placement.first_round(
                 self.enqueuer, step, reply_list.key, self.longest_blpop
             )
+            commands += self._take_removals()  # earlier jobs' lists, if any: sent once
             try:
                 replies = await self.wire.pipeline(commands)
                 return placement.enqueued(self.enqueuer, step, reply_list, replies, added)
@@ -136,9 +158,13 @@ class AsyncClusterJobs(WaitSteps):
                 await asyncio.sleep(placement.FAILOVER_PAUSE_S)
 
     async def close(self) -> None:
-        if self._removing is not None and not self._removing.done():
+        if self._removing is not None:
             self._removing.cancel()
+            self._removing = None
+        while self._removals:  # the last lists go now (best effort: a second at most)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._post(self._take_removals()), 1.0)
+        for task in list(self._posting):
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._removing
-        self._removals = []
+                await task
         await self.wire.close()
