@@ -392,6 +392,30 @@ def test_a_model_that_does_not_load_is_refused(con: Client) -> None:
     assert not con.exists("m")
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.modelstore(b"k\xff", "STUB", "CPU", stub_blob("add")),
+        lambda c: c.tensorset(b"t\xff", np.ones(2, np.float32)),
+        lambda c: c.tensorget(b"t\xff"),
+        lambda c: c.scriptstore(b"s\xff", "CPU", SCRIPT, "bar"),
+        lambda c: c.modelexecute("m", [b"a\xff"], ["b"]),
+        lambda c: c.modeldel(b"k\xff"),
+        lambda c: c.dag(persist=[b"p\xff"]).tensorset("p", [1.0], dtype="float").execute(),
+    ],
+    ids=["modelstore", "tensorset", "tensorget", "scriptstore", "modelexecute", "modeldel", "dag"],
+)
+def test_a_name_that_is_not_utf8_is_refused_with_it(con: Client, call: Any) -> None:
+    """aiworker's names are text (the stream entry and the replies carry them): bytes that are
+    not UTF-8 are refused naming them, as the gateway refuses them (not Python's codec error),
+    before anything is written."""
+    con.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    before = set(con.keys("*"))
+    with pytest.raises(ResponseError, match=r"^key name '.\\xff' is not valid UTF-8$"):
+        call(con)
+    assert set(con.keys("*")) == before
+
+
 def test_a_model_blob_given_as_text(con: Client) -> None:
     """redis-py sent text as UTF-8, which RedisAI took as the blob (loaded, or refused with the
     framework's message)."""

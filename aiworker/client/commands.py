@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.errors import AIError
 
 # redisai-py's dtype spellings for list/tuple values (``dtype.lower()`` is looked up here).
 DTYPES: dict[str, str] = {
@@ -45,7 +46,15 @@ def listify(value: Any) -> Sequence[Any]:
 
 
 def text(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    """A name given as bytes or text, as text: aiworker's names are UTF-8 (the stream entry and
+    the replies carry them as text), and one that is not is refused as the gateway refuses it."""
+    if not isinstance(value, (bytes, bytearray)):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        shown = bytes(value).decode(errors="backslashreplace")
+        raise AIError(f"key name '{shown}' is not valid UTF-8") from None
 
 
 def _check_device(device: str, split: bool = True) -> None:
