@@ -14,17 +14,15 @@ its entry is gone, and its answer is lost. So instead:
   removed (``UNLINK``) once the wait is over, sent with the next job's round trip on the same
   connection where there is one (else it expires after ``reply_ttl``, as every reply list does);
 * a shared list (one reader for many jobs) is read in one round trip per batch - trim what was
-  read last time, wait for a head, read up to ``SharedListReader.batch`` items - and an answer
-  lost on the way means the same items are read again: a reply read twice is dropped by the
-  router (no job waits for it any more, or its job has it already).
+  read last time, wait for a head, read the items after it (up to ``SharedListReader.batch`` in
+  all) - and an answer lost on the way means the same items are read again: a reply read twice is
+  dropped by the router (no job waits for it any more, or its job has it already).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-
-import redis
 
 from aiworker.client import waiting
 
@@ -83,21 +81,24 @@ class SharedListReader:
         self._trim = 0  # items read last time, not yet trimmed
 
     def round(self, seconds: float) -> list[Command]:
-        """One round trip: trim what was read, wait for a head up to ``seconds``, read a batch.
-        (Redis runs a pipeline's commands after a blocking one once it is answered.)"""
+        """One round trip: trim what was read, wait for a head up to ``seconds``, read the items
+        after it, up to a batch in all. (Redis runs a pipeline's commands after a blocking one
+        once it is answered; the head is not sent twice.)"""
         commands: list[Command] = []
         if self._trim:
             commands.append(("LTRIM", self.key, self._trim, -1))
             self._trim = 0  # sent once: trimmed again, it would drop items nobody read
-        return [*commands, peek(self.key, seconds), ("LRANGE", self.key, 0, self.batch - 1)]
+        return [*commands, peek(self.key, seconds), ("LRANGE", self.key, 1, self.batch - 1)]
 
     def read(self, replies: Sequence[Any]) -> list[bytes]:
         """The items ``round``'s commands read (an error reply raises)."""
-        for reply in replies:
-            if isinstance(reply, Exception) and waiting.popped(reply) is not None:
-                raise reply
-        items = replies[-1]
-        if not isinstance(items, list):
-            raise redis.ResponseError(f"unexpected LRANGE reply {items!r}")
-        self._trim = len(items)
+        if len(replies) > 2 and isinstance(replies[0], Exception):
+            raise replies[0]
+        head, after = peeked(replies[-2]), replies[-1]
+        if head is None:  # what came after the wait ended is read by the next round
+            return []
+        if isinstance(after, Exception):
+            raise after
+        items = [head, *after]
+        self._trim = len(items)  # only this reader takes items off the list: they are these
         return items
