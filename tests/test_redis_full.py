@@ -4,11 +4,13 @@ again once memory is freed. And a maxmemory-policy that may evict aiworker's key
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +22,7 @@ from conftest import wait_until, worker_env
 from faults import QUEUE, job_entry, stub_model, tensor
 
 from aiworker import Client, Settings, Worker
+from aiworker import asyncio as aio
 from aiworker.embedded import RedisServer, cli_program, free_port
 from aiworker.protocol.errors import OOM
 from aiworker.protocol.keys import Keys
@@ -198,6 +201,49 @@ def test_outputs_refused_for_oom_answer_oom_and_write_nothing(
         assert not r.exists("big")
         assert r.xpending(QUEUE, "aiworker")["pending"] == 0
     finally:
+        free(r)
+        w.stop(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["private", "shared", "asyncio"])
+def test_a_client_waiting_while_redis_fills_gets_its_reply(
+    full_server: RedisServer, r: redis.Redis, mode: str
+) -> None:
+    """Redis fills while a job runs: the client's wait for the reply (BLMOVE, which a full Redis
+    refuses) goes on by taking the reply (BLPOP), and the job's own answer comes - here Redis'
+    refusal of its outputs - not the refusal of the wait."""
+    stub_model(r, "m", op="identity", sleep_ms=1500)
+    tensor(r, "x", [1.0] * 5000)  # 20 KB of outputs: a full Redis refuses them
+    w = served_worker(full_server.url)
+    out: dict[str, Any] = {}
+
+    def execute() -> None:
+        try:
+            if mode == "asyncio":
+
+                async def call() -> Any:
+                    async with aio.Client.from_url(full_server.url, reply_timeout=10) as acon:
+                        return await acon.modelexecute("m", ["x"], ["big"])
+
+                out["result"] = asyncio.run(call())
+            else:
+                shared = mode == "shared"
+                with Client.from_url(full_server.url, reply_timeout=10, shared_replies=shared) as c:
+                    out["result"] = c.modelexecute("m", ["x"], ["big"])
+        except Exception as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=execute)
+    try:
+        thread.start()
+        wait_until(lambda: r.xpending(QUEUE, "aiworker")["pending"] == 1)  # read: running
+        fill(r)  # before it completes
+        thread.join(20)
+        assert isinstance(out.get("error"), redis.ResponseError), out
+        assert OOM in str(out["error"]), out  # the worker's reply, not the wait refused
+        assert not r.exists("big")
+    finally:
+        thread.join(20)
         free(r)
         w.stop(timeout=10)
 

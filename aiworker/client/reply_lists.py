@@ -17,16 +17,27 @@ its entry is gone, and its answer is lost. So instead:
   read last time, wait for a head, read the items after it (up to ``SharedListReader.batch`` in
   all) - and an answer lost on the way means the same items are read again: a reply read twice is
   dropped by the router (no job waits for it any more, or its job has it already).
+
+``BLMOVE`` writes (a push), so a Redis at ``maxmemory`` that cannot evict refuses it (``OOM``),
+while ``BLPOP``, ``LPOP``, ``LREM``, ``LTRIM`` and ``UNLINK`` only free memory and still run: a wait
+that meets that refusal reads its replies as before, taking them (``BLPOP``; a shared reader for
+``FULL_RETRY_S`` before it tries ``BLMOVE`` again), so jobs are still answered while Redis is full.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
+
+from redis.exceptions import OutOfMemoryError
 
 from aiworker.client import waiting
 
 Command = tuple[Any, ...]
+
+# How long a shared list's reader takes replies (BLPOP) after Redis refused BLMOVE as full.
+FULL_RETRY_S = 1.0
 
 
 def peek(key: str, seconds: float | str) -> Command:
@@ -34,13 +45,22 @@ def peek(key: str, seconds: float | str) -> Command:
     return ("BLMOVE", key, key, "LEFT", "LEFT", seconds)
 
 
-def peeked(reply: Any) -> Any:
-    """A ``peek``'s reply: the head (bytes), or None when none came; errors raise (an UNBLOCKED
-    wait is one that timed out, see ``waiting.popped``)."""
+def take(key: str, seconds: float | str) -> Command:
+    """Wait up to ``seconds`` for the head of list ``key`` and take it (Redis full)."""
+    return ("BLPOP", key, seconds)
+
+
+def _refused_as_full(reply: Any) -> bool:
+    return isinstance(reply, OutOfMemoryError)
+
+
+def _head(reply: Any, taken: bool) -> Any:
+    """A ``peek``'s (or ``take``'s) reply: the head (bytes), or None when none came; errors raise
+    (an UNBLOCKED wait is one that timed out, see ``waiting.popped``)."""
     reply = waiting.popped(reply)
     if isinstance(reply, Exception):
         raise reply
-    return reply
+    return reply[1] if taken and reply else reply
 
 
 class PrivateList:
@@ -49,10 +69,12 @@ class PrivateList:
     def __init__(self, key: str) -> None:
         self.key = key
         self._read: Any = None  # the item read last, to remove with the next look
+        self._taking = False  # Redis refused BLMOVE as full: BLPOP for the rest of the wait
 
     def look(self, seconds: float | str) -> list[Command]:
         """The commands of the next look at the list: the last item read removed, the head read."""
-        commands: list[Command] = [peek(self.key, seconds)]
+        wait = take if self._taking else peek
+        commands: list[Command] = [wait(self.key, seconds)]
         if self._read is not None:
             commands.insert(0, ("LREM", self.key, 1, self._read))
         return commands
@@ -63,8 +85,12 @@ class PrivateList:
             if isinstance(replies[0], Exception):
                 raise replies[0]
             self._read = None
-        head = peeked(replies[-1])
-        self._read = head
+        if not self._taking and _refused_as_full(replies[-1]):
+            self._taking = True
+            return None  # the next look takes it
+        head = _head(replies[-1], self._taking)
+        if not self._taking:
+            self._read = head
         return head
 
     def done(self) -> Command:
@@ -79,6 +105,8 @@ class SharedListReader:
         self.key = key
         self.batch = batch
         self._trim = 0  # items read last time, not yet trimmed
+        self._taking_until = 0.0  # Redis refused BLMOVE as full: BLPOP until then
+        self._taking = False  # this round takes
 
     def round(self, seconds: float) -> list[Command]:
         """One round trip: trim what was read, wait for a head up to ``seconds``, read the items
@@ -88,17 +116,25 @@ class SharedListReader:
         if self._trim:
             commands.append(("LTRIM", self.key, self._trim, -1))
             self._trim = 0  # sent once: trimmed again, it would drop items nobody read
+        self._taking = time.monotonic() < self._taking_until
+        if self._taking:
+            return [*commands, take(self.key, seconds), ("LPOP", self.key, self.batch - 1)]
         return [*commands, peek(self.key, seconds), ("LRANGE", self.key, 1, self.batch - 1)]
 
     def read(self, replies: Sequence[Any]) -> list[bytes]:
         """The items ``round``'s commands read (an error reply raises)."""
         if len(replies) > 2 and isinstance(replies[0], Exception):
             raise replies[0]
-        head, after = peeked(replies[-2]), replies[-1]
-        if head is None:  # what came after the wait ended is read by the next round
+        if not self._taking and _refused_as_full(replies[-2]):
+            self._taking_until = time.monotonic() + FULL_RETRY_S
             return []
+        head, after = _head(replies[-2], self._taking), replies[-1]
         if isinstance(after, Exception):
             raise after
+        if self._taking:  # what the LPOP took is read now, whatever the BLPOP found
+            return [head, *(after or [])] if head is not None else list(after or [])
+        if head is None:  # what came after the wait ended is read by the next round
+            return []
         items = [head, *after]
         self._trim = len(items)  # only this reader takes items off the list: they are these
         return items
