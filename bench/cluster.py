@@ -42,7 +42,7 @@ from bench.common import (
 # Commands clients and workers send per job themselves (the rest of commandstats runs inside
 # scripts; the client's model metadata read is cached after its first job).
 TOP_LEVEL = {
-    "xadd", "blmove", "lrem", "lrange", "ltrim", "unlink", "xreadgroup", "evalsha", "eval", "wait"
+    "xadd", "blmove", "lrem", "lrange", "ltrim", "del", "xreadgroup", "evalsha", "eval", "wait"
 }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -24,7 +25,9 @@ from redis.retry import Retry
 from test_gateway import event_loops, large_tensors_in_a_pipeline, running_gateway
 
 from aiworker import Client, ConfigError, NoLiveWorker, Settings, Worker
+from aiworker import asyncio as aio
 from aiworker.cli import main
+from aiworker.client import reply_lists
 from aiworker.embedded import free_port, server_program
 from aiworker.protocol.keys import CONSUMER_GROUP
 from aiworker.storage.redis_options import tls_kwargs
@@ -344,6 +347,49 @@ def test_a_requester_with_the_documented_rule(acl_redis: tuple[redis.Redis, int]
         w.stop(timeout=10)
         admin.close()
     assert admin_redis.exists("ai:d") == 0
+
+
+def test_a_requester_of_the_rule_before_blmove_still_gets_its_replies(
+    acl_redis: tuple[redis.Redis, int],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A requester still granted the rule of before the clients read replies with BLMOVE
+    (``+blpop +lpop``, without ``+blmove +lrem +lrange +ltrim``): its waits take the replies with
+    BLPOP, as they did, with a warning that says what to grant - not a NOPERM after the job
+    ran, which a retry would run again."""
+    monkeypatch.setattr(reply_lists, "_warned", False)  # warned once per process
+    admin_redis, port = acl_redis
+    admin_redis.execute_command(
+        "ACL", "SETUSER", "requester", "-blmove", "-lrem", "-lrange", "-ltrim", "+lpop"
+    )
+    admin = Client(port=port, username="admin", password="adminpw")
+    admin.modelstore("model:m", "STUB", "CPU", stub_blob("add"))
+    worker_settings = Settings(redis_url=f"redis://aiworker:workerpw@127.0.0.1:{port}/0",
+                               threads_per_queue=1, block_ms=100)  # fmt: skip
+    url = f"redis://requester:requesterpw@127.0.0.1:{port}/0"
+    small = np.arange(4, dtype=np.float32)
+    w = Worker(worker_settings).start()
+    try:
+        for shared in (False, True):
+            with caplog.at_level("WARNING", logger="aiworker.client"):
+                con = Client.from_url(url, reply_timeout=10, shared_replies=shared)
+                assert con.tensorset("ai:a", small) == "OK"
+                assert con.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:b"]) == "OK"
+                out = con.run("model:m", {"a": small, "b": small}, ["out"])
+                assert out["out"].tolist() == (small * 2).tolist()
+                con.close()
+
+        async def calls() -> Any:
+            async with aio.Client.from_url(url, reply_timeout=10) as acon:
+                return await acon.modelexecute("model:m", ["ai:a", "ai:a"], ["ai:c"])
+
+        assert asyncio.run(calls()) == "OK"
+    finally:
+        w.stop(timeout=10)
+        admin.close()
+    assert any("+blmove" in r.getMessage() for r in caplog.records)
+    assert not admin_redis.keys("aiworker:reply:*")  # each private list was removed (DEL)
 
 
 def documented_owner_extra() -> list[str]:

@@ -11,33 +11,40 @@ its entry is gone, and its answer is lost. So instead:
   head to where it was (a no-op), blocking until there is one;
 * a private list (one job's) is acknowledged an item at a time: each item read is removed by the
   next look (``LREM key 1 item``, which removes nothing when run twice), and the list itself is
-  removed (``UNLINK``) once the wait is over, sent with the next job's round trip on the same
-  connection where there is one (else it expires after ``reply_ttl``, as every reply list does);
+  removed (``DEL``) once the wait is over, off the job's path: the blocking client sends it without
+  waiting for the answer (``Wire.post``), the asyncio cluster client with the next job's round
+  trip or on its own, the gateway after the job's reply (a lost one: the list expires after
+  ``reply_ttl``, as every reply list does);
 * a shared list (one reader for many jobs) is read in one round trip per batch - trim what was
   read last time, wait for a head, read the items after it (up to ``SharedListReader.batch`` in
   all) - and an answer lost on the way means the same items are read again: a reply read twice is
   dropped by the router (no job waits for it any more, or its job has it already).
 
 ``BLMOVE`` writes (a push), so a Redis at ``maxmemory`` that cannot evict refuses it (``OOM``),
-while ``BLPOP``, ``LPOP``, ``LREM``, ``LTRIM`` and ``UNLINK`` only free memory and still run: a wait
-that meets that refusal reads its replies as before, taking them (``BLPOP``; a shared reader for
-``FULL_RETRY_S`` before it tries ``BLMOVE`` again), so jobs are still answered while Redis is full.
+while ``BLPOP``, ``LPOP``, ``LREM``, ``LTRIM`` and ``DEL`` only free memory and still run; and an
+ACL user granted the requester rule of before (``+blpop +lpop``) is refused it too (``NOPERM``). A
+wait that meets either refusal reads its replies as before, taking them (``BLPOP``; a shared
+reader for ``REFUSED_RETRY_S`` before it tries ``BLMOVE`` again), so its job is still answered.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import NoPermissionError, OutOfMemoryError
 
 from aiworker.client import waiting
 
 Command = tuple[Any, ...]
 
-# How long a shared list's reader takes replies (BLPOP) after Redis refused BLMOVE as full.
-FULL_RETRY_S = 1.0
+# How long a shared list's reader takes replies (BLPOP) after Redis refused BLMOVE.
+REFUSED_RETRY_S = 1.0
+
+log = logging.getLogger("aiworker.client")
+_warned = False  # the ACL refusal of BLMOVE is logged once per process
 
 
 def peek(key: str, seconds: float | str) -> Command:
@@ -50,7 +57,20 @@ def take(key: str, seconds: float | str) -> Command:
     return ("BLPOP", key, seconds)
 
 
-def _refused_as_full(reply: Any) -> bool:
+def _refused(reply: Any) -> bool:
+    """Whether Redis refused a ``peek``: full (OOM), or an ACL user without ``+blmove`` (the
+    requester rule before this way of reading: warned once, see ``docs/security.md``)."""
+    if isinstance(reply, NoPermissionError):
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning(
+                "Redis refused BLMOVE on a reply list (%s): replies are taken with BLPOP, which "
+                "loses a reply when Redis runs it after the client gave up (a stall); grant "
+                "+blmove +lrem +lrange +ltrim (docs/security.md)",
+                reply,
+            )
+        return True
     return isinstance(reply, OutOfMemoryError)
 
 
@@ -69,7 +89,7 @@ class PrivateList:
     def __init__(self, key: str) -> None:
         self.key = key
         self._read: Any = None  # the item read last, to remove with the next look
-        self._taking = False  # Redis refused BLMOVE as full: BLPOP for the rest of the wait
+        self._taking = False  # Redis refused BLMOVE: BLPOP for the rest of the wait
 
     def look(self, seconds: float | str) -> list[Command]:
         """The commands of the next look at the list: the last item read removed, the head read."""
@@ -85,7 +105,7 @@ class PrivateList:
             if isinstance(replies[0], Exception):
                 raise replies[0]
             self._read = None
-        if not self._taking and _refused_as_full(replies[-1]):
+        if not self._taking and _refused(replies[-1]):
             self._taking = True
             return None  # the next look takes it
         head = _head(replies[-1], self._taking)
@@ -94,8 +114,9 @@ class PrivateList:
         return head
 
     def done(self) -> Command:
-        """The command that removes the list once the wait is over."""
-        return ("UNLINK", self.key)
+        """The command that removes the list once the wait is over (a list of a reply or two:
+        DEL frees it at once, and every requester rule grants it)."""
+        return ("DEL", self.key)
 
 
 class SharedListReader:
@@ -105,7 +126,7 @@ class SharedListReader:
         self.key = key
         self.batch = batch
         self._trim = 0  # items read last time, not yet trimmed
-        self._taking_until = 0.0  # Redis refused BLMOVE as full: BLPOP until then
+        self._taking_until = 0.0  # Redis refused BLMOVE: BLPOP until then
         self._taking = False  # this round takes
 
     def round(self, seconds: float) -> list[Command]:
@@ -125,8 +146,8 @@ class SharedListReader:
         """The items ``round``'s commands read (an error reply raises)."""
         if len(replies) > 2 and isinstance(replies[0], Exception):
             raise replies[0]
-        if not self._taking and _refused_as_full(replies[-2]):
-            self._taking_until = time.monotonic() + FULL_RETRY_S
+        if not self._taking and _refused(replies[-2]):
+            self._taking_until = time.monotonic() + REFUSED_RETRY_S
             return []
         head, after = _head(replies[-2], self._taking), replies[-1]
         if isinstance(after, Exception):
