@@ -261,6 +261,27 @@ def test_a_worker_without_runs_in_flight_refuses_to_start(
     assert client.zcard(client.keyspace.workers) == 0
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("THREADS_PER_QUEUE", "0", "setting threads_per_queue: 0 is out of range (1 or more)"),
+        ("THREADS_PER_QUEUE", "abc", "setting threads_per_queue: invalid value 'abc'"),
+        ("MAX_QUEUE_LENGTH", "-1", "setting max_queue_length: -1 is out of range (0 or more)"),
+        ("QUEUE_PARTITIONS", "2000", "setting queue_partitions: 2000 is out of range"),
+        ("METRICS_PORT", "70000", "setting metrics_port: 70000 is out of range"),
+    ],
+)
+def test_an_invalid_setting_from_the_environment_is_a_setting_error(
+    redis_server: RedisServer, variable: str, value: str, said: str
+) -> None:
+    """An AIWORKER_* variable is a setting, invalid as the config file's is: (error), exit 1 -
+    not click's usage error naming a flag the user never gave."""
+    for command in ("worker", "up"):
+        args = [command, "--redis-url", redis_server.url] if command == "worker" else [command]
+        code, out = invoke(*args, **{f"AIWORKER_{variable}": value})
+        assert_clean_error(code, out, said)
+
+
 def test_config_of_an_unknown_setting_is_an_error(
     client: Client, redis_server: RedisServer
 ) -> None:

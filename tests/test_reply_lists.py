@@ -4,12 +4,18 @@ an item leaves a list only after it was read, and an answer lost on the way lose
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from typing import Any
 
+import numpy as np
 import pytest
+from conftest import stub_blob
 
-from aiworker import Client
+from aiworker import Client, Worker
 from aiworker.client import reply_lists
+from aiworker.embedded import RedisServer
 from aiworker.storage import wire as wire_module
 from aiworker.storage.wire import Wire
 
@@ -102,3 +108,63 @@ def test_a_post_the_link_lost_goes_with_the_next_round_trip(client: Client) -> N
     del wire._sending
     assert wire.pipeline([("GET", "k")]) == [b"v"]
     assert not client.exists("r")
+
+
+class Interrupted(Exception):
+    """What a signal handler raises (a time limit), as an ordinary exception."""
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, Interrupted])
+def test_a_wait_interrupted_leaves_the_threads_connection_in_step(
+    client: Client, worker: Worker, raised: type[BaseException]
+) -> None:
+    """Ctrl-C or a signal-based time limit while a job waits for its reply: the thread's job
+    connection, holding an answer not read, is closed - its next jobs and reads get their own
+    replies, not the ones before them."""
+    client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=1500))
+    client.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    client.tensorset("a", np.array([1.0, 2.0], np.float32))
+    assert client.modelexecute("m", ["a", "a"], ["y"]) == "OK"
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise raised
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.2)  # in a look after the first round trip
+        with pytest.raises(raised):
+            client.modelexecute("slow", ["a", "a"], ["z"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(1.0)  # the slow job's reply lands on its list meanwhile
+    for n in range(3):
+        assert client.modelexecute("m", ["a", "a"], [f"out{n}"]) == "OK"
+        assert client.tensorget(f"out{n}").tolist() == [2.0, 4.0]
+
+
+def test_a_forked_child_runs_jobs_on_a_connection_of_its_own(
+    client: Client, worker: Worker, redis_server: RedisServer
+) -> None:
+    """A client used in a parent, then in a forked child (a fork-based process pool): the child
+    neither reads the answers its parent's connection owes nor leaves the parent waiting."""
+    c = Client.from_url(redis_server.url, socket_timeout=3)
+    c.modelstore("m", "STUB", "CPU", stub_blob("add"))
+    c.tensorset("a", np.array([1.0, 2.0], np.float32))
+    assert c.modelexecute("m", ["a", "a"], ["y"]) == "OK"  # its list's removal owes an answer
+    time.sleep(wire_module.IDLE_CHECK_S + 0.1)  # idle: the next use checks the connection
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its job and read are right
+        code = 1
+        try:
+            ok = c.modelexecute("m", ["a", "a"], ["child"]) == "OK"
+            code = 0 if ok and c.tensorget("child").tolist() == [2.0, 4.0] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    started = time.monotonic()
+    assert c.modelexecute("m", ["a", "a"], ["parent"]) == "OK"
+    assert time.monotonic() - started < 2  # not a socket timeout's wait
+    assert c.tensorget("parent").tolist() == [2.0, 4.0]
+    c.close()

@@ -42,7 +42,6 @@ PORT = click.IntRange(0, 65535)
 @click.option(
     "--threads-per-queue",
     type=click.IntRange(1),
-    envvar="AIWORKER_THREADS_PER_QUEUE",
     default=None,
     help="Runs in flight per device queue (RedisAI's THREADS_PER_QUEUE, default 1).",
 )
@@ -56,35 +55,30 @@ PORT = click.IntRange(0, 65535)
 @click.option(
     "--metrics-port",
     type=PORT,
-    envvar="AIWORKER_METRICS_PORT",
     default=None,
     help="Serve Prometheus metrics on this port (0: off).",
 )
 @click.option(
     "--drain-timeout",
     type=float,
-    envvar="AIWORKER_DRAIN_TIMEOUT",
     default=None,
     help="Seconds to finish jobs in hand after SIGTERM before handing them back.",
 )
 @click.option(
     "--queue-partitions",
     type=click.IntRange(1, 1024),
-    envvar="AIWORKER_QUEUE_PARTITIONS",
     default=None,
     help="Streams per device queue, spread over a Redis Cluster's masters (default 1).",
 )
 @click.option(
     "--wait-replicas",
     type=click.IntRange(0),
-    envvar="AIWORKER_WAIT_REPLICAS",
     default=None,
     help="WAIT for this many replicas after each completion step (default 0: no WAIT).",
 )
 @click.option(
     "--max-queue-length",
     type=click.IntRange(0),
-    envvar="AIWORKER_MAX_QUEUE_LENGTH",
     default=None,
     help="Most jobs a device queue may hold; clients' requests beyond it fail (0: no limit).",
 )
@@ -177,7 +171,6 @@ UP_DEFAULTS = {"threads_per_queue": 2}
 @click.option(
     "--threads-per-queue",
     type=click.IntRange(1),
-    envvar="AIWORKER_THREADS_PER_QUEUE",
     default=None,
     help="Runs in flight per device queue (default 2).",
 )

@@ -274,8 +274,10 @@ class Wire:
         self._unposted = [*self._unposted, *commands][-MAX_UNPOSTED:]
         try:
             self._post_unposted(self._sending())
-        except Exception:
-            self.close()
+        except BaseException as exc:
+            self.close()  # part of a command may have gone: out of step
+            if not isinstance(exc, Exception):
+                raise
 
     def _post_unposted(self, sock: socket.socket) -> None:
         if self._unposted:
@@ -313,10 +315,16 @@ class Wire:
     def migrating(slot: int) -> bool:
         return False  # no resharding on a single Redis
 
-    def _socket(self) -> socket.socket:
-        if self._pid != os.getpid():  # a forked child: the socket is the parent's, leave it be
+    def _forked(self) -> None:
+        """In a forked child the socket, and the replies owed on it, are the parent's: leave
+        them be (reading them would take the parent's replies) and connect anew."""
+        if self._pid != os.getpid():
             self._connection = self._class(**self._kwargs)
             self._reader, self._pid = None, os.getpid()
+            self._owed, self._unposted = 0, []
+
+    def _socket(self) -> socket.socket:
+        self._forked()
         if self._connection._sock is None or self._reader is None:
             self._connection.connect()
             self._reader = hiredis.Reader()
@@ -333,6 +341,7 @@ class Wire:
     def _sending(self) -> socket.socket:
         """The socket to send new commands on (nothing is awaited on it): made again when it
         was idle and Redis closed it meanwhile."""
+        self._forked()
         now = time.monotonic()
         if now - self._used > IDLE_CHECK_S:
             sock = self._connection._sock
@@ -358,7 +367,7 @@ class Wire:
             self._read(sock, len(commands), replies, large)
             self._used = time.monotonic()  # a reply may take long (a blocking read)
             return replies
-        except Exception as exc:
+        except BaseException as exc:
             try:
                 self._raise_lost(exc)
             except (redis.ConnectionError, redis.TimeoutError) as lost:
@@ -377,7 +386,7 @@ class Wire:
             self._post_unposted(sock)
             for buffer in buffers:
                 sock.sendall(buffer)
-        except Exception as exc:
+        except BaseException as exc:
             self._raise_lost(exc)
 
     def receive(
@@ -391,7 +400,7 @@ class Wire:
             self._read(self._socket(), count, replies, large)
             self._used = time.monotonic()
             return replies
-        except Exception as exc:
+        except BaseException as exc:
             self._raise_lost(exc)
 
     def _read(
@@ -425,9 +434,10 @@ class Wire:
                 count -= 1
         return replies
 
-    def _raise_lost(self, exc: Exception) -> NoReturn:
-        """Raise redis-py's error for a failure on the socket, the connection closed (its
-        replies are out of step now); other errors as they are."""
+    def _raise_lost(self, exc: BaseException) -> NoReturn:
+        """Raise redis-py's error for a failure on the socket; other errors (a KeyboardInterrupt
+        or a signal handler's exception mid-reply) as they are. The connection is closed either
+        way: its replies are out of step now."""
         if isinstance(
             exc, (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         ):
@@ -436,8 +446,7 @@ class Wire:
         if isinstance(exc, (OSError, hiredis.ProtocolError)):
             self.close()
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
-        if isinstance(exc, redis.ConnectionError):
-            self.close()
+        self.close()
         raise exc
 
 
