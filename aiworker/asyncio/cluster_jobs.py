@@ -23,8 +23,7 @@ from aiworker.asyncio.cluster_wire import AsyncClusterWire
 from aiworker.asyncio.jobs import WaitSteps, closed_error
 from aiworker.asyncio.plans import drive, execute_commands
 from aiworker.client import placement, reply_lists, waiting
-from aiworker.client.jobs import LONGEST_BLPOP_S
-from aiworker.client.wait_plan import Enqueue, Enqueued, Receive, job_plan
+from aiworker.client.wait_plan import LONGEST_WAIT_S, Enqueue, Enqueued, Receive, job_plan
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
@@ -58,9 +57,9 @@ class AsyncClusterJobs(WaitSteps):
         self.wire = AsyncClusterWire(rc, max_connections)
         self.partitions = placement.Partitions(keyspace, self.wire.masters)
         socket_timeout = rc.get_connection_kwargs().get("socket_timeout")
-        # the longest single BLPOP, within the connections' read timeout (as the blocking
-        # client's ``Jobs._blpop_wait``)
-        self.longest_blpop = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
+        # the longest single wait for a reply, within the connections' read timeout (as the
+        # blocking client's ``Jobs._wait_s``)
+        self.longest_wait = LONGEST_WAIT_S if not socket_timeout else min(1.0, socket_timeout / 2)
         self._removals: list[tuple[Any, ...]] = []  # lists whose waits are over (``_remove``)
         self._removing: asyncio.TimerHandle | None = None
         self._posting: set[asyncio.Future[None]] = set()
@@ -101,7 +100,7 @@ class AsyncClusterJobs(WaitSteps):
     async def _step(self, step: Any, reply_list: reply_lists.PrivateList, opened: int) -> Any:
         self._check_open(opened)
         if isinstance(step, Receive):
-            wait = max(min(step.seconds, self.longest_blpop), 0.01)
+            wait = max(min(step.seconds, self.longest_wait), 0.01)
             return reply_list.looked(await self.wire.pipeline(reply_list.look(wait)))
         if isinstance(step, Enqueue):
             return await self._enqueue(step, reply_list, opened)
@@ -145,7 +144,7 @@ class AsyncClusterJobs(WaitSteps):
         while True:
             self._check_open(opened)
             commands, added = placement.first_round(
-                self.enqueuer, step, reply_list.key, self.longest_blpop
+                self.enqueuer, step, reply_list.key, self.longest_wait
             )
             commands += self._take_removals()  # earlier jobs' lists, if any: sent once
             try:

@@ -238,7 +238,7 @@ class AsyncJobs(WaitSteps):
     async def _read_replies(self) -> None:
         reader = self._list_reader  # kept between reader tasks: what it read is trimmed next
         socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
-        # the longest wait, within the connection's read timeout (as ``Jobs._blpop_wait``)
+        # the longest wait, within the connection's read timeout (as ``Jobs._wait_s``)
         wait = READ_BLOCK_S if not socket_timeout else min(READ_BLOCK_S, socket_timeout / 2)
         while True:
             try:

@@ -10,7 +10,7 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 * a job goes to one of its device queue's partitions among the streams live workers announce
   (``Partitions``; the plain queue when none does): one on its reply key's master if there is
   one, else one at random;
-* a job's round trip (XADD and the first BLPOP) goes through a fast connection per master
+* a job's round trip (XADD and the first look at its reply list) goes through a fast connection per master
   (``storage.cluster.ClusterWire``), as a single Redis' goes through a ``Wire``;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
@@ -99,7 +99,7 @@ class ClusterJobs(Jobs):
         connections, sent again while a failover is under way (``placement.after_lost``)."""
         while True:
             commands, added = placement.first_round(
-                self.enqueuer, step, reply_list.key, self._blpop_wait(1.0)
+                self.enqueuer, step, reply_list.key, self._wait_s(1.0)
             )
             try:
                 replies = self.wires.get().pipeline(commands)

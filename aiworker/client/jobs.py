@@ -1,9 +1,9 @@
 """Jobs from the blocking client: the wait plan (``client.wait_plan``) driven on blocking
 connections, with one of two ways to receive replies, chosen per client:
 
-* a private reply list per request (default): the XADD and the first BLPOP go in one round trip
-  on this thread's own connection; each waiting thread holds a connection in BLPOP;
-* one reply list per client (``shared_replies=True``): a reader thread BLPOPs it and hands the
+* a private reply list per request (default): the XADD and the first look at the list go in one
+  round trip on this thread's own connection; each waiting thread holds a connection in a wait;
+* one reply list per client (``shared_replies=True``): a reader thread reads it and hands the
   replies to the waiting threads (``client.routing``), so any number of threads share two
   connections.
 
@@ -23,6 +23,7 @@ import redis
 
 from aiworker.client import reply_lists, routing, waiting
 from aiworker.client.wait_plan import (
+    LONGEST_WAIT_S,
     Enqueue,
     Enqueued,
     Liveness,
@@ -43,11 +44,8 @@ from aiworker.storage.queues import Enqueuer
 from aiworker.storage.redis_options import connection_kwargs
 from aiworker.storage.wire import JobConnections, PartlyAnswered, Wires
 
-# The longest single BLPOP: short enough for redis-py's socket read timeout (5 s by default in
-# redis-py 8; half of it leaves room for Redis serving blocking timeouts up to 100 ms late).
-LONGEST_BLPOP_S = 1.0
-# The first BLPOP's wait where the queue has a length limit: an entry the limit refuses is said
-# so at once (a job that waits in a full queue needs more round trips anyway).
+# The first wait for the reply where the queue has a length limit: an entry the limit refuses is
+# said so at once (a job that waits in a full queue needs more round trips anyway).
 FIRST_WAIT_LIMITED_S = 0.01
 
 
@@ -131,9 +129,11 @@ class Jobs:
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
-    def _blpop_wait(self, wanted: float) -> float:
+    def _wait_s(self, wanted: float) -> float:
         socket_timeout = connection_kwargs(self.r).get("socket_timeout")
-        longest = LONGEST_BLPOP_S if not socket_timeout else min(1.0, socket_timeout / 2)
+        # within redis-py's socket read timeout: half of it leaves room for Redis serving
+        # blocking timeouts up to 100 ms late
+        longest = LONGEST_WAIT_S if not socket_timeout else min(1.0, socket_timeout / 2)
         return max(min(wanted, longest), 0.01)  # below 1 ms Redis reads 0: block forever
 
     # submitting ------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class Jobs:
 
     def _enqueue(self, step: Enqueue, reply_list: reply_lists.PrivateList) -> Enqueued:
         """The entry's XADD and a first look for its reply, in one round trip."""
-        wait = self._blpop_wait(step.wait)
+        wait = self._wait_s(step.wait)
         if self.enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
             wait = min(wait, FIRST_WAIT_LIMITED_S)
         # the one round trip of a job: on this thread's own connection, without redis-py's
@@ -225,7 +225,7 @@ class Jobs:
 
     def _look(self, reply_list: reply_lists.PrivateList, seconds: float) -> Any:
         """The next item of a private reply list (None: none came within ``seconds``)."""
-        look = reply_list.look(self._blpop_wait(seconds))
+        look = reply_list.look(self._wait_s(seconds))
         return reply_list.looked(self.wires.get().pipeline(look))
 
     def _remove(self, reply_list: reply_lists.PrivateList) -> None:
@@ -249,7 +249,7 @@ class Jobs:
         while not self._stop.is_set():
             try:
                 # on the reader's own connection (no other thread uses it)
-                commands = reader.round(self._blpop_wait(1.0))
+                commands = reader.round(self._wait_s(1.0))
                 raws = reader.read(self.wires.get().pipeline(commands))
             except redis.RedisError:
                 if self._stop.wait(0.1):

@@ -56,10 +56,10 @@ def wait_limit(timeout_ms: int | None, reply_timeout: float | None) -> float | N
 
 
 def popped(reply: Any) -> Any:
-    """A BLPOP's reply as a job's wait reads it. UNBLOCKED ends a BLPOP without a reply while the
-    job runs on: a CLIENT UNBLOCK of the connection (RedisAI's blocked clients could not be
-    unblocked), or its master made a replica (a failover on Redis Cluster: the reply is written
-    to the promoted one). The wait goes on as after a BLPOP that timed out."""
+    """A blocking read's reply (BLMOVE, BLPOP) as a job's wait reads it. UNBLOCKED ends one
+    without a reply while the job runs on: a CLIENT UNBLOCK of the connection (RedisAI's blocked
+    clients could not be unblocked), or its master made a replica (a failover on Redis Cluster:
+    the reply is written to the promoted one). The wait goes on as after one that timed out."""
     if isinstance(reply, redis.ResponseError) and str(reply).startswith("UNBLOCKED"):
         return None
     return reply

@@ -27,9 +27,17 @@ import redis
 from redis._parsers.base import BaseParser
 
 from aiworker.client import reply_lists, waiting
-from aiworker.client.jobs import FIRST_WAIT_LIMITED_S, LONGEST_BLPOP_S
+from aiworker.client.jobs import FIRST_WAIT_LIMITED_S
 from aiworker.client.ops import Print, State, Submit, VerifyHere, refusal_in
-from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
+from aiworker.client.wait_plan import (
+    LONGEST_WAIT_S,
+    Enqueue,
+    Enqueued,
+    Liveness,
+    Pause,
+    Receive,
+    job_plan,
+)
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.replies import MSGPACK
 from aiworker.storage import health
@@ -90,8 +98,8 @@ def _ignored(replies: list[Any]) -> None:
 
 def _seconds(wait: float) -> str:
     """A reply list's wait: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
-    ``LONGEST_BLPOP_S``."""
-    return f"{max(min(wait, LONGEST_BLPOP_S), 0.01):.3f}"
+    ``LONGEST_WAIT_S``."""
+    return f"{max(min(wait, LONGEST_WAIT_S), 0.01):.3f}"
 
 
 class Runner:
