@@ -12,7 +12,8 @@ A job (MODELEXECUTE, SCRIPTEXECUTE, DAGs) is the Python client's wait plan (``cl
 driven on the same connection: the entry's XADD (or the enqueue script of a bounded queue) and a
 first look at its private reply list in one round trip, then looks (``client.reply_lists``),
 heartbeat reads and pauses until the reply that names the job's own stream and entry id comes, or
-the wait ends by the client's rules; then the list is removed. The connection is the client's, held by its AI.* command anyway.
+the wait ends by the client's rules; then the list is removed. The connection is the client's,
+held by its AI.* command anyway.
 """
 
 from __future__ import annotations
