@@ -167,9 +167,9 @@ def test_a_job_whose_xadd_reply_was_lost_is_not_queued_twice(
 def test_a_job_whose_first_wait_lost_its_link_waits_on(
     client: Client, worker: Worker, redis_server: RedisServer
 ) -> None:
-    """Redis answered the job's XADD, then the link dropped during the wait for its reply in the same round
-    trip: the job is queued, and its wait goes on on a new connection (it ended at once saying
-    Redis did not confirm the XADD, and a retry would have run the job twice)."""
+    """Redis answered the job's XADD, then the link dropped during the wait for its reply in the
+    same round trip: the job is queued, and its wait goes on on a new connection (it ended at once
+    saying Redis did not confirm the XADD, and a retry would have run the job twice)."""
     client.modelstore("slow", "STUB", "CPU", stub_blob("add", sleep_ms=500))
     tensor(client, "a", [1])
     proxy = ReplyDropper(redis_server.port, answer_first=True)

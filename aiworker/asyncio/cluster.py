@@ -10,9 +10,9 @@ blocking ``ClusterClient`` (README "Redis Cluster"; ``client.placement`` holds w
   list takes their hash tag;
 * a job goes to one of its device queue's partitions among the streams live workers announce, one
   on its reply key's master if there is one;
-* a job's round trip (XADD and the first look at its reply list) goes through the client's ``AsyncClusterWire``,
-  MOVED and ASK followed; it rides out a failover (its XADD is sent again, to the same stream,
-  until the wait's own limit, never once the cluster answered it);
+* a job's round trip (XADD and the first look at its reply list) goes through the client's
+  ``AsyncClusterWire``, MOVED and ASK followed; it rides out a failover (its XADD is sent again,
+  to the same stream, until the wait's own limit, never once the cluster answered it);
 * Redis commands off the job path (tensors, models, scripts, statistics) go through redis-py's
   cluster client, a transaction as one MULTI/EXEC per hash slot.
 

@@ -10,8 +10,8 @@ The same methods as ``aiworker.Client``, with the cluster's rules (README "Redis
 * a job goes to one of its device queue's partitions among the streams live workers announce
   (``Partitions``; the plain queue when none does): one on its reply key's master if there is
   one, else one at random;
-* a job's round trip (XADD and the first look at its reply list) goes through a fast connection per master
-  (``storage.cluster.ClusterWire``), as a single Redis' goes through a ``Wire``;
+* a job's round trip (XADD and the first look at its reply list) goes through a fast connection
+  per master (``storage.cluster.ClusterWire``), as a single Redis' goes through a ``Wire``;
 * a job rides out a failover: its XADD and the commands of its wait that fail while a replica
   takes over are sent again until the wait's own limit, which then ends it with an error saying
   to retry (a reply the old master accepted but had not replicated is lost with it). An XADD is

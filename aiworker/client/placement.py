@@ -101,8 +101,8 @@ class Partitions:
     def pick(self, device: str, near: str | None = None) -> str:
         """A stream of ``device``'s queue (the plain queue when no worker says which): one on
         the master of ``near`` (the job's reply key) if there is one - the XADD and the first
-        look at the reply then go to one node, and so do the worker's last completion step and its XACK - else
-        one at random."""
+        look at the reply then go to one node, and so do the worker's last completion step and
+        its XACK - else one at random."""
         streams = self._streams.get(device.upper())
         if not streams:
             return self.keyspace.queue(device)
