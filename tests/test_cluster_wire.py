@@ -4,6 +4,7 @@ replicas cluster fixture."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -193,6 +194,43 @@ def test_replies_read_before_a_lost_link_are_kept(
     killer.join()
     entry_id, popped = lost.value.replies
     assert popped is None and cluster_client.xrange("s{1}")[0][0] == entry_id
+
+
+class Interrupted(Exception):
+    """What a signal handler raises (a time limit), as an ordinary exception."""
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, Interrupted])
+def test_a_round_interrupted_on_one_node_leaves_the_others_in_step(
+    redis_cluster: Any, cluster_client: Any, wires: ClusterWires, raised: type[BaseException]
+) -> None:
+    """Ctrl-C or a signal-based time limit while a round trip reads one node: the other nodes
+    of the round, their replies not read, are not left owing them to the next round trip."""
+    slow = "t1"
+    slow_at = redis_cluster.master_of(slow)
+    others = [k for k in (f"k{n}" for n in range(100)) if redis_cluster.master_of(k) != slow_at]
+    fast, after = next(
+        (a, b) for a in others for b in others
+        if a != b and redis_cluster.master_of(a) == redis_cluster.master_of(b)
+    )  # fmt: skip
+    cluster_client.set(fast, b"fast")
+    cluster_client.set(after, b"after")
+    wire = wires.get()
+    wire.pipeline([("PING",)])
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise raised
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(raised):  # the slow node's BLPOP is read first, the fast one's after
+            wire.pipeline([("BLPOP", slow, 2), ("GET", fast)])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert wire.pipeline([("GET", after)]) == [b"after"]
+    assert wire.pipeline([("GET", slow), ("GET", fast)]) == [None, b"fast"]
 
 
 def test_a_redis_py_too_old_for_the_cluster_is_named() -> None:

@@ -20,6 +20,7 @@ import pytest
 import redis
 from conftest import wait_until, worker_env
 from faults import QUEUE, job_entry, stub_model, tensor
+from test_security import acl_words, documented_worker_rule
 
 from aiworker import Client, Settings, Worker
 from aiworker import asyncio as aio
@@ -205,15 +206,21 @@ def test_outputs_refused_for_oom_answer_oom_and_write_nothing(
         w.stop(timeout=10)
 
 
-@pytest.mark.parametrize("mode", ["private", "shared", "asyncio"])
+@pytest.mark.parametrize("mode", ["private", "shared", "asyncio", "shared-requester"])
 def test_a_client_waiting_while_redis_fills_gets_its_reply(
     full_server: RedisServer, r: redis.Redis, mode: str
 ) -> None:
     """Redis fills while a job runs: the client's wait for the reply (BLMOVE, which a full Redis
     refuses) goes on by taking the reply (BLPOP), and the job's own answer comes - here Redis'
-    refusal of its outputs - not the refusal of the wait."""
-    stub_model(r, "m", op="identity", sleep_ms=1500)
-    tensor(r, "x", [1.0] * 5000)  # 20 KB of outputs: a full Redis refuses them
+    refusal of its outputs - not the refusal of the wait. Also as the requester of
+    docs/security.md, whose rule grants BLPOP but no other command that takes."""
+    stub_model(r, "model:m", op="identity", sleep_ms=1500)
+    tensor(r, "ai:x", [1.0] * 5000)  # 20 KB of outputs: a full Redis refuses them
+    url = full_server.url
+    if mode == "shared-requester":
+        rule = documented_worker_rule("pw", "requester")
+        r.execute_command("ACL", "SETUSER", "requester", "reset", *acl_words(rule)[2:])
+        url = url.replace("redis://", "redis://requester:pw@")
     w = served_worker(full_server.url)
     out: dict[str, Any] = {}
 
@@ -222,14 +229,14 @@ def test_a_client_waiting_while_redis_fills_gets_its_reply(
             if mode == "asyncio":
 
                 async def call() -> Any:
-                    async with aio.Client.from_url(full_server.url, reply_timeout=10) as acon:
-                        return await acon.modelexecute("m", ["x"], ["big"])
+                    async with aio.Client.from_url(url, reply_timeout=10) as acon:
+                        return await acon.modelexecute("model:m", ["ai:x"], ["ai:big"])
 
                 out["result"] = asyncio.run(call())
             else:
-                shared = mode == "shared"
-                with Client.from_url(full_server.url, reply_timeout=10, shared_replies=shared) as c:
-                    out["result"] = c.modelexecute("m", ["x"], ["big"])
+                shared = mode.startswith("shared")
+                with Client.from_url(url, reply_timeout=10, shared_replies=shared) as c:
+                    out["result"] = c.modelexecute("model:m", ["ai:x"], ["ai:big"])
         except Exception as exc:
             out["error"] = exc
 
@@ -241,11 +248,12 @@ def test_a_client_waiting_while_redis_fills_gets_its_reply(
         thread.join(20)
         assert isinstance(out.get("error"), redis.ResponseError), out
         assert OOM in str(out["error"]), out  # the worker's reply, not the wait refused
-        assert not r.exists("big")
+        assert not r.exists("ai:big")
     finally:
         thread.join(20)
         free(r)
         w.stop(timeout=10)
+        r.execute_command("ACL", "DELUSER", "requester")
 
 
 def test_a_model_unreadable_while_full_loads_once_memory_is_freed(

@@ -21,10 +21,11 @@ its entry is gone, and its answer is lost. So instead:
   dropped by the router (no job waits for it any more, or its job has it already).
 
 ``BLMOVE`` writes (a push), so a Redis at ``maxmemory`` that cannot evict refuses it (``OOM``),
-while ``BLPOP``, ``LPOP``, ``LREM``, ``LTRIM`` and ``DEL`` only free memory and still run; and an
-ACL user granted the requester rule of before (``+blpop +lpop``) is refused it too (``NOPERM``). A
-wait that meets either refusal reads its replies as before, taking them (``BLPOP``; a shared
-reader for ``REFUSED_RETRY_S`` before it tries ``BLMOVE`` again), so its job is still answered.
+while ``BLPOP``, ``LREM``, ``LTRIM`` and ``DEL`` only free memory and still run; and an ACL user
+granted the requester rule of before (``+blpop``), or only part of this one, is refused one of
+them (``NOPERM``). A wait that meets a refusal takes its replies with ``BLPOP`` alone, as before
+(a shared reader for ``REFUSED_RETRY_S`` after Redis was full, for good after an ACL's refusal),
+so its job is still answered.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from aiworker.client import waiting
 
 Command = tuple[Any, ...]
 
-# How long a shared list's reader takes replies (BLPOP) after Redis refused BLMOVE.
+# How long a shared list's reader takes replies (BLPOP) after Redis refused BLMOVE as full (an ACL
+# refusal lasts: it takes for as long as it reads).
 REFUSED_RETRY_S = 1.0
 
 log = logging.getLogger("aiworker.client")
-_warned = False  # the ACL refusal of BLMOVE is logged once per process
+_warned = False  # an ACL refusal is logged once per process
 
 
 def peek(key: str, seconds: float | str) -> Command:
@@ -53,25 +55,29 @@ def peek(key: str, seconds: float | str) -> Command:
 
 
 def take(key: str, seconds: float | str) -> Command:
-    """Wait up to ``seconds`` for the head of list ``key`` and take it (Redis full)."""
+    """Wait up to ``seconds`` for the head of list ``key`` and take it (see the module
+    docstring: Redis full, or a rule without ``+blmove``)."""
     return ("BLPOP", key, seconds)
 
 
-def _refused(reply: Any) -> bool:
-    """Whether Redis refused a ``peek``: full (OOM), or an ACL user without ``+blmove`` (the
-    requester rule before this way of reading: warned once, see ``docs/security.md``)."""
-    if isinstance(reply, NoPermissionError):
-        global _warned
-        if not _warned:
-            _warned = True
-            log.warning(
-                "Redis refused BLMOVE on a reply list (%s): replies are taken with BLPOP, which "
-                "loses a reply when Redis runs it after the client gave up (a stall); grant "
-                "+blmove +lrem +lrange +ltrim (docs/security.md)",
-                reply,
-            )
-        return True
-    return isinstance(reply, OutOfMemoryError)
+def refusal(replies: Sequence[Any]) -> Exception | None:
+    """Redis' refusal of a way of reading among ``replies``: an ACL's (the requester rule before
+    this way, or a part of it: warned once, see ``docs/security.md``) or a full Redis'."""
+    for reply in replies:
+        if isinstance(reply, NoPermissionError):
+            global _warned
+            if not _warned:
+                _warned = True
+                log.warning(
+                    "Redis refused a command reading a reply list (%s): replies are taken with "
+                    "BLPOP, which loses a reply when Redis runs it after the client gave up (a "
+                    "stall); grant +blmove +lrem +lrange +ltrim (docs/security.md)",
+                    reply,
+                )
+            return reply
+        if isinstance(reply, OutOfMemoryError):
+            return reply
+    return None
 
 
 def _head(reply: Any, taken: bool) -> Any:
@@ -89,29 +95,32 @@ class PrivateList:
     def __init__(self, key: str) -> None:
         self.key = key
         self._read: Any = None  # the item read last, to remove with the next look
-        self._taking = False  # Redis refused BLMOVE: BLPOP for the rest of the wait
+        self._taking = False  # Redis refused a way of reading: BLPOP for the rest of the wait
 
     def look(self, seconds: float | str) -> list[Command]:
         """The commands of the next look at the list: the last item read removed, the head read."""
-        wait = take if self._taking else peek
-        commands: list[Command] = [wait(self.key, seconds)]
+        if self._taking:
+            return [take(self.key, seconds)]
+        commands: list[Command] = [peek(self.key, seconds)]
         if self._read is not None:
             commands.insert(0, ("LREM", self.key, 1, self._read))
         return commands
 
     def looked(self, replies: Sequence[Any]) -> Any:
         """The item ``look``'s commands read (None: none came within the wait)."""
+        if self._taking:
+            return _head(replies[-1], taken=True)
+        if refusal(replies) is not None:
+            # the next looks take: the item read last, if the LREM was refused, comes again
+            # (a notice read twice is dropped by the wait: it names the entry left behind)
+            self._taking, self._read = True, None
+            return None
         if len(replies) > 1:  # the LREM: an error raises, the item stays to be removed again
             if isinstance(replies[0], Exception):
                 raise replies[0]
             self._read = None
-        if not self._taking and _refused(replies[-1]):
-            self._taking = True
-            return None  # the next look takes it
-        head = _head(replies[-1], self._taking)
-        if not self._taking:
-            self._read = head
-        return head
+        self._read = _head(replies[-1], taken=False)
+        return self._read
 
     def done(self) -> Command:
         """The command that removes the list once the wait is over (a list of a reply or two:
@@ -126,34 +135,37 @@ class SharedListReader:
         self.key = key
         self.batch = batch
         self._trim = 0  # items read last time, not yet trimmed
-        self._taking_until = 0.0  # Redis refused BLMOVE: BLPOP until then
+        self._taking_until = 0.0  # Redis refused a way of reading: BLPOP until then
         self._taking = False  # this round takes
 
     def round(self, seconds: float) -> list[Command]:
         """One round trip: trim what was read, wait for a head up to ``seconds``, read the items
         after it, up to a batch in all. (Redis runs a pipeline's commands after a blocking one
-        once it is answered; the head is not sent twice.)"""
+        once it is answered; the head is not sent twice.) Taking: a BLPOP alone."""
+        self._taking = time.monotonic() < self._taking_until
+        if self._taking:
+            return [take(self.key, seconds)]
         commands: list[Command] = []
         if self._trim:
             commands.append(("LTRIM", self.key, self._trim, -1))
             self._trim = 0  # sent once: trimmed again, it would drop items nobody read
-        self._taking = time.monotonic() < self._taking_until
-        if self._taking:
-            return [*commands, take(self.key, seconds), ("LPOP", self.key, self.batch - 1)]
         return [*commands, peek(self.key, seconds), ("LRANGE", self.key, 1, self.batch - 1)]
 
     def read(self, replies: Sequence[Any]) -> list[bytes]:
         """The items ``round``'s commands read (an error reply raises)."""
+        if self._taking:
+            head = _head(replies[-1], taken=True)
+            return [] if head is None else [head]
+        refused = refusal(replies)
+        if refused is not None:  # the next rounds take: items not trimmed come again (dropped)
+            lasting = isinstance(refused, NoPermissionError)
+            self._taking_until = float("inf") if lasting else time.monotonic() + REFUSED_RETRY_S
+            return []
         if len(replies) > 2 and isinstance(replies[0], Exception):
             raise replies[0]
-        if not self._taking and _refused(replies[-2]):
-            self._taking_until = time.monotonic() + REFUSED_RETRY_S
-            return []
-        head, after = _head(replies[-2], self._taking), replies[-1]
+        head, after = _head(replies[-2], taken=False), replies[-1]
         if isinstance(after, Exception):
             raise after
-        if self._taking:  # what the LPOP took is read now, whatever the BLPOP found
-            return [head, *(after or [])] if head is not None else list(after or [])
         if head is None:  # what came after the wait ended is read by the next round
             return []
         items = [head, *after]

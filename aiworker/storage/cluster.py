@@ -492,40 +492,60 @@ class ClusterWire:
         and the positions answered with an error."""
         lost: Exception | None = None
         sent: list[tuple[Wire, list[int], int]] = []
-        for address, members in by_node.items():
-            if asking:  # ASK: that command only, on that node, after ASKING
-                batch: list[Command] = []
-                for n in members:
-                    batch += [("ASKING",), commands[n]] if n in asking else [commands[n]]
-            else:
-                batch = [commands[n] for n in members]
-            wire = self._wire(address)
-            try:
-                wire.send(batch)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                lost = exc
-                continue
-            sent.append((wire, members, len(batch)))
         errors: list[int] = []
-        for wire, members, count in sent:
-            got: list[Any] = []
-            try:
-                wire.receive(count, got)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                lost = exc
-                if count == len(members):  # (with ASKING's replies among them: none kept)
-                    _answered(replies, members, got)
-                continue
-            if count > len(members):  # drop ASKING's replies
-                it = iter(got)
-                got = [(next(it), next(it))[1] if n in asking else next(it) for n in members]
-            for n, reply in zip(members, got, strict=True):
-                if isinstance(reply, hiredis.ReplyError):
-                    replies[n] = as_exception(reply)
-                    errors.append(n)
+        read = 0  # of ``sent``, the nodes read to the end
+        try:
+            for address, members in by_node.items():
+                if asking:  # ASK: that command only, on that node, after ASKING
+                    batch: list[Command] = []
+                    for n in members:
+                        batch += [("ASKING",), commands[n]] if n in asking else [commands[n]]
                 else:
-                    replies[n] = reply
+                    batch = [commands[n] for n in members]
+                wire = self._wire(address)
+                try:
+                    wire.send(batch)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    lost = exc
+                    continue
+                sent.append((wire, members, len(batch)))
+            for wire, members, count in sent:
+                lost = self._read_node(wire, members, count, asking, replies, errors) or lost
+                read += 1
+        except BaseException:  # interrupted (Ctrl-C): the nodes not read yet owe replies
+            for unread, _, _ in sent[read:]:
+                unread.close()
+            raise
         return lost, errors
+
+    @staticmethod
+    def _read_node(
+        wire: Wire,
+        members: list[int],
+        count: int,
+        asking: dict[int, Address],
+        replies: list[Any],
+        errors: list[int],
+    ) -> Exception | None:
+        """One node's ``count`` replies into ``replies`` (the positions answered with an error
+        into ``errors``); the error of its link lost meanwhile."""
+        got: list[Any] = []
+        try:
+            wire.receive(count, got)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if count == len(members):  # (with ASKING's replies among them: none kept)
+                _answered(replies, members, got)
+            return exc
+        if count > len(members):  # drop ASKING's replies
+            it = iter(got)
+            got = [(next(it), next(it))[1] if n in asking else next(it) for n in members]
+        for n, reply in zip(members, got, strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                replies[n] = as_exception(reply)
+                errors.append(n)
+            else:
+                replies[n] = reply
+        return None
 
 
 def _within(blocks: list[range], n: int) -> bool:
