@@ -280,11 +280,12 @@ class Wire:
                 raise
 
     def _post_unposted(self, sock: socket.socket) -> None:
+        """Send what ``post`` keeps (kept until sent whole: sent again, it removes nothing more)."""
         if self._unposted:
-            commands, self._unposted = self._unposted, []
-            for buffer in pack(commands):
+            for buffer in pack(self._unposted):
                 sock.sendall(buffer)
-            self._owed += len(commands)
+            self._owed += len(self._unposted)
+            self._unposted = []
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
