@@ -31,9 +31,7 @@ from aiworker.protocol.slots import check_slot
 from aiworker.storage.cluster import LOST
 from aiworker.storage.plans import Commands, drive_steps_async
 
-# A private list whose wait is over goes with the next job's first round trip if one starts this
-# soon, else in a round trip of its own; at most this many in one round trip.
-REMOVE_AFTER_S = 0.05
+# The most private lists removed in one round trip.
 MAX_REMOVALS = 512
 
 
@@ -61,7 +59,7 @@ class AsyncClusterJobs(WaitSteps):
         # blocking client's ``Jobs._wait_s``)
         self.longest_wait = LONGEST_WAIT_S if not socket_timeout else min(1.0, socket_timeout / 2)
         self._removals: list[tuple[Any, ...]] = []  # lists whose waits are over (``_remove``)
-        self._removing: asyncio.TimerHandle | None = None
+        self._removing: asyncio.Handle | None = None
         self._posting: set[asyncio.Future[None]] = set()
 
     async def submit(self, queue: str, request: Request, limit: float | None = None) -> Reply:
@@ -108,12 +106,12 @@ class AsyncClusterJobs(WaitSteps):
 
     def _remove(self, reply_list: reply_lists.PrivateList) -> None:
         """Remove a private list once its wait is over, off the job's path: with the next job's
-        first round trip if one starts within ``REMOVE_AFTER_S``, else in a round trip of its
-        own (a lost removal: the list expires after ``reply_ttl``)."""
+        first round trip if one starts before the loop turns (a program's next call), else in a
+        round trip of its own, with the others of the same turn (a lost removal: the list
+        expires after ``reply_ttl``)."""
         self._removals.append(reply_list.done())
         if self._removing is None:
-            loop = asyncio.get_running_loop()
-            self._removing = loop.call_later(REMOVE_AFTER_S, self._send_removals)
+            self._removing = asyncio.get_running_loop().call_soon(self._send_removals)
 
     def _take_removals(self) -> list[tuple[Any, ...]]:
         removals, self._removals = self._removals[:MAX_REMOVALS], self._removals[MAX_REMOVALS:]
@@ -129,8 +127,7 @@ class AsyncClusterJobs(WaitSteps):
                 self._remove_again()
 
     def _remove_again(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._removing = loop.call_later(0, self._send_removals)
+        self._removing = asyncio.get_running_loop().call_soon(self._send_removals)
 
     async def _post(self, removals: list[tuple[Any, ...]]) -> None:
         with contextlib.suppress(Exception):
