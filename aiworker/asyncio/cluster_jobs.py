@@ -120,18 +120,15 @@ class AsyncClusterJobs(WaitSteps):
     def _send_removals(self) -> None:
         self._removing = None
         if self._removals:
-            task = asyncio.ensure_future(self._post(self._take_removals()))
+            removals, self._removals = self._removals, []
+            task = asyncio.ensure_future(self._post(removals))
             self._posting.add(task)
             task.add_done_callback(self._posting.discard)
-            if self._removals:  # more than one round trip's worth
-                self._remove_again()
-
-    def _remove_again(self) -> None:
-        self._removing = asyncio.get_running_loop().call_soon(self._send_removals)
 
     async def _post(self, removals: list[tuple[Any, ...]]) -> None:
-        with contextlib.suppress(Exception):
-            await self.wire.pipeline(removals)
+        for start in range(0, len(removals), MAX_REMOVALS):
+            with contextlib.suppress(Exception):
+                await self.wire.pipeline(removals[start : start + MAX_REMOVALS])
 
     async def _enqueue(
         self, step: Enqueue, reply_list: reply_lists.PrivateList, opened: int

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError
+from aiworker.protocol.text import strict_text
 
 # redisai-py's dtype spellings for list/tuple values (``dtype.lower()`` is looked up here).
 DTYPES: dict[str, str] = {
@@ -50,11 +52,11 @@ def text(value: Any) -> str:
     the replies carry them as text), and one that is not is refused as the gateway refuses it."""
     if not isinstance(value, (bytes, bytearray)):
         return str(value)
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
+    found = strict_text(value)
+    if found is None:
         shown = bytes(value).decode(errors="backslashreplace")
-        raise AIError(f"key name '{shown}' is not valid UTF-8") from None
+        raise AIError(messages.NAME_NOT_UTF8.format(name=shown))
+    return found
 
 
 def _check_device(device: str, split: bool = True) -> None:

@@ -22,6 +22,7 @@ from aiworker.parser import QUEUED, Command, parse, parse_tokens
 from aiworker.parser.commands import InfoGet, ModelGet, ModelStore, ScriptGet
 from aiworker.parser.lexer import to_text
 from aiworker.parser.tensor import parse_tensorset
+from aiworker.protocol import messages
 from aiworker.protocol import tensor as codec
 from aiworker.protocol.entries import check_names
 from aiworker.protocol.errors import AIError
@@ -117,7 +118,7 @@ def _utf8(name: str) -> None:
         name.encode()
     except UnicodeEncodeError:
         shown = name.encode(errors="surrogateescape").decode(errors="backslashreplace")
-        raise AIError(f"key name '{shown}' is not valid UTF-8") from None
+        raise AIError(messages.NAME_NOT_UTF8.format(name=shown)) from None
 
 
 def _not_own(name: str, keyspace: Keys) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from aiworker.protocol import replies
+from aiworker.protocol import messages, replies
 from aiworker.protocol.errors import AIError
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import (
@@ -93,7 +93,7 @@ def check_names(request: Request, keys: Keys, utf8: bool = True) -> None:
     for name in request.names() if utf8 else ():
         if strict_text(name) is None:
             shown = name.encode(errors="backslashreplace").decode()
-            raise AIError(f"key name '{shown}' is not valid UTF-8")
+            raise AIError(messages.NAME_NOT_UTF8.format(name=shown))
     for name in request.written_keys():
         if keys.owns(name):
             raise AIError(

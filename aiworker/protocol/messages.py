@@ -63,5 +63,7 @@ CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 # aiworker's own: a model or script stored again between two ops of one job (a DAG); RedisAI's
 # DAG held the versions it parsed, and no result mixes two of them
 REPLACED_DURING_JOB = "'{key}' was stored again while the job ran; run the job again"
+# A name that is not valid UTF-8 ({name}: shown with its bytes escaped); aiworker's names are text.
+NAME_NOT_UTF8 = "key name '{name}' is not valid UTF-8"
 # aiworker's own: a result no check before the completion foresaw could not be encoded
 RESULTS_UNWRITABLE = "internal error: the job's results could not be written"
