@@ -326,6 +326,10 @@ class Wire:
 
     def _socket(self) -> socket.socket:
         self._forked()
+        return self._connected()
+
+    def _connected(self) -> socket.socket:
+        """The socket, connected first if need be (``_forked`` asked already)."""
         if self._connection._sock is None or self._reader is None:
             self._connection.connect()
             self._reader = hiredis.Reader()
@@ -355,7 +359,7 @@ class Wire:
                 if _closed_while_idle(sock):
                     self.close()
         self._used = now
-        return self._socket()
+        return self._connected()
 
     def _round_trip(self, commands: Sequence[Command], large: bool = False) -> list[Any]:
         buffers = pack(commands)  # before touching the socket: a bad argument is no lost link
