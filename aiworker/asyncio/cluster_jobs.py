@@ -22,8 +22,15 @@ from redis.asyncio.cluster import RedisCluster
 from aiworker.asyncio.cluster_wire import AsyncClusterWire
 from aiworker.asyncio.jobs import WaitSteps, closed_error
 from aiworker.asyncio.plans import drive, execute_commands
-from aiworker.client import placement, reply_lists, waiting
-from aiworker.client.wait_plan import LONGEST_WAIT_S, Enqueue, Enqueued, Receive, job_plan
+from aiworker.client import first_round, placement, reply_lists, waiting
+from aiworker.client.wait_plan import (
+    Enqueue,
+    Enqueued,
+    Receive,
+    bounded,
+    job_plan,
+    longest_wait,
+)
 from aiworker.protocol.keys import Keys
 from aiworker.protocol.replies import Reply
 from aiworker.protocol.requests import Request
@@ -55,9 +62,7 @@ class AsyncClusterJobs(WaitSteps):
         self.wire = AsyncClusterWire(rc, max_connections)
         self.partitions = placement.Partitions(keyspace, self.wire.masters)
         socket_timeout = rc.get_connection_kwargs().get("socket_timeout")
-        # the longest single wait for a reply, within the connections' read timeout (as the
-        # blocking client's ``Jobs._wait_s``)
-        self.longest_wait = LONGEST_WAIT_S if not socket_timeout else min(1.0, socket_timeout / 2)
+        self.longest_wait = longest_wait(socket_timeout)
         self._removals: list[tuple[Any, ...]] = []  # lists whose waits are over (``_remove``)
         self._removing: asyncio.Handle | None = None
         self._posting: set[asyncio.Future[None]] = set()
@@ -98,7 +103,7 @@ class AsyncClusterJobs(WaitSteps):
     async def _step(self, step: Any, reply_list: reply_lists.PrivateList, opened: int) -> Any:
         self._check_open(opened)
         if isinstance(step, Receive):
-            wait = max(min(step.seconds, self.longest_wait), 0.01)
+            wait = bounded(step.seconds, self.longest_wait)
             return reply_list.looked(await self.wire.pipeline(reply_list.look(wait)))
         if isinstance(step, Enqueue):
             return await self._enqueue(step, reply_list, opened)
@@ -137,13 +142,13 @@ class AsyncClusterJobs(WaitSteps):
         failover is under way (``placement.after_lost``)."""
         while True:
             self._check_open(opened)
-            commands, added = placement.first_round(
-                self.enqueuer, step, reply_list.key, self.longest_wait
+            commands, added = first_round.commands(
+                self.enqueuer, step, reply_list, self.longest_wait
             )
             commands += self._take_removals()  # earlier jobs' lists, if any: sent once
             try:
                 replies = await self.wire.pipeline(commands)
-                return placement.enqueued(self.enqueuer, step, reply_list, replies, added)
+                return first_round.enqueued(self.enqueuer, step, reply_list, replies, added)
             except LOST as exc:
                 found = placement.after_lost(exc, step, self.enqueuer)
                 if found is not None:

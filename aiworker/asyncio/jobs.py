@@ -27,7 +27,15 @@ import redis.asyncio
 
 from aiworker.asyncio.plans import drive, execute_commands, send_once
 from aiworker.client import reply_lists, routing, waiting
-from aiworker.client.wait_plan import Enqueue, Enqueued, Liveness, Pause, Receive, job_plan
+from aiworker.client.wait_plan import (
+    Enqueue,
+    Enqueued,
+    Liveness,
+    Pause,
+    Receive,
+    job_plan,
+    longest_wait,
+)
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.errors import ReplyTimeout
 from aiworker.protocol.keys import Keys
@@ -37,7 +45,6 @@ from aiworker.storage import health
 from aiworker.storage.plans import Commands, Plan, drive_steps_async
 from aiworker.storage.queues import Enqueuer
 
-READ_BLOCK_S = 1.0
 DRAIN = 512
 
 
@@ -238,8 +245,7 @@ class AsyncJobs(WaitSteps):
     async def _read_replies(self) -> None:
         reader = self._list_reader  # kept between reader tasks: what it read is trimmed next
         socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
-        # the longest wait, within the connection's read timeout (as ``Jobs._wait_s``)
-        wait = READ_BLOCK_S if not socket_timeout else min(READ_BLOCK_S, socket_timeout / 2)
+        wait = longest_wait(socket_timeout)
         while True:
             try:
                 raws = reader.read(await send_once(self.r, reader.round(wait)))

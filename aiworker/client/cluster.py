@@ -34,7 +34,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
-from aiworker.client import placement, waiting
+from aiworker.client import first_round, placement, waiting
 from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
 from aiworker.client.jobs import Jobs
@@ -98,12 +98,10 @@ class ClusterJobs(Jobs):
         """The XADD and a first look at the reply list in one round trip on this thread's own
         connections, sent again while a failover is under way (``placement.after_lost``)."""
         while True:
-            commands, added = placement.first_round(
-                self.enqueuer, step, reply_list.key, self._wait_s(1.0)
-            )
+            commands, added = first_round.commands(self.enqueuer, step, reply_list, self._longest())
             try:
                 replies = self.wires.get().pipeline(commands)
-                return placement.enqueued(self.enqueuer, step, reply_list, replies, added)
+                return first_round.enqueued(self.enqueuer, step, reply_list, replies, added)
             except LOST as exc:
                 found = placement.after_lost(exc, step, self.enqueuer)
                 if found is not None:

@@ -21,16 +21,17 @@ from typing import Any
 
 import redis
 
-from aiworker.client import reply_lists, routing, waiting
+from aiworker.client import first_round, reply_lists, routing, waiting
 from aiworker.client.wait_plan import (
-    LONGEST_WAIT_S,
     Enqueue,
     Enqueued,
     Liveness,
     Pause,
     Receive,
     Target,
+    bounded,
     job_plan,
+    longest_wait,
     wait_plan,
 )
 from aiworker.protocol.entries import encode_entry
@@ -43,10 +44,6 @@ from aiworker.storage.plans import Commands, Plan, drive_steps
 from aiworker.storage.queues import Enqueuer
 from aiworker.storage.redis_options import connection_kwargs
 from aiworker.storage.wire import JobConnections, PartlyAnswered, Wires
-
-# The first wait for the reply where the queue has a length limit: an entry the limit refuses is
-# said so at once (a job that waits in a full queue needs more round trips anyway).
-FIRST_WAIT_LIMITED_S = 0.01
 
 
 class _Private:
@@ -129,12 +126,9 @@ class Jobs:
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
-    def _wait_s(self, wanted: float) -> float:
-        socket_timeout = connection_kwargs(self.r).get("socket_timeout")
-        # within redis-py's socket read timeout: half of it leaves room for Redis serving
-        # blocking timeouts up to 100 ms late
-        longest = LONGEST_WAIT_S if not socket_timeout else min(1.0, socket_timeout / 2)
-        return max(min(wanted, longest), 0.01)  # below 1 ms Redis reads 0: block forever
+    def _longest(self) -> float:
+        """The longest wait for a reply to send on this client's connections."""
+        return longest_wait(connection_kwargs(self.r).get("socket_timeout"))
 
     # submitting ------------------------------------------------------------------------------
 
@@ -200,23 +194,17 @@ class Jobs:
         raise TypeError(f"unknown wait step {type(step).__name__}")
 
     def _enqueue(self, step: Enqueue, reply_list: reply_lists.PrivateList) -> Enqueued:
-        """The entry's XADD and a first look for its reply, in one round trip."""
-        wait = self._wait_s(step.wait)
-        if self.enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
-            wait = min(wait, FIRST_WAIT_LIMITED_S)
-        # the one round trip of a job: on this thread's own connection, without redis-py's
-        # per-call machinery (about three quarters of a small job's client CPU)
-        add = self.enqueuer.commands(step.stream, step.fields)
-        look = reply_list.look(wait)
+        """The entry and a first look for its reply, in one round trip (``first_round``) on this
+        thread's own connection, without redis-py's per-call machinery (about three quarters of
+        a small job's client CPU)."""
+        commands, added = first_round.commands(self.enqueuer, step, reply_list, self._longest())
         try:
-            replies = self.wires.get().pipeline([*add, *look])
+            replies = self.wires.get().pipeline(commands)
         except PartlyAnswered as lost:  # the entry's commands were answered, the look lost:
-            if len(lost.replies) < len(add):  # the wait goes on (on a new connection)
+            if len(lost.replies) < added:  # the wait goes on (on a new connection)
                 raise
-            replies = lost.replies[: len(add)]
-        entry_id = self.enqueuer.entry_id(step.stream, replies[: len(add)])
-        looked = replies[len(add) : len(add) + len(look)]
-        return Enqueued(entry_id, reply_list.looked(looked) if looked else None)
+            replies = lost.replies[:added]
+        return first_round.enqueued(self.enqueuer, step, reply_list, replies, added)
 
     def _add(self, stream: str, fields: Any) -> str:
         """The entry's XADD alone (a shared reply list's), sent once (see ``__init__``)."""
@@ -225,7 +213,7 @@ class Jobs:
 
     def _look(self, reply_list: reply_lists.PrivateList, seconds: float) -> Any:
         """The next item of a private reply list (None: none came within ``seconds``)."""
-        look = reply_list.look(self._wait_s(seconds))
+        look = reply_list.look(bounded(seconds, self._longest()))
         return reply_list.looked(self.wires.get().pipeline(look))
 
     def _remove(self, reply_list: reply_lists.PrivateList) -> None:
@@ -249,7 +237,7 @@ class Jobs:
         while not self._stop.is_set():
             try:
                 # on the reader's own connection (no other thread uses it)
-                commands = reader.round(self._wait_s(1.0))
+                commands = reader.round(self._longest())
                 raws = reader.read(self.wires.get().pipeline(commands))
             except redis.RedisError:
                 if self._stop.wait(0.1):

@@ -1,14 +1,12 @@
-"""Where a job goes on Redis Cluster, and what its first round trip says: the rules the blocking
-and the asyncio cluster clients share (``client.cluster``, ``asyncio.cluster_jobs``), each driving
-them on its own connections. Pure code (plus a clock).
+"""Where a job goes on Redis Cluster: the rules the blocking and the asyncio cluster clients
+share (``client.cluster``, ``asyncio.cluster_jobs``), each driving them on its own connections.
+Pure code (plus a clock).
 
 * a job's private reply list takes the hash tag of the keys it writes (``protocol.slots``), and a
   request whose written keys span slots is refused before anything is queued (``check_slot``);
 * a job goes to one of its device queue's partitions among the streams live workers announce
   (``Partitions``; the plain queue when none does): one on its reply key's master if there is one,
   so that its XADD and its reply's first look go to one node, else one at random;
-* its first round trip is the XADD (or the enqueue script, and a read of the queue's limit) and a
-  first look at the reply list (``first_round``, ``enqueued``);
 * a round trip that lost a node (a failover) is sent again until the wait's own limit, unless
   the cluster answered the XADD (``after_lost``).
 """
@@ -18,13 +16,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import redis
 
-from aiworker.client import reply_lists
-from aiworker.client.jobs import FIRST_WAIT_LIMITED_S
 from aiworker.client.wait_plan import Enqueue, Enqueued
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import Keys
@@ -115,34 +111,6 @@ class Partitions:
             if local:
                 return random.choice(local)
         return random.choice(streams)
-
-
-def first_round(
-    enqueuer: Enqueuer,
-    step: Enqueue,
-    reply_key: str,
-    longest: float,
-) -> tuple[list[tuple[Any, ...]], int]:
-    """A job's first round trip: its XADD (or the enqueue script, and a read of the queue's
-    limit when due) and a first look at its reply list (``reply_lists``) waiting up to
-    ``longest`` seconds; and how many of the commands add the entry."""
-    wait = max(min(step.wait, longest), 0.01)  # below 1 ms Redis reads 0: block forever
-    if enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
-        wait = min(wait, FIRST_WAIT_LIMITED_S)
-    add = enqueuer.commands(step.stream, step.fields)
-    return [*add, reply_lists.peek(reply_key, wait)], len(add)
-
-
-def enqueued(
-    enqueuer: Enqueuer,
-    step: Enqueue,
-    reply_list: reply_lists.PrivateList,
-    replies: Sequence[Any],
-    added: int,
-) -> Enqueued:
-    """``first_round``'s replies as the plan takes them (the XADD's error raises)."""
-    entry_id = enqueuer.entry_id(step.stream, replies[:added])
-    return Enqueued(entry_id, reply_list.looked(replies[added : added + 1]))
 
 
 def after_lost(exc: BaseException, step: Enqueue, enqueuer: Enqueuer) -> Enqueued | None:

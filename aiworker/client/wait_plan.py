@@ -50,6 +50,8 @@ from aiworker.storage.plans import Commands, Plan
 # The longest single wait for a reply: short enough for redis-py's socket read timeout (drivers
 # shorten it further below the connection's own timeout).
 LONGEST_WAIT_S = 1.0
+# The shortest wait sent: below 1 ms Redis reads 0, and blocks for ever.
+SHORTEST_WAIT_S = 0.01
 # Pause before asking Redis again after it did not answer.
 LOST_PAUSE_S = 0.2
 # No worker registry at all (a fresh or flushed Redis): how long workers get to beat once (every
@@ -58,6 +60,19 @@ REGISTRY_GRACE_S = 2.5
 # Replies about other entries a wait keeps: on Redis Cluster a forward's notice and its entry are
 # written in two steps (two hash slots), so the forwarded entry's reply can come first.
 ASIDE = 32
+
+
+def longest_wait(socket_timeout: float | None) -> float:
+    """The longest single wait for a reply to send on connections with this read timeout: half
+    of it leaves room for Redis serving blocking timeouts up to 100 ms late."""
+    if not socket_timeout:
+        return LONGEST_WAIT_S
+    return max(min(LONGEST_WAIT_S, socket_timeout / 2), SHORTEST_WAIT_S)
+
+
+def bounded(wanted: float, longest: float) -> float:
+    """A wait to send: ``wanted`` within ``longest`` and ``SHORTEST_WAIT_S``."""
+    return max(min(wanted, longest), SHORTEST_WAIT_S)
 
 
 @dataclass(frozen=True)

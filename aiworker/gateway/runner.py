@@ -24,19 +24,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
-import redis
 from redis._parsers.base import BaseParser
 
-from aiworker.client import reply_lists, waiting
-from aiworker.client.jobs import FIRST_WAIT_LIMITED_S
-from aiworker.client.ops import Print, State, Submit, VerifyHere, refusal_in
+from aiworker.client import first_round, reply_lists, waiting
+from aiworker.client.ops import Print, State, Submit, VerifyHere
 from aiworker.client.wait_plan import (
     LONGEST_WAIT_S,
     Enqueue,
-    Enqueued,
     Liveness,
     Pause,
     Receive,
+    bounded,
     job_plan,
 )
 from aiworker.protocol.entries import encode_entry
@@ -44,7 +42,7 @@ from aiworker.protocol.replies import MSGPACK
 from aiworker.storage import health
 from aiworker.storage.plans import Commands, Plan
 from aiworker.storage.queues import Enqueuer
-from aiworker.storage.wire import aborted_by
+from aiworker.storage.wire import aborted_by, executed
 
 from .upstream import LargeSlot, Slot, Upstream
 
@@ -73,34 +71,8 @@ def local_result(step: Any) -> Any:
     raise TypeError(f"unknown plan step {type(step).__name__}")
 
 
-def _committed_adds(replies: list[Any], guarded: int) -> list[Any]:
-    """The replies of an entry's commands from those of ``MULTI, guard, commands, EXEC``: a
-    guard's refusal (Redis' NOPERM as it was queued, which aborted the EXEC) raised first, then
-    an entry command's (Redis full: OOM), rather than EXEC's EXECABORT."""
-    refused = refusal_in(replies[1 : 1 + guarded])
-    if refused is not None:
-        raise refused
-    done = _executed(aborted_by(replies[-1], replies[1 + guarded : -1]))
-    if isinstance(done, Exception):
-        raise done
-    return done[guarded:]
-
-
-def _executed(done: Any) -> list[Any] | Exception:
-    """EXEC's replies, or its error (an aborted transaction's, for a nil)."""
-    if done is None:
-        return redis.WatchError("the transaction was aborted")
-    return done if isinstance(done, Exception) else list(done)
-
-
 def _ignored(replies: list[Any]) -> None:
     """A removal's reply: a lost one leaves the list to expire."""
-
-
-def _seconds(wait: float) -> str:
-    """A reply list's wait: at least 10 ms (below 1 ms Redis reads 0 and blocks for ever), at most
-    ``LONGEST_WAIT_S``."""
-    return f"{max(min(wait, LONGEST_WAIT_S), 0.01):.3f}"
 
 
 class Runner:
@@ -244,7 +216,8 @@ class Drive:
         elif isinstance(step, Enqueue):
             self._enqueue(step)
         elif isinstance(step, Receive):
-            runner.send(self._reply_list().look(_seconds(step.seconds)), self._received)
+            wait = bounded(step.seconds, LONGEST_WAIT_S)
+            runner.send(self._reply_list().look(wait), self._received)
         elif isinstance(step, Liveness):
             plan = health.liveness_plan(runner.state.keyspace, health.LIVE_FOR_S)
             self._run_child(plan)
@@ -267,33 +240,19 @@ class Drive:
         self.resume(result)
 
     def _enqueue(self, step: Enqueue) -> None:
-        """The entry and a first wait for its reply, in one round trip; with a guard (the
-        client's rights to the job's keys) in one MULTI with the entry's XADD, which a refusal
-        aborts."""
-        enqueuer = self.runner.enqueuer
-        wait = step.wait
-        guard = list(step.guard)
-        if guard or enqueuer.limited(step.stream):  # a refused entry must not wait for its reply
-            wait = min(wait, FIRST_WAIT_LIMITED_S)
-        add = enqueuer.commands(step.stream, step.fields)
-        if guard:
-            add = [("MULTI",), *guard, *add, ("EXEC",)]
-        reply_list = self._reply_list()
-        look = reply_list.look(_seconds(wait))
+        """The entry and a first wait for its reply, in one round trip (``first_round``); with
+        a guard (the client's rights to the job's keys) in one MULTI with the entry's XADD."""
+        enqueuer, reply_list = self.runner.enqueuer, self._reply_list()
+        commands, added = first_round.commands(enqueuer, step, reply_list, LONGEST_WAIT_S)
 
         def sent(replies: list[Any]) -> None:
-            added = replies[: len(add)]
             try:
-                if guard:
-                    added = _committed_adds(added, len(guard))
-                entry_id = enqueuer.entry_id(step.stream, added)
-                first = reply_list.looked(replies[len(add) :])
+                result: Any = first_round.enqueued(enqueuer, step, reply_list, replies, added)
             except Exception as exc:
-                self.resume(exc)
-                return
-            self.resume(Enqueued(entry_id, first))
+                result = exc
+            self.resume(result)
 
-        self.runner.send([*add, *look], sent)
+        self.runner.send(commands, sent)
 
     def _received(self, replies: list[Any]) -> None:
         try:
@@ -309,7 +268,7 @@ class Drive:
     def _committed(self, replies: list[Any]) -> None:
         # an EXECABORT stands for the refusal that caused it (Redis' NOPERM as a command was
         # queued): "Transaction discarded" says nothing of what went wrong
-        self.resume(_executed(aborted_by(replies[-1], replies[1:-1])))
+        self.resume(executed(aborted_by(replies[-1], replies[1:-1])))
 
     def _end(self, result: Any) -> None:
         self.stopped = True

@@ -193,6 +193,13 @@ def aborted_by(done: Any, queued: Sequence[Any]) -> Any:
     return next((reply for reply in queued if isinstance(reply, redis.ResponseError)), done)
 
 
+def executed(done: Any) -> list[Any] | Exception:
+    """EXEC's replies, or its error (an aborted transaction's, for a nil)."""
+    if done is None:
+        return redis.WatchError("the transaction was aborted")
+    return done if isinstance(done, Exception) else list(done)
+
+
 class PartlyAnswered(redis.ConnectionError):
     """The link was lost after Redis answered the first of a round trip's commands: ``replies``
     holds their replies (error replies as exceptions). Those commands ran and are not to be sent
