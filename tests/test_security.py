@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import shutil
@@ -967,6 +968,33 @@ def test_gateway_over_tls_both_ways(
         large_tensors_in_a_pipeline(con, client)
         con.close()
         client.close()
+
+
+def test_gateway_honours_the_urls_tls_options(
+    tls_redis: tuple[redis.Redis, int], certs: Path
+) -> None:
+    """``rediss://...?ssl_cert_reqs=none`` (a managed Redis' self-signed certificate) is honoured
+    by redis-py, so by workers and clients: the gateway's own connections to Redis verified the
+    certificate anyway, and every AI.* command failed through it."""
+    _admin, port = tls_redis
+    settings = Settings(
+        redis_url=f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none",
+        tls_cert=str(certs / "client.crt"),
+        tls_key=str(certs / "client.key"),
+    )  # no CA: the server's certificate cannot be verified, and is not to be
+    client = Client.from_settings(settings, reply_timeout=10)
+    client.tensorset("a", np.arange(3, dtype=np.float32))
+    with running_gateway(settings) as gw:
+        host, gw_port = gw.address()
+        con = redis.Redis(host=host, port=gw_port, protocol=2)
+        assert con.execute_command("AI.TENSORGET", "a", "VALUES") == [b"0", b"1", b"2"]
+        assert con.execute_command("AI.TENSORSET", "b", "INT8", 1, "VALUES", 7) == b"OK"
+        assert client.tensorget("b").tolist() == [7]
+        con.close()
+    client.close()
+    wrong = dataclasses.replace(settings, redis_url=f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=no")
+    with pytest.raises(ConfigError, match="ssl_cert_reqs='no'"), running_gateway(wrong):
+        pass
 
 
 @pytest.mark.parametrize("given", [{"tls_key": "server.key"}, {"tls_ca_cert": "ca.crt"}])

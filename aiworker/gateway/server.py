@@ -40,13 +40,29 @@ from .upstream import Target
 
 log = logging.getLogger("aiworker.gateway")
 
+# A ``rediss://`` URL's ``ssl_cert_reqs``, as redis-py reads it.
+_VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
 
 def _client_tls(settings: Settings) -> ssl.SSLContext:
-    files = (settings.tls_ca_cert, settings.tls_cert, settings.tls_key)
-    with _naming("Redis TLS", files):
-        context = ssl.create_default_context(cafile=settings.tls_ca_cert or None)
-        if settings.tls_cert:
-            context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    """The TLS of the gateway's own connections to Redis, as redis-py makes a worker's from the
+    same settings: the URL's ``ssl_cert_reqs``, ``ssl_check_hostname`` and ``ssl_*`` files
+    (which win over the settings' files, as in redis-py) honoured."""
+    url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    ca = url.get("ssl_ca_certs", settings.tls_ca_cert) or None
+    cert = url.get("ssl_certfile", settings.tls_cert) or None
+    key = url.get("ssl_keyfile", settings.tls_key) or None
+    verify = _VERIFY_MODES.get(str(url.get("ssl_cert_reqs", "required")).lower())
+    if verify is None:
+        raise ConfigError(
+            f"ssl_cert_reqs={url['ssl_cert_reqs']!r} in the Redis URL: none, optional or required"
+        )
+    with _naming("Redis TLS", (ca or "", cert or "", key or "")):
+        context = ssl.create_default_context(cafile=ca)
+        context.check_hostname = bool(url.get("ssl_check_hostname", True)) and bool(verify)
+        context.verify_mode = verify
+        if cert:
+            context.load_cert_chain(cert, key)
     return context
 
 
