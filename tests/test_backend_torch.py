@@ -111,6 +111,57 @@ def test_tuple_outputs(client: Client, worker: Worker) -> None:
     assert client.tensorget("p").tolist() == [[4, 9], [4, 9]]
 
 
+class ToBFloat16(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, a.to(torch.bfloat16)
+
+
+class ToComplex(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return a.to(torch.complex64)
+
+
+@pytest.mark.parametrize(
+    ("module", "outputs", "message"),
+    [
+        (
+            ToBFloat16(),
+            ["x", "c"],
+            "output 1 has type bfloat16, which no RedisAI tensor type holds",
+        ),
+        (ToComplex(), ["c"], "output 0 has type complex64, which no RedisAI tensor type holds"),
+    ],
+)
+def test_outputs_of_types_redisai_lacks_fail_naming_them(
+    client: Client, worker: Worker, module: object, outputs: list[str], message: str
+) -> None:
+    """torch's own text was "Got unsupported ScalarType BFloat16", RedisAI's "invalid data
+    type": neither said which output, nor (for the second) what type."""
+    client.modelstore("m", "TORCH", "CPU", scripted_blob(module))
+    client.tensorset("a", np.array([1, 2], dtype=np.float32))
+    with pytest.raises(JobFailed) as info:
+        client.modelexecute("m", ["a"], outputs)
+    assert str(info.value) == message
+    with pytest.raises(JobFailed) as info:
+        client.run("m", {"a": np.array([1, 2], dtype=np.float32)}, outputs)
+    assert str(info.value) == message
+    assert not client.exists(*outputs)
+    source = (
+        "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    return tensors[0].to(torch.bfloat16)\n"
+    )
+    client.scriptstore("s", "CPU", source, entry_points=["f"])
+    with pytest.raises(JobFailed) as info:
+        client.scriptexecute("s", "f", inputs=["a"], outputs=["c"])
+    assert str(info.value) == message.replace("output 1", "output 0").replace(
+        "complex64", "bfloat16"
+    )
+    assert client.infoget("m")["errors"] == 2
+    client.modelstore("add", "TORCH", "CPU", torch_blob("add"))  # the worker keeps serving
+    assert client.modelexecute("add", ["a", "a"], ["y"]) == "OK"
+    assert client.tensorget("y").tolist() == [2, 4]
+
+
 def test_corrupt_blob_then_keeps_serving(client: Client, worker: Worker) -> None:
     bad = b"PK\x03\x04 not a torchscript archive"
     with pytest.raises(AIError, match=r"^Failed to load TorchScript model"):

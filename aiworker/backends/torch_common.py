@@ -10,6 +10,7 @@ import numpy as np
 
 from aiworker.backends.util import one_line
 from aiworker.devices import Device, placement
+from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError, BareMessage
 
 try:
@@ -48,6 +49,12 @@ def torch_error_text(exc: BaseException) -> str:
 
 
 CPU = torch.device("cpu")
+# torch's types numpy has (``Tensor.numpy()`` raises TypeError for the rest)
+_NUMPY_TYPES = frozenset(
+    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16}
+    | {torch.float32, torch.float64, torch.complex64, torch.complex128}
+    | {getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)}
+)
 
 
 def pinned_tensor(shape: Sequence[int], dtype: np.dtype[Any]) -> torch.Tensor:
@@ -103,14 +110,23 @@ def flatten(value: Any) -> list[torch.Tensor]:
     raise AIError(f"model returned {type(value).__name__}, expected tensors")
 
 
+def check_host_type(tensor: torch.Tensor, n: int) -> None:
+    """Output ``n``'s type as an error naming it where numpy has no such type (bfloat16, the
+    float8 types): torch's own says "Got unsupported ScalarType BFloat16"."""
+    if tensor.dtype not in _NUMPY_TYPES:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raise AIError(messages.OUTPUT_TYPE.format(n=n, dtype=dtype))
+
+
 def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Tensors as numpy arrays, sharing the memory of CPU tensors. Device tensors are copied
     into page-locked arrays without blocking on the current stream, which is then waited for
     once (call it where the tensors were computed: inside their stream's context)."""
     out: list[np.ndarray] = []
     device: torch.device | None = None
-    for tensor in tensors:
+    for n, tensor in enumerate(tensors):
         tensor = tensor.detach()
+        check_host_type(tensor, n)
         if tensor.device == CPU:
             out.append(tensor.numpy())
             continue

@@ -18,7 +18,12 @@ from aiworker.backends import torch_redis_ops
 from aiworker.backends.base import LoadedScript, ScriptContext
 from aiworker.backends.forward_threads import FORWARD_THREADS, worth_handing_off
 from aiworker.backends.safety.torch_ops import check_code_shape
-from aiworker.backends.torch_common import TORCH_ERRORS, to_torch_all, torch_error_text
+from aiworker.backends.torch_common import (
+    TORCH_ERRORS,
+    check_host_type,
+    to_torch_all,
+    torch_error_text,
+)
 from aiworker.backends.util import check_run_time, clock
 from aiworker.protocol import messages
 from aiworker.protocol.errors import AIError
@@ -135,7 +140,8 @@ class TorchScript(LoadedScript):
                 # an op's own text first: the script failed with it (TorchScript cannot catch)
                 raise AIError(torch_redis_ops.raised_text() or torch_error_text(exc)) from None
         check_run_time(started, self.limit_ms)
-        outputs = [
-            t.detach().contiguous().cpu().numpy() for t in _outputs(result, function, n_outputs)
-        ]
+        outputs = []
+        for n, tensor in enumerate(_outputs(result, function, n_outputs)):
+            check_host_type(tensor, n)
+            outputs.append(tensor.detach().contiguous().cpu().numpy())
         return outputs, clock() - started

@@ -137,6 +137,16 @@ def decode_tensor_reply(name: str, reply: Sequence[Any], limit: int) -> np.ndarr
     return codec.zeros(dtype_name, dims)
 
 
+def check_output_types(outputs: Sequence[np.ndarray]) -> None:
+    """Refuse outputs of types no RedisAI tensor holds (complex64, datetimes, objects), naming
+    which: RedisAI's own "invalid data type" said neither which output nor what type."""
+    for n, array in enumerate(outputs):
+        try:
+            codec.dtype_of(array)
+        except AIError:
+            raise AIError(messages.OUTPUT_TYPE.format(n=n, dtype=array.dtype)) from None
+
+
 def check_output(name: str, array: np.ndarray, limit: int, stored: bool = True) -> None:
     """Refuse an output larger than ``limit`` (a worker's ``max_tensor_bytes``, which ``Limits``
     caps by what its Redis accepts in one value), or one no tensor hash can hold (``stored``: it

@@ -22,7 +22,6 @@ from aiworker.execution.limits import Limits
 from aiworker.execution.model_cache import LoadFailed, ModelCache
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
-from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.storage import model as model_store
 from aiworker.storage import script as script_store
@@ -115,8 +114,7 @@ def run_model(
     started = time.perf_counter()
     try:
         outputs = [np.asarray(out) for out in model.run(inputs)]
-        for out in outputs:
-            codec.dtype_of(out)  # refuse output types RedisAI cannot store
+        limits.check_output_types(outputs)
     except AIError:
         raise
     except Exception as exc:  # the framework raised something unexpected: report, keep serving

@@ -9,10 +9,10 @@ import numpy as np
 import redis
 
 from aiworker.backends.base import ScriptContext
+from aiworker.execution import limits
 from aiworker.execution.models import SCRIPT_BACKEND, Models
 from aiworker.execution.outcome import error_text
 from aiworker.protocol import messages
-from aiworker.protocol import tensor as codec
 from aiworker.protocol.errors import AIError, AIWorkerError
 from aiworker.storage import script as script_store
 
@@ -44,6 +44,5 @@ def call_script(
         except Exception as exc:  # an unexpected framework error: report it, keep serving
             raise AIError(f"{SCRIPT_BACKEND}: {error_text(exc)}") from exc
         duration_us = int((time.perf_counter() - started) * 1_000_000)
-    for array in outputs:
-        codec.dtype_of(array)  # refuse output types RedisAI cannot store
+    limits.check_output_types(outputs)
     return outputs, duration_us, script.version

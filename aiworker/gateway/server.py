@@ -41,7 +41,11 @@ from .upstream import Target
 log = logging.getLogger("aiworker.gateway")
 
 # A ``rediss://`` URL's ``ssl_cert_reqs``, as redis-py reads it.
-_VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_VERIFY_MODES = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
 
 
 def _client_tls(settings: Settings) -> ssl.SSLContext:

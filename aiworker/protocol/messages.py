@@ -14,6 +14,8 @@ STRING_BLOB = "Number of string elements in data blob does not match tensor leng
 STRING_NUL = "C-string value contains null character"
 UNSUPPORTED_FORMAT = "unsupported data format"
 BLOB_AND_VALUES = "both BLOB and VALUES specified"
+# aiworker's own: a model or script returned a type RedisAI's tensors lack (bfloat16, complex64)
+OUTPUT_TYPE = "output {n} has type {dtype}, which no RedisAI tensor type holds"
 
 # Models
 MODEL_EMPTY = "model key is empty"
