@@ -35,7 +35,7 @@ from aiworker.client.ops import State
 from aiworker.client.waiting import DEFAULT_REPLY_TIMEOUT_S
 from aiworker.protocol.keys import DEFAULT_PREFIX, Keys
 from aiworker.settings import Settings
-from aiworker.storage.cluster import require_cluster_support
+from aiworker.storage.cluster import cover_async, require_cluster_support
 from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_options
 
 
@@ -81,7 +81,11 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
             self, self._state.keyspace, reply_timeout, job_connections, self._send_bounded
         )
         if self.debug:
-            self.execute_command = printing(super().execute_command)  # type: ignore[method-assign]
+            self.execute_command = printing(self.execute_command)  # type: ignore[method-assign]
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await cover_async(self)  # a slot unserved for a while and served again: in the map again
+        return await super().execute_command(*args, **kwargs)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterClient:

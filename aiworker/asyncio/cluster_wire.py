@@ -33,6 +33,7 @@ from aiworker.storage.cluster import (
     NodeLost,
     Redirections,
     command_key,
+    cover_async,
     slot_migrating,
     slot_of,
 )
@@ -82,6 +83,7 @@ class AsyncClusterWire:
         """Run ``commands``, each on the master of its key's slot, one round trip per node;
         error replies come back in place (see the module docstring)."""
         await self.rc.initialize()  # at once unless the topology is missing or due a refresh
+        await cover_async(self.rc)  # a slot served again after a while: read the map again
         replies: list[Any] = [_PENDING] * len(commands)
         todo = list(range(len(commands)))
         asking: dict[int, Address] = {}
@@ -95,8 +97,8 @@ class AsyncClusterWire:
                 for n in todo:
                     address = asking.get(n) or moved_to.get(n) or self._address(commands[n])
                     by_node.setdefault(address, []).append(n)
-            except redis.ConnectionError as exc:  # a slot without a master: a failover
-                await self._lost(exc, replies)
+            except redis.ConnectionError as exc:  # a slot without a master: the map is read
+                await self._lost(exc, replies, refresh=False)  # again at ``cover``'s pace
             rounds = [
                 self._round(a, commands, members, asking, replies) for a, members in by_node.items()
             ]
@@ -155,8 +157,9 @@ class AsyncClusterWire:
         with contextlib.suppress(redis.RedisError, OSError):
             await self.rc.nodes_manager.initialize()
 
-    async def _lost(self, error: Exception, replies: list[Any]) -> NoReturn:
-        await self._refresh()
+    async def _lost(self, error: Exception, replies: list[Any], refresh: bool = True) -> NoReturn:
+        if refresh:
+            await self._refresh()
         kept = [None if reply is _PENDING else reply for reply in replies]
         raise NodeLost(f"Redis Cluster unavailable: {error}", kept)
 

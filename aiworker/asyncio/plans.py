@@ -11,6 +11,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
+from aiworker.storage.cluster import cover_async
 from aiworker.storage.plans import Commands, Plan, plain_error, rounds
 
 T = TypeVar("T")
@@ -63,6 +64,7 @@ async def send_once(r: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> 
 
 async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
     await rc.initialize()  # the slot cache ``routes`` need (at once once known)
+    await cover_async(rc)  # a slot unserved for a while and served again is in it again
     commands = batch.commands
     routes = batch.routes or [None] * len(commands)
 

@@ -32,8 +32,6 @@ import threading
 import time
 from typing import Any
 
-from redis.cluster import RedisCluster
-
 from aiworker.client import first_round, placement, waiting
 from aiworker.client.api import AICommands
 from aiworker.client.driver import Driver
@@ -47,7 +45,13 @@ from aiworker.protocol.requests import Request
 from aiworker.protocol.slots import check_slot
 from aiworker.settings import Settings
 from aiworker.storage import plans
-from aiworker.storage.cluster import LOST, ClusterWires, SlotMap, require_cluster_support
+from aiworker.storage.cluster import (
+    LOST,
+    Cluster,
+    ClusterWires,
+    SlotMap,
+    require_cluster_support,
+)
 from aiworker.storage.plans import Commands, execute_commands
 from aiworker.storage.redis_options import client_kwargs, decodes, undecoded_options
 
@@ -109,7 +113,7 @@ class ClusterJobs(Jobs):
                 time.sleep(placement.FAILOVER_PAUSE_S)
 
 
-class ClusterClient(Driver, AICommands, RedisCluster):
+class ClusterClient(Driver, AICommands, Cluster):
     """``aiworker.Client``'s methods on a Redis Cluster (see the module docstring).
 
     ``ClusterClient(debug=False, enable_postprocess=True, *args, prefix=..., reply_timeout=...,
@@ -135,7 +139,7 @@ class ClusterClient(Driver, AICommands, RedisCluster):
         self._state = State(Keys(prefix), raw=not enable_postprocess)
         # aiworker's own commands: where the user's replies are decoded, on an undecoded twin
         # (blobs and msgpack replies are bytes)
-        self._plain = RedisCluster(*args, **undecoded_options(kwargs)) if decodes(self) else self
+        self._plain = Cluster(*args, **undecoded_options(kwargs)) if decodes(self) else self
         self._jobs = ClusterJobs(self._plain, self._state.keyspace, reply_timeout)
 
     @classmethod

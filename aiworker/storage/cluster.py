@@ -16,6 +16,11 @@ again after a pause, with backoff, for up to ``TRYAGAIN_WAIT_S``; then ``SlotMig
 ASK or TRYAGAIN is remembered for a while as migrating (``SlotMap.migrating``): a script loaded
 after NOSCRIPT is loaded on the node ASK named, where the call ran.
 
+A slot no master serves (CLUSTER DELSLOTS, a node removed with its slots) drops out of a slot
+map when it is read; nothing would read the map again on a quiet cluster, so a map that lacks a
+slot is read again before a call, at most once per ``UNCOVERED_REFRESH_S`` (``cover`` for
+redis-py's maps, used by ``Cluster``, the plans and the asyncio client; ``SlotMap.cover``).
+
 Whether Redis is a cluster is decided once, when a worker or client starts (``INFO cluster``);
 ``job_connections`` then gives the job path a ``Wire`` or a ``ClusterWire`` per thread, and no
 caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 0).
@@ -26,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from aiworker.protocol.errors import AIWorkerError
@@ -69,6 +76,12 @@ TRYAGAIN_WAIT_S = 10.0
 MIGRATING_MEMORY_S = 30.0
 # A slot map refreshed this recently is not fetched again (another thread just did it).
 REFRESH_MIN_S = 0.05
+# A slot map that lacks a slot (no master served it when it was read) is read again at most this
+# often, whoever asks: nothing else would read it (a command for a slot missing from the map is
+# never sent, so no MOVED comes). A slot served again is used within about as long; one that
+# stays unserved costs, per this long, one CLUSTER SLOTS a ``SlotMap`` and one a node for
+# redis-py's map (it asks every node for a map that serves every slot).
+UNCOVERED_REFRESH_S = 1.0
 # Commands whose key is not their first argument.
 SCRIPT_CALLS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
@@ -112,7 +125,72 @@ def connect(url: str, **kwargs: Any) -> RedisCluster:
     require_cluster_support()
     kwargs.setdefault("require_full_coverage", False)
     kwargs.pop("retry_on_error", None)  # the cluster client retries lost nodes itself
-    return RedisCluster.from_url(url, **kwargs)
+    found: RedisCluster = Cluster.from_url(url, **kwargs)
+    return found
+
+
+class Coverage:
+    """When a slot map with a hole is read again: at most once per ``UNCOVERED_REFRESH_S``, by
+    the first caller past it; the others, in any thread, go on with the map as it is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def due(self) -> bool:
+        """Whether the map is to be read now (the caller reads it)."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + UNCOVERED_REFRESH_S
+            return True
+
+
+# redis-py's cluster clients (blocking or asyncio) -> their slot map's ``Coverage``
+_coverages: weakref.WeakKeyDictionary[Any, Coverage] = weakref.WeakKeyDictionary()
+_coverages_lock = threading.Lock()
+
+
+def uncovered_due(rc: Any) -> bool:
+    """Whether the slot map of redis-py's cluster client ``rc`` (blocking or asyncio) lacks a
+    slot and is due to be read again (``Coverage``): the caller then reads it."""
+    if len(rc.nodes_manager.slots_cache) >= SLOTS:  # the common case: every slot served
+        return False
+    with _coverages_lock:
+        coverage = _coverages.get(rc)
+        if coverage is None:
+            coverage = _coverages[rc] = Coverage()
+    return coverage.due()
+
+
+def cover(rc: RedisCluster) -> None:
+    """Read the slot map of ``rc`` again if it lacks a slot, at most once per
+    ``UNCOVERED_REFRESH_S``: a slot no master served for a while is used again once one does.
+    A cluster that cannot answer now leaves the map as it was."""
+    if uncovered_due(rc):
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            rc.nodes_manager.initialize()
+
+
+async def cover_async(rc: Any) -> None:
+    """``cover`` for redis-py's asyncio cluster client."""
+    if uncovered_due(rc):
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
+            await rc.nodes_manager.initialize()
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, its slot map read again (``cover``) before a command or a
+    pipeline while the map lacks a slot."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        cover(self)
+        return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        cover(self)
+        return super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
 
 
 def job_connections(r: Any, retry: Retry | None = None) -> JobConnections:
@@ -162,6 +240,8 @@ class SlotMap:
         self._masters: list[Address | None] = []
         self._refreshed = -REFRESH_MIN_S
         self._lock = threading.Lock()
+        self.holes = False  # whether a slot had no master when the map was read
+        self._coverage = Coverage()
         # slot -> (the node ASK named, or None; when last seen): slots being resharded
         self._migrating: dict[int, tuple[Address | None, float]] = {}
 
@@ -222,10 +302,18 @@ class SlotMap:
                     error = exc
                     continue
                 self._masters = _masters_of(reply, address[0])
+                self.holes = None in self._masters
                 self._seeds = list(dict.fromkeys(self._seeds + [a for a in self._masters if a]))
                 self._refreshed = time.monotonic()
                 return
             raise redis.ConnectionError(f"Redis Cluster unavailable: no node answered ({error})")
+
+    def cover(self, ask: Callable[[Address], Any]) -> None:
+        """Read the map again if it lacks a slot, at most once per ``UNCOVERED_REFRESH_S``
+        (``Coverage``); a cluster that cannot answer now leaves it as it was."""
+        if self.holes and self._coverage.due():
+            with contextlib.suppress(redis.ConnectionError):
+                self.refresh(ask, force=True)
 
 
 def _masters_of(reply: Any, asked_host: str) -> list[Address | None]:
@@ -323,6 +411,8 @@ class ClusterWire:
         ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
         sent again. ``large``: as for ``Wire.pipeline`` (on one node; redirected ones read
         them as any reply)."""
+        if self._slots.holes:
+            self._slots.cover(self._ask_slots)
         replies: list[Any] = [_PENDING] * len(commands)
         split: list[Exception] = []  # TRYAGAIN past TRYAGAIN_WAIT_S (not a lost link to retry)
         try:

@@ -25,7 +25,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.cluster import command_key
+from aiworker.storage.cluster import command_key, cover
 
 T = TypeVar("T")
 # A blocking client of either kind: one Redis, or redis-py's cluster client.
@@ -110,6 +110,8 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
     base: Any = RedisCluster if cluster else redis.Redis
     commands = batch.commands
     routes = batch.routes or [None] * len(commands)
+    if cluster:
+        cover(rc)  # a slot unserved for a while and served again is in the map again
 
     def where(n: int) -> dict[str, Any]:
         route = routes[n]
