@@ -89,9 +89,13 @@ class Settings:
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
-            if value < low or (high is not None and value > high):
+            if not low <= value or (high is not None and not value <= high):  # NaN too
                 within = f"from {low} to {high}" if high is not None else f"{low} or more"
                 raise ConfigError(f"setting {name}: {value!r} is out of range ({within})")
+        for name in _ABOVE_ZERO:
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"setting {name}: {value!r} is out of range (more than 0)")
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,7 +137,14 @@ _RANGES: dict[str, tuple[int, int | None]] = {
     "metrics_port": (0, 65535),
     "wait_replicas": (0, None),
     "max_queue_length": (0, None),
+    # a negative socket timeout was a traceback at the first connection; a negative reply_ttl
+    # left every reply list without expiry, as 0 does
+    "socket_timeout": (0, None),
+    "reply_ttl": (0, None),
 }
+# Settings that must be more than 0. A visibility_timeout of 0 or less made a lone worker
+# reclaim the entries it was running and dead-letter them as delivered too often.
+_ABOVE_ZERO = ("visibility_timeout",)
 
 
 def _coerce(name: str, value: Any) -> Any:

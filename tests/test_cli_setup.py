@@ -160,6 +160,25 @@ def test_status_as_a_user_denied_scan_names_the_permission(
     assert_clean_error(code, out, "NOPERM", "'scan'")
 
 
+def test_check_says_why_a_redis_that_answers_refuses(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """``check`` said "Redis unreachable" for a Redis that answered and refused the credentials
+    or the user's PING, where every other command says what was refused."""
+    client.acl_setuser(
+        "noping", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-ping"]
+    )
+    try:
+        code, out = invoke("check", "--redis-url", redis_server.url.replace("//", "//noping:pw@"))
+        assert code == 1 and out.startswith("unhealthy: NOPERM") and "'ping'" in out, out
+        code, out = invoke("check", "--redis-url", redis_server.url.replace("//", "//noping:no@"))
+        assert code == 1 and out.startswith("unhealthy: Redis refused the credentials"), out
+    finally:
+        client.acl_deluser("noping")
+    code, out = invoke("check", "--redis-url", "redis://127.0.0.1:1/0")
+    assert code == 1 and out.startswith("unhealthy: Redis unreachable"), out
+
+
 def test_wrong_password_is_one_error_line(redis_server: RedisServer) -> None:
     url = f"redis://nobody:wrong@127.0.0.1:{redis_server.port}/0"
     code, out = invoke("tensor", "get", "t", "--redis-url", url)
@@ -269,6 +288,8 @@ def test_a_worker_without_runs_in_flight_refuses_to_start(
         ("MAX_QUEUE_LENGTH", "-1", "setting max_queue_length: -1 is out of range (0 or more)"),
         ("QUEUE_PARTITIONS", "2000", "setting queue_partitions: 2000 is out of range"),
         ("METRICS_PORT", "70000", "setting metrics_port: 70000 is out of range"),
+        ("SOCKET_TIMEOUT", "-1", "setting socket_timeout: -1.0 is out of range (0 or more)"),
+        ("VISIBILITY_TIMEOUT", "0", "setting visibility_timeout: 0.0 is out of range (more than"),
     ],
 )
 def test_an_invalid_setting_from_the_environment_is_a_setting_error(
@@ -280,6 +301,26 @@ def test_an_invalid_setting_from_the_environment_is_a_setting_error(
         args = [command, "--redis-url", redis_server.url] if command == "worker" else [command]
         code, out = invoke(*args, **{f"AIWORKER_{variable}": value})
         assert_clean_error(code, out, said)
+
+
+@pytest.mark.parametrize(
+    ("args", "variable", "value", "said"),
+    [
+        (["gateway"], "AIWORKER_GATEWAY_THREADS", "0", "0 is not in the range x>=1"),
+        (["gateway"], "AIWORKER_GATEWAY_REPLY_TIMEOUT", "abc", "'abc' is not a valid float"),
+        (["gateway"], "AIWORKER_GATEWAY_REQUIRE_AUTH", "maybe", "'maybe' is not a valid boolean"),
+        (["status"], "AIWORKER_LOG_FORMAT", "xml", "'xml' is not one of 'text', 'json'"),
+        (["worker"], "AIWORKER_HOOKS", "no_such_module:X", "No module named 'no_such_module'"),
+    ],
+)
+def test_an_invalid_option_variable_is_a_setting_error(
+    redis_server: RedisServer, args: list[str], variable: str, value: str, said: str
+) -> None:
+    """The variables click reads for an option (the gateway's AIWORKER_GATEWAY_*, the log
+    format, the hooks) were click's usage error naming a flag the user never gave, exit 2,
+    where an invalid AIWORKER_* setting is one (error) line naming it, exit 1."""
+    code, out = invoke(*args, "--redis-url", redis_server.url, **{variable: value})
+    assert_clean_error(code, out, f"(error) {variable}: ", said)
 
 
 def test_config_of_an_unknown_setting_is_an_error(

@@ -193,9 +193,13 @@ def test_a_whole_number_setting_in_a_file_is_not_rounded(tmp_path: Path, written
         ("metrics_port", -1),
         ("wait_replicas", -1),
         ("max_queue_length", -1),
+        ("socket_timeout", -1.0),
+        ("reply_ttl", -5),
+        ("visibility_timeout", 0.0),
+        ("visibility_timeout", -1.0),
     ],
 )
-def test_a_value_out_of_range_raises(tmp_path: Path, name: str, value: int) -> None:
+def test_a_value_out_of_range_raises(tmp_path: Path, name: str, value: float) -> None:
     """A worker with threads_per_queue 0 registered as live and never ran a job; a metrics port
     beyond 65535 was a traceback. Every layer is held to the range: file, environment, flags."""
     config = write_toml(tmp_path, f"{name} = {value}\n")

@@ -9,7 +9,13 @@ import click
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aiworker.cli.common import make_client, make_settings, redis_options
+from aiworker.cli.common import (
+    EXPECTED_ERRORS,
+    error_text,
+    make_client,
+    make_settings,
+    redis_options,
+)
 from aiworker.client.sync import Client
 from aiworker.devices import parse_device
 from aiworker.protocol.errors import AIError
@@ -73,7 +79,9 @@ def check(
         warning = memory.eviction_warning(client)
         if warning:  # said, not failed: restarting a worker would not change the policy
             click.echo(f"warning: {warning}", err=True)
-    except Exception as exc:  # bad TLS files, refused AUTH, ...: unhealthy, not a traceback
+    except EXPECTED_ERRORS as exc:  # refused credentials, NOPERM, ...: said as every command does
+        ok, message = False, error_text(exc)
+    except Exception as exc:  # bad TLS files, ...: unhealthy, not a traceback
         ok, message = False, f"Redis unreachable: {exc}"
     if not ok:
         click.echo(f"unhealthy: {message}", err=True)

@@ -114,8 +114,10 @@ def worker(
         sys.path.append(os.getcwd())
     try:  # before anything else: a hook that cannot be loaded is a usage error
         found = [load_hook(spec) for spec in hooks]
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--hook") from exc
+    except ConfigError as exc:  # the option itself named: AIWORKER_HOOKS's errors say so
+        ctx = click.get_current_context()
+        option = next(each for each in ctx.command.params if each.name == "hooks")
+        raise click.BadParameter(str(exc), ctx=ctx, param=option) from exc
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     flags = {

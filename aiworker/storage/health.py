@@ -216,11 +216,14 @@ def check(
     """(healthy, explanation): Redis answers and a live, healthy worker serves ``device``.
 
     ``worker`` narrows the check to one worker process (its ``host:pid`` name); ``this_host`` to
-    the workers of this host, as a container health check wants.
+    the workers of this host, as a container health check wants. A Redis that answers but
+    refuses the credentials or the command raises: it is not unreachable.
     """
     try:
         r.ping()
-    except redis.RedisError as exc:
+    except redis.AuthenticationError:  # reached, and it refused: the caller says so
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         return False, f"Redis unreachable: {exc}"
     device = device.upper()
     candidates = [s for s in live_workers(r, keys, max_age) if device in s.get("devices", [])]
