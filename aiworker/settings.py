@@ -142,6 +142,18 @@ _RANGES: dict[str, tuple[int, int | None]] = {
     "socket_timeout": (0, None),
     "reply_ttl": (0, None),
 }
+# Counts, sizes and times whose 0 means "none" or "no limit", and a negative value nothing
+# (max_tensor_bytes -1 was no limit at all, max_deliveries -1 dead-lettered at once).
+_RANGES |= dict.fromkeys(
+    (
+        "model_execution_timeout", "inter_op_parallelism", "intra_op_parallelism",
+        "backend_memory_limit", "max_deliveries", "model_cache_size", "max_tensor_bytes",
+        "dead_letter_maxlen", "drain_timeout", "model_cache_bytes", "max_model_bytes",
+        "max_job_bytes", "max_job_keys", "hung_job_timeout", "max_model_extract_bytes",
+        "wait_replicas_timeout", "max_batch_waiting", "max_batch_waiting_bytes",
+    ),
+    (0, None),
+)  # fmt: skip
 # Settings that must be more than 0. A visibility_timeout of 0 or less made a lone worker
 # reclaim the entries it was running and dead-letter them as delivered too often.
 _ABOVE_ZERO = ("visibility_timeout",)

@@ -197,6 +197,10 @@ def test_a_whole_number_setting_in_a_file_is_not_rounded(tmp_path: Path, written
         ("reply_ttl", -5),
         ("visibility_timeout", 0.0),
         ("visibility_timeout", -1.0),
+        ("max_tensor_bytes", -1),
+        ("max_deliveries", -1),
+        ("hung_job_timeout", -0.5),
+        ("max_batch_waiting_bytes", -1),
     ],
 )
 def test_a_value_out_of_range_raises(tmp_path: Path, name: str, value: float) -> None:
