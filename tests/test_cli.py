@@ -71,6 +71,29 @@ def test_a_bad_argument_is_a_usage_error(
     assert client.keys("*") == []
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (["NOPE", "CPU"], 2, "Backend not allowed"),
+        (["STUB", "CPU", "--inputs", "a"], 2, "should not be"),
+        (["STUB", "CPU", "--minbatch", "2"], 2, "Minbatch is not allowed without batch"),
+        (["STUB", "GPU:x"], 1, "Invalid DEVICE"),
+        (["TFLITE", "CPU", "--batch", "2"], 1, "Auto-batching not supported by the TFLITE"),
+    ],
+)
+def test_a_model_store_refused_by_its_arguments_reads_no_file(
+    client: Client, redis_server: RedisServer, tmp_path: Path, args: list[str], code: int, said: str
+) -> None:
+    """The arguments are checked before the model file is read and sent: a mistyped backend
+    read and uploaded a file of gigabytes before it was refused."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(stub_blob("add"))
+    got, out = invoke(redis_server.url, "model", "store", "m", *args[:2], str(blob), *args[2:])
+    assert got == code and said in out, out
+    assert "reading" not in out and "uploading" not in out, out
+    assert client.keys("*") == []
+
+
 def test_model_store_get_list_del(
     client: Client, redis_server: RedisServer, tmp_path: Path
 ) -> None:

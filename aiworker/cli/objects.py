@@ -10,8 +10,11 @@ from pathlib import Path
 import click
 
 from aiworker.cli.common import argument_checks, fail, make_client, quiet, redis_options
+from aiworker.client import commands
 from aiworker.protocol import tensor as codec
+from aiworker.protocol.backend_names import io_name_backends, known_backends
 from aiworker.protocol.errors import AIWorkerError
+from aiworker.storage.model import validate_meta
 
 # tensors -----------------------------------------------------------------------------------
 
@@ -110,6 +113,8 @@ def model_store(
 ) -> None:
     """Store the model file PATH at KEY."""
     client = make_client(config_file, redis_url, prefix)
+    names = (inputs.split(",") if inputs else None, outputs.split(",") if outputs else None)
+    _check_store(backend, device, batch, minbatch, minbatchtimeout, *names)
     size = Path(path).stat().st_size
     blob = bytearray(size)
     with (
@@ -139,12 +144,38 @@ def model_store(
                 minbatch=minbatch,
                 minbatchtimeout=minbatchtimeout,
                 tag=tag,
-                inputs=inputs.split(",") if inputs else None,
-                outputs=outputs.split(",") if outputs else None,
+                inputs=names[0],
+                outputs=names[1],
             )
     except AIWorkerError as exc:
         fail(exc)
     click.echo(f"OK ({time.perf_counter() - started:.2f}s)")
+
+
+def _check_store(
+    backend: str,
+    device: str,
+    batch: int | None,
+    minbatch: int | None,
+    minbatchtimeout: int | None,
+    inputs: list[str] | None,
+    outputs: list[str] | None,
+) -> None:
+    """The store's own checks of its arguments, before a model file of gigabytes is read and
+    sent: the same errors the store gives (a TF model's names are checked with its blob)."""
+    with argument_checks():
+        commands.modelstore(
+            "key", backend, device, b"", batch, minbatch, minbatchtimeout, None, inputs, outputs,
+            chunk_size=1, backends=set(known_backends()), io_backends=set(io_name_backends()),
+            io_optional=True,
+        )  # fmt: skip
+    try:
+        validate_meta(
+            backend, device, known_backends=known_backends(), io_backends=(),
+            batchsize=batch or 0, minbatchsize=minbatch or 0, minbatchtimeout=minbatchtimeout or 0,
+        )  # fmt: skip
+    except AIWorkerError as exc:
+        fail(exc)
 
 
 @model.command("get")
