@@ -26,7 +26,8 @@ from test_gateway import running_gateway
 import aiworker.asyncio
 from aiworker import Client, Settings, Worker
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.cluster import UNCOVERED_REFRESH_S
+from aiworker.storage.cluster import UNCOVERED_REFRESH_S, job_connections
+from aiworker.storage.redis_options import reconnect_retry
 
 TAG = "{t}"  # a job's input, output and reply list: one slot
 SLOT = key_slot(TAG)
@@ -252,3 +253,26 @@ def test_an_unserved_slot_costs_a_bounded_rate_of_map_reads(
         assert calls <= bound, f"{calls} CLUSTER SLOTS in {elapsed:.1f}s (bound {bound:.0f})"
     finally:
         serve(holed, SLOT, master)
+
+
+def test_a_call_riding_out_an_unserved_slot_uses_it_once_served(holed: LocalCluster) -> None:
+    """A job-path call that meets the unserved slot and rides it out (a worker's reconnect
+    ``Retry``) reads the map again between its tries: it is answered about a second after the
+    slot is served again, not once its retries are spent (about 15 s for a worker's)."""
+    holed.wait_ok()
+    rc = redis.RedisCluster.from_url(holed.url, require_full_coverage=False)
+    wires = job_connections(rc, reconnect_retry())
+    wire = wires.get()
+    wire.pipeline([("SET", f"k{TAG}", 1)])  # the map read while the slot is served
+    master = unserve(holed, SLOT)
+    served = threading.Timer(1.0, serve, (holed, SLOT, master))  # while the call retries
+    started = time.monotonic()
+    served.start()
+    try:
+        assert wire.pipeline([("GET", f"k{TAG}")]) == [b"1"]
+        elapsed = time.monotonic() - started
+    finally:
+        served.join()
+        wires.close()
+        rc.close()
+    assert elapsed < RECOVERY_S, f"answered {elapsed:.1f}s after the call began"

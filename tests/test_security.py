@@ -997,6 +997,41 @@ def test_gateway_honours_the_urls_tls_options(
         pass
 
 
+@pytest.mark.parametrize("option", ["ssl_ca_path", "ssl_password"])
+def test_gateway_honours_the_urls_other_tls_options(
+    tls_redis: tuple[redis.Redis, int], certs: Path, tmp_path: Path, option: str
+) -> None:
+    """The URL's ``ssl_ca_path`` (a directory of CA certificates) and ``ssl_password`` (of an
+    encrypted client key), which redis-py honours for workers and clients, are honoured by the
+    gateway's own connections too: it verified against the system's CAs only, or asked for the
+    key's pass phrase on the terminal."""
+    _admin, port = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0"
+    files = {"tls_ca_cert": str(certs / "ca.crt"), "tls_cert": str(certs / "client.crt")}
+    files["tls_key"] = str(certs / "client.key")
+    if option == "ssl_ca_path":
+        cas = tmp_path / "cas"
+        cas.mkdir()
+        shutil.copy(certs / "ca.crt", cas / "ca.crt")
+        _openssl("rehash", str(cas), cwd=tmp_path)
+        url += f"?ssl_ca_path={cas}"
+        del files["tls_ca_cert"]
+    else:
+        _openssl("ec", "-in", str(certs / "client.key"), "-out", "enc.key", "-aes256",
+                 "-passout", "pass:secret", cwd=tmp_path)  # fmt: skip
+        url += "?ssl_password=secret"
+        files["tls_key"] = str(tmp_path / "enc.key")
+    settings = Settings(redis_url=url, **files)
+    client = Client.from_settings(settings, reply_timeout=10)
+    client.tensorset("a", np.arange(3, dtype=np.float32))
+    with running_gateway(settings) as gw:
+        host, gw_port = gw.address()
+        con = redis.Redis(host=host, port=gw_port, protocol=2)
+        assert con.execute_command("AI.TENSORGET", "a", "VALUES") == [b"0", b"1", b"2"]
+        con.close()
+    client.close()
+
+
 @pytest.mark.parametrize("given", [{"tls_key": "server.key"}, {"tls_ca_cert": "ca.crt"}])
 def test_listening_tls_files_without_a_certificate_are_refused(
     settings: Settings, certs: Path, given: dict[str, str]

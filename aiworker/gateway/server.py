@@ -50,23 +50,36 @@ _VERIFY_MODES = {
 
 def _client_tls(settings: Settings) -> ssl.SSLContext:
     """The TLS of the gateway's own connections to Redis, as redis-py makes a worker's from the
-    same settings: the URL's ``ssl_cert_reqs``, ``ssl_check_hostname`` and ``ssl_*`` files
-    (which win over the settings' files, as in redis-py) honoured."""
+    same settings (``SSLConnection``): the URL's ``ssl_cert_reqs``, ``ssl_check_hostname``,
+    ``ssl_*`` files (which win over the settings' files, as in redis-py), ``ssl_ca_path``,
+    ``ssl_ca_data``, ``ssl_password``, ``ssl_min_version`` and ``ssl_ciphers`` honoured; the
+    system's CAs trusted too, as there."""
     url = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
     ca = url.get("ssl_ca_certs", settings.tls_ca_cert) or None
     cert = url.get("ssl_certfile", settings.tls_cert) or None
     key = url.get("ssl_keyfile", settings.tls_key) or None
+    ca_path, ca_data = url.get("ssl_ca_path") or None, url.get("ssl_ca_data") or None
     verify = _VERIFY_MODES.get(str(url.get("ssl_cert_reqs", "required")).lower())
     if verify is None:
         raise ConfigError(
             f"ssl_cert_reqs={url['ssl_cert_reqs']!r} in the Redis URL: none, optional or required"
         )
-    with _naming("Redis TLS", (ca or "", cert or "", key or "")):
-        context = ssl.create_default_context(cafile=ca)
+    with _naming("Redis TLS", (ca or "", ca_path or "", cert or "", key or "")):
+        context = ssl.create_default_context()
         context.check_hostname = bool(url.get("ssl_check_hostname", True)) and bool(verify)
         context.verify_mode = verify
+        for flag in url.get("ssl_include_verify_flags") or ():
+            context.verify_flags |= flag
+        for flag in url.get("ssl_exclude_verify_flags") or ():
+            context.verify_flags &= ~flag
         if cert:
-            context.load_cert_chain(cert, key)
+            context.load_cert_chain(cert, key, password=url.get("ssl_password") or None)
+        if ca or ca_path or ca_data:
+            context.load_verify_locations(cafile=ca, capath=ca_path, cadata=ca_data)
+        if url.get("ssl_min_version") is not None:
+            context.minimum_version = url["ssl_min_version"]
+        if url.get("ssl_ciphers"):
+            context.set_ciphers(url["ssl_ciphers"])
     return context
 
 

@@ -422,7 +422,8 @@ class ClusterWire:
             if self._retry is None:
                 raise
             self._retry.call_with_retry(
-                lambda: self._attempt(commands, routes, replies, split), lambda error: None
+                lambda: self._covered_attempt(commands, routes, replies, split),
+                lambda error: None,
             )
         if split:
             raise slot_migrating(split[0], replies)
@@ -560,6 +561,15 @@ class ClusterWire:
                 return
             if pause:
                 time.sleep(pause)
+
+    def _covered_attempt(
+        self, commands: Sequence[Command], routes: Any, replies: list[Any], split: list[Exception]
+    ) -> None:
+        """``_attempt`` after ``SlotMap.cover``: a call riding out an unserved slot uses it
+        once it is served again, not only once its retries are spent."""
+        if self._slots.holes:
+            self._slots.cover(self._ask_slots)
+        self._attempt(commands, routes, replies, split)
 
     def _slot_of(self, command: Command, routes: Any, n: int) -> int:
         key = routes[n] if routes and routes[n] is not None else command_key(command)
