@@ -70,6 +70,21 @@ def test_from_url_gives_an_asyncio_cluster_client(redis_cluster: Any, cluster_cl
     assert issubclass(kind, redis.asyncio.cluster.RedisCluster)
 
 
+@pytest.mark.parametrize("decode", [False, True])
+def test_a_new_clients_first_call_may_be_a_users_own_command(
+    redis_cluster: Any, cluster_client: Any, decode: bool
+) -> None:
+    """A new client's first call a keyed Redis command of the user's: it failed with redis-py's
+    "'AsyncCommandsParser' object has no attribute 'node'" when the client's own slot-map check
+    ran before redis-py had read the cluster."""
+
+    async def body(con: Any) -> tuple[Any, Any]:
+        return await con.set("{first}k", "v"), await con.get("{first}k")
+
+    done, got = arun(redis_cluster, body, decode_responses=decode)
+    assert done is True and got == ("v" if decode else b"v")
+
+
 def test_tensors_models_and_scripts_on_every_master(
     redis_cluster: Any, cluster_client: Any
 ) -> None:
