@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -276,3 +277,21 @@ def test_a_call_riding_out_an_unserved_slot_uses_it_once_served(holed: LocalClus
         wires.close()
         rc.close()
     assert elapsed < RECOVERY_S, f"answered {elapsed:.1f}s after the call began"
+
+
+@pytest.mark.slow  # redis-py retries the beat for ~15 s before it fails
+def test_a_worker_says_an_unserved_slot_is_a_redis_failure(
+    holed: LocalCluster, client: Any, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's loops on redis-py's client (heartbeat, leases, reclaims) take redis-py's
+    SlotNotCoveredError, which is no RedisError, for the Redis failure it is: a warning and a
+    quick retry, not a traceback at every turn."""
+    key = client.keyspace.worker(worker.name)
+    caplog.set_level(logging.WARNING, logger="aiworker")
+    master = unserve(holed, key_slot(key))
+    try:
+        wait_until(lambda: "heartbeat failed" in caplog.text, timeout=40)
+    finally:
+        serve(holed, key_slot(key), master)
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("aiworker")]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]

@@ -59,6 +59,9 @@ from aiworker.storage.wire import (
 # entry stays pending and runs again. A ``ClusterWire`` raises ``redis.ConnectionError`` for them.
 UNAVAILABLE = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
 LOST = (redis.ConnectionError, redis.TimeoutError, *UNAVAILABLE)
+# What a call on redis-py's client raises when Redis failed it: its SlotNotCoveredError (a slot
+# no master serves) is no RedisError.
+REDIS_FAILURES = (redis.RedisError, redis.exceptions.SlotNotCoveredError)
 # Replies that say the cluster cannot serve the slot right now (a failover, a migration).
 NOT_NOW = (
     redis.exceptions.ClusterDownError,

@@ -24,6 +24,7 @@ from redis.exceptions import NoPermissionError
 
 from aiworker.protocol.keys import Keys
 from aiworker.storage import lua, plans
+from aiworker.storage.cluster import REDIS_FAILURES
 from aiworker.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("aiworker.worker")
@@ -183,7 +184,7 @@ class Heartbeat:
         try:
             self.publish()
             return True
-        except redis.RedisError:
+        except REDIS_FAILURES:
             self.metrics.redis_errors.labels("heartbeat").inc()
             log.warning("heartbeat failed")
             return False
@@ -197,7 +198,7 @@ class Heartbeat:
                 self.on_beat()
                 with self._publishing:
                     self.publish()
-            except redis.RedisError:
+            except REDIS_FAILURES:
                 self.metrics.redis_errors.labels("heartbeat").inc()
                 log.warning("heartbeat failed")
                 pause = RETRY_SECONDS  # e.g. a failover: be seen again as soon as it is over

@@ -46,7 +46,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.settings import Settings
 from aiworker.storage import health as health_store
 from aiworker.storage import memory, plans, redis_options, server, tensor_io
-from aiworker.storage.cluster import job_connections
+from aiworker.storage.cluster import REDIS_FAILURES, job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
 from aiworker.worker.consume import ensure_group
@@ -366,7 +366,7 @@ class Worker:
                 for queue in lane.queues:
                     self.recovery.prune(queue, names=names)
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
-        except redis.RedisError as exc:
+        except REDIS_FAILURES as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
 
     def _give_up(self, problem: str) -> None:
@@ -375,7 +375,7 @@ class Worker:
         self.exit_code = EXIT_HUNG
         try:
             self.heartbeat.publish()
-        except redis.RedisError:
+        except REDIS_FAILURES:
             log.warning("could not publish the unhealthy status")
         self._hurry.set()
         self._stop.set()

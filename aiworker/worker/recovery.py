@@ -43,6 +43,7 @@ from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
 from aiworker.settings import Settings
 from aiworker.storage import lua
+from aiworker.storage.cluster import REDIS_FAILURES
 from aiworker.storage.wire import JobConnections
 from aiworker.worker.complete import Completer, Finished, Record
 from aiworker.worker.leases import HeldEntries
@@ -126,7 +127,7 @@ class Recovery:
                         entry_id,
                         extra={"job_id": entry_id, "queue": queue},
                     )
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self.metrics.redis_errors.labels("renew").inc()
                 log.warning("lease renewal failed: %s", exc)
             except Exception:  # never lose the thread: leases keep long jobs alive
@@ -167,7 +168,7 @@ class Recovery:
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):  # a lost group is re-created by the consumers
                         log.exception("reclaiming from %s failed", queue)
-                except redis.RedisError as exc:
+                except REDIS_FAILURES as exc:
                     self.metrics.redis_errors.labels("reclaim").inc()
                     log.warning("reclaiming from %s failed: %s", queue, exc)
                 except Exception:  # never lose the thread: abandoned entries would stay pending
