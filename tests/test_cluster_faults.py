@@ -4,6 +4,7 @@ over the three masters, and a master killed (SIGKILL) under load until its repli
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -314,6 +315,42 @@ def test_a_wait_unblocked_by_a_failover_of_its_reply_master_goes_on() -> None:
             pool.shutdown()
             worker.stop(timeout=10)
             client.close()
+
+
+@pytest.mark.slow
+def test_a_worker_read_unblocked_by_a_failover_reads_on_from_the_promoted_master(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CLUSTER FAILOVER ends the worker's blocked XREADGROUP with UNBLOCKED ("instance state
+    changed") on the old master: nothing vanished, so the worker reads on from the promoted
+    master without saying its stream or group had vanished, and serves the next job."""
+    caplog.set_level(logging.INFO, logger="aiworker")
+    queue = KEYS.queue("CPU")
+    with LocalCluster() as cluster:
+        client = Client.from_url(cluster.url, reply_timeout=30)
+        client.modelstore("m", "STUB", "CPU", json.dumps({"op": "add"}))
+        client.tensorset("b", np.array([1, 1], dtype=np.float32))
+        client.tensorset("x{q}", np.array([1, 2], dtype=np.float32))
+        # a read that blocks long enough to be blocked still when the roles change
+        worker = Worker(Settings(redis_url=cluster.url, block_ms=8000)).start()
+        try:
+            client.modelexecute("m", ["x{q}", "b"], ["y{q}"])
+            master = cluster.master_of(queue)
+            node = cluster.node(master)
+            wait_until(
+                lambda: any(c["cmd"] == "xreadgroup" for c in node.client_list()), timeout=10
+            )
+            wait_until(lambda: replica_of(cluster, master), timeout=20)
+            replica = replica_of(cluster, master)
+            assert replica is not None
+            cluster.node(replica).execute_command("CLUSTER", "FAILOVER")
+            wait_until(lambda: cluster.master_of(queue) == replica, timeout=20)
+            client.modelexecute("m", ["x{q}", "b"], ["z{q}"])
+            assert client.tensorget("z{q}").tolist() == [2, 3]
+        finally:
+            worker.stop(timeout=10)
+            client.close()
+    assert "vanished" not in caplog.text
 
 
 def test_the_gateway_answers_ai_commands_on_an_unserved_slot_as_redis_does() -> None:

@@ -16,7 +16,8 @@ would.
 
 A stream or consumer group that vanished (FLUSHALL, FLUSHDB, a Redis restart without persistence)
 is recreated at once, and ``on_lost`` is told (the worker re-publishes its heartbeat, which the
-flush removed too), so that clients see a live worker again within a round trip.
+flush removed too), so that clients see a live worker again within a round trip. A blocked read
+that a CLUSTER FAILOVER ends (UNBLOCKED as its node turns replica) lost nothing: it is read again.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def _vanished(exc: redis.ResponseError) -> bool:
     """The stream or its group is gone: NOGROUP, or a blocked read UNBLOCKED by its deletion."""
     message = str(exc)
     return "NOGROUP" in message or "UNBLOCKED" in message
+
+
+def _demoted(exc: redis.ResponseError) -> bool:
+    """A blocked read its node ended as it turned replica (CLUSTER FAILOVER): the stream and
+    group are intact on the promoted master, which the next read reaches by MOVED."""
+    message = str(exc)
+    return message.startswith("UNBLOCKED") and "instance state changed" in message
 
 
 class Consumer:
@@ -175,9 +183,12 @@ class Consumer:
         return entries
 
     def _unreadable(self, conn: JobConnection, stream: str, exc: Exception) -> None:
-        """A read failed: a stream or group that vanished is made again; anything else pauses
-        this thread's reading a moment."""
+        """A read failed: a stream or group that vanished is made again, a read a failover ended
+        is sent again; anything else pauses this thread's reading a moment."""
         if isinstance(exc, redis.ResponseError):
+            if _demoted(exc):
+                log.debug("reading %s: %s; reading again", stream, exc)
+                return
             if _vanished(exc):
                 self._recreate(conn, stream)
                 return
