@@ -766,6 +766,20 @@ def test_client_reply_on_inside_multi_is_queued(gateway: Gateway, settings: Sett
     assert through == direct
 
 
+def test_client_reply_on_queued_after_off_takes_effect_when_exec_runs(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """OFF inside MULTI takes effect at once at the gateway, ON there is queued; once EXEC ran
+    that ON, the replies came no more: the PING after the transaction went unanswered (Redis
+    answers it). A transaction that did not run leaves them off, as on Redis."""
+    data = b"MULTI\r\nCLIENT REPLY OFF\r\nPING\r\nCLIENT REPLY ON\r\nEXEC\r\nPING\r\nQUIT\r\n"
+    direct, through = _direct_and_through(settings, gateway, data)
+    assert direct.endswith(b"+PONG\r\n+OK\r\n")
+    assert through == b"+OK\r\n+PONG\r\n+OK\r\n"
+    aborted = b"MULTI\r\nCLIENT REPLY OFF\r\nCLIENT REPLY ON\r\nNOSUCH\r\nEXEC\r\nPING\r\nQUIT\r\n"
+    assert _direct_and_through(settings, gateway, aborted)[1] == b"+OK\r\n"
+
+
 def test_a_half_close_before_a_blocking_command_starts_ends_it_too(gateway: Gateway) -> None:
     """The end came while a blocking command still waited behind an AI.* command: it was sent
     to Redis later, blocked there for good, and the client (and its connections) with it."""

@@ -36,6 +36,8 @@ class ReplyHooks:
     exec_awaited: int
     exec_finishing: bool
     holding: bool
+    replies_off: bool
+    skip_next: bool
     router: SingleRouter | ClusterRouter
 
     def signed_out(self) -> None:
@@ -122,6 +124,9 @@ class ReplyHooks:
             return data  # no transaction ran (EXEC without MULTI): nothing changed, WATCH kept
         transaction, self.transaction = self.transaction, None
         self.watching = False
+        ran = data[:1] == b"*" and data[:3] != b"*-1"  # not aborted (EXECABORT, a WATCH)
+        if ran and transaction is not None and transaction.replies_on:
+            self.replies_off = self.skip_next = False  # EXEC ran the CLIENT REPLY ON queued
         if transaction is None or not transaction.shapes_exec():
             return data
         self.exec_finishing = True

@@ -411,6 +411,7 @@ class Session(ReplyHooks, asyncio.Protocol):
             if self.transaction is None or mode != b"ON":
                 self._client_reply(mode)
                 return
+            self.transaction.replies_on = True  # replies come again once EXEC ran it
         if name in UNSUBSCRIBE_COMMANDS and self.transaction is None:  # not subscribed: no pipe
             self._reply_now(unsubscribed(name, args[1:], self.resp3, self.gw.nosub))
             return
@@ -437,6 +438,8 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self.exec_awaited += 1  # ReplyHooks.on_exec counts it answered
                 # its AI.* commands may call Redis after it, before the commands after it run
                 self.holding = self.holding or transaction.calls_after_exec()
+            if name == b"EXEC" and transaction.replies_on and self.replies_off:
+                self.holding = True  # what comes after it is answered if EXEC runs the ON
         hook = HOOKS.get(name)
         if hook is not None:
             slot.hook = partial(hook, self, slot, args)

@@ -90,6 +90,7 @@ class Transaction:
         # None: a Redis command (its reply is Redis'); the rest: see their classes
         self.items: list[_Hooked | _Known | _Local | _After | _Queued | None] = []
         self.subscribes = False  # a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE was queued
+        self.replies_on = False  # a CLIENT REPLY ON was queued (OFF and SKIP act at once)
         self.loaded: set[str] = set()  # SHAs of the scripts a SCRIPT LOAD queued loads
 
     def has_plans(self) -> bool:
