@@ -78,6 +78,31 @@ def test_the_metrics_endpoint_counts_requests_by_outcome(
     assert json.loads(client.lpop("r2") or b"{}")["status"] == "timedout"
 
 
+def test_a_dag_counts_the_time_its_ops_spent_in_the_backend(
+    client: Client, settings: Settings
+) -> None:
+    """A DAG counts under ``model=""``, and its compute duration is its model and script ops'
+    time in the backend: a DAG that ran a model for 30 ms observed 0.0, as did ``Client.run``."""
+    port = free_port()
+    stub_model(client, "m", sleep_ms=30)
+    tensor(client, "a", [1, 2])
+    w = Worker(settings.replace(metrics_port=port, metrics_addr="127.0.0.1")).start()
+    try:
+        command = "AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 2 a a OUTPUTS 1 c"
+        client.xadd(QUEUE, {"cmd": command, "reply": "r"})
+        a = client.tensorget("a")
+        client.run("m", {"x": a, "y": a}, ["c"])
+        count = ("aiworker_compute_duration_seconds_count", (("device", "CPU"), ("model", "")))
+        wait_until(lambda: scrape(port).get(count) == 2)
+        metrics = scrape(port)
+    finally:
+        w.stop(timeout=5)
+    total = ("aiworker_compute_duration_seconds_sum", (("device", "CPU"), ("model", "")))
+    assert metrics[total] >= 2 * 0.030
+    reply = json.loads(client.lpop("r") or b"{}")
+    assert reply["status"] == "ok" and reply["compute_ms"] >= 30
+
+
 def test_model_names_requesters_choose_do_not_grow_the_metrics(
     client: Client, settings: Settings
 ) -> None:

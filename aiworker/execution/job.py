@@ -393,7 +393,7 @@ class JobRun:
             "ok",
             writes=writes,
             stats=self.stats,
-            duration_us=self.duration_us if self.single else 0,
+            duration_us=self.duration_us,  # a DAG's: the sum of its model and script ops'
             reply_fields=self.reply_fields,
             temp_writes=self.spilled,
         )

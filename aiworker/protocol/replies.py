@@ -11,8 +11,8 @@ A reply is a map pushed (RPUSH) onto the job's ``reply`` list:
 * ``worker``: the worker process that answered; ``error``: the message when the status is
   ``error``, with ``bare``: true when it is a framework's own message, which RedisAI sent without
   an error code (``errors.BareMessage``); ``queue_ms``/``compute_ms``: time waiting in the queue
-  and running; ``batch``: ``size`` and ``requests`` when the request ran in a batch; ``loaded``
-  (MODELVERIFY's verdict);
+  and running (a DAG's: the time its model and script ops spent in their backends); ``batch``:
+  ``size`` and ``requests`` when the request ran in a batch; ``loaded`` (MODELVERIFY's verdict);
 * ``results`` (DAGs), one entry per op, in order: ``"OK"`` for a TENSORSET, MODELEXECUTE or
   SCRIPTEXECUTE op that succeeded; ``"NA"`` for an op that did not run because an earlier op
   failed (RedisAI's ``NA``); ``{"error": "<message>"}`` for the op that failed (and ``"bare":

@@ -20,7 +20,8 @@ The ``model`` label names a model once a request found it: ran it, or failed in 
 models, of at most 200 characters). Requesters name any model they like, and every name a label
 would be kept for good: requests naming no model of that name, and those that timed out before
 one was found, count under ``model="<other>"``. Requests of no single model, DAGs (``Client.run``'s
-included) and entries that could not be decoded, count under ``model=""``.
+included) and entries that could not be decoded, count under ``model=""``; a DAG's compute duration
+is the time its model and script ops spent in the backend.
 
 Failure reasons: ``error`` (the model, its inputs or its backend failed), ``timedout`` (TIMEOUT
 passed before the job started), ``malformed`` (the entry could not be decoded), ``too_large``
