@@ -409,6 +409,8 @@ class Session(ReplyHooks, asyncio.Protocol):
             # answered in EXEC's reply; OFF and SKIP there take effect at once (at EXEC Redis
             # would leave its array short)
             if self.transaction is None or mode != b"ON":
+                if self.transaction is not None and mode == b"OFF":
+                    self.transaction.replies_on = False  # EXEC runs an ON queued before it first
                 self._client_reply(mode)
                 return
             self.transaction.replies_on = True  # replies come again once EXEC ran it
