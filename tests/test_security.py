@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
@@ -970,6 +971,21 @@ def test_gateway_over_tls_both_ways(
         client.close()
 
 
+@contextlib.contextmanager
+def _through_a_gateway(settings: Settings) -> Iterator[tuple[Client, redis.Redis]]:
+    """A client of ``settings`` that stored tensor ``a``, and a connection to a gateway of the
+    same settings that read it back (the gateway's own connections to Redis work)."""
+    client = Client.from_settings(settings, reply_timeout=10)
+    client.tensorset("a", np.arange(3, dtype=np.float32))
+    with running_gateway(settings) as gw:
+        host, gw_port = gw.address()
+        con = redis.Redis(host=host, port=gw_port, protocol=2)
+        assert con.execute_command("AI.TENSORGET", "a", "VALUES") == [b"0", b"1", b"2"]
+        yield client, con
+        con.close()
+    client.close()
+
+
 def test_gateway_honours_the_urls_tls_options(
     tls_redis: tuple[redis.Redis, int], certs: Path
 ) -> None:
@@ -982,16 +998,9 @@ def test_gateway_honours_the_urls_tls_options(
         tls_cert=str(certs / "client.crt"),
         tls_key=str(certs / "client.key"),
     )  # no CA: the server's certificate cannot be verified, and is not to be
-    client = Client.from_settings(settings, reply_timeout=10)
-    client.tensorset("a", np.arange(3, dtype=np.float32))
-    with running_gateway(settings) as gw:
-        host, gw_port = gw.address()
-        con = redis.Redis(host=host, port=gw_port, protocol=2)
-        assert con.execute_command("AI.TENSORGET", "a", "VALUES") == [b"0", b"1", b"2"]
+    with _through_a_gateway(settings) as (client, con):
         assert con.execute_command("AI.TENSORSET", "b", "INT8", 1, "VALUES", 7) == b"OK"
         assert client.tensorget("b").tolist() == [7]
-        con.close()
-    client.close()
     wrong = dataclasses.replace(settings, redis_url=f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=no")
     with pytest.raises(ConfigError, match="ssl_cert_reqs='no'"), running_gateway(wrong):
         pass
@@ -1021,15 +1030,8 @@ def test_gateway_honours_the_urls_other_tls_options(
                  "-passout", "pass:secret", cwd=tmp_path)  # fmt: skip
         url += "?ssl_password=secret"
         files["tls_key"] = str(tmp_path / "enc.key")
-    settings = Settings(redis_url=url, **files)
-    client = Client.from_settings(settings, reply_timeout=10)
-    client.tensorset("a", np.arange(3, dtype=np.float32))
-    with running_gateway(settings) as gw:
-        host, gw_port = gw.address()
-        con = redis.Redis(host=host, port=gw_port, protocol=2)
-        assert con.execute_command("AI.TENSORGET", "a", "VALUES") == [b"0", b"1", b"2"]
-        con.close()
-    client.close()
+    with _through_a_gateway(Settings(redis_url=url, **files)):
+        pass
 
 
 @pytest.mark.parametrize("given", [{"tls_key": "server.key"}, {"tls_ca_cert": "ca.crt"}])

@@ -84,8 +84,7 @@ class ClusterClient(AsyncDriver, AICommands, RedisCluster):  # type: ignore[misc
             self.execute_command = printing(self.execute_command)  # type: ignore[method-assign]
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        await self.initialize()  # at once once known: a new client's map is read first
-        await cover_async(self)  # a slot unserved for a while and served again: in the map again
+        await cover_async(self)  # a new client's map read, or one that lacks a slot read again
         return await super().execute_command(*args, **kwargs)
 
     @classmethod

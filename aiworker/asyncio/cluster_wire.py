@@ -82,8 +82,7 @@ class AsyncClusterWire:
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Run ``commands``, each on the master of its key's slot, one round trip per node;
         error replies come back in place (see the module docstring)."""
-        await self.rc.initialize()  # at once unless the topology is missing or due a refresh
-        await cover_async(self.rc)  # a slot served again after a while: read the map again
+        await cover_async(self.rc)  # the map read (first use, a hole, a refresh due)
         replies: list[Any] = [_PENDING] * len(commands)
         todo = list(range(len(commands)))
         asking: dict[int, Address] = {}

@@ -63,8 +63,7 @@ async def send_once(r: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> 
 
 
 async def _execute_on_cluster(rc: RedisCluster, batch: Commands) -> list[Any]:
-    await rc.initialize()  # the slot cache ``routes`` need (at once once known)
-    await cover_async(rc)  # a slot unserved for a while and served again is in it again
+    await cover_async(rc)  # the slot cache ``routes`` need, read again while it lacks a slot
     commands = batch.commands
     routes = batch.routes or [None] * len(commands)
 

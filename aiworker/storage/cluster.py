@@ -177,7 +177,9 @@ def cover(rc: RedisCluster) -> None:
 
 
 async def cover_async(rc: Any) -> None:
-    """``cover`` for redis-py's asyncio cluster client."""
+    """``cover`` for redis-py's asyncio cluster client, which reads its map on first use (at
+    once once it knows it, or is due a refresh of its own)."""
+    await rc.initialize()
     if uncovered_due(rc):
         with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
             await rc.nodes_manager.initialize()
@@ -414,8 +416,7 @@ class ClusterWire:
         ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
         sent again. ``large``: as for ``Wire.pipeline`` (on one node; redirected ones read
         them as any reply)."""
-        if self._slots.holes:
-            self._slots.cover(self._ask_slots)
+        self._slots.cover(self._ask_slots)
         replies: list[Any] = [_PENDING] * len(commands)
         split: list[Exception] = []  # TRYAGAIN past TRYAGAIN_WAIT_S (not a lost link to retry)
         try:
@@ -570,8 +571,7 @@ class ClusterWire:
     ) -> None:
         """``_attempt`` after ``SlotMap.cover``: a call riding out an unserved slot uses it
         once it is served again, not only once its retries are spent."""
-        if self._slots.holes:
-            self._slots.cover(self._ask_slots)
+        self._slots.cover(self._ask_slots)
         self._attempt(commands, routes, replies, split)
 
     def _slot_of(self, command: Command, routes: Any, n: int) -> int:
