@@ -343,3 +343,39 @@ def test_the_plan_follows_a_forward_even_when_its_reply_came_first() -> None:
     assert _answered(_waiting_for(), final.encode(), notice.encode()) == final
     elsewhere = Reply(Status.FORWARDED, QUEUE, "1-0", to=("someone:else", "9-0"))
     assert _answered(_waiting_for(), final.encode(), elsewhere.encode()) is None  # not a queue
+
+
+def test_a_gone_entry_waits_for_its_reply_only_within_the_wait_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Redis Cluster a reply may come up to 70 s after its entry was deleted: a wait whose
+    entry a failover lost (no reply will ever come) lingered those 70 s past a reply_timeout of
+    a few seconds (a requester of a test under a master's kill blocked for over a minute)."""
+    monkeypatch.setattr(waiting, "CHECK_AFTER_S", 0.1)
+    monkeypatch.setattr(waiting, "ENTRY_CHECK_AFTER_S", 0.1)
+    keys, limit = Keys(), 1.0
+    target = wait_plan.Target("CPU", keys.queue("CPU"), "1-0")
+    clock = waiting.Clock(limit)
+    plan = wait_plan.wait_plan(keys, target, None, clock, None, waiting.GONE_SETTLE_CLUSTER_S)
+    live = ([{"devices": ["CPU"]}], True)
+    gone = False
+
+    def driver(step: Any) -> Any:
+        nonlocal gone
+        if time.monotonic() - clock.started > limit + 2:
+            pytest.fail("the wait outlasted its limit")  # no Exception: not thrown into the plan
+        if isinstance(step, wait_plan.Receive):  # as a driver waits: at most LONGEST_WAIT_S
+            time.sleep(min(step.seconds, wait_plan.LONGEST_WAIT_S))
+            return None  # no reply ever comes
+        if isinstance(step, wait_plan.Liveness):
+            return live
+        if isinstance(step, plans.Commands) and step.commands[0][0] == "XRANGE":
+            gone = True
+            return [[]]  # the entry is no longer in its stream
+        raise AssertionError(f"unexpected step {step}")
+
+    result, elapsed = timed(lambda: plans.drive_steps(plan, driver))
+    assert gone, "the entry was looked for"
+    assert isinstance(result, ReplyTimeout) and result.removed, result
+    assert "no longer in queue CPU and no reply came" in str(result)
+    assert limit - 0.1 < elapsed < limit + 0.5

@@ -166,6 +166,13 @@ class _Wait:
                 return self.accept(kept)
         return True
 
+    def settle_left(self) -> float:
+        """How long a reply may still come once the entry is gone: ``settle_s``, within the
+        wait's limit (a cluster's 70 s would otherwise outlast a ``reply_timeout`` of 15)."""
+        if self.clock.deadline is None:
+            return self.settle_s
+        return min(self.settle_s, max(self.clock.deadline - time.monotonic(), 0.0))
+
     @property
     def limit(self) -> float:
         assert self.clock.deadline is not None
@@ -255,7 +262,7 @@ def _entry_gone(wait: _Wait) -> Plan[bool]:
 def _lost(wait: _Wait) -> Plan[Reply | None]:
     """The entry is gone: its reply, if it was on its way; else Redis lost the job or its reply
     (a worker deletes an entry only once its reply is written)."""
-    late = yield from _linger(wait, wait.settle_s)
+    late = yield from _linger(wait, wait.settle_left())
     if isinstance(late, Reply):
         return late
     if late:

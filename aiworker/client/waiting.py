@@ -19,7 +19,8 @@ A wait always ends:
   lost it or its reply (FLUSHALL, a restart without persistence, a failover). A worker deletes
   an entry only once its reply is written, so this is looked at, once a reply is
   ``ENTRY_CHECK_AFTER_S`` late and then every ``ENTRY_CHECK_EVERY_S`` (a wait without a limit
-  would never end otherwise).
+  would never end otherwise). A reply still on its way then gets ``GONE_SETTLE_S`` (on Redis
+  Cluster ``GONE_SETTLE_CLUSTER_S``), never past the wait's own limit.
 """
 
 from __future__ import annotations
