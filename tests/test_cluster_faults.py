@@ -377,3 +377,36 @@ def test_the_gateway_answers_ai_commands_on_an_unserved_slot_as_redis_does() -> 
             with pytest.raises(redis.exceptions.ClusterDownError, match=r"^Hash slot not served$"):
                 con.execute_command(*command)  # -CLUSTERDOWN Hash slot not served
         con.close()
+
+
+@pytest.mark.slow
+def test_wait_replicas_on_a_master_without_its_replica_costs_one_timeout() -> None:
+    """``wait_replicas`` 1 on a master whose replica is gone (a failover promoted it, or the
+    replica died): WAIT can only wait out its timeout there, and every completion on that master
+    did (one job a second per thread). The node is asked for the replicas it reached instead,
+    and for the full count again a few seconds later."""
+    with LocalCluster() as cluster:
+        client = Client.from_url(cluster.url, reply_timeout=30)
+        stub_model(client, "m")
+        client.hset("a", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"})
+        settings = Settings(
+            redis_url=cluster.url, block_ms=200, wait_replicas=1, wait_replicas_timeout=1000
+        )
+        worker = Worker(settings).start()
+        try:
+            assert client.modelexecute("m", ["a", "a"], ["o{w}"]) == "OK"
+            master = cluster.master_of("o{w}")
+            wait_until(lambda: replica_of(cluster, master), timeout=20)
+            replica = replica_of(cluster, master)
+            assert replica is not None
+            cluster.kill(replica)
+            wait_until(lambda: cluster.node(master).info("replication")["connected_slaves"] == 0)
+            started = time.monotonic()
+            for n in range(8):
+                assert client.modelexecute("m", ["a", "a"], [f"o{n}{{w}}"]) == "OK"
+            took = time.monotonic() - started
+        finally:
+            worker.stop(timeout=10)
+            client.close()
+    # one WAIT timeout (1 s) for the first, then the replicas reached (6-8 s when each waited)
+    assert took < 4.0, f"8 jobs took {took:.1f}s"

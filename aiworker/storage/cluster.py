@@ -400,6 +400,13 @@ class ClusterWire:
     def migrating(self, slot: int) -> bool:
         return self._slots.migrating(slot)
 
+    def node(self, key: Any) -> Address | None:
+        """The master serving ``key`` as the map says (None: none does)."""
+        try:
+            return self._slots.address(slot_of(key))
+        except redis.ConnectionError:
+            return None
+
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
         reply = self.pipeline([command])[0]

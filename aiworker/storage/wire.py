@@ -67,6 +67,10 @@ class JobConnection(Protocol):
         """Whether ``slot`` is being resharded, as far as replies lately told (Redis Cluster)."""
         ...
 
+    def node(self, key: Any) -> Any:
+        """Which node serves ``key`` (its address on Redis Cluster; None on a single Redis)."""
+        ...
+
     # every key shares one hash slot (a single Redis): callers skip grouping keys by slot
     one_slot: bool
 
@@ -322,6 +326,10 @@ class Wire:
     @staticmethod
     def migrating(slot: int) -> bool:
         return False  # no resharding on a single Redis
+
+    @staticmethod
+    def node(key: Any) -> Any:
+        return None  # one node
 
     def _forked(self) -> None:
         """In a forked child the socket, and the replies owed on it, are the parent's: leave

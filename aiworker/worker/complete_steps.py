@@ -76,6 +76,9 @@ HELD_BY = lua.load("held_by")
 # Rounds tried (each waiting out TRYAGAIN for up to ``cluster.TRYAGAIN_WAIT_S``) for entries
 # acknowledged in the round trip whose steps a resharding refused.
 ACKED_RETRIES = 6
+# How long a node whose WAIT fell short of ``wait_replicas`` is asked only for the replicas it
+# reached (``Replicas``).
+SHORT_RECHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class Steps:
         self.owner = owner  # the prefix of this worker's consumer names (``host:pid:``)
         self.marker_ttl = marker_ttl
         self.wait = wait  # (replicas, timeout ms): WAIT after each step
+        self.replicas = Replicas(wait[0] if wait else 0)
 
     def run(
         self,
@@ -428,8 +432,39 @@ class Steps:
         """WAIT on the connection of each key's node, so that the step's writes reach
         ``wait_replicas`` replicas (or the timeout passes) before the next step."""
         assert self.wait is not None
+        timeout = self.wait[1]
         routes = [keys[group[0]] for group in by_slot(keys, conn.slot)]
-        conn.pipeline([("WAIT", *self.wait)] * len(routes), routes)
+        nodes = [conn.node(route) for route in routes]
+        asked = [self.replicas.asked(node) for node in nodes]
+        replies = conn.pipeline([("WAIT", n, timeout) for n in asked], routes)
+        for node, n, reply in zip(nodes, asked, replies, strict=True):
+            if isinstance(reply, int):
+                self.replicas.reached(node, n, reply)
+
+
+class Replicas:
+    """How many replicas a step's WAIT asks each node for: ``wanted``, but for a while only as
+    many as its last WAIT reached when that fell short. A master a failover promoted has no
+    replica until its old master rejoins (if ever): WAIT would spend its whole timeout on every
+    completion there (three worker threads that completed hundreds of jobs a second completed
+    about three), for replicas that do not exist; asked again every ``SHORT_RECHECK_S``."""
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self._short: dict[Any, tuple[int, float]] = {}  # node -> (replicas reached, until)
+
+    def asked(self, node: Any) -> int:
+        short = self._short.get(node)
+        if short is None or time.monotonic() >= short[1]:
+            return self.wanted
+        return short[0]
+
+    def reached(self, node: Any, asked: int, count: int) -> None:
+        """WAIT for ``asked`` replicas on ``node`` answered ``count``."""
+        if count >= self.wanted:
+            self._short.pop(node, None)
+        elif asked == self.wanted:  # fell short of the full count: ask for what it reached
+            self._short[node] = (count, time.monotonic() + SHORT_RECHECK_S)
 
 
 def _by_queue(writes: Sequence[Writes]) -> dict[str, list[int]]:
