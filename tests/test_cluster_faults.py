@@ -410,3 +410,65 @@ def test_wait_replicas_on_a_master_without_its_replica_costs_one_timeout() -> No
             client.close()
     # one WAIT timeout (1 s) for the first, then the replicas reached (6-8 s when each waited)
     assert took < 4.0, f"8 jobs took {took:.1f}s"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("lost", ["inputs", "outputs"])
+def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: str) -> None:
+    """A master lost for good (no replica; ``cluster-require-full-coverage no``, so the other
+    slots are served) holds a job's inputs (its read fails) or its outputs and reply (its
+    completion fails; the model batches, so both jobs complete together), beside a job on live
+    masters read in the same batch. Once the retries are spent the live job goes on at once and
+    only the other is left pending (both stayed pending, reclaimed together after the visibility
+    timeout, and failed together again: the live job was never answered). The worker's threads
+    take the lost master's errors in their stride (deregistering raised redis-py's
+    RedisClusterUnreachableError, which is no RedisError)."""
+    with LocalCluster() as cluster:
+        client = Client.from_url(cluster.url, reply_timeout=30)
+        for port in cluster.ports:
+            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        stub_model(client, "m", batch=(2, 2, 10_000) if lost == "outputs" else (0, 0, 0))
+        busy = {cluster.master_of(key) for key in (KEYS.queue("CPU"), "m")}
+        busy.add(cluster.master_of(KEYS.workers))
+        victim = next((p for p in cluster.master_ports() if p not in busy), None)
+        if victim is None:
+            pytest.skip("the queue, model and registry took every master")  # not so with 3
+
+        def tag_on(port: int, taken: bool) -> str:
+            return next(
+                t
+                for t in (f"t{i}" for i in range(10_000))
+                if (cluster.master_of(t) == port) == taken
+            )
+
+        dead, live = tag_on(victim, True), tag_on(victim, False)
+        for tag in (dead, live):
+            client.hset(
+                f"a{{{tag}}}",
+                mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"},
+            )
+        wait_until(lambda: replica_of(cluster, victim), timeout=20)
+        replica = replica_of(cluster, victim)
+        assert replica is not None
+        cluster.kill(replica)
+        cluster.kill(victim)
+        for tag in (dead, live):  # one read takes both
+            source = tag if lost == "inputs" else live  # the lost job reads or writes there
+            request = ModelExecute("m", (f"a{{{source}}}", f"a{{{source}}}"), (f"o{{{tag}}}",))
+            entry = encode_entry(request, f"r{{{tag}}}")
+            client.xadd(KEYS.queue("CPU"), entry)  # type: ignore[arg-type]
+        seed = f"redis://127.0.0.1:{cluster.master_of(KEYS.queue('CPU'))}"  # the URL's may be dead
+        worker = Worker(Settings(redis_url=seed, block_ms=200, visibility_timeout=120))
+        worker.start()
+        try:
+            # the retries ride out ~12 s first; before, the live job waited for the lost one
+            elapsed_until(lambda: client.llen(f"r{{{live}}}") > 0, timeout=40)
+            reply = client.lpop(f"r{{{live}}}")
+            assert json.loads(reply)["status"] == "ok", reply
+            assert client.exists(f"o{{{live}}}") == 1
+            rows = client.xpending_range(KEYS.queue("CPU"), CONSUMER_GROUP, "-", "+", 10)
+            assert len(rows) == 1, rows  # the lost one, left for a later reclaim
+        finally:
+            worker.stop(timeout=10)
+            client.close()

@@ -57,11 +57,16 @@ from aiworker.storage.wire import (
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
 # (a failover in progress, a node gone): the job path takes them for a lost connection, so the
 # entry stays pending and runs again. A ``ClusterWire`` raises ``redis.ConnectionError`` for them.
-UNAVAILABLE = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
+# redis-py 8's error for a map refresh that reached no node (none in older releases): like
+# SlotNotCoveredError, a RedisClusterException but no RedisError.
+_UNREACHABLE = getattr(
+    redis.exceptions, "RedisClusterUnreachableError", redis.exceptions.SlotNotCoveredError
+)
+UNAVAILABLE = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError, _UNREACHABLE)
 LOST = (redis.ConnectionError, redis.TimeoutError, *UNAVAILABLE)
 # What a call on redis-py's client raises when Redis failed it: its SlotNotCoveredError (a slot
-# no master serves) is no RedisError.
-REDIS_FAILURES = (redis.RedisError, redis.exceptions.SlotNotCoveredError)
+# no master serves) and RedisClusterUnreachableError are no RedisError.
+REDIS_FAILURES = (redis.RedisError, redis.exceptions.SlotNotCoveredError, _UNREACHABLE)
 # Replies that say the cluster cannot serve the slot right now (a failover, a migration).
 NOT_NOW = (
     redis.exceptions.ClusterDownError,
@@ -390,6 +395,7 @@ class ClusterWire:
         self._slots = slots
         self._wires: dict[Address, Wire] = {}
         self._retry = retry
+        self._unreachable: set[Address] = set()  # nodes whose last round trip here failed
 
     one_slot = False
 
@@ -406,6 +412,14 @@ class ClusterWire:
             return self._slots.address(slot_of(key))
         except redis.ConnectionError:
             return None
+
+    def unreachable(self, key: Any) -> bool:
+        """Whether ``key``'s node failed its last round trip on this connection (a master lost
+        for longer than the retries rode out), or the map has no node for it."""
+        try:
+            return self._slots.address(slot_of(key)) in self._unreachable
+        except redis.ConnectionError:
+            return True
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
@@ -497,9 +511,11 @@ class ClusterWire:
             wire.send(commands)
             wire.receive(len(commands), got, large)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._unreachable.add(address)
             _answered(replies, range(len(commands)), got)
             self._refresh_quietly()
             raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
+        self._unreachable.discard(address)
         done, moved = True, False
         for n, reply in enumerate(got):
             if isinstance(reply, hiredis.ReplyError):
@@ -601,7 +617,7 @@ class ClusterWire:
         (by position). Returns the error of a node lost meanwhile (its commands stay pending),
         and the positions answered with an error."""
         lost: Exception | None = None
-        sent: list[tuple[Wire, list[int], int]] = []
+        sent: list[tuple[Address, Wire, list[int], int]] = []
         errors: list[int] = []
         read = 0  # of ``sent``, the nodes read to the end
         try:
@@ -617,13 +633,19 @@ class ClusterWire:
                     wire.send(batch)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     lost = exc
+                    self._unreachable.add(address)
                     continue
-                sent.append((wire, members, len(batch)))
-            for wire, members, count in sent:
-                lost = self._read_node(wire, members, count, asking, replies, errors) or lost
+                sent.append((address, wire, members, len(batch)))
+            for address, wire, members, count in sent:
+                failed = self._read_node(wire, members, count, asking, replies, errors)
+                if failed is None:
+                    self._unreachable.discard(address)
+                else:
+                    lost = failed
+                    self._unreachable.add(address)
                 read += 1
         except BaseException:  # interrupted (Ctrl-C): the nodes not read yet owe replies
-            for unread, _, _ in sent[read:]:
+            for _, unread, _, _ in sent[read:]:
                 unread.close()
             raise
         return lost, errors

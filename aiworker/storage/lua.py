@@ -33,6 +33,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 import redis
+from redis.cluster import ClusterPipeline, RedisCluster
 
 from aiworker.storage import plans
 from aiworker.storage.plans import Commands, Plan
@@ -55,19 +56,21 @@ class LuaScript:
 
         def one_by_one(batch: Commands) -> list[Any]:
             replies: list[Any] = []
-            for command in batch.commands:
+            routes = batch.routes or [None] * len(batch.commands)
+            for command, route in zip(batch.commands, routes, strict=True):
                 try:
-                    replies.append(r.execute_command(*command))
+                    replies.append(r.execute_command(*command, **_routed(r, command, route)))
                 except redis.ResponseError as exc:
                     replies.append(exc)
             return replies
 
         return plans.first(plans.drive(calls_plan([Call(self, keys, args)]), one_by_one))
 
-    def load(self, r: Any) -> None:
-        """Load the script where ``r`` sends commands: every master of a Redis Cluster. A cluster
-        pipeline in WATCH mode cannot send SCRIPT LOAD itself (no key to route it by)."""
-        r.execute_command("SCRIPT", "LOAD", self.source)
+    def load(self, r: Any, near: Any = None) -> None:
+        """Load the script where ``r`` sends commands: on Redis Cluster the master of ``near``
+        (every master without it). A cluster pipeline in WATCH mode cannot send SCRIPT LOAD
+        itself (no key to route it by): its callers load on the client, then run again."""
+        r.execute_command("SCRIPT", "LOAD", self.source, **_routed(r, ("SCRIPT",), near))
 
     def plan(self, keys: Sequence[Any], args: Sequence[Any] = (), load: bool = False) -> Plan[Any]:
         """The same call as a plan step: its reply, or the error in its place. ``load``: the
@@ -85,6 +88,19 @@ class LuaScript:
 
 
 _BY_SHA: dict[str, LuaScript] = {}
+
+
+def _routed(r: Any, command: Sequence[Any], route: Any) -> dict[str, Any]:
+    """redis-py options that send a SCRIPT LOAD on a Redis Cluster client to the node of its
+    call's key only: redis-py sends it to every master, so one lost master failed every load
+    (a worker's first run of a model) on the live ones too."""
+    if command[0] != "SCRIPT":
+        return {}
+    if isinstance(r, ClusterPipeline):  # redis-py would ask a node where to send it: none
+        raise redis.exceptions.RedisClusterException("SCRIPT LOAD in a cluster pipeline")
+    if route is None or not isinstance(r, RedisCluster):
+        return {}
+    return {"target_nodes": r.get_node_from_key(route)}  # type: ignore[no-untyped-call]
 
 
 def loads_for(commands: Sequence[Sequence[Any]], loaded: set[str]) -> list[tuple[Any, ...]]:

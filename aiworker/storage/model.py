@@ -487,8 +487,8 @@ def _read_model_within(r: redis.Redis, key: str, max_bytes: int) -> tuple[ModelM
                     meta = check_meta_reply(read_bounded(pipe, "model", key, META_FIELDS, limits))
                     chunks, total = _CHUNK_BYTES(pipe, [key], [MAX_CHUNKS])
                 except redis.exceptions.RedisClusterException:  # see LuaScript.load
-                    _BOUNDED_HMGET.load(r)
-                    _CHUNK_BYTES.load(r)
+                    _BOUNDED_HMGET.load(r, key)
+                    _CHUNK_BYTES.load(r, key)
                     pipe.reset()  # type: ignore[no-untyped-call]
                     continue
                 _check_chunk_count(key, chunks)

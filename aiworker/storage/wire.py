@@ -71,6 +71,11 @@ class JobConnection(Protocol):
         """Which node serves ``key`` (its address on Redis Cluster; None on a single Redis)."""
         ...
 
+    def unreachable(self, key: Any) -> bool:
+        """Whether ``key``'s node failed its last round trip here, or no node serves it (Redis
+        Cluster; False on a single Redis, where a lost link is everything lost)."""
+        ...
+
     # every key shares one hash slot (a single Redis): callers skip grouping keys by slot
     one_slot: bool
 
@@ -330,6 +335,10 @@ class Wire:
     @staticmethod
     def node(key: Any) -> Any:
         return None  # one node
+
+    @staticmethod
+    def unreachable(key: Any) -> bool:
+        return False
 
     def _forked(self) -> None:
         """In a forked child the socket, and the replies owed on it, are the parent's: leave

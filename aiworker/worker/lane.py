@@ -84,6 +84,13 @@ CHAIN_RUN_S = 0.001
 CHAIN_MAX = 8
 
 
+class Left:
+    """``Lane._prepare``'s word for a job left pending: its state is on a lost node."""
+
+
+LEFT = Left()
+
+
 @dataclass(eq=False)
 class Ticket:
     """What completing a job needs besides its outcome: where its entry came from."""
@@ -419,6 +426,11 @@ class Lane:
                 jobs.append((job, ticket))
         runs: list[Run] = []
         for (job, ticket), prepared in zip(jobs, self._prepare(conn, jobs), strict=True):
+            if isinstance(prepared, Left):
+                log.warning("%s: job %s left pending: a node its state is on is unreachable",
+                            ticket.queue, job.entry_id)  # fmt: skip
+                self.held.discard(ticket.queue, job.entry_id)  # reclaimed after its lease
+                continue
             if prepared is None:  # its tensors did not fit this read: read them on their own
                 self._later([(job.entry_id, ticket.fields)], ticket.queue)
                 kept.add((ticket.queue, job.entry_id))
@@ -440,8 +452,9 @@ class Lane:
 
     def _prepare(
         self, conn: JobConnection, jobs: Sequence[tuple[Job, Ticket]]
-    ) -> list[Run | Outcome | None]:
-        """Read every job's state in one round trip and prepare it (None: read it again alone)."""
+    ) -> list[Run | Outcome | Left | None]:
+        """Read every job's state in one round trip and prepare it (None: read it again alone;
+        ``LEFT``: left pending, its state on a lost node)."""
         if not jobs:
             return []
         requests = [job.request for job, _ in jobs]
@@ -449,12 +462,20 @@ class Lane:
         try:
             snapshots = state.read(conn, requests, executor.limits, executor.metas, executor.keys)
         except (redis.ConnectionError, redis.TimeoutError):
-            raise  # the entries stay pending and run again
+            cut_off = [_needs_lost_node(conn, job) for job, _ in jobs]
+            if all(cut_off) or not any(cut_off):
+                raise  # the entries stay pending and run again
+            # a master lost for good (no replica): the jobs whose state it holds must not hold
+            # back the others, read again without them (their reclaims would bring them back
+            # together, and dead-letter them together)
+            kept = [job for job, cut in zip(jobs, cut_off, strict=True) if not cut]
+            others = iter(self._prepare(conn, kept))
+            return [LEFT if cut else next(others) for cut in cut_off]
         except Exception as exc:  # e.g. the worker's ACL denies one key: each job on its own
             if len(jobs) > 1:
                 return [self._prepare(conn, [one])[0] for one in jobs]
             return [Outcome.failed(failure_text(exc))]
-        prepared: list[Run | Outcome | None] = []
+        prepared: list[Run | Outcome | Left | None] = []
         for (job, ticket), snapshot in zip(jobs, snapshots, strict=True):
             if snapshot.deferred:  # alone, a job always fits its own read
                 prepared.append(None)
@@ -680,7 +701,19 @@ class Lane:
         try:
             results = self.completer.complete(conn, self.queue, finished)
         except (redis.ConnectionError, redis.TimeoutError):
-            raise  # not applied: the entries stay pending and run again
+            cut_off = [_completes_on_lost_node(conn, item) for item in finished]
+            if all(cut_off) or not any(cut_off):
+                raise  # not applied: the entries stay pending and run again
+            # as in ``_prepare``: those a lost node holds back must not hold back the others
+            for item, cut in zip(finished, cut_off, strict=True):
+                if cut:
+                    log.warning("%s: job %s left pending: a node it writes to is unreachable",
+                                item.queue or self.queue, item.entry_id)  # fmt: skip
+                    self.held.discard(item.queue or self.queue, item.entry_id)
+            self._complete(
+                conn, [item for item, cut in zip(finished, cut_off, strict=True) if not cut]
+            )
+            return
         except redis.RedisError:
             log.exception("%s: completing %s failed", self.queue, [f.entry_id for f in finished])
             return
@@ -699,6 +732,17 @@ def _each(found: Sequence[tuple[str, Sequence[Entry]]]) -> Iterator[tuple[str, s
     for queue, entries in found:
         for entry_id, fields in entries:
             yield queue, entry_id, fields
+
+
+def _needs_lost_node(conn: JobConnection, job: Job) -> bool:
+    """Whether a key ``job`` reads is on a node the round trip just lost (Redis Cluster)."""
+    return any(conn.unreachable(key) for _, key in job.request.state_reads())
+
+
+def _completes_on_lost_node(conn: JobConnection, item: Finished) -> bool:
+    """Whether completing ``item`` writes to a node the round trip just lost (Redis Cluster)."""
+    written = item.job.request.written_keys() if item.job is not None else ()
+    return any(conn.unreachable(key) for key in (*written, *filter(None, [item.reply])))
 
 
 def failure_text(exc: BaseException) -> str:
