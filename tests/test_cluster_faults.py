@@ -453,22 +453,34 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: st
         assert replica is not None
         cluster.kill(replica)
         cluster.kill(victim)
-        for tag in (dead, live):  # one read takes both
-            source = tag if lost == "inputs" else live  # the lost job reads or writes there
-            request = ModelExecute("m", (f"a{{{source}}}", f"a{{{source}}}"), (f"o{{{tag}}}",))
-            entry = encode_entry(request, f"r{{{tag}}}")
-            client.xadd(KEYS.queue("CPU"), entry)  # type: ignore[arg-type]
+
+        def send_pair(n: int) -> None:
+            for tag in (dead, live):  # one read takes both
+                source = tag if lost == "inputs" else live  # the lost job reads or writes there
+                inputs = (f"a{{{source}}}", f"a{{{source}}}")
+                request = ModelExecute("m", inputs, (f"o{n}{{{tag}}}",))
+                entry = encode_entry(request, f"r{n}{{{tag}}}")
+                client.xadd(KEYS.queue("CPU"), entry)  # type: ignore[arg-type]
+
+        def answered(n: int) -> float:
+            took = elapsed_until(lambda: client.llen(f"r{n}{{{live}}}") > 0, timeout=40)
+            reply = client.lpop(f"r{n}{{{live}}}")
+            assert json.loads(reply)["status"] == "ok", reply
+            assert client.exists(f"o{n}{{{live}}}") == 1
+            return took
+
+        send_pair(1)
         seed = f"redis://127.0.0.1:{cluster.master_of(KEYS.queue('CPU'))}"  # the URL's may be dead
         worker = Worker(Settings(redis_url=seed, block_ms=200, visibility_timeout=120))
         worker.start()
         try:
-            # the retries ride out ~12 s first; before, the live job waited for the lost one
-            elapsed_until(lambda: client.llen(f"r{{{live}}}") > 0, timeout=40)
-            reply = client.lpop(f"r{{{live}}}")
-            assert json.loads(reply)["status"] == "ok", reply
-            assert client.exists(f"o{{{live}}}") == 1
+            answered(1)  # once the retries (~12 s) are spent; before, never
             rows = client.xpending_range(KEYS.queue("CPU"), CONSUMER_GROUP, "-", "+", 10)
             assert len(rows) == 1, rows  # the lost one, left for a later reclaim
+            send_pair(2)  # the lost master is known now: no retries for the live job's sake
+            assert answered(2) < 5
+            rows = client.xpending_range(KEYS.queue("CPU"), CONSUMER_GROUP, "-", "+", 10)
+            assert len(rows) == 2, rows
         finally:
             worker.stop(timeout=10)
             client.close()

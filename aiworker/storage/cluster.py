@@ -84,6 +84,9 @@ TRYAGAIN_WAIT_S = 10.0
 MIGRATING_MEMORY_S = 30.0
 # A slot map refreshed this recently is not fetched again (another thread just did it).
 REFRESH_MIN_S = 0.05
+# How long a master whose round trip failed (its retries spent) counts as unreachable: jobs that
+# need it are set aside without a round trip meanwhile (``Lane``), and it is tried again after.
+UNREACHABLE_S = 10.0
 # A slot map that lacks a slot (no master served it when it was read) is read again at most this
 # often, whoever asks: nothing else would read it (a command for a slot missing from the map is
 # never sent, so no MOVED comes). A slot served again is used within about as long; one that
@@ -254,6 +257,7 @@ class SlotMap:
         self._coverage = Coverage()
         # slot -> (the node ASK named, or None; when last seen): slots being resharded
         self._migrating: dict[int, tuple[Address | None, float]] = {}
+        self._unreachable: dict[Address, float] = {}  # node -> when a round trip to it failed
 
     @property
     def known(self) -> bool:
@@ -266,6 +270,34 @@ class SlotMap:
         if found is None:
             raise redis.ConnectionError(f"Redis Cluster unavailable: no master serves slot {slot}")
         return found
+
+    def lost(self, address: Address) -> None:
+        """A round trip to ``address`` failed."""
+        self._unreachable[address] = time.monotonic()
+
+    def reached(self, address: Address) -> None:
+        if self._unreachable:
+            self._unreachable.pop(address, None)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether a node failed a round trip lately or a slot has no master."""
+        return bool(self._unreachable) or self.holes
+
+    def unreachable(self, slot: int) -> bool:
+        """Whether no master serves ``slot``, or its master failed a round trip in the last
+        ``UNREACHABLE_S``."""
+        masters = self._masters
+        address = masters[slot] if masters else None
+        if address is None:
+            return True
+        failed = self._unreachable.get(address)
+        if failed is None:
+            return False
+        if time.monotonic() - failed < UNREACHABLE_S:
+            return True
+        self._unreachable.pop(address, None)  # try it again
+        return False
 
     def any(self) -> Address:
         """A master, for a command that names no key."""
@@ -395,7 +427,6 @@ class ClusterWire:
         self._slots = slots
         self._wires: dict[Address, Wire] = {}
         self._retry = retry
-        self._unreachable: set[Address] = set()  # nodes whose last round trip here failed
 
     one_slot = False
 
@@ -413,13 +444,12 @@ class ClusterWire:
         except redis.ConnectionError:
             return None
 
+    @property
+    def degraded(self) -> bool:
+        return self._slots.degraded
+
     def unreachable(self, key: Any) -> bool:
-        """Whether ``key``'s node failed its last round trip on this connection (a master lost
-        for longer than the retries rode out), or the map has no node for it."""
-        try:
-            return self._slots.address(slot_of(key)) in self._unreachable
-        except redis.ConnectionError:
-            return True
+        return self._slots.unreachable(slot_of(key))
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
@@ -511,11 +541,11 @@ class ClusterWire:
             wire.send(commands)
             wire.receive(len(commands), got, large)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._unreachable.add(address)
+            self._slots.lost(address)
             _answered(replies, range(len(commands)), got)
             self._refresh_quietly()
             raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
-        self._unreachable.discard(address)
+        self._slots.reached(address)
         done, moved = True, False
         for n, reply in enumerate(got):
             if isinstance(reply, hiredis.ReplyError):
@@ -633,16 +663,16 @@ class ClusterWire:
                     wire.send(batch)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     lost = exc
-                    self._unreachable.add(address)
+                    self._slots.lost(address)
                     continue
                 sent.append((address, wire, members, len(batch)))
             for address, wire, members, count in sent:
                 failed = self._read_node(wire, members, count, asking, replies, errors)
                 if failed is None:
-                    self._unreachable.discard(address)
+                    self._slots.reached(address)
                 else:
                     lost = failed
-                    self._unreachable.add(address)
+                    self._slots.lost(address)
                 read += 1
         except BaseException:  # interrupted (Ctrl-C): the nodes not read yet owe replies
             for _, unread, _, _ in sent[read:]:

@@ -71,8 +71,14 @@ class JobConnection(Protocol):
         """Which node serves ``key`` (its address on Redis Cluster; None on a single Redis)."""
         ...
 
+    @property
+    def degraded(self) -> bool:
+        """A node failed a round trip lately, or a slot has no master (Redis Cluster):
+        ``unreachable`` then says which keys are cut off."""
+        ...
+
     def unreachable(self, key: Any) -> bool:
-        """Whether ``key``'s node failed its last round trip here, or no node serves it (Redis
+        """Whether no node serves ``key``, or its node failed a round trip lately (Redis
         Cluster; False on a single Redis, where a lost link is everything lost)."""
         ...
 
@@ -335,6 +341,8 @@ class Wire:
     @staticmethod
     def node(key: Any) -> Any:
         return None  # one node
+
+    degraded = False
 
     @staticmethod
     def unreachable(key: Any) -> bool:

@@ -454,23 +454,20 @@ class Lane:
         self, conn: JobConnection, jobs: Sequence[tuple[Job, Ticket]]
     ) -> list[Run | Outcome | Left | None]:
         """Read every job's state in one round trip and prepare it (None: read it again alone;
-        ``LEFT``: left pending, its state on a lost node)."""
+        ``LEFT``: left pending, its state on a lost node; see ``_around``)."""
         if not jobs:
             return []
+        if conn.degraded and any(cut_off := _cut_off(conn, jobs)):
+            return self._around(conn, jobs, cut_off)  # no round trip to a master known lost
         requests = [job.request for job, _ in jobs]
         executor = self.executor
         try:
             snapshots = state.read(conn, requests, executor.limits, executor.metas, executor.keys)
         except (redis.ConnectionError, redis.TimeoutError):
-            cut_off = [_needs_lost_node(conn, job) for job, _ in jobs]
+            cut_off = _cut_off(conn, jobs)
             if all(cut_off) or not any(cut_off):
                 raise  # the entries stay pending and run again
-            # a master lost for good (no replica): the jobs whose state it holds must not hold
-            # back the others, read again without them (their reclaims would bring them back
-            # together, and dead-letter them together)
-            kept = [job for job, cut in zip(jobs, cut_off, strict=True) if not cut]
-            others = iter(self._prepare(conn, kept))
-            return [LEFT if cut else next(others) for cut in cut_off]
+            return self._around(conn, jobs, cut_off)
         except Exception as exc:  # e.g. the worker's ACL denies one key: each job on its own
             if len(jobs) > 1:
                 return [self._prepare(conn, [one])[0] for one in jobs]
@@ -487,6 +484,18 @@ class Lane:
                 log.exception("%s: preparing %s failed", self.queue, job.entry_id)
                 prepared.append(Outcome.failed(failure_text(exc)))
         return prepared
+
+    def _around(
+        self, conn: JobConnection, jobs: Sequence[tuple[Job, Ticket]], cut_off: list[bool]
+    ) -> list[Run | Outcome | Left | None]:
+        """``_prepare``'s answer with the jobs a lost master holds the state of (``cut_off``)
+        left pending (``LEFT``): a master lost for good (no replica) must not hold back the
+        jobs read with them (their reclaims would bring them back together, and dead-letter
+        them together)."""
+        others = iter(
+            self._prepare(conn, [j for j, cut in zip(jobs, cut_off, strict=True) if not cut])
+        )
+        return [LEFT if cut else next(others) for cut in cut_off]
 
     def _later(self, entries: Sequence[Entry], queue: str) -> None:
         def task(conn: JobConnection) -> None:
@@ -698,21 +707,16 @@ class Lane:
 
     def _complete(self, conn: JobConnection, finished: Sequence[Finished]) -> None:
         """Complete entries, each on the stream it came from (all in one round trip per node)."""
+        if conn.degraded and any(cut_off := _cut_off_writes(conn, finished)):
+            self._complete_around(conn, finished, cut_off)
+            return
         try:
             results = self.completer.complete(conn, self.queue, finished)
         except (redis.ConnectionError, redis.TimeoutError):
-            cut_off = [_completes_on_lost_node(conn, item) for item in finished]
+            cut_off = _cut_off_writes(conn, finished)
             if all(cut_off) or not any(cut_off):
                 raise  # not applied: the entries stay pending and run again
-            # as in ``_prepare``: those a lost node holds back must not hold back the others
-            for item, cut in zip(finished, cut_off, strict=True):
-                if cut:
-                    log.warning("%s: job %s left pending: a node it writes to is unreachable",
-                                item.queue or self.queue, item.entry_id)  # fmt: skip
-                    self.held.discard(item.queue or self.queue, item.entry_id)
-            self._complete(
-                conn, [item for item, cut in zip(finished, cut_off, strict=True) if not cut]
-            )
+            self._complete_around(conn, finished, cut_off)
             return
         except redis.RedisError:
             log.exception("%s: completing %s failed", self.queue, [f.entry_id for f in finished])
@@ -722,6 +726,20 @@ class Lane:
                 # its model was stored anew while it ran: run it again
                 self.executor.metas.drop(result.key)
                 self._later([(item.entry_id, item.fields)], item.queue or self.queue)
+
+    def _complete_around(
+        self, conn: JobConnection, finished: Sequence[Finished], cut_off: list[bool]
+    ) -> None:
+        """As ``_around``, for completions: those that write to a lost master are left pending
+        (their leases lapse), the others completed."""
+        for item, cut in zip(finished, cut_off, strict=True):
+            if cut:
+                log.warning("%s: job %s left pending: a node it writes to is unreachable",
+                            item.queue or self.queue, item.entry_id)  # fmt: skip
+                self.held.discard(item.queue or self.queue, item.entry_id)
+        rest = [item for item, cut in zip(finished, cut_off, strict=True) if not cut]
+        if rest:
+            self._complete(conn, rest)
 
     def _lost(self) -> None:
         self.on_lost()
@@ -734,15 +752,18 @@ def _each(found: Sequence[tuple[str, Sequence[Entry]]]) -> Iterator[tuple[str, s
             yield queue, entry_id, fields
 
 
-def _needs_lost_node(conn: JobConnection, job: Job) -> bool:
-    """Whether a key ``job`` reads is on a node the round trip just lost (Redis Cluster)."""
-    return any(conn.unreachable(key) for _, key in job.request.state_reads())
+def _cut_off(conn: JobConnection, jobs: Sequence[tuple[Job, Ticket]]) -> list[bool]:
+    """Per job, whether a key it reads is on an unreachable node (Redis Cluster)."""
+    return [any(conn.unreachable(key) for _, key in job.request.state_reads()) for job, _ in jobs]
 
 
-def _completes_on_lost_node(conn: JobConnection, item: Finished) -> bool:
-    """Whether completing ``item`` writes to a node the round trip just lost (Redis Cluster)."""
-    written = item.job.request.written_keys() if item.job is not None else ()
-    return any(conn.unreachable(key) for key in (*written, *filter(None, [item.reply])))
+def _cut_off_writes(conn: JobConnection, finished: Sequence[Finished]) -> list[bool]:
+    """``_cut_off`` for completions: the outputs and reply each one writes."""
+    cut = []
+    for item in finished:
+        written = item.job.request.written_keys() if item.job is not None else ()
+        cut.append(any(conn.unreachable(key) for key in (*written, *filter(None, [item.reply]))))
+    return cut
 
 
 def failure_text(exc: BaseException) -> str:
