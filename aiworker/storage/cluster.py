@@ -281,8 +281,15 @@ class SlotMap:
 
     @property
     def degraded(self) -> bool:
-        """Whether a node failed a round trip lately or a slot has no master."""
-        return bool(self._unreachable) or self.holes
+        """Whether a node failed a round trip lately (a slot without a master is no reason to
+        set its jobs aside: a round trip reads the map again, ``cover``)."""
+        if not self._unreachable:
+            return False
+        now = time.monotonic()
+        for address, failed in list(self._unreachable.items()):
+            if now - failed >= UNREACHABLE_S:  # tried again from now on
+                self._unreachable.pop(address, None)
+        return bool(self._unreachable)
 
     def unreachable(self, slot: int) -> bool:
         """Whether no master serves ``slot``, or its master failed a round trip in the last
@@ -292,12 +299,7 @@ class SlotMap:
         if address is None:
             return True
         failed = self._unreachable.get(address)
-        if failed is None:
-            return False
-        if time.monotonic() - failed < UNREACHABLE_S:
-            return True
-        self._unreachable.pop(address, None)  # try it again
-        return False
+        return failed is not None and time.monotonic() - failed < UNREACHABLE_S
 
     def any(self) -> Address:
         """A master, for a command that names no key."""
@@ -427,6 +429,7 @@ class ClusterWire:
         self._slots = slots
         self._wires: dict[Address, Wire] = {}
         self._retry = retry
+        self._failing: set[Address] = set()  # nodes a call failed to reach (see ``pipeline``)
 
     one_slot = False
 
@@ -470,16 +473,22 @@ class ClusterWire:
         self._slots.cover(self._ask_slots)
         replies: list[Any] = [_PENDING] * len(commands)
         split: list[Exception] = []  # TRYAGAIN past TRYAGAIN_WAIT_S (not a lost link to retry)
+        self._failing.clear()
         try:
             if not self._on_one_node(commands, routes, replies, large):
                 self._attempt(commands, routes, replies, split)
         except (redis.ConnectionError, redis.TimeoutError):
             if self._retry is None:
                 raise
-            self._retry.call_with_retry(
-                lambda: self._covered_attempt(commands, routes, replies, split),
-                lambda error: None,
-            )
+            try:
+                self._retry.call_with_retry(
+                    lambda: self._covered_attempt(commands, routes, replies, split),
+                    lambda error: None,
+                )
+            except (redis.ConnectionError, redis.TimeoutError):
+                for address in self._failing:  # not reached with every retry: known lost
+                    self._slots.lost(address)
+                raise
         if split:
             raise slot_migrating(split[0], replies)
         return replies
@@ -541,10 +550,11 @@ class ClusterWire:
             wire.send(commands)
             wire.receive(len(commands), got, large)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._slots.lost(address)
+            self._failing.add(address)
             _answered(replies, range(len(commands)), got)
             self._refresh_quietly()
             raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
+        self._failing.discard(address)
         self._slots.reached(address)
         done, moved = True, False
         for n, reply in enumerate(got):
@@ -663,16 +673,17 @@ class ClusterWire:
                     wire.send(batch)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     lost = exc
-                    self._slots.lost(address)
+                    self._failing.add(address)
                     continue
                 sent.append((address, wire, members, len(batch)))
             for address, wire, members, count in sent:
                 failed = self._read_node(wire, members, count, asking, replies, errors)
                 if failed is None:
+                    self._failing.discard(address)
                     self._slots.reached(address)
                 else:
                     lost = failed
-                    self._slots.lost(address)
+                    self._failing.add(address)
                 read += 1
         except BaseException:  # interrupted (Ctrl-C): the nodes not read yet owe replies
             for _, unread, _, _ in sent[read:]:

@@ -73,8 +73,8 @@ class JobConnection(Protocol):
 
     @property
     def degraded(self) -> bool:
-        """A node failed a round trip lately, or a slot has no master (Redis Cluster):
-        ``unreachable`` then says which keys are cut off."""
+        """A node failed a round trip lately (Redis Cluster): ``unreachable`` then says which
+        keys are cut off."""
         ...
 
     def unreachable(self, key: Any) -> bool:
