@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -428,12 +430,15 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: st
         client = Client.from_url(cluster.url, reply_timeout=30)
         for port in cluster.ports:
             cluster.node(port).config_set("cluster-require-full-coverage", "no")
-        stub_model(client, "m", batch=(2, 2, 10_000) if lost == "outputs" else (0, 0, 0))
-        busy = {cluster.master_of(key) for key in (KEYS.queue("CPU"), "m")}
-        busy.add(cluster.master_of(KEYS.workers))
-        victim = next((p for p in cluster.master_ports() if p not in busy), None)
-        if victim is None:
-            pytest.skip("the queue, model and registry took every master")  # not so with 3
+        queue_master = cluster.master_of(KEYS.queue("CPU"))
+        model = next(
+            m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == queue_master
+        )
+        stub_model(client, model, batch=(2, 2, 10_000) if lost == "outputs" else (0, 0, 0))
+        worker_name = f"{socket.gethostname()}:{os.getpid()}"  # an in-process worker's
+        keys = (KEYS.queue("CPU"), model, KEYS.workers, KEYS.worker(worker_name))
+        busy = {cluster.master_of(key) for key in keys}  # kept alive: the test is about jobs
+        victim = next(p for p in cluster.master_ports() if p not in busy)  # the model by the queue
 
         def tag_on(port: int, taken: bool) -> str:
             return next(
@@ -458,7 +463,7 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: st
             for tag in (dead, live):  # one read takes both
                 source = tag if lost == "inputs" else live  # the lost job reads or writes there
                 inputs = (f"a{{{source}}}", f"a{{{source}}}")
-                request = ModelExecute("m", inputs, (f"o{n}{{{tag}}}",))
+                request = ModelExecute(model, inputs, (f"o{n}{{{tag}}}",))
                 entry = encode_entry(request, f"r{n}{{{tag}}}")
                 client.xadd(KEYS.queue("CPU"), entry)  # type: ignore[arg-type]
 

@@ -84,9 +84,10 @@ TRYAGAIN_WAIT_S = 10.0
 MIGRATING_MEMORY_S = 30.0
 # A slot map refreshed this recently is not fetched again (another thread just did it).
 REFRESH_MIN_S = 0.05
-# How long a master whose round trip failed (its retries spent) counts as unreachable: jobs that
-# need it are set aside without a round trip meanwhile (``Lane``), and it is tried again after.
-UNREACHABLE_S = 10.0
+# How long a master a call's retries could not reach counts as unreachable: jobs that need it
+# are set aside without a round trip meanwhile (``Lane``; they wait for their reclaim anyway),
+# and it is tried again after.
+UNREACHABLE_S = 30.0
 # A slot map that lacks a slot (no master served it when it was read) is read again at most this
 # often, whoever asks: nothing else would read it (a command for a slot missing from the map is
 # never sent, so no MOVED comes). A slot served again is used within about as long; one that
