@@ -292,13 +292,8 @@ class SlotMap:
                 self._unreachable.pop(address, None)
         return bool(self._unreachable)
 
-    def unreachable(self, slot: int) -> bool:
-        """Whether no master serves ``slot``, or its master failed a round trip in the last
-        ``UNREACHABLE_S``."""
-        masters = self._masters
-        address = masters[slot] if masters else None
-        if address is None:
-            return True
+    def lost_lately(self, address: Address) -> bool:
+        """Whether ``address`` failed a round trip in the last ``UNREACHABLE_S``."""
         failed = self._unreachable.get(address)
         return failed is not None and time.monotonic() - failed < UNREACHABLE_S
 
@@ -453,7 +448,8 @@ class ClusterWire:
         return self._slots.degraded
 
     def unreachable(self, key: Any) -> bool:
-        return self._slots.unreachable(slot_of(key))
+        address = self.node(key)
+        return address is None or self._slots.lost_lately(address)
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
@@ -555,8 +551,7 @@ class ClusterWire:
             _answered(replies, range(len(commands)), got)
             self._refresh_quietly()
             raise NodeLost(f"Redis Cluster unavailable: {exc}", replies) from exc
-        self._failing.discard(address)
-        self._slots.reached(address)
+        self._reached(address)
         done, moved = True, False
         for n, reply in enumerate(got):
             if isinstance(reply, hiredis.ReplyError):
@@ -638,6 +633,11 @@ class ClusterWire:
         self._slots.cover(self._ask_slots)
         self._attempt(commands, routes, replies, split)
 
+    def _reached(self, address: Address) -> None:
+        """A round trip to ``address`` went through: it is not lost (see ``pipeline``)."""
+        self._failing.discard(address)
+        self._slots.reached(address)
+
     def _slot_of(self, command: Command, routes: Any, n: int) -> int:
         key = routes[n] if routes and routes[n] is not None else command_key(command)
         return slot_of(key) if key is not None else -1
@@ -680,8 +680,7 @@ class ClusterWire:
             for address, wire, members, count in sent:
                 failed = self._read_node(wire, members, count, asking, replies, errors)
                 if failed is None:
-                    self._failing.discard(address)
-                    self._slots.reached(address)
+                    self._reached(address)
                 else:
                     lost = failed
                     self._failing.add(address)

@@ -761,8 +761,10 @@ def _cut_off_writes(conn: JobConnection, finished: Sequence[Finished]) -> list[b
     """``_cut_off`` for completions: the outputs and reply each one writes."""
     cut = []
     for item in finished:
-        written = item.job.request.written_keys() if item.job is not None else ()
-        cut.append(any(conn.unreachable(key) for key in (*written, *filter(None, [item.reply]))))
+        written = list(item.job.request.written_keys()) if item.job is not None else []
+        if item.reply:
+            written.append(item.reply)
+        cut.append(any(conn.unreachable(key) for key in written))
     return cut
 
 
