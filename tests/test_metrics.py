@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.request
 
 import pytest
+import redis
 from click.testing import CliRunner
-from conftest import wait_until
+from conftest import heartbeat_of, wait_until
 from faults import KEYS, QUEUE, enqueue, job_entry, stub_model, tensor
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiworker import Client, Settings, Worker
 from aiworker.cli import main
+from aiworker.client import waiting
 from aiworker.embedded import free_port
 from aiworker.logs import JsonFormatter
 from aiworker.protocol.keys import CONSUMER_GROUP
+from aiworker.storage import health, plans
+from aiworker.worker.health import Heartbeat
+from aiworker.worker.metrics import WorkerMetrics
 from aiworker.worker.process import ensure_group
 
 
@@ -222,6 +228,54 @@ def test_heartbeat_status_and_check(client: Client, settings: Settings) -> None:
     finally:
         w.stop(timeout=5)
     assert runner.invoke(main, ["check", "--redis-url", "redis://127.0.0.1:1/0"]).exit_code == 1
+
+
+def test_heartbeats_reach_readers_and_workers_of_the_earlier_status_key(
+    client: Client, settings: Settings
+) -> None:
+    """A worker's status now shares the registry's hash slot; a rolling upgrade mixes versions,
+    so a worker also writes the status key of before (``legacy_worker``), for readers of before,
+    and readers take a name's status from there when it has no other (a worker of before)."""
+    earlier = "earlier:1"  # a worker of before: only the old key
+    client.set(KEYS.legacy_worker(earlier), json.dumps(heartbeat_of(KEYS, earlier)), ex=30)
+    client.zadd(KEYS.workers, {earlier: time.time()})
+    assert [s["name"] for s in health.live_workers(client, KEYS)] == [earlier]
+
+    w = Worker(settings).start()
+    try:
+        wait_until(lambda: client.exists(KEYS.worker(w.name), KEYS.legacy_worker(w.name)) == 2)
+        old, new = client.mget(KEYS.legacy_worker(w.name), KEYS.worker(w.name))
+        assert old is not None and new is not None
+        assert health.heartbeat(old, KEYS) is not None  # what a reader of before parses
+        assert sorted(s["name"] for s in health.live_workers(client, KEYS)) == sorted(
+            [earlier, w.name]
+        )
+        statuses, registered = plans.run(client, health.liveness_plan(KEYS, health.LIVE_FOR_S))
+        assert registered and waiting.serves(statuses, "CPU")
+    finally:
+        w.stop(timeout=5)
+    assert client.exists(KEYS.worker(w.name), KEYS.legacy_worker(w.name)) == 0
+
+
+def test_a_failing_periodic_check_does_not_stop_the_heartbeat(client: Client) -> None:
+    """The checks run at heartbeat pace read Redis too (every worker's status): their failure
+    (a Redis Cluster master lost for good) must not keep the worker from beating, or every
+    client takes it for dead."""
+
+    def failing() -> None:
+        raise redis.ConnectionError("a master lost")
+
+    beat = Heartbeat(client, KEYS, "beating:1", lambda: heartbeat_of(KEYS, "beating:1"),
+                     WorkerMetrics(), on_beat=failing)  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=beat.loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: client.exists(KEYS.worker("beating:1")) == 1, timeout=5)
+        assert client.zscore(KEYS.workers, "beating:1") is not None
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_failed_jobs_are_logged_with_their_job_id(

@@ -242,5 +242,14 @@ class Keys:
         return f"{self.prefix}workers"
 
     def worker(self, name: str) -> str:
-        """A worker process's JSON status, expiring when its heartbeats stop."""
+        """A worker process's JSON status, expiring when its heartbeats stop. In the hash slot
+        of the registry (``workers``): on Redis Cluster one master holds every heartbeat, so a
+        master lost for good takes no single worker's status with it while the registry stands
+        (a worker whose status was out of reach looked dead to every client)."""
+        return f"{self.prefix}worker:{same_slot_suffix(self.workers)}:{name}"
+
+    def legacy_worker(self, name: str) -> str:
+        """Where workers published their status before ``worker``'s slot was the registry's
+        (a slot of each name's own): still written, best effort, and read for a name without
+        the other, so that a rolling upgrade mixing the two keeps every worker visible."""
         return f"{self.prefix}worker:{name}"

@@ -46,8 +46,15 @@ def liveness_plan(keys: Keys, max_age: float) -> Plan[tuple[list[dict[str, Any]]
 
 
 def _statuses(keys: Keys, names: list[Any]) -> Plan[list[dict[str, Any]]]:
+    listed = [text(n) for n in names]
+    raws = list((yield from plans.call("MGET", *[keys.worker(n) for n in listed])))
+    missing = [n for n, raw in enumerate(raws) if raw is None]
+    if missing:  # workers of before the registry's slot publish only there (a rolling upgrade)
+        found = yield from plans.call("MGET", *[keys.legacy_worker(listed[n]) for n in missing])
+        for n, raw in zip(missing, found, strict=True):
+            raws[n] = raw
     statuses = []
-    for raw in (yield from plans.call("MGET", *[keys.worker(text(n)) for n in names])):
+    for raw in raws:
         status = heartbeat(raw, keys)
         if status is not None:
             status["age"] = round(time.time() - status["time"], 1)

@@ -1,7 +1,7 @@
 """A worker process's health: its heartbeat in Redis, and the watchdog for hung jobs.
 
-The heartbeat (``Keys.worker(name)``, a JSON status that expires, and the ``workers`` sorted set)
-is what ``aiworker status``/``check`` and clients read to know which queues have a live worker.
+The heartbeat (``Keys.worker(name)``, a JSON status that expires, and the ``workers`` sorted set,
+in one hash slot) is what ``aiworker status``/``check`` and clients read to know which queues have a live worker.
 The watchdog notices a job running past ``hung_job_timeout``: a job stuck in a framework cannot be
 interrupted from Python, so the worker says it is unhealthy and gives up its process (its other
 entries handed back first), and its supervisor starts a fresh one; the stuck entry counts as a
@@ -119,6 +119,13 @@ class RedisClock:
         return time.monotonic() + offset
 
 
+def _run(r: Any, calls: list[lua.Call]) -> None:
+    """Run script ``calls``; the first error reply raises."""
+    for reply in plans.run(r, lua.calls_plan(calls)):
+        if isinstance(reply, Exception):
+            raise reply
+
+
 def _refused(exc: redis.ResponseError) -> bool:
     """Whether TIME is refused for good: denied by the user's ACL, or renamed away."""
     return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
@@ -159,10 +166,15 @@ class Heartbeat:
         status = self.status()
         status["time"] = now
         expiry = int(HEARTBEAT_SECONDS * 15)
-        calls = [
-            lua.Call(REGISTRY_SET, [self.keys.worker(self.name)], [json.dumps(status), expiry]),
+        encoded = json.dumps(status)
+        # the status and the registry share a slot (one master of a cluster): what clients need
+        # to see this worker alive, written first and on its own
+        _run(self.r, [
+            lua.Call(REGISTRY_SET, [self.keys.worker(self.name)], [encoded, expiry]),
             lua.Call(REGISTRY_JOIN, [self.keys.workers], [self.name, now, now - STALE_WORKER_S]),
-        ]
+        ])  # fmt: skip
+        # then what lives in other slots: a master lost for good fails these, not the beat
+        calls = [lua.Call(REGISTRY_SET, [self.keys.legacy_worker(self.name)], [encoded, expiry])]
         if self.max_queue_length > 0:
             for streams in status.get("queues", {}).values():
                 calls += [
@@ -170,9 +182,11 @@ class Heartbeat:
                              [self.max_queue_length, expiry])
                     for stream in streams
                 ]  # fmt: skip
-        for reply in plans.run(self.r, lua.calls_plan(calls)):
-            if isinstance(reply, Exception):
-                raise reply
+        try:
+            _run(self.r, calls)
+        except REDIS_FAILURES as exc:
+            self.metrics.redis_errors.labels("heartbeat").inc()
+            log.debug("heartbeat: a write outside the registry's slot failed: %s", exc)
 
     def beat_now(self, wait: bool = False) -> bool:
         """Publish at once, from any thread: e.g. when a consumer finds its queue gone (a flush
@@ -196,6 +210,12 @@ class Heartbeat:
             pause = HEARTBEAT_SECONDS
             try:
                 self.on_beat()
+            except REDIS_FAILURES:  # its reads failing (a master lost) must not stop the beat
+                self.metrics.redis_errors.labels("heartbeat").inc()
+                log.debug("heartbeat's periodic checks failed", exc_info=True)
+            except Exception:
+                log.exception("heartbeat's periodic checks failed")
+            try:
                 with self._publishing:
                     self.publish()
             except REDIS_FAILURES:
@@ -212,6 +232,8 @@ class Heartbeat:
         pipe.zrem(self.keys.workers, self.name)
         pipe.delete(self.keys.worker(self.name))
         pipe.execute()
+        with contextlib.suppress(*REDIS_FAILURES):  # it expires on its own
+            self.r.delete(self.keys.legacy_worker(self.name))
 
 
 class Watched(Protocol):
