@@ -24,6 +24,8 @@ from aiworker.client import wait_plan
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys, key_slot
 from aiworker.protocol.requests import ModelExecute
+from aiworker.storage import cluster as cluster_module
+from aiworker.storage import health
 
 KEYS = Keys()
 STREAMS = KEYS.queues("CPU", 3)
@@ -433,7 +435,9 @@ def test_wait_replicas_on_a_master_without_its_replica_costs_one_timeout() -> No
 @pytest.mark.slow
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("lost", ["inputs", "outputs"])
-def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: str) -> None:
+def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(
+    lost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A master lost for good (no replica; ``cluster-require-full-coverage no``, so the other
     slots are served) holds a job's inputs (its read fails) or its outputs and reply (its
     completion fails; the model batches, so both jobs complete together), beside a job on live
@@ -441,7 +445,9 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: st
     only the other is left pending (both stayed pending, reclaimed together after the visibility
     timeout, and failed together again: the live job was never answered). The worker's threads
     take the lost master's errors in their stride (deregistering raised redis-py's
-    RedisClusterUnreachableError, which is no RedisError)."""
+    RedisClusterUnreachableError, which is no RedisError). The lost master is tried again off
+    the job path (every 0.2 s here): jobs read later do not wait for it."""
+    monkeypatch.setattr(cluster_module, "PROBE_EVERY_S", 0.2)
     with LocalCluster() as cluster:
         client = Client.from_url(cluster.url, reply_timeout=30)
         for port in cluster.ports:
@@ -502,6 +508,71 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(lost: st
             assert answered(2) < 5
             rows = client.xpending_range(KEYS.queue("CPU"), CONSUMER_GROUP, "-", "+", 10)
             assert len(rows) == 2, rows
+            time.sleep(2)  # ten tries of the lost master, off the job path: it stays cut off
+            send_pair(3)
+            assert answered(3) < 5
+        finally:
+            worker.stop(timeout=10)
+            client.close()
+
+
+@pytest.mark.slow
+def test_a_master_lost_for_good_takes_no_worker_out_of_sight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master lost for good (no replica; the other slots served) that held this worker's
+    status key as it was named before (a slot of its own): the worker stays alive to clients
+    (``live_workers``) past the heartbeats' age limit, and jobs that wait in the queue long
+    enough for their requesters to look at the heartbeats are answered (before: the worker
+    could not beat, and every requester was told NoLiveWorker, its queued job withdrawn)."""
+    with LocalCluster() as cluster:
+        for port in cluster.ports:
+            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        client = Client.from_url(cluster.url, reply_timeout=30)
+        queue_master = cluster.master_of(KEYS.queue("CPU"))
+        model = next(
+            m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == queue_master
+        )
+        stub_model(client, model, sleep_ms=700)
+        busy = {cluster.master_of(key) for key in (KEYS.queue("CPU"), model, KEYS.workers)}
+        victim = next(p for p in cluster.master_ports() if p not in busy)
+        host = next(  # this process's worker name then puts its old status key on the victim
+            h
+            for h in (f"h{i}" for i in range(10_000))
+            if cluster.master_of(KEYS.legacy_worker(f"{h}:{os.getpid()}")) == victim
+        )
+        monkeypatch.setattr(socket, "gethostname", lambda: host)
+        live = next(t for t in (f"t{i}" for i in range(10_000)) if cluster.master_of(t) != victim)
+        inputs = [f"a{{{live}}}"] * 2
+        client.hset(
+            inputs[0], mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"}
+        )
+        wait_until(lambda: replica_of(cluster, victim), timeout=20)
+        replica = replica_of(cluster, victim)
+        assert replica is not None
+        seed = f"redis://127.0.0.1:{queue_master}"
+        worker = Worker(Settings(redis_url=seed, block_ms=200))
+        worker.start()
+        try:
+            wait_until(lambda: client.zscore(KEYS.workers, worker.name) is not None, timeout=30)
+            cluster.kill(replica)
+            cluster.kill(victim)
+            time.sleep(health.LIVE_FOR_S + 2)  # a heartbeat of before the kill is too old now
+            assert [s["name"] for s in health.live_workers(client, KEYS)] == [worker.name]
+            outcomes: list[str] = []
+
+            def requester(n: int) -> None:  # three at once: two wait behind a running one
+                try:
+                    outcomes.append(str(client.modelexecute(model, inputs, [f"o{n}{{{live}}}"])))
+                except AIError as exc:
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=requester, args=(n,)) for n in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert outcomes == ["OK"] * 3
         finally:
             worker.stop(timeout=10)
             client.close()

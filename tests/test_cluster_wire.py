@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from conftest import wait_until
 
 from aiworker.protocol.keys import key_slot
+from aiworker.storage import cluster as cluster_module
 from aiworker.storage import lua
 from aiworker.storage.cluster import ClusterWire, ClusterWires, connect
 
@@ -136,6 +139,30 @@ def test_a_lost_master_raises_and_the_map_is_learnt_again(
     with pytest.raises(redis.ConnectionError, match="Redis Cluster unavailable"):
         wire.execute("GET", "t1")
     assert wire.execute("GET", "t1") == b"before"
+
+
+def test_an_unreachable_master_is_tried_by_a_thread_of_its_own(
+    redis_cluster: Any, cluster_client: Any, wires: ClusterWires, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master the retries could not reach stays cut off (its jobs set aside) while it does not
+    answer, however long, and no longer than until it does: a thread of the map's own PINGs it
+    (the job path tried it again itself every 30 s, each try a call's retries long); a node
+    that serves no slot any more is dropped, and the thread ends with nothing left to try."""
+    monkeypatch.setattr(cluster_module, "PROBE_EVERY_S", 0.05)
+    slots = wires.slots
+    wires.get().execute("SET", "t1", "x")  # the map is read
+    slot = key_slot("t1")
+    master = slots.address(slot)
+    dead = ("127.0.0.1", _unused_port())
+    slots._masters[slot] = dead
+    slots.lost(dead)
+    slots.lost(master)
+    time.sleep(1.0)  # twenty tries of each
+    assert slots.cut_off(dead) and not slots.cut_off(master) and slots.degraded
+    slots._masters[slot] = master  # the slot served by its master again: the dead node by none
+    wait_until(lambda: not slots.degraded, timeout=5)
+    wait_until(lambda: slots._prober is None, timeout=5)
+    assert wires.get().execute("GET", "t1") == b"x"
 
 
 def test_scripts_are_loaded_where_redis_lacks_them(

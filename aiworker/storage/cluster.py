@@ -20,6 +20,10 @@ A slot no master serves (CLUSTER DELSLOTS, a node removed with its slots) drops 
 map when it is read; nothing would read the map again on a quiet cluster, so a map that lacks a
 slot is read again before a call, at most once per ``UNCOVERED_REFRESH_S`` (``cover`` for
 redis-py's maps, used by ``Cluster``, the plans and the asyncio client; ``SlotMap.cover``).
+A master a call's retries could not reach (lost with no replica to promote) counts as
+unreachable until it answers a PING, tried every ``PROBE_EVERY_S`` by a thread of the map's own
+(``SlotMap.lost``): the job path sets aside the jobs that need it (``ClusterWire.unreachable``)
+instead of waiting out the retries again.
 
 Whether Redis is a cluster is decided once, when a worker or client starts (``INFO cluster``);
 ``job_connections`` then gives the job path a ``Wire`` or a ``ClusterWire`` per thread, and no
@@ -37,6 +41,7 @@ from typing import Any
 
 import hiredis
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -84,10 +89,12 @@ TRYAGAIN_WAIT_S = 10.0
 MIGRATING_MEMORY_S = 30.0
 # A slot map refreshed this recently is not fetched again (another thread just did it).
 REFRESH_MIN_S = 0.05
-# How long a master a call's retries could not reach counts as unreachable: jobs that need it
-# are set aside without a round trip meanwhile (``Lane``; they wait for their reclaim anyway),
-# and it is tried again after.
-UNREACHABLE_S = 30.0
+# A master a call's retries could not reach counts as unreachable until it answers a PING,
+# tried this often on a connection of its own (``SlotMap``'s prober thread), each try waiting at
+# most PROBE_TIMEOUT_S: jobs that need it are set aside without a round trip meanwhile
+# (``Lane``; they wait for their reclaim anyway), and no job path waits on the try.
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 1.0
 # A slot map that lacks a slot (no master served it when it was read) is read again at most this
 # often, whoever asks: nothing else would read it (a command for a slot missing from the map is
 # never sent, so no MOVED comes). A slot served again is used within about as long; one that
@@ -258,7 +265,9 @@ class SlotMap:
         self._coverage = Coverage()
         # slot -> (the node ASK named, or None; when last seen): slots being resharded
         self._migrating: dict[int, tuple[Address | None, float]] = {}
-        self._unreachable: dict[Address, float] = {}  # node -> when a round trip to it failed
+        self._unreachable: set[Address] = set()  # masters whose round trips failed (``lost``)
+        self._prober: threading.Thread | None = None  # tries them while there are any
+        self._probing = threading.Lock()
 
     @property
     def known(self) -> bool:
@@ -273,29 +282,44 @@ class SlotMap:
         return found
 
     def lost(self, address: Address) -> None:
-        """A round trip to ``address`` failed."""
-        self._unreachable[address] = time.monotonic()
+        """A call's retries could not reach ``address``: it counts as unreachable until a PING
+        of the prober's gets an answer from it (or it serves no slot any more)."""
+        with self._probing:
+            self._unreachable.add(address)
+            if self._prober is None:
+                self._prober = threading.Thread(
+                    target=self._probe, name="aiworker-cluster-probe", daemon=True
+                )
+                self._prober.start()
 
     def reached(self, address: Address) -> None:
         if self._unreachable:
-            self._unreachable.pop(address, None)
+            self._unreachable.discard(address)
 
     @property
     def degraded(self) -> bool:
-        """Whether a node failed a round trip lately (a slot without a master is no reason to
-        set its jobs aside: a round trip reads the map again, ``cover``)."""
-        if not self._unreachable:
-            return False
-        now = time.monotonic()
-        for address, failed in list(self._unreachable.items()):
-            if now - failed >= UNREACHABLE_S:  # tried again from now on
-                self._unreachable.pop(address, None)
+        """Whether a master is unreachable (a slot without a master is no reason to set its
+        jobs aside: a round trip reads the map again, ``cover``)."""
         return bool(self._unreachable)
 
-    def lost_lately(self, address: Address) -> bool:
-        """Whether ``address`` failed a round trip in the last ``UNREACHABLE_S``."""
-        failed = self._unreachable.get(address)
-        return failed is not None and time.monotonic() - failed < UNREACHABLE_S
+    def cut_off(self, address: Address) -> bool:
+        """Whether ``address`` is a master the retries could not reach, not answering since."""
+        return address in self._unreachable
+
+    def _probe(self) -> None:
+        """The prober thread: tries each unreachable master every ``PROBE_EVERY_S`` until none
+        is left (a job path that tried it itself waited out a call's retries, ~12 s, with every
+        job read beside it)."""
+        while True:
+            time.sleep(PROBE_EVERY_S)
+            masters = set(self._masters)
+            for address in list(self._unreachable):
+                if address not in masters or answers_ping(self.pool, address):
+                    self._unreachable.discard(address)
+            with self._probing:
+                if not self._unreachable:
+                    self._prober = None
+                    return
 
     def any(self) -> Address:
         """A master, for a command that names no key."""
@@ -417,6 +441,31 @@ class Redirections:
         return pause
 
 
+def answers_ping(pool: redis.ConnectionPool, address: Address) -> bool:
+    """Whether the node at ``address`` answers a PING within ``PROBE_TIMEOUT_S``, on a
+    connection of its own made with ``pool``'s settings (AUTH, TLS). An error reply is an
+    answer; one still loading its data (LOADING) is not."""
+    settings = {
+        **pool.connection_kwargs,
+        "host": address[0],
+        "port": address[1],
+        "socket_timeout": PROBE_TIMEOUT_S,
+        "socket_connect_timeout": PROBE_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    connection = pool.connection_class(**settings)
+    try:
+        connection.send_command("PING")
+        connection.read_response()
+    except redis.ResponseError:
+        return True
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        connection.disconnect()
+    return True
+
+
 class ClusterWire:
     """One thread's job-path connection to a Redis Cluster: a ``Wire`` per master (see the module
     docstring). Not thread-safe, as a ``Wire``."""
@@ -449,7 +498,7 @@ class ClusterWire:
 
     def unreachable(self, key: Any) -> bool:
         address = self.node(key)
-        return address is None or self._slots.lost_lately(address)
+        return address is None or self._slots.cut_off(address)
 
     def execute(self, *command: Any) -> Any:
         """Run one command; an error reply raises redis-py's exception for it."""
