@@ -295,3 +295,50 @@ def test_a_worker_says_an_unserved_slot_is_a_redis_failure(
         serve(holed, key_slot(key), master)
     tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("aiworker")]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
+
+
+def test_a_cluster_with_no_slot_assigned_yet_is_named_then_served(tmp_path: Any) -> None:
+    """A node of a cluster not set up yet (no master has slots: before ``redis-cli --cluster
+    create``): the clients and a worker say so (redis-py failed with an IndexError), the gateway
+    answers as such a node does and keeps its connections (it closed them with a traceback);
+    once the slots are assigned, the gateway serves them without a restart."""
+    from click.testing import CliRunner
+
+    from aiworker.cli import main
+    from aiworker.embedded import RedisServer
+
+    with RedisServer(extra_args=["--cluster-enabled", "yes"]) as node:
+        url = node.url
+        with pytest.raises(redis.ConnectionError, match="serves no hash slot"):
+            Client.from_url(url)
+
+        async def async_tensorset() -> None:
+            con = aiworker.asyncio.Client.from_url(url)
+            try:
+                await con.tensorset("a", np.ones(1, np.float32))
+            finally:
+                await con.aclose()
+
+        with pytest.raises(redis.ConnectionError, match="serves no hash slot"):
+            asyncio.run(async_tensorset())
+        result = CliRunner().invoke(main, ["worker", "--redis-url", url])
+        assert result.exit_code != 0 and "serves no hash slot" in result.output, result.output
+
+        with running_gateway(Settings(redis_url=url)) as gw:
+            con = gateway_client(gw)
+            assert con.ping()
+            with pytest.raises(redis.exceptions.ClusterDownError):  # as the node answers
+                con.get("x")
+            with pytest.raises(redis.ResponseError, match="serves no hash slot"):
+                con.execute_command("AI.TENSORSET", "a", "FLOAT", 1, "VALUES", 1)
+            assert con.ping()  # the same connection
+            admin = redis.Redis(port=node.port)
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_until(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"))
+            assert con.execute_command("AI.TENSORSET", "a", "FLOAT", 1, "VALUES", 1) == b"OK"
+            assert con.set("x", 1) and con.get("x") == b"1"
+            con.close()
+            admin.close()
+        client = Client.from_url(url)
+        assert client.tensorget("a").tolist() == [1.0]
+        client.close()

@@ -188,7 +188,13 @@ class SlotMap:
         return self.slots[key_slot(key)] or self.default()
 
     def default(self) -> Node:
-        return self.nodes[0]
+        """A master for a command without a key, or a key whose slot the map lacks: the first
+        the map names, else the seed (a cluster whose slots are not assigned yet answers
+        CLUSTERDOWN itself, and MOVED once they are: the map is read again)."""
+        if self.nodes:
+            return self.nodes[0]
+        seed = self.seed.connection_pool.connection_kwargs
+        return str(seed.get("host", "127.0.0.1")), int(seed.get("port", 6379))
 
 
 def _slot_ranges(slots: Any) -> list[tuple[tuple[int, int], list[Any]]]:

@@ -148,6 +148,14 @@ def connect(url: str, **kwargs: Any) -> RedisCluster:
     return found
 
 
+def no_slot_served() -> redis.ConnectionError:
+    """The error for a cluster in which no master serves a slot (one not set up yet)."""
+    return redis.ConnectionError(
+        "Redis Cluster serves no hash slot: no master has slots assigned (a cluster not set up "
+        "yet? redis-cli --cluster create)"
+    )
+
+
 class Coverage:
     """When a slot map with a hole is read again: at most once per ``UNCOVERED_REFRESH_S``, by
     the first caller past it; the others, in any thread, go on with the map as it is."""
@@ -187,23 +195,32 @@ def cover(rc: RedisCluster) -> None:
     """Read the slot map of ``rc`` again if it lacks a slot, at most once per
     ``UNCOVERED_REFRESH_S``: a slot no master served for a while is used again once one does.
     A cluster that cannot answer now leaves the map as it was."""
-    if uncovered_due(rc):
-        with contextlib.suppress(redis.RedisError, RedisClusterException):
+    if uncovered_due(rc):  # (IndexError: redis-py's reading of a map without a master)
+        with contextlib.suppress(redis.RedisError, RedisClusterException, IndexError):
             rc.nodes_manager.initialize()
 
 
 async def cover_async(rc: Any) -> None:
     """``cover`` for redis-py's asyncio cluster client, which reads its map on first use (at
     once once it knows it, or is due a refresh of its own)."""
-    await rc.initialize()
+    try:
+        await rc.initialize()
+    except IndexError:  # redis-py's reading of a map without a master
+        raise no_slot_served() from None
     if uncovered_due(rc):
-        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError, IndexError):
             await rc.nodes_manager.initialize()
 
 
 class Cluster(RedisCluster):
     """redis-py's cluster client, its slot map read again (``cover``) before a command or a
     pipeline while the map lacks a slot."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except IndexError:  # redis-py's reading of a map without a master
+            raise no_slot_served() from None
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         cover(self)
