@@ -165,6 +165,23 @@ def test_an_unreachable_master_is_tried_by_a_thread_of_its_own(
     assert wires.get().execute("GET", "t1") == b"x"
 
 
+def test_a_prober_that_breaks_leaves_no_master_cut_off(
+    redis_cluster: Any, cluster_client: Any, wires: ClusterWires, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the prober thread meet an error of its own, the masters it was trying are left to
+    the job path again (which tries them itself) rather than set aside for good."""
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cluster_module, "PROBE_EVERY_S", 0.05)
+    monkeypatch.setattr(cluster_module, "answers_ping", broken)
+    slots = wires.slots
+    wires.get().execute("SET", "t1", "x")
+    slots.lost(slots.address(key_slot("t1")))
+    wait_until(lambda: not slots.degraded and slots._prober is None, timeout=5)
+
+
 def test_scripts_are_loaded_where_redis_lacks_them(
     redis_cluster: Any, cluster_client: Any, wires: ClusterWires
 ) -> None:

@@ -33,6 +33,7 @@ caller asks again: a single Redis is the one-slot case (``Wire.slot`` is always 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import weakref
@@ -58,6 +59,8 @@ from aiworker.storage.wire import (
     as_exception,
     transactions,
 )
+
+log = logging.getLogger("aiworker")
 
 # Errors after which redis-py's cluster client has already refreshed its slot map and retried
 # (a failover in progress, a node gone): the job path takes them for a lost connection, so the
@@ -327,16 +330,22 @@ class SlotMap:
         """The prober thread: tries each unreachable master every ``PROBE_EVERY_S`` until none
         is left (a job path that tried it itself waited out a call's retries, ~12 s, with every
         job read beside it)."""
-        while True:
-            time.sleep(PROBE_EVERY_S)
-            masters = set(self._masters)
-            for address in list(self._unreachable):
-                if address not in masters or answers_ping(self.pool, address):
-                    self._unreachable.discard(address)
+        try:
+            while True:
+                time.sleep(PROBE_EVERY_S)
+                masters = set(self._masters)
+                for address in list(self._unreachable):
+                    if address not in masters or answers_ping(self.pool, address):
+                        self._unreachable.discard(address)
+                with self._probing:
+                    if not self._unreachable:
+                        self._prober = None
+                        return
+        except Exception:  # never leave masters cut off with nobody trying them
+            log.exception("cluster probe failed: unreachable masters are tried by jobs again")
             with self._probing:
-                if not self._unreachable:
-                    self._prober = None
-                    return
+                self._unreachable.clear()
+                self._prober = None
 
     def any(self) -> Address:
         """A master, for a command that names no key."""
