@@ -19,8 +19,10 @@ class WireWrapper:
     def __init__(self, wire: Any) -> None:
         self.wire = wire
 
-    def pipeline(self, commands: Any, routes: Any = None, large: bool = False) -> Any:
-        return self.wire.pipeline(commands, routes, large)
+    def pipeline(
+        self, commands: Any, routes: Any = None, large: bool = False, retry: bool = True
+    ) -> Any:
+        return self.wire.pipeline(commands, routes, large, retry)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wire, name)

@@ -534,14 +534,18 @@ class ClusterWire:
         return reply
 
     def pipeline(
-        self, commands: Sequence[Command], routes: Any = None, large: bool = False
+        self,
+        commands: Sequence[Command],
+        routes: Any = None,
+        large: bool = False,
+        retry: bool = True,
     ) -> list[Any]:
         """Run commands, each on the master of its key's slot (or of ``routes[n]``, a key, for
         commands that name none: SCRIPT LOAD, WAIT), one round trip per node; error replies
         come back in place. A lost node or a cluster that cannot serve a slot raises
-        ``NodeLost`` (a ConnectionError) once ``retry`` gives up; commands answered before are not
-        sent again. ``large``: as for ``Wire.pipeline`` (on one node; redirected ones read
-        them as any reply)."""
+        ``NodeLost`` (a ConnectionError) once ``retry`` gives up (at once with ``retry``
+        False); commands answered before are not sent again. ``large``: as for
+        ``Wire.pipeline`` (on one node; redirected ones read them as any reply)."""
         self._slots.cover(self._ask_slots)
         replies: list[Any] = [_PENDING] * len(commands)
         split: list[Exception] = []  # TRYAGAIN past TRYAGAIN_WAIT_S (not a lost link to retry)
@@ -550,7 +554,7 @@ class ClusterWire:
             if not self._on_one_node(commands, routes, replies, large):
                 self._attempt(commands, routes, replies, split)
         except (redis.ConnectionError, redis.TimeoutError):
-            if self._retry is None:
+            if self._retry is None or not retry:
                 raise
             try:
                 self._retry.call_with_retry(

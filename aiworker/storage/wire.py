@@ -54,8 +54,16 @@ class JobConnection(Protocol):
     def execute(self, *command: Any) -> Any: ...
 
     def pipeline(
-        self, commands: Sequence[Command], routes: Any = None, large: bool = False
-    ) -> list[Any]: ...
+        self,
+        commands: Sequence[Command],
+        routes: Any = None,
+        large: bool = False,
+        retry: bool = True,
+    ) -> list[Any]:
+        """Run commands in one round trip (one per node of a cluster); error replies come back
+        as exceptions in place. ``retry`` False: a lost link raises at once, without the
+        connection's retries (a read that other ways will make again)."""
+        ...
 
     def slot(self, key: Any) -> int: ...
 
@@ -258,6 +266,9 @@ def _closed_while_idle(sock: socket.socket) -> bool:
     return bool(readable)
 
 
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
 class Wire:
     """A private connection made from a redis-py pool's settings (URL, AUTH, TLS, timeouts).
     Used after an idle spell, it is first checked (``IDLE_CHECK_S``) and made again when Redis
@@ -317,12 +328,18 @@ class Wire:
         return reply
 
     def pipeline(
-        self, commands: Sequence[Command], routes: Any = None, large: bool = False
+        self,
+        commands: Sequence[Command],
+        routes: Any = None,
+        large: bool = False,
+        retry: bool = True,
     ) -> list[Any]:
         """Run commands in one round trip; error replies come back as exceptions in the list.
         ``routes`` (where each command runs on a cluster) means nothing here: one node.
-        ``large``: the replies carry large values, received in place (``bulk_read``)."""
-        replies = self._retry.call_with_retry(
+        ``large``: the replies carry large values, received in place (``bulk_read``).
+        ``retry``: see ``JobConnection.pipeline``."""
+        policy = self._retry if retry else _NO_RETRY
+        replies = policy.call_with_retry(
             lambda: self._round_trip(commands, large), lambda error: self.close()
         )
         return with_causes(commands, [as_exception(reply) for reply in replies])

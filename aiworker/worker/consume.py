@@ -12,7 +12,9 @@ blocks briefly on the next one in turn only when all were empty, so no partition
 another. Before it blocks, a thread sweeps every partition that no other thread of its lane reads
 at that moment (``sweep``: one XREADGROUP each, without blocking, in one round trip per node), so
 that under load one read serves the jobs of several partitions, as one read of a single stream
-would.
+would. A sweep never waits for a lost node (no retries; what it could not reach is left to its
+own thread for a while), and on Redis Cluster no read is sent to a master that a call's retries
+could not reach until it answers again (``reachable``).
 
 A stream or consumer group that vanished (FLUSHALL, FLUSHDB, a Redis restart without persistence)
 is recreated at once, and ``on_lost`` is told (the worker re-publishes its heartbeat, which the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +43,8 @@ log = logging.getLogger("aiworker.worker")
 READ_ERROR_PAUSE_S = 1.0
 # Longest a thread serving several partitions blocks on one of them.
 SHARED_BLOCK_MS = 20
+# How long a partition a sweep could not reach is left out of sweeps (its own thread reads it).
+UNSWEPT_S = 5.0
 
 Entry = tuple[str, Mapping[Any, Any]]
 
@@ -92,6 +97,16 @@ def _demoted(exc: redis.ResponseError) -> bool:
     return message.startswith("UNBLOCKED") and "instance state changed" in message
 
 
+def reachable(conn: JobConnection, streams: Sequence[str]) -> list[str]:
+    """``streams`` but those on a Redis Cluster master that a call's retries could not reach
+    and that has not answered since (``JobConnection.unreachable``): a read of one would wait
+    out the retries again, and a sweep holds every partition it covers from the lane's other
+    threads meanwhile."""
+    if not conn.degraded:
+        return list(streams)
+    return [stream for stream in streams if not conn.unreachable(stream)]
+
+
 class Consumer:
     """One lane thread's reads of its partitions (consumer name ``host:pid:device:n``)."""
 
@@ -111,24 +126,29 @@ class Consumer:
         self.stop = stop
         self.on_lost = on_lost
         self._turn = 0
+        self._unswept: dict[str, float] = {}  # partitions a sweep could not reach, until when
 
     def next(
         self, conn: JobConnection, count: int, block_ms: int, swept: bool = False
     ) -> tuple[str, list[Entry]]:
         """Up to ``count`` new entries of this thread's partitions (see the module docstring);
         ``swept``: all were just found empty (``sweep``), block on the next one in turn."""
-        if len(self.streams) == 1:
-            return self.streams[0], self.read(conn, count, block_ms, self.streams[0])
-        n = len(self.streams)
+        streams = reachable(conn, self.streams)
+        if not streams:  # every one on a master out of reach: its prober says when it is back
+            self.stop.wait(READ_ERROR_PAUSE_S)
+            return self.streams[0], []
+        if len(streams) == 1:
+            return streams[0], self.read(conn, count, block_ms, streams[0])
+        n = len(streams)
         for k in range(0 if swept else n):
-            stream = self.streams[(self._turn + k) % n]
+            stream = streams[(self._turn + k) % n]
             entries = self.read(conn, count, None, stream)
             if entries:
                 self._turn = (self._turn + k + 1) % n
                 return stream, entries
             if self.stop.is_set():
                 return stream, []
-        stream = self.streams[self._turn]
+        stream = streams[self._turn % n]
         self._turn = (self._turn + 1) % n
         return stream, self.read(conn, count, min(block_ms, SHARED_BLOCK_MS), stream)
 
@@ -137,14 +157,25 @@ class Consumer:
     ) -> list[tuple[str, list[Entry]]]:
         """New entries of several partitions (``count`` in all at most, shared out evenly),
         without blocking, in one round trip per node: (stream, entries) for each that had some."""
+        now = time.monotonic()
+        streams = [s for s in reachable(conn, streams) if self._unswept.get(s, 0.0) <= now]
+        if not streams:
+            return []
         each = max(1, -(-count // len(streams)))
         commands = [self._xreadgroup(each, None, stream) for stream in streams]
         try:
-            replies = conn.pipeline(commands)
-        except redis.RedisError as exc:  # the retries with backoff did not cure it
+            # without retries: a sweep covers partitions that no other thread reads meanwhile,
+            # so one held up by a lost master held every read of the lane (their own threads'
+            # reads try it, with the retries)
+            replies = conn.pipeline(commands, retry=False)
+        except redis.RedisError as exc:
             # a cluster node lost: what the others answered was delivered to this consumer
             replies = getattr(exc, "replies", None) or [None] * len(streams)
-            self._unreadable(conn, streams[0], exc)
+            self.metrics.redis_errors.labels("read").inc()
+            for stream, reply in zip(streams, replies, strict=True):
+                if reply is None:
+                    self._unswept[stream] = now + UNSWEPT_S
+            log.debug("sweep of %s partitions cut short: %s", len(streams), exc)
         found = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, Exception):

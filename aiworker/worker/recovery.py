@@ -104,16 +104,22 @@ class Recovery:
         """Re-claim every held entry for its consumer with ``idle_ms``; returns the ones lost.
         ``hand_back``: entries that never ran (read ahead) get their delivery counted off."""
         lost: list[tuple[str, str]] = []
+        failed: BaseException | None = None
         for (queue, consumer), ids in self.held.by_owner().items():
             groups = [(0, ids)]
             if hand_back:
                 unrun = [entry_id for entry_id in ids if not self.held.ran(queue, entry_id)]
                 groups = [(0, [i for i in ids if i not in unrun]), (1, unrun)]
-            for uncount, group in groups:
-                if group:
-                    args = [CONSUMER_GROUP, consumer, idle_ms, uncount, *group]
-                    gone = RENEW(self.r, [queue], args)
-                    lost += [(queue, text(entry_id)) for entry_id in gone or []]
+            try:
+                for uncount, group in groups:
+                    if group:
+                        args = [CONSUMER_GROUP, consumer, idle_ms, uncount, *group]
+                        gone = RENEW(self.r, [queue], args)
+                        lost += [(queue, text(entry_id)) for entry_id in gone or []]
+            except REDIS_FAILURES as exc:  # a partition's master lost: renew the others
+                failed = exc
+        if failed is not None:
+            raise failed
         return lost
 
     def lease_loop(self) -> None:
