@@ -296,14 +296,16 @@ class CutWire(WireWrapper):
         super().__init__(wire)
         self.cut, self.reach, self.calls = cut, reach, 0
 
-    def pipeline(self, commands: Any, routes: Any = None, large: bool = False) -> Any:
+    def pipeline(
+        self, commands: Any, routes: Any = None, large: bool = False, retry: bool = True
+    ) -> Any:
         if commands and commands[0][0] == "EVALSHA":
             self.calls += 1
             if self.calls == self.cut:
                 if self.reach:
                     self.wire.pipeline(commands[: self.reach], routes[: self.reach])
                 raise redis.ConnectionError("killed")
-        return self.wire.pipeline(commands, routes, large)
+        return self.wire.pipeline(commands, routes, large, retry)
 
 
 def test_a_sweep_keeps_what_the_nodes_that_answered_delivered(
@@ -325,8 +327,10 @@ def test_a_sweep_keeps_what_the_nodes_that_answered_delivered(
     class LostAfter(WireWrapper):
         """Every command reaches Redis; then the node of ``streams[1]`` is reported lost."""
 
-        def pipeline(self, commands: Any, routes: Any = None, large: bool = False) -> Any:
-            replies = self.wire.pipeline(commands, routes, large)
+        def pipeline(
+            self, commands: Any, routes: Any = None, large: bool = False, retry: bool = True
+        ) -> Any:
+            replies = self.wire.pipeline(commands, routes, large, retry)
             pairs = zip(commands, replies, strict=True)
             gone = [None if command[-2] == streams[1] else reply for command, reply in pairs]
             raise NodeLost("lost", gone)

@@ -170,10 +170,12 @@ class _ScriptRounds(WireWrapper):
 
     rounds = 0
 
-    def pipeline(self, commands: Any, routes: Any = None, large: bool = False) -> Any:
+    def pipeline(
+        self, commands: Any, routes: Any = None, large: bool = False, retry: bool = True
+    ) -> Any:
         names = {command[0] for command in commands}
         self.rounds += "EVALSHA" in names and "SCRIPT" not in names
-        return self.wire.pipeline(commands, routes, large)
+        return self.wire.pipeline(commands, routes, large, retry)
 
 
 def test_a_split_completion_of_several_streams_is_one_round_trip(

@@ -194,11 +194,15 @@ class MeddlingWire(Wire):
     meddle: Callable[[], None] = staticmethod(lambda: None)
 
     def pipeline(
-        self, commands: Sequence[Sequence[Any]], routes: Any = None, large: bool = False
+        self,
+        commands: Sequence[Sequence[Any]],
+        routes: Any = None,
+        large: bool = False,
+        retry: bool = True,
     ) -> list[Any]:
         split = next((n for n, c in enumerate(commands) if c[0] == "MULTI"), None)
         if split is None or self.meddle is None:
-            return super().pipeline(commands, routes, large)
+            return super().pipeline(commands, routes, large, retry)
         first = super().pipeline(commands[:split])
         meddle, self.meddle = self.meddle, None  # once
         meddle()
@@ -361,9 +365,13 @@ class RecordingWire(Wire):
         self.fetched: list[int] = []
 
     def pipeline(
-        self, commands: Sequence[Sequence[Any]], routes: Any = None, large: bool = False
+        self,
+        commands: Sequence[Sequence[Any]],
+        routes: Any = None,
+        large: bool = False,
+        retry: bool = True,
     ) -> list[Any]:
-        replies = super().pipeline(commands, routes, large)
+        replies = super().pipeline(commands, routes, large, retry)
         fetch = replies[-1] if commands[-1][0] == "EXEC" and isinstance(replies[-1], list) else []
         self.fetched.append(sum(len(fields[3] or b"") for fields in fetch))
         return replies
