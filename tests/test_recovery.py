@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from conftest import wait_until
 from faults import (
     KEYS,
@@ -145,6 +146,27 @@ def test_a_long_job_keeps_its_lease(client: Client, settings: Settings) -> None:
         w.stop(timeout=5)
     assert w.metrics.reclaimed.labels("CPU")._value.get() == 0
     assert client.llen("r1") == 0
+
+
+def test_leases_of_the_other_queues_are_renewed_past_one_that_fails(
+    client: Client, settings: Settings
+) -> None:
+    """A renewal that fails for one queue (a partition whose master is lost; here a key that is
+    no stream) does not keep the entries of the others from being renewed."""
+    w = Worker(settings)
+    ensure_group(client, QUEUE)
+    [entry_id] = enqueue(client, [job_entry("m", ["a"], ["c"], "r1")])
+    consumer = f"{w.name}:CPU:0"
+    client.xreadgroup(CONSUMER_GROUP, consumer, {QUEUE: ">"}, count=1)
+    client.set("not-a-stream", "x")
+    w.held.add("not-a-stream", "1-1", consumer)  # renewed first: it fails
+    w.held.add(QUEUE, entry_id, consumer)
+    time.sleep(0.5)
+    with pytest.raises(redis.ResponseError):
+        w.recovery.renew()
+    [row] = client.xpending_range(QUEUE, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1)
+    assert row["time_since_delivered"] < 400, row
+    w.wires.close()
 
 
 def test_an_entry_waiting_in_the_batcher_keeps_its_lease(
