@@ -2,10 +2,10 @@
 
 The heartbeat (``Keys.worker(name)``, a JSON status that expires, and the ``workers`` sorted set,
 in one hash slot) is what ``aiworker status``/``check`` and clients read to know which queues have
-a live worker. The watchdog notices a job running past ``hung_job_timeout``: a job stuck in a framework cannot be
-interrupted from Python, so the worker says it is unhealthy and gives up its process (its other
-entries handed back first), and its supervisor starts a fresh one; the stuck entry counts as a
-delivery and is dead-lettered after ``max_deliveries``.
+a live worker. The watchdog notices a job running past ``hung_job_timeout``: a job stuck in a
+framework cannot be interrupted from Python, so the worker says it is unhealthy and gives up its
+process (its other entries handed back first), and its supervisor starts a fresh one; the stuck
+entry counts as a delivery and is dead-lettered after ``max_deliveries``.
 """
 
 from __future__ import annotations
