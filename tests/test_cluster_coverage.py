@@ -297,6 +297,23 @@ def test_a_worker_says_an_unserved_slot_is_a_redis_failure(
     assert not tracebacks, [r.getMessage() for r in tracebacks]
 
 
+def test_a_model_scan_keeps_a_model_it_could_not_read(holed: LocalCluster, client: Any) -> None:
+    """AI._MODELSCAN drops from the index the models deleted behind aiworker's back; a model
+    whose slot is unserved for a while (a master lost) is not one of them: it is listed again
+    once its slot is served (it was dropped from the index for good)."""
+    client.modelstore(f"n{TAG}", "STUB", "CPU", stub_blob("add"))
+    assert sorted(name for name, _tag in client.modelscan()) == ["m", f"n{TAG}"]
+    master = unserve(holed, SLOT)
+    try:
+        listed = [name for name, _tag in client.modelscan()]
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        listed = None  # the scan may fail as a whole: what matters is the index after
+    assert listed is None or f"n{TAG}" not in listed
+    serve(holed, SLOT, master)
+    works_again(lambda: client.modelget(f"n{TAG}", meta_only=True))
+    assert sorted(name for name, _tag in client.modelscan()) == ["m", f"n{TAG}"]
+
+
 def test_a_cluster_with_no_slot_assigned_yet_is_named_then_served(tmp_path: Any) -> None:
     """A node of a cluster not set up yet (no master has slots: before ``redis-cli --cluster
     create``): the clients and a worker say so (redis-py failed with an IndexError), the gateway

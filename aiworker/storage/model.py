@@ -34,6 +34,7 @@ from aiworker.protocol.keys import Keys
 from aiworker.protocol.requests import IONames
 from aiworker.protocol.text import strict_text, text
 from aiworker.storage import lua, plans, staged
+from aiworker.storage.cluster import NOT_NOW
 from aiworker.storage.plans import Commands, Plan
 
 KIND_MODEL = "model"
@@ -565,8 +566,11 @@ def scan_plan(keys: Keys, kind: str = KIND_MODEL) -> Plan[list[tuple[str, str]]]
         if not isinstance(result, Exception) and text(result[0]) == kind:
             stored = text(result[2]) if result[2] is not None else ""
             found.append((int(stored) if stored.isdigit() else 0, name, text(result[1])))
-        else:
-            stale.append(name)
+        elif not isinstance(result, Exception) or (
+            isinstance(result, redis.ResponseError) and not isinstance(result, NOT_NOW)
+        ):
+            stale.append(name)  # gone, or something else now (WRONGTYPE)
+        # (a cluster node that could not answer, a master lost: the model is still there)
     if stale:
         yield Commands.one("SREM", index, *stale)
     found.sort(key=lambda item: -item[0])  # stable: equal times keep the names' order
