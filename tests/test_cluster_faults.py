@@ -649,3 +649,53 @@ def test_a_lost_master_holding_a_queue_partition_does_not_stall_the_others() -> 
             len(calls),
             max(seconds for seconds, _o in calls),
         )
+
+
+@pytest.mark.slow
+def test_the_gateway_serves_the_other_masters_when_one_is_lost_for_good() -> None:
+    """The master of the first slots (the one the gateway sent commands without a key to, a
+    client's CLIENT SETINFO among them) is lost for good, with its replica: the gateway's clients
+    go on with the other masters (before: every client was disconnected at its first command),
+    and a command for the lost master's slots gets an error without costing the client its
+    connection."""
+    from test_gateway import running_gateway
+
+    with LocalCluster() as cluster:
+        for port in cluster.ports:
+            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        client = Client.from_url(cluster.url, reply_timeout=20)
+        victim = cluster.master_of("{06S}")  # slot 0: the first master CLUSTER SLOTS names
+        registry = cluster.master_of(KEYS.workers)
+        assert key_slot("{06S}") == 0 and victim not in (
+            registry,
+            cluster.master_of(KEYS.queue("CPU")),
+        )
+        model = next(m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == registry)
+        stub_model(client, model)
+        live = next(t for t in (f"t{i}" for i in range(200)) if cluster.master_of(t) != victim)
+        dead = next(t for t in (f"t{i}" for i in range(200)) if cluster.master_of(t) == victim)
+        wait_until(lambda: replica_of(cluster, victim), timeout=20)
+        replica = replica_of(cluster, victim)
+        assert replica is not None
+        seed = f"redis://127.0.0.1:{registry}"
+        worker = Worker(Settings(redis_url=seed, block_ms=200))
+        worker.start()
+        try:
+            with running_gateway(Settings(redis_url=seed)) as gw:
+                cluster.kill(replica)
+                cluster.kill(victim)
+                for _ in range(3):  # new connections, each starting with CLIENT SETINFO
+                    con = redis.Redis(*gw.address(), protocol=2, socket_timeout=30)
+                    assert con.ping()
+                    assert con.set(f"x{{{live}}}", 1) and con.get(f"x{{{live}}}") == b"1"
+                    tensor = ("AI.TENSORSET", f"a{{{live}}}", "FLOAT", 1, "VALUES", 2)
+                    assert con.execute_command(*tensor) == b"OK"
+                    run = ("AI.MODELEXECUTE", model, "INPUTS", 2, f"a{{{live}}}", f"a{{{live}}}")
+                    assert con.execute_command(*run, "OUTPUTS", 1, f"o{{{live}}}") == b"OK"
+                    with pytest.raises(redis.ResponseError, match="cannot reach Redis"):
+                        con.get(f"x{{{dead}}}")
+                    assert con.ping() and con.get(f"x{{{live}}}") == b"1"  # the same connection
+                    con.close()
+        finally:
+            worker.stop(timeout=10)
+            client.close()

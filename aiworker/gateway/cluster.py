@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any
 
 import redis
@@ -26,6 +27,10 @@ from . import resp
 log = logging.getLogger("aiworker.gateway")
 
 Node = tuple[str, int]
+# How long a master whose connection failed is passed over for commands without a key (the first
+# master the map names took them all: one lost for good took every client's CLIENT SETINFO, PING
+# ... with it, and every client with them).
+DOWN_S = 10.0
 
 
 def node_id(host: str, port: int) -> str:
@@ -128,6 +133,7 @@ class SlotMap:
         self.nodes: list[Node] = []
         self.keys: dict[bytes, tuple[int, int, int]] = {}
         self._refreshing: asyncio.Future[None] | None = None
+        self._down: dict[Node, float] = {}  # masters whose connection failed, and when
 
     async def load(self) -> None:
         commands: Any = await self.seed.execute_command("COMMAND")  # type: ignore[no-untyped-call]
@@ -187,11 +193,21 @@ class SlotMap:
     def node_of(self, key: bytes) -> Node:
         return self.slots[key_slot(key)] or self.default()
 
+    def down(self, node: Node) -> None:
+        """A connection to ``node`` failed: pass it over in ``default`` for ``DOWN_S``."""
+        self._down[node] = time.monotonic()
+
     def default(self) -> Node:
         """A master for a command without a key, or a key whose slot the map lacks: the first
-        the map names, else the seed (a cluster whose slots are not assigned yet answers
-        CLUSTERDOWN itself, and MOVED once they are: the map is read again)."""
+        the map names whose connection did not fail lately (else the first), else the seed (a
+        cluster whose slots are not assigned yet answers CLUSTERDOWN itself, and MOVED once
+        they are: the map is read again)."""
         if self.nodes:
+            if self._down:
+                now = time.monotonic()
+                for node in self.nodes:
+                    if now - self._down.get(node, now - DOWN_S) >= DOWN_S:
+                        return node
             return self.nodes[0]
         seed = self.seed.connection_pool.connection_kwargs
         return str(seed.get("host", "127.0.0.1")), int(seed.get("port", 6379))

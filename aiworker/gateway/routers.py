@@ -53,6 +53,10 @@ class SingleRouter:
     def lost(self, upstream: Upstream) -> None:
         """The connection to Redis was lost: nothing to learn on a single Redis."""
 
+    def spare(self, upstream: Upstream) -> bool:
+        """Never: a single Redis is the client's whole connection (its DB, user, state)."""
+        return False
+
     def reset(self, sent_on: Upstream) -> None:
         """RESET went to Redis: the connection is then as a new one is (the gateway's URL's
         user and DB, which ``Session.signed_out`` takes for the client's identity)."""
@@ -201,8 +205,22 @@ class ClusterRouter:
 
     def lost(self, upstream: Upstream) -> None:
         """A master could not be reached or went away: it may have failed over, and the map
-        is read again (from any master that answers) for the connections made next."""
+        is read again (from any master that answers) for the connections made next; commands
+        without a key go elsewhere for a while."""
+        for node, known in self.connections.items():
+            if known is upstream:
+                self.slots.down(node)
         self.slots.refresh_soon()
+
+    def spare(self, upstream: Upstream) -> bool:
+        """Whether the client may go on without ``upstream``, a connection that failed: one
+        to a master that never connected, holding no transaction and no pipe of the client's
+        (nothing of its state was on it)."""
+        return (
+            upstream.transport is None
+            and upstream is not self.pinned
+            and upstream is not self.tunneled
+        )
 
     def reset(self, sent_on: Upstream) -> None:
         """RESET reached one master: every connection is then as a new one is (signed out of

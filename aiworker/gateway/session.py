@@ -721,12 +721,30 @@ class Session(ReplyHooks, asyncio.Protocol):
 
     def on_upstream_lost(self, upstream: Upstream, why: str) -> None:
         """Redis went away: the commands it did not answer get an error, then the client is
-        disconnected (its DB, user and transaction were Redis' and are gone)."""
+        disconnected (its DB, user and transaction were Redis' and are gone); but a Redis
+        Cluster master that could not be reached at all held none of that: its commands get
+        the error and the client goes on with the other masters."""
         self.router.lost(upstream)
+        if self.router.spare(upstream):
+            self._unanswered(upstream, resp.error(f"gateway: {why}"), why)
+            self.replies_done()
+            return
         # after the client's end went on to Redis, Redis freed it: nothing more is answered
         error = b"" if self.end_passed_on else resp.error(f"gateway: {why}")
         if isinstance(self.ai_task, Drive):  # its plan would wait on a connection that is gone
             self.ai_task.cancel(redis.ConnectionError(why))
+        self._unanswered(upstream, error, why)
+        # the EXECs failed above never reach their hook: nothing is left to wait for
+        self.exec_awaited = 0
+        self.holding = False
+        self.waiting.clear()
+        if self.refusal is not None and self.tunnel:  # its pipe ended after what came before
+            self._reply_now(self.refusal)
+        self._close_after_replies()
+
+    def _unanswered(self, upstream: Upstream, error: bytes, why: str) -> None:
+        """The commands ``upstream`` did not answer get ``error`` (an AI.* command's Redis
+        calls fail)."""
         while upstream.waiting:
             slot = upstream.waiting.popleft()
             if slot.internal is not None:  # an AI.* command's Redis call: the command fails
@@ -735,13 +753,6 @@ class Session(ReplyHooks, asyncio.Protocol):
                 self.inflight -= 1
                 self.blocking -= slot.blocking
                 slot.data = error
-        # the EXECs failed above never reach their hook: nothing is left to wait for
-        self.exec_awaited = 0
-        self.holding = False
-        self.waiting.clear()
-        if self.refusal is not None and self.tunnel:  # its pipe ended after what came before
-            self._reply_now(self.refusal)
-        self._close_after_replies()
 
     def flush(self) -> None:
         if self.gone:

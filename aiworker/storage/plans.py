@@ -25,7 +25,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aiworker.protocol.keys import key_slot
-from aiworker.storage.cluster import command_key, cover
+from aiworker.storage.cluster import LOST, command_key, cover
 
 T = TypeVar("T")
 # A blocking client of either kind: one Redis, or redis-py's cluster client.
@@ -130,7 +130,15 @@ def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
                 rest.append(n)
                 continue
             try:
-                replies[n] = base.execute_command(r, *commands[n])
+                try:
+                    replies[n] = base.execute_command(r, *commands[n])
+                except LOST:
+                    if not routes[n]:
+                        raise
+                    # a master lost (no replica to promote) failed the load on all of them:
+                    # load it where the call runs, at least
+                    node = rc.get_node_from_key(routes[n])
+                    replies[n] = base.execute_command(r, *commands[n], target_nodes=node)
             except redis.ResponseError as exc:
                 replies[n] = exc
         return rest
