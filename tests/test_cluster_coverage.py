@@ -322,9 +322,9 @@ def test_a_cluster_with_no_slot_assigned_yet_is_named_then_served(tmp_path: Any)
     from click.testing import CliRunner
 
     from aiworker.cli import main
-    from aiworker.embedded import RedisServer
+    from aiworker.embedded import RedisServer, cluster_port
 
-    with RedisServer(extra_args=["--cluster-enabled", "yes"]) as node:
+    with RedisServer(cluster_port(), extra_args=["--cluster-enabled", "yes"]) as node:
         url = node.url
         with pytest.raises(redis.ConnectionError, match="serves no hash slot"):
             Client.from_url(url)
