@@ -263,6 +263,33 @@ def replica_of(cluster: LocalCluster, port: int) -> int | None:
     return int(found[0].rsplit(":", 1)[1]) if found else None
 
 
+def replica_known(cluster: LocalCluster, port: int) -> int:
+    """The port of the replica of the master on ``port``, once that master knows it."""
+    wait_until(lambda: replica_of(cluster, port), timeout=20)
+    replica = replica_of(cluster, port)
+    assert replica is not None
+    return replica
+
+
+def serve_partially(cluster: LocalCluster) -> None:
+    """Every node serves its slots while another master's are not served (a master lost for
+    good): ``cluster-require-full-coverage no``, as aiworker's clients expect."""
+    for port in cluster.ports:
+        cluster.node(port).config_set("cluster-require-full-coverage", "no")
+
+
+def tags_by(cluster: LocalCluster, port: int, on: bool, count: int = 1) -> list[str]:
+    """The first ``count`` hash tags (``t0``, ``t1`` ...) whose slot is on the master on
+    ``port`` (``on``), or is not."""
+    found: list[str] = []
+    for tag in (f"t{i}" for i in range(10_000)):
+        if (cluster.master_of(tag) == port) == on:
+            found.append(tag)
+            if len(found) == count:
+                break
+    return found
+
+
 def fail_over_while_blocked(cluster: LocalCluster, key: str) -> None:
     """Once a client waits for a reply (BLMOVE, or redis-cli's BLPOP) on ``key``'s master,
     promote that master's replica with CLUSTER FAILOVER (the old master becomes a replica and
@@ -360,9 +387,7 @@ def test_a_worker_read_unblocked_by_a_failover_reads_on_from_the_promoted_master
             wait_until(
                 lambda: any(c["cmd"] == "xreadgroup" for c in node.client_list()), timeout=10
             )
-            wait_until(lambda: replica_of(cluster, master), timeout=20)
-            replica = replica_of(cluster, master)
-            assert replica is not None
+            replica = replica_known(cluster, master)
             cluster.node(replica).execute_command("CLUSTER", "FAILOVER")
             wait_until(lambda: cluster.master_of(queue) == replica, timeout=20)
             client.modelexecute("m", ["x{q}", "b"], ["z{q}"])
@@ -450,8 +475,7 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(
     monkeypatch.setattr(cluster_module, "PROBE_EVERY_S", 0.2)
     with LocalCluster() as cluster:
         client = Client.from_url(cluster.url, reply_timeout=30)
-        for port in cluster.ports:
-            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        serve_partially(cluster)
         queue_master = cluster.master_of(KEYS.queue("CPU"))
         model = next(
             m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == queue_master
@@ -462,22 +486,13 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(
         busy = {cluster.master_of(key) for key in keys}  # kept alive: the test is about jobs
         victim = next(p for p in cluster.master_ports() if p not in busy)  # the model by the queue
 
-        def tag_on(port: int, taken: bool) -> str:
-            return next(
-                t
-                for t in (f"t{i}" for i in range(10_000))
-                if (cluster.master_of(t) == port) == taken
-            )
-
-        dead, live = tag_on(victim, True), tag_on(victim, False)
+        dead, live = tags_by(cluster, victim, True)[0], tags_by(cluster, victim, False)[0]
         for tag in (dead, live):
             client.hset(
                 f"a{{{tag}}}",
                 mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"},
             )
-        wait_until(lambda: replica_of(cluster, victim), timeout=20)
-        replica = replica_of(cluster, victim)
-        assert replica is not None
+        replica = replica_known(cluster, victim)
         cluster.kill(replica)
         cluster.kill(victim)
 
@@ -526,8 +541,7 @@ def test_a_master_lost_for_good_takes_no_worker_out_of_sight(
     enough for their requesters to look at the heartbeats are answered (before: the worker
     could not beat, and every requester was told NoLiveWorker, its queued job withdrawn)."""
     with LocalCluster() as cluster:
-        for port in cluster.ports:
-            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        serve_partially(cluster)
         client = Client.from_url(cluster.url, reply_timeout=30)
         queue_master = cluster.master_of(KEYS.queue("CPU"))
         model = next(
@@ -542,14 +556,12 @@ def test_a_master_lost_for_good_takes_no_worker_out_of_sight(
             if cluster.master_of(KEYS.legacy_worker(f"{h}:{os.getpid()}")) == victim
         )
         monkeypatch.setattr(socket, "gethostname", lambda: host)
-        live = next(t for t in (f"t{i}" for i in range(10_000)) if cluster.master_of(t) != victim)
+        live = tags_by(cluster, victim, False)[0]
         inputs = [f"a{{{live}}}"] * 2
         client.hset(
             inputs[0], mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"}
         )
-        wait_until(lambda: replica_of(cluster, victim), timeout=20)
-        replica = replica_of(cluster, victim)
-        assert replica is not None
+        replica = replica_known(cluster, victim)
         seed = f"redis://127.0.0.1:{queue_master}"
         worker = Worker(Settings(redis_url=seed, block_ms=200))
         worker.start()
@@ -586,8 +598,7 @@ def test_a_lost_master_holding_a_queue_partition_does_not_stall_the_others() -> 
     held every read of the lane meanwhile, and swept it again: live requesters saw 4 calls in
     25 s, 3 of them timed out), and no read is sent to that master while it does not answer."""
     with LocalCluster() as cluster:
-        for port in cluster.ports:
-            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        serve_partially(cluster)
         client = Client.from_url(cluster.url, reply_timeout=20)
         registry = cluster.master_of(KEYS.workers)
         model = next(m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == registry)
@@ -595,15 +606,13 @@ def test_a_lost_master_holding_a_queue_partition_does_not_stall_the_others() -> 
         victim = next(p for p in cluster.master_ports() if p != registry)
         streams = KEYS.queues("CPU", 3)
         assert any(cluster.master_of(s) == victim for s in streams)  # it holds a partition
-        tags = [t for t in (f"t{i}" for i in range(200)) if cluster.master_of(t) != victim][:2]
+        tags = tags_by(cluster, victim, False, count=2)
         for tag in tags:
             client.hset(
                 f"a{{{tag}}}",
                 mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"},
             )
-        wait_until(lambda: replica_of(cluster, victim), timeout=20)
-        replica = replica_of(cluster, victim)
-        assert replica is not None
+        replica = replica_known(cluster, victim)
         seed = f"redis://127.0.0.1:{registry}"
         settings = Settings(redis_url=seed, block_ms=200, queue_partitions=3, threads_per_queue=3)
         worker = Worker(settings)
@@ -659,8 +668,7 @@ def test_the_gateway_serves_the_other_masters_when_one_is_lost_for_good() -> Non
     from test_gateway import running_gateway
 
     with LocalCluster() as cluster:
-        for port in cluster.ports:
-            cluster.node(port).config_set("cluster-require-full-coverage", "no")
+        serve_partially(cluster)
         client = Client.from_url(cluster.url, reply_timeout=20)
         victim = cluster.master_of("{06S}")  # slot 0: the first master CLUSTER SLOTS names
         registry = cluster.master_of(KEYS.workers)
@@ -670,11 +678,8 @@ def test_the_gateway_serves_the_other_masters_when_one_is_lost_for_good() -> Non
         )
         model = next(m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == registry)
         stub_model(client, model)
-        live = next(t for t in (f"t{i}" for i in range(200)) if cluster.master_of(t) != victim)
-        dead = next(t for t in (f"t{i}" for i in range(200)) if cluster.master_of(t) == victim)
-        wait_until(lambda: replica_of(cluster, victim), timeout=20)
-        replica = replica_of(cluster, victim)
-        assert replica is not None
+        live, dead = tags_by(cluster, victim, False)[0], tags_by(cluster, victim, True)[0]
+        replica = replica_known(cluster, victim)
         seed = f"redis://127.0.0.1:{registry}"
         worker = Worker(Settings(redis_url=seed, block_ms=200))
         worker.start()
