@@ -119,13 +119,6 @@ class RedisClock:
         return time.monotonic() + offset
 
 
-def _run(r: Any, calls: list[lua.Call]) -> None:
-    """Run script ``calls``; the first error reply raises."""
-    for reply in plans.run(r, lua.calls_plan(calls)):
-        if isinstance(reply, Exception):
-            raise reply
-
-
 def _refused(exc: redis.ResponseError) -> bool:
     """Whether TIME is refused for good: denied by the user's ACL, or renamed away."""
     return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
@@ -169,10 +162,11 @@ class Heartbeat:
         encoded = json.dumps(status)
         # the status and the registry share a slot (one master of a cluster): what clients need
         # to see this worker alive, written first and on its own
-        _run(self.r, [
+        beat = [
             lua.Call(REGISTRY_SET, [self.keys.worker(self.name)], [encoded, expiry]),
             lua.Call(REGISTRY_JOIN, [self.keys.workers], [self.name, now, now - STALE_WORKER_S]),
-        ])  # fmt: skip
+        ]
+        plans.every(plans.run(self.r, lua.calls_plan(beat)))
         # then what lives in other slots: a master lost for good fails these, not the beat
         calls = [lua.Call(REGISTRY_SET, [self.keys.legacy_worker(self.name)], [encoded, expiry])]
         if self.max_queue_length > 0:
@@ -183,7 +177,7 @@ class Heartbeat:
                     for stream in streams
                 ]  # fmt: skip
         try:
-            _run(self.r, calls)
+            plans.every(plans.run(self.r, lua.calls_plan(calls)))
         except REDIS_FAILURES as exc:
             self.metrics.redis_errors.labels("heartbeat").inc()
             log.debug("heartbeat: a write outside the registry's slot failed: %s", exc)
