@@ -296,18 +296,23 @@ def fail_over_while_blocked(cluster: LocalCluster, key: str) -> None:
     unblocks the wait)."""
     master = cluster.master_of(key)
     node = cluster.node(master)
-    wait_until(lambda: replica_of(cluster, master), timeout=20)  # after an earlier failover
+    replica_known(cluster, master)  # after an earlier failover
     waits = ("blmove", "blpop")
     wait_until(lambda: any(c["cmd"] in waits for c in node.client_list()), timeout=10)
-    replica = replica_of(cluster, master)
-    # a manual failover gives up after 5 s when the master does not answer its handshake in time
-    # (a loaded machine): asked again, then forced
+    promote_replica(cluster, key)
+
+
+def promote_replica(cluster: LocalCluster, key: str) -> int:
+    """Promote the replica of ``key``'s master with CLUSTER FAILOVER; its port. A manual failover
+    gives up after 5 s when the master does not answer its handshake in time (a loaded machine,
+    a replica still syncing): asked again, then forced."""
+    replica = replica_known(cluster, cluster.master_of(key))
     for how in ((), (), ("FORCE",)):
         cluster.node(replica).execute_command("CLUSTER", "FAILOVER", *how)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if cluster.master_of(key) == replica:
-                return
+                return replica
             time.sleep(0.05)
     pytest.fail(f"the replica on port {replica} was not promoted")
 
@@ -387,9 +392,7 @@ def test_a_worker_read_unblocked_by_a_failover_reads_on_from_the_promoted_master
             wait_until(
                 lambda: any(c["cmd"] == "xreadgroup" for c in node.client_list()), timeout=10
             )
-            replica = replica_known(cluster, master)
-            cluster.node(replica).execute_command("CLUSTER", "FAILOVER")
-            wait_until(lambda: cluster.master_of(queue) == replica, timeout=20)
+            promote_replica(cluster, queue)
             client.modelexecute("m", ["x{q}", "b"], ["z{q}"])
             assert client.tensorget("z{q}").tolist() == [2, 3]
         finally:
