@@ -662,6 +662,76 @@ def test_a_lost_master_holding_a_queue_partition_does_not_stall_the_others() -> 
 
 
 @pytest.mark.slow
+def test_a_lost_master_holding_a_queue_partition_delays_no_reclaim_or_lease_of_the_others() -> None:
+    """One master lost for good with its queue partition: a dead worker's job on another
+    partition is reclaimed on the visibility timeout's schedule, and a long job there keeps its
+    lease. Before, each reclaim pass and each lease renewal that held an entry of the lost
+    partition waited out the retries for it (13 s) before going on to the others: a reclaim came
+    up to 15 s late, and a job running past the visibility timeout lost its lease and ran twice."""
+    with LocalCluster() as cluster:
+        serve_partially(cluster)
+        client = Client.from_url(cluster.url, reply_timeout=20)
+        registry = cluster.master_of(KEYS.workers)
+        models = [m for m in (f"m{i}" for i in range(1000)) if cluster.master_of(m) == registry]
+        stub_model(client, models[0])
+        stub_model(client, models[1], sleep_ms=4000)  # twice the visibility timeout
+        streams = KEYS.queues("CPU", 3)
+        assert len({cluster.master_of(stream) for stream in streams}) == 3
+        lost_at = next(n for n, s in enumerate(streams) if cluster.master_of(s) != registry)
+        victim, live = cluster.master_of(streams[lost_at]), streams[lost_at + 1]
+        [tag] = tags_by(cluster, victim, False)
+        client.hset(
+            f"a{{{tag}}}", mapping={"kind": "tensor", "dtype": "FLOAT", "shape": "1", "values": "1"}
+        )
+        replica = replica_known(cluster, victim)
+        settings = Settings(
+            redis_url=f"redis://127.0.0.1:{registry}",
+            block_ms=200,
+            queue_partitions=3,
+            visibility_timeout=2.0,
+        )
+        worker = Worker(settings).start()
+        reclaimed = worker.metrics.reclaimed.labels("CPU")
+        failed_reclaims = worker.metrics.redis_errors.labels("reclaim")
+
+        def job(model: str, reply: str, taken_by: str | None = None) -> str:
+            """A job's entry on the live partition, read at once by ``taken_by`` if named."""
+            request = ModelExecute(model, (f"a{{{tag}}}",) * 2, (f"o{{{tag}}}",))
+            pipe = cluster.node(cluster.master_of(live)).pipeline(transaction=True)
+            pipe.xadd(live, encode_entry(request, f"{reply}{{{tag}}}"))  # type: ignore[arg-type]
+            if taken_by is not None:  # in the same MULTI: the worker cannot read it first
+                pipe.xreadgroup(CONSUMER_GROUP, taken_by, {live: ">"}, count=1)
+            return str(pipe.execute()[0].decode())
+
+        try:
+            wait_until(lambda: client.zscore(KEYS.workers, worker.name) is not None, timeout=30)
+            cluster.kill(replica)
+            cluster.kill(victim)
+            conn = worker.wires.get()
+            wait_until(lambda: conn.unreachable(streams[lost_at]), timeout=40)
+            time.sleep(14)  # a reclaim pass under way when it was found lost has ended
+            errors_before, reclaimed_before = failed_reclaims._value.get(), reclaimed._value.get()
+
+            job(models[0], "abandoned", taken_by="gone")  # a dead worker's
+            began = time.monotonic()
+            assert client.blpop([f"abandoned{{{tag}}}"], 20) is not None
+            reclaim_s = time.monotonic() - began
+
+            worker.held.add(streams[lost_at], "1-1", f"{worker.name}:CPU:0")  # held at the loss
+            long_job = job(models[1], "long")
+            popped = client.blpop([f"long{{{tag}}}"], 20)
+            assert popped is not None and b'"ok"' in popped[1]
+            time.sleep(max(0.0, began + 14 - time.monotonic()))  # a pass without the fix fails
+            errors_after, reclaimed_after = failed_reclaims._value.get(), reclaimed._value.get()
+        finally:
+            worker.stop(timeout=10)
+            client.close()
+    assert reclaim_s < 6, f"reclaimed after {reclaim_s:.1f}s with a visibility timeout of 2 s"
+    assert errors_after == errors_before, "a reclaim pass tried the lost partition again"
+    assert reclaimed_after == reclaimed_before + 1, f"{long_job} lost its lease"
+
+
+@pytest.mark.slow
 def test_the_gateway_serves_the_other_masters_when_one_is_lost_for_good() -> None:
     """The master of the first slots (the one the gateway sent commands without a key to, a
     client's CLIENT SETINFO among them) is lost for good, with its replica: the gateway's clients

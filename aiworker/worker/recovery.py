@@ -23,7 +23,10 @@ If the worker dies, the entry stays pending forever unless someone takes it over
   entries, so it only ever runs in a script that has just seen ``pending == 0``.
 
 Nothing here trims or deletes an entry that is still pending: entries leave the queue only through
-a completion (XACK, then XDEL). All of this covers every partition of a device's queue.
+a completion (XACK, then XDEL). All of this covers every partition of a device's queue, but a
+partition on a Redis Cluster master that a call's retries could not reach: reclaims and leases
+leave it alone until that master answers again (waiting out the retries for it, 13 s a try, held
+up every other partition on every pass).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from aiworker.storage import lua
 from aiworker.storage.cluster import REDIS_FAILURES
 from aiworker.storage.wire import JobConnections
 from aiworker.worker.complete import Completer, Finished, Record
+from aiworker.worker.consume import reachable
 from aiworker.worker.leases import HeldEntries
 from aiworker.worker.metrics import WorkerMetrics
 
@@ -105,7 +109,11 @@ class Recovery:
         ``hand_back``: entries that never ran (read ahead) get their delivery counted off."""
         lost: list[tuple[str, str]] = []
         failed: BaseException | None = None
-        for (queue, consumer), ids in self.held.by_owner().items():
+        owners = self.held.by_owner()
+        live = set(reachable(self.wires.get(), list({queue for queue, _ in owners})))
+        for (queue, consumer), ids in owners.items():
+            if queue not in live:  # its master is lost: the retries would hold up the others
+                continue
             groups = [(0, ids)]
             if hand_back:
                 unrun = [entry_id for entry_id in ids if not self.held.ran(queue, entry_id)]
@@ -165,7 +173,9 @@ class Recovery:
             prune = time.monotonic() >= next_prune
             if prune:
                 next_prune = time.monotonic() + PRUNE_EVERY_S
-            for queue in self.queues(device):
+            # not the partitions of a master lost (Redis Cluster): each pass would wait out the
+            # retries for it before reclaiming from the others
+            for queue in reachable(self.wires.get(), self.queues(device)):
                 try:
                     self.reclaim_once(device, stop, queue)
                     if prune:
