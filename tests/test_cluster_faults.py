@@ -24,6 +24,7 @@ from aiworker.client import wait_plan
 from aiworker.protocol.entries import encode_entry
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys, key_slot
 from aiworker.protocol.requests import ModelExecute
+from aiworker.protocol.text import text
 from aiworker.storage import cluster as cluster_module
 from aiworker.storage import health
 
@@ -536,13 +537,15 @@ def test_jobs_on_a_lost_master_do_not_hold_back_the_jobs_read_with_them(
 
 @pytest.mark.slow
 def test_a_master_lost_for_good_takes_no_worker_out_of_sight(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A master lost for good (no replica; the other slots served) that held this worker's
     status key as it was named before (a slot of its own): the worker stays alive to clients
     (``live_workers``) past the heartbeats' age limit, and jobs that wait in the queue long
     enough for their requesters to look at the heartbeats are answered (before: the worker
-    could not beat, and every requester was told NoLiveWorker, its queued job withdrawn)."""
+    could not beat, and every requester was told NoLiveWorker, its queued job withdrawn). Its
+    stop deregisters in time (deleting that key waited out the retries: it stopped without)."""
+    caplog.set_level(logging.INFO, logger="aiworker")
     with LocalCluster() as cluster:
         serve_partially(cluster)
         client = Client.from_url(cluster.url, reply_timeout=30)
@@ -591,6 +594,8 @@ def test_a_master_lost_for_good_takes_no_worker_out_of_sight(
         finally:
             worker.stop(timeout=10)
             client.close()
+    assert f"worker {worker.name} stopped (" in caplog.text
+    assert "without deregistering" not in caplog.text
 
 
 @pytest.mark.slow
@@ -725,7 +730,10 @@ def test_a_lost_master_holding_a_queue_partition_delays_no_reclaim_or_lease_of_t
             errors_after, reclaimed_after = failed_reclaims._value.get(), reclaimed._value.get()
         finally:
             worker.stop(timeout=10)
-            client.close()
+        # its stop deleted its consumers of the other partitions (in time: not after the lost one)
+        consumers = [text(c["name"]) for c in client.xinfo_consumers(live, CONSUMER_GROUP)]
+        client.close()
+    assert not [name for name in consumers if name.startswith(worker.name)], consumers
     assert reclaim_s < 6, f"reclaimed after {reclaim_s:.1f}s with a visibility timeout of 2 s"
     assert errors_after == errors_before, "a reclaim pass tried the lost partition again"
     assert reclaimed_after == reclaimed_before + 1, f"{long_job} lost its lease"

@@ -99,6 +99,14 @@ def call(*command: Any) -> Plan[Any]:
     return first(replies)
 
 
+def call_once(*command: Any) -> Plan[Any]:
+    """``call`` of a command whose first argument is its key, sent to that key's master without
+    redis-py's retries (it retries no command sent to a node it was told): a master lost for
+    good fails it at once instead of after ~13 s. For best-effort writes."""
+    replies = yield Commands([command], routes=[command[1]])
+    return first(replies)
+
+
 def execute_commands(r: AnyRedis, batch: Commands) -> list[Any]:
     """Send one batch on a blocking client; replies with exceptions in place. Redis Cluster:
     one round trip per node, a transaction as one MULTI/EXEC per hash slot (a MULTI cannot span

@@ -227,7 +227,7 @@ class Heartbeat:
         pipe.delete(self.keys.worker(self.name))
         pipe.execute()
         with contextlib.suppress(*REDIS_FAILURES):  # it expires on its own
-            self.r.delete(self.keys.legacy_worker(self.name))
+            plans.run(self.r, plans.call_once("DEL", self.keys.legacy_worker(self.name)))
 
 
 class Watched(Protocol):

@@ -49,7 +49,7 @@ from aiworker.storage import memory, plans, redis_options, server, tensor_io
 from aiworker.storage.cluster import REDIS_FAILURES, job_connections
 from aiworker.storage.connection import connect_any
 from aiworker.worker.complete import Completer, unrestricted
-from aiworker.worker.consume import ensure_group
+from aiworker.worker.consume import ensure_group, reachable
 from aiworker.worker.health import Heartbeat, RedisClock, Watchdog
 from aiworker.worker.hooks import Hooks, LoggingHook
 from aiworker.worker.lane import Lane, LaneOptions
@@ -363,7 +363,8 @@ class Worker:
             for device in self.devices:
                 lane = self.lanes[device]
                 names = [*lane.consumers, self.recovery.reclaim_consumer(device)]
-                for queue in lane.queues:
+                # a lost master's partition would hold up the others past DEREGISTER_S
+                for queue in reachable(self.wires.get(), lane.queues):
                     self.recovery.prune(queue, names=names)
             log.info("worker %s stopped (%d unfinished entries handed back)", self.name, handed)
         except REDIS_FAILURES as exc:
