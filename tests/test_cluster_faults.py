@@ -740,6 +740,41 @@ def test_a_lost_master_holding_a_queue_partition_delays_no_reclaim_or_lease_of_t
 
 
 @pytest.mark.slow
+def test_status_shows_what_the_other_masters_hold_when_one_is_lost() -> None:
+    """``aiworker status`` on a cluster that lost a master holding a queue partition: the
+    workers and the other partitions as usual, that partition and the master named unreachable
+    (before: "Redis unreachable" and nothing else, when an operator needs it most)."""
+    from test_cli import invoke
+
+    with LocalCluster() as cluster:
+        serve_partially(cluster)
+        registry = cluster.master_of(KEYS.workers)
+        streams = KEYS.queues("CPU", 3)
+        lost = next(s for s in streams if cluster.master_of(s) != registry)
+        victim = cluster.master_of(lost)
+        seed = f"redis://127.0.0.1:{registry}"
+        worker = Worker(Settings(redis_url=seed, block_ms=200, queue_partitions=3)).start()
+        try:
+            node = cluster.node(registry)
+            wait_until(lambda: node.zscore(KEYS.workers, worker.name) is not None, timeout=30)
+            cluster.kill(replica_known(cluster, victim))
+            cluster.kill(victim)
+            code, out = invoke(seed, "status", "--json")
+            assert code == 0, out
+            found = json.loads(out)
+            assert [w["name"] for w in found["workers"]] == [worker.name]
+            queues = {q["queue"]: q for q in found["queues"]}
+            assert set(queues) == set(streams)
+            assert queues[lost]["error"].startswith("unreachable: ")
+            assert all(queues[s]["length"] == 0 for s in streams if s != lost)
+            assert found["unreachable"] == [f"127.0.0.1:{victim}"]
+            code, out = invoke(seed, "status")
+            assert code == 0 and f"queue {lost}: unreachable: " in out, out
+        finally:
+            worker.stop(timeout=10)
+
+
+@pytest.mark.slow
 def test_the_gateway_serves_the_other_masters_when_one_is_lost_for_good() -> None:
     """The master of the first slots (the one the gateway sent commands without a key to, a
     client's CLIENT SETINFO among them) is lost for good, with its replica: the gateway's clients

@@ -14,10 +14,12 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from aiworker.protocol.keys import CONSUMER_GROUP, Keys
 from aiworker.protocol.text import text
 from aiworker.storage import plans
+from aiworker.storage.cluster import LOST
 from aiworker.storage.plans import AnyRedis, Commands, Plan
 
 # A worker counts as alive until its heartbeat (sent every 2 s) is this old: generous, so that one
@@ -155,12 +157,31 @@ def queue_status(r: AnyRedis, keys: Keys, device: str, stream: str | None = None
     }
 
 
-def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Device -> the streams of its queue (every partition) that exist or that a live worker
-    serves, the plain queue first."""
+def queue_streams(r: AnyRedis, keys: Keys) -> tuple[list[str], list[str]]:
+    """The device queues' streams that exist, and the Redis Cluster masters that could not be
+    scanned for them ("host:port": lost, their streams unknown; the others are listed)."""
+    pattern = keys.queue("") + "*"
+    if not isinstance(r, RedisCluster):
+        return [text(s) for s in r.scan_iter(match=pattern, _type="STREAM")], []
+    streams: list[str] = []
+    unreachable: list[str] = []
+    rc: Any = r  # redis-py's cluster client is untyped
+    for node in rc.get_primaries():
+        try:
+            found = node.redis_connection.scan_iter(match=pattern, _type="STREAM")
+            streams += [text(s) for s in found]
+        except LOST:
+            unreachable.append(f"{node.host}:{node.port}")
+    return streams, unreachable
+
+
+def streams_in_use(
+    keys: Keys, workers: list[dict[str, Any]], existing: list[str]
+) -> dict[str, list[str]]:
+    """Device -> the streams of its queue (every partition) that exist (``queue_streams``) or
+    that a live worker serves, the plain queue first."""
     found: dict[str, set[str]] = {}
-    for stream in r.scan_iter(match=keys.queue("") + "*", _type="STREAM"):
-        name = text(stream)
+    for name in existing:
         found.setdefault(keys.device_of(name), set()).add(name)
     for status in workers:
         for device in status.get("devices", []):
@@ -175,17 +196,28 @@ def streams_in_use(r: AnyRedis, keys: Keys, workers: list[dict[str, Any]]) -> di
 
 
 def gather(r: AnyRedis, keys: Keys, max_age: float = LIVE_FOR_S) -> dict[str, Any]:
-    """Everything ``aiworker status`` prints: one queue entry per stream (partition)."""
+    """Everything ``aiworker status`` prints: one queue entry per stream (partition). On a Redis
+    Cluster with a master lost, what the others hold: its queues' entries say ``error``, and
+    ``unreachable`` names the masters whose streams could not be looked for."""
     workers = live_workers(r, keys, max_age)
-    streams = streams_in_use(r, keys, workers)
+    existing, unreachable = queue_streams(r, keys)
+    streams = streams_in_use(keys, workers, existing)
     return {
         "workers": workers,
         "queues": [
-            queue_status(r, keys, device, stream)
+            _queue_or_error(r, keys, device, stream)
             for device, found in streams.items()
             for stream in found
         ],
+        "unreachable": unreachable,
     }
+
+
+def _queue_or_error(r: AnyRedis, keys: Keys, device: str, stream: str) -> dict[str, Any]:
+    try:
+        return queue_status(r, keys, device, stream)
+    except LOST as exc:  # its master is lost (Redis Cluster): the other queues are still shown
+        return {"device": device.upper(), "queue": stream, "error": f"unreachable: {exc}"}
 
 
 def format_status(status: dict[str, Any]) -> list[str]:
@@ -201,6 +233,9 @@ def format_status(status: dict[str, Any]) -> list[str]:
     if not status["workers"]:
         lines.append("no live workers")
     for q in status["queues"]:
+        if "error" in q:
+            lines.append(f"queue {q['queue']}: {q['error']}")
+            continue
         limit = q.get("limit", 0)
         fill = f" limit={limit} ({100 * q['length'] // limit}% full)" if limit else ""
         # no lag before a worker made the queue's consumer group (none has served it yet)
@@ -209,6 +244,9 @@ def format_status(status: dict[str, Any]) -> list[str]:
             f"queue {q['queue']}: length={q['length']}{fill} pending={q['pending']} "
             f"lag={lag} consumers={q['consumers']} dead_letters={q['dead_letters']}{no_group}"
         )
+    if status.get("unreachable"):
+        masters = ", ".join(status["unreachable"])
+        lines.append(f"unreachable Redis Cluster masters: {masters} (their queues may be missing)")
     return lines
 
 
