@@ -110,7 +110,7 @@ class Recovery:
         lost: list[tuple[str, str]] = []
         failed: BaseException | None = None
         owners = self.held.by_owner()
-        live = set(reachable(self.wires.get(), list({queue for queue, _ in owners})))
+        live = set(reachable(self.wires.get(), [queue for queue, _ in owners]))
         for (queue, consumer), ids in owners.items():
             if queue not in live:  # its master is lost: the retries would hold up the others
                 continue
